@@ -1,0 +1,122 @@
+using System.Numerics.Tensors;
+
+namespace KvSharp.Cache;
+
+/// <summary>
+/// A plain float32 KV cache: per (layer, KV head), keys and values as contiguous [tokens, headDim]
+/// arrays grown by doubling. It is the reference the compressed cache is checked against.
+/// </summary>
+public sealed class FullPrecisionKvCache : IKvCache
+{
+    private readonly int _layers, _kvHeads, _heads, _headDim, _maxTokens;
+    private readonly float[][] _keys, _values; // [layer * kvHeads + head] -> [capacity * headDim]
+    private readonly int[] _layerLength;
+    private readonly float _scale;
+
+    /// <summary>Creates an empty cache for a model of the given shape holding at most <paramref name="maxTokens"/>.</summary>
+    public FullPrecisionKvCache(int layers, int heads, int kvHeads, int headDim, int maxTokens)
+    {
+        if (heads % kvHeads != 0) throw new ArgumentException($"{heads} heads not a multiple of {kvHeads} KV heads");
+        _layers = layers; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _maxTokens = maxTokens;
+        _keys = new float[layers * kvHeads][];
+        _values = new float[layers * kvHeads][];
+        for (int i = 0; i < _keys.Length; i++) { _keys[i] = Array.Empty<float>(); _values[i] = Array.Empty<float>(); }
+        _layerLength = new int[layers];
+        _scale = 1f / MathF.Sqrt(headDim);
+    }
+
+    /// <summary>Creates a cache shaped for <paramref name="config"/>.</summary>
+    public FullPrecisionKvCache(Models.ModelConfig config, int maxTokens)
+        : this(config.NumLayers, config.NumHeads, config.NumKvHeads, config.HeadDim, maxTokens) { }
+
+    /// <inheritdoc />
+    public int Length => _layerLength[_layers - 1];
+
+    /// <summary>Most tokens this cache accepts.</summary>
+    public int MaxTokens => _maxTokens;
+
+    /// <inheritdoc />
+    public long ByteCount
+    {
+        get
+        {
+            long n = 0;
+            for (int l = 0; l < _layers; l++) n += 2L * _layerLength[l] * _kvHeads * _headDim * sizeof(float);
+            return n;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
+    {
+        int start = _layerLength[layer];
+        if (start + count > _maxTokens)
+            throw new KvSharpException($"the context holds at most {_maxTokens} tokens; appending {count} to {start} would exceed it");
+        int row = _kvHeads * _headDim;
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            int slot = layer * _kvHeads + g;
+            EnsureCapacity(slot, start + count);
+            for (int t = 0; t < count; t++)
+            {
+                keys.Slice(t * row + g * _headDim, _headDim).CopyTo(_keys[slot].AsSpan((start + t) * _headDim));
+                values.Slice(t * row + g * _headDim, _headDim).CopyTo(_values[slot].AsSpan((start + t) * _headDim));
+            }
+        }
+        _layerLength[layer] = start + count;
+    }
+
+    private void EnsureCapacity(int slot, int tokens)
+    {
+        int need = tokens * _headDim;
+        if (_keys[slot].Length >= need) return;
+        int cap = Math.Max(need, Math.Min(_maxTokens * _headDim, Math.Max(64 * _headDim, _keys[slot].Length * 2)));
+        Array.Resize(ref _keys[slot], cap);
+        Array.Resize(ref _values[slot], cap);
+    }
+
+    /// <inheritdoc />
+    public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
+    {
+        int length = _layerLength[layer];
+        if (firstPosition + count > length)
+            throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        var q = queries.Slice(0, count * qRow).ToArray();
+        var o = new float[count * qRow];
+        Parallel.For(0, count * _heads, () => new float[length], (job, _, scores) =>
+        {
+            int t = job / _heads, h = job % _heads;
+            int slot = layer * _kvHeads + h / group;
+            int visible = firstPosition + t + 1; // causal: keys at positions 0..pos
+            var qh = new ReadOnlySpan<float>(q, t * qRow + h * hd, hd);
+            var keys = _keys[slot];
+            var values = _values[slot];
+            float max = float.NegativeInfinity;
+            for (int j = 0; j < visible; j++)
+            {
+                float s = TensorPrimitives.Dot(qh, new ReadOnlySpan<float>(keys, j * hd, hd)) * _scale;
+                scores[j] = s;
+                if (s > max) max = s;
+            }
+            float sum = 0;
+            for (int j = 0; j < visible; j++) { float e = MathF.Exp(scores[j] - max); scores[j] = e; sum += e; }
+            var oh = new Span<float>(o, t * qRow + h * hd, hd);
+            float inv = 1f / sum;
+            for (int j = 0; j < visible; j++)
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values, j * hd, hd), scores[j] * inv, oh, oh);
+            return scores;
+        }, _ => { });
+        o.CopyTo(output);
+    }
+
+    /// <inheritdoc />
+    public void Truncate(int length)
+    {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
+        for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() { }
+}

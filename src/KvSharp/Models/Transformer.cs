@@ -1,0 +1,188 @@
+using KvSharp.Cache;
+using KvSharp.Compute.Cpu;
+using KvSharp.Formats;
+
+namespace KvSharp.Models;
+
+/// <summary>Which positions of a forward pass produce logits.</summary>
+public enum LogitsMode
+{
+    /// <summary>Only the last token (generation).</summary>
+    Last,
+    /// <summary>Every token (perplexity, KL, tests).</summary>
+    All,
+}
+
+/// <summary>
+/// A Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2) configured entirely by
+/// <see cref="ModelConfig"/>: RMSNorm, grouped-query attention with RoPE (either convention,
+/// optional Llama-3 scaling), optional QKV bias and per-head q/k RMSNorm, SwiGLU feed-forward.
+/// Weights are read in their stored precision; activations are float32.
+/// </summary>
+public sealed unsafe class Transformer
+{
+    private readonly ModelWeights _weights;
+    private readonly Rope _rope;
+    private readonly Layer[] _layers;
+    private readonly float[] _outputNorm;
+    private readonly TensorView _embedding, _output;
+
+    private sealed record Layer(
+        float[] AttnNorm, TensorView Q, TensorView K, TensorView V, float[]? QBias, float[]? KBias, float[]? VBias,
+        float[]? QNorm, float[]? KNorm, TensorView AttnOutput, float[] FfnNorm, TensorView Gate, TensorView Up, TensorView Down);
+
+    /// <summary>Binds the transformer to <paramref name="weights"/> (which must outlive it).</summary>
+    public Transformer(ModelWeights weights)
+    {
+        _weights = weights;
+        var c = Config;
+        c.Validate(weights.Source);
+        _rope = new Rope(c);
+        _embedding = weights.Require(TensorNames.TokenEmbedding);
+        _output = weights.Find(TensorNames.Output) ?? _embedding;
+        _outputNorm = Vector(TensorNames.OutputNorm, c.HiddenSize)!;
+        _layers = new Layer[c.NumLayers];
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            string N(string s) => TensorNames.Layer(l, s);
+            _layers[l] = new Layer(
+                Vector(N(TensorNames.Suffix.AttnNorm), c.HiddenSize)!,
+                Matrix(N(TensorNames.Suffix.Q), c.NumHeads * c.HeadDim, c.HiddenSize),
+                Matrix(N(TensorNames.Suffix.K), c.NumKvHeads * c.HeadDim, c.HiddenSize),
+                Matrix(N(TensorNames.Suffix.V), c.NumKvHeads * c.HeadDim, c.HiddenSize),
+                Vector(N(TensorNames.Suffix.QBias), c.NumHeads * c.HeadDim, optional: true),
+                Vector(N(TensorNames.Suffix.KBias), c.NumKvHeads * c.HeadDim, optional: true),
+                Vector(N(TensorNames.Suffix.VBias), c.NumKvHeads * c.HeadDim, optional: true),
+                c.QkNorm ? Vector(N(TensorNames.Suffix.QNorm), c.HeadDim) : null,
+                c.QkNorm ? Vector(N(TensorNames.Suffix.KNorm), c.HeadDim) : null,
+                Matrix(N(TensorNames.Suffix.AttnOutput), c.HiddenSize, c.NumHeads * c.HeadDim),
+                Vector(N(TensorNames.Suffix.FfnNorm), c.HiddenSize)!,
+                Matrix(N(TensorNames.Suffix.FfnGate), c.IntermediateSize, c.HiddenSize),
+                Matrix(N(TensorNames.Suffix.FfnUp), c.IntermediateSize, c.HiddenSize),
+                Matrix(N(TensorNames.Suffix.FfnDown), c.HiddenSize, c.IntermediateSize));
+        }
+    }
+
+    /// <summary>The model's architecture.</summary>
+    public ModelConfig Config => _weights.Config;
+
+    /// <summary>The weights this transformer reads.</summary>
+    public ModelWeights Weights => _weights;
+
+    /// <summary>Tokens per prefill chunk: bounds activation memory for long prompts.</summary>
+    public int PrefillChunk { get; init; } = 512;
+
+    /// <summary>Creates an empty full-precision cache sized for this model.</summary>
+    public FullPrecisionKvCache CreateCache(int maxTokens) => new(Config, maxTokens);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.Length.. through the model, appending their
+    /// keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
+    /// [tokens, vocab] with <see cref="LogitsMode.All"/>.
+    /// </summary>
+    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last)
+    {
+        if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        int vocab = Config.VocabSize;
+        var logits = new float[mode == LogitsMode.All ? tokens.Length * vocab : vocab];
+        for (int start = 0; start < tokens.Length; start += PrefillChunk)
+        {
+            int n = Math.Min(PrefillChunk, tokens.Length - start);
+            bool last = start + n == tokens.Length;
+            if (mode == LogitsMode.All)
+                ForwardChunk(tokens.Slice(start, n), cache, logits.AsSpan(start * vocab, n * vocab), allRows: true);
+            else
+                ForwardChunk(tokens.Slice(start, n), cache, last ? logits : Span<float>.Empty, allRows: false);
+        }
+        return logits;
+    }
+
+    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, bool allRows)
+    {
+        var c = Config;
+        int n = tokens.Length, d = c.HiddenSize, hd = c.HeadDim;
+        int qDim = c.NumHeads * hd, kvDim = c.NumKvHeads * hd, ffn = c.IntermediateSize;
+        int pos0 = cache.Length;
+
+        var x = new float[n * d];
+        var xb = new float[n * d];
+        var q = new float[n * qDim];
+        var k = new float[n * kvDim];
+        var v = new float[n * kvDim];
+        var att = new float[n * qDim];
+        var gate = new float[n * ffn];
+        var up = new float[n * ffn];
+
+        for (int t = 0; t < n; t++)
+        {
+            int id = tokens[t];
+            if ((uint)id >= (uint)c.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{c.VocabSize - 1})");
+            Kernels.GetRow(_embedding, id, x.AsSpan(t * d, d));
+        }
+
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            var L = _layers[l];
+            Kernels.RmsNorm(x, L.AttnNorm, xb, c.RmsNormEps);
+            Kernels.MatMul(L.Q, xb, q, n);
+            Kernels.MatMul(L.K, xb, k, n);
+            Kernels.MatMul(L.V, xb, v, n);
+            for (int t = 0; t < n; t++)
+            {
+                var qt = q.AsSpan(t * qDim, qDim);
+                var kt = k.AsSpan(t * kvDim, kvDim);
+                if (L.QBias != null) Kernels.Add(qt, L.QBias);
+                if (L.KBias != null) Kernels.Add(kt, L.KBias);
+                if (L.VBias != null) Kernels.Add(v.AsSpan(t * kvDim, kvDim), L.VBias);
+                if (L.QNorm != null) Kernels.RmsNorm(qt, L.QNorm, qt, c.RmsNormEps);
+                if (L.KNorm != null) Kernels.RmsNorm(kt, L.KNorm, kt, c.RmsNormEps);
+                _rope.Apply(qt, pos0 + t);
+                _rope.Apply(kt, pos0 + t);
+            }
+            cache.Append(l, k, v, n);
+            cache.Attend(l, q, n, pos0, att);
+            Kernels.MatMul(L.AttnOutput, att, xb, n);
+            Kernels.Add(x, xb);
+
+            Kernels.RmsNorm(x, L.FfnNorm, xb, c.RmsNormEps);
+            Kernels.MatMul(L.Gate, xb, gate, n);
+            Kernels.MatMul(L.Up, xb, up, n);
+            Kernels.SwiGlu(gate, up);
+            Kernels.MatMul(L.Down, gate, xb, n);
+            Kernels.Add(x, xb);
+        }
+
+        if (logits.IsEmpty) return;
+        if (allRows)
+        {
+            Kernels.RmsNorm(x, _outputNorm, xb, c.RmsNormEps);
+            Kernels.MatMul(_output, xb, logits, n);
+        }
+        else
+        {
+            var lastRow = xb.AsSpan(0, d);
+            Kernels.RmsNorm(x.AsSpan((n - 1) * d, d), _outputNorm, lastRow, c.RmsNormEps);
+            Kernels.MatMul(_output, lastRow, logits, 1);
+        }
+    }
+
+    private TensorView Matrix(string name, int rows, int cols)
+    {
+        var t = _weights.Require(name);
+        if (t.Rows != rows || t.Cols != cols)
+            throw new ModelFormatException(_weights.Source, $"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{rows}, {cols}]");
+        return t;
+    }
+
+    private float[]? Vector(string name, int length, bool optional = false)
+    {
+        var t = _weights.Find(name);
+        if (t == null)
+            return optional ? null : throw new ModelFormatException(_weights.Source, $"missing tensor '{name}'");
+        if (t.ElementCount != length)
+            throw new ModelFormatException(_weights.Source, $"tensor '{name}' has {t.ElementCount} elements, expected {length}");
+        var v = new float[length];
+        Dequantize.Block(t.Type, t.Data, v);
+        return v;
+    }
+}
