@@ -1,3 +1,10 @@
 using BenchmarkDotNet.Running;
+using KvSharp.Bench.EndToEnd;
 
+if (args.Length > 0 && args[0] == "llamacpp")
+{
+    var r = LlamaCppPeer.Measure(args[1], int.Parse(args[2]), int.Parse(args[3]), int.Parse(args[4]));
+    Console.WriteLine($"llama.cpp prefill {r.PrefillTokensPerSecond:F1} tok/s, decode {r.DecodeTokensPerSecond:F1} tok/s");
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
