@@ -1,0 +1,63 @@
+using KvSharp.Cache.Pool;
+
+namespace KvSharp.Tests.Cache;
+
+public unsafe class BlockPoolTests
+{
+    [Fact]
+    public void BlocksAreZeroedDistinctAndReusedAfterRelease()
+    {
+        using var pool = new BlockPool(1000);
+        Assert.Equal(1024, pool.BlockBytes);
+        var ids = Enumerable.Range(0, 3000).Select(_ => pool.Allocate()).ToList();
+        Assert.Equal(3000, pool.LiveBlocks);
+        Assert.Equal(ids.Count, ids.Select(i => i.Value).Distinct().Count());
+        for (int i = 0; i < ids.Count; i++) pool.Span(ids[i]).Fill((byte)i);
+        for (int i = 0; i < ids.Count; i++) Assert.All(pool.Span(ids[i]).ToArray(), b => Assert.Equal((byte)i, b));
+        pool.Release(ids[5]);
+        var again = pool.Allocate();
+        Assert.All(pool.Span(again).ToArray(), b => Assert.Equal(0, b));
+    }
+
+    [Fact]
+    public void SharedBlockSurvivesUntilLastRelease()
+    {
+        using var pool = new BlockPool(64);
+        var id = pool.Allocate();
+        pool.Retain(id);
+        Assert.Equal(2, pool.RefCount(id));
+        pool.Release(id);
+        Assert.Equal(1, pool.RefCount(id));
+        pool.Release(id);
+        Assert.Equal(0, pool.LiveBlocks);
+        Assert.Throws<InvalidOperationException>(() => pool.Release(id));
+    }
+
+    [Fact]
+    public void FreeingBlocksReturnsMemoryToTheOperatingSystem()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var pool = new BlockPool(4096);
+        long before = ResidentBytes();
+        var ids = new List<BlockId>();
+        for (int i = 0; i < 64 * 1024; i++) // 256 MiB
+        {
+            var id = pool.Allocate();
+            pool.Span(id).Fill(1); // touch every page
+            ids.Add(id);
+        }
+        long full = ResidentBytes();
+        Assert.True(full - before > 200L << 20, $"resident grew by only {(full - before) >> 20} MiB");
+        foreach (var id in ids) pool.Release(id);
+        long after = ResidentBytes();
+        Assert.True(full - after > 200L << 20, $"releasing 256 MiB of blocks lowered resident memory by only {(full - after) >> 20} MiB");
+        Assert.Equal(0, pool.ReservedBytes);
+    }
+
+    private static long ResidentBytes()
+    {
+        // /proc/self/statm: size resident shared ... in pages (the kernel's own count, not ours).
+        var fields = File.ReadAllText("/proc/self/statm").Split(' ');
+        return long.Parse(fields[1]) * Environment.SystemPageSize;
+    }
+}
