@@ -10,6 +10,9 @@ internal sealed class Xoshiro256StarStar
 
     public Xoshiro256StarStar(ulong seed) => Reseed(seed);
 
+    /// <summary>Starts from a raw state (test vectors of the reference implementation).</summary>
+    internal Xoshiro256StarStar(ulong s0, ulong s1, ulong s2, ulong s3) => (_s0, _s1, _s2, _s3) = (s0, s1, s2, s3);
+
     /// <summary>Resets the state from <paramref name="seed"/>; SplitMix64 spreads even small seeds over all 256 bits.</summary>
     public void Reseed(ulong seed)
     {
