@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using System.Text;
+using KvSharp.Cache;
+using KvSharp.Generation.Sampling;
+using KvSharp.Models;
+using KvSharp.Tokenization;
+
+namespace KvSharp.Generation;
+
+/// <summary>
+/// The decode loop: prefill a prompt into a KV cache, then sample one token at a time, streaming
+/// text as complete UTF-8 and stopping at EOS, a stop string, the token budget or a full context.
+/// The cache may already hold earlier turns; the prompt continues from its length.
+/// </summary>
+public sealed class Generator
+{
+    private readonly Transformer _model;
+    private readonly ITokenizer _tokenizer;
+
+    /// <summary>Creates a generator over <paramref name="model"/> and its <paramref name="tokenizer"/>.</summary>
+    public Generator(Transformer model, ITokenizer tokenizer)
+    {
+        _model = model;
+        _tokenizer = tokenizer;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="prompt"/> after whatever <paramref name="cache"/> holds and generates a
+    /// continuation. <paramref name="onText"/> receives text as soon as it is safe to show (complete
+    /// characters, never part of a stop string). Throws <see cref="KvSharpException"/> when the prompt
+    /// does not fit the context.
+    /// </summary>
+    public GenerationResult Generate(
+        IReadOnlyList<int> prompt, IKvCache cache, int contextLength, GenerationOptions options,
+        Action<string>? onText = null, CancellationToken cancellation = default)
+    {
+        options.Validate();
+        if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
+        int free = contextLength - cache.Length;
+        if (prompt.Count > free)
+            throw new KvSharpException(cache.Length == 0
+                ? $"the prompt has {prompt.Count} tokens but the context holds {contextLength} (raise --ctx up to the model's {_model.Config.MaxContext}, or shorten the prompt)"
+                : $"the prompt has {prompt.Count} tokens but only {free} of the context's {contextLength} remain");
+
+        var sampler = new Sampler(options.EffectiveSampler);
+        var history = new List<int>(prompt);
+        var generated = new List<int>();
+        var eos = options.StopAtEos ? new HashSet<int>(_tokenizer.EosIds) : [];
+        var utf8 = Encoding.UTF8.GetDecoder();
+        var stops = new StopStringMatcher(options.StopStrings);
+        var text = new StringBuilder();
+        var chars = new char[64];
+
+        var sw = Stopwatch.StartNew();
+        float[] logits = _model.Forward(prompt.ToArray(), cache);
+        var prefill = sw.Elapsed;
+        sw.Restart();
+
+        StopReason reason = StopReason.MaxTokens;
+        while (generated.Count < options.MaxTokens)
+        {
+            if (cancellation.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
+            int next = sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
+            if (eos.Contains(next)) { reason = StopReason.EndOfSequence; break; }
+            generated.Add(next);
+            history.Add(next);
+
+            if (!_tokenizer.IsSpecial(next)) // control tokens (chat markers) are not text
+            {
+                var bytes = _tokenizer.TokenBytes(next);
+                int need = utf8.GetCharCount(bytes, flush: false);
+                if (need > chars.Length) chars = new char[need * 2];
+                int n = utf8.GetChars(bytes, 0, bytes.Length, chars, 0, flush: false);
+                if (n > 0)
+                {
+                    var r = stops.Push(new string(chars, 0, n));
+                    Emit(r.SafeText);
+                    if (r.Stopped) { reason = StopReason.StopString; break; }
+                }
+            }
+            if (generated.Count == options.MaxTokens) break;
+            if (cache.Length >= contextLength) { reason = StopReason.ContextFull; break; }
+            logits = _model.Forward([next], cache);
+        }
+        if (reason != StopReason.StopString)
+        {
+            int n = utf8.GetChars([], 0, 0, chars, 0, flush: true);
+            var r = stops.Push(new string(chars, 0, n));
+            Emit(r.SafeText);
+            if (r.Stopped) reason = StopReason.StopString;
+            else Emit(stops.Flush());
+        }
+        return new GenerationResult(generated, text.ToString(), reason, prompt.Count, prefill, sw.Elapsed);
+
+        void Emit(string s)
+        {
+            if (s.Length == 0) return;
+            text.Append(s);
+            onText?.Invoke(s);
+        }
+    }
+}
