@@ -10,8 +10,8 @@ namespace KvSharp.Compute.Cpu;
 /// </summary>
 internal static unsafe class MatMulCpu
 {
-    /// <summary>Set by tests to force the scalar fallbacks.</summary>
-    internal static bool ForceScalar;
+    /// <summary>Set by tests to force the scalar fallbacks for matmuls issued from the current thread.</summary>
+    [ThreadStatic] internal static bool ForceScalar;
 
     private enum Path { F32, Half16, Q8_0Act, Q8_KAct, Generic }
 
@@ -143,7 +143,7 @@ internal static unsafe class MatMulCpu
     {
         var j = (Job*)ctx;
         Range(j, chunk, out int r0, out int r1);
-        FloatRows(j, (float*)j->W, j->Cols, r0, r1, r0);
+        FloatRows(j, (float*)j->W, j->Cols, r0, r1, 0);
     }
 
     /// <summary>
