@@ -7,4 +7,9 @@ if (args.Length > 0 && args[0] == "llamacpp")
     Console.WriteLine($"llama.cpp prefill {r.PrefillTokensPerSecond:F1} tok/s, decode {r.DecodeTokensPerSecond:F1} tok/s");
     return;
 }
+if (args.Length > 0 && args[0] == "kernels-quick")
+{
+    KvSharp.Bench.Kernels.QuickKernelBench.Run(args);
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

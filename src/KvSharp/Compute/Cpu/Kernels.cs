@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using KvSharp.Formats;
 
 namespace KvSharp.Compute.Cpu;
@@ -26,23 +27,41 @@ public static class Kernels
         {
             var xi = x.Slice(r * d, d);
             var yi = dst.Slice(r * d, d);
-            float ss = System.Numerics.Tensors.TensorPrimitives.SumOfSquares(xi);
+            float ss = TensorPrimitives.SumOfSquares(xi);
             float inv = 1f / MathF.Sqrt(ss / d + eps);
-            System.Numerics.Tensors.TensorPrimitives.Multiply(xi, inv, yi);
-            System.Numerics.Tensors.TensorPrimitives.Multiply(yi, weight, yi);
+            TensorPrimitives.Multiply(xi, inv, yi);
+            TensorPrimitives.Multiply(yi, weight, yi);
         }
     }
 
-    /// <summary>gate = silu(gate) * up, elementwise.</summary>
+    /// <summary>gate = silu(gate) * up = gate * sigmoid(gate) * up, elementwise (vectorized exp).</summary>
     public static void SwiGlu(Span<float> gate, ReadOnlySpan<float> up)
     {
-        for (int i = 0; i < gate.Length; i++)
+        if (up.Length < gate.Length)
+            throw new ArgumentException($"up has {up.Length} values, gate {gate.Length}", nameof(up));
+        Span<float> sig = stackalloc float[512];
+        for (int i = 0; i < gate.Length; i += sig.Length)
         {
-            float g = gate[i];
-            gate[i] = g / (1f + MathF.Exp(-g)) * up[i];
+            int len = Math.Min(sig.Length, gate.Length - i);
+            var g = gate.Slice(i, len);
+            var s = sig.Slice(0, len);
+            TensorPrimitives.Sigmoid(g, s);
+            TensorPrimitives.Multiply(g, s, g);
+            TensorPrimitives.Multiply(g, up.Slice(i, len), g);
         }
+    }
+
+    /// <summary>x = softmax(x) in place, shifted by max(x) so large logits cannot overflow.</summary>
+    public static void Softmax(Span<float> x)
+    {
+        if (x.IsEmpty) return;
+        float max = TensorPrimitives.Max(x);
+        TensorPrimitives.Subtract(x, max, x);
+        TensorPrimitives.Exp(x, x);
+        float sum = TensorPrimitives.Sum(x);
+        TensorPrimitives.Multiply(x, 1f / sum, x);
     }
 
     /// <summary>x += y.</summary>
-    public static void Add(Span<float> x, ReadOnlySpan<float> y) => System.Numerics.Tensors.TensorPrimitives.Add(x, y, x);
+    public static void Add(Span<float> x, ReadOnlySpan<float> y) => TensorPrimitives.Add(x, y, x);
 }

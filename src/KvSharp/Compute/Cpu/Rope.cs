@@ -49,19 +49,44 @@ public sealed class Rope
     public void Apply(Span<float> x, int position)
     {
         int half = _headDim / 2;
-        for (int h = 0; h < x.Length / _headDim; h++)
+        // cos/sin depend only on (position, i): compute them once per call, not once per head.
+        Span<float> cos = half <= 512 ? stackalloc float[half] : new float[half];
+        Span<float> sin = half <= 512 ? stackalloc float[half] : new float[half];
+        for (int i = 0; i < half; i++)
+        {
+            float angle = position * _invFreq[i];
+            cos[i] = MathF.Cos(angle);
+            sin[i] = MathF.Sin(angle);
+        }
+        int heads = x.Length / _headDim;
+        for (int h = 0; h < heads; h++)
         {
             var head = x.Slice(h * _headDim, _headDim);
-            for (int i = 0; i < half; i++)
+            if (_style == RopeStyle.Interleaved)
             {
-                float angle = position * _invFreq[i];
-                float c = MathF.Cos(angle), s = MathF.Sin(angle);
-                int a = _style == RopeStyle.Interleaved ? 2 * i : i;
-                int b = _style == RopeStyle.Interleaved ? 2 * i + 1 : i + half;
-                float x0 = head[a], x1 = head[b];
-                head[a] = x0 * c - x1 * s;
-                head[b] = x0 * s + x1 * c;
+                for (int i = 0; i < half; i++)
+                {
+                    float x0 = head[2 * i], x1 = head[2 * i + 1];
+                    head[2 * i] = x0 * cos[i] - x1 * sin[i];
+                    head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+            else
+            {
+                for (int i = 0; i < half; i++)
+                {
+                    float x0 = head[i], x1 = head[i + half];
+                    head[i] = x0 * cos[i] - x1 * sin[i];
+                    head[i + half] = x0 * sin[i] + x1 * cos[i];
+                }
             }
         }
+    }
+
+    /// <summary>Applies <see cref="Apply(Span{float}, int)"/> to <paramref name="n"/> consecutive rows of
+    /// <paramref name="rowLength"/> values, row t at position <paramref name="startPosition"/> + t.</summary>
+    public void Apply(Span<float> x, int rowLength, int n, int startPosition)
+    {
+        for (int t = 0; t < n; t++) Apply(x.Slice(t * rowLength, rowLength), startPosition + t);
     }
 }

@@ -1,0 +1,292 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace KvSharp.Compute.Cpu;
+
+/// <summary>
+/// Integer dot products of quantized weight rows with activations quantized the way llama.cpp does
+/// it: Q8_0 activations (blocks of 32, f16-rounded scale) for Q8_0/Q4_0 weights, Q8_K activations
+/// (blocks of 256, f32 scale, 16-element sums) for Q4_K/Q6_K. Activation data is kept as separate
+/// arrays (int8 values, scales, sums) rather than ggml's interleaved blocks so SIMD loads are aligned.
+/// </summary>
+internal static unsafe class QuantDot
+{
+    /// <summary>Whether the AVX2 paths run on this machine.</summary>
+    public static readonly bool Simd = Avx2.IsSupported && Fma.IsSupported;
+
+    // ---------- activation quantization ----------
+
+    /// <summary>
+    /// llama.cpp's x86 quantize_row_q8_0: d = amax/127 stored as f16, q = round-half-even(x * 127/amax).
+    /// <paramref name="d"/> receives the f16-rounded scale as float.
+    /// </summary>
+    public static void QuantizeQ8_0(float* x, int n, sbyte* q, float* d)
+    {
+        for (int b = 0; b < n / 32; b++)
+        {
+            float* xb = x + b * 32;
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = MathF.Max(amax, MathF.Abs(xb[j]));
+            d[b] = (float)(Half)(amax / 127f);
+            float id = amax != 0 ? 127f / amax : 0f;
+            for (int j = 0; j < 32; j++) q[b * 32 + j] = (sbyte)MathF.Round(xb[j] * id);
+        }
+    }
+
+    /// <summary>
+    /// ggml's quantize_row_q8_K: iscale = -127/(value of largest magnitude), q = min(127, round(iscale*x)),
+    /// d = 1/iscale, plus the sum of each 16 values.
+    /// </summary>
+    public static void QuantizeQ8_K(float* x, int n, sbyte* q, float* d, short* bsums)
+    {
+        for (int b = 0; b < n / 256; b++)
+        {
+            float* xb = x + b * 256;
+            sbyte* qb = q + b * 256;
+            float amax = 0, max = 0;
+            for (int j = 0; j < 256; j++)
+            {
+                float a = MathF.Abs(xb[j]);
+                if (a > amax) { amax = a; max = xb[j]; }
+            }
+            if (amax == 0)
+            {
+                d[b] = 0;
+                for (int j = 0; j < 256; j++) qb[j] = 0;
+            }
+            else
+            {
+                float iscale = -127f / max;
+                for (int j = 0; j < 256; j++) qb[j] = (sbyte)Math.Min(127, (int)MathF.Round(iscale * xb[j]));
+                d[b] = 1 / iscale;
+            }
+            for (int j = 0; j < 16; j++)
+            {
+                int s = 0;
+                for (int l = 0; l < 16; l++) s += qb[j * 16 + l];
+                bsums[b * 16 + j] = (short)s;
+            }
+        }
+    }
+
+    private static float H(byte* p) => (float)*(Half*)p;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> DotI8(Vector256<sbyte> a, Vector256<sbyte> b)
+    {
+        // maddubs needs one unsigned operand: |a| times b with a's sign moved onto b.
+        var p16 = Avx2.MultiplyAddAdjacent(Avx2.Abs(a), Avx2.Sign(b, a));
+        return Avx2.MultiplyAddAdjacent(p16, Vector256.Create((short)1));
+    }
+
+    // ---------- Q8_0 x Q8_0 ----------
+
+    /// <summary>dot of a Q8_0 weight row (<paramref name="nb"/> blocks) with a Q8_0 activation row.</summary>
+    public static float Q8_0(byte* w, sbyte* xq, float* xd, int nb)
+    {
+        var acc = Vector256<float>.Zero;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 34;
+            var wq = Avx.LoadVector256((sbyte*)(blk + 2));
+            var xv = Avx.LoadVector256(xq + b * 32);
+            var s = Avx.ConvertToVector256Single(DotI8(wq, xv));
+            acc = Fma.MultiplyAdd(Vector256.Create(H(blk) * xd[b]), s, acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>Scalar Q8_0 x Q8_0.</summary>
+    public static float Q8_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
+    {
+        float sum = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 34;
+            sbyte* q = (sbyte*)(blk + 2);
+            int s = 0;
+            for (int j = 0; j < 32; j++) s += q[j] * xq[b * 32 + j];
+            sum += H(blk) * xd[b] * s;
+        }
+        return sum;
+    }
+
+    // ---------- Q4_0 x Q8_0 ----------
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Nibbles(byte* q)
+    {
+        // Low nibbles are elements 0..15, high nibbles 16..31.
+        var v = Sse2.LoadVector128(q);
+        var lo = Sse2.And(v, Vector128.Create((byte)0x0F));
+        var hi = Sse2.And(Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), Vector128.Create((byte)0x0F));
+        return Vector256.Create(lo, hi).AsSByte();
+    }
+
+    /// <summary>dot of a Q4_0 weight row with a Q8_0 activation row.</summary>
+    public static float Q4_0(byte* w, sbyte* xq, float* xd, int nb)
+    {
+        var acc = Vector256<float>.Zero;
+        var eight = Vector256.Create((sbyte)8);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 18;
+            var wq = Avx2.Subtract(Nibbles(blk + 2), eight);
+            var s = Avx.ConvertToVector256Single(DotI8(wq, Avx.LoadVector256(xq + b * 32)));
+            acc = Fma.MultiplyAdd(Vector256.Create(H(blk) * xd[b]), s, acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>Scalar Q4_0 x Q8_0.</summary>
+    public static float Q4_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
+    {
+        float sum = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 18;
+            byte* q = blk + 2;
+            sbyte* x = xq + b * 32;
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += ((q[j] & 0xF) - 8) * x[j] + ((q[j] >> 4) - 8) * x[j + 16];
+            sum += H(blk) * xd[b] * s;
+        }
+        return sum;
+    }
+
+    // ---------- Q4_K x Q8_K ----------
+
+    /// <summary>dot of a Q4_K weight row (<paramref name="nb"/> super-blocks) with a Q8_K activation row.</summary>
+    public static float Q4_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
+    {
+        var acc = Vector256<float>.Zero;
+        float mins = 0;
+        var mask = Vector256.Create((byte)0x0F);
+        int* sc = stackalloc int[8];
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 144;
+            float d = H(blk) * xd[b], dmin = H(blk + 2) * xd[b];
+            short* bs = bsums + b * 16;
+            int summ = 0;
+            for (int j = 0; j < 8; j++)
+            {
+                Dequantize.ScaleMinK4(j, blk + 4, out sc[j], out int m);
+                summ += m * (bs[2 * j] + bs[2 * j + 1]);
+            }
+            mins += dmin * summ;
+            byte* q = blk + 16;
+            sbyte* x = xq + b * 256;
+            var isum = Vector256<int>.Zero;
+            for (int k = 0; k < 4; k++)
+            {
+                var v = Avx.LoadVector256(q + 32 * k);
+                var lo = Avx2.And(v, mask);
+                var hi = Avx2.And(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
+                var plo = Avx2.MultiplyAddAdjacent(lo, Avx.LoadVector256(x + 64 * k));
+                var phi = Avx2.MultiplyAddAdjacent(hi, Avx.LoadVector256(x + 64 * k + 32));
+                isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(plo, Vector256.Create((short)sc[2 * k])));
+                isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(phi, Vector256.Create((short)sc[2 * k + 1])));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(d), Avx.ConvertToVector256Single(isum), acc);
+        }
+        return Vector256.Sum(acc) - mins;
+    }
+
+    /// <summary>Scalar Q4_K x Q8_K.</summary>
+    public static float Q4_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
+    {
+        float sum = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 144;
+            byte* q = blk + 16;
+            sbyte* x = xq + b * 256;
+            int isum = 0, summ = 0;
+            for (int j = 0; j < 8; j++)
+            {
+                Dequantize.ScaleMinK4(j, blk + 4, out int s, out int m);
+                summ += m * (bsums[b * 16 + 2 * j] + bsums[b * 16 + 2 * j + 1]);
+                int k = j / 2, shift = (j % 2) * 4, dot = 0;
+                for (int l = 0; l < 32; l++) dot += ((q[32 * k + l] >> shift) & 0xF) * x[32 * j + l];
+                isum += s * dot;
+            }
+            sum += H(blk) * xd[b] * isum - H(blk + 2) * xd[b] * summ;
+        }
+        return sum;
+    }
+
+    // ---------- Q6_K x Q8_K ----------
+
+    /// <summary>dot of a Q6_K weight row with a Q8_K activation row: unsigned 6-bit levels times x,
+    /// minus 32 times the 16-element activation sums (the -32 offset of the format).</summary>
+    public static float Q6_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
+    {
+        var acc = Vector256<float>.Zero;
+        var m4 = Vector256.Create((byte)0x0F);
+        var m30 = Vector256.Create((byte)0x30);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 210;
+            sbyte* sc = (sbyte*)(blk + 192);
+            float d = H(blk + 208) * xd[b];
+            sbyte* x = xq + b * 256;
+            // Offset term: sum_j sc[j] * bsum[j], 16 sub-blocks at once.
+            var scales16 = Avx2.ConvertToVector256Int16(sc);
+            var corr = Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bsums + b * 16), scales16);
+            var isum = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(corr, 5));
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = blk + 64 * h;
+                var qh = Avx.LoadVector256(blk + 128 + 32 * h);
+                var l0 = Avx.LoadVector256(ql);
+                var l1 = Avx.LoadVector256(ql + 32);
+                var q0 = Avx2.Or(Avx2.And(l0, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 4).AsByte(), m30));
+                var q1 = Avx2.Or(Avx2.And(l1, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 2).AsByte(), m30));
+                var q2 = Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l0.AsUInt16(), 4).AsByte(), m4), Avx2.And(qh, m30));
+                var q3 = Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l1.AsUInt16(), 4).AsByte(), m4),
+                    Avx2.And(Avx2.ShiftRightLogical(qh.AsUInt16(), 2).AsByte(), m30));
+                sbyte* s = sc + 8 * h;
+                sbyte* xh = x + 128 * h;
+                isum = Avx2.Add(isum, Group(q0, xh, s[0], s[1]));
+                isum = Avx2.Add(isum, Group(q1, xh + 32, s[2], s[3]));
+                isum = Avx2.Add(isum, Group(q2, xh + 64, s[4], s[5]));
+                isum = Avx2.Add(isum, Group(q3, xh + 96, s[6], s[7]));
+            }
+            acc = Fma.MultiplyAdd(Vector256.Create(d), Avx.ConvertToVector256Single(isum), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Group(Vector256<byte> q, sbyte* x, sbyte s0, sbyte s1)
+    {
+        // 16 products per 128-bit lane: the low lane covers elements 0..15 (scale s0), the high 16..31 (s1).
+        var p = Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(x));
+        var s = Vector256.Create(Vector128.Create((short)s0), Vector128.Create((short)s1));
+        return Avx2.MultiplyAddAdjacent(p, s);
+    }
+
+    /// <summary>Scalar Q6_K x Q8_K.</summary>
+    public static float Q6_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
+    {
+        float sum = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 210;
+            sbyte* sc = (sbyte*)(blk + 192);
+            sbyte* x = xq + b * 256;
+            int isum = 0;
+            for (int i = 0; i < 256; i++)
+            {
+                int h = i / 128, g = (i % 128) / 32, l = i % 32;
+                int lo = (blk[64 * h + l + (g & 1) * 32] >> ((g >> 1) * 4)) & 0xF;
+                int hi = (blk[128 + 32 * h + l] >> (2 * g)) & 3;
+                isum += sc[i / 16] * ((lo | (hi << 4)) - 32) * x[i];
+            }
+            sum += H(blk + 208) * xd[b] * isum;
+        }
+        return sum;
+    }
+}
