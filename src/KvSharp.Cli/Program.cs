@@ -1,10 +1,21 @@
+using KvSharp.Cli.Commands;
+
 namespace KvSharp.Cli;
 
 internal static class Program
 {
     private static int Main(string[] args)
     {
-        Console.Error.WriteLine("kvsharp: commands are being built");
-        return args.Length == 0 ? 1 : 1;
+        using var cancel = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            // First Ctrl+C stops generation cleanly; a second one kills the process as usual.
+            if (cancel.IsCancellationRequested) return;
+            e.Cancel = true;
+            cancel.Cancel();
+        };
+        // The engine is wired here: replace UnwiredEngine with the engine's IEngineFacade implementation.
+        var context = new CliContext(new UnwiredEngine(), Console.In, Console.Out, Console.Error, cancel.Token);
+        return KvSharpCommandLine.Run(args, context);
     }
 }

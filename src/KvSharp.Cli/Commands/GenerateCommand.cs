@@ -1,0 +1,38 @@
+using System.CommandLine;
+
+namespace KvSharp.Cli.Commands;
+
+/// <summary><c>kvsharp generate</c>: continue one prompt and print the text.</summary>
+internal static class GenerateCommand
+{
+    public static Command Create(CliContext context)
+    {
+        var model = new ModelOptions();
+        var generation = new GenerationOptionSet();
+        var prompt = new Option<string>("--prompt", "-p") { Description = "Text to continue", Required = true };
+        var template = TemplateOption.Create(TemplateOption.None,
+            "Wrap the prompt as one user turn of this chat template: none (raw text), auto (the model's), chatml, llama3, llama2, plain");
+        var showCache = new Option<bool>("--show-cache") { Description = "Report KV-cache size and timings afterwards" };
+
+        var command = new Command("generate", "Generate a continuation of a prompt");
+        model.AddTo(command);
+        command.Options.Add(prompt);
+        command.Options.Add(template);
+        generation.AddTo(command);
+        command.Options.Add(showCache);
+
+        command.SetAction(parse =>
+        {
+            string templateName = parse.GetValue(template)!;
+            var request = new GenerateRequest(
+                model.Bind(parse),
+                parse.GetValue(prompt)!,
+                TemplateOption.Bind(templateName, allowNone: true),
+                templateName.Equals(TemplateOption.None, StringComparison.OrdinalIgnoreCase) ? null : templateName.ToLowerInvariant(),
+                generation.Bind(parse),
+                parse.GetValue(showCache));
+            return context.Engine.Generate(request, context.Output, context.Cancellation);
+        });
+        return command;
+    }
+}

@@ -1,0 +1,78 @@
+using KvSharp.Generation;
+using KvSharp.Generation.Chat;
+
+namespace KvSharp.Cli.Commands;
+
+/// <summary>Which model a command runs: a file/folder, or dummy weights shaped by a config.json.</summary>
+/// <param name="Path">GGUF file or Hugging Face model folder (<c>--model</c>); null with <paramref name="DummyConfig"/>.</param>
+/// <param name="DummyConfig">config.json whose shapes get deterministic random weights (<c>--dummy</c>).</param>
+/// <param name="DummyType">Weight type of the dummy model (<c>--dummy-type</c>): f16, bf16, f32, q8_0 or q4_0.</param>
+/// <param name="Threads">CPU threads (<c>--threads</c>); null = the engine's default.</param>
+/// <param name="ContextLength">Context length to allocate (<c>--ctx</c>); null = the model's own.</param>
+public sealed record ModelSource(string? Path, string? DummyConfig, string DummyType, int? Threads, int? ContextLength)
+{
+    /// <summary>A short description for messages ("model.gguf" or "dummy weights (bf16) from config.json").</summary>
+    public override string ToString() => Path ?? $"dummy weights ({DummyType}) from {DummyConfig}";
+}
+
+/// <summary>What <c>kvsharp generate</c> asks for.</summary>
+/// <param name="Model">The model to load.</param>
+/// <param name="Prompt">The prompt text (<c>--prompt</c>).</param>
+/// <param name="Template">A chat template to wrap the prompt in as one user turn (<c>--template</c>); null = raw text.</param>
+/// <param name="TemplateName">"auto" when the template must come from the model (the engine detects it), else the name given.</param>
+/// <param name="Options">Sampling, length and stop conditions, already validated.</param>
+/// <param name="ShowCache">Whether to report KV-cache size and timings afterwards (<c>--show-cache</c>).</param>
+public sealed record GenerateRequest(ModelSource Model, string Prompt, IChatTemplate? Template, string? TemplateName, GenerationOptions Options, bool ShowCache);
+
+/// <summary>What <c>kvsharp chat</c> asks for.</summary>
+/// <param name="Model">The model to load.</param>
+/// <param name="Template">The chat template named by <c>--template</c>; null for "auto" (the engine calls <see cref="ChatTemplates.Detect"/>).</param>
+/// <param name="SystemPrompt">System prompt (<c>--system</c>), if any.</param>
+/// <param name="Options">Sampling, length and stop conditions per answer, already validated.</param>
+/// <param name="ShowCache">Whether to report KV-cache size after each answer (<c>--show-cache</c>).</param>
+public sealed record ChatRequest(ModelSource Model, IChatTemplate? Template, string? SystemPrompt, GenerationOptions Options, bool ShowCache);
+
+/// <summary>A loaded model holding a conversation; the engine may keep its KV cache between turns.</summary>
+public interface IChatSession : IDisposable
+{
+    /// <summary>The template in use (given or detected), so the loop can report it.</summary>
+    IChatTemplate Template { get; }
+
+    /// <summary>
+    /// Generates the assistant's answer to <paramref name="conversation"/> (which ends with the user's turn),
+    /// streaming its text through <paramref name="onText"/>; returns the full answer without stop strings or EOS.
+    /// </summary>
+    string Respond(IReadOnlyList<ChatMessage> conversation, Action<string> onText, CancellationToken cancellation);
+}
+
+/// <summary>
+/// The seam between the command line and the engine: the CLI parses and validates, the engine loads models and
+/// generates. Errors in user input (bad model file, prompt too long for the context) are thrown as
+/// <see cref="KvSharpException"/>; the CLI prints their message and exits with code 1.
+/// </summary>
+public interface IEngineFacade
+{
+    /// <summary>Prints the model's metadata (architecture, shapes, tokenizer, chat template, KV bytes per token).</summary>
+    void Info(ModelSource model, TextWriter output);
+
+    /// <summary>Generates a continuation of the prompt, streaming text to <paramref name="output"/>; returns the exit code.</summary>
+    int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation);
+
+    /// <summary>Loads the model for an interactive conversation.</summary>
+    IChatSession OpenChat(ChatRequest request, CancellationToken cancellation);
+}
+
+/// <summary>Placeholder used until the engine is wired into <c>Program</c>: every command reports that clearly.</summary>
+public sealed class UnwiredEngine : IEngineFacade
+{
+    private static KvSharpException NotYet() => new("the inference engine is not wired into the command line yet");
+
+    /// <inheritdoc/>
+    public void Info(ModelSource model, TextWriter output) => throw NotYet();
+
+    /// <inheritdoc/>
+    public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation) => throw NotYet();
+
+    /// <inheritdoc/>
+    public IChatSession OpenChat(ChatRequest request, CancellationToken cancellation) => throw NotYet();
+}

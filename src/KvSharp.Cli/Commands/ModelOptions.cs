@@ -1,0 +1,46 @@
+using System.CommandLine;
+
+namespace KvSharp.Cli.Commands;
+
+/// <summary>The options that pick and size a model, shared by every command (a fresh set per command).</summary>
+internal sealed class ModelOptions
+{
+    /// <summary>Weight types the dummy-weights mode can generate.</summary>
+    public static readonly string[] DummyTypes = ["f16", "bf16", "f32", "q8_0", "q4_0"];
+
+    public Option<string?> Model { get; } = new Option<string?>("--model", "-m") { Description = "GGUF file or Hugging Face model folder", HelpName = "PATH" };
+    public Option<string?> Dummy { get; } = new Option<string?>("--dummy") { Description = "Run a model of this config.json's shape with deterministic random weights", HelpName = "CONFIG.json" };
+    public Option<string> DummyType { get; } = new Option<string>("--dummy-type") { Description = "Weight type of the --dummy model", DefaultValueFactory = _ => "f16", HelpName = string.Join("|", DummyTypes) };
+    public Option<int?> Threads { get; } = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)", HelpName = "N" }.Int();
+    public Option<int?> Context { get; } = new Option<int?>("--ctx", "-c") { Description = "Context length in tokens (default: the model's)", HelpName = "TOKENS" }.Int();
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Model);
+        command.Options.Add(Dummy);
+        command.Options.Add(DummyType);
+        command.Options.Add(Threads);
+        command.Options.Add(Context);
+    }
+
+    /// <summary>Reads and checks the options; throws <see cref="UsageException"/> naming the option.</summary>
+    public ModelSource Bind(ParseResult parse)
+    {
+        string? model = parse.GetValue(Model);
+        string? dummy = parse.GetValue(Dummy);
+        if (model != null && dummy != null) throw new UsageException("--model and --dummy cannot be used together: pick a real model or dummy weights");
+        if (model == null && dummy == null) throw new UsageException("--model PATH (or --dummy CONFIG.json) is required");
+        if (model != null && !File.Exists(model) && !Directory.Exists(model)) throw new UsageException($"--model: '{model}' does not exist");
+        if (dummy != null && !File.Exists(dummy)) throw new UsageException($"--dummy: config file '{dummy}' does not exist");
+        if (parse.GetResult(DummyType) is { Implicit: false } && dummy == null) throw new UsageException("--dummy-type only applies with --dummy CONFIG.json");
+
+        string dummyType = parse.GetValue(DummyType)!.ToLowerInvariant();
+        if (!DummyTypes.Contains(dummyType)) throw new UsageException($"--dummy-type must be one of {string.Join(", ", DummyTypes)}; got '{dummyType}'");
+
+        int? threads = parse.GetValue(Threads);
+        if (threads is <= 0) throw new UsageException($"--threads must be > 0, got {threads}");
+        int? ctx = parse.GetValue(Context);
+        if (ctx is <= 0) throw new UsageException($"--ctx must be > 0, got {ctx}");
+        return new ModelSource(model, dummy, dummyType, threads, ctx);
+    }
+}
