@@ -15,8 +15,7 @@ public class GgufTokenizerTests
     [MemberData(nameof(SupportedVocabs))]
     public void ReproducesLlamaCppVectors(string name)
     {
-        using var gguf = GgufFile.Open(Path.Combine(TokenizerVectors.VocabDir, $"ggml-vocab-{name}.gguf"));
-        var tok = TokenizerLoader.FromGguf(gguf);
+        var tok = TestTokenizers.Vocab(name);
         var bad = TokenizerVectors.Mismatches(tok, TokenizerVectors.Load(name));
         Assert.True(bad.Count == 0, $"{bad.Count} mismatches:\n" + string.Join("\n", bad));
     }
@@ -24,8 +23,7 @@ public class GgufTokenizerTests
     [Fact]
     public void Stories260kMatchesLlamaCppPromptIds()
     {
-        using var gguf = GgufFile.Open(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
-        var tok = TokenizerLoader.FromGguf(gguf);
+        var tok = TestTokenizers.Stories260k;
         Assert.Equal(512, tok.VocabSize);
         Assert.Equal(1, tok.BosId);
         Assert.Equal([2], tok.EosIds);
@@ -45,8 +43,7 @@ public class GgufTokenizerTests
     [Fact]
     public void Stories260kDecodesGreedyContinuation()
     {
-        using var gguf = GgufFile.Open(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
-        var tok = TokenizerLoader.FromGguf(gguf);
+        var tok = TestTokenizers.Stories260k;
         using var reference = JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json")));
         var r = reference.RootElement.GetProperty("results")[1];
         var ids = r.GetProperty("greedy_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
@@ -59,8 +56,7 @@ public class GgufTokenizerTests
     [Fact]
     public void SpmRoundTripsVectorInputs()
     {
-        using var gguf = GgufFile.Open(Path.Combine(TokenizerVectors.VocabDir, "ggml-vocab-llama-spm.gguf"));
-        var tok = TokenizerLoader.FromGguf(gguf);
+        var tok = TestTokenizers.Vocab("llama-spm");
         foreach (var (text, _) in TokenizerVectors.Load("llama-spm"))
             Assert.Equal(text, tok.Decode(tok.Encode(text, addSpecial: true, parseSpecial: false)));
     }
@@ -68,8 +64,7 @@ public class GgufTokenizerTests
     [Fact]
     public void SpmParsesControlTokensOnlyWhenAsked()
     {
-        using var gguf = GgufFile.Open(Path.Combine(TokenizerVectors.VocabDir, "ggml-vocab-llama-spm.gguf"));
-        var tok = TokenizerLoader.FromGguf(gguf);
+        var tok = TestTokenizers.Vocab("llama-spm");
         var parsed = tok.Encode("<s>Hello</s>", addSpecial: false, parseSpecial: true);
         Assert.Equal(1, parsed[0]);
         Assert.Equal(2, parsed[^1]);
