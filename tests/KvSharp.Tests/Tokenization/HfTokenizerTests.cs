@@ -1,0 +1,121 @@
+using System.Text.Json;
+using KvSharp.Tokenization;
+
+namespace KvSharp.Tests.Tokenization;
+
+public class HfTokenizerTests
+{
+    private static ITokenizer Load(params string[] dir) => TestTokenizers.Hf(dir);
+
+    [Theory]
+    [InlineData("llama3", "llama-bpe")]
+    [InlineData("qwen3", "qwen2")]
+    public void ReproducesLlamaCppVectorsOfTheSameTokenizer(string dir, string vectors)
+    {
+        var tok = Load("tokenizers", dir);
+        var bad = TokenizerVectors.Mismatches(tok, TokenizerVectors.Load(vectors));
+        Assert.True(bad.Count == 0, $"{bad.Count} mismatches:\n" + string.Join("\n", bad));
+    }
+
+    [Theory]
+    [InlineData("llama3", "llama-bpe")]
+    [InlineData("qwen3", "qwen2")]
+    [InlineData("smollm2", "llama-bpe")]
+    public void ByteLevelRoundTripsVectorInputs(string dir, string vectors)
+    {
+        var tok = Load("tokenizers", dir);
+        foreach (var (text, _) in TokenizerVectors.Load(vectors))
+        {
+            // Qwen normalizes to NFC, so compare against the NFC form of the input.
+            string expected = dir == "qwen3" ? text.Normalize(System.Text.NormalizationForm.FormC) : text;
+            Assert.Equal(expected, tok.Decode(tok.Encode(text, addSpecial: false, parseSpecial: false)));
+        }
+    }
+
+    [Fact]
+    public void NeedleModelMatchesTransformersPromptIds()
+    {
+        var tok = Load("models", "kvsharp-needle-16m");
+        Assert.Equal(0, tok.BosId);
+        Assert.True(tok.AddsBos);
+        Assert.Contains(1, tok.EosIds);
+        using var reference = JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "kvsharp-needle-16m.transformers.json")));
+        int n = 0;
+        foreach (var r in reference.RootElement.GetProperty("results").EnumerateArray())
+        {
+            string prompt = r.GetProperty("prompt").GetString()!;
+            var expected = r.GetProperty("prompt_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            Assert.Equal(expected, tok.Encode(prompt));
+            Assert.Equal(prompt, tok.Decode(tok.Encode(prompt)));
+            var greedy = r.GetProperty("greedy_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            Assert.Equal(r.GetProperty("greedy_text").GetString(), tok.Decode(greedy));
+            n++;
+        }
+        Assert.Equal(4, n);
+    }
+
+    [Fact]
+    public void Qwen3ParsesChatMarkersOnlyWhenAsked()
+    {
+        var tok = Load("tokenizers", "qwen3");
+        Assert.Null(tok.BosId);
+        Assert.False(tok.AddsBos);
+        Assert.Equal([151645], tok.EosIds); // <|im_end|>
+        var ids = tok.Encode("<|im_start|>user\nHi<|im_end|>", addSpecial: true, parseSpecial: true);
+        Assert.Equal(151644, ids[0]);
+        Assert.Equal(151645, ids[^1]);
+        Assert.True(tok.IsSpecial(151644));
+        Assert.Equal("user\nHi", tok.Decode(ids));
+        Assert.Equal("<|im_start|>user\nHi<|im_end|>", tok.Decode(ids, skipSpecial: false));
+        var literal = tok.Encode("<|im_start|>", addSpecial: false, parseSpecial: false);
+        Assert.DoesNotContain(151644, literal);
+        Assert.True(literal.Length > 1);
+    }
+
+    // Expected ids computed with a naive independent BPE (lowest-rank adjacent pair first, leftmost on
+    // ties, over the tokenizer.json merges; '▁' prepended and spaces replaced as its normalizer says).
+    [Theory]
+    [InlineData("Once upon a time", new[] { 1, 80, 147, 201, 282, 57 })]
+    [InlineData("Lily and Tom went to the park. They saw a big dog.", new[] { 1, 80, 669, 388, 1844, 144, 614, 604, 10 })]
+    [InlineData("The little bird wanted to fly\nbut  it  was   scared!", new[] { 1, 80, 247, 1150, 265, 1283, 3, 269, 80, 167, 80, 115, 80, 80, 720, 4 })]
+    [InlineData("Lily saw \U0001F999 and \u0416!", new[] { 1, 80, 303, 497, 0, 100, 0, 4 })] // no byte tokens: fused <unk>
+    [InlineData("<|start_story|>Once", new[] { 1, 80, 1, 147, 682 })] // special matched after the '▁' prefix
+    public void TinyStoriesSpmStyleTokenizer(string text, int[] expected)
+    {
+        var tok = Load("models", "tinystories-656k");
+        Assert.Equal(2048, tok.VocabSize);
+        Assert.Equal(1, tok.BosId);
+        Assert.True(tok.AddsBos);
+        Assert.Equal([2], tok.EosIds);
+        var ids = tok.Encode(text);
+        Assert.Equal(expected, ids);
+        if (!expected.Skip(1).Contains(0) && !expected.Skip(1).Contains(1)) Assert.Equal(text, tok.Decode(ids));
+    }
+
+    [Fact]
+    public void MissingTokenizerNamesThePath()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kvsharp-no-tokenizer-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var e = Assert.Throws<KvSharpException>(() => TokenizerLoader.FromDirectory(dir));
+            Assert.Contains(Path.Combine(dir, "tokenizer.json"), e.Message);
+        }
+        finally { Directory.Delete(dir); }
+    }
+
+    [Fact]
+    public void CorruptTokenizerJsonNamesThePath()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kvsharp-bad-tokenizer-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "tokenizer.json"), "{ \"model\": ");
+            var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromDirectory(dir));
+            Assert.Contains("tokenizer.json", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
