@@ -1,0 +1,240 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+
+namespace KvSharp.Cache.Blocks;
+
+/// <summary>
+/// Attention kernels over one KV block in any <see cref="KvFormat"/>, reading the stored bytes directly:
+/// codes are widened in registers and each group's scale/min is folded into the query (keys) or the
+/// weight (values), so no float copy of the block is ever made. Several queries (a GQA group sharing the
+/// KV head, or a few decode positions) are served by one pass over the block: each token row is loaded
+/// once and, while in L1, used for every query.
+/// </summary>
+/// <remarks>
+/// Algebra for a quantized group with parameters (min, step) (ternary: (−scale, scale); binary: (mean − scale, 2·scale)):
+/// per-channel keys: q·k_t = Σ_c q_c·min_c + Σ_c (q_c·step_c)·code_tc, with the first sum and q·step computed
+/// once per token group; per-token keys: Σ_groups [min_g·Σ_{c∈g} q_c + step_g·Σ_{c∈g} q_c·code_tc];
+/// values: acc_c += w_t·min + (w_t·step)·code_tc.
+/// </remarks>
+public static class BlockAttention
+{
+    private const int StackFloats = 2048;
+
+    /// <summary>
+    /// scores[t] = query · k_t for the first <paramref name="tokenCount"/> keys of the block.
+    /// <paramref name="query"/> is [HeadDim] and already multiplied by the softmax scale (1/√d).
+    /// </summary>
+    public static void Scores(BlockLayout layout, ReadOnlySpan<byte> block, int tokenCount, ReadOnlySpan<float> query, Span<float> scores)
+        => Scores(layout, block, tokenCount, query, 1, scores);
+
+    /// <summary>
+    /// scores[i, t] = queries[i] · k_t for <paramref name="queryCount"/> queries ([queryCount, HeadDim], pre-scaled)
+    /// and the first <paramref name="tokenCount"/> keys; <paramref name="scores"/> is [queryCount, tokenCount] (row stride tokenCount).
+    /// </summary>
+    public static void Scores(BlockLayout layout, ReadOnlySpan<byte> block, int tokenCount, ReadOnlySpan<float> queries, int queryCount, Span<float> scores)
+    {
+        layout.CheckBlock(block.Length, tokenCount, "key");
+        CheckRows(queries.Length, queryCount, layout.HeadDim, "queries");
+        CheckRows(scores.Length, queryCount, tokenCount, "scores");
+        if (tokenCount == 0) return;
+        switch (layout.Format)
+        {
+            case KvFormat.F32: ScoresFloat<F32Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.F16: ScoresFloat<F16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.BF16: ScoresFloat<Bf16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Fp8E4M3: ScoresFloat<Fp8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Int8: ScoresQuantized<Code8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Int4: ScoresQuantized<Code4Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Int2:
+            case KvFormat.Ternary: ScoresQuantized<Code2Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Binary: ScoresQuantized<Code1Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            default: throw new KvSharpException($"unknown KV block format {layout.Format}");
+        }
+    }
+
+    /// <summary>acc += Σ_t weights[t] · v_t over the first <paramref name="tokenCount"/> values; acc is [HeadDim].</summary>
+    public static void AccumulateValues(BlockLayout layout, ReadOnlySpan<byte> block, int tokenCount, ReadOnlySpan<float> weights, Span<float> acc)
+        => AccumulateValues(layout, block, tokenCount, weights, 1, acc);
+
+    /// <summary>
+    /// acc[i] += Σ_t weights[i, t] · v_t for <paramref name="queryCount"/> rows: <paramref name="weights"/> is
+    /// [queryCount, tokenCount] (row stride tokenCount), <paramref name="acc"/> is [queryCount, HeadDim].
+    /// </summary>
+    public static void AccumulateValues(BlockLayout layout, ReadOnlySpan<byte> block, int tokenCount, ReadOnlySpan<float> weights, int queryCount, Span<float> acc)
+    {
+        layout.CheckBlock(block.Length, tokenCount, "value");
+        CheckRows(weights.Length, queryCount, tokenCount, "weights");
+        CheckRows(acc.Length, queryCount, layout.HeadDim, "accumulator");
+        if (tokenCount == 0) return;
+        switch (layout.Format)
+        {
+            case KvFormat.F32: AccumulateFloat<F32Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.F16: AccumulateFloat<F16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.BF16: AccumulateFloat<Bf16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Fp8E4M3: AccumulateFloat<Fp8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Int8: AccumulateQuantized<Code8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Int4: AccumulateQuantized<Code4Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Int2:
+            case KvFormat.Ternary: AccumulateQuantized<Code2Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Binary: AccumulateQuantized<Code1Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            default: throw new KvSharpException($"unknown KV block format {layout.Format}");
+        }
+    }
+
+    private static void CheckRows(int length, int rows, int width, string what)
+    {
+        if (rows < 1) throw new ArgumentOutOfRangeException(nameof(rows), $"{what}: at least one query row is needed, got {rows}");
+        if (length < (long)rows * width) throw new ArgumentException($"{what} holds {length} floats but {rows} rows of {width} are needed");
+    }
+
+    private static void ScoresFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+        where R : struct, IElementReader
+    {
+        int d = layout.HeadDim;
+        ref byte b = ref MemoryMarshal.GetReference(block);
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < g; i++)
+                scores[i * n + t] = RowKernels<R>.Dot(ref b, t * d, queries.Slice(i * d, d));
+    }
+
+    private static void AccumulateFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+        where R : struct, IElementReader
+    {
+        int d = layout.HeadDim;
+        ref byte b = ref MemoryMarshal.GetReference(block);
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < g; i++)
+                RowKernels<R>.Axpy(ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
+    }
+
+    /// <summary>The affine form x = min + step·code of one group's stored parameters.</summary>
+    private static (float Min, float Step) Affine(KvFormat format, float scale, float second) => format switch
+    {
+        KvFormat.Ternary => (-scale, scale),
+        KvFormat.Binary => (second - scale, 2 * scale),
+        _ => (second, scale),
+    };
+
+    /// <summary>Fills min/step for the HeadDim channels of token group <paramref name="tg"/> (per-channel layout).</summary>
+    private static void ChannelAffine(BlockLayout layout, ReadOnlySpan<byte> block, int tg, Span<float> min, Span<float> step)
+    {
+        int d = layout.HeadDim, groups = layout.GroupCount;
+        var halves = MemoryMarshal.Cast<byte, Half>(block.Slice(layout.CodeBytes, layout.ParameterBytes));
+        TensorPrimitives.ConvertToSingle(halves.Slice(tg * d, d), step);
+        switch (layout.Format)
+        {
+            case KvFormat.Ternary:
+                TensorPrimitives.Negate(step, min);
+                break;
+            case KvFormat.Binary:
+                TensorPrimitives.ConvertToSingle(halves.Slice(groups + tg * d, d), min);
+                TensorPrimitives.Subtract(min, step, min);
+                TensorPrimitives.Multiply(step, 2f, step);
+                break;
+            default:
+                TensorPrimitives.ConvertToSingle(halves.Slice(groups + tg * d, d), min);
+                break;
+        }
+    }
+
+    private static (float Min, float Step) TokenAffine(BlockLayout layout, ReadOnlySpan<byte> block, int g)
+    {
+        int p = layout.CodeBytes + 2 * g;
+        float scale = ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[p..]));
+        float second = layout.Format.ParametersPerGroup() == 2
+            ? ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[(p + 2 * layout.GroupCount)..]))
+            : 0f;
+        return Affine(layout.Format, scale, second);
+    }
+
+    private static void ScoresQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+        where R : struct, IElementReader
+    {
+        int d = layout.HeadDim, gs = layout.GroupSize;
+        ref byte b = ref MemoryMarshal.GetReference(block);
+        if (layout.Axis == QuantAxis.PerChannel)
+        {
+            int need = (2 + g) * d + g;
+            float[]? rented = null;
+            Span<float> scratch = need <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(need));
+            var min = scratch[..d];
+            var step = scratch.Slice(d, d);
+            var qs = scratch.Slice(2 * d, g * d);
+            var bias = scratch.Slice((2 + g) * d, g);
+            for (int t0 = 0; t0 < n; t0 += gs)
+            {
+                ChannelAffine(layout, block, t0 / gs, min, step);
+                for (int i = 0; i < g; i++)
+                {
+                    var q = queries.Slice(i * d, d);
+                    TensorPrimitives.Multiply(q, step, qs.Slice(i * d, d));
+                    bias[i] = TensorPrimitives.Dot(q, min);
+                }
+                int t1 = Math.Min(n, t0 + gs);
+                for (int t = t0; t < t1; t++)
+                    for (int i = 0; i < g; i++)
+                        scores[i * n + t] = bias[i] + RowKernels<R>.Dot(ref b, t * d, qs.Slice(i * d, d));
+            }
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        }
+        else
+        {
+            int perRow = d / gs, need = g * perRow;
+            float[]? rented = null;
+            Span<float> qsum = need <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(need));
+            for (int i = 0; i < g; i++)
+                for (int j = 0; j < perRow; j++)
+                    qsum[i * perRow + j] = TensorPrimitives.Sum(queries.Slice(i * d + j * gs, gs));
+            for (int t = 0; t < n; t++)
+            {
+                for (int i = 0; i < g; i++) scores[i * n + t] = 0;
+                for (int j = 0; j < perRow; j++)
+                {
+                    var (mn, st) = TokenAffine(layout, block, t * perRow + j);
+                    for (int i = 0; i < g; i++)
+                        scores[i * n + t] += mn * qsum[i * perRow + j] + st * RowKernels<R>.Dot(ref b, t * d + j * gs, queries.Slice(i * d + j * gs, gs));
+                }
+            }
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        }
+    }
+
+    private static void AccumulateQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+        where R : struct, IElementReader
+    {
+        int d = layout.HeadDim, gs = layout.GroupSize;
+        ref byte b = ref MemoryMarshal.GetReference(block);
+        if (layout.Axis == QuantAxis.PerChannel)
+        {
+            float[]? rented = null;
+            Span<float> scratch = 2 * d <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(2 * d));
+            var min = scratch[..d];
+            var step = scratch.Slice(d, d);
+            for (int t0 = 0; t0 < n; t0 += gs)
+            {
+                ChannelAffine(layout, block, t0 / gs, min, step);
+                int t1 = Math.Min(n, t0 + gs);
+                for (int t = t0; t < t1; t++)
+                    for (int i = 0; i < g; i++)
+                        RowKernels<R>.AxpyAffine(ref b, t * d, weights[i * n + t], min, step, acc.Slice(i * d, d));
+            }
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        }
+        else
+        {
+            int perRow = d / gs;
+            for (int t = 0; t < n; t++)
+                for (int j = 0; j < perRow; j++)
+                {
+                    var (mn, st) = TokenAffine(layout, block, t * perRow + j);
+                    for (int i = 0; i < g; i++)
+                    {
+                        float w = weights[i * n + t];
+                        RowKernels<R>.Axpy(ref b, t * d + j * gs, w * st, w * mn, acc.Slice(i * d + j * gs, gs));
+                    }
+                }
+        }
+    }
+}

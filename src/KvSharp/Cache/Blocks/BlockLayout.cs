@@ -1,0 +1,108 @@
+namespace KvSharp.Cache.Blocks;
+
+/// <summary>
+/// The shape and storage format of one KV block: <see cref="Tokens"/> token rows of <see cref="HeadDim"/>
+/// channels for one (layer, KV head).
+/// </summary>
+/// <remarks>
+/// Byte layout (little-endian), <see cref="ByteSize"/> bytes in all:
+/// <list type="bullet">
+/// <item>codes: [Tokens, HeadDim] elements row-major (token t, channel c is element t·HeadDim + c), bit-packed
+/// LSB first (element e lives at bit e·bits of the code area: for Int4 byte k holds element 2k in its low
+/// nibble, 2k+1 in its high nibble). Float formats store their elements here (F32/F16/BF16/FP8).</item>
+/// <item>then, for quantized formats, <see cref="GroupCount"/> f16 scales, followed by GroupCount f16 mins
+/// (Int8/4/2) or means (Binary); ternary has scales only. Group g of <see cref="QuantAxis.PerChannel"/> is
+/// (token group g / HeadDim, channel g % HeadDim); of <see cref="QuantAxis.PerToken"/> it is
+/// (token g / (HeadDim/GroupSize), channel group g % (HeadDim/GroupSize)).</item>
+/// </list>
+/// Scales and mins are stored as IEEE f16 (saturated to ±65504) because 2 bytes per group is what KIVI
+/// budgets and KV activations stay far inside f16 range; quantization uses the stored (rounded) values so
+/// the encoder and every reader agree exactly.
+/// </remarks>
+public readonly record struct BlockLayout
+{
+    /// <summary>The default tokens per block (the KIVI group).</summary>
+    public const int DefaultTokens = 32;
+
+    /// <summary>The default channels per group for per-token quantization.</summary>
+    public const int DefaultChannelGroup = 32;
+
+    /// <summary>
+    /// Creates a layout, validating it. <paramref name="groupSize"/> counts tokens for
+    /// <see cref="QuantAxis.PerChannel"/> (must divide <paramref name="tokens"/>) and channels for
+    /// <see cref="QuantAxis.PerToken"/> (a multiple of 8 dividing <paramref name="headDim"/>); float
+    /// formats ignore axis and group size.
+    /// </summary>
+    /// <exception cref="KvSharpException">A dimension or group size is out of range.</exception>
+    public BlockLayout(KvFormat format, QuantAxis axis, int groupSize, int tokens, int headDim)
+    {
+        _ = format.BitsPerElement(); // rejects unknown formats
+        if (tokens < 1 || tokens > 1 << 16)
+            throw new KvSharpException($"KV block tokens must be in 1..65536, got {tokens}");
+        if (headDim < 8 || headDim % 8 != 0 || headDim > 1 << 14)
+            throw new KvSharpException($"KV block head dimension must be a positive multiple of 8 (≤ 16384), got {headDim}");
+        if (format.IsQuantized())
+        {
+            if (axis == QuantAxis.PerChannel && (groupSize < 1 || tokens % groupSize != 0))
+                throw new KvSharpException($"per-channel group size must divide the {tokens} tokens of a block, got {groupSize}");
+            if (axis == QuantAxis.PerToken && (groupSize < 8 || groupSize % 8 != 0 || headDim % groupSize != 0))
+                throw new KvSharpException($"per-token group size must be a multiple of 8 dividing head dimension {headDim}, got {groupSize}");
+            if (axis != QuantAxis.PerChannel && axis != QuantAxis.PerToken)
+                throw new KvSharpException($"unknown quantization axis {(int)axis}");
+        }
+        Format = format; Axis = axis; GroupSize = groupSize; Tokens = tokens; HeadDim = headDim;
+    }
+
+    /// <summary>A key block as KIVI stores keys: per channel, one group over all <paramref name="tokens"/>.</summary>
+    public static BlockLayout ForKeys(KvFormat format, int headDim, int tokens = DefaultTokens)
+        => new(format, QuantAxis.PerChannel, tokens, tokens, headDim);
+
+    /// <summary>A value block as KIVI stores values: per token, groups of <paramref name="channelGroup"/> channels (capped at headDim).</summary>
+    public static BlockLayout ForValues(KvFormat format, int headDim, int tokens = DefaultTokens, int channelGroup = DefaultChannelGroup)
+        => new(format, QuantAxis.PerToken, Math.Min(channelGroup, headDim), tokens, headDim);
+
+    /// <summary>Storage format of the elements.</summary>
+    public KvFormat Format { get; }
+
+    /// <summary>Axis along which quantization parameters are shared (ignored by float formats).</summary>
+    public QuantAxis Axis { get; }
+
+    /// <summary>Tokens per group (per-channel) or channels per group (per-token); ignored by float formats.</summary>
+    public int GroupSize { get; }
+
+    /// <summary>Token capacity of the block.</summary>
+    public int Tokens { get; }
+
+    /// <summary>Channels per token (the head dimension).</summary>
+    public int HeadDim { get; }
+
+    /// <summary>Bytes of packed codes (or float elements): Tokens · HeadDim · bits / 8.</summary>
+    public int CodeBytes => Tokens * HeadDim / 8 * Format.BitsPerElement();
+
+    /// <summary>Quantization groups in the block (0 for float formats).</summary>
+    public int GroupCount => !Format.IsQuantized() ? 0
+        : Axis == QuantAxis.PerChannel ? Tokens / GroupSize * HeadDim : Tokens * (HeadDim / GroupSize);
+
+    /// <summary>Bytes of f16 parameters: GroupCount · ParametersPerGroup · 2.</summary>
+    public int ParameterBytes => GroupCount * Format.ParametersPerGroup() * 2;
+
+    /// <summary>Exact bytes of one block: codes plus parameters.</summary>
+    public int ByteSize => CodeBytes + ParameterBytes;
+
+    /// <summary>Average storage bits per element, parameters included.</summary>
+    public double BitsPerElement => ByteSize * 8.0 / ((double)Tokens * HeadDim);
+
+    /// <inheritdoc />
+    public override string ToString() => Format.IsQuantized()
+        ? $"{Format}/{Axis}/g{GroupSize} [{Tokens}x{HeadDim}]"
+        : $"{Format} [{Tokens}x{HeadDim}]";
+
+    internal void CheckBlock(int blockLength, int tokenCount, string what)
+    {
+        if (HeadDim == 0) throw new KvSharpException("uninitialized BlockLayout (use its constructor)");
+        if (blockLength < ByteSize)
+            throw new ArgumentException($"{what} block holds {blockLength} bytes but layout {this} needs {ByteSize}");
+        if ((uint)tokenCount > (uint)Tokens)
+            throw new ArgumentOutOfRangeException(nameof(tokenCount), $"{tokenCount} tokens in a block of {Tokens}");
+    }
+}

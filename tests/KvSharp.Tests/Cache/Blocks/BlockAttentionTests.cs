@@ -1,0 +1,127 @@
+using KvSharp.Cache.Blocks;
+using static KvSharp.Tests.Cache.Blocks.BlockTestData;
+
+namespace KvSharp.Tests.Cache.Blocks;
+
+/// <summary>
+/// The fused kernels against float64 computations over the DECODED block (BlockCodec.Decode is checked
+/// against the format rules in BlockCodecTests), on the AVX2 path and on the scalar fallback.
+/// </summary>
+public class BlockAttentionTests
+{
+    public static TheoryData<int, bool> Cases()
+    {
+        var d = new TheoryData<int, bool>();
+        foreach (int tokens in new[] { 32, 13, 1 })
+            foreach (bool scalar in new[] { false, true })
+                d.Add(tokens, scalar);
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void ScoresEqualFloat64DotsOverDecodedKeys(int tokens, bool scalar)
+    {
+        using var _ = new ScalarScope(scalar);
+        foreach (int d in new[] { 128, 64 })
+            foreach (var layout in Layouts(32, d))
+            {
+                var keys = Rows(11 + d + tokens, tokens, d);
+                var block = Encode(layout, keys, tokens);
+                var k = Decode(layout, block, tokens);
+                var q = Gaussians(12 + tokens, d, 1 / Math.Sqrt(d));
+                var scores = new float[tokens];
+                BlockAttention.Scores(layout, block, tokens, q, scores);
+                for (int t = 0; t < tokens; t++)
+                {
+                    double exact = 0, mag = 0;
+                    for (int c = 0; c < d; c++) { exact += (double)q[c] * k[t * d + c]; mag += Math.Abs((double)q[c] * k[t * d + c]); }
+                    Assert.True(Math.Abs(scores[t] - exact) <= 1e-5 * mag + 1e-30, $"{layout} token {t}: {scores[t]} vs {exact} (scalar={scalar})");
+                }
+            }
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void AccumulateValuesAddsFloat64WeightedSumOfDecodedValues(int tokens, bool scalar)
+    {
+        using var _ = new ScalarScope(scalar);
+        foreach (int d in new[] { 128, 64 })
+            foreach (var layout in Layouts(32, d))
+            {
+                var values = Rows(21 + d + tokens, tokens, d);
+                var block = Encode(layout, values, tokens);
+                var v = Decode(layout, block, tokens);
+                var w = Gaussians(22 + tokens, tokens).Select(MathF.Abs).ToArray();
+                var acc0 = Gaussians(23, d);
+                var acc = (float[])acc0.Clone();
+                BlockAttention.AccumulateValues(layout, block, tokens, w, acc);
+                for (int c = 0; c < d; c++)
+                {
+                    double exact = acc0[c], mag = Math.Abs(acc0[c]);
+                    for (int t = 0; t < tokens; t++) { exact += (double)w[t] * v[t * d + c]; mag += Math.Abs((double)w[t] * v[t * d + c]); }
+                    Assert.True(Math.Abs(acc[c] - exact) <= 1e-5 * mag + 1e-30, $"{layout} channel {c}: {acc[c]} vs {exact} (scalar={scalar})");
+                }
+            }
+    }
+
+    [Fact]
+    public void SimdAndScalarAgreeOnSpecialF16AndFp8Values()
+    {
+        // Subnormals, signed zeros, extremes: a weight of 1 into a zero accumulator returns each element unchanged.
+        float[] specials = [0f, -0f, 6e-8f, -3e-5f, 6.1e-5f, 65504f, -65504f, 1f, 0.001953125f, -448f, 300f, 1e-3f, -2.5f, 7f, 0.1f, -0.1f];
+        foreach (var format in new[] { KvFormat.F16, KvFormat.Fp8E4M3, KvFormat.BF16 })
+        {
+            var layout = new BlockLayout(format, QuantAxis.PerToken, 0, 1, 16);
+            var block = Encode(layout, specials, 1);
+            var expected = Decode(layout, block, 1);
+            var acc = new float[16];
+            BlockAttention.AccumulateValues(layout, block, 1, [1f], acc);
+            for (int c = 0; c < 16; c++) Assert.Equal(expected[c], acc[c]);
+        }
+    }
+
+    [Fact]
+    public void QueryGroupEqualsOneCallPerQuery()
+    {
+        const int d = 128, g = 4, tokens = 27;
+        foreach (var layout in Layouts(32, d))
+        {
+            var block = Encode(layout, Rows(31, tokens, d), tokens);
+            var q = Gaussians(32, g * d, 0.1);
+            var scores = new float[g * tokens];
+            BlockAttention.Scores(layout, block, tokens, q, g, scores);
+            var w = Gaussians(33, g * tokens).Select(MathF.Abs).ToArray();
+            var acc = new float[g * d];
+            BlockAttention.AccumulateValues(layout, block, tokens, w, g, acc);
+            for (int i = 0; i < g; i++)
+            {
+                var one = new float[tokens];
+                BlockAttention.Scores(layout, block, tokens, q.AsSpan(i * d, d), one);
+                Assert.Equal(one, scores.AsSpan(i * tokens, tokens).ToArray());
+                var accOne = new float[d];
+                BlockAttention.AccumulateValues(layout, block, tokens, w.AsSpan(i * tokens, tokens), accOne);
+                Assert.Equal(accOne, acc.AsSpan(i * d, d).ToArray());
+            }
+        }
+    }
+
+    [Fact]
+    public void ShortBuffersAreRejected()
+    {
+        var layout = BlockLayout.ForKeys(KvFormat.Int4, 64);
+        var block = new byte[layout.ByteSize];
+        Assert.Throws<ArgumentException>(() => BlockAttention.Scores(layout, block.AsSpan(1), 32, new float[64], new float[32]));
+        Assert.Throws<ArgumentException>(() => BlockAttention.Scores(layout, block, 32, new float[63], new float[32]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => BlockAttention.Scores(layout, block, 33, new float[64], new float[33]));
+        Assert.Throws<ArgumentException>(() => BlockAttention.AccumulateValues(layout, block, 32, new float[32], new float[32]));
+    }
+
+    /// <summary>Turns the AVX2 kernels off on this thread for the scope.</summary>
+    private sealed class ScalarScope : IDisposable
+    {
+        private readonly bool _previous = Simd.ScalarOnly;
+        public ScalarScope(bool scalar) => Simd.ScalarOnly = scalar;
+        public void Dispose() => Simd.ScalarOnly = _previous;
+    }
+}
