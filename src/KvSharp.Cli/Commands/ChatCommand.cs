@@ -30,7 +30,7 @@ internal static class ChatCommand
             var request = new ChatRequest(
                 model.Bind(parse),
                 TemplateOption.Bind(parse.GetValue(template)!, allowNone: false),
-                parse.GetValue(system),
+                parse.GetValue(system) is { } systemPrompt ? generation.Text(parse)(systemPrompt) : null,
                 generation.Bind(parse),
                 parse.GetValue(showCache));
             using var session = context.Engine.OpenChat(request, context.Cancellation);

@@ -26,7 +26,7 @@ internal static class GenerateCommand
             string templateName = parse.GetValue(template)!;
             var request = new GenerateRequest(
                 model.Bind(parse),
-                parse.GetValue(prompt)!,
+                generation.Text(parse)(parse.GetValue(prompt)!),
                 TemplateOption.Bind(templateName, allowNone: true),
                 templateName.Equals(TemplateOption.None, StringComparison.OrdinalIgnoreCase) ? null : templateName.ToLowerInvariant(),
                 generation.Bind(parse),

@@ -18,13 +18,17 @@ internal sealed class GenerationOptionSet
     public Option<int> RepeatLastN { get; } = new Option<int>("--repeat-last-n") { Description = "How many recent tokens the penalty looks at; -1 = all", DefaultValueFactory = _ => Defaults.RepeatLastN }.Int();
     public Option<ulong?> Seed { get; } = new Option<ulong?>("--seed", "-s") { Description = "Random seed (the same seed gives the same text)" }.ULong();
     public Option<string[]> Stop { get; } = new Option<string[]>("--stop") { Description = "Stop when this text is generated (repeatable)", Arity = ArgumentArity.OneOrMore, HelpName = "TEXT" };
+    public Option<bool> NoEscape { get; } = new Option<bool>("--no-escape") { Description = "Take --prompt, --stop and --system literally (by default \\n, \\t, \\\\, \\xHH... are escapes)" };
     public Option<bool> IgnoreEos { get; } = new Option<bool>("--ignore-eos") { Description = "Keep generating past end-of-sequence tokens" };
 
     public void AddTo(Command command)
     {
-        foreach (Option o in new Option[] { MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN, Seed, Stop, IgnoreEos })
+        foreach (Option o in new Option[] { MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN, Seed, Stop, IgnoreEos, NoEscape })
             command.Options.Add(o);
     }
+
+    /// <summary>How a text option's value is read: with escapes processed unless <c>--no-escape</c>.</summary>
+    public Func<string, string> Text(ParseResult parse) => parse.GetValue(NoEscape) ? s => s : Escapes.Process;
 
     /// <summary>Reads the options and validates them; throws <see cref="UsageException"/> naming the option.</summary>
     public GenerationOptions Bind(ParseResult parse)
@@ -42,7 +46,7 @@ internal sealed class GenerationOptionSet
                 RepeatLastN = parse.GetValue(RepeatLastN),
             },
             Seed = parse.GetValue(Seed),
-            StopStrings = parse.GetValue(Stop) ?? [],
+            StopStrings = (parse.GetValue(Stop) ?? []).Select(Text(parse)).ToArray(),
             StopAtEos = !parse.GetValue(IgnoreEos),
         };
         try

@@ -171,4 +171,17 @@ public class CommandLineTests
         Assert.IsType<Llama2ChatTemplate>(engine.Chatted!.Template);
         Assert.Equal([ChatMessage.User("a"), ChatMessage.Assistant("re:a"), ChatMessage.User("b")], engine.Conversations[1]);
     }
+
+    [Fact]
+    public void Escapes_ProcessedInTextOptionsUnlessNoEscape()
+    {
+        var engine = new FakeEngine();
+        Assert.Equal(0, Run(engine, "", "generate", "--model", Gguf, "-p", @"a\tb\\c \x41 \q", "--stop", @"\n\n").Code);
+        Assert.Equal("a\tb\\c A \\q", engine.Generated!.Prompt);
+        Assert.Equal(["\n\n"], engine.Generated.Options.StopStrings);
+
+        Assert.Equal(0, Run(engine, "", "generate", "--model", Gguf, "-p", @"a\tb", "--stop", @"\n", "--no-escape").Code);
+        Assert.Equal(@"a\tb", engine.Generated!.Prompt);
+        Assert.Equal([@"\n"], engine.Generated.Options.StopStrings);
+    }
 }

@@ -89,8 +89,30 @@ public class SamplerTests
         while (cumulative < 0.9) cumulative += Math.Exp(logits[order[keep++]] - max) / sum;
         Assert.True(keep > 512, $"test needs a wide nucleus, got {keep}");
 
+        // The kept set is what matters; its order is an implementation detail (bucket order).
         var sampler = new Sampler(Plain() with { TopP = 0.9f });
-        Assert.Equal(order.Take(keep).ToArray(), sampler.Candidates(logits, []));
+        Assert.Equal(order.Take(keep).Order().ToArray(), sampler.Candidates(logits, []).Order().ToArray());
+    }
+
+    [Theory]
+    [InlineData(0.4f, new[] { 1 })]
+    [InlineData(0.7f, new[] { 1, 3 })]
+    [InlineData(0.85f, new[] { 1, 3, 2 })]
+    public void TopP_AfterTopK_UsesRenormalizedMassOfTheKeptTokens(float p, int[] expected)
+    {
+        // Top-k=3 keeps 0.5, 0.25, 0.15 (total 0.9); renormalized: 0.556, 0.278, 0.167.
+        var sampler = new Sampler(Plain() with { TopK = 3, TopP = p });
+        Assert.Equal(expected, sampler.Candidates(Ln(0.1, 0.5, 0.15, 0.25), []));
+        // Renormalized 0.556 + 0.278 = 0.833 >= 0.8 keeps two; the unnormalized 0.75 would have needed three.
+        var twoOfThree = new Sampler(Plain() with { TopK = 3, TopP = 0.8f });
+        Assert.Equal([1, 3], twoOfThree.Candidates(Ln(0.1, 0.5, 0.15, 0.25), []));
+    }
+
+    [Fact]
+    public void TopP_WithEqualLogits_KeepsLowestIds()
+    {
+        var sampler = new Sampler(Plain() with { TopP = 0.45f }); // 10 tokens of 0.1 each: 5 reach 0.5 >= 0.45
+        Assert.Equal([0, 1, 2, 3, 4], sampler.Candidates(new float[10], []));
     }
 
     [Fact]

@@ -4,14 +4,13 @@ namespace KvSharp.Generation.Sampling;
 /// Chooses the next token from a row of logits with the stages of <see cref="SamplerOptions"/>, in
 /// llama.cpp's default order: repetition penalty → top-k → top-p → min-p → temperature → draw.
 /// Deterministic for a seed (its own xoshiro256** generator). Sized for 150K-token vocabularies: top-k
-/// uses a k-element heap instead of sorting the vocabulary, and top-p without top-k sorts only as many
-/// of the best tokens as it needs. Buffers are reused between calls; one instance is not thread-safe.
+/// uses a k-element heap instead of sorting the vocabulary, and top-p without top-k buckets the logits and
+/// sorts only the bucket where the cumulative mass crosses p. Buffers are reused between calls; one instance is not thread-safe.
 /// </summary>
 public sealed class Sampler
 {
-    // Top-p without top-k first selects this many best tokens and widens by TopPGrowth until they reach p.
-    private const int TopPFirstWindow = 64;
-    private const int TopPGrowth = 8;
+    // Logit buckets of top-p over the whole vocabulary: enough that the crossing bucket holds few tokens.
+    private const int TopPBuckets = 4096;
 
     private readonly Xoshiro256StarStar _rng;
     private readonly HashSet<int> _penalized = [];
@@ -19,6 +18,11 @@ public sealed class Sampler
     private int[] _ids = [];        // surviving candidates
     private float[] _vals = [];     // their logits, parallel to _ids
     private double[] _probs = [];   // unnormalized probabilities for the draw
+    private ushort[] _bucketOf = [];   // top-p bucket of each token
+    private readonly double[] _bucketMass = new double[TopPBuckets];
+    private readonly int[] _bucketCount = new int[TopPBuckets];
+    private readonly int[] _bucketStart = new int[TopPBuckets];
+    private readonly Comparer<int> _byLogitDescending;
     private int[] _heapIds = [];
     private float[] _heapVals = [];
     private int _count;             // number of surviving candidates
@@ -31,6 +35,8 @@ public sealed class Sampler
         options.Validate();
         Options = options;
         _rng = new Xoshiro256StarStar(options.Seed);
+        // Reads _work at comparison time, so one comparer serves every call.
+        _byLogitDescending = Comparer<int>.Create((a, b) => _work[a] != _work[b] ? _work[b].CompareTo(_work[a]) : a.CompareTo(b));
     }
 
     /// <summary>The options this sampler applies.</summary>
@@ -46,6 +52,11 @@ public sealed class Sampler
     /// </summary>
     public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> recentTokens)
     {
+        if (Options.IsGreedy && !PenaltyApplies(recentTokens))
+        {
+            if (logits.Length == 0) throw new ArgumentException("The logits are empty.", nameof(logits));
+            return ArgMax(logits); // nothing to change: skip copying the row
+        }
         var work = Penalize(logits, recentTokens);
         if (Options.IsGreedy) return ArgMax(work);
         Filter(work);
@@ -71,9 +82,9 @@ public sealed class Sampler
         var work = _work.AsSpan(0, n);
         logits.CopyTo(work);
 
+        if (!PenaltyApplies(recentTokens)) return work;
         float penalty = Options.RepetitionPenalty;
-        int lastN = Options.RepeatLastN < 0 ? recentTokens.Length : Math.Min(Options.RepeatLastN, recentTokens.Length);
-        if (penalty == 1f || lastN == 0) return work;
+        int lastN = PenaltyWindow(recentTokens);
 
         // Once per distinct token however often it occurs, as llama.cpp's repeat penalty does.
         _penalized.Clear();
@@ -87,6 +98,11 @@ public sealed class Sampler
         }
         return work;
     }
+
+    private int PenaltyWindow(ReadOnlySpan<int> recentTokens) =>
+        Options.RepeatLastN < 0 ? recentTokens.Length : Math.Min(Options.RepeatLastN, recentTokens.Length);
+
+    private bool PenaltyApplies(ReadOnlySpan<int> recentTokens) => Options.RepetitionPenalty != 1f && PenaltyWindow(recentTokens) > 0;
 
     private static int ArgMax(ReadOnlySpan<float> values)
     {
@@ -121,29 +137,88 @@ public sealed class Sampler
     /// <summary>Keeps the smallest prefix of the best tokens whose softmax (temperature 1) mass reaches p.</summary>
     private void ApplyTopP(ReadOnlySpan<float> work)
     {
+        if (!_sorted)
+        {
+            ApplyTopPByBuckets(work);
+            return;
+        }
         double p = Options.TopP;
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < _count; j++) max = Math.Max(max, _vals[j]);
+        float max = _vals[0];
         double sum = 0;
         for (int j = 0; j < _count; j++) sum += Math.Exp(_vals[j] - max);
-
-        // Unsorted means the candidates are still the whole vocabulary: sort only a growing window of the best.
-        int total = _count;
-        bool select = !_sorted;
-        int window = _sorted ? total : Math.Min(total, TopPFirstWindow);
-        while (true)
+        double target = p * sum, cumulative = 0;
+        for (int j = 0; j < _count; j++)
         {
-            if (select) SelectTop(work, window);
-            double cumulative = 0;
-            for (int j = 0; j < window; j++)
-            {
-                cumulative += Math.Exp(_vals[j] - max) / sum;
-                if (cumulative >= p) { _count = j + 1; return; }
-            }
-            if (window >= total) { _count = total; return; } // rounding kept p just out of reach: keep all
-            window = (int)Math.Min(total, (long)window * TopPGrowth);
-            select = true;
+            cumulative += Math.Exp(_vals[j] - max);
+            if (cumulative >= target) { _count = j + 1; return; }
         }
+        // Rounding kept p just out of reach: keep all.
+    }
+
+    /// <summary>
+    /// Top-p over the whole (unsorted) vocabulary in O(n): tokens are bucketed by logit, buckets (best first) are
+    /// accumulated up to the one where the mass crosses p, and only that bucket is sorted to find the exact cut.
+    /// Every token of an earlier bucket has a higher logit than every token of the crossing bucket, so the kept set
+    /// is exactly the sorted prefix; it is left in bucket order (best buckets first), with the crossing bucket sorted.
+    /// </summary>
+    private void ApplyTopPByBuckets(ReadOnlySpan<float> work)
+    {
+        int n = work.Length;
+        float max = float.NegativeInfinity, min = float.PositiveInfinity;
+        foreach (float v in work)
+        {
+            if (v > max) max = v;
+            if (v < min && v != float.NegativeInfinity) min = v;
+        }
+        if (max == float.NegativeInfinity) return; // nothing has any probability: leave all candidates
+
+        var mass = _bucketMass;
+        var count = _bucketCount;
+        Array.Clear(mass);
+        Array.Clear(count);
+        double scale = max > min ? (TopPBuckets - 1) / ((double)max - min) : 0;
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float v = work[i];
+            int b = v == float.NegativeInfinity ? TopPBuckets - 1 : Math.Min(TopPBuckets - 1, (int)((max - (double)v) * scale));
+            double e = Math.Exp(v - max);
+            _bucketOf[i] = (ushort)b;
+            mass[b] += e;
+            count[b]++;
+            sum += e;
+        }
+
+        double target = Options.TopP * sum, cumulative = 0;
+        int cross = -1;
+        for (int b = 0; b < TopPBuckets; b++)
+        {
+            if (count[b] == 0) continue;
+            if (cumulative + mass[b] >= target) { cross = b; break; }
+            cumulative += mass[b];
+        }
+        if (cross < 0) return; // rounding kept p just out of reach: keep all
+
+        // Counting-sort the tokens of the buckets up to the crossing one into the candidate list.
+        var start = _bucketStart;
+        int position = 0;
+        for (int b = 0; b <= cross; b++) { start[b] = position; position += count[b]; }
+        int crossStart = start[cross], crossEnd = position;
+        for (int i = 0; i < n; i++)
+        {
+            int b = _bucketOf[i];
+            if (b <= cross) _ids[start[b]++] = i;
+        }
+
+        Array.Sort(_ids, crossStart, crossEnd - crossStart, _byLogitDescending);
+        _count = crossEnd;
+        for (int j = crossStart; j < crossEnd; j++)
+        {
+            cumulative += Math.Exp(work[_ids[j]] - max);
+            if (cumulative >= target) { _count = j + 1; break; }
+        }
+        for (int j = 0; j < _count; j++) _vals[j] = work[_ids[j]];
+        _sorted = false;
     }
 
     /// <summary>Drops candidates whose probability is below MinP times the best one (compared in log space).</summary>
@@ -259,5 +334,6 @@ public sealed class Sampler
         _ids = new int[n];
         _vals = new float[n];
         _probs = new double[n];
+        _bucketOf = new ushort[n];
     }
 }
