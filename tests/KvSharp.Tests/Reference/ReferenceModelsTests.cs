@@ -87,6 +87,21 @@ public sealed class ReferenceModelsTests
         for (int t = 0; t < tokens.Length; t++) ReferenceTransformerTests.AssertClose(expected[t], actual[t], 1e-12);
     }
 
+    /// <summary>Quantized random weights (configs whose widths are multiples of 32) decode to the oracle's values too.</summary>
+    [Theory]
+    [InlineData("gqa2-halfsplit-tied", GgmlType.Q8_0)]
+    [InlineData("gqa4-halfsplit-untied", GgmlType.Q4_0)]
+    public void RandomModel_QuantizedWeightsMatchTheirDecoding(string name, GgmlType type)
+    {
+        using var model = ReferenceModels.CreateRandom(ReferenceModels.RandomConfig(name), seed: 9, linearType: type);
+        var decoded = ReferenceWeights.FromModelWeights(model.Weights);
+        foreach (var (tensor, values) in model.Tensors) Assert.Equal(values, decoded(tensor));
+        var q = model.Tensors[TensorNames.Layer(0, TensorNames.Suffix.Q)];
+        Assert.True(q.Distinct().Count() > (type == GgmlType.Q4_0 ? 100 : 1000), "quantized weights are degenerate");
+        Assert.All(model.Reference.Forward([1, 2, 3])[^1], v => Assert.True(double.IsFinite(v)));
+        Assert.Throws<ArgumentException>(() => ReferenceModels.CreateRandom(ReferenceModels.RandomConfig("odd-48-80-gqa3"), linearType: type));
+    }
+
     /// <summary>Causal attention: the logits of a prefix do not depend on the tokens after it.</summary>
     [Fact]
     public void Attention_IsCausal()
@@ -113,5 +128,20 @@ public sealed class ReferenceModelsTests
         var b = unscaled.Forward(tokens);
         Assert.Equal(a[0], b[0]);
         Assert.True(Math.Abs(a[^1][0] - b[^1][0]) > 1e-6);
+    }
+}
+
+/// <summary>The comparison helpers must reject what they are meant to catch.</summary>
+public sealed class ReferenceCompareTests
+{
+    /// <summary>Errors are measured against the largest logit; large errors and missing positions fail.</summary>
+    [Fact]
+    public void AssertLogitsClose_AcceptsSmallErrorsAndRejectsLargeOnes()
+    {
+        double[][] expected = [[10, 2, -3], [1, 0.5, 0]];
+        ReferenceCompare.AssertLogitsClose(expected, [[10.0005f, 2, -3], [1, 0.5f, 0.00005f]], 1e-4);
+        Assert.Equal(0.1, ReferenceCompare.MaxRelativeError(expected[0], [10, 3, -3]), 12);
+        Assert.ThrowsAny<Exception>(() => ReferenceCompare.AssertLogitsClose(expected, [[10, 2.1f, -3], [1, 0.5f, 0]], 1e-3));
+        Assert.ThrowsAny<Exception>(() => ReferenceCompare.AssertLogitsClose(expected, [[10, 2, -3]], 1));
     }
 }
