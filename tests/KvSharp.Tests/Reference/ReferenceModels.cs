@@ -67,13 +67,14 @@ public static unsafe class ReferenceModels
     /// <summary>
     /// Deterministic random weights for <paramref name="config"/> (the same for the same seed on any machine and
     /// runtime: SplitMix64 seeded per tensor from the seed and the tensor's name). Linear layers are stored in
-    /// <paramref name="linearType"/> (F32, F16 or BF16; norms and biases always F32); the oracle sees exactly
-    /// the stored values widened to double.
+    /// <paramref name="linearType"/> (F32, F16, BF16, Q8_0 or Q4_0 — the quantized ones need every linear input
+    /// width and the hidden size to be multiples of 32; norms and biases always F32). The oracle sees exactly the
+    /// stored values widened to double, computed here from the encoding, not by the engine's dequantizer.
     /// </summary>
     public static RandomModel CreateRandom(ModelConfig config, int seed = 1, GgmlType linearType = GgmlType.F32)
     {
-        if (linearType is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
-            throw new ArgumentException($"random weights support F32, F16 and BF16, not {linearType}", nameof(linearType));
+        if (linearType is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0))
+            throw new ArgumentException($"random weights support F32, F16, BF16, Q8_0 and Q4_0, not {linearType}", nameof(linearType));
         config.Validate("random:" + config.Architecture);
         int d = config.HiddenSize, f = config.IntermediateSize, hd = config.HeadDim;
         int qDim = config.NumHeads * hd, kvDim = config.NumKvHeads * hd;
@@ -125,14 +126,13 @@ public static unsafe class ReferenceModels
                 _ => 0.5, // norms: 1 +- 0.5
             };
             var type = kind is Kind.Linear or Kind.Embedding ? linearType : GgmlType.F32;
-            var values = new double[n];
-            long bytes = n * GgmlTypeInfo.BlockBytes(type);
+            if (shape[^1] % GgmlTypeInfo.BlockSize(type) != 0)
+                throw new ArgumentException($"{name}: rows of {shape[^1]} cannot be stored as {type} (blocks of {GgmlTypeInfo.BlockSize(type)})", nameof(linearType));
+            var raw = new float[n];
+            for (long i = 0; i < n; i++) raw[i] = (float)((rng.NextDouble() * 2 - 1) * a + (kind == Kind.Norm ? 1.0 : 0.0));
+            long bytes = n / GgmlTypeInfo.BlockSize(type) * GgmlTypeInfo.BlockBytes(type);
             byte* p = memory.Allocate(bytes);
-            for (long i = 0; i < n; i++)
-            {
-                double u = (rng.NextDouble() * 2 - 1) * a + (kind == Kind.Norm ? 1.0 : 0.0);
-                values[i] = Store(type, p, i, (float)u);
-            }
+            var values = Encode(type, raw, p);
             views[name] = new TensorView(name, type, shape, p, bytes);
             doubles[name] = values;
         }
@@ -147,27 +147,69 @@ public static unsafe class ReferenceModels
         return Enumerable.Range(0, count).Select(_ => (int)(rng.Next() % (ulong)vocab)).ToArray();
     }
 
-    /// <summary>Writes <paramref name="value"/> as element <paramref name="i"/> in <paramref name="type"/> and returns the stored value exactly.</summary>
-    private static unsafe double Store(GgmlType type, byte* p, long i, float value)
+    /// <summary>Stores <paramref name="x"/> at <paramref name="p"/> in <paramref name="type"/>; returns the stored values exactly.</summary>
+    private static unsafe double[] Encode(GgmlType type, float[] x, byte* p)
     {
+        var stored = new double[x.Length];
         switch (type)
         {
             case GgmlType.F32:
-                ((float*)p)[i] = value;
-                return value;
+                for (int i = 0; i < x.Length; i++) { ((float*)p)[i] = x[i]; stored[i] = x[i]; }
+                break;
             case GgmlType.F16:
+                for (int i = 0; i < x.Length; i++) { var h = (Half)x[i]; ((Half*)p)[i] = h; stored[i] = (float)h; }
+                break;
+            case GgmlType.BF16:
+                // Truncation to the top 16 bits (any rounding is fine: the stored value is what both sides see).
+                for (int i = 0; i < x.Length; i++)
                 {
-                    var h = (Half)value;
-                    ((Half*)p)[i] = h;
-                    return (double)(float)h;
-                }
-            default: // BF16: truncate to the top 16 bits (any rounding is fine: the stored value is what both sides see)
-                {
-                    ushort b = (ushort)(BitConverter.SingleToUInt32Bits(value) >> 16);
+                    ushort b = (ushort)(BitConverter.SingleToUInt32Bits(x[i]) >> 16);
                     ((ushort*)p)[i] = b;
-                    return BitConverter.UInt32BitsToSingle((uint)b << 16);
+                    stored[i] = BitConverter.UInt32BitsToSingle((uint)b << 16);
                 }
+                break;
+            case GgmlType.Q8_0:
+                // Block of 32: f16 scale d = max|x| / 127, then 32 int8 q = round(x / d); value = d * q.
+                for (int blk = 0; blk < x.Length / 32; blk++)
+                {
+                    byte* bp = p + blk * 34;
+                    float amax = 0;
+                    for (int i = 0; i < 32; i++) amax = Math.Max(amax, Math.Abs(x[blk * 32 + i]));
+                    var d = (Half)(amax / 127);
+                    *(Half*)bp = d;
+                    double dd = (float)d;
+                    for (int i = 0; i < 32; i++)
+                    {
+                        int q = dd == 0 ? 0 : Math.Clamp((int)Math.Round(x[blk * 32 + i] / dd), -127, 127);
+                        ((sbyte*)(bp + 2))[i] = (sbyte)q;
+                        stored[blk * 32 + i] = dd * q;
+                    }
+                }
+                break;
+            case GgmlType.Q4_0:
+                // Block of 32: f16 scale d = (signed value of largest magnitude) / -8, then 4-bit q in 0..15 with
+                // value = d * (q - 8); byte i holds element i in its low nibble and element i + 16 in its high nibble.
+                for (int blk = 0; blk < x.Length / 32; blk++)
+                {
+                    byte* bp = p + blk * 18;
+                    float max = 0;
+                    for (int i = 0; i < 32; i++) if (Math.Abs(x[blk * 32 + i]) > Math.Abs(max)) max = x[blk * 32 + i];
+                    var d = (Half)(max / -8);
+                    *(Half*)bp = d;
+                    double dd = (float)d;
+                    var q = new int[32];
+                    for (int i = 0; i < 32; i++)
+                    {
+                        q[i] = dd == 0 ? 8 : Math.Clamp((int)Math.Round(x[blk * 32 + i] / dd) + 8, 0, 15);
+                        stored[blk * 32 + i] = dd * (q[i] - 8);
+                    }
+                    for (int i = 0; i < 16; i++) bp[2 + i] = (byte)(q[i] | (q[i + 16] << 4));
+                }
+                break;
+            default:
+                throw new ArgumentException($"cannot store {type}");
         }
+        return stored;
     }
 
     private static ModelConfig Make(string arch, int hidden, int ffn, int layers, int heads, int kvHeads, int headDim, int vocab,

@@ -87,6 +87,67 @@ public sealed class ReferenceModelsTests
         for (int t = 0; t < tokens.Length; t++) ReferenceTransformerTests.AssertClose(expected[t], actual[t], 1e-12);
     }
 
+    /// <summary>Quantized random weights (configs whose widths are multiples of 32) decode to the oracle's values too.</summary>
+    [Theory]
+    [InlineData("gqa2-halfsplit-tied", GgmlType.Q8_0)]
+    [InlineData("gqa4-halfsplit-untied", GgmlType.Q4_0)]
+    public void RandomModel_QuantizedWeightsMatchTheirDecoding(string name, GgmlType type)
+    {
+        using var model = ReferenceModels.CreateRandom(ReferenceModels.RandomConfig(name), seed: 9, linearType: type);
+        var decoded = ReferenceWeights.FromModelWeights(model.Weights);
+        foreach (var (tensor, values) in model.Tensors) Assert.Equal(values, decoded(tensor));
+        var q = model.Tensors[TensorNames.Layer(0, TensorNames.Suffix.Q)];
+        Assert.True(q.Distinct().Count() > (type == GgmlType.Q4_0 ? 100 : 1000), "quantized weights are degenerate");
+        Assert.All(model.Reference.Forward([1, 2, 3])[^1], v => Assert.True(double.IsFinite(v)));
+        Assert.Throws<ArgumentException>(() => ReferenceModels.CreateRandom(ReferenceModels.RandomConfig("odd-48-80-gqa3"), linearType: type));
+    }
+
+    /// <summary>
+    /// The two RoPE conventions are the same model up to a permutation of q/k rows within each head: half-split
+    /// dimension h * (d/2) + i (h = 0, 1) is interleaved dimension 2i + h (the permutation llama.cpp's converter
+    /// applies to Hugging Face q/k weights). Permuting q/k weights, biases and q/k-norm weights that way and
+    /// switching the style must give the same logits — checks each style against the other.
+    /// </summary>
+    [Theory]
+    [InlineData("gqa2-halfsplit-tied")]
+    [InlineData("qwen2-bias-gqa2")]
+    [InlineData("qwen3-qknorm-gqa4")]
+    [InlineData("llama3-scaled-gqa2")]
+    public void RopeStyles_AreEquivalentUnderTheGgufPermutation(string name)
+    {
+        var config = ReferenceModels.RandomConfig(name);
+        Assert.Equal(RopeStyle.HalfSplit, config.RopeStyle);
+        using var model = ReferenceModels.CreateRandom(config, seed: 13);
+        int hd = config.HeadDim, half = hd / 2;
+        var permuted = new Dictionary<string, double[]>(model.Tensors);
+        foreach (var (tensor, values) in model.Tensors)
+        {
+            bool qk = tensor.EndsWith(TensorNames.Suffix.Q) || tensor.EndsWith(TensorNames.Suffix.K)
+                || tensor.EndsWith(TensorNames.Suffix.QBias) || tensor.EndsWith(TensorNames.Suffix.KBias)
+                || tensor.EndsWith(TensorNames.Suffix.QNorm) || tensor.EndsWith(TensorNames.Suffix.KNorm);
+            if (!qk) continue;
+            bool isWeight = tensor.EndsWith(TensorNames.Suffix.Q) || tensor.EndsWith(TensorNames.Suffix.K);
+            int rowLen = isWeight ? config.HiddenSize : 1;
+            int rows = values.Length / rowLen;
+            var result = new double[values.Length];
+            for (int row = 0; row < rows; row++)
+            {
+                int head = row / hd, j = row % hd, h = j / half, i = j % half;
+                int target = head * hd + 2 * i + h;
+                Array.Copy(values, row * rowLen, result, target * rowLen, rowLen);
+            }
+            permuted[tensor] = result;
+        }
+        var interleaved = new ReferenceTransformer(config with { RopeStyle = RopeStyle.Interleaved }, ReferenceWeights.FromDictionary(permuted));
+        var tokens = ReferenceModels.RandomTokens(20, config.VocabSize, seed: 4);
+        var expected = model.Reference.Forward(tokens);
+        var actual = interleaved.Forward(tokens);
+        for (int t = 0; t < tokens.Length; t++) ReferenceTransformerTests.AssertClose(expected[t], actual[t], 1e-11);
+        // And the styles do differ without the permutation.
+        var unpermuted = new ReferenceTransformer(config with { RopeStyle = RopeStyle.Interleaved }, ReferenceWeights.FromDictionary(model.Tensors));
+        Assert.True(Math.Abs(unpermuted.Forward(tokens)[^1][0] - expected[^1][0]) > 1e-6);
+    }
+
     /// <summary>Causal attention: the logits of a prefix do not depend on the tokens after it.</summary>
     [Fact]
     public void Attention_IsCausal()
@@ -113,5 +174,20 @@ public sealed class ReferenceModelsTests
         var b = unscaled.Forward(tokens);
         Assert.Equal(a[0], b[0]);
         Assert.True(Math.Abs(a[^1][0] - b[^1][0]) > 1e-6);
+    }
+}
+
+/// <summary>The comparison helpers must reject what they are meant to catch.</summary>
+public sealed class ReferenceCompareTests
+{
+    /// <summary>Errors are measured against the largest logit; large errors and missing positions fail.</summary>
+    [Fact]
+    public void AssertLogitsClose_AcceptsSmallErrorsAndRejectsLargeOnes()
+    {
+        double[][] expected = [[10, 2, -3], [1, 0.5, 0]];
+        ReferenceCompare.AssertLogitsClose(expected, [[10.0005f, 2, -3], [1, 0.5f, 0.00005f]], 1e-4);
+        Assert.Equal(0.1, ReferenceCompare.MaxRelativeError(expected[0], [10, 3, -3]), 12);
+        Assert.ThrowsAny<Exception>(() => ReferenceCompare.AssertLogitsClose(expected, [[10, 2.1f, -3], [1, 0.5f, 0]], 1e-3));
+        Assert.ThrowsAny<Exception>(() => ReferenceCompare.AssertLogitsClose(expected, [[10, 2, -3]], 1));
     }
 }

@@ -8,7 +8,8 @@ namespace KvSharp.Tests.Reference;
 /// written from the model definitions (Hugging Face's LlamaForCausalLM / Qwen2 / Qwen3 modeling code,
 /// llama.cpp's interleaved "normal" RoPE for GGUF llama files), independently of the engine.
 /// Every call recomputes full causal attention over the whole sequence from scratch: no KV cache,
-/// no fusion, no float32 anywhere, so that any disagreement with the engine is the engine's.
+/// no fusion, no float32 anywhere (unless <see cref="EmulateLlamaCppF16Attention"/> is set), so that any
+/// disagreement with the engine is the engine's.
 /// </summary>
 public sealed class ReferenceTransformer
 {
@@ -38,11 +39,6 @@ public sealed class ReferenceTransformer
     /// Used only to show that the remaining difference to llama.cpp's logits is that precision, not the model.
     /// </summary>
     public bool EmulateLlamaCppF16Attention { get; init; }
-
-    private static void RoundToHalf(double[] x)
-    {
-        for (int i = 0; i < x.Length; i++) x[i] = (double)(Half)x[i];
-    }
 
     /// <summary>The configuration this oracle runs.</summary>
     public ModelConfig Config => _c;
@@ -289,6 +285,11 @@ public sealed class ReferenceTransformer
     /// the test project builds in Debug, where a hand-written SIMD loop runs unoptimized.
     /// </summary>
     private static double Dot(ReadOnlySpan<double> a, ReadOnlySpan<double> b) => TensorPrimitives.Dot(a, b);
+
+    private static void RoundToHalf(double[] x)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] = (double)(Half)x[i];
+    }
 
     private static void AddInPlace(double[] x, double[] y)
     {
