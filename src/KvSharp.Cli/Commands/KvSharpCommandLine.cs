@@ -65,6 +65,19 @@ public static class KvSharpCommandLine
             context.Error.WriteLine("kvsharp: cancelled");
             return 130; // the shell's convention for SIGINT
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutOfMemoryException)
+        {
+            // Environment problems (disk, permissions, memory) are the user's to fix: say what failed, no trace.
+            context.Error.WriteLine($"kvsharp: {e.Message}");
+            return InputError;
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("KVSHARP_DEBUG") is null)
+        {
+            // A bug: one line naming it, and how to get the stack trace for a report.
+            context.Error.WriteLine($"kvsharp: internal error ({e.GetType().Name}): {e.Message}");
+            context.Error.WriteLine("Set KVSHARP_DEBUG=1 to see the stack trace, and please report it.");
+            return 70; // EX_SOFTWARE
+        }
     }
 
     private static string HelpHint(ParseResult parse) =>

@@ -24,9 +24,12 @@ internal sealed class ModelOptions
     }
 
     /// <summary>Reads and checks the options; throws <see cref="UsageException"/> naming the option.</summary>
-    public ModelSource Bind(ParseResult parse)
+    public ModelSource Bind(ParseResult parse, string? positionalModel = null)
     {
         string? model = parse.GetValue(Model);
+        if (positionalModel != null && model != null && positionalModel != model)
+            throw new UsageException($"the model is given twice ('{positionalModel}' and --model '{model}'): give one");
+        model ??= positionalModel;
         string? dummy = parse.GetValue(Dummy);
         if (model != null && dummy != null) throw new UsageException("--model and --dummy cannot be used together: pick a real model or dummy weights");
         if (model == null && dummy == null) throw new UsageException("--model PATH (or --dummy CONFIG.json) is required");

@@ -39,7 +39,9 @@ public sealed class Generator
         int free = contextLength - cache.Length;
         if (prompt.Count > free)
             throw new KvSharpException(cache.Length == 0
-                ? $"the prompt has {prompt.Count} tokens but the context holds {contextLength} (raise --ctx up to the model's {_model.Config.MaxContext}, or shorten the prompt)"
+                ? $"the prompt has {prompt.Count} tokens but the context holds {contextLength}" + (contextLength < _model.Config.MaxContext
+                    ? $" (raise --ctx up to the model's {_model.Config.MaxContext}, or shorten the prompt)"
+                    : " (the model's full context): shorten the prompt")
                 : $"the prompt has {prompt.Count} tokens but only {free} of the context's {contextLength} remain");
 
         var sampler = new Sampler(options.EffectiveSampler);

@@ -1,0 +1,124 @@
+using KvSharp.Cache;
+using KvSharp.Cli.Commands;
+using KvSharp.Compute.Cpu;
+using KvSharp.Formats;
+using KvSharp.Generation;
+using KvSharp.Generation.Chat;
+using Spectre.Console;
+
+namespace KvSharp.Cli.Engine;
+
+/// <summary>The command line's view of the engine: loads models and runs generations for the commands.</summary>
+public sealed class EngineFacade : IEngineFacade
+{
+    private readonly TextWriter _status;
+
+    /// <summary>Creates the engine facade; progress and statistics go to <paramref name="status"/> (stderr).</summary>
+    public EngineFacade(TextWriter status) { _status = status; }
+
+    /// <summary>Loads the model a command names, applying --threads.</summary>
+    public LanguageModel Load(ModelSource source)
+    {
+        if (source.Threads is { } t) CpuThreads.Count = t;
+        if (source.Path != null) return LanguageModel.Load(source.Path);
+        var type = source.DummyType switch
+        {
+            "f32" => GgmlType.F32,
+            "f16" => GgmlType.F16,
+            "bf16" => GgmlType.BF16,
+            "q8_0" => GgmlType.Q8_0,
+            "q4_0" => GgmlType.Q4_0,
+            _ => throw new KvSharpException($"--dummy-type '{source.DummyType}' is not supported"),
+        };
+        _status.WriteLine($"building dummy weights ({source.DummyType}) from {source.DummyConfig} ...");
+        return LanguageModel.FromDummy(source.DummyConfig!, type);
+    }
+
+    /// <summary>The context length to allocate: --ctx, bounded by the model's trained context.</summary>
+    public static int ContextLength(ModelSource source, LanguageModel model)
+    {
+        int ctx = source.ContextLength ?? model.Config.MaxContext;
+        if (ctx > model.Config.MaxContext)
+            throw new KvSharpException($"--ctx {ctx} exceeds the model's context length of {model.Config.MaxContext} tokens");
+        return ctx;
+    }
+
+    /// <inheritdoc />
+    public void Info(ModelSource source, TextWriter output)
+    {
+        using var model = Load(source);
+        var c = model.Config;
+        var table = new Table().AddColumn("property").AddColumn("value");
+        void Row(string k, string v) => table.AddRow(Markup.Escape(k), Markup.Escape(v));
+        Row("source", model.Weights.Source);
+        Row("architecture", c.Architecture);
+        Row("parameters", $"{model.Weights.ParameterCount:N0} ({model.Weights.ParameterCount / 1e6:F2} M)");
+        Row("weight bytes", $"{model.Weights.ByteCount:N0} ({Units.Bytes(model.Weights.ByteCount)})");
+        Row("weight types", string.Join(", ", model.Weights.Tensors.Values.GroupBy(t => t.Type)
+            .Select(g => $"{g.Key}: {g.Count()} tensors, {Units.Bytes(g.Sum(t => t.ByteLength))}")));
+        Row("layers", c.NumLayers.ToString());
+        Row("hidden / ffn", $"{c.HiddenSize} / {c.IntermediateSize}");
+        Row("heads / KV heads / head dim", $"{c.NumHeads} / {c.NumKvHeads} / {c.HeadDim} (GQA group {c.GroupSize})");
+        Row("vocabulary", c.VocabSize.ToString());
+        Row("context", c.MaxContext.ToString());
+        Row("RoPE", $"{c.RopeStyle}, theta {c.RopeTheta}" + (c.RopeScaling is { } s ? $", llama3 scaling x{s.Factor} (original {s.OriginalMaxPositions})" : ""));
+        Row("QKV bias / q-k norm / tied output", $"{c.AttentionBias} / {c.QkNorm} / {model.Weights.Find(Models.TensorNames.Output) == null}");
+        Row("KV bytes per token", $"{c.KvBytesPerToken(2):N0} (F16), {c.KvBytesPerToken(4):N0} (F32)");
+        Row("KV bytes at full context", $"{Units.Bytes(c.KvBytesPerToken(2) * (long)c.MaxContext)} (F16)");
+        Row("tokenizer", $"{model.Tokenizer.GetType().Name}, BOS {model.Tokenizer.BosId?.ToString() ?? "none"}, EOS [{string.Join(", ", model.Tokenizer.EosIds)}]");
+        Row("chat template", model.ChatTemplate.Name);
+        Render(output, table);
+    }
+
+    /// <inheritdoc />
+    public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation)
+    {
+        using var model = Load(request.Model);
+        int ctx = ContextLength(request.Model, model);
+        var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;
+        string text = template == null ? request.Prompt : template.Format([ChatMessage.User(request.Prompt)], addGenerationPrompt: true);
+        var prompt = model.Encode(text, addBos: template is not { IncludesBos: true });
+        var options = template == null ? request.Options
+            : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
+
+        using var cache = model.CreateCache(ctx);
+        var result = model.CreateGenerator().Generate(prompt, cache, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
+        output.WriteLine();
+        if (request.ShowCache) ReportRun(result, cache, model);
+        return result.Reason == StopReason.Cancelled ? 130 : 0;
+    }
+
+    /// <summary>Prints timings and KV-cache bytes of a run (to stderr, so stdout carries only the text).</summary>
+    public void ReportRun(GenerationResult result, IKvCache cache, LanguageModel model)
+    {
+        var table = new Table().AddColumn("measure").AddColumn("value");
+        table.AddRow("prompt tokens", result.PromptTokens.ToString());
+        table.AddRow("generated tokens", $"{result.TokenIds.Count} (stopped: {result.Reason})");
+        table.AddRow("prefill", $"{result.PrefillTime.TotalMilliseconds:F0} ms, {result.PrefillTokensPerSecond:F1} tok/s");
+        table.AddRow("decode", $"{result.DecodeTime.TotalMilliseconds:F0} ms, {result.DecodeTokensPerSecond:F1} tok/s");
+        table.AddRow("KV cache", $"{cache.Length} tokens, {cache.ByteCount:N0} bytes ({Units.Bytes(cache.ByteCount)}, float32)");
+        table.AddRow("KV cache as F16", Units.Bytes(model.Config.KvBytesPerToken(2) * (long)cache.Length));
+        Render(_status, table);
+    }
+
+    /// <inheritdoc />
+    public IChatSession OpenChat(ChatRequest request, CancellationToken cancellation)
+    {
+        var model = Load(request.Model);
+        try
+        {
+            return new ChatSession(model, request.Template ?? model.ChatTemplate, ContextLength(request.Model, model), request, this);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static void Render(TextWriter writer, Spectre.Console.Rendering.IRenderable what)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(writer), Ansi = AnsiSupport.Detect, ColorSystem = ColorSystemSupport.Detect });
+        console.Write(what);
+    }
+}
