@@ -219,4 +219,22 @@ public unsafe class GgufWriterTests
         Assert.Equal(config.RopeScaling, read.RopeScaling);
         Assert.Equal(config with { EosTokenIds = [] }, read with { EosTokenIds = [] });
     }
+
+    [Fact]
+    public void WriteModelWidensBf16VectorsToF32()
+    {
+        using var dir = new TempDir();
+        string p = dir.File("needle.gguf");
+        using var hf = ModelLoader.Load(RepoPaths.SharedFile("models", "kvsharp-needle-16m"));
+        GgufWriter.WriteModel(hf, p);
+        using var gg = ModelLoader.Load(p);
+        var src = hf.Require("blk.2.ffn_norm.weight");
+        var dst = gg.Require("blk.2.ffn_norm.weight");
+        Assert.Equal(GgmlType.BF16, src.Type);
+        Assert.Equal(GgmlType.F32, dst.Type);
+        for (int i = 0; i < 384; i++)
+            Assert.Equal(BitConverter.Int32BitsToSingle(((ushort*)src.Data)[i] << 16), ((float*)dst.Data)[i]);
+        Assert.Equal(GgmlType.BF16, gg.Require("blk.2.ffn_up.weight").Type); // matrices keep their type
+        Assert.Equal(hf.ParameterCount, gg.ParameterCount);
+    }
 }

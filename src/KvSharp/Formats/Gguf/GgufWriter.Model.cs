@@ -6,7 +6,7 @@ namespace KvSharp.Formats.Gguf;
 public sealed unsafe partial class GgufWriter
 {
     /// <summary>
-    /// Writes <paramref name="weights"/> as a GGUF model llama.cpp can load: the
+    /// Writes <paramref name="weights"/> as a GGUF model llama.cpp can load (1-D F16/BF16 tensors are widened to F32): the
     /// <c>{arch}.*</c> hyperparameters, the tensors under their canonical names, and the vocabulary
     /// (every <c>tokenizer.*</c> key) copied from <paramref name="vocabularyGguf"/> when given
     /// (e.g. stories260K.gguf or a llama.cpp ggml-vocab-*.gguf), whose token count must equal the
@@ -63,7 +63,14 @@ public sealed unsafe partial class GgufWriter
         {
             if (!written.Add(tensorName) || weights.Find(tensorName) is not { } view) return;
             var rows = c.RopeStyle == fileStyle ? null : RopePermutation(tensorName, c, toInterleaved: fileStyle == RopeStyle.Interleaved);
-            if (rows == null) w.AddTensor(view, tensorName);
+            if (view.Shape.Length == 1 && view.Type is GgmlType.F16 or GgmlType.BF16)
+            {
+                // ggml's CPU multiply wants f32 norm weights and biases (llama.cpp's converter writes them so).
+                var f32 = ToF32Bytes(view);
+                if (rows != null) f32 = PermuteRows(new TensorView(tensorName, GgmlType.F32, view.Shape, (byte*)0, f32.Length), rows, f32);
+                w.AddTensor(tensorName, GgmlType.F32, view.Shape, f32);
+            }
+            else if (rows == null) w.AddTensor(view, tensorName);
             else w.AddTensor(tensorName, view.Type, view.Shape, PermuteRows(view, rows));
         }
         foreach (var (tensorName, _) in WeightValidator.Expected(c)) Add(tensorName);
@@ -106,7 +113,18 @@ public sealed unsafe partial class GgufWriter
         return src;
     }
 
-    private static byte[] PermuteRows(TensorView view, int[] srcRows)
+    private static byte[] ToF32Bytes(TensorView view)
+    {
+        var dst = new byte[view.ElementCount * 4];
+        fixed (byte* d = dst)
+        {
+            for (long i = 0; i < view.ElementCount; i++)
+                ((float*)d)[i] = view.Type == GgmlType.F16 ? (float)((Half*)view.Data)[i] : BitConverter.Int32BitsToSingle(((ushort*)view.Data)[i] << 16);
+        }
+        return dst;
+    }
+
+    private static byte[] PermuteRows(TensorView view, int[] srcRows, byte[]? source = null)
     {
         // 1-D tensors (biases, norms) permute elements; 2-D tensors permute whole rows (any block type).
         long rowBytes = view.Shape.Length == 1 ? GgmlTypeInfo.RowBytes(view.Type, 1) : GgmlTypeInfo.RowBytes(view.Type, view.Cols);
@@ -115,8 +133,12 @@ public sealed unsafe partial class GgufWriter
         if (srcRows.Length * rowBytes != view.ByteLength)
             throw new KvSharpException($"{view.Name}: shape [{string.Join(", ", view.Shape)}] does not match the RoPE permutation of {srcRows.Length} rows");
         var dst = new byte[view.ByteLength];
-        for (int r = 0; r < srcRows.Length; r++)
-            new ReadOnlySpan<byte>(view.Data + srcRows[r] * rowBytes, (int)rowBytes).CopyTo(dst.AsSpan((int)(r * rowBytes)));
+        fixed (byte* managed = source)
+        {
+            byte* src = source != null ? managed : view.Data;
+            for (int r = 0; r < srcRows.Length; r++)
+                new ReadOnlySpan<byte>(src + srcRows[r] * rowBytes, (int)rowBytes).CopyTo(dst.AsSpan((int)(r * rowBytes)));
+        }
         return dst;
     }
 }
