@@ -1,3 +1,4 @@
+using KvSharp.Formats;
 using KvSharp.Formats.Gguf;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
@@ -42,5 +43,76 @@ public class GgufConfigReaderTests
         Assert.Equal(1.0, divisors[0]);
         Assert.Equal(8.0, divisors[^1]);
         Assert.Null(Llama3Scaling.FromFactors(Enumerable.Repeat(1.0, 64).ToArray(), 500000, 128, 8192));
+    }
+
+    [Theory]
+    [InlineData("qwen2", true, false)]
+    [InlineData("qwen3", false, true)]
+    [InlineData("mistral", false, false)]
+    public void QwenAndMistralThroughGguf(string arch, bool bias, bool qkNorm)
+    {
+        using var dir = new TempDir();
+        var config = new ModelConfig
+        {
+            Architecture = arch,
+            VocabSize = 32,
+            HiddenSize = 64,
+            IntermediateSize = 96,
+            NumLayers = 2,
+            NumHeads = 4,
+            NumKvHeads = 2,
+            HeadDim = 16,
+            AttentionBias = bias,
+            QkNorm = qkNorm,
+            TieEmbeddings = true,
+            RopeTheta = 1e6,
+            RmsNormEps = 1e-6f,
+            MaxContext = 4096,
+            BosTokenId = 3,
+        };
+        using var w = DummyWeights.Create(config, GgmlType.F16, 4);
+        string p = dir.File("m.gguf");
+        GgufWriter.WriteModel(w, p);
+        using var loaded = ModelLoader.Load(p);
+        var c = loaded.Config;
+        Assert.Equal(arch == "mistral" ? "llama" : arch, c.Architecture);
+        Assert.Equal(bias, c.AttentionBias);
+        Assert.Equal(qkNorm, c.QkNorm);
+        Assert.Equal(arch == "mistral" ? RopeStyle.Interleaved : RopeStyle.HalfSplit, c.RopeStyle);
+        Assert.True(c.TieEmbeddings);
+        Assert.Equal(1e6, c.RopeTheta);
+        Assert.Equal(1e-6f, c.RmsNormEps);
+        Assert.Equal(4096, c.MaxContext);
+        Assert.Equal(3, c.BosTokenId);
+        Assert.Equal(16, c.HeadDim);
+    }
+
+    [Fact]
+    public void UnknownArchitectureListsSupported()
+    {
+        using var dir = new TempDir();
+        string p = dir.File("gpt2.gguf");
+        new GgufWriter().Set("general.architecture", "gpt2").Write(p);
+        var e = Assert.Throws<ModelFormatException>(() => ModelLoader.Load(p));
+        Assert.Contains(p, e.Message);
+        Assert.Contains("'gpt2'", e.Message);
+        Assert.Contains("qwen3", e.Message);
+    }
+
+    [Fact]
+    public void MissingTensorInGgufIsNamed()
+    {
+        using var dir = new TempDir();
+        using var src = ModelLoader.Load(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
+        var w = new GgufWriter();
+        using (var g = GgufFile.Open(src.Source))
+        {
+            foreach (var (k, v) in g.Metadata) w.Set(k, v);
+            foreach (var t in g.Tensors.Where(t => t.Name != "blk.3.ffn_up.weight")) w.AddTensor(t);
+            w.Write(dir.File("m.gguf"));
+        }
+        var e = Assert.Throws<ModelFormatException>(() => ModelLoader.Load(dir.File("m.gguf")));
+        Assert.Contains("blk.3.ffn_up.weight", e.Message);
+        Assert.Contains("[172, 64]", e.Message);
     }
 }

@@ -100,8 +100,14 @@ public sealed unsafe class GgufFile : IDisposable
     private void Parse()
     {
         var r = new Reader(_file);
-        if (_file.Length < 24 || r.U32() != Magic)
+        // A prefix of the magic in a short file is a truncated GGUF, anything else is not a GGUF at all.
+        var magic = BitConverter.GetBytes(Magic);
+        var head = _file.Span(0, (int)Math.Min(4, _file.Length));
+        if (!head.SequenceEqual(magic.AsSpan(0, head.Length)))
             throw new ModelFormatException(Path, "not a GGUF file (bad magic)");
+        if (_file.Length < 24)
+            throw new ModelFormatException(Path, $"truncated: {_file.Length} bytes, shorter than the 24-byte GGUF header");
+        r.U32();
         Version = r.U32();
         if (Version is < 2 or > 3)
             throw new ModelFormatException(Path, $"unsupported GGUF version {Version} (supported: 2, 3)");
@@ -118,7 +124,9 @@ public sealed unsafe class GgufFile : IDisposable
         }
         if (_metadata.TryGetValue("general.alignment", out var al))
         {
-            Alignment = Convert.ToInt32(al, System.Globalization.CultureInfo.InvariantCulture);
+            Alignment = al is uint or int or ulong or long or ushort or short or byte or sbyte
+                ? (int)Math.Clamp(Convert.ToInt64(al, System.Globalization.CultureInfo.InvariantCulture), -1, int.MaxValue)
+                : throw new ModelFormatException(Path, $"general.alignment has type {al.GetType().Name}, expected an integer");
             if (Alignment <= 0 || (Alignment & (Alignment - 1)) != 0)
                 throw new ModelFormatException(Path, $"general.alignment = {Alignment} is not a power of two");
         }
@@ -152,7 +160,13 @@ public sealed unsafe class GgufFile : IDisposable
             if (ne[0] % GgmlTypeInfo.BlockSize(type) != 0)
                 throw new ModelFormatException(Path, $"tensor '{name}': row of {ne[0]} elements is not a multiple of {type}'s block size {GgmlTypeInfo.BlockSize(type)}");
             long elements = 1;
-            foreach (var d in ne) elements *= d;
+            foreach (var d in ne)
+            {
+                // Dimensions come from the file: their product may overflow before the size check.
+                if (d != 0 && elements > long.MaxValue / d / GgmlTypeInfo.BlockBytes(type))
+                    throw new ModelFormatException(Path, $"tensor '{name}' has an impossible shape [{string.Join(", ", ne.Reverse())}]");
+                elements *= d;
+            }
             long bytes = elements / GgmlTypeInfo.BlockSize(type) * GgmlTypeInfo.BlockBytes(type);
             long start = DataOffset + (long)off;
             if (start + bytes > _file.Length)
