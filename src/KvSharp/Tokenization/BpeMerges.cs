@@ -19,14 +19,21 @@ internal sealed class BpeMerges
     /// Builds the table from (left, right) token strings in rank order. A merge whose parts or
     /// result are not in the vocabulary can never produce a token and is skipped.
     /// </summary>
-    public static BpeMerges Build(IEnumerable<(string Left, string Right)> merges, IReadOnlyDictionary<string, int> vocab)
+    public static BpeMerges Build(IEnumerable<(string Left, string Right)> merges, Dictionary<string, int> vocab)
     {
-        var pairs = new Dictionary<long, (int, int)>();
+        var pairs = new Dictionary<long, (int, int)>(merges.TryGetNonEnumeratedCount(out int count) ? count : 0);
+        var lookup = vocab.GetAlternateLookup<ReadOnlySpan<char>>();
+        Span<char> buffer = stackalloc char[256];
         int rank = 0;
         foreach (var (l, r) in merges)
         {
             int thisRank = rank++;
-            if (!vocab.TryGetValue(l, out int a) || !vocab.TryGetValue(r, out int b) || !vocab.TryGetValue(l + r, out int m)) continue;
+            if (!vocab.TryGetValue(l, out int a) || !vocab.TryGetValue(r, out int b)) continue;
+            int len = l.Length + r.Length;
+            var joined = len <= buffer.Length ? buffer[..len] : new char[len];
+            l.AsSpan().CopyTo(joined);
+            r.AsSpan().CopyTo(joined[l.Length..]);
+            if (!lookup.TryGetValue(joined, out int m)) continue;
             pairs.TryAdd(Key(a, b), (thisRank, m));
         }
         return new BpeMerges(pairs);
@@ -41,12 +48,13 @@ internal sealed class BpeMerges
         var prev = new int[n];
         var next = new int[n];
         for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
-        var queue = new PriorityQueue<(int Left, int Right, int LeftId, int RightId, int Merged), (int Rank, int Pos)>(n);
+        // Priority packs (rank, position): lowest rank first, then leftmost.
+        var queue = new PriorityQueue<(int Left, int Right, int LeftId, int RightId, int Merged), long>(n);
         void TryAdd(int left, int right)
         {
             if (left < 0 || right < 0) return;
             if (_pairs.TryGetValue(Key(ids[left], ids[right]), out var p))
-                queue.Enqueue((left, right, ids[left], ids[right], p.Merged), (p.Rank, left));
+                queue.Enqueue((left, right, ids[left], ids[right], p.Merged), ((long)p.Rank << 32) | (uint)left);
         }
         for (int i = 0; i + 1 < n; i++) TryAdd(i, i + 1);
         while (queue.TryDequeue(out var e, out _))

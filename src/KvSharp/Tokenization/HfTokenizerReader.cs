@@ -202,7 +202,8 @@ internal static class HfTokenizerReader
                     if (Bool(p, "use_regex") ?? true) Patterns.Add(PreTokenizerPatterns.Gpt2);
                     break;
                 case "Digits":
-                    Patterns.Add(Bool(p, "individual_digits") == true ? "[0-9]" : "[0-9]+");
+                    // Rust char::is_numeric: any \p{N} character.
+                    Patterns.Add(Bool(p, "individual_digits") == true ? @"\p{N}" : @"\p{N}+");
                     break;
                 case "Metaspace":
                     {

@@ -63,6 +63,13 @@ public sealed class SpmTokenizer : VocabTokenizer
         Tokenize(text, output);
     }
 
+    /// <summary>An int whose ascending order is the descending order of <paramref name="score"/>.</summary>
+    private static int SortableDescending(float score)
+    {
+        int bits = BitConverter.SingleToInt32Bits(-score + 0f); // +0f folds -0 into +0
+        return bits >= 0 ? bits : bits ^ 0x7FFFFFFF;
+    }
+
     private struct Symbol
     {
         public int Start, Length, Prev, Next;
@@ -80,13 +87,14 @@ public sealed class SpmTokenizer : VocabTokenizer
             i += len;
         }
         var sym = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(symbols).ToArray();
-        var queue = new PriorityQueue<(int Left, int Right, int Size), (float NegScore, int Left)>(sym.Length);
+        // Priority packs (score, position): highest score first, then leftmost.
+        var queue = new PriorityQueue<(int Left, int Right, int Size), long>(sym.Length);
         void TryAdd(int left, int right)
         {
             if (left < 0 || right < 0) return;
             int size = sym[left].Length + sym[right].Length;
             if (!_lookup.TryGetValue(text.AsSpan(sym[left].Start, size), out int id)) return;
-            queue.Enqueue((left, right, size), (-_scores[id], left));
+            queue.Enqueue((left, right, size), ((long)SortableDescending(_scores[id]) << 32) | (uint)left);
         }
         for (int i = 1; i < sym.Length; i++) TryAdd(i - 1, i);
         while (queue.TryDequeue(out var bg, out _))

@@ -17,6 +17,21 @@ public class HfTokenizerTests
         Assert.True(bad.Count == 0, $"{bad.Count} mismatches:\n" + string.Join("\n", bad));
     }
 
+    /// <summary>
+    /// SmolLM2 has no llama.cpp vectors: Data/smollm2.out holds the ids of the same inputs computed
+    /// by Data/naive_bpe.py, a naive independent Python implementation (the `regex` module for the
+    /// Digits + ByteLevel split, then lowest-rank-pair-first merging), which reproduces the llama.cpp
+    /// vectors of the Llama-3 and Qwen tokenizer.json files exactly.
+    /// </summary>
+    [Fact]
+    public void SmolLm2MatchesNaiveReference()
+    {
+        var tok = Load("tokenizers", "smollm2");
+        var vectors = TokenizerVectors.Load("llama-bpe", Path.Combine(RepoPaths.Root, "tests", "KvSharp.Tests", "Tokenization", "Data", "smollm2.out"));
+        var bad = TokenizerVectors.Mismatches(tok, vectors);
+        Assert.True(bad.Count == 0, $"{bad.Count} mismatches:\n" + string.Join("\n", bad));
+    }
+
     [Theory]
     [InlineData("llama3", "llama-bpe")]
     [InlineData("qwen3", "qwen2")]

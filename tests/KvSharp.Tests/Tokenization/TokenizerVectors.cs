@@ -10,7 +10,7 @@ internal static class TokenizerVectors
     public static string VocabDir => RepoPaths.SharedFile("tokenizers", "llamacpp_vocab");
 
     /// <summary>(text, expected ids) pairs of <c>ggml-vocab-{name}.gguf.inp/.out</c>.</summary>
-    public static List<(string Text, int[] Ids)> Load(string name)
+    public static List<(string Text, int[] Ids)> Load(string name, string? outFile = null)
     {
         string stem = Path.Combine(VocabDir, $"ggml-vocab-{name}.gguf");
         string raw = File.ReadAllText(stem + ".inp", new UTF8Encoding(false));
@@ -23,7 +23,7 @@ internal static class TokenizerVectors
             inputs.Add(raw[pos..next]);
             pos = next + Separator.Length;
         }
-        var outputs = File.ReadAllLines(stem + ".out");
+        var outputs = File.ReadAllLines(outFile ?? stem + ".out");
         Assert.Equal(inputs.Count, outputs.Length);
         return inputs.Zip(outputs, (t, o) => (t, o.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray())).ToList();
     }
