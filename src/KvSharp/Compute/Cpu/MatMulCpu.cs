@@ -97,9 +97,9 @@ internal static unsafe class MatMulCpu
             // Activation tile: about 256 KiB of (quantized or float) activations stays in L2 while a
             // chunk's weight rows stream past it.
             long bytesPerX = path is Path.Q8_0Act or Path.Q8_KAct ? cols : 4L * cols;
-            job.TileN = (int)Math.Clamp(256 * 1024 / Math.Max(1, bytesPerX), 3, Math.Max(3, n));
-            job.TileN -= job.TileN % 3 == 0 ? 0 : job.TileN % 3;
-            if (job.TileN == 0) job.TileN = 3;
+            // A multiple of 12 so the 3-row float and 4-row quantized register tiles divide it.
+            job.TileN = (int)Math.Clamp(256 * 1024 / Math.Max(1, bytesPerX), 12, Math.Max(12, n));
+            job.TileN -= job.TileN % 12;
 
             int threads = CpuThreads.Count;
             // Enough chunks per thread to balance a busy machine, rows per chunk a multiple of 4
@@ -245,13 +245,38 @@ internal static unsafe class MatMulCpu
         Range(j, chunk, out int r0, out int r1);
         int cols = j->Cols, n = j->N, rows = j->Rows;
         bool s = j->Scalar;
+        long qs = cols, ds8 = cols / 32, dsK = cols / 256, ssK = cols / 16;
+        float* y4 = stackalloc float[4];
         for (int t0 = 0; t0 < n; t0 += j->TileN)
         {
             int t1 = Math.Min(n, t0 + j->TileN);
             for (int r = r0; r < r1; r++)
             {
                 byte* wr = j->W + r * j->RowBytes;
-                for (int t = t0; t < t1; t++)
+                int t4 = t0;
+                if (!s)
+                {
+                    // Four activation rows per pass over the weight row, then the remainder one by one.
+                    for (; t4 + 4 <= t1; t4 += 4)
+                    {
+                        sbyte* xq = j->Xq + t4 * qs;
+                        switch (j->Type)
+                        {
+                            case GgmlType.Q8_0:
+                            case GgmlType.Q4_0:
+                                QuantDot.Q8Blocks4(wr, j->Type == GgmlType.Q4_0, xq, j->Xd + t4 * ds8, qs, ds8, cols / 32, y4);
+                                break;
+                            case GgmlType.Q4_K:
+                                QuantDot.Q4_Kx4(wr, xq, j->Xd + t4 * dsK, j->Xs + t4 * ssK, qs, dsK, ssK, cols / 256, y4);
+                                break;
+                            default:
+                                QuantDot.Q6_Kx4(wr, xq, j->Xd + t4 * dsK, j->Xs + t4 * ssK, qs, dsK, ssK, cols / 256, y4);
+                                break;
+                        }
+                        for (int k = 0; k < 4; k++) j->Y[(t4 + k) * (long)rows + r] = y4[k];
+                    }
+                }
+                for (int t = t4; t < t1; t++)
                 {
                     sbyte* xq = j->Xq + (long)t * cols;
                     float v;

@@ -289,4 +289,145 @@ internal static unsafe class QuantDot
         }
         return sum;
     }
+    // ---------- prefill: one weight row against four activation rows ----------
+    // The weight block is loaded and unpacked once and used for four activation rows, so batched products
+    // are bound by integer multiply throughput rather than by weight unpacking.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Fma4(Vector256<sbyte> absW, Vector256<sbyte> w, sbyte* x, float scale, Vector256<float> acc)
+    {
+        var p16 = Avx2.MultiplyAddAdjacent(absW.AsByte(), Avx2.Sign(Avx.LoadVector256(x), w));
+        var p32 = Avx2.MultiplyAddAdjacent(p16, Vector256.Create((short)1));
+        return Fma.MultiplyAdd(Vector256.Create(scale), Avx.ConvertToVector256Single(p32), acc);
+    }
+
+    /// <summary>y[t] = dot(Q8_0 or Q4_0 row, activation row t) for t &lt; 4; activation rows are
+    /// <paramref name="qs"/> int8 values and <paramref name="ds"/> scales apart.</summary>
+    public static void Q8Blocks4(byte* w, bool q4, sbyte* xq, float* xd, long qs, long ds, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var eight = Vector256.Create((sbyte)8);
+        int bb = q4 ? 18 : 34;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * bb;
+            var wq = q4 ? Avx2.Subtract(Nibbles(blk + 2), eight) : Avx.LoadVector256((sbyte*)(blk + 2));
+            var aw = Avx2.Abs(wq).AsSByte();
+            float d = H(blk);
+            sbyte* x = xq + b * 32;
+            float* xs = xd + b;
+            a0 = Fma4(aw, wq, x, d * xs[0], a0);
+            a1 = Fma4(aw, wq, x + qs, d * xs[ds], a1);
+            a2 = Fma4(aw, wq, x + 2 * qs, d * xs[2 * ds], a2);
+            a3 = Fma4(aw, wq, x + 3 * qs, d * xs[3 * ds], a3);
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+    }
+
+    /// <summary>Four activation rows against one Q4_K row (see <see cref="Q4_K"/>); rows are
+    /// <paramref name="qs"/> values, <paramref name="ds"/> scales and <paramref name="ss"/> sums apart.</summary>
+    public static void Q4_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var mask = Vector256.Create((byte)0x0F);
+        int* sc = stackalloc int[8];
+        int* mn = stackalloc int[8];
+        float* mins = stackalloc float[4];
+        for (int t = 0; t < 4; t++) mins[t] = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 144;
+            float dw = H(blk), dminw = H(blk + 2);
+            for (int j = 0; j < 8; j++) Dequantize.ScaleMinK4(j, blk + 4, out sc[j], out mn[j]);
+            for (int t = 0; t < 4; t++)
+            {
+                short* bs = bsums + t * ss + b * 16;
+                int summ = 0;
+                for (int j = 0; j < 8; j++) summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                mins[t] += dminw * xd[t * ds + b] * summ;
+            }
+            byte* q = blk + 16;
+            sbyte* x = xq + b * 256;
+            var i0 = Vector256<int>.Zero; var i1 = i0; var i2 = i0; var i3 = i0;
+            for (int k = 0; k < 4; k++)
+            {
+                var v = Avx.LoadVector256(q + 32 * k);
+                var lo = Avx2.And(v, mask);
+                var hi = Avx2.And(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
+                var slo = Vector256.Create((short)sc[2 * k]);
+                var shi = Vector256.Create((short)sc[2 * k + 1]);
+                sbyte* xk = x + 64 * k;
+                i0 = Avx2.Add(i0, Pair(lo, hi, xk, slo, shi));
+                i1 = Avx2.Add(i1, Pair(lo, hi, xk + qs, slo, shi));
+                i2 = Avx2.Add(i2, Pair(lo, hi, xk + 2 * qs, slo, shi));
+                i3 = Avx2.Add(i3, Pair(lo, hi, xk + 3 * qs, slo, shi));
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(dw * xd[b]), Avx.ConvertToVector256Single(i0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(dw * xd[ds + b]), Avx.ConvertToVector256Single(i1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(dw * xd[2 * ds + b]), Avx.ConvertToVector256Single(i2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(dw * xd[3 * ds + b]), Avx.ConvertToVector256Single(i3), a3);
+        }
+        y[0] = Vector256.Sum(a0) - mins[0]; y[1] = Vector256.Sum(a1) - mins[1];
+        y[2] = Vector256.Sum(a2) - mins[2]; y[3] = Vector256.Sum(a3) - mins[3];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Pair(Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> slo, Vector256<short> shi)
+    {
+        var plo = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(lo, Avx.LoadVector256(x)), slo);
+        var phi = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(hi, Avx.LoadVector256(x + 32)), shi);
+        return Avx2.Add(plo, phi);
+    }
+
+    /// <summary>Four activation rows against one Q6_K row (see <see cref="Q6_K"/>).</summary>
+    public static void Q6_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var m4 = Vector256.Create((byte)0x0F);
+        var m30 = Vector256.Create((byte)0x30);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 210;
+            sbyte* sc = (sbyte*)(blk + 192);
+            float dw = H(blk + 208);
+            sbyte* x = xq + b * 256;
+            var scales16 = Avx2.ConvertToVector256Int16(sc);
+            short* bs = bsums + b * 16;
+            var i0 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs), scales16), 5));
+            var i1 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + ss), scales16), 5));
+            var i2 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + 2 * ss), scales16), 5));
+            var i3 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + 3 * ss), scales16), 5));
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = blk + 64 * h;
+                var qh = Avx.LoadVector256(blk + 128 + 32 * h);
+                var l0 = Avx.LoadVector256(ql);
+                var l1 = Avx.LoadVector256(ql + 32);
+                sbyte* s = sc + 8 * h;
+                sbyte* xh = x + 128 * h;
+                for (int g = 0; g < 4; g++)
+                {
+                    var q = g switch
+                    {
+                        0 => Avx2.Or(Avx2.And(l0, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 4).AsByte(), m30)),
+                        1 => Avx2.Or(Avx2.And(l1, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 2).AsByte(), m30)),
+                        2 => Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l0.AsUInt16(), 4).AsByte(), m4), Avx2.And(qh, m30)),
+                        _ => Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l1.AsUInt16(), 4).AsByte(), m4),
+                            Avx2.And(Avx2.ShiftRightLogical(qh.AsUInt16(), 2).AsByte(), m30)),
+                    };
+                    var sv = Vector256.Create(Vector128.Create((short)s[2 * g]), Vector128.Create((short)s[2 * g + 1]));
+                    sbyte* xg = xh + 32 * g;
+                    i0 = Avx2.Add(i0, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg)), sv));
+                    i1 = Avx2.Add(i1, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + qs)), sv));
+                    i2 = Avx2.Add(i2, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + 2 * qs)), sv));
+                    i3 = Avx2.Add(i3, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + 3 * qs)), sv));
+                }
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(dw * xd[b]), Avx.ConvertToVector256Single(i0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(dw * xd[ds + b]), Avx.ConvertToVector256Single(i1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(dw * xd[2 * ds + b]), Avx.ConvertToVector256Single(i2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(dw * xd[3 * ds + b]), Avx.ConvertToVector256Single(i3), a3);
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+    }
 }
