@@ -22,6 +22,40 @@ public unsafe class ElementwiseTests
     }
 
     [Fact]
+    public void ScalarBlockScaleWideningMatchesBclForEveryHalf()
+    {
+        for (int i = 0; i < 65536; i++)
+        {
+            ushort h = (ushort)i;
+            float expected = (float)BitConverter.UInt16BitsToHalf(h);
+            float got = QuantDot.H((byte*)&h);
+            if (float.IsNaN(expected)) Assert.True(float.IsNaN(got));
+            else Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(got));
+        }
+    }
+
+    [Fact]
+    public void WordWiseK4ScaleUnpackingMatchesPerIndexRule()
+    {
+        var rng = new Random(9);
+        var bytes = new byte[12];
+        for (int rep = 0; rep < 200; rep++)
+        {
+            rng.NextBytes(bytes);
+            fixed (byte* q = bytes)
+            {
+                QuantDot.ScalesMinsK4(q, out ulong sc, out ulong mn);
+                for (int j = 0; j < 8; j++)
+                {
+                    Dequantize.ScaleMinK4(j, q, out int s, out int m);
+                    Assert.Equal(s, (int)((sc >> (8 * j)) & 0xFF));
+                    Assert.Equal(m, (int)((mn >> (8 * j)) & 0xFF));
+                }
+            }
+        }
+    }
+
+    [Fact]
     public void RmsNormMatchesFormula()
     {
         var rng = new Random(1);

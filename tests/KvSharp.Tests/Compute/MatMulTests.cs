@@ -34,12 +34,12 @@ public class MatMulTests
         return (w, wd, x);
     }
 
-    private static float[] Run(TensorView w, float[] x, int n, bool scalar = false)
+    private static float[] Run(TensorView w, float[] x, int n, MatMulCpu.SimdLevel? level = null)
     {
         var y = new float[n * w.Rows];
-        MatMulCpu.ForceScalar = scalar;
+        MatMulCpu.ForceLevel = level;
         try { Kernels.MatMul(w, x, y, n); }
-        finally { MatMulCpu.ForceScalar = false; }
+        finally { MatMulCpu.ForceLevel = null; }
         return y;
     }
 
@@ -112,25 +112,27 @@ public class MatMulTests
 
     [Theory]
     [MemberData(nameof(Types))]
-    public void ScalarFallbackEqualsSimd(GgmlType type)
+    public void FallbacksEqualSimd(GgmlType type)
     {
-        foreach (int n in new[] { 1, 5 })
-        {
-            int rows = 45, cols = GgmlTypeInfo.BlockSize(type) == 256 ? 512 : 320;
-            var (w, _, x) = Make(type, rows, cols, n, 7 + n);
-            using (w)
+        var levels = new[] { MatMulCpu.SimdLevel.Scalar, MatMulCpu.SimdLevel.Vector128, MatMulCpu.SimdLevel.Avx512 };
+        foreach (var level in levels)
+            foreach (int n in new[] { 1, 5 })
             {
-                var simd = Run(w.View, x, n);
-                var scalar = Run(w.View, x, n, scalar: true);
-                for (int i = 0; i < simd.Length; i++)
+                int rows = 45, cols = GgmlTypeInfo.BlockSize(type) == 256 ? 512 : 320;
+                var (w, _, x) = Make(type, rows, cols, n, 7 + n);
+                using (w)
                 {
-                    // Same products (integer sums are exact in both); only float summation order differs.
-                    float scale = 0;
-                    for (int c = 0; c < cols; c++) scale += MathF.Abs(x[i / rows * cols + c]);
-                    Assert.True(MathF.Abs(simd[i] - scalar[i]) <= 2e-6f * scale, $"{type} n={n} element {i}: {simd[i]} vs {scalar[i]}");
+                    var simd = Run(w.View, x, n);
+                    var scalar = Run(w.View, x, n, level);
+                    for (int i = 0; i < simd.Length; i++)
+                    {
+                        // Same products (integer sums are exact in both); only float summation order differs.
+                        float scale = 0;
+                        for (int c = 0; c < cols; c++) scale += MathF.Abs(x[i / rows * cols + c]);
+                        Assert.True(MathF.Abs(simd[i] - scalar[i]) <= 2e-6f * scale, $"{type} {level} n={n} element {i}: {simd[i]} vs {scalar[i]}");
+                    }
                 }
             }
-        }
     }
 
     [Theory]

@@ -89,6 +89,15 @@ public static unsafe class CpuThreads
         s.Body((int)start, (int)end);
     }
 
+    /// <summary>How long an idle worker spins before it blocks (default 500 µs).</summary>
+    public static int SpinMicroseconds
+    {
+        get => (int)(SpinTicks * 1_000_000 / System.Diagnostics.Stopwatch.Frequency);
+        set => SpinTicks = Math.Max(0, (long)value) * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+    }
+
+    private static long SpinTicks = 500 * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+
     private sealed class WorkerPool : IDisposable
     {
         private readonly Thread[] _threads;
@@ -157,12 +166,13 @@ public static unsafe class CpuThreads
             int seen = Volatile.Read(ref _generation);
             while (!_disposed)
             {
-                // Spin (about 50-100 µs) for the next job before blocking.
-                int spins = 0;
-                while (Volatile.Read(ref _generation) == seen && spins < 20000 && !_disposed)
+                // Spin up to SpinMicroseconds for the next job before blocking: the gaps between a decode
+                // step's matmuls (norms, attention) are usually shorter than a wake-up from a blocked wait.
+                long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + SpinTicks;
+                while (Volatile.Read(ref _generation) == seen && !_disposed)
                 {
-                    Thread.SpinWait(8);
-                    spins++;
+                    Thread.SpinWait(4);
+                    if (System.Diagnostics.Stopwatch.GetTimestamp() > deadline) break;
                 }
                 if (Volatile.Read(ref _generation) == seen)
                 {

@@ -1,4 +1,6 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using KvSharp.Formats;
 
 namespace KvSharp.Compute.Cpu;
@@ -10,8 +12,18 @@ namespace KvSharp.Compute.Cpu;
 /// </summary>
 internal static unsafe class MatMulCpu
 {
-    /// <summary>Set by tests to force the scalar fallbacks for matmuls issued from the current thread.</summary>
-    [ThreadStatic] internal static bool ForceScalar;
+    /// <summary>Instruction-set tiers of the kernels, best last.</summary>
+    internal enum SimdLevel { Scalar, Vector128, Avx2, Avx512 }
+
+    /// <summary>The best tier this machine runs.</summary>
+    internal static readonly SimdLevel Detected =
+        Avx512F.IsSupported && Vector512.IsHardwareAccelerated && FloatDot.Simd ? SimdLevel.Avx512
+        : FloatDot.Simd ? SimdLevel.Avx2
+        : Vector128.IsHardwareAccelerated ? SimdLevel.Vector128
+        : SimdLevel.Scalar;
+
+    /// <summary>Set by tests to force a lower (or emulated higher) tier for matmuls issued from the current thread.</summary>
+    [ThreadStatic] internal static SimdLevel? ForceLevel;
 
     private enum Path { F32, Half16, Q8_0Act, Q8_KAct, Generic }
 
@@ -28,7 +40,7 @@ internal static unsafe class MatMulCpu
         public short* Xs;
         public int ChunkRows;
         public int TileN;
-        public bool Scalar;
+        public SimdLevel Level;
     }
 
     /// <summary>Whether <paramref name="type"/> has a matmul path (specialized or via dequantization).</summary>
@@ -52,7 +64,7 @@ internal static unsafe class MatMulCpu
             throw new ArgumentException($"tensor {w.Name} has {cols} columns, not a multiple of the {w.Type} block size", nameof(w));
         if (n == 0 || rows == 0) return;
 
-        bool scalar = ForceScalar || !FloatDot.Simd;
+        SimdLevel level = ForceLevel ?? Detected;
         var job = new Job
         {
             W = w.Data,
@@ -61,7 +73,7 @@ internal static unsafe class MatMulCpu
             Cols = cols,
             N = n,
             Type = w.Type,
-            Scalar = scalar,
+            Level = level,
         };
         Path path = PathOf(w.Type);
 
@@ -97,9 +109,9 @@ internal static unsafe class MatMulCpu
             // Activation tile: about 256 KiB of (quantized or float) activations stays in L2 while a
             // chunk's weight rows stream past it.
             long bytesPerX = path is Path.Q8_0Act or Path.Q8_KAct ? cols : 4L * cols;
-            job.TileN = (int)Math.Clamp(256 * 1024 / Math.Max(1, bytesPerX), 3, Math.Max(3, n));
-            job.TileN -= job.TileN % 3 == 0 ? 0 : job.TileN % 3;
-            if (job.TileN == 0) job.TileN = 3;
+            // A multiple of 12 so the 3-row float and 4-row quantized register tiles divide it.
+            job.TileN = (int)Math.Clamp(256 * 1024 / Math.Max(1, bytesPerX), 12, Math.Max(12, n));
+            job.TileN -= job.TileN % 12;
 
             int threads = CpuThreads.Count;
             // Enough chunks per thread to balance a busy machine, rows per chunk a multiple of 4
@@ -155,11 +167,13 @@ internal static unsafe class MatMulCpu
         int cols = j->Cols, n = j->N, rows = j->Rows;
         float* x = j->X;
         float* y = j->Y;
-        if (j->Scalar)
+        if (j->Level < SimdLevel.Avx2)
         {
             for (int r = r0; r < r1; r++)
                 for (int t = 0; t < n; t++)
-                    y[(long)t * rows + r] = FloatDot.F32Scalar(w + (r - wBase) * ws, x + (long)t * cols, cols);
+                    y[(long)t * rows + r] = j->Level == SimdLevel.Vector128
+                        ? PortableDot.F32V128(w + (r - wBase) * ws, x + (long)t * cols, cols)
+                        : FloatDot.F32Scalar(w + (r - wBase) * ws, x + (long)t * cols, cols);
             return;
         }
         if (n == 1)
@@ -168,7 +182,8 @@ internal static unsafe class MatMulCpu
             int r = r0;
             for (; r + 4 <= r1; r += 4)
             {
-                FloatDot.F32x4(w + (r - wBase) * ws, ws, x, cols, tmp);
+                if (j->Level == SimdLevel.Avx512) PortableDot.F32x4V512(w + (r - wBase) * ws, ws, x, cols, tmp);
+                else FloatDot.F32x4(w + (r - wBase) * ws, ws, x, cols, tmp);
                 y[r] = tmp[0]; y[r + 1] = tmp[1]; y[r + 2] = tmp[2]; y[r + 3] = tmp[3];
             }
             for (; r < r1; r++) y[r] = FloatDot.F32x1(w + (r - wBase) * ws, x, cols);
@@ -206,11 +221,13 @@ internal static unsafe class MatMulCpu
         bool bf16 = j->Type == GgmlType.BF16;
         long stride = j->RowBytes / 2;
         ushort* w = (ushort*)j->W;
-        if (j->Scalar)
+        if (j->Level < SimdLevel.Avx2)
         {
             for (int r = r0; r < r1; r++)
                 for (int t = 0; t < n; t++)
-                    j->Y[(long)t * rows + r] = FloatDot.Half16Scalar(w + r * stride, j->X + (long)t * cols, cols, bf16);
+                    j->Y[(long)t * rows + r] = j->Level == SimdLevel.Vector128
+                        ? PortableDot.Half16V128(w + r * stride, j->X + (long)t * cols, cols, bf16)
+                        : FloatDot.Half16Scalar(w + r * stride, j->X + (long)t * cols, cols, bf16);
             return;
         }
         if (n == 1)
@@ -219,7 +236,8 @@ internal static unsafe class MatMulCpu
             int r = r0;
             for (; r + 4 <= r1; r += 4)
             {
-                FloatDot.Half16x4(w + r * stride, stride, j->X, cols, tmp, bf16);
+                if (j->Level == SimdLevel.Avx512) PortableDot.Half16x4V512(w + r * stride, stride, j->X, cols, tmp, bf16);
+                else FloatDot.Half16x4(w + r * stride, stride, j->X, cols, tmp, bf16);
                 for (int k = 0; k < 4; k++) j->Y[r + k] = tmp[k];
             }
             for (; r < r1; r++) j->Y[r] = FloatDot.Half16x1(w + r * stride, j->X, cols, bf16);
@@ -244,14 +262,40 @@ internal static unsafe class MatMulCpu
         var j = (Job*)ctx;
         Range(j, chunk, out int r0, out int r1);
         int cols = j->Cols, n = j->N, rows = j->Rows;
-        bool s = j->Scalar;
+        bool s = j->Level < SimdLevel.Avx2;
+        bool v128 = j->Level == SimdLevel.Vector128;
+        long qs = cols, ds8 = cols / 32, dsK = cols / 256, ssK = cols / 16;
+        float* y4 = stackalloc float[4];
         for (int t0 = 0; t0 < n; t0 += j->TileN)
         {
             int t1 = Math.Min(n, t0 + j->TileN);
             for (int r = r0; r < r1; r++)
             {
                 byte* wr = j->W + r * j->RowBytes;
-                for (int t = t0; t < t1; t++)
+                int t4 = t0;
+                if (!s)
+                {
+                    // Four activation rows per pass over the weight row, then the remainder one by one.
+                    for (; t4 + 4 <= t1; t4 += 4)
+                    {
+                        sbyte* xq = j->Xq + t4 * qs;
+                        switch (j->Type)
+                        {
+                            case GgmlType.Q8_0:
+                            case GgmlType.Q4_0:
+                                QuantDot.Q8Blocks4(wr, j->Type == GgmlType.Q4_0, xq, j->Xd + t4 * ds8, qs, ds8, cols / 32, y4);
+                                break;
+                            case GgmlType.Q4_K:
+                                QuantDot.Q4_Kx4(wr, xq, j->Xd + t4 * dsK, j->Xs + t4 * ssK, qs, dsK, ssK, cols / 256, y4);
+                                break;
+                            default:
+                                QuantDot.Q6_Kx4(wr, xq, j->Xd + t4 * dsK, j->Xs + t4 * ssK, qs, dsK, ssK, cols / 256, y4);
+                                break;
+                        }
+                        for (int k = 0; k < 4; k++) j->Y[(t4 + k) * (long)rows + r] = y4[k];
+                    }
+                }
+                for (int t = t4; t < t1; t++)
                 {
                     sbyte* xq = j->Xq + (long)t * cols;
                     float v;
@@ -260,13 +304,15 @@ internal static unsafe class MatMulCpu
                         case GgmlType.Q8_0:
                             {
                                 float* xd = j->Xd + (long)t * (cols / 32);
-                                v = s ? QuantDot.Q8_0Scalar(wr, xq, xd, cols / 32) : QuantDot.Q8_0(wr, xq, xd, cols / 32);
+                                v = v128 ? PortableDot.Q8BlocksV128(wr, false, xq, xd, cols / 32)
+                                    : s ? QuantDot.Q8_0Scalar(wr, xq, xd, cols / 32) : QuantDot.Q8_0(wr, xq, xd, cols / 32);
                                 break;
                             }
                         case GgmlType.Q4_0:
                             {
                                 float* xd = j->Xd + (long)t * (cols / 32);
-                                v = s ? QuantDot.Q4_0Scalar(wr, xq, xd, cols / 32) : QuantDot.Q4_0(wr, xq, xd, cols / 32);
+                                v = v128 ? PortableDot.Q8BlocksV128(wr, true, xq, xd, cols / 32)
+                                    : s ? QuantDot.Q4_0Scalar(wr, xq, xd, cols / 32) : QuantDot.Q4_0(wr, xq, xd, cols / 32);
                                 break;
                             }
                         case GgmlType.Q4_K:

@@ -70,7 +70,34 @@ internal static unsafe class QuantDot
         }
     }
 
-    private static float H(byte* p) => (float)*(Half*)p;
+    private static readonly float TwoPow112 = BitConverter.UInt32BitsToSingle(0x77800000);
+
+    /// <summary>Branch-light f16 to f32 (block scales are read once per block, so this is on the hot path).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float H(byte* p)
+    {
+        uint h = *(ushort*)p;
+        uint em = (h & 0x7fff) << 13;
+        uint bits = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(em) * TwoPow112);
+        if (em >= 0x0F800000) bits = em | 0x7f800000; // inf / NaN
+        return BitConverter.UInt32BitsToSingle(bits | ((h & 0x8000) << 16));
+    }
+
+    /// <summary>
+    /// Q4_K/Q5_K's 12 packed bytes as 8 scales (low 8 bytes) and 8 mins (high 8 bytes), whole words at a
+    /// time: scales 0-3 and mins 0-3 are the low 6 bits of words 0 and 1; scales/mins 4-7 take the low/high
+    /// nibbles of word 2 and the top 2 bits of words 0/1 as their bits 4-5.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ScalesMinsK4(byte* q, out ulong scales, out ulong mins)
+    {
+        uint u0 = *(uint*)q, u1 = *(uint*)(q + 4), u2 = *(uint*)(q + 8);
+        uint s03 = u0 & 0x3f3f3f3f, m03 = u1 & 0x3f3f3f3f;
+        uint s47 = (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4);
+        uint m47 = ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4);
+        scales = s03 | ((ulong)s47 << 32);
+        mins = m03 | ((ulong)m47 << 32);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> DotI8(Vector256<sbyte> a, Vector256<sbyte> b)
@@ -161,21 +188,18 @@ internal static unsafe class QuantDot
     public static float Q4_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         var acc = Vector256<float>.Zero;
-        float mins = 0;
+        var accm = Vector256<float>.Zero;
         var mask = Vector256.Create((byte)0x0F);
-        int* sc = stackalloc int[8];
+        var ones = Vector256.Create((short)1);
         for (int b = 0; b < nb; b++)
         {
             byte* blk = w + b * 144;
             float d = H(blk) * xd[b], dmin = H(blk + 2) * xd[b];
-            short* bs = bsums + b * 16;
-            int summ = 0;
-            for (int j = 0; j < 8; j++)
-            {
-                Dequantize.ScaleMinK4(j, blk + 4, out sc[j], out int m);
-                summ += m * (bs[2 * j] + bs[2 * j + 1]);
-            }
-            mins += dmin * summ;
+            ScalesMinsK4(blk + 4, out ulong sc, out ulong mn);
+            // mins term: sum_j m_j * (bsum[2j] + bsum[2j+1]), eight lanes at once.
+            var pairs = Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bsums + b * 16), ones);
+            var m32 = Avx2.ConvertToVector256Int32((byte*)&mn);
+            accm = Fma.MultiplyAdd(Vector256.Create(dmin), Avx.ConvertToVector256Single(Avx2.MultiplyLow(pairs, m32)), accm);
             byte* q = blk + 16;
             sbyte* x = xq + b * 256;
             var isum = Vector256<int>.Zero;
@@ -184,14 +208,13 @@ internal static unsafe class QuantDot
                 var v = Avx.LoadVector256(q + 32 * k);
                 var lo = Avx2.And(v, mask);
                 var hi = Avx2.And(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
-                var plo = Avx2.MultiplyAddAdjacent(lo, Avx.LoadVector256(x + 64 * k));
-                var phi = Avx2.MultiplyAddAdjacent(hi, Avx.LoadVector256(x + 64 * k + 32));
-                isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(plo, Vector256.Create((short)sc[2 * k])));
-                isum = Avx2.Add(isum, Avx2.MultiplyAddAdjacent(phi, Vector256.Create((short)sc[2 * k + 1])));
+                var slo = Vector256.Create((short)(byte)(sc >> (16 * k)));
+                var shi = Vector256.Create((short)(byte)(sc >> (16 * k + 8)));
+                isum = Avx2.Add(isum, Pair(lo, hi, x + 64 * k, slo, shi));
             }
             acc = Fma.MultiplyAdd(Vector256.Create(d), Avx.ConvertToVector256Single(isum), acc);
         }
-        return Vector256.Sum(acc) - mins;
+        return Vector256.Sum(acc) - Vector256.Sum(accm);
     }
 
     /// <summary>Scalar Q4_K x Q8_K.</summary>
@@ -233,7 +256,8 @@ internal static unsafe class QuantDot
             float d = H(blk + 208) * xd[b];
             sbyte* x = xq + b * 256;
             // Offset term: sum_j sc[j] * bsum[j], 16 sub-blocks at once.
-            var scales16 = Avx2.ConvertToVector256Int16(sc);
+            var sc128 = Sse2.LoadVector128(sc);
+            var scales16 = Avx2.ConvertToVector256Int16(sc128);
             var corr = Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bsums + b * 16), scales16);
             var isum = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(corr, 5));
             for (int h = 0; h < 2; h++)
@@ -247,12 +271,11 @@ internal static unsafe class QuantDot
                 var q2 = Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l0.AsUInt16(), 4).AsByte(), m4), Avx2.And(qh, m30));
                 var q3 = Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l1.AsUInt16(), 4).AsByte(), m4),
                     Avx2.And(Avx2.ShiftRightLogical(qh.AsUInt16(), 2).AsByte(), m30));
-                sbyte* s = sc + 8 * h;
                 sbyte* xh = x + 128 * h;
-                isum = Avx2.Add(isum, Group(q0, xh, s[0], s[1]));
-                isum = Avx2.Add(isum, Group(q1, xh + 32, s[2], s[3]));
-                isum = Avx2.Add(isum, Group(q2, xh + 64, s[4], s[5]));
-                isum = Avx2.Add(isum, Group(q3, xh + 96, s[6], s[7]));
+                isum = Avx2.Add(isum, Group(q0, xh, sc128, 4 * h));
+                isum = Avx2.Add(isum, Group(q1, xh + 32, sc128, 4 * h + 1));
+                isum = Avx2.Add(isum, Group(q2, xh + 64, sc128, 4 * h + 2));
+                isum = Avx2.Add(isum, Group(q3, xh + 96, sc128, 4 * h + 3));
             }
             acc = Fma.MultiplyAdd(Vector256.Create(d), Avx.ConvertToVector256Single(isum), acc);
         }
@@ -260,12 +283,19 @@ internal static unsafe class QuantDot
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Group(Vector256<byte> q, sbyte* x, sbyte s0, sbyte s1)
+    private static Vector256<int> Group(Vector256<byte> q, sbyte* x, Vector128<sbyte> scales, int pair)
     {
-        // 16 products per 128-bit lane: the low lane covers elements 0..15 (scale s0), the high 16..31 (s1).
+        // 16 products per 128-bit lane: the low lane covers elements 0..15 (scale 2*pair), the high 16..31 (2*pair+1).
         var p = Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(x));
-        var s = Vector256.Create(Vector128.Create((short)s0), Vector128.Create((short)s1));
-        return Avx2.MultiplyAddAdjacent(p, s);
+        return Avx2.MultiplyAddAdjacent(p, ScalePair(scales, pair));
+    }
+
+    /// <summary>Scales 2i (eight shorts) and 2i+1 (eight shorts): a byte shuffle then sign extension.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> ScalePair(Vector128<sbyte> scales, int i)
+    {
+        var sel = Sse2.Add(Vector128.Create((byte)0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), Vector128.Create((byte)(2 * i)));
+        return Avx2.ConvertToVector256Int16(Ssse3.Shuffle(scales, sel.AsSByte()));
     }
 
     /// <summary>Scalar Q6_K x Q8_K.</summary>
@@ -288,5 +318,146 @@ internal static unsafe class QuantDot
             sum += H(blk + 208) * xd[b] * isum;
         }
         return sum;
+    }
+    // ---------- prefill: one weight row against four activation rows ----------
+    // The weight block is loaded and unpacked once and used for four activation rows, so batched products
+    // are bound by integer multiply throughput rather than by weight unpacking.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Fma4(Vector256<sbyte> absW, Vector256<sbyte> w, sbyte* x, float scale, Vector256<float> acc)
+    {
+        var p16 = Avx2.MultiplyAddAdjacent(absW.AsByte(), Avx2.Sign(Avx.LoadVector256(x), w));
+        var p32 = Avx2.MultiplyAddAdjacent(p16, Vector256.Create((short)1));
+        return Fma.MultiplyAdd(Vector256.Create(scale), Avx.ConvertToVector256Single(p32), acc);
+    }
+
+    /// <summary>y[t] = dot(Q8_0 or Q4_0 row, activation row t) for t &lt; 4; activation rows are
+    /// <paramref name="qs"/> int8 values and <paramref name="ds"/> scales apart.</summary>
+    public static void Q8Blocks4(byte* w, bool q4, sbyte* xq, float* xd, long qs, long ds, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var eight = Vector256.Create((sbyte)8);
+        int bb = q4 ? 18 : 34;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * bb;
+            var wq = q4 ? Avx2.Subtract(Nibbles(blk + 2), eight) : Avx.LoadVector256((sbyte*)(blk + 2));
+            var aw = Avx2.Abs(wq).AsSByte();
+            float d = H(blk);
+            sbyte* x = xq + b * 32;
+            float* xs = xd + b;
+            a0 = Fma4(aw, wq, x, d * xs[0], a0);
+            a1 = Fma4(aw, wq, x + qs, d * xs[ds], a1);
+            a2 = Fma4(aw, wq, x + 2 * qs, d * xs[2 * ds], a2);
+            a3 = Fma4(aw, wq, x + 3 * qs, d * xs[3 * ds], a3);
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+    }
+
+    /// <summary>Four activation rows against one Q4_K row (see <see cref="Q4_K"/>); rows are
+    /// <paramref name="qs"/> values, <paramref name="ds"/> scales and <paramref name="ss"/> sums apart.</summary>
+    public static void Q4_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var mask = Vector256.Create((byte)0x0F);
+        byte* sc = stackalloc byte[8];
+        byte* mn = stackalloc byte[8];
+        float* mins = stackalloc float[4];
+        for (int t = 0; t < 4; t++) mins[t] = 0;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 144;
+            float dw = H(blk), dminw = H(blk + 2);
+            ScalesMinsK4(blk + 4, out *(ulong*)sc, out *(ulong*)mn);
+            for (int t = 0; t < 4; t++)
+            {
+                short* bs = bsums + t * ss + b * 16;
+                int summ = 0;
+                for (int j = 0; j < 8; j++) summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                mins[t] += dminw * xd[t * ds + b] * summ;
+            }
+            byte* q = blk + 16;
+            sbyte* x = xq + b * 256;
+            var i0 = Vector256<int>.Zero; var i1 = i0; var i2 = i0; var i3 = i0;
+            for (int k = 0; k < 4; k++)
+            {
+                var v = Avx.LoadVector256(q + 32 * k);
+                var lo = Avx2.And(v, mask);
+                var hi = Avx2.And(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
+                var slo = Vector256.Create((short)sc[2 * k]);
+                var shi = Vector256.Create((short)sc[2 * k + 1]);
+                sbyte* xk = x + 64 * k;
+                i0 = Avx2.Add(i0, Pair(lo, hi, xk, slo, shi));
+                i1 = Avx2.Add(i1, Pair(lo, hi, xk + qs, slo, shi));
+                i2 = Avx2.Add(i2, Pair(lo, hi, xk + 2 * qs, slo, shi));
+                i3 = Avx2.Add(i3, Pair(lo, hi, xk + 3 * qs, slo, shi));
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(dw * xd[b]), Avx.ConvertToVector256Single(i0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(dw * xd[ds + b]), Avx.ConvertToVector256Single(i1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(dw * xd[2 * ds + b]), Avx.ConvertToVector256Single(i2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(dw * xd[3 * ds + b]), Avx.ConvertToVector256Single(i3), a3);
+        }
+        y[0] = Vector256.Sum(a0) - mins[0]; y[1] = Vector256.Sum(a1) - mins[1];
+        y[2] = Vector256.Sum(a2) - mins[2]; y[3] = Vector256.Sum(a3) - mins[3];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Pair(Vector256<byte> lo, Vector256<byte> hi, sbyte* x, Vector256<short> slo, Vector256<short> shi)
+    {
+        var plo = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(lo, Avx.LoadVector256(x)), slo);
+        var phi = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(hi, Avx.LoadVector256(x + 32)), shi);
+        return Avx2.Add(plo, phi);
+    }
+
+    /// <summary>Four activation rows against one Q6_K row (see <see cref="Q6_K"/>).</summary>
+    public static void Q6_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var m4 = Vector256.Create((byte)0x0F);
+        var m30 = Vector256.Create((byte)0x30);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = w + b * 210;
+            sbyte* sc = (sbyte*)(blk + 192);
+            float dw = H(blk + 208);
+            sbyte* x = xq + b * 256;
+            var sc128 = Sse2.LoadVector128(sc);
+            var scales16 = Avx2.ConvertToVector256Int16(sc128);
+            short* bs = bsums + b * 16;
+            var i0 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs), scales16), 5));
+            var i1 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + ss), scales16), 5));
+            var i2 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + 2 * ss), scales16), 5));
+            var i3 = Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(Avx2.MultiplyAddAdjacent(Avx.LoadVector256(bs + 3 * ss), scales16), 5));
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = blk + 64 * h;
+                var qh = Avx.LoadVector256(blk + 128 + 32 * h);
+                var l0 = Avx.LoadVector256(ql);
+                var l1 = Avx.LoadVector256(ql + 32);
+                sbyte* xh = x + 128 * h;
+                for (int g = 0; g < 4; g++)
+                {
+                    var q = g switch
+                    {
+                        0 => Avx2.Or(Avx2.And(l0, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 4).AsByte(), m30)),
+                        1 => Avx2.Or(Avx2.And(l1, m4), Avx2.And(Avx2.ShiftLeftLogical(qh.AsUInt16(), 2).AsByte(), m30)),
+                        2 => Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l0.AsUInt16(), 4).AsByte(), m4), Avx2.And(qh, m30)),
+                        _ => Avx2.Or(Avx2.And(Avx2.ShiftRightLogical(l1.AsUInt16(), 4).AsByte(), m4),
+                            Avx2.And(Avx2.ShiftRightLogical(qh.AsUInt16(), 2).AsByte(), m30)),
+                    };
+                    var sv = ScalePair(sc128, 4 * h + g);
+                    sbyte* xg = xh + 32 * g;
+                    i0 = Avx2.Add(i0, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg)), sv));
+                    i1 = Avx2.Add(i1, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + qs)), sv));
+                    i2 = Avx2.Add(i2, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + 2 * qs)), sv));
+                    i3 = Avx2.Add(i3, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q, Avx.LoadVector256(xg + 3 * qs)), sv));
+                }
+            }
+            a0 = Fma.MultiplyAdd(Vector256.Create(dw * xd[b]), Avx.ConvertToVector256Single(i0), a0);
+            a1 = Fma.MultiplyAdd(Vector256.Create(dw * xd[ds + b]), Avx.ConvertToVector256Single(i1), a1);
+            a2 = Fma.MultiplyAdd(Vector256.Create(dw * xd[2 * ds + b]), Avx.ConvertToVector256Single(i2), a2);
+            a3 = Fma.MultiplyAdd(Vector256.Create(dw * xd[3 * ds + b]), Avx.ConvertToVector256Single(i3), a3);
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
     }
 }
