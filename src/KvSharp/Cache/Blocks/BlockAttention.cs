@@ -1,7 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace KvSharp.Cache.Blocks;
 
@@ -92,67 +94,65 @@ public static class BlockAttention
     private static void ScoresFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
         where R : struct, IElementReader
     {
-        int d = layout.HeadDim;
+        int d = layout.HeadDim, t = 0;
+        bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
-        for (int t = 0; t < n; t++)
+        for (; t + 4 <= n; t += 4)
             for (int i = 0; i < g; i++)
-                scores[i * n + t] = RowKernels<R>.Dot(ref b, t * d, queries.Slice(i * d, d));
+                RowKernels4<R>.Dot(simd, ref b, t * d, d, queries.Slice(i * d, d)).CopyTo(scores.Slice(i * n + t, 4));
+        for (; t < n; t++)
+            for (int i = 0; i < g; i++)
+                scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, queries.Slice(i * d, d));
     }
 
     private static void AccumulateFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
         where R : struct, IElementReader
     {
-        int d = layout.HeadDim;
+        int d = layout.HeadDim, t = 0;
+        bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
-        for (int t = 0; t < n; t++)
+        for (; t + 4 <= n; t += 4)
             for (int i = 0; i < g; i++)
-                RowKernels<R>.Axpy(ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
+                RowKernels4<R>.Axpy(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), 0f, acc.Slice(i * d, d));
+        for (; t < n; t++)
+            for (int i = 0; i < g; i++)
+                RowKernels<R>.Axpy(simd, ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
     }
 
-    /// <summary>The affine form x = min + step·code of one group's stored parameters.</summary>
-    private static (float Min, float Step) Affine(KvFormat format, float scale, float second) => format switch
+    /// <summary>
+    /// Converts the stored parameters of groups [first, first + count) to the affine form x = min + step·code
+    /// (ternary: min = −scale, step = scale; binary: min = mean − scale, step = 2·scale), vectorized.
+    /// </summary>
+    private static void GroupAffine(BlockLayout layout, ReadOnlySpan<byte> block, int first, int count, Span<float> min, Span<float> step)
     {
-        KvFormat.Ternary => (-scale, scale),
-        KvFormat.Binary => (second - scale, 2 * scale),
-        _ => (second, scale),
-    };
-
-    /// <summary>Fills min/step for the HeadDim channels of token group <paramref name="tg"/> (per-channel layout).</summary>
-    private static void ChannelAffine(BlockLayout layout, ReadOnlySpan<byte> block, int tg, Span<float> min, Span<float> step)
-    {
-        int d = layout.HeadDim, groups = layout.GroupCount;
-        var halves = MemoryMarshal.Cast<byte, Half>(block.Slice(layout.CodeBytes, layout.ParameterBytes));
-        TensorPrimitives.ConvertToSingle(halves.Slice(tg * d, d), step);
+        int groups = layout.GroupCount;
+        min = min[..count];
+        step = step[..count];
+        // The f16 parameters are widened with the same in-register conversion as F16 blocks (TensorPrimitives'
+        // Half conversion is far slower here), from the start of the parameter area.
+        bool simd = Simd.Enabled;
+        ref byte p = ref Unsafe.Add(ref MemoryMarshal.GetReference(block), layout.CodeBytes);
+        RowKernels<F16Reader>.Widen(simd, ref p, first, step);
+        if (layout.Format != KvFormat.Ternary) RowKernels<F16Reader>.Widen(simd, ref p, groups + first, min);
         switch (layout.Format)
         {
             case KvFormat.Ternary:
                 TensorPrimitives.Negate(step, min);
                 break;
             case KvFormat.Binary:
-                TensorPrimitives.ConvertToSingle(halves.Slice(groups + tg * d, d), min);
                 TensorPrimitives.Subtract(min, step, min);
                 TensorPrimitives.Multiply(step, 2f, step);
                 break;
             default:
-                TensorPrimitives.ConvertToSingle(halves.Slice(groups + tg * d, d), min);
                 break;
         }
-    }
-
-    private static (float Min, float Step) TokenAffine(BlockLayout layout, ReadOnlySpan<byte> block, int g)
-    {
-        int p = layout.CodeBytes + 2 * g;
-        float scale = ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[p..]));
-        float second = layout.Format.ParametersPerGroup() == 2
-            ? ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[(p + 2 * layout.GroupCount)..]))
-            : 0f;
-        return Affine(layout.Format, scale, second);
     }
 
     private static void ScoresQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
         where R : struct, IElementReader
     {
         int d = layout.HeadDim, gs = layout.GroupSize;
+        bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (layout.Axis == QuantAxis.PerChannel)
         {
@@ -165,38 +165,62 @@ public static class BlockAttention
             var bias = scratch.Slice((2 + g) * d, g);
             for (int t0 = 0; t0 < n; t0 += gs)
             {
-                ChannelAffine(layout, block, t0 / gs, min, step);
+                GroupAffine(layout, block, t0 / gs * d, d, min, step);
                 for (int i = 0; i < g; i++)
                 {
                     var q = queries.Slice(i * d, d);
                     TensorPrimitives.Multiply(q, step, qs.Slice(i * d, d));
                     bias[i] = TensorPrimitives.Dot(q, min);
                 }
-                int t1 = Math.Min(n, t0 + gs);
-                for (int t = t0; t < t1; t++)
+                int t1 = Math.Min(n, t0 + gs), t = t0;
+                for (; t + 4 <= t1; t += 4)
                     for (int i = 0; i < g; i++)
-                        scores[i * n + t] = bias[i] + RowKernels<R>.Dot(ref b, t * d, qs.Slice(i * d, d));
+                        (RowKernels4<R>.Dot(simd, ref b, t * d, d, qs.Slice(i * d, d)) + Vector128.Create(bias[i])).CopyTo(scores.Slice(i * n + t, 4));
+                for (; t < t1; t++)
+                    for (int i = 0; i < g; i++)
+                        scores[i * n + t] = bias[i] + RowKernels<R>.Dot(simd, ref b, t * d, qs.Slice(i * d, d));
             }
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
         else
         {
-            int perRow = d / gs, need = g * perRow;
+            int perRow = d / gs, groups = n * perRow, need = g * perRow + 2 * groups;
             float[]? rented = null;
-            Span<float> qsum = need <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(need));
+            Span<float> scratch = need <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(need));
+            var qsum = scratch[..(g * perRow)];
+            var min = scratch.Slice(g * perRow, groups);
+            var step = scratch.Slice(g * perRow + groups, groups);
+            GroupAffine(layout, block, 0, groups, min, step);
             for (int i = 0; i < g; i++)
                 for (int j = 0; j < perRow; j++)
                     qsum[i * perRow + j] = TensorPrimitives.Sum(queries.Slice(i * d + j * gs, gs));
-            for (int t = 0; t < n; t++)
-            {
-                for (int i = 0; i < g; i++) scores[i * n + t] = 0;
-                for (int j = 0; j < perRow; j++)
+            int t = 0;
+            for (; t + 4 <= n; t += 4)
+                for (int i = 0; i < g; i++)
                 {
-                    var (mn, st) = TokenAffine(layout, block, t * perRow + j);
-                    for (int i = 0; i < g; i++)
-                        scores[i * n + t] += mn * qsum[i * perRow + j] + st * RowKernels<R>.Dot(ref b, t * d + j * gs, queries.Slice(i * d + j * gs, gs));
+                    var q = queries.Slice(i * d, d);
+                    var s = Vector128<float>.Zero;
+                    for (int j = 0; j < perRow; j++)
+                    {
+                        int k = t * perRow + j;
+                        var mn = Vector128.Create(min[k], min[k + perRow], min[k + 2 * perRow], min[k + 3 * perRow]);
+                        var st = Vector128.Create(step[k], step[k + perRow], step[k + 2 * perRow], step[k + 3 * perRow]);
+                        s += mn * qsum[i * perRow + j] + st * RowKernels4<R>.Dot(simd, ref b, t * d + j * gs, d, q.Slice(j * gs, gs));
+                    }
+                    s.CopyTo(scores.Slice(i * n + t, 4));
                 }
-            }
+            for (; t < n; t++)
+                for (int i = 0; i < g; i++)
+                {
+                    var q = queries.Slice(i * d, d);
+                    float s = 0;
+                    for (int j = 0; j < perRow; j++)
+                    {
+                        int k = t * perRow + j;
+                        s += min[k] * qsum[i * perRow + j] + step[k] * RowKernels<R>.Dot(simd, ref b, t * d + j * gs, q.Slice(j * gs, gs));
+                    }
+                    scores[i * n + t] = s;
+                }
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
     }
@@ -205,6 +229,7 @@ public static class BlockAttention
         where R : struct, IElementReader
     {
         int d = layout.HeadDim, gs = layout.GroupSize;
+        bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (layout.Axis == QuantAxis.PerChannel)
         {
@@ -214,27 +239,51 @@ public static class BlockAttention
             var step = scratch.Slice(d, d);
             for (int t0 = 0; t0 < n; t0 += gs)
             {
-                ChannelAffine(layout, block, t0 / gs, min, step);
-                int t1 = Math.Min(n, t0 + gs);
-                for (int t = t0; t < t1; t++)
+                GroupAffine(layout, block, t0 / gs * d, d, min, step);
+                int t1 = Math.Min(n, t0 + gs), t = t0;
+                for (; t + 4 <= t1; t += 4)
                     for (int i = 0; i < g; i++)
-                        RowKernels<R>.AxpyAffine(ref b, t * d, weights[i * n + t], min, step, acc.Slice(i * d, d));
+                        RowKernels4<R>.AxpyAffine(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), min, step, acc.Slice(i * d, d));
+                for (; t < t1; t++)
+                    for (int i = 0; i < g; i++)
+                        RowKernels<R>.AxpyAffine(simd, ref b, t * d, weights[i * n + t], min, step, acc.Slice(i * d, d));
             }
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
         else
         {
-            int perRow = d / gs;
-            for (int t = 0; t < n; t++)
-                for (int j = 0; j < perRow; j++)
+            int perRow = d / gs, groups = n * perRow;
+            float[]? rented = null;
+            Span<float> scratch = 2 * groups <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(2 * groups));
+            var min = scratch[..groups];
+            var step = scratch.Slice(groups, groups);
+            GroupAffine(layout, block, 0, groups, min, step);
+            int t = 0;
+            for (; t + 4 <= n; t += 4)
+                for (int i = 0; i < g; i++)
                 {
-                    var (mn, st) = TokenAffine(layout, block, t * perRow + j);
-                    for (int i = 0; i < g; i++)
+                    var w = Vector128.Create(weights.Slice(i * n + t, 4));
+                    var a = acc.Slice(i * d, d);
+                    for (int j = 0; j < perRow; j++)
                     {
-                        float w = weights[i * n + t];
-                        RowKernels<R>.Axpy(ref b, t * d + j * gs, w * st, w * mn, acc.Slice(i * d + j * gs, gs));
+                        int k = t * perRow + j;
+                        var mn = Vector128.Create(min[k], min[k + perRow], min[k + 2 * perRow], min[k + 3 * perRow]);
+                        var st = Vector128.Create(step[k], step[k + perRow], step[k + 2 * perRow], step[k + 3 * perRow]);
+                        RowKernels4<R>.Axpy(simd, ref b, t * d + j * gs, d, w * st, Vector128.Sum(w * mn), a.Slice(j * gs, gs));
                     }
                 }
+            for (; t < n; t++)
+                for (int i = 0; i < g; i++)
+                {
+                    float w = weights[i * n + t];
+                    var a = acc.Slice(i * d, d);
+                    for (int j = 0; j < perRow; j++)
+                    {
+                        int k = t * perRow + j;
+                        RowKernels<R>.Axpy(simd, ref b, t * d + j * gs, w * step[k], w * min[k], a.Slice(j * gs, gs));
+                    }
+                }
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
     }
 }

@@ -51,15 +51,17 @@ internal readonly struct F16Reader : IElementReader
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(ref byte codes, int e)
     {
-        // Place the f16 exponent+mantissa at the f32 positions and multiply by 2^112 to re-bias the
-        // exponent; the multiply also normalizes f16 subnormals. Exponent 31 (inf/NaN) is patched to 255.
+        // Normal numbers: move exponent+mantissa to the f32 positions and add the bias difference (112) to the
+        // exponent with integer ops; subnormals (exponent 0) are the integer mantissa times 2^-24; exponent 31
+        // (inf/NaN) gets exponent 255. No float op ever sees a denormal input (slow on many Intel cores).
         var h = Avx2.ConvertToVector256Int32(Unsafe.ReadUnaligned<Vector128<ushort>>(ref Unsafe.Add(ref codes, e * 2)));
-        var mag = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x7FFF)), 13);
-        var f = Avx.Multiply(mag.AsSingle(), Vector256.Create(5.192297e33f)); // 2^112
-        var special = Avx2.CompareEqual(Avx2.And(h, Vector256.Create(0x7C00)), Vector256.Create(0x7C00));
-        f = Avx.BlendVariable(f, Avx2.Or(mag, Vector256.Create(0x7F800000)).AsSingle(), special.AsSingle());
+        var mag = Avx2.And(h, Vector256.Create(0x7FFF));
+        var normal = Avx2.Add(Avx2.ShiftLeftLogical(mag, 13), Vector256.Create(112 << 23));
+        var sub = Avx.Multiply(Avx.ConvertToVector256Single(mag), Vector256.Create(5.9604645e-8f)).AsInt32(); // 2^-24
+        var f = Avx2.BlendVariable(normal, sub, Avx2.CompareGreaterThan(Vector256.Create(0x400), mag));
+        f = Avx2.BlendVariable(f, Avx2.Or(normal, Vector256.Create(0x7F800000)), Avx2.CompareGreaterThan(mag, Vector256.Create(0x7BFF)));
         var sign = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x8000)), 16);
-        return Avx.Or(f, sign.AsSingle());
+        return Avx2.Or(f, sign).AsSingle();
     }
 }
 
@@ -84,13 +86,16 @@ internal readonly struct Fp8Reader : IElementReader
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(ref byte codes, int e)
     {
-        // Same re-biasing trick as F16: the 7 magnitude bits go to f32 bits 20..26, times 2^(127-7).
-        // (0x7F, NaN, decodes as 480 here; the encoder only produces it for NaN input.)
+        // As for F16: normals by integer re-biasing (7 → 127, i.e. +120 on the exponent), subnormals as the
+        // integer mantissa times 2^-9, so no denormal float is formed. (0x7F, NaN, decodes as 480 here; the
+        // encoder only produces it for NaN input.)
         var b = Avx2.ConvertToVector256Int32(Vector128.CreateScalarUnsafe(Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref codes, e))).AsByte());
-        var mag = Avx2.ShiftLeftLogical(Avx2.And(b, Vector256.Create(0x7F)), 20);
-        var f = Avx.Multiply(mag.AsSingle(), Vector256.Create(1.329228e36f)); // 2^120
+        var mag = Avx2.And(b, Vector256.Create(0x7F));
+        var normal = Avx2.Add(Avx2.ShiftLeftLogical(mag, 20), Vector256.Create(120 << 23));
+        var sub = Avx.Multiply(Avx.ConvertToVector256Single(mag), Vector256.Create(0.001953125f)).AsInt32(); // 2^-9
+        var f = Avx2.BlendVariable(normal, sub, Avx2.CompareGreaterThan(Vector256.Create(8), mag));
         var sign = Avx2.ShiftLeftLogical(Avx2.And(b, Vector256.Create(0x80)), 24);
-        return Avx.Or(f, sign.AsSingle());
+        return Avx2.Or(f, sign).AsSingle();
     }
 }
 

@@ -82,6 +82,27 @@ public class BlockAttentionTests
     }
 
     [Fact]
+    public void VectorReadersMatchTheScalarConversionOnEveryF16AndFp8Code()
+    {
+        // Raw blocks holding every code once; weight 1 into a zero accumulator returns each element (±0 compare equal).
+        var f16 = new BlockLayout(KvFormat.F16, QuantAxis.PerToken, 0, 1, 8192);
+        for (int part = 0; part < 8; part++)
+        {
+            var block = new byte[f16.ByteSize];
+            for (int c = 0; c < 8192; c++) BitConverter.TryWriteBytes(block.AsSpan(2 * c), (ushort)(part * 8192 + c));
+            var acc = new float[8192];
+            BlockAttention.AccumulateValues(f16, block, 1, [1f], acc);
+            for (int c = 0; c < 8192; c++)
+                Assert.Equal((float)BitConverter.UInt16BitsToHalf((ushort)(part * 8192 + c)), acc[c]);
+        }
+        var fp8 = new BlockLayout(KvFormat.Fp8E4M3, QuantAxis.PerToken, 0, 1, 256);
+        var codes = Enumerable.Range(0, 256).Select(c => (c & 0x7F) == 0x7F ? (byte)0 : (byte)c).ToArray(); // NaN codes aside
+        var acc8 = new float[256];
+        BlockAttention.AccumulateValues(fp8, codes, 1, [1f], acc8);
+        for (int c = 0; c < 256; c++) Assert.Equal(ScalarFormats.FromFp8E4M3(codes[c]), acc8[c]);
+    }
+
+    [Fact]
     public void QueryGroupEqualsOneCallPerQuery()
     {
         const int d = 128, g = 4, tokens = 27;
