@@ -1,0 +1,120 @@
+using KvSharp.Cli.Commands;
+using KvSharp.Cli.Engine;
+
+namespace KvSharp.Tests.Cli;
+
+/// <summary>The real command line over the real engine: outputs on good input, one clear line on bad input.</summary>
+public class EngineCommandLineTests
+{
+    private static readonly string Stories = RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf");
+    private static readonly string Needle = RepoPaths.SharedFile("models", "kvsharp-needle-16m");
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var context = new CliContext(new EngineFacade(error), new StringReader(""), output, error, CancellationToken.None);
+        int code = KvSharpCommandLine.Run(args, context);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    /// <summary>Exit code 1, a message naming <paramref name="mentions"/>, and no stack trace.</summary>
+    private static void AssertInputError((int Code, string Out, string Err) r, params string[] mentions)
+    {
+        Assert.Equal(1, r.Code);
+        Assert.StartsWith("kvsharp: ", r.Err);
+        Assert.DoesNotContain("   at ", r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+        foreach (var m in mentions) Assert.Contains(m, r.Err);
+    }
+
+    [Fact]
+    public void GenerateGreedyReproducesLlamaCppText()
+    {
+        var reference = Reference.ReferenceOutput.Load(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json"))[1];
+        var r = Run("generate", "-m", Stories, "-p", reference.Prompt, "--temperature", "0", "--max-tokens", "30");
+        Assert.Equal(0, r.Code);
+        // The reference greedy_text's first 30 tokens: compare the first line, which 30 tokens cover.
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json")));
+        string expected = json.RootElement.GetProperty("results")[1].GetProperty("greedy_text").GetString()!;
+        Assert.StartsWith(r.Out.TrimEnd('\n'), expected);
+        Assert.True(r.Out.Length > 60);
+    }
+
+    [Fact]
+    public void InfoReportsArchitectureAndKvBytesPerToken()
+    {
+        var r = Run("info", Needle);
+        Assert.Equal(0, r.Code);
+        // 2 (K and V) x 8 layers x 2 KV heads x 64 dims x 2 bytes (F16) = 4096
+        Assert.Contains("4,096 (F16)", r.Out);
+        Assert.Contains("15,735,168", r.Out);
+    }
+
+    [Theory]
+    [InlineData(100)]
+    [InlineData(5000)]
+    [InlineData(200_000)]
+    public void TruncatedGgufIsRefusedWithOneLine(int keepBytes)
+    {
+        using var dir = new TempDir();
+        string path = dir.File("cut.gguf");
+        File.WriteAllBytes(path, File.ReadAllBytes(Stories)[..keepBytes]);
+        AssertInputError(Run("generate", "-m", path, "-p", "x"), "cut.gguf");
+    }
+
+    [Fact]
+    public void CorruptMagicIsRefused()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("bad.gguf");
+        var bytes = File.ReadAllBytes(Stories);
+        bytes[0] = (byte)'X';
+        File.WriteAllBytes(path, bytes);
+        AssertInputError(Run("info", path), "bad.gguf", "magic");
+    }
+
+    [Fact]
+    public void MissingTokenizerIsRefused()
+    {
+        using var dir = new TempDir();
+        foreach (var f in Directory.GetFiles(Needle).Where(f => !f.EndsWith("tokenizer.json", StringComparison.Ordinal)))
+            File.Copy(f, dir.File(Path.GetFileName(f)));
+        AssertInputError(Run("generate", "-m", dir.Path, "-p", "x"), "tokenizer");
+    }
+
+    [Fact]
+    public void UnknownArchitectureIsRefused()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("config.json"), File.ReadAllText(Path.Combine(Needle, "config.json")).Replace("\"llama\"", "\"gpt_bigcode\""));
+        AssertInputError(Run("info", dir.Path), "gpt_bigcode");
+    }
+
+    [Fact]
+    public void PromptLongerThanTheContextIsRefused()
+    {
+        string prompt = string.Concat(Enumerable.Repeat("Once upon a time ", 300));
+        AssertInputError(Run("generate", "-m", Stories, "-p", prompt), "prompt", "context");
+        AssertInputError(Run("generate", "-m", Stories, "-p", "Once upon a time", "--ctx", "1000"), "--ctx", "512");
+    }
+
+    [Fact]
+    public void ContradictoryOptionsAreUsageErrors()
+    {
+        using var dir = new TempDir();
+        File.Copy(Path.Combine(Needle, "config.json"), dir.File("config.json"));
+        var r = Run("generate", "-m", Stories, "--dummy", dir.File("config.json"), "-p", "x");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("--dummy", r.Err);
+        Assert.DoesNotContain("   at ", r.Err);
+    }
+
+    [Fact]
+    public void DemoRetrievesEveryHiddenFactWithTheEmbeddedModel()
+    {
+        var r = Run("demo", "--sentences", "120", "--facts", "3", "--seed", "5");
+        Assert.Equal(0, r.Code);
+        Assert.Contains("correct: 3/3", r.Out);
+    }
+}
