@@ -115,4 +115,22 @@ public class GgufConfigReaderTests
         Assert.Contains("blk.3.ffn_up.weight", e.Message);
         Assert.Contains("[172, 64]", e.Message);
     }
+
+    [Fact]
+    public void OutOfRangeMetadataIsAFormatError()
+    {
+        using var dir = new TempDir();
+        var w = new GgufWriter();
+        using (var g = GgufFile.Open(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf")))
+        {
+            foreach (var (k, v) in g.Metadata) w.Set(k, v);
+            w.Set("llama.block_count", 1UL << 40).Set("llama.attention.head_count", -3);
+            foreach (var t in g.Tensors) w.AddTensor(t);
+            w.Write(dir.File("m.gguf"));
+        }
+        using var bad = GgufFile.Open(dir.File("m.gguf"));
+        var e = Assert.Throws<ModelFormatException>(() => GgufConfigReader.Read(bad));
+        Assert.Contains(dir.File("m.gguf"), e.Message);
+        Assert.Matches("llama\\.(block_count|attention\\.head_count)", e.Message);
+    }
 }
