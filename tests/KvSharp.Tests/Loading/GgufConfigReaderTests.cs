@@ -42,6 +42,12 @@ public class GgufConfigReaderTests
         // Independent spot values: the first frequency is untouched and the last is fully scaled.
         Assert.Equal(1.0, divisors[0]);
         Assert.Equal(8.0, divisors[^1]);
+        // Transition band, computed by hand in Python from Meta's formula (wavelengths 2048..8192).
+        Assert.Equal(1.0, divisors[28]);
+        Assert.Equal(1.207483871283662, divisors[29], 6);
+        Assert.Equal(2.6945296878947333, divisors[32], 6);
+        Assert.Equal(5.257326588708467, divisors[34], 6);
+        Assert.Equal(8.0, divisors[35]);
         Assert.Null(Llama3Scaling.FromFactors(Enumerable.Repeat(1.0, 64).ToArray(), 500000, 128, 8192));
     }
 
