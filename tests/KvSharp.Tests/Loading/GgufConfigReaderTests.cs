@@ -42,6 +42,12 @@ public class GgufConfigReaderTests
         // Independent spot values: the first frequency is untouched and the last is fully scaled.
         Assert.Equal(1.0, divisors[0]);
         Assert.Equal(8.0, divisors[^1]);
+        // Transition band, computed by hand in Python from Meta's formula (wavelengths 2048..8192).
+        Assert.Equal(1.0, divisors[28]);
+        Assert.Equal(1.207483871283662, divisors[29], 6);
+        Assert.Equal(2.6945296878947333, divisors[32], 6);
+        Assert.Equal(5.257326588708467, divisors[34], 6);
+        Assert.Equal(8.0, divisors[35]);
         Assert.Null(Llama3Scaling.FromFactors(Enumerable.Repeat(1.0, 64).ToArray(), 500000, 128, 8192));
     }
 
@@ -114,5 +120,23 @@ public class GgufConfigReaderTests
         var e = Assert.Throws<ModelFormatException>(() => ModelLoader.Load(dir.File("m.gguf")));
         Assert.Contains("blk.3.ffn_up.weight", e.Message);
         Assert.Contains("[172, 64]", e.Message);
+    }
+
+    [Fact]
+    public void OutOfRangeMetadataIsAFormatError()
+    {
+        using var dir = new TempDir();
+        var w = new GgufWriter();
+        using (var g = GgufFile.Open(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf")))
+        {
+            foreach (var (k, v) in g.Metadata) w.Set(k, v);
+            w.Set("llama.block_count", 1UL << 40).Set("llama.attention.head_count", -3);
+            foreach (var t in g.Tensors) w.AddTensor(t);
+            w.Write(dir.File("m.gguf"));
+        }
+        using var bad = GgufFile.Open(dir.File("m.gguf"));
+        var e = Assert.Throws<ModelFormatException>(() => GgufConfigReader.Read(bad));
+        Assert.Contains(dir.File("m.gguf"), e.Message);
+        Assert.Matches("llama\\.(block_count|attention\\.head_count)", e.Message);
     }
 }

@@ -31,7 +31,7 @@ public static class GgufConfigReader
         if (!SupportedArchitectures.Contains(arch))
             throw new ModelFormatException(path, $"unsupported general.architecture '{arch}' (supported: {string.Join(", ", SupportedArchitectures)})");
 
-        int Req(string key) => checked((int)gguf.Require<ulong>($"{arch}.{key}"));
+        int Req(string key) => ToInt(gguf, $"{arch}.{key}");
         int? Opt(string key) => gguf.Metadata.ContainsKey($"{arch}.{key}") ? Req(key) : null;
 
         int hidden = Req("embedding_length");
@@ -42,15 +42,17 @@ public static class GgufConfigReader
 
         var embd = gguf.FindTensor(TensorNames.TokenEmbedding)
             ?? throw new ModelFormatException(path, $"missing tensor '{TensorNames.TokenEmbedding}'");
-        int vocab = Opt("vocab_size")
-            ?? (gguf.Metadata.TryGetValue("tokenizer.ggml.tokens", out var toks) && toks is string[] t ? t.Length : (int)embd.Shape[0]);
+        // The logits have one entry per embedding row; vocabularies may be padded to that size but never exceed it.
+        int vocab = Opt("vocab_size") ?? (int)Math.Min(embd.Shape[0], int.MaxValue);
+        if (gguf.Metadata.TryGetValue("tokenizer.ggml.tokens", out var toks) && toks is string[] t && t.Length > embd.Shape[0])
+            throw new ModelFormatException(path, $"tokenizer.ggml.tokens has {t.Length} tokens but '{TensorNames.TokenEmbedding}' only {embd.Shape[0]} rows");
 
         double theta = gguf.Get<double>($"{arch}.rope.freq_base", 10000.0);
         var eos = new List<int>();
         foreach (var key in new[] { "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id" })
         {
             // llama.cpp stops on any end-of-generation token; eot/eom are the chat models' turn ends.
-            if (gguf.Metadata.ContainsKey(key) && checked((int)gguf.Require<ulong>(key)) is int id && !eos.Contains(id)) eos.Add(id);
+            if (gguf.Metadata.ContainsKey(key) && ToInt(gguf, key) is int id && !eos.Contains(id)) eos.Add(id);
         }
 
         var config = new ModelConfig
@@ -71,11 +73,18 @@ public static class GgufConfigReader
             AttentionBias = gguf.FindTensor(TensorNames.Layer(0, TensorNames.Suffix.QBias)) != null,
             QkNorm = gguf.FindTensor(TensorNames.Layer(0, TensorNames.Suffix.QNorm)) != null,
             TieEmbeddings = gguf.FindTensor(TensorNames.Output) == null,
-            BosTokenId = gguf.Metadata.ContainsKey("tokenizer.ggml.bos_token_id") ? checked((int)gguf.Require<ulong>("tokenizer.ggml.bos_token_id")) : null,
+            BosTokenId = gguf.Metadata.ContainsKey("tokenizer.ggml.bos_token_id") ? ToInt(gguf, "tokenizer.ggml.bos_token_id") : null,
             EosTokenIds = eos,
         };
         config.Validate(path);
         return config;
+    }
+
+    /// <summary>A non-negative integer metadata value that fits an int; anything else is a format error.</summary>
+    private static int ToInt(GgufFile gguf, string key)
+    {
+        ulong v = gguf.Require<ulong>(key);
+        return v <= int.MaxValue ? (int)v : throw new ModelFormatException(gguf.Path, $"metadata key '{key}' = {v} is out of range");
     }
 
     private static unsafe Llama3RopeScaling? ReadRopeScaling(GgufFile gguf, string arch, double theta, int headDim)
@@ -92,7 +101,7 @@ public static class GgufConfigReader
             throw new ModelFormatException(path, $"tensor '{RopeFreqsTensor}' is {freqs.Type} [{string.Join(", ", freqs.Shape)}], expected F32 [{headDim / 2}]");
         var divisors = new double[headDim / 2];
         for (int i = 0; i < divisors.Length; i++) divisors[i] = ((float*)freqs.Data)[i];
-        int original = (int)gguf.Get($"{arch}.rope.scaling.original_context_length", 8192UL);
+        int original = gguf.Metadata.ContainsKey($"{arch}.rope.scaling.original_context_length") ? ToInt(gguf, $"{arch}.rope.scaling.original_context_length") : 8192;
         return Llama3Scaling.FromFactors(divisors, theta, headDim, original)
             ?? throw new ModelFormatException(path, $"tensor '{RopeFreqsTensor}' does not follow Llama-3 RoPE scaling; this kind of RoPE scaling is not supported");
     }
