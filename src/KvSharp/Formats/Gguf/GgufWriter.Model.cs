@@ -54,6 +54,7 @@ public sealed unsafe partial class GgufWriter
         }
         else
         {
+            WritePlaceholderVocabulary(w, c.VocabSize);
             if (c.BosTokenId is int bos) w.Set("tokenizer.ggml.bos_token_id", (uint)bos);
             if (c.EosTokenIds.Count > 0) w.Set("tokenizer.ggml.eos_token_id", (uint)c.EosTokenIds[0]);
         }
@@ -140,5 +141,34 @@ public sealed unsafe partial class GgufWriter
                 new ReadOnlySpan<byte>(src + srcRows[r] * rowBytes, (int)rowBytes).CopyTo(dst.AsSpan((int)(r * rowBytes)));
         }
         return dst;
+    }
+
+    /// <summary>
+    /// A valid but meaningless SentencePiece-style vocabulary of <paramref name="size"/> tokens (unk, BOS, EOS,
+    /// 256 byte tokens, then "▁tok{i}"), so a model without its own GGUF vocabulary (dummy weights, a
+    /// Hugging Face checkpoint whose tokenizer.json cannot be expressed here) still loads in llama.cpp.
+    /// </summary>
+    private static void WritePlaceholderVocabulary(GgufWriter w, int size)
+    {
+        if (size < 259) throw new KvSharpException($"a placeholder vocabulary needs at least 259 tokens, the model has {size}");
+        var tokens = new string[size];
+        var scores = new float[size];
+        var types = new int[size];
+        for (int i = 0; i < size; i++)
+        {
+            (tokens[i], types[i]) = i switch
+            {
+                0 => ("<unk>", 2),
+                1 => ("<s>", 3),
+                2 => ("</s>", 3),
+                < 259 => ($"<0x{i - 3:X2}>", 6),
+                _ => ($"\u2581tok{i}", 1),
+            };
+            scores[i] = -i;
+        }
+        w.Set("tokenizer.ggml.model", "llama");
+        w.Set("tokenizer.ggml.tokens", tokens);
+        w.Set("tokenizer.ggml.scores", scores);
+        w.Set("tokenizer.ggml.token_type", types);
     }
 }
