@@ -154,10 +154,10 @@ internal static class HfTokenizerReader
                 case "Sequence":
                     foreach (var c in n.GetProperty("normalizers").EnumerateArray()) AddNormalizer(c);
                     break;
-                case "NFC": _normalizers.Add(s => s.Normalize(NormalizationForm.FormC)); break;
-                case "NFD": _normalizers.Add(s => s.Normalize(NormalizationForm.FormD)); break;
-                case "NFKC": _normalizers.Add(s => s.Normalize(NormalizationForm.FormKC)); break;
-                case "NFKD": _normalizers.Add(s => s.Normalize(NormalizationForm.FormKD)); break;
+                case "NFC": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormC)); break;
+                case "NFD": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormD)); break;
+                case "NFKC": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormKC)); break;
+                case "NFKD": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormKD)); break;
                 case "Lowercase": _normalizers.Add(s => s.ToLowerInvariant()); break;
                 case "Prepend":
                     // Applied to the whole input when added tokens are matched after normalization,
@@ -218,6 +218,19 @@ internal static class HfTokenizerReader
                 default: throw Bad(path, $"pre-tokenizer '{Str(p, "type")}' is not supported");
             }
         }
+    }
+
+    /// <summary>
+    /// Unicode normalization; text is left as is where the runtime cannot normalize (globalization-
+    /// invariant mode without ICU), which only matters for input not already in that form.
+    /// </summary>
+    private static string UnicodeNormalize(string s, NormalizationForm form)
+    {
+        try
+        {
+            return s.IsNormalized(form) ? s : s.Normalize(form);
+        }
+        catch (PlatformNotSupportedException) { return s; }
     }
 
     private static void ReadPostProcessor(string path, JsonElement post, Dictionary<string, int> vocab, List<int> prefix, List<int> suffix)
