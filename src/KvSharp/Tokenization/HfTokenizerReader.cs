@@ -88,6 +88,7 @@ internal static class HfTokenizerReader
             Normalize = builder.Normalize,
             Prepend = builder.Prepend,
             PrependMode = builder.PrependMode,
+            PrependBeforeLeadingToken = builder.PrependBeforeLeadingToken,
             SplitOnMetaspace = builder.SplitOnMetaspace,
         };
         bool strip = decoder is { ValueKind: JsonValueKind.Object } dd && StripsLeadingSpace(dd);
@@ -139,6 +140,7 @@ internal static class HfTokenizerReader
         public bool ByteLevel { get; private set; }
         public string Prepend { get; private set; } = "";
         public PrependMode PrependMode { get; private set; }
+        public bool PrependBeforeLeadingToken { get; private set; }
         public bool SplitOnMetaspace { get; private set; }
 
         public Func<string, string>? Normalize => _normalizers.Count == 0 ? null : s =>
@@ -164,6 +166,7 @@ internal static class HfTokenizerReader
                     // else to every piece between added tokens (Hugging Face's order of operations).
                     Prepend = Str(n, "prepend") ?? "";
                     PrependMode = allAddedNormalized ? PrependMode.First : PrependMode.Always;
+                    PrependBeforeLeadingToken = allAddedNormalized;
                     break;
                 case "Replace":
                     {
@@ -212,6 +215,7 @@ internal static class HfTokenizerReader
                         string scheme = Str(p, "prepend_scheme") ?? (Bool(p, "add_prefix_space") == false ? "never" : "always");
                         Prepend = rep;
                         PrependMode = scheme switch { "always" => PrependMode.Always, "first" => PrependMode.First, _ => PrependMode.Never };
+                    PrependBeforeLeadingToken = false;
                         SplitOnMetaspace = Bool(p, "split") ?? true;
                         break;
                     }
