@@ -12,7 +12,10 @@ namespace KvSharp.Tokenization;
 /// </summary>
 internal static class HfTokenizerReader
 {
-    public static ITokenizer Read(string tokenizerJson, string? tokenizerConfig, string? generationConfig)
+    /// <param name="tokenizerJson">tokenizer.json.</param>
+    /// <param name="tokenizerConfig">tokenizer_config.json, if any.</param>
+    /// <param name="idConfigs">Files with <c>bos_token_id</c>/<c>eos_token_id</c> (generation_config.json, config.json), in priority order.</param>
+    public static ITokenizer Read(string tokenizerJson, string? tokenizerConfig, IEnumerable<string> idConfigs)
     {
         using var doc = Parse(tokenizerJson);
         var root = doc.RootElement;
@@ -109,10 +112,10 @@ internal static class HfTokenizerReader
             if (TokenRef(cfg.RootElement, "eos_token", vocab) is int e) eos.Add(e);
             addBos = Bool(cfg.RootElement, "add_bos_token");
         }
-        if (generationConfig != null)
+        foreach (var idConfig in idConfigs)
         {
-            using var gen = Parse(generationConfig);
-            if (Obj(gen.RootElement, "eos_token_id") is { } ge)
+            using var gen = Parse(idConfig);
+            if (eos.Count == 0 && Obj(gen.RootElement, "eos_token_id") is { } ge)
             {
                 foreach (var v in ge.ValueKind == JsonValueKind.Array ? ge.EnumerateArray().ToArray() : [ge])
                     if (v.ValueKind == JsonValueKind.Number && v.GetInt32() is int id && id >= 0 && id < size && !eos.Contains(id)) eos.Add(id);
@@ -215,7 +218,7 @@ internal static class HfTokenizerReader
                         string scheme = Str(p, "prepend_scheme") ?? (Bool(p, "add_prefix_space") == false ? "never" : "always");
                         Prepend = rep;
                         PrependMode = scheme switch { "always" => PrependMode.Always, "first" => PrependMode.First, _ => PrependMode.Never };
-                    PrependBeforeLeadingToken = false;
+                        PrependBeforeLeadingToken = false;
                         SplitOnMetaspace = Bool(p, "split") ?? true;
                         break;
                     }

@@ -108,6 +108,17 @@ public class HfTokenizerTests
     }
 
     [Fact]
+    public void SmolLm2TakesSpecialIdsFromConfigJson()
+    {
+        var tok = (VocabTokenizer)Load("tokenizers", "smollm2");
+        Assert.Equal(1, tok.BosId);
+        Assert.Equal("<|im_start|>", tok.TokenText(1));
+        Assert.Equal([2], tok.EosIds);
+        Assert.False(tok.AddsBos); // no post-processor template, no add_bos_token
+        Assert.Equal(tok.Encode("Hi", addSpecial: false), tok.Encode("Hi", addSpecial: true));
+    }
+
+    [Fact]
     public void Qwen3NormalizesToNfc()
     {
         // With InvariantGlobalization (this repository's setting) .NET cannot normalize non-ASCII
