@@ -22,6 +22,8 @@ internal static class HfTokenizerReader
         var model = Obj(root, "model") ?? throw Bad(tokenizerJson, "has no 'model'");
         string type = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : "?");
         if (type != "BPE") throw Bad(tokenizerJson, $"model type '{type}' is not supported (supported: BPE)");
+        foreach (var affix in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
+            if (Str(model, affix) is { Length: > 0 } v) throw Bad(tokenizerJson, $"BPE {affix} '{v}' is not supported");
 
         // Vocabulary: model vocab plus added tokens.
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
