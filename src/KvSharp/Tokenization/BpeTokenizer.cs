@@ -44,6 +44,12 @@ internal sealed class BpeOptions
     /// <summary>Where <see cref="Prepend"/> applies.</summary>
     public PrependMode PrependMode { get; init; }
 
+    /// <summary>
+    /// With <see cref="PrependMode.First"/>: a literal token that starts the input still gets the
+    /// prefix before it (a Prepend normalizer run over the whole input before tokens are matched).
+    /// </summary>
+    public bool PrependBeforeLeadingToken { get; init; }
+
     /// <summary>Metaspace split: a new word starts at every '▁'.</summary>
     public bool SplitOnMetaspace { get; init; }
 }
@@ -89,7 +95,7 @@ public sealed class BpeTokenizer : VocabTokenizer
 
     private protected override void EncodeLeadingToken(List<int> output)
     {
-        if (_options.PrependMode == PrependMode.First && _options.Prepend.Length > 0) EncodeWords(_options.Prepend, output);
+        if (_options.PrependBeforeLeadingToken && _options.Prepend.Length > 0) EncodeWords(_options.Prepend, output);
     }
 
     private protected override void EncodeText(string text, bool afterToken, bool first, List<int> output)

@@ -12,13 +12,18 @@ namespace KvSharp.Tokenization;
 /// </summary>
 internal static class HfTokenizerReader
 {
-    public static ITokenizer Read(string tokenizerJson, string? tokenizerConfig, string? generationConfig)
+    /// <param name="tokenizerJson">tokenizer.json.</param>
+    /// <param name="tokenizerConfig">tokenizer_config.json, if any.</param>
+    /// <param name="idConfigs">Files with <c>bos_token_id</c>/<c>eos_token_id</c> (generation_config.json, config.json), in priority order.</param>
+    public static ITokenizer Read(string tokenizerJson, string? tokenizerConfig, IEnumerable<string> idConfigs)
     {
         using var doc = Parse(tokenizerJson);
         var root = doc.RootElement;
         var model = Obj(root, "model") ?? throw Bad(tokenizerJson, "has no 'model'");
         string type = Str(model, "type") ?? (model.TryGetProperty("merges", out _) ? "BPE" : "?");
         if (type != "BPE") throw Bad(tokenizerJson, $"model type '{type}' is not supported (supported: BPE)");
+        foreach (var affix in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
+            if (Str(model, affix) is { Length: > 0 } v) throw Bad(tokenizerJson, $"BPE {affix} '{v}' is not supported");
 
         // Vocabulary: model vocab plus added tokens.
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -88,6 +93,7 @@ internal static class HfTokenizerReader
             Normalize = builder.Normalize,
             Prepend = builder.Prepend,
             PrependMode = builder.PrependMode,
+            PrependBeforeLeadingToken = builder.PrependBeforeLeadingToken,
             SplitOnMetaspace = builder.SplitOnMetaspace,
         };
         bool strip = decoder is { ValueKind: JsonValueKind.Object } dd && StripsLeadingSpace(dd);
@@ -108,10 +114,10 @@ internal static class HfTokenizerReader
             if (TokenRef(cfg.RootElement, "eos_token", vocab) is int e) eos.Add(e);
             addBos = Bool(cfg.RootElement, "add_bos_token");
         }
-        if (generationConfig != null)
+        foreach (var idConfig in idConfigs)
         {
-            using var gen = Parse(generationConfig);
-            if (Obj(gen.RootElement, "eos_token_id") is { } ge)
+            using var gen = Parse(idConfig);
+            if (eos.Count == 0 && Obj(gen.RootElement, "eos_token_id") is { } ge)
             {
                 foreach (var v in ge.ValueKind == JsonValueKind.Array ? ge.EnumerateArray().ToArray() : [ge])
                     if (v.ValueKind == JsonValueKind.Number && v.GetInt32() is int id && id >= 0 && id < size && !eos.Contains(id)) eos.Add(id);
@@ -139,6 +145,7 @@ internal static class HfTokenizerReader
         public bool ByteLevel { get; private set; }
         public string Prepend { get; private set; } = "";
         public PrependMode PrependMode { get; private set; }
+        public bool PrependBeforeLeadingToken { get; private set; }
         public bool SplitOnMetaspace { get; private set; }
 
         public Func<string, string>? Normalize => _normalizers.Count == 0 ? null : s =>
@@ -154,16 +161,17 @@ internal static class HfTokenizerReader
                 case "Sequence":
                     foreach (var c in n.GetProperty("normalizers").EnumerateArray()) AddNormalizer(c);
                     break;
-                case "NFC": _normalizers.Add(s => s.Normalize(NormalizationForm.FormC)); break;
-                case "NFD": _normalizers.Add(s => s.Normalize(NormalizationForm.FormD)); break;
-                case "NFKC": _normalizers.Add(s => s.Normalize(NormalizationForm.FormKC)); break;
-                case "NFKD": _normalizers.Add(s => s.Normalize(NormalizationForm.FormKD)); break;
+                case "NFC": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormC)); break;
+                case "NFD": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormD)); break;
+                case "NFKC": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormKC)); break;
+                case "NFKD": _normalizers.Add(s => UnicodeNormalize(s, NormalizationForm.FormKD)); break;
                 case "Lowercase": _normalizers.Add(s => s.ToLowerInvariant()); break;
                 case "Prepend":
                     // Applied to the whole input when added tokens are matched after normalization,
                     // else to every piece between added tokens (Hugging Face's order of operations).
                     Prepend = Str(n, "prepend") ?? "";
                     PrependMode = allAddedNormalized ? PrependMode.First : PrependMode.Always;
+                    PrependBeforeLeadingToken = allAddedNormalized;
                     break;
                 case "Replace":
                     {
@@ -212,12 +220,26 @@ internal static class HfTokenizerReader
                         string scheme = Str(p, "prepend_scheme") ?? (Bool(p, "add_prefix_space") == false ? "never" : "always");
                         Prepend = rep;
                         PrependMode = scheme switch { "always" => PrependMode.Always, "first" => PrependMode.First, _ => PrependMode.Never };
+                        PrependBeforeLeadingToken = false;
                         SplitOnMetaspace = Bool(p, "split") ?? true;
                         break;
                     }
                 default: throw Bad(path, $"pre-tokenizer '{Str(p, "type")}' is not supported");
             }
         }
+    }
+
+    /// <summary>
+    /// Unicode normalization; text is left as is where the runtime cannot normalize (globalization-
+    /// invariant mode without ICU), which only matters for input not already in that form.
+    /// </summary>
+    private static string UnicodeNormalize(string s, NormalizationForm form)
+    {
+        try
+        {
+            return s.IsNormalized(form) ? s : s.Normalize(form);
+        }
+        catch (PlatformNotSupportedException) { return s; }
     }
 
     private static void ReadPostProcessor(string path, JsonElement post, Dictionary<string, int> vocab, List<int> prefix, List<int> suffix)

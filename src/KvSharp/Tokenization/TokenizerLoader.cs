@@ -18,7 +18,8 @@ public static class TokenizerLoader
 
     /// <summary>
     /// The tokenizer of a Hugging Face model folder: <c>tokenizer.json</c>, with BOS/EOS settings
-    /// from <c>tokenizer_config.json</c> and <c>generation_config.json</c> when present.
+    /// from <c>tokenizer_config.json</c> (bos_token, eos_token, add_bos_token), then
+    /// <c>generation_config.json</c> and <c>config.json</c> (bos_token_id, eos_token_id) when present.
     /// </summary>
     /// <exception cref="KvSharpException">The folder has no <c>tokenizer.json</c>, or it is unsupported/corrupt.</exception>
     public static ITokenizer FromDirectory(string dir)
@@ -28,7 +29,7 @@ public static class TokenizerLoader
         if (!File.Exists(json))
             throw new KvSharpException($"{json}: tokenizer not found (expected a Hugging Face tokenizer.json in {dir})");
         string cfg = Path.Combine(dir, "tokenizer_config.json");
-        string gen = Path.Combine(dir, "generation_config.json");
-        return HfTokenizerReader.Read(json, File.Exists(cfg) ? cfg : null, File.Exists(gen) ? gen : null);
+        var idConfigs = new[] { "generation_config.json", "config.json" }.Select(f => Path.Combine(dir, f)).Where(File.Exists);
+        return HfTokenizerReader.Read(json, File.Exists(cfg) ? cfg : null, idConfigs);
     }
 }

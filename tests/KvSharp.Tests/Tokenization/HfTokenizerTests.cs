@@ -108,6 +108,49 @@ public class HfTokenizerTests
     }
 
     [Fact]
+    public void SmolLm2TakesSpecialIdsFromConfigJson()
+    {
+        var tok = (VocabTokenizer)Load("tokenizers", "smollm2");
+        Assert.Equal(1, tok.BosId);
+        Assert.Equal("<|im_start|>", tok.TokenText(1));
+        Assert.Equal([2], tok.EosIds);
+        Assert.False(tok.AddsBos); // no post-processor template, no add_bos_token
+        Assert.Equal(tok.Encode("Hi", addSpecial: false), tok.Encode("Hi", addSpecial: true));
+    }
+
+    [Fact]
+    public void Qwen3NormalizesToNfc()
+    {
+        // With InvariantGlobalization (this repository's setting) .NET cannot normalize non-ASCII
+        // text, so the NFC normalizer is a no-op there; the check runs where ICU is enabled.
+        if ("e\u0301".Normalize(System.Text.NormalizationForm.FormC) != "\u00E9") return;
+        var tok = Load("tokenizers", "qwen3");
+        Assert.Equal(tok.Encode("caf\u00E9", addSpecial: false), tok.Encode("cafe\u0301", addSpecial: false));
+    }
+
+    [Fact]
+    public void MetaspacePreTokenizerEqualsPrependReplaceNormalizer()
+    {
+        // The same model written with a Metaspace pre-tokenizer (prepend "first", no split) instead of
+        // the Prepend+Replace normalizer must tokenize identically.
+        string dir = Path.Combine(Path.GetTempPath(), "kvsharp-metaspace-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(RepoPaths.SharedFile("models", "tinystories-656k", "tokenizer.json")))!;
+            json["normalizer"] = null;
+            json["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse("""{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":false}""");
+            File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json.ToJsonString());
+            File.Copy(RepoPaths.SharedFile("models", "tinystories-656k", "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+            var meta = TokenizerLoader.FromDirectory(dir);
+            var reference = Load("models", "tinystories-656k");
+            foreach (var (text, _) in TokenizerVectors.Load("llama-spm"))
+                Assert.Equal(reference.Encode(text), meta.Encode(text));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
     public void MissingTokenizerNamesThePath()
     {
         string dir = Path.Combine(Path.GetTempPath(), "kvsharp-no-tokenizer-" + Guid.NewGuid().ToString("N"));
