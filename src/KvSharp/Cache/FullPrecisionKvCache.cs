@@ -1,5 +1,3 @@
-using System.Numerics.Tensors;
-
 namespace KvSharp.Cache;
 
 /// <summary>
@@ -84,29 +82,22 @@ public sealed class FullPrecisionKvCache : IKvCache
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
         var q = queries.Slice(0, count * qRow).ToArray();
         var o = new float[count * qRow];
-        Parallel.For(0, count * _heads, () => new float[length], (job, _, scores) =>
+        // One job per (query token, KV head): the group's query heads are contiguous in q, so they
+        // form one [group, headDim] block attended together.
+        Compute.Cpu.CpuThreads.For(count * _kvHeads, 1, (start, end) =>
         {
-            int t = job / _heads, h = job % _heads;
-            int slot = layer * _kvHeads + h / group;
-            int visible = firstPosition + t + 1; // causal: keys at positions 0..pos
-            var qh = new ReadOnlySpan<float>(q, t * qRow + h * hd, hd);
-            var keys = _keys[slot];
-            var values = _values[slot];
-            float max = float.NegativeInfinity;
-            for (int j = 0; j < visible; j++)
+            var scores = new float[group * (firstPosition + count)];
+            for (int job = start; job < end; job++)
             {
-                float s = TensorPrimitives.Dot(qh, new ReadOnlySpan<float>(keys, j * hd, hd)) * _scale;
-                scores[j] = s;
-                if (s > max) max = s;
+                int t = job / _kvHeads, g = job % _kvHeads;
+                int slot = layer * _kvHeads + g;
+                int visible = firstPosition + t + 1; // causal: keys at positions 0..pos
+                FullPrecisionAttention.Attend(
+                    new ReadOnlySpan<float>(q, t * qRow + g * group * hd, group * hd), group,
+                    _keys[slot], _values[slot], visible, hd, _scale, scores,
+                    new Span<float>(o, t * qRow + g * group * hd, group * hd));
             }
-            float sum = 0;
-            for (int j = 0; j < visible; j++) { float e = MathF.Exp(scores[j] - max); scores[j] = e; sum += e; }
-            var oh = new Span<float>(o, t * qRow + h * hd, hd);
-            float inv = 1f / sum;
-            for (int j = 0; j < visible; j++)
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(values, j * hd, hd), scores[j] * inv, oh, oh);
-            return scores;
-        }, _ => { });
+        });
         o.CopyTo(output);
     }
 
