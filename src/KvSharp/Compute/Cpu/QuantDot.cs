@@ -21,6 +21,7 @@ internal static unsafe class QuantDot
     /// llama.cpp's x86 quantize_row_q8_0: d = amax/127 stored as f16, q = round-half-even(x * 127/amax).
     /// <paramref name="d"/> receives the f16-rounded scale as float.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void QuantizeQ8_0(float* x, int n, sbyte* q, float* d)
     {
         for (int b = 0; b < n / 32; b++)
@@ -38,6 +39,7 @@ internal static unsafe class QuantDot
     /// ggml's quantize_row_q8_K: iscale = -127/(value of largest magnitude), q = min(127, round(iscale*x)),
     /// d = 1/iscale, plus the sum of each 16 values.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void QuantizeQ8_K(float* x, int n, sbyte* q, float* d, short* bsums)
     {
         for (int b = 0; b < n / 256; b++)
@@ -70,7 +72,8 @@ internal static unsafe class QuantDot
         }
     }
 
-    private static readonly float TwoPow112 = BitConverter.UInt32BitsToSingle(0x77800000);
+    // 2^112 exactly (a literal, not a static readonly, so no class-initialization check lands in hot loops).
+    private const float TwoPow112 = 5.192296858534828E+33f;
 
     /// <summary>Branch-light f16 to f32 (block scales are read once per block, so this is on the hot path).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -110,6 +113,7 @@ internal static unsafe class QuantDot
     // ---------- Q8_0 x Q8_0 ----------
 
     /// <summary>dot of a Q8_0 weight row (<paramref name="nb"/> blocks) with a Q8_0 activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q8_0(byte* w, sbyte* xq, float* xd, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -125,6 +129,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q8_0 x Q8_0.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q8_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
     {
         float sum = 0;
@@ -152,6 +157,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>dot of a Q4_0 weight row with a Q8_0 activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_0(byte* w, sbyte* xq, float* xd, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -167,6 +173,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q4_0 x Q8_0.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
     {
         float sum = 0;
@@ -185,6 +192,7 @@ internal static unsafe class QuantDot
     // ---------- Q4_K x Q8_K ----------
 
     /// <summary>dot of a Q4_K weight row (<paramref name="nb"/> super-blocks) with a Q8_K activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -218,6 +226,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q4_K x Q8_K.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         float sum = 0;
@@ -244,6 +253,7 @@ internal static unsafe class QuantDot
 
     /// <summary>dot of a Q6_K weight row with a Q8_K activation row: unsigned 6-bit levels times x,
     /// minus 32 times the 16-element activation sums (the -32 offset of the format).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q6_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -299,6 +309,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q6_K x Q8_K.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q6_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         float sum = 0;
@@ -333,6 +344,7 @@ internal static unsafe class QuantDot
 
     /// <summary>y[t] = dot(Q8_0 or Q4_0 row, activation row t) for t &lt; 4; activation rows are
     /// <paramref name="qs"/> int8 values and <paramref name="ds"/> scales apart.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q8Blocks4(byte* w, bool q4, sbyte* xq, float* xd, long qs, long ds, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -356,6 +368,7 @@ internal static unsafe class QuantDot
 
     /// <summary>Four activation rows against one Q4_K row (see <see cref="Q4_K"/>); rows are
     /// <paramref name="qs"/> values, <paramref name="ds"/> scales and <paramref name="ss"/> sums apart.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q4_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -410,6 +423,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Four activation rows against one Q6_K row (see <see cref="Q6_K"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q6_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
