@@ -23,12 +23,12 @@ internal static unsafe class FloatDot
     public static Vector256<float> HalfToSingle(ushort* p)
     {
         Vector256<int> h = Avx2.ConvertToVector256Int32(p);
-        Vector256<int> em = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x7fff)), 13);
-        Vector256<int> sign = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x8000)), 16);
-        Vector256<float> f = Avx.Multiply(em.AsSingle(), Vector256.Create(0x77800000).AsSingle());
-        Vector256<int> special = Avx2.CompareGreaterThan(em, Vector256.Create(0x0F7FFFFF));
-        Vector256<int> bits = Avx2.BlendVariable(f.AsInt32(), Avx2.Or(em, Vector256.Create(0x7f800000)), special);
-        return Avx2.Or(bits, sign).AsSingle();
+        Vector256<int> em = Avx2.And(h, Vector256.Create(0x7fff));
+        Vector256<float> f = Avx.Multiply(Avx2.ShiftLeftLogical(em, 13).AsSingle(), Vector256.Create(0x77800000).AsSingle());
+        // Exponent 31 scaled to 143: OR-ing in 255 keeps the mantissa (inf stays inf, NaN stays NaN).
+        Vector256<int> infNan = Avx2.And(Avx2.CompareGreaterThan(em, Vector256.Create(0x7bff)), Vector256.Create(0x7f800000));
+        Vector256<int> sign = Avx2.ShiftLeftLogical(Avx2.Xor(h, em), 16);
+        return Avx2.Or(Avx2.Or(f.AsInt32(), infNan), sign).AsSingle();
     }
 
     /// <summary>Eight bfloat16 to floats (the upper half of a float's bits).</summary>
