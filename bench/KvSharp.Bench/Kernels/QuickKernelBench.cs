@@ -20,8 +20,9 @@ public static unsafe class QuickKernelBench
         Console.WriteLine($"threads {CpuThreads.Count}, AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}");
         Console.WriteLine($"memory read bandwidth (512 MiB, {CpuThreads.Count} threads): {MemoryBandwidth(512L << 20):F1} GB/s");
         Console.WriteLine($"memory read bandwidth (512 MiB, 1 thread): {MemoryBandwidth(512L << 20, 1):F1} GB/s");
-        DispatchOverhead();
         var types = new[] { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K };
+        if (args.Length > 2) types = args[2].Split(',').Select(Enum.Parse<GgmlType>).ToArray();
+        else DispatchOverhead();
         Console.WriteLine("| type | shape | n | MB | ms/call (wall) | GB/s weights (wall) | GFLOP/s (wall) | GB/s per CPU-second |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|");
         foreach (var (rows, cols) in new[] { (4096, 4096), (896, 4864), (4864, 896) })

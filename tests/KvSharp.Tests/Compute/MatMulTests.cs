@@ -210,6 +210,30 @@ public class MatMulTests
     }
 
     [Fact]
+    public void ConcurrentCallersGetTheSameResults()
+    {
+        // Several threads issuing matmuls at once: one gets the pool, the others run inline; a call made
+        // from inside a pool job (nested) also runs inline. All must equal the single-caller result.
+        var (w, _, x) = Make(GgmlType.Q8_0, 301, 512, 3, 21);
+        using (w)
+        {
+            var expected = Run(w.View, x, 3);
+            var failures = 0;
+            Parallel.For(0, 6, new ParallelOptions { MaxDegreeOfParallelism = 3 }, _ =>
+            {
+                for (int rep = 0; rep < 20; rep++)
+                    if (!Run(w.View, x, 3).AsSpan().SequenceEqual(expected)) Interlocked.Increment(ref failures);
+            });
+            CpuThreads.For(4, 1, (s, e) =>
+            {
+                for (int i = s; i < e; i++)
+                    if (!Run(w.View, x, 3).AsSpan().SequenceEqual(expected)) Interlocked.Increment(ref failures);
+            });
+            Assert.Equal(0, failures);
+        }
+    }
+
+    [Fact]
     public void BadShapesAreRejected()
     {
         var (w, _, x) = Make(GgmlType.F32, 4, 64, 1, 1);

@@ -23,12 +23,12 @@ internal static unsafe class FloatDot
     public static Vector256<float> HalfToSingle(ushort* p)
     {
         Vector256<int> h = Avx2.ConvertToVector256Int32(p);
-        Vector256<int> em = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x7fff)), 13);
-        Vector256<int> sign = Avx2.ShiftLeftLogical(Avx2.And(h, Vector256.Create(0x8000)), 16);
-        Vector256<float> f = Avx.Multiply(em.AsSingle(), Vector256.Create(0x77800000).AsSingle());
-        Vector256<int> special = Avx2.CompareGreaterThan(em, Vector256.Create(0x0F7FFFFF));
-        Vector256<int> bits = Avx2.BlendVariable(f.AsInt32(), Avx2.Or(em, Vector256.Create(0x7f800000)), special);
-        return Avx2.Or(bits, sign).AsSingle();
+        Vector256<int> em = Avx2.And(h, Vector256.Create(0x7fff));
+        Vector256<float> f = Avx.Multiply(Avx2.ShiftLeftLogical(em, 13).AsSingle(), Vector256.Create(0x77800000).AsSingle());
+        // Exponent 31 scaled to 143: OR-ing in 255 keeps the mantissa (inf stays inf, NaN stays NaN).
+        Vector256<int> infNan = Avx2.And(Avx2.CompareGreaterThan(em, Vector256.Create(0x7bff)), Vector256.Create(0x7f800000));
+        Vector256<int> sign = Avx2.ShiftLeftLogical(Avx2.Xor(h, em), 16);
+        return Avx2.Or(Avx2.Or(f.AsInt32(), infNan), sign).AsSingle();
     }
 
     /// <summary>Eight bfloat16 to floats (the upper half of a float's bits).</summary>
@@ -37,6 +37,7 @@ internal static unsafe class FloatDot
         => Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(p), 16).AsSingle();
 
     /// <summary>Converts <paramref name="n"/> halves to floats (SIMD when available).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void HalfRow(ushort* src, float* dst, int n)
     {
         int i = 0;
@@ -45,6 +46,7 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>Converts <paramref name="n"/> bfloat16 to floats.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Bf16Row(ushort* src, float* dst, int n)
     {
         int i = 0;
@@ -55,6 +57,7 @@ internal static unsafe class FloatDot
     // ---------- matvec kernels (one activation row, four weight rows at a time) ----------
 
     /// <summary>y[k] = dot(w + k*stride, x) for k &lt; 4 (F32 rows).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void F32x4(float* w, long stride, float* x, int n, float* y)
     {
         float* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -74,6 +77,7 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>dot(w, x) of one F32 row, two accumulators.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float F32x1(float* w, float* x, int n)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0;
@@ -90,6 +94,7 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>y[k] = dot(row k, x) for four F16 (<paramref name="bf16"/> false) or BF16 rows.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Half16x4(ushort* w, long stride, float* x, int n, float* y, bool bf16)
     {
         ushort* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -127,6 +132,7 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>One F16/BF16 row against x.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Half16x1(ushort* w, float* x, int n, bool bf16)
     {
         var a0 = Vector256<float>.Zero;
@@ -148,6 +154,7 @@ internal static unsafe class FloatDot
     /// y[t*ys + k] = dot(w_k, x_t) for 4 F32 weight rows (stride <paramref name="ws"/>) and 3 activation rows
     /// (stride <paramref name="xs"/>): 12 accumulators, 7 loads per 12 FMAs, so it is compute-bound.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void F32Tile4x3(float* w, long ws, float* x, long xs, int n, float* y, long ys)
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
@@ -186,6 +193,7 @@ internal static unsafe class FloatDot
     // ---------- scalar references (fallback for machines without AVX2/FMA) ----------
 
     /// <summary>Scalar dot of an F32 row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float F32Scalar(float* w, float* x, int n)
     {
         float s = 0;
@@ -194,6 +202,7 @@ internal static unsafe class FloatDot
     }
 
     /// <summary>Scalar dot of an F16/BF16 row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Half16Scalar(ushort* w, float* x, int n, bool bf16)
     {
         float s = 0;

@@ -159,24 +159,25 @@ internal static unsafe class MatMulCpu
     }
 
     /// <summary>
-    /// Rows [r0, r1) of a float weight matrix whose row r sits at w + (r - wBase) * ws, against every
-    /// activation row, writing y[t, r].
+    /// Rows [r0, r1) of a float weight matrix whose row r sits at w + (r - wBase) * ws, against
+    /// activation rows [tStart, tEnd) (all when tEnd is -1), writing y[t, r].
     /// </summary>
-    private static void FloatRows(Job* j, float* w, long ws, int r0, int r1, int wBase)
+    private static void FloatRows(Job* j, float* w, long ws, int r0, int r1, int wBase, int tStart = 0, int tEnd = -1)
     {
-        int cols = j->Cols, n = j->N, rows = j->Rows;
+        int cols = j->Cols, rows = j->Rows;
+        int n = tEnd < 0 ? j->N : tEnd;
         float* x = j->X;
         float* y = j->Y;
         if (j->Level < SimdLevel.Avx2)
         {
             for (int r = r0; r < r1; r++)
-                for (int t = 0; t < n; t++)
+                for (int t = tStart; t < n; t++)
                     y[(long)t * rows + r] = j->Level == SimdLevel.Vector128
                         ? PortableDot.F32V128(w + (r - wBase) * ws, x + (long)t * cols, cols)
                         : FloatDot.F32Scalar(w + (r - wBase) * ws, x + (long)t * cols, cols);
             return;
         }
-        if (n == 1)
+        if (n == 1 && tStart == 0)
         {
             float* tmp = stackalloc float[4];
             int r = r0;
@@ -190,7 +191,7 @@ internal static unsafe class MatMulCpu
             return;
         }
         float* tmp4 = stackalloc float[4];
-        for (int t0 = 0; t0 < n; t0 += j->TileN)
+        for (int t0 = tStart; t0 < n; t0 += j->TileN)
         {
             int t1 = Math.Min(n, t0 + j->TileN);
             int r = r0;
@@ -243,16 +244,22 @@ internal static unsafe class MatMulCpu
             for (; r < r1; r++) j->Y[r] = FloatDot.Half16x1(w + r * stride, j->X, cols, bf16);
             return;
         }
+        // Activation tiles outermost so a tile stays in L2 while the chunk's rows pass; rows are
+        // re-widened per tile (1/TileN of the FMA work).
         float* buf = (float*)Scratch.ForWorker().Get(4L * 4 * cols);
-        for (int r = r0; r < r1; r += 4)
+        for (int t0 = 0; t0 < n; t0 += j->TileN)
         {
-            int re = Math.Min(r1, r + 4);
-            for (int k = r; k < re; k++)
+            int t1 = Math.Min(n, t0 + j->TileN);
+            for (int r = r0; r < r1; r += 4)
             {
-                if (bf16) FloatDot.Bf16Row(w + k * stride, buf + (long)(k - r) * cols, cols);
-                else FloatDot.HalfRow(w + k * stride, buf + (long)(k - r) * cols, cols);
+                int re = Math.Min(r1, r + 4);
+                for (int k = r; k < re; k++)
+                {
+                    if (bf16) FloatDot.Bf16Row(w + k * stride, buf + (long)(k - r) * cols, cols);
+                    else FloatDot.HalfRow(w + k * stride, buf + (long)(k - r) * cols, cols);
+                }
+                FloatRows(j, buf, cols, r, re, r, t0, t1);
             }
-            FloatRows(j, buf, cols, r, re, r);
         }
     }
 

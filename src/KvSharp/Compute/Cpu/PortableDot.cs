@@ -13,6 +13,7 @@ internal static unsafe class PortableDot
     // ---------- Vector512 ----------
 
     /// <summary>y[k] = dot(w + k*stride, x) for k &lt; 4 F32 rows, 512-bit vectors.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void F32x4V512(float* w, long stride, float* x, int n, float* y)
     {
         float* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -45,6 +46,7 @@ internal static unsafe class PortableDot
     }
 
     /// <summary>Four F16/BF16 rows against x, 512-bit vectors.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Half16x4V512(ushort* w, long stride, float* x, int n, float* y, bool bf16)
     {
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -67,6 +69,7 @@ internal static unsafe class PortableDot
     // ---------- Vector128 ----------
 
     /// <summary>dot of one F32 row, 128-bit vectors (two accumulators).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float F32V128(float* w, float* x, int n)
     {
         var a0 = Vector128<float>.Zero; var a1 = a0;
@@ -100,6 +103,7 @@ internal static unsafe class PortableDot
     }
 
     /// <summary>dot of one F16/BF16 row, 128-bit vectors.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Half16V128(ushort* w, float* x, int n, bool bf16)
     {
         var a0 = Vector128<float>.Zero; var a1 = a0;
@@ -127,6 +131,7 @@ internal static unsafe class PortableDot
     }
 
     /// <summary>Q8_0 (or, with <paramref name="q4"/>, Q4_0) row against a Q8_0 activation row, 128-bit vectors.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q8BlocksV128(byte* w, bool q4, sbyte* xq, float* xd, int nb)
     {
         float sum = 0;

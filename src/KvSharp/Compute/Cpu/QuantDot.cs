@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -21,6 +22,7 @@ internal static unsafe class QuantDot
     /// llama.cpp's x86 quantize_row_q8_0: d = amax/127 stored as f16, q = round-half-even(x * 127/amax).
     /// <paramref name="d"/> receives the f16-rounded scale as float.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void QuantizeQ8_0(float* x, int n, sbyte* q, float* d)
     {
         for (int b = 0; b < n / 32; b++)
@@ -38,6 +40,7 @@ internal static unsafe class QuantDot
     /// ggml's quantize_row_q8_K: iscale = -127/(value of largest magnitude), q = min(127, round(iscale*x)),
     /// d = 1/iscale, plus the sum of each 16 values.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void QuantizeQ8_K(float* x, int n, sbyte* q, float* d, short* bsums)
     {
         for (int b = 0; b < n / 256; b++)
@@ -70,18 +73,21 @@ internal static unsafe class QuantDot
         }
     }
 
-    private static readonly float TwoPow112 = BitConverter.UInt32BitsToSingle(0x77800000);
+    // All 65536 halves as floats (256 KiB, like ggml's table on machines without F16C): block scales of one
+    // tensor share a few exponents, so the entries in use stay cached, and a lookup is two instructions
+    // where the bit-twiddling conversion is about ten, a large share of a 32-element block's work.
+    private static readonly float* HalfTable = BuildHalfTable();
 
-    /// <summary>Branch-light f16 to f32 (block scales are read once per block, so this is on the hot path).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static float H(byte* p)
+    private static float* BuildHalfTable()
     {
-        uint h = *(ushort*)p;
-        uint em = (h & 0x7fff) << 13;
-        uint bits = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(em) * TwoPow112);
-        if (em >= 0x0F800000) bits = em | 0x7f800000; // inf / NaN
-        return BitConverter.UInt32BitsToSingle(bits | ((h & 0x8000) << 16));
+        var t = (float*)NativeMemory.AlignedAlloc(65536 * sizeof(float), 64);
+        for (int i = 0; i < 65536; i++) t[i] = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+        return t;
     }
+
+    /// <summary>f16 block scale at <paramref name="p"/> as float.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float H(byte* p) => HalfTable[*(ushort*)p];
 
     /// <summary>
     /// Q4_K/Q5_K's 12 packed bytes as 8 scales (low 8 bytes) and 8 mins (high 8 bytes), whole words at a
@@ -110,6 +116,7 @@ internal static unsafe class QuantDot
     // ---------- Q8_0 x Q8_0 ----------
 
     /// <summary>dot of a Q8_0 weight row (<paramref name="nb"/> blocks) with a Q8_0 activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q8_0(byte* w, sbyte* xq, float* xd, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -125,6 +132,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q8_0 x Q8_0.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q8_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
     {
         float sum = 0;
@@ -144,14 +152,15 @@ internal static unsafe class QuantDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<sbyte> Nibbles(byte* q)
     {
-        // Low nibbles are elements 0..15, high nibbles 16..31.
-        var v = Sse2.LoadVector128(q);
-        var lo = Sse2.And(v, Vector128.Create((byte)0x0F));
-        var hi = Sse2.And(Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), Vector128.Create((byte)0x0F));
-        return Vector256.Create(lo, hi).AsSByte();
+        // Low nibbles are elements 0..15, high nibbles 16..31: the 16 bytes in both lanes, the upper
+        // lane shifted right by 4 (per-64-bit-lane variable shift), then masked.
+        var v = Avx2.BroadcastVector128ToVector256(q).AsUInt64();
+        var shifted = Avx2.ShiftRightLogicalVariable(v, Vector256.Create(0UL, 0UL, 4UL, 4UL));
+        return Avx2.And(shifted.AsByte(), Vector256.Create((byte)0x0F)).AsSByte();
     }
 
     /// <summary>dot of a Q4_0 weight row with a Q8_0 activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_0(byte* w, sbyte* xq, float* xd, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -167,6 +176,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q4_0 x Q8_0.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_0Scalar(byte* w, sbyte* xq, float* xd, int nb)
     {
         float sum = 0;
@@ -185,6 +195,7 @@ internal static unsafe class QuantDot
     // ---------- Q4_K x Q8_K ----------
 
     /// <summary>dot of a Q4_K weight row (<paramref name="nb"/> super-blocks) with a Q8_K activation row.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -218,6 +229,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q4_K x Q8_K.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q4_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         float sum = 0;
@@ -244,6 +256,7 @@ internal static unsafe class QuantDot
 
     /// <summary>dot of a Q6_K weight row with a Q8_K activation row: unsigned 6-bit levels times x,
     /// minus 32 times the 16-element activation sums (the -32 offset of the format).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q6_K(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         var acc = Vector256<float>.Zero;
@@ -299,6 +312,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Scalar Q6_K x Q8_K.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static float Q6_KScalar(byte* w, sbyte* xq, float* xd, short* bsums, int nb)
     {
         float sum = 0;
@@ -333,6 +347,7 @@ internal static unsafe class QuantDot
 
     /// <summary>y[t] = dot(Q8_0 or Q4_0 row, activation row t) for t &lt; 4; activation rows are
     /// <paramref name="qs"/> int8 values and <paramref name="ds"/> scales apart.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q8Blocks4(byte* w, bool q4, sbyte* xq, float* xd, long qs, long ds, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -356,6 +371,7 @@ internal static unsafe class QuantDot
 
     /// <summary>Four activation rows against one Q4_K row (see <see cref="Q4_K"/>); rows are
     /// <paramref name="qs"/> values, <paramref name="ds"/> scales and <paramref name="ss"/> sums apart.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q4_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -410,6 +426,7 @@ internal static unsafe class QuantDot
     }
 
     /// <summary>Four activation rows against one Q6_K row (see <see cref="Q6_K"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Q6_Kx4(byte* w, sbyte* xq, float* xd, short* bsums, long qs, long ds, long ss, int nb, float* y)
     {
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
