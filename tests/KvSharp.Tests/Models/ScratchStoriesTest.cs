@@ -12,17 +12,9 @@ public class ScratchStoriesTest
         var g = GgufFile.Open(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
         var cfg = new ModelConfig
         {
-            Architecture = "llama",
-            VocabSize = 512,
-            HiddenSize = 64,
-            IntermediateSize = (int)g.FindTensor("blk.0.ffn_gate.weight")!.Rows,
-            NumLayers = 5,
-            NumHeads = 8,
-            NumKvHeads = 4,
-            HeadDim = 8,
-            RopeStyle = RopeStyle.Interleaved,
-            RmsNormEps = g.Get<float>("llama.attention.layer_norm_rms_epsilon", 1e-5f),
-            MaxContext = 512,
+            Architecture = "llama", VocabSize = 512, HiddenSize = 64, IntermediateSize = (int)g.FindTensor("blk.0.ffn_gate.weight")!.Rows,
+            NumLayers = 5, NumHeads = 8, NumKvHeads = 4, HeadDim = 8, RopeStyle = RopeStyle.Interleaved,
+            RmsNormEps = g.Get<float>("llama.attention.layer_norm_rms_epsilon", 1e-5f), MaxContext = 512,
         };
         var w = new ModelWeights(cfg, "stories", g.Tensors.ToDictionary(t => t.Name, t => t), g);
         var tf = new Transformer(w);
