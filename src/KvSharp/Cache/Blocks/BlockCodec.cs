@@ -190,7 +190,7 @@ public static class BlockCodec
     }
 
     /// <summary>Parameter <paramref name="which"/> (0 = scale, 1 = min or mean) of group <paramref name="g"/>, as float.</summary>
-    internal static float ReadParameter(BlockLayout layout, ReadOnlySpan<byte> block, int which, int g)
+    private static float ReadParameter(BlockLayout layout, ReadOnlySpan<byte> block, int which, int g)
         => ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[(layout.CodeBytes + 2 * (which * layout.GroupCount + g))..]));
 
     /// <summary>Element indices of group <paramref name="g"/> that hold tokens (&lt; tokenCount).</summary>
