@@ -40,6 +40,8 @@ public class BlockCodecTests
         Assert.Throws<KvSharpException>(() => BlockLayout.ForKeys(KvFormat.F16, 100));
         Assert.Throws<KvSharpException>(() => KvFormatInfo.Parse("int3"));
         Assert.Equal(KvFormat.Ternary, KvFormatInfo.Parse("ternary"));
+        Assert.Equal(BlockLayout.ForKeys(KvFormat.F16, 128), BlockLayout.ForValues(KvFormat.F16, 128)); // float layouts ignore the axis
+        Assert.NotEqual(BlockLayout.ForKeys(KvFormat.Int4, 128), BlockLayout.ForValues(KvFormat.Int4, 128));
     }
 
     // ---- bit-exact packing, expected bytes worked out by hand ----
