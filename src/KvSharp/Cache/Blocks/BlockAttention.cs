@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -91,15 +90,39 @@ public static class BlockAttention
         if (length < (long)rows * width) throw new ArgumentException($"{what} holds {length} floats but {rows} rows of {width} are needed");
     }
 
+    /// <summary>weights[i..i+3, t] of a [g, n] matrix.</summary>
+    private static Vector128<float> Column4(ReadOnlySpan<float> m, int n, int i, int t)
+        => Vector128.Create(m[i * n + t], m[(i + 1) * n + t], m[(i + 2) * n + t], m[(i + 3) * n + t]);
+
+    private static void Scatter4(Span<float> m, int n, int i, int t, Vector128<float> v)
+    {
+        m[i * n + t] = v[0]; m[(i + 1) * n + t] = v[1]; m[(i + 2) * n + t] = v[2]; m[(i + 3) * n + t] = v[3];
+    }
+
+    // Blocking: with at least 4 queries, each token row is widened once and used by 4 queries (…4Queries);
+    // with fewer, each query walks 4 token rows at a time (…4Rows). Both give identical per-(query, token) arithmetic.
+
     private static void ScoresFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
         where R : struct, IElementReader
     {
         int d = layout.HeadDim, t = 0;
         bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
+        if (g >= 4)
+        {
+            for (; t < n; t++)
+            {
+                int i = 0;
+                for (; i + 4 <= g; i += 4)
+                    Scatter4(scores, n, i, t, RowKernels<R>.Dot4Queries(simd, ref b, t * d, queries[(i * d)..], d, d));
+                for (; i < g; i++)
+                    scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, queries.Slice(i * d, d));
+            }
+            return;
+        }
         for (; t + 4 <= n; t += 4)
             for (int i = 0; i < g; i++)
-                RowKernels4<R>.Dot(simd, ref b, t * d, d, queries.Slice(i * d, d)).CopyTo(scores.Slice(i * n + t, 4));
+                RowKernels<R>.Dot4Rows(simd, ref b, t * d, d, queries.Slice(i * d, d)).CopyTo(scores.Slice(i * n + t, 4));
         for (; t < n; t++)
             for (int i = 0; i < g; i++)
                 scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, queries.Slice(i * d, d));
@@ -111,9 +134,21 @@ public static class BlockAttention
         int d = layout.HeadDim, t = 0;
         bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
+        if (g >= 4)
+        {
+            for (; t < n; t++)
+            {
+                int i = 0;
+                for (; i + 4 <= g; i += 4)
+                    RowKernels<R>.Axpy4Queries(simd, ref b, t * d, Column4(weights, n, i, t), Vector128<float>.Zero, acc[(i * d)..], d, d);
+                for (; i < g; i++)
+                    RowKernels<R>.Axpy(simd, ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
+            }
+            return;
+        }
         for (; t + 4 <= n; t += 4)
             for (int i = 0; i < g; i++)
-                RowKernels4<R>.Axpy(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), 0f, acc.Slice(i * d, d));
+                RowKernels<R>.Axpy4Rows(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), Vector128<float>.Zero, acc.Slice(i * d, d));
         for (; t < n; t++)
             for (int i = 0; i < g; i++)
                 RowKernels<R>.Axpy(simd, ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
@@ -173,12 +208,24 @@ public static class BlockAttention
                     bias[i] = TensorPrimitives.Dot(q, min);
                 }
                 int t1 = Math.Min(n, t0 + gs), t = t0;
+                if (g >= 4)
+                {
+                    for (; t < t1; t++)
+                    {
+                        int i = 0;
+                        for (; i + 4 <= g; i += 4)
+                            Scatter4(scores, n, i, t, RowKernels<R>.Dot4Queries(simd, ref b, t * d, qs[(i * d)..], d, d) + Vector128.Create(bias.Slice(i, 4)));
+                        for (; i < g; i++)
+                            scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, qs.Slice(i * d, d)) + bias[i];
+                    }
+                    continue;
+                }
                 for (; t + 4 <= t1; t += 4)
                     for (int i = 0; i < g; i++)
-                        (RowKernels4<R>.Dot(simd, ref b, t * d, d, qs.Slice(i * d, d)) + Vector128.Create(bias[i])).CopyTo(scores.Slice(i * n + t, 4));
+                        (RowKernels<R>.Dot4Rows(simd, ref b, t * d, d, qs.Slice(i * d, d)) + Vector128.Create(bias[i])).CopyTo(scores.Slice(i * n + t, 4));
                 for (; t < t1; t++)
                     for (int i = 0; i < g; i++)
-                        scores[i * n + t] = bias[i] + RowKernels<R>.Dot(simd, ref b, t * d, qs.Slice(i * d, d));
+                        scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, qs.Slice(i * d, d)) + bias[i];
             }
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
@@ -195,6 +242,26 @@ public static class BlockAttention
                 for (int j = 0; j < perRow; j++)
                     qsum[i * perRow + j] = TensorPrimitives.Sum(queries.Slice(i * d + j * gs, gs));
             int t = 0;
+            if (g >= 4)
+            {
+                for (; t < n; t++)
+                {
+                    int i = 0;
+                    for (; i + 4 <= g; i += 4)
+                    {
+                        var s = Vector128<float>.Zero;
+                        for (int j = 0; j < perRow; j++)
+                        {
+                            int k = t * perRow + j;
+                            var qs4 = Column4(qsum, perRow, i, j);
+                            s += Vector128.Create(min[k]) * qs4 + Vector128.Create(step[k]) * RowKernels<R>.Dot4Queries(simd, ref b, t * d + j * gs, queries[(i * d + j * gs)..], d, gs);
+                        }
+                        Scatter4(scores, n, i, t, s);
+                    }
+                    for (; i < g; i++)
+                        scores[i * n + t] = TokenScore<R>(simd, ref b, t, queries.Slice(i * d, d), qsum.Slice(i * perRow, perRow), min, step, d, gs);
+                }
+            }
             for (; t + 4 <= n; t += 4)
                 for (int i = 0; i < g; i++)
                 {
@@ -205,24 +272,29 @@ public static class BlockAttention
                         int k = t * perRow + j;
                         var mn = Vector128.Create(min[k], min[k + perRow], min[k + 2 * perRow], min[k + 3 * perRow]);
                         var st = Vector128.Create(step[k], step[k + perRow], step[k + 2 * perRow], step[k + 3 * perRow]);
-                        s += mn * qsum[i * perRow + j] + st * RowKernels4<R>.Dot(simd, ref b, t * d + j * gs, d, q.Slice(j * gs, gs));
+                        s += mn * qsum[i * perRow + j] + st * RowKernels<R>.Dot4Rows(simd, ref b, t * d + j * gs, d, q.Slice(j * gs, gs));
                     }
                     s.CopyTo(scores.Slice(i * n + t, 4));
                 }
             for (; t < n; t++)
                 for (int i = 0; i < g; i++)
-                {
-                    var q = queries.Slice(i * d, d);
-                    float s = 0;
-                    for (int j = 0; j < perRow; j++)
-                    {
-                        int k = t * perRow + j;
-                        s += min[k] * qsum[i * perRow + j] + step[k] * RowKernels<R>.Dot(simd, ref b, t * d + j * gs, q.Slice(j * gs, gs));
-                    }
-                    scores[i * n + t] = s;
-                }
+                    scores[i * n + t] = TokenScore<R>(simd, ref b, t, queries.Slice(i * d, d), qsum.Slice(i * perRow, perRow), min, step, d, gs);
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
+    }
+
+    /// <summary>One query against token <paramref name="t"/> of a per-token block: Σ_j min·Σq + step·(q·codes).</summary>
+    private static float TokenScore<R>(bool simd, ref byte b, int t, ReadOnlySpan<float> q, ReadOnlySpan<float> qsum, ReadOnlySpan<float> min, ReadOnlySpan<float> step, int d, int gs)
+        where R : struct, IElementReader
+    {
+        int perRow = qsum.Length;
+        float s = 0;
+        for (int j = 0; j < perRow; j++)
+        {
+            int k = t * perRow + j;
+            s += min[k] * qsum[j] + step[k] * RowKernels<R>.Dot(simd, ref b, t * d + j * gs, q.Slice(j * gs, gs));
+        }
+        return s;
     }
 
     private static void AccumulateQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
@@ -241,9 +313,21 @@ public static class BlockAttention
             {
                 GroupAffine(layout, block, t0 / gs * d, d, min, step);
                 int t1 = Math.Min(n, t0 + gs), t = t0;
+                if (g >= 4)
+                {
+                    for (; t < t1; t++)
+                    {
+                        int i = 0;
+                        for (; i + 4 <= g; i += 4)
+                            RowKernels<R>.AxpyAffine4Queries(simd, ref b, t * d, Column4(weights, n, i, t), min, step, acc[(i * d)..], d);
+                        for (; i < g; i++)
+                            RowKernels<R>.AxpyAffine(simd, ref b, t * d, weights[i * n + t], min, step, acc.Slice(i * d, d));
+                    }
+                    continue;
+                }
                 for (; t + 4 <= t1; t += 4)
                     for (int i = 0; i < g; i++)
-                        RowKernels4<R>.AxpyAffine(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), min, step, acc.Slice(i * d, d));
+                        RowKernels<R>.AxpyAffine4Rows(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), min, step, acc.Slice(i * d, d));
                 for (; t < t1; t++)
                     for (int i = 0; i < g; i++)
                         RowKernels<R>.AxpyAffine(simd, ref b, t * d, weights[i * n + t], min, step, acc.Slice(i * d, d));
@@ -259,6 +343,24 @@ public static class BlockAttention
             var step = scratch.Slice(groups, groups);
             GroupAffine(layout, block, 0, groups, min, step);
             int t = 0;
+            if (g >= 4)
+            {
+                for (; t < n; t++)
+                {
+                    int i = 0;
+                    for (; i + 4 <= g; i += 4)
+                    {
+                        var w = Column4(weights, n, i, t);
+                        for (int j = 0; j < perRow; j++)
+                        {
+                            int k = t * perRow + j;
+                            RowKernels<R>.Axpy4Queries(simd, ref b, t * d + j * gs, w * step[k], w * min[k], acc[(i * d + j * gs)..], d, gs);
+                        }
+                    }
+                    for (; i < g; i++)
+                        TokenAxpy<R>(simd, ref b, t, weights[i * n + t], min, step, acc.Slice(i * d, d), perRow, gs);
+                }
+            }
             for (; t + 4 <= n; t += 4)
                 for (int i = 0; i < g; i++)
                 {
@@ -269,21 +371,25 @@ public static class BlockAttention
                         int k = t * perRow + j;
                         var mn = Vector128.Create(min[k], min[k + perRow], min[k + 2 * perRow], min[k + 3 * perRow]);
                         var st = Vector128.Create(step[k], step[k + perRow], step[k + 2 * perRow], step[k + 3 * perRow]);
-                        RowKernels4<R>.Axpy(simd, ref b, t * d + j * gs, d, w * st, Vector128.Sum(w * mn), a.Slice(j * gs, gs));
+                        RowKernels<R>.Axpy4Rows(simd, ref b, t * d + j * gs, d, w * st, w * mn, a.Slice(j * gs, gs));
                     }
                 }
             for (; t < n; t++)
                 for (int i = 0; i < g; i++)
-                {
-                    float w = weights[i * n + t];
-                    var a = acc.Slice(i * d, d);
-                    for (int j = 0; j < perRow; j++)
-                    {
-                        int k = t * perRow + j;
-                        RowKernels<R>.Axpy(simd, ref b, t * d + j * gs, w * step[k], w * min[k], a.Slice(j * gs, gs));
-                    }
-                }
+                    TokenAxpy<R>(simd, ref b, t, weights[i * n + t], min, step, acc.Slice(i * d, d), perRow, gs);
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>acc += w · v_t for token <paramref name="t"/> of a per-token block.</summary>
+    private static void TokenAxpy<R>(bool simd, ref byte b, int t, float w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc, int perRow, int gs)
+        where R : struct, IElementReader
+    {
+        int d = acc.Length;
+        for (int j = 0; j < perRow; j++)
+        {
+            int k = t * perRow + j;
+            RowKernels<R>.Axpy(simd, ref b, t * d + j * gs, w * step[k], w * min[k], acc.Slice(j * gs, gs));
         }
     }
 }

@@ -28,42 +28,70 @@ public static class BlockCodec
     public static void Encode(BlockLayout layout, ReadOnlySpan<float> src, int tokenCount, Span<byte> dst)
     {
         layout.CheckBlock(dst.Length, tokenCount, "destination");
-        int d = layout.HeadDim, n = tokenCount * d;
-        if (src.Length < n) throw new ArgumentException($"{tokenCount} tokens of {d} channels need {n} floats, got {src.Length}", nameof(src));
-        dst = dst[..layout.ByteSize];
-        dst.Clear();
+        dst[..layout.ByteSize].Clear();
+        EncodeRowsUnchecked(layout, src, 0, tokenCount, dst);
+    }
+
+    /// <summary>
+    /// Appends <paramref name="count"/> rows (<paramref name="rows"/>: [count, HeadDim] floats) at token
+    /// <paramref name="firstToken"/> of a block whose earlier rows are already encoded, leaving those rows untouched.
+    /// Rows are independent in float formats and per-token layouts; a per-channel layout shares parameters across
+    /// each group of GroupSize tokens, so there <paramref name="firstToken"/> must start a group (the last group
+    /// written may be partial, and is then final: re-encode the block to add to it).
+    /// </summary>
+    /// <exception cref="KvSharpException">A per-channel append that does not start a token group.</exception>
+    public static void EncodeRows(BlockLayout layout, ReadOnlySpan<float> rows, int firstToken, int count, Span<byte> dst)
+    {
+        if (firstToken < 0 || count < 0) throw new ArgumentOutOfRangeException(nameof(firstToken), $"rows {firstToken}+{count}");
+        layout.CheckBlock(dst.Length, firstToken + count, "destination");
+        if (layout.Format.IsQuantized() && layout.Axis == QuantAxis.PerChannel && firstToken % layout.GroupSize != 0)
+            throw new KvSharpException($"cannot append at token {firstToken} of a per-channel {layout} block: appends must start a group of {layout.GroupSize} tokens");
+        int d = layout.HeadDim, bits = layout.Format.BitsPerElement();
+        dst.Slice(firstToken * d * bits / 8, count * d * bits / 8).Clear(); // codes are OR-ed in below
+        EncodeRowsUnchecked(layout, rows, firstToken, count, dst);
+    }
+
+    private static void EncodeRowsUnchecked(BlockLayout layout, ReadOnlySpan<float> rows, int firstToken, int count, Span<byte> dst)
+    {
+        int d = layout.HeadDim, n = count * d, e0 = firstToken * d;
+        if (rows.Length < n) throw new ArgumentException($"{count} tokens of {d} channels need {n} floats, got {rows.Length}", nameof(rows));
         switch (layout.Format)
         {
             case KvFormat.F32:
-                MemoryMarshal.AsBytes(src[..n]).CopyTo(dst);
                 if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("KV blocks assume a little-endian CPU");
+                MemoryMarshal.AsBytes(rows[..n]).CopyTo(dst[(4 * e0)..]);
                 return;
             case KvFormat.F16:
-                for (int e = 0; e < n; e++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * e)..], BitConverter.HalfToUInt16Bits((Half)src[e]));
+                for (int e = 0; e < n; e++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * (e0 + e))..], BitConverter.HalfToUInt16Bits((Half)rows[e]));
                 return;
             case KvFormat.BF16:
-                for (int e = 0; e < n; e++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * e)..], ScalarFormats.ToBf16(src[e]));
+                for (int e = 0; e < n; e++) BinaryPrimitives.WriteUInt16LittleEndian(dst[(2 * (e0 + e))..], ScalarFormats.ToBf16(rows[e]));
                 return;
             case KvFormat.Fp8E4M3:
-                for (int e = 0; e < n; e++) dst[e] = ScalarFormats.ToFp8E4M3(src[e]);
+                for (int e = 0; e < n; e++) dst[e0 + e] = ScalarFormats.ToFp8E4M3(rows[e]);
                 return;
         }
-        EncodeQuantized(layout, src, tokenCount, dst);
+        EncodeQuantized(layout, rows, firstToken, count, dst);
     }
 
-    private static void EncodeQuantized(BlockLayout layout, ReadOnlySpan<float> src, int tokenCount, Span<byte> dst)
+    private static void EncodeQuantized(BlockLayout layout, ReadOnlySpan<float> rows, int firstToken, int count, Span<byte> dst)
     {
         var format = layout.Format;
-        int bits = format.BitsPerElement(), groups = layout.GroupCount;
-        int qmax = (1 << bits) - 1;
-        Span<int> idx = stackalloc int[Math.Max(layout.GroupSize, 1)];
+        int bits = format.BitsPerElement(), groups = layout.GroupCount, d = layout.HeadDim, gs = layout.GroupSize;
+        int qmax = (1 << bits) - 1, end = firstToken + count, e0 = firstToken * d;
+        Span<int> idx = gs <= 1024 ? stackalloc int[gs] : new int[gs];
         var scales = dst.Slice(layout.CodeBytes, 2 * groups);
         var mins = format.ParametersPerGroup() == 2 ? dst.Slice(layout.CodeBytes + 2 * groups, 2 * groups) : default;
-        for (int g = 0; g < groups; g++)
+        // The groups touching tokens [firstToken, end): whole token groups (per channel) or the rows' channel groups.
+        int g0 = layout.Axis == QuantAxis.PerChannel ? firstToken / gs * d : firstToken * (d / gs);
+        int g1 = layout.Axis == QuantAxis.PerChannel ? (end + gs - 1) / gs * d : end * (d / gs);
+        for (int g = g0; g < g1; g++)
         {
-            int count = GroupElements(layout, g, tokenCount, idx);
-            if (count == 0) continue;
-            var els = idx[..count];
+            int n = GroupElements(layout, g, end, idx);
+            if (n == 0) continue;
+            var els = idx[..n];
+            for (int k = 0; k < n; k++) els[k] -= e0; // element index → index into rows
+            ReadOnlySpan<float> src = rows;
             double scale16, min16;
             switch (format)
             {
@@ -71,13 +99,13 @@ public static class BlockCodec
                     {
                         double s = 0;
                         foreach (int e in els) s += Math.Abs((double)src[e]);
-                        ushort sb = ScalarFormats.ToF16Saturated(s / count);
+                        ushort sb = ScalarFormats.ToF16Saturated(s / n);
                         BinaryPrimitives.WriteUInt16LittleEndian(scales[(2 * g)..], sb);
                         scale16 = ScalarFormats.FromF16(sb);
                         foreach (int e in els)
                         {
                             int t = scale16 > 0 ? (int)Math.Clamp(Math.Round(src[e] / scale16, MidpointRounding.ToEven), -1, 1) : 0;
-                            SetCode(dst, bits, e, t + 1);
+                            SetCode(dst, bits, e0 + e, t + 1);
                         }
                         continue;
                     }
@@ -85,14 +113,14 @@ public static class BlockCodec
                     {
                         double m = 0;
                         foreach (int e in els) m += src[e];
-                        ushort mb = ScalarFormats.ToF16Saturated(m / count);
+                        ushort mb = ScalarFormats.ToF16Saturated(m / n);
                         min16 = ScalarFormats.FromF16(mb);
                         double s = 0;
                         foreach (int e in els) s += Math.Abs(src[e] - min16);
-                        ushort sb = ScalarFormats.ToF16Saturated(s / count);
+                        ushort sb = ScalarFormats.ToF16Saturated(s / n);
                         BinaryPrimitives.WriteUInt16LittleEndian(scales[(2 * g)..], sb);
                         BinaryPrimitives.WriteUInt16LittleEndian(mins[(2 * g)..], mb);
-                        foreach (int e in els) SetCode(dst, bits, e, src[e] >= min16 ? 1 : 0);
+                        foreach (int e in els) SetCode(dst, bits, e0 + e, src[e] >= min16 ? 1 : 0);
                         continue;
                     }
                 default:
@@ -108,7 +136,7 @@ public static class BlockCodec
                         foreach (int e in els)
                         {
                             int q = scale16 > 0 ? (int)Math.Clamp(Math.Round((src[e] - min16) / scale16, MidpointRounding.ToEven), 0, qmax) : 0;
-                            SetCode(dst, bits, e, q);
+                            SetCode(dst, bits, e0 + e, q);
                         }
                         continue;
                     }
@@ -162,7 +190,7 @@ public static class BlockCodec
     }
 
     /// <summary>Parameter <paramref name="which"/> (0 = scale, 1 = min or mean) of group <paramref name="g"/>, as float.</summary>
-    internal static float ReadParameter(BlockLayout layout, ReadOnlySpan<byte> block, int which, int g)
+    private static float ReadParameter(BlockLayout layout, ReadOnlySpan<byte> block, int which, int g)
         => ScalarFormats.FromF16(BinaryPrimitives.ReadUInt16LittleEndian(block[(layout.CodeBytes + 2 * (which * layout.GroupCount + g))..]));
 
     /// <summary>Element indices of group <paramref name="g"/> that hold tokens (&lt; tokenCount).</summary>

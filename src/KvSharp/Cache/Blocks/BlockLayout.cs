@@ -31,7 +31,7 @@ public readonly record struct BlockLayout
     /// Creates a layout, validating it. <paramref name="groupSize"/> counts tokens for
     /// <see cref="QuantAxis.PerChannel"/> (must divide <paramref name="tokens"/>) and channels for
     /// <see cref="QuantAxis.PerToken"/> (a multiple of 8 dividing <paramref name="headDim"/>); float
-    /// formats ignore axis and group size.
+    /// formats ignore axis and group size (stored as PerToken and 0, so equal storage compares equal).
     /// </summary>
     /// <exception cref="KvSharpException">A dimension or group size is out of range.</exception>
     public BlockLayout(KvFormat format, QuantAxis axis, int groupSize, int tokens, int headDim)
@@ -50,6 +50,8 @@ public readonly record struct BlockLayout
             if (axis != QuantAxis.PerChannel && axis != QuantAxis.PerToken)
                 throw new KvSharpException($"unknown quantization axis {(int)axis}");
         }
+        // Float formats have no groups: normalize the ignored fields so equal storage means equal layouts.
+        if (!format.IsQuantized()) { axis = QuantAxis.PerToken; groupSize = 0; }
         Format = format; Axis = axis; GroupSize = groupSize; Tokens = tokens; HeadDim = headDim;
     }
 

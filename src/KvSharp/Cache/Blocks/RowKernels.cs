@@ -6,37 +6,91 @@ using System.Runtime.Intrinsics.X86;
 namespace KvSharp.Cache.Blocks;
 
 /// <summary>
-/// The three inner loops every block kernel reduces to, over a run of elements of one token row.
-/// The elements are widened in registers by the reader <typeparamref name="R"/>; nothing is written
-/// back as floats except the caller's accumulator.
+/// The inner loops every block kernel reduces to, over a run of elements of token rows. Elements are widened
+/// in registers by the reader <typeparamref name="R"/>; nothing is written back as floats except the caller's
+/// accumulator. The vector path needs <c>first</c>, strides and lengths that are multiples of 8 (else the
+/// scalar loop runs).
 /// </summary>
+/// <remarks>
+/// Every variant (one row, four rows, four queries) performs, per (query, token), exactly the same float
+/// operations in the same order: one accumulator over chunks of 8 channels, then the same pairwise reduction
+/// (<see cref="Reduce4"/>); values add token by token. Hence a GQA group's results are bit-identical to one
+/// call per query, whichever blocking the caller picks.
+/// </remarks>
 internal static class RowKernels<R> where R : struct, IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool Vectorizable(bool simd, int first, int stride, int n) => simd && ((first | stride | n) & 7) == 0;
+
+    /// <summary>Lane k = ((a_k[0]+a_k[1]) + (a_k[2]+a_k[3])) + ((a_k[4]+a_k[5]) + (a_k[6]+a_k[7])).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Reduce4(Vector256<float> a0, Vector256<float> a1, Vector256<float> a2, Vector256<float> a3)
+    {
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+        return Sse.Add(h.GetLower(), h.GetUpper());
+    }
+
     /// <summary>Σ_i w[i] · x[first + i].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Dot(bool simd, ref byte codes, int first, ReadOnlySpan<float> w)
     {
-        int n = w.Length, i = 0;
-        float sum = 0;
+        int n = w.Length;
         ref float wr = ref MemoryMarshal.GetReference(w);
-        if (simd && (first & 7) == 0 && n >= 8)
+        if (Vectorizable(simd, first, 0, n))
         {
-            var acc0 = Vector256<float>.Zero;
-            var acc1 = Vector256<float>.Zero;
-            for (; i + 16 <= n; i += 16)
-            {
-                acc0 = Fma.MultiplyAdd(R.Load8(ref codes, first + i), Vector256.LoadUnsafe(ref wr, (nuint)i), acc0);
-                acc1 = Fma.MultiplyAdd(R.Load8(ref codes, first + i + 8), Vector256.LoadUnsafe(ref wr, (nuint)(i + 8)), acc1);
-            }
-            for (; i + 8 <= n; i += 8)
-                acc0 = Fma.MultiplyAdd(R.Load8(ref codes, first + i), Vector256.LoadUnsafe(ref wr, (nuint)i), acc0);
-            sum = Vector256.Sum(Avx.Add(acc0, acc1));
+            var acc = Vector256<float>.Zero;
+            for (int i = 0; i < n; i += 8)
+                acc = Fma.MultiplyAdd(R.Load8(ref codes, first + i), Vector256.LoadUnsafe(ref wr, (nuint)i), acc);
+            return Reduce4(acc, acc, acc, acc).ToScalar();
         }
-        for (; i < n; i++) sum += Unsafe.Add(ref wr, i) * R.Load1(ref codes, first + i);
+        float sum = 0;
+        for (int i = 0; i < n; i++) sum += Unsafe.Add(ref wr, i) * R.Load1(ref codes, first + i);
         return sum;
     }
 
-    /// <summary>dst[i] = x[first + i] (widens stored parameters; first must be a multiple of 8 for the vector path).</summary>
+    /// <summary>Four token rows, one weight vector: lane k = Σ_i w[i] · x[first + k·stride + i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Dot4Rows(bool simd, ref byte codes, int first, int stride, ReadOnlySpan<float> w)
+    {
+        int n = w.Length;
+        if (!Vectorizable(simd, first, stride, n))
+            return Vector128.Create(Dot(simd, ref codes, first, w), Dot(simd, ref codes, first + stride, w),
+                Dot(simd, ref codes, first + 2 * stride, w), Dot(simd, ref codes, first + 3 * stride, w));
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 8)
+        {
+            var wv = Vector256.LoadUnsafe(ref wr, (nuint)i);
+            a0 = Fma.MultiplyAdd(R.Load8(ref codes, first + i), wv, a0);
+            a1 = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), wv, a1);
+            a2 = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), wv, a2);
+            a3 = Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), wv, a3);
+        }
+        return Reduce4(a0, a1, a2, a3);
+    }
+
+    /// <summary>One token row, four weight vectors w[k·wStride ..]: lane k = Σ_i w[k·wStride + i] · x[first + i], i &lt; n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Dot4Queries(bool simd, ref byte codes, int first, ReadOnlySpan<float> w, int wStride, int n)
+    {
+        if (!Vectorizable(simd, first, wStride, n))
+            return Vector128.Create(Dot(simd, ref codes, first, w.Slice(0, n)), Dot(simd, ref codes, first, w.Slice(wStride, n)),
+                Dot(simd, ref codes, first, w.Slice(2 * wStride, n)), Dot(simd, ref codes, first, w.Slice(3 * wStride, n)));
+        _ = w[3 * wStride + n - 1];
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 8)
+        {
+            var x = R.Load8(ref codes, first + i);
+            a0 = Fma.MultiplyAdd(x, Vector256.LoadUnsafe(ref wr, (nuint)i), a0);
+            a1 = Fma.MultiplyAdd(x, Vector256.LoadUnsafe(ref wr, (nuint)(wStride + i)), a1);
+            a2 = Fma.MultiplyAdd(x, Vector256.LoadUnsafe(ref wr, (nuint)(2 * wStride + i)), a2);
+            a3 = Fma.MultiplyAdd(x, Vector256.LoadUnsafe(ref wr, (nuint)(3 * wStride + i)), a3);
+        }
+        return Reduce4(a0, a1, a2, a3);
+    }
+
+    /// <summary>dst[i] = x[first + i] (widens stored parameters).</summary>
     public static void Widen(bool simd, ref byte codes, int first, Span<float> dst)
     {
         int n = dst.Length, i = 0;
@@ -46,134 +100,140 @@ internal static class RowKernels<R> where R : struct, IElementReader
         for (; i < n; i++) Unsafe.Add(ref dr, i) = R.Load1(ref codes, first + i);
     }
 
-    /// <summary>acc[i] += a · x[first + i] + b.</summary>
+    /// <summary>acc[i] += a · x[first + i] + b (computed as fma(x, a, acc + b)).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Axpy(bool simd, ref byte codes, int first, float a, float b, Span<float> acc)
     {
-        int n = acc.Length, i = 0;
+        int n = acc.Length;
         ref float ar = ref MemoryMarshal.GetReference(acc);
-        if (simd && (first & 7) == 0)
+        if (Vectorizable(simd, first, 0, n))
         {
             var va = Vector256.Create(a);
             var vb = Vector256.Create(b);
-            for (; i + 8 <= n; i += 8)
-            {
-                var y = Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), vb);
-                Fma.MultiplyAdd(R.Load8(ref codes, first + i), va, y).StoreUnsafe(ref ar, (nuint)i);
-            }
+            for (int i = 0; i < n; i += 8)
+                Fma.MultiplyAdd(R.Load8(ref codes, first + i), va, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), vb)).StoreUnsafe(ref ar, (nuint)i);
+            return;
         }
-        for (; i < n; i++) Unsafe.Add(ref ar, i) += a * R.Load1(ref codes, first + i) + b;
+        for (int i = 0; i < n; i++) Unsafe.Add(ref ar, i) = MathF.FusedMultiplyAdd(R.Load1(ref codes, first + i), a, Unsafe.Add(ref ar, i) + b);
     }
 
-    /// <summary>acc[i] += w · (min[i] + step[i] · x[first + i]) (per-channel parameters).</summary>
+    /// <summary>Four token rows added in order: for k = 0..3, acc[i] = fma(x[first + k·stride + i], a[k], acc[i] + b[k]).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Axpy4Rows(bool simd, ref byte codes, int first, int stride, Vector128<float> a, Vector128<float> b, Span<float> acc)
+    {
+        int n = acc.Length;
+        if (!Vectorizable(simd, first, stride, n))
+        {
+            for (int k = 0; k < 4; k++) Axpy(simd, ref codes, first + k * stride, a[k], b[k], acc);
+            return;
+        }
+        ref float ar = ref MemoryMarshal.GetReference(acc);
+        Vector256<float> a0 = Vector256.Create(a[0]), a1 = Vector256.Create(a[1]), a2 = Vector256.Create(a[2]), a3 = Vector256.Create(a[3]);
+        Vector256<float> b0 = Vector256.Create(b[0]), b1 = Vector256.Create(b[1]), b2 = Vector256.Create(b[2]), b3 = Vector256.Create(b[3]);
+        for (int i = 0; i < n; i += 8)
+        {
+            var y = Vector256.LoadUnsafe(ref ar, (nuint)i);
+            y = Fma.MultiplyAdd(R.Load8(ref codes, first + i), a0, Avx.Add(y, b0));
+            y = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), a1, Avx.Add(y, b1));
+            y = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), a2, Avx.Add(y, b2));
+            Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), a3, Avx.Add(y, b3)).StoreUnsafe(ref ar, (nuint)i);
+        }
+    }
+
+    /// <summary>One token row into four accumulators acc[k·stride ..]: acc[k·stride + i] = fma(x[first + i], a[k], acc[k·stride + i] + b[k]), i &lt; n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Axpy4Queries(bool simd, ref byte codes, int first, Vector128<float> a, Vector128<float> b, Span<float> acc, int stride, int n)
+    {
+        if (!Vectorizable(simd, first, stride, n))
+        {
+            for (int k = 0; k < 4; k++) Axpy(simd, ref codes, first, a[k], b[k], acc.Slice(k * stride, n));
+            return;
+        }
+        _ = acc[3 * stride + n - 1];
+        ref float ar = ref MemoryMarshal.GetReference(acc);
+        Vector256<float> a0 = Vector256.Create(a[0]), a1 = Vector256.Create(a[1]), a2 = Vector256.Create(a[2]), a3 = Vector256.Create(a[3]);
+        Vector256<float> b0 = Vector256.Create(b[0]), b1 = Vector256.Create(b[1]), b2 = Vector256.Create(b[2]), b3 = Vector256.Create(b[3]);
+        for (int i = 0; i < n; i += 8)
+        {
+            var x = R.Load8(ref codes, first + i);
+            Fma.MultiplyAdd(x, a0, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), b0)).StoreUnsafe(ref ar, (nuint)i);
+            Fma.MultiplyAdd(x, a1, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(stride + i)), b1)).StoreUnsafe(ref ar, (nuint)(stride + i));
+            Fma.MultiplyAdd(x, a2, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(2 * stride + i)), b2)).StoreUnsafe(ref ar, (nuint)(2 * stride + i));
+            Fma.MultiplyAdd(x, a3, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(3 * stride + i)), b3)).StoreUnsafe(ref ar, (nuint)(3 * stride + i));
+        }
+    }
+
+    /// <summary>acc[i] = fma(fma(x[first + i], step[i], min[i]), w, acc[i]) (per-channel parameters).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AxpyAffine(bool simd, ref byte codes, int first, float w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc)
     {
-        int n = acc.Length, i = 0;
+        int n = acc.Length;
         ref float ar = ref MemoryMarshal.GetReference(acc);
         ref float mr = ref MemoryMarshal.GetReference(min);
         ref float sr = ref MemoryMarshal.GetReference(step);
-        if (simd && (first & 7) == 0)
+        if (Vectorizable(simd, first, 0, n))
         {
             var vw = Vector256.Create(w);
-            for (; i + 8 <= n; i += 8)
+            for (int i = 0; i < n; i += 8)
             {
                 var v = Fma.MultiplyAdd(R.Load8(ref codes, first + i), Vector256.LoadUnsafe(ref sr, (nuint)i), Vector256.LoadUnsafe(ref mr, (nuint)i));
                 Fma.MultiplyAdd(v, vw, Vector256.LoadUnsafe(ref ar, (nuint)i)).StoreUnsafe(ref ar, (nuint)i);
             }
-        }
-        for (; i < n; i++) Unsafe.Add(ref ar, i) += w * (Unsafe.Add(ref mr, i) + Unsafe.Add(ref sr, i) * R.Load1(ref codes, first + i));
-    }
-}
-
-/// <summary>
-/// Four consecutive token rows at once (rows first, first + stride, ...): the weight vector or accumulator is
-/// loaded once per 8 channels for four rows, and four dot products share one horizontal reduction.
-/// </summary>
-internal static class RowKernels4<R> where R : struct, IElementReader
-{
-    /// <summary>result[k] = Σ_i w[i] · x[first + k·stride + i], k &lt; 4.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Dot(bool simd, ref byte codes, int first, int stride, ReadOnlySpan<float> w)
-    {
-        int n = w.Length;
-        if (!simd || ((first | stride | n) & 7) != 0)
-            return Vector128.Create(
-                RowKernels<R>.Dot(simd, ref codes, first, w), RowKernels<R>.Dot(simd, ref codes, first + stride, w),
-                RowKernels<R>.Dot(simd, ref codes, first + 2 * stride, w), RowKernels<R>.Dot(simd, ref codes, first + 3 * stride, w));
-        ref float wr = ref MemoryMarshal.GetReference(w);
-        var a0 = Vector256<float>.Zero;
-        var a1 = Vector256<float>.Zero;
-        var a2 = Vector256<float>.Zero;
-        var a3 = Vector256<float>.Zero;
-        for (int i = 0; i < n; i += 8)
-        {
-            var wv = Vector256.LoadUnsafe(ref wr, (nuint)i);
-            a0 = Fma.MultiplyAdd(R.Load8(ref codes, first + i), wv, a0);
-            a1 = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), wv, a1);
-            a2 = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), wv, a2);
-            a3 = Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), wv, a3);
-        }
-        // hadd pairs twice: lane k of each 128-bit half then holds half of row k's sum.
-        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
-        return Sse.Add(h.GetLower(), h.GetUpper());
-    }
-
-    /// <summary>acc[i] += Σ_k a[k] · x[first + k·stride + i] + b, k &lt; 4.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy(bool simd, ref byte codes, int first, int stride, Vector128<float> a, float b, Span<float> acc)
-    {
-        int n = acc.Length;
-        if (!simd || ((first | stride | n) & 7) != 0)
-        {
-            RowKernels<R>.Axpy(simd, ref codes, first, a[0], b, acc);
-            RowKernels<R>.Axpy(simd, ref codes, first + stride, a[1], 0f, acc);
-            RowKernels<R>.Axpy(simd, ref codes, first + 2 * stride, a[2], 0f, acc);
-            RowKernels<R>.Axpy(simd, ref codes, first + 3 * stride, a[3], 0f, acc);
             return;
         }
-        ref float ar = ref MemoryMarshal.GetReference(acc);
-        var a0 = Vector256.Create(a[0]);
-        var a1 = Vector256.Create(a[1]);
-        var a2 = Vector256.Create(a[2]);
-        var a3 = Vector256.Create(a[3]);
-        var vb = Vector256.Create(b);
-        for (int i = 0; i < n; i += 8)
-        {
-            var y = Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), vb);
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + i), a0, y);
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), a1, y);
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), a2, y);
-            Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), a3, y).StoreUnsafe(ref ar, (nuint)i);
-        }
+        for (int i = 0; i < n; i++)
+            Unsafe.Add(ref ar, i) = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(R.Load1(ref codes, first + i), Unsafe.Add(ref sr, i), Unsafe.Add(ref mr, i)), w, Unsafe.Add(ref ar, i));
     }
 
-    /// <summary>acc[i] += (Σ_k w[k]) · min[i] + step[i] · Σ_k w[k] · x[first + k·stride + i], k &lt; 4 (per-channel parameters).</summary>
+    /// <summary>Four token rows added in order with per-channel parameters (as four <see cref="AxpyAffine"/> calls).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void AxpyAffine(bool simd, ref byte codes, int first, int stride, Vector128<float> w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc)
+    public static void AxpyAffine4Rows(bool simd, ref byte codes, int first, int stride, Vector128<float> w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc)
     {
         int n = acc.Length;
-        if (!simd || ((first | stride | n) & 7) != 0)
+        if (!Vectorizable(simd, first, stride, n))
         {
-            for (int k = 0; k < 4; k++) RowKernels<R>.AxpyAffine(simd, ref codes, first + k * stride, w[k], min, step, acc);
+            for (int k = 0; k < 4; k++) AxpyAffine(simd, ref codes, first + k * stride, w[k], min, step, acc);
             return;
         }
         ref float ar = ref MemoryMarshal.GetReference(acc);
         ref float mr = ref MemoryMarshal.GetReference(min);
         ref float sr = ref MemoryMarshal.GetReference(step);
-        var w0 = Vector256.Create(w[0]);
-        var w1 = Vector256.Create(w[1]);
-        var w2 = Vector256.Create(w[2]);
-        var w3 = Vector256.Create(w[3]);
-        var total = Vector256.Create(Vector128.Sum(w));
+        Vector256<float> w0 = Vector256.Create(w[0]), w1 = Vector256.Create(w[1]), w2 = Vector256.Create(w[2]), w3 = Vector256.Create(w[3]);
         for (int i = 0; i < n; i += 8)
         {
-            var x = Avx.Multiply(R.Load8(ref codes, first + i), w0);
-            x = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), w1, x);
-            x = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), w2, x);
-            x = Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), w3, x);
-            var y = Fma.MultiplyAdd(Vector256.LoadUnsafe(ref mr, (nuint)i), total, Vector256.LoadUnsafe(ref ar, (nuint)i));
-            Fma.MultiplyAdd(x, Vector256.LoadUnsafe(ref sr, (nuint)i), y).StoreUnsafe(ref ar, (nuint)i);
+            var s = Vector256.LoadUnsafe(ref sr, (nuint)i);
+            var m = Vector256.LoadUnsafe(ref mr, (nuint)i);
+            var y = Vector256.LoadUnsafe(ref ar, (nuint)i);
+            y = Fma.MultiplyAdd(Fma.MultiplyAdd(R.Load8(ref codes, first + i), s, m), w0, y);
+            y = Fma.MultiplyAdd(Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), s, m), w1, y);
+            y = Fma.MultiplyAdd(Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), s, m), w2, y);
+            Fma.MultiplyAdd(Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), s, m), w3, y).StoreUnsafe(ref ar, (nuint)i);
+        }
+    }
+
+    /// <summary>One token row into four accumulators with per-channel parameters: v = fma(x, step, min) once, acc_k = fma(v, w[k], acc_k).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AxpyAffine4Queries(bool simd, ref byte codes, int first, Vector128<float> w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc, int stride)
+    {
+        int n = min.Length;
+        if (!Vectorizable(simd, first, stride, n))
+        {
+            for (int k = 0; k < 4; k++) AxpyAffine(simd, ref codes, first, w[k], min, step, acc.Slice(k * stride, n));
+            return;
+        }
+        _ = acc[3 * stride + n - 1];
+        _ = step[n - 1];
+        ref float ar = ref MemoryMarshal.GetReference(acc);
+        ref float mr = ref MemoryMarshal.GetReference(min);
+        ref float sr = ref MemoryMarshal.GetReference(step);
+        Vector256<float> w0 = Vector256.Create(w[0]), w1 = Vector256.Create(w[1]), w2 = Vector256.Create(w[2]), w3 = Vector256.Create(w[3]);
+        for (int i = 0; i < n; i += 8)
+        {
+            var v = Fma.MultiplyAdd(R.Load8(ref codes, first + i), Vector256.LoadUnsafe(ref sr, (nuint)i), Vector256.LoadUnsafe(ref mr, (nuint)i));
+            Fma.MultiplyAdd(v, w0, Vector256.LoadUnsafe(ref ar, (nuint)i)).StoreUnsafe(ref ar, (nuint)i);
+            Fma.MultiplyAdd(v, w1, Vector256.LoadUnsafe(ref ar, (nuint)(stride + i))).StoreUnsafe(ref ar, (nuint)(stride + i));
+            Fma.MultiplyAdd(v, w2, Vector256.LoadUnsafe(ref ar, (nuint)(2 * stride + i))).StoreUnsafe(ref ar, (nuint)(2 * stride + i));
+            Fma.MultiplyAdd(v, w3, Vector256.LoadUnsafe(ref ar, (nuint)(3 * stride + i))).StoreUnsafe(ref ar, (nuint)(3 * stride + i));
         }
     }
 }

@@ -102,10 +102,15 @@ public class BlockAttentionTests
         for (int c = 0; c < 256; c++) Assert.Equal(ScalarFormats.FromFp8E4M3(codes[c]), acc8[c]);
     }
 
-    [Fact]
-    public void QueryGroupEqualsOneCallPerQuery()
+    [Theory]
+    [InlineData(4, false)]
+    [InlineData(5, false)]
+    [InlineData(2, false)]
+    [InlineData(5, true)]
+    public void QueryGroupEqualsOneCallPerQueryBitForBit(int g, bool scalar)
     {
-        const int d = 128, g = 4, tokens = 27;
+        using var _ = new ScalarScope(scalar);
+        const int d = 128, tokens = 27;
         foreach (var layout in Layouts(32, d))
         {
             var block = Encode(layout, Rows(31, tokens, d), tokens);
@@ -113,14 +118,15 @@ public class BlockAttentionTests
             var scores = new float[g * tokens];
             BlockAttention.Scores(layout, block, tokens, q, g, scores);
             var w = Gaussians(33, g * tokens).Select(MathF.Abs).ToArray();
-            var acc = new float[g * d];
+            var acc0 = Gaussians(34, g * d);
+            var acc = (float[])acc0.Clone();
             BlockAttention.AccumulateValues(layout, block, tokens, w, g, acc);
             for (int i = 0; i < g; i++)
             {
                 var one = new float[tokens];
                 BlockAttention.Scores(layout, block, tokens, q.AsSpan(i * d, d), one);
                 Assert.Equal(one, scores.AsSpan(i * tokens, tokens).ToArray());
-                var accOne = new float[d];
+                var accOne = acc0.AsSpan(i * d, d).ToArray();
                 BlockAttention.AccumulateValues(layout, block, tokens, w.AsSpan(i * tokens, tokens), accOne);
                 Assert.Equal(accOne, acc.AsSpan(i * d, d).ToArray());
             }
