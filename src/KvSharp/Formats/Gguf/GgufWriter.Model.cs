@@ -145,12 +145,13 @@ public sealed unsafe partial class GgufWriter
 
     /// <summary>
     /// A valid but meaningless SentencePiece-style vocabulary of <paramref name="size"/> tokens (unk, BOS, EOS,
-    /// 256 byte tokens, then "▁tok{i}"), so a model without its own GGUF vocabulary (dummy weights, a
+    /// 256 byte tokens when they fit, then "▁tok{i}"), so a model without its own GGUF vocabulary (dummy weights, a
     /// Hugging Face checkpoint whose tokenizer.json cannot be expressed here) still loads in llama.cpp.
     /// </summary>
     private static void WritePlaceholderVocabulary(GgufWriter w, int size)
     {
-        if (size < 259) throw new KvSharpException($"a placeholder vocabulary needs at least 259 tokens, the model has {size}");
+        if (size < 3) return; // too small for unk/BOS/EOS: leave the file without a vocabulary
+        bool bytes = size >= 259; // byte-fallback tokens only when they fit
         var tokens = new string[size];
         var scores = new float[size];
         var types = new int[size];
@@ -161,7 +162,7 @@ public sealed unsafe partial class GgufWriter
                 0 => ("<unk>", 2),
                 1 => ("<s>", 3),
                 2 => ("</s>", 3),
-                < 259 => ($"<0x{i - 3:X2}>", 6),
+                < 259 when bytes => ($"<0x{i - 3:X2}>", 6),
                 _ => ($"\u2581tok{i}", 1),
             };
             scores[i] = -i;
