@@ -243,4 +243,35 @@ public class MatMulTests
             Assert.Throws<ArgumentException>(() => Kernels.MatMul(w.View, x, new float[3], 1));
         }
     }
+
+    /// <summary>
+    /// F16 decode's scaled widening (FloatDot.F16x4Scaled): subnormal and extreme weights, and activations
+    /// so large that the 2^112 pre-scale must back off, still give the float64 product.
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(3e4)]
+    [InlineData(1e9)]
+    [InlineData(1e-30)]
+    public void F16DecodeHandlesSubnormalWeightsAndExtremeActivations(double activationScale)
+    {
+        const int rows = 13, cols = 100; // 4-row blocks, a 1-row rest, and a scalar tail of 4 columns
+        var rng = new Random(11);
+        var halves = new Half[rows * cols];
+        for (int i = 0; i < halves.Length; i++)
+        {
+            halves[i] = (i % 5) switch
+            {
+                0 => BitConverter.UInt16BitsToHalf((ushort)rng.Next(1, 0x400)),            // positive subnormal
+                1 => BitConverter.UInt16BitsToHalf((ushort)(0x8000 | rng.Next(1, 0x400))), // negative subnormal
+                2 => (Half)(rng.NextDouble() * 120000 - 60000),                              // near the f16 limit
+                _ => (Half)(rng.NextDouble() * 2 - 1),
+            };
+        }
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
+        var w = new TestTensor(GgmlType.F16, rows, cols, bytes);
+        var x = TestTensor.RandomValues(rng, cols, activationScale);
+        var wd = halves.Select(h => (double)h).ToArray();
+        CheckAgainstNaive(GgmlType.F16, rows, cols, 1, Run(w.View, x, 1, MatMulCpu.SimdLevel.Avx2), wd, x);
+    }
 }

@@ -231,6 +231,23 @@ internal static unsafe class MatMulCpu
                         : FloatDot.Half16Scalar(w + r * stride, j->X + (long)t * cols, cols, bf16);
             return;
         }
+        if (n == 1 && !bf16 && j->Level == SimdLevel.Avx2)
+        {
+            // F16 decode: activations pre-scaled once per chunk so the weights widen in 3 ops (FloatDot.F16x4Scaled).
+            int k = FloatDot.F16ActivationScaleExponent(j->X, cols);
+            float* xs = (float*)Scratch.ForWorker().Get(4L * cols);
+            System.Numerics.Tensors.TensorPrimitives.Multiply(new ReadOnlySpan<float>(j->X, cols), MathF.ScaleB(1f, k), new Span<float>(xs, cols));
+            float unscale = MathF.ScaleB(1f, 112 - k);
+            float* tmp = stackalloc float[4];
+            int r = r0;
+            for (; r + 4 <= r1; r += 4)
+            {
+                FloatDot.F16x4Scaled(w + r * stride, stride, xs, j->X, cols, unscale, tmp);
+                for (int q = 0; q < 4; q++) j->Y[r + q] = tmp[q];
+            }
+            for (; r < r1; r++) j->Y[r] = FloatDot.Half16x1(w + r * stride, j->X, cols, bf16);
+            return;
+        }
         if (n == 1)
         {
             float* tmp = stackalloc float[4];
