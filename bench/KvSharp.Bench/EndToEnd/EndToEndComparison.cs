@@ -45,7 +45,7 @@ internal static class EndToEndComparison
         string configs = Path.Combine(FindRepo(), "bench", "configs");
         var cases = new List<Case>
         {
-            new("stories260K (real)", t => Real("stories260k", Path.Combine(shared, "models", "stories260k", "stories260K.gguf"), t), 128, 128),
+            new("stories260K (real)", t => Real("stories260k", Path.Combine(shared, "models", "stories260k", "stories260K.gguf"), t), 128, 256),
             new("kvsharp-needle-16m (real), 4K context", t => Real("needle16m", Path.Combine(shared, "models", "kvsharp-needle-16m"), t), quick ? 512 : 4000, 64),
             new("SmolLM2-135M shape (dummy)", t => Dummy("smollm2-135m", Path.Combine(configs, "smollm2-135m.json"), t), quick ? 64 : 256, quick ? 16 : 32),
             new("Qwen2.5-0.5B shape (dummy)", t => Dummy("qwen2.5-0.5b", Path.Combine(configs, "qwen2.5-0.5b.json"), t), quick ? 64 : 256, quick ? 8 : 16),

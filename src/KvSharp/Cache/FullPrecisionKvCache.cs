@@ -11,6 +11,9 @@ public sealed class FullPrecisionKvCache : IKvCache
     private readonly int[] _layerLength;
     private readonly float _scale;
 
+    [ThreadStatic] private static float[]? t_scores;
+    [ThreadStatic] private static float[]? t_acc;
+
     /// <summary>Creates an empty cache for a model of the given shape holding at most <paramref name="maxTokens"/>.</summary>
     public FullPrecisionKvCache(int layers, int heads, int kvHeads, int headDim, int maxTokens)
     {
@@ -84,18 +87,26 @@ public sealed class FullPrecisionKvCache : IKvCache
         var o = new float[count * qRow];
         // One job per (query token, KV head): the group's query heads are contiguous in q, so they
         // form one [group, headDim] block attended together.
-        Compute.Cpu.CpuThreads.For(count * _kvHeads, 1, (start, end) =>
+        // Small attentions (short contexts, tiny heads) run on the calling thread: a dispatch costs more than it saves.
+        long work = (long)count * _heads * hd * (firstPosition + count);
+        Compute.Cpu.CpuThreads.For(count * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
         {
-            var scores = new float[group * (firstPosition + count)];
+            // Per-thread scratch: scores, and the group's output accumulated locally and copied once, because
+            // neighbouring jobs' outputs share cache lines and per-key stores into them would ping-pong
+            // between cores.
+            int need = group * (firstPosition + count);
+            var scores = t_scores is { } sc && sc.Length >= need ? sc : (t_scores = new float[Math.Max(need, 1024)]);
+            var acc = t_acc is { } ac && ac.Length >= group * hd ? ac : (t_acc = new float[group * hd]);
             for (int job = start; job < end; job++)
             {
                 int t = job / _kvHeads, g = job % _kvHeads;
                 int slot = layer * _kvHeads + g;
                 int visible = firstPosition + t + 1; // causal: keys at positions 0..pos
+                var local = acc.AsSpan(0, group * hd);
                 FullPrecisionAttention.Attend(
                     new ReadOnlySpan<float>(q, t * qRow + g * group * hd, group * hd), group,
-                    _keys[slot], _values[slot], visible, hd, _scale, scores,
-                    new Span<float>(o, t * qRow + g * group * hd, group * hd));
+                    _keys[slot], _values[slot], visible, hd, _scale, scores, local);
+                local.CopyTo(new Span<float>(o, t * qRow + g * group * hd, group * hd));
             }
         });
         o.CopyTo(output);

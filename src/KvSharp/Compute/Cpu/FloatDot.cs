@@ -118,7 +118,22 @@ internal static unsafe class FloatDot
     {
         ushort* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
         var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
         int i = 0;
+        // Two independent accumulator sets (16 weights per row per pass) keep more loads in flight.
+        for (; i + 16 <= n; i += 16)
+        {
+            var xv = Avx.LoadVector256(xs + i);
+            var xw = Avx.LoadVector256(xs + i + 8);
+            a0 = Fma.MultiplyAdd(HalfBitsScaled(w0 + i), xv, a0);
+            a1 = Fma.MultiplyAdd(HalfBitsScaled(w1 + i), xv, a1);
+            a2 = Fma.MultiplyAdd(HalfBitsScaled(w2 + i), xv, a2);
+            a3 = Fma.MultiplyAdd(HalfBitsScaled(w3 + i), xv, a3);
+            b0 = Fma.MultiplyAdd(HalfBitsScaled(w0 + i + 8), xw, b0);
+            b1 = Fma.MultiplyAdd(HalfBitsScaled(w1 + i + 8), xw, b1);
+            b2 = Fma.MultiplyAdd(HalfBitsScaled(w2 + i + 8), xw, b2);
+            b3 = Fma.MultiplyAdd(HalfBitsScaled(w3 + i + 8), xw, b3);
+        }
         for (; i + 8 <= n; i += 8)
         {
             var xv = Avx.LoadVector256(xs + i);
@@ -127,6 +142,7 @@ internal static unsafe class FloatDot
             a2 = Fma.MultiplyAdd(HalfBitsScaled(w2 + i), xv, a2);
             a3 = Fma.MultiplyAdd(HalfBitsScaled(w3 + i), xv, a3);
         }
+        a0 += b0; a1 += b1; a2 += b2; a3 += b3;
         float s0 = Vector256.Sum(a0) * unscale, s1 = Vector256.Sum(a1) * unscale, s2 = Vector256.Sum(a2) * unscale, s3 = Vector256.Sum(a3) * unscale;
         for (; i < n; i++)
         {
