@@ -14,7 +14,6 @@ internal static class Program
             e.Cancel = true;
             cancel.Cancel();
         };
-        // The engine is wired here: replace UnwiredEngine with the engine's IEngineFacade implementation.
         var context = new CliContext(new KvSharp.Cli.Engine.EngineFacade(Console.Error), Console.In, Console.Out, Console.Error, cancel.Token);
         return KvSharpCommandLine.Run(args, context);
     }

@@ -61,18 +61,3 @@ public interface IEngineFacade
     /// <summary>Loads the model for an interactive conversation.</summary>
     IChatSession OpenChat(ChatRequest request, CancellationToken cancellation);
 }
-
-/// <summary>Placeholder used until the engine is wired into <c>Program</c>: every command reports that clearly.</summary>
-public sealed class UnwiredEngine : IEngineFacade
-{
-    private static KvSharpException NotYet() => new("the inference engine is not wired into the command line yet");
-
-    /// <inheritdoc/>
-    public void Info(ModelSource model, TextWriter output) => throw NotYet();
-
-    /// <inheritdoc/>
-    public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation) => throw NotYet();
-
-    /// <inheritdoc/>
-    public IChatSession OpenChat(ChatRequest request, CancellationToken cancellation) => throw NotYet();
-}
