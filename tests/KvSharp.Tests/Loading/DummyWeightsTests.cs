@@ -93,7 +93,7 @@ public unsafe class DummyWeightsTests
     {
         var x = Enumerable.Range(0, 32).Select(i => (float)(i - 16)).ToArray();
         var blk = new byte[34];
-        fixed (byte* p = blk) GgmlQuantize.Q8_0Block(x, p);
+        Quantize.Row(GgmlType.Q8_0, x, blk);
         Assert.Equal((Half)(16f / 127), BitConverter.ToHalf(blk, 0));
         Assert.Equal(-127, (sbyte)blk[2]);      // -16 * 127/16
         Assert.Equal(-119, (sbyte)blk[3]);      // -15 * 7.9375 = -119.06
@@ -101,7 +101,7 @@ public unsafe class DummyWeightsTests
         Assert.Equal(119, (sbyte)blk[2 + 31]);  // 15 * 7.9375
 
         var b4 = new byte[18];
-        fixed (byte* p = b4) GgmlQuantize.Q4_0Block(x, p);
+        Quantize.Row(GgmlType.Q4_0, x, b4);
         Assert.Equal((Half)2f, BitConverter.ToHalf(b4, 0)); // largest magnitude -16, d = -16 / -8
         Assert.Equal(0x80, b4[2]);  // x0=-16 -> 0, x16=0 -> 8
         Assert.Equal(0xF8, b4[2 + 15]); // x15=-1 -> trunc(-0.5+8.5)=8, x31=15 -> min(15, trunc(16)) = 15

@@ -1,4 +1,5 @@
 using System.Text;
+using KvSharp.Compute.Cpu;
 using KvSharp.Formats;
 
 namespace KvSharp.Models.Loading;
@@ -30,7 +31,7 @@ public static unsafe class DummyWeights
     /// </summary>
     public static ModelWeights Create(ModelConfig config, GgmlType type, int seed)
     {
-        if (!GgmlQuantize.CanWrite(type))
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0))
             throw new KvSharpException($"dummy weights: type {type} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0)");
         config.Validate("dummy weights config");
         var memory = new NativeTensorMemory();
@@ -77,7 +78,7 @@ public static unsafe class DummyWeights
                 int n = Math.Min(values.Length, count - off);
                 var v = values.Slice(0, n);
                 Fill(v, ref state, kind);
-                GgmlQuantize.Row(type, v, data + (start + off) / blockSize * blockBytes);
+                Quantize.Row(type, v, new Span<byte>(data + (start + off) / blockSize * blockBytes, n / blockSize * blockBytes));
             }
         });
         return new TensorView(name, type, shape, data, bytes);

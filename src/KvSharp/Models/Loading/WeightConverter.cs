@@ -13,7 +13,7 @@ public static unsafe class WeightConverter
     /// <summary>A copy of <paramref name="source"/> with matrices in <paramref name="type"/>.</summary>
     public static ModelWeights Convert(ModelWeights source, GgmlType type)
     {
-        if (!GgmlQuantize.CanWrite(type)) throw new KvSharpException($"cannot convert weights to {type}");
+        if (!Quantize.IsSupported(type)) throw new KvSharpException($"cannot convert weights to {type}");
         var memory = new NativeTensorMemory();
         try
         {
@@ -27,7 +27,7 @@ public static unsafe class WeightConverter
                 for (long r = 0; r < t.Rows; r++)
                 {
                     Dequantize.Row(t, r, row);
-                    GgmlQuantize.Row(target, row, dst + r * rowBytes);
+                    Quantize.Row(target, row, new Span<byte>(dst + r * rowBytes, (int)rowBytes));
                 }
                 tensors[name] = new TensorView(name, target, t.Shape, dst, rowBytes * t.Rows);
             }
