@@ -145,7 +145,7 @@ public sealed unsafe partial class GgufWriter
 
     /// <summary>
     /// A valid but meaningless SentencePiece-style vocabulary of <paramref name="size"/> tokens (unk, BOS, EOS,
-    /// 256 byte tokens when they fit, then "▁tok{i}"), so a model without its own GGUF vocabulary (dummy weights, a
+    /// 256 byte tokens when they fit, "▁", then "▁tok{i}"), so a model without its own GGUF vocabulary (dummy weights, a
     /// Hugging Face checkpoint whose tokenizer.json cannot be expressed here) still loads in llama.cpp.
     /// </summary>
     private static void WritePlaceholderVocabulary(GgufWriter w, int size)
@@ -163,6 +163,7 @@ public sealed unsafe partial class GgufWriter
                 1 => ("<s>", 3),
                 2 => ("</s>", 3),
                 < 259 when bytes => ($"<0x{i - 3:X2}>", 6),
+                259 => ("\u2581", 1), // the space piece, so text round-trips through byte fallback
                 _ => ($"\u2581tok{i}", 1),
             };
             scores[i] = -i;
