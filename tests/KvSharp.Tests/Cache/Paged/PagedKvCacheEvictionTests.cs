@@ -152,13 +152,17 @@ public class PagedKvCacheEvictionTests
 
     /// <summary>
     /// 200 random operations (append 1..40, evict random subsets of random heads, truncate, fork and dispose one side)
-    /// against the reference model, comparing stored positions and attention after every step.
+    /// against the reference model, comparing stored positions and attention after every step. Float formats get
+    /// inputs they represent exactly, so the reference is exact; Int8 is compared within a tolerance derived from
+    /// its step: a 32-token group of unit Gaussians spans about ±2.5, one step is 5/255 ≈ 0.02, eviction may
+    /// quantize twice, and the output error stays within a few steps (0.05; observed ≈ 0.015).
     /// </summary>
     [Theory]
-    [InlineData(KvFormat.F32)]
-    [InlineData(KvFormat.F16)]
-    [InlineData(KvFormat.Fp8E4M3)]
-    public void RandomOperations_MatchReferenceModel(KvFormat format)
+    [InlineData(KvFormat.F32, 1e-5)]
+    [InlineData(KvFormat.F16, 1e-5)]
+    [InlineData(KvFormat.Fp8E4M3, 1e-5)]
+    [InlineData(KvFormat.Int8, 0.05)]
+    public void RandomOperations_MatchReferenceModel(KvFormat format, double tolerance)
     {
         var rng = new Random(77 + (int)format);
         var (cache, reference) = Build(format, rng, 10, layers: 2);
@@ -196,7 +200,7 @@ public class PagedKvCacheEvictionTests
                     if (rng.Next(2) == 0) { cache.Dispose(); cache = fork; reference = forkReference; what = "fork, keep child"; }
                     else { fork.Dispose(); what = "fork, keep parent"; }
                 }
-                AssertAttention(cache, reference, rng, $"step {step} ({what})");
+                AssertAttention(cache, reference, rng, $"step {step} ({what})", tolerance);
                 Assert.Equal(reference.Heads_.Sum(h => (long)h.Count), cache.StoredTokens);
             }
         }
