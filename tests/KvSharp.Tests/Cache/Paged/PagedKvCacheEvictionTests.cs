@@ -128,6 +128,29 @@ public class PagedKvCacheEvictionTests
         parent.Attend(0, Gaussians(rng, QRow), 1, 109, new float[QRow]); // pools outlive the child
     }
 
+    /// <summary>
+    /// Copy-on-write: evicting (by mask) in a fork rebuilds only the fork's affected blocks; the parent still attends
+    /// over all its tokens, and the pools hold the shared blocks once plus the fork's fresh ones.
+    /// </summary>
+    [Fact]
+    public void EvictInFork_LeavesParentIntact()
+    {
+        var rng = new Random(41);
+        var (parent, reference) = Build(KvFormat.BF16, rng, 96); // 3 blocks per head
+        using var _ = parent;
+        using var child = parent.Fork();
+        var childReference = reference.Clone();
+        long blocks = parent.PoolLiveBlocks;
+        var mask = new bool[96];
+        mask[40] = mask[41] = true; // inside block 1 of head 0: that block is re-encoded for the child only
+        child.Evict(0, 0, mask);
+        childReference.Evict(0, 0, new HashSet<int> { 40, 41 });
+        Assert.Equal(blocks + 2, parent.PoolLiveBlocks); // one new key + value block; the old pair stays with the parent
+        AssertAttention(parent, reference, rng, "parent after the fork's eviction");
+        AssertAttention(child, childReference, rng, "fork after eviction");
+        Assert.Throws<ArgumentException>(() => child.Evict(0, 0, new bool[3]));
+    }
+
     /// <summary>Truncate then append: equals a fresh cache of the shorter history plus the new tokens; freed blocks leave the pool.</summary>
     [Fact]
     public void Truncate_EqualsFreshHistory_AndFreesBlocks()
