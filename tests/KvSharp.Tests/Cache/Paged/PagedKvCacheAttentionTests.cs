@@ -49,12 +49,21 @@ public class PagedKvCacheAttentionTests
     /// </summary>
     [Theory]
     [MemberData(nameof(Formats))]
-    public void Format_EqualsFloat64OverDecodedBlocks(KvFormat format)
+    public void Format_EqualsFloat64OverDecodedBlocks(KvFormat format) => AssertEqualsDecoded(format, format);
+
+    /// <summary>Keys and values in different formats (separate pools when their block sizes differ).</summary>
+    [Theory]
+    [InlineData(KvFormat.Int2, KvFormat.Int4)]
+    [InlineData(KvFormat.Fp8E4M3, KvFormat.Ternary)]
+    [InlineData(KvFormat.Binary, KvFormat.F16)]
+    public void MixedFormats_EqualFloat64OverDecodedBlocks(KvFormat keys, KvFormat values) => AssertEqualsDecoded(keys, values);
+
+    private static void AssertEqualsDecoded(KvFormat keyFormat, KvFormat valueFormat)
     {
         const int layers = 1, kvHeads = 2, group = 3, headDim = 64, heads = kvHeads * group;
         int row = kvHeads * headDim, qRow = heads * headDim;
-        var rng = new Random((int)format + 11);
-        var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = 200 };
+        var rng = new Random((int)keyFormat * 10 + (int)valueFormat + 11);
+        var options = new PagedKvCacheOptions { KeyFormat = keyFormat, ValueFormat = valueFormat, MaxTokens = 200 };
         using var paged = new PagedKvCache(layers, heads, kvHeads, headDim, options);
         var reference = new ReferenceKv(layers, heads, kvHeads, headDim);
         foreach (int n in new[] { 50, 30, 1, 19 }) // 100 tokens: 3 full blocks, 4 in the tail
@@ -62,13 +71,13 @@ public class PagedKvCacheAttentionTests
             var k = Gaussians(rng, n * row); var v = Gaussians(rng, n * row);
             paged.Append(0, k, v, n); reference.Append(0, k, v, n);
         }
-        reference.RoundTripBlocks(BlockLayout.ForKeys(format, headDim), BlockLayout.ForValues(format, headDim), 3);
+        reference.RoundTripBlocks(BlockLayout.ForKeys(keyFormat, headDim), BlockLayout.ForValues(valueFormat, headDim), 3);
         foreach (var (first, n) in new[] { (99, 1), (60, 40), (0, 5) })
         {
             var q = Gaussians(rng, n * qRow, 2);
             var actual = new float[n * qRow];
             paged.Attend(0, q, n, first, actual);
-            AssertClose(reference.Attend(0, q, n, first), actual, 1e-4, $"{format}, queries {first}+{n}");
+            AssertClose(reference.Attend(0, q, n, first), actual, 1e-4, $"keys {keyFormat}, values {valueFormat}, queries {first}+{n}");
         }
     }
 
@@ -93,6 +102,29 @@ public class PagedKvCacheAttentionTests
         var actual = new float[2 * headDim];
         paged.Attend(0, q, 1, 63, actual);
         AssertClose(reference.Attend(0, q, 1, 63), actual, 1e-4, "after the residual flush");
+    }
+
+    /// <summary>
+    /// Accounting by hand: head dim 32, 32-token blocks. An Int2 per-channel key block is 32·32·2/8 = 256 code bytes
+    /// + 32 channels × (scale, min) × 2 bytes = 384; an Int4 per-token value block is 512 + 32 tokens × 4 = 640.
+    /// 40 tokens per head = one block pair + 8 float tail tokens (8·32·4 bytes each of K and V).
+    /// </summary>
+    [Fact]
+    public void Accounting_CountsExactBytes()
+    {
+        using var cache = new PagedKvCache(1, 4, 2, 32, new PagedKvCacheOptions { KeyFormat = KvFormat.Int2, ValueFormat = KvFormat.Int4, MaxTokens = 64 });
+        var rng = new Random(2);
+        cache.Append(0, Gaussians(rng, 40 * 64), Gaussians(rng, 40 * 64), 40);
+        Assert.Equal(2 * (384 + 640 + 2048), cache.ByteCount);
+        Assert.Equal(384 + 640 + 2048, cache.BytesByLayerHead(0, 1));
+        var byFormat = cache.BytesByFormat();
+        Assert.Equal(768, byFormat[KvFormat.Int2]);
+        Assert.Equal(1280, byFormat[KvFormat.Int4]);
+        Assert.Equal(4096, byFormat[KvFormat.F32]);
+        Assert.Equal(2.0 * 40 * 2 * 32 * 2 / 6144, cache.CompressionRatio, 12);
+        Assert.Equal(4, cache.PoolLiveBlocks);
+        cache.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => cache.Append(0, new float[64], new float[64], 1));
     }
 
     [Fact]
