@@ -1,0 +1,179 @@
+using KvSharp.Cache.Blocks;
+
+namespace KvSharp.Cache.Paged;
+
+/// <summary>
+/// The paged compressed KV cache: per (layer, KV head) a list of fixed-size token blocks (keys and values in
+/// separate blocks, each in its own <see cref="KvFormat"/>) taken from block pools shared by all heads, plus a
+/// float32 tail for the newest tokens. Keys are stored after RoPE and every token keeps its original position,
+/// so eviction never re-rotates and causal masking compares positions. Heads may hold different tokens.
+/// </summary>
+/// <remarks>
+/// Not thread-safe for mutation (Append/Evict/Truncate/Fork/Dispose); <see cref="Attend"/> parallelizes internally.
+/// A cache and its forks share pools and must be used from one thread at a time.
+/// </remarks>
+public sealed partial class PagedKvCache : IKvCache
+{
+    private readonly int _layers, _heads, _kvHeads, _headDim;
+    private readonly PagedKvCacheOptions _options;
+    private readonly PoolSet _pools;
+    private readonly HeadStore[] _stores; // [layer * kvHeads + head]
+    private readonly int[] _layerLength;
+    private bool _disposed;
+
+    /// <summary>Creates an empty cache for a model of the given shape.</summary>
+    /// <exception cref="KvSharpException">The shape or an option is invalid (the message names it).</exception>
+    public PagedKvCache(int layers, int heads, int kvHeads, int headDim, PagedKvCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (layers < 1 || kvHeads < 1 || heads < 1 || heads % kvHeads != 0)
+            throw new KvSharpException($"paged KV cache: {heads} heads must be a positive multiple of {kvHeads} KV heads, over {layers} ≥ 1 layers");
+        var (keys, values) = options.Layouts(headDim);
+        _layers = layers; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _options = options;
+        _pools = new PoolSet(keys, values);
+        _stores = new HeadStore[layers * kvHeads];
+        for (int i = 0; i < _stores.Length; i++) _stores[i] = new HeadStore(_pools, headDim);
+        _layerLength = new int[layers];
+    }
+
+    /// <summary>Creates a cache shaped for <paramref name="config"/>.</summary>
+    public PagedKvCache(Models.ModelConfig config, PagedKvCacheOptions options)
+        : this(config.NumLayers, config.NumHeads, config.NumKvHeads, config.HeadDim, options) { }
+
+    private PagedKvCache(PagedKvCache parent)
+    {
+        _layers = parent._layers; _heads = parent._heads; _kvHeads = parent._kvHeads; _headDim = parent._headDim;
+        _options = parent._options;
+        _pools = parent._pools;
+        _pools.AddOwner();
+        _stores = parent._stores.Select(s => s.Fork()).ToArray();
+        _layerLength = (int[])parent._layerLength.Clone();
+    }
+
+    /// <summary>The options this cache was created with.</summary>
+    public PagedKvCacheOptions Options => _options;
+
+    /// <summary>Layout of key blocks.</summary>
+    public BlockLayout KeyLayout => _pools.KeyLayout;
+
+    /// <summary>Layout of value blocks.</summary>
+    public BlockLayout ValueLayout => _pools.ValueLayout;
+
+    /// <summary>Layers.</summary>
+    public int Layers => _layers;
+
+    /// <summary>KV heads per layer.</summary>
+    public int KvHeads => _kvHeads;
+
+    /// <inheritdoc />
+    /// <remarks>The logical sequence length (the next position); eviction does not change it.</remarks>
+    public int Length => _layerLength[_layers - 1];
+
+    /// <inheritdoc />
+    public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
+    {
+        CheckLayer(layer);
+        int start = _layerLength[layer], row = _kvHeads * _headDim;
+        if (start + count > _options.MaxTokens)
+            throw new KvSharpException($"the context holds at most {_options.MaxTokens} tokens (PagedKvCacheOptions.MaxTokens); appending {count} to {start} would exceed it");
+        if (keys.Length < count * row || values.Length < count * row)
+            throw new ArgumentException($"{count} tokens need {count * row} key and value floats, got {keys.Length} and {values.Length}");
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            var store = _stores[layer * _kvHeads + g];
+            for (int t = 0; t < count; t++)
+                store.Append(start + t, keys.Slice(t * row + g * _headDim, _headDim), values.Slice(t * row + g * _headDim, _headDim));
+            store.Flush(_options.FlushThreshold);
+        }
+        _layerLength[layer] = start + count;
+    }
+
+    /// <inheritdoc />
+    public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
+    {
+        CheckLayer(layer);
+        int length = _layerLength[layer];
+        if (firstPosition < 0 || firstPosition + count > length)
+            throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        var q = queries.Slice(0, count * qRow).ToArray();
+        var o = new float[count * qRow];
+        long work = (long)count * _heads * hd * (firstPosition + count);
+        // One job per (query token, KV head); each writes its group's outputs once (neighbouring jobs' outputs
+        // share cache lines). Small attentions stay on the calling thread: a dispatch costs more than it saves.
+        Compute.Cpu.CpuThreads.For(count * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        {
+            for (int job = start; job < end; job++)
+            {
+                int t = job / _kvHeads, g = job % _kvHeads, offset = t * qRow + g * group * hd;
+                PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, group * hd),
+                    group, hd, firstPosition + t, new Span<float>(o, offset, group * hd));
+            }
+        });
+        o.CopyTo(output);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Blocks past the cut go back to the pool; the block holding the cut becomes the float tail.</remarks>
+    public void Truncate(int length)
+    {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
+        foreach (var s in _stores) s.Truncate(length);
+        for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
+    }
+
+    /// <summary>Original positions of the tokens (layer, KV head) stores, ascending.</summary>
+    public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
+
+    /// <summary>Evicts the tokens of (layer, KV head) whose original position is in <paramref name="positions"/>.</summary>
+    /// <remarks>See <see cref="Evict(int, int, ReadOnlySpan{bool})"/> for how blocks are rebuilt.</remarks>
+    public void Evict(int layer, int kvHead, IReadOnlySet<int> positions)
+    {
+        ArgumentNullException.ThrowIfNull(positions);
+        var store = Store(layer, kvHead);
+        var mask = new bool[store.Positions.Count];
+        for (int i = 0; i < mask.Length; i++) mask[i] = positions.Contains(store.Positions[i]);
+        store.Evict(mask);
+    }
+
+    /// <summary>
+    /// Evicts the stored tokens of (layer, KV head) flagged in <paramref name="evict"/> (one flag per stored token,
+    /// in <see cref="Positions"/> order). Untouched blocks stay as they are (still shared with forks); the kept
+    /// tokens of affected blocks are decoded and re-encoded into fresh blocks. Float formats (F32/F16/BF16/FP8)
+    /// re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most one more
+    /// quantization step. Freed blocks go back to the pool.
+    /// </summary>
+    public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict) => Store(layer, kvHead).Evict(evict);
+
+    /// <summary>
+    /// A new cache holding the same tokens that shares every encoded block copy-on-write (blocks are never
+    /// modified once encoded, so sharing needs only a reference count). Dispose it independently.
+    /// </summary>
+    public PagedKvCache Fork()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return new PagedKvCache(this);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var s in _stores) s.Clear();
+        _pools.RemoveOwner();
+    }
+
+    private HeadStore Store(int layer, int kvHead)
+    {
+        CheckLayer(layer);
+        if ((uint)kvHead >= (uint)_kvHeads) throw new ArgumentOutOfRangeException(nameof(kvHead), $"KV head {kvHead} of {_kvHeads}");
+        return _stores[layer * _kvHeads + kvHead];
+    }
+
+    private void CheckLayer(int layer)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if ((uint)layer >= (uint)_layers) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} of {_layers}");
+    }
+}

@@ -1,0 +1,232 @@
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using static KvSharp.Tests.Cache.Paged.PagedTestData;
+
+namespace KvSharp.Tests.Cache.Paged;
+
+/// <summary>Eviction, truncation and forks against the test's reference model and hand-counted block sizes.</summary>
+public class PagedKvCacheEvictionTests
+{
+    private const int HeadDim = 32, KvHeads = 2, Group = 2, Heads = KvHeads * Group, Row = KvHeads * HeadDim, QRow = Heads * HeadDim;
+
+    private static (PagedKvCache Cache, ReferenceKv Reference) Build(KvFormat format, Random rng, int tokens, int layers = 1)
+    {
+        var cache = new PagedKvCache(layers, Heads, KvHeads, HeadDim, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = 400 });
+        var reference = new ReferenceKv(layers, Heads, KvHeads, HeadDim);
+        Append(cache, reference, format, rng, tokens);
+        return (cache, reference);
+    }
+
+    private static void Append(PagedKvCache cache, ReferenceKv reference, KvFormat format, Random rng, int n)
+    {
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            // Values representable in the float format: storing them is exact, so the reference needs no codec.
+            var k = Representable(Gaussians(rng, n * Row), format, HeadDim);
+            var v = Representable(Gaussians(rng, n * Row), format, HeadDim);
+            cache.Append(l, k, v, n); reference.Append(l, k, v, n);
+        }
+    }
+
+    private static void AssertAttention(PagedKvCache cache, ReferenceKv reference, Random rng, string where, double tol = 1e-5)
+    {
+        Assert.Equal(reference.Length, cache.Length);
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            for (int g = 0; g < KvHeads; g++)
+                Assert.Equal(reference.Head(l, g).Select(t => t.Pos), cache.Positions(l, g));
+            if (cache.Length == 0) continue;
+            int n = Math.Min(cache.Length, 6), first = cache.Length - n;
+            var q = Gaussians(rng, n * QRow, 2);
+            var actual = new float[n * QRow];
+            cache.Attend(l, q, n, first, actual);
+            AssertClose(reference.Attend(l, q, n, first), actual, tol, $"{where}, layer {l}");
+        }
+    }
+
+    public static IEnumerable<object[]> FloatFormats() =>
+        new[] { KvFormat.F32, KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3 }.Select(f => new object[] { f });
+
+    /// <summary>Evicting a random subset: attention over the kept tokens at their original positions.</summary>
+    [Theory]
+    [MemberData(nameof(FloatFormats))]
+    public void EvictRandomSubset_AttendsOverKeptTokens(KvFormat format)
+    {
+        var rng = new Random(3 + (int)format);
+        var (cache, reference) = Build(format, rng, 150);
+        using var _ = cache;
+        for (int g = 0; g < KvHeads; g++)
+        {
+            var evict = Enumerable.Range(0, 150).Where(_ => rng.Next(3) == 0).ToHashSet();
+            cache.Evict(0, g, evict); reference.Evict(0, g, evict);
+        }
+        AssertAttention(cache, reference, rng, "after eviction");
+        Append(cache, reference, format, rng, 45);
+        AssertAttention(cache, reference, rng, "appended after eviction");
+    }
+
+    /// <summary>
+    /// 128 tokens = 4 blocks per head. Evicting block 1 whole and half of block 2 leaves 16 kept tokens in that run,
+    /// re-encoded into one block: 3 blocks remain, so bytes drop by one key+value block and the pool by 2 blocks.
+    /// </summary>
+    [Fact]
+    public void Evict_FreesBlocks()
+    {
+        var rng = new Random(9);
+        var (cache, reference) = Build(KvFormat.Int4, rng, 128);
+        using var _ = cache;
+        var kl = BlockLayout.ForKeys(KvFormat.Int4, HeadDim); var vl = BlockLayout.ForValues(KvFormat.Int4, HeadDim);
+        long pair = kl.ByteSize + vl.ByteSize;
+        Assert.Equal(KvHeads * 4 * pair, cache.ByteCount);
+        Assert.Equal(KvHeads * 8, cache.PoolLiveBlocks);
+        long live = cache.PoolLiveBytes;
+        cache.Evict(0, 1, Enumerable.Range(32, 48).ToHashSet());
+        Assert.Equal(KvHeads * 4 * pair - pair, cache.ByteCount);
+        Assert.Equal(3 * pair, cache.BytesByLayerHead(0, 1));
+        Assert.Equal(KvHeads * 8 - 2, cache.PoolLiveBlocks);
+        Assert.True(cache.PoolLiveBytes < live);
+        Assert.Equal(Enumerable.Range(0, 32).Concat(Enumerable.Range(80, 48)), cache.Positions(0, 1));
+        Assert.Equal(128, cache.Length); // eviction does not move the sequence
+    }
+
+    /// <summary>
+    /// Fork, then different continuations: parent and child each equal a fresh cache built from its own history
+    /// (exactly, even for Int4: block boundaries depend only on the token count), and blocks shared by the fork
+    /// are allocated once.
+    /// </summary>
+    [Fact]
+    public void Fork_ContinuationsEqualFreshCaches()
+    {
+        const KvFormat format = KvFormat.Int4;
+        var rng = new Random(21);
+        var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = 400 };
+        int history = 80;
+        var h = (K: Gaussians(rng, history * Row), V: Gaussians(rng, history * Row));
+        var a = (K: Gaussians(rng, 30 * Row), V: Gaussians(rng, 30 * Row));
+        var b = (K: Gaussians(rng, 50 * Row), V: Gaussians(rng, 50 * Row));
+        using var parent = new PagedKvCache(1, Heads, KvHeads, HeadDim, options);
+        parent.Append(0, h.K, h.V, history);
+        long liveBefore = parent.PoolLiveBytes, bytes = parent.ByteCount;
+        using var child = parent.Fork();
+        Assert.Equal(liveBefore, parent.PoolLiveBytes); // shared, counted once
+        Assert.Equal(bytes, child.ByteCount);
+        parent.Append(0, a.K, a.V, 30);
+        child.Append(0, b.K, b.V, 50);
+
+        foreach (var (cache, cont, n) in new[] { (parent, a, 30), (child, b, 50) })
+        {
+            using var fresh = new PagedKvCache(1, Heads, KvHeads, HeadDim, options);
+            fresh.Append(0, h.K.Concat(cont.K).ToArray(), h.V.Concat(cont.V).ToArray(), history + n);
+            var q = Gaussians(rng, 4 * QRow);
+            var expected = new float[4 * QRow]; var actual = new float[4 * QRow];
+            fresh.Attend(0, q, 4, history + n - 4, expected);
+            cache.Attend(0, q, 4, history + n - 4, actual);
+            Assert.Equal(expected, actual);
+            Assert.Equal(fresh.ByteCount, cache.ByteCount);
+        }
+        child.Dispose();
+        parent.Attend(0, Gaussians(rng, QRow), 1, 109, new float[QRow]); // pools outlive the child
+    }
+
+    /// <summary>
+    /// Copy-on-write: evicting (by mask) in a fork rebuilds only the fork's affected blocks; the parent still attends
+    /// over all its tokens, and the pools hold the shared blocks once plus the fork's fresh ones.
+    /// </summary>
+    [Fact]
+    public void EvictInFork_LeavesParentIntact()
+    {
+        var rng = new Random(41);
+        var (parent, reference) = Build(KvFormat.BF16, rng, 96); // 3 blocks per head
+        using var _ = parent;
+        using var child = parent.Fork();
+        var childReference = reference.Clone();
+        long blocks = parent.PoolLiveBlocks;
+        var mask = new bool[96];
+        mask[40] = mask[41] = true; // inside block 1 of head 0: that block is re-encoded for the child only
+        child.Evict(0, 0, mask);
+        childReference.Evict(0, 0, new HashSet<int> { 40, 41 });
+        Assert.Equal(blocks + 2, parent.PoolLiveBlocks); // one new key + value block; the old pair stays with the parent
+        AssertAttention(parent, reference, rng, "parent after the fork's eviction");
+        AssertAttention(child, childReference, rng, "fork after eviction");
+        Assert.Throws<ArgumentException>(() => child.Evict(0, 0, new bool[3]));
+    }
+
+    /// <summary>Truncate then append: equals a fresh cache of the shorter history plus the new tokens; freed blocks leave the pool.</summary>
+    [Fact]
+    public void Truncate_EqualsFreshHistory_AndFreesBlocks()
+    {
+        const KvFormat format = KvFormat.F16;
+        var rng = new Random(33);
+        var (cache, reference) = Build(format, rng, 150, layers: 2);
+        using var _ = cache;
+        using var fork = cache.Fork(); // truncating the parent must not disturb shared blocks
+        var forkReference = reference.Clone();
+        long blocks = cache.PoolLiveBlocks;
+        cache.Truncate(70); reference.Truncate(70);
+        Assert.Equal(blocks, cache.PoolLiveBlocks); // the fork still holds them
+        AssertAttention(cache, reference, rng, "truncated");
+        Append(cache, reference, format, rng, 30);
+        AssertAttention(cache, reference, rng, "truncated and appended");
+        AssertAttention(fork, forkReference, rng, "fork of the untruncated cache");
+        fork.Truncate(40); forkReference.Truncate(40);
+        Assert.True(cache.PoolLiveBlocks < blocks);
+        AssertAttention(fork, forkReference, rng, "fork truncated");
+    }
+
+    /// <summary>
+    /// 200 random operations (append 1..40, evict random subsets of random heads, truncate, fork and dispose one side)
+    /// against the reference model, comparing stored positions and attention after every step. Float formats get
+    /// inputs they represent exactly, so the reference is exact; Int8 is compared within a tolerance derived from
+    /// its step: a 32-token group of unit Gaussians spans about ±2.5, one step is 5/255 ≈ 0.02, eviction may
+    /// quantize twice, and the output error stays within a few steps (0.05; observed ≈ 0.015).
+    /// </summary>
+    [Theory]
+    [InlineData(KvFormat.F32, 1e-5)]
+    [InlineData(KvFormat.F16, 1e-5)]
+    [InlineData(KvFormat.Fp8E4M3, 1e-5)]
+    [InlineData(KvFormat.Int8, 0.05)]
+    public void RandomOperations_MatchReferenceModel(KvFormat format, double tolerance)
+    {
+        var rng = new Random(77 + (int)format);
+        var (cache, reference) = Build(format, rng, 10, layers: 2);
+        try
+        {
+            for (int step = 0; step < 200; step++)
+            {
+                int op = rng.Next(10);
+                string what;
+                if (op < 5 && cache.Length < 360)
+                {
+                    int n = rng.Next(1, 41);
+                    Append(cache, reference, format, rng, n);
+                    what = $"append {n}";
+                }
+                else if (op < 7)
+                {
+                    int l = rng.Next(2), g = rng.Next(KvHeads);
+                    var positions = cache.Positions(l, g);
+                    var evict = positions.Where(_ => rng.Next(4) == 0).ToHashSet();
+                    cache.Evict(l, g, evict); reference.Evict(l, g, evict);
+                    what = $"evict {evict.Count} of layer {l} head {g}";
+                }
+                else if (op < 9)
+                {
+                    int length = rng.Next(cache.Length + 1);
+                    cache.Truncate(length); reference.Truncate(length);
+                    what = $"truncate to {length}";
+                }
+                else
+                {
+                    var fork = cache.Fork();
+                    var forkReference = reference.Clone();
+                    Append(fork, forkReference, format, rng, 3);
+                    if (rng.Next(2) == 0) { cache.Dispose(); cache = fork; reference = forkReference; what = "fork, keep child"; }
+                    else { fork.Dispose(); what = "fork, keep parent"; }
+                }
+                AssertAttention(cache, reference, rng, $"step {step} ({what})", tolerance);
+                Assert.Equal(reference.Heads_.Sum(h => (long)h.Count), cache.StoredTokens);
+            }
+        }
+        finally { cache.Dispose(); }
+    }
+}
