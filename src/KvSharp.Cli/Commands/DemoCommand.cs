@@ -25,6 +25,7 @@ internal static class DemoCommand
         var facts = new Option<int>("--facts") { Description = "Facts hidden in the document (one question each)", DefaultValueFactory = _ => 4 }.Int();
         var seed = new Option<int>("--seed") { Description = "Seed of the document's random facts", DefaultValueFactory = _ => 1 }.Int();
         var threads = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)", HelpName = "N" }.Int();
+        var kvCache = new Option<string?>("--kv-cache") { Description = "KV cache block formats (FORMAT or KEYS:VALUES, e.g. f16, int4:int2); default float32", HelpName = "SPEC" };
 
         var command = new Command("demo", "Hide facts in a long document, prefill it once, and ask for each fact over the same KV cache");
         command.Options.Add(model);
@@ -32,6 +33,7 @@ internal static class DemoCommand
         command.Options.Add(facts);
         command.Options.Add(seed);
         command.Options.Add(threads);
+        command.Options.Add(kvCache);
         command.SetAction(parse =>
         {
             int n = parse.GetValue(sentences), f = parse.GetValue(facts);
@@ -44,19 +46,25 @@ internal static class DemoCommand
             }
             string path = parse.GetValue(model) ?? EmbeddedModel;
             if (!File.Exists(path) && !Directory.Exists(path)) throw new KvSharpException($"{path}: model not found");
-            Run(path, NeedleDocument.Create(n, f, parse.GetValue(seed)), context);
+            KvSharp.Cache.KvCacheSpec? spec = null;
+            if (parse.GetValue(kvCache) is { } text)
+            {
+                try { spec = KvSharp.Cache.KvCacheSpec.Parse(text); }
+                catch (KvSharpException e) { throw new UsageException($"--kv-cache: {e.Message}"); }
+            }
+            Run(path, NeedleDocument.Create(n, f, parse.GetValue(seed)), spec, context);
             return 0;
         });
         return command;
     }
 
-    private static void Run(string path, NeedleDocument document, CliContext context)
+    private static void Run(string path, NeedleDocument document, KvSharp.Cache.KvCacheSpec? spec, CliContext context)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(context.Output) });
         using var model = LanguageModel.Load(path);
         var contextIds = model.Encode(document.Context);
         int ctx = model.Config.MaxContext;
-        using var cache = model.CreateCache(ctx);
+        using var cache = model.CreateCache(ctx, spec);
         console.MarkupLine($"[bold]{Markup.Escape(Path.GetFileName(Path.TrimEndingDirectorySeparator(path)))}[/]: document of {contextIds.Length} tokens with {document.Facts.Count} hidden facts");
 
         var sw = Stopwatch.StartNew();
@@ -80,6 +88,6 @@ internal static class DemoCommand
         console.Write(table);
         console.MarkupLine($"correct: [bold]{correct}/{document.Facts.Count}[/]");
         console.MarkupLine($"prefill: {contextIds.Length} tokens in {prefill.TotalSeconds:F2} s ({contextIds.Length / prefill.TotalSeconds:F0} tok/s)");
-        console.MarkupLine($"KV cache: {contextLength} tokens, {Units.Bytes(cache.ByteCount)} (float32; {Units.Bytes(model.Config.KvBytesPerToken(2) * (long)contextLength)} as F16)");
+        foreach (var (k, v) in CacheReport.Rows(cache, model.Config)) console.MarkupLine($"{Markup.Escape(k)}: {Markup.Escape(v)}");
     }
 }

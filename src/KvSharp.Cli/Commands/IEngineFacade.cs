@@ -9,7 +9,8 @@ namespace KvSharp.Cli.Commands;
 /// <param name="DummyType">Weight type of the dummy model (<c>--dummy-type</c>): f16, bf16, f32, q8_0 or q4_0.</param>
 /// <param name="Threads">CPU threads (<c>--threads</c>); null = the engine's default.</param>
 /// <param name="ContextLength">Context length to allocate (<c>--ctx</c>); null = the model's own.</param>
-public sealed record ModelSource(string? Path, string? DummyConfig, string DummyType, int? Threads, int? ContextLength)
+/// <param name="KvCache">KV cache formats (<c>--kv-cache</c>); null = the float32 cache.</param>
+public sealed record ModelSource(string? Path, string? DummyConfig, string DummyType, int? Threads, int? ContextLength, KvSharp.Cache.KvCacheSpec? KvCache = null)
 {
     /// <summary>A short description for messages ("model.gguf" or "dummy weights (bf16) from config.json").</summary>
     public override string ToString() => Path ?? $"dummy weights ({DummyType}) from {DummyConfig}";

@@ -13,6 +13,7 @@ internal sealed class ModelOptions
     public Option<string> DummyType { get; } = new Option<string>("--dummy-type") { Description = "Weight type of the --dummy model", DefaultValueFactory = _ => "f16", HelpName = string.Join("|", DummyTypes) };
     public Option<int?> Threads { get; } = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)", HelpName = "N" }.Int();
     public Option<int?> Context { get; } = new Option<int?>("--ctx", "-c") { Description = "Context length in tokens (default: the model's)", HelpName = "TOKENS" }.Int();
+    public Option<string?> KvCache { get; } = new Option<string?>("--kv-cache") { Description = "KV cache block formats: FORMAT or KEYS:VALUES, optional +rN residual window (f32, f16, bf16, fp8, int8, int4, int2, ternary, binary; e.g. f16, int4:int2, int2+r128). Default: plain float32 cache", HelpName = "SPEC" };
 
     public void AddTo(Command command)
     {
@@ -21,6 +22,7 @@ internal sealed class ModelOptions
         command.Options.Add(DummyType);
         command.Options.Add(Threads);
         command.Options.Add(Context);
+        command.Options.Add(KvCache);
     }
 
     /// <summary>Reads and checks the options; throws <see cref="UsageException"/> naming the option.</summary>
@@ -44,6 +46,12 @@ internal sealed class ModelOptions
         if (threads is <= 0) throw new UsageException($"--threads must be > 0, got {threads}");
         int? ctx = parse.GetValue(Context);
         if (ctx is <= 0) throw new UsageException($"--ctx must be > 0, got {ctx}");
-        return new ModelSource(model, dummy, dummyType, threads, ctx);
+        KvSharp.Cache.KvCacheSpec? kv = null;
+        if (parse.GetValue(KvCache) is { } spec)
+        {
+            try { kv = KvSharp.Cache.KvCacheSpec.Parse(spec); }
+            catch (KvSharpException e) { throw new UsageException($"--kv-cache: {e.Message}"); }
+        }
+        return new ModelSource(model, dummy, dummyType, threads, ctx, kv);
     }
 }

@@ -26,7 +26,7 @@ internal sealed class ChatSession : IChatSession
         _context = context;
         _request = request;
         _engine = engine;
-        _cache = model.CreateCache(context);
+        _cache = model.CreateCache(context, request.Model.KvCache);
     }
 
     public IChatTemplate Template { get; }

@@ -65,6 +65,15 @@ public sealed class EngineFacade : IEngineFacade
         Row("QKV bias / q-k norm / tied output", $"{c.AttentionBias} / {c.QkNorm} / {model.Weights.Find(Models.TensorNames.Output) == null}");
         Row("KV bytes per token", $"{c.KvBytesPerToken(2):N0} (F16), {c.KvBytesPerToken(4):N0} (F32)");
         Row("KV bytes at full context", $"{Units.Bytes(c.KvBytesPerToken(2) * (long)c.MaxContext)} (F16)");
+        if (c.HeadDim % 8 == 0)
+            Row("KV bytes per token, packed", string.Join(", ", new[] { "f16", "fp8", "int8", "int4", "int2", "int4:int2" }.Select(f =>
+            {
+                var spec = KvSharp.Cache.KvCacheSpec.Parse(f);
+                var k = KvSharp.Cache.Blocks.BlockLayout.ForKeys(spec.Keys, c.HeadDim);
+                var v = KvSharp.Cache.Blocks.BlockLayout.ForValues(spec.Values, c.HeadDim);
+                double perToken = (double)(k.ByteSize + v.ByteSize) / k.Tokens * c.NumLayers * c.NumKvHeads;
+                return $"{perToken:N0} ({f})";
+            })));
         Row("tokenizer", $"{model.Tokenizer.GetType().Name}, BOS {model.Tokenizer.BosId?.ToString() ?? "none"}, EOS [{string.Join(", ", model.Tokenizer.EosIds)}]");
         Row("chat template", model.ChatTemplate.Name);
         Render(output, table);
@@ -81,7 +90,7 @@ public sealed class EngineFacade : IEngineFacade
         var options = template == null ? request.Options
             : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
 
-        using var cache = model.CreateCache(ctx);
+        using var cache = model.CreateCache(ctx, request.Model.KvCache);
         var result = model.CreateGenerator().Generate(prompt, cache, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();
         if (request.ShowCache) ReportRun(result, cache, model);
@@ -96,8 +105,7 @@ public sealed class EngineFacade : IEngineFacade
         table.AddRow("generated tokens", $"{result.TokenIds.Count} (stopped: {result.Reason})");
         table.AddRow("prefill", $"{result.PrefillTime.TotalMilliseconds:F0} ms, {result.PrefillTokensPerSecond:F1} tok/s");
         table.AddRow("decode", $"{result.DecodeTime.TotalMilliseconds:F0} ms, {result.DecodeTokensPerSecond:F1} tok/s");
-        table.AddRow("KV cache", $"{cache.Length} tokens, {cache.ByteCount:N0} bytes ({Units.Bytes(cache.ByteCount)}, float32)");
-        table.AddRow("KV cache as F16", Units.Bytes(model.Config.KvBytesPerToken(2) * (long)cache.Length));
+        foreach (var (k, v) in CacheReport.Rows(cache, model.Config)) table.AddRow(Markup.Escape(k), Markup.Escape(v));
         Render(_status, table);
     }
 

@@ -95,8 +95,12 @@ public sealed class LanguageModel : IDisposable
     /// </summary>
     public int[] Encode(string text, bool addBos = true) => Tokenizer.Encode(text, addSpecial: addBos, parseSpecial: true);
 
-    /// <summary>Creates an empty full-precision KV cache for up to <paramref name="contextLength"/> tokens.</summary>
-    public Cache.IKvCache CreateCache(int contextLength) => Transformer.CreateCache(contextLength);
+    /// <summary>
+    /// Creates an empty KV cache for up to <paramref name="contextLength"/> tokens: the float32 cache, or
+    /// the paged block cache in the formats of <paramref name="spec"/> (e.g. <c>KvCacheSpec.Parse("int4:int2")</c>).
+    /// </summary>
+    public Cache.IKvCache CreateCache(int contextLength, Cache.KvCacheSpec? spec = null) =>
+        spec == null ? Transformer.CreateCache(contextLength) : spec.Create(Config, contextLength);
 
     /// <summary>A generator over this model.</summary>
     public Generator CreateGenerator() => new(Transformer, Tokenizer);

@@ -118,4 +118,39 @@ public class EngineCommandLineTests
         string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", ""); // drop colors
         Assert.Contains("correct: 3/3", plain);
     }
+
+    [Fact]
+    public void CompressedCacheDemoReportsPackedBytesAndStillRetrieves()
+    {
+        var r = Run("demo", "--sentences", "120", "--facts", "3", "--seed", "5", "--kv-cache", "int4:int2");
+        Assert.Equal(0, r.Code);
+        string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", "");
+        Assert.Contains("correct: 3/3", plain);
+        Assert.Contains("in Int2 blocks", plain);
+        Assert.Contains("compression", plain);
+    }
+
+    [Fact]
+    public void F16CacheGenerationReproducesLlamaCppGreedyText()
+    {
+        // llama.cpp produced the reference with its default F16 KV cache.
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json")));
+        var first = json.RootElement.GetProperty("results")[1];
+        var r = Run("generate", "-m", Stories, "-p", first.GetProperty("prompt").GetString()!, "--temperature", "0", "-n", "40", "--kv-cache", "f16", "--show-cache");
+        Assert.Equal(0, r.Code);
+        Assert.StartsWith(r.Out.TrimEnd('\n'), first.GetProperty("greedy_text").GetString()!);
+        Assert.Contains("F16 blocks", r.Err);
+    }
+
+    [Theory]
+    [InlineData("int3")]
+    [InlineData("int4:int2:f16")]
+    [InlineData("int2+128")]
+    public void BadKvCacheSpecIsAUsageError(string spec)
+    {
+        var r = Run("generate", "-m", Stories, "-p", "x", "--kv-cache", spec);
+        Assert.Equal(2, r.Code);
+        Assert.Contains("--kv-cache", r.Err);
+        Assert.DoesNotContain("   at ", r.Err);
+    }
 }
