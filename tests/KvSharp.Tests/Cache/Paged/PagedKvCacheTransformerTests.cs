@@ -43,7 +43,9 @@ public class PagedKvCacheTransformerTests
         int steps = reference.GreedyIds.Length;
         using var cache = new PagedKvCache(model.Config, new PagedKvCacheOptions
         {
-            KeyFormat = KvFormat.F16, ValueFormat = KvFormat.F16, MaxTokens = reference.PromptIds.Length + steps + 1,
+            KeyFormat = KvFormat.F16,
+            ValueFormat = KvFormat.F16,
+            MaxTokens = reference.PromptIds.Length + steps + 1,
         });
         var logits = model.Transformer.Forward(reference.PromptIds, cache);
         var greedy = new int[steps];
