@@ -10,7 +10,7 @@ namespace KvSharp.Bench.Cache;
 /// Stopwatch comparison (seconds, not BenchmarkDotNet's minutes) of one layer's attention through the float
 /// cache and the paged cache per format: decode (one query over N tokens) and prefill (P queries over P tokens).
 /// Best-of-reps wall time, because the dev box is shared. Run with:
-/// dotnet run -c Release --project bench/KvSharp.Bench -- cache-quick [decodeTokens] [prefillTokens] [reps] [formats]
+/// dotnet run -c Release --project bench/KvSharp.Bench -- cache-quick [decodeTokens] [prefillTokens] [reps] [formats] [threads]
 /// </summary>
 public static class QuickCacheBench
 {
@@ -24,6 +24,7 @@ public static class QuickCacheBench
         int reps = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 7;
         var formats = args.Length > 4 ? args[4].Split(',').Select(Enum.Parse<KvFormat>).ToArray()
             : new[] { KvFormat.F32, KvFormat.F16, KvFormat.Int8, KvFormat.Int4, KvFormat.Int2 };
+        if (args.Length > 5) KvSharp.Compute.Cpu.CpuThreads.Count = int.Parse(args[5], CultureInfo.InvariantCulture);
         Console.WriteLine($"{Heads} q heads, {KvHeads} KV heads, head dim {HeadDim}, threads {KvSharp.Compute.Cpu.CpuThreads.Count}; best of {reps}");
         Console.WriteLine($"| cache | decode over {decode} (ms) | prefill {prefill}x{prefill} (ms) |");
         Console.WriteLine("|---|---|---|");
