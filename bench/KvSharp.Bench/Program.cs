@@ -17,4 +17,9 @@ if (args.Length > 0 && args[0] == "kernels-quick")
     KvSharp.Bench.Kernels.QuickKernelBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "cache-quick")
+{
+    KvSharp.Bench.Cache.QuickCacheBench.Run(args);
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

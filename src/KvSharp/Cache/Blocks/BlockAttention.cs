@@ -19,6 +19,10 @@ namespace KvSharp.Cache.Blocks;
 /// once per token group; per-token keys: Σ_groups [min_g·Σ_{c∈g} q_c + step_g·Σ_{c∈g} q_c·code_tc];
 /// values: acc_c += w_t·min + (w_t·step)·code_tc.
 /// </remarks>
+// Every stackalloc'd scratch here is fully written before it is read (and read only within the written slice), so the
+// 8 KB zero-fill .NET would otherwise do per kernel call (per block, twice) is skipped: at 32 tokens per block it
+// cost about as much as the block's arithmetic.
+[SkipLocalsInit]
 public static class BlockAttention
 {
     private const int StackFloats = 2048;
@@ -43,7 +47,10 @@ public static class BlockAttention
         switch (layout.Format)
         {
             case KvFormat.F32: ScoresFloat<F32Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
-            case KvFormat.F16: ScoresFloat<F16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.F16:
+                if (Simd.Enabled && F16Finite(block, tokenCount * layout.HeadDim)) ScoresF16Scaled(layout, block, tokenCount, queries, queryCount, scores);
+                else ScoresFloat<F16Reader>(layout, block, tokenCount, queries, queryCount, scores);
+                break;
             case KvFormat.BF16: ScoresFloat<Bf16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Fp8E4M3: ScoresFloat<Fp8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Int8: ScoresQuantized<Code8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
@@ -72,7 +79,10 @@ public static class BlockAttention
         switch (layout.Format)
         {
             case KvFormat.F32: AccumulateFloat<F32Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
-            case KvFormat.F16: AccumulateFloat<F16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.F16:
+                if (!Simd.Enabled || !F16Finite(block, tokenCount * layout.HeadDim) || !AccumulateF16Scaled(layout, block, tokenCount, weights, queryCount, acc))
+                    AccumulateFloat<F16Reader>(layout, block, tokenCount, weights, queryCount, acc);
+                break;
             case KvFormat.BF16: AccumulateFloat<Bf16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Fp8E4M3: AccumulateFloat<Fp8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Int8: AccumulateQuantized<Code8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
@@ -97,6 +107,64 @@ public static class BlockAttention
     private static void Scatter4(Span<float> m, int n, int i, int t, Vector128<float> v)
     {
         m[i * n + t] = v[0]; m[(i + 1) * n + t] = v[1]; m[(i + 2) * n + t] = v[2]; m[(i + 3) * n + t] = v[3];
+    }
+
+    /// <summary>2^112: what <see cref="F16ScaledReader"/> leaves out of every element.</summary>
+    private const float TwoTo112 = 5.192296858534828e33f;
+
+    /// <summary>Whether the first <paramref name="count"/> f16 elements are all finite (exponent field ≠ 31).</summary>
+    private static bool F16Finite(ReadOnlySpan<byte> block, int count)
+    {
+        var h = MemoryMarshal.Cast<byte, ushort>(block[..(2 * count)]);
+        int i = 0;
+        var any = Vector256<ushort>.Zero;
+        var exp = Vector256.Create((ushort)0x7C00);
+        for (; i + 16 <= h.Length; i += 16)
+            any |= Vector256.Equals(Vector256.LoadUnsafe(ref MemoryMarshal.GetReference(h), (nuint)i) & exp, exp);
+        if (any != Vector256<ushort>.Zero) return false;
+        for (; i < h.Length; i++)
+            if ((h[i] & 0x7C00) == 0x7C00) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// F16 keys through <see cref="F16ScaledReader"/>: queries·2^k against keys·2^-112 give every product as
+    /// q·k·2^(k−112) exactly, so with k = 112 (any query below 2^13 in magnitude) the scores are bit-identical to
+    /// the <see cref="F16Reader"/> path; larger queries take the largest k that keeps q·2^k finite and the
+    /// scores are rescaled by 2^(112−k) afterwards.
+    /// </summary>
+    private static void ScoresF16Scaled(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    {
+        int len = g * layout.HeadDim;
+        float[]? rented = null;
+        Span<float> qs = len <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(len));
+        qs = qs[..len];
+        queries = queries[..len];
+        float max = MathF.Abs(TensorPrimitives.MaxMagnitude(queries));
+        int k = !float.IsFinite(max) || max == 0 ? 112 : Math.Min(112, 125 - MathF.ILogB(max));
+        TensorPrimitives.Multiply(queries, MathF.ScaleB(1f, k), qs);
+        ScoresFloat<F16ScaledReader>(layout, block, n, qs, g, scores);
+        if (k != 112) TensorPrimitives.Multiply(scores[..(g * n)], MathF.ScaleB(1f, 112 - k), scores[..(g * n)]);
+        if (rented != null) ArrayPool<float>.Shared.Return(rented);
+    }
+
+    /// <summary>
+    /// F16 values through <see cref="F16ScaledReader"/> with the weights scaled by 2^112: each product w·v is the
+    /// same real number as on the <see cref="F16Reader"/> path, so the accumulators are bit-identical. Returns
+    /// false (nothing done) when a weight is too large for w·2^112 to stay finite (softmax weights never are).
+    /// </summary>
+    private static bool AccumulateF16Scaled(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+    {
+        int len = g * n;
+        weights = weights[..len];
+        if (!(MathF.Abs(TensorPrimitives.MaxMagnitude(weights)) < 8192f)) return false; // 2^13·2^112 < 2^126: no overflow
+        float[]? rented = null;
+        Span<float> ws = len <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(len));
+        ws = ws[..len];
+        TensorPrimitives.Multiply(weights, TwoTo112, ws);
+        AccumulateFloat<F16ScaledReader>(layout, block, n, ws, g, acc);
+        if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        return true;
     }
 
     // Blocking: with at least 4 queries, each token row is widened once and used by 4 queries (…4Queries);

@@ -65,6 +65,29 @@ internal readonly struct F16Reader : IElementReader
     }
 }
 
+/// <summary>
+/// F16 elements read as x·2^-112: the sign-extended bits shifted left 13 and masked are exactly the float32
+/// with f16's exponent field and mantissa, whose value is x·2^-112 for every finite f16 (normals and
+/// subnormals alike). 3 ops per 8 elements instead of <see cref="F16Reader"/>'s 10; callers fold 2^112 into
+/// the query or weight (see BlockAttention) and must not use it on blocks holding inf/NaN (exponent 31 would
+/// read as a finite 2^16-range value).
+/// </summary>
+internal readonly struct F16ScaledReader : IElementReader
+{
+    private const int Mask = unchecked((int)0x8FFFE000);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(ref byte codes, int e)
+        => BitConverter.Int32BitsToSingle((Unsafe.ReadUnaligned<short>(ref Unsafe.Add(ref codes, e * 2)) << 13) & Mask);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(ref byte codes, int e)
+    {
+        var h = Avx2.ConvertToVector256Int32(Unsafe.ReadUnaligned<Vector128<short>>(ref Unsafe.Add(ref codes, e * 2)));
+        return Avx2.And(Avx2.ShiftLeftLogical(h, 13), Vector256.Create(Mask)).AsSingle();
+    }
+}
+
 internal readonly struct Bf16Reader : IElementReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

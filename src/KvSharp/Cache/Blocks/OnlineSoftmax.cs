@@ -65,14 +65,21 @@ public sealed class OnlineSoftmax
     /// running max where needed (rescaling sums and accumulators), and overwrites the scores in place with the
     /// weights exp(score − max) to feed to AccumulateValues.
     /// </summary>
-    public void Absorb(Span<float> scores, int tokenCount)
+    public void Absorb(Span<float> scores, int tokenCount) => Absorb(scores, tokenCount, 0);
+
+    /// <summary>
+    /// <see cref="Absorb(Span{float}, int)"/> for the queries <paramref name="firstQuery"/>..QueryCount-1 only:
+    /// <paramref name="scores"/> is [QueryCount − firstQuery, tokenCount] (the other queries see nothing of this block).
+    /// </summary>
+    internal void Absorb(Span<float> scores, int tokenCount, int firstQuery)
     {
-        if (scores.Length < QueryCount * tokenCount)
-            throw new ArgumentException($"scores hold {scores.Length} floats but {QueryCount} rows of {tokenCount} are needed", nameof(scores));
+        if ((uint)firstQuery >= (uint)QueryCount) throw new ArgumentOutOfRangeException(nameof(firstQuery), $"query {firstQuery} of {QueryCount}");
+        if (scores.Length < (QueryCount - firstQuery) * tokenCount)
+            throw new ArgumentException($"scores hold {scores.Length} floats but {QueryCount - firstQuery} rows of {tokenCount} are needed", nameof(scores));
         if (tokenCount == 0) return;
-        for (int i = 0; i < QueryCount; i++)
+        for (int i = firstQuery; i < QueryCount; i++)
         {
-            var row = scores.Slice(i * tokenCount, tokenCount);
+            var row = scores.Slice((i - firstQuery) * tokenCount, tokenCount);
             float max = MathF.Max(_max[i], TensorPrimitives.Max(row));
             if (float.IsNegativeInfinity(max)) { row.Clear(); continue; } // everything masked so far
             if (max > _max[i])

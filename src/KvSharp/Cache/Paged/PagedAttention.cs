@@ -5,10 +5,17 @@ using KvSharp.Cache.Blocks;
 namespace KvSharp.Cache.Paged;
 
 /// <summary>
-/// Attention of one GQA group (the query heads sharing a KV head) at one position over a <see cref="HeadStore"/>:
-/// block by block with the fused kernels of <see cref="BlockAttention"/> and an <see cref="OnlineSoftmax"/>, then
-/// the float tail as an F32 block. Nothing is decoded to a float copy.
+/// Attention of one GQA group (the query heads sharing a KV head) at one or several consecutive positions over a
+/// <see cref="HeadStore"/>: block by block with the fused kernels of <see cref="BlockAttention"/> and an
+/// <see cref="OnlineSoftmax"/>, then the float tail as an F32 block. Nothing is decoded to a float copy.
 /// </summary>
+/// <remarks>
+/// Several positions (chunked prefill) are served by one pass over the blocks: every query row of every position
+/// is one row of the kernels' query matrix, so a block's per-block work (parameter widening, kernel dispatch,
+/// softmax bookkeeping) is paid once for all of them. A block is only shown to the rows whose position is at or
+/// after its first token (rows are ordered by position, so that is a suffix of the rows); later tokens inside a
+/// block are masked per row. Each row's arithmetic is the same as attending that position alone.
+/// </remarks>
 internal static class PagedAttention
 {
     /// <summary>Per-thread scratch, grown on demand (reused across layers and calls).</summary>
@@ -27,53 +34,78 @@ internal static class PagedAttention
     /// <paramref name="position"/>: tokens stored at a later position are masked out (chunked prefill).
     /// </summary>
     public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int group, int headDim, int position, Span<float> output)
+        => Attend(head, pools, queries, 0, 1, group, headDim, position, output, 0);
+
+    /// <summary>
+    /// Writes, for the <paramref name="count"/> positions <paramref name="firstPosition"/>.., the group's
+    /// [group, headDim] outputs: position j's queries (unscaled) start at queries[j·<paramref name="queryStride"/>]
+    /// and its outputs at output[j·<paramref name="outputStride"/>]. Tokens stored at a later position than a
+    /// query's are masked out for it.
+    /// </summary>
+    public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
+        int group, int headDim, int firstPosition, Span<float> output, int outputStride)
     {
         var s = t_scratch ??= new Scratch();
-        int qn = group * headDim;
+        int rows = count * group, gn = group * headDim, qn = rows * headDim;
         if (s.Queries.Length < qn) { s.Queries = new float[qn]; s.Output = new float[qn]; }
         int maxRows = Math.Max(pools.KeyLayout.Tokens, head.TailCount);
-        if (s.Scores.Length < group * maxRows) s.Scores = new float[group * maxRows];
-        if (s.State is not { } state || state.QueryCount != group || state.HeadDim != headDim)
-            s.State = state = new OnlineSoftmax(group, headDim);
+        if (s.Scores.Length < rows * maxRows) s.Scores = new float[rows * maxRows];
+        if (s.State is not { } state || state.QueryCount != rows || state.HeadDim != headDim)
+            s.State = state = new OnlineSoftmax(rows, headDim);
         state.Reset();
 
-        var q = s.Queries.AsSpan(0, qn);
-        TensorPrimitives.Multiply(queries.Slice(0, qn), 1f / MathF.Sqrt(headDim), q);
+        float scale = 1f / MathF.Sqrt(headDim);
+        for (int j = 0; j < count; j++)
+            TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
         var positions = head.Positions;
-        int first = 0;
+        int lastPosition = firstPosition + count - 1, first = 0;
         foreach (var e in head.Blocks)
         {
-            if (positions[first] > position) break; // positions ascend: nothing later is visible
-            var scores = s.Scores.AsSpan(0, group * e.Count);
-            BlockAttention.Scores(pools.KeyLayout, pools.KeyPool.Span(e.Key), e.Count, q, group, scores);
-            Mask(positions, first, e.Count, position, group, scores);
-            state.Absorb(scores, e.Count);
-            BlockAttention.AccumulateValues(pools.ValueLayout, pools.ValuePool.Span(e.Value), e.Count, scores, group, state.Accumulators);
+            if (positions[first] > lastPosition) break; // positions ascend: nothing later is visible
+            Block(pools.KeyLayout, pools.KeyPool.Span(e.Key), pools.ValueLayout, pools.ValuePool.Span(e.Value),
+                positions, first, e.Count, firstPosition, group, headDim, s, state);
             first += e.Count;
         }
         int n = head.TailCount;
-        if (n > 0 && first == positions.Count - n && positions[first] <= position)
+        if (n > 0 && first == positions.Count - n && positions[first] <= lastPosition)
         {
             // The tail is [n, headDim] float32 rows: exactly an F32 block of n tokens.
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
-            var scores = s.Scores.AsSpan(0, group * n);
-            BlockAttention.Scores(layout, MemoryMarshal.AsBytes(head.TailKeys), n, q, group, scores);
-            Mask(positions, first, n, position, group, scores);
-            state.Absorb(scores, n);
-            BlockAttention.AccumulateValues(layout, MemoryMarshal.AsBytes(head.TailValues), n, scores, group, state.Accumulators);
+            Block(layout, MemoryMarshal.AsBytes(head.TailKeys), layout, MemoryMarshal.AsBytes(head.TailValues),
+                positions, first, n, firstPosition, group, headDim, s, state);
         }
         state.Finish(s.Output);
-        s.Output.AsSpan(0, qn).CopyTo(output);
+        for (int j = 0; j < count; j++)
+            s.Output.AsSpan(j * gn, gn).CopyTo(output.Slice(j * outputStride, gn));
     }
 
-    /// <summary>Sets to −∞ the scores of tokens first..first+count-1 stored at a position after <paramref name="position"/>.</summary>
-    private static void Mask(IReadOnlyList<int> positions, int first, int count, int position, int group, Span<float> scores)
+    /// <summary>Absorbs tokens first..first+n-1 (one block) into the rows that can see at least its first token.</summary>
+    private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, BlockLayout valueLayout, ReadOnlySpan<byte> values,
+        IReadOnlyList<int> positions, int first, int n, int firstPosition, int group, int headDim, Scratch s, OnlineSoftmax state)
     {
-        if (positions[first + count - 1] <= position) return;
-        for (int t = 0; t < count; t++)
+        int r0 = Math.Max(0, positions[first] - firstPosition) * group, rows = state.QueryCount - r0;
+        var scores = s.Scores.AsSpan(0, rows * n);
+        BlockAttention.Scores(keyLayout, keys, n, s.Queries.AsSpan(r0 * headDim, rows * headDim), rows, scores);
+        Mask(positions, first, n, firstPosition + r0 / group, group, scores, rows);
+        state.Absorb(scores, n, r0);
+        BlockAttention.AccumulateValues(valueLayout, values, n, scores, rows, state.Accumulators.Slice(r0 * headDim, rows * headDim));
+    }
+
+    /// <summary>
+    /// Sets to −∞ the scores [rows, count] of tokens first..first+count-1 stored at a position after their row's
+    /// (row r is at position <paramref name="rowPosition"/> + r / group).
+    /// </summary>
+    private static void Mask(IReadOnlyList<int> positions, int first, int count, int rowPosition, int group, Span<float> scores, int rows)
+    {
+        int last = positions[first + count - 1];
+        for (int r = 0; r < rows; r += group, rowPosition++)
         {
-            if (positions[first + t] <= position) continue;
-            for (int i = 0; i < group; i++) scores[i * count + t] = float.NegativeInfinity;
+            if (last <= rowPosition) return; // later rows see even more
+            for (int t = 0; t < count; t++)
+            {
+                if (positions[first + t] <= rowPosition) continue;
+                for (int i = r; i < r + group; i++) scores[i * count + t] = float.NegativeInfinity;
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ public sealed partial class PagedKvCache : IKvCache
         _layerLength[layer] = start + count;
     }
 
+    /// <summary>Query positions attended together by one pass over a head's blocks (prefill).</summary>
+    private const int PositionsPerJob = 8;
+
     /// <inheritdoc />
     public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
     {
@@ -99,15 +102,19 @@ public sealed partial class PagedKvCache : IKvCache
         var q = queries.Slice(0, count * qRow).ToArray();
         var o = new float[count * qRow];
         long work = (long)count * _heads * hd * (firstPosition + count);
-        // One job per (query token, KV head); each writes its group's outputs once (neighbouring jobs' outputs
-        // share cache lines). Small attentions stay on the calling thread: a dispatch costs more than it saves.
-        Compute.Cpu.CpuThreads.For(count * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        // One job per (run of up to PositionsPerJob query tokens, KV head): one pass over the head's blocks serves
+        // every query of the run (prefill pays each block's overhead once per run, not per token); each job writes
+        // its outputs once (neighbouring jobs' outputs share cache lines). Small attentions stay on the calling
+        // thread: a dispatch costs more than it saves.
+        int runs = (count + PositionsPerJob - 1) / PositionsPerJob;
+        Compute.Cpu.CpuThreads.For(runs * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
         {
             for (int job = start; job < end; job++)
             {
-                int t = job / _kvHeads, g = job % _kvHeads, offset = t * qRow + g * group * hd;
-                PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, group * hd),
-                    group, hd, firstPosition + t, new Span<float>(o, offset, group * hd));
+                int t = job / _kvHeads * PositionsPerJob, g = job % _kvHeads, offset = t * qRow + g * group * hd;
+                int m = Math.Min(PositionsPerJob, count - t), span = (m - 1) * qRow + group * hd;
+                PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, span), qRow, m,
+                    group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow);
             }
         });
         o.CopyTo(output);

@@ -133,6 +133,68 @@ public class BlockAttentionTests
         }
     }
 
+    /// <summary>
+    /// F16 blocks take the scaled-widening path (elements read as x·2^-112, 2^112 folded into queries/weights):
+    /// subnormal, tiny and extreme elements, queries too large for the full 2^112 fold (rescaled scores) and
+    /// weights too large for it (exact fallback) all match float64 over the decoded elements.
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(3e4)]
+    [InlineData(1e9)]
+    public void F16ScaledPathEqualsFloat64WithExtremeElementsAndQueries(double querySigma)
+    {
+        const int d = 128, tokens = 32, g = 5;
+        var layout = new BlockLayout(KvFormat.F16, QuantAxis.PerToken, 0, tokens, d);
+        var rng = new Random(41);
+        var x = Rows(40, tokens, d);
+        float[] specials = [6e-8f, -3e-5f, 1e-6f, 65504f, -65504f, 6.1e-5f, -0f];
+        for (int i = 0; i < x.Length; i += 3) x[i] = specials[rng.Next(specials.Length)] * (i % 2 == 0 ? 1 : 1e-3f);
+        var block = Encode(layout, x, tokens);
+        var dec = Decode(layout, block, tokens);
+        var q = Gaussians(42, g * d, querySigma);
+        var scores = new float[g * tokens];
+        BlockAttention.Scores(layout, block, tokens, q, g, scores);
+        var w = Gaussians(43, g * tokens, querySigma).Select(MathF.Abs).ToArray();
+        var acc = new float[g * d];
+        BlockAttention.AccumulateValues(layout, block, tokens, w, g, acc);
+        for (int i = 0; i < g; i++)
+        {
+            for (int t = 0; t < tokens; t++)
+            {
+                double exact = 0, mag = 0;
+                for (int c = 0; c < d; c++) { double p = (double)q[i * d + c] * dec[t * d + c]; exact += p; mag += Math.Abs(p); }
+                Assert.True(Math.Abs(scores[i * tokens + t] - exact) <= 1e-5 * mag + 1e-30, $"query {i} token {t}: {scores[i * tokens + t]} vs {exact}");
+            }
+            for (int c = 0; c < d; c++)
+            {
+                double exact = 0, mag = 0;
+                for (int t = 0; t < tokens; t++) { double p = (double)w[i * tokens + t] * dec[t * d + c]; exact += p; mag += Math.Abs(p); }
+                Assert.True(Math.Abs(acc[i * d + c] - exact) <= 1e-5 * mag + 1e-30, $"query {i} channel {c}: {acc[i * d + c]} vs {exact}");
+            }
+        }
+    }
+
+    /// <summary>An F16 block holding an infinity (|x| > 65504 rounds to inf) keeps IEEE semantics: that token's score and the accumulators it feeds are infinite.</summary>
+    [Fact]
+    public void F16BlockWithInfinityKeepsIeeeResults()
+    {
+        const int d = 64, tokens = 8;
+        var layout = new BlockLayout(KvFormat.F16, QuantAxis.PerToken, 0, tokens, d);
+        var x = Rows(50, tokens, d);
+        x[3 * d + 5] = 1e6f; // token 3, channel 5 → +inf
+        var block = Encode(layout, x, tokens);
+        var q = Enumerable.Repeat(0.5f, d).ToArray();
+        var scores = new float[tokens];
+        BlockAttention.Scores(layout, block, tokens, q, scores);
+        Assert.Equal(float.PositiveInfinity, scores[3]);
+        for (int t = 0; t < tokens; t++) if (t != 3) Assert.True(float.IsFinite(scores[t]) && Math.Abs(scores[t]) < 1e3, $"token {t}: {scores[t]}");
+        var acc = new float[d];
+        BlockAttention.AccumulateValues(layout, block, tokens, Enumerable.Repeat(0.25f, tokens).ToArray(), acc);
+        Assert.Equal(float.PositiveInfinity, acc[5]);
+        Assert.True(float.IsFinite(acc[4]) && float.IsFinite(acc[6]));
+    }
+
     [Fact]
     public void ShortBuffersAreRejected()
     {

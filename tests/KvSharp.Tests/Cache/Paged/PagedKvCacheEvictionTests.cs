@@ -36,11 +36,16 @@ public class PagedKvCacheEvictionTests
             for (int g = 0; g < KvHeads; g++)
                 Assert.Equal(reference.Head(l, g).Select(t => t.Pos), cache.Positions(l, g));
             if (cache.Length == 0) continue;
-            int n = Math.Min(cache.Length, 6), first = cache.Length - n;
-            var q = Gaussians(rng, n * QRow, 2);
-            var actual = new float[n * QRow];
-            cache.Attend(l, q, n, first, actual);
-            AssertClose(reference.Attend(l, q, n, first), actual, tol, $"{where}, layer {l}");
+            // The last few positions (decode-like), then up to 40 at once: one Attend of many positions runs
+            // in multi-position passes over the blocks, whose per-row masks must respect the evicted gaps.
+            foreach (int n in new[] { Math.Min(cache.Length, 6), Math.Min(cache.Length, 40) })
+            {
+                int first = cache.Length - n;
+                var q = Gaussians(rng, n * QRow, 2);
+                var actual = new float[n * QRow];
+                cache.Attend(l, q, n, first, actual);
+                AssertClose(reference.Attend(l, q, n, first), actual, tol, $"{where}, layer {l}, queries {first}+{n}");
+            }
         }
     }
 
