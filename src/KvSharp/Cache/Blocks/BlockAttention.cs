@@ -129,7 +129,7 @@ public static class BlockAttention
 
     /// <summary>
     /// F16 keys through <see cref="F16ScaledReader"/>: queries·2^k against keys·2^-112 give every product as
-    /// q·k·2^(k−112) exactly, so with k = 112 (any query below 2^13 in magnitude) the scores are bit-identical to
+    /// q·k·2^(k−112) exactly, so with k = 112 (every query below 2^14 in magnitude) the scores are bit-identical to
     /// the <see cref="F16Reader"/> path; larger queries take the largest k that keeps q·2^k finite and the
     /// scores are rescaled by 2^(112−k) afterwards.
     /// </summary>
