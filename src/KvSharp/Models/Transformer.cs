@@ -112,6 +112,11 @@ public sealed unsafe class Transformer
         var att = new float[n * qDim];
         var gate = new float[n * ffn];
         var up = new float[n * ffn];
+        // RoPE angles depend only on position: once per chunk, shared by q and k of every layer.
+        int pairs = _rope.Pairs;
+        var cos = new float[n * pairs];
+        var sin = new float[n * pairs];
+        _rope.Angles(pos0, n, cos, sin);
 
         for (int t = 0; t < n; t++)
         {
@@ -136,8 +141,10 @@ public sealed unsafe class Transformer
                 if (L.VBias != null) Kernels.Add(v.AsSpan(t * kvDim, kvDim), L.VBias);
                 if (L.QNorm != null) Kernels.RmsNorm(qt, L.QNorm, qt, c.RmsNormEps);
                 if (L.KNorm != null) Kernels.RmsNorm(kt, L.KNorm, kt, c.RmsNormEps);
-                _rope.Apply(qt, pos0 + t);
-                _rope.Apply(kt, pos0 + t);
+                var ct = cos.AsSpan(t * pairs, pairs);
+                var st = sin.AsSpan(t * pairs, pairs);
+                _rope.Apply(qt, ct, st);
+                _rope.Apply(kt, ct, st);
             }
             cache.Append(l, k, v, n);
             cache.Attend(l, q, n, pos0, att);

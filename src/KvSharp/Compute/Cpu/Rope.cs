@@ -45,19 +45,41 @@ public sealed class Rope
         return inv;
     }
 
+    /// <summary>Half the head dimension: the number of rotated pairs (and of cos/sin values per position).</summary>
+    public int Pairs => _headDim / 2;
+
+    /// <summary>
+    /// cos and sin of every pair's angle for positions <paramref name="startPosition"/> .. +n-1, as [n, Pairs]
+    /// rows. Computed once per forward chunk and shared by q and k of every layer.
+    /// </summary>
+    public void Angles(int startPosition, int n, Span<float> cos, Span<float> sin)
+    {
+        int half = Pairs;
+        for (int t = 0; t < n; t++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float angle = (startPosition + t) * _invFreq[i];
+                cos[t * half + i] = MathF.Cos(angle);
+                sin[t * half + i] = MathF.Sin(angle);
+            }
+        }
+    }
+
     /// <summary>Rotates every head (of <see cref="ModelConfig.HeadDim"/> values) in <paramref name="x"/> to <paramref name="position"/>.</summary>
     public void Apply(Span<float> x, int position)
     {
-        int half = _headDim / 2;
-        // cos/sin depend only on (position, i): compute them once per call, not once per head.
+        int half = Pairs;
         Span<float> cos = half <= 512 ? stackalloc float[half] : new float[half];
         Span<float> sin = half <= 512 ? stackalloc float[half] : new float[half];
-        for (int i = 0; i < half; i++)
-        {
-            float angle = position * _invFreq[i];
-            cos[i] = MathF.Cos(angle);
-            sin[i] = MathF.Sin(angle);
-        }
+        Angles(position, 1, cos, sin);
+        Apply(x, cos, sin);
+    }
+
+    /// <summary>Rotates every head in <paramref name="x"/> by one position's angles (a row of <see cref="Angles"/>).</summary>
+    public void Apply(Span<float> x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int half = Pairs;
         int heads = x.Length / _headDim;
         for (int h = 0; h < heads; h++)
         {
