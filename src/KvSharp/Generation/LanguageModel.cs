@@ -47,15 +47,16 @@ public sealed class LanguageModel : IDisposable
     /// </summary>
     public static LanguageModel Load(string path)
     {
-        var weights = ModelLoader.Load(path);
+        ITokenizer? ggufTokenizer = null;
+        string? ggufTemplate = null;
+        var weights = ModelLoader.Load(path, gguf =>
+        {
+            ggufTokenizer = TokenizerLoader.FromGguf(gguf);
+            ggufTemplate = gguf.Get<string?>("tokenizer.chat_template", null);
+        });
         try
         {
-            if (weights.Source.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) || GgufFile.LooksLikeGguf(weights.Source))
-            {
-                using var gguf = GgufFile.Open(weights.Source);
-                var tokenizer = TokenizerLoader.FromGguf(gguf);
-                return new LanguageModel(weights, tokenizer, gguf.Get<string?>("tokenizer.chat_template", null));
-            }
+            if (ggufTokenizer != null) return new LanguageModel(weights, ggufTokenizer, ggufTemplate);
             string dir = Directory.Exists(path) ? path : Path.GetDirectoryName(Path.GetFullPath(path))!;
             return new LanguageModel(weights, TokenizerLoader.FromDirectory(dir), ReadHfChatTemplate(dir));
         }

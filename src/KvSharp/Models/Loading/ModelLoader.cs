@@ -13,19 +13,21 @@ public static class ModelLoader
     /// <summary>
     /// Loads <paramref name="path"/>: a <c>.gguf</c> file; a Hugging Face directory with
     /// <c>config.json</c> and <c>model.safetensors</c> or <c>model.safetensors.index.json</c>; or a
-    /// <c>.safetensors</c> file / index with <c>config.json</c> beside it.
+    /// <c>.safetensors</c> file / index with <c>config.json</c> beside it. When the model is a GGUF,
+    /// <paramref name="readGguf"/> (if given) reads whatever else it needs from the same parsed file
+    /// (the tokenizer, the chat template) so callers don't open and parse it a second time.
     /// </summary>
-    public static ModelWeights Load(string path)
+    public static ModelWeights Load(string path, Action<GgufFile>? readGguf = null)
     {
         if (Directory.Exists(path))
         {
             if (File.Exists(Path.Combine(path, HfConfigReader.FileName))) return LoadHuggingFace(path, path);
             var ggufs = Directory.GetFiles(path, "*.gguf");
-            if (ggufs.Length == 1) return LoadGguf(ggufs[0]);
+            if (ggufs.Length == 1) return LoadGguf(ggufs[0], readGguf);
             throw new ModelFormatException(path, $"no {HfConfigReader.FileName} in this directory (expected a Hugging Face model directory or a single .gguf file)");
         }
         if (!File.Exists(path)) throw new ModelFormatException(path, "no such file or directory");
-        if (GgufFile.LooksLikeGguf(path)) return LoadGguf(path);
+        if (GgufFile.LooksLikeGguf(path)) return LoadGguf(path, readGguf);
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {
             string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
@@ -39,8 +41,8 @@ public static class ModelLoader
         throw new ModelFormatException(path, "not a model: expected a .gguf file, a .safetensors file, or a Hugging Face model directory");
     }
 
-    /// <summary>Loads a GGUF file; its tensor names are already canonical.</summary>
-    public static ModelWeights LoadGguf(string path)
+    /// <summary>Loads a GGUF file; its tensor names are already canonical. See <see cref="Load"/> for <paramref name="readGguf"/>.</summary>
+    public static ModelWeights LoadGguf(string path, Action<GgufFile>? readGguf = null)
     {
         var gguf = GgufFile.Open(path);
         try
@@ -48,6 +50,7 @@ public static class ModelLoader
             var config = GgufConfigReader.Read(gguf);
             var tensors = gguf.Tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
             WeightValidator.Validate(config, tensors, path);
+            readGguf?.Invoke(gguf);
             return new ModelWeights(config, path, tensors, gguf);
         }
         catch
