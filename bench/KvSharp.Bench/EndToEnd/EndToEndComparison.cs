@@ -30,7 +30,7 @@ internal static class EndToEndComparison
             string path = Path.Combine(work, $"{name}-{type}.gguf");
             if (File.Exists(path)) return path;
             using var w = ModelLoader.Load(source);
-            using var converted = Convert(w, type);
+            using var converted = WeightConverter.Convert(w, type);
             GgufWriter.WriteModel(converted, path, source.EndsWith(".gguf", StringComparison.Ordinal) ? source : null, name);
             return path;
         }
@@ -75,9 +75,6 @@ internal static class EndToEndComparison
             }
         }
     }
-
-    /// <summary>Re-stores a model's matrices in <paramref name="type"/> (norms stay F32), through the dummy-weights quantizer.</summary>
-    private static Models.ModelWeights Convert(Models.ModelWeights source, GgmlType type) => WeightConverter.Convert(source, type);
 
     private static string FindRepo()
     {

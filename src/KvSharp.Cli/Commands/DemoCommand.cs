@@ -46,13 +46,7 @@ internal static class DemoCommand
             }
             string path = parse.GetValue(model) ?? EmbeddedModel;
             if (!File.Exists(path) && !Directory.Exists(path)) throw new KvSharpException($"{path}: model not found");
-            KvSharp.Cache.KvCacheSpec? spec = null;
-            if (parse.GetValue(kvCache) is { } text)
-            {
-                try { spec = KvSharp.Cache.KvCacheSpec.Parse(text); }
-                catch (KvSharpException e) { throw new UsageException($"--kv-cache: {e.Message}"); }
-            }
-            Run(path, NeedleDocument.Create(n, f, parse.GetValue(seed)), spec, context);
+            Run(path, NeedleDocument.Create(n, f, parse.GetValue(seed)), ModelOptions.ParseKvCache(parse.GetValue(kvCache)), context);
             return 0;
         });
         return command;

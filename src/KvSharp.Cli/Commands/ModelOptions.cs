@@ -25,6 +25,14 @@ internal sealed class ModelOptions
         command.Options.Add(KvCache);
     }
 
+    /// <summary>The <c>--kv-cache</c> value as a spec (null when absent); a bad spec is a usage error naming the option.</summary>
+    public static KvSharp.Cache.KvCacheSpec? ParseKvCache(string? text)
+    {
+        if (text == null) return null;
+        try { return KvSharp.Cache.KvCacheSpec.Parse(text); }
+        catch (KvSharpException e) { throw new UsageException($"--kv-cache: {e.Message}"); }
+    }
+
     /// <summary>Reads and checks the options; throws <see cref="UsageException"/> naming the option.</summary>
     public ModelSource Bind(ParseResult parse, string? positionalModel = null)
     {
@@ -46,12 +54,6 @@ internal sealed class ModelOptions
         if (threads is <= 0) throw new UsageException($"--threads must be > 0, got {threads}");
         int? ctx = parse.GetValue(Context);
         if (ctx is <= 0) throw new UsageException($"--ctx must be > 0, got {ctx}");
-        KvSharp.Cache.KvCacheSpec? kv = null;
-        if (parse.GetValue(KvCache) is { } spec)
-        {
-            try { kv = KvSharp.Cache.KvCacheSpec.Parse(spec); }
-            catch (KvSharpException e) { throw new UsageException($"--kv-cache: {e.Message}"); }
-        }
-        return new ModelSource(model, dummy, dummyType, threads, ctx, kv);
+        return new ModelSource(model, dummy, dummyType, threads, ctx, ParseKvCache(parse.GetValue(KvCache)));
     }
 }
