@@ -1,6 +1,5 @@
 using System.Text.Json;
 using KvSharp.Formats;
-using KvSharp.Formats.Gguf;
 using KvSharp.Generation.Chat;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
