@@ -29,6 +29,10 @@ public class CommandLineTests
 
         public IChatSession OpenChat(ChatRequest request, CancellationToken cancellation) { Chatted = request; return new Session(this); }
 
+        public AskRequest? Asked;
+
+        public int Ask(AskRequest request, TextWriter output, CancellationToken cancellation) { if (Throw != null) throw Throw; Asked = request; return 0; }
+
         private sealed class Session(FakeEngine engine) : IChatSession
         {
             public IChatTemplate Template { get; } = new ChatMlTemplate();
