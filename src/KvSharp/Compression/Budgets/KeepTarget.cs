@@ -35,7 +35,7 @@ public readonly record struct KeepTarget(KeepUnit Unit, double Value)
     {
         KeepUnit.Ratio => (int)Math.Round(Value * candidates, MidpointRounding.AwayFromZero),
         KeepUnit.TokensPerHead => (int)Value,
-        _ => (int)Math.Round(Value / heads, MidpointRounding.AwayFromZero),
+        _ => (int)Math.Floor(Value / heads), // floor: the heads together never exceed the total
     }, 0, candidates);
 
     /// <summary>Tokens kept over <paramref name="heads"/> heads holding <paramref name="candidates"/> candidates together.</summary>

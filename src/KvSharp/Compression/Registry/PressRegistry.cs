@@ -108,12 +108,12 @@ public static class PressRegistry
             if (open >= 0 && (colon < 0 || open < colon))
             {
                 int close = Matching(press, part, open);
-                string name = part[..open].Trim(), rest = part[(close + 1)..].Trim();
+                string name = part[..open].Trim().ToLowerInvariant(), rest = part[(close + 1)..].Trim();
                 if (rest.Length > 0 && rest[0] != ':') throw new KvSharpException($"press '{press}': unexpected '{rest}' after '{part[..(close + 1)]}'");
                 if (FindBudget(name) == null)
                     throw new KvSharpException($"press '{press}': only a budget can wrap a scorer, and '{name}' is not one; budgets: {Names(PressPartKind.Budget)}");
                 foreach (var inner in Flatten(press, part[(open + 1)..close])) yield return inner;
-                yield return new Segment(name.ToLowerInvariant(), rest.Length > 0 ? rest[1..] : null);
+                yield return new Segment(name, rest.Length > 0 ? rest[1..] : null);
             }
             else
             {
