@@ -40,10 +40,12 @@ internal static class PagedAttention
     /// Writes, for the <paramref name="count"/> positions <paramref name="firstPosition"/>.., the group's
     /// [group, headDim] outputs: position j's queries (unscaled) start at queries[j·<paramref name="queryStride"/>]
     /// and its outputs at output[j·<paramref name="outputStride"/>]. Tokens stored at a later position than a
-    /// query's are masked out for it.
+    /// query's are masked out for it. When <paramref name="logSumExp"/> is not empty, position j's row i gets its
+    /// log Σ exp(score) at logSumExp[j·<paramref name="logSumExpStride"/> + i] (for <see cref="PagedAttentionStatistics"/>).
     /// </summary>
     public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
-        int group, int headDim, int firstPosition, Span<float> output, int outputStride)
+        int group, int headDim, int firstPosition, Span<float> output, int outputStride,
+        Span<float> logSumExp = default, int logSumExpStride = 0)
     {
         var s = t_scratch ??= new Scratch();
         int rows = count * group, gn = group * headDim, qn = rows * headDim;
@@ -77,6 +79,9 @@ internal static class PagedAttention
         state.Finish(s.Output);
         for (int j = 0; j < count; j++)
             s.Output.AsSpan(j * gn, gn).CopyTo(output.Slice(j * outputStride, gn));
+        if (!logSumExp.IsEmpty)
+            for (int j = 0; j < count; j++)
+                for (int i = 0; i < group; i++) logSumExp[j * logSumExpStride + i] = state.LogSumExp(j * group + i);
     }
 
     /// <summary>Absorbs tokens first..first+n-1 (one block) into the rows that can see at least its first token.</summary>

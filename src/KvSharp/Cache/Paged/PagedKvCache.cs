@@ -101,6 +101,7 @@ public sealed partial class PagedKvCache : IKvCache
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
         var q = queries.Slice(0, count * qRow).ToArray();
         var o = new float[count * qRow];
+        var lse = StatisticsRows(count, firstPosition);
         long work = (long)count * _heads * hd * (firstPosition + count);
         // One job per (run of up to PositionsPerJob query tokens, KV head): one pass over the head's blocks serves
         // every query of the run (prefill pays each block's overhead once per run, not per token); each job writes
@@ -114,9 +115,11 @@ public sealed partial class PagedKvCache : IKvCache
                 int t = job / _kvHeads * PositionsPerJob, g = job % _kvHeads, offset = t * qRow + g * group * hd;
                 int m = Math.Min(PositionsPerJob, count - t), span = (m - 1) * qRow + group * hd;
                 PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, span), qRow, m,
-                    group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow);
+                    group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow,
+                    lse == null ? default : new Span<float>(lse, t * _heads + g * group, (m - 1) * _heads + group), _heads);
             }
         });
+        if (lse != null) AccumulateStatistics(layer, q, count, firstPosition, lse);
         o.CopyTo(output);
     }
 
@@ -125,6 +128,7 @@ public sealed partial class PagedKvCache : IKvCache
     public void Truncate(int length)
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
+        ThrowIfCollectingStatistics("truncate");
         foreach (var s in _stores) s.Truncate(length);
         for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
     }
@@ -138,6 +142,7 @@ public sealed partial class PagedKvCache : IKvCache
     {
         ArgumentNullException.ThrowIfNull(positions);
         var store = Store(layer, kvHead);
+        ThrowIfCollectingStatistics("evict");
         var mask = new bool[store.Positions.Count];
         for (int i = 0; i < mask.Length; i++) mask[i] = positions.Contains(store.Positions[i]);
         store.Evict(mask);
@@ -150,7 +155,12 @@ public sealed partial class PagedKvCache : IKvCache
     /// re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most one more
     /// quantization step. Freed blocks go back to the pool.
     /// </summary>
-    public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict) => Store(layer, kvHead).Evict(evict);
+    public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict)
+    {
+        var store = Store(layer, kvHead);
+        ThrowIfCollectingStatistics("evict");
+        store.Evict(evict);
+    }
 
     /// <summary>
     /// A new cache holding the same tokens that shares every encoded block copy-on-write (blocks are never
