@@ -1,3 +1,4 @@
+using KvSharp.Cache;
 using KvSharp.Cache.Paged;
 using KvSharp.Generation;
 using KvSharp.Generation.Chat;
@@ -27,7 +28,12 @@ public sealed class PressContext
     public static PressContext For(LanguageModel model, PagedKvCache cache, IReadOnlyList<int> tokens)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return new PressContext(model.Transformer, cache, tokens) { Tokenizer = model.Tokenizer, ChatTemplate = model.ChatTemplate };
+        // A model without a chat template of its own (base models) gets plain-text prompts, not a guessed template.
+        return new PressContext(model.Transformer, cache, tokens)
+        {
+            Tokenizer = model.Tokenizer,
+            ChatTemplate = model.ChatTemplateText != null ? model.ChatTemplate : null,
+        };
     }
 
     /// <summary>The forward pass (scorers that observe attention run tokens through it).</summary>
@@ -67,4 +73,40 @@ public sealed class PressContext
 
     /// <summary>Empty scores shaped for this cache.</summary>
     public HeadScores NewScores() => new(Layers, KvHeads);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> through the model on a copy-on-write fork of the cache with attention statistics
+    /// on, and returns them; the cache itself is untouched. With <paramref name="rewindTo"/> the fork is first cut back
+    /// to that length, so context tokens can be run again at their own positions (they recompute the same keys and
+    /// values): e.g. SnapKV's window is <c>Observe(Tokens[T-w..T], rewindTo: T-w)</c>. Statistics cover the tokens
+    /// the fork stores when the run starts; by default every run query counts.
+    /// </summary>
+    public AttentionStatistics Observe(ReadOnlySpan<int> tokens, GroupFold fold = GroupFold.Max, int? rewindTo = null, int? firstQueryPosition = null)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("no tokens to observe", nameof(tokens));
+        using var fork = Cache.Fork();
+        if (rewindTo is { } r) fork.Truncate(r);
+        fork.BeginStatistics(new AttentionStatisticsRequest(firstQueryPosition ?? fork.Length, fold));
+        Model.Forward(tokens, fork); // a throw disposes the fork, collection and all
+        return fork.EndStatistics();
+    }
+
+    /// <summary>
+    /// Spreads per-covered-token <paramref name="values"/> of <paramref name="statistics"/> for (layer, KV head) over
+    /// the cache's stored tokens of that head (matched by position); stored tokens the statistics do not cover get
+    /// <paramref name="uncovered"/>.
+    /// </summary>
+    public float[] Align(AttentionStatistics statistics, int layer, int kvHead, ReadOnlySpan<float> values, float uncovered)
+    {
+        ArgumentNullException.ThrowIfNull(statistics);
+        var stored = Cache.Positions(layer, kvHead);
+        var covered = statistics.Positions(layer, kvHead);
+        var result = new float[stored.Count];
+        for (int i = 0, j = 0; i < result.Length; i++)
+        {
+            while (j < covered.Count && covered[j] < stored[i]) j++;
+            result[i] = j < covered.Count && covered[j] == stored[i] ? values[j] : uncovered;
+        }
+        return result;
+    }
 }

@@ -21,7 +21,7 @@ public static class PressRegistry
 {
     private sealed record ScorerEntry(PressDescription Description, string DefaultBudget, double DefaultKeep, Func<PressArguments, IScorer> Create);
 
-    private sealed record BudgetEntry(PressDescription Description, Func<PressArguments, KeepTarget, IBudget> Create);
+    private sealed record BudgetEntry(PressDescription Description, Func<PressArguments, KeepTarget, IBudget> Create, bool TakesTarget = true);
 
     private static readonly PressParameter[] TargetParameters =
     [
@@ -38,6 +38,16 @@ public static class PressRegistry
         ["head"] = "head",
     };
 
+    private static readonly PressParameter[] SnapKvParameters =
+    [
+        new("window", "32", "observed last queries, always kept, >= 1"),
+        new("kernel", "7", "pooling kernel, odd"),
+        new("pool", "avg", "avg | max"),
+    ];
+
+    private static SnapKvScorer SnapKv(PressArguments a) =>
+        new(a.Int("window", 32, 1), a.Int("kernel", 7, 1), a.Choice("pool", "avg", "avg", "max"));
+
     private static readonly ScorerEntry[] Scorers =
     [
         new(new("streamingllm", PressPartKind.Scorer, "StreamingLLM: attention sinks + the most recent tokens",
@@ -47,6 +57,18 @@ public static class PressRegistry
             "uniform", 0.5, _ => new KeyNormScorer()),
         new(new("random", PressPartKind.Scorer, "random scores (baseline)", [new("seed", "0", "random seed")], []),
             "uniform", 0.5, a => new RandomScorer(a.Int("seed", 0, int.MinValue))),
+        new(new("snapkv", PressPartKind.Scorer, "SnapKV: attention of the last window queries, group mean, pooled; window kept", SnapKvParameters, []),
+            "uniform", 0.5, SnapKv),
+        new(new("h2o", PressPartKind.Scorer, "H2O: attention summed over all prefill queries + a recent window",
+                [new("window", "32", "most recent tokens always kept, >= 0"), new("chunk", "64", "prefill queries re-run per observation (1 = exact, slow)")], ["heavyhitters"]),
+            "uniform", 0.5, a => new H2oScorer(a.Int("window", 32, 0), a.Int("chunk", 64, 1))),
+        new(new("tova", PressPartKind.Scorer, "TOVA: attention of the last query, group mean", [], []),
+            "uniform", 0.5, _ => new TovaScorer()),
+        new(new("kvzip", PressPartKind.Scorer, "KVzip: max attention while the model repeats the context (query-agnostic); level=pair by default",
+                [new("chunk", "2000", "context tokens per repeat run, >= 1")], []),
+            "global", 0.3, a => new KvzipScorer(a.Int("chunk", 2000, 1))),
+        new(new("dbudgetkv", PressPartKind.Scorer, "DBudgetKV: SnapKV scores, pruned until a share of attention mass is lost (dynamic budget)", SnapKvParameters, ["dbudget"]),
+            "dynamic", 1, SnapKv),
     ];
 
     private static readonly BudgetEntry[] Budgets =
@@ -63,6 +85,9 @@ public static class PressRegistry
         new(new("adakv", PressPartKind.Budget, "AdaKV: per-layer top-k across heads, each head keeping a floor",
                 [new("floor", "0.2", "fraction of its uniform share each head keeps, in [0, 1]")], []),
             (a, t) => new AdaKvBudget(t, a.Double("floor", 0.2, 0, 1))),
+        new(new("dynamic", PressPartKind.Budget, "no fixed ratio: each head prunes its least important tokens up to a share of its attention mass",
+                [new("mass", "0.01", "share of a head's attention mass that may be pruned, in [0, 1]")], []),
+            (a, _) => new DynamicBudget(a.Double("mass", 0.01, 0, 1)), TakesTarget: false),
     ];
 
     /// <summary>Every registered scorer and budget with its parameters.</summary>
@@ -173,9 +198,12 @@ public static class PressRegistry
         }
         else budget = budgets.Count > 0 ? budgets[0] : FindBudget(scorer.DefaultBudget)!;
 
-        var target = Target(args, scorer.DefaultKeep);
+        KeepTarget target = default;
+        if (budget.TakesTarget) target = Target(args, scorer.DefaultKeep);
         var built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
-        args.CheckAllUsed(scorer.Description.Parameters.Concat(budget.Description.Parameters).Concat(TargetParameters).Select(p => p.Name));
+        var valid = scorer.Description.Parameters.Concat(budget.Description.Parameters).Select(p => p.Name)
+            .Concat(budget.TakesTarget ? TargetParameters.Select(p => p.Name) : ["level"]);
+        args.CheckAllUsed(valid);
         return built;
     }
 

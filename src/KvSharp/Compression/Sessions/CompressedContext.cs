@@ -125,7 +125,7 @@ public sealed class CompressedContext : IDisposable
             ProtectedPrefix = ProtectedPrefix,
             Question = question,
             Tokenizer = _model.Tokenizer,
-            ChatTemplate = _model.ChatTemplate,
+            ChatTemplate = _model.ChatTemplateText != null ? _model.ChatTemplate : null, // base models: plain text
         };
 
     /// <inheritdoc />
