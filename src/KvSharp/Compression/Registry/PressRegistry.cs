@@ -200,7 +200,15 @@ public static class PressRegistry
 
         KeepTarget target = default;
         if (budget.TakesTarget) target = Target(args, scorer.DefaultKeep);
-        var built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+        ScoredPress built;
+        try
+        {
+            built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+        }
+        catch (KvSharpException e) when (!e.Message.StartsWith("press '", StringComparison.Ordinal))
+        {
+            throw args.Error(e.Message); // a constructor's range check: name the press text too
+        }
         var valid = scorer.Description.Parameters.Concat(budget.Description.Parameters).Select(p => p.Name)
             .Concat(budget.TakesTarget ? TargetParameters.Select(p => p.Name) : ["level"]);
         args.CheckAllUsed(valid);
