@@ -149,7 +149,7 @@ public class AttentionScorerTests
     public void Kvzip_IsTheMaxAttentionOfEachChunksRepeatRun()
     {
         using var s = new Setup();
-        const int prefix = 2, chunk = 8;
+        const int prefix = 2, chunk = 11; // two runs, the second quoting the first's last 8 tokens
         var tok = new CharTokenizer(s.Config.VocabSize);
         var expected = new double[s.Config.NumLayers, s.Config.NumKvHeads, T];
         for (int start = prefix; start < T; start += chunk)
