@@ -201,4 +201,52 @@ public class AttentionScorerTests
         var e = Assert.Throws<KvSharpException>(() => new KvzipScorer().Score(new PressContext(s.Engine, full, s.Tokens) { Tokenizer = tok }));
         Assert.Contains("no room", e.Message);
     }
+
+    [Fact]
+    public void KvCompress_RanksBlocksBySquaredGroupSummedWindowAttention()
+    {
+        using var s = new Setup();
+        const int window = 3, block = 4;
+        var w = OracleWeights(s.Model, s.Tokens);
+        var actual = new KvCompressScorer(window, block).Score(s.Context());
+        // A window query observes the tokens stored before it (its own run starts at its position).
+        double Metric(int l, int g, int t) => Enumerable.Range(T - window, window).Where(q => q > t).Sum(q => Math.Pow(s.Fold(w, l, q, g, t, max: false) * s.Group, 2));
+        AssertScores((l, g, t) => t >= T - window ? double.PositiveInfinity
+            : Enumerable.Range(t / block * block, block).Sum(u => Metric(l, g, u)), actual, s.Config, T);
+    }
+
+    [Fact]
+    public void ZipVl_DividesAccumulatedAttentionByItsObservers()
+    {
+        using var s = new Setup();
+        const int chunk = 4;
+        var w = OracleWeights(s.Model, s.Tokens);
+        var actual = new ZipVlScorer(chunk).Score(s.Context());
+        AssertScores((l, g, t) =>
+        {
+            var observers = Enumerable.Range(0, T).Where(q => q / chunk * chunk > t).ToList();
+            return observers.Count == 0 ? double.PositiveInfinity : observers.Sum(q => s.Fold(w, l, q, g, t, max: false)) / observers.Count;
+        }, actual, s.Config, T);
+    }
+
+    [Fact]
+    public void Rkv_RedundancyIsTheSoftmaxOfThresholdedSimilarityToLaterKeys()
+    {
+        var rng = new Random(4);
+        const int n = 9, d = 8;
+        var keys = new float[n * d];
+        for (int i = 0; i < keys.Length; i++) keys[i] = rng.NextSingle() * 2 - 1;
+        keys.AsSpan(0, d).CopyTo(keys.AsSpan(5 * d, d)); // token 0 duplicated later: redundant
+        double Cos(int i, int j)
+        {
+            double dot = 0, a = 0, b = 0;
+            for (int c = 0; c < d; c++) { dot += keys[i * d + c] * keys[j * d + c]; a += keys[i * d + c] * keys[i * d + c]; b += keys[j * d + c] * keys[j * d + c]; }
+            return dot / Math.Sqrt(a * b);
+        }
+        var raw = Enumerable.Range(0, n).Select(j => Enumerable.Range(j + 1, n - j - 1).Select(i => Cos(i, j)).Where(c => c > 0.3).Sum() / (n - 1)).ToArray();
+        var expected = raw.Select(r => Math.Exp(r) / raw.Sum(x => Math.Exp(x))).ToArray();
+        var actual = RkvScorer.Redundancy(keys, d, 0.3);
+        for (int j = 0; j < n; j++) Assert.Equal(expected[j], actual[j], 1e-5);
+        Assert.True(actual[0] > actual[5]); // of the identical pair, only the older one is redundant
+    }
 }
