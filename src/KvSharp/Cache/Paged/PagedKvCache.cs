@@ -28,9 +28,9 @@ public sealed partial class PagedKvCache : IKvCache
         ArgumentNullException.ThrowIfNull(options);
         if (layers < 1 || kvHeads < 1 || heads < 1 || heads % kvHeads != 0)
             throw new KvSharpException($"paged KV cache: {heads} heads must be a positive multiple of {kvHeads} KV heads, over {layers} ≥ 1 layers");
-        var (keys, values) = options.Layouts(headDim);
+        _ = options.Layouts(headDim); // validates the options before anything is allocated
         _layers = layers; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _options = options;
-        _pools = new PoolSet(keys, values);
+        _pools = new PoolSet(options, headDim);
         _stores = new HeadStore[layers * kvHeads];
         for (int i = 0; i < _stores.Length; i++) _stores[i] = new HeadStore(_pools, headDim);
         _layerLength = new int[layers];
@@ -53,11 +53,11 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>The options this cache was created with.</summary>
     public PagedKvCacheOptions Options => _options;
 
-    /// <summary>Layout of key blocks.</summary>
-    public BlockLayout KeyLayout => _pools.KeyLayout;
+    /// <summary>Layout of key blocks encoded from appended tokens (<see cref="Requantize"/> may store others).</summary>
+    public BlockLayout KeyLayout => _pools.Default.KeyLayout;
 
-    /// <summary>Layout of value blocks.</summary>
-    public BlockLayout ValueLayout => _pools.ValueLayout;
+    /// <summary>Layout of value blocks encoded from appended tokens (<see cref="Requantize"/> may store others).</summary>
+    public BlockLayout ValueLayout => _pools.Default.ValueLayout;
 
     /// <summary>Layers.</summary>
     public int Layers => _layers;
@@ -113,7 +113,7 @@ public sealed partial class PagedKvCache : IKvCache
             {
                 int t = job / _kvHeads * PositionsPerJob, g = job % _kvHeads, offset = t * qRow + g * group * hd;
                 int m = Math.Min(PositionsPerJob, count - t), span = (m - 1) * qRow + group * hd;
-                PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, span), qRow, m,
+                PagedAttention.Attend(_stores[layer * _kvHeads + g], new ReadOnlySpan<float>(q, offset, span), qRow, m,
                     group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow);
             }
         });
@@ -131,6 +131,20 @@ public sealed partial class PagedKvCache : IKvCache
 
     /// <summary>Original positions of the tokens (layer, KV head) stores, ascending.</summary>
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
+
+    /// <summary>
+    /// The stored tokens of (layer, KV head) decoded to float: [Positions.Count, headDim] keys (after RoPE) and values,
+    /// in <see cref="Positions"/> order, each as its block's format reproduces it. For inspection and scoring; attention
+    /// never makes this copy.
+    /// </summary>
+    public (float[] Keys, float[] Values) Read(int layer, int kvHead)
+    {
+        var store = Store(layer, kvHead);
+        var keys = new float[store.Positions.Count * _headDim];
+        var values = new float[keys.Length];
+        store.Read(keys, values);
+        return (keys, values);
+    }
 
     /// <summary>Evicts the tokens of (layer, KV head) whose original position is in <paramref name="positions"/>.</summary>
     /// <remarks>See <see cref="Evict(int, int, ReadOnlySpan{bool})"/> for how blocks are rebuilt.</remarks>
@@ -151,6 +165,23 @@ public sealed partial class PagedKvCache : IKvCache
     /// quantization step. Freed blocks go back to the pool.
     /// </summary>
     public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict) => Store(layer, kvHead).Evict(evict);
+
+    /// <summary>
+    /// Re-encodes the stored tokens of (layer, KV head) flagged in <paramref name="select"/> (one flag per stored
+    /// token, in <see cref="Positions"/> order) with keys in <paramref name="keyFormat"/> and values in
+    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). Blocks stay in
+    /// position order, each holding consecutive tokens of one format pair: blocks with no selected token, or already
+    /// in the requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded
+    /// and re-encoded into fresh blocks (a run of one format pair may end in a partial block). Selected tokens of the
+    /// float tail are encoded at once; unselected tail tokens before the last selected one become F32 blocks (their
+    /// values unchanged), later ones stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// </summary>
+    /// <exception cref="KvSharpException">The block geometry does not suit a requested format.</exception>
+    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)
+    {
+        var store = Store(layer, kvHead);
+        store.Requantize(select, _pools.Formats(keyFormat, valueFormat));
+    }
 
     /// <summary>
     /// A new cache holding the same tokens that shares every encoded block copy-on-write (blocks are never
