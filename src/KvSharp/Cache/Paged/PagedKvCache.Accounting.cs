@@ -13,10 +13,10 @@ public sealed partial class PagedKvCache
     /// </remarks>
     public long ByteCount => _stores.Sum(s => s.KeyBlockBytes + s.ValueBlockBytes + s.TailBytes);
 
-    /// <summary>Bytes of (layer, KV head): its blocks plus its float tail.</summary>
+    /// <summary>Bytes of (layer, KV head): its blocks plus its float tail (0 for a layer sharing another's storage: counted once, at the source).</summary>
     public long BytesByLayerHead(int layer, int kvHead)
     {
-        var s = Store(layer, kvHead);
+        var s = StoreOf(layer, kvHead);
         return s.KeyBlockBytes + s.ValueBlockBytes + s.TailBytes;
     }
 
@@ -28,15 +28,15 @@ public sealed partial class PagedKvCache
         return d;
     }
 
-    /// <summary>Bytes by storage format of (layer, KV head), as <see cref="BytesByFormat()"/> counts them.</summary>
+    /// <summary>Bytes by storage format of (layer, KV head), as <see cref="BytesByFormat()"/> counts them (empty for a shared layer).</summary>
     public IReadOnlyDictionary<KvFormat, long> BytesByFormat(int layer, int kvHead)
     {
         var d = new Dictionary<KvFormat, long>();
-        Store(layer, kvHead).AddBytesByFormat(d);
+        StoreOf(layer, kvHead).AddBytesByFormat(d);
         return d;
     }
 
-    /// <summary>Tokens stored across all (layer, KV head) pairs (after eviction).</summary>
+    /// <summary>Tokens stored across all (layer, KV head) pairs (after eviction; a shared layer stores none).</summary>
     public long StoredTokens => _stores.Sum(s => (long)s.Positions.Count);
 
     /// <summary>
