@@ -109,4 +109,30 @@ public class ScorerTests
                 Assert.All(composed.Cache.Positions(l, h), p => Assert.True(p < 4 || p >= 24)); // survivors of the first press
             }
     }
+
+    [Fact]
+    public void KvCrush_AddsRepresentativesAtUniformStepsOfTheHammingOrder()
+    {
+        using var data = new SyntheticCache(tokens: 20);
+        var c = data.Config;
+        var norms = new double[c.NumLayers, c.NumKvHeads, 20];
+        for (int l = 0; l < c.NumLayers; l++)
+            for (int h = 0; h < c.NumKvHeads; h++)
+                for (int t = 0; t < 20; t++)
+                    norms[l, h, t] = -Math.Sqrt(Enumerable.Range(0, c.HeadDim).Sum(i => Math.Pow(data.Keys[l][t * c.NumKvHeads * c.HeadDim + h * c.HeadDim + i], 2)));
+        PressRegistry.Parse("kvcrush(keynorm):tokens=4,reps=0.2,anchor=zeros").Compress(data.Context());
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            // Bit h of token t: its score in head h is above head h's median (the 11th smallest of 20).
+            int Bits(int t) => Enumerable.Range(0, c.NumKvHeads).Count(h =>
+                norms[l, h, t] > Enumerable.Range(0, 20).Select(u => norms[l, h, u]).Order().ElementAt(10));
+            for (int h = 0; h < c.NumKvHeads; h++)
+            {
+                var top = Enumerable.Range(0, 20).OrderByDescending(t => norms[l, h, t]).Take(4).ToHashSet();
+                var order = Enumerable.Range(0, 20).Where(t => !top.Contains(t)).OrderBy(Bits).ThenBy(t => t).ToList();
+                var expected = top.Concat(Enumerable.Range(0, 4).Select(r => order[r * order.Count / 4])).Order().ToArray(); // reps 0.2 x 20 = 4
+                Assert.Equal(expected, data.Cache.Positions(l, h));
+            }
+        }
+    }
 }

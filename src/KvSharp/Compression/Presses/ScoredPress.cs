@@ -37,10 +37,13 @@ public sealed class ScoredPress(IScorer scorer, IBudget budget, IPressAction? ac
     }
 
     /// <summary>Keep flags per head (index layer × KvHeads + kvHead) over its stored tokens, without applying them.</summary>
-    public bool[][] Select(PressContext context)
+    public bool[][] Select(PressContext context) => Select(context, out _);
+
+    /// <summary>As <see cref="Select(PressContext)"/>, also returning the scorer's scores (for presses that refine the selection).</summary>
+    public bool[][] Select(PressContext context, out HeadScores scores)
     {
         ArgumentNullException.ThrowIfNull(context);
-        var scores = Scorer.Score(context);
+        scores = Scorer.Score(context);
         var candidates = context.NewScores();
         var first = new int[candidates.HeadCount];
         for (int l = 0; l < context.Layers; l++)

@@ -7,6 +7,8 @@ public enum PressPartKind
     Scorer,
     /// <summary>Decides how many tokens each head keeps; follows a scorer (<c>snapkv+pyramid</c>) or wraps it (<c>adakv(snapkv)</c>).</summary>
     Budget,
+    /// <summary>Refines which tokens an importance press keeps; follows a budget or wraps a scorer (<c>kvcrush(h2o)</c>).</summary>
+    Selector,
 }
 
 /// <summary>One parameter of a registered scorer or budget.</summary>

@@ -10,6 +10,7 @@ namespace KvSharp.Compression.Registry;
 /// press    := unit ( '+' unit )*                 units apply one after the other (a + b)
 /// unit     := scorer [ '+' budget ] [ ':' params ]  e.g. snapkv+pyramid:keep=0.25,window=32
 ///           | budget '(' scorer ')' [ ':' params ]  e.g. adakv(snapkv):keep=0.25
+///           | selector '(' unit ')' [ ':' params ]  e.g. kvcrush(h2o):keep=0.2,reps=0.05,anchor=mean
 /// params   := name=value ( ',' name=value )*      routed to the scorer or the budget that declares them
 /// </code>
 /// Each part may carry its own parameters (<c>snapkv:window=16+pyramid:keep=0.2</c>). Budgets take one of
@@ -22,6 +23,20 @@ public static class PressRegistry
     private sealed record ScorerEntry(PressDescription Description, string DefaultBudget, double DefaultKeep, Func<PressArguments, IScorer> Create);
 
     private sealed record BudgetEntry(PressDescription Description, Func<PressArguments, KeepTarget, IBudget> Create, bool TakesTarget = true);
+
+    private sealed record SelectorEntry(PressDescription Description, Func<PressArguments, ScoredPress, IKvPress> Create);
+
+    private static readonly SelectorEntry[] Selectors =
+    [
+        new(new("kvcrush", PressPartKind.Selector, "KVCrush: keeps representatives of the evicted tokens, picked along their Hamming order to an anchor",
+                [new("reps", "0.05", "extra share of candidates kept as representatives, in [0, 1]"),
+                 new("anchor", "mean", "zeros | ones | random | mean | alternate"), new("seed", "0", "seed of the random anchor")], []),
+            (a, inner) =>
+            {
+                var anchor = Enum.Parse<KvCrushAnchor>(a.Choice("anchor", "mean", "zeros", "ones", "random", "mean", "alternate"), ignoreCase: true);
+                return new KvCrushPress(inner, a.Double("reps", 0.05, 0, 1), anchor, a.Int("seed", 0, int.MinValue));
+            }),
+    ];
 
     private static readonly PressParameter[] TargetParameters =
     [
@@ -102,7 +117,7 @@ public static class PressRegistry
 
     /// <summary>Every registered scorer and budget with its parameters.</summary>
     public static IReadOnlyList<PressDescription> Presses { get; } =
-        [.. Scorers.Select(s => s.Description), .. Budgets.Select(b => b.Description)];
+        [.. Scorers.Select(s => s.Description), .. Budgets.Select(b => b.Description), .. Selectors.Select(s => s.Description)];
 
     /// <summary>The parameters every budget takes (keep, tokens, total, level).</summary>
     public static IReadOnlyList<PressParameter> BudgetParameters => TargetParameters;
@@ -121,9 +136,9 @@ public static class PressRegistry
         foreach (var segment in Flatten(press, press))
         {
             if (FindScorer(segment.Name) != null) units.Add([segment]);
-            else if (FindBudget(segment.Name) != null)
+            else if (FindBudget(segment.Name) != null || FindSelector(segment.Name) != null)
             {
-                if (units.Count == 0) throw new KvSharpException($"press '{press}': budget '{segment.Name}' needs a scorer before it (e.g. snapkv+{segment.Name}) or inside it ({segment.Name}(snapkv)); {Known()}");
+                if (units.Count == 0) throw new KvSharpException($"press '{press}': '{segment.Name}' needs a scorer before it (e.g. snapkv+{segment.Name}) or inside it ({segment.Name}(snapkv)); {Known()}");
                 units[^1].Add(segment);
             }
             else throw new KvSharpException($"press '{press}': unknown method '{segment.Name}'; {Known()}");
@@ -145,8 +160,8 @@ public static class PressRegistry
                 int close = Matching(press, part, open);
                 string name = part[..open].Trim().ToLowerInvariant(), rest = part[(close + 1)..].Trim();
                 if (rest.Length > 0 && rest[0] != ':') throw new KvSharpException($"press '{press}': unexpected '{rest}' after '{part[..(close + 1)]}'");
-                if (FindBudget(name) == null)
-                    throw new KvSharpException($"press '{press}': only a budget can wrap a scorer, and '{name}' is not one; budgets: {Names(PressPartKind.Budget)}");
+                if (FindBudget(name) == null && FindSelector(name) == null)
+                    throw new KvSharpException($"press '{press}': only a budget or a selector can wrap a scorer, and '{name}' is not one; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}");
                 foreach (var inner in Flatten(press, part[(open + 1)..close])) yield return inner;
                 yield return new Segment(name, rest.Length > 0 ? rest[1..] : null);
             }
@@ -187,10 +202,13 @@ public static class PressRegistry
         throw new KvSharpException($"press '{press}': unbalanced '('");
     }
 
-    private static ScoredPress Build(string press, List<Segment> unit)
+    private static IKvPress Build(string press, List<Segment> unit)
     {
         var scorer = FindScorer(unit[0].Name)!;
-        var budgets = unit.Skip(1).Select(s => FindBudget(s.Name)!).ToList();
+        var budgets = unit.Skip(1).Select(s => FindBudget(s.Name)).OfType<BudgetEntry>().ToList();
+        var selectors = unit.Skip(1).Select(s => FindSelector(s.Name)).OfType<SelectorEntry>().ToList();
+        if (selectors.Count > 1)
+            throw new KvSharpException($"press '{press}': {unit[0].Name} has {selectors.Count} selectors; give one");
         if (budgets.Count > 1)
             throw new KvSharpException($"press '{press}': {unit[0].Name} has {budgets.Count} budgets ({string.Join(", ", budgets.Select(b => b.Description.Name))}); give one");
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -210,16 +228,17 @@ public static class PressRegistry
 
         KeepTarget target = default;
         if (budget.TakesTarget) target = Target(args, scorer.DefaultKeep);
-        ScoredPress built;
+        IKvPress built;
         try
         {
-            built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+            var scored = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+            built = selectors.Count > 0 ? selectors[0].Create(args, scored) : scored;
         }
         catch (KvSharpException e) when (!e.Message.StartsWith("press '", StringComparison.Ordinal))
         {
             throw args.Error(e.Message); // a constructor's range check: name the press text too
         }
-        var valid = scorer.Description.Parameters.Concat(budget.Description.Parameters).Select(p => p.Name)
+        var valid = scorer.Description.Parameters.Concat(budget.Description.Parameters).Concat(selectors.SelectMany(x => x.Description.Parameters)).Select(p => p.Name)
             .Concat(budget.TakesTarget ? TargetParameters.Select(p => p.Name) : ["level"]);
         args.CheckAllUsed(valid);
         return built;
@@ -254,7 +273,10 @@ public static class PressRegistry
     private static BudgetEntry? FindBudget(string name) =>
         Budgets.FirstOrDefault(b => b.Description.Name == name || b.Description.Aliases.Contains(name));
 
+    private static SelectorEntry? FindSelector(string name) =>
+        Selectors.FirstOrDefault(s => s.Description.Name == name || s.Description.Aliases.Contains(name));
+
     private static string Names(PressPartKind kind) => string.Join(", ", Presses.Where(p => p.Kind == kind).Select(p => p.Name));
 
-    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}";
+    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}";
 }
