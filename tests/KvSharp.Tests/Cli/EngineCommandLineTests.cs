@@ -116,13 +116,15 @@ public class EngineCommandLineTests
         var r = Run("demo", "--sentences", "120", "--facts", "3", "--seed", "5");
         Assert.Equal(0, r.Code);
         string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", ""); // drop colors
-        Assert.Contains("correct: 3/3", plain);
+        Assert.Contains("correct: 3/3 (compressed cache), 3/3 (full cache)", plain);
+        Assert.Contains("kvzip:chunk=2000+global:keep=0.3", plain);
+        Assert.Contains("smaller", plain);
     }
 
     [Fact]
     public void CompressedCacheDemoReportsPackedBytesAndStillRetrieves()
     {
-        var r = Run("demo", "--sentences", "120", "--facts", "3", "--seed", "5", "--kv-cache", "int4:int2");
+        var r = Run("demo", "--sentences", "120", "--facts", "3", "--seed", "5", "--kv-cache", "int4:int2", "--press", "none");
         Assert.Equal(0, r.Code);
         string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", "");
         Assert.Contains("correct: 3/3", plain);
