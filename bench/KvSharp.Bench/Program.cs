@@ -17,6 +17,11 @@ if (args.Length > 0 && args[0] == "kernels-quick")
     KvSharp.Bench.Kernels.QuickKernelBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "press-quick")
+{
+    KvSharp.Bench.Cache.QuickPressBench.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "cache-quick")
 {
     KvSharp.Bench.Cache.QuickCacheBench.Run(args);
