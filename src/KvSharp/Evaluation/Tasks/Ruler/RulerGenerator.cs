@@ -5,7 +5,7 @@ namespace KvSharp.Evaluation.Tasks.Ruler;
 /// <summary>
 /// Generates RULER records of a task at a token length: finds the largest haystack whose prompt plus answer budget fits
 /// <c>length</c> tokens of the model's tokenizer (binary search, as RULER does), then draws each sample from its own
-/// seed (seed, index), shrinking its haystack when the draw comes out too long.
+/// seed (seed, index), shrinking its haystack in steps of at most 5% when the draw comes out too long.
 /// </summary>
 public sealed class RulerGenerator
 {
@@ -57,13 +57,13 @@ public sealed class RulerGenerator
             {
                 var (input, outputs) = task.Generate(used, new RulerRandom(SampleSeed(seed, i)));
                 int n = Length(task, input);
-                if (n <= length || used <= task.Increment)
+                if (n <= length || used <= 1)
                 {
                     if (n > length) throw new KvSharpException($"{task.Name}: even the smallest haystack needs {n} tokens, more than {length}");
                     records.Add(new RulerRecord(i, input, outputs, n));
                     break;
                 }
-                used -= task.Increment;
+                used -= Math.Max(1, Math.Min(task.Increment, used / 20)); // small steps: stay close to the length
             }
         }
         return records;
