@@ -40,6 +40,19 @@ public sealed class ReferenceTransformer
     /// </summary>
     public bool EmulateLlamaCppF16Attention { get; init; }
 
+    /// <summary>
+    /// Called, when set, with (layer, query position, query head, softmax weights over positions 0..position) for every
+    /// attention row of <see cref="Forward"/> (from several threads at once; each call's array is its own).
+    /// Lets tests check attention statistics against the oracle's probabilities.
+    /// </summary>
+    public Action<int, int, int, double[]>? AttentionWeights { get; init; }
+
+    /// <summary>
+    /// Cross-layer KV sharing (KVSharer): layer → earlier layer whose keys and values (after RoPE) its attention reads
+    /// instead of its own. Null (the default): every layer attends over its own.
+    /// </summary>
+    public IReadOnlyDictionary<int, int>? KvSourceLayers { get; init; }
+
     /// <summary>The configuration this oracle runs.</summary>
     public ModelConfig Config => _c;
 
@@ -59,9 +72,10 @@ public sealed class ReferenceTransformer
             x[t] = embedding.AsSpan(tokens[t] * d, d).ToArray();
         }
 
+        var kvByLayer = new (double[][] K, double[][] V)[_c.NumLayers];
         for (int layer = 0; layer < _c.NumLayers; layer++)
         {
-            var attn = Attention(layer, x);
+            var attn = Attention(layer, x, kvByLayer);
             for (int t = 0; t < n; t++) AddInPlace(x[t], attn[t]);
             var ffn = FeedForward(layer, x);
             for (int t = 0; t < n; t++) AddInPlace(x[t], ffn[t]);
@@ -140,7 +154,7 @@ public sealed class ReferenceTransformer
     /// <summary>SiLU (swish): x * sigmoid(x).</summary>
     public static double Silu(double x) => x / (1 + Math.Exp(-x));
 
-    private double[][] Attention(int layer, double[][] x)
+    private double[][] Attention(int layer, double[][] x, (double[][] K, double[][] V)[] kvByLayer)
     {
         int n = x.Length, d = _c.HiddenSize, hd = _c.HeadDim;
         int qDim = _c.NumHeads * hd, kvDim = _c.NumKvHeads * hd;
@@ -173,6 +187,8 @@ public sealed class ReferenceTransformer
         {
             for (int t = 0; t < n; t++) { RoundToHalf(q[t]); RoundToHalf(k[t]); RoundToHalf(v[t]); }
         }
+        kvByLayer[layer] = (k, v);
+        if (KvSourceLayers?.TryGetValue(layer, out int source) == true) (k, v) = kvByLayer[source];
 
         int group = _c.NumHeads / _c.NumKvHeads;
         double scale = 1.0 / Math.Sqrt(hd);
@@ -192,6 +208,7 @@ public sealed class ReferenceTransformer
             }
             double sum = 0;
             for (int s = 0; s <= t; s++) { scores[s] = Math.Exp(scores[s] - max); sum += scores[s]; }
+            AttentionWeights?.Invoke(layer, t, head, scores.Select(e => e / sum).ToArray());
             var outHead = ctx[t].AsSpan(head * hd, hd);
             if (EmulateLlamaCppF16Attention)
             {

@@ -6,7 +6,7 @@ namespace KvSharp.Cache.Paged;
 
 /// <summary>
 /// Attention of one GQA group (the query heads sharing a KV head) at one or several consecutive positions over a
-/// <see cref="HeadStore"/>: block by block with the fused kernels of <see cref="BlockAttention"/> and an
+/// <see cref="HeadStore"/>: block by block, each in its own formats, with the fused kernels of <see cref="BlockAttention"/> and an
 /// <see cref="OnlineSoftmax"/>, then the float tail as an F32 block. Nothing is decoded to a float copy.
 /// </summary>
 /// <remarks>
@@ -33,22 +33,24 @@ internal static class PagedAttention
     /// Writes the group's [group, headDim] outputs for queries <paramref name="queries"/> (unscaled) at
     /// <paramref name="position"/>: tokens stored at a later position are masked out (chunked prefill).
     /// </summary>
-    public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int group, int headDim, int position, Span<float> output)
-        => Attend(head, pools, queries, 0, 1, group, headDim, position, output, 0);
+    public static void Attend(HeadStore head, ReadOnlySpan<float> queries, int group, int headDim, int position, Span<float> output)
+        => Attend(head, queries, 0, 1, group, headDim, position, output, 0);
 
     /// <summary>
     /// Writes, for the <paramref name="count"/> positions <paramref name="firstPosition"/>.., the group's
     /// [group, headDim] outputs: position j's queries (unscaled) start at queries[j·<paramref name="queryStride"/>]
     /// and its outputs at output[j·<paramref name="outputStride"/>]. Tokens stored at a later position than a
-    /// query's are masked out for it.
+    /// query's are masked out for it. When <paramref name="logSumExp"/> is not empty, position j's row i gets its
+    /// log Σ exp(score) at logSumExp[j·<paramref name="logSumExpStride"/> + i] (for <see cref="PagedAttentionStatistics"/>).
     /// </summary>
-    public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
-        int group, int headDim, int firstPosition, Span<float> output, int outputStride)
+    public static void Attend(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count,
+        int group, int headDim, int firstPosition, Span<float> output, int outputStride,
+        Span<float> logSumExp = default, int logSumExpStride = 0)
     {
         var s = t_scratch ??= new Scratch();
         int rows = count * group, gn = group * headDim, qn = rows * headDim;
         if (s.Queries.Length < qn) { s.Queries = new float[qn]; s.Output = new float[qn]; }
-        int maxRows = Math.Max(pools.KeyLayout.Tokens, head.TailCount);
+        int maxRows = Math.Max(head.BlockTokens, head.TailCount);
         if (s.Scores.Length < rows * maxRows) s.Scores = new float[rows * maxRows];
         if (s.State is not { } state || state.QueryCount != rows || state.HeadDim != headDim)
             s.State = state = new OnlineSoftmax(rows, headDim);
@@ -62,7 +64,8 @@ internal static class PagedAttention
         foreach (var e in head.Blocks)
         {
             if (positions[first] > lastPosition) break; // positions ascend: nothing later is visible
-            Block(pools.KeyLayout, pools.KeyPool.Span(e.Key), pools.ValueLayout, pools.ValuePool.Span(e.Value),
+            // Each block is read in its own formats (a head may mix them).
+            Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes,
                 positions, first, e.Count, firstPosition, group, headDim, s, state);
             first += e.Count;
         }
@@ -77,6 +80,9 @@ internal static class PagedAttention
         state.Finish(s.Output);
         for (int j = 0; j < count; j++)
             s.Output.AsSpan(j * gn, gn).CopyTo(output.Slice(j * outputStride, gn));
+        if (!logSumExp.IsEmpty)
+            for (int j = 0; j < count; j++)
+                for (int i = 0; i < group; i++) logSumExp[j * logSumExpStride + i] = state.LogSumExp(j * group + i);
     }
 
     /// <summary>Absorbs tokens first..first+n-1 (one block) into the rows that can see at least its first token.</summary>
