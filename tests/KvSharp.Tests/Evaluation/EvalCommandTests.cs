@@ -36,7 +36,7 @@ public sealed class EvalCommandTests
     [Theory]
     [InlineData(2, "--keep", "--task", "lm:tinystories", "--keep", "0.5,2")]
     [InlineData(2, "--task is required")]
-    [InlineData(1, "press 'snapkv'", "--task", "lm:tinystories", "--press", "snapkv")]
+    [InlineData(1, "unknown method 'snapkvv'", "--task", "lm:tinystories", "--press", "snapkvv")]
     [InlineData(1, "unknown kind 'nope'", "--task", "nope:x")]
     public void BadInput_IsOneLineAndAnExitCode(int exit, string message, params string[] args)
     {

@@ -5,7 +5,7 @@ namespace KvSharp.Tests.Evaluation;
 
 /// <summary>
 /// A small end-to-end sweep on stories260K (continuations of the TinyStories excerpt): cells for the full cache and a
-/// press at two ratios, appended to the results file, skipped on a rerun, and reported as a table and plots.
+/// registered press (StreamingLLM) at two ratios, appended to the results file, skipped on a rerun, and reported as a table and plots.
 /// </summary>
 public sealed class SweepTests
 {
@@ -15,7 +15,7 @@ public sealed class SweepTests
     {
         Models = [Stories],
         Tasks = ["lm:tinystories"],
-        Presses = ["none", "recent"],
+        Presses = ["none", "streamingllm"],
         Keep = [0.25, 0.5],
         Samples = 2,
         Length = 256,
@@ -28,10 +28,12 @@ public sealed class SweepTests
         string results = dir.File("results.jsonl");
         int loads = 0;
         LanguageModel Load(string path) { loads++; return LanguageModel.Load(path); }
-        var runner = new SweepRunner(Config, new TestCompressors(), Load, RepoPaths.SharedFile("data"));
+        var runner = new SweepRunner(Config, new PressCompressorFactory(), Load, RepoPaths.SharedFile("data"));
 
         var cells = runner.Run(results);
-        Assert.Equal(["none", "recent:keep=0.25", "recent:keep=0.5"], cells.Select(c => c.Compressor));
+        Assert.Equal(["none", "streamingllm", "streamingllm"], cells.Select(c => c.Press));
+        Assert.Equal([1, 0.25, 0.5], cells.Select(c => c.KeepRatio));
+        Assert.All(cells.Skip(1), c => Assert.Contains("keep=0.", c.Compressor, StringComparison.Ordinal)); // the registry's text form, ratio included
         var full = cells[0];
         Assert.Equal(0, full.Kl!.Value, 9);         // the full cache against itself
         Assert.Equal(1, full.Top1Agreement!.Value);
@@ -51,7 +53,7 @@ public sealed class SweepTests
 
         // A rerun finds every cell done: nothing is loaded, run or appended.
         string before = File.ReadAllText(results);
-        var again = new SweepRunner(Config, new TestCompressors(), Load, RepoPaths.SharedFile("data")).Run(results);
+        var again = new SweepRunner(Config, new PressCompressorFactory(), Load, RepoPaths.SharedFile("data")).Run(results);
         Assert.Equal(1, loads);
         Assert.Equal(before, File.ReadAllText(results));
         Assert.Equal(cells.Select(c => c.Key), again.Select(c => c.Key));
@@ -63,9 +65,9 @@ public sealed class SweepTests
         using var dir = new TempDir();
         string results = dir.File("results.jsonl");
         var config = Config with { Presses = ["none"], Samples = 1 };
-        new SweepRunner(config, new TestCompressors(), LanguageModel.Load, RepoPaths.SharedFile("data")).Run(results);
+        new SweepRunner(config, new PressCompressorFactory(), LanguageModel.Load, RepoPaths.SharedFile("data")).Run(results);
         File.AppendAllText(results, "{\"key\":\"torn"); // a run killed mid-append
-        var cells = new SweepRunner(config with { Keep = [0.5], Presses = ["none", "recent"] }, new TestCompressors(), LanguageModel.Load, RepoPaths.SharedFile("data")).Run(results);
+        var cells = new SweepRunner(config with { Keep = [0.5], Presses = ["none", "streamingllm"] }, new PressCompressorFactory(), LanguageModel.Load, RepoPaths.SharedFile("data")).Run(results);
         Assert.Equal(2, cells.Count);
         var lines = File.ReadAllLines(results);
         Assert.Equal(2, lines.Length);
