@@ -47,6 +47,12 @@ public sealed class ReferenceTransformer
     /// </summary>
     public Action<int, int, int, double[]>? AttentionWeights { get; init; }
 
+    /// <summary>
+    /// Cross-layer KV sharing (KVSharer): layer → earlier layer whose keys and values (after RoPE) its attention reads
+    /// instead of its own. Null (the default): every layer attends over its own.
+    /// </summary>
+    public IReadOnlyDictionary<int, int>? KvSourceLayers { get; init; }
+
     /// <summary>The configuration this oracle runs.</summary>
     public ModelConfig Config => _c;
 
@@ -66,9 +72,10 @@ public sealed class ReferenceTransformer
             x[t] = embedding.AsSpan(tokens[t] * d, d).ToArray();
         }
 
+        var kvByLayer = new (double[][] K, double[][] V)[_c.NumLayers];
         for (int layer = 0; layer < _c.NumLayers; layer++)
         {
-            var attn = Attention(layer, x);
+            var attn = Attention(layer, x, kvByLayer);
             for (int t = 0; t < n; t++) AddInPlace(x[t], attn[t]);
             var ffn = FeedForward(layer, x);
             for (int t = 0; t < n; t++) AddInPlace(x[t], ffn[t]);
@@ -147,7 +154,7 @@ public sealed class ReferenceTransformer
     /// <summary>SiLU (swish): x * sigmoid(x).</summary>
     public static double Silu(double x) => x / (1 + Math.Exp(-x));
 
-    private double[][] Attention(int layer, double[][] x)
+    private double[][] Attention(int layer, double[][] x, (double[][] K, double[][] V)[] kvByLayer)
     {
         int n = x.Length, d = _c.HiddenSize, hd = _c.HeadDim;
         int qDim = _c.NumHeads * hd, kvDim = _c.NumKvHeads * hd;
@@ -180,6 +187,8 @@ public sealed class ReferenceTransformer
         {
             for (int t = 0; t < n; t++) { RoundToHalf(q[t]); RoundToHalf(k[t]); RoundToHalf(v[t]); }
         }
+        kvByLayer[layer] = (k, v);
+        if (KvSourceLayers?.TryGetValue(layer, out int source) == true) (k, v) = kvByLayer[source];
 
         int group = _c.NumHeads / _c.NumKvHeads;
         double scale = 1.0 / Math.Sqrt(hd);

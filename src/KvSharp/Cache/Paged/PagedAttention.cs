@@ -33,8 +33,8 @@ internal static class PagedAttention
     /// Writes the group's [group, headDim] outputs for queries <paramref name="queries"/> (unscaled) at
     /// <paramref name="position"/>: tokens stored at a later position are masked out (chunked prefill).
     /// </summary>
-    public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int group, int headDim, int position, Span<float> output)
-        => Attend(head, pools, queries, 0, 1, group, headDim, position, output, 0);
+    public static void Attend(HeadStore head, ReadOnlySpan<float> queries, int group, int headDim, int position, Span<float> output)
+        => Attend(head, queries, 0, 1, group, headDim, position, output, 0);
 
     /// <summary>
     /// Writes, for the <paramref name="count"/> positions <paramref name="firstPosition"/>.., the group's
@@ -43,12 +43,12 @@ internal static class PagedAttention
     /// query's are masked out for it. When <paramref name="logSumExp"/> is not empty, position j's row i gets its
     /// log Σ exp(score) at logSumExp[j·<paramref name="logSumExpStride"/> + i] (for <see cref="PagedAttentionStatistics"/>).
     /// </summary>
-    public static void Attend(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
+    public static void Attend(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count,
         int group, int headDim, int firstPosition, Span<float> output, int outputStride,
         Span<float> logSumExp = default, int logSumExpStride = 0)
     {
-        var (s, state) = Start(head, pools, queries, queryStride, count, group, headDim);
-        Absorb(head, pools, 0, int.MaxValue, true, firstPosition, count, group, headDim, s, state);
+        var (s, state) = Start(head, queries, queryStride, count, group, headDim);
+        Absorb(head, 0, int.MaxValue, true, firstPosition, count, group, headDim, s, state);
         int gn = group * headDim;
         state.Finish(s.Output);
         for (int j = 0; j < count; j++)
@@ -59,18 +59,18 @@ internal static class PagedAttention
     }
 
     /// <summary>
-    /// One segment of a split attention (flash decoding): as <see cref="Attend(HeadStore, PoolSet, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/>
+    /// One segment of a split attention (flash decoding): as <see cref="Attend(HeadStore, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/>
     /// over blocks <paramref name="fromBlock"/>..<paramref name="toBlock"/>-1 only (and the float tail when
     /// <paramref name="tail"/>), leaving the unnormalized softmax state of every row r = j·group + i: its running
     /// max and sum at <paramref name="max"/>[r] / <paramref name="sum"/>[r] and its accumulator at
     /// <paramref name="accumulators"/>[r·headDim..]. <see cref="Merge"/> combines the segments.
     /// </summary>
-    public static void AttendSegment(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
+    public static void AttendSegment(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count,
         int group, int headDim, int firstPosition, int fromBlock, int toBlock, bool tail,
         Span<float> max, Span<float> sum, Span<float> accumulators)
     {
-        var (s, state) = Start(head, pools, queries, queryStride, count, group, headDim);
-        Absorb(head, pools, fromBlock, toBlock, tail, firstPosition, count, group, headDim, s, state);
+        var (s, state) = Start(head, queries, queryStride, count, group, headDim);
+        Absorb(head, fromBlock, toBlock, tail, firstPosition, count, group, headDim, s, state);
         for (int r = 0; r < state.QueryCount; r++) { max[r] = state.Max(r); sum[r] = state.Sum(r); }
         state.Accumulators.CopyTo(accumulators);
     }
@@ -78,7 +78,7 @@ internal static class PagedAttention
     /// <summary>
     /// Combines <paramref name="segments"/> softmax states of <see cref="AttendSegment"/> (segment k's rows at
     /// max[k·rows..], sum[k·rows..], accumulators[k·rows·headDim..]) into the outputs and log-sum-exps
-    /// <see cref="Attend(HeadStore, PoolSet, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/> writes:
+    /// <see cref="Attend(HeadStore, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/> writes:
     /// each segment's sum and accumulator are rescaled by exp(its max − the overall max) and added.
     /// </summary>
     public static void Merge(int segments, int count, int group, int headDim, ReadOnlySpan<float> max, ReadOnlySpan<float> sum,
@@ -108,12 +108,12 @@ internal static class PagedAttention
     }
 
     /// <summary>Sizes the thread's scratch and softmax state for count·group rows, resets the state, scales the queries.</summary>
-    private static (Scratch, OnlineSoftmax) Start(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count, int group, int headDim)
+    private static (Scratch, OnlineSoftmax) Start(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count, int group, int headDim)
     {
         var s = t_scratch ??= new Scratch();
         int rows = count * group, gn = group * headDim, qn = rows * headDim;
         if (s.Queries.Length < qn) { s.Queries = new float[qn]; s.Output = new float[qn]; }
-        int maxRows = Math.Max(pools.KeyLayout.Tokens, head.TailCount);
+        int maxRows = Math.Max(head.BlockTokens, head.TailCount);
         if (s.Scores.Length < rows * maxRows) s.Scores = new float[rows * maxRows];
         if (s.State is not { } state || state.QueryCount != rows || state.HeadDim != headDim)
             s.State = state = new OnlineSoftmax(rows, headDim);
@@ -126,7 +126,7 @@ internal static class PagedAttention
     }
 
     /// <summary>Absorbs blocks fromBlock..toBlock-1 (and the float tail when <paramref name="tail"/>) into the state.</summary>
-    private static void Absorb(HeadStore head, PoolSet pools, int fromBlock, int toBlock, bool tail, int firstPosition, int count,
+    private static void Absorb(HeadStore head, int fromBlock, int toBlock, bool tail, int firstPosition, int count,
         int group, int headDim, Scratch s, OnlineSoftmax state)
     {
         var positions = head.Positions;
@@ -135,7 +135,7 @@ internal static class PagedAttention
         {
             if (index >= toBlock || positions[first] > lastPosition) return; // positions ascend: nothing later is visible
             if (index >= fromBlock)
-                Block(pools.KeyLayout, pools.KeyPool.Span(e.Key), pools.ValueLayout, pools.ValuePool.Span(e.Value),
+                Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes, // each block in its own formats (a head may mix them)
                     positions, first, e.Count, firstPosition, group, headDim, s, state);
             first += e.Count;
             index++;

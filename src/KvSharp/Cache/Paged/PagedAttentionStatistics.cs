@@ -40,12 +40,12 @@ internal static class PagedAttentionStatistics
 
     /// <summary>
     /// Adds the probabilities of the <paramref name="count"/> positions <paramref name="firstPosition"/>.. (queries laid
-    /// out as for <see cref="PagedAttention.Attend(HeadStore, PoolSet, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/>;
+    /// out as for <see cref="PagedAttention.Attend(HeadStore, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/>;
     /// position j's row i has log-sum-exp <paramref name="logSumExp"/>[j·<paramref name="logSumExpStride"/> + i]) to
     /// <paramref name="stats"/>. Positions before <paramref name="firstCounted"/> are left out.
     /// </summary>
     /// <remarks>Call with the same runs of positions as the attention pass: its query matrix, hence its scores, are then identical.</remarks>
-    public static void Accumulate(HeadStore head, PoolSet pools, ReadOnlySpan<float> queries, int queryStride, int count,
+    public static void Accumulate(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count,
         int group, int headDim, int firstPosition, ReadOnlySpan<float> logSumExp, int logSumExpStride,
         int firstCounted, GroupFold fold, HeadStatistics stats)
     {
@@ -55,7 +55,7 @@ internal static class PagedAttentionStatistics
         var s = t_scratch ??= new Scratch();
         int rows = count * group, gn = group * headDim, qn = rows * headDim;
         if (s.Queries.Length < qn) s.Queries = new float[qn];
-        int maxTokens = Math.Max(pools.KeyLayout.Tokens, head.TailCount);
+        int maxTokens = Math.Max(head.BlockTokens, head.TailCount);
         if (s.Scores.Length < rows * maxTokens) s.Scores = new float[rows * maxTokens];
         if (s.Folded.Length < maxTokens) s.Folded = new float[maxTokens];
 
@@ -69,7 +69,7 @@ internal static class PagedAttentionStatistics
         foreach (var e in head.Blocks)
         {
             if (first >= covered || positions[first] > lastPosition) return;
-            Block(pools.KeyLayout, pools.KeyPool.Span(e.Key), positions, first, e.Count, Math.Min(e.Count, covered - first), run, s, stats);
+            Block(e.KeyLayout, e.KeyBytes, positions, first, e.Count, Math.Min(e.Count, covered - first), run, s, stats);
             first += e.Count;
         }
         int n = head.TailCount;
@@ -132,15 +132,15 @@ internal static class PagedAttentionStatistics
     }
 
     /// <summary>L2 norms of the first <paramref name="covered"/> stored keys of <paramref name="head"/>, decoded from its blocks and tail.</summary>
-    public static float[] KeyNorms(HeadStore head, PoolSet pools, int headDim, int covered)
+    public static float[] KeyNorms(HeadStore head, int headDim, int covered)
     {
         var norms = new float[covered];
-        var keys = new float[Math.Max(pools.KeyLayout.Tokens, 1) * headDim];
+        var keys = new float[Math.Max(head.BlockTokens, 1) * headDim];
         int first = 0;
         foreach (var e in head.Blocks)
         {
             if (first >= covered) return norms;
-            BlockCodec.Decode(pools.KeyLayout, pools.KeyPool.Span(e.Key), e.Count, keys);
+            BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
             for (int t = 0; t < e.Count && first + t < covered; t++)
                 norms[first + t] = TensorPrimitives.Norm(keys.AsSpan(t * headDim, headDim));
             first += e.Count;

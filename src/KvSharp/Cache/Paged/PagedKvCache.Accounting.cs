@@ -13,29 +13,30 @@ public sealed partial class PagedKvCache
     /// </remarks>
     public long ByteCount => _stores.Sum(s => s.KeyBlockBytes + s.ValueBlockBytes + s.TailBytes);
 
-    /// <summary>Bytes of (layer, KV head): its blocks plus its float tail.</summary>
+    /// <summary>Bytes of (layer, KV head): its blocks plus its float tail (0 for a layer sharing another's storage: counted once, at the source).</summary>
     public long BytesByLayerHead(int layer, int kvHead)
     {
-        var s = Store(layer, kvHead);
+        var s = StoreOf(layer, kvHead);
         return s.KeyBlockBytes + s.ValueBlockBytes + s.TailBytes;
     }
 
-    /// <summary>Bytes by storage format: key blocks under <see cref="PagedKvCacheOptions.KeyFormat"/>, value blocks under
-    /// <see cref="PagedKvCacheOptions.ValueFormat"/>, float tails under <see cref="KvFormat.F32"/>.</summary>
+    /// <summary>Bytes by storage format: each key and value block under its own format, float tails under <see cref="KvFormat.F32"/>.</summary>
     public IReadOnlyDictionary<KvFormat, long> BytesByFormat()
     {
         var d = new Dictionary<KvFormat, long>();
-        void Add(KvFormat f, long n) => d[f] = d.GetValueOrDefault(f) + n;
-        foreach (var s in _stores)
-        {
-            Add(_options.KeyFormat, s.KeyBlockBytes);
-            Add(_options.ValueFormat, s.ValueBlockBytes);
-            Add(KvFormat.F32, s.TailBytes);
-        }
+        foreach (var s in _stores) s.AddBytesByFormat(d);
         return d;
     }
 
-    /// <summary>Tokens stored across all (layer, KV head) pairs (after eviction).</summary>
+    /// <summary>Bytes by storage format of (layer, KV head), as <see cref="BytesByFormat()"/> counts them (empty for a shared layer).</summary>
+    public IReadOnlyDictionary<KvFormat, long> BytesByFormat(int layer, int kvHead)
+    {
+        var d = new Dictionary<KvFormat, long>();
+        StoreOf(layer, kvHead).AddBytesByFormat(d);
+        return d;
+    }
+
+    /// <summary>Tokens stored across all (layer, KV head) pairs (after eviction; a shared layer stores none).</summary>
     public long StoredTokens => _stores.Sum(s => (long)s.Positions.Count);
 
     /// <summary>
@@ -56,6 +57,12 @@ public sealed partial class PagedKvCache
 
     /// <summary>Bytes of blocks allocated in the pools this cache shares with its forks (a shared block counts once).</summary>
     public long PoolLiveBytes => _pools.LiveBytes;
+
+    /// <summary>
+    /// Bytes of memory the pools hold from the operating system (whole slabs: at least <see cref="PoolLiveBytes"/>).
+    /// A slab is unmapped as soon as its last block is freed.
+    /// </summary>
+    public long PoolReservedBytes => _pools.ReservedBytes;
 
     /// <summary>Blocks allocated in the pools this cache shares with its forks.</summary>
     public long PoolLiveBlocks => _pools.LiveBlocks;

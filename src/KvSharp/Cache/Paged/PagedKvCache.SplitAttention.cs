@@ -19,7 +19,7 @@ public sealed partial class PagedKvCache
         int threads = Compute.Cpu.CpuThreads.Count, target = threads * JobsPerThread;
         if (threads < 2 || _kvHeads >= target) return false;
         int longest = 0;
-        for (int g = 0; g < _kvHeads; g++) longest = Math.Max(longest, _stores[layer * _kvHeads + g].Blocks.Count);
+        for (int g = 0; g < _kvHeads; g++) longest = Math.Max(longest, _stores[StoreLayer(layer) * _kvHeads + g].Blocks.Count);
         int segments = Math.Min((target + _kvHeads - 1) / _kvHeads, longest / MinBlocksPerSegment);
         if (segments < 2) return false;
 
@@ -32,9 +32,9 @@ public sealed partial class PagedKvCache
             for (int job = start; job < end; job++)
             {
                 int g = job / segments, k = job % segments;
-                var store = _stores[layer * _kvHeads + g];
+                var store = _stores[StoreLayer(layer) * _kvHeads + g];
                 int blocks = store.Blocks.Count;
-                PagedAttention.AttendSegment(store, _pools, new ReadOnlySpan<float>(q, g * group * hd, span), qRow, count, group, hd,
+                PagedAttention.AttendSegment(store, new ReadOnlySpan<float>(q, g * group * hd, span), qRow, count, group, hd,
                     firstPosition, blocks * k / segments, blocks * (k + 1) / segments, k == segments - 1,
                     max.AsSpan(job * rows, rows), sum.AsSpan(job * rows, rows), acc.AsSpan(job * rows * hd, rows * hd));
             }

@@ -44,7 +44,7 @@ public sealed partial class PagedKvCache
         _statistics = null;
         var norms = new float[_stores.Length][];
         for (int i = 0; i < _stores.Length; i++)
-            norms[i] = PagedAttentionStatistics.KeyNorms(_stores[i], _pools, _headDim, c.Heads[i].Positions.Length);
+            norms[i] = PagedAttentionStatistics.KeyNorms(_stores[i], _headDim, c.Heads[i].Positions.Length);
         return new AttentionStatistics(_layers, _kvHeads,
             c.Heads.Select(h => h.Positions).ToArray(), c.Heads.Select(h => h.Max).ToArray(), c.Heads.Select(h => h.Sum).ToArray(),
             norms, c.QueryCount);
@@ -80,7 +80,7 @@ public sealed partial class PagedKvCache
                 {
                     int offset = t * qRow + g * group * hd, m = Math.Min(PositionsPerJob, count - t);
                     int lse = t * _heads + g * group;
-                    PagedAttentionStatistics.Accumulate(_stores[layer * _kvHeads + g], _pools,
+                    PagedAttentionStatistics.Accumulate(_stores[StoreLayer(layer) * _kvHeads + g],
                         new ReadOnlySpan<float>(queries, offset, (m - 1) * qRow + group * hd), qRow, m, group, hd, firstPosition + t,
                         new ReadOnlySpan<float>(logSumExp, lse, (m - 1) * _heads + group), _heads,
                         firstCounted, c.Request.Fold, c.Heads[layer * _kvHeads + g]);

@@ -19,6 +19,7 @@ public sealed partial class PagedKvCache : IKvCache
     private readonly PoolSet _pools;
     private readonly HeadStore[] _stores; // [layer * kvHeads + head]
     private readonly int[] _layerLength;
+    private readonly int[] _shareSource; // per layer: the layer whose stores it reads (KVSharer), -1 = its own
     private bool _disposed;
 
     /// <summary>Creates an empty cache for a model of the given shape.</summary>
@@ -28,12 +29,13 @@ public sealed partial class PagedKvCache : IKvCache
         ArgumentNullException.ThrowIfNull(options);
         if (layers < 1 || kvHeads < 1 || heads < 1 || heads % kvHeads != 0)
             throw new KvSharpException($"paged KV cache: {heads} heads must be a positive multiple of {kvHeads} KV heads, over {layers} ≥ 1 layers");
-        var (keys, values) = options.Layouts(headDim);
+        _ = options.Layouts(headDim); // validates the options before anything is allocated
         _layers = layers; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _options = options;
-        _pools = new PoolSet(keys, values);
+        _pools = new PoolSet(options, headDim);
         _stores = new HeadStore[layers * kvHeads];
         for (int i = 0; i < _stores.Length; i++) _stores[i] = new HeadStore(_pools, headDim);
         _layerLength = new int[layers];
+        _shareSource = Enumerable.Repeat(-1, layers).ToArray();
     }
 
     /// <summary>Creates a cache shaped for <paramref name="config"/>.</summary>
@@ -48,16 +50,17 @@ public sealed partial class PagedKvCache : IKvCache
         _pools.AddOwner();
         _stores = parent._stores.Select(s => s.Fork()).ToArray();
         _layerLength = (int[])parent._layerLength.Clone();
+        _shareSource = (int[])parent._shareSource.Clone();
     }
 
     /// <summary>The options this cache was created with.</summary>
     public PagedKvCacheOptions Options => _options;
 
-    /// <summary>Layout of key blocks.</summary>
-    public BlockLayout KeyLayout => _pools.KeyLayout;
+    /// <summary>Layout of key blocks encoded from appended tokens (<see cref="Requantize"/> may store others).</summary>
+    public BlockLayout KeyLayout => _pools.Default.KeyLayout;
 
-    /// <summary>Layout of value blocks.</summary>
-    public BlockLayout ValueLayout => _pools.ValueLayout;
+    /// <summary>Layout of value blocks encoded from appended tokens (<see cref="Requantize"/> may store others).</summary>
+    public BlockLayout ValueLayout => _pools.Default.ValueLayout;
 
     /// <summary>Layers.</summary>
     public int Layers => _layers;
@@ -78,7 +81,8 @@ public sealed partial class PagedKvCache : IKvCache
             throw new KvSharpException($"the context holds at most {_options.MaxTokens} tokens (PagedKvCacheOptions.MaxTokens); appending {count} to {start} would exceed it");
         if (keys.Length < count * row || values.Length < count * row)
             throw new ArgumentException($"{count} tokens need {count * row} key and value floats, got {keys.Length} and {values.Length}");
-        for (int g = 0; g < _kvHeads; g++)
+        // A shared layer stores nothing of its own: it reads its source layer, appended earlier in the same pass.
+        for (int g = 0; g < _kvHeads && _shareSource[layer] < 0; g++)
         {
             var store = _stores[layer * _kvHeads + g];
             for (int t = 0; t < count; t++)
@@ -98,7 +102,7 @@ public sealed partial class PagedKvCache : IKvCache
         int length = _layerLength[layer];
         if (firstPosition < 0 || firstPosition + count > length)
             throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
-        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd, storeLayer = StoreLayer(layer);
         var q = queries.Slice(0, count * qRow).ToArray();
         var o = new float[count * qRow];
         var lse = StatisticsRows(count, firstPosition);
@@ -116,7 +120,7 @@ public sealed partial class PagedKvCache : IKvCache
             {
                 int t = job / _kvHeads * PositionsPerJob, g = job % _kvHeads, offset = t * qRow + g * group * hd;
                 int m = Math.Min(PositionsPerJob, count - t), span = (m - 1) * qRow + group * hd;
-                PagedAttention.Attend(_stores[layer * _kvHeads + g], _pools, new ReadOnlySpan<float>(q, offset, span), qRow, m,
+                PagedAttention.Attend(_stores[storeLayer * _kvHeads + g], new ReadOnlySpan<float>(q, offset, span), qRow, m,
                     group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow,
                     lse == null ? default : new Span<float>(lse, t * _heads + g * group, (m - 1) * _heads + group), _heads);
             }
@@ -135,15 +139,29 @@ public sealed partial class PagedKvCache : IKvCache
         for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
     }
 
-    /// <summary>Original positions of the tokens (layer, KV head) stores, ascending.</summary>
+    /// <summary>Original positions of the tokens (layer, KV head) stores, ascending (a shared layer's are its source's).</summary>
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
+
+    /// <summary>
+    /// The stored tokens of (layer, KV head) decoded to float: [Positions.Count, headDim] keys (after RoPE) and values,
+    /// in <see cref="Positions"/> order, each as its block's format reproduces it. For inspection and scoring; attention
+    /// never makes this copy.
+    /// </summary>
+    public (float[] Keys, float[] Values) Read(int layer, int kvHead)
+    {
+        var store = Store(layer, kvHead);
+        var keys = new float[store.Positions.Count * _headDim];
+        var values = new float[keys.Length];
+        store.Read(keys, values);
+        return (keys, values);
+    }
 
     /// <summary>Evicts the tokens of (layer, KV head) whose original position is in <paramref name="positions"/>.</summary>
     /// <remarks>See <see cref="Evict(int, int, ReadOnlySpan{bool})"/> for how blocks are rebuilt.</remarks>
     public void Evict(int layer, int kvHead, IReadOnlySet<int> positions)
     {
         ArgumentNullException.ThrowIfNull(positions);
-        var store = Store(layer, kvHead);
+        var store = OwnStore(layer, kvHead, "evict");
         ThrowIfCollectingStatistics("evict");
         var mask = new bool[store.Positions.Count];
         for (int i = 0; i < mask.Length; i++) mask[i] = positions.Contains(store.Positions[i]);
@@ -157,11 +175,30 @@ public sealed partial class PagedKvCache : IKvCache
     /// re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most one more
     /// quantization step. Freed blocks go back to the pool.
     /// </summary>
+    /// <exception cref="KvSharpException">The layer shares another layer's storage (evict the source's head instead).</exception>
     public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict)
     {
-        var store = Store(layer, kvHead);
+        var store = OwnStore(layer, kvHead, "evict");
         ThrowIfCollectingStatistics("evict");
         store.Evict(evict);
+    }
+
+    /// <summary>
+    /// Re-encodes the stored tokens of (layer, KV head) flagged in <paramref name="select"/> (one flag per stored
+    /// token, in <see cref="Positions"/> order) with keys in <paramref name="keyFormat"/> and values in
+    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). Blocks stay in
+    /// position order, each holding consecutive tokens of one format pair: blocks with no selected token, or already
+    /// in the requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded
+    /// and re-encoded into fresh blocks (a run of one format pair may end in a partial block). Selected tokens of the
+    /// float tail are encoded at once; unselected tail tokens before the last selected one become F32 blocks (their
+    /// values unchanged), later ones stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// </summary>
+    /// <exception cref="KvSharpException">The block geometry does not suit a requested format, or the layer shares another layer's storage.</exception>
+    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)
+    {
+        var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
+        store.Requantize(select, _pools.Formats(keyFormat, valueFormat));
     }
 
     /// <summary>
@@ -183,12 +220,32 @@ public sealed partial class PagedKvCache : IKvCache
         _pools.RemoveOwner();
     }
 
-    private HeadStore Store(int layer, int kvHead)
+    /// <summary>The store (layer, KV head) reads: its own, or its source layer's when shared.</summary>
+    private HeadStore Store(int layer, int kvHead) => StoreOf(StoreLayerChecked(layer), kvHead);
+
+    /// <summary>The store (layer, KV head) owns, for an operation that changes it; refused for a shared layer.</summary>
+    private HeadStore OwnStore(int layer, int kvHead, string operation)
+    {
+        if (StoreLayerChecked(layer) != layer)
+            throw new KvSharpException($"cannot {operation} layer {layer}, KV head {kvHead}: layer {layer} stores no KV of its own, it shares layer {_shareSource[layer]}'s (ShareLayer); {operation} layer {_shareSource[layer]}'s head instead, which changes every layer reading it");
+        return StoreOf(layer, kvHead);
+    }
+
+    /// <summary>The store (layer, KV head) holds itself (empty for a shared layer).</summary>
+    private HeadStore StoreOf(int layer, int kvHead)
     {
         CheckLayer(layer);
         if ((uint)kvHead >= (uint)_kvHeads) throw new ArgumentOutOfRangeException(nameof(kvHead), $"KV head {kvHead} of {_kvHeads}");
         return _stores[layer * _kvHeads + kvHead];
     }
+
+    private int StoreLayerChecked(int layer)
+    {
+        CheckLayer(layer);
+        return StoreLayer(layer);
+    }
+
+    private int StoreLayer(int layer) => _shareSource[layer] < 0 ? layer : _shareSource[layer];
 
     private void CheckLayer(int layer)
     {

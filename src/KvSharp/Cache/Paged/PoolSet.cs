@@ -4,34 +4,57 @@ using KvSharp.Cache.Pool;
 namespace KvSharp.Cache.Paged;
 
 /// <summary>
-/// The block pools of one cache and all its forks: the key pool and value pool (one object when the two
-/// layouts have the same byte size). Forks share the pools so a shared block is allocated once; the last
-/// cache to be disposed disposes them.
+/// The block pools of one cache and all its forks: one <see cref="BlockPool"/> per distinct block byte size, created
+/// when a block of that size is first needed, and the <see cref="BlockFormats"/> (key/value layout pair) of every
+/// format pair in use. Forks share the pools so a shared block is allocated once; the last cache to be disposed
+/// disposes them.
 /// </summary>
 internal sealed class PoolSet
 {
+    private readonly PagedKvCacheOptions _options;
+    private readonly int _headDim;
+    private readonly Dictionary<int, BlockPool> _pools = new();
+    private readonly Dictionary<(KvFormat, KvFormat), BlockFormats> _formats = new();
     private int _owners = 1;
 
-    public PoolSet(BlockLayout keys, BlockLayout values)
+    /// <summary>Creates the pools of a cache with <paramref name="options"/> (already validated) and head dimension.</summary>
+    public PoolSet(PagedKvCacheOptions options, int headDim)
     {
-        KeyLayout = keys; ValueLayout = values;
-        KeyPool = new BlockPool(keys.ByteSize);
-        ValuePool = values.ByteSize == keys.ByteSize ? KeyPool : new BlockPool(values.ByteSize);
+        _options = options; _headDim = headDim;
+        Default = Formats(options.KeyFormat, options.ValueFormat);
     }
 
-    public BlockLayout KeyLayout { get; }
-    public BlockLayout ValueLayout { get; }
-    public BlockPool KeyPool { get; }
-    public BlockPool ValuePool { get; }
+    /// <summary>The cache's own formats: what appended tokens are encoded in.</summary>
+    public BlockFormats Default { get; }
 
-    /// <summary>Distinct pools (one or two).</summary>
-    public IReadOnlyList<BlockPool> Pools => ReferenceEquals(KeyPool, ValuePool) ? [KeyPool] : [KeyPool, ValuePool];
+    /// <summary>Token capacity of every block.</summary>
+    public int BlockTokens => _options.BlockTokens;
+
+    /// <summary>
+    /// The layout pair for keys in <paramref name="keyFormat"/> and values in <paramref name="valueFormat"/>, with the
+    /// cache's block geometry (keys per channel over the block, values per token in channel groups).
+    /// </summary>
+    /// <exception cref="KvSharpException">The geometry does not suit a format (the message names it).</exception>
+    public BlockFormats Formats(KvFormat keyFormat, KvFormat valueFormat)
+    {
+        if (_formats.TryGetValue((keyFormat, valueFormat), out var f)) return f;
+        var (keys, values) = (_options with { KeyFormat = keyFormat, ValueFormat = valueFormat }).Layouts(_headDim);
+        f = new BlockFormats(keys, values, Pool(keys.ByteSize), Pool(values.ByteSize));
+        _formats.Add((keyFormat, valueFormat), f);
+        return f;
+    }
+
+    /// <summary>Distinct pools created so far.</summary>
+    public IEnumerable<BlockPool> Pools => _pools.Values;
 
     /// <summary>Bytes of allocated blocks across the pools (a block shared by forks counts once).</summary>
-    public long LiveBytes => Pools.Sum(p => p.LiveBytes);
+    public long LiveBytes => _pools.Values.Sum(p => p.LiveBytes);
 
     /// <summary>Blocks allocated across the pools.</summary>
-    public long LiveBlocks => Pools.Sum(p => p.LiveBlocks);
+    public long LiveBlocks => _pools.Values.Sum(p => p.LiveBlocks);
+
+    /// <summary>Bytes of slabs the pools hold from the operating system.</summary>
+    public long ReservedBytes => _pools.Values.Sum(p => p.ReservedBytes);
 
     public void AddOwner()
     {
@@ -42,6 +65,26 @@ internal sealed class PoolSet
     public void RemoveOwner()
     {
         if (--_owners > 0) return;
-        foreach (var p in Pools) p.Dispose();
+        foreach (var p in _pools.Values) p.Dispose();
     }
+
+    private BlockPool Pool(int byteSize)
+    {
+        // Pools round blocks up to 64 bytes: layouts of equal rounded size share one pool (and its slabs).
+        int rounded = (byteSize + 63) & ~63;
+        if (!_pools.TryGetValue(rounded, out var pool)) _pools.Add(rounded, pool = new BlockPool(rounded));
+        return pool;
+    }
+}
+
+/// <summary>The key and value layouts of a block pair and the pools their blocks come from.</summary>
+internal sealed class BlockFormats(BlockLayout keyLayout, BlockLayout valueLayout, BlockPool keyPool, BlockPool valuePool)
+{
+    public BlockLayout KeyLayout { get; } = keyLayout;
+    public BlockLayout ValueLayout { get; } = valueLayout;
+    public BlockPool KeyPool { get; } = keyPool;
+    public BlockPool ValuePool { get; } = valuePool;
+
+    /// <inheritdoc />
+    public override string ToString() => $"keys {KeyLayout}, values {ValueLayout}";
 }

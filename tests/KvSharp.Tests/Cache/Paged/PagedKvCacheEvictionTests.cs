@@ -179,8 +179,8 @@ public class PagedKvCacheEvictionTests
     }
 
     /// <summary>
-    /// 200 random operations (append 1..40, evict random subsets of random heads, truncate, fork and dispose one side)
-    /// against the reference model, comparing stored positions and attention after every step. Float formats get
+    /// 200 random operations (append 1..40, evict random subsets of random heads, re-quantize random subsets to random
+    /// float formats (float-format caches only), truncate, fork and dispose one side) against the reference model, comparing stored positions and attention after every step. Float formats get
     /// inputs they represent exactly, so the reference is exact; Int8 is compared within a tolerance derived from
     /// its step: a 32-token group of unit Gaussians spans about ±2.5, one step is 5/255 ≈ 0.02, eviction may
     /// quantize twice, and the output error stays within a few steps (0.05; observed ≈ 0.015).
@@ -198,9 +198,19 @@ public class PagedKvCacheEvictionTests
         {
             for (int step = 0; step < 200; step++)
             {
-                int op = rng.Next(10);
+                int op = rng.Next(12);
                 string what;
-                if (op < 5 && cache.Length < 360)
+                if (op >= 10 && !format.IsQuantized())
+                {
+                    // Float targets round element by element, so the reference needs no block context.
+                    int l = rng.Next(2), g = rng.Next(KvHeads);
+                    var floats = new[] { KvFormat.F32, KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3 };
+                    var (kf, vf) = (floats[rng.Next(4)], floats[rng.Next(4)]);
+                    var select = cache.Positions(l, g).Select(_ => rng.Next(3) == 0).ToArray();
+                    cache.Requantize(l, g, select, kf, vf); reference.RoundFloat(l, g, select, kf, vf);
+                    what = $"requantize {select.Count(x => x)} of layer {l} head {g} to {kf}:{vf}";
+                }
+                else if (op < 5 && cache.Length < 360)
                 {
                     int n = rng.Next(1, 41);
                     Append(cache, reference, format, rng, n);

@@ -23,14 +23,14 @@ public class PagedSplitAttentionTests
     {
         const int tokens = 1000;
         var rng = new Random((int)format + 40);
-        var pools = new PoolSet(BlockLayout.ForKeys(format, HeadDim), BlockLayout.ForValues(format, HeadDim));
+        var pools = new PoolSet(new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format }, HeadDim);
         var head = new HeadStore(pools, HeadDim);
         var reference = new ReferenceKv(1, Group, 1, HeadDim);
         var k = Gaussians(rng, tokens * HeadDim); var v = Gaussians(rng, tokens * HeadDim);
         for (int t = 0; t < tokens; t++) head.Append(t, k.AsSpan(t * HeadDim, HeadDim), v.AsSpan(t * HeadDim, HeadDim));
         head.Flush(32);
         reference.Append(0, k, v, tokens);
-        reference.RoundTripBlocks(pools.KeyLayout, pools.ValueLayout, head.Blocks.Count);
+        reference.RoundTripBlocks(pools.Default.KeyLayout, pools.Default.ValueLayout, head.Blocks.Count);
         Assert.Equal(31, head.Blocks.Count);
 
         // Two positions: the last one, and one that sees only the first third (later segments are masked for it).
@@ -40,14 +40,14 @@ public class PagedSplitAttentionTests
             var expected = reference.Attend(0, q, 1, position);
             var onePass = new float[Group * HeadDim];
             var lse = new float[Group];
-            PagedAttention.Attend(head, pools, q, Group * HeadDim, 1, Group, HeadDim, position, onePass, Group * HeadDim, lse, Group);
+            PagedAttention.Attend(head, q, Group * HeadDim, 1, Group, HeadDim, position, onePass, Group * HeadDim, lse, Group);
             AssertClose(expected, onePass, 1e-4, $"{format}, one pass, position {position}");
             foreach (int segments in new[] { 1, 2, 3, 7 })
             {
                 var max = new float[segments * Group]; var sum = new float[max.Length]; var acc = new float[max.Length * HeadDim];
                 int blocks = head.Blocks.Count;
                 for (int s = 0; s < segments; s++)
-                    PagedAttention.AttendSegment(head, pools, q, Group * HeadDim, 1, Group, HeadDim, position,
+                    PagedAttention.AttendSegment(head, q, Group * HeadDim, 1, Group, HeadDim, position,
                         blocks * s / segments, blocks * (s + 1) / segments, s == segments - 1,
                         max.AsSpan(s * Group, Group), sum.AsSpan(s * Group, Group), acc.AsSpan(s * Group * HeadDim, Group * HeadDim));
                 var merged = new float[Group * HeadDim];
