@@ -1,0 +1,132 @@
+namespace KvSharp.Compute.Cuda.Runtime;
+
+/// <summary>Element type of a device weight matrix.</summary>
+public enum DeviceWeightType
+{
+    /// <summary>bfloat16 (the usual inference precision: float32's range, 8 bits of mantissa).</summary>
+    BF16,
+    /// <summary>IEEE half precision.</summary>
+    F16,
+    /// <summary>float32 (exact against the CPU engine on float32 models; twice the bytes of BF16).</summary>
+    F32,
+}
+
+/// <summary>
+/// Typed launchers of the embedded kernels (elementwise.cu, gemv.cu, attention.cu), compiled for the
+/// device on first use. Every method only queues work on the device's stream.
+/// </summary>
+internal sealed class CudaKernels : IDisposable
+{
+    private const int Threads = 256;
+    private readonly CudaDevice _device;
+    private readonly CudaModule _elementwise, _gemv, _attention;
+
+    public CudaKernels(CudaDevice device)
+    {
+        _device = device;
+        _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu");
+        _attention = CudaModule.LoadEmbedded(device, "attention.cu");
+    }
+
+    public CudaDevice Device => _device;
+
+    /// <summary>Largest query group (query heads per KV head) attention supports (MAX_GROUP in attention.cu).</summary>
+    public const int MaxGroup = 16;
+
+    /// <summary>Largest number of activation rows the matrix-vector kernels take (beyond it, cuBLAS).</summary>
+    public const int MaxGemvRows = 8;
+
+    public static string Suffix(DeviceWeightType t) => t switch
+    {
+        DeviceWeightType.BF16 => "bf16",
+        DeviceWeightType.F16 => "f16",
+        _ => "f32",
+    };
+
+    public static int ElementBytes(DeviceWeightType t) => t == DeviceWeightType.F32 ? 4 : 2;
+
+    private int GridFor(long n) => (int)Math.Min((n + Threads - 1) / Threads, (long)_device.MultiprocessorCount * 16);
+
+    public void Embed(DeviceWeightType type, ulong table, ulong tokens, ulong output, int n, int cols) =>
+        _elementwise["embed_" + Suffix(type)].Launch(n, Threads, 0, table, tokens, output, Arg.Int(cols));
+
+    public void RmsNorm(ulong x, ulong weight, ulong y, int rows, int cols, float eps) =>
+        _elementwise["rmsnorm"].Launch(rows, Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
+
+    public void Rope(ulong x, ulong invFreq, int rows, int heads, int headDim, ulong position, bool interleaved) =>
+        _elementwise["rope"].Launch(rows * heads, Math.Min(Threads, Math.Max(32, headDim / 2)), 0,
+            x, invFreq, Arg.Int(heads), Arg.Int(headDim), position, Arg.Int(interleaved ? 1 : 0));
+
+    public void SwiGlu(ulong gate, ulong up, long n) =>
+        _elementwise["swiglu"].Launch(GridFor(n), Threads, 0, gate, up, Arg.Long(n));
+
+    public void Add(ulong x, ulong y, long n) =>
+        _elementwise["add"].Launch(GridFor(n), Threads, 0, x, y, Arg.Long(n));
+
+    public void AddBias(ulong x, ulong bias, int cols, long n) =>
+        _elementwise["add_bias"].Launch(GridFor(n), Threads, 0, x, bias, Arg.Int(cols), Arg.Long(n));
+
+    public void Narrow(DeviceWeightType type, ulong x, ulong y, long n) =>
+        _elementwise[type == DeviceWeightType.F16 ? "to_f16" : "to_bf16"].Launch(GridFor(n), Threads, 0, x, y, Arg.Long(n));
+
+    public void KvAppend(ulong k, ulong v, ulong kCache, ulong vCache, int n, int kvHeads, int headDim, int capacity, ulong position) =>
+        _elementwise["kv_append"].Launch(GridFor((long)n * kvHeads * headDim), Threads, 0,
+            k, v, kCache, vCache, Arg.Int(n), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position);
+
+    /// <summary>Greedy token of one logits row into next[0] (and history[*position]); *position += advance.</summary>
+    public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance) =>
+        _elementwise["argmax"].Launch(1, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance));
+
+    public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
+        _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
+
+    public void SetInt(ulong p, int value) => _elementwise["set_int"].Launch(1, 1, 0, p, Arg.Int(value));
+
+    /// <summary>y[n, rows] = x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>.</summary>
+    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n)
+    {
+        if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
+        const int warpsPerBlock = Threads / 32;
+        _gemv[$"gemv_{Suffix(type)}_{n}"].Launch((rows + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, Arg.Int(rows), Arg.Int(cols));
+    }
+
+    /// <summary>How a causal attention splits the sequence: chunk length, chunk count, shared memory per block.</summary>
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes);
+
+    /// <summary>
+    /// Chooses the chunk length so that (splits × KV heads × query rows) blocks fill the GPU a few times
+    /// over, within the shared memory a block may use for its scores.
+    /// </summary>
+    public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
+    {
+        int group = heads / kvHeads;
+        int maxChunk = Math.Min(1024, (48 * 1024 / 4 - group * headDim) / group) / 32 * 32;
+        if (maxChunk < 32) throw new CudaException("attention", $"a group of {group} heads of dimension {headDim} does not fit in shared memory");
+        long targetBlocks = 4L * _device.MultiprocessorCount;
+        long wantSplits = Math.Max(1, targetBlocks / ((long)kvHeads * rows));
+        int chunk = (int)Math.Min(maxChunk, Math.Max(32, (visible + wantSplits - 1) / wantSplits + 31) / 32 * 32);
+        int splits = (visible + chunk - 1) / chunk;
+        return new AttentionPlan(chunk, splits, (group * headDim + group * chunk) * 4);
+    }
+
+    /// <summary>Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache.</summary>
+    public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl,
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan)
+    {
+        if (heads / kvHeads > MaxGroup) throw new CudaException("attention", $"{heads / kvHeads} query heads per KV head exceed the supported {MaxGroup}");
+        float scale = 1f / MathF.Sqrt(headDim);
+        _attention["attn_split"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
+            q, kCache, vCache, partOut, partMl, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
+            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale));
+        _attention["attn_combine"].Launch(new Dim3((uint)heads, (uint)rows), Math.Min(1024, (headDim + 31) / 32 * 32), 0,
+            partOut, partMl, output, Arg.Int(heads), Arg.Int(headDim), Arg.Int(plan.Splits));
+    }
+
+    public void Dispose()
+    {
+        _elementwise.Dispose();
+        _gemv.Dispose();
+        _attention.Dispose();
+    }
+}
