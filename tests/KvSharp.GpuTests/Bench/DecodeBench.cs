@@ -35,6 +35,7 @@ public static class DecodeBench
         using var _ = gpu;
         long weightBytes = gpu.WeightBytesReadPerToken;
         using var timer = new CudaTimer(device);
+        KernelTimes(gpu, timer, bandwidth, log);
         var rows = new List<string>();
         foreach (int context in contexts)
         {
@@ -76,6 +77,50 @@ public static class DecodeBench
         log.WriteLine("| context | ms/token | tokens/s | GB read/token | roofline tokens/s | % of roofline | achieved GB/s |");
         log.WriteLine("|---|---|---|---|---|---|---|");
         foreach (var r in rows) log.WriteLine(r);
+    }
+
+    /// <summary>
+    /// Each decode matrix-vector product alone (20 back-to-back launches, event-timed) and one layer's attention
+    /// at 32K: achieved bandwidth per kernel, to see which part of a token's time is off the roofline.
+    /// </summary>
+    private static void KernelTimes(CudaTransformer gpu, CudaTimer timer, double bandwidth, TextWriter log)
+    {
+        var device = gpu.Device;
+        var c = gpu.Config;
+        const int launches = 20;
+        using var x = device.Allocate(4L * Math.Max(c.HiddenSize, c.IntermediateSize));
+        using var y = device.Allocate(4L * Math.Max(c.VocabSize, 2 * c.IntermediateSize));
+        x.Fill32(0x3C000000u); // 2^-7: finite, non-zero activations
+        y.Fill32(0);
+        foreach (var (name, m, mode) in gpu.DecodeMatrices())
+        {
+            int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
+            gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, 1, mode);
+            timer.Start();
+            for (int i = 0; i < launches; i++) gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, 1, mode);
+            double us = timer.StopMilliseconds() * 1e3 / launches;
+            double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
+            log.WriteLine($"kernel gemv {name} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+        }
+        const int context = 32768;
+        using var cache = gpu.CreateCache(context + 1);
+        cache.FillRandom(gpu.Kernels, context, seed: 3);
+        using var q = device.Allocate(4L * c.NumHeads * c.HeadDim);
+        using var att = device.Allocate(4L * c.NumHeads * c.HeadDim);
+        q.Fill32(0x3C000000u);
+        using var pos = device.Allocate(4);
+        pos.Upload<int>([context - 1]);
+        var plan = gpu.Kernels.PlanAttention(context, 1, c.NumHeads, c.NumKvHeads, c.HeadDim);
+        using var po = device.Allocate(4L * c.NumHeads * plan.Splits * c.HeadDim);
+        using var pml = device.Allocate(8L * c.NumHeads * plan.Splits);
+        void Attend() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer,
+            1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan);
+        Attend();
+        timer.Start();
+        for (int i = 0; i < launches; i++) Attend();
+        double aus = timer.StopMilliseconds() * 1e3 / launches;
+        long kvBytes = 2L * context * c.NumKvHeads * c.HeadDim * 2;
+        log.WriteLine($"kernel attention 1 layer at {context} ({plan.Splits} chunks of {plan.Chunk}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
     }
 
     /// <summary>Bytes read plus bytes written per second by a 1 GiB device-to-device copy (median of 10).</summary>

@@ -7,13 +7,13 @@ public static class GpuCheckList
     public static IReadOnlyList<(string Name, Func<string> Run)> All(string stories260K) =>
     [
         ("rmsnorm", KernelChecks.RmsNorm),
-        ("rope", KernelChecks.Rope),
+        ("qkv+rope+append", KernelChecks.QkvRopeAppend),
         ("elementwise", KernelChecks.Elementwise),
         ("embedding", KernelChecks.Embedding),
         ("gemv", KernelChecks.Gemv),
         ("cublas", KernelChecks.CublasGemm),
         ("attention", KernelChecks.Attention),
-        ("append+argmax", KernelChecks.AppendAndArgMax),
+        ("argmax", KernelChecks.ArgMax),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
     ];

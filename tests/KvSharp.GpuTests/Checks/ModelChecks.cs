@@ -8,8 +8,10 @@ using KvSharp.Models.Loading;
 namespace KvSharp.GpuTests.Checks;
 
 /// <summary>
-/// The GPU forward pass against the CPU engine (<see cref="Transformer"/> over a paged float16 cache,
-/// so both round K and V identically): logits of every prompt position and greedy continuations.
+/// The GPU forward pass against the CPU engine (<see cref="Transformer"/> over a paged float16 cache of
+/// one-token blocks, so every token's K and V are rounded to float16 on both sides; the default 32-token
+/// blocks would keep a partial block in float32 and differ by the rounding, ~8e-4 of the logits):
+/// logits of every prompt position and greedy continuations.
 /// </summary>
 public static class ModelChecks
 {
@@ -23,7 +25,10 @@ public static class ModelChecks
         {
             // BOS then random ids: 5 rows run through the matrix-vector kernels, 20 through cuBLAS.
             var prompt = new[] { 1 }.Concat(Enumerable.Range(0, promptLength - 1).Select(_ => 3 + rnd.Next(weights.Config.VocabSize - 3))).ToArray();
-            report.Add(AgainstCpu(weights, DeviceWeightType.F32, prompt, steps: 40, logitTolerance: 1e-4, requireSameTokens: true) + $" (seed {rnd.Seed})");
+            // 2e-3: the GPU and the CPU compute K and V to ~1e-7 of each other, but a value that close to a float16
+            // rounding boundary lands on the neighbouring float16; one such element moves this tiny model's
+            // (head dimension 8) logits by up to ~1e-3. A wrong kernel moves them by 1e-1 or more.
+            report.Add(AgainstCpu(weights, DeviceWeightType.F32, prompt, steps: 40, logitTolerance: 2e-3, requireSameTokens: true) + $" (seed {rnd.Seed})");
         }
         var bfPrompt = new[] { 1, 403, 261, 378, 285, 300, 266, 394, 299, 263, 410 };
         report.Add(AgainstCpu(weights, DeviceWeightType.BF16, bfPrompt, steps: 40, logitTolerance: 2e-2, requireSameTokens: false));
@@ -65,7 +70,7 @@ public static class ModelChecks
 
         // CPU: all prompt logits, then greedy decoding one token at a time.
         var cpu = new Transformer(weights);
-        using var cpuCache = new PagedKvCache(config, new PagedKvCacheOptions { MaxTokens = capacity });
+        using var cpuCache = new PagedKvCache(config, new PagedKvCacheOptions { MaxTokens = capacity, BlockTokens = 1 });
         var cpuLogits = cpu.Forward(prompt, cpuCache, LogitsMode.All);
         var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
         var cpuStepLogits = new List<float[]>();

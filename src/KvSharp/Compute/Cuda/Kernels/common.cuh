@@ -81,3 +81,12 @@ struct WeightF16
         for (int i = 0; i < 4; i++) { out[2 * i] = f16_to_f32((u16)(w[i] & 0xffffu)); out[2 * i + 1] = f16_to_f32((u16)(w[i] >> 16)); }
     }
 };
+
+// 16-byte load of data read exactly once (weights, the KV cache): skips L1 so the small, reused
+// operands (activations, queries) stay there.
+__device__ __forceinline__ uint4 load_stream(const void* p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}

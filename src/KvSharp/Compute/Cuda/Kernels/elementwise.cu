@@ -24,40 +24,16 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float* y, int
     for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
-// Rotates each head of x [n, heads, hd] (row t at position *pos + t). inv_freq holds hd/2
-// frequencies (Llama-3 scaling already applied). interleaved: pairs (2i, 2i+1), else (i, i + hd/2).
-extern "C" __global__ void rope(float* x, const float* inv_freq, int heads, int hd, const int* pos, int interleaved)
-{
-    const int row = blockIdx.x;
-    const int t = row / heads;
-    float* h = x + (long)row * hd;
-    const int half = hd / 2;
-    for (int i = threadIdx.x; i < half; i += blockDim.x)
-    {
-        const float angle = (float)(*pos + t) * inv_freq[i];
-        const float c = cosf(angle), s = sinf(angle);
-        const int i0 = interleaved ? 2 * i : i;
-        const int i1 = interleaved ? 2 * i + 1 : i + half;
-        const float x0 = h[i0], x1 = h[i1];
-        h[i0] = x0 * c - x1 * s;
-        h[i1] = x0 * s + x1 * c;
-    }
-}
-
-// gate = silu(gate) * up.
-extern "C" __global__ void swiglu(float* gate, const float* up, long n)
+// SwiGLU over the rows of a fused gate/up product gu [rows, 2 * ffn] (gate columns first):
+// out[t, i] = silu(gu[t, i]) * gu[t, ffn + i].
+extern "C" __global__ void swiglu_rows(const float* gu, float* out, int ffn, long n)
 {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
     {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        const long t = i / ffn, c = i % ffn;
+        const float g = gu[t * 2 * ffn + c];
+        out[i] = g / (1.0f + expf(-g)) * gu[t * 2 * ffn + ffn + c];
     }
-}
-
-// x += y.
-extern "C" __global__ void add(float* x, const float* y, long n)
-{
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
 }
 
 // x[r, c] += bias[c].
@@ -76,19 +52,58 @@ extern "C" __global__ void to_f16(const float* x, u16* y, long n)
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = f32_to_f16(x[i]);
 }
 
-// Writes k, v [n, kv_heads, hd] as float16 into one layer's cache [kv_heads, capacity, hd] at positions *pos + t.
-extern "C" __global__ void kv_append(const float* k, const float* v, u16* kc, u16* vc, int n, int kv_heads, int hd, int capacity, const int* pos)
+// After the fused QKV product qkv [n, (heads + 2 kv_heads) hd] (q heads, k heads, v heads): per
+// head, the optional per-head RMSNorm (Qwen3's q/k norm), then RoPE at position *pos + t
+// (interleaved: pairs (2i, 2i+1), else (i, i + hd/2); inv_freq holds hd/2 frequencies with any
+// Llama-3 scaling applied). Rotated queries go to q_out [n, heads, hd]; rotated keys and the values
+// go as float16 into one layer's cache [kv_heads, capacity, hd]. One block per (row, q or k head).
+extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
+    u16* kc, u16* vc, int heads, int kv_heads, int hd, int capacity, const int* pos, int interleaved, float eps)
 {
-    const long total = (long)n * kv_heads * hd;
-    const int p0 = *pos;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
+    const int per_row = heads + kv_heads;
+    const int t = blockIdx.x / per_row, h = blockIdx.x % per_row;
+    const long stride = (long)(heads + 2 * kv_heads) * hd;
+    const float* src = qkv + t * stride + (long)h * hd; // k heads follow the q heads, so h * hd finds either
+    const bool is_q = h < heads;
+    const float* nw = is_q ? q_norm : k_norm;
+    float inv = 1.0f;
+    if (nw != nullptr)
     {
-        const int d = (int)(i % hd);
-        const int h = (int)((i / hd) % kv_heads);
-        const int t = (int)(i / ((long)hd * kv_heads));
-        const long dst = ((long)h * capacity + p0 + t) * hd + d;
-        kc[dst] = f32_to_f16(k[i]);
-        vc[dst] = f32_to_f16(v[i]);
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += src[i] * src[i];
+        ss = block_sum(ss);
+        inv = 1.0f / sqrtf(ss / hd + eps);
+    }
+    const int p = *pos + t;
+    const int half = hd / 2;
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        const int i0 = interleaved ? 2 * i : i;
+        const int i1 = interleaved ? 2 * i + 1 : i + half;
+        float x0 = src[i0], x1 = src[i1];
+        if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
+        const float angle = (float)p * inv_freq[i];
+        const float c = cosf(angle), s = sinf(angle);
+        const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+        if (is_q)
+        {
+            float* dst = q_out + ((long)t * heads + h) * hd;
+            dst[i0] = y0;
+            dst[i1] = y1;
+        }
+        else
+        {
+            u16* dst = kc + ((long)(h - heads) * capacity + p) * hd;
+            dst[i0] = f32_to_f16(y0);
+            dst[i1] = f32_to_f16(y1);
+        }
+    }
+    if (!is_q)
+    {
+        const int kh = h - heads;
+        const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + kh) * hd;
+        u16* dst = vc + ((long)kh * capacity + p) * hd;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = f32_to_f16(vsrc[i]);
     }
 }
 
@@ -137,5 +152,3 @@ extern "C" __global__ void fill_random_f16(u16* p, long n, unsigned seed, float 
         p[i] = f32_to_f16(((x >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale);
     }
 }
-
-extern "C" __global__ void set_int(int* p, int value) { *p = value; }

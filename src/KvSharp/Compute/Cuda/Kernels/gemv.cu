@@ -1,29 +1,48 @@
 // Matrix-vector products for decode: y[t, r] = sum_c w[r, c] * x[t, c] for NT <= 8 activation rows.
-// Memory-bound: every weight byte is read once, 16 bytes per lane per load, one warp per output row,
-// with several loads in flight (unrolled loop); x (a few KB) stays in L1/L2. Accumulation is float32.
+// Memory-bound: every weight byte is read once (16 bytes per lane per load, bypassing L1), each warp
+// owns two output rows so every activation load from L1 serves two weight loads, and the unrolled
+// loop keeps several loads in flight. Accumulation is float32.
+//   MODE 0: y[t, r] = dot.   MODE 1: y[t, r] += dot (residual add fused).
+//   MODE 2: SwiGLU over a [2 * rows, cols] matrix holding gate rows then up rows:
+//           y[t, r] = silu(dot(gate_r)) * dot(up_r) (the feed-forward's first half in one pass).
 #include "common.cuh"
 
-template <class W, int NT>
+template <class W, int NT, int MODE>
 __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int rows, int cols)
 {
-    const int row = (int)((blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5);
+    const int warp = (int)((blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const typename W::T* wr = w + (long)row * cols;
-    float acc[NT];
+    int r0, r1;
+    if (MODE == 2)
+    {
+        if (warp >= rows) return;
+        r0 = warp;
+        r1 = warp + rows;
+    }
+    else
+    {
+        r0 = 2 * warp;
+        if (r0 >= rows) return;
+        r1 = min(r0 + 1, rows - 1);
+    }
+    const typename W::T* w0 = w + (long)r0 * cols;
+    const typename W::T* w1 = w + (long)r1 * cols;
+    float a0[NT], a1[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int t = 0; t < NT; t++) { a0[t] = 0.0f; a1[t] = 0.0f; }
 
     if (cols % W::Vec == 0)
     {
         // Rows start 16-byte aligned: cols is a multiple of the vector width and buffers are 256-byte aligned.
-        const uint4* wv = reinterpret_cast<const uint4*>(wr);
+        const uint4* v0 = reinterpret_cast<const uint4*>(w0);
+        const uint4* v1 = reinterpret_cast<const uint4*>(w1);
         const int nv = cols / W::Vec;
 #pragma unroll 4
         for (int i = lane; i < nv; i += 32)
         {
-            float wf[W::Vec];
-            W::unpack(__ldg(wv + i), wf);
+            float f0[W::Vec], f1[W::Vec];
+            W::unpack(load_stream(v0 + i), f0);
+            W::unpack(load_stream(v1 + i), f1);
 #pragma unroll
             for (int t = 0; t < NT; t++)
             {
@@ -32,7 +51,8 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
                 for (int q = 0; q < W::Vec / 4; q++)
                 {
                     const float4 xx = __ldg(xv + q);
-                    acc[t] += wf[4 * q] * xx.x + wf[4 * q + 1] * xx.y + wf[4 * q + 2] * xx.z + wf[4 * q + 3] * xx.w;
+                    a0[t] += f0[4 * q] * xx.x + f0[4 * q + 1] * xx.y + f0[4 * q + 2] * xx.z + f0[4 * q + 3] * xx.w;
+                    a1[t] += f1[4 * q] * xx.x + f1[4 * q + 1] * xx.y + f1[4 * q + 2] * xx.z + f1[4 * q + 3] * xx.w;
                 }
             }
         }
@@ -41,21 +61,27 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     {
         for (int c = lane; c < cols; c += 32)
         {
-            const float wf = W::get(wr, c);
+            const float f0 = W::get(w0, c), f1 = W::get(w1, c);
 #pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wf * x[(long)t * cols + c];
+            for (int t = 0; t < NT; t++) { const float xx = x[(long)t * cols + c]; a0[t] += f0 * xx; a1[t] += f1 * xx; }
         }
     }
 #pragma unroll
     for (int t = 0; t < NT; t++)
     {
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) y[(long)t * rows + row] = s;
+        const float s0 = warp_sum(a0[t]), s1 = warp_sum(a1[t]);
+        if (lane != 0) continue;
+        float* yt = y + (long)t * rows;
+        if (MODE == 2) yt[r0] = s0 / (1.0f + expf(-s0)) * s1;
+        else if (MODE == 1) { yt[r0] += s0; if (r0 + 1 < rows) yt[r0 + 1] += s1; }
+        else { yt[r0] = s0; if (r0 + 1 < rows) yt[r0 + 1] = s1; }
     }
 }
 
 #define GEMV(NAME, W, NT) \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_##NT(const W::T* w, const float* x, float* y, int rows, int cols) { gemv<W, NT>(w, x, y, rows, cols); }
+    extern "C" __global__ void __launch_bounds__(256) NAME##_##NT(const W::T* w, const float* x, float* y, int rows, int cols) { gemv<W, NT, 0>(w, x, y, rows, cols); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_acc_##NT(const W::T* w, const float* x, float* y, int rows, int cols) { gemv<W, NT, 1>(w, x, y, rows, cols); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_##NT(const W::T* w, const float* x, float* y, int rows, int cols) { gemv<W, NT, 2>(w, x, y, rows, cols); }
 #define GEMV_ALL(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
 
 GEMV_ALL(gemv_f32, WeightF32)

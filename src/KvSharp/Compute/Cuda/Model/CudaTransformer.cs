@@ -1,5 +1,6 @@
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Formats;
 using KvSharp.Models;
 
 namespace KvSharp.Compute.Cuda.Model;
@@ -23,17 +24,18 @@ public sealed class CudaTransformer : IDisposable
     private CudaGraph? _decodeGraph;
     private CudaKvCache? _graphCache;
 
+    /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
-        DeviceBuffer AttnNorm, DeviceMatrix Q, DeviceMatrix K, DeviceMatrix V, DeviceBuffer? QBias, DeviceBuffer? KBias, DeviceBuffer? VBias,
-        DeviceBuffer? QNorm, DeviceBuffer? KNorm, DeviceMatrix AttnOutput, DeviceBuffer FfnNorm, DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
+        DeviceBuffer AttnNorm, DeviceMatrix Qkv, DeviceBuffer? QkvBias, DeviceBuffer? QNorm, DeviceBuffer? KNorm,
+        DeviceMatrix AttnOutput, DeviceBuffer FfnNorm, DeviceMatrix GateUp, DeviceMatrix Down);
 
     /// <summary>Uploads <paramref name="weights"/> to <paramref name="device"/> with matrices in <paramref name="weightType"/>.</summary>
     public CudaTransformer(CudaDevice device, ModelWeights weights, DeviceWeightType weightType = DeviceWeightType.BF16)
     {
         var c = weights.Config;
         c.Validate(weights.Source);
-        if (c.GroupSize > CudaKernels.MaxGroup)
-            throw new KvSharpException($"{weights.Source}: {c.GroupSize} query heads per KV head exceed the CUDA backend's {CudaKernels.MaxGroup}");
+        if (!CudaKernels.SupportsGroup(c.GroupSize))
+            throw new KvSharpException($"{weights.Source}: {c.GroupSize} query heads per KV head are not supported by the CUDA backend (1..8 or 16)");
         Config = c;
         WeightType = weightType;
         _device = device;
@@ -52,18 +54,17 @@ public sealed class CudaTransformer : IDisposable
             for (int l = 0; l < c.NumLayers; l++)
             {
                 string N(string s) => TensorNames.Layer(l, s);
-                DeviceMatrix M(string s, int rows, int cols) => Own(DeviceWeights.Matrix(device, weights.Require(N(s)), rows, cols, weightType));
-                DeviceBuffer? V(string s, int length, bool optional = false) =>
-                    Vector(weights, N(s), length, optional) is { } v ? Own(DeviceWeights.Vector(device, v)) : null;
+                TensorView T(string s) => weights.Require(N(s));
+                DeviceBuffer? V(string s, int length) => Vector(weights, N(s), length) is { } v ? Own(DeviceWeights.Vector(device, v)) : null;
                 _layers[l] = new Layer(
                     V(TensorNames.Suffix.AttnNorm, c.HiddenSize)!,
-                    M(TensorNames.Suffix.Q, qDim, c.HiddenSize), M(TensorNames.Suffix.K, kvDim, c.HiddenSize), M(TensorNames.Suffix.V, kvDim, c.HiddenSize),
-                    V(TensorNames.Suffix.QBias, qDim, true), V(TensorNames.Suffix.KBias, kvDim, true), V(TensorNames.Suffix.VBias, kvDim, true),
+                    Own(DeviceWeights.Stacked(device, [(T(TensorNames.Suffix.Q), qDim), (T(TensorNames.Suffix.K), kvDim), (T(TensorNames.Suffix.V), kvDim)], c.HiddenSize, weightType)),
+                    QkvBias(weights, l, qDim, kvDim),
                     c.QkNorm ? V(TensorNames.Suffix.QNorm, c.HeadDim) : null, c.QkNorm ? V(TensorNames.Suffix.KNorm, c.HeadDim) : null,
-                    M(TensorNames.Suffix.AttnOutput, c.HiddenSize, qDim),
+                    Own(DeviceWeights.Matrix(device, T(TensorNames.Suffix.AttnOutput), c.HiddenSize, qDim, weightType)),
                     V(TensorNames.Suffix.FfnNorm, c.HiddenSize)!,
-                    M(TensorNames.Suffix.FfnGate, c.IntermediateSize, c.HiddenSize), M(TensorNames.Suffix.FfnUp, c.IntermediateSize, c.HiddenSize),
-                    M(TensorNames.Suffix.FfnDown, c.HiddenSize, c.IntermediateSize));
+                    Own(DeviceWeights.Stacked(device, [(T(TensorNames.Suffix.FfnGate), c.IntermediateSize), (T(TensorNames.Suffix.FfnUp), c.IntermediateSize)], c.HiddenSize, weightType)),
+                    Own(DeviceWeights.Matrix(device, T(TensorNames.Suffix.FfnDown), c.HiddenSize, c.IntermediateSize, weightType)));
             }
             device.Synchronize();
         }
@@ -88,9 +89,20 @@ public sealed class CudaTransformer : IDisposable
 
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
-        _layers.Sum(L => new[] { L.Q, L.K, L.V, L.AttnOutput, L.Gate, L.Up, L.Down }.Sum(m => m.Buffer.ByteLength)) + _output.Buffer.ByteLength;
+        _layers.Sum(L => L.Qkv.Buffer.ByteLength + L.AttnOutput.Buffer.ByteLength + L.GateUp.Buffer.ByteLength + L.Down.Buffer.ByteLength)
+        + _output.Buffer.ByteLength;
 
     internal CudaKernels Kernels => _kernels;
+
+    /// <summary>Layer 0's matrices and the output head with the kernel mode decode uses for each (for kernel benchmarks).</summary>
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode)> DecodeMatrices() =>
+    [
+        ("qkv", _layers[0].Qkv, CudaKernels.GemvMode.Store),
+        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate),
+        ("gate_up+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu),
+        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate),
+        ("output", _output, CudaKernels.GemvMode.Store),
+    ];
 
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens.</summary>
     public CudaKvCache CreateCache(int capacity) => new(_device, Config, capacity);
@@ -205,39 +217,41 @@ public sealed class CudaTransformer : IDisposable
         cache.Length += steps;
     }
 
+    /// <summary>
+    /// Queues the decoder layers for n rows: X holds the residual stream; the final norm is left to
+    /// <see cref="EnqueueLogits"/>. Per layer: norm, QKV product, q/k norm + RoPE + cache append,
+    /// attention, output product added to X, norm, gate/up product with SwiGLU, down product added to X.
+    /// </summary>
     private void EnqueueLayers(Scratch s, CudaKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan)
     {
         var c = Config;
-        int d = c.HiddenSize, hd = c.HeadDim, qDim = c.NumHeads * hd, kvDim = c.NumKvHeads * hd, ffn = c.IntermediateSize;
+        int d = c.HiddenSize, hd = c.HeadDim, qkvDim = (c.NumHeads + 2 * c.NumKvHeads) * hd, ffn = c.IntermediateSize;
         ulong pos = cache.Position.Pointer;
         var k = _kernels;
+        bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
         k.Embed(_embedding.Type, _embedding.Pointer, tokens, s.X.Pointer, n, d);
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
             k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
-            MatMul(L.Q, s.Xb, s.Q, n, s);
-            MatMul(L.K, s.Xb, s.K, n, s);
-            MatMul(L.V, s.Xb, s.V, n, s);
-            if (L.QBias != null) k.AddBias(s.Q.Pointer, L.QBias.Pointer, qDim, (long)n * qDim);
-            if (L.KBias != null) k.AddBias(s.K.Pointer, L.KBias.Pointer, kvDim, (long)n * kvDim);
-            if (L.VBias != null) k.AddBias(s.V.Pointer, L.VBias.Pointer, kvDim, (long)n * kvDim);
-            if (L.QNorm != null) k.RmsNorm(s.Q.Pointer, L.QNorm.Pointer, s.Q.Pointer, n * c.NumHeads, hd, c.RmsNormEps);
-            if (L.KNorm != null) k.RmsNorm(s.K.Pointer, L.KNorm.Pointer, s.K.Pointer, n * c.NumKvHeads, hd, c.RmsNormEps);
-            bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
-            k.Rope(s.Q.Pointer, _invFreq.Pointer, n, c.NumHeads, hd, pos, interleaved);
-            k.Rope(s.K.Pointer, _invFreq.Pointer, n, c.NumKvHeads, hd, pos, interleaved);
-            k.KvAppend(s.K.Pointer, s.V.Pointer, cache.Keys(l), cache.Values(l), n, c.NumKvHeads, hd, cache.Capacity, pos);
+            MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
+            if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
+            k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
+                cache.Keys(l), cache.Values(l), n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps);
             k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer,
                 n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan);
-            MatMul(L.AttnOutput, s.Att, s.Xb, n, s);
-            k.Add(s.X.Pointer, s.Xb.Pointer, (long)n * d);
+            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
-            MatMul(L.Gate, s.Xb, s.Gate, n, s);
-            MatMul(L.Up, s.Xb, s.Up, n, s);
-            k.SwiGlu(s.Gate.Pointer, s.Up.Pointer, (long)n * ffn);
-            MatMul(L.Down, s.Gate, s.Xb, n, s);
-            k.Add(s.X.Pointer, s.Xb.Pointer, (long)n * d);
+            if (n <= CudaKernels.MaxGemvRows)
+            {
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.Xb.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu);
+            }
+            else
+            {
+                MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
+                k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
+            }
+            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
         }
     }
 
@@ -249,11 +263,13 @@ public sealed class CudaTransformer : IDisposable
         MatMul(_output, s.Xb, s.Logits, count, s);
     }
 
-    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s)
+    /// <summary>y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows, cuBLAS beyond.</summary>
+    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false)
     {
         if (n <= CudaKernels.MaxGemvRows)
         {
-            _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n);
+            _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n,
+                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store);
             return;
         }
         ulong operand = x.Pointer;
@@ -268,7 +284,7 @@ public sealed class CudaTransformer : IDisposable
             DeviceWeightType.F16 => Native.CublasApi.DataF16,
             _ => Native.CublasApi.DataF32,
         };
-        _blas.MatMul(w.Pointer, operand, y.Pointer, w.Rows, w.Cols, n, dataType);
+        _blas.MatMul(w.Pointer, operand, y.Pointer, w.Rows, w.Cols, n, dataType, accumulate);
     }
 
     private static int ArgMax(ReadOnlySpan<float> values)
@@ -286,20 +302,19 @@ public sealed class CudaTransformer : IDisposable
         public readonly int[] Host = new int[2];
         public readonly DeviceBuffer Tokens = device.Allocate(rows * sizeof(int));
         public readonly DeviceBuffer X = device.Allocate((long)rows * c.HiddenSize * 4);
-        public readonly DeviceBuffer Xb = device.Allocate((long)rows * Math.Max(c.HiddenSize, c.NumHeads * c.HeadDim) * 4);
+        public readonly DeviceBuffer Xb = device.Allocate((long)rows * c.HiddenSize * 4);
+        public readonly DeviceBuffer Qkv = device.Allocate((long)rows * (c.NumHeads + 2 * c.NumKvHeads) * c.HeadDim * 4);
         public readonly DeviceBuffer Q = device.Allocate((long)rows * c.NumHeads * c.HeadDim * 4);
-        public readonly DeviceBuffer K = device.Allocate((long)rows * c.NumKvHeads * c.HeadDim * 4);
-        public readonly DeviceBuffer V = device.Allocate((long)rows * c.NumKvHeads * c.HeadDim * 4);
         public readonly DeviceBuffer Att = device.Allocate((long)rows * c.NumHeads * c.HeadDim * 4);
+        public readonly DeviceBuffer GateUp = device.Allocate((long)(rows > CudaKernels.MaxGemvRows ? rows : 1) * 2 * c.IntermediateSize * 4);
         public readonly DeviceBuffer Gate = device.Allocate((long)rows * c.IntermediateSize * 4);
-        public readonly DeviceBuffer Up = device.Allocate((long)rows * c.IntermediateSize * 4);
         public readonly DeviceBuffer Narrow = device.Allocate((long)rows * Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.NumHeads * c.HeadDim) * 2);
         public readonly DeviceBuffer Logits = device.Allocate((long)logitRows * c.VocabSize * 4);
         public DeviceBuffer? PartOut, PartMl;
 
         public void Dispose()
         {
-            foreach (var b in new[] { Tokens, X, Xb, Q, K, V, Att, Gate, Up, Narrow, Logits, PartOut, PartMl }) b?.Dispose();
+            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, PartOut, PartMl }) b?.Dispose();
         }
     }
 
@@ -330,6 +345,20 @@ public sealed class CudaTransformer : IDisposable
         _decodeGraph?.Dispose();
         _decodeGraph = null;
         _graphCache = null;
+    }
+
+    /// <summary>Q, K and V biases stacked like the QKV matrix (zeros for a missing part), or null when the model has none.</summary>
+    private DeviceBuffer? QkvBias(ModelWeights weights, int layer, int qDim, int kvDim)
+    {
+        var q = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.QBias), qDim, optional: true);
+        var k = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.KBias), kvDim, optional: true);
+        var v = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.VBias), kvDim, optional: true);
+        if (q == null && k == null && v == null) return null;
+        var bias = new float[qDim + 2 * kvDim];
+        q?.CopyTo(bias, 0);
+        k?.CopyTo(bias, qDim);
+        v?.CopyTo(bias, qDim + kvDim);
+        return Own(DeviceWeights.Vector(_device, bias));
     }
 
     private static float[]? Vector(ModelWeights weights, string name, int length, bool optional = false)

@@ -21,9 +21,10 @@ internal sealed unsafe class CudaBlas : IDisposable
     /// <paramref name="type"/> (a CublasApi.Data* code), y is float32, accumulation is float32.
     /// In cuBLAS's column-major terms: yᵀ (rows × n) = op_T(w as cols × rows) · xᵀ (cols × n).
     /// </summary>
-    public void MatMul(ulong w, ulong x, ulong y, int rows, int cols, int n, int type)
+    /// With <paramref name="accumulate"/>, y += the product (the residual add fused, as cuBLAS's beta = 1).
+    public void MatMul(ulong w, ulong x, ulong y, int rows, int cols, int n, int type, bool accumulate = false)
     {
-        float alpha = 1, beta = 0;
+        float alpha = 1, beta = accumulate ? 1 : 0;
         CublasApi.Check(CublasApi.cublasGemmEx(_handle, CublasApi.OpT, CublasApi.OpN, rows, n, cols, &alpha,
             w, type, cols, x, type, cols, &beta, y, CublasApi.DataF32, rows, CublasApi.ComputeF32, CublasApi.GemmDefault), "cublasGemmEx");
     }

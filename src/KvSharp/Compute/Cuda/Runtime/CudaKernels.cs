@@ -31,8 +31,8 @@ internal sealed class CudaKernels : IDisposable
 
     public CudaDevice Device => _device;
 
-    /// <summary>Largest query group (query heads per KV head) attention supports (MAX_GROUP in attention.cu).</summary>
-    public const int MaxGroup = 16;
+    /// <summary>Whether attention has a kernel for <paramref name="group"/> query heads per KV head (the ATTN instances in attention.cu).</summary>
+    public static bool SupportsGroup(int group) => group is >= 1 and <= 8 or 16;
 
     /// <summary>Largest number of activation rows the matrix-vector kernels take (beyond it, cuBLAS).</summary>
     public const int MaxGemvRows = 8;
@@ -54,15 +54,9 @@ internal sealed class CudaKernels : IDisposable
     public void RmsNorm(ulong x, ulong weight, ulong y, int rows, int cols, float eps) =>
         _elementwise["rmsnorm"].Launch(rows, Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
 
-    public void Rope(ulong x, ulong invFreq, int rows, int heads, int headDim, ulong position, bool interleaved) =>
-        _elementwise["rope"].Launch(rows * heads, Math.Min(Threads, Math.Max(32, headDim / 2)), 0,
-            x, invFreq, Arg.Int(heads), Arg.Int(headDim), position, Arg.Int(interleaved ? 1 : 0));
-
-    public void SwiGlu(ulong gate, ulong up, long n) =>
-        _elementwise["swiglu"].Launch(GridFor(n), Threads, 0, gate, up, Arg.Long(n));
-
-    public void Add(ulong x, ulong y, long n) =>
-        _elementwise["add"].Launch(GridFor(n), Threads, 0, x, y, Arg.Long(n));
+    /// <summary>Fused SwiGLU of a [rows, 2·ffn] gate/up product into out [rows, ffn].</summary>
+    public void SwiGluRows(ulong gateUp, ulong output, int ffn, int rows) =>
+        _elementwise["swiglu_rows"].Launch(GridFor((long)rows * ffn), Threads, 0, gateUp, output, Arg.Int(ffn), Arg.Long((long)rows * ffn));
 
     public void AddBias(ulong x, ulong bias, int cols, long n) =>
         _elementwise["add_bias"].Launch(GridFor(n), Threads, 0, x, bias, Arg.Int(cols), Arg.Long(n));
@@ -70,9 +64,14 @@ internal sealed class CudaKernels : IDisposable
     public void Narrow(DeviceWeightType type, ulong x, ulong y, long n) =>
         _elementwise[type == DeviceWeightType.F16 ? "to_f16" : "to_bf16"].Launch(GridFor(n), Threads, 0, x, y, Arg.Long(n));
 
-    public void KvAppend(ulong k, ulong v, ulong kCache, ulong vCache, int n, int kvHeads, int headDim, int capacity, ulong position) =>
-        _elementwise["kv_append"].Launch(GridFor((long)n * kvHeads * headDim), Threads, 0,
-            k, v, kCache, vCache, Arg.Int(n), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position);
+    /// <summary>
+    /// From a fused QKV product [rows, (heads + 2·kvHeads)·hd]: optional per-head q/k RMSNorm (null weights skip it),
+    /// RoPE at positions *position.., queries to <paramref name="qOut"/>, keys and values into one layer's float16 cache.
+    /// </summary>
+    public void QkvRopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, ulong kCache, ulong vCache,
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved, float eps) =>
+        _elementwise["qkv_rope_append"].Launch(rows * (heads + kvHeads), 64, 0, qkv, qOut, qNorm, kNorm, invFreq, kCache, vCache,
+            Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps));
 
     /// <summary>Greedy token of one logits row into next[0] (and history[*position]); *position += advance.</summary>
     public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance) =>
@@ -81,14 +80,25 @@ internal sealed class CudaKernels : IDisposable
     public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
         _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
 
-    public void SetInt(ulong p, int value) => _elementwise["set_int"].Launch(1, 1, 0, p, Arg.Int(value));
+    /// <summary>What a matrix-vector kernel does with its dot products.</summary>
+    public enum GemvMode
+    {
+        /// <summary>y = w·x.</summary>
+        Store,
+        /// <summary>y += w·x (the residual add fused).</summary>
+        Accumulate,
+        /// <summary>w holds gate rows then up rows ([2·rows, cols]); y = silu(gate·x) · (up·x).</summary>
+        SwiGlu,
+    }
 
-    /// <summary>y[n, rows] = x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>.</summary>
-    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n)
+    /// <summary>y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>.</summary>
+    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store)
     {
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         const int warpsPerBlock = Threads / 32;
-        _gemv[$"gemv_{Suffix(type)}_{n}"].Launch((rows + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, Arg.Int(rows), Arg.Int(cols));
+        int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
+        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" };
+        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, Arg.Int(rows), Arg.Int(cols));
     }
 
     /// <summary>How a causal attention splits the sequence: chunk length, chunk count, shared memory per block.</summary>
@@ -101,22 +111,26 @@ internal sealed class CudaKernels : IDisposable
     public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
     {
         int group = heads / kvHeads;
-        int maxChunk = Math.Min(1024, (48 * 1024 / 4 - group * headDim) / group) / 32 * 32;
+        int maxChunk = Math.Min(1024, (48 * 1024 / 4 - 2 * group * headDim) / group) / 32 * 32;
         if (maxChunk < 32) throw new CudaException("attention", $"a group of {group} heads of dimension {headDim} does not fit in shared memory");
         long targetBlocks = 4L * _device.MultiprocessorCount;
         long wantSplits = Math.Max(1, targetBlocks / ((long)kvHeads * rows));
         int chunk = (int)Math.Min(maxChunk, Math.Max(32, (visible + wantSplits - 1) / wantSplits + 31) / 32 * 32);
         int splits = (visible + chunk - 1) / chunk;
-        return new AttentionPlan(chunk, splits, (group * headDim + group * chunk) * 4);
+        return new AttentionPlan(chunk, splits, SharedBytes(group, headDim, chunk));
     }
+
+    /// <summary>Shared memory of one attention block: queries and output accumulators [group, hd], scores [group, chunk].</summary>
+    public static int SharedBytes(int group, int headDim, int chunk) => (2 * group * headDim + group * chunk) * 4;
 
     /// <summary>Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache.</summary>
     public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl,
         int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan)
     {
-        if (heads / kvHeads > MaxGroup) throw new CudaException("attention", $"{heads / kvHeads} query heads per KV head exceed the supported {MaxGroup}");
+        int group = heads / kvHeads;
+        if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
         float scale = 1f / MathF.Sqrt(headDim);
-        _attention["attn_split"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
+        _attention[$"attn_split_g{group}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
             q, kCache, vCache, partOut, partMl, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
             Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale));
         _attention["attn_combine"].Launch(new Dim3((uint)heads, (uint)rows), Math.Min(1024, (headDim + 31) / 32 * 32), 0,
