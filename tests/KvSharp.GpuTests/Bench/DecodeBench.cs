@@ -102,25 +102,43 @@ public static class DecodeBench
             double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
             log.WriteLine($"kernel gemv {name} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
         }
-        const int context = 32768;
-        using var cache = gpu.CreateCache(context + 1);
-        cache.FillRandom(gpu.Kernels, context, seed: 3);
-        using var q = device.Allocate(4L * c.NumHeads * c.HeadDim);
-        using var att = device.Allocate(4L * c.NumHeads * c.HeadDim);
-        q.Fill32(0x3C000000u);
-        using var pos = device.Allocate(4);
-        pos.Upload<int>([context - 1]);
-        var plan = gpu.Kernels.PlanAttention(context, 1, c.NumHeads, c.NumKvHeads, c.HeadDim);
-        using var po = device.Allocate(4L * c.NumHeads * plan.Splits * c.HeadDim);
-        using var pml = device.Allocate(8L * c.NumHeads * plan.Splits);
-        void Attend() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer,
-            1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan);
-        Attend();
-        timer.Start();
-        for (int i = 0; i < launches; i++) Attend();
-        double aus = timer.StopMilliseconds() * 1e3 / launches;
-        long kvBytes = 2L * context * c.NumKvHeads * c.HeadDim * 2;
-        log.WriteLine($"kernel attention 1 layer at {context} ({plan.Splits} chunks of {plan.Chunk}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
+        double Time(Action launch)
+        {
+            launch();
+            timer.Start();
+            for (int i = 0; i < launches; i++) launch();
+            return timer.StopMilliseconds() * 1e3 / launches;
+        }
+        using var norm = device.Allocate(4L * c.HiddenSize);
+        norm.Fill32(0x3F800000u);
+        log.WriteLine($"kernel rmsnorm 1x{c.HiddenSize}: {Time(() => gpu.Kernels.RmsNorm(x.Pointer, norm.Pointer, y.Pointer, 1, c.HiddenSize, 1e-5f)):F1} us");
+        log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");
+
+        foreach (int context in new[] { 512, 4096, 32768 })
+        {
+            using var cache = gpu.CreateCache(context + 1);
+            cache.FillRandom(gpu.Kernels, context, seed: 3);
+            using var q = device.Allocate(4L * (c.NumHeads + 2 * c.NumKvHeads) * c.HeadDim);
+            using var att = device.Allocate(4L * c.NumHeads * c.HeadDim);
+            q.Fill32(0x3C000000u);
+            using var pos = device.Allocate(4);
+            pos.Upload<int>([context - 1]);
+            if (context == 512)
+            {
+                using var freq = device.Allocate(4L * c.HeadDim / 2);
+                freq.Fill32(0x3A800000u);
+                log.WriteLine($"kernel qkv_rope_append 1 row: {Time(() => gpu.Kernels.QkvRopeAppend(q.Pointer, att.Pointer, 0, 0, freq.Pointer, cache.Keys(0), cache.Values(0), 1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, false, 1e-5f)):F1} us");
+            }
+            var plan = gpu.Kernels.PlanAttention(context, 1, c.NumHeads, c.NumKvHeads, c.HeadDim);
+            using var po = device.Allocate(4L * c.NumHeads * plan.Splits * c.HeadDim);
+            using var pml = device.Allocate(8L * c.NumHeads * plan.Splits);
+            using var counters = device.Allocate(4L * c.NumKvHeads);
+            counters.Fill32(0);
+            double aus = Time(() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan));
+            long kvBytes = 2L * context * c.NumKvHeads * c.HeadDim * 2;
+            log.WriteLine($"kernel attention 1 layer at {context} ({plan.Splits} chunks of {plan.Chunk}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
+        }
     }
 
     /// <summary>Bytes read plus bytes written per second by a 1 GiB device-to-device copy (median of 10).</summary>

@@ -356,16 +356,22 @@ public static class KernelChecks
                     }
                 }
             var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
-            int singleChunk = Math.Min(1024, (48 * 1024 / 4 - 2 * group * hd) / group) / 32 * 32;
+            int singleChunk = CudaKernels.MaxChunk(group, hd);
             var single = new CudaKernels.AttentionPlan(singleChunk, 1, CudaKernels.SharedBytes(group, hd, singleChunk));
             foreach (var plan in visibleMax <= singleChunk ? new[] { planned, single } : new[] { planned })
             {
                 using var po = Poisoned((long)n * heads * plan.Splits * hd * 4);
                 using var pml = Poisoned((long)n * heads * plan.Splits * 8);
-                using var dout = Poisoned((long)n * heads * hd * 4);
-                K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, n, heads, kvHeads, hd, capacity, dpos.Pointer, plan);
-                report.Add(Compare.Relative($"attention H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} splits{plan.Splits} (seed {rnd.Seed})",
-                    Result(dout, n * heads * hd), expected, 2e-5));
+                using var counters = Dev.Allocate(n * kvHeads * 4L);
+                counters.Fill32(0);
+                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                {
+                    using var dout = Poisoned((long)n * heads * hd * 4);
+                    K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan);
+                    report.Add(Compare.Relative($"attention H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} splits{plan.Splits} (seed {rnd.Seed})",
+                        Result(dout, n * heads * hd), expected, 2e-5));
+                }
             }
         }
         return string.Join("; ", report);

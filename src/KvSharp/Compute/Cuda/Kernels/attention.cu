@@ -1,35 +1,19 @@
 // Flash-decoding attention over a float16 KV cache laid out per layer as [kv_heads, capacity, hd].
-// Pass 1 (attn_split_gG, G = query heads per KV head): block (split, kv head, query row) scores one
-// chunk of the sequence for all G query heads that share the KV head (K and V are read once per
-// group) and writes the chunk's unnormalized output with its max and sum. Pass 2 (attn_combine)
-// merges the chunks. Query row t sits at position *pos + t and sees positions 0 .. *pos + t (causal).
+// Block (split, kv head, query row) of attn_gG (G = query heads per KV head) scores one chunk of the
+// sequence for all G query heads that share the KV head (K and V are read once per group) and writes
+// the chunk's unnormalized output with its max and sum; the last block of a (row, kv head) to finish
+// (counted atomically) merges all chunks into the output, so one launch does the whole attention.
+// Query row t sits at position *pos + t and sees positions 0 .. *pos + t (causal).
 // Head dimensions that are multiples of 64 take the vectorized path (16-byte loads, 8 lanes per key
 // for scores, 8 dimensions per thread for values); others a scalar one.
 #include "common.cuh"
 
+// One chunk [j0, j1) of the sequence for the G query heads of KV head kvh, query row t.
 template <int G>
-__device__ __forceinline__ void attn_split(
-    const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-    float* __restrict__ part_out, float* __restrict__ part_ml,
-    int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale)
+__device__ __forceinline__ void chunk_attention(
+    const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* part_out, float* part_ml,
+    float* qs, float* ov, float* sc, long first, int heads, int hd, int capacity, int t, int kvh, int j0, int j1, int chunk, int splits, float scale)
 {
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
-    const int visible = *pos + t + 1;
-    const int j0 = split * chunk;
-    const int j1 = min(j0 + chunk, visible);
-    extern __shared__ float4 smem4[];
-    float* qs = reinterpret_cast<float*>(smem4); // [G, hd], pre-scaled
-    float* ov = qs + G * hd;                     // [G, hd] value accumulators
-    float* sc = ov + G * hd;                     // [G, chunk] scores, then probabilities
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split; // (t, head kvh*G, split)
-
-    if (j0 >= j1)
-    {
-        // Past the causal limit: an empty chunk the combine step skips.
-        for (int i = threadIdx.x; i < G; i += blockDim.x) { part_ml[(first + (long)i * splits) * 2] = neg_inf(); part_ml[(first + (long)i * splits) * 2 + 1] = 0.0f; }
-        for (int i = threadIdx.x; i < G * hd; i += blockDim.x) part_out[(first + (long)(i / hd) * splits) * hd + i % hd] = 0.0f;
-        return;
-    }
     const float* qb = q + ((long)t * heads + (long)kvh * G) * hd;
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x) { qs[i] = qb[i] * scale; ov[i] = 0.0f; }
     __syncthreads();
@@ -170,31 +154,84 @@ __device__ __forceinline__ void attn_split(
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x) part_out[(first + (long)(i / hd) * splits) * hd + i % hd] = ov[i];
 }
 
-#define ATTN(G) \
-    extern "C" __global__ void __launch_bounds__(128) attn_split_g##G(const float* q, const u16* kc, const u16* vc, float* po, float* pml, \
-        int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale) \
-    { attn_split<G>(q, kc, vc, po, pml, heads, kv_heads, hd, capacity, pos, chunk, splits, scale); }
-ATTN(1) ATTN(2) ATTN(3) ATTN(4) ATTN(5) ATTN(6) ATTN(7) ATTN(8) ATTN(16)
-
-// out[t, h, :] = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s over the chunks s of (t, h). Grid (heads, rows).
-extern "C" __global__ void attn_combine(const float* __restrict__ part_out, const float* __restrict__ part_ml, float* __restrict__ out,
-    int heads, int hd, int splits)
+template <int G>
+__device__ __forceinline__ void attention(
+    const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+    float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale)
 {
-    const int h = blockIdx.x, t = blockIdx.y;
-    const long base = ((long)t * heads + h) * splits;
-    float m = neg_inf();
-    for (int s = 0; s < splits; s++) m = fmaxf(m, part_ml[(base + s) * 2]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int visible = *pos + t + 1;
+    const int j0 = split * chunk;
+    const int j1 = min(j0 + chunk, visible);
+    extern __shared__ float4 smem4[];
+    float* qs = reinterpret_cast<float*>(smem4); // [G, hd], pre-scaled
+    float* ov = qs + G * hd;                     // [G, hd] value accumulators
+    float* sc = ov + G * hd;                     // [G, chunk] scores, then probabilities
+    const long first = ((long)t * heads + (long)kvh * G) * splits + split; // (t, head kvh*G, split)
+
+    if (j0 >= j1)
     {
-        float acc = 0.0f, l = 0.0f;
+        // Past the causal limit: an empty chunk the merge skips.
+        for (int i = threadIdx.x; i < G; i += blockDim.x) { part_ml[(first + (long)i * splits) * 2] = neg_inf(); part_ml[(first + (long)i * splits) * 2 + 1] = 0.0f; }
+    }
+    else
+    {
+        chunk_attention<G>(q, kc, vc, part_out, part_ml, qs, ov, sc, first, heads, hd, capacity, t, kvh, j0, j1, chunk, splits, scale);
+    }
+
+    // The last block of this (row, kv head) merges the chunks: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+    __shared__ int is_last;
+    __threadfence(); // this block's partial results are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
+        is_last = done == splits - 1;
+        if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    // Chunk weights e^(m_s - M) / L per head into the score area (the planner keeps splits <= chunk), one warp per head...
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int g = warp; g < G; g += warps)
+    {
+        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        float m = neg_inf();
+        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int s = lane; s < splits; s += 32)
+        {
+            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
+            const float w = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
+            sc[g * chunk + s] = w;
+            l += ls * w;
+        }
+        l = warp_sum(l);
+        const float inv = 1.0f / l;
+        for (int s = lane; s < splits; s += 32) sc[g * chunk + s] *= inv;
+    }
+    __syncthreads();
+    // ...then every output element as independent, coalesced loads of the chunks' partial outputs.
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
+    {
+        const int g = i / hd, d = i % hd;
+        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        float acc = 0.0f;
+#pragma unroll 8
         for (int s = 0; s < splits; s++)
         {
-            const float ls = part_ml[(base + s) * 2 + 1];
-            if (ls == 0.0f) continue;
-            const float w = expf(part_ml[(base + s) * 2] - m);
-            l += ls * w;
-            acc += part_out[(base + s) * hd + d] * w;
+            const float w = sc[g * chunk + s];
+            if (w != 0.0f) acc += __ldcg(part_out + (base + s) * hd + d) * w;
         }
-        out[((long)t * heads + h) * hd + d] = acc / l;
+        out[((long)t * heads + (long)kvh * G) * hd + i] = acc;
     }
 }
+
+#define ATTN(G) \
+    extern "C" __global__ void __launch_bounds__(128) attn_g##G(const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, \
+        float* out, int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale) \
+    { attention<G>(q, kc, vc, po, pml, counters, out, heads, kv_heads, hd, capacity, pos, chunk, splits, scale); }
+ATTN(1) ATTN(2) ATTN(3) ATTN(4) ATTN(5) ATTN(6) ATTN(7) ATTN(8) ATTN(16)

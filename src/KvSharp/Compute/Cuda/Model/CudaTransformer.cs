@@ -238,7 +238,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
                 cache.Keys(l), cache.Values(l), n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps);
-            k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer,
+            k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer,
                 n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan);
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
@@ -310,11 +310,20 @@ public sealed class CudaTransformer : IDisposable
         public readonly DeviceBuffer Gate = device.Allocate((long)rows * c.IntermediateSize * 4);
         public readonly DeviceBuffer Narrow = device.Allocate((long)rows * Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.NumHeads * c.HeadDim) * 2);
         public readonly DeviceBuffer Logits = device.Allocate((long)logitRows * c.VocabSize * 4);
+        public readonly DeviceBuffer Counters = ZeroedCounters(device, rows * c.NumKvHeads);
         public DeviceBuffer? PartOut, PartMl;
 
         public void Dispose()
         {
-            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, PartOut, PartMl }) b?.Dispose();
+            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, Counters, PartOut, PartMl }) b?.Dispose();
+        }
+
+        /// <summary>Attention's per-(row, KV head) chunk counters: zero once, and every launch leaves them zero.</summary>
+        private static DeviceBuffer ZeroedCounters(CudaDevice device, int count)
+        {
+            var b = device.Allocate(count * sizeof(int));
+            b.Fill32(0);
+            return b;
         }
     }
 

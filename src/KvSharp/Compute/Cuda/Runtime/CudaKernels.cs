@@ -51,8 +51,9 @@ internal sealed class CudaKernels : IDisposable
     public void Embed(DeviceWeightType type, ulong table, ulong tokens, ulong output, int n, int cols) =>
         _elementwise["embed_" + Suffix(type)].Launch(n, Threads, 0, table, tokens, output, Arg.Int(cols));
 
+    /// <summary>One block per row; wide rows get 1024 threads so a decode step's single-row norm is short.</summary>
     public void RmsNorm(ulong x, ulong weight, ulong y, int rows, int cols, float eps) =>
-        _elementwise["rmsnorm"].Launch(rows, Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
+        _elementwise["rmsnorm"].Launch(rows, cols >= 2048 ? 1024 : Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
 
     /// <summary>Fused SwiGLU of a [rows, 2·ffn] gate/up product into out [rows, ffn].</summary>
     public void SwiGluRows(ulong gateUp, ulong output, int ffn, int rows) =>
@@ -97,8 +98,17 @@ internal sealed class CudaKernels : IDisposable
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
+        int ksplit = 1;
+        if (mode == GemvMode.Accumulate)
+        {
+            // Atomic adds let several warps share a row: aim for ~32 warps per SM, parts of at least 32 vectors.
+            int maxSplit = Math.Max(1, cols / (32 * 8));
+            ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
+            warps *= ksplit;
+        }
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" };
-        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, Arg.Int(rows), Arg.Int(cols));
+        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y,
+            Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
 
     /// <summary>How a causal attention splits the sequence: chunk length, chunk count, shared memory per block.</summary>
@@ -111,30 +121,41 @@ internal sealed class CudaKernels : IDisposable
     public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
     {
         int group = heads / kvHeads;
-        int maxChunk = Math.Min(1024, (48 * 1024 / 4 - 2 * group * headDim) / group) / 32 * 32;
+        int maxChunk = MaxChunk(group, headDim);
         if (maxChunk < 32) throw new CudaException("attention", $"a group of {group} heads of dimension {headDim} does not fit in shared memory");
         long targetBlocks = 4L * _device.MultiprocessorCount;
         long wantSplits = Math.Max(1, targetBlocks / ((long)kvHeads * rows));
         int chunk = (int)Math.Min(maxChunk, Math.Max(32, (visible + wantSplits - 1) / wantSplits + 31) / 32 * 32);
         int splits = (visible + chunk - 1) / chunk;
+        if (splits > chunk) // the merge keeps one weight per chunk in the scores area
+        {
+            chunk = Math.Min(maxChunk, ((int)Math.Ceiling(Math.Sqrt(visible)) + 31) / 32 * 32);
+            splits = (visible + chunk - 1) / chunk;
+            if (splits > chunk) throw new CudaException("attention", $"{visible} tokens need more than {maxChunk} chunks of {maxChunk}");
+        }
         return new AttentionPlan(chunk, splits, SharedBytes(group, headDim, chunk));
     }
+
+    /// <summary>Longest chunk whose scores fit the 48 KB of shared memory a block gets without opting in (less a little static memory).</summary>
+    public static int MaxChunk(int group, int headDim) => Math.Min(1024, ((48 * 1024 - 256) / 4 - 2 * group * headDim) / group) / 32 * 32;
 
     /// <summary>Shared memory of one attention block: queries and output accumulators [group, hd], scores [group, chunk].</summary>
     public static int SharedBytes(int group, int headDim, int chunk) => (2 * group * headDim + group * chunk) * 4;
 
-    /// <summary>Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache.</summary>
-    public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl,
+    /// <summary>
+    /// Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache, in one launch.
+    /// partOut [rows·heads·splits·hd] and partMl [rows·heads·splits·2] hold per-chunk results; counters
+    /// [rows·kvHeads] must be zero before the first launch (each launch leaves them zero).
+    /// </summary>
+    public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
         int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan)
     {
         int group = heads / kvHeads;
         if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
         float scale = 1f / MathF.Sqrt(headDim);
-        _attention[$"attn_split_g{group}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
-            q, kCache, vCache, partOut, partMl, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
+        _attention[$"attn_g{group}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
+            q, kCache, vCache, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
             Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale));
-        _attention["attn_combine"].Launch(new Dim3((uint)heads, (uint)rows), Math.Min(1024, (headDim + 31) / 32 * 32), 0,
-            partOut, partMl, output, Arg.Int(heads), Arg.Int(headDim), Arg.Int(plan.Splits));
     }
 
     public void Dispose()
