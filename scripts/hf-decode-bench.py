@@ -19,7 +19,7 @@ def main():
         config._attn_implementation = impl
         torch.set_default_dtype(torch.bfloat16)
         with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.eval()
         ids = torch.randint(0, config.vocab_size, (1, context), device="cuda")
         with torch.no_grad():
