@@ -6,7 +6,8 @@
 #   scripts/gpu-tests.sh run [bench args]   (on the GPU machine, from the repository root) runs the checks,
 #                                  then the decode benchmark if any bench arguments are given
 #                                  (e.g. --contexts 4096,32768 --steps 64).
-# Copy the repository with .gpu/ to the GPU machine (the device tool: carry [".gpu"]) between the two.
+# Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
+# device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
