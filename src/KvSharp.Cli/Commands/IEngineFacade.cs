@@ -39,6 +39,18 @@ public sealed record GenerateRequest(ModelSource Model, string Prompt, IChatTemp
 /// <param name="ShowCache">Whether to report KV-cache size after each answer (<c>--show-cache</c>).</param>
 public sealed record ChatRequest(ModelSource Model, IChatTemplate? Template, string? SystemPrompt, GenerationOptions Options, bool ShowCache);
 
+/// <summary>What <c>kvsharp ask</c> asks for: one context, compressed once, several questions.</summary>
+/// <param name="Model">The model to load (its <c>--kv-cache</c> spec picks the paged cache's formats; default f16).</param>
+/// <param name="ContextFile">Text file holding the context (<c>--context</c>).</param>
+/// <param name="Press">The press, already parsed (<c>--press</c>); null = no compression.</param>
+/// <param name="Questions">Questions, each appended to the compressed context and rolled back (<c>--question</c>, repeatable).</param>
+/// <param name="QueryAware">Compress a copy per question with the question seen (<c>--query-aware</c>).</param>
+/// <param name="CompareFull">Also answer from the uncompressed cache and print both (<c>--compare</c>).</param>
+/// <param name="Options">Sampling, length and stop conditions per answer, already validated.</param>
+/// <param name="ShowCache">Whether to print the cache's byte breakdown (<c>--show-cache</c>).</param>
+public sealed record AskRequest(ModelSource Model, string ContextFile, KvSharp.Compression.IKvPress? Press, IReadOnlyList<string> Questions,
+    bool QueryAware, bool CompareFull, GenerationOptions Options, bool ShowCache);
+
 /// <summary>A loaded model holding a conversation; the engine may keep its KV cache between turns.</summary>
 public interface IChatSession : IDisposable
 {
@@ -70,4 +82,7 @@ public interface IEngineFacade
 
     /// <summary>Loads the model for an interactive conversation.</summary>
     IChatSession OpenChat(ChatRequest request, CancellationToken cancellation);
+
+    /// <summary>Prefills and compresses a context once, answers every question from it, and prints answers, bytes and times; returns the exit code.</summary>
+    int Ask(AskRequest request, TextWriter output, CancellationToken cancellation);
 }

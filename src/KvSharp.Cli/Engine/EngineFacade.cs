@@ -2,6 +2,7 @@ using KvSharp.Cache;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Cli.Commands;
+using KvSharp.Compression.Sessions;
 using KvSharp.Compute.Cpu;
 using KvSharp.Formats;
 using KvSharp.Generation;
@@ -180,6 +181,72 @@ public sealed class EngineFacade : IEngineFacade
             model.Dispose();
             throw;
         }
+    }
+
+    /// <inheritdoc />
+    public int Ask(AskRequest request, TextWriter output, CancellationToken cancellation)
+    {
+        using var model = Load(request.Model);
+        int ctx = ContextLength(request.Model, model);
+        string text;
+        try { text = File.ReadAllText(request.ContextFile); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new KvSharpException($"--context {request.ContextFile}: {e.Message}", e); }
+        var tokens = model.Encode(text);
+        var options = new CompressedContextOptions
+        {
+            Cache = request.Model.KvCache ?? KvCacheSpec.Parse("f16"),
+            MaxTokens = ctx,
+            Press = request.Press,
+            QueryAware = request.QueryAware,
+        };
+        _status.WriteLine($"prefilling {tokens.Length} context tokens ({options.Cache} cache), press {request.Press?.Text ?? "none"} ...");
+        using var full = request.CompareFull ? CompressedContext.Create(model, tokens, options with { Press = null }) : null;
+        // With --compare, one prefill serves both: the compressed context is a fork of the full one.
+        using var compressed = full != null && request.Press != null ? full.Compress(request.Press, request.QueryAware)
+            : CompressedContext.Create(model, tokens, options);
+
+        var answers = new Table().AddColumn("question").AddColumn("answer");
+        if (full != null) answers.AddColumn("full-cache answer");
+        answers.AddColumn("decode tok/s");
+        var decode = new List<double>();
+        var fullDecode = new List<double>();
+        var compressTime = compressed.CompressTime;
+        long bytes = compressed.Cache.ByteCount;
+        foreach (var question in request.Questions)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var q = model.Encode(question, addBos: false);
+            var a = compressed.Ask(q, request.Options, cancellation: cancellation);
+            decode.Add(a.Generation.DecodeTokensPerSecond);
+            compressTime += a.CompressTime;
+            if (request.QueryAware) bytes = a.CacheBytes;
+            var row = new List<string> { Markup.Escape(question), Markup.Escape(a.Generation.Text.Trim()) };
+            if (full != null)
+            {
+                var f = full.Ask(q, request.Options, cancellation: cancellation);
+                fullDecode.Add(f.Generation.DecodeTokensPerSecond);
+                row.Add(Markup.Escape(f.Generation.Text.Trim()));
+            }
+            row.Add($"{a.Generation.DecodeTokensPerSecond:F0}");
+            answers.AddRow([.. row]);
+        }
+        Render(output, answers);
+
+        var stats = new Table().AddColumn("measure").AddColumn("value");
+        stats.AddRow("context", $"{tokens.Length} tokens, prefill {compressed.PrefillTime.TotalMilliseconds:F0} ms");
+        stats.AddRow("press", Markup.Escape(request.Press?.Text ?? "none") + (request.QueryAware ? " (query-aware, per question)" : ""));
+        stats.AddRow("KV bytes before", $"{compressed.BytesBeforeCompression:N0} ({Units.Bytes(compressed.BytesBeforeCompression)})");
+        stats.AddRow("KV bytes after", $"{bytes:N0} ({Units.Bytes(bytes)}), {(double)compressed.BytesBeforeCompression / Math.Max(bytes, 1):F2}x smaller");
+        stats.AddRow("compression time", $"{compressTime.TotalMilliseconds:F0} ms");
+        stats.AddRow("decode", $"{decode.Average():F1} tok/s" + (fullDecode.Count > 0 ? $" (full cache: {fullDecode.Average():F1} tok/s)" : ""));
+        Render(output, stats);
+        if (request.ShowCache)
+        {
+            var table = new Table().AddColumn("measure").AddColumn("value");
+            foreach (var (k, v) in CacheReport.Rows(compressed.Cache, model.Config)) table.AddRow(Markup.Escape(k), Markup.Escape(v));
+            Render(_status, table);
+        }
+        return 0;
     }
 
     private static void Render(TextWriter writer, Spectre.Console.Rendering.IRenderable what)

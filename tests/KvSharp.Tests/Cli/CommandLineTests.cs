@@ -30,6 +30,10 @@ public class CommandLineTests
 
         public IChatSession OpenChat(ChatRequest request, CancellationToken cancellation) { Chatted = request; return new Session(this); }
 
+        public AskRequest? Asked;
+
+        public int Ask(AskRequest request, TextWriter output, CancellationToken cancellation) { if (Throw != null) throw Throw; Asked = request; return 0; }
+
         private sealed class Session(FakeEngine engine) : IChatSession
         {
             public IChatTemplate Template { get; } = new ChatMlTemplate();
@@ -184,5 +188,40 @@ public class CommandLineTests
         Assert.Equal(0, Run(engine, "", "generate", "--model", Gguf, "-p", @"a\tb", "--stop", @"\n", "--no-escape").Code);
         Assert.Equal(@"a\tb", engine.Generated!.Prompt);
         Assert.Equal([@"\n"], engine.Generated.Options.StopStrings);
+    }
+
+    [Fact]
+    public void Ask_BindsQuestionsPressAndGreedyDefaults()
+    {
+        var engine = new FakeEngine();
+        var (code, _, _) = Run(engine, "", "ask", "--model", Gguf, "--context", Gguf, "--press", "adakv(keynorm):keep=0.25",
+            "-q", "first", "--question", @"second
+", "--query-aware", "--kv-cache", "int4");
+        Assert.Equal(0, code);
+        var r = engine.Asked!;
+        Assert.Equal(["first", "second\n"], r.Questions);
+        Assert.Equal("keynorm+adakv:keep=0.25,floor=0.2", r.Press!.Text);
+        Assert.True(r.QueryAware);
+        Assert.False(r.CompareFull);
+        Assert.Equal(0, r.Options.Sampler.Temperature);
+        Assert.Equal(64, r.Options.MaxTokens);
+        Assert.Equal("Int4", r.Model.KvCache!.ToString());
+
+        Assert.Equal(0, Run(engine, "", "ask", "--model", Gguf, "--context", Gguf, "-q", "x", "--temperature", "0.5", "-n", "9").Code);
+        Assert.Null(engine.Asked!.Press);
+        Assert.Equal(0.5f, engine.Asked.Options.Sampler.Temperature);
+        Assert.Equal(9, engine.Asked.Options.MaxTokens);
+    }
+
+    [Fact]
+    public void Ask_BadPressOrMissingInput_IsUsageErrorNamingIt()
+    {
+        var (code, _, err) = Run(new FakeEngine(), "", "ask", "--model", Gguf, "--context", Gguf, "-q", "x", "--press", "snapkvv:keep=0.2");
+        Assert.Equal(KvSharpCommandLine.UsageError, code);
+        Assert.Contains("--press", err);
+        Assert.Contains("unknown method 'snapkvv'", err);
+        Assert.Contains("streamingllm", err);
+        Assert.Equal(2, Run(new FakeEngine(), "", "ask", "--model", Gguf, "--context", "/no/such/file.txt", "-q", "x").Code);
+        Assert.Equal(2, Run(new FakeEngine(), "", "ask", "--model", Gguf, "--context", Gguf).Code);
     }
 }

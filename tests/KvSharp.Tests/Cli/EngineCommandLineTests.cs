@@ -153,4 +153,19 @@ public class EngineCommandLineTests
         Assert.Contains("--kv-cache", r.Err);
         Assert.DoesNotContain("   at ", r.Err);
     }
+
+    [Fact]
+    public void Ask_AnswersEveryQuestionAndReportsTheSmallerCache()
+    {
+        using var dir = new TempDir();
+        string context = dir.File("story.txt");
+        File.WriteAllText(context, string.Concat(Enumerable.Repeat("Lily and her dog Max played with a big red ball in the park. ", 6)));
+        var r = Run("ask", "-m", Stories, "--context", context, "--press", "streamingllm:keep=0.25", "--compare",
+            "-q", " Lily said", "-q", " Max", "-n", "8");
+        Assert.Equal(0, r.Code);
+        Assert.Contains("Lily said", r.Out);
+        Assert.Contains("full-cache answer", r.Out);
+        Assert.Contains("KV bytes after", r.Out);
+        Assert.Contains("streamingllm:sinks=4+uniform:keep=0.25", r.Out);
+    }
 }

@@ -40,6 +40,32 @@ public class EngineExactnessTests
         AssertTop20(reference.Top20, top20, tolerance: 2e-3);
     }
 
+    /// <summary>
+    /// stories260K vs llama.cpp's recorded top-20 logits with llama.cpp's attention rounding reproduced
+    /// (<see cref="LlamaCppAttentionCache"/>: f16 K/V, f16 queries, f16 flash-attention accumulator). With that, 23
+    /// of the 32 recorded steps agree within 1e-4 (7 of them within 3e-7: no rounding flipped); the worst is 4.2e-4. What
+    /// remains is the f16 rounding of K, V and the accumulator amplifying float32 differences of order 1e-7 upstream
+    /// (llama.cpp's matrix products sum in another order): one flipped f16 rounding moves a logit by ~1e-4. The engine's
+    /// own attention is float32 throughout and is pinned at 1e-4 against the float64 oracle.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Prompts))]
+    public void Stories260K_ReproducesLlamaCppLogitsWithItsF16Attention(int index)
+    {
+        var reference = ReferenceOutput.Load(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json"))[index];
+        var model = Stories260K.Value;
+        var c = model.Config;
+        using IKvCache cache = new LlamaCppAttentionCache(c.NumLayers, c.NumHeads, c.NumKvHeads, c.HeadDim);
+        var logits = model.Transformer.Forward(reference.PromptIds, cache);
+        for (int step = 0; step < reference.Top20.Length; step++)
+        {
+            double scale = Math.Abs(reference.Top20[step][0].Logit);
+            foreach (var (token, logit) in reference.Top20[step])
+                Assert.True(Math.Abs(logits[token] - logit) <= 5e-4 * scale, $"step {step}, token {token}: ours {logits[token]}, llama.cpp {logit}");
+            logits = model.Transformer.Forward([reference.GreedyIds[step]], cache);
+        }
+    }
+
     /// <summary>kvsharp-needle-16m vs transformers (float32): prompt ids, greedy ids, top-20 logits within 1e-3 relative.</summary>
     [Theory]
     [MemberData(nameof(Prompts))]

@@ -41,6 +41,13 @@ public sealed class ReferenceTransformer
     public bool EmulateLlamaCppF16Attention { get; init; }
 
     /// <summary>
+    /// Called, when set, with (layer, query position, query head, softmax weights over positions 0..position) for every
+    /// attention row of <see cref="Forward"/> (from several threads at once; each call's array is its own).
+    /// Lets tests check attention statistics against the oracle's probabilities.
+    /// </summary>
+    public Action<int, int, int, double[]>? AttentionWeights { get; init; }
+
+    /// <summary>
     /// Cross-layer KV sharing (KVSharer): layer → earlier layer whose keys and values (after RoPE) its attention reads
     /// instead of its own. Null (the default): every layer attends over its own.
     /// </summary>
@@ -201,6 +208,7 @@ public sealed class ReferenceTransformer
             }
             double sum = 0;
             for (int s = 0; s <= t; s++) { scores[s] = Math.Exp(scores[s] - max); sum += scores[s]; }
+            AttentionWeights?.Invoke(layer, t, head, scores.Select(e => e / sum).ToArray());
             var outHead = ctx[t].AsSpan(head * hd, hd);
             if (EmulateLlamaCppF16Attention)
             {

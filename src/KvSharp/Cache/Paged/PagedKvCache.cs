@@ -105,22 +105,27 @@ public sealed partial class PagedKvCache : IKvCache
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd, storeLayer = StoreLayer(layer);
         var q = queries.Slice(0, count * qRow).ToArray();
         var o = new float[count * qRow];
+        var lse = StatisticsRows(count, firstPosition);
         long work = (long)count * _heads * hd * (firstPosition + count);
         // One job per (run of up to PositionsPerJob query tokens, KV head): one pass over the head's blocks serves
         // every query of the run (prefill pays each block's overhead once per run, not per token); each job writes
         // its outputs once (neighbouring jobs' outputs share cache lines). Small attentions stay on the calling
         // thread: a dispatch costs more than it saves.
         int runs = (count + PositionsPerJob - 1) / PositionsPerJob;
-        Compute.Cpu.CpuThreads.For(runs * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        // A decode-sized call over long heads is split along the tokens when the heads alone would not keep every thread busy.
+        if (runs > 1 || work < 1 << 18 || !TryAttendSplit(layer, q, count, firstPosition, o, lse))
+            Compute.Cpu.CpuThreads.For(runs * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
         {
             for (int job = start; job < end; job++)
             {
                 int t = job / _kvHeads * PositionsPerJob, g = job % _kvHeads, offset = t * qRow + g * group * hd;
                 int m = Math.Min(PositionsPerJob, count - t), span = (m - 1) * qRow + group * hd;
                 PagedAttention.Attend(_stores[storeLayer * _kvHeads + g], new ReadOnlySpan<float>(q, offset, span), qRow, m,
-                    group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow);
+                    group, hd, firstPosition + t, new Span<float>(o, offset, span), qRow,
+                    lse == null ? default : new Span<float>(lse, t * _heads + g * group, (m - 1) * _heads + group), _heads);
             }
         });
+        if (lse != null) AccumulateStatistics(layer, q, count, firstPosition, lse);
         o.CopyTo(output);
     }
 
@@ -129,6 +134,7 @@ public sealed partial class PagedKvCache : IKvCache
     public void Truncate(int length)
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
+        ThrowIfCollectingStatistics("truncate");
         foreach (var s in _stores) s.Truncate(length);
         for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
     }
@@ -156,6 +162,7 @@ public sealed partial class PagedKvCache : IKvCache
     {
         ArgumentNullException.ThrowIfNull(positions);
         var store = OwnStore(layer, kvHead, "evict");
+        ThrowIfCollectingStatistics("evict");
         var mask = new bool[store.Positions.Count];
         for (int i = 0; i < mask.Length; i++) mask[i] = positions.Contains(store.Positions[i]);
         store.Evict(mask);
@@ -169,7 +176,12 @@ public sealed partial class PagedKvCache : IKvCache
     /// quantization step. Freed blocks go back to the pool.
     /// </summary>
     /// <exception cref="KvSharpException">The layer shares another layer's storage (evict the source's head instead).</exception>
-    public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict) => OwnStore(layer, kvHead, "evict").Evict(evict);
+    public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict)
+    {
+        var store = OwnStore(layer, kvHead, "evict");
+        ThrowIfCollectingStatistics("evict");
+        store.Evict(evict);
+    }
 
     /// <summary>
     /// Re-encodes the stored tokens of (layer, KV head) flagged in <paramref name="select"/> (one flag per stored
@@ -185,6 +197,7 @@ public sealed partial class PagedKvCache : IKvCache
     public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)
     {
         var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
         store.Requantize(select, _pools.Formats(keyFormat, valueFormat));
     }
 

@@ -1,0 +1,90 @@
+namespace KvSharp.Cache.Paged;
+
+/// <summary>Attention statistics collection of <see cref="PagedKvCache"/> (what eviction scorers rank tokens by).</summary>
+public sealed partial class PagedKvCache
+{
+    /// <summary>The collection in progress, or null.</summary>
+    private sealed class StatisticsCollection(AttentionStatisticsRequest request, HeadStatistics[] heads, int layers)
+    {
+        public AttentionStatisticsRequest Request { get; } = request;
+        public HeadStatistics[] Heads { get; } = heads; // [layer * kvHeads + head]
+        public int[] QueryCount { get; } = new int[layers];
+    }
+
+    private StatisticsCollection? _statistics;
+
+    /// <summary>Whether <see cref="Attend"/> currently accumulates attention statistics.</summary>
+    public bool IsCollectingStatistics => _statistics != null;
+
+    /// <summary>
+    /// Starts collecting: from now on every <see cref="Attend"/> adds, for its queries at position ≥
+    /// <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>, the softmax probability each gives the tokens
+    /// every (layer, KV head) stores now (the covered tokens). Attention outputs are unchanged.
+    /// Evict and Truncate are refused until <see cref="EndStatistics"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Statistics are already being collected.</exception>
+    public void BeginStatistics(AttentionStatisticsRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_statistics != null) throw new InvalidOperationException("attention statistics are already being collected: call EndStatistics first");
+        if (request.FirstQueryPosition < 0)
+            throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
+        if (!Enum.IsDefined(request.Fold)) throw new ArgumentOutOfRangeException(nameof(request), $"unknown group fold {request.Fold}");
+        var heads = _stores.Select(s => new HeadStatistics(s.Positions.ToArray())).ToArray();
+        _statistics = new StatisticsCollection(request, heads, _layers);
+    }
+
+    /// <summary>Stops collecting and returns the statistics; key norms are those of the keys as stored now.</summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    public AttentionStatistics EndStatistics()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var c = _statistics ?? throw new InvalidOperationException("no attention statistics are being collected: call BeginStatistics first");
+        _statistics = null;
+        var norms = new float[_stores.Length][];
+        for (int i = 0; i < _stores.Length; i++)
+            norms[i] = PagedAttentionStatistics.KeyNorms(_stores[i], _headDim, c.Heads[i].Positions.Length);
+        return new AttentionStatistics(_layers, _kvHeads,
+            c.Heads.Select(h => h.Positions).ToArray(), c.Heads.Select(h => h.Max).ToArray(), c.Heads.Select(h => h.Sum).ToArray(),
+            norms, c.QueryCount);
+    }
+
+    /// <summary>Refuses an operation that would remove or re-encode covered tokens while statistics are collected.</summary>
+    private void ThrowIfCollectingStatistics(string operation)
+    {
+        if (_statistics != null)
+            throw new InvalidOperationException($"cannot {operation} while attention statistics are being collected: call EndStatistics first");
+    }
+
+    /// <summary>A buffer for the attention pass's per-row log-sum-exp [count, heads] when this call has counted queries, else null.</summary>
+    private float[]? StatisticsRows(int count, int firstPosition)
+        => _statistics is { } c && firstPosition + count > c.Request.FirstQueryPosition ? new float[count * _heads] : null;
+
+    /// <summary>
+    /// The statistics pass after the attention pass of one Attend call: one job per KV head (jobs of one head share its
+    /// accumulators), each going over the call's positions in the attention pass's runs of <see cref="PositionsPerJob"/>.
+    /// </summary>
+    private void AccumulateStatistics(int layer, float[] queries, int count, int firstPosition, float[] logSumExp)
+    {
+        var c = _statistics!;
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        int firstCounted = c.Request.FirstQueryPosition;
+        c.QueryCount[layer] += firstPosition + count - Math.Max(firstPosition, firstCounted);
+        int firstRun = Math.Max(0, firstCounted - firstPosition) / PositionsPerJob * PositionsPerJob;
+        long work = (long)(count - firstRun) * _heads * hd * (firstPosition + count);
+        Compute.Cpu.CpuThreads.For(_kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        {
+            for (int g = start; g < end; g++)
+                for (int t = firstRun; t < count; t += PositionsPerJob)
+                {
+                    int offset = t * qRow + g * group * hd, m = Math.Min(PositionsPerJob, count - t);
+                    int lse = t * _heads + g * group;
+                    PagedAttentionStatistics.Accumulate(_stores[StoreLayer(layer) * _kvHeads + g],
+                        new ReadOnlySpan<float>(queries, offset, (m - 1) * qRow + group * hd), qRow, m, group, hd, firstPosition + t,
+                        new ReadOnlySpan<float>(logSumExp, lse, (m - 1) * _heads + group), _heads,
+                        firstCounted, c.Request.Fold, c.Heads[layer * _kvHeads + g]);
+                }
+        });
+    }
+}
