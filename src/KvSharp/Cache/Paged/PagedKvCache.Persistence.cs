@@ -78,6 +78,30 @@ public sealed partial class PagedKvCache
     /// </exception>
     public static PagedKvCache Load(string path, string modelFingerprint, int? maxTokens = null) => Load(path, modelFingerprint, maxTokens, null);
 
+    /// <summary>
+    /// The model fingerprint a cache file was saved for (after the same header and checksum checks as Load), so a
+    /// tool can inspect a saved cache without its model: <c>Load(path, SavedFingerprint(path))</c>.
+    /// </summary>
+    /// <exception cref="KvSharpException">The file is missing, not a cache file, of another version, truncated or corrupt.</exception>
+    public static string SavedFingerprint(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        using var payload = PagedKvCacheFile.OpenPayload(path);
+        using var r = new BinaryReader(payload, Encoding.UTF8);
+        try
+        {
+            int n = r.ReadInt32();
+            if (n is < 0 or > 1 << 20) throw new KvSharpException($"{path}: malformed KV cache file (fingerprint of {n} bytes)");
+            var bytes = r.ReadBytes(n);
+            if (bytes.Length != n) throw new EndOfStreamException();
+            return Encoding.UTF8.GetString(bytes);
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new KvSharpException($"{path}: malformed KV cache file (its payload ends early)", e);
+        }
+    }
+
     private static PagedKvCache Load(string path, string modelFingerprint, int? maxTokens, Action<int, int, int, int>? checkShape)
     {
         ArgumentNullException.ThrowIfNull(path);
