@@ -12,6 +12,7 @@ internal static class ChatCommand
     public static Command Create(CliContext context)
     {
         var model = new ModelOptions();
+        var cacheFiles = new CacheFileOptions();
         var generation = new GenerationOptionSet();
         var template = TemplateOption.Create(TemplateOption.Auto,
             "Chat template: auto (from the model), chatml, llama3, llama2, plain");
@@ -20,6 +21,7 @@ internal static class ChatCommand
 
         var command = new Command("chat", "Chat with a model interactively");
         model.AddTo(command);
+        cacheFiles.AddTo(command);
         command.Options.Add(template);
         command.Options.Add(system);
         generation.AddTo(command);
@@ -28,7 +30,7 @@ internal static class ChatCommand
         command.SetAction(parse =>
         {
             var request = new ChatRequest(
-                model.Bind(parse),
+                cacheFiles.Bind(parse, model.Bind(parse)),
                 TemplateOption.Bind(parse.GetValue(template)!, allowNone: false),
                 parse.GetValue(system) is { } systemPrompt ? generation.Text(parse)(systemPrompt) : null,
                 generation.Bind(parse),

@@ -13,8 +13,8 @@ namespace KvSharp.Cli.Commands;
 /// </summary>
 internal static class EvalCommand
 {
-    /// <summary>The compressors the command can run. The full cache only, until presses are registered.</summary>
-    public static ICompressorFactory Compressors { get; set; } = new FullCacheFactory();
+    /// <summary>The compressors the command runs: the full cache and every registered press.</summary>
+    private static readonly ICompressorFactory Compressors = new PressCompressorFactory();
 
     public static Command Create(CliContext context)
     {
@@ -23,7 +23,7 @@ internal static class EvalCommand
         var samples = new Option<int>("--samples", "-n") { Description = "Samples per task (per sub-task for needle_eval)", DefaultValueFactory = _ => 20 }.Int();
         var length = new Option<int>("--length") { Description = "Token length of generated tasks", DefaultValueFactory = _ => 2048 }.Int();
         var seed = new Option<int>("--seed") { Description = "Seed of generated tasks", DefaultValueFactory = _ => 42 }.Int();
-        var press = new Option<string[]>("--press") { Description = "Press, repeatable; none = the full cache", HelpName = "NAME" };
+        var press = new Option<string[]>("--press") { Description = "Press, repeatable: none (the full cache) or a registered press (snapkv, kvzip, snapkv+pyramid, adakv(snapkv), ...); it takes the --keep ratios", HelpName = "PRESS" };
         var keep = new Option<string>("--keep") { Description = "Keep ratios, comma-separated, each in (0, 1]", DefaultValueFactory = _ => "0.1,0.25,0.5,0.75,1.0", HelpName = "R,R,..." };
         var kvCache = new Option<string>("--kv-cache") { Description = "KV cache block formats (FORMAT or KEYS:VALUES, +rN residual)", DefaultValueFactory = _ => "f32", HelpName = "SPEC" };
         var config = new Option<string?>("--config") { Description = "Sweep config (JSON: models, tasks, presses, keep, samples, length, seed, kv_cache); replaces the options above", HelpName = "FILE" };

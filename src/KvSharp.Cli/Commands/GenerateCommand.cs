@@ -8,6 +8,7 @@ internal static class GenerateCommand
     public static Command Create(CliContext context)
     {
         var model = new ModelOptions();
+        var cacheFiles = new CacheFileOptions();
         var generation = new GenerationOptionSet();
         var prompt = new Option<string>("--prompt", "-p") { Description = "Text to continue", Required = true };
         var template = TemplateOption.Create(TemplateOption.None,
@@ -16,6 +17,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate a continuation of a prompt");
         model.AddTo(command);
+        cacheFiles.AddTo(command);
         command.Options.Add(prompt);
         command.Options.Add(template);
         generation.AddTo(command);
@@ -25,7 +27,7 @@ internal static class GenerateCommand
         {
             string templateName = parse.GetValue(template)!;
             var request = new GenerateRequest(
-                model.Bind(parse),
+                cacheFiles.Bind(parse, model.Bind(parse)),
                 generation.Text(parse)(parse.GetValue(prompt)!),
                 TemplateOption.Bind(templateName, allowNone: true),
                 templateName.Equals(TemplateOption.None, StringComparison.OrdinalIgnoreCase) ? null : templateName.ToLowerInvariant(),

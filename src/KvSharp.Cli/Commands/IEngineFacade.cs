@@ -12,6 +12,12 @@ namespace KvSharp.Cli.Commands;
 /// <param name="KvCache">KV cache formats (<c>--kv-cache</c>); null = the float32 cache.</param>
 public sealed record ModelSource(string? Path, string? DummyConfig, string DummyType, int? Threads, int? ContextLength, KvSharp.Cache.KvCacheSpec? KvCache = null)
 {
+    /// <summary>A saved KV cache to start from (<c>--load-cache</c>): the prompt continues after its tokens, in its formats.</summary>
+    public string? LoadCache { get; init; }
+
+    /// <summary>Where to save the KV cache after the run (<c>--save-cache</c>; chat: after each answer).</summary>
+    public string? SaveCache { get; init; }
+
     /// <summary>A short description for messages ("model.gguf" or "dummy weights (bf16) from config.json").</summary>
     public override string ToString() => Path ?? $"dummy weights ({DummyType}) from {DummyConfig}";
 }
@@ -67,6 +73,9 @@ public interface IEngineFacade
 {
     /// <summary>Prints the model's metadata (architecture, shapes, tokenizer, chat template, KV bytes per token).</summary>
     void Info(ModelSource model, TextWriter output);
+
+    /// <summary>Prints a saved KV cache's shape, formats and bytes per layer, KV head and format (<c>kvsharp info --cache</c>).</summary>
+    void CacheInfo(string path, TextWriter output);
 
     /// <summary>Generates a continuation of the prompt, streaming text to <paramref name="output"/>; returns the exit code.</summary>
     int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation);

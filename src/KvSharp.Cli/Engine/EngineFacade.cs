@@ -1,4 +1,6 @@
 using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
 using KvSharp.Cli.Commands;
 using KvSharp.Compression.Sessions;
 using KvSharp.Compute.Cpu;
@@ -87,15 +89,71 @@ public sealed class EngineFacade : IEngineFacade
         int ctx = ContextLength(request.Model, model);
         var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;
         string text = template == null ? request.Prompt : template.Format([ChatMessage.User(request.Prompt)], addGenerationPrompt: true);
-        var prompt = model.Encode(text, addBos: template is not { IncludesBos: true });
         var options = template == null ? request.Options
             : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
 
-        using var cache = model.CreateCache(ctx, request.Model.KvCache);
+        using var cache = CreateCache(request.Model, model, ctx);
+        // After a loaded context the prompt continues it: no second BOS.
+        var prompt = model.Encode(text, addBos: cache.Length == 0 && template is not { IncludesBos: true });
         var result = model.CreateGenerator().Generate(prompt, cache, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();
+        SaveCache(request.Model, model, cache);
         if (request.ShowCache) ReportRun(result, cache, model);
         return result.Reason == StopReason.Cancelled ? 130 : 0;
+    }
+
+    /// <summary>
+    /// The run's KV cache: loaded from --load-cache (checked against this model's fingerprint), else a fresh one of
+    /// --kv-cache's formats (f32 blocks when only --save-cache asks for a savable cache).
+    /// </summary>
+    public IKvCache CreateCache(ModelSource source, LanguageModel model, int ctx)
+    {
+        if (source.LoadCache is { } path)
+        {
+            var loaded = PagedKvCache.Load(path, model.Config, KvCacheFingerprint.Of(model.Weights), ctx);
+            _status.WriteLine($"loaded {loaded.Length} tokens of KV cache from {path} ({Units.Bytes(loaded.ByteCount)})");
+            return loaded;
+        }
+        var spec = source.KvCache ?? (source.SaveCache != null ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
+        return model.CreateCache(ctx, spec);
+    }
+
+    /// <summary>Saves the cache to --save-cache, if given.</summary>
+    public void SaveCache(ModelSource source, LanguageModel model, IKvCache cache)
+    {
+        if (source.SaveCache is not { } path) return;
+        ((PagedKvCache)cache).Save(path, KvCacheFingerprint.Of(model.Weights));
+        _status.WriteLine($"saved {cache.Length} tokens of KV cache to {path}");
+    }
+
+    /// <inheritdoc />
+    public void CacheInfo(string path, TextWriter output)
+    {
+        string fingerprint = PagedKvCache.SavedFingerprint(path);
+        using var cache = PagedKvCache.Load(path, fingerprint);
+        var table = new Table().AddColumn("property").AddColumn("value");
+        void Row(string k, string v) => table.AddRow(Markup.Escape(k), Markup.Escape(v));
+        Row("file", $"{path} ({new FileInfo(path).Length:N0} bytes)");
+        Row("model", fingerprint);
+        Row("shape", $"{cache.Layers} layers x {cache.KvHeads} KV heads, keys {cache.KeyLayout}, values {cache.ValueLayout}");
+        Row("tokens", $"{cache.Length} (stored across heads: {cache.StoredTokens:N0})");
+        Row("bytes", $"{cache.ByteCount:N0} ({Units.Bytes(cache.ByteCount)}), compression {cache.CompressionRatio:F2}x vs F16");
+        foreach (var (format, bytes) in cache.BytesByFormat().OrderBy(p => p.Key))
+            Row($"  in {format}", $"{bytes:N0} bytes");
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            if (cache.SharedLayerSource(l) is var source and >= 0)
+            {
+                Row($"layer {l}", $"shares layer {source}'s KV (stores none)");
+                continue;
+            }
+            for (int g = 0; g < cache.KvHeads; g++)
+            {
+                var formats = cache.BytesByFormat(l, g).OrderBy(p => p.Key).Select(p => $"{p.Key} {p.Value:N0}");
+                Row($"layer {l}, KV head {g}", $"{cache.Positions(l, g).Count} tokens, {cache.BytesByLayerHead(l, g):N0} bytes ({string.Join(", ", formats)})");
+            }
+        }
+        Render(output, table);
     }
 
     /// <summary>Prints timings and KV-cache bytes of a run (to stderr, so stdout carries only the text).</summary>

@@ -33,7 +33,9 @@ internal static class ResultPlots
                 var scatter = keep.Add.Scatter(points.Select(c => c.KeepRatio).ToArray(), points.Select(c => c.Score).ToArray());
                 scatter.LegendText = press.Key;
             }
-            Decorate(keep, $"{group.Key.Model} · {group.Key.Task}", "keep ratio");
+            string yLabel = group.All(c => c.Top1Agreement != null) ? "top-1 agreement with the full cache" : "score";
+            double low = LowerLimit(group.Select(c => c.Score));
+            Decorate(keep, $"{group.Key.Model} · {group.Key.Task}", "keep ratio", yLabel, low);
             keep.Axes.SetLimitsX(0, 1.05);
             written.Add(Save(keep, Path.Combine(directory, name + "-keep.png")));
 
@@ -44,18 +46,25 @@ internal static class ResultPlots
                 var scatter = bytes.Add.Scatter(points.Select(c => c.KvBytesAfter / 1048576.0).ToArray(), points.Select(c => c.Score).ToArray());
                 scatter.LegendText = press.Key == "none" ? "full cache" : press.Key;
             }
-            Decorate(bytes, $"{group.Key.Model} · {group.Key.Task}", "KV cache after compression (MiB per sample)");
+            Decorate(bytes, $"{group.Key.Model} · {group.Key.Task}", "KV cache after compression (MiB per sample)", yLabel, low);
             written.Add(Save(bytes, Path.Combine(directory, name + "-bytes.png")));
         }
         return written;
     }
 
-    private static void Decorate(Plot plot, string title, string xLabel)
+    // Scores near 1 (language-model agreement) would be a flat band on a 0..1 axis: zoom to their range, in steps of 0.05.
+    private static double LowerLimit(IEnumerable<double> scores)
+    {
+        double min = scores.DefaultIfEmpty(0).Min();
+        return min > 0.5 ? Math.Floor((min - 0.02) * 20) / 20 : 0;
+    }
+
+    private static void Decorate(Plot plot, string title, string xLabel, string yLabel, double yLow)
     {
         plot.Title(title);
         plot.XLabel(xLabel);
-        plot.YLabel("score");
-        plot.Axes.SetLimitsY(0, 1.05);
+        plot.YLabel(yLabel);
+        plot.Axes.SetLimitsY(yLow, 1 + ((1 - yLow) * 0.05));
         plot.ShowLegend(Alignment.LowerRight);
     }
 

@@ -18,6 +18,7 @@ public class CommandLineTests
         public readonly List<ChatMessage[]> Conversations = [];
 
         public void Info(ModelSource model, TextWriter output) { if (Throw != null) throw Throw; Described = model; }
+        public void CacheInfo(string path, TextWriter output) => output.WriteLine($"cache {path}");
 
         public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation)
         {

@@ -41,4 +41,20 @@ public sealed class NeedleEvalBaselineTests
             Assert.Equal(outcome.KvBytesBefore, outcome.KvBytesAfter);
         }
     }
+
+    [Fact]
+    public void OwnGenerator_FedToTheNeedleModel_RetrievesLikeTheBaseline()
+    {
+        // The reference retrieves every single-value needle at ~1000 tokens (eval_public.jsonl: niah_single 33/33).
+        // Our RULER prompts must be the format it was trained on for it to do as well on them.
+        using var model = LanguageModel.Load(Model);
+        var options = new TaskOptions(RepoPaths.SharedFile("data"), model.Tokenizer, model.Config.MaxContext, 2, 600, 11);
+        var runner = new EvalRunner(model);
+        foreach (var task in new[] { "ruler:niah_single_1", "ruler:niah_multikey_3" })
+            foreach (var sample in TaskCatalog.Load(task, options))
+            {
+                var outcome = runner.Run(sample, NoCompression.Instance);
+                Assert.True(outcome.Score == 1, $"{task}/{sample.Id}: '{outcome.Queries[0].Answer}', expected {sample.Queries[0].Outputs[0]}");
+            }
+    }
 }

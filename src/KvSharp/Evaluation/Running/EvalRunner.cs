@@ -60,7 +60,7 @@ public sealed class EvalRunner
 
         sw.Restart();
         bool single = sample.Queries.Count == 1;
-        compressor.Compress(new CompressionInput(_model.Transformer, cache, contextIds, ProtectedPrefix(contextIds), single && QuestionAware ? firstQuestion : null));
+        compressor.Compress(new CompressionInput(_model, cache, contextIds, ProtectedPrefix(contextIds), single && QuestionAware ? firstQuestion : null));
         double compress = sw.Elapsed.TotalSeconds;
         long after = cache.ByteCount;
 
@@ -153,7 +153,7 @@ public sealed class EvalRunner
         double prefill = sw.Elapsed.TotalSeconds;
         long before = cache.ByteCount;
         sw.Restart();
-        compressor.Compress(new CompressionInput(_model.Transformer, cache, head, ProtectedPrefix(head), null));
+        compressor.Compress(new CompressionInput(_model, cache, head, ProtectedPrefix(head), null));
         double compress = sw.Elapsed.TotalSeconds;
         long after = cache.ByteCount;
         sw.Restart();

@@ -1,15 +1,15 @@
 using KvSharp.Cache.Paged;
-using KvSharp.Models;
+using KvSharp.Generation;
 
 namespace KvSharp.Evaluation.Running;
 
 /// <summary>What a compressor gets once the context is in the cache.</summary>
-/// <param name="Model">The transformer (presses that score tokens by running queries through it).</param>
+/// <param name="Model">The model (presses run queries through its transformer; KVzip writes prompts with its tokenizer).</param>
 /// <param name="Cache">The cache holding exactly the context.</param>
 /// <param name="ContextTokens">The context's tokens, BOS included.</param>
 /// <param name="ProtectedPrefix">Leading tokens a press must keep (BOS: the attention sink).</param>
 /// <param name="QuestionTokens">The question's tokens when compression may depend on it (one query asked once); null for query-agnostic compression.</param>
-public sealed record CompressionInput(Transformer Model, PagedKvCache Cache, IReadOnlyList<int> ContextTokens, int ProtectedPrefix, IReadOnlyList<int>? QuestionTokens);
+public sealed record CompressionInput(LanguageModel Model, PagedKvCache Cache, IReadOnlyList<int> ContextTokens, int ProtectedPrefix, IReadOnlyList<int>? QuestionTokens);
 
 /// <summary>One compression step of an evaluation cell: a press at a keep ratio, or nothing (the full cache).</summary>
 public interface ICacheCompressor

@@ -56,6 +56,7 @@ public sealed record SharedContextTask(int Facts, ContextSharing Sharing, Haysta
             parts = Enumerable.Repeat(Haystack.NoiseParagraph, size).ToList();
             joint = '\n';
         }
+        while (parts.Count < needles.Count) parts.Add(Haystack.NoiseParagraph); // a haystack too small to spread the facts
         var at = random.Sample(Enumerable.Range(0, parts.Count + 1).ToArray(), needles.Count).OrderDescending().ToList();
         for (int i = 0; i < needles.Count; i++) parts.Insert(at[i], needles[i]);
         string context = "Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz you about the numbers afterwards.\n"

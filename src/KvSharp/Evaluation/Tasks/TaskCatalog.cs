@@ -54,7 +54,7 @@ public static class TaskCatalog
                 var generator = new RulerGenerator(options.Tokenizer);
                 int size = generator.FitSize(task, options.Length, options.Seed);
                 return Enumerable.Range(0, options.Samples)
-                    .Select(i => task.Build(size, new RulerRandom(unchecked((options.Seed * 1_000_003) + (i * 7919) + 17)), i.ToString(System.Globalization.CultureInfo.InvariantCulture)))
+                    .Select(i => task.Build(generator.SizeFor(task, options.Length, size, options.Seed, i), RulerGenerator.SampleRandom(options.Seed, i), i.ToString(System.Globalization.CultureInfo.InvariantCulture)))
                     .ToList();
             case "lm":
                 string name = Need(arg, spec);

@@ -180,7 +180,8 @@ public class PagedKvCacheEvictionTests
 
     /// <summary>
     /// 200 random operations (append 1..40, evict random subsets of random heads, re-quantize random subsets to random
-    /// float formats (float-format caches only), truncate, fork and dispose one side) against the reference model, comparing stored positions and attention after every step. Float formats get
+    /// float formats (float-format caches only), truncate, fork and dispose one side; from step 100 layer 1 shares layer
+    /// 0's storage) against the reference model, comparing stored positions and attention after every step. Float formats get
     /// inputs they represent exactly, so the reference is exact; Int8 is compared within a tolerance derived from
     /// its step: a 32-token group of unit Gaussians spans about ±2.5, one step is 5/255 ≈ 0.02, eviction may
     /// quantize twice, and the output error stays within a few steps (0.05; observed ≈ 0.015).
@@ -200,10 +201,17 @@ public class PagedKvCacheEvictionTests
             {
                 int op = rng.Next(12);
                 string what;
-                if (op >= 10 && !format.IsQuantized())
+                // Halfway, layer 1 starts reading layer 0's storage: from then on only layer 0 is evicted or re-quantized.
+                int mutable = cache.SharedLayerSource(1) >= 0 ? 1 : 2;
+                if (step == 100)
+                {
+                    cache.ShareLayer(1, 0); reference.Share(1, 0);
+                    what = "share layer 0 with layer 1";
+                }
+                else if (op >= 10 && !format.IsQuantized())
                 {
                     // Float targets round element by element, so the reference needs no block context.
-                    int l = rng.Next(2), g = rng.Next(KvHeads);
+                    int l = rng.Next(mutable), g = rng.Next(KvHeads);
                     var floats = new[] { KvFormat.F32, KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3 };
                     var (kf, vf) = (floats[rng.Next(4)], floats[rng.Next(4)]);
                     var select = cache.Positions(l, g).Select(_ => rng.Next(3) == 0).ToArray();
@@ -218,7 +226,7 @@ public class PagedKvCacheEvictionTests
                 }
                 else if (op < 7)
                 {
-                    int l = rng.Next(2), g = rng.Next(KvHeads);
+                    int l = rng.Next(mutable), g = rng.Next(KvHeads);
                     var positions = cache.Positions(l, g);
                     var evict = positions.Where(_ => rng.Next(4) == 0).ToHashSet();
                     cache.Evict(l, g, evict); reference.Evict(l, g, evict);

@@ -15,6 +15,7 @@ internal sealed class ReferenceKv
         Layers = layers; Heads = heads; KvHeads = kvHeads; HeadDim = headDim;
         Heads_ = Enumerable.Range(0, layers * kvHeads).Select(_ => new List<Token>()).ToArray();
         LayerLength = new int[layers];
+        ShareSource = Enumerable.Repeat(-1, layers).ToArray();
     }
 
     public int Layers { get; }
@@ -23,14 +24,24 @@ internal sealed class ReferenceKv
     public int HeadDim { get; }
     public List<Token>[] Heads_ { get; private set; }
     public int[] LayerLength { get; private set; }
+
+    /// <summary>Per layer, the layer whose tokens it reads (cross-layer sharing), -1 = its own.</summary>
+    public int[] ShareSource { get; private set; }
     public int Length => LayerLength[^1];
 
-    public List<Token> Head(int layer, int g) => Heads_[layer * KvHeads + g];
+    public List<Token> Head(int layer, int g) => Heads_[(ShareSource[layer] >= 0 ? ShareSource[layer] : layer) * KvHeads + g];
+
+    /// <summary>Layer <paramref name="layer"/> drops its tokens and reads <paramref name="source"/>'s from now on.</summary>
+    public void Share(int layer, int source)
+    {
+        for (int g = 0; g < KvHeads; g++) Heads_[layer * KvHeads + g].Clear();
+        ShareSource[layer] = source;
+    }
 
     public void Append(int layer, float[] keys, float[] values, int count)
     {
         int row = KvHeads * HeadDim;
-        for (int g = 0; g < KvHeads; g++)
+        for (int g = 0; g < KvHeads && ShareSource[layer] < 0; g++)
             for (int t = 0; t < count; t++)
                 Head(layer, g).Add(new Token(LayerLength[layer] + t,
                     keys.AsSpan(t * row + g * HeadDim, HeadDim).ToArray(), values.AsSpan(t * row + g * HeadDim, HeadDim).ToArray()));
@@ -49,6 +60,7 @@ internal sealed class ReferenceKv
     {
         Heads_ = Heads_.Select(h => h.ToList()).ToArray(),
         LayerLength = (int[])LayerLength.Clone(),
+        ShareSource = (int[])ShareSource.Clone(),
     };
 
     /// <summary>Replaces the first <paramref name="blocks"/>·Tokens tokens of every head by their BlockCodec round trip, block by block.</summary>

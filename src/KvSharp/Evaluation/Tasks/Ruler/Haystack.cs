@@ -12,8 +12,13 @@ public sealed partial class Haystack
     public const string NoiseParagraph = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 
     private readonly string[]? _words;
+    private readonly Lazy<IReadOnlyList<string>> _vocabulary;
 
-    private Haystack(string[]? words) { _words = words; }
+    private Haystack(string[]? words)
+    {
+        _words = words;
+        _vocabulary = new Lazy<IReadOnlyList<string>>(BuildVocabulary); // generators draw from it once per sample
+    }
 
     /// <summary>The noise haystack.</summary>
     public static Haystack Noise { get; } = new(null);
@@ -42,7 +47,9 @@ public sealed partial class Haystack
     /// Distinct lower-case alphabetic words of the essays (4 to 10 letters), sorted: the vocabulary for word keys
     /// and word lists (RULER draws these from the wonderwords lists, which are not available here).
     /// </summary>
-    public IReadOnlyList<string> Vocabulary() =>
+    public IReadOnlyList<string> Vocabulary() => _vocabulary.Value;
+
+    private string[] BuildVocabulary() =>
         (_words ?? throw new InvalidOperationException("the noise haystack has no words"))
             .Select(w => w.Trim('.', ',', ';', ':', '?', '!', '"', '\'', '(', ')'))
             .Where(w => w.Length is >= 4 and <= 10 && w.All(c => c is >= 'a' and <= 'z'))

@@ -90,10 +90,11 @@ public sealed record NiahTask(string Name, HaystackKind Haystack, NeedleKind Key
         }
         else
         {
+            int slots = Math.Max(size, needles.Count); // each needle needs a distinct slot
             var sentences = Haystack == HaystackKind.Noise
-                ? Enumerable.Repeat(Ruler.Haystack.NoiseParagraph, size).ToList()
-                : Enumerable.Range(0, size).Select(_ => Needle(typeV, Draw(KeyKind, random), Draw(ValueKind, random))).ToList();
-            var at = random.Sample(Enumerable.Range(0, size).ToArray(), needles.Count).OrderDescending().ToList();
+                ? Enumerable.Repeat(Ruler.Haystack.NoiseParagraph, slots).ToList()
+                : Enumerable.Range(0, slots).Select(_ => Needle(typeV, Draw(KeyKind, random), Draw(ValueKind, random))).ToList();
+            var at = random.Sample(Enumerable.Range(0, slots).ToArray(), needles.Count).OrderDescending().ToList();
             for (int i = 0; i < needles.Count; i++) sentences.Insert(at[i], needles[i]);
             context = string.Join('\n', sentences);
         }

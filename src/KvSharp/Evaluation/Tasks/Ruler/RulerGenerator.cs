@@ -5,7 +5,7 @@ namespace KvSharp.Evaluation.Tasks.Ruler;
 /// <summary>
 /// Generates RULER records of a task at a token length: finds the largest haystack whose prompt plus answer budget fits
 /// <c>length</c> tokens of the model's tokenizer (binary search, as RULER does), then draws each sample from its own
-/// seed (seed, index), shrinking its haystack when the draw comes out too long.
+/// seed (seed, index), shrinking its haystack in steps of at most 5% when the draw comes out too long.
 /// </summary>
 public sealed class RulerGenerator
 {
@@ -52,27 +52,37 @@ public sealed class RulerGenerator
         var records = new List<RulerRecord>();
         for (int i = 0; i < count; i++)
         {
-            int used = size;
-            while (true)
-            {
-                var (input, outputs) = task.Generate(used, new RulerRandom(SampleSeed(seed, i)));
-                int n = Length(task, input);
-                if (n <= length || used <= task.Increment)
-                {
-                    if (n > length) throw new KvSharpException($"{task.Name}: even the smallest haystack needs {n} tokens, more than {length}");
-                    records.Add(new RulerRecord(i, input, outputs, n));
-                    break;
-                }
-                used -= task.Increment;
-            }
+            int used = SizeFor(task, length, size, seed, i);
+            var (input, outputs) = task.Generate(used, SampleRandom(seed, i));
+            records.Add(new RulerRecord(i, input, outputs, Length(task, input)));
         }
         return records;
     }
 
+    /// <summary>
+    /// The haystack size of sample <paramref name="index"/>: <paramref name="fittedSize"/> (from <see cref="FitSize"/>),
+    /// shrunk in steps of at most 5% until that sample's own draw fits <paramref name="length"/> tokens.
+    /// </summary>
+    public int SizeFor(IRulerTask task, int length, int fittedSize, int seed, int index)
+    {
+        for (int used = fittedSize; ; used -= Math.Max(1, Math.Min(task.Increment, used / 20)))
+        {
+            int n = Length(task, task.Generate(used, SampleRandom(seed, index)).Input);
+            if (n <= length) return used;
+            if (used <= 1) throw new KvSharpException($"{task.Name}: even the smallest haystack needs {n} tokens, more than {length}");
+        }
+    }
+
+    /// <summary>
+    /// The random draws of sample <paramref name="index"/>: one independent stream per sample, so any subset or rerun
+    /// of samples draws the same texts.
+    /// </summary>
+    public static RulerRandom SampleRandom(int seed, int index) => new(unchecked((seed * 1_000_003) + (index * 7919) + 17));
+
     /// <summary>The largest haystack size whose prompt fits <paramref name="length"/> tokens (for the draw of seed <paramref name="seed"/>).</summary>
     public int FitSize(IRulerTask task, int length, int seed)
     {
-        int Tokens(int size) => Length(task, task.Generate(size, new RulerRandom(SampleSeed(seed, -1))).Input);
+        int Tokens(int size) => Length(task, task.Generate(size, SampleRandom(seed, -1)).Input);
         int probe = task.Increment;
         double perUnit = Math.Max(1e-3, (Tokens(probe) - Tokens(1)) / (double)Math.Max(1, probe - 1));
         int low = 1, high = Math.Max(probe * 2, (int)(length / perUnit * 3));
@@ -87,6 +97,4 @@ public sealed class RulerGenerator
         return best;
     }
 
-    // One independent stream per sample, so any subset or rerun of samples draws the same texts.
-    private static int SampleSeed(int seed, int index) => unchecked((seed * 1_000_003) + (index * 7919) + 17);
 }

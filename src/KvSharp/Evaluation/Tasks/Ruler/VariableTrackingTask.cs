@@ -45,7 +45,8 @@ public sealed record VariableTrackingTask(int Chains = 1, int Hops = 4) : IRuler
             for (int j = 0; j < Hops; j++) chain.Add($"VAR {vars[j + 1]} = VAR {vars[j]} ");
             chains.Add(chain);
         }
-        var lines = Enumerable.Repeat(Haystack.NoiseParagraph, size).ToList();
+        // At least as many noise lines as one chain has statements, so each statement gets a line of its own to follow.
+        var lines = Enumerable.Repeat(Haystack.NoiseParagraph, Math.Max(size, Hops + 1)).ToList();
         foreach (var chain in chains)
         {
             var at = random.Sample(Enumerable.Range(0, lines.Count).ToArray(), chain.Count).Order().ToList();
