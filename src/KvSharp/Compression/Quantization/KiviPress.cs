@@ -28,7 +28,7 @@ public sealed class KiviPress : IKvPress
     /// <exception cref="KvSharpException">Bits not 2 or 4, group &lt; 1, or residual &lt; 0.</exception>
     public KiviPress(int bits = 2, int group = 32, int residual = 128)
     {
-        if (bits is not (2 or 4)) throw new KvSharpException($"kivi: bits must be 2 or 4, got {bits}");
+        if (bits is not (2 or 4)) throw new KvSharpException($"kivi: bits={bits} must be 2 or 4");
         if (group < 1) throw new KvSharpException($"kivi: group must be ≥ 1, got {group}");
         if (residual < 0) throw new KvSharpException($"kivi: residual must be ≥ 0, got {residual}");
         Bits = bits; Group = group; Residual = residual;
@@ -56,7 +56,8 @@ public sealed class KiviPress : IKvPress
         ArgumentNullException.ThrowIfNull(context);
         var cache = context.Cache;
         int channelGroup = Math.Min(cache.Options.ValueChannelGroup, cache.HeadDim);
-        if (Group != cache.Options.BlockTokens || Group != channelGroup)
+        // Value groups cannot exceed the head dimension, so a group wider than a head covers the whole head.
+        if (Group != cache.Options.BlockTokens || Math.Min(Group, cache.HeadDim) != channelGroup)
             throw new KvSharpException($"{Text}: this cache quantizes keys in groups of its block size ({cache.Options.BlockTokens} tokens) and values in groups of {channelGroup} channels; group={Group} needs a cache with BlockTokens = ValueChannelGroup = {Group} (the default cache has 32)");
         var pair = FormatPair.Ints(Bits, Bits);
         for (int l = 0; l < context.Layers; l++)

@@ -214,19 +214,25 @@ public static class KvTunerSearch
             var merged = population.Concat(offspring).ToList();
             var fronts = Sort(merged);
             population = new List<Individual>(n);
-            foreach (var front in fronts)
+            foreach (var rankFront in fronts)
             {
-                if (population.Count + front.Count <= n) { population.AddRange(front); continue; }
-                population.AddRange(front.OrderByDescending(i => i.Crowding).Take(n - population.Count));
+                if (population.Count + rankFront.Count <= n) { population.AddRange(rankFront); continue; }
+                population.AddRange(rankFront.OrderByDescending(i => i.Crowding).Take(n - population.Count));
                 break;
             }
             progress?.Report((gen + 1.0) / options.Generations);
         }
         var best = population.Where(i => i.Rank == 0 && i.Excess == 0).ToList();
         if (best.Count == 0) throw new KvSharpException($"KVTuner search: no configuration within {options.Budget} mean bits was found");
-        return best.GroupBy(i => string.Join(',', i.Genome)).Select(g => problem.Solution(g.First().Genome))
-            .OrderBy(s => s.MeanBits).ThenBy(s => s.Loss).ToList();
+        // Configurations with the same objectives (up to rounding) are one point of the front: keep the first found.
+        var front = new List<KvTunerSolution>();
+        foreach (var s in best.Select(i => problem.Solution(i.Genome)).OrderBy(s => s.MeanBits).ThenBy(s => s.Loss))
+            if (front.Count == 0 || !Same(front[^1], s)) front.Add(s);
+        return front;
     }
+
+    private static bool Same(KvTunerSolution a, KvTunerSolution b) =>
+        Math.Abs(a.MeanBits - b.MeanBits) <= 1e-9 && Math.Abs(a.Loss - b.Loss) <= 1e-12 * Math.Max(1, Math.Abs(a.Loss));
 
     private static Individual Tournament(List<Individual> population, Random rng)
     {

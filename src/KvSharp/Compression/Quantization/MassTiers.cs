@@ -21,7 +21,7 @@ public static class MassTiers
         foreach (float s in scores)
         {
             if (float.IsPositiveInfinity(s)) continue;
-            if (!(s >= 0)) throw new ArgumentException($"mass tiers need non-negative scores, got {s}", nameof(scores));
+            if (!(s >= 0)) throw new KvSharpException($"mass tiers need non-negative attention scores (use an attention scorer such as snapkv or h2o), got {s}");
             total += s;
         }
         var order = new int[n];
