@@ -27,6 +27,7 @@ public static class KvSharpCommandLine
         root.Subcommands.Add(InfoCommand.Create(context));
         root.Subcommands.Add(DemoCommand.Create(context));
         root.Subcommands.Add(AskCommand.Create(context));
+        root.Subcommands.Add(CalibrateCommand.Create(context));
         return root;
     }
 
