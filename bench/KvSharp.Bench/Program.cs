@@ -22,4 +22,9 @@ if (args.Length > 0 && args[0] == "cache-quick")
     KvSharp.Bench.Cache.QuickCacheBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "quant-methods")
+{
+    KvSharp.Bench.Quantization.QuantMethodsBench.Run(args);
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

@@ -31,6 +31,9 @@ public static class QuantizationPresses
                 [new("high", "0.9", "mass of the important tokens"), new("low", "0.99", "mass of important + less important tokens; the rest is pruned"),
                  new("important", "int8:int4", "format of important tokens"), new("less", "int4:int2", "format of less important tokens")], []),
             "snapkv", (a, s) => new LeanKvPress(s!, a.Double("high", 0.9, 0, 1), a.Double("low", 0.99, 0, 1), Pair(a, "important", "int8:int4"), Pair(a, "less", "int4:int2"))),
+        new(new("vidkv", PressPartKind.Scorer, "VidKV realised per block: keys binary, values ternary, the salient share of tokens at K2V4",
+                [new("salient", "0.1", "share of tokens kept at higher precision, in [0, 1]")], []),
+            "snapkv", (a, s) => new VidKvPress(s!, a.Double("salient", 0.1, 0, 1))),
     ];
 
     /// <summary>The quantization presses with their parameters.</summary>

@@ -14,6 +14,7 @@ public class QuantizationRegistryTests
     [InlineData("mikv(snapkv:window=16):high=f16,low=int4:int2", "mikv(snapkv:window=16,kernel=7,pool=avg):high=f16,low=int4:int2,top=0.2")]
     [InlineData("zipvl(tova):tau=0.9", "zipvl(tova):tau=0.9,high=int8,low=int2")]
     [InlineData("leankv(tova)", "leankv(tova):high=0.9,low=0.99,important=int8:int4,less=int4:int2")]
+    [InlineData("vidkv(tova)", "vidkv(tova):salient=0.1")]
     [InlineData("keynorm:keep=0.5 + kivi:bits=4", "keynorm+uniform:keep=0.5 + kivi:bits=4,group=32,residual=128")]
     [InlineData("kivi + keynorm+pyramid:keep=0.25", "kivi:bits=2,group=32,residual=128 + keynorm+pyramid:keep=0.25,beta=20")]
     public void TextFormsRoundTrip(string text, string canonical)
@@ -42,7 +43,7 @@ public class QuantizationRegistryTests
     [InlineData("mikv(nosuch)", "unknown method 'nosuch'")]
     [InlineData("leankv:high=0.99,low=0.9", "high=0.99", "low=0.9")]
     [InlineData("kivi + pyramid", "budget 'pyramid' needs a scorer")]
-    [InlineData("foo", "quantizers: kivi, kvtuner, mikv, zipvl, leankv")]
+    [InlineData("foo", "quantizers: kivi, kvtuner, mikv, zipvl, leankv, vidkv")]
     public void ErrorsNameTheProblem(string text, params string[] fragments)
     {
         var e = Assert.ThrowsAny<KvSharpException>(() => PressRegistry.Parse(text));
