@@ -42,6 +42,8 @@ internal static class CalibrateCommand
             if (!File.Exists(textFile)) throw new UsageException($"--text: '{textFile}' does not exist");
             int n = parse.GetValue(tokens);
             if (n < 8) throw new UsageException($"--tokens must be ≥ 8, got {n}");
+            double least = KvTunerPair.Candidates.Min(p => p.MeanBits);
+            if (!(parse.GetValue(budget) >= least)) throw new UsageException($"--budget {parse.GetValue(budget)} is below the smallest pair's {least} mean bits");
             var options = new KvTunerSearchOptions
             {
                 Budget = parse.GetValue(budget),
