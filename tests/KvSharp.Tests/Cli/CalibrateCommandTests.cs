@@ -4,7 +4,7 @@ using KvSharp.Compression.Quantization;
 
 namespace KvSharp.Tests.Cli;
 
-/// <summary><c>kvsharp calibrate kvtuner</c> on stories260k: writes a configuration the press reads; bad input is one line.</summary>
+/// <summary><c>kvsharp calibrate kvtuner</c> on stories260k: writes a configuration the press reads (search determinism: KvTunerTests); bad input is one line.</summary>
 public class CalibrateCommandTests
 {
     private static readonly string Stories = RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf");
@@ -19,16 +19,14 @@ public class CalibrateCommandTests
     }
 
     [Fact]
-    public void WritesADeterministicConfigWithinTheBudget()
+    public void WritesAConfigWithinTheBudget()
     {
         using var dir = new TempDir();
-        string a = Path.Combine(dir.Path, "a.json"), b = Path.Combine(dir.Path, "b.json");
+        string a = Path.Combine(dir.Path, "a.json");
         string[] common = ["calibrate", "kvtuner", "--model", Stories, "--text", Text, "--budget", "3.5", "--tokens", "16", "--generations", "5", "--seed", "5"];
         var r = Run([.. common, "--out", a]);
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("chosen:", r.Out);
-        Assert.Equal(0, Run([.. common, "--out", b]).Code);
-        Assert.Equal(File.ReadAllText(a), File.ReadAllText(b));
         var config = KvTunerConfig.Load(a);
         Assert.Equal(5, config.Layers.Count);
         Assert.True(config.MeanBits <= 3.5);
