@@ -27,4 +27,19 @@ if (args.Length > 0 && args[0] == "quant-methods")
     KvSharp.Bench.Quantization.QuantMethodsBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "kv-decode")
+{
+    KvSharp.Bench.Cache.DecodeAttentionBandwidthBench.Run(args);
+    return;
+}
+if (args.Length > 0 && args[0] == "kv-profile")
+{
+    KvSharp.Bench.Cache.DecodeAttentionProfile.Run(args);
+    return;
+}
+if (args.Length > 0 && args[0] == "kv-e2e")
+{
+    LongContextDecodeBench.Run(args);
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

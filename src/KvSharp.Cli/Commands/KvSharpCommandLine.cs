@@ -18,7 +18,7 @@ public static class KvSharpCommandLine
     /// <summary>Exit code for an unusable command line.</summary>
     public const int UsageError = 2;
 
-    /// <summary>Builds the root command with <c>generate</c>, <c>chat</c>, <c>info</c>, <c>demo</c> and <c>ask</c>.</summary>
+    /// <summary>Builds the root command with <c>generate</c>, <c>chat</c>, <c>info</c>, <c>demo</c>, <c>ask</c>, <c>eval</c> and <c>report</c>.</summary>
     public static RootCommand Build(CliContext context)
     {
         var root = new RootCommand("kvsharp: LLM inference with a compressible KV cache");
@@ -27,6 +27,8 @@ public static class KvSharpCommandLine
         root.Subcommands.Add(InfoCommand.Create(context));
         root.Subcommands.Add(DemoCommand.Create(context));
         root.Subcommands.Add(AskCommand.Create(context));
+        root.Subcommands.Add(EvalCommand.Create(context));
+        root.Subcommands.Add(ReportCommand.Create(context));
         root.Subcommands.Add(CalibrateCommand.Create(context));
         return root;
     }

@@ -142,8 +142,10 @@ public sealed class EngineFacade : IEngineFacade
             QueryAware = request.QueryAware,
         };
         _status.WriteLine($"prefilling {tokens.Length} context tokens ({options.Cache} cache), press {request.Press?.Text ?? "none"} ...");
-        using var compressed = CompressedContext.Create(model, tokens, options);
         using var full = request.CompareFull ? CompressedContext.Create(model, tokens, options with { Press = null }) : null;
+        // With --compare, one prefill serves both: the compressed context is a fork of the full one.
+        using var compressed = full != null && request.Press != null ? full.Compress(request.Press, request.QueryAware)
+            : CompressedContext.Create(model, tokens, options);
 
         var answers = new Table().AddColumn("question").AddColumn("answer");
         if (full != null) answers.AddColumn("full-cache answer");

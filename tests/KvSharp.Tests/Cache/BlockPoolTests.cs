@@ -54,6 +54,25 @@ public unsafe class BlockPoolTests
         Assert.Equal(0, pool.ReservedBytes);
     }
 
+    /// <summary>
+    /// 1 KiB blocks, four to a 4 KiB page: keeping every 8th block leaves a live block on every other page, so half the
+    /// pages are in use (their neighbours went back to the OS) though every slab still holds blocks.
+    /// </summary>
+    [Fact]
+    public void PagesWithoutLiveBlocks_AreNotCountedInUse()
+    {
+        if (Environment.SystemPageSize != 4096) return;
+        using var pool = new BlockPool(1024);
+        var ids = Enumerable.Range(0, 4 * pool.BlocksPerSlab).Select(_ => pool.Allocate()).ToList();
+        Assert.Equal(4L << 20, pool.PageBytesInUse);
+        for (int i = 0; i < ids.Count; i++) if (i % 8 != 0) pool.Release(ids[i]);
+        Assert.Equal(2L << 20, pool.PageBytesInUse);
+        Assert.Equal(4L << 20, pool.ReservedBytes);
+        var again = pool.Allocate(); // lands on a discarded page: zeroed, counted again
+        Assert.All(pool.Span(again).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal((2L << 20) + 4096, pool.PageBytesInUse);
+    }
+
     private static long ResidentBytes()
     {
         // /proc/self/statm: size resident shared ... in pages (the kernel's own count, not ours).

@@ -20,7 +20,7 @@ public class CompressedContextTests
 
     private static readonly string[] Questions = [" Lily said", " Max was", " The ball"];
 
-    private static readonly GenerationOptions Greedy = new() { MaxTokens = 12, Sampler = SamplerOptions.Greedy };
+    private static readonly GenerationOptions Greedy = new() { MaxTokens = 6, Sampler = SamplerOptions.Greedy };
 
     [Fact]
     public void ManyQuestions_AnswerAsFreshSessionsDo_AndCompressionFreesMemory()

@@ -6,7 +6,7 @@ namespace KvSharp.Cache.Paged;
 
 /// <summary>
 /// Attention of one GQA group (the query heads sharing a KV head) at one or several consecutive positions over a
-/// <see cref="HeadStore"/>: block by block, each in its own formats, with the fused kernels of <see cref="BlockAttention"/> and an
+/// <see cref="HeadStore"/>: block by block with the fused kernels of <see cref="BlockAttention"/> and an
 /// <see cref="OnlineSoftmax"/>, then the float tail as an F32 block. Nothing is decoded to a float copy.
 /// </summary>
 /// <remarks>
@@ -47,6 +47,69 @@ internal static class PagedAttention
         int group, int headDim, int firstPosition, Span<float> output, int outputStride,
         Span<float> logSumExp = default, int logSumExpStride = 0)
     {
+        var (s, state) = Start(head, queries, queryStride, count, group, headDim);
+        Absorb(head, 0, int.MaxValue, true, firstPosition, count, group, headDim, s, state);
+        int gn = group * headDim;
+        state.Finish(s.Output);
+        for (int j = 0; j < count; j++)
+            s.Output.AsSpan(j * gn, gn).CopyTo(output.Slice(j * outputStride, gn));
+        if (!logSumExp.IsEmpty)
+            for (int j = 0; j < count; j++)
+                for (int i = 0; i < group; i++) logSumExp[j * logSumExpStride + i] = state.LogSumExp(j * group + i);
+    }
+
+    /// <summary>
+    /// One segment of a split attention (flash decoding): as <see cref="Attend(HeadStore, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/>
+    /// over blocks <paramref name="fromBlock"/>..<paramref name="toBlock"/>-1 only (and the float tail when
+    /// <paramref name="tail"/>), leaving the unnormalized softmax state of every row r = j·group + i: its running
+    /// max and sum at <paramref name="max"/>[r] / <paramref name="sum"/>[r] and its accumulator at
+    /// <paramref name="accumulators"/>[r·headDim..]. <see cref="Merge"/> combines the segments.
+    /// </summary>
+    public static void AttendSegment(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count,
+        int group, int headDim, int firstPosition, int fromBlock, int toBlock, bool tail,
+        Span<float> max, Span<float> sum, Span<float> accumulators)
+    {
+        var (s, state) = Start(head, queries, queryStride, count, group, headDim);
+        Absorb(head, fromBlock, toBlock, tail, firstPosition, count, group, headDim, s, state);
+        for (int r = 0; r < state.QueryCount; r++) { max[r] = state.Max(r); sum[r] = state.Sum(r); }
+        state.Accumulators.CopyTo(accumulators);
+    }
+
+    /// <summary>
+    /// Combines <paramref name="segments"/> softmax states of <see cref="AttendSegment"/> (segment k's rows at
+    /// max[k·rows..], sum[k·rows..], accumulators[k·rows·headDim..]) into the outputs and log-sum-exps
+    /// <see cref="Attend(HeadStore, ReadOnlySpan{float}, int, int, int, int, int, Span{float}, int, Span{float}, int)"/> writes:
+    /// each segment's sum and accumulator are rescaled by exp(its max − the overall max) and added.
+    /// </summary>
+    public static void Merge(int segments, int count, int group, int headDim, ReadOnlySpan<float> max, ReadOnlySpan<float> sum,
+        ReadOnlySpan<float> accumulators, Span<float> output, int outputStride, Span<float> logSumExp = default, int logSumExpStride = 0)
+    {
+        int rows = count * group;
+        Span<float> row = stackalloc float[headDim];
+        for (int r = 0; r < rows; r++)
+        {
+            float m = float.NegativeInfinity;
+            for (int k = 0; k < segments; k++) m = MathF.Max(m, max[k * rows + r]);
+            var o = output.Slice(r / group * outputStride + r % group * headDim, headDim);
+            row.Clear();
+            float total = 0;
+            if (!float.IsNegativeInfinity(m))
+                for (int k = 0; k < segments; k++)
+                {
+                    float mk = max[k * rows + r];
+                    if (float.IsNegativeInfinity(mk)) continue; // the segment saw nothing of this row
+                    float w = MathF.Exp(mk - m);
+                    total += w * sum[k * rows + r];
+                    TensorPrimitives.MultiplyAdd(accumulators.Slice((k * rows + r) * headDim, headDim), w, row, row);
+                }
+            TensorPrimitives.Multiply(row, total > 0 ? 1f / total : 0f, o);
+            if (!logSumExp.IsEmpty) logSumExp[r / group * logSumExpStride + r % group] = m + MathF.Log(total);
+        }
+    }
+
+    /// <summary>Sizes the thread's scratch and softmax state for count·group rows, resets the state, scales the queries.</summary>
+    private static (Scratch, OnlineSoftmax) Start(HeadStore head, ReadOnlySpan<float> queries, int queryStride, int count, int group, int headDim)
+    {
         var s = t_scratch ??= new Scratch();
         int rows = count * group, gn = group * headDim, qn = rows * headDim;
         if (s.Queries.Length < qn) { s.Queries = new float[qn]; s.Output = new float[qn]; }
@@ -59,30 +122,32 @@ internal static class PagedAttention
         float scale = 1f / MathF.Sqrt(headDim);
         for (int j = 0; j < count; j++)
             TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
+        return (s, state);
+    }
+
+    /// <summary>Absorbs blocks fromBlock..toBlock-1 (and the float tail when <paramref name="tail"/>) into the state.</summary>
+    private static void Absorb(HeadStore head, int fromBlock, int toBlock, bool tail, int firstPosition, int count,
+        int group, int headDim, Scratch s, OnlineSoftmax state)
+    {
         var positions = head.Positions;
-        int lastPosition = firstPosition + count - 1, first = 0;
+        int lastPosition = firstPosition + count - 1, first = 0, index = 0;
         foreach (var e in head.Blocks)
         {
-            if (positions[first] > lastPosition) break; // positions ascend: nothing later is visible
-            // Each block is read in its own formats (a head may mix them).
-            Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes,
-                positions, first, e.Count, firstPosition, group, headDim, s, state);
+            if (index >= toBlock || positions[first] > lastPosition) return; // positions ascend: nothing later is visible
+            if (index >= fromBlock)
+                Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes, // each block in its own formats (a head may mix them)
+                    positions, first, e.Count, firstPosition, group, headDim, s, state);
             first += e.Count;
+            index++;
         }
         int n = head.TailCount;
-        if (n > 0 && first == positions.Count - n && positions[first] <= lastPosition)
+        if (tail && n > 0 && first == positions.Count - n && positions[first] <= lastPosition)
         {
             // The tail is [n, headDim] float32 rows: exactly an F32 block of n tokens.
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
             Block(layout, MemoryMarshal.AsBytes(head.TailKeys), layout, MemoryMarshal.AsBytes(head.TailValues),
                 positions, first, n, firstPosition, group, headDim, s, state);
         }
-        state.Finish(s.Output);
-        for (int j = 0; j < count; j++)
-            s.Output.AsSpan(j * gn, gn).CopyTo(output.Slice(j * outputStride, gn));
-        if (!logSumExp.IsEmpty)
-            for (int j = 0; j < count; j++)
-                for (int i = 0; i < group; i++) logSumExp[j * logSumExpStride + i] = state.LogSumExp(j * group + i);
     }
 
     /// <summary>Absorbs tokens first..first+n-1 (one block) into the rows that can see at least its first token.</summary>

@@ -64,6 +64,12 @@ public sealed partial class PagedKvCache
     /// </summary>
     public long PoolReservedBytes => _pools.ReservedBytes;
 
+    /// <summary>
+    /// Bytes of the memory pages holding live blocks: what the pools can keep resident (pages left without a live
+    /// block are returned to the OS on Linux, slabs without one everywhere). At least <see cref="PoolLiveBytes"/>.
+    /// </summary>
+    public long PoolPageBytesInUse => _pools.PageBytesInUse;
+
     /// <summary>Blocks allocated in the pools this cache shares with its forks.</summary>
     public long PoolLiveBlocks => _pools.LiveBlocks;
 }

@@ -17,6 +17,7 @@ public sealed partial class PagedKvCache
         CheckLayer(layer);
         if (sourceLayer < 0 || sourceLayer >= layer)
             throw new KvSharpException($"layer {layer} cannot share layer {sourceLayer}'s KV cache: the source must be an earlier layer (0..{layer - 1}), which a forward pass appends first");
+        ThrowIfCollectingStatistics("share a layer's KV");
         int root = StoreLayer(sourceLayer);
         if (_layerLength[root] < _layerLength[layer])
             throw new KvSharpException($"layer {layer} cannot share layer {root}'s KV cache: it holds {_layerLength[layer]} tokens and the source only {_layerLength[root]}");

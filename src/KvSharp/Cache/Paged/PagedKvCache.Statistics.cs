@@ -20,7 +20,7 @@ public sealed partial class PagedKvCache
     /// Starts collecting: from now on every <see cref="Attend"/> adds, for its queries at position ≥
     /// <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>, the softmax probability each gives the tokens
     /// every (layer, KV head) stores now (the covered tokens). Attention outputs are unchanged.
-    /// Evict and Truncate are refused until <see cref="EndStatistics"/>.
+    /// Evict, Truncate, Requantize and ShareLayer are refused until <see cref="EndStatistics"/>.
     /// </summary>
     /// <exception cref="InvalidOperationException">Statistics are already being collected.</exception>
     public void BeginStatistics(AttentionStatisticsRequest request)
@@ -31,7 +31,9 @@ public sealed partial class PagedKvCache
         if (request.FirstQueryPosition < 0)
             throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
         if (!Enum.IsDefined(request.Fold)) throw new ArgumentOutOfRangeException(nameof(request), $"unknown group fold {request.Fold}");
-        var heads = _stores.Select(s => new HeadStatistics(s.Positions.ToArray())).ToArray();
+        // A layer sharing another's KV (ShareLayer) covers the tokens of the store it reads.
+        var heads = Enumerable.Range(0, _stores.Length)
+            .Select(i => new HeadStatistics(_stores[StoreLayer(i / _kvHeads) * _kvHeads + i % _kvHeads].Positions.ToArray())).ToArray();
         _statistics = new StatisticsCollection(request, heads, _layers);
     }
 
@@ -44,7 +46,7 @@ public sealed partial class PagedKvCache
         _statistics = null;
         var norms = new float[_stores.Length][];
         for (int i = 0; i < _stores.Length; i++)
-            norms[i] = PagedAttentionStatistics.KeyNorms(_stores[i], _headDim, c.Heads[i].Positions.Length);
+            norms[i] = PagedAttentionStatistics.KeyNorms(_stores[StoreLayer(i / _kvHeads) * _kvHeads + i % _kvHeads], _headDim, c.Heads[i].Positions.Length);
         return new AttentionStatistics(_layers, _kvHeads,
             c.Heads.Select(h => h.Positions).ToArray(), c.Heads.Select(h => h.Max).ToArray(), c.Heads.Select(h => h.Sum).ToArray(),
             norms, c.QueryCount);

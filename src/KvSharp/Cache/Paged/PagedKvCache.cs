@@ -112,7 +112,9 @@ public sealed partial class PagedKvCache : IKvCache
         // its outputs once (neighbouring jobs' outputs share cache lines). Small attentions stay on the calling
         // thread: a dispatch costs more than it saves.
         int runs = (count + PositionsPerJob - 1) / PositionsPerJob;
-        Compute.Cpu.CpuThreads.For(runs * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        // A decode-sized call over long heads is split along the tokens when the heads alone would not keep every thread busy.
+        if (runs > 1 || work < 1 << 18 || !TryAttendSplit(layer, q, count, firstPosition, o, lse))
+            Compute.Cpu.CpuThreads.For(runs * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
         {
             for (int job = start; job < end; job++)
             {

@@ -53,6 +53,9 @@ internal sealed class PoolSet
     /// <summary>Blocks allocated across the pools.</summary>
     public long LiveBlocks => _pools.Values.Sum(p => p.LiveBlocks);
 
+    /// <summary>Bytes of the pages holding live blocks (<see cref="BlockPool.PageBytesInUse"/>).</summary>
+    public long PageBytesInUse => _pools.Values.Sum(p => p.PageBytesInUse);
+
     /// <summary>Bytes of slabs the pools hold from the operating system.</summary>
     public long ReservedBytes => _pools.Values.Sum(p => p.ReservedBytes);
 

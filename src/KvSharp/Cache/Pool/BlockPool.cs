@@ -12,8 +12,10 @@ public readonly record struct BlockId(int Value)
 
 /// <summary>
 /// Fixed-size blocks carved out of page-allocated slabs, with reference counts for copy-on-write
-/// sharing. Blocks of one pool have one byte size (a pool per block layout); a slab whose blocks
-/// are all free is unmapped at once, so the process's resident memory follows the cache's size.
+/// sharing. Blocks of one pool have one byte size (a pool per block layout). The process's resident
+/// memory follows the cache's size: a slab whose blocks are all free is unmapped at once, and inside a
+/// slab still in use every page left without a live block is handed back to the OS
+/// (<see cref="PageMemory.Discard"/>), so eviction that keeps scattered blocks frees memory too.
 /// Not thread-safe: one cache owns its pools.
 /// </summary>
 public sealed unsafe class BlockPool : IDisposable
@@ -21,15 +23,18 @@ public sealed unsafe class BlockPool : IDisposable
     private const int SlotBits = 12;             // up to 4096 blocks per slab
     private const int SlabTargetBytes = 1 << 20; // ~1 MiB slabs: small enough that freeing shows quickly
 
+    private static readonly int PageBytes = Environment.SystemPageSize;
+
     private readonly List<Slab?> _slabs = new();
     private readonly Stack<int> _freeSlabIndices = new();
-    private long _liveBlocks;
+    private long _liveBlocks, _livePages;
 
     private sealed class Slab
     {
         public byte* Memory;
         public nuint Bytes;
         public int[] RefCounts = Array.Empty<int>();
+        public int[] PageBlocks = Array.Empty<int>(); // live blocks touching each page
         public Stack<int> FreeSlots = new();
         public int Used;
     }
@@ -57,6 +62,12 @@ public sealed unsafe class BlockPool : IDisposable
     /// <summary>Bytes obtained from the OS (live slabs).</summary>
     public long ReservedBytes { get; private set; }
 
+    /// <summary>
+    /// Bytes of the pages holding at least one live block: what the pool can have resident. Pages of freed blocks
+    /// are discarded (on Linux), so this, not <see cref="ReservedBytes"/>, is what eviction lowers.
+    /// </summary>
+    public long PageBytesInUse => _livePages * PageBytes;
+
     /// <summary>Allocates a zeroed block with reference count 1.</summary>
     public BlockId Allocate()
     {
@@ -69,6 +80,9 @@ public sealed unsafe class BlockPool : IDisposable
         slab.RefCounts[slot] = 1;
         slab.Used++;
         _liveBlocks++;
+        var (first, last) = Pages(slot);
+        for (int p = first; p <= last; p++)
+            if (slab.PageBlocks[p]++ == 0) _livePages++;
         new Span<byte>(slab.Memory + (nint)slot * BlockBytes, BlockBytes).Clear();
         return new BlockId((slabIndex << SlotBits) | slot);
     }
@@ -95,6 +109,19 @@ public sealed unsafe class BlockPool : IDisposable
         slab.FreeSlots.Push(slot);
         slab.Used--;
         _liveBlocks--;
+        // Pages this block was the last live block on go back to the OS; they are contiguous (the block's own
+        // interior, plus its first/last page when the neighbours sharing them are free too).
+        var (first, last) = Pages(slot);
+        int from = -1, to = -1;
+        for (int p = first; p <= last; p++)
+        {
+            if (--slab.PageBlocks[p] > 0) continue;
+            _livePages--;
+            if (from < 0) from = p;
+            to = p;
+        }
+        if (slab.Used > 0 && from >= 0)
+            PageMemory.Discard(slab.Memory + (nint)from * PageBytes, (nuint)((long)(to - from + 1) * PageBytes));
         if (slab.Used == 0)
         {
             int index = id.Value >> SlotBits;
@@ -115,6 +142,13 @@ public sealed unsafe class BlockPool : IDisposable
     /// <summary>The block's bytes.</summary>
     public Span<byte> Span(BlockId id) => new(Pointer(id), BlockBytes);
 
+    /// <summary>First and last page (of its slab) that block <paramref name="slot"/> touches.</summary>
+    private (int First, int Last) Pages(int slot)
+    {
+        long start = (long)slot * BlockBytes;
+        return ((int)(start / PageBytes), (int)((start + BlockBytes - 1) / PageBytes));
+    }
+
     private (Slab Slab, int Slot) Locate(BlockId id)
     {
         int index = id.Value >> SlotBits, slot = id.Value & ((1 << SlotBits) - 1);
@@ -126,7 +160,13 @@ public sealed unsafe class BlockPool : IDisposable
     private int NewSlab()
     {
         var bytes = (nuint)((long)BlocksPerSlab * BlockBytes);
-        var slab = new Slab { Memory = PageMemory.Allocate(bytes), Bytes = bytes, RefCounts = new int[BlocksPerSlab] };
+        var slab = new Slab
+        {
+            Memory = PageMemory.Allocate(bytes),
+            Bytes = bytes,
+            RefCounts = new int[BlocksPerSlab],
+            PageBlocks = new int[(int)(((long)bytes + PageBytes - 1) / PageBytes)],
+        };
         for (int s = BlocksPerSlab - 1; s >= 0; s--) slab.FreeSlots.Push(s);
         ReservedBytes += (long)bytes;
         if (_freeSlabIndices.Count > 0)
@@ -151,5 +191,6 @@ public sealed unsafe class BlockPool : IDisposable
         }
         ReservedBytes = 0;
         _liveBlocks = 0;
+        _livePages = 0;
     }
 }

@@ -8,7 +8,8 @@ namespace KvSharp.Compression.Presses;
 /// A press = scorer × budget × action. The scorer scores every stored token; tokens before
 /// <see cref="PressContext.ProtectedPrefix"/> are set aside (always kept, outside the budget); the budget decides how
 /// many of the other (candidate) tokens each head keeps; each head keeps its best-scoring candidates (all +∞ ones
-/// included, ties to the later token) and the action handles the rest.
+/// included, ties to the later token) and the action handles the rest. Layers that share another layer's KV
+/// (KVSharer) are left alone and outside the budget.
 /// </summary>
 public sealed class ScoredPress(IScorer scorer, IBudget budget, IPressAction? action = null) : IKvPress
 {
@@ -30,8 +31,9 @@ public sealed class ScoredPress(IScorer scorer, IBudget budget, IPressAction? ac
         ArgumentNullException.ThrowIfNull(context);
         var masks = Select(context);
         for (int l = 0; l < context.Layers; l++)
-            for (int h = 0; h < context.KvHeads; h++)
-                Action.Apply(context, l, h, masks[l * context.KvHeads + h]);
+            if (context.Cache.SharedLayerSource(l) < 0) // a shared layer stores nothing: its source is compressed instead
+                for (int h = 0; h < context.KvHeads; h++)
+                    Action.Apply(context, l, h, masks[l * context.KvHeads + h]);
     }
 
     /// <summary>Keep flags per head (index layer × KvHeads + kvHead) over its stored tokens, without applying them.</summary>
@@ -50,6 +52,7 @@ public sealed class ScoredPress(IScorer scorer, IBudget budget, IPressAction? ac
                     throw new InvalidOperationException($"{Scorer.Text} gave {s.Length} scores for layer {l} head {h}, which stores {positions.Count} tokens");
                 int p = 0;
                 while (p < positions.Count && positions[p] < context.ProtectedPrefix) p++;
+                if (context.Cache.SharedLayerSource(l) >= 0) p = positions.Count; // kept whole, outside the budget
                 first[l * context.KvHeads + h] = p;
                 candidates[l, h] = s[p..];
             }

@@ -67,6 +67,16 @@ public static class PressRegistry
         new(new("kvzip", PressPartKind.Scorer, "KVzip: max attention while the model repeats the context (query-agnostic); level=pair by default",
                 [new("chunk", "2000", "context tokens per repeat run, >= 1")], []),
             "global", 0.3, a => new KvzipScorer(a.Int("chunk", 2000, 1))),
+        new(new("kvcompress", PressPartKind.Scorer, "KV-Compress: whole blocks ranked across layers and heads by squared window attention",
+                [new("window", "32", "observed last queries, kept, >= 1"), new("block", "32", "tokens per ranked block, >= 1")], ["kv-compress"]),
+            "global", 0.5, a => new KvCompressScorer(a.Int("window", 32, 1), a.Int("block", 32, 1))),
+        new(new("zipvl", PressPartKind.Scorer, "ZipVL: accumulated attention normalized by observing queries; dynamic budget by default",
+                [new("chunk", "64", "prefill queries re-run per observation, >= 1")], []),
+            "dynamic", 1, a => new ZipVlScorer(a.Int("chunk", 64, 1))),
+        new(new("rkv", PressPartKind.Scorer, "R-KV: 0.07 x window importance - 0.93 x key redundancy",
+                [new("window", "8", "observed last queries, kept, >= 1"), new("kernel", "7", "max-pooling kernel, odd"),
+                 new("lambda", "0.07", "weight of importance, in [0, 1]"), new("threshold", "0.5", "cosine similarity counted as redundant, in [-1, 1]")], ["r-kv"]),
+            "uniform", 0.5, a => new RkvScorer(a.Int("window", 8, 1), a.Int("kernel", 7, 1), a.Double("lambda", 0.07, 0, 1), a.Double("threshold", 0.5, -1, 1))),
         new(new("dbudgetkv", PressPartKind.Scorer, "DBudgetKV: SnapKV scores, pruned until a share of attention mass is lost (dynamic budget)", SnapKvParameters, ["dbudget"]),
             "dynamic", 1, SnapKv),
     ];
@@ -216,7 +226,15 @@ public static class PressRegistry
 
         KeepTarget target = default;
         if (budget.TakesTarget) target = Target(args, scorer.DefaultKeep);
-        var built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+        ScoredPress built;
+        try
+        {
+            built = new ScoredPress(scorer.Create(args), budget.Create(args, target));
+        }
+        catch (KvSharpException e) when (!e.Message.StartsWith("press '", StringComparison.Ordinal))
+        {
+            throw args.Error(e.Message); // a constructor's range check: name the press text too
+        }
         var valid = scorer.Description.Parameters.Concat(budget.Description.Parameters).Select(p => p.Name)
             .Concat(budget.TakesTarget ? TargetParameters.Select(p => p.Name) : ["level"]);
         args.CheckAllUsed(valid);

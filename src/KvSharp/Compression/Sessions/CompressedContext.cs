@@ -72,6 +72,39 @@ public sealed class CompressedContext : IDisposable
         return Create(model, model.Encode(context), options);
     }
 
+    /// <summary>
+    /// A second session over the same prefill: a copy-on-write fork of this session's cache compressed with
+    /// <paramref name="press"/> (or, query-aware, compressed per question). Compare a compressed context with the full
+    /// one without prefilling twice; blocks both still hold are stored once (<see cref="PagedKvCache.PoolLiveBytes"/>).
+    /// Dispose it independently.
+    /// </summary>
+    public CompressedContext Compress(IKvPress press, bool queryAware = false)
+    {
+        ArgumentNullException.ThrowIfNull(press);
+        var fork = _cache.Fork();
+        try
+        {
+            var session = new CompressedContext(_model, fork, _tokens, _options with { Press = press, QueryAware = queryAware }, _maxTokens)
+            {
+                PrefillTime = PrefillTime,
+                BytesBeforeCompression = fork.ByteCount,
+                PoolBytesBeforeCompression = fork.PoolLiveBytes,
+            };
+            if (!queryAware)
+            {
+                var sw = Stopwatch.StartNew();
+                press.Compress(session.NewPressContext(fork, null));
+                session.CompressTime = sw.Elapsed;
+            }
+            return session;
+        }
+        catch
+        {
+            fork.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>The context's tokens.</summary>
     public IReadOnlyList<int> Tokens => _tokens;
 

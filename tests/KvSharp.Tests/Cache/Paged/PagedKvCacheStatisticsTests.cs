@@ -216,12 +216,34 @@ public class PagedKvCacheStatisticsTests
         Assert.Contains("statistics", e.Message);
         Assert.Throws<InvalidOperationException>(() => cache.Evict(0, 0, new bool[40]));
         Assert.Throws<InvalidOperationException>(() => cache.Truncate(10));
+        Assert.Throws<InvalidOperationException>(() => cache.Requantize(0, 0, new bool[40], KvFormat.Int4, KvFormat.Int4));
         var stats = cache.EndStatistics();
         Assert.Equal(0, stats.QueryCount(0));
         Assert.All(stats.MaxProbability(0, 0).ToArray(), p => Assert.Equal(0f, p));
         cache.Truncate(10); // allowed again
         Assert.Equal(10, cache.Length);
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.BeginStatistics(new AttentionStatisticsRequest(-1)));
+    }
+
+    /// <summary>A layer sharing another's KV covers the source's tokens: the same queries give it the source's statistics.</summary>
+    [Fact]
+    public void SharedLayer_CoversItsSourceTokens()
+    {
+        var rng = new Random(9);
+        using var cache = new PagedKvCache(2, 4, 1, HeadDim, new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.F16, MaxTokens = 100 });
+        for (int l = 0; l < 2; l++) cache.Append(l, Gaussians(rng, 50 * HeadDim), Gaussians(rng, 50 * HeadDim), 50);
+        cache.ShareLayer(1, 0);
+        cache.BeginStatistics(new AttentionStatisticsRequest(0, GroupFold.Max));
+        Assert.Throws<InvalidOperationException>(() => cache.ShareLayer(1, 0));
+        var q = Gaussians(rng, 3 * 4 * HeadDim, 2);
+        var o = new float[q.Length];
+        for (int l = 0; l < 2; l++) cache.Attend(l, q, 3, 47, o);
+        var stats = cache.EndStatistics();
+        Assert.Equal(Enumerable.Range(0, 50), stats.Positions(1, 0));
+        Assert.True(stats.SumProbability(0, 0)[10] > 0);
+        Assert.Equal(stats.MaxProbability(0, 0).ToArray(), stats.MaxProbability(1, 0).ToArray());
+        Assert.Equal(stats.SumProbability(0, 0).ToArray(), stats.SumProbability(1, 0).ToArray());
+        Assert.Equal(stats.KeyNorms(0, 0).ToArray(), stats.KeyNorms(1, 0).ToArray());
     }
 
     /// <summary>

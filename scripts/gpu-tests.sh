@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU checks and benchmark for a machine with an NVIDIA GPU but no .NET.
+#
+#   scripts/gpu-tests.sh publish   (here, with the .NET SDK) publishes tests/KvSharp.GpuTests self-contained
+#                                  for linux-x64 into .gpu/ (git-ignored) with the stories260K test model.
+#   scripts/gpu-tests.sh run [bench args]   (on the GPU machine, from the repository root) runs the checks,
+#                                  then the decode benchmark if any bench arguments are given
+#                                  (e.g. --contexts 4096,32768 --steps 64).
+# Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
+# device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+  publish)
+    rm -rf .gpu/app
+    dotnet publish tests/KvSharp.GpuTests -c Release -r linux-x64 --self-contained \
+      -p:PublishTrimmed=true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true \
+      -p:DebugType=none -o .gpu/app
+    mkdir -p .gpu/models/stories260k
+    cp ../shared/models/stories260k/stories260K.gguf .gpu/models/stories260k/
+    du -sh .gpu
+    ;;
+  run)
+    shift
+    export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    status=0
+    .gpu/app/KvSharp.GpuTests selftest --stories .gpu/models/stories260k/stories260K.gguf || status=$?
+    if [ "$#" -gt 0 ]; then .gpu/app/KvSharp.GpuTests bench "$@" || status=$?; fi
+    exit $status
+    ;;
+  *)
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options]" >&2
+    exit 64
+    ;;
+esac

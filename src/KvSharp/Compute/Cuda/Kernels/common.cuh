@@ -1,0 +1,92 @@
+// Shared helpers for KvSharp's CUDA kernels. Compiled by NVRTC without the CUDA headers, so 16-bit
+// floats are plain unsigned shorts converted with PTX instructions (exact, round-to-nearest-even).
+#pragma once
+
+typedef unsigned short u16;
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((unsigned)b) << 16); }
+__device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v)
+{
+    __shared__ float partial[32];
+    v = warp_sum(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads(); // a previous call may still be reading partial[0]
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0)
+    {
+        v = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) partial[0] = v;
+    }
+    __syncthreads();
+    return partial[0];
+}
+
+// Weight element types: how to read one element, and how to unpack a 16-byte vector of them.
+struct WeightF32
+{
+    typedef float T;
+    static const int Vec = 4;
+    static __device__ __forceinline__ float get(const T* p, long i) { return p[i]; }
+    static __device__ __forceinline__ void unpack(uint4 v, float* out)
+    {
+        out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y); out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
+    }
+};
+
+struct WeightBF16
+{
+    typedef u16 T;
+    static const int Vec = 8;
+    static __device__ __forceinline__ float get(const T* p, long i) { return bf16_to_f32(p[i]); }
+    static __device__ __forceinline__ void unpack(uint4 v, float* out)
+    {
+        unsigned w[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+        for (int i = 0; i < 4; i++) { out[2 * i] = __uint_as_float(w[i] << 16); out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
+    }
+};
+
+struct WeightF16
+{
+    typedef u16 T;
+    static const int Vec = 8;
+    static __device__ __forceinline__ float get(const T* p, long i) { return f16_to_f32(p[i]); }
+    static __device__ __forceinline__ void unpack(uint4 v, float* out)
+    {
+        unsigned w[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+        for (int i = 0; i < 4; i++) { out[2 * i] = f16_to_f32((u16)(w[i] & 0xffffu)); out[2 * i + 1] = f16_to_f32((u16)(w[i] >> 16)); }
+    }
+};
+
+// 16-byte load of data read exactly once (weights, the KV cache): skips L1 so the small, reused
+// operands (activations, queries) stay there.
+__device__ __forceinline__ uint4 load_stream(const void* p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}

@@ -1,0 +1,399 @@
+using KvSharp.Compute.Cpu;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Formats;
+using KvSharp.Models;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// The Llama-family decoder of <see cref="Transformer"/> on an NVIDIA GPU: weights in device memory
+/// (bfloat16, float16 or float32), float32 activations, a float16 <see cref="CudaKvCache"/>.
+/// Decode (≤ 8 rows) multiplies with the memory-bound matrix-vector kernels; longer prefill chunks go
+/// through cuBLAS. Greedy generation replays one captured CUDA graph per token.
+/// </summary>
+public sealed class CudaTransformer : IDisposable
+{
+    private readonly CudaDevice _device;
+    private readonly CudaKernels _kernels;
+    private readonly CudaBlas _blas;
+    private readonly List<IDisposable> _owned = [];
+    private readonly Layer[] _layers;
+    private readonly DeviceMatrix _embedding, _output;
+    private readonly DeviceBuffer _outputNorm, _invFreq;
+    private Scratch? _scratch;
+    private CudaGraph? _decodeGraph;
+    private CudaKvCache? _graphCache;
+
+    /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
+    private sealed record Layer(
+        DeviceBuffer AttnNorm, DeviceMatrix Qkv, DeviceBuffer? QkvBias, DeviceBuffer? QNorm, DeviceBuffer? KNorm,
+        DeviceMatrix AttnOutput, DeviceBuffer FfnNorm, DeviceMatrix GateUp, DeviceMatrix Down);
+
+    /// <summary>Uploads <paramref name="weights"/> to <paramref name="device"/> with matrices in <paramref name="weightType"/>.</summary>
+    public CudaTransformer(CudaDevice device, ModelWeights weights, DeviceWeightType weightType = DeviceWeightType.BF16)
+    {
+        var c = weights.Config;
+        c.Validate(weights.Source);
+        if (!CudaKernels.SupportsGroup(c.GroupSize))
+            throw new KvSharpException($"{weights.Source}: {c.GroupSize} query heads per KV head are not supported by the CUDA backend (1..8 or 16)");
+        Config = c;
+        WeightType = weightType;
+        _device = device;
+        try
+        {
+            _kernels = Own(new CudaKernels(device));
+            _blas = Own(new CudaBlas(device));
+            var embedding = weights.Require(TensorNames.TokenEmbedding);
+            _embedding = Own(DeviceWeights.Matrix(device, embedding, c.VocabSize, c.HiddenSize, weightType));
+            var output = weights.Find(TensorNames.Output);
+            _output = output == null ? _embedding : Own(DeviceWeights.Matrix(device, output, c.VocabSize, c.HiddenSize, weightType));
+            _outputNorm = Own(DeviceWeights.Vector(device, Vector(weights, TensorNames.OutputNorm, c.HiddenSize)!));
+            _invFreq = Own(DeviceWeights.Vector(device, Rope.InverseFrequencies(c)));
+            int qDim = c.NumHeads * c.HeadDim, kvDim = c.NumKvHeads * c.HeadDim;
+            _layers = new Layer[c.NumLayers];
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                string N(string s) => TensorNames.Layer(l, s);
+                TensorView T(string s) => weights.Require(N(s));
+                DeviceBuffer? V(string s, int length) => Vector(weights, N(s), length) is { } v ? Own(DeviceWeights.Vector(device, v)) : null;
+                _layers[l] = new Layer(
+                    V(TensorNames.Suffix.AttnNorm, c.HiddenSize)!,
+                    Own(DeviceWeights.Stacked(device, [(T(TensorNames.Suffix.Q), qDim), (T(TensorNames.Suffix.K), kvDim), (T(TensorNames.Suffix.V), kvDim)], c.HiddenSize, weightType)),
+                    QkvBias(weights, l, qDim, kvDim),
+                    c.QkNorm ? V(TensorNames.Suffix.QNorm, c.HeadDim) : null, c.QkNorm ? V(TensorNames.Suffix.KNorm, c.HeadDim) : null,
+                    Own(DeviceWeights.Matrix(device, T(TensorNames.Suffix.AttnOutput), c.HiddenSize, qDim, weightType)),
+                    V(TensorNames.Suffix.FfnNorm, c.HiddenSize)!,
+                    Own(DeviceWeights.Stacked(device, [(T(TensorNames.Suffix.FfnGate), c.IntermediateSize), (T(TensorNames.Suffix.FfnUp), c.IntermediateSize)], c.HiddenSize, weightType)),
+                    Own(DeviceWeights.Matrix(device, T(TensorNames.Suffix.FfnDown), c.HiddenSize, c.IntermediateSize, weightType)));
+            }
+            device.Synchronize();
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The model's architecture.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>Element type of the device weight matrices.</summary>
+    public DeviceWeightType WeightType { get; }
+
+    /// <summary>The device the model lives on.</summary>
+    public CudaDevice Device => _device;
+
+    /// <summary>Rows per forward chunk: bounds activation memory for long prompts.</summary>
+    public int PrefillChunk { get; init; } = 512;
+
+    /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
+    public long WeightBytesReadPerToken =>
+        _layers.Sum(L => L.Qkv.Buffer.ByteLength + L.AttnOutput.Buffer.ByteLength + L.GateUp.Buffer.ByteLength + L.Down.Buffer.ByteLength)
+        + _output.Buffer.ByteLength;
+
+    internal CudaKernels Kernels => _kernels;
+
+    /// <summary>Layer 0's matrices and the output head with the kernel mode decode uses for each (for kernel benchmarks).</summary>
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode)> DecodeMatrices() =>
+    [
+        ("qkv", _layers[0].Qkv, CudaKernels.GemvMode.Store),
+        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate),
+        ("gate_up+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu),
+        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate),
+        ("output", _output, CudaKernels.GemvMode.Store),
+    ];
+
+    /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens.</summary>
+    public CudaKvCache CreateCache(int capacity) => new(_device, Config, capacity);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.Length.. and appends their keys and values to
+    /// <paramref name="cache"/>. Returns logits: [vocab] for the last token, or [tokens, vocab] with <see cref="LogitsMode.All"/>.
+    /// </summary>
+    public float[] Forward(ReadOnlySpan<int> tokens, CudaKvCache cache, LogitsMode mode = LogitsMode.Last)
+    {
+        if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (cache.Length + tokens.Length > cache.Capacity)
+            throw new KvSharpException($"{cache.Length} cached + {tokens.Length} new tokens exceed the CUDA KV cache capacity {cache.Capacity}");
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        _device.MakeCurrent();
+        int vocab = Config.VocabSize;
+        var logits = new float[mode == LogitsMode.All ? tokens.Length * vocab : vocab];
+        for (int start = 0; start < tokens.Length; start += PrefillChunk)
+        {
+            int n = Math.Min(PrefillChunk, tokens.Length - start);
+            bool last = start + n == tokens.Length;
+            var s = ScratchFor(n, cache, mode == LogitsMode.All ? n : 1);
+            s.Tokens.Upload(tokens.Slice(start, n));
+            s.Host[0] = cache.Length;
+            cache.Position.Upload<int>(s.Host.AsSpan(0, 1));
+            var plan = _kernels.PlanAttention(cache.Length + n, n, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+            EnsurePartials(s, n, plan);
+            EnqueueLayers(s, cache, n, s.Tokens.Pointer, plan);
+            if (mode == LogitsMode.All)
+            {
+                EnqueueLogits(s, 0, n);
+                s.Logits.Download(logits.AsSpan(start * vocab, n * vocab));
+            }
+            else if (last)
+            {
+                EnqueueLogits(s, n - 1, 1);
+                s.Logits.Download(logits.AsSpan(0, vocab));
+            }
+            _device.Synchronize();
+            cache.Length += n;
+        }
+        return logits;
+    }
+
+    /// <summary>
+    /// Greedy generation: runs <paramref name="prompt"/>, then produces up to <paramref name="maxNewTokens"/>
+    /// tokens, each from one replay of the captured decode step; stops after any of <paramref name="stopTokens"/>.
+    /// </summary>
+    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, CudaKvCache cache, IReadOnlySet<int>? stopTokens = null)
+    {
+        var result = new List<int>();
+        if (maxNewTokens <= 0) return result;
+        var logits = Forward(prompt, cache);
+        int token = ArgMax(logits);
+        result.Add(token);
+        int start = cache.Length;
+        int steps = Math.Min(maxNewTokens - 1, cache.Capacity - cache.Length);
+        if (stopTokens != null && stopTokens.Contains(token)) return result;
+        BeginDecode(cache, token);
+        var next = new int[1];
+        for (int i = 0; i < steps; i++)
+        {
+            _decodeGraph!.Launch();
+            cache.Length++;
+            if (stopTokens == null) continue;
+            cache.Next.Download<int>(next);
+            if (stopTokens.Contains(next[0])) { steps = i + 1; break; }
+        }
+        _device.Synchronize();
+        if (steps > 0)
+        {
+            var produced = new int[steps];
+            cache.History.Download<int>(produced, (long)start * sizeof(int));
+            result.AddRange(produced);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Prepares <paramref name="cache"/> for graph decode from its current length with <paramref name="token"/>
+    /// as the next input, capturing the decode step for this cache if needed.
+    /// </summary>
+    internal void BeginDecode(CudaKvCache cache, int token)
+    {
+        _device.MakeCurrent();
+        var s = ScratchFor(1, cache, 1);
+        var plan = _kernels.PlanAttention(cache.Capacity, 1, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+        EnsurePartials(s, 1, plan);
+        s.Host[0] = cache.Length;
+        s.Host[1] = token;
+        cache.Position.Upload<int>(s.Host.AsSpan(0, 1));
+        cache.Next.Upload<int>(s.Host.AsSpan(1, 1));
+        if (_graphCache != cache || _decodeGraph == null)
+        {
+            _decodeGraph?.Dispose();
+            _decodeGraph = CudaGraph.Capture(_device, () =>
+            {
+                EnqueueLayers(s, cache, 1, cache.Next.Pointer, plan);
+                EnqueueLogits(s, 0, 1);
+                _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
+            });
+            _graphCache = cache;
+        }
+    }
+
+    /// <summary>Queues <paramref name="steps"/> graph decode steps (after <see cref="BeginDecode"/>) without waiting.</summary>
+    internal void EnqueueDecodeSteps(CudaKvCache cache, int steps)
+    {
+        if (cache.Length + steps > cache.Capacity) throw new KvSharpException($"{steps} decode steps exceed the cache capacity {cache.Capacity}");
+        for (int i = 0; i < steps; i++) _decodeGraph!.Launch();
+        cache.Length += steps;
+    }
+
+    /// <summary>
+    /// Queues the decoder layers for n rows: X holds the residual stream; the final norm is left to
+    /// <see cref="EnqueueLogits"/>. Per layer: norm, QKV product, q/k norm + RoPE + cache append,
+    /// attention, output product added to X, norm, gate/up product with SwiGLU, down product added to X.
+    /// </summary>
+    private void EnqueueLayers(Scratch s, CudaKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan)
+    {
+        var c = Config;
+        int d = c.HiddenSize, hd = c.HeadDim, qkvDim = (c.NumHeads + 2 * c.NumKvHeads) * hd, ffn = c.IntermediateSize;
+        ulong pos = cache.Position.Pointer;
+        var k = _kernels;
+        bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
+        k.Embed(_embedding.Type, _embedding.Pointer, tokens, s.X.Pointer, n, d);
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            var L = _layers[l];
+            k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
+            MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
+            if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
+            k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
+                cache.Keys(l), cache.Values(l), n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps);
+            k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer,
+                n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan);
+            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
+            if (n <= CudaKernels.MaxGemvRows)
+            {
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.Xb.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu);
+            }
+            else
+            {
+                MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
+                k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
+            }
+            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
+        }
+    }
+
+    /// <summary>Final norm and output head for rows first .. first+count-1 of X, into Logits.</summary>
+    private void EnqueueLogits(Scratch s, int first, int count)
+    {
+        int d = Config.HiddenSize;
+        _kernels.RmsNorm(s.X.Pointer + (ulong)((long)first * d * 4), _outputNorm.Pointer, s.Xb.Pointer, count, d, Config.RmsNormEps);
+        MatMul(_output, s.Xb, s.Logits, count, s);
+    }
+
+    /// <summary>y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows, cuBLAS beyond.</summary>
+    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false)
+    {
+        if (n <= CudaKernels.MaxGemvRows)
+        {
+            _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n,
+                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store);
+            return;
+        }
+        ulong operand = x.Pointer;
+        if (w.Type != DeviceWeightType.F32)
+        {
+            _kernels.Narrow(w.Type, x.Pointer, s.Narrow.Pointer, (long)n * w.Cols);
+            operand = s.Narrow.Pointer;
+        }
+        int dataType = w.Type switch
+        {
+            DeviceWeightType.BF16 => Native.CublasApi.DataBF16,
+            DeviceWeightType.F16 => Native.CublasApi.DataF16,
+            _ => Native.CublasApi.DataF32,
+        };
+        _blas.MatMul(w.Pointer, operand, y.Pointer, w.Rows, w.Cols, n, dataType, accumulate);
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++) if (values[i] > values[best]) best = i;
+        return best;
+    }
+
+    /// <summary>Activation buffers for up to Rows rows (grown on demand, never inside a graph capture).</summary>
+    private sealed class Scratch(CudaDevice device, ModelConfig c, int rows, int logitRows) : IDisposable
+    {
+        public int Rows => rows;
+        public int LogitRows => logitRows;
+        public readonly int[] Host = new int[2];
+        public readonly DeviceBuffer Tokens = device.Allocate(rows * sizeof(int));
+        public readonly DeviceBuffer X = device.Allocate((long)rows * c.HiddenSize * 4);
+        public readonly DeviceBuffer Xb = device.Allocate((long)rows * c.HiddenSize * 4);
+        public readonly DeviceBuffer Qkv = device.Allocate((long)rows * (c.NumHeads + 2 * c.NumKvHeads) * c.HeadDim * 4);
+        public readonly DeviceBuffer Q = device.Allocate((long)rows * c.NumHeads * c.HeadDim * 4);
+        public readonly DeviceBuffer Att = device.Allocate((long)rows * c.NumHeads * c.HeadDim * 4);
+        public readonly DeviceBuffer GateUp = device.Allocate((long)(rows > CudaKernels.MaxGemvRows ? rows : 1) * 2 * c.IntermediateSize * 4);
+        public readonly DeviceBuffer Gate = device.Allocate((long)rows * c.IntermediateSize * 4);
+        public readonly DeviceBuffer Narrow = device.Allocate((long)rows * Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.NumHeads * c.HeadDim) * 2);
+        public readonly DeviceBuffer Logits = device.Allocate((long)logitRows * c.VocabSize * 4);
+        public readonly DeviceBuffer Counters = ZeroedCounters(device, rows * c.NumKvHeads);
+        public DeviceBuffer? PartOut, PartMl;
+
+        public void Dispose()
+        {
+            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, Counters, PartOut, PartMl }) b?.Dispose();
+        }
+
+        /// <summary>Attention's per-(row, KV head) chunk counters: zero once, and every launch leaves them zero.</summary>
+        private static DeviceBuffer ZeroedCounters(CudaDevice device, int count)
+        {
+            var b = device.Allocate(count * sizeof(int));
+            b.Fill32(0);
+            return b;
+        }
+    }
+
+    private Scratch ScratchFor(int rows, CudaKvCache cache, int logitRows)
+    {
+        if (cache.Config != Config) throw new KvSharpException("the CUDA KV cache was created for another model");
+        if (_scratch != null && _scratch.Rows >= rows && _scratch.LogitRows >= logitRows) return _scratch;
+        int newRows = Math.Max(rows, _scratch?.Rows ?? 0), newLogitRows = Math.Max(logitRows, _scratch?.LogitRows ?? 0);
+        DropGraph();
+        _scratch?.Dispose();
+        _scratch = new Scratch(_device, Config, newRows, newLogitRows);
+        return _scratch;
+    }
+
+    private void EnsurePartials(Scratch s, int rows, CudaKernels.AttentionPlan plan)
+    {
+        long needed = (long)rows * Config.NumHeads * plan.Splits;
+        if (s.PartMl != null && s.PartMl.ByteLength >= needed * 8) return;
+        DropGraph();
+        s.PartOut?.Dispose();
+        s.PartMl?.Dispose();
+        s.PartOut = _device.Allocate(needed * Config.HeadDim * 4);
+        s.PartMl = _device.Allocate(needed * 8);
+    }
+
+    private void DropGraph()
+    {
+        _decodeGraph?.Dispose();
+        _decodeGraph = null;
+        _graphCache = null;
+    }
+
+    /// <summary>Q, K and V biases stacked like the QKV matrix (zeros for a missing part), or null when the model has none.</summary>
+    private DeviceBuffer? QkvBias(ModelWeights weights, int layer, int qDim, int kvDim)
+    {
+        var q = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.QBias), qDim, optional: true);
+        var k = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.KBias), kvDim, optional: true);
+        var v = Vector(weights, TensorNames.Layer(layer, TensorNames.Suffix.VBias), kvDim, optional: true);
+        if (q == null && k == null && v == null) return null;
+        var bias = new float[qDim + 2 * kvDim];
+        q?.CopyTo(bias, 0);
+        k?.CopyTo(bias, qDim);
+        v?.CopyTo(bias, qDim + kvDim);
+        return Own(DeviceWeights.Vector(_device, bias));
+    }
+
+    private static float[]? Vector(ModelWeights weights, string name, int length, bool optional = false)
+    {
+        var t = weights.Find(name);
+        if (t == null) return optional ? null : throw new ModelFormatException(weights.Source, $"missing tensor '{name}'");
+        if (t.ElementCount != length)
+            throw new ModelFormatException(weights.Source, $"tensor '{name}' has {t.ElementCount} elements, expected {length}");
+        var v = new float[length];
+        unsafe { Dequantize.Block(t.Type, t.Data, v); }
+        return v;
+    }
+
+    private T Own<T>(T resource) where T : IDisposable
+    {
+        _owned.Add(resource);
+        return resource;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        DropGraph();
+        _scratch?.Dispose();
+        _scratch = null;
+        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
+        _owned.Clear();
+    }
+}

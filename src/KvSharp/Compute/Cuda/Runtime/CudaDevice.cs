@@ -1,0 +1,154 @@
+using System.Runtime.InteropServices;
+using KvSharp.Compute.Cuda.Native;
+
+namespace KvSharp.Compute.Cuda.Runtime;
+
+/// <summary>
+/// One NVIDIA GPU: its primary context, one non-blocking stream on which all of the backend's work is
+/// queued in order, and the properties kernels are tuned by. Opening fails with a single
+/// "CUDA unavailable: ..." <see cref="CudaException"/> when there is no driver or no device, so callers
+/// can fall back to the CPU backend, which stays the default.
+/// </summary>
+public sealed unsafe class CudaDevice : IDisposable
+{
+    private static readonly Lazy<string?> Probe = new(ProbeReason);
+    private static readonly Lazy<CudaDevice> SharedDevice = new(() => Open());
+    private IntPtr _context;
+    private bool _disposed;
+
+    private CudaDevice(int ordinal)
+    {
+        Ordinal = ordinal;
+        CudaApi.Check(CudaApi.cuDeviceGet(out int device, ordinal), "cuDeviceGet");
+        Handle = device;
+        byte* name = stackalloc byte[256];
+        CudaApi.Check(CudaApi.cuDeviceGetName(name, 256, device), "cuDeviceGetName");
+        Name = Marshal.PtrToStringUTF8((IntPtr)name) ?? "?";
+        ComputeMajor = Attribute(CudaApi.AttrComputeCapabilityMajor);
+        ComputeMinor = Attribute(CudaApi.AttrComputeCapabilityMinor);
+        MultiprocessorCount = Attribute(CudaApi.AttrMultiprocessorCount);
+        L2CacheBytes = Attribute(CudaApi.AttrL2CacheSize);
+        MaxSharedMemoryPerBlock = Attribute(CudaApi.AttrMaxSharedMemoryPerBlockOptin);
+        CudaApi.Check(CudaApi.cuDeviceTotalMem(out nuint total, device), "cuDeviceTotalMem_v2");
+        TotalMemory = (long)total;
+        CudaApi.Check(CudaApi.cuDevicePrimaryCtxRetain(out _context, device), "cuDevicePrimaryCtxRetain");
+        MakeCurrent();
+        CudaApi.Check(CudaApi.cuStreamCreate(out var stream, CudaApi.StreamNonBlocking), "cuStreamCreate");
+        Stream = stream;
+    }
+
+    /// <summary>Why CUDA cannot be used on this machine, or null when a device is available.</summary>
+    public static string? UnavailableReason => Probe.Value;
+
+    /// <summary>Whether a CUDA device can be opened.</summary>
+    public static bool IsAvailable => Probe.Value == null;
+
+    /// <summary>One device opened on first use and kept for the process (tests and tools share it).</summary>
+    public static CudaDevice Shared => SharedDevice.Value;
+
+    /// <summary>Opens device <paramref name="ordinal"/>; a "CUDA unavailable: ..." error when there is none.</summary>
+    public static CudaDevice Open(int ordinal = 0)
+    {
+        if (Probe.Value is { } reason) throw CudaException.Unavailable(reason);
+        CudaApi.Check(CudaApi.cuDeviceGetCount(out int count), "cuDeviceGetCount");
+        if (ordinal < 0 || ordinal >= count)
+            throw CudaException.Unavailable($"device {ordinal} requested, {count} present");
+        return new CudaDevice(ordinal);
+    }
+
+    /// <summary>Device index.</summary>
+    public int Ordinal { get; }
+
+    /// <summary>Marketing name ("NVIDIA H100 80GB HBM3").</summary>
+    public string Name { get; }
+
+    /// <summary>Compute capability, major part (9 on Hopper).</summary>
+    public int ComputeMajor { get; }
+
+    /// <summary>Compute capability, minor part.</summary>
+    public int ComputeMinor { get; }
+
+    /// <summary>Streaming multiprocessors: kernels size their grids to fill them.</summary>
+    public int MultiprocessorCount { get; }
+
+    /// <summary>L2 cache size in bytes.</summary>
+    public int L2CacheBytes { get; }
+
+    /// <summary>Largest dynamic shared memory one block may opt into.</summary>
+    public int MaxSharedMemoryPerBlock { get; }
+
+    /// <summary>Device memory in bytes.</summary>
+    public long TotalMemory { get; }
+
+    /// <summary>The architecture NVRTC compiles for ("sm_90").</summary>
+    public string Architecture => $"sm_{ComputeMajor}{ComputeMinor}";
+
+    internal int Handle { get; }
+
+    internal IntPtr Stream { get; }
+
+    /// <summary>Free device memory in bytes.</summary>
+    public long FreeMemory
+    {
+        get
+        {
+            MakeCurrent();
+            CudaApi.Check(CudaApi.cuMemGetInfo(out nuint free, out _), "cuMemGetInfo_v2");
+            return (long)free;
+        }
+    }
+
+    /// <summary>Allocates <paramref name="bytes"/> of device memory (plain cuMemAlloc, never managed memory).</summary>
+    public DeviceBuffer Allocate(long bytes) => new(this, bytes);
+
+    /// <summary>Waits for all work queued on the device's stream; surfaces errors of earlier asynchronous launches.</summary>
+    public void Synchronize()
+    {
+        MakeCurrent();
+        CudaApi.Check(CudaApi.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    }
+
+    /// <summary>Binds the device's context to the calling thread (contexts are per thread in the driver API).</summary>
+    internal void MakeCurrent() => CudaApi.Check(CudaApi.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
+
+    /// <summary>One line: name, architecture, multiprocessors, memory.</summary>
+    public override string ToString() =>
+        $"{Name} ({Architecture}, {MultiprocessorCount} SMs, {TotalMemory / (1L << 30)} GiB)";
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        MakeCurrent();
+        CudaApi.cuStreamDestroy(Stream);
+        CudaApi.cuDevicePrimaryCtxRelease(Handle);
+        _context = IntPtr.Zero;
+    }
+
+    private int Attribute(int attribute)
+    {
+        CudaApi.Check(CudaApi.cuDeviceGetAttribute(out int value, attribute, Handle), "cuDeviceGetAttribute");
+        return value;
+    }
+
+    private static string? ProbeReason()
+    {
+        try
+        {
+            int r = CudaApi.cuInit(0);
+            if (r != 0) return $"cuInit failed: {CudaApi.Describe(r)}";
+            r = CudaApi.cuDeviceGetCount(out int count);
+            if (r != 0) return $"cuDeviceGetCount failed: {CudaApi.Describe(r)}";
+            return count == 0 ? "no CUDA device is present" : null;
+        }
+        catch (DllNotFoundException)
+        {
+            return "the NVIDIA driver library libcuda.so.1 was not found (no NVIDIA driver on this machine)";
+        }
+        catch (EntryPointNotFoundException e)
+        {
+            return $"the NVIDIA driver is too old: {e.Message}";
+        }
+    }
+}

@@ -1,0 +1,167 @@
+namespace KvSharp.Compute.Cuda.Runtime;
+
+/// <summary>Element type of a device weight matrix.</summary>
+public enum DeviceWeightType
+{
+    /// <summary>bfloat16 (the usual inference precision: float32's range, 8 bits of mantissa).</summary>
+    BF16,
+    /// <summary>IEEE half precision.</summary>
+    F16,
+    /// <summary>float32 (exact against the CPU engine on float32 models; twice the bytes of BF16).</summary>
+    F32,
+}
+
+/// <summary>
+/// Typed launchers of the embedded kernels (elementwise.cu, gemv.cu, attention.cu), compiled for the
+/// device on first use. Every method only queues work on the device's stream.
+/// </summary>
+internal sealed class CudaKernels : IDisposable
+{
+    private const int Threads = 256;
+    private readonly CudaDevice _device;
+    private readonly CudaModule _elementwise, _gemv, _attention;
+
+    public CudaKernels(CudaDevice device)
+    {
+        _device = device;
+        _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu");
+        _attention = CudaModule.LoadEmbedded(device, "attention.cu");
+    }
+
+    public CudaDevice Device => _device;
+
+    /// <summary>Whether attention has a kernel for <paramref name="group"/> query heads per KV head (the ATTN instances in attention.cu).</summary>
+    public static bool SupportsGroup(int group) => group is >= 1 and <= 8 or 16;
+
+    /// <summary>Largest number of activation rows the matrix-vector kernels take (beyond it, cuBLAS).</summary>
+    public const int MaxGemvRows = 8;
+
+    public static string Suffix(DeviceWeightType t) => t switch
+    {
+        DeviceWeightType.BF16 => "bf16",
+        DeviceWeightType.F16 => "f16",
+        _ => "f32",
+    };
+
+    public static int ElementBytes(DeviceWeightType t) => t == DeviceWeightType.F32 ? 4 : 2;
+
+    private int GridFor(long n) => (int)Math.Min((n + Threads - 1) / Threads, (long)_device.MultiprocessorCount * 16);
+
+    public void Embed(DeviceWeightType type, ulong table, ulong tokens, ulong output, int n, int cols) =>
+        _elementwise["embed_" + Suffix(type)].Launch(n, Threads, 0, table, tokens, output, Arg.Int(cols));
+
+    /// <summary>One block per row; wide rows get 1024 threads so a decode step's single-row norm is short.</summary>
+    public void RmsNorm(ulong x, ulong weight, ulong y, int rows, int cols, float eps) =>
+        _elementwise["rmsnorm"].Launch(rows, cols >= 2048 ? 1024 : Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
+
+    /// <summary>Fused SwiGLU of a [rows, 2·ffn] gate/up product into out [rows, ffn].</summary>
+    public void SwiGluRows(ulong gateUp, ulong output, int ffn, int rows) =>
+        _elementwise["swiglu_rows"].Launch(GridFor((long)rows * ffn), Threads, 0, gateUp, output, Arg.Int(ffn), Arg.Long((long)rows * ffn));
+
+    public void AddBias(ulong x, ulong bias, int cols, long n) =>
+        _elementwise["add_bias"].Launch(GridFor(n), Threads, 0, x, bias, Arg.Int(cols), Arg.Long(n));
+
+    public void Narrow(DeviceWeightType type, ulong x, ulong y, long n) =>
+        _elementwise[type == DeviceWeightType.F16 ? "to_f16" : "to_bf16"].Launch(GridFor(n), Threads, 0, x, y, Arg.Long(n));
+
+    /// <summary>
+    /// From a fused QKV product [rows, (heads + 2·kvHeads)·hd]: optional per-head q/k RMSNorm (null weights skip it),
+    /// RoPE at positions *position.., queries to <paramref name="qOut"/>, keys and values into one layer's float16 cache.
+    /// </summary>
+    public void QkvRopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, ulong kCache, ulong vCache,
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved, float eps) =>
+        _elementwise["qkv_rope_append"].Launch(rows * (heads + kvHeads), 64, 0, qkv, qOut, qNorm, kNorm, invFreq, kCache, vCache,
+            Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps));
+
+    /// <summary>Greedy token of one logits row into next[0] (and history[*position]); *position += advance.</summary>
+    public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance) =>
+        _elementwise["argmax"].Launch(1, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance));
+
+    public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
+        _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
+
+    /// <summary>What a matrix-vector kernel does with its dot products.</summary>
+    public enum GemvMode
+    {
+        /// <summary>y = w·x.</summary>
+        Store,
+        /// <summary>y += w·x (the residual add fused).</summary>
+        Accumulate,
+        /// <summary>w holds gate rows then up rows ([2·rows, cols]); y = silu(gate·x) · (up·x).</summary>
+        SwiGlu,
+    }
+
+    /// <summary>y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>.</summary>
+    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store)
+    {
+        if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
+        const int warpsPerBlock = Threads / 32;
+        int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
+        int ksplit = 1;
+        if (mode == GemvMode.Accumulate)
+        {
+            // Atomic adds let several warps share a row: aim for ~32 warps per SM, parts of at least 32 vectors.
+            int maxSplit = Math.Max(1, cols / (32 * 8));
+            ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
+            warps *= ksplit;
+        }
+        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" };
+        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y,
+            Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
+    }
+
+    /// <summary>How a causal attention splits the sequence: chunk length, chunk count, shared memory per block.</summary>
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes);
+
+    /// <summary>
+    /// Chooses the chunk length so that (splits × KV heads × query rows) blocks fill the GPU a few times
+    /// over, within the shared memory a block may use for its scores.
+    /// </summary>
+    public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
+    {
+        int group = heads / kvHeads;
+        int maxChunk = MaxChunk(group, headDim);
+        if (maxChunk < 32) throw new CudaException("attention", $"a group of {group} heads of dimension {headDim} does not fit in shared memory");
+        long targetBlocks = 4L * _device.MultiprocessorCount;
+        long wantSplits = Math.Max(1, targetBlocks / ((long)kvHeads * rows));
+        int chunk = (int)Math.Min(maxChunk, Math.Max(32, (visible + wantSplits - 1) / wantSplits + 31) / 32 * 32);
+        int splits = (visible + chunk - 1) / chunk;
+        if (splits > chunk) // the merge keeps one weight per chunk in the scores area
+        {
+            chunk = Math.Min(maxChunk, ((int)Math.Ceiling(Math.Sqrt(visible)) + 31) / 32 * 32);
+            splits = (visible + chunk - 1) / chunk;
+            if (splits > chunk) throw new CudaException("attention", $"{visible} tokens need more than {maxChunk} chunks of {maxChunk}");
+        }
+        return new AttentionPlan(chunk, splits, SharedBytes(group, headDim, chunk));
+    }
+
+    /// <summary>Longest chunk whose scores fit the 48 KB of shared memory a block gets without opting in (less a little static memory).</summary>
+    public static int MaxChunk(int group, int headDim) => Math.Min(1024, ((48 * 1024 - 256) / 4 - 2 * group * headDim) / group) / 32 * 32;
+
+    /// <summary>Shared memory of one attention block: queries and output accumulators [group, hd], scores [group, chunk].</summary>
+    public static int SharedBytes(int group, int headDim, int chunk) => (2 * group * headDim + group * chunk) * 4;
+
+    /// <summary>
+    /// Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache, in one launch.
+    /// partOut [rows·heads·splits·hd] and partMl [rows·heads·splits·2] hold per-chunk results; counters
+    /// [rows·kvHeads] must be zero before the first launch (each launch leaves them zero).
+    /// </summary>
+    public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan)
+    {
+        int group = heads / kvHeads;
+        if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
+        float scale = 1f / MathF.Sqrt(headDim);
+        _attention[$"attn_g{group}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
+            q, kCache, vCache, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
+            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale));
+    }
+
+    public void Dispose()
+    {
+        _elementwise.Dispose();
+        _gemv.Dispose();
+        _attention.Dispose();
+    }
+}

@@ -1,0 +1,20 @@
+namespace KvSharp.GpuTests.Checks;
+
+/// <summary>Every GPU check by name, for the console runner.</summary>
+public static class GpuCheckList
+{
+    /// <summary>The checks; the model checks need stories260K at <paramref name="stories260K"/>.</summary>
+    public static IReadOnlyList<(string Name, Func<string> Run)> All(string stories260K) =>
+    [
+        ("rmsnorm", KernelChecks.RmsNorm),
+        ("qkv+rope+append", KernelChecks.QkvRopeAppend),
+        ("elementwise", KernelChecks.Elementwise),
+        ("embedding", KernelChecks.Embedding),
+        ("gemv", KernelChecks.Gemv),
+        ("cublas", KernelChecks.CublasGemm),
+        ("attention", KernelChecks.Attention),
+        ("argmax", KernelChecks.ArgMax),
+        ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
+        ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
+    ];
+}

@@ -1,0 +1,431 @@
+using System.Runtime.InteropServices;
+using KvSharp.Compute.Cuda.Runtime;
+
+namespace KvSharp.GpuTests.Checks;
+
+/// <summary>
+/// Each CUDA kernel against a float64 reference written here, on fresh random inputs, with the output
+/// poisoned (NaN) before the launch so an element the kernel never writes fails the comparison.
+/// </summary>
+public static class KernelChecks
+{
+    private static readonly Lazy<CudaKernels> SharedKernels = new(() => new CudaKernels(CudaDevice.Shared));
+
+    private static CudaKernels K
+    {
+        get
+        {
+            CudaDevice.Shared.MakeCurrent();
+            return SharedKernels.Value;
+        }
+    }
+
+    private static CudaDevice Dev => CudaDevice.Shared;
+
+    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
+    {
+        var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
+        b.Upload<T>(values);
+        return b;
+    }
+
+    private static DeviceBuffer Poisoned(long bytes)
+    {
+        var b = Dev.Allocate(bytes);
+        b.Poison();
+        return b;
+    }
+
+    private static float[] Result(DeviceBuffer b, int n)
+    {
+        Dev.Synchronize();
+        var r = new float[n];
+        b.Download<float>(r);
+        return r;
+    }
+
+    /// <summary>RMSNorm over rows of a width that is not a multiple of the block.</summary>
+    public static string RmsNorm()
+    {
+        var rnd = new RandomData();
+        int rows = 5, cols = 1000;
+        float eps = 1e-5f;
+        var x = rnd.Floats(rows * cols, 3f);
+        var w = rnd.Floats(cols, 2f);
+        using var dx = Upload(x);
+        using var dw = Upload(w);
+        using var dy = Poisoned(rows * cols * 4L);
+        K.RmsNorm(dx.Pointer, dw.Pointer, dy.Pointer, rows, cols, eps);
+        var expected = new double[rows * cols];
+        for (int r = 0; r < rows; r++)
+        {
+            double ss = 0;
+            for (int i = 0; i < cols; i++) ss += (double)x[r * cols + i] * x[r * cols + i];
+            double inv = 1 / Math.Sqrt(ss / cols + eps);
+            for (int i = 0; i < cols; i++) expected[r * cols + i] = x[r * cols + i] * inv * w[i];
+        }
+        return Compare.Relative($"rmsnorm (seed {rnd.Seed})", Result(dy, rows * cols), expected, 1e-6);
+    }
+
+    /// <summary>
+    /// The step after the fused QKV product: optional per-head q/k RMSNorm, RoPE in both pairings with Llama-3
+    /// frequency scaling at positions read from the device, queries out, keys and values into the float16 cache.
+    /// </summary>
+    public static string QkvRopeAppend()
+    {
+        var report = new List<string>();
+        foreach (bool interleaved in new[] { false, true })
+            foreach (bool qkNorm in new[] { false, true })
+            {
+                var rnd = new RandomData();
+                int n = 3, heads = 6, kvHeads = 2, hd = 64, capacity = 2100, pos0 = 37 + rnd.Next(2000);
+                double theta = 500000, factor = 8, low = 1, high = 4, original = 8192, eps = 1e-6;
+                var invFreq = new double[hd / 2];
+                for (int i = 0; i < hd / 2; i++)
+                {
+                    // Llama-3 scaling, written out independently: long wavelengths divided by the factor, short ones kept,
+                    // a linear blend (in 1/wavelength) between.
+                    double f = Math.Pow(theta, -2.0 * i / hd), wavelength = 2 * Math.PI / f;
+                    if (wavelength > original / low) f /= factor;
+                    else if (wavelength >= original / high)
+                    {
+                        double s = (original / wavelength - low) / (high - low);
+                        f = (1 - s) * f / factor + s * f;
+                    }
+                    invFreq[i] = f;
+                }
+                int stride = (heads + 2 * kvHeads) * hd;
+                var qkv = rnd.Floats(n * stride, 2f);
+                var qNorm = rnd.Floats(hd, 2f);
+                var kNorm = rnd.Floats(hd, 2f);
+                using var dqkv = Upload(qkv);
+                using var df = Upload(invFreq.Select(f => (float)f).ToArray());
+                using var dpos = Upload(new[] { pos0 });
+                using var dqn = Upload(qNorm);
+                using var dkn = Upload(kNorm);
+                using var dq = Poisoned(n * heads * hd * 4L);
+                using var kc = Poisoned(kvHeads * capacity * hd * 2L);
+                using var vc = Poisoned(kvHeads * capacity * hd * 2L);
+                K.QkvRopeAppend(dqkv.Pointer, dq.Pointer, qkNorm ? dqn.Pointer : Arg.Null, qkNorm ? dkn.Pointer : Arg.Null, df.Pointer,
+                    kc.Pointer, vc.Pointer, n, heads, kvHeads, hd, capacity, dpos.Pointer, interleaved, (float)eps);
+
+                double[] Rotated(int t, int offset, float[] norm)
+                {
+                    var x = new double[hd];
+                    double ss = 0;
+                    for (int d = 0; d < hd; d++) ss += (double)qkv[t * stride + offset + d] * qkv[t * stride + offset + d];
+                    double inv = qkNorm ? 1 / Math.Sqrt(ss / hd + eps) : 1;
+                    for (int d = 0; d < hd; d++) x[d] = qkv[t * stride + offset + d] * inv * (qkNorm ? norm[d] : 1);
+                    var y = new double[hd];
+                    for (int i = 0; i < hd / 2; i++)
+                    {
+                        int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+                        double a = (pos0 + t) * (double)(float)invFreq[i]; // the device's frequencies are float32
+                        y[i0] = x[i0] * Math.Cos(a) - x[i1] * Math.Sin(a);
+                        y[i1] = x[i0] * Math.Sin(a) + x[i1] * Math.Cos(a);
+                    }
+                    return y;
+                }
+                var expQ = new double[n * heads * hd];
+                var expK = new double[n * kvHeads * hd];
+                var gotK = new float[n * kvHeads * hd];
+                var gotV = new float[n * kvHeads * hd];
+                var expV = new float[n * kvHeads * hd];
+                Dev.Synchronize();
+                var kHost = new Half[kvHeads * capacity * hd];
+                var vHost = new Half[kvHeads * capacity * hd];
+                kc.Download<Half>(kHost);
+                vc.Download<Half>(vHost);
+                for (int t = 0; t < n; t++)
+                {
+                    for (int h = 0; h < heads; h++) Rotated(t, h * hd, qNorm).CopyTo(expQ, (t * heads + h) * hd);
+                    for (int h = 0; h < kvHeads; h++)
+                    {
+                        Rotated(t, (heads + h) * hd, kNorm).CopyTo(expK, (t * kvHeads + h) * hd);
+                        for (int d = 0; d < hd; d++)
+                        {
+                            int cacheIndex = (h * capacity + pos0 + t) * hd + d, i = (t * kvHeads + h) * hd + d;
+                            gotK[i] = (float)kHost[cacheIndex];
+                            gotV[i] = (float)vHost[cacheIndex];
+                            expV[i] = (float)(Half)qkv[t * stride + (heads + kvHeads + h) * hd + d];
+                        }
+                    }
+                }
+                string what = $"{(interleaved ? "interleaved" : "half-split")}{(qkNorm ? "+qk-norm" : "")} pos {pos0} (seed {rnd.Seed})";
+                // float32 angles at positions of a few thousand carry ~1e-4 rad of rounding; keys are then rounded to float16.
+                report.Add(Compare.Relative($"q {what}", Result(dq, n * heads * hd), expQ, 5e-4));
+                report.Add(Compare.Relative($"k(f16) {what}", gotK, expK, 1e-3));
+                report.Add(Compare.Exact($"v(f16) {what}", gotV, expV));
+            }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>SwiGLU over fused gate/up rows and the bias add, over lengths that do not fill the last block.</summary>
+    public static string Elementwise()
+    {
+        var rnd = new RandomData();
+        int rows = 7, ffn = 1003, cols = 131, n = 10007;
+        var gu = rnd.Floats(rows * 2 * ffn, 6f);
+        using var dgu = Upload(gu);
+        using var dout = Poisoned((long)rows * ffn * 4);
+        K.SwiGluRows(dgu.Pointer, dout.Pointer, ffn, rows);
+        var expSwiglu = new double[rows * ffn];
+        for (int t = 0; t < rows; t++)
+            for (int i = 0; i < ffn; i++)
+            {
+                double g = gu[t * 2 * ffn + i];
+                expSwiglu[t * ffn + i] = g / (1 + Math.Exp(-g)) * gu[t * 2 * ffn + ffn + i];
+            }
+        string a = Compare.Relative("swiglu rows", Result(dout, rows * ffn), expSwiglu, 1e-6);
+
+        var x = rnd.Floats(n);
+        var bias = rnd.Floats(cols);
+        using var dx = Upload(x);
+        using var db = Upload(bias);
+        K.AddBias(dx.Pointer, db.Pointer, cols, n);
+        var expAdd = new double[n];
+        for (int i = 0; i < n; i++) expAdd[i] = (double)x[i] + bias[i % cols];
+        return a + "; " + Compare.Relative($"bias add (seed {rnd.Seed})", Result(dx, n), expAdd, 1e-6);
+    }
+
+    /// <summary>Embedding rows gathered from tables of each weight type (exact widening).</summary>
+    public static string Embedding()
+    {
+        var rnd = new RandomData();
+        int vocab = 300, cols = 72, n = 9;
+        var table = rnd.Floats(vocab * cols);
+        var tokens = Enumerable.Range(0, n).Select(_ => rnd.Next(vocab)).ToArray();
+        using var dtok = Upload(tokens);
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.F32, DeviceWeightType.BF16, DeviceWeightType.F16 })
+        {
+            float[] widened;
+            DeviceBuffer dt;
+            switch (type)
+            {
+                case DeviceWeightType.BF16:
+                    var b = RandomData.ToBFloat16(table);
+                    widened = b.Select(v => (float)RandomData.BFloat16ToDouble(v)).ToArray();
+                    dt = Upload(b);
+                    break;
+                case DeviceWeightType.F16:
+                    var h = RandomData.ToHalf(table);
+                    widened = h.Select(v => (float)v).ToArray();
+                    dt = Upload(h);
+                    break;
+                default:
+                    widened = table;
+                    dt = Upload(table);
+                    break;
+            }
+            using (dt)
+            {
+                using var dout = Poisoned(n * cols * 4L);
+                K.Embed(type, dt.Pointer, dtok.Pointer, dout.Pointer, n, cols);
+                var expected = new float[n * cols];
+                for (int t = 0; t < n; t++) Array.Copy(widened, tokens[t] * cols, expected, t * cols, cols);
+                report.Add(Compare.Exact($"embed {type}", Result(dout, n * cols), expected));
+            }
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// Matrix-vector kernels: each weight type, 1/3/8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
+    /// row count (two rows per warp), and the accumulate and SwiGLU epilogues.
+    /// </summary>
+    public static string Gemv()
+    {
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
+            foreach (int cols in new[] { 1024, 172 })
+                foreach (int n in new[] { 1, 3, 8 })
+                    foreach (var mode in new[] { CudaKernels.GemvMode.Store, CudaKernels.GemvMode.Accumulate, CudaKernels.GemvMode.SwiGlu })
+                    {
+                        var rnd = new RandomData();
+                        int rows = 333; // odd: the last warp has one row
+                        int matrixRows = mode == CudaKernels.GemvMode.SwiGlu ? 2 * rows : rows;
+                        var (dw, weights) = Weights(type, rnd.Floats(matrixRows * cols));
+                        using var _ = dw;
+                        var x = rnd.Floats(n * cols);
+                        var y0 = rnd.Floats(n * rows);
+                        using var dx = Upload(x);
+                        using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
+                        K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode);
+                        var products = Reference(weights, x, matrixRows, cols, n);
+                        var expected = new double[n * rows];
+                        for (int t = 0; t < n; t++)
+                            for (int r = 0; r < rows; r++)
+                            {
+                                expected[t * rows + r] = mode switch
+                                {
+                                    CudaKernels.GemvMode.Accumulate => y0[t * rows + r] + products[t * rows + r],
+                                    CudaKernels.GemvMode.SwiGlu => Silu(products[t * matrixRows + r]) * products[t * matrixRows + rows + r],
+                                    _ => products[t * rows + r],
+                                };
+                            }
+                        report.Add(Compare.Relative($"gemv {type} {mode} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
+                    }
+        return string.Join("; ", report);
+    }
+
+    private static double Silu(double g) => g / (1 + Math.Exp(-g));
+
+    /// <summary>cuBLAS products (prefill) in bfloat16 and float32 against float64 on the same rounded operands.</summary>
+    public static string CublasGemm()
+    {
+        var report = new List<string>();
+        using var blas = new CudaBlas(Dev);
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
+        {
+            var rnd = new RandomData();
+            int rows = 300, cols = 256, n = 37;
+            var (dw, weights) = Weights(type, rnd.Floats(rows * cols));
+            using var _ = dw;
+            var x = rnd.Floats(n * cols);
+            using var dx = Upload(x);
+            using var dn = Poisoned((long)n * cols * 2);
+            var y0 = rnd.Floats(n * rows);
+            using var dy = Upload(y0); // accumulated into: the residual add of the output and down projections
+            double[] xr;
+            int dataType;
+            ulong operand = dx.Pointer;
+            if (type == DeviceWeightType.F32)
+            {
+                xr = x.Select(v => (double)v).ToArray();
+                dataType = Compute.Cuda.Native.CublasApi.DataF32;
+            }
+            else
+            {
+                K.Narrow(type, dx.Pointer, dn.Pointer, x.Length);
+                operand = dn.Pointer;
+                xr = type == DeviceWeightType.BF16
+                    ? RandomData.ToBFloat16(x).Select(RandomData.BFloat16ToDouble).ToArray()
+                    : RandomData.ToHalf(x).Select(v => (double)v).ToArray();
+                dataType = type == DeviceWeightType.BF16 ? Compute.Cuda.Native.CublasApi.DataBF16 : Compute.Cuda.Native.CublasApi.DataF16;
+            }
+            blas.MatMul(dw.Pointer, operand, dy.Pointer, rows, cols, n, dataType, accumulate: true);
+            var expected = Reference(weights, xr, rows, cols, n).Select((v, i) => v + y0[i]).ToArray();
+            report.Add(Compare.Relative($"cublas {type} {n}x{cols}x{rows}", Result(dy, n * rows), expected, 1e-5));
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// Flash-decoding attention over a float16 cache: GQA, several query rows at consecutive positions
+    /// (causal), the planner's multi-chunk split and a single chunk, a large and a tiny head dimension.
+    /// </summary>
+    public static string Attention()
+    {
+        var report = new List<string>();
+        foreach (var (heads, kvHeads, hd, pos0, n) in new[] { (8, 2, 128, 1000, 3), (8, 4, 8, 0, 5), (14, 2, 64, 300, 1), (16, 1, 128, 50, 2), (3, 3, 96, 70, 2) })
+        {
+            var rnd = new RandomData();
+            int capacity = pos0 + n + 17;
+            int visibleMax = pos0 + n;
+            // Random K and V rounded through float16 (the cache's type), in the cache layout [kvHeads, capacity, hd].
+            var kh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
+            var vh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
+            var q = rnd.Floats(n * heads * hd, 2f);
+            using var dk = Upload(kh);
+            using var dv = Upload(vh);
+            using var dq = Upload(q);
+            using var dpos = Upload(new[] { pos0 });
+            var expected = new double[n * heads * hd];
+            int group = heads / kvHeads;
+            for (int t = 0; t < n; t++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int kvh = h / group, visible = pos0 + t + 1;
+                    var s = new double[visible];
+                    double max = double.NegativeInfinity;
+                    for (int j = 0; j < visible; j++)
+                    {
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[(kvh * capacity + j) * hd + d];
+                        s[j] = dot / Math.Sqrt(hd);
+                        max = Math.Max(max, s[j]);
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
+                    for (int d = 0; d < hd; d++)
+                    {
+                        double acc = 0;
+                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[(kvh * capacity + j) * hd + d];
+                        expected[(t * heads + h) * hd + d] = acc / sum;
+                    }
+                }
+            var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
+            int singleChunk = CudaKernels.MaxChunk(group, hd);
+            var single = new CudaKernels.AttentionPlan(singleChunk, 1, CudaKernels.SharedBytes(group, hd, singleChunk));
+            foreach (var plan in visibleMax <= singleChunk ? new[] { planned, single } : new[] { planned })
+            {
+                using var po = Poisoned((long)n * heads * plan.Splits * hd * 4);
+                using var pml = Poisoned((long)n * heads * plan.Splits * 8);
+                using var counters = Dev.Allocate(n * kvHeads * 4L);
+                counters.Fill32(0);
+                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                {
+                    using var dout = Poisoned((long)n * heads * hd * 4);
+                    K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan);
+                    report.Add(Compare.Relative($"attention H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} splits{plan.Splits} (seed {rnd.Seed})",
+                        Result(dout, n * heads * hd), expected, 2e-5));
+                }
+            }
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>The greedy argmax (first of equal maxima, as the CPU sampler) with the decode step's history and position bookkeeping.</summary>
+    public static string ArgMax()
+    {
+        var rnd = new RandomData();
+        int capacity = 50, pos0 = 20;
+        using var dpos = Upload(new[] { pos0 });
+        int vocab = 50021;
+        var logits = rnd.Floats(vocab, 10f);
+        int first = 1 + rnd.Next(vocab / 2), second = first + 1 + rnd.Next(vocab / 2 - 2);
+        logits[first] = logits[second] = 11f; // two equal maxima: the lower index wins, as in the CPU sampler
+        using var dl = Upload(logits);
+        using var next = Poisoned(4);
+        using var history = Poisoned(capacity * 4L);
+        K.ArgMax(dl.Pointer, vocab, next.Pointer, history.Pointer, dpos.Pointer, 1);
+        Dev.Synchronize();
+        var got = new int[1];
+        next.Download<int>(got);
+        var hist = new int[capacity];
+        history.Download<int>(hist);
+        var pos = new int[1];
+        dpos.Download<int>(pos);
+        if (got[0] != first || hist[pos0] != first || pos[0] != pos0 + 1)
+            throw new CheckFailedException($"argmax: got {got[0]} (history {hist[pos0]}, position {pos[0]}), expected {first} at position {pos0 + 1} (seed {rnd.Seed})");
+        return $"argmax picks {first} of two maxima (seed {rnd.Seed})";
+    }
+
+    private static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch
+    {
+        DeviceWeightType.BF16 => Pair(RandomData.ToBFloat16(w), RandomData.BFloat16ToDouble),
+        DeviceWeightType.F16 => Pair(RandomData.ToHalf(w), h => (double)h),
+        _ => Pair(w, f => (double)f),
+    };
+
+    private static (DeviceBuffer, double[]) Pair<T>(T[] stored, Func<T, double> widen) where T : unmanaged =>
+        (Upload(stored), stored.Select(widen).ToArray());
+
+    private static double[] Reference(double[] w, float[] x, int rows, int cols, int n) =>
+        Reference(w, x.Select(v => (double)v).ToArray(), rows, cols, n);
+
+    private static double[] Reference(double[] w, double[] x, int rows, int cols, int n)
+    {
+        var y = new double[n * rows];
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++)
+            {
+                double acc = 0;
+                for (int c = 0; c < cols; c++) acc += w[r * cols + c] * x[t * cols + c];
+                y[t * rows + r] = acc;
+            }
+        return y;
+    }
+}

@@ -1,0 +1,57 @@
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.GpuTests.Bench;
+using KvSharp.GpuTests.Checks;
+
+// KvSharp's GPU checks and GPU benchmark, as a self-contained program for machines without .NET.
+//   KvSharp.GpuTests selftest [--stories PATH]
+//   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--steps 64] [--prefill 4096]
+string command = args.Length > 0 ? args[0] : "selftest";
+string Option(string name, string fallback)
+{
+    int i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+}
+
+if (CudaDevice.UnavailableReason is { } reason)
+{
+    Console.WriteLine($"CUDA unavailable: {reason}");
+    return 2;
+}
+
+switch (command)
+{
+    case "selftest":
+        {
+            Console.WriteLine($"device: {CudaDevice.Shared}");
+            string stories = Option("--stories", Path.Combine("..", "shared", "models", "stories260k", "stories260K.gguf"));
+            int passed = 0, failed = 0;
+            foreach (var (name, run) in GpuCheckList.All(stories))
+            {
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                try
+                {
+                    string detail = run();
+                    passed++;
+                    Console.WriteLine($"PASS {name} ({sw.Elapsed.TotalSeconds:F2} s): {detail}");
+                }
+                catch (Exception e)
+                {
+                    failed++;
+                    Console.WriteLine($"FAIL {name} ({sw.Elapsed.TotalSeconds:F2} s): {e.GetType().Name}: {e.Message}");
+                    if (e is not CheckFailedException) Console.WriteLine(e.StackTrace);
+                }
+            }
+            Console.WriteLine($"{passed} passed, {failed} failed");
+            return failed == 0 ? 0 : 1;
+        }
+    case "bench":
+        {
+            var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();
+            DecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts,
+                int.Parse(Option("--steps", "64")), int.Parse(Option("--prefill", "4096")), Console.Out);
+            return 0;
+        }
+    default:
+        Console.WriteLine($"unknown command '{command}' (selftest, bench)");
+        return 64;
+}
