@@ -39,14 +39,17 @@ public sealed class KvTunerConfig
     {
         ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path)) throw new KvSharpException($"KVTuner config '{path}': file not found");
-        try { return Parse(File.ReadAllText(path), path); }
-        catch (JsonException e) { throw new KvSharpException($"KVTuner config '{path}': not valid JSON ({e.Message})"); }
+        return Parse(File.ReadAllText(path), path);
     }
 
     /// <summary>Parses the JSON text of a configuration; <paramref name="source"/> names it in errors.</summary>
+    /// <exception cref="KvSharpException">Malformed JSON, no "layers" array, or an unknown pair.</exception>
     public static KvTunerConfig Parse(string json, string source)
     {
-        using var doc = JsonDocument.Parse(json);
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(json); }
+        catch (JsonException e) { throw new KvSharpException($"KVTuner config '{source}': not valid JSON ({e.Message})"); }
+        using var _ = doc;
         if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("layers", out var layers) || layers.ValueKind != JsonValueKind.Array)
             throw new KvSharpException($"KVTuner config '{source}': expected an object with a \"layers\" array (e.g. {{\"layers\": [\"KV8\", \"K8V4\"]}})");
         var pairs = new List<KvTunerPair>();
