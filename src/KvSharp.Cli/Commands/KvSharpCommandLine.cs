@@ -29,6 +29,7 @@ public static class KvSharpCommandLine
         root.Subcommands.Add(AskCommand.Create(context));
         root.Subcommands.Add(EvalCommand.Create(context));
         root.Subcommands.Add(ReportCommand.Create(context));
+        root.Subcommands.Add(CalibrateCommand.Create(context));
         return root;
     }
 

@@ -132,18 +132,34 @@ public static class PressRegistry
         ArgumentNullException.ThrowIfNull(text);
         string press = text.Trim();
         if (press.Length == 0) throw new KvSharpException($"press '': empty; {Known()}");
-        var units = new List<List<Segment>>();
-        foreach (var segment in Flatten(press, press))
+        var built = new List<IKvPress>();
+        List<Segment>? unit = null;
+        foreach (var part in SplitTopLevel(press, press))
         {
-            if (FindScorer(segment.Name) != null) units.Add([segment]);
-            else if (FindBudget(segment.Name) != null || FindSelector(segment.Name) != null)
+            // A quantization press (kivi, mikv(...), ...) is a whole unit of its own.
+            if (Quantization.QuantizationPresses.Names(part))
             {
-                if (units.Count == 0) throw new KvSharpException($"press '{press}': '{segment.Name}' needs a scorer before it (e.g. snapkv+{segment.Name}) or inside it ({segment.Name}(snapkv)); {Known()}");
-                units[^1].Add(segment);
+                if (unit != null) built.Add(Build(press, unit));
+                unit = null;
+                built.Add(Quantization.QuantizationPresses.Create(press, part));
+                continue;
             }
-            else throw new KvSharpException($"press '{press}': unknown method '{segment.Name}'; {Known()}");
+            foreach (var segment in Flatten(press, part))
+            {
+                if (FindScorer(segment.Name) != null)
+                {
+                    if (unit != null) built.Add(Build(press, unit));
+                    unit = [segment];
+                }
+                else if (FindBudget(segment.Name) != null || FindSelector(segment.Name) != null)
+                {
+                    if (unit == null) throw new KvSharpException($"press '{press}': '{segment.Name}' needs a scorer before it (e.g. snapkv+{segment.Name}) or inside it ({segment.Name}(snapkv)); {Known()}");
+                    unit.Add(segment);
+                }
+                else throw new KvSharpException($"press '{press}': unknown method '{segment.Name}'; {Known()}");
+            }
         }
-        var built = units.Select(u => Build(press, u)).ToList();
+        if (unit != null) built.Add(Build(press, unit));
         return built.Count == 1 ? built[0] : new SequentialPress(built);
     }
 
@@ -253,7 +269,7 @@ public static class PressRegistry
         return KeepTarget.Ratio(args.Double("keep", defaultKeep, 0, 1));
     }
 
-    private static IEnumerable<(string Name, string Value)> ParseParameters(string press, string? text)
+    internal static IEnumerable<(string Name, string Value)> ParseParameters(string press, string? text)
     {
         if (text == null) yield break;
         if (text.Trim().Length == 0) throw new KvSharpException($"press '{press}': nothing after ':' (expected name=value,...)");
@@ -278,5 +294,5 @@ public static class PressRegistry
 
     private static string Names(PressPartKind kind) => string.Join(", ", Presses.Where(p => p.Kind == kind).Select(p => p.Name));
 
-    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}";
+    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}";
 }

@@ -1,0 +1,175 @@
+using System.Globalization;
+using System.Text.Json;
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compression;
+using KvSharp.Compression.Registry;
+using KvSharp.Generation;
+using KvSharp.Models;
+
+namespace KvSharp.Bench.Quantization;
+
+/// <summary>
+/// <c>quant-methods [kvtuner-stories.json] [needle samples]</c>: the quantization presses measured on real models.
+/// Per method: KV bytes per token from the cache's accounting, attention output error against a float32 cache on the
+/// same queries, KL of next-token distributions on TinyStories text (stories260k) and retrieval accuracy on
+/// needle_eval NIAH samples (kvsharp-needle-16m). Prints a markdown table.
+/// </summary>
+internal static class QuantMethodsBench
+{
+    private static readonly string Shared = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
+
+    public static void Run(string[] args)
+    {
+        string? kvtuner = args.Length > 1 ? args[1] : null;
+        int samples = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 8;
+        var methods = new List<(string Name, string? Press)>
+        {
+            ("F16 (no press)", null),
+            ("KIVI-4 (r=32)", "kivi:bits=4,residual=32"),
+            ("KIVI-2 (r=32)", "kivi:bits=2,residual=32"),
+            ("MiKV int8/int2 top 0.2 (h2o)", "mikv(h2o):high=int8,low=int2,top=0.2"),
+            ("ZipVL tau 0.95 int8/int2 (snapkv)", "zipvl(snapkv):tau=0.95,high=int8,low=int2"),
+            ("LeanKV 0.9/0.99 K8V4/K4V2/prune (snapkv)", "leankv(snapkv):high=0.9,low=0.99"),
+            ("VidKV realised, salient 0.1 (snapkv)", "vidkv(snapkv):salient=0.1"),
+        };
+        if (kvtuner != null) methods.Add(("KVTuner (stories260k search)", $"kvtuner:file={kvtuner}"));
+
+        string storiesPath = Path.Combine(Shared, "models/stories260k/stories260K.gguf");
+        using (var stories = LanguageModel.Load(storiesPath))
+        {
+            var text = stories.Encode(File.ReadAllText(Path.Combine(Shared, "data/misc/tinystories_valid_excerpt.txt")));
+            Console.WriteLine($"stories260k: {text.Length} tokens of TinyStories; context 256, scored 128 (x2 windows)");
+            foreach (var (name, press) in methods)
+            {
+                var acc = new Accumulator();
+                for (int w = 0; w < 2; w++)
+                {
+                    var window = text.Skip(w * 384).Take(384).ToArray();
+                    Measure(stories, window[..256], window[256..], press, acc, out _);
+                }
+                Console.WriteLine($"| stories260k | {name} | {acc.BytesPerToken:F1} | {acc.AttentionError:E2} | {acc.Kl:E2} | |");
+            }
+        }
+
+        using var needle = LanguageModel.Load(Path.Combine(Shared, "models/kvsharp-needle-16m"));
+        var rows = File.ReadLines(Path.Combine(Shared, "data/needle_eval/eval_public.jsonl"))
+            .Select(l => JsonDocument.Parse(l).RootElement)
+            .Where(r => r.GetProperty("task").GetString()!.StartsWith("niah_single", StringComparison.Ordinal) && r.GetProperty("full_cache_correct").GetBoolean())
+            .OrderBy(r => r.GetProperty("length").GetInt32()).Take(samples).ToList();
+        Console.WriteLine($"needle-16m: {rows.Count} niah_single samples the full cache answers correctly, {rows.Average(r => r.GetProperty("length").GetInt32()):F0} tokens on average");
+        foreach (var (name, press) in methods)
+        {
+            if (press != null && press.StartsWith("kvtuner", StringComparison.Ordinal)) continue; // calibrated for stories260k's 5 layers
+            var acc = new Accumulator();
+            int correct = 0;
+            foreach (var r in rows)
+            {
+                string input = r.GetProperty("input").GetString()!;
+                int q = input.LastIndexOf("What is the special magic", StringComparison.Ordinal);
+                var context = needle.Encode(input[..q]);
+                var question = needle.Tokenizer.Encode(input[q..], addSpecial: false);
+                Measure(needle, context, question, press, acc, out var answer);
+                string expected = r.GetProperty("outputs")[0].GetString()!;
+                if (needle.Tokenizer.Decode(answer).Contains(expected, StringComparison.Ordinal)) correct++;
+            }
+            Console.WriteLine($"| needle-16m | {name} | {acc.BytesPerToken:F1} | {acc.AttentionError:E2} | | {correct}/{rows.Count} |");
+        }
+    }
+
+    private sealed class Accumulator
+    {
+        public double ErrorSquares, ReferenceSquares, KlSum, Bytes;
+        public long KlCount, Tokens;
+        public double BytesPerToken => Bytes / Tokens;
+        public double AttentionError => Math.Sqrt(ErrorSquares / ReferenceSquares);
+        public double Kl => KlSum / KlCount;
+    }
+
+    /// <summary>
+    /// Prefills <paramref name="context"/> (float32 reference; the press starts from an F16 copy), compresses, then runs
+    /// <paramref name="next"/> teacher-forced through a probe that attends with both caches on the same queries, and
+    /// greedily decodes 24 tokens after it (the answer).
+    /// </summary>
+    private static void Measure(LanguageModel model, int[] context, int[] next, string? press, Accumulator acc, out List<int> answer)
+    {
+        var config = model.Config;
+        int max = context.Length + next.Length + 32;
+        using var reference = new PagedKvCache(config, new PagedKvCacheOptions { KeyFormat = KvFormat.F32, ValueFormat = KvFormat.F32, MaxTokens = max });
+        model.Transformer.Forward(context, reference);
+        using var compressed = reference.Fork();
+        for (int l = 0; l < config.NumLayers; l++)
+            for (int h = 0; h < config.NumKvHeads; h++)
+                compressed.Requantize(l, h, Enumerable.Repeat(true, compressed.Positions(l, h).Count).ToArray(), KvFormat.F16, KvFormat.F16);
+        if (press != null) PressRegistry.Parse(press).Compress(new PressContext(model.Transformer, compressed, context));
+        acc.Bytes += compressed.ByteCount;
+        acc.Tokens += context.Length;
+
+        using var refRun = reference.Fork();
+        var refLogits = model.Transformer.Forward(next, refRun, LogitsMode.All);
+        using var probe = new Probe(compressed, reference.Fork(), acc);
+        var logits = model.Transformer.Forward(next, probe, LogitsMode.All);
+        int vocab = config.VocabSize;
+        for (int t = 0; t < next.Length; t++)
+        {
+            var p = LogSoftmax(refLogits.AsSpan(t * vocab, vocab));
+            var q = LogSoftmax(logits.AsSpan(t * vocab, vocab));
+            double kl = 0;
+            for (int v = 0; v < vocab; v++) kl += Math.Exp(p[v]) * (p[v] - q[v]);
+            acc.KlSum += kl; acc.KlCount++;
+        }
+        answer = new List<int>();
+        var last = logits.AsSpan((next.Length - 1) * vocab, vocab).ToArray();
+        for (int i = 0; i < 24; i++)
+        {
+            int token = 0;
+            for (int v = 1; v < vocab; v++) if (last[v] > last[token]) token = v;
+            if (model.Tokenizer.EosIds.Contains(token)) break;
+            answer.Add(token);
+            last = model.Transformer.Forward([token], probe);
+        }
+    }
+
+    private static double[] LogSoftmax(ReadOnlySpan<float> x)
+    {
+        double max = double.NegativeInfinity;
+        foreach (float v in x) max = Math.Max(max, v);
+        double sum = 0;
+        foreach (float v in x) sum += Math.Exp(v - max);
+        double lse = max + Math.Log(sum);
+        var r = new double[x.Length];
+        for (int i = 0; i < r.Length; i++) r[i] = x[i] - lse;
+        return r;
+    }
+
+    /// <summary>A cache that is the compressed one for the model, and also attends with the reference on the same queries.</summary>
+    private sealed class Probe(PagedKvCache compressed, PagedKvCache reference, Accumulator acc) : IKvCache
+    {
+        public int Length => compressed.Length;
+        public long ByteCount => compressed.ByteCount;
+
+        public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
+        {
+            compressed.Append(layer, keys, values, count);
+            reference.Append(layer, keys, values, count);
+        }
+
+        public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
+        {
+            compressed.Attend(layer, queries, count, firstPosition, output);
+            var r = new float[output.Length];
+            reference.Attend(layer, queries, count, firstPosition, r);
+            for (int i = 0; i < r.Length; i++)
+            {
+                double d = output[i] - r[i];
+                acc.ErrorSquares += d * d;
+                acc.ReferenceSquares += (double)r[i] * r[i];
+            }
+        }
+
+        public void Truncate(int length) => throw new NotSupportedException("the probe only appends");
+
+        public void Dispose() => reference.Dispose();
+    }
+}

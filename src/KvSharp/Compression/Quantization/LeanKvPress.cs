@@ -1,0 +1,62 @@
+using System.Globalization;
+using KvSharp.Compression.Scorers;
+
+namespace KvSharp.Compression.Quantization;
+
+/// <summary>
+/// LeanKV's unified prune + quantize (Zhang et al. 2024): on one importance scale per head (attention score), the
+/// tokens covering the first <see cref="HighMass"/> of the head's normalised attention mass are stored K8V4, those
+/// up to <see cref="LowMass"/> K4V2 (keys get more bits than values), and the least important rest is pruned. The
+/// thresholds act per head, so heads with concentrated attention keep few tokens and diffuse heads many. Text form
+/// <c>leankv(snapkv):high=0.9,low=0.99</c> (formats changeable with <c>important=int8:int4,less=int4:int2</c>).
+/// </summary>
+public sealed class LeanKvPress : IKvPress
+{
+    /// <summary>Creates the press.</summary>
+    /// <exception cref="KvSharpException">Thresholds outside [0, 1] or out of order.</exception>
+    public LeanKvPress(IScorer scorer, double highMass, double lowMass, FormatPair important, FormatPair less)
+    {
+        ArgumentNullException.ThrowIfNull(scorer);
+        if (!(highMass >= 0 && highMass <= lowMass && lowMass <= 1))
+            throw new KvSharpException($"leankv: need 0 ≤ high ≤ low ≤ 1, got high={highMass}, low={lowMass}");
+        Scorer = scorer; HighMass = highMass; LowMass = lowMass; Important = important; Less = less;
+    }
+
+    /// <summary>Attention scorer (non-negative scores).</summary>
+    public IScorer Scorer { get; }
+
+    /// <summary>Mass covered by the important (K8V4) tokens.</summary>
+    public double HighMass { get; }
+
+    /// <summary>Mass covered by important and less important tokens together; the rest is pruned.</summary>
+    public double LowMass { get; }
+
+    /// <summary>Formats of the important tokens (default K8V4).</summary>
+    public FormatPair Important { get; }
+
+    /// <summary>Formats of the less important tokens (default K4V2).</summary>
+    public FormatPair Less { get; }
+
+    /// <inheritdoc />
+    public string Text => string.Create(CultureInfo.InvariantCulture, $"leankv({Scorer.Text}):high={HighMass},low={LowMass},important={Important},less={Less}");
+
+    /// <inheritdoc />
+    public void Compress(PressContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var scores = Scorer.Score(context);
+        for (int l = 0; l < context.Layers; l++)
+        {
+            if (context.Cache.SharedLayerSource(l) >= 0) continue;
+            for (int h = 0; h < context.KvHeads; h++)
+            {
+                var all = scores[l, h];
+                var candidates = ZipVlPress.Candidates(context, all, l, h);
+                int first = all.Length - candidates.Length;
+                var tiers = new byte[all.Length]; // the protected prefix: tier 0
+                MassTiers.Classify(candidates, [HighMass, LowMass]).CopyTo(tiers, first);
+                PrecisionTiers.Apply(context, l, h, tiers, [Important, Less, null]);
+            }
+        }
+    }
+}

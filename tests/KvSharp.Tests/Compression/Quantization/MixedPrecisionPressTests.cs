@@ -1,0 +1,72 @@
+using KvSharp.Cache.Blocks;
+using KvSharp.Compression.Registry;
+using KvSharp.Compression.Scorers;
+
+namespace KvSharp.Tests.Compression.Quantization;
+
+/// <summary>MiKV and LeanKV on a cache of known values: which tokens keep which precision, against float64 references.</summary>
+public class MixedPrecisionPressTests
+{
+    private const int Tokens = 48;
+
+    [Fact]
+    public void MiKvKeepsTheTopShareExactAndQuantizesTheRestPerToken()
+    {
+        using var data = new SyntheticCache(Tokens, KvFormat.F32);
+        var cache = data.Cache;
+        int d = cache.HeadDim;
+        var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
+        var scores = new RandomScorer(5).Score(data.Context());
+        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25").Compress(data.Context());
+        for (int i = 0; i < before.Length; i++)
+        {
+            var (k0, v0) = before[i];
+            var (k, v) = cache.Read(i / cache.KvHeads, i % cache.KvHeads);
+            Assert.Equal(Tokens, cache.Positions(i / cache.KvHeads, i % cache.KvHeads).Count); // nothing evicted
+            var s = scores[i];
+            var vRef = QuantReference.PerToken(v0, Tokens, d, d, 2);
+            var exact = Enumerable.Range(0, Tokens).Where(t => Enumerable.Range(0, d).All(c => k[t * d + c] == k0[t * d + c] && v[t * d + c] == v0[t * d + c])).ToList();
+            Assert.Equal(12, exact.Count); // 25 % of 48
+            var expected = Enumerable.Range(0, Tokens).OrderByDescending(t => s[t]).Take(12).Order();
+            Assert.Equal(expected, exact);
+            foreach (int t in Enumerable.Range(0, Tokens).Except(exact))
+                for (int c = 0; c < d; c++) QuantReference.Near(vRef[t * d + c], v[t * d + c], $"head {i} token {t} value {c}");
+        }
+        Assert.True(cache.BytesByFormat().ContainsKey(KvFormat.Int2));
+    }
+
+    [Fact]
+    public void LeanKvTiersByCumulativeMassPerHeadAndPrunesTheRest()
+    {
+        using var data = new SyntheticCache(Tokens, KvFormat.F32);
+        var cache = data.Cache;
+        int d = cache.HeadDim;
+        var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
+        var scores = new RandomScorer(9).Score(data.Context());
+        PressRegistry.Parse("leankv(random:seed=9):high=0.5,low=0.8,important=f32,less=int2").Compress(data.Context());
+        for (int i = 0; i < before.Length; i++)
+        {
+            // float64 reference of the rule: by score, highest first; tier by the mass before the token.
+            var s = scores[i].Select(x => (double)x).ToArray();
+            double total = s.Sum(), cumulative = 0;
+            var tier = new int[Tokens];
+            foreach (int t in Enumerable.Range(0, Tokens).OrderByDescending(t => s[t]))
+            {
+                tier[t] = cumulative / total < 0.5 ? 0 : cumulative / total < 0.8 ? 1 : 2;
+                cumulative += s[t];
+            }
+            var kept = Enumerable.Range(0, Tokens).Where(t => tier[t] < 2).ToList();
+            int layer = i / cache.KvHeads, head = i % cache.KvHeads;
+            Assert.Equal(kept, cache.Positions(layer, head));
+            var (_, v0) = before[i];
+            var (_, v) = cache.Read(layer, head);
+            var vRef = QuantReference.PerToken(v0, Tokens, d, d, 2);
+            for (int j = 0; j < kept.Count; j++)
+                for (int c = 0; c < d; c++)
+                {
+                    int t = kept[j];
+                    QuantReference.Near(tier[t] == 0 ? v0[t * d + c] : vRef[t * d + c], v[j * d + c], $"head {i} token {t} value {c}");
+                }
+        }
+    }
+}

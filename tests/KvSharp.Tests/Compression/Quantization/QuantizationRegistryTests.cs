@@ -1,0 +1,52 @@
+using KvSharp.Compression.Presses;
+using KvSharp.Compression.Quantization;
+using KvSharp.Compression.Registry;
+
+namespace KvSharp.Tests.Compression.Quantization;
+
+public class QuantizationRegistryTests
+{
+    [Theory]
+    [InlineData("kivi", "kivi:bits=2,group=32,residual=128")]
+    [InlineData("KIVI:bits=4,residual=32", "kivi:bits=4,group=32,residual=32")]
+    [InlineData("mikv(keynorm):top=0.3", "mikv(keynorm):high=int8,low=int2,top=0.3")]
+    [InlineData("mikv", "mikv(h2o:window=32,chunk=64):high=int8,low=int2,top=0.2")]
+    [InlineData("mikv(snapkv:window=16):high=f16,low=int4:int2", "mikv(snapkv:window=16,kernel=7,pool=avg):high=f16,low=int4:int2,top=0.2")]
+    [InlineData("zipvl(tova):tau=0.9", "zipvl(tova):tau=0.9,high=int8,low=int2")]
+    [InlineData("leankv(tova)", "leankv(tova):high=0.9,low=0.99,important=int8:int4,less=int4:int2")]
+    [InlineData("vidkv(tova)", "vidkv(tova):salient=0.1")]
+    [InlineData("keynorm:keep=0.5 + kivi:bits=4", "keynorm+uniform:keep=0.5 + kivi:bits=4,group=32,residual=128")]
+    [InlineData("kivi + keynorm+pyramid:keep=0.25", "kivi:bits=2,group=32,residual=128 + keynorm+pyramid:keep=0.25,beta=20")]
+    public void TextFormsRoundTrip(string text, string canonical)
+    {
+        var press = PressRegistry.Parse(text);
+        Assert.Equal(canonical, press.Text);
+        Assert.Equal(canonical, PressRegistry.Parse(press.Text).Text);
+    }
+
+    [Fact]
+    public void ComposesWithEviction()
+    {
+        var press = Assert.IsType<SequentialPress>(PressRegistry.Parse("kvzip:keep=0.4 + mikv:high=int8,low=int2,top=0.2"));
+        Assert.IsType<ScoredPress>(press.Presses[0]);
+        Assert.IsType<MiKvPress>(press.Presses[1]);
+    }
+
+    [Theory]
+    [InlineData("kivi:bits=3", "bits=3")]
+    [InlineData("kivi:bogus=1", "unknown parameter 'bogus'", "residual")]
+    [InlineData("kivi(snapkv)", "kivi takes no scorer")]
+    [InlineData("kvtuner", "kvtuner needs file=PATH")]
+    [InlineData("kvtuner:file=/nonexistent/k.json", "/nonexistent/k.json", "not found")]
+    [InlineData("mikv:high=int7", "high=int7", "unknown KV format")]
+    [InlineData("mikv(snapkv+pyramid)", "takes one scorer")]
+    [InlineData("mikv(nosuch)", "unknown method 'nosuch'")]
+    [InlineData("leankv:high=0.99,low=0.9", "high=0.99", "low=0.9")]
+    [InlineData("kivi + pyramid", "budget 'pyramid' needs a scorer")]
+    [InlineData("foo", "quantizers: kivi, kvtuner, mikv, zipvl, leankv, vidkv")]
+    public void ErrorsNameTheProblem(string text, params string[] fragments)
+    {
+        var e = Assert.ThrowsAny<KvSharpException>(() => PressRegistry.Parse(text));
+        foreach (var f in fragments) Assert.Contains(f, e.Message);
+    }
+}
