@@ -42,7 +42,7 @@ public class QuantizationRegistryTests
     [InlineData("mikv(snapkv+pyramid)", "takes one scorer")]
     [InlineData("mikv(nosuch)", "unknown method 'nosuch'")]
     [InlineData("leankv:high=0.99,low=0.9", "high=0.99", "low=0.9")]
-    [InlineData("kivi + pyramid", "budget 'pyramid' needs a scorer")]
+    [InlineData("kivi + pyramid", "'pyramid' needs a scorer")]
     [InlineData("foo", "quantizers: kivi, kvtuner, mikv, zipvl, leankv, vidkv")]
     public void ErrorsNameTheProblem(string text, params string[] fragments)
     {
