@@ -5,6 +5,7 @@ using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression;
 using KvSharp.Compression.Registry;
+using KvSharp.Evaluation.Metrics;
 using KvSharp.Generation;
 using KvSharp.Models;
 
@@ -113,34 +114,18 @@ internal static class QuantMethodsBench
         int vocab = config.VocabSize;
         for (int t = 0; t < next.Length; t++)
         {
-            var p = LogSoftmax(refLogits.AsSpan(t * vocab, vocab));
-            var q = LogSoftmax(logits.AsSpan(t * vocab, vocab));
-            double kl = 0;
-            for (int v = 0; v < vocab; v++) kl += Math.Exp(p[v]) * (p[v] - q[v]);
-            acc.KlSum += kl; acc.KlCount++;
+            acc.KlSum += LanguageModelMetrics.KlDivergence(refLogits.AsSpan(t * vocab, vocab), logits.AsSpan(t * vocab, vocab));
+            acc.KlCount++;
         }
         answer = new List<int>();
         var last = logits.AsSpan((next.Length - 1) * vocab, vocab).ToArray();
         for (int i = 0; i < 24; i++)
         {
-            int token = 0;
-            for (int v = 1; v < vocab; v++) if (last[v] > last[token]) token = v;
+            int token = LanguageModelMetrics.ArgMax(last);
             if (model.Tokenizer.EosIds.Contains(token)) break;
             answer.Add(token);
             last = model.Transformer.Forward([token], probe);
         }
-    }
-
-    private static double[] LogSoftmax(ReadOnlySpan<float> x)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float v in x) max = Math.Max(max, v);
-        double sum = 0;
-        foreach (float v in x) sum += Math.Exp(v - max);
-        double lse = max + Math.Log(sum);
-        var r = new double[x.Length];
-        for (int i = 0; i < r.Length; i++) r[i] = x[i] - lse;
-        return r;
     }
 
     /// <summary>A cache that is the compressed one for the model, and also attends with the reference on the same queries.</summary>
