@@ -32,6 +32,11 @@ if (args.Length > 0 && args[0] == "quant-methods")
     KvSharp.Bench.Quantization.QuantMethodsBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "press-decode")
+{
+    KvSharp.Bench.Quantization.PressDecodeBench.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "kv-decode")
 {
     KvSharp.Bench.Cache.DecodeAttentionBandwidthBench.Run(args);
