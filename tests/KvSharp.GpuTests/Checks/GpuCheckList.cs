@@ -14,6 +14,10 @@ public static class GpuCheckList
         ("cublas", KernelChecks.CublasGemm),
         ("attention", KernelChecks.Attention),
         ("argmax", KernelChecks.ArgMax),
+        ("paged: attention, every format and mixed", PagedChecks.Attention),
+        ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
+        ("paged: device evict = CPU evict", PagedChecks.EvictMatchesCpu),
+        ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
     ];

@@ -8,38 +8,21 @@ namespace KvSharp.Compute.Cuda.Model;
 /// head's keys are contiguous for attention. The current position also lives on the device, so a
 /// captured decode step (a CUDA graph) advances it without the host.
 /// </summary>
-public sealed class CudaKvCache : IDisposable
+public sealed class CudaKvCache : DeviceKvCache
 {
     private readonly DeviceBuffer _storage;
 
-    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity)
+    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity) : base(device, config, capacity)
     {
-        if (capacity <= 0) throw new KvSharpException($"KV cache capacity {capacity} must be positive");
-        Device = device;
-        Config = config;
-        Capacity = capacity;
         LayerStride = (long)config.NumKvHeads * capacity * config.HeadDim * 2;
         _storage = device.Allocate(2 * LayerStride * config.NumLayers);
-        Position = device.Allocate(sizeof(int));
-        Next = device.Allocate(sizeof(int));
-        History = device.Allocate((long)capacity * sizeof(int));
     }
 
-    internal CudaDevice Device { get; }
+    /// <inheritdoc />
+    public override long ByteCount => _storage.ByteLength;
 
-    internal ModelConfig Config { get; }
-
-    /// <summary>Tokens the cache can hold.</summary>
-    public int Capacity { get; }
-
-    /// <summary>Tokens held (the next token's position).</summary>
-    public int Length { get; internal set; }
-
-    /// <summary>Bytes of K and V storage allocated on the device.</summary>
-    public long ByteCount => _storage.ByteLength;
-
-    /// <summary>Bytes of K and V one decoded token reads at the current length (every layer, K and V).</summary>
-    public long BytesReadPerToken => (long)Length * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
+    /// <inheritdoc />
+    public override long BytesReadPerToken => (long)Length * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
 
     internal long LayerStride { get; }
 
@@ -47,14 +30,17 @@ public sealed class CudaKvCache : IDisposable
 
     internal ulong Values(int layer) => Keys(layer) + (ulong)LayerStride;
 
-    /// <summary>Device int: position of the next token (read by RoPE, the cache append and attention).</summary>
-    internal DeviceBuffer Position { get; }
+    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows) =>
+        kernels.PlanAttention(visible, rows, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
 
-    /// <summary>Device int: the token a decode step consumes and replaces with its greedy successor.</summary>
-    internal DeviceBuffer Next { get; }
-
-    /// <summary>Device ints: History[p] is the token greedily produced from the input at position p.</summary>
-    internal DeviceBuffer History { get; }
+    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
+    {
+        var c = Config;
+        kernels.QkvRopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, Keys(a.Layer), Values(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+            Capacity, Position.Pointer, a.Interleaved, a.Eps);
+        kernels.Attention(a.Q, Keys(a.Layer), Values(a.Layer), a.Output, a.PartOut, a.PartMl, a.Counters,
+            a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim, Capacity, Position.Pointer, a.Plan);
+    }
 
     /// <summary>
     /// Sets the length to <paramref name="length"/> with pseudo-random K and V: decode benchmarks at long
@@ -69,11 +55,9 @@ public sealed class CudaKvCache : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose()
+    public override void Dispose()
     {
         _storage.Dispose();
-        Position.Dispose();
-        Next.Dispose();
-        History.Dispose();
+        base.Dispose();
     }
 }

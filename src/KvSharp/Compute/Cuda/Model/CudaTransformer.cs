@@ -1,3 +1,4 @@
+using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
@@ -22,7 +23,7 @@ public sealed class CudaTransformer : IDisposable
     private readonly DeviceBuffer _outputNorm, _invFreq;
     private Scratch? _scratch;
     private CudaGraph? _decodeGraph;
-    private CudaKvCache? _graphCache;
+    private DeviceKvCache? _graphCache;
 
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
@@ -107,11 +108,15 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens.</summary>
     public CudaKvCache CreateCache(int capacity) => new(_device, Config, capacity);
 
+    /// <summary>An empty compressed device cache for up to <paramref name="capacity"/> tokens in the formats of <paramref name="options"/>.</summary>
+    public CudaPagedKvCache CreatePagedCache(PagedKvCacheOptions options, int capacity, long? poolBytes = null) =>
+        new(_device, Config, options, capacity, poolBytes);
+
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.Length.. and appends their keys and values to
     /// <paramref name="cache"/>. Returns logits: [vocab] for the last token, or [tokens, vocab] with <see cref="LogitsMode.All"/>.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, CudaKvCache cache, LogitsMode mode = LogitsMode.Last)
+    public float[] Forward(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode = LogitsMode.Last)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
         if (cache.Length + tokens.Length > cache.Capacity)
@@ -129,7 +134,7 @@ public sealed class CudaTransformer : IDisposable
             s.Tokens.Upload(tokens.Slice(start, n));
             s.Host[0] = cache.Length;
             cache.Position.Upload<int>(s.Host.AsSpan(0, 1));
-            var plan = _kernels.PlanAttention(cache.Length + n, n, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+            var plan = cache.PlanAttention(_kernels, cache.Length + n, n);
             EnsurePartials(s, n, plan);
             EnqueueLayers(s, cache, n, s.Tokens.Pointer, plan);
             if (mode == LogitsMode.All)
@@ -143,6 +148,7 @@ public sealed class CudaTransformer : IDisposable
                 s.Logits.Download(logits.AsSpan(0, vocab));
             }
             _device.Synchronize();
+            cache.CheckDeviceState();
             cache.Length += n;
         }
         return logits;
@@ -152,7 +158,7 @@ public sealed class CudaTransformer : IDisposable
     /// Greedy generation: runs <paramref name="prompt"/>, then produces up to <paramref name="maxNewTokens"/>
     /// tokens, each from one replay of the captured decode step; stops after any of <paramref name="stopTokens"/>.
     /// </summary>
-    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, CudaKvCache cache, IReadOnlySet<int>? stopTokens = null)
+    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, DeviceKvCache cache, IReadOnlySet<int>? stopTokens = null)
     {
         var result = new List<int>();
         if (maxNewTokens <= 0) return result;
@@ -173,6 +179,7 @@ public sealed class CudaTransformer : IDisposable
             if (stopTokens.Contains(next[0])) { steps = i + 1; break; }
         }
         _device.Synchronize();
+        cache.CheckDeviceState();
         if (steps > 0)
         {
             var produced = new int[steps];
@@ -186,11 +193,11 @@ public sealed class CudaTransformer : IDisposable
     /// Prepares <paramref name="cache"/> for graph decode from its current length with <paramref name="token"/>
     /// as the next input, capturing the decode step for this cache if needed.
     /// </summary>
-    internal void BeginDecode(CudaKvCache cache, int token)
+    internal void BeginDecode(DeviceKvCache cache, int token)
     {
         _device.MakeCurrent();
         var s = ScratchFor(1, cache, 1);
-        var plan = _kernels.PlanAttention(cache.Capacity, 1, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+        var plan = cache.PlanAttention(_kernels, cache.Capacity, 1);
         EnsurePartials(s, 1, plan);
         s.Host[0] = cache.Length;
         s.Host[1] = token;
@@ -210,7 +217,7 @@ public sealed class CudaTransformer : IDisposable
     }
 
     /// <summary>Queues <paramref name="steps"/> graph decode steps (after <see cref="BeginDecode"/>) without waiting.</summary>
-    internal void EnqueueDecodeSteps(CudaKvCache cache, int steps)
+    internal void EnqueueDecodeSteps(DeviceKvCache cache, int steps)
     {
         if (cache.Length + steps > cache.Capacity) throw new KvSharpException($"{steps} decode steps exceed the cache capacity {cache.Capacity}");
         for (int i = 0; i < steps; i++) _decodeGraph!.Launch();
@@ -222,11 +229,10 @@ public sealed class CudaTransformer : IDisposable
     /// <see cref="EnqueueLogits"/>. Per layer: norm, QKV product, q/k norm + RoPE + cache append,
     /// attention, output product added to X, norm, gate/up product with SwiGLU, down product added to X.
     /// </summary>
-    private void EnqueueLayers(Scratch s, CudaKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan)
+    private void EnqueueLayers(Scratch s, DeviceKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan)
     {
         var c = Config;
         int d = c.HiddenSize, hd = c.HeadDim, qkvDim = (c.NumHeads + 2 * c.NumKvHeads) * hd, ffn = c.IntermediateSize;
-        ulong pos = cache.Position.Pointer;
         var k = _kernels;
         bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
         k.Embed(_embedding.Type, _embedding.Pointer, tokens, s.X.Pointer, n, d);
@@ -236,10 +242,8 @@ public sealed class CudaTransformer : IDisposable
             k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
             MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
-            k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
-                cache.Keys(l), cache.Values(l), n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps);
-            k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer,
-                n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan);
+            cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
+                _invFreq.Pointer, s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer, n, interleaved, c.RmsNormEps, plan));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
             if (n <= CudaKernels.MaxGemvRows)
@@ -327,7 +331,7 @@ public sealed class CudaTransformer : IDisposable
         }
     }
 
-    private Scratch ScratchFor(int rows, CudaKvCache cache, int logitRows)
+    private Scratch ScratchFor(int rows, DeviceKvCache cache, int logitRows)
     {
         if (cache.Config != Config) throw new KvSharpException("the CUDA KV cache was created for another model");
         if (_scratch != null && _scratch.Rows >= rows && _scratch.LogitRows >= logitRows) return _scratch;
