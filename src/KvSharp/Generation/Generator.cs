@@ -59,6 +59,8 @@ public sealed class Generator
         sw.Restart();
 
         StopReason reason = StopReason.MaxTokens;
+        using var decode = options.DecodeCompression?.Start(cache);
+        int steps = 0;
         while (generated.Count < options.MaxTokens)
         {
             if (cancellation.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
@@ -82,7 +84,9 @@ public sealed class Generator
             }
             if (generated.Count == options.MaxTokens) break;
             if (cache.Length >= contextLength) { reason = StopReason.ContextFull; break; }
+            decode?.BeforeStep(++steps);
             logits = _model.Forward([next], cache);
+            decode?.AfterStep(steps);
         }
         if (reason != StopReason.StopString)
         {
