@@ -62,7 +62,7 @@ public static class PagedDecodeBench
                 int capacity = context + (repeats + 1) * steps + 8;
                 using var cache = Create(gpu, config, v, context, capacity);
                 long kvBytes = cache.BytesReadPerToken;
-                gpu.BeginDecode(cache, token: 1000);
+                gpu.BeginDecode(cache, [1000]);
                 gpu.EnqueueDecodeSteps(cache, steps); // warm-up
                 device.Synchronize();
                 cache.CheckDeviceState();

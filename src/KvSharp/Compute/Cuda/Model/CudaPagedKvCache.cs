@@ -43,7 +43,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     }
 
     private CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, int maxBlocks, long? poolBytes, long? poolUnits)
-        : base(device, Validated(config, options), capacity)
+        : base(device, Validated(config, options), capacity, batch: 1)
     {
         int hd = config.HeadDim;
         _group = config.NumHeads / config.NumKvHeads;
@@ -312,6 +312,9 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     /// <summary>One block pair read back from the device.</summary>
     internal sealed record DeviceBlock(BlockLayout KeyLayout, BlockLayout ValueLayout, int Count, int Start, byte[] Keys, byte[] Values);
 
+    /// <summary>Prefill chunks attend through the paged kernel with causal rows (the tensor-core kernel reads the float16 cache).</summary>
+    internal override bool SupportsFlashPrefill => false;
+
     internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows)
     {
         int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens);
@@ -323,7 +326,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         var c = Config;
         var (desc, blocks, tokens) = LayerTables(a.Layer);
         _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
-            Position.Pointer, a.Interleaved, a.Eps);
+            a.Position, a.Interleaved, a.Eps);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
             c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, WideAttention);
     }
