@@ -36,7 +36,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     /// <param name="capacity">Most positions the cache accepts.</param>
     /// <param name="poolBytes">Device bytes for encoded blocks; default: every head full in the cache's formats.</param>
     public CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, long? poolBytes = null)
-        : this(device, config, options, capacity, (capacity + options.BlockTokens - 1) / options.BlockTokens + 1, poolBytes, null)
+        : this(device, config, options, capacity, TableBlocks(options, capacity), poolBytes, null)
     {
         var host = EmptyTables();
         UploadTables(host.Desc, host.Blocks, host.Tokens, ReservedUnits);
@@ -74,6 +74,13 @@ public sealed class CudaPagedKvCache : DeviceKvCache
             base.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Descriptors per head for an empty cache of <paramref name="capacity"/> positions: full blocks plus the residual.</summary>
+    private static int TableBlocks(PagedKvCacheOptions options, int capacity)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return (capacity + options.BlockTokens - 1) / Math.Max(1, options.BlockTokens) + 1;
     }
 
     /// <summary>Checks the model shape and the options before anything is allocated.</summary>
