@@ -25,8 +25,14 @@ public static class PagedChecks
 
     private static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
     {
-        Architecture = "llama", VocabSize = 1000, HiddenSize = heads * hd, IntermediateSize = 512, NumLayers = 2,
-        NumHeads = heads, NumKvHeads = kvHeads, HeadDim = hd,
+        Architecture = "llama",
+        VocabSize = 1000,
+        HiddenSize = heads * hd,
+        IntermediateSize = 512,
+        NumLayers = 2,
+        NumHeads = heads,
+        NumKvHeads = kvHeads,
+        HeadDim = hd,
     };
 
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
