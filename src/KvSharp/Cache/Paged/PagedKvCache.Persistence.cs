@@ -185,9 +185,7 @@ public sealed partial class PagedKvCache
                 Check(count >= 1 && count <= cache._options.BlockTokens && blocked + count <= tokens, $"{where}, block {b}: {count} tokens");
                 var keyLayout = ReadLayout(r);
                 var valueLayout = ReadLayout(r);
-                var formats = cache._pools.Formats(keyLayout.Format, valueLayout.Format);
-                Check(formats.KeyLayout == keyLayout && formats.ValueLayout == valueLayout,
-                    $"{where}, block {b}: layouts {keyLayout} / {valueLayout}, the cache's options give {formats.KeyLayout} / {formats.ValueLayout}");
+                var formats = cache._pools.Formats(keyLayout, valueLayout); // refuses other block geometries
                 blocks.Add((formats, count, r.ReadBytes(keyLayout.ByteSize), r.ReadBytes(valueLayout.ByteSize)));
                 Check(blocks[^1].Item3.Length == keyLayout.ByteSize && blocks[^1].Item4.Length == valueLayout.ByteSize, $"{where}, block {b}: bytes missing");
                 blocked += count;

@@ -202,6 +202,18 @@ public sealed partial class PagedKvCache : IKvCache
     }
 
     /// <summary>
+    /// As <see cref="Requantize(int, int, ReadOnlySpan{bool}, KvFormat, KvFormat)"/> with explicit block layouts, for
+    /// formats whose parameters the format alone does not fix (VidKV's outlier channels and salient tokens).
+    /// </summary>
+    /// <exception cref="KvSharpException">A layout does not have the cache's block tokens and head dimension, or the layer shares another layer's storage.</exception>
+    public void RequantizeToLayouts(int layer, int kvHead, ReadOnlySpan<bool> select, BlockLayout keyLayout, BlockLayout valueLayout)
+    {
+        var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
+        store.Requantize(select, _pools.Formats(keyLayout, valueLayout));
+    }
+
+    /// <summary>
     /// A new cache holding the same tokens that shares every encoded block copy-on-write (blocks are never
     /// modified once encoded, so sharing needs only a reference count). Dispose it independently.
     /// </summary>
