@@ -18,6 +18,7 @@ internal static class CalibrateProfileCommands
     public static IEnumerable<Command> Create(CliContext context)
     {
         yield return KvzipHeads(context);
+        yield return Baklava(context);
     }
 
     /// <summary>Options every profile calibration takes.</summary>
@@ -122,6 +123,26 @@ internal static class CalibrateProfileCommands
             context.Output.WriteLine($"KVzip head scores ({profile.Layers} layers x {profile.KvHeads} KV heads, higher = keep):");
             context.Output.WriteLine(Table(profile));
             context.Output.WriteLine($"written to {outFile}; use it with --press kvzip:level=head,keep=0.3,file={outFile}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Baklava(CliContext context)
+    {
+        var common = new Common(windows: 8, tokens: 512);
+        var command = new Command("baklava", "BaKlaVa: per (layer, KV head) importance = mean of 1 - cos(value of the query's token, head output)");
+        common.AddTo(command);
+        command.SetAction(parse =>
+        {
+            var (model, windows, textPath) = common.Load(parse, context);
+            using var _ = model;
+            var profile = WithProgress(context, "BaKlaVa head profiling", p => BaklavaProfiler.Run(model.Transformer, windows, p));
+            string outFile = parse.GetValue(common.Out)!;
+            profile.Save(outFile, Common.Provenance(parse, common, textPath, windows));
+            context.Output.WriteLine($"BaKlaVa head importances ({profile.Layers} layers x {profile.KvHeads} KV heads, 1 - cos(input, output)):");
+            context.Output.WriteLine(Table(profile));
+            context.Output.WriteLine($"written to {outFile}; use it with --press \"baklava(snapkv):keep=0.3,file={outFile}\"");
             return 0;
         });
         return command;

@@ -33,6 +33,19 @@ public class CalibrateProfileCommandTests
     }
 
     [Fact]
+    public void Baklava_WritesAProfileThePressReads()
+    {
+        using var dir = new TempDir();
+        string file = Path.Combine(dir.Path, "baklava.json");
+        var r = Run("calibrate", "baklava", "--model", Stories, "--text", Text, "--tokens", "64", "--windows", "2", "--out", file);
+        Assert.True(r.Code == 0, r.Err);
+        var profile = HeadProfile.Load(file, BaklavaProfiler.Method);
+        Assert.Equal((5, 4), (profile.Layers, profile.KvHeads));
+        Assert.All(profile.Flatten(), x => Assert.InRange(x, 0, 2));
+        Assert.NotNull(KvSharp.Compression.Registry.PressRegistry.Parse($"baklava(snapkv):keep=0.3,file={file}"));
+    }
+
+    [Fact]
     public void BadInputIsOneLine()
     {
         var missing = Run("calibrate", "kvzip-heads", "--model", Stories, "--text", "/nonexistent.txt", "--out", "x.json");
