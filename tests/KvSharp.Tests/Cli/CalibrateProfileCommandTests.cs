@@ -46,6 +46,23 @@ public class CalibrateProfileCommandTests
     }
 
     [Fact]
+    public void KvSharer_WritesAMapThePressReads()
+    {
+        using var dir = new TempDir();
+        string file = Path.Combine(dir.Path, "map.json");
+        var r = Run("calibrate", "kvsharer", "--model", Stories, "--text", Text, "--tokens", "48", "--windows", "1", "--layers", "2", "--threshold", "0.5", "--out", file);
+        Assert.True(r.Code == 0, r.Err);
+        var map = KvSharp.Compression.Sharing.KvSharerMap.Load(file);
+        Assert.Equal(5, map.Layers);
+        Assert.InRange(map.Shares.Count, 0, 2);
+        Assert.Contains("\"trials\"", File.ReadAllText(file));
+        Assert.NotNull(KvSharp.Compression.Registry.PressRegistry.Parse($"kvsharer:file={file}"));
+        var tooMany = Run("calibrate", "kvsharer", "--model", Stories, "--text", Text, "--layers", "5", "--out", file);
+        Assert.Equal(2, tooMany.Code);
+        Assert.Contains("at most 4 can share", tooMany.Err);
+    }
+
+    [Fact]
     public void BadInputIsOneLine()
     {
         var missing = Run("calibrate", "kvzip-heads", "--model", Stories, "--text", "/nonexistent.txt", "--out", "x.json");

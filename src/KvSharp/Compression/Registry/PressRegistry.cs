@@ -144,6 +144,14 @@ public static class PressRegistry
         List<Segment>? unit = null;
         foreach (var part in SplitTopLevel(press, press))
         {
+            // KVSharer's layer map is a whole unit of its own.
+            if (Sharing.KvSharerPress.Names(part))
+            {
+                if (unit != null) built.Add(Build(press, unit));
+                unit = null;
+                built.Add(Sharing.KvSharerPress.Create(press, part));
+                continue;
+            }
             // A quantization press (kivi, mikv(...), ...) is a whole unit of its own.
             if (Quantization.QuantizationPresses.Names(part))
             {
@@ -306,5 +314,5 @@ public static class PressRegistry
 
     private static string Names(PressPartKind kind) => string.Join(", ", Presses.Where(p => p.Kind == kind).Select(p => p.Name));
 
-    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}";
+    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}; sharing: {Sharing.KvSharerPress.Name}";
 }
