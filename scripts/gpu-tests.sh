@@ -14,7 +14,7 @@ case "${1:-}" in
   publish)
     rm -rf .gpu/app
     dotnet publish tests/KvSharp.GpuTests -c Release -r linux-x64 --self-contained \
-      -p:PublishTrimmed=true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true \
+      -p:PublishTrimmed=true -p:SuppressTrimAnalysisWarnings=true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true \
       -p:DebugType=none -o .gpu/app
     mkdir -p .gpu/models/stories260k
     cp ../shared/models/stories260k/stories260K.gguf .gpu/models/stories260k/

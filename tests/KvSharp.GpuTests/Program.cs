@@ -4,7 +4,8 @@ using KvSharp.GpuTests.Checks;
 
 // KvSharp's GPU checks and GPU benchmark, as a self-contained program for machines without .NET.
 //   KvSharp.GpuTests selftest [--stories PATH]
-//   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--steps 64] [--prefill 4096]
+//   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
+//                          [--prefill 4096,32768]
 string command = args.Length > 0 ? args[0] : "selftest";
 string Option(string name, string fallback)
 {
@@ -46,9 +47,9 @@ switch (command)
         }
     case "bench":
         {
-            var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();
-            DecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts,
-                int.Parse(Option("--steps", "64")), int.Parse(Option("--prefill", "4096")), Console.Out);
+            int[] Ints(string name, string fallback) => Option(name, fallback).Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+            DecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), Ints("--contexts", "4096"),
+                Ints("--batch-contexts", ""), int.Parse(Option("--batch", "8")), int.Parse(Option("--steps", "64")), Ints("--prefill", "4096"), Console.Out);
             return 0;
         }
     default:

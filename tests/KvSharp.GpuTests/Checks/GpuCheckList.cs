@@ -13,8 +13,11 @@ public static class GpuCheckList
         ("gemv", KernelChecks.Gemv),
         ("cublas", KernelChecks.CublasGemm),
         ("attention", KernelChecks.Attention),
+        ("flash prefill", KernelChecks.FlashPrefill),
         ("argmax", KernelChecks.ArgMax),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
+        ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),
+        ("model: batch decode", ModelChecks.BatchDecode),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
     ];
 }
