@@ -13,7 +13,10 @@ public sealed class LlamaCppEmulation
     /// <summary>llama.cpp pads the KV view to 256 cells; past that a decode attends over 512 cells and takes the split-KV path.</summary>
     public const int MaxTokens = 256;
 
-    /// <summary>Query rows per call on the one-chunk flash-attention path reproduced here (llama.cpp tiles longer batches).</summary>
+    /// <summary>
+    /// Query rows per call: llama.cpp's flash attention stays on the one-chunk path reproduced here below 64 rows (its tiled
+    /// path); checked against llama.cpp with batches of up to 20.
+    /// </summary>
     public const int MaxBatch = 32;
 
     private readonly ModelConfig _c;
