@@ -11,7 +11,8 @@ namespace KvSharp.GpuTests.Bench;
 /// Greedy decode speed of a dummy-weight model (bfloat16 matrices, float16 KV cache) at given context lengths and
 /// batch sizes, against the roofline: (weight bytes + KV bytes read per step) / the measured device-to-device copy
 /// bandwidth. The caches are filled with random K/V up to the context length instead of prefilling them (decode cost
-/// depends on the length, not on the values). Batch 1 is measured with and without programmatic dependent launch.
+/// depends on the length, not on the values). Batch 1 is measured with and without programmatic dependent launch
+/// ($KVSHARP_CUDA_PDL picks the mode the table reports).
 /// Also times prefills (the tensor-core attention) and each decode kernel alone.
 /// </summary>
 public static class DecodeBench
@@ -43,15 +44,17 @@ public static class DecodeBench
 
         var rows = new List<string>();
         bool pdl = device.ProgrammaticLaunch;
+        string mode = pdl ? "PDL" : "no PDL";
         foreach (int context in contexts)
         {
-            if (pdl)
+            if (device.ComputeMajor >= 9)
             {
-                device.ProgrammaticLaunch = false;
-                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, "no PDL", log);
-                device.ProgrammaticLaunch = true;
+                // The other launch mode, for comparison (the table keeps the configured one).
+                device.ProgrammaticLaunch = !pdl;
+                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "no PDL" : "PDL", log);
+                device.ProgrammaticLaunch = pdl;
             }
-            rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "PDL" : "", log));
+            rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, mode, log));
         }
         foreach (int context in batchContexts)
         {
@@ -67,7 +70,7 @@ public static class DecodeBench
                 log.WriteLine($"batch {batch} at {context}: {need / 1e9:F1} GB of KV cache do not fit ({device.FreeMemory / 1e9:F1} GB free)");
                 continue;
             }
-            rows.Add(Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, pdl ? "PDL" : "", log));
+            rows.Add(Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, mode, log));
         }
 
         var prefillRows = new List<string>();
