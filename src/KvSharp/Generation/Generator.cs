@@ -34,19 +34,23 @@ public sealed class Generator
         IReadOnlyList<int> prompt, IKvCache cache, int contextLength, GenerationOptions options,
         Action<string>? onText = null, CancellationToken cancellation = default) =>
         Run(_tokenizer, _model.Config.MaxContext, tokens => _model.Forward(tokens, cache), () => cache.Length,
-            prompt, contextLength, options, onText, cancellation);
+            prompt, contextLength, options, onText, cancellation, cache);
 
     /// <summary>
     /// The generation loop over any forward pass (the CUDA backend's too): <paramref name="forward"/> runs tokens after
     /// everything it has seen and returns the last one's logits; <paramref name="cachedTokens"/> says how many tokens
     /// its cache holds. Sampling, stop strings, end-of-sequence and streamed text work as in <see cref="Generate"/>.
+    /// <paramref name="cache"/> is the engine cache behind <paramref name="forward"/>, needed only by
+    /// <see cref="GenerationOptions.DecodeCompression"/>.
     /// </summary>
     public static GenerationResult Run(
         ITokenizer tokenizer, int maxContext, Func<int[], float[]> forward, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
-        Action<string>? onText = null, CancellationToken cancellation = default)
+        Action<string>? onText = null, CancellationToken cancellation = default, IKvCache? cache = null)
     {
         options.Validate();
+        if (options.DecodeCompression is not null && cache is null)
+            throw new KvSharpException("decode-time compression needs the engine's own KV cache: this forward pass keeps its cache elsewhere (e.g. on the GPU)");
         if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
         int cached = cachedTokens();
         int free = contextLength - cached;
@@ -72,6 +76,8 @@ public sealed class Generator
         sw.Restart();
 
         StopReason reason = StopReason.MaxTokens;
+        using var decode = options.DecodeCompression?.Start(cache!); // checked non-null above when set
+        int steps = 0;
         while (generated.Count < options.MaxTokens)
         {
             if (cancellation.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
@@ -95,7 +101,9 @@ public sealed class Generator
             }
             if (generated.Count == options.MaxTokens) break;
             if (cachedTokens() >= contextLength) { reason = StopReason.ContextFull; break; }
+            decode?.BeforeStep(++steps);
             logits = forward([next]);
+            decode?.AfterStep(steps);
         }
         if (reason != StopReason.StopString)
         {

@@ -130,7 +130,7 @@ public sealed partial class PagedKvCache : IKvCache
     }
 
     /// <inheritdoc />
-    /// <remarks>Blocks past the cut go back to the pool; the block holding the cut becomes the float tail.</remarks>
+    /// <remarks>Blocks past the cut go back to the pool; a block straddling it in the cache's own formats becomes float tail rows, one in other formats is re-encoded in them.</remarks>
     public void Truncate(int length)
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
@@ -141,6 +141,9 @@ public sealed partial class PagedKvCache : IKvCache
 
     /// <summary>Original positions of the tokens (layer, KV head) stores, ascending (a shared layer's are its source's).</summary>
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
+
+    /// <summary>The encoded blocks (layer, KV head) reads, in storage order (for tests and tools that check the layout).</summary>
+    internal IReadOnlyList<BlockEntry> Blocks(int layer, int kvHead) => Store(layer, kvHead).Blocks;
 
     /// <summary>
     /// The stored tokens of (layer, KV head) decoded to float: [Positions.Count, headDim] keys (after RoPE) and values,
@@ -171,9 +174,9 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>
     /// Evicts the stored tokens of (layer, KV head) flagged in <paramref name="evict"/> (one flag per stored token,
     /// in <see cref="Positions"/> order). Untouched blocks stay as they are (still shared with forks); the kept
-    /// tokens of affected blocks are decoded and re-encoded into fresh blocks. Float formats (F32/F16/BF16/FP8)
-    /// re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most one more
-    /// quantization step. Freed blocks go back to the pool.
+    /// tokens of affected blocks are decoded and regrouped by format pair into fresh dense blocks. Float formats
+    /// (F32/F16/BF16/FP8) re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most
+    /// one more quantization step. Freed blocks go back to the pool.
     /// </summary>
     /// <exception cref="KvSharpException">The layer shares another layer's storage (evict the source's head instead).</exception>
     public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict)
@@ -186,12 +189,12 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>
     /// Re-encodes the stored tokens of (layer, KV head) flagged in <paramref name="select"/> (one flag per stored
     /// token, in <see cref="Positions"/> order) with keys in <paramref name="keyFormat"/> and values in
-    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). Blocks stay in
-    /// position order, each holding consecutive tokens of one format pair: blocks with no selected token, or already
-    /// in the requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded
-    /// and re-encoded into fresh blocks (a run of one format pair may end in a partial block). Selected tokens of the
-    /// float tail are encoded at once; unselected tail tokens before the last selected one become F32 blocks (their
-    /// values unchanged), later ones stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). A block holds
+    /// tokens of one format pair wherever their positions lie: blocks with no selected token, or already in the
+    /// requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded and
+    /// regrouped by format pair into fresh dense blocks, so scattered selections cost no more blocks than contiguous
+    /// ones (each format pair ends in at most one partial block). Selected tokens of the float tail join the
+    /// target's blocks; the others stay in the tail. Tokens appended afterwards use the cache's own formats.
     /// </summary>
     /// <exception cref="KvSharpException">The block geometry does not suit a requested format, or the layer shares another layer's storage.</exception>
     public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)

@@ -1,4 +1,5 @@
 using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Calibration;
 using KvSharp.Compression.Presses;
 using KvSharp.Compression.Scorers;
 
@@ -102,8 +103,10 @@ public static class PressRegistry
             (_, t) => new UniformBudget(t)),
         new(new("global", PressPartKind.Budget, "one threshold over all layers x heads x tokens (KVzip pair level)", [], ["pair"]),
             (_, t) => new GlobalBudget(t)),
-        new(new("head", PressPartKind.Budget, "whole heads keep or drop their context, ranked by max score", [], []),
-            (_, t) => new HeadBudget(t)),
+        new(new("head", PressPartKind.Budget, "whole heads keep or drop their context, ranked by max score or a calibrated profile",
+                [new("file", "", "head scores from 'kvsharp calibrate kvzip-heads' (no scoring pass with kvzip)"),
+                 new("sinks", "4", "with kvzip and file: first positions every head keeps"), new("window", "32", "with kvzip and file: recent tokens every head keeps")], []),
+            (a, t) => a.Raw("file") is { } f ? new HeadBudget(t, HeadProfile.Load(f, KvzipHeadCalibration.Method), f) : new HeadBudget(t)),
         new(new("pyramid", PressPartKind.Budget, "PyramidKV: per-layer budgets decreasing linearly with depth",
                 [new("beta", "20", "max/min spread of the layer budgets, > 0")], []),
             (a, t) => new PyramidBudget(t, a.Double("beta", 20, 1e-9, 1e9))),
@@ -248,7 +251,11 @@ public static class PressRegistry
         try
         {
             var scored = new ScoredPress(scorer.Create(args), budget.Create(args, target));
-            built = selectors.Count > 0 ? selectors[0].Create(args, scored) : scored;
+            // KVzip's calibrated head level ranks heads by the file alone: no scoring pass over the context.
+            if (scored is { Scorer: KvzipScorer, Budget: HeadBudget { Profile: not null } head })
+                built = selectors.Count == 0 ? new KvzipHeadPress(head, args.Int("sinks", 4, 0), args.Int("window", 32, 0))
+                    : throw args.Error("the calibrated head level (kvzip with head:file=...) takes no selector");
+            else built = selectors.Count > 0 ? selectors[0].Create(args, scored) : scored;
         }
         catch (KvSharpException e) when (!e.Message.StartsWith("press '", StringComparison.Ordinal))
         {
