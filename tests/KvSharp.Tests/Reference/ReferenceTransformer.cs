@@ -48,6 +48,12 @@ public sealed class ReferenceTransformer
     public Action<int, int, int, double[]>? AttentionWeights { get; init; }
 
     /// <summary>
+    /// Called, when set, once per layer of <see cref="Forward"/> with (layer, the residual hidden states entering it
+    /// [position][hidden], the values [position][kvHeads × headDim]). Lets tests weigh attention by them (KVzip+).
+    /// </summary>
+    public Action<int, double[][], double[][]>? AttentionInputs { get; init; }
+
+    /// <summary>
     /// Cross-layer KV sharing (KVSharer): layer → earlier layer whose keys and values (after RoPE) its attention reads
     /// instead of its own. Null (the default): every layer attends over its own.
     /// </summary>
@@ -164,6 +170,7 @@ public sealed class ReferenceTransformer
         var q = Project(layer, TensorNames.Suffix.Q, TensorNames.Suffix.QBias, qDim, d, h);
         var k = Project(layer, TensorNames.Suffix.K, TensorNames.Suffix.KBias, kvDim, d, h);
         var v = Project(layer, TensorNames.Suffix.V, TensorNames.Suffix.VBias, kvDim, d, h);
+        AttentionInputs?.Invoke(layer, x, v);
 
         // Qwen3: each head of q and k is RMS-normalized on its own, before the rotation.
         if (_c.QkNorm)
