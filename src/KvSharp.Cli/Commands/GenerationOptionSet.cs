@@ -1,4 +1,5 @@
 using System.CommandLine;
+using KvSharp.Compression.Registry;
 using KvSharp.Generation;
 using KvSharp.Generation.Sampling;
 
@@ -19,11 +20,12 @@ internal sealed class GenerationOptionSet
     public Option<ulong?> Seed { get; } = new Option<ulong?>("--seed", "-s") { Description = "Random seed (the same seed gives the same text)" }.ULong();
     public Option<string[]> Stop { get; } = new Option<string[]>("--stop") { Description = "Stop when this text is generated (repeatable)", Arity = ArgumentArity.OneOrMore, HelpName = "TEXT" };
     public Option<bool> NoEscape { get; } = new Option<bool>("--no-escape") { Description = "Take --prompt, --stop and --system literally (by default \\n, \\t, \\\\, \\xHH... are escapes)" };
+    public Option<string?> DecodePress { get; } = new Option<string?>("--decode-press") { Description = "Compress the KV cache while generating, e.g. rkv:tokens=512,every=128 or h2o:tokens=256 (decode presses: " + string.Join(", ", DecodePressRegistry.Presses.Select(p => p.Name)) + ")", HelpName = "PRESS" };
     public Option<bool> IgnoreEos { get; } = new Option<bool>("--ignore-eos") { Description = "Keep generating past end-of-sequence tokens" };
 
     public void AddTo(Command command)
     {
-        foreach (Option o in new Option[] { MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN, Seed, Stop, IgnoreEos, NoEscape })
+        foreach (Option o in new Option[] { MaxTokens, Temperature, TopK, TopP, MinP, RepeatPenalty, RepeatLastN, Seed, Stop, DecodePress, IgnoreEos, NoEscape })
             command.Options.Add(o);
     }
 
@@ -56,6 +58,11 @@ internal sealed class GenerationOptionSet
         catch (KvSharpException e) when (e is not UsageException)
         {
             throw new UsageException(e.Message);
+        }
+        if (parse.GetValue(DecodePress) is { } press)
+        {
+            try { options = options with { DecodeCompression = DecodePressRegistry.Parse(press) }; }
+            catch (KvSharpException e) when (e is not UsageException) { throw new UsageException($"--decode-press: {e.Message}"); }
         }
         return options;
     }

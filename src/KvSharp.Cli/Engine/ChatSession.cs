@@ -28,7 +28,7 @@ internal sealed class ChatSession : IChatSession
         _context = context;
         _request = request;
         _engine = engine;
-        _cache = engine.CreateCache(request.Model, model, context);
+        _cache = engine.CreateCache(request.Model, model, context, paged: request.Options.DecodeCompression != null);
         _prefix = _cache.Length;
     }
 

@@ -85,6 +85,7 @@ public sealed class EngineFacade : IEngineFacade
     /// <inheritdoc />
     public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
+        if (request.Device == ComputeDevice.Cuda) return CudaGeneration.Generate(this, _status, request, output, cancellation);
         using var model = Load(request.Model);
         int ctx = ContextLength(request.Model, model);
         var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;
@@ -92,7 +93,7 @@ public sealed class EngineFacade : IEngineFacade
         var options = template == null ? request.Options
             : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
 
-        using var cache = CreateCache(request.Model, model, ctx);
+        using var cache = CreateCache(request.Model, model, ctx, paged: options.DecodeCompression != null);
         // After a loaded context the prompt continues it: no second BOS.
         var prompt = model.Encode(text, addBos: cache.Length == 0 && template is not { IncludesBos: true });
         var result = model.CreateGenerator().Generate(prompt, cache, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
@@ -104,9 +105,10 @@ public sealed class EngineFacade : IEngineFacade
 
     /// <summary>
     /// The run's KV cache: loaded from --load-cache (checked against this model's fingerprint), else a fresh one of
-    /// --kv-cache's formats (f32 blocks when only --save-cache asks for a savable cache).
+    /// --kv-cache's formats (f32 blocks when only --save-cache asks for a savable cache, or a decode press
+    /// (<paramref name="paged"/>) for one it can evict from).
     /// </summary>
-    public IKvCache CreateCache(ModelSource source, LanguageModel model, int ctx)
+    public IKvCache CreateCache(ModelSource source, LanguageModel model, int ctx, bool paged = false)
     {
         if (source.LoadCache is { } path)
         {
@@ -114,7 +116,7 @@ public sealed class EngineFacade : IEngineFacade
             _status.WriteLine($"loaded {loaded.Length} tokens of KV cache from {path} ({Units.Bytes(loaded.ByteCount)})");
             return loaded;
         }
-        var spec = source.KvCache ?? (source.SaveCache != null ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
+        var spec = source.KvCache ?? (source.SaveCache != null || paged ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
         return model.CreateCache(ctx, spec);
     }
 

@@ -23,6 +23,12 @@ public sealed record GenerationOptions
     /// </summary>
     public ulong? Seed { get; init; }
 
+    /// <summary>
+    /// Compression applied while generating (R-KV, H2O: every N generated tokens the cache is cut back to a budget);
+    /// null (the default) = none. Command line: <c>--decode-press</c>.
+    /// </summary>
+    public IDecodeCompression? DecodeCompression { get; init; }
+
     /// <summary>The sampler options with <see cref="Seed"/> applied.</summary>
     public SamplerOptions EffectiveSampler => Seed is { } seed ? Sampler with { Seed = seed } : Sampler;
 

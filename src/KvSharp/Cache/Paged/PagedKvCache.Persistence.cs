@@ -196,10 +196,7 @@ public sealed partial class PagedKvCache
                 var positions = Positions(count, $"block {b}");
                 var keyLayout = ReadLayout(r);
                 var valueLayout = ReadLayout(r);
-                // Per-token quantized keys are the balanced keys of MiKV (the only per-token key blocks a cache makes).
-                var formats = cache._pools.Formats(keyLayout.Format, valueLayout.Format, keyLayout.Axis == QuantAxis.PerToken && keyLayout.Format.IsQuantized());
-                Check(formats.KeyLayout == keyLayout && formats.ValueLayout == valueLayout,
-                    $"{where}, block {b}: layouts {keyLayout} / {valueLayout}, the cache's options give {formats.KeyLayout} / {formats.ValueLayout}");
+                var formats = cache._pools.Formats(keyLayout, valueLayout); // refuses other block geometries
                 blocks.Add((formats, positions, r.ReadBytes(keyLayout.ByteSize), r.ReadBytes(valueLayout.ByteSize)));
                 Check(blocks[^1].Item3.Length == keyLayout.ByteSize && blocks[^1].Item4.Length == valueLayout.ByteSize, $"{where}, block {b}: bytes missing");
                 blocked += count;

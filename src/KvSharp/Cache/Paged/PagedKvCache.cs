@@ -225,6 +225,18 @@ public sealed partial class PagedKvCache : IKvCache
     public IReadOnlyList<float>? KeyBalance(int layer, int kvHead) => Store(layer, kvHead).KeyBalance;
 
     /// <summary>
+    /// As <see cref="Requantize(int, int, ReadOnlySpan{bool}, KvFormat, KvFormat, bool)"/> with explicit block layouts, for
+    /// formats whose parameters the format alone does not fix (VidKV's outlier channels and salient tokens).
+    /// </summary>
+    /// <exception cref="KvSharpException">A layout does not have the cache's block tokens and head dimension, or the layer shares another layer's storage.</exception>
+    public void RequantizeToLayouts(int layer, int kvHead, ReadOnlySpan<bool> select, BlockLayout keyLayout, BlockLayout valueLayout)
+    {
+        var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
+        store.Requantize(select, _pools.Formats(keyLayout, valueLayout));
+    }
+
+    /// <summary>
     /// A new cache holding the same tokens that shares every encoded block copy-on-write (blocks are never
     /// modified once encoded, so sharing needs only a reference count). Dispose it independently.
     /// </summary>

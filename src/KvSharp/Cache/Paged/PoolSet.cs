@@ -15,6 +15,7 @@ internal sealed class PoolSet
     private readonly int _headDim;
     private readonly Dictionary<int, BlockPool> _pools = new();
     private readonly Dictionary<(KvFormat, KvFormat, bool), BlockFormats> _formats = new();
+    private readonly Dictionary<(BlockLayout, BlockLayout), BlockFormats> _byLayout = new();
     private int _owners = 1;
 
     /// <summary>Creates the pools of a cache with <paramref name="options"/> (already validated) and head dimension.</summary>
@@ -44,8 +45,26 @@ internal sealed class PoolSet
             throw new KvSharpException($"balanced per-token keys need a quantized key format, not {keyFormat}");
         var (keys, values) = (_options with { KeyFormat = keyFormat, ValueFormat = valueFormat }).Layouts(_headDim);
         if (balancedKeys) keys = new BlockLayout(keyFormat, QuantAxis.PerToken, _headDim, keys.Tokens, _headDim);
-        f = new BlockFormats(keys, values, Pool(keys.ByteSize), Pool(values.ByteSize), balancedKeys);
+        f = Formats(keys, values);
         _formats.Add((keyFormat, valueFormat, balancedKeys), f);
+        return f;
+    }
+
+    /// <summary>
+    /// The pair for explicit layouts (e.g. VidKV blocks with other parameters than the defaults); equal layouts give the
+    /// same instance, as blocks of one pair are recognised by reference. Quantized keys per token are MiKV's balanced
+    /// keys: the cache's own key layouts are always per channel.
+    /// </summary>
+    /// <exception cref="KvSharpException">A layout does not have the cache's block tokens and head dimension.</exception>
+    public BlockFormats Formats(BlockLayout keys, BlockLayout values)
+    {
+        foreach (var layout in new[] { keys, values })
+            if (layout.Tokens != BlockTokens || layout.HeadDim != _headDim)
+                throw new KvSharpException($"layout {layout} does not fit this cache's blocks of {BlockTokens} tokens × {_headDim} channels");
+        if (_byLayout.TryGetValue((keys, values), out var f)) return f;
+        bool balancedKeys = keys.Format.IsQuantized() && keys.Axis == QuantAxis.PerToken;
+        f = new BlockFormats(keys, values, Pool(keys.ByteSize), Pool(values.ByteSize), balancedKeys);
+        _byLayout.Add((keys, values), f);
         return f;
     }
 

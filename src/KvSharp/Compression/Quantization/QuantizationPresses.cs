@@ -34,9 +34,10 @@ public static class QuantizationPresses
                 [new("high", "0.9", "mass of the important tokens"), new("low", "0.99", "mass of important + less important tokens; the rest is pruned"),
                  new("important", "int8:int4", "format of important tokens"), new("less", "int4:int2", "format of less important tokens")], []),
             "snapkv", (a, s) => new LeanKvPress(s!, a.Double("high", 0.9, 0, 1), a.Double("low", 0.99, 0, 1), Pair(a, "important", "int8:int4"), Pair(a, "less", "int4:int2"))),
-        new(new("vidkv", PressPartKind.Scorer, "VidKV realised per block: keys binary, values ternary, the salient share of tokens at K2V4",
-                [new("salient", "0.1", "share of tokens kept at higher precision, in [0, 1]")], []),
-            "snapkv", (a, s) => new VidKvPress(s!, a.Double("salient", 0.1, 0, 1))),
+        new(new("vidkv", PressPartKind.Scorer, "VidKV: keys 2-bit on the widest-range channels and 1-bit DFT signs along tokens on the others, values ternary per channel with each block's salient tokens at Int4",
+                [new("outliers", "0.5", "share of key channels per block at 2 bits, in [0, 1]"), new("salient", "2", "value tokens per block kept at Int4"),
+                 new("residual", "0", "newest tokens left unquantized")], []),
+            null, (a, _) => new VidKvPress(a.Double("outliers", 0.5, 0, 1), a.Int("salient", 2, 0), a.Int("residual", 0, 0))),
     ];
 
     /// <summary>The quantization presses with their parameters.</summary>

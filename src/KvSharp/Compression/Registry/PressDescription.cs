@@ -9,6 +9,8 @@ public enum PressPartKind
     Budget,
     /// <summary>Refines which tokens an importance press keeps; follows a budget or wraps a scorer (<c>kvcrush(h2o)</c>).</summary>
     Selector,
+    /// <summary>Compresses while generating (<c>--decode-press</c>: <c>rkv</c>, <c>h2o</c>); see <see cref="DecodePressRegistry"/>.</summary>
+    Decode,
 }
 
 /// <summary>One parameter of a registered scorer or budget.</summary>

@@ -15,7 +15,8 @@ public class QuantizationRegistryTests
     [InlineData("mikv:keys=channel,qwindow=8", "mikv(h2o:window=32,chunk=64):high=int8,low=int2,top=0.2,keys=channel")]
     [InlineData("zipvl(tova):tau=0.9", "zipvl(tova):tau=0.9,high=int8,low=int2")]
     [InlineData("leankv(tova)", "leankv(tova):high=0.9,low=0.99,important=int8:int4,less=int4:int2")]
-    [InlineData("vidkv(tova)", "vidkv(tova):salient=0.1")]
+    [InlineData("vidkv", "vidkv:outliers=0.5,salient=2,residual=0")]
+    [InlineData("vidkv:outliers=0.25,salient=0,residual=32", "vidkv:outliers=0.25,salient=0,residual=32")]
     [InlineData("keynorm:keep=0.5 + kivi:bits=4", "keynorm+uniform:keep=0.5 + kivi:bits=4,group=32,residual=128")]
     [InlineData("kivi + keynorm+pyramid:keep=0.25", "kivi:bits=2,group=32,residual=128 + keynorm+pyramid:keep=0.25,beta=20")]
     public void TextFormsRoundTrip(string text, string canonical)
@@ -37,6 +38,8 @@ public class QuantizationRegistryTests
     [InlineData("kivi:bits=3", "bits=3")]
     [InlineData("kivi:bogus=1", "unknown parameter 'bogus'", "residual")]
     [InlineData("kivi(snapkv)", "kivi takes no scorer")]
+    [InlineData("vidkv(snapkv)", "vidkv takes no scorer")]
+    [InlineData("vidkv:outliers=2", "outliers")]
     [InlineData("kvtuner", "kvtuner needs file=PATH")]
     [InlineData("kvtuner:file=/nonexistent/k.json", "/nonexistent/k.json", "not found")]
     [InlineData("mikv:high=int7", "high=int7", "unknown KV format")]

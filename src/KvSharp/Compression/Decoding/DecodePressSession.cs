@@ -1,0 +1,101 @@
+using KvSharp.Cache.Paged;
+using KvSharp.Compression.Budgets;
+using KvSharp.Generation;
+
+namespace KvSharp.Compression.Decoding;
+
+/// <summary>
+/// The schedule and eviction shared by decode presses: after every <see cref="DecodePress.Every"/>-th step, heads over
+/// budget are scored by the method (<see cref="Score"/>) and cut back to <see cref="DecodePress.Tokens"/> candidates.
+/// </summary>
+internal abstract class DecodePressSession(DecodePress press, PagedKvCache cache) : IDecodeSession
+{
+    protected DecodePress Press { get; } = press;
+
+    protected PagedKvCache Cache { get; } = cache;
+
+    /// <summary>Compression steps that evicted something.</summary>
+    public int Compressions { get; private set; }
+
+    /// <summary>Tokens evicted over all heads so far.</summary>
+    public long EvictedTokens { get; private set; }
+
+    /// <summary>The scores of the last compression step, per head in the cache's Positions order before eviction (for tests).</summary>
+    public HeadScores? LastScores { get; private set; }
+
+    /// <inheritdoc />
+    public virtual void BeforeStep(int step) { }
+
+    /// <inheritdoc />
+    public virtual void AfterStep(int step)
+    {
+        if (step % Press.Every == 0) Compress();
+    }
+
+    /// <summary>Scores of every stored token of every head (Positions order), higher = more important, +∞ = keep.</summary>
+    protected abstract HeadScores Score();
+
+    /// <summary>Whether any head that stores its own KV holds more candidates than the budget.</summary>
+    protected bool OverBudget()
+    {
+        for (int l = 0; l < Cache.Layers; l++)
+            if (Cache.SharedLayerSource(l) < 0)
+                for (int h = 0; h < Cache.KvHeads; h++)
+                    if (Candidates(l, h) > Press.Tokens) return true;
+        return false;
+    }
+
+    /// <summary>Scores the heads and evicts each head's candidates beyond its budget.</summary>
+    protected void Compress()
+    {
+        if (!OverBudget()) return;
+        var scores = Score();
+        LastScores = scores;
+        for (int l = 0; l < Cache.Layers; l++)
+        {
+            if (Cache.SharedLayerSource(l) >= 0) continue; // a shared layer stores nothing: its source is compressed
+            for (int h = 0; h < Cache.KvHeads; h++)
+            {
+                var positions = Cache.Positions(l, h);
+                int first = positions.Count - Candidates(l, h);
+                if (positions.Count - first <= Press.Tokens) continue;
+                var keep = TopK.KeepMask(scores[l, h].AsSpan(first), Press.Tokens);
+                var evict = new bool[positions.Count];
+                for (int i = 0; i < keep.Length; i++) evict[first + i] = !keep[i];
+                EvictedTokens += evict.Count(e => e);
+                Cache.Evict(l, h, evict);
+            }
+        }
+        Compressions++;
+        Evicted();
+    }
+
+    /// <summary>Called after an eviction, so a method can drop the state of evicted tokens.</summary>
+    protected virtual void Evicted() { }
+
+    /// <summary>
+    /// <paramref name="values"/> of the <paramref name="covered"/> positions spread over the <paramref name="stored"/>
+    /// positions (both ascending); stored positions not covered get <paramref name="uncovered"/>.
+    /// </summary>
+    protected static float[] Align(IReadOnlyList<int> stored, IReadOnlyList<int> covered, ReadOnlySpan<float> values, float uncovered)
+    {
+        var result = new float[stored.Count];
+        for (int i = 0, j = 0; i < result.Length; i++)
+        {
+            while (j < covered.Count && covered[j] < stored[i]) j++;
+            result[i] = j < covered.Count && covered[j] == stored[i] ? values[j] : uncovered;
+        }
+        return result;
+    }
+
+    private int Candidates(int layer, int kvHead)
+    {
+        var positions = Cache.Positions(layer, kvHead);
+        int p = 0;
+        while (p < positions.Count && positions[p] < Press.Protect) p++;
+        return positions.Count - p;
+    }
+
+    /// <inheritdoc />
+    public virtual void Dispose() { }
+}
