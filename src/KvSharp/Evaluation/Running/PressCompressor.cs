@@ -1,5 +1,6 @@
 using System.Globalization;
 using KvSharp.Compression;
+using KvSharp.Compression.Quantization;
 using KvSharp.Compression.Registry;
 
 namespace KvSharp.Evaluation.Running;
@@ -33,7 +34,8 @@ public sealed class PressCompressor : ICacheCompressor
 
 /// <summary>
 /// The full cache (<c>none</c>) and every press of <see cref="PressRegistry"/>: a press name or text form (e.g.
-/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter.
+/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter; a press
+/// ending in a quantization press (e.g. <c>vidkv:residual=32</c>) runs as written at keep 1.
 /// </summary>
 public sealed class PressCompressorFactory : FullCacheFactory
 {
@@ -45,6 +47,8 @@ public sealed class PressCompressorFactory : FullCacheFactory
         string keep = "keep=" + keepRatio.ToString("0.####", CultureInfo.InvariantCulture);
         // The ratio joins the parameters of the last part (its budget), as the registry routes them.
         int lastPlus = text.LastIndexOf('+'), lastColon = text.LastIndexOf(':'), lastClose = text.LastIndexOf(')');
+        // A quantization press (kivi, vidkv, ...) has no keep ratio: at keep 1 it runs as written.
+        if (keepRatio == 1 && QuantizationPresses.Names(text[(lastPlus + 1)..].Trim())) return new PressCompressor(PressRegistry.Parse(text));
         text += lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep;
         return new PressCompressor(PressRegistry.Parse(text));
     }
