@@ -1,6 +1,5 @@
 using System.Globalization;
 using KvSharp.Compression;
-using KvSharp.Compression.Quantization;
 using KvSharp.Compression.Registry;
 
 namespace KvSharp.Evaluation.Running;
@@ -34,8 +33,8 @@ public sealed class PressCompressor : ICacheCompressor
 
 /// <summary>
 /// The full cache (<c>none</c>) and every press of <see cref="PressRegistry"/>: a press name or text form (e.g.
-/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter; a press
-/// ending in a quantization press (e.g. <c>vidkv:residual=32</c>) runs as written at keep 1.
+/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter; so does
+/// <c>clusterkv[:params]</c>, whose ratio is the per-step recall budget (<see cref="ClusterKvCompressor"/>).
 /// </summary>
 public sealed class PressCompressorFactory : FullCacheFactory
 {
@@ -45,11 +44,17 @@ public sealed class PressCompressorFactory : FullCacheFactory
         if (IsFullCache(press)) return NoCompression.Instance;
         string text = press.Trim();
         string keep = "keep=" + keepRatio.ToString("0.####", CultureInfo.InvariantCulture);
+        if (Compression.Recall.ClusterKvOptions.Names(text)) // recall, not eviction: the ratio is its per-step budget
+            return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(text + (text.Contains(':') ? "," : ":") + keep));
         // The ratio joins the parameters of the last part (its budget), as the registry routes them.
         int lastPlus = text.LastIndexOf('+'), lastColon = text.LastIndexOf(':'), lastClose = text.LastIndexOf(')');
-        // A quantization press (kivi, vidkv, ...) has no keep ratio: at keep 1 it runs as written.
-        if (keepRatio == 1 && QuantizationPresses.Names(text[(lastPlus + 1)..].Trim())) return new PressCompressor(PressRegistry.Parse(text));
-        text += lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep;
-        return new PressCompressor(PressRegistry.Parse(text));
+        string withKeep = text + (lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep);
+        try { return new PressCompressor(PressRegistry.Parse(withKeep)); }
+        catch (KvSharpException e) when (e.Message.Contains("unknown parameter 'keep'", StringComparison.Ordinal))
+        {
+            // A press without a keep ratio (kvsharer, kvtuner, kivi, ...) runs as given, in the keep-1 cell only.
+            if (keepRatio != 1) throw new KvSharpException($"press '{text}' takes no keep ratio: run it with --keep 1");
+            return new PressCompressor(PressRegistry.Parse(text));
+        }
     }
 }
