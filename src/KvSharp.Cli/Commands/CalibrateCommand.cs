@@ -17,8 +17,9 @@ internal static class CalibrateCommand
 {
     public static Command Create(CliContext context)
     {
-        var command = new Command("calibrate", "Offline calibration of quantization methods");
+        var command = new Command("calibrate", "Offline calibration: KVTuner precisions, KVzip head scores, BaKlaVa head profiles, KVSharer layer maps");
         command.Subcommands.Add(KvTuner(context));
+        foreach (var sub in CalibrateProfileCommands.Create(context)) command.Subcommands.Add(sub);
         return command;
     }
 
@@ -82,7 +83,8 @@ internal static class CalibrateCommand
         return 0;
     }
 
-    private sealed class Progress(ProgressTask task, CancellationToken cancellation) : IProgress<double>
+    /// <summary>Reports a calibration's fraction done to a progress bar; Ctrl+C cancels there.</summary>
+    internal sealed class Progress(ProgressTask task, CancellationToken cancellation) : IProgress<double>
     {
         public void Report(double value)
         {

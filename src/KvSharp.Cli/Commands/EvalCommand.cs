@@ -26,7 +26,7 @@ internal static class EvalCommand
         var press = new Option<string[]>("--press") { Description = "Press, repeatable: none (the full cache) or a registered press (snapkv, kvzip, snapkv+pyramid, adakv(snapkv), ...); it takes the --keep ratios", HelpName = "PRESS" };
         var keep = new Option<string>("--keep") { Description = "Keep ratios, comma-separated, each in (0, 1]", DefaultValueFactory = _ => "0.1,0.25,0.5,0.75,1.0", HelpName = "R,R,..." };
         var kvCache = new Option<string>("--kv-cache") { Description = "KV cache block formats (FORMAT or KEYS:VALUES, +rN residual)", DefaultValueFactory = _ => "f32", HelpName = "SPEC" };
-        var config = new Option<string?>("--config") { Description = "Sweep config (JSON: models, tasks, presses, keep, samples, length, seed, kv_cache); replaces the options above", HelpName = "FILE" };
+        var config = new Option<string?>("--config") { Description = "Sweep config (JSON, or YAML for .yaml/.yml: models, tasks, presses, keep, samples, length, seed, kv_cache); replaces the options above", HelpName = "FILE" };
         var output = new Option<string>("--out", "-o") { Description = "Results file (JSON lines, appended; per-sample answers go to NAME.samples.jsonl)", DefaultValueFactory = _ => "results.jsonl", HelpName = "FILE" };
         var data = new Option<string?>("--data") { Description = "Shared data folder (default: $KVSHARP_DATA, else shared/data found above the current folder)", HelpName = "DIR" };
         var agnostic = new Option<bool>("--question-agnostic") { Description = "Compress without showing the press the question (default: a single question is shown)" };

@@ -14,6 +14,12 @@ internal static class GenerateCommand
         var template = TemplateOption.Create(TemplateOption.None,
             "Wrap the prompt as one user turn of this chat template: none (raw text), auto (the model's), chatml, llama3, llama2, plain");
         var showCache = new Option<bool>("--show-cache") { Description = "Report KV-cache size and timings afterwards" };
+        var device = new Option<string>("--device")
+        {
+            Description = "Where the model runs: cpu, or cuda (an NVIDIA GPU: bf16/f16/f32 weights, float16 KV cache)",
+            DefaultValueFactory = _ => "cpu",
+            HelpName = "cpu|cuda",
+        };
 
         var command = new Command("generate", "Generate a continuation of a prompt");
         model.AddTo(command);
@@ -22,6 +28,7 @@ internal static class GenerateCommand
         command.Options.Add(template);
         generation.AddTo(command);
         command.Options.Add(showCache);
+        command.Options.Add(device);
 
         command.SetAction(parse =>
         {
@@ -32,9 +39,18 @@ internal static class GenerateCommand
                 TemplateOption.Bind(templateName, allowNone: true),
                 templateName.Equals(TemplateOption.None, StringComparison.OrdinalIgnoreCase) ? null : templateName.ToLowerInvariant(),
                 generation.Bind(parse),
-                parse.GetValue(showCache));
+                parse.GetValue(showCache))
+            { Device = ParseDevice(parse.GetValue(device)!) };
             return context.Engine.Generate(request, context.Output, context.Cancellation);
         });
         return command;
     }
+
+    /// <summary>The <c>--device</c> value; anything but cpu or cuda is a usage error naming the option.</summary>
+    private static ComputeDevice ParseDevice(string text) => text.ToLowerInvariant() switch
+    {
+        "cpu" => ComputeDevice.Cpu,
+        "cuda" or "gpu" => ComputeDevice.Cuda,
+        _ => throw new UsageException($"--device must be cpu or cuda; got '{text}'"),
+    };
 }

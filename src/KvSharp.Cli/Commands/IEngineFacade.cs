@@ -29,7 +29,20 @@ public sealed record ModelSource(string? Path, string? DummyConfig, string Dummy
 /// <param name="TemplateName">"auto" when the template must come from the model (the engine detects it), else the name given.</param>
 /// <param name="Options">Sampling, length and stop conditions, already validated.</param>
 /// <param name="ShowCache">Whether to report KV-cache size and timings afterwards (<c>--show-cache</c>).</param>
-public sealed record GenerateRequest(ModelSource Model, string Prompt, IChatTemplate? Template, string? TemplateName, GenerationOptions Options, bool ShowCache);
+public sealed record GenerateRequest(ModelSource Model, string Prompt, IChatTemplate? Template, string? TemplateName, GenerationOptions Options, bool ShowCache)
+{
+    /// <summary>Where the model runs (<c>--device</c>): the CPU engine, or an NVIDIA GPU.</summary>
+    public ComputeDevice Device { get; init; } = ComputeDevice.Cpu;
+}
+
+/// <summary>Where <c>kvsharp generate</c> runs the model.</summary>
+public enum ComputeDevice
+{
+    /// <summary>The CPU engine (the default; every cache format and press).</summary>
+    Cpu,
+    /// <summary>The CUDA backend: weights and a float16 KV cache in GPU memory, sampling on the host.</summary>
+    Cuda,
+}
 
 /// <summary>What <c>kvsharp chat</c> asks for.</summary>
 /// <param name="Model">The model to load.</param>

@@ -85,6 +85,7 @@ public sealed class EngineFacade : IEngineFacade
     /// <inheritdoc />
     public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
+        if (request.Device == ComputeDevice.Cuda) return CudaGeneration.Generate(this, _status, request, output, cancellation);
         using var model = Load(request.Model);
         int ctx = ContextLength(request.Model, model);
         var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;

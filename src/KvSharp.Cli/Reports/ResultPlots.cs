@@ -5,51 +5,96 @@ using ScottPlot;
 namespace KvSharp.Cli.Reports;
 
 /// <summary>
-/// The PNG plots of a results file, one pair per (model, task): score against keep ratio (one line per press, the
-/// full cache as a dashed horizontal line) and score against KV bytes after compression.
+/// The PNG plots of a results file, one set per (model, task): score against keep ratio (one line per press, the
+/// full cache as a dashed horizontal line), score against KV bytes after compression, and for language-model tasks
+/// KL(full ‖ compressed) against keep ratio. A press keeps its colour and marker in every figure of a report (20
+/// colours × 8 markers), and the legend sits beside the plot, so figures with many presses stay readable.
 /// </summary>
 internal static class ResultPlots
 {
-    /// <summary>Writes the plots into <paramref name="directory"/> as <c>{stem}-{model}-{task}-keep.png</c> / <c>-bytes.png</c>; returns their paths.</summary>
+    private static readonly MarkerShape[] Markers =
+    [
+        MarkerShape.FilledCircle, MarkerShape.FilledSquare, MarkerShape.FilledTriangleUp, MarkerShape.FilledDiamond,
+        MarkerShape.OpenCircle, MarkerShape.OpenSquare, MarkerShape.OpenTriangleDown, MarkerShape.Eks,
+    ];
+
+    /// <summary>
+    /// Writes the plots into <paramref name="directory"/> as <c>{stem}-{model}-{task}-keep.png</c>, <c>-bytes.png</c>
+    /// and (with KL) <c>-kl.png</c>; returns their paths.
+    /// </summary>
     public static IReadOnlyList<string> Write(IReadOnlyList<CellResult> cells, string directory, string stem)
     {
+        var styles = Styles(cells);
         var written = new List<string>();
         foreach (var group in cells.GroupBy(c => (c.Model, c.Task)).OrderBy(g => g.Key.Model, StringComparer.Ordinal).ThenBy(g => g.Key.Task, StringComparer.Ordinal))
         {
             string name = $"{stem}-{Safe(group.Key.Model)}-{Safe(group.Key.Task)}";
+            string title = $"{group.Key.Model} · {group.Key.Task}";
             var presses = group.GroupBy(c => c.Press).OrderBy(g => g.Key == "none" ? 0 : 1).ThenBy(g => g.Key, StringComparer.Ordinal).ToList();
+            string yLabel = group.All(c => c.Top1Agreement != null) ? "top-1 agreement with the full cache" : "score";
+            double low = LowerLimit(group.Select(c => c.Score));
 
             var keep = new Plot();
             foreach (var press in presses)
-            {
-                var points = press.OrderBy(c => c.KeepRatio).ToList();
-                if (press.Key == "none" && points.Count == 1)
-                {
-                    var line = keep.Add.HorizontalLine(points[0].Score);
-                    line.LinePattern = LinePattern.Dashed;
-                    line.LegendText = "full cache";
-                    continue;
-                }
-                var scatter = keep.Add.Scatter(points.Select(c => c.KeepRatio).ToArray(), points.Select(c => c.Score).ToArray());
-                scatter.LegendText = press.Key;
-            }
-            string yLabel = group.All(c => c.Top1Agreement != null) ? "top-1 agreement with the full cache" : "score";
-            double low = LowerLimit(group.Select(c => c.Score));
-            Decorate(keep, $"{group.Key.Model} · {group.Key.Task}", "keep ratio", yLabel, low);
+                AddSeries(keep, press.Key, press.OrderBy(c => c.KeepRatio).Select(c => (c.KeepRatio, c.Score)).ToList(), styles, fullCacheLine: true);
+            Decorate(keep, title, "keep ratio", yLabel, low, 1 + ((1 - low) * 0.05));
             keep.Axes.SetLimitsX(0, 1.05);
             written.Add(Save(keep, Path.Combine(directory, name + "-keep.png")));
 
             var bytes = new Plot();
             foreach (var press in presses)
-            {
-                var points = press.OrderBy(c => c.KvBytesAfter).ToList();
-                var scatter = bytes.Add.Scatter(points.Select(c => c.KvBytesAfter / 1048576.0).ToArray(), points.Select(c => c.Score).ToArray());
-                scatter.LegendText = press.Key == "none" ? "full cache" : press.Key;
-            }
-            Decorate(bytes, $"{group.Key.Model} · {group.Key.Task}", "KV cache after compression (MiB per sample)", yLabel, low);
+                AddSeries(bytes, press.Key, press.OrderBy(c => c.KvBytesAfter).Select(c => (c.KvBytesAfter / 1048576.0, c.Score)).ToList(), styles, fullCacheLine: false);
+            Decorate(bytes, title, "KV cache after compression (MiB per sample)", yLabel, low, 1 + ((1 - low) * 0.05));
             written.Add(Save(bytes, Path.Combine(directory, name + "-bytes.png")));
+
+            if (group.Any(c => c.Kl is > 0))
+            {
+                var kl = new Plot();
+                foreach (var press in presses.Where(p => p.Key != "none"))
+                    AddSeries(kl, press.Key, press.Where(c => c.Kl != null).OrderBy(c => c.KeepRatio).Select(c => (c.KeepRatio, c.Kl!.Value)).ToList(), styles, fullCacheLine: false);
+                double top = group.Max(c => c.Kl ?? 0);
+                Decorate(kl, title, "keep ratio", "KL(full ‖ compressed), nats per token", 0, top * 1.05);
+                kl.Axes.SetLimitsX(0, 1.05);
+                written.Add(Save(kl, Path.Combine(directory, name + "-kl.png")));
+            }
         }
         return written;
+    }
+
+    /// <summary>One colour and marker per press of the whole results file, in name order (the full cache black).</summary>
+    private static Dictionary<string, (Color Color, MarkerShape Marker)> Styles(IReadOnlyList<CellResult> cells)
+    {
+        var palette = new ScottPlot.Palettes.Category20();
+        var styles = new Dictionary<string, (Color, MarkerShape)>(StringComparer.Ordinal) { ["none"] = (Colors.Black, MarkerShape.FilledCircle) };
+        int i = 0;
+        foreach (var press in cells.Select(c => c.Press).Where(p => p != "none").Distinct().Order(StringComparer.Ordinal))
+        {
+            // Category20 pairs dark and light shades of one hue: the first 10 presses take the dark ones. Colours cycle every
+            // 20 presses and markers every 8, so no two of the first 40 share both.
+            styles[press] = (palette.GetColor((2 * i % 20) + (i / 10 % 2)), Markers[i % Markers.Length]); // the dark shade of each pair first
+            i++;
+        }
+        return styles;
+    }
+
+    private static void AddSeries(Plot plot, string press, IReadOnlyList<(double X, double Y)> points, Dictionary<string, (Color Color, MarkerShape Marker)> styles, bool fullCacheLine)
+    {
+        if (points.Count == 0) return;
+        var (color, marker) = styles[press];
+        if (press == "none" && fullCacheLine && points.Count == 1)
+        {
+            var line = plot.Add.HorizontalLine(points[0].Y);
+            line.LinePattern = LinePattern.Dashed;
+            line.Color = color;
+            line.LegendText = "full cache";
+            return;
+        }
+        var scatter = plot.Add.Scatter(points.Select(p => p.X).ToArray(), points.Select(p => p.Y).ToArray());
+        scatter.LegendText = press == "none" ? "full cache" : press;
+        scatter.Color = color;
+        scatter.MarkerShape = marker;
+        scatter.MarkerSize = 8;
+        scatter.LineWidth = 1.5f;
     }
 
     // Scores near 1 (language-model agreement) would be a flat band on a 0..1 axis: zoom to their range, in steps of 0.05.
@@ -59,18 +104,18 @@ internal static class ResultPlots
         return min > 0.5 ? Math.Floor((min - 0.02) * 20) / 20 : 0;
     }
 
-    private static void Decorate(Plot plot, string title, string xLabel, string yLabel, double yLow)
+    private static void Decorate(Plot plot, string title, string xLabel, string yLabel, double yLow, double yHigh)
     {
         plot.Title(title);
         plot.XLabel(xLabel);
         plot.YLabel(yLabel);
-        plot.Axes.SetLimitsY(yLow, 1 + ((1 - yLow) * 0.05));
-        plot.ShowLegend(Alignment.LowerRight);
+        plot.Axes.SetLimitsY(yLow, yHigh > yLow ? yHigh : yLow + 1);
+        plot.ShowLegend(Edge.Right);
     }
 
     private static string Save(Plot plot, string path)
     {
-        JsonlFile.WriteAtomically(path, plot.GetImageBytes(800, 500, ImageFormat.Png));
+        JsonlFile.WriteAtomically(path, plot.GetImageBytes(1000, 560, ImageFormat.Png));
         return path;
     }
 

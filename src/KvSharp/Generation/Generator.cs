@@ -32,34 +32,51 @@ public sealed class Generator
     /// </summary>
     public GenerationResult Generate(
         IReadOnlyList<int> prompt, IKvCache cache, int contextLength, GenerationOptions options,
-        Action<string>? onText = null, CancellationToken cancellation = default)
+        Action<string>? onText = null, CancellationToken cancellation = default) =>
+        Run(_tokenizer, _model.Config.MaxContext, tokens => _model.Forward(tokens, cache), () => cache.Length,
+            prompt, contextLength, options, onText, cancellation, cache);
+
+    /// <summary>
+    /// The generation loop over any forward pass (the CUDA backend's too): <paramref name="forward"/> runs tokens after
+    /// everything it has seen and returns the last one's logits; <paramref name="cachedTokens"/> says how many tokens
+    /// its cache holds. Sampling, stop strings, end-of-sequence and streamed text work as in <see cref="Generate"/>.
+    /// <paramref name="cache"/> is the engine cache behind <paramref name="forward"/>, needed only by
+    /// <see cref="GenerationOptions.DecodeCompression"/>.
+    /// </summary>
+    public static GenerationResult Run(
+        ITokenizer tokenizer, int maxContext, Func<int[], float[]> forward, Func<int> cachedTokens,
+        IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
+        Action<string>? onText = null, CancellationToken cancellation = default, IKvCache? cache = null)
     {
         options.Validate();
+        if (options.DecodeCompression is not null && cache is null)
+            throw new KvSharpException("decode-time compression needs the engine's own KV cache: this forward pass keeps its cache elsewhere (e.g. on the GPU)");
         if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
-        int free = contextLength - cache.Length;
+        int cached = cachedTokens();
+        int free = contextLength - cached;
         if (prompt.Count > free)
-            throw new KvSharpException(cache.Length == 0
-                ? $"the prompt has {prompt.Count} tokens but the context holds {contextLength}" + (contextLength < _model.Config.MaxContext
-                    ? $" (raise --ctx up to the model's {_model.Config.MaxContext}, or shorten the prompt)"
+            throw new KvSharpException(cached == 0
+                ? $"the prompt has {prompt.Count} tokens but the context holds {contextLength}" + (contextLength < maxContext
+                    ? $" (raise --ctx up to the model's {maxContext}, or shorten the prompt)"
                     : " (the model's full context): shorten the prompt")
                 : $"the prompt has {prompt.Count} tokens but only {free} of the context's {contextLength} remain");
 
         var sampler = new Sampler(options.EffectiveSampler);
         var history = new List<int>(prompt);
         var generated = new List<int>();
-        var eos = options.StopAtEos ? new HashSet<int>(_tokenizer.EosIds) : [];
+        var eos = options.StopAtEos ? new HashSet<int>(tokenizer.EosIds) : [];
         var utf8 = Encoding.UTF8.GetDecoder();
         var stops = new StopStringMatcher(options.StopStrings);
         var text = new StringBuilder();
         var chars = new char[64];
 
         var sw = Stopwatch.StartNew();
-        float[] logits = _model.Forward(prompt.ToArray(), cache);
+        float[] logits = forward(prompt.ToArray());
         var prefill = sw.Elapsed;
         sw.Restart();
 
         StopReason reason = StopReason.MaxTokens;
-        using var decode = options.DecodeCompression?.Start(cache);
+        using var decode = options.DecodeCompression?.Start(cache!); // checked non-null above when set
         int steps = 0;
         while (generated.Count < options.MaxTokens)
         {
@@ -69,9 +86,9 @@ public sealed class Generator
             generated.Add(next);
             history.Add(next);
 
-            if (!_tokenizer.IsSpecial(next)) // control tokens (chat markers) are not text
+            if (!tokenizer.IsSpecial(next)) // control tokens (chat markers) are not text
             {
-                var bytes = _tokenizer.TokenBytes(next);
+                var bytes = tokenizer.TokenBytes(next);
                 int need = utf8.GetCharCount(bytes, flush: false);
                 if (need > chars.Length) chars = new char[need * 2];
                 int n = utf8.GetChars(bytes, 0, bytes.Length, chars, 0, flush: false);
@@ -83,9 +100,9 @@ public sealed class Generator
                 }
             }
             if (generated.Count == options.MaxTokens) break;
-            if (cache.Length >= contextLength) { reason = StopReason.ContextFull; break; }
+            if (cachedTokens() >= contextLength) { reason = StopReason.ContextFull; break; }
             decode?.BeforeStep(++steps);
-            logits = _model.Forward([next], cache);
+            logits = forward([next]);
             decode?.AfterStep(steps);
         }
         if (reason != StopReason.StopString)

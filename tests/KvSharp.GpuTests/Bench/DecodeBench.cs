@@ -2,19 +2,24 @@ using System.Diagnostics;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
+using KvSharp.Models;
 using KvSharp.Models.Loading;
 
 namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
-/// Batch-1 greedy decode speed of a dummy-weight model (bfloat16 matrices, float16 KV cache) at given
-/// context lengths, against the roofline: (weight bytes + KV bytes read per token) / the measured
-/// device-to-device copy bandwidth. The cache is filled with random K/V up to the context length instead
-/// of prefilling it (decode cost depends on the length, not on the values). Also times a 4K prefill.
+/// Greedy decode speed of a dummy-weight model (bfloat16 matrices, float16 KV cache) at given context lengths and
+/// batch sizes, against the roofline: (weight bytes + KV bytes read per step) / the measured device-to-device copy
+/// bandwidth. The caches are filled with random K/V up to the context length instead of prefilling them (decode cost
+/// depends on the length, not on the values). Batch 1 is measured with and without programmatic dependent launch
+/// ($KVSHARP_CUDA_PDL picks the mode the table reports).
+/// Also times prefills (the tensor-core attention) and each decode kernel alone.
 /// </summary>
 public static class DecodeBench
 {
-    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, int prefillTokens, TextWriter log)
+    /// <summary>Runs the benchmark and writes its log and result tables to <paramref name="log"/>.</summary>
+    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batchContexts, int batch, int steps,
+        IReadOnlyList<int> prefills, TextWriter log)
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
@@ -35,73 +40,115 @@ public static class DecodeBench
         using var _ = gpu;
         long weightBytes = gpu.WeightBytesReadPerToken;
         using var timer = new CudaTimer(device);
-        KernelTimes(gpu, timer, bandwidth, log);
+        KernelTimes(gpu, timer, bandwidth, batch, log);
+
         var rows = new List<string>();
+        bool pdl = device.ProgrammaticLaunch;
+        string mode = pdl ? "PDL" : "no PDL";
         foreach (int context in contexts)
         {
-            const int repeats = 3;
-            using var cache = gpu.CreateCache(context + (repeats + 1) * steps + 8);
-            cache.FillRandom(gpu.Kernels, context, seed: (uint)context);
-            gpu.BeginDecode(cache, token: 1000);
-            gpu.EnqueueDecodeSteps(cache, steps); // warm-up
-            device.Synchronize();
-            var times = new List<double>();
-            for (int r = 0; r < repeats; r++)
+            if (device.ComputeMajor >= 9)
             {
-                timer.Start();
-                gpu.EnqueueDecodeSteps(cache, steps);
-                times.Add(timer.StopMilliseconds() / steps);
+                // The other launch mode, for comparison (the table keeps the configured one).
+                device.ProgrammaticLaunch = !pdl;
+                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "no PDL" : "PDL", log);
+                device.ProgrammaticLaunch = pdl;
             }
-            times.Sort();
-            double ms = times[repeats / 2];
-            // KV read per token at the middle of the timed steps.
-            long kvBytes = (long)(context + 2.5 * steps) * config.KvBytesPerToken(2);
-            double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
-            rows.Add($"| {context} | {ms:F3} | {1000 / ms:F1} | {(weightBytes + kvBytes) / 1e9:F2} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {(weightBytes + kvBytes) / (ms / 1e3) / 1e9:F0} |");
-            log.WriteLine($"context {context}: {ms:F3} ms/token (min {times[0]:F3}, max {times[^1]:F3})");
+            rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, mode, log));
+        }
+        foreach (int context in batchContexts)
+        {
+            if (context == batchContexts[0])
+            {
+                gpu.Kernels.UseTensorCoreGemv = false;
+                Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, "CUDA-core matrix-vector kernels", log);
+                gpu.Kernels.UseTensorCoreGemv = true;
+            }
+            long need = (long)batch * (context + 4 * steps + 8) * config.KvBytesPerToken(2);
+            if (need > device.FreeMemory - (2L << 30))
+            {
+                log.WriteLine($"batch {batch} at {context}: {need / 1e9:F1} GB of KV cache do not fit ({device.FreeMemory / 1e9:F1} GB free)");
+                continue;
+            }
+            rows.Add(Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, mode, log));
         }
 
-        if (prefillTokens > 0)
+        var prefillRows = new List<string>();
+        if (prefills.Count > 0)
         {
-            using var cache = gpu.CreateCache(prefillTokens + 1);
-            var prompt = Enumerable.Range(0, prefillTokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
-            using (var warm = gpu.CreateCache(600)) gpu.Forward(prompt.AsSpan(0, 520), warm); // cuBLAS heuristics, scratch
-            sw.Restart();
-            gpu.Forward(prompt, cache);
-            double s = sw.Elapsed.TotalSeconds;
-            log.WriteLine($"prefill {prefillTokens} tokens: {s * 1e3:F0} ms, {prefillTokens / s:F0} tokens/s (chunks of {gpu.PrefillChunk})");
+            using (var warm = gpu.CreateCache(2100)) gpu.Forward(Prompt(2050, config), warm); // cuBLAS heuristics, scratch, kernels
+            foreach (int tokens in prefills)
+            {
+                using var cache = gpu.CreateCache(tokens + 1);
+                var prompt = Prompt(tokens, config);
+                var seconds = new List<double>();
+                for (int r = 0; r < 3; r++)
+                {
+                    cache.Length = 0;
+                    sw.Restart();
+                    gpu.Forward(prompt, cache);
+                    seconds.Add(sw.Elapsed.TotalSeconds);
+                }
+                seconds.Sort();
+                double s = seconds[1];
+                log.WriteLine($"prefill {tokens} tokens: {s * 1e3:F0} ms, {tokens / s:F0} tokens/s (median of 3: {string.Join(", ", seconds.Select(x => $"{x * 1e3:F0}"))} ms; chunks of {gpu.PrefillChunk})");
+                prefillRows.Add($"| {tokens} | {s * 1e3:F0} | {tokens / s:F0} |");
+            }
         }
 
         log.WriteLine();
-        log.WriteLine($"weights read per token: {weightBytes / 1e9:F3} GB; KV per token of context: {config.KvBytesPerToken(2) / 1024.0:F0} KiB");
-        log.WriteLine("| context | ms/token | tokens/s | GB read/token | roofline tokens/s | % of roofline | achieved GB/s |");
-        log.WriteLine("|---|---|---|---|---|---|---|");
+        log.WriteLine($"weights read per step: {weightBytes / 1e9:F3} GB; KV per token of context: {config.KvBytesPerToken(2) / 1024.0:F0} KiB");
+        log.WriteLine("| batch | context | ms/step | tokens/s | GB read/step | roofline steps/s | % of roofline | achieved GB/s |");
+        log.WriteLine("|---|---|---|---|---|---|---|---|");
         foreach (var r in rows) log.WriteLine(r);
+        if (prefillRows.Count > 0)
+        {
+            log.WriteLine();
+            log.WriteLine("| prefill tokens | ms | tokens/s |");
+            log.WriteLine("|---|---|---|");
+            foreach (var r in prefillRows) log.WriteLine(r);
+        }
+    }
+
+    private static int[] Prompt(int tokens, ModelConfig config) => Enumerable.Range(0, tokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
+
+    /// <summary>Median of 3 event-timed runs of <paramref name="steps"/> graph decode steps; one result-table row.</summary>
+    private static string Decode(CudaTransformer gpu, CudaTimer timer, int context, int batch, int steps, double bandwidth, long weightBytes,
+        string note, TextWriter log)
+    {
+        const int repeats = 3;
+        var config = gpu.Config;
+        using var cache = gpu.CreateCache(context + (repeats + 1) * steps + 8, batch);
+        cache.FillRandom(gpu.Kernels, context, seed: (uint)context);
+        gpu.BeginDecode(cache, Enumerable.Range(0, batch).Select(i => 1000 + i).ToArray());
+        gpu.EnqueueDecodeSteps(cache, steps); // warm-up
+        gpu.Device.Synchronize();
+        var times = new List<double>();
+        for (int r = 0; r < repeats; r++)
+        {
+            timer.Start();
+            gpu.EnqueueDecodeSteps(cache, steps);
+            times.Add(timer.StopMilliseconds() / steps);
+        }
+        times.Sort();
+        double ms = times[repeats / 2];
+        // KV read per step at the middle of the timed steps, every sequence.
+        long kvBytes = (long)(batch * (context + 2.5 * steps)) * config.KvBytesPerToken(2);
+        double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
+        log.WriteLine($"batch {batch} context {context} {note}: {ms:F3} ms/step, {batch * 1000 / ms:F1} tokens/s, {rooflineMs / ms * 100:F1}% of roofline (min {times[0]:F3}, max {times[^1]:F3})");
+        return $"| {batch} | {context} | {ms:F3} | {batch * 1000 / ms:F1} | {(weightBytes + kvBytes) / 1e9:F2} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {(weightBytes + kvBytes) / (ms / 1e3) / 1e9:F0} |";
     }
 
     /// <summary>
-    /// Each decode matrix-vector product alone (20 back-to-back launches, event-timed) and one layer's attention
-    /// at 32K: achieved bandwidth per kernel, to see which part of a token's time is off the roofline.
+    /// Each decode matrix-vector product alone (20 back-to-back launches, event-timed) for 1 and
+    /// <paramref name="batch"/> rows, one layer's attention at several contexts, and the prefill attention: achieved
+    /// bandwidth (or rate) per kernel, to see which part of a step's time is off the roofline.
     /// </summary>
-    private static void KernelTimes(CudaTransformer gpu, CudaTimer timer, double bandwidth, TextWriter log)
+    private static void KernelTimes(CudaTransformer gpu, CudaTimer timer, double bandwidth, int batch, TextWriter log)
     {
         var device = gpu.Device;
         var c = gpu.Config;
         const int launches = 20;
-        using var x = device.Allocate(4L * Math.Max(c.HiddenSize, c.IntermediateSize));
-        using var y = device.Allocate(4L * Math.Max(c.VocabSize, 2 * c.IntermediateSize));
-        x.Fill32(0x3C000000u); // 2^-7: finite, non-zero activations
-        y.Fill32(0);
-        foreach (var (name, m, mode) in gpu.DecodeMatrices())
-        {
-            int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-            gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, 1, mode);
-            timer.Start();
-            for (int i = 0; i < launches; i++) gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, 1, mode);
-            double us = timer.StopMilliseconds() * 1e3 / launches;
-            double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
-            log.WriteLine($"kernel gemv {name} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
-        }
         double Time(Action launch)
         {
             launch();
@@ -109,40 +156,72 @@ public static class DecodeBench
             for (int i = 0; i < launches; i++) launch();
             return timer.StopMilliseconds() * 1e3 / launches;
         }
-        using var norm = device.Allocate(4L * c.HiddenSize);
-        norm.Fill32(0x3F800000u);
-        log.WriteLine($"kernel rmsnorm 1x{c.HiddenSize}: {Time(() => gpu.Kernels.RmsNorm(x.Pointer, norm.Pointer, y.Pointer, 1, c.HiddenSize, 1e-5f)):F1} us");
+        using var x = device.Allocate(4L * batch * Math.Max(c.HiddenSize, c.IntermediateSize));
+        using var y = device.Allocate(4L * batch * Math.Max(c.VocabSize, 2 * c.IntermediateSize));
+        x.Fill32(0x3C000000u); // 2^-7: finite, non-zero activations
+        y.Fill32(0);
+        // Batch 1: with the fused norm and without (its cost); batch rows: tensor cores and CUDA cores.
+        foreach (var (n, tensorCores, withNorm) in new[] { (1, false, true), (1, false, false), (batch, true, true), (batch, false, true) })
+            foreach (var (name, m, mode, norm) in gpu.DecodeMatrices())
+            {
+                if (!withNorm && norm == 0) continue;
+                gpu.Kernels.UseTensorCoreGemv = tensorCores;
+                int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
+                ulong useNorm = withNorm ? norm : 0;
+                double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
+                double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
+                string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "");
+                log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+            }
+        gpu.Kernels.UseTensorCoreGemv = true;
         log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");
 
-        foreach (int context in new[] { 512, 4096, 32768 })
+        foreach (var (context, rowsAtOnce) in new[] { (512, 1), (4096, 1), (32768, 1), (131072, 1), (4096, batch), (32768, batch) })
         {
-            using var cache = gpu.CreateCache(context + 1);
+            long kvBytes = (long)rowsAtOnce * 2L * context * c.NumKvHeads * c.HeadDim * 2;
+            if (kvBytes * c.NumLayers > device.FreeMemory - (4L << 30)) continue;
+            using var cache = gpu.CreateCache(context + 1, rowsAtOnce);
             cache.FillRandom(gpu.Kernels, context, seed: 3);
-            using var q = device.Allocate(4L * (c.NumHeads + 2 * c.NumKvHeads) * c.HeadDim);
-            using var att = device.Allocate(4L * c.NumHeads * c.HeadDim);
+            using var q = device.Allocate(4L * rowsAtOnce * (c.NumHeads + 2 * c.NumKvHeads) * c.HeadDim);
+            using var att = device.Allocate(4L * rowsAtOnce * c.NumHeads * c.HeadDim);
             q.Fill32(0x3C000000u);
-            using var pos = device.Allocate(4);
-            pos.Upload<int>([context - 1]);
+            using var pos = device.Allocate(4L * rowsAtOnce);
+            pos.Upload<int>(Enumerable.Repeat(context - 1, rowsAtOnce).ToArray());
             if (context == 512)
             {
                 using var freq = device.Allocate(4L * c.HeadDim / 2);
                 freq.Fill32(0x3A800000u);
-                log.WriteLine($"kernel qkv_rope_append 1 row: {Time(() => gpu.Kernels.QkvRopeAppend(q.Pointer, att.Pointer, 0, 0, freq.Pointer, cache.Keys(0), cache.Values(0), 1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, false, 1e-5f)):F1} us");
+                log.WriteLine($"kernel qkv_rope_append 1 row: {Time(() => gpu.Kernels.QkvRopeAppend(q.Pointer, att.Pointer, 0, 0, freq.Pointer, cache.Keys(0), cache.Values(0), 1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, false, 1e-5f, cache.SequenceStride)):F1} us");
             }
-            var plan = gpu.Kernels.PlanAttention(context, 1, c.NumHeads, c.NumKvHeads, c.HeadDim);
-            using var po = device.Allocate(4L * c.NumHeads * plan.Splits * c.HeadDim);
-            using var pml = device.Allocate(8L * c.NumHeads * plan.Splits);
-            using var counters = device.Allocate(4L * c.NumKvHeads);
+            var plan = gpu.Kernels.PlanAttention(context, rowsAtOnce, c.NumHeads, c.NumKvHeads, c.HeadDim);
+            using var po = device.Allocate(4L * rowsAtOnce * c.NumHeads * plan.Splits * c.HeadDim);
+            using var pml = device.Allocate(8L * rowsAtOnce * c.NumHeads * plan.Splits);
+            using var counters = device.Allocate(4L * rowsAtOnce * c.NumKvHeads);
             counters.Fill32(0);
             double aus = Time(() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                1, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan));
-            long kvBytes = 2L * context * c.NumKvHeads * c.HeadDim * 2;
-            log.WriteLine($"kernel attention 1 layer at {context} ({plan.Splits} chunks of {plan.Chunk}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
+                rowsAtOnce, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan, cache.SequenceStride));
+            log.WriteLine($"kernel attention x{rowsAtOnce} 1 layer at {context} ({plan.Splits} splits{(plan.Streaming ? ", streaming" : $" of {plan.Chunk}")}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
         }
+
+        if (CudaKernels.FlashAttention(c.HeadDim))
+            foreach (var (past, n) in new[] { (0, 2048), (30720, 2048) })
+            {
+                using var cache = gpu.CreateCache(past + n);
+                cache.FillRandom(gpu.Kernels, past + n, seed: 5);
+                using var q = device.Allocate(4L * n * c.NumHeads * c.HeadDim);
+                using var att = device.Allocate(4L * n * c.NumHeads * c.HeadDim);
+                q.Fill32(0x3C000000u);
+                using var pos = device.Allocate(4);
+                pos.Upload<int>([past]);
+                double us = Time(() => gpu.Kernels.FlashPrefill(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, n, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer));
+                // Causal: n rows see past + 1 .. past + n keys; 4 flops per (query, key, dim) for Q·Kᵀ and P·V.
+                double flops = 4.0 * c.NumHeads * c.HeadDim * ((double)n * past + (double)n * (n + 1) / 2);
+                log.WriteLine($"kernel flash prefill 1 layer, {n} rows after {past}: {us:F1} us, {flops / (us * 1e-6) / 1e12:F0} TFLOP/s");
+            }
     }
 
     /// <summary>Bytes read plus bytes written per second by a 1 GiB device-to-device copy (median of 10).</summary>
-    private static double CopyBandwidth(CudaDevice device)
+    internal static double CopyBandwidth(CudaDevice device)
     {
         const long bytes = 1L << 30;
         using var a = device.Allocate(bytes);

@@ -13,8 +13,15 @@ public static class GpuCheckList
         ("gemv", KernelChecks.Gemv),
         ("cublas", KernelChecks.CublasGemm),
         ("attention", KernelChecks.Attention),
+        ("flash prefill", KernelChecks.FlashPrefill),
         ("argmax", KernelChecks.ArgMax),
+        ("paged: attention, every format and mixed", PagedChecks.Attention),
+        ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
+        ("paged: device evict = CPU evict", PagedChecks.EvictMatchesCpu),
+        ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
+        ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),
+        ("model: batch decode", ModelChecks.BatchDecode),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
     ];
 }

@@ -232,7 +232,7 @@ public static class KernelChecks
 
     /// <summary>
     /// Matrix-vector kernels: each weight type, 1/3/8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
-    /// row count (two rows per warp), and the accumulate and SwiGLU epilogues.
+    /// row count (two rows per warp), the accumulate and SwiGLU epilogues, and the fused RMSNorm of the input.
     /// </summary>
     public static string Gemv()
     {
@@ -240,19 +240,43 @@ public static class KernelChecks
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
             foreach (int cols in new[] { 1024, 172 })
                 foreach (int n in new[] { 1, 3, 8 })
-                    foreach (var mode in new[] { CudaKernels.GemvMode.Store, CudaKernels.GemvMode.Accumulate, CudaKernels.GemvMode.SwiGlu })
+                    foreach (var (mode, normed) in new[] { (CudaKernels.GemvMode.Store, false), (CudaKernels.GemvMode.Accumulate, false),
+                        (CudaKernels.GemvMode.SwiGlu, false), (CudaKernels.GemvMode.Store, true), (CudaKernels.GemvMode.SwiGlu, true) })
                     {
                         var rnd = new RandomData();
                         int rows = 333; // odd: the last warp has one row
                         int matrixRows = mode == CudaKernels.GemvMode.SwiGlu ? 2 * rows : rows;
                         var (dw, weights) = Weights(type, rnd.Floats(matrixRows * cols));
                         using var _ = dw;
-                        var x = rnd.Floats(n * cols);
+                        var x = rnd.Floats(n * cols, 3f);
                         var y0 = rnd.Floats(n * rows);
+                        var norm = rnd.Floats(cols, 2f);
+                        const float eps = 1e-5f;
                         using var dx = Upload(x);
+                        using var dnorm = Upload(norm);
                         using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
-                        K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode);
-                        var products = Reference(weights, x, matrixRows, cols, n);
+                        K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps);
+                        // The tensor-core kernel (2..8 rows, 16-bit weights) rounds x·norm to the weight type and applies the
+                        // norm's 1/rms after the product; the CUDA-core kernel keeps float32 activations.
+                        bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
+                        var xr = new double[n * cols];
+                        var inv = new double[n];
+                        for (int t = 0; t < n; t++)
+                        {
+                            double ss = 0;
+                            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
+                            inv[t] = normed ? 1 / Math.Sqrt(ss / cols + eps) : 1;
+                            for (int i = 0; i < cols; i++)
+                            {
+                                float v = normed ? x[t * cols + i] * norm[i] : x[t * cols + i];
+                                xr[t * cols + i] = !tensorCores ? (normed ? x[t * cols + i] * inv[t] * norm[i] : x[t * cols + i])
+                                    : type == DeviceWeightType.BF16 ? RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]) : (double)(Half)v;
+                            }
+                        }
+                        var products = Reference(weights, xr, matrixRows, cols, n);
+                        if (tensorCores)
+                            for (int t = 0; t < n; t++)
+                                for (int r = 0; r < matrixRows; r++) products[t * matrixRows + r] *= inv[t];
                         var expected = new double[n * rows];
                         for (int t = 0; t < n; t++)
                             for (int r = 0; r < rows; r++)
@@ -264,7 +288,7 @@ public static class KernelChecks
                                     _ => products[t * rows + r],
                                 };
                             }
-                        report.Add(Compare.Relative($"gemv {type} {mode} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
+                        report.Add(Compare.Relative($"gemv{(tensorCores ? " mma" : "")} {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
                     }
         return string.Join("; ", report);
     }
@@ -312,25 +336,117 @@ public static class KernelChecks
     }
 
     /// <summary>
-    /// Flash-decoding attention over a float16 cache: GQA, several query rows at consecutive positions
-    /// (causal), the planner's multi-chunk split and a single chunk, a large and a tiny head dimension.
+    /// Flash-decoding attention over a float16 cache: GQA, several query rows at consecutive positions (causal) or
+    /// as separate sequences of a batch (each its own cache and position), the streaming kernel (head dimensions 64
+    /// and 128) with the planned, a single and an uneven split, and the general kernel (other head dimensions, 16 heads
+    /// per KV head) with its planned and single-chunk plans.
     /// </summary>
     public static string Attention()
     {
         var report = new List<string>();
-        foreach (var (heads, kvHeads, hd, pos0, n) in new[] { (8, 2, 128, 1000, 3), (8, 4, 8, 0, 5), (14, 2, 64, 300, 1), (16, 1, 128, 50, 2), (3, 3, 96, 70, 2) })
+        foreach (var (heads, kvHeads, hd, pos0, n, batch) in new[]
+        {
+            (8, 2, 128, 1000, 3, false), (32, 8, 128, 3000, 1, false), (8, 4, 8, 0, 5, false), (14, 2, 64, 300, 1, false),
+            (16, 1, 128, 50, 2, false), (3, 3, 96, 70, 2, false), (8, 1, 128, 700, 4, true), (4, 2, 64, 90, 3, true), (6, 2, 32, 40, 2, true),
+        })
         {
             var rnd = new RandomData();
             int capacity = pos0 + n + 17;
-            int visibleMax = pos0 + n;
-            // Random K and V rounded through float16 (the cache's type), in the cache layout [kvHeads, capacity, hd].
-            var kh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
-            var vh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
+            int sequences = batch ? n : 1;
+            // Per row: its sequence and position (batch rows get different lengths around pos0).
+            var seqOf = new int[n];
+            var posOf = new int[n];
+            for (int t = 0; t < n; t++)
+            {
+                seqOf[t] = batch ? t : 0;
+                posOf[t] = batch ? pos0 + rnd.Next(n + 10) : pos0 + t;
+            }
+            long seqStride = (long)kvHeads * capacity * hd;
+            // Random K and V rounded through float16 (the cache's type), in the cache layout [sequence, kvHeads, capacity, hd].
+            var kh = RandomData.ToHalf(rnd.Floats((int)(sequences * seqStride), 2f));
+            var vh = RandomData.ToHalf(rnd.Floats((int)(sequences * seqStride), 2f));
             var q = rnd.Floats(n * heads * hd, 2f);
             using var dk = Upload(kh);
             using var dv = Upload(vh);
             using var dq = Upload(q);
+            using var dpos = Upload(batch ? posOf : [pos0]);
+            var expected = new double[n * heads * hd];
+            int group = heads / kvHeads;
+            for (int t = 0; t < n; t++)
+                for (int h = 0; h < heads; h++)
+                {
+                    long baseKv = seqOf[t] * seqStride + (long)(h / group) * capacity * hd;
+                    int visible = posOf[t] + 1;
+                    var s = new double[visible];
+                    double max = double.NegativeInfinity;
+                    for (int j = 0; j < visible; j++)
+                    {
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[baseKv + j * hd + d];
+                        s[j] = dot / Math.Sqrt(hd);
+                        max = Math.Max(max, s[j]);
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
+                    for (int d = 0; d < hd; d++)
+                    {
+                        double acc = 0;
+                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[baseKv + j * hd + d];
+                        expected[(t * heads + h) * hd + d] = acc / sum;
+                    }
+                }
+            int visibleMax = posOf.Max() + 1;
+            var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
+            var plans = new List<CudaKernels.AttentionPlan> { planned };
+            if (planned.Streaming)
+            {
+                plans.Add(planned with { Splits = 1 });
+                plans.Add(planned with { Splits = 7 });
+            }
+            else
+            {
+                int singleChunk = CudaKernels.MaxChunk(group, hd);
+                if (visibleMax <= singleChunk) plans.Add(new CudaKernels.AttentionPlan(singleChunk, 1, CudaKernels.SharedBytes(group, hd, singleChunk)));
+            }
+            foreach (var plan in plans)
+            {
+                using var po = Poisoned((long)n * heads * plan.Splits * hd * 4);
+                using var pml = Poisoned((long)n * heads * plan.Splits * 8);
+                using var counters = Dev.Allocate(n * kvHeads * 4L);
+                counters.Fill32(0);
+                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                {
+                    using var dout = Poisoned((long)n * heads * hd * 4);
+                    K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan, batch ? seqStride : 0);
+                    report.Add(Compare.Relative($"attention{(plan.Streaming ? " streaming" : "")} H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n}{(batch ? " batch" : "")} splits{plan.Splits} (seed {rnd.Seed})",
+                        Result(dout, n * heads * hd), expected, 2e-5));
+                }
+            }
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// Tensor-core prefill attention (float16 operands, float32 accumulation) against float64 on random inputs: causal
+    /// over a cache holding earlier tokens and the chunk's own, query rows that do not fill the last tile, GQA.
+    /// </summary>
+    public static string FlashPrefill()
+    {
+        var report = new List<string>();
+        foreach (var (heads, kvHeads, hd, pos0, n) in new[] { (8, 2, 128, 0, 100), (4, 4, 64, 300, 200), (32, 8, 128, 77, 64), (6, 1, 64, 1, 9) })
+        {
+            var rnd = new RandomData();
+            int capacity = pos0 + n + 5;
+            var kh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
+            var vh = RandomData.ToHalf(rnd.Floats(kvHeads * capacity * hd, 2f));
+            var q = rnd.Floats(n * heads * hd, 1f);
+            using var dk = Upload(kh);
+            using var dv = Upload(vh);
+            using var dq = Upload(q);
             using var dpos = Upload(new[] { pos0 });
+            using var dout = Poisoned((long)n * heads * hd * 4);
+            K.FlashPrefill(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, n, heads, kvHeads, hd, capacity, dpos.Pointer);
             var expected = new double[n * heads * hd];
             int group = heads / kvHeads;
             for (int t = 0; t < n; t++)
@@ -355,52 +471,45 @@ public static class KernelChecks
                         expected[(t * heads + h) * hd + d] = acc / sum;
                     }
                 }
-            var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
-            int singleChunk = CudaKernels.MaxChunk(group, hd);
-            var single = new CudaKernels.AttentionPlan(singleChunk, 1, CudaKernels.SharedBytes(group, hd, singleChunk));
-            foreach (var plan in visibleMax <= singleChunk ? new[] { planned, single } : new[] { planned })
-            {
-                using var po = Poisoned((long)n * heads * plan.Splits * hd * 4);
-                using var pml = Poisoned((long)n * heads * plan.Splits * 8);
-                using var counters = Dev.Allocate(n * kvHeads * 4L);
-                counters.Fill32(0);
-                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
-                {
-                    using var dout = Poisoned((long)n * heads * hd * 4);
-                    K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan);
-                    report.Add(Compare.Relative($"attention H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} splits{plan.Splits} (seed {rnd.Seed})",
-                        Result(dout, n * heads * hd), expected, 2e-5));
-                }
-            }
+            // float16 queries and probabilities: ~1e-3 relative, where a wrong mask or fragment moves the output by 1e-1.
+            report.Add(Compare.Relative($"flash H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} (seed {rnd.Seed})", Result(dout, n * heads * hd), expected, 4e-3));
         }
         return string.Join("; ", report);
     }
 
-    /// <summary>The greedy argmax (first of equal maxima, as the CPU sampler) with the decode step's history and position bookkeeping.</summary>
+    /// <summary>
+    /// The greedy argmax (first of equal maxima, as the CPU sampler) over each row of a batch, with the decode step's
+    /// bookkeeping: next token per sequence, history[sequence, position], each position advanced.
+    /// </summary>
     public static string ArgMax()
     {
         var rnd = new RandomData();
-        int capacity = 50, pos0 = 20;
-        using var dpos = Upload(new[] { pos0 });
-        int vocab = 50021;
-        var logits = rnd.Floats(vocab, 10f);
-        int first = 1 + rnd.Next(vocab / 2), second = first + 1 + rnd.Next(vocab / 2 - 2);
-        logits[first] = logits[second] = 11f; // two equal maxima: the lower index wins, as in the CPU sampler
+        int capacity = 50, rows = 3, vocab = 50021;
+        var pos0 = new[] { 20, 7, 33 };
+        using var dpos = Upload(pos0);
+        var logits = rnd.Floats(rows * vocab, 10f);
+        var expected = new int[rows];
+        for (int t = 0; t < rows; t++)
+        {
+            int first = 1 + rnd.Next(vocab / 2), second = first + 1 + rnd.Next(vocab / 2 - 2);
+            logits[t * vocab + first] = logits[t * vocab + second] = 11f; // two equal maxima: the lower index wins, as in the CPU sampler
+            expected[t] = first;
+        }
         using var dl = Upload(logits);
-        using var next = Poisoned(4);
-        using var history = Poisoned(capacity * 4L);
-        K.ArgMax(dl.Pointer, vocab, next.Pointer, history.Pointer, dpos.Pointer, 1);
+        using var next = Poisoned(rows * 4L);
+        using var history = Poisoned(rows * capacity * 4L);
+        K.ArgMax(dl.Pointer, vocab, next.Pointer, history.Pointer, dpos.Pointer, 1, rows, capacity);
         Dev.Synchronize();
-        var got = new int[1];
+        var got = new int[rows];
         next.Download<int>(got);
-        var hist = new int[capacity];
+        var hist = new int[rows * capacity];
         history.Download<int>(hist);
-        var pos = new int[1];
+        var pos = new int[rows];
         dpos.Download<int>(pos);
-        if (got[0] != first || hist[pos0] != first || pos[0] != pos0 + 1)
-            throw new CheckFailedException($"argmax: got {got[0]} (history {hist[pos0]}, position {pos[0]}), expected {first} at position {pos0 + 1} (seed {rnd.Seed})");
-        return $"argmax picks {first} of two maxima (seed {rnd.Seed})";
+        for (int t = 0; t < rows; t++)
+            if (got[t] != expected[t] || hist[t * capacity + pos0[t]] != expected[t] || pos[t] != pos0[t] + 1)
+                throw new CheckFailedException($"argmax row {t}: got {got[t]} (history {hist[t * capacity + pos0[t]]}, position {pos[t]}), expected {expected[t]} at position {pos0[t] + 1} (seed {rnd.Seed})");
+        return $"argmax picks the first of two maxima in {rows} rows (seed {rnd.Seed})";
     }
 
     private static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch

@@ -65,7 +65,8 @@ public class BudgetTests
         var s = Scores.Of(2, 2, [3, 0], [9, 1], [1, 1], [5, Inf]);
         // max finite scores 3, 9, 1, 5; keep half of the heads: 1 and 3 keep everything.
         Assert.Equal([0, 2, 0, 2], new HeadBudget(KeepTarget.Ratio(0.5)).Allocate(s));
-        // A profile overrides the scores.
-        Assert.Equal([2, 0, 2, 0], new HeadBudget(KeepTarget.Ratio(0.5), [4, 1, 3, 2]).Allocate(s));
+        // A profile overrides the scores and pays head 3's forced token first (B = 4): head 0 whole (1 + 2 = 3 ≤ 4),
+        // head 2 would make 5 > 4.
+        Assert.Equal([2, 0, 0, 1], new HeadBudget(KeepTarget.Ratio(0.5), [4, 1, 3, 2]).Allocate(s));
     }
 }

@@ -17,8 +17,11 @@ public class CudaBackendTests
     [CudaFact] public void Gemv() => KernelChecks.Gemv();
     [CudaFact] public void CublasGemm() => KernelChecks.CublasGemm();
     [CudaFact] public void Attention() => KernelChecks.Attention();
+    [CudaFact] public void FlashPrefill() => KernelChecks.FlashPrefill();
     [CudaFact] public void ArgMax() => KernelChecks.ArgMax();
     [CudaFact] public void QwenShapedDummyMatchesCpu() => ModelChecks.QwenShapedDummy();
+    [CudaFact] public void LlamaShapedDummyMatchesCpu() => ModelChecks.LlamaShapedDummy();
+    [CudaFact] public void BatchDecodeMatchesSingle() => ModelChecks.BatchDecode();
     [CudaFact] public void Stories260KMatchesCpu() => ModelChecks.Stories260K(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
 
     /// <summary>Without a GPU, opening a device is one clear "CUDA unavailable" error (the CPU backend stays the default).</summary>

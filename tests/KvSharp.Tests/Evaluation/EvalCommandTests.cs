@@ -19,11 +19,20 @@ public sealed class EvalCommandTests
     {
         using var dir = new TempDir();
         string results = dir.File("r.jsonl");
-        var (code, output, error) = Run("eval", "--model", RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"),
-            "--task", "lm:tinystories", "--samples", "1", "--length", "256", "--data", RepoPaths.SharedFile("data"), "--out", results);
+        string config = dir.File("sweep.yaml");
+        File.WriteAllText(config, $"""
+            models: ["{RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf")}"]
+            tasks: [lm:tinystories]
+            presses: [none, streamingllm]
+            keep: [0.5]
+            samples: 1
+            length: 256
+            """);
+        var (code, output, error) = Run("eval", "--config", config, "--data", RepoPaths.SharedFile("data"), "--out", results);
         Assert.True(code == 0, error);
         Assert.Contains("| stories260K.gguf | lm:tinystories | none |", output, StringComparison.Ordinal);
-        Assert.Single(File.ReadAllLines(results));
+        Assert.Contains("| stories260K.gguf | lm:tinystories | streamingllm | 0.5 |", output, StringComparison.Ordinal);
+        Assert.Equal(2, File.ReadAllLines(results).Length);
 
         (code, output, error) = Run("report", results);
         Assert.True(code == 0, error);
@@ -31,6 +40,7 @@ public sealed class EvalCommandTests
         var png = File.ReadAllBytes(dir.File("r-stories260K.gguf-lm_tinystories-keep.png"));
         Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], png[..4]);
         Assert.True(File.Exists(dir.File("r-stories260K.gguf-lm_tinystories-bytes.png")));
+        Assert.True(File.Exists(dir.File("r-stories260K.gguf-lm_tinystories-kl.png"))); // a press with KL > 0
     }
 
     [Theory]

@@ -47,6 +47,13 @@ public sealed class SweepTests
             Assert.Equal(full.ReferencePerplexity.Value, pressed.ReferencePerplexity!.Value, 9);
         }
         Assert.True(cells[1].KvBytesAfter < cells[2].KvBytesAfter, "keeping less must store less");
+        foreach (var c in cells)
+        {
+            // The cache's high-water mark includes the continuation run over the compressed cache.
+            Assert.InRange(c.PeakKvBytes, (long)c.KvBytesAfter, long.MaxValue);
+            Assert.True(c.PeakRssBytes > 0 && c.PeakRssDeltaBytes >= 0 && c.PeakRssDeltaBytes <= c.PeakRssBytes);
+            Assert.Equal(OperatingSystem.IsLinux(), c.PeakRssPerCell);
+        }
         Assert.Equal(1, loads);
         Assert.Equal(3, ResultsFile.Read(results).Count);
         Assert.Equal(6, File.ReadAllLines(SweepRunner.SamplesPath(results)).Length); // 2 samples x 3 cells
@@ -87,5 +94,50 @@ public sealed class SweepTests
         var config = SweepConfig.Load(path);
         Assert.Equal([0.1, 0.5], config.Keep);
         Assert.Equal(3, config.Samples);
+    }
+
+    [Fact]
+    public void CellMemory_IsResetBetweenCells()
+    {
+        if (!OperatingSystem.IsLinux()) return; // the per-cell reset is /proc's
+        const int size = 96 << 20;
+        var first = CellMemoryMeter.Start();
+        var big = new byte[size];
+        Array.Fill(big, (byte)1); // touch every page, so it is resident
+        GC.KeepAlive(big);
+        big = null;
+        var used = first.Stop();
+        var second = CellMemoryMeter.Start().Stop(); // a cell that allocates nothing
+        Assert.True(used.PerCell && second.PerCell);
+        Assert.True(used.PeakRssDeltaBytes >= size * 0.9, $"first cell rose {used.PeakRssDeltaBytes} bytes");
+        Assert.True(second.PeakRssDeltaBytes < size / 4, $"an idle cell rose {second.PeakRssDeltaBytes} bytes");
+        Assert.True(second.PeakRssBytes < used.PeakRssBytes - (size / 2), $"the peak was not reset: {second.PeakRssBytes} after {used.PeakRssBytes}");
+    }
+
+    [Fact]
+    public void SharedPrefills_GiveTheResultsOfFreshPrefills()
+    {
+        using var model = LanguageModel.Load(Stories);
+        var samples = KvSharp.Evaluation.Tasks.TaskCatalog.Load("lm:tinystories", new(RepoPaths.SharedFile("data"), model.Tokenizer, model.Config.MaxContext, 2, 256, 42));
+        var press = new PressCompressorFactory().Create("snapkv", 0.5);
+        using var store = new PrefillStore();
+        var shared = new EvalRunner(model) { Prefills = store };
+        var fresh = new EvalRunner(model);
+        foreach (var sample in samples)
+        {
+            var expected = fresh.Run(sample, press);
+            var first = shared.Run(sample, press);         // prefills and stores
+            var again = shared.Run(sample, press);         // compresses a fork of the stored prefill
+            var full = shared.Run(sample, NoCompression.Instance);
+            foreach (var o in new[] { first, again })
+            {
+                Assert.Equal(expected.Quality!.MeanKl, o.Quality!.MeanKl, 12);
+                Assert.Equal(expected.Quality.Perplexity, o.Quality.Perplexity, 12);
+                Assert.Equal(expected.KvBytesAfter, o.KvBytesAfter);
+            }
+            Assert.Equal(first.PrefillSeconds, again.PrefillSeconds); // the one measured prefill
+            Assert.Equal(0, full.Quality!.MeanKl, 12);                // the stored prefill was not compressed by the runs before
+        }
+        Assert.Equal(samples.Count, store.Count);
     }
 }

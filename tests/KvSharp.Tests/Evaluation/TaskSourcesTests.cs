@@ -38,10 +38,21 @@ public sealed class TaskSourcesTests
     }
 
     [Fact]
+    public void LEvalSummaries_AreScoredByRougeAndRunToABlankLine()
+    {
+        var sample = Assert.Single(TaskCatalog.Load("leval:news_summ", Options(1, 4096)));
+        var doc = System.Text.Json.Nodes.JsonNode.Parse(File.ReadLines(RepoPaths.SharedFile("data", "leval", "Open-ended-tasks", "news_summ.jsonl")).First())!;
+        Assert.Equal(ScoreKind.RougeL, sample.Score);
+        Assert.Equal("\n\n", sample.StopString);
+        Assert.Equal(doc["outputs"]![0]!.GetValue<string>(), sample.Queries[0].Outputs[0]);
+        Assert.Equal("\n", TaskCatalog.Load("leval:quality", Options(1, 4096))[0].StopString);
+    }
+
+    [Fact]
     public void UnknownTaskSpecs_AreErrorsNamingThem()
     {
         Assert.Contains("bogus", Assert.Throws<KvSharpException>(() => TaskCatalog.Load("bogus:x", Options(1, 512))).Message, StringComparison.Ordinal);
-        Assert.Contains("gov_report_summ", Assert.Throws<KvSharpException>(() => TaskCatalog.Load("leval:gov_report_summ", Options(1, 512))).Message, StringComparison.Ordinal);
+        Assert.Contains("gsm100", Assert.Throws<KvSharpException>(() => TaskCatalog.Load("leval:gsm100", Options(1, 512))).Message, StringComparison.Ordinal);
         Assert.Contains("xx", Assert.Throws<KvSharpException>(() => TaskCatalog.Load("needle_eval:xx", Options(1, 512))).Message, StringComparison.Ordinal);
     }
 

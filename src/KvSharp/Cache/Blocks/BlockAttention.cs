@@ -58,6 +58,8 @@ public static class BlockAttention
             case KvFormat.Int2:
             case KvFormat.Ternary: ScoresQuantized<Code2Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Binary: ScoresQuantized<Code1Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.VidKvKey:
+            case KvFormat.VidKvValue: VidKvAttention.Scores(layout, block, tokenCount, queries, queryCount, scores); break;
             default: throw new KvSharpException($"unknown KV block format {layout.Format}");
         }
     }
@@ -90,6 +92,8 @@ public static class BlockAttention
             case KvFormat.Int2:
             case KvFormat.Ternary: AccumulateQuantized<Code2Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Binary: AccumulateQuantized<Code1Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.VidKvKey:
+            case KvFormat.VidKvValue: VidKvAttention.AccumulateValues(layout, block, tokenCount, weights, queryCount, acc); break;
             default: throw new KvSharpException($"unknown KV block format {layout.Format}");
         }
     }

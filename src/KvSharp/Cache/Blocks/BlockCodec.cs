@@ -15,6 +15,7 @@ namespace KvSharp.Cache.Blocks;
 /// (q = 0 when scale₁₆ = 0); x̂ = min₁₆ + q·scale₁₆.</item>
 /// <item>Ternary: scale = mean |x|; t = clamp(round_even(x / scale₁₆), −1, 1) (0 when scale₁₆ = 0); x̂ = t·scale₁₆.</item>
 /// <item>Binary: mean = mean x; scale = mean |x − mean₁₆|; s = +1 where x ≥ mean₁₆ else −1; x̂ = mean₁₆ + s·scale₁₆.</item>
+/// <item>VidKV keys and values: see <see cref="KvFormat.VidKvKey"/>, <see cref="KvFormat.VidKvValue"/> and docs/quantization.md.</item>
 /// </list>
 /// A partially filled block (tokenCount &lt; Tokens) computes its statistics over the present tokens only;
 /// absent rows and groups are stored as zero bytes.
@@ -29,7 +30,8 @@ public static class BlockCodec
     {
         layout.CheckBlock(dst.Length, tokenCount, "destination");
         dst[..layout.ByteSize].Clear();
-        EncodeRowsUnchecked(layout, src, 0, tokenCount, dst);
+        if (layout.Format.IsVidKv()) VidKvCodec.Encode(layout, src, tokenCount, dst);
+        else EncodeRowsUnchecked(layout, src, 0, tokenCount, dst);
     }
 
     /// <summary>
@@ -38,12 +40,20 @@ public static class BlockCodec
     /// Rows are independent in float formats and per-token layouts; a per-channel layout shares parameters across
     /// each group of GroupSize tokens, so there <paramref name="firstToken"/> must start a group (the last group
     /// written may be partial, and is then final: re-encode the block to add to it).
+    /// VidKV blocks are encoded whole (their outlier channels, salient tokens and DFT length depend on every token):
+    /// only <paramref name="firstToken"/> = 0 is accepted, and it encodes the block as <see cref="Encode"/> does.
     /// </summary>
-    /// <exception cref="KvSharpException">A per-channel append that does not start a token group.</exception>
+    /// <exception cref="KvSharpException">A per-channel append that does not start a token group, or an append to a VidKV block.</exception>
     public static void EncodeRows(BlockLayout layout, ReadOnlySpan<float> rows, int firstToken, int count, Span<byte> dst)
     {
         if (firstToken < 0 || count < 0) throw new ArgumentOutOfRangeException(nameof(firstToken), $"rows {firstToken}+{count}");
         layout.CheckBlock(dst.Length, firstToken + count, "destination");
+        if (layout.Format.IsVidKv())
+        {
+            if (firstToken != 0) throw new KvSharpException($"cannot append at token {firstToken} of a {layout} block: VidKV blocks are encoded whole");
+            Encode(layout, rows, count, dst);
+            return;
+        }
         if (layout.Format.IsQuantized() && layout.Axis == QuantAxis.PerChannel && firstToken % layout.GroupSize != 0)
             throw new KvSharpException($"cannot append at token {firstToken} of a per-channel {layout} block: appends must start a group of {layout.GroupSize} tokens");
         int d = layout.HeadDim, bits = layout.Format.BitsPerElement();
@@ -167,6 +177,10 @@ public static class BlockCodec
                 return;
             case KvFormat.Fp8E4M3:
                 for (int e = 0; e < n; e++) dst[e] = ScalarFormats.FromFp8E4M3(src[e]);
+                return;
+            case KvFormat.VidKvKey:
+            case KvFormat.VidKvValue:
+                VidKvCodec.Decode(layout, src, tokenCount, dst);
                 return;
         }
         int bits = format.BitsPerElement(), groups = layout.GroupCount, g0 = layout.GroupSize;

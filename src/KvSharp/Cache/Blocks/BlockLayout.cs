@@ -14,6 +14,8 @@ namespace KvSharp.Cache.Blocks;
 /// (Int8/4/2) or means (Binary); ternary has scales only. Group g of <see cref="QuantAxis.PerChannel"/> is
 /// (token group g / HeadDim, channel g % HeadDim); of <see cref="QuantAxis.PerToken"/> it is
 /// (token g / (HeadDim/GroupSize), channel group g % (HeadDim/GroupSize)).</item>
+/// <item>VidKV formats (<see cref="KvFormat.VidKvKey"/>, <see cref="KvFormat.VidKvValue"/>) have their own areas,
+/// listed in <see cref="VidKvLayout"/>; <see cref="CodeBytes"/> covers everything before their f16 parameters.</item>
 /// </list>
 /// Scales and mins are stored as IEEE f16 (saturated to ±65504) because 2 bytes per group is what KIVI
 /// budgets and KV activations stay far inside f16 range; quantization uses the stored (rounded) values so
@@ -41,7 +43,17 @@ public readonly record struct BlockLayout
             throw new KvSharpException($"KV block tokens must be in 1..65536, got {tokens}");
         if (headDim < 8 || headDim % 8 != 0 || headDim > 1 << 14)
             throw new KvSharpException($"KV block head dimension must be a positive multiple of 8 (≤ 16384), got {headDim}");
-        if (format.IsQuantized())
+        if (format.IsVidKv())
+        {
+            if (tokens > VidKvMaxTokens)
+                throw new KvSharpException($"{format} blocks hold at most {VidKvMaxTokens} tokens (the DFT basis is tabulated), got {tokens}");
+            if (format == KvFormat.VidKvKey && (groupSize < 0 || groupSize > headDim))
+                throw new KvSharpException($"{format}: outlier channels must be in 0..{headDim} (the head dimension), got {groupSize}");
+            if (format == KvFormat.VidKvValue && (groupSize < 0 || groupSize > tokens))
+                throw new KvSharpException($"{format}: salient tokens per block must be in 0..{tokens}, got {groupSize}");
+            axis = QuantAxis.PerChannel; // both formats keep their parameters per channel; the axis field is not free
+        }
+        else if (format.IsQuantized())
         {
             if (axis == QuantAxis.PerChannel && (groupSize < 1 || tokens % groupSize != 0))
                 throw new KvSharpException($"per-channel group size must divide the {tokens} tokens of a block, got {groupSize}");
@@ -51,17 +63,40 @@ public readonly record struct BlockLayout
                 throw new KvSharpException($"unknown quantization axis {(int)axis}");
         }
         // Float formats have no groups: normalize the ignored fields so equal storage means equal layouts.
-        if (!format.IsQuantized()) { axis = QuantAxis.PerToken; groupSize = 0; }
+        if (!format.IsQuantized() && !format.IsVidKv()) { axis = QuantAxis.PerToken; groupSize = 0; }
         Format = format; Axis = axis; GroupSize = groupSize; Tokens = tokens; HeadDim = headDim;
     }
 
-    /// <summary>A key block as KIVI stores keys: per channel, one group over all <paramref name="tokens"/>.</summary>
-    public static BlockLayout ForKeys(KvFormat format, int headDim, int tokens = DefaultTokens)
-        => new(format, QuantAxis.PerChannel, tokens, tokens, headDim);
+    /// <summary>Most tokens a VidKV block may hold (its real-DFT basis is tabulated per length).</summary>
+    public const int VidKvMaxTokens = 256;
 
-    /// <summary>A value block as KIVI stores values: per token, groups of <paramref name="channelGroup"/> channels (capped at headDim).</summary>
+    /// <summary>
+    /// A key block as KIVI stores keys: per channel, one group over all <paramref name="tokens"/>. VidKV formats take
+    /// their defaults (<see cref="VidKvDefaultParameter"/>).
+    /// </summary>
+    public static BlockLayout ForKeys(KvFormat format, int headDim, int tokens = DefaultTokens)
+        => format.IsVidKv() ? new(format, QuantAxis.PerChannel, VidKvDefaultParameter(format, headDim, tokens), tokens, headDim)
+            : new(format, QuantAxis.PerChannel, tokens, tokens, headDim);
+
+    /// <summary>
+    /// A value block as KIVI stores values: per token, groups of <paramref name="channelGroup"/> channels (capped at
+    /// headDim). VidKV formats ignore the channel group and take their defaults (<see cref="VidKvDefaultParameter"/>).
+    /// </summary>
     public static BlockLayout ForValues(KvFormat format, int headDim, int tokens = DefaultTokens, int channelGroup = DefaultChannelGroup)
-        => new(format, QuantAxis.PerToken, Math.Min(channelGroup, headDim), tokens, headDim);
+        => format.IsVidKv() ? ForKeys(format, headDim, tokens)
+            : new(format, QuantAxis.PerToken, Math.Min(channelGroup, headDim), tokens, headDim);
+
+    /// <summary>
+    /// The <see cref="GroupSize"/> a VidKV block gets by default: half the channels as outlier channels for
+    /// <see cref="KvFormat.VidKvKey"/> (VidKV's 1.5-bit key setting: 2 bits on half the channels, 1 bit on the other
+    /// half), and tokens/16 salient tokens (2 of 32) for <see cref="KvFormat.VidKvValue"/>.
+    /// </summary>
+    public static int VidKvDefaultParameter(KvFormat format, int headDim, int tokens) => format switch
+    {
+        KvFormat.VidKvKey => headDim / 2,
+        KvFormat.VidKvValue => tokens / 16,
+        _ => throw new KvSharpException($"{format} is not a VidKV format"),
+    };
 
     /// <summary>Storage format of the elements.</summary>
     public KvFormat Format { get; }
@@ -69,7 +104,11 @@ public readonly record struct BlockLayout
     /// <summary>Axis along which quantization parameters are shared (ignored by float formats).</summary>
     public QuantAxis Axis { get; }
 
-    /// <summary>Tokens per group (per-channel) or channels per group (per-token); ignored by float formats.</summary>
+    /// <summary>
+    /// Tokens per group (per-channel) or channels per group (per-token); ignored by float formats. For
+    /// <see cref="KvFormat.VidKvKey"/> the number of outlier (2-bit) channels, for <see cref="KvFormat.VidKvValue"/> the
+    /// number of salient (Int4) tokens per block.
+    /// </summary>
     public int GroupSize { get; }
 
     /// <summary>Token capacity of the block.</summary>
@@ -78,15 +117,21 @@ public readonly record struct BlockLayout
     /// <summary>Channels per token (the head dimension).</summary>
     public int HeadDim { get; }
 
-    /// <summary>Bytes of packed codes (or float elements): Tokens · HeadDim · bits / 8.</summary>
-    public int CodeBytes => Tokens * HeadDim / 8 * Format.BitsPerElement();
+    /// <summary>
+    /// Bytes of packed codes (or float elements): Tokens · HeadDim · bits / 8. VidKV formats: everything before their
+    /// f16 parameters (masks, codes and salient rows, see <see cref="VidKvLayout"/>).
+    /// </summary>
+    public int CodeBytes => Format.IsVidKv() ? Vid.ParameterOffset : Tokens * HeadDim / 8 * Format.BitsPerElement();
 
-    /// <summary>Quantization groups in the block (0 for float formats).</summary>
-    public int GroupCount => !Format.IsQuantized() ? 0
+    /// <summary>Quantization groups in the block (0 for float formats; HeadDim, one per channel, for VidKV formats).</summary>
+    public int GroupCount => Format.IsVidKv() ? HeadDim : !Format.IsQuantized() ? 0
         : Axis == QuantAxis.PerChannel ? Tokens / GroupSize * HeadDim : Tokens * (HeadDim / GroupSize);
 
-    /// <summary>Bytes of f16 parameters: GroupCount · ParametersPerGroup · 2.</summary>
-    public int ParameterBytes => GroupCount * Format.ParametersPerGroup() * 2;
+    /// <summary>Bytes of f16 parameters: GroupCount · ParametersPerGroup · 2 (VidKV: see <see cref="VidKvLayout"/>).</summary>
+    public int ParameterBytes => Format.IsVidKv() ? Vid.ByteSize - Vid.ParameterOffset : GroupCount * Format.ParametersPerGroup() * 2;
+
+    /// <summary>Byte offsets inside a VidKV block (meaningful for VidKV formats only).</summary>
+    internal VidKvLayout Vid => new(Format, Tokens, HeadDim, GroupSize);
 
     /// <summary>Exact bytes of one block: codes plus parameters.</summary>
     public int ByteSize => CodeBytes + ParameterBytes;
@@ -95,7 +140,9 @@ public readonly record struct BlockLayout
     public double BitsPerElement => ByteSize * 8.0 / ((double)Tokens * HeadDim);
 
     /// <inheritdoc />
-    public override string ToString() => Format.IsQuantized()
+    public override string ToString() => Format == KvFormat.VidKvKey ? $"{Format}/{GroupSize} outlier channels [{Tokens}x{HeadDim}]"
+        : Format == KvFormat.VidKvValue ? $"{Format}/{GroupSize} salient tokens [{Tokens}x{HeadDim}]"
+        : Format.IsQuantized()
         ? $"{Format}/{Axis}/g{GroupSize} [{Tokens}x{HeadDim}]"
         : $"{Format} [{Tokens}x{HeadDim}]";
 

@@ -35,6 +35,19 @@ public enum KvFormat
     /// group and scale = mean |x - mean| (the least-squares scale for those signs).
     /// </summary>
     Binary,
+    /// <summary>
+    /// VidKV keys (Tao et al. 2025): per block, the <see cref="BlockLayout.GroupSize"/> channels of widest range are
+    /// outlier channels at 2 bits (Int2 per channel over the block's tokens); every other channel is coded at 1 bit in
+    /// the frequency domain: its token mean (f16) plus the signs of its orthonormal real-DFT coefficients along the
+    /// block's tokens times one scale (f16). See <see cref="BlockLayout"/> and docs/quantization.md.
+    /// </summary>
+    VidKvKey,
+    /// <summary>
+    /// VidKV values: ternary per channel (x ≈ t·scale_c, scale_c = mean |x| of the channel over the block's ordinary
+    /// tokens, 5 trits per byte) with the <see cref="BlockLayout.GroupSize"/> salient tokens of the block (those ternary
+    /// hurts most) stored as Int4 rows instead. See <see cref="BlockLayout"/> and docs/quantization.md.
+    /// </summary>
+    VidKvValue,
 }
 
 /// <summary>The axis along which a quantized block shares one scale/min (KIVI: keys per channel, values per token).</summary>
@@ -55,7 +68,10 @@ public enum QuantAxis
 /// <summary>Facts about a <see cref="KvFormat"/>.</summary>
 public static class KvFormatInfo
 {
-    /// <summary>Bits of storage per element (ternary stores 2 bits per trit).</summary>
+    /// <summary>
+    /// Bits of storage per element (ternary stores 2 bits per trit); for the VidKV formats, which mix code widths,
+    /// the widest code (2): <see cref="BlockLayout.BitsPerElement"/> gives their exact average.
+    /// </summary>
     public static int BitsPerElement(this KvFormat format) => format switch
     {
         KvFormat.F32 => 32,
@@ -64,11 +80,15 @@ public static class KvFormatInfo
         KvFormat.Int4 => 4,
         KvFormat.Int2 or KvFormat.Ternary => 2,
         KvFormat.Binary => 1,
+        KvFormat.VidKvKey or KvFormat.VidKvValue => 2, // the widest code; BlockLayout.BitsPerElement is the exact average
         _ => throw new KvSharpException($"unknown KV block format {(int)format}"),
     };
 
     /// <summary>Whether the format stores integer codes with per-group parameters (Int8 .. Binary).</summary>
     public static bool IsQuantized(this KvFormat format) => format >= KvFormat.Int8 && format <= KvFormat.Binary;
+
+    /// <summary>Whether the format is one of VidKV's block formats (<see cref="KvFormat.VidKvKey"/>, <see cref="KvFormat.VidKvValue"/>).</summary>
+    public static bool IsVidKv(this KvFormat format) => format is KvFormat.VidKvKey or KvFormat.VidKvValue;
 
     /// <summary>
     /// f16 parameters stored per group: 2 (scale, min) for Int8/4/2, 1 (scale) for ternary,
@@ -81,7 +101,10 @@ public static class KvFormatInfo
         _ => 0,
     };
 
-    /// <summary>Parses a format name as written in options ("f32", "f16", "bf16", "fp8", "int8", "int4", "int2", "ternary", "int1"/"binary").</summary>
+    /// <summary>
+    /// Parses a format name as written in options ("f32", "f16", "bf16", "fp8", "int8", "int4", "int2", "ternary",
+    /// "int1"/"binary", "vidkv-key", "vidkv-value").
+    /// </summary>
     public static KvFormat Parse(string name) => name.Trim().ToLowerInvariant() switch
     {
         "f32" or "fp32" or "float32" => KvFormat.F32,
@@ -93,6 +116,8 @@ public static class KvFormatInfo
         "int2" or "q2" => KvFormat.Int2,
         "ternary" or "int1.58" or "1.58" => KvFormat.Ternary,
         "binary" or "int1" or "1bit" => KvFormat.Binary,
-        _ => throw new KvSharpException($"unknown KV format '{name}' (expected f32, f16, bf16, fp8, int8, int4, int2, ternary or binary)"),
+        "vidkv-key" or "vidkvkey" => KvFormat.VidKvKey,
+        "vidkv-value" or "vidkvvalue" => KvFormat.VidKvValue,
+        _ => throw new KvSharpException($"unknown KV format '{name}' (expected f32, f16, bf16, fp8, int8, int4, int2, ternary, binary, vidkv-key or vidkv-value)"),
     };
 }

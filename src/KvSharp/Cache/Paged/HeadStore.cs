@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Pool;
@@ -5,11 +6,21 @@ using KvSharp.Cache.Pool;
 namespace KvSharp.Cache.Paged;
 
 /// <summary>
-/// One encoded block pair of a head: key block, value block, the tokens they hold (≤ BlockTokens) and their
+/// One encoded block pair of a head: key block, value block, the original positions of the tokens they hold
+/// (ascending, ≤ BlockTokens of them; never modified once the entry exists, so forks share the array) and their
 /// formats (blocks of one head may differ: mixed precision by token).
 /// </summary>
-internal readonly record struct BlockEntry(BlockId Key, BlockId Value, int Count, BlockFormats Formats)
+internal readonly record struct BlockEntry(BlockId Key, BlockId Value, int[] Positions, BlockFormats Formats)
 {
+    /// <summary>Tokens held.</summary>
+    public int Count => Positions.Length;
+
+    /// <summary>The smallest position held (positions ascend inside a block).</summary>
+    public int FirstPosition => Positions[0];
+
+    /// <summary>The largest position held.</summary>
+    public int LastPosition => Positions[^1];
+
     /// <summary>Layout of the key block.</summary>
     public BlockLayout KeyLayout => Formats.KeyLayout;
 
@@ -24,40 +35,89 @@ internal readonly record struct BlockEntry(BlockId Key, BlockId Value, int Count
 }
 
 /// <summary>
-/// The tokens of one (layer, KV head): encoded blocks in position order, then a float32 tail (the KIVI residual
-/// and any partial block's worth), plus the original position of every stored token. Each block holds consecutive
-/// stored tokens of one format pair; blocks of different formats may alternate (mixed precision by token). Encoded
-/// blocks are never written after encoding: appends go to the tail, eviction, re-quantization and truncation build
-/// fresh blocks, so blocks shared with forks (reference count &gt; 1) are copy-on-write by construction.
+/// The tokens of one (layer, KV head): encoded blocks, then a float32 tail (the KIVI residual and any partial block's
+/// worth), each token with its original position. A block holds tokens of one format pair in ascending position
+/// order, but blocks are not ordered among themselves and their positions may interleave (attention is
+/// order-invariant: keys are stored after RoPE, causal masks compare positions), so re-quantizing scattered tokens
+/// regroups them into dense blocks of their new formats instead of splitting runs. The tail's positions ascend too.
+/// Encoded blocks are never written after encoding: appends go to the tail, eviction, re-quantization and truncation
+/// build fresh blocks, so blocks shared with forks (reference count &gt; 1) are copy-on-write by construction.
 /// </summary>
+/// <remarks>
+/// Two orders: the <b>logical</b> order is ascending position (<see cref="Positions"/>; what masks, reads and the
+/// public API use); the <b>storage</b> order is the blocks in list order, then the tail (what attention walks). Appends
+/// and flushes only add tokens at the end of both, so statistics can follow covered tokens by storage index.
+/// </remarks>
 internal sealed class HeadStore
 {
     private readonly PoolSet _pools;
     private readonly int _headDim;
     private readonly List<BlockEntry> _blocks = new();
-    private readonly List<int> _positions = new();
+    private readonly List<int> _positions = new();     // logical order: every stored position, ascending
+    private readonly List<int> _tailPositions = new(); // ascending
     private float[] _tailKeys = Array.Empty<float>(), _tailValues = Array.Empty<float>();
-    private int _tailCount;
+    private float[]? _keyBalance, _keyUnbalance; // per channel, powers of two (MiKV); set before any balanced block exists
 
     public HeadStore(PoolSet pools, int headDim) { _pools = pools; _headDim = headDim; }
 
-    /// <summary>The encoded blocks in position order, each with its own <see cref="BlockEntry.KeyLayout"/> and <see cref="BlockEntry.ValueLayout"/>.</summary>
+    /// <summary>The encoded blocks in storage order, each with its own positions and formats.</summary>
     public IReadOnlyList<BlockEntry> Blocks => _blocks;
 
     /// <summary>Token capacity of every block.</summary>
     public int BlockTokens => _pools.BlockTokens;
 
-    /// <summary>Original positions of the stored tokens, ascending (blocks first, then the tail).</summary>
+    /// <summary>Original positions of every stored token, ascending (the logical order of masks and reads).</summary>
     public IReadOnlyList<int> Positions => _positions;
 
-    public int TailCount => _tailCount;
-    public ReadOnlySpan<float> TailKeys => _tailKeys.AsSpan(0, _tailCount * _headDim);
-    public ReadOnlySpan<float> TailValues => _tailValues.AsSpan(0, _tailCount * _headDim);
+    /// <summary>Original positions of the tail's tokens, ascending.</summary>
+    public ReadOnlySpan<int> TailPositions => CollectionsMarshal.AsSpan(_tailPositions);
+
+    public int TailCount => _tailPositions.Count;
+    public ReadOnlySpan<float> TailKeys => _tailKeys.AsSpan(0, TailCount * _headDim);
+    public ReadOnlySpan<float> TailValues => _tailValues.AsSpan(0, TailCount * _headDim);
 
     /// <summary>Bytes held: encoded blocks at their own layouts' exact size plus the float tail.</summary>
     public long KeyBlockBytes => _blocks.Sum(e => (long)e.KeyLayout.ByteSize);
     public long ValueBlockBytes => _blocks.Sum(e => (long)e.ValueLayout.ByteSize);
-    public long TailBytes => 2L * _tailCount * _headDim * sizeof(float);
+    public long TailBytes => 2L * TailCount * _headDim * sizeof(float);
+
+    /// <summary>The channel balance b of the blocks with balanced keys (powers of two), or null when none was set.</summary>
+    public float[]? KeyBalance => _keyBalance;
+
+    /// <summary>
+    /// Sets the per-channel balance b that blocks with balanced keys (<see cref="BlockFormats.BalancedKeys"/>) store their
+    /// keys under: they hold Q(b⊙k), read back as Q(b⊙k)/b, and attention scores them with queries divided by b (so
+    /// q·k is unchanged up to the quantization). Each b_c is rounded to the nearest power of two, so the scaling is
+    /// exact in float arithmetic (re-encoding a balanced block decodes and re-balances without loss).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The head already holds balanced blocks (they were encoded under the old balance).</exception>
+    /// <exception cref="ArgumentException">Not one positive finite factor per channel.</exception>
+    public void SetKeyBalance(ReadOnlySpan<float> balance)
+    {
+        if (balance.Length != _headDim) throw new ArgumentException($"key balance has {balance.Length} factors for head dimension {_headDim}", nameof(balance));
+        foreach (float b in balance)
+            if (!(b > 0 && float.IsFinite(b))) throw new ArgumentException($"key balance factor {b} is not positive and finite", nameof(balance));
+        if (_blocks.Exists(e => e.Formats.BalancedKeys))
+            throw new InvalidOperationException("the head already holds balanced key blocks; their balance cannot change");
+        _keyBalance = new float[_headDim];
+        _keyUnbalance = new float[_headDim];
+        for (int c = 0; c < _headDim; c++)
+        {
+            int e = Math.Clamp((int)Math.Round(Math.Log2(balance[c])), -60, 60);
+            _keyBalance[c] = MathF.ScaleB(1f, e);
+            _keyUnbalance[c] = MathF.ScaleB(1f, -e);
+        }
+    }
+
+    /// <summary>Positions in storage order: every block's, then the tail's.</summary>
+    public int[] StoragePositions()
+    {
+        var all = new int[_positions.Count];
+        int i = 0;
+        foreach (var e in _blocks) { e.Positions.CopyTo(all, i); i += e.Count; }
+        _tailPositions.CopyTo(all, i);
+        return all;
+    }
 
     /// <summary>Adds this head's bytes to <paramref name="bytes"/> by format: every block under its own formats, the tail under F32.</summary>
     public void AddBytesByFormat(Dictionary<KvFormat, long> bytes)
@@ -71,71 +131,78 @@ internal sealed class HeadStore
         Add(KvFormat.F32, TailBytes);
     }
 
-    /// <summary>Adds one token at <paramref name="position"/> to the tail.</summary>
+    /// <summary>Adds one token at <paramref name="position"/> (after every stored one) to the tail.</summary>
     public void Append(int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         if (_positions.Count > 0 && position <= _positions[^1])
             throw new InvalidOperationException($"position {position} appended after {_positions[^1]}");
-        EnsureTail(_tailCount + 1);
-        key.CopyTo(_tailKeys.AsSpan(_tailCount * _headDim, _headDim));
-        value.CopyTo(_tailValues.AsSpan(_tailCount * _headDim, _headDim));
-        _tailCount++;
+        int n = TailCount;
+        EnsureTail(n + 1);
+        key.CopyTo(_tailKeys.AsSpan(n * _headDim, _headDim));
+        value.CopyTo(_tailValues.AsSpan(n * _headDim, _headDim));
+        _tailPositions.Add(position);
         _positions.Add(position);
     }
 
     /// <summary>Once the tail holds <paramref name="threshold"/> tokens, encodes every full block's worth of it in the cache's formats.</summary>
     public void Flush(int threshold)
     {
-        int b = BlockTokens, d = _headDim;
-        if (_tailCount < threshold || _tailCount < b) return;
-        int full = _tailCount / b;
+        int b = BlockTokens, d = _headDim, n = TailCount;
+        if (n < threshold || n < b) return;
+        int full = n / b;
         for (int i = 0; i < full; i++)
-            _blocks.Add(Encode(_pools.Default, _tailKeys.AsSpan(i * b * d, b * d), _tailValues.AsSpan(i * b * d, b * d), b));
+            _blocks.Add(Encode(_pools.Default, _tailKeys.AsSpan(i * b * d, b * d), _tailValues.AsSpan(i * b * d, b * d),
+                _tailPositions.GetRange(i * b, b).ToArray()));
         DropTailFront(full * b);
     }
 
     /// <summary>
-    /// Drops every token at position ≥ <paramref name="length"/>. The block holding the cut is decoded; if it is in the
-    /// cache's own formats its kept rows become the float tail, so the head looks like one built from the shorter
-    /// history (for quantized formats those rows carry one quantization step, which re-encoding may round again);
-    /// a block of other formats (re-quantized tokens) is re-encoded as a partial block in its formats, so every kept
-    /// token keeps its format.
+    /// Drops every token at position ≥ <paramref name="length"/>. Blocks wholly past the cut go back to the pool;
+    /// a block straddling it is decoded: if it is in the cache's own formats its kept rows join the float tail (so a
+    /// head built by appends looks like one built from the shorter history; for quantized formats those rows carry
+    /// one quantization step, which re-encoding may round again); otherwise its kept rows are re-encoded in its
+    /// formats (re-quantized tokens keep their format), merged with the partial block of those formats.
     /// </summary>
     public void Truncate(int length)
     {
         int cut = _positions.Count;
         while (cut > 0 && _positions[cut - 1] >= length) cut--;
         if (cut == _positions.Count) return;
-        int blocked = _positions.Count - _tailCount;
-        if (cut >= blocked)
+        int d = _headDim, tailCut = TailCount;
+        while (tailCut > 0 && _tailPositions[tailCut - 1] >= length) tailCut--;
+        _tailPositions.RemoveRange(tailCut, TailCount - tailCut);
+
+        var pending = new PendingRows(this);
+        var toTail = new List<(int Position, float[] Key, float[] Value)>();
+        var rowK = new float[BlockTokens * d]; var rowV = new float[BlockTokens * d];
+        var kept = new List<BlockEntry>(_blocks.Count);
+        foreach (var e in _blocks)
         {
-            _tailCount = cut - blocked;
+            if (e.LastPosition < length) { kept.Add(e); continue; }
+            if (e.FirstPosition < length)
+            {
+                Decode(e, rowK, rowV);
+                bool own = ReferenceEquals(e.Formats, _pools.Default);
+                for (int t = 0; t < e.Count && e.Positions[t] < length; t++)
+                {
+                    if (own) toTail.Add((e.Positions[t], rowK.AsSpan(t * d, d).ToArray(), rowV.AsSpan(t * d, d).ToArray()));
+                    else pending.Add(e.Formats, e.Positions[t], rowK.AsSpan(t * d, d), rowV.AsSpan(t * d, d));
+                }
+            }
+            Release(e);
         }
-        else
-        {
-            int start = 0, i = 0;
-            while (start + _blocks[i].Count <= cut) start += _blocks[i++].Count;
-            int kept = cut - start;
-            var cutBlock = _blocks[i];
-            EnsureTail(cutBlock.Count); // Decode writes the whole block's rows
-            if (kept > 0) Decode(cutBlock, _tailKeys, _tailValues);
-            for (int j = i; j < _blocks.Count; j++) Release(_blocks[j]);
-            _blocks.RemoveRange(i, _blocks.Count - i);
-            _tailCount = 0;
-            if (ReferenceEquals(cutBlock.Formats, _pools.Default)) _tailCount = kept;
-            else if (kept > 0) // re-quantized tokens keep their formats: a partial block, not the tail
-                _blocks.Add(Encode(cutBlock.Formats, _tailKeys.AsSpan(0, kept * _headDim), _tailValues.AsSpan(0, kept * _headDim), kept));
-        }
+        ReplaceBlocks(kept, pending, rowK, rowV);
+        if (toTail.Count > 0) MergeIntoTail(toTail);
         _positions.RemoveRange(cut, _positions.Count - cut);
     }
 
     /// <summary>
-    /// Removes the stored tokens whose <paramref name="evict"/> flag is set (one flag per stored token, in order).
-    /// Blocks without evicted tokens are kept as they are; the kept tokens of each run of affected blocks are
-    /// decoded and re-encoded, each in its own block's formats, into fresh blocks (a run of one format pair may end
-    /// in a partial block). Float formats re-encode their decoded values exactly; quantized formats re-quantize
-    /// already-quantized values, which adds at most one more quantization step (the new group's range lies inside
-    /// the old one's).
+    /// Removes the stored tokens whose <paramref name="evict"/> flag is set (one flag per stored token, in
+    /// <see cref="Positions"/> order). Blocks without evicted tokens are kept as they are; the kept tokens of the
+    /// affected blocks are decoded and regrouped by format pair into fresh dense blocks (with the partial blocks
+    /// already in those formats), so each format ends in at most one partial block. Float formats re-encode their
+    /// decoded values exactly; quantized formats re-quantize already-quantized values, which adds at most one more
+    /// quantization step (the new group's range lies inside the union of the old ones').
     /// </summary>
     public void Evict(ReadOnlySpan<bool> evict)
     {
@@ -147,12 +214,11 @@ internal sealed class HeadStore
     }
 
     /// <summary>
-    /// Re-encodes the stored tokens flagged in <paramref name="select"/> (one flag per stored token, in order) in
-    /// <paramref name="target"/>'s formats; the others keep theirs. Blocks with no flagged token, or already in the
-    /// target formats, are kept as they are; the tokens of the other blocks are decoded and re-encoded into fresh
-    /// blocks, one per run of consecutive tokens of one format pair. Flagged tail tokens are encoded at once (in
-    /// partial blocks if need be); the unflagged tail tokens before the last flagged one are encoded as F32 blocks
-    /// (losslessly: they keep the tail's float32), those after it stay in the tail.
+    /// Re-encodes the stored tokens flagged in <paramref name="select"/> (one flag per stored token, in
+    /// <see cref="Positions"/> order) in <paramref name="target"/>'s formats; the others keep theirs. Blocks with no
+    /// flagged token, or already in the target formats, are kept as they are; the tokens of the other blocks are
+    /// decoded and regrouped by format pair into fresh dense blocks (with the partial blocks already in those formats),
+    /// wherever their positions lie. Flagged tail tokens leave the tail into the target's blocks; the others stay.
     /// </summary>
     public void Requantize(ReadOnlySpan<bool> select, BlockFormats target)
     {
@@ -171,9 +237,11 @@ internal sealed class HeadStore
             copy._blocks.Add(e);
         }
         copy._positions.AddRange(_positions);
+        copy._tailPositions.AddRange(_tailPositions);
         copy._tailKeys = (float[])_tailKeys.Clone();
         copy._tailValues = (float[])_tailValues.Clone();
-        copy._tailCount = _tailCount;
+        copy._keyBalance = _keyBalance;
+        copy._keyUnbalance = _keyUnbalance;
         return copy;
     }
 
@@ -183,50 +251,81 @@ internal sealed class HeadStore
         foreach (var e in _blocks) Release(e);
         _blocks.Clear();
         _positions.Clear();
-        _tailCount = 0;
+        _tailPositions.Clear();
     }
 
-    /// <summary>Decodes every stored token (blocks, then the tail) into [Positions.Count, headDim] keys and values.</summary>
+    /// <summary>Decodes every stored token into [Positions.Count, headDim] keys and values, in <see cref="Positions"/> order.</summary>
     public void Read(Span<float> keys, Span<float> values)
     {
-        int row = 0, d = _headDim;
+        int d = _headDim;
+        var rowK = new float[BlockTokens * d]; var rowV = new float[BlockTokens * d];
         foreach (var e in _blocks)
         {
-            Decode(e, keys.Slice(row * d, e.Count * d), values.Slice(row * d, e.Count * d));
-            row += e.Count;
+            Decode(e, rowK, rowV);
+            for (int t = 0; t < e.Count; t++)
+            {
+                int i = LogicalIndex(e.Positions[t]);
+                rowK.AsSpan(t * d, d).CopyTo(keys.Slice(i * d, d));
+                rowV.AsSpan(t * d, d).CopyTo(values.Slice(i * d, d));
+            }
         }
-        TailKeys.CopyTo(keys.Slice(row * d));
-        TailValues.CopyTo(values.Slice(row * d));
+        for (int t = 0; t < TailCount; t++)
+        {
+            int i = LogicalIndex(_tailPositions[t]);
+            TailKeys.Slice(t * d, d).CopyTo(keys.Slice(i * d, d));
+            TailValues.Slice(t * d, d).CopyTo(values.Slice(i * d, d));
+        }
     }
 
-    /// <summary>Decodes block <paramref name="e"/>'s rows into [Count, headDim] arrays (for re-encoding).</summary>
-    public static void Decode(BlockEntry e, Span<float> keys, Span<float> values)
+    /// <summary>Decodes block <paramref name="e"/>'s rows into [Count, headDim] arrays (balanced keys divided back by the balance).</summary>
+    public void Decode(BlockEntry e, Span<float> keys, Span<float> values)
     {
-        BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
+        DecodeKeys(e, keys);
         BlockCodec.Decode(e.ValueLayout, e.ValueBytes, e.Count, values);
     }
 
+    /// <summary>Decodes block <paramref name="e"/>'s keys into [Count, headDim] (balanced keys divided back by the balance).</summary>
+    public void DecodeKeys(BlockEntry e, Span<float> keys)
+    {
+        BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
+        if (!e.Formats.BalancedKeys) return;
+        for (int t = 0; t < e.Count; t++)
+            TensorPrimitives.Multiply(keys.Slice(t * _headDim, _headDim), _keyUnbalance, keys.Slice(t * _headDim, _headDim));
+    }
+
     /// <summary>
-    /// Adds an encoded block pair (raw block bytes in their formats' layouts) and the float tail, for a
-    /// store being loaded from a file: <paramref name="positions"/> cover the blocks' tokens and then the tail's.
+    /// Fills an empty store being loaded from a file: encoded block pairs (raw block bytes in their formats'
+    /// layouts, each with its ascending positions) and the float tail with its ascending positions. The caller has
+    /// checked that no position repeats.
     /// </summary>
-    public void Restore(IReadOnlyList<(BlockFormats Formats, int Count, byte[] Keys, byte[] Values)> blocks,
-        IReadOnlyList<int> positions, ReadOnlySpan<float> tailKeys, ReadOnlySpan<float> tailValues)
+    public void Restore(IReadOnlyList<(BlockFormats Formats, int[] Positions, byte[] Keys, byte[] Values)> blocks,
+        IReadOnlyList<int> tailPositions, ReadOnlySpan<float> tailKeys, ReadOnlySpan<float> tailValues, float[]? keyBalance)
     {
         if (_positions.Count > 0) throw new InvalidOperationException("restoring into a non-empty head");
-        foreach (var (formats, count, keys, values) in blocks)
+        if (keyBalance is not null) SetKeyBalance(keyBalance);
+        foreach (var (formats, positions, keys, values) in blocks)
         {
             var k = formats.KeyPool.Allocate();
             var v = formats.ValuePool.Allocate();
             keys.CopyTo(formats.KeyPool.Span(k));
             values.CopyTo(formats.ValuePool.Span(v));
-            _blocks.Add(new BlockEntry(k, v, count, formats));
+            _blocks.Add(new BlockEntry(k, v, positions, formats));
+            _positions.AddRange(positions);
         }
-        _positions.AddRange(positions);
-        _tailCount = tailKeys.Length / _headDim;
-        EnsureTail(_tailCount);
+        _tailPositions.AddRange(tailPositions);
+        _positions.AddRange(tailPositions);
+        _positions.Sort();
+        EnsureTail(TailCount);
         tailKeys.CopyTo(_tailKeys);
         tailValues.CopyTo(_tailValues);
+    }
+
+    /// <summary>The index in <see cref="Positions"/> of a stored position.</summary>
+    private int LogicalIndex(int position)
+    {
+        int i = _positions.BinarySearch(position);
+        if (i < 0) throw new InvalidOperationException($"position {position} is not stored");
+        return i;
     }
 
     private void CheckMask(ReadOnlySpan<bool> mask, string what)
@@ -236,102 +335,163 @@ internal sealed class HeadStore
     }
 
     /// <summary>
-    /// Rebuilds the blocks and tail for a mask: with <paramref name="target"/> null the flagged tokens are dropped
-    /// (eviction), otherwise they move to <paramref name="target"/> (re-quantization). Positions are the caller's.
+    /// Rebuilds the blocks and tail for a mask in logical order: with <paramref name="target"/> null the flagged tokens
+    /// are dropped (eviction), otherwise they move to <paramref name="target"/> (re-quantization). Logical positions
+    /// are the caller's.
     /// </summary>
     private void Rewrite(ReadOnlySpan<bool> flags, BlockFormats? target)
     {
-        int b = BlockTokens, d = _headDim;
+        int d = _headDim;
         var kept = new List<BlockEntry>(_blocks.Count);
-        var pending = new PendingRows(this, kept);
-        var rowK = new float[b * d]; var rowV = new float[b * d];
-        int start = 0;
+        var pending = new PendingRows(this);
+        var rowK = new float[BlockTokens * d]; var rowV = new float[BlockTokens * d];
+        Span<bool> flagged = stackalloc bool[BlockTokens];
         foreach (var e in _blocks)
         {
-            bool touched = flags.Slice(start, e.Count).Contains(true) && !ReferenceEquals(target, e.Formats);
-            if (!touched)
+            bool any = false;
+            for (int t = 0; t < e.Count; t++) any |= flagged[t] = flags[LogicalIndex(e.Positions[t])];
+            if (!any || ReferenceEquals(target, e.Formats))
             {
-                pending.Encode();
                 kept.Add(e);
+                continue;
             }
-            else
+            Decode(e, rowK, rowV);
+            for (int t = 0; t < e.Count; t++)
             {
-                Decode(e, rowK, rowV);
-                for (int t = 0; t < e.Count; t++)
-                {
-                    var formats = !flags[start + t] ? e.Formats : target;
-                    if (formats is not null) pending.Add(formats, rowK.AsSpan(t * d, d), rowV.AsSpan(t * d, d));
-                }
-                Release(e);
+                var formats = !flagged[t] ? e.Formats : target;
+                if (formats is not null) pending.Add(formats, e.Positions[t], rowK.AsSpan(t * d, d), rowV.AsSpan(t * d, d));
             }
-            start += e.Count;
+            Release(e);
         }
 
-        var tailFlags = flags.Slice(start, _tailCount);
-        if (target is null)
+        // Tail: evicted rows go, re-quantized rows leave for the target's blocks; the others stay in order.
+        int w = 0, n = TailCount;
+        for (int t = 0; t < n; t++)
         {
-            int tailKept = 0;
-            for (int t = 0; t < _tailCount; t++)
+            int p = _tailPositions[t];
+            if (flags[LogicalIndex(p)])
             {
-                if (tailFlags[t]) continue;
-                if (tailKept != t)
-                {
-                    _tailKeys.AsSpan(t * d, d).CopyTo(_tailKeys.AsSpan(tailKept * d));
-                    _tailValues.AsSpan(t * d, d).CopyTo(_tailValues.AsSpan(tailKept * d));
-                }
-                tailKept++;
+                if (target is not null) pending.Add(target, p, _tailKeys.AsSpan(t * d, d), _tailValues.AsSpan(t * d, d));
+                continue;
             }
-            _tailCount = tailKept;
+            if (w != t)
+            {
+                _tailKeys.AsSpan(t * d, d).CopyTo(_tailKeys.AsSpan(w * d));
+                _tailValues.AsSpan(t * d, d).CopyTo(_tailValues.AsSpan(w * d));
+            }
+            _tailPositions[w++] = p;
         }
-        else if (tailFlags.LastIndexOf(true) is var last and >= 0)
+        _tailPositions.RemoveRange(w, n - w);
+
+        ReplaceBlocks(kept, pending, rowK, rowV);
+    }
+
+    /// <summary>
+    /// Makes <paramref name="kept"/> then <paramref name="pending"/>'s rows the blocks. Kept partial blocks of a format
+    /// pair being written join its rows first, so every format pair keeps at most one partial block (appends add full
+    /// blocks only, and every rewrite ends here).
+    /// </summary>
+    private void ReplaceBlocks(List<BlockEntry> kept, PendingRows pending, float[] rowK, float[] rowV)
+    {
+        int d = _headDim;
+        for (int i = kept.Count - 1; i >= 0; i--)
         {
-            // Blocks precede the tail, so the tail up to its last flagged token leaves it: flagged rows in the target
-            // formats, the others as F32 blocks (their float32 values unchanged).
-            var f32 = _pools.Formats(KvFormat.F32, KvFormat.F32);
-            for (int t = 0; t <= last; t++)
-                pending.Add(tailFlags[t] ? target : f32, _tailKeys.AsSpan(t * d, d), _tailValues.AsSpan(t * d, d));
-            DropTailFront(last + 1);
+            var e = kept[i];
+            if (e.Count == BlockTokens || !pending.Has(e.Formats)) continue;
+            Decode(e, rowK, rowV);
+            for (int t = 0; t < e.Count; t++) pending.Add(e.Formats, e.Positions[t], rowK.AsSpan(t * d, d), rowV.AsSpan(t * d, d));
+            Release(e);
+            kept.RemoveAt(i);
         }
-        pending.Encode();
         _blocks.Clear();
         _blocks.AddRange(kept);
+        pending.EncodeInto(_blocks);
     }
 
-    /// <summary>Rows waiting to be encoded: consecutive tokens of one format pair, written out as blocks when the pair changes.</summary>
-    private sealed class PendingRows(HeadStore store, List<BlockEntry> into)
+    /// <summary>Rows waiting to be encoded, grouped by format pair; each group is written as dense blocks in ascending position order.</summary>
+    private sealed class PendingRows(HeadStore store)
     {
-        private readonly List<float> _keys = new(), _values = new();
-        private BlockFormats? _formats;
-
-        public void Add(BlockFormats formats, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+        private sealed class Group(BlockFormats formats)
         {
-            if (!ReferenceEquals(formats, _formats)) Encode();
-            _formats = formats;
-            _keys.AddRange(key);
-            _values.AddRange(value);
+            public BlockFormats Formats { get; } = formats;
+            public List<int> Positions { get; } = new();
+            public List<float> Keys { get; } = new();
+            public List<float> Values { get; } = new();
         }
 
-        public void Encode()
+        private readonly List<Group> _groups = new();
+
+        public bool Has(BlockFormats formats) => _groups.Exists(g => ReferenceEquals(g.Formats, formats));
+
+        public void Add(BlockFormats formats, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
         {
-            int b = store.BlockTokens, d = store._headDim, n = _keys.Count / d;
-            var k = CollectionsMarshal.AsSpan(_keys);
-            var v = CollectionsMarshal.AsSpan(_values);
-            for (int s = 0; s < n; s += b)
+            var g = _groups.Find(g => ReferenceEquals(g.Formats, formats));
+            if (g is null) _groups.Add(g = new Group(formats));
+            g.Positions.Add(position);
+            g.Keys.AddRange(key);
+            g.Values.AddRange(value);
+        }
+
+        /// <summary>Encodes every group (in the order groups first appeared) into blocks appended to <paramref name="into"/>.</summary>
+        public void EncodeInto(List<BlockEntry> into)
+        {
+            int b = store.BlockTokens, d = store._headDim;
+            var keys = new float[b * d]; var values = new float[b * d];
+            foreach (var g in _groups)
             {
-                int c = Math.Min(b, n - s);
-                into.Add(store.Encode(_formats!, k.Slice(s * d, c * d), v.Slice(s * d, c * d), c));
+                int n = g.Positions.Count;
+                var order = Enumerable.Range(0, n).ToArray();
+                var sorted = g.Positions.ToArray();
+                Array.Sort(sorted, order);
+                var k = CollectionsMarshal.AsSpan(g.Keys);
+                var v = CollectionsMarshal.AsSpan(g.Values);
+                for (int s = 0; s < n; s += b)
+                {
+                    int c = Math.Min(b, n - s);
+                    for (int t = 0; t < c; t++)
+                    {
+                        k.Slice(order[s + t] * d, d).CopyTo(keys.AsSpan(t * d));
+                        v.Slice(order[s + t] * d, d).CopyTo(values.AsSpan(t * d));
+                    }
+                    into.Add(store.Encode(g.Formats, keys.AsSpan(0, c * d), values.AsSpan(0, c * d), sorted[s..(s + c)]));
+                }
             }
-            _keys.Clear(); _values.Clear();
+            _groups.Clear();
         }
     }
 
-    private BlockEntry Encode(BlockFormats formats, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
+    /// <summary>Puts decoded rows back into the tail, keeping its positions ascending.</summary>
+    private void MergeIntoTail(List<(int Position, float[] Key, float[] Value)> rows)
     {
+        int d = _headDim, n = TailCount;
+        for (int t = 0; t < n; t++)
+            rows.Add((_tailPositions[t], _tailKeys.AsSpan(t * d, d).ToArray(), _tailValues.AsSpan(t * d, d).ToArray()));
+        rows.Sort((x, y) => x.Position.CompareTo(y.Position));
+        EnsureTail(rows.Count);
+        _tailPositions.Clear();
+        for (int t = 0; t < rows.Count; t++)
+        {
+            rows[t].Key.CopyTo(_tailKeys, t * d);
+            rows[t].Value.CopyTo(_tailValues, t * d);
+            _tailPositions.Add(rows[t].Position);
+        }
+    }
+
+    private BlockEntry Encode(BlockFormats formats, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int[] positions)
+    {
+        if (formats.BalancedKeys)
+        {
+            var balance = _keyBalance ?? throw new InvalidOperationException("balanced key blocks need the head's key balance (SetKeyBalance) first");
+            var scaled = new float[positions.Length * _headDim];
+            for (int t = 0; t < positions.Length; t++)
+                TensorPrimitives.Multiply(keys.Slice(t * _headDim, _headDim), balance, scaled.AsSpan(t * _headDim, _headDim));
+            keys = scaled;
+        }
         var k = formats.KeyPool.Allocate();
         var v = formats.ValuePool.Allocate();
-        BlockCodec.Encode(formats.KeyLayout, keys, count, formats.KeyPool.Span(k));
-        BlockCodec.Encode(formats.ValueLayout, values, count, formats.ValuePool.Span(v));
-        return new BlockEntry(k, v, count, formats);
+        BlockCodec.Encode(formats.KeyLayout, keys, positions.Length, formats.KeyPool.Span(k));
+        BlockCodec.Encode(formats.ValueLayout, values, positions.Length, formats.ValuePool.Span(v));
+        return new BlockEntry(k, v, positions, formats);
     }
 
     private static void Release(BlockEntry e)
@@ -343,10 +503,10 @@ internal sealed class HeadStore
     /// <summary>Removes the first <paramref name="n"/> tail rows (they were encoded into blocks).</summary>
     private void DropTailFront(int n)
     {
-        int rest = _tailCount - n, d = _headDim;
+        int rest = TailCount - n, d = _headDim;
         _tailKeys.AsSpan(n * d, rest * d).CopyTo(_tailKeys);
         _tailValues.AsSpan(n * d, rest * d).CopyTo(_tailValues);
-        _tailCount = rest;
+        _tailPositions.RemoveRange(0, n);
     }
 
     private void EnsureTail(int tokens)

@@ -13,8 +13,10 @@ namespace KvSharp.Cache.Paged;
 /// Several positions (chunked prefill) are served by one pass over the blocks: every query row of every position
 /// is one row of the kernels' query matrix, so a block's per-block work (parameter widening, kernel dispatch,
 /// softmax bookkeeping) is paid once for all of them. A block is only shown to the rows whose position is at or
-/// after its first token (rows are ordered by position, so that is a suffix of the rows); later tokens inside a
-/// block are masked per row. Each row's arithmetic is the same as attending that position alone.
+/// after its first (smallest) position (rows are ordered by position, so that is a suffix of the rows); later tokens
+/// inside a block are masked per row. Each row's arithmetic is the same as attending that position alone. Blocks are
+/// walked in storage order, which is not position order (re-quantization regroups tokens by format): the softmax is
+/// order-invariant, so each block only needs its own positions for the mask.
 /// </remarks>
 internal static class PagedAttention
 {
@@ -22,6 +24,7 @@ internal static class PagedAttention
     private sealed class Scratch
     {
         public float[] Queries = Array.Empty<float>();
+        public float[] BalancedQueries = Array.Empty<float>(); // queries / b, for blocks with balanced keys
         public float[] Scores = Array.Empty<float>();
         public float[] Output = Array.Empty<float>();
         public OnlineSoftmax? State;
@@ -122,59 +125,70 @@ internal static class PagedAttention
         float scale = 1f / MathF.Sqrt(headDim);
         for (int j = 0; j < count; j++)
             TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
+        BalanceQueries(head, s.Queries, rows, headDim, ref s.BalancedQueries);
         return (s, state);
+    }
+
+    /// <summary>
+    /// When the head has a key balance b, writes the scaled query rows divided by b (exact: b holds powers of two) to
+    /// <paramref name="balanced"/>, for the blocks whose keys are stored balanced: (q/b)·(b⊙k) = q·k.
+    /// </summary>
+    internal static void BalanceQueries(HeadStore head, float[] queries, int rows, int headDim, ref float[] balanced)
+    {
+        if (head.KeyBalance is not { } b) return;
+        if (balanced.Length < rows * headDim) balanced = new float[rows * headDim];
+        for (int r = 0; r < rows; r++)
+            TensorPrimitives.Divide(queries.AsSpan(r * headDim, headDim), b, balanced.AsSpan(r * headDim, headDim));
     }
 
     /// <summary>Absorbs blocks fromBlock..toBlock-1 (and the float tail when <paramref name="tail"/>) into the state.</summary>
     private static void Absorb(HeadStore head, int fromBlock, int toBlock, bool tail, int firstPosition, int count,
         int group, int headDim, Scratch s, OnlineSoftmax state)
     {
-        var positions = head.Positions;
-        int lastPosition = firstPosition + count - 1, first = 0, index = 0;
-        foreach (var e in head.Blocks)
+        int lastPosition = firstPosition + count - 1;
+        var blocks = head.Blocks;
+        for (int index = fromBlock; index < Math.Min(toBlock, blocks.Count); index++)
         {
-            if (index >= toBlock || positions[first] > lastPosition) return; // positions ascend: nothing later is visible
-            if (index >= fromBlock)
-                Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes, // each block in its own formats (a head may mix them)
-                    positions, first, e.Count, firstPosition, group, headDim, s, state);
-            first += e.Count;
-            index++;
+            var e = blocks[index];
+            if (e.FirstPosition > lastPosition) continue; // blocks are not in position order: a later one may be visible
+            Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes, // each block in its own formats (a head may mix them)
+                e.Positions, firstPosition, group, headDim, e.Formats.BalancedKeys ? s.BalancedQueries : s.Queries, state, s);
         }
         int n = head.TailCount;
-        if (tail && n > 0 && first == positions.Count - n && positions[first] <= lastPosition)
+        if (tail && n > 0 && head.TailPositions[0] <= lastPosition)
         {
             // The tail is [n, headDim] float32 rows: exactly an F32 block of n tokens.
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
             Block(layout, MemoryMarshal.AsBytes(head.TailKeys), layout, MemoryMarshal.AsBytes(head.TailValues),
-                positions, first, n, firstPosition, group, headDim, s, state);
+                head.TailPositions, firstPosition, group, headDim, s.Queries, state, s);
         }
     }
 
-    /// <summary>Absorbs tokens first..first+n-1 (one block) into the rows that can see at least its first token.</summary>
+    /// <summary>Absorbs one block (tokens at ascending <paramref name="positions"/>) into the rows that can see at least its first token.</summary>
     private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, BlockLayout valueLayout, ReadOnlySpan<byte> values,
-        IReadOnlyList<int> positions, int first, int n, int firstPosition, int group, int headDim, Scratch s, OnlineSoftmax state)
+        ReadOnlySpan<int> positions, int firstPosition, int group, int headDim, float[] queries, OnlineSoftmax state, Scratch s)
     {
-        int r0 = Math.Max(0, positions[first] - firstPosition) * group, rows = state.QueryCount - r0;
+        int n = positions.Length, r0 = Math.Max(0, positions[0] - firstPosition) * group, rows = state.QueryCount - r0;
         var scores = s.Scores.AsSpan(0, rows * n);
-        BlockAttention.Scores(keyLayout, keys, n, s.Queries.AsSpan(r0 * headDim, rows * headDim), rows, scores);
-        Mask(positions, first, n, firstPosition + r0 / group, group, scores, rows);
+        BlockAttention.Scores(keyLayout, keys, n, queries.AsSpan(r0 * headDim, rows * headDim), rows, scores);
+        Mask(positions, firstPosition + r0 / group, group, scores, rows);
         state.Absorb(scores, n, r0);
         BlockAttention.AccumulateValues(valueLayout, values, n, scores, rows, state.Accumulators.Slice(r0 * headDim, rows * headDim));
     }
 
     /// <summary>
-    /// Sets to −∞ the scores [rows, count] of tokens first..first+count-1 stored at a position after their row's
-    /// (row r is at position <paramref name="rowPosition"/> + r / group).
+    /// Sets to −∞ the scores [rows, positions.Length] of the block's tokens stored at a position after their row's
+    /// (row r is at position <paramref name="rowPosition"/> + r / group; positions ascend).
     /// </summary>
-    private static void Mask(IReadOnlyList<int> positions, int first, int count, int rowPosition, int group, Span<float> scores, int rows)
+    private static void Mask(ReadOnlySpan<int> positions, int rowPosition, int group, Span<float> scores, int rows)
     {
-        int last = positions[first + count - 1];
+        int count = positions.Length, last = positions[count - 1];
         for (int r = 0; r < rows; r += group, rowPosition++)
         {
             if (last <= rowPosition) return; // later rows see even more
             for (int t = 0; t < count; t++)
             {
-                if (positions[first + t] <= rowPosition) continue;
+                if (positions[t] <= rowPosition) continue;
                 for (int i = r; i < r + group; i++) scores[i * count + t] = float.NegativeInfinity;
             }
         }

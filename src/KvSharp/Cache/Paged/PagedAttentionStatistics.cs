@@ -7,14 +7,18 @@ namespace KvSharp.Cache.Paged;
 /// <summary>The running statistics of one (layer, KV head): per covered token the max and the sum of folded probability.</summary>
 internal sealed class HeadStatistics
 {
-    public HeadStatistics(int[] positions)
+    public HeadStatistics(int[] positions, int headDim)
     {
         Positions = positions;
         Max = new float[positions.Length];
         Sum = new float[positions.Length];
+        QueryMax = new float[headDim];
     }
 
-    /// <summary>Positions of the covered tokens: the head's first <c>Positions.Length</c> stored tokens.</summary>
+    /// <summary>Per channel: the largest |q_c| of the counted queries of the group's heads (unscaled).</summary>
+    public float[] QueryMax { get; }
+
+    /// <summary>Positions of the covered tokens: the head's first <c>Positions.Length</c> stored tokens, in storage order (max and sum follow it).</summary>
     public int[] Positions { get; }
     public float[] Max { get; }
     public float[] Sum { get; }
@@ -32,6 +36,7 @@ internal static class PagedAttentionStatistics
     private sealed class Scratch
     {
         public float[] Queries = Array.Empty<float>();
+        public float[] BalancedQueries = Array.Empty<float>();
         public float[] Scores = Array.Empty<float>();
         public float[] Folded = Array.Empty<float>();
     }
@@ -63,20 +68,24 @@ internal static class PagedAttentionStatistics
         float scale = 1f / MathF.Sqrt(headDim);
         for (int j = 0; j < count; j++)
             TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
+        PagedAttention.BalanceQueries(head, s.Queries, rows, headDim, ref s.BalancedQueries);
         var run = new Run(count, group, headDim, firstPosition, firstCounted, fold, logSumExp, logSumExpStride);
-        var positions = head.Positions;
+        // Covered tokens are the first `covered` in storage order (appends and flushes only add after them); blocks are
+        // not in position order, so a block starting after the queries does not end the walk.
         int first = 0;
         foreach (var e in head.Blocks)
         {
-            if (first >= covered || positions[first] > lastPosition) return;
-            Block(e.KeyLayout, e.KeyBytes, positions, first, e.Count, Math.Min(e.Count, covered - first), run, s, stats);
+            if (first >= covered) return;
+            if (e.FirstPosition <= lastPosition)
+                Block(e.KeyLayout, e.KeyBytes, e.Positions, first, Math.Min(e.Count, covered - first), run,
+                    e.Formats.BalancedKeys ? s.BalancedQueries : s.Queries, s, stats);
             first += e.Count;
         }
         int n = head.TailCount;
-        if (first < covered && n > 0 && first == positions.Count - n && positions[first] <= lastPosition)
+        if (first < covered && n > 0 && head.TailPositions[0] <= lastPosition)
         {
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
-            Block(layout, MemoryMarshal.AsBytes(head.TailKeys), positions, first, n, Math.Min(n, covered - first), run, s, stats);
+            Block(layout, MemoryMarshal.AsBytes(head.TailKeys), head.TailPositions, first, Math.Min(n, covered - first), run, s.Queries, s, stats);
         }
     }
 
@@ -91,16 +100,17 @@ internal static class PagedAttentionStatistics
     }
 
     /// <summary>
-    /// Scores tokens first..first+n-1 for the rows that can see the block's first token (as the attention pass does),
-    /// then adds the folded probabilities of its first <paramref name="coveredCount"/> tokens for every counted position.
+    /// Scores the tokens of one block (at ascending <paramref name="positions"/>, storage indices first..) for the rows
+    /// that can see the block's first token (as the attention pass does), then adds the folded probabilities of its
+    /// first <paramref name="coveredCount"/> tokens for every counted position.
     /// </summary>
-    private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, IReadOnlyList<int> positions, int first, int n,
-        int coveredCount, in Run run, Scratch s, HeadStatistics stats)
+    private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, ReadOnlySpan<int> positions, int first,
+        int coveredCount, in Run run, float[] queries, Scratch s, HeadStatistics stats)
     {
-        int group = run.Group, rows = run.Count * group;
-        int j0 = Math.Max(0, positions[first] - run.FirstPosition), r0 = j0 * group, visible = rows - r0;
+        int group = run.Group, rows = run.Count * group, n = positions.Length;
+        int j0 = Math.Max(0, positions[0] - run.FirstPosition), r0 = j0 * group, visible = rows - r0;
         var scores = s.Scores.AsSpan(0, visible * n);
-        BlockAttention.Scores(keyLayout, keys, n, s.Queries.AsSpan(r0 * run.HeadDim, visible * run.HeadDim), visible, scores);
+        BlockAttention.Scores(keyLayout, keys, n, queries.AsSpan(r0 * run.HeadDim, visible * run.HeadDim), visible, scores);
         var folded = s.Folded.AsSpan(0, coveredCount);
         var max = stats.Max.AsSpan(first, coveredCount);
         var sum = stats.Sum.AsSpan(first, coveredCount);
@@ -109,7 +119,7 @@ internal static class PagedAttentionStatistics
             int position = run.FirstPosition + j;
             // Tokens after the query's position are masked (chunked prefill): they get probability 0.
             int seen = coveredCount;
-            while (seen > 0 && positions[first + seen - 1] > position) seen--;
+            while (seen > 0 && positions[seen - 1] > position) seen--;
             for (int i = 0; i < group; i++)
             {
                 var p = scores.Slice((j * group + i - r0) * n, seen);
@@ -131,7 +141,7 @@ internal static class PagedAttentionStatistics
         }
     }
 
-    /// <summary>L2 norms of the first <paramref name="covered"/> stored keys of <paramref name="head"/>, decoded from its blocks and tail.</summary>
+    /// <summary>L2 norms of the first <paramref name="covered"/> stored keys of <paramref name="head"/> in storage order, decoded from its blocks and tail.</summary>
     public static float[] KeyNorms(HeadStore head, int headDim, int covered)
     {
         var norms = new float[covered];
@@ -140,7 +150,7 @@ internal static class PagedAttentionStatistics
         foreach (var e in head.Blocks)
         {
             if (first >= covered) return norms;
-            BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
+            head.DecodeKeys(e, keys);
             for (int t = 0; t < e.Count && first + t < covered; t++)
                 norms[first + t] = TensorPrimitives.Norm(keys.AsSpan(t * headDim, headDim));
             first += e.Count;

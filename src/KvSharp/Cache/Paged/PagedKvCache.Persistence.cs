@@ -10,8 +10,8 @@ public sealed partial class PagedKvCache
 {
     /// <summary>
     /// Writes the cache to <paramref name="path"/> atomically (a temporary file in the same folder replaces it once
-    /// complete): shape, options, <paramref name="modelFingerprint"/>, per (layer, KV head) the positions, every block
-    /// with its layouts and raw bytes and the float tail, and the cross-layer share map, under an XXH64 checksum.
+    /// complete): shape, options, <paramref name="modelFingerprint"/>, per (layer, KV head) every block with its
+    /// positions, layouts and raw bytes, and the float tail with its positions, and the cross-layer share map, under an XXH64 checksum.
     /// Blocks shared with forks are written as this cache's own (a loaded cache owns all its blocks).
     /// </summary>
     /// <param name="path">The file to write (replaced if it exists).</param>
@@ -35,19 +35,23 @@ public sealed partial class PagedKvCache
             foreach (var store in _stores)
             {
                 w.Write(store.Positions.Count);
-                foreach (int p in store.Positions) w.Write(p);
                 w.Write(store.Blocks.Count);
                 foreach (var e in store.Blocks)
                 {
                     w.Write(e.Count);
+                    foreach (int p in e.Positions) w.Write(p);
                     WriteLayout(w, e.KeyLayout);
                     WriteLayout(w, e.ValueLayout);
                     w.Write(e.KeyBytes[..e.KeyLayout.ByteSize]);
                     w.Write(e.ValueBytes[..e.ValueLayout.ByteSize]);
                 }
                 w.Write(store.TailCount);
+                foreach (int p in store.TailPositions) w.Write(p);
                 w.Write(MemoryMarshal.AsBytes(store.TailKeys));
                 w.Write(MemoryMarshal.AsBytes(store.TailValues));
+                var balance = store.KeyBalance ?? [];
+                w.Write(balance.Length);
+                w.Write(MemoryMarshal.AsBytes(balance.AsSpan()));
             }
         });
     }
@@ -172,33 +176,48 @@ public sealed partial class PagedKvCache
             string where = $"layer {layer}, KV head {kvHead}";
             int d = cache._headDim, tokens = r.ReadInt32();
             Check(tokens >= 0 && tokens <= cache._layerLength[layer] && (tokens == 0 || cache._shareSource[layer] < 0), $"{where}: {tokens} tokens");
-            var positions = ReadInts(r, tokens);
-            for (int t = 0; t < tokens; t++)
-                Check(positions[t] >= 0 && positions[t] < cache._layerLength[layer] && (t == 0 || positions[t] > positions[t - 1]), $"{where}: position {positions[t]}");
+            var seen = new HashSet<int>();
+            int[] Positions(int count, string of)
+            {
+                var positions = ReadInts(r, count);
+                for (int t = 0; t < count; t++)
+                    Check(positions[t] >= 0 && positions[t] < cache._layerLength[layer] && (t == 0 || positions[t] > positions[t - 1]) && seen.Add(positions[t]),
+                        $"{where}, {of}: position {positions[t]} (positions ascend inside a block and the tail, below the layer's length, each stored once)");
+                return positions;
+            }
             int blockCount = r.ReadInt32();
             Check(blockCount >= 0 && blockCount <= tokens, $"{where}: {blockCount} blocks");
-            var blocks = new List<(BlockFormats, int, byte[], byte[])>(blockCount);
+            var blocks = new List<(BlockFormats, int[], byte[], byte[])>(blockCount);
             int blocked = 0;
             for (int b = 0; b < blockCount; b++)
             {
                 int count = r.ReadInt32();
                 Check(count >= 1 && count <= cache._options.BlockTokens && blocked + count <= tokens, $"{where}, block {b}: {count} tokens");
+                var positions = Positions(count, $"block {b}");
                 var keyLayout = ReadLayout(r);
                 var valueLayout = ReadLayout(r);
-                var formats = cache._pools.Formats(keyLayout.Format, valueLayout.Format);
-                Check(formats.KeyLayout == keyLayout && formats.ValueLayout == valueLayout,
-                    $"{where}, block {b}: layouts {keyLayout} / {valueLayout}, the cache's options give {formats.KeyLayout} / {formats.ValueLayout}");
-                blocks.Add((formats, count, r.ReadBytes(keyLayout.ByteSize), r.ReadBytes(valueLayout.ByteSize)));
+                var formats = cache._pools.Formats(keyLayout, valueLayout); // refuses other block geometries
+                blocks.Add((formats, positions, r.ReadBytes(keyLayout.ByteSize), r.ReadBytes(valueLayout.ByteSize)));
                 Check(blocks[^1].Item3.Length == keyLayout.ByteSize && blocks[^1].Item4.Length == valueLayout.ByteSize, $"{where}, block {b}: bytes missing");
                 blocked += count;
             }
             int tail = r.ReadInt32();
             Check(tail >= 0 && blocked + tail == tokens, $"{where}: {blocked} block tokens + {tail} tail tokens for {tokens} positions");
+            var tailPositions = Positions(tail, "tail");
             var tailKeys = new float[tail * d];
             var tailValues = new float[tail * d];
             r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(tailKeys.AsSpan()));
             r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(tailValues.AsSpan()));
-            cache._stores[layer * cache._kvHeads + kvHead].Restore(blocks, positions, tailKeys, tailValues);
+            int balanceCount = r.ReadInt32();
+            Check(balanceCount == 0 || balanceCount == d, $"{where}: key balance of {balanceCount} factors");
+            var balance = balanceCount == 0 ? null : new float[d];
+            if (balance != null)
+            {
+                r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(balance.AsSpan()));
+                foreach (float b in balance) Check(b > 0 && float.IsFinite(b) && MathF.ScaleB(1f, MathF.ILogB(b)) == b, $"{where}: key balance factor {b} (positive powers of two)");
+            }
+            Check(balance != null || !blocks.Exists(x => x.Item1.BalancedKeys), $"{where}: balanced key blocks without a key balance");
+            cache._stores[layer * cache._kvHeads + kvHead].Restore(blocks, tailPositions, tailKeys, tailValues, balance);
         }
     }
 

@@ -130,7 +130,7 @@ public sealed partial class PagedKvCache : IKvCache
     }
 
     /// <inheritdoc />
-    /// <remarks>Blocks past the cut go back to the pool; the block holding the cut becomes the float tail.</remarks>
+    /// <remarks>Blocks past the cut go back to the pool; a block straddling it in the cache's own formats becomes float tail rows, one in other formats is re-encoded in them.</remarks>
     public void Truncate(int length)
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
@@ -141,6 +141,9 @@ public sealed partial class PagedKvCache : IKvCache
 
     /// <summary>Original positions of the tokens (layer, KV head) stores, ascending (a shared layer's are its source's).</summary>
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
+
+    /// <summary>The encoded blocks (layer, KV head) reads, in storage order (for tests and tools that check the layout).</summary>
+    internal IReadOnlyList<BlockEntry> Blocks(int layer, int kvHead) => Store(layer, kvHead).Blocks;
 
     /// <summary>
     /// The stored tokens of (layer, KV head) decoded to float: [Positions.Count, headDim] keys (after RoPE) and values,
@@ -171,9 +174,9 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>
     /// Evicts the stored tokens of (layer, KV head) flagged in <paramref name="evict"/> (one flag per stored token,
     /// in <see cref="Positions"/> order). Untouched blocks stay as they are (still shared with forks); the kept
-    /// tokens of affected blocks are decoded and re-encoded into fresh blocks. Float formats (F32/F16/BF16/FP8)
-    /// re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most one more
-    /// quantization step. Freed blocks go back to the pool.
+    /// tokens of affected blocks are decoded and regrouped by format pair into fresh dense blocks. Float formats
+    /// (F32/F16/BF16/FP8) re-encode losslessly; quantized formats re-quantize already-quantized values, adding at most
+    /// one more quantization step. Freed blocks go back to the pool.
     /// </summary>
     /// <exception cref="KvSharpException">The layer shares another layer's storage (evict the source's head instead).</exception>
     public void Evict(int layer, int kvHead, ReadOnlySpan<bool> evict)
@@ -186,19 +189,51 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>
     /// Re-encodes the stored tokens of (layer, KV head) flagged in <paramref name="select"/> (one flag per stored
     /// token, in <see cref="Positions"/> order) with keys in <paramref name="keyFormat"/> and values in
-    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). Blocks stay in
-    /// position order, each holding consecutive tokens of one format pair: blocks with no selected token, or already
-    /// in the requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded
-    /// and re-encoded into fresh blocks (a run of one format pair may end in a partial block). Selected tokens of the
-    /// float tail are encoded at once; unselected tail tokens before the last selected one become F32 blocks (their
-    /// values unchanged), later ones stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// <paramref name="valueFormat"/>; the other tokens keep their formats (mixed precision by token). A block holds
+    /// tokens of one format pair wherever their positions lie: blocks with no selected token, or already in the
+    /// requested formats, are kept as they are (still shared with forks); the tokens of the others are decoded and
+    /// regrouped by format pair into fresh dense blocks, so scattered selections cost no more blocks than contiguous
+    /// ones (each format pair ends in at most one partial block). Selected tokens of the float tail join the
+    /// target's blocks; the others stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// With <paramref name="balancedKeys"/> the keys are quantized per token (one scale and minimum per token over all
+    /// its channels, MiKV's quantizer) after the head's channel balance (<see cref="SetKeyBalance"/>): blocks store
+    /// Q(b⊙k), attention scores them with q/b, reads return Q(b⊙k)/b.
     /// </summary>
-    /// <exception cref="KvSharpException">The block geometry does not suit a requested format, or the layer shares another layer's storage.</exception>
-    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)
+    /// <exception cref="KvSharpException">The block geometry does not suit a requested format, balanced keys of a float format, or the layer shares another layer's storage.</exception>
+    /// <exception cref="InvalidOperationException">Balanced keys on a head without a key balance.</exception>
+    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat, bool balancedKeys = false)
     {
         var store = OwnStore(layer, kvHead, "re-quantize");
         ThrowIfCollectingStatistics("re-quantize");
-        store.Requantize(select, _pools.Formats(keyFormat, valueFormat));
+        var formats = _pools.Formats(keyFormat, valueFormat, balancedKeys);
+        if (balancedKeys && store.KeyBalance is null)
+            throw new InvalidOperationException($"layer {layer}, KV head {kvHead}: balanced keys need SetKeyBalance first");
+        store.Requantize(select, formats);
+    }
+
+    /// <summary>
+    /// Sets the per-channel key balance b of (layer, KV head) (MiKV: b_c = sqrt(max|q_c| / max|k_c|)), each factor
+    /// rounded to the nearest power of two so that scaling is exact. Only blocks re-quantized with balanced keys use it;
+    /// it cannot change once such blocks exist.
+    /// </summary>
+    /// <exception cref="ArgumentException">Not one positive finite factor per channel.</exception>
+    /// <exception cref="InvalidOperationException">The head already holds balanced key blocks.</exception>
+    /// <exception cref="KvSharpException">The layer shares another layer's storage.</exception>
+    public void SetKeyBalance(int layer, int kvHead, ReadOnlySpan<float> balance) => OwnStore(layer, kvHead, "balance").SetKeyBalance(balance);
+
+    /// <summary>The key balance of (layer, KV head) as stored (powers of two), or null when none was set.</summary>
+    public IReadOnlyList<float>? KeyBalance(int layer, int kvHead) => Store(layer, kvHead).KeyBalance;
+
+    /// <summary>
+    /// As <see cref="Requantize(int, int, ReadOnlySpan{bool}, KvFormat, KvFormat, bool)"/> with explicit block layouts, for
+    /// formats whose parameters the format alone does not fix (VidKV's outlier channels and salient tokens).
+    /// </summary>
+    /// <exception cref="KvSharpException">A layout does not have the cache's block tokens and head dimension, or the layer shares another layer's storage.</exception>
+    public void RequantizeToLayouts(int layer, int kvHead, ReadOnlySpan<bool> select, BlockLayout keyLayout, BlockLayout valueLayout)
+    {
+        var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
+        store.Requantize(select, _pools.Formats(keyLayout, valueLayout));
     }
 
     /// <summary>

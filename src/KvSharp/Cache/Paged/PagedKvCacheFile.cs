@@ -19,8 +19,12 @@ internal static class PagedKvCacheFile
     /// <summary>The file's first 8 bytes.</summary>
     public static ReadOnlySpan<byte> Magic => "KVSCACHE"u8;
 
-    /// <summary>The payload layout this build writes and reads.</summary>
-    public const uint Version = 1;
+    /// <summary>
+    /// The payload layout this build writes and reads. Version 2 stores each block's positions with the block (blocks
+    /// hold same-format tokens in any position order); version 1 (one ascending position list per head, blocks in
+    /// position order) is refused with a message saying to save the cache again.
+    /// </summary>
+    public const uint Version = 2;
 
     private const int HeaderBytes = 24, ChecksumBytes = 8;
 
@@ -88,6 +92,8 @@ internal static class PagedKvCacheFile
             if (got < HeaderBytes)
                 throw new KvSharpException($"{path}: truncated KV cache file ({fs.Length} bytes, shorter than its {HeaderBytes}-byte header)");
             uint version = BinaryPrimitives.ReadUInt32LittleEndian(header[8..]);
+            if (version == 1)
+                throw new KvSharpException($"{path}: KV cache file version 1 was written by an older KvSharp (blocks in position order); this build reads version {Version} (blocks with their own positions): prefill and save the cache again");
             if (version != Version)
                 throw new KvSharpException($"{path}: unsupported KV cache file version {version} (this build reads version {Version})");
             uint flags = BinaryPrimitives.ReadUInt32LittleEndian(header[12..]);

@@ -1,4 +1,5 @@
 using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Calibration;
 using KvSharp.Compression.Presses;
 using KvSharp.Compression.Scorers;
 
@@ -105,14 +106,21 @@ public static class PressRegistry
             (_, t) => new UniformBudget(t)),
         new(new("global", PressPartKind.Budget, "one threshold over all layers x heads x tokens (KVzip pair level)", [], ["pair"]),
             (_, t) => new GlobalBudget(t)),
-        new(new("head", PressPartKind.Budget, "whole heads keep or drop their context, ranked by max score", [], []),
-            (_, t) => new HeadBudget(t)),
+        new(new("head", PressPartKind.Budget, "whole heads keep or drop their context, ranked by max score or a calibrated profile",
+                [new("file", "", "head scores from 'kvsharp calibrate kvzip-heads' (no scoring pass with kvzip)"),
+                 new("sinks", "4", "with kvzip and file: first positions every head keeps"), new("window", "32", "with kvzip and file: recent tokens every head keeps")], []),
+            (a, t) => a.Raw("file") is { } f ? new HeadBudget(t, HeadProfile.Load(f, KvzipHeadCalibration.Method), f) : new HeadBudget(t)),
         new(new("pyramid", PressPartKind.Budget, "PyramidKV: per-layer budgets decreasing linearly with depth",
                 [new("beta", "20", "max/min spread of the layer budgets, > 0")], []),
             (a, t) => new PyramidBudget(t, a.Double("beta", 20, 1e-9, 1e9))),
         new(new("adakv", PressPartKind.Budget, "AdaKV: per-layer top-k across heads, each head keeping a floor",
                 [new("floor", "0.2", "fraction of its uniform share each head keeps, in [0, 1]")], []),
             (a, t) => new AdaKvBudget(t, a.Double("floor", 0.2, 0, 1))),
+        new(new("baklava", PressPartKind.Budget, "BaKlaVa: per-head budgets from a calibrated head-importance profile (kvsharp calibrate baklava)",
+                [new("file", "", "head profile from 'kvsharp calibrate baklava', required"), new("floor", "0.2", "share of its uniform budget each head keeps at least, in [0, 1]"),
+                 new("power", "1", "exponent of the importances (0 = uniform), >= 0")], []),
+            (a, t) => new BaklavaBudget(t, HeadProfile.Load(a.Raw("file") ?? throw a.Error("baklava needs file=PATH (a profile written by 'kvsharp calibrate baklava')"), BaklavaProfiler.Method),
+                a.Raw("file")!, a.Double("floor", 0.2, 0, 1), a.Double("power", 1, 0, 1e6))),
         new(new("dynamic", PressPartKind.Budget, "no fixed ratio: each head prunes its least important tokens up to a share of its attention mass",
                 [new("mass", "0.01", "share of a head's attention mass that may be pruned, in [0, 1]")], []),
             (a, _) => new DynamicBudget(a.Double("mass", 0.01, 0, 1)), TakesTarget: false),
@@ -139,6 +147,14 @@ public static class PressRegistry
         List<Segment>? unit = null;
         foreach (var part in SplitTopLevel(press, press))
         {
+            // KVSharer's layer map is a whole unit of its own.
+            if (Sharing.KvSharerPress.Names(part))
+            {
+                if (unit != null) built.Add(Build(press, unit));
+                unit = null;
+                built.Add(Sharing.KvSharerPress.Create(press, part));
+                continue;
+            }
             // A quantization press (kivi, mikv(...), ...) is a whole unit of its own.
             if (Quantization.QuantizationPresses.Names(part))
             {
@@ -251,7 +267,11 @@ public static class PressRegistry
         try
         {
             var scored = new ScoredPress(scorer.Create(args), budget.Create(args, target));
-            built = selectors.Count > 0 ? selectors[0].Create(args, scored) : scored;
+            // KVzip's calibrated head level ranks heads by the file alone: no scoring pass over the context.
+            if (scored is { Scorer: KvzipScorer, Budget: HeadBudget { Profile: not null } head })
+                built = selectors.Count == 0 ? new KvzipHeadPress(head, args.Int("sinks", 4, 0), args.Int("window", 32, 0))
+                    : throw args.Error("the calibrated head level (kvzip with head:file=...) takes no selector");
+            else built = selectors.Count > 0 ? selectors[0].Create(args, scored) : scored;
         }
         catch (KvSharpException e) when (!e.Message.StartsWith("press '", StringComparison.Ordinal))
         {
@@ -297,5 +317,5 @@ public static class PressRegistry
 
     private static string Names(PressPartKind kind) => string.Join(", ", Presses.Where(p => p.Kind == kind).Select(p => p.Name));
 
-    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}";
+    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}; sharing: {Sharing.KvSharerPress.Name}";
 }

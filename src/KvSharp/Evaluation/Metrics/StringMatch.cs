@@ -25,6 +25,7 @@ public static class StringMatch
         ScoreKind.StringMatchAll => All(answer, expected),
         ScoreKind.StringMatchPart => Part(answer, expected),
         ScoreKind.Choice => ChoiceMatch.Score(answer, expected),
+        ScoreKind.RougeL => Rouge.Score(answer, expected).RougeL,
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 

@@ -30,6 +30,12 @@ public static class ResultsTable
         }
         if (rows.Any(c => c.TaskScores.Count > 1))
             columns.Add(("by sub-task", c => c.TaskScores.Count > 1 ? string.Join(", ", c.TaskScores.Select(p => $"{p.Key} {F(p.Value, "0.00")}")) : ""));
+        if (rows.Any(c => c.RougeL != null))
+        {
+            columns.Add(("ROUGE-1", c => c.Rouge1 is { } r ? F(r, "0.000") : ""));
+            columns.Add(("ROUGE-2", c => c.Rouge2 is { } r ? F(r, "0.000") : ""));
+            columns.Add(("ROUGE-L", c => c.RougeL is { } r ? F(r, "0.000") : ""));
+        }
         if (rows.Any(c => c.Perplexity != null))
         {
             columns.Add(("perplexity", c => c.Perplexity is { } p ? F(p, "0.000") : ""));
@@ -42,7 +48,9 @@ public static class ResultsTable
         columns.Add(("prefill s", c => F(c.PrefillSeconds, "0.0")));
         columns.Add(("compress s", c => F(c.CompressSeconds, "0.00")));
         columns.Add(("decode s", c => F(c.DecodeSeconds, "0.0")));
-        columns.Add(("peak MiB", c => F(c.PeakWorkingSetBytes / 1048576.0, "0")));
+        columns.Add(("peak KV", c => c.PeakKvBytes > 0 ? Bytes(c.PeakKvBytes) : ""));
+        columns.Add(("peak RSS MiB (+ over cell start)", c => c.PeakRssBytes == 0 ? ""
+            : F(c.PeakRssBytes / 1048576.0, "0") + (c.PeakRssPerCell ? $" (+{F(c.PeakRssDeltaBytes / 1048576.0, "0")})" : " (process)")));
 
         var sb = new StringBuilder();
         sb.Append("| ").AppendJoin(" | ", columns.Select(c => c.Header)).Append(" |\n");

@@ -51,6 +51,15 @@ public sealed record CellResult
     /// <summary>The reference answers' own fraction of complete answers (what <see cref="ExactFraction"/> is compared with).</summary>
     public double? BaselineExactFraction { get; init; }
 
+    /// <summary>Mean ROUGE-1 F1 of the answers (summarization tasks).</summary>
+    public double? Rouge1 { get; init; }
+
+    /// <summary>Mean ROUGE-2 F1 of the answers (summarization tasks).</summary>
+    public double? Rouge2 { get; init; }
+
+    /// <summary>Mean ROUGE-L F1 of the answers (summarization tasks; also their <see cref="Score"/>).</summary>
+    public double? RougeL { get; init; }
+
     /// <summary>Mean continuation perplexity under this cell's cache (continuation tasks).</summary>
     public double? Perplexity { get; init; }
 
@@ -81,19 +90,32 @@ public sealed record CellResult
     /// <summary>Total seconds answering (question prefill and decoding).</summary>
     public double DecodeSeconds { get; init; }
 
-    /// <summary>The process's peak working set when the cell finished (process-wide, so monotonic over a sweep).</summary>
-    public long PeakWorkingSetBytes { get; init; }
+    /// <summary>The largest KV cache any sample of the cell held (bytes; after prefill, or grown by questions and answers).</summary>
+    public long PeakKvBytes { get; init; }
+
+    /// <summary>The process's peak resident set during the cell (see <see cref="CellMemoryMeter"/>).</summary>
+    public long PeakRssBytes { get; init; }
+
+    /// <summary>How far the resident set rose above its value at the cell's start.</summary>
+    public long PeakRssDeltaBytes { get; init; }
+
+    /// <summary>Whether <see cref="PeakRssBytes"/> is this cell's own peak (reset at its start) rather than the process's so far.</summary>
+    public bool PeakRssPerCell { get; init; }
 
     /// <summary>When the cell finished (UTC, ISO 8601).</summary>
     public string FinishedUtc { get; init; } = "";
 
-    /// <summary>Summarizes <paramref name="outcomes"/> into a result (the identity fields come from <paramref name="identity"/>).</summary>
-    public static CellResult Summarize(CellResult identity, IReadOnlyList<SampleOutcome> outcomes, long peakWorkingSet, DateTime finishedUtc)
+    /// <summary>
+    /// Summarizes <paramref name="outcomes"/> into a result (the identity fields come from <paramref name="identity"/>;
+    /// the process memory fields are the caller's to set).
+    /// </summary>
+    public static CellResult Summarize(CellResult identity, IReadOnlyList<SampleOutcome> outcomes, DateTime finishedUtc)
     {
         if (outcomes.Count == 0) throw new KvSharpException($"cell {identity.Key}: no samples ran");
         var queries = outcomes.SelectMany(o => o.Queries).ToList();
         var withBaseline = queries.Where(q => q.BaselineAnswer != null).ToList();
         var quality = outcomes.Where(o => o.Quality != null).Select(o => o.Quality!).ToList();
+        var rouge = queries.Where(q => q.Rouge != null).Select(q => q.Rouge!).ToList();
         return identity with
         {
             Samples = outcomes.Count,
@@ -104,6 +126,9 @@ public sealed record CellResult
             BaselineExactFraction = withBaseline.Count > 0
                 ? withBaseline.Count(q => Metrics.StringMatch.All(q.BaselineAnswer!, q.Expected) >= 1) / (double)withBaseline.Count
                 : null,
+            Rouge1 = rouge.Count > 0 ? rouge.Average(r => r.Rouge1) : null,
+            Rouge2 = rouge.Count > 0 ? rouge.Average(r => r.Rouge2) : null,
+            RougeL = rouge.Count > 0 ? rouge.Average(r => r.RougeL) : null,
             Perplexity = quality.Count > 0 ? quality.Average(q => q.Perplexity) : null,
             ReferencePerplexity = quality.Count > 0 ? quality.Average(q => q.ReferencePerplexity) : null,
             Kl = quality.Count > 0 ? quality.Average(q => q.MeanKl) : null,
@@ -114,7 +139,7 @@ public sealed record CellResult
             PrefillSeconds = outcomes.Sum(o => o.PrefillSeconds),
             CompressSeconds = outcomes.Sum(o => o.CompressSeconds),
             DecodeSeconds = outcomes.Sum(o => o.DecodeSeconds),
-            PeakWorkingSetBytes = peakWorkingSet,
+            PeakKvBytes = outcomes.Max(o => o.PeakKvBytes),
             FinishedUtc = finishedUtc.ToString("o", System.Globalization.CultureInfo.InvariantCulture),
         };
     }

@@ -40,6 +40,12 @@ public sealed class EvalRunner
     /// </summary>
     public bool QuestionAware { get; init; } = true;
 
+    /// <summary>
+    /// Where prefilled contexts are shared between runs of the same samples (a sweep's cells); null prefills every
+    /// run afresh. The results are the same either way: compression works on a copy-on-write fork.
+    /// </summary>
+    public PrefillStore? Prefills { get; init; }
+
     /// <summary>Runs one sample with <paramref name="compressor"/>.</summary>
     public SampleOutcome Run(EvalSample sample, ICacheCompressor compressor, CancellationToken cancellation = default)
     {
@@ -51,14 +57,10 @@ public sealed class EvalRunner
         var (contextIds, firstQuestion) = SplitTokens(sample.Context, sample.Queries[0].Question);
         int ctx = _model.Config.MaxContext;
         if (contextIds.Length >= ctx) throw new KvSharpException($"sample {sample.Task}/{sample.Id}: the context has {contextIds.Length} tokens, the model holds {ctx}");
-        using var cache = (PagedKvCache)_model.CreateCache(ctx, _spec);
-
-        var sw = Stopwatch.StartNew();
-        _model.Transformer.Forward(contextIds, cache);
-        double prefill = sw.Elapsed.TotalSeconds;
+        using var cache = Prefill(sample, contextIds, ctx, out double prefill, out _);
         long before = cache.ByteCount;
 
-        sw.Restart();
+        var sw = Stopwatch.StartNew();
         bool single = sample.Queries.Count == 1;
         var input = new CompressionInput(_model, cache, contextIds, ProtectedPrefix(contextIds), single && QuestionAware ? firstQuestion : null);
         compressor.Compress(input);
@@ -70,6 +72,7 @@ public sealed class EvalRunner
 
         sw.Restart();
         int contextLength = cache.Length;
+        long peak = Math.Max(before, after);
         var outcomes = new List<QueryOutcome>();
         for (int q = 0; q < sample.Queries.Count; q++)
         {
@@ -84,6 +87,7 @@ public sealed class EvalRunner
                 StopStrings = sample.StopString is { } stop ? [stop] : [],
             };
             var result = _generator.Generate(prompt, answering, ctx, options, cancellation: cancellation);
+            peak = Math.Max(peak, cache.ByteCount);
             if (sample.Sharing == ContextSharing.MultiRequest)
             {
                 answering.Truncate(contextLength); // the next question sees only the (compressed) context
@@ -93,9 +97,10 @@ public sealed class EvalRunner
                 // The token that completed the stop string was sampled but never run: run it, so the next turn follows the whole answer.
                 _model.Transformer.Forward([result.TokenIds[^1]], answering);
             }
-            double score = StringMatch.Score(sample.Score, result.Text, query.Outputs);
+            var rouge = sample.Score == ScoreKind.RougeL ? Rouge.Score(result.Text, query.Outputs) : null;
+            double score = rouge?.RougeL ?? StringMatch.Score(sample.Score, result.Text, query.Outputs);
             bool? agrees = query.BaselineAnswer is { } b ? BaselineComparison.Agrees(result.Text, b) : null;
-            outcomes.Add(new QueryOutcome(result.Text, score, query.Outputs, query.BaselineAnswer, agrees));
+            outcomes.Add(new QueryOutcome(result.Text, score, query.Outputs, query.BaselineAnswer, agrees, rouge));
         }
         return new SampleOutcome
         {
@@ -104,6 +109,7 @@ public sealed class EvalRunner
             ContextTokens = contextIds.Length,
             KvBytesBefore = before,
             KvBytesAfter = after,
+            PeakKvBytes = peak,
             PrefillSeconds = prefill,
             CompressSeconds = compress,
             DecodeSeconds = sw.Elapsed.TotalSeconds,
@@ -127,6 +133,34 @@ public sealed class EvalRunner
         return (whole[..common], whole[common..]);
     }
 
+    /// <summary>
+    /// A cache holding <paramref name="tokens"/>: a fork of the stored prefill when <see cref="Prefills"/> has it, else
+    /// a fresh prefill (stored for the next run). With <paramref name="continuation"/>, also the full cache's logits
+    /// over it (computed on a fork, so the returned cache holds only the context).
+    /// </summary>
+    private PagedKvCache Prefill(EvalSample sample, int[] tokens, int ctx, out double seconds, out float[]? referenceLogits, int[]? continuation = null)
+    {
+        string key = PrefillStore.KeyOf(sample);
+        if (Prefills?.TryFork(key) is { } stored)
+        {
+            seconds = stored.Seconds;
+            referenceLogits = stored.ReferenceLogits;
+            return stored.Cache;
+        }
+        var cache = (PagedKvCache)_model.CreateCache(ctx, _spec);
+        var sw = Stopwatch.StartNew();
+        _model.Transformer.Forward(tokens, cache);
+        seconds = sw.Elapsed.TotalSeconds;
+        referenceLogits = null;
+        if (continuation != null)
+        {
+            using var reference = cache.Fork();
+            referenceLogits = _model.Transformer.Forward(continuation, reference, LogitsMode.All);
+        }
+        Prefills?.Add(key, cache, seconds, referenceLogits);
+        return cache;
+    }
+
     // BOS is the attention sink every press keeps; a model without BOS protects nothing.
     private int ProtectedPrefix(int[] contextIds) =>
         contextIds.Length > 0 && _model.Config.BosTokenId is { } bos && contextIds[0] == bos ? 1 : 0;
@@ -147,22 +181,16 @@ public sealed class EvalRunner
         int vocab = _model.Config.VocabSize;
         var inputs = tail[..^1];
 
-        using var reference = (PagedKvCache)_model.CreateCache(ctx, _spec);
-        _model.Transformer.Forward(head, reference);
-        var referenceLogits = _model.Transformer.Forward(inputs, reference, LogitsMode.All);
-
-        using var cache = (PagedKvCache)_model.CreateCache(ctx, _spec);
-        var sw = Stopwatch.StartNew();
-        _model.Transformer.Forward(head, cache);
-        double prefill = sw.Elapsed.TotalSeconds;
+        using var cache = Prefill(sample, head, ctx, out double prefill, out var referenceLogits, inputs);
         long before = cache.ByteCount;
-        sw.Restart();
+        var sw = Stopwatch.StartNew();
         compressor.Compress(new CompressionInput(_model, cache, head, ProtectedPrefix(head), null));
         double compress = sw.Elapsed.TotalSeconds;
         long after = cache.ByteCount;
         sw.Restart();
         var logits = _model.Transformer.Forward(inputs, cache, LogitsMode.All);
         double decode = sw.Elapsed.TotalSeconds;
+        long peak = Math.Max(before, cache.ByteCount);
 
         var quality = LanguageModelMetrics.Compare(referenceLogits, logits, rest, vocab);
         return new SampleOutcome
@@ -172,6 +200,7 @@ public sealed class EvalRunner
             ContextTokens = head.Length,
             KvBytesBefore = before,
             KvBytesAfter = after,
+            PeakKvBytes = peak,
             PrefillSeconds = prefill,
             CompressSeconds = compress,
             DecodeSeconds = decode,

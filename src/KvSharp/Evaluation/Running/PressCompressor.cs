@@ -48,7 +48,13 @@ public sealed class PressCompressorFactory : FullCacheFactory
             return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(text + (text.Contains(':') ? "," : ":") + keep));
         // The ratio joins the parameters of the last part (its budget), as the registry routes them.
         int lastPlus = text.LastIndexOf('+'), lastColon = text.LastIndexOf(':'), lastClose = text.LastIndexOf(')');
-        text += lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep;
-        return new PressCompressor(PressRegistry.Parse(text));
+        string withKeep = text + (lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep);
+        try { return new PressCompressor(PressRegistry.Parse(withKeep)); }
+        catch (KvSharpException e) when (e.Message.Contains("unknown parameter 'keep'", StringComparison.Ordinal))
+        {
+            // A press without a keep ratio (kvsharer, kvtuner, kivi, ...) runs as given, in the keep-1 cell only.
+            if (keepRatio != 1) throw new KvSharpException($"press '{text}' takes no keep ratio: run it with --keep 1");
+            return new PressCompressor(PressRegistry.Parse(text));
+        }
     }
 }

@@ -6,7 +6,8 @@ namespace KvSharp.Evaluation.Running;
 /// <param name="Expected">The expected outputs.</param>
 /// <param name="BaselineAnswer">The reference full-cache answer, when the task has one.</param>
 /// <param name="AgreesWithBaseline">Whether <paramref name="Answer"/> matches <paramref name="BaselineAnswer"/> (see <see cref="BaselineComparison"/>); null without a baseline.</param>
-public sealed record QueryOutcome(string Answer, double Score, IReadOnlyList<string> Expected, string? BaselineAnswer, bool? AgreesWithBaseline);
+/// <param name="Rouge">ROUGE-1/2/L of the answer, for summaries (<see cref="Tasks.ScoreKind.RougeL"/>); null otherwise.</param>
+public sealed record QueryOutcome(string Answer, double Score, IReadOnlyList<string> Expected, string? BaselineAnswer, bool? AgreesWithBaseline, Metrics.RougeScores? Rouge = null);
 
 /// <summary>Everything measured on one sample.</summary>
 public sealed record SampleOutcome
@@ -25,6 +26,9 @@ public sealed record SampleOutcome
 
     /// <summary>KV bytes after compression.</summary>
     public long KvBytesAfter { get; init; }
+
+    /// <summary>The largest the cache grew: after prefill, or with a question and its answer (before their rollback).</summary>
+    public long PeakKvBytes { get; init; }
 
     /// <summary>Seconds to prefill the context.</summary>
     public double PrefillSeconds { get; init; }

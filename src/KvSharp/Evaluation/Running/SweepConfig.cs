@@ -3,9 +3,10 @@ using System.Text.Json;
 namespace KvSharp.Evaluation.Running;
 
 /// <summary>
-/// A sweep: every model × task × press × keep ratio is one cell. Read from JSON (snake_case keys), e.g.
-/// <c>{"models": ["embedded"], "tasks": ["needle_eval:niah_single"], "presses": ["none", "kvzip"],
-/// "keep": [0.1, 0.25, 0.5], "samples": 20, "length": 2048, "seed": 42, "kv_cache": "f32"}</c>.
+/// A sweep: every model × task × press × keep ratio is one cell. Read from JSON or YAML (<c>.yaml</c>/<c>.yml</c>;
+/// snake_case keys), e.g. <c>{"models": ["embedded"], "tasks": ["needle_eval:niah_single"], "presses": ["none", "kvzip"],
+/// "keep": [0.1, 0.25, 0.5], "samples": 20, "length": 2048, "seed": 42, "kv_cache": "f32"}</c>; a YAML file is
+/// converted to that JSON and checked the same way.
 /// </summary>
 public sealed record SweepConfig
 {
@@ -36,23 +37,35 @@ public sealed record SweepConfig
     /// <summary>Whether a single question is shown to the press (query-aware compression).</summary>
     public bool QuestionAware { get; init; } = true;
 
-    /// <summary>Reads and checks a config file; errors name the file and the problem.</summary>
+    /// <summary>
+    /// Reads and checks a config file, YAML when its extension is <c>.yaml</c> or <c>.yml</c>, else JSON; errors name
+    /// the file and the problem (for YAML, its line).
+    /// </summary>
     public static SweepConfig Load(string path)
     {
         if (!File.Exists(path)) throw new KvSharpException($"{path}: sweep config not found");
+        string text = File.ReadAllText(path);
+        bool yaml = Path.GetExtension(path).ToLowerInvariant() is ".yaml" or ".yml";
+        var converted = yaml ? YamlToJson.Convert(text, path) : null;
         SweepConfig? config;
         try
         {
             var options = new JsonSerializerOptions(JsonlFile.Options) { UnmappedMemberHandling = System.Text.Json.Serialization.JsonUnmappedMemberHandling.Disallow, ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
-            config = JsonSerializer.Deserialize<SweepConfig>(File.ReadAllText(path), options);
+            config = JsonSerializer.Deserialize<SweepConfig>(converted?.Json ?? text, options);
         }
         catch (JsonException e)
         {
-            throw new KvSharpException($"{path}: not a sweep config ({e.Message})", e);
+            throw new KvSharpException($"{path}: not a sweep config ({converted?.Describe(e) ?? e.Message})", e);
         }
         if (config == null) throw new KvSharpException($"{path}: empty sweep config");
         try { config.Validate(); }
-        catch (KvSharpException e) { throw new KvSharpException($"{path}: {e.Message}", e); }
+        catch (KvSharpException e)
+        {
+            // Validate's messages start with the key they are about ('keep' ...): a YAML file gets that key's line.
+            int quote = e.Message.StartsWith('\'') ? e.Message.IndexOf('\'', 1) : -1;
+            string line = quote > 1 && converted?.LineOf("$." + e.Message[1..quote]) is { } n ? $"line {n}: " : "";
+            throw new KvSharpException($"{path}: {line}{e.Message}", e);
+        }
         return config;
     }
 

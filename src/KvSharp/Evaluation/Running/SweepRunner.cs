@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using KvSharp.Cache;
@@ -99,6 +98,7 @@ public sealed class SweepRunner
                 foreach (var taskCells in CellsOf(modelPath).GroupBy(c => c.Task))
                 {
                     IReadOnlyList<EvalSample>? samples = null;
+                    using var prefills = new PrefillStore(); // the task's cells share each sample's prefill
                     foreach (var cell in taskCells)
                     {
                         if (done.TryGetValue(cell.Key, out var existing))
@@ -109,7 +109,7 @@ public sealed class SweepRunner
                         }
                         model ??= _loadModel(modelPath);
                         samples ??= TaskCatalog.Load(cell.Task, new TaskOptions(_dataDir, model.Tokenizer, model.Config.MaxContext, _config.Samples, _config.Length, _config.Seed));
-                        var result = RunCell(model, cell, samples, resultsPath, progress, cancellation);
+                        var result = RunCell(model, cell, samples, prefills, resultsPath, progress, cancellation);
                         ResultsFile.Append(resultsPath, result);
                         results.Add(result);
                         progress?.CellFinished(result, skipped: false);
@@ -124,11 +124,12 @@ public sealed class SweepRunner
         return results;
     }
 
-    private CellResult RunCell(LanguageModel model, CellResult cell, IReadOnlyList<EvalSample> samples, string resultsPath, ISweepProgress? progress, CancellationToken cancellation)
+    private CellResult RunCell(LanguageModel model, CellResult cell, IReadOnlyList<EvalSample> samples, PrefillStore prefills, string resultsPath, ISweepProgress? progress, CancellationToken cancellation)
     {
-        var runner = new EvalRunner(model, KvCacheSpec.Parse(_config.KvCache)) { QuestionAware = _config.QuestionAware };
+        var runner = new EvalRunner(model, KvCacheSpec.Parse(_config.KvCache)) { QuestionAware = _config.QuestionAware, Prefills = prefills };
         var compressor = _compressors.Create(cell.Press, cell.KeepRatio);
         progress?.CellStarted(cell, samples.Count);
+        var memory = CellMemoryMeter.Start();
         var outcomes = new List<SampleOutcome>();
         var lines = new List<string>();
         foreach (var sample in samples)
@@ -139,10 +140,15 @@ public sealed class SweepRunner
             lines.Add(JsonSerializer.Serialize(new { cell = cell.Key, outcome }, JsonlFile.Options));
             progress?.SampleFinished(cell, outcome);
         }
+        var used = memory.Stop();
         // The samples are written with their cell, after it: a cell's answers are in the file exactly when the cell is.
         foreach (var line in lines) JsonlFile.Append(SamplesPath(resultsPath), line);
-        using var process = Process.GetCurrentProcess();
-        return CellResult.Summarize(cell, outcomes, process.PeakWorkingSet64, DateTime.UtcNow);
+        return CellResult.Summarize(cell, outcomes, DateTime.UtcNow) with
+        {
+            PeakRssBytes = used.PeakRssBytes,
+            PeakRssDeltaBytes = used.PeakRssDeltaBytes,
+            PeakRssPerCell = used.PerCell,
+        };
     }
 
     /// <summary>The name a model path is reported under: its folder or file name.</summary>

@@ -9,6 +9,8 @@ public enum ScoreKind
     StringMatchPart,
     /// <summary>Multiple choice: the set of option letters in the answer equals the expected letters.</summary>
     Choice,
+    /// <summary>Summaries: ROUGE-L F1 against the reference (ROUGE-1 and ROUGE-2 are recorded beside it).</summary>
+    RougeL,
 }
 
 /// <summary>One question about a sample's context.</summary>

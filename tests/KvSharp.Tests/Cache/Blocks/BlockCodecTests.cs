@@ -277,7 +277,7 @@ public class BlockCodecTests
     {
         const int d = 64, n = 29;
         var x = Rows(17, n, d);
-        foreach (var layout in Layouts(32, d))
+        foreach (var layout in Layouts(32, d).Where(l => !l.Format.IsVidKv())) // VidKV blocks are encoded whole (VidKvBlockTests)
         {
             var whole = Encode(layout, x, n);
             var pieces = Enumerable.Repeat((byte)0xA5, layout.ByteSize).ToArray(); // garbage where rows will go

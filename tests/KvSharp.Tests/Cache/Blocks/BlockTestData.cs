@@ -64,6 +64,12 @@ internal static class BlockTestData
     {
         foreach (var f in AllFormats)
         {
+            if (f.IsVidKv())
+            {
+                yield return BlockLayout.ForKeys(f, headDim, tokens);
+                yield return new BlockLayout(f, QuantAxis.PerChannel, f == KvFormat.VidKvKey ? headDim / 4 : tokens / 4, tokens, headDim);
+                continue;
+            }
             if (!f.IsQuantized()) { yield return new BlockLayout(f, QuantAxis.PerToken, 0, tokens, headDim); continue; }
             yield return BlockLayout.ForKeys(f, headDim, tokens);
             yield return BlockLayout.ForValues(f, headDim, tokens);

@@ -179,27 +179,33 @@ public class PagedKvCacheEvictionTests
     }
 
     /// <summary>
-    /// 200 random operations (append 1..40, evict random subsets of random heads, re-quantize random subsets to random
-    /// float formats (float-format caches only), truncate, fork and dispose one side; from step 100 layer 1 shares layer
-    /// 0's storage) against the reference model, comparing stored positions and attention after every step. Float formats get
-    /// inputs they represent exactly, so the reference is exact; Int8 is compared within a tolerance derived from
-    /// its step: a 32-token group of unit Gaussians spans about ±2.5, one step is 5/255 ≈ 0.02, eviction may
-    /// quantize twice, and the output error stays within a few steps (0.05; observed ≈ 0.015).
+    /// 200 random operations (append 1..40, evict random subsets of random heads, re-quantize scattered random subsets
+    /// to random float and integer formats, truncate, fork and dispose one side, save and load; from step 100 layer 1
+    /// shares layer 0's storage) against the reference model. After every operation the reference replays what the
+    /// cache's new blocks did to their tokens (each new block's codec round trip of its tokens, in its formats; kept
+    /// blocks are never re-encoded), so it is exact for every format and the cache must match it: positions, decoded
+    /// keys and values bit for bit, and attention within float32 rounding. The layout is checked too: positions ascend
+    /// inside each block, each (head, format pair) has at most one partial block, and the bytes are those of
+    /// ⌈tokens / 32⌉ blocks per format pair plus the float tail — scattered re-quantization packs tokens densely.
     /// </summary>
     [Theory]
-    [InlineData(KvFormat.F32, 1e-5)]
-    [InlineData(KvFormat.F16, 1e-5)]
-    [InlineData(KvFormat.Fp8E4M3, 1e-5)]
-    [InlineData(KvFormat.Int8, 0.05)]
-    public void RandomOperations_MatchReferenceModel(KvFormat format, double tolerance)
+    [InlineData(KvFormat.F32)]
+    [InlineData(KvFormat.F16)]
+    [InlineData(KvFormat.Fp8E4M3)]
+    [InlineData(KvFormat.Int8)]
+    [InlineData(KvFormat.Int4)]
+    public void RandomOperations_MatchReferenceModel(KvFormat format)
     {
         var rng = new Random(77 + (int)format);
         var (cache, reference) = Build(format, rng, 10, layers: 2);
+        var known = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        ReplayNewBlocks(cache, reference, known);
+        using var dir = new TempDir();
         try
         {
             for (int step = 0; step < 200; step++)
             {
-                int op = rng.Next(12);
+                int op = rng.Next(13);
                 string what;
                 // Halfway, layer 1 starts reading layer 0's storage: from then on only layer 0 is evicted or re-quantized.
                 int mutable = cache.SharedLayerSource(1) >= 0 ? 1 : 2;
@@ -208,15 +214,23 @@ public class PagedKvCacheEvictionTests
                     cache.ShareLayer(1, 0); reference.Share(1, 0);
                     what = "share layer 0 with layer 1";
                 }
-                else if (op >= 10 && !format.IsQuantized())
+                else if (op is 10 or 11)
                 {
-                    // Float targets round element by element, so the reference needs no block context.
                     int l = rng.Next(mutable), g = rng.Next(KvHeads);
-                    var floats = new[] { KvFormat.F32, KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3 };
-                    var (kf, vf) = (floats[rng.Next(4)], floats[rng.Next(4)]);
+                    var targets = new[] { KvFormat.F32, KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3, KvFormat.Int8, KvFormat.Int4, KvFormat.Int2 };
+                    var (kf, vf) = (targets[rng.Next(targets.Length)], targets[rng.Next(targets.Length)]);
                     var select = cache.Positions(l, g).Select(_ => rng.Next(3) == 0).ToArray();
-                    cache.Requantize(l, g, select, kf, vf); reference.RoundFloat(l, g, select, kf, vf);
+                    cache.Requantize(l, g, select, kf, vf);
                     what = $"requantize {select.Count(x => x)} of layer {l} head {g} to {kf}:{vf}";
+                }
+                else if (op == 12)
+                {
+                    string path = dir.File($"step{step}.kvc");
+                    cache.Save(path, "random");
+                    var loaded = PagedKvCache.Load(path, "random");
+                    cache.Dispose(); cache = loaded; known.Clear(); // loaded blocks are fresh copies of the same bytes
+                    foreach (var e in Enumerable.Range(0, 2 * KvHeads).SelectMany(i => cache.Blocks(i / KvHeads, i % KvHeads))) known.Add(e.Positions);
+                    what = "save and load";
                 }
                 else if (op < 5 && cache.Length < 360)
                 {
@@ -246,10 +260,62 @@ public class PagedKvCacheEvictionTests
                     if (rng.Next(2) == 0) { cache.Dispose(); cache = fork; reference = forkReference; what = "fork, keep child"; }
                     else { fork.Dispose(); what = "fork, keep parent"; }
                 }
-                AssertAttention(cache, reference, rng, $"step {step} ({what})", tolerance);
+                ReplayNewBlocks(cache, reference, known);
+                AssertLayout(cache, $"step {step} ({what})");
+                AssertAttention(cache, reference, rng, $"step {step} ({what})");
+                for (int l = 0; l < cache.Layers; l++)
+                    for (int g = 0; g < KvHeads; g++)
+                    {
+                        var (keys, values) = cache.Read(l, g);
+                        Assert.True(reference.Head(l, g).SelectMany(t => t.K).SequenceEqual(keys), $"step {step} ({what}): keys of layer {l} head {g}");
+                        Assert.True(reference.Head(l, g).SelectMany(t => t.V).SequenceEqual(values), $"step {step} ({what}): values of layer {l} head {g}");
+                    }
                 Assert.Equal(reference.Heads_.Sum(h => (long)h.Count), cache.StoredTokens);
             }
         }
         finally { cache.Dispose(); }
+    }
+
+    /// <summary>
+    /// Applies to the reference the codec round trip of every block the cache holds that <paramref name="known"/> does
+    /// not (a block's position array is never shared by a re-encoded block), then makes <paramref name="known"/> the
+    /// cache's current blocks.
+    /// </summary>
+    private static void ReplayNewBlocks(PagedKvCache cache, ReferenceKv reference, HashSet<object> known)
+    {
+        var current = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        for (int l = 0; l < cache.Layers; l++)
+            for (int g = 0; g < KvHeads; g++)
+                foreach (var e in cache.Blocks(l, g))
+                {
+                    if (!known.Contains(e.Positions) && current.Add(e.Positions))
+                        reference.RoundTripSet(l, g, e.Positions, e.KeyLayout, e.ValueLayout);
+                    current.Add(e.Positions);
+                }
+        known.Clear();
+        known.UnionWith(current);
+    }
+
+    /// <summary>Positions ascend inside each block, at most one partial block per format pair, bytes = ⌈n / 32⌉ blocks per pair + the tail.</summary>
+    private static void AssertLayout(PagedKvCache cache, string where)
+    {
+        long expected = 0;
+        for (int l = 0; l < cache.Layers; l++)
+            for (int g = 0; g < KvHeads; g++)
+            {
+                var blocks = cache.Blocks(l, g);
+                foreach (var e in blocks)
+                    Assert.True(e.Positions.Zip(e.Positions.Skip(1)).All(p => p.First < p.Second), $"{where}: layer {l} head {g}: block positions do not ascend");
+                foreach (var pair in blocks.GroupBy(e => (e.KeyLayout.Format, e.ValueLayout.Format)))
+                {
+                    Assert.True(pair.Count(e => e.Count < 32) <= 1, $"{where}: layer {l} head {g}: several partial {pair.Key} blocks");
+                    int tokens = pair.Sum(e => e.Count);
+                    if (cache.SharedLayerSource(l) < 0)
+                        expected += (tokens + 31) / 32 * (long)(BlockLayout.ForKeys(pair.Key.Item1, HeadDim).ByteSize + BlockLayout.ForValues(pair.Key.Item2, HeadDim).ByteSize);
+                }
+                if (cache.SharedLayerSource(l) < 0)
+                    expected += 2L * (cache.Positions(l, g).Count - blocks.Sum(e => e.Count)) * HeadDim * sizeof(float);
+            }
+        Assert.Equal(expected, cache.ByteCount);
     }
 }

@@ -20,7 +20,7 @@ public class PagedKvCacheFileTests
 
     /// <summary>
     /// Int4 keys / Int2 values, 100 tokens (3 blocks + a 4-token tail per head); layer 2 shares layer 0; layer 0 head 1
-    /// has tokens re-quantized to F16/Int8; a fork (whose blocks are shared with its parent) evicts from layer 1 and is
+    /// has every third token re-quantized to F16/Int8 (so its blocks hold scattered positions, not in position order); a fork (whose blocks are shared with its parent) evicts from layer 1 and is
     /// saved. The loaded cache attends bit-identically, has the same positions, bytes, formats and share map, owns
     /// its blocks, and stays identical after both append the same tokens (the tail and residual state came back).
     /// </summary>
@@ -34,7 +34,9 @@ public class PagedKvCacheFileTests
             new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int2, MaxTokens = 200 });
         parent.ShareLayer(2, 0);
         Append(parent, rng, 100);
-        parent.Requantize(0, 1, Enumerable.Range(0, 100).Select(p => p is >= 10 and < 50).ToArray(), KvFormat.F16, KvFormat.Int8);
+        parent.Requantize(0, 1, Enumerable.Range(0, 100).Select(p => p % 3 == 0).ToArray(), KvFormat.F16, KvFormat.Int8);
+        var firsts = parent.Blocks(0, 1).Select(e => e.FirstPosition).ToArray();
+        Assert.NotEqual(firsts.Order(), firsts); // the file must carry blocks out of position order
         using var saved = parent.Fork();
         saved.Evict(1, 0, Enumerable.Range(0, 100).Where(_ => rng.Next(3) == 0).ToHashSet());
         saved.Save(path, ModelA);
@@ -102,7 +104,8 @@ public class PagedKvCacheFileTests
         ["shorter than the header", "truncated KV cache file"],
         ["bytes appended", "bytes after its end"],
         ["wrong magic", "not a KvSharp KV cache file"],
-        ["version 2", "unsupported KV cache file version 2"],
+        ["version 1", "version 1 was written by an older KvSharp"],
+        ["version 3", "unsupported KV cache file version 3"],
         ["other model", $"saved for model {ModelA}, this is model {ModelB}"],
         ["missing", "cannot read KV cache file"],
     ];
@@ -123,7 +126,8 @@ public class PagedKvCacheFileTests
             case "shorter than the header": bytes = bytes[..12]; break;
             case "bytes appended": bytes = [.. bytes, 0]; break;
             case "wrong magic": bytes[0] = (byte)'X'; break;
-            case "version 2": BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(8), 2); break;
+            case "version 1": BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(8), 1); break;
+            case "version 3": BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(8), 3); break;
             case "other model": fingerprint = ModelB; break;
             case "missing": File.Delete(path); bytes = []; break;
         }

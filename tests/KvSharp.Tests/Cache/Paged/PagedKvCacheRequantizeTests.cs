@@ -40,12 +40,12 @@ public class PagedKvCacheRequantizeTests
 
     /// <summary>
     /// 150 F16 tokens per head (4 blocks + 22 in the tail). Head 0: block 1 → Int2, tokens 70..85 (inside block 2) →
-    /// Int4 keys / Int8 values, tail tokens 130..135 → binary keys / ternary values. Its blocks are then F16 [0..31],
-    /// Int2 [32..63], F16 [64..69], Int4/Int8 [70..85], F16 [86..95], F16 [96..127], F32 [128..129] (unselected tail
-    /// tokens before the last selected one), binary/ternary [130..135], and a 14-token tail. Head 1: every third token
-    /// → Int8 keys / FP8 values: 50 one-token blocks (0, 3, .., 147), 43 F16 blocks (the 42 pairs between them up to
-    /// 125 and token 127 alone), 7 F32 blocks (128 and the pairs 130..131 .. 145..146) and a 2-token tail.
-    /// Attention equals float64 attention over each run's BlockCodec round trip.
+    /// Int4 keys / Int8 values, tail tokens 130..135 → binary keys / ternary values. Block 2 is regrouped by format: its
+    /// 16 F16 tokens (64..69, 86..95) in one F16 block, the 16 selected in one Int4/Int8 block; the binary/ternary tokens
+    /// leave the tail (16 tokens stay). Head 1: every third token → Int8 keys / FP8 values, scattered over blocks and tail:
+    /// the 50 selected tokens are packed into 2 Int8/FP8 blocks (32 + 18, ascending positions), the 85 other block
+    /// tokens into 3 F16 blocks (32 + 32 + 21), 15 tail tokens stay. Attention equals float64 attention over each
+    /// block's BlockCodec round trip; reads return every token in position order.
     /// </summary>
     [Fact]
     public void MixedFormatsInOneHead_AttentionEqualsFloat64OverDecodedBlocks()
@@ -60,32 +60,38 @@ public class PagedKvCacheRequantizeTests
         cache.Requantize(0, 0, Flags(150, p => p is >= 130 and < 136), KvFormat.Binary, KvFormat.Ternary);
         reference.RoundTripRun(0, 0, 130, 6, K(KvFormat.Binary), V(KvFormat.Ternary));
         cache.Requantize(0, 1, Flags(150, p => p % 3 == 0), KvFormat.Int8, KvFormat.Fp8E4M3);
-        for (int p = 0; p < 150; p += 3) reference.RoundTripRun(0, 1, p, 1, K(KvFormat.Int8), V(KvFormat.Fp8E4M3));
+        var third = Enumerable.Range(0, 50).Select(i => 3 * i).ToArray();
+        reference.RoundTripSet(0, 1, third[..32], K(KvFormat.Int8), V(KvFormat.Fp8E4M3));
+        reference.RoundTripSet(0, 1, third[32..], K(KvFormat.Int8), V(KvFormat.Fp8E4M3));
 
-        long f16 = Pair(KvFormat.F16, KvFormat.F16), f32 = Pair(KvFormat.F32, KvFormat.F32);
-        long head0 = 4 * f16 + Pair(KvFormat.Int2, KvFormat.Int2) + Pair(KvFormat.Int4, KvFormat.Int8) + f32
-            + Pair(KvFormat.Binary, KvFormat.Ternary) + Tail(14);
-        long head1 = 50 * Pair(KvFormat.Int8, KvFormat.Fp8E4M3) + 43 * f16 + 7 * f32 + Tail(2);
+        long f16 = Pair(KvFormat.F16, KvFormat.F16);
+        long head0 = 3 * f16 + Pair(KvFormat.Int2, KvFormat.Int2) + Pair(KvFormat.Int4, KvFormat.Int8)
+            + Pair(KvFormat.Binary, KvFormat.Ternary) + Tail(16);
+        long head1 = 2 * Pair(KvFormat.Int8, KvFormat.Fp8E4M3) + 3 * f16 + Tail(15);
         Assert.Equal(head0, cache.BytesByLayerHead(0, 0));
         Assert.Equal(head1, cache.BytesByLayerHead(0, 1));
         Assert.Equal(head0 + head1, cache.ByteCount);
         var byFormat = cache.BytesByFormat();
-        Assert.Equal(47 * f16, byFormat[KvFormat.F16]);
-        Assert.Equal(8 * f32 + Tail(16), byFormat[KvFormat.F32]);
+        Assert.Equal(6 * f16, byFormat[KvFormat.F16]);
+        Assert.Equal(Tail(31), byFormat[KvFormat.F32]);
         Assert.Equal(Pair(KvFormat.Int2, KvFormat.Int2), byFormat[KvFormat.Int2]);
         Assert.Equal(K(KvFormat.Int4).ByteSize, byFormat[KvFormat.Int4]);
-        Assert.Equal(V(KvFormat.Int8).ByteSize + 50 * K(KvFormat.Int8).ByteSize, byFormat[KvFormat.Int8]);
-        Assert.Equal(50 * V(KvFormat.Fp8E4M3).ByteSize, byFormat[KvFormat.Fp8E4M3]);
+        Assert.Equal(V(KvFormat.Int8).ByteSize + 2 * K(KvFormat.Int8).ByteSize, byFormat[KvFormat.Int8]);
+        Assert.Equal(2 * V(KvFormat.Fp8E4M3).ByteSize, byFormat[KvFormat.Fp8E4M3]);
         Assert.Equal(K(KvFormat.Binary).ByteSize, byFormat[KvFormat.Binary]);
         Assert.Equal(V(KvFormat.Ternary).ByteSize, byFormat[KvFormat.Ternary]);
         Assert.Equal(Enumerable.Range(0, 150), cache.Positions(0, 0));
+        Assert.Equal(Enumerable.Range(0, 150), cache.Positions(0, 1));
+        var read = cache.Read(0, 1);
+        Assert.Equal(reference.Head(0, 1).SelectMany(t => t.K), read.Keys);
+        Assert.Equal(reference.Head(0, 1).SelectMany(t => t.V), read.Values);
         AssertAttention(cache, reference, rng, "mixed formats");
 
         // Appending continues in the cache's own format after the mixed blocks.
         var k = Representable(Gaussians(rng, 40 * Row), KvFormat.F16, HeadDim);
         var v = Representable(Gaussians(rng, 40 * Row), KvFormat.F16, HeadDim);
         cache.Append(0, k, v, 40); reference.Append(0, k, v, 40);
-        Assert.Equal(head0 + f16 + Tail(22) - Tail(14), cache.BytesByLayerHead(0, 0)); // 14 + 40 = one block + 22
+        Assert.Equal(head0 + f16 + Tail(24) - Tail(16), cache.BytesByLayerHead(0, 0)); // 16 + 40 = one block + 24
         AssertAttention(cache, reference, rng, "mixed formats, then appended");
     }
 

@@ -98,13 +98,24 @@ internal sealed class ReferenceKv
             h[from + t] = h[from + t] with { K = k.AsSpan(t * d, d).ToArray(), V = v.AsSpan(t * d, d).ToArray() };
     }
 
-    /// <summary>Rounds the keys and values of the flagged tokens of (layer, g) element by element through float formats (no block context needed).</summary>
-    public void RoundFloat(int layer, int g, IReadOnlyList<bool> flags, KvFormat keys, KvFormat values)
+    /// <summary>
+    /// Replaces the tokens of (layer, g) at <paramref name="positions"/> (ascending, not necessarily consecutive) by
+    /// their BlockCodec round trip as one block of keys in <paramref name="keys"/> and values in <paramref name="values"/>:
+    /// what the cache does with same-format tokens it regroups into one block.
+    /// </summary>
+    public void RoundTripSet(int layer, int g, IReadOnlyList<int> positions, BlockLayout keys, BlockLayout values)
     {
         var h = Head(layer, g);
-        for (int i = 0; i < h.Count; i++)
-            if (flags[i])
-                h[i] = h[i] with { K = PagedTestData.Representable(h[i].K, keys, HeadDim), V = PagedTestData.Representable(h[i].V, values, HeadDim) };
+        var index = positions.Select(p => h.FindIndex(t => t.Pos == p)).ToArray();
+        if (index.Contains(-1)) throw new InvalidOperationException("round trip of a position the reference does not hold");
+        int d = HeadDim, count = index.Length;
+        var k = new float[count * d]; var v = new float[count * d];
+        for (int t = 0; t < count; t++) { h[index[t]].K.CopyTo(k, t * d); h[index[t]].V.CopyTo(v, t * d); }
+        var kb = new byte[keys.ByteSize]; var vb = new byte[values.ByteSize];
+        BlockCodec.Encode(keys, k, count, kb); BlockCodec.Decode(keys, kb, count, k);
+        BlockCodec.Encode(values, v, count, vb); BlockCodec.Decode(values, vb, count, v);
+        for (int t = 0; t < count; t++)
+            h[index[t]] = h[index[t]] with { K = k.AsSpan(t * d, d).ToArray(), V = v.AsSpan(t * d, d).ToArray() };
     }
 
     /// <summary>float64 attention of <paramref name="count"/> query rows at firstPosition.. over each head's kept tokens at positions ≤ the query's.</summary>

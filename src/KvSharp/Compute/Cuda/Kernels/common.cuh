@@ -90,3 +90,23 @@ __device__ __forceinline__ uint4 load_stream(const void* p)
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
 }
+
+// Programmatic dependent launch (sm_90+; launches without the attribute make both no-ops). A kernel
+// launched with it may start while the previous kernel on the stream is still running: pdl_wait()
+// blocks until that kernel has finished and its writes are visible, so everything before it may only
+// read data no earlier kernel writes (weights). Every kernel calls pdl_wait() in every thread before
+// it exits, so "the previous kernel finished" implies the ones before it finished too.
+// pdl_trigger() lets the next kernel's blocks be scheduled as this kernel's blocks retire.
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+

@@ -1,10 +1,13 @@
 // Row-wise and element-wise kernels of the Llama forward pass. Activations are float32.
+// Every kernel starts with pdl_wait (see common.cuh): all launches may use programmatic dependent launch.
 #include "common.cuh"
 
 // out[t, :] = table[tokens[t], :] widened to float (one block per token).
 template <class W>
 __device__ void embed(const typename W::T* table, const int* tokens, float* out, int cols)
 {
+    pdl_wait();
+    pdl_trigger();
     const long row = tokens[blockIdx.x];
     for (int i = threadIdx.x; i < cols; i += blockDim.x) out[(long)blockIdx.x * cols + i] = W::get(table, row * cols + i);
 }
@@ -15,6 +18,8 @@ extern "C" __global__ void embed_f16(const u16* t, const int* tok, float* o, int
 // y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w (one block per row; y may be x).
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float* y, int cols, float eps)
 {
+    pdl_wait();
+    pdl_trigger();
     const float* xr = x + (long)blockIdx.x * cols;
     float* yr = y + (long)blockIdx.x * cols;
     float ss = 0.0f;
@@ -28,6 +33,8 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float* y, int
 // out[t, i] = silu(gu[t, i]) * gu[t, ffn + i].
 extern "C" __global__ void swiglu_rows(const float* gu, float* out, int ffn, long n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
     {
         const long t = i / ffn, c = i % ffn;
@@ -39,16 +46,22 @@ extern "C" __global__ void swiglu_rows(const float* gu, float* out, int ffn, lon
 // x[r, c] += bias[c].
 extern "C" __global__ void add_bias(float* x, const float* bias, int cols, long n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += bias[i % cols];
 }
 
 // Narrowing copies for cuBLAS operands.
 extern "C" __global__ void to_bf16(const float* x, u16* y, long n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = f32_to_bf16(x[i]);
 }
 extern "C" __global__ void to_f16(const float* x, u16* y, long n)
 {
+    pdl_wait();
+    pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = f32_to_f16(x[i]);
 }
 
@@ -57,9 +70,13 @@ extern "C" __global__ void to_f16(const float* x, u16* y, long n)
 // (interleaved: pairs (2i, 2i+1), else (i, i + hd/2); inv_freq holds hd/2 frequencies with any
 // Llama-3 scaling applied). Rotated queries go to q_out [n, heads, hd]; rotated keys and the values
 // go as float16 into one layer's cache [kv_heads, capacity, hd]. One block per (row, q or k head).
+// With seq_stride != 0 the rows are separate sequences (batch decode): row t writes the cache
+// t * seq_stride elements further, at position pos[t].
 extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
-    u16* kc, u16* vc, int heads, int kv_heads, int hd, int capacity, const int* pos, int interleaved, float eps)
+    u16* kc, u16* vc, int heads, int kv_heads, int hd, int capacity, const int* pos, int interleaved, float eps, long seq_stride)
 {
+    pdl_wait();
+    pdl_trigger();
     const int per_row = heads + kv_heads;
     const int t = blockIdx.x / per_row, h = blockIdx.x % per_row;
     const long stride = (long)(heads + 2 * kv_heads) * hd;
@@ -74,7 +91,9 @@ extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const
         ss = block_sum(ss);
         inv = 1.0f / sqrtf(ss / hd + eps);
     }
-    const int p = *pos + t;
+    const bool batch = seq_stride != 0;
+    const int p = batch ? pos[t] : *pos + t;
+    if (batch) { kc += t * seq_stride; vc += t * seq_stride; }
     const int half = hd / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x)
     {
@@ -107,10 +126,15 @@ extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const
     }
 }
 
-// Greedy pick over one row of logits: the first index of the largest value (as the CPU sampler does).
-// Writes it to next[0] and to history[*pos], then advances *pos by advance (a decode step's bookkeeping).
-extern "C" __global__ void argmax(const float* logits, int n, int* next, int* history, int* pos, int advance)
+// Greedy pick over each row of logits (one block per row t): the first index of the largest value (as
+// the CPU sampler does). Writes it to next[t] and to history[t * history_stride + pos[t]], then advances
+// pos[t] by advance (a decode step's bookkeeping; rows are the sequences of a batch).
+extern "C" __global__ void argmax(const float* logits, int n, int* next, int* history, int* pos, int advance, long history_stride)
 {
+    pdl_wait();
+    pdl_trigger();
+    const int t = blockIdx.x;
+    logits += (long)t * n;
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     float v = neg_inf();
@@ -135,9 +159,9 @@ extern "C" __global__ void argmax(const float* logits, int n, int* next, int* hi
         for (int w = 1; w < (int)(blockDim.x >> 5); w++)
             if (best_v[w] > v || (best_v[w] == v && best_i[w] < idx)) { v = best_v[w]; idx = best_i[w]; }
         if (idx == 0x7fffffff) idx = 0; // all NaN: keep the CPU sampler's answer for that case
-        next[0] = idx;
-        if (history) history[*pos] = idx;
-        *pos += advance;
+        next[t] = idx;
+        if (history) history[t * history_stride + pos[t]] = idx;
+        pos[t] += advance;
     }
 }
 
@@ -145,6 +169,8 @@ extern "C" __global__ void argmax(const float* logits, int n, int* next, int* hi
 // without running a long prefill (the values only need to be realistic, not meaningful).
 extern "C" __global__ void fill_random_f16(u16* p, long n, unsigned seed, float scale)
 {
+    pdl_wait();
+    pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
     {
         unsigned x = (unsigned)i * 2654435761u ^ seed;

@@ -4,76 +4,74 @@ using KvSharp.Models;
 namespace KvSharp.Compute.Cuda.Model;
 
 /// <summary>
-/// A float16 KV cache in device memory: per layer, K and V as [kvHeads, capacity, headDim], so one
-/// head's keys are contiguous for attention. The current position also lives on the device, so a
-/// captured decode step (a CUDA graph) advances it without the host.
+/// A float16 KV cache in device memory for <see cref="DeviceKvCache.Batch"/> sequences: per layer, K and V as
+/// [sequence, kvHeads, capacity, headDim], so one head's keys are contiguous for attention. Each sequence
+/// has its own length; the positions also live on the device, so a captured decode step (a CUDA graph)
+/// advances them without the host.
 /// </summary>
-public sealed class CudaKvCache : IDisposable
+public sealed class CudaKvCache : DeviceKvCache
 {
     private readonly DeviceBuffer _storage;
 
-    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity)
+    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity, int batch = 1) : base(device, config, capacity, batch)
     {
-        if (capacity <= 0) throw new KvSharpException($"KV cache capacity {capacity} must be positive");
-        Device = device;
-        Config = config;
-        Capacity = capacity;
-        LayerStride = (long)config.NumKvHeads * capacity * config.HeadDim * 2;
+        SequenceStride = (long)config.NumKvHeads * capacity * config.HeadDim;
+        LayerStride = batch * SequenceStride * 2;
         _storage = device.Allocate(2 * LayerStride * config.NumLayers);
-        Position = device.Allocate(sizeof(int));
-        Next = device.Allocate(sizeof(int));
-        History = device.Allocate((long)capacity * sizeof(int));
     }
 
-    internal CudaDevice Device { get; }
+    /// <inheritdoc />
+    public override long ByteCount => _storage.ByteLength;
 
-    internal ModelConfig Config { get; }
+    /// <inheritdoc />
+    public override long BytesReadPerToken =>
+        Enumerable.Range(0, Batch).Sum(i => (long)LengthOf(i)) * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
 
-    /// <summary>Tokens the cache can hold.</summary>
-    public int Capacity { get; }
+    internal override bool SupportsFlashPrefill => true;
 
-    /// <summary>Tokens held (the next token's position).</summary>
-    public int Length { get; internal set; }
+    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows) =>
+        kernels.PlanAttention(visible, rows, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
 
-    /// <summary>Bytes of K and V storage allocated on the device.</summary>
-    public long ByteCount => _storage.ByteLength;
+    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
+    {
+        var c = Config;
+        int hd = c.HeadDim, seq = a.Batch ? 0 : a.Sequence;
+        long seqStride = a.Batch ? SequenceStride : 0;
+        ulong keys = Keys(a.Layer, seq), values = Values(a.Layer, seq);
+        kernels.QkvRopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, keys, values, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
+            a.Interleaved, a.Eps, seqStride);
+        if (a.Flash) kernels.FlashPrefill(a.Q, keys, values, a.Output, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position);
+        else
+            kernels.Attention(a.Q, keys, values, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
+                a.Plan, seqStride);
+    }
 
-    /// <summary>Bytes of K and V one decoded token reads at the current length (every layer, K and V).</summary>
-    public long BytesReadPerToken => (long)Length * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
-
+    /// <summary>Bytes of one layer's K (or V) for all sequences.</summary>
     internal long LayerStride { get; }
 
-    internal ulong Keys(int layer) => _storage.Pointer + (ulong)(2 * layer * LayerStride);
+    /// <summary>Elements (float16) between consecutive sequences' K (or V) of one layer.</summary>
+    internal long SequenceStride { get; }
 
-    internal ulong Values(int layer) => Keys(layer) + (ulong)LayerStride;
+    internal ulong Keys(int layer, int sequence = 0) => _storage.Pointer + (ulong)(2 * layer * LayerStride + sequence * SequenceStride * 2);
 
-    /// <summary>Device int: position of the next token (read by RoPE, the cache append and attention).</summary>
-    internal DeviceBuffer Position { get; }
-
-    /// <summary>Device int: the token a decode step consumes and replaces with its greedy successor.</summary>
-    internal DeviceBuffer Next { get; }
-
-    /// <summary>Device ints: History[p] is the token greedily produced from the input at position p.</summary>
-    internal DeviceBuffer History { get; }
+    internal ulong Values(int layer, int sequence = 0) => Keys(layer, sequence) + (ulong)LayerStride;
 
     /// <summary>
-    /// Sets the length to <paramref name="length"/> with pseudo-random K and V: decode benchmarks at long
+    /// Sets every sequence's length to <paramref name="length"/> with pseudo-random K and V: decode benchmarks at long
     /// contexts without a prefill of that length (attention cost depends on the length, not the values).
     /// </summary>
     internal void FillRandom(CudaKernels kernels, int length, uint seed)
     {
         if (length > Capacity) throw new KvSharpException($"length {length} exceeds the cache capacity {Capacity}");
         kernels.FillRandomF16(_storage.Pointer, _storage.ByteLength / 2, seed, 1.0f);
-        Length = length;
+        SetAllLengths(length);
         kernels.Device.Synchronize();
     }
 
     /// <inheritdoc />
-    public void Dispose()
+    public override void Dispose()
     {
         _storage.Dispose();
-        Position.Dispose();
-        Next.Dispose();
-        History.Dispose();
+        base.Dispose();
     }
 }

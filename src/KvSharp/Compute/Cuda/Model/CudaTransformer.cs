@@ -1,3 +1,4 @@
+using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
@@ -22,7 +23,7 @@ public sealed class CudaTransformer : IDisposable
     private readonly DeviceBuffer _outputNorm, _invFreq;
     private Scratch? _scratch;
     private CudaGraph? _decodeGraph;
-    private CudaKvCache? _graphCache;
+    private DeviceKvCache? _graphCache;
 
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
@@ -85,7 +86,7 @@ public sealed class CudaTransformer : IDisposable
     public CudaDevice Device => _device;
 
     /// <summary>Rows per forward chunk: bounds activation memory for long prompts.</summary>
-    public int PrefillChunk { get; init; } = 512;
+    public int PrefillChunk { get; init; } = 2048;
 
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
@@ -94,28 +95,38 @@ public sealed class CudaTransformer : IDisposable
 
     internal CudaKernels Kernels => _kernels;
 
-    /// <summary>Layer 0's matrices and the output head with the kernel mode decode uses for each (for kernel benchmarks).</summary>
-    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode)> DecodeMatrices() =>
+    /// <summary>
+    /// Layer 0's matrices and the output head with the kernel mode decode uses for each and the norm fused into it
+    /// (0 for none), for kernel benchmarks.
+    /// </summary>
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices() =>
     [
-        ("qkv", _layers[0].Qkv, CudaKernels.GemvMode.Store),
-        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate),
-        ("gate_up+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu),
-        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate),
-        ("output", _output, CudaKernels.GemvMode.Store),
+        ("qkv+norm", _layers[0].Qkv, CudaKernels.GemvMode.Store, _layers[0].AttnNorm.Pointer),
+        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
+        ("gate_up+norm+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[0].FfnNorm.Pointer),
+        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate, 0),
+        ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer),
     ];
 
-    /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens.</summary>
-    public CudaKvCache CreateCache(int capacity) => new(_device, Config, capacity);
+    /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
+    public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
+
+    /// <summary>An empty compressed device cache for up to <paramref name="capacity"/> tokens in the formats of <paramref name="options"/>.</summary>
+    public CudaPagedKvCache CreatePagedCache(PagedKvCacheOptions options, int capacity, long? poolBytes = null) =>
+        new(_device, Config, options, capacity, poolBytes);
 
     /// <summary>
-    /// Runs <paramref name="tokens"/> at positions cache.Length.. and appends their keys and values to
-    /// <paramref name="cache"/>. Returns logits: [vocab] for the last token, or [tokens, vocab] with <see cref="LogitsMode.All"/>.
+    /// Runs <paramref name="tokens"/> at positions cache.LengthOf(sequence).. of sequence <paramref name="sequence"/> and
+    /// appends their keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
+    /// [tokens, vocab] with <see cref="LogitsMode.All"/>.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, CudaKvCache cache, LogitsMode mode = LogitsMode.Last)
+    public float[] Forward(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode = LogitsMode.Last, int sequence = 0)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
-        if (cache.Length + tokens.Length > cache.Capacity)
-            throw new KvSharpException($"{cache.Length} cached + {tokens.Length} new tokens exceed the CUDA KV cache capacity {cache.Capacity}");
+        if ((uint)sequence >= (uint)cache.Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {cache.Batch}");
+        int length = cache.LengthOf(sequence);
+        if (length + tokens.Length > cache.Capacity)
+            throw new KvSharpException($"{length} cached + {tokens.Length} new tokens exceed the CUDA KV cache capacity {cache.Capacity}");
         foreach (int id in tokens)
             if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         _device.MakeCurrent();
@@ -127,11 +138,11 @@ public sealed class CudaTransformer : IDisposable
             bool last = start + n == tokens.Length;
             var s = ScratchFor(n, cache, mode == LogitsMode.All ? n : 1);
             s.Tokens.Upload(tokens.Slice(start, n));
-            s.Host[0] = cache.Length;
-            cache.Position.Upload<int>(s.Host.AsSpan(0, 1));
-            var plan = _kernels.PlanAttention(cache.Length + n, n, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
-            EnsurePartials(s, n, plan);
-            EnqueueLayers(s, cache, n, s.Tokens.Pointer, plan);
+            s.Host[0] = cache.LengthOf(sequence);
+            cache.Position.Upload<int>(s.Host.AsSpan(0, 1), (long)sequence * sizeof(int));
+            var plan = cache.PlanAttention(_kernels, cache.LengthOf(sequence) + n, n);
+            if (!UsesFlash(n, cache)) EnsurePartials(s, n, plan);
+            EnqueueLayers(s, cache, n, s.Tokens.Pointer, plan, sequence, batch: false);
             if (mode == LogitsMode.All)
             {
                 EnqueueLogits(s, 0, n);
@@ -143,7 +154,8 @@ public sealed class CudaTransformer : IDisposable
                 s.Logits.Download(logits.AsSpan(0, vocab));
             }
             _device.Synchronize();
-            cache.Length += n;
+            cache.CheckDeviceState();
+            cache.SetLength(sequence, cache.LengthOf(sequence) + n);
         }
         return logits;
     }
@@ -152,8 +164,9 @@ public sealed class CudaTransformer : IDisposable
     /// Greedy generation: runs <paramref name="prompt"/>, then produces up to <paramref name="maxNewTokens"/>
     /// tokens, each from one replay of the captured decode step; stops after any of <paramref name="stopTokens"/>.
     /// </summary>
-    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, CudaKvCache cache, IReadOnlySet<int>? stopTokens = null)
+    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, DeviceKvCache cache, IReadOnlySet<int>? stopTokens = null)
     {
+        if (cache.Batch != 1) throw new KvSharpException($"GenerateGreedy runs one sequence; this cache holds {cache.Batch} (use GenerateGreedyBatch)");
         var result = new List<int>();
         if (maxNewTokens <= 0) return result;
         var logits = Forward(prompt, cache);
@@ -162,7 +175,7 @@ public sealed class CudaTransformer : IDisposable
         int start = cache.Length;
         int steps = Math.Min(maxNewTokens - 1, cache.Capacity - cache.Length);
         if (stopTokens != null && stopTokens.Contains(token)) return result;
-        BeginDecode(cache, token);
+        BeginDecode(cache, [token]);
         var next = new int[1];
         for (int i = 0; i < steps; i++)
         {
@@ -173,6 +186,7 @@ public sealed class CudaTransformer : IDisposable
             if (stopTokens.Contains(next[0])) { steps = i + 1; break; }
         }
         _device.Synchronize();
+        cache.CheckDeviceState();
         if (steps > 0)
         {
             var produced = new int[steps];
@@ -183,71 +197,112 @@ public sealed class CudaTransformer : IDisposable
     }
 
     /// <summary>
-    /// Prepares <paramref name="cache"/> for graph decode from its current length with <paramref name="token"/>
-    /// as the next input, capturing the decode step for this cache if needed.
+    /// Greedy generation of cache.Batch sequences together: each prompt is prefilled into its own sequence of
+    /// <paramref name="cache"/>, then every decode step (one graph replay) produces the next token of all of them,
+    /// the matrix-vector products reading each weight once for the whole batch. Returns
+    /// <paramref name="maxNewTokens"/> tokens per sequence (fewer when a sequence would outgrow the capacity).
     /// </summary>
-    internal void BeginDecode(CudaKvCache cache, int token)
+    public int[][] GenerateGreedyBatch(IReadOnlyList<int[]> prompts, int maxNewTokens, DeviceKvCache cache)
     {
+        int batch = cache.Batch;
+        if (prompts.Count != batch) throw new KvSharpException($"{prompts.Count} prompts for a cache of {batch} sequences");
+        if (maxNewTokens <= 0) return prompts.Select(_ => Array.Empty<int>()).ToArray();
+        var first = new int[batch];
+        for (int i = 0; i < batch; i++) first[i] = ArgMax(Forward(prompts[i], cache, LogitsMode.Last, i));
+        var starts = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
+        int steps = Math.Min(maxNewTokens - 1, cache.Capacity - starts.Max());
+        if (steps > 0)
+        {
+            BeginDecode(cache, first);
+            EnqueueDecodeSteps(cache, steps);
+        }
+        _device.Synchronize();
+        var history = new int[batch * cache.Capacity];
+        if (steps > 0) cache.History.Download<int>(history);
+        return Enumerable.Range(0, batch)
+            .Select(i => new[] { first[i] }.Concat(history.AsSpan(i * cache.Capacity + starts[i], Math.Max(0, steps)).ToArray()).ToArray())
+            .ToArray();
+    }
+
+    /// <summary>
+    /// Prepares <paramref name="cache"/> for graph decode of all its sequences from their current lengths, with
+    /// <paramref name="tokens"/> (one per sequence) as the next inputs, capturing the decode step for this cache if needed.
+    /// </summary>
+    internal void BeginDecode(DeviceKvCache cache, ReadOnlySpan<int> tokens)
+    {
+        int batch = cache.Batch;
+        if (tokens.Length != batch) throw new KvSharpException($"{tokens.Length} next tokens for a cache of {batch} sequences");
         _device.MakeCurrent();
-        var s = ScratchFor(1, cache, 1);
-        var plan = _kernels.PlanAttention(cache.Capacity, 1, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
-        EnsurePartials(s, 1, plan);
-        s.Host[0] = cache.Length;
-        s.Host[1] = token;
-        cache.Position.Upload<int>(s.Host.AsSpan(0, 1));
-        cache.Next.Upload<int>(s.Host.AsSpan(1, 1));
+        var s = ScratchFor(batch, cache, batch);
+        var plan = cache.PlanAttention(_kernels, cache.Capacity, batch);
+        EnsurePartials(s, batch, plan);
+        var lengths = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
+        cache.Position.Upload<int>(lengths);
+        cache.Next.Upload(tokens);
         if (_graphCache != cache || _decodeGraph == null)
         {
             _decodeGraph?.Dispose();
             _decodeGraph = CudaGraph.Capture(_device, () =>
             {
-                EnqueueLayers(s, cache, 1, cache.Next.Pointer, plan);
-                EnqueueLogits(s, 0, 1);
-                _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
+                EnqueueLayers(s, cache, batch, cache.Next.Pointer, plan, 0, batch: true);
+                EnqueueLogits(s, 0, batch);
+                _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1,
+                    batch, cache.Capacity);
             });
             _graphCache = cache;
         }
     }
 
     /// <summary>Queues <paramref name="steps"/> graph decode steps (after <see cref="BeginDecode"/>) without waiting.</summary>
-    internal void EnqueueDecodeSteps(CudaKvCache cache, int steps)
+    internal void EnqueueDecodeSteps(DeviceKvCache cache, int steps)
     {
-        if (cache.Length + steps > cache.Capacity) throw new KvSharpException($"{steps} decode steps exceed the cache capacity {cache.Capacity}");
+        for (int i = 0; i < cache.Batch; i++)
+            if (cache.LengthOf(i) + steps > cache.Capacity) throw new KvSharpException($"{steps} decode steps exceed the cache capacity {cache.Capacity}");
         for (int i = 0; i < steps; i++) _decodeGraph!.Launch();
-        cache.Length += steps;
+        for (int i = 0; i < cache.Batch; i++) cache.SetLength(i, cache.LengthOf(i) + steps);
     }
+
+    /// <summary>Whether n rows take the prefill path with the tensor-core attention (else the decode kernels).</summary>
+    private bool UsesFlash(int n, DeviceKvCache cache) => n > CudaKernels.MaxGemvRows && CudaKernels.FlashAttention(Config.HeadDim) && cache.SupportsFlashPrefill;
 
     /// <summary>
     /// Queues the decoder layers for n rows: X holds the residual stream; the final norm is left to
-    /// <see cref="EnqueueLogits"/>. Per layer: norm, QKV product, q/k norm + RoPE + cache append,
-    /// attention, output product added to X, norm, gate/up product with SwiGLU, down product added to X.
+    /// <see cref="EnqueueLogits"/>. The rows are consecutive tokens of sequence <paramref name="sequence"/>, or with
+    /// <paramref name="batch"/> one token of each sequence of the cache. Per layer: QKV product of the normed stream,
+    /// q/k norm + RoPE + cache append, attention, output product added to X, gate/up product of the normed stream
+    /// with SwiGLU, down product added to X. Up to 8 rows the norms are fused into the matrix-vector products;
+    /// longer prefill chunks norm explicitly, multiply with cuBLAS and use the tensor-core attention.
     /// </summary>
-    private void EnqueueLayers(Scratch s, CudaKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan)
+    private void EnqueueLayers(Scratch s, DeviceKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan, int sequence, bool batch)
     {
         var c = Config;
         int d = c.HiddenSize, hd = c.HeadDim, qkvDim = (c.NumHeads + 2 * c.NumKvHeads) * hd, ffn = c.IntermediateSize;
-        ulong pos = cache.Position.Pointer;
+        ulong pos = cache.Position.Pointer + (ulong)(batch ? 0 : sequence * sizeof(int));
+        bool gemv = n <= CudaKernels.MaxGemvRows, flash = UsesFlash(n, cache);
         var k = _kernels;
         bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
         k.Embed(_embedding.Type, _embedding.Pointer, tokens, s.X.Pointer, n, d);
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
-            MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
-            if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
-            k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
-                cache.Keys(l), cache.Values(l), n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps);
-            k.Attention(s.Q.Pointer, cache.Keys(l), cache.Values(l), s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer,
-                n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan);
-            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
-            k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
-            if (n <= CudaKernels.MaxGemvRows)
+            if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
+            else
             {
-                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.Xb.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu);
+                k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
+                MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
+            }
+            if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
+            cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
+                _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
+                c.RmsNormEps, plan, pos, sequence, batch, flash));
+            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            if (gemv)
+            {
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps);
             }
             else
             {
+                k.RmsNorm(s.X.Pointer, L.FfnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
                 MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
                 k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
             }
@@ -255,11 +310,18 @@ public sealed class CudaTransformer : IDisposable
         }
     }
 
-    /// <summary>Final norm and output head for rows first .. first+count-1 of X, into Logits.</summary>
+    /// <summary>Final norm and output head for rows first .. first+count-1 of X, into Logits (norm fused up to 8 rows).</summary>
     private void EnqueueLogits(Scratch s, int first, int count)
     {
         int d = Config.HiddenSize;
-        _kernels.RmsNorm(s.X.Pointer + (ulong)((long)first * d * 4), _outputNorm.Pointer, s.Xb.Pointer, count, d, Config.RmsNormEps);
+        ulong x = s.X.Pointer + (ulong)((long)first * d * 4);
+        if (count <= CudaKernels.MaxGemvRows)
+        {
+            _kernels.Gemv(_output.Type, _output.Pointer, x, s.Logits.Pointer, _output.Rows, d, count, CudaKernels.GemvMode.Store,
+                _outputNorm.Pointer, Config.RmsNormEps);
+            return;
+        }
+        _kernels.RmsNorm(x, _outputNorm.Pointer, s.Xb.Pointer, count, d, Config.RmsNormEps);
         MatMul(_output, s.Xb, s.Logits, count, s);
     }
 
@@ -327,7 +389,7 @@ public sealed class CudaTransformer : IDisposable
         }
     }
 
-    private Scratch ScratchFor(int rows, CudaKvCache cache, int logitRows)
+    private Scratch ScratchFor(int rows, DeviceKvCache cache, int logitRows)
     {
         if (cache.Config != Config) throw new KvSharpException("the CUDA KV cache was created for another model");
         if (_scratch != null && _scratch.Rows >= rows && _scratch.LogitRows >= logitRows) return _scratch;

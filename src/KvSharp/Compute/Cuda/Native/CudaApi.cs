@@ -67,9 +67,32 @@ internal static unsafe partial class CudaApi
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
     [LibraryImport(NativeLibraries.Driver)]
     public static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, IntPtr stream, void** parameters, void** extra);
+
+    /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the kernel may start before the previous one ends (it waits with griddepcontrol.wait).</summary>
+    public const int LaunchAttributeProgrammaticStreamSerialization = 6;
+
+    /// <summary>CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union (only its first int is used here).</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 72)]
+    public struct LaunchAttribute
+    {
+        public int Id;
+        public int Pad;
+        public int Value;
+    }
+
+    /// <summary>CUlaunchConfig.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public IntPtr Stream;
+        public LaunchAttribute* Attributes;
+        public uint AttributeCount;
+    }
 
     /// <summary>Throws a <see cref="CudaException"/> naming <paramref name="call"/> and the driver's description of the error.</summary>
     public static void Check(int result, string call)

@@ -51,7 +51,7 @@ internal sealed class CudaKernels : IDisposable
     public void Embed(DeviceWeightType type, ulong table, ulong tokens, ulong output, int n, int cols) =>
         _elementwise["embed_" + Suffix(type)].Launch(n, Threads, 0, table, tokens, output, Arg.Int(cols));
 
-    /// <summary>One block per row; wide rows get 1024 threads so a decode step's single-row norm is short.</summary>
+    /// <summary>One block per row (prefill; decode fuses the norm into the next matrix-vector product).</summary>
     public void RmsNorm(ulong x, ulong weight, ulong y, int rows, int cols, float eps) =>
         _elementwise["rmsnorm"].Launch(rows, cols >= 2048 ? 1024 : Threads, 0, x, weight, y, Arg.Int(cols), Arg.Float(eps));
 
@@ -68,15 +68,21 @@ internal sealed class CudaKernels : IDisposable
     /// <summary>
     /// From a fused QKV product [rows, (heads + 2·kvHeads)·hd]: optional per-head q/k RMSNorm (null weights skip it),
     /// RoPE at positions *position.., queries to <paramref name="qOut"/>, keys and values into one layer's float16 cache.
+    /// With <paramref name="seqStride"/> (elements) non-zero, row t is sequence t of a batch: its cache is t·seqStride
+    /// further and its position is position[t].
     /// </summary>
     public void QkvRopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, ulong kCache, ulong vCache,
-        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved, float eps) =>
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved, float eps, long seqStride = 0) =>
         _elementwise["qkv_rope_append"].Launch(rows * (heads + kvHeads), 64, 0, qkv, qOut, qNorm, kNorm, invFreq, kCache, vCache,
-            Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps));
+            Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps),
+            Arg.Long(seqStride));
 
-    /// <summary>Greedy token of one logits row into next[0] (and history[*position]); *position += advance.</summary>
-    public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance) =>
-        _elementwise["argmax"].Launch(1, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance));
+    /// <summary>
+    /// Greedy token of each of <paramref name="rows"/> logits rows into next[t] (and history[t·historyStride + position[t]]);
+    /// position[t] += advance.
+    /// </summary>
+    public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance, int rows = 1, long historyStride = 0) =>
+        _elementwise["argmax"].Launch(rows, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
 
     public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
         _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
@@ -92,10 +98,33 @@ internal sealed class CudaKernels : IDisposable
         SwiGlu,
     }
 
-    /// <summary>y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>.</summary>
-    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store)
+    /// <summary>
+    /// Whether 2..8 rows over 16-bit weights go through the tensor-core kernel (gemv_mma_*; the activations rounded to
+    /// the weight type) rather than the float32 CUDA-core one. On by default; benchmarks compare both.
+    /// </summary>
+    public bool UseTensorCoreGemv { get; set; } = true;
+
+    /// <summary>The tensor-core kernel splits the columns over 8 warps of 32: widths must be multiples of this.</summary>
+    public const int TensorCoreGemvColumns = 256;
+
+    /// <summary>
+    /// y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>. A non-zero <paramref name="norm"/>
+    /// (Store and SwiGlu only) multiplies by RMSNorm(x)·norm instead of x: the decode step's norms fused in.
+    /// </summary>
+    public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store,
+        ulong norm = 0, float eps = 0)
     {
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
+        if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
+        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
+        if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
+        {
+            // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
+            int perBlock = mode == GemvMode.SwiGlu ? 8 : 16;
+            _gemv[$"gemv_mma_{Suffix(type)}{name}"].Launch((rows + perBlock - 1) / perBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+                Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
+            return;
+        }
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
         int ksplit = 1;
@@ -106,34 +135,52 @@ internal sealed class CudaKernels : IDisposable
             ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
             warps *= ksplit;
         }
-        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" };
-        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y,
+        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
             Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
 
-    /// <summary>How a causal attention splits the sequence: chunk length, chunk count, shared memory per block.</summary>
-    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes);
+    /// <summary>
+    /// How a causal attention splits the sequence: chunk length, chunk count, shared memory per block. With
+    /// <paramref name="Streaming"/> (head dimension 64 or 128, ≤ 8 heads per KV head) the streaming kernel computes
+    /// the chunk from the position itself, and only the split count is planned.
+    /// </summary>
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false);
+
+    /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
+    public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;
+
+    /// <summary>Most chunks the streaming kernel merges (its shared weights array in attention.cu).</summary>
+    public const int MaxStreamingSplits = 128;
 
     /// <summary>
-    /// Chooses the chunk length so that (splits × KV heads × query rows) blocks fill the GPU a few times
-    /// over, within the shared memory a block may use for its scores.
+    /// Chooses the split so that (splits × KV heads × query rows) blocks make one full wave: 2 blocks per multiprocessor
+    /// for the streaming kernel (its registers allow about that many; 4 per multiprocessor made a second, partial wave and
+    /// ran 15% slower at 128K), 4 for the general one; for up to <paramref name="visible"/> visible tokens. The streaming
+    /// kernel keeps at least 128 keys per chunk, since each chunk costs the merge a partial output to read.
     /// </summary>
     public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
     {
         int group = heads / kvHeads;
+        long targetBlocks = 4L * _device.MultiprocessorCount;
+        if (StreamingAttention(group, headDim))
+        {
+            long streamingBlocks = 2L * _device.MultiprocessorCount;
+            long want = Math.Max(1, streamingBlocks / ((long)kvHeads * rows));
+            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + 127) / 128)));
+            return new AttentionPlan(0, splits, 0, Streaming: true);
+        }
         int maxChunk = MaxChunk(group, headDim);
         if (maxChunk < 32) throw new CudaException("attention", $"a group of {group} heads of dimension {headDim} does not fit in shared memory");
-        long targetBlocks = 4L * _device.MultiprocessorCount;
         long wantSplits = Math.Max(1, targetBlocks / ((long)kvHeads * rows));
         int chunk = (int)Math.Min(maxChunk, Math.Max(32, (visible + wantSplits - 1) / wantSplits + 31) / 32 * 32);
-        int splits = (visible + chunk - 1) / chunk;
-        if (splits > chunk) // the merge keeps one weight per chunk in the scores area
+        int chunks = (visible + chunk - 1) / chunk;
+        if (chunks > chunk) // the merge keeps one weight per chunk in the scores area
         {
             chunk = Math.Min(maxChunk, ((int)Math.Ceiling(Math.Sqrt(visible)) + 31) / 32 * 32);
-            splits = (visible + chunk - 1) / chunk;
-            if (splits > chunk) throw new CudaException("attention", $"{visible} tokens need more than {maxChunk} chunks of {maxChunk}");
+            chunks = (visible + chunk - 1) / chunk;
+            if (chunks > chunk) throw new CudaException("attention", $"{visible} tokens need more than {maxChunk} chunks of {maxChunk}");
         }
-        return new AttentionPlan(chunk, splits, SharedBytes(group, headDim, chunk));
+        return new AttentionPlan(chunk, chunks, SharedBytes(group, headDim, chunk));
     }
 
     /// <summary>Longest chunk whose scores fit the 48 KB of shared memory a block gets without opting in (less a little static memory).</summary>
@@ -145,18 +192,49 @@ internal sealed class CudaKernels : IDisposable
     /// <summary>
     /// Causal attention of query rows q [rows, heads, hd] at positions *position.. over one layer's cache, in one launch.
     /// partOut [rows·heads·splits·hd] and partMl [rows·heads·splits·2] hold per-chunk results; counters
-    /// [rows·kvHeads] must be zero before the first launch (each launch leaves them zero).
+    /// [rows·kvHeads] must be zero before the first launch (each launch leaves them zero). With
+    /// <paramref name="seqStride"/> (elements) non-zero, row t is sequence t of a batch: its cache is t·seqStride further
+    /// and its position is position[t].
     /// </summary>
     public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
-        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan)
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0)
     {
         int group = heads / kvHeads;
         if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
         float scale = 1f / MathF.Sqrt(headDim);
-        _attention[$"attn_g{group}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), 128, plan.SharedBytes,
+        var grid = new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
+        if (plan.Streaming)
+        {
+            if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
+            _attention[$"attn_h{headDim}_g{group}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
+                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
+            return;
+        }
+        _attention[$"attn_g{group}"].Launch(grid, 128, plan.SharedBytes,
             q, kCache, vCache, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
-            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale));
+            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
     }
+
+    /// <summary>Whether the tensor-core prefill kernel (flash_hD) covers this head dimension.</summary>
+    public static bool FlashAttention(int headDim) => headDim is 64 or 128;
+
+    /// <summary>
+    /// Causal prefill attention on tensor cores: rows q [n, heads, hd] at positions *position.. of one sequence over
+    /// its cache (which already holds their keys and values), into output [n, heads, hd].
+    /// </summary>
+    public void FlashPrefill(ulong q, ulong kCache, ulong vCache, ulong output, int n, int heads, int kvHeads, int headDim, int capacity, ulong position)
+    {
+        if (!FlashAttention(headDim)) throw new CudaException("attention", $"no tensor-core prefill kernel for head dimension {headDim}");
+        var f = _attention[$"flash_h{headDim}"];
+        int shared = 4 * FlashKeys * (headDim + 8) * 2; // K and V tiles, two stages, rows padded by 16 bytes
+        lock (_flashShared)
+            if (_flashShared.Add(headDim)) f.AllowSharedMemory(shared);
+        f.Launch(new Dim3((uint)((n + FlashQueries - 1) / FlashQueries), (uint)heads), 128, shared,
+            q, kCache, vCache, output, Arg.Int(n), Arg.Int(heads), Arg.Int(heads / kvHeads), Arg.Int(capacity), position, Arg.Float(1f / MathF.Sqrt(headDim)));
+    }
+
+    private const int FlashQueries = 64, FlashKeys = 64; // FLASH_BQ, FLASH_BK in attention.cu
+    private readonly HashSet<int> _flashShared = [];
 
     public void Dispose()
     {

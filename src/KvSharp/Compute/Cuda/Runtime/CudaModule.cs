@@ -60,15 +60,37 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
 {
     public string Name => name;
 
-    /// <summary>Queues the kernel on the device's stream.</summary>
+    /// <summary>
+    /// Queues the kernel on the device's stream; with <see cref="CudaDevice.ProgrammaticLaunch"/> it may start
+    /// while the previous kernel finishes (every embedded kernel waits for it with pdl_wait before using its results).
+    /// </summary>
     public void Launch(Dim3 grid, Dim3 block, int sharedBytes, params ReadOnlySpan<ulong> args)
     {
         if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return; // nothing to do: an empty launch is an error in CUDA
         ulong* values = stackalloc ulong[Math.Max(1, args.Length)];
         void** pointers = stackalloc void*[Math.Max(1, args.Length)];
         for (int i = 0; i < args.Length; i++) { values[i] = args[i]; pointers[i] = &values[i]; }
-        CudaApi.Check(CudaApi.cuLaunchKernel(handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, (uint)sharedBytes,
-            device.Stream, pointers, null), $"cuLaunchKernel({name})");
+        if (!device.ProgrammaticLaunch)
+        {
+            CudaApi.Check(CudaApi.cuLaunchKernel(handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, (uint)sharedBytes,
+                device.Stream, pointers, null), $"cuLaunchKernel({name})");
+            return;
+        }
+        var attribute = new CudaApi.LaunchAttribute { Id = CudaApi.LaunchAttributeProgrammaticStreamSerialization, Value = 1 };
+        var config = new CudaApi.LaunchConfig
+        {
+            GridX = grid.X,
+            GridY = grid.Y,
+            GridZ = grid.Z,
+            BlockX = block.X,
+            BlockY = block.Y,
+            BlockZ = block.Z,
+            SharedBytes = (uint)sharedBytes,
+            Stream = device.Stream,
+            Attributes = &attribute,
+            AttributeCount = 1,
+        };
+        CudaApi.Check(CudaApi.cuLaunchKernelEx(&config, handle, pointers, null), $"cuLaunchKernelEx({name})");
     }
 
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>

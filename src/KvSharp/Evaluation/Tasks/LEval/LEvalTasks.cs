@@ -7,8 +7,10 @@ namespace KvSharp.Evaluation.Tasks.LEval;
 /// L-Eval long-document tasks (../shared/data/leval): each line is a document (<c>input</c>) with several questions
 /// (<c>instructions</c>) and reference answers (<c>outputs</c>). A document becomes one multi-request sample: its
 /// context is compressed once and every question is asked against it. Multiple-choice tasks (QuALITY, TOEFL, Coursera)
-/// are scored by choice accuracy, open QA by RULER's string_match_part. Documents longer than the model's context are
-/// cut in the middle (LongBench's convention), keeping their start and end.
+/// are scored by choice accuracy, open QA by RULER's string_match_part, summarization (gov_report_summ, meeting_summ,
+/// news_summ, patent_summ, review_summ, tv_show_summ) by ROUGE-L (ROUGE-1/2 recorded beside it), an answer running to
+/// its first blank line or its budget. Documents longer than the model's context are cut in the middle (LongBench's
+/// convention), keeping their start and end.
 /// </summary>
 public static class LEvalTasks
 {
@@ -23,6 +25,12 @@ public static class LEvalTasks
         ["scientific_qa"] = ("Open-ended-tasks", ScoreKind.StringMatchPart, 32),
         ["multidoc_qa"] = ("Open-ended-tasks", ScoreKind.StringMatchPart, 32),
         ["legal_contract_qa"] = ("Open-ended-tasks", ScoreKind.StringMatchPart, 32),
+        ["gov_report_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
+        ["meeting_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
+        ["news_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
+        ["patent_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
+        ["review_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
+        ["tv_show_summ"] = ("Open-ended-tasks", ScoreKind.RougeL, 256),
     };
 
     /// <summary>The task names <see cref="Load"/> knows.</summary>
@@ -38,7 +46,7 @@ public static class LEvalTasks
     public static IReadOnlyList<EvalSample> Load(string levalDir, string task, int documents, ITokenizer tokenizer, int maxContext)
     {
         if (!Known.TryGetValue(task, out var info))
-            throw new KvSharpException($"L-Eval task '{task}': unknown or not scored by string match/choice (known: {string.Join(", ", Known.Keys.Order())})");
+            throw new KvSharpException($"L-Eval task '{task}': unknown or not scored by string match/choice/ROUGE (known: {string.Join(", ", Known.Keys.Order())})");
         string path = Path.Combine(levalDir, info.Folder, task + ".jsonl");
         if (!File.Exists(path)) throw new KvSharpException($"{path}: L-Eval task file not found");
         var samples = new List<EvalSample>();
@@ -63,7 +71,11 @@ public static class LEvalTasks
             int longestQuestion = queries.Max(q => tokenizer.Encode(q.Question, addSpecial: false).Length);
             int budget = maxContext - longestQuestion - info.MaxNewTokens - 2;
             string context = "Read the document and answer the questions about it.\n\n" + FitMiddle(doc.Input, budget, tokenizer) + "\n\n";
-            samples.Add(new EvalSample((lineNumber - 1).ToString(System.Globalization.CultureInfo.InvariantCulture), task, context, queries, info.Score, info.MaxNewTokens));
+            // A summary is a paragraph or more: it ends at a blank line (or its budget), not at the first newline.
+            samples.Add(new EvalSample((lineNumber - 1).ToString(System.Globalization.CultureInfo.InvariantCulture), task, context, queries, info.Score, info.MaxNewTokens)
+            {
+                StopString = info.Score == ScoreKind.RougeL ? "\n\n" : "\n",
+            });
         }
         return samples;
     }

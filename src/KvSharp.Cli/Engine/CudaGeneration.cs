@@ -1,0 +1,53 @@
+using KvSharp.Cli.Commands;
+using KvSharp.Compute.Cuda.Model;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Formats;
+using KvSharp.Generation;
+using KvSharp.Generation.Chat;
+using KvSharp.Models;
+
+namespace KvSharp.Cli.Engine;
+
+/// <summary>
+/// <c>kvsharp generate --device cuda</c>: the model's weights and a float16 KV cache in GPU memory
+/// (<see cref="CudaTransformer"/>), the logits of each step copied back, sampling, stop strings and text on the host
+/// through the same loop as the CPU engine (<see cref="Generator.Run"/>).
+/// </summary>
+internal static class CudaGeneration
+{
+    public static int Generate(EngineFacade engine, TextWriter status, GenerateRequest request, TextWriter output, CancellationToken cancellation)
+    {
+        var source = request.Model;
+        if (source.KvCache != null || source.LoadCache != null || source.SaveCache != null)
+            throw new UsageException("--kv-cache, --load-cache and --save-cache are not supported with --device cuda (its KV cache is float16 in GPU memory)");
+        // Before loading the model: without a GPU this is one "CUDA unavailable: ..." line, at once.
+        using var device = CudaDevice.Open();
+        using var model = engine.Load(source);
+        int ctx = EngineFacade.ContextLength(source, model);
+        var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;
+        string text = template == null ? request.Prompt : template.Format([ChatMessage.User(request.Prompt)], addGenerationPrompt: true);
+        var options = template == null ? request.Options
+            : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
+        var prompt = model.Encode(text, addBos: template is not { IncludesBos: true });
+
+        var weightType = WeightType(model.Weights);
+        status.WriteLine($"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
+        using var gpu = new CudaTransformer(device, model.Weights, weightType);
+        using var cache = gpu.CreateCache(ctx);
+        var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, tokens => gpu.Forward(tokens, cache), () => cache.Length,
+            prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
+        output.WriteLine();
+        if (request.ShowCache)
+            status.WriteLine($"prompt {result.PromptTokens} tokens: {result.PrefillTokensPerSecond:F1} tok/s; generated {result.TokenIds.Count} ({result.Reason}): " +
+                $"{result.DecodeTokensPerSecond:F1} tok/s; KV cache {cache.Length} tokens, {cache.ByteCount / (1024.0 * 1024.0):F1} MiB allocated on the GPU");
+        return result.Reason == StopReason.Cancelled ? 130 : 0;
+    }
+
+    /// <summary>The device type for the model's matrices: float32 stays float32 (exact against the CPU), float16 stays float16, the rest bfloat16.</summary>
+    private static DeviceWeightType WeightType(ModelWeights weights) => weights.Find(TensorNames.TokenEmbedding)?.Type switch
+    {
+        GgmlType.F32 => DeviceWeightType.F32,
+        GgmlType.F16 => DeviceWeightType.F16,
+        _ => DeviceWeightType.BF16,
+    };
+}

@@ -1,0 +1,147 @@
+using System.Numerics.Tensors;
+
+namespace KvSharp.Cache.Blocks;
+
+/// <summary>
+/// Attention over VidKV blocks, read from their bytes (<see cref="VidKvLayout"/>), called by <see cref="BlockAttention"/>.
+/// </summary>
+/// <remarks>
+/// Keys (<see cref="KvFormat.VidKvKey"/>): the inverse DFT is applied on the query side, never to the keys. With
+/// outlier channels o (x̂ = min + step·code) and normal channels c (x̂_t = mean_c + scale_c·Σ_{j≥1} φ_j(t)·s_jc),
+/// q·k̂_t = [Σ_o q_o·min_o + Σ_c q_c·mean_c] + Σ_o (q_o·step_o)·code_to + Σ_{j≥1} φ_j(t)·u_j, where
+/// u_j = Σ_c (q_c·scale_c)·s_jc is the dot product of the scaled query with the signs of frequency row j. So a block
+/// costs n·d code reads, n·m + (n−1)·(d−m) multiply-adds per query for the dot products and (n−1)·n for the inverse
+/// transform of u (1024 at n = 32: less than the dot products at d ≥ 32), against n²·(d−m) to inverse-transform the keys.
+/// <para>Values (<see cref="KvFormat.VidKvValue"/>): the block is widened once into a per-thread [n, d] float scratch
+/// (trit·scale_c, salient rows from Int4), then each query adds Σ_t w_t·v̂_t. A VidKV block in the other role (keys
+/// stored as VidKvValue or values as VidKvKey) is decoded to the scratch the same way.</para>
+/// </remarks>
+internal static class VidKvAttention
+{
+    [ThreadStatic] private static float[]? t_scratch;
+    [ThreadStatic] private static int[]? t_channels;
+
+    private static Span<float> Scratch(int floats)
+    {
+        if (t_scratch is not { } s || s.Length < floats) t_scratch = s = new float[Math.Max(floats, 4096)];
+        return s.AsSpan(0, floats);
+    }
+
+    public static void Scores(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    {
+        if (layout.Format != KvFormat.VidKvKey)
+        {
+            ScoresDecoded(layout, block, n, queries, g, scores);
+            return;
+        }
+        int d = layout.HeadDim, m = layout.GroupSize, normal = d - m;
+        var v = layout.Vid;
+        var channels = (t_channels is { } ch && ch.Length >= d ? ch : t_channels = new int[Math.Max(d, 256)]).AsSpan(0, d);
+        int ko = 0, kn = m;
+        for (int c = 0; c < d; c++)
+            if ((block[c >> 3] >> (c & 7) & 1) != 0) channels[ko++] = c; else channels[kn++] = c;
+        // channels[..m]: outlier channels; channels[m..]: normal channels, both ascending, as the parameters are stored.
+
+        var s = Scratch(2 * d + n * d + d + n);
+        var parameters = s[..(2 * d)];             // outlier step, outlier min, normal scale, normal mean (stored order)
+        var codes = s.Slice(2 * d, n * d);         // [n, m] outlier codes, then [n, normal] signs (row 0 unused)
+        var scaled = s.Slice(2 * d + n * d, d);    // q∘step (outliers), q∘scale (normal)
+        var u = s.Slice(3 * d + n * d, n);
+        var p = block[v.ParameterOffset..];
+        for (int k = 0; k < 2 * d; k++) parameters[k] = VidKvCodec.ReadF16(p, k);
+        var outlierCodes = codes[..(n * m)];
+        var signs = codes.Slice(n * m, n * normal);
+        var oc = block[v.FirstCodeOffset..];
+        for (int e = 0; e < n * m; e++) outlierCodes[e] = oc[e >> 2] >> (2 * (e & 3)) & 3;
+        var nc = block[v.SecondCodeOffset..];
+        for (int e = normal; e < n * normal; e++) signs[e] = (nc[e >> 3] >> (e & 7) & 1) != 0 ? 1f : -1f;
+        var basis = RealFourierBasis.Single(n);
+
+        for (int i = 0; i < g; i++)
+        {
+            var q = queries.Slice(i * d, d);
+            float bias = 0;
+            for (int k = 0; k < m; k++)
+            {
+                float qc = q[channels[k]];
+                scaled[k] = qc * parameters[k];
+                bias += qc * parameters[m + k];
+            }
+            for (int k = 0; k < normal; k++)
+            {
+                float qc = q[channels[m + k]];
+                scaled[m + k] = qc * parameters[2 * m + k];
+                bias += qc * parameters[2 * m + normal + k];
+            }
+            var row = scores.Slice(i * n, n);
+            var qo = scaled[..m];
+            for (int t = 0; t < n; t++) row[t] = bias + TensorPrimitives.Dot(qo, outlierCodes.Slice(t * m, m));
+            var qn = scaled.Slice(m, normal);
+            for (int j = 1; j < n; j++) u[j] = TensorPrimitives.Dot(qn, signs.Slice(j * normal, normal));
+            for (int j = 1; j < n; j++) TensorPrimitives.MultiplyAdd(basis.AsSpan(j * n, n), u[j], row, row);
+        }
+    }
+
+    public static void AccumulateValues(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+    {
+        int d = layout.HeadDim;
+        var rows = Scratch(n * d);
+        Widen(layout, block, n, rows);
+        for (int i = 0; i < g; i++)
+        {
+            var a = acc.Slice(i * d, d);
+            for (int t = 0; t < n; t++)
+            {
+                float w = weights[i * n + t];
+                if (w != 0) TensorPrimitives.MultiplyAdd(rows.Slice(t * d, d), w, a, a);
+            }
+        }
+    }
+
+    private static void ScoresDecoded(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    {
+        int d = layout.HeadDim;
+        var rows = Scratch(n * d);
+        Widen(layout, block, n, rows);
+        for (int i = 0; i < g; i++)
+            for (int t = 0; t < n; t++)
+                scores[i * n + t] = TensorPrimitives.Dot(queries.Slice(i * d, d), rows.Slice(t * d, d));
+    }
+
+    /// <summary>The block's n rows as floats: VidKvValue through the trit table, VidKvKey through the codec.</summary>
+    private static void Widen(BlockLayout layout, ReadOnlySpan<byte> block, int n, Span<float> rows)
+    {
+        if (layout.Format != KvFormat.VidKvValue)
+        {
+            VidKvCodec.Decode(layout, block, n, rows);
+            return;
+        }
+        int d = layout.HeadDim;
+        var v = layout.Vid;
+        var p = block[v.ParameterOffset..];
+        Span<float> scales = d <= 1024 ? stackalloc float[d] : new float[d];
+        for (int c = 0; c < d; c++) scales[c] = VidKvCodec.ReadF16(p, c);
+        var trits = block[v.FirstCodeOffset..];
+        var table = VidKvCodec.TritTable;
+        int byteIndex = 0, digit = 0;
+        for (int e = 0; e < n * d; e++)
+        {
+            rows[e] = table[5 * trits[byteIndex] + digit];
+            if (++digit == 5) { digit = 0; byteIndex++; }
+        }
+        int slot = 0;
+        for (int t = 0; t < n; t++)
+        {
+            var row = rows.Slice(t * d, d);
+            if ((block[t >> 3] >> (t & 7) & 1) == 0)
+            {
+                TensorPrimitives.Multiply(row, scales, row);
+                continue;
+            }
+            float scale = VidKvCodec.ReadF16(p, d + slot), min = VidKvCodec.ReadF16(p, d + layout.GroupSize + slot);
+            var codes = block.Slice(v.SecondCodeOffset + slot * d / 2, d / 2);
+            for (int c = 0; c < d; c++) row[c] = min + (codes[c >> 1] >> (4 * (c & 1)) & 15) * scale;
+            slot++;
+        }
+    }
+}
