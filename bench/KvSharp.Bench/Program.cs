@@ -32,6 +32,11 @@ if (args.Length > 0 && args[0] == "cache-quick")
     KvSharp.Bench.Cache.QuickCacheBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "clusterkv-recall")
+{
+    KvSharp.Bench.Recall.ClusterKvRecallBench.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "quant-methods")
 {
     KvSharp.Bench.Quantization.QuantMethodsBench.Run(args);
