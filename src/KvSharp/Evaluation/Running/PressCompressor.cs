@@ -33,7 +33,9 @@ public sealed class PressCompressor : ICacheCompressor
 
 /// <summary>
 /// The full cache (<c>none</c>) and every press of <see cref="PressRegistry"/>: a press name or text form (e.g.
-/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter.
+/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter. A press
+/// that takes no keep ratio (a quantizer such as <c>kivi:bits=2</c>, a dynamic budget such as <c>dbudgetkv</c>, or a
+/// text that already names its budget) is built as written.
 /// </summary>
 public sealed class PressCompressorFactory : FullCacheFactory
 {
@@ -41,11 +43,33 @@ public sealed class PressCompressorFactory : FullCacheFactory
     public override ICacheCompressor Create(string press, double keepRatio)
     {
         if (IsFullCache(press)) return NoCompression.Instance;
+        if (!TakesKeepRatio(press)) return new PressCompressor(PressRegistry.Parse(press));
+        return new PressCompressor(PressRegistry.Parse(WithKeep(press, keepRatio)));
+    }
+
+    /// <inheritdoc />
+    public override bool TakesKeepRatio(string press)
+    {
+        if (IsFullCache(press)) return false;
+        _ = PressRegistry.Parse(press); // a malformed press is an error here, with the registry's message
+        // The registry refuses a keep= the press does not declare (or gives twice): then the press has its own budget.
+        try
+        {
+            PressRegistry.Parse(WithKeep(press, 0.5));
+            return true;
+        }
+        catch (KvSharpException)
+        {
+            return false;
+        }
+    }
+
+    private static string WithKeep(string press, double keepRatio)
+    {
         string text = press.Trim();
         string keep = "keep=" + keepRatio.ToString("0.####", CultureInfo.InvariantCulture);
         // The ratio joins the parameters of the last part (its budget), as the registry routes them.
         int lastPlus = text.LastIndexOf('+'), lastColon = text.LastIndexOf(':'), lastClose = text.LastIndexOf(')');
-        text += lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep;
-        return new PressCompressor(PressRegistry.Parse(text));
+        return text + (lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep);
     }
 }
