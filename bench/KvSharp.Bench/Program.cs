@@ -7,6 +7,11 @@ if (args.Length > 0 && args[0] == "llamacpp")
     Console.WriteLine($"llama.cpp prefill {r.PrefillTokensPerSecond:F1} tok/s, decode {r.DecodeTokensPerSecond:F1} tok/s");
     return;
 }
+if (args.Length > 0 && args[0] == "llamacpp-check")
+{
+    LlamaCppReferenceCheck.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "e2e")
 {
     EndToEndComparison.Run(args);

@@ -83,5 +83,5 @@ internal static class EndToEndComparison
         return dir?.FullName ?? throw new InvalidOperationException("run from inside the repository");
     }
 
-    private static string FindShared() => Path.GetFullPath(Path.Combine(FindRepo(), "..", "shared"));
+    internal static string FindShared() => Path.GetFullPath(Path.Combine(FindRepo(), "..", "shared"));
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using KvSharp.Compression.Calibration;
+using KvSharp.Compression.Sharing;
 using KvSharp.Generation;
 using Spectre.Console;
 
@@ -18,6 +19,8 @@ internal static class CalibrateProfileCommands
     public static IEnumerable<Command> Create(CliContext context)
     {
         yield return KvzipHeads(context);
+        yield return Baklava(context);
+        yield return KvSharer(context);
     }
 
     /// <summary>Options every profile calibration takes.</summary>
@@ -122,6 +125,63 @@ internal static class CalibrateProfileCommands
             context.Output.WriteLine($"KVzip head scores ({profile.Layers} layers x {profile.KvHeads} KV heads, higher = keep):");
             context.Output.WriteLine(Table(profile));
             context.Output.WriteLine($"written to {outFile}; use it with --press kvzip:level=head,keep=0.3,file={outFile}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Baklava(CliContext context)
+    {
+        var common = new Common(windows: 8, tokens: 512);
+        var command = new Command("baklava", "BaKlaVa: per (layer, KV head) importance = mean of 1 - cos(value of the query's token, head output)");
+        common.AddTo(command);
+        command.SetAction(parse =>
+        {
+            var (model, windows, textPath) = common.Load(parse, context);
+            using var _ = model;
+            var profile = WithProgress(context, "BaKlaVa head profiling", p => BaklavaProfiler.Run(model.Transformer, windows, p));
+            string outFile = parse.GetValue(common.Out)!;
+            profile.Save(outFile, Common.Provenance(parse, common, textPath, windows));
+            context.Output.WriteLine($"BaKlaVa head importances ({profile.Layers} layers x {profile.KvHeads} KV heads, 1 - cos(input, output)):");
+            context.Output.WriteLine(Table(profile));
+            context.Output.WriteLine($"written to {outFile}; use it with --press \"baklava(snapkv):keep=0.3,file={outFile}\"");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command KvSharer(CliContext context)
+    {
+        var common = new Common(windows: 4, tokens: 256);
+        var layers = new Option<int>("--layers") { Description = "Most layers that may share another's cache", Required = true, HelpName = "N" };
+        var threshold = new Option<double>("--threshold") { Description = "Least mean cosine similarity of the centred logits to the unshared model's (default 0.9)", DefaultValueFactory = _ => 0.9, HelpName = "C" };
+        var command = new Command("kvsharer", "KVSharer: greedy layer map, most dissimilar averaged caches first, each share kept only while the output stays similar");
+        common.AddTo(command);
+        command.Options.Add(layers);
+        command.Options.Add(threshold);
+        command.SetAction(parse =>
+        {
+            int n = parse.GetValue(layers);
+            double c = parse.GetValue(threshold);
+            if (n < 1) throw new UsageException($"--layers must be ≥ 1, got {n}");
+            if (!(c >= -1 && c <= 1)) throw new UsageException($"--threshold must be in [-1, 1], got {c}");
+            var (model, windows, textPath) = common.Load(parse, context);
+            using var _ = model;
+            if (n >= model.Config.NumLayers) throw new UsageException($"--layers {n}: the model has {model.Config.NumLayers} layers, at most {model.Config.NumLayers - 1} can share");
+            var result = WithProgress(context, "KVSharer greedy search", p =>
+            {
+                var calibration = new KvSharerCalibration(model.Transformer, windows);
+                return calibration.Search(c, n, p);
+            });
+            var map = new KvSharerMap(model.Config.NumLayers, result.Shares);
+            string outFile = parse.GetValue(common.Out)!;
+            string R(double x) => x.ToString("R", CultureInfo.InvariantCulture);
+            var trials = "[\n    " + string.Join(",\n    ", result.Trials.Select(t =>
+                $"{{\"layer\": {t.Share.Layer}, \"source\": {t.Share.Source}, \"distance\": {R(t.Distance)}, \"similarity\": {R(t.Similarity)}, \"accepted\": {(t.Accepted ? "true" : "false")}}}")) + "\n  ]";
+            map.Save(outFile, [.. Common.Provenance(parse, common, textPath, windows), ("threshold", R(c)), ("max_layers", n.ToString(CultureInfo.InvariantCulture)), ("trials", trials)]);
+            foreach (var t in result.Trials)
+                context.Output.WriteLine($"  layer {t.Share.Layer} <- {t.Share.Source}: distance {Num(t.Distance)}, similarity {Num(t.Similarity)} {(t.Accepted ? "kept" : "rejected")}");
+            context.Output.WriteLine($"{map.Shares.Count} shared layer(s): {(map.Shares.Count == 0 ? "none" : string.Join(", ", map.Shares))}; written to {outFile}; use it with --press kvsharer:file={outFile}");
             return 0;
         });
         return command;

@@ -31,13 +31,13 @@ public sealed record AttentionStatisticsRequest(int FirstQueryPosition, GroupFol
 public sealed class AttentionStatistics
 {
     private readonly int[][] _positions;
-    private readonly float[][] _max, _sum, _norms;
+    private readonly float[][] _max, _sum, _norms, _queryMax;
     private readonly int[] _queryCount;
 
-    internal AttentionStatistics(int layers, int kvHeads, int[][] positions, float[][] max, float[][] sum, float[][] norms, int[] queryCount)
+    internal AttentionStatistics(int layers, int kvHeads, int[][] positions, float[][] max, float[][] sum, float[][] norms, int[] queryCount, float[][] queryMax)
     {
         Layers = layers; KvHeads = kvHeads;
-        _positions = positions; _max = max; _sum = sum; _norms = norms; _queryCount = queryCount;
+        _positions = positions; _max = max; _sum = sum; _norms = norms; _queryCount = queryCount; _queryMax = queryMax;
     }
 
     /// <summary>Layers covered.</summary>
@@ -57,6 +57,12 @@ public sealed class AttentionStatistics
 
     /// <summary>Per covered token: the L2 norm of its key as stored (dequantized) when collection ended.</summary>
     public ReadOnlySpan<float> KeyNorms(int layer, int kvHead) => _norms[Index(layer, kvHead)];
+
+    /// <summary>
+    /// Per channel of (layer, KV head): the largest |q_c| over the counted queries of the heads of its GQA group, as
+    /// attention received them (after RoPE, before the 1/√d scaling); 0 when no query was counted. MiKV's balancer.
+    /// </summary>
+    public ReadOnlySpan<float> QueryAbsMax(int layer, int kvHead) => _queryMax[Index(layer, kvHead)];
 
     /// <summary>Query positions counted in <paramref name="layer"/>.</summary>
     public int QueryCount(int layer)

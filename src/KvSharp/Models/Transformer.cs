@@ -78,9 +78,9 @@ public sealed unsafe class Transformer
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.Length.. through the model, appending their
     /// keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
-    /// [tokens, vocab] with <see cref="LogitsMode.All"/>.
+    /// [tokens, vocab] with <see cref="LogitsMode.All"/>. An <paramref name="observer"/> sees each layer's input residual.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last)
+    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last, IForwardObserver? observer = null)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
         int vocab = Config.VocabSize;
@@ -90,14 +90,14 @@ public sealed unsafe class Transformer
             int n = Math.Min(PrefillChunk, tokens.Length - start);
             bool last = start + n == tokens.Length;
             if (mode == LogitsMode.All)
-                ForwardChunk(tokens.Slice(start, n), cache, logits.AsSpan(start * vocab, n * vocab), allRows: true);
+                ForwardChunk(tokens.Slice(start, n), cache, logits.AsSpan(start * vocab, n * vocab), allRows: true, observer);
             else
-                ForwardChunk(tokens.Slice(start, n), cache, last ? logits : Span<float>.Empty, allRows: false);
+                ForwardChunk(tokens.Slice(start, n), cache, last ? logits : Span<float>.Empty, allRows: false, observer);
         }
         return logits;
     }
 
-    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, bool allRows)
+    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, bool allRows, IForwardObserver? observer)
     {
         var c = Config;
         int n = tokens.Length, d = c.HiddenSize, hd = c.HeadDim;
@@ -128,6 +128,7 @@ public sealed unsafe class Transformer
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
+            observer?.LayerInput(l, x, n, pos0);
             Kernels.RmsNorm(x, L.AttnNorm, xb, c.RmsNormEps);
             Kernels.MatMul(L.Q, xb, q, n);
             Kernels.MatMul(L.K, xb, k, n);

@@ -11,7 +11,8 @@ namespace KvSharp.GpuTests.Bench;
 /// Greedy decode speed of a dummy-weight model (bfloat16 matrices, float16 KV cache) at given context lengths and
 /// batch sizes, against the roofline: (weight bytes + KV bytes read per step) / the measured device-to-device copy
 /// bandwidth. The caches are filled with random K/V up to the context length instead of prefilling them (decode cost
-/// depends on the length, not on the values). Batch 1 is measured with and without programmatic dependent launch.
+/// depends on the length, not on the values). Batch 1 is measured with and without programmatic dependent launch
+/// ($KVSHARP_CUDA_PDL picks the mode the table reports).
 /// Also times prefills (the tensor-core attention) and each decode kernel alone.
 /// </summary>
 public static class DecodeBench
@@ -43,25 +44,33 @@ public static class DecodeBench
 
         var rows = new List<string>();
         bool pdl = device.ProgrammaticLaunch;
+        string mode = pdl ? "PDL" : "no PDL";
         foreach (int context in contexts)
         {
-            if (pdl)
+            if (device.ComputeMajor >= 9)
             {
-                device.ProgrammaticLaunch = false;
-                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, "no PDL", log);
-                device.ProgrammaticLaunch = true;
+                // The other launch mode, for comparison (the table keeps the configured one).
+                device.ProgrammaticLaunch = !pdl;
+                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "no PDL" : "PDL", log);
+                device.ProgrammaticLaunch = pdl;
             }
-            rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "PDL" : "", log));
+            rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, mode, log));
         }
         foreach (int context in batchContexts)
         {
+            if (context == batchContexts[0])
+            {
+                gpu.Kernels.UseTensorCoreGemv = false;
+                Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, "CUDA-core matrix-vector kernels", log);
+                gpu.Kernels.UseTensorCoreGemv = true;
+            }
             long need = (long)batch * (context + 4 * steps + 8) * config.KvBytesPerToken(2);
             if (need > device.FreeMemory - (2L << 30))
             {
                 log.WriteLine($"batch {batch} at {context}: {need / 1e9:F1} GB of KV cache do not fit ({device.FreeMemory / 1e9:F1} GB free)");
                 continue;
             }
-            rows.Add(Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, pdl ? "PDL" : "", log));
+            rows.Add(Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, mode, log));
         }
 
         var prefillRows = new List<string>();
@@ -72,10 +81,17 @@ public static class DecodeBench
             {
                 using var cache = gpu.CreateCache(tokens + 1);
                 var prompt = Prompt(tokens, config);
-                sw.Restart();
-                gpu.Forward(prompt, cache);
-                double s = sw.Elapsed.TotalSeconds;
-                log.WriteLine($"prefill {tokens} tokens: {s * 1e3:F0} ms, {tokens / s:F0} tokens/s (chunks of {gpu.PrefillChunk})");
+                var seconds = new List<double>();
+                for (int r = 0; r < 3; r++)
+                {
+                    cache.Length = 0;
+                    sw.Restart();
+                    gpu.Forward(prompt, cache);
+                    seconds.Add(sw.Elapsed.TotalSeconds);
+                }
+                seconds.Sort();
+                double s = seconds[1];
+                log.WriteLine($"prefill {tokens} tokens: {s * 1e3:F0} ms, {tokens / s:F0} tokens/s (median of 3: {string.Join(", ", seconds.Select(x => $"{x * 1e3:F0}"))} ms; chunks of {gpu.PrefillChunk})");
                 prefillRows.Add($"| {tokens} | {s * 1e3:F0} | {tokens / s:F0} |");
             }
         }
@@ -144,14 +160,20 @@ public static class DecodeBench
         using var y = device.Allocate(4L * batch * Math.Max(c.VocabSize, 2 * c.IntermediateSize));
         x.Fill32(0x3C000000u); // 2^-7: finite, non-zero activations
         y.Fill32(0);
-        foreach (int n in new[] { 1, batch }.Distinct())
+        // Batch 1: with the fused norm and without (its cost); batch rows: tensor cores and CUDA cores.
+        foreach (var (n, tensorCores, withNorm) in new[] { (1, false, true), (1, false, false), (batch, true, true), (batch, false, true) })
             foreach (var (name, m, mode, norm) in gpu.DecodeMatrices())
             {
+                if (!withNorm && norm == 0) continue;
+                gpu.Kernels.UseTensorCoreGemv = tensorCores;
                 int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-                double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, norm, 1e-5f));
+                ulong useNorm = withNorm ? norm : 0;
+                double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
                 double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
-                log.WriteLine($"kernel gemv x{n} {name} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+                string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "");
+                log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
             }
+        gpu.Kernels.UseTensorCoreGemv = true;
         log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");
 
         foreach (var (context, rowsAtOnce) in new[] { (512, 1), (4096, 1), (32768, 1), (131072, 1), (4096, batch), (32768, batch) })

@@ -256,16 +256,27 @@ public static class KernelChecks
                         using var dnorm = Upload(norm);
                         using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
                         K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps);
-                        var xr = x.Select(v => (double)v).ToArray();
-                        if (normed)
-                            for (int t = 0; t < n; t++)
+                        // The tensor-core kernel (2..8 rows, 16-bit weights) rounds x·norm to the weight type and applies the
+                        // norm's 1/rms after the product; the CUDA-core kernel keeps float32 activations.
+                        bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
+                        var xr = new double[n * cols];
+                        var inv = new double[n];
+                        for (int t = 0; t < n; t++)
+                        {
+                            double ss = 0;
+                            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
+                            inv[t] = normed ? 1 / Math.Sqrt(ss / cols + eps) : 1;
+                            for (int i = 0; i < cols; i++)
                             {
-                                double ss = 0;
-                                for (int i = 0; i < cols; i++) ss += xr[t * cols + i] * xr[t * cols + i];
-                                double inv = 1 / Math.Sqrt(ss / cols + eps);
-                                for (int i = 0; i < cols; i++) xr[t * cols + i] *= inv * norm[i];
+                                float v = normed ? x[t * cols + i] * norm[i] : x[t * cols + i];
+                                xr[t * cols + i] = !tensorCores ? (normed ? x[t * cols + i] * inv[t] * norm[i] : x[t * cols + i])
+                                    : type == DeviceWeightType.BF16 ? RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]) : (double)(Half)v;
                             }
+                        }
                         var products = Reference(weights, xr, matrixRows, cols, n);
+                        if (tensorCores)
+                            for (int t = 0; t < n; t++)
+                                for (int r = 0; r < matrixRows; r++) products[t * matrixRows + r] *= inv[t];
                         var expected = new double[n * rows];
                         for (int t = 0; t < n; t++)
                             for (int r = 0; r < rows; r++)
@@ -277,7 +288,7 @@ public static class KernelChecks
                                     _ => products[t * rows + r],
                                 };
                             }
-                        report.Add(Compare.Relative($"gemv {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
+                        report.Add(Compare.Relative($"gemv{(tensorCores ? " mma" : "")} {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
                     }
         return string.Join("; ", report);
     }

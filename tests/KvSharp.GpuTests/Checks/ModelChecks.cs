@@ -68,7 +68,8 @@ public static class ModelChecks
     /// <summary>
     /// A Llama-shaped dummy model (head dimension 64, 4 query heads per KV head, Llama-3 RoPE scaling) in float32: the
     /// streaming decode attention, the tensor-core prefill attention (a 40-token prompt) and the norms fused into the
-    /// matrix-vector products against the CPU.
+    /// matrix-vector products against the CPU; then in bfloat16 with a short prompt through the tensor-core
+    /// matrix-vector kernels.
     /// </summary>
     public static string LlamaShapedDummy()
     {
@@ -76,7 +77,10 @@ public static class ModelChecks
         using var weights = DummyWeights.Create(LlamaShaped(), GgmlType.F32, rnd.Seed);
         var prompt = Enumerable.Range(0, 40).Select(_ => rnd.Next(weights.Config.VocabSize)).ToArray();
         // 5e-3: the prefill attention rounds queries and probabilities to float16 (~1e-3 of the logits).
-        return AgainstCpu(weights, DeviceWeightType.F32, prompt, steps: 8, logitTolerance: 5e-3, requireSameTokens: false) + $" (seed {rnd.Seed})";
+        string f32 = AgainstCpu(weights, DeviceWeightType.F32, prompt, steps: 8, logitTolerance: 5e-3, requireSameTokens: false);
+        // BF16 weights and a 5-token prompt: 5 rows through the tensor-core matrix-vector kernels (bfloat16 activations).
+        string bf16 = AgainstCpu(weights, DeviceWeightType.BF16, prompt[..5], steps: 4, logitTolerance: 3e-2, requireSameTokens: false);
+        return $"{f32}; {bf16} (seed {rnd.Seed})";
     }
 
     /// <summary>

@@ -33,6 +33,36 @@ public class CalibrateProfileCommandTests
     }
 
     [Fact]
+    public void Baklava_WritesAProfileThePressReads()
+    {
+        using var dir = new TempDir();
+        string file = Path.Combine(dir.Path, "baklava.json");
+        var r = Run("calibrate", "baklava", "--model", Stories, "--text", Text, "--tokens", "64", "--windows", "2", "--out", file);
+        Assert.True(r.Code == 0, r.Err);
+        var profile = HeadProfile.Load(file, BaklavaProfiler.Method);
+        Assert.Equal((5, 4), (profile.Layers, profile.KvHeads));
+        Assert.All(profile.Flatten(), x => Assert.InRange(x, 0, 2));
+        Assert.NotNull(KvSharp.Compression.Registry.PressRegistry.Parse($"baklava(snapkv):keep=0.3,file={file}"));
+    }
+
+    [Fact]
+    public void KvSharer_WritesAMapThePressReads()
+    {
+        using var dir = new TempDir();
+        string file = Path.Combine(dir.Path, "map.json");
+        var r = Run("calibrate", "kvsharer", "--model", Stories, "--text", Text, "--tokens", "48", "--windows", "1", "--layers", "2", "--threshold", "0.5", "--out", file);
+        Assert.True(r.Code == 0, r.Err);
+        var map = KvSharp.Compression.Sharing.KvSharerMap.Load(file);
+        Assert.Equal(5, map.Layers);
+        Assert.InRange(map.Shares.Count, 0, 2);
+        Assert.Contains("\"trials\"", File.ReadAllText(file));
+        Assert.NotNull(KvSharp.Compression.Registry.PressRegistry.Parse($"kvsharer:file={file}"));
+        var tooMany = Run("calibrate", "kvsharer", "--model", Stories, "--text", Text, "--layers", "5", "--out", file);
+        Assert.Equal(2, tooMany.Code);
+        Assert.Contains("at most 4 can share", tooMany.Err);
+    }
+
+    [Fact]
     public void BadInputIsOneLine()
     {
         var missing = Run("calibrate", "kvzip-heads", "--model", Stories, "--text", "/nonexistent.txt", "--out", "x.json");

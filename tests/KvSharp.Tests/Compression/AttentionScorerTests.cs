@@ -170,6 +170,61 @@ public class AttentionScorerTests
     }
 
     [Fact]
+    public void KvzipPlus_WeighsEachAttentionWeightByTheValuesOutputNormOverTheHiddenNorm()
+    {
+        using var s = new Setup();
+        const int prefix = 2, chunk = 11;
+        var c = s.Config;
+        int hd = c.HeadDim, qDim = c.NumHeads * hd;
+        var tok = new CharTokenizer(c.VocabSize);
+        var expected = new double[c.NumLayers, c.NumKvHeads, T];
+        for (int start = prefix; start < T; start += chunk)
+        {
+            int end = Math.Min(T, start + chunk);
+            int[] request = start == prefix
+                ? tok.Encode("\n\nRepeat the previous context exactly.", false)
+                : [.. tok.Encode("\n\nRepeat the part of the previous context exactly, starting with ", false), .. s.Tokens[Math.Max(prefix, start - 8)..start]];
+            int[] run = [.. request, .. tok.Encode("\n", false), .. s.Tokens[start..end]];
+            int[] all = [.. s.Tokens, .. run];
+            var w = new double[c.NumLayers][][][];
+            var x = new double[c.NumLayers][][];
+            var v = new double[c.NumLayers][][];
+            for (int l = 0; l < c.NumLayers; l++) { w[l] = new double[all.Length][][]; for (int t = 0; t < all.Length; t++) w[l][t] = new double[c.NumHeads][]; }
+            var oracle = new ReferenceTransformer(c, ReferenceWeights.FromDictionary(s.Model.Tensors))
+            {
+                AttentionWeights = (l, t, h, p) => w[l][t][h] = p,
+                AttentionInputs = (l, residual, values) => { x[l] = [.. residual.Select(r => r.ToArray())]; v[l] = values; },
+            };
+            oracle.Forward(all);
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                var wo = s.Model.Tensors[TensorNames.Layer(l, TensorNames.Suffix.AttnOutput)]; // [hidden, heads × hd]
+                for (int g = 0; g < c.NumKvHeads; g++)
+                    for (int t = start; t < end; t++)
+                        for (int h = g * s.Group; h < (g + 1) * s.Group; h++)
+                        {
+                            // ‖W_o^h v_t‖: the head's columns of W_o applied to the token's value.
+                            double norm2 = 0;
+                            for (int r = 0; r < c.HiddenSize; r++)
+                            {
+                                double acc = 0;
+                                for (int j = 0; j < hd; j++) acc += wo[r * qDim + h * hd + j] * v[l][t][g * hd + j];
+                                norm2 += acc * acc;
+                            }
+                            for (int q = T; q < all.Length; q++)
+                            {
+                                double hidden = Math.Sqrt(x[l][q].Sum(e => e * e));
+                                expected[l, g, t] = Math.Max(expected[l, g, t], w[l][q][h][t] * Math.Sqrt(norm2) / hidden);
+                            }
+                        }
+            }
+        }
+        var actual = new KvzipScorer(chunk, plus: true).Score(s.Context(protectedPrefix: prefix));
+        AssertScores((l, g, t) => expected[l, g, t], actual, s.Config, T);
+        Assert.Equal("kvzip:chunk=11,plus=true", new KvzipScorer(chunk, plus: true).Text);
+    }
+
+    [Fact]
     public void Kvzip_OneChunkCoveringTheContextEqualsUnchunked()
     {
         using var s = new Setup();

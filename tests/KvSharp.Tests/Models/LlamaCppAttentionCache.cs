@@ -1,23 +1,17 @@
 using KvSharp.Cache;
+using KvSharp.Tests.Reference;
 
 namespace KvSharp.Tests.Models;
 
 /// <summary>
-/// An <see cref="IKvCache"/> that reproduces the rounding of llama.cpp's CPU attention with its default F16 KV cache,
-/// written from ggml's definitions so the recorded llama.cpp logits can be compared at 1e-4 instead of at the size of
-/// llama.cpp's own f16 rounding. Keys and values are stored as f16; each query is rounded to f16 (ggml converts the
-/// right operand of an f16 dot product to f16, and sums the dot product in double), and ggml's CPU flash attention
-/// (ggml_compute_forward_flash_attn_ext_f16, one-chunk path) runs an online softmax whose V accumulator is an f16
-/// vector: every step computes acc·ms or acc + v·vs in f32 (fused multiply-add) and rounds back to f16.
+/// An <see cref="IKvCache"/> that stores keys and values as f16 and attends with llama.cpp's CPU flash attention
+/// (<see cref="GgmlCpu.FlashAttentionF16"/>: f16 queries, f16 value accumulator), so the engine's float32 projections can be
+/// compared with llama.cpp's recorded logits through llama.cpp's own attention rounding.
 /// </summary>
-/// <remarks>
-/// Tried and rejected against the recorded logits: the non-flash path (f32 softmax, probabilities rounded to f16 for
-/// the V product; worst 1.4e-3) and f32-accumulating tiled prefill (worse than one-chunk for every prompt).
-/// </remarks>
 internal sealed class LlamaCppAttentionCache(int layers, int heads, int kvHeads, int headDim) : IKvCache
 {
-    private readonly List<Half>[] _keys = Enumerable.Range(0, layers * kvHeads).Select(_ => new List<Half>()).ToArray();
-    private readonly List<Half>[] _values = Enumerable.Range(0, layers * kvHeads).Select(_ => new List<Half>()).ToArray();
+    private readonly List<float>[] _keys = Enumerable.Range(0, layers * kvHeads).Select(_ => new List<float>()).ToArray();
+    private readonly List<float>[] _values = Enumerable.Range(0, layers * kvHeads).Select(_ => new List<float>()).ToArray();
     private readonly int[] _length = new int[layers];
 
     public int Length => _length[layers - 1];
@@ -29,11 +23,10 @@ internal sealed class LlamaCppAttentionCache(int layers, int heads, int kvHeads,
         int row = kvHeads * headDim;
         for (int t = 0; t < count; t++)
             for (int g = 0; g < kvHeads; g++)
-                for (int c = 0; c < headDim; c++)
-                {
-                    _keys[layer * kvHeads + g].Add((Half)keys[t * row + g * headDim + c]);
-                    _values[layer * kvHeads + g].Add((Half)values[t * row + g * headDim + c]);
-                }
+            {
+                GgmlCpu.AppendHalf(_keys[layer * kvHeads + g], keys.Slice(t * row + g * headDim, headDim));
+                GgmlCpu.AppendHalf(_values[layer * kvHeads + g], values.Slice(t * row + g * headDim, headDim));
+            }
         _length[layer] += count;
     }
 
@@ -44,42 +37,10 @@ internal sealed class LlamaCppAttentionCache(int layers, int heads, int kvHeads,
         for (int t = 0; t < count; t++)
             for (int h = 0; h < heads; h++)
             {
-                var k = _keys[layer * kvHeads + h / group];
-                var v = _values[layer * kvHeads + h / group];
-                var q = new Half[headDim];
-                for (int c = 0; c < headDim; c++) q[c] = (Half)queries[t * qRow + h * headDim + c];
-                var o = output.Slice(t * qRow + h * headDim, headDim);
-                int visible = firstPosition + t + 1;
-                Flash(q, k, v, visible, scale, o);
+                int cell = layer * kvHeads + h / group;
+                GgmlCpu.FlashAttentionF16(queries.Slice(t * qRow + h * headDim, headDim), GgmlCpu.AsSpan(_keys[cell]), GgmlCpu.AsSpan(_values[cell]),
+                    firstPosition + t + 1, scale, output.Slice(t * qRow + h * headDim, headDim));
             }
-    }
-
-    private float Dot(Half[] q, List<Half> k, int token)
-    {
-        double s = 0;
-        for (int c = 0; c < headDim; c++) s += (float)q[c] * (float)k[token * headDim + c];
-        return (float)s;
-    }
-
-    private void Flash(Half[] q, List<Half> k, List<Half> v, int visible, float scale, Span<float> o)
-    {
-        var acc = new Half[headDim];
-        float m = float.NegativeInfinity, sum = 0;
-        for (int j = 0; j < visible; j++)
-        {
-            float s = Dot(q, k, j) * scale, ms = 1, vs = 1;
-            if (s > m)
-            {
-                float old = m;
-                m = s;
-                ms = MathF.Exp(old - m);
-                for (int c = 0; c < headDim; c++) acc[c] = (Half)((float)acc[c] * ms);
-            }
-            else vs = MathF.Exp(s - m);
-            for (int c = 0; c < headDim; c++) acc[c] = (Half)MathF.FusedMultiplyAdd((float)v[j * headDim + c], vs, (float)acc[c]);
-            sum = sum * ms + vs;
-        }
-        for (int c = 0; c < headDim; c++) o[c] = (float)acc[c] * (1f / sum);
     }
 
     public void Truncate(int length)

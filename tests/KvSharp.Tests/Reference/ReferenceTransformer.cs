@@ -8,7 +8,7 @@ namespace KvSharp.Tests.Reference;
 /// written from the model definitions (Hugging Face's LlamaForCausalLM / Qwen2 / Qwen3 modeling code,
 /// llama.cpp's interleaved "normal" RoPE for GGUF llama files), independently of the engine.
 /// Every call recomputes full causal attention over the whole sequence from scratch: no KV cache,
-/// no fusion, no float32 anywhere (unless <see cref="EmulateLlamaCppF16Attention"/> is set), so that any
+/// no fusion, no float32 anywhere, so that any
 /// disagreement with the engine is the engine's.
 /// </summary>
 public sealed class ReferenceTransformer
@@ -33,19 +33,17 @@ public sealed class ReferenceTransformer
         new(weights.Config, ReferenceWeights.FromModelWeights(weights));
 
     /// <summary>
-    /// Off (the default) for the oracle proper. On, attention mimics llama.cpp's CPU flash attention over its
-    /// default F16 KV cache: q, k (after RoPE) and v rounded to IEEE half, an online softmax over keys in order,
-    /// and the weighted sum of values kept in a half-precision accumulator rounded after every update.
-    /// Used only to show that the remaining difference to llama.cpp's logits is that precision, not the model.
-    /// </summary>
-    public bool EmulateLlamaCppF16Attention { get; init; }
-
-    /// <summary>
     /// Called, when set, with (layer, query position, query head, softmax weights over positions 0..position) for every
     /// attention row of <see cref="Forward"/> (from several threads at once; each call's array is its own).
     /// Lets tests check attention statistics against the oracle's probabilities.
     /// </summary>
     public Action<int, int, int, double[]>? AttentionWeights { get; init; }
+
+    /// <summary>
+    /// Called, when set, once per layer of <see cref="Forward"/> with (layer, the residual hidden states entering it
+    /// [position][hidden], the values [position][kvHeads × headDim]). Lets tests weigh attention by them (KVzip+).
+    /// </summary>
+    public Action<int, double[][], double[][]>? AttentionInputs { get; init; }
 
     /// <summary>
     /// Cross-layer KV sharing (KVSharer): layer → earlier layer whose keys and values (after RoPE) its attention reads
@@ -164,6 +162,7 @@ public sealed class ReferenceTransformer
         var q = Project(layer, TensorNames.Suffix.Q, TensorNames.Suffix.QBias, qDim, d, h);
         var k = Project(layer, TensorNames.Suffix.K, TensorNames.Suffix.KBias, kvDim, d, h);
         var v = Project(layer, TensorNames.Suffix.V, TensorNames.Suffix.VBias, kvDim, d, h);
+        AttentionInputs?.Invoke(layer, x, v);
 
         // Qwen3: each head of q and k is RMS-normalized on its own, before the rotation.
         if (_c.QkNorm)
@@ -183,10 +182,6 @@ public sealed class ReferenceTransformer
             for (int head = 0; head < _c.NumKvHeads; head++) ApplyRope(k[t].AsSpan(head * hd, hd), t, _invFreq, _c.RopeStyle);
         }
 
-        if (EmulateLlamaCppF16Attention)
-        {
-            for (int t = 0; t < n; t++) { RoundToHalf(q[t]); RoundToHalf(k[t]); RoundToHalf(v[t]); }
-        }
         kvByLayer[layer] = (k, v);
         if (KvSourceLayers?.TryGetValue(layer, out int source) == true) (k, v) = kvByLayer[source];
 
@@ -210,11 +205,6 @@ public sealed class ReferenceTransformer
             for (int s = 0; s <= t; s++) { scores[s] = Math.Exp(scores[s] - max); sum += scores[s]; }
             AttentionWeights?.Invoke(layer, t, head, scores.Select(e => e / sum).ToArray());
             var outHead = ctx[t].AsSpan(head * hd, hd);
-            if (EmulateLlamaCppF16Attention)
-            {
-                HalfAccumulatedAttention(qh, k, v, t, kvHead * hd, scale, outHead);
-                return;
-            }
             for (int s = 0; s <= t; s++)
             {
                 double p = scores[s] / sum;
@@ -225,32 +215,6 @@ public sealed class ReferenceTransformer
 
         var wo = Require(TensorNames.Layer(layer, TensorNames.Suffix.AttnOutput), (long)d * qDim);
         return MatMul(wo, d, qDim, ctx);
-    }
-
-    /// <summary>The online-softmax, half-accumulator attention of <see cref="EmulateLlamaCppF16Attention"/>.</summary>
-    private static void HalfAccumulatedAttention(ReadOnlySpan<double> q, double[][] k, double[][] v, int t, int offset, double scale, Span<double> result)
-    {
-        int hd = q.Length;
-        double max = double.NegativeInfinity, sum = 0;
-        var acc = new double[hd];
-        for (int s = 0; s <= t; s++)
-        {
-            double score = Dot(q, k[s].AsSpan(offset, hd)) * scale;
-            double rescale = 1, weight;
-            if (score > max)
-            {
-                // New maximum: shrink what was accumulated so far, and this key gets weight e^0.
-                rescale = Math.Exp(max - score);
-                max = score;
-                weight = 1;
-                for (int i = 0; i < hd; i++) acc[i] = (double)(Half)(acc[i] * rescale);
-            }
-            else weight = Math.Exp(score - max);
-            var vs = v[s].AsSpan(offset, hd);
-            for (int i = 0; i < hd; i++) acc[i] = (double)(Half)(acc[i] + vs[i] * weight);
-            sum = sum * rescale + weight;
-        }
-        for (int i = 0; i < hd; i++) result[i] = acc[i] / sum;
     }
 
     private double[][] FeedForward(int layer, double[][] x)
@@ -302,11 +266,6 @@ public sealed class ReferenceTransformer
     /// the test project builds in Debug, where a hand-written SIMD loop runs unoptimized.
     /// </summary>
     private static double Dot(ReadOnlySpan<double> a, ReadOnlySpan<double> b) => TensorPrimitives.Dot(a, b);
-
-    private static void RoundToHalf(double[] x)
-    {
-        for (int i = 0; i < x.Length; i++) x[i] = (double)(Half)x[i];
-    }
 
     private static void AddInPlace(double[] x, double[] y)
     {

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Pool;
@@ -55,6 +56,7 @@ internal sealed class HeadStore
     private readonly List<int> _positions = new();     // logical order: every stored position, ascending
     private readonly List<int> _tailPositions = new(); // ascending
     private float[] _tailKeys = Array.Empty<float>(), _tailValues = Array.Empty<float>();
+    private float[]? _keyBalance, _keyUnbalance; // per channel, powers of two (MiKV); set before any balanced block exists
 
     public HeadStore(PoolSet pools, int headDim) { _pools = pools; _headDim = headDim; }
 
@@ -78,6 +80,34 @@ internal sealed class HeadStore
     public long KeyBlockBytes => _blocks.Sum(e => (long)e.KeyLayout.ByteSize);
     public long ValueBlockBytes => _blocks.Sum(e => (long)e.ValueLayout.ByteSize);
     public long TailBytes => 2L * TailCount * _headDim * sizeof(float);
+
+    /// <summary>The channel balance b of the blocks with balanced keys (powers of two), or null when none was set.</summary>
+    public float[]? KeyBalance => _keyBalance;
+
+    /// <summary>
+    /// Sets the per-channel balance b that blocks with balanced keys (<see cref="BlockFormats.BalancedKeys"/>) store their
+    /// keys under: they hold Q(b⊙k), read back as Q(b⊙k)/b, and attention scores them with queries divided by b (so
+    /// q·k is unchanged up to the quantization). Each b_c is rounded to the nearest power of two, so the scaling is
+    /// exact in float arithmetic (re-encoding a balanced block decodes and re-balances without loss).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The head already holds balanced blocks (they were encoded under the old balance).</exception>
+    /// <exception cref="ArgumentException">Not one positive finite factor per channel.</exception>
+    public void SetKeyBalance(ReadOnlySpan<float> balance)
+    {
+        if (balance.Length != _headDim) throw new ArgumentException($"key balance has {balance.Length} factors for head dimension {_headDim}", nameof(balance));
+        foreach (float b in balance)
+            if (!(b > 0 && float.IsFinite(b))) throw new ArgumentException($"key balance factor {b} is not positive and finite", nameof(balance));
+        if (_blocks.Exists(e => e.Formats.BalancedKeys))
+            throw new InvalidOperationException("the head already holds balanced key blocks; their balance cannot change");
+        _keyBalance = new float[_headDim];
+        _keyUnbalance = new float[_headDim];
+        for (int c = 0; c < _headDim; c++)
+        {
+            int e = Math.Clamp((int)Math.Round(Math.Log2(balance[c])), -60, 60);
+            _keyBalance[c] = MathF.ScaleB(1f, e);
+            _keyUnbalance[c] = MathF.ScaleB(1f, -e);
+        }
+    }
 
     /// <summary>Positions in storage order: every block's, then the tail's.</summary>
     public int[] StoragePositions()
@@ -210,6 +240,8 @@ internal sealed class HeadStore
         copy._tailPositions.AddRange(_tailPositions);
         copy._tailKeys = (float[])_tailKeys.Clone();
         copy._tailValues = (float[])_tailValues.Clone();
+        copy._keyBalance = _keyBalance;
+        copy._keyUnbalance = _keyUnbalance;
         return copy;
     }
 
@@ -245,11 +277,20 @@ internal sealed class HeadStore
         }
     }
 
-    /// <summary>Decodes block <paramref name="e"/>'s rows into [Count, headDim] arrays (for re-encoding).</summary>
-    public static void Decode(BlockEntry e, Span<float> keys, Span<float> values)
+    /// <summary>Decodes block <paramref name="e"/>'s rows into [Count, headDim] arrays (balanced keys divided back by the balance).</summary>
+    public void Decode(BlockEntry e, Span<float> keys, Span<float> values)
+    {
+        DecodeKeys(e, keys);
+        BlockCodec.Decode(e.ValueLayout, e.ValueBytes, e.Count, values);
+    }
+
+    /// <summary>Decodes block <paramref name="e"/>'s keys into [Count, headDim] (balanced keys divided back by the balance).</summary>
+    public void DecodeKeys(BlockEntry e, Span<float> keys)
     {
         BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
-        BlockCodec.Decode(e.ValueLayout, e.ValueBytes, e.Count, values);
+        if (!e.Formats.BalancedKeys) return;
+        for (int t = 0; t < e.Count; t++)
+            TensorPrimitives.Multiply(keys.Slice(t * _headDim, _headDim), _keyUnbalance, keys.Slice(t * _headDim, _headDim));
     }
 
     /// <summary>
@@ -258,9 +299,10 @@ internal sealed class HeadStore
     /// checked that no position repeats.
     /// </summary>
     public void Restore(IReadOnlyList<(BlockFormats Formats, int[] Positions, byte[] Keys, byte[] Values)> blocks,
-        IReadOnlyList<int> tailPositions, ReadOnlySpan<float> tailKeys, ReadOnlySpan<float> tailValues)
+        IReadOnlyList<int> tailPositions, ReadOnlySpan<float> tailKeys, ReadOnlySpan<float> tailValues, float[]? keyBalance)
     {
         if (_positions.Count > 0) throw new InvalidOperationException("restoring into a non-empty head");
+        if (keyBalance is not null) SetKeyBalance(keyBalance);
         foreach (var (formats, positions, keys, values) in blocks)
         {
             var k = formats.KeyPool.Allocate();
@@ -437,6 +479,14 @@ internal sealed class HeadStore
 
     private BlockEntry Encode(BlockFormats formats, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int[] positions)
     {
+        if (formats.BalancedKeys)
+        {
+            var balance = _keyBalance ?? throw new InvalidOperationException("balanced key blocks need the head's key balance (SetKeyBalance) first");
+            var scaled = new float[positions.Length * _headDim];
+            for (int t = 0; t < positions.Length; t++)
+                TensorPrimitives.Multiply(keys.Slice(t * _headDim, _headDim), balance, scaled.AsSpan(t * _headDim, _headDim));
+            keys = scaled;
+        }
         var k = formats.KeyPool.Allocate();
         var v = formats.ValuePool.Allocate();
         BlockCodec.Encode(formats.KeyLayout, keys, positions.Length, formats.KeyPool.Span(k));

@@ -24,6 +24,7 @@ internal static class PagedAttention
     private sealed class Scratch
     {
         public float[] Queries = Array.Empty<float>();
+        public float[] BalancedQueries = Array.Empty<float>(); // queries / b, for blocks with balanced keys
         public float[] Scores = Array.Empty<float>();
         public float[] Output = Array.Empty<float>();
         public OnlineSoftmax? State;
@@ -124,7 +125,20 @@ internal static class PagedAttention
         float scale = 1f / MathF.Sqrt(headDim);
         for (int j = 0; j < count; j++)
             TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
+        BalanceQueries(head, s.Queries, rows, headDim, ref s.BalancedQueries);
         return (s, state);
+    }
+
+    /// <summary>
+    /// When the head has a key balance b, writes the scaled query rows divided by b (exact: b holds powers of two) to
+    /// <paramref name="balanced"/>, for the blocks whose keys are stored balanced: (q/b)·(b⊙k) = q·k.
+    /// </summary>
+    internal static void BalanceQueries(HeadStore head, float[] queries, int rows, int headDim, ref float[] balanced)
+    {
+        if (head.KeyBalance is not { } b) return;
+        if (balanced.Length < rows * headDim) balanced = new float[rows * headDim];
+        for (int r = 0; r < rows; r++)
+            TensorPrimitives.Divide(queries.AsSpan(r * headDim, headDim), b, balanced.AsSpan(r * headDim, headDim));
     }
 
     /// <summary>Absorbs blocks fromBlock..toBlock-1 (and the float tail when <paramref name="tail"/>) into the state.</summary>
@@ -138,7 +152,7 @@ internal static class PagedAttention
             var e = blocks[index];
             if (e.FirstPosition > lastPosition) continue; // blocks are not in position order: a later one may be visible
             Block(e.KeyLayout, e.KeyBytes, e.ValueLayout, e.ValueBytes, // each block in its own formats (a head may mix them)
-                e.Positions, firstPosition, group, headDim, s, state);
+                e.Positions, firstPosition, group, headDim, e.Formats.BalancedKeys ? s.BalancedQueries : s.Queries, state, s);
         }
         int n = head.TailCount;
         if (tail && n > 0 && head.TailPositions[0] <= lastPosition)
@@ -146,17 +160,17 @@ internal static class PagedAttention
             // The tail is [n, headDim] float32 rows: exactly an F32 block of n tokens.
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
             Block(layout, MemoryMarshal.AsBytes(head.TailKeys), layout, MemoryMarshal.AsBytes(head.TailValues),
-                head.TailPositions, firstPosition, group, headDim, s, state);
+                head.TailPositions, firstPosition, group, headDim, s.Queries, state, s);
         }
     }
 
     /// <summary>Absorbs one block (tokens at ascending <paramref name="positions"/>) into the rows that can see at least its first token.</summary>
     private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, BlockLayout valueLayout, ReadOnlySpan<byte> values,
-        ReadOnlySpan<int> positions, int firstPosition, int group, int headDim, Scratch s, OnlineSoftmax state)
+        ReadOnlySpan<int> positions, int firstPosition, int group, int headDim, float[] queries, OnlineSoftmax state, Scratch s)
     {
         int n = positions.Length, r0 = Math.Max(0, positions[0] - firstPosition) * group, rows = state.QueryCount - r0;
         var scores = s.Scores.AsSpan(0, rows * n);
-        BlockAttention.Scores(keyLayout, keys, n, s.Queries.AsSpan(r0 * headDim, rows * headDim), rows, scores);
+        BlockAttention.Scores(keyLayout, keys, n, queries.AsSpan(r0 * headDim, rows * headDim), rows, scores);
         Mask(positions, firstPosition + r0 / group, group, scores, rows);
         state.Absorb(scores, n, r0);
         BlockAttention.AccumulateValues(valueLayout, values, n, scores, rows, state.Accumulators.Slice(r0 * headDim, rows * headDim));

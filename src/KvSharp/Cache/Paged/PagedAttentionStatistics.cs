@@ -7,12 +7,16 @@ namespace KvSharp.Cache.Paged;
 /// <summary>The running statistics of one (layer, KV head): per covered token the max and the sum of folded probability.</summary>
 internal sealed class HeadStatistics
 {
-    public HeadStatistics(int[] positions)
+    public HeadStatistics(int[] positions, int headDim)
     {
         Positions = positions;
         Max = new float[positions.Length];
         Sum = new float[positions.Length];
+        QueryMax = new float[headDim];
     }
+
+    /// <summary>Per channel: the largest |q_c| of the counted queries of the group's heads (unscaled).</summary>
+    public float[] QueryMax { get; }
 
     /// <summary>Positions of the covered tokens: the head's first <c>Positions.Length</c> stored tokens, in storage order (max and sum follow it).</summary>
     public int[] Positions { get; }
@@ -32,6 +36,7 @@ internal static class PagedAttentionStatistics
     private sealed class Scratch
     {
         public float[] Queries = Array.Empty<float>();
+        public float[] BalancedQueries = Array.Empty<float>();
         public float[] Scores = Array.Empty<float>();
         public float[] Folded = Array.Empty<float>();
     }
@@ -63,6 +68,7 @@ internal static class PagedAttentionStatistics
         float scale = 1f / MathF.Sqrt(headDim);
         for (int j = 0; j < count; j++)
             TensorPrimitives.Multiply(queries.Slice(j * queryStride, gn), scale, s.Queries.AsSpan(j * gn, gn));
+        PagedAttention.BalanceQueries(head, s.Queries, rows, headDim, ref s.BalancedQueries);
         var run = new Run(count, group, headDim, firstPosition, firstCounted, fold, logSumExp, logSumExpStride);
         // Covered tokens are the first `covered` in storage order (appends and flushes only add after them); blocks are
         // not in position order, so a block starting after the queries does not end the walk.
@@ -71,14 +77,15 @@ internal static class PagedAttentionStatistics
         {
             if (first >= covered) return;
             if (e.FirstPosition <= lastPosition)
-                Block(e.KeyLayout, e.KeyBytes, e.Positions, first, Math.Min(e.Count, covered - first), run, s, stats);
+                Block(e.KeyLayout, e.KeyBytes, e.Positions, first, Math.Min(e.Count, covered - first), run,
+                    e.Formats.BalancedKeys ? s.BalancedQueries : s.Queries, s, stats);
             first += e.Count;
         }
         int n = head.TailCount;
         if (first < covered && n > 0 && head.TailPositions[0] <= lastPosition)
         {
             var layout = new BlockLayout(KvFormat.F32, QuantAxis.PerToken, 0, n, headDim);
-            Block(layout, MemoryMarshal.AsBytes(head.TailKeys), head.TailPositions, first, Math.Min(n, covered - first), run, s, stats);
+            Block(layout, MemoryMarshal.AsBytes(head.TailKeys), head.TailPositions, first, Math.Min(n, covered - first), run, s.Queries, s, stats);
         }
     }
 
@@ -98,12 +105,12 @@ internal static class PagedAttentionStatistics
     /// first <paramref name="coveredCount"/> tokens for every counted position.
     /// </summary>
     private static void Block(BlockLayout keyLayout, ReadOnlySpan<byte> keys, ReadOnlySpan<int> positions, int first,
-        int coveredCount, in Run run, Scratch s, HeadStatistics stats)
+        int coveredCount, in Run run, float[] queries, Scratch s, HeadStatistics stats)
     {
         int group = run.Group, rows = run.Count * group, n = positions.Length;
         int j0 = Math.Max(0, positions[0] - run.FirstPosition), r0 = j0 * group, visible = rows - r0;
         var scores = s.Scores.AsSpan(0, visible * n);
-        BlockAttention.Scores(keyLayout, keys, n, s.Queries.AsSpan(r0 * run.HeadDim, visible * run.HeadDim), visible, scores);
+        BlockAttention.Scores(keyLayout, keys, n, queries.AsSpan(r0 * run.HeadDim, visible * run.HeadDim), visible, scores);
         var folded = s.Folded.AsSpan(0, coveredCount);
         var max = stats.Max.AsSpan(first, coveredCount);
         var sum = stats.Sum.AsSpan(first, coveredCount);
@@ -143,7 +150,7 @@ internal static class PagedAttentionStatistics
         foreach (var e in head.Blocks)
         {
             if (first >= covered) return norms;
-            BlockCodec.Decode(e.KeyLayout, e.KeyBytes, e.Count, keys);
+            head.DecodeKeys(e, keys);
             for (int t = 0; t < e.Count && first + t < covered; t++)
                 norms[first + t] = TensorPrimitives.Norm(keys.AsSpan(t * headDim, headDim));
             first += e.Count;

@@ -49,6 +49,9 @@ public sealed partial class PagedKvCache
                 foreach (int p in store.TailPositions) w.Write(p);
                 w.Write(MemoryMarshal.AsBytes(store.TailKeys));
                 w.Write(MemoryMarshal.AsBytes(store.TailValues));
+                var balance = store.KeyBalance ?? [];
+                w.Write(balance.Length);
+                w.Write(MemoryMarshal.AsBytes(balance.AsSpan()));
             }
         });
     }
@@ -193,9 +196,7 @@ public sealed partial class PagedKvCache
                 var positions = Positions(count, $"block {b}");
                 var keyLayout = ReadLayout(r);
                 var valueLayout = ReadLayout(r);
-                var formats = cache._pools.Formats(keyLayout.Format, valueLayout.Format);
-                Check(formats.KeyLayout == keyLayout && formats.ValueLayout == valueLayout,
-                    $"{where}, block {b}: layouts {keyLayout} / {valueLayout}, the cache's options give {formats.KeyLayout} / {formats.ValueLayout}");
+                var formats = cache._pools.Formats(keyLayout, valueLayout); // refuses other block geometries
                 blocks.Add((formats, positions, r.ReadBytes(keyLayout.ByteSize), r.ReadBytes(valueLayout.ByteSize)));
                 Check(blocks[^1].Item3.Length == keyLayout.ByteSize && blocks[^1].Item4.Length == valueLayout.ByteSize, $"{where}, block {b}: bytes missing");
                 blocked += count;
@@ -207,7 +208,16 @@ public sealed partial class PagedKvCache
             var tailValues = new float[tail * d];
             r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(tailKeys.AsSpan()));
             r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(tailValues.AsSpan()));
-            cache._stores[layer * cache._kvHeads + kvHead].Restore(blocks, tailPositions, tailKeys, tailValues);
+            int balanceCount = r.ReadInt32();
+            Check(balanceCount == 0 || balanceCount == d, $"{where}: key balance of {balanceCount} factors");
+            var balance = balanceCount == 0 ? null : new float[d];
+            if (balance != null)
+            {
+                r.BaseStream.ReadExactly(MemoryMarshal.AsBytes(balance.AsSpan()));
+                foreach (float b in balance) Check(b > 0 && float.IsFinite(b) && MathF.ScaleB(1f, MathF.ILogB(b)) == b, $"{where}: key balance factor {b} (positive powers of two)");
+            }
+            Check(balance != null || !blocks.Exists(x => x.Item1.BalancedKeys), $"{where}: balanced key blocks without a key balance");
+            cache._stores[layer * cache._kvHeads + kvHead].Restore(blocks, tailPositions, tailKeys, tailValues, balance);
         }
     }
 

@@ -33,7 +33,7 @@ public sealed partial class PagedKvCache
         if (!Enum.IsDefined(request.Fold)) throw new ArgumentOutOfRangeException(nameof(request), $"unknown group fold {request.Fold}");
         // A layer sharing another's KV (ShareLayer) covers the tokens of the store it reads.
         var heads = Enumerable.Range(0, _stores.Length)
-            .Select(i => new HeadStatistics(_stores[StoreLayer(i / _kvHeads) * _kvHeads + i % _kvHeads].StoragePositions())).ToArray();
+            .Select(i => new HeadStatistics(_stores[StoreLayer(i / _kvHeads) * _kvHeads + i % _kvHeads].StoragePositions(), _headDim)).ToArray();
         _statistics = new StatisticsCollection(request, heads, _layers);
     }
 
@@ -60,7 +60,7 @@ public sealed partial class PagedKvCache
             sum[i] = order.Select(j => h.Sum[j]).ToArray();
             norms[i] = order.Select(j => norms[i][j]).ToArray();
         }
-        return new AttentionStatistics(_layers, _kvHeads, positions, max, sum, norms, c.QueryCount);
+        return new AttentionStatistics(_layers, _kvHeads, positions, max, sum, norms, c.QueryCount, c.Heads.Select(h => h.QueryMax).ToArray());
     }
 
     /// <summary>Refuses an operation that would remove or re-encode covered tokens while statistics are collected.</summary>
@@ -84,6 +84,13 @@ public sealed partial class PagedKvCache
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
         int firstCounted = c.Request.FirstQueryPosition;
         c.QueryCount[layer] += firstPosition + count - Math.Max(firstPosition, firstCounted);
+        for (int t = Math.Max(0, firstCounted - firstPosition); t < count; t++)
+            for (int h = 0; h < _heads; h++)
+            {
+                var qmax = c.Heads[layer * _kvHeads + h / group].QueryMax;
+                var q = new ReadOnlySpan<float>(queries, t * qRow + h * hd, hd);
+                for (int d = 0; d < hd; d++) qmax[d] = Math.Max(qmax[d], Math.Abs(q[d]));
+            }
         int firstRun = Math.Max(0, firstCounted - firstPosition) / PositionsPerJob * PositionsPerJob;
         long work = (long)(count - firstRun) * _heads * hd * (firstPosition + count);
         Compute.Cpu.CpuThreads.For(_kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>

@@ -195,13 +195,45 @@ public sealed partial class PagedKvCache : IKvCache
     /// regrouped by format pair into fresh dense blocks, so scattered selections cost no more blocks than contiguous
     /// ones (each format pair ends in at most one partial block). Selected tokens of the float tail join the
     /// target's blocks; the others stay in the tail. Tokens appended afterwards use the cache's own formats.
+    /// With <paramref name="balancedKeys"/> the keys are quantized per token (one scale and minimum per token over all
+    /// its channels, MiKV's quantizer) after the head's channel balance (<see cref="SetKeyBalance"/>): blocks store
+    /// Q(b⊙k), attention scores them with q/b, reads return Q(b⊙k)/b.
     /// </summary>
-    /// <exception cref="KvSharpException">The block geometry does not suit a requested format, or the layer shares another layer's storage.</exception>
-    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat)
+    /// <exception cref="KvSharpException">The block geometry does not suit a requested format, balanced keys of a float format, or the layer shares another layer's storage.</exception>
+    /// <exception cref="InvalidOperationException">Balanced keys on a head without a key balance.</exception>
+    public void Requantize(int layer, int kvHead, ReadOnlySpan<bool> select, KvFormat keyFormat, KvFormat valueFormat, bool balancedKeys = false)
     {
         var store = OwnStore(layer, kvHead, "re-quantize");
         ThrowIfCollectingStatistics("re-quantize");
-        store.Requantize(select, _pools.Formats(keyFormat, valueFormat));
+        var formats = _pools.Formats(keyFormat, valueFormat, balancedKeys);
+        if (balancedKeys && store.KeyBalance is null)
+            throw new InvalidOperationException($"layer {layer}, KV head {kvHead}: balanced keys need SetKeyBalance first");
+        store.Requantize(select, formats);
+    }
+
+    /// <summary>
+    /// Sets the per-channel key balance b of (layer, KV head) (MiKV: b_c = sqrt(max|q_c| / max|k_c|)), each factor
+    /// rounded to the nearest power of two so that scaling is exact. Only blocks re-quantized with balanced keys use it;
+    /// it cannot change once such blocks exist.
+    /// </summary>
+    /// <exception cref="ArgumentException">Not one positive finite factor per channel.</exception>
+    /// <exception cref="InvalidOperationException">The head already holds balanced key blocks.</exception>
+    /// <exception cref="KvSharpException">The layer shares another layer's storage.</exception>
+    public void SetKeyBalance(int layer, int kvHead, ReadOnlySpan<float> balance) => OwnStore(layer, kvHead, "balance").SetKeyBalance(balance);
+
+    /// <summary>The key balance of (layer, KV head) as stored (powers of two), or null when none was set.</summary>
+    public IReadOnlyList<float>? KeyBalance(int layer, int kvHead) => Store(layer, kvHead).KeyBalance;
+
+    /// <summary>
+    /// As <see cref="Requantize(int, int, ReadOnlySpan{bool}, KvFormat, KvFormat, bool)"/> with explicit block layouts, for
+    /// formats whose parameters the format alone does not fix (VidKV's outlier channels and salient tokens).
+    /// </summary>
+    /// <exception cref="KvSharpException">A layout does not have the cache's block tokens and head dimension, or the layer shares another layer's storage.</exception>
+    public void RequantizeToLayouts(int layer, int kvHead, ReadOnlySpan<bool> select, BlockLayout keyLayout, BlockLayout valueLayout)
+    {
+        var store = OwnStore(layer, kvHead, "re-quantize");
+        ThrowIfCollectingStatistics("re-quantize");
+        store.Requantize(select, _pools.Formats(keyLayout, valueLayout));
     }
 
     /// <summary>

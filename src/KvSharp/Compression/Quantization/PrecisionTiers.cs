@@ -51,8 +51,14 @@ public static class PrecisionTiers
     /// tokens whose tier maps to null; <see cref="Unchanged"/> tokens keep their storage. Re-quantization comes first so
     /// eviction rebuilds blocks that already hold their final formats.
     /// </summary>
+    /// <param name="context">The press's context.</param>
+    /// <param name="layer">Layer.</param>
+    /// <param name="kvHead">KV head.</param>
+    /// <param name="tiers">One tier per stored token, in Positions order.</param>
+    /// <param name="formats">The format pair of each tier, or null (evict).</param>
+    /// <param name="balancedKeys">Quantized key formats are stored per token under the head's key balance (MiKV; see PagedKvCache.SetKeyBalance).</param>
     /// <exception cref="ArgumentException">The tier array does not have one entry per stored token, or a tier has no format entry.</exception>
-    public static void Apply(PressContext context, int layer, int kvHead, ReadOnlySpan<byte> tiers, IReadOnlyList<FormatPair?> formats)
+    public static void Apply(PressContext context, int layer, int kvHead, ReadOnlySpan<byte> tiers, IReadOnlyList<FormatPair?> formats, bool balancedKeys = false)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(formats);
@@ -66,7 +72,7 @@ public static class PrecisionTiers
             if (formats[f] is not { } pair) continue;
             bool any = false;
             for (int i = 0; i < n; i++) any |= select[i] = tiers[i] == f;
-            if (any) context.Cache.Requantize(layer, kvHead, select, pair.Keys, pair.Values);
+            if (any) context.Cache.Requantize(layer, kvHead, select, pair.Keys, pair.Values, balancedKeys && pair.Keys.IsQuantized());
         }
         bool evict = false;
         for (int i = 0; i < n; i++) evict |= select[i] = tiers[i] != Unchanged && formats[tiers[i]] is null;

@@ -22,8 +22,11 @@ public static class QuantizationPresses
                 [new("file", "", "configuration file, required")], []),
             null, (a, _) => new KvTunerPress(a.Raw("file") ?? throw a.Error("kvtuner needs file=PATH (a configuration written by 'kvsharp calibrate kvtuner')"))),
         new(new("mikv", PressPartKind.Scorer, "MiKV: the top share of tokens by a scorer at high precision, the rest at low precision instead of evicted",
-                [new("high", "int8", "format (or KEYS:VALUES) of important tokens"), new("low", "int2", "format of the others"), new("top", "0.2", "share kept at high precision, in [0, 1]")], []),
-            "h2o", (a, s) => new MiKvPress(s!, Pair(a, "high", "int8"), Pair(a, "low", "int2"), a.Double("top", 0.2, 0, 1))),
+                [new("high", "int8", "format (or KEYS:VALUES) of important tokens"), new("low", "int2", "format of the others"), new("top", "0.2", "share kept at high precision, in [0, 1]"),
+                 new("keys", "token", "token: quantized keys per token after the query/key balancer (the paper); channel: per channel, no balancer"),
+                 new("qwindow", "64", "newest context tokens whose queries set the balancer's max|q|")], []),
+            "h2o", (a, s) => new MiKvPress(s!, Pair(a, "high", "int8"), Pair(a, "low", "int2"), a.Double("top", 0.2, 0, 1),
+                a.Choice("keys", "token", "token", "channel") == "token", a.Int("qwindow", 64, 1))),
         new(new("zipvl", PressPartKind.Scorer, "ZipVL mixed precision: tokens reaching attention mass tau (ratio per layer) at high bits, the rest low",
                 [new("tau", "0.95", "attention mass of the important tokens, in [0, 1]"), new("high", "int8", "format of important tokens"), new("low", "int2", "format of the others")], []),
             "snapkv", (a, s) => new ZipVlPress(s!, a.Double("tau", 0.95, 0, 1), Pair(a, "high", "int8"), Pair(a, "low", "int2"))),
@@ -31,9 +34,10 @@ public static class QuantizationPresses
                 [new("high", "0.9", "mass of the important tokens"), new("low", "0.99", "mass of important + less important tokens; the rest is pruned"),
                  new("important", "int8:int4", "format of important tokens"), new("less", "int4:int2", "format of less important tokens")], []),
             "snapkv", (a, s) => new LeanKvPress(s!, a.Double("high", 0.9, 0, 1), a.Double("low", 0.99, 0, 1), Pair(a, "important", "int8:int4"), Pair(a, "less", "int4:int2"))),
-        new(new("vidkv", PressPartKind.Scorer, "VidKV realised per block: keys binary, values ternary, the salient share of tokens at K2V4",
-                [new("salient", "0.1", "share of tokens kept at higher precision, in [0, 1]")], []),
-            "snapkv", (a, s) => new VidKvPress(s!, a.Double("salient", 0.1, 0, 1))),
+        new(new("vidkv", PressPartKind.Scorer, "VidKV: keys 2-bit on the widest-range channels and 1-bit DFT signs along tokens on the others, values ternary per channel with each block's salient tokens at Int4",
+                [new("outliers", "0.5", "share of key channels per block at 2 bits, in [0, 1]"), new("salient", "2", "value tokens per block kept at Int4"),
+                 new("residual", "0", "newest tokens left unquantized")], []),
+            null, (a, _) => new VidKvPress(a.Double("outliers", 0.5, 0, 1), a.Int("salient", 2, 0), a.Int("residual", 0, 0))),
     ];
 
     /// <summary>The quantization presses with their parameters.</summary>

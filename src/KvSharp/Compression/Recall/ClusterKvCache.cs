@@ -91,6 +91,21 @@ public sealed class ClusterKvCache : IKvCache
     /// <summary>Tokens attended over all decode steps, layers and KV heads (divide by steps × layers × KV heads for the mean).</summary>
     public long SelectedTokens { get; private set; }
 
+    /// <summary>
+    /// Whether each decode step also measures attention recall: per query head, the share of the full attention's
+    /// softmax mass (over every stored token) that falls on the selected tokens. Costs one full attention score pass.
+    /// </summary>
+    public bool MeasureRecall { get; set; }
+
+    /// <summary>Sum of the measured recalls (one per decode step, layer and query head).</summary>
+    public double RecallSum { get; private set; }
+
+    /// <summary>Recalls measured (decode steps × layers × query heads).</summary>
+    public long RecallSamples { get; private set; }
+
+    /// <summary>Mean measured recall (NaN when none was measured).</summary>
+    public double MeanRecall => RecallSamples == 0 ? double.NaN : RecallSum / RecallSamples;
+
     /// <inheritdoc />
     public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
     {
@@ -115,6 +130,8 @@ public sealed class ClusterKvCache : IKvCache
         var q = queries.Slice(0, _heads * _d).ToArray();
         var o = new float[_heads * _d];
         var selected = new int[_kvHeads];
+        var recall = new double[_heads];
+        bool measure = MeasureRecall;
         Compute.Cpu.CpuThreads.For(_kvHeads, 1, (from, to) =>
         {
             for (int g = from; g < to; g++)
@@ -124,12 +141,21 @@ public sealed class ClusterKvCache : IKvCache
                     store.ClusterPending(Options.Sinks, Math.Max(1, (int)Math.Round(store.Unclustered / _tokensPerCluster)), Options.Iterations);
                 var rows = store.Select(q.AsSpan(g * group * _d, group * _d), Budget, Options.Sinks);
                 selected[g] = rows.Length;
-                for (int h = g * group; h < (g + 1) * group; h++) store.Attend(q.AsSpan(h * _d, _d), rows, o.AsSpan(h * _d, _d));
+                for (int h = g * group; h < (g + 1) * group; h++)
+                {
+                    store.Attend(q.AsSpan(h * _d, _d), rows, o.AsSpan(h * _d, _d));
+                    if (measure) recall[h] = store.Recall(q.AsSpan(h * _d, _d), rows);
+                }
             }
         });
         o.CopyTo(output);
         if (layer == 0) DecodeSteps++;
         SelectedTokens += selected.Sum();
+        if (measure)
+        {
+            RecallSum += recall.Sum();
+            RecallSamples += _heads;
+        }
     }
 
     /// <summary>Sinks among the unclustered rows (a cache attached empty has its sinks there until the first clustering).</summary>
@@ -165,6 +191,7 @@ public sealed class ClusterKvCache : IKvCache
     /// <inheritdoc />
     public void Dispose()
     {
+        foreach (var s in _stores) s.Clear(); // the float copy goes now; the counters stay readable
         if (_ownsInner) _inner.Dispose();
     }
 }

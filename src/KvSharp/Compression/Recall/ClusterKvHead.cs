@@ -91,6 +91,33 @@ internal sealed class ClusterKvHead(int headDim)
         for (int i = 0; i < rows.Length; i++) TensorPrimitives.MultiplyAdd(Value(rows[i]), logits[i], output, output);
     }
 
+    /// <summary>The share of the softmax mass over every row that <paramref name="rows"/> (ascending) receive.</summary>
+    public double Recall(ReadOnlySpan<float> query, int[] rows)
+    {
+        float scale = 1 / MathF.Sqrt(_d);
+        var logits = new double[Count];
+        double max = double.NegativeInfinity;
+        for (int r = 0; r < Count; r++) max = Math.Max(max, logits[r] = TensorPrimitives.Dot(query, Key(r)) * scale);
+        double all = 0, selected = 0;
+        for (int r = 0, i = 0; r < Count; r++)
+        {
+            double e = Math.Exp(logits[r] - max);
+            all += e;
+            if (i < rows.Length && rows[i] == r) { selected += e; i++; }
+        }
+        return selected / all;
+    }
+
+    /// <summary>Frees the copy and the clusters.</summary>
+    public void Clear()
+    {
+        _keys.Clear(); _keys.TrimExcess();
+        _values.Clear(); _values.TrimExcess();
+        _positions.Clear();
+        _clusters.Clear();
+        _pending = 0;
+    }
+
     /// <summary>Drops rows at positions ≥ <paramref name="length"/> (from their clusters too; emptied clusters go).</summary>
     public void Truncate(int length)
     {

@@ -81,8 +81,11 @@ public static class PressRegistry
         new(new("tova", PressPartKind.Scorer, "TOVA: attention of the last query, group mean", [], []),
             "uniform", 0.5, _ => new TovaScorer()),
         new(new("kvzip", PressPartKind.Scorer, "KVzip: max attention while the model repeats the context (query-agnostic); level=pair by default",
-                [new("chunk", "2000", "context tokens per repeat run, >= 1")], []),
-            "global", 0.3, a => new KvzipScorer(a.Int("chunk", 2000, 1))),
+                [new("chunk", "2000", "context tokens per repeat run, >= 1"), new("plus", "false", "true = KVzip+: weights scaled by ||W_o v|| / ||hidden||")], []),
+            "global", 0.3, a => new KvzipScorer(a.Int("chunk", 2000, 1), a.Choice("plus", "false", "false", "true") == "true")),
+        new(new("kvzipplus", PressPartKind.Scorer, "KVzip+: KVzip with each attention weight scaled by ||W_o^h v_t|| / ||x_q|| (= kvzip:plus=true)",
+                [new("chunk", "2000", "context tokens per repeat run, >= 1")], ["kvzip-plus"]),
+            "global", 0.3, a => new KvzipScorer(a.Int("chunk", 2000, 1), plus: true)),
         new(new("kvcompress", PressPartKind.Scorer, "KV-Compress: whole blocks ranked across layers and heads by squared window attention",
                 [new("window", "32", "observed last queries, kept, >= 1"), new("block", "32", "tokens per ranked block, >= 1")], ["kv-compress"]),
             "global", 0.5, a => new KvCompressScorer(a.Int("window", 32, 1), a.Int("block", 32, 1))),
@@ -113,6 +116,11 @@ public static class PressRegistry
         new(new("adakv", PressPartKind.Budget, "AdaKV: per-layer top-k across heads, each head keeping a floor",
                 [new("floor", "0.2", "fraction of its uniform share each head keeps, in [0, 1]")], []),
             (a, t) => new AdaKvBudget(t, a.Double("floor", 0.2, 0, 1))),
+        new(new("baklava", PressPartKind.Budget, "BaKlaVa: per-head budgets from a calibrated head-importance profile (kvsharp calibrate baklava)",
+                [new("file", "", "head profile from 'kvsharp calibrate baklava', required"), new("floor", "0.2", "share of its uniform budget each head keeps at least, in [0, 1]"),
+                 new("power", "1", "exponent of the importances (0 = uniform), >= 0")], []),
+            (a, t) => new BaklavaBudget(t, HeadProfile.Load(a.Raw("file") ?? throw a.Error("baklava needs file=PATH (a profile written by 'kvsharp calibrate baklava')"), BaklavaProfiler.Method),
+                a.Raw("file")!, a.Double("floor", 0.2, 0, 1), a.Double("power", 1, 0, 1e6))),
         new(new("dynamic", PressPartKind.Budget, "no fixed ratio: each head prunes its least important tokens up to a share of its attention mass",
                 [new("mass", "0.01", "share of a head's attention mass that may be pruned, in [0, 1]")], []),
             (a, _) => new DynamicBudget(a.Double("mass", 0.01, 0, 1)), TakesTarget: false),
@@ -139,6 +147,14 @@ public static class PressRegistry
         List<Segment>? unit = null;
         foreach (var part in SplitTopLevel(press, press))
         {
+            // KVSharer's layer map is a whole unit of its own.
+            if (Sharing.KvSharerPress.Names(part))
+            {
+                if (unit != null) built.Add(Build(press, unit));
+                unit = null;
+                built.Add(Sharing.KvSharerPress.Create(press, part));
+                continue;
+            }
             // A quantization press (kivi, mikv(...), ...) is a whole unit of its own.
             if (Quantization.QuantizationPresses.Names(part))
             {
@@ -301,5 +317,5 @@ public static class PressRegistry
 
     private static string Names(PressPartKind kind) => string.Join(", ", Presses.Where(p => p.Kind == kind).Select(p => p.Name));
 
-    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}";
+    private static string Known() => $"scorers: {Names(PressPartKind.Scorer)}; budgets: {Names(PressPartKind.Budget)}; selectors: {Names(PressPartKind.Selector)}; quantizers: {string.Join(", ", Quantization.QuantizationPresses.Descriptions.Select(d => d.Name))}; sharing: {Sharing.KvSharerPress.Name}";
 }

@@ -29,17 +29,24 @@ public sealed class KvzipScorer : IScorer
 
     /// <summary>Creates the scorer.</summary>
     /// <exception cref="KvSharpException">The chunk size is below 1.</exception>
-    public KvzipScorer(int chunk = 2000)
+    public KvzipScorer(int chunk = 2000, bool plus = false)
     {
         if (chunk < 1) throw new KvSharpException($"kvzip: chunk must be ≥ 1, got {chunk}");
         Chunk = chunk;
+        Plus = plus;
     }
 
     /// <summary>Context tokens per scoring run.</summary>
     public int Chunk { get; }
 
+    /// <summary>
+    /// KVzip+: each attention weight is multiplied by ‖W_o^h v_t‖ / ‖x_q‖ before the max (how much the token's value
+    /// moves the residual stream relative to its size; see <see cref="KvzipPlusRun"/>).
+    /// </summary>
+    public bool Plus { get; }
+
     /// <inheritdoc />
-    public string Text => string.Create(CultureInfo.InvariantCulture, $"kvzip:chunk={Chunk}");
+    public string Text => string.Create(CultureInfo.InvariantCulture, $"kvzip:chunk={Chunk}") + (Plus ? ",plus=true" : "");
 
     /// <inheritdoc />
     public HeadScores Score(PressContext context)
@@ -67,6 +74,11 @@ public sealed class KvzipScorer : IScorer
                 ? first
                 : [.. next, .. tokens[Math.Max(context.ProtectedPrefix, start - OverlapTokens)..start]];
             int[] run = [.. request, .. suffix, .. tokens[start..end]];
+            if (Plus)
+            {
+                KvzipPlusRun.Score(context, run, start, end, scores);
+                continue;
+            }
             var stats = context.Observe(run, GroupFold.Max);
             for (int l = 0; l < context.Layers; l++)
                 for (int h = 0; h < context.KvHeads; h++)

@@ -62,7 +62,11 @@ public sealed class EvalRunner
 
         var sw = Stopwatch.StartNew();
         bool single = sample.Queries.Count == 1;
-        compressor.Compress(new CompressionInput(_model, cache, contextIds, ProtectedPrefix(contextIds), single && QuestionAware ? firstQuestion : null));
+        var input = new CompressionInput(_model, cache, contextIds, ProtectedPrefix(contextIds), single && QuestionAware ? firstQuestion : null);
+        compressor.Compress(input);
+        // A recall method (ClusterKV) answers over its own view of the cache.
+        using var recall = compressor is IDecodingCompressor decoding ? decoding.ForDecoding(input) : null;
+        IKvCache answering = recall ?? cache;
         double compress = sw.Elapsed.TotalSeconds;
         long after = cache.ByteCount;
 
@@ -82,16 +86,16 @@ public sealed class EvalRunner
                 Sampler = SamplerOptions.Greedy,
                 StopStrings = sample.StopString is { } stop ? [stop] : [],
             };
-            var result = _generator.Generate(prompt, cache, ctx, options, cancellation: cancellation);
+            var result = _generator.Generate(prompt, answering, ctx, options, cancellation: cancellation);
             peak = Math.Max(peak, cache.ByteCount);
             if (sample.Sharing == ContextSharing.MultiRequest)
             {
-                cache.Truncate(contextLength); // the next question sees only the (compressed) context
+                answering.Truncate(contextLength); // the next question sees only the (compressed) context
             }
-            else if (result.Reason == StopReason.StopString && result.TokenIds.Count > 0 && cache.Length < ctx)
+            else if (result.Reason == StopReason.StopString && result.TokenIds.Count > 0 && answering.Length < ctx)
             {
                 // The token that completed the stop string was sampled but never run: run it, so the next turn follows the whole answer.
-                _model.Transformer.Forward([result.TokenIds[^1]], cache);
+                _model.Transformer.Forward([result.TokenIds[^1]], answering);
             }
             var rouge = sample.Score == ScoreKind.RougeL ? Rouge.Score(result.Text, query.Outputs) : null;
             double score = rouge?.RougeL ?? StringMatch.Score(sample.Score, result.Text, query.Outputs);

@@ -33,9 +33,10 @@ public sealed class PressCompressor : ICacheCompressor
 
 /// <summary>
 /// The full cache (<c>none</c>) and every press of <see cref="PressRegistry"/>: a press name or text form (e.g.
-/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter. A press
-/// that takes no keep ratio (a quantizer such as <c>kivi:bits=2</c>, a dynamic budget such as <c>dbudgetkv</c>, or a
-/// text that already names its budget) is built as written.
+/// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter; so does
+/// <c>clusterkv[:params]</c>, whose ratio is the per-step recall budget (<see cref="ClusterKvCompressor"/>). A press
+/// that takes no keep ratio (a quantizer such as <c>kivi:bits=2</c>, a dynamic budget such as <c>dbudgetkv</c>, a
+/// calibrated map such as <c>kvsharer:file=F</c>, or a text that already names its budget) is built as written.
 /// </summary>
 public sealed class PressCompressorFactory : FullCacheFactory
 {
@@ -43,6 +44,8 @@ public sealed class PressCompressorFactory : FullCacheFactory
     public override ICacheCompressor Create(string press, double keepRatio)
     {
         if (IsFullCache(press)) return NoCompression.Instance;
+        if (Compression.Recall.ClusterKvOptions.Names(press.Trim())) // recall, not eviction: the ratio is its per-step budget
+            return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(WithKeep(press, keepRatio)));
         if (!TakesKeepRatio(press)) return new PressCompressor(PressRegistry.Parse(press));
         return new PressCompressor(PressRegistry.Parse(WithKeep(press, keepRatio)));
     }
@@ -51,6 +54,7 @@ public sealed class PressCompressorFactory : FullCacheFactory
     public override bool TakesKeepRatio(string press)
     {
         if (IsFullCache(press)) return false;
+        if (Compression.Recall.ClusterKvOptions.Names(press.Trim())) return true;
         _ = PressRegistry.Parse(press); // a malformed press is an error here, with the registry's message
         // The registry refuses a keep= the press does not declare (or gives twice): then the press has its own budget.
         try

@@ -171,4 +171,73 @@ public class PagedKvCacheScatteredTests
             AssertClose(covered[g].Select(t => Math.Sqrt(t.K.Sum(x => (double)x * x))).ToArray(), stats.KeyNorms(0, g), 1e-5, $"head {g}, key norms");
         }
     }
+    /// <summary>
+    /// Balanced per-token keys (MiKV): head 0 gets a balance of random factors in [1/16, 16] (stored rounded to powers of
+    /// two), every third token → Int2 keys per token over all channels after the balance, Int4 values. Each such block's
+    /// keys equal the codec round trip of b⊙k (b = the test's own power-of-two rounding) divided by b, and attention equals
+    /// float64 attention over those keys (queries meet them as q/b inside the cache). Save/load and a fork keep the
+    /// balance and attend bit-identically; evicting some of the balanced tokens re-encodes them losslessly. Misuse is refused.
+    /// </summary>
+    [Fact]
+    public void BalancedPerTokenKeys_AttendAsTheirBalancedRoundTrip()
+    {
+        var rng = new Random(77);
+        var (cache, reference) = Build(rng, 150);
+        using var _ = cache;
+        Assert.Throws<InvalidOperationException>(() => cache.Requantize(0, 0, new bool[150], KvFormat.Int2, KvFormat.Int4, balancedKeys: true));
+        var factors = Enumerable.Range(0, HeadDim).Select(_ => (float)Math.Pow(2, rng.NextDouble() * 8 - 4)).ToArray();
+        cache.SetKeyBalance(0, 0, factors);
+        var b = factors.Select(f => Math.Pow(2, Math.Round(Math.Log2(f)))).ToArray();
+        Assert.Equal(b.Select(x => (float)x), cache.KeyBalance(0, 0)!);
+        Assert.Null(cache.KeyBalance(0, 1));
+        var select = Enumerable.Range(0, 150).Select(p => p % 3 == 0).ToArray();
+        cache.Requantize(0, 0, select, KvFormat.Int2, KvFormat.Int4, balancedKeys: true);
+
+        var keyLayout = new BlockLayout(KvFormat.Int2, QuantAxis.PerToken, HeadDim, 32, HeadDim);
+        var valueLayout = BlockLayout.ForValues(KvFormat.Int4, HeadDim);
+        var positions = Enumerable.Range(0, 150).Where(p => select[p]).ToArray();
+        var head = reference.Head(0, 0);
+        for (int s0 = 0; s0 < positions.Length; s0 += 32)
+        {
+            var chunk = positions[s0..Math.Min(s0 + 32, positions.Length)];
+            var k = chunk.SelectMany(p => head[p].K.Select((x, c) => (float)(x * b[c]))).ToArray();
+            var v = chunk.SelectMany(p => head[p].V).ToArray();
+            var kb = new byte[keyLayout.ByteSize]; var vb = new byte[valueLayout.ByteSize];
+            BlockCodec.Encode(keyLayout, k, chunk.Length, kb); BlockCodec.Decode(keyLayout, kb, chunk.Length, k);
+            BlockCodec.Encode(valueLayout, v, chunk.Length, vb); BlockCodec.Decode(valueLayout, vb, chunk.Length, v);
+            for (int t = 0; t < chunk.Length; t++)
+                head[chunk[t]] = head[chunk[t]] with
+                {
+                    K = Enumerable.Range(0, HeadDim).Select(c => (float)(k[t * HeadDim + c] / b[c])).ToArray(),
+                    V = v.AsSpan(t * HeadDim, HeadDim).ToArray(),
+                };
+        }
+        Assert.Equal(2 * (keyLayout.ByteSize + valueLayout.ByteSize), cache.BytesByFormat(0, 0).Where(f => f.Key is KvFormat.Int2 or KvFormat.Int4).Sum(f => f.Value));
+        var read = cache.Read(0, 0);
+        Assert.Equal(head.SelectMany(t => t.K), read.Keys);
+        AssertAttention(cache, reference, rng, "balanced keys");
+        Assert.Throws<InvalidOperationException>(() => cache.SetKeyBalance(0, 0, factors));
+        Assert.Throws<KvSharpException>(() => cache.Requantize(0, 1, new bool[150], KvFormat.F16, KvFormat.F16, balancedKeys: true));
+
+        using var dir = new TempDir();
+        cache.Save(dir.File("balanced.kvc"), "m");
+        using var loaded = PagedKvCache.Load(dir.File("balanced.kvc"), "m");
+        using var fork = cache.Fork();
+        Assert.Equal(cache.KeyBalance(0, 0), loaded.KeyBalance(0, 0));
+        var q = Gaussians(rng, 40 * QRow, 2);
+        var expected = new float[q.Length];
+        cache.Attend(0, q, 40, cache.Length - 40, expected);
+        foreach (var other in new[] { loaded, fork })
+        {
+            var actual = new float[q.Length];
+            other.Attend(0, q, 40, cache.Length - 40, actual);
+            Assert.Equal(expected, actual);
+        }
+
+        // Eviction re-encodes the kept balanced tokens from their decoded values: the same keys come back.
+        var evict = positions.Where((_, i) => i % 4 == 1).ToHashSet();
+        cache.Evict(0, 0, evict); reference.Evict(0, 0, evict);
+        Assert.Equal(reference.Head(0, 0).SelectMany(t => t.K), cache.Read(0, 0).Keys);
+        AssertAttention(cache, reference, rng, "balanced keys after eviction");
+    }
 }

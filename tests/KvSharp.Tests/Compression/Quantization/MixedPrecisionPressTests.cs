@@ -35,6 +35,44 @@ public class MixedPrecisionPressTests
         Assert.True(cache.BytesByFormat().ContainsKey(KvFormat.Int2));
     }
 
+    /// <summary>
+    /// MiKV's default (keys=token): every head gets a power-of-two balance b, and each low-tier key equals the float64
+    /// per-token Int2 quantization (one group over all channels) of b⊙k, divided back by b; the high tier (F32) is exact.
+    /// With keys=channel no balance is set.
+    /// </summary>
+    [Fact]
+    public void MiKvQuantizesLowKeysPerTokenAfterTheBalancer()
+    {
+        using var data = new SyntheticCache(Tokens, KvFormat.F32);
+        var cache = data.Cache;
+        int d = cache.HeadDim;
+        var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
+        var scores = new RandomScorer(5).Score(data.Context());
+        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25,qwindow=16").Compress(data.Context());
+        for (int i = 0; i < before.Length; i++)
+        {
+            int layer = i / cache.KvHeads, head = i % cache.KvHeads;
+            var b = cache.KeyBalance(layer, head) ?? throw new Xunit.Sdk.XunitException($"head {i} has no key balance");
+            Assert.All(b, x => Assert.Equal(x, MathF.ScaleB(1f, MathF.ILogB(x))));
+            Assert.Contains(b, x => x != 1f); // random keys and queries are not balanced already
+            var k0 = before[i].Keys;
+            var k = cache.ReadKeys(layer, head);
+            var high = Enumerable.Range(0, Tokens).OrderByDescending(t => scores[i][t]).Take(12).ToHashSet();
+            var scaled = k0.Select((x, e) => x * b[e % d]).ToArray();
+            var reference = QuantReference.PerToken(scaled, Tokens, d, d, 2);
+            for (int t = 0; t < Tokens; t++)
+                for (int c = 0; c < d; c++)
+                {
+                    if (high.Contains(t)) Assert.Equal(k0[t * d + c], k[t * d + c]);
+                    else QuantReference.Near(reference[t * d + c] / b[c], k[t * d + c], $"head {i} token {t} key {c}");
+                }
+        }
+
+        using var channel = new SyntheticCache(Tokens, KvFormat.F32);
+        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25,keys=channel").Compress(channel.Context());
+        Assert.Null(channel.Cache.KeyBalance(0, 0));
+    }
+
     [Fact]
     public void LeanKvTiersByCumulativeMassPerHeadAndPrunesTheRest()
     {

@@ -1,4 +1,5 @@
 using KvSharp.Cache.Blocks;
+using KvSharp.Compression.Quantization;
 using KvSharp.Compression.Registry;
 using KvSharp.Compression.Scorers;
 
@@ -44,12 +45,55 @@ public class ZipVlAndVidKvTests
     }
 
     [Fact]
-    public void VidKvStoresBinaryKeysTernaryValuesAndSalientTokensHigher()
+    public void VidKvStoresWholeBlocksAsItsLayoutsAndLeavesTheResidual()
     {
-        using var data = new SyntheticCache(64, KvFormat.F32, blockTokens: 32);
-        PressRegistry.Parse("vidkv(random:seed=2):salient=0.1").Compress(data.Context());
-        var formats = data.Cache.BytesByFormat();
-        Assert.Equal([KvFormat.Int4, KvFormat.Int2, KvFormat.Ternary, KvFormat.Binary], formats.Keys.Order());
+        // 70 tokens in blocks of 32, residual 5: the oldest 64 tokens of each head become 2 VidKV block pairs (16 outlier
+        // channels of 64 at outliers=0.25, 3 salient tokens per block), equal to the float64 reference of the formats;
+        // tokens 64..69 stay float32.
+        using var data = new SyntheticCache(70, KvFormat.F32, blockTokens: 32);
+        var cache = data.Cache;
+        int d = cache.HeadDim;
+        var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
+        var press = PressRegistry.Parse("vidkv:outliers=0.25,salient=3,residual=5");
+        press.Compress(data.Context());
+        int m = (int)Math.Round(0.25 * d), own = 0;
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            if (cache.SharedLayerSource(l) >= 0) continue;
+            own++;
+            for (int h = 0; h < cache.KvHeads; h++)
+            {
+                var (k0, v0) = before[l * cache.KvHeads + h];
+                var (k, v) = cache.Read(l, h);
+                for (int b = 0; b < 2; b++)
+                {
+                    var kb = k0.AsSpan(b * 32 * d, 32 * d).ToArray();
+                    var vb = v0.AsSpan(b * 32 * d, 32 * d).ToArray();
+                    var kr = Tests.Cache.Blocks.VidKvReference.Keys(32, d, m, kb, 32).Decoded;
+                    var vr = Tests.Cache.Blocks.VidKvReference.Values(32, d, 3, vb, 32).Decoded;
+                    for (int e = 0; e < 32 * d; e++)
+                    {
+                        Assert.True(Math.Abs(k[b * 32 * d + e] - kr[e]) <= 1e-5 * (1 + Math.Abs(kr[e])), $"layer {l} head {h} key element {b * 32 * d + e}");
+                        Assert.Equal(vr[e], v[b * 32 * d + e], 5);
+                    }
+                }
+                Assert.Equal(k0.AsSpan(64 * d).ToArray(), k.AsSpan(64 * d).ToArray());
+                Assert.Equal(v0.AsSpan(64 * d).ToArray(), v.AsSpan(64 * d).ToArray());
+            }
+        }
+        var (kl, vl) = new VidKvPress(0.25, 3).Layouts(32, d);
+        var bytes = cache.BytesByFormat();
+        Assert.Equal(own * cache.KvHeads * 2L * kl.ByteSize, bytes[KvFormat.VidKvKey]);
+        Assert.Equal(own * cache.KvHeads * 2L * vl.ByteSize, bytes[KvFormat.VidKvValue]);
+        Assert.Equal(own * cache.KvHeads * 6L * 2 * d * sizeof(float), bytes[KvFormat.F32]);
+    }
+
+    [Fact]
+    public void VidKvRefusesMoreSalientTokensThanABlockHolds()
+    {
+        using var data = new SyntheticCache(40, KvFormat.F32, blockTokens: 32);
+        var e = Assert.Throws<KvSharpException>(() => PressRegistry.Parse("vidkv:salient=33").Compress(data.Context()));
+        Assert.Contains("salient=33", e.Message);
     }
 
     [Fact]

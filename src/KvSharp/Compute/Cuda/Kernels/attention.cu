@@ -246,8 +246,9 @@ ATTN(1) ATTN(2) ATTN(3) ATTN(4) ATTN(5) ATTN(6) ATTN(7) ATTN(8) ATTN(16)
 // Streaming decode attention for head dimensions 64 and 128 (attn_hHD_gG). Block (split, kv head, row)
 // of 4 warps takes an equal share of the visible keys (the chunk is computed here from the position, so
 // a graph captured for a large capacity still spreads a short context over every block). L = HD/8 lanes
-// hold one key's 8 dimensions each: a warp step covers 32/L keys, and U steps' K and V loads are issued
-// before any is used, so each warp keeps U·2 16-byte loads per lane in flight without a dependent chain.
+// hold one key's 8 dimensions each: a warp step covers 32/L keys, and U steps' K and V loads (16 keys,
+// 8 when G > 4 to bound registers) are issued before any is used, so each warp keeps U·2 16-byte loads
+// per lane in flight without a dependent chain.
 // Each lane group keeps an online softmax (running max, sum, 8 output dimensions per head) in registers;
 // groups, then warps, then chunks are merged. Scores are in log2 units (the query is pre-scaled by log2 e).
 constexpr float LOG2E = 1.4426950408889634f;
@@ -272,14 +273,13 @@ __device__ __forceinline__ void attention_stream(
     float* part_out, float* part_ml, int* counters, float* __restrict__ out,
     int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride)
 {
-    constexpr int L = HD / 8, KPW = 32 / L, U = 4, TILE = U * KPW;
+    constexpr int L = HD / 8, KPW = 32 / L, U = (G <= 4 ? 16 : 8) / KPW, TILE = U * KPW;
     __shared__ float sm_m[STREAM_WARPS][G], sm_l[STREAM_WARPS][G];
     __shared__ float4 sm_acc4[STREAM_WARPS * G * HD / 4];
     __shared__ float wts[G][STREAM_MAX_SPLITS];
     __shared__ int is_last;
     float* sm_acc = reinterpret_cast<float*>(sm_acc4);
     pdl_wait();
-    pdl_trigger();
 
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const bool batch = seq_stride != 0;
@@ -367,6 +367,7 @@ __device__ __forceinline__ void attention_stream(
         }
     }
 
+    pdl_trigger();
     // Merge the key slots of the warp (lanes with the same dimensions, L apart)...
 #pragma unroll
     for (int o = L; o < 32; o <<= 1)
@@ -447,18 +448,21 @@ __device__ __forceinline__ void attention_stream(
         for (int s = lane; s < splits; s += 32) wts[g][s] *= inv;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+    // Each thread sums 4 dimensions of one head over the chunks: 16-byte loads, many in flight (every chunk's
+    // partial output was written, empty ones as zeros, so no load is skipped).
+    for (int i = threadIdx.x; i < G * HD / 4; i += blockDim.x)
     {
-        const int g = i / HD, d = i % HD;
-        const long base = (head0 + g) * splits;
-        float o = 0.0f;
-#pragma unroll 8
+        const int g = i / (HD / 4), d4 = i % (HD / 4);
+        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * HD) + d4;
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
         for (int s = 0; s < splits; s++)
         {
             const float w = wts[g][s];
-            if (w != 0.0f) o += __ldcg(part_out + (base + s) * HD + d) * w;
+            const float4 v = __ldcg(po + (long)s * (HD / 4));
+            o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w;
         }
-        out[(head0 + g) * HD + d] = o;
+        reinterpret_cast<float4*>(out + (head0 + g) * HD)[d4] = o;
     }
 }
 

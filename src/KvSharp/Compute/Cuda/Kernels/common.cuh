@@ -110,8 +110,3 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
-// Brings a line of a weight matrix into L2 ahead of its loads (issued before pdl_wait, while the previous kernel drains).
-__device__ __forceinline__ void prefetch_l2(const void* p)
-{
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
-}

@@ -11,8 +11,7 @@
 // NORM (modes 0 and 2, whole rows per warp): x is the raw residual stream and the product is taken
 // with RMSNorm(x) * nw, the norm fused in: the loop multiplies x by nw and sums x^2 on the way, and
 // the dot is scaled by 1/sqrt(mean(x^2) + eps) at the end (no separate norm kernel, no normed copy).
-// Before pdl_wait the warp only prefetches its weight rows into L2: weights are never written, so this
-// overlaps the previous kernel's tail under programmatic dependent launch.
+// gemv_mma_* below does the same for 2-8 rows on tensor cores (batch decode).
 #include "common.cuh"
 
 template <class W, int NT, int MODE, bool NORM>
@@ -44,15 +43,8 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     const int per_part = vectorized ? (nv + ksplit - 1) / ksplit : (cols + ksplit - 1) / ksplit;
     const int begin = part * per_part;
     const int end = min(vectorized ? nv : cols, (part + 1) * per_part);
-    if (active && vectorized)
-    {
-        const char* p0 = reinterpret_cast<const char*>(w0) + (long)begin * 16;
-        const char* p1 = reinterpret_cast<const char*>(w1) + (long)begin * 16;
-        for (long o = lane * 128L; o < (long)(end - begin) * 16; o += 32 * 128L) { prefetch_l2(p0 + o); prefetch_l2(p1 + o); }
-    }
     pdl_wait();
-    pdl_trigger();
-    if (!active) return;
+    if (!active) { pdl_trigger(); return; }
 
     float a0[NT], a1[NT], ss[NT];
 #pragma unroll
@@ -110,6 +102,7 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
             }
         }
     }
+    pdl_trigger(); // the next kernel's blocks may take this one's place as its warps finish
 #pragma unroll
     for (int t = 0; t < NT; t++)
     {
@@ -144,3 +137,130 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
 GEMV_ALL(gemv_f32, WeightF32)
 GEMV_ALL(gemv_bf16, WeightBF16)
 GEMV_ALL(gemv_f16, WeightF16)
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core matrix-vector products for 2..8 activation rows (batch decode), bfloat16 or float16
+// weights, cols a multiple of 256. A block of 8 warps owns 16 output rows (SwiGLU: 8 gate rows and
+// their 8 up rows) and splits the columns 8 ways; each warp multiplies with mma.m16n8k16: A = 16 weight
+// rows straight from global memory (each lane's 16-byte load of 8 consecutive columns of row g and of
+// row g + 8 is its A fragment of two k-steps, the k order permuted the same way in A and B, which a dot
+// product does not notice), B = the 8 activation rows (rows past nt are zero) rounded to the weight's
+// 16-bit type, C in float32. The 8 warps' fragments are summed through shared memory. Every weight byte
+// is read once and every activation element is loaded once per 16 weight rows, where the CUDA-core
+// kernel above reloads activations per two rows (its L1 traffic limits it to ~1/3 of the bandwidth at 8 rows).
+template <bool BF16>
+__device__ __forceinline__ unsigned pack_x(float lo, float hi)
+{
+    return BF16 ? ((unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16))
+                : ((unsigned)f32_to_f16(lo) | ((unsigned)f32_to_f16(hi) << 16));
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    if (BF16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+constexpr int MMA_WARPS = 8;
+
+template <bool BF16, int MODE, bool NORM>
+__device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
+    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
+{
+    __shared__ float4 red[MMA_WARPS][32];
+    __shared__ float ssr[MMA_WARPS][8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int rbase = blockIdx.x * (MODE == 2 ? 8 : 16);
+    const int ra = min(rbase + g, rows - 1);
+    const int rb = MODE == 2 ? ra + rows : min(rbase + g + 8, rows - 1);
+    const int kper = cols / MMA_WARPS, k0 = warp * kper;
+    const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
+    const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
+    const bool has_row = g < nt;
+    const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
+    const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
+    pdl_wait();
+
+    float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+    float ss = 0.0f;
+    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
+#pragma unroll 4
+    for (int s = 0; s < steps; s++)
+    {
+        const uint4 a = load_stream(wa + s * 4);
+        const uint4 b = load_stream(wb + s * 4);
+        float4 x0 = __ldg(xr + s * 8), x1 = __ldg(xr + s * 8 + 1);
+        if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
+        if (NORM)
+        {
+            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
+            const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
+            x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
+            x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
+        }
+        mma16816<BF16>(c, a.x, b.x, a.y, b.y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
+        mma16816<BF16>(c, a.z, b.z, a.w, b.w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+    }
+    pdl_trigger();
+    red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
+    if (NORM)
+    {
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        if (tq == 0) ssr[warp][g] = ss;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float4 sum = red[0][lane];
+#pragma unroll
+    for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[i][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
+    // C fragment: (row g, activation rows 2tq and 2tq+1) in x, y; (row g + 8, same) in z, w.
+    const int t0 = 2 * tq, t1 = 2 * tq + 1;
+    float inv0 = 1.0f, inv1 = 1.0f;
+    if (NORM)
+    {
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MMA_WARPS; i++) { s0 += ssr[i][t0]; s1 += ssr[i][t1]; }
+        inv0 = 1.0f / sqrtf(s0 / cols + eps);
+        inv1 = 1.0f / sqrtf(s1 / cols + eps);
+    }
+    const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
+    if (MODE == 2)
+    {
+        const int r = rbase + g;
+        if (r >= rows) return;
+        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
+        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
+        return;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        const int r = rbase + g + 8 * h;
+        if (r >= rows) continue;
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            const int t = 2 * tq + e;
+            if (t >= nt) continue;
+            if (MODE == 1) y[(long)t * rows + r] += v[2 * h + e];
+            else y[(long)t * rows + r] = v[2 * h + e];
+        }
+    }
+}
+
+#define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
+#define GEMV_MMA(NAME, BF) \
+    extern "C" __global__ void __launch_bounds__(256) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
+GEMV_MMA(gemv_mma_bf16, true)
+GEMV_MMA(gemv_mma_f16, false)

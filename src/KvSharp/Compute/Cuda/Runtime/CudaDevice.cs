@@ -31,7 +31,7 @@ public sealed unsafe class CudaDevice : IDisposable
         MaxSharedMemoryPerBlock = Attribute(CudaApi.AttrMaxSharedMemoryPerBlockOptin);
         CudaApi.Check(CudaApi.cuDeviceTotalMem(out nuint total, device), "cuDeviceTotalMem_v2");
         TotalMemory = (long)total;
-        ProgrammaticLaunch = ComputeMajor >= 9 && Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL") != "0";
+        ProgrammaticLaunch = ComputeMajor >= 9 && Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL") == "1";
         CudaApi.Check(CudaApi.cuDevicePrimaryCtxRetain(out _context, device), "cuDevicePrimaryCtxRetain");
         MakeCurrent();
         CudaApi.Check(CudaApi.cuStreamCreate(out var stream, CudaApi.StreamNonBlocking), "cuStreamCreate");
@@ -88,8 +88,8 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>
     /// Whether kernels launch with programmatic dependent launch (compute capability 9.0 and up): the next kernel's
-    /// blocks start as the previous kernel's retire, hiding the gap between the hundreds of small kernels of a
-    /// decode step. On by default there; $KVSHARP_CUDA_PDL=0 turns it off (benchmarks compare both).
+    /// blocks start as the previous kernel's retire. Off unless $KVSHARP_CUDA_PDL=1: on an H100 it gained under 1% of a
+    /// decode step at 512-4K tokens and lost 2.5% at 32K and 7% at 128K (docs/benchmarks.md, issue 7); benchmarks compare both.
     /// </summary>
     public bool ProgrammaticLaunch { get; set; }
 

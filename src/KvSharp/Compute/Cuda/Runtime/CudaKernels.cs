@@ -99,6 +99,15 @@ internal sealed class CudaKernels : IDisposable
     }
 
     /// <summary>
+    /// Whether 2..8 rows over 16-bit weights go through the tensor-core kernel (gemv_mma_*; the activations rounded to
+    /// the weight type) rather than the float32 CUDA-core one. On by default; benchmarks compare both.
+    /// </summary>
+    public bool UseTensorCoreGemv { get; set; } = true;
+
+    /// <summary>The tensor-core kernel splits the columns over 8 warps of 32: widths must be multiples of this.</summary>
+    public const int TensorCoreGemvColumns = 256;
+
+    /// <summary>
     /// y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>. A non-zero <paramref name="norm"/>
     /// (Store and SwiGlu only) multiplies by RMSNorm(x)·norm instead of x: the decode step's norms fused in.
     /// </summary>
@@ -107,6 +116,15 @@ internal sealed class CudaKernels : IDisposable
     {
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
+        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
+        if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
+        {
+            // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
+            int perBlock = mode == GemvMode.SwiGlu ? 8 : 16;
+            _gemv[$"gemv_mma_{Suffix(type)}{name}"].Launch((rows + perBlock - 1) / perBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+                Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
+            return;
+        }
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
         int ksplit = 1;
@@ -117,7 +135,6 @@ internal sealed class CudaKernels : IDisposable
             ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
             warps *= ksplit;
         }
-        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
         _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
             Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
@@ -136,8 +153,10 @@ internal sealed class CudaKernels : IDisposable
     public const int MaxStreamingSplits = 128;
 
     /// <summary>
-    /// Chooses the split so that (splits × KV heads × query rows) blocks fill the GPU about four times over (one wave
-    /// of 4 blocks per multiprocessor), for up to <paramref name="visible"/> visible tokens.
+    /// Chooses the split so that (splits × KV heads × query rows) blocks make one full wave: 2 blocks per multiprocessor
+    /// for the streaming kernel (its registers allow about that many; 4 per multiprocessor made a second, partial wave and
+    /// ran 15% slower at 128K), 4 for the general one; for up to <paramref name="visible"/> visible tokens. The streaming
+    /// kernel keeps at least 128 keys per chunk, since each chunk costs the merge a partial output to read.
     /// </summary>
     public AttentionPlan PlanAttention(int visible, int rows, int heads, int kvHeads, int headDim)
     {
@@ -145,8 +164,9 @@ internal sealed class CudaKernels : IDisposable
         long targetBlocks = 4L * _device.MultiprocessorCount;
         if (StreamingAttention(group, headDim))
         {
-            long want = Math.Max(1, (targetBlocks + (long)kvHeads * rows - 1) / ((long)kvHeads * rows));
-            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + 15) / 16)));
+            long streamingBlocks = 2L * _device.MultiprocessorCount;
+            long want = Math.Max(1, streamingBlocks / ((long)kvHeads * rows));
+            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + 127) / 128)));
             return new AttentionPlan(0, splits, 0, Streaming: true);
         }
         int maxChunk = MaxChunk(group, headDim);

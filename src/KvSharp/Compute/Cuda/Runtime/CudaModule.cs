@@ -79,8 +79,16 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
         var attribute = new CudaApi.LaunchAttribute { Id = CudaApi.LaunchAttributeProgrammaticStreamSerialization, Value = 1 };
         var config = new CudaApi.LaunchConfig
         {
-            GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block.X, BlockY = block.Y, BlockZ = block.Z,
-            SharedBytes = (uint)sharedBytes, Stream = device.Stream, Attributes = &attribute, AttributeCount = 1,
+            GridX = grid.X,
+            GridY = grid.Y,
+            GridZ = grid.Z,
+            BlockX = block.X,
+            BlockY = block.Y,
+            BlockZ = block.Z,
+            SharedBytes = (uint)sharedBytes,
+            Stream = device.Stream,
+            Attributes = &attribute,
+            AttributeCount = 1,
         };
         CudaApi.Check(CudaApi.cuLaunchKernelEx(&config, handle, pointers, null), $"cuLaunchKernelEx({name})");
     }
