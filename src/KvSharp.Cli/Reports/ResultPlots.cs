@@ -10,7 +10,7 @@ namespace KvSharp.Cli.Reports;
 /// KL(full ‖ compressed) against keep ratio. A press keeps its colour and marker in every figure of a report (20
 /// colours × 8 markers), and the legend sits beside the plot, so figures with many presses stay readable.
 /// </summary>
-internal static class ResultPlots
+internal static partial class ResultPlots
 {
     private static readonly MarkerShape[] Markers =
     [
@@ -50,10 +50,18 @@ internal static class ResultPlots
             if (group.Any(c => c.Kl is > 0))
             {
                 var kl = new Plot();
+                // The axis fits the presses swept over keep ratios; a keep-less press far above them is named, not drawn.
+                var swept = group.Where(c => !c.KeepAchieved && c.Kl != null).ToList();
+                double top = (swept.Count > 0 ? swept : group.ToList()).Max(c => c.Kl ?? 0) * 1.05;
                 foreach (var press in presses.Where(p => p.Key != "none"))
-                    AddSeries(kl, press.Key, press.Where(c => c.Kl != null).OrderBy(c => c.KeepRatio).Select(c => (c.KeepRatio, c.Kl!.Value)).ToList(), styles, fullCacheLine: false);
-                double top = group.Max(c => c.Kl ?? 0);
-                Decorate(kl, title, "keep ratio", "KL(full ‖ compressed), nats per token", 0, top * 1.05);
+                {
+                    var points = press.Where(c => c.Kl != null).OrderBy(c => c.KeepRatio).Select(c => (c.KeepRatio, c.Kl!.Value)).ToList();
+                    var off = points.Where(p => p.Value > top).ToList();
+                    AddSeries(kl, press.Key, points.Except(off).ToList(), styles, fullCacheLine: false);
+                    if (off.Count > 0)
+                        kl.Add.Scatter(Array.Empty<double>(), Array.Empty<double>()).LegendText = $"{Label(press.Key)}: KL {off.Max(p => p.Value):0.###} (off the chart)";
+                }
+                Decorate(kl, title, "keep ratio (keep-less presses: share of bytes kept)", "KL(full ‖ compressed), nats per token", 0, top);
                 kl.Axes.SetLimitsX(0, 1.05);
                 written.Add(Save(kl, Path.Combine(directory, name + "-kl.png")));
             }
@@ -90,12 +98,18 @@ internal static class ResultPlots
             return;
         }
         var scatter = plot.Add.Scatter(points.Select(p => p.X).ToArray(), points.Select(p => p.Y).ToArray());
-        scatter.LegendText = press == "none" ? "full cache" : press;
+        scatter.LegendText = press == "none" ? "full cache" : Label(press);
         scatter.Color = color;
         scatter.MarkerShape = marker;
         scatter.MarkerSize = 8;
         scatter.LineWidth = 1.5f;
     }
+
+    /// <summary>A press as the legend names it: calibration files by their base name, not their path.</summary>
+    private static string Label(string press) => FilePath().Replace(press, "file=$1");
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"file=(?:[^,:()+]*/)?([^,:()+/]+?)(?:\.json|\.ya?ml)?(?=$|[,:()+])")]
+    private static partial System.Text.RegularExpressions.Regex FilePath();
 
     // Scores near 1 (language-model agreement) would be a flat band on a 0..1 axis: zoom to their range, in steps of 0.05.
     private static double LowerLimit(IEnumerable<double> scores)
@@ -115,7 +129,7 @@ internal static class ResultPlots
 
     private static string Save(Plot plot, string path)
     {
-        JsonlFile.WriteAtomically(path, plot.GetImageBytes(1000, 560, ImageFormat.Png));
+        JsonlFile.WriteAtomically(path, plot.GetImageBytes(1100, 600, ImageFormat.Png));
         return path;
     }
 

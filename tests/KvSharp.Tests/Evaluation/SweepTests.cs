@@ -140,4 +140,25 @@ public sealed class SweepTests
         }
         Assert.Equal(samples.Count, store.Count);
     }
+
+    [Theory]
+    [InlineData("snapkv", true)]
+    [InlineData("adakv(snapkv)", true)]
+    [InlineData("kvzip:level=pair-uniform", true)]
+    [InlineData("none", false)]
+    [InlineData("kivi:bits=2", false)]         // a quantizer
+    [InlineData("mikv(h2o):top=0.2", false)]
+    [InlineData("dbudgetkv", false)]           // a dynamic budget
+    [InlineData("snapkv:keep=0.3", false)]     // names its own ratio
+    public void Factory_KnowsWhichPressesTakeTheSweepsRatio(string press, bool takes)
+    {
+        var factory = new PressCompressorFactory();
+        Assert.Equal(takes, factory.TakesKeepRatio(press));
+        string name = factory.Create(press, 0.25).Name;
+        Assert.Equal(takes, name.Contains("keep=0.25", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Factory_ReportsAMalformedPressWithTheRegistrysMessage() =>
+        Assert.Contains("bogus", Assert.Throws<KvSharpException>(() => new PressCompressorFactory().TakesKeepRatio("bogus")).Message, StringComparison.Ordinal);
 }

@@ -17,7 +17,7 @@ public static class ResultsTable
             ("model", c => c.Model),
             ("task", c => c.Task),
             ("press", c => c.Press),
-            ("keep", c => F(c.KeepRatio, "0.##")),
+            ("keep", c => c.KeepAchieved ? $"({F(c.KeepRatio, "0.###")})" : F(c.KeepRatio, "0.##")),
             ("KV cache", c => c.KvCache),
             ("samples", c => c.Samples.ToString(CultureInfo.InvariantCulture)),
             ("score", c => F(c.Score, "0.000")),

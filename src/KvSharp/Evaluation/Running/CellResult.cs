@@ -30,6 +30,12 @@ public sealed record CellResult
     /// <summary>Fraction of the context the press keeps (1 for the full cache).</summary>
     public double KeepRatio { get; init; }
 
+    /// <summary>
+    /// Whether <see cref="KeepRatio"/> is the share of KV bytes the press kept on its own (a quantizer or dynamic budget,
+    /// which takes no ratio) rather than the ratio asked for.
+    /// </summary>
+    public bool KeepAchieved { get; init; }
+
     /// <summary>The compressor's full text form.</summary>
     public required string Compressor { get; init; }
 

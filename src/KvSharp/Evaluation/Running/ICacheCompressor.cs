@@ -32,6 +32,12 @@ public interface ICompressorFactory
 
     /// <summary>Whether <paramref name="press"/> is the full cache, which has one cell (keep 1) whatever ratios are swept.</summary>
     bool IsFullCache(string press);
+
+    /// <summary>
+    /// Whether <paramref name="press"/> takes the sweep's keep ratios; one that does not (the full cache, a quantizer,
+    /// a dynamic budget) has one cell, and <see cref="Create"/> ignores the ratio.
+    /// </summary>
+    bool TakesKeepRatio(string press);
 }
 
 /// <summary>The full cache: leaves it as it is.</summary>
@@ -59,4 +65,7 @@ public class FullCacheFactory : ICompressorFactory
 
     /// <inheritdoc />
     public bool IsFullCache(string press) => press.Trim().ToLowerInvariant() is "none" or "full";
+
+    /// <inheritdoc />
+    public virtual bool TakesKeepRatio(string press) => !IsFullCache(press);
 }

@@ -34,7 +34,9 @@ public sealed class PressCompressor : ICacheCompressor
 /// <summary>
 /// The full cache (<c>none</c>) and every press of <see cref="PressRegistry"/>: a press name or text form (e.g.
 /// <c>snapkv</c>, <c>snapkv+pyramid:window=16</c>) gets the sweep's keep ratio as its <c>keep=</c> parameter; so does
-/// <c>clusterkv[:params]</c>, whose ratio is the per-step recall budget (<see cref="ClusterKvCompressor"/>).
+/// <c>clusterkv[:params]</c>, whose ratio is the per-step recall budget (<see cref="ClusterKvCompressor"/>). A press
+/// that takes no keep ratio (a quantizer such as <c>kivi:bits=2</c>, a dynamic budget such as <c>dbudgetkv</c>, a
+/// calibrated map such as <c>kvsharer:file=F</c>, or a text that already names its budget) is built as written.
 /// </summary>
 public sealed class PressCompressorFactory : FullCacheFactory
 {
@@ -42,19 +44,36 @@ public sealed class PressCompressorFactory : FullCacheFactory
     public override ICacheCompressor Create(string press, double keepRatio)
     {
         if (IsFullCache(press)) return NoCompression.Instance;
+        if (Compression.Recall.ClusterKvOptions.Names(press.Trim())) // recall, not eviction: the ratio is its per-step budget
+            return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(WithKeep(press, keepRatio)));
+        if (!TakesKeepRatio(press)) return new PressCompressor(PressRegistry.Parse(press));
+        return new PressCompressor(PressRegistry.Parse(WithKeep(press, keepRatio)));
+    }
+
+    /// <inheritdoc />
+    public override bool TakesKeepRatio(string press)
+    {
+        if (IsFullCache(press)) return false;
+        if (Compression.Recall.ClusterKvOptions.Names(press.Trim())) return true;
+        _ = PressRegistry.Parse(press); // a malformed press is an error here, with the registry's message
+        // The registry refuses a keep= the press does not declare (or gives twice): then the press has its own budget.
+        try
+        {
+            PressRegistry.Parse(WithKeep(press, 0.5));
+            return true;
+        }
+        catch (KvSharpException)
+        {
+            return false;
+        }
+    }
+
+    private static string WithKeep(string press, double keepRatio)
+    {
         string text = press.Trim();
         string keep = "keep=" + keepRatio.ToString("0.####", CultureInfo.InvariantCulture);
-        if (Compression.Recall.ClusterKvOptions.Names(text)) // recall, not eviction: the ratio is its per-step budget
-            return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(text + (text.Contains(':') ? "," : ":") + keep));
         // The ratio joins the parameters of the last part (its budget), as the registry routes them.
         int lastPlus = text.LastIndexOf('+'), lastColon = text.LastIndexOf(':'), lastClose = text.LastIndexOf(')');
-        string withKeep = text + (lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep);
-        try { return new PressCompressor(PressRegistry.Parse(withKeep)); }
-        catch (KvSharpException e) when (e.Message.Contains("unknown parameter 'keep'", StringComparison.Ordinal))
-        {
-            // A press without a keep ratio (kvsharer, kvtuner, kivi, ...) runs as given, in the keep-1 cell only.
-            if (keepRatio != 1) throw new KvSharpException($"press '{text}' takes no keep ratio: run it with --keep 1");
-            return new PressCompressor(PressRegistry.Parse(text));
-        }
+        return text + (lastColon > Math.Max(lastPlus, lastClose) ? "," + keep : ":" + keep);
     }
 }

@@ -58,8 +58,8 @@ public sealed class SweepRunner
         foreach (var task in _config.Tasks)
             foreach (var press in _config.Presses)
             {
-                // The full cache does not depend on the ratio: one cell.
-                var ratios = _compressors.IsFullCache(press) ? [1.0] : _config.Keep;
+                // The full cache, quantizers and dynamic budgets do not take the ratio: one cell.
+                var ratios = _compressors.TakesKeepRatio(press) ? _config.Keep : [1.0];
                 foreach (var keep in ratios)
                 {
                     var compressor = _compressors.Create(press, keep);
@@ -143,8 +143,13 @@ public sealed class SweepRunner
         var used = memory.Stop();
         // The samples are written with their cell, after it: a cell's answers are in the file exactly when the cell is.
         foreach (var line in lines) JsonlFile.Append(SamplesPath(resultsPath), line);
-        return CellResult.Summarize(cell, outcomes, DateTime.UtcNow) with
+        var summary = CellResult.Summarize(cell, outcomes, DateTime.UtcNow);
+        // A press with its own budget keeps what it decides: report that share of the bytes as its ratio.
+        bool achieved = !_compressors.IsFullCache(cell.Press) && !_compressors.TakesKeepRatio(cell.Press) && summary.KvBytesBefore > 0;
+        return summary with
         {
+            KeepRatio = achieved ? summary.KvBytesAfter / summary.KvBytesBefore : summary.KeepRatio,
+            KeepAchieved = achieved,
             PeakRssBytes = used.PeakRssBytes,
             PeakRssDeltaBytes = used.PeakRssDeltaBytes,
             PeakRssPerCell = used.PerCell,
