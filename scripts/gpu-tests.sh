@@ -6,6 +6,7 @@
 #   scripts/gpu-tests.sh run [bench args]   (on the GPU machine, from the repository root) runs the checks,
 #                                  then the decode benchmark if any bench arguments are given
 #                                  (e.g. --contexts 4096,32768 --steps 64).
+#   scripts/gpu-tests.sh paged [args]   (on the GPU machine) the compressed-cache decode benchmark (bench-paged).
 # Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
 # device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
@@ -29,8 +30,15 @@ case "${1:-}" in
     if [ "$#" -gt 0 ]; then .gpu/app/KvSharp.GpuTests bench "$@" || status=$?; fi
     exit $status
     ;;
+  paged)
+    # Decode over compressed device caches (KVzip 0.3, KIVI-2, FP8, KVzip 0.3 + INT4) vs the float16 cache, e.g.
+    # scripts/gpu-tests.sh paged --contexts 4096,32768,131072 --steps 32
+    shift
+    export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    .gpu/app/KvSharp.GpuTests bench-paged "$@"
+    ;;
   *)
-    echo "usage: scripts/gpu-tests.sh publish | run [bench options]" >&2
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options]" >&2
     exit 64
     ;;
 esac

@@ -32,9 +32,19 @@ if (args.Length > 0 && args[0] == "cache-quick")
     KvSharp.Bench.Cache.QuickCacheBench.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "clusterkv-recall")
+{
+    KvSharp.Bench.Recall.ClusterKvRecallBench.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "quant-methods")
 {
     KvSharp.Bench.Quantization.QuantMethodsBench.Run(args);
+    return;
+}
+if (args.Length > 0 && args[0] == "press-decode")
+{
+    KvSharp.Bench.Quantization.PressDecodeBench.Run(args);
     return;
 }
 if (args.Length > 0 && args[0] == "kv-decode")

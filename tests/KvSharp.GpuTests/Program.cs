@@ -3,9 +3,10 @@ using KvSharp.GpuTests.Bench;
 using KvSharp.GpuTests.Checks;
 
 // KvSharp's GPU checks and GPU benchmark, as a self-contained program for machines without .NET.
-//   KvSharp.GpuTests selftest [--stories PATH]
+//   KvSharp.GpuTests selftest [--stories PATH] [--only NAME-PART]
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
+//   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--steps 32]   (compressed device caches)
 string command = args.Length > 0 ? args[0] : "selftest";
 string Option(string name, string fallback)
 {
@@ -26,8 +27,10 @@ switch (command)
             Console.WriteLine($"device: {CudaDevice.Shared}");
             string stories = Option("--stories", Path.Combine("..", "shared", "models", "stories260k", "stories260K.gguf"));
             int passed = 0, failed = 0;
+            string only = Option("--only", "");
             foreach (var (name, run) in GpuCheckList.All(stories))
             {
+                if (!name.Contains(only, StringComparison.Ordinal)) continue;
                 var sw = System.Diagnostics.Stopwatch.StartNew();
                 try
                 {
@@ -52,7 +55,14 @@ switch (command)
                 Ints("--batch-contexts", ""), int.Parse(Option("--batch", "8")), int.Parse(Option("--steps", "64")), Ints("--prefill", "4096"), Console.Out);
             return 0;
         }
+    case "bench-paged":
+        {
+            var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();
+            PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts,
+                int.Parse(Option("--steps", "32")), Console.Out);
+            return 0;
+        }
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged)");
         return 64;
 }

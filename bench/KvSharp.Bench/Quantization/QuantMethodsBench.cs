@@ -12,7 +12,8 @@ using KvSharp.Models;
 namespace KvSharp.Bench.Quantization;
 
 /// <summary>
-/// <c>quant-methods [kvtuner-stories.json] [needle samples]</c>: the quantization presses measured on real models.
+/// <c>quant-methods [kvtuner-stories.json|-] [needle samples] [name filter]</c>: the quantization presses measured on real
+/// models (the filter keeps the methods whose name contains it, and F16, e.g. <c>VidKV</c>).
 /// Per method: KV bytes per token from the cache's accounting, attention output error against a float32 cache on the
 /// same queries, KL of next-token distributions on TinyStories text (stories260k) and retrieval accuracy on
 /// needle_eval NIAH samples (kvsharp-needle-16m). Prints a markdown table.
@@ -23,8 +24,9 @@ internal static class QuantMethodsBench
 
     public static void Run(string[] args)
     {
-        string? kvtuner = args.Length > 1 ? args[1] : null;
+        string? kvtuner = args.Length > 1 && args[1] != "-" ? args[1] : null;
         int samples = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 8;
+        string? filter = args.Length > 3 ? args[3] : null;
         var methods = new List<(string Name, string? Press)>
         {
             ("F16 (no press)", null),
@@ -33,9 +35,12 @@ internal static class QuantMethodsBench
             ("MiKV int8/int2 top 0.2 (h2o)", "mikv(h2o):high=int8,low=int2,top=0.2"),
             ("ZipVL tau 0.95 int8/int2 (snapkv)", "zipvl(snapkv):tau=0.95,high=int8,low=int2"),
             ("LeanKV 0.9/0.99 K8V4/K4V2/prune (snapkv)", "leankv(snapkv):high=0.9,low=0.99"),
-            ("VidKV realised, salient 0.1 (snapkv)", "vidkv(snapkv):salient=0.1"),
+            ("VidKV K1.5/V1.6, 2 salient/32 (r=32)", "vidkv:outliers=0.5,salient=2,residual=32"),
+            ("VidKV K1.5/V1.6, 2 salient/32 (r=0)", "vidkv:outliers=0.5,salient=2,residual=0"),
+            ("VidKV K1.25, no salient (r=32)", "vidkv:outliers=0.25,salient=0,residual=32"),
         };
         if (kvtuner != null) methods.Add(("KVTuner (stories260k search)", $"kvtuner:file={kvtuner}"));
+        if (filter != null) methods.RemoveAll(m => m.Press != null && !m.Name.Contains(filter, StringComparison.OrdinalIgnoreCase));
 
         string storiesPath = Path.Combine(Shared, "models/stories260k/stories260K.gguf");
         using (var stories = LanguageModel.Load(storiesPath))

@@ -221,7 +221,7 @@ public static class DecodeBench
     }
 
     /// <summary>Bytes read plus bytes written per second by a 1 GiB device-to-device copy (median of 10).</summary>
-    private static double CopyBandwidth(CudaDevice device)
+    internal static double CopyBandwidth(CudaDevice device)
     {
         const long bytes = 1L << 30;
         using var a = device.Allocate(bytes);

@@ -84,4 +84,15 @@ public class RegistryTests
         foreach (var p in PressRegistry.Presses.Where(p => !p.Parameters.Any(x => x.Description.EndsWith("required", StringComparison.Ordinal))))
             Assert.NotNull(PressRegistry.Parse(p.Kind == PressPartKind.Scorer ? p.Name : "keynorm+" + p.Name));
     }
+
+    [Fact]
+    public void KvzipPlus_IsKvzipWithPlus_AndParsesBack()
+    {
+        var press = PressRegistry.Parse("kvzipplus:keep=0.25");
+        Assert.Equal("kvzip:chunk=2000,plus=true+global:keep=0.25", press.Text);
+        Assert.Equal(press.Text, PressRegistry.Parse(press.Text).Text);
+        Assert.Equal(press.Text, PressRegistry.Parse("kvzip:plus=true,keep=0.25").Text);
+        Assert.Equal("kvzip:chunk=2000+global:keep=0.3", PressRegistry.Parse("kvzip:plus=false").Text);
+        Assert.Contains("plus=maybe must be one of false, true", Assert.Throws<KvSharpException>(() => PressRegistry.Parse("kvzip:plus=maybe")).Message);
+    }
 }

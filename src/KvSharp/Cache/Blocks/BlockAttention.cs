@@ -44,6 +44,17 @@ public static class BlockAttention
         CheckRows(queries.Length, queryCount, layout.HeadDim, "queries");
         CheckRows(scores.Length, queryCount, tokenCount, "scores");
         if (tokenCount == 0) return;
+        if (PadToFour(layout, queryCount, tokenCount))
+        {
+            int d = layout.HeadDim;
+            Span<float> q4 = stackalloc float[4 * d];
+            queries[..(3 * d)].CopyTo(q4);
+            q4[(3 * d)..].Clear();
+            Span<float> s4 = stackalloc float[4 * tokenCount];
+            Scores(layout, block, tokenCount, q4, 4, s4);
+            s4[..(3 * tokenCount)].CopyTo(scores);
+            return;
+        }
         switch (layout.Format)
         {
             case KvFormat.F32: ScoresFloat<F32Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
@@ -78,6 +89,19 @@ public static class BlockAttention
         CheckRows(weights.Length, queryCount, tokenCount, "weights");
         CheckRows(acc.Length, queryCount, layout.HeadDim, "accumulator");
         if (tokenCount == 0) return;
+        if (PadToFour(layout, queryCount, tokenCount))
+        {
+            int d = layout.HeadDim;
+            Span<float> w4 = stackalloc float[4 * tokenCount];
+            weights[..(3 * tokenCount)].CopyTo(w4);
+            w4[(3 * tokenCount)..].Clear();
+            Span<float> a4 = stackalloc float[4 * d];
+            acc[..(3 * d)].CopyTo(a4);
+            a4[(3 * d)..].Clear();
+            AccumulateValues(layout, block, tokenCount, w4, 4, a4);
+            a4[..(3 * d)].CopyTo(acc);
+            return;
+        }
         switch (layout.Format)
         {
             case KvFormat.F32: AccumulateFloat<F32Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
@@ -97,6 +121,15 @@ public static class BlockAttention
             default: throw new KvSharpException($"unknown KV block format {layout.Format}");
         }
     }
+
+    /// <summary>
+    /// Whether a group of 3 queries (e.g. 9 query heads over 3 KV heads) runs as 4 with a zero fourth query: the
+    /// 4-query kernels widen each stored row once for all queries instead of once per query, and the real queries'
+    /// results are unchanged (every blocking does the same operations per (query, token)). F32 rows cost nothing to
+    /// widen, so they keep the per-query path.
+    /// </summary>
+    private static bool PadToFour(BlockLayout layout, int queryCount, int tokenCount)
+        => queryCount == 3 && layout.Format != KvFormat.F32 && Simd.Enabled && 4 * layout.HeadDim <= StackFloats && 4 * tokenCount <= StackFloats;
 
     private static void CheckRows(int length, int rows, int width, string what)
     {
@@ -182,14 +215,20 @@ public static class BlockAttention
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (g >= 4)
         {
+            int full = g / 4 * 4;
+            for (; t + 2 <= n; t += 2)
+                for (int i = 0; i < full; i += 4)
+                {
+                    var (r0, r1) = RowKernels<R>.Dot2Rows4Queries(simd, ref b, t * d, d, queries[(i * d)..], d, d);
+                    Scatter4(scores, n, i, t, r0);
+                    Scatter4(scores, n, i, t + 1, r1);
+                }
             for (; t < n; t++)
-            {
-                int i = 0;
-                for (; i + 4 <= g; i += 4)
+                for (int i = 0; i < full; i += 4)
                     Scatter4(scores, n, i, t, RowKernels<R>.Dot4Queries(simd, ref b, t * d, queries[(i * d)..], d, d));
-                for (; i < g; i++)
-                    scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, queries.Slice(i * d, d));
-            }
+            for (int i = full; i < g; i++)
+                for (int u = 0; u < n; u++)
+                    scores[i * n + u] = RowKernels<R>.Dot(simd, ref b, u * d, queries.Slice(i * d, d));
             return;
         }
         for (; t + 4 <= n; t += 4)
@@ -208,14 +247,22 @@ public static class BlockAttention
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (g >= 4)
         {
+            int full = g / 4 * 4;
+            Span<float> a16 = stackalloc float[16];
+            Span<float> zero16 = stackalloc float[16];
+            zero16.Clear();
+            for (; t + 4 <= n; t += 4)
+                for (int i = 0; i < full; i += 4)
+                {
+                    for (int r = 0; r < 4; r++) Column4(weights, n, i, t + r).CopyTo(a16.Slice(4 * r, 4));
+                    RowKernels<R>.Axpy4Rows4Queries(simd, ref b, t * d, d, a16, zero16, acc[(i * d)..], d, d);
+                }
             for (; t < n; t++)
-            {
-                int i = 0;
-                for (; i + 4 <= g; i += 4)
+                for (int i = 0; i < full; i += 4)
                     RowKernels<R>.Axpy4Queries(simd, ref b, t * d, Column4(weights, n, i, t), Vector128<float>.Zero, acc[(i * d)..], d, d);
-                for (; i < g; i++)
-                    RowKernels<R>.Axpy(simd, ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
-            }
+            for (int i = full; i < g; i++)
+                for (int u = 0; u < n; u++)
+                    RowKernels<R>.Axpy(simd, ref b, u * d, weights[i * n + u], 0f, acc.Slice(i * d, d));
             return;
         }
         for (; t + 4 <= n; t += 4)
@@ -282,14 +329,21 @@ public static class BlockAttention
                 int t1 = Math.Min(n, t0 + gs), t = t0;
                 if (g >= 4)
                 {
+                    int full = g / 4 * 4, t0Pairs = t;
+                    for (; t + 2 <= t1; t += 2)
+                        for (int i = 0; i < full; i += 4)
+                        {
+                            var (r0, r1) = RowKernels<R>.Dot2Rows4Queries(simd, ref b, t * d, d, qs[(i * d)..], d, d);
+                            var bias4 = Vector128.Create(bias.Slice(i, 4));
+                            Scatter4(scores, n, i, t, r0 + bias4);
+                            Scatter4(scores, n, i, t + 1, r1 + bias4);
+                        }
                     for (; t < t1; t++)
-                    {
-                        int i = 0;
-                        for (; i + 4 <= g; i += 4)
+                        for (int i = 0; i < full; i += 4)
                             Scatter4(scores, n, i, t, RowKernels<R>.Dot4Queries(simd, ref b, t * d, qs[(i * d)..], d, d) + Vector128.Create(bias.Slice(i, 4)));
-                        for (; i < g; i++)
-                            scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, qs.Slice(i * d, d)) + bias[i];
-                    }
+                    for (int i = full; i < g; i++)
+                        for (int u = t0Pairs; u < t1; u++)
+                            scores[i * n + u] = RowKernels<R>.Dot(simd, ref b, u * d, qs.Slice(i * d, d)) + bias[i];
                     continue;
                 }
                 for (; t + 4 <= t1; t += 4)
@@ -417,10 +471,24 @@ public static class BlockAttention
             int t = 0;
             if (g >= 4)
             {
+                int full = g / 4 * 4;
+                Span<float> a16 = stackalloc float[16];
+                Span<float> b16 = stackalloc float[16];
+                for (; t + 4 <= n; t += 4)
+                    for (int i = 0; i < full; i += 4)
+                        for (int j = 0; j < perRow; j++)
+                        {
+                            for (int r = 0; r < 4; r++)
+                            {
+                                var w = Column4(weights, n, i, t + r);
+                                int k = (t + r) * perRow + j;
+                                (w * step[k]).CopyTo(a16.Slice(4 * r, 4));
+                                (w * min[k]).CopyTo(b16.Slice(4 * r, 4));
+                            }
+                            RowKernels<R>.Axpy4Rows4Queries(simd, ref b, t * d + j * gs, d, a16, b16, acc[(i * d + j * gs)..], d, gs);
+                        }
                 for (; t < n; t++)
-                {
-                    int i = 0;
-                    for (; i + 4 <= g; i += 4)
+                    for (int i = 0; i < full; i += 4)
                     {
                         var w = Column4(weights, n, i, t);
                         for (int j = 0; j < perRow; j++)
@@ -429,9 +497,9 @@ public static class BlockAttention
                             RowKernels<R>.Axpy4Queries(simd, ref b, t * d + j * gs, w * step[k], w * min[k], acc[(i * d + j * gs)..], d, gs);
                         }
                     }
-                    for (; i < g; i++)
-                        TokenAxpy<R>(simd, ref b, t, weights[i * n + t], min, step, acc.Slice(i * d, d), perRow, gs);
-                }
+                for (int i = full; i < g; i++)
+                    for (int u = 0; u < n; u++)
+                        TokenAxpy<R>(simd, ref b, u, weights[i * n + u], min, step, acc.Slice(i * d, d), perRow, gs);
             }
             for (; t + 4 <= n; t += 4)
                 for (int i = 0; i < g; i++)

@@ -90,6 +90,81 @@ internal static class RowKernels<R> where R : struct, IElementReader
         return Reduce4(a0, a1, a2, a3);
     }
 
+    /// <summary>
+    /// Two token rows, four weight vectors w[k·wStride ..]: row r's lane k = Σ_i w[k·wStride + i] · x[first + r·stride + i],
+    /// i &lt; n — <see cref="Dot4Queries"/> of each row (same accumulators, same reduction), with every 8-element chunk
+    /// of the four weight vectors loaded once for both rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector128<float> Row0, Vector128<float> Row1) Dot2Rows4Queries(bool simd, ref byte codes, int first, int stride, ReadOnlySpan<float> w, int wStride, int n)
+    {
+        if (!Vectorizable(simd, first, stride | wStride, n))
+            return (Dot4Queries(simd, ref codes, first, w, wStride, n), Dot4Queries(simd, ref codes, first + stride, w, wStride, n));
+        _ = w[3 * wStride + n - 1];
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        for (int i = 0; i < n; i += 8)
+        {
+            var x = R.Load8(ref codes, first + i);
+            var y = R.Load8(ref codes, first + stride + i);
+            var w0 = Vector256.LoadUnsafe(ref wr, (nuint)i);
+            a0 = Fma.MultiplyAdd(x, w0, a0);
+            b0 = Fma.MultiplyAdd(y, w0, b0);
+            var w1 = Vector256.LoadUnsafe(ref wr, (nuint)(wStride + i));
+            a1 = Fma.MultiplyAdd(x, w1, a1);
+            b1 = Fma.MultiplyAdd(y, w1, b1);
+            var w2 = Vector256.LoadUnsafe(ref wr, (nuint)(2 * wStride + i));
+            a2 = Fma.MultiplyAdd(x, w2, a2);
+            b2 = Fma.MultiplyAdd(y, w2, b2);
+            var w3 = Vector256.LoadUnsafe(ref wr, (nuint)(3 * wStride + i));
+            a3 = Fma.MultiplyAdd(x, w3, a3);
+            b3 = Fma.MultiplyAdd(y, w3, b3);
+        }
+        return (Reduce4(a0, a1, a2, a3), Reduce4(b0, b1, b2, b3));
+    }
+
+    /// <summary>
+    /// Four token rows into four accumulators acc[k·accStride ..], i &lt; n: for rows r = 0..3 in order,
+    /// acc_k = fma(x_r, a[4r + k], acc_k + b[4r + k]) — four <see cref="Axpy4Queries"/> calls (same operations in the
+    /// same order), with each accumulator chunk loaded and stored once per four rows instead of once per row.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Axpy4Rows4Queries(bool simd, ref byte codes, int first, int stride, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> acc, int accStride, int n)
+    {
+        if (!Vectorizable(simd, first, stride | accStride, n))
+        {
+            for (int r = 0; r < 4; r++)
+                Axpy4Queries(simd, ref codes, first + r * stride, Vector128.Create(a.Slice(4 * r, 4)), Vector128.Create(b.Slice(4 * r, 4)), acc, accStride, n);
+            return;
+        }
+        _ = acc[3 * accStride + n - 1];
+        _ = a[15]; _ = b[15];
+        ref float ar = ref MemoryMarshal.GetReference(acc);
+        ref float ca = ref MemoryMarshal.GetReference(a);
+        ref float cb = ref MemoryMarshal.GetReference(b);
+        for (int i = 0; i < n; i += 8)
+        {
+            var y0 = Vector256.LoadUnsafe(ref ar, (nuint)i);
+            var y1 = Vector256.LoadUnsafe(ref ar, (nuint)(accStride + i));
+            var y2 = Vector256.LoadUnsafe(ref ar, (nuint)(2 * accStride + i));
+            var y3 = Vector256.LoadUnsafe(ref ar, (nuint)(3 * accStride + i));
+            for (int r = 0; r < 4; r++)
+            {
+                var x = R.Load8(ref codes, first + r * stride + i);
+                ref float rowA = ref Unsafe.Add(ref ca, 4 * r);
+                ref float rowB = ref Unsafe.Add(ref cb, 4 * r);
+                y0 = Fma.MultiplyAdd(x, Vector256.Create(rowA), Avx.Add(y0, Vector256.Create(rowB)));
+                y1 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 1)), Avx.Add(y1, Vector256.Create(Unsafe.Add(ref rowB, 1))));
+                y2 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 2)), Avx.Add(y2, Vector256.Create(Unsafe.Add(ref rowB, 2))));
+                y3 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 3)), Avx.Add(y3, Vector256.Create(Unsafe.Add(ref rowB, 3))));
+            }
+            y0.StoreUnsafe(ref ar, (nuint)i);
+            y1.StoreUnsafe(ref ar, (nuint)(accStride + i));
+            y2.StoreUnsafe(ref ar, (nuint)(2 * accStride + i));
+            y3.StoreUnsafe(ref ar, (nuint)(3 * accStride + i));
+        }
+    }
+
     /// <summary>dst[i] = x[first + i] (widens stored parameters).</summary>
     public static void Widen(bool simd, ref byte codes, int first, Span<float> dst)
     {

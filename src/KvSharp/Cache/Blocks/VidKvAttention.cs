@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace KvSharp.Cache.Blocks;
 
@@ -18,6 +20,15 @@ namespace KvSharp.Cache.Blocks;
 /// </remarks>
 internal static class VidKvAttention
 {
+    /// <summary>Byte b of 2-bit codes → its 4 codes (LSB first) as floats.</summary>
+    private static readonly float[] Code2Floats = Enumerable.Range(0, 4 * 256).Select(i => (float)(i / 4 >> (2 * (i % 4)) & 3)).ToArray();
+
+    /// <summary>Byte b of sign bits → its 8 signs (LSB first) as ±1.</summary>
+    private static readonly float[] SignFloats = Enumerable.Range(0, 8 * 256).Select(i => (i / 8 >> (i % 8) & 1) != 0 ? 1f : -1f).ToArray();
+
+    /// <summary>Byte b of base-3 digits → its 5 trits as floats (then 3 unused zeros).</summary>
+    private static readonly float[] TritFloats = Enumerable.Range(0, 8 * 256).Select(i => i % 8 < 5 ? (float)VidKvCodec.TritTable[5 * (i / 8) + i % 8] : 0f).ToArray();
+
     [ThreadStatic] private static float[]? t_scratch;
     [ThreadStatic] private static int[]? t_channels;
 
@@ -42,19 +53,27 @@ internal static class VidKvAttention
             if ((block[c >> 3] >> (c & 7) & 1) != 0) channels[ko++] = c; else channels[kn++] = c;
         // channels[..m]: outlier channels; channels[m..]: normal channels, both ascending, as the parameters are stored.
 
-        var s = Scratch(2 * d + n * d + d + n);
-        var parameters = s[..(2 * d)];             // outlier step, outlier min, normal scale, normal mean (stored order)
-        var codes = s.Slice(2 * d, n * d);         // [n, m] outlier codes, then [n, normal] signs (row 0 unused)
-        var scaled = s.Slice(2 * d + n * d, d);    // q∘step (outliers), q∘scale (normal)
-        var u = s.Slice(3 * d + n * d, n);
+        // Code areas are widened a byte at a time through tables (4 codes or 8 signs per byte); each span is padded so
+        // the last byte's table row fits.
+        int oLen = (n * m + 7) & ~7, nLen = (n * normal + 15) & ~7;
+        var s = Scratch(2 * d + oLen + nLen + d + n);
+        var parameters = s[..(2 * d)];                      // outlier step, outlier min, normal scale, normal mean (stored order)
+        var outlierCodes = s.Slice(2 * d, oLen);            // [n, m] codes 0..3
+        var signs = s.Slice(2 * d + oLen, nLen);            // [n, normal] ±1 (row 0 unused)
+        var scaled = s.Slice(2 * d + oLen + nLen, d);       // q∘step (outliers), q∘scale (normal)
+        var u = s.Slice(3 * d + oLen + nLen, n);
         var p = block[v.ParameterOffset..];
         for (int k = 0; k < 2 * d; k++) parameters[k] = VidKvCodec.ReadF16(p, k);
-        var outlierCodes = codes[..(n * m)];
-        var signs = codes.Slice(n * m, n * normal);
+        ref float codeTable = ref MemoryMarshal.GetArrayDataReference(Code2Floats);
+        ref float signTable = ref MemoryMarshal.GetArrayDataReference(SignFloats);
+        ref float oDst = ref MemoryMarshal.GetReference(outlierCodes);
+        ref float nDst = ref MemoryMarshal.GetReference(signs);
         var oc = block[v.FirstCodeOffset..];
-        for (int e = 0; e < n * m; e++) outlierCodes[e] = oc[e >> 2] >> (2 * (e & 3)) & 3;
+        for (int b = 0, bytes = (2 * n * m + 7) / 8; b < bytes; b++)
+            Vector128.LoadUnsafe(ref codeTable, (nuint)(4 * oc[b])).StoreUnsafe(ref oDst, (nuint)(4 * b));
         var nc = block[v.SecondCodeOffset..];
-        for (int e = normal; e < n * normal; e++) signs[e] = (nc[e >> 3] >> (e & 7) & 1) != 0 ? 1f : -1f;
+        for (int b = 0, bytes = (n * normal + 7) / 8; b < bytes; b++)
+            Vector256.LoadUnsafe(ref signTable, (nuint)(8 * nc[b])).StoreUnsafe(ref nDst, (nuint)(8 * b));
         var basis = RealFourierBasis.Single(n);
 
         for (int i = 0; i < g; i++)
@@ -85,7 +104,7 @@ internal static class VidKvAttention
     public static void AccumulateValues(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
     {
         int d = layout.HeadDim;
-        var rows = Scratch(n * d);
+        var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
         for (int i = 0; i < g; i++)
         {
@@ -101,7 +120,7 @@ internal static class VidKvAttention
     private static void ScoresDecoded(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
     {
         int d = layout.HeadDim;
-        var rows = Scratch(n * d);
+        var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
         for (int i = 0; i < g; i++)
             for (int t = 0; t < n; t++)
@@ -121,14 +140,13 @@ internal static class VidKvAttention
         var p = block[v.ParameterOffset..];
         Span<float> scales = d <= 1024 ? stackalloc float[d] : new float[d];
         for (int c = 0; c < d; c++) scales[c] = VidKvCodec.ReadF16(p, c);
+        // 5 trits per byte, widened through an 8-float table row per byte: each store overlaps the next by 3 floats,
+        // which the next byte's store overwrites (rows has 8 floats of slack).
         var trits = block[v.FirstCodeOffset..];
-        var table = VidKvCodec.TritTable;
-        int byteIndex = 0, digit = 0;
-        for (int e = 0; e < n * d; e++)
-        {
-            rows[e] = table[5 * trits[byteIndex] + digit];
-            if (++digit == 5) { digit = 0; byteIndex++; }
-        }
+        ref float table = ref MemoryMarshal.GetArrayDataReference(TritFloats);
+        ref float dst = ref MemoryMarshal.GetReference(rows);
+        for (int b = 0, bytes = (n * d + 4) / 5; b < bytes; b++)
+            Vector256.LoadUnsafe(ref table, (nuint)(8 * trits[b])).StoreUnsafe(ref dst, (nuint)(5 * b));
         int slot = 0;
         for (int t = 0; t < n; t++)
         {

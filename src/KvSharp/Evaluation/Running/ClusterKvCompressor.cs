@@ -44,6 +44,19 @@ public sealed class ClusterKvCompressor(ClusterKvOptions options) : IDecodingCom
         }
     }
 
+    /// <summary>Mean tokens attended per decode step and (layer, KV head) over every sample run so far (NaN before any step).</summary>
+    public double MeanSelectedTokens
+    {
+        get
+        {
+            lock (_attached)
+            {
+                long heads = _attached.Sum(c => c.DecodeSteps * c.Inner.Layers * c.Inner.KvHeads);
+                return heads == 0 ? double.NaN : (double)_attached.Sum(c => c.SelectedTokens) / heads;
+            }
+        }
+    }
+
     /// <inheritdoc />
     public string Name => Options.Text;
 

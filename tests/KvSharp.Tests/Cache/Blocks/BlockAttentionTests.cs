@@ -175,6 +175,53 @@ public class BlockAttentionTests
         }
     }
 
+    /// <summary>
+    /// Every blocking gives every (query, token) the same float operations: a group call (g = 2, 3 — padded to 4 —, 4, 5, 7,
+    /// 9 queries, token counts that are not multiples of the 2- and 4-row blockings) equals g one-query calls bit for bit,
+    /// scores and accumulators, in every format and axis.
+    /// </summary>
+    [Theory]
+    [InlineData(KvFormat.F32)]
+    [InlineData(KvFormat.F16)]
+    [InlineData(KvFormat.BF16)]
+    [InlineData(KvFormat.Fp8E4M3)]
+    [InlineData(KvFormat.Int8)]
+    [InlineData(KvFormat.Int4)]
+    [InlineData(KvFormat.Int2)]
+    [InlineData(KvFormat.Ternary)]
+    [InlineData(KvFormat.Binary)]
+    public void GroupCallsEqualOneQueryCallsBitForBit(KvFormat format)
+    {
+        const int d = 64, tokens = 32;
+        var layouts = format.IsQuantized()
+            ? new[] { BlockLayout.ForKeys(format, d, tokens), BlockLayout.ForValues(format, d, tokens) }
+            : new[] { new BlockLayout(format, QuantAxis.PerToken, 0, tokens, d) };
+        var x = Rows(60, tokens, d);
+        foreach (var layout in layouts)
+        {
+            var block = Encode(layout, x, tokens);
+            foreach (int n in new[] { 32, 31, 7 })
+                foreach (int g in new[] { 2, 3, 4, 5, 7, 9 })
+                {
+                    var q = Gaussians(61 + g, g * d, 1);
+                    var w = Gaussians(62 + g, g * n, 1).Select(MathF.Abs).ToArray();
+                    var scores = new float[g * n];
+                    var acc = Gaussians(63 + g, g * d, 1);
+                    var single = (float[])acc.Clone();
+                    BlockAttention.Scores(layout, block, n, q, g, scores);
+                    BlockAttention.AccumulateValues(layout, block, n, w, g, acc);
+                    for (int i = 0; i < g; i++)
+                    {
+                        var s1 = new float[n];
+                        BlockAttention.Scores(layout, block, n, q.AsSpan(i * d, d), s1);
+                        Assert.True(s1.AsSpan().SequenceEqual(scores.AsSpan(i * n, n)), $"{layout}, {n} tokens, group {g}: scores of query {i}");
+                        BlockAttention.AccumulateValues(layout, block, n, w.AsSpan(i * n, n), single.AsSpan(i * d, d));
+                    }
+                    Assert.True(single.AsSpan().SequenceEqual(acc), $"{layout}, {n} tokens, group {g}: accumulators");
+                }
+        }
+    }
+
     /// <summary>An F16 block holding an infinity (|x| > 65504 rounds to inf) keeps IEEE semantics: that token's score and the accumulators it feeds are infinite.</summary>
     [Fact]
     public void F16BlockWithInfinityKeepsIeeeResults()

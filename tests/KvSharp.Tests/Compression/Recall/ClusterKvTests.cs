@@ -186,6 +186,17 @@ public class ClusterKvTests
     }
 
     [Fact]
+    public void TheEvalFactoryTurnsTheKeepRatioIntoTheBudget()
+    {
+        var compressor = Assert.IsType<KvSharp.Evaluation.Running.ClusterKvCompressor>(new KvSharp.Evaluation.Running.PressCompressorFactory().Create("clusterkv:clusters=64", 0.25));
+        Assert.Equal("clusterkv:keep=0.25,clusters=64,iters=20,sinks=4,every=320", compressor.Name);
+        using var s = new Setup();
+        using var cache = ClusterKvCache.Attach(s.Inner, Heads, compressor.Options with { Sinks = 2, Iterations = 2 });
+        Assert.Equal(N - 2, cache.AttachedTokens);
+        Assert.Equal(15, cache.Budget); // round(0.25 × 58)
+    }
+
+    [Fact]
     public void TextFormParsesBackAndBadOnesNameTheProblem()
     {
         var o = ClusterKvOptions.Parse("clusterkv:keep=0.25,clusters=64");

@@ -4,60 +4,47 @@ using KvSharp.Models;
 namespace KvSharp.Compute.Cuda.Model;
 
 /// <summary>
-/// A float16 KV cache in device memory for <see cref="Batch"/> sequences: per layer, K and V as
+/// A float16 KV cache in device memory for <see cref="DeviceKvCache.Batch"/> sequences: per layer, K and V as
 /// [sequence, kvHeads, capacity, headDim], so one head's keys are contiguous for attention. Each sequence
 /// has its own length; the positions also live on the device, so a captured decode step (a CUDA graph)
 /// advances them without the host.
 /// </summary>
-public sealed class CudaKvCache : IDisposable
+public sealed class CudaKvCache : DeviceKvCache
 {
     private readonly DeviceBuffer _storage;
-    private readonly int[] _lengths;
 
-    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity, int batch = 1)
+    internal CudaKvCache(CudaDevice device, ModelConfig config, int capacity, int batch = 1) : base(device, config, capacity, batch)
     {
-        if (capacity <= 0) throw new KvSharpException($"KV cache capacity {capacity} must be positive");
-        if (batch < 1 || batch > CudaKernels.MaxGemvRows) throw new KvSharpException($"a CUDA KV cache holds 1..{CudaKernels.MaxGemvRows} sequences, not {batch}");
-        Device = device;
-        Config = config;
-        Capacity = capacity;
-        Batch = batch;
-        _lengths = new int[batch];
         SequenceStride = (long)config.NumKvHeads * capacity * config.HeadDim;
         LayerStride = batch * SequenceStride * 2;
         _storage = device.Allocate(2 * LayerStride * config.NumLayers);
-        Position = device.Allocate(batch * sizeof(int));
-        Next = device.Allocate(batch * sizeof(int));
-        History = device.Allocate((long)batch * capacity * sizeof(int));
     }
 
-    internal CudaDevice Device { get; }
+    /// <inheritdoc />
+    public override long ByteCount => _storage.ByteLength;
 
-    internal ModelConfig Config { get; }
+    /// <inheritdoc />
+    public override long BytesReadPerToken =>
+        Enumerable.Range(0, Batch).Sum(i => (long)LengthOf(i)) * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
 
-    /// <summary>Tokens each sequence can hold.</summary>
-    public int Capacity { get; }
+    internal override bool SupportsFlashPrefill => true;
 
-    /// <summary>Sequences the cache holds (decoded together, one row each).</summary>
-    public int Batch { get; }
+    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows) =>
+        kernels.PlanAttention(visible, rows, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
 
-    /// <summary>Tokens held by sequence 0 (the next token's position); see <see cref="LengthOf"/> for a batch.</summary>
-    public int Length
+    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
-        get => _lengths[0];
-        internal set => _lengths[0] = value;
+        var c = Config;
+        int hd = c.HeadDim, seq = a.Batch ? 0 : a.Sequence;
+        long seqStride = a.Batch ? SequenceStride : 0;
+        ulong keys = Keys(a.Layer, seq), values = Values(a.Layer, seq);
+        kernels.QkvRopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, keys, values, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
+            a.Interleaved, a.Eps, seqStride);
+        if (a.Flash) kernels.FlashPrefill(a.Q, keys, values, a.Output, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position);
+        else
+            kernels.Attention(a.Q, keys, values, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
+                a.Plan, seqStride);
     }
-
-    /// <summary>Tokens held by sequence <paramref name="sequence"/>.</summary>
-    public int LengthOf(int sequence) => _lengths[sequence];
-
-    internal void SetLength(int sequence, int length) => _lengths[sequence] = length;
-
-    /// <summary>Bytes of K and V storage allocated on the device.</summary>
-    public long ByteCount => _storage.ByteLength;
-
-    /// <summary>Bytes of K and V one decode step reads at the current lengths (every sequence, layer, K and V).</summary>
-    public long BytesReadPerToken => _lengths.Sum(n => (long)n) * 2 * Config.NumLayers * Config.NumKvHeads * Config.HeadDim * 2;
 
     /// <summary>Bytes of one layer's K (or V) for all sequences.</summary>
     internal long LayerStride { get; }
@@ -69,15 +56,6 @@ public sealed class CudaKvCache : IDisposable
 
     internal ulong Values(int layer, int sequence = 0) => Keys(layer, sequence) + (ulong)LayerStride;
 
-    /// <summary>Device ints [batch]: position of each sequence's next token (read by RoPE, the cache append and attention).</summary>
-    internal DeviceBuffer Position { get; }
-
-    /// <summary>Device ints [batch]: the token a decode step consumes and replaces with its greedy successor.</summary>
-    internal DeviceBuffer Next { get; }
-
-    /// <summary>Device ints [batch, capacity]: History[s, p] is the token greedily produced from sequence s's input at position p.</summary>
-    internal DeviceBuffer History { get; }
-
     /// <summary>
     /// Sets every sequence's length to <paramref name="length"/> with pseudo-random K and V: decode benchmarks at long
     /// contexts without a prefill of that length (attention cost depends on the length, not the values).
@@ -86,16 +64,14 @@ public sealed class CudaKvCache : IDisposable
     {
         if (length > Capacity) throw new KvSharpException($"length {length} exceeds the cache capacity {Capacity}");
         kernels.FillRandomF16(_storage.Pointer, _storage.ByteLength / 2, seed, 1.0f);
-        Array.Fill(_lengths, length);
+        SetAllLengths(length);
         kernels.Device.Synchronize();
     }
 
     /// <inheritdoc />
-    public void Dispose()
+    public override void Dispose()
     {
         _storage.Dispose();
-        Position.Dispose();
-        Next.Dispose();
-        History.Dispose();
+        base.Dispose();
     }
 }

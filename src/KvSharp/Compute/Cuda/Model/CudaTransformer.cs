@@ -1,3 +1,4 @@
+using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
@@ -22,7 +23,7 @@ public sealed class CudaTransformer : IDisposable
     private readonly DeviceBuffer _outputNorm, _invFreq;
     private Scratch? _scratch;
     private CudaGraph? _decodeGraph;
-    private CudaKvCache? _graphCache;
+    private DeviceKvCache? _graphCache;
 
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
@@ -110,12 +111,16 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
     public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
 
+    /// <summary>An empty compressed device cache for up to <paramref name="capacity"/> tokens in the formats of <paramref name="options"/>.</summary>
+    public CudaPagedKvCache CreatePagedCache(PagedKvCacheOptions options, int capacity, long? poolBytes = null) =>
+        new(_device, Config, options, capacity, poolBytes);
+
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.LengthOf(sequence).. of sequence <paramref name="sequence"/> and
     /// appends their keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
     /// [tokens, vocab] with <see cref="LogitsMode.All"/>.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, CudaKvCache cache, LogitsMode mode = LogitsMode.Last, int sequence = 0)
+    public float[] Forward(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode = LogitsMode.Last, int sequence = 0)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
         if ((uint)sequence >= (uint)cache.Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {cache.Batch}");
@@ -135,8 +140,8 @@ public sealed class CudaTransformer : IDisposable
             s.Tokens.Upload(tokens.Slice(start, n));
             s.Host[0] = cache.LengthOf(sequence);
             cache.Position.Upload<int>(s.Host.AsSpan(0, 1), (long)sequence * sizeof(int));
-            var plan = _kernels.PlanAttention(cache.LengthOf(sequence) + n, n, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
-            if (!UsesFlash(n)) EnsurePartials(s, n, plan);
+            var plan = cache.PlanAttention(_kernels, cache.LengthOf(sequence) + n, n);
+            if (!UsesFlash(n, cache)) EnsurePartials(s, n, plan);
             EnqueueLayers(s, cache, n, s.Tokens.Pointer, plan, sequence, batch: false);
             if (mode == LogitsMode.All)
             {
@@ -149,6 +154,7 @@ public sealed class CudaTransformer : IDisposable
                 s.Logits.Download(logits.AsSpan(0, vocab));
             }
             _device.Synchronize();
+            cache.CheckDeviceState();
             cache.SetLength(sequence, cache.LengthOf(sequence) + n);
         }
         return logits;
@@ -158,7 +164,7 @@ public sealed class CudaTransformer : IDisposable
     /// Greedy generation: runs <paramref name="prompt"/>, then produces up to <paramref name="maxNewTokens"/>
     /// tokens, each from one replay of the captured decode step; stops after any of <paramref name="stopTokens"/>.
     /// </summary>
-    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, CudaKvCache cache, IReadOnlySet<int>? stopTokens = null)
+    public IReadOnlyList<int> GenerateGreedy(ReadOnlySpan<int> prompt, int maxNewTokens, DeviceKvCache cache, IReadOnlySet<int>? stopTokens = null)
     {
         if (cache.Batch != 1) throw new KvSharpException($"GenerateGreedy runs one sequence; this cache holds {cache.Batch} (use GenerateGreedyBatch)");
         var result = new List<int>();
@@ -180,6 +186,7 @@ public sealed class CudaTransformer : IDisposable
             if (stopTokens.Contains(next[0])) { steps = i + 1; break; }
         }
         _device.Synchronize();
+        cache.CheckDeviceState();
         if (steps > 0)
         {
             var produced = new int[steps];
@@ -195,7 +202,7 @@ public sealed class CudaTransformer : IDisposable
     /// the matrix-vector products reading each weight once for the whole batch. Returns
     /// <paramref name="maxNewTokens"/> tokens per sequence (fewer when a sequence would outgrow the capacity).
     /// </summary>
-    public int[][] GenerateGreedyBatch(IReadOnlyList<int[]> prompts, int maxNewTokens, CudaKvCache cache)
+    public int[][] GenerateGreedyBatch(IReadOnlyList<int[]> prompts, int maxNewTokens, DeviceKvCache cache)
     {
         int batch = cache.Batch;
         if (prompts.Count != batch) throw new KvSharpException($"{prompts.Count} prompts for a cache of {batch} sequences");
@@ -221,13 +228,13 @@ public sealed class CudaTransformer : IDisposable
     /// Prepares <paramref name="cache"/> for graph decode of all its sequences from their current lengths, with
     /// <paramref name="tokens"/> (one per sequence) as the next inputs, capturing the decode step for this cache if needed.
     /// </summary>
-    internal void BeginDecode(CudaKvCache cache, ReadOnlySpan<int> tokens)
+    internal void BeginDecode(DeviceKvCache cache, ReadOnlySpan<int> tokens)
     {
         int batch = cache.Batch;
         if (tokens.Length != batch) throw new KvSharpException($"{tokens.Length} next tokens for a cache of {batch} sequences");
         _device.MakeCurrent();
         var s = ScratchFor(batch, cache, batch);
-        var plan = _kernels.PlanAttention(cache.Capacity, batch, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+        var plan = cache.PlanAttention(_kernels, cache.Capacity, batch);
         EnsurePartials(s, batch, plan);
         var lengths = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
         cache.Position.Upload<int>(lengths);
@@ -247,7 +254,7 @@ public sealed class CudaTransformer : IDisposable
     }
 
     /// <summary>Queues <paramref name="steps"/> graph decode steps (after <see cref="BeginDecode"/>) without waiting.</summary>
-    internal void EnqueueDecodeSteps(CudaKvCache cache, int steps)
+    internal void EnqueueDecodeSteps(DeviceKvCache cache, int steps)
     {
         for (int i = 0; i < cache.Batch; i++)
             if (cache.LengthOf(i) + steps > cache.Capacity) throw new KvSharpException($"{steps} decode steps exceed the cache capacity {cache.Capacity}");
@@ -256,7 +263,7 @@ public sealed class CudaTransformer : IDisposable
     }
 
     /// <summary>Whether n rows take the prefill path with the tensor-core attention (else the decode kernels).</summary>
-    private bool UsesFlash(int n) => n > CudaKernels.MaxGemvRows && CudaKernels.FlashAttention(Config.HeadDim);
+    private bool UsesFlash(int n, DeviceKvCache cache) => n > CudaKernels.MaxGemvRows && CudaKernels.FlashAttention(Config.HeadDim) && cache.SupportsFlashPrefill;
 
     /// <summary>
     /// Queues the decoder layers for n rows: X holds the residual stream; the final norm is left to
@@ -266,21 +273,18 @@ public sealed class CudaTransformer : IDisposable
     /// with SwiGLU, down product added to X. Up to 8 rows the norms are fused into the matrix-vector products;
     /// longer prefill chunks norm explicitly, multiply with cuBLAS and use the tensor-core attention.
     /// </summary>
-    private void EnqueueLayers(Scratch s, CudaKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan, int sequence, bool batch)
+    private void EnqueueLayers(Scratch s, DeviceKvCache cache, int n, ulong tokens, CudaKernels.AttentionPlan plan, int sequence, bool batch)
     {
         var c = Config;
         int d = c.HiddenSize, hd = c.HeadDim, qkvDim = (c.NumHeads + 2 * c.NumKvHeads) * hd, ffn = c.IntermediateSize;
         ulong pos = cache.Position.Pointer + (ulong)(batch ? 0 : sequence * sizeof(int));
-        long seqStride = batch ? cache.SequenceStride : 0;
-        int seq = batch ? 0 : sequence;
-        bool gemv = n <= CudaKernels.MaxGemvRows, flash = UsesFlash(n);
+        bool gemv = n <= CudaKernels.MaxGemvRows, flash = UsesFlash(n, cache);
         var k = _kernels;
         bool interleaved = c.RopeStyle == RopeStyle.Interleaved;
         k.Embed(_embedding.Type, _embedding.Pointer, tokens, s.X.Pointer, n, d);
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            ulong keys = cache.Keys(l, seq), values = cache.Values(l, seq);
             if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
             else
             {
@@ -288,12 +292,9 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
             }
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
-            k.QkvRopeAppend(s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer,
-                keys, values, n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved, c.RmsNormEps, seqStride);
-            if (flash) k.FlashPrefill(s.Q.Pointer, keys, values, s.Att.Pointer, n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos);
-            else
-                k.Attention(s.Q.Pointer, keys, values, s.Att.Pointer, s.PartOut!.Pointer, s.PartMl!.Pointer, s.Counters.Pointer,
-                    n, c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, plan, seqStride);
+            cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
+                _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
+                c.RmsNormEps, plan, pos, sequence, batch, flash));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {
@@ -388,7 +389,7 @@ public sealed class CudaTransformer : IDisposable
         }
     }
 
-    private Scratch ScratchFor(int rows, CudaKvCache cache, int logitRows)
+    private Scratch ScratchFor(int rows, DeviceKvCache cache, int logitRows)
     {
         if (cache.Config != Config) throw new KvSharpException("the CUDA KV cache was created for another model");
         if (_scratch != null && _scratch.Rows >= rows && _scratch.LogitRows >= logitRows) return _scratch;

@@ -1,0 +1,114 @@
+// The device paged KV cache's block formats and tables, shared by paged_attention.cu and paged_cache.cu.
+//
+// Blocks hold the same bytes as KvSharp.Cache.Blocks (BlockLayout): codes [tokens, hd] row-major, bit-packed
+// LSB first, then f16 scales, then f16 mins/means (none for ternary). Keys are per channel with one group per
+// block (KIVI), values per token in groups of vg channels; float formats have no parameters.
+// A head's table is an array of block descriptors (uint4):
+//   x = key block offset in the pool (16-byte units), y = value block offset,
+//   z = token count (bits 0..15) | key format (16..19) | value format (20..23),
+//   w = index of the block's first token among the head's stored tokens.
+// The last descriptor of every head is its residual: an F32 block in a slot reserved for the head, where
+// appends land until it is full and is encoded in the cache's formats.
+#pragma once
+#include "common.cuh"
+
+typedef unsigned char u8;
+
+// KvSharp.Cache.Blocks.KvFormat values.
+#define KV_F32 0
+#define KV_F16 1
+#define KV_BF16 2
+#define KV_FP8 3
+#define KV_INT8 4
+#define KV_INT4 5
+#define KV_INT2 6
+#define KV_TERNARY 7
+#define KV_BINARY 8
+
+__device__ __forceinline__ constexpr int kv_bits(int f)
+{
+    return f == KV_F32 ? 32 : f <= KV_BF16 ? 16 : f <= KV_INT8 ? 8 : f == KV_INT4 ? 4 : f <= KV_TERNARY ? 2 : 1;
+}
+__device__ __forceinline__ constexpr bool kv_quantized(int f) { return f >= KV_INT8; }
+__device__ __forceinline__ constexpr int kv_params(int f) { return f == KV_TERNARY ? 1 : f >= KV_INT8 ? 2 : 0; }
+
+__device__ __forceinline__ int desc_count(uint4 d) { return (int)(d.z & 0xffffu); }
+__device__ __forceinline__ int desc_kfmt(uint4 d) { return (int)((d.z >> 16) & 0xfu); }
+__device__ __forceinline__ int desc_vfmt(uint4 d) { return (int)((d.z >> 20) & 0xfu); }
+__device__ __forceinline__ unsigned desc_meta(int count, int kf, int vf) { return (unsigned)count | ((unsigned)kf << 16) | ((unsigned)vf << 20); }
+
+// Bytes of one block's codes and of its parameters.
+__device__ __forceinline__ int code_bytes(int f, int tokens, int hd) { return tokens * hd / 8 * kv_bits(f); }
+__device__ __forceinline__ int group_count(int f, bool keys, int tokens, int hd, int vg)
+{
+    return !kv_quantized(f) ? 0 : keys ? hd : tokens * (hd / vg);
+}
+__device__ __forceinline__ int block_bytes(int f, bool keys, int tokens, int hd, int vg)
+{
+    return code_bytes(f, tokens, hd) + group_count(f, keys, tokens, hd, vg) * kv_params(f) * 2;
+}
+
+// FP8 E4M3 code -> float: the 7 magnitude bits placed under f16's exponent/mantissa fields give the value
+// times 2^-8 (normal and subnormal alike; exact), so one f16 conversion and a power-of-two scale.
+// 0x7F/0xFF (NaN, which the encoder only produces from NaN input) read as ±480.
+__device__ __forceinline__ float fp8_to_f32(unsigned code)
+{
+    const u16 h = (u16)(((code & 0x80u) << 8) | ((code & 0x7fu) << 7));
+    return f16_to_f32(h) * 256.0f;
+}
+
+// The C·BITS code bits of C consecutive elements starting at element e (e·BITS is a multiple of C·BITS).
+// Returned as up to 4 words; element i sits at bit i·BITS of the concatenation.
+template <int BITS, int C>
+__device__ __forceinline__ void load_codes(const u8* codes, long e, unsigned (&w)[4])
+{
+    constexpr int NBITS = BITS * C;
+    const long bit = e * BITS;
+    if constexpr (NBITS >= 128)
+    {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(codes + bit / 8));
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    }
+    else if constexpr (NBITS == 64)
+    {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(codes + bit / 8));
+        w[0] = v.x; w[1] = v.y;
+    }
+    else if constexpr (NBITS == 32)
+    {
+        w[0] = __ldg(reinterpret_cast<const unsigned*>(codes + bit / 8));
+    }
+    else
+    {
+        w[0] = __ldg(reinterpret_cast<const unsigned*>(codes) + (bit >> 5)) >> (bit & 31);
+    }
+}
+
+// Code of element i of a load_codes result.
+template <int BITS>
+__device__ __forceinline__ unsigned code_at(const unsigned (&w)[4], int i)
+{
+    if constexpr (BITS == 32) return w[i];
+    else return (w[(i * BITS) >> 5] >> ((i * BITS) & 31)) & ((1u << BITS) - 1u);
+}
+
+// Float value of a code of a float format.
+template <int F>
+__device__ __forceinline__ float float_code(unsigned c)
+{
+    if constexpr (F == KV_F32) return __uint_as_float(c);
+    else if constexpr (F == KV_F16) return f16_to_f32((u16)c);
+    else if constexpr (F == KV_BF16) return __uint_as_float(c << 16);
+    else return fp8_to_f32(c);
+}
+
+// A group's parameters as x = min + step·code: INT (scale, min), ternary (code t+1: min = -scale, step = scale),
+// binary (bit 1 = mean + scale: min = mean - scale, step = 2·scale).
+template <int F>
+__device__ __forceinline__ void group_affine(const u16* scales, const u16* mins, int g, float& min, float& step)
+{
+    const float s = f16_to_f32(scales[g]);
+    if constexpr (F == KV_TERNARY) { min = -s; step = s; }
+    else if constexpr (F == KV_BINARY) { const float m = f16_to_f32(mins[g]); min = m - s; step = 2.0f * s; }
+    else { min = f16_to_f32(mins[g]); step = s; }
+}

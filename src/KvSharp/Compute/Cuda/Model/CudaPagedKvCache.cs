@@ -1,0 +1,541 @@
+using System.Runtime.InteropServices;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Models;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// The compressed KV cache in device memory: a pool of encoded blocks in exactly the byte layout of the CPU
+/// <see cref="PagedKvCache"/>'s blocks (<see cref="BlockLayout"/>), and per (layer, KV head) a table of block
+/// descriptors (pool offsets, token count, key and value formats) and the head's own length. Each head ends in a
+/// float32 residual block in a slot reserved for it: appended tokens land there, and a residual that fills is
+/// encoded on the device in the cache's formats (keys per channel, values per token in channel groups, as KIVI).
+/// Heads may hold different numbers of tokens (eviction) and blocks of different formats (mixed precision).
+/// </summary>
+/// <remarks>
+/// <para>Uploading a CPU cache (<see cref="Upload"/>) copies its encoded blocks and builds the tables; its float tail
+/// becomes the residual (a tail longer than one block, from a KIVI residual R &gt; BlockTokens, arrives as F32 blocks
+/// plus the residual: the device encodes each block as soon as it fills).</para>
+/// <para><see cref="Evict"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
+/// re-encoded in its own formats (as the CPU cache's Evict does), and the pool is compacted.</para>
+/// </remarks>
+public sealed class CudaPagedKvCache : DeviceKvCache
+{
+    private const int DescriptorBytes = 16;
+    private readonly CudaPagedKernels _kernels;
+    private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
+    private readonly int _residualUnits, _group;
+    private int _blocksAtSync, _lengthAtSync;
+
+    /// <summary>An empty cache for up to <paramref name="capacity"/> positions, encoding in the formats of <paramref name="options"/>.</summary>
+    /// <param name="device">The GPU.</param>
+    /// <param name="config">The model the cache is for.</param>
+    /// <param name="options">Formats and block geometry (keys per channel over a block, values per token in channel groups).</param>
+    /// <param name="capacity">Most positions the cache accepts.</param>
+    /// <param name="poolBytes">Device bytes for encoded blocks; default: every head full in the cache's formats.</param>
+    public CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, long? poolBytes = null)
+        : this(device, config, options, capacity, TableBlocks(options, capacity), poolBytes, null)
+    {
+        var host = EmptyTables();
+        UploadTables(host.Desc, host.Blocks, host.Tokens, ReservedUnits);
+    }
+
+    private CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, int maxBlocks, long? poolBytes, long? poolUnits)
+        : base(device, Validated(config, options), capacity, batch: 1)
+    {
+        int hd = config.HeadDim;
+        _group = config.NumHeads / config.NumKvHeads;
+        var (keys, values) = options.Layouts(hd);
+        Options = options;
+        KeyLayout = keys;
+        ValueLayout = values;
+        WideAttention = keys.Format.BitsPerElement() <= 4;
+        HeadCount = config.NumLayers * config.NumKvHeads;
+        MaxBlocks = maxBlocks;
+        _residualUnits = Units(BlockTokens * hd * sizeof(float));
+        long units = poolUnits ?? (poolBytes is { } b ? b / 16 : ReservedUnits + (long)HeadCount * (maxBlocks - 1) * (Units(keys.ByteSize) + Units(values.ByteSize)));
+        if (units < ReservedUnits || units > uint.MaxValue)
+            throw new KvSharpException($"CUDA paged KV cache: a pool of {units * 16} bytes must hold the {ReservedUnits * 16L} bytes of residual blocks and stay under 64 GiB");
+        PoolUnits = units;
+        _kernels = CudaPagedKernels.For(device);
+        try
+        {
+            _pool = device.Allocate(units * 16);
+            _desc = device.Allocate((long)HeadCount * maxBlocks * DescriptorBytes);
+            _headBlocks = device.Allocate(HeadCount * sizeof(int));
+            _headTokens = device.Allocate(HeadCount * sizeof(int));
+            _state = device.Allocate(4 * sizeof(int));
+        }
+        catch
+        {
+            DisposeBuffers();
+            base.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Descriptors per head for an empty cache of <paramref name="capacity"/> positions: full blocks plus the residual.</summary>
+    private static int TableBlocks(PagedKvCacheOptions options, int capacity)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return (capacity + options.BlockTokens - 1) / Math.Max(1, options.BlockTokens) + 1;
+    }
+
+    /// <summary>Checks the model shape and the options before anything is allocated.</summary>
+    private static ModelConfig Validated(ModelConfig config, PagedKvCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        int group = config.NumHeads / config.NumKvHeads;
+        if (!CudaPagedKernels.Supports(group, config.HeadDim))
+            throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
+        _ = options.Layouts(config.HeadDim);
+        if (!CudaPagedKernels.SupportsValueGroup(Math.Min(options.ValueChannelGroup, config.HeadDim)))
+            throw new KvSharpException($"the CUDA paged KV cache needs value channel groups that are a multiple of 16, not {options.ValueChannelGroup}");
+        return config;
+    }
+
+    /// <summary>
+    /// Whether attention uses the kernel with 16-byte key loads of every format (paged_attn_w_*) rather than the one whose
+    /// lanes own fixed channels (paged_attn_g*). Both are checked; by default the wide one serves caches whose keys are
+    /// encoded in 4 bits or fewer (faster there on an H100), the other one 8- to 32-bit formats (docs/benchmarks.md, issue 7).
+    /// </summary>
+    public bool WideAttention { get; set; }
+
+    /// <summary>Formats and block geometry of blocks encoded on this cache's appends.</summary>
+    public PagedKvCacheOptions Options { get; }
+
+    /// <summary>Layout of key blocks encoded from appended tokens.</summary>
+    public BlockLayout KeyLayout { get; }
+
+    /// <summary>Layout of value blocks encoded from appended tokens.</summary>
+    public BlockLayout ValueLayout { get; }
+
+    /// <summary>Tokens per block.</summary>
+    public int BlockTokens => KeyLayout.Tokens;
+
+    /// <summary>Channels per quantization group of value blocks.</summary>
+    internal int ValueGroup => ValueLayout.Format.IsQuantized() ? ValueLayout.GroupSize : Math.Min(Options.ValueChannelGroup, Config.HeadDim);
+
+    /// <summary>Layers × KV heads.</summary>
+    internal int HeadCount { get; }
+
+    /// <summary>Descriptors per head's table.</summary>
+    internal int MaxBlocks { get; }
+
+    /// <summary>Pool size in 16-byte units.</summary>
+    internal long PoolUnits { get; }
+
+    private int ReservedUnits => HeadCount * 2 * _residualUnits;
+
+    /// <inheritdoc />
+    public override long ByteCount => _pool.ByteLength + _desc.ByteLength;
+
+    /// <summary>
+    /// Bytes one decode step's attention reads (every head's blocks at their layouts' exact size, the residual's rows);
+    /// reads the tables back from the device.
+    /// </summary>
+    public override long BytesReadPerToken
+    {
+        get
+        {
+            long total = 0;
+            var (desc, blocks, _) = DownloadTables();
+            int hd = Config.HeadDim;
+            for (int h = 0; h < HeadCount; h++)
+                for (int b = 0; b < blocks[h]; b++)
+                {
+                    var (_, _, count, kf, vf, _) = Descriptor(desc, h, b);
+                    total += b == blocks[h] - 1 ? 2L * count * hd * sizeof(float) : LayoutOf(kf, true).ByteSize + LayoutOf(vf, false).ByteSize;
+                }
+            return total;
+        }
+    }
+
+    /// <summary>Stored tokens of every head, [layer · kvHeads + head] (reads them back from the device).</summary>
+    public int[] HeadLengths()
+    {
+        var tokens = new int[HeadCount];
+        _headTokens.Download<int>(tokens);
+        return tokens;
+    }
+
+    /// <summary>
+    /// A device copy of <paramref name="source"/>: its encoded blocks byte for byte, each head's float tail as the
+    /// residual, room for up to <paramref name="capacity"/> positions.
+    /// </summary>
+    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels.</exception>
+    public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (source.Layers != config.NumLayers || source.KvHeads != config.NumKvHeads || source.KeyLayout.HeadDim != config.HeadDim)
+            throw new KvSharpException($"the paged KV cache ({source.Layers} layers, {source.KvHeads} KV heads, head dimension {source.KeyLayout.HeadDim}) does not fit the model");
+        if (capacity < source.Length) throw new KvSharpException($"capacity {capacity} is below the {source.Length} tokens of the cache");
+        var options = source.Options;
+        int t = options.BlockTokens, hd = config.HeadDim, heads = config.NumLayers * config.NumKvHeads;
+        var stores = new HeadStore[heads];
+        int longest = 1;
+        long used = 0;
+        for (int h = 0; h < heads; h++)
+        {
+            var s = stores[h] = source.ReadStore(h / config.NumKvHeads, h % config.NumKvHeads);
+            longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
+            foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
+            used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
+        }
+        int growth = (capacity - source.Length + t - 1) / t;
+        int maxBlocks = longest + growth;
+        var probe = BlockLayout.ForKeys(options.KeyFormat, hd, t);
+        long room = (long)heads * growth * (Units(probe.ByteSize) + Units(BlockLayout.ForValues(options.ValueFormat, hd, t, options.ValueChannelGroup).ByteSize));
+        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, poolBytes, poolBytes == null ? heads * 2L * Units(t * hd * 4) + used + room : null);
+        try
+        {
+            cache.CopyFrom(stores);
+            cache.Length = source.Length;
+            cache.Resync();
+            return cache;
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// A cache of <paramref name="length"/> positions whose heads hold <paramref name="storedTokens"/>[layer · kvHeads + head]
+    /// tokens of random K/V in the formats of <paramref name="options"/> (full blocks, the rest in the residual): decode
+    /// benchmarks of compressed caches at long contexts without a prefill (attention reads the same bytes whatever the values).
+    /// </summary>
+    internal static CudaPagedKvCache Synthesize(CudaDevice device, CudaKernels kernels, ModelConfig config, PagedKvCacheOptions options,
+        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed)
+    {
+        int t = options.BlockTokens, heads = config.NumLayers * config.NumKvHeads;
+        if (storedTokens.Count != heads) throw new ArgumentException($"{storedTokens.Count} head lengths for {heads} heads", nameof(storedTokens));
+        if (storedTokens.Any(n => n < 0 || n > length)) throw new ArgumentException($"head lengths must be in 0..{length}", nameof(storedTokens));
+        int growth = (capacity - length + t - 1) / t + 1;
+        int maxBlocks = storedTokens.Max() / t + growth + 1;
+        var (keys, values) = options.Layouts(config.HeadDim);
+        int ku = Units(keys.ByteSize), vu = Units(values.ByteSize);
+        long units = heads * 2L * Units(t * config.HeadDim * 4) + storedTokens.Sum(n => (long)(n / t + growth)) * (ku + vu);
+        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, null, units);
+        try
+        {
+            var (desc, blocks, tokens) = cache.EmptyTables();
+            long top = cache.ReservedUnits;
+            uint meta = Meta(t, options.KeyFormat, options.ValueFormat);
+            for (int h = 0; h < heads; h++)
+            {
+                int full = storedTokens[h] / t;
+                for (int b = 0; b < full; b++)
+                {
+                    SetDescriptor(desc, cache.MaxBlocks, h, b, (uint)top, (uint)(top + ku), meta, (uint)(b * t));
+                    top += ku + vu;
+                }
+                SetDescriptor(desc, cache.MaxBlocks, h, full, cache.ResidualKeys(h), cache.ResidualKeys(h) + (uint)cache._residualUnits,
+                    Meta(storedTokens[h] % t, KvFormat.F32, KvFormat.F32), (uint)(full * t));
+                blocks[h] = full + 1;
+                tokens[h] = storedTokens[h];
+            }
+            kernels.FillRandomF16(cache._pool.Pointer, cache._pool.ByteLength / 2, seed, 1.0f);
+            cache.UploadTables(desc, blocks, tokens, top);
+            cache.Length = length;
+            cache.Resync();
+            return cache;
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Drops the stored tokens flagged in <paramref name="drop"/>[layer · kvHeads + head] (one flag per stored token of that
+    /// head, in order), on the device: blocks without a dropped token are kept as they are, the kept tokens of each run of
+    /// affected blocks are re-encoded in their own formats (a run may end in a partial block), the pool is compacted.
+    /// </summary>
+    /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
+    public void Evict(IReadOnlyList<bool[]> drop)
+    {
+        ArgumentNullException.ThrowIfNull(drop);
+        if (drop.Count != HeadCount) throw new ArgumentException($"{drop.Count} masks for {HeadCount} heads", nameof(drop));
+        var lengths = HeadLengths();
+        int maxTokens = MaxBlocks * BlockTokens;
+        var flags = new byte[(long)HeadCount * maxTokens];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            if (drop[h].Length != lengths[h]) throw new ArgumentException($"head {h}'s mask has {drop[h].Length} flags but the head stores {lengths[h]} tokens", nameof(drop));
+            for (int i = 0; i < lengths[h]; i++) flags[(long)h * maxTokens + i] = drop[h][i] ? (byte)1 : (byte)0;
+        }
+        using var deviceFlags = Device.Allocate(flags.Length);
+        deviceFlags.Upload<byte>(flags);
+        EvictOnDevice(deviceFlags);
+    }
+
+    /// <summary>
+    /// <see cref="Evict"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
+    /// (what a device-side scorer writes). The pool keeps its address, so captured decode graphs stay valid.
+    /// </summary>
+    internal void EvictOnDevice(DeviceBuffer flags)
+    {
+        int hd = Config.HeadDim;
+        using var fresh = Device.Allocate(PoolUnits * 16);
+        using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
+        _state.Upload<int>([ReservedUnits, 0]);
+        _kernels.Evict(_pool.Pointer, fresh.Pointer, _desc.Pointer, _headBlocks.Pointer, _headTokens.Pointer, flags.Pointer, staging.Pointer,
+            _state.Pointer, _state.Pointer + 4, PoolUnits, HeadCount, MaxBlocks, MaxBlocks * BlockTokens, BlockTokens, hd, ValueGroup);
+        Device.Synchronize();
+        CheckDeviceState();
+        var top = new int[1];
+        _state.Download<int>(top);
+        // Back into the original allocation: decode graphs captured over this cache keep pointing at live blocks.
+        _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
+        Device.Synchronize();
+        Resync();
+    }
+
+    /// <summary>A head's blocks as stored on the device, residual last (tests compare them with the CPU codec).</summary>
+    internal IReadOnlyList<DeviceBlock> ReadHead(int layer, int kvHead)
+    {
+        int h = layer * Config.NumKvHeads + kvHead;
+        var (desc, blocks, _) = DownloadTables();
+        var result = new List<DeviceBlock>();
+        for (int b = 0; b < blocks[h]; b++)
+        {
+            var (ko, vo, count, kf, vf, start) = Descriptor(desc, h, b);
+            var kl = LayoutOf(kf, true);
+            var vl = LayoutOf(vf, false);
+            var kb = new byte[kl.ByteSize];
+            var vb = new byte[vl.ByteSize];
+            _pool.Download<byte>(kb, (long)ko * 16);
+            _pool.Download<byte>(vb, (long)vo * 16);
+            result.Add(new DeviceBlock(kl, vl, count, start, kb, vb));
+        }
+        return result;
+    }
+
+    /// <summary>One block pair read back from the device.</summary>
+    internal sealed record DeviceBlock(BlockLayout KeyLayout, BlockLayout ValueLayout, int Count, int Start, byte[] Keys, byte[] Values);
+
+    /// <summary>Prefill chunks attend through the paged kernel with causal rows (the tensor-core kernel reads the float16 cache).</summary>
+    internal override bool SupportsFlashPrefill => false;
+
+    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows)
+    {
+        int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens);
+        return _kernels.Plan(blocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, WideAttention);
+    }
+
+    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
+    {
+        var c = Config;
+        var (desc, blocks, tokens) = LayerTables(a.Layer);
+        _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+            a.Position, a.Interleaved, a.Eps);
+        _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, WideAttention);
+    }
+
+    /// <summary>The kernels this cache runs.</summary>
+    internal CudaPagedKernels PagedKernels => _kernels;
+
+    /// <summary>Device address of the block pool.</summary>
+    internal ulong PoolPointer => _pool.Pointer;
+
+    /// <summary>Device addresses of one layer's descriptor table, head block counts and head token counts.</summary>
+    internal (ulong Desc, ulong Blocks, ulong Tokens) LayerTables(int layer)
+    {
+        long head0 = (long)layer * Config.NumKvHeads;
+        return (_desc.Pointer + (ulong)(head0 * MaxBlocks * DescriptorBytes), _headBlocks.Pointer + (ulong)(head0 * sizeof(int)),
+            _headTokens.Pointer + (ulong)(head0 * sizeof(int)));
+    }
+
+    /// <summary>Where one layer's appended tokens go.</summary>
+    internal CudaPagedKernels.AppendTarget AppendTarget(int layer)
+    {
+        var (desc, blocks, tokens) = LayerTables(layer);
+        return new CudaPagedKernels.AppendTarget(_pool.Pointer, desc, blocks, tokens, _state.Pointer, _state.Pointer + 4, PoolUnits,
+            MaxBlocks, BlockTokens, ValueGroup, (int)KeyLayout.Format, (int)ValueLayout.Format);
+    }
+
+    internal override void CheckDeviceState()
+    {
+        var state = new int[2];
+        _state.Download<int>(state);
+        if (state[1] == 1) throw new KvSharpException($"the CUDA paged KV cache's pool of {PoolUnits * 16} bytes is full (pass a larger poolBytes)");
+        if (state[1] == 2) throw new KvSharpException($"a head of the CUDA paged KV cache needs more than its {MaxBlocks} blocks (capacity {Capacity})");
+    }
+
+    /// <inheritdoc />
+    public override void Dispose()
+    {
+        DisposeBuffers();
+        base.Dispose();
+    }
+
+    private void DisposeBuffers()
+    {
+        _pool?.Dispose();
+        _desc?.Dispose();
+        _headBlocks?.Dispose();
+        _headTokens?.Dispose();
+        _state?.Dispose();
+    }
+
+    /// <summary>Copies every head's blocks and tail (the stores of a CPU cache) into the pool and builds the tables.</summary>
+    private void CopyFrom(HeadStore[] stores)
+    {
+        int t = BlockTokens, hd = Config.HeadDim;
+        var (desc, blocks, tokens) = EmptyTables();
+        var stager = new Stager(_pool, ReservedUnits);
+        var f32 = LayoutOf(KvFormat.F32, true);
+        for (int h = 0; h < stores.Length; h++)
+        {
+            var s = stores[h];
+            int b = 0, start = 0;
+            foreach (var e in s.Blocks)
+            {
+                if (e.KeyLayout != LayoutOf(e.KeyLayout.Format, true) || e.ValueLayout != LayoutOf(e.ValueLayout.Format, false))
+                    throw new KvSharpException($"block layouts {e.KeyLayout} / {e.ValueLayout} are not the cache geometry the device reads");
+                CheckRoom(h, b);
+                long k = stager.Add(e.KeyBytes[..e.KeyLayout.ByteSize]);
+                long v = stager.Add(e.ValueBytes[..e.ValueLayout.ByteSize]);
+                SetDescriptor(desc, MaxBlocks, h, b++, (uint)k, (uint)v, Meta(e.Count, e.KeyLayout.Format, e.ValueLayout.Format), (uint)start);
+                start += e.Count;
+            }
+            var tailK = s.TailKeys;
+            var tailV = s.TailValues;
+            int full = s.TailCount / t;
+            for (int i = 0; i < full; i++)
+            {
+                CheckRoom(h, b);
+                long k = stager.Add(MemoryMarshal.AsBytes(tailK.Slice(i * t * hd, t * hd)));
+                long v = stager.Add(MemoryMarshal.AsBytes(tailV.Slice(i * t * hd, t * hd)));
+                SetDescriptor(desc, MaxBlocks, h, b++, (uint)k, (uint)v, Meta(t, f32.Format, f32.Format), (uint)start);
+                start += t;
+            }
+            int rest = s.TailCount - full * t;
+            CheckRoom(h, b);
+            if (rest > 0)
+            {
+                _pool.Upload(tailK.Slice(full * t * hd, rest * hd), (long)ResidualKeys(h) * 16);
+                _pool.Upload(tailV.Slice(full * t * hd, rest * hd), ((long)ResidualKeys(h) + _residualUnits) * 16);
+            }
+            SetDescriptor(desc, MaxBlocks, h, b++, ResidualKeys(h), ResidualKeys(h) + (uint)_residualUnits, Meta(rest, KvFormat.F32, KvFormat.F32), (uint)start);
+            blocks[h] = b;
+            tokens[h] = start + rest;
+        }
+        long top = stager.Finish();
+        UploadTables(desc, blocks, tokens, top);
+    }
+
+    private void CheckRoom(int head, int block)
+    {
+        if (block >= MaxBlocks) throw new KvSharpException($"head {head} needs more than {MaxBlocks} blocks");
+    }
+
+    /// <summary>Host tables with every head empty: one residual descriptor of 0 tokens.</summary>
+    private (uint[] Desc, int[] Blocks, int[] Tokens) EmptyTables()
+    {
+        var desc = new uint[(long)HeadCount * MaxBlocks * 4];
+        var blocks = new int[HeadCount];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            SetDescriptor(desc, MaxBlocks, h, 0, ResidualKeys(h), ResidualKeys(h) + (uint)_residualUnits, Meta(0, KvFormat.F32, KvFormat.F32), 0);
+            blocks[h] = 1;
+        }
+        return (desc, blocks, new int[HeadCount]);
+    }
+
+    private void UploadTables(uint[] desc, int[] blocks, int[] tokens, long top)
+    {
+        if (top > PoolUnits) throw new KvSharpException($"the CUDA paged KV cache's pool of {PoolUnits * 16} bytes cannot hold {top * 16} bytes of blocks");
+        _desc.Upload<uint>(desc);
+        _headBlocks.Upload<int>(blocks);
+        _headTokens.Upload<int>(tokens);
+        _state.Upload<int>([(int)(uint)top, 0, 0, 0]);
+    }
+
+    private (uint[] Desc, int[] Blocks, int[] Tokens) DownloadTables()
+    {
+        Device.Synchronize();
+        var desc = new uint[(long)HeadCount * MaxBlocks * 4];
+        _desc.Download<uint>(desc);
+        var blocks = new int[HeadCount];
+        _headBlocks.Download<int>(blocks);
+        return (desc, blocks, HeadLengths());
+    }
+
+    /// <summary>Takes the longest head's block count as the base of attention plans (after an upload or an eviction).</summary>
+    private void Resync()
+    {
+        var blocks = new int[HeadCount];
+        _headBlocks.Download<int>(blocks);
+        _blocksAtSync = blocks.Max();
+        _lengthAtSync = Length;
+    }
+
+    private uint ResidualKeys(int head) => (uint)(head * 2 * _residualUnits);
+
+    private BlockLayout LayoutOf(KvFormat format, bool keys) => keys
+        ? BlockLayout.ForKeys(format, Config.HeadDim, BlockTokens)
+        : BlockLayout.ForValues(format, Config.HeadDim, BlockTokens, Options.ValueChannelGroup);
+
+    private static int Units(int bytes) => (bytes + 15) / 16;
+
+    private static uint Meta(int count, KvFormat keys, KvFormat values) => (uint)count | ((uint)keys << 16) | ((uint)values << 20);
+
+    private static void SetDescriptor(uint[] desc, int maxBlocks, int head, int block, uint keys, uint values, uint meta, uint start)
+    {
+        long i = ((long)head * maxBlocks + block) * 4;
+        desc[i] = keys; desc[i + 1] = values; desc[i + 2] = meta; desc[i + 3] = start;
+    }
+
+    private static (uint Keys, uint Values, int Count, KvFormat KeyFormat, KvFormat ValueFormat, int Start) Descriptor(uint[] desc, int head, int block, int maxBlocks)
+    {
+        long i = ((long)head * maxBlocks + block) * 4;
+        uint meta = desc[i + 2];
+        return (desc[i], desc[i + 1], (int)(meta & 0xffff), (KvFormat)((meta >> 16) & 0xf), (KvFormat)((meta >> 20) & 0xf), (int)desc[i + 3]);
+    }
+
+    private (uint Keys, uint Values, int Count, KvFormat KeyFormat, KvFormat ValueFormat, int Start) Descriptor(uint[] desc, int head, int block) =>
+        Descriptor(desc, head, block, MaxBlocks);
+
+    /// <summary>Collects blocks for consecutive pool slots from a start unit and uploads them in large pieces.</summary>
+    private sealed class Stager(DeviceBuffer pool, long firstUnit)
+    {
+        private const int PieceBytes = 64 << 20;
+        private readonly byte[] _piece = new byte[PieceBytes];
+        private long _pieceUnit = firstUnit;
+        private int _filled;
+
+        /// <summary>Queues <paramref name="bytes"/> at the next 16-byte aligned slot; returns the slot's unit.</summary>
+        public long Add(ReadOnlySpan<byte> bytes)
+        {
+            int size = Units(bytes.Length) * 16;
+            if (_filled + size > PieceBytes) Flush();
+            long unit = _pieceUnit + _filled / 16;
+            bytes.CopyTo(_piece.AsSpan(_filled));
+            _piece.AsSpan(_filled + bytes.Length, size - bytes.Length).Clear();
+            _filled += size;
+            return unit;
+        }
+
+        /// <summary>Uploads what is queued; returns the first unit past the last slot.</summary>
+        public long Finish()
+        {
+            Flush();
+            return _pieceUnit;
+        }
+
+        private void Flush()
+        {
+            if (_filled == 0) return;
+            pool.Upload<byte>(_piece.AsSpan(0, _filled), _pieceUnit * 16);
+            _pieceUnit += _filled / 16;
+            _filled = 0;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+namespace KvSharp.Compute.Cuda.Runtime;
+
+/// <summary>
+/// Typed launchers of the paged KV cache's kernels (paged_attention.cu, paged_cache.cu), compiled for the device
+/// on first use and shared by every paged cache of that device. Every method only queues work on the stream.
+/// </summary>
+internal sealed class CudaPagedKernels
+{
+    private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
+    private readonly CudaDevice _device;
+    private readonly CudaModule _attention, _cache;
+
+    private CudaPagedKernels(CudaDevice device)
+    {
+        _device = device;
+        _attention = CudaModule.LoadEmbedded(device, "paged_attention.cu");
+        _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu");
+    }
+
+    /// <summary>The kernels of <paramref name="device"/> (compiled and loaded once per process; unloaded with the context).</summary>
+    public static CudaPagedKernels For(CudaDevice device)
+    {
+        lock (PerDevice)
+        {
+            if (!PerDevice.TryGetValue(device, out var k)) PerDevice[device] = k = new CudaPagedKernels(device);
+            return k;
+        }
+    }
+
+    /// <summary>Threads of every paged kernel's block.</summary>
+    public const int Threads = 128;
+
+    /// <summary>Whether attention has a kernel for <paramref name="group"/> query heads per KV head and head dimension <paramref name="headDim"/>.</summary>
+    public static bool Supports(int group, int headDim) => group is 1 or 2 or 4 or 8 && headDim is 64 or 128;
+
+    /// <summary>Whether value blocks of <paramref name="valueGroup"/> channels per group can be read (a lane's value channels stay in one group).</summary>
+    public static bool SupportsValueGroup(int valueGroup) => valueGroup % 16 == 0;
+
+    /// <summary>Longest split (in blocks of <paramref name="blockTokens"/>) whose scores fit 48 KB of shared memory.</summary>
+    public static int MaxChunkBlocks(int group, int headDim, int blockTokens, bool wide)
+    {
+        int floats = (48 * 1024 - 512) / 4 - (wide ? 5 * (group * headDim + headDim / 2) + group * headDim : group * headDim);
+        return Math.Max(0, (floats - 1) / (group * blockTokens + 1));
+    }
+
+    /// <summary>
+    /// Shared memory of one attention block: value accumulators [group, hd], block offsets, scores [group, chunk]; the wide
+    /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels.
+    /// </summary>
+    public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, bool wide) =>
+        ((wide ? 5 * (group * headDim + headDim / 2) : 0) + group * headDim + chunkBlocks + 1 + group * chunkBlocks * blockTokens) * 4;
+
+    /// <summary>
+    /// Splits up to <paramref name="blocks"/> blocks per head so that (splits × KV heads × rows) blocks fill the GPU a few
+    /// times over. The plan's Chunk counts blocks per split.
+    /// </summary>
+    public CudaKernels.AttentionPlan Plan(int blocks, int rows, int group, int kvHeads, int headDim, int blockTokens, bool wide)
+    {
+        int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, wide);
+        if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
+        blocks = Math.Max(1, blocks);
+        long wantSplits = Math.Max(1, (wide ? 8L : 4L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
+        int chunk = (int)Math.Clamp((blocks + wantSplits - 1) / wantSplits, 1, maxChunk);
+        int splits = (blocks + chunk - 1) / chunk;
+        if (splits > chunk * blockTokens) // the merge keeps one weight per split in the scores area
+        {
+            chunk = Math.Min(maxChunk, (int)Math.Ceiling(Math.Sqrt((double)blocks / blockTokens)) + 1);
+            splits = (blocks + chunk - 1) / chunk;
+            if (splits > chunk * blockTokens) throw new CudaException("paged attention", $"{blocks} blocks need more than {maxChunk * blockTokens} splits");
+        }
+        return new CudaKernels.AttentionPlan(chunk, splits, SharedBytes(group, headDim, blockTokens, chunk, wide));
+    }
+
+    /// <summary>
+    /// Attention of query rows q [rows, heads, hd] over one layer's heads (tables pre-offset to the layer): row t sees all
+    /// but the last rows-1-t stored tokens of each head. partOut/partMl/counters as <see cref="CudaKernels.Attention"/>.
+    /// <paramref name="wide"/> picks the kernel with 16-byte key loads (paged_attn_w_*) over the per-lane-channels one.
+    /// </summary>
+    public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
+        ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan, bool wide)
+    {
+        int group = heads / kvHeads;
+        if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
+        _attention[$"paged_attn_{(wide ? "w_" : "")}g{group}_c{headDim / 32}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+            q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
+            Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)));
+    }
+
+    /// <summary>Where appended tokens go: one layer's tables, the pool and its allocator, the cache's geometry and formats.</summary>
+    public readonly record struct AppendTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Top, ulong Error, long PoolUnits,
+        int MaxBlocks, int BlockTokens, int ValueGroup, int KeyFormat, int ValueFormat);
+
+    /// <summary>
+    /// RoPE of the fused QKV rows (optional q/k RMSNorm) at positions *position..: queries to <paramref name="qOut"/>, keys and
+    /// values appended to one layer's heads (a residual that fills is encoded in the cache's formats).
+    /// </summary>
+    public void RopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, in AppendTarget a,
+        int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps) =>
+        _cache["paged_rope_append"].Launch(rows * heads + kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
+            a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
+            position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
+            Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat));
+
+    /// <summary>Eviction of <paramref name="heads"/> heads by drop flags [heads, maxTokens] into <paramref name="newPool"/> (see paged_evict).</summary>
+    public void Evict(ulong oldPool, ulong newPool, ulong desc, ulong headBlocks, ulong headTokens, ulong flags, ulong staging, ulong top, ulong error,
+        long poolUnits, int heads, int maxBlocks, int maxTokens, int blockTokens, int headDim, int valueGroup) =>
+        _cache["paged_evict"].Launch(heads, Threads, 0, oldPool, newPool, desc, headBlocks, headTokens, flags, staging, top, error, (ulong)poolUnits,
+            Arg.Int(maxBlocks), Arg.Int(maxTokens), Arg.Int(blockTokens), Arg.Int(headDim), Arg.Int(valueGroup));
+}

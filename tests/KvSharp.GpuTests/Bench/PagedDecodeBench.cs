@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compute.Cuda.Model;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Formats;
+using KvSharp.Models;
+using KvSharp.Models.Loading;
+
+namespace KvSharp.GpuTests.Bench;
+
+/// <summary>
+/// Batch-1 greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed
+/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, FP8, KVzip 0.3 + INT4), against the roofline
+/// (weight bytes + KV bytes read per token) / measured device-to-device copy bandwidth. Every cache is synthesized with
+/// random K/V at its per-head lengths instead of a prefill and a press (decode reads the same bytes whatever the values);
+/// KVzip's per-head lengths are drawn uniformly in [0.1, 0.5] of the context and scaled to average exactly 0.3.
+/// </summary>
+public static class PagedDecodeBench
+{
+    private sealed record Variant(string Name, KvFormat? Format, double Keep, bool Wide = true);
+
+    private static readonly Variant[] Variants =
+    [
+        new("F16 dense (CudaKvCache)", null, 1.0),
+        new("F16 paged", KvFormat.F16, 1.0),
+        new("F16 paged, lane-channels kernel", KvFormat.F16, 1.0, Wide: false),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
+        new("KIVI-2, lane-channels kernel", KvFormat.Int2, 1.0, Wide: false),
+        new("KVzip 0.3 + INT4, lane-channels kernel", KvFormat.Int4, 0.3, Wide: false),
+    ];
+
+    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log)
+    {
+        var device = CudaDevice.Shared;
+        device.MakeCurrent();
+        log.WriteLine($"device: {device}");
+        double bandwidth = DecodeBench.CopyBandwidth(device);
+        log.WriteLine($"device-to-device copy: {bandwidth / 1e9:F0} GB/s (bytes read + written)");
+        var config = HfConfigReader.Read(configPath);
+        var sw = Stopwatch.StartNew();
+        CudaTransformer gpu;
+        using (var weights = DummyWeights.Create(config, GgmlType.BF16, seed: 7))
+        {
+            gpu = new CudaTransformer(device, weights, DeviceWeightType.BF16);
+            log.WriteLine($"dummy weights {Path.GetFileName(configPath)} generated and uploaded in {sw.Elapsed.TotalSeconds:F1} s");
+        }
+        using var _ = gpu;
+        long weightBytes = gpu.WeightBytesReadPerToken;
+        using var timer = new CudaTimer(device);
+        var rows = new List<string>();
+        foreach (int context in contexts)
+        {
+            double denseMs = 0;
+            long denseKv = 0;
+            foreach (var v in Variants)
+            {
+                const int repeats = 3;
+                int capacity = context + (repeats + 1) * steps + 8;
+                using var cache = Create(gpu, config, v, context, capacity);
+                long kvBytes = cache.BytesReadPerToken;
+                gpu.BeginDecode(cache, [1000]);
+                gpu.EnqueueDecodeSteps(cache, steps); // warm-up
+                device.Synchronize();
+                cache.CheckDeviceState();
+                var times = new List<double>();
+                for (int r = 0; r < repeats; r++)
+                {
+                    timer.Start();
+                    gpu.EnqueueDecodeSteps(cache, steps);
+                    times.Add(timer.StopMilliseconds() / steps);
+                }
+                cache.CheckDeviceState();
+                times.Sort();
+                double ms = times[repeats / 2];
+                if (v.Format == null) { denseMs = ms; denseKv = kvBytes; }
+                double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
+                double predicted = (double)(weightBytes + denseKv) / (weightBytes + kvBytes);
+                rows.Add($"| {context} | {v.Name} | {kvBytes / 1e9:F3} | {ms:F3} | {1000 / ms:F1} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {denseMs / ms:F2}x | {predicted:F2}x |");
+                log.WriteLine($"context {context}, {v.Name}: {ms:F3} ms/token (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB");
+            }
+        }
+        log.WriteLine();
+        log.WriteLine($"weights read per token: {weightBytes / 1e9:F3} GB");
+        log.WriteLine("| context | cache | KV GB read/token | ms/token | tokens/s | roofline tokens/s | % of roofline | speedup vs F16 dense | predicted by bytes |");
+        log.WriteLine("|---|---|---|---|---|---|---|---|---|");
+        foreach (var r in rows) log.WriteLine(r);
+    }
+
+    private static DeviceKvCache Create(CudaTransformer gpu, ModelConfig config, Variant v, int context, int capacity)
+    {
+        if (v.Format is not { } f)
+        {
+            var dense = gpu.CreateCache(capacity);
+            dense.FillRandom(gpu.Kernels, context, seed: (uint)context);
+            return dense;
+        }
+        int heads = config.NumLayers * config.NumKvHeads;
+        var rnd = new Random(context);
+        var weights = Enumerable.Range(0, heads).Select(_ => v.Keep >= 1 ? 1.0 : 0.1 + 0.4 * rnd.NextDouble()).ToArray();
+        double scale = v.Keep >= 1 ? 1.0 : v.Keep * heads / weights.Sum();
+        var lengths = weights.Select(w => (int)Math.Min(context, Math.Round(context * w * scale))).ToArray();
+        var options = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, MaxTokens = capacity };
+        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context);
+        cache.WideAttention = v.Wide;
+        return cache;
+    }
+}
