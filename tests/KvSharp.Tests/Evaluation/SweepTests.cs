@@ -154,7 +154,7 @@ public sealed class SweepTests
     {
         var factory = new PressCompressorFactory();
         Assert.Equal(takes, factory.TakesKeepRatio(press));
-        string name = factory.Create(press, 0.25).Name;
+        string name = factory.Create(press, takes ? 0.25 : 1).Name;
         Assert.Equal(takes, name.Contains("keep=0.25", StringComparison.Ordinal));
     }
 

@@ -46,7 +46,12 @@ public sealed class PressCompressorFactory : FullCacheFactory
         if (IsFullCache(press)) return NoCompression.Instance;
         if (Compression.Recall.ClusterKvOptions.Names(press.Trim())) // recall, not eviction: the ratio is its per-step budget
             return new ClusterKvCompressor(Compression.Recall.ClusterKvOptions.Parse(WithKeep(press, keepRatio)));
-        if (!TakesKeepRatio(press)) return new PressCompressor(PressRegistry.Parse(press));
+        if (!TakesKeepRatio(press))
+        {
+            // A sweep runs such a press in one keep-1 cell; any other ratio asked of it is a mistake to name.
+            if (keepRatio != 1) throw new KvSharpException($"press '{press.Trim()}' takes no keep ratio: run it with --keep 1");
+            return new PressCompressor(PressRegistry.Parse(press));
+        }
         return new PressCompressor(PressRegistry.Parse(WithKeep(press, keepRatio)));
     }
 
