@@ -13,15 +13,10 @@ public class PressCompressorFactoryTests
     public void KeepJoinsTheBudgetButAQuantizationPressRunsAsWrittenAtKeepOne(string press, double keep, string meant)
         => Assert.Equal(PressRegistry.Parse(meant).Text, new PressCompressorFactory().Create(press, keep).Name);
 
-    /// <summary>A press with its own budget takes no keep ratio: the sweep runs it once, as written, whatever the ratio.</summary>
-    [Theory]
-    [InlineData("vidkv")]
-    [InlineData("kivi:bits=2")]
-    [InlineData("snapkv:keep=0.3")]
-    public void APressWithItsOwnBudgetRunsAsWrittenAtAnyKeep(string press)
+    [Fact]
+    public void AQuantizationPressAtAnotherKeepIsRefusedByName()
     {
-        var factory = new PressCompressorFactory();
-        Assert.False(factory.TakesKeepRatio(press));
-        Assert.Equal(PressRegistry.Parse(press).Text, factory.Create(press, 0.5).Name);
+        var e = Assert.ThrowsAny<KvSharpException>(() => new PressCompressorFactory().Create("vidkv", 0.5));
+        Assert.Contains("keep", e.Message);
     }
 }
