@@ -13,15 +13,19 @@ namespace KvSharp.GpuTests.Checks;
 /// <summary>
 /// The device paged KV cache (<see cref="CudaPagedKvCache"/>) against independent references: its attention over every
 /// block format and over mixed-format heads of different lengths against float64 attention over the CPU codec's decoded
-/// K/V; its appends (device quantization) and evictions against the CPU cache's bytes; the transformer over it against
-/// the CPU engine. Fresh random inputs every run; outputs poisoned with NaN before each launch.
+/// K/V; its appends (device quantization) against the CPU cache's bytes; its evictions against the CPU cache's kept
+/// tokens; the transformer over it against the CPU engine; the refusal of VidKV formats, which the device does not
+/// decode yet. Fresh random inputs every run; outputs poisoned with NaN before each launch.
 /// </summary>
 public static class PagedChecks
 {
     private static CudaDevice Dev => CudaDevice.Shared;
 
+    /// <summary>The block formats the device cache supports: all but VidKV's (refused, see <see cref="VidKvRefused"/>).</summary>
+    private static readonly KvFormat[] Supported = [.. Enum.GetValues<KvFormat>().Where(f => !f.IsVidKv())];
+
     /// <summary>The formats checked one by one; null stands for a mixed-format cache.</summary>
-    private static readonly KvFormat?[] Cases = [.. Enum.GetValues<KvFormat>().Select(f => (KvFormat?)f), null];
+    private static readonly KvFormat?[] Cases = [.. Supported.Select(f => (KvFormat?)f), null];
 
     private static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
     {
@@ -76,14 +80,17 @@ public static class PagedChecks
         return cache;
     }
 
-    /// <summary>Float64 attention of rows q [rows, heads, hd] over the decoded K/V of each head; row t sees all but the last rows-1-t tokens.</summary>
-    private static double[] Reference(PagedKvCache cpu, ModelConfig c, int layer, float[] q, int rows)
+    /// <summary>
+    /// Float64 attention of rows q [rows, heads, hd] over each KV head's decoded K/V rows in storage order
+    /// (<paramref name="headRows"/>); row t sees all but the last rows-1-t stored tokens, as the device kernel does.
+    /// </summary>
+    private static double[] Reference(Func<int, (float[] K, float[] V)> headRows, ModelConfig c, float[] q, int rows)
     {
         int heads = c.NumHeads, hd = c.HeadDim, group = heads / c.NumKvHeads;
         var expected = new double[rows * heads * hd];
         for (int g = 0; g < c.NumKvHeads; g++)
         {
-            var (k, v) = cpu.Read(layer, g);
+            var (k, v) = headRows(g);
             int stored = k.Length / hd;
             for (int t = 0; t < rows; t++)
                 for (int h = g * group; h < (g + 1) * group; h++)
@@ -113,6 +120,45 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// The CPU codec's decoded K/V of one head in storage order (blocks in list order, then the tail: the order an upload
+    /// copies and the device walks), which differs from ascending position once re-quantization has regrouped tokens.
+    /// </summary>
+    private static (float[] K, float[] V) StorageRows(PagedKvCache cpu, int layer, int kvHead, int hd)
+    {
+        var (k, v) = cpu.Read(layer, kvHead);
+        var logical = cpu.Positions(layer, kvHead).ToArray();
+        var storage = cpu.ReadStore(layer, kvHead).StoragePositions();
+        var sk = new float[k.Length];
+        var sv = new float[v.Length];
+        for (int s = 0; s < storage.Length; s++)
+        {
+            int i = Array.BinarySearch(logical, storage[s]);
+            Array.Copy(k, i * hd, sk, s * hd, hd);
+            Array.Copy(v, i * hd, sv, s * hd, hd);
+        }
+        return (sk, sv);
+    }
+
+    /// <summary>A device head's blocks decoded by the CPU codec (residual rows as stored), in storage order, with each row's formats.</summary>
+    private static (float[] K, float[] V, (KvFormat Key, KvFormat Value)[] Formats) DecodeDeviceHead(IReadOnlyList<CudaPagedKvCache.DeviceBlock> head, int hd)
+    {
+        int n = head.Sum(b => b.Count);
+        var k = new float[n * hd];
+        var v = new float[n * hd];
+        var formats = new (KvFormat, KvFormat)[n];
+        int row = 0;
+        foreach (var b in head)
+        {
+            if (b.Start != row) throw new CheckFailedException($"device block at {b.Start}, expected {row}");
+            BlockCodec.Decode(b.KeyLayout, b.Keys, b.Count, k.AsSpan(row * hd, b.Count * hd));
+            BlockCodec.Decode(b.ValueLayout, b.Values, b.Count, v.AsSpan(row * hd, b.Count * hd));
+            for (int t = 0; t < b.Count; t++) formats[row + t] = (b.KeyLayout.Format, b.ValueLayout.Format);
+            row += b.Count;
+        }
+        return (k, v, formats);
+    }
+
+    /// <summary>
     /// Decode attention over every block format and a mixed-format cache, GQA groups 1/2/4/8, head dims 64/128, heads of
     /// different lengths, 1 and 3 query rows (causal), the planned split and one block per split (many chunks to merge).
     /// </summary>
@@ -134,7 +180,7 @@ public static class PagedChecks
                 foreach (int rows in new[] { 1, 3 })
                 {
                     var q = rnd.Floats(rows * heads * hd, 2f);
-                    var expected = Reference(cpu, c, layer, q, rows);
+                    var expected = Reference(g => StorageRows(cpu, layer, g, hd), c, q, rows);
                     using var dq = Upload(q);
                     foreach (bool wide in new[] { true, false })
                     {
@@ -177,7 +223,7 @@ public static class PagedChecks
     {
         int checkedBlocks = 0;
         foreach (int hd in new[] { 128, 64 })
-            foreach (var f in Enum.GetValues<KvFormat>())
+            foreach (var f in Supported)
             {
                 var rnd = new RandomData();
                 var c = Shape(8, 2, hd);
@@ -220,16 +266,22 @@ public static class PagedChecks
                     for (int g = 0; g < kvHeads; g++)
                         checkedBlocks += SameHead($"append {f} hd{hd} layer {layer} head {g} (seed {rnd.Seed})", cpu.ReadStore(layer, g), gpu.ReadHead(layer, g), hd);
             }
-        return $"{checkedBlocks} device-encoded block pairs equal the CPU codec's bytes (every format, hd 128 and 64)";
+        return $"{checkedBlocks} device-encoded block pairs equal the CPU codec's bytes (every supported format, hd 128 and 64)";
     }
 
     /// <summary>
-    /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags: the
-    /// same blocks byte for byte (kept, or re-encoded runs of each format), the same residual rows, the same head lengths.
+    /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags
+    /// (mapped to the device's storage order). The two caches may group the kept tokens into different blocks (the CPU
+    /// regroups affected blocks' tokens by format pair, the device re-encodes runs), so what must agree is checked: per head
+    /// the same kept token count, and for every kept position the same formats and decoded K/V rows equal to the CPU's,
+    /// exactly for F32/F16/BF16/FP8 (re-encoding a decoded float is lossless) and within the two re-quantizations' bound for
+    /// the quantized formats; then attention over the evicted device cache against float64 attention over its blocks
+    /// decoded by the CPU codec (so the tables, counts and compacted pool are what the kernel reads).
     /// </summary>
     public static string EvictMatchesCpu()
     {
-        int checkedBlocks = 0;
+        int checkedRows = 0;
+        double worst = 0;
         foreach (int hd in new[] { 128, 64 })
             foreach (var f in Cases)
             {
@@ -239,10 +291,16 @@ public static class PagedChecks
                 using var cpu = CpuCache(c, f, length, rnd, evict: false);
                 using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
                 var drops = new List<bool[]>();
+                var keptStorage = new List<int[]>();
+                var bounds = new List<(double KeyRange, double KeyAbs, double ValueRange, double ValueAbs)>();
                 for (int l = 0; l < c.NumLayers; l++)
                     for (int g = 0; g < c.NumKvHeads; g++)
                     {
-                        int n = cpu.Positions(l, g).Count;
+                        var logical = cpu.Positions(l, g).ToArray();
+                        var storage = cpu.ReadStore(l, g).StoragePositions();
+                        var (k0, v0) = cpu.Read(l, g);
+                        bounds.Add((k0.Max() - (double)k0.Min(), k0.Max(Math.Abs), v0.Max() - (double)v0.Min(), v0.Max(Math.Abs)));
+                        int n = logical.Length;
                         // Runs of kept blocks, runs of dropped tokens, scattered drops: every path of the rewrite.
                         int mode = rnd.Next(3);
                         var drop = Enumerable.Range(0, n).Select(i => mode switch
@@ -251,21 +309,136 @@ public static class PagedChecks
                             1 => rnd.Next(10) < 5,
                             _ => i >= n - 5 || (i > 40 && i < 70),
                         }).ToArray();
+                        var deviceDrop = storage.Select(p => drop[Array.BinarySearch(logical, p)]).ToArray();
+                        keptStorage.Add([.. storage.Where((_, s) => !deviceDrop[s])]);
                         cpu.Evict(l, g, drop);
-                        drops.Add(drop);
+                        drops.Add(deviceDrop);
                     }
                 gpu.Evict(drops);
                 var lengths = gpu.HeadLengths();
+                var decoded = new (float[] K, float[] V)[c.NumLayers * c.NumKvHeads];
                 for (int l = 0; l < c.NumLayers; l++)
                     for (int g = 0; g < c.NumKvHeads; g++)
                     {
+                        int h = l * c.NumKvHeads + g;
                         string what = $"evict {Name(f)} hd{hd} layer {l} head {g} (seed {rnd.Seed})";
-                        if (lengths[l * c.NumKvHeads + g] != cpu.Positions(l, g).Count)
-                            throw new CheckFailedException($"{what}: {lengths[l * c.NumKvHeads + g]} tokens, expected {cpu.Positions(l, g).Count}");
-                        checkedBlocks += SameHead(what, cpu.ReadStore(l, g), gpu.ReadHead(l, g), hd);
+                        var positions = cpu.Positions(l, g).ToArray();
+                        if (lengths[h] != positions.Length || keptStorage[h].Length != positions.Length)
+                            throw new CheckFailedException($"{what}: {lengths[h]} tokens, expected {positions.Length}");
+                        var (gk, gv, formats) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
+                        decoded[h] = (gk, gv);
+                        if (formats.Length != positions.Length) throw new CheckFailedException($"{what}: device blocks hold {formats.Length} tokens, expected {positions.Length}");
+                        var cpuFormats = CpuFormats(cpu.ReadStore(l, g));
+                        var (ck, cv) = cpu.Read(l, g);
+                        var (kr, ka, vr, va) = bounds[h];
+                        for (int s = 0; s < formats.Length; s++)
+                        {
+                            int p = keptStorage[h][s], i = Array.BinarySearch(positions, p);
+                            if (i < 0) throw new CheckFailedException($"{what}: the device keeps position {p}, which the CPU evicted");
+                            if (cpuFormats[p] != formats[s])
+                                throw new CheckFailedException($"{what}: position {p} is {formats[s].Key}/{formats[s].Value} on the device, {cpuFormats[p].Key}/{cpuFormats[p].Value} on the CPU");
+                            SameRow($"{what} position {p} key", gk.AsSpan(s * hd, hd), ck.AsSpan(i * hd, hd), Tolerance(formats[s].Key, kr, ka));
+                            SameRow($"{what} position {p} value", gv.AsSpan(s * hd, hd), cv.AsSpan(i * hd, hd), Tolerance(formats[s].Value, vr, va));
+                            checkedRows++;
+                        }
                     }
+
+                // Attention over the evicted device cache (planned split, the cache's default kernel, 1 and 3 rows).
+                const int layer = 1;
+                var (desc, blocks, tokens) = gpu.LayerTables(layer);
+                int heads = c.NumHeads;
+                foreach (int rows in new[] { 1, 3 })
+                {
+                    var q = rnd.Floats(rows * heads * hd, 2f);
+                    var expected = Reference(g => decoded[layer * c.NumKvHeads + g], c, q, rows);
+                    using var dq = Upload(q);
+                    var plan = gpu.PlanAttention(null!, length, rows);
+                    using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
+                    using var pml = Poisoned((long)rows * heads * plan.Splits * 8);
+                    using var counters = Dev.Allocate(rows * c.NumKvHeads * 4L);
+                    counters.Fill32(0);
+                    using var dout = Poisoned((long)rows * heads * hd * 4);
+                    gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                        rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.WideAttention);
+                    var got = Result(dout, rows * heads * hd);
+                    Compare.Relative($"attention after evict {Name(f)} hd{hd} rows{rows} (seed {rnd.Seed})", got, expected, 1e-4);
+                    worst = Math.Max(worst, RelativeError(got, expected));
+                }
             }
-        return $"{checkedBlocks} block pairs after device eviction equal the CPU cache's (every format and mixed, hd 128 and 64)";
+        return $"{checkedRows} kept rows after device eviction agree with the CPU's (every supported format and mixed, hd 128 and 64), attention over them worst rel err {worst:E2}";
+    }
+
+    /// <summary>Each stored position's key and value formats in a CPU head (tail rows are F32).</summary>
+    private static Dictionary<int, (KvFormat Key, KvFormat Value)> CpuFormats(HeadStore store)
+    {
+        var formats = new Dictionary<int, (KvFormat, KvFormat)>();
+        foreach (var e in store.Blocks)
+            foreach (int p in e.Positions) formats[p] = (e.KeyLayout.Format, e.ValueLayout.Format);
+        foreach (int p in store.TailPositions) formats[p] = (KvFormat.F32, KvFormat.F32);
+        return formats;
+    }
+
+    /// <summary>
+    /// Largest difference between a row the device re-encoded and the CPU's, each re-encoded at most once from the same
+    /// decoded values in groups of (possibly) different tokens: 0 for the float formats; for INT-b two half steps of a group
+    /// whose range is at most the head's range R (R / (2^b - 1)), plus the f16 rounding of the stored parameters; for
+    /// ternary (x ≈ t·mean|x|) twice the largest |x|; for binary (x ≈ mean ± mean|x - mean|) twice 2R.
+    /// </summary>
+    private static double Tolerance(KvFormat format, double range, double abs)
+    {
+        double parameters = 4.0 / 2048 * (range + abs);
+        return format switch
+        {
+            KvFormat.F32 or KvFormat.F16 or KvFormat.BF16 or KvFormat.Fp8E4M3 => 0,
+            KvFormat.Int8 or KvFormat.Int4 or KvFormat.Int2 => range / ((1 << format.BitsPerElement()) - 1) + parameters,
+            KvFormat.Ternary => 2 * abs + parameters,
+            KvFormat.Binary => 4 * range + parameters,
+            _ => throw new CheckFailedException($"no re-quantization bound for {format}"),
+        };
+    }
+
+    private static void SameRow(string what, ReadOnlySpan<float> got, ReadOnlySpan<float> expected, double tolerance)
+    {
+        for (int d = 0; d < got.Length; d++)
+            if (!(Math.Abs(got[d] - (double)expected[d]) <= tolerance))
+                throw new CheckFailedException($"{what}: channel {d} is {got[d]}, expected {expected[d]} (tolerance {tolerance:G3})");
+    }
+
+    /// <summary>
+    /// VidKV blocks, which the device kernels do not decode yet: the device cache refuses VidKV options and the upload of a
+    /// CPU cache holding VidKV blocks, with a <see cref="KvSharpException"/> that says so.
+    /// </summary>
+    public static string VidKvRefused()
+    {
+        var c = Shape(8, 2, 128);
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.VidKvKey, ValueFormat = KvFormat.VidKvValue, MaxTokens = 128 };
+        var refusals = new List<string> { Refusal("new cache with VidKV options", () => new CudaPagedKvCache(Dev, c, options, 128).Dispose()) };
+        var rnd = new RandomData();
+        using var cpu = new PagedKvCache(c, options);
+        int row = c.NumKvHeads * c.HeadDim;
+        for (int l = 0; l < c.NumLayers; l++) cpu.Append(l, rnd.Floats(80 * row, 2f), rnd.Floats(80 * row, 2f), 80);
+        if (!cpu.ReadStore(0, 0).Blocks.Any(e => e.KeyLayout.Format.IsVidKv()))
+            throw new CheckFailedException("the CPU cache in VidKV formats holds no VidKV block to upload");
+        refusals.Add(Refusal("upload of a cache holding VidKV blocks", () => CudaPagedKvCache.Upload(Dev, c, cpu, 128).Dispose()));
+        return string.Join("; ", refusals);
+    }
+
+    /// <summary>Runs <paramref name="action"/>, which must throw a KvSharpException whose message says VidKV is not supported.</summary>
+    private static string Refusal(string what, Action action)
+    {
+        try
+        {
+            action();
+        }
+        catch (KvSharpException e) when (e.Message.Contains("does not support VidKV", StringComparison.Ordinal))
+        {
+            return $"{what}: \"{e.Message}\"";
+        }
+        catch (Exception e)
+        {
+            throw new CheckFailedException($"{what}: threw {e.GetType().Name} \"{e.Message}\", expected the VidKV refusal");
+        }
+        throw new CheckFailedException($"{what}: no exception, expected the VidKV refusal");
     }
 
     /// <summary>

@@ -35,6 +35,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     /// <param name="options">Formats and block geometry (keys per channel over a block, values per token in channel groups).</param>
     /// <param name="capacity">Most positions the cache accepts.</param>
     /// <param name="poolBytes">Device bytes for encoded blocks; default: every head full in the cache's formats.</param>
+    /// <exception cref="KvSharpException">The model shape or the options are not what the device kernels support (VidKV formats among them).</exception>
     public CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, long? poolBytes = null)
         : this(device, config, options, capacity, TableBlocks(options, capacity), poolBytes, null)
     {
@@ -90,11 +91,17 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         int group = config.NumHeads / config.NumKvHeads;
         if (!CudaPagedKernels.Supports(group, config.HeadDim))
             throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
+        if (options.KeyFormat.IsVidKv() || options.ValueFormat.IsVidKv())
+            throw new KvSharpException(VidKvRefusal($"the formats {options.KeyFormat} / {options.ValueFormat}"));
         _ = options.Layouts(config.HeadDim);
         if (!CudaPagedKernels.SupportsValueGroup(Math.Min(options.ValueChannelGroup, config.HeadDim)))
             throw new KvSharpException($"the CUDA paged KV cache needs value channel groups that are a multiple of 16, not {options.ValueChannelGroup}");
         return config;
     }
+
+    /// <summary>The message of the refusal of VidKV blocks, which the device kernels do not decode (docs/cuda.md).</summary>
+    private static string VidKvRefusal(string what) =>
+        $"the CUDA paged KV cache does not support VidKV block formats yet ({what}); use another format on the GPU or the CPU cache";
 
     /// <summary>
     /// Whether attention uses the kernel with 16-byte key loads of every format (paged_attn_w_*) rather than the one whose
@@ -165,7 +172,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     /// A device copy of <paramref name="source"/>: its encoded blocks byte for byte, each head's float tail as the
     /// residual, room for up to <paramref name="capacity"/> positions.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels.</exception>
+    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels, or holds VidKV blocks.</exception>
     public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -180,6 +187,9 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         for (int h = 0; h < heads; h++)
         {
             var s = stores[h] = source.ReadStore(h / config.NumKvHeads, h % config.NumKvHeads);
+            foreach (var e in s.Blocks)
+                if (e.KeyLayout.Format.IsVidKv() || e.ValueLayout.Format.IsVidKv())
+                    throw new KvSharpException(VidKvRefusal($"layer {h / config.NumKvHeads} KV head {h % config.NumKvHeads} holds {e.KeyLayout.Format} / {e.ValueLayout.Format} blocks"));
             longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
             foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
             used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
@@ -253,7 +263,9 @@ public sealed class CudaPagedKvCache : DeviceKvCache
 
     /// <summary>
     /// Drops the stored tokens flagged in <paramref name="drop"/>[layer · kvHeads + head] (one flag per stored token of that
-    /// head, in order), on the device: blocks without a dropped token are kept as they are, the kept tokens of each run of
+    /// head, in the device's storage order: an uploaded cache's blocks in the CPU store's block order, then its tail, then
+    /// appended tokens; the CPU cache's masks follow ascending position instead, which differs once re-quantization has
+    /// regrouped tokens), on the device: blocks without a dropped token are kept as they are, the kept tokens of each run of
     /// affected blocks are re-encoded in their own formats (a run may end in a partial block), the pool is compacted.
     /// </summary>
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
