@@ -66,7 +66,7 @@ internal static class LongContextDecodeBench
     }
 
     /// <summary>A cache for <paramref name="config"/> holding <paramref name="tokens"/> random tokens in every layer, with room for <paramref name="more"/>.</summary>
-    private static PagedKvCache Fill(ModelConfig config, KvFormat format, int tokens, int more)
+    internal static PagedKvCache Fill(ModelConfig config, KvFormat format, int tokens, int more)
     {
         const int chunk = 1024;
         var rng = new Random(11);
@@ -82,7 +82,8 @@ internal static class LongContextDecodeBench
         return cache;
     }
 
-    private static string FindRepo()
+    /// <summary>The repository root (the folder holding KvSharp.slnx) above the running binary.</summary>
+    internal static string FindRepo()
     {
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir != null && !File.Exists(Path.Combine(dir.FullName, "KvSharp.slnx"))) dir = dir.Parent;

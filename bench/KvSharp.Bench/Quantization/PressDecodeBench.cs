@@ -1,3 +1,4 @@
+using KvSharp.Bench.EndToEnd;
 using System.Diagnostics;
 using System.Globalization;
 using KvSharp.Cache.Blocks;
@@ -43,7 +44,7 @@ internal static class PressDecodeBench
         if (args.Length > 4) CpuThreads.Count = int.Parse(args[4], CultureInfo.InvariantCulture);
         var presses = args.Length > 5 ? args[5].Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) : DefaultPresses;
 
-        string config = Path.Combine(FindRepo(), "bench", "configs", "smollm2-135m.json");
+        string config = Path.Combine(LongContextDecodeBench.FindRepo(), "bench", "configs", "smollm2-135m.json");
         using var weights = DummyWeights.Create(HfConfigReader.Read(config), GgmlType.Q8_0, seed: 1);
         var model = new Transformer(weights);
         var c = model.Config;
@@ -56,7 +57,7 @@ internal static class PressDecodeBench
         {
             int room = rounds * steps + 8;
             var tokens = Enumerable.Range(0, n).Select(i => 1 + i * 7919 % (c.VocabSize - 1)).ToArray();
-            using var full = Fill(c, KvFormat.F16, n, room);
+            using var full = LongContextDecodeBench.Fill(c, KvFormat.F16, n, room);
             Measure(model, full, 1, steps); // warm-up: tiered JIT of the model and attention kernels, page faults
             var baseline = Measure(model, full, rounds, steps);
             Print("F16 (full cache)", n, full.ByteCount, baseline, baseline);
@@ -77,7 +78,7 @@ internal static class PressDecodeBench
     private static PagedKvCache Build(Transformer model, PagedKvCache full, string press, int[] tokens, int n, int room)
     {
         if (press is "fp8" or "int4")
-            return Fill(model.Config, press == "fp8" ? KvFormat.Fp8E4M3 : KvFormat.Int4, n, room);
+            return LongContextDecodeBench.Fill(model.Config, press == "fp8" ? KvFormat.Fp8E4M3 : KvFormat.Int4, n, room);
         var fork = full.Fork();
         PressRegistry.Parse(press).Compress(new PressContext(model, fork, tokens));
         return fork;
@@ -121,28 +122,4 @@ internal static class PressDecodeBench
     private static void Print(string method, int n, long bytes, Result m, Result baseline) =>
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"| {method} | {n} | {bytes / 1e6:F1} | {(double)bytes / n:F0} | {m.BestTokensPerSecond:F2} / {m.MedianTokensPerSecond:F2} | {m.AttentionSeconds * 1e3:F2} | {baseline.AttentionSeconds / m.AttentionSeconds:F2}x | {(double)baseline.Bytes / bytes:F2}x |"));
-
-    /// <summary>A cache for <paramref name="config"/> holding <paramref name="tokens"/> random tokens in every layer, with room for <paramref name="more"/>.</summary>
-    private static PagedKvCache Fill(ModelConfig config, KvFormat format, int tokens, int more)
-    {
-        const int chunk = 1024;
-        var rng = new Random(11);
-        int row = config.NumKvHeads * config.HeadDim;
-        var k = new float[chunk * row]; var v = new float[chunk * row];
-        for (int i = 0; i < k.Length; i++) { k[i] = (float)(rng.NextDouble() * 4 - 2); v[i] = (float)(rng.NextDouble() * 2 - 1); }
-        var cache = new PagedKvCache(config, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = tokens + more });
-        for (int t = 0; t < tokens; t += chunk)
-        {
-            int m = Math.Min(chunk, tokens - t);
-            for (int l = 0; l < config.NumLayers; l++) cache.Append(l, k.AsSpan(0, m * row), v.AsSpan(0, m * row), m);
-        }
-        return cache;
-    }
-
-    private static string FindRepo()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "KvSharp.slnx"))) dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException("run from inside the repository");
-    }
 }
