@@ -76,7 +76,7 @@ internal static class EndToEndComparison
         }
     }
 
-    private static string FindRepo()
+    internal static string FindRepo()
     {
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir != null && !File.Exists(Path.Combine(dir.FullName, "KvSharp.slnx"))) dir = dir.Parent;

@@ -95,24 +95,46 @@ public sealed unsafe class Transformer
     /// keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
     /// [tokens, vocab] with <see cref="LogitsMode.All"/>. An <paramref name="observer"/> sees each layer's input residual.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last, IForwardObserver? observer = null)
+    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last, IForwardObserver? observer = null) =>
+        Run(tokens, cache, mode == LogitsMode.All ? Head.AllLogits : Head.LastLogits, observer);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> as <see cref="Forward"/> does (appending their keys and values to
+    /// <paramref name="cache"/>) but stops before the LM head: returns every token's final hidden state, the output of
+    /// the final RMSNorm that the LM head multiplies, [tokens, hiddenSize]. What KVSharer compares between a model
+    /// and its layer-sharing variant.
+    /// </summary>
+    public float[] ForwardHidden(ReadOnlySpan<int> tokens, IKvCache cache, IForwardObserver? observer = null) =>
+        Run(tokens, cache, Head.AllHidden, observer);
+
+    /// <summary>What a forward pass returns after the last layer.</summary>
+    private enum Head
+    {
+        /// <summary>The last token's logits [vocab].</summary>
+        LastLogits,
+        /// <summary>Every token's logits [tokens, vocab].</summary>
+        AllLogits,
+        /// <summary>Every token's final-norm hidden state [tokens, hiddenSize], no LM head.</summary>
+        AllHidden,
+    }
+
+    private float[] Run(ReadOnlySpan<int> tokens, IKvCache cache, Head head, IForwardObserver? observer)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
-        int vocab = Config.VocabSize;
-        var logits = new float[mode == LogitsMode.All ? tokens.Length * vocab : vocab];
+        int width = head == Head.AllHidden ? Config.HiddenSize : Config.VocabSize;
+        var output = new float[head == Head.LastLogits ? width : tokens.Length * width];
         for (int start = 0; start < tokens.Length; start += PrefillChunk)
         {
             int n = Math.Min(PrefillChunk, tokens.Length - start);
             bool last = start + n == tokens.Length;
-            if (mode == LogitsMode.All)
-                ForwardChunk(tokens.Slice(start, n), cache, logits.AsSpan(start * vocab, n * vocab), allRows: true, observer);
-            else
-                ForwardChunk(tokens.Slice(start, n), cache, last ? logits : Span<float>.Empty, allRows: false, observer);
+            // Only the last chunk's last token needs logits in LastLogits mode: earlier chunks skip the head.
+            var rows = head == Head.LastLogits ? (last ? output : Span<float>.Empty) : output.AsSpan(start * width, n * width);
+            ForwardChunk(tokens.Slice(start, n), cache, rows, head, observer);
         }
-        return logits;
+        return output;
     }
 
-    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, bool allRows, IForwardObserver? observer)
+    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> output, Head head, IForwardObserver? observer)
     {
         var c = Config;
         int n = tokens.Length, d = c.HiddenSize, hd = c.HeadDim;
@@ -175,12 +197,12 @@ public sealed unsafe class Transformer
             cache.Attend(l, q, n, pos0, att);
             MatMul(L.AttnOutput, att, xb, n);
 
-            if (_llamaCpp && !allRows && l == _layers.Length - 1)
+            if (_llamaCpp && head == Head.LastLogits && l == _layers.Length - 1)
             {
                 // llama.cpp's inp_out_ids: from the last layer's attention output on only the rows that give logits are
                 // computed (none for a prompt chunk that is not the last), so its FFN runs as a batch of one, which
                 // changes ggml's matrix kernel and so the rounding.
-                if (logits.IsEmpty) return;
+                if (output.IsEmpty) return;
                 x.AsSpan((n - 1) * d, d).CopyTo(x);
                 xb.AsSpan((n - 1) * d, d).CopyTo(xb);
                 n = 1;
@@ -196,17 +218,21 @@ public sealed unsafe class Transformer
             Kernels.Add(x.AsSpan(0, n * d), xb.AsSpan(0, n * d));
         }
 
-        if (logits.IsEmpty) return;
-        if (allRows)
+        if (output.IsEmpty) return;
+        switch (head)
         {
-            RmsNorm(x, _outputNorm, xb);
-            MatMul(_output, xb, logits, n);
-        }
-        else
-        {
-            var lastRow = xb.AsSpan(0, d);
-            RmsNorm(x.AsSpan((n - 1) * d, d), _outputNorm, lastRow);
-            MatMul(_output, lastRow, logits, 1);
+            case Head.AllHidden:
+                RmsNorm(x, _outputNorm, output);
+                break;
+            case Head.AllLogits:
+                RmsNorm(x, _outputNorm, xb);
+                MatMul(_output, xb, output, n);
+                break;
+            default:
+                var lastRow = xb.AsSpan(0, d);
+                RmsNorm(x.AsSpan((n - 1) * d, d), _outputNorm, lastRow);
+                MatMul(_output, lastRow, output, 1);
+                break;
         }
     }
 
