@@ -141,6 +141,7 @@ public static class BlockAttention
     private static Vector128<float> Column4(ReadOnlySpan<float> m, int n, int i, int t)
         => Vector128.Create(m[i * n + t], m[(i + 1) * n + t], m[(i + 2) * n + t], m[(i + 3) * n + t]);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scatter4(Span<float> m, int n, int i, int t, Vector128<float> v)
     {
         m[i * n + t] = v[0]; m[(i + 1) * n + t] = v[1]; m[(i + 2) * n + t] = v[2]; m[(i + 3) * n + t] = v[3];

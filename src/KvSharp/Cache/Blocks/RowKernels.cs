@@ -101,24 +101,31 @@ internal static class RowKernels<R> where R : struct, IElementReader
         if (!Vectorizable(simd, first, stride | wStride, n))
             return (Dot4Queries(simd, ref codes, first, w, wStride, n), Dot4Queries(simd, ref codes, first + stride, w, wStride, n));
         _ = w[3 * wStride + n - 1];
-        ref float wr = ref MemoryMarshal.GetReference(w);
+        // Unsigned offsets from per-row and per-query base references: no index arithmetic or sign extension per load.
+        ref float w0 = ref MemoryMarshal.GetReference(w);
+        ref float w1 = ref Unsafe.Add(ref w0, wStride);
+        ref float w2 = ref Unsafe.Add(ref w1, wStride);
+        ref float w3 = ref Unsafe.Add(ref w2, wStride);
+        ref byte row0 = ref Unsafe.Add(ref codes, R.ByteOffset((nuint)first));
+        ref byte row1 = ref Unsafe.Add(ref codes, R.ByteOffset((nuint)(first + stride)));
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        for (int i = 0; i < n; i += 8)
+        for (nuint i = 0; i < (nuint)n; i += 8)
         {
-            var x = R.Load8(ref codes, first + i);
-            var y = R.Load8(ref codes, first + stride + i);
-            var w0 = Vector256.LoadUnsafe(ref wr, (nuint)i);
-            a0 = Fma.MultiplyAdd(x, w0, a0);
-            b0 = Fma.MultiplyAdd(y, w0, b0);
-            var w1 = Vector256.LoadUnsafe(ref wr, (nuint)(wStride + i));
-            a1 = Fma.MultiplyAdd(x, w1, a1);
-            b1 = Fma.MultiplyAdd(y, w1, b1);
-            var w2 = Vector256.LoadUnsafe(ref wr, (nuint)(2 * wStride + i));
-            a2 = Fma.MultiplyAdd(x, w2, a2);
-            b2 = Fma.MultiplyAdd(y, w2, b2);
-            var w3 = Vector256.LoadUnsafe(ref wr, (nuint)(3 * wStride + i));
-            a3 = Fma.MultiplyAdd(x, w3, a3);
-            b3 = Fma.MultiplyAdd(y, w3, b3);
+            nuint o = R.ByteOffset(i);
+            var x = R.Load8(ref Unsafe.Add(ref row0, o), 0);
+            var y = R.Load8(ref Unsafe.Add(ref row1, o), 0);
+            var v = Vector256.LoadUnsafe(ref w0, i);
+            a0 = Fma.MultiplyAdd(x, v, a0);
+            b0 = Fma.MultiplyAdd(y, v, b0);
+            v = Vector256.LoadUnsafe(ref w1, i);
+            a1 = Fma.MultiplyAdd(x, v, a1);
+            b1 = Fma.MultiplyAdd(y, v, b1);
+            v = Vector256.LoadUnsafe(ref w2, i);
+            a2 = Fma.MultiplyAdd(x, v, a2);
+            b2 = Fma.MultiplyAdd(y, v, b2);
+            v = Vector256.LoadUnsafe(ref w3, i);
+            a3 = Fma.MultiplyAdd(x, v, a3);
+            b3 = Fma.MultiplyAdd(y, v, b3);
         }
         return (Reduce4(a0, a1, a2, a3), Reduce4(b0, b1, b2, b3));
     }
