@@ -23,7 +23,7 @@ internal static class NumericsBench
         {
             string path = Path.Combine(work, $"smollm2-135m-{type}.gguf");
             if (File.Exists(path)) return path;
-            using var w = DummyWeights.Create(HfConfigReader.Read(Path.Combine(EndToEndComparison.FindRepo(), "bench", "configs", "smollm2-135m.json")), type, seed: 1);
+            using var w = DummyWeights.Create(HfConfigReader.Read(Path.Combine(LongContextDecodeBench.FindRepo(), "bench", "configs", "smollm2-135m.json")), type, seed: 1);
             GgufWriter.WriteModel(w, path + ".tmp", name: "smollm2-135m");
             File.Move(path + ".tmp", path, overwrite: true);
             return path;
