@@ -193,4 +193,41 @@ public class EngineCommandLineTests
         Assert.Contains("KV bytes after", r.Out);
         Assert.Contains("streamingllm:sinks=4+uniform:keep=0.25", r.Out);
     }
+
+    [Fact]
+    public void Ask_WithClusterKv_ReportsEveryByteKeptAndTheTokensReadPerStep()
+    {
+        using var dir = new TempDir();
+        string context = dir.File("story.txt");
+        File.WriteAllText(context, string.Concat(Enumerable.Repeat("Lily and her dog Max played with a big red ball in the park. ", 6)));
+        var r = Run("ask", "-m", Stories, "--context", context, "--press", "streamingllm:keep=0.5+clusterkv:keep=0.25,clusters=8,iters=3", "--compare",
+            "-q", " Lily said", "-n", "6");
+        Assert.Equal(0, r.Code);
+        string text = System.Text.RegularExpressions.Regex.Replace(r.Out, @"[\s│]+", " "); // the table wraps long cells
+        Assert.Contains("clusterkv:keep=0.25", text);
+        Assert.Contains("clusterkv recall", text);
+        Assert.Contains("tokens read per decode step and (layer, KV head)", text);
+        Assert.Contains("every byte kept, plus a float32 copy", text);
+
+        var bad = Run("ask", "-m", Stories, "--context", context, "--press", "clusterkv:budget=64", "-q", "x");
+        Assert.Equal(KvSharpCommandLine.UsageError, bad.Code);
+        Assert.Contains("--press", bad.Err);
+        Assert.Contains("unknown parameter 'budget'", bad.Err);
+        Assert.DoesNotContain("   at ", bad.Err);
+
+        var decode = Run("ask", "-m", Stories, "--context", context, "--press", "clusterkv", "--decode-press", "h2o:tokens=64", "-q", "x");
+        Assert.Equal(KvSharpCommandLine.UsageError, decode.Code);
+        Assert.Contains("--decode-press", decode.Err);
+    }
+
+    [Fact]
+    public void Demo_WithClusterKv_RetrievesAndReportsRecall()
+    {
+        var r = Run("demo", "--sentences", "120", "--facts", "2", "--seed", "5", "--press", "clusterkv:keep=0.3,clusters=32,iters=5");
+        Assert.Equal(0, r.Code);
+        string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", ""); // drop colors
+        Assert.Contains("correct: 2/2 (compressed cache)", plain);
+        Assert.Contains("ClusterKV recall:", plain);
+        Assert.Contains("1.00x smaller", plain); // recall evicts nothing
+    }
 }
