@@ -106,15 +106,7 @@ internal static class VidKvAttention
         int d = layout.HeadDim;
         var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
-        for (int i = 0; i < g; i++)
-        {
-            var a = acc.Slice(i * d, d);
-            for (int t = 0; t < n; t++)
-            {
-                float w = weights[i * n + t];
-                if (w != 0) TensorPrimitives.MultiplyAdd(rows.Slice(t * d, d), w, a, a);
-            }
-        }
+        BlockAttention.AccumulateRows(rows, d, n, weights, g, acc);
     }
 
     private static void ScoresDecoded(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
@@ -122,9 +114,7 @@ internal static class VidKvAttention
         int d = layout.HeadDim;
         var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
-        for (int i = 0; i < g; i++)
-            for (int t = 0; t < n; t++)
-                scores[i * n + t] = TensorPrimitives.Dot(queries.Slice(i * d, d), rows.Slice(t * d, d));
+        BlockAttention.ScoresRows(rows, d, n, queries, g, scores);
     }
 
     /// <summary>The block's n rows as floats: VidKvValue through the trit table, VidKvKey through the codec.</summary>
