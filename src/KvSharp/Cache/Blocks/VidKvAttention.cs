@@ -93,10 +93,12 @@ internal static class VidKvAttention
                 bias += qc * parameters[2 * m + normal + k];
             }
             var row = scores.Slice(i * n, n);
-            var qo = scaled[..m];
-            for (int t = 0; t < n; t++) row[t] = bias + TensorPrimitives.Dot(qo, outlierCodes.Slice(t * m, m));
-            var qn = scaled.Slice(m, normal);
-            for (int j = 1; j < n; j++) u[j] = TensorPrimitives.Dot(qn, signs.Slice(j * normal, normal));
+            // Both row sets go through the float-row score kernel (four token rows per pass) instead of one Dot call
+            // per token; u[0] (sign row 0 is unused) is computed and ignored.
+            if (m > 0) BlockAttention.ScoresRows(outlierCodes, m, n, scaled[..m], 1, row);
+            else row.Clear();
+            TensorPrimitives.Add(row, bias, row);
+            if (normal > 0) BlockAttention.ScoresRows(signs, normal, n, scaled.Slice(m, normal), 1, u);
             for (int j = 1; j < n; j++) TensorPrimitives.MultiplyAdd(basis.AsSpan(j * n, n), u[j], row, row);
         }
     }
