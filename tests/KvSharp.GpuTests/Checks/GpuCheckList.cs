@@ -11,6 +11,7 @@ public static class GpuCheckList
         ("elementwise", KernelChecks.Elementwise),
         ("embedding", KernelChecks.Embedding),
         ("gemv", KernelChecks.Gemv),
+        ("gemv qkv+rope+append", KernelChecks.GemvQkvRope),
         ("cublas", KernelChecks.CublasGemm),
         ("attention", KernelChecks.Attention),
         ("flash prefill", KernelChecks.FlashPrefill),

@@ -295,6 +295,77 @@ public static class KernelChecks
 
     private static double Silu(double g) => g / (1 + Math.Exp(-g));
 
+    /// <summary>
+    /// The decode QKV product with the attention norm, RoPE (both pairings) and the float16 cache append fused into its
+    /// epilogue, against the float64 product, norm and rotation; widths with and without 16-byte vectors.
+    /// </summary>
+    public static string GemvQkvRope()
+    {
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
+            foreach (int cols in new[] { 1024, 172 })
+                foreach (bool interleaved in new[] { false, true })
+                {
+                    var rnd = new RandomData();
+                    int heads = 6, kvHeads = 2, hd = 64, capacity = 3000, pos0 = rnd.Next(2900);
+                    int rows = (heads + 2 * kvHeads) * hd;
+                    const float eps = 1e-5f;
+                    var (dw, weights) = Weights(type, rnd.Floats(rows * cols));
+                    using var _ = dw;
+                    var x = rnd.Floats(cols, 3f);
+                    var norm = rnd.Floats(cols, 2f);
+                    var invFreq = Enumerable.Range(0, hd / 2).Select(i => (float)Math.Pow(10000, -2.0 * i / hd)).ToArray();
+                    using var dx = Upload(x);
+                    using var dnorm = Upload(norm);
+                    using var df = Upload(invFreq);
+                    using var dpos = Upload(new[] { pos0 });
+                    using var dq = Poisoned(heads * hd * 4L);
+                    using var kc = Poisoned(kvHeads * capacity * hd * 2L);
+                    using var vc = Poisoned(kvHeads * capacity * hd * 2L);
+                    K.GemvQkvRope(type, dw.Pointer, dx.Pointer, dnorm.Pointer, eps, cols, dq.Pointer, kc.Pointer, vc.Pointer, df.Pointer,
+                        heads, kvHeads, hd, capacity, dpos.Pointer, interleaved);
+
+                    double ss = 0;
+                    foreach (float v in x) ss += (double)v * v;
+                    double inv = 1 / Math.Sqrt(ss / cols + eps);
+                    var product = Reference(weights, Enumerable.Range(0, cols).Select(i => x[i] * inv * norm[i]).ToArray(), rows, cols, 1);
+                    double[] Rotated(int head)
+                    {
+                        var y = new double[hd];
+                        for (int i = 0; i < hd / 2; i++)
+                        {
+                            int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+                            double a = pos0 * (double)invFreq[i], x0 = product[head * hd + i0], x1 = product[head * hd + i1];
+                            y[i0] = x0 * Math.Cos(a) - x1 * Math.Sin(a);
+                            y[i1] = x0 * Math.Sin(a) + x1 * Math.Cos(a);
+                        }
+                        return y;
+                    }
+                    var expQ = Enumerable.Range(0, heads).SelectMany(Rotated).ToArray();
+                    var expK = Enumerable.Range(heads, kvHeads).SelectMany(Rotated).ToArray();
+                    var expV = product.Skip((heads + kvHeads) * hd).ToArray();
+                    Dev.Synchronize();
+                    var kHost = new Half[kvHeads * capacity * hd];
+                    var vHost = new Half[kvHeads * capacity * hd];
+                    kc.Download<Half>(kHost);
+                    vc.Download<Half>(vHost);
+                    var gotK = new float[kvHeads * hd];
+                    var gotV = new float[kvHeads * hd];
+                    for (int h = 0; h < kvHeads; h++)
+                        for (int d = 0; d < hd; d++)
+                        {
+                            gotK[h * hd + d] = (float)kHost[(h * capacity + pos0) * hd + d];
+                            gotV[h * hd + d] = (float)vHost[(h * capacity + pos0) * hd + d];
+                        }
+                    string what = $"{type} {cols} cols {(interleaved ? "interleaved" : "half-split")} pos {pos0} (seed {rnd.Seed})";
+                    // float32 angles at positions of a few thousand carry ~1e-4 rad of rounding; K and V are then rounded to float16.
+                    report.Add(Compare.Relative($"q {what}", Result(dq, heads * hd), expQ, 5e-4));
+                    report.Add(Compare.Relative($"k(f16) {what}", gotK, expK, 1e-3));
+                    report.Add(Compare.Relative($"v(f16) {what}", gotV, expV, 1e-3));
+                }
+        return string.Join("; ", report);
+    }
+
     /// <summary>cuBLAS products (prefill) in bfloat16 and float32 against float64 on the same rounded operands.</summary>
     public static string CublasGemm()
     {

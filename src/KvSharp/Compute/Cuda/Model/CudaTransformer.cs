@@ -88,6 +88,13 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>Rows per forward chunk: bounds activation memory for long prompts.</summary>
     public int PrefillChunk { get; init; } = 2048;
 
+    /// <summary>
+    /// Whether a single decode row's QKV product also does RoPE and the cache append (one launch instead of two per
+    /// layer) where the model and cache allow it (no QKV bias, no q/k norms, the float16 cache). On by default;
+    /// benchmarks compare both.
+    /// </summary>
+    public bool FuseRopeIntoQkv { get; set; } = true;
+
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
         _layers.Sum(L => L.Qkv.Buffer.ByteLength + L.AttnOutput.Buffer.ByteLength + L.GateUp.Buffer.ByteLength + L.Down.Buffer.ByteLength)
@@ -285,7 +292,15 @@ public sealed class CudaTransformer : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
+            bool appended = false;
+            if (n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
+                && cache.FusedAppendTarget(l, batch ? 0 : sequence) is var (keys, values))
+            {
+                k.GemvQkvRope(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, d, s.Q.Pointer, keys, values, _invFreq.Pointer,
+                    c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved);
+                appended = true;
+            }
+            else if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
             else
             {
                 k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
@@ -294,7 +309,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash));
+                c.RmsNormEps, plan, pos, sequence, batch, flash, appended));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {

@@ -31,7 +31,9 @@ public sealed unsafe class CudaDevice : IDisposable
         MaxSharedMemoryPerBlock = Attribute(CudaApi.AttrMaxSharedMemoryPerBlockOptin);
         CudaApi.Check(CudaApi.cuDeviceTotalMem(out nuint total, device), "cuDeviceTotalMem_v2");
         TotalMemory = (long)total;
-        ProgrammaticLaunch = ComputeMajor >= 9 && Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL") == "1";
+        string? pdl = Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL");
+        ProgrammaticLaunch = ComputeMajor >= 9 && pdl == "1";
+        ProgrammaticMatrixVector = ComputeMajor >= 9 && pdl != "0" && pdl != "1";
         CudaApi.Check(CudaApi.cuDevicePrimaryCtxRetain(out _context, device), "cuDevicePrimaryCtxRetain");
         MakeCurrent();
         CudaApi.Check(CudaApi.cuStreamCreate(out var stream, CudaApi.StreamNonBlocking), "cuStreamCreate");
@@ -92,6 +94,15 @@ public sealed unsafe class CudaDevice : IDisposable
     /// decode step at 512-4K tokens and lost 2.5% at 32K and 7% at 128K (docs/benchmarks.md, issue 7); benchmarks compare both.
     /// </summary>
     public bool ProgrammaticLaunch { get; set; }
+
+    /// <summary>
+    /// Whether the kernels that start useful work before waiting for the previous kernel (the matrix-vector products load
+    /// their first weights before griddepcontrol.wait) launch with programmatic dependent launch even when
+    /// <see cref="ProgrammaticLaunch"/> is off: the DRAM stays busy across the kernel boundary, while attention and the
+    /// small kernels still start only after their predecessor ended. On by default on compute capability 9.0 and up;
+    /// $KVSHARP_CUDA_PDL=0 turns it off, =1 launches every kernel programmatically (docs/benchmarks.md, issue 7).
+    /// </summary>
+    public bool ProgrammaticMatrixVector { get; set; }
 
     internal IntPtr Stream { get; }
 

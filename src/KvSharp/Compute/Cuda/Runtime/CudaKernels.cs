@@ -25,7 +25,8 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu");
+        // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
         _attention = CudaModule.LoadEmbedded(device, "attention.cu");
     }
 
@@ -140,6 +141,24 @@ internal sealed class CudaKernels : IDisposable
     }
 
     /// <summary>
+    /// The decode QKV product of one row with RoPE and the float16 cache append in its epilogue (gemv.cu, MODE 3):
+    /// w is the stacked [(heads + 2·kvHeads)·hd, cols] matrix, x the raw residual stream (the attention norm
+    /// <paramref name="norm"/> is fused), rotated queries go to <paramref name="qOut"/> [heads·hd], keys and values into
+    /// one sequence's layer of the cache ([kvHeads, capacity, hd] each) at position *<paramref name="position"/>.
+    /// Replaces <see cref="Gemv"/> + <see cref="QkvRopeAppend"/> for models without QKV bias or q/k norms.
+    /// </summary>
+    public void GemvQkvRope(DeviceWeightType type, ulong w, ulong x, ulong norm, float eps, int cols, ulong qOut, ulong kCache, ulong vCache,
+        ulong invFreq, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved)
+    {
+        if (headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even head dimension, not {headDim}", nameof(headDim));
+        int rows = (heads + 2 * kvHeads) * headDim, warps = rows / 2; // one rotation pair per warp
+        const int warpsPerBlock = Threads / 32;
+        _gemv[$"gemv_{Suffix(type)}_qkv_rope_norm_1"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, norm, Arg.Float(eps),
+            Arg.Int(rows), Arg.Int(cols), qOut, kCache, vCache, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
+            Arg.Int(capacity), Arg.Int(interleaved ? 1 : 0));
+    }
+
+    /// <summary>
     /// How a causal attention splits the sequence: chunk length, chunk count, shared memory per block. With
     /// <paramref name="Streaming"/> (head dimension 64 or 128, ≤ 8 heads per KV head) the streaming kernel computes
     /// the chunk from the position itself, and only the split count is planned.
@@ -148,6 +167,18 @@ internal sealed class CudaKernels : IDisposable
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;
+
+    /// <summary>
+    /// Whether the streaming kernel issues each warp step's loads before the previous step's arithmetic (attn_hD_gG) or
+    /// alternates loading and computing (attn_hD_gG_serial, the earlier kernel). On by default; benchmarks compare both.
+    /// </summary>
+    public bool PipelinedAttention { get; set; } = true;
+
+    /// <summary>
+    /// Fewest keys per chunk the streaming kernel's planner allows (each chunk costs the merge a partial output; fewer keys
+    /// per chunk give short contexts more blocks).
+    /// </summary>
+    public int MinStreamingChunk { get; set; } = 128;
 
     /// <summary>Most chunks the streaming kernel merges (its shared weights array in attention.cu).</summary>
     public const int MaxStreamingSplits = 128;
@@ -166,7 +197,7 @@ internal sealed class CudaKernels : IDisposable
         {
             long streamingBlocks = 2L * _device.MultiprocessorCount;
             long want = Math.Max(1, streamingBlocks / ((long)kvHeads * rows));
-            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + 127) / 128)));
+            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + MinStreamingChunk - 1) / MinStreamingChunk)));
             return new AttentionPlan(0, splits, 0, Streaming: true);
         }
         int maxChunk = MaxChunk(group, headDim);
@@ -206,7 +237,7 @@ internal sealed class CudaKernels : IDisposable
         if (plan.Streaming)
         {
             if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
-            _attention[$"attn_h{headDim}_g{group}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
+            _attention[$"attn_h{headDim}_g{group}{(PipelinedAttention ? "" : "_serial")}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
                 Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
             return;
         }
