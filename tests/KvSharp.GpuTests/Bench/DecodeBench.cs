@@ -50,18 +50,19 @@ public static class DecodeBench
             // Each decode-step change alone against the earlier configuration, and all of them (the default) with
             // every kernel launched programmatically; the result table keeps the configured mode.
             var defaults = Variant.Capture(gpu);
-            var before = defaults with { PdlAll = false, PdlMatrixVector = false, FuseRope = false, Pipelined = false, MinChunk = 128 };
+            var before = defaults with
+            {
+                PdlAll = false, PdlMatrixVector = false, FuseRope = false, Pipelined = false, MinChunk = 128, Prefetch = false, FuseArgMax = false,
+            };
+            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, Prefetch = true, FuseArgMax = true };
             foreach (var (name, v) in new[]
             {
-                ("before (no PDL, separate RoPE, serial attention, chunks >= 128)", before),
-                ("+ fused QKV/RoPE/append", before with { FuseRope = true }),
-                ("+ pipelined attention", before with { Pipelined = true }),
-                ("+ PDL for the products (prefetch)", before with { PdlMatrixVector = true }),
-                ("+ chunks >= 32", before with { MinChunk = 32 }),
-                ("all but chunks >= 32", defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 128 }),
-                ("all, chunks >= 32", defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32 }),
-                ("all, chunks >= 64", defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 64 }),
-                ("all + PDL for every kernel", defaults with { PdlAll = true, PdlMatrixVector = true, FuseRope = true, Pipelined = true }),
+                ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, no prefetch)", before),
+                ("PDL for the products, fused RoPE, pipelined attention, chunks >= 32", all with { Prefetch = false, FuseArgMax = false }),
+                ("  + L2 prefetch of the output projection", all with { FuseArgMax = false }),
+                ("  + argmax fused into the head", all with { Prefetch = false }),
+                ("all", all),
+                ("all + PDL for every kernel", all with { PdlAll = true }),
             })
             {
                 v.Apply(gpu);
@@ -129,10 +130,10 @@ public static class DecodeBench
     }
 
     /// <summary>The decode-step switches the benchmark compares (launch mode, fused RoPE, attention kernel and split).</summary>
-    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk)
+    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool Prefetch, bool FuseArgMax)
     {
         public static Variant Capture(CudaTransformer gpu) => new(gpu.Device.ProgrammaticLaunch, gpu.Device.ProgrammaticMatrixVector,
-            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk);
+            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.Kernels.PrefetchNextWeights, gpu.FuseArgMaxIntoHead);
 
         public void Apply(CudaTransformer gpu)
         {
@@ -141,6 +142,8 @@ public static class DecodeBench
             gpu.FuseRopeIntoQkv = FuseRope;
             gpu.Kernels.PipelinedAttention = Pipelined;
             gpu.Kernels.MinStreamingChunk = MinChunk;
+            gpu.Kernels.PrefetchNextWeights = Prefetch;
+            gpu.FuseArgMaxIntoHead = FuseArgMax;
         }
     }
 

@@ -16,6 +16,7 @@ public static class GpuCheckList
         ("attention", KernelChecks.Attention),
         ("flash prefill", KernelChecks.FlashPrefill),
         ("argmax", KernelChecks.ArgMax),
+        ("gemv+argmax (output head)", KernelChecks.GemvArgMax),
         ("paged: attention, every supported format and mixed", PagedChecks.Attention),
         ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),

@@ -485,12 +485,17 @@ public static class KernelChecks
                 using var pml = Poisoned((long)n * heads * plan.Splits * 8);
                 using var counters = Dev.Allocate(n * kvHeads * 4L);
                 counters.Fill32(0);
-                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                // The second launch shows the counters were left at zero; the streaming kernel's launches alternate its two
+                // variants (pipelined, serial) and the second one also prefetches a matrix (here the queries) into L2.
+                for (int launch = 0; launch < 2; launch++)
                 {
                     using var dout = Poisoned((long)n * heads * hd * 4);
+                    K.PipelinedAttention = launch == 0;
                     K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan, batch ? seqStride : 0);
-                    report.Add(Compare.Relative($"attention{(plan.Streaming ? " streaming" : "")} H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n}{(batch ? " batch" : "")} splits{plan.Splits} (seed {rnd.Seed})",
+                        n, heads, kvHeads, hd, capacity, dpos.Pointer, plan, batch ? seqStride : 0,
+                        launch == 1 ? dq.Pointer : 0, launch == 1 ? dq.ByteLength / 128 * 128 : 0);
+                    K.PipelinedAttention = true;
+                    report.Add(Compare.Relative($"attention{(plan.Streaming ? launch == 0 ? " streaming" : " streaming serial+prefetch" : "")} H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n}{(batch ? " batch" : "")} splits{plan.Splits} (seed {rnd.Seed})",
                         Result(dout, n * heads * hd), expected, 2e-5));
                 }
             }
@@ -581,6 +586,67 @@ public static class KernelChecks
             if (got[t] != expected[t] || hist[t * capacity + pos0[t]] != expected[t] || pos[t] != pos0[t] + 1)
                 throw new CheckFailedException($"argmax row {t}: got {got[t]} (history {hist[t * capacity + pos0[t]]}, position {pos[t]}), expected {expected[t]} at position {pos0[t] + 1} (seed {rnd.Seed})");
         return $"argmax picks the first of two maxima in {rows} rows (seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// The output head with the greedy choice folded in (one 64-bit atomic maximum per warp) and its finish: logits against
+    /// float64, and the token equal to the first maximum of the logits, with a planted tie between two identical rows.
+    /// </summary>
+    public static string GemvArgMax()
+    {
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
+            foreach (int cols in new[] { 512, 172 })
+            {
+                var rnd = new RandomData();
+                int rows = 3001, tieA = 17 + rnd.Next(1000), tieB = tieA + 1 + rnd.Next(1900);
+                var w = rnd.Floats(rows * cols);
+                var x = rnd.Floats(cols, 3f);
+                var norm = rnd.Floats(cols, 2f);
+                // Two identical rows scaled up so they hold the maximum: the first must win.
+                for (int c = 0; c < cols; c++)
+                {
+                    float v = 8f * MathF.Sign(x[c] * norm[c]) * MathF.Abs(w[tieA * cols + c]);
+                    w[tieA * cols + c] = v;
+                    w[tieB * cols + c] = v;
+                }
+                var (dw, weights) = Weights(type, w);
+                using var _ = dw;
+                const float eps = 1e-5f;
+                using var dx = Upload(x);
+                using var dnorm = Upload(norm);
+                using var dy = Poisoned(rows * 4L);
+                using var best = Dev.Allocate(8);
+                best.Fill32(0);
+                using var next = Poisoned(4);
+                using var history = Dev.Allocate(4L * 64);
+                history.Fill32(0xFFFFFFFFu);
+                int pos0 = 5 + rnd.Next(50);
+                using var pos = Upload(new[] { pos0 });
+                for (int launch = 0; launch < 2; launch++) // the second launch shows the key was cleared
+                {
+                    K.GemvArgMax(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, dnorm.Pointer, eps, best.Pointer);
+                    K.ArgMaxFinish(best.Pointer, next.Pointer, history.Pointer, pos.Pointer, launch == 0 ? 1 : 0);
+                }
+                double ss = 0;
+                foreach (float v in x) ss += (double)v * v;
+                double inv = 1 / Math.Sqrt(ss / cols + eps);
+                var expected = Reference(weights, Enumerable.Range(0, cols).Select(i => x[i] * inv * norm[i]).ToArray(), rows, cols, 1);
+                var logits = Result(dy, rows);
+                report.Add(Compare.Relative($"head {type} {rows}x{cols} (seed {rnd.Seed})", logits, expected, 1e-5));
+                int first = 0;
+                for (int i = 1; i < rows; i++) if (logits[i] > logits[first]) first = i;
+                var got = new int[1];
+                var hist = new int[64];
+                var p = new int[1];
+                next.Download<int>(got);
+                history.Download<int>(hist);
+                pos.Download<int>(p);
+                if (got[0] != first || first != tieA || hist[pos0 + 1] != first || hist[pos0] != first || p[0] != pos0 + 1)
+                    throw new CheckFailedException($"fused argmax {type} {cols} cols: token {got[0]}, history {hist[pos0]}/{hist[pos0 + 1]}, position {p[0]}; expected {tieA} (first of the tie {tieA}/{tieB}, logits' first maximum {first}) at {pos0}..{pos0 + 1} (seed {rnd.Seed})");
+                report.Add($"token {got[0]} = first of tied rows {tieA}/{tieB}");
+            }
+        return string.Join("; ", report);
     }
 
     private static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch

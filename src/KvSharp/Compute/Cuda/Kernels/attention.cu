@@ -286,7 +286,8 @@ template <int HD, int G, bool PIPE>
 __device__ __forceinline__ void attention_stream(
     const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
     float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride)
+    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride,
+    const char* prefetch, long prefetch_bytes, int prefetch_max_visible)
 {
     constexpr int L = HD / 8, KPW = 32 / L, U = (G <= 4 ? 16 : 8) / KPW, TILE = U * KPW;
     __shared__ float sm_m[STREAM_WARPS][G], sm_l[STREAM_WARPS][G];
@@ -299,6 +300,16 @@ __device__ __forceinline__ void attention_stream(
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const bool batch = seq_stride != 0;
     const int visible = (batch ? pos[t] : pos[0] + t) + 1;
+    if (prefetch_bytes > 0 && visible <= prefetch_max_visible)
+    {
+        // A short context leaves the DRAM mostly idle while this kernel waits on latencies: pull the next matrix
+        // (the attention output projection) into L2 meanwhile, one 128-byte line per thread and step, so the next
+        // kernel reads it from L2. The host allows it only while this layer's K/V and the matrix fit in L2 together.
+        const long threads = (long)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
+        const long tid = (((long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+        for (long line = tid; line < (prefetch_bytes >> 7); line += threads)
+            asm volatile("prefetch.global.L2 [%0];" :: "l"(prefetch + (line << 7)));
+    }
     const long seq = batch ? t * seq_stride : 0;
     const u16* kb = kc + seq + (long)kvh * capacity * HD;
     const u16* vb = vc + seq + (long)kvh * capacity * HD;
@@ -484,13 +495,13 @@ __device__ __forceinline__ void attention_stream(
     }
 }
 
+#define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \
+    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride, const char* prefetch, long prefetch_bytes, int prefetch_max_visible
+#define ATTN_STREAM_CALL(PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
+    seq_stride, prefetch, prefetch_bytes, prefetch_max_visible)
 #define ATTN_STREAM(HD, G) \
-    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(const float* q, const u16* kc, const u16* vc, float* po, float* pml, \
-        int* counters, float* out, int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride) \
-    { attention_stream<HD, G, true>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, seq_stride); } \
-    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(const float* q, const u16* kc, const u16* vc, float* po, \
-        float* pml, int* counters, float* out, int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride) \
-    { attention_stream<HD, G, false>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, seq_stride); }
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(true); } \
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(false); }
 ATTN_STREAM(128, 1) ATTN_STREAM(128, 2) ATTN_STREAM(128, 3) ATTN_STREAM(128, 4) ATTN_STREAM(128, 5) ATTN_STREAM(128, 6) ATTN_STREAM(128, 7) ATTN_STREAM(128, 8)
 ATTN_STREAM(64, 1) ATTN_STREAM(64, 2) ATTN_STREAM(64, 3) ATTN_STREAM(64, 4) ATTN_STREAM(64, 5) ATTN_STREAM(64, 6) ATTN_STREAM(64, 7) ATTN_STREAM(64, 8)
 

@@ -8,6 +8,8 @@
 //           balance the SMs.
 //   MODE 2: SwiGLU over a [2 * rows, cols] matrix holding gate rows then up rows:
 //           y[t, r] = silu(dot(gate_r)) * dot(up_r) (the feed-forward's first half in one pass).
+//   MODE 4: MODE 0 (the output head) that also folds every row's value into best[t] with a 64-bit atomicMax
+//           (argmax_key), so the greedy token needs no second pass over the logits (argmax_finish reads it).
 //   MODE 3: the fused QKV product of one decode row (NT = 1) with RoPE and the cache append in its epilogue:
 //           warp p owns the rotation pair of head p / (hd/2) (dims i, i + hd/2, or 2i, 2i + 1 interleaved), so
 //           lane 0 holds both inputs of the rotation; queries go to q_out, keys and values (float16) into the
@@ -33,6 +35,15 @@ struct RopeAppend
     const int* pos;
     int heads, kv_heads, hd, capacity, interleaved;
 };
+
+// MODE 4's running greedy choice per activation row: (orderable value bits << 32) | ~index, so the 64-bit
+// maximum is the largest value and, among equal values, the first index (the CPU sampler's rule).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int index)
+{
+    const unsigned u = __float_as_uint(v);
+    const unsigned ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)ordered << 32) | (unsigned)(0xffffffffu - (unsigned)index);
+}
 
 // One 16-byte vector i of the two rows against the NT activation rows (norm folded in when NORM).
 template <class W, int NT, bool NORM>
@@ -100,7 +111,7 @@ __device__ __forceinline__ void rope_append_pair(const RopeAppend& ra, int head,
 
 template <class W, int NT, int MODE, bool NORM>
 __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int ksplit, RopeAppend ra = RopeAppend())
+    const float* __restrict__ nw, float eps, int rows, int cols, int ksplit, RopeAppend ra = RopeAppend(), unsigned long long* best = nullptr)
 {
     int warp = (int)((blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
@@ -201,6 +212,17 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
         if (lane != 0) continue;
         float* yt = y + (long)t * rows;
         if (MODE == 3) rope_append_pair(ra, pair_head, pair_dim, s0, s1);
+        else if (MODE == 4)
+        {
+            yt[r0] = s0;
+            unsigned long long key = s0 == s0 ? argmax_key(s0, r0) : 0ull; // NaN never wins (as in argmax)
+            if (r0 + 1 < rows)
+            {
+                yt[r0 + 1] = s1;
+                if (s1 == s1) { const unsigned long long k1 = argmax_key(s1, r0 + 1); key = k1 > key ? k1 : key; }
+            }
+            if (key != 0ull) atomicMax(best + t, key);
+        }
         else if (MODE == 2) yt[r0] = s0 / (1.0f + expf(-s0)) * s1;
         else if (MODE == 1)
         {
@@ -223,7 +245,12 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     extern "C" __global__ void __launch_bounds__(256) NAME##_qkv_rope_norm_1(const W::T* w, const float* x, const float* nw, float eps, int rows, \
         int cols, float* q_out, u16* kc, u16* vc, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int capacity, int interleaved) \
     { gemv<W, 1, 3, true>(w, x, nullptr, nw, eps, rows, cols, 1, RopeAppend{ q_out, kc, vc, inv_freq, pos, heads, kv_heads, hd, capacity, interleaved }); }
-#define GEMV_ALL(NAME, W) GEMV_QKV_ROPE(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
+// The output head of decode rows with the final norm, folding the greedy choice into best[t] (MODE 4).
+#define GEMV_ARGMAX(NAME, W, NT) \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_argmax_norm_##NT(const W::T* w, const float* x, float* y, const float* nw, float eps, \
+        int rows, int cols, unsigned long long* best) \
+    { gemv<W, NT, 4, true>(w, x, y, nw, eps, rows, cols, 1, RopeAppend(), best); }
+#define GEMV_ALL(NAME, W) GEMV_ARGMAX(NAME, W, 1) GEMV_QKV_ROPE(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
 
 GEMV_ALL(gemv_f32, WeightF32)
 GEMV_ALL(gemv_bf16, WeightBF16)

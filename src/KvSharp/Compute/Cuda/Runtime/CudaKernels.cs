@@ -85,6 +85,23 @@ internal sealed class CudaKernels : IDisposable
     public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance, int rows = 1, long historyStride = 0) =>
         _elementwise["argmax"].Launch(rows, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
 
+    /// <summary>
+    /// The output head of one decode row with the final norm: logits [rows] into <paramref name="y"/> and the greedy choice
+    /// folded into <paramref name="best"/> (one 64-bit key, zero before the launch; <see cref="ArgMaxFinish"/> reads and
+    /// clears it), instead of a separate pass over the logits.
+    /// </summary>
+    public void GemvArgMax(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, ulong norm, float eps, ulong best)
+    {
+        const int warpsPerBlock = Threads / 32;
+        int warps = (rows + 1) / 2;
+        _gemv[$"gemv_{Suffix(type)}_argmax_norm_1"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+            Arg.Int(rows), Arg.Int(cols), best);
+    }
+
+    /// <summary>The greedy tokens of <see cref="GemvArgMax"/> (keys best[rows]) into next/history/position, as <see cref="ArgMax"/> writes them.</summary>
+    public void ArgMaxFinish(ulong best, ulong next, ulong history, ulong position, int advance, int rows = 1, long historyStride = 0) =>
+        _elementwise["argmax_finish"].Launch(1, 32, 0, best, Arg.Int(rows), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
+
     public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
         _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
 
@@ -175,10 +192,17 @@ internal sealed class CudaKernels : IDisposable
     public bool PipelinedAttention { get; set; } = true;
 
     /// <summary>
+    /// Whether the streaming kernel pulls the next weight matrix into L2 while it runs (when the caller names one and the
+    /// layer's K/V and the matrix fit in L2 together): short contexts leave the DRAM idle during attention. On by default;
+    /// benchmarks compare both.
+    /// </summary>
+    public bool PrefetchNextWeights { get; set; } = true;
+
+    /// <summary>
     /// Fewest keys per chunk the streaming kernel's planner allows (each chunk costs the merge a partial output; fewer keys
     /// per chunk give short contexts more blocks).
     /// </summary>
-    public int MinStreamingChunk { get; set; } = 128;
+    public int MinStreamingChunk { get; set; } = 32;
 
     /// <summary>Most chunks the streaming kernel merges (its shared weights array in attention.cu).</summary>
     public const int MaxStreamingSplits = 128;
@@ -228,7 +252,8 @@ internal sealed class CudaKernels : IDisposable
     /// and its position is position[t].
     /// </summary>
     public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
-        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0)
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0,
+        ulong prefetch = 0, long prefetchBytes = 0)
     {
         int group = heads / kvHeads;
         if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
@@ -237,8 +262,13 @@ internal sealed class CudaKernels : IDisposable
         if (plan.Streaming)
         {
             if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
+            // The prefetch runs while one layer's K/V of all rows and the prefetched matrix fit in L2 together.
+            long kvBytesPerPosition = 4L * kvHeads * headDim * rows;
+            long room = _device.L2CacheBytes - prefetchBytes;
+            int maxVisible = PrefetchNextWeights && prefetch != 0 && room > 0 ? (int)Math.Min(int.MaxValue, room / kvBytesPerPosition) : 0;
             _attention[$"attn_h{headDim}_g{group}{(PipelinedAttention ? "" : "_serial")}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
-                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
+                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride),
+                maxVisible > 0 ? prefetch : Arg.Null, Arg.Long(maxVisible > 0 ? prefetchBytes : 0), Arg.Int(maxVisible));
             return;
         }
         _attention[$"attn_g{group}"].Launch(grid, 128, plan.SharedBytes,
