@@ -497,11 +497,11 @@ __device__ __forceinline__ void attention_stream(
 
 #define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \
     int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride, const char* prefetch, long prefetch_bytes, int prefetch_max_visible
-#define ATTN_STREAM_CALL(PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
+#define ATTN_STREAM_CALL(HD, G, PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
     seq_stride, prefetch, prefetch_bytes, prefetch_max_visible)
 #define ATTN_STREAM(HD, G) \
-    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(true); } \
-    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(false); }
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, true); } \
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, false); }
 ATTN_STREAM(128, 1) ATTN_STREAM(128, 2) ATTN_STREAM(128, 3) ATTN_STREAM(128, 4) ATTN_STREAM(128, 5) ATTN_STREAM(128, 6) ATTN_STREAM(128, 7) ATTN_STREAM(128, 8)
 ATTN_STREAM(64, 1) ATTN_STREAM(64, 2) ATTN_STREAM(64, 3) ATTN_STREAM(64, 4) ATTN_STREAM(64, 5) ATTN_STREAM(64, 6) ATTN_STREAM(64, 7) ATTN_STREAM(64, 8)
 
