@@ -52,15 +52,14 @@ public static class DecodeBench
             var defaults = Variant.Capture(gpu);
             var before = defaults with
             {
-                PdlAll = false, PdlMatrixVector = false, FuseRope = false, Pipelined = false, MinChunk = 128, Prefetch = false, FuseArgMax = false,
+                PdlAll = false, PdlMatrixVector = false, FuseRope = false, Pipelined = false, MinChunk = 128, FuseArgMax = false, WaveSplit = false,
             };
-            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, Prefetch = true, FuseArgMax = true };
+            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true };
             foreach (var (name, v) in new[]
             {
-                ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, no prefetch)", before),
-                ("PDL for the products, fused RoPE, pipelined attention, chunks >= 32", all with { Prefetch = false, FuseArgMax = false }),
-                ("  + L2 prefetch of the output projection", all with { FuseArgMax = false }),
-                ("  + argmax fused into the head", all with { Prefetch = false }),
+                ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, split for 32 warps/SM)", before),
+                ("all but the wave split", all with { WaveSplit = false }),
+                ("all but the fused argmax", all with { FuseArgMax = false }),
                 ("all", all),
                 ("all + PDL for every kernel", all with { PdlAll = true }),
             })
@@ -130,10 +129,10 @@ public static class DecodeBench
     }
 
     /// <summary>The decode-step switches the benchmark compares (launch mode, fused RoPE, attention kernel and split).</summary>
-    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool Prefetch, bool FuseArgMax)
+    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool FuseArgMax, bool WaveSplit)
     {
         public static Variant Capture(CudaTransformer gpu) => new(gpu.Device.ProgrammaticLaunch, gpu.Device.ProgrammaticMatrixVector,
-            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.Kernels.PrefetchNextWeights, gpu.FuseArgMaxIntoHead);
+            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.FuseArgMaxIntoHead, gpu.Kernels.WaveSplit);
 
         public void Apply(CudaTransformer gpu)
         {
@@ -142,8 +141,8 @@ public static class DecodeBench
             gpu.FuseRopeIntoQkv = FuseRope;
             gpu.Kernels.PipelinedAttention = Pipelined;
             gpu.Kernels.MinStreamingChunk = MinChunk;
-            gpu.Kernels.PrefetchNextWeights = Prefetch;
             gpu.FuseArgMaxIntoHead = FuseArgMax;
+            gpu.Kernels.WaveSplit = WaveSplit;
         }
     }
 
@@ -205,10 +204,16 @@ public static class DecodeBench
                 gpu.Kernels.UseTensorCoreGemv = tensorCores;
                 int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
                 ulong useNorm = withNorm ? norm : 0;
-                double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
-                double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
-                string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "");
-                log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+                foreach (bool wave in mode == CudaKernels.GemvMode.Accumulate && n == 1 ? new[] { false, true } : [true])
+                {
+                    gpu.Kernels.WaveSplit = wave;
+                    double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
+                    double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
+                    string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "")
+                        + (mode == CudaKernels.GemvMode.Accumulate && n == 1 ? (wave ? ", wave split" : ", 32-warp split") : "");
+                    log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+                }
+                gpu.Kernels.WaveSplit = true;
             }
         gpu.Kernels.UseTensorCoreGemv = true;
         log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");

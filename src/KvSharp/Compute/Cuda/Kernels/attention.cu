@@ -286,8 +286,7 @@ template <int HD, int G, bool PIPE>
 __device__ __forceinline__ void attention_stream(
     const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
     float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride,
-    const char* prefetch, long prefetch_bytes, int prefetch_max_visible)
+    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride)
 {
     constexpr int L = HD / 8, KPW = 32 / L, U = (G <= 4 ? 16 : 8) / KPW, TILE = U * KPW;
     __shared__ float sm_m[STREAM_WARPS][G], sm_l[STREAM_WARPS][G];
@@ -295,21 +294,14 @@ __device__ __forceinline__ void attention_stream(
     __shared__ float wts[G][STREAM_MAX_SPLITS];
     __shared__ int is_last;
     float* sm_acc = reinterpret_cast<float*>(sm_acc4);
-    pdl_wait();
 
+    // Everything up to the first K/V loads only reads what earlier decode steps wrote (the positions, the cache below
+    // this call's first position), so it runs before pdl_wait: under programmatic launch the first loads overlap the
+    // previous kernel's tail (that kernel appends this call's keys and values and writes the queries).
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const bool batch = seq_stride != 0;
+    const int stable = batch ? pos[t] : pos[0]; // positions below it were in the cache before this step
     const int visible = (batch ? pos[t] : pos[0] + t) + 1;
-    if (prefetch_bytes > 0 && visible <= prefetch_max_visible)
-    {
-        // A short context leaves the DRAM mostly idle while this kernel waits on latencies: pull the next matrix
-        // (the attention output projection) into L2 meanwhile, one 128-byte line per thread and step, so the next
-        // kernel reads it from L2. The host allows it only while this layer's K/V and the matrix fit in L2 together.
-        const long threads = (long)gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-        const long tid = (((long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-        for (long line = tid; line < (prefetch_bytes >> 7); line += threads)
-            asm volatile("prefetch.global.L2 [%0];" :: "l"(prefetch + (line << 7)));
-    }
     const long seq = batch ? t * seq_stride : 0;
     const u16* kb = kc + seq + (long)kvh * capacity * HD;
     const u16* vb = vc + seq + (long)kvh * capacity * HD;
@@ -318,6 +310,13 @@ __device__ __forceinline__ void attention_stream(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % L, slot = lane / L;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
+    constexpr int STEP = STREAM_WARPS * TILE;
+    const int jw = j0 + warp * TILE; // this warp's first key
+    uint4 kr[U], vr[U];
+    const bool early = PIPE && jw < j1 && min(jw + TILE, j1) <= stable; // the first step reads no new key
+    if (early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
+    pdl_wait();
+    if (PIPE && jw < j1 && !early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
 
     float qf[G][8], acc[G][8], m[G], l[G];
 #pragma unroll
@@ -334,10 +333,7 @@ __device__ __forceinline__ void attention_stream(
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
 
-    constexpr int STEP = STREAM_WARPS * TILE;
-    uint4 kr[U], vr[U];
-    if (PIPE && j0 + warp * TILE < j1) load_tile<HD, U, KPW>(kb, vb, j0 + warp * TILE, j1, slot, sub, kr, vr);
-    for (int jb = j0 + warp * TILE; jb < j1; jb += STEP)
+    for (int jb = jw; jb < j1; jb += STEP)
     {
         uint4 kn[U], vn[U];
         if (!PIPE) load_tile<HD, U, KPW>(kb, vb, jb, j1, slot, sub, kr, vr);
@@ -496,9 +492,9 @@ __device__ __forceinline__ void attention_stream(
 }
 
 #define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \
-    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride, const char* prefetch, long prefetch_bytes, int prefetch_max_visible
+    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride
 #define ATTN_STREAM_CALL(HD, G, PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
-    seq_stride, prefetch, prefetch_bytes, prefetch_max_visible)
+    seq_stride)
 #define ATTN_STREAM(HD, G) \
     extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, true); } \
     extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, false); }

@@ -323,7 +323,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength));
+                c.RmsNormEps, plan, pos, sequence, batch, flash, appended));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {

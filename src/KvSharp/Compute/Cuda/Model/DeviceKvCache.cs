@@ -106,10 +106,9 @@ public abstract class DeviceKvCache : IDisposable
 /// are consecutive tokens of <paramref name="Sequence"/> (positions at <paramref name="Position"/>), or with
 /// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention;
 /// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and the keys and values to
-/// <see cref="DeviceKvCache.FusedAppendTarget"/>, leaving only the attention; <paramref name="Prefetch"/> (bytes
-/// <paramref name="PrefetchBytes"/>) is the matrix the step reads next, which attention may pull into L2.
+/// <see cref="DeviceKvCache.FusedAppendTarget"/>, leaving only the attention.
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
     int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
-    bool Appended = false, ulong Prefetch = 0, long PrefetchBytes = 0);
+    bool Appended = false);

@@ -27,7 +27,9 @@ internal sealed class CudaKernels : IDisposable
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
         // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
         _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
-        _attention = CudaModule.LoadEmbedded(device, "attention.cu");
+        // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
+        _attention = CudaModule.LoadEmbedded(device, "attention.cu",
+            name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));
     }
 
     public CudaDevice Device => _device;
@@ -145,17 +147,38 @@ internal sealed class CudaKernels : IDisposable
         }
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
-        int ksplit = 1;
-        if (mode == GemvMode.Accumulate)
-        {
-            // Atomic adds let several warps share a row: aim for ~32 warps per SM, parts of at least 32 vectors.
-            int maxSplit = Math.Max(1, cols / (32 * 8));
-            ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
-            warps *= ksplit;
-        }
-        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
-            Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
+        var f = _gemv[$"gemv_{Suffix(type)}{name}_{n}"];
+        int ksplit = mode == GemvMode.Accumulate ? AccumulateSplit(f, warps, cols) : 1;
+        warps *= ksplit;
+        f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
+
+    /// <summary>
+    /// Whether the accumulating products split their rows into the fewest parts whose blocks fill whole waves of the device
+    /// (the resident blocks of every multiprocessor, from the kernel's occupancy) rather than into parts for ~32 warps per
+    /// multiprocessor, which left the down projection a partial second wave. On by default; benchmarks compare both.
+    /// </summary>
+    public bool WaveSplit { get; set; } = true;
+
+    /// <summary>Parts each row of an accumulating product is split into (atomic adds let several warps share a row).</summary>
+    private int AccumulateSplit(CudaFunction f, int warps, int cols)
+    {
+        const int warpsPerBlock = Threads / 32;
+        int maxSplit = Math.Clamp(cols / (32 * 8), 1, 8); // parts of at least 32 vectors
+        if (WaveSplit)
+        {
+            int wave = _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
+            for (int k = 1; k <= maxSplit && wave > 0; k++)
+            {
+                long blocks = ((long)warps * k + warpsPerBlock - 1) / warpsPerBlock;
+                long full = (blocks + wave - 1) / wave * wave;
+                if (blocks >= 0.9 * wave && blocks >= 0.9 * full) return k;
+            }
+        }
+        return Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, maxSplit);
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> _waves = new(StringComparer.Ordinal);
 
     /// <summary>
     /// The decode QKV product of one row with RoPE and the float16 cache append in its epilogue (gemv.cu, MODE 3):
@@ -190,13 +213,6 @@ internal sealed class CudaKernels : IDisposable
     /// alternates loading and computing (attn_hD_gG_serial, the earlier kernel). On by default; benchmarks compare both.
     /// </summary>
     public bool PipelinedAttention { get; set; } = true;
-
-    /// <summary>
-    /// Whether the streaming kernel pulls the next weight matrix into L2 while it runs (when the caller names one and the
-    /// layer's K/V and the matrix fit in L2 together): short contexts leave the DRAM idle during attention. On by default;
-    /// benchmarks compare both.
-    /// </summary>
-    public bool PrefetchNextWeights { get; set; } = true;
 
     /// <summary>
     /// Fewest keys per chunk the streaming kernel's planner allows (each chunk costs the merge a partial output; fewer keys
@@ -252,8 +268,7 @@ internal sealed class CudaKernels : IDisposable
     /// and its position is position[t].
     /// </summary>
     public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
-        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0,
-        ulong prefetch = 0, long prefetchBytes = 0)
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0)
     {
         int group = heads / kvHeads;
         if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
@@ -262,13 +277,8 @@ internal sealed class CudaKernels : IDisposable
         if (plan.Streaming)
         {
             if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
-            // The prefetch runs while one layer's K/V of all rows and the prefetched matrix fit in L2 together.
-            long kvBytesPerPosition = 4L * kvHeads * headDim * rows;
-            long room = _device.L2CacheBytes - prefetchBytes;
-            int maxVisible = PrefetchNextWeights && prefetch != 0 && room > 0 ? (int)Math.Min(int.MaxValue, room / kvBytesPerPosition) : 0;
             _attention[$"attn_h{headDim}_g{group}{(PipelinedAttention ? "" : "_serial")}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
-                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride),
-                maxVisible > 0 ? prefetch : Arg.Null, Arg.Long(maxVisible > 0 ? prefetchBytes : 0), Arg.Int(maxVisible));
+                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
             return;
         }
         _attention[$"attn_g{group}"].Launch(grid, 128, plan.SharedBytes,

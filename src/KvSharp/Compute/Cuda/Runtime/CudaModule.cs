@@ -103,6 +103,14 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
         CudaApi.Check(CudaApi.cuLaunchKernelEx(&config, handle, pointers, null), $"cuLaunchKernelEx({name})");
     }
 
+    /// <summary>How many blocks of <paramref name="threads"/> threads fit on one multiprocessor at once (registers, shared memory).</summary>
+    public int ActiveBlocksPerMultiprocessor(int threads, int sharedBytes = 0)
+    {
+        CudaApi.Check(CudaApi.cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, handle, threads, (nuint)sharedBytes),
+            $"cuOccupancyMaxActiveBlocksPerMultiprocessor({name})");
+        return blocks;
+    }
+
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>
     public void AllowSharedMemory(int bytes) =>
         CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 8 /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */, bytes), $"cuFuncSetAttribute({name})");
