@@ -52,7 +52,13 @@ public static class DecodeBench
             var defaults = Variant.Capture(gpu);
             var before = defaults with
             {
-                PdlAll = false, PdlMatrixVector = false, FuseRope = false, Pipelined = false, MinChunk = 128, FuseArgMax = false, WaveSplit = false,
+                PdlAll = false,
+                PdlMatrixVector = false,
+                FuseRope = false,
+                Pipelined = false,
+                MinChunk = 128,
+                FuseArgMax = false,
+                WaveSplit = false,
             };
             var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true };
             foreach (var (name, v) in new[]

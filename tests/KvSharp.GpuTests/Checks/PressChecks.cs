@@ -50,15 +50,17 @@ public static class PressChecks
                 cpu.BeginStatistics(request);
                 gpu.BeginStatistics(request);
                 var output = new float[rows * c.NumHeads * hd];
+                var queries = new List<DeviceBuffer>();
                 for (int l = 0; l < c.NumLayers; l++)
                 {
                     var q = rnd.Floats(rows * c.NumHeads * hd, 2f);
                     cpu.Attend(l, q, rows, firstPosition, output);
-                    using var dq = PagedChecks.Upload(q);
-                    gpu.EnqueueStatistics(l, dq.Pointer, rows, firstCounted);
+                    queries.Add(PagedChecks.Upload(q));
+                    gpu.EnqueueStatistics(l, queries[^1].Pointer, rows, firstCounted);
                 }
                 var expected = cpu.EndStatistics();
-                var (max, sum) = gpu.EndStatistics();
+                var (max, sum) = gpu.EndStatistics(); // synchronizes: the queries may go
+                foreach (var b in queries) b.Dispose();
                 var gotMax = new List<float>();
                 var gotSum = new List<float>();
                 var expMax = new List<double>();
@@ -106,7 +108,8 @@ public static class PressChecks
                 var c = PagedChecks.Shape(8, 2, hd);
                 int length = 150 + rnd.Next(150);
                 using var cpu = PagedChecks.CpuCache(c, from, length, rnd, evict: false);
-                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
+                // Room for the partial block each regrouped format pair may end in.
+                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 4 * 32);
                 var select = new List<bool[]>();
                 for (int l = 0; l < c.NumLayers; l++)
                     for (int g = 0; g < c.NumKvHeads; g++)
@@ -134,9 +137,9 @@ public static class PressChecks
 
     /// <summary>
     /// SnapKV end to end: the CPU press (SnapKV scorer, uniform budget, observation window re-run through the CPU model)
-    /// and the device (window run through the GPU model with statistics on, pooled scores and top-k on the device,
-    /// eviction on the device) keep the same tokens of every head, on a Llama-shaped model with float32 weights and
-    /// float32 and INT4 caches.
+    /// and the device (the same prefilled cache rewound to the window and uploaded, the window run through the GPU model
+    /// with statistics on, pooled scores, top-k and eviction on the device) keep the same tokens of every head, on a
+    /// Llama-shaped model with float32 weights and float32 and INT4 caches.
     /// </summary>
     public static string SnapKvMatchesCpu()
     {
@@ -148,21 +151,21 @@ public static class PressChecks
         var model = new Transformer(weights);
         foreach (var (format, window, keepRatio, protect) in new[] { (KvFormat.F32, 8, 0.5, 0), (KvFormat.Int4, 16, 0.3, 4) })
         {
-            // The CPU press rewinds the cache to the window's start and re-runs the window; with INT4 blocks the start is a
-            // block boundary, so both caches hold the covered tokens in the same encoded blocks (a straddling block would be
-            // decoded into float rows on the CPU, exact rows in the device's residual).
-            int length = format == KvFormat.F32 ? 120 + rnd.Next(100) : 32 * (4 + rnd.Next(3)) + window;
+            int length = 120 + rnd.Next(100);
             var tokens = Enumerable.Range(0, length).Select(_ => rnd.Next(config.VocabSize)).ToArray();
             var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = length + 8 };
 
             using var cpuCache = new PagedKvCache(config, options);
             model.Forward(tokens, cpuCache);
+            // The device starts from the same encoded blocks the CPU press observes: the prefilled cache rewound to the
+            // window's start (what the press itself does before re-running the window).
+            using var rewound = cpuCache.Fork();
+            rewound.Truncate(length - window);
+            using var cache = CudaPagedKvCache.Upload(Dev, config, rewound, length + 8);
             var context = new PressContext(model, cpuCache, tokens) { ProtectedPrefix = protect };
             var press = new ScoredPress(new SnapKvScorer(window, kernel: 7, pool: "avg"), new UniformBudget(KeepTarget.Ratio(keepRatio)));
             var masks = press.Select(context);
 
-            using var cache = gpu.CreatePagedCache(options, length + 8);
-            gpu.Forward(tokens.AsSpan(0, length - window), cache);
             cache.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
             gpu.Forward(tokens.AsSpan(length - window), cache);
             var keep = Enumerable.Range(0, config.NumLayers * config.NumKvHeads)

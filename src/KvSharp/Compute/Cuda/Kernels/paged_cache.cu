@@ -648,6 +648,22 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
             const int p = desc_kfmt(e) | (desc_vfmt(e) << 4);
             for (int i = 0; i < npairs; i++) if (pairs[i] == p) c[b] = 2;
         }
+        // The new table must fit the head's descriptors (regrouping can add a partial block per pair): count it first
+        // and leave the head untouched when it does not (reported as error 2, as a full table on append).
+        int needed = 1, counts[REQ_MAX_PAIRS];
+        for (int i = 0; i < npairs; i++) counts[i] = 0;
+        const int target = tkf | (tvf << 4);
+        auto count_pair = [&](int p) { for (int i = 0; i < npairs; i++) if (pairs[i] == p) { counts[i]++; return; } };
+        for (int b = 0; b < nb - 1; b++)
+        {
+            const uint4 e = od[b];
+            const int own = desc_kfmt(e) | (desc_vfmt(e) << 4), cnt = desc_count(e);
+            if (c[b] == 0) { needed++; continue; }
+            for (int t = 0; t < cnt; t++) count_pair(c[b] == 1 && sel[e.w + t] ? target : own);
+        }
+        for (int t = 0; t < rc; t++) if (sel[r.w + t]) count_pair(target);
+        for (int i = 0; i < npairs; i++) needed += (counts[i] + tokens - 1) / tokens;
+        if (needed > max_blocks) { failed = 1; atomicExch(error, 2); }
     }
     __syncthreads();
     if (failed) return;

@@ -121,7 +121,8 @@ public sealed partial class CudaPagedKvCache
     /// compacted into its own allocation (captured decode graphs stay valid).
     /// </summary>
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
-    /// <exception cref="KvSharpException">A format the device does not read (VidKV), or a value format whose groups do not fit the cache's.</exception>
+    /// <exception cref="KvSharpException">A format the device does not read (VidKV), a value format whose groups do not fit the cache's,
+    /// or a head whose regrouped blocks exceed its descriptor table or the pool (the cache is then left as it was).</exception>
     /// <exception cref="InvalidOperationException">Statistics are being collected.</exception>
     public void Requantize(IReadOnlyList<bool[]> select, KvFormat keyFormat, KvFormat valueFormat)
     {
@@ -144,14 +145,29 @@ public sealed partial class CudaPagedKvCache
         using var fresh = Device.Allocate(PoolUnits * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
         using var oldDesc = Device.Allocate(_desc.ByteLength);
+        using var oldBlocks = Device.Allocate(_headBlocks.ByteLength);
         using var classes = Device.Allocate((long)HeadCount * MaxBlocks);
         oldDesc.CopyFromAsync(_desc, _desc.ByteLength);
+        oldBlocks.CopyFromAsync(_headBlocks, _headBlocks.ByteLength);
+        var state = new int[2];
+        _state.Download<int>(state);
         _state.Upload<int>([ReservedUnits, 0]);
         _kernels.Requantize(_pool.Pointer, fresh.Pointer, oldDesc.Pointer, _desc.Pointer, _headBlocks.Pointer, deviceFlags.Pointer, classes.Pointer,
             staging.Pointer, _state.Pointer, _state.Pointer + 4, PoolUnits, HeadCount, MaxBlocks, maxTokens, BlockTokens, hd, ValueGroup,
             (int)keyFormat, (int)valueFormat);
         Device.Synchronize();
-        CheckDeviceState();
+        try
+        {
+            CheckDeviceState();
+        }
+        catch (KvSharpException)
+        {
+            // A head that did not fit its table (or the pool): the old tables still describe the untouched pool.
+            _desc.CopyFromAsync(oldDesc, _desc.ByteLength);
+            _headBlocks.CopyFromAsync(oldBlocks, _headBlocks.ByteLength);
+            _state.Upload<int>(state);
+            throw;
+        }
         var top = new int[1];
         _state.Download<int>(top);
         _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
