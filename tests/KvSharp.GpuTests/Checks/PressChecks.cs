@@ -108,8 +108,9 @@ public static class PressChecks
                 var c = PagedChecks.Shape(8, 2, hd);
                 int length = 150 + rnd.Next(150);
                 using var cpu = PagedChecks.CpuCache(c, from, length, rnd, evict: false);
-                // Room for the partial block each regrouped format pair may end in.
-                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 4 * 32);
+                // Room for the partial block each regrouped format pair may end in, and a pool for wider target formats
+                // (INT4 -> F16 needs more bytes than the upload sizes the pool for).
+                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 4 * 32, poolBytes: 64L << 20);
                 var select = new List<bool[]>();
                 for (int l = 0; l < c.NumLayers; l++)
                     for (int g = 0; g < c.NumKvHeads; g++)

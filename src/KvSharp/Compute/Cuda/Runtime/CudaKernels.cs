@@ -148,24 +148,26 @@ internal sealed class CudaKernels : IDisposable
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
         var f = _gemv[$"gemv_{Suffix(type)}{name}_{n}"];
-        int ksplit = mode == GemvMode.Accumulate ? AccumulateSplit(f, warps, cols) : 1;
+        int ksplit = mode == GemvMode.Accumulate ? AccumulateSplit(f, warps, cols, n) : 1;
         warps *= ksplit;
         f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
 
     /// <summary>
-    /// Whether the accumulating products split their rows into the fewest parts whose blocks fill whole waves of the device
-    /// (the resident blocks of every multiprocessor, from the kernel's occupancy) rather than into parts for ~32 warps per
-    /// multiprocessor, which left the down projection a partial second wave. On by default; benchmarks compare both.
+    /// Whether the one-row accumulating products split their rows into the fewest parts whose blocks fill whole waves of the
+    /// device (the resident blocks of every multiprocessor, from the kernel's occupancy) rather than into parts for ~32 warps
+    /// per multiprocessor, which left the down projection a partial second wave. 2-8 rows keep the 32-warp rule (their
+    /// registers allow fewer resident blocks, and the wave rule then chose too few parts: the CUDA-core batch-8 down
+    /// projection took 219 µs instead of 124). On by default; benchmarks compare both.
     /// </summary>
     public bool WaveSplit { get; set; } = true;
 
     /// <summary>Parts each row of an accumulating product is split into (atomic adds let several warps share a row).</summary>
-    private int AccumulateSplit(CudaFunction f, int warps, int cols)
+    private int AccumulateSplit(CudaFunction f, int warps, int cols, int rows)
     {
         const int warpsPerBlock = Threads / 32;
         int maxSplit = Math.Clamp(cols / (32 * 8), 1, 8); // parts of at least 32 vectors
-        if (WaveSplit)
+        if (WaveSplit && rows == 1)
         {
             int wave = _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
             for (int k = 1; k <= maxSplit && wave > 0; k++)
