@@ -41,6 +41,11 @@ public static class PagedChecks
 
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
+    /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
+    private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
+        Enum.GetValues<PagedAttentionKernel>().Where(k => k != PagedAttentionKernel.TensorCores
+            || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
+
     /// <summary>
     /// A CPU cache of <paramref name="length"/> random tokens per layer in format <paramref name="f"/> (both K and V), or for a
     /// mixed case F16 blocks with tokens re-quantized to INT2/INT4, FP8/ternary, binary/INT8 and BF16/F32; then each head
@@ -182,14 +187,14 @@ public static class PagedChecks
                     var q = rnd.Floats(rows * heads * hd, 2f);
                     var expected = Reference(g => StorageRows(cpu, layer, g, hd), c, q, rows);
                     using var dq = Upload(q);
-                    foreach (bool wide in new[] { true, false })
+                    foreach (var kernel in Kernels(gpu))
                     {
-                        gpu.WideAttention = wide;
+                        gpu.AttentionKernel = kernel;
                         var planned = gpu.PlanAttention(null!, length, rows);
                         // Few blocks per split (many chunks to merge), as long as the merge's weights fit the scores area.
                         int few = 1;
                         while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
-                        var one = new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, wide));
+                        var one = new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, kernel));
                         foreach (var plan in new[] { planned, one })
                         {
                             using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
@@ -200,9 +205,9 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, wide);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel);
                                 var got = Result(dout, rows * heads * hd);
-                                string what = $"paged attention ({(wide ? "wide" : "lane channels")}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
+                                string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
                                 worst = Math.Max(worst, RelativeError(got, expected));
                             }
@@ -211,7 +216,7 @@ public static class PagedChecks
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, both kernels), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -359,7 +364,7 @@ public static class PagedChecks
                     counters.Fill32(0);
                     using var dout = Poisoned((long)rows * heads * hd * 4);
                     gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                        rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.WideAttention);
+                        rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.AttentionKernel);
                     var got = Result(dout, rows * heads * hd);
                     Compare.Relative($"attention after evict {Name(f)} hd{hd} rows{rows} (seed {rnd.Seed})", got, expected, 1e-4);
                     worst = Math.Max(worst, RelativeError(got, expected));
@@ -457,7 +462,7 @@ public static class PagedChecks
         const int steps = 30;
         int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
         var report = new List<string>();
-        foreach (var (format, tolerance, wide) in new[] { (KvFormat.F32, 1e-4, true), (KvFormat.Int4, 3e-2, true), (KvFormat.F32, 1e-4, false) })
+        foreach (var (format, tolerance, kernel) in new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) })
         {
             var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
             using var cpuCache = new PagedKvCache(config, options);
@@ -465,16 +470,15 @@ public static class PagedChecks
             var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
             for (int i = 1; i < steps; i++) cpuTokens.Add(ArgMax(cpu.Forward([cpuTokens[^1]], cpuCache)));
 
-            string kernel = wide ? "wide" : "lane channels";
             using (var cache = gpu.CreatePagedCache(options, capacity))
             {
-                cache.WideAttention = wide;
+                cache.AttentionKernel = kernel;
                 var logits = gpu.Forward(prompt, cache, LogitsMode.All);
                 report.Add(Compare.Relative($"paged {format} ({kernel}) prompt logits", logits, cpuLogits.Select(x => (double)x).ToArray(), tolerance));
             }
             using (var cache = gpu.CreatePagedCache(options, capacity))
             {
-                cache.WideAttention = wide;
+                cache.AttentionKernel = kernel;
                 var tokens = gpu.GenerateGreedy(prompt, steps, cache);
                 int same = tokens.Zip(cpuTokens).TakeWhile(p => p.First == p.Second).Count();
                 if (format == KvFormat.F32 && same != steps)
