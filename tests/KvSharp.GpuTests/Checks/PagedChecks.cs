@@ -449,41 +449,49 @@ public static class PagedChecks
     /// <summary>
     /// The transformer over the paged cache against the CPU engine on a small Llama-shaped float32 model: prompt logits and
     /// greedy tokens through the decode graph with F32 blocks (lossless, tight), and with INT4 blocks (encoded on the device
-    /// as the residual fills; looser, since the GPU's RoPE differs from the CPU's by rounding and a code may flip).
+    /// as the residual fills; looser, since the GPU's RoPE differs from the CPU's by rounding and a code may flip); head
+    /// dimension 64 with the CUDA-core kernels, 128 with the tensor-core one.
     /// </summary>
     public static string TransformerMatchesCpu()
     {
         var rnd = new RandomData();
-        var config = Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
-        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
-        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-        var cpu = new Transformer(weights);
-        var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
-        const int steps = 30;
-        int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
         var report = new List<string>();
-        foreach (var (format, tolerance, kernel) in new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) })
+        foreach (int hd in new[] { 64, 128 })
         {
-            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
-            using var cpuCache = new PagedKvCache(config, options);
-            var cpuLogits = cpu.Forward(prompt, cpuCache, LogitsMode.All);
-            var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
-            for (int i = 1; i < steps; i++) cpuTokens.Add(ArgMax(cpu.Forward([cpuTokens[^1]], cpuCache)));
+            var config = Shape(8, 2, hd) with { NumLayers = 2, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+            using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+            using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+            var cpu = new Transformer(weights);
+            var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            const int steps = 30;
+            int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
+            // hd 64: the CUDA-core kernels; hd 128: the tensor-core kernel (its shape).
+            var cases = hd == 64
+                ? new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) }
+                : new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.TensorCores), (KvFormat.Int4, 3e-2, PagedAttentionKernel.TensorCores) };
+            foreach (var (format, tolerance, kernel) in cases)
+            {
+                var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
+                using var cpuCache = new PagedKvCache(config, options);
+                var cpuLogits = cpu.Forward(prompt, cpuCache, LogitsMode.All);
+                var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
+                for (int i = 1; i < steps; i++) cpuTokens.Add(ArgMax(cpu.Forward([cpuTokens[^1]], cpuCache)));
 
-            using (var cache = gpu.CreatePagedCache(options, capacity))
-            {
-                cache.AttentionKernel = kernel;
-                var logits = gpu.Forward(prompt, cache, LogitsMode.All);
-                report.Add(Compare.Relative($"paged {format} ({kernel}) prompt logits", logits, cpuLogits.Select(x => (double)x).ToArray(), tolerance));
-            }
-            using (var cache = gpu.CreatePagedCache(options, capacity))
-            {
-                cache.AttentionKernel = kernel;
-                var tokens = gpu.GenerateGreedy(prompt, steps, cache);
-                int same = tokens.Zip(cpuTokens).TakeWhile(p => p.First == p.Second).Count();
-                if (format == KvFormat.F32 && same != steps)
-                    throw new CheckFailedException($"paged F32 ({kernel}) greedy tokens differ from the CPU's at step {same} (seed {rnd.Seed}): [{string.Join(",", tokens)}] vs [{string.Join(",", cpuTokens)}]");
-                report.Add($"paged {format} ({kernel}): {same}/{steps} greedy tokens as the CPU");
+                using (var cache = gpu.CreatePagedCache(options, capacity))
+                {
+                    cache.AttentionKernel = kernel;
+                    var logits = gpu.Forward(prompt, cache, LogitsMode.All);
+                    report.Add(Compare.Relative($"paged {format} hd{hd} ({kernel}) prompt logits", logits, cpuLogits.Select(x => (double)x).ToArray(), tolerance));
+                }
+                using (var cache = gpu.CreatePagedCache(options, capacity))
+                {
+                    cache.AttentionKernel = kernel;
+                    var tokens = gpu.GenerateGreedy(prompt, steps, cache);
+                    int same = tokens.Zip(cpuTokens).TakeWhile(p => p.First == p.Second).Count();
+                    if (format == KvFormat.F32 && same != steps)
+                        throw new CheckFailedException($"paged F32 hd{hd} ({kernel}) greedy tokens differ from the CPU's at step {same} (seed {rnd.Seed}): [{string.Join(",", tokens)}] vs [{string.Join(",", cpuTokens)}]");
+                    report.Add($"paged {format} hd{hd} ({kernel}): {same}/{steps} greedy tokens as the CPU");
+                }
             }
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
