@@ -162,6 +162,12 @@ template <int G, int F>
 __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const float (&qf)[32], float* sc, int chunk, int j0, int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128, WORDS = BITS; // 32 channels of BITS bits
+    constexpr int NT = BITS >= 16 ? 2 : 4; // 8-key tiles whose loads are issued together
+    constexpr int ROW = HD * BITS / 8;
+    // The first tiles' codes are requested before the parameters, so one memory latency covers both.
+    unsigned w[NT][WORDS];
+#pragma unroll
+    for (int u = 0; u < NT; u++) load_words<WORDS>(kb + (size_t)min(8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
     unsigned qh[16], ql[16];
     float bias = 0.0f;
     {
@@ -199,14 +205,12 @@ __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const
     }
     bias += __shfl_xor_sync(0xffffffffu, bias, 1);
     bias += __shfl_xor_sync(0xffffffffu, bias, 2);
-    constexpr int NT = BITS >= 16 ? 2 : 4; // 8-key tiles whose loads are issued together
-    constexpr int ROW = HD * BITS / 8;
     for (int t0 = 0; t0 < n; t0 += 8 * NT)
     {
-        unsigned w[NT][WORDS];
+        if (t0 > 0)
 #pragma unroll
-        for (int u = 0; u < NT; u++)
-            load_words<WORDS>(kb + (size_t)min(t0 + 8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
+            for (int u = 0; u < NT; u++)
+                load_words<WORDS>(kb + (size_t)min(t0 + 8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
 #pragma unroll
         for (int u = 0; u < NT; u++)
         {
@@ -298,87 +302,89 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
     }
 }
 
-// A value group's parameters of the 4 chunks of one token: raw f16 bits per chunk (groups of 128 / gpr channels).
-__device__ __forceinline__ void chunk_params(const u16* p, int row, int gpr, unsigned (&h)[4])
+// A token's value-group parameters as raw f16 bits, gpr (1, 2 or 4) groups per row.
+__device__ __forceinline__ uint2 row_params(const u16* p, int row, int gpr)
 {
-    if (gpr == 4)
-    {
-        const uint2 x = __ldg(reinterpret_cast<const uint2*>(p + row * 4));
-        h[0] = x.x & 0xffffu; h[1] = x.x >> 16; h[2] = x.y & 0xffffu; h[3] = x.y >> 16;
-    }
-    else if (gpr == 2)
-    {
-        const unsigned x = __ldg(reinterpret_cast<const unsigned*>(p + row * 2));
-        h[0] = h[1] = x & 0xffffu; h[2] = h[3] = x >> 16;
-    }
-    else h[0] = h[1] = h[2] = h[3] = __ldg(p + row);
+    if (gpr == 4) return __ldg(reinterpret_cast<const uint2*>(p + row * 4));
+    if (gpr == 2) return make_uint2(__ldg(reinterpret_cast<const unsigned*>(p + row * 2)), 0u);
+    return make_uint2(__ldg(p + row), 0u);
+}
+
+// The f16 parameter of chunk k (channels [32k, 32k + 32)) from a row_params result.
+__device__ __forceinline__ float chunk_param(uint2 x, int k, int gpr)
+{
+    const int g = gpr == 4 ? k : gpr == 2 ? k >> 1 : 0;
+    const unsigned w = g >= 2 ? x.y : x.x;
+    return f16_to_f32((u16)(w >> (16 * (g & 1))));
 }
 
 // o += P·V over the n visible tokens of one value block (exact f16 codes); mb[k] += Σ_t p_t·min_t of chunk k's group.
+// NS 16-token steps per iteration: their loads are all issued before the first is used.
 template <int G, int F>
 __device__ __forceinline__ void tc_values(const u8* vb, int n, int tokens, int vg, const float* sc, int chunk, int j0, int gid, int tig,
     float (&o)[16][4], float (&mb)[4])
 {
-    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1;
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, NS = BITS >= 16 ? 1 : 2;
     const int gpr = HD / vg;
     const u16* scales = reinterpret_cast<const u16*>(vb + tokens * ROW);
     const u16* mins = scales + tokens * gpr;
     const float* p = sc + min(gid, G - 1) * chunk + j0;
-    for (int t0 = 0; t0 < n; t0 += 16)
+    for (int t0 = 0; t0 < n; t0 += 16 * NS)
     {
-        int row[4];
-        float pv[4];
-        unsigned piece[4][4][PW];
+        float pv[NS][4];
+        unsigned piece[NS][4][4][PW];
+        uint2 sh[NS][4], mh[NS][4];
 #pragma unroll
-        for (int u = 0; u < 4; u++)
-        {
-            const int tk = t0 + 2 * tig + (u & 1) + 8 * (u >> 1);
-            row[u] = min(tk, n - 1);
-#pragma unroll
-            for (int k = 0; k < 4; k++) value_piece<BITS>(vb + (size_t)row[u] * ROW, k, gid, piece[u][k]);
-            pv[u] = gid < G && tk < n ? p[tk] : 0.0f;
-        }
-        unsigned sh[4][4], mh[4][4];
-        if constexpr (kv_quantized(F))
-        {
+        for (int h = 0; h < NS; h++)
 #pragma unroll
             for (int u = 0; u < 4; u++)
             {
-                chunk_params(scales, row[u], gpr, sh[u]);
-                if constexpr (kv_params(F) == 2) chunk_params(mins, row[u], gpr, mh[u]);
-            }
-        }
+                const int tk = t0 + 16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), row = min(tk, n - 1);
 #pragma unroll
-        for (int k = 0; k < 4; k++)
-        {
-            float ps[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-            {
+                for (int k = 0; k < 4; k++) value_piece<BITS>(vb + (size_t)row * ROW, k, gid, piece[h][u][k]);
                 if constexpr (kv_quantized(F))
                 {
-                    const float s = f16_to_f32((u16)sh[u][k]);
-                    float mn, st;
-                    if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
-                    else
-                    {
-                        const float m = f16_to_f32((u16)mh[u][k]);
-                        if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
-                        else { mn = m; st = s; }
-                    }
-                    ps[u] = pv[u] * st;
-                    mb[k] += pv[u] * mn;
+                    sh[h][u] = row_params(scales, row, gpr);
+                    if constexpr (kv_params(F) == 2) mh[h][u] = row_params(mins, row, gpr);
                 }
-                else ps[u] = F == KV_FP8 ? pv[u] * 256.0f : pv[u];
+                pv[h][u] = gid < G && tk < n ? p[tk] : 0.0f;
             }
-            unsigned a0, a1, a2, a3;
-            split_f16x2(ps[0], ps[1], a0, a1);
-            split_f16x2(ps[2], ps[3], a2, a3);
-            unsigned b0[4], b1[4];
-            value_fragments<F>(piece[0][k], piece[1][k], b0);
-            value_fragments<F>(piece[2][k], piece[3][k], b1);
 #pragma unroll
-            for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+        for (int h = 0; h < NS; h++)
+        {
+            if (t0 + 16 * h >= n) break;
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+            {
+                float ps[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                {
+                    if constexpr (kv_quantized(F))
+                    {
+                        const float s = chunk_param(sh[h][u], k, gpr);
+                        float mn, st;
+                        if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
+                        else
+                        {
+                            const float m = chunk_param(mh[h][u], k, gpr);
+                            if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
+                            else { mn = m; st = s; }
+                        }
+                        ps[u] = pv[h][u] * st;
+                        mb[k] += pv[h][u] * mn;
+                    }
+                    else ps[u] = F == KV_FP8 ? pv[h][u] * 256.0f : pv[h][u];
+                }
+                unsigned a0, a1, a2, a3;
+                split_f16x2(ps[0], ps[1], a0, a1);
+                split_f16x2(ps[2], ps[3], a2, a3);
+                unsigned b0[4], b1[4];
+                value_fragments<F>(piece[h][0][k], piece[h][1][k], b0);
+                value_fragments<F>(piece[h][2][k], piece[h][3][k], b1);
+#pragma unroll
+                for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+            }
         }
     }
 }
@@ -438,12 +444,14 @@ __device__ __forceinline__ void paged_attention_tc(
     const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
-    float* ov = reinterpret_cast<float*>(smem4);     // [G, HD] value accumulators
-    int* boff = reinterpret_cast<int*>(ov + G * HD); // [chunk_blocks + 1]
+    uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
+    float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
+    int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
     const long first = ((long)t * heads + (long)kvh * G) * splits + split;
 
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
     const int n = split_offsets(hdesc, nb, limit, boff);
     if (n == 0) empty_chunk(part_ml, first, splits, G);
     else
@@ -461,7 +469,7 @@ __device__ __forceinline__ void paged_attention_tc(
             {
                 const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
                 if (cnt == 0) continue;
-                const uint4 d = hdesc[bi];
+                const uint4 d = bdesc[bi];
                 const u8* kb = pool + (size_t)d.x * 16;
 #define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
 #define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
@@ -483,7 +491,7 @@ __device__ __forceinline__ void paged_attention_tc(
         {
             const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
             if (cnt == 0) continue;
-            const uint4 d = hdesc[bi];
+            const uint4 d = bdesc[bi];
             const u8* vb = pool + (size_t)d.y * 16;
 #define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
 #define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
@@ -510,8 +518,9 @@ __device__ __forceinline__ void paged_attention_tc(
     merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
+// At most 168 registers (3 blocks of 4 warps per SM; unbounded it takes ~250 and only 2 fit): a few spill in the key fold.
 #define PAGED_ATTN_TC(G) \
-    extern "C" __global__ void __launch_bounds__(128) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
     { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }

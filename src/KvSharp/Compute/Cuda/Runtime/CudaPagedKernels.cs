@@ -52,18 +52,21 @@ internal sealed class CudaPagedKernels
     public static int MaxChunkBlocks(int group, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
         int floats = (48 * 1024 - 512) / 4 - group * headDim - ExtraFloats(group, headDim, kernel);
-        return Math.Max(0, (floats - 1) / (group * blockTokens + 1));
+        return Math.Max(0, (floats - 1) / (group * blockTokens + 1 + FloatsPerBlock(kernel)));
     }
 
     /// <summary>
     /// Shared memory of one attention block: value accumulators [group, hd], block offsets, scores [group, chunk]; the wide
-    /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels.
+    /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels;
+    /// the tensor-core kernel a copy of the split's block descriptors.
     /// </summary>
     public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, PagedAttentionKernel kernel) =>
-        (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks + 1 + group * chunkBlocks * blockTokens) * 4;
+        (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
 
     private static int ExtraFloats(int group, int headDim, PagedAttentionKernel kernel) =>
         kernel == PagedAttentionKernel.Wide ? 5 * (group * headDim + headDim / 2) : 0;
+
+    private static int FloatsPerBlock(PagedAttentionKernel kernel) => kernel == PagedAttentionKernel.TensorCores ? 4 : 0;
 
     /// <summary>
     /// Splits up to <paramref name="blocks"/> blocks per head so that (splits × KV heads × rows) blocks fill the GPU a few
