@@ -50,6 +50,13 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel)
     return r;
 }
 
+// Asks L2 for a block's bytes (the warp's next block, while it computes the current one): its loads then wait for L2,
+// not for device memory. One 128-byte line per lane and step.
+__device__ __forceinline__ void prefetch_block(const u8* p, int bytes, int lane)
+{
+    for (int o = lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+}
+
 // Two codes c·2^K (K: the field's bit position, c·2^K < 1024) in bits 0..9 and 16..25 of x, as the f16x2 (c, c'):
 // OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K)) leaves c.
 template <int K>
@@ -471,6 +478,17 @@ __device__ __forceinline__ void paged_attention_tc(
                 if (cnt == 0) continue;
                 const uint4 d = bdesc[bi];
                 const u8* kb = pool + (size_t)d.x * 16;
+                if (bi + warps < nb)
+                {
+                    const uint4 e = bdesc[bi + warps];
+                    prefetch_block(pool + (size_t)e.x * 16, block_bytes(desc_kfmt(e), true, tokens, HD, vg), lane);
+                }
+                else if (bi < nb)
+                {
+                    // The last key block: ask for the first value block of this warp, read after the softmax.
+                    const uint4 e = bdesc[warp];
+                    prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
+                }
 #define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
 #define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
                 KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
@@ -493,6 +511,11 @@ __device__ __forceinline__ void paged_attention_tc(
             if (cnt == 0) continue;
             const uint4 d = bdesc[bi];
             const u8* vb = pool + (size_t)d.y * 16;
+            if (bi + warps < nb)
+            {
+                const uint4 e = bdesc[bi + warps];
+                prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
+            }
 #define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
 #define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
             KV_FLOAT_OR(desc_vfmt(d), TVALUES_FLOAT, TVALUES)
