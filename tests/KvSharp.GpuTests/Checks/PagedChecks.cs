@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using static KvSharp.GpuTests.Checks.DeviceData;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
@@ -102,23 +103,8 @@ public static class PagedChecks
                 {
                     int visible = stored - (rows - 1 - t);
                     if (visible <= 0) continue; // no visible token: the kernel outputs zeros
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += (double)q[(t * heads + h) * hd + d] * k[j * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * v[j * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), visible, (j, d) => k[j * hd + d], (j, d) => v[j * hd + d],
+                        expected.AsSpan((t * heads + h) * hd, hd));
                 }
         }
         return expected;
@@ -209,7 +195,7 @@ public static class PagedChecks
                                 var got = Result(dout, rows * heads * hd);
                                 string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
-                                worst = Math.Max(worst, RelativeError(got, expected));
+                                worst = Math.Max(worst, Compare.RelativeError(got, expected));
                             }
                         }
                     }
@@ -367,7 +353,7 @@ public static class PagedChecks
                         rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.AttentionKernel);
                     var got = Result(dout, rows * heads * hd);
                     Compare.Relative($"attention after evict {Name(f)} hd{hd} rows{rows} (seed {rnd.Seed})", got, expected, 1e-4);
-                    worst = Math.Max(worst, RelativeError(got, expected));
+                    worst = Math.Max(worst, Compare.RelativeError(got, expected));
                 }
             }
         return $"{checkedRows} kept rows after device eviction agree with the CPU's (every supported format and mixed, hd 128 and 64), attention over them worst rel err {worst:E2}";
@@ -527,39 +513,11 @@ public static class PagedChecks
         if (i < got.Length) throw new CheckFailedException($"{what}: byte {i} of {got.Length} is {got[i]:X2}, expected {expected[i]:X2}");
     }
 
-    private static double RelativeError(float[] got, double[] expected)
-    {
-        double diff = 0, norm = 0;
-        for (int i = 0; i < got.Length; i++) { diff += (got[i] - expected[i]) * (got[i] - expected[i]); norm += expected[i] * expected[i]; }
-        return Math.Sqrt(diff / Math.Max(norm, 1e-60));
-    }
 
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;
         for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
         return best;
-    }
-
-    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
-    {
-        var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
-        b.Upload<T>(values);
-        return b;
-    }
-
-    private static DeviceBuffer Poisoned(long bytes)
-    {
-        var b = Dev.Allocate(bytes);
-        b.Poison();
-        return b;
-    }
-
-    private static float[] Result(DeviceBuffer b, int n)
-    {
-        Dev.Synchronize();
-        var r = new float[n];
-        b.Download<float>(r);
-        return r;
     }
 }
