@@ -12,6 +12,11 @@ if (args.Length > 0 && args[0] == "llamacpp-check")
     LlamaCppReferenceCheck.Run(args);
     return;
 }
+if (args.Length > 0 && args[0] == "numerics")
+{
+    NumericsBench.Run(args);
+    return;
+}
 if (args.Length > 0 && args[0] == "e2e")
 {
     EndToEndComparison.Run(args);

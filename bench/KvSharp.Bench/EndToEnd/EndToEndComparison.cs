@@ -42,7 +42,7 @@ internal static class EndToEndComparison
             GgufWriter.WriteModel(w, path, name: name);
             return path;
         }
-        string configs = Path.Combine(FindRepo(), "bench", "configs");
+        string configs = Path.Combine(LongContextDecodeBench.FindRepo(), "bench", "configs");
         var cases = new List<Case>
         {
             new("stories260K (real)", t => Real("stories260k", Path.Combine(shared, "models", "stories260k", "stories260K.gguf"), t), 128, 256),
@@ -76,12 +76,5 @@ internal static class EndToEndComparison
         }
     }
 
-    private static string FindRepo()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "KvSharp.slnx"))) dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException("run from inside the repository");
-    }
-
-    internal static string FindShared() => Path.GetFullPath(Path.Combine(FindRepo(), "..", "shared"));
+    internal static string FindShared() => Path.GetFullPath(Path.Combine(LongContextDecodeBench.FindRepo(), "..", "shared"));
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using KvSharp.Compute.Cpu;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
 
@@ -10,10 +11,10 @@ internal static class KvSharpRunner
     /// <summary>Runs per measurement; the best is reported (the least disturbed by the rest of the machine).</summary>
     public const int Repetitions = 3;
 
-    public static SpeedResult Measure(string ggufPath, int promptTokens, int decodeTokens)
+    public static SpeedResult Measure(string ggufPath, int promptTokens, int decodeTokens, CpuNumerics numerics = CpuNumerics.Fast)
     {
         using var weights = ModelLoader.Load(ggufPath);
-        var model = new Transformer(weights);
+        var model = new Transformer(weights, numerics);
         int vocab = weights.Config.VocabSize;
 
         // Warm-up: tiered JIT needs ~30 calls of each method and a background compile before the optimized

@@ -13,7 +13,8 @@ namespace KvSharp.Bench.EndToEnd;
 /// the prompt as one batch then greedy tokens one at a time, and reports whether it reproduces the file bit for bit:
 /// prompt ids, the 200 greedy ids, and each recorded top-20 logit parsed to float. With <c>--dump</c>, every tensor
 /// llama.cpp computes in the first 9 decode calls is written through its eval callback (DIR/p{prompt}/call{n}.bin), the
-/// evidence the tests' ggml emulation (tests/KvSharp.Tests/Reference/GgmlCpu.cs) was checked against op by op.
+/// evidence the engine's llama.cpp numerics (CpuNumerics.LlamaCpp, src/KvSharp/Compute/Cpu/Ggml*.cs) were checked against
+/// op by op.
 /// </summary>
 /// <remarks>
 /// Dump format, per tensor: name and op (.NET BinaryWriter strings), ggml type (int32: 0 f32, 1 f16), ne[0..3] (int64),

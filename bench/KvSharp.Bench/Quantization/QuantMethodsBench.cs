@@ -12,11 +12,13 @@ using KvSharp.Models;
 namespace KvSharp.Bench.Quantization;
 
 /// <summary>
-/// <c>quant-methods [kvtuner-stories.json|-] [needle samples] [name filter]</c>: the quantization presses measured on real
-/// models (the filter keeps the methods whose name contains it, and F16, e.g. <c>VidKV</c>).
+/// <c>quant-methods [--kvtuner-stories FILE] [--kvtuner-needle FILE] [--samples N] [--filter TEXT]</c>: the quantization
+/// presses measured on real models (the filter keeps the methods whose name contains it, and F16, e.g. <c>VidKV</c>;
+/// each KVTuner file is a configuration searched for that model's layers by <c>kvsharp calibrate kvtuner</c>).
 /// Per method: KV bytes per token from the cache's accounting, attention output error against a float32 cache on the
-/// same queries, KL of next-token distributions on TinyStories text (stories260k) and retrieval accuracy on
-/// needle_eval NIAH samples (kvsharp-needle-16m). Prints a markdown table.
+/// same queries, KL of next-token distributions on TinyStories text (stories260k) and retrieval on
+/// needle_eval NIAH samples (kvsharp-needle-16m; a smoke test: the accuracy is the evaluation harness's). Prints a
+/// markdown table.
 /// </summary>
 internal static class QuantMethodsBench
 {
@@ -24,31 +26,52 @@ internal static class QuantMethodsBench
 
     public static void Run(string[] args)
     {
-        string? kvtuner = args.Length > 1 && args[1] != "-" ? args[1] : null;
-        int samples = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 8;
-        string? filter = args.Length > 3 ? args[3] : null;
-        var methods = new List<(string Name, string? Press)>
+        string? kvtunerStories = null, kvtunerNeedle = null, filter = null;
+        int samples = 8;
+        for (int i = 1; i < args.Length; i++)
         {
-            ("F16 (no press)", null),
-            ("KIVI-4 (r=32)", "kivi:bits=4,residual=32"),
-            ("KIVI-2 (r=32)", "kivi:bits=2,residual=32"),
-            ("MiKV int8/int2 top 0.2 (h2o)", "mikv(h2o):high=int8,low=int2,top=0.2"),
-            ("ZipVL tau 0.95 int8/int2 (snapkv)", "zipvl(snapkv):tau=0.95,high=int8,low=int2"),
-            ("LeanKV 0.9/0.99 K8V4/K4V2/prune (snapkv)", "leankv(snapkv):high=0.9,low=0.99"),
-            ("VidKV K1.5/V1.6, 2 salient/32 (r=32)", "vidkv:outliers=0.5,salient=2,residual=32"),
-            ("VidKV K1.5/V1.6, 2 salient/32 (r=0)", "vidkv:outliers=0.5,salient=2,residual=0"),
-            ("VidKV K1.25, no salient (r=32)", "vidkv:outliers=0.25,salient=0,residual=32"),
-        };
-        if (kvtuner != null) methods.Add(("KVTuner (stories260k search)", $"kvtuner:file={kvtuner}"));
-        if (filter != null) methods.RemoveAll(m => m.Press != null && !m.Name.Contains(filter, StringComparison.OrdinalIgnoreCase));
+            string value = i + 1 < args.Length ? args[i + 1] : throw new ArgumentException($"quant-methods: {args[i]} needs a value");
+            switch (args[i])
+            {
+                case "--kvtuner-stories": kvtunerStories = value; break;
+                case "--kvtuner-needle": kvtunerNeedle = value; break;
+                case "--samples": samples = int.Parse(value, CultureInfo.InvariantCulture); break;
+                case "--filter": filter = value; break;
+                default: throw new ArgumentException($"quant-methods: unknown option '{args[i]}' (--kvtuner-stories, --kvtuner-needle, --samples, --filter)");
+            }
+            i++;
+        }
+        // (name, press on stories260k, press on the needle model): only KVTuner's differs, a configuration per model.
+        var methods = new List<(string Name, string? Stories, string? Needle)>();
+        void Add(string name, string? press) => methods.Add((name, press, press));
+        Add("F16 (no press)", null);
+        Add("KIVI-4 (r=32)", "kivi:bits=4,residual=32");
+        Add("KIVI-2 (r=32)", "kivi:bits=2,residual=32");
+        Add("MiKV int8/int2 top 0.2 (h2o), keys=token", "mikv(h2o):high=int8,low=int2,top=0.2");
+        Add("MiKV int8/int2 top 0.2 (h2o), keys=channel", "mikv(h2o):high=int8,low=int2,top=0.2,keys=channel");
+        Add("MiKV int8/int2 top 0.2 (kvzip), keys=token", "mikv(kvzip):high=int8,low=int2,top=0.2");
+        Add("MiKV int8/int2 top 0.2 (kvzip), keys=channel", "mikv(kvzip):high=int8,low=int2,top=0.2,keys=channel");
+        Add("ZipVL tau 0.95 int8/int2 (snapkv)", "zipvl(snapkv):tau=0.95,high=int8,low=int2");
+        Add("ZipVL tau 0.95 int8/int2 (kvzip)", "zipvl(kvzip):tau=0.95,high=int8,low=int2");
+        Add("LeanKV 0.9/0.99 K8V4/K4V2/prune (snapkv)", "leankv(snapkv):high=0.9,low=0.99");
+        Add("LeanKV 0.9/0.99 K8V4/K4V2/prune (kvzip)", "leankv(kvzip):high=0.9,low=0.99");
+        Add("LeanKV 0.9 K8V4/K4V2, no pruning (snapkv)", "leankv(snapkv):high=0.9,low=0.99,prune=false");
+        Add("LeanKV 0.9 K8V4/K4V2, no pruning (kvzip)", "leankv(kvzip):high=0.9,low=0.99,prune=false");
+        Add("VidKV K1.5/V1.6, 2 salient/32 (r=32)", "vidkv:outliers=0.5,salient=2,residual=32");
+        Add("VidKV K1.5/V1.6, 2 salient/32 (r=0)", "vidkv:outliers=0.5,salient=2,residual=0");
+        Add("VidKV K1.25, no salient (r=32)", "vidkv:outliers=0.25,salient=0,residual=32");
+        if (kvtunerStories != null || kvtunerNeedle != null)
+            methods.Add(("KVTuner (searched per model)", kvtunerStories is null ? null : $"kvtuner:file={kvtunerStories}", kvtunerNeedle is null ? null : $"kvtuner:file={kvtunerNeedle}"));
+        if (filter != null) methods.RemoveAll(m => m.Name != "F16 (no press)" && !m.Name.Contains(filter, StringComparison.OrdinalIgnoreCase));
 
         string storiesPath = Path.Combine(Shared, "models/stories260k/stories260K.gguf");
         using (var stories = LanguageModel.Load(storiesPath))
         {
             var text = stories.Encode(File.ReadAllText(Path.Combine(Shared, "data/misc/tinystories_valid_excerpt.txt")));
             Console.WriteLine($"stories260k: {text.Length} tokens of TinyStories; context 256, scored 128 (x2 windows)");
-            foreach (var (name, press) in methods)
+            foreach (var (name, press, _) in methods)
             {
+                if (name.StartsWith("KVTuner", StringComparison.Ordinal) && press is null) continue; // no configuration for this model
                 var acc = new Accumulator();
                 for (int w = 0; w < 2; w++)
                 {
@@ -65,9 +88,9 @@ internal static class QuantMethodsBench
             .Where(r => r.GetProperty("task").GetString()!.StartsWith("niah_single", StringComparison.Ordinal) && r.GetProperty("full_cache_correct").GetBoolean())
             .OrderBy(r => r.GetProperty("length").GetInt32()).Take(samples).ToList();
         Console.WriteLine($"needle-16m: {rows.Count} niah_single samples the full cache answers correctly, {rows.Average(r => r.GetProperty("length").GetInt32()):F0} tokens on average");
-        foreach (var (name, press) in methods)
+        foreach (var (name, _, press) in methods)
         {
-            if (press != null && press.StartsWith("kvtuner", StringComparison.Ordinal)) continue; // calibrated for stories260k's 5 layers
+            if (name.StartsWith("KVTuner", StringComparison.Ordinal) && press is null) continue; // no configuration for this model
             var acc = new Accumulator();
             int correct = 0;
             foreach (var r in rows)
@@ -108,7 +131,8 @@ internal static class QuantMethodsBench
         for (int l = 0; l < config.NumLayers; l++)
             for (int h = 0; h < config.NumKvHeads; h++)
                 compressed.Requantize(l, h, Enumerable.Repeat(true, compressed.Positions(l, h).Count).ToArray(), KvFormat.F16, KvFormat.F16);
-        if (press != null) PressRegistry.Parse(press).Compress(new PressContext(model.Transformer, compressed, context));
+        // PressContext.For gives KVzip the tokenizer it writes its repeat request with.
+        if (press != null) PressRegistry.Parse(press).Compress(PressContext.For(model, compressed, context));
         acc.Bytes += compressed.ByteCount;
         acc.Tokens += context.Length;
 

@@ -154,7 +154,7 @@ internal static class CalibrateProfileCommands
     {
         var common = new Common(windows: 4, tokens: 256);
         var layers = new Option<int>("--layers") { Description = "Most layers that may share another's cache", Required = true, HelpName = "N" };
-        var threshold = new Option<double>("--threshold") { Description = "Least mean cosine similarity of the centred logits to the unshared model's (default 0.9)", DefaultValueFactory = _ => 0.9, HelpName = "C" };
+        var threshold = new Option<double>("--threshold") { Description = "Least mean cosine similarity of the last hidden states (final-norm output, per calibration token) to the unshared model's (default 0.9)", DefaultValueFactory = _ => 0.9, HelpName = "C" };
         var command = new Command("kvsharer", "KVSharer: greedy layer map, most dissimilar averaged caches first, each share kept only while the output stays similar");
         common.AddTo(command);
         command.Options.Add(layers);

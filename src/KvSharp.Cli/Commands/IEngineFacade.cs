@@ -18,6 +18,9 @@ public sealed record ModelSource(string? Path, string? DummyConfig, string Dummy
     /// <summary>Where to save the KV cache after the run (<c>--save-cache</c>; chat: after each answer).</summary>
     public string? SaveCache { get; init; }
 
+    /// <summary>The CPU arithmetic (<c>--numerics</c>).</summary>
+    public KvSharp.Compute.Cpu.CpuNumerics Numerics { get; init; }
+
     /// <summary>A short description for messages ("model.gguf" or "dummy weights (bf16) from config.json").</summary>
     public override string ToString() => Path ?? $"dummy weights ({DummyType}) from {DummyConfig}";
 }

@@ -13,6 +13,7 @@ internal sealed class ModelOptions
     public Option<string> DummyType { get; } = new Option<string>("--dummy-type") { Description = "Weight type of the --dummy model", DefaultValueFactory = _ => "f16", HelpName = string.Join("|", DummyTypes) };
     public Option<int?> Threads { get; } = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)", HelpName = "N" }.Int();
     public Option<int?> Context { get; } = new Option<int?>("--ctx", "-c") { Description = "Context length in tokens (default: the model's)", HelpName = "TOKENS" }.Int();
+    public Option<string?> Numerics { get; } = new Option<string?>("--numerics") { Description = "CPU arithmetic: fast (default) or llamacpp (ggml's summation orders, f16 KV cache and f16 flash attention: llama.cpp's logits bit for bit for F32 weights, slower)", HelpName = "fast|llamacpp" };
     public Option<string?> KvCache { get; } = new Option<string?>("--kv-cache") { Description = "KV cache block formats: FORMAT or KEYS:VALUES, optional +rN residual window (f32, f16, bf16, fp8, int8, int4, int2, ternary, binary; e.g. f16, int4:int2, int2+r128). Default: plain float32 cache", HelpName = "SPEC" };
 
     public void AddTo(Command command)
@@ -23,7 +24,16 @@ internal sealed class ModelOptions
         command.Options.Add(Threads);
         command.Options.Add(Context);
         command.Options.Add(KvCache);
+        command.Options.Add(Numerics);
     }
+
+    /// <summary>The <c>--numerics</c> value (Fast when absent); anything but fast or llamacpp is a usage error.</summary>
+    public static KvSharp.Compute.Cpu.CpuNumerics ParseNumerics(string? text) => text?.ToLowerInvariant() switch
+    {
+        null or "fast" => KvSharp.Compute.Cpu.CpuNumerics.Fast,
+        "llamacpp" => KvSharp.Compute.Cpu.CpuNumerics.LlamaCpp,
+        _ => throw new UsageException($"--numerics must be fast or llamacpp; got '{text}'"),
+    };
 
     /// <summary>The <c>--kv-cache</c> value as a spec (null when absent); a bad spec is a usage error naming the option.</summary>
     public static KvSharp.Cache.KvCacheSpec? ParseKvCache(string? text)
@@ -54,6 +64,9 @@ internal sealed class ModelOptions
         if (threads is <= 0) throw new UsageException($"--threads must be > 0, got {threads}");
         int? ctx = parse.GetValue(Context);
         if (ctx is <= 0) throw new UsageException($"--ctx must be > 0, got {ctx}");
-        return new ModelSource(model, dummy, dummyType, threads, ctx, ParseKvCache(parse.GetValue(KvCache)));
+        return new ModelSource(model, dummy, dummyType, threads, ctx, ParseKvCache(parse.GetValue(KvCache)))
+        {
+            Numerics = ParseNumerics(parse.GetValue(Numerics)),
+        };
     }
 }

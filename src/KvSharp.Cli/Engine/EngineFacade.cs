@@ -23,7 +23,7 @@ public sealed class EngineFacade : IEngineFacade
     public LanguageModel Load(ModelSource source)
     {
         if (source.Threads is { } t) CpuThreads.Count = t;
-        if (source.Path != null) return LanguageModel.Load(source.Path);
+        if (source.Path != null) return LanguageModel.Load(source.Path, source.Numerics);
         var type = source.DummyType switch
         {
             "f32" => GgmlType.F32,
@@ -34,7 +34,7 @@ public sealed class EngineFacade : IEngineFacade
             _ => throw new KvSharpException($"--dummy-type '{source.DummyType}' is not supported"),
         };
         _status.WriteLine($"building dummy weights ({source.DummyType}) from {source.DummyConfig} ...");
-        return LanguageModel.FromDummy(source.DummyConfig!, type);
+        return LanguageModel.FromDummy(source.DummyConfig!, type, numerics: source.Numerics);
     }
 
     /// <summary>The context length to allocate: --ctx, bounded by the model's trained context.</summary>
@@ -79,13 +79,21 @@ public sealed class EngineFacade : IEngineFacade
             })));
         Row("tokenizer", $"{model.Tokenizer.GetType().Name}, BOS {model.Tokenizer.BosId?.ToString() ?? "none"}, EOS [{string.Join(", ", model.Tokenizer.EosIds)}]");
         Row("chat template", model.ChatTemplate.Name);
+        bool ggmlMatrices = model.Weights.Tensors.Values.Where(t => t.Rows > 1).All(t => GgmlMatMul.IsExact(t.Type));
+        Row("CPU numerics", model.Transformer.Numerics == CpuNumerics.Fast ? "fast"
+            : ggmlMatrices ? "llamacpp (ggml's arithmetic, f16 KV cache)"
+            : "llamacpp (ggml's arithmetic, f16 KV cache; matrices other than F32/F16 use the fast kernels, not ggml's)");
         Render(output, table);
     }
 
     /// <inheritdoc />
     public int Generate(GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
-        if (request.Device == ComputeDevice.Cuda) return CudaGeneration.Generate(this, _status, request, output, cancellation);
+        if (request.Device == ComputeDevice.Cuda)
+        {
+            if (request.Model.Numerics != CpuNumerics.Fast) throw new KvSharpException("--numerics llamacpp is a CPU mode: --device cuda runs its own kernels");
+            return CudaGeneration.Generate(this, _status, request, output, cancellation);
+        }
         using var model = Load(request.Model);
         int ctx = ContextLength(request.Model, model);
         var template = request.TemplateName == "auto" ? model.ChatTemplate : request.Template;

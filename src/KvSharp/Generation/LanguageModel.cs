@@ -1,4 +1,5 @@
 using System.Text.Json;
+using KvSharp.Compute.Cpu;
 using KvSharp.Formats;
 using KvSharp.Generation.Chat;
 using KvSharp.Models;
@@ -13,11 +14,11 @@ namespace KvSharp.Generation;
 /// </summary>
 public sealed class LanguageModel : IDisposable
 {
-    private LanguageModel(ModelWeights weights, ITokenizer tokenizer, string? chatTemplateText)
+    private LanguageModel(ModelWeights weights, ITokenizer tokenizer, string? chatTemplateText, CpuNumerics numerics)
     {
         Weights = weights;
         Tokenizer = tokenizer;
-        Transformer = new Transformer(weights);
+        Transformer = new Transformer(weights, numerics);
         ChatTemplateText = chatTemplateText;
         ChatTemplate = ChatTemplates.Detect(chatTemplateText, weights.Config.Architecture);
     }
@@ -44,7 +45,10 @@ public sealed class LanguageModel : IDisposable
     /// Loads a model from a <c>.gguf</c> file or a Hugging Face folder (config.json, tokenizer.json,
     /// safetensors). Errors name the file and the problem.
     /// </summary>
-    public static LanguageModel Load(string path)
+    public static LanguageModel Load(string path) => Load(path, CpuNumerics.Fast);
+
+    /// <summary><see cref="Load(string)"/> computing with <paramref name="numerics"/>.</summary>
+    public static LanguageModel Load(string path, CpuNumerics numerics)
     {
         ITokenizer? ggufTokenizer = null;
         string? ggufTemplate = null;
@@ -55,9 +59,9 @@ public sealed class LanguageModel : IDisposable
         });
         try
         {
-            if (ggufTokenizer != null) return new LanguageModel(weights, ggufTokenizer, ggufTemplate);
+            if (ggufTokenizer != null) return new LanguageModel(weights, ggufTokenizer, ggufTemplate, numerics);
             string dir = Directory.Exists(path) ? path : Path.GetDirectoryName(Path.GetFullPath(path))!;
-            return new LanguageModel(weights, TokenizerLoader.FromDirectory(dir), ReadHfChatTemplate(dir));
+            return new LanguageModel(weights, TokenizerLoader.FromDirectory(dir), ReadHfChatTemplate(dir), numerics);
         }
         catch
         {
@@ -69,8 +73,9 @@ public sealed class LanguageModel : IDisposable
     /// <summary>
     /// Builds a model of <paramref name="configPath"/>'s shape with deterministic random weights of
     /// <paramref name="type"/>. Uses the tokenizer.json beside the config when there is one, else byte tokens.
+    /// <paramref name="numerics"/> picks the CPU arithmetic.
     /// </summary>
-    public static LanguageModel FromDummy(string configPath, GgmlType type, int seed = 0)
+    public static LanguageModel FromDummy(string configPath, GgmlType type, int seed = 0, CpuNumerics numerics = CpuNumerics.Fast)
     {
         var config = HfConfigReader.Read(configPath);
         var weights = DummyWeights.Create(config, type, seed);
@@ -80,7 +85,7 @@ public sealed class LanguageModel : IDisposable
             ITokenizer tokenizer = File.Exists(Path.Combine(dir, "tokenizer.json"))
                 ? TokenizerLoader.FromDirectory(dir)
                 : new ByteTokenizer(config.VocabSize, config.BosTokenId, config.EosTokenIds);
-            return new LanguageModel(weights, tokenizer, ReadHfChatTemplate(dir));
+            return new LanguageModel(weights, tokenizer, ReadHfChatTemplate(dir), numerics);
         }
         catch
         {
@@ -96,8 +101,8 @@ public sealed class LanguageModel : IDisposable
     public int[] Encode(string text, bool addBos = true) => Tokenizer.Encode(text, addSpecial: addBos, parseSpecial: true);
 
     /// <summary>
-    /// Creates an empty KV cache for up to <paramref name="contextLength"/> tokens: the float32 cache, or
-    /// the paged block cache in the formats of <paramref name="spec"/> (e.g. <c>KvCacheSpec.Parse("int4:int2")</c>).
+    /// Creates an empty KV cache for up to <paramref name="contextLength"/> tokens: the transformer's own (float32, or f16
+    /// under <see cref="CpuNumerics.LlamaCpp"/>), or the paged block cache in the formats of <paramref name="spec"/> (e.g. <c>KvCacheSpec.Parse("int4:int2")</c>).
     /// </summary>
     public Cache.IKvCache CreateCache(int contextLength, Cache.KvCacheSpec? spec = null) =>
         spec == null ? Transformer.CreateCache(contextLength) : spec.Create(Config, contextLength);

@@ -23,6 +23,8 @@ public sealed unsafe class Transformer
 {
     private readonly ModelWeights _weights;
     private readonly Rope _rope;
+    private readonly GgmlRope? _ggmlRope;
+    private readonly bool _llamaCpp;
     private readonly Layer[] _layers;
     private readonly float[] _outputNorm;
     private readonly TensorView _embedding, _output;
@@ -31,13 +33,19 @@ public sealed unsafe class Transformer
         float[] AttnNorm, TensorView Q, TensorView K, TensorView V, float[]? QBias, float[]? KBias, float[]? VBias,
         float[]? QNorm, float[]? KNorm, TensorView AttnOutput, float[] FfnNorm, TensorView Gate, TensorView Up, TensorView Down);
 
-    /// <summary>Binds the transformer to <paramref name="weights"/> (which must outlive it).</summary>
-    public Transformer(ModelWeights weights)
+    /// <summary>
+    /// Binds the transformer to <paramref name="weights"/> (which must outlive it), computing with <paramref name="numerics"/>
+    /// (<see cref="CpuNumerics.LlamaCpp"/> refuses RoPE scaling with a <see cref="KvSharpException"/>).
+    /// </summary>
+    public Transformer(ModelWeights weights, CpuNumerics numerics = CpuNumerics.Fast)
     {
         _weights = weights;
         var c = Config;
         c.Validate(weights.Source);
         _rope = new Rope(c);
+        Numerics = numerics;
+        _llamaCpp = numerics == CpuNumerics.LlamaCpp;
+        if (_llamaCpp) _ggmlRope = new GgmlRope(c);
         _embedding = weights.Require(TensorNames.TokenEmbedding);
         _output = weights.Find(TensorNames.Output) ?? _embedding;
         _outputNorm = Vector(TensorNames.OutputNorm, c.HiddenSize)!;
@@ -72,32 +80,61 @@ public sealed unsafe class Transformer
     /// <summary>Tokens per prefill chunk: bounds activation memory for long prompts.</summary>
     public int PrefillChunk { get; init; } = 512;
 
-    /// <summary>Creates an empty full-precision cache sized for this model.</summary>
-    public FullPrecisionKvCache CreateCache(int maxTokens) => new(Config, maxTokens);
+    /// <summary>The CPU arithmetic of the forward pass.</summary>
+    public CpuNumerics Numerics { get; }
+
+    /// <summary>
+    /// Creates this model's default empty cache: float32 (<see cref="FullPrecisionKvCache"/>), or llama.cpp's f16 cache
+    /// (<see cref="GgmlF16KvCache"/>) under <see cref="CpuNumerics.LlamaCpp"/>.
+    /// </summary>
+    public IKvCache CreateCache(int maxTokens) =>
+        _llamaCpp ? new GgmlF16KvCache(Config, maxTokens) : new FullPrecisionKvCache(Config, maxTokens);
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.Length.. through the model, appending their
     /// keys and values to <paramref name="cache"/>. Returns logits: [vocab] for the last token, or
     /// [tokens, vocab] with <see cref="LogitsMode.All"/>. An <paramref name="observer"/> sees each layer's input residual.
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last, IForwardObserver? observer = null)
+    public float[] Forward(ReadOnlySpan<int> tokens, IKvCache cache, LogitsMode mode = LogitsMode.Last, IForwardObserver? observer = null) =>
+        Run(tokens, cache, mode == LogitsMode.All ? Head.AllLogits : Head.LastLogits, observer);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> as <see cref="Forward"/> does (appending their keys and values to
+    /// <paramref name="cache"/>) but stops before the LM head: returns every token's final hidden state, the output of
+    /// the final RMSNorm that the LM head multiplies, [tokens, hiddenSize]. What KVSharer compares between a model
+    /// and its layer-sharing variant.
+    /// </summary>
+    public float[] ForwardHidden(ReadOnlySpan<int> tokens, IKvCache cache, IForwardObserver? observer = null) =>
+        Run(tokens, cache, Head.AllHidden, observer);
+
+    /// <summary>What a forward pass returns after the last layer.</summary>
+    private enum Head
+    {
+        /// <summary>The last token's logits [vocab].</summary>
+        LastLogits,
+        /// <summary>Every token's logits [tokens, vocab].</summary>
+        AllLogits,
+        /// <summary>Every token's final-norm hidden state [tokens, hiddenSize], no LM head.</summary>
+        AllHidden,
+    }
+
+    private float[] Run(ReadOnlySpan<int> tokens, IKvCache cache, Head head, IForwardObserver? observer)
     {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
-        int vocab = Config.VocabSize;
-        var logits = new float[mode == LogitsMode.All ? tokens.Length * vocab : vocab];
+        int width = head == Head.AllHidden ? Config.HiddenSize : Config.VocabSize;
+        var output = new float[head == Head.LastLogits ? width : tokens.Length * width];
         for (int start = 0; start < tokens.Length; start += PrefillChunk)
         {
             int n = Math.Min(PrefillChunk, tokens.Length - start);
             bool last = start + n == tokens.Length;
-            if (mode == LogitsMode.All)
-                ForwardChunk(tokens.Slice(start, n), cache, logits.AsSpan(start * vocab, n * vocab), allRows: true, observer);
-            else
-                ForwardChunk(tokens.Slice(start, n), cache, last ? logits : Span<float>.Empty, allRows: false, observer);
+            // Only the last chunk's last token needs logits in LastLogits mode: earlier chunks skip the head.
+            var rows = head == Head.LastLogits ? (last ? output : Span<float>.Empty) : output.AsSpan(start * width, n * width);
+            ForwardChunk(tokens.Slice(start, n), cache, rows, head, observer);
         }
-        return logits;
+        return output;
     }
 
-    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, bool allRows, IForwardObserver? observer)
+    private void ForwardChunk(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> output, Head head, IForwardObserver? observer)
     {
         var c = Config;
         int n = tokens.Length, d = c.HiddenSize, hd = c.HeadDim;
@@ -116,7 +153,8 @@ public sealed unsafe class Transformer
         int pairs = _rope.Pairs;
         var cos = new float[n * pairs];
         var sin = new float[n * pairs];
-        _rope.Angles(pos0, n, cos, sin);
+        if (_ggmlRope != null) _ggmlRope.Angles(pos0, n, cos, sin);
+        else _rope.Angles(pos0, n, cos, sin);
 
         for (int t = 0; t < n; t++)
         {
@@ -129,10 +167,10 @@ public sealed unsafe class Transformer
         {
             var L = _layers[l];
             observer?.LayerInput(l, x, n, pos0);
-            Kernels.RmsNorm(x, L.AttnNorm, xb, c.RmsNormEps);
-            Kernels.MatMul(L.Q, xb, q, n);
-            Kernels.MatMul(L.K, xb, k, n);
-            Kernels.MatMul(L.V, xb, v, n);
+            RmsNorm(x, L.AttnNorm, xb);
+            MatMul(L.Q, xb, q, n);
+            MatMul(L.K, xb, k, n);
+            MatMul(L.V, xb, v, n);
             for (int t = 0; t < n; t++)
             {
                 var qt = q.AsSpan(t * qDim, qDim);
@@ -140,38 +178,74 @@ public sealed unsafe class Transformer
                 if (L.QBias != null) Kernels.Add(qt, L.QBias);
                 if (L.KBias != null) Kernels.Add(kt, L.KBias);
                 if (L.VBias != null) Kernels.Add(v.AsSpan(t * kvDim, kvDim), L.VBias);
-                if (L.QNorm != null) Kernels.RmsNorm(qt, L.QNorm, qt, c.RmsNormEps);
-                if (L.KNorm != null) Kernels.RmsNorm(kt, L.KNorm, kt, c.RmsNormEps);
+                if (L.QNorm != null) RmsNorm(qt, L.QNorm, qt);
+                if (L.KNorm != null) RmsNorm(kt, L.KNorm, kt);
                 var ct = cos.AsSpan(t * pairs, pairs);
                 var st = sin.AsSpan(t * pairs, pairs);
-                _rope.Apply(qt, ct, st);
-                _rope.Apply(kt, ct, st);
+                if (_ggmlRope != null)
+                {
+                    _ggmlRope.Apply(qt, ct, st);
+                    _ggmlRope.Apply(kt, ct, st);
+                }
+                else
+                {
+                    _rope.Apply(qt, ct, st);
+                    _rope.Apply(kt, ct, st);
+                }
             }
             cache.Append(l, k, v, n);
             cache.Attend(l, q, n, pos0, att);
-            Kernels.MatMul(L.AttnOutput, att, xb, n);
-            Kernels.Add(x, xb);
+            MatMul(L.AttnOutput, att, xb, n);
 
-            Kernels.RmsNorm(x, L.FfnNorm, xb, c.RmsNormEps);
-            Kernels.MatMul(L.Gate, xb, gate, n);
-            Kernels.MatMul(L.Up, xb, up, n);
-            Kernels.SwiGlu(gate, up);
-            Kernels.MatMul(L.Down, gate, xb, n);
-            Kernels.Add(x, xb);
+            if (_llamaCpp && head == Head.LastLogits && l == _layers.Length - 1)
+            {
+                // llama.cpp's inp_out_ids: from the last layer's attention output on only the rows that give logits are
+                // computed (none for a prompt chunk that is not the last), so its FFN runs as a batch of one, which
+                // changes ggml's matrix kernel and so the rounding.
+                if (output.IsEmpty) return;
+                x.AsSpan((n - 1) * d, d).CopyTo(x);
+                xb.AsSpan((n - 1) * d, d).CopyTo(xb);
+                n = 1;
+            }
+            Kernels.Add(x.AsSpan(0, n * d), xb.AsSpan(0, n * d));
+
+            RmsNorm(x.AsSpan(0, n * d), L.FfnNorm, xb);
+            MatMul(L.Gate, xb, gate, n);
+            MatMul(L.Up, xb, up, n);
+            if (_llamaCpp) GgmlElementwise.SwiGlu(gate.AsSpan(0, n * ffn), up, ffn);
+            else Kernels.SwiGlu(gate, up);
+            MatMul(L.Down, gate, xb, n);
+            Kernels.Add(x.AsSpan(0, n * d), xb.AsSpan(0, n * d));
         }
 
-        if (logits.IsEmpty) return;
-        if (allRows)
+        if (output.IsEmpty) return;
+        switch (head)
         {
-            Kernels.RmsNorm(x, _outputNorm, xb, c.RmsNormEps);
-            Kernels.MatMul(_output, xb, logits, n);
+            case Head.AllHidden:
+                RmsNorm(x, _outputNorm, output);
+                break;
+            case Head.AllLogits:
+                RmsNorm(x, _outputNorm, xb);
+                MatMul(_output, xb, output, n);
+                break;
+            default:
+                var lastRow = xb.AsSpan(0, d);
+                RmsNorm(x.AsSpan((n - 1) * d, d), _outputNorm, lastRow);
+                MatMul(_output, lastRow, output, 1);
+                break;
         }
-        else
-        {
-            var lastRow = xb.AsSpan(0, d);
-            Kernels.RmsNorm(x.AsSpan((n - 1) * d, d), _outputNorm, lastRow, c.RmsNormEps);
-            Kernels.MatMul(_output, lastRow, logits, 1);
-        }
+    }
+
+    private void MatMul(TensorView w, ReadOnlySpan<float> x, Span<float> y, int n)
+    {
+        if (_llamaCpp) GgmlMatMul.Multiply(w, x, y, n);
+        else Kernels.MatMul(w, x, y, n);
+    }
+
+    private void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, Span<float> y)
+    {
+        if (_llamaCpp) GgmlElementwise.RmsNorm(x, weight, y, Config.RmsNormEps);
+        else Kernels.RmsNorm(x, weight, y, Config.RmsNormEps);
     }
 
     private TensorView Matrix(string name, int rows, int cols)

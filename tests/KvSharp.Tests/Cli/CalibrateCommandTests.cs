@@ -1,23 +1,11 @@
-using KvSharp.Cli.Commands;
-using KvSharp.Cli.Engine;
 using KvSharp.Compression.Quantization;
+using static KvSharp.Tests.Cli.CalibrateCli;
 
 namespace KvSharp.Tests.Cli;
 
 /// <summary><c>kvsharp calibrate kvtuner</c> on stories260k: writes a configuration the press reads (search determinism: KvTunerTests); bad input is one line.</summary>
 public class CalibrateCommandTests
 {
-    private static readonly string Stories = RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf");
-    private static readonly string Text = RepoPaths.SharedFile("data", "misc", "tinystories_valid_excerpt.txt");
-
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = KvSharpCommandLine.Run(args, new CliContext(new EngineFacade(error), new StringReader(""), output, error, CancellationToken.None));
-        return (code, output.ToString(), error.ToString());
-    }
-
     [Fact]
     public void WritesAConfigWithinTheBudget()
     {

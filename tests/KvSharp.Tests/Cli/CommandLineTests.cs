@@ -113,6 +113,7 @@ public class CommandLineTests
     [InlineData("--dummy-type q2_k", "--dummy-type")]
     [InlineData("--dummy x.json", "--model and --dummy cannot be used together")]
     [InlineData("--threads 0", "--threads must be > 0")]
+    [InlineData("--numerics fp64", "--numerics must be fast or llamacpp")]
     public void Generate_BadOptions_OneMessageExitCode2(string extra, string expected)
     {
         var engine = new FakeEngine();

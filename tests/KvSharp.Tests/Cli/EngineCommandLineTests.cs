@@ -144,6 +144,29 @@ public class EngineCommandLineTests
         Assert.Contains("F16 blocks", r.Err);
     }
 
+    /// <summary>
+    /// --numerics llamacpp: the 200 greedy tokens of llama.cpp's text, ids equal (decoded text identical); info names
+    /// the mode; a value other than fast or llamacpp is a one-line usage error.
+    /// </summary>
+    [Fact]
+    public void LlamaCppNumericsGenerationReproducesLlamaCppGreedyText()
+    {
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json")));
+        var second = json.RootElement.GetProperty("results")[1];
+        var r = Run("generate", "-m", Stories, "-p", second.GetProperty("prompt").GetString()!, "--temperature", "0", "-n", "200", "--numerics", "llamacpp");
+        Assert.Equal(0, r.Code);
+        Assert.StartsWith(r.Out.TrimEnd('\n'), second.GetProperty("greedy_text").GetString()!);
+
+        var info = Run("info", "-m", Stories, "--numerics", "llamacpp");
+        Assert.Equal(0, info.Code);
+        Assert.Contains("llamacpp", info.Out);
+
+        var bad = Run("generate", "-m", Stories, "-p", "x", "--numerics", "fp64");
+        Assert.Equal(2, bad.Code);
+        Assert.Contains("--numerics must be fast or llamacpp; got 'fp64'", bad.Err);
+        Assert.DoesNotContain("   at ", bad.Err);
+    }
+
     [Theory]
     [InlineData("int3")]
     [InlineData("int4:int2:f16")]

@@ -18,41 +18,31 @@ public class AttentionScorerTests
     private const int T = 24;
     private const double Tolerance = 2e-4;
 
-    /// <summary>Softmax weights [layer][query position][query head] over positions 0..query, from the oracle.</summary>
-    private static double[][][][] OracleWeights(RandomModel model, int[] tokens)
-    {
-        var c = model.Config;
-        var w = new double[c.NumLayers][][][];
-        for (int l = 0; l < c.NumLayers; l++)
-        {
-            w[l] = new double[tokens.Length][][];
-            for (int t = 0; t < tokens.Length; t++) w[l][t] = new double[c.NumHeads][];
-        }
-        var oracle = new ReferenceTransformer(c, ReferenceWeights.FromDictionary(model.Tensors)) { AttentionWeights = (l, t, h, p) => w[l][t][h] = p };
-        oracle.Forward(tokens);
-        return w;
-    }
-
     private sealed class Setup : IDisposable
     {
+        private readonly TinyAttentionModel _tiny;
+
         public Setup(string config = "gqa2-halfsplit-tied", int seed = 5)
         {
-            Model = ReferenceModels.CreateRandom(ReferenceModels.RandomConfig(config), seed);
-            Engine = new Transformer(Model.Weights);
-            Cache = new PagedKvCache(Model.Config, new PagedKvCacheOptions { KeyFormat = KvFormat.F32, ValueFormat = KvFormat.F32, BlockTokens = 4, MaxTokens = 256 });
-            Tokens = ReferenceModels.RandomTokens(T, Model.Config.VocabSize, seed: 11);
+            _tiny = new TinyAttentionModel(config, seed);
+            Cache = new PagedKvCache(Config, new PagedKvCacheOptions { KeyFormat = KvFormat.F32, ValueFormat = KvFormat.F32, BlockTokens = 4, MaxTokens = 256 });
+            Tokens = ReferenceModels.RandomTokens(T, Config.VocabSize, seed: 11);
             Engine.Forward(Tokens, Cache);
         }
 
-        public RandomModel Model { get; }
-        public Transformer Engine { get; }
+        public RandomModel Model => _tiny.Model;
+        public Transformer Engine => _tiny.Engine;
+        public ITokenizer Tokenizer => _tiny.Tokenizer;
         public PagedKvCache Cache { get; }
         public int[] Tokens { get; }
-        public ModelConfig Config => Model.Config;
-        public int Group => Config.NumHeads / Config.NumKvHeads;
+        public ModelConfig Config => _tiny.Config;
+        public int Group => _tiny.Group;
+
+        /// <summary>The oracle's softmax weights [layer][query position][query head] over <paramref name="tokens"/>.</summary>
+        public double[][][][] OracleWeights(int[] tokens) => _tiny.OracleWeights(tokens);
 
         public PressContext Context(IReadOnlyList<int>? question = null, int protectedPrefix = 0) =>
-            new(Engine, Cache, Tokens) { Question = question, ProtectedPrefix = protectedPrefix, Tokenizer = new CharTokenizer(Config.VocabSize) };
+            new(Engine, Cache, Tokens) { Question = question, ProtectedPrefix = protectedPrefix, Tokenizer = Tokenizer };
 
         /// <summary>Mean (or max) over the query heads of KV head g of the weight query q gives token t.</summary>
         public double Fold(double[][][][] w, int layer, int q, int g, int t, bool max)
@@ -62,21 +52,7 @@ public class AttentionScorerTests
             return acc;
         }
 
-        public void Dispose() { Cache.Dispose(); Model.Dispose(); }
-    }
-
-    /// <summary>A character-per-token stand-in for the models' vocabularies (random models have 50-80 ids).</summary>
-    private sealed class CharTokenizer(int vocab) : ITokenizer
-    {
-        public int VocabSize => vocab;
-        public int? BosId => 0;
-        public IReadOnlyList<int> EosIds => [1];
-        public bool AddsBos => true;
-        public int[] Encode(string text, bool addSpecial = true, bool parseSpecial = true) =>
-            [.. addSpecial ? new[] { 0 } : [], .. text.Select(ch => 2 + ch % (vocab - 2))];
-        public byte[] TokenBytes(int id) => [(byte)id];
-        public bool IsSpecial(int id) => id < 2;
-        public string Decode(IEnumerable<int> ids, bool skipSpecial = true) => string.Concat(ids.Select(i => (char)i));
+        public void Dispose() { Cache.Dispose(); _tiny.Dispose(); }
     }
 
     private static void AssertScores(Func<int, int, int, double> expected, HeadScores actual, ModelConfig c, int count)
@@ -101,7 +77,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup();
         const int window = 6, kernel = 3;
-        var w = OracleWeights(s.Model, s.Tokens);
+        var w = s.OracleWeights(s.Tokens);
         var actual = new SnapKvScorer(window, kernel, pool).Score(s.Context());
         AssertScores((l, g, t) =>
         {
@@ -117,7 +93,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup("gqa4-interleaved-tied");
         var question = ReferenceModels.RandomTokens(5, s.Config.VocabSize, seed: 3);
-        var w = OracleWeights(s.Model, [.. s.Tokens, .. question]);
+        var w = s.OracleWeights([.. s.Tokens, .. question]);
         var actual = new SnapKvScorer(window: 32, kernel: 1).Score(s.Context(question));
         AssertScores((l, g, t) => Enumerable.Range(T, 5).Sum(q => s.Fold(w, l, q, g, t, max: false)), actual, s.Config, T);
     }
@@ -126,7 +102,7 @@ public class AttentionScorerTests
     public void Tova_IsTheLastQuerysGroupMeanAttention()
     {
         using var s = new Setup();
-        var w = OracleWeights(s.Model, s.Tokens);
+        var w = s.OracleWeights(s.Tokens);
         var actual = new TovaScorer().Score(s.Context());
         AssertScores((l, g, t) => t == T - 1 ? double.PositiveInfinity : s.Fold(w, l, T - 1, g, t, max: false), actual, s.Config, T);
     }
@@ -138,7 +114,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup();
         const int window = 3;
-        var w = OracleWeights(s.Model, s.Tokens);
+        var w = s.OracleWeights(s.Tokens);
         var actual = new H2oScorer(window, chunk).Score(s.Context());
         // A query observes the tokens before its chunk's start.
         AssertScores((l, g, t) => t >= T - window ? double.PositiveInfinity
@@ -150,7 +126,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup();
         const int prefix = 2, chunk = 11; // two runs, the second quoting the first's last 8 tokens
-        var tok = new CharTokenizer(s.Config.VocabSize);
+        var tok = s.Tokenizer;
         var expected = new double[s.Config.NumLayers, s.Config.NumKvHeads, T];
         for (int start = prefix; start < T; start += chunk)
         {
@@ -159,7 +135,7 @@ public class AttentionScorerTests
                 ? tok.Encode("\n\nRepeat the previous context exactly.", false)
                 : [.. tok.Encode("\n\nRepeat the part of the previous context exactly, starting with ", false), .. s.Tokens[Math.Max(prefix, start - 8)..start]];
             int[] run = [.. request, .. tok.Encode("\n", false), .. s.Tokens[start..end]];
-            var w = OracleWeights(s.Model, [.. s.Tokens, .. run]);
+            var w = s.OracleWeights([.. s.Tokens, .. run]);
             for (int l = 0; l < s.Config.NumLayers; l++)
                 for (int g = 0; g < s.Config.NumKvHeads; g++)
                     for (int t = start; t < end; t++)
@@ -176,7 +152,7 @@ public class AttentionScorerTests
         const int prefix = 2, chunk = 11;
         var c = s.Config;
         int hd = c.HeadDim, qDim = c.NumHeads * hd;
-        var tok = new CharTokenizer(c.VocabSize);
+        var tok = s.Tokenizer;
         var expected = new double[c.NumLayers, c.NumKvHeads, T];
         for (int start = prefix; start < T; start += chunk)
         {
@@ -244,7 +220,7 @@ public class AttentionScorerTests
     public void Kvzip_ShrinksItsChunkToFitTheCachesPositions()
     {
         using var s = new Setup();
-        var tok = new CharTokenizer(s.Config.VocabSize);
+        var tok = s.Tokenizer;
         int overhead = tok.Encode("\n\nRepeat the part of the previous context exactly, starting with ", false).Length + 8 + 1;
         // Room for chunks of 5 tokens after the 24-token context: every context token is still scored (no zeros left).
         using var tight = new PagedKvCache(s.Config, s.Cache.Options with { MaxTokens = T + overhead + 5 });
@@ -262,7 +238,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup();
         const int window = 3, block = 4;
-        var w = OracleWeights(s.Model, s.Tokens);
+        var w = s.OracleWeights(s.Tokens);
         var actual = new KvCompressScorer(window, block).Score(s.Context());
         // A window query observes the tokens stored before it (its own run starts at its position).
         double Metric(int l, int g, int t) => Enumerable.Range(T - window, window).Where(q => q > t).Sum(q => Math.Pow(s.Fold(w, l, q, g, t, max: false) * s.Group, 2));
@@ -275,7 +251,7 @@ public class AttentionScorerTests
     {
         using var s = new Setup();
         const int chunk = 4;
-        var w = OracleWeights(s.Model, s.Tokens);
+        var w = s.OracleWeights(s.Tokens);
         var actual = new ZipVlScorer(chunk).Score(s.Context());
         AssertScores((l, g, t) =>
         {

@@ -1,8 +1,11 @@
 using KvSharp.Cache;
+using KvSharp.Compute.Cpu;
+using KvSharp.Formats;
 using KvSharp.Generation;
 using KvSharp.Generation.Sampling;
 using KvSharp.Models;
 using KvSharp.Tests.Reference;
+using Xunit.Abstractions;
 
 namespace KvSharp.Tests.Models;
 
@@ -10,10 +13,12 @@ namespace KvSharp.Tests.Models;
 /// The engine (loaders, tokenizers, kernels, transformer, cache, generator) against independent references:
 /// llama.cpp's and transformers' recorded outputs, and the float64 oracle of tests/Reference.
 /// </summary>
-public class EngineExactnessTests
+public class EngineExactnessTests(ITestOutputHelper output)
 {
     private static readonly Lazy<LanguageModel> Stories260K =
         new(() => LanguageModel.Load(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf")));
+    private static readonly Lazy<LanguageModel> Stories260KLlamaCpp =
+        new(() => LanguageModel.Load(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"), CpuNumerics.LlamaCpp));
     private static readonly Lazy<LanguageModel> TinyStories656K =
         new(() => LanguageModel.Load(RepoPaths.SharedFile("models", "tinystories-656k")));
     private static readonly Lazy<LanguageModel> Needle16M =
@@ -22,12 +27,12 @@ public class EngineExactnessTests
     public static IEnumerable<object[]> Prompts() => Enumerable.Range(0, 4).Select(i => new object[] { i });
 
     /// <summary>
-    /// stories260K vs llama.cpp: the prompt's token ids, all 200 greedy ids, and the top-20 logits of the 8 recorded steps
-    /// within 2e-3 relative (|ours − llama.cpp| ≤ 2e-3 · max(1, |llama.cpp|); measured worst 1.6e-3, prompt 3 step 4).
-    /// Not 1e-4: the engine keeps K and V in float32, llama.cpp ran with its default F16 KV cache and an f16 flash-attention
-    /// accumulator, and that rounding is what separates the two. The float64 oracle lands at the same distance (its worst
-    /// step differs from ours by 1e-6), and <see cref="LlamaCppEmulationTests"/> shows the recorded logits are exactly
-    /// llama.cpp's float32 arithmetic with that rounding: replayed, they agree bit for bit.
+    /// stories260K vs llama.cpp with the engine's Fast arithmetic: the prompt's token ids, all 200 greedy ids, and the
+    /// top-20 logits of the 8 recorded steps within 2e-3 relative (|ours − llama.cpp| ≤ 2e-3 · max(1, |llama.cpp|);
+    /// measured worst 1.6e-3, prompt 3 step 4). Not 1e-4: the Fast path keeps K and V in float32 and sums in its own order,
+    /// while llama.cpp ran with its default F16 KV cache and f16 flash-attention accumulator, where a one-ulp difference
+    /// upstream flips an f16 rounding. <see cref="Stories260K_LlamaCppNumerics_ReproducesLlamaCppBitForBit"/> takes
+    /// llama.cpp's arithmetic and matches bit for bit.
     /// </summary>
     [Theory]
     [MemberData(nameof(Prompts))]
@@ -42,37 +47,32 @@ public class EngineExactnessTests
     }
 
     /// <summary>
-    /// stories260K vs llama.cpp's recorded top-20 logits, the engine's projections feeding llama.cpp's own attention
-    /// rounding (<see cref="LlamaCppAttentionCache"/>: f16 K/V and queries, f16 value accumulator, as ggml computes it):
-    /// within 1e-3 relative. Measured: 21 of the 32 steps within 1e-4 (7 within 1e-6), worst 5.5e-4 (prompt 2 step 1).
+    /// Issue 2, 8(a): stories260K in <see cref="CpuNumerics.LlamaCpp"/> vs llama.cpp. The prompt's ids, the prompt decoded
+    /// as one batch, then all 200 greedy ids one token at a time as llama.cpp did, and every recorded top-20 logit of the 8
+    /// recorded steps within 1e-6 relative (the file keeps 8 significant digits; parsed to float each value equals ours),
+    /// the same top-20 tokens in the same order.
     /// </summary>
     /// <remarks>
-    /// Why the rest stays above 1e-4: with every op reproduced (<see cref="LlamaCppEmulation"/>) the logits are llama.cpp's
-    /// bit for bit, so what remains is the engine's float32 arithmetic upstream of the f16 roundings. Its matrix products
-    /// and norms sum in their own (equally accurate) order, so Q, K and V differ from ggml's by an ulp here and there; an ulp
-    /// on a value that sits near the midpoint between two f16 numbers flips that f16 rounding, and one flipped rounding of
-    /// K, V or the attention accumulator moves the logits by ~1e-4. llama.cpp does this to itself: summed in its decode
-    /// kernel's order instead of tinyBLAS's, its own prefill logits move by up to 5.3e-4, and it records 17.797604 and
-    /// 17.797935 for the same five tokens reached by prefill and by decode
-    /// (<see cref="LlamaCppEmulationTests.Stories260K_PrefillAndDecodeDifferAsInLlamaCpp"/>). Matching within 1e-4 through
-    /// an F16 cache takes ggml's summation order, which the engine does not (and should not) copy.
+    /// 1e-6 is the 1e-4 of the issue with two orders of magnitude to spare, and it takes all of llama.cpp's rounding: with
+    /// the Fast arithmetic the same run is 1.6e-3 off (<see cref="Stories260K_ReproducesLlamaCpp"/>), and a single deviation
+    /// from ggml's arithmetic moves these logits by 1e-6..5e-4 (docs/exactness.md).
     /// </remarks>
     [Theory]
     [MemberData(nameof(Prompts))]
-    public void Stories260K_ReproducesLlamaCppLogitsWithItsF16Attention(int index)
+    public void Stories260K_LlamaCppNumerics_ReproducesLlamaCppBitForBit(int index)
     {
         var reference = ReferenceOutput.Load(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json"))[index];
-        var model = Stories260K.Value;
-        var c = model.Config;
-        using IKvCache cache = new LlamaCppAttentionCache(c.NumLayers, c.NumHeads, c.NumKvHeads, c.HeadDim);
-        var logits = model.Transformer.Forward(reference.PromptIds, cache);
-        var kept = new float[reference.Top20.Length][];
-        for (int step = 0; step < kept.Length; step++)
+        var model = Stories260KLlamaCpp.Value;
+        Assert.Equal(reference.PromptIds, model.Encode(reference.Prompt));
+        var (greedy, top20) = RunGreedy(model, reference.PromptIds, reference.GreedyIds.Length, reference.Top20.Length);
+        Assert.Equal(reference.GreedyIds, greedy);
+        double worst = AssertTop20(reference.Top20, top20, tolerance: 1e-6);
+        for (int step = 0; step < top20.Length; step++)
         {
-            kept[step] = logits;
-            if (step + 1 < kept.Length) logits = model.Transformer.Forward([reference.GreedyIds[step]], cache);
+            var ours = top20[step].Select((v, i) => (v, i)).OrderByDescending(p => p.v).Take(20).Select(p => p.i);
+            Assert.Equal(reference.Top20[step].Select(p => p.Token), ours);
         }
-        AssertTop20(reference.Top20, kept, tolerance: 1e-3);
+        output.WriteLine($"'{reference.Prompt}': {greedy.Length} greedy ids equal, worst top-20 relative error {worst:E2}");
     }
 
     /// <summary>kvsharp-needle-16m vs transformers (float32): prompt ids, greedy ids, top-20 logits within 1e-3 relative.</summary>
@@ -136,6 +136,26 @@ public class EngineExactnessTests
         AssertMatchesOracle(new Transformer(model.Weights), model.Reference, tokens, 1e-4);
     }
 
+    public static IEnumerable<object[]> UnscaledVariants() =>
+        ReferenceModels.RandomConfigs().Where(c => c.Config.RopeScaling is null).Select(c => new object[] { c.Name });
+
+    /// <summary>
+    /// <see cref="CpuNumerics.LlamaCpp"/> on every architecture variant it covers (all but RoPE scaling), F32 and F16
+    /// weights: prefill, chunked prefill and decode (the last through the batch-of-one last layer) within 5e-3 of the
+    /// float64 oracle, the distance its f16 KV cache and f16 attention accumulator put between them.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(UnscaledVariants))]
+    public void DummyVariant_LlamaCppNumerics_CloseToFloat64Oracle(string name)
+    {
+        foreach (var type in new[] { GgmlType.F32, GgmlType.F16 })
+        {
+            using var model = ReferenceModels.CreateRandom(ReferenceModels.RandomConfig(name), linearType: type);
+            var tokens = ReferenceModels.RandomTokens(19, model.Config.VocabSize);
+            AssertMatchesOracle(new Transformer(model.Weights, CpuNumerics.LlamaCpp), model.Reference, tokens, 5e-3);
+        }
+    }
+
     /// <summary>Prefill (all rows), chunked prefill and token-by-token decode against the oracle's logits.</summary>
     private static void AssertMatchesOracle(Transformer engine, ReferenceTransformer oracle, int[] tokens, double tolerance)
     {
@@ -148,7 +168,7 @@ public class EngineExactnessTests
             for (int t = 0; t < tokens.Length; t++) AssertClose(expected[t], all.AsSpan(t * vocab, vocab), tolerance, $"prefill position {t}");
         }
 
-        var chunked = new Transformer(engine.Weights) { PrefillChunk = 5 };
+        var chunked = new Transformer(engine.Weights, engine.Numerics) { PrefillChunk = 5 };
         using (var cache = chunked.CreateCache(tokens.Length))
         {
             var all = chunked.Forward(tokens, cache, LogitsMode.All);
@@ -197,17 +217,22 @@ public class EngineExactnessTests
     /// Every reference top-20 entry within tolerance relative (|ours − reference| ≤ tolerance · max(1, |reference|)),
     /// and the same top-20 set.
     /// </summary>
-    private static void AssertTop20((int Token, double Logit)[][] reference, float[][] ours, double tolerance)
+    private static double AssertTop20((int Token, double Logit)[][] reference, float[][] ours, double tolerance)
     {
+        double worst = 0;
         for (int step = 0; step < reference.Length; step++)
         {
             foreach (var (token, logit) in reference[step])
-                Assert.True(Math.Abs(ours[step][token] - logit) <= tolerance * Math.Max(1, Math.Abs(logit)),
-                    $"step {step}, token {token}: ours {ours[step][token]}, reference {logit}");
+            {
+                double rel = Math.Abs(ours[step][token] - logit) / Math.Max(1, Math.Abs(logit));
+                worst = Math.Max(worst, rel);
+                Assert.True(rel <= tolerance, $"step {step}, token {token}: ours {ours[step][token]:R}, reference {logit:R} (relative {rel:E2})");
+            }
             var ourTop = ours[step].Select((v, i) => (v, i)).OrderByDescending(p => p.v).Take(20).Select(p => p.i).ToHashSet();
             var refTop = reference[step].Select(p => p.Token).ToHashSet();
             // Ties at the 20th place may swap; the first 19 must agree.
             Assert.True(refTop.Intersect(ourTop).Count() >= 19, $"step {step}: top-20 sets differ");
         }
+        return worst;
     }
 }

@@ -60,6 +60,20 @@ public sealed class ReferenceTransformer
     /// </summary>
     public double[][] Forward(int[] tokens)
     {
+        var normed = FinalHidden(tokens);
+        var embedding = Require(TensorNames.TokenEmbedding, (long)_c.VocabSize * _c.HiddenSize);
+        // Tied models store no output.weight: the output projection is the embedding matrix itself.
+        var output = _w(TensorNames.Output) ?? embedding;
+        CheckLength(TensorNames.Output, output, (long)_c.VocabSize * _c.HiddenSize);
+        return MatMul(output, _c.VocabSize, _c.HiddenSize, normed);
+    }
+
+    /// <summary>
+    /// Final hidden states [position][hidden] of every position of <paramref name="tokens"/>: the last layer's residual
+    /// after the final RMSNorm, which <see cref="Forward"/> multiplies by the LM head.
+    /// </summary>
+    public double[][] FinalHidden(int[] tokens)
+    {
         int n = tokens.Length, d = _c.HiddenSize;
         var embedding = Require(TensorNames.TokenEmbedding, (long)_c.VocabSize * d);
         var x = new double[n][];
@@ -80,11 +94,7 @@ public sealed class ReferenceTransformer
         }
 
         var finalNorm = Require(TensorNames.OutputNorm, d);
-        var normed = x.Select(row => RmsNorm(row, finalNorm, _c.RmsNormEps)).ToArray();
-        // Tied models store no output.weight: the output projection is the embedding matrix itself.
-        var output = _w(TensorNames.Output) ?? embedding;
-        CheckLength(TensorNames.Output, output, (long)_c.VocabSize * d);
-        return MatMul(output, _c.VocabSize, d, normed);
+        return x.Select(row => RmsNorm(row, finalNorm, _c.RmsNormEps)).ToArray();
     }
 
     /// <summary>

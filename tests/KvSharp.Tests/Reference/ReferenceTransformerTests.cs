@@ -42,8 +42,8 @@ public sealed class ReferenceTransformerTests(ITestOutputHelper output)
     /// Why not tighter: llama.cpp ran with its default F16 KV cache and flash attention (f16 q/k/v, f16 value
     /// accumulator), whose rounding the oracle does not have: it even gives two different values, 17.797604 and
     /// 17.797935, for the same sequence position ([1, 403, 407, 261, 378]) depending on whether it came from
-    /// prefill or decode. <see cref="LlamaCppEmulationTests"/> reproduces those logits bit for bit by replaying ggml's
-    /// float32 arithmetic on the same weights.
+    /// prefill or decode. The engine in <see cref="KvSharp.Compute.Cpu.CpuNumerics.LlamaCpp"/> reproduces those logits bit
+    /// for bit with ggml's float32 arithmetic (Models/EngineExactnessTests).
     /// </summary>
     [Theory]
     [InlineData(0)]

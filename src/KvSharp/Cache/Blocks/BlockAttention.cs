@@ -64,11 +64,11 @@ public static class BlockAttention
                 break;
             case KvFormat.BF16: ScoresFloat<Bf16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Fp8E4M3: ScoresFloat<Fp8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
-            case KvFormat.Int8: ScoresQuantized<Code8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
-            case KvFormat.Int4: ScoresQuantized<Code4Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Int8: ScoresQuantized<Code8Reader>(layout, block, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Int4:
             case KvFormat.Int2:
-            case KvFormat.Ternary: ScoresQuantized<Code2Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
-            case KvFormat.Binary: ScoresQuantized<Code1Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Ternary:
+            case KvFormat.Binary: ScoresPacked(layout, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.VidKvKey:
             case KvFormat.VidKvValue: VidKvAttention.Scores(layout, block, tokenCount, queries, queryCount, scores); break;
             default: throw new KvSharpException($"unknown KV block format {layout.Format}");
@@ -111,11 +111,11 @@ public static class BlockAttention
                 break;
             case KvFormat.BF16: AccumulateFloat<Bf16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Fp8E4M3: AccumulateFloat<Fp8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
-            case KvFormat.Int8: AccumulateQuantized<Code8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
-            case KvFormat.Int4: AccumulateQuantized<Code4Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Int8: AccumulateQuantized<Code8Reader>(layout, block, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Int4:
             case KvFormat.Int2:
-            case KvFormat.Ternary: AccumulateQuantized<Code2Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
-            case KvFormat.Binary: AccumulateQuantized<Code1Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Ternary:
+            case KvFormat.Binary: AccumulatePacked(layout, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.VidKvKey:
             case KvFormat.VidKvValue: VidKvAttention.AccumulateValues(layout, block, tokenCount, weights, queryCount, acc); break;
             default: throw new KvSharpException($"unknown KV block format {layout.Format}");
@@ -141,6 +141,7 @@ public static class BlockAttention
     private static Vector128<float> Column4(ReadOnlySpan<float> m, int n, int i, int t)
         => Vector128.Create(m[i * n + t], m[(i + 1) * n + t], m[(i + 2) * n + t], m[(i + 3) * n + t]);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scatter4(Span<float> m, int n, int i, int t, Vector128<float> v)
     {
         m[i * n + t] = v[0]; m[(i + 1) * n + t] = v[1]; m[(i + 2) * n + t] = v[2]; m[(i + 3) * n + t] = v[3];
@@ -242,35 +243,23 @@ public static class BlockAttention
     private static void AccumulateFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
         where R : struct, IElementReader
     {
-        int d = layout.HeadDim, t = 0;
+        int d = layout.HeadDim, i = 0;
         bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (g >= 4)
         {
-            int full = g / 4 * 4;
-            Span<float> a16 = stackalloc float[16];
-            Span<float> zero16 = stackalloc float[16];
-            zero16.Clear();
-            for (; t + 4 <= n; t += 4)
-                for (int i = 0; i < full; i += 4)
-                {
-                    for (int r = 0; r < 4; r++) Column4(weights, n, i, t + r).CopyTo(a16.Slice(4 * r, 4));
-                    RowKernels<R>.Axpy4Rows4Queries(simd, ref b, t * d, d, a16, zero16, acc[(i * d)..], d, d);
-                }
-            for (; t < n; t++)
-                for (int i = 0; i < full; i += 4)
-                    RowKernels<R>.Axpy4Queries(simd, ref b, t * d, Column4(weights, n, i, t), Vector128<float>.Zero, acc[(i * d)..], d, d);
-            for (int i = full; i < g; i++)
-                for (int u = 0; u < n; u++)
-                    RowKernels<R>.Axpy(simd, ref b, u * d, weights[i * n + u], 0f, acc.Slice(i * d, d));
-            return;
+            float[]? rented = null;
+            Span<float> coef = 4 * n <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(4 * n));
+            for (; i + 4 <= g; i += 4)
+            {
+                for (int t = 0; t < n; t++)
+                    Column4(weights, n, i, t).CopyTo(coef.Slice(4 * t, 4));
+                ValueKernels<R>.Accumulate4(simd, ref b, 0, d, n, coef, acc[(i * d)..], d, d);
+            }
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
-        for (; t + 4 <= n; t += 4)
-            for (int i = 0; i < g; i++)
-                RowKernels<R>.Axpy4Rows(simd, ref b, t * d, d, Vector128.Create(weights.Slice(i * n + t, 4)), Vector128<float>.Zero, acc.Slice(i * d, d));
-        for (; t < n; t++)
-            for (int i = 0; i < g; i++)
-                RowKernels<R>.Axpy(simd, ref b, t * d, weights[i * n + t], 0f, acc.Slice(i * d, d));
+        for (; i < g; i++)
+            ValueKernels<R>.Accumulate1(simd, ref b, 0, d, n, weights.Slice(i * n, n), 1, acc.Slice(i * d, d));
     }
 
     /// <summary>
@@ -302,12 +291,56 @@ public static class BlockAttention
         }
     }
 
-    private static void ScoresQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    /// <summary>Sub-byte codes: unpacked to bytes once per block when <see cref="CodeUnpack.Applies"/>, else read packed.</summary>
+    private static void ScoresPacked(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    {
+        int codes = n * layout.HeadDim;
+        if (CodeUnpack.Applies(layout.Format, codes))
+        {
+            Span<byte> unpacked = stackalloc byte[CodeUnpack.MaxCodes];
+            unpacked = unpacked[..codes];
+            CodeUnpack.Unpack(layout.Format, block, unpacked);
+            ScoresQuantized<Code8Reader>(layout, block, unpacked, n, queries, g, scores);
+            return;
+        }
+        switch (layout.Format)
+        {
+            case KvFormat.Int4: ScoresQuantized<Code4Reader>(layout, block, block, n, queries, g, scores); break;
+            case KvFormat.Binary: ScoresQuantized<Code1Reader>(layout, block, block, n, queries, g, scores); break;
+            default: ScoresQuantized<Code2Reader>(layout, block, block, n, queries, g, scores); break;
+        }
+    }
+
+    /// <summary>Sub-byte codes: unpacked to bytes once per block when <see cref="CodeUnpack.Applies"/>, else read packed.</summary>
+    private static void AccumulatePacked(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+    {
+        int codes = n * layout.HeadDim;
+        if (CodeUnpack.Applies(layout.Format, codes))
+        {
+            Span<byte> unpacked = stackalloc byte[CodeUnpack.MaxCodes];
+            unpacked = unpacked[..codes];
+            CodeUnpack.Unpack(layout.Format, block, unpacked);
+            AccumulateQuantized<Code8Reader>(layout, block, unpacked, n, weights, g, acc);
+            return;
+        }
+        switch (layout.Format)
+        {
+            case KvFormat.Int4: AccumulateQuantized<Code4Reader>(layout, block, block, n, weights, g, acc); break;
+            case KvFormat.Binary: AccumulateQuantized<Code1Reader>(layout, block, block, n, weights, g, acc); break;
+            default: AccumulateQuantized<Code2Reader>(layout, block, block, n, weights, g, acc); break;
+        }
+    }
+
+    /// <summary>
+    /// Quantized keys; <paramref name="block"/> holds the parameters, <paramref name="codes"/> the codes as
+    /// <typeparamref name="R"/> reads them (the block itself, or its codes unpacked to bytes).
+    /// </summary>
+    private static void ScoresQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, ReadOnlySpan<byte> codes, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
         where R : struct, IElementReader
     {
         int d = layout.HeadDim, gs = layout.GroupSize;
         bool simd = Simd.Enabled;
-        ref byte b = ref MemoryMarshal.GetReference(block);
+        ref byte b = ref MemoryMarshal.GetReference(codes);
         if (layout.Axis == QuantAxis.PerChannel)
         {
             int need = (2 + g) * d + g;
@@ -423,12 +456,13 @@ public static class BlockAttention
         return s;
     }
 
-    private static void AccumulateQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+    /// <summary>Quantized values; <paramref name="block"/> holds the parameters, <paramref name="codes"/> the codes as <typeparamref name="R"/> reads them.</summary>
+    private static void AccumulateQuantized<R>(BlockLayout layout, ReadOnlySpan<byte> block, ReadOnlySpan<byte> codes, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
         where R : struct, IElementReader
     {
         int d = layout.HeadDim, gs = layout.GroupSize;
         bool simd = Simd.Enabled;
-        ref byte b = ref MemoryMarshal.GetReference(block);
+        ref byte b = ref MemoryMarshal.GetReference(codes);
         if (layout.Axis == QuantAxis.PerChannel)
         {
             float[]? rented = null;
@@ -461,75 +495,67 @@ public static class BlockAttention
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
         else
-        {
-            int perRow = d / gs, groups = n * perRow;
-            float[]? rented = null;
-            Span<float> scratch = 2 * groups <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(2 * groups));
-            var min = scratch[..groups];
-            var step = scratch.Slice(groups, groups);
-            GroupAffine(layout, block, 0, groups, min, step);
-            int t = 0;
-            if (g >= 4)
-            {
-                int full = g / 4 * 4;
-                Span<float> a16 = stackalloc float[16];
-                Span<float> b16 = stackalloc float[16];
-                for (; t + 4 <= n; t += 4)
-                    for (int i = 0; i < full; i += 4)
-                        for (int j = 0; j < perRow; j++)
-                        {
-                            for (int r = 0; r < 4; r++)
-                            {
-                                var w = Column4(weights, n, i, t + r);
-                                int k = (t + r) * perRow + j;
-                                (w * step[k]).CopyTo(a16.Slice(4 * r, 4));
-                                (w * min[k]).CopyTo(b16.Slice(4 * r, 4));
-                            }
-                            RowKernels<R>.Axpy4Rows4Queries(simd, ref b, t * d + j * gs, d, a16, b16, acc[(i * d + j * gs)..], d, gs);
-                        }
-                for (; t < n; t++)
-                    for (int i = 0; i < full; i += 4)
-                    {
-                        var w = Column4(weights, n, i, t);
-                        for (int j = 0; j < perRow; j++)
-                        {
-                            int k = t * perRow + j;
-                            RowKernels<R>.Axpy4Queries(simd, ref b, t * d + j * gs, w * step[k], w * min[k], acc[(i * d + j * gs)..], d, gs);
-                        }
-                    }
-                for (int i = full; i < g; i++)
-                    for (int u = 0; u < n; u++)
-                        TokenAxpy<R>(simd, ref b, u, weights[i * n + u], min, step, acc.Slice(i * d, d), perRow, gs);
-            }
-            for (; t + 4 <= n; t += 4)
-                for (int i = 0; i < g; i++)
-                {
-                    var w = Vector128.Create(weights.Slice(i * n + t, 4));
-                    var a = acc.Slice(i * d, d);
-                    for (int j = 0; j < perRow; j++)
-                    {
-                        int k = t * perRow + j;
-                        var mn = Vector128.Create(min[k], min[k + perRow], min[k + 2 * perRow], min[k + 3 * perRow]);
-                        var st = Vector128.Create(step[k], step[k + perRow], step[k + 2 * perRow], step[k + 3 * perRow]);
-                        RowKernels<R>.Axpy4Rows(simd, ref b, t * d + j * gs, d, w * st, w * mn, a.Slice(j * gs, gs));
-                    }
-                }
-            for (; t < n; t++)
-                for (int i = 0; i < g; i++)
-                    TokenAxpy<R>(simd, ref b, t, weights[i * n + t], min, step, acc.Slice(i * d, d), perRow, gs);
-            if (rented != null) ArrayPool<float>.Shared.Return(rented);
-        }
+            AccumulatePerToken<R>(layout, block, codes, n, weights, g, acc);
     }
 
-    /// <summary>acc += w · v_t for token <paramref name="t"/> of a per-token block.</summary>
-    private static void TokenAxpy<R>(bool simd, ref byte b, int t, float w, ReadOnlySpan<float> min, ReadOnlySpan<float> step, Span<float> acc, int perRow, int gs)
+    /// <summary>
+    /// Per-token values: acc_c += Σ_t (w_t·step_t)·code_tc, then + Σ_t w_t·min_t once per channel group (the min term
+    /// is the same for every channel of a group, so it costs one add per channel per block instead of one per token).
+    /// Every query gets the same operations whether it runs in a block of 4 or alone.
+    /// </summary>
+    private static void AccumulatePerToken<R>(BlockLayout layout, ReadOnlySpan<byte> block, ReadOnlySpan<byte> codes, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
         where R : struct, IElementReader
     {
-        int d = acc.Length;
-        for (int j = 0; j < perRow; j++)
+        int d = layout.HeadDim, gs = layout.GroupSize, perRow = d / gs, groups = n * perRow;
+        bool simd = Simd.Enabled;
+        ref byte b = ref MemoryMarshal.GetReference(codes);
+        int need = 2 * groups + 8 * n;
+        float[]? rented = null;
+        Span<float> scratch = need <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(need));
+        var min = scratch[..groups];
+        var step = scratch.Slice(groups, groups);
+        var coef = scratch.Slice(2 * groups, 4 * n);
+        var wt = scratch.Slice(2 * groups + 4 * n, 4 * n);
+        GroupAffine(layout, block, 0, groups, min, step);
+        // Coefficients w·step and the min term Σ w·min: per lane the same multiply and add, in token order, as the
+        // one-query loop below, so both give bit-identical results.
+        int i = 0;
+        for (; i + 4 <= g; i += 4)
         {
-            int k = t * perRow + j;
-            RowKernels<R>.Axpy(simd, ref b, t * d + j * gs, w * step[k], w * min[k], acc.Slice(j * gs, gs));
+            for (int t = 0; t < n; t++) Column4(weights, n, i, t).CopyTo(wt.Slice(4 * t, 4));
+            for (int j = 0; j < perRow; j++)
+            {
+                var m = Vector128<float>.Zero;
+                for (int t = 0; t < n; t++)
+                {
+                    var w = Vector128.Create(wt.Slice(4 * t, 4));
+                    int k = t * perRow + j;
+                    (w * step[k]).CopyTo(coef.Slice(4 * t, 4));
+                    m += w * min[k];
+                }
+                ValueKernels<R>.Accumulate4(simd, ref b, j * gs, d, n, coef, acc[(i * d + j * gs)..], d, gs);
+                for (int k = 0; k < 4; k++)
+                {
+                    var a = acc.Slice((i + k) * d + j * gs, gs);
+                    TensorPrimitives.Add(a, m[k], a);
+                }
+            }
         }
+        for (; i < g; i++)
+            for (int j = 0; j < perRow; j++)
+            {
+                float m = 0;
+                for (int t = 0; t < n; t++)
+                {
+                    float w = weights[i * n + t];
+                    int k = t * perRow + j;
+                    coef[t] = w * step[k];
+                    m += w * min[k];
+                }
+                var a = acc.Slice(i * d + j * gs, gs);
+                ValueKernels<R>.Accumulate1(simd, ref b, j * gs, d, n, coef, 1, a);
+                TensorPrimitives.Add(a, m, a);
+            }
+        if (rented != null) ArrayPool<float>.Shared.Return(rented);
     }
 }

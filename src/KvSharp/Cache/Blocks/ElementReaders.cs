@@ -16,6 +16,9 @@ internal interface IElementReader
 
     /// <summary>Elements e .. e+7 (e multiple of 8) as floats; needs AVX2.</summary>
     static abstract Vector256<float> Load8(ref byte codes, int e);
+
+    /// <summary>Bytes before element <paramref name="e"/> (a multiple of 8), so hot loops can step unsigned byte offsets.</summary>
+    static abstract nuint ByteOffset(nuint e);
 }
 
 /// <summary>Whether the AVX2/FMA kernels run; tests turn them off per thread to check the scalar fallbacks.</summary>
@@ -37,6 +40,9 @@ internal static class Simd
 internal readonly struct F32Reader : IElementReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e * 4;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => Unsafe.ReadUnaligned<float>(ref Unsafe.Add(ref codes, e * 4));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -45,6 +51,9 @@ internal readonly struct F32Reader : IElementReader
 
 internal readonly struct F16Reader : IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e * 2;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => (float)Unsafe.ReadUnaligned<Half>(ref Unsafe.Add(ref codes, e * 2));
 
@@ -74,6 +83,9 @@ internal readonly struct F16Reader : IElementReader
 /// </summary>
 internal readonly struct F16ScaledReader : IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e * 2;
+
     private const int Mask = unchecked((int)0x8FFFE000);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -91,6 +103,9 @@ internal readonly struct F16ScaledReader : IElementReader
 internal readonly struct Bf16Reader : IElementReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e * 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => ScalarFormats.FromBf16(Unsafe.ReadUnaligned<ushort>(ref Unsafe.Add(ref codes, e * 2)));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -103,6 +118,9 @@ internal readonly struct Bf16Reader : IElementReader
 
 internal readonly struct Fp8Reader : IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => ScalarFormats.FromFp8E4M3(Unsafe.Add(ref codes, e));
 
@@ -125,6 +143,9 @@ internal readonly struct Fp8Reader : IElementReader
 internal readonly struct Code8Reader : IElementReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => Unsafe.Add(ref codes, e);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -135,6 +156,9 @@ internal readonly struct Code8Reader : IElementReader
 
 internal readonly struct Code4Reader : IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e / 2;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => (Unsafe.Add(ref codes, e >> 1) >> ((e & 1) * 4)) & 0xF;
 
@@ -151,6 +175,9 @@ internal readonly struct Code4Reader : IElementReader
 internal readonly struct Code2Reader : IElementReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e / 4;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => (Unsafe.Add(ref codes, e >> 2) >> ((e & 3) * 2)) & 3;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -164,6 +191,9 @@ internal readonly struct Code2Reader : IElementReader
 
 internal readonly struct Code1Reader : IElementReader
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static nuint ByteOffset(nuint e) => e / 8;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Load1(ref byte codes, int e) => (Unsafe.Add(ref codes, e >> 3) >> (e & 7)) & 1;
 

@@ -101,68 +101,33 @@ internal static class RowKernels<R> where R : struct, IElementReader
         if (!Vectorizable(simd, first, stride | wStride, n))
             return (Dot4Queries(simd, ref codes, first, w, wStride, n), Dot4Queries(simd, ref codes, first + stride, w, wStride, n));
         _ = w[3 * wStride + n - 1];
-        ref float wr = ref MemoryMarshal.GetReference(w);
+        // Unsigned offsets from per-row and per-query base references: no index arithmetic or sign extension per load.
+        ref float w0 = ref MemoryMarshal.GetReference(w);
+        ref float w1 = ref Unsafe.Add(ref w0, wStride);
+        ref float w2 = ref Unsafe.Add(ref w1, wStride);
+        ref float w3 = ref Unsafe.Add(ref w2, wStride);
+        ref byte row0 = ref Unsafe.Add(ref codes, R.ByteOffset((nuint)first));
+        ref byte row1 = ref Unsafe.Add(ref codes, R.ByteOffset((nuint)(first + stride)));
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        for (int i = 0; i < n; i += 8)
+        for (nuint i = 0; i < (nuint)n; i += 8)
         {
-            var x = R.Load8(ref codes, first + i);
-            var y = R.Load8(ref codes, first + stride + i);
-            var w0 = Vector256.LoadUnsafe(ref wr, (nuint)i);
-            a0 = Fma.MultiplyAdd(x, w0, a0);
-            b0 = Fma.MultiplyAdd(y, w0, b0);
-            var w1 = Vector256.LoadUnsafe(ref wr, (nuint)(wStride + i));
-            a1 = Fma.MultiplyAdd(x, w1, a1);
-            b1 = Fma.MultiplyAdd(y, w1, b1);
-            var w2 = Vector256.LoadUnsafe(ref wr, (nuint)(2 * wStride + i));
-            a2 = Fma.MultiplyAdd(x, w2, a2);
-            b2 = Fma.MultiplyAdd(y, w2, b2);
-            var w3 = Vector256.LoadUnsafe(ref wr, (nuint)(3 * wStride + i));
-            a3 = Fma.MultiplyAdd(x, w3, a3);
-            b3 = Fma.MultiplyAdd(y, w3, b3);
+            nuint o = R.ByteOffset(i);
+            var x = R.Load8(ref Unsafe.Add(ref row0, o), 0);
+            var y = R.Load8(ref Unsafe.Add(ref row1, o), 0);
+            var v = Vector256.LoadUnsafe(ref w0, i);
+            a0 = Fma.MultiplyAdd(x, v, a0);
+            b0 = Fma.MultiplyAdd(y, v, b0);
+            v = Vector256.LoadUnsafe(ref w1, i);
+            a1 = Fma.MultiplyAdd(x, v, a1);
+            b1 = Fma.MultiplyAdd(y, v, b1);
+            v = Vector256.LoadUnsafe(ref w2, i);
+            a2 = Fma.MultiplyAdd(x, v, a2);
+            b2 = Fma.MultiplyAdd(y, v, b2);
+            v = Vector256.LoadUnsafe(ref w3, i);
+            a3 = Fma.MultiplyAdd(x, v, a3);
+            b3 = Fma.MultiplyAdd(y, v, b3);
         }
         return (Reduce4(a0, a1, a2, a3), Reduce4(b0, b1, b2, b3));
-    }
-
-    /// <summary>
-    /// Four token rows into four accumulators acc[k·accStride ..], i &lt; n: for rows r = 0..3 in order,
-    /// acc_k = fma(x_r, a[4r + k], acc_k + b[4r + k]) — four <see cref="Axpy4Queries"/> calls (same operations in the
-    /// same order), with each accumulator chunk loaded and stored once per four rows instead of once per row.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy4Rows4Queries(bool simd, ref byte codes, int first, int stride, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> acc, int accStride, int n)
-    {
-        if (!Vectorizable(simd, first, stride | accStride, n))
-        {
-            for (int r = 0; r < 4; r++)
-                Axpy4Queries(simd, ref codes, first + r * stride, Vector128.Create(a.Slice(4 * r, 4)), Vector128.Create(b.Slice(4 * r, 4)), acc, accStride, n);
-            return;
-        }
-        _ = acc[3 * accStride + n - 1];
-        _ = a[15]; _ = b[15];
-        ref float ar = ref MemoryMarshal.GetReference(acc);
-        ref float ca = ref MemoryMarshal.GetReference(a);
-        ref float cb = ref MemoryMarshal.GetReference(b);
-        for (int i = 0; i < n; i += 8)
-        {
-            var y0 = Vector256.LoadUnsafe(ref ar, (nuint)i);
-            var y1 = Vector256.LoadUnsafe(ref ar, (nuint)(accStride + i));
-            var y2 = Vector256.LoadUnsafe(ref ar, (nuint)(2 * accStride + i));
-            var y3 = Vector256.LoadUnsafe(ref ar, (nuint)(3 * accStride + i));
-            for (int r = 0; r < 4; r++)
-            {
-                var x = R.Load8(ref codes, first + r * stride + i);
-                ref float rowA = ref Unsafe.Add(ref ca, 4 * r);
-                ref float rowB = ref Unsafe.Add(ref cb, 4 * r);
-                y0 = Fma.MultiplyAdd(x, Vector256.Create(rowA), Avx.Add(y0, Vector256.Create(rowB)));
-                y1 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 1)), Avx.Add(y1, Vector256.Create(Unsafe.Add(ref rowB, 1))));
-                y2 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 2)), Avx.Add(y2, Vector256.Create(Unsafe.Add(ref rowB, 2))));
-                y3 = Fma.MultiplyAdd(x, Vector256.Create(Unsafe.Add(ref rowA, 3)), Avx.Add(y3, Vector256.Create(Unsafe.Add(ref rowB, 3))));
-            }
-            y0.StoreUnsafe(ref ar, (nuint)i);
-            y1.StoreUnsafe(ref ar, (nuint)(accStride + i));
-            y2.StoreUnsafe(ref ar, (nuint)(2 * accStride + i));
-            y3.StoreUnsafe(ref ar, (nuint)(3 * accStride + i));
-        }
     }
 
     /// <summary>dst[i] = x[first + i] (widens stored parameters).</summary>
@@ -173,69 +138,6 @@ internal static class RowKernels<R> where R : struct, IElementReader
         if (simd && (first & 7) == 0)
             for (; i + 8 <= n; i += 8) R.Load8(ref codes, first + i).StoreUnsafe(ref dr, (nuint)i);
         for (; i < n; i++) Unsafe.Add(ref dr, i) = R.Load1(ref codes, first + i);
-    }
-
-    /// <summary>acc[i] += a · x[first + i] + b (computed as fma(x, a, acc + b)).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy(bool simd, ref byte codes, int first, float a, float b, Span<float> acc)
-    {
-        int n = acc.Length;
-        ref float ar = ref MemoryMarshal.GetReference(acc);
-        if (Vectorizable(simd, first, 0, n))
-        {
-            var va = Vector256.Create(a);
-            var vb = Vector256.Create(b);
-            for (int i = 0; i < n; i += 8)
-                Fma.MultiplyAdd(R.Load8(ref codes, first + i), va, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), vb)).StoreUnsafe(ref ar, (nuint)i);
-            return;
-        }
-        for (int i = 0; i < n; i++) Unsafe.Add(ref ar, i) = MathF.FusedMultiplyAdd(R.Load1(ref codes, first + i), a, Unsafe.Add(ref ar, i) + b);
-    }
-
-    /// <summary>Four token rows added in order: for k = 0..3, acc[i] = fma(x[first + k·stride + i], a[k], acc[i] + b[k]).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy4Rows(bool simd, ref byte codes, int first, int stride, Vector128<float> a, Vector128<float> b, Span<float> acc)
-    {
-        int n = acc.Length;
-        if (!Vectorizable(simd, first, stride, n))
-        {
-            for (int k = 0; k < 4; k++) Axpy(simd, ref codes, first + k * stride, a[k], b[k], acc);
-            return;
-        }
-        ref float ar = ref MemoryMarshal.GetReference(acc);
-        Vector256<float> a0 = Vector256.Create(a[0]), a1 = Vector256.Create(a[1]), a2 = Vector256.Create(a[2]), a3 = Vector256.Create(a[3]);
-        Vector256<float> b0 = Vector256.Create(b[0]), b1 = Vector256.Create(b[1]), b2 = Vector256.Create(b[2]), b3 = Vector256.Create(b[3]);
-        for (int i = 0; i < n; i += 8)
-        {
-            var y = Vector256.LoadUnsafe(ref ar, (nuint)i);
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + i), a0, Avx.Add(y, b0));
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + stride + i), a1, Avx.Add(y, b1));
-            y = Fma.MultiplyAdd(R.Load8(ref codes, first + 2 * stride + i), a2, Avx.Add(y, b2));
-            Fma.MultiplyAdd(R.Load8(ref codes, first + 3 * stride + i), a3, Avx.Add(y, b3)).StoreUnsafe(ref ar, (nuint)i);
-        }
-    }
-
-    /// <summary>One token row into four accumulators acc[k·stride ..]: acc[k·stride + i] = fma(x[first + i], a[k], acc[k·stride + i] + b[k]), i &lt; n.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Axpy4Queries(bool simd, ref byte codes, int first, Vector128<float> a, Vector128<float> b, Span<float> acc, int stride, int n)
-    {
-        if (!Vectorizable(simd, first, stride, n))
-        {
-            for (int k = 0; k < 4; k++) Axpy(simd, ref codes, first, a[k], b[k], acc.Slice(k * stride, n));
-            return;
-        }
-        _ = acc[3 * stride + n - 1];
-        ref float ar = ref MemoryMarshal.GetReference(acc);
-        Vector256<float> a0 = Vector256.Create(a[0]), a1 = Vector256.Create(a[1]), a2 = Vector256.Create(a[2]), a3 = Vector256.Create(a[3]);
-        Vector256<float> b0 = Vector256.Create(b[0]), b1 = Vector256.Create(b[1]), b2 = Vector256.Create(b[2]), b3 = Vector256.Create(b[3]);
-        for (int i = 0; i < n; i += 8)
-        {
-            var x = R.Load8(ref codes, first + i);
-            Fma.MultiplyAdd(x, a0, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)i), b0)).StoreUnsafe(ref ar, (nuint)i);
-            Fma.MultiplyAdd(x, a1, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(stride + i)), b1)).StoreUnsafe(ref ar, (nuint)(stride + i));
-            Fma.MultiplyAdd(x, a2, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(2 * stride + i)), b2)).StoreUnsafe(ref ar, (nuint)(2 * stride + i));
-            Fma.MultiplyAdd(x, a3, Avx.Add(Vector256.LoadUnsafe(ref ar, (nuint)(3 * stride + i)), b3)).StoreUnsafe(ref ar, (nuint)(3 * stride + i));
-        }
     }
 
     /// <summary>acc[i] = fma(fma(x[first + i], step[i], min[i]), w, acc[i]) (per-channel parameters).</summary>

@@ -1,5 +1,6 @@
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
+using KvSharp.Evaluation.Metrics;
 using KvSharp.Models;
 
 namespace KvSharp.Compression.Quantization;
@@ -15,7 +16,7 @@ public sealed class KvTunerProfiler : IDisposable
     private readonly Transformer _model;
     private readonly int[] _continuation;
     private readonly PagedKvCache _context;
-    private readonly float[][] _reference; // per continuation token: log-probabilities with the full-precision cache
+    private readonly float[] _reference; // logits [continuation × vocab] with the full-precision cache
 
     /// <summary>Prefills the context and computes the full-precision reference.</summary>
     /// <param name="model">The model.</param>
@@ -33,7 +34,7 @@ public sealed class KvTunerProfiler : IDisposable
         _continuation = tokens.Skip(contextTokens).ToArray();
         _context = new PagedKvCache(model.Config, new PagedKvCacheOptions { KeyFormat = KvFormat.F32, ValueFormat = KvFormat.F32, MaxTokens = tokens.Count });
         model.Forward(tokens.Take(contextTokens).ToArray(), _context);
-        _reference = LogProbabilities(Run(null));
+        _reference = Run(null);
     }
 
     /// <summary>Prefilled (quantized) tokens.</summary>
@@ -50,12 +51,12 @@ public sealed class KvTunerProfiler : IDisposable
     {
         ArgumentNullException.ThrowIfNull(pairs);
         if (pairs.Count != Layers) throw new ArgumentException($"{pairs.Count} pairs for {Layers} layers", nameof(pairs));
-        var q = LogProbabilities(Run(pairs));
+        var logits = Run(pairs);
+        int vocab = _model.Config.VocabSize;
         double kl = 0;
-        for (int t = 0; t < q.Length; t++)
-            for (int v = 0; v < q[t].Length; v++)
-                kl += Math.Exp(_reference[t][v]) * (_reference[t][v] - q[t][v]);
-        return kl / q.Length;
+        for (int t = 0; t < _continuation.Length; t++)
+            kl += LanguageModelMetrics.KlDivergence(_reference.AsSpan(t * vocab, vocab), logits.AsSpan(t * vocab, vocab));
+        return kl / _continuation.Length;
     }
 
     /// <summary>
@@ -95,28 +96,6 @@ public sealed class KvTunerProfiler : IDisposable
                 }
             }
         return _model.Forward(_continuation, fork, LogitsMode.All);
-    }
-
-    private float[][] LogProbabilities(float[] logits)
-    {
-        int vocab = _model.Config.VocabSize;
-        var result = new float[_continuation.Length][];
-        for (int t = 0; t < result.Length; t++)
-            result[t] = LogSoftmax(logits.AsSpan(t * vocab, vocab));
-        return result;
-    }
-
-    /// <summary>log softmax in float64, stored as float.</summary>
-    internal static float[] LogSoftmax(ReadOnlySpan<float> logits)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float x in logits) max = Math.Max(max, x);
-        double sum = 0;
-        foreach (float x in logits) sum += Math.Exp(x - max);
-        double lse = max + Math.Log(sum);
-        var r = new float[logits.Length];
-        for (int i = 0; i < r.Length; i++) r[i] = (float)(logits[i] - lse);
-        return r;
     }
 
     /// <inheritdoc />

@@ -8,18 +8,19 @@ namespace KvSharp.Compression.Quantization;
 /// tokens covering the first <see cref="HighMass"/> of the head's normalised attention mass are stored K8V4, those
 /// up to <see cref="LowMass"/> K4V2 (keys get more bits than values), and the least important rest is pruned. The
 /// thresholds act per head, so heads with concentrated attention keep few tokens and diffuse heads many. Text form
-/// <c>leankv(snapkv):high=0.9,low=0.99</c> (formats changeable with <c>important=int8:int4,less=int4:int2</c>).
+/// <c>leankv(snapkv):high=0.9,low=0.99</c> (formats changeable with <c>important=int8:int4,less=int4:int2</c>;
+/// <c>prune=false</c> stores the least important tokens in the less important tokens' formats instead of pruning them).
 /// </summary>
 public sealed class LeanKvPress : IKvPress
 {
     /// <summary>Creates the press.</summary>
     /// <exception cref="KvSharpException">Thresholds outside [0, 1] or out of order.</exception>
-    public LeanKvPress(IScorer scorer, double highMass, double lowMass, FormatPair important, FormatPair less)
+    public LeanKvPress(IScorer scorer, double highMass, double lowMass, FormatPair important, FormatPair less, bool prune = true)
     {
         ArgumentNullException.ThrowIfNull(scorer);
         if (!(highMass >= 0 && highMass <= lowMass && lowMass <= 1))
             throw new KvSharpException($"leankv: need 0 ≤ high ≤ low ≤ 1, got high={highMass}, low={lowMass}");
-        Scorer = scorer; HighMass = highMass; LowMass = lowMass; Important = important; Less = less;
+        Scorer = scorer; HighMass = highMass; LowMass = lowMass; Important = important; Less = less; Prune = prune;
     }
 
     /// <summary>Attention scorer (non-negative scores).</summary>
@@ -37,8 +38,15 @@ public sealed class LeanKvPress : IKvPress
     /// <summary>Formats of the less important tokens (default K4V2).</summary>
     public FormatPair Less { get; }
 
+    /// <summary>
+    /// Whether the tokens past <see cref="LowMass"/> are pruned (LeanKV); when false they are stored in <see cref="Less"/>'s
+    /// formats, so no token is lost. A mass threshold alone cannot turn pruning off: with <c>low=1</c> the tokens after
+    /// the cumulative mass rounds to 1 (zero-score tokens among them) would still be pruned.
+    /// </summary>
+    public bool Prune { get; }
+
     /// <inheritdoc />
-    public string Text => string.Create(CultureInfo.InvariantCulture, $"leankv({Scorer.Text}):high={HighMass},low={LowMass},important={Important},less={Less}");
+    public string Text => string.Create(CultureInfo.InvariantCulture, $"leankv({Scorer.Text}):high={HighMass},low={LowMass},important={Important},less={Less},prune={(Prune ? "true" : "false")}");
 
     /// <inheritdoc />
     public void Compress(PressContext context)
@@ -54,7 +62,8 @@ public sealed class LeanKvPress : IKvPress
                 var candidates = ZipVlPress.Candidates(context, all, l, h);
                 int first = all.Length - candidates.Length;
                 var tiers = new byte[all.Length]; // the protected prefix: tier 0
-                MassTiers.Classify(candidates, [HighMass, LowMass]).CopyTo(tiers, first);
+                // Without pruning, the least important tier joins the less important one (one re-encoding of one token set).
+                MassTiers.Classify(candidates, Prune ? [HighMass, LowMass] : [HighMass]).CopyTo(tiers, first);
                 PrecisionTiers.Apply(context, l, h, tiers, [Important, Less, null]);
             }
         }

@@ -32,8 +32,10 @@ public static class QuantizationPresses
             "snapkv", (a, s) => new ZipVlPress(s!, a.Double("tau", 0.95, 0, 1), Pair(a, "high", "int8"), Pair(a, "low", "int2"))),
         new(new("leankv", PressPartKind.Scorer, "LeanKV: per head, tokens reaching mass high at K8V4, up to mass low at K4V2, the rest pruned",
                 [new("high", "0.9", "mass of the important tokens"), new("low", "0.99", "mass of important + less important tokens; the rest is pruned"),
-                 new("important", "int8:int4", "format of important tokens"), new("less", "int4:int2", "format of less important tokens")], []),
-            "snapkv", (a, s) => new LeanKvPress(s!, a.Double("high", 0.9, 0, 1), a.Double("low", 0.99, 0, 1), Pair(a, "important", "int8:int4"), Pair(a, "less", "int4:int2"))),
+                 new("important", "int8:int4", "format of important tokens"), new("less", "int4:int2", "format of less important tokens"),
+                 new("prune", "true", "true: tokens past mass low are pruned; false: they are stored in the less important format")], []),
+            "snapkv", (a, s) => new LeanKvPress(s!, a.Double("high", 0.9, 0, 1), a.Double("low", 0.99, 0, 1), Pair(a, "important", "int8:int4"), Pair(a, "less", "int4:int2"),
+                a.Choice("prune", "true", "true", "false") == "true")),
         new(new("vidkv", PressPartKind.Scorer, "VidKV: keys 2-bit on the widest-range channels and 1-bit DFT signs along tokens on the others, values ternary per channel with each block's salient tokens at Int4",
                 [new("outliers", "0.5", "share of key channels per block at 2 bits, in [0, 1]"), new("salient", "2", "value tokens per block kept at Int4"),
                  new("residual", "0", "newest tokens left unquantized")], []),
@@ -67,16 +69,25 @@ public static class QuantizationPresses
         var args = new PressArguments(press, values);
         IScorer? scorer = null;
         if (inner != null && entry.DefaultScorer == null) throw args.Error($"{name} takes no scorer, got '({inner})'");
-        if (entry.DefaultScorer != null)
-        {
-            var ranking = PressRegistry.Parse(inner is { Length: > 0 } ? inner : entry.DefaultScorer);
-            scorer = ranking is ScoredPress { Budget: Budgets.UniformBudget } sp && !(inner ?? "").Contains('+') && !(inner ?? "").Contains("keep")
-                ? sp.Scorer
-                : throw args.Error($"{name}(…) takes one scorer with its own parameters (e.g. {name}(snapkv:window=16)), got '{inner}'");
-        }
+        if (entry.DefaultScorer != null) scorer = ScorerOf(args, name, inner is { Length: > 0 } ? inner : entry.DefaultScorer);
         var built = entry.Create(args, scorer);
         args.CheckAllUsed(entry.Description.Parameters.Select(p => p.Name));
         return built;
+    }
+
+    /// <summary>
+    /// The scorer of <paramref name="text"/>, one registered scorer with its own parameters. Its default budget (KVzip's
+    /// global one, SnapKV's uniform one) is dropped: the quantizer's tiers decide what each token becomes, so a budget
+    /// written inside the parentheses would be silently ignored and is refused instead.
+    /// </summary>
+    private static IScorer ScorerOf(PressArguments args, string name, string text)
+    {
+        int colon = text.IndexOf(':');
+        bool budgetGiven = text.Contains('+') || text.Contains('(')
+            || PressRegistry.ParseParameters(text, colon < 0 ? null : text[(colon + 1)..]).Any(p => PressRegistry.BudgetParameters.Any(b => b.Name == p.Name));
+        return !budgetGiven && PressRegistry.Parse(text) is ScoredPress ranking
+            ? ranking.Scorer
+            : throw args.Error($"{name}(…) takes one scorer with its own parameters and no budget (e.g. {name}(snapkv:window=16), {name}(kvzip)), got '{text}'");
     }
 
     private static FormatPair Pair(PressArguments args, string name, string fallback)

@@ -8,10 +8,10 @@ namespace KvSharp.Compression.Sharing;
 /// <summary>
 /// KVSharer's calibration on a model (<c>kvsharp calibrate kvsharer</c>): each layer's averaged cache is the mean over
 /// every calibration token of its keys (after RoPE) and values, concatenated [K̄; V̄]; the similarity of a set of
-/// shares is the mean, over every calibration position, of the cosine similarity between the centred logits of the
-/// model run with those layers sharing from the first token and the centred logits of the unshared model (centring
-/// removes the softmax-irrelevant shift, so it compares what the two outputs predict). <see cref="KvSharerSearch"/>
-/// then picks the shares.
+/// shares is, as the paper's acceptance test, the mean over every calibration position of the cosine similarity
+/// between the last hidden state (the final RMSNorm's output, which the LM head multiplies) of the model run with those
+/// layers sharing from the first token and that of the unshared model. <see cref="KvSharerSearch"/> then picks the
+/// shares.
 /// </summary>
 public sealed class KvSharerCalibration
 {
@@ -19,7 +19,7 @@ public sealed class KvSharerCalibration
     private readonly IReadOnlyList<int[]> _windows;
     private readonly float[][] _reference;
 
-    /// <summary>Runs the unshared model over <paramref name="windows"/> once (layer means and reference logits).</summary>
+    /// <summary>Runs the unshared model over <paramref name="windows"/> once (layer means and reference hidden states).</summary>
     /// <exception cref="KvSharpException">No window, or an empty one.</exception>
     public KvSharerCalibration(Transformer model, IReadOnlyList<int[]> windows)
     {
@@ -47,7 +47,7 @@ public sealed class KvSharerCalibration
                         for (int i = 0; i < row; i++) { s[i] += keys[t * row + i]; s[row + i] += values[t * row + i]; }
                 },
             };
-            _reference[w] = model.Forward(windows[w], observer, LogitsMode.All);
+            _reference[w] = model.ForwardHidden(windows[w], observer);
             tokens += windows[w].Length;
         }
         LayerMeans = sums.Select(s => s.Select(x => x / tokens).ToArray()).ToArray();
@@ -56,47 +56,50 @@ public sealed class KvSharerCalibration
     /// <summary>Each layer's averaged cache [K̄; V̄] over the calibration tokens.</summary>
     public IReadOnlyList<double[]> LayerMeans { get; }
 
-    /// <summary>Mean centred-logit cosine similarity of the model with <paramref name="shares"/> to the unshared model.</summary>
+    /// <summary>
+    /// Mean, over every calibration position, of the cosine similarity of the last hidden state of the model with
+    /// <paramref name="shares"/> to the unshared model's.
+    /// </summary>
     public double Similarity(IReadOnlyList<LayerShare> shares)
     {
         ArgumentNullException.ThrowIfNull(shares);
-        int vocab = _model.Config.VocabSize;
+        int hidden = _model.Config.HiddenSize;
         double sum = 0;
         long count = 0;
         for (int w = 0; w < _windows.Count; w++)
         {
-            var logits = SharedLogits(_windows[w], shares);
+            var states = SharedHidden(_windows[w], shares);
             for (int t = 0; t < _windows[w].Length; t++, count++)
-                sum += CentredCosine(_reference[w].AsSpan(t * vocab, vocab), logits.AsSpan(t * vocab, vocab));
+                sum += Cosine(_reference[w].AsSpan(t * hidden, hidden), states.AsSpan(t * hidden, hidden));
         }
         return sum / count;
     }
 
-    /// <summary>Logits [tokens × vocab] of the model run with <paramref name="shares"/> applied from the first token.</summary>
-    public float[] SharedLogits(int[] tokens, IReadOnlyList<LayerShare> shares)
+    /// <summary>
+    /// Last hidden states [tokens × hiddenSize] (final-norm output) of the model run with <paramref name="shares"/>
+    /// applied from the first token.
+    /// </summary>
+    public float[] SharedHidden(int[] tokens, IReadOnlyList<LayerShare> shares)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(shares);
         using var cache = NewCache(tokens.Length);
         foreach (var s in shares) cache.ShareLayer(s.Layer, s.Source);
-        return _model.Forward(tokens, cache, LogitsMode.All);
+        return _model.ForwardHidden(tokens, cache);
     }
 
     /// <summary>Runs <see cref="KvSharerSearch"/> over this model.</summary>
     public KvSharerSearchResult Search(double threshold, int maxShared, IProgress<double>? progress = null) =>
         KvSharerSearch.Run(LayerMeans, Similarity, threshold, maxShared, progress);
 
-    /// <summary>cos(a − mean a, b − mean b) in float64.</summary>
-    public static double CentredCosine(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    /// <summary>cos(a, b) in float64; two zero vectors are identical (1), one zero vector is unrelated (0).</summary>
+    public static double Cosine(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
-        double ma = 0, mb = 0;
-        for (int i = 0; i < a.Length; i++) { ma += a[i]; mb += b[i]; }
-        ma /= a.Length;
-        mb /= b.Length;
+        if (a.Length != b.Length) throw new ArgumentException($"vectors of {a.Length} and {b.Length} elements");
         double ab = 0, aa = 0, bb = 0;
         for (int i = 0; i < a.Length; i++)
         {
-            double x = a[i] - ma, y = b[i] - mb;
+            double x = a[i], y = b[i];
             ab += x * y; aa += x * x; bb += y * y;
         }
         return aa == 0 || bb == 0 ? (aa == bb ? 1 : 0) : ab / Math.Sqrt(aa * bb);

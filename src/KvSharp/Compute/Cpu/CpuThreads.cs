@@ -106,11 +106,16 @@ public static unsafe class CpuThreads
         private int _generation;
         private int _sleepers;
         private volatile bool _disposed;
-        // The current job; written before _generation is bumped and read after seeing the bump.
+        // The current job: body and context are written before the job is published through _claim, and read only after
+        // a successful claim of one of its chunks (the job cannot end, so they cannot change, while a chunk is unfinished).
         private delegate*<void*, int, void> _body;
         private void* _ctx;
-        private int _chunks;
-        private int _next;
+        // The job's chunk count (high 32 bits) and next unclaimed chunk (low 32 bits) in one word, so a claim checks the
+        // bound and takes the chunk in one atomic step. With the two apart, a worker that took index i after the previous
+        // job's last chunk and was preempted before reading the count could see the next job's larger count and run chunk
+        // i of that job a second time; the duplicate let the caller count the job done while a chunk still ran, on a Job
+        // that lived on the caller's returned stack frame (garbage pointers and SIMD level: the crash seen on a 16-core host).
+        private long _claim;
         private int _done;
         private Exception? _error;
 
@@ -129,18 +134,18 @@ public static unsafe class CpuThreads
             if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0) return false;
             try
             {
-                // Order matters: a late worker from the previous job may still be incrementing _next,
-                // so everything it reads after a successful claim must already describe this job.
+                // The previous job's claim word is exhausted (every chunk taken), so no worker can claim anything until
+                // the exchange below publishes this job, and everything a claimant reads is written before it.
                 _done = 0; _error = null; _body = body; _ctx = ctx;
-                Volatile.Write(ref _chunks, chunks);
-                Volatile.Write(ref _next, 0);
+                Interlocked.Exchange(ref _claim, (long)chunks << 32);
                 Interlocked.Increment(ref _generation);
                 if (Volatile.Read(ref _sleepers) > 0)
                     lock (_sleepLock) Monitor.PulseAll(_sleepLock);
                 Work();
                 var spin = new SpinWait();
                 while (Volatile.Read(ref _done) < chunks) spin.SpinOnce(-1);
-                if (_error != null) throw new AggregateException("a kernel worker failed", _error);
+                // Rethrown as it was thrown (type and stack), as if the chunk had run on the caller.
+                if (_error != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_error);
                 return true;
             }
             finally
@@ -153,10 +158,14 @@ public static unsafe class CpuThreads
         {
             while (true)
             {
-                int i = Interlocked.Increment(ref _next) - 1;
-                if (i >= Volatile.Read(ref _chunks)) return;
+                long claim = Volatile.Read(ref _claim);
+                int chunks = (int)(claim >> 32), i = (int)claim;
+                if (i >= chunks) return;
+                if (Interlocked.CompareExchange(ref _claim, claim + 1, claim) != claim) continue;
+                // Any exception (a bad tensor, a bug in a kernel) is handed to the caller, which rethrows it: one escaping
+                // a worker thread would end the process.
                 try { _body(_ctx, i); }
-                catch (Exception e) { _error = e; }
+                catch (Exception e) { Interlocked.CompareExchange(ref _error, e, null); }
                 Interlocked.Increment(ref _done);
             }
         }
@@ -185,8 +194,7 @@ public static unsafe class CpuThreads
                 }
                 if (_disposed) return;
                 seen = Volatile.Read(ref _generation);
-                // A job is in flight until every chunk is done, so its fields are stable here.
-                if (Volatile.Read(ref _next) < _chunks) Work();
+                Work();
             }
         }
 

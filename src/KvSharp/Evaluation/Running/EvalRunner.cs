@@ -102,20 +102,9 @@ public sealed class EvalRunner
             bool? agrees = query.BaselineAnswer is { } b ? BaselineComparison.Agrees(result.Text, b) : null;
             outcomes.Add(new QueryOutcome(result.Text, score, query.Outputs, query.BaselineAnswer, agrees, rouge));
         }
-        return new SampleOutcome
-        {
-            Task = sample.Task,
-            Id = sample.Id,
-            ContextTokens = contextIds.Length,
-            KvBytesBefore = before,
-            KvBytesAfter = after,
-            PeakKvBytes = peak,
-            PrefillSeconds = prefill,
-            CompressSeconds = compress,
-            DecodeSeconds = sw.Elapsed.TotalSeconds,
-            Queries = outcomes,
-            Score = outcomes.Average(o => o.Score),
-        };
+        return Outcome(sample, contextIds.Length, (before, after, peak), (prefill, compress, sw.Elapsed.TotalSeconds),
+            outcomes.Average(o => o.Score)) with
+        { Queries = outcomes };
     }
 
     /// <summary>
@@ -193,19 +182,22 @@ public sealed class EvalRunner
         long peak = Math.Max(before, cache.ByteCount);
 
         var quality = LanguageModelMetrics.Compare(referenceLogits, logits, rest, vocab);
-        return new SampleOutcome
+        return Outcome(sample, head.Length, (before, after, peak), (prefill, compress, decode), quality.Top1Agreement) with { Quality = quality };
+    }
+
+    /// <summary>What both kinds of sample measure: its sizes, bytes, times and score.</summary>
+    private static SampleOutcome Outcome(EvalSample sample, int contextTokens, (long Before, long After, long Peak) bytes,
+        (double Prefill, double Compress, double Decode) seconds, double score) => new()
         {
             Task = sample.Task,
             Id = sample.Id,
-            ContextTokens = head.Length,
-            KvBytesBefore = before,
-            KvBytesAfter = after,
-            PeakKvBytes = peak,
-            PrefillSeconds = prefill,
-            CompressSeconds = compress,
-            DecodeSeconds = decode,
-            Score = quality.Top1Agreement,
-            Quality = quality,
+            ContextTokens = contextTokens,
+            KvBytesBefore = bytes.Before,
+            KvBytesAfter = bytes.After,
+            PeakKvBytes = bytes.Peak,
+            PrefillSeconds = seconds.Prefill,
+            CompressSeconds = seconds.Compress,
+            DecodeSeconds = seconds.Decode,
+            Score = score,
         };
-    }
 }

@@ -252,12 +252,4 @@ public class BlockAttentionTests
         Assert.Throws<ArgumentOutOfRangeException>(() => BlockAttention.Scores(layout, block, 33, new float[64], new float[33]));
         Assert.Throws<ArgumentException>(() => BlockAttention.AccumulateValues(layout, block, 32, new float[32], new float[32]));
     }
-
-    /// <summary>Turns the AVX2 kernels off on this thread for the scope.</summary>
-    private sealed class ScalarScope : IDisposable
-    {
-        private readonly bool _previous = Simd.ScalarOnly;
-        public ScalarScope(bool scalar) => Simd.ScalarOnly = scalar;
-        public void Dispose() => Simd.ScalarOnly = _previous;
-    }
 }

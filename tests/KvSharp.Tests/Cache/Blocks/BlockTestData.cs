@@ -78,3 +78,11 @@ internal static class BlockTestData
         }
     }
 }
+
+/// <summary>Forces the scalar kernel fallbacks on this thread while alive (tests of the portable path).</summary>
+internal sealed class ScalarScope : IDisposable
+{
+    private readonly bool _previous = Simd.ScalarOnly;
+    public ScalarScope(bool scalar) => Simd.ScalarOnly = scalar;
+    public void Dispose() => Simd.ScalarOnly = _previous;
+}

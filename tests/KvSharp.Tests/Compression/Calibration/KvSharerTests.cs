@@ -3,6 +3,7 @@ using KvSharp.Cache.Paged;
 using KvSharp.Compression;
 using KvSharp.Compression.Registry;
 using KvSharp.Compression.Sharing;
+using KvSharp.Formats;
 using KvSharp.Models;
 using KvSharp.Tests.Reference;
 
@@ -105,20 +106,66 @@ public class KvSharerTests
     }
 
     [Fact]
-    public void Calibration_SharedRunMatchesTheFloat64OracleReadingTheSourceLayer()
+    public void Calibration_SharedHiddenStatesAndTheirCosineMatchTheFloat64Oracle()
     {
         using var p = new Prefilled(16);
         var calibration = new KvSharerCalibration(p.Engine, [p.Tokens]);
-        var shared = calibration.SharedLogits(p.Tokens, [new LayerShare(1, 0)]);
-        var oracle = new ReferenceTransformer(p.Model.Config, ReferenceWeights.FromDictionary(p.Model.Tensors)) { KvSourceLayers = new Dictionary<int, int> { [1] = 0 } }.Forward(p.Tokens);
-        int vocab = p.Model.Config.VocabSize;
+        var shares = new Dictionary<int, int> { [1] = 0 };
+        var weights = ReferenceWeights.FromDictionary(p.Model.Tensors);
+        var unshared = new ReferenceTransformer(p.Model.Config, weights).FinalHidden(p.Tokens);
+        var oracle = new ReferenceTransformer(p.Model.Config, weights) { KvSourceLayers = shares }.FinalHidden(p.Tokens);
+        var shared = calibration.SharedHidden(p.Tokens, [new LayerShare(1, 0)]);
+        int hidden = p.Model.Config.HiddenSize;
+        Assert.Equal(p.Tokens.Length * hidden, shared.Length);
         for (int t = 0; t < p.Tokens.Length; t++)
-            for (int v = 0; v < vocab; v++)
-                Assert.True(Math.Abs(oracle[t][v] - shared[t * vocab + v]) < 1e-3, $"position {t} token {v}: {oracle[t][v]} vs {shared[t * vocab + v]}");
-        // No share: the similarity to the unshared model is exactly 1; the share changes the output.
+            for (int i = 0; i < hidden; i++)
+                Assert.True(Math.Abs(oracle[t][i] - shared[t * hidden + i]) < 1e-4, $"position {t} element {i}: {oracle[t][i]} vs {shared[t * hidden + i]}");
+        // The acceptance score: per-position cosine of the final hidden states, averaged, all in float64.
+        double expected = Enumerable.Range(0, p.Tokens.Length).Average(t => Cosine(unshared[t], oracle[t]));
+        Assert.Equal(expected, calibration.Similarity([new LayerShare(1, 0)]), 5);
+        Assert.True(expected < 1 - 1e-4, $"the share must change the output (cosine {expected})");
         Assert.Equal(1, calibration.Similarity([]), 9);
-        Assert.True(calibration.Similarity([new LayerShare(1, 0)]) < 1 - 1e-6);
-        // The layer means are the mean appended key and value rows.
         Assert.Equal(2 * p.Model.Config.NumKvHeads * p.Model.Config.HeadDim, calibration.LayerMeans[0].Length);
+    }
+
+    [Fact]
+    public void Cosine_IsTheFloat64CosineOfTheVectors()
+    {
+        float[] a = [3, 4, 0], b = [4, 3, 5];
+        Assert.Equal(24 / (5 * Math.Sqrt(50)), KvSharerCalibration.Cosine(a, b), 12); // a·b = 24, |a| = 5, |b| = √50
+        Assert.Equal(-1, KvSharerCalibration.Cosine(a, [-6, -8, 0]), 12);
+        Assert.Equal(1, KvSharerCalibration.Cosine([0, 0], [0, 0]));
+        Assert.Equal(0, KvSharerCalibration.Cosine([0, 0], [1, 0]));
+    }
+
+    [Fact]
+    public unsafe void Search_OnAModelWhoseLastLayerIgnoresItsAttention_SharesExactlyThatLayer()
+    {
+        // Four layers; the last one's attention output projection is zero, so what its attention reads cannot change
+        // the output: any share 3 <- j leaves the final hidden states as they are (cosine 1), any other share
+        // changes them. The greedy search must keep the first pair it tries for layer 3 and reject every other.
+        var config = ReferenceModels.RandomConfig("gqa2-halfsplit-tied") with { NumLayers = 4 };
+        using var model = ReferenceModels.CreateRandom(config, 3);
+        var output = model.Weights.Require(TensorNames.Layer(3, TensorNames.Suffix.AttnOutput));
+        Assert.Equal(GgmlType.F32, output.Type);
+        new Span<byte>(output.Data, checked((int)output.ByteLength)).Clear();
+        var calibration = new KvSharerCalibration(new Transformer(model.Weights), [ReferenceModels.RandomTokens(24, config.VocabSize, seed: 4)]);
+        var result = calibration.Search(threshold: 0.999, maxShared: 3);
+        Assert.Equal(3, Assert.Single(result.Shares).Layer);
+        foreach (var trial in result.Trials)
+        {
+            bool ignored = trial.Share.Layer == 3;
+            Assert.Equal(ignored, trial.Accepted);
+            if (ignored) Assert.Equal(1, trial.Similarity, 6);
+            else Assert.True(trial.Similarity < 0.999, $"{trial.Share}: {trial.Similarity}");
+        }
+        Assert.Contains(result.Trials, t => !t.Accepted);
+    }
+
+    private static double Cosine(double[] a, double[] b)
+    {
+        double ab = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++) { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i]; }
+        return ab / Math.Sqrt(aa * bb);
     }
 }

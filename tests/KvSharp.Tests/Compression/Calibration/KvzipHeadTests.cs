@@ -101,7 +101,7 @@ public class KvzipHeadTests
     [Fact]
     public void Calibration_ScoresAreTheMeanOverWindowsOfEachHeadsMaxPairScore_AsAFloat64Oracle()
     {
-        using var m = new CalibrationTestModel();
+        using var m = new TinyAttentionModel();
         const int sinks = 2;
         int[][] windows = [ReferenceModels.RandomTokens(20, m.Config.VocabSize, seed: 3), ReferenceModels.RandomTokens(16, m.Config.VocabSize, seed: 4)];
         var profile = new KvzipHeadCalibration(sinks).Run(m.Engine, m.Tokenizer, null, windows);

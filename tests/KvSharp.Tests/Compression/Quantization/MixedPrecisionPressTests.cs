@@ -107,4 +107,39 @@ public class MixedPrecisionPressTests
                 }
         }
     }
+
+    /// <summary>prune=false: every token stays; the tokens LeanKV would prune are stored like the less important ones.</summary>
+    [Fact]
+    public void LeanKvWithoutPruningKeepsEveryTokenAtTheLessImportantFormat()
+    {
+        using var data = new SyntheticCache(Tokens, KvFormat.F32);
+        var cache = data.Cache;
+        int d = cache.HeadDim;
+        var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
+        var scores = new RandomScorer(9).Score(data.Context());
+        PressRegistry.Parse("leankv(random:seed=9):high=0.5,low=0.8,important=f32,less=int2,prune=false").Compress(data.Context());
+        for (int i = 0; i < before.Length; i++)
+        {
+            var s = scores[i].Select(x => (double)x).ToArray();
+            double total = s.Sum(), cumulative = 0;
+            var exact = new bool[Tokens];
+            foreach (int t in Enumerable.Range(0, Tokens).OrderByDescending(t => s[t]))
+            {
+                exact[t] = cumulative / total < 0.5;
+                cumulative += s[t];
+            }
+            int layer = i / cache.KvHeads, head = i % cache.KvHeads;
+            Assert.Equal(Enumerable.Range(0, Tokens), cache.Positions(layer, head));
+            var (k0, v0) = before[i];
+            var (k, v) = cache.Read(layer, head);
+            var vRef = QuantReference.PerToken(v0, Tokens, d, d, 2);
+            Assert.Contains(exact, e => !e); // some tokens past mass 0.8 would have been pruned: here they are Int2
+            for (int t = 0; t < Tokens; t++)
+                for (int c = 0; c < d; c++)
+                {
+                    if (exact[t]) Assert.Equal(k0[t * d + c], k[t * d + c]);
+                    QuantReference.Near(exact[t] ? v0[t * d + c] : vRef[t * d + c], v[t * d + c], $"head {i} token {t} value {c}");
+                }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 using KvSharp.Compression.Presses;
 using KvSharp.Compression.Quantization;
 using KvSharp.Compression.Registry;
+using KvSharp.Compression.Scorers;
 
 namespace KvSharp.Tests.Compression.Quantization;
 
@@ -14,7 +15,11 @@ public class QuantizationRegistryTests
     [InlineData("mikv(snapkv:window=16):high=f16,low=int4:int2", "mikv(snapkv:window=16,kernel=7,pool=avg):high=f16,low=int4:int2,top=0.2,keys=token,qwindow=64")]
     [InlineData("mikv:keys=channel,qwindow=8", "mikv(h2o:window=32,chunk=64):high=int8,low=int2,top=0.2,keys=channel")]
     [InlineData("zipvl(tova):tau=0.9", "zipvl(tova):tau=0.9,high=int8,low=int2")]
-    [InlineData("leankv(tova)", "leankv(tova):high=0.9,low=0.99,important=int8:int4,less=int4:int2")]
+    [InlineData("leankv(tova)", "leankv(tova):high=0.9,low=0.99,important=int8:int4,less=int4:int2,prune=true")]
+    [InlineData("leankv:prune=false", "leankv(snapkv:window=32,kernel=7,pool=avg):high=0.9,low=0.99,important=int8:int4,less=int4:int2,prune=false")]
+    [InlineData("mikv(kvzip)", "mikv(kvzip:chunk=2000):high=int8,low=int2,top=0.2,keys=token,qwindow=64")]
+    [InlineData("zipvl(kvzip:plus=true)", "zipvl(kvzip:chunk=2000,plus=true):tau=0.95,high=int8,low=int2")]
+    [InlineData("leankv(kvzip:chunk=500)", "leankv(kvzip:chunk=500):high=0.9,low=0.99,important=int8:int4,less=int4:int2,prune=true")]
     [InlineData("vidkv", "vidkv:outliers=0.5,salient=2,residual=0")]
     [InlineData("vidkv:outliers=0.25,salient=0,residual=32", "vidkv:outliers=0.25,salient=0,residual=32")]
     [InlineData("keynorm:keep=0.5 + kivi:bits=4", "keynorm+uniform:keep=0.5 + kivi:bits=4,group=32,residual=128")]
@@ -24,6 +29,24 @@ public class QuantizationRegistryTests
         var press = PressRegistry.Parse(text);
         Assert.Equal(canonical, press.Text);
         Assert.Equal(canonical, PressRegistry.Parse(press.Text).Text);
+    }
+
+    /// <summary>KVzip's default budget is global; inside a quantizer only its scorer is used (the tiers decide).</summary>
+    [Theory]
+    [InlineData("mikv(kvzip)")]
+    [InlineData("zipvl(kvzip)")]
+    [InlineData("leankv(kvzip)")]
+    public void QuantizersTakeKvzipScores(string text)
+    {
+        var press = PressRegistry.Parse(text);
+        var scorer = press switch
+        {
+            MiKvPress m => m.Scorer,
+            ZipVlPress z => z.Scorer,
+            LeanKvPress l => l.Scorer,
+            _ => throw new Xunit.Sdk.XunitException($"{text} built {press.GetType().Name}"),
+        };
+        Assert.IsType<KvzipScorer>(scorer);
     }
 
     [Fact]
@@ -44,6 +67,10 @@ public class QuantizationRegistryTests
     [InlineData("kvtuner:file=/nonexistent/k.json", "/nonexistent/k.json", "not found")]
     [InlineData("mikv:high=int7", "high=int7", "unknown KV format")]
     [InlineData("mikv(snapkv+pyramid)", "takes one scorer")]
+    [InlineData("mikv(kvzip:keep=0.3)", "no budget", "kvzip:keep=0.3")]
+    [InlineData("zipvl(kvzip:level=pair-uniform)", "no budget")]
+    [InlineData("leankv(adakv(snapkv))", "no budget")]
+    [InlineData("leankv:prune=maybe", "prune=maybe")]
     [InlineData("mikv(nosuch)", "unknown method 'nosuch'")]
     [InlineData("leankv:high=0.99,low=0.9", "high=0.99", "low=0.9")]
     [InlineData("kivi + pyramid", "'pyramid' needs a scorer")]

@@ -2,12 +2,15 @@ using KvSharp.Models;
 using KvSharp.Tests.Reference;
 using KvSharp.Tokenization;
 
-namespace KvSharp.Tests.Compression.Calibration;
+namespace KvSharp.Tests.Compression;
 
-/// <summary>A tiny random model, its float64 oracle's attention weights, and a character tokenizer for prompts.</summary>
-internal sealed class CalibrationTestModel : IDisposable
+/// <summary>
+/// A tiny random model, its float64 oracle's attention weights, and a character tokenizer for prompts: what the
+/// attention-scorer and calibration tests check the engine against.
+/// </summary>
+internal sealed class TinyAttentionModel : IDisposable
 {
-    public CalibrationTestModel(string config = "gqa2-halfsplit-tied", int seed = 5)
+    public TinyAttentionModel(string config = "gqa2-halfsplit-tied", int seed = 5)
     {
         Model = ReferenceModels.CreateRandom(ReferenceModels.RandomConfig(config), seed);
         Engine = new Transformer(Model.Weights);

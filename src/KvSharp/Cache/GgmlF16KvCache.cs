@@ -1,0 +1,109 @@
+using System.Numerics.Tensors;
+using KvSharp.Compute.Cpu;
+
+namespace KvSharp.Cache;
+
+/// <summary>
+/// llama.cpp's default CPU KV cache: keys (after RoPE) and values stored as f16, attended with ggml's one-chunk flash
+/// attention and its f16 value accumulator (<see cref="GgmlFlashAttention"/>). The cache of
+/// <see cref="CpuNumerics.LlamaCpp"/>; with ggml-order projections it gives llama.cpp's logits bit for bit.
+/// </summary>
+public sealed class GgmlF16KvCache : IKvCache
+{
+    private readonly int _layers, _kvHeads, _heads, _headDim, _maxTokens;
+    private readonly Half[][] _keys, _values; // [layer * kvHeads + head] -> [capacity * headDim]
+    private readonly int[] _layerLength;
+    private readonly float _scale;
+
+    /// <summary>An empty cache shaped for <paramref name="config"/>, holding at most <paramref name="maxTokens"/>.</summary>
+    public GgmlF16KvCache(Models.ModelConfig config, int maxTokens)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        _layers = config.NumLayers; _heads = config.NumHeads; _kvHeads = config.NumKvHeads; _headDim = config.HeadDim;
+        if (_heads % _kvHeads != 0) throw new ArgumentException($"{_heads} heads not a multiple of {_kvHeads} KV heads", nameof(config));
+        _maxTokens = maxTokens;
+        _keys = new Half[_layers * _kvHeads][];
+        _values = new Half[_layers * _kvHeads][];
+        for (int i = 0; i < _keys.Length; i++) { _keys[i] = []; _values[i] = []; }
+        _layerLength = new int[_layers];
+        _scale = 1.0f / MathF.Sqrt(_headDim);
+    }
+
+    /// <inheritdoc />
+    public int Length => _layerLength[_layers - 1];
+
+    /// <inheritdoc />
+    public long ByteCount
+    {
+        get
+        {
+            long n = 0;
+            for (int l = 0; l < _layers; l++) n += 2L * _layerLength[l] * _kvHeads * _headDim * 2;
+            return n;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
+    {
+        int start = _layerLength[layer];
+        if (start + count > _maxTokens)
+            throw new KvSharpException($"the context holds at most {_maxTokens} tokens; appending {count} to {start} would exceed it");
+        int row = _kvHeads * _headDim;
+        for (int g = 0; g < _kvHeads; g++)
+        {
+            int slot = layer * _kvHeads + g;
+            EnsureCapacity(slot, start + count);
+            // Rounded to nearest even, as ggml's SET_ROWS into an F16 tensor.
+            for (int t = 0; t < count; t++)
+            {
+                TensorPrimitives.ConvertToHalf(keys.Slice(t * row + g * _headDim, _headDim), _keys[slot].AsSpan((start + t) * _headDim, _headDim));
+                TensorPrimitives.ConvertToHalf(values.Slice(t * row + g * _headDim, _headDim), _values[slot].AsSpan((start + t) * _headDim, _headDim));
+            }
+        }
+        _layerLength[layer] = start + count;
+    }
+
+    private void EnsureCapacity(int slot, int tokens)
+    {
+        int need = tokens * _headDim;
+        if (_keys[slot].Length >= need) return;
+        int cap = Math.Max(need, Math.Min(_maxTokens * _headDim, Math.Max(64 * _headDim, _keys[slot].Length * 2)));
+        Array.Resize(ref _keys[slot], cap);
+        Array.Resize(ref _values[slot], cap);
+    }
+
+    /// <inheritdoc />
+    public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
+    {
+        int length = _layerLength[layer];
+        if (firstPosition + count > length)
+            throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        var q = queries[..(count * qRow)].ToArray();
+        var o = new float[count * qRow];
+        // One job per (query row, head); each is computed alone, so the split does not change any rounding.
+        long work = (long)count * _heads * hd * (firstPosition + count);
+        CpuThreads.For(count * _heads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        {
+            Span<float> scratch = stackalloc float[3 * hd];
+            for (int job = start; job < end; job++)
+            {
+                int t = job / _heads, h = job % _heads, slot = layer * _kvHeads + h / group;
+                GgmlFlashAttention.OneChunk(q.AsSpan(t * qRow + h * hd, hd), _keys[slot], _values[slot], firstPosition + t + 1,
+                    _scale, scratch, o.AsSpan(t * qRow + h * hd, hd));
+            }
+        });
+        o.CopyTo(output);
+    }
+
+    /// <inheritdoc />
+    public void Truncate(int length)
+    {
+        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
+        for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() { }
+}

@@ -1,0 +1,106 @@
+using KvSharp.Compute.Cpu;
+using KvSharp.Generation;
+using KvSharp.Tests.Reference;
+
+namespace KvSharp.Tests.Compute;
+
+/// <summary>
+/// The pieces of <see cref="CpuNumerics.LlamaCpp"/> against hand-computed values, exact conversions and documented bounds
+/// (the whole mode is checked against llama.cpp's recorded logits in Models/EngineExactnessTests).
+/// </summary>
+public sealed class GgmlNumericsTests
+{
+    /// <summary>The bit-level f16 rounding equals .NET's (float)(Half)x: every 4099th float bit pattern, and every tie.</summary>
+    [Fact]
+    public void RoundToHalf_EqualsHalfConversion()
+    {
+        for (ulong b = 0; b <= uint.MaxValue; b += 4099) Check((uint)b);
+        // Ties: exactly halfway between two f16 values in the normal range (bit 12 set, bits 0..11 clear).
+        for (uint e = 0x38800000u; e < 0x47800000u; e += 0x00800000u)
+            for (uint m = 0; m < 0x800000u; m += 0x2000u)
+            {
+                Check(e | m | 0x1000u);
+                Check(0x80000000u | e | m | 0x1000u);
+            }
+
+        static void Check(uint bits)
+        {
+            float x = BitConverter.UInt32BitsToSingle(bits);
+            float expected = (float)(Half)x, actual = GgmlElementwise.RoundToHalf(x);
+            if (BitConverter.SingleToUInt32Bits(expected) != BitConverter.SingleToUInt32Bits(actual))
+                Assert.Fail($"0x{bits:x8} ({x:R}): {actual:R}, expected {expected:R}");
+        }
+    }
+
+    /// <summary>ggml_v_expf's documented bound: at most 1.45 + 0.5 ulp from e^x, here over [−80, 80].</summary>
+    [Fact]
+    public void VectorExp_IsWithinItsDocumentedUlpBound()
+    {
+        for (float x = -80; x <= 80; x += 0.0137f)
+        {
+            double exact = Math.Exp(x);
+            double ulp = MathF.BitIncrement((float)exact) - (float)exact;
+            Assert.True(Math.Abs(GgmlElementwise.VectorExp(x) - exact) <= 1.96 * ulp, $"x = {x:R}: {GgmlElementwise.VectorExp(x):R} vs {exact:R}");
+        }
+        Assert.Equal(1f, GgmlElementwise.VectorExp(0f));
+    }
+
+    /// <summary>
+    /// The kernels' summation orders, told apart by cancellation: 2^24 + 1 − 2^24 is 0 or 1 depending on what meets first.
+    /// tinyBLAS keeps column l in lane l mod 8 and adds lanes (t, t+4), then (0+2) + (1+3); ggml_vec_dot_f32 keeps column l
+    /// of each 32-block in its own accumulator, reduces 0..7 with 16..23 and 8..15 with 24..31, then adds the tail in order
+    /// in float; ggml_vec_dot_f16 adds the tail in double.
+    /// </summary>
+    [Fact]
+    public void DotProducts_SumInTheirKernelsOrder()
+    {
+        const float big = 16777216f; // 2^24: big + 1 rounds back to big
+        var ones = Enumerable.Repeat(1f, 40).ToArray();
+
+        var a = new float[8];
+        a[0] = big; a[4] = 1; a[2] = -big; // (a0 + a4) loses the 1, then cancels with a2: 0 (left to right: 1)
+        Assert.Equal(0f, GgmlOrderDot.TinyBlas(a, ones.AsSpan(0, 8)));
+        a = new float[8];
+        a[0] = big; a[1] = 1; a[2] = -big; // a0 and a2 cancel before a1 joins: 1 (left to right: 0)
+        Assert.Equal(1f, GgmlOrderDot.TinyBlas(a, ones.AsSpan(0, 8)));
+
+        var x = new float[40];
+        x[0] = big; x[16] = -big; x[8] = 1; // accumulators 0 and 16 cancel before 8 joins: 1 (left to right: 0)
+        Assert.Equal(1f, GgmlOrderDot.VecDotF32(x, ones));
+        x = new float[40];
+        x[0] = big; x[4] = 1; x[32] = -big; // lane 0 + lane 4 loses the 1 before the tail (column 32) subtracts big
+        Assert.Equal(0f, GgmlOrderDot.VecDotF32(x, ones));
+
+        var tail = new float[3];
+        tail[0] = big; tail[1] = 1; tail[2] = -big; // in double the 1 survives: 1 (float tail: 0)
+        Assert.Equal(1f, GgmlOrderDot.VecDotF16(tail, ones.AsSpan(0, 3)));
+        Assert.Equal(0f, GgmlOrderDot.VecDotF32(tail, ones.AsSpan(0, 3)));
+    }
+
+    /// <summary>
+    /// llama.cpp's two values for the same sequence, 17.797604 after "Once upon a time" as a prompt and 17.797935 for the
+    /// same five tokens reached by decoding from BOS: the prompt is one batch (tinyBLAS matrix products), the decode is
+    /// batches of one (ggml_vec_dot_f32), and through the f16 cache the two summation orders end 3.3e-4 apart. The engine in
+    /// llama.cpp numerics gives both recorded values.
+    /// </summary>
+    [Fact]
+    public void Stories260K_PrefillAndDecodeDifferAsInLlamaCpp()
+    {
+        var reference = ReferenceOutput.Load(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json"));
+        var fromBos = reference[0];
+        var prompted = reference[1];
+        Assert.Equal(prompted.PromptIds, fromBos.PromptIds.Concat(fromBos.GreedyIds.Take(4)));
+        int token = prompted.Top20[0][0].Token;
+
+        using var model = LanguageModel.Load(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"), CpuNumerics.LlamaCpp);
+        using var decoded = model.CreateCache(64);
+        var logits = model.Transformer.Forward(fromBos.PromptIds, decoded);
+        for (int step = 0; step < 4; step++) logits = model.Transformer.Forward([fromBos.GreedyIds[step]], decoded);
+        using var prefilled = model.CreateCache(64);
+        var prefill = model.Transformer.Forward(prompted.PromptIds, prefilled);
+
+        Assert.Equal((float)fromBos.Top20[4].Single(p => p.Token == token).Logit, logits[token]);
+        Assert.Equal((float)prompted.Top20[0][0].Logit, prefill[token]);
+        Assert.NotEqual(logits[token], prefill[token]);
+    }
+}
