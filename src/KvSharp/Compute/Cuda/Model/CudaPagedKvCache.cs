@@ -28,6 +28,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
     private readonly int _residualUnits, _group;
     private int _blocksAtSync, _lengthAtSync;
+    private long _layerBlocksAtSync;
     private PagedAttentionKernel _attentionKernel;
 
     /// <summary>An empty cache for up to <paramref name="capacity"/> positions, encoding in the formats of <paramref name="options"/>.</summary>
@@ -348,8 +349,10 @@ public sealed class CudaPagedKvCache : DeviceKvCache
 
     internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows)
     {
-        int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens);
-        return _kernels.Plan(blocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel);
+        long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
+        int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);
+        long layerBlocks = _layerBlocksAtSync + growth * Config.NumKvHeads;
+        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel);
     }
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
@@ -492,12 +495,16 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         return (desc, blocks, HeadLengths());
     }
 
-    /// <summary>Takes the longest head's block count as the base of attention plans (after an upload or an eviction).</summary>
+    /// <summary>
+    /// Takes the longest head's block count and a layer's mean block count over its KV heads as the base of attention plans
+    /// (after an upload or an eviction).
+    /// </summary>
     private void Resync()
     {
         var blocks = new int[HeadCount];
         _headBlocks.Download<int>(blocks);
         _blocksAtSync = blocks.Max();
+        _layerBlocksAtSync = (blocks.Sum(b => (long)b) + Config.NumLayers - 1) / Config.NumLayers;
         _lengthAtSync = Length;
     }
 

@@ -68,17 +68,26 @@ internal sealed class CudaPagedKernels
 
     private static int FloatsPerBlock(PagedAttentionKernel kernel) => kernel == PagedAttentionKernel.TensorCores ? 4 : 0;
 
+    /// <summary>Attention blocks of the tensor-core kernel resident per multiprocessor (its register bound, paged_attention_tc.cu).</summary>
+    private const int TensorBlocksPerSm = 3;
+
     /// <summary>
-    /// Splits up to <paramref name="blocks"/> blocks per head so that (splits × KV heads × rows) blocks fill the GPU a few
-    /// times over. The plan's Chunk counts blocks per split.
+    /// Splits up to <paramref name="blocks"/> blocks per head (the longest) into chunks. The CUDA-core kernels aim at
+    /// (splits × KV heads × rows) grid blocks filling the GPU a few times over; the tensor-core one sizes the chunk so that
+    /// the non-empty grid blocks, <paramref name="layerBlocks"/> (one layer's blocks over all its KV heads) / chunk per row,
+    /// fill exactly one wave of resident blocks: no tail wave, fewer chunks for the merge, and heads shorter than the longest
+    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split.
     /// </summary>
-    public CudaKernels.AttentionPlan Plan(int blocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel)
+    public CudaKernels.AttentionPlan Plan(int blocks, long layerBlocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
-        int chunk = (int)Math.Clamp((blocks + wantSplits - 1) / wantSplits, 1, maxChunk);
+        long perChunk = kernel == PagedAttentionKernel.TensorCores
+            ? (Math.Max(blocks, layerBlocks) + (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows - 1) / Math.Max(1, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows)
+            : (blocks + wantSplits - 1) / wantSplits;
+        int chunk = (int)Math.Clamp(perChunk, 1, maxChunk);
         int splits = (blocks + chunk - 1) / chunk;
         if (splits > chunk * blockTokens) // the merge keeps one weight per split in the scores area
         {
