@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using static KvSharp.GpuTests.Checks.DeviceData;
 using KvSharp.Compute.Cuda.Runtime;
 
 namespace KvSharp.GpuTests.Checks;
@@ -22,27 +23,6 @@ public static class KernelChecks
 
     private static CudaDevice Dev => CudaDevice.Shared;
 
-    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
-    {
-        var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
-        b.Upload<T>(values);
-        return b;
-    }
-
-    private static DeviceBuffer Poisoned(long bytes)
-    {
-        var b = Dev.Allocate(bytes);
-        b.Poison();
-        return b;
-    }
-
-    private static float[] Result(DeviceBuffer b, int n)
-    {
-        Dev.Synchronize();
-        var r = new float[n];
-        b.Download<float>(r);
-        return r;
-    }
 
     /// <summary>RMSNorm over rows of a width that is not a multiple of the block.</summary>
     public static string RmsNorm()
@@ -447,24 +427,8 @@ public static class KernelChecks
                 for (int h = 0; h < heads; h++)
                 {
                     long baseKv = seqOf[t] * seqStride + (long)(h / group) * capacity * hd;
-                    int visible = posOf[t] + 1;
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[baseKv + j * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[baseKv + j * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), posOf[t] + 1, (j, d) => (double)kh[baseKv + j * hd + d],
+                        (j, d) => (double)vh[baseKv + j * hd + d], expected.AsSpan((t * heads + h) * hd, hd));
                 }
             int visibleMax = posOf.Max() + 1;
             var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
@@ -527,24 +491,9 @@ public static class KernelChecks
             for (int t = 0; t < n; t++)
                 for (int h = 0; h < heads; h++)
                 {
-                    int kvh = h / group, visible = pos0 + t + 1;
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[(kvh * capacity + j) * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[(kvh * capacity + j) * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    int kvh = h / group;
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), pos0 + t + 1, (j, d) => (double)kh[(kvh * capacity + j) * hd + d],
+                        (j, d) => (double)vh[(kvh * capacity + j) * hd + d], expected.AsSpan((t * heads + h) * hd, hd));
                 }
             // float16 queries and probabilities: ~1e-3 relative, where a wrong mask or fragment moves the output by 1e-1.
             report.Add(Compare.Relative($"flash H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} (seed {rnd.Seed})", Result(dout, n * heads * hd), expected, 4e-3));
