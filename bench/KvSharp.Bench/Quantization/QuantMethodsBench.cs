@@ -47,9 +47,9 @@ internal static class QuantMethodsBench
         Add("F16 (no press)", null);
         Add("KIVI-4 (r=32)", "kivi:bits=4,residual=32");
         Add("KIVI-2 (r=32)", "kivi:bits=2,residual=32");
-        Add("MiKV int8/int2 top 0.2 (h2o), keys=token", "mikv(h2o):high=int8,low=int2,top=0.2");
+        Add("MiKV int8/int2 top 0.2 (h2o), keys=token", "mikv(h2o):high=int8,low=int2,top=0.2,keys=token");
         Add("MiKV int8/int2 top 0.2 (h2o), keys=channel", "mikv(h2o):high=int8,low=int2,top=0.2,keys=channel");
-        Add("MiKV int8/int2 top 0.2 (kvzip), keys=token", "mikv(kvzip):high=int8,low=int2,top=0.2");
+        Add("MiKV int8/int2 top 0.2 (kvzip), keys=token", "mikv(kvzip):high=int8,low=int2,top=0.2,keys=token");
         Add("MiKV int8/int2 top 0.2 (kvzip), keys=channel", "mikv(kvzip):high=int8,low=int2,top=0.2,keys=channel");
         Add("ZipVL tau 0.95 int8/int2 (snapkv)", "zipvl(snapkv):tau=0.95,high=int8,low=int2");
         Add("ZipVL tau 0.95 int8/int2 (kvzip)", "zipvl(kvzip):tau=0.95,high=int8,low=int2");

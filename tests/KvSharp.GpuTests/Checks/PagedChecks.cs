@@ -27,7 +27,7 @@ public static class PagedChecks
     /// <summary>The formats checked one by one; null stands for a mixed-format cache.</summary>
     private static readonly KvFormat?[] Cases = [.. Supported.Select(f => (KvFormat?)f), null];
 
-    private static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
+    internal static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
     {
         Architecture = "llama",
         VocabSize = 1000,
@@ -46,7 +46,7 @@ public static class PagedChecks
     /// mixed case F16 blocks with tokens re-quantized to INT2/INT4, FP8/ternary, binary/INT8 and BF16/F32; then each head
     /// loses a random share of its tokens (per-head lengths, partial blocks) unless <paramref name="evict"/> is false.
     /// </summary>
-    private static PagedKvCache CpuCache(ModelConfig c, KvFormat? f, int length, RandomData rnd, bool evict)
+    internal static PagedKvCache CpuCache(ModelConfig c, KvFormat? f, int length, RandomData rnd, bool evict)
     {
         var cache = new PagedKvCache(c, new PagedKvCacheOptions { KeyFormat = f ?? KvFormat.F16, ValueFormat = f ?? KvFormat.F16, MaxTokens = length + 64 });
         int row = c.NumKvHeads * c.HeadDim;
@@ -486,7 +486,7 @@ public static class PagedChecks
     }
 
     /// <summary>Compares a device head with a CPU head: blocks (layouts, counts, bytes), then the residual against the float tail.</summary>
-    private static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
+    internal static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
     {
         var blocks = cpu.Blocks;
         if (gpu.Count != blocks.Count + 1) throw new CheckFailedException($"{what}: {gpu.Count - 1} blocks + residual, expected {blocks.Count}");
@@ -529,7 +529,7 @@ public static class PagedChecks
         return best;
     }
 
-    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
+    internal static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
     {
         var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
         b.Upload<T>(values);

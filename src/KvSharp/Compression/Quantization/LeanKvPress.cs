@@ -46,7 +46,8 @@ public sealed class LeanKvPress : IKvPress
     public bool Prune { get; }
 
     /// <inheritdoc />
-    public string Text => string.Create(CultureInfo.InvariantCulture, $"leankv({Scorer.Text}):high={HighMass},low={LowMass},important={Important},less={Less},prune={(Prune ? "true" : "false")}");
+    /// <remarks>prune=false is written only when set, so the text of a pruning LeanKV (and the result keys made from it) stays as before the option existed.</remarks>
+    public string Text => string.Create(CultureInfo.InvariantCulture, $"leankv({Scorer.Text}):high={HighMass},low={LowMass},important={Important},less={Less}{(Prune ? "" : ",prune=false")}");
 
     /// <inheritdoc />
     public void Compress(PressContext context)

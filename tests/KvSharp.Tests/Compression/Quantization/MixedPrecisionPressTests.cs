@@ -36,9 +36,9 @@ public class MixedPrecisionPressTests
     }
 
     /// <summary>
-    /// MiKV's default (keys=token): every head gets a power-of-two balance b, and each low-tier key equals the float64
+    /// MiKV with keys=token (the paper's quantizer): every head gets a power-of-two balance b, and each low-tier key equals the float64
     /// per-token Int2 quantization (one group over all channels) of b⊙k, divided back by b; the high tier (F32) is exact.
-    /// With keys=channel no balance is set.
+    /// With keys=channel (the default) no balance is set.
     /// </summary>
     [Fact]
     public void MiKvQuantizesLowKeysPerTokenAfterTheBalancer()
@@ -48,7 +48,7 @@ public class MixedPrecisionPressTests
         int d = cache.HeadDim;
         var before = Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(i => cache.Read(i / cache.KvHeads, i % cache.KvHeads)).ToArray();
         var scores = new RandomScorer(5).Score(data.Context());
-        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25,qwindow=16").Compress(data.Context());
+        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25,keys=token,qwindow=16").Compress(data.Context());
         for (int i = 0; i < before.Length; i++)
         {
             int layer = i / cache.KvHeads, head = i % cache.KvHeads;
@@ -69,7 +69,7 @@ public class MixedPrecisionPressTests
         }
 
         using var channel = new SyntheticCache(Tokens, KvFormat.F32);
-        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25,keys=channel").Compress(channel.Context());
+        PressRegistry.Parse("mikv(random:seed=5):high=f32,low=int2,top=0.25").Compress(channel.Context());
         Assert.Null(channel.Cache.KeyBalance(0, 0));
     }
 

@@ -21,7 +21,7 @@ namespace KvSharp.Compute.Cuda.Model;
 /// <para><see cref="Evict"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
 /// re-encoded in its own formats (as the CPU cache's Evict does), and the pool is compacted.</para>
 /// </remarks>
-public sealed class CudaPagedKvCache : DeviceKvCache
+public sealed partial class CudaPagedKvCache : DeviceKvCache
 {
     private const int DescriptorBytes = 16;
     private readonly CudaPagedKernels _kernels;
@@ -272,6 +272,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     public void Evict(IReadOnlyList<bool[]> drop)
     {
         ArgumentNullException.ThrowIfNull(drop);
+        if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         if (drop.Count != HeadCount) throw new ArgumentException($"{drop.Count} masks for {HeadCount} heads", nameof(drop));
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens;
@@ -348,6 +349,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
             a.Position, a.Interleaved, a.Eps);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
             c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, WideAttention);
+        EnqueueStatistics(a);
     }
 
     /// <summary>The kernels this cache runs.</summary>
@@ -378,11 +380,13 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         _state.Download<int>(state);
         if (state[1] == 1) throw new KvSharpException($"the CUDA paged KV cache's pool of {PoolUnits * 16} bytes is full (pass a larger poolBytes)");
         if (state[1] == 2) throw new KvSharpException($"a head of the CUDA paged KV cache needs more than its {MaxBlocks} blocks (capacity {Capacity})");
+        if (state[1] == 3) throw new KvSharpException("a head of the CUDA paged KV cache holds too many block format pairs to re-quantize (32 at most)");
     }
 
     /// <inheritdoc />
     public override void Dispose()
     {
+        StopStatistics();
         DisposeBuffers();
         base.Dispose();
     }

@@ -4,7 +4,7 @@ namespace KvSharp.Compute.Cuda.Runtime;
 /// Typed launchers of the paged KV cache's kernels (paged_attention.cu, paged_cache.cu), compiled for the device
 /// on first use and shared by every paged cache of that device. Every method only queues work on the stream.
 /// </summary>
-internal sealed class CudaPagedKernels
+internal sealed partial class CudaPagedKernels
 {
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
