@@ -34,7 +34,7 @@ internal static class PressDecodeBench
         "random:keep=0.5", "random:keep=0.25", "random:keep=0.1",
         "kivi:bits=4,residual=128", "kivi:bits=2,residual=128",
         "mikv(random):high=int8,low=int2,top=0.2", "zipvl(random):tau=0.95,high=int8,low=int2",
-        "leankv(random)", "vidkv(random)", "fp8", "int4",
+        "leankv(random)", "vidkv", "fp8", "int4",
     ];
 
     public static void Run(string[] args)

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using KvSharp.Compression.Registry;
+using KvSharp.Compression.Sessions;
 
 namespace KvSharp.Cli.Commands;
 
@@ -15,7 +15,7 @@ internal static class AskCommand
         var model = new ModelOptions();
         var generation = new GenerationOptionSet();
         var contextFile = new Option<string>("--context") { Description = "Text file holding the context", Required = true, HelpName = "FILE" };
-        var press = new Option<string?>("--press") { Description = "Compression press, e.g. streamingllm:keep=0.3, keynorm+pyramid:keep=0.25 (default: none)", HelpName = "PRESS" };
+        var press = new Option<string?>("--press") { Description = "Compression press, e.g. streamingllm:keep=0.3, keynorm+pyramid:keep=0.25, clusterkv:keep=0.1 (recall: every byte kept, each decode step reads the best clusters), kvzip:keep=0.5+clusterkv:tokens=256 (default: none)", HelpName = "PRESS" };
         var questions = new Option<string[]>("--question", "-q") { Description = "A question (repeatable); appended to the context, answered, rolled back", Required = true, Arity = ArgumentArity.OneOrMore, HelpName = "TEXT" };
         var queryAware = new Option<bool>("--query-aware") { Description = "Compress a copy of the context per question with the question seen (default: once, question-agnostic)" };
         var compare = new Option<bool>("--compare") { Description = "Also answer from the uncompressed cache and show both answers" };
@@ -36,13 +36,16 @@ internal static class AskCommand
             var source = model.Bind(parse);
             string file = parse.GetValue(contextFile)!;
             if (!File.Exists(file)) throw new UsageException($"--context: '{file}' does not exist");
-            Compression.IKvPress? parsed = null;
+            ContextPress? parsed = null;
             if (parse.GetValue(press) is { } text)
             {
-                try { parsed = PressRegistry.Parse(text); }
+                try { parsed = ContextPress.Parse(text); }
                 catch (KvSharpException e) { throw new UsageException($"--press: {e.Message}"); }
+                if (parsed.Press == null && parsed.Recall == null) parsed = null; // "none"
             }
             var options = generation.Bind(parse);
+            if (parsed?.Recall != null && options.DecodeCompression != null)
+                throw new UsageException("--decode-press cannot be combined with a clusterkv --press: ClusterKV answers from its own copy of every token and would not see the evictions");
             if (parse.GetResult(generation.Temperature) is null or { Implicit: true })
                 options = options with { Sampler = options.Sampler with { Temperature = 0 } };
             if (parse.GetResult(generation.MaxTokens) is null or { Implicit: true })

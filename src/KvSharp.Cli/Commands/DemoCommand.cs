@@ -1,6 +1,4 @@
 using System.CommandLine;
-using KvSharp.Compression;
-using KvSharp.Compression.Registry;
 using KvSharp.Compression.Sessions;
 using KvSharp.Evaluation.Tasks;
 using KvSharp.Generation;
@@ -31,7 +29,7 @@ internal static class DemoCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the document's random facts", DefaultValueFactory = _ => 1 }.Int();
         var threads = new Option<int?>("--threads", "-t") { Description = "CPU threads (default: all cores)", HelpName = "N" }.Int();
         var kvCache = new Option<string?>("--kv-cache") { Description = "KV cache block formats (FORMAT or KEYS:VALUES, e.g. f16, int4:int2); default f16", HelpName = "SPEC" };
-        var press = new Option<string>("--press") { Description = $"Compression press for the compressed cache (e.g. kvzip:keep=0.2, snapkv:keep=0.3); none = full cache only", DefaultValueFactory = _ => DefaultPress, HelpName = "PRESS" };
+        var press = new Option<string>("--press") { Description = $"Compression press for the compressed cache (e.g. kvzip:keep=0.2, snapkv:keep=0.3, clusterkv:keep=0.1, kvzip:keep=0.5+clusterkv:tokens=256); none = full cache only", DefaultValueFactory = _ => DefaultPress, HelpName = "PRESS" };
 
         var command = new Command("demo", "Hide facts in a long document, prefill it once, compress its KV cache (KVzip) and ask for each fact of the full and the compressed cache");
         command.Options.Add(model);
@@ -51,13 +49,10 @@ internal static class DemoCommand
                 if (t <= 0) throw new UsageException($"--threads must be > 0, got {t}");
                 KvSharp.Compute.Cpu.CpuThreads.Count = t;
             }
-            IKvPress? parsed = null;
-            string pressText = parse.GetValue(press)!;
-            if (!pressText.Equals("none", StringComparison.OrdinalIgnoreCase))
-            {
-                try { parsed = PressRegistry.Parse(pressText); }
-                catch (KvSharpException e) { throw new UsageException($"--press: {e.Message}"); }
-            }
+            ContextPress? parsed;
+            try { parsed = ContextPress.Parse(parse.GetValue(press)!); }
+            catch (KvSharpException e) { throw new UsageException($"--press: {e.Message}"); }
+            if (parsed.Press == null && parsed.Recall == null) parsed = null; // "none"
             string path = parse.GetValue(model) ?? EmbeddedModel;
             if (!File.Exists(path) && !Directory.Exists(path)) throw new KvSharpException($"{path}: model not found");
             Run(path, NeedleDocument.Create(n, f, parse.GetValue(seed)), ModelOptions.ParseKvCache(parse.GetValue(kvCache)), parsed, context);
@@ -66,7 +61,7 @@ internal static class DemoCommand
         return command;
     }
 
-    private static void Run(string path, NeedleDocument document, KvSharp.Cache.KvCacheSpec? spec, IKvPress? press, CliContext context)
+    private static void Run(string path, NeedleDocument document, KvSharp.Cache.KvCacheSpec? spec, ContextPress? press, CliContext context)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(context.Output) });
         using var model = LanguageModel.Load(path);
@@ -81,6 +76,7 @@ internal static class DemoCommand
         var table = new Table().AddColumn("question: the magic number for").AddColumn("expected").AddColumn("full cache");
         if (compressed != null) table.AddColumn("compressed cache");
         int fullCorrect = 0, compressedCorrect = 0;
+        var recall = new List<RecallStatistics>();
         var fullDecode = new List<double>();
         var compressedDecode = new List<double>();
         foreach (var fact in document.Facts)
@@ -94,6 +90,7 @@ internal static class DemoCommand
             {
                 var c = compressed.Ask(question, generation, cancellation: context.Cancellation);
                 compressedDecode.Add(c.Generation.DecodeTokensPerSecond);
+                if (c.Recall is { } r) recall.Add(r);
                 row.Add(Cell(c, fact, ref compressedCorrect));
             }
             table.AddRow([.. row]);
@@ -108,8 +105,9 @@ internal static class DemoCommand
         if (compressed != null)
         {
             long before = full.Cache.ByteCount, after = compressed.Cache.ByteCount;
-            console.MarkupLine($"press: [bold]{Markup.Escape(press!.Text)}[/] in {compressed.CompressTime.TotalSeconds:F2} s");
+            console.MarkupLine($"press: [bold]{Markup.Escape(press!.Text)}[/] in {compressed.CompressTime.TotalSeconds:F2} s" + (press.Recall != null ? $", ClusterKV clustering in {compressed.RecallTime.TotalSeconds:F2} s" : ""));
             console.MarkupLine($"KV cache after compression: {after:N0} bytes ({Engine.Units.Bytes(after)}), [bold]{(double)before / Math.Max(after, 1):F2}x smaller[/] than {Engine.Units.Bytes(before)}, {compressed.Cache.StoredTokens:N0} of {full.Cache.StoredTokens:N0} (layer, head, token) entries kept");
+            if (recall.Count > 0) console.MarkupLine($"ClusterKV recall: {Markup.Escape(Engine.CacheReport.Recall(recall))}");
             console.MarkupLine($"decode, compressed cache: {compressedDecode.Average():F0} tok/s");
         }
     }

@@ -58,13 +58,13 @@ public sealed record ChatRequest(ModelSource Model, IChatTemplate? Template, str
 /// <summary>What <c>kvsharp ask</c> asks for: one context, compressed once, several questions.</summary>
 /// <param name="Model">The model to load (its <c>--kv-cache</c> spec picks the paged cache's formats; default f16).</param>
 /// <param name="ContextFile">Text file holding the context (<c>--context</c>).</param>
-/// <param name="Press">The press, already parsed (<c>--press</c>); null = no compression.</param>
+/// <param name="Press">The press and ClusterKV recall, already parsed (<c>--press</c>); null = no compression.</param>
 /// <param name="Questions">Questions, each appended to the compressed context and rolled back (<c>--question</c>, repeatable).</param>
 /// <param name="QueryAware">Compress a copy per question with the question seen (<c>--query-aware</c>).</param>
 /// <param name="CompareFull">Also answer from the uncompressed cache and print both (<c>--compare</c>).</param>
 /// <param name="Options">Sampling, length and stop conditions per answer, already validated.</param>
 /// <param name="ShowCache">Whether to print the cache's byte breakdown (<c>--show-cache</c>).</param>
-public sealed record AskRequest(ModelSource Model, string ContextFile, KvSharp.Compression.IKvPress? Press, IReadOnlyList<string> Questions,
+public sealed record AskRequest(ModelSource Model, string ContextFile, KvSharp.Compression.Sessions.ContextPress? Press, IReadOnlyList<string> Questions,
     bool QueryAware, bool CompareFull, GenerationOptions Options, bool ShowCache);
 
 /// <summary>A loaded model holding a conversation; the engine may keep its KV cache between turns.</summary>

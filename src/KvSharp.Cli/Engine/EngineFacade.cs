@@ -206,11 +206,12 @@ public sealed class EngineFacade : IEngineFacade
         {
             Cache = request.Model.KvCache ?? KvCacheSpec.Parse("f16"),
             MaxTokens = ctx,
-            Press = request.Press,
+            Press = request.Press?.Press,
+            Recall = request.Press?.Recall,
             QueryAware = request.QueryAware,
         };
         _status.WriteLine($"prefilling {tokens.Length} context tokens ({options.Cache} cache), press {request.Press?.Text ?? "none"} ...");
-        using var full = request.CompareFull ? CompressedContext.Create(model, tokens, options with { Press = null }) : null;
+        using var full = request.CompareFull ? CompressedContext.Create(model, tokens, options with { Press = null, Recall = null }) : null;
         // With --compare, one prefill serves both: the compressed context is a fork of the full one.
         using var compressed = full != null && request.Press != null ? full.Compress(request.Press, request.QueryAware)
             : CompressedContext.Create(model, tokens, options);
@@ -220,8 +221,9 @@ public sealed class EngineFacade : IEngineFacade
         answers.AddColumn("decode tok/s");
         var decode = new List<double>();
         var fullDecode = new List<double>();
-        var compressTime = compressed.CompressTime;
+        var compressTime = compressed.CompressTime + compressed.RecallTime;
         long bytes = compressed.Cache.ByteCount;
+        var recall = new List<RecallStatistics>();
         foreach (var question in request.Questions)
         {
             cancellation.ThrowIfCancellationRequested();
@@ -230,6 +232,7 @@ public sealed class EngineFacade : IEngineFacade
             decode.Add(a.Generation.DecodeTokensPerSecond);
             compressTime += a.CompressTime;
             if (request.QueryAware) bytes = a.CacheBytes;
+            if (a.Recall is { } r) recall.Add(r);
             var row = new List<string> { Markup.Escape(question), Markup.Escape(a.Generation.Text.Trim()) };
             if (full != null)
             {
@@ -247,7 +250,8 @@ public sealed class EngineFacade : IEngineFacade
         stats.AddRow("press", Markup.Escape(request.Press?.Text ?? "none") + (request.QueryAware ? " (query-aware, per question)" : ""));
         stats.AddRow("KV bytes before", $"{compressed.BytesBeforeCompression:N0} ({Units.Bytes(compressed.BytesBeforeCompression)})");
         stats.AddRow("KV bytes after", $"{bytes:N0} ({Units.Bytes(bytes)}), {(double)compressed.BytesBeforeCompression / Math.Max(bytes, 1):F2}x smaller");
-        stats.AddRow("compression time", $"{compressTime.TotalMilliseconds:F0} ms");
+        stats.AddRow("compression time", $"{compressTime.TotalMilliseconds:F0} ms" + (request.Press?.Recall != null ? " (ClusterKV's clustering included)" : ""));
+        if (recall.Count > 0) stats.AddRow("clusterkv recall", Markup.Escape(CacheReport.Recall(recall)));
         stats.AddRow("decode", $"{decode.Average():F1} tok/s" + (fullDecode.Count > 0 ? $" (full cache: {fullDecode.Average():F1} tok/s)" : ""));
         Render(output, stats);
         if (request.ShowCache)

@@ -15,6 +15,10 @@ public sealed class GgmlF16KvCache : IKvCache
     private readonly int[] _layerLength;
     private readonly float _scale;
 
+    // Per-thread widened copies of one KV head's keys and values.
+    [ThreadStatic] private static float[]? t_keys;
+    [ThreadStatic] private static float[]? t_values;
+
     /// <summary>An empty cache shaped for <paramref name="config"/>, holding at most <paramref name="maxTokens"/>.</summary>
     public GgmlF16KvCache(Models.ModelConfig config, int maxTokens)
     {
@@ -79,19 +83,31 @@ public sealed class GgmlF16KvCache : IKvCache
         int length = _layerLength[layer];
         if (firstPosition + count > length)
             throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
-        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
+        int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd, visible = firstPosition + count;
         var q = queries[..(count * qRow)].ToArray();
         var o = new float[count * qRow];
-        // One job per (query row, head); each is computed alone, so the split does not change any rounding.
-        long work = (long)count * _heads * hd * (firstPosition + count);
-        CpuThreads.For(count * _heads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
+        // One job per (query row, KV head): the f16 keys and values it reads are widened once (exactly) for the group's
+        // query heads; each head is computed alone, so the split does not change any rounding.
+        long work = (long)count * _heads * hd * visible;
+        CpuThreads.For(count * _kvHeads, work < (1 << 18) ? int.MaxValue : 1, (start, end) =>
         {
-            Span<float> scratch = stackalloc float[3 * hd];
+            Span<float> scratch = stackalloc float[2 * hd];
+            float[] keys = t_keys is { } tk && tk.Length >= visible * hd ? tk : (t_keys = new float[Math.Max(visible * hd, 4096)]);
+            float[] values = t_values is { } tv && tv.Length >= visible * hd ? tv : (t_values = new float[Math.Max(visible * hd, 4096)]);
+            int widened = -1;
             for (int job = start; job < end; job++)
             {
-                int t = job / _heads, h = job % _heads, slot = layer * _kvHeads + h / group;
-                GgmlFlashAttention.OneChunk(q.AsSpan(t * qRow + h * hd, hd), _keys[slot], _values[slot], firstPosition + t + 1,
-                    _scale, scratch, o.AsSpan(t * qRow + h * hd, hd));
+                // KV-head-major, so a thread's consecutive jobs mostly read the same head: widen when it changes.
+                int g = job / count, t = job % count, slot = layer * _kvHeads + g;
+                if (widened != slot)
+                {
+                    TensorPrimitives.ConvertToSingle(_keys[slot].AsSpan(0, visible * hd), keys.AsSpan(0, visible * hd));
+                    TensorPrimitives.ConvertToSingle(_values[slot].AsSpan(0, visible * hd), values.AsSpan(0, visible * hd));
+                    widened = slot;
+                }
+                for (int h = g * group; h < (g + 1) * group; h++)
+                    GgmlFlashAttention.OneChunk(q.AsSpan(t * qRow + h * hd, hd), keys, values, firstPosition + t + 1,
+                        _scale, scratch, o.AsSpan(t * qRow + h * hd, hd));
             }
         });
         o.CopyTo(output);

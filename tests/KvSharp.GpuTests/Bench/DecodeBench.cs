@@ -43,17 +43,37 @@ public static class DecodeBench
         KernelTimes(gpu, timer, bandwidth, batch, log);
 
         var rows = new List<string>();
-        bool pdl = device.ProgrammaticLaunch;
-        string mode = pdl ? "PDL" : "no PDL";
+        var variantRows = new List<string>();
+        string mode = device.ProgrammaticLaunch ? "PDL" : device.ProgrammaticMatrixVector ? "PDL for the products" : "no PDL";
         foreach (int context in contexts)
         {
-            if (device.ComputeMajor >= 9)
+            // Each decode-step change alone against the earlier configuration, and all of them (the default) with
+            // every kernel launched programmatically; the result table keeps the configured mode.
+            var defaults = Variant.Capture(gpu);
+            var before = defaults with
             {
-                // The other launch mode, for comparison (the table keeps the configured one).
-                device.ProgrammaticLaunch = !pdl;
-                Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, pdl ? "no PDL" : "PDL", log);
-                device.ProgrammaticLaunch = pdl;
+                PdlAll = false,
+                PdlMatrixVector = false,
+                FuseRope = false,
+                Pipelined = false,
+                MinChunk = 128,
+                FuseArgMax = false,
+                WaveSplit = false,
+            };
+            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true };
+            foreach (var (name, v) in new[]
+            {
+                ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, split for 32 warps/SM)", before),
+                ("all but the wave split", all with { WaveSplit = false }),
+                ("all but the fused argmax", all with { FuseArgMax = false }),
+                ("all", all),
+                ("all + PDL for every kernel", all with { PdlAll = true }),
+            })
+            {
+                v.Apply(gpu);
+                variantRows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, name, log).Replace("| 1 | ", $"| {name} | "));
             }
+            defaults.Apply(gpu);
             rows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, mode, log));
         }
         foreach (int context in batchContexts)
@@ -101,12 +121,34 @@ public static class DecodeBench
         log.WriteLine("| batch | context | ms/step | tokens/s | GB read/step | roofline steps/s | % of roofline | achieved GB/s |");
         log.WriteLine("|---|---|---|---|---|---|---|---|");
         foreach (var r in rows) log.WriteLine(r);
+        log.WriteLine();
+        log.WriteLine("| batch 1 variant | context | ms/step | tokens/s | GB read/step | roofline steps/s | % of roofline | achieved GB/s |");
+        log.WriteLine("|---|---|---|---|---|---|---|---|");
+        foreach (var r in variantRows) log.WriteLine(r);
         if (prefillRows.Count > 0)
         {
             log.WriteLine();
             log.WriteLine("| prefill tokens | ms | tokens/s |");
             log.WriteLine("|---|---|---|");
             foreach (var r in prefillRows) log.WriteLine(r);
+        }
+    }
+
+    /// <summary>The decode-step switches the benchmark compares (launch mode, fused RoPE, attention kernel and split).</summary>
+    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool FuseArgMax, bool WaveSplit)
+    {
+        public static Variant Capture(CudaTransformer gpu) => new(gpu.Device.ProgrammaticLaunch, gpu.Device.ProgrammaticMatrixVector,
+            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.FuseArgMaxIntoHead, gpu.Kernels.WaveSplit);
+
+        public void Apply(CudaTransformer gpu)
+        {
+            gpu.Device.ProgrammaticLaunch = PdlAll && gpu.Device.ComputeMajor >= 9;
+            gpu.Device.ProgrammaticMatrixVector = PdlMatrixVector && gpu.Device.ComputeMajor >= 9;
+            gpu.FuseRopeIntoQkv = FuseRope;
+            gpu.Kernels.PipelinedAttention = Pipelined;
+            gpu.Kernels.MinStreamingChunk = MinChunk;
+            gpu.FuseArgMaxIntoHead = FuseArgMax;
+            gpu.Kernels.WaveSplit = WaveSplit;
         }
     }
 
@@ -168,10 +210,16 @@ public static class DecodeBench
                 gpu.Kernels.UseTensorCoreGemv = tensorCores;
                 int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
                 ulong useNorm = withNorm ? norm : 0;
-                double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
-                double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
-                string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "");
-                log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+                foreach (bool wave in mode == CudaKernels.GemvMode.Accumulate && n == 1 ? new[] { false, true } : [true])
+                {
+                    gpu.Kernels.WaveSplit = wave;
+                    double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
+                    double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
+                    string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "")
+                        + (mode == CudaKernels.GemvMode.Accumulate && n == 1 ? (wave ? ", wave split" : ", 32-warp split") : "");
+                    log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
+                }
+                gpu.Kernels.WaveSplit = true;
             }
         gpu.Kernels.UseTensorCoreGemv = true;
         log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");
@@ -198,9 +246,14 @@ public static class DecodeBench
             using var pml = device.Allocate(8L * rowsAtOnce * c.NumHeads * plan.Splits);
             using var counters = device.Allocate(4L * rowsAtOnce * c.NumKvHeads);
             counters.Fill32(0);
-            double aus = Time(() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                rowsAtOnce, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan, cache.SequenceStride));
-            log.WriteLine($"kernel attention x{rowsAtOnce} 1 layer at {context} ({plan.Splits} splits{(plan.Streaming ? ", streaming" : $" of {plan.Chunk}")}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
+            foreach (bool pipelined in new[] { false, true })
+            {
+                gpu.Kernels.PipelinedAttention = pipelined;
+                double aus = Time(() => gpu.Kernels.Attention(q.Pointer, cache.Keys(0), cache.Values(0), att.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                    rowsAtOnce, c.NumHeads, c.NumKvHeads, c.HeadDim, cache.Capacity, pos.Pointer, plan, cache.SequenceStride));
+                log.WriteLine($"kernel attention{(pipelined ? " pipelined" : " serial")} x{rowsAtOnce} 1 layer at {context} ({plan.Splits} splits{(plan.Streaming ? ", streaming" : $" of {plan.Chunk}")}) {kvBytes / 1e6:F0} MB: {aus:F1} us, {kvBytes / (aus * 1e-6) / 1e9:F0} GB/s");
+            }
+            gpu.Kernels.PipelinedAttention = true;
         }
 
         if (CudaKernels.FlashAttention(c.HeadDim))

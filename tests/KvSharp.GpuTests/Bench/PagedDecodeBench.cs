@@ -11,26 +11,32 @@ namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
 /// Batch-1 greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed
-/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, FP8, KVzip 0.3 + INT4), against the roofline
+/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4; each with the cache's
+/// default attention kernel and, for some, an older kernel), against the roofline
 /// (weight bytes + KV bytes read per token) / measured device-to-device copy bandwidth. Every cache is synthesized with
 /// random K/V at its per-head lengths instead of a prefill and a press (decode reads the same bytes whatever the values);
 /// KVzip's per-head lengths are drawn uniformly in [0.1, 0.5] of the context and scaled to average exactly 0.3.
 /// </summary>
 public static class PagedDecodeBench
 {
-    private sealed record Variant(string Name, KvFormat? Format, double Keep, bool Wide = true);
+    /// <summary>A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default).</summary>
+    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null);
 
     private static readonly Variant[] Variants =
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
         new("F16 paged", KvFormat.F16, 1.0),
-        new("F16 paged, lane-channels kernel", KvFormat.F16, 1.0, Wide: false),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.LaneChannels),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.LaneChannels),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.Wide),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
+        new("INT8 (g32)", KvFormat.Int8, 1.0),
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.LaneChannels),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
-        new("KIVI-2, lane-channels kernel", KvFormat.Int2, 1.0, Wide: false),
-        new("KVzip 0.3 + INT4, lane-channels kernel", KvFormat.Int4, 0.3, Wide: false),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Wide),
     ];
 
     public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log)
@@ -79,14 +85,15 @@ public static class PagedDecodeBench
                 if (v.Format == null) { denseMs = ms; denseKv = kvBytes; }
                 double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
                 double predicted = (double)(weightBytes + denseKv) / (weightBytes + kvBytes);
-                rows.Add($"| {context} | {v.Name} | {kvBytes / 1e9:F3} | {ms:F3} | {1000 / ms:F1} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {denseMs / ms:F2}x | {predicted:F2}x |");
-                log.WriteLine($"context {context}, {v.Name}: {ms:F3} ms/token (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB");
+                string kernel = cache is CudaPagedKvCache paged ? paged.AttentionKernel.ToString() : "";
+                rows.Add($"| {context} | {v.Name} | {kernel} | {kvBytes / 1e9:F3} | {ms:F3} | {1000 / ms:F1} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {denseMs / ms:F2}x | {predicted:F2}x |");
+                log.WriteLine($"context {context}, {v.Name} {kernel}: {ms:F3} ms/token (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB");
             }
         }
         log.WriteLine();
         log.WriteLine($"weights read per token: {weightBytes / 1e9:F3} GB");
-        log.WriteLine("| context | cache | KV GB read/token | ms/token | tokens/s | roofline tokens/s | % of roofline | speedup vs F16 dense | predicted by bytes |");
-        log.WriteLine("|---|---|---|---|---|---|---|---|---|");
+        log.WriteLine("| context | cache | kernel | KV GB read/token | ms/token | tokens/s | roofline tokens/s | % of roofline | speedup vs F16 dense | predicted by bytes |");
+        log.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
         foreach (var r in rows) log.WriteLine(r);
     }
 
@@ -105,7 +112,7 @@ public static class PagedDecodeBench
         var lengths = weights.Select(w => (int)Math.Min(context, Math.Round(context * w * scale))).ToArray();
         var options = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, MaxTokens = capacity };
         var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context);
-        cache.WideAttention = v.Wide;
+        if (v.Kernel is { } kernel) cache.AttentionKernel = kernel;
         return cache;
     }
 }

@@ -28,4 +28,12 @@ public static class Compare
                 throw new CheckFailedException($"{what}: element {i} is {actual[i]}, expected {expected[i]}");
         return $"{what}: exact";
     }
+
+    /// <summary>‖actual − expected‖ / ‖expected‖ (the number <see cref="Relative"/> checks).</summary>
+    public static double RelativeError(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)
+    {
+        double diff = 0, norm = 0;
+        for (int i = 0; i < actual.Length; i++) { diff += (actual[i] - expected[i]) * (actual[i] - expected[i]); norm += expected[i] * expected[i]; }
+        return Math.Sqrt(diff / Math.Max(norm, 1e-60));
+    }
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using static KvSharp.GpuTests.Checks.DeviceData;
 using KvSharp.Compute.Cuda.Runtime;
 
 namespace KvSharp.GpuTests.Checks;
@@ -22,27 +23,6 @@ public static class KernelChecks
 
     private static CudaDevice Dev => CudaDevice.Shared;
 
-    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
-    {
-        var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
-        b.Upload<T>(values);
-        return b;
-    }
-
-    private static DeviceBuffer Poisoned(long bytes)
-    {
-        var b = Dev.Allocate(bytes);
-        b.Poison();
-        return b;
-    }
-
-    private static float[] Result(DeviceBuffer b, int n)
-    {
-        Dev.Synchronize();
-        var r = new float[n];
-        b.Download<float>(r);
-        return r;
-    }
 
     /// <summary>RMSNorm over rows of a width that is not a multiple of the block.</summary>
     public static string RmsNorm()
@@ -295,6 +275,77 @@ public static class KernelChecks
 
     private static double Silu(double g) => g / (1 + Math.Exp(-g));
 
+    /// <summary>
+    /// The decode QKV product with the attention norm, RoPE (both pairings) and the float16 cache append fused into its
+    /// epilogue, against the float64 product, norm and rotation; widths with and without 16-byte vectors.
+    /// </summary>
+    public static string GemvQkvRope()
+    {
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
+            foreach (int cols in new[] { 1024, 172 })
+                foreach (bool interleaved in new[] { false, true })
+                {
+                    var rnd = new RandomData();
+                    int heads = 6, kvHeads = 2, hd = 64, capacity = 3000, pos0 = rnd.Next(2900);
+                    int rows = (heads + 2 * kvHeads) * hd;
+                    const float eps = 1e-5f;
+                    var (dw, weights) = Weights(type, rnd.Floats(rows * cols));
+                    using var _ = dw;
+                    var x = rnd.Floats(cols, 3f);
+                    var norm = rnd.Floats(cols, 2f);
+                    var invFreq = Enumerable.Range(0, hd / 2).Select(i => (float)Math.Pow(10000, -2.0 * i / hd)).ToArray();
+                    using var dx = Upload(x);
+                    using var dnorm = Upload(norm);
+                    using var df = Upload(invFreq);
+                    using var dpos = Upload(new[] { pos0 });
+                    using var dq = Poisoned(heads * hd * 4L);
+                    using var kc = Poisoned(kvHeads * capacity * hd * 2L);
+                    using var vc = Poisoned(kvHeads * capacity * hd * 2L);
+                    K.GemvQkvRope(type, dw.Pointer, dx.Pointer, dnorm.Pointer, eps, cols, dq.Pointer, kc.Pointer, vc.Pointer, df.Pointer,
+                        heads, kvHeads, hd, capacity, dpos.Pointer, interleaved);
+
+                    double ss = 0;
+                    foreach (float v in x) ss += (double)v * v;
+                    double inv = 1 / Math.Sqrt(ss / cols + eps);
+                    var product = Reference(weights, Enumerable.Range(0, cols).Select(i => x[i] * inv * norm[i]).ToArray(), rows, cols, 1);
+                    double[] Rotated(int head)
+                    {
+                        var y = new double[hd];
+                        for (int i = 0; i < hd / 2; i++)
+                        {
+                            int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+                            double a = pos0 * (double)invFreq[i], x0 = product[head * hd + i0], x1 = product[head * hd + i1];
+                            y[i0] = x0 * Math.Cos(a) - x1 * Math.Sin(a);
+                            y[i1] = x0 * Math.Sin(a) + x1 * Math.Cos(a);
+                        }
+                        return y;
+                    }
+                    var expQ = Enumerable.Range(0, heads).SelectMany(Rotated).ToArray();
+                    var expK = Enumerable.Range(heads, kvHeads).SelectMany(Rotated).ToArray();
+                    var expV = product.Skip((heads + kvHeads) * hd).ToArray();
+                    Dev.Synchronize();
+                    var kHost = new Half[kvHeads * capacity * hd];
+                    var vHost = new Half[kvHeads * capacity * hd];
+                    kc.Download<Half>(kHost);
+                    vc.Download<Half>(vHost);
+                    var gotK = new float[kvHeads * hd];
+                    var gotV = new float[kvHeads * hd];
+                    for (int h = 0; h < kvHeads; h++)
+                        for (int d = 0; d < hd; d++)
+                        {
+                            gotK[h * hd + d] = (float)kHost[(h * capacity + pos0) * hd + d];
+                            gotV[h * hd + d] = (float)vHost[(h * capacity + pos0) * hd + d];
+                        }
+                    string what = $"{type} {cols} cols {(interleaved ? "interleaved" : "half-split")} pos {pos0} (seed {rnd.Seed})";
+                    // float32 angles at positions of a few thousand carry ~1e-4 rad of rounding; K and V are then rounded to float16.
+                    report.Add(Compare.Relative($"q {what}", Result(dq, heads * hd), expQ, 5e-4));
+                    report.Add(Compare.Relative($"k(f16) {what}", gotK, expK, 1e-3));
+                    report.Add(Compare.Relative($"v(f16) {what}", gotV, expV, 1e-3));
+                }
+        return string.Join("; ", report);
+    }
+
     /// <summary>cuBLAS products (prefill) in bfloat16 and float32 against float64 on the same rounded operands.</summary>
     public static string CublasGemm()
     {
@@ -376,24 +427,8 @@ public static class KernelChecks
                 for (int h = 0; h < heads; h++)
                 {
                     long baseKv = seqOf[t] * seqStride + (long)(h / group) * capacity * hd;
-                    int visible = posOf[t] + 1;
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[baseKv + j * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[baseKv + j * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), posOf[t] + 1, (j, d) => (double)kh[baseKv + j * hd + d],
+                        (j, d) => (double)vh[baseKv + j * hd + d], expected.AsSpan((t * heads + h) * hd, hd));
                 }
             int visibleMax = posOf.Max() + 1;
             var planned = K.PlanAttention(visibleMax, n, heads, kvHeads, hd);
@@ -414,12 +449,16 @@ public static class KernelChecks
                 using var pml = Poisoned((long)n * heads * plan.Splits * 8);
                 using var counters = Dev.Allocate(n * kvHeads * 4L);
                 counters.Fill32(0);
-                for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                // The second launch shows the counters were left at zero; the streaming kernel's launches alternate its two
+                // variants (pipelined, serial).
+                for (int launch = 0; launch < 2; launch++)
                 {
                     using var dout = Poisoned((long)n * heads * hd * 4);
+                    K.PipelinedAttention = launch == 0;
                     K.Attention(dq.Pointer, dk.Pointer, dv.Pointer, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
                         n, heads, kvHeads, hd, capacity, dpos.Pointer, plan, batch ? seqStride : 0);
-                    report.Add(Compare.Relative($"attention{(plan.Streaming ? " streaming" : "")} H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n}{(batch ? " batch" : "")} splits{plan.Splits} (seed {rnd.Seed})",
+                    K.PipelinedAttention = true;
+                    report.Add(Compare.Relative($"attention{(plan.Streaming ? launch == 0 ? " streaming" : " streaming serial" : "")} H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n}{(batch ? " batch" : "")} splits{plan.Splits} (seed {rnd.Seed})",
                         Result(dout, n * heads * hd), expected, 2e-5));
                 }
             }
@@ -452,24 +491,9 @@ public static class KernelChecks
             for (int t = 0; t < n; t++)
                 for (int h = 0; h < heads; h++)
                 {
-                    int kvh = h / group, visible = pos0 + t + 1;
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += q[(t * heads + h) * hd + d] * (double)kh[(kvh * capacity + j) * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * (double)vh[(kvh * capacity + j) * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    int kvh = h / group;
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), pos0 + t + 1, (j, d) => (double)kh[(kvh * capacity + j) * hd + d],
+                        (j, d) => (double)vh[(kvh * capacity + j) * hd + d], expected.AsSpan((t * heads + h) * hd, hd));
                 }
             // float16 queries and probabilities: ~1e-3 relative, where a wrong mask or fragment moves the output by 1e-1.
             report.Add(Compare.Relative($"flash H{heads}/KV{kvHeads} hd{hd} pos{pos0} rows{n} (seed {rnd.Seed})", Result(dout, n * heads * hd), expected, 4e-3));
@@ -510,6 +534,67 @@ public static class KernelChecks
             if (got[t] != expected[t] || hist[t * capacity + pos0[t]] != expected[t] || pos[t] != pos0[t] + 1)
                 throw new CheckFailedException($"argmax row {t}: got {got[t]} (history {hist[t * capacity + pos0[t]]}, position {pos[t]}), expected {expected[t]} at position {pos0[t] + 1} (seed {rnd.Seed})");
         return $"argmax picks the first of two maxima in {rows} rows (seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// The output head with the greedy choice folded in (one 64-bit atomic maximum per warp) and its finish: logits against
+    /// float64, and the token equal to the first maximum of the logits, with a planted tie between two identical rows.
+    /// </summary>
+    public static string GemvArgMax()
+    {
+        var report = new List<string>();
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
+            foreach (int cols in new[] { 512, 172 })
+            {
+                var rnd = new RandomData();
+                int rows = 3001, tieA = 17 + rnd.Next(1000), tieB = tieA + 1 + rnd.Next(1900);
+                var w = rnd.Floats(rows * cols);
+                var x = rnd.Floats(cols, 3f);
+                var norm = rnd.Floats(cols, 2f);
+                // Two identical rows scaled up so they hold the maximum: the first must win.
+                for (int c = 0; c < cols; c++)
+                {
+                    float v = 8f * MathF.Sign(x[c] * norm[c]) * MathF.Abs(w[tieA * cols + c]);
+                    w[tieA * cols + c] = v;
+                    w[tieB * cols + c] = v;
+                }
+                var (dw, weights) = Weights(type, w);
+                using var _ = dw;
+                const float eps = 1e-5f;
+                using var dx = Upload(x);
+                using var dnorm = Upload(norm);
+                using var dy = Poisoned(rows * 4L);
+                using var best = Dev.Allocate(8);
+                best.Fill32(0);
+                using var next = Poisoned(4);
+                using var history = Dev.Allocate(4L * 64);
+                history.Fill32(0xFFFFFFFFu);
+                int pos0 = 5 + rnd.Next(50);
+                using var pos = Upload(new[] { pos0 });
+                for (int launch = 0; launch < 2; launch++) // the second launch shows the key was cleared
+                {
+                    K.GemvArgMax(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, dnorm.Pointer, eps, best.Pointer);
+                    K.ArgMaxFinish(best.Pointer, next.Pointer, history.Pointer, pos.Pointer, launch == 0 ? 1 : 0);
+                }
+                double ss = 0;
+                foreach (float v in x) ss += (double)v * v;
+                double inv = 1 / Math.Sqrt(ss / cols + eps);
+                var expected = Reference(weights, Enumerable.Range(0, cols).Select(i => x[i] * inv * norm[i]).ToArray(), rows, cols, 1);
+                var logits = Result(dy, rows);
+                report.Add(Compare.Relative($"head {type} {rows}x{cols} (seed {rnd.Seed})", logits, expected, 1e-5));
+                int first = 0;
+                for (int i = 1; i < rows; i++) if (logits[i] > logits[first]) first = i;
+                var got = new int[1];
+                var hist = new int[64];
+                var p = new int[1];
+                next.Download<int>(got);
+                history.Download<int>(hist);
+                pos.Download<int>(p);
+                if (got[0] != first || first != tieA || hist[pos0 + 1] != first || hist[pos0] != first || p[0] != pos0 + 1)
+                    throw new CheckFailedException($"fused argmax {type} {cols} cols: token {got[0]}, history {hist[pos0]}/{hist[pos0 + 1]}, position {p[0]}; expected {tieA} (first of the tie {tieA}/{tieB}, logits' first maximum {first}) at {pos0}..{pos0 + 1} (seed {rnd.Seed})");
+                report.Add($"token {got[0]} = first of tied rows {tieA}/{tieB}");
+            }
+        return string.Join("; ", report);
     }
 
     private static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using static KvSharp.GpuTests.Checks.DeviceData;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
@@ -27,7 +28,7 @@ public static class PagedChecks
     /// <summary>The formats checked one by one; null stands for a mixed-format cache.</summary>
     private static readonly KvFormat?[] Cases = [.. Supported.Select(f => (KvFormat?)f), null];
 
-    private static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
+    internal static ModelConfig Shape(int heads, int kvHeads, int hd) => new()
     {
         Architecture = "llama",
         VocabSize = 1000,
@@ -41,12 +42,17 @@ public static class PagedChecks
 
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
+    /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
+    private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
+        Enum.GetValues<PagedAttentionKernel>().Where(k => k != PagedAttentionKernel.TensorCores
+            || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
+
     /// <summary>
     /// A CPU cache of <paramref name="length"/> random tokens per layer in format <paramref name="f"/> (both K and V), or for a
     /// mixed case F16 blocks with tokens re-quantized to INT2/INT4, FP8/ternary, binary/INT8 and BF16/F32; then each head
     /// loses a random share of its tokens (per-head lengths, partial blocks) unless <paramref name="evict"/> is false.
     /// </summary>
-    private static PagedKvCache CpuCache(ModelConfig c, KvFormat? f, int length, RandomData rnd, bool evict)
+    internal static PagedKvCache CpuCache(ModelConfig c, KvFormat? f, int length, RandomData rnd, bool evict)
     {
         var cache = new PagedKvCache(c, new PagedKvCacheOptions { KeyFormat = f ?? KvFormat.F16, ValueFormat = f ?? KvFormat.F16, MaxTokens = length + 64 });
         int row = c.NumKvHeads * c.HeadDim;
@@ -97,23 +103,8 @@ public static class PagedChecks
                 {
                     int visible = stored - (rows - 1 - t);
                     if (visible <= 0) continue; // no visible token: the kernel outputs zeros
-                    var s = new double[visible];
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < visible; j++)
-                    {
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += (double)q[(t * heads + h) * hd + d] * k[j * hd + d];
-                        s[j] = dot / Math.Sqrt(hd);
-                        max = Math.Max(max, s[j]);
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < visible; j++) { s[j] = Math.Exp(s[j] - max); sum += s[j]; }
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double acc = 0;
-                        for (int j = 0; j < visible; j++) acc += s[j] * v[j * hd + d];
-                        expected[(t * heads + h) * hd + d] = acc / sum;
-                    }
+                    ReferenceAttention.Head(q.AsSpan((t * heads + h) * hd, hd), visible, (j, d) => k[j * hd + d], (j, d) => v[j * hd + d],
+                        expected.AsSpan((t * heads + h) * hd, hd));
                 }
         }
         return expected;
@@ -182,14 +173,14 @@ public static class PagedChecks
                     var q = rnd.Floats(rows * heads * hd, 2f);
                     var expected = Reference(g => StorageRows(cpu, layer, g, hd), c, q, rows);
                     using var dq = Upload(q);
-                    foreach (bool wide in new[] { true, false })
+                    foreach (var kernel in Kernels(gpu))
                     {
-                        gpu.WideAttention = wide;
+                        gpu.AttentionKernel = kernel;
                         var planned = gpu.PlanAttention(null!, length, rows);
                         // Few blocks per split (many chunks to merge), as long as the merge's weights fit the scores area.
                         int few = 1;
                         while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
-                        var one = new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, wide));
+                        var one = new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, kernel));
                         foreach (var plan in new[] { planned, one })
                         {
                             using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
@@ -200,18 +191,18 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, wide);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel);
                                 var got = Result(dout, rows * heads * hd);
-                                string what = $"paged attention ({(wide ? "wide" : "lane channels")}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
+                                string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
-                                worst = Math.Max(worst, RelativeError(got, expected));
+                                worst = Math.Max(worst, Compare.RelativeError(got, expected));
                             }
                         }
                     }
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, both kernels), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -359,10 +350,10 @@ public static class PagedChecks
                     counters.Fill32(0);
                     using var dout = Poisoned((long)rows * heads * hd * 4);
                     gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                        rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.WideAttention);
+                        rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.AttentionKernel);
                     var got = Result(dout, rows * heads * hd);
                     Compare.Relative($"attention after evict {Name(f)} hd{hd} rows{rows} (seed {rnd.Seed})", got, expected, 1e-4);
-                    worst = Math.Max(worst, RelativeError(got, expected));
+                    worst = Math.Max(worst, Compare.RelativeError(got, expected));
                 }
             }
         return $"{checkedRows} kept rows after device eviction agree with the CPU's (every supported format and mixed, hd 128 and 64), attention over them worst rel err {worst:E2}";
@@ -444,49 +435,56 @@ public static class PagedChecks
     /// <summary>
     /// The transformer over the paged cache against the CPU engine on a small Llama-shaped float32 model: prompt logits and
     /// greedy tokens through the decode graph with F32 blocks (lossless, tight), and with INT4 blocks (encoded on the device
-    /// as the residual fills; looser, since the GPU's RoPE differs from the CPU's by rounding and a code may flip).
+    /// as the residual fills; looser, since the GPU's RoPE differs from the CPU's by rounding and a code may flip); head
+    /// dimension 64 with the CUDA-core kernels, 128 with the tensor-core one.
     /// </summary>
     public static string TransformerMatchesCpu()
     {
         var rnd = new RandomData();
-        var config = Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
-        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
-        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-        var cpu = new Transformer(weights);
-        var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
-        const int steps = 30;
-        int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
         var report = new List<string>();
-        foreach (var (format, tolerance, wide) in new[] { (KvFormat.F32, 1e-4, true), (KvFormat.Int4, 3e-2, true), (KvFormat.F32, 1e-4, false) })
+        foreach (int hd in new[] { 64, 128 })
         {
-            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
-            using var cpuCache = new PagedKvCache(config, options);
-            var cpuLogits = cpu.Forward(prompt, cpuCache, LogitsMode.All);
-            var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
-            for (int i = 1; i < steps; i++) cpuTokens.Add(ArgMax(cpu.Forward([cpuTokens[^1]], cpuCache)));
+            var config = Shape(8, 2, hd) with { NumLayers = 2, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+            using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+            using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+            var cpu = new Transformer(weights);
+            var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            const int steps = 30;
+            int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
+            // hd 64: the CUDA-core kernels; hd 128: the tensor-core kernel (its shape).
+            var cases = hd == 64
+                ? new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) }
+                : new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.TensorCores), (KvFormat.Int4, 3e-2, PagedAttentionKernel.TensorCores) };
+            foreach (var (format, tolerance, kernel) in cases)
+            {
+                var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
+                using var cpuCache = new PagedKvCache(config, options);
+                var cpuLogits = cpu.Forward(prompt, cpuCache, LogitsMode.All);
+                var cpuTokens = new List<int> { ArgMax(cpuLogits.AsSpan((prompt.Length - 1) * vocab, vocab)) };
+                for (int i = 1; i < steps; i++) cpuTokens.Add(ArgMax(cpu.Forward([cpuTokens[^1]], cpuCache)));
 
-            string kernel = wide ? "wide" : "lane channels";
-            using (var cache = gpu.CreatePagedCache(options, capacity))
-            {
-                cache.WideAttention = wide;
-                var logits = gpu.Forward(prompt, cache, LogitsMode.All);
-                report.Add(Compare.Relative($"paged {format} ({kernel}) prompt logits", logits, cpuLogits.Select(x => (double)x).ToArray(), tolerance));
-            }
-            using (var cache = gpu.CreatePagedCache(options, capacity))
-            {
-                cache.WideAttention = wide;
-                var tokens = gpu.GenerateGreedy(prompt, steps, cache);
-                int same = tokens.Zip(cpuTokens).TakeWhile(p => p.First == p.Second).Count();
-                if (format == KvFormat.F32 && same != steps)
-                    throw new CheckFailedException($"paged F32 ({kernel}) greedy tokens differ from the CPU's at step {same} (seed {rnd.Seed}): [{string.Join(",", tokens)}] vs [{string.Join(",", cpuTokens)}]");
-                report.Add($"paged {format} ({kernel}): {same}/{steps} greedy tokens as the CPU");
+                using (var cache = gpu.CreatePagedCache(options, capacity))
+                {
+                    cache.AttentionKernel = kernel;
+                    var logits = gpu.Forward(prompt, cache, LogitsMode.All);
+                    report.Add(Compare.Relative($"paged {format} hd{hd} ({kernel}) prompt logits", logits, cpuLogits.Select(x => (double)x).ToArray(), tolerance));
+                }
+                using (var cache = gpu.CreatePagedCache(options, capacity))
+                {
+                    cache.AttentionKernel = kernel;
+                    var tokens = gpu.GenerateGreedy(prompt, steps, cache);
+                    int same = tokens.Zip(cpuTokens).TakeWhile(p => p.First == p.Second).Count();
+                    if (format == KvFormat.F32 && same != steps)
+                        throw new CheckFailedException($"paged F32 hd{hd} ({kernel}) greedy tokens differ from the CPU's at step {same} (seed {rnd.Seed}): [{string.Join(",", tokens)}] vs [{string.Join(",", cpuTokens)}]");
+                    report.Add($"paged {format} hd{hd} ({kernel}): {same}/{steps} greedy tokens as the CPU");
+                }
             }
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
     }
 
     /// <summary>Compares a device head with a CPU head: blocks (layouts, counts, bytes), then the residual against the float tail.</summary>
-    private static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
+    internal static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
     {
         var blocks = cpu.Blocks;
         if (gpu.Count != blocks.Count + 1) throw new CheckFailedException($"{what}: {gpu.Count - 1} blocks + residual, expected {blocks.Count}");
@@ -515,39 +513,11 @@ public static class PagedChecks
         if (i < got.Length) throw new CheckFailedException($"{what}: byte {i} of {got.Length} is {got[i]:X2}, expected {expected[i]:X2}");
     }
 
-    private static double RelativeError(float[] got, double[] expected)
-    {
-        double diff = 0, norm = 0;
-        for (int i = 0; i < got.Length; i++) { diff += (got[i] - expected[i]) * (got[i] - expected[i]); norm += expected[i] * expected[i]; }
-        return Math.Sqrt(diff / Math.Max(norm, 1e-60));
-    }
 
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;
         for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
         return best;
-    }
-
-    private static DeviceBuffer Upload<T>(T[] values) where T : unmanaged
-    {
-        var b = Dev.Allocate(Math.Max(1, values.Length * Marshal.SizeOf<T>()));
-        b.Upload<T>(values);
-        return b;
-    }
-
-    private static DeviceBuffer Poisoned(long bytes)
-    {
-        var b = Dev.Allocate(bytes);
-        b.Poison();
-        return b;
-    }
-
-    private static float[] Result(DeviceBuffer b, int n)
-    {
-        Dev.Synchronize();
-        var r = new float[n];
-        b.Download<float>(r);
-        return r;
     }
 }

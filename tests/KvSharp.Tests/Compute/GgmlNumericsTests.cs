@@ -1,4 +1,5 @@
 using KvSharp.Compute.Cpu;
+using KvSharp.Formats;
 using KvSharp.Generation;
 using KvSharp.Tests.Reference;
 
@@ -75,6 +76,41 @@ public sealed class GgmlNumericsTests
         tail[0] = big; tail[1] = 1; tail[2] = -big; // in double the 1 survives: 1 (float tail: 0)
         Assert.Equal(1f, GgmlOrderDot.VecDotF16(tail, ones.AsSpan(0, 3)));
         Assert.Equal(0f, GgmlOrderDot.VecDotF32(tail, ones.AsSpan(0, 3)));
+    }
+
+    /// <summary>
+    /// The threaded, register-tiled matrix product gives every output the bits of its kernel's one-output order: tinyBLAS
+    /// for a batch (inner size a multiple of 8), ggml_vec_dot_f32 for one row or an inner size that is not; F16 weights
+    /// with the activations rounded to f16 first. Shapes leave remainders of both tiles (rows % 4, batch % 3).
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.F32, 4, 37, 64)]
+    [InlineData(GgmlType.F32, 7, 37, 172)]
+    [InlineData(GgmlType.F32, 1, 37, 64)]
+    [InlineData(GgmlType.F16, 5, 38, 96)]
+    [InlineData(GgmlType.F16, 1, 38, 96)]
+    public void MatMul_GivesEachOutputItsKernelsBits(GgmlType type, int n, int rows, int cols)
+    {
+        var rng = new Random(rows * cols + n);
+        var wf = TestTensor.RandomValues(rng, rows * cols, 0.5);
+        var x = TestTensor.RandomValues(rng, n * cols, 1.0);
+        using var w = new TestTensor(type, rows, cols, Quantize.Matrix(type, wf, rows, cols));
+        var y = new float[n * rows];
+        GgmlMatMul.Multiply(w.View, x, y, n);
+
+        var row = new float[cols];
+        var xr = type == GgmlType.F16 ? x.Select(v => (float)(Half)v).ToArray() : x;
+        for (int r = 0; r < rows; r++)
+        {
+            Kernels.GetRow(w.View, r, row);
+            for (int t = 0; t < n; t++)
+            {
+                var xt = xr.AsSpan(t * cols, cols);
+                float expected = n > 1 && cols % 8 == 0 ? GgmlOrderDot.TinyBlas(row, xt)
+                    : type == GgmlType.F16 ? GgmlOrderDot.VecDotF16(row, xt) : GgmlOrderDot.VecDotF32(row, xt);
+                Assert.Equal(expected, y[t * rows + r]);
+            }
+        }
     }
 
     /// <summary>

@@ -15,6 +15,8 @@ public class CudaBackendTests
     [CudaFact] public void Elementwise() => KernelChecks.Elementwise();
     [CudaFact] public void Embedding() => KernelChecks.Embedding();
     [CudaFact] public void Gemv() => KernelChecks.Gemv();
+    [CudaFact] public void GemvQkvRope() => KernelChecks.GemvQkvRope();
+    [CudaFact] public void GemvArgMax() => KernelChecks.GemvArgMax();
     [CudaFact] public void CublasGemm() => KernelChecks.CublasGemm();
     [CudaFact] public void Attention() => KernelChecks.Attention();
     [CudaFact] public void FlashPrefill() => KernelChecks.FlashPrefill();

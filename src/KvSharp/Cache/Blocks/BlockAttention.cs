@@ -57,13 +57,13 @@ public static class BlockAttention
         }
         switch (layout.Format)
         {
-            case KvFormat.F32: ScoresFloat<F32Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.F32: ScoresFloat<F32Reader>(layout.HeadDim, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.F16:
                 if (Simd.Enabled && F16Finite(block, tokenCount * layout.HeadDim)) ScoresF16Scaled(layout, block, tokenCount, queries, queryCount, scores);
-                else ScoresFloat<F16Reader>(layout, block, tokenCount, queries, queryCount, scores);
+                else ScoresFloat<F16Reader>(layout.HeadDim, block, tokenCount, queries, queryCount, scores);
                 break;
-            case KvFormat.BF16: ScoresFloat<Bf16Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
-            case KvFormat.Fp8E4M3: ScoresFloat<Fp8Reader>(layout, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.BF16: ScoresFloat<Bf16Reader>(layout.HeadDim, block, tokenCount, queries, queryCount, scores); break;
+            case KvFormat.Fp8E4M3: ScoresFloat<Fp8Reader>(layout.HeadDim, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Int8: ScoresQuantized<Code8Reader>(layout, block, block, tokenCount, queries, queryCount, scores); break;
             case KvFormat.Int4:
             case KvFormat.Int2:
@@ -104,13 +104,13 @@ public static class BlockAttention
         }
         switch (layout.Format)
         {
-            case KvFormat.F32: AccumulateFloat<F32Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.F32: AccumulateFloat<F32Reader>(layout.HeadDim, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.F16:
                 if (!Simd.Enabled || !F16Finite(block, tokenCount * layout.HeadDim) || !AccumulateF16Scaled(layout, block, tokenCount, weights, queryCount, acc))
-                    AccumulateFloat<F16Reader>(layout, block, tokenCount, weights, queryCount, acc);
+                    AccumulateFloat<F16Reader>(layout.HeadDim, block, tokenCount, weights, queryCount, acc);
                 break;
-            case KvFormat.BF16: AccumulateFloat<Bf16Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
-            case KvFormat.Fp8E4M3: AccumulateFloat<Fp8Reader>(layout, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.BF16: AccumulateFloat<Bf16Reader>(layout.HeadDim, block, tokenCount, weights, queryCount, acc); break;
+            case KvFormat.Fp8E4M3: AccumulateFloat<Fp8Reader>(layout.HeadDim, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Int8: AccumulateQuantized<Code8Reader>(layout, block, block, tokenCount, weights, queryCount, acc); break;
             case KvFormat.Int4:
             case KvFormat.Int2:
@@ -181,7 +181,7 @@ public static class BlockAttention
         float max = MathF.Abs(TensorPrimitives.MaxMagnitude(queries));
         int k = !float.IsFinite(max) || max == 0 ? 112 : Math.Min(112, 125 - MathF.ILogB(max));
         TensorPrimitives.Multiply(queries, MathF.ScaleB(1f, k), qs);
-        ScoresFloat<F16ScaledReader>(layout, block, n, qs, g, scores);
+        ScoresFloat<F16ScaledReader>(layout.HeadDim, block, n, qs, g, scores);
         if (k != 112) TensorPrimitives.Multiply(scores[..(g * n)], MathF.ScaleB(1f, 112 - k), scores[..(g * n)]);
         if (rented != null) ArrayPool<float>.Shared.Return(rented);
     }
@@ -200,18 +200,29 @@ public static class BlockAttention
         Span<float> ws = len <= StackFloats ? stackalloc float[StackFloats] : (rented = ArrayPool<float>.Shared.Rent(len));
         ws = ws[..len];
         TensorPrimitives.Multiply(weights, TwoTo112, ws);
-        AccumulateFloat<F16ScaledReader>(layout, block, n, ws, g, acc);
+        AccumulateFloat<F16ScaledReader>(layout.HeadDim, block, n, ws, g, acc);
         if (rented != null) ArrayPool<float>.Shared.Return(rented);
         return true;
     }
 
+    /// <summary>
+    /// scores[i, t] = queries[i] · rows[t] over <paramref name="n"/> float32 rows [n, d] (blocks widened to floats,
+    /// e.g. VidKV values), with the float-format kernels.
+    /// </summary>
+    internal static void ScoresRows(ReadOnlySpan<float> rows, int d, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+        => ScoresFloat<F32Reader>(d, MemoryMarshal.AsBytes(rows), n, queries, g, scores);
+
+    /// <summary>acc[i] += Σ_t weights[i, t] · rows[t] over <paramref name="n"/> float32 rows [n, d], with the float-format kernels.</summary>
+    internal static void AccumulateRows(ReadOnlySpan<float> rows, int d, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+        => AccumulateFloat<F32Reader>(d, MemoryMarshal.AsBytes(rows), n, weights, g, acc);
+
     // Blocking: with at least 4 queries, each token row is widened once and used by 4 queries (…4Queries);
     // with fewer, each query walks 4 token rows at a time (…4Rows). Both give identical per-(query, token) arithmetic.
 
-    private static void ScoresFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
+    private static void ScoresFloat<R>(int d, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
         where R : struct, IElementReader
     {
-        int d = layout.HeadDim, t = 0;
+        int t = 0;
         bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (g >= 4)
@@ -240,10 +251,10 @@ public static class BlockAttention
                 scores[i * n + t] = RowKernels<R>.Dot(simd, ref b, t * d, queries.Slice(i * d, d));
     }
 
-    private static void AccumulateFloat<R>(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
+    private static void AccumulateFloat<R>(int d, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> weights, int g, Span<float> acc)
         where R : struct, IElementReader
     {
-        int d = layout.HeadDim, i = 0;
+        int i = 0;
         bool simd = Simd.Enabled;
         ref byte b = ref MemoryMarshal.GetReference(block);
         if (g >= 4)

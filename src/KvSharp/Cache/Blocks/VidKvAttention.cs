@@ -93,10 +93,12 @@ internal static class VidKvAttention
                 bias += qc * parameters[2 * m + normal + k];
             }
             var row = scores.Slice(i * n, n);
-            var qo = scaled[..m];
-            for (int t = 0; t < n; t++) row[t] = bias + TensorPrimitives.Dot(qo, outlierCodes.Slice(t * m, m));
-            var qn = scaled.Slice(m, normal);
-            for (int j = 1; j < n; j++) u[j] = TensorPrimitives.Dot(qn, signs.Slice(j * normal, normal));
+            // Both row sets go through the float-row score kernel (four token rows per pass) instead of one Dot call
+            // per token; u[0] (sign row 0 is unused) is computed and ignored.
+            if (m > 0) BlockAttention.ScoresRows(outlierCodes, m, n, scaled[..m], 1, row);
+            else row.Clear();
+            TensorPrimitives.Add(row, bias, row);
+            if (normal > 0) BlockAttention.ScoresRows(signs, normal, n, scaled.Slice(m, normal), 1, u);
             for (int j = 1; j < n; j++) TensorPrimitives.MultiplyAdd(basis.AsSpan(j * n, n), u[j], row, row);
         }
     }
@@ -106,15 +108,7 @@ internal static class VidKvAttention
         int d = layout.HeadDim;
         var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
-        for (int i = 0; i < g; i++)
-        {
-            var a = acc.Slice(i * d, d);
-            for (int t = 0; t < n; t++)
-            {
-                float w = weights[i * n + t];
-                if (w != 0) TensorPrimitives.MultiplyAdd(rows.Slice(t * d, d), w, a, a);
-            }
-        }
+        BlockAttention.AccumulateRows(rows, d, n, weights, g, acc);
     }
 
     private static void ScoresDecoded(BlockLayout layout, ReadOnlySpan<byte> block, int n, ReadOnlySpan<float> queries, int g, Span<float> scores)
@@ -122,9 +116,7 @@ internal static class VidKvAttention
         int d = layout.HeadDim;
         var rows = Scratch(n * d + 8)[..(n * d)];
         Widen(layout, block, n, rows);
-        for (int i = 0; i < g; i++)
-            for (int t = 0; t < n; t++)
-                scores[i * n + t] = TensorPrimitives.Dot(queries.Slice(i * d, d), rows.Slice(t * d, d));
+        BlockAttention.ScoresRows(rows, d, n, queries, g, scores);
     }
 
     /// <summary>The block's n rows as floats: VidKvValue through the trit table, VidKvKey through the codec.</summary>

@@ -60,7 +60,7 @@ public static class BaklavaProfiler
                     int g = h / group;
                     var v = values.AsSpan((t * kvHeads + g) * headDim, headDim);
                     var o = output.Slice((t * heads + h) * headDim, headDim);
-                    _sum[layer, g] += 1 - Cosine(v, o);
+                    _sum[layer, g] += 1 - VectorSimilarity.Cosine(v, o);
                     _count[layer, g]++;
                 }
         }
@@ -68,12 +68,5 @@ public static class BaklavaProfiler
         /// <summary>The mean importance per (layer, KV head).</summary>
         public HeadProfile Profile() => new(Method, Enumerable.Range(0, layers)
             .Select(l => (IReadOnlyList<double>)Enumerable.Range(0, kvHeads).Select(g => _count[l, g] == 0 ? 0 : _sum[l, g] / _count[l, g]).ToArray()).ToArray());
-
-        private static double Cosine(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-        {
-            double ab = 0, aa = 0, bb = 0;
-            for (int i = 0; i < a.Length; i++) { ab += (double)a[i] * b[i]; aa += (double)a[i] * a[i]; bb += (double)b[i] * b[i]; }
-            return aa == 0 || bb == 0 ? 0 : ab / Math.Sqrt(aa * bb);
-        }
     }
 }

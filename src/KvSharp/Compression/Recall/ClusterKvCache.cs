@@ -85,6 +85,12 @@ public sealed class ClusterKvCache : IKvCache
     /// <remarks>The wrapped cache's bytes; the float copy the selection reads is the "slower memory" and not counted.</remarks>
     public long ByteCount => _inner.ByteCount;
 
+    /// <summary>
+    /// Bytes of the float32 copy of every stored key and value the selection reads (the paper's "slower memory"):
+    /// besides <see cref="ByteCount"/>, not instead of it.
+    /// </summary>
+    public long CopyBytes => _stores.Sum(s => (long)s.Count) * _d * 2 * sizeof(float);
+
     /// <summary>Decode steps served (per layer: counted once per step).</summary>
     public long DecodeSteps { get; private set; }
 

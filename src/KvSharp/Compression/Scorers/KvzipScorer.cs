@@ -67,6 +67,8 @@ public sealed class KvzipScorer : IScorer
         int chunk = Math.Min(Chunk, room);
         if (chunk < 1 && length > context.ProtectedPrefix)
             throw new KvSharpException($"kvzip: the cache holds {context.Cache.Options.MaxTokens} positions and the context {length}: no room after it for the repeat run (allow at least {length - room + 1} positions)");
+        // KVzip+'s value weights depend on the stored values only: once for every run.
+        var valueNorms = Plus ? KvzipPlusValueNorms.Compute(context) : null;
         for (int start = context.ProtectedPrefix; start < length; start += chunk)
         {
             int end = Math.Min(length, start + chunk);
@@ -74,9 +76,9 @@ public sealed class KvzipScorer : IScorer
                 ? first
                 : [.. next, .. tokens[Math.Max(context.ProtectedPrefix, start - OverlapTokens)..start]];
             int[] run = [.. request, .. suffix, .. tokens[start..end]];
-            if (Plus)
+            if (valueNorms != null)
             {
-                KvzipPlusRun.Score(context, run, start, end, scores);
+                KvzipPlusRun.Score(context, valueNorms, run, start, end, scores);
                 continue;
             }
             var stats = context.Observe(run, GroupFold.Max);

@@ -1,4 +1,5 @@
 using KvSharp.Cache;
+using KvSharp.Compression.Recall;
 
 namespace KvSharp.Compression.Sessions;
 
@@ -13,6 +14,13 @@ public sealed record CompressedContextOptions
 
     /// <summary>The press applied once after prefill (query-agnostic) or per question (query-aware); null = no compression.</summary>
     public IKvPress? Press { get; init; }
+
+    /// <summary>
+    /// ClusterKV recall while answering (null = none): the (pressed) cache is clustered once and every decode step
+    /// attends only the sinks, the recent tokens and the best clusters within the budget; multi-token passes (the
+    /// question) attend everything. Nothing is evicted by it: the cache keeps every byte it had.
+    /// </summary>
+    public ClusterKvOptions? Recall { get; init; }
 
     /// <summary>
     /// False (default): the context is compressed once without seeing any question, and every question reuses it.

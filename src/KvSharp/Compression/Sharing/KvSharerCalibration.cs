@@ -70,7 +70,7 @@ public sealed class KvSharerCalibration
         {
             var states = SharedHidden(_windows[w], shares);
             for (int t = 0; t < _windows[w].Length; t++, count++)
-                sum += Cosine(_reference[w].AsSpan(t * hidden, hidden), states.AsSpan(t * hidden, hidden));
+                sum += VectorSimilarity.Cosine(_reference[w].AsSpan(t * hidden, hidden), states.AsSpan(t * hidden, hidden));
         }
         return sum / count;
     }
@@ -91,19 +91,6 @@ public sealed class KvSharerCalibration
     /// <summary>Runs <see cref="KvSharerSearch"/> over this model.</summary>
     public KvSharerSearchResult Search(double threshold, int maxShared, IProgress<double>? progress = null) =>
         KvSharerSearch.Run(LayerMeans, Similarity, threshold, maxShared, progress);
-
-    /// <summary>cos(a, b) in float64; two zero vectors are identical (1), one zero vector is unrelated (0).</summary>
-    public static double Cosine(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        if (a.Length != b.Length) throw new ArgumentException($"vectors of {a.Length} and {b.Length} elements");
-        double ab = 0, aa = 0, bb = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            double x = a[i], y = b[i];
-            ab += x * y; aa += x * x; bb += y * y;
-        }
-        return aa == 0 || bb == 0 ? (aa == bb ? 1 : 0) : ab / Math.Sqrt(aa * bb);
-    }
 
     private PagedKvCache NewCache(int tokens) =>
         new(_model.Config, new PagedKvCacheOptions { KeyFormat = KvFormat.F32, ValueFormat = KvFormat.F32, MaxTokens = tokens });

@@ -18,23 +18,22 @@ public static class GgmlFlashAttention
 {
     /// <summary>
     /// Attends <paramref name="query"/> ([headDim], float) over the first <paramref name="count"/> rows of
-    /// <paramref name="keys"/> and <paramref name="values"/> ([rows, headDim] f16), writing [headDim] to <paramref name="output"/>.
-    /// <paramref name="scratch"/> holds at least 3 · headDim floats.
+    /// <paramref name="keys"/> and <paramref name="values"/> ([rows, headDim] f16 values, given widened to float: the
+    /// widening is exact, and done once per KV head for all the queries that read it), writing [headDim] to
+    /// <paramref name="output"/>. <paramref name="scratch"/> holds at least 2 · headDim floats.
     /// </summary>
-    public static void OneChunk(ReadOnlySpan<float> query, ReadOnlySpan<Half> keys, ReadOnlySpan<Half> values, int count,
+    public static void OneChunk(ReadOnlySpan<float> query, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count,
         float scale, Span<float> scratch, Span<float> output)
     {
         int hd = query.Length;
         var q = scratch[..hd];
-        var row = scratch.Slice(hd, hd);
-        var acc = scratch.Slice(2 * hd, hd);
+        var acc = scratch.Slice(hd, hd);
         GgmlElementwise.RoundToHalf(query, q);
         acc.Clear();
         float max = float.NegativeInfinity, sum = 0;
         for (int j = 0; j < count; j++)
         {
-            TensorPrimitives.ConvertToSingle(keys.Slice(j * hd, hd), row);
-            float s = GgmlOrderDot.VecDotF16(row, q) * scale;
+            float s = GgmlOrderDot.VecDotF16(keys.Slice(j * hd, hd), q) * scale;
             float ms = 1, vs = 1;
             if (s > max)
             {
@@ -44,8 +43,8 @@ public static class GgmlFlashAttention
                 for (int i = 0; i < hd; i++) acc[i] = GgmlElementwise.RoundToHalf(acc[i] * ms);
             }
             else vs = MathF.Exp(s - max);
-            TensorPrimitives.ConvertToSingle(values.Slice(j * hd, hd), row);
-            for (int i = 0; i < hd; i++) acc[i] = GgmlElementwise.RoundToHalf(MathF.FusedMultiplyAdd(row[i], vs, acc[i]));
+            var v = values.Slice(j * hd, hd);
+            for (int i = 0; i < hd; i++) acc[i] = GgmlElementwise.RoundToHalf(MathF.FusedMultiplyAdd(v[i], vs, acc[i]));
             sum = sum * ms + vs;
         }
         float inv = sum == 0 ? 0 : 1.0f / sum;

@@ -48,14 +48,35 @@ public static unsafe class GgmlMatMul
             // Rows split over the pool; each output is one dot product, so the split does not change any rounding.
             CpuThreads.For(rows, Math.Max(1, 16384 / Math.Max(1, cols * n)), (r0, r1) =>
             {
-                Span<float> widened = f16 ? new float[cols] : default;
-                for (int r = r0; r < r1; r++)
+                Span<float> widened = f16 ? new float[4 * cols] : default;
+                int r = r0;
+                if (tiny)
+                {
+                    // Prefill: 4 weight rows × 3 activation rows per pass, each output in tinyBLAS's order.
+                    fixed (float* wide = widened)
+                        for (; r + 4 <= r1; r += 4)
+                        {
+                            float* wr4 = (float*)(wp + (long)r * cols * 4);
+                            if (f16)
+                            {
+                                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(wp + (long)r * cols * 2, 4 * cols), widened);
+                                wr4 = wide;
+                            }
+                            int t = 0;
+                            for (; t + 3 <= n; t += 3)
+                                GgmlOrderDot.TinyBlas4x3(wr4, cols, xp + (long)t * cols, cols, cols, yp + (long)t * rows + r, rows);
+                            for (; t < n; t++)
+                                for (int k = 0; k < 4; k++)
+                                    yp[(long)t * rows + r + k] = GgmlOrderDot.TinyBlas(new ReadOnlySpan<float>(wr4 + (long)k * cols, cols), new ReadOnlySpan<float>(xp + (long)t * cols, cols));
+                        }
+                }
+                for (; r < r1; r++)
                 {
                     ReadOnlySpan<float> wr;
                     if (f16)
                     {
-                        TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(wp + (long)r * cols * 2, cols), widened);
-                        wr = widened;
+                        TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(wp + (long)r * cols * 2, cols), widened[..cols]);
+                        wr = widened[..cols];
                     }
                     else wr = new ReadOnlySpan<float>(wp + (long)r * cols * 4, cols);
                     for (int t = 0; t < n; t++)

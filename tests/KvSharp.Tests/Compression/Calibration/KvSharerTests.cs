@@ -1,6 +1,7 @@
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression;
+using KvSharp.Compression.Calibration;
 using KvSharp.Compression.Registry;
 using KvSharp.Compression.Sharing;
 using KvSharp.Formats;
@@ -129,13 +130,13 @@ public class KvSharerTests
     }
 
     [Fact]
-    public void Cosine_IsTheFloat64CosineOfTheVectors()
+    public void VectorSimilarityCosine_IsTheFloat64CosineOfTheVectors()
     {
         float[] a = [3, 4, 0], b = [4, 3, 5];
-        Assert.Equal(24 / (5 * Math.Sqrt(50)), KvSharerCalibration.Cosine(a, b), 12); // a·b = 24, |a| = 5, |b| = √50
-        Assert.Equal(-1, KvSharerCalibration.Cosine(a, [-6, -8, 0]), 12);
-        Assert.Equal(1, KvSharerCalibration.Cosine([0, 0], [0, 0]));
-        Assert.Equal(0, KvSharerCalibration.Cosine([0, 0], [1, 0]));
+        Assert.Equal(24 / (5 * Math.Sqrt(50)), VectorSimilarity.Cosine(a, b), 12); // a·b = 24, |a| = 5, |b| = √50
+        Assert.Equal(-1, VectorSimilarity.Cosine(a, [-6, -8, 0]), 12);
+        Assert.Equal(1, VectorSimilarity.Cosine([0, 0], [0, 0]));
+        Assert.Equal(0, VectorSimilarity.Cosine([0, 0], [1, 0]));
     }
 
     [Fact]

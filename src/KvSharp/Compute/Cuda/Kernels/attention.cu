@@ -267,7 +267,22 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* acc, floa
     m = mn;
 }
 
-template <int HD, int G>
+// One warp step's keys and values: U slots of KPW keys from jb on (past j1: re-reads the last valid key, masked later).
+template <int HD, int U, int KPW>
+__device__ __forceinline__ void load_tile(const u16* kb, const u16* vb, int jb, int j1, int slot, int sub, uint4* kr, uint4* vr)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        const int j = min(jb + u * KPW + slot, j1 - 1);
+        kr[u] = load_stream(kb + (long)j * HD + sub * 8);
+        vr[u] = load_stream(vb + (long)j * HD + sub * 8);
+    }
+}
+
+// PIPE: the next step's loads are issued before this step's arithmetic (registers double-buffered), so a warp
+// always has a step of loads in flight instead of alternating between loading and computing.
+template <int HD, int G, bool PIPE>
 __device__ __forceinline__ void attention_stream(
     const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
     float* part_out, float* part_ml, int* counters, float* __restrict__ out,
@@ -279,10 +294,13 @@ __device__ __forceinline__ void attention_stream(
     __shared__ float wts[G][STREAM_MAX_SPLITS];
     __shared__ int is_last;
     float* sm_acc = reinterpret_cast<float*>(sm_acc4);
-    pdl_wait();
 
+    // Everything up to the first K/V loads only reads what earlier decode steps wrote (the positions, the cache below
+    // this call's first position), so it runs before pdl_wait: under programmatic launch the first loads overlap the
+    // previous kernel's tail (that kernel appends this call's keys and values and writes the queries).
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const bool batch = seq_stride != 0;
+    const int stable = batch ? pos[t] : pos[0]; // positions below it were in the cache before this step
     const int visible = (batch ? pos[t] : pos[0] + t) + 1;
     const long seq = batch ? t * seq_stride : 0;
     const u16* kb = kc + seq + (long)kvh * capacity * HD;
@@ -292,6 +310,13 @@ __device__ __forceinline__ void attention_stream(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % L, slot = lane / L;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
+    constexpr int STEP = STREAM_WARPS * TILE;
+    const int jw = j0 + warp * TILE; // this warp's first key
+    uint4 kr[U], vr[U];
+    const bool early = PIPE && jw < j1 && min(jw + TILE, j1) <= stable; // the first step reads no new key
+    if (early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
+    pdl_wait();
+    if (PIPE && jw < j1 && !early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
 
     float qf[G][8], acc[G][8], m[G], l[G];
 #pragma unroll
@@ -308,16 +333,11 @@ __device__ __forceinline__ void attention_stream(
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
 
-    for (int jb = j0 + warp * TILE; jb < j1; jb += STREAM_WARPS * TILE)
+    for (int jb = jw; jb < j1; jb += STEP)
     {
-        uint4 kr[U], vr[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-        {
-            const int j = min(jb + u * KPW + slot, j1 - 1); // past the end: re-read a valid key, masked below
-            kr[u] = load_stream(kb + (long)j * HD + sub * 8);
-            vr[u] = load_stream(vb + (long)j * HD + sub * 8);
-        }
+        uint4 kn[U], vn[U];
+        if (!PIPE) load_tile<HD, U, KPW>(kb, vb, jb, j1, slot, sub, kr, vr);
+        else if (jb + STEP < j1) load_tile<HD, U, KPW>(kb, vb, jb + STEP, j1, slot, sub, kn, vn);
         float s[U][G];
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -364,6 +384,11 @@ __device__ __forceinline__ void attention_stream(
             for (int g = 0; g < G; g++)
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[g][e] += s[u][g] * vf[e];
+        }
+        if (PIPE)
+        {
+#pragma unroll
+            for (int u = 0; u < U; u++) { kr[u] = kn[u]; vr[u] = vn[u]; }
         }
     }
 
@@ -466,10 +491,13 @@ __device__ __forceinline__ void attention_stream(
     }
 }
 
+#define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \
+    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride
+#define ATTN_STREAM_CALL(HD, G, PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
+    seq_stride)
 #define ATTN_STREAM(HD, G) \
-    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(const float* q, const u16* kc, const u16* vc, float* po, float* pml, \
-        int* counters, float* out, int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride) \
-    { attention_stream<HD, G>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, seq_stride); }
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, true); } \
+    extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, false); }
 ATTN_STREAM(128, 1) ATTN_STREAM(128, 2) ATTN_STREAM(128, 3) ATTN_STREAM(128, 4) ATTN_STREAM(128, 5) ATTN_STREAM(128, 6) ATTN_STREAM(128, 7) ATTN_STREAM(128, 8)
 ATTN_STREAM(64, 1) ATTN_STREAM(64, 2) ATTN_STREAM(64, 3) ATTN_STREAM(64, 4) ATTN_STREAM(64, 5) ATTN_STREAM(64, 6) ATTN_STREAM(64, 7) ATTN_STREAM(64, 8)
 

@@ -110,3 +110,60 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+
+// End of a split-K (flash-decoding) attention launch: block (split, kv head, row t) has written its chunk's unnormalized
+// outputs part_out [row, head, split, hd] and (max, sum) part_ml; the last block of a (row, kv head) to finish (an atomic
+// counter it resets for the next launch) merges the G heads' chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s.
+// `weights` is shared scratch of at least G·wstride floats (wstride >= splits). A head without any visible token
+// (every l_s = 0) outputs zeros. Every thread of the block must call it.
+__device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
+    float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh)
+{
+    __shared__ int is_last;
+    __threadfence(); // this block's partial results are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
+        is_last = done == splits - 1;
+        if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // Chunk weights e^(m_s - M) / L per head, one warp per head...
+    for (int g = warp; g < G; g += warps)
+    {
+        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        float m = neg_inf();
+        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int s = lane; s < splits; s += 32)
+        {
+            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
+            const float w = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
+            weights[g * wstride + s] = w;
+            l += ls * w;
+        }
+        l = warp_sum(l);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        for (int s = lane; s < splits; s += 32) weights[g * wstride + s] *= inv;
+    }
+    __syncthreads();
+    // ...then every output element as independent, coalesced loads of the chunks' partial outputs.
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
+    {
+        const int g = i / hd, d = i % hd;
+        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < splits; s++)
+        {
+            const float w = weights[g * wstride + s];
+            if (w != 0.0f) acc += __ldcg(part_out + (base + s) * hd + d) * w;
+        }
+        out[((long)t * heads + (long)kvh * G) * hd + i] = acc;
+    }
+}

@@ -129,6 +129,22 @@ extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const
 // Greedy pick over each row of logits (one block per row t): the first index of the largest value (as
 // the CPU sampler does). Writes it to next[t] and to history[t * history_stride + pos[t]], then advances
 // pos[t] by advance (a decode step's bookkeeping; rows are the sequences of a batch).
+// The greedy token of each row t from the key the output head folded into best[t] (gemv.cu, MODE 4): next[t],
+// history[t * history_stride + pos[t]], pos[t] += advance, and best[t] back to 0 for the next step.
+extern "C" __global__ void argmax_finish(unsigned long long* best, int rows, int* next, int* history, int* pos, int advance, long history_stride)
+{
+    pdl_wait();
+    pdl_trigger();
+    const int t = threadIdx.x;
+    if (t >= rows) return;
+    const unsigned long long key = best[t];
+    const int idx = key == 0ull ? 0 : (int)(0xffffffffu - (unsigned)(key & 0xffffffffull)); // all NaN: 0, as argmax
+    best[t] = 0ull;
+    next[t] = idx;
+    if (history) history[t * history_stride + pos[t]] = idx;
+    pos[t] += advance;
+}
+
 extern "C" __global__ void argmax(const float* logits, int n, int* next, int* history, int* pos, int advance, long history_stride)
 {
     pdl_wait();

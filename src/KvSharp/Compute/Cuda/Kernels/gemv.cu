@@ -8,15 +8,110 @@
 //           balance the SMs.
 //   MODE 2: SwiGLU over a [2 * rows, cols] matrix holding gate rows then up rows:
 //           y[t, r] = silu(dot(gate_r)) * dot(up_r) (the feed-forward's first half in one pass).
-// NORM (modes 0 and 2, whole rows per warp): x is the raw residual stream and the product is taken
+//   MODE 4: MODE 0 (the output head) that also folds every row's value into best[t] with a 64-bit atomicMax
+//           (argmax_key), so the greedy token needs no second pass over the logits (argmax_finish reads it).
+//   MODE 3: the fused QKV product of one decode row (NT = 1) with RoPE and the cache append in its epilogue:
+//           warp p owns the rotation pair of head p / (hd/2) (dims i, i + hd/2, or 2i, 2i + 1 interleaved), so
+//           lane 0 holds both inputs of the rotation; queries go to q_out, keys and values (float16) into the
+//           cache at the device-side position (no separate qkv_rope_append launch).
+// NORM (modes 0, 2 and 3, whole rows per warp): x is the raw residual stream and the product is taken
 // with RMSNorm(x) * nw, the norm fused in: the loop multiplies x by nw and sums x^2 on the way, and
 // the dot is scaled by 1/sqrt(mean(x^2) + eps) at the end (no separate norm kernel, no normed copy).
+// The first GEMV_PREFETCH vectors of each lane's two rows are loaded before pdl_wait: weights do not depend
+// on the previous kernel, so under programmatic dependent launch a block that starts while the previous
+// kernel drains already has its first loads in flight (no DRAM idle between kernels).
 // gemv_mma_* below does the same for 2-8 rows on tensor cores (batch decode).
 #include "common.cuh"
 
+constexpr int GEMV_PREFETCH = 4;
+
+// Where MODE 3 puts its results (RoPE + cache append of one decode row).
+struct RopeAppend
+{
+    float* q_out;
+    u16* kc;
+    u16* vc;
+    const float* inv_freq;
+    const int* pos;
+    int heads, kv_heads, hd, capacity, interleaved;
+};
+
+// MODE 4's running greedy choice per activation row: (orderable value bits << 32) | ~index, so the 64-bit
+// maximum is the largest value and, among equal values, the first index (the CPU sampler's rule).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int index)
+{
+    const unsigned u = __float_as_uint(v);
+    const unsigned ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)ordered << 32) | (unsigned)(0xffffffffu - (unsigned)index);
+}
+
+// One 16-byte vector i of the two rows against the NT activation rows (norm folded in when NORM).
+template <class W, int NT, bool NORM>
+__device__ __forceinline__ void gemv_step(uint4 wv0, uint4 wv1, const float* __restrict__ x, const float* __restrict__ nw, int i, int cols,
+    float* a0, float* a1, float* ss)
+{
+    float f0[W::Vec], f1[W::Vec];
+    W::unpack(wv0, f0);
+    W::unpack(wv1, f1);
+    float4 nwv[W::Vec / 4];
+    if (NORM)
+    {
+#pragma unroll
+        for (int q = 0; q < W::Vec / 4; q++) nwv[q] = __ldg(reinterpret_cast<const float4*>(nw + (long)i * W::Vec) + q);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+    {
+        const float4* xv = reinterpret_cast<const float4*>(x + (long)t * cols + (long)i * W::Vec);
+#pragma unroll
+        for (int q = 0; q < W::Vec / 4; q++)
+        {
+            float4 xx = __ldg(xv + q);
+            if (NORM)
+            {
+                ss[t] += xx.x * xx.x + xx.y * xx.y + xx.z * xx.z + xx.w * xx.w;
+                xx.x *= nwv[q].x; xx.y *= nwv[q].y; xx.z *= nwv[q].z; xx.w *= nwv[q].w;
+            }
+            a0[t] += f0[4 * q] * xx.x + f0[4 * q + 1] * xx.y + f0[4 * q + 2] * xx.z + f0[4 * q + 3] * xx.w;
+            a1[t] += f1[4 * q] * xx.x + f1[4 * q + 1] * xx.y + f1[4 * q + 2] * xx.z + f1[4 * q + 3] * xx.w;
+        }
+    }
+}
+
+// MODE 3's epilogue: rotation pair (dims of pair_dim) of QKV head pair_head, values x0, x1 (already normed and
+// summed). Query heads are rotated into q_out, key heads rotated into the float16 cache, value heads stored as
+// they are; the same arithmetic as qkv_rope_append in elementwise.cu.
+__device__ __forceinline__ void rope_append_pair(const RopeAppend& ra, int head, int i, float x0, float x1)
+{
+    const int p = *ra.pos;
+    const int i0 = ra.interleaved ? 2 * i : i, i1 = ra.interleaved ? 2 * i + 1 : i + ra.hd / 2;
+    if (head >= ra.heads + ra.kv_heads)
+    {
+        u16* dst = ra.vc + ((long)(head - ra.heads - ra.kv_heads) * ra.capacity + p) * ra.hd;
+        dst[i0] = f32_to_f16(x0);
+        dst[i1] = f32_to_f16(x1);
+        return;
+    }
+    const float angle = (float)p * ra.inv_freq[i];
+    const float c = cosf(angle), s = sinf(angle);
+    const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+    if (head < ra.heads)
+    {
+        float* dst = ra.q_out + (long)head * ra.hd;
+        dst[i0] = y0;
+        dst[i1] = y1;
+    }
+    else
+    {
+        u16* dst = ra.kc + ((long)(head - ra.heads) * ra.capacity + p) * ra.hd;
+        dst[i0] = f32_to_f16(y0);
+        dst[i1] = f32_to_f16(y1);
+    }
+}
+
 template <class W, int NT, int MODE, bool NORM>
 __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int ksplit)
+    const float* __restrict__ nw, float eps, int rows, int cols, int ksplit, RopeAppend ra = RopeAppend(), unsigned long long* best = nullptr)
 {
     int warp = (int)((blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
@@ -24,11 +119,22 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     if (MODE == 1) { part = warp % ksplit; warp /= ksplit; }
     int r0, r1;
     bool active;
+    int pair_head = 0, pair_dim = 0;
     if (MODE == 2)
     {
         active = warp < rows;
         r0 = warp;
         r1 = warp + rows;
+    }
+    else if (MODE == 3)
+    {
+        const int half = ra.hd / 2;
+        active = warp < rows / 2;
+        pair_head = warp / half;
+        pair_dim = warp % half;
+        r0 = pair_head * ra.hd + (ra.interleaved ? 2 * pair_dim : pair_dim);
+        r1 = r0 + (ra.interleaved ? 1 : half);
+        if (!active) { r0 = 0; r1 = 0; }
     }
     else
     {
@@ -43,6 +149,19 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     const int per_part = vectorized ? (nv + ksplit - 1) / ksplit : (cols + ksplit - 1) / ksplit;
     const int begin = part * per_part;
     const int end = min(vectorized ? nv : cols, (part + 1) * per_part);
+    // Rows start 16-byte aligned: cols is a multiple of the vector width and buffers are 256-byte aligned.
+    const uint4* v0 = reinterpret_cast<const uint4*>(w0);
+    const uint4* v1 = reinterpret_cast<const uint4*>(w1);
+    uint4 pre0[GEMV_PREFETCH], pre1[GEMV_PREFETCH];
+    if (vectorized && active)
+    {
+#pragma unroll
+        for (int k = 0; k < GEMV_PREFETCH; k++)
+        {
+            const int i = begin + lane + 32 * k;
+            if (i < end) { pre0[k] = load_stream(v0 + i); pre1[k] = load_stream(v1 + i); }
+        }
+    }
     pdl_wait();
     if (!active) { pdl_trigger(); return; }
 
@@ -52,39 +171,16 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
 
     if (vectorized)
     {
-        // Rows start 16-byte aligned: cols is a multiple of the vector width and buffers are 256-byte aligned.
-        const uint4* v0 = reinterpret_cast<const uint4*>(w0);
-        const uint4* v1 = reinterpret_cast<const uint4*>(w1);
-#pragma unroll 4
-        for (int i = begin + lane; i < end; i += 32)
+        // The prefetched vectors first (unrolled: the register arrays stay registers), then the rest.
+#pragma unroll
+        for (int k = 0; k < GEMV_PREFETCH; k++)
         {
-            float f0[W::Vec], f1[W::Vec];
-            W::unpack(load_stream(v0 + i), f0);
-            W::unpack(load_stream(v1 + i), f1);
-            float4 nwv[W::Vec / 4];
-            if (NORM)
-            {
-#pragma unroll
-                for (int q = 0; q < W::Vec / 4; q++) nwv[q] = __ldg(reinterpret_cast<const float4*>(nw + (long)i * W::Vec) + q);
-            }
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-            {
-                const float4* xv = reinterpret_cast<const float4*>(x + (long)t * cols + (long)i * W::Vec);
-#pragma unroll
-                for (int q = 0; q < W::Vec / 4; q++)
-                {
-                    float4 xx = __ldg(xv + q);
-                    if (NORM)
-                    {
-                        ss[t] += xx.x * xx.x + xx.y * xx.y + xx.z * xx.z + xx.w * xx.w;
-                        xx.x *= nwv[q].x; xx.y *= nwv[q].y; xx.z *= nwv[q].z; xx.w *= nwv[q].w;
-                    }
-                    a0[t] += f0[4 * q] * xx.x + f0[4 * q + 1] * xx.y + f0[4 * q + 2] * xx.z + f0[4 * q + 3] * xx.w;
-                    a1[t] += f1[4 * q] * xx.x + f1[4 * q + 1] * xx.y + f1[4 * q + 2] * xx.z + f1[4 * q + 3] * xx.w;
-                }
-            }
+            const int i = begin + lane + 32 * k;
+            if (i < end) gemv_step<W, NT, NORM>(pre0[k], pre1[k], x, nw, i, cols, a0, a1, ss);
         }
+#pragma unroll 4
+        for (int i = begin + lane + 32 * GEMV_PREFETCH; i < end; i += 32)
+            gemv_step<W, NT, NORM>(load_stream(v0 + i), load_stream(v1 + i), x, nw, i, cols, a0, a1, ss);
     }
     else
     {
@@ -115,7 +211,19 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
         }
         if (lane != 0) continue;
         float* yt = y + (long)t * rows;
-        if (MODE == 2) yt[r0] = s0 / (1.0f + expf(-s0)) * s1;
+        if (MODE == 3) rope_append_pair(ra, pair_head, pair_dim, s0, s1);
+        else if (MODE == 4)
+        {
+            yt[r0] = s0;
+            unsigned long long key = s0 == s0 ? argmax_key(s0, r0) : 0ull; // NaN never wins (as in argmax)
+            if (r0 + 1 < rows)
+            {
+                yt[r0 + 1] = s1;
+                if (s1 == s1) { const unsigned long long k1 = argmax_key(s1, r0 + 1); key = k1 > key ? k1 : key; }
+            }
+            if (key != 0ull) atomicMax(best + t, key);
+        }
+        else if (MODE == 2) yt[r0] = s0 / (1.0f + expf(-s0)) * s1;
         else if (MODE == 1)
         {
             if (ksplit == 1) { yt[r0] += s0; if (r0 + 1 < rows) yt[r0 + 1] += s1; }
@@ -132,7 +240,17 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     extern "C" __global__ void __launch_bounds__(256) NAME##_acc_##NT(GEMV_ARGS(W)) { gemv<W, NT, 1, false>(w, x, y, nw, eps, rows, cols, ksplit); } \
     extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_##NT(GEMV_ARGS(W)) { gemv<W, NT, 2, false>(w, x, y, nw, eps, rows, cols, 1); } \
     extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_norm_##NT(GEMV_ARGS(W)) { gemv<W, NT, 2, true>(w, x, y, nw, eps, rows, cols, 1); }
-#define GEMV_ALL(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
+// The fused QKV + RoPE + cache append of one decode row (MODE 3, attention norm fused).
+#define GEMV_QKV_ROPE(NAME, W) \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_qkv_rope_norm_1(const W::T* w, const float* x, const float* nw, float eps, int rows, \
+        int cols, float* q_out, u16* kc, u16* vc, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int capacity, int interleaved) \
+    { gemv<W, 1, 3, true>(w, x, nullptr, nw, eps, rows, cols, 1, RopeAppend{ q_out, kc, vc, inv_freq, pos, heads, kv_heads, hd, capacity, interleaved }); }
+// The output head of decode rows with the final norm, folding the greedy choice into best[t] (MODE 4).
+#define GEMV_ARGMAX(NAME, W, NT) \
+    extern "C" __global__ void __launch_bounds__(256) NAME##_argmax_norm_##NT(const W::T* w, const float* x, float* y, const float* nw, float eps, \
+        int rows, int cols, unsigned long long* best) \
+    { gemv<W, NT, 4, true>(w, x, y, nw, eps, rows, cols, 1, RopeAppend(), best); }
+#define GEMV_ALL(NAME, W) GEMV_ARGMAX(NAME, W, 1) GEMV_QKV_ROPE(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
 
 GEMV_ALL(gemv_f32, WeightF32)
 GEMV_ALL(gemv_bf16, WeightBF16)

@@ -119,6 +119,7 @@ __device__ __forceinline__ void block_values(const u8* vb, int n, int tokens, in
     default: CALL(KV_BINARY); break; \
     }
 
+
 template <int G, int C>
 __device__ __forceinline__ void paged_attention(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
@@ -128,9 +129,8 @@ __device__ __forceinline__ void paged_attention(
     constexpr int HD = 32 * C;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int nblocks = head_blocks[kvh];
     const int limit = head_tokens[kvh] - (rows - 1 - t); // stored tokens this row sees
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, nblocks - b0);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
     const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
@@ -138,41 +138,10 @@ __device__ __forceinline__ void paged_attention(
     int* boff = reinterpret_cast<int*>(ov + G * HD); // [chunk_blocks + 1] first score slot of each block
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk] scores, then probabilities
     const long first = ((long)t * heads + (long)kvh * G) * splits + split; // (t, head kvh·G, split)
-    __shared__ int total;
 
-    // Visible tokens of each block of the split (a prefix sum over at most chunk_blocks blocks), by warp 0.
-    if (warp == 0)
-    {
-        int carry = 0;
-        for (int base = 0; base < max(nb, 0); base += 32)
-        {
-            int cnt = 0;
-            if (base + lane < nb)
-            {
-                const uint4 d = hdesc[base + lane];
-                cnt = max(0, min(desc_count(d), limit - (int)d.w));
-            }
-            int incl = cnt;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                const int y = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += y;
-            }
-            if (base + lane < nb) boff[base + lane + 1] = carry + incl;
-            carry += __shfl_sync(0xffffffffu, incl, 31);
-        }
-        if (lane == 0) { boff[0] = 0; total = carry; }
-    }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
-    __syncthreads();
-    const int n = total;
-
-    if (n == 0)
-    {
-        // Nothing visible in this split (past the head's length): an empty chunk the merge skips.
-        for (int i = threadIdx.x; i < G; i += blockDim.x) { part_ml[(first + (long)i * splits) * 2] = neg_inf(); part_ml[(first + (long)i * splits) * 2 + 1] = 0.0f; }
-    }
+    const int n = split_offsets(hdesc, nb, limit, boff);
+    if (n == 0) empty_chunk(part_ml, first, splits, G);
     else
     {
         float qr[G][C];
@@ -192,18 +161,7 @@ __device__ __forceinline__ void paged_attention(
 #undef SCORES
         }
         __syncthreads();
-
-        // Softmax statistics of the chunk, one warp per query head.
-        for (int g = warp; g < G; g += warps)
-        {
-            float m = neg_inf();
-            for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[g * chunk + j]);
-            m = warp_max(m);
-            float l = 0.0f;
-            for (int j = lane; j < n; j += 32) { const float e = expf(sc[g * chunk + j] - m); sc[g * chunk + j] = e; l += e; }
-            l = warp_sum(l);
-            if (lane == 0) { part_ml[(first + (long)g * splits) * 2] = m; part_ml[(first + (long)g * splits) * 2 + 1] = l; }
-        }
+        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
         __syncthreads();
 
         float acc[G][C];
@@ -226,55 +184,10 @@ __device__ __forceinline__ void paged_attention(
 #pragma unroll
             for (int i = 0; i < C; i++) atomicAdd(&ov[g * HD + lane * C + i], acc[g][i]);
         __syncthreads();
-        for (int i = threadIdx.x; i < G * HD; i += blockDim.x) part_out[(first + (long)(i / HD) * splits) * HD + i % HD] = ov[i];
+        store_chunk(ov, part_out, first, splits, G, HD);
     }
-
-    // The last block of this (row, kv head) merges the chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s.
-    __shared__ int is_last;
-    __threadfence(); // this block's partial results are visible before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == splits - 1;
-        if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    // Chunk weights e^(m_s - M) / L per head into the score area (the planner keeps splits <= chunk).
-    for (int g = warp; g < G; g += warps)
-    {
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float m = neg_inf();
-        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int s = lane; s < splits; s += 32)
-        {
-            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float wgt = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
-            sc[g * chunk + s] = wgt;
-            l += ls * wgt;
-        }
-        l = warp_sum(l);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f; // a head with no visible token outputs zeros
-        for (int s = lane; s < splits; s += 32) sc[g * chunk + s] *= inv;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
-    {
-        const int g = i / HD, dd = i % HD;
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float a = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; s++)
-        {
-            const float wgt = sc[g * chunk + s];
-            if (wgt != 0.0f) a += __ldcg(part_out + (base + s) * HD + dd) * wgt;
-        }
-        out[((long)t * heads + (long)kvh * G) * HD + i] = a;
-    }
+    // Chunk weights go to the score area (the planner keeps splits <= chunk).
+    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
 
@@ -459,9 +372,8 @@ __device__ __forceinline__ void paged_attention_wide(
     constexpr int HD = 32 * C;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int nblocks = head_blocks[kvh];
     const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, nblocks - b0);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
     const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
@@ -472,44 +384,15 @@ __device__ __forceinline__ void paged_attention_wide(
     int* boff = reinterpret_cast<int*>(ov + G * HD);   // [chunk_blocks + 1]
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
     const long first = ((long)t * heads + (long)kvh * G) * splits + split;
-    __shared__ int total;
 
-    if (warp == 0)
-    {
-        int carry = 0;
-        for (int base = 0; base < max(nb, 0); base += 32)
-        {
-            int cnt = 0;
-            if (base + lane < nb)
-            {
-                const uint4 d = hdesc[base + lane];
-                cnt = max(0, min(desc_count(d), limit - (int)d.w));
-            }
-            int incl = cnt;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                const int y = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += y;
-            }
-            if (base + lane < nb) boff[base + lane + 1] = carry + incl;
-            carry += __shfl_sync(0xffffffffu, incl, 31);
-        }
-        if (lane == 0) { boff[0] = 0; total = carry; }
-    }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {
         ov[i] = 0.0f;
         const int g = i / HD, c = i % HD;
         qs[qidx<G>(c) + g] = q[((long)t * heads + (long)kvh * G) * HD + i] * scale;
     }
-    __syncthreads();
-    const int n = total;
-
-    if (n == 0)
-    {
-        for (int i = threadIdx.x; i < G; i += blockDim.x) { part_ml[(first + (long)i * splits) * 2] = neg_inf(); part_ml[(first + (long)i * splits) * 2 + 1] = 0.0f; }
-    }
+    const int n = split_offsets(hdesc, nb, limit, boff);
+    if (n == 0) empty_chunk(part_ml, first, splits, G);
     else
     {
         float* wq = wqs + warp * QF;
@@ -524,17 +407,7 @@ __device__ __forceinline__ void paged_attention_wide(
 #undef WSCORES
         }
         __syncthreads();
-
-        for (int g = warp; g < G; g += warps)
-        {
-            float m = neg_inf();
-            for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[g * chunk + j]);
-            m = warp_max(m);
-            float l = 0.0f;
-            for (int j = lane; j < n; j += 32) { const float e = expf(sc[g * chunk + j] - m); sc[g * chunk + j] = e; l += e; }
-            l = warp_sum(l);
-            if (lane == 0) { part_ml[(first + (long)g * splits) * 2] = m; part_ml[(first + (long)g * splits) * 2 + 1] = l; }
-        }
+        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
         __syncthreads();
 
         float acc[G][16];
@@ -563,53 +436,9 @@ __device__ __forceinline__ void paged_attention_wide(
         if (held >= 0) { KV_FORMAT_SWITCH(held, WFLUSH) }
 #undef WFLUSH
         __syncthreads();
-        for (int i = threadIdx.x; i < G * HD; i += blockDim.x) part_out[(first + (long)(i / HD) * splits) * HD + i % HD] = ov[i];
+        store_chunk(ov, part_out, first, splits, G, HD);
     }
-
-    __shared__ int is_last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == splits - 1;
-        if (is_last) counters[(long)t * kv_heads + kvh] = 0;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (int g = warp; g < G; g += warps)
-    {
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float m = neg_inf();
-        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int s = lane; s < splits; s += 32)
-        {
-            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float wgt = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
-            sc[g * chunk + s] = wgt;
-            l += ls * wgt;
-        }
-        l = warp_sum(l);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int s = lane; s < splits; s += 32) sc[g * chunk + s] *= inv;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
-    {
-        const int g = i / HD, dd = i % HD;
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float a = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; s++)
-        {
-            const float wgt = sc[g * chunk + s];
-            if (wgt != 0.0f) a += __ldcg(part_out + (base + s) * HD + dd) * wgt;
-        }
-        out[((long)t * heads + (long)kvh * G) * HD + i] = a;
-    }
+    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
 #define PAGED_ATTN(G, C) \

@@ -1,6 +1,7 @@
 // Compression on the device for the paged KV cache (paged_kv.cuh): appending tokens (RoPE, the F32 residual
 // block, encoding a full residual in the cache's formats) and eviction (per-head drop flags, runs of affected
-// blocks decoded and re-encoded, the result compacted into a fresh pool).
+// blocks decoded and re-encoded, the result compacted into a fresh pool), and what presses need on the device
+// (attention statistics, score pooling and top-k selection, re-quantization; at the end of this file).
 // Encoding follows KvSharp.Cache.Blocks.BlockCodec exactly (float64 group statistics summed in element order,
 // f16-rounded stored parameters, round-half-even codes) and decoding follows BlockCodec.Decode (float32, no
 // fused multiply-add), so the bytes equal the CPU codec's.
@@ -377,5 +378,382 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
         d[written] = make_uint4(r.x, r.y, desc_meta(kept, KV_F32, KV_F32), (unsigned)start);
         head_blocks[head] = written + 1;
         head_tokens[head] = start + kept;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Compression scoring and re-quantization on the device (issue 7): what the presses need without reading the
+// cache back.
+//
+// Attention statistics (the CPU's PagedAttentionStatistics): for the query rows of one layer's attention call
+// (q [rows_total, heads, hd], rotated, as attention saw them; one launch takes rows row0 .. row0 + rows - 1),
+// every (KV head, covered stored token) gets the softmax probability each row gives it, folded over the group's
+// heads (max, or mean) and then over the counted rows as a running max and a running sum. Covered tokens are the head's first `covered[head]` stored tokens
+// (those stored when collection began). Row t sees all but the head's last rows_total-1-t stored tokens (the rows were
+// just appended; the causal rule of paged attention). Two launches, both grid (splits, kv heads) of 128 threads:
+// paged_stats_lse reduces each row's log-sum-exp over its split of the head's tokens; paged_stats_accumulate
+// merges the splits, rescoring its split's covered tokens into probabilities and adding them to the statistics.
+// Keys are decoded as BlockCodec.Decode does, 16 tokens at a time into shared memory.
+constexpr int STATS_TILE = 16, STATS_MAX_ROWS = 256, STATS_MAX_HD = 256;
+
+// Storage indices [i0, i1) of one head's blocks: calls f(tile rows in shared, first index, count) per tile,
+// the tile's keys decoded into ks [STATS_TILE][hd]. Called by every thread of the block.
+template <class F>
+__device__ void for_key_tiles(const u8* pool, const uint4* d, int nb, int i0, int i1, int tokens, int hd, int vg, float* ks, F f)
+{
+    for (int b = 0; b < nb; b++)
+    {
+        const uint4 e = d[b];
+        const int start = (int)e.w, cnt = desc_count(e), kf = desc_kfmt(e);
+        const int lo = max(start, i0), hi = min(start + cnt, i1);
+        for (int j0 = lo; j0 < hi; j0 += STATS_TILE)
+        {
+            const int n = min(STATS_TILE, hi - j0);
+            __syncthreads(); // the previous tile is no longer read
+            for (int x = threadIdx.x; x < n * hd; x += blockDim.x)
+                ks[x] = decode_element(pool + (size_t)e.x * 16, kf, true, j0 - start + x / hd, x % hd, tokens, hd, vg);
+            __syncthreads();
+            f(j0, n);
+        }
+    }
+}
+
+__device__ __forceinline__ float stats_score(const float* __restrict__ q, const float* ks, int hd, float scale)
+{
+    float s = 0.0f;
+    for (int c = 0; c < hd; c++) s += (q[c] * scale) * ks[c];
+    return s;
+}
+
+__device__ __forceinline__ void stats_range(int n, int splits, int split, int& i0, int& i1)
+{
+    const int chunk = ((n + splits - 1) / splits + STATS_TILE - 1) / STATS_TILE * STATS_TILE;
+    i0 = min(n, split * chunk);
+    i1 = min(n, i0 + chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(128) paged_stats_lse(const float* q, const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, float2* part, int rows, int row0, int rows_total, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks,
+    float scale)
+{
+    __shared__ float ks[STATS_TILE * STATS_MAX_HD];
+    const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, group = heads / kv_heads, rg = rows * group;
+    const int n = head_tokens[kvh];
+    int i0, i1;
+    stats_range(n, splits, split, i0, i1);
+    float m[STATS_MAX_ROWS / 128], l[STATS_MAX_ROWS / 128];
+#pragma unroll
+    for (int k = 0; k < STATS_MAX_ROWS / 128; k++) { m[k] = neg_inf(); l[k] = 0.0f; }
+    for_key_tiles(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, i1, tokens, hd, vg, ks, [&](int j0, int cnt) {
+#pragma unroll
+        for (int k = 0; k < STATS_MAX_ROWS / 128; k++)
+        {
+            const int qi = threadIdx.x + 128 * k;
+            if (qi >= rg) break;
+            const int r = row0 + qi / group, h = kvh * group + qi % group, visible = n - (rows_total - 1 - r);
+            const float* qr = q + ((long)r * heads + h) * hd;
+            for (int j = 0; j < cnt && j0 + j < visible; j++)
+            {
+                const float s = stats_score(qr, ks + j * hd, hd, scale);
+                const float mn = fmaxf(m[k], s);
+                l[k] = l[k] * expf(m[k] - mn) + expf(s - mn);
+                m[k] = mn;
+            }
+        }
+    });
+#pragma unroll
+    for (int k = 0; k < STATS_MAX_ROWS / 128; k++)
+    {
+        const int qi = threadIdx.x + 128 * k;
+        if (qi < rg) part[((long)kvh * splits + split) * rg + qi] = make_float2(m[k], l[k]);
+    }
+}
+
+// fold: 0 = max over the group's heads, 1 = mean. Rows before first_counted only enter the log-sum-exp.
+// stats_max / stats_sum: [kv_heads, max_tokens] of this layer (running, accumulated over calls).
+extern "C" __global__ void __launch_bounds__(128) paged_stats_accumulate(const float* q, const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, const int* covered, const float2* part, float* stats_max, float* stats_sum, int rows, int row0, int rows_total,
+    int first_counted, int fold,
+    int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, float scale)
+{
+    __shared__ float ks[STATS_TILE * STATS_MAX_HD];
+    __shared__ float lse[STATS_MAX_ROWS];
+    __shared__ float prob[STATS_MAX_ROWS][STATS_TILE + 1];
+    const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, group = heads / kv_heads, rg = rows * group;
+    const int n = head_tokens[kvh], cov = min(covered[kvh], n);
+    for (int qi = threadIdx.x; qi < rg; qi += blockDim.x)
+    {
+        float mm = neg_inf();
+        for (int s = 0; s < splits; s++) mm = fmaxf(mm, part[((long)kvh * splits + s) * rg + qi].x);
+        float ll = 0.0f;
+        for (int s = 0; s < splits; s++)
+        {
+            const float2 p = part[((long)kvh * splits + s) * rg + qi];
+            if (p.y > 0.0f) ll += p.y * expf(p.x - mm);
+        }
+        lse[qi] = ll > 0.0f ? mm + logf(ll) : neg_inf();
+    }
+    int i0, i1;
+    stats_range(n, splits, split, i0, i1);
+    i1 = min(i1, cov);
+    if (i0 >= i1) return; // no covered token in this split (uniform over the block)
+    float* smax = stats_max + (long)kvh * max_tokens;
+    float* ssum = stats_sum + (long)kvh * max_tokens;
+    for_key_tiles(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, i1, tokens, hd, vg, ks, [&](int j0, int cnt) {
+        for (int qi = threadIdx.x; qi < rg; qi += blockDim.x)
+        {
+            const int r = row0 + qi / group, h = kvh * group + qi % group, visible = n - (rows_total - 1 - r);
+            const float* qr = q + ((long)r * heads + h) * hd;
+            for (int j = 0; j < cnt; j++)
+                prob[qi][j] = j0 + j < visible && lse[qi] != neg_inf() ? expf(stats_score(qr, ks + j * hd, hd, scale) - lse[qi]) : 0.0f;
+        }
+        __syncthreads();
+        if (threadIdx.x < cnt)
+        {
+            const int j = threadIdx.x;
+            float mx = smax[j0 + j], sm = ssum[j0 + j];
+            for (int r = max(0, first_counted - row0); r < rows; r++)
+            {
+                float f = prob[r * group][j];
+                for (int g = 1; g < group; g++) f = fold == 0 ? fmaxf(f, prob[r * group + g][j]) : f + prob[r * group + g][j];
+                if (fold == 1 && group > 1) f *= 1.0f / group;
+                mx = fmaxf(mx, f);
+                sm += f;
+            }
+            smax[j0 + j] = mx;
+            ssum[j0 + j] = sm;
+        }
+    });
+}
+
+// SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled
+// along the stored tokens (odd kernel, zero padding, average divides by the kernel, or maximum), in float64
+// as the CPU does; tokens past the covered ones (the observation window) score +inf. One block per head.
+extern "C" __global__ void press_pool_scores(const float* stats_sum, const int* covered, const int* head_tokens, float* scores,
+    int max_tokens, int kernel, int use_max)
+{
+    const int head = blockIdx.x, n = head_tokens[head], cov = min(covered[head], n), r = kernel / 2;
+    const float* src = stats_sum + (long)head * max_tokens;
+    float* dst = scores + (long)head * max_tokens;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    {
+        if (i >= cov) { dst[i] = __int_as_float(0x7f800000); continue; }
+        double acc = use_max ? -1e300 : 0.0;
+        for (int j = i - r; j <= i + r; j++)
+        {
+            const double v = j >= 0 && j < cov ? (double)src[j] : 0.0;
+            acc = use_max ? fmax(acc, v) : acc + v;
+        }
+        dst[i] = (float)(use_max ? acc : acc / kernel);
+    }
+}
+
+// Per head (one block): keeps the keep[head] highest-scoring candidates (stored tokens from protect[head] on),
+// every +inf score and every protected token, as TopK.KeepMask orders them (higher score first, ties to the
+// later token): candidate i is kept when its key (ordered score bits, index) is at least the keep-th largest key,
+// found by a binary search over the 64-bit keys. drop[head·max_tokens + i] = 1 for the others (paged_evict's flags).
+__device__ __forceinline__ unsigned long long press_key(float s, int i)
+{
+    const unsigned u = __float_as_uint(s);
+    return ((unsigned long long)((u & 0x80000000u) ? ~u : (u | 0x80000000u)) << 32) | (unsigned)i;
+}
+
+extern "C" __global__ void press_select(const float* scores, const int* head_tokens, const int* keep, const int* protect, u8* drop, int max_tokens)
+{
+    __shared__ int count_shared;
+    const int head = blockIdx.x, n = head_tokens[head], p0 = min(protect[head], n), k = keep[head];
+    const float* s = scores + (long)head * max_tokens;
+    unsigned long long lo = 0ull, hi = ~0ull; // the answer T: the largest x with #(key >= x) >= k
+    if (k <= 0) lo = hi; // keep none by rank: only +inf and protected tokens stay
+    else
+    {
+        // Invariant: #(key >= lo) >= k, and T < hi + 1; when fewer than k candidates exist lo = 0 keeps them all.
+        while (lo < hi)
+        {
+            const unsigned long long mid = lo + (hi - lo) / 2 + 1;
+            int c = 0;
+            for (int i = p0 + threadIdx.x; i < n; i += blockDim.x) c += press_key(s[i], i) >= mid;
+            if (threadIdx.x == 0) count_shared = 0;
+            __syncthreads();
+            atomicAdd(&count_shared, c);
+            __syncthreads();
+            const int total = count_shared;
+            __syncthreads();
+            if (total >= k) lo = mid; else hi = mid - 1;
+        }
+    }
+    const bool none = k <= 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    {
+        const bool inf = __float_as_uint(s[i]) == 0x7f800000u;
+        const bool kept = i < p0 || inf || (!none && press_key(s[i], i) >= lo);
+        drop[(long)head * max_tokens + i] = kept ? 0 : 1;
+    }
+}
+
+// Re-quantization of one head per block (HeadStore.Requantize on the device): select[head·max_tokens + i] != 0
+// re-encodes stored token i in the target formats (tkf, tvf). As the CPU store does it: blocks without a selected
+// token, or already in the target formats, stay as they are (cls 0); the other blocks (cls 1) are decoded and their
+// tokens regrouped by format pair (the target's, or their own for unselected tokens) into fresh dense blocks, one
+// format pair after another in the order the pairs first appear, each pair's tokens in storage order; selected
+// residual rows join the target's blocks, the others stay in the residual; a kept partial block whose format pair
+// is being written (cls 2) joins that pair's tokens. The new table is the kept blocks in order, then the pairs'
+// blocks, then the residual. old_desc is a copy of the tables taken before the launch; cls: [heads, max_blocks]
+// scratch; staging: [heads, 2, tokens, hd] floats; blocks go to new_pool (its top already past the residual slots).
+constexpr int REQ_MAX_PAIRS = 32;
+
+extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, const uint4* old_desc, uint4* desc, int* head_blocks,
+    const u8* select, u8* cls, float* staging, unsigned* top, int* error, unsigned capacity, int max_blocks, int max_tokens, int tokens,
+    int hd, int vg, int tkf, int tvf)
+{
+    const int head = blockIdx.x;
+    const uint4* od = old_desc + (long)head * max_blocks;
+    uint4* d = desc + (long)head * max_blocks;
+    const u8* sel = select + (long)head * max_tokens;
+    u8* c = cls + (long)head * max_blocks;
+    float* sk = staging + (long)head * 2 * tokens * hd;
+    float* sv = sk + (long)tokens * hd;
+    const int nb = head_blocks[head];
+    const uint4 r = od[nb - 1];
+    const int rc = desc_count(r);
+    __shared__ int pairs[REQ_MAX_PAIRS], npairs;
+    __shared__ long slot;
+    __shared__ int failed;
+
+    // Classification and the format pairs in order of first appearance (one thread: a handful of blocks' flags).
+    if (threadIdx.x == 0)
+    {
+        failed = 0;
+        npairs = 0;
+        auto add_pair = [&](int kf, int vf) {
+            const int p = kf | (vf << 4);
+            for (int i = 0; i < npairs; i++) if (pairs[i] == p) return;
+            if (npairs < REQ_MAX_PAIRS) pairs[npairs++] = p; else { failed = 1; atomicExch(error, 3); }
+        };
+        for (int b = 0; b < nb - 1; b++)
+        {
+            const uint4 e = od[b];
+            const int cnt = desc_count(e), kf = desc_kfmt(e), vf = desc_vfmt(e);
+            int any = 0;
+            for (int t = 0; t < cnt; t++) any |= sel[e.w + t];
+            c[b] = any && !(kf == tkf && vf == tvf) ? 1 : 0;
+            if (c[b] == 1)
+                for (int t = 0; t < cnt; t++) { if (sel[e.w + t]) add_pair(tkf, tvf); else add_pair(kf, vf); }
+        }
+        for (int t = 0; t < rc; t++) if (sel[r.w + t]) add_pair(tkf, tvf);
+        for (int b = 0; b < nb - 1; b++)
+        {
+            const uint4 e = od[b];
+            if (c[b] != 0 || desc_count(e) == tokens) continue;
+            const int p = desc_kfmt(e) | (desc_vfmt(e) << 4);
+            for (int i = 0; i < npairs; i++) if (pairs[i] == p) c[b] = 2;
+        }
+        // The new table must fit the head's descriptors (regrouping can add a partial block per pair): count it first
+        // and leave the head untouched when it does not (reported as error 2, as a full table on append).
+        int needed = 1, counts[REQ_MAX_PAIRS];
+        for (int i = 0; i < npairs; i++) counts[i] = 0;
+        const int target = tkf | (tvf << 4);
+        auto count_pair = [&](int p) { for (int i = 0; i < npairs; i++) if (pairs[i] == p) { counts[i]++; return; } };
+        for (int b = 0; b < nb - 1; b++)
+        {
+            const uint4 e = od[b];
+            const int own = desc_kfmt(e) | (desc_vfmt(e) << 4), cnt = desc_count(e);
+            if (c[b] == 0) { needed++; continue; }
+            for (int t = 0; t < cnt; t++) count_pair(c[b] == 1 && sel[e.w + t] ? target : own);
+        }
+        for (int t = 0; t < rc; t++) if (sel[r.w + t]) count_pair(target);
+        for (int i = 0; i < npairs; i++) needed += (counts[i] + tokens - 1) / tokens;
+        if (needed > max_blocks) { failed = 1; atomicExch(error, 2); }
+    }
+    __syncthreads();
+    if (failed) return;
+
+    int written = 0, start = 0, pending = 0;
+    // Encodes the pending rows as one block pair of `pair` and appends its descriptor.
+    auto flush = [&](int pair) {
+        if (pending == 0) return;
+        const int kf = pair & 15, vf = pair >> 4;
+        const int kb = block_bytes(kf, true, tokens, hd, vg), vb = block_bytes(vf, false, tokens, hd, vg);
+        if (threadIdx.x == 0) slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error);
+        __syncthreads();
+        if (slot >= 0)
+        {
+            encode_block(sk, pending, kf, true, tokens, hd, vg, new_pool + (size_t)slot * 16);
+            encode_block(sv, pending, vf, false, tokens, hd, vg, new_pool + (size_t)(slot + units_of(kb)) * 16);
+            if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), desc_meta(pending, kf, vf), (unsigned)start);
+        }
+        __syncthreads();
+        written++;
+        start += pending;
+        pending = 0;
+    };
+    // Stages row t of a block pair (key block kp, value block vp in formats kf/vf) as the next pending row.
+    auto stage = [&](const uint4& e, int t, int pair) {
+        const int kf = desc_kfmt(e), vf = desc_vfmt(e);
+        for (int x = threadIdx.x; x < hd; x += blockDim.x)
+        {
+            sk[(long)pending * hd + x] = decode_element(old_pool + (size_t)e.x * 16, kf, true, t, x, tokens, hd, vg);
+            sv[(long)pending * hd + x] = decode_element(old_pool + (size_t)e.y * 16, vf, false, t, x, tokens, hd, vg);
+        }
+        __syncthreads();
+        pending++;
+        if (pending == tokens) flush(pair);
+    };
+
+    // Kept blocks, in order.
+    for (int b = 0; b < nb - 1; b++)
+    {
+        if (c[b] != 0) continue;
+        const uint4 e = od[b];
+        const int kb = block_bytes(desc_kfmt(e), true, tokens, hd, vg), vb = block_bytes(desc_vfmt(e), false, tokens, hd, vg);
+        if (threadIdx.x == 0) slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error);
+        __syncthreads();
+        if (slot >= 0)
+        {
+            copy_block(old_pool + (size_t)e.x * 16, new_pool + (size_t)slot * 16, units_of(kb) * 16);
+            copy_block(old_pool + (size_t)e.y * 16, new_pool + (size_t)(slot + units_of(kb)) * 16, units_of(vb) * 16);
+            if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), e.z, (unsigned)start);
+        }
+        __syncthreads();
+        written++;
+        start += desc_count(e);
+    }
+    // Each format pair's tokens, in storage order: rewritten blocks' tokens of that pair, merged partial blocks, residual rows.
+    const int target = tkf | (tvf << 4);
+    for (int pi = 0; pi < npairs; pi++)
+    {
+        const int pair = pairs[pi];
+        for (int b = 0; b < nb - 1; b++)
+        {
+            if (c[b] == 0) continue;
+            const uint4 e = od[b];
+            const int own = desc_kfmt(e) | (desc_vfmt(e) << 4), cnt = desc_count(e);
+            for (int t = 0; t < cnt; t++)
+            {
+                const int p = c[b] == 1 && sel[e.w + t] ? target : own;
+                if (p == pair) stage(e, t, pair);
+            }
+        }
+        if (pair == target)
+            for (int t = 0; t < rc; t++)
+                if (sel[r.w + t]) stage(make_uint4(r.x, r.y, desc_meta(rc, KV_F32, KV_F32), r.w), t, pair);
+        flush(pair);
+    }
+    // The residual keeps its slot and its unselected rows, moved up.
+    const float* ok = reinterpret_cast<const float*>(old_pool + (size_t)r.x * 16);
+    const float* ov = reinterpret_cast<const float*>(old_pool + (size_t)r.y * 16);
+    float* nk = reinterpret_cast<float*>(new_pool + (size_t)r.x * 16);
+    float* nv = reinterpret_cast<float*>(new_pool + (size_t)r.y * 16);
+    int kept = 0;
+    for (int t = 0; t < rc; t++)
+    {
+        if (sel[r.w + t]) continue;
+        for (int x = threadIdx.x; x < hd; x += blockDim.x) { nk[(long)kept * hd + x] = ok[(long)t * hd + x]; nv[(long)kept * hd + x] = ov[(long)t * hd + x]; }
+        kept++;
+    }
+    if (threadIdx.x == 0)
+    {
+        d[written] = make_uint4(r.x, r.y, desc_meta(kept, KV_F32, KV_F32), (unsigned)start);
+        head_blocks[head] = written + 1;
     }
 }

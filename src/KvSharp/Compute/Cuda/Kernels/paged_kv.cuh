@@ -112,3 +112,66 @@ __device__ __forceinline__ void group_affine(const u16* scales, const u16* mins,
     else if constexpr (F == KV_BINARY) { const float m = f16_to_f32(mins[g]); min = m - s; step = 2.0f * s; }
     else { min = f16_to_f32(mins[g]); step = s; }
 }
+
+// ---- What the three kernels share: the split's block offsets, the chunk softmax, an empty chunk. ----
+
+// Visible tokens of each of the split's nb blocks as offsets boff[0..nb] (a prefix sum by warp 0); returns the total.
+// Ends with a barrier.
+__device__ __forceinline__ int split_offsets(const uint4* hdesc, int nb, int limit, int* boff)
+{
+    __shared__ int total;
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x < 32)
+    {
+        int carry = 0;
+        for (int base = 0; base < max(nb, 0); base += 32)
+        {
+            int cnt = 0;
+            if (base + lane < nb)
+            {
+                const uint4 d = hdesc[base + lane];
+                cnt = max(0, min(desc_count(d), limit - (int)d.w));
+            }
+            int incl = cnt;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const int y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (base + lane < nb) boff[base + lane + 1] = carry + incl;
+            carry += __shfl_sync(0xffffffffu, incl, 31);
+        }
+        if (lane == 0) { boff[0] = 0; total = carry; }
+    }
+    __syncthreads();
+    return total;
+}
+
+// Scores sc[g·chunk + j] (j < n) to e^(s - m) per head, (m, Σ) to part_ml; one warp per head.
+__device__ __forceinline__ void chunk_softmax(float* sc, int chunk, int n, int G, float* part_ml, long first, int splits)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int g = warp; g < G; g += warps)
+    {
+        float m = neg_inf();
+        for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[g * chunk + j]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int j = lane; j < n; j += 32) { const float e = expf(sc[g * chunk + j] - m); sc[g * chunk + j] = e; l += e; }
+        l = warp_sum(l);
+        if (lane == 0) { part_ml[(first + (long)g * splits) * 2] = m; part_ml[(first + (long)g * splits) * 2 + 1] = l; }
+    }
+}
+
+// Nothing visible in this split (past the head's length): an empty chunk the merge skips.
+__device__ __forceinline__ void empty_chunk(float* part_ml, long first, int splits, int G)
+{
+    for (int i = threadIdx.x; i < G; i += blockDim.x) { part_ml[(first + (long)i * splits) * 2] = neg_inf(); part_ml[(first + (long)i * splits) * 2 + 1] = 0.0f; }
+}
+
+// The chunk's summed value accumulators ov [G, HD] to part_out.
+__device__ __forceinline__ void store_chunk(const float* ov, float* part_out, long first, int splits, int G, int hd)
+{
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) part_out[(first + (long)(i / hd) * splits) * hd + i % hd] = ov[i];
+}

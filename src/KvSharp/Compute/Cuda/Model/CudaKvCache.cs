@@ -38,13 +38,16 @@ public sealed class CudaKvCache : DeviceKvCache
         int hd = c.HeadDim, seq = a.Batch ? 0 : a.Sequence;
         long seqStride = a.Batch ? SequenceStride : 0;
         ulong keys = Keys(a.Layer, seq), values = Values(a.Layer, seq);
-        kernels.QkvRopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, keys, values, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
-            a.Interleaved, a.Eps, seqStride);
+        if (!a.Appended)
+            kernels.QkvRopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, keys, values, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
+                a.Interleaved, a.Eps, seqStride);
         if (a.Flash) kernels.FlashPrefill(a.Q, keys, values, a.Output, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position);
         else
             kernels.Attention(a.Q, keys, values, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
                 a.Plan, seqStride);
     }
+
+    internal override (ulong Keys, ulong Values)? FusedAppendTarget(int layer, int sequence) => (Keys(layer, sequence), Values(layer, sequence));
 
     /// <summary>Bytes of one layer's K (or V) for all sequences.</summary>
     internal long LayerStride { get; }

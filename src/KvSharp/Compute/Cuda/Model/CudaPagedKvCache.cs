@@ -21,13 +21,15 @@ namespace KvSharp.Compute.Cuda.Model;
 /// <para><see cref="Evict"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
 /// re-encoded in its own formats (as the CPU cache's Evict does), and the pool is compacted.</para>
 /// </remarks>
-public sealed class CudaPagedKvCache : DeviceKvCache
+public sealed partial class CudaPagedKvCache : DeviceKvCache
 {
     private const int DescriptorBytes = 16;
     private readonly CudaPagedKernels _kernels;
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
     private readonly int _residualUnits, _group;
     private int _blocksAtSync, _lengthAtSync;
+    private long _layerBlocksAtSync;
+    private PagedAttentionKernel _attentionKernel;
 
     /// <summary>An empty cache for up to <paramref name="capacity"/> positions, encoding in the formats of <paramref name="options"/>.</summary>
     /// <param name="device">The GPU.</param>
@@ -52,7 +54,8 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         Options = options;
         KeyLayout = keys;
         ValueLayout = values;
-        WideAttention = keys.Format.BitsPerElement() <= 4;
+        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.TensorCores
+            : keys.Format.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
         HeadCount = config.NumLayers * config.NumKvHeads;
         MaxBlocks = maxBlocks;
         _residualUnits = Units(BlockTokens * hd * sizeof(float));
@@ -104,11 +107,21 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         $"the CUDA paged KV cache does not support VidKV block formats yet ({what}); use another format on the GPU or the CPU cache";
 
     /// <summary>
-    /// Whether attention uses the kernel with 16-byte key loads of every format (paged_attn_w_*) rather than the one whose
-    /// lanes own fixed channels (paged_attn_g*). Both are checked; by default the wide one serves caches whose keys are
-    /// encoded in 4 bits or fewer (faster there on an H100), the other one 8- to 32-bit formats (docs/benchmarks.md, issue 7).
+    /// The decode attention kernel (all three are checked). By default the tensor-core one where it applies (head
+    /// dimension 128, value groups of 32, 64 or 128 channels: the fastest on an H100, docs/benchmarks.md issue 7), else the
+    /// wide one for keys of 4 bits or fewer and the lane-channels one for 8- to 32-bit keys.
     /// </summary>
-    public bool WideAttention { get; set; }
+    /// <exception cref="KvSharpException">The tensor-core kernel is asked for a shape it does not read.</exception>
+    public PagedAttentionKernel AttentionKernel
+    {
+        get => _attentionKernel;
+        set
+        {
+            if (value == PagedAttentionKernel.TensorCores && !CudaPagedKernels.SupportsTensorCores(_group, Config.HeadDim, ValueGroup))
+                throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
+            _attentionKernel = value;
+        }
+    }
 
     /// <summary>Formats and block geometry of blocks encoded on this cache's appends.</summary>
     public PagedKvCacheOptions Options { get; }
@@ -272,6 +285,7 @@ public sealed class CudaPagedKvCache : DeviceKvCache
     public void Evict(IReadOnlyList<bool[]> drop)
     {
         ArgumentNullException.ThrowIfNull(drop);
+        if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         if (drop.Count != HeadCount) throw new ArgumentException($"{drop.Count} masks for {HeadCount} heads", nameof(drop));
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens;
@@ -336,8 +350,10 @@ public sealed class CudaPagedKvCache : DeviceKvCache
 
     internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows)
     {
-        int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens);
-        return _kernels.Plan(blocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, WideAttention);
+        long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
+        int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);
+        long layerBlocks = _layerBlocksAtSync + growth * Config.NumKvHeads;
+        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel);
     }
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
@@ -347,7 +363,8 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
             a.Position, a.Interleaved, a.Eps);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, WideAttention);
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel);
+        EnqueueStatistics(a);
     }
 
     /// <summary>The kernels this cache runs.</summary>
@@ -378,11 +395,13 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         _state.Download<int>(state);
         if (state[1] == 1) throw new KvSharpException($"the CUDA paged KV cache's pool of {PoolUnits * 16} bytes is full (pass a larger poolBytes)");
         if (state[1] == 2) throw new KvSharpException($"a head of the CUDA paged KV cache needs more than its {MaxBlocks} blocks (capacity {Capacity})");
+        if (state[1] == 3) throw new KvSharpException("a head of the CUDA paged KV cache holds too many block format pairs to re-quantize (32 at most)");
     }
 
     /// <inheritdoc />
     public override void Dispose()
     {
+        StopStatistics();
         DisposeBuffers();
         base.Dispose();
     }
@@ -480,12 +499,16 @@ public sealed class CudaPagedKvCache : DeviceKvCache
         return (desc, blocks, HeadLengths());
     }
 
-    /// <summary>Takes the longest head's block count as the base of attention plans (after an upload or an eviction).</summary>
+    /// <summary>
+    /// Takes the longest head's block count and a layer's mean block count over its KV heads as the base of attention plans
+    /// (after an upload or an eviction).
+    /// </summary>
     private void Resync()
     {
         var blocks = new int[HeadCount];
         _headBlocks.Download<int>(blocks);
         _blocksAtSync = blocks.Max();
+        _layerBlocksAtSync = (blocks.Sum(b => (long)b) + Config.NumLayers - 1) / Config.NumLayers;
         _lengthAtSync = Length;
     }
 

@@ -88,6 +88,20 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>Rows per forward chunk: bounds activation memory for long prompts.</summary>
     public int PrefillChunk { get; init; } = 2048;
 
+    /// <summary>
+    /// Whether a single decode row's QKV product also does RoPE and the cache append (one launch instead of two per
+    /// layer) where the model and cache allow it (no QKV bias, no q/k norms, the float16 cache). On by default;
+    /// benchmarks compare both.
+    /// </summary>
+    public bool FuseRopeIntoQkv { get; set; } = true;
+
+    /// <summary>
+    /// Whether the captured batch-1 decode step folds the greedy choice into the output head's product (one 64-bit atomic
+    /// maximum per warp) instead of a separate pass over the logits. On by default; benchmarks compare both. Takes effect
+    /// at the next capture.
+    /// </summary>
+    public bool FuseArgMaxIntoHead { get; set; } = true;
+
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
         _layers.Sum(L => L.Qkv.Buffer.ByteLength + L.AttnOutput.Buffer.ByteLength + L.GateUp.Buffer.ByteLength + L.Down.Buffer.ByteLength)
@@ -245,6 +259,13 @@ public sealed class CudaTransformer : IDisposable
             _decodeGraph = CudaGraph.Capture(_device, () =>
             {
                 EnqueueLayers(s, cache, batch, cache.Next.Pointer, plan, 0, batch: true);
+                if (batch == 1 && FuseArgMaxIntoHead)
+                {
+                    _kernels.GemvArgMax(_output.Type, _output.Pointer, s.X.Pointer, s.Logits.Pointer, _output.Rows, Config.HiddenSize,
+                        _outputNorm.Pointer, Config.RmsNormEps, s.Best.Pointer);
+                    _kernels.ArgMaxFinish(s.Best.Pointer, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
+                    return;
+                }
                 EnqueueLogits(s, 0, batch);
                 _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1,
                     batch, cache.Capacity);
@@ -285,7 +306,15 @@ public sealed class CudaTransformer : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
+            bool appended = false;
+            if (n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
+                && cache.FusedAppendTarget(l, batch ? 0 : sequence) is var (keys, values))
+            {
+                k.GemvQkvRope(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, d, s.Q.Pointer, keys, values, _invFreq.Pointer,
+                    c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved);
+                appended = true;
+            }
+            else if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
             else
             {
                 k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
@@ -294,7 +323,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash));
+                c.RmsNormEps, plan, pos, sequence, batch, flash, appended));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {
@@ -373,14 +402,15 @@ public sealed class CudaTransformer : IDisposable
         public readonly DeviceBuffer Narrow = device.Allocate((long)rows * Math.Max(Math.Max(c.HiddenSize, c.IntermediateSize), c.NumHeads * c.HeadDim) * 2);
         public readonly DeviceBuffer Logits = device.Allocate((long)logitRows * c.VocabSize * 4);
         public readonly DeviceBuffer Counters = ZeroedCounters(device, rows * c.NumKvHeads);
+        public readonly DeviceBuffer Best = ZeroedCounters(device, 2 * logitRows); // 64-bit greedy keys, cleared by each use
         public DeviceBuffer? PartOut, PartMl;
 
         public void Dispose()
         {
-            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, Counters, PartOut, PartMl }) b?.Dispose();
+            foreach (var b in new[] { Tokens, X, Xb, Qkv, Q, Att, GateUp, Gate, Narrow, Logits, Counters, Best, PartOut, PartMl }) b?.Dispose();
         }
 
-        /// <summary>Attention's per-(row, KV head) chunk counters: zero once, and every launch leaves them zero.</summary>
+        /// <summary>Counters (attention's per-(row, KV head) chunks, the greedy keys): zero once, and every launch leaves them zero.</summary>
         private static DeviceBuffer ZeroedCounters(CudaDevice device, int count)
         {
             var b = device.Allocate(count * sizeof(int));

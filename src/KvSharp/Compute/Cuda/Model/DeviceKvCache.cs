@@ -81,6 +81,13 @@ public abstract class DeviceKvCache : IDisposable
     /// </summary>
     internal abstract void EnqueueAttention(CudaKernels kernels, in LayerAttention a);
 
+    /// <summary>
+    /// Where a decode row's keys and values go when the QKV product appends them itself (<see cref="CudaKernels.GemvQkvRope"/>):
+    /// the float16 [kvHeads, capacity, hd] K and V of <paramref name="layer"/> for <paramref name="sequence"/>, or null when
+    /// this cache appends in <see cref="EnqueueAttention"/> (the paged cache encodes its own blocks).
+    /// </summary>
+    internal virtual (ulong Keys, ulong Values)? FusedAppendTarget(int layer, int sequence) => null;
+
     /// <summary>Throws when an operation on the device failed in a way only the device could see (e.g. a full pool).</summary>
     internal virtual void CheckDeviceState() { }
 
@@ -97,8 +104,11 @@ public abstract class DeviceKvCache : IDisposable
 /// <summary>
 /// Device buffers and shapes of one layer's attention step (see <see cref="DeviceKvCache.EnqueueAttention"/>): the rows
 /// are consecutive tokens of <paramref name="Sequence"/> (positions at <paramref name="Position"/>), or with
-/// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention.
+/// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention;
+/// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and the keys and values to
+/// <see cref="DeviceKvCache.FusedAppendTarget"/>, leaving only the attention.
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
-    int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash);
+    int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
+    bool Appended = false);

@@ -67,6 +67,7 @@ internal static unsafe partial class CudaApi
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, IntPtr function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
     [LibraryImport(NativeLibraries.Driver)]
     public static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,

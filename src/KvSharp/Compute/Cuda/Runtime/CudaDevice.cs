@@ -31,7 +31,9 @@ public sealed unsafe class CudaDevice : IDisposable
         MaxSharedMemoryPerBlock = Attribute(CudaApi.AttrMaxSharedMemoryPerBlockOptin);
         CudaApi.Check(CudaApi.cuDeviceTotalMem(out nuint total, device), "cuDeviceTotalMem_v2");
         TotalMemory = (long)total;
-        ProgrammaticLaunch = ComputeMajor >= 9 && Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL") == "1";
+        string? pdl = Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL");
+        ProgrammaticLaunch = ComputeMajor >= 9 && pdl == "1";
+        ProgrammaticMatrixVector = ComputeMajor >= 9 && pdl != "0" && pdl != "1";
         CudaApi.Check(CudaApi.cuDevicePrimaryCtxRetain(out _context, device), "cuDevicePrimaryCtxRetain");
         MakeCurrent();
         CudaApi.Check(CudaApi.cuStreamCreate(out var stream, CudaApi.StreamNonBlocking), "cuStreamCreate");
@@ -88,10 +90,21 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>
     /// Whether kernels launch with programmatic dependent launch (compute capability 9.0 and up): the next kernel's
-    /// blocks start as the previous kernel's retire. Off unless $KVSHARP_CUDA_PDL=1: on an H100 it gained under 1% of a
-    /// decode step at 512-4K tokens and lost 2.5% at 32K and 7% at 128K (docs/benchmarks.md, issue 7); benchmarks compare both.
+    /// blocks start as the previous kernel's retire. Off unless $KVSHARP_CUDA_PDL=1: on an H100 it adds nothing measurable over
+    /// <see cref="ProgrammaticMatrixVector"/> (the kernels without work before their wait gain nothing from an early start;
+    /// docs/benchmarks.md, issue 7); benchmarks compare both.
     /// </summary>
     public bool ProgrammaticLaunch { get; set; }
+
+    /// <summary>
+    /// Whether the kernels that start useful work before waiting for the previous kernel (the matrix-vector products load
+    /// their first weights, the streaming attention its first older keys, before griddepcontrol.wait) launch with
+    /// programmatic dependent launch even when
+    /// <see cref="ProgrammaticLaunch"/> is off: the DRAM stays busy across the kernel boundary, while attention and the
+    /// small kernels still start only after their predecessor ended. On by default on compute capability 9.0 and up;
+    /// $KVSHARP_CUDA_PDL=0 turns it off, =1 launches every kernel programmatically (docs/benchmarks.md, issue 7).
+    /// </summary>
+    public bool ProgrammaticMatrixVector { get; set; }
 
     internal IntPtr Stream { get; }
 

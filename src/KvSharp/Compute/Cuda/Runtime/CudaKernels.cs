@@ -25,8 +25,11 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu");
-        _attention = CudaModule.LoadEmbedded(device, "attention.cu");
+        // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
+        // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
+        _attention = CudaModule.LoadEmbedded(device, "attention.cu",
+            name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));
     }
 
     public CudaDevice Device => _device;
@@ -84,6 +87,23 @@ internal sealed class CudaKernels : IDisposable
     public void ArgMax(ulong logits, int n, ulong next, ulong history, ulong position, int advance, int rows = 1, long historyStride = 0) =>
         _elementwise["argmax"].Launch(rows, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
 
+    /// <summary>
+    /// The output head of one decode row with the final norm: logits [rows] into <paramref name="y"/> and the greedy choice
+    /// folded into <paramref name="best"/> (one 64-bit key, zero before the launch; <see cref="ArgMaxFinish"/> reads and
+    /// clears it), instead of a separate pass over the logits.
+    /// </summary>
+    public void GemvArgMax(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, ulong norm, float eps, ulong best)
+    {
+        const int warpsPerBlock = Threads / 32;
+        int warps = (rows + 1) / 2;
+        _gemv[$"gemv_{Suffix(type)}_argmax_norm_1"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+            Arg.Int(rows), Arg.Int(cols), best);
+    }
+
+    /// <summary>The greedy tokens of <see cref="GemvArgMax"/> (keys best[rows]) into next/history/position, as <see cref="ArgMax"/> writes them.</summary>
+    public void ArgMaxFinish(ulong best, ulong next, ulong history, ulong position, int advance, int rows = 1, long historyStride = 0) =>
+        _elementwise["argmax_finish"].Launch(1, 32, 0, best, Arg.Int(rows), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
+
     public void FillRandomF16(ulong p, long n, uint seed, float scale) =>
         _elementwise["fill_random_f16"].Launch(GridFor(n), Threads, 0, p, Arg.Long(n), seed, Arg.Float(scale));
 
@@ -127,16 +147,57 @@ internal sealed class CudaKernels : IDisposable
         }
         const int warpsPerBlock = Threads / 32;
         int warps = mode == GemvMode.SwiGlu ? rows : (rows + 1) / 2; // two output rows per warp (a gate/up pair for SwiGLU)
-        int ksplit = 1;
-        if (mode == GemvMode.Accumulate)
+        var f = _gemv[$"gemv_{Suffix(type)}{name}_{n}"];
+        int ksplit = mode == GemvMode.Accumulate ? AccumulateSplit(f, warps, cols, n) : 1;
+        warps *= ksplit;
+        f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
+    }
+
+    /// <summary>
+    /// Whether the one-row accumulating products split their rows into the fewest parts whose blocks fill whole waves of the
+    /// device (the resident blocks of every multiprocessor, from the kernel's occupancy) rather than into parts for ~32 warps
+    /// per multiprocessor, which left the down projection a partial second wave. 2-8 rows keep the 32-warp rule (their
+    /// registers allow fewer resident blocks, and the wave rule then chose too few parts: the CUDA-core batch-8 down
+    /// projection took 219 µs instead of 124). On by default; benchmarks compare both.
+    /// </summary>
+    public bool WaveSplit { get; set; } = true;
+
+    /// <summary>Parts each row of an accumulating product is split into (atomic adds let several warps share a row).</summary>
+    private int AccumulateSplit(CudaFunction f, int warps, int cols, int rows)
+    {
+        const int warpsPerBlock = Threads / 32;
+        int maxSplit = Math.Clamp(cols / (32 * 8), 1, 8); // parts of at least 32 vectors
+        if (WaveSplit && rows == 1)
         {
-            // Atomic adds let several warps share a row: aim for ~32 warps per SM, parts of at least 32 vectors.
-            int maxSplit = Math.Max(1, cols / (32 * 8));
-            ksplit = Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, Math.Min(8, maxSplit));
-            warps *= ksplit;
+            int wave = _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
+            for (int k = 1; k <= maxSplit && wave > 0; k++)
+            {
+                long blocks = ((long)warps * k + warpsPerBlock - 1) / warpsPerBlock;
+                long full = (blocks + wave - 1) / wave * wave;
+                if (blocks >= 0.9 * wave && blocks >= 0.9 * full) return k;
+            }
         }
-        _gemv[$"gemv_{Suffix(type)}{name}_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
-            Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
+        return Math.Clamp((32 * _device.MultiprocessorCount + warps - 1) / warps, 1, maxSplit);
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> _waves = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// The decode QKV product of one row with RoPE and the float16 cache append in its epilogue (gemv.cu, MODE 3):
+    /// w is the stacked [(heads + 2·kvHeads)·hd, cols] matrix, x the raw residual stream (the attention norm
+    /// <paramref name="norm"/> is fused), rotated queries go to <paramref name="qOut"/> [heads·hd], keys and values into
+    /// one sequence's layer of the cache ([kvHeads, capacity, hd] each) at position *<paramref name="position"/>.
+    /// Replaces <see cref="Gemv"/> + <see cref="QkvRopeAppend"/> for models without QKV bias or q/k norms.
+    /// </summary>
+    public void GemvQkvRope(DeviceWeightType type, ulong w, ulong x, ulong norm, float eps, int cols, ulong qOut, ulong kCache, ulong vCache,
+        ulong invFreq, int heads, int kvHeads, int headDim, int capacity, ulong position, bool interleaved)
+    {
+        if (headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even head dimension, not {headDim}", nameof(headDim));
+        int rows = (heads + 2 * kvHeads) * headDim, warps = rows / 2; // one rotation pair per warp
+        const int warpsPerBlock = Threads / 32;
+        _gemv[$"gemv_{Suffix(type)}_qkv_rope_norm_1"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, norm, Arg.Float(eps),
+            Arg.Int(rows), Arg.Int(cols), qOut, kCache, vCache, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
+            Arg.Int(capacity), Arg.Int(interleaved ? 1 : 0));
     }
 
     /// <summary>
@@ -148,6 +209,18 @@ internal sealed class CudaKernels : IDisposable
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;
+
+    /// <summary>
+    /// Whether the streaming kernel issues each warp step's loads before the previous step's arithmetic (attn_hD_gG) or
+    /// alternates loading and computing (attn_hD_gG_serial, the earlier kernel). On by default; benchmarks compare both.
+    /// </summary>
+    public bool PipelinedAttention { get; set; } = true;
+
+    /// <summary>
+    /// Fewest keys per chunk the streaming kernel's planner allows (each chunk costs the merge a partial output; fewer keys
+    /// per chunk give short contexts more blocks).
+    /// </summary>
+    public int MinStreamingChunk { get; set; } = 32;
 
     /// <summary>Most chunks the streaming kernel merges (its shared weights array in attention.cu).</summary>
     public const int MaxStreamingSplits = 128;
@@ -166,7 +239,7 @@ internal sealed class CudaKernels : IDisposable
         {
             long streamingBlocks = 2L * _device.MultiprocessorCount;
             long want = Math.Max(1, streamingBlocks / ((long)kvHeads * rows));
-            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + 127) / 128)));
+            int splits = (int)Math.Clamp(want, 1, Math.Min(MaxStreamingSplits, Math.Max(1, (visible + MinStreamingChunk - 1) / MinStreamingChunk)));
             return new AttentionPlan(0, splits, 0, Streaming: true);
         }
         int maxChunk = MaxChunk(group, headDim);
@@ -206,7 +279,7 @@ internal sealed class CudaKernels : IDisposable
         if (plan.Streaming)
         {
             if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
-            _attention[$"attn_h{headDim}_g{group}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
+            _attention[$"attn_h{headDim}_g{group}{(PipelinedAttention ? "" : "_serial")}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
                 Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
             return;
         }

@@ -10,16 +10,20 @@ internal sealed unsafe class CudaModule : IDisposable
     private readonly IntPtr _module;
     private readonly Dictionary<string, CudaFunction> _functions = new(StringComparer.Ordinal);
 
-    public CudaModule(CudaDevice device, byte[] cubin)
+    private readonly Func<string, bool>? _worksBeforeWait;
+
+    /// <summary>Loads <paramref name="cubin"/>; <paramref name="worksBeforeWait"/> names its kernels that work before griddepcontrol.wait.</summary>
+    public CudaModule(CudaDevice device, byte[] cubin, Func<string, bool>? worksBeforeWait = null)
     {
         _device = device;
+        _worksBeforeWait = worksBeforeWait;
         device.MakeCurrent();
         fixed (byte* image = cubin) CudaApi.Check(CudaApi.cuModuleLoadData(out _module, image), "cuModuleLoadData");
     }
 
     /// <summary>Compiles (or takes from the disk cache) embedded source <paramref name="fileName"/> and loads it.</summary>
-    public static CudaModule LoadEmbedded(CudaDevice device, string fileName) =>
-        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture));
+    public static CudaModule LoadEmbedded(CudaDevice device, string fileName, Func<string, bool>? worksBeforeWait = null) =>
+        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture), worksBeforeWait);
 
     /// <summary>The extern "C" kernel <paramref name="name"/>.</summary>
     public CudaFunction this[string name]
@@ -32,7 +36,7 @@ internal sealed unsafe class CudaModule : IDisposable
                 var bytes = Encoding.ASCII.GetBytes(name + "\0");
                 IntPtr handle;
                 fixed (byte* n = bytes) CudaApi.Check(CudaApi.cuModuleGetFunction(out handle, _module, n), $"cuModuleGetFunction({name})");
-                f = new CudaFunction(_device, handle, name);
+                f = new CudaFunction(_device, handle, name) { WorksBeforeWait = _worksBeforeWait?.Invoke(name) ?? false };
                 _functions[name] = f;
                 return f;
             }
@@ -61,6 +65,12 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
     public string Name => name;
 
     /// <summary>
+    /// Whether the kernel does useful work before its griddepcontrol.wait (the matrix-vector products' first weight
+    /// loads): such kernels launch programmatically under <see cref="CudaDevice.ProgrammaticMatrixVector"/>.
+    /// </summary>
+    public bool WorksBeforeWait { get; init; }
+
+    /// <summary>
     /// Queues the kernel on the device's stream; with <see cref="CudaDevice.ProgrammaticLaunch"/> it may start
     /// while the previous kernel finishes (every embedded kernel waits for it with pdl_wait before using its results).
     /// </summary>
@@ -70,7 +80,7 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
         ulong* values = stackalloc ulong[Math.Max(1, args.Length)];
         void** pointers = stackalloc void*[Math.Max(1, args.Length)];
         for (int i = 0; i < args.Length; i++) { values[i] = args[i]; pointers[i] = &values[i]; }
-        if (!device.ProgrammaticLaunch)
+        if (!device.ProgrammaticLaunch && !(WorksBeforeWait && device.ProgrammaticMatrixVector))
         {
             CudaApi.Check(CudaApi.cuLaunchKernel(handle, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, (uint)sharedBytes,
                 device.Stream, pointers, null), $"cuLaunchKernel({name})");
@@ -91,6 +101,14 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
             AttributeCount = 1,
         };
         CudaApi.Check(CudaApi.cuLaunchKernelEx(&config, handle, pointers, null), $"cuLaunchKernelEx({name})");
+    }
+
+    /// <summary>How many blocks of <paramref name="threads"/> threads fit on one multiprocessor at once (registers, shared memory).</summary>
+    public int ActiveBlocksPerMultiprocessor(int threads, int sharedBytes = 0)
+    {
+        CudaApi.Check(CudaApi.cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, handle, threads, (nuint)sharedBytes),
+            $"cuOccupancyMaxActiveBlocksPerMultiprocessor({name})");
+        return blocks;
     }
 
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>

@@ -1,20 +1,25 @@
+using KvSharp.Compute.Cuda.Model;
+
 namespace KvSharp.Compute.Cuda.Runtime;
 
 /// <summary>
 /// Typed launchers of the paged KV cache's kernels (paged_attention.cu, paged_cache.cu), compiled for the device
 /// on first use and shared by every paged cache of that device. Every method only queues work on the stream.
 /// </summary>
-internal sealed class CudaPagedKernels
+internal sealed partial class CudaPagedKernels
 {
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
     private readonly CudaModule _attention, _cache;
+    private readonly Lazy<CudaModule> _tensorAttention;
 
     private CudaPagedKernels(CudaDevice device)
     {
         _device = device;
         _attention = CudaModule.LoadEmbedded(device, "paged_attention.cu");
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu");
+        // Compiled on first use: caches of other shapes never need it.
+        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu"));
     }
 
     /// <summary>The kernels of <paramref name="device"/> (compiled and loaded once per process; unloaded with the context).</summary>
@@ -36,31 +41,53 @@ internal sealed class CudaPagedKernels
     /// <summary>Whether value blocks of <paramref name="valueGroup"/> channels per group can be read (a lane's value channels stay in one group).</summary>
     public static bool SupportsValueGroup(int valueGroup) => valueGroup % 16 == 0;
 
+    /// <summary>
+    /// Whether the tensor-core kernel reads this shape: head dimension 128 (its fragments cover 128 channels) and value
+    /// groups of 32, 64 or 128 channels (each 32-channel chunk of its value fragments lies in one group).
+    /// </summary>
+    public static bool SupportsTensorCores(int group, int headDim, int valueGroup) =>
+        Supports(group, headDim) && headDim == 128 && valueGroup is 32 or 64 or 128;
+
     /// <summary>Longest split (in blocks of <paramref name="blockTokens"/>) whose scores fit 48 KB of shared memory.</summary>
-    public static int MaxChunkBlocks(int group, int headDim, int blockTokens, bool wide)
+    public static int MaxChunkBlocks(int group, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
-        int floats = (48 * 1024 - 512) / 4 - (wide ? 5 * (group * headDim + headDim / 2) + group * headDim : group * headDim);
-        return Math.Max(0, (floats - 1) / (group * blockTokens + 1));
+        int floats = (48 * 1024 - 512) / 4 - group * headDim - ExtraFloats(group, headDim, kernel);
+        return Math.Max(0, (floats - 1) / (group * blockTokens + 1 + FloatsPerBlock(kernel)));
     }
 
     /// <summary>
     /// Shared memory of one attention block: value accumulators [group, hd], block offsets, scores [group, chunk]; the wide
-    /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels.
+    /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels;
+    /// the tensor-core kernel a copy of the split's block descriptors.
     /// </summary>
-    public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, bool wide) =>
-        ((wide ? 5 * (group * headDim + headDim / 2) : 0) + group * headDim + chunkBlocks + 1 + group * chunkBlocks * blockTokens) * 4;
+    public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, PagedAttentionKernel kernel) =>
+        (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
+
+    private static int ExtraFloats(int group, int headDim, PagedAttentionKernel kernel) =>
+        kernel == PagedAttentionKernel.Wide ? 5 * (group * headDim + headDim / 2) : 0;
+
+    private static int FloatsPerBlock(PagedAttentionKernel kernel) => kernel == PagedAttentionKernel.TensorCores ? 4 : 0;
+
+    /// <summary>Attention blocks of the tensor-core kernel resident per multiprocessor (its register bound, paged_attention_tc.cu).</summary>
+    private const int TensorBlocksPerSm = 3;
 
     /// <summary>
-    /// Splits up to <paramref name="blocks"/> blocks per head so that (splits × KV heads × rows) blocks fill the GPU a few
-    /// times over. The plan's Chunk counts blocks per split.
+    /// Splits up to <paramref name="blocks"/> blocks per head (the longest) into chunks. The CUDA-core kernels aim at
+    /// (splits × KV heads × rows) grid blocks filling the GPU a few times over; the tensor-core one sizes the chunk so that
+    /// the non-empty grid blocks, <paramref name="layerBlocks"/> (one layer's blocks over all its KV heads) / chunk per row,
+    /// fill exactly one wave of resident blocks: no tail wave, fewer chunks for the merge, and heads shorter than the longest
+    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split.
     /// </summary>
-    public CudaKernels.AttentionPlan Plan(int blocks, int rows, int group, int kvHeads, int headDim, int blockTokens, bool wide)
+    public CudaKernels.AttentionPlan Plan(int blocks, long layerBlocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
-        int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, wide);
+        int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        long wantSplits = Math.Max(1, (wide ? 8L : 4L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
-        int chunk = (int)Math.Clamp((blocks + wantSplits - 1) / wantSplits, 1, maxChunk);
+        long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
+        long perChunk = kernel == PagedAttentionKernel.TensorCores
+            ? (Math.Max(blocks, layerBlocks) + (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows - 1) / Math.Max(1, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows)
+            : (blocks + wantSplits - 1) / wantSplits;
+        int chunk = (int)Math.Clamp(perChunk, 1, maxChunk);
         int splits = (blocks + chunk - 1) / chunk;
         if (splits > chunk * blockTokens) // the merge keeps one weight per split in the scores area
         {
@@ -68,20 +95,29 @@ internal sealed class CudaPagedKernels
             splits = (blocks + chunk - 1) / chunk;
             if (splits > chunk * blockTokens) throw new CudaException("paged attention", $"{blocks} blocks need more than {maxChunk * blockTokens} splits");
         }
-        return new CudaKernels.AttentionPlan(chunk, splits, SharedBytes(group, headDim, blockTokens, chunk, wide));
+        return new CudaKernels.AttentionPlan(chunk, splits, SharedBytes(group, headDim, blockTokens, chunk, kernel));
     }
 
     /// <summary>
     /// Attention of query rows q [rows, heads, hd] over one layer's heads (tables pre-offset to the layer): row t sees all
     /// but the last rows-1-t stored tokens of each head. partOut/partMl/counters as <see cref="CudaKernels.Attention"/>.
-    /// <paramref name="wide"/> picks the kernel with 16-byte key loads (paged_attn_w_*) over the per-lane-channels one.
+    /// <paramref name="kernel"/> picks the kernel (see <see cref="PagedAttentionKernel"/>).
     /// </summary>
     public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
-        ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan, bool wide)
+        ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
+        PagedAttentionKernel kernel)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
-        _attention[$"paged_attn_{(wide ? "w_" : "")}g{group}_c{headDim / 32}"].Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+        if (kernel == PagedAttentionKernel.TensorCores && !SupportsTensorCores(group, headDim, valueGroup))
+            throw new CudaException("paged attention", $"the tensor-core kernel needs head dimension 128 and value groups of 32, 64 or 128 channels, not {headDim} and {valueGroup}");
+        var function = kernel switch
+        {
+            PagedAttentionKernel.TensorCores => _tensorAttention.Value[$"paged_attn_t_g{group}"],
+            PagedAttentionKernel.Wide => _attention[$"paged_attn_w_g{group}_c{headDim / 32}"],
+            _ => _attention[$"paged_attn_g{group}_c{headDim / 32}"],
+        };
+        function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
             q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
             Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)));
     }

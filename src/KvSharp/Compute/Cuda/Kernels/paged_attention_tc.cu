@@ -1,0 +1,550 @@
+// Flash-decoding attention over the device paged KV cache on tensor cores (head dimension 128): the same launch
+// geometry, shared memory and merge as paged_attention.cu's kernels (paged_kv.cuh), the scores and values of every
+// block format but F32/BF16 through mma.sync.
+#include "paged_kv.cuh"
+
+// ---- Tensor-core variant (paged_attn_t_gG, head dimension 128) ----
+// Scores and values go through mma.sync.m16n8k16 (f16 operands, f32 accumulation), so no block format costs more than
+// a few integer operations per element: S = Q·Kᵀ with A = the group's queries (rows = heads) and B = 8 keys, then
+// O += P·V with A = the probabilities and B = 16 tokens × 8 channels. Codes enter the B operands as exact f16 integers
+// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift),
+// FP8 E4M3 bits shifted into f16 (the value / 256), F16 as stored. The A operands carry the precision: each f32 value
+// x is split into hi + lo f16 (hi = x truncated to f16's 11 significant bits, lo = the rest rounded), hi in the A rows
+// of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
+// Per-channel key parameters are folded into the query once per block (q·k = Σ q·min + Σ (q·step)·code); per-token
+// value parameters multiply the probabilities per 32-channel chunk (a chunk lies in one value group: groups of 32, 64
+// or 128 channels), and their min terms are summed on the side. F32 and BF16 blocks (the F32 residual of every head,
+// BF16 re-quantized tokens) are not exact in f16: CUDA cores read them into the same accumulators.
+// Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
+// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
+// 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
+// format's unpacking (key_low_channel), identically in A and B.
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// f16x2 with lo in bits 0..15 and hi in bits 16..31.
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// (x0, x1) = hi + lo, each an f16x2: hi keeps 11 significant bits of x (exact in f16's normal range), lo the remainder.
+__device__ __forceinline__ void split_f16x2(float x0, float x1, unsigned& hi, unsigned& lo)
+{
+    const float h0 = __uint_as_float(__float_as_uint(x0) & 0xffffe000u), h1 = __uint_as_float(__float_as_uint(x1) & 0xffffe000u);
+    hi = pack_f16x2(h0, h1);
+    lo = pack_f16x2(x0 - h0, x1 - h1);
+}
+
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel)
+{
+    unsigned r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+// Asks L2 for a block's bytes (the warp's next block, while it computes the current one): its loads then wait for L2,
+// not for device memory. One 128-byte line per lane and step.
+__device__ __forceinline__ void prefetch_block(const u8* p, int bytes, int lane)
+{
+    for (int o = lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+}
+
+// Two codes c·2^K (K: the field's bit position, c·2^K < 1024) in bits 0..9 and 16..25 of x, as the f16x2 (c, c'):
+// OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K)) leaves c.
+template <int K>
+__device__ __forceinline__ unsigned code_pair(unsigned x)
+{
+    constexpr unsigned S = (15u - K) << 10, O = 0x8000u | ((25u - K) << 10);
+    unsigned r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(x | 0x64006400u), "r"(S | (S << 16)), "r"(O | (O << 16)));
+    return r;
+}
+
+// Two FP8 E4M3 codes in bits 8..15 and 24..31 of y (other bits ignored) as f16x2 of their values / 256.
+__device__ __forceinline__ unsigned fp8_pair(unsigned y) { return ((y >> 1) & 0x3f803f80u) | (y & 0x80008000u); }
+
+// Of the lane's 32 key channels, the one in the low half of fragment register r (0..15); the high half holds the
+// channel key_step<F>() above it. Register 2s is B's b0 of k-step s, 2s + 1 its b1 (and the query's a0/a2 likewise).
+template <int F>
+__device__ __forceinline__ constexpr int key_low_channel(int r)
+{
+    return kv_bits(F) >= 8 ? 2 * r : F == KV_INT4 ? 8 * (r >> 2) + (r & 3) : kv_bits(F) == 2 ? 16 * (r >> 3) + (r & 7) : r;
+}
+template <int F>
+__device__ __forceinline__ constexpr int key_step() { return kv_bits(F) >= 8 ? 1 : F == KV_INT4 ? 4 : kv_bits(F) == 2 ? 8 : 16; }
+
+// The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps.
+template <int F>
+__device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[16])
+{
+    if constexpr (F == KV_F16)
+    {
+#pragma unroll
+        for (int r = 0; r < 16; r++) b[r] = w[r];
+    }
+    else if constexpr (F == KV_FP8)
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) { b[2 * j] = fp8_pair(prmt(w[j], 0u, 0x1404u)); b[2 * j + 1] = fp8_pair(prmt(w[j], 0u, 0x3424u)); }
+    }
+    else if constexpr (F == KV_INT8)
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) { b[2 * j] = code_pair<0>(prmt(w[j], 0u, 0x4140u)); b[2 * j + 1] = code_pair<0>(prmt(w[j], 0u, 0x4342u)); }
+    }
+    else if constexpr (F == KV_INT4)
+    {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const unsigned x = w[j], x8 = x >> 8;
+            b[4 * j] = code_pair<0>(x & 0x000f000fu);
+            b[4 * j + 1] = code_pair<4>(x & 0x00f000f0u);
+            b[4 * j + 2] = code_pair<0>(x8 & 0x000f000fu);
+            b[4 * j + 3] = code_pair<4>(x8 & 0x00f000f0u);
+        }
+    }
+    else if constexpr (kv_bits(F) == 2)
+    {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+        {
+            const unsigned x = w[j], x8 = x >> 8;
+            b[8 * j] = code_pair<0>(x & 0x00030003u);
+            b[8 * j + 1] = code_pair<2>(x & 0x000c000cu);
+            b[8 * j + 2] = code_pair<4>(x & 0x00300030u);
+            b[8 * j + 3] = code_pair<6>(x & 0x00c000c0u);
+            b[8 * j + 4] = code_pair<0>(x8 & 0x00030003u);
+            b[8 * j + 5] = code_pair<2>(x8 & 0x000c000cu);
+            b[8 * j + 6] = code_pair<4>(x8 & 0x00300030u);
+            b[8 * j + 7] = code_pair<6>(x8 & 0x00c000c0u);
+        }
+    }
+    else // binary
+    {
+        const unsigned x = w[0], x8 = x >> 8;
+        b[0] = code_pair<0>(x & 0x00010001u); b[1] = code_pair<1>(x & 0x00020002u);
+        b[2] = code_pair<2>(x & 0x00040004u); b[3] = code_pair<3>(x & 0x00080008u);
+        b[4] = code_pair<4>(x & 0x00100010u); b[5] = code_pair<5>(x & 0x00200020u);
+        b[6] = code_pair<6>(x & 0x00400040u); b[7] = code_pair<7>(x & 0x00800080u);
+        b[8] = code_pair<0>(x8 & 0x00010001u); b[9] = code_pair<1>(x8 & 0x00020002u);
+        b[10] = code_pair<2>(x8 & 0x00040004u); b[11] = code_pair<3>(x8 & 0x00080008u);
+        b[12] = code_pair<4>(x8 & 0x00100010u); b[13] = code_pair<5>(x8 & 0x00200020u);
+        b[14] = code_pair<6>(x8 & 0x00400040u); b[15] = code_pair<7>(x8 & 0x00800080u);
+    }
+}
+
+// The lane's WORDS 32-bit words at p (16-byte aligned when WORDS >= 4).
+template <int WORDS>
+__device__ __forceinline__ void load_words(const u8* p, unsigned* w)
+{
+    if constexpr (WORDS >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < WORDS / 4; v++)
+        {
+            const uint4 x = load_stream(p + 16 * v);
+            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
+        }
+    }
+    else if constexpr (WORDS == 2)
+    {
+        const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
+        w[0] = x.x; w[1] = x.y;
+    }
+    else w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+}
+
+// Scores of the n visible tokens of one key block (a format with exact f16 codes) into sc[gid·chunk + j0 + t].
+// qf: the lane's 32 channels of head gid, pre-scaled (zero for gid >= G).
+template <int G, int F>
+__device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const float (&qf)[32], float* sc, int chunk, int j0, int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), HD = 128, WORDS = BITS; // 32 channels of BITS bits
+    constexpr int NT = BITS >= 16 ? 2 : 4; // 8-key tiles whose loads are issued together
+    constexpr int ROW = HD * BITS / 8;
+    // The first tiles' codes are requested before the parameters, so one memory latency covers both.
+    unsigned w[NT][WORDS];
+#pragma unroll
+    for (int u = 0; u < NT; u++) load_words<WORDS>(kb + (size_t)min(8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
+    unsigned qh[16], ql[16];
+    float bias = 0.0f;
+    {
+        float qe[32];
+        if constexpr (kv_quantized(F))
+        {
+            // Per-channel (step, min) of the lane's channels folded into the query: q·k = Σ q·min + Σ (q·step)·code.
+            const u8* params = kb + tokens * HD / 8 * BITS;
+            unsigned sw[16], mw[16];
+            load_words<16>(params + tig * 64, sw);
+            if constexpr (kv_params(F) == 2) load_words<16>(params + HD * 2 + tig * 64, mw);
+#pragma unroll
+            for (int i = 0; i < 32; i++)
+            {
+                const float s = f16_to_f32((u16)(sw[i >> 1] >> (16 * (i & 1))));
+                float mn, st;
+                if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
+                else
+                {
+                    const float m = f16_to_f32((u16)(mw[i >> 1] >> (16 * (i & 1))));
+                    if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
+                    else { mn = m; st = s; }
+                }
+                bias += qf[i] * mn;
+                qe[i] = qf[i] * st;
+            }
+        }
+        else
+        {
+#pragma unroll
+            for (int i = 0; i < 32; i++) qe[i] = F == KV_FP8 ? qf[i] * 256.0f : qf[i]; // FP8 fragments hold value / 256
+        }
+#pragma unroll
+        for (int r = 0; r < 16; r++) split_f16x2(qe[key_low_channel<F>(r)], qe[key_low_channel<F>(r) + key_step<F>()], qh[r], ql[r]);
+    }
+    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
+    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    for (int t0 = 0; t0 < n; t0 += 8 * NT)
+    {
+        if (t0 > 0)
+#pragma unroll
+            for (int u = 0; u < NT; u++)
+                load_words<WORDS>(kb + (size_t)min(t0 + 8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
+#pragma unroll
+        for (int u = 0; u < NT; u++)
+        {
+            if (t0 + 8 * u >= n) break;
+            unsigned b[16];
+            key_fragments<F>(w[u], b);
+            float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+            for (int s = 0; s < 8; s++) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], b[2 * s], b[2 * s + 1]);
+            const int t = t0 + 8 * u + 2 * tig;
+            if (gid < G)
+            {
+                if (t < n) sc[gid * chunk + j0 + t] = d[0] + d[2] + bias;
+                if (t + 1 < n) sc[gid * chunk + j0 + t + 1] = d[1] + d[3] + bias;
+            }
+        }
+    }
+}
+
+// Scores of an F32 or BF16 key block on CUDA cores (the residual): the 4 lanes of a head split each row's channels.
+template <int G, int F>
+__device__ __forceinline__ void tc_scores_float(const u8* kb, int n, const float (&qf)[32], float* sc, int chunk, int j0, int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    for (int t = 0; t < n; t++)
+    {
+        unsigned w[BITS];
+        load_words<BITS>(kb + (size_t)t * ROW + tig * (ROW / 4), w);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+        {
+            if constexpr (F == KV_F32) s += qf[i] * __uint_as_float(w[i]);
+            else s += qf[i] * bf16_to_f32((u16)(w[i >> 1] >> (16 * (i & 1))));
+        }
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (tig == 0 && gid < G) sc[gid * chunk + j0 + t] = s;
+    }
+}
+
+// The lane's 4 channels 32k + 4·gid + [0, 4) of one value row (row bits at p), in the low bits of w (2 words for 16 bits).
+template <int BITS>
+__device__ __forceinline__ void value_piece(const u8* row, int k, int gid, unsigned* w)
+{
+    if constexpr (BITS == 16) { const uint2 x = __ldg(reinterpret_cast<const uint2*>(row + 64 * k + 8 * gid)); w[0] = x.x; w[1] = x.y; }
+    else if constexpr (BITS == 8) w[0] = __ldg(reinterpret_cast<const unsigned*>(row + 32 * k + 4 * gid));
+    else if constexpr (BITS == 4) w[0] = __ldg(reinterpret_cast<const u16*>(row + 16 * k + 2 * gid));
+    else if constexpr (BITS == 2) w[0] = __ldg(row + 8 * k + gid);
+    else w[0] = (unsigned)__ldg(row + 4 * k + (gid >> 1)) >> (4 * (gid & 1));
+}
+
+// B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces.
+template <int F>
+__device__ __forceinline__ void value_fragments(const unsigned* a, const unsigned* b, unsigned (&f)[4])
+{
+    if constexpr (F == KV_F16)
+    {
+        f[0] = prmt(a[0], b[0], 0x5410u); f[1] = prmt(a[0], b[0], 0x7632u);
+        f[2] = prmt(a[1], b[1], 0x5410u); f[3] = prmt(a[1], b[1], 0x7632u);
+    }
+    else if constexpr (F == KV_FP8)
+    {
+        f[0] = fp8_pair(prmt(a[0], b[0], 0x4400u)); f[1] = fp8_pair(prmt(a[0], b[0], 0x5511u));
+        f[2] = fp8_pair(prmt(a[0], b[0], 0x6622u)); f[3] = fp8_pair(prmt(a[0], b[0], 0x7733u));
+    }
+    else if constexpr (F == KV_INT8)
+    {
+        f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u) & 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u) & 0x00ff00ffu);
+        f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u) & 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u) & 0x00ff00ffu);
+    }
+    else if constexpr (F == KV_INT4)
+    {
+        const unsigned x = prmt(a[0], b[0], 0x5410u), x8 = x >> 8;
+        f[0] = code_pair<0>(x & 0x000f000fu); f[1] = code_pair<4>(x & 0x00f000f0u);
+        f[2] = code_pair<0>(x8 & 0x000f000fu); f[3] = code_pair<4>(x8 & 0x00f000f0u);
+    }
+    else if constexpr (kv_bits(F) == 2)
+    {
+        const unsigned x = a[0] | (b[0] << 16);
+        f[0] = code_pair<0>(x & 0x00030003u); f[1] = code_pair<2>(x & 0x000c000cu);
+        f[2] = code_pair<4>(x & 0x00300030u); f[3] = code_pair<6>(x & 0x00c000c0u);
+    }
+    else
+    {
+        const unsigned x = (a[0] & 0xfu) | ((b[0] & 0xfu) << 16);
+        f[0] = code_pair<0>(x & 0x00010001u); f[1] = code_pair<1>(x & 0x00020002u);
+        f[2] = code_pair<2>(x & 0x00040004u); f[3] = code_pair<3>(x & 0x00080008u);
+    }
+}
+
+// A token's value-group parameters as raw f16 bits, gpr (1, 2 or 4) groups per row.
+__device__ __forceinline__ uint2 row_params(const u16* p, int row, int gpr)
+{
+    if (gpr == 4) return __ldg(reinterpret_cast<const uint2*>(p + row * 4));
+    if (gpr == 2) return make_uint2(__ldg(reinterpret_cast<const unsigned*>(p + row * 2)), 0u);
+    return make_uint2(__ldg(p + row), 0u);
+}
+
+// The f16 parameter of chunk k (channels [32k, 32k + 32)) from a row_params result.
+__device__ __forceinline__ float chunk_param(uint2 x, int k, int gpr)
+{
+    const int g = gpr == 4 ? k : gpr == 2 ? k >> 1 : 0;
+    const unsigned w = g >= 2 ? x.y : x.x;
+    return f16_to_f32((u16)(w >> (16 * (g & 1))));
+}
+
+// o += P·V over the n visible tokens of one value block (exact f16 codes); mb[k] += Σ_t p_t·min_t of chunk k's group.
+// NS 16-token steps per iteration: their loads are all issued before the first is used.
+template <int G, int F>
+__device__ __forceinline__ void tc_values(const u8* vb, int n, int tokens, int vg, const float* sc, int chunk, int j0, int gid, int tig,
+    float (&o)[16][4], float (&mb)[4])
+{
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, NS = BITS >= 16 ? 1 : 2;
+    const int gpr = HD / vg;
+    const u16* scales = reinterpret_cast<const u16*>(vb + tokens * ROW);
+    const u16* mins = scales + tokens * gpr;
+    const float* p = sc + min(gid, G - 1) * chunk + j0;
+    for (int t0 = 0; t0 < n; t0 += 16 * NS)
+    {
+        float pv[NS][4];
+        unsigned piece[NS][4][4][PW];
+        uint2 sh[NS][4], mh[NS][4];
+#pragma unroll
+        for (int h = 0; h < NS; h++)
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+            {
+                const int tk = t0 + 16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), row = min(tk, n - 1);
+#pragma unroll
+                for (int k = 0; k < 4; k++) value_piece<BITS>(vb + (size_t)row * ROW, k, gid, piece[h][u][k]);
+                if constexpr (kv_quantized(F))
+                {
+                    sh[h][u] = row_params(scales, row, gpr);
+                    if constexpr (kv_params(F) == 2) mh[h][u] = row_params(mins, row, gpr);
+                }
+                pv[h][u] = gid < G && tk < n ? p[tk] : 0.0f;
+            }
+#pragma unroll
+        for (int h = 0; h < NS; h++)
+        {
+            if (t0 + 16 * h >= n) break;
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+            {
+                float ps[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                {
+                    if constexpr (kv_quantized(F))
+                    {
+                        const float s = chunk_param(sh[h][u], k, gpr);
+                        float mn, st;
+                        if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
+                        else
+                        {
+                            const float m = chunk_param(mh[h][u], k, gpr);
+                            if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
+                            else { mn = m; st = s; }
+                        }
+                        ps[u] = pv[h][u] * st;
+                        mb[k] += pv[h][u] * mn;
+                    }
+                    else ps[u] = F == KV_FP8 ? pv[h][u] * 256.0f : pv[h][u];
+                }
+                unsigned a0, a1, a2, a3;
+                split_f16x2(ps[0], ps[1], a0, a1);
+                split_f16x2(ps[2], ps[3], a2, a3);
+                unsigned b0[4], b1[4];
+                value_fragments<F>(piece[h][0][k], piece[h][1][k], b0);
+                value_fragments<F>(piece[h][2][k], piece[h][3][k], b1);
+#pragma unroll
+                for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+            }
+        }
+    }
+}
+
+// o += P·V of an F32 or BF16 value block on CUDA cores, into the lane's accumulator channels (32k + 8·tig + 4e + i).
+template <int G, int F>
+__device__ __forceinline__ void tc_values_float(const u8* vb, int n, const float* sc, int chunk, int j0, int gid, int tig, float (&o)[16][4])
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    const float* p = sc + min(gid, G - 1) * chunk + j0;
+    for (int t = 0; t < n; t++)
+    {
+        const float pt = gid < G ? p[t] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            unsigned w[BITS / 4];
+            load_words<BITS / 4>(vb + (size_t)t * ROW + (32 * k + 8 * tig) * BITS / 8, w);
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+            {
+                float x;
+                if constexpr (F == KV_F32) x = __uint_as_float(w[c]);
+                else x = bf16_to_f32((u16)(w[c >> 1] >> (16 * (c & 1))));
+                o[4 * k + (c & 3)][c >> 2] += pt * x;
+            }
+        }
+    }
+}
+
+#define KV_FLOAT_OR(fmt, FLOAT_CALL, CALL) \
+    switch (fmt) \
+    { \
+    case KV_F32: FLOAT_CALL(KV_F32); break; \
+    case KV_BF16: FLOAT_CALL(KV_BF16); break; \
+    case KV_F16: CALL(KV_F16); break; \
+    case KV_FP8: CALL(KV_FP8); break; \
+    case KV_INT8: CALL(KV_INT8); break; \
+    case KV_INT4: CALL(KV_INT4); break; \
+    case KV_INT2: CALL(KV_INT2); break; \
+    case KV_TERNARY: CALL(KV_TERNARY); break; \
+    default: CALL(KV_BINARY); break; \
+    }
+
+template <int G>
+__device__ __forceinline__ void paged_attention_tc(
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+{
+    constexpr int HD = 128;
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int limit = head_tokens[kvh] - (rows - 1 - t);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
+    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    const int chunk = chunk_blocks * tokens;
+    extern __shared__ float4 smem4[];
+    uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
+    float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
+    int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
+    float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
+    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
+
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
+    const int n = split_offsets(hdesc, nb, limit, boff);
+    if (n == 0) empty_chunk(part_ml, first, splits, G);
+    else
+    {
+        {
+            float qf[32]; // head gid's channels [32·tig, 32·tig + 32), pre-scaled; zero in the rows past the group
+#pragma unroll
+            for (int v = 0; v < 8; v++)
+            {
+                float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (gid < G) x = *reinterpret_cast<const float4*>(q + ((long)t * heads + (long)kvh * G + gid) * HD + tig * 32 + 4 * v);
+                qf[4 * v] = x.x * scale; qf[4 * v + 1] = x.y * scale; qf[4 * v + 2] = x.z * scale; qf[4 * v + 3] = x.w * scale;
+            }
+            for (int bi = warp; bi < nb; bi += warps)
+            {
+                const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
+                if (cnt == 0) continue;
+                const uint4 d = bdesc[bi];
+                const u8* kb = pool + (size_t)d.x * 16;
+                if (bi + warps < nb)
+                {
+                    const uint4 e = bdesc[bi + warps];
+                    prefetch_block(pool + (size_t)e.x * 16, block_bytes(desc_kfmt(e), true, tokens, HD, vg), lane);
+                }
+                else if (bi < nb)
+                {
+                    // The last key block: ask for the first value block of this warp, read after the softmax.
+                    const uint4 e = bdesc[warp];
+                    prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
+                }
+#define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
+#define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
+                KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
+#undef TSCORES
+#undef TSCORES_FLOAT
+            }
+        }
+        __syncthreads();
+        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
+        __syncthreads();
+
+        float o[16][4], mb[4];
+#pragma unroll
+        for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) mb[k] = 0.0f;
+        for (int bi = warp; bi < nb; bi += warps)
+        {
+            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
+            if (cnt == 0) continue;
+            const uint4 d = bdesc[bi];
+            const u8* vb = pool + (size_t)d.y * 16;
+            if (bi + warps < nb)
+            {
+                const uint4 e = bdesc[bi + warps];
+                prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
+            }
+#define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
+#define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
+            KV_FLOAT_OR(desc_vfmt(d), TVALUES_FLOAT, TVALUES)
+#undef TVALUES
+#undef TVALUES_FLOAT
+        }
+        // Rows gid and gid + 8 hold the hi and lo parts; the min terms of a chunk are summed over the head's 4 lanes.
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 1);
+            mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 2);
+        }
+        if (gid < G)
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                    atomicAdd(&ov[gid * HD + 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3)], o[j][e] + o[j][2 + e] + mb[j >> 2]);
+        __syncthreads();
+        store_chunk(ov, part_out, first, splits, G, HD);
+    }
+    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
+}
+
+// At most 168 registers (3 blocks of 4 warps per SM; unbounded it takes ~250 and only 2 fit): a few spill in the key fold.
+#define PAGED_ATTN_TC(G) \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
+        const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
+    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)

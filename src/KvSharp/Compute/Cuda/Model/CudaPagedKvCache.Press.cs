@@ -1,0 +1,218 @@
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Compute.Cuda.Runtime;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// Compression on the device for <see cref="CudaPagedKvCache"/>: attention statistics accumulated next to each layer's
+/// attention (what H2O and SnapKV score by), SnapKV's scoring and per-head top-k selection, and re-quantization of
+/// chosen tokens into other block formats, all without reading the cache back to the host.
+/// </summary>
+public sealed partial class CudaPagedKvCache
+{
+    private const int StatsMaxSplits = 32;
+    private AttentionStatisticsRequest? _statistics;
+    private DeviceBuffer? _statMax, _statSum, _covered, _statPart;
+
+    /// <summary>Whether <see cref="CudaTransformer.Forward"/> calls over this cache currently accumulate attention statistics.</summary>
+    public bool IsCollectingStatistics => _statistics != null;
+
+    /// <summary>
+    /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
+    /// forward pass over this cache adds, for its query rows at position ≥ <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>,
+    /// the softmax probability each gives every token each (layer, KV head) stores now (the covered tokens), folded over the
+    /// group's heads by <see cref="AttentionStatisticsRequest.Fold"/>: a running maximum and a running sum per token. A
+    /// launch pair after each layer's attention rescores the covered tokens with the attention's keys (the log-sum-exp of a
+    /// row is only known once all its tokens are seen). Eviction and re-quantization are refused until the collection ends.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Statistics are already being collected.</exception>
+    /// <exception cref="KvSharpException">The head dimension is above what the statistics kernels decode.</exception>
+    public void BeginStatistics(AttentionStatisticsRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (_statistics != null) throw new InvalidOperationException("attention statistics are already being collected: end the collection first");
+        if (Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
+            throw new KvSharpException($"attention statistics on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
+        if (request.FirstQueryPosition < 0) throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
+        long perHead = (long)MaxBlocks * BlockTokens;
+        _statMax = Device.Allocate(HeadCount * perHead * sizeof(float));
+        _statSum = Device.Allocate(HeadCount * perHead * sizeof(float));
+        _covered = Device.Allocate(HeadCount * sizeof(int));
+        _statPart = Device.Allocate((long)Config.NumKvHeads * StatsMaxSplits * CudaPagedKernels.StatsMaxRows * 8);
+        _statMax.Fill32(0);
+        _statSum.Fill32(0);
+        _covered.CopyFromAsync(_headTokens, HeadCount * sizeof(int));
+        _statistics = request;
+    }
+
+    /// <summary>
+    /// Ends the collection and reads the statistics back: per head [layer · kvHeads + head], the covered tokens' maximum and
+    /// summed folded probability, in the device's storage order (an uploaded cache's blocks, then its tail, then appends).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    public (float[][] Max, float[][] Sum) EndStatistics()
+    {
+        var (max, sum, covered) = (_statMax, _statSum, _covered);
+        if (_statistics == null || max == null || sum == null || covered == null)
+            throw new InvalidOperationException("no attention statistics are being collected: call BeginStatistics first");
+        Device.Synchronize();
+        var counts = new int[HeadCount];
+        covered.Download<int>(counts);
+        long perHead = (long)MaxBlocks * BlockTokens;
+        var maxOut = new float[HeadCount][];
+        var sumOut = new float[HeadCount][];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            maxOut[h] = new float[counts[h]];
+            sumOut[h] = new float[counts[h]];
+            max.Download<float>(maxOut[h], h * perHead * sizeof(float));
+            sum.Download<float>(sumOut[h], h * perHead * sizeof(float));
+        }
+        StopStatistics();
+        return (maxOut, sumOut);
+    }
+
+    /// <summary>
+    /// SnapKV on the device from the statistics being collected (the observation window's queries over the covered
+    /// tokens, <see cref="GroupFold.Mean"/> as <c>SnapKvScorer</c> asks): each head's summed probabilities are pooled
+    /// along its stored tokens (odd <paramref name="kernel"/>, zero padding; "avg" divides by the kernel, "max"), the tokens
+    /// stored after collection began (the window) score +∞, and each head keeps its <paramref name="keep"/>[head] best
+    /// candidates (tokens from <paramref name="protectedPrefix"/> on; ties to the later token, as <c>TopK.KeepMask</c>),
+    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection.
+    /// Returns the drop flags per head in storage order (for bookkeeping; the decision was made on the device).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    /// <exception cref="KvSharpException">A parameter is out of range.</exception>
+    public bool[][] SnapKvEvict(int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        var (sum, covered) = (_statSum, _covered);
+        if (_statistics == null || sum == null || covered == null)
+            throw new InvalidOperationException("SnapKV on the device scores from collected statistics: call BeginStatistics and run the window first");
+        if (kernel < 1 || kernel % 2 == 0) throw new KvSharpException($"snapkv: kernel must be odd and ≥ 1, got {kernel}");
+        if (pool is not ("avg" or "max")) throw new KvSharpException($"snapkv: pool must be avg or max, got {pool}");
+        if (keep.Count != HeadCount) throw new KvSharpException($"snapkv: {keep.Count} keep counts for {HeadCount} heads");
+        if (protectedPrefix < 0) throw new KvSharpException($"snapkv: protected prefix {protectedPrefix} is negative");
+        int maxTokens = MaxBlocks * BlockTokens;
+        using var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
+        using var keepCounts = Device.Allocate(HeadCount * sizeof(int));
+        using var protect = Device.Allocate(HeadCount * sizeof(int));
+        using var drop = Device.Allocate((long)HeadCount * maxTokens);
+        keepCounts.Upload<int>(keep.ToArray());
+        protect.Upload<int>(Enumerable.Repeat(protectedPrefix, HeadCount).ToArray());
+        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
+        _kernels.Select(scores.Pointer, _headTokens.Pointer, keepCounts.Pointer, protect.Pointer, drop.Pointer, HeadCount, maxTokens);
+        var lengths = HeadLengths();
+        var flags = new byte[(long)HeadCount * maxTokens];
+        drop.Download<byte>(flags);
+        StopStatistics();
+        EvictOnDevice(drop);
+        return Enumerable.Range(0, HeadCount).Select(h => Enumerable.Range(0, lengths[h]).Select(i => flags[(long)h * maxTokens + i] != 0).ToArray()).ToArray();
+    }
+
+    /// <summary>
+    /// Re-encodes the stored tokens flagged in <paramref name="select"/>[layer · kvHeads + head] (one flag per stored token, in
+    /// the device's storage order) in <paramref name="keyFormat"/> / <paramref name="valueFormat"/>, on the device, as
+    /// <see cref="Cache.Paged.PagedKvCache.Requantize"/> does on the CPU (MiKV, ZipVL, LeanKV: mixed precision by token):
+    /// blocks without a flagged token, or already in the target formats, stay; the other blocks' tokens are regrouped by
+    /// format pair into dense blocks (flagged ones in the target formats, the others in their own), in storage order, a
+    /// kept partial block of a pair being written joining it; flagged residual rows join the target's blocks. The pool is
+    /// compacted into its own allocation (captured decode graphs stay valid).
+    /// </summary>
+    /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
+    /// <exception cref="KvSharpException">A format the device does not read (VidKV), a value format whose groups do not fit the cache's,
+    /// or a head whose regrouped blocks exceed its descriptor table or the pool (the cache is then left as it was).</exception>
+    /// <exception cref="InvalidOperationException">Statistics are being collected.</exception>
+    public void Requantize(IReadOnlyList<bool[]> select, KvFormat keyFormat, KvFormat valueFormat)
+    {
+        ArgumentNullException.ThrowIfNull(select);
+        if (_statistics != null) throw new InvalidOperationException("cannot re-quantize while attention statistics are being collected");
+        if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"the formats {keyFormat} / {valueFormat}"));
+        if (select.Count != HeadCount) throw new ArgumentException($"{select.Count} masks for {HeadCount} heads", nameof(select));
+        var lengths = HeadLengths();
+        int maxTokens = MaxBlocks * BlockTokens, hd = Config.HeadDim;
+        var flags = new byte[(long)HeadCount * maxTokens];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            if (select[h].Length != lengths[h]) throw new ArgumentException($"head {h}'s mask has {select[h].Length} flags but the head stores {lengths[h]} tokens", nameof(select));
+            for (int i = 0; i < lengths[h]; i++) flags[(long)h * maxTokens + i] = select[h][i] ? (byte)1 : (byte)0;
+        }
+        LayoutOf(keyFormat, true);
+        LayoutOf(valueFormat, false); // throws for a geometry the cache cannot hold
+        using var deviceFlags = Device.Allocate(flags.Length);
+        deviceFlags.Upload<byte>(flags);
+        using var fresh = Device.Allocate(PoolUnits * 16);
+        using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
+        using var oldDesc = Device.Allocate(_desc.ByteLength);
+        using var oldBlocks = Device.Allocate(_headBlocks.ByteLength);
+        using var classes = Device.Allocate((long)HeadCount * MaxBlocks);
+        oldDesc.CopyFromAsync(_desc, _desc.ByteLength);
+        oldBlocks.CopyFromAsync(_headBlocks, _headBlocks.ByteLength);
+        var state = new int[2];
+        _state.Download<int>(state);
+        _state.Upload<int>([ReservedUnits, 0]);
+        _kernels.Requantize(_pool.Pointer, fresh.Pointer, oldDesc.Pointer, _desc.Pointer, _headBlocks.Pointer, deviceFlags.Pointer, classes.Pointer,
+            staging.Pointer, _state.Pointer, _state.Pointer + 4, PoolUnits, HeadCount, MaxBlocks, maxTokens, BlockTokens, hd, ValueGroup,
+            (int)keyFormat, (int)valueFormat);
+        Device.Synchronize();
+        try
+        {
+            CheckDeviceState();
+        }
+        catch (KvSharpException)
+        {
+            // A head that did not fit its table (or the pool): the old tables still describe the untouched pool.
+            _desc.CopyFromAsync(oldDesc, _desc.ByteLength);
+            _headBlocks.CopyFromAsync(oldBlocks, _headBlocks.ByteLength);
+            _state.Upload<int>(state);
+            throw;
+        }
+        var top = new int[1];
+        _state.Download<int>(top);
+        _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
+        Device.Synchronize();
+        Resync();
+    }
+
+    /// <summary>Queues the statistics of one layer's attention rows (after the attention launch), when collecting.</summary>
+    private void EnqueueStatistics(in LayerAttention a)
+    {
+        if (_statistics is not { } request) return;
+        if (a.Batch) throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not by captured graph decode");
+        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)));
+    }
+
+    /// <summary>
+    /// Queues the statistics of query rows q [rows, heads, hd] (rotated) of <paramref name="layer"/>, the last rows of the
+    /// heads' storage (row t sees all but the last rows-1-t stored tokens); rows before <paramref name="firstCounted"/> only
+    /// enter the log-sum-exp. Does nothing when no collection is in progress.
+    /// </summary>
+    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted)
+    {
+        if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null || _statPart == null) return;
+        var c = Config;
+        int group = c.NumHeads / c.NumKvHeads, kvHeads = c.NumKvHeads, maxTokens = MaxBlocks * BlockTokens;
+        var (desc, blocks, tokens) = LayerTables(layer);
+        long head0 = (long)layer * kvHeads;
+        var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)), _statPart.Pointer,
+            _statMax.Pointer + (ulong)(head0 * maxTokens * sizeof(float)), _statSum.Pointer + (ulong)(head0 * maxTokens * sizeof(float)),
+            MaxBlocks, maxTokens, BlockTokens, ValueGroup);
+        // Splits of each head's tokens: enough blocks to spread a long head, one partial (max, sum) per row and split.
+        int splits = Math.Clamp(_lengthAtSync / 512 + 1, 1, StatsMaxSplits);
+        int slice = Math.Max(1, CudaPagedKernels.StatsMaxRows / group);
+        for (int row0 = 0; row0 < rows; row0 += slice)
+        {
+            int n = Math.Min(slice, rows - row0);
+            if (row0 + n <= firstCounted) continue; // no counted row: nothing to add
+            _kernels.Statistics(q, target, n, row0, rows, firstCounted, request.Fold == GroupFold.Mean ? 1 : 0, c.NumHeads, kvHeads, c.HeadDim, splits);
+        }
+    }
+
+    private void StopStatistics()
+    {
+        _statistics = null;
+        foreach (var b in new[] { _statMax, _statSum, _covered, _statPart }) b?.Dispose();
+        (_statMax, _statSum, _covered, _statPart) = (null, null, null, null);
+    }
+}

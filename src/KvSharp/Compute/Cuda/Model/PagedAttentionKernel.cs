@@ -1,0 +1,17 @@
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>Which decode attention kernel reads a <see cref="CudaPagedKvCache"/> (all compute the same attention; docs/cuda.md).</summary>
+public enum PagedAttentionKernel
+{
+    /// <summary><c>paged_attn_g*</c>: lane l owns fixed channels of every token (CUDA cores; every supported shape).</summary>
+    LaneChannels,
+
+    /// <summary><c>paged_attn_w_g*</c>: 16-byte key loads of several tokens per warp step (CUDA cores; every supported shape).</summary>
+    Wide,
+
+    /// <summary>
+    /// <c>paged_attn_t_g*</c>: scores and values through tensor-core mma with codes unpacked to exact f16 and the query and
+    /// probabilities split into two f16 parts (head dimension 128, value groups of 32, 64 or 128 channels).
+    /// </summary>
+    TensorCores,
+}

@@ -1,0 +1,16 @@
+using KvSharp.GpuTests.Checks;
+
+namespace KvSharp.Tests.Cuda;
+
+/// <summary>
+/// Compression on the device: attention statistics against the CPU cache's statistics, re-quantization against the CPU
+/// store's blocks byte for byte, SnapKV scored, selected and evicted on the device against the CPU press's kept tokens.
+/// The checks live in tests/KvSharp.GpuTests so the self-contained GPU runner executes the very same code. Skipped
+/// without a GPU.
+/// </summary>
+public class CudaPressTests
+{
+    [CudaFact] public void DeviceStatisticsMatchTheCpus() => PressChecks.StatisticsMatchCpu();
+    [CudaFact] public void DeviceRequantizationMatchesTheCpuBlocks() => PressChecks.RequantizeMatchesCpu();
+    [CudaFact] public void SnapKvOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.SnapKvMatchesCpu();
+}
