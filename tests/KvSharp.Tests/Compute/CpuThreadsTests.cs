@@ -84,6 +84,30 @@ public unsafe class CpuThreadsTests
         }
     }
 
+    /// <summary>
+    /// Without a pool (one thread, or the pool busy with another caller's job) the chunks run inline on the caller: a
+    /// throwing chunk must not leave the later chunks undone either, and the caller still gets its exception.
+    /// </summary>
+    [Fact]
+    public void AnInlineRunFinishesEveryChunkBeforeRethrowing()
+    {
+        int before = CpuThreads.Count;
+        try
+        {
+            CpuThreads.Count = 1;
+            var runs = stackalloc int[16];
+            var probe = stackalloc Probe[1];
+            *probe = new Probe { Runs = runs, Active = 1, Throw = 3 };
+            var e = Assert.Throws<InvalidOperationException>(() => RunProbe(16, probe));
+            Assert.Equal("chunk 3 failed", e.Message);
+            for (int i = 0; i < 16; i++) Assert.Equal(1, runs[i]);
+        }
+        finally
+        {
+            CpuThreads.Count = before;
+        }
+    }
+
     private static void RunProbe(int chunks, Probe* probe) => CpuThreads.Run(chunks, &Body, probe);
 
     private static void Body(void* ctx, int chunk)

@@ -54,7 +54,20 @@ public static unsafe class CpuThreads
         if (chunks <= 0) return;
         var pool = chunks > 1 ? Pool : null;
         if (pool == null || !pool.TryRun(chunks, body, ctx))
-            for (int i = 0; i < chunks; i++) body(ctx, i);
+            RunInline(chunks, body, ctx);
+    }
+
+    // The same contract as the pool's: every chunk runs even when one throws, and the first exception is rethrown
+    // afterwards (a caller that finds the pool busy with another thread's job must not leave chunks undone).
+    private static void RunInline(int chunks, delegate*<void*, int, void> body, void* ctx)
+    {
+        Exception? error = null;
+        for (int i = 0; i < chunks; i++)
+        {
+            try { body(ctx, i); }
+            catch (Exception e) { error ??= e; }
+        }
+        if (error != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
     }
 
     /// <summary>
