@@ -6,9 +6,8 @@ namespace KvSharp.Cache;
 /// </summary>
 public sealed class FullPrecisionKvCache : IKvCache
 {
-    private readonly int _layers, _kvHeads, _heads, _headDim, _maxTokens;
-    private readonly float[][] _keys, _values; // [layer * kvHeads + head] -> [capacity * headDim]
-    private readonly int[] _layerLength;
+    private readonly int _kvHeads, _heads, _headDim;
+    private readonly HeadRows<float> _rows;
     private readonly float _scale;
 
     [ThreadStatic] private static float[]? t_scores;
@@ -18,11 +17,8 @@ public sealed class FullPrecisionKvCache : IKvCache
     public FullPrecisionKvCache(int layers, int heads, int kvHeads, int headDim, int maxTokens)
     {
         if (heads % kvHeads != 0) throw new ArgumentException($"{heads} heads not a multiple of {kvHeads} KV heads");
-        _layers = layers; _heads = heads; _kvHeads = kvHeads; _headDim = headDim; _maxTokens = maxTokens;
-        _keys = new float[layers * kvHeads][];
-        _values = new float[layers * kvHeads][];
-        for (int i = 0; i < _keys.Length; i++) { _keys[i] = Array.Empty<float>(); _values[i] = Array.Empty<float>(); }
-        _layerLength = new int[layers];
+        _heads = heads; _kvHeads = kvHeads; _headDim = headDim;
+        _rows = new HeadRows<float>(layers, kvHeads, headDim, maxTokens);
         _scale = 1f / MathF.Sqrt(headDim);
     }
 
@@ -31,55 +27,35 @@ public sealed class FullPrecisionKvCache : IKvCache
         : this(config.NumLayers, config.NumHeads, config.NumKvHeads, config.HeadDim, maxTokens) { }
 
     /// <inheritdoc />
-    public int Length => _layerLength[_layers - 1];
+    public int Length => _rows.Length;
 
     /// <summary>Most tokens this cache accepts.</summary>
-    public int MaxTokens => _maxTokens;
+    public int MaxTokens => _rows.MaxTokens;
 
     /// <inheritdoc />
-    public long ByteCount
-    {
-        get
-        {
-            long n = 0;
-            for (int l = 0; l < _layers; l++) n += 2L * _layerLength[l] * _kvHeads * _headDim * sizeof(float);
-            return n;
-        }
-    }
+    public long ByteCount => _rows.ByteCount;
 
     /// <inheritdoc />
     public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
     {
-        int start = _layerLength[layer];
-        if (start + count > _maxTokens)
-            throw new KvSharpException($"the context holds at most {_maxTokens} tokens; appending {count} to {start} would exceed it");
+        int start = _rows.BeginAppend(layer, count);
         int row = _kvHeads * _headDim;
         for (int g = 0; g < _kvHeads; g++)
         {
             int slot = layer * _kvHeads + g;
-            EnsureCapacity(slot, start + count);
             for (int t = 0; t < count; t++)
             {
-                keys.Slice(t * row + g * _headDim, _headDim).CopyTo(_keys[slot].AsSpan((start + t) * _headDim));
-                values.Slice(t * row + g * _headDim, _headDim).CopyTo(_values[slot].AsSpan((start + t) * _headDim));
+                keys.Slice(t * row + g * _headDim, _headDim).CopyTo(_rows.Keys[slot].AsSpan((start + t) * _headDim));
+                values.Slice(t * row + g * _headDim, _headDim).CopyTo(_rows.Values[slot].AsSpan((start + t) * _headDim));
             }
         }
-        _layerLength[layer] = start + count;
-    }
-
-    private void EnsureCapacity(int slot, int tokens)
-    {
-        int need = tokens * _headDim;
-        if (_keys[slot].Length >= need) return;
-        int cap = Math.Max(need, Math.Min(_maxTokens * _headDim, Math.Max(64 * _headDim, _keys[slot].Length * 2)));
-        Array.Resize(ref _keys[slot], cap);
-        Array.Resize(ref _values[slot], cap);
+        _rows.EndAppend(layer, start + count);
     }
 
     /// <inheritdoc />
     public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
     {
-        int length = _layerLength[layer];
+        int length = _rows.LayerLength[layer];
         if (firstPosition + count > length)
             throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd;
@@ -105,7 +81,7 @@ public sealed class FullPrecisionKvCache : IKvCache
                 var local = acc.AsSpan(0, group * hd);
                 FullPrecisionAttention.Attend(
                     new ReadOnlySpan<float>(q, t * qRow + g * group * hd, group * hd), group,
-                    _keys[slot], _values[slot], visible, hd, _scale, scores, local);
+                    _rows.Keys[slot], _rows.Values[slot], visible, hd, _scale, scores, local);
                 local.CopyTo(new Span<float>(o, t * qRow + g * group * hd, group * hd));
             }
         });
@@ -113,11 +89,7 @@ public sealed class FullPrecisionKvCache : IKvCache
     }
 
     /// <inheritdoc />
-    public void Truncate(int length)
-    {
-        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
-        for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
-    }
+    public void Truncate(int length) => _rows.Truncate(length);
 
     /// <inheritdoc />
     public void Dispose() { }

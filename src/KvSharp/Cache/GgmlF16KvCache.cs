@@ -10,9 +10,8 @@ namespace KvSharp.Cache;
 /// </summary>
 public sealed class GgmlF16KvCache : IKvCache
 {
-    private readonly int _layers, _kvHeads, _heads, _headDim, _maxTokens;
-    private readonly Half[][] _keys, _values; // [layer * kvHeads + head] -> [capacity * headDim]
-    private readonly int[] _layerLength;
+    private readonly int _kvHeads, _heads, _headDim;
+    private readonly HeadRows<Half> _rows;
     private readonly float _scale;
 
     // Per-thread widened copies of one KV head's keys and values.
@@ -23,64 +22,40 @@ public sealed class GgmlF16KvCache : IKvCache
     public GgmlF16KvCache(Models.ModelConfig config, int maxTokens)
     {
         ArgumentNullException.ThrowIfNull(config);
-        _layers = config.NumLayers; _heads = config.NumHeads; _kvHeads = config.NumKvHeads; _headDim = config.HeadDim;
+        _heads = config.NumHeads; _kvHeads = config.NumKvHeads; _headDim = config.HeadDim;
         if (_heads % _kvHeads != 0) throw new ArgumentException($"{_heads} heads not a multiple of {_kvHeads} KV heads", nameof(config));
-        _maxTokens = maxTokens;
-        _keys = new Half[_layers * _kvHeads][];
-        _values = new Half[_layers * _kvHeads][];
-        for (int i = 0; i < _keys.Length; i++) { _keys[i] = []; _values[i] = []; }
-        _layerLength = new int[_layers];
+        _rows = new HeadRows<Half>(config.NumLayers, _kvHeads, _headDim, maxTokens);
         _scale = 1.0f / MathF.Sqrt(_headDim);
     }
 
     /// <inheritdoc />
-    public int Length => _layerLength[_layers - 1];
+    public int Length => _rows.Length;
 
     /// <inheritdoc />
-    public long ByteCount
-    {
-        get
-        {
-            long n = 0;
-            for (int l = 0; l < _layers; l++) n += 2L * _layerLength[l] * _kvHeads * _headDim * 2;
-            return n;
-        }
-    }
+    public long ByteCount => _rows.ByteCount;
 
     /// <inheritdoc />
     public void Append(int layer, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int count)
     {
-        int start = _layerLength[layer];
-        if (start + count > _maxTokens)
-            throw new KvSharpException($"the context holds at most {_maxTokens} tokens; appending {count} to {start} would exceed it");
+        int start = _rows.BeginAppend(layer, count);
         int row = _kvHeads * _headDim;
         for (int g = 0; g < _kvHeads; g++)
         {
             int slot = layer * _kvHeads + g;
-            EnsureCapacity(slot, start + count);
             // Rounded to nearest even, as ggml's SET_ROWS into an F16 tensor.
             for (int t = 0; t < count; t++)
             {
-                TensorPrimitives.ConvertToHalf(keys.Slice(t * row + g * _headDim, _headDim), _keys[slot].AsSpan((start + t) * _headDim, _headDim));
-                TensorPrimitives.ConvertToHalf(values.Slice(t * row + g * _headDim, _headDim), _values[slot].AsSpan((start + t) * _headDim, _headDim));
+                TensorPrimitives.ConvertToHalf(keys.Slice(t * row + g * _headDim, _headDim), _rows.Keys[slot].AsSpan((start + t) * _headDim, _headDim));
+                TensorPrimitives.ConvertToHalf(values.Slice(t * row + g * _headDim, _headDim), _rows.Values[slot].AsSpan((start + t) * _headDim, _headDim));
             }
         }
-        _layerLength[layer] = start + count;
-    }
-
-    private void EnsureCapacity(int slot, int tokens)
-    {
-        int need = tokens * _headDim;
-        if (_keys[slot].Length >= need) return;
-        int cap = Math.Max(need, Math.Min(_maxTokens * _headDim, Math.Max(64 * _headDim, _keys[slot].Length * 2)));
-        Array.Resize(ref _keys[slot], cap);
-        Array.Resize(ref _values[slot], cap);
+        _rows.EndAppend(layer, start + count);
     }
 
     /// <inheritdoc />
     public void Attend(int layer, ReadOnlySpan<float> queries, int count, int firstPosition, Span<float> output)
     {
-        int length = _layerLength[layer];
+        int length = _rows.LayerLength[layer];
         if (firstPosition + count > length)
             throw new InvalidOperationException($"queries up to position {firstPosition + count - 1} but layer {layer} holds {length} tokens");
         int group = _heads / _kvHeads, hd = _headDim, qRow = _heads * hd, visible = firstPosition + count;
@@ -101,8 +76,8 @@ public sealed class GgmlF16KvCache : IKvCache
                 int g = job / count, t = job % count, slot = layer * _kvHeads + g;
                 if (widened != slot)
                 {
-                    TensorPrimitives.ConvertToSingle(_keys[slot].AsSpan(0, visible * hd), keys.AsSpan(0, visible * hd));
-                    TensorPrimitives.ConvertToSingle(_values[slot].AsSpan(0, visible * hd), values.AsSpan(0, visible * hd));
+                    TensorPrimitives.ConvertToSingle(_rows.Keys[slot].AsSpan(0, visible * hd), keys.AsSpan(0, visible * hd));
+                    TensorPrimitives.ConvertToSingle(_rows.Values[slot].AsSpan(0, visible * hd), values.AsSpan(0, visible * hd));
                     widened = slot;
                 }
                 for (int h = g * group; h < (g + 1) * group; h++)
@@ -114,11 +89,7 @@ public sealed class GgmlF16KvCache : IKvCache
     }
 
     /// <inheritdoc />
-    public void Truncate(int length)
-    {
-        if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), $"cannot roll back to {length}: the cache holds {Length} tokens");
-        for (int l = 0; l < _layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
-    }
+    public void Truncate(int length) => _rows.Truncate(length);
 
     /// <inheritdoc />
     public void Dispose() { }
