@@ -26,17 +26,17 @@ public static class PagedDecodeBench
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
         new("F16 paged", KvFormat.F16, 1.0),
-        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.LaneChannels),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
-        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.LaneChannels),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
-        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.Wide),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
         new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
         new("INT8 (g32)", KvFormat.Int8, 1.0),
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
-        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.LaneChannels),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
-        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Wide),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.TensorCores),
     ];
 
     public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log)

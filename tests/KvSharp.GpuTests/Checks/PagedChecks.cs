@@ -44,7 +44,7 @@ public static class PagedChecks
 
     /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
     private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
-        Enum.GetValues<PagedAttentionKernel>().Where(k => k != PagedAttentionKernel.TensorCores
+        Enum.GetValues<PagedAttentionKernel>().Where(k => k is not (PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined)
             || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
 
     /// <summary>
@@ -451,10 +451,10 @@ public static class PagedChecks
             var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
             const int steps = 30;
             int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
-            // hd 64: the CUDA-core kernels; hd 128: the tensor-core kernel (its shape).
+            // hd 64: the CUDA-core kernels; hd 128: the pipelined tensor-core kernel (the default for its shape).
             var cases = hd == 64
                 ? new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) }
-                : new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.TensorCores), (KvFormat.Int4, 3e-2, PagedAttentionKernel.TensorCores) };
+                : new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Pipelined), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Pipelined) };
             foreach (var (format, tolerance, kernel) in cases)
             {
                 var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };

@@ -548,3 +548,556 @@ __device__ __forceinline__ void paged_attention_tc(
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
     { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
 PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
+
+// ---- Pipelined tensor-core variant (paged_attn_p_gG, head dimension 128) ----
+// The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
+// * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
+//   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
+//   lane issuing), as far ahead as the ring (ring bytes, up to PIPE_BARS entries) allows, so a warp keeps 8-16 KB of
+//   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
+//   CUDA-core arithmetic) and blocks of more than 32 tokens or half the ring are read in place.
+// * No score pass: each warp keeps an online softmax per head (log2 domain) with the probabilities in registers, where
+//   the score mma leaves them in exactly the A-operand layout of P·V (lane gid·4 + tig holds tokens 2·tig, 2·tig + 1
+//   of each 8-key tile), so a block's keys and values are consumed back to back and nothing per token goes through
+//   shared memory; the block's 4 warps merge their (max, sum, accumulators) at the end. The split's length is then
+//   not bounded by a score buffer.
+
+constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
+constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
+constexpr int PIPE_QROW = 148; // padded query row (floats): 4 floats after every 32 channels, 20 after the row
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+__device__ __forceinline__ void mbar_init(unsigned bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory"); }
+
+// One arrival that also expects `bytes` of transactions: the phase completes when the copies have delivered them.
+__device__ __forceinline__ void mbar_expect(unsigned bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
+{
+    asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\tmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t@!done bra WAIT;\n\t}" ::"r"(bar), "r"(parity)
+                 : "memory");
+}
+
+// bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar.
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst), "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Index of channel c of head g in the padded query copy: lanes reading 4 floats at 32-channel strides (and heads 148
+// floats apart) land in different banks.
+__device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + c + (c >> 5) * 4; }
+
+// Channel of lane-local key element i (0..31) of lane tig. F16 rows interleave the lanes' 16-byte pieces (piece v of
+// lane tig at 16·(4v + tig)), halving the shared-memory bank conflicts of 256-byte rows; the other formats keep
+// 32 contiguous channels per lane (their per-channel parameters are then one contiguous run).
+template <int F>
+__device__ __forceinline__ int key_channel(int tig, int i) { return F == KV_F16 ? 8 * (4 * (i >> 3) + tig) + (i & 7) : 32 * tig + i; }
+
+// The lane's key words of one row (lane channels per key_channel).
+template <int F>
+__device__ __forceinline__ void key_words(const u8* row, int tig, unsigned* w)
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    if constexpr (F == KV_F16)
+    {
+#pragma unroll
+        for (int v = 0; v < 4; v++)
+        {
+            const uint4 x = *reinterpret_cast<const uint4*>(row + 16 * (4 * v + tig));
+            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
+        }
+    }
+    else if constexpr (BITS >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < BITS / 4; v++)
+        {
+            const uint4 x = *reinterpret_cast<const uint4*>(row + tig * (ROW / 4) + 16 * v);
+            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
+        }
+    }
+    else if constexpr (BITS == 2)
+    {
+        const uint2 x = *reinterpret_cast<const uint2*>(row + tig * 8);
+        w[0] = x.x; w[1] = x.y;
+    }
+    else w[0] = *reinterpret_cast<const unsigned*>(row + tig * 4);
+}
+
+// Query A fragments for a key block of format F: head gid's lane channels (pre-scaled, from the padded copy) times
+// the block's per-channel steps, split hi/lo; returns Σ q·min over the head's channels (0 for float formats).
+template <int G, int F>
+__device__ __forceinline__ float pipe_query(const u8* kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), HD = 128;
+    float qe[32], bias = 0.0f;
+    const int g = min(gid, G - 1);
+#pragma unroll
+    for (int v = 0; v < 8; v++)
+    {
+        float4 x = *reinterpret_cast<const float4*>(qs + pipe_q(g, key_channel<F>(tig, 4 * v))); // 4 lane channels are 4 channels
+        if (gid >= G) x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        qe[4 * v] = x.x; qe[4 * v + 1] = x.y; qe[4 * v + 2] = x.z; qe[4 * v + 3] = x.w;
+    }
+    if constexpr (kv_quantized(F))
+    {
+        const u16* sp = reinterpret_cast<const u16*>(kb + tokens * HD / 8 * BITS) + 32 * tig;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const uint4 s4 = *reinterpret_cast<const uint4*>(sp + 8 * j);
+            uint4 m4 = make_uint4(0u, 0u, 0u, 0u);
+            if constexpr (kv_params(F) == 2) m4 = *reinterpret_cast<const uint4*>(sp + HD + 8 * j);
+            const unsigned sw[4] = { s4.x, s4.y, s4.z, s4.w }, mw[4] = { m4.x, m4.y, m4.z, m4.w };
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+            {
+                const float s = f16_to_f32((u16)(sw[i >> 1] >> (16 * (i & 1))));
+                float mn, st;
+                if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
+                else
+                {
+                    const float m = f16_to_f32((u16)(mw[i >> 1] >> (16 * (i & 1))));
+                    if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
+                    else { mn = m; st = s; }
+                }
+                bias += qe[8 * j + i] * mn;
+                qe[8 * j + i] *= st;
+            }
+        }
+    }
+    else if constexpr (F == KV_FP8)
+    {
+#pragma unroll
+        for (int i = 0; i < 32; i++) qe[i] *= 256.0f; // FP8 fragments hold value / 256
+    }
+#pragma unroll
+    for (int r = 0; r < 16; r++) split_f16x2(qe[key_low_channel<F>(r)], qe[key_low_channel<F>(r) + key_step<F>()], qh[r], ql[r]);
+    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
+    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    return bias;
+}
+
+// Scores (log2 units) of tokens [sub, sub + n) (n <= 32) of a key block with exact f16 codes: s[u][e] is token
+// 8u + 2·tig + e of head gid, -inf past n.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores(const u8* kb, int sub, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    unsigned qh[16], ql[16];
+    const float bias = pipe_query<G, F>(kb, tokens, qs, qh, ql, gid, tig);
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+    {
+        s[u][0] = s[u][1] = neg_inf();
+        if (8 * u >= n) continue;
+        unsigned w[kv_bits(F)], b[16];
+        key_words<F>(kb + (size_t)(sub + min(8 * u + gid, n - 1)) * ROW, tig, w);
+        key_fragments<F>(w, b);
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int k = 0; k < 8; k++) mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
+        const int tk = 8 * u + 2 * tig;
+        if (tk < n) s[u][0] = d[0] + d[2] + bias;
+        if (tk + 1 < n) s[u][1] = d[1] + d[3] + bias;
+    }
+}
+
+// The same for an F32 or BF16 key block on CUDA cores: each lane computes its own 8 tokens over all 128 channels.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores_float(const u8* kb, int sub, int n, const float* qs, float (&s)[4][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    float acc[4][2];
+#pragma unroll
+    for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = 0.0f;
+    const int g = min(gid, G - 1);
+    for (int c = 0; c < 128; c += 4)
+    {
+        const float4 qv = *reinterpret_cast<const float4*>(qs + pipe_q(g, c));
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const u8* row = kb + (size_t)(sub + min(8 * u + 2 * tig + e, n - 1)) * ROW;
+                float4 x;
+                if constexpr (F == KV_F32) x = *reinterpret_cast<const float4*>(row + 4 * c);
+                else
+                {
+                    const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
+                    x = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
+                }
+                acc[u][e] += qv.x * x.x + qv.y * x.y + qv.z * x.z + qv.w * x.w;
+            }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head G-1 again
+}
+
+// Online softmax of one sub-block: the scores become probabilities under the head's running max m (the 4 lanes of a
+// head agree on it), l sums them, and the accumulators are rescaled when the max grows.
+__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[16][4], float (&mb)[4])
+{
+    float mx = neg_inf();
+#pragma unroll
+    for (int u = 0; u < 4; u++) mx = fmaxf(mx, fmaxf(s[u][0], s[u][1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    if (__any_sync(0xffffffffu, mx > m))
+    {
+        const float mn = fmaxf(m, mx), f = fast_exp2(m - mn);
+#pragma unroll
+        for (int j = 0; j < 16; j++) { o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f; }
+#pragma unroll
+        for (int k = 0; k < 4; k++) mb[k] *= f;
+        l *= f;
+        m = mn;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) { s[u][e] = fast_exp2(s[u][e] - m); l += s[u][e]; }
+}
+
+// The lane's 4 channels 32k + 4·gid + [0, 4) of one value row, from either memory.
+template <int BITS>
+__device__ __forceinline__ void value_piece_any(const u8* row, int k, int gid, unsigned* w)
+{
+    if constexpr (BITS == 16) { const uint2 x = *reinterpret_cast<const uint2*>(row + 64 * k + 8 * gid); w[0] = x.x; w[1] = x.y; }
+    else if constexpr (BITS == 8) w[0] = *reinterpret_cast<const unsigned*>(row + 32 * k + 4 * gid);
+    else if constexpr (BITS == 4) w[0] = *reinterpret_cast<const u16*>(row + 16 * k + 2 * gid);
+    else if constexpr (BITS == 2) w[0] = row[8 * k + gid];
+    else w[0] = (unsigned)row[4 * k + (gid >> 1)] >> (4 * (gid & 1));
+}
+
+__device__ __forceinline__ uint2 row_params_any(const u16* p, int row, int gpr)
+{
+    if (gpr == 4) return *reinterpret_cast<const uint2*>(p + row * 4);
+    if (gpr == 2) return make_uint2(*reinterpret_cast<const unsigned*>(p + row * 2), 0u);
+    return make_uint2(p[row], 0u);
+}
+
+// o += P·V over tokens [sub, sub + n) of a value block with exact f16 codes, P = the lane's probabilities p (zero past
+// n); mb[k] += Σ p·min of chunk k's group. As tc_values, one 16-token step at a time (the codes are in shared memory).
+template <int G, int F>
+__device__ __forceinline__ void pipe_values(const u8* vb, int sub, int n, int tokens, int vg, const float (&p)[4][2], int gid, int tig,
+    float (&o)[16][4], float (&mb)[4])
+{
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1;
+    const int gpr = HD / vg;
+    const u16* scales = reinterpret_cast<const u16*>(vb + tokens * ROW);
+    const u16* mins = scales + tokens * gpr;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        if (16 * h >= n) break;
+        unsigned piece[4][4][PW];
+        uint2 sh[4], mh[4];
+        float pv[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            const int row = sub + min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
+#pragma unroll
+            for (int k = 0; k < 4; k++) value_piece_any<BITS>(vb + (size_t)row * ROW, k, gid, piece[u][k]);
+            if constexpr (kv_quantized(F))
+            {
+                sh[u] = row_params_any(scales, row, gpr);
+                if constexpr (kv_params(F) == 2) mh[u] = row_params_any(mins, row, gpr);
+            }
+            pv[u] = p[2 * h + (u >> 1)][u & 1];
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            float ps[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+            {
+                if constexpr (kv_quantized(F))
+                {
+                    const float s = chunk_param(sh[u], k, gpr);
+                    float mn, st;
+                    if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
+                    else
+                    {
+                        const float m = chunk_param(mh[u], k, gpr);
+                        if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
+                        else { mn = m; st = s; }
+                    }
+                    ps[u] = pv[u] * st;
+                    mb[k] += pv[u] * mn;
+                }
+                else ps[u] = F == KV_FP8 ? pv[u] * 256.0f : pv[u];
+            }
+            unsigned a0, a1, a2, a3, b0[4], b1[4];
+            split_f16x2(ps[0], ps[1], a0, a1);
+            split_f16x2(ps[2], ps[3], a2, a3);
+            value_fragments<F>(piece[0][k], piece[1][k], b0);
+            value_fragments<F>(piece[2][k], piece[3][k], b1);
+#pragma unroll
+            for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+        }
+    }
+}
+
+// o += P·V of an F32 or BF16 value block on CUDA cores: token t's probability comes from the lane of its head that
+// holds it; the lane adds into its accumulator channels 32k + 8·tig + 4e + i (the hi rows).
+template <int G, int F>
+__device__ __forceinline__ void pipe_values_float(const u8* vb, int sub, int n, const float (&p)[4][2], int lane, int tig, float (&o)[16][4])
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int tt = 0; tt < 4; tt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const int t = 8 * u + 2 * tt + e;
+                const float pt = __shfl_sync(0xffffffffu, p[u][e], (lane & ~3) | tt);
+                if (t >= n) continue;
+                const u8* row = vb + (size_t)(sub + t) * ROW;
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                {
+                    float x[8];
+                    if constexpr (F == KV_F32)
+                    {
+                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig));
+                        const float4 x1 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig) + 16);
+                        x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w; x[4] = x1.x; x[5] = x1.y; x[6] = x1.z; x[7] = x1.w;
+                    }
+                    else
+                    {
+                        const uint4 h = *reinterpret_cast<const uint4*>(row + 2 * (32 * k + 8 * tig));
+                        const unsigned hw[4] = { h.x, h.y, h.z, h.w };
+#pragma unroll
+                        for (int c = 0; c < 8; c++) x[c] = bf16_to_f32((u16)(hw[c >> 1] >> (16 * (c & 1))));
+                    }
+#pragma unroll
+                    for (int c = 0; c < 8; c++) o[4 * k + (c & 3)][c >> 2] += pt * x[c];
+                }
+            }
+}
+
+// Bytes of a block staged through a warp's ring (a multiple of 16), or 0 for one read in place: F32/BF16 blocks, blocks
+// of more than 32 tokens (consumed in several sub-blocks, their keys would be held while their values wait) or more than
+// half the ring (two entries always fit an empty ring).
+__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, unsigned ring)
+{
+    if (f == KV_F32 || f == KV_BF16 || tokens > 32) return 0u;
+    const unsigned b = ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
+    return b <= ring / 2 ? b : 0u;
+}
+
+// Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
+// would cross the end. Producer and consumer apply the same rule to the same sequence of entries.
+__device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned ring)
+{
+    const unsigned pos = c % ring;
+    return pos + s > ring ? c + ring - pos : c;
+}
+
+// A warp's pipeline: the producer side (next block to issue, whether its keys are issued, ring cursor, entries issued)
+// and the consumer side (ring cursor up to which entries are released, entries released). Warp-uniform.
+struct PipeState
+{
+    int next;
+    bool keys_issued;
+    unsigned issued_bytes, issued, freed_bytes, freed;
+};
+
+// Issues the warp's next entries (each block's keys, then its values, blocks in the warp's order) while the ring has
+// room and a barrier is free; lane 0 issues, every lane keeps the same state.
+__device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, int nb, int limit, const u8* pool, unsigned ring0, unsigned ring,
+    unsigned bar0, int tokens, int vg, int lane)
+{
+    while (st.next < nb && st.issued - st.freed < PIPE_BARS)
+    {
+        const uint4 d = bdesc[st.next];
+        const bool keys = !st.keys_issued;
+        const unsigned s = desc_visible(d, limit) == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg, ring);
+        if (s != 0)
+        {
+            const unsigned at = ring_start(st.issued_bytes, s, ring);
+            if (at + s - st.freed_bytes > ring) break;
+            if (lane == 0)
+            {
+                const unsigned bar = bar0 + 8 * (st.issued % PIPE_BARS);
+                // The warp's generic-proxy reads of this ring space (ordered by the caller's __syncwarp) precede the copy.
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                mbar_expect(bar, s);
+                bulk_copy(ring0 + at % ring, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+            }
+            st.issued_bytes = at + s;
+            st.issued++;
+        }
+        if (keys) st.keys_issued = true;
+        else { st.keys_issued = false; st.next += PIPE_WARPS; }
+    }
+}
+
+template <int G>
+__device__ __forceinline__ void paged_attention_pipe(
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, unsigned ring)
+{
+    constexpr int HD = 128;
+    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int limit = head_tokens[kvh] - (rows - 1 - t);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
+    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    extern __shared__ float4 smem4[];
+    u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
+    unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
+    float* qs = reinterpret_cast<float*>(bars + PIPE_WARPS * PIPE_BARS);                         // [G][PIPE_QROW] q·scale·log2 e
+    float* ov = qs + G * PIPE_QROW;                                                              // [G, HD] the block's output
+    float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
+    uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
+    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
+
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+    {
+        ov[i] = 0.0f;
+        qs[pipe_q(i / HD, i % HD)] = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
+    }
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
+    const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
+    if (lane == 0)
+    {
+#pragma unroll
+        for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    PipeState st = { warp, false, 0u, 0u, 0u, 0u };
+    pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+    float o[16][4], mb[4], m = neg_inf(), l = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) mb[k] = 0.0f;
+    const u8* wring = rings + warp * ring;
+    for (int bi = warp; bi < nb; bi += PIPE_WARPS)
+    {
+        const uint4 d = bdesc[bi];
+        const int cnt = desc_visible(d, limit);
+        if (cnt == 0) continue;
+        const int kf = desc_kfmt(d), vf = desc_vfmt(d);
+        const unsigned ks = stage_bytes(kf, true, tokens, vg, ring), vs = stage_bytes(vf, false, tokens, vg, ring);
+        const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
+        const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
+        const u8* kb = ks ? wring + kat % ring : pool + (size_t)d.x * 16;
+        const u8* vb = vs ? wring + vat % ring : pool + (size_t)d.y * 16;
+        if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
+        for (int sub = 0; sub < cnt; sub += 32)
+        {
+            const int n = min(32, cnt - sub);
+            float s[4][2];
+#define PSCORES(F) pipe_scores<G, F>(kb, sub, n, tokens, qs, s, gid, tig)
+#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, sub, n, qs, s, gid, tig)
+            KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
+#undef PSCORES
+#undef PSCORES_FLOAT
+            if (ks) // a staged block has one sub-block: its keys are done
+            {
+                __syncwarp();
+                st.freed_bytes = kat + ks;
+                st.freed++;
+                pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+            }
+            pipe_softmax(s, m, l, o, mb);
+            if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
+#define PVALUES(F) pipe_values<G, F>(vb, sub, n, tokens, vg, s, gid, tig, o, mb)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, sub, n, s, lane, tig, o)
+            KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
+#undef PVALUES
+#undef PVALUES_FLOAT
+        }
+        if (vs)
+        {
+            __syncwarp();
+            st.freed_bytes = vat + vs;
+            st.freed++;
+            pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+        }
+    }
+
+    // The block's 4 warps merge: per head M = max of the warps' maxima, each warp's accumulators weighted by e^(m - M).
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 1);
+        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 2);
+    }
+    if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
+    __syncthreads();
+    if (gid < G && l > 0.0f)
+    {
+        float mx = neg_inf();
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + gid) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + gid)]);
+        const float f = fast_exp2(m - mx);
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                atomicAdd(&ov[gid * HD + 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3)], f * (o[j][e] + o[j][2 + e] + mb[j >> 2]));
+    }
+    if (threadIdx.x < G)
+    {
+        const int g = threadIdx.x;
+        float mx = neg_inf(), sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + g) + 1] > 0.0f) sum += wml[2 * (w * G + g) + 1] * fast_exp2(wml[2 * (w * G + g)] - mx);
+        // Natural-log max for the merge (it weighs chunks by e^(m_s - M)).
+        part_ml[(first + (long)g * splits) * 2] = sum > 0.0f ? mx * 0.6931471805599453f : neg_inf();
+        part_ml[(first + (long)g * splits) * 2 + 1] = sum;
+    }
+    __syncthreads();
+    store_chunk(ov, part_out, first, splits, G, HD);
+    // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
+    // within them).
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh);
+}
+
+// At most 168 registers (3 blocks per SM with their ~70 KB of rings each).
+#define PAGED_ATTN_PIPE(G) \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G(const float* q, const u8* pool, const uint4* desc, \
+        const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, unsigned ring) \
+    { paged_attention_pipe<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, ring); }
+PAGED_ATTN_PIPE(1) PAGED_ATTN_PIPE(2) PAGED_ATTN_PIPE(4) PAGED_ATTN_PIPE(8)

@@ -36,6 +36,8 @@ __device__ __forceinline__ int desc_count(uint4 d) { return (int)(d.z & 0xffffu)
 __device__ __forceinline__ int desc_kfmt(uint4 d) { return (int)((d.z >> 16) & 0xfu); }
 __device__ __forceinline__ int desc_vfmt(uint4 d) { return (int)((d.z >> 20) & 0xfu); }
 __device__ __forceinline__ unsigned desc_meta(int count, int kf, int vf) { return (unsigned)count | ((unsigned)kf << 16) | ((unsigned)vf << 20); }
+// Tokens of a block that a query row seeing the head's first `limit` stored tokens reads.
+__device__ __forceinline__ int desc_visible(uint4 d, int limit) { return max(0, min(desc_count(d), limit - (int)d.w)); }
 
 // Bytes of one block's codes and of its parameters.
 __device__ __forceinline__ int code_bytes(int f, int tokens, int hd) { return tokens * hd / 8 * kv_bits(f); }
@@ -129,8 +131,7 @@ __device__ __forceinline__ int split_offsets(const uint4* hdesc, int nb, int lim
             int cnt = 0;
             if (base + lane < nb)
             {
-                const uint4 d = hdesc[base + lane];
-                cnt = max(0, min(desc_count(d), limit - (int)d.w));
+                cnt = desc_visible(hdesc[base + lane], limit);
             }
             int incl = cnt;
 #pragma unroll

@@ -54,7 +54,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         Options = options;
         KeyLayout = keys;
         ValueLayout = values;
-        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.TensorCores
+        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.Pipelined
             : keys.Format.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
         HeadCount = config.NumLayers * config.NumKvHeads;
         MaxBlocks = maxBlocks;
@@ -117,7 +117,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         get => _attentionKernel;
         set
         {
-            if (value == PagedAttentionKernel.TensorCores && !CudaPagedKernels.SupportsTensorCores(_group, Config.HeadDim, ValueGroup))
+            if (value is PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined && !CudaPagedKernels.SupportsTensorCores(_group, Config.HeadDim, ValueGroup))
                 throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
             _attentionKernel = value;
         }

@@ -14,4 +14,10 @@ public enum PagedAttentionKernel
     /// probabilities split into two f16 parts (head dimension 128, value groups of 32, 64 or 128 channels).
     /// </summary>
     TensorCores,
+
+    /// <summary>
+    /// <c>paged_attn_p_g*</c>: the tensor-core arithmetic with each warp streaming its blocks into a shared-memory ring
+    /// through the bulk copy engine and an online softmax in registers (head dimension 128, value groups of 32, 64 or 128).
+    /// </summary>
+    Pipelined,
 }

@@ -51,6 +51,7 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Longest split (in blocks of <paramref name="blockTokens"/>) whose scores fit 48 KB of shared memory.</summary>
     public static int MaxChunkBlocks(int group, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
+        if (kernel == PagedAttentionKernel.Pipelined) return PipelinedMaxChunkBlocks;
         int floats = (48 * 1024 - 512) / 4 - group * headDim - ExtraFloats(group, headDim, kernel);
         return Math.Max(0, (floats - 1) / (group * blockTokens + 1 + FloatsPerBlock(kernel)));
     }
@@ -61,7 +62,7 @@ internal sealed partial class CudaPagedKernels
     /// the tensor-core kernel a copy of the split's block descriptors.
     /// </summary>
     public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, PagedAttentionKernel kernel) =>
-        (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
+        kernel == PagedAttentionKernel.Pipelined ? PipelinedSharedBytes(group, chunkBlocks) : (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
 
     private static int ExtraFloats(int group, int headDim, PagedAttentionKernel kernel) =>
         kernel == PagedAttentionKernel.Wide ? 5 * (group * headDim + headDim / 2) : 0;
@@ -70,6 +71,58 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>Attention blocks of the tensor-core kernel resident per multiprocessor (its register bound, paged_attention_tc.cu).</summary>
     private const int TensorBlocksPerSm = 3;
+
+    /// <summary>Longest split of the pipelined kernel, in blocks (its descriptors are copied to shared memory, 16 bytes each).</summary>
+    public const int PipelinedMaxChunkBlocks = 256;
+
+    /// <summary>
+    /// Bytes of each warp's staging ring in the pipelined kernel: 16 KB (two F16 blocks; 3 attention blocks per
+    /// multiprocessor), or <c>$KVSHARP_PAGED_RING_KB</c> (4-48) to measure others.
+    /// </summary>
+    public static int PipelineRingBytes { get; } = RingFromEnvironment();
+
+    private static int RingFromEnvironment()
+    {
+        string? kb = Environment.GetEnvironmentVariable("KVSHARP_PAGED_RING_KB");
+        if (string.IsNullOrEmpty(kb)) return 16 * 1024;
+        if (!int.TryParse(kb, out int k) || k < 4 || k > 48)
+            throw new CudaException("paged attention", $"KVSHARP_PAGED_RING_KB must be a number of kilobytes in 4..48, not '{kb}'");
+        return k * 1024;
+    }
+
+    /// <summary>
+    /// Shared memory of one block of the pipelined kernel: 4 warps' rings, their 8 barriers each, the padded query copy
+    /// [group, 148], the output [group, 128], the warps' (max, sum) per head and the split's descriptors.
+    /// </summary>
+    public static int PipelinedSharedBytes(int group, int chunkBlocks) =>
+        4 * PipelineRingBytes + 4 * 8 * 8 + 4 * (group * 148 + group * 128 + 8 * group) + 16 * chunkBlocks;
+
+    private readonly HashSet<int> _pipelinedShared = [];
+
+    private CudaFunction Pipelined(int group)
+    {
+        var f = _tensorAttention.Value[$"paged_attn_p_g{group}"];
+        lock (_pipelinedShared)
+            if (_pipelinedShared.Add(group)) f.AllowSharedMemory(PipelinedSharedBytes(group, PipelinedMaxChunkBlocks));
+        return f;
+    }
+
+    /// <summary>
+    /// The pipelined kernel's plan: chunks sized so that the non-empty grid blocks fill one wave of the blocks resident
+    /// per multiprocessor (as the tensor-core plan), and few enough splits that the merge's weights (group × splits floats)
+    /// fit the rings they reuse.
+    /// </summary>
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group)
+    {
+        int perSm = Math.Max(1, Pipelined(group).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks)));
+        long wave = Math.Max(1, (long)perSm * _device.MultiprocessorCount / rows);
+        int chunk = (int)Math.Clamp((Math.Max(blocks, layerBlocks) + wave - 1) / wave, 1, PipelinedMaxChunkBlocks);
+        int maxSplits = PipelineRingBytes / group;
+        if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
+        if (chunk > PipelinedMaxChunkBlocks)
+            throw new CudaException("paged attention", $"{blocks} blocks need more than {maxSplits} splits of {PipelinedMaxChunkBlocks} blocks");
+        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk));
+    }
 
     /// <summary>
     /// Splits up to <paramref name="blocks"/> blocks per head (the longest) into chunks. The CUDA-core kernels aim at
@@ -83,6 +136,7 @@ internal sealed partial class CudaPagedKernels
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
             ? (Math.Max(blocks, layerBlocks) + (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows - 1) / Math.Max(1, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows)
@@ -109,8 +163,18 @@ internal sealed partial class CudaPagedKernels
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
-        if (kernel == PagedAttentionKernel.TensorCores && !SupportsTensorCores(group, headDim, valueGroup))
+        if (kernel is PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined && !SupportsTensorCores(group, headDim, valueGroup))
             throw new CudaException("paged attention", $"the tensor-core kernel needs head dimension 128 and value groups of 32, 64 or 128 channels, not {headDim} and {valueGroup}");
+        if (kernel == PagedAttentionKernel.Pipelined)
+        {
+            if (group * plan.Splits * 4 > 4 * PipelineRingBytes)
+                throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
+            Pipelined(group).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+                q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
+                Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
+                Arg.Int(PipelineRingBytes));
+            return;
+        }
         var function = kernel switch
         {
             PagedAttentionKernel.TensorCores => _tensorAttention.Value[$"paged_attn_t_g{group}"],
