@@ -39,7 +39,8 @@ public static class PagedDecodeBench
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.TensorCores),
     ];
 
-    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log)
+    /// <summary>Times every variant whose name contains <paramref name="only"/> (all for ""), after the dense baseline.</summary>
+    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, string only, TextWriter log)
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
@@ -62,7 +63,7 @@ public static class PagedDecodeBench
         {
             double denseMs = 0;
             long denseKv = 0;
-            foreach (var v in Variants)
+            foreach (var v in Variants.Where(v => v.Format == null || $"{v.Name} {v.Kernel}".Contains(only, StringComparison.Ordinal)))
             {
                 const int repeats = 3;
                 int capacity = context + (repeats + 1) * steps + 8;

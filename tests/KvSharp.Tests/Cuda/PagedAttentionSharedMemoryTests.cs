@@ -43,4 +43,40 @@ public class PagedAttentionSharedMemoryTests
         Assert.False(CudaPagedKernels.SupportsTensorCores(4, 128, 16));
         Assert.False(CudaPagedKernels.SupportsTensorCores(3, 128, 32));
     }
+
+    [Fact]
+    public void PipelinedKernelCountsItsRingsQueryOutputAndDescriptors()
+    {
+        Assert.Equal(16 * 1024, CudaPagedKernels.PipelineRingBytes);
+        foreach (int group in new[] { 1, 2, 4, 8 })
+            foreach (int chunk in new[] { 1, 85, CudaPagedKernels.PipelinedMaxChunkBlocks })
+            {
+                // Hand count: 4 rings of 16 KB, 4 warps × 8 barriers of 8 bytes, the padded query (148 floats a head), the
+                // output (128 floats a head), (max, sum) per warp and head, 16 bytes of descriptor a block.
+                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * (148 * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * chunk;
+                Assert.Equal(expected, CudaPagedKernels.SharedBytes(group, 128, 32, chunk, PagedAttentionKernel.Pipelined));
+            }
+        // Three blocks of 4 query heads per KV head fit an H100's 228 KB (1 KB reserved per block) even at the longest split.
+        Assert.True(3 * (CudaPagedKernels.PipelinedSharedBytes(4, CudaPagedKernels.PipelinedMaxChunkBlocks) + 1024) <= 228 * 1024);
+    }
+
+    [Fact]
+    public void OneWaveChunkKeepsEveryLayerInOneWave()
+    {
+        // 128K tokens in blocks of 32 (4096 per head), 8 KV heads, 396 resident blocks: layerBlocks / 396 rounded up (83)
+        // gave 8 × 50 = 400 grid blocks, four past the wave; the rule leaves room for one partial split per head.
+        long chunk = CudaPagedKernels.OneWaveChunk(4096, 8 * 4096, 396, 8);
+        Assert.Equal(85, chunk); // ceil(32768 / 388)
+        Assert.True(8 * ((4096 + chunk - 1) / chunk) <= 396);
+        // Unequal heads (KVzip): Σ ceil(length / chunk) over the heads stays within the wave.
+        var rnd = new Random(5);
+        for (int trial = 0; trial < 200; trial++)
+        {
+            int heads = rnd.Next(1, 33);
+            var lengths = Enumerable.Range(0, heads).Select(_ => rnd.Next(1, 5000)).ToArray();
+            long wave = rnd.Next(heads + 1, 1000);
+            long c = CudaPagedKernels.OneWaveChunk(lengths.Max(), lengths.Sum(), wave, heads);
+            Assert.True(lengths.Sum(l => (l + c - 1) / c) <= wave, $"heads {heads}, wave {wave}, chunk {c}");
+        }
+    }
 }

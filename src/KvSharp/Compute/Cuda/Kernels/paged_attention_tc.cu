@@ -605,47 +605,69 @@ __device__ __forceinline__ float fast_exp2(float x)
 // floats apart) land in different banks.
 __device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + c + (c >> 5) * 4; }
 
+// Where a block's bytes are read from: a warp's ring (ld.shared at a 32-bit shared address) or the pool in place
+// (generic loads). Offsets are bytes from the block's start.
+struct SharedSrc
+{
+    unsigned base;
+    __device__ __forceinline__ uint4 v4(int o) const
+    {
+        uint4 r;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(base + o));
+        return r;
+    }
+    __device__ __forceinline__ uint2 v2(int o) const
+    {
+        uint2 r;
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "r"(base + o));
+        return r;
+    }
+    __device__ __forceinline__ unsigned u32(int o) const { unsigned r; asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
+    __device__ __forceinline__ unsigned u16(int o) const { unsigned short r; asm volatile("ld.shared.u16 %0, [%1];" : "=h"(r) : "r"(base + o)); return r; }
+    __device__ __forceinline__ unsigned u8(int o) const { unsigned r; asm volatile("ld.shared.u8 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
+};
+struct GlobalSrc
+{
+    const u8* base;
+    __device__ __forceinline__ uint4 v4(int o) const { return *reinterpret_cast<const uint4*>(base + o); }
+    __device__ __forceinline__ uint2 v2(int o) const { return *reinterpret_cast<const uint2*>(base + o); }
+    __device__ __forceinline__ unsigned u32(int o) const { return *reinterpret_cast<const unsigned*>(base + o); }
+    __device__ __forceinline__ unsigned u16(int o) const { return *reinterpret_cast<const unsigned short*>(base + o); }
+    __device__ __forceinline__ unsigned u8(int o) const { return base[o]; }
+};
+
 // Channel of lane-local key element i (0..31) of lane tig. F16 rows interleave the lanes' 16-byte pieces (piece v of
 // lane tig at 16·(4v + tig)), halving the shared-memory bank conflicts of 256-byte rows; the other formats keep
 // 32 contiguous channels per lane (their per-channel parameters are then one contiguous run).
 template <int F>
 __device__ __forceinline__ int key_channel(int tig, int i) { return F == KV_F16 ? 8 * (4 * (i >> 3) + tig) + (i & 7) : 32 * tig + i; }
 
-// The lane's key words of one row (lane channels per key_channel).
-template <int F>
-__device__ __forceinline__ void key_words(const u8* row, int tig, unsigned* w)
+// The lane's key words of the row at byte offset row (lane channels per key_channel).
+template <int F, class Src>
+__device__ __forceinline__ void key_words(const Src& src, int row, int tig, unsigned* w)
 {
     constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
-    if constexpr (F == KV_F16)
-    {
-#pragma unroll
-        for (int v = 0; v < 4; v++)
-        {
-            const uint4 x = *reinterpret_cast<const uint4*>(row + 16 * (4 * v + tig));
-            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
-        }
-    }
-    else if constexpr (BITS >= 4)
+    if constexpr (BITS >= 4)
     {
 #pragma unroll
         for (int v = 0; v < BITS / 4; v++)
         {
-            const uint4 x = *reinterpret_cast<const uint4*>(row + tig * (ROW / 4) + 16 * v);
+            const uint4 x = src.v4(row + (F == KV_F16 ? 16 * (4 * v + tig) : tig * (ROW / 4) + 16 * v));
             w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
         }
     }
     else if constexpr (BITS == 2)
     {
-        const uint2 x = *reinterpret_cast<const uint2*>(row + tig * 8);
+        const uint2 x = src.v2(row + tig * 8);
         w[0] = x.x; w[1] = x.y;
     }
-    else w[0] = *reinterpret_cast<const unsigned*>(row + tig * 4);
+    else w[0] = src.u32(row + tig * 4);
 }
 
 // Query A fragments for a key block of format F: head gid's lane channels (pre-scaled, from the padded copy) times
 // the block's per-channel steps, split hi/lo; returns Σ q·min over the head's channels (0 for float formats).
-template <int G, int F>
-__device__ __forceinline__ float pipe_query(const u8* kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
+template <int G, int F, class Src>
+__device__ __forceinline__ float pipe_query(const Src& kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128;
     float qe[32], bias = 0.0f;
@@ -659,13 +681,13 @@ __device__ __forceinline__ float pipe_query(const u8* kb, int tokens, const floa
     }
     if constexpr (kv_quantized(F))
     {
-        const u16* sp = reinterpret_cast<const u16*>(kb + tokens * HD / 8 * BITS) + 32 * tig;
+        const int sp = tokens * HD / 8 * BITS + 64 * tig; // the lane's 32 scales (f16), mins 256 bytes later
 #pragma unroll
         for (int j = 0; j < 4; j++)
         {
-            const uint4 s4 = *reinterpret_cast<const uint4*>(sp + 8 * j);
+            const uint4 s4 = kb.v4(sp + 16 * j);
             uint4 m4 = make_uint4(0u, 0u, 0u, 0u);
-            if constexpr (kv_params(F) == 2) m4 = *reinterpret_cast<const uint4*>(sp + HD + 8 * j);
+            if constexpr (kv_params(F) == 2) m4 = kb.v4(sp + 2 * HD + 16 * j);
             const unsigned sw[4] = { s4.x, s4.y, s4.z, s4.w }, mw[4] = { m4.x, m4.y, m4.z, m4.w };
 #pragma unroll
             for (int i = 0; i < 8; i++)
@@ -697,9 +719,9 @@ __device__ __forceinline__ float pipe_query(const u8* kb, int tokens, const floa
 }
 
 // Scores (log2 units) of tokens [sub, sub + n) (n <= 32) of a key block with exact f16 codes: s[u][e] is token
-// 8u + 2·tig + e of head gid, -inf past n.
-template <int G, int F>
-__device__ __forceinline__ void pipe_scores(const u8* kb, int sub, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
+// 8u + 2·tig + e of head gid, -inf past n. Two accumulators per tile halve the chain of dependent mma.
+template <int G, int F, class Src>
+__device__ __forceinline__ void pipe_scores(const Src& kb, int sub, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     unsigned qh[16], ql[16];
@@ -710,14 +732,18 @@ __device__ __forceinline__ void pipe_scores(const u8* kb, int sub, int n, int to
         s[u][0] = s[u][1] = neg_inf();
         if (8 * u >= n) continue;
         unsigned w[kv_bits(F)], b[16];
-        key_words<F>(kb + (size_t)(sub + min(8 * u + gid, n - 1)) * ROW, tig, w);
+        key_words<F>(kb, (sub + min(8 * u + gid, n - 1)) * ROW, tig, w);
         key_fragments<F>(w, b);
-        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, e[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
 #pragma unroll
-        for (int k = 0; k < 8; k++) mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
+        for (int k = 0; k < 8; k += 2)
+        {
+            mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
+            mma_f16(e, qh[2 * k + 2], ql[2 * k + 2], qh[2 * k + 3], ql[2 * k + 3], b[2 * k + 2], b[2 * k + 3]);
+        }
         const int tk = 8 * u + 2 * tig;
-        if (tk < n) s[u][0] = d[0] + d[2] + bias;
-        if (tk + 1 < n) s[u][1] = d[1] + d[3] + bias;
+        if (tk < n) s[u][0] = (d[0] + e[0]) + (d[2] + e[2]) + bias;
+        if (tk + 1 < n) s[u][1] = (d[1] + e[1]) + (d[3] + e[3]) + bias;
     }
 }
 
@@ -780,34 +806,35 @@ __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& 
         for (int e = 0; e < 2; e++) { s[u][e] = fast_exp2(s[u][e] - m); l += s[u][e]; }
 }
 
-// The lane's 4 channels 32k + 4·gid + [0, 4) of one value row, from either memory.
-template <int BITS>
-__device__ __forceinline__ void value_piece_any(const u8* row, int k, int gid, unsigned* w)
+// The lane's 4 channels 32k + 4·gid + [0, 4) of the value row at byte offset row.
+template <int BITS, class Src>
+__device__ __forceinline__ void value_piece_src(const Src& src, int row, int k, int gid, unsigned* w)
 {
-    if constexpr (BITS == 16) { const uint2 x = *reinterpret_cast<const uint2*>(row + 64 * k + 8 * gid); w[0] = x.x; w[1] = x.y; }
-    else if constexpr (BITS == 8) w[0] = *reinterpret_cast<const unsigned*>(row + 32 * k + 4 * gid);
-    else if constexpr (BITS == 4) w[0] = *reinterpret_cast<const u16*>(row + 16 * k + 2 * gid);
-    else if constexpr (BITS == 2) w[0] = row[8 * k + gid];
-    else w[0] = (unsigned)row[4 * k + (gid >> 1)] >> (4 * (gid & 1));
+    if constexpr (BITS == 16) { const uint2 x = src.v2(row + 64 * k + 8 * gid); w[0] = x.x; w[1] = x.y; }
+    else if constexpr (BITS == 8) w[0] = src.u32(row + 32 * k + 4 * gid);
+    else if constexpr (BITS == 4) w[0] = src.u16(row + 16 * k + 2 * gid);
+    else if constexpr (BITS == 2) w[0] = src.u8(row + 8 * k + gid);
+    else w[0] = src.u8(row + 4 * k + (gid >> 1)) >> (4 * (gid & 1));
 }
 
-__device__ __forceinline__ uint2 row_params_any(const u16* p, int row, int gpr)
+// A token's value-group parameters (f16 bits) at byte offset p of the block, gpr (1, 2 or 4) groups per row.
+template <class Src>
+__device__ __forceinline__ uint2 row_params_src(const Src& src, int p, int row, int gpr)
 {
-    if (gpr == 4) return *reinterpret_cast<const uint2*>(p + row * 4);
-    if (gpr == 2) return make_uint2(*reinterpret_cast<const unsigned*>(p + row * 2), 0u);
-    return make_uint2(p[row], 0u);
+    if (gpr == 4) return src.v2(p + row * 8);
+    if (gpr == 2) return make_uint2(src.u32(p + row * 4), 0u);
+    return make_uint2(src.u16(p + row * 2), 0u);
 }
 
 // o += P·V over tokens [sub, sub + n) of a value block with exact f16 codes, P = the lane's probabilities p (zero past
-// n); mb[k] += Σ p·min of chunk k's group. As tc_values, one 16-token step at a time (the codes are in shared memory).
-template <int G, int F>
-__device__ __forceinline__ void pipe_values(const u8* vb, int sub, int n, int tokens, int vg, const float (&p)[4][2], int gid, int tig,
+// n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
+// conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory).
+template <int G, int F, int VG, class Src>
+__device__ __forceinline__ void pipe_values(const Src& vb, int sub, int n, int tokens, const float (&p)[4][2], int gid, int tig,
     float (&o)[16][4], float (&mb)[4])
 {
-    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1;
-    const int gpr = HD / vg;
-    const u16* scales = reinterpret_cast<const u16*>(vb + tokens * ROW);
-    const u16* mins = scales + tokens * gpr;
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, gpr = HD / VG;
+    const int scales = tokens * ROW, mins = scales + tokens * gpr * 2;
 #pragma unroll
     for (int h = 0; h < 2; h++)
     {
@@ -820,11 +847,11 @@ __device__ __forceinline__ void pipe_values(const u8* vb, int sub, int n, int to
         {
             const int row = sub + min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
 #pragma unroll
-            for (int k = 0; k < 4; k++) value_piece_any<BITS>(vb + (size_t)row * ROW, k, gid, piece[u][k]);
+            for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (kv_quantized(F))
             {
-                sh[u] = row_params_any(scales, row, gpr);
-                if constexpr (kv_params(F) == 2) mh[u] = row_params_any(mins, row, gpr);
+                sh[u] = row_params_src(vb, scales, row, gpr);
+                if constexpr (kv_params(F) == 2) mh[u] = row_params_src(vb, mins, row, gpr);
             }
             pv[u] = p[2 * h + (u >> 1)][u & 1];
         }
@@ -913,10 +940,10 @@ __device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, in
 }
 
 // Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
-// would cross the end. Producer and consumer apply the same rule to the same sequence of entries.
+// would cross the end. Producer and consumer apply the same rule to the same sequence of entries. ring: a power of two.
 __device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned ring)
 {
-    const unsigned pos = c % ring;
+    const unsigned pos = c & (ring - 1u);
     return pos + s > ring ? c + ring - pos : c;
 }
 
@@ -945,11 +972,10 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
             if (at + s - st.freed_bytes > ring) break;
             if (lane == 0)
             {
+                // The warp's reads of this ring space are done (their values were used before the caller's __syncwarp).
                 const unsigned bar = bar0 + 8 * (st.issued % PIPE_BARS);
-                // The warp's generic-proxy reads of this ring space (ordered by the caller's __syncwarp) precede the copy.
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
                 mbar_expect(bar, s);
-                bulk_copy(ring0 + at % ring, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+                bulk_copy(ring0 + (at & (ring - 1u)), pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
             }
             st.issued_bytes = at + s;
             st.issued++;
@@ -959,13 +985,13 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     }
 }
 
-template <int G>
+template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, unsigned ring)
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, unsigned ring)
 {
-    constexpr int HD = 128;
+    constexpr int HD = 128, vg = VG;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -1003,7 +1029,6 @@ __device__ __forceinline__ void paged_attention_pipe(
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 #pragma unroll
     for (int k = 0; k < 4; k++) mb[k] = 0.0f;
-    const u8* wring = rings + warp * ring;
     for (int bi = warp; bi < nb; bi += PIPE_WARPS)
     {
         const uint4 d = bdesc[bi];
@@ -1013,14 +1038,17 @@ __device__ __forceinline__ void paged_attention_pipe(
         const unsigned ks = stage_bytes(kf, true, tokens, vg, ring), vs = stage_bytes(vf, false, tokens, vg, ring);
         const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
         const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
-        const u8* kb = ks ? wring + kat % ring : pool + (size_t)d.x * 16;
-        const u8* vb = vs ? wring + vat % ring : pool + (size_t)d.y * 16;
+        const u8* kb = pool + (size_t)d.x * 16;
+        const u8* vb = pool + (size_t)d.y * 16;
+        const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
         for (int sub = 0; sub < cnt; sub += 32)
         {
             const int n = min(32, cnt - sub);
             float s[4][2];
-#define PSCORES(F) pipe_scores<G, F>(kb, sub, n, tokens, qs, s, gid, tig)
+#define PSCORES(F) \
+    if (ks) pipe_scores<G, F>(ksrc, sub, n, tokens, qs, s, gid, tig); \
+    else pipe_scores<G, F>(GlobalSrc{ kb }, sub, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, sub, n, qs, s, gid, tig)
             KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
@@ -1034,7 +1062,9 @@ __device__ __forceinline__ void paged_attention_pipe(
             }
             pipe_softmax(s, m, l, o, mb);
             if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
-#define PVALUES(F) pipe_values<G, F>(vb, sub, n, tokens, vg, s, gid, tig, o, mb)
+#define PVALUES(F) \
+    if (vs) pipe_values<G, F, VG>(vsrc, sub, n, tokens, s, gid, tig, o, mb); \
+    else pipe_values<G, F, VG>(GlobalSrc{ vb }, sub, n, tokens, s, gid, tig, o, mb)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, sub, n, s, lane, tig, o)
             KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
@@ -1094,10 +1124,12 @@ __device__ __forceinline__ void paged_attention_pipe(
     merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
-// At most 168 registers (3 blocks per SM with their ~70 KB of rings each).
-#define PAGED_ATTN_PIPE(G) \
-    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G(const float* q, const u8* pool, const uint4* desc, \
+// At most 168 registers (3 blocks per SM with their ~73 KB of shared memory each). One kernel per group and value group.
+#define PAGED_ATTN_PIPE(G, VG) \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, unsigned ring) \
-    { paged_attention_pipe<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, ring); }
-PAGED_ATTN_PIPE(1) PAGED_ATTN_PIPE(2) PAGED_ATTN_PIPE(4) PAGED_ATTN_PIPE(8)
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, unsigned ring) \
+    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, ring); }
+PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
+PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
+PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)

@@ -111,6 +111,10 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
         return blocks;
     }
 
+    /// <summary>Asks for the largest shared-memory carve-out of L1 for this kernel (occupancy limited by its shared memory).</summary>
+    public void PreferSharedMemory() =>
+        CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 9 /* CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT */, 100), $"cuFuncSetAttribute({name})");
+
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>
     public void AllowSharedMemory(int bytes) =>
         CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 8 /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */, bytes), $"cuFuncSetAttribute({name})");

@@ -77,7 +77,7 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Bytes of each warp's staging ring in the pipelined kernel: 16 KB (two F16 blocks; 3 attention blocks per
-    /// multiprocessor), or <c>$KVSHARP_PAGED_RING_KB</c> (4-48) to measure others.
+    /// multiprocessor), or <c>$KVSHARP_PAGED_RING_KB</c> (4, 8, 16 or 32) to measure others.
     /// </summary>
     public static int PipelineRingBytes { get; } = RingFromEnvironment();
 
@@ -85,8 +85,8 @@ internal sealed partial class CudaPagedKernels
     {
         string? kb = Environment.GetEnvironmentVariable("KVSHARP_PAGED_RING_KB");
         if (string.IsNullOrEmpty(kb)) return 16 * 1024;
-        if (!int.TryParse(kb, out int k) || k < 4 || k > 48)
-            throw new CudaException("paged attention", $"KVSHARP_PAGED_RING_KB must be a number of kilobytes in 4..48, not '{kb}'");
+        if (!int.TryParse(kb, out int k) || k is not (4 or 8 or 16 or 32))
+            throw new CudaException("paged attention", $"KVSHARP_PAGED_RING_KB must be 4, 8, 16 or 32 (kilobytes, a power of two), not '{kb}'");
         return k * 1024;
     }
 
@@ -97,31 +97,46 @@ internal sealed partial class CudaPagedKernels
     public static int PipelinedSharedBytes(int group, int chunkBlocks) =>
         4 * PipelineRingBytes + 4 * 8 * 8 + 4 * (group * 148 + group * 128 + 8 * group) + 16 * chunkBlocks;
 
-    private readonly HashSet<int> _pipelinedShared = [];
+    private readonly HashSet<string> _pipelinedShared = [];
 
-    private CudaFunction Pipelined(int group)
+    private CudaFunction Pipelined(int group, int valueGroup)
     {
-        var f = _tensorAttention.Value[$"paged_attn_p_g{group}"];
+        var f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
         lock (_pipelinedShared)
-            if (_pipelinedShared.Add(group)) f.AllowSharedMemory(PipelinedSharedBytes(group, PipelinedMaxChunkBlocks));
+            if (_pipelinedShared.Add(f.Name))
+            {
+                f.AllowSharedMemory(PipelinedSharedBytes(group, PipelinedMaxChunkBlocks));
+                f.PreferSharedMemory();
+            }
         return f;
     }
 
     /// <summary>
-    /// The pipelined kernel's plan: chunks sized so that the non-empty grid blocks fill one wave of the blocks resident
-    /// per multiprocessor (as the tensor-core plan), and few enough splits that the merge's weights (group × splits floats)
-    /// fit the rings they reuse.
+    /// The pipelined kernel's plan: chunks sized so that the non-empty grid blocks fit one wave of the blocks resident
+    /// per multiprocessor (see <see cref="OneWaveChunk"/>), and few enough splits that the merge's weights (group × splits
+    /// floats) fit the rings they reuse.
     /// </summary>
-    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group)
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads)
     {
-        int perSm = Math.Max(1, Pipelined(group).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks)));
-        long wave = Math.Max(1, (long)perSm * _device.MultiprocessorCount / rows);
-        int chunk = (int)Math.Clamp((Math.Max(blocks, layerBlocks) + wave - 1) / wave, 1, PipelinedMaxChunkBlocks);
+        int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks)));
+        int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
         int maxSplits = PipelineRingBytes / group;
         if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
         if (chunk > PipelinedMaxChunkBlocks)
             throw new CudaException("paged attention", $"{blocks} blocks need more than {maxSplits} splits of {PipelinedMaxChunkBlocks} blocks");
         return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk));
+    }
+
+    /// <summary>
+    /// Blocks per split such that one layer's non-empty grid blocks (per row: Σ over KV heads of ceil(head blocks / chunk),
+    /// at most layerBlocks / chunk + kvHeads) fit <paramref name="wave"/> resident blocks: a grid one block larger than
+    /// a wave runs that block in a second wave and takes twice as long (at 128K tokens, 8 KV heads and 396 resident
+    /// blocks, layerBlocks / wave rounded up gave 8 × 50 = 400).
+    /// </summary>
+    public static long OneWaveChunk(long blocks, long layerBlocks, long wave, int kvHeads)
+    {
+        long room = Math.Max(1, wave - kvHeads);
+        return Math.Max(1, (Math.Max(blocks, layerBlocks) + room - 1) / room);
     }
 
     /// <summary>
@@ -136,10 +151,10 @@ internal sealed partial class CudaPagedKernels
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
-            ? (Math.Max(blocks, layerBlocks) + (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows - 1) / Math.Max(1, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows)
+            ? OneWaveChunk(blocks, layerBlocks, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows, kvHeads)
             : (blocks + wantSplits - 1) / wantSplits;
         int chunk = (int)Math.Clamp(perChunk, 1, maxChunk);
         int splits = (blocks + chunk - 1) / chunk;
@@ -169,9 +184,9 @@ internal sealed partial class CudaPagedKernels
         {
             if (group * plan.Splits * 4 > 4 * PipelineRingBytes)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
-            Pipelined(group).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+            Pipelined(group, valueGroup).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
-                Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
+                Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(PipelineRingBytes));
             return;
         }
