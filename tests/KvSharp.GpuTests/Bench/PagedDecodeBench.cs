@@ -12,7 +12,7 @@ namespace KvSharp.GpuTests.Bench;
 /// <summary>
 /// Batch-1 greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed
 /// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4; each with the cache's
-/// default attention kernel and, for some, an older kernel), against the roofline
+/// default attention kernel and, for some, the pipelined one), against the roofline
 /// (weight bytes + KV bytes read per token) / measured device-to-device copy bandwidth. Every cache is synthesized with
 /// random K/V at its per-head lengths instead of a prefill and a press (decode reads the same bytes whatever the values);
 /// KVzip's per-head lengths are drawn uniformly in [0.1, 0.5] of the context and scaled to average exactly 0.3.
@@ -26,17 +26,17 @@ public static class PagedDecodeBench
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
         new("F16 paged", KvFormat.F16, 1.0),
-        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
-        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
-        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.Pipelined),
         new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
         new("INT8 (g32)", KvFormat.Int8, 1.0),
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
-        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.TensorCores),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.Pipelined),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
-        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.TensorCores),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined),
     ];
 
     /// <summary>Times every variant whose name contains <paramref name="only"/> (all for ""), after the dense baseline.</summary>

@@ -44,8 +44,12 @@ public static class PagedChecks
 
     /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
     private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
-        Enum.GetValues<PagedAttentionKernel>().Where(k => k is not (PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined)
-            || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
+        Enum.GetValues<PagedAttentionKernel>().Where(k => k switch
+        {
+            PagedAttentionKernel.TensorCores => CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup),
+            PagedAttentionKernel.Pipelined => CudaPagedKernels.SupportsPipelined(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup, cache.BlockTokens),
+            _ => true,
+        });
 
     /// <summary>
     /// A CPU cache of <paramref name="length"/> random tokens per layer in format <paramref name="f"/> (both K and V), or for a
@@ -202,7 +206,7 @@ public static class PagedChecks
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores at hd 128), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores and pipelined tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -451,10 +455,14 @@ public static class PagedChecks
             var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
             const int steps = 30;
             int vocab = config.VocabSize, capacity = prompt.Length + steps + 1;
-            // hd 64: the CUDA-core kernels; hd 128: the pipelined tensor-core kernel (the default for its shape).
+            // hd 64: the CUDA-core kernels; hd 128: both tensor-core kernels (their shape).
             var cases = hd == 64
                 ? new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Wide), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Wide), (KvFormat.F32, 1e-4, PagedAttentionKernel.LaneChannels) }
-                : new[] { (KvFormat.F32, 1e-4, PagedAttentionKernel.Pipelined), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Pipelined) };
+                : new[]
+                {
+                    (KvFormat.F32, 1e-4, PagedAttentionKernel.TensorCores), (KvFormat.Int4, 3e-2, PagedAttentionKernel.TensorCores),
+                    (KvFormat.F32, 1e-4, PagedAttentionKernel.Pipelined), (KvFormat.Int4, 3e-2, PagedAttentionKernel.Pipelined),
+                };
             foreach (var (format, tolerance, kernel) in cases)
             {
                 var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };

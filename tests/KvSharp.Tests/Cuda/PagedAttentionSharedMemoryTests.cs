@@ -42,6 +42,9 @@ public class PagedAttentionSharedMemoryTests
         Assert.False(CudaPagedKernels.SupportsTensorCores(4, 64, 32));
         Assert.False(CudaPagedKernels.SupportsTensorCores(4, 128, 16));
         Assert.False(CudaPagedKernels.SupportsTensorCores(3, 128, 32));
+        Assert.True(CudaPagedKernels.SupportsPipelined(4, 128, 32, 32));
+        Assert.False(CudaPagedKernels.SupportsPipelined(4, 128, 32, 64));
+        Assert.False(CudaPagedKernels.SupportsPipelined(4, 64, 32, 16));
     }
 
     [Fact]

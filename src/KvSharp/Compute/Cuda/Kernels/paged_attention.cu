@@ -127,17 +127,16 @@ __device__ __forceinline__ void paged_attention(
     int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
 {
     constexpr int HD = 32 * C;
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int limit = head_tokens[kvh] - (rows - 1 - t); // stored tokens this row sees
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     float* ov = reinterpret_cast<float*>(smem4);     // [G, HD] value accumulators
     int* boff = reinterpret_cast<int*>(ov + G * HD); // [chunk_blocks + 1] first score slot of each block
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk] scores, then probabilities
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split; // (t, head kvh·G, split)
 
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     const int n = split_offsets(hdesc, nb, limit, boff);
@@ -370,11 +369,11 @@ __device__ __forceinline__ void paged_attention_wide(
     int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
 {
     constexpr int HD = 32 * C;
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     constexpr int QF = G * HD + HD / 2;                // a padded [HD, G] query copy (qidx)
@@ -383,7 +382,6 @@ __device__ __forceinline__ void paged_attention_wide(
     float* ov = wqs + 4 * QF;                          // [G, HD] value accumulators
     int* boff = reinterpret_cast<int*>(ov + G * HD);   // [chunk_blocks + 1]
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
 
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {

@@ -57,14 +57,27 @@ __device__ __forceinline__ void prefetch_block(const u8* p, int bytes, int lane)
     for (int o = lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
 }
 
-// Two codes c·2^K (K: the field's bit position, c·2^K < 1024) in bits 0..9 and 16..25 of x, as the f16x2 (c, c'):
-// OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K)) leaves c.
+// Asks L2 for the warp's next block of this pass (keys or values) while it computes block bi; after its last key block,
+// for its first value block, read after the softmax.
+__device__ __forceinline__ void prefetch_next(const u8* pool, const uint4* bdesc, int bi, int nb, int warp, int warps, bool keys, int tokens, int vg, int lane)
+{
+    const bool more = bi + warps < nb;
+    if (!more && !keys) return;
+    const uint4 e = bdesc[more ? bi + warps : warp];
+    const bool k = more && keys; // otherwise the value pass's block
+    prefetch_block(pool + (size_t)(k ? e.x : e.y) * 16, block_bytes(k ? desc_kfmt(e) : desc_vfmt(e), k, tokens, 128, vg), lane);
+}
+
+// Two codes c·2^K (K: the field's bit position, c·2^K < 1024), the bits of x under mask (within bits 0..9 and 16..25),
+// as the f16x2 (c, c'): OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K))
+// leaves c. Mask and exponent go in one lop3 ((x & mask) | 0x64006400, the exponent word in a register).
 template <int K>
-__device__ __forceinline__ unsigned code_pair(unsigned x)
+__device__ __forceinline__ unsigned code_pair(unsigned x, unsigned mask = 0xffffffffu)
 {
     constexpr unsigned S = (15u - K) << 10, O = 0x8000u | ((25u - K) << 10);
-    unsigned r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(x | 0x64006400u), "r"(S | (S << 16)), "r"(O | (O << 16)));
+    unsigned y, r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "r"(mask), "r"(0x64006400u));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(y), "r"(S | (S << 16)), "r"(O | (O << 16)));
     return r;
 }
 
@@ -106,10 +119,10 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
         for (int j = 0; j < 4; j++)
         {
             const unsigned x = w[j], x8 = x >> 8;
-            b[4 * j] = code_pair<0>(x & 0x000f000fu);
-            b[4 * j + 1] = code_pair<4>(x & 0x00f000f0u);
-            b[4 * j + 2] = code_pair<0>(x8 & 0x000f000fu);
-            b[4 * j + 3] = code_pair<4>(x8 & 0x00f000f0u);
+            b[4 * j] = code_pair<0>(x, 0x000f000fu);
+            b[4 * j + 1] = code_pair<4>(x, 0x00f000f0u);
+            b[4 * j + 2] = code_pair<0>(x8, 0x000f000fu);
+            b[4 * j + 3] = code_pair<4>(x8, 0x00f000f0u);
         }
     }
     else if constexpr (kv_bits(F) == 2)
@@ -118,27 +131,27 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
         for (int j = 0; j < 2; j++)
         {
             const unsigned x = w[j], x8 = x >> 8;
-            b[8 * j] = code_pair<0>(x & 0x00030003u);
-            b[8 * j + 1] = code_pair<2>(x & 0x000c000cu);
-            b[8 * j + 2] = code_pair<4>(x & 0x00300030u);
-            b[8 * j + 3] = code_pair<6>(x & 0x00c000c0u);
-            b[8 * j + 4] = code_pair<0>(x8 & 0x00030003u);
-            b[8 * j + 5] = code_pair<2>(x8 & 0x000c000cu);
-            b[8 * j + 6] = code_pair<4>(x8 & 0x00300030u);
-            b[8 * j + 7] = code_pair<6>(x8 & 0x00c000c0u);
+            b[8 * j] = code_pair<0>(x, 0x00030003u);
+            b[8 * j + 1] = code_pair<2>(x, 0x000c000cu);
+            b[8 * j + 2] = code_pair<4>(x, 0x00300030u);
+            b[8 * j + 3] = code_pair<6>(x, 0x00c000c0u);
+            b[8 * j + 4] = code_pair<0>(x8, 0x00030003u);
+            b[8 * j + 5] = code_pair<2>(x8, 0x000c000cu);
+            b[8 * j + 6] = code_pair<4>(x8, 0x00300030u);
+            b[8 * j + 7] = code_pair<6>(x8, 0x00c000c0u);
         }
     }
     else // binary
     {
         const unsigned x = w[0], x8 = x >> 8;
-        b[0] = code_pair<0>(x & 0x00010001u); b[1] = code_pair<1>(x & 0x00020002u);
-        b[2] = code_pair<2>(x & 0x00040004u); b[3] = code_pair<3>(x & 0x00080008u);
-        b[4] = code_pair<4>(x & 0x00100010u); b[5] = code_pair<5>(x & 0x00200020u);
-        b[6] = code_pair<6>(x & 0x00400040u); b[7] = code_pair<7>(x & 0x00800080u);
-        b[8] = code_pair<0>(x8 & 0x00010001u); b[9] = code_pair<1>(x8 & 0x00020002u);
-        b[10] = code_pair<2>(x8 & 0x00040004u); b[11] = code_pair<3>(x8 & 0x00080008u);
-        b[12] = code_pair<4>(x8 & 0x00100010u); b[13] = code_pair<5>(x8 & 0x00200020u);
-        b[14] = code_pair<6>(x8 & 0x00400040u); b[15] = code_pair<7>(x8 & 0x00800080u);
+        b[0] = code_pair<0>(x, 0x00010001u); b[1] = code_pair<1>(x, 0x00020002u);
+        b[2] = code_pair<2>(x, 0x00040004u); b[3] = code_pair<3>(x, 0x00080008u);
+        b[4] = code_pair<4>(x, 0x00100010u); b[5] = code_pair<5>(x, 0x00200020u);
+        b[6] = code_pair<6>(x, 0x00400040u); b[7] = code_pair<7>(x, 0x00800080u);
+        b[8] = code_pair<0>(x8, 0x00010001u); b[9] = code_pair<1>(x8, 0x00020002u);
+        b[10] = code_pair<2>(x8, 0x00040004u); b[11] = code_pair<3>(x8, 0x00080008u);
+        b[12] = code_pair<4>(x8, 0x00100010u); b[13] = code_pair<5>(x8, 0x00200020u);
+        b[14] = code_pair<6>(x8, 0x00400040u); b[15] = code_pair<7>(x8, 0x00800080u);
     }
 }
 
@@ -286,26 +299,26 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
     }
     else if constexpr (F == KV_INT8)
     {
-        f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u) & 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u) & 0x00ff00ffu);
-        f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u) & 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u) & 0x00ff00ffu);
+        f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u), 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u), 0x00ff00ffu);
+        f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
     }
     else if constexpr (F == KV_INT4)
     {
         const unsigned x = prmt(a[0], b[0], 0x5410u), x8 = x >> 8;
-        f[0] = code_pair<0>(x & 0x000f000fu); f[1] = code_pair<4>(x & 0x00f000f0u);
-        f[2] = code_pair<0>(x8 & 0x000f000fu); f[3] = code_pair<4>(x8 & 0x00f000f0u);
+        f[0] = code_pair<0>(x, 0x000f000fu); f[1] = code_pair<4>(x, 0x00f000f0u);
+        f[2] = code_pair<0>(x8, 0x000f000fu); f[3] = code_pair<4>(x8, 0x00f000f0u);
     }
     else if constexpr (kv_bits(F) == 2)
     {
         const unsigned x = a[0] | (b[0] << 16);
-        f[0] = code_pair<0>(x & 0x00030003u); f[1] = code_pair<2>(x & 0x000c000cu);
-        f[2] = code_pair<4>(x & 0x00300030u); f[3] = code_pair<6>(x & 0x00c000c0u);
+        f[0] = code_pair<0>(x, 0x00030003u); f[1] = code_pair<2>(x, 0x000c000cu);
+        f[2] = code_pair<4>(x, 0x00300030u); f[3] = code_pair<6>(x, 0x00c000c0u);
     }
     else
     {
         const unsigned x = (a[0] & 0xfu) | ((b[0] & 0xfu) << 16);
-        f[0] = code_pair<0>(x & 0x00010001u); f[1] = code_pair<1>(x & 0x00020002u);
-        f[2] = code_pair<2>(x & 0x00040004u); f[3] = code_pair<3>(x & 0x00080008u);
+        f[0] = code_pair<0>(x, 0x00010001u); f[1] = code_pair<1>(x, 0x00020002u);
+        f[2] = code_pair<2>(x, 0x00040004u); f[3] = code_pair<3>(x, 0x00080008u);
     }
 }
 
@@ -443,19 +456,18 @@ __device__ __forceinline__ void paged_attention_tc(
     int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
 {
     constexpr int HD = 128;
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int gid = lane >> 2, tig = lane & 3;
-    const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
+    const int gid = lane >> 2, tig = lane & 3;
     extern __shared__ float4 smem4[];
     uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
     float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
     int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
 
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
@@ -478,17 +490,7 @@ __device__ __forceinline__ void paged_attention_tc(
                 if (cnt == 0) continue;
                 const uint4 d = bdesc[bi];
                 const u8* kb = pool + (size_t)d.x * 16;
-                if (bi + warps < nb)
-                {
-                    const uint4 e = bdesc[bi + warps];
-                    prefetch_block(pool + (size_t)e.x * 16, block_bytes(desc_kfmt(e), true, tokens, HD, vg), lane);
-                }
-                else if (bi < nb)
-                {
-                    // The last key block: ask for the first value block of this warp, read after the softmax.
-                    const uint4 e = bdesc[warp];
-                    prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
-                }
+                prefetch_next(pool, bdesc, bi, nb, warp, warps, true, tokens, vg, lane);
 #define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
 #define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
                 KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
@@ -511,11 +513,7 @@ __device__ __forceinline__ void paged_attention_tc(
             if (cnt == 0) continue;
             const uint4 d = bdesc[bi];
             const u8* vb = pool + (size_t)d.y * 16;
-            if (bi + warps < nb)
-            {
-                const uint4 e = bdesc[bi + warps];
-                prefetch_block(pool + (size_t)e.y * 16, block_bytes(desc_vfmt(e), false, tokens, HD, vg), lane);
-            }
+            prefetch_next(pool, bdesc, bi, nb, warp, warps, false, tokens, vg, lane);
 #define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
 #define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
             KV_FLOAT_OR(desc_vfmt(d), TVALUES_FLOAT, TVALUES)
@@ -553,9 +551,10 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 // The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
 // * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
-//   lane issuing), as far ahead as the ring (ring bytes, up to PIPE_BARS entries) allows, so a warp keeps 8-16 KB of
+//   lane issuing), as far ahead as the ring (PIPE_RING bytes, up to PIPE_BARS entries) allows, so a warp keeps 8-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
-//   CUDA-core arithmetic) and blocks of more than 32 tokens or half the ring are read in place.
+//   CUDA-core arithmetic) are read in place. Blocks of at most 32 tokens (the host checks): every other block fits half a
+//   ring, and a block's scores and probabilities fit the registers of one 32-token step.
 // * No score pass: each warp keeps an online softmax per head (log2 domain) with the probabilities in registers, where
 //   the score mma leaves them in exactly the A-operand layout of P·V (lane gid·4 + tig holds tokens 2·tig, 2·tig + 1
 //   of each 8-key tile), so a block's keys and values are consumed back to back and nothing per token goes through
@@ -564,6 +563,7 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 
 constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
 constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
+constexpr unsigned PIPE_RING = 16384; // bytes of a warp's ring: two blocks of up to 8 KB (F16, 32 tokens)
 constexpr int PIPE_QROW = 148; // padded query row (floats): 4 floats after every 32 channels, 20 after the row
 
 __device__ __forceinline__ unsigned smem_u32(const void* p)
@@ -605,8 +605,7 @@ __device__ __forceinline__ float fast_exp2(float x)
 // floats apart) land in different banks.
 __device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + c + (c >> 5) * 4; }
 
-// Where a block's bytes are read from: a warp's ring (ld.shared at a 32-bit shared address) or the pool in place
-// (generic loads). Offsets are bytes from the block's start.
+// A staged block in a warp's ring: ld.shared at its 32-bit shared address plus byte offsets from the block's start.
 struct SharedSrc
 {
     unsigned base;
@@ -626,15 +625,6 @@ struct SharedSrc
     __device__ __forceinline__ unsigned u16(int o) const { unsigned short r; asm volatile("ld.shared.u16 %0, [%1];" : "=h"(r) : "r"(base + o)); return r; }
     __device__ __forceinline__ unsigned u8(int o) const { unsigned r; asm volatile("ld.shared.u8 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
 };
-struct GlobalSrc
-{
-    const u8* base;
-    __device__ __forceinline__ uint4 v4(int o) const { return *reinterpret_cast<const uint4*>(base + o); }
-    __device__ __forceinline__ uint2 v2(int o) const { return *reinterpret_cast<const uint2*>(base + o); }
-    __device__ __forceinline__ unsigned u32(int o) const { return *reinterpret_cast<const unsigned*>(base + o); }
-    __device__ __forceinline__ unsigned u16(int o) const { return *reinterpret_cast<const unsigned short*>(base + o); }
-    __device__ __forceinline__ unsigned u8(int o) const { return base[o]; }
-};
 
 // Channel of lane-local key element i (0..31) of lane tig. F16 rows interleave the lanes' 16-byte pieces (piece v of
 // lane tig at 16·(4v + tig)), halving the shared-memory bank conflicts of 256-byte rows; the other formats keep
@@ -643,8 +633,8 @@ template <int F>
 __device__ __forceinline__ int key_channel(int tig, int i) { return F == KV_F16 ? 8 * (4 * (i >> 3) + tig) + (i & 7) : 32 * tig + i; }
 
 // The lane's key words of the row at byte offset row (lane channels per key_channel).
-template <int F, class Src>
-__device__ __forceinline__ void key_words(const Src& src, int row, int tig, unsigned* w)
+template <int F>
+__device__ __forceinline__ void key_words(const SharedSrc& src, int row, int tig, unsigned* w)
 {
     constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
     if constexpr (BITS >= 4)
@@ -666,8 +656,8 @@ __device__ __forceinline__ void key_words(const Src& src, int row, int tig, unsi
 
 // Query A fragments for a key block of format F: head gid's lane channels (pre-scaled, from the padded copy) times
 // the block's per-channel steps, split hi/lo; returns Σ q·min over the head's channels (0 for float formats).
-template <int G, int F, class Src>
-__device__ __forceinline__ float pipe_query(const Src& kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
+template <int G, int F>
+__device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128;
     float qe[32], bias = 0.0f;
@@ -718,10 +708,10 @@ __device__ __forceinline__ float pipe_query(const Src& kb, int tokens, const flo
     return bias;
 }
 
-// Scores (log2 units) of tokens [sub, sub + n) (n <= 32) of a key block with exact f16 codes: s[u][e] is token
+// Scores (log2 units) of the n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token
 // 8u + 2·tig + e of head gid, -inf past n. Two accumulators per tile halve the chain of dependent mma.
-template <int G, int F, class Src>
-__device__ __forceinline__ void pipe_scores(const Src& kb, int sub, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     unsigned qh[16], ql[16];
@@ -732,7 +722,7 @@ __device__ __forceinline__ void pipe_scores(const Src& kb, int sub, int n, int t
         s[u][0] = s[u][1] = neg_inf();
         if (8 * u >= n) continue;
         unsigned w[kv_bits(F)], b[16];
-        key_words<F>(kb, (sub + min(8 * u + gid, n - 1)) * ROW, tig, w);
+        key_words<F>(kb, min(8 * u + gid, n - 1) * ROW, tig, w);
         key_fragments<F>(w, b);
         float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, e[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
 #pragma unroll
@@ -749,7 +739,7 @@ __device__ __forceinline__ void pipe_scores(const Src& kb, int sub, int n, int t
 
 // The same for an F32 or BF16 key block on CUDA cores: each lane computes its own 8 tokens over all 128 channels.
 template <int G, int F>
-__device__ __forceinline__ void pipe_scores_float(const u8* kb, int sub, int n, const float* qs, float (&s)[4][2], int gid, int tig)
+__device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const float* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     float acc[4][2];
@@ -764,7 +754,7 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int sub, int n, 
 #pragma unroll
             for (int e = 0; e < 2; e++)
             {
-                const u8* row = kb + (size_t)(sub + min(8 * u + 2 * tig + e, n - 1)) * ROW;
+                const u8* row = kb + (size_t)min(8 * u + 2 * tig + e, n - 1) * ROW;
                 float4 x;
                 if constexpr (F == KV_F32) x = *reinterpret_cast<const float4*>(row + 4 * c);
                 else
@@ -781,7 +771,7 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int sub, int n, 
         for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head G-1 again
 }
 
-// Online softmax of one sub-block: the scores become probabilities under the head's running max m (the 4 lanes of a
+// Online softmax of one block: the scores become probabilities under the head's running max m (the 4 lanes of a
 // head agree on it), l sums them, and the accumulators are rescaled when the max grows.
 __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[16][4], float (&mb)[4])
 {
@@ -807,8 +797,8 @@ __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& 
 }
 
 // The lane's 4 channels 32k + 4·gid + [0, 4) of the value row at byte offset row.
-template <int BITS, class Src>
-__device__ __forceinline__ void value_piece_src(const Src& src, int row, int k, int gid, unsigned* w)
+template <int BITS>
+__device__ __forceinline__ void value_piece_src(const SharedSrc& src, int row, int k, int gid, unsigned* w)
 {
     if constexpr (BITS == 16) { const uint2 x = src.v2(row + 64 * k + 8 * gid); w[0] = x.x; w[1] = x.y; }
     else if constexpr (BITS == 8) w[0] = src.u32(row + 32 * k + 4 * gid);
@@ -818,19 +808,18 @@ __device__ __forceinline__ void value_piece_src(const Src& src, int row, int k, 
 }
 
 // A token's value-group parameters (f16 bits) at byte offset p of the block, gpr (1, 2 or 4) groups per row.
-template <class Src>
-__device__ __forceinline__ uint2 row_params_src(const Src& src, int p, int row, int gpr)
+__device__ __forceinline__ uint2 row_params_src(const SharedSrc& src, int p, int row, int gpr)
 {
     if (gpr == 4) return src.v2(p + row * 8);
     if (gpr == 2) return make_uint2(src.u32(p + row * 4), 0u);
     return make_uint2(src.u16(p + row * 2), 0u);
 }
 
-// o += P·V over tokens [sub, sub + n) of a value block with exact f16 codes, P = the lane's probabilities p (zero past
-// n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
+// o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
+// past n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
 // conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory).
-template <int G, int F, int VG, class Src>
-__device__ __forceinline__ void pipe_values(const Src& vb, int sub, int n, int tokens, const float (&p)[4][2], int gid, int tig,
+template <int G, int F, int VG>
+__device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
     float (&o)[16][4], float (&mb)[4])
 {
     constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, gpr = HD / VG;
@@ -845,7 +834,7 @@ __device__ __forceinline__ void pipe_values(const Src& vb, int sub, int n, int t
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
-            const int row = sub + min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
+            const int row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
 #pragma unroll
             for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (kv_quantized(F))
@@ -892,7 +881,7 @@ __device__ __forceinline__ void pipe_values(const Src& vb, int sub, int n, int t
 // o += P·V of an F32 or BF16 value block on CUDA cores: token t's probability comes from the lane of its head that
 // holds it; the lane adds into its accumulator channels 32k + 8·tig + 4e + i (the hi rows).
 template <int G, int F>
-__device__ __forceinline__ void pipe_values_float(const u8* vb, int sub, int n, const float (&p)[4][2], int lane, int tig, float (&o)[16][4])
+__device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const float (&p)[4][2], int lane, int tig, float (&o)[16][4])
 {
     constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
 #pragma unroll
@@ -905,7 +894,7 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int sub, int n, 
                 const int t = 8 * u + 2 * tt + e;
                 const float pt = __shfl_sync(0xffffffffu, p[u][e], (lane & ~3) | tt);
                 if (t >= n) continue;
-                const u8* row = vb + (size_t)(sub + t) * ROW;
+                const u8* row = vb + (size_t)t * ROW;
 #pragma unroll
                 for (int k = 0; k < 4; k++)
                 {
@@ -929,14 +918,11 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int sub, int n, 
             }
 }
 
-// Bytes of a block staged through a warp's ring (a multiple of 16), or 0 for one read in place: F32/BF16 blocks, blocks
-// of more than 32 tokens (consumed in several sub-blocks, their keys would be held while their values wait) or more than
-// half the ring (two entries always fit an empty ring).
-__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, unsigned ring)
+// Bytes of a block staged through a warp's ring (a multiple of 16; at most 8 KB for 32 tokens, half the ring, so two
+// entries always fit an empty ring), or 0 for F32/BF16 blocks, read in place.
+__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg)
 {
-    if (f == KV_F32 || f == KV_BF16 || tokens > 32) return 0u;
-    const unsigned b = ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
-    return b <= ring / 2 ? b : 0u;
+    return f == KV_F32 || f == KV_BF16 ? 0u : ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
 }
 
 // Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
@@ -965,7 +951,7 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     {
         const uint4 d = bdesc[st.next];
         const bool keys = !st.keys_issued;
-        const unsigned s = desc_visible(d, limit) == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg, ring);
+        const unsigned s = desc_visible(d, limit) == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg);
         if (s != 0)
         {
             const unsigned at = ring_start(st.issued_bytes, s, ring);
@@ -989,15 +975,16 @@ template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, unsigned ring)
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale)
 {
     constexpr int HD = 128, vg = VG;
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+    constexpr unsigned ring = PIPE_RING;
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
     extern __shared__ float4 smem4[];
     u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
@@ -1005,7 +992,6 @@ __device__ __forceinline__ void paged_attention_pipe(
     float* ov = qs + G * PIPE_QROW;                                                              // [G, HD] the block's output
     float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
     uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
 
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {
@@ -1032,44 +1018,37 @@ __device__ __forceinline__ void paged_attention_pipe(
     for (int bi = warp; bi < nb; bi += PIPE_WARPS)
     {
         const uint4 d = bdesc[bi];
-        const int cnt = desc_visible(d, limit);
-        if (cnt == 0) continue;
+        const int n = desc_visible(d, limit);
+        if (n == 0) continue;
         const int kf = desc_kfmt(d), vf = desc_vfmt(d);
-        const unsigned ks = stage_bytes(kf, true, tokens, vg, ring), vs = stage_bytes(vf, false, tokens, vg, ring);
+        const unsigned ks = stage_bytes(kf, true, tokens, vg), vs = stage_bytes(vf, false, tokens, vg);
+        // Where the producer placed them: the same rule from the same cursor.
         const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
         const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
         const u8* kb = pool + (size_t)d.x * 16;
         const u8* vb = pool + (size_t)d.y * 16;
         const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
+        float s[4][2];
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
-        for (int sub = 0; sub < cnt; sub += 32)
-        {
-            const int n = min(32, cnt - sub);
-            float s[4][2];
-#define PSCORES(F) \
-    if (ks) pipe_scores<G, F>(ksrc, sub, n, tokens, qs, s, gid, tig); \
-    else pipe_scores<G, F>(GlobalSrc{ kb }, sub, n, tokens, qs, s, gid, tig)
-#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, sub, n, qs, s, gid, tig)
-            KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
+#define PSCORES(F) pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
+        KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
-            if (ks) // a staged block has one sub-block: its keys are done
-            {
-                __syncwarp();
-                st.freed_bytes = kat + ks;
-                st.freed++;
-                pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
-            }
-            pipe_softmax(s, m, l, o, mb);
-            if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
-#define PVALUES(F) \
-    if (vs) pipe_values<G, F, VG>(vsrc, sub, n, tokens, s, gid, tig, o, mb); \
-    else pipe_values<G, F, VG>(GlobalSrc{ vb }, sub, n, tokens, s, gid, tig, o, mb)
-#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, sub, n, s, lane, tig, o)
-            KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
+        if (ks) // the keys are done: their ring space goes to the next entries
+        {
+            __syncwarp();
+            st.freed_bytes = kat + ks;
+            st.freed++;
+            pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+        }
+        pipe_softmax(s, m, l, o, mb);
+        if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
+#define PVALUES(F) pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, lane, tig, o)
+        KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
-        }
         if (vs)
         {
             __syncwarp();
@@ -1128,8 +1107,8 @@ __device__ __forceinline__ void paged_attention_pipe(
 #define PAGED_ATTN_PIPE(G, VG) \
     extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, unsigned ring) \
-    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, ring); }
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale) \
+    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale); }
 PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
 PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
 PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)

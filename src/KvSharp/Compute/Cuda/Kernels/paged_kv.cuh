@@ -115,7 +115,32 @@ __device__ __forceinline__ void group_affine(const u16* scales, const u16* mins,
     else { min = f16_to_f32(mins[g]); step = s; }
 }
 
-// ---- What the three kernels share: the split's block offsets, the chunk softmax, an empty chunk. ----
+// ---- What the kernels share: the grid block's split, the split's block offsets, the chunk softmax, an empty chunk. ----
+
+// The work of grid block (split, kv head, query row t) of a launch over one layer's heads: blocks [split·chunk_blocks,
+// + nb) of head kvh (descriptors at hdesc), of which row t sees the head's first `limit` stored tokens (all but the
+// rows-1-t appended after it: causal for a chunk of new tokens); `first` indexes its partial results (row t, head
+// kvh·G, split) in part_out / part_ml.
+struct SplitWork
+{
+    int kvh, t, limit, nb;
+    const uint4* hdesc;
+    long first;
+};
+
+__device__ __forceinline__ SplitWork split_work(const uint4* desc, const int* head_blocks, const int* head_tokens, int heads, int max_blocks,
+    int rows, int chunk_blocks, int splits, int G)
+{
+    SplitWork w;
+    const int split = blockIdx.x, b0 = split * chunk_blocks;
+    w.kvh = blockIdx.y;
+    w.t = blockIdx.z;
+    w.limit = head_tokens[w.kvh] - (rows - 1 - w.t);
+    w.nb = min(chunk_blocks, head_blocks[w.kvh] - b0);
+    w.hdesc = desc + (long)w.kvh * max_blocks + b0;
+    w.first = ((long)w.t * heads + (long)w.kvh * G) * splits + split;
+    return w;
+}
 
 // Visible tokens of each of the split's nb blocks as offsets boff[0..nb] (a prefix sum by warp 0); returns the total.
 // Ends with a barrier.

@@ -54,7 +54,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         Options = options;
         KeyLayout = keys;
         ValueLayout = values;
-        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.Pipelined
+        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.TensorCores
             : keys.Format.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
         HeadCount = config.NumLayers * config.NumKvHeads;
         MaxBlocks = maxBlocks;
@@ -107,18 +107,21 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         $"the CUDA paged KV cache does not support VidKV block formats yet ({what}); use another format on the GPU or the CPU cache";
 
     /// <summary>
-    /// The decode attention kernel (all three are checked). By default the tensor-core one where it applies (head
-    /// dimension 128, value groups of 32, 64 or 128 channels: the fastest on an H100, docs/benchmarks.md issue 7), else the
-    /// wide one for keys of 4 bits or fewer and the lane-channels one for 8- to 32-bit keys.
+    /// The decode attention kernel (all four are checked). By default the tensor-core one where it applies (head
+    /// dimension 128, value groups of 32, 64 or 128 channels: the fastest on an H100 at 32K tokens and within a few
+    /// percent of the pipelined one at 128K, docs/benchmarks.md issue 7), else the wide one for keys of 4 bits or fewer
+    /// and the lane-channels one for 8- to 32-bit keys.
     /// </summary>
-    /// <exception cref="KvSharpException">The tensor-core kernel is asked for a shape it does not read.</exception>
+    /// <exception cref="KvSharpException">A tensor-core kernel is asked for a shape it does not read.</exception>
     public PagedAttentionKernel AttentionKernel
     {
         get => _attentionKernel;
         set
         {
             if (value is PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined && !CudaPagedKernels.SupportsTensorCores(_group, Config.HeadDim, ValueGroup))
-                throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
+                throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention ({value}) needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
+            if (value == PagedAttentionKernel.Pipelined && BlockTokens > 32)
+                throw new KvSharpException($"the CUDA paged KV cache's pipelined attention needs blocks of at most 32 tokens, not {BlockTokens}");
             _attentionKernel = value;
         }
     }

@@ -76,19 +76,17 @@ internal sealed partial class CudaPagedKernels
     public const int PipelinedMaxChunkBlocks = 256;
 
     /// <summary>
-    /// Bytes of each warp's staging ring in the pipelined kernel: 16 KB (two F16 blocks; 3 attention blocks per
-    /// multiprocessor), or <c>$KVSHARP_PAGED_RING_KB</c> (4, 8, 16 or 32) to measure others.
+    /// Bytes of each warp's staging ring in the pipelined kernel (PIPE_RING in paged_attention_tc.cu): two blocks of up to
+    /// 8 KB (an F16 block of 32 tokens), with 3 attention blocks per multiprocessor.
     /// </summary>
-    public static int PipelineRingBytes { get; } = RingFromEnvironment();
+    public const int PipelineRingBytes = 16 * 1024;
 
-    private static int RingFromEnvironment()
-    {
-        string? kb = Environment.GetEnvironmentVariable("KVSHARP_PAGED_RING_KB");
-        if (string.IsNullOrEmpty(kb)) return 16 * 1024;
-        if (!int.TryParse(kb, out int k) || k is not (4 or 8 or 16 or 32))
-            throw new CudaException("paged attention", $"KVSHARP_PAGED_RING_KB must be 4, 8, 16 or 32 (kilobytes, a power of two), not '{kb}'");
-        return k * 1024;
-    }
+    /// <summary>
+    /// Whether the pipelined tensor-core kernel reads this shape: the tensor-core kernel's, with blocks of at most 32 tokens
+    /// (every staged block fits half a ring; one block's scores fit a warp's registers).
+    /// </summary>
+    public static bool SupportsPipelined(int group, int headDim, int valueGroup, int blockTokens) =>
+        SupportsTensorCores(group, headDim, valueGroup) && blockTokens <= 32;
 
     /// <summary>
     /// Shared memory of one block of the pipelined kernel: 4 warps' rings, their 8 barriers each, the padded query copy
@@ -182,12 +180,13 @@ internal sealed partial class CudaPagedKernels
             throw new CudaException("paged attention", $"the tensor-core kernel needs head dimension 128 and value groups of 32, 64 or 128 channels, not {headDim} and {valueGroup}");
         if (kernel == PagedAttentionKernel.Pipelined)
         {
+            if (!SupportsPipelined(group, headDim, valueGroup, blockTokens))
+                throw new CudaException("paged attention", $"the pipelined kernel needs blocks of at most 32 tokens, not {blockTokens}");
             if (group * plan.Splits * 4 > 4 * PipelineRingBytes)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
             Pipelined(group, valueGroup).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
-                Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(PipelineRingBytes));
+                Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)));
             return;
         }
         var function = kernel switch
