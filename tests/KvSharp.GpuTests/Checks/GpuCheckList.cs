@@ -22,6 +22,8 @@ public static class GpuCheckList
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),
         ("paged: VidKV formats refused", PagedChecks.VidKvRefused),
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
+        ("paged batch: attention over 3 and 8 sequences, per-sequence evict", PagedBatchChecks.Attention),
+        ("paged batch: greedy decode of 8 sequences = each alone", PagedBatchChecks.Decode),
         ("press: device attention statistics = CPU statistics", PressChecks.StatisticsMatchCpu),
         ("press: device re-quantization = CPU blocks", PressChecks.RequantizeMatchesCpu),
         ("press: SnapKV on the device keeps the CPU press's tokens", PressChecks.SnapKvMatchesCpu),

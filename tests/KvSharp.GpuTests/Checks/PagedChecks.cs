@@ -43,7 +43,7 @@ public static class PagedChecks
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
     /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
-    private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
+    internal static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
         Enum.GetValues<PagedAttentionKernel>().Where(k => k switch
         {
             PagedAttentionKernel.TensorCores => CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup),
@@ -94,7 +94,7 @@ public static class PagedChecks
     /// Float64 attention of rows q [rows, heads, hd] over each KV head's decoded K/V rows in storage order
     /// (<paramref name="headRows"/>); row t sees all but the last rows-1-t stored tokens, as the device kernel does.
     /// </summary>
-    private static double[] Reference(Func<int, (float[] K, float[] V)> headRows, ModelConfig c, float[] q, int rows)
+    internal static double[] Reference(Func<int, (float[] K, float[] V)> headRows, ModelConfig c, float[] q, int rows)
     {
         int heads = c.NumHeads, hd = c.HeadDim, group = heads / c.NumKvHeads;
         var expected = new double[rows * heads * hd];
@@ -118,7 +118,7 @@ public static class PagedChecks
     /// The CPU codec's decoded K/V of one head in storage order (blocks in list order, then the tail: the order an upload
     /// copies and the device walks), which differs from ascending position once re-quantization has regrouped tokens.
     /// </summary>
-    private static (float[] K, float[] V) StorageRows(PagedKvCache cpu, int layer, int kvHead, int hd)
+    internal static (float[] K, float[] V) StorageRows(PagedKvCache cpu, int layer, int kvHead, int hd)
     {
         var (k, v) = cpu.Read(layer, kvHead);
         var logical = cpu.Positions(layer, kvHead).ToArray();
@@ -135,7 +135,7 @@ public static class PagedChecks
     }
 
     /// <summary>A device head's blocks decoded by the CPU codec (residual rows as stored), in storage order, with each row's formats.</summary>
-    private static (float[] K, float[] V, (KvFormat Key, KvFormat Value)[] Formats) DecodeDeviceHead(IReadOnlyList<CudaPagedKvCache.DeviceBlock> head, int hd)
+    internal static (float[] K, float[] V, (KvFormat Key, KvFormat Value)[] Formats) DecodeDeviceHead(IReadOnlyList<CudaPagedKvCache.DeviceBlock> head, int hd)
     {
         int n = head.Sum(b => b.Count);
         var k = new float[n * hd];

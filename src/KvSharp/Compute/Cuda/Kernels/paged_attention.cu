@@ -5,7 +5,8 @@
 // group), and writes the chunk's unnormalized output with its max and sum; the last block of a (row, kv head)
 // to finish merges the chunks (an atomic counter it resets), so one launch does one layer's attention.
 // Heads have their own lengths (eviction); query row t of `rows` sees all but the head's last rows-1-t stored
-// tokens (the rows appended with it: causal for a chunk of new tokens).
+// tokens (the rows appended with it: causal for a chunk of new tokens); with batch, row t is sequence t instead and
+// reads its own heads (paged_head).
 // Each warp owns whole blocks; lane l owns channels [l·C, l·C + C) of every token, so its query values and its
 // channels' per-channel key parameters stay in registers: quantized key blocks fold scale and min into the
 // query once per block (q·k = Σ q·min + Σ (q·scale)·code), per-token value parameters are read per token.
@@ -124,10 +125,10 @@ template <int G, int C>
 __device__ __forceinline__ void paged_attention(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 32 * C;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
@@ -366,10 +367,10 @@ template <int G, int C>
 __device__ __forceinline__ void paged_attention_wide(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 32 * C;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
@@ -442,15 +443,15 @@ __device__ __forceinline__ void paged_attention_wide(
 #define PAGED_ATTN(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
 PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
 
 #define PAGED_ATTN_WIDE(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_w_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN_WIDE(1, 2) PAGED_ATTN_WIDE(2, 2) PAGED_ATTN_WIDE(4, 2) PAGED_ATTN_WIDE(8, 2)
 PAGED_ATTN_WIDE(1, 4) PAGED_ATTN_WIDE(2, 4) PAGED_ATTN_WIDE(4, 4) PAGED_ATTN_WIDE(8, 4)

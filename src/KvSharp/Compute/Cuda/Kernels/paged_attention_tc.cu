@@ -453,10 +453,10 @@ template <int G>
 __device__ __forceinline__ void paged_attention_tc(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 128;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
@@ -543,8 +543,8 @@ __device__ __forceinline__ void paged_attention_tc(
 #define PAGED_ATTN_TC(G) \
     extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 
 // ---- Pipelined tensor-core variant (paged_attn_p_gG, head dimension 128) ----
@@ -975,11 +975,11 @@ template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 128, vg = VG;
     constexpr unsigned ring = PIPE_RING;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, max_blocks, rows, chunk_blocks, splits, G);
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
@@ -1107,8 +1107,8 @@ __device__ __forceinline__ void paged_attention_pipe(
 #define PAGED_ATTN_PIPE(G, VG) \
     extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
 PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
 PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)

@@ -117,10 +117,20 @@ __device__ __forceinline__ void group_affine(const u16* scales, const u16* mins,
 
 // ---- What the kernels share: the grid block's split, the split's block offsets, the chunk softmax, an empty chunk. ----
 
+// The table head that query row t reads for KV head kvh, and in limit the stored tokens the row sees. Without batch
+// the rows are consecutive tokens of one sequence (row t sees all but the head's last rows-1-t stored tokens: the rows
+// appended with it); with batch row t is sequence t, whose heads follow sequence t-1's in the layer's tables
+// ([layer, sequence, kv head]), and it sees all of its head's tokens.
+__device__ __forceinline__ int paged_head(int t, int kvh, int kv_heads, int rows, int batch, const int* head_tokens, int& limit)
+{
+    const int head = batch ? t * kv_heads + kvh : kvh;
+    limit = head_tokens[head] - (batch ? 0 : rows - 1 - t);
+    return head;
+}
+
 // The work of grid block (split, kv head, query row t) of a launch over one layer's heads: blocks [split·chunk_blocks,
-// + nb) of head kvh (descriptors at hdesc), of which row t sees the head's first `limit` stored tokens (all but the
-// rows-1-t appended after it: causal for a chunk of new tokens); `first` indexes its partial results (row t, head
-// kvh·G, split) in part_out / part_ml.
+// + nb) of the row's table head (descriptors at hdesc, see paged_head), of which the row sees the first `limit` stored
+// tokens; `first` indexes its partial results (row t, head kvh·G, split) in part_out / part_ml.
 struct SplitWork
 {
     int kvh, t, limit, nb;
@@ -128,16 +138,16 @@ struct SplitWork
     long first;
 };
 
-__device__ __forceinline__ SplitWork split_work(const uint4* desc, const int* head_blocks, const int* head_tokens, int heads, int max_blocks,
-    int rows, int chunk_blocks, int splits, int G)
+__device__ __forceinline__ SplitWork split_work(const uint4* desc, const int* head_blocks, const int* head_tokens, int heads, int kv_heads,
+    int max_blocks, int rows, int chunk_blocks, int splits, int G, int batch)
 {
     SplitWork w;
     const int split = blockIdx.x, b0 = split * chunk_blocks;
     w.kvh = blockIdx.y;
     w.t = blockIdx.z;
-    w.limit = head_tokens[w.kvh] - (rows - 1 - w.t);
-    w.nb = min(chunk_blocks, head_blocks[w.kvh] - b0);
-    w.hdesc = desc + (long)w.kvh * max_blocks + b0;
+    const int head = paged_head(w.t, w.kvh, kv_heads, rows, batch, head_tokens, w.limit);
+    w.nb = min(chunk_blocks, head_blocks[head] - b0);
+    w.hdesc = desc + (long)head * max_blocks + b0;
     w.first = ((long)w.t * heads + (long)w.kvh * G) * splits + split;
     return w;
 }

@@ -47,7 +47,7 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
-    /// Ends the collection and reads the statistics back: per head [layer · kvHeads + head], the covered tokens' maximum and
+    /// Ends the collection and reads the statistics back: per head [<see cref="HeadIndex"/>] (layer · kvHeads + head at batch 1), the covered tokens' maximum and
     /// summed folded probability, in the device's storage order (an uploaded cache's blocks, then its tail, then appends).
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
@@ -112,7 +112,7 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
-    /// Re-encodes the stored tokens flagged in <paramref name="select"/>[layer · kvHeads + head] (one flag per stored token, in
+    /// Re-encodes the stored tokens flagged in <paramref name="select"/>[<see cref="HeadIndex"/>] (one flag per stored token, in
     /// the device's storage order) in <paramref name="keyFormat"/> / <paramref name="valueFormat"/>, on the device, as
     /// <see cref="Cache.Paged.PagedKvCache.Requantize"/> does on the CPU (MiKV, ZipVL, LeanKV: mixed precision by token):
     /// blocks without a flagged token, or already in the target formats, stay; the other blocks' tokens are regrouped by
@@ -180,21 +180,21 @@ public sealed partial class CudaPagedKvCache
     {
         if (_statistics is not { } request) return;
         if (a.Batch) throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not by captured graph decode");
-        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)));
+        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
     }
 
     /// <summary>
     /// Queues the statistics of query rows q [rows, heads, hd] (rotated) of <paramref name="layer"/>, the last rows of the
     /// heads' storage (row t sees all but the last rows-1-t stored tokens); rows before <paramref name="firstCounted"/> only
-    /// enter the log-sum-exp. Does nothing when no collection is in progress.
+    /// enter the log-sum-exp. Does nothing when no collection is in progress. The heads are <paramref name="sequence"/>'s.
     /// </summary>
-    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted)
+    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted, int sequence = 0)
     {
         if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null || _statPart == null) return;
         var c = Config;
         int group = c.NumHeads / c.NumKvHeads, kvHeads = c.NumKvHeads, maxTokens = MaxBlocks * BlockTokens;
-        var (desc, blocks, tokens) = LayerTables(layer);
-        long head0 = (long)layer * kvHeads;
+        var (desc, blocks, tokens) = LayerTables(layer, sequence);
+        long head0 = HeadIndex(layer, sequence, 0);
         var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)), _statPart.Pointer,
             _statMax.Pointer + (ulong)(head0 * maxTokens * sizeof(float)), _statSum.Pointer + (ulong)(head0 * maxTokens * sizeof(float)),
             MaxBlocks, maxTokens, BlockTokens, ValueGroup);
