@@ -19,8 +19,11 @@ namespace KvSharp.GpuTests.Bench;
 /// </summary>
 public static class PagedDecodeBench
 {
-    /// <summary>A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default).</summary>
-    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null);
+    /// <summary>
+    /// A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default);
+    /// with <paramref name="VidKv"/> (outlier share, salient tokens) its blocks are VidKV ones and appends encode in the format.
+    /// </summary>
+    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null);
 
     private static readonly Variant[] Variants =
     [
@@ -37,9 +40,11 @@ public static class PagedDecodeBench
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.LaneChannels),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Wide),
+        new("VidKV (K: 0.5 outlier channels INT2 + 1-bit DFT signs; V: ternary + 2 salient INT4 rows)", KvFormat.F16, 1.0, null, (0.5, 2)),
     ];
 
-    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log)
+    /// <summary>Times the variants whose name contains <paramref name="only"/> (all when empty).</summary>
+    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log, string only = "")
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
@@ -62,7 +67,7 @@ public static class PagedDecodeBench
         {
             double denseMs = 0;
             long denseKv = 0;
-            foreach (var v in Variants)
+            foreach (var v in Variants.Where(v => only.Split('|').Any(o => v.Name.Contains(o, StringComparison.Ordinal))))
             {
                 const int repeats = 3;
                 int capacity = context + (repeats + 1) * steps + 8;
@@ -111,7 +116,10 @@ public static class PagedDecodeBench
         double scale = v.Keep >= 1 ? 1.0 : v.Keep * heads / weights.Sum();
         var lengths = weights.Select(w => (int)Math.Min(context, Math.Round(context * w * scale))).ToArray();
         var options = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, MaxTokens = capacity };
-        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context);
+        var vidKv = v.VidKv is { } p
+            ? CudaPagedKvCache.VidKvTemplate.Random(config.HeadDim, options.BlockTokens, (int)Math.Round(p.Outliers * config.HeadDim), p.Salient, context)
+            : null;
+        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context, vidKv);
         if (v.Kernel is { } kernel) cache.AttentionKernel = kernel;
         return cache;
     }

@@ -15,14 +15,14 @@ namespace KvSharp.GpuTests.Checks;
 /// The device paged KV cache (<see cref="CudaPagedKvCache"/>) against independent references: its attention over every
 /// block format and over mixed-format heads of different lengths against float64 attention over the CPU codec's decoded
 /// K/V; its appends (device quantization) against the CPU cache's bytes; its evictions against the CPU cache's kept
-/// tokens; the transformer over it against the CPU engine; the refusal of VidKV formats, which the device does not
-/// decode yet. Fresh random inputs every run; outputs poisoned with NaN before each launch.
+/// tokens; the transformer over it against the CPU engine (VidKV blocks: <see cref="VidKvChecks"/>). Fresh random inputs
+/// every run; outputs poisoned with NaN before each launch.
 /// </summary>
 public static class PagedChecks
 {
     private static CudaDevice Dev => CudaDevice.Shared;
 
-    /// <summary>The block formats the device cache supports: all but VidKV's (refused, see <see cref="VidKvRefused"/>).</summary>
+    /// <summary>The block formats the device cache encodes: all but VidKV's (read after an upload, see <see cref="VidKvChecks"/>).</summary>
     private static readonly KvFormat[] Supported = [.. Enum.GetValues<KvFormat>().Where(f => !f.IsVidKv())];
 
     /// <summary>The formats checked one by one; null stands for a mixed-format cache.</summary>
@@ -43,7 +43,9 @@ public static class PagedChecks
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
     /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
-    private static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
+    /// (a cache holding VidKV blocks: only the VidKV kernel; the others: every kernel, the VidKV one reading their formats
+    /// element by element).
+    internal static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) => cache.HoldsVidKv ? [PagedAttentionKernel.VidKv] :
         Enum.GetValues<PagedAttentionKernel>().Where(k => k != PagedAttentionKernel.TensorCores
             || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
 
@@ -90,7 +92,7 @@ public static class PagedChecks
     /// Float64 attention of rows q [rows, heads, hd] over each KV head's decoded K/V rows in storage order
     /// (<paramref name="headRows"/>); row t sees all but the last rows-1-t stored tokens, as the device kernel does.
     /// </summary>
-    private static double[] Reference(Func<int, (float[] K, float[] V)> headRows, ModelConfig c, float[] q, int rows)
+    internal static double[] Reference(Func<int, (float[] K, float[] V)> headRows, ModelConfig c, float[] q, int rows)
     {
         int heads = c.NumHeads, hd = c.HeadDim, group = heads / c.NumKvHeads;
         var expected = new double[rows * heads * hd];
@@ -114,7 +116,7 @@ public static class PagedChecks
     /// The CPU codec's decoded K/V of one head in storage order (blocks in list order, then the tail: the order an upload
     /// copies and the device walks), which differs from ascending position once re-quantization has regrouped tokens.
     /// </summary>
-    private static (float[] K, float[] V) StorageRows(PagedKvCache cpu, int layer, int kvHead, int hd)
+    internal static (float[] K, float[] V) StorageRows(PagedKvCache cpu, int layer, int kvHead, int hd)
     {
         var (k, v) = cpu.Read(layer, kvHead);
         var logical = cpu.Positions(layer, kvHead).ToArray();
@@ -191,7 +193,7 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, gpu.VidKvTables);
                                 var got = Result(dout, rows * heads * hd);
                                 string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
@@ -202,7 +204,7 @@ public static class PagedChecks
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores at hd 128), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, VidKV's element path, tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -395,27 +397,8 @@ public static class PagedChecks
                 throw new CheckFailedException($"{what}: channel {d} is {got[d]}, expected {expected[d]} (tolerance {tolerance:G3})");
     }
 
-    /// <summary>
-    /// VidKV blocks, which the device kernels do not decode yet: the device cache refuses VidKV options and the upload of a
-    /// CPU cache holding VidKV blocks, with a <see cref="KvSharpException"/> that says so.
-    /// </summary>
-    public static string VidKvRefused()
-    {
-        var c = Shape(8, 2, 128);
-        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.VidKvKey, ValueFormat = KvFormat.VidKvValue, MaxTokens = 128 };
-        var refusals = new List<string> { Refusal("new cache with VidKV options", () => new CudaPagedKvCache(Dev, c, options, 128).Dispose()) };
-        var rnd = new RandomData();
-        using var cpu = new PagedKvCache(c, options);
-        int row = c.NumKvHeads * c.HeadDim;
-        for (int l = 0; l < c.NumLayers; l++) cpu.Append(l, rnd.Floats(80 * row, 2f), rnd.Floats(80 * row, 2f), 80);
-        if (!cpu.ReadStore(0, 0).Blocks.Any(e => e.KeyLayout.Format.IsVidKv()))
-            throw new CheckFailedException("the CPU cache in VidKV formats holds no VidKV block to upload");
-        refusals.Add(Refusal("upload of a cache holding VidKV blocks", () => CudaPagedKvCache.Upload(Dev, c, cpu, 128).Dispose()));
-        return string.Join("; ", refusals);
-    }
-
     /// <summary>Runs <paramref name="action"/>, which must throw a KvSharpException whose message says VidKV is not supported.</summary>
-    private static string Refusal(string what, Action action)
+    internal static string Refusal(string what, Action action)
     {
         try
         {

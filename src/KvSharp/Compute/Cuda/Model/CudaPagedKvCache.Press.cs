@@ -32,6 +32,7 @@ public sealed partial class CudaPagedKvCache
     {
         ArgumentNullException.ThrowIfNull(request);
         if (_statistics != null) throw new InvalidOperationException("attention statistics are already being collected: end the collection first");
+        RefuseVidKv("attention statistics");
         if (Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
             throw new KvSharpException($"attention statistics on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
         if (request.FirstQueryPosition < 0) throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
@@ -96,12 +97,23 @@ public sealed partial class CudaPagedKvCache
         if (protectedPrefix < 0) throw new KvSharpException($"snapkv: protected prefix {protectedPrefix} is negative");
         int maxTokens = MaxBlocks * BlockTokens;
         using var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
+        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
+        return SelectAndEvict(scores, keep, protectedPrefix);
+    }
+
+    /// <summary>
+    /// Per head, keeps the <paramref name="keep"/>[head] best-scoring candidates after the protected prefix (TopK.KeepMask's
+    /// order), every +∞ token and the prefix, evicts the rest on the device and ends the collection; returns the drop flags
+    /// per head in storage order.
+    /// </summary>
+    private bool[][] SelectAndEvict(DeviceBuffer scores, IReadOnlyList<int> keep, int protectedPrefix)
+    {
+        int maxTokens = MaxBlocks * BlockTokens;
         using var keepCounts = Device.Allocate(HeadCount * sizeof(int));
         using var protect = Device.Allocate(HeadCount * sizeof(int));
         using var drop = Device.Allocate((long)HeadCount * maxTokens);
         keepCounts.Upload<int>(keep.ToArray());
         protect.Upload<int>(Enumerable.Repeat(protectedPrefix, HeadCount).ToArray());
-        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
         _kernels.Select(scores.Pointer, _headTokens.Pointer, keepCounts.Pointer, protect.Pointer, drop.Pointer, HeadCount, maxTokens);
         var lengths = HeadLengths();
         var flags = new byte[(long)HeadCount * maxTokens];
@@ -128,7 +140,8 @@ public sealed partial class CudaPagedKvCache
     {
         ArgumentNullException.ThrowIfNull(select);
         if (_statistics != null) throw new InvalidOperationException("cannot re-quantize while attention statistics are being collected");
-        if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"the formats {keyFormat} / {valueFormat}"));
+        if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"re-quantization into {keyFormat} / {valueFormat}"));
+        RefuseVidKv("re-quantization");
         if (select.Count != HeadCount) throw new ArgumentException($"{select.Count} masks for {HeadCount} heads", nameof(select));
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens, hd = Config.HeadDim;
@@ -179,7 +192,11 @@ public sealed partial class CudaPagedKvCache
     private void EnqueueStatistics(in LayerAttention a)
     {
         if (_statistics is not { } request) return;
-        if (a.Batch) throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not by captured graph decode");
+        // A decode graph is captured once per cache and replayed: launches captured while collecting would keep writing the
+        // statistics buffers after the collection ends (they are freed), and a replayed step cannot decide on the host whether
+        // its row is counted. Presses observe through Forward calls (SnapKV's window, H2O's prefill chunks).
+        if (a.Batch)
+            throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not inside captured graph decode (the captured launches would outlive the collection)");
         EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)));
     }
 
@@ -212,6 +229,7 @@ public sealed partial class CudaPagedKvCache
     private void StopStatistics()
     {
         _statistics = null;
+        _coverEachForward = false;
         foreach (var b in new[] { _statMax, _statSum, _covered, _statPart }) b?.Dispose();
         (_statMax, _statSum, _covered, _statPart) = (null, null, null, null);
     }

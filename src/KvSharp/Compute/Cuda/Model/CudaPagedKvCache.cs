@@ -95,23 +95,24 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (!CudaPagedKernels.Supports(group, config.HeadDim))
             throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
         if (options.KeyFormat.IsVidKv() || options.ValueFormat.IsVidKv())
-            throw new KvSharpException(VidKvRefusal($"the formats {options.KeyFormat} / {options.ValueFormat}"));
+            throw new KvSharpException(VidKvRefusal($"encoding appended tokens as {options.KeyFormat} / {options.ValueFormat} blocks"));
         _ = options.Layouts(config.HeadDim);
         if (!CudaPagedKernels.SupportsValueGroup(Math.Min(options.ValueChannelGroup, config.HeadDim)))
             throw new KvSharpException($"the CUDA paged KV cache needs value channel groups that are a multiple of 16, not {options.ValueChannelGroup}");
         return config;
     }
 
-    /// <summary>The message of the refusal of VidKV blocks, which the device kernels do not decode (docs/cuda.md).</summary>
+    /// <summary>The message of the refusal of what the device does not do with VidKV blocks (it reads uploaded ones in attention; docs/cuda.md).</summary>
     private static string VidKvRefusal(string what) =>
-        $"the CUDA paged KV cache does not support VidKV block formats yet ({what}); use another format on the GPU or the CPU cache";
+        $"the CUDA paged KV cache does not support VidKV for {what} (the device reads uploaded VidKV blocks in attention only); use another format on the GPU or the CPU cache";
 
     /// <summary>
-    /// The decode attention kernel (all three are checked). By default the tensor-core one where it applies (head
+    /// The decode attention kernel (all are checked). By default the tensor-core one where it applies (head
     /// dimension 128, value groups of 32, 64 or 128 channels: the fastest on an H100, docs/benchmarks.md issue 7), else the
-    /// wide one for keys of 4 bits or fewer and the lane-channels one for 8- to 32-bit keys.
+    /// wide one for keys of 4 bits or fewer and the lane-channels one for 8- to 32-bit keys; the VidKV one, the only one
+    /// that reads VidKV blocks, for a cache holding them.
     /// </summary>
-    /// <exception cref="KvSharpException">The tensor-core kernel is asked for a shape it does not read.</exception>
+    /// <exception cref="KvSharpException">The tensor-core kernel is asked for a shape it does not read, or another kernel than VidKv for a cache holding VidKV blocks.</exception>
     public PagedAttentionKernel AttentionKernel
     {
         get => _attentionKernel;
@@ -119,6 +120,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         {
             if (value == PagedAttentionKernel.TensorCores && !CudaPagedKernels.SupportsTensorCores(_group, Config.HeadDim, ValueGroup))
                 throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
+            if (HoldsVidKv && value != PagedAttentionKernel.VidKv)
+                throw new KvSharpException($"the CUDA paged KV cache holds VidKV blocks, which only the {PagedAttentionKernel.VidKv} attention kernel reads, not {value}");
             _attentionKernel = value;
         }
     }
@@ -185,7 +188,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// A device copy of <paramref name="source"/>: its encoded blocks byte for byte, each head's float tail as the
     /// residual, room for up to <paramref name="capacity"/> positions.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels, or holds VidKV blocks.</exception>
+    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels (VidKV options, whose
+    /// appends the device does not encode; VidKV blocks of more than one setting).</exception>
     public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null)
     {
         ArgumentNullException.ThrowIfNull(source);
@@ -200,9 +204,6 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         for (int h = 0; h < heads; h++)
         {
             var s = stores[h] = source.ReadStore(h / config.NumKvHeads, h % config.NumKvHeads);
-            foreach (var e in s.Blocks)
-                if (e.KeyLayout.Format.IsVidKv() || e.ValueLayout.Format.IsVidKv())
-                    throw new KvSharpException(VidKvRefusal($"layer {h / config.NumKvHeads} KV head {h % config.NumKvHeads} holds {e.KeyLayout.Format} / {e.ValueLayout.Format} blocks"));
             longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
             foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
             used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
@@ -214,6 +215,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, poolBytes, poolBytes == null ? heads * 2L * Units(t * hd * 4) + used + room : null);
         try
         {
+            cache.AdoptVidKv(stores);
             cache.CopyFrom(stores);
             cache.Length = source.Length;
             cache.Resync();
@@ -230,24 +232,27 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// A cache of <paramref name="length"/> positions whose heads hold <paramref name="storedTokens"/>[layer · kvHeads + head]
     /// tokens of random K/V in the formats of <paramref name="options"/> (full blocks, the rest in the residual): decode
     /// benchmarks of compressed caches at long contexts without a prefill (attention reads the same bytes whatever the values).
+    /// With <paramref name="vidKv"/>, every full block is a copy of its VidKV block pair instead (appends still encode in the
+    /// formats of <paramref name="options"/>).
     /// </summary>
     internal static CudaPagedKvCache Synthesize(CudaDevice device, CudaKernels kernels, ModelConfig config, PagedKvCacheOptions options,
-        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed)
+        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed, VidKvTemplate? vidKv = null)
     {
         int t = options.BlockTokens, heads = config.NumLayers * config.NumKvHeads;
         if (storedTokens.Count != heads) throw new ArgumentException($"{storedTokens.Count} head lengths for {heads} heads", nameof(storedTokens));
         if (storedTokens.Any(n => n < 0 || n > length)) throw new ArgumentException($"head lengths must be in 0..{length}", nameof(storedTokens));
         int growth = (capacity - length + t - 1) / t + 1;
         int maxBlocks = storedTokens.Max() / t + growth + 1;
-        var (keys, values) = options.Layouts(config.HeadDim);
-        int ku = Units(keys.ByteSize), vu = Units(values.ByteSize);
+        var (keys, values) = vidKv is { } vt ? (vt.KeyLayout, vt.ValueLayout) : options.Layouts(config.HeadDim);
+        int ku = Math.Max(Units(keys.ByteSize), Units(options.Layouts(config.HeadDim).Keys.ByteSize));
+        int vu = Math.Max(Units(values.ByteSize), Units(options.Layouts(config.HeadDim).Values.ByteSize));
         long units = heads * 2L * Units(t * config.HeadDim * 4) + storedTokens.Sum(n => (long)(n / t + growth)) * (ku + vu);
         var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, null, units);
         try
         {
             var (desc, blocks, tokens) = cache.EmptyTables();
             long top = cache.ReservedUnits;
-            uint meta = Meta(t, options.KeyFormat, options.ValueFormat);
+            uint meta = Meta(t, keys.Format, values.Format);
             for (int h = 0; h < heads; h++)
             {
                 int full = storedTokens[h] / t;
@@ -262,6 +267,16 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 tokens[h] = storedTokens[h];
             }
             kernels.FillRandomF16(cache._pool.Pointer, cache._pool.ByteLength / 2, seed, 1.0f);
+            if (vidKv != null)
+            {
+                var stager = new Stager(cache._pool, cache.ReservedUnits);
+                var keyBytes = vidKv.Keys.AsSpan(0, keys.ByteSize).ToArray().Concat(new byte[ku * 16 - keys.ByteSize]).ToArray();
+                var valueBytes = vidKv.Values.AsSpan(0, values.ByteSize).ToArray().Concat(new byte[vu * 16 - values.ByteSize]).ToArray();
+                for (long b = 0, n = (top - cache.ReservedUnits) / (ku + vu); b < n; b++) { stager.Add(keyBytes); stager.Add(valueBytes); }
+                stager.Finish();
+                (cache._vidOutliers, cache._vidSalient) = (keys.GroupSize, values.GroupSize);
+                cache.EnableVidKv();
+            }
             cache.UploadTables(desc, blocks, tokens, top);
             cache.Length = length;
             cache.Resync();
@@ -306,6 +321,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// </summary>
     internal void EvictOnDevice(DeviceBuffer flags)
     {
+        RefuseVidKv("eviction");
         int hd = Config.HeadDim;
         using var fresh = Device.Allocate(PoolUnits * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
@@ -360,10 +376,11 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     {
         var c = Config;
         var (desc, blocks, tokens) = LayerTables(a.Layer);
+        CoverStoredTokens(a);
         _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
             a.Position, a.Interleaved, a.Eps);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel);
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, VidKvTables);
         EnqueueStatistics(a);
     }
 
@@ -413,6 +430,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _headBlocks?.Dispose();
         _headTokens?.Dispose();
         _state?.Dispose();
+        _vidBasis?.Dispose();
     }
 
     /// <summary>Copies every head's blocks and tail (the stores of a CPU cache) into the pool and builds the tables.</summary>
@@ -514,7 +532,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     private uint ResidualKeys(int head) => (uint)(head * 2 * _residualUnits);
 
-    private BlockLayout LayoutOf(KvFormat format, bool keys) => keys
+    private BlockLayout LayoutOf(KvFormat format, bool keys) => format.IsVidKv() ? VidKvLayoutOf(format) : keys
         ? BlockLayout.ForKeys(format, Config.HeadDim, BlockTokens)
         : BlockLayout.ForValues(format, Config.HeadDim, BlockTokens, Options.ValueChannelGroup);
 
