@@ -2,6 +2,7 @@ using KvSharp.Cache.Pool;
 
 namespace KvSharp.Tests.Cache;
 
+[Collection(ResidentMemoryCollection.Name)]
 public unsafe class BlockPoolTests
 {
     [Fact]
@@ -38,7 +39,7 @@ public unsafe class BlockPoolTests
     {
         if (!OperatingSystem.IsLinux()) return;
         using var pool = new BlockPool(4096);
-        long before = ResidentBytes();
+        long before = ResidentMemory.Bytes();
         var ids = new List<BlockId>();
         for (int i = 0; i < 64 * 1024; i++) // 256 MiB
         {
@@ -46,10 +47,10 @@ public unsafe class BlockPoolTests
             pool.Span(id).Fill(1); // touch every page
             ids.Add(id);
         }
-        long full = ResidentBytes();
+        long full = ResidentMemory.Bytes();
         Assert.True(full - before > 200L << 20, $"resident grew by only {(full - before) >> 20} MiB");
         foreach (var id in ids) pool.Release(id);
-        long after = ResidentBytes();
+        long after = ResidentMemory.Bytes();
         Assert.True(full - after > 200L << 20, $"releasing 256 MiB of blocks lowered resident memory by only {(full - after) >> 20} MiB");
         Assert.Equal(0, pool.ReservedBytes);
     }
@@ -71,12 +72,5 @@ public unsafe class BlockPoolTests
         var again = pool.Allocate(); // lands on a discarded page: zeroed, counted again
         Assert.All(pool.Span(again).ToArray(), b => Assert.Equal(0, b));
         Assert.Equal((2L << 20) + 4096, pool.PageBytesInUse);
-    }
-
-    private static long ResidentBytes()
-    {
-        // /proc/self/statm: size resident shared ... in pages (the kernel's own count, not ours).
-        var fields = File.ReadAllText("/proc/self/statm").Split(' ');
-        return long.Parse(fields[1]) * Environment.SystemPageSize;
     }
 }

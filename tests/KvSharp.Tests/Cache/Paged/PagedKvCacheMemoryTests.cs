@@ -4,6 +4,7 @@ using KvSharp.Cache.Paged;
 namespace KvSharp.Tests.Cache.Paged;
 
 /// <summary>Eviction lowers the process's resident memory (the kernel's count), not only the cache's counters.</summary>
+[Collection(ResidentMemoryCollection.Name)]
 public class PagedKvCacheMemoryTests
 {
     /// <summary>
@@ -29,7 +30,7 @@ public class PagedKvCacheMemoryTests
         Assert.Equal(128L << 20, cache.PoolPageBytesInUse);
 
         GC.Collect();
-        long before = ResidentBytes(), pagesBefore = cache.PoolPageBytesInUse, reserved = cache.PoolReservedBytes;
+        long before = ResidentMemory.Bytes(), pagesBefore = cache.PoolPageBytesInUse, reserved = cache.PoolReservedBytes;
         for (int g = 0; g < kvHeads; g++)
         {
             var evict = pattern == "random tokens"
@@ -38,17 +39,10 @@ public class PagedKvCacheMemoryTests
             cache.Evict(0, g, evict);
         }
         GC.Collect();
-        long after = ResidentBytes(), freed = pagesBefore - cache.PoolPageBytesInUse;
+        long after = ResidentMemory.Bytes(), freed = pagesBefore - cache.PoolPageBytesInUse;
         Assert.Equal(cache.PoolLiveBytes, cache.PoolPageBytesInUse); // 16 KiB blocks fill whole pages
         Assert.True(freed > 100L << 20, $"the pools freed only {freed >> 20} MiB of pages");
         Assert.True(before - after > freed * 3 / 4,
             $"{pattern}: the pools freed {freed >> 20} MiB of pages (slabs reserved: {reserved >> 20} → {cache.PoolReservedBytes >> 20} MiB) but resident memory fell by {(before - after) >> 20} MiB");
-    }
-
-    private static long ResidentBytes()
-    {
-        // /proc/self/statm: size resident shared ... in pages (the kernel's own count, not ours).
-        var fields = File.ReadAllText("/proc/self/statm").Split(' ');
-        return long.Parse(fields[1]) * Environment.SystemPageSize;
     }
 }
