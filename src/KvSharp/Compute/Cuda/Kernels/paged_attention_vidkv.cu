@@ -8,6 +8,8 @@
 // channels c, q·k̂_t = [Σ_o q_o·min_o + Σ_c q_c·mean_c] + Σ_o (q_o·step_o)·code_to + Σ_{j≥1} φ_j(t)·u_j, where
 // u_j = Σ_c (q_c·scale_c)·s_jc, so a block costs its n·hd codes once per query head plus an (n-1)·n transform of u,
 // instead of n²·(hd - m) to rebuild the keys. The basis is the block's own length n (a partial block has its own).
+// Keys are scored one lane per token (and per coefficient for u) from a folded query in shared memory; a first version
+// with lane-owned channels needed a warp reduction per token and coefficient and ran at 80 GB/s (docs/cuda.md).
 // VidKV values are widened per token (trit·scale_c, or a salient token's Int4 row). Blocks of the other formats are read
 // element by element through decode_element (BlockCodec.Decode's arithmetic): correct for every format, not tuned (in a
 // VidKV cache they are the F32 residual and the press's uncompressed recent tokens).
@@ -15,81 +17,85 @@
 
 constexpr int VID_WARPS = 4;
 
-// Scores of the cnt visible tokens of a VidKV key block of n stored tokens into sc[g·chunk + j0 + t]; u: the warp's
-// [G, tokens] scratch for the transformed query.
+// Scores of the cnt visible tokens of a VidKV key block of n stored tokens into sc[g·chunk + j0 + t]. qs: the warp's
+// [G, HD] scratch for the scaled query in the parameters' order (outlier ranks 0..m-1, then normal ranks); u: its
+// [G, tokens] scratch for the transformed query. Lane l first folds the parameters of its channels into qs (and the
+// constant into a bias, summed over the warp), then one lane per coefficient j computes u_j from that coefficient's sign
+// row, then one lane per token t adds its outlier codes and Σ_j φ_j(t)·u_j: no shuffle per token, every code read once.
 template <int G, int C>
 __device__ __forceinline__ void vid_key_scores(const u8* kb, int n, int cnt, int tokens, int m, const float (&qr)[G][C],
-    const float* __restrict__ basis, float* u, float* sc, int chunk, int j0, int lane)
+    const float* __restrict__ basis, float* qs, float* u, float* sc, int chunk, int j0, int lane)
 {
     constexpr int HD = 32 * C;
     const int normal = HD - m;
     const u8* oc = kb + HD / 8;
     const u8* nc = kb + vid_key_signs_at(tokens, HD, m);
     const u8* p = kb + vid_key_params_at(tokens, HD, m);
-    float qk[G][C], bias[G];
-    int rank[C];
-    bool outlier[C];
+    unsigned mask[C]; // the channel mask, HD bits at the block's (16-byte aligned) start
+#pragma unroll
+    for (int w = 0; w < C; w++) mask[w] = __ldg(reinterpret_cast<const unsigned*>(kb) + w);
+    float bias[G];
 #pragma unroll
     for (int g = 0; g < G; g++) bias[g] = 0.0f;
 #pragma unroll
     for (int i = 0; i < C; i++)
     {
-        const int c = lane * C + i, ro = vid_mask_rank(kb, c);
-        outlier[i] = vid_mask_bit(kb, c);
-        rank[i] = outlier[i] ? ro : c - ro;
-        const float step = outlier[i] ? vid_param(p, ro) : vid_param(p, 2 * m + rank[i]);
-        const float base = outlier[i] ? vid_param(p, m + ro) : vid_param(p, 2 * m + normal + rank[i]);
+        const int c = lane * C + i, word = c >> 5;
+        int ro = __popc(mask[word] & ((1u << (c & 31)) - 1u)); // outlier channels below c
 #pragma unroll
-        for (int g = 0; g < G; g++) { qk[g][i] = qr[g][i] * step; bias[g] += qr[g][i] * base; }
+        for (int w = 0; w < C; w++) if (w < word) ro += __popc(mask[w]);
+        const bool outlier = ((mask[word] >> (c & 31)) & 1u) != 0;
+        const int rn = c - ro; // normal channels below c
+        const float step = outlier ? vid_param(p, ro) : vid_param(p, 2 * m + rn);
+        const float base = outlier ? vid_param(p, m + ro) : vid_param(p, 2 * m + normal + rn);
+        const int slot = outlier ? ro : m + rn;
+#pragma unroll
+        for (int g = 0; g < G; g++) { qs[g * HD + slot] = qr[g][i] * step; bias[g] += qr[g][i] * base; }
     }
 #pragma unroll
     for (int g = 0; g < G; g++) bias[g] = warp_sum(bias[g]);
-    // The constant and the outlier channels, token by token.
-    for (int t = 0; t < cnt; t++)
+    __syncwarp();
+    // u_j = Σ_k (q·scale)_k · s_jk over the normal channels, one lane per coefficient j = 1 .. n-1 (the mean has no signs).
+    for (int j = 1 + lane; j < n; j += 32)
     {
-        float x[C];
+        float acc[G];
 #pragma unroll
-        for (int i = 0; i < C; i++) x[i] = outlier[i] ? (float)vid_code(oc, 2 * (t * m + rank[i]), 2) : 0.0f;
-        float part[G];
-#pragma unroll
-        for (int g = 0; g < G; g++)
+        for (int g = 0; g < G; g++) acc[g] = 0.0f;
+        for (int k0 = 0; k0 < normal; k0 += 32)
         {
-            float s = 0.0f;
+            const unsigned bits = vid_bits32(nc, j * normal + k0);
+            const int kn = min(32, normal - k0);
+#pragma unroll 8
+            for (int k = 0; k < kn; k++)
+            {
+                const float sign = ((bits >> k) & 1u) != 0 ? 1.0f : -1.0f;
 #pragma unroll
-            for (int i = 0; i < C; i++) s += qk[g][i] * x[i];
-            part[g] = warp_sum(s);
+                for (int g = 0; g < G; g++) acc[g] += sign * qs[g * HD + m + k0 + k];
+            }
         }
 #pragma unroll
-        for (int g = 0; g < G; g++)
-            if (lane == g) sc[g * chunk + j0 + t] = part[g] + bias[g];
-    }
-    // u_j = Σ_c (q_c·scale_c)·s_jc over the normal channels, j = 1 .. n-1 (the mean has no sign row).
-    for (int j = 1; j < n; j++)
-    {
-        float x[C];
-#pragma unroll
-        for (int i = 0; i < C; i++) x[i] = outlier[i] ? 0.0f : vid_code(nc, j * normal + rank[i], 1) != 0 ? 1.0f : -1.0f;
-        float part[G];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            float s = 0.0f;
-#pragma unroll
-            for (int i = 0; i < C; i++) s += qk[g][i] * x[i];
-            part[g] = warp_sum(s);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-            if (lane == g) u[g * tokens + j] = part[g];
+        for (int g = 0; g < G; g++) u[g * tokens + j] = acc[g];
     }
     __syncwarp();
-    // The inverse transform of u, one token per lane: score_t += Σ_{j≥1} φ_j(t)·u_j.
+    // One lane per token: the constant, the outlier codes, the inverse transform of u.
     const float* bn = basis + vid_basis_at(n);
     for (int t = lane; t < cnt; t += 32)
     {
         float s[G];
 #pragma unroll
-        for (int g = 0; g < G; g++) s[g] = 0.0f;
+        for (int g = 0; g < G; g++) s[g] = bias[g];
+        for (int k0 = 0; k0 < m; k0 += 16)
+        {
+            const unsigned bits = vid_bits32(oc, 2 * (t * m + k0));
+            const int kn = min(16, m - k0);
+#pragma unroll 8
+            for (int k = 0; k < kn; k++)
+            {
+                const float code = (float)((bits >> (2 * k)) & 3u);
+#pragma unroll
+                for (int g = 0; g < G; g++) s[g] += code * qs[g * HD + k0 + k];
+            }
+        }
         for (int j = 1; j < n; j++)
         {
             const float phi = __ldg(bn + j * n + t);
@@ -97,9 +103,9 @@ __device__ __forceinline__ void vid_key_scores(const u8* kb, int n, int cnt, int
             for (int g = 0; g < G; g++) s[g] += phi * u[g * tokens + j];
         }
 #pragma unroll
-        for (int g = 0; g < G; g++) sc[g * chunk + j0 + t] += s[g];
+        for (int g = 0; g < G; g++) sc[g * chunk + j0 + t] = s[g];
     }
-    __syncwarp(); // u is rewritten by the warp's next block
+    __syncwarp(); // qs and u are rewritten by the warp's next block
 }
 
 // acc[g][i] += p[g][t] · v[t][lane·C + i] over the cnt visible tokens of a VidKV value block with s salient slots.
@@ -208,7 +214,8 @@ __device__ __forceinline__ void paged_attention_vidkv(
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     float* ov = reinterpret_cast<float*>(smem4);                        // [G, HD] value accumulators
-    float* us = ov + G * HD;                                             // [VID_WARPS, G, tokens] transformed queries
+    float* qss = ov + G * HD;                                            // [VID_WARPS, G, HD] folded queries
+    float* us = qss + VID_WARPS * G * HD;                                // [VID_WARPS, G, tokens] transformed queries
     int* boff = reinterpret_cast<int*>(us + VID_WARPS * G * tokens);     // [chunk_blocks + 1]
     float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1);       // [G, chunk] scores, then probabilities
     const long first = ((long)t * heads + (long)kvh * G) * splits + split;
@@ -231,7 +238,7 @@ __device__ __forceinline__ void paged_attention_vidkv(
             const uint4 d = hdesc[bi];
             const u8* kb = pool + (size_t)d.x * 16;
             const int kf = desc_kfmt(d);
-            if (kf == KV_VIDKV_KEY) vid_key_scores<G, C>(kb, desc_count(d), cnt, tokens, vid_m, qr, basis, us + warp * G * tokens, sc, chunk, j0, lane);
+            if (kf == KV_VIDKV_KEY) vid_key_scores<G, C>(kb, desc_count(d), cnt, tokens, vid_m, qr, basis, qss + warp * G * HD, us + warp * G * tokens, sc, chunk, j0, lane);
             else element_scores<G, C>(kb, kf, cnt, tokens, vg, qr, sc, chunk, j0, lane);
         }
         __syncthreads();

@@ -39,11 +39,25 @@ __device__ __forceinline__ int vid_mask_rank(const u8* mask, int i)
 // The `width`-bit code at bit `bit` of an area (codes of 1 or 2 bits never straddle a byte).
 __device__ __forceinline__ int vid_code(const u8* area, int bit, int width) { return (area[bit >> 3] >> (bit & 7)) & ((1 << width) - 1); }
 
-// Ternary digit of element e of a trit area: -1, 0 or +1.
+// The 32 bits of an area starting at bit `bit` (byte loads: areas start at any byte; reads up to 5 bytes, which stay inside
+// the block since a parameter area follows every code area).
+__device__ __forceinline__ unsigned vid_bits32(const u8* area, int bit)
+{
+    const u8* b = area + (bit >> 3);
+    const unsigned lo = (unsigned)b[0] | ((unsigned)b[1] << 8) | ((unsigned)b[2] << 16) | ((unsigned)b[3] << 24);
+    const int sh = bit & 7;
+    return sh == 0 ? lo : (lo >> sh) | ((unsigned)b[4] << (32 - sh));
+}
+
+// Ternary digit of element e of a trit area: -1, 0 or +1. Digit d of byte b is (b / 3^d) % 3; the divisions are
+// multiplications by ceil(2^16 / divisor) (exact for b < 243: the excess stays below 1/81), without branches.
 __device__ __forceinline__ int vid_trit(const u8* trits, int e)
 {
-    const int d = e % 5, pow3 = d == 0 ? 1 : d == 1 ? 3 : d == 2 ? 9 : d == 3 ? 27 : 81;
-    return ((int)trits[e / 5] / pow3) % 3 - 1;
+    const int byte = e / 5, d = e - 5 * byte;
+    const unsigned b = trits[byte];
+    const unsigned magic = d == 0 ? 65536u : d == 1 ? 21846u : d == 2 ? 7282u : d == 3 ? 2428u : 810u;
+    const unsigned q = (b * magic) >> 16;
+    return (int)(q - 3u * ((q * 21846u) >> 16)) - 1;
 }
 
 // Start of the basis of length n in the concatenated tables (lengths 1, 2, ...: Σ_{i<n} i² floats before it); row j is

@@ -58,8 +58,8 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// Shared memory of one attention block: value accumulators [group, hd], block offsets, scores [group, chunk]; the wide
     /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels;
-    /// the tensor-core kernel a copy of the split's block descriptors; the VidKV kernel each warp's transformed queries
-    /// [group, blockTokens].
+    /// the tensor-core kernel a copy of the split's block descriptors; the VidKV kernel each warp's folded and transformed
+    /// queries [group, hd + blockTokens].
     /// </summary>
     public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, PagedAttentionKernel kernel) =>
         (ExtraFloats(group, headDim, blockTokens, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
@@ -67,7 +67,7 @@ internal sealed partial class CudaPagedKernels
     private static int ExtraFloats(int group, int headDim, int blockTokens, PagedAttentionKernel kernel) => kernel switch
     {
         PagedAttentionKernel.Wide => 5 * (group * headDim + headDim / 2),
-        PagedAttentionKernel.VidKv => 4 * group * blockTokens,
+        PagedAttentionKernel.VidKv => 4 * group * (headDim + blockTokens),
         _ => 0,
     };
 
