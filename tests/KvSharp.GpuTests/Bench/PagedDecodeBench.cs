@@ -11,7 +11,7 @@ namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
 /// Batch-1 greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed
-/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4; each with the cache's
+/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4, VidKV; each with the cache's
 /// default attention kernel and, for some, an older kernel), against the roofline
 /// (weight bytes + KV bytes read per token) / measured device-to-device copy bandwidth. Every cache is synthesized with
 /// random K/V at its per-head lengths instead of a prefill and a press (decode reads the same bytes whatever the values);
