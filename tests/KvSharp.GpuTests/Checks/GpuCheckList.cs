@@ -24,6 +24,7 @@ public static class GpuCheckList
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
         ("paged batch: attention over 3 and 8 sequences, per-sequence evict", PagedBatchChecks.Attention),
         ("paged batch: greedy decode of 8 sequences = each alone", PagedBatchChecks.Decode),
+        ("paged batch: SnapKV on one sequence of a batch = the CPU press", PagedBatchChecks.SnapKvOneSequence),
         ("press: device attention statistics = CPU statistics", PressChecks.StatisticsMatchCpu),
         ("press: device re-quantization = CPU blocks", PressChecks.RequantizeMatchesCpu),
         ("press: SnapKV on the device keeps the CPU press's tokens", PressChecks.SnapKvMatchesCpu),

@@ -17,4 +17,5 @@ public class CudaPagedKvCacheTests
     [CudaFact] public void TransformerOverPagedCacheMatchesCpu() => PagedChecks.TransformerMatchesCpu();
     [CudaFact] public void BatchAttentionMatchesEachSequence() => PagedBatchChecks.Attention();
     [CudaFact] public void BatchDecodeMatchesEachSequenceAlone() => PagedBatchChecks.Decode();
+    [CudaFact] public void SnapKvOnOneSequenceOfABatchMatchesCpu() => PagedBatchChecks.SnapKvOneSequence();
 }

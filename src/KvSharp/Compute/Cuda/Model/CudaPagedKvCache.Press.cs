@@ -79,7 +79,8 @@ public sealed partial class CudaPagedKvCache
     /// along its stored tokens (odd <paramref name="kernel"/>, zero padding; "avg" divides by the kernel, "max"), the tokens
     /// stored after collection began (the window) score +∞, and each head keeps its <paramref name="keep"/>[head] best
     /// candidates (tokens from <paramref name="protectedPrefix"/> on; ties to the later token, as <c>TopK.KeepMask</c>),
-    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection.
+    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection. Heads are indexed by
+    /// <see cref="HeadIndex"/> (see the per-sequence overload for a batch cache).
     /// Returns the drop flags per head in storage order (for bookkeeping; the decision was made on the device).
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
@@ -109,6 +110,26 @@ public sealed partial class CudaPagedKvCache
         StopStatistics();
         EvictOnDevice(drop);
         return Enumerable.Range(0, HeadCount).Select(h => Enumerable.Range(0, lengths[h]).Select(i => flags[(long)h * maxTokens + i] != 0).ToArray()).ToArray();
+    }
+
+    /// <summary>
+    /// <see cref="SnapKvEvict(int, string, IReadOnlyList{int}, int)"/> of one sequence of the batch: the statistics come from
+    /// that sequence's observation window (a <see cref="CudaTransformer.Forward"/> call for it while collecting),
+    /// <paramref name="keep"/>[layer · kvHeads + head] counts its heads' kept candidates, and the other sequences keep every
+    /// token. Returns the drop flags of the sequence's heads (layer · kvHeads + head, storage order). Ends the collection.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
+    public bool[][] SnapKvEvict(int sequence, int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"snapkv: sequence {sequence} is outside the cache's batch of {Batch}");
+        int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
+        if (keep.Count != perSequence) throw new KvSharpException($"snapkv: {keep.Count} keep counts for the {perSequence} heads of a sequence");
+        var all = HeadLengths(); // the other sequences' heads keep all they store
+        for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
+        var drops = SnapKvEvict(kernel, pool, all, protectedPrefix);
+        return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
     }
 
     /// <summary>
