@@ -12,7 +12,7 @@ namespace KvSharp.Bench.Cache;
 /// position over N cached tokens. Reports GB/s of KV bytes read (the cache's exact ByteCount / time) and ns per
 /// cached token next to this machine's measured memory read bandwidth. Run with:
 /// dotnet run -c Release --project bench/KvSharp.Bench -- kv-decode [lengths] [formats] [rounds] [threads]
-/// e.g. kv-decode 4096,32768,131072 F16,Int4 3 2
+/// e.g. kv-decode 4096,32768,131072 F16,Int4 3 2 (VidKvKey: VidKV keys with VidKV values)
 /// </summary>
 /// <remarks>
 /// Each round measures every format once (best of a few calls), round-robin, so drift of a shared machine hits all
@@ -82,7 +82,7 @@ public static class DecodeAttentionBandwidthBench
         int row = KvHeads * HeadDim;
         var k = Random(rng, chunk * row);
         var v = Random(rng, chunk * row);
-        var cache = new PagedKvCache(1, Heads, KvHeads, HeadDim, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = tokens });
+        var cache = new PagedKvCache(1, Heads, KvHeads, HeadDim, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format == KvFormat.VidKvKey ? KvFormat.VidKvValue : format, MaxTokens = tokens });
         for (int t = 0; t < tokens; t += chunk)
         {
             int m = Math.Min(chunk, tokens - t);

@@ -33,10 +33,11 @@ public static class DecodeAttentionProfile
         foreach (var f in formats)
         {
             var keyLayout = BlockLayout.ForKeys(f, headDim);
-            var valueLayout = BlockLayout.ForValues(f, headDim);
+            var vf = f == KvFormat.VidKvKey ? KvFormat.VidKvValue : f; // VidKvKey: VidKV keys with VidKV values
+            var valueLayout = BlockLayout.ForValues(vf, headDim);
             int b = keyLayout.Tokens, blocks = n / b;
             var k = Random(rng, n * headDim); var v = Random(rng, n * headDim);
-            using var cache = new PagedKvCache(1, group, 1, headDim, new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, MaxTokens = n });
+            using var cache = new PagedKvCache(1, group, 1, headDim, new PagedKvCacheOptions { KeyFormat = f, ValueFormat = vf, MaxTokens = n });
             cache.Append(0, k, v, n);
             var keyBytes = new byte[blocks][]; var valueBytes = new byte[blocks][];
             for (int i = 0; i < blocks; i++)

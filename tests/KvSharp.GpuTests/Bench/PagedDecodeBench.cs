@@ -10,15 +10,17 @@ using KvSharp.Models.Loading;
 namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
-/// Batch-1 greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed
-/// device paged caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4, VidKV; each with the cache's
-/// default attention kernel and, for some, an older kernel), against the roofline
-/// (weight bytes + KV bytes read per token) / measured device-to-device copy bandwidth. Every cache is synthesized with
-/// random K/V at its per-head lengths instead of a prefill and a press (decode reads the same bytes whatever the values);
-/// KVzip's per-head lengths are drawn uniformly in [0.1, 0.5] of the context and scaled to average exactly 0.3.
+/// Greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed device paged
+/// caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4, VidKV at batch 1; each with the cache's default
+/// attention kernel and, in a batch-1-only run, for some an older kernel), at batch 1 and with several sequences decoded together
+/// (each its own per-head lengths), against the roofline (weight bytes + KV bytes read per step) / measured
+/// device-to-device copy bandwidth. Every cache is synthesized with random K/V at its per-head lengths instead of a
+/// prefill and a press (decode reads the same bytes whatever the values); KVzip's per-head lengths are drawn uniformly in
+/// [0.1, 0.5] of the context and scaled to average exactly 0.3. A cache the device cannot hold is reported, not timed.
 /// </summary>
 public static class PagedDecodeBench
 {
+    /// <summary>A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default).</summary>
     /// <summary>
     /// A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default);
     /// with <paramref name="VidKv"/> (outlier share, salient tokens) its blocks are VidKV ones and appends encode in the format.
@@ -43,8 +45,23 @@ public static class PagedDecodeBench
         new("VidKV (K: 0.5 outlier channels INT2 + 1-bit DFT signs; V: ternary + 2 salient INT4 rows)", KvFormat.F16, 1.0, null, (0.5, 2)),
     ];
 
-    /// <summary>Times the variants whose name contains <paramref name="only"/> (all when empty).</summary>
-    public static void Run(string configPath, IReadOnlyList<int> contexts, int steps, TextWriter log, string only = "")
+    /// <summary>Several sequences together: the default kernels of the caches issue 7 asks for.</summary>
+    private static readonly Variant[] BatchVariants =
+    [
+        new("F16 dense (CudaKvCache)", null, 1.0),
+        new("F16 paged", KvFormat.F16, 1.0),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
+    ];
+
+    /// <summary>
+    /// Times every variant whose name contains one of the '|'-separated parts of <paramref name="only"/> (all when empty) at every
+    /// context and batch size and writes the log and a result table to <paramref name="log"/>.
+    /// </summary>
+    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "")
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
@@ -63,54 +80,89 @@ public static class PagedDecodeBench
         long weightBytes = gpu.WeightBytesReadPerToken;
         using var timer = new CudaTimer(device);
         var rows = new List<string>();
-        foreach (int context in contexts)
-        {
-            double denseMs = 0;
-            long denseKv = 0;
-            foreach (var v in Variants.Where(v => only.Split('|').Any(o => v.Name.Contains(o, StringComparison.Ordinal))))
+        foreach (int batch in batches)
+            foreach (int context in contexts)
             {
-                const int repeats = 3;
-                int capacity = context + (repeats + 1) * steps + 8;
-                using var cache = Create(gpu, config, v, context, capacity);
-                long kvBytes = cache.BytesReadPerToken;
-                gpu.BeginDecode(cache, [1000]);
-                gpu.EnqueueDecodeSteps(cache, steps); // warm-up
-                device.Synchronize();
-                cache.CheckDeviceState();
-                var times = new List<double>();
-                for (int r = 0; r < repeats; r++)
+                double denseMs = 0;
+                // What the dense float16 cache reads per step, measured or not (it may not fit): every sequence's K and V.
+                long denseKv = (long)batch * context * 2 * config.NumLayers * config.NumKvHeads * config.HeadDim * 2;
+                foreach (var v in (batches.Count == 1 && batch == 1 ? Variants : BatchVariants).Where(v => only.Split('|').Any(o => v.Name.Contains(o, StringComparison.Ordinal))))
                 {
-                    timer.Start();
-                    gpu.EnqueueDecodeSteps(cache, steps);
-                    times.Add(timer.StopMilliseconds() / steps);
+                    const int repeats = 3;
+                    int capacity = context + (repeats + 1) * steps + 8;
+                    string what = $"batch {batch}, context {context}, {v.Name}";
+                    DeviceKvCache cache;
+                    try
+                    {
+                        cache = Create(gpu, config, v, context, capacity, batch);
+                    }
+                    catch (KvSharpException e)
+                    {
+                        // Out of device memory, or a pool past the 64 GiB its 32-bit 16-byte offsets address.
+                        log.WriteLine($"{what}: does not fit ({e.Message}; {device.FreeMemory / 1e9:F1} GB free)");
+                        rows.Add($"| {batch} | {context} | {v.Name} | | does not fit | | | | | | {(double)(weightBytes + denseKv) / (weightBytes + Estimate(config, v, context, batch)):F2}x |");
+                        continue;
+                    }
+                    using (cache)
+                    {
+                        long kvBytes = cache.BytesReadPerToken;
+                        gpu.BeginDecode(cache, Enumerable.Repeat(1000, batch).ToArray());
+                        gpu.EnqueueDecodeSteps(cache, steps); // warm-up
+                        device.Synchronize();
+                        cache.CheckDeviceState();
+                        var times = new List<double>();
+                        for (int r = 0; r < repeats; r++)
+                        {
+                            timer.Start();
+                            gpu.EnqueueDecodeSteps(cache, steps);
+                            times.Add(timer.StopMilliseconds() / steps);
+                        }
+                        cache.CheckDeviceState();
+                        times.Sort();
+                        double ms = times[repeats / 2];
+                        if (v.Format == null) denseMs = ms;
+                        double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
+                        double predicted = (double)(weightBytes + denseKv) / (weightBytes + kvBytes);
+                        string kernel = cache is CudaPagedKvCache paged ? paged.AttentionKernel.ToString() : "";
+                        string speedup = denseMs > 0 ? $"{denseMs / ms:F2}x" : "—";
+                        rows.Add($"| {batch} | {context} | {v.Name} | {kernel} | {kvBytes / 1e9:F3} | {ms:F3} | {batch * 1000 / ms:F1} | {batch * 1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {speedup} | {predicted:F2}x |");
+                        log.WriteLine($"{what} {kernel}: {ms:F3} ms/step (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB, device {cache.ByteCount / 1e9:F1} GB");
+                    }
                 }
-                cache.CheckDeviceState();
-                times.Sort();
-                double ms = times[repeats / 2];
-                if (v.Format == null) { denseMs = ms; denseKv = kvBytes; }
-                double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
-                double predicted = (double)(weightBytes + denseKv) / (weightBytes + kvBytes);
-                string kernel = cache is CudaPagedKvCache paged ? paged.AttentionKernel.ToString() : "";
-                rows.Add($"| {context} | {v.Name} | {kernel} | {kvBytes / 1e9:F3} | {ms:F3} | {1000 / ms:F1} | {1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {denseMs / ms:F2}x | {predicted:F2}x |");
-                log.WriteLine($"context {context}, {v.Name} {kernel}: {ms:F3} ms/token (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB");
             }
-        }
         log.WriteLine();
-        log.WriteLine($"weights read per token: {weightBytes / 1e9:F3} GB");
-        log.WriteLine("| context | cache | kernel | KV GB read/token | ms/token | tokens/s | roofline tokens/s | % of roofline | speedup vs F16 dense | predicted by bytes |");
-        log.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        log.WriteLine($"weights read per step: {weightBytes / 1e9:F3} GB");
+        log.WriteLine("| batch | context | cache | kernel | KV GB read/step | ms/step | tokens/s (all sequences) | roofline tokens/s | % of roofline | speedup vs F16 dense | predicted by bytes |");
+        log.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var r in rows) log.WriteLine(r);
     }
 
-    private static DeviceKvCache Create(CudaTransformer gpu, ModelConfig config, Variant v, int context, int capacity)
+    /// <summary>KV bytes a variant would read per step (its blocks' exact sizes at the mean kept share), for a cache that does not fit.</summary>
+    private static long Estimate(ModelConfig config, Variant v, int context, int batch)
+    {
+        var f = v.Format ?? KvFormat.F16;
+        var (keys, values) = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f }.Layouts(config.HeadDim);
+        double perToken = (keys.ByteSize + values.ByteSize) / (double)keys.Tokens;
+        return (long)(perToken * context * v.Keep * batch * config.NumLayers * config.NumKvHeads);
+    }
+
+    private static DeviceKvCache Create(CudaTransformer gpu, ModelConfig config, Variant v, int context, int capacity, int batch)
     {
         if (v.Format is not { } f)
         {
-            var dense = gpu.CreateCache(capacity);
-            dense.FillRandom(gpu.Kernels, context, seed: (uint)context);
+            var dense = gpu.CreateCache(capacity, batch);
+            try
+            {
+                dense.FillRandom(gpu.Kernels, context, seed: (uint)context);
+            }
+            catch
+            {
+                dense.Dispose();
+                throw;
+            }
             return dense;
         }
-        int heads = config.NumLayers * config.NumKvHeads;
+        int heads = config.NumLayers * batch * config.NumKvHeads;
         var rnd = new Random(context);
         var weights = Enumerable.Range(0, heads).Select(_ => v.Keep >= 1 ? 1.0 : 0.1 + 0.4 * rnd.NextDouble()).ToArray();
         double scale = v.Keep >= 1 ? 1.0 : v.Keep * heads / weights.Sum();
@@ -119,7 +171,7 @@ public static class PagedDecodeBench
         var vidKv = v.VidKv is { } p
             ? CudaPagedKvCache.VidKvTemplate.Random(config.HeadDim, options.BlockTokens, (int)Math.Round(p.Outliers * config.HeadDim), p.Salient, context)
             : null;
-        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context, vidKv);
+        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context, batch, vidKv);
         if (v.Kernel is { } kernel) cache.AttentionKernel = kernel;
         return cache;
     }

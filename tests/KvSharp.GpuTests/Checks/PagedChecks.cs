@@ -42,9 +42,10 @@ public static class PagedChecks
 
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
-    /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
-    /// (a cache holding VidKV blocks: only the VidKV kernel; the others: every kernel, the VidKV one reading their formats
-    /// element by element).
+    /// <summary>
+    /// The attention kernels that read <paramref name="cache"/>'s shape (a cache holding VidKV blocks: only the VidKV kernel;
+    /// the others: every kernel, the VidKV one reading their formats element by element).
+    /// </summary>
     internal static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) => cache.HoldsVidKv ? [PagedAttentionKernel.VidKv] :
         Enum.GetValues<PagedAttentionKernel>().Where(k => k != PagedAttentionKernel.TensorCores
             || CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup));
@@ -133,7 +134,7 @@ public static class PagedChecks
     }
 
     /// <summary>A device head's blocks decoded by the CPU codec (residual rows as stored), in storage order, with each row's formats.</summary>
-    private static (float[] K, float[] V, (KvFormat Key, KvFormat Value)[] Formats) DecodeDeviceHead(IReadOnlyList<CudaPagedKvCache.DeviceBlock> head, int hd)
+    internal static (float[] K, float[] V, (KvFormat Key, KvFormat Value)[] Formats) DecodeDeviceHead(IReadOnlyList<CudaPagedKvCache.DeviceBlock> head, int hd)
     {
         int n = head.Sum(b => b.Count);
         var k = new float[n * hd];
@@ -193,7 +194,7 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, gpu.VidKvTables);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, vid: gpu.VidKvTables);
                                 var got = Result(dout, rows * heads * hd);
                                 string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);

@@ -102,7 +102,7 @@ public static class VidKvChecks
                     {
                         using var dout = Poisoned((long)rows * heads * hd * 4);
                         gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                            rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, PagedAttentionKernel.VidKv, gpu.VidKvTables);
+                            rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, PagedAttentionKernel.VidKv, vid: gpu.VidKvTables);
                         var got = Result(dout, rows * heads * hd);
                         Compare.Relative($"{what} rows{rows} splits{plan.Splits}", got, expected, 1e-4);
                         worst = Math.Max(worst, Compare.RelativeError(got, expected));

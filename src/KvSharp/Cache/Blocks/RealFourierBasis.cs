@@ -15,12 +15,27 @@ internal static class RealFourierBasis
 {
     private static readonly double[]?[] Doubles = new double[BlockLayout.VidKvMaxTokens + 1][];
     private static readonly float[]?[] Floats = new float[BlockLayout.VidKvMaxTokens + 1][];
+    private static readonly float[]?[] Transposed = new float[BlockLayout.VidKvMaxTokens + 1][];
 
     /// <summary>The basis of length <paramref name="n"/> as [n, n] doubles, row j = φ_j(0..n−1).</summary>
     public static double[] Double(int n) => Doubles[n] ??= Build(n);
 
     /// <summary>The same basis rounded to float32 (what the attention kernels use).</summary>
     public static float[] Single(int n) => Floats[n] ??= Array.ConvertAll(Double(n), x => (float)x);
+
+    /// <summary>
+    /// The float32 basis transposed, [n, n] with row t = φ_0..n−1(t): the inverse transform x_t = Σ_j φ_j(t)·y_j is then
+    /// a row-times-vector product per token, as the attention kernels compute scores.
+    /// </summary>
+    public static float[] SingleTransposed(int n)
+    {
+        if (Transposed[n] is { } t) return t;
+        var b = Single(n);
+        var r = new float[n * n];
+        for (int j = 0; j < n; j++)
+            for (int x = 0; x < n; x++) r[x * n + j] = b[j * n + x];
+        return Transposed[n] = r;
+    }
 
     private static double[] Build(int n)
     {

@@ -133,15 +133,20 @@ public class VidKvBlockTests
         for (int c = 0; c < 8; c++) Assert.True(Math.Abs(got[5 * 8 + c] - x[5 * 8 + c]) < 0.3, $"salient row kept at Int4: {got[5 * 8 + c]} vs {x[5 * 8 + c]}");
     }
 
+    // Outlier channels m: the default half, none, all, and an odd count (gathers of 8 plus a remainder); salient tokens
+    // s: the default 2, none, and more than 8; groups of 1, 3, 4 and 6 queries (the 4-query kernels plus a remainder).
     [Theory]
-    [InlineData(32, 1)]
-    [InlineData(32, 4)]
-    [InlineData(13, 3)]
-    public void DecodeAttentionOverVidKvBlocksEqualsFloat64AttentionOverTheReference(int lastBlock, int g)
+    [InlineData(32, 1, -1, -1)]
+    [InlineData(32, 4, -1, -1)]
+    [InlineData(13, 3, -1, -1)]
+    [InlineData(32, 6, 0, 0)]
+    [InlineData(32, 4, 64, 9)]
+    [InlineData(7, 6, 13, 2)]
+    public void DecodeAttentionOverVidKvBlocksEqualsFloat64AttentionOverTheReference(int lastBlock, int g, int outliers, int salient)
     {
         const int d = 64;
-        var kl = BlockLayout.ForKeys(KvFormat.VidKvKey, d);
-        var vl = BlockLayout.ForValues(KvFormat.VidKvValue, d);
+        var kl = outliers < 0 ? BlockLayout.ForKeys(KvFormat.VidKvKey, d) : new BlockLayout(KvFormat.VidKvKey, QuantAxis.PerChannel, outliers, 32, d);
+        var vl = salient < 0 ? BlockLayout.ForValues(KvFormat.VidKvValue, d) : new BlockLayout(KvFormat.VidKvValue, QuantAxis.PerChannel, salient, 32, d);
         int[] counts = [32, 32, lastBlock];
         var keyBlocks = new List<KvBlock>();
         var valueBlocks = new List<KvBlock>();

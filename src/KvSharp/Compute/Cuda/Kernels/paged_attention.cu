@@ -5,7 +5,8 @@
 // group), and writes the chunk's unnormalized output with its max and sum; the last block of a (row, kv head)
 // to finish merges the chunks (an atomic counter it resets), so one launch does one layer's attention.
 // Heads have their own lengths (eviction); query row t of `rows` sees all but the head's last rows-1-t stored
-// tokens (the rows appended with it: causal for a chunk of new tokens).
+// tokens (the rows appended with it: causal for a chunk of new tokens); with batch, row t is sequence t instead and
+// reads its own heads (paged_head).
 // Each warp owns whole blocks; lane l owns channels [l·C, l·C + C) of every token, so its query values and its
 // channels' per-channel key parameters stay in registers: quantized key blocks fold scale and min into the
 // query once per block (q·k = Σ q·min + Σ (q·scale)·code), per-token value parameters are read per token.
@@ -124,14 +125,15 @@ template <int G, int C>
 __device__ __forceinline__ void paged_attention(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 32 * C;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int limit = head_tokens[kvh] - (rows - 1 - t); // stored tokens this row sees
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    int limit; // stored tokens this row sees
+    const int head = paged_head(t, kvh, kv_heads, rows, batch, head_tokens, limit);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[head] - b0);
+    const uint4* hdesc = desc + (long)head * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     float* ov = reinterpret_cast<float*>(smem4);     // [G, HD] value accumulators
@@ -367,14 +369,15 @@ template <int G, int C>
 __device__ __forceinline__ void paged_attention_wide(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 32 * C;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    int limit; // stored tokens this row sees
+    const int head = paged_head(t, kvh, kv_heads, rows, batch, head_tokens, limit);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[head] - b0);
+    const uint4* hdesc = desc + (long)head * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     constexpr int QF = G * HD + HD / 2;                // a padded [HD, G] query copy (qidx)
@@ -444,15 +447,15 @@ __device__ __forceinline__ void paged_attention_wide(
 #define PAGED_ATTN(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
 PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
 
 #define PAGED_ATTN_WIDE(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_w_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN_WIDE(1, 2) PAGED_ATTN_WIDE(2, 2) PAGED_ATTN_WIDE(4, 2) PAGED_ATTN_WIDE(8, 2)
 PAGED_ATTN_WIDE(1, 4) PAGED_ATTN_WIDE(2, 4) PAGED_ATTN_WIDE(4, 4) PAGED_ATTN_WIDE(8, 4)

@@ -440,15 +440,16 @@ template <int G>
 __device__ __forceinline__ void paged_attention_tc(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale)
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 128;
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    const int limit = head_tokens[kvh] - (rows - 1 - t);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    int limit; // stored tokens this row sees
+    const int head = paged_head(t, kvh, kv_heads, rows, batch, head_tokens, limit);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[head] - b0);
+    const uint4* hdesc = desc + (long)head * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
@@ -545,6 +546,6 @@ __device__ __forceinline__ void paged_attention_tc(
 #define PAGED_ATTN_TC(G) \
     extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale) \
-    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
 PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)

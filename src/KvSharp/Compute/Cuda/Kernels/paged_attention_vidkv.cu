@@ -2,7 +2,7 @@
 // other format: paged_attn_vid_gG_cC, dispatched by CudaPagedKvCache when it holds VidKV blocks (the other kernels read
 // only the formats of paged_kv.cuh). Same grid, split, causal rule, chunk softmax and last-block merge as
 // paged_attention.cu: block (split, kv head, query row) of 4 warps, each warp owning whole blocks, lane l owning channels
-// [l·C, l·C + C) of every token.
+// [l·C, l·C + C) of every token; with batch, row t is sequence t (paged_head).
 //
 // VidKV keys are never inverse-transformed (VidKvAttention on the CPU does the same): with outlier channels o and normal
 // channels c, q·k̂_t = [Σ_o q_o·min_o + Σ_c q_c·mean_c] + Σ_o (q_o·step_o)·code_to + Σ_{j≥1} φ_j(t)·u_j, where
@@ -201,16 +201,17 @@ template <int G, int C>
 __device__ __forceinline__ void paged_attention_vidkv(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale,
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch,
     const float* __restrict__ basis, int vid_m, int vid_s)
 {
     constexpr int HD = 32 * C;
     pdl_wait();
     const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int limit = head_tokens[kvh] - (rows - 1 - t); // stored tokens this row sees
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[kvh] - b0);
-    const uint4* hdesc = desc + (long)kvh * max_blocks + b0;
+    int limit; // stored tokens this row sees
+    const int head = paged_head(t, kvh, kv_heads, rows, batch, head_tokens, limit);
+    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[head] - b0);
+    const uint4* hdesc = desc + (long)head * max_blocks + b0;
     const int chunk = chunk_blocks * tokens;
     extern __shared__ float4 smem4[];
     float* ov = reinterpret_cast<float*>(smem4);                        // [G, HD] value accumulators
@@ -274,8 +275,9 @@ __device__ __forceinline__ void paged_attention_vidkv(
 #define PAGED_ATTN_VID(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_vid_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, const float* basis, int vid_m, int vid_s) \
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch, const float* basis, int vid_m, \
+        int vid_s) \
     { paged_attention_vidkv<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
-        chunk_blocks, splits, scale, basis, vid_m, vid_s); }
+        chunk_blocks, splits, scale, batch, basis, vid_m, vid_s); }
 PAGED_ATTN_VID(1, 2) PAGED_ATTN_VID(2, 2) PAGED_ATTN_VID(4, 2) PAGED_ATTN_VID(8, 2)
 PAGED_ATTN_VID(1, 4) PAGED_ATTN_VID(2, 4) PAGED_ATTN_VID(4, 4) PAGED_ATTN_VID(8, 4)

@@ -258,20 +258,24 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
 // (optional per-head RMSNorm first, as qkv_rope_append), queries to q_out [rows, heads, hd]; keys and values
 // appended to the paged cache's layer (its tables at desc/head_blocks/head_tokens, heads kv_heads).
 // Blocks 0 .. rows·heads - 1 rotate queries; the last kv_heads blocks each append all rows of one KV head in order.
+// With batch, row t is the one new token of sequence t at position pos[t], and rows·kv_heads blocks append it.
 extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
-    int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf)
+    int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
+    int batch)
 {
     const long stride = (long)(heads + 2 * kv_heads) * hd;
     const int half = hd / 2;
     const bool is_q = blockIdx.x < (unsigned)(rows * heads);
-    const int kh = is_q ? 0 : blockIdx.x - rows * heads;
-    const int nrows = is_q ? 1 : rows;
+    // K/V blocks: one per KV head appending all rows in order, or with batch one per (sequence, KV head) appending its
+    // sequence's row to the sequence's head (table head sequence · kv_heads + kv head, as paged_head reads them).
+    const int head = is_q ? 0 : blockIdx.x - rows * heads, kh = head % kv_heads;
+    const int nrows = is_q || batch ? 1 : rows;
     __shared__ float inv_shared;
     AppendTarget a{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity };
     for (int r = 0; r < nrows; r++)
     {
-        const int t = is_q ? blockIdx.x / heads : r;
+        const int t = is_q ? blockIdx.x / heads : batch ? head / kv_heads : r;
         const int h = is_q ? blockIdx.x % heads : heads + kh;
         const float* src = qkv + t * stride + (long)h * hd;
         const float* nw = is_q ? q_norm : k_norm;
@@ -284,15 +288,15 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
             __syncthreads();
         }
         const float inv = nw != nullptr ? inv_shared : 1.0f;
-        const int p = *pos + t;
+        const int p = batch ? pos[t] : *pos + t;
         float* kdst = nullptr;
         float* vdst = nullptr;
         uint4 resid = make_uint4(0, 0, 0, 0);
         int nb = 0;
         if (!is_q)
         {
-            nb = head_blocks[kh];
-            resid = desc[(long)kh * max_blocks + nb - 1];
+            nb = head_blocks[head];
+            resid = desc[(long)head * max_blocks + nb - 1];
             const int at = desc_count(resid);
             kdst = reinterpret_cast<float*>(pool + (size_t)resid.x * 16) + (long)at * hd;
             vdst = reinterpret_cast<float*>(pool + (size_t)resid.y * 16) + (long)at * hd;
@@ -317,13 +321,13 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         const int count = desc_count(resid) + 1;
         if (count == tokens)
         {
-            residual_full(a, kh, resid);
+            residual_full(a, head, resid);
         }
         else if (threadIdx.x == 0)
         {
-            desc[(long)kh * max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
+            desc[(long)head * max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
         }
-        if (threadIdx.x == 0) head_tokens[kh] += 1;
+        if (threadIdx.x == 0) head_tokens[head] += 1;
         __syncthreads();
     }
 }

@@ -139,7 +139,19 @@ __device__ __forceinline__ float decode_element(const u8* b, int f, bool keys, i
     return __fadd_rn(m, __fmul_rn((float)q, scale));
 }
 
-// ---- What the three kernels share: the split's block offsets, the chunk softmax, an empty chunk. ----
+// ---- What the three kernels share: the table head of a row, the split's block offsets, the chunk softmax, an empty chunk. ----
+
+// The table head that query row t reads for KV head kvh, and in limit the stored tokens the row sees. Without batch
+// the rows are consecutive tokens of one sequence (row t sees all but the head's last rows-1-t stored tokens: the rows
+// appended with it); with batch row t is sequence t, whose heads follow sequence t-1's in the layer's tables
+// ([layer, sequence, kv head]), and it sees all of its head's tokens.
+__device__ __forceinline__ int paged_head(int t, int kvh, int kv_heads, int rows, int batch, const int* head_tokens, int& limit)
+{
+    const int head = batch ? t * kv_heads + kvh : kvh;
+    limit = head_tokens[head] - (batch ? 0 : rows - 1 - t);
+    return head;
+}
+
 
 // Visible tokens of each of the split's nb blocks as offsets boff[0..nb] (a prefix sum by warp 0); returns the total.
 // Ends with a barrier.

@@ -60,6 +60,25 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
+    /// <see cref="H2oEvict(int, IReadOnlyList{int}, int)"/> of one sequence of the batch, whose chunks were prefilled
+    /// (<c>Forward(chunk, cache, sequence)</c>) during the observation: <paramref name="keep"/>[layer · kvHeads + head] counts its
+    /// heads' kept tokens, the other sequences keep every token. Returns the drop flags of the sequence's heads.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No H2O observation is in progress.</exception>
+    /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
+    public bool[][] H2oEvict(int sequence, int window, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"h2o: sequence {sequence} is outside the cache's batch of {Batch}");
+        int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
+        if (keep.Count != perSequence) throw new KvSharpException($"h2o: {keep.Count} keep counts for the {perSequence} heads of a sequence");
+        var all = HeadLengths(); // the other sequences' heads keep all they store
+        for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
+        var drops = H2oEvict(window, all, protectedPrefix);
+        return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
+    }
+
+    /// <summary>
     /// During H2O's observation, before a forward pass's first append: the covered tokens become every head's stored tokens,
     /// so this chunk's queries are scored over the tokens before it (what the CPU's re-run over the truncated cache sees).
     /// </summary>

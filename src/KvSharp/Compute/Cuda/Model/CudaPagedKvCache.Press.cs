@@ -48,7 +48,7 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
-    /// Ends the collection and reads the statistics back: per head [layer · kvHeads + head], the covered tokens' maximum and
+    /// Ends the collection and reads the statistics back: per head [<see cref="HeadIndex"/>] (layer · kvHeads + head at batch 1), the covered tokens' maximum and
     /// summed folded probability, in the device's storage order (an uploaded cache's blocks, then its tail, then appends).
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
@@ -80,7 +80,8 @@ public sealed partial class CudaPagedKvCache
     /// along its stored tokens (odd <paramref name="kernel"/>, zero padding; "avg" divides by the kernel, "max"), the tokens
     /// stored after collection began (the window) score +∞, and each head keeps its <paramref name="keep"/>[head] best
     /// candidates (tokens from <paramref name="protectedPrefix"/> on; ties to the later token, as <c>TopK.KeepMask</c>),
-    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection.
+    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection. Heads are indexed by
+    /// <see cref="HeadIndex"/> (see the per-sequence overload for a batch cache).
     /// Returns the drop flags per head in storage order (for bookkeeping; the decision was made on the device).
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
@@ -124,7 +125,27 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
-    /// Re-encodes the stored tokens flagged in <paramref name="select"/>[layer · kvHeads + head] (one flag per stored token, in
+    /// <see cref="SnapKvEvict(int, string, IReadOnlyList{int}, int)"/> of one sequence of the batch: the statistics come from
+    /// that sequence's observation window (a <see cref="CudaTransformer.Forward"/> call for it while collecting),
+    /// <paramref name="keep"/>[layer · kvHeads + head] counts its heads' kept candidates, and the other sequences keep every
+    /// token. Returns the drop flags of the sequence's heads (layer · kvHeads + head, storage order). Ends the collection.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
+    public bool[][] SnapKvEvict(int sequence, int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"snapkv: sequence {sequence} is outside the cache's batch of {Batch}");
+        int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
+        if (keep.Count != perSequence) throw new KvSharpException($"snapkv: {keep.Count} keep counts for the {perSequence} heads of a sequence");
+        var all = HeadLengths(); // the other sequences' heads keep all they store
+        for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
+        var drops = SnapKvEvict(kernel, pool, all, protectedPrefix);
+        return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
+    }
+
+    /// <summary>
+    /// Re-encodes the stored tokens flagged in <paramref name="select"/>[<see cref="HeadIndex"/>] (one flag per stored token, in
     /// the device's storage order) in <paramref name="keyFormat"/> / <paramref name="valueFormat"/>, on the device, as
     /// <see cref="Cache.Paged.PagedKvCache.Requantize"/> does on the CPU (MiKV, ZipVL, LeanKV: mixed precision by token):
     /// blocks without a flagged token, or already in the target formats, stay; the other blocks' tokens are regrouped by
@@ -197,21 +218,21 @@ public sealed partial class CudaPagedKvCache
         // its row is counted. Presses observe through Forward calls (SnapKV's window, H2O's prefill chunks).
         if (a.Batch)
             throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not inside captured graph decode (the captured launches would outlive the collection)");
-        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)));
+        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
     }
 
     /// <summary>
     /// Queues the statistics of query rows q [rows, heads, hd] (rotated) of <paramref name="layer"/>, the last rows of the
     /// heads' storage (row t sees all but the last rows-1-t stored tokens); rows before <paramref name="firstCounted"/> only
-    /// enter the log-sum-exp. Does nothing when no collection is in progress.
+    /// enter the log-sum-exp. Does nothing when no collection is in progress. The heads are <paramref name="sequence"/>'s.
     /// </summary>
-    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted)
+    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted, int sequence = 0)
     {
         if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null || _statPart == null) return;
         var c = Config;
         int group = c.NumHeads / c.NumKvHeads, kvHeads = c.NumKvHeads, maxTokens = MaxBlocks * BlockTokens;
-        var (desc, blocks, tokens) = LayerTables(layer);
-        long head0 = (long)layer * kvHeads;
+        var (desc, blocks, tokens) = LayerTables(layer, sequence);
+        long head0 = HeadIndex(layer, sequence, 0);
         var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)), _statPart.Pointer,
             _statMax.Pointer + (ulong)(head0 * maxTokens * sizeof(float)), _statSum.Pointer + (ulong)(head0 * maxTokens * sizeof(float)),
             MaxBlocks, maxTokens, BlockTokens, ValueGroup);

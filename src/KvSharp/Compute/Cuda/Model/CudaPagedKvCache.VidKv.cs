@@ -34,7 +34,8 @@ public sealed partial class CudaPagedKvCache
         for (int h = 0; h < stores.Length; h++)
             foreach (var e in stores[h].Blocks)
             {
-                string where = $"layer {h / kvHeads} KV head {h % kvHeads}";
+                // Stores are in table order ([layer, sequence, KV head], HeadIndex).
+                string where = $"layer {h / (Batch * kvHeads)} sequence {h / kvHeads % Batch} KV head {h % kvHeads}";
                 if (e.KeyLayout.Format == KvFormat.VidKvValue || e.ValueLayout.Format == KvFormat.VidKvKey)
                     throw new KvSharpException(VidKvRefusal($"{where} holds {e.KeyLayout.Format} keys / {e.ValueLayout.Format} values: the device reads VidKV keys and values only in their own roles"));
                 if (e.KeyLayout.Format == KvFormat.VidKvKey) _vidOutliers = Same(_vidOutliers, e.KeyLayout.GroupSize, "outlier channels", where);

@@ -13,12 +13,15 @@ namespace KvSharp.Compute.Cuda.Model;
 /// float32 residual block in a slot reserved for it: appended tokens land there, and a residual that fills is
 /// encoded on the device in the cache's formats (keys per channel, values per token in channel groups, as KIVI).
 /// Heads may hold different numbers of tokens (eviction) and blocks of different formats (mixed precision).
+/// With <see cref="DeviceKvCache.Batch"/> &gt; 1 every sequence has its own heads (tables, lengths, residual slots) in
+/// one shared pool, laid out [layer, sequence, KV head] (<see cref="HeadIndex"/>): a graph decode step appends each
+/// sequence's token and one attention launch per layer reads every sequence's heads.
 /// </summary>
 /// <remarks>
-/// <para>Uploading a CPU cache (<see cref="Upload"/>) copies its encoded blocks and builds the tables; its float tail
+/// <para>Uploading a CPU cache (<see cref="Upload(CudaDevice, ModelConfig, PagedKvCache, int, long?)"/>) copies its encoded blocks and builds the tables; its float tail
 /// becomes the residual (a tail longer than one block, from a KIVI residual R &gt; BlockTokens, arrives as F32 blocks
 /// plus the residual: the device encodes each block as soon as it fills).</para>
-/// <para><see cref="Evict"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
+/// <para><see cref="Evict(IReadOnlyList{bool[]})"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
 /// re-encoded in its own formats (as the CPU cache's Evict does), and the pool is compacted.</para>
 /// </remarks>
 public sealed partial class CudaPagedKvCache : DeviceKvCache
@@ -36,17 +39,19 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <param name="config">The model the cache is for.</param>
     /// <param name="options">Formats and block geometry (keys per channel over a block, values per token in channel groups).</param>
     /// <param name="capacity">Most positions the cache accepts.</param>
-    /// <param name="poolBytes">Device bytes for encoded blocks; default: every head full in the cache's formats.</param>
+    /// <param name="poolBytes">Device bytes for encoded blocks; default: every head of every sequence full in the cache's formats.</param>
+    /// <param name="batch">Sequences (1..8), each with its own heads and length, decoded together.</param>
     /// <exception cref="KvSharpException">The model shape or the options are not what the device kernels support (VidKV formats among them).</exception>
-    public CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, long? poolBytes = null)
-        : this(device, config, options, capacity, TableBlocks(options, capacity), poolBytes, null)
+    public CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, long? poolBytes = null, int batch = 1)
+        : this(device, config, options, capacity, TableBlocks(options, capacity), poolBytes, null, batch)
     {
         var host = EmptyTables();
         UploadTables(host.Desc, host.Blocks, host.Tokens, ReservedUnits);
     }
 
-    private CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, int maxBlocks, long? poolBytes, long? poolUnits)
-        : base(device, Validated(config, options), capacity, batch: 1)
+    private CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, int maxBlocks, long? poolBytes, long? poolUnits,
+        int batch)
+        : base(device, Validated(config, options), capacity, batch)
     {
         int hd = config.HeadDim;
         _group = config.NumHeads / config.NumKvHeads;
@@ -56,7 +61,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         ValueLayout = values;
         _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.TensorCores
             : keys.Format.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
-        HeadCount = config.NumLayers * config.NumKvHeads;
+        HeadCount = config.NumLayers * batch * config.NumKvHeads;
         MaxBlocks = maxBlocks;
         _residualUnits = Units(BlockTokens * hd * sizeof(float));
         long units = poolUnits ?? (poolBytes is { } b ? b / 16 : ReservedUnits + (long)HeadCount * (maxBlocks - 1) * (Units(keys.ByteSize) + Units(values.ByteSize)));
@@ -141,8 +146,11 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <summary>Channels per quantization group of value blocks.</summary>
     internal int ValueGroup => ValueLayout.Format.IsQuantized() ? ValueLayout.GroupSize : Math.Min(Options.ValueChannelGroup, Config.HeadDim);
 
-    /// <summary>Layers × KV heads.</summary>
+    /// <summary>Layers × sequences × KV heads.</summary>
     internal int HeadCount { get; }
+
+    /// <summary>Index of (layer, sequence, KV head) in the tables and in per-head lists ([layer, sequence, KV head]).</summary>
+    public int HeadIndex(int layer, int sequence, int kvHead) => (layer * Batch + sequence) * Config.NumKvHeads + kvHead;
 
     /// <summary>Descriptors per head's table.</summary>
     internal int MaxBlocks { get; }
@@ -176,7 +184,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         }
     }
 
-    /// <summary>Stored tokens of every head, [layer · kvHeads + head] (reads them back from the device).</summary>
+    /// <summary>Stored tokens of every head, indexed by <see cref="HeadIndex"/> ([layer · kvHeads + head] at batch 1; reads them back from the device).</summary>
     public int[] HeadLengths()
     {
         var tokens = new int[HeadCount];
@@ -190,34 +198,55 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// </summary>
     /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels (VidKV options, whose
     /// appends the device does not encode; VidKV blocks of more than one setting).</exception>
-    public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null)
+    public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null) =>
+        Upload(device, config, [source], capacity, poolBytes);
+
+    /// <summary>
+    /// A device cache of <paramref name="sources"/>.Count sequences, sequence i a copy of <paramref name="sources"/>[i] (each
+    /// pressed on its own: its own lengths per head and block formats), room for up to <paramref name="capacity"/> positions each.
+    /// </summary>
+    /// <exception cref="KvSharpException">A cache does not fit the model, the capacity, the others' formats and block geometry or
+    /// the device's kernels (VidKV options; VidKV blocks of more than one setting), or there are not 1..8 of them.</exception>
+    public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, IReadOnlyList<PagedKvCache> sources, int capacity, long? poolBytes = null)
     {
-        ArgumentNullException.ThrowIfNull(source);
-        if (source.Layers != config.NumLayers || source.KvHeads != config.NumKvHeads || source.KeyLayout.HeadDim != config.HeadDim)
-            throw new KvSharpException($"the paged KV cache ({source.Layers} layers, {source.KvHeads} KV heads, head dimension {source.KeyLayout.HeadDim}) does not fit the model");
-        if (capacity < source.Length) throw new KvSharpException($"capacity {capacity} is below the {source.Length} tokens of the cache");
-        var options = source.Options;
-        int t = options.BlockTokens, hd = config.HeadDim, heads = config.NumLayers * config.NumKvHeads;
-        var stores = new HeadStore[heads];
+        ArgumentNullException.ThrowIfNull(sources);
+        if (sources.Count < 1 || sources.Count > CudaKernels.MaxGemvRows)
+            throw new KvSharpException($"a CUDA paged KV cache holds 1..{CudaKernels.MaxGemvRows} sequences, not {sources.Count}");
+        var options = sources[0].Options;
+        foreach (var source in sources)
+        {
+            ArgumentNullException.ThrowIfNull(source);
+            if (source.Layers != config.NumLayers || source.KvHeads != config.NumKvHeads || source.KeyLayout.HeadDim != config.HeadDim)
+                throw new KvSharpException($"the paged KV cache ({source.Layers} layers, {source.KvHeads} KV heads, head dimension {source.KeyLayout.HeadDim}) does not fit the model");
+            if (capacity < source.Length) throw new KvSharpException($"capacity {capacity} is below the {source.Length} tokens of the cache");
+            var o = source.Options;
+            if (o.KeyFormat != options.KeyFormat || o.ValueFormat != options.ValueFormat || o.BlockTokens != options.BlockTokens || o.ValueChannelGroup != options.ValueChannelGroup)
+                throw new KvSharpException($"the paged KV caches of one batch need the same formats and block geometry ({o.KeyFormat}/{o.ValueFormat}, {o.BlockTokens} tokens, groups of {o.ValueChannelGroup} differ from {options.KeyFormat}/{options.ValueFormat}, {options.BlockTokens}, {options.ValueChannelGroup})");
+        }
+        int t = options.BlockTokens, hd = config.HeadDim, batch = sources.Count, perSequence = config.NumLayers * config.NumKvHeads;
+        var stores = new HeadStore[perSequence * batch];
         int longest = 1;
         long used = 0;
-        for (int h = 0; h < heads; h++)
-        {
-            var s = stores[h] = source.ReadStore(h / config.NumKvHeads, h % config.NumKvHeads);
-            longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
-            foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
-            used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
-        }
-        int growth = (capacity - source.Length + t - 1) / t;
+        for (int l = 0; l < config.NumLayers; l++)
+            for (int q = 0; q < batch; q++)
+                for (int g = 0; g < config.NumKvHeads; g++)
+                {
+                    var s = stores[(l * batch + q) * config.NumKvHeads + g] = sources[q].ReadStore(l, g);
+                    longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
+                    foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
+                    used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
+                }
+        int growth = (capacity - sources.Min(x => x.Length) + t - 1) / t;
         int maxBlocks = longest + growth;
         var probe = BlockLayout.ForKeys(options.KeyFormat, hd, t);
-        long room = (long)heads * growth * (Units(probe.ByteSize) + Units(BlockLayout.ForValues(options.ValueFormat, hd, t, options.ValueChannelGroup).ByteSize));
-        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, poolBytes, poolBytes == null ? heads * 2L * Units(t * hd * 4) + used + room : null);
+        long room = (long)stores.Length * growth * (Units(probe.ByteSize) + Units(BlockLayout.ForValues(options.ValueFormat, hd, t, options.ValueChannelGroup).ByteSize));
+        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, poolBytes,
+            poolBytes == null ? stores.Length * 2L * Units(t * hd * 4) + used + room : null, batch);
         try
         {
             cache.AdoptVidKv(stores);
             cache.CopyFrom(stores);
-            cache.Length = source.Length;
+            for (int q = 0; q < batch; q++) cache.SetLength(q, sources[q].Length);
             cache.Resync();
             return cache;
         }
@@ -229,16 +258,16 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     }
 
     /// <summary>
-    /// A cache of <paramref name="length"/> positions whose heads hold <paramref name="storedTokens"/>[layer · kvHeads + head]
-    /// tokens of random K/V in the formats of <paramref name="options"/> (full blocks, the rest in the residual): decode
-    /// benchmarks of compressed caches at long contexts without a prefill (attention reads the same bytes whatever the values).
-    /// With <paramref name="vidKv"/>, every full block is a copy of its VidKV block pair instead (appends still encode in the
-    /// formats of <paramref name="options"/>).
+    /// A cache of <paramref name="batch"/> sequences of <paramref name="length"/> positions whose heads hold
+    /// <paramref name="storedTokens"/>[<see cref="HeadIndex"/>] tokens of random K/V in the formats of <paramref name="options"/>
+    /// (full blocks, the rest in the residual): decode benchmarks of compressed caches at long contexts without a prefill
+    /// (attention reads the same bytes whatever the values). With <paramref name="vidKv"/>, every full block is a copy of
+    /// its VidKV block pair instead (appends still encode in the formats of <paramref name="options"/>).
     /// </summary>
     internal static CudaPagedKvCache Synthesize(CudaDevice device, CudaKernels kernels, ModelConfig config, PagedKvCacheOptions options,
-        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed, VidKvTemplate? vidKv = null)
+        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed, int batch = 1, VidKvTemplate? vidKv = null)
     {
-        int t = options.BlockTokens, heads = config.NumLayers * config.NumKvHeads;
+        int t = options.BlockTokens, heads = config.NumLayers * batch * config.NumKvHeads;
         if (storedTokens.Count != heads) throw new ArgumentException($"{storedTokens.Count} head lengths for {heads} heads", nameof(storedTokens));
         if (storedTokens.Any(n => n < 0 || n > length)) throw new ArgumentException($"head lengths must be in 0..{length}", nameof(storedTokens));
         int growth = (capacity - length + t - 1) / t + 1;
@@ -247,7 +276,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         int ku = Math.Max(Units(keys.ByteSize), Units(options.Layouts(config.HeadDim).Keys.ByteSize));
         int vu = Math.Max(Units(values.ByteSize), Units(options.Layouts(config.HeadDim).Values.ByteSize));
         long units = heads * 2L * Units(t * config.HeadDim * 4) + storedTokens.Sum(n => (long)(n / t + growth)) * (ku + vu);
-        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, null, units);
+        var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, null, units, batch);
         try
         {
             var (desc, blocks, tokens) = cache.EmptyTables();
@@ -278,7 +307,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 cache.EnableVidKv();
             }
             cache.UploadTables(desc, blocks, tokens, top);
-            cache.Length = length;
+            cache.SetAllLengths(length);
             cache.Resync();
             return cache;
         }
@@ -290,7 +319,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     }
 
     /// <summary>
-    /// Drops the stored tokens flagged in <paramref name="drop"/>[layer · kvHeads + head] (one flag per stored token of that
+    /// Drops the stored tokens flagged in <paramref name="drop"/>[<see cref="HeadIndex"/>] (one flag per stored token of that
     /// head, in the device's storage order: an uploaded cache's blocks in the CPU store's block order, then its tail, then
     /// appended tokens; the CPU cache's masks follow ascending position instead, which differs once re-quantization has
     /// regrouped tokens), on the device: blocks without a dropped token are kept as they are, the kept tokens of each run of
@@ -300,15 +329,37 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     public void Evict(IReadOnlyList<bool[]> drop)
     {
         ArgumentNullException.ThrowIfNull(drop);
-        if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         if (drop.Count != HeadCount) throw new ArgumentException($"{drop.Count} masks for {HeadCount} heads", nameof(drop));
+        Evict(Enumerable.Range(0, HeadCount).ToArray(), drop);
+    }
+
+    /// <summary>
+    /// <see cref="Evict(IReadOnlyList{bool[]})"/> of one sequence: <paramref name="drop"/>[layer · kvHeads + head] flags that
+    /// sequence's stored tokens; the other sequences keep all of theirs (their blocks move in the compacted pool).
+    /// </summary>
+    /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
+    /// <exception cref="KvSharpException">The sequence is outside the batch.</exception>
+    public void Evict(int sequence, IReadOnlyList<bool[]> drop)
+    {
+        ArgumentNullException.ThrowIfNull(drop);
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {Batch}");
+        int kvHeads = Config.NumKvHeads;
+        if (drop.Count != Config.NumLayers * kvHeads) throw new ArgumentException($"{drop.Count} masks for {Config.NumLayers * kvHeads} heads of a sequence", nameof(drop));
+        Evict(Enumerable.Range(0, drop.Count).Select(i => HeadIndex(i / kvHeads, sequence, i % kvHeads)).ToArray(), drop);
+    }
+
+    /// <summary>Evicts by <paramref name="drop"/>[i] in head <paramref name="heads"/>[i]; heads not listed keep every token.</summary>
+    private void Evict(int[] heads, IReadOnlyList<bool[]> drop)
+    {
+        if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens;
         var flags = new byte[(long)HeadCount * maxTokens];
-        for (int h = 0; h < HeadCount; h++)
+        for (int i = 0; i < heads.Length; i++)
         {
-            if (drop[h].Length != lengths[h]) throw new ArgumentException($"head {h}'s mask has {drop[h].Length} flags but the head stores {lengths[h]} tokens", nameof(drop));
-            for (int i = 0; i < lengths[h]; i++) flags[(long)h * maxTokens + i] = drop[h][i] ? (byte)1 : (byte)0;
+            int h = heads[i];
+            if (drop[i].Length != lengths[h]) throw new ArgumentException($"head {h}'s mask has {drop[i].Length} flags but the head stores {lengths[h]} tokens", nameof(drop));
+            for (int j = 0; j < lengths[h]; j++) flags[(long)h * maxTokens + j] = drop[i][j] ? (byte)1 : (byte)0;
         }
         using var deviceFlags = Device.Allocate(flags.Length);
         deviceFlags.Upload<byte>(flags);
@@ -316,7 +367,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     }
 
     /// <summary>
-    /// <see cref="Evict"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
+    /// <see cref="Evict(IReadOnlyList{bool[]})"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
     /// (what a device-side scorer writes). The pool keeps its address, so captured decode graphs stay valid.
     /// </summary>
     internal void EvictOnDevice(DeviceBuffer flags)
@@ -339,9 +390,9 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     }
 
     /// <summary>A head's blocks as stored on the device, residual last (tests compare them with the CPU codec).</summary>
-    internal IReadOnlyList<DeviceBlock> ReadHead(int layer, int kvHead)
+    internal IReadOnlyList<DeviceBlock> ReadHead(int layer, int kvHead, int sequence = 0)
     {
-        int h = layer * Config.NumKvHeads + kvHead;
+        int h = HeadIndex(layer, sequence, kvHead);
         var (desc, blocks, _) = DownloadTables();
         var result = new List<DeviceBlock>();
         for (int b = 0; b < blocks[h]; b++)
@@ -375,12 +426,14 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
         var c = Config;
-        var (desc, blocks, tokens) = LayerTables(a.Layer);
+        // A batch step's rows are the sequences: the kernels offset sequence 0's tables by row; else the rows are one sequence's.
+        int sequence = a.Batch ? 0 : a.Sequence;
+        var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
         CoverStoredTokens(a);
-        _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
-            a.Position, a.Interleaved, a.Eps);
+        _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+            a.Position, a.Interleaved, a.Eps, a.Batch);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, VidKvTables);
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables);
         EnqueueStatistics(a);
     }
 
@@ -390,18 +443,18 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <summary>Device address of the block pool.</summary>
     internal ulong PoolPointer => _pool.Pointer;
 
-    /// <summary>Device addresses of one layer's descriptor table, head block counts and head token counts.</summary>
-    internal (ulong Desc, ulong Blocks, ulong Tokens) LayerTables(int layer)
+    /// <summary>Device addresses of one layer's descriptor table, head block counts and head token counts for <paramref name="sequence"/> (then the later sequences').</summary>
+    internal (ulong Desc, ulong Blocks, ulong Tokens) LayerTables(int layer, int sequence = 0)
     {
-        long head0 = (long)layer * Config.NumKvHeads;
+        long head0 = HeadIndex(layer, sequence, 0);
         return (_desc.Pointer + (ulong)(head0 * MaxBlocks * DescriptorBytes), _headBlocks.Pointer + (ulong)(head0 * sizeof(int)),
             _headTokens.Pointer + (ulong)(head0 * sizeof(int)));
     }
 
-    /// <summary>Where one layer's appended tokens go.</summary>
-    internal CudaPagedKernels.AppendTarget AppendTarget(int layer)
+    /// <summary>Where one layer's appended tokens of <paramref name="sequence"/> go (with a batch append, every sequence's from there).</summary>
+    internal CudaPagedKernels.AppendTarget AppendTarget(int layer, int sequence = 0)
     {
-        var (desc, blocks, tokens) = LayerTables(layer);
+        var (desc, blocks, tokens) = LayerTables(layer, sequence);
         return new CudaPagedKernels.AppendTarget(_pool.Pointer, desc, blocks, tokens, _state.Pointer, _state.Pointer + 4, PoolUnits,
             MaxBlocks, BlockTokens, ValueGroup, (int)KeyLayout.Format, (int)ValueLayout.Format);
     }
@@ -518,16 +571,17 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     }
 
     /// <summary>
-    /// Takes the longest head's block count and a layer's mean block count over its KV heads as the base of attention plans
-    /// (after an upload or an eviction).
+    /// Takes the longest head's block count, the mean over (layer, sequence) of its KV heads' summed block count and the
+    /// shortest sequence (whose growth bounds every sequence's) as the base of attention plans (after an upload or an eviction).
     /// </summary>
     private void Resync()
     {
         var blocks = new int[HeadCount];
         _headBlocks.Download<int>(blocks);
         _blocksAtSync = blocks.Max();
-        _layerBlocksAtSync = (blocks.Sum(b => (long)b) + Config.NumLayers - 1) / Config.NumLayers;
-        _lengthAtSync = Length;
+        long tables = (long)Config.NumLayers * Batch;
+        _layerBlocksAtSync = (blocks.Sum(b => (long)b) + tables - 1) / tables;
+        _lengthAtSync = Enumerable.Range(0, Batch).Min(LengthOf);
     }
 
     private uint ResidualKeys(int head) => (uint)(head * 2 * _residualUnits);

@@ -125,9 +125,12 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
     public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
 
-    /// <summary>An empty compressed device cache for up to <paramref name="capacity"/> tokens in the formats of <paramref name="options"/>.</summary>
-    public CudaPagedKvCache CreatePagedCache(PagedKvCacheOptions options, int capacity, long? poolBytes = null) =>
-        new(_device, Config, options, capacity, poolBytes);
+    /// <summary>
+    /// An empty compressed device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/>
+    /// sequences in the formats of <paramref name="options"/>.
+    /// </summary>
+    public CudaPagedKvCache CreatePagedCache(PagedKvCacheOptions options, int capacity, long? poolBytes = null, int batch = 1) =>
+        new(_device, Config, options, capacity, poolBytes, batch);
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.LengthOf(sequence).. of sequence <paramref name="sequence"/> and

@@ -105,13 +105,15 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Attention of query rows q [rows, heads, hd] over one layer's heads (tables pre-offset to the layer): row t sees all
-    /// but the last rows-1-t stored tokens of each head. partOut/partMl/counters as <see cref="CudaKernels.Attention"/>.
-    /// <paramref name="kernel"/> picks the kernel (see <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's
-    /// VidKV parameters (<see cref="VidKvTables"/>; default: none, for a cache without VidKV blocks).
+    /// but the last rows-1-t stored tokens of each head; with <paramref name="batch"/>, row t is sequence t, reading the
+    /// kvHeads heads at t · kvHeads in the tables (laid out [sequence, KV head]) with all their tokens.
+    /// partOut/partMl/counters as <see cref="CudaKernels.Attention"/>. <paramref name="kernel"/> picks the kernel (see
+    /// <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's VidKV parameters (<see cref="VidKvTables"/>;
+    /// default: none, for a cache without VidKV blocks).
     /// </summary>
     public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
-        PagedAttentionKernel kernel, VidKvTables vid = default)
+        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
@@ -129,12 +131,13 @@ internal sealed partial class CudaPagedKernels
             function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                vid.Basis, Arg.Int(vid.Outliers), Arg.Int(vid.Salient));
+                Arg.Int(batch ? 1 : 0), vid.Basis, Arg.Int(vid.Outliers), Arg.Int(vid.Salient));
             return;
         }
         function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
             q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
-            Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)));
+            Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
+            Arg.Int(batch ? 1 : 0));
     }
 
     /// <summary>Where appended tokens go: one layer's tables, the pool and its allocator, the cache's geometry and formats.</summary>
@@ -143,14 +146,16 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// RoPE of the fused QKV rows (optional q/k RMSNorm) at positions *position..: queries to <paramref name="qOut"/>, keys and
-    /// values appended to one layer's heads (a residual that fills is encoded in the cache's formats).
+    /// values appended to one layer's heads (a residual that fills is encoded in the cache's formats). With
+    /// <paramref name="batch"/>, row t is sequence t's one new token at position position[t], appended to the kvHeads heads
+    /// at t · kvHeads in the tables.
     /// </summary>
     public void RopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, in AppendTarget a,
-        int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps) =>
-        _cache["paged_rope_append"].Launch(rows * heads + kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
+        int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false) =>
+        _cache["paged_rope_append"].Launch(rows * heads + (batch ? rows : 1) * kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
-            Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat));
+            Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
 
     /// <summary>Eviction of <paramref name="heads"/> heads by drop flags [heads, maxTokens] into <paramref name="newPool"/> (see paged_evict).</summary>
     public void Evict(ulong oldPool, ulong newPool, ulong desc, ulong headBlocks, ulong headTokens, ulong flags, ulong staging, ulong top, ulong error,

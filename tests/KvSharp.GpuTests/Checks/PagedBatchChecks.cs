@@ -1,0 +1,332 @@
+using static KvSharp.GpuTests.Checks.DeviceData;
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compression;
+using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Presses;
+using KvSharp.Compression.Scorers;
+using KvSharp.Compute.Cpu;
+using KvSharp.Compute.Cuda.Model;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Formats;
+using KvSharp.Models;
+using KvSharp.Models.Loading;
+
+namespace KvSharp.GpuTests.Checks;
+
+/// <summary>
+/// The device paged KV cache holding several sequences (<see cref="CudaPagedKvCache"/> with a batch): one attention launch
+/// over every sequence's heads against float64 attention per sequence, a per-sequence eviction that leaves the other
+/// sequences' blocks alone, greedy decode of 8 sequences in one graph step equal to each sequence decoded alone, and
+/// SnapKV on the device pressing one sequence of a batch as the CPU press does. The sequences differ in length, per-head
+/// lengths and block formats.
+/// </summary>
+public static class PagedBatchChecks
+{
+    private static CudaDevice Dev => CudaDevice.Shared;
+
+    /// <summary>
+    /// Batch attention (row s = sequence s) over 3 and 8 sequences of unequal lengths, each head evicted to its own length,
+    /// mixed-format sequences (F16 blocks with tokens re-quantized to INT2/INT4, FP8/ternary, binary/INT8, BF16/F32) beside
+    /// plain F16 ones, and a quantized batch: every kernel that reads the shape, the planned split and few blocks per split,
+    /// against float64 attention of each sequence's query row over its CPU cache's decoded rows. Then one sequence is evicted
+    /// on the device: the other sequences' blocks are byte for byte what they were, the evicted one holds the kept count,
+    /// and batch attention matches float64 attention over the blocks read back.
+    /// </summary>
+    public static string Attention()
+    {
+        double worst = 0;
+        int launches = 0;
+        foreach (var (heads, kvHeads, hd) in new[] { (16, 4, 128), (8, 8, 64), (16, 2, 128), (8, 4, 64) })
+            foreach (var (batch, quantized) in new[] { (3, (KvFormat?)KvFormat.Int2), (8, (KvFormat?)null) })
+            {
+                var rnd = new RandomData();
+                var c = PagedChecks.Shape(heads, kvHeads, hd);
+                var lengths = Enumerable.Range(0, batch).Select(_ => 60 + rnd.Next(250)).ToArray();
+                // Without a quantized format: mixed sequences (null) beside plain F16 ones, which share the F16 options.
+                var cpus = lengths.Select((n, s) => PagedChecks.CpuCache(c, quantized ?? (s % 2 == 0 ? null : KvFormat.F16), n, rnd, evict: true)).ToList();
+                try
+                {
+                    using var gpu = CudaPagedKvCache.Upload(Dev, c, cpus, lengths.Max() + 8);
+                    const int layer = 1;
+                    string what = $"batch {batch} H{heads}/KV{kvHeads} hd{hd} {quantized?.ToString() ?? "mixed"} lengths {string.Join(",", lengths)} (seed {rnd.Seed})";
+                    var q = rnd.Floats(batch * heads * hd, 2f);
+                    var expected = PerSequence(c, q, batch, s => g => PagedChecks.StorageRows(cpus[s], layer, g, hd));
+                    foreach (var kernel in PagedChecks.Kernels(gpu))
+                    {
+                        gpu.AttentionKernel = kernel;
+                        worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expected, lengths.Max(), $"{what} {kernel}", ref launches));
+                    }
+
+                    // Evict sequence 1 alone; the others must not change.
+                    const int evicted = 1;
+                    var before = Enumerable.Range(0, batch).Where(s => s != evicted)
+                        .SelectMany(s => Enumerable.Range(0, c.NumLayers * kvHeads).Select(i => (s, i, Blocks: gpu.ReadHead(i / kvHeads, i % kvHeads, s)))).ToList();
+                    var stored = gpu.HeadLengths();
+                    var drop = Enumerable.Range(0, c.NumLayers * kvHeads)
+                        .Select(i => Enumerable.Range(0, stored[gpu.HeadIndex(i / kvHeads, evicted, i % kvHeads)]).Select(_ => rnd.Next(10) < 4).ToArray()).ToArray();
+                    gpu.Evict(evicted, drop);
+                    var after = gpu.HeadLengths();
+                    for (int i = 0; i < drop.Length; i++)
+                    {
+                        int kept = drop[i].Count(d => !d), h = gpu.HeadIndex(i / kvHeads, evicted, i % kvHeads);
+                        if (after[h] != kept) throw new CheckFailedException($"{what}: evicted head {i} holds {after[h]} tokens, expected {kept}");
+                    }
+                    foreach (var (s, i, blocks) in before)
+                        SameBlocks($"{what}: sequence {s} head {i} after evicting sequence {evicted}", blocks, gpu.ReadHead(i / kvHeads, i % kvHeads, s), hd);
+                    var expectedAfter = PerSequence(c, q, batch, s => g =>
+                    {
+                        var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), hd);
+                        return (k, v);
+                    });
+                    worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expectedAfter, lengths.Max(), $"{what} after evicting sequence {evicted}", ref launches));
+                }
+                finally
+                {
+                    foreach (var cpu in cpus) cpu.Dispose();
+                }
+            }
+        return $"{launches} batch launches (3 and 8 sequences of unequal lengths, mixed and INT2 formats, groups 1/2/4/8, hd 64/128, every kernel, two splits), one sequence evicted alone; worst rel err {worst:E2}";
+    }
+
+    /// <summary>Float64 attention of each sequence's query row (row s of q) over that sequence's heads.</summary>
+    private static double[] PerSequence(ModelConfig c, float[] q, int batch, Func<int, Func<int, (float[] K, float[] V)>> headRows)
+    {
+        int row = c.NumHeads * c.HeadDim;
+        var expected = new double[batch * row];
+        for (int s = 0; s < batch; s++)
+            PagedChecks.Reference(headRows(s), c, q.AsSpan(s * row, row).ToArray(), 1).CopyTo(expected, s * row);
+        return expected;
+    }
+
+    /// <summary>
+    /// One batch launch per plan (the planned one and few blocks per split), twice each (the counters are left at zero),
+    /// into NaN-poisoned outputs, against <paramref name="expected"/>; returns the worst relative error.
+    /// </summary>
+    private static double CheckBatchAttention(CudaPagedKvCache gpu, int layer, float[] q, double[] expected, int visible, string what, ref int launches)
+    {
+        var c = gpu.Config;
+        int heads = c.NumHeads, kvHeads = c.NumKvHeads, hd = c.HeadDim, rows = gpu.Batch;
+        var (desc, blocks, tokens) = gpu.LayerTables(layer);
+        var kernel = gpu.AttentionKernel;
+        int few = 1;
+        while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
+        var plans = new[]
+        {
+            gpu.PlanAttention(null!, visible, rows),
+            new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, kernel)),
+        };
+        using var dq = Upload(q);
+        double worst = 0;
+        foreach (var plan in plans)
+        {
+            using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
+            using var pml = Poisoned((long)rows * heads * plan.Splits * 8);
+            using var counters = Dev.Allocate(rows * kvHeads * 4L);
+            counters.Fill32(0);
+            for (int launch = 0; launch < 2; launch++)
+            {
+                using var dout = Poisoned((long)rows * heads * hd * 4);
+                gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, batch: true);
+                var got = Result(dout, rows * heads * hd);
+                Compare.Relative($"{what} splits{plan.Splits}", got, expected, 1e-4);
+                worst = Math.Max(worst, Compare.RelativeError(got, expected));
+                launches++;
+            }
+        }
+        return worst;
+    }
+
+    /// <summary>Two reads of a head: the same blocks (layouts, counts, starts, bytes; the residual's stored rows).</summary>
+    private static void SameBlocks(string what, IReadOnlyList<CudaPagedKvCache.DeviceBlock> expected, IReadOnlyList<CudaPagedKvCache.DeviceBlock> got, int hd)
+    {
+        if (got.Count != expected.Count) throw new CheckFailedException($"{what}: {got.Count} blocks, expected {expected.Count}");
+        for (int b = 0; b < got.Count; b++)
+        {
+            var (e, d) = (expected[b], got[b]);
+            if (d.KeyLayout != e.KeyLayout || d.ValueLayout != e.ValueLayout || d.Count != e.Count || d.Start != e.Start)
+                throw new CheckFailedException($"{what}: block {b} is {d.KeyLayout}/{d.ValueLayout} x{d.Count} at {d.Start}, expected {e.KeyLayout}/{e.ValueLayout} x{e.Count} at {e.Start}");
+            int bytes = b == got.Count - 1 ? d.Count * hd * sizeof(float) : d.Keys.Length; // the residual: its stored rows
+            if (!d.Keys.AsSpan(0, bytes).SequenceEqual(e.Keys.AsSpan(0, bytes)) || !d.Values.AsSpan(0, b == got.Count - 1 ? bytes : d.Values.Length)
+                    .SequenceEqual(e.Values.AsSpan(0, b == got.Count - 1 ? bytes : e.Values.Length)))
+                throw new CheckFailedException($"{what}: block {b}'s bytes changed");
+        }
+    }
+
+    /// <summary>
+    /// Greedy decode of 8 sequences in one captured graph step over the paged cache against each sequence decoded alone
+    /// (batch-1 cache, its own graph): the same tokens. Two ways in: prompts of different lengths prefilled into an empty
+    /// INT4 cache (appends encoded on the device as each sequence's residual fills, at different steps), and CPU caches
+    /// pressed differently per sequence (tokens re-quantized to INT2/INT4 or FP8/INT8, a random share of each head evicted)
+    /// uploaded as one batch. Head dimension 64 (CUDA-core kernels) and 128 (tensor cores).
+    /// </summary>
+    public static string Decode()
+    {
+        var report = new List<string>();
+        foreach (int hd in new[] { 64, 128 })
+        {
+            var rnd = new RandomData();
+            var config = PagedChecks.Shape(8, 2, hd) with { NumLayers = 2, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+            using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+            using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+            var prompts = new[] { 5, 40, 17, 63, 3, 31, 50, 12 }.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
+            const int steps = 40;
+            int batch = prompts.Length, capacity = prompts.Max(p => p.Length) + steps + 1;
+
+            var int4 = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int4, MaxTokens = capacity };
+            var alone = prompts.Select(p =>
+            {
+                using var cache = gpu.CreatePagedCache(int4, capacity);
+                return gpu.GenerateGreedy(p, steps, cache).ToArray();
+            }).ToArray();
+            int[][] together;
+            using (var cache = gpu.CreatePagedCache(int4, capacity, batch: batch))
+                together = gpu.GenerateGreedyBatch(prompts, steps, cache);
+            string kernel = hd == 128 ? "tensor cores" : "wide";
+            Same($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed);
+
+            // Pressed on the CPU, each sequence its own way, then uploaded together.
+            var cpu = new Transformer(weights);
+            var f16 = new PagedKvCacheOptions { MaxTokens = capacity };
+            var cpus = new List<PagedKvCache>();
+            try
+            {
+                for (int s = 0; s < batch; s++)
+                {
+                    var cache = new PagedKvCache(config, f16);
+                    cpus.Add(cache);
+                    cpu.Forward(prompts[s], cache);
+                    var (kf, vf) = s % 2 == 0 ? (KvFormat.Int2, KvFormat.Int4) : (KvFormat.Fp8E4M3, KvFormat.Int8);
+                    for (int l = 0; l < config.NumLayers; l++)
+                        for (int g = 0; g < config.NumKvHeads; g++)
+                        {
+                            int n = cache.Positions(l, g).Count;
+                            cache.Requantize(l, g, Enumerable.Range(0, n).Select(_ => rnd.Next(3) == 0).ToArray(), kf, vf);
+                            int share = rnd.Next(50);
+                            n = cache.Positions(l, g).Count;
+                            cache.Evict(l, g, Enumerable.Range(0, n).Select(i => i < n - 1 && rnd.Next(100) < share).ToArray());
+                        }
+                }
+                var next = Enumerable.Range(0, batch).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+                var aloneUploaded = Enumerable.Range(0, batch).Select(s =>
+                {
+                    using var cache = CudaPagedKvCache.Upload(Dev, config, cpus[s], capacity);
+                    return DecodeUploaded(gpu, cache, [next[s]], steps)[0];
+                }).ToArray();
+                int[][] togetherUploaded;
+                using (var cache = CudaPagedKvCache.Upload(Dev, config, cpus, capacity))
+                    togetherUploaded = DecodeUploaded(gpu, cache, next, steps);
+                Same($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")})", aloneUploaded, togetherUploaded, rnd.Seed);
+            }
+            finally
+            {
+                foreach (var c in cpus) c.Dispose();
+            }
+            report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched, prefilled INT4 and pressed mixed uploads (seed {rnd.Seed})");
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// SnapKV on the device for one sequence of a batch of 3 (prompts of different lengths, float32 and INT4 caches): the
+    /// observation window of sequence 1 runs through the GPU model with statistics on, and
+    /// <see cref="CudaPagedKvCache.SnapKvEvict(int, int, string, IReadOnlyList{int}, int)"/> keeps of its heads exactly the
+    /// tokens the CPU press (SnapKV scorer, uniform budget) keeps, while the other sequences' blocks stay byte for byte;
+    /// then 8 greedy graph steps of all 3 sequences give each the tokens it gets alone (sequence 1 pressed the same way in
+    /// a batch-1 cache).
+    /// </summary>
+    public static string SnapKvOneSequence()
+    {
+        var report = new List<string>();
+        var rnd = new RandomData();
+        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+        var model = new Transformer(weights);
+        const int pressed = 1, steps = 8;
+        int perSequence = config.NumLayers * config.NumKvHeads, kvHeads = config.NumKvHeads;
+        foreach (var (format, window, keepRatio, protect) in new[] { (KvFormat.F32, 8, 0.5, 0), (KvFormat.Int4, 16, 0.3, 4) })
+        {
+            var lengths = Enumerable.Range(0, 3).Select(_ => 100 + rnd.Next(120)).ToArray();
+            int capacity = lengths.Max() + steps + 8, length = lengths[pressed];
+            var tokens = lengths.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
+            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
+            var cpus = new List<PagedKvCache>();
+            try
+            {
+                for (int s = 0; s < 3; s++)
+                {
+                    cpus.Add(new PagedKvCache(config, options));
+                    model.Forward(tokens[s], cpus[s]);
+                }
+                // The pressed sequence starts from its prefilled cache rewound to the window (as the CPU press re-runs it).
+                using var rewound = cpus[pressed].Fork();
+                rewound.Truncate(length - window);
+                var press = new ScoredPress(new SnapKvScorer(window, kernel: 7, pool: "avg"), new UniformBudget(KeepTarget.Ratio(keepRatio)));
+                var masks = press.Select(new PressContext(model, cpus[pressed], tokens[pressed]) { ProtectedPrefix = protect });
+                var keep = Enumerable.Range(0, perSequence).Select(_ => KeepTarget.Ratio(keepRatio).ForHead(length - protect, perSequence)).ToArray();
+                string what = $"snapkv {format} sequence {pressed} of 3 (lengths {string.Join(",", lengths)}, seed {rnd.Seed})";
+
+                using var batch = CudaPagedKvCache.Upload(Dev, config, [cpus[0], rewound, cpus[2]], capacity);
+                batch.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
+                gpu.Forward(tokens[pressed].AsSpan(length - window), batch, sequence: pressed);
+                var others = new[] { 0, 2 }.SelectMany(s => Enumerable.Range(0, perSequence).Select(i => (s, i, Blocks: batch.ReadHead(i / kvHeads, i % kvHeads, s)))).ToList();
+                var drops = batch.SnapKvEvict(pressed, 7, "avg", keep, protect);
+                var stored = batch.HeadLengths();
+                for (int i = 0; i < perSequence; i++)
+                {
+                    var cpuKept = Enumerable.Range(0, length).Where(p => masks[i][p]).ToArray();
+                    var gpuKept = Enumerable.Range(0, length).Where(p => !drops[i][p]).ToArray(); // a fresh cache: storage index = position
+                    int h = batch.HeadIndex(i / kvHeads, pressed, i % kvHeads);
+                    if (!cpuKept.SequenceEqual(gpuKept) || stored[h] != cpuKept.Length)
+                        throw new CheckFailedException($"{what}: head {i} keeps {gpuKept.Length} tokens on the device ({stored[h]} stored), {cpuKept.Length} on the CPU");
+                }
+                foreach (var (s, i, blocks) in others)
+                    SameBlocks($"{what}: sequence {s} head {i}", blocks, batch.ReadHead(i / kvHeads, i % kvHeads, s), config.HeadDim);
+
+                // Decode after the press: all three together against each alone.
+                var next = Enumerable.Range(0, 3).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+                var alone = Enumerable.Range(0, 3).Select(s =>
+                {
+                    using var one = CudaPagedKvCache.Upload(Dev, config, s == pressed ? rewound : cpus[s], capacity);
+                    if (s == pressed)
+                    {
+                        one.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
+                        gpu.Forward(tokens[pressed].AsSpan(length - window), one);
+                        one.SnapKvEvict(7, "avg", keep, protect);
+                    }
+                    return DecodeUploaded(gpu, one, [next[s]], steps)[0];
+                }).ToArray();
+                Same($"{what}: decode after the press", alone, DecodeUploaded(gpu, batch, next, steps), rnd.Seed);
+                report.Add($"{format} window {window} keep {keepRatio}: {masks.Sum(m => m.Count(k => k))} of {perSequence * length} tokens kept as the CPU press, the others untouched, {steps} decode steps as alone");
+            }
+            finally
+            {
+                foreach (var c in cpus) c.Dispose();
+            }
+        }
+        return string.Join("; ", report) + $" (seed {rnd.Seed})";
+    }
+
+    /// <summary>Graph decode of <paramref name="steps"/> tokens from <paramref name="next"/> (one per sequence); the tokens each produced.</summary>
+    private static int[][] DecodeUploaded(CudaTransformer gpu, CudaPagedKvCache cache, int[] next, int steps)
+    {
+        var starts = Enumerable.Range(0, cache.Batch).Select(cache.LengthOf).ToArray();
+        gpu.BeginDecode(cache, next);
+        gpu.EnqueueDecodeSteps(cache, steps);
+        Dev.Synchronize();
+        cache.CheckDeviceState();
+        var history = new int[cache.Batch * cache.Capacity];
+        cache.History.Download<int>(history);
+        return Enumerable.Range(0, cache.Batch).Select(s => history.AsSpan(s * cache.Capacity + starts[s], steps).ToArray()).ToArray();
+    }
+
+    private static void Same(string what, int[][] alone, int[][] together, int seed)
+    {
+        for (int s = 0; s < alone.Length; s++)
+            if (!alone[s].SequenceEqual(together[s]))
+                throw new CheckFailedException($"{what}: sequence {s} decoded in the batch gave [{string.Join(",", together[s])}], alone [{string.Join(",", alone[s])}] (seed {seed})");
+    }
+}
