@@ -31,8 +31,10 @@ case "${1:-}" in
     exit $status
     ;;
   paged)
-    # Decode over compressed device caches (KVzip 0.3, KIVI-2, FP8, KVzip 0.3 + INT4) vs the float16 cache, e.g.
+    # Decode over compressed device caches (KVzip 0.3, KIVI-2, FP8, KVzip 0.3 + INT4, VidKV) vs the float16 cache, e.g.
     # scripts/gpu-tests.sh paged --contexts 4096,32768,131072 --steps 32
+    # (--batch 1,8: the same caches at batch 1 and with 8 sequences decoded together, docs/benchmarks.md;
+    #  --only "F16 dense|VidKV": only the caches whose names contain one of the parts)
     shift
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
     .gpu/app/KvSharp.GpuTests bench-paged "$@"

@@ -6,7 +6,8 @@ using KvSharp.GpuTests.Checks;
 //   KvSharp.GpuTests selftest [--stories PATH] [--only NAME-PART]
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
-//   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32] [--only NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
+//                                [--only NAME-PART|NAME-PART]   (compressed device caches)
 string command = args.Length > 0 ? args[0] : "selftest";
 string Option(string name, string fallback)
 {
@@ -60,7 +61,7 @@ switch (command)
             var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();
             var batches = Option("--batch", "1").Split(',').Select(int.Parse).ToArray();
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Option("--only", ""), Console.Out);
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
             return 0;
         }
     default:

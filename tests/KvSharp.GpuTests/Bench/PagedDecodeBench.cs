@@ -11,9 +11,9 @@ namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
 /// Greedy decode of a dummy-weight model (bfloat16 matrices) over the dense float16 cache and over compressed device paged
-/// caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4; each with the cache's default
-/// attention kernel and, in a batch-1-only run, for some the pipelined kernel), at batch 1 and with several sequences decoded
-/// together (each its own per-head lengths), against the roofline (weight bytes + KV bytes read per step) / measured
+/// caches (KVzip keep 0.3 with per-head lengths, KIVI-2, KIVI-4, INT8, FP8, KVzip 0.3 + INT4, VidKV at batch 1; each with the cache's default
+/// attention kernel and, in a batch-1-only run, for some the pipelined kernel), at batch 1 and with several sequences decoded together
+/// (each its own per-head lengths), against the roofline (weight bytes + KV bytes read per step) / measured
 /// device-to-device copy bandwidth. Every cache is synthesized with random K/V at its per-head lengths instead of a
 /// prefill and a press (decode reads the same bytes whatever the values); KVzip's per-head lengths are drawn uniformly in
 /// [0.1, 0.5] of the context and scaled to average exactly 0.3. A cache the device cannot hold is reported, not timed.
@@ -21,7 +21,11 @@ namespace KvSharp.GpuTests.Bench;
 public static class PagedDecodeBench
 {
     /// <summary>A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default).</summary>
-    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null);
+    /// <summary>
+    /// A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default);
+    /// with <paramref name="VidKv"/> (outlier share, salient tokens) its blocks are VidKV ones and appends encode in the format.
+    /// </summary>
+    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null);
 
     private static readonly Variant[] Variants =
     [
@@ -38,6 +42,7 @@ public static class PagedDecodeBench
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.Pipelined),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined),
+        new("VidKV (K: 0.5 outlier channels INT2 + 1-bit DFT signs; V: ternary + 2 salient INT4 rows)", KvFormat.F16, 1.0, null, (0.5, 2)),
     ];
 
     /// <summary>Several sequences together: the default kernels of the caches issue 7 asks for.</summary>
@@ -53,10 +58,10 @@ public static class PagedDecodeBench
     ];
 
     /// <summary>
-    /// Times every variant whose name or kernel contains <paramref name="only"/> (all for "", the dense baseline always) at
-    /// every context and batch size and writes the log and a result table to <paramref name="log"/>.
+    /// Times every variant whose name or kernel contains one of the '|'-separated parts of <paramref name="only"/> (all when
+    /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>.
     /// </summary>
-    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, string only, TextWriter log)
+    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "")
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
@@ -82,7 +87,7 @@ public static class PagedDecodeBench
                 // What the dense float16 cache reads per step, measured or not (it may not fit): every sequence's K and V.
                 long denseKv = (long)batch * context * 2 * config.NumLayers * config.NumKvHeads * config.HeadDim * 2;
                 foreach (var v in (batches.Count == 1 && batch == 1 ? Variants : BatchVariants)
-                    .Where(v => v.Format == null || $"{v.Name} {v.Kernel}".Contains(only, StringComparison.Ordinal)))
+                    .Where(v => only.Split('|').Any(o => $"{v.Name} {v.Kernel}".Contains(o, StringComparison.Ordinal))))
                 {
                     const int repeats = 3;
                     int capacity = context + (repeats + 1) * steps + 8;
@@ -164,7 +169,10 @@ public static class PagedDecodeBench
         double scale = v.Keep >= 1 ? 1.0 : v.Keep * heads / weights.Sum();
         var lengths = weights.Select(w => (int)Math.Min(context, Math.Round(context * w * scale))).ToArray();
         var options = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, MaxTokens = capacity };
-        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context, batch);
+        var vidKv = v.VidKv is { } p
+            ? CudaPagedKvCache.VidKvTemplate.Random(config.HeadDim, options.BlockTokens, (int)Math.Round(p.Outliers * config.HeadDim), p.Salient, context)
+            : null;
+        var cache = CudaPagedKvCache.Synthesize(gpu.Device, gpu.Kernels, config, options, lengths, context, capacity, seed: (uint)context, batch, vidKv);
         if (v.Kernel is { } kernel) cache.AttentionKernel = kernel;
         return cache;
     }

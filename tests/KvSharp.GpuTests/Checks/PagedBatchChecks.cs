@@ -1,6 +1,11 @@
 using static KvSharp.GpuTests.Checks.DeviceData;
+using KvSharp.Cache;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
+using KvSharp.Compression;
+using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Presses;
+using KvSharp.Compression.Scorers;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
@@ -13,8 +18,9 @@ namespace KvSharp.GpuTests.Checks;
 /// <summary>
 /// The device paged KV cache holding several sequences (<see cref="CudaPagedKvCache"/> with a batch): one attention launch
 /// over every sequence's heads against float64 attention per sequence, a per-sequence eviction that leaves the other
-/// sequences' blocks alone, and greedy decode of 8 sequences in one graph step equal to each sequence decoded alone.
-/// The sequences differ in length, per-head lengths and block formats.
+/// sequences' blocks alone, greedy decode of 8 sequences in one graph step equal to each sequence decoded alone, and
+/// SnapKV on the device pressing one sequence of a batch as the CPU press does. The sequences differ in length, per-head
+/// lengths and block formats.
 /// </summary>
 public static class PagedBatchChecks
 {
@@ -221,6 +227,87 @@ public static class PagedBatchChecks
             report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched, prefilled INT4 and pressed mixed uploads (seed {rnd.Seed})");
         }
         return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// SnapKV on the device for one sequence of a batch of 3 (prompts of different lengths, float32 and INT4 caches): the
+    /// observation window of sequence 1 runs through the GPU model with statistics on, and
+    /// <see cref="CudaPagedKvCache.SnapKvEvict(int, int, string, IReadOnlyList{int}, int)"/> keeps of its heads exactly the
+    /// tokens the CPU press (SnapKV scorer, uniform budget) keeps, while the other sequences' blocks stay byte for byte;
+    /// then 8 greedy graph steps of all 3 sequences give each the tokens it gets alone (sequence 1 pressed the same way in
+    /// a batch-1 cache).
+    /// </summary>
+    public static string SnapKvOneSequence()
+    {
+        var report = new List<string>();
+        var rnd = new RandomData();
+        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+        var model = new Transformer(weights);
+        const int pressed = 1, steps = 8;
+        int perSequence = config.NumLayers * config.NumKvHeads, kvHeads = config.NumKvHeads;
+        foreach (var (format, window, keepRatio, protect) in new[] { (KvFormat.F32, 8, 0.5, 0), (KvFormat.Int4, 16, 0.3, 4) })
+        {
+            var lengths = Enumerable.Range(0, 3).Select(_ => 100 + rnd.Next(120)).ToArray();
+            int capacity = lengths.Max() + steps + 8, length = lengths[pressed];
+            var tokens = lengths.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
+            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
+            var cpus = new List<PagedKvCache>();
+            try
+            {
+                for (int s = 0; s < 3; s++)
+                {
+                    cpus.Add(new PagedKvCache(config, options));
+                    model.Forward(tokens[s], cpus[s]);
+                }
+                // The pressed sequence starts from its prefilled cache rewound to the window (as the CPU press re-runs it).
+                using var rewound = cpus[pressed].Fork();
+                rewound.Truncate(length - window);
+                var press = new ScoredPress(new SnapKvScorer(window, kernel: 7, pool: "avg"), new UniformBudget(KeepTarget.Ratio(keepRatio)));
+                var masks = press.Select(new PressContext(model, cpus[pressed], tokens[pressed]) { ProtectedPrefix = protect });
+                var keep = Enumerable.Range(0, perSequence).Select(_ => KeepTarget.Ratio(keepRatio).ForHead(length - protect, perSequence)).ToArray();
+                string what = $"snapkv {format} sequence {pressed} of 3 (lengths {string.Join(",", lengths)}, seed {rnd.Seed})";
+
+                using var batch = CudaPagedKvCache.Upload(Dev, config, [cpus[0], rewound, cpus[2]], capacity);
+                batch.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
+                gpu.Forward(tokens[pressed].AsSpan(length - window), batch, sequence: pressed);
+                var others = new[] { 0, 2 }.SelectMany(s => Enumerable.Range(0, perSequence).Select(i => (s, i, Blocks: batch.ReadHead(i / kvHeads, i % kvHeads, s)))).ToList();
+                var drops = batch.SnapKvEvict(pressed, 7, "avg", keep, protect);
+                var stored = batch.HeadLengths();
+                for (int i = 0; i < perSequence; i++)
+                {
+                    var cpuKept = Enumerable.Range(0, length).Where(p => masks[i][p]).ToArray();
+                    var gpuKept = Enumerable.Range(0, length).Where(p => !drops[i][p]).ToArray(); // a fresh cache: storage index = position
+                    int h = batch.HeadIndex(i / kvHeads, pressed, i % kvHeads);
+                    if (!cpuKept.SequenceEqual(gpuKept) || stored[h] != cpuKept.Length)
+                        throw new CheckFailedException($"{what}: head {i} keeps {gpuKept.Length} tokens on the device ({stored[h]} stored), {cpuKept.Length} on the CPU");
+                }
+                foreach (var (s, i, blocks) in others)
+                    SameBlocks($"{what}: sequence {s} head {i}", blocks, batch.ReadHead(i / kvHeads, i % kvHeads, s), config.HeadDim);
+
+                // Decode after the press: all three together against each alone.
+                var next = Enumerable.Range(0, 3).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+                var alone = Enumerable.Range(0, 3).Select(s =>
+                {
+                    using var one = CudaPagedKvCache.Upload(Dev, config, s == pressed ? rewound : cpus[s], capacity);
+                    if (s == pressed)
+                    {
+                        one.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
+                        gpu.Forward(tokens[pressed].AsSpan(length - window), one);
+                        one.SnapKvEvict(7, "avg", keep, protect);
+                    }
+                    return DecodeUploaded(gpu, one, [next[s]], steps)[0];
+                }).ToArray();
+                Same($"{what}: decode after the press", alone, DecodeUploaded(gpu, batch, next, steps), rnd.Seed);
+                report.Add($"{format} window {window} keep {keepRatio}: {masks.Sum(m => m.Count(k => k))} of {perSequence * length} tokens kept as the CPU press, the others untouched, {steps} decode steps as alone");
+            }
+            finally
+            {
+                foreach (var c in cpus) c.Dispose();
+            }
+        }
+        return string.Join("; ", report) + $" (seed {rnd.Seed})";
     }
 
     /// <summary>Graph decode of <paramref name="steps"/> tokens from <paramref name="next"/> (one per sequence); the tokens each produced.</summary>

@@ -15,14 +15,14 @@ namespace KvSharp.GpuTests.Checks;
 /// The device paged KV cache (<see cref="CudaPagedKvCache"/>) against independent references: its attention over every
 /// block format and over mixed-format heads of different lengths against float64 attention over the CPU codec's decoded
 /// K/V; its appends (device quantization) against the CPU cache's bytes; its evictions against the CPU cache's kept
-/// tokens; the transformer over it against the CPU engine; the refusal of VidKV formats, which the device does not
-/// decode yet. Fresh random inputs every run; outputs poisoned with NaN before each launch.
+/// tokens; the transformer over it against the CPU engine (VidKV blocks: <see cref="VidKvChecks"/>). Fresh random inputs
+/// every run; outputs poisoned with NaN before each launch.
 /// </summary>
 public static class PagedChecks
 {
     private static CudaDevice Dev => CudaDevice.Shared;
 
-    /// <summary>The block formats the device cache supports: all but VidKV's (refused, see <see cref="VidKvRefused"/>).</summary>
+    /// <summary>The block formats the device cache encodes: all but VidKV's (read after an upload, see <see cref="VidKvChecks"/>).</summary>
     private static readonly KvFormat[] Supported = [.. Enum.GetValues<KvFormat>().Where(f => !f.IsVidKv())];
 
     /// <summary>The formats checked one by one; null stands for a mixed-format cache.</summary>
@@ -42,8 +42,11 @@ public static class PagedChecks
 
     private static string Name(KvFormat? f) => f?.ToString() ?? "mixed";
 
-    /// <summary>The attention kernels that read <paramref name="cache"/>'s shape.</summary>
-    internal static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) =>
+    /// <summary>
+    /// The attention kernels that read <paramref name="cache"/>'s shape (a cache holding VidKV blocks: only the VidKV kernel;
+    /// the others: every kernel whose shape rule admits it, the VidKV one reading their formats element by element).
+    /// </summary>
+    internal static IEnumerable<PagedAttentionKernel> Kernels(CudaPagedKvCache cache) => cache.HoldsVidKv ? [PagedAttentionKernel.VidKv] :
         Enum.GetValues<PagedAttentionKernel>().Where(k => k switch
         {
             PagedAttentionKernel.TensorCores => CudaPagedKernels.SupportsTensorCores(cache.Config.NumHeads / cache.Config.NumKvHeads, cache.Config.HeadDim, cache.ValueGroup),
@@ -195,7 +198,7 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, vid: gpu.VidKvTables);
                                 var got = Result(dout, rows * heads * hd);
                                 string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
@@ -206,7 +209,7 @@ public static class PagedChecks
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, tensor cores and pipelined tensor cores at hd 128), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, VidKV's element path, tensor cores and pipelined tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -399,27 +402,8 @@ public static class PagedChecks
                 throw new CheckFailedException($"{what}: channel {d} is {got[d]}, expected {expected[d]} (tolerance {tolerance:G3})");
     }
 
-    /// <summary>
-    /// VidKV blocks, which the device kernels do not decode yet: the device cache refuses VidKV options and the upload of a
-    /// CPU cache holding VidKV blocks, with a <see cref="KvSharpException"/> that says so.
-    /// </summary>
-    public static string VidKvRefused()
-    {
-        var c = Shape(8, 2, 128);
-        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.VidKvKey, ValueFormat = KvFormat.VidKvValue, MaxTokens = 128 };
-        var refusals = new List<string> { Refusal("new cache with VidKV options", () => new CudaPagedKvCache(Dev, c, options, 128).Dispose()) };
-        var rnd = new RandomData();
-        using var cpu = new PagedKvCache(c, options);
-        int row = c.NumKvHeads * c.HeadDim;
-        for (int l = 0; l < c.NumLayers; l++) cpu.Append(l, rnd.Floats(80 * row, 2f), rnd.Floats(80 * row, 2f), 80);
-        if (!cpu.ReadStore(0, 0).Blocks.Any(e => e.KeyLayout.Format.IsVidKv()))
-            throw new CheckFailedException("the CPU cache in VidKV formats holds no VidKV block to upload");
-        refusals.Add(Refusal("upload of a cache holding VidKV blocks", () => CudaPagedKvCache.Upload(Dev, c, cpu, 128).Dispose()));
-        return string.Join("; ", refusals);
-    }
-
     /// <summary>Runs <paramref name="action"/>, which must throw a KvSharpException whose message says VidKV is not supported.</summary>
-    private static string Refusal(string what, Action action)
+    internal static string Refusal(string what, Action action)
     {
         try
         {

@@ -193,4 +193,58 @@ public static class PressChecks
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
     }
+
+    /// <summary>
+    /// H2O end to end on a Llama-shaped model with float32 weights, float32 and INT4 caches: the CPU press
+    /// (<c>ScoredPress(H2oScorer, UniformBudget)</c> over the prefilled cache, its chunks re-run through the CPU model) and the
+    /// device (the prefill run in the same chunks through the GPU model with the heavy-hitter observation, scores, top-k and
+    /// eviction on the device) keep the same tokens of every head.
+    /// </summary>
+    public static string H2oMatchesCpu()
+    {
+        var report = new List<string>();
+        var rnd = new RandomData();
+        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
+        var model = new Transformer(weights);
+        foreach (var (format, window, chunk, keepRatio, protect) in new[] { (KvFormat.F32, 8, 32, 0.5, 0), (KvFormat.Int4, 16, 64, 0.3, 4) })
+        {
+            int length = 150 + rnd.Next(100);
+            var tokens = Enumerable.Range(0, length).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = length + 8 };
+
+            using var cpuCache = new PagedKvCache(config, options);
+            model.Forward(tokens, cpuCache);
+            var context = new PressContext(model, cpuCache, tokens) { ProtectedPrefix = protect };
+            var masks = new ScoredPress(new H2oScorer(window, chunk), new UniformBudget(KeepTarget.Ratio(keepRatio))).Select(context);
+
+            using var cache = gpu.CreatePagedCache(options, length + 8);
+            gpu.Forward(tokens.AsSpan(0, chunk), cache);
+            cache.BeginHeavyHitters();
+            for (int start = chunk; start < length; start += chunk) gpu.Forward(tokens.AsSpan(start, Math.Min(chunk, length - start)), cache);
+            var keep = Enumerable.Range(0, config.NumLayers * config.NumKvHeads)
+                .Select(h => KeepTarget.Ratio(keepRatio).ForHead(length - protect, config.NumLayers * config.NumKvHeads)).ToArray();
+            var drops = cache.H2oEvict(window, keep, protect);
+            var lengths = cache.HeadLengths();
+            int heads = 0, kept = 0;
+            for (int l = 0; l < config.NumLayers; l++)
+                for (int g = 0; g < config.NumKvHeads; g++)
+                {
+                    int h = l * config.NumKvHeads + g;
+                    var cpuKept = Enumerable.Range(0, length).Where(p => masks[h][p]).ToArray();
+                    var gpuKept = Enumerable.Range(0, length).Where(p => !drops[h][p]).ToArray(); // a fresh cache: storage index = position
+                    if (!cpuKept.SequenceEqual(gpuKept) || lengths[h] != cpuKept.Length)
+                    {
+                        var onlyCpu = cpuKept.Except(gpuKept).Take(8);
+                        var onlyGpu = gpuKept.Except(cpuKept).Take(8);
+                        throw new CheckFailedException($"h2o {format} layer {l} head {g}: the device keeps {gpuKept.Length} tokens ({lengths[h]} stored), the CPU {cpuKept.Length}; only CPU [{string.Join(",", onlyCpu)}], only device [{string.Join(",", onlyGpu)}] (seed {rnd.Seed})");
+                    }
+                    heads++;
+                    kept += cpuKept.Length;
+                }
+            report.Add($"h2o {format} window {window} chunk {chunk} keep {keepRatio} protect {protect}: {heads} heads, the same {kept} of {heads * length} tokens kept");
+        }
+        return string.Join("; ", report) + $" (seed {rnd.Seed})";
+    }
 }

@@ -13,4 +13,5 @@ public class CudaPressTests
     [CudaFact] public void DeviceStatisticsMatchTheCpus() => PressChecks.StatisticsMatchCpu();
     [CudaFact] public void DeviceRequantizationMatchesTheCpuBlocks() => PressChecks.RequantizeMatchesCpu();
     [CudaFact] public void SnapKvOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.SnapKvMatchesCpu();
+    [CudaFact] public void H2oOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.H2oMatchesCpu();
 }

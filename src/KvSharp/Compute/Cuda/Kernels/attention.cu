@@ -186,54 +186,8 @@ __device__ __forceinline__ void attention(
         chunk_attention<G>(q, kc, vc, part_out, part_ml, qs, ov, sc, first, heads, hd, capacity, t, kvh, j0, j1, chunk, splits, scale);
     }
 
-    // The last block of this (row, kv head) merges the chunks: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-    __shared__ int is_last;
-    __threadfence(); // this block's partial results are visible before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == splits - 1;
-        if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    // Chunk weights e^(m_s - M) / L per head into the score area (the planner keeps splits <= chunk), one warp per head...
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int g = warp; g < G; g += warps)
-    {
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float m = neg_inf();
-        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int s = lane; s < splits; s += 32)
-        {
-            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float w = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
-            sc[g * chunk + s] = w;
-            l += ls * w;
-        }
-        l = warp_sum(l);
-        const float inv = 1.0f / l;
-        for (int s = lane; s < splits; s += 32) sc[g * chunk + s] *= inv;
-    }
-    __syncthreads();
-    // ...then every output element as independent, coalesced loads of the chunks' partial outputs.
-    for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
-    {
-        const int g = i / hd, d = i % hd;
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
-        float acc = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; s++)
-        {
-            const float w = sc[g * chunk + s];
-            if (w != 0.0f) acc += __ldcg(part_out + (base + s) * hd + d) * w;
-        }
-        out[((long)t * heads + (long)kvh * G) * hd + i] = acc;
-    }
+    // Chunk weights go to the score area (the planner keeps splits <= chunk).
+    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, hd, heads, kv_heads, splits, t, kvh);
 }
 
 #define ATTN(G) \
@@ -292,7 +246,6 @@ __device__ __forceinline__ void attention_stream(
     __shared__ float sm_m[STREAM_WARPS][G], sm_l[STREAM_WARPS][G];
     __shared__ float4 sm_acc4[STREAM_WARPS * G * HD / 4];
     __shared__ float wts[G][STREAM_MAX_SPLITS];
-    __shared__ int is_last;
     float* sm_acc = reinterpret_cast<float*>(sm_acc4);
 
     // Everything up to the first K/V loads only reads what earlier decode steps wrote (the positions, the cache below
@@ -442,53 +395,8 @@ __device__ __forceinline__ void attention_stream(
     }
     if (splits == 1) return;
 
-    // The last block of this (row, kv head) to finish merges the chunks.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == splits - 1;
-        if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (int g = warp; g < G; g += STREAM_WARPS)
-    {
-        const long base = (head0 + g) * splits;
-        float mm = neg_inf();
-        for (int s = lane; s < splits; s += 32) mm = fmaxf(mm, __ldcg(part_ml + (base + s) * 2));
-        mm = warp_max(mm);
-        float ll = 0.0f;
-        for (int s = lane; s < splits; s += 32)
-        {
-            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float w = ls == 0.0f ? 0.0f : exp2f(__ldcg(part_ml + (base + s) * 2) - mm);
-            wts[g][s] = w;
-            ll += ls * w;
-        }
-        ll = warp_sum(ll);
-        const float inv = 1.0f / ll;
-        for (int s = lane; s < splits; s += 32) wts[g][s] *= inv;
-    }
-    __syncthreads();
-    // Each thread sums 4 dimensions of one head over the chunks: 16-byte loads, many in flight (every chunk's
-    // partial output was written, empty ones as zeros, so no load is skipped).
-    for (int i = threadIdx.x; i < G * HD / 4; i += blockDim.x)
-    {
-        const int g = i / (HD / 4), d4 = i % (HD / 4);
-        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * HD) + d4;
-        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 16
-        for (int s = 0; s < splits; s++)
-        {
-            const float w = wts[g][s];
-            const float4 v = __ldcg(po + (long)s * (HD / 4));
-            o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w;
-        }
-        reinterpret_cast<float4*>(out + (head0 + g) * HD)[d4] = o;
-    }
+    // The last block of this (row, kv head) to finish merges the chunks (scores in log2 units).
+    merge_splits<true>(part_out, part_ml, counters, out, &wts[0][0], STREAM_MAX_SPLITS, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
 #define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \

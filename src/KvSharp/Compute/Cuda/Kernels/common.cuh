@@ -113,9 +113,11 @@ __device__ __forceinline__ void pdl_trigger()
 
 // End of a split-K (flash-decoding) attention launch: block (split, kv head, row t) has written its chunk's unnormalized
 // outputs part_out [row, head, split, hd] and (max, sum) part_ml; the last block of a (row, kv head) to finish (an atomic
-// counter it resets for the next launch) merges the G heads' chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s.
-// `weights` is shared scratch of at least G·wstride floats (wstride >= splits). A head without any visible token
-// (every l_s = 0) outputs zeros. Every thread of the block must call it.
+// counter it resets for the next launch) merges the G heads' chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s
+// (2^(m_s - M) when LOG2: the streaming kernels keep their scores in log2 units). `weights` is shared scratch of at least
+// G·wstride floats (wstride >= splits). A chunk with l_s = 0 (nothing visible; its part_out may be unwritten) gets weight 0
+// and its loaded output is not added; a head without any visible token outputs zeros. Every thread of the block must call it.
+template <bool LOG2 = false>
 __device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
     float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh)
 {
@@ -132,10 +134,11 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
     if (!is_last) return;
     __threadfence();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
     // Chunk weights e^(m_s - M) / L per head, one warp per head...
     for (int g = warp; g < G; g += warps)
     {
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        const long base = (head0 + g) * splits;
         float m = neg_inf();
         for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
         m = warp_max(m);
@@ -143,7 +146,8 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         for (int s = lane; s < splits; s += 32)
         {
             const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float w = ls == 0.0f ? 0.0f : expf(__ldcg(part_ml + (base + s) * 2) - m);
+            const float d = __ldcg(part_ml + (base + s) * 2) - m;
+            const float w = ls == 0.0f ? 0.0f : LOG2 ? exp2f(d) : expf(d);
             weights[g * wstride + s] = w;
             l += ls * w;
         }
@@ -152,18 +156,39 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         for (int s = lane; s < splits; s += 32) weights[g * wstride + s] *= inv;
     }
     __syncthreads();
-    // ...then every output element as independent, coalesced loads of the chunks' partial outputs.
+    // ...then every output element over the chunks' partial outputs: 16-byte loads where the head dimension allows, all
+    // issued unconditionally (every chunk's slot is allocated) so many are in flight; an empty chunk's value is not added.
+    if ((hd & 3) == 0)
+    {
+        const int h4 = hd / 4;
+        for (int i = threadIdx.x; i < G * h4; i += blockDim.x)
+        {
+            const int g = i / h4, d4 = i % h4;
+            const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * hd) + d4;
+            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+            for (int s = 0; s < splits; s++)
+            {
+                const float w = weights[g * wstride + s];
+                const float4 v = __ldcg(po + (long)s * h4);
+                if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+            }
+            reinterpret_cast<float4*>(out + (head0 + g) * hd)[d4] = o;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
     {
         const int g = i / hd, d = i % hd;
-        const long base = ((long)t * heads + (long)kvh * G + g) * splits;
+        const long base = (head0 + g) * splits;
         float acc = 0.0f;
 #pragma unroll 8
         for (int s = 0; s < splits; s++)
         {
             const float w = weights[g * wstride + s];
-            if (w != 0.0f) acc += __ldcg(part_out + (base + s) * hd + d) * w;
+            const float v = __ldcg(part_out + (base + s) * hd + d);
+            if (w != 0.0f) acc += v * w;
         }
-        out[((long)t * heads + (long)kvh * G) * hd + i] = acc;
+        out[head0 * hd + i] = acc;
     }
 }

@@ -130,30 +130,6 @@ __device__ void encode_block(const float* rows, int n, int f, bool keys, int tok
     __syncthreads();
 }
 
-// Element (t, c) of a block as BlockCodec.Decode computes it (float32 operations, no contraction).
-__device__ __forceinline__ float decode_element(const u8* b, int f, bool keys, int t, int c, int tokens, int hd, int vg)
-{
-    const int e = t * hd + c;
-    switch (f)
-    {
-    case KV_F32: return reinterpret_cast<const float*>(b)[e];
-    case KV_F16: return f16_to_f32(reinterpret_cast<const u16*>(b)[e]);
-    case KV_BF16: return bf16_to_f32(reinterpret_cast<const u16*>(b)[e]);
-    case KV_FP8: return fp8_to_f32(b[e]);
-    default: break;
-    }
-    const int bits = kv_bits(f), groups = group_count(f, keys, tokens, hd, vg);
-    const int bit = e * bits;
-    const int q = (b[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
-    const int g = keys ? c : t * (hd / vg) + c / vg;
-    const u16* scales = reinterpret_cast<const u16*>(b + code_bytes(f, tokens, hd));
-    const float scale = f16_to_f32(scales[g]);
-    if (f == KV_TERNARY) return __fmul_rn((float)(q - 1), scale);
-    const float m = f16_to_f32(scales[groups + g]);
-    if (f == KV_BINARY) return q == 1 ? __fadd_rn(m, scale) : __fsub_rn(m, scale);
-    return __fadd_rn(m, __fmul_rn((float)q, scale));
-}
-
 // Pool slots of 16 bytes: one thread reserves `units` at the pool's top; -1 when the pool is full.
 __device__ __forceinline__ long reserve_units(unsigned* top, unsigned units, unsigned capacity, int* error)
 {
@@ -171,6 +147,83 @@ __device__ __forceinline__ void copy_block(const u8* src, u8* dst, int bytes)
         reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
 }
 
+// ---- Block pairs and rows, as eviction and re-quantization rewrite a head (every function: every thread of the block). ----
+
+// A key + value slot pair for blocks of kb and vb bytes at the pool's top, the same for every thread; -1 when the pool is
+// full (error flag set).
+__device__ long reserve_pair(unsigned* top, int kb, int vb, unsigned capacity, int* error)
+{
+    __shared__ long slot;
+    if (threadIdx.x == 0) slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error);
+    __syncthreads();
+    const long at = slot;
+    __syncthreads(); // every thread has read it before the next call overwrites it
+    return at;
+}
+
+// Encodes the staged rows sk/sv [n, hd] as one block pair in (kf, vf) into fresh slots of `pool` and writes its descriptor
+// *d (first token `start`); false when the pool is full.
+__device__ bool encode_pair(const float* sk, const float* sv, int n, int kf, int vf, int tokens, int hd, int vg, u8* pool,
+    unsigned* top, unsigned capacity, int* error, uint4* d, int start)
+{
+    const int kb = block_bytes(kf, true, tokens, hd, vg), vb = block_bytes(vf, false, tokens, hd, vg);
+    const long at = reserve_pair(top, kb, vb, capacity, error);
+    if (at >= 0)
+    {
+        encode_block(sk, n, kf, true, tokens, hd, vg, pool + (size_t)at * 16);
+        encode_block(sv, n, vf, false, tokens, hd, vg, pool + (size_t)(at + units_of(kb)) * 16);
+        if (threadIdx.x == 0) *d = make_uint4((unsigned)at, (unsigned)(at + units_of(kb)), desc_meta(n, kf, vf), (unsigned)start);
+    }
+    __syncthreads();
+    return at >= 0;
+}
+
+// Copies block pair e as it is from old_pool into fresh slots of new_pool, its descriptor to *d (first token `start`);
+// false when the pool is full.
+__device__ bool copy_pair(const u8* old_pool, u8* new_pool, uint4 e, int tokens, int hd, int vg, unsigned* top, unsigned capacity,
+    int* error, uint4* d, int start)
+{
+    const int kb = block_bytes(desc_kfmt(e), true, tokens, hd, vg), vb = block_bytes(desc_vfmt(e), false, tokens, hd, vg);
+    const long at = reserve_pair(top, kb, vb, capacity, error);
+    if (at >= 0)
+    {
+        copy_block(old_pool + (size_t)e.x * 16, new_pool + (size_t)at * 16, units_of(kb) * 16);
+        copy_block(old_pool + (size_t)e.y * 16, new_pool + (size_t)(at + units_of(kb)) * 16, units_of(vb) * 16);
+        if (threadIdx.x == 0) *d = make_uint4((unsigned)at, (unsigned)(at + units_of(kb)), e.z, (unsigned)start);
+    }
+    __syncthreads();
+    return at >= 0;
+}
+
+// Decodes token t of block pair e (BlockCodec.Decode) into row `row` of the staging rows sk/sv.
+__device__ void stage_row(const u8* pool, uint4 e, int t, float* sk, float* sv, int row, int tokens, int hd, int vg)
+{
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        sk[(long)row * hd + c] = decode_element(pool + (size_t)e.x * 16, desc_kfmt(e), true, t, c, tokens, hd, vg);
+        sv[(long)row * hd + c] = decode_element(pool + (size_t)e.y * 16, desc_vfmt(e), false, t, c, tokens, hd, vg);
+    }
+    __syncthreads();
+}
+
+// The residual r's rows not flagged in skip[r.w ..] moved up within its slot, written to new_pool at the same offsets;
+// returns how many stay.
+__device__ int compact_residual(const u8* old_pool, u8* new_pool, uint4 r, const u8* skip, int hd)
+{
+    const float* ok = reinterpret_cast<const float*>(old_pool + (size_t)r.x * 16);
+    const float* ov = reinterpret_cast<const float*>(old_pool + (size_t)r.y * 16);
+    float* nk = reinterpret_cast<float*>(new_pool + (size_t)r.x * 16);
+    float* nv = reinterpret_cast<float*>(new_pool + (size_t)r.y * 16);
+    int kept = 0;
+    for (int t = 0; t < desc_count(r); t++)
+    {
+        if (skip[r.w + t]) continue;
+        for (int c = threadIdx.x; c < hd; c += blockDim.x) { nk[(long)kept * hd + c] = ok[(long)t * hd + c]; nv[(long)kept * hd + c] = ov[(long)t * hd + c]; }
+        kept++;
+    }
+    return kept;
+}
+
 // Appends rows [rows] of keys and values to the residual of head `head` (descriptors desc[head·max_blocks..]);
 // k_rows/v_rows(t) give row t. A residual that fills is encoded in (kf, vf) into fresh pool slots and a new,
 // empty residual follows it. Called by every thread of the block.
@@ -182,25 +235,19 @@ struct AppendTarget
 
 __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
 {
-    __shared__ long slot[1];
-    const int kb = block_bytes(a.kf, true, a.tokens, a.hd, a.vg), vb = block_bytes(a.vf, false, a.tokens, a.hd, a.vg);
     const int nb = a.head_blocks[head];
-    if (threadIdx.x == 0)
+    if (nb >= a.max_blocks)
     {
-        slot[0] = nb < a.max_blocks ? reserve_units(a.top, units_of(kb) + units_of(vb), a.capacity, a.error) : -1;
-        if (nb >= a.max_blocks) atomicExch(a.error, 2);
+        if (threadIdx.x == 0) atomicExch(a.error, 2);
+        return;
     }
-    __syncthreads();
-    const long at = slot[0];
-    if (at < 0) return; // reported through the error flag
+    uint4* d = a.desc + (long)head * a.max_blocks;
     const float* rk = reinterpret_cast<const float*>(a.pool + (size_t)r.x * 16);
     const float* rv = reinterpret_cast<const float*>(a.pool + (size_t)r.y * 16);
-    encode_block(rk, a.tokens, a.kf, true, a.tokens, a.hd, a.vg, a.pool + (size_t)at * 16);
-    encode_block(rv, a.tokens, a.vf, false, a.tokens, a.hd, a.vg, a.pool + (size_t)(at + units_of(kb)) * 16);
+    if (!encode_pair(rk, rv, a.tokens, a.kf, a.vf, a.tokens, a.hd, a.vg, a.pool, a.top, a.capacity, a.error, d + nb - 1, (int)r.w))
+        return; // reported through the error flag
     if (threadIdx.x == 0)
     {
-        uint4* d = a.desc + (long)head * a.max_blocks;
-        d[nb - 1] = make_uint4((unsigned)at, (unsigned)(at + units_of(kb)), desc_meta(a.tokens, a.kf, a.vf), r.w);
         d[nb] = make_uint4(r.x, r.y, desc_meta(0, KV_F32, KV_F32), r.w + (unsigned)a.tokens);
         a.head_blocks[head] = nb + 1;
     }
@@ -299,25 +346,13 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
     float* sk = staging + (long)head * 2 * tokens * hd;
     float* sv = sk + (long)tokens * hd;
     const int nb = head_blocks[head];
-    __shared__ long slot;
-    __shared__ int failed;
-    if (threadIdx.x == 0) failed = 0;
-    __syncthreads(); // every thread reads `failed` in the loop condition below
+    bool failed = false; // the same in every thread: reserve_pair gives them all the same slot
     int written = 0, start = 0, pending = 0, pkf = -1, pvf = -1;
 
     // Encodes the pending rows as one block pair of (pkf, pvf) and appends its descriptor.
     auto flush = [&]() {
         if (pending == 0) return;
-        const int kb = block_bytes(pkf, true, tokens, hd, vg), vb = block_bytes(pvf, false, tokens, hd, vg);
-        if (threadIdx.x == 0) { slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error); if (slot < 0) failed = 1; }
-        __syncthreads();
-        if (slot >= 0)
-        {
-            encode_block(sk, pending, pkf, true, tokens, hd, vg, new_pool + (size_t)slot * 16);
-            encode_block(sv, pending, pvf, false, tokens, hd, vg, new_pool + (size_t)(slot + units_of(kb)) * 16);
-            if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), desc_meta(pending, pkf, pvf), (unsigned)start);
-        }
-        __syncthreads();
+        if (!encode_pair(sk, sv, pending, pkf, pvf, tokens, hd, vg, new_pool, top, capacity, error, d + written, start)) failed = true;
         written++;
         start += pending;
         pending = 0;
@@ -333,16 +368,7 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
         if (!__syncthreads_or(any))
         {
             flush();
-            const int kb = block_bytes(kf, true, tokens, hd, vg), vb = block_bytes(vf, false, tokens, hd, vg);
-            if (threadIdx.x == 0) { slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error); if (slot < 0) failed = 1; }
-            __syncthreads();
-            if (slot >= 0)
-            {
-                copy_block(old_pool + (size_t)e.x * 16, new_pool + (size_t)slot * 16, units_of(kb) * 16);
-                copy_block(old_pool + (size_t)e.y * 16, new_pool + (size_t)(slot + units_of(kb)) * 16, units_of(vb) * 16);
-                if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), e.z, (unsigned)start);
-            }
-            __syncthreads();
+            if (!copy_pair(old_pool, new_pool, e, tokens, hd, vg, top, capacity, error, d + written, start)) failed = true;
             written++;
             start += cnt;
             continue;
@@ -351,12 +377,7 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
         {
             if (drop[e.w + t]) continue;
             if (kf != pkf || vf != pvf) { flush(); pkf = kf; pvf = vf; }
-            for (int c = threadIdx.x; c < hd; c += blockDim.x)
-            {
-                sk[(long)pending * hd + c] = decode_element(old_pool + (size_t)e.x * 16, kf, true, t, c, tokens, hd, vg);
-                sv[(long)pending * hd + c] = decode_element(old_pool + (size_t)e.y * 16, vf, false, t, c, tokens, hd, vg);
-            }
-            __syncthreads();
+            stage_row(old_pool, e, t, sk, sv, pending, tokens, hd, vg);
             pending++;
             if (pending == tokens) flush();
         }
@@ -365,18 +386,7 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
     // The residual: its kept rows move up within its slot, copied into the new pool at the same offsets.
     const uint4 r = d[nb - 1];
     __syncthreads();
-    const int rc = desc_count(r);
-    const float* ok = reinterpret_cast<const float*>(old_pool + (size_t)r.x * 16);
-    const float* ovv = reinterpret_cast<const float*>(old_pool + (size_t)r.y * 16);
-    float* nk = reinterpret_cast<float*>(new_pool + (size_t)r.x * 16);
-    float* nv = reinterpret_cast<float*>(new_pool + (size_t)r.y * 16);
-    int kept = 0;
-    for (int t = 0; t < rc; t++)
-    {
-        if (drop[r.w + t]) continue;
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) { nk[(long)kept * hd + c] = ok[(long)t * hd + c]; nv[(long)kept * hd + c] = ovv[(long)t * hd + c]; }
-        kept++;
-    }
+    const int kept = compact_residual(old_pool, new_pool, r, drop, hd);
     if (threadIdx.x == 0)
     {
         d[written] = make_uint4(r.x, r.y, desc_meta(kept, KV_F32, KV_F32), (unsigned)start);
@@ -552,6 +562,18 @@ extern "C" __global__ void press_pool_scores(const float* stats_sum, const int* 
     }
 }
 
+// H2O's scores from the summed statistics (H2oScorer): per head, the probability mass every counted query gave each
+// stored token (summed over the observed chunks), 0 for tokens no chunk covered, +inf for the newest `window` of the
+// head's n stored tokens (a fresh prefill: storage index = position). One block per head.
+extern "C" __global__ void press_h2o_scores(const float* stats_sum, const int* covered, const int* head_tokens, float* scores, int max_tokens, int window)
+{
+    const int head = blockIdx.x, n = head_tokens[head], cov = min(covered[head], n);
+    const float* src = stats_sum + (long)head * max_tokens;
+    float* dst = scores + (long)head * max_tokens;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        dst[i] = i >= n - window ? __int_as_float(0x7f800000) : i < cov ? src[i] : 0.0f;
+}
+
 // Per head (one block): keeps the keep[head] highest-scoring candidates (stored tokens from protect[head] on),
 // every +inf score and every protected token, as TopK.KeepMask orders them (higher score first, ties to the
 // later token): candidate i is kept when its key (ordered score bits, index) is at least the keep-th largest key,
@@ -621,7 +643,6 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
     const uint4 r = od[nb - 1];
     const int rc = desc_count(r);
     __shared__ int pairs[REQ_MAX_PAIRS], npairs;
-    __shared__ long slot;
     __shared__ int failed;
 
     // Classification and the format pairs in order of first appearance (one thread: a handful of blocks' flags).
@@ -676,30 +697,14 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
     // Encodes the pending rows as one block pair of `pair` and appends its descriptor.
     auto flush = [&](int pair) {
         if (pending == 0) return;
-        const int kf = pair & 15, vf = pair >> 4;
-        const int kb = block_bytes(kf, true, tokens, hd, vg), vb = block_bytes(vf, false, tokens, hd, vg);
-        if (threadIdx.x == 0) slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error);
-        __syncthreads();
-        if (slot >= 0)
-        {
-            encode_block(sk, pending, kf, true, tokens, hd, vg, new_pool + (size_t)slot * 16);
-            encode_block(sv, pending, vf, false, tokens, hd, vg, new_pool + (size_t)(slot + units_of(kb)) * 16);
-            if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), desc_meta(pending, kf, vf), (unsigned)start);
-        }
-        __syncthreads();
+        encode_pair(sk, sv, pending, pair & 15, pair >> 4, tokens, hd, vg, new_pool, top, capacity, error, d + written, start);
         written++;
         start += pending;
         pending = 0;
     };
     // Stages row t of a block pair (key block kp, value block vp in formats kf/vf) as the next pending row.
     auto stage = [&](const uint4& e, int t, int pair) {
-        const int kf = desc_kfmt(e), vf = desc_vfmt(e);
-        for (int x = threadIdx.x; x < hd; x += blockDim.x)
-        {
-            sk[(long)pending * hd + x] = decode_element(old_pool + (size_t)e.x * 16, kf, true, t, x, tokens, hd, vg);
-            sv[(long)pending * hd + x] = decode_element(old_pool + (size_t)e.y * 16, vf, false, t, x, tokens, hd, vg);
-        }
-        __syncthreads();
+        stage_row(old_pool, e, t, sk, sv, pending, tokens, hd, vg);
         pending++;
         if (pending == tokens) flush(pair);
     };
@@ -709,16 +714,7 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
     {
         if (c[b] != 0) continue;
         const uint4 e = od[b];
-        const int kb = block_bytes(desc_kfmt(e), true, tokens, hd, vg), vb = block_bytes(desc_vfmt(e), false, tokens, hd, vg);
-        if (threadIdx.x == 0) slot = reserve_units(top, units_of(kb) + units_of(vb), capacity, error);
-        __syncthreads();
-        if (slot >= 0)
-        {
-            copy_block(old_pool + (size_t)e.x * 16, new_pool + (size_t)slot * 16, units_of(kb) * 16);
-            copy_block(old_pool + (size_t)e.y * 16, new_pool + (size_t)(slot + units_of(kb)) * 16, units_of(vb) * 16);
-            if (threadIdx.x == 0) d[written] = make_uint4((unsigned)slot, (unsigned)(slot + units_of(kb)), e.z, (unsigned)start);
-        }
-        __syncthreads();
+        copy_pair(old_pool, new_pool, e, tokens, hd, vg, top, capacity, error, d + written, start);
         written++;
         start += desc_count(e);
     }
@@ -744,17 +740,7 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
         flush(pair);
     }
     // The residual keeps its slot and its unselected rows, moved up.
-    const float* ok = reinterpret_cast<const float*>(old_pool + (size_t)r.x * 16);
-    const float* ov = reinterpret_cast<const float*>(old_pool + (size_t)r.y * 16);
-    float* nk = reinterpret_cast<float*>(new_pool + (size_t)r.x * 16);
-    float* nv = reinterpret_cast<float*>(new_pool + (size_t)r.y * 16);
-    int kept = 0;
-    for (int t = 0; t < rc; t++)
-    {
-        if (sel[r.w + t]) continue;
-        for (int x = threadIdx.x; x < hd; x += blockDim.x) { nk[(long)kept * hd + x] = ok[(long)t * hd + x]; nv[(long)kept * hd + x] = ov[(long)t * hd + x]; }
-        kept++;
-    }
+    const int kept = compact_residual(old_pool, new_pool, r, sel, hd);
     if (threadIdx.x == 0)
     {
         d[written] = make_uint4(r.x, r.y, desc_meta(kept, KV_F32, KV_F32), (unsigned)start);

@@ -24,6 +24,8 @@ typedef unsigned char u8;
 #define KV_INT2 6
 #define KV_TERNARY 7
 #define KV_BINARY 8
+#define KV_VIDKV_KEY 9   // VidKV blocks: paged_vidkv.cuh
+#define KV_VIDKV_VALUE 10
 
 __device__ __forceinline__ constexpr int kv_bits(int f)
 {
@@ -113,6 +115,30 @@ __device__ __forceinline__ void group_affine(const u16* scales, const u16* mins,
     if constexpr (F == KV_TERNARY) { min = -s; step = s; }
     else if constexpr (F == KV_BINARY) { const float m = f16_to_f32(mins[g]); min = m - s; step = 2.0f * s; }
     else { min = f16_to_f32(mins[g]); step = s; }
+}
+
+// Element (t, c) of a block as BlockCodec.Decode computes it (float32 operations, no contraction).
+__device__ __forceinline__ float decode_element(const u8* b, int f, bool keys, int t, int c, int tokens, int hd, int vg)
+{
+    const int e = t * hd + c;
+    switch (f)
+    {
+    case KV_F32: return reinterpret_cast<const float*>(b)[e];
+    case KV_F16: return f16_to_f32(reinterpret_cast<const u16*>(b)[e]);
+    case KV_BF16: return bf16_to_f32(reinterpret_cast<const u16*>(b)[e]);
+    case KV_FP8: return fp8_to_f32(b[e]);
+    default: break;
+    }
+    const int bits = kv_bits(f), groups = group_count(f, keys, tokens, hd, vg);
+    const int bit = e * bits;
+    const int q = (b[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
+    const int g = keys ? c : t * (hd / vg) + c / vg;
+    const u16* scales = reinterpret_cast<const u16*>(b + code_bytes(f, tokens, hd));
+    const float scale = f16_to_f32(scales[g]);
+    if (f == KV_TERNARY) return __fmul_rn((float)(q - 1), scale);
+    const float m = f16_to_f32(scales[groups + g]);
+    if (f == KV_BINARY) return q == 1 ? __fadd_rn(m, scale) : __fsub_rn(m, scale);
+    return __fadd_rn(m, __fmul_rn((float)q, scale));
 }
 
 // ---- What the kernels share: the grid block's split, the split's block offsets, the chunk softmax, an empty chunk. ----

@@ -32,6 +32,7 @@ public sealed partial class CudaPagedKvCache
     {
         ArgumentNullException.ThrowIfNull(request);
         if (_statistics != null) throw new InvalidOperationException("attention statistics are already being collected: end the collection first");
+        RefuseVidKv("attention statistics");
         if (Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
             throw new KvSharpException($"attention statistics on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
         if (request.FirstQueryPosition < 0) throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
@@ -79,7 +80,8 @@ public sealed partial class CudaPagedKvCache
     /// along its stored tokens (odd <paramref name="kernel"/>, zero padding; "avg" divides by the kernel, "max"), the tokens
     /// stored after collection began (the window) score +∞, and each head keeps its <paramref name="keep"/>[head] best
     /// candidates (tokens from <paramref name="protectedPrefix"/> on; ties to the later token, as <c>TopK.KeepMask</c>),
-    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection.
+    /// every +∞ token and the protected prefix; the rest is evicted on the device. Ends the collection. Heads are indexed by
+    /// <see cref="HeadIndex"/> (see the per-sequence overload for a batch cache).
     /// Returns the drop flags per head in storage order (for bookkeeping; the decision was made on the device).
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
@@ -96,12 +98,23 @@ public sealed partial class CudaPagedKvCache
         if (protectedPrefix < 0) throw new KvSharpException($"snapkv: protected prefix {protectedPrefix} is negative");
         int maxTokens = MaxBlocks * BlockTokens;
         using var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
+        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
+        return SelectAndEvict(scores, keep, protectedPrefix);
+    }
+
+    /// <summary>
+    /// Per head, keeps the <paramref name="keep"/>[head] best-scoring candidates after the protected prefix (TopK.KeepMask's
+    /// order), every +∞ token and the prefix, evicts the rest on the device and ends the collection; returns the drop flags
+    /// per head in storage order.
+    /// </summary>
+    private bool[][] SelectAndEvict(DeviceBuffer scores, IReadOnlyList<int> keep, int protectedPrefix)
+    {
+        int maxTokens = MaxBlocks * BlockTokens;
         using var keepCounts = Device.Allocate(HeadCount * sizeof(int));
         using var protect = Device.Allocate(HeadCount * sizeof(int));
         using var drop = Device.Allocate((long)HeadCount * maxTokens);
         keepCounts.Upload<int>(keep.ToArray());
         protect.Upload<int>(Enumerable.Repeat(protectedPrefix, HeadCount).ToArray());
-        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
         _kernels.Select(scores.Pointer, _headTokens.Pointer, keepCounts.Pointer, protect.Pointer, drop.Pointer, HeadCount, maxTokens);
         var lengths = HeadLengths();
         var flags = new byte[(long)HeadCount * maxTokens];
@@ -109,6 +122,26 @@ public sealed partial class CudaPagedKvCache
         StopStatistics();
         EvictOnDevice(drop);
         return Enumerable.Range(0, HeadCount).Select(h => Enumerable.Range(0, lengths[h]).Select(i => flags[(long)h * maxTokens + i] != 0).ToArray()).ToArray();
+    }
+
+    /// <summary>
+    /// <see cref="SnapKvEvict(int, string, IReadOnlyList{int}, int)"/> of one sequence of the batch: the statistics come from
+    /// that sequence's observation window (a <see cref="CudaTransformer.Forward"/> call for it while collecting),
+    /// <paramref name="keep"/>[layer · kvHeads + head] counts its heads' kept candidates, and the other sequences keep every
+    /// token. Returns the drop flags of the sequence's heads (layer · kvHeads + head, storage order). Ends the collection.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
+    public bool[][] SnapKvEvict(int sequence, int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(keep);
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"snapkv: sequence {sequence} is outside the cache's batch of {Batch}");
+        int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
+        if (keep.Count != perSequence) throw new KvSharpException($"snapkv: {keep.Count} keep counts for the {perSequence} heads of a sequence");
+        var all = HeadLengths(); // the other sequences' heads keep all they store
+        for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
+        var drops = SnapKvEvict(kernel, pool, all, protectedPrefix);
+        return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
     }
 
     /// <summary>
@@ -128,7 +161,8 @@ public sealed partial class CudaPagedKvCache
     {
         ArgumentNullException.ThrowIfNull(select);
         if (_statistics != null) throw new InvalidOperationException("cannot re-quantize while attention statistics are being collected");
-        if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"the formats {keyFormat} / {valueFormat}"));
+        if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"re-quantization into {keyFormat} / {valueFormat}"));
+        RefuseVidKv("re-quantization");
         if (select.Count != HeadCount) throw new ArgumentException($"{select.Count} masks for {HeadCount} heads", nameof(select));
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens, hd = Config.HeadDim;
@@ -179,7 +213,11 @@ public sealed partial class CudaPagedKvCache
     private void EnqueueStatistics(in LayerAttention a)
     {
         if (_statistics is not { } request) return;
-        if (a.Batch) throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not by captured graph decode");
+        // A decode graph is captured once per cache and replayed: launches captured while collecting would keep writing the
+        // statistics buffers after the collection ends (they are freed), and a replayed step cannot decide on the host whether
+        // its row is counted. Presses observe through Forward calls (SnapKV's window, H2O's prefill chunks).
+        if (a.Batch)
+            throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not inside captured graph decode (the captured launches would outlive the collection)");
         EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
     }
 
@@ -212,6 +250,7 @@ public sealed partial class CudaPagedKvCache
     private void StopStatistics()
     {
         _statistics = null;
+        _coverEachForward = false;
         foreach (var b in new[] { _statMax, _statSum, _covered, _statPart }) b?.Dispose();
         (_statMax, _statSum, _covered, _statPart) = (null, null, null, null);
     }

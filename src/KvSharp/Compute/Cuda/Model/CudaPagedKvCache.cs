@@ -100,24 +100,24 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (!CudaPagedKernels.Supports(group, config.HeadDim))
             throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
         if (options.KeyFormat.IsVidKv() || options.ValueFormat.IsVidKv())
-            throw new KvSharpException(VidKvRefusal($"the formats {options.KeyFormat} / {options.ValueFormat}"));
+            throw new KvSharpException(VidKvRefusal($"encoding appended tokens as {options.KeyFormat} / {options.ValueFormat} blocks"));
         _ = options.Layouts(config.HeadDim);
         if (!CudaPagedKernels.SupportsValueGroup(Math.Min(options.ValueChannelGroup, config.HeadDim)))
             throw new KvSharpException($"the CUDA paged KV cache needs value channel groups that are a multiple of 16, not {options.ValueChannelGroup}");
         return config;
     }
 
-    /// <summary>The message of the refusal of VidKV blocks, which the device kernels do not decode (docs/cuda.md).</summary>
+    /// <summary>The message of the refusal of what the device does not do with VidKV blocks (it reads uploaded ones in attention; docs/cuda.md).</summary>
     private static string VidKvRefusal(string what) =>
-        $"the CUDA paged KV cache does not support VidKV block formats yet ({what}); use another format on the GPU or the CPU cache";
+        $"the CUDA paged KV cache does not support VidKV for {what} (the device reads uploaded VidKV blocks in attention only); use another format on the GPU or the CPU cache";
 
     /// <summary>
-    /// The decode attention kernel (all four are checked). By default the tensor-core one where it applies (head
-    /// dimension 128, value groups of 32, 64 or 128 channels: the fastest on an H100 at 32K tokens and within a few
-    /// percent of the pipelined one at 128K, docs/benchmarks.md issue 7), else the wide one for keys of 4 bits or fewer
-    /// and the lane-channels one for 8- to 32-bit keys.
+    /// The decode attention kernel (all are checked). By default the tensor-core one where it applies (head dimension 128,
+    /// value groups of 32, 64 or 128 channels: on an H100 the fastest at 32K tokens and within 10% of the pipelined one at
+    /// 128K, docs/benchmarks.md issue 7), else the wide one for keys of 4 bits or fewer and the lane-channels one for 8- to
+    /// 32-bit keys; the VidKV one, the only one that reads VidKV blocks, for a cache holding them.
     /// </summary>
-    /// <exception cref="KvSharpException">A tensor-core kernel is asked for a shape it does not read.</exception>
+    /// <exception cref="KvSharpException">A tensor-core kernel is asked for a shape it does not read, or another kernel than VidKv for a cache holding VidKV blocks.</exception>
     public PagedAttentionKernel AttentionKernel
     {
         get => _attentionKernel;
@@ -127,6 +127,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 throw new KvSharpException($"the CUDA paged KV cache's tensor-core attention ({value}) needs head dimension 128 and value groups of 32, 64 or 128 channels, not {Config.HeadDim} and {ValueGroup}");
             if (value == PagedAttentionKernel.Pipelined && BlockTokens > 32)
                 throw new KvSharpException($"the CUDA paged KV cache's pipelined attention needs blocks of at most 32 tokens, not {BlockTokens}");
+            if (HoldsVidKv && value != PagedAttentionKernel.VidKv)
+                throw new KvSharpException($"the CUDA paged KV cache holds VidKV blocks, which only the {PagedAttentionKernel.VidKv} attention kernel reads, not {value}");
             _attentionKernel = value;
         }
     }
@@ -196,7 +198,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// A device copy of <paramref name="source"/>: its encoded blocks byte for byte, each head's float tail as the
     /// residual, room for up to <paramref name="capacity"/> positions.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels, or holds VidKV blocks.</exception>
+    /// <exception cref="KvSharpException">The cache does not fit the model, the capacity or the device's kernels (VidKV options, whose
+    /// appends the device does not encode; VidKV blocks of more than one setting).</exception>
     public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, PagedKvCache source, int capacity, long? poolBytes = null) =>
         Upload(device, config, [source], capacity, poolBytes);
 
@@ -205,7 +208,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// pressed on its own: its own lengths per head and block formats), room for up to <paramref name="capacity"/> positions each.
     /// </summary>
     /// <exception cref="KvSharpException">A cache does not fit the model, the capacity, the others' formats and block geometry or
-    /// the device's kernels, holds VidKV blocks, or there are not 1..8 of them.</exception>
+    /// the device's kernels (VidKV options; VidKV blocks of more than one setting), or there are not 1..8 of them.</exception>
     public static CudaPagedKvCache Upload(CudaDevice device, ModelConfig config, IReadOnlyList<PagedKvCache> sources, int capacity, long? poolBytes = null)
     {
         ArgumentNullException.ThrowIfNull(sources);
@@ -231,9 +234,6 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 for (int g = 0; g < config.NumKvHeads; g++)
                 {
                     var s = stores[(l * batch + q) * config.NumKvHeads + g] = sources[q].ReadStore(l, g);
-                    foreach (var e in s.Blocks)
-                        if (e.KeyLayout.Format.IsVidKv() || e.ValueLayout.Format.IsVidKv())
-                            throw new KvSharpException(VidKvRefusal($"layer {l} KV head {g} holds {e.KeyLayout.Format} / {e.ValueLayout.Format} blocks"));
                     longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
                     foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
                     used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
@@ -246,6 +246,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             poolBytes == null ? stores.Length * 2L * Units(t * hd * 4) + used + room : null, batch);
         try
         {
+            cache.AdoptVidKv(stores);
             cache.CopyFrom(stores);
             for (int q = 0; q < batch; q++) cache.SetLength(q, sources[q].Length);
             cache.Resync();
@@ -262,25 +263,27 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// A cache of <paramref name="batch"/> sequences of <paramref name="length"/> positions whose heads hold
     /// <paramref name="storedTokens"/>[<see cref="HeadIndex"/>] tokens of random K/V in the formats of <paramref name="options"/>
     /// (full blocks, the rest in the residual): decode benchmarks of compressed caches at long contexts without a prefill
-    /// (attention reads the same bytes whatever the values).
+    /// (attention reads the same bytes whatever the values). With <paramref name="vidKv"/>, every full block is a copy of
+    /// its VidKV block pair instead (appends still encode in the formats of <paramref name="options"/>).
     /// </summary>
     internal static CudaPagedKvCache Synthesize(CudaDevice device, CudaKernels kernels, ModelConfig config, PagedKvCacheOptions options,
-        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed, int batch = 1)
+        IReadOnlyList<int> storedTokens, int length, int capacity, uint seed, int batch = 1, VidKvTemplate? vidKv = null)
     {
         int t = options.BlockTokens, heads = config.NumLayers * batch * config.NumKvHeads;
         if (storedTokens.Count != heads) throw new ArgumentException($"{storedTokens.Count} head lengths for {heads} heads", nameof(storedTokens));
         if (storedTokens.Any(n => n < 0 || n > length)) throw new ArgumentException($"head lengths must be in 0..{length}", nameof(storedTokens));
         int growth = (capacity - length + t - 1) / t + 1;
         int maxBlocks = storedTokens.Max() / t + growth + 1;
-        var (keys, values) = options.Layouts(config.HeadDim);
-        int ku = Units(keys.ByteSize), vu = Units(values.ByteSize);
+        var (keys, values) = vidKv is { } vt ? (vt.KeyLayout, vt.ValueLayout) : options.Layouts(config.HeadDim);
+        int ku = Math.Max(Units(keys.ByteSize), Units(options.Layouts(config.HeadDim).Keys.ByteSize));
+        int vu = Math.Max(Units(values.ByteSize), Units(options.Layouts(config.HeadDim).Values.ByteSize));
         long units = heads * 2L * Units(t * config.HeadDim * 4) + storedTokens.Sum(n => (long)(n / t + growth)) * (ku + vu);
         var cache = new CudaPagedKvCache(device, config, options, capacity, maxBlocks, null, units, batch);
         try
         {
             var (desc, blocks, tokens) = cache.EmptyTables();
             long top = cache.ReservedUnits;
-            uint meta = Meta(t, options.KeyFormat, options.ValueFormat);
+            uint meta = Meta(t, keys.Format, values.Format);
             for (int h = 0; h < heads; h++)
             {
                 int full = storedTokens[h] / t;
@@ -295,6 +298,16 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 tokens[h] = storedTokens[h];
             }
             kernels.FillRandomF16(cache._pool.Pointer, cache._pool.ByteLength / 2, seed, 1.0f);
+            if (vidKv != null)
+            {
+                var stager = new Stager(cache._pool, cache.ReservedUnits);
+                var keyBytes = vidKv.Keys.AsSpan(0, keys.ByteSize).ToArray().Concat(new byte[ku * 16 - keys.ByteSize]).ToArray();
+                var valueBytes = vidKv.Values.AsSpan(0, values.ByteSize).ToArray().Concat(new byte[vu * 16 - values.ByteSize]).ToArray();
+                for (long b = 0, n = (top - cache.ReservedUnits) / (ku + vu); b < n; b++) { stager.Add(keyBytes); stager.Add(valueBytes); }
+                stager.Finish();
+                (cache._vidOutliers, cache._vidSalient) = (keys.GroupSize, values.GroupSize);
+                cache.EnableVidKv();
+            }
             cache.UploadTables(desc, blocks, tokens, top);
             cache.SetAllLengths(length);
             cache.Resync();
@@ -361,6 +374,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// </summary>
     internal void EvictOnDevice(DeviceBuffer flags)
     {
+        RefuseVidKv("eviction");
         int hd = Config.HeadDim;
         using var fresh = Device.Allocate(PoolUnits * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
@@ -417,10 +431,11 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         // A batch step's rows are the sequences: the kernels offset sequence 0's tables by row; else the rows are one sequence's.
         int sequence = a.Batch ? 0 : a.Sequence;
         var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
+        CoverStoredTokens(a);
         _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
             a.Position, a.Interleaved, a.Eps, a.Batch);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch);
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables);
         EnqueueStatistics(a);
     }
 
@@ -470,6 +485,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _headBlocks?.Dispose();
         _headTokens?.Dispose();
         _state?.Dispose();
+        _vidBasis?.Dispose();
     }
 
     /// <summary>Copies every head's blocks and tail (the stores of a CPU cache) into the pool and builds the tables.</summary>
@@ -572,7 +588,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     private uint ResidualKeys(int head) => (uint)(head * 2 * _residualUnits);
 
-    private BlockLayout LayoutOf(KvFormat format, bool keys) => keys
+    private BlockLayout LayoutOf(KvFormat format, bool keys) => format.IsVidKv() ? VidKvLayoutOf(format) : keys
         ? BlockLayout.ForKeys(format, Config.HeadDim, BlockTokens)
         : BlockLayout.ForValues(format, Config.HeadDim, BlockTokens, Options.ValueChannelGroup);
 

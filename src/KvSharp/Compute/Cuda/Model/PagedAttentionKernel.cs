@@ -20,4 +20,11 @@ public enum PagedAttentionKernel
     /// through the bulk copy engine and an online softmax in registers (head dimension 128, value groups of 32, 64 or 128).
     /// </summary>
     Pipelined,
+
+    /// <summary>
+    /// <c>paged_attn_vid_g*</c> (paged_attention_vidkv.cu): reads VidKV blocks (keys through the query-side inverse DFT, values
+    /// widened per token) and every other format element by element; the kernel of caches that hold VidKV blocks, and the
+    /// only one that reads them (CUDA cores; every supported shape).
+    /// </summary>
+    VidKv,
 }

@@ -33,6 +33,10 @@ internal sealed partial class CudaPagedKernels
     public void PoolScores(ulong sum, ulong covered, ulong headTokens, ulong scores, int heads, int maxTokens, int kernel, bool maxPool) =>
         _cache["press_pool_scores"].Launch(heads, 256, 0, sum, covered, headTokens, scores, Arg.Int(maxTokens), Arg.Int(kernel), Arg.Int(maxPool ? 1 : 0));
 
+    /// <summary>H2O's scores per head (see press_h2o_scores): the summed statistics, 0 where uncovered, +∞ for the newest <paramref name="window"/> tokens.</summary>
+    public void H2oScores(ulong sum, ulong covered, ulong headTokens, ulong scores, int heads, int maxTokens, int window) =>
+        _cache["press_h2o_scores"].Launch(heads, 256, 0, sum, covered, headTokens, scores, Arg.Int(maxTokens), Arg.Int(window));
+
     /// <summary>Per head: drop flags [heads, maxTokens] keeping the keep[head] best candidates from protect[head] on, every +∞ and the protected tokens.</summary>
     public void Select(ulong scores, ulong headTokens, ulong keep, ulong protect, ulong drop, int heads, int maxTokens) =>
         _cache["press_select"].Launch(heads, 256, 0, scores, headTokens, keep, protect, drop, Arg.Int(maxTokens));

@@ -52,20 +52,25 @@ internal sealed partial class CudaPagedKernels
     public static int MaxChunkBlocks(int group, int headDim, int blockTokens, PagedAttentionKernel kernel)
     {
         if (kernel == PagedAttentionKernel.Pipelined) return PipelinedMaxChunkBlocks;
-        int floats = (48 * 1024 - 512) / 4 - group * headDim - ExtraFloats(group, headDim, kernel);
+        int floats = (48 * 1024 - 512) / 4 - group * headDim - ExtraFloats(group, headDim, blockTokens, kernel);
         return Math.Max(0, (floats - 1) / (group * blockTokens + 1 + FloatsPerBlock(kernel)));
     }
 
     /// <summary>
     /// Shared memory of one attention block: value accumulators [group, hd], block offsets, scores [group, chunk]; the wide
     /// kernel adds the queries [hd, group] and each of its 4 warps' folded queries, padded by 4 floats every 8 channels;
-    /// the tensor-core kernel a copy of the split's block descriptors.
+    /// the tensor-core kernel a copy of the split's block descriptors; the VidKV kernel each warp's folded and transformed
+    /// queries [group, hd + blockTokens].
     /// </summary>
     public static int SharedBytes(int group, int headDim, int blockTokens, int chunkBlocks, PagedAttentionKernel kernel) =>
-        kernel == PagedAttentionKernel.Pipelined ? PipelinedSharedBytes(group, chunkBlocks) : (ExtraFloats(group, headDim, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
+        kernel == PagedAttentionKernel.Pipelined ? PipelinedSharedBytes(group, chunkBlocks) : (ExtraFloats(group, headDim, blockTokens, kernel) + group * headDim + chunkBlocks * (1 + FloatsPerBlock(kernel)) + 1 + group * chunkBlocks * blockTokens) * 4;
 
-    private static int ExtraFloats(int group, int headDim, PagedAttentionKernel kernel) =>
-        kernel == PagedAttentionKernel.Wide ? 5 * (group * headDim + headDim / 2) : 0;
+    private static int ExtraFloats(int group, int headDim, int blockTokens, PagedAttentionKernel kernel) => kernel switch
+    {
+        PagedAttentionKernel.Wide => 5 * (group * headDim + headDim / 2),
+        PagedAttentionKernel.VidKv => 4 * group * (headDim + blockTokens),
+        _ => 0,
+    };
 
     private static int FloatsPerBlock(PagedAttentionKernel kernel) => kernel == PagedAttentionKernel.TensorCores ? 4 : 0;
 
@@ -170,11 +175,12 @@ internal sealed partial class CudaPagedKernels
     /// but the last rows-1-t stored tokens of each head; with <paramref name="batch"/>, row t is sequence t, reading the
     /// kvHeads heads at t · kvHeads in the tables (laid out [sequence, KV head]) with all their tokens.
     /// partOut/partMl/counters as <see cref="CudaKernels.Attention"/>. <paramref name="kernel"/> picks the kernel (see
-    /// <see cref="PagedAttentionKernel"/>).
+    /// <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's VidKV parameters (<see cref="VidKvTables"/>;
+    /// default: none, for a cache without VidKV blocks).
     /// </summary>
     public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
-        PagedAttentionKernel kernel, bool batch = false)
+        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
@@ -196,8 +202,17 @@ internal sealed partial class CudaPagedKernels
         {
             PagedAttentionKernel.TensorCores => _tensorAttention.Value[$"paged_attn_t_g{group}"],
             PagedAttentionKernel.Wide => _attention[$"paged_attn_w_g{group}_c{headDim / 32}"],
+            PagedAttentionKernel.VidKv => VidKvAttention[$"paged_attn_vid_g{group}_c{headDim / 32}"],
             _ => _attention[$"paged_attn_g{group}_c{headDim / 32}"],
         };
+        if (kernel == PagedAttentionKernel.VidKv)
+        {
+            function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+                q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
+                Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
+                Arg.Int(batch ? 1 : 0), vid.Basis, Arg.Int(vid.Outliers), Arg.Int(vid.Salient));
+            return;
+        }
         function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
             q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
             Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),

@@ -1,0 +1,94 @@
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compute.Cuda.Runtime;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// VidKV blocks in the device cache (docs/cuda.md): an uploaded CPU cache may hold <see cref="KvFormat.VidKvKey"/> key blocks
+/// and <see cref="KvFormat.VidKvValue"/> value blocks (the vidkv press) among blocks of other formats. They are copied byte
+/// for byte and read by the VidKV attention kernel (<see cref="PagedAttentionKernel.VidKv"/>), which the cache then uses for
+/// every layer. What the device does not do with them yet is refused with a message saying so: encoding new VidKV blocks
+/// (VidKV options), eviction, re-quantization and attention statistics over a cache holding them.
+/// </summary>
+public sealed partial class CudaPagedKvCache
+{
+    private int _vidOutliers = -1, _vidSalient = -1;
+    private DeviceBuffer? _vidBasis;
+
+    /// <summary>Whether the cache holds VidKV blocks (read only by <see cref="PagedAttentionKernel.VidKv"/>).</summary>
+    public bool HoldsVidKv => _vidBasis != null;
+
+    /// <summary>The VidKV kernel's extra arguments (no basis, no parameters for a cache without VidKV blocks).</summary>
+    internal CudaPagedKernels.VidKvTables VidKvTables => _vidBasis is { } b ? new(b.Pointer, Math.Max(0, _vidOutliers), Math.Max(0, _vidSalient)) : default;
+
+    /// <summary>
+    /// Takes the VidKV parameters of the uploaded stores (one outlier count for all VidKV key blocks, one salient count for all
+    /// VidKV value blocks: the kernel gets them as arguments, the descriptors have no room for them) and, when there are VidKV
+    /// blocks, uploads the real-DFT bases of every length up to the block tokens and switches to the VidKV kernel.
+    /// </summary>
+    /// <exception cref="KvSharpException">VidKV blocks in the other role, or with different parameters within the cache.</exception>
+    private void AdoptVidKv(HeadStore[] stores)
+    {
+        int kvHeads = Config.NumKvHeads;
+        for (int h = 0; h < stores.Length; h++)
+            foreach (var e in stores[h].Blocks)
+            {
+                // Stores are in table order ([layer, sequence, KV head], HeadIndex).
+                string where = $"layer {h / (Batch * kvHeads)} sequence {h / kvHeads % Batch} KV head {h % kvHeads}";
+                if (e.KeyLayout.Format == KvFormat.VidKvValue || e.ValueLayout.Format == KvFormat.VidKvKey)
+                    throw new KvSharpException(VidKvRefusal($"{where} holds {e.KeyLayout.Format} keys / {e.ValueLayout.Format} values: the device reads VidKV keys and values only in their own roles"));
+                if (e.KeyLayout.Format == KvFormat.VidKvKey) _vidOutliers = Same(_vidOutliers, e.KeyLayout.GroupSize, "outlier channels", where);
+                if (e.ValueLayout.Format == KvFormat.VidKvValue) _vidSalient = Same(_vidSalient, e.ValueLayout.GroupSize, "salient tokens", where);
+            }
+        if (_vidOutliers >= 0 || _vidSalient >= 0) EnableVidKv();
+
+        static int Same(int held, int value, string what, string where) => held < 0 || held == value ? value
+            : throw new KvSharpException(VidKvRefusal($"{where} holds VidKV blocks with {value} {what}, others have {held}: the device reads one setting per cache"));
+    }
+
+    /// <summary>Uploads the real-DFT bases of every length up to the block tokens and switches to the VidKV kernel.</summary>
+    private void EnableVidKv()
+    {
+        int t = BlockTokens;
+        var tables = new float[(t * (t + 1) * (2 * t + 1)) / 6]; // Σ_{n=1..T} n², the bases back to back (vid_basis_at)
+        for (int n = 1, at = 0; n <= t; at += n * n, n++) RealFourierBasis.Single(n).CopyTo(tables, at);
+        _vidBasis = Device.Allocate(tables.Length * sizeof(float));
+        _vidBasis.Upload<float>(tables);
+        _attentionKernel = PagedAttentionKernel.VidKv;
+    }
+
+    /// <summary>
+    /// A VidKV block pair that <see cref="Synthesize"/> copies into every block slot (decode benchmarks: attention reads the
+    /// same bytes whatever they encode, but VidKV blocks must be well formed: masks, slots and parameters agree).
+    /// </summary>
+    internal sealed record VidKvTemplate(BlockLayout KeyLayout, BlockLayout ValueLayout, byte[] Keys, byte[] Values)
+    {
+        /// <summary>One block pair of random rows encoded by the CPU codec.</summary>
+        public static VidKvTemplate Random(int headDim, int blockTokens, int outliers, int salient, int seed)
+        {
+            var rnd = new Random(seed);
+            var rows = new float[blockTokens * headDim];
+            var k = new BlockLayout(KvFormat.VidKvKey, QuantAxis.PerChannel, outliers, blockTokens, headDim);
+            var v = new BlockLayout(KvFormat.VidKvValue, QuantAxis.PerChannel, salient, blockTokens, headDim);
+            var keys = new byte[k.ByteSize];
+            var values = new byte[v.ByteSize];
+            for (int i = 0; i < rows.Length; i++) rows[i] = (float)(rnd.NextDouble() * 2 - 1);
+            BlockCodec.Encode(k, rows, blockTokens, keys);
+            for (int i = 0; i < rows.Length; i++) rows[i] = (float)(rnd.NextDouble() * 2 - 1);
+            BlockCodec.Encode(v, rows, blockTokens, values);
+            return new VidKvTemplate(k, v, keys, values);
+        }
+    }
+
+    /// <summary>The layout of this cache's VidKV blocks of <paramref name="format"/>.</summary>
+    private BlockLayout VidKvLayoutOf(KvFormat format) => format == KvFormat.VidKvKey
+        ? new BlockLayout(format, QuantAxis.PerChannel, _vidOutliers < 0 ? BlockLayout.VidKvDefaultParameter(format, Config.HeadDim, BlockTokens) : _vidOutliers, BlockTokens, Config.HeadDim)
+        : new BlockLayout(format, QuantAxis.PerChannel, _vidSalient < 0 ? BlockLayout.VidKvDefaultParameter(format, Config.HeadDim, BlockTokens) : _vidSalient, BlockTokens, Config.HeadDim);
+
+    /// <summary>Refuses <paramref name="operation"/> on a cache holding VidKV blocks (the device neither decodes them element by element nor encodes them).</summary>
+    private void RefuseVidKv(string operation)
+    {
+        if (HoldsVidKv) throw new KvSharpException(VidKvRefusal($"{operation} of a cache holding VidKV blocks; attention over them is supported"));
+    }
+}
