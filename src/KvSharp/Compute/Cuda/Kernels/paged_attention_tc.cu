@@ -1,6 +1,7 @@
 // Flash-decoding attention over the device paged KV cache on tensor cores (head dimension 128): the same launch
-// geometry, shared memory and merge as paged_attention.cu's kernels (paged_kv.cuh), the scores and values of every
-// block format but F32/BF16 through mma.sync.
+// geometry, split and merge as paged_attention.cu's kernels (paged_kv.cuh), the scores and values of every block format
+// but F32/BF16 through mma.sync. Two kernels share the fragment code: paged_attn_t_gG (scores of the whole split into
+// shared memory, then its softmax, then the values) and paged_attn_p_gG_vVG (bulk-copy rings, online softmax).
 #include "paged_kv.cuh"
 
 // ---- Tensor-core variant (paged_attn_t_gG, head dimension 128) ----
