@@ -7,6 +7,9 @@
 #                                  then the decode benchmark if any bench arguments are given
 #                                  (e.g. --contexts 4096,32768 --steps 64).
 #   scripts/gpu-tests.sh paged [args]   (on the GPU machine) the compressed-cache decode benchmark (bench-paged).
+#   scripts/gpu-tests.sh issue7 [DIR]   (on the GPU machine) issue 7's whole benchmark in one run, logs into DIR
+#                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
+#                                  compressed caches at batch 1 and 8, then transformers on the same shapes.
 # Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
 # device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
@@ -39,8 +42,23 @@ case "${1:-}" in
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
     .gpu/app/KvSharp.GpuTests bench-paged "$@"
     ;;
+  issue7)
+    dir="${2:-${OUT:-.gpu/results}}"
+    mkdir -p "$dir"
+    export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    config=bench/configs/llama-3.1-8b.json
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$dir/device.txt" || true
+    status=0
+    .gpu/app/KvSharp.GpuTests bench --config $config --contexts 512,4096,32768,131072 --batch 8 --batch-contexts 4096,32768 \
+      --steps 32 --prefill 4096,32768 > "$dir/dense.txt" 2>&1 || status=$?
+    .gpu/app/KvSharp.GpuTests bench-paged --config $config --contexts 32768,131072 --steps 16 > "$dir/paged1.txt" 2>&1 || status=$?
+    .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 32768,131072 --steps 16 > "$dir/paged8.txt" 2>&1 || status=$?
+    python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
+    grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/hf.txt"
+    exit $status
+    ;;
   *)
-    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options]" >&2
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR]" >&2
     exit 64
     ;;
 esac

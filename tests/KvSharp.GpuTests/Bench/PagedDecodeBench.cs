@@ -30,31 +30,39 @@ public static class PagedDecodeBench
     private static readonly Variant[] Variants =
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
-        new("F16 paged", KvFormat.F16, 1.0),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
-        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined),
-        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.Pipelined),
-        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
-        new("INT8 (g32)", KvFormat.Int8, 1.0),
-        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0, PagedAttentionKernel.TensorCores),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0, PagedAttentionKernel.Pipelined),
+        new("INT8 (g32)", KvFormat.Int8, 1.0, PagedAttentionKernel.TensorCores),
+        new("INT8 (g32)", KvFormat.Int8, 1.0, PagedAttentionKernel.Pipelined),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.TensorCores),
         new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.Pipelined),
-        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined),
         new("VidKV (K: 0.5 outlier channels INT2 + 1-bit DFT signs; V: ternary + 2 salient INT4 rows)", KvFormat.F16, 1.0, null, (0.5, 2)),
     ];
 
-    /// <summary>Several sequences together: the default kernels of the caches issue 7 asks for.</summary>
+    /// <summary>Several sequences together: the caches issue 7 asks for, with their default kernel and the pipelined one.</summary>
     private static readonly Variant[] BatchVariants =
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
-        new("F16 paged", KvFormat.F16, 1.0),
-        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3),
-        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0),
-        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0),
-        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0),
-        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
+        new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
+        new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
+        new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.Pipelined),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0, PagedAttentionKernel.TensorCores),
+        new("KIVI-4 (INT4, g32)", KvFormat.Int4, 1.0, PagedAttentionKernel.Pipelined),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.TensorCores),
+        new("FP8 E4M3", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.Pipelined),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.TensorCores),
+        new("KVzip 0.3 + INT4", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined),
     ];
 
     /// <summary>

@@ -59,8 +59,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         Options = options;
         KeyLayout = keys;
         ValueLayout = values;
-        _attentionKernel = CudaPagedKernels.SupportsTensorCores(_group, hd, ValueGroup) ? PagedAttentionKernel.TensorCores
-            : keys.Format.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
+        _attentionKernel = DefaultAttentionKernel(_group, hd, ValueGroup, keys.Tokens, keys.Format);
         HeadCount = config.NumLayers * batch * config.NumKvHeads;
         MaxBlocks = maxBlocks;
         _residualUnits = Units(BlockTokens * hd * sizeof(float));
@@ -105,6 +104,20 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (!CudaPagedKernels.SupportsValueGroup(Math.Min(options.ValueChannelGroup, config.HeadDim)))
             throw new KvSharpException($"the CUDA paged KV cache needs value channel groups that are a multiple of 16, not {options.ValueChannelGroup}");
         return config;
+    }
+
+    /// <summary>
+    /// The attention kernel a new cache starts with (H100 measurements, docs/benchmarks.md "Compressed decode: bytes in
+    /// flight"): the pipelined tensor-core kernel where it reads the shape, except for 8-bit keys (FP8, INT8), where the
+    /// plain tensor-core kernel is as fast at 128K and 3-6% faster at 32K; then the tensor-core kernel (blocks of more than
+    /// 32 tokens); on CUDA cores, 16-byte loads of several tokens for keys of at most 4 bits, lane-owned channels otherwise.
+    /// </summary>
+    public static PagedAttentionKernel DefaultAttentionKernel(int group, int headDim, int valueGroup, int blockTokens, KvFormat keyFormat)
+    {
+        if (CudaPagedKernels.SupportsPipelined(group, headDim, valueGroup, blockTokens) && keyFormat.BitsPerElement() != 8)
+            return PagedAttentionKernel.Pipelined;
+        if (CudaPagedKernels.SupportsTensorCores(group, headDim, valueGroup)) return PagedAttentionKernel.TensorCores;
+        return keyFormat.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
     }
 
     /// <summary>The message of the refusal of what the device does not do with VidKV blocks (it reads uploaded ones in attention; docs/cuda.md).</summary>
