@@ -1,3 +1,4 @@
+using KvSharp.Cache.Paged;
 using KvSharp.Cli.Commands;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
@@ -9,8 +10,8 @@ using KvSharp.Models;
 namespace KvSharp.Cli.Engine;
 
 /// <summary>
-/// <c>kvsharp generate --device cuda</c>: the model's weights and a float16 KV cache in GPU memory
-/// (<see cref="CudaTransformer"/>), the logits of each step copied back, sampling, stop strings and text on the host
+/// <c>kvsharp generate --device cuda</c>: the model's weights and the KV cache in GPU memory (<see cref="CudaTransformer"/>;
+/// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), the logits of each step copied back, sampling, stop strings and text on the host
 /// through the same loop as the CPU engine (<see cref="Generator.Run"/>).
 /// </summary>
 internal static class CudaGeneration
@@ -18,8 +19,11 @@ internal static class CudaGeneration
     public static int Generate(EngineFacade engine, TextWriter status, GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
         var source = request.Model;
-        if (source.KvCache != null || source.LoadCache != null || source.SaveCache != null)
-            throw new UsageException("--kv-cache, --load-cache and --save-cache are not supported with --device cuda (its KV cache is float16 in GPU memory)");
+        if (source.LoadCache != null || source.SaveCache != null)
+            throw new UsageException("--load-cache and --save-cache are not supported with --device cuda (its KV cache lives in GPU memory)");
+        if (source.KvCache is { ResidualTokens: > 0 } residual)
+            throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 " +
+                "one block at a time (32 tokens per head), not a residual window of +r tokens; drop the +r part");
         // Before loading the model: without a GPU this is one "CUDA unavailable: ..." line, at once.
         using var device = CudaDevice.Open();
         using var model = engine.Load(source);
@@ -31,9 +35,15 @@ internal static class CudaGeneration
         var prompt = model.Encode(text, addBos: template is not { IncludesBos: true });
 
         var weightType = WeightType(model.Weights);
-        status.WriteLine($"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
         using var gpu = new CudaTransformer(device, model.Weights, weightType);
-        using var cache = gpu.CreateCache(ctx);
+        // --kv-cache: the paged cache of packed blocks in GPU memory (appends encoded on the device, attention reading the
+        // codes directly); without it, the dense float16 cache.
+        using DeviceKvCache cache = source.KvCache is { } spec
+            ? gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx)
+            : gpu.CreateCache(ctx);
+        status.WriteLine(cache is CudaPagedKvCache paged
+            ? $"cuda: {device}, {weightType} weights, paged KV cache of {ctx} tokens ({paged.KeyLayout.Format} keys, {paged.ValueLayout.Format} values, {paged.AttentionKernel} attention)"
+            : $"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
         var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, tokens => gpu.Forward(tokens, cache), () => cache.Length,
             prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();

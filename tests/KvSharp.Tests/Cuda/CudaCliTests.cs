@@ -39,12 +39,37 @@ public class CudaCliTests
     }
 
     [Fact]
-    public void CompressedCacheOptions_AreRejectedOnCuda()
+    public void CacheFilesAndResidualWindows_AreRejectedOnCuda()
+    {
+        using var dir = new TempDir();
+        var load = Run("generate", "-m", Stories, "-p", "x", "--device", "cuda", "--save-cache", Path.Combine(dir.Path, "c.kvc"));
+        Assert.Equal(2, load.Code);
+        Assert.Contains("--save-cache", load.Err);
+        Assert.Contains("--device cuda", load.Err);
+        var residual = Run("generate", "-m", Stories, "-p", "x", "--device", "cuda", "--kv-cache", "int2+r64");
+        Assert.Equal(2, residual.Code);
+        Assert.Contains("Int2+r64", residual.Err);
+        Assert.Contains("+r", residual.Err);
+        Assert.DoesNotContain("   at ", load.Err + residual.Err);
+    }
+
+    [Fact]
+    public void PackedCacheOnCuda_WithoutGpu_OneCudaUnavailableLine()
+    {
+        if (CudaDevice.IsAvailable) return; // the GPU case is PackedCacheOnCuda_RefusesAShapeItDoesNotRead
+        var r = Run("generate", "-m", Stories, "-p", "x", "--device", "cuda", "--kv-cache", "int4");
+        Assert.Equal(1, r.Code);
+        Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
+    }
+
+    /// <summary>stories260K's head dimension (8) is not one the device paged cache reads: one line naming the shape.</summary>
+    [CudaFact]
+    public void PackedCacheOnCuda_RefusesAShapeItDoesNotRead()
     {
         var r = Run("generate", "-m", Stories, "-p", "x", "--device", "cuda", "--kv-cache", "int4");
-        Assert.NotEqual(0, r.Code);
-        Assert.Contains("--kv-cache", r.Err);
-        Assert.Contains("--device cuda", r.Err);
+        Assert.Equal(1, r.Code);
+        Assert.Contains("head dimension 64 or 128", r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
 
     /// <summary>stories260K is float32: the GPU keeps float32 weights, so greedy text equals the CPU engine's.</summary>
