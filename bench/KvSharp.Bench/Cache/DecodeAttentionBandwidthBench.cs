@@ -82,7 +82,7 @@ public static class DecodeAttentionBandwidthBench
         int row = KvHeads * HeadDim;
         var k = Random(rng, chunk * row);
         var v = Random(rng, chunk * row);
-        var cache = new PagedKvCache(1, Heads, KvHeads, HeadDim, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format == KvFormat.VidKvKey ? KvFormat.VidKvValue : format, MaxTokens = tokens });
+        var cache = new PagedKvCache(1, Heads, KvHeads, HeadDim, new PagedKvCacheOptions { KeyFormat = format, ValueFormat = ValueFormatFor(format), MaxTokens = tokens });
         for (int t = 0; t < tokens; t += chunk)
         {
             int m = Math.Min(chunk, tokens - t);
@@ -90,6 +90,9 @@ public static class DecodeAttentionBandwidthBench
         }
         return cache;
     }
+
+    /// <summary>The value format benchmarked beside <paramref name="keys"/>: the same, but VidKV values beside VidKV keys.</summary>
+    internal static KvFormat ValueFormatFor(KvFormat keys) => keys == KvFormat.VidKvKey ? KvFormat.VidKvValue : keys;
 
     private static float[] Random(Random rng, int n)
     {

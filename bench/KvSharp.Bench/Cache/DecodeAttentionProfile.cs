@@ -33,7 +33,7 @@ public static class DecodeAttentionProfile
         foreach (var f in formats)
         {
             var keyLayout = BlockLayout.ForKeys(f, headDim);
-            var vf = f == KvFormat.VidKvKey ? KvFormat.VidKvValue : f; // VidKvKey: VidKV keys with VidKV values
+            var vf = DecodeAttentionBandwidthBench.ValueFormatFor(f);
             var valueLayout = BlockLayout.ForValues(vf, headDim);
             int b = keyLayout.Tokens, blocks = n / b;
             var k = Random(rng, n * headDim); var v = Random(rng, n * headDim);

@@ -169,26 +169,8 @@ public static class PressChecks
 
             cache.BeginStatistics(new AttentionStatisticsRequest(length - window, GroupFold.Mean));
             gpu.Forward(tokens.AsSpan(length - window), cache);
-            var keep = Enumerable.Range(0, config.NumLayers * config.NumKvHeads)
-                .Select(h => KeepTarget.Ratio(keepRatio).ForHead(length - protect, config.NumLayers * config.NumKvHeads)).ToArray();
-            var drops = cache.SnapKvEvict(7, "avg", keep, protect);
-            var lengths = cache.HeadLengths();
-            int heads = 0, kept = 0;
-            for (int l = 0; l < config.NumLayers; l++)
-                for (int g = 0; g < config.NumKvHeads; g++)
-                {
-                    int h = l * config.NumKvHeads + g;
-                    var cpuKept = Enumerable.Range(0, length).Where(p => masks[h][p]).ToArray();
-                    var gpuKept = Enumerable.Range(0, length).Where(p => !drops[h][p]).ToArray(); // a fresh cache: storage index = position
-                    if (!cpuKept.SequenceEqual(gpuKept) || lengths[h] != cpuKept.Length)
-                    {
-                        var onlyCpu = cpuKept.Except(gpuKept).Take(8);
-                        var onlyGpu = gpuKept.Except(cpuKept).Take(8);
-                        throw new CheckFailedException($"snapkv {format} layer {l} head {g}: the device keeps {gpuKept.Length} tokens ({lengths[h]} stored), the CPU {cpuKept.Length}; only CPU [{string.Join(",", onlyCpu)}], only device [{string.Join(",", onlyGpu)}] (seed {rnd.Seed})");
-                    }
-                    heads++;
-                    kept += cpuKept.Length;
-                }
+            var drops = cache.SnapKvEvict(7, "avg", KeepCounts(config, length, protect, keepRatio), protect);
+            var (heads, kept) = SameKeptTokens($"snapkv {format}", config, length, masks, drops, cache.HeadLengths(), rnd.Seed);
             report.Add($"snapkv {format} window {window} keep {keepRatio} protect {protect}: {heads} heads, the same {kept} of {heads * length} tokens kept");
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
@@ -223,28 +205,40 @@ public static class PressChecks
             gpu.Forward(tokens.AsSpan(0, chunk), cache);
             cache.BeginHeavyHitters();
             for (int start = chunk; start < length; start += chunk) gpu.Forward(tokens.AsSpan(start, Math.Min(chunk, length - start)), cache);
-            var keep = Enumerable.Range(0, config.NumLayers * config.NumKvHeads)
-                .Select(h => KeepTarget.Ratio(keepRatio).ForHead(length - protect, config.NumLayers * config.NumKvHeads)).ToArray();
-            var drops = cache.H2oEvict(window, keep, protect);
-            var lengths = cache.HeadLengths();
-            int heads = 0, kept = 0;
-            for (int l = 0; l < config.NumLayers; l++)
-                for (int g = 0; g < config.NumKvHeads; g++)
-                {
-                    int h = l * config.NumKvHeads + g;
-                    var cpuKept = Enumerable.Range(0, length).Where(p => masks[h][p]).ToArray();
-                    var gpuKept = Enumerable.Range(0, length).Where(p => !drops[h][p]).ToArray(); // a fresh cache: storage index = position
-                    if (!cpuKept.SequenceEqual(gpuKept) || lengths[h] != cpuKept.Length)
-                    {
-                        var onlyCpu = cpuKept.Except(gpuKept).Take(8);
-                        var onlyGpu = gpuKept.Except(cpuKept).Take(8);
-                        throw new CheckFailedException($"h2o {format} layer {l} head {g}: the device keeps {gpuKept.Length} tokens ({lengths[h]} stored), the CPU {cpuKept.Length}; only CPU [{string.Join(",", onlyCpu)}], only device [{string.Join(",", onlyGpu)}] (seed {rnd.Seed})");
-                    }
-                    heads++;
-                    kept += cpuKept.Length;
-                }
+            var drops = cache.H2oEvict(window, KeepCounts(config, length, protect, keepRatio), protect);
+            var (heads, kept) = SameKeptTokens($"h2o {format}", config, length, masks, drops, cache.HeadLengths(), rnd.Seed);
             report.Add($"h2o {format} window {window} chunk {chunk} keep {keepRatio} protect {protect}: {heads} heads, the same {kept} of {heads * length} tokens kept");
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
+    }
+
+    /// <summary>Every head's kept tokens under a uniform <paramref name="keepRatio"/> of the unprotected tokens (the CPU press's budget).</summary>
+    private static int[] KeepCounts(ModelConfig config, int length, int protect, double keepRatio) =>
+        Enumerable.Range(0, config.NumLayers * config.NumKvHeads)
+            .Select(h => KeepTarget.Ratio(keepRatio).ForHead(length - protect, config.NumLayers * config.NumKvHeads)).ToArray();
+
+    /// <summary>
+    /// Checks that the device's eviction (<paramref name="drops"/>, on a fresh cache: storage index = position) kept exactly
+    /// the CPU press's tokens (<paramref name="masks"/>) in every head, and stores that many; returns the heads and kept tokens.
+    /// </summary>
+    private static (int Heads, int Kept) SameKeptTokens(string what, ModelConfig config, int length, bool[][] masks, bool[][] drops, int[] lengths, int seed)
+    {
+        int heads = 0, kept = 0;
+        for (int l = 0; l < config.NumLayers; l++)
+            for (int g = 0; g < config.NumKvHeads; g++)
+            {
+                int h = l * config.NumKvHeads + g;
+                var cpuKept = Enumerable.Range(0, length).Where(p => masks[h][p]).ToArray();
+                var gpuKept = Enumerable.Range(0, length).Where(p => !drops[h][p]).ToArray();
+                if (!cpuKept.SequenceEqual(gpuKept) || lengths[h] != cpuKept.Length)
+                {
+                    var onlyCpu = cpuKept.Except(gpuKept).Take(8);
+                    var onlyGpu = gpuKept.Except(cpuKept).Take(8);
+                    throw new CheckFailedException($"{what} layer {l} head {g}: the device keeps {gpuKept.Length} tokens ({lengths[h]} stored), the CPU {cpuKept.Length}; only CPU [{string.Join(",", onlyCpu)}], only device [{string.Join(",", onlyGpu)}] (seed {seed})");
+                }
+                heads++;
+                kept += cpuKept.Length;
+            }
+        return (heads, kept);
     }
 }

@@ -66,17 +66,8 @@ public sealed partial class CudaPagedKvCache
     /// </summary>
     /// <exception cref="InvalidOperationException">No H2O observation is in progress.</exception>
     /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
-    public bool[][] H2oEvict(int sequence, int window, IReadOnlyList<int> keep, int protectedPrefix = 0)
-    {
-        ArgumentNullException.ThrowIfNull(keep);
-        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"h2o: sequence {sequence} is outside the cache's batch of {Batch}");
-        int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
-        if (keep.Count != perSequence) throw new KvSharpException($"h2o: {keep.Count} keep counts for the {perSequence} heads of a sequence");
-        var all = HeadLengths(); // the other sequences' heads keep all they store
-        for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
-        var drops = H2oEvict(window, all, protectedPrefix);
-        return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
-    }
+    public bool[][] H2oEvict(int sequence, int window, IReadOnlyList<int> keep, int protectedPrefix = 0) =>
+        EvictOneSequence("h2o", sequence, keep, all => H2oEvict(window, all, protectedPrefix));
 
     /// <summary>
     /// During H2O's observation, before a forward pass's first append: the covered tokens become every head's stored tokens,

@@ -132,15 +132,23 @@ public sealed partial class CudaPagedKvCache
     /// </summary>
     /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
     /// <exception cref="KvSharpException">The sequence or a parameter is out of range.</exception>
-    public bool[][] SnapKvEvict(int sequence, int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
+    public bool[][] SnapKvEvict(int sequence, int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0) =>
+        EvictOneSequence("snapkv", sequence, keep, all => SnapKvEvict(kernel, pool, all, protectedPrefix));
+
+    /// <summary>
+    /// A whole-cache press (<paramref name="evict"/>, given every head's keep count) applied to one sequence of the batch:
+    /// that sequence's heads keep <paramref name="keep"/>[layer · kvHeads + head], the other sequences' heads keep all they
+    /// store. Returns the drop flags of the sequence's heads, in the same order.
+    /// </summary>
+    private bool[][] EvictOneSequence(string press, int sequence, IReadOnlyList<int> keep, Func<int[], bool[][]> evict)
     {
         ArgumentNullException.ThrowIfNull(keep);
-        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"snapkv: sequence {sequence} is outside the cache's batch of {Batch}");
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"{press}: sequence {sequence} is outside the cache's batch of {Batch}");
         int kvHeads = Config.NumKvHeads, perSequence = Config.NumLayers * kvHeads;
-        if (keep.Count != perSequence) throw new KvSharpException($"snapkv: {keep.Count} keep counts for the {perSequence} heads of a sequence");
-        var all = HeadLengths(); // the other sequences' heads keep all they store
+        if (keep.Count != perSequence) throw new KvSharpException($"{press}: {keep.Count} keep counts for the {perSequence} heads of a sequence");
+        var all = HeadLengths();
         for (int i = 0; i < perSequence; i++) all[HeadIndex(i / kvHeads, sequence, i % kvHeads)] = keep[i];
-        var drops = SnapKvEvict(kernel, pool, all, protectedPrefix);
+        var drops = evict(all);
         return Enumerable.Range(0, perSequence).Select(i => drops[HeadIndex(i / kvHeads, sequence, i % kvHeads)]).ToArray();
     }
 
