@@ -8,7 +8,9 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
+if (command == "kvsharp") return KvSharp.Cli.Commands.KvSharpCommandLine.RunOnConsole(args[1..]);
 string Option(string name, string fallback)
 {
     int i = Array.IndexOf(args, name);
@@ -68,3 +70,4 @@ switch (command)
         Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged)");
         return 64;
 }
+
