@@ -15,7 +15,10 @@
 #                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
 #                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
 #                                  text compared; exits 1 when a dense, F16 or F32 pair differs (the quantized ones are
-#                                  reported). MODEL defaults to models/kvsharp-needle-16m (head dimension 64).
+#                                  reported). MODEL: a model folder or file, or a config.json for float32 dummy weights
+#                                  with the needle tokenizer ($TOKENIZER); default bench/configs/needle-gqa4.json (the
+#                                  needle model's shape with 4 query heads per KV head: the device paged cache reads
+#                                  groups of 1/2/4/8, the needle model itself has 3).
 # Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
 # device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
@@ -26,7 +29,7 @@ case "${1:-}" in
     dotnet publish tests/KvSharp.GpuTests -c Release -r linux-x64 --self-contained \
       -p:PublishTrimmed=true -p:SuppressTrimAnalysisWarnings=true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true \
       -p:DebugType=none -o .gpu/app
-    rm -rf .gpu/app/models .gpu/app/*.so .gpu/app/*.xml # the CLI's embedded model is tracked in models/; plotting libraries are unused here
+    rm -rf .gpu/app/models .gpu/app/*.so .gpu/app/*.xml .gpu/app/KvSharp.Cli.runtimeconfig.json # the CLI's embedded model is tracked in models/; plotting libraries are unused here
     mkdir -p .gpu/models/stories260k
     cp ../shared/models/stories260k/stories260K.gguf .gpu/models/stories260k/
     du -sh .gpu
@@ -65,14 +68,24 @@ case "${1:-}" in
     exit $status
     ;;
   cli)
-    model="${2:-models/kvsharp-needle-16m}"
+    model="${2:-bench/configs/needle-gqa4.json}"
     dir="${3:-${OUT:-.gpu/results}}"
     mkdir -p "$dir"
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
     kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
-    prompt="The most important thing about a startup is"
+    if [[ "$model" == *.json ]]; then
+      # Dummy float32 weights of this shape (kept float32 on the GPU: the two engines differ only by rounding), with
+      # the needle model's tokenizer ($TOKENIZER) beside the config.
+      mkdir -p "$dir/model"
+      cp "$model" "$dir/model/config.json"
+      cp "${TOKENIZER:-models/kvsharp-needle-16m/tokenizer.json}" "$dir/model/"
+      source=(--dummy "$dir/model/config.json" --dummy-type f32)
+    else
+      source=(-m "$model")
+    fi
+    prompt="The most important thing about a startup is that it grows fast. Everything else follows from growth: the hiring, the fundraising, the product. Founders who understand this early make better choices about what to build."
     more=" What matters next is"
-    common=(generate -m "$model" --temperature 0 --ignore-eos -n 48)
+    common=(generate "${source[@]}" --temperature 0 --ignore-eos -n 64)
     status=0
     # run NAME ARGS...: one generate, its text in $dir/NAME.txt, its stderr in $dir/NAME.err; a failed run fails the script.
     run() {
