@@ -10,7 +10,8 @@
 #   scripts/gpu-tests.sh paged [args]   (on the GPU machine) the compressed-cache decode benchmark (bench-paged).
 #   scripts/gpu-tests.sh issue7 [DIR]   (on the GPU machine) issue 7's whole benchmark in one run, logs into DIR
 #                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
-#                                  compressed caches at batch 1 and 8, then transformers on the same shapes.
+#                                  compressed caches at batch 1 and 8, the device sampler, then transformers on the
+#                                  same shapes.
 #   scripts/gpu-tests.sh cli [MODEL] [DIR]   (on the GPU machine) kvsharp generate on the CPU and with --device cuda
 #                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
 #                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
@@ -63,8 +64,9 @@ case "${1:-}" in
       --steps 32 --prefill 4096,32768 > "$dir/dense.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --contexts 32768,131072 --steps 16 > "$dir/paged1.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 32768,131072 --steps 16 > "$dir/paged8.txt" 2>&1 || status=$?
+    .gpu/app/KvSharp.GpuTests bench-sampling > "$dir/sampling.txt" 2>&1 || status=$?
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
-    grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/hf.txt"
+    grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
     exit $status
     ;;
   cli)

@@ -8,6 +8,7 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
 //   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
 if (command == "kvsharp") return KvSharp.Cli.Commands.KvSharpCommandLine.RunOnConsole(args[1..]);
@@ -66,8 +67,11 @@ switch (command)
                 int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
             return 0;
         }
+    case "bench-sampling":
+        SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
+        return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling, kvsharp)");
         return 64;
 }
 

@@ -13,9 +13,11 @@ namespace KvSharp.Cli.Engine;
 
 /// <summary>
 /// <c>kvsharp generate --device cuda</c>: the model's weights and the KV cache in GPU memory (<see cref="CudaTransformer"/>;
-/// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), the logits of each step copied back, sampling, stop strings and text on the host
-/// through the same loop as the CPU engine (<see cref="Generator.Run"/>). --load-cache uploads a saved cache and continues it on the device;
-/// --save-cache reads the device cache back (<see cref="CudaPagedKvCache.Download"/>) and saves it as the CPU engine does.
+/// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), each next token chosen on the device
+/// (<see cref="CudaSampler"/>: the CPU sampler's rules and random sequence), stop strings and text on the host through the
+/// same loop as the CPU engine (<see cref="Generator.Run(Tokenization.ITokenizer, int, Generator.NextToken, Func{int}, IReadOnlyList{int}, int, GenerationOptions, Action{string}?, CancellationToken)"/>).
+/// --load-cache uploads a saved cache and continues it on the device; --save-cache reads the device cache back
+/// (<see cref="CudaPagedKvCache.Download"/>) and saves it as the CPU engine does.
 /// </summary>
 internal static class CudaGeneration
 {
@@ -42,8 +44,10 @@ internal static class CudaGeneration
             : $"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
         // After a loaded context the prompt continues it: no second BOS.
         var prompt = model.Encode(text, addBos: cache.Length == 0 && template is not { IncludesBos: true });
-        var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, tokens => gpu.Forward(tokens, cache), () => cache.Length,
-            prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
+        // Sampling on the device: only each chosen token comes back, not the vocabulary's logits.
+        using var sampler = new CudaSampler(device, model.Config.VocabSize, options.EffectiveSampler);
+        var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (tokens, history) => gpu.ForwardSample(tokens, cache, sampler, history),
+            () => cache.Length, prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();
         if (source.SaveCache != null)
         {
