@@ -3,9 +3,7 @@ using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
-using KvSharp.Formats;
 using KvSharp.Models;
-using KvSharp.Models.Loading;
 
 namespace KvSharp.GpuTests.Checks;
 

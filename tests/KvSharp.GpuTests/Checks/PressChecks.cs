@@ -8,9 +8,7 @@ using KvSharp.Compression.Scorers;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
-using KvSharp.Formats;
 using KvSharp.Models;
-using KvSharp.Models.Loading;
 
 namespace KvSharp.GpuTests.Checks;
 
