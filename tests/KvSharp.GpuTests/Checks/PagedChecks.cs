@@ -157,14 +157,14 @@ public static class PagedChecks
     }
 
     /// <summary>
-    /// Decode attention over every block format and a mixed-format cache, GQA groups 1/2/4/8, head dims 64/128, heads of
+    /// Decode attention over every block format and a mixed-format cache, GQA groups 1/2/3/4/8, head dims 64/128, heads of
     /// different lengths, 1 and 3 query rows (causal), the planned split and one block per split (many chunks to merge).
     /// </summary>
     public static string Attention()
     {
         var report = new List<string>();
         double worst = 0;
-        foreach (var (heads, kvHeads, hd) in new[] { (16, 4, 128), (8, 8, 64), (16, 2, 128), (8, 4, 64) })
+        foreach (var (heads, kvHeads, hd) in new[] { (16, 4, 128), (8, 8, 64), (16, 2, 128), (8, 4, 64), (6, 2, 64), (12, 4, 128) })
             foreach (var f in Cases)
             {
                 var rnd = new RandomData();
@@ -209,7 +209,7 @@ public static class PagedChecks
                 }
                 report.Add($"{Name(f)}/hd{hd}/G{heads / kvHeads}");
             }
-        return $"{report.Count} caches (every format and mixed, groups 1/2/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, VidKV's element path, tensor cores and pipelined tensor cores at hd 128), worst rel err {worst:E2}";
+        return $"{report.Count} caches (every format and mixed, groups 1/2/3/4/8, hd 64/128, rows 1 and 3, two splits each, every kernel that reads the shape: lane channels, wide, VidKV's element path, tensor cores and pipelined tensor cores at hd 128), worst rel err {worst:E2}";
     }
 
     /// <summary>

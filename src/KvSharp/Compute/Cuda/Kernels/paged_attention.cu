@@ -381,13 +381,13 @@ __device__ __forceinline__ void paged_attention_wide(
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
     { paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
         chunk_blocks, splits, scale, batch, LaneBlocks<G, C>{}); }
-PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
-PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
+PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(3, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
+PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(3, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
 
 #define PAGED_ATTN_WIDE(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_w_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
     { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
-PAGED_ATTN_WIDE(1, 2) PAGED_ATTN_WIDE(2, 2) PAGED_ATTN_WIDE(4, 2) PAGED_ATTN_WIDE(8, 2)
-PAGED_ATTN_WIDE(1, 4) PAGED_ATTN_WIDE(2, 4) PAGED_ATTN_WIDE(4, 4) PAGED_ATTN_WIDE(8, 4)
+PAGED_ATTN_WIDE(1, 2) PAGED_ATTN_WIDE(2, 2) PAGED_ATTN_WIDE(3, 2) PAGED_ATTN_WIDE(4, 2) PAGED_ATTN_WIDE(8, 2)
+PAGED_ATTN_WIDE(1, 4) PAGED_ATTN_WIDE(2, 4) PAGED_ATTN_WIDE(3, 4) PAGED_ATTN_WIDE(4, 4) PAGED_ATTN_WIDE(8, 4)

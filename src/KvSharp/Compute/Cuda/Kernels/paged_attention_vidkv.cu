@@ -218,5 +218,5 @@ struct VidKvBlocks
         int vid_s) \
     { paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
         chunk_blocks, splits, scale, batch, VidKvBlocks<G, C>{basis, vid_m, vid_s, nullptr, nullptr}); }
-PAGED_ATTN_VID(1, 2) PAGED_ATTN_VID(2, 2) PAGED_ATTN_VID(4, 2) PAGED_ATTN_VID(8, 2)
-PAGED_ATTN_VID(1, 4) PAGED_ATTN_VID(2, 4) PAGED_ATTN_VID(4, 4) PAGED_ATTN_VID(8, 4)
+PAGED_ATTN_VID(1, 2) PAGED_ATTN_VID(2, 2) PAGED_ATTN_VID(3, 2) PAGED_ATTN_VID(4, 2) PAGED_ATTN_VID(8, 2)
+PAGED_ATTN_VID(1, 4) PAGED_ATTN_VID(2, 4) PAGED_ATTN_VID(3, 4) PAGED_ATTN_VID(4, 4) PAGED_ATTN_VID(8, 4)

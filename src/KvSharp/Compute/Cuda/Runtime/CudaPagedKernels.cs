@@ -35,8 +35,12 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Threads of every paged kernel's block.</summary>
     public const int Threads = 128;
 
-    /// <summary>Whether attention has a kernel for <paramref name="group"/> query heads per KV head and head dimension <paramref name="headDim"/>.</summary>
-    public static bool Supports(int group, int headDim) => group is 1 or 2 or 4 or 8 && headDim is 64 or 128;
+    /// <summary>
+    /// Whether attention has a kernel for <paramref name="group"/> query heads per KV head and head dimension
+    /// <paramref name="headDim"/>: groups 1, 2, 4 and 8 on every kernel, 3 (6 query heads over 2 KV heads, as our needle
+    /// model) on the CUDA-core ones (lane channels, wide, VidKV).
+    /// </summary>
+    public static bool Supports(int group, int headDim) => group is 1 or 2 or 3 or 4 or 8 && headDim is 64 or 128;
 
     /// <summary>Whether value blocks of <paramref name="valueGroup"/> channels per group can be read (a lane's value channels stay in one group).</summary>
     public static bool SupportsValueGroup(int valueGroup) => valueGroup % 16 == 0;
@@ -46,7 +50,7 @@ internal sealed partial class CudaPagedKernels
     /// groups of 32, 64 or 128 channels (each 32-channel chunk of its value fragments lies in one group).
     /// </summary>
     public static bool SupportsTensorCores(int group, int headDim, int valueGroup) =>
-        Supports(group, headDim) && headDim == 128 && valueGroup is 32 or 64 or 128;
+        group is 1 or 2 or 4 or 8 && headDim == 128 && valueGroup is 32 or 64 or 128;
 
     /// <summary>Longest split (in blocks of <paramref name="blockTokens"/>) whose scores fit 48 KB of shared memory.</summary>
     public static int MaxChunkBlocks(int group, int headDim, int blockTokens, PagedAttentionKernel kernel)
@@ -183,7 +187,7 @@ internal sealed partial class CudaPagedKernels
         PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default)
     {
         int group = heads / kvHeads;
-        if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 4, 8; dimensions 64, 128)");
+        if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 3, 4, 8; dimensions 64, 128)");
         if (kernel is PagedAttentionKernel.TensorCores or PagedAttentionKernel.Pipelined && !SupportsTensorCores(group, headDim, valueGroup))
             throw new CudaException("paged attention", $"the tensor-core kernel needs head dimension 128 and value groups of 32, 64 or 128 channels, not {headDim} and {valueGroup}");
         if (kernel == PagedAttentionKernel.Pipelined)
