@@ -2,7 +2,8 @@
 # GPU checks and benchmark for a machine with an NVIDIA GPU but no .NET.
 #
 #   scripts/gpu-tests.sh publish   (here, with the .NET SDK) publishes tests/KvSharp.GpuTests self-contained
-#                                  for linux-x64 into .gpu/ (git-ignored) with the stories260K test model.
+#                                  for linux-x64 into .gpu/ (git-ignored) with the stories260K test model; the
+#                                  program also runs the kvsharp command line (`.gpu/app/KvSharp.GpuTests kvsharp ARGS`).
 #   scripts/gpu-tests.sh run [bench args]   (on the GPU machine, from the repository root) runs the checks,
 #                                  then the decode benchmark if any bench arguments are given
 #                                  (e.g. --contexts 4096,32768 --steps 64).
@@ -11,6 +12,14 @@
 #                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
 #                                  compressed caches at batch 1 and 8, the device sampler, then transformers on the
 #                                  same shapes.
+#   scripts/gpu-tests.sh cli [MODEL] [DIR]   (on the GPU machine) kvsharp generate on the CPU and with --device cuda
+#                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
+#                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
+#                                  text compared; exits 1 when a dense, F16 or F32 pair differs (the quantized ones are
+#                                  reported). MODEL: a model folder or file, or a config.json for float32 dummy weights
+#                                  with the needle tokenizer ($TOKENIZER); default bench/configs/needle-gqa4.json (the
+#                                  needle model's shape with 4 query heads per KV head: the device paged cache reads
+#                                  groups of 1/2/4/8, the needle model itself has 3).
 # Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
 # device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
@@ -21,6 +30,7 @@ case "${1:-}" in
     dotnet publish tests/KvSharp.GpuTests -c Release -r linux-x64 --self-contained \
       -p:PublishTrimmed=true -p:SuppressTrimAnalysisWarnings=true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true \
       -p:DebugType=none -o .gpu/app
+    rm -rf .gpu/app/models .gpu/app/*.so .gpu/app/*.xml .gpu/app/KvSharp.Cli.runtimeconfig.json # the CLI's embedded model is tracked in models/; plotting libraries are unused here
     mkdir -p .gpu/models/stories260k
     cp ../shared/models/stories260k/stories260K.gguf .gpu/models/stories260k/
     du -sh .gpu
@@ -59,8 +69,71 @@ case "${1:-}" in
     grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
     exit $status
     ;;
+  cli)
+    model="${2:-bench/configs/needle-gqa4.json}"
+    dir="${3:-${OUT:-.gpu/results}}"
+    mkdir -p "$dir"
+    export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
+    if [[ "$model" == *.json ]]; then
+      # Dummy float32 weights of this shape (kept float32 on the GPU: the two engines differ only by rounding), with
+      # the needle model's tokenizer ($TOKENIZER) beside the config.
+      mkdir -p "$dir/model"
+      cp "$model" "$dir/model/config.json"
+      cp "${TOKENIZER:-models/kvsharp-needle-16m/tokenizer.json}" "$dir/model/"
+      source=(--dummy "$dir/model/config.json" --dummy-type f32)
+    else
+      source=(-m "$model")
+    fi
+    prompt="The most important thing about a startup is that it grows fast. Everything else follows from growth: the hiring, the fundraising, the product. Founders who understand this early make better choices about what to build."
+    more=" What matters next is"
+    common=(generate "${source[@]}" --temperature 0 --ignore-eos -n 64)
+    status=0
+    # run NAME ARGS...: one generate, its text in $dir/NAME.txt, its stderr in $dir/NAME.err; a failed run fails the script.
+    run() {
+      local name="$1"; shift
+      if ! kvsharp "${common[@]}" "$@" > "$dir/$name.txt" 2> "$dir/$name.err"; then
+        echo "FAIL $name: exit code, $(tail -n 1 "$dir/$name.err")"; status=1
+      fi
+    }
+    # compare A B STRICT: the same greedy text, else where it first differs (a mismatch fails the script when STRICT is 1).
+    compare() {
+      local a b n
+      a="$(cat "$dir/$1.txt")"; b="$(cat "$dir/$2.txt")"
+      if [ "$a" == "$b" ]; then echo "| $1 | $2 | same text (${#a} chars) |"; return; fi
+      n=0; while [ "$n" -lt "${#a}" ] && [ "${a:$n:1}" == "${b:$n:1}" ]; do n=$((n + 1)); done
+      echo "| $1 | $2 | differ from char $n of ${#a}: '${a:0:$n}' then '${a:$n:24}' vs '${b:$n:24}' |"
+      if [ "$3" == 1 ]; then status=1; fi
+    }
+    run cpu-dense -p "$prompt"
+    run gpu-dense -p "$prompt" --device cuda
+    for f in f32 f16 fp8 int8 int4 int4:int2 int2; do
+      run "cpu-${f/:/-}" -p "$prompt" --kv-cache "$f"
+      run "gpu-${f/:/-}" -p "$prompt" --kv-cache "$f" --device cuda
+    done
+    # Saved caches: the CPU's (plain f16 and H2O-pressed while decoding) continued on the GPU; the GPU's continued on the CPU.
+    run cpu-save-f16 -p "$prompt" --kv-cache f16 --save-cache "$dir/cpu-f16.kvc"
+    run cpu-save-h2o -p "$prompt" --kv-cache f16 --decode-press h2o:tokens=32 --save-cache "$dir/cpu-h2o.kvc"
+    run gpu-save-f16 -p "$prompt" --kv-cache f16 --save-cache "$dir/gpu-f16.kvc" --device cuda
+    for c in cpu-f16 cpu-h2o gpu-f16; do
+      run "cpu-after-$c" -p "$more" --load-cache "$dir/$c.kvc"
+      run "gpu-after-$c" -p "$more" --load-cache "$dir/$c.kvc" --device cuda
+    done
+    echo "| A | B | greedy text |"
+    echo "|---|---|---|"
+    compare cpu-dense gpu-dense 1
+    for f in f32 f16; do compare "cpu-$f" "gpu-$f" 1; done
+    for f in fp8 int8 int4 int4-int2 int2; do compare "cpu-$f" "gpu-$f" 0; done
+    compare cpu-save-f16 gpu-save-f16 1
+    compare cpu-after-cpu-f16 gpu-after-cpu-f16 1
+    compare cpu-after-cpu-h2o gpu-after-cpu-h2o 0
+    compare cpu-after-gpu-f16 gpu-after-gpu-f16 1
+    compare cpu-after-cpu-f16 cpu-after-gpu-f16 0
+    grep -h "^cuda:\|^loaded\|^saved" "$dir"/gpu-dense.err "$dir"/gpu-int4.err "$dir"/gpu-after-cpu-h2o.err "$dir"/gpu-save-f16.err || true
+    exit $status
+    ;;
   *)
-    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR]" >&2
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR] | cli [MODEL] [DIR]" >&2
     exit 64
     ;;
 esac

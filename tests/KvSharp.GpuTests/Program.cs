@@ -9,7 +9,9 @@ using KvSharp.GpuTests.Checks;
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
 //   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
+//   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
+if (command == "kvsharp") return KvSharp.Cli.Commands.KvSharpCommandLine.RunOnConsole(args[1..]);
 string Option(string name, string fallback)
 {
     int i = Array.IndexOf(args, name);
@@ -69,6 +71,7 @@ switch (command)
         SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
         return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling, kvsharp)");
         return 64;
 }
+

@@ -33,6 +33,22 @@ public static class KvSharpCommandLine
         return root;
     }
 
+    /// <summary>
+    /// Runs the command line on the process's console (what the <c>kvsharp</c> executable does; the GPU runner's
+    /// <c>kvsharp</c> verb too): the first Ctrl+C stops generation cleanly, a second one kills the process as usual.
+    /// </summary>
+    public static int RunOnConsole(string[] args)
+    {
+        using var cancel = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            if (cancel.IsCancellationRequested) return;
+            e.Cancel = true;
+            cancel.Cancel();
+        };
+        return Run(args, new CliContext(new Engine.EngineFacade(Console.Error), Console.In, Console.Out, Console.Error, cancel.Token));
+    }
+
     /// <summary>Parses <paramref name="args"/>, runs the command, and returns the process exit code.</summary>
     public static int Run(string[] args, CliContext context)
     {

@@ -1,3 +1,5 @@
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Cli.Commands;
 using KvSharp.Compute.Cuda.Model;
@@ -14,14 +16,14 @@ namespace KvSharp.Cli.Engine;
 /// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), each next token chosen on the device
 /// (<see cref="CudaSampler"/>: the CPU sampler's rules and random sequence), stop strings and text on the host through the
 /// same loop as the CPU engine (<see cref="Generator.Run(Tokenization.ITokenizer, int, Generator.NextToken, Func{int}, IReadOnlyList{int}, int, GenerationOptions, Action{string}?, CancellationToken)"/>).
+/// --load-cache uploads a saved cache and continues it on the device; --save-cache reads the device cache back
+/// (<see cref="CudaPagedKvCache.Download"/>) and saves it as the CPU engine does.
 /// </summary>
 internal static class CudaGeneration
 {
     public static int Generate(EngineFacade engine, TextWriter status, GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
         var source = request.Model;
-        if (source.LoadCache != null || source.SaveCache != null)
-            throw new UsageException("--load-cache and --save-cache are not supported with --device cuda (its KV cache lives in GPU memory)");
         if (source.KvCache is { ResidualTokens: > 0 } residual)
             throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 " +
                 "one block at a time (32 tokens per head), not a residual window of +r tokens; drop the +r part");
@@ -33,27 +35,49 @@ internal static class CudaGeneration
         string text = template == null ? request.Prompt : template.Format([ChatMessage.User(request.Prompt)], addGenerationPrompt: true);
         var options = template == null ? request.Options
             : request.Options with { StopStrings = [.. request.Options.StopStrings, .. template.EndOfTurnMarkers] };
-        var prompt = model.Encode(text, addBos: template is not { IncludesBos: true });
 
         var weightType = WeightType(model.Weights);
         using var gpu = new CudaTransformer(device, model.Weights, weightType);
-        // --kv-cache: the paged cache of packed blocks in GPU memory (appends encoded on the device, attention reading the
-        // codes directly); without it, the dense float16 cache.
-        using DeviceKvCache cache = source.KvCache is { } spec
-            ? gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx)
-            : gpu.CreateCache(ctx);
+        using var cache = CreateCache(engine, source, model, gpu, device, ctx);
         status.WriteLine(cache is CudaPagedKvCache paged
             ? $"cuda: {device}, {weightType} weights, paged KV cache of {ctx} tokens ({paged.KeyLayout.Format} keys, {paged.ValueLayout.Format} values, {paged.AttentionKernel} attention)"
             : $"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
+        // After a loaded context the prompt continues it: no second BOS.
+        var prompt = model.Encode(text, addBos: cache.Length == 0 && template is not { IncludesBos: true });
         // Sampling on the device: only each chosen token comes back, not the vocabulary's logits.
         using var sampler = new CudaSampler(device, model.Config.VocabSize, options.EffectiveSampler);
         var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (tokens, history) => gpu.ForwardSample(tokens, cache, sampler, history),
             () => cache.Length, prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();
+        if (source.SaveCache != null)
+        {
+            using var saved = ((CudaPagedKvCache)cache).Download();
+            engine.SaveCache(source, model, saved);
+        }
         if (request.ShowCache)
             status.WriteLine($"prompt {result.PromptTokens} tokens: {result.PrefillTokensPerSecond:F1} tok/s; generated {result.TokenIds.Count} ({result.Reason}): " +
                 $"{result.DecodeTokensPerSecond:F1} tok/s; KV cache {cache.Length} tokens, {cache.ByteCount / (1024.0 * 1024.0):F1} MiB allocated on the GPU");
         return result.Reason == StopReason.Cancelled ? 130 : 0;
+    }
+
+    /// <summary>
+    /// The device KV cache: a --load-cache file loaded on the host as the CPU engine loads it and uploaded block by block
+    /// (<see cref="CudaPagedKvCache.Upload(CudaDevice, ModelConfig, PagedKvCache, int, long?)"/>); else the paged cache of
+    /// --kv-cache's formats (F32 blocks when only --save-cache asks for a savable cache, as on the CPU); else the dense
+    /// float16 cache.
+    /// </summary>
+    private static DeviceKvCache CreateCache(EngineFacade engine, ModelSource source, LanguageModel model, CudaTransformer gpu,
+        CudaDevice device, int ctx)
+    {
+        if (source.LoadCache != null)
+        {
+            using var loaded = (PagedKvCache)engine.CreateCache(source, model, ctx);
+            return CudaPagedKvCache.Upload(device, model.Config, loaded, ctx);
+        }
+        var spec = source.KvCache ?? (source.SaveCache != null ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
+        return spec != null
+            ? gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx)
+            : gpu.CreateCache(ctx);
     }
 
     /// <summary>The device type for the model's matrices: float32 stays float32 (exact against the CPU), float16 stays float16, the rest bfloat16.</summary>

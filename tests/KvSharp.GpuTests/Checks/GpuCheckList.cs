@@ -25,6 +25,8 @@ public static class GpuCheckList
         ("vidkv: transformer over an uploaded VidKV cache = CPU engine", VidKvChecks.TransformerMatchesCpu),
         ("vidkv: what the device does not do with VidKV is refused", VidKvChecks.Refusals),
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
+        ("cache files: a loaded cache continues on the device", CacheFileChecks.LoadedCacheDecodesOnDevice),
+        ("cache files: a device cache read back = its blocks and positions", CacheFileChecks.DownloadedCacheMatchesDevice),
         ("paged batch: attention over 3 and 8 sequences, per-sequence evict", PagedBatchChecks.Attention),
         ("paged batch: greedy decode of 8 sequences = each alone", PagedBatchChecks.Decode),
         ("paged batch: SnapKV on one sequence of a batch = the CPU press", PagedBatchChecks.SnapKvOneSequence),

@@ -241,10 +241,8 @@ public static class PagedBatchChecks
     {
         var report = new List<string>();
         var rnd = new RandomData();
-        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
-        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
-        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-        var model = new Transformer(weights);
+        using var llama = new SmallLlama(rnd);
+        var (config, gpu, model) = (llama.Config, llama.Gpu, llama.Cpu);
         const int pressed = 1, steps = 8;
         int perSequence = config.NumLayers * config.NumKvHeads, kvHeads = config.NumKvHeads;
         foreach (var (format, window, keepRatio, protect) in new[] { (KvFormat.F32, 8, 0.5, 0), (KvFormat.Int4, 16, 0.3, 4) })

@@ -8,9 +8,7 @@ using KvSharp.Compression.Scorers;
 using KvSharp.Compute.Cpu;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
-using KvSharp.Formats;
 using KvSharp.Models;
-using KvSharp.Models.Loading;
 
 namespace KvSharp.GpuTests.Checks;
 
@@ -146,18 +144,14 @@ public static class PressChecks
     {
         var report = new List<string>();
         var rnd = new RandomData();
-        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
-        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
-        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-        var model = new Transformer(weights);
+        using var llama = new SmallLlama(rnd);
+        var (config, gpu, model) = (llama.Config, llama.Gpu, llama.Cpu);
         foreach (var (format, window, keepRatio, protect) in new[] { (KvFormat.F32, 8, 0.5, 0), (KvFormat.Int4, 16, 0.3, 4) })
         {
             int length = 120 + rnd.Next(100);
-            var tokens = Enumerable.Range(0, length).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            var tokens = llama.Tokens(length);
             var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = length + 8 };
-
-            using var cpuCache = new PagedKvCache(config, options);
-            model.Forward(tokens, cpuCache);
+            using var cpuCache = llama.CpuPrefill(tokens, options);
             // The device starts from the same encoded blocks the CPU press observes: the prefilled cache rewound to the
             // window's start (what the press itself does before re-running the window).
             using var rewound = cpuCache.Fork();
@@ -186,18 +180,14 @@ public static class PressChecks
     {
         var report = new List<string>();
         var rnd = new RandomData();
-        var config = PagedChecks.Shape(8, 2, 64) with { NumLayers = 2, HiddenSize = 512, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
-        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
-        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-        var model = new Transformer(weights);
+        using var llama = new SmallLlama(rnd);
+        var (config, gpu, model) = (llama.Config, llama.Gpu, llama.Cpu);
         foreach (var (format, window, chunk, keepRatio, protect) in new[] { (KvFormat.F32, 8, 32, 0.5, 0), (KvFormat.Int4, 16, 64, 0.3, 4) })
         {
             int length = 150 + rnd.Next(100);
-            var tokens = Enumerable.Range(0, length).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            var tokens = llama.Tokens(length);
             var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = length + 8 };
-
-            using var cpuCache = new PagedKvCache(config, options);
-            model.Forward(tokens, cpuCache);
+            using var cpuCache = llama.CpuPrefill(tokens, options);
             var context = new PressContext(model, cpuCache, tokens) { ProtectedPrefix = protect };
             var masks = new ScoredPress(new H2oScorer(window, chunk), new UniformBudget(KeepTarget.Ratio(keepRatio))).Select(context);
 

@@ -10,7 +10,7 @@
 // Each warp owns whole blocks; lane l owns channels [l·C, l·C + C) of every token, so its query values and its
 // channels' per-channel key parameters stay in registers: quantized key blocks fold scale and min into the
 // query once per block (q·k = Σ q·min + Σ (q·scale)·code), per-token value parameters are read per token.
-#include "paged_kv.cuh"
+#include "paged_lanes.cuh"
 
 // Scores of the n visible tokens of one key block into sc[g·chunk + j0 + t].
 template <int G, int C, int F>
@@ -53,18 +53,7 @@ __device__ __forceinline__ void block_scores(const u8* kb, int n, int tokens, co
             if constexpr (kv_quantized(F)) x[i] = (float)c;
             else x[i] = float_code<F>(c);
         }
-        float part[G];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            float s = bias[g];
-#pragma unroll
-            for (int i = 0; i < C; i++) s += qk[g][i] * x[i];
-            part[g] = warp_sum(s);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-            if (lane == g) sc[g * chunk + j0 + t] = part[g];
+        warp_score_row<G, C>(qk, x, bias, sc, chunk, j0 + t, lane);
     }
 }
 
@@ -96,13 +85,7 @@ __device__ __forceinline__ void block_values(const u8* vb, int n, int tokens, in
 #pragma unroll
             for (int i = 0; i < C; i++) x[i] = float_code<F>(code_at<BITS>(w, i));
         }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            const float p = sc[g * chunk + j0 + t];
-#pragma unroll
-            for (int i = 0; i < C; i++) acc[g][i] += p * x[i];
-        }
+        add_weighted_row<G, C>(acc, x, sc, chunk, j0 + t);
     }
 }
 
@@ -121,74 +104,26 @@ __device__ __forceinline__ void block_values(const u8* vb, int n, int tokens, in
     }
 
 
+// The per-block functions of the lane-channels kernel (paged_lanes.cuh): one format switch per block, no scratch.
 template <int G, int C>
-__device__ __forceinline__ void paged_attention(
-    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
-    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
+struct LaneBlocks
 {
-    constexpr int HD = 32 * C;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
-    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
-    const uint4* hdesc = w.hdesc;
-    const long first = w.first;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int chunk = chunk_blocks * tokens;
-    extern __shared__ float4 smem4[];
-    float* ov = reinterpret_cast<float*>(smem4);     // [G, HD] value accumulators
-    int* boff = reinterpret_cast<int*>(ov + G * HD); // [chunk_blocks + 1] first score slot of each block
-    float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk] scores, then probabilities
+    __device__ __forceinline__ float* claim(float* at, int, int) const { return at; }
 
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
-    const int n = split_offsets(hdesc, nb, limit, boff);
-    if (n == 0) empty_chunk(part_ml, first, splits, G);
-    else
+    __device__ __forceinline__ void scores(uint4 d, const u8* kb, int cnt, int tokens, int, const float (&qr)[G][C], float* sc, int chunk, int j0, int lane) const
     {
-        float qr[G][C];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) qr[g][i] = q[((long)t * heads + (long)kvh * G + g) * HD + lane * C + i] * scale;
-
-        for (int bi = warp; bi < nb; bi += warps)
-        {
-            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
-            if (cnt == 0) continue;
-            const uint4 d = hdesc[bi];
-            const u8* kb = pool + (size_t)d.x * 16;
 #define SCORES(F) block_scores<G, C, F>(kb, cnt, tokens, qr, sc, chunk, j0, lane)
-            KV_FORMAT_SWITCH(desc_kfmt(d), SCORES)
+        KV_FORMAT_SWITCH(desc_kfmt(d), SCORES)
 #undef SCORES
-        }
-        __syncthreads();
-        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
-        __syncthreads();
-
-        float acc[G][C];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) acc[g][i] = 0.0f;
-        for (int bi = warp; bi < nb; bi += warps)
-        {
-            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
-            if (cnt == 0) continue;
-            const uint4 d = hdesc[bi];
-            const u8* vb = pool + (size_t)d.y * 16;
-#define VALUES(F) block_values<G, C, F>(vb, cnt, tokens, vg, sc, chunk, j0, lane, acc)
-            KV_FORMAT_SWITCH(desc_vfmt(d), VALUES)
-#undef VALUES
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) atomicAdd(&ov[g * HD + lane * C + i], acc[g][i]);
-        __syncthreads();
-        store_chunk(ov, part_out, first, splits, G, HD);
     }
-    // Chunk weights go to the score area (the planner keeps splits <= chunk).
-    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
-}
+
+    __device__ __forceinline__ void values(uint4 d, const u8* vb, int cnt, int tokens, int vg, const float* sc, int chunk, int j0, int lane, float (&acc)[G][C]) const
+    {
+#define VALUES(F) block_values<G, C, F>(vb, cnt, tokens, vg, sc, chunk, j0, lane, acc)
+        KV_FORMAT_SWITCH(desc_vfmt(d), VALUES)
+#undef VALUES
+    }
+};
 
 
 // ---- Wide variant (paged_attn_w_gG_cC): the same attention with 16-byte loads for every format. ----
@@ -444,7 +379,8 @@ __device__ __forceinline__ void paged_attention_wide(
     extern "C" __global__ void __launch_bounds__(128) paged_attn_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
-    { paged_attention<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
+    { paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
+        chunk_blocks, splits, scale, batch, LaneBlocks<G, C>{}); }
 PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
 PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
 

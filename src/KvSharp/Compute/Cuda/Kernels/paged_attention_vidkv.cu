@@ -1,8 +1,8 @@
 // Flash-decoding attention over a device paged KV cache that holds VidKV blocks (paged_vidkv.cuh) among blocks of any
 // other format: paged_attn_vid_gG_cC, dispatched by CudaPagedKvCache when it holds VidKV blocks (the other kernels read
-// only the formats of paged_kv.cuh). Same grid, split, causal rule, chunk softmax and last-block merge as
-// paged_attention.cu: block (split, kv head, query row) of 4 warps, each warp owning whole blocks, lane l owning channels
-// [l·C, l·C + C) of every token; with batch, row t is sequence t (paged_head).
+// only the formats of paged_kv.cuh). The lane-channels kernel of paged_lanes.cuh (as paged_attention.cu's
+// paged_attn_gG_cC) with VidKvBlocks as its per-block functions: block (split, kv head, query row) of 4 warps, each warp
+// owning whole blocks, lane l owning channels [l·C, l·C + C) of every token; with batch, row t is sequence t (paged_head).
 //
 // VidKV keys are never inverse-transformed (VidKvAttention on the CPU does the same): with outlier channels o and normal
 // channels c, q·k̂_t = [Σ_o q_o·min_o + Σ_c q_c·mean_c] + Σ_o (q_o·step_o)·code_to + Σ_{j≥1} φ_j(t)·u_j, where
@@ -14,6 +14,7 @@
 // element by element through decode_element (BlockCodec.Decode's arithmetic): correct for every format, not tuned (in a
 // VidKV cache they are the F32 residual and the press's uncompressed recent tokens).
 #include "paged_vidkv.cuh"
+#include "paged_lanes.cuh"
 
 constexpr int VID_WARPS = 4;
 
@@ -140,13 +141,7 @@ __device__ __forceinline__ void vid_values(const u8* vb, int cnt, int tokens, in
 #pragma unroll
             for (int i = 0; i < C; i++) x[i] = (float)vid_trit(trits, t * HD + lane * C + i) * scale[i];
         }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            const float pr = sc[g * chunk + j0 + t];
-#pragma unroll
-            for (int i = 0; i < C; i++) acc[g][i] += pr * x[i];
-        }
+        add_weighted_row<G, C>(acc, x, sc, chunk, j0 + t);
     }
 }
 
@@ -155,23 +150,15 @@ template <int G, int C>
 __device__ __forceinline__ void element_scores(const u8* kb, int kf, int cnt, int tokens, int vg, const float (&qr)[G][C], float* sc, int chunk, int j0, int lane)
 {
     constexpr int HD = 32 * C;
+    float zero[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) zero[g] = 0.0f;
     for (int t = 0; t < cnt; t++)
     {
         float x[C];
 #pragma unroll
         for (int i = 0; i < C; i++) x[i] = decode_element(kb, kf, true, t, lane * C + i, tokens, HD, vg);
-        float part[G];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            float s = 0.0f;
-#pragma unroll
-            for (int i = 0; i < C; i++) s += qr[g][i] * x[i];
-            part[g] = warp_sum(s);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-            if (lane == g) sc[g * chunk + j0 + t] = part[g];
+        warp_score_row<G, C>(qr, x, zero, sc, chunk, j0 + t, lane);
     }
 }
 
@@ -185,99 +172,51 @@ __device__ __forceinline__ void element_values(const u8* vb, int vf, int cnt, in
         float x[C];
 #pragma unroll
         for (int i = 0; i < C; i++) x[i] = decode_element(vb, vf, false, t, lane * C + i, tokens, HD, vg);
-#pragma unroll
-        for (int g = 0; g < G; g++)
-        {
-            const float pr = sc[g * chunk + j0 + t];
-#pragma unroll
-            for (int i = 0; i < C; i++) acc[g][i] += pr * x[i];
-        }
+        add_weighted_row<G, C>(acc, x, sc, chunk, j0 + t);
     }
 }
 
-// basis: the float32 real-DFT tables of every length up to `tokens` (vid_basis_at); vid_m: outlier channels of the
-// cache's VidKV key blocks; vid_s: salient tokens of its VidKV value blocks.
+// The per-block functions of the VidKV kernel (paged_lanes.cuh): VidKV blocks by their own readers, the rest element by
+// element. basis: the float32 real-DFT tables of every length up to `tokens` (vid_basis_at); m: outlier channels of the
+// cache's VidKV key blocks; s: salient tokens of its VidKV value blocks; qs, u: this warp's scratch for vid_key_scores.
 template <int G, int C>
-__device__ __forceinline__ void paged_attention_vidkv(
-    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
-    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch,
-    const float* __restrict__ basis, int vid_m, int vid_s)
+struct VidKvBlocks
 {
-    constexpr int HD = 32 * C;
-    pdl_wait();
-    const int split = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    int limit; // stored tokens this row sees
-    const int head = paged_head(t, kvh, kv_heads, rows, batch, head_tokens, limit);
-    const int b0 = split * chunk_blocks, nb = min(chunk_blocks, head_blocks[head] - b0);
-    const uint4* hdesc = desc + (long)head * max_blocks + b0;
-    const int chunk = chunk_blocks * tokens;
-    extern __shared__ float4 smem4[];
-    float* ov = reinterpret_cast<float*>(smem4);                        // [G, HD] value accumulators
-    float* qss = ov + G * HD;                                            // [VID_WARPS, G, HD] folded queries
-    float* us = qss + VID_WARPS * G * HD;                                // [VID_WARPS, G, tokens] transformed queries
-    int* boff = reinterpret_cast<int*>(us + VID_WARPS * G * tokens);     // [chunk_blocks + 1]
-    float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1);       // [G, chunk] scores, then probabilities
-    const long first = ((long)t * heads + (long)kvh * G) * splits + split;
+    const float* basis;
+    int m, s;
+    float* qs;
+    float* u;
 
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
-    const int n = split_offsets(hdesc, nb, limit, boff);
-    if (n == 0) empty_chunk(part_ml, first, splits, G);
-    else
+    // [VID_WARPS, G, HD] folded queries, then [VID_WARPS, G, tokens] transformed queries.
+    __device__ __forceinline__ float* claim(float* at, int warp, int tokens)
     {
-        float qr[G][C];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) qr[g][i] = q[((long)t * heads + (long)kvh * G + g) * HD + lane * C + i] * scale;
-
-        for (int bi = warp; bi < nb; bi += warps)
-        {
-            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
-            if (cnt == 0) continue;
-            const uint4 d = hdesc[bi];
-            const u8* kb = pool + (size_t)d.x * 16;
-            const int kf = desc_kfmt(d);
-            if (kf == KV_VIDKV_KEY) vid_key_scores<G, C>(kb, desc_count(d), cnt, tokens, vid_m, qr, basis, qss + warp * G * HD, us + warp * G * tokens, sc, chunk, j0, lane);
-            else element_scores<G, C>(kb, kf, cnt, tokens, vg, qr, sc, chunk, j0, lane);
-        }
-        __syncthreads();
-        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
-        __syncthreads();
-
-        float acc[G][C];
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) acc[g][i] = 0.0f;
-        for (int bi = warp; bi < nb; bi += warps)
-        {
-            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
-            if (cnt == 0) continue;
-            const uint4 d = hdesc[bi];
-            const u8* vb = pool + (size_t)d.y * 16;
-            const int vf = desc_vfmt(d);
-            if (vf == KV_VIDKV_VALUE) vid_values<G, C>(vb, cnt, tokens, vid_s, sc, chunk, j0, lane, acc);
-            else element_values<G, C>(vb, vf, cnt, tokens, vg, sc, chunk, j0, lane, acc);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int i = 0; i < C; i++) atomicAdd(&ov[g * HD + lane * C + i], acc[g][i]);
-        __syncthreads();
-        store_chunk(ov, part_out, first, splits, G, HD);
+        constexpr int HD = 32 * C;
+        qs = at + warp * G * HD;
+        u = at + VID_WARPS * G * HD + warp * G * tokens;
+        return at + VID_WARPS * G * HD + VID_WARPS * G * tokens;
     }
-    // Chunk weights go to the score area (the planner keeps splits <= chunk).
-    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
-}
+
+    __device__ __forceinline__ void scores(uint4 d, const u8* kb, int cnt, int tokens, int vg, const float (&qr)[G][C], float* sc, int chunk, int j0, int lane) const
+    {
+        const int kf = desc_kfmt(d);
+        if (kf == KV_VIDKV_KEY) vid_key_scores<G, C>(kb, desc_count(d), cnt, tokens, m, qr, basis, qs, u, sc, chunk, j0, lane);
+        else element_scores<G, C>(kb, kf, cnt, tokens, vg, qr, sc, chunk, j0, lane);
+    }
+
+    __device__ __forceinline__ void values(uint4 d, const u8* vb, int cnt, int tokens, int vg, const float* sc, int chunk, int j0, int lane, float (&acc)[G][C]) const
+    {
+        const int vf = desc_vfmt(d);
+        if (vf == KV_VIDKV_VALUE) vid_values<G, C>(vb, cnt, tokens, s, sc, chunk, j0, lane, acc);
+        else element_values<G, C>(vb, vf, cnt, tokens, vg, sc, chunk, j0, lane, acc);
+    }
+};
 
 #define PAGED_ATTN_VID(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_vid_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch, const float* basis, int vid_m, \
         int vid_s) \
-    { paged_attention_vidkv<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
-        chunk_blocks, splits, scale, batch, basis, vid_m, vid_s); }
+    { paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
+        chunk_blocks, splits, scale, batch, VidKvBlocks<G, C>{basis, vid_m, vid_s, nullptr, nullptr}); }
 PAGED_ATTN_VID(1, 2) PAGED_ATTN_VID(2, 2) PAGED_ATTN_VID(4, 2) PAGED_ATTN_VID(8, 2)
 PAGED_ATTN_VID(1, 4) PAGED_ATTN_VID(2, 4) PAGED_ATTN_VID(4, 4) PAGED_ATTN_VID(8, 4)

@@ -215,6 +215,7 @@ public sealed partial class CudaPagedKvCache
         _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
         Device.Synchronize();
         Resync();
+        ForgetPositions();
     }
 
     /// <summary>Queues the statistics of one layer's attention rows (after the attention launch), when collecting.</summary>

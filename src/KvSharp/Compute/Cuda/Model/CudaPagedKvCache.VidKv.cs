@@ -81,10 +81,13 @@ public sealed partial class CudaPagedKvCache
         }
     }
 
-    /// <summary>The layout of this cache's VidKV blocks of <paramref name="format"/>.</summary>
-    private BlockLayout VidKvLayoutOf(KvFormat format) => format == KvFormat.VidKvKey
-        ? new BlockLayout(format, QuantAxis.PerChannel, _vidOutliers < 0 ? BlockLayout.VidKvDefaultParameter(format, Config.HeadDim, BlockTokens) : _vidOutliers, BlockTokens, Config.HeadDim)
-        : new BlockLayout(format, QuantAxis.PerChannel, _vidSalient < 0 ? BlockLayout.VidKvDefaultParameter(format, Config.HeadDim, BlockTokens) : _vidSalient, BlockTokens, Config.HeadDim);
+    /// <summary>The layout of this cache's VidKV blocks of <paramref name="format"/> (its outlier or salient count, else the default).</summary>
+    private BlockLayout VidKvLayoutOf(KvFormat format)
+    {
+        int held = format == KvFormat.VidKvKey ? _vidOutliers : _vidSalient;
+        int parameter = held < 0 ? BlockLayout.VidKvDefaultParameter(format, Config.HeadDim, BlockTokens) : held;
+        return new BlockLayout(format, QuantAxis.PerChannel, parameter, BlockTokens, Config.HeadDim);
+    }
 
     /// <summary>Refuses <paramref name="operation"/> on a cache holding VidKV blocks (the device neither decodes them element by element nor encodes them).</summary>
     private void RefuseVidKv(string operation)

@@ -47,6 +47,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     {
         var host = EmptyTables();
         UploadTables(host.Desc, host.Blocks, host.Tokens, ReservedUnits);
+        StartPositions();
     }
 
     private CudaPagedKvCache(CudaDevice device, ModelConfig config, PagedKvCacheOptions options, int capacity, int maxBlocks, long? poolBytes, long? poolUnits,
@@ -247,6 +248,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 for (int g = 0; g < config.NumKvHeads; g++)
                 {
                     var s = stores[(l * batch + q) * config.NumKvHeads + g] = sources[q].ReadStore(l, g);
+                    if (s.Blocks.Any(e => e.Formats.BalancedKeys))
+                        throw new KvSharpException($"layer {l} KV head {g} of the paged KV cache stores balanced keys (a per-channel key balance), which the CUDA paged KV cache does not read");
                     longest = Math.Max(longest, s.Blocks.Count + s.TailCount / t + 1);
                     foreach (var e in s.Blocks) used += Units(e.KeyLayout.ByteSize) + Units(e.ValueLayout.ByteSize);
                     used += (long)(s.TailCount / t) * 2 * Units(t * hd * sizeof(float));
@@ -262,6 +265,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             cache.AdoptVidKv(stores);
             cache.CopyFrom(stores);
             for (int q = 0; q < batch; q++) cache.SetLength(q, sources[q].Length);
+            cache.StartPositions(stores);
             cache.Resync();
             return cache;
         }
@@ -388,6 +392,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     internal void EvictOnDevice(DeviceBuffer flags)
     {
         RefuseVidKv("eviction");
+        EvictPositions(flags);
         int hd = Config.HeadDim;
         using var fresh = Device.Allocate(PoolUnits * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));

@@ -1,0 +1,101 @@
+using System.Runtime.InteropServices;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compute.Cuda.Runtime;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// Reading the device cache back into a CPU <see cref="PagedKvCache"/> (what <c>kvsharp generate --device cuda --save-cache</c>
+/// saves). The device's descriptors hold no positions, so the host keeps them: per head the positions of the tokens stored
+/// before the last upload or eviction, in storage order; every head of a sequence stores each token appended since, at
+/// the sequence's positions from then on.
+/// </summary>
+public sealed partial class CudaPagedKvCache
+{
+    private int[][]? _storedPositions; // per head: positions of the tokens stored at _storedUpTo, storage order; null = unknown
+    private int[]? _storedUpTo;        // per sequence: its length when _storedPositions was taken
+
+    /// <summary>
+    /// A CPU cache holding sequence <paramref name="sequence"/>'s blocks as the device stores them, byte for byte (the
+    /// residual's rows as the float tail), with their positions and this cache's options.
+    /// </summary>
+    /// <exception cref="KvSharpException">The positions of the stored tokens are not known: the cache was synthesized for a
+    /// benchmark, or re-quantized on the device (which regroups tokens across blocks).</exception>
+    public PagedKvCache Download(int sequence = 0)
+    {
+        if ((uint)sequence >= (uint)Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {Batch}");
+        if (_storedPositions == null || _storedUpTo == null)
+            throw new KvSharpException("the CUDA paged KV cache cannot be read back: the positions of its tokens are not known after a device re-quantization or in a synthesized cache");
+        int hd = Config.HeadDim, length = LengthOf(sequence);
+        var cpu = new PagedKvCache(Config, Options with { MaxTokens = Math.Max(Capacity, length) });
+        try
+        {
+            for (int l = 0; l < Config.NumLayers; l++)
+                for (int g = 0; g < Config.NumKvHeads; g++)
+                {
+                    var positions = PositionsOf(HeadIndex(l, sequence, g), sequence);
+                    var head = ReadHead(l, g, sequence);
+                    var blocks = new List<(BlockLayout, BlockLayout, int[], byte[], byte[])>(head.Count - 1);
+                    int at = 0;
+                    foreach (var b in head.Take(head.Count - 1))
+                    {
+                        blocks.Add((b.KeyLayout, b.ValueLayout, positions[at..(at + b.Count)], b.Keys, b.Values));
+                        at += b.Count;
+                    }
+                    var residual = head[^1];
+                    if (at + residual.Count != positions.Length)
+                        throw new KvSharpException($"layer {l} KV head {g} of the CUDA paged KV cache stores {at + residual.Count} tokens, its positions say {positions.Length}");
+                    cpu.RestoreHead(l, g, blocks, positions[at..],
+                        MemoryMarshal.Cast<byte, float>(residual.Keys.AsSpan(0, residual.Count * hd * sizeof(float))),
+                        MemoryMarshal.Cast<byte, float>(residual.Values.AsSpan(0, residual.Count * hd * sizeof(float))));
+                }
+            cpu.RestoreLength(length);
+            return cpu;
+        }
+        catch
+        {
+            cpu.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Positions of head <paramref name="head"/>'s stored tokens in storage order: those kept at the last upload or eviction, then every append since.</summary>
+    private int[] PositionsOf(int head, int sequence)
+    {
+        int from = _storedUpTo![sequence];
+        return [.. _storedPositions![head], .. Enumerable.Range(from, LengthOf(sequence) - from)];
+    }
+
+    /// <summary>Every head empty at length 0 (a new cache).</summary>
+    private void StartPositions()
+    {
+        _storedPositions = Enumerable.Range(0, HeadCount).Select(_ => Array.Empty<int>()).ToArray();
+        _storedUpTo = new int[Batch];
+    }
+
+    /// <summary>An uploaded cache's heads (<paramref name="stores"/> in table order) hold their CPU stores' tokens in storage order.</summary>
+    private void StartPositions(HeadStore[] stores)
+    {
+        _storedPositions = stores.Select(s => s.StoragePositions()).ToArray();
+        _storedUpTo = Enumerable.Range(0, Batch).Select(LengthOf).ToArray();
+    }
+
+    /// <summary>After an eviction by <paramref name="flags"/> (device bytes [HeadCount, MaxBlocks · BlockTokens], nonzero = dropped): each head keeps the positions of its kept tokens.</summary>
+    private void EvictPositions(DeviceBuffer flags)
+    {
+        if (_storedPositions == null) return;
+        int maxTokens = MaxBlocks * BlockTokens;
+        var dropped = new byte[(long)HeadCount * maxTokens];
+        flags.Download<byte>(dropped);
+        for (int h = 0; h < HeadCount; h++)
+        {
+            var positions = PositionsOf(h, h / Config.NumKvHeads % Batch);
+            _storedPositions[h] = positions.Where((_, i) => dropped[(long)h * maxTokens + i] == 0).ToArray();
+        }
+        _storedUpTo = Enumerable.Range(0, Batch).Select(LengthOf).ToArray();
+    }
+
+    /// <summary>Re-quantization regroups tokens across blocks: their positions are no longer known.</summary>
+    private void ForgetPositions() => (_storedPositions, _storedUpTo) = (null, null);
+}
