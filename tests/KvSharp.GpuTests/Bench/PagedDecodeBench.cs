@@ -25,13 +25,17 @@ public static class PagedDecodeBench
     /// A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default);
     /// with <paramref name="VidKv"/> (outlier share, salient tokens) its blocks are VidKV ones and appends encode in the format.
     /// </summary>
-    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null);
+    /// <remarks><paramref name="Programmatic"/>: whether the paged decode kernels launch programmatically (<see cref="CudaPagedKernels.ProgrammaticLaunch"/>).</remarks>
+    private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null,
+        bool Programmatic = true);
 
     private static readonly Variant[] Variants =
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
+        new("F16 paged, plain launches", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores, Programmatic: false),
+        new("F16 paged, plain launches", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined, Programmatic: false),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
@@ -100,6 +104,8 @@ public static class PagedDecodeBench
                         rows.Add($"| {batch} | {context} | {v.Name} | | does not fit | | | | | | {(double)(weightBytes + denseKv) / (weightBytes + Estimate(config, v, context, batch)):F2}x |");
                         continue;
                     }
+                    var pagedKernels = (cache as CudaPagedKvCache)?.PagedKernels;
+                    if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = v.Programmatic; // before the graph is captured
                     using (cache)
                     {
                         long kvBytes = cache.BytesReadPerToken;
@@ -125,6 +131,7 @@ public static class PagedDecodeBench
                         rows.Add($"| {batch} | {context} | {v.Name} | {kernel} | {kvBytes / 1e9:F3} | {ms:F3} | {batch * 1000 / ms:F1} | {batch * 1000 / rooflineMs:F1} | {rooflineMs / ms * 100:F0}% | {speedup} | {predicted:F2}x |");
                         log.WriteLine($"{what} {kernel}: {ms:F3} ms/step (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB, device {cache.ByteCount / 1e9:F1} GB");
                     }
+                    if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = true;
                 }
             }
         log.WriteLine();

@@ -69,6 +69,33 @@ __device__ __forceinline__ void prefetch_next(const u8* pool, const uint4* bdesc
     prefetch_block(pool + (size_t)(k ? e.x : e.y) * 16, block_bytes(k ? desc_kfmt(e) : desc_vfmt(e), k, tokens, 128, vg), lane);
 }
 
+// Asks L2 for the visible rows of the split's last block when it is an F32 or BF16 one (in the last split of a head: its
+// residual, which the CUDA cores read row by row). Without it, the block's many dependent loads each waited for device
+// memory while the other blocks kept it saturated: the split holding the residual ended ~25 us after the others (H100,
+// 32K tokens). Every thread of the block, after the split's descriptors are in shared memory.
+__device__ __forceinline__ void prefetch_float_tail(const u8* pool, const uint4* bdesc, int nb, int limit)
+{
+    if (nb <= 0) return;
+    const uint4 d = bdesc[nb - 1];
+    const int n = desc_visible(d, limit);
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+    {
+        const int f = m == 0 ? desc_kfmt(d) : desc_vfmt(d);
+        if (n == 0 || (f != KV_F32 && f != KV_BF16)) continue;
+        const u8* p = pool + (size_t)(m == 0 ? d.x : d.y) * 16;
+        for (int o = threadIdx.x * 128; o < n * 128 * kv_bits(f) / 8; o += blockDim.x * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+    }
+}
+
+// Asks L1 for an F32 or BF16 block's first n rows before a warp reads them token by token (tc_scores_float and
+// tc_values_float wait for each token's loads in turn); other formats need nothing.
+__device__ __forceinline__ void prefetch_float_l1(const u8* p, int f, int n, int lane)
+{
+    if (f != KV_F32 && f != KV_BF16) return;
+    for (int o = lane * 128; o < n * 128 * kv_bits(f) / 8; o += 32 * 128) asm volatile("prefetch.global.L1 [%0];" ::"l"(p + o));
+}
+
 // Two codes c·2^K (K: the field's bit position, c·2^K < 1024), the bits of x under mask (within bits 0..9 and 16..25),
 // as the f16x2 (c, c'): OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K))
 // leaves c. Mask and exponent go in one lop3 ((x & mask) | 0x64006400, the exponent word in a register).
@@ -457,6 +484,7 @@ __device__ __forceinline__ void paged_attention_tc(
     int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
 {
     constexpr int HD = 128;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
     const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
@@ -473,6 +501,7 @@ __device__ __forceinline__ void paged_attention_tc(
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
     const int n = split_offsets(hdesc, nb, limit, boff);
+    prefetch_float_tail(pool, bdesc, nb, limit);
     if (n == 0) empty_chunk(part_ml, first, splits, G);
     else
     {
@@ -492,6 +521,7 @@ __device__ __forceinline__ void paged_attention_tc(
                 const uint4 d = bdesc[bi];
                 const u8* kb = pool + (size_t)d.x * 16;
                 prefetch_next(pool, bdesc, bi, nb, warp, warps, true, tokens, vg, lane);
+                prefetch_float_l1(kb, desc_kfmt(d), cnt, lane);
 #define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
 #define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
                 KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
@@ -515,6 +545,7 @@ __device__ __forceinline__ void paged_attention_tc(
             const uint4 d = bdesc[bi];
             const u8* vb = pool + (size_t)d.y * 16;
             prefetch_next(pool, bdesc, bi, nb, warp, warps, false, tokens, vg, lane);
+            prefetch_float_l1(vb, desc_vfmt(d), cnt, lane);
 #define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
 #define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
             KV_FLOAT_OR(desc_vfmt(d), TVALUES_FLOAT, TVALUES)
@@ -537,6 +568,7 @@ __device__ __forceinline__ void paged_attention_tc(
         __syncthreads();
         store_chunk(ov, part_out, first, splits, G, HD);
     }
+    pdl_trigger(); // the output product's blocks may start loading weights during the merge
     merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
@@ -920,10 +952,17 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const flo
 }
 
 // Bytes of a block staged through a warp's ring (a multiple of 16; at most 8 KB for 32 tokens, half the ring, so two
-// entries always fit an empty ring), or 0 for F32/BF16 blocks, read in place.
-__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg)
+// entries always fit an empty ring), or 0 for a block read in place. F32/BF16 blocks (the residual) stage their n visible
+// rows when those fit half a ring (16 F32 rows, 32 BF16 rows): read in place, a row at a time, they were the last split's
+// tail (~25 us at 32K tokens on an H100); longer ones are read in place after prefetch_float_tail.
+__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, int n)
 {
-    return f == KV_F32 || f == KV_BF16 ? 0u : ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
+    if (f == KV_F32 || f == KV_BF16)
+    {
+        const unsigned b = (unsigned)n * (unsigned)(128 * kv_bits(f) / 8);
+        return b <= PIPE_RING / 2 ? b : 0u;
+    }
+    return ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
 }
 
 // Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
@@ -952,7 +991,8 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     {
         const uint4 d = bdesc[st.next];
         const bool keys = !st.keys_issued;
-        const unsigned s = desc_visible(d, limit) == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg);
+        const int n = desc_visible(d, limit);
+        const unsigned s = n == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg, n);
         if (s != 0)
         {
             const unsigned at = ring_start(st.issued_bytes, s, ring);
@@ -980,10 +1020,6 @@ __device__ __forceinline__ void paged_attention_pipe(
 {
     constexpr int HD = 128, vg = VG;
     constexpr unsigned ring = PIPE_RING;
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
-    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
-    const uint4* hdesc = w.hdesc;
-    const long first = w.first;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
     extern __shared__ float4 smem4[];
@@ -993,21 +1029,25 @@ __device__ __forceinline__ void paged_attention_pipe(
     float* ov = qs + G * PIPE_QROW;                                                              // [G, HD] the block's output
     float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
     uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
-
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
-    {
-        ov[i] = 0.0f;
-        qs[pipe_q(i / HD, i % HD)] = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
-    }
-    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
     const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
+    // Shared memory only, before waiting for the kernel before (under programmatic launch it may still be running).
     if (lane == 0)
     {
 #pragma unroll
         for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+        qs[pipe_q(i / HD, i % HD)] = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
     __syncthreads();
+    prefetch_float_tail(pool, bdesc, nb, limit);
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
     pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
@@ -1022,12 +1062,13 @@ __device__ __forceinline__ void paged_attention_pipe(
         const int n = desc_visible(d, limit);
         if (n == 0) continue;
         const int kf = desc_kfmt(d), vf = desc_vfmt(d);
-        const unsigned ks = stage_bytes(kf, true, tokens, vg), vs = stage_bytes(vf, false, tokens, vg);
+        const unsigned ks = stage_bytes(kf, true, tokens, vg, n), vs = stage_bytes(vf, false, tokens, vg, n);
         // Where the producer placed them: the same rule from the same cursor.
         const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
         const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
-        const u8* kb = pool + (size_t)d.x * 16;
-        const u8* vb = pool + (size_t)d.y * 16;
+        // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
+        const u8* kb = ks ? rings + warp * ring + (kat & (ring - 1u)) : pool + (size_t)d.x * 16;
+        const u8* vb = vs ? rings + warp * ring + (vat & (ring - 1u)) : pool + (size_t)d.y * 16;
         const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
         float s[4][2];
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
@@ -1059,6 +1100,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         }
     }
 
+    pdl_trigger(); // the output product's blocks may start loading weights during the merges
     // The block's 4 warps merge: per head M = max of the warps' maxima, each warp's accumulators weighted by e^(m - M).
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);

@@ -66,9 +66,11 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
 
     /// <summary>
     /// Whether the kernel does useful work before its griddepcontrol.wait (the matrix-vector products' first weight
-    /// loads): such kernels launch programmatically under <see cref="CudaDevice.ProgrammaticMatrixVector"/>.
+    /// loads) or gains from being resident when its predecessor ends (the paged cache's decode kernels): such kernels
+    /// launch programmatically under <see cref="CudaDevice.ProgrammaticMatrixVector"/>. Settable so that a benchmark can
+    /// compare both launches of one kernel (<see cref="CudaPagedKernels.ProgrammaticLaunch"/>).
     /// </summary>
-    public bool WorksBeforeWait { get; init; }
+    public bool WorksBeforeWait { get; set; }
 
     /// <summary>
     /// Queues the kernel on the device's stream; with <see cref="CudaDevice.ProgrammaticLaunch"/> it may start

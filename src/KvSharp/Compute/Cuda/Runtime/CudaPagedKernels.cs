@@ -17,9 +17,40 @@ internal sealed partial class CudaPagedKernels
     {
         _device = device;
         _attention = CudaModule.LoadEmbedded(device, "paged_attention.cu");
-        _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu");
+        // The decode step's append and tensor-core attention wait for their predecessor with griddepcontrol.wait, so they
+        // may launch programmatically (ProgrammaticLaunch).
+        _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
         // Compiled on first use: caches of other shapes never need it.
-        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu"));
+        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
+    }
+
+    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal));
+
+    /// <summary>
+    /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
+    /// programmatic dependent launch under <see cref="CudaDevice.ProgrammaticMatrixVector"/>: their grids become resident
+    /// while the previous kernel drains (they wait for it with griddepcontrol.wait before reading anything it writes), and
+    /// the attention lets the output product start its weight loads during its merge. On by default; a benchmark
+    /// compares both (applies to launches queued, and graphs captured, after the change).
+    /// </summary>
+    public bool ProgrammaticLaunch
+    {
+        get => _programmatic;
+        set
+        {
+            _programmatic = value;
+            foreach (var f in _launched) f.WorksBeforeWait = IsProgrammatic(f.Name);
+        }
+    }
+
+    private bool _programmatic = true;
+    private readonly HashSet<CudaFunction> _launched = [];
+
+    /// <summary>A decode kernel, remembered so that <see cref="ProgrammaticLaunch"/> reaches it.</summary>
+    private CudaFunction Decode(CudaFunction f)
+    {
+        lock (_launched) _launched.Add(f);
+        return f;
     }
 
     /// <summary>The kernels of <paramref name="device"/> (compiled and loaded once per process; unloaded with the context).</summary>
@@ -196,7 +227,7 @@ internal sealed partial class CudaPagedKernels
                 throw new CudaException("paged attention", $"the pipelined kernel needs blocks of at most 32 tokens, not {blockTokens}");
             if (group * plan.Splits * 4 > 4 * PipelineRingBytes)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
-            Pipelined(group, valueGroup).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+            Decode(Pipelined(group, valueGroup)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0));
@@ -204,7 +235,7 @@ internal sealed partial class CudaPagedKernels
         }
         var function = kernel switch
         {
-            PagedAttentionKernel.TensorCores => _tensorAttention.Value[$"paged_attn_t_g{group}"],
+            PagedAttentionKernel.TensorCores => Decode(_tensorAttention.Value[$"paged_attn_t_g{group}"]),
             PagedAttentionKernel.Wide => _attention[$"paged_attn_w_g{group}_c{headDim / 32}"],
             PagedAttentionKernel.VidKv => VidKvAttention[$"paged_attn_vid_g{group}_c{headDim / 32}"],
             _ => _attention[$"paged_attn_g{group}_c{headDim / 32}"],
@@ -235,7 +266,7 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public void RopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, in AppendTarget a,
         int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false) =>
-        _cache["paged_rope_append"].Launch(rows * heads + (batch ? rows : 1) * kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
+        Decode(_cache["paged_rope_append"]).Launch(rows * heads + (batch ? rows : 1) * kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
             Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
