@@ -9,7 +9,8 @@
 #   scripts/gpu-tests.sh paged [args]   (on the GPU machine) the compressed-cache decode benchmark (bench-paged).
 #   scripts/gpu-tests.sh issue7 [DIR]   (on the GPU machine) issue 7's whole benchmark in one run, logs into DIR
 #                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
-#                                  compressed caches at batch 1 and 8, then transformers on the same shapes.
+#                                  compressed caches at batch 1 and 8, the device sampler, then transformers on the
+#                                  same shapes.
 # Between the two, copy .gpu/, scripts/ and bench/configs/ to the GPU machine (.gpu/ is git-ignored: with the
 # device tool, put them in an ignored folder of the checkout it sends and name that folder in carry).
 set -euo pipefail
@@ -53,8 +54,9 @@ case "${1:-}" in
       --steps 32 --prefill 4096,32768 > "$dir/dense.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --contexts 32768,131072 --steps 16 > "$dir/paged1.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 32768,131072 --steps 16 > "$dir/paged8.txt" 2>&1 || status=$?
+    .gpu/app/KvSharp.GpuTests bench-sampling > "$dir/sampling.txt" 2>&1 || status=$?
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
-    grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/hf.txt"
+    grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
     exit $status
     ;;
   *)

@@ -8,6 +8,7 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
 string command = args.Length > 0 ? args[0] : "selftest";
 string Option(string name, string fallback)
 {
@@ -64,7 +65,10 @@ switch (command)
                 int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
             return 0;
         }
+    case "bench-sampling":
+        SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
+        return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling)");
         return 64;
 }

@@ -11,8 +11,9 @@ namespace KvSharp.Cli.Engine;
 
 /// <summary>
 /// <c>kvsharp generate --device cuda</c>: the model's weights and the KV cache in GPU memory (<see cref="CudaTransformer"/>;
-/// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), the logits of each step copied back, sampling, stop strings and text on the host
-/// through the same loop as the CPU engine (<see cref="Generator.Run"/>).
+/// float16, or packed blocks with <c>--kv-cache</c>: <see cref="CudaPagedKvCache"/>), each next token chosen on the device
+/// (<see cref="CudaSampler"/>: the CPU sampler's rules and random sequence), stop strings and text on the host through the
+/// same loop as the CPU engine (<see cref="Generator.Run(Tokenization.ITokenizer, int, Generator.NextToken, Func{int}, IReadOnlyList{int}, int, GenerationOptions, Action{string}?, CancellationToken)"/>).
 /// </summary>
 internal static class CudaGeneration
 {
@@ -44,8 +45,10 @@ internal static class CudaGeneration
         status.WriteLine(cache is CudaPagedKvCache paged
             ? $"cuda: {device}, {weightType} weights, paged KV cache of {ctx} tokens ({paged.KeyLayout.Format} keys, {paged.ValueLayout.Format} values, {paged.AttentionKernel} attention)"
             : $"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
-        var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, tokens => gpu.Forward(tokens, cache), () => cache.Length,
-            prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
+        // Sampling on the device: only each chosen token comes back, not the vocabulary's logits.
+        using var sampler = new CudaSampler(device, model.Config.VocabSize, options.EffectiveSampler);
+        var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (tokens, history) => gpu.ForwardSample(tokens, cache, sampler, history),
+            () => cache.Length, prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
         output.WriteLine();
         if (request.ShowCache)
             status.WriteLine($"prompt {result.PromptTokens} tokens: {result.PrefillTokensPerSecond:F1} tok/s; generated {result.TokenIds.Count} ({result.Reason}): " +

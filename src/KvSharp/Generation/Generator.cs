@@ -14,6 +14,12 @@ namespace KvSharp.Generation;
 /// </summary>
 public sealed class Generator
 {
+    /// <summary>
+    /// Runs <paramref name="tokens"/> after everything the forward pass has seen and returns the next token, chosen with
+    /// <paramref name="history"/> (prompt and generated so far, oldest first, ending with the tokens just run).
+    /// </summary>
+    public delegate int NextToken(int[] tokens, ReadOnlySpan<int> history);
+
     private readonly Transformer _model;
     private readonly ITokenizer _tokenizer;
 
@@ -49,6 +55,28 @@ public sealed class Generator
         Action<string>? onText = null, CancellationToken cancellation = default, IKvCache? cache = null)
     {
         options.Validate();
+        var sampler = new Sampler(options.EffectiveSampler);
+        return RunSteps(tokenizer, maxContext, (tokens, history) => sampler.Sample(forward(tokens), history), cachedTokens,
+            prompt, contextLength, options, onText, cancellation, cache);
+    }
+
+    /// <summary>
+    /// The generation loop over a forward pass that also chooses the next token (the CUDA backend sampling on the device:
+    /// <see cref="NextToken"/>), with options.EffectiveSampler's rules left to it. Stop strings, end-of-sequence and
+    /// streamed text work as in <see cref="Generate"/>; decode-time compression is refused (it needs the engine's cache).
+    /// </summary>
+    public static GenerationResult Run(
+        ITokenizer tokenizer, int maxContext, NextToken next, Func<int> cachedTokens,
+        IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
+        Action<string>? onText = null, CancellationToken cancellation = default) =>
+        RunSteps(tokenizer, maxContext, next, cachedTokens, prompt, contextLength, options, onText, cancellation, null);
+
+    private static GenerationResult RunSteps(
+        ITokenizer tokenizer, int maxContext, NextToken step, Func<int> cachedTokens,
+        IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
+        Action<string>? onText, CancellationToken cancellation, IKvCache? cache)
+    {
+        options.Validate();
         if (options.DecodeCompression is not null && cache is null)
             throw new KvSharpException("decode-time compression needs the engine's own KV cache: this forward pass keeps its cache elsewhere (e.g. on the GPU)");
         if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
@@ -61,7 +89,6 @@ public sealed class Generator
                     : " (the model's full context): shorten the prompt")
                 : $"the prompt has {prompt.Count} tokens but only {free} of the context's {contextLength} remain");
 
-        var sampler = new Sampler(options.EffectiveSampler);
         var history = new List<int>(prompt);
         var generated = new List<int>();
         var eos = options.StopAtEos ? new HashSet<int>(tokenizer.EosIds) : [];
@@ -71,7 +98,7 @@ public sealed class Generator
         var chars = new char[64];
 
         var sw = Stopwatch.StartNew();
-        float[] logits = forward(prompt.ToArray());
+        int next = step(prompt.ToArray(), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
         var prefill = sw.Elapsed;
         sw.Restart();
 
@@ -81,7 +108,6 @@ public sealed class Generator
         while (generated.Count < options.MaxTokens)
         {
             if (cancellation.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
-            int next = sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
             if (eos.Contains(next)) { reason = StopReason.EndOfSequence; break; }
             generated.Add(next);
             history.Add(next);
@@ -102,7 +128,7 @@ public sealed class Generator
             if (generated.Count == options.MaxTokens) break;
             if (cachedTokens() >= contextLength) { reason = StopReason.ContextFull; break; }
             decode?.BeforeStep(++steps);
-            logits = forward([next]);
+            next = step([next], System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
             decode?.AfterStep(steps);
         }
         if (reason != StopReason.StopString)

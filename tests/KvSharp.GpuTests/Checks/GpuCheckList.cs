@@ -17,6 +17,7 @@ public static class GpuCheckList
         ("flash prefill", KernelChecks.FlashPrefill),
         ("argmax", KernelChecks.ArgMax),
         ("gemv+argmax (output head)", KernelChecks.GemvArgMax),
+        ("sampling: device sampler = float64 reference", SamplingChecks.DeviceMatchesReference),
         ("paged: attention, every supported format and mixed", PagedChecks.Attention),
         ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),
@@ -35,5 +36,6 @@ public static class GpuCheckList
         ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),
         ("model: batch decode", ModelChecks.BatchDecode),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
+        ("model: stories260K sampled on the device = CPU sampler", () => ModelChecks.Stories260KSampled(stories260K)),
     ];
 }

@@ -2,6 +2,7 @@ using KvSharp.Cache.Paged;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
+using KvSharp.Generation.Sampling;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
 
@@ -33,6 +34,42 @@ public static class ModelChecks
         var bfPrompt = new[] { 1, 403, 261, 378, 285, 300, 266, 394, 299, 263, 410 };
         report.Add(AgainstCpu(weights, DeviceWeightType.BF16, bfPrompt, steps: 40, logitTolerance: 2e-2, requireSameTokens: false));
         return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// stories260K sampled on the device (<see cref="CudaTransformer.ForwardSample"/>, default sampler: temperature 0.8,
+    /// top-k 40, top-p 0.95, repetition penalty 1.1) along the CPU engine's own sampled tokens: each step's device choice
+    /// equals the CPU sampler's from the CPU logits with the same seed, but for rare flips where the two engines' logits
+    /// (within ~1e-3 of each other) straddle a cut.
+    /// </summary>
+    public static string Stories260KSampled(string modelPath)
+    {
+        using var weights = ModelLoader.Load(modelPath);
+        var config = weights.Config;
+        const int steps = 48;
+        var options = new SamplerOptions { RepetitionPenalty = 1.1f, Seed = 20261126 };
+        var history = new List<int> { 1, 403, 261, 378, 285, 300 };
+        int promptLength = history.Count;
+
+        var cpu = new Transformer(weights);
+        using var cpuCache = new PagedKvCache(config, new PagedKvCacheOptions { MaxTokens = promptLength + steps + 1, BlockTokens = 1 });
+        var cpuSampler = new Sampler(options);
+        using var gpu = new CudaTransformer(CudaDevice.Shared, weights, DeviceWeightType.F32);
+        using var cache = gpu.CreateCache(promptLength + steps + 1);
+        using var gpuSampler = new CudaSampler(CudaDevice.Shared, config.VocabSize, options);
+        int[] next = [.. history];
+        int same = 0;
+        for (int i = 0; i < steps; i++)
+        {
+            int cpuToken = cpuSampler.Sample(cpu.Forward(next, cpuCache), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
+            int gpuToken = gpu.ForwardSample(next, cache, gpuSampler, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
+            if (gpuToken == cpuToken) same++;
+            history.Add(cpuToken);
+            next = [cpuToken];
+        }
+        if (same < steps - 2) throw new CheckFailedException($"device sampling chose the CPU sampler's token in {same} of {steps} steps");
+        if (history.Skip(promptLength).Distinct().Count() < 5) throw new CheckFailedException("the sampled tokens hardly vary: the draw looks greedy");
+        return $"stories260K: the device sampler chose the CPU sampler's token in {same} of {steps} steps ({history.Skip(promptLength).Distinct().Count()} distinct tokens)";
     }
 
     /// <summary>

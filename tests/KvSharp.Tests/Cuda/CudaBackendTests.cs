@@ -21,10 +21,12 @@ public class CudaBackendTests
     [CudaFact] public void Attention() => KernelChecks.Attention();
     [CudaFact] public void FlashPrefill() => KernelChecks.FlashPrefill();
     [CudaFact] public void ArgMax() => KernelChecks.ArgMax();
+    [CudaFact] public void SamplingMatchesReference() => SamplingChecks.DeviceMatchesReference();
     [CudaFact] public void QwenShapedDummyMatchesCpu() => ModelChecks.QwenShapedDummy();
     [CudaFact] public void LlamaShapedDummyMatchesCpu() => ModelChecks.LlamaShapedDummy();
     [CudaFact] public void BatchDecodeMatchesSingle() => ModelChecks.BatchDecode();
     [CudaFact] public void Stories260KMatchesCpu() => ModelChecks.Stories260K(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
+    [CudaFact] public void Stories260KSampledMatchesCpu() => ModelChecks.Stories260KSampled(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
 
     /// <summary>Without a GPU, opening a device is one clear "CUDA unavailable" error (the CPU backend stays the default).</summary>
     [Fact]

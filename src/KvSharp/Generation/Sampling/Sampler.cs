@@ -5,7 +5,10 @@ namespace KvSharp.Generation.Sampling;
 /// llama.cpp's default order: repetition penalty → top-k → top-p → min-p → temperature → draw.
 /// Deterministic for a seed (its own xoshiro256** generator). Sized for 150K-token vocabularies: top-k
 /// uses a k-element heap instead of sorting the vocabulary, and top-p without top-k buckets the logits and
-/// sorts only the bucket where the cumulative mass crosses p. Buffers are reused between calls; one instance is not thread-safe.
+/// sorts only the bucket where the cumulative mass crosses p. The draw walks the surviving tokens in id order (whatever
+/// order the stages left them in), so a sampler that finds the survivors without sorting them — the CUDA backend's
+/// <c>CudaSampler</c> — draws the same token from the same random number. Buffers are reused between calls; one instance
+/// is not thread-safe.
 /// </summary>
 public sealed class Sampler
 {
@@ -27,6 +30,7 @@ public sealed class Sampler
     private float[] _heapVals = [];
     private int _count;             // number of surviving candidates
     private bool _sorted;           // whether _ids[0.._count] is sorted by logit descending (ties: lower id first)
+    private bool _idOrder;          // whether _ids[0.._count] is in ascending id order
 
     /// <summary>Creates a sampler; throws <see cref="KvSharpException"/> when an option is out of range.</summary>
     public Sampler(SamplerOptions options)
@@ -123,12 +127,14 @@ public sealed class Sampler
         if (topK > 0 && topK < n)
         {
             SelectTop(work, topK);
+            _idOrder = false;
         }
         else
         {
             for (int i = 0; i < n; i++) { _ids[i] = i; _vals[i] = work[i]; }
             _count = n;
             _sorted = false;
+            _idOrder = true;
         }
         if (Options.TopP < 1f) ApplyTopP(work);
         if (Options.MinP > 0f) ApplyMinP();
@@ -219,6 +225,7 @@ public sealed class Sampler
         }
         for (int j = 0; j < _count; j++) _vals[j] = work[_ids[j]];
         _sorted = false;
+        _idOrder = false;
     }
 
     /// <summary>Drops candidates whose probability is below MinP times the best one (compared in log space).</summary>
@@ -240,6 +247,9 @@ public sealed class Sampler
 
     private int Draw()
     {
+        // Id order makes the drawn token independent of how the stages ordered the survivors (top-k: by rank; top-p
+        // over the vocabulary: by bucket); a stable, cheap order the device sampler reproduces.
+        if (!_idOrder) Array.Sort(_ids, _vals, 0, _count);
         float inverseTemperature = 1f / Options.Temperature;
         float max = float.NegativeInfinity;
         for (int j = 0; j < _count; j++) max = Math.Max(max, _vals[j]);

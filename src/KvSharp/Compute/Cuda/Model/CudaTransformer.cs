@@ -139,6 +139,28 @@ public sealed class CudaTransformer : IDisposable
     /// </summary>
     public float[] Forward(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode = LogitsMode.Last, int sequence = 0)
     {
+        var logits = new float[mode == LogitsMode.All ? tokens.Length * Config.VocabSize : Config.VocabSize];
+        Run(tokens, cache, mode, sequence, logits);
+        return logits;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> as <see cref="Forward"/> does and chooses the next token on the device from the last
+    /// one's logits with <paramref name="sampler"/> (<paramref name="recentTokens"/>: the history its repetition penalty
+    /// reads, prompt and generated). Only the token is copied back.
+    /// </summary>
+    public int ForwardSample(ReadOnlySpan<int> tokens, DeviceKvCache cache, CudaSampler sampler, ReadOnlySpan<int> recentTokens, int sequence = 0)
+    {
+        ArgumentNullException.ThrowIfNull(sampler);
+        return sampler.Sample(Run(tokens, cache, LogitsMode.Last, sequence, null), recentTokens);
+    }
+
+    /// <summary>
+    /// The forward pass of <see cref="Forward"/>, copying the logits into <paramref name="logits"/> when given; returns the
+    /// device address of the last token's logits row (valid until the next call).
+    /// </summary>
+    private ulong Run(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode, int sequence, float[]? logits)
+    {
         if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
         if ((uint)sequence >= (uint)cache.Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {cache.Batch}");
         int length = cache.LengthOf(sequence);
@@ -148,7 +170,7 @@ public sealed class CudaTransformer : IDisposable
             if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         _device.MakeCurrent();
         int vocab = Config.VocabSize;
-        var logits = new float[mode == LogitsMode.All ? tokens.Length * vocab : vocab];
+        ulong lastRow = 0;
         for (int start = 0; start < tokens.Length; start += PrefillChunk)
         {
             int n = Math.Min(PrefillChunk, tokens.Length - start);
@@ -163,18 +185,20 @@ public sealed class CudaTransformer : IDisposable
             if (mode == LogitsMode.All)
             {
                 EnqueueLogits(s, 0, n);
-                s.Logits.Download(logits.AsSpan(start * vocab, n * vocab));
+                if (logits != null) s.Logits.Download(logits.AsSpan(start * vocab, n * vocab));
+                lastRow = s.Logits.Pointer + (ulong)((long)(n - 1) * vocab * sizeof(float));
             }
             else if (last)
             {
                 EnqueueLogits(s, n - 1, 1);
-                s.Logits.Download(logits.AsSpan(0, vocab));
+                if (logits != null) s.Logits.Download(logits.AsSpan(0, vocab));
+                lastRow = s.Logits.Pointer;
             }
             _device.Synchronize();
             cache.CheckDeviceState();
             cache.SetLength(sequence, cache.LengthOf(sequence) + n);
         }
-        return logits;
+        return lastRow;
     }
 
     /// <summary>
