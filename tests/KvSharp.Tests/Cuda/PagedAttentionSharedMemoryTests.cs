@@ -56,9 +56,10 @@ public class PagedAttentionSharedMemoryTests
         foreach (int group in new[] { 1, 2, 4, 8 })
             foreach (int chunk in new[] { 1, 85, CudaPagedKernels.PipelinedMaxChunkBlocks })
             {
-                // Hand count: 4 rings of 16 KB, 4 warps × 8 barriers of 8 bytes, the padded query (148 floats a head), the
-                // output (128 floats a head), (max, sum) per warp and head, 16 bytes of descriptor a block.
-                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * (148 * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * chunk;
+                // Hand count: 4 rings of 16 KB, 4 warps × 8 barriers of 8 bytes, the padded hi/lo query (64 word pairs and
+                // 36 words of padding a head), the output (128 floats a head), (max, sum) per warp and head, 16 bytes of
+                // descriptor a block.
+                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * chunk;
                 Assert.Equal(expected, CudaPagedKernels.SharedBytes(group, 128, 32, chunk, PagedAttentionKernel.Pipelined));
             }
         // Three blocks of 4 query heads per KV head fit an H100's 228 KB (1 KB reserved per block) even at the longest split.

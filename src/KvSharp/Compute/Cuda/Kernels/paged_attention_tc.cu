@@ -51,6 +51,38 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel)
     return r;
 }
 
+__device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b)
+{
+    unsigned r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ unsigned hfma2(unsigned a, unsigned b, unsigned c)
+{
+    unsigned r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// As an instruction of its own (not a xor) so that ptxas folds it into the fma's operand.
+__device__ __forceinline__ unsigned hneg2(unsigned a)
+{
+    unsigned r;
+    asm("neg.f16x2 %0, %1;" : "=r"(r) : "r"(a));
+    return r;
+}
+
+// (xh + xl)·s as hi + lo f16x2 pairs with packed arithmetic (2 products a 3-instruction run instead of 2 conversions,
+// 2 f32 products and a hi/lo split each): hi = rn(xh·s), and xh·s − hi is exact in one fma (the error of a rounded
+// product), so lo = (xh·s − hi) + xl·s keeps the ≈22-bit operand of the f32 path; where a product falls below f16's
+// normal range both paths keep the same absolute 2^-25.
+__device__ __forceinline__ void scaled_pair(unsigned xh, unsigned xl, unsigned s, unsigned& hi, unsigned& lo)
+{
+    hi = hmul2(xh, s);
+    lo = hfma2(xl, s, hfma2(xh, s, hneg2(hi)));
+}
+
 // Asks L2 for a block's bytes (the warp's next block, while it computes the current one): its loads then wait for L2,
 // not for device memory. One 128-byte line per lane and step.
 __device__ __forceinline__ void prefetch_block(const u8* p, int bytes, int lane)
@@ -121,6 +153,59 @@ __device__ __forceinline__ constexpr int key_low_channel(int r)
 }
 template <int F>
 __device__ __forceinline__ constexpr int key_step() { return kv_bits(F) >= 8 ? 1 : F == KV_INT4 ? 4 : kv_bits(F) == 2 ? 8 : 16; }
+
+// Factor between a key fragment and the element: FP8 fragments hold value / 256, the others the value (or its code).
+template <int F>
+__device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? 256.0f : 1.0f; }
+
+// The query A fragments of a key block of format F (what both tensor-core kernels build per block). qh/ql: the head's
+// query (pre-scaled) as hi + lo f16x2 in natural pairs (word j = lane elements 2j, 2j + 1); sw/mw: the block's f16
+// scale/min words of the same elements (quantized formats). Per-channel steps are folded in with packed f16 products
+// (scaled_pair), Σ q·min (returned) is one more run of 8 mma with the mins as B (every column the same; rows gid and
+// gid + 8 carry hi and lo, so d[0] + d[2] is the head's sum, no shuffles), and the pairs are then permuted into the
+// format's fragment order (key_low_channel: elements c and c + key_step<F>() share a register). Warp-uniform.
+template <int F>
+__device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsigned (&ql)[16], const unsigned (&sw)[16], const unsigned (&mw)[16],
+    unsigned (&ah)[16], unsigned (&al)[16])
+{
+    float bias = 0.0f;
+    unsigned nh[16], nl[16];
+    if constexpr (kv_quantized(F))
+    {
+        // min = m (INT), -s (ternary), m - s (binary: two runs); step = s, or 2s for binary.
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+        {
+            if constexpr (F == KV_TERNARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+            else mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], mw[2 * s], mw[2 * s + 1]);
+            if constexpr (F == KV_BINARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+        }
+        bias = d[0] + d[2];
+#pragma unroll
+        for (int r = 0; r < 16; r++) scaled_pair(qh[r], ql[r], F == KV_BINARY ? hmul2(sw[r], 0x40004000u) : sw[r], nh[r], nl[r]);
+    }
+    else
+    {
+#pragma unroll
+        for (int r = 0; r < 16; r++) { nh[r] = qh[r]; nl[r] = ql[r]; }
+    }
+#pragma unroll
+    for (int r = 0; r < 16; r++)
+    {
+        constexpr int S = key_step<F>();
+        if constexpr (S == 1) { ah[r] = nh[r]; al[r] = nl[r]; }
+        else
+        {
+            // Elements c and c + S (same parity) from words c/2 and c/2 + S/2.
+            const int c = key_low_channel<F>(r);
+            const unsigned sel = (c & 1) ? 0x7632u : 0x5410u;
+            ah[r] = prmt(nh[c >> 1], nh[(c >> 1) + S / 2], sel);
+            al[r] = prmt(nl[c >> 1], nl[(c >> 1) + S / 2], sel);
+        }
+    }
+    return bias;
+}
 
 // The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps.
 template <int F>
@@ -205,9 +290,9 @@ __device__ __forceinline__ void load_words(const u8* p, unsigned* w)
 }
 
 // Scores of the n visible tokens of one key block (a format with exact f16 codes) into sc[gid·chunk + j0 + t].
-// qf: the lane's 32 channels of head gid, pre-scaled (zero for gid >= G).
+// qh/ql: the lane's 32 channels of head gid (pre-scaled) as hi + lo f16x2 pairs (key_query).
 template <int G, int F>
-__device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const float (&qf)[32], float* sc, int chunk, int j0, int gid, int tig)
+__device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const unsigned (&qh)[16], const unsigned (&ql)[16], float* sc, int chunk, int j0, int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128, WORDS = BITS; // 32 channels of BITS bits
     constexpr int NT = BITS >= 16 ? 2 : 4; // 8-key tiles whose loads are issued together
@@ -216,43 +301,14 @@ __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const
     unsigned w[NT][WORDS];
 #pragma unroll
     for (int u = 0; u < NT; u++) load_words<WORDS>(kb + (size_t)min(8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
-    unsigned qh[16], ql[16];
-    float bias = 0.0f;
+    unsigned ah[16], al[16], sw[16], mw[16];
+    if constexpr (kv_quantized(F))
     {
-        float qe[32];
-        if constexpr (kv_quantized(F))
-        {
-            // Per-channel (step, min) of the lane's channels folded into the query: q·k = Σ q·min + Σ (q·step)·code.
-            const u8* params = kb + tokens * HD / 8 * BITS;
-            unsigned sw[16], mw[16];
-            load_words<16>(params + tig * 64, sw);
-            if constexpr (kv_params(F) == 2) load_words<16>(params + HD * 2 + tig * 64, mw);
-#pragma unroll
-            for (int i = 0; i < 32; i++)
-            {
-                const float s = f16_to_f32((u16)(sw[i >> 1] >> (16 * (i & 1))));
-                float mn, st;
-                if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
-                else
-                {
-                    const float m = f16_to_f32((u16)(mw[i >> 1] >> (16 * (i & 1))));
-                    if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
-                    else { mn = m; st = s; }
-                }
-                bias += qf[i] * mn;
-                qe[i] = qf[i] * st;
-            }
-        }
-        else
-        {
-#pragma unroll
-            for (int i = 0; i < 32; i++) qe[i] = F == KV_FP8 ? qf[i] * 256.0f : qf[i]; // FP8 fragments hold value / 256
-        }
-#pragma unroll
-        for (int r = 0; r < 16; r++) split_f16x2(qe[key_low_channel<F>(r)], qe[key_low_channel<F>(r) + key_step<F>()], qh[r], ql[r]);
+        const u8* params = kb + tokens * HD / 8 * BITS; // the lane's 32 scales (f16), mins 256 bytes later
+        load_words<16>(params + tig * 64, sw);
+        if constexpr (kv_params(F) == 2) load_words<16>(params + HD * 2 + tig * 64, mw);
     }
-    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
-    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    const float bias = key_query<F>(qh, ql, sw, mw, ah, al);
     for (int t0 = 0; t0 < n; t0 += 8 * NT)
     {
         if (t0 > 0)
@@ -267,12 +323,12 @@ __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const
             key_fragments<F>(w[u], b);
             float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
 #pragma unroll
-            for (int s = 0; s < 8; s++) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], b[2 * s], b[2 * s + 1]);
+            for (int s = 0; s < 8; s++) mma_f16(d, ah[2 * s], al[2 * s], ah[2 * s + 1], al[2 * s + 1], b[2 * s], b[2 * s + 1]);
             const int t = t0 + 8 * u + 2 * tig;
             if (gid < G)
             {
-                if (t < n) sc[gid * chunk + j0 + t] = d[0] + d[2] + bias;
-                if (t + 1 < n) sc[gid * chunk + j0 + t + 1] = d[1] + d[3] + bias;
+                if (t < n) sc[gid * chunk + j0 + t] = (d[0] + d[2]) * key_unit<F>() + bias;
+                if (t + 1 < n) sc[gid * chunk + j0 + t + 1] = (d[1] + d[3]) * key_unit<F>() + bias;
             }
         }
     }
@@ -280,9 +336,16 @@ __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const
 
 // Scores of an F32 or BF16 key block on CUDA cores (the residual): the 4 lanes of a head split each row's channels.
 template <int G, int F>
-__device__ __forceinline__ void tc_scores_float(const u8* kb, int n, const float (&qf)[32], float* sc, int chunk, int j0, int gid, int tig)
+__device__ __forceinline__ void tc_scores_float(const u8* kb, int n, const unsigned (&qh)[16], const unsigned (&ql)[16], float* sc, int chunk, int j0, int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    float qf[32];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+    {
+        qf[2 * j] = f16_to_f32((u16)qh[j]) + f16_to_f32((u16)ql[j]);
+        qf[2 * j + 1] = f16_to_f32((u16)(qh[j] >> 16)) + f16_to_f32((u16)(ql[j] >> 16));
+    }
     for (int t = 0; t < n; t++)
     {
         unsigned w[BITS];
@@ -366,6 +429,58 @@ __device__ __forceinline__ float chunk_param(uint2 x, int k, int gpr)
     return f16_to_f32((u16)(w >> (16 * (g & 1))));
 }
 
+// The parameters of chunk k of two tokens (a low, b high) as one f16x2, from their row_params results.
+__device__ __forceinline__ unsigned chunk_param_pair(uint2 a, uint2 b, int k, int gpr)
+{
+    const int g = gpr == 4 ? k : gpr == 2 ? k >> 1 : 0;
+    return prmt(g >= 2 ? a.y : a.x, g >= 2 ? b.y : b.x, (g & 1) ? 0x7632u : 0x5410u);
+}
+
+// The lane's probabilities of one 16-token step (tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9) split hi + lo into the
+// A operand's pairs once per step, with the format's constant folded in (FP8 fragments hold value / 256; binary
+// steps are 2·scale): exact powers of two.
+struct StepProbs
+{
+    unsigned h01, l01, h89, l89;
+};
+
+template <int F>
+__device__ __forceinline__ StepProbs step_probs(const float (&pv)[4])
+{
+    constexpr float c = F == KV_FP8 ? 256.0f : F == KV_BINARY ? 2.0f : 1.0f;
+    StepProbs r;
+    split_f16x2(pv[0] * c, pv[1] * c, r.h01, r.l01);
+    split_f16x2(pv[2] * c, pv[3] * c, r.h89, r.l89);
+    return r;
+}
+
+// o += P·V of chunk k (channels [32k, 32k + 32)) of one 16-token step, what both tensor-core kernels do per chunk: A =
+// the step's probabilities times each token's step of the chunk's group (packed, scaled_pair: a token pair's two
+// steps are one prmt of their rows' parameter words), B = the chunk's 4 channel tiles b0/b1 (tokens 0-7 / 8-15 of the
+// step); mbk += Σ p·min of the chunk's group (f32).
+template <int F>
+__device__ __forceinline__ void value_chunk(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[16][4], float& mbk)
+{
+    unsigned a0 = P.h01, a1 = P.l01, a2 = P.h89, a3 = P.l89;
+    if constexpr (kv_quantized(F))
+    {
+        scaled_pair(P.h01, P.l01, chunk_param_pair(sh[0], sh[1], k, gpr), a0, a1);
+        scaled_pair(P.h89, P.l89, chunk_param_pair(sh[2], sh[3], k, gpr), a2, a3);
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            float mn;
+            if constexpr (F == KV_TERNARY) mn = -chunk_param(sh[u], k, gpr);
+            else if constexpr (F == KV_BINARY) mn = chunk_param(mh[u], k, gpr) - chunk_param(sh[u], k, gpr);
+            else mn = chunk_param(mh[u], k, gpr);
+            mbk += pv[u] * mn;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+}
+
 // o += P·V over the n visible tokens of one value block (exact f16 codes); mb[k] += Σ_t p_t·min_t of chunk k's group.
 // NS 16-token steps per iteration: their loads are all issued before the first is used.
 template <int G, int F>
@@ -401,37 +516,14 @@ __device__ __forceinline__ void tc_values(const u8* vb, int n, int tokens, int v
         for (int h = 0; h < NS; h++)
         {
             if (t0 + 16 * h >= n) break;
+            const StepProbs P = step_probs<F>(pv[h]);
 #pragma unroll
             for (int k = 0; k < 4; k++)
             {
-                float ps[4];
-#pragma unroll
-                for (int u = 0; u < 4; u++)
-                {
-                    if constexpr (kv_quantized(F))
-                    {
-                        const float s = chunk_param(sh[h][u], k, gpr);
-                        float mn, st;
-                        if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
-                        else
-                        {
-                            const float m = chunk_param(mh[h][u], k, gpr);
-                            if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
-                            else { mn = m; st = s; }
-                        }
-                        ps[u] = pv[h][u] * st;
-                        mb[k] += pv[h][u] * mn;
-                    }
-                    else ps[u] = F == KV_FP8 ? pv[h][u] * 256.0f : pv[h][u];
-                }
-                unsigned a0, a1, a2, a3;
-                split_f16x2(ps[0], ps[1], a0, a1);
-                split_f16x2(ps[2], ps[3], a2, a3);
                 unsigned b0[4], b1[4];
                 value_fragments<F>(piece[h][0][k], piece[h][1][k], b0);
                 value_fragments<F>(piece[h][2][k], piece[h][3][k], b1);
-#pragma unroll
-                for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+                value_chunk<F>(P, pv[h], sh[h], mh[h], k, gpr, b0, b1, o, mb[k]);
             }
         }
     }
@@ -506,13 +598,13 @@ __device__ __forceinline__ void paged_attention_tc(
     else
     {
         {
-            float qf[32]; // head gid's channels [32·tig, 32·tig + 32), pre-scaled; zero in the rows past the group
+            unsigned qh[16], ql[16]; // head gid's channels [32·tig, 32·tig + 32), pre-scaled, as hi + lo (rows past the group: head G - 1)
 #pragma unroll
             for (int v = 0; v < 8; v++)
             {
-                float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (gid < G) x = *reinterpret_cast<const float4*>(q + ((long)t * heads + (long)kvh * G + gid) * HD + tig * 32 + 4 * v);
-                qf[4 * v] = x.x * scale; qf[4 * v + 1] = x.y * scale; qf[4 * v + 2] = x.z * scale; qf[4 * v + 3] = x.w * scale;
+                const float4 x = *reinterpret_cast<const float4*>(q + ((long)t * heads + (long)kvh * G + min(gid, G - 1)) * HD + tig * 32 + 4 * v);
+                split_f16x2(x.x * scale, x.y * scale, qh[2 * v], ql[2 * v]);
+                split_f16x2(x.z * scale, x.w * scale, qh[2 * v + 1], ql[2 * v + 1]);
             }
             for (int bi = warp; bi < nb; bi += warps)
             {
@@ -522,8 +614,8 @@ __device__ __forceinline__ void paged_attention_tc(
                 const u8* kb = pool + (size_t)d.x * 16;
                 prefetch_next(pool, bdesc, bi, nb, warp, warps, true, tokens, vg, lane);
                 prefetch_float_l1(kb, desc_kfmt(d), cnt, lane);
-#define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qf, sc, chunk, j0, gid, tig)
-#define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qf, sc, chunk, j0, gid, tig)
+#define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qh, ql, sc, chunk, j0, gid, tig)
+#define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qh, ql, sc, chunk, j0, gid, tig)
                 KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
 #undef TSCORES
 #undef TSCORES_FLOAT
@@ -597,7 +689,7 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
 constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
 constexpr unsigned PIPE_RING = 16384; // bytes of a warp's ring: two blocks of up to 8 KB (F16, 32 tokens)
-constexpr int PIPE_QROW = 148; // padded query row (floats): 4 floats after every 32 channels, 20 after the row
+constexpr int PIPE_QROW = 164; // padded query row (32-bit words): hi/lo pairs of 32 channels, 8 words after each, 4 after the row
 
 __device__ __forceinline__ unsigned smem_u32(const void* p)
 {
@@ -634,9 +726,11 @@ __device__ __forceinline__ float fast_exp2(float x)
     return y;
 }
 
-// Index of channel c of head g in the padded query copy: lanes reading 4 floats at 32-channel strides (and heads 148
-// floats apart) land in different banks.
-__device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + c + (c >> 5) * 4; }
+// The query copy holds head g's channels c, c + 1 (c even) as the f16x2 words hi, lo at word pipe_q(g, c), pipe_q(g, c) + 1,
+// so one 16-byte load of channels c..c+3 is an mma A quad (hi, lo of k-steps c and c + 2) as key_query runs it. The
+// padding puts the 8 lanes of a 16-byte load phase (2 heads × 4 lanes, reading at 32-channel strides, or 8-channel
+// strides for F16 blocks: key_channel) in 8 different bank groups.
+__device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + (c >> 5) * 40 + (c & 31); }
 
 // A staged block in a warp's ring: ld.shared at its 32-bit shared address plus byte offsets from the block's start.
 struct SharedSrc
@@ -687,20 +781,22 @@ __device__ __forceinline__ void key_words(const SharedSrc& src, int row, int tig
     else w[0] = src.u32(row + tig * 4);
 }
 
-// Query A fragments for a key block of format F: head gid's lane channels (pre-scaled, from the padded copy) times
-// the block's per-channel steps, split hi/lo; returns Σ q·min over the head's channels (0 for float formats).
+// Query A fragments for a staged key block of format F (key_query): head gid's lane channels (key_channel order; rows past
+// the group repeat head G - 1) as hi + lo pairs from the padded copies, the block's scales and mins from the ring;
+// returns Σ q·min over the head's channels (0 for float formats).
 template <int G, int F>
-__device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const float* qs, unsigned (&qh)[16], unsigned (&ql)[16], int gid, int tig)
+__device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&ah)[16], unsigned (&al)[16], int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128;
-    float qe[32], bias = 0.0f;
     const int g = min(gid, G - 1);
+    unsigned qh[16], ql[16], sw[16], mw[16];
 #pragma unroll
-    for (int v = 0; v < 8; v++)
+    for (int v = 0; v < 4; v++) // lane elements 8v..8v+7 are 8 consecutive channels
     {
-        float4 x = *reinterpret_cast<const float4*>(qs + pipe_q(g, key_channel<F>(tig, 4 * v))); // 4 lane channels are 4 channels
-        if (gid >= G) x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        qe[4 * v] = x.x; qe[4 * v + 1] = x.y; qe[4 * v + 2] = x.z; qe[4 * v + 3] = x.w;
+        const uint4* at = reinterpret_cast<const uint4*>(qs + pipe_q(g, key_channel<F>(tig, 8 * v)));
+        const uint4 x = at[0], y = at[1];
+        qh[4 * v] = x.x; ql[4 * v] = x.y; qh[4 * v + 1] = x.z; ql[4 * v + 1] = x.w;
+        qh[4 * v + 2] = y.x; ql[4 * v + 2] = y.y; qh[4 * v + 3] = y.z; ql[4 * v + 3] = y.w;
     }
     if constexpr (kv_quantized(F))
     {
@@ -709,42 +805,21 @@ __device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, con
         for (int j = 0; j < 4; j++)
         {
             const uint4 s4 = kb.v4(sp + 16 * j);
-            uint4 m4 = make_uint4(0u, 0u, 0u, 0u);
-            if constexpr (kv_params(F) == 2) m4 = kb.v4(sp + 2 * HD + 16 * j);
-            const unsigned sw[4] = { s4.x, s4.y, s4.z, s4.w }, mw[4] = { m4.x, m4.y, m4.z, m4.w };
-#pragma unroll
-            for (int i = 0; i < 8; i++)
+            sw[4 * j] = s4.x; sw[4 * j + 1] = s4.y; sw[4 * j + 2] = s4.z; sw[4 * j + 3] = s4.w;
+            if constexpr (kv_params(F) == 2)
             {
-                const float s = f16_to_f32((u16)(sw[i >> 1] >> (16 * (i & 1))));
-                float mn, st;
-                if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
-                else
-                {
-                    const float m = f16_to_f32((u16)(mw[i >> 1] >> (16 * (i & 1))));
-                    if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
-                    else { mn = m; st = s; }
-                }
-                bias += qe[8 * j + i] * mn;
-                qe[8 * j + i] *= st;
+                const uint4 m4 = kb.v4(sp + 2 * HD + 16 * j);
+                mw[4 * j] = m4.x; mw[4 * j + 1] = m4.y; mw[4 * j + 2] = m4.z; mw[4 * j + 3] = m4.w;
             }
         }
     }
-    else if constexpr (F == KV_FP8)
-    {
-#pragma unroll
-        for (int i = 0; i < 32; i++) qe[i] *= 256.0f; // FP8 fragments hold value / 256
-    }
-#pragma unroll
-    for (int r = 0; r < 16; r++) split_f16x2(qe[key_low_channel<F>(r)], qe[key_low_channel<F>(r) + key_step<F>()], qh[r], ql[r]);
-    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
-    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
-    return bias;
+    return key_query<F>(qh, ql, sw, mw, ah, al);
 }
 
 // Scores (log2 units) of the n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token
 // 8u + 2·tig + e of head gid, -inf past n. Two accumulators per tile halve the chain of dependent mma.
 template <int G, int F>
-__device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const float* qs, float (&s)[4][2], int gid, int tig)
+__device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     unsigned qh[16], ql[16];
@@ -765,14 +840,14 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
             mma_f16(e, qh[2 * k + 2], ql[2 * k + 2], qh[2 * k + 3], ql[2 * k + 3], b[2 * k + 2], b[2 * k + 3]);
         }
         const int tk = 8 * u + 2 * tig;
-        if (tk < n) s[u][0] = (d[0] + e[0]) + (d[2] + e[2]) + bias;
-        if (tk + 1 < n) s[u][1] = (d[1] + e[1]) + (d[3] + e[3]) + bias;
+        if (tk < n) s[u][0] = ((d[0] + e[0]) + (d[2] + e[2])) * key_unit<F>() + bias;
+        if (tk + 1 < n) s[u][1] = ((d[1] + e[1]) + (d[3] + e[3])) * key_unit<F>() + bias;
     }
 }
 
 // The same for an F32 or BF16 key block on CUDA cores: each lane computes its own 8 tokens over all 128 channels.
 template <int G, int F>
-__device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const float* qs, float (&s)[4][2], int gid, int tig)
+__device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     float acc[4][2];
@@ -781,7 +856,9 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const flo
     const int g = min(gid, G - 1);
     for (int c = 0; c < 128; c += 4)
     {
-        const float4 qv = *reinterpret_cast<const float4*>(qs + pipe_q(g, c));
+        const uint4 qw = *reinterpret_cast<const uint4*>(qs + pipe_q(g, c)); // hi, lo of c, c + 1, then of c + 2, c + 3
+        const float4 qv = make_float4(f16_to_f32((u16)qw.x) + f16_to_f32((u16)qw.y), f16_to_f32((u16)(qw.x >> 16)) + f16_to_f32((u16)(qw.y >> 16)),
+            f16_to_f32((u16)qw.z) + f16_to_f32((u16)qw.w), f16_to_f32((u16)(qw.z >> 16)) + f16_to_f32((u16)(qw.w >> 16)));
 #pragma unroll
         for (int u = 0; u < 4; u++)
 #pragma unroll
@@ -877,36 +954,14 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
             }
             pv[u] = p[2 * h + (u >> 1)][u & 1];
         }
+        const StepProbs P = step_probs<F>(pv);
 #pragma unroll
         for (int k = 0; k < 4; k++)
         {
-            float ps[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-            {
-                if constexpr (kv_quantized(F))
-                {
-                    const float s = chunk_param(sh[u], k, gpr);
-                    float mn, st;
-                    if constexpr (F == KV_TERNARY) { mn = -s; st = s; }
-                    else
-                    {
-                        const float m = chunk_param(mh[u], k, gpr);
-                        if constexpr (F == KV_BINARY) { mn = m - s; st = 2.0f * s; }
-                        else { mn = m; st = s; }
-                    }
-                    ps[u] = pv[u] * st;
-                    mb[k] += pv[u] * mn;
-                }
-                else ps[u] = F == KV_FP8 ? pv[u] * 256.0f : pv[u];
-            }
-            unsigned a0, a1, a2, a3, b0[4], b1[4];
-            split_f16x2(ps[0], ps[1], a0, a1);
-            split_f16x2(ps[2], ps[3], a2, a3);
+            unsigned b0[4], b1[4];
             value_fragments<F>(piece[0][k], piece[1][k], b0);
             value_fragments<F>(piece[2][k], piece[3][k], b1);
-#pragma unroll
-            for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+            value_chunk<F>(P, pv, sh, mh, k, gpr, b0, b1, o, mb[k]);
         }
     }
 }
@@ -973,6 +1028,18 @@ __device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned 
     return pos + s > ring ? c + ring - pos : c;
 }
 
+// A split's descriptor as the pipelined kernel keeps it in shared memory: the token count replaced by the tokens the
+// row sees (0: skipped), and the first-token index (no longer needed) by the staged bytes of keys (bits 0..15) and
+// values (16..31), so neither the producer nor the consumer decodes formats and sizes per block.
+__device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int vg)
+{
+    const int n = desc_visible(d, limit);
+    const unsigned ks = n ? stage_bytes(desc_kfmt(d), true, tokens, vg, n) : 0u, vs = n ? stage_bytes(desc_vfmt(d), false, tokens, vg, n) : 0u;
+    d.z = (d.z & ~0xffffu) | (unsigned)n;
+    d.w = ks | (vs << 16);
+    return d;
+}
+
 // A warp's pipeline: the producer side (next block to issue, whether its keys are issued, ring cursor, entries issued)
 // and the consumer side (ring cursor up to which entries are released, entries released). Warp-uniform.
 struct PipeState
@@ -984,15 +1051,13 @@ struct PipeState
 
 // Issues the warp's next entries (each block's keys, then its values, blocks in the warp's order) while the ring has
 // room and a barrier is free; lane 0 issues, every lane keeps the same state.
-__device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, int nb, int limit, const u8* pool, unsigned ring0, unsigned ring,
-    unsigned bar0, int tokens, int vg, int lane)
+__device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, int nb, const u8* pool, unsigned ring0, unsigned ring, unsigned bar0, int lane)
 {
     while (st.next < nb && st.issued - st.freed < PIPE_BARS)
     {
-        const uint4 d = bdesc[st.next];
+        const uint4 d = bdesc[st.next]; // pipe_desc
         const bool keys = !st.keys_issued;
-        const int n = desc_visible(d, limit);
-        const unsigned s = n == 0 ? 0u : stage_bytes(keys ? desc_kfmt(d) : desc_vfmt(d), keys, tokens, vg, n);
+        const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
         if (s != 0)
         {
             const unsigned at = ring_start(st.issued_bytes, s, ring);
@@ -1025,8 +1090,8 @@ __device__ __forceinline__ void paged_attention_pipe(
     extern __shared__ float4 smem4[];
     u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
-    float* qs = reinterpret_cast<float*>(bars + PIPE_WARPS * PIPE_BARS);                         // [G][PIPE_QROW] q·scale·log2 e
-    float* ov = qs + G * PIPE_QROW;                                                              // [G, HD] the block's output
+    unsigned* qs = reinterpret_cast<unsigned*>(bars + PIPE_WARPS * PIPE_BARS);                  // [G][PIPE_QROW] q·scale·log2 e, hi/lo (pipe_q)
+    float* ov = reinterpret_cast<float*>(qs + G * PIPE_QROW);                                    // [G, HD] the block's output
     float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
     uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
     const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
@@ -1044,13 +1109,19 @@ __device__ __forceinline__ void paged_attention_pipe(
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
-        qs[pipe_q(i / HD, i % HD)] = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
-    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
+    {
+        const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
+        const float h = __uint_as_float(__float_as_uint(x) & 0xffffe000u); // 11 significant bits, as split_f16x2
+        u16* at = reinterpret_cast<u16*>(qs + pipe_q(i / HD, i % HD & ~1)) + (i & 1);
+        at[0] = f32_to_f16(h);
+        at[2] = f32_to_f16(x - h);
+    }
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg);
     __syncthreads();
-    prefetch_float_tail(pool, bdesc, nb, limit);
+    prefetch_float_tail(pool, hdesc, nb, limit); // the split's own descriptors: pipe_desc reuses the first-token field
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
-    pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+    pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
     float o[16][4], mb[4], m = neg_inf(), l = 0.0f;
 #pragma unroll
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
@@ -1058,11 +1129,11 @@ __device__ __forceinline__ void paged_attention_pipe(
     for (int k = 0; k < 4; k++) mb[k] = 0.0f;
     for (int bi = warp; bi < nb; bi += PIPE_WARPS)
     {
-        const uint4 d = bdesc[bi];
-        const int n = desc_visible(d, limit);
+        const uint4 d = bdesc[bi]; // pipe_desc
+        const int n = desc_count(d);
         if (n == 0) continue;
         const int kf = desc_kfmt(d), vf = desc_vfmt(d);
-        const unsigned ks = stage_bytes(kf, true, tokens, vg, n), vs = stage_bytes(vf, false, tokens, vg, n);
+        const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
         // Where the producer placed them: the same rule from the same cursor.
         const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
         const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
@@ -1072,7 +1143,8 @@ __device__ __forceinline__ void paged_attention_pipe(
         const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
         float s[4][2];
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
-#define PSCORES(F) pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+        // Full blocks (most) take copies with n a constant: no per-tile bounds or row clamps.
+#define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, tokens, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
         KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
@@ -1082,11 +1154,11 @@ __device__ __forceinline__ void paged_attention_pipe(
             __syncwarp();
             st.freed_bytes = kat + ks;
             st.freed++;
-            pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
         }
         pipe_softmax(s, m, l, o, mb);
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
-#define PVALUES(F) pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
+#define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, mb); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, lane, tig, o)
         KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
@@ -1096,7 +1168,7 @@ __device__ __forceinline__ void paged_attention_pipe(
             __syncwarp();
             st.freed_bytes = vat + vs;
             st.freed++;
-            pipe_issue(st, bdesc, nb, limit, pool, ring0, ring, bar0, tokens, vg, lane);
+            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
         }
     }
 

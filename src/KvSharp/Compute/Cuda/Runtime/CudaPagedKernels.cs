@@ -129,11 +129,11 @@ internal sealed partial class CudaPagedKernels
         SupportsTensorCores(group, headDim, valueGroup) && blockTokens <= 32;
 
     /// <summary>
-    /// Shared memory of one block of the pipelined kernel: 4 warps' rings, their 8 barriers each, the padded query copy
-    /// [group, 148], the output [group, 128], the warps' (max, sum) per head and the split's descriptors.
+    /// Shared memory of one block of the pipelined kernel: 4 warps' rings, their 8 barriers each, the padded hi/lo query copy
+    /// [group, 164 words], the output [group, 128], the warps' (max, sum) per head and the split's descriptors.
     /// </summary>
     public static int PipelinedSharedBytes(int group, int chunkBlocks) =>
-        4 * PipelineRingBytes + 4 * 8 * 8 + 4 * (group * 148 + group * 128 + 8 * group) + 16 * chunkBlocks;
+        4 * PipelineRingBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
 
     private readonly HashSet<string> _pipelinedShared = [];
 

@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+# Emulation of the fragment arithmetic of src/KvSharp/Compute/Cuda/Kernels/paged_attention_tc.cu (the pipelined kernel's
+# per-block scores and P·V of one warp) on the CPU, for kernel work without a GPU: the helpers are ported line by line
+# (key_query, key_fragments, code_pair, value_fragments, value_chunk, the prmt selectors and masks), f16 rounding by
+# struct's IEEE half, mma.sync.m16n8k16 as exact sums over the documented fragment layout. Each case encodes a random
+# 32-token key and value block (BlockLayout bytes), runs the emulated kernel and compares scores and outputs with float64
+# (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
+# reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
+#   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
+# Emulation of paged_attention_tc.cu's pipelined fragment math (branch gpuquant) for one warp and one block:
+# the CUDA helpers ported literally (same selectors, masks, constants), f16 rounding by numpy, mma as exact sums.
+import struct, sys, random, math, bisect
+random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+INF = float('inf')
+F32, F16, BF16, FP8, INT8, INT4, INT2, TERN, BIN = range(9)
+def bits(f): return 32 if f == F32 else 16 if f <= BF16 else 8 if f <= INT8 else 4 if f == INT4 else 2 if f <= TERN else 1
+def quant(f): return f >= INT8
+def nparams(f): return 1 if f == TERN else 2 if f >= INT8 else 0
+M32 = 0xffffffff
+def h2f(h): return struct.unpack('<e', struct.pack('<H', h & 0xffff))[0]
+def f2h(x):
+    try: return struct.unpack('<H', struct.pack('<e', x))[0]
+    except OverflowError: return 0x7c00 if x > 0 else 0xfc00
+def w2(w): return h2f(w), h2f(w >> 16)
+def mk(lo, hi): return (f2h(lo) | (f2h(hi) << 16)) & M32
+def f32(x): return struct.unpack('<f', struct.pack('<f', x))[0]
+def prmt(a, b, sel):
+    by = [(a >> (8 * i)) & 0xff for i in range(4)] + [(b >> (8 * i)) & 0xff for i in range(4)]
+    r = 0
+    for i in range(4): r |= by[(sel >> (4 * i)) & 7] << (8 * i)
+    return r
+def hmul2(a, b): x, y = w2(a); u, v = w2(b); return mk(x * u, y * v)
+def hfma2(a, b, c): x, y = w2(a); u, v = w2(b); p, q = w2(c); return mk(x * u + p, y * v + q)  # exact then one rounding
+def hneg2(a): return a ^ 0x80008000
+def scaled_pair(xh, xl, s):
+    hi = hmul2(xh, s); lo = hfma2(xl, s, hfma2(xh, s, hneg2(hi))); return hi, lo
+def trunc11(x): return struct.unpack('<f', struct.pack('<I', struct.unpack('<I', struct.pack('<f', x))[0] & 0xffffe000))[0]
+def split_f16x2(x0, x1):
+    x0, x1 = f32(x0), f32(x1); h0, h1 = trunc11(x0), trunc11(x1)
+    return mk(h0, h1), mk(f32(x0 - h0), f32(x1 - h1))
+def code_pair(K, x, mask=M32):
+    y = (x & mask) | 0x64006400
+    S = (15 - K) << 10; O = 0x8000 | ((25 - K) << 10)
+    return hfma2(y, S | (S << 16), O | (O << 16))
+def fp8_pair(y): return ((y >> 1) & 0x3f803f80) | (y & 0x80008000)
+def key_low_channel(f, r): return 2 * r if bits(f) >= 8 else 8 * (r >> 2) + (r & 3) if f == INT4 else 16 * (r >> 3) + (r & 7) if bits(f) == 2 else r
+def key_step(f): return 1 if bits(f) >= 8 else 4 if f == INT4 else 8 if bits(f) == 2 else 16
+def key_unit(f): return 256.0 if f == FP8 else 1.0
+def key_channel(f, tig, i): return 8 * (4 * (i >> 3) + tig) + (i & 7) if f == F16 else 32 * tig + i
+def u32(b, o): return int.from_bytes(b[o:o + 4], 'little')
+def u16(b, o): return int.from_bytes(b[o:o + 2], 'little')
+
+def mma(d, A, B):  # A[lane] = (a0..a3), B[lane] = (b0, b1); d[lane] = 4 floats; D += A·B (exact products, f32 result)
+    Am = [[0.0] * 16 for _ in range(16)]; Bm = [[0.0] * 8 for _ in range(16)]
+    for l in range(32):
+        g, t = l >> 2, l & 3
+        a = A[l]; b = B[l]
+        for half in range(2):
+            Am[g][2 * t + half] = w2(a[0])[half]; Am[g + 8][2 * t + half] = w2(a[1])[half]
+            Am[g][2 * t + 8 + half] = w2(a[2])[half]; Am[g + 8][2 * t + 8 + half] = w2(a[3])[half]
+            Bm[2 * t + half][g] = w2(b[0])[half]; Bm[2 * t + 8 + half][g] = w2(b[1])[half]
+    D = [[math.fsum(Am[m][k] * Bm[k][n] for k in range(16)) for n in range(8)] for m in range(16)]
+    for l in range(32):
+        g, t = l >> 2, l & 3
+        d[l] = [f32(d[l][0] + D[g][2 * t]), f32(d[l][1] + D[g][2 * t + 1]), f32(d[l][2] + D[g + 8][2 * t]), f32(d[l][3] + D[g + 8][2 * t + 1])]
+
+# ---- block encoding (BlockLayout: codes [tokens, hd] LSB first, then f16 scales, then f16 mins/means) ----
+FP8V = sorted((h2f(fp8_pair(c << 8)) * 256.0, c) for c in range(256) if (c & 0x7f) != 0x7f)
+FP8X = [v for v, _ in FP8V]
+def fp8_encode(x):
+    i = bisect.bisect_left(FP8X, x)
+    cands = [FP8V[j] for j in (i - 1, i) if 0 <= j < len(FP8V)]
+    v, c = min(cands, key=lambda vc: abs(vc[0] - x)); return c, v
+def rnd16(x): return h2f(f2h(x))
+def encode(f, keys, X, vg):
+    T, HD = len(X), len(X[0]); b = bits(f)
+    if f == F16:
+        return b''.join(struct.pack('<H', f2h(X[t][c])) for t in range(T) for c in range(HD)), [[rnd16(X[t][c]) for c in range(HD)] for t in range(T)]
+    if f == FP8:
+        codes = [[0] * HD for _ in range(T)]; dec = [[0.0] * HD for _ in range(T)]
+        for t in range(T):
+            for c in range(HD): codes[t][c], dec[t][c] = fp8_encode(X[t][c])
+        return bytes(codes[t][c] for t in range(T) for c in range(HD)), dec
+    qmax = 2 if f == TERN else (1 << b) - 1
+    codes = [[0] * HD for _ in range(T)]; dec = [[0.0] * HD for _ in range(T)]
+    G = HD if keys else T * (HD // vg)
+    sc = [0] * G; mn = [0] * G
+    for gi in range(G):
+        if keys: idx = [(t, gi) for t in range(T)]
+        else:
+            t, g = divmod(gi, HD // vg); idx = [(t, c) for c in range(g * vg, (g + 1) * vg)]
+        x = [X[i][j] for i, j in idx]
+        if f == TERN:
+            sv = rnd16(sum(abs(v) for v in x) / len(x)); sc[gi] = f2h(sv)
+            for (i, j), v in zip(idx, x):
+                q = max(-1, min(1, round(v / max(sv, 1e-8)))) + 1; codes[i][j] = q; dec[i][j] = (q - 1) * sv
+        elif f == BIN:
+            m = rnd16(sum(x) / len(x)); sv = rnd16(sum(abs(v - m) for v in x) / len(x)); sc[gi] = f2h(sv); mn[gi] = f2h(m)
+            for (i, j), v in zip(idx, x):
+                q = 1 if v >= m else 0; codes[i][j] = q; dec[i][j] = m + sv if q else m - sv
+        else:
+            lo, hi = min(x), max(x); sv = rnd16((hi - lo) / qmax); m = rnd16(lo); sc[gi] = f2h(sv); mn[gi] = f2h(m)
+            for (i, j), v in zip(idx, x):
+                q = max(0, min(qmax, round((v - m) / max(sv, 1e-8)))); codes[i][j] = q; dec[i][j] = m + q * sv
+    buf = bytearray(T * HD * b // 8)
+    for t in range(T):
+        for c in range(HD):
+            bit = (t * HD + c) * b; buf[bit >> 3] |= (codes[t][c] << (bit & 7)) & 0xff
+    out = bytes(buf) + b''.join(struct.pack('<H', v) for v in sc) + (b''.join(struct.pack('<H', v) for v in mn) if nparams(f) == 2 else b'')
+    return out, dec
+
+# ---- ported kernel pieces ----
+def key_query(f, qh, ql, sw, mw):
+    bias = 0.0
+    if quant(f):
+        d = [[[0.0] * 4 for _ in range(32)]]
+        for s in range(8):
+            A = [(qh[l][2 * s], ql[l][2 * s], qh[l][2 * s + 1], ql[l][2 * s + 1]) for l in range(32)]
+            if f == TERN: B = [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)]
+            else: B = [(mw[l][2 * s], mw[l][2 * s + 1]) for l in range(32)]
+            mma(d[0], A, B)
+            if f == BIN: mma(d[0], A, [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)])
+        bias = [f32(d[0][l][0] + d[0][l][2]) for l in range(32)]
+        nh = [[0] * 16 for _ in range(32)]; nl = [[0] * 16 for _ in range(32)]
+        for l in range(32):
+            for r in range(16):
+                s_ = hmul2(sw[l][r], 0x40004000) if f == BIN else sw[l][r]
+                nh[l][r], nl[l][r] = scaled_pair(qh[l][r], ql[l][r], s_)
+    else:
+        bias = [0.0] * 32; nh = qh; nl = ql
+    ah = [[0] * 16 for _ in range(32)]; al = [[0] * 16 for _ in range(32)]
+    S = key_step(f)
+    for l in range(32):
+        for r in range(16):
+            if S == 1: ah[l][r] = nh[l][r]; al[l][r] = nl[l][r]
+            else:
+                c = key_low_channel(f, r); sel = 0x7632 if c & 1 else 0x5410
+                ah[l][r] = prmt(nh[l][c >> 1], nh[l][(c >> 1) + S // 2], sel); al[l][r] = prmt(nl[l][c >> 1], nl[l][(c >> 1) + S // 2], sel)
+    return bias, ah, al
+
+def key_words(f, blk, row, tig):
+    b = bits(f); ROW = 128 * b // 8
+    if b >= 4:
+        w = []
+        for v in range(b // 4):
+            o = row + (16 * (4 * v + tig) if f == F16 else tig * (ROW // 4) + 16 * v)
+            w += [u32(blk, o + 4 * i) for i in range(4)]
+        return w
+    if b == 2: return [u32(blk, row + tig * 8), u32(blk, row + tig * 8 + 4)]
+    return [u32(blk, row + tig * 4)]
+
+def key_fragments(f, w):
+    b = [0] * 16
+    if f == F16: return list(w[:16])
+    if f == FP8:
+        for j in range(8): b[2 * j] = fp8_pair(prmt(w[j], 0, 0x1404)); b[2 * j + 1] = fp8_pair(prmt(w[j], 0, 0x3424))
+    elif f == INT8:
+        for j in range(8): b[2 * j] = code_pair(0, prmt(w[j], 0, 0x4140)); b[2 * j + 1] = code_pair(0, prmt(w[j], 0, 0x4342))
+    elif f == INT4:
+        for j in range(4):
+            x = w[j]; x8 = x >> 8
+            b[4 * j] = code_pair(0, x, 0x000f000f); b[4 * j + 1] = code_pair(4, x, 0x00f000f0)
+            b[4 * j + 2] = code_pair(0, x8, 0x000f000f); b[4 * j + 3] = code_pair(4, x8, 0x00f000f0)
+    elif bits(f) == 2:
+        for j in range(2):
+            x = w[j]; x8 = x >> 8
+            for i, K in enumerate((0, 2, 4, 6)):
+                b[8 * j + i] = code_pair(K, x, (3 << K) | (3 << (K + 16)))
+                b[8 * j + 4 + i] = code_pair(K, x8, (3 << K) | (3 << (K + 16)))
+    else:
+        x = w[0]; x8 = x >> 8
+        for K in range(8):
+            b[K] = code_pair(K, x, (1 << K) | (1 << (K + 16))); b[8 + K] = code_pair(K, x8, (1 << K) | (1 << (K + 16)))
+    return b
+
+def scores(f, blk, n, tokens, qhs, qls, G):
+    # lane registers of the query (pipe_query): head min(gid, G-1), elements in key_channel order
+    qh = []; ql = []; sw = []; mw = []
+    BITS = bits(f)
+    for l in range(32):
+        g, tig = min(l >> 2, G - 1), l & 3
+        ch = [key_channel(f, tig, i) for i in range(32)]
+        qh.append([qhs[g][ch[2 * j]] | (qhs[g][ch[2 * j + 1]] << 16) for j in range(16)])
+        ql.append([qls[g][ch[2 * j]] | (qls[g][ch[2 * j + 1]] << 16) for j in range(16)])
+        sp = tokens * 128 // 8 * BITS + 64 * tig
+        sw.append([u32(blk, sp + 4 * j) for j in range(16)] if quant(f) else [0] * 16)
+        mw.append([u32(blk, sp + 256 + 4 * j) for j in range(16)] if nparams(f) == 2 else [0] * 16)
+    bias, ah, al = key_query(f, qh, ql, sw, mw)
+    ROW = 128 * BITS // 8
+    s = [[[-INF, -INF] for _ in range(4)] for _ in range(32)]
+    for u in range(4):
+        if 8 * u >= n: continue
+        B = []
+        for l in range(32):
+            g, tig = l >> 2, l & 3
+            b = key_fragments(f, key_words(f, blk, min(8 * u + g, n - 1) * ROW, tig))
+            B.append(b)
+        d = [[0.0] * 4 for _ in range(32)]; e = [[0.0] * 4 for _ in range(32)]
+        for k in range(0, 8, 2):
+            mma(d, [(ah[l][2 * k], al[l][2 * k], ah[l][2 * k + 1], al[l][2 * k + 1]) for l in range(32)], [(B[l][2 * k], B[l][2 * k + 1]) for l in range(32)])
+            mma(e, [(ah[l][2 * k + 2], al[l][2 * k + 2], ah[l][2 * k + 3], al[l][2 * k + 3]) for l in range(32)], [(B[l][2 * k + 2], B[l][2 * k + 3]) for l in range(32)])
+        for l in range(32):
+            tk = 8 * u + 2 * (l & 3)
+            if tk < n: s[l][u][0] = f32(f32(f32(d[l][0] + e[l][0]) + f32(d[l][2] + e[l][2])) * key_unit(f) + bias[l])
+            if tk + 1 < n: s[l][u][1] = f32(f32(f32(d[l][1] + e[l][1]) + f32(d[l][3] + e[l][3])) * key_unit(f) + bias[l])
+    return s
+
+def value_piece(BITS, blk, row, k, gid):
+    if BITS == 16: return [u32(blk, row + 64 * k + 8 * gid), u32(blk, row + 64 * k + 8 * gid + 4)]
+    if BITS == 8: return [u32(blk, row + 32 * k + 4 * gid)]
+    if BITS == 4: return [u16(blk, row + 16 * k + 2 * gid)]
+    if BITS == 2: return [blk[row + 8 * k + gid]]
+    return [blk[row + 4 * k + (gid >> 1)] >> (4 * (gid & 1))]
+
+def value_fragments(f, a, b):
+    if f == F16: return [prmt(a[0], b[0], 0x5410), prmt(a[0], b[0], 0x7632), prmt(a[1], b[1], 0x5410), prmt(a[1], b[1], 0x7632)]
+    if f == FP8: return [fp8_pair(prmt(a[0], b[0], s)) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
+    if f == INT8: return [code_pair(0, prmt(a[0], b[0], s), 0x00ff00ff) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
+    if f == INT4:
+        x = prmt(a[0], b[0], 0x5410); x8 = x >> 8
+        return [code_pair(0, x, 0x000f000f), code_pair(4, x, 0x00f000f0), code_pair(0, x8, 0x000f000f), code_pair(4, x8, 0x00f000f0)]
+    if bits(f) == 2:
+        x = (a[0] | (b[0] << 16)) & M32
+        return [code_pair(K, x, (3 << K) | (3 << (K + 16))) for K in (0, 2, 4, 6)]
+    x = (a[0] & 0xf) | ((b[0] & 0xf) << 16)
+    return [code_pair(K, x, (1 << K) | (1 << (K + 16))) for K in range(4)]
+
+def row_params(blk, p, row, gpr):
+    if gpr == 4: return (u32(blk, p + row * 8), u32(blk, p + row * 8 + 4))
+    if gpr == 2: return (u32(blk, p + row * 4), 0)
+    return (u16(blk, p + row * 2), 0)
+def chunk_param(x, k, gpr):
+    g = k if gpr == 4 else k >> 1 if gpr == 2 else 0
+    w = x[1] if g >= 2 else x[0]; return h2f(w >> (16 * (g & 1)))
+def chunk_param_pair(a, b, k, gpr):
+    g = k if gpr == 4 else k >> 1 if gpr == 2 else 0
+    return prmt(a[1] if g >= 2 else a[0], b[1] if g >= 2 else b[0], 0x7632 if g & 1 else 0x5410)
+
+def values(f, blk, n, tokens, p, VG):
+    BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
+    scales = tokens * ROW; mins = scales + tokens * gpr * 2
+    o = [[[0.0] * 4 for _ in range(16)] for _ in range(32)]; mb = [[0.0] * 4 for _ in range(32)]
+    for h in range(2):
+        if 16 * h >= n: break
+        L = []
+        for l in range(32):
+            gid, tig = l >> 2, l & 3
+            piece = []; sh = []; mh = []; pv = []
+            for u in range(4):
+                row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
+                piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
+                sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
+                mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
+                pv.append(p[l][2 * h + (u >> 1)][u & 1])
+            c = 256.0 if f == FP8 else 2.0 if f == BIN else 1.0
+            P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
+            L.append((piece, sh, mh, pv, P))
+        for k in range(4):
+            A = []; Bs = []
+            for l in range(32):
+                piece, sh, mh, pv, P = L[l]
+                a0, a1, a2, a3 = P
+                if quant(f):
+                    a0, a1 = scaled_pair(P[0], P[1], chunk_param_pair(sh[0], sh[1], k, gpr))
+                    a2, a3 = scaled_pair(P[2], P[3], chunk_param_pair(sh[2], sh[3], k, gpr))
+                    for u in range(4):
+                        mn = -chunk_param(sh[u], k, gpr) if f == TERN else f32(chunk_param(mh[u], k, gpr) - chunk_param(sh[u], k, gpr)) if f == BIN else chunk_param(mh[u], k, gpr)
+                        mb[l][k] = f32(mb[l][k] + f32(pv[u] * mn))
+                A.append((a0, a1, a2, a3))
+                Bs.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
+            for i in range(4):
+                d = [o[l][4 * k + i] for l in range(32)]
+                mma(d, A, [(Bs[l][0][i], Bs[l][1][i]) for l in range(32)])
+                for l in range(32): o[l][4 * k + i] = d[l]
+    # the min terms summed over the head's 4 lanes, then the output assembly
+    out = {}
+    for l in range(32):
+        gid, tig = l >> 2, l & 3
+        mins_ = [sum(mb[(gid << 2) | t][k] for t in range(4)) for k in range(4)]
+        for j in range(16):
+            for e in range(2):
+                out[(gid, 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3))] = o[l][j][e] + o[l][j][2 + e] + mins_[j >> 2]
+    return out
+
+def run(kf, vf, G, VG, n, tokens=32):
+    HD = 128
+    cs = [random.uniform(0.5, 3) for _ in range(HD)]
+    K = [[random.gauss(0, 1) * cs[c] for c in range(HD)] for _ in range(tokens)]; V = [[random.gauss(0, 1) for c in range(HD)] for _ in range(tokens)]
+    kblk, Kd = encode(kf, True, K, VG); vblk, Vd = encode(vf, False, V, VG)
+    q = [[random.gauss(0, 1.5) for _ in range(HD)] for _ in range(G)]; scale = f32(f32(1 / math.sqrt(HD)) * f32(1.4426950408889634))
+    qhs = []; qls = []; qx = []
+    for g in range(G):
+        xs = [f32(f32(q[g][c]) * scale) for c in range(HD)]
+        hs = [trunc11(x) for x in xs]
+        qx.append(xs); qhs.append([f2h(h) for h in hs]); qls.append([f2h(f32(x - h)) for x, h in zip(xs, hs)])
+    s = scores(kf, kblk, n, tokens, qhs, qls, G)
+    ref = [[math.fsum(qx[g][c] * Kd[t][c] for c in range(HD)) for t in range(n)] for g in range(G)]
+    err = 0.0
+    for l in range(32):
+        g, tig = l >> 2, l & 3
+        if g >= G: continue
+        for u in range(4):
+            for e in range(2):
+                t = 8 * u + 2 * tig + e
+                if t < n: err = max(err, abs(s[l][u][e] - ref[g][t]) / max(abs(v) for v in ref[g]))
+                else: assert s[l][u][e] == -INF
+    pt = [[random.uniform(0, 1) if t < n else 0.0 for t in range(tokens)] for _ in range(G)]
+    p = [[[pt[min(l >> 2, G - 1)][8 * u + 2 * (l & 3) + e] for e in range(2)] for u in range(4)] for l in range(32)]
+    out = values(vf, vblk, n, tokens, p, VG)
+    vref = [[math.fsum(pt[g][t] * Vd[t][c] for t in range(n)) for c in range(HD)] for g in range(G)]
+    vmax = max(abs(v) for r in vref for v in r)
+    verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
+    return err, verr
+
+names = "F32 F16 BF16 FP8 INT8 INT4 INT2 TERN BIN".split()
+worst = 0
+for kf, vf, G, VG, n in [(INT2, INT2, 4, 32, 32), (INT4, INT4, 4, 32, 20), (INT8, INT8, 4, 64, 32), (FP8, FP8, 4, 32, 32), (F16, F16, 4, 32, 17),
+                         (TERN, TERN, 2, 128, 32), (BIN, BIN, 8, 32, 32), (INT2, INT4, 1, 64, 9), (BIN, INT2, 4, 128, 32), (INT4, TERN, 8, 32, 31),
+                         (FP8, BIN, 4, 64, 32), (F16, INT8, 2, 32, 32)]:
+    e, ve = run(kf, vf, G, VG, n)
+    worst = max(worst, e, ve)
+    print(f"K {names[kf]:4s} V {names[vf]:4s} G{G} VG{VG} n{n:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}", flush=True)
+print("worst", worst)
