@@ -20,7 +20,7 @@ public static class SamplingChecks
 
     /// <summary>
     /// The situations every sampler must get right: the defaults (top-k 40, top-p 0.95, temperature 0.8) on a small and
-    /// a Llama-3-sized vocabulary, top-p over the whole vocabulary, min-p alone, temperature alone, top-k beyond a
+    /// a Llama-3-sized vocabulary (top-k up to 1024 and greedy run the device's per-slice first stage), top-p over the whole vocabulary, min-p alone, temperature alone, top-k beyond a
     /// thousand, the repetition penalty (with greedy too), many equal logits crossing every cut, a peaked row, greedy.
     /// </summary>
     public static IReadOnlyList<Case> Cases(RandomData rnd)
@@ -53,6 +53,7 @@ public static class SamplingChecks
                 SamplerOptions.Greedy with { RepetitionPenalty = 1.5f, RepeatLastN = -1 }),
             new("equal logits across every cut", ties, [], plain with { TopK = 3000, TopP = 0.6f, MinP = 0.2f, Seed = Seed() }),
             new("equal logits, top-p alone", ties, [], plain with { TopP = 0.3f, Seed = Seed() }),
+            new("equal logits, top-k 300 across slices", ties, [], plain with { TopK = 300, Temperature = 2f, Seed = Seed() }),
             new("one dominant token", peaked, [], new SamplerOptions { Temperature = 1.5f, Seed = Seed() }),
             new("greedy", Normal(32000, 3f), [], SamplerOptions.Greedy),
         ];

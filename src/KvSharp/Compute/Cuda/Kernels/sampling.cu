@@ -1,6 +1,8 @@
 // Sampling of the next token from one row of logits on the device, with the CPU sampler's stages and rules
-// (Generation/Sampling/Sampler.cs): repetition penalty → top-k → top-p → min-p → temperature → draw. One block of 1024
-// threads; the logits stay where the output head wrote them, only the token comes back.
+// (Generation/Sampling/Sampler.cs): repetition penalty → top-k → top-p → min-p → temperature → draw. The ranking runs in
+// one block of 1024 threads (sample_logits), after the penalty (sample_penalty) and, when top-k keeps at most 1024 tokens
+// (and for greedy), after sample_slices has cut every 1024-token slice of the vocabulary to its best k in parallel; the
+// logits stay where the output head wrote them, only the token comes back.
 //
 // The kept set of every stage is a prefix of the vocabulary in "rank order" (logit descending, lower id first on
 // ties). Top-k and top-p find where that prefix ends without sorting: a radix select over an order-preserving 32-bit key
@@ -221,39 +223,83 @@ __device__ __forceinline__ float key_value(unsigned key)
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// logits: one row of n (the penalty is applied in place). recent: the last tokens (prompt and generated; ids checked by
-// the host), each penalized once however often it occurs (seen: n zero words, left zero). scratch_id / scratch_v: 2·n
-// each; scratch_w: n. greedy takes the first largest logit after the penalty; top_k ≤ 0 or ≥ n, top_p ≥ 1 and
-// use_min_p = 0 disable their stage. log_min_p = ln(min_p) and inv_temp = 1 / temperature are float32 values the host
-// computes as the CPU sampler does; u in [0, 1) is the host generator's draw. Writes the token to *out.
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(float* logits, int n, const int* recent, int recent_count,
-    float penalty, unsigned* seen, int* scratch_id, float* scratch_v, double* scratch_w, int greedy, int top_k, float top_p,
-    int use_min_p, float log_min_p, float inv_temp, double u, int* out)
+// The repetition penalty on one row of logits, in place: each distinct token of recent (the last tokens, prompt and
+// generated; ids checked by the host) once however often it occurs, the first thread to mark it in seen (n zero words,
+// left zero) applying it. Runs before everything that ranks the logits.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_penalty(float* logits, const int* recent, int recent_count, float penalty, unsigned* seen)
 {
-    // Repetition penalty, once per distinct token (the first thread to mark a token applies it).
-    if (penalty != 1.0f)
+    for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS)
     {
-        for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS)
+        const int id = recent[i];
+        if (atomicExch(seen + id, 1u) == 0u)
         {
-            const int id = recent[i];
-            if (atomicExch(seen + id, 1u) == 0u)
-            {
-                const float v = logits[id];
-                logits[id] = v <= 0.0f ? v * penalty : v / penalty;
-            }
+            const float v = logits[id];
+            logits[id] = v <= 0.0f ? v * penalty : v / penalty;
         }
-        __syncthreads();
-        for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS) seen[recent[i]] = 0u;
     }
-    Candidates ping{scratch_id, scratch_v, n}, pong{scratch_id + n, scratch_v + n, 0};
-    for (int i = threadIdx.x; i < n; i += SAMPLE_THREADS) { ping.id[i] = i; ping.v[i] = logits[i]; }
+    __syncthreads();
+    for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS) seen[recent[i]] = 0u;
+}
+
+// First stage of top-k (k ≤ SAMPLE_SLICE, greedy as k = 1): block b keeps the best k tokens (rank order) of its slice
+// [b·SAMPLE_SLICE, (b + 1)·SAMPLE_SLICE) of the vocabulary, found by a bitonic sort of (rank key, complemented id) in
+// shared memory, and writes them in id order at b·k of cand_id / cand_v. The vocabulary's best k lie in the union, which
+// is in id order and has no gaps (only the last slice can keep fewer than k), so the second stage (sample_logits) ranks
+// a few thousand tokens instead of the whole vocabulary.
+#define SAMPLE_SLICE SAMPLE_THREADS
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_slices(const float* logits, int n, int k, int* cand_id, float* cand_v)
+{
+    __shared__ unsigned long long keys[SAMPLE_SLICE];
+    const int base = blockIdx.x * SAMPLE_SLICE, i = base + (int)threadIdx.x;
+    const bool real = i < n;
+    const float v = real ? logits[i] : 0.0f;
+    // Larger = earlier in rank order; padding (0) below every token (a token's low word 0xffffffff - id is never 0 here).
+    const unsigned long long mine = real ? ((unsigned long long)rank_key(v) << 32) | (0xffffffffu - (unsigned)i) : 0ull;
+    keys[threadIdx.x] = mine;
+    __syncthreads();
+    for (int size = 2; size <= SAMPLE_SLICE; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1)
+        {
+            const int t = threadIdx.x, other = t ^ stride;
+            if (other > t)
+            {
+                const unsigned long long a = keys[t], b = keys[other];
+                if ((t & size) == 0 ? a > b : a < b) { keys[t] = b; keys[other] = a; } // ascending overall
+            }
+            __syncthreads();
+        }
+    const int take = min(k, min(SAMPLE_SLICE, n - base));
+    const bool keep = real && mine >= keys[SAMPLE_SLICE - take];
+    int total;
+    const int at = block_exclusive_scan<int>(keep ? 1 : 0, total);
+    if (keep)
+    {
+        cand_id[(long)blockIdx.x * k + at] = i;
+        cand_v[(long)blockIdx.x * k + at] = v;
+    }
+}
+
+// The next token from one row of n logits (penalized by sample_penalty when asked). With cand_n > 0 it ranks only the
+// candidates sample_slices left (cand_id / cand_v, id order), which hold the row's best top_k (greedy: best 1).
+// scratch_id / scratch_v: 2·n each; scratch_w: n. greedy takes the first largest logit; top_k ≤ 0 or ≥ the tokens
+// ranked, top_p ≥ 1 and use_min_p = 0 disable their stage. log_min_p = ln(min_p) and inv_temp = 1 / temperature are
+// float32 values the host computes as the CPU sampler does; u in [0, 1) is the host generator's draw. Writes the token to *out.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(const float* logits, int n, const int* cand_id, const float* cand_v,
+    int cand_n, int* scratch_id, float* scratch_v, double* scratch_w, int greedy, int top_k, float top_p, int use_min_p, float log_min_p,
+    float inv_temp, double u, int* out)
+{
+    Candidates ping{scratch_id, scratch_v, cand_n > 0 ? cand_n : n}, pong{scratch_id + n, scratch_v + n, 0};
+    if (cand_n > 0)
+        for (int i = threadIdx.x; i < cand_n; i += SAMPLE_THREADS) { ping.id[i] = cand_id[i]; ping.v[i] = cand_v[i]; }
+    else
+        for (int i = threadIdx.x; i < n; i += SAMPLE_THREADS) { ping.id[i] = i; ping.v[i] = logits[i]; }
     __syncthreads();
     Candidates* cur = &ping;
     Candidates* next = &pong;
     const float vmax = block_max(ping);
 
     // Top-k (greedy: top-1): the k-th token in rank order by counting.
-    if (greedy || (top_k > 0 && top_k < n))
+    if (greedy || (top_k > 0 && top_k < ping.n))
     {
         unsigned key;
         double rest;

@@ -19,7 +19,11 @@ public sealed class CudaSampler : IDisposable
     private readonly CudaModule _module;
     private readonly int _vocab;
     private readonly Xoshiro256StarStar _rng;
-    private readonly DeviceBuffer _seen, _ids, _values, _weights, _token;
+    private readonly DeviceBuffer _seen, _ids, _values, _weights, _token, _candidateIds, _candidateValues;
+    private readonly int _slices;
+
+    /// <summary>Tokens per slice of sample_slices, the first stage for top-k up to this many (and greedy).</summary>
+    private const int SliceTokens = 1024;
     private DeviceBuffer _recent;
     private readonly int[] _result = new int[1];
 
@@ -42,6 +46,9 @@ public sealed class CudaSampler : IDisposable
         _values = device.Allocate(2L * vocabSize * sizeof(float));
         _weights = device.Allocate((long)vocabSize * sizeof(double));
         _token = device.Allocate(sizeof(int));
+        _slices = (vocabSize + SliceTokens - 1) / SliceTokens;
+        _candidateIds = device.Allocate((long)_slices * SliceTokens * sizeof(int));
+        _candidateValues = device.Allocate((long)_slices * SliceTokens * sizeof(float));
         _recent = device.Allocate(64 * sizeof(int));
     }
 
@@ -69,12 +76,21 @@ public sealed class CudaSampler : IDisposable
                 _recent = _device.Allocate((long)window * 2 * sizeof(int));
             }
             _recent.Upload(recent);
+            _module["sample_penalty"].Launch(1, 1024, 0, logits, _recent.Pointer, Arg.Int(window), Arg.Float(o.RepetitionPenalty), _seen.Pointer);
+        }
+        // Greedy and top-k up to a slice: every 1024-token slice keeps its best k in parallel first, and the ranking block
+        // reads those few thousand candidates instead of the vocabulary.
+        int candidates = 0;
+        if (o.IsGreedy || o.TopK is > 0 and <= SliceTokens)
+        {
+            int k = o.IsGreedy ? 1 : o.TopK;
+            _module["sample_slices"].Launch(_slices, 1024, 0, logits, Arg.Int(_vocab), Arg.Int(k), _candidateIds.Pointer, _candidateValues.Pointer);
+            candidates = (_slices - 1) * k + Math.Min(k, _vocab - (_slices - 1) * SliceTokens);
         }
         // One uniform per draw, as the CPU sampler takes it (greedy options draw nothing).
         double u = o.IsGreedy ? 0 : _rng.NextDouble();
-        _module["sample_logits"].Launch(1, 1024, 0, logits, Arg.Int(_vocab), _recent.Pointer, Arg.Int(window),
-            Arg.Float(window > 0 ? o.RepetitionPenalty : 1f), _seen.Pointer, _ids.Pointer, _values.Pointer, _weights.Pointer,
-            Arg.Int(o.IsGreedy ? 1 : 0), Arg.Int(o.TopK), Arg.Float(o.TopP), Arg.Int(o.MinP > 0f ? 1 : 0),
+        _module["sample_logits"].Launch(1, 1024, 0, logits, Arg.Int(_vocab), _candidateIds.Pointer, _candidateValues.Pointer, Arg.Int(candidates),
+            _ids.Pointer, _values.Pointer, _weights.Pointer, Arg.Int(o.IsGreedy ? 1 : 0), Arg.Int(o.TopK), Arg.Float(o.TopP), Arg.Int(o.MinP > 0f ? 1 : 0),
             Arg.Float(o.MinP > 0f ? MathF.Log(o.MinP) : 0f), Arg.Float(o.Temperature > 0f ? 1f / o.Temperature : 0f), Arg.Double(u), _token.Pointer);
         _token.Download<int>(_result);
         return _result[0];
@@ -83,7 +99,7 @@ public sealed class CudaSampler : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        foreach (var b in new[] { _seen, _ids, _values, _weights, _token, _recent }) b.Dispose();
+        foreach (var b in new[] { _seen, _ids, _values, _weights, _token, _recent, _candidateIds, _candidateValues }) b.Dispose();
         _module.Dispose();
     }
 }
