@@ -98,7 +98,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         ArgumentNullException.ThrowIfNull(options);
         int group = config.NumHeads / config.NumKvHeads;
         if (!CudaPagedKernels.Supports(group, config.HeadDim))
-            throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
+            throw new KvSharpException($"the CUDA paged KV cache supports 1, 2, 3, 4 or 8 query heads per KV head and head dimension 64 or 128, not {group} and {config.HeadDim}");
         if (options.KeyFormat.IsVidKv() || options.ValueFormat.IsVidKv())
             throw new KvSharpException(VidKvRefusal($"encoding appended tokens as {options.KeyFormat} / {options.ValueFormat} blocks"));
         _ = options.Layouts(config.HeadDim);
