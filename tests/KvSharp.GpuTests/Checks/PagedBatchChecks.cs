@@ -110,13 +110,7 @@ public static class PagedBatchChecks
         int heads = c.NumHeads, kvHeads = c.NumKvHeads, hd = c.HeadDim, rows = gpu.Batch;
         var (desc, blocks, tokens) = gpu.LayerTables(layer);
         var kernel = gpu.AttentionKernel;
-        int few = 1;
-        while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
-        var plans = new[]
-        {
-            gpu.PlanAttention(null!, visible, rows),
-            new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, kernel)),
-        };
+        var plans = new[] { gpu.PlanAttention(null!, visible, rows), PagedChecks.FewBlocksPlan(gpu, kernel) };
         using var dq = Upload(q);
         double worst = 0;
         foreach (var plan in plans)

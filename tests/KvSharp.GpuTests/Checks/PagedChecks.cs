@@ -55,6 +55,19 @@ public static class PagedChecks
         });
 
     /// <summary>
+    /// A plan of few blocks per split for <paramref name="kernel"/> over <paramref name="gpu"/>'s longest head (many chunks
+    /// to merge), as long as the merge's weights (one per split) fit the scores area.
+    /// </summary>
+    internal static CudaKernels.AttentionPlan FewBlocksPlan(CudaPagedKvCache gpu, PagedAttentionKernel kernel)
+    {
+        int few = 1;
+        while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
+        var c = gpu.Config;
+        return new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few,
+            CudaPagedKernels.SharedBytes(c.NumHeads / c.NumKvHeads, c.HeadDim, gpu.BlockTokens, few, kernel));
+    }
+
+    /// <summary>
     /// A CPU cache of <paramref name="length"/> random tokens per layer in format <paramref name="f"/> (both K and V), or for a
     /// mixed case F16 blocks with tokens re-quantized to INT2/INT4, FP8/ternary, binary/INT8 and BF16/F32; then each head
     /// loses a random share of its tokens (per-head lengths, partial blocks) unless <paramref name="evict"/> is false.
@@ -184,11 +197,7 @@ public static class PagedChecks
                     {
                         gpu.AttentionKernel = kernel;
                         var planned = gpu.PlanAttention(null!, length, rows);
-                        // Few blocks per split (many chunks to merge), as long as the merge's weights fit the scores area.
-                        int few = 1;
-                        while ((gpu.MaxBlocks + few - 1) / few > few * gpu.BlockTokens) few++;
-                        var one = new CudaKernels.AttentionPlan(few, (gpu.MaxBlocks + few - 1) / few, CudaPagedKernels.SharedBytes(heads / kvHeads, hd, gpu.BlockTokens, few, kernel));
-                        foreach (var plan in new[] { planned, one })
+                        foreach (var plan in new[] { planned, FewBlocksPlan(gpu, kernel) })
                         {
                             using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
                             using var pml = Poisoned((long)rows * heads * plan.Splits * 8);
