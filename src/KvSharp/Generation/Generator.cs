@@ -68,15 +68,19 @@ public sealed class Generator
     public static GenerationResult Run(
         ITokenizer tokenizer, int maxContext, NextToken next, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
-        Action<string>? onText = null, CancellationToken cancellation = default) =>
-        RunSteps(tokenizer, maxContext, next, cachedTokens, prompt, contextLength, options, onText, cancellation, null);
+        Action<string>? onText = null, CancellationToken cancellation = default)
+    {
+        options.Validate();
+        return RunSteps(tokenizer, maxContext, next, cachedTokens, prompt, contextLength, options, onText, cancellation, null);
+    }
+
+    /// <summary>The loop behind both <c>Run</c> overloads; <paramref name="options"/> are validated by the caller.</summary>
 
     private static GenerationResult RunSteps(
         ITokenizer tokenizer, int maxContext, NextToken step, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
         Action<string>? onText, CancellationToken cancellation, IKvCache? cache)
     {
-        options.Validate();
         if (options.DecodeCompression is not null && cache is null)
             throw new KvSharpException("decode-time compression needs the engine's own KV cache: this forward pass keeps its cache elsewhere (e.g. on the GPU)");
         if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
