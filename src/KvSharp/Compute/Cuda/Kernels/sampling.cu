@@ -111,18 +111,17 @@ __device__ __forceinline__ void warp_hist_add(double* hist, double* stage, unsig
 }
 
 // Radix select in rank order: the key of the candidate at which the running total of weight(i) (over candidates in
-// rank order) first reaches target (strict: exceeds it), and in `rest` what is still missing when that key's tokens
-// begin. Returns false when no candidate reaches it (rounding): then key is the last candidate's and rest its tokens' total.
+// rank order) first reaches target, and in `rest` what is still missing when that key's tokens begin. When no candidate
+// reaches it (rounding), key is the last candidate's and rest its tokens' total (all kept).
 template <typename Weight>
-__device__ bool radix_select(const Candidates& c, Weight weight, double target, bool strict, unsigned& key, double& rest)
+__device__ void radix_select(const Candidates& c, Weight weight, double target, unsigned& key, double& rest)
 {
     __shared__ double hist[256];
     __shared__ double stage[SAMPLE_THREADS];
     __shared__ unsigned s_prefix;
     __shared__ double s_rest;
-    __shared__ int s_found;
     unsigned prefix = 0u, mask = 0u;
-    if (threadIdx.x == 0) { s_rest = target; s_found = 1; }
+    if (threadIdx.x == 0) s_rest = target;
     for (int shift = 24; shift >= 0; shift -= 8)
     {
         for (int b = threadIdx.x; b < 256; b += SAMPLE_THREADS) hist[b] = 0.0;
@@ -143,14 +142,13 @@ __device__ bool radix_select(const Candidates& c, Weight weight, double target, 
             {
                 if (hist[b] == 0.0) continue;
                 lowest = b;
-                if (strict ? r < hist[b] : r <= hist[b]) { digit = b; break; }
+                if (r <= hist[b]) { digit = b; break; }
                 r -= hist[b];
             }
             if (digit < 0) // rounding: the target lies beyond the total; take the last digit whole
             {
                 digit = lowest < 0 ? 0 : lowest;
                 r = lowest < 0 ? 0.0 : hist[lowest];
-                s_found = 0;
             }
             s_rest = r;
             s_prefix = prefix | ((unsigned)digit << shift);
@@ -161,9 +159,7 @@ __device__ bool radix_select(const Candidates& c, Weight weight, double target, 
     }
     key = prefix;
     rest = s_rest;
-    const bool found = s_found != 0;
     __syncthreads(); // s_rest / s_prefix are rewritten by the next call
-    return found;
 }
 
 // Of the candidates whose key is `key`, the id of the m-th (1-based) in id order (m is clamped to their number).
@@ -303,7 +299,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(const
     {
         unsigned key;
         double rest;
-        radix_select(*cur, [](int) { return 1.0; }, greedy ? 1.0 : (double)top_k, false, key, rest);
+        radix_select(*cur, [](int) { return 1.0; }, greedy ? 1.0 : (double)top_k, key, rest);
         const int last = nth_tie(*cur, key, (int)rest);
         if (greedy) // the first largest logit
         {
@@ -332,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(const
             unsigned key;
             double rest;
             const double* w = scratch_w;
-            radix_select(*cur, [w](int i) { return w[i]; }, (double)top_p * sum, false, key, rest);
+            radix_select(*cur, [w](int i) { return w[i]; }, (double)top_p * sum, key, rest);
             // The tokens sharing the crossing key weigh the same: the first m of them (id order) complete the mass.
             const double e = exp((double)(key_value(key) - vmax));
             const double m = e > 0.0 ? ceil(rest / e) : 1.0;
