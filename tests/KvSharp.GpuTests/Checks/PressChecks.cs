@@ -54,7 +54,7 @@ public static class PressChecks
                     var q = rnd.Floats(rows * c.NumHeads * hd, 2f);
                     cpu.Attend(l, q, rows, firstPosition, output);
                     queries.Add(DeviceData.Upload(q));
-                    gpu.EnqueueStatistics(l, queries[^1].Pointer, rows, firstCounted);
+                    gpu.AttendForStatistics(l, queries[^1].Pointer, rows, firstCounted);
                 }
                 var expected = cpu.EndStatistics();
                 var (max, sum) = gpu.EndStatistics(); // synchronizes: the queries may go

@@ -436,144 +436,165 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
 // cache back.
 //
 // Attention statistics (the CPU's PagedAttentionStatistics): for the query rows of one layer's attention call
-// (q [rows_total, heads, hd], rotated, as attention saw them; one launch takes rows row0 .. row0 + rows - 1),
-// every (KV head, covered stored token) gets the softmax probability each row gives it, folded over the group's
-// heads (max, or mean) and then over the counted rows as a running max and a running sum. Covered tokens are the head's first `covered[head]` stored tokens
-// (those stored when collection began). Row t sees all but the head's last rows_total-1-t stored tokens (the rows were
-// just appended; the causal rule of paged attention). Two launches, both grid (splits, kv heads) of 128 threads:
-// paged_stats_lse reduces each row's log-sum-exp over its split of the head's tokens; paged_stats_accumulate
-// merges the splits, rescoring its split's covered tokens into probabilities and adding them to the statistics.
-// Keys are decoded as BlockCodec.Decode does, 16 tokens at a time into shared memory.
-constexpr int STATS_TILE = 16, STATS_MAX_ROWS = 256, STATS_MAX_HD = 256;
+// (q [rows, heads, hd], rotated, as attention saw them), every (KV head, covered stored token) gets the softmax
+// probability each counted row gives it, folded over the group's heads (max, or mean) and then over the counted rows
+// as a running max and a running sum. Covered tokens are the head's first `covered[head]` stored tokens (those
+// stored when collection began). Row t sees all but the head's last rows-1-t stored tokens (the rows were just
+// appended; the causal rule of paged attention).
+//
+// A probability is e^(s - lse) with the row's log-sum-exp over every token it sees, so it needs the whole row first.
+// The attention launch just computed exactly that: each of its splits left the split's (max, sum of e^(s - max)) of
+// every (row, query head) in part_ml (natural-log maxima in every paged kernel). One launch after it,
+// paged_stats_accumulate, takes each row's log-sum-exp from there (part_ml_lse) and rescores the covered tokens:
+// grid (covered-token tiles of STATS_TK, KV heads), each block decodes its tile's keys into shared memory once and
+// runs every counted row of the group through it, STATS_TQ query heads at a time, as a 64 x 64 fp32 score tile
+// (4 x 4 per thread), so a long prefill's rows cost a dense product rather than a scalar pass per row.
 
-// Storage indices [i0, i1) of one head's blocks: calls f(tile rows in shared, first index, count) per tile,
-// the tile's keys decoded into ks [STATS_TILE][hd]. Called by every thread of the block.
-template <class F>
-__device__ void for_key_tiles(const u8* pool, const uint4* d, int nb, int i0, int i1, int tokens, int hd, int vg, float* ks, F f)
+// The log-sum-exp of query head h of row t over all its splits, from the (max, sum) pairs the attention launch left
+// in part_ml [rows, heads, splits, 2] (merge_splits' layout; natural-log maxima): the one place that reads part_ml
+// outside attention. A split with sum 0 saw nothing; -inf when no split saw a token.
+__device__ __forceinline__ float part_ml_lse(const float* part_ml, int t, int h, int heads, int splits)
 {
-    for (int b = 0; b < nb; b++)
+    const float2* p = reinterpret_cast<const float2*>(part_ml) + ((long)t * heads + h) * splits;
+    float m = neg_inf();
+    for (int s = 0; s < splits; s++) if (p[s].y > 0.0f) m = fmaxf(m, p[s].x);
+    float l = 0.0f;
+    for (int s = 0; s < splits; s++) if (p[s].y > 0.0f) l += p[s].y * expf(p[s].x - m);
+    return l > 0.0f ? m + logf(l) : neg_inf();
+}
+
+constexpr int STATS_TK = 64, STATS_TQ = 64, STATS_THREADS = 256, STATS_MAX_HD = 256;
+
+// Shared memory of one statistics block (CudaPagedKernels.StatsSharedBytes): the keys [hd][STATS_TK], the query tile's
+// log-sum-exps, each token's (max, sum) from the 4 row partitions, then the queries [hd][STATS_TQ] (channel-major, so a
+// thread's 4 keys and 4 queries are one 16-byte load each), whose space the probabilities [STATS_TQ][STATS_TK + 1] reuse.
+
+// fold: 0 = max over the group's heads, 1 = mean. Rows before first_counted only entered the attention's log-sum-exp.
+// stats_max / stats_sum: [kv_heads, max_tokens] of this layer (running, accumulated over calls). part_ml: the attention
+// launch's (max, sum) per [rows, heads, splits].
+extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumulate(const float* q, const u8* pool, const uint4* desc,
+    const int* head_blocks, const int* head_tokens, const int* covered, const float* part_ml, float* stats_max, float* stats_sum, int rows,
+    int first_counted, int fold, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, int splits, float scale)
+{
+    extern __shared__ float4 stats_smem4[];
+    float* kt = reinterpret_cast<float*>(stats_smem4); // [hd][STATS_TK]
+    float* lse = kt + hd * STATS_TK;                  // [STATS_TQ]
+    float* red = lse + STATS_TQ;                      // [4][STATS_TK] max, then [4][STATS_TK] sum
+    float* qt = red + 2 * 4 * STATS_TK;               // [hd][STATS_TQ]; then the probabilities [STATS_TQ][STATS_TK + 1]
+    __shared__ int tile_block[STATS_TK];
+    const int kvh = blockIdx.y, group = heads / kv_heads, n = head_tokens[kvh], cov = min(covered[kvh], n);
+    const int i0 = blockIdx.x * STATS_TK;
+    if (i0 >= cov || first_counted >= rows) return; // uniform over the block
+    const int cnt = min(STATS_TK, cov - i0);
+    const uint4* d = desc + (long)kvh * max_blocks;
+    const int nb = head_blocks[kvh];
+    // Each tile token's block (descriptors start at ascending storage indices): a binary search per token.
+    if (threadIdx.x < cnt)
     {
-        const uint4 e = d[b];
-        const int start = (int)e.w, cnt = desc_count(e), kf = desc_kfmt(e);
-        const int lo = max(start, i0), hi = min(start + cnt, i1);
-        for (int j0 = lo; j0 < hi; j0 += STATS_TILE)
+        const int i = i0 + threadIdx.x;
+        int lo = 0, hi = nb - 1;
+        while (lo < hi)
         {
-            const int n = min(STATS_TILE, hi - j0);
-            __syncthreads(); // the previous tile is no longer read
-            for (int x = threadIdx.x; x < n * hd; x += blockDim.x)
-                ks[x] = decode_element(pool + (size_t)e.x * 16, kf, true, j0 - start + x / hd, x % hd, tokens, hd, vg);
-            __syncthreads();
-            f(j0, n);
+            const int mid = (lo + hi + 1) / 2;
+            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
         }
+        tile_block[threadIdx.x] = lo;
     }
-}
-
-__device__ __forceinline__ float stats_score(const float* __restrict__ q, const float* ks, int hd, float scale)
-{
-    float s = 0.0f;
-    for (int c = 0; c < hd; c++) s += (q[c] * scale) * ks[c];
-    return s;
-}
-
-__device__ __forceinline__ void stats_range(int n, int splits, int split, int& i0, int& i1)
-{
-    const int chunk = ((n + splits - 1) / splits + STATS_TILE - 1) / STATS_TILE * STATS_TILE;
-    i0 = min(n, split * chunk);
-    i1 = min(n, i0 + chunk);
-}
-
-extern "C" __global__ void __launch_bounds__(128) paged_stats_lse(const float* q, const u8* pool, const uint4* desc, const int* head_blocks,
-    const int* head_tokens, float2* part, int rows, int row0, int rows_total, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks,
-    float scale)
-{
-    __shared__ float ks[STATS_TILE * STATS_MAX_HD];
-    const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, group = heads / kv_heads, rg = rows * group;
-    const int n = head_tokens[kvh];
-    int i0, i1;
-    stats_range(n, splits, split, i0, i1);
-    float m[STATS_MAX_ROWS / 128], l[STATS_MAX_ROWS / 128];
-#pragma unroll
-    for (int k = 0; k < STATS_MAX_ROWS / 128; k++) { m[k] = neg_inf(); l[k] = 0.0f; }
-    for_key_tiles(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, i1, tokens, hd, vg, ks, [&](int j0, int cnt) {
-#pragma unroll
-        for (int k = 0; k < STATS_MAX_ROWS / 128; k++)
+    __syncthreads();
+    for (int x = threadIdx.x; x < hd * STATS_TK; x += blockDim.x)
+    {
+        const int j = x % STATS_TK, c = x / STATS_TK;
+        float v = 0.0f;
+        if (j < cnt)
         {
-            const int qi = threadIdx.x + 128 * k;
-            if (qi >= rg) break;
-            const int r = row0 + qi / group, h = kvh * group + qi % group, visible = n - (rows_total - 1 - r);
-            const float* qr = q + ((long)r * heads + h) * hd;
-            for (int j = 0; j < cnt && j0 + j < visible; j++)
+            const uint4 e = d[tile_block[j]];
+            v = decode_element(pool + (size_t)e.x * 16, desc_kfmt(e), true, i0 + j - (int)e.w, c, tokens, hd, vg);
+        }
+        kt[x] = v;
+    }
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int rows_per_tile = STATS_TQ / group, qn = rows_per_tile * group;
+    // Fold layout: thread owns token fj of the tile and every 4th row of the query tile from fp.
+    const int fj = threadIdx.x % STATS_TK, fp = threadIdx.x / STATS_TK;
+    float run_max = 0.0f, run_sum = 0.0f;
+    float* prob = qt; // [STATS_TQ][STATS_TK + 1], after the scores are taken
+    for (int r0 = first_counted; r0 < rows; r0 += rows_per_tile)
+    {
+        const int tile_rows = min(rows_per_tile, rows - r0);
+        __syncthreads(); // the previous tile's probabilities are folded (and, first, the keys are decoded)
+        // Queries of rows r0.. of this group, pre-scaled, channel-major: float4 reads along the channels.
+        for (int x = threadIdx.x; x < STATS_TQ * (hd / 4); x += blockDim.x)
+        {
+            const int qi = x % STATS_TQ, c4 = x / STATS_TQ;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (qi < tile_rows * group)
             {
-                const float s = stats_score(qr, ks + j * hd, hd, scale);
-                const float mn = fmaxf(m[k], s);
-                l[k] = l[k] * expf(m[k] - mn) + expf(s - mn);
-                m[k] = mn;
+                const int r = r0 + qi / group, h = kvh * group + qi % group;
+                v = reinterpret_cast<const float4*>(q + ((long)r * heads + h) * hd)[c4];
             }
+            qt[(c4 * 4 + 0) * STATS_TQ + qi] = v.x * scale;
+            qt[(c4 * 4 + 1) * STATS_TQ + qi] = v.y * scale;
+            qt[(c4 * 4 + 2) * STATS_TQ + qi] = v.z * scale;
+            qt[(c4 * 4 + 3) * STATS_TQ + qi] = v.w * scale;
         }
-    });
-#pragma unroll
-    for (int k = 0; k < STATS_MAX_ROWS / 128; k++)
-    {
-        const int qi = threadIdx.x + 128 * k;
-        if (qi < rg) part[((long)kvh * splits + split) * rg + qi] = make_float2(m[k], l[k]);
-    }
-}
-
-// fold: 0 = max over the group's heads, 1 = mean. Rows before first_counted only enter the log-sum-exp.
-// stats_max / stats_sum: [kv_heads, max_tokens] of this layer (running, accumulated over calls).
-extern "C" __global__ void __launch_bounds__(128) paged_stats_accumulate(const float* q, const u8* pool, const uint4* desc, const int* head_blocks,
-    const int* head_tokens, const int* covered, const float2* part, float* stats_max, float* stats_sum, int rows, int row0, int rows_total,
-    int first_counted, int fold,
-    int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, float scale)
-{
-    __shared__ float ks[STATS_TILE * STATS_MAX_HD];
-    __shared__ float lse[STATS_MAX_ROWS];
-    __shared__ float prob[STATS_MAX_ROWS][STATS_TILE + 1];
-    const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, group = heads / kv_heads, rg = rows * group;
-    const int n = head_tokens[kvh], cov = min(covered[kvh], n);
-    for (int qi = threadIdx.x; qi < rg; qi += blockDim.x)
-    {
-        float mm = neg_inf();
-        for (int s = 0; s < splits; s++) mm = fmaxf(mm, part[((long)kvh * splits + s) * rg + qi].x);
-        float ll = 0.0f;
-        for (int s = 0; s < splits; s++)
+        if (threadIdx.x < STATS_TQ)
         {
-            const float2 p = part[((long)kvh * splits + s) * rg + qi];
-            if (p.y > 0.0f) ll += p.y * expf(p.x - mm);
-        }
-        lse[qi] = ll > 0.0f ? mm + logf(ll) : neg_inf();
-    }
-    int i0, i1;
-    stats_range(n, splits, split, i0, i1);
-    i1 = min(i1, cov);
-    if (i0 >= i1) return; // no covered token in this split (uniform over the block)
-    float* smax = stats_max + (long)kvh * max_tokens;
-    float* ssum = stats_sum + (long)kvh * max_tokens;
-    for_key_tiles(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, i1, tokens, hd, vg, ks, [&](int j0, int cnt) {
-        for (int qi = threadIdx.x; qi < rg; qi += blockDim.x)
-        {
-            const int r = row0 + qi / group, h = kvh * group + qi % group, visible = n - (rows_total - 1 - r);
-            const float* qr = q + ((long)r * heads + h) * hd;
-            for (int j = 0; j < cnt; j++)
-                prob[qi][j] = j0 + j < visible && lse[qi] != neg_inf() ? expf(stats_score(qr, ks + j * hd, hd, scale) - lse[qi]) : 0.0f;
+            const int qi = threadIdx.x;
+            lse[qi] = qi < tile_rows * group ? part_ml_lse(part_ml, r0 + qi / group, kvh * group + qi % group, heads, splits) : neg_inf();
         }
         __syncthreads();
-        if (threadIdx.x < cnt)
+        float acc[4][4];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) acc[a][b] = 0.0f;
+        for (int c = 0; c < hd; c++)
         {
-            const int j = threadIdx.x;
-            float mx = smax[j0 + j], sm = ssum[j0 + j];
-            for (int r = max(0, first_counted - row0); r < rows; r++)
-            {
-                float f = prob[r * group][j];
-                for (int g = 1; g < group; g++) f = fold == 0 ? fmaxf(f, prob[r * group + g][j]) : f + prob[r * group + g][j];
-                if (fold == 1 && group > 1) f *= 1.0f / group;
-                mx = fmaxf(mx, f);
-                sm += f;
-            }
-            smax[j0 + j] = mx;
-            ssum[j0 + j] = sm;
+            const float4 qv = reinterpret_cast<const float4*>(qt + c * STATS_TQ)[ty];
+            const float4 kv = reinterpret_cast<const float4*>(kt + c * STATS_TK)[tx];
+            const float qa[4] = { qv.x, qv.y, qv.z, qv.w }, ka[4] = { kv.x, kv.y, kv.z, kv.w };
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int b = 0; b < 4; b++) acc[a][b] = fmaf(qa[a], ka[b], acc[a][b]);
         }
-    });
+        __syncthreads(); // every score is taken: the probabilities overwrite the queries
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+        {
+            const int qi = ty * 4 + a;
+            const int visible = n - (rows - 1 - (r0 + qi / group)); // storage indices this row sees
+#pragma unroll
+            for (int b = 0; b < 4; b++)
+            {
+                const int j = tx * 4 + b;
+                prob[qi * (STATS_TK + 1) + j] = qi < qn && i0 + j < visible && lse[qi] != neg_inf() ? expf(acc[a][b] - lse[qi]) : 0.0f;
+            }
+        }
+        __syncthreads();
+        for (int r = fp; r < tile_rows; r += 4)
+        {
+            const float* pr = prob + r * group * (STATS_TK + 1) + fj;
+            float f = pr[0];
+            for (int g = 1; g < group; g++) f = fold == 0 ? fmaxf(f, pr[g * (STATS_TK + 1)]) : f + pr[g * (STATS_TK + 1)];
+            if (fold == 1 && group > 1) f *= 1.0f / group;
+            run_max = fmaxf(run_max, f);
+            run_sum += f;
+        }
+    }
+    red[fp * STATS_TK + fj] = run_max;
+    red[4 * STATS_TK + fp * STATS_TK + fj] = run_sum;
+    __syncthreads();
+    if (threadIdx.x < cnt)
+    {
+        const int j = threadIdx.x;
+        float* smax = stats_max + (long)kvh * max_tokens + i0 + j;
+        float* ssum = stats_sum + (long)kvh * max_tokens + i0 + j;
+        float mx = *smax, sm = *ssum;
+        for (int p = 0; p < 4; p++) { mx = fmaxf(mx, red[p * STATS_TK + j]); sm += red[4 * STATS_TK + p * STATS_TK + j]; }
+        *smax = mx;
+        *ssum = sm;
+    }
 }
 
 // SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled

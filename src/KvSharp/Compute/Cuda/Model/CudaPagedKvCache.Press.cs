@@ -11,9 +11,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// </summary>
 public sealed partial class CudaPagedKvCache
 {
-    private const int StatsMaxSplits = 32;
     private AttentionStatisticsRequest? _statistics;
-    private DeviceBuffer? _statMax, _statSum, _covered, _statPart;
+    private DeviceBuffer? _statMax, _statSum, _covered;
 
     /// <summary>Whether <see cref="CudaTransformer.Forward"/> calls over this cache currently accumulate attention statistics.</summary>
     public bool IsCollectingStatistics => _statistics != null;
@@ -22,9 +21,10 @@ public sealed partial class CudaPagedKvCache
     /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
     /// forward pass over this cache adds, for its query rows at position ≥ <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>,
     /// the softmax probability each gives every token each (layer, KV head) stores now (the covered tokens), folded over the
-    /// group's heads by <see cref="AttentionStatisticsRequest.Fold"/>: a running maximum and a running sum per token. A
-    /// launch pair after each layer's attention rescores the covered tokens with the attention's keys (the log-sum-exp of a
-    /// row is only known once all its tokens are seen). Eviction and re-quantization are refused until the collection ends.
+    /// group's heads by <see cref="AttentionStatisticsRequest.Fold"/>: a running maximum and a running sum per token. One
+    /// launch after each layer's attention rescores the covered tokens with the attention's keys, each row's log-sum-exp
+    /// taken from the attention's per-split (max, sum) (a probability needs its row's final log-sum-exp, known only once
+    /// the attention has seen every token). Eviction and re-quantization are refused until the collection ends.
     /// </summary>
     /// <exception cref="InvalidOperationException">Statistics are already being collected.</exception>
     /// <exception cref="KvSharpException">The head dimension is above what the statistics kernels decode.</exception>
@@ -40,7 +40,6 @@ public sealed partial class CudaPagedKvCache
         _statMax = Device.Allocate(HeadCount * perHead * sizeof(float));
         _statSum = Device.Allocate(HeadCount * perHead * sizeof(float));
         _covered = Device.Allocate(HeadCount * sizeof(int));
-        _statPart = Device.Allocate((long)Config.NumKvHeads * StatsMaxSplits * CudaPagedKernels.StatsMaxRows * 8);
         _statMax.Fill32(0);
         _statSum.Fill32(0);
         _covered.CopyFromAsync(_headTokens, HeadCount * sizeof(int));
@@ -227,40 +226,59 @@ public sealed partial class CudaPagedKvCache
         // its row is counted. Presses observe through Forward calls (SnapKV's window, H2O's prefill chunks).
         if (a.Batch)
             throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not inside captured graph decode (the captured launches would outlive the collection)");
-        EnqueueStatistics(a.Layer, a.Q, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
+        EnqueueStatistics(a.Layer, a.Q, a.PartMl, a.Plan.Splits, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
     }
 
     /// <summary>
     /// Queues the statistics of query rows q [rows, heads, hd] (rotated) of <paramref name="layer"/>, the last rows of the
-    /// heads' storage (row t sees all but the last rows-1-t stored tokens); rows before <paramref name="firstCounted"/> only
-    /// enter the log-sum-exp. Does nothing when no collection is in progress. The heads are <paramref name="sequence"/>'s.
+    /// heads' storage (row t sees all but the last rows-1-t stored tokens), right after the attention launch over them that
+    /// left each row's per-split (max, sum) in <paramref name="partMl"/> ([rows, heads, <paramref name="splits"/>]); rows
+    /// before <paramref name="firstCounted"/> are not counted. Does nothing when no collection is in progress. The heads
+    /// are <paramref name="sequence"/>'s.
     /// </summary>
-    internal void EnqueueStatistics(int layer, ulong q, int rows, int firstCounted, int sequence = 0)
+    private void EnqueueStatistics(int layer, ulong q, ulong partMl, int splits, int rows, int firstCounted, int sequence)
     {
-        if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null || _statPart == null) return;
+        if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null) return;
         var c = Config;
-        int group = c.NumHeads / c.NumKvHeads, kvHeads = c.NumKvHeads, maxTokens = MaxBlocks * BlockTokens;
+        int maxTokens = MaxBlocks * BlockTokens;
         var (desc, blocks, tokens) = LayerTables(layer, sequence);
         long head0 = HeadIndex(layer, sequence, 0);
-        var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)), _statPart.Pointer,
+        var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)),
             _statMax.Pointer + (ulong)(head0 * maxTokens * sizeof(float)), _statSum.Pointer + (ulong)(head0 * maxTokens * sizeof(float)),
             MaxBlocks, maxTokens, BlockTokens, ValueGroup);
-        // Splits of each head's tokens: enough blocks to spread a long head, one partial (max, sum) per row and split.
-        int splits = Math.Clamp(_lengthAtSync / 512 + 1, 1, StatsMaxSplits);
-        int slice = Math.Max(1, CudaPagedKernels.StatsMaxRows / group);
-        for (int row0 = 0; row0 < rows; row0 += slice)
-        {
-            int n = Math.Min(slice, rows - row0);
-            if (row0 + n <= firstCounted) continue; // no counted row: nothing to add
-            _kernels.Statistics(q, target, n, row0, rows, firstCounted, request.Fold == GroupFold.Mean ? 1 : 0, c.NumHeads, kvHeads, c.HeadDim, splits);
-        }
+        // A head stores at most the positions appended before this call, and covers at most what it stores.
+        _kernels.Statistics(q, partMl, splits, target, rows, firstCounted, request.Fold == GroupFold.Mean ? 1 : 0, c.NumHeads, c.NumKvHeads, c.HeadDim,
+            Math.Min(LengthOf(sequence), maxTokens));
+    }
+
+    /// <summary>
+    /// Attention of query rows q [rows, heads, hd] (rotated) of <paramref name="layer"/> over the heads' stored tokens, the
+    /// rows being the last ones stored (row t sees all but the last rows-1-t), without appending: the output is dropped,
+    /// and while collecting, the statistics of rows from <paramref name="firstCounted"/> on are queued after it (what a
+    /// <see cref="CudaTransformer.Forward"/> over this cache does per layer; checks feed it chosen queries).
+    /// </summary>
+    internal void AttendForStatistics(int layer, ulong q, int rows, int firstCounted, int sequence = 0)
+    {
+        var c = Config;
+        var plan = PlanAttention(LengthOf(sequence), rows);
+        long parts = (long)rows * c.NumHeads * plan.Splits;
+        using var output = Device.Allocate((long)rows * c.NumHeads * c.HeadDim * sizeof(float));
+        using var partOut = Device.Allocate(parts * c.HeadDim * sizeof(float));
+        using var partMl = Device.Allocate(parts * 2 * sizeof(float));
+        using var counters = Device.Allocate((long)rows * c.NumKvHeads * sizeof(int));
+        counters.Fill32(0);
+        var (desc, blocks, tokens) = LayerTables(layer, sequence);
+        _kernels.Attention(q, _pool.Pointer, desc, blocks, tokens, output.Pointer, partOut.Pointer, partMl.Pointer, counters.Pointer, rows, c.NumHeads,
+            c.NumKvHeads, c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, plan, AttentionKernel, vid: VidKvTables);
+        EnqueueStatistics(layer, q, partMl.Pointer, plan.Splits, rows, firstCounted, sequence);
+        Device.Synchronize(); // the scratch buffers go
     }
 
     private void StopStatistics()
     {
         _statistics = null;
         _coverEachForward = false;
-        foreach (var b in new[] { _statMax, _statSum, _covered, _statPart }) b?.Dispose();
-        (_statMax, _statSum, _covered, _statPart) = (null, null, null, null);
+        foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
+        (_statMax, _statSum, _covered) = (null, null, null);
     }
 }

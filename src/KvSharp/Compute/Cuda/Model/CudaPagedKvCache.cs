@@ -435,7 +435,10 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <summary>Prefill chunks attend through the paged kernel with causal rows (the tensor-core kernel reads the float16 cache).</summary>
     internal override bool SupportsFlashPrefill => false;
 
-    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows)
+    internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows) => PlanAttention(visible, rows);
+
+    /// <summary>The attention split for <paramref name="rows"/> query rows while the heads grow up to <paramref name="visible"/> positions.</summary>
+    private CudaKernels.AttentionPlan PlanAttention(int visible, int rows)
     {
         long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
         int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);

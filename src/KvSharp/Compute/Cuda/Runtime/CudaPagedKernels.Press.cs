@@ -3,30 +3,43 @@ namespace KvSharp.Compute.Cuda.Runtime;
 /// <summary>Launchers of the press kernels at the end of paged_cache.cu: attention statistics, score pooling, top-k selection, re-quantization.</summary>
 internal sealed partial class CudaPagedKernels
 {
-    /// <summary>Most query rows × group heads one statistics launch takes (STATS_MAX_ROWS in paged_cache.cu).</summary>
-    public const int StatsMaxRows = 256;
-
-    /// <summary>Largest head dimension the statistics kernels decode into shared memory (STATS_MAX_HD).</summary>
+    /// <summary>Largest head dimension the statistics kernel decodes into shared memory (STATS_MAX_HD in paged_cache.cu).</summary>
     public const int StatsMaxHeadDim = 256;
 
-    /// <summary>Where one layer's statistics launch reads and writes (device addresses).</summary>
-    public readonly record struct StatsTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Covered, ulong Part, ulong Max, ulong Sum,
-        int MaxBlocks, int MaxTokens, int BlockTokens, int ValueGroup);
+    /// <summary>Covered tokens per statistics block, and query heads per score tile (STATS_TK, STATS_TQ).</summary>
+    public const int StatsTokenTile = 64, StatsQueryTile = 64;
 
     /// <summary>
-    /// Statistics of query rows row0 .. row0 + rows - 1 of q [rowsTotal, heads, hd] over one layer's heads (paged_stats_lse then
-    /// paged_stats_accumulate, both over <paramref name="splits"/> splits of each head's tokens). fold: 0 = max, 1 = mean over the group.
+    /// Shared memory of one statistics block for head dimension <paramref name="headDim"/>: the decoded key tile, the
+    /// query tile's log-sum-exps and the per-token partial (max, sum), then the query tile or its probabilities.
     /// </summary>
-    public void Statistics(ulong q, in StatsTarget s, int rows, int row0, int rowsTotal, int firstCounted, int fold, int heads, int kvHeads, int headDim, int splits)
+    public static int StatsSharedBytes(int headDim) =>
+        4 * (headDim * StatsTokenTile + StatsQueryTile + 8 * StatsTokenTile + Math.Max(headDim * StatsQueryTile, StatsQueryTile * (StatsTokenTile + 1)));
+
+    /// <summary>Where one layer's statistics launch reads and writes (device addresses).</summary>
+    public readonly record struct StatsTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Covered, ulong Max, ulong Sum,
+        int MaxBlocks, int MaxTokens, int BlockTokens, int ValueGroup);
+
+    private readonly HashSet<int> _statsShared = [];
+
+    /// <summary>
+    /// Statistics of the counted query rows firstCounted .. rows - 1 of q [rows, heads, hd] over one layer's heads, right
+    /// after the attention launch that left each row's per-split (max, sum) in <paramref name="partMl"/> (its plan's
+    /// <paramref name="splits"/>): paged_stats_accumulate over tiles of <see cref="StatsTokenTile"/> covered tokens, of
+    /// which there are at most <paramref name="maxCovered"/> per head. fold: 0 = max, 1 = mean over the group.
+    /// </summary>
+    public void Statistics(ulong q, ulong partMl, int splits, in StatsTarget s, int rows, int firstCounted, int fold, int heads, int kvHeads, int headDim,
+        int maxCovered)
     {
-        var grid = new Dim3((uint)splits, (uint)kvHeads);
-        float scale = 1f / MathF.Sqrt(headDim);
-        _cache["paged_stats_lse"].Launch(grid, 128, 0, q, s.Pool, s.Desc, s.HeadBlocks, s.HeadTokens, s.Part, Arg.Int(rows), Arg.Int(row0),
-            Arg.Int(rowsTotal), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(s.BlockTokens), Arg.Int(s.ValueGroup), Arg.Int(s.MaxBlocks),
-            Arg.Float(scale));
-        _cache["paged_stats_accumulate"].Launch(grid, 128, 0, q, s.Pool, s.Desc, s.HeadBlocks, s.HeadTokens, s.Covered, s.Part, s.Max, s.Sum,
-            Arg.Int(rows), Arg.Int(row0), Arg.Int(rowsTotal), Arg.Int(firstCounted), Arg.Int(fold), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
-            Arg.Int(s.BlockTokens), Arg.Int(s.ValueGroup), Arg.Int(s.MaxBlocks), Arg.Int(s.MaxTokens), Arg.Float(scale));
+        if (maxCovered <= 0 || firstCounted >= rows) return;
+        var f = _cache["paged_stats_accumulate"];
+        int shared = StatsSharedBytes(headDim);
+        lock (_statsShared)
+            if (_statsShared.Add(headDim)) f.AllowSharedMemory(shared);
+        var grid = new Dim3((uint)((maxCovered + StatsTokenTile - 1) / StatsTokenTile), (uint)kvHeads);
+        f.Launch(grid, 256, shared, q, s.Pool, s.Desc, s.HeadBlocks, s.HeadTokens, s.Covered, partMl, s.Max, s.Sum,
+            Arg.Int(rows), Arg.Int(firstCounted), Arg.Int(fold), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
+            Arg.Int(s.BlockTokens), Arg.Int(s.ValueGroup), Arg.Int(s.MaxBlocks), Arg.Int(s.MaxTokens), Arg.Int(splits), Arg.Float(1f / MathF.Sqrt(headDim)));
     }
 
     /// <summary>Per head: the covered tokens' summed statistics pooled along the stored tokens (SnapKV), +∞ past them, into scores [heads, maxTokens].</summary>
