@@ -597,6 +597,14 @@ extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumula
     }
 }
 
+// KVzip's scores of one repeat run: per head (one block each), the run's chunk [start, end) of stored tokens takes its
+// maxima from the statistics (storage index = position in a fresh prefill).
+extern "C" __global__ void press_take_range(const float* stats_max, float* scores, int max_tokens, int start, int end)
+{
+    const long base = (long)blockIdx.x * max_tokens;
+    for (int i = start + threadIdx.x; i < end; i += blockDim.x) scores[base + i] = stats_max[base + i];
+}
+
 // SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled
 // along the stored tokens (odd kernel, zero padding, average divides by the kernel, or maximum), in float64
 // as the CPU does; tokens past the covered ones (the observation window) score +inf. One block per head.

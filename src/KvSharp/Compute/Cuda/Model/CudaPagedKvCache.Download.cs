@@ -67,6 +67,22 @@ public sealed partial class CudaPagedKvCache
         return [.. _storedPositions![head], .. Enumerable.Range(from, LengthOf(sequence) - from)];
     }
 
+    /// <summary>Whether every head of sequence 0 stores each of its positions 0..Length-1, in that order (a fresh prefill: storage index = position).</summary>
+    internal bool StoresEveryPositionInOrder()
+    {
+        if (_storedPositions == null || _storedUpTo == null) return false;
+        var lengths = HeadLengths();
+        for (int h = 0; h < HeadCount; h++)
+        {
+            if (h / Config.NumKvHeads % Batch != 0) continue;
+            if (lengths[h] != Length) return false;
+            var stored = _storedPositions[h];
+            for (int i = 0; i < stored.Length; i++) if (stored[i] != i) return false;
+            if (stored.Length != _storedUpTo[0]) return false;
+        }
+        return true;
+    }
+
     /// <summary>Every head empty at length 0 (a new cache).</summary>
     private void StartPositions()
     {

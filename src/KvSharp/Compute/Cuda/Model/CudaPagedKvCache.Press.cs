@@ -181,6 +181,7 @@ public sealed partial class CudaPagedKvCache
         }
         LayoutOf(keyFormat, true);
         LayoutOf(valueFormat, false); // throws for a geometry the cache cannot hold
+        _layoutVersion++;
         using var deviceFlags = Device.Allocate(flags.Length);
         deviceFlags.Upload<byte>(flags);
         using var fresh = Device.Allocate(PoolUnits * 16);
@@ -274,7 +275,20 @@ public sealed partial class CudaPagedKvCache
         Device.Synchronize(); // the scratch buffers go
     }
 
-    private void StopStatistics()
+    /// <summary>
+    /// Ends the collection on the device: every head's maxima of stored tokens [<paramref name="start"/>, <paramref name="end"/>)
+    /// go to the same places of <paramref name="scores"/> [HeadCount, MaxBlocks · BlockTokens] (KVzip: one repeat run's chunk).
+    /// </summary>
+    internal void EndStatisticsInto(DeviceBuffer scores, int start, int end)
+    {
+        if (_statistics == null || _statMax == null) throw new InvalidOperationException("no attention statistics are being collected: call BeginStatistics first");
+        _kernels.TakeRange(_statMax.Pointer, scores.Pointer, HeadCount, MaxBlocks * BlockTokens, start, end);
+        Device.Synchronize(); // before the statistics buffers are freed
+        StopStatistics();
+    }
+
+    /// <summary>Ends a collection without reading it (frees its buffers).</summary>
+    internal void StopStatistics()
     {
         _statistics = null;
         _coverEachForward = false;

@@ -393,6 +393,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     {
         RefuseVidKv("eviction");
         EvictPositions(flags);
+        _layoutVersion++;
         int hd = Config.HeadDim;
         using var fresh = Device.Allocate(PoolUnits * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));

@@ -50,6 +50,10 @@ internal sealed partial class CudaPagedKernels
     public void H2oScores(ulong sum, ulong covered, ulong headTokens, ulong scores, int heads, int maxTokens, int window) =>
         _cache["press_h2o_scores"].Launch(heads, 256, 0, sum, covered, headTokens, scores, Arg.Int(maxTokens), Arg.Int(window));
 
+    /// <summary>Per head: scores[head, start..end) = statsMax[head, start..end) (KVzip's chunk of one repeat run).</summary>
+    public void TakeRange(ulong statsMax, ulong scores, int heads, int maxTokens, int start, int end) =>
+        _cache["press_take_range"].Launch(heads, 256, 0, statsMax, scores, Arg.Int(maxTokens), Arg.Int(start), Arg.Int(end));
+
     /// <summary>Per head: drop flags [heads, maxTokens] keeping the keep[head] best candidates from protect[head] on, every +∞ and the protected tokens.</summary>
     public void Select(ulong scores, ulong headTokens, ulong keep, ulong protect, ulong drop, int heads, int maxTokens) =>
         _cache["press_select"].Launch(heads, 256, 0, scores, headTokens, keep, protect, drop, Arg.Int(maxTokens));

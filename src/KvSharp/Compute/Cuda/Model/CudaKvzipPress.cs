@@ -1,0 +1,136 @@
+using KvSharp.Cache;
+using KvSharp.Compression;
+using KvSharp.Compression.Actions;
+using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Presses;
+using KvSharp.Compression.Scorers;
+using KvSharp.Generation.Chat;
+using KvSharp.Tokenization;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// KVzip on the device: what <c>ScoredPress(KvzipScorer, budget)</c> does to a CPU cache, over a freshly prefilled
+/// <see cref="CudaPagedKvCache"/>. Each chunk's repeat run (the request, the turn suffix, the chunk's own tokens:
+/// <see cref="KvzipScorer"/>'s prompts) is run after the context through <see cref="CudaTransformer"/> with the attention
+/// statistics on (<see cref="GroupFold.Max"/> over the whole context, every run query counted); the chunk's tokens take
+/// their maxima on the device and the run is dropped by restoring a checkpoint (<see cref="CudaPagedKvCache.Restore"/>),
+/// so the next run sees the context alone. The scores are read back once; the budget (the CPU's <see cref="IBudget"/>
+/// code) and each head's top-k (<see cref="TopK.KeepMask"/>) choose on the host, and the eviction runs on the device.
+/// </summary>
+public sealed class CudaKvzipPress
+{
+    /// <summary>KVzip scored with <paramref name="scorer"/>'s chunk, kept by <paramref name="budget"/>.</summary>
+    /// <exception cref="KvSharpException">KVzip+ (its value norms come from the CPU cache), which the device does not run.</exception>
+    public CudaKvzipPress(KvzipScorer scorer, IBudget budget)
+    {
+        ArgumentNullException.ThrowIfNull(scorer);
+        ArgumentNullException.ThrowIfNull(budget);
+        if (scorer.Plus) throw new KvSharpException($"{scorer.Text}: KVzip+ does not run on the GPU (its value weights are computed from a CPU cache); use kvzip without plus, or the CPU");
+        Scorer = scorer;
+        Budget = budget;
+    }
+
+    /// <summary>The scorer whose chunk and prompts the runs use.</summary>
+    public KvzipScorer Scorer { get; }
+
+    /// <summary>The budget: how many tokens each head keeps.</summary>
+    public IBudget Budget { get; }
+
+    /// <summary>
+    /// The device press of <paramref name="press"/> when it is KVzip evicting (<c>ScoredPress(KvzipScorer, budget)</c>, not
+    /// KVzip+); throws a one-line refusal naming the press otherwise.
+    /// </summary>
+    /// <exception cref="KvSharpException">The press is not one the device runs.</exception>
+    public static CudaKvzipPress From(IKvPress press)
+    {
+        ArgumentNullException.ThrowIfNull(press);
+        if (press is ScoredPress { Scorer: KvzipScorer scorer, Action: EvictAction } scored) return new CudaKvzipPress(scorer, scored.Budget);
+        throw new KvSharpException($"press {press.Text} does not run on the GPU: the device presses a prefilled context with kvzip (e.g. kvzip:keep=0.3); use the CPU for the others");
+    }
+
+    /// <summary>
+    /// KVzip's score of every stored token of <paramref name="cache"/> (a fresh prefill of <paramref name="tokens"/> at
+    /// batch 1: storage index = position), per head [layer, KV head]: the maximum over its chunk's repeat run queries and
+    /// the group's query heads of the probability it gets; tokens before <paramref name="protectedPrefix"/> score 0.
+    /// The cache is left as it was.
+    /// </summary>
+    /// <exception cref="KvSharpException">The cache is not a fresh prefill of the tokens, or has no room after them for a run.</exception>
+    public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
+        int protectedPrefix = 0)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(cache);
+        ArgumentNullException.ThrowIfNull(tokens);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        int length = tokens.Count;
+        if (cache.Batch != 1) throw new KvSharpException($"kvzip on the GPU presses a cache of one sequence, not {cache.Batch}");
+        if (cache.Length != length) throw new KvSharpException($"kvzip: the cache holds {cache.Length} positions but {length} tokens were given");
+        if (protectedPrefix < 0 || protectedPrefix > length) throw new KvSharpException($"kvzip: protected prefix {protectedPrefix} outside 0..{length}");
+        if (!cache.StoresEveryPositionInOrder())
+            throw new KvSharpException("kvzip on the GPU scores a freshly prefilled cache (every head storing every position in order), not an evicted, re-quantized or synthesized one");
+        var suffix = tokenizer.Encode(KvzipScorer.TurnSuffix(template), addSpecial: false);
+        var first = tokenizer.Encode(KvzipScorer.FirstPrompt, addSpecial: false);
+        var next = tokenizer.Encode(KvzipScorer.NextPrompt, addSpecial: false);
+        // As the CPU scorer: the run sits after the context, the chunk shrinking when the context nearly fills the cache.
+        int room = cache.Capacity - length - Math.Max(first.Length, next.Length + KvzipScorer.OverlapTokens) - suffix.Length;
+        int chunk = Math.Min(Scorer.Chunk, room);
+        if (chunk < 1 && length > protectedPrefix)
+            throw new KvSharpException($"kvzip: the GPU cache holds {cache.Capacity} positions and the context {length}: no room after it for the repeat run (allow at least {length - room + 1} positions)");
+        int maxTokens = cache.MaxBlocks * cache.BlockTokens;
+        using var scores = cache.Device.Allocate((long)cache.HeadCount * maxTokens * sizeof(float));
+        scores.Fill32(0);
+        using (var context = cache.Save())
+            for (int start = protectedPrefix; start < length; start += chunk)
+            {
+                int end = Math.Min(length, start + chunk);
+                int from = Math.Max(protectedPrefix, start - KvzipScorer.OverlapTokens);
+                int[] request = start == protectedPrefix ? first : [.. next, .. tokens.Skip(from).Take(start - from)];
+                int[] run = [.. request, .. suffix, .. tokens.Skip(start).Take(end - start)];
+                cache.BeginStatistics(new AttentionStatisticsRequest(length, GroupFold.Max));
+                try
+                {
+                    model.Forward(run, cache);
+                    cache.EndStatisticsInto(scores, start, end);
+                }
+                finally
+                {
+                    cache.StopStatistics();
+                    cache.Restore(context);
+                }
+            }
+        var result = new HeadScores(cache.Config.NumLayers, cache.Config.NumKvHeads);
+        for (int h = 0; h < cache.HeadCount; h++)
+        {
+            var s = new float[length];
+            scores.Download<float>(s, (long)h * maxTokens * sizeof(float));
+            result[h / cache.Config.NumKvHeads, h % cache.Config.NumKvHeads] = s;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Scores (<see cref="Score"/>), chooses as <see cref="ScoredPress.Select(PressContext)"/> does (the protected prefix
+    /// kept outside the budget, the budget's count of best candidates per head, ties to the later token) and evicts the
+    /// rest on the device. Returns the keep flags per head [layer · KvHeads + KV head] over its positions.
+    /// </summary>
+    /// <exception cref="KvSharpException">As <see cref="Score"/>.</exception>
+    public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
+        int protectedPrefix = 0)
+    {
+        var scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        var candidates = new HeadScores(scores.Layers, scores.KvHeads);
+        for (int i = 0; i < scores.HeadCount; i++) candidates[i / scores.KvHeads, i % scores.KvHeads] = scores[i][protectedPrefix..];
+        var counts = Budget.Allocate(candidates);
+        var keep = new bool[scores.HeadCount][];
+        for (int i = 0; i < keep.Length; i++)
+        {
+            var c = candidates[i];
+            keep[i] = new bool[protectedPrefix + c.Length];
+            Array.Fill(keep[i], true, 0, protectedPrefix);
+            TopK.KeepMask(c, Math.Clamp(counts[i], 0, c.Length)).CopyTo(keep[i], protectedPrefix);
+        }
+        cache.Evict(keep.Select(k => k.Select(x => !x).ToArray()).ToArray());
+        return keep;
+    }
+}
