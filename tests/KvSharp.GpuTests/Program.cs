@@ -3,7 +3,7 @@ using KvSharp.GpuTests.Bench;
 using KvSharp.GpuTests.Checks;
 
 // KvSharp's GPU checks and GPU benchmark, as a self-contained program for machines without .NET.
-//   KvSharp.GpuTests selftest [--stories PATH] [--only NAME-PART]
+//   KvSharp.GpuTests selftest [--stories PATH] [--needle FOLDER] [--only NAME-PART]
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
@@ -31,8 +31,9 @@ switch (command)
             Console.WriteLine($"device: {CudaDevice.Shared}");
             string stories = Option("--stories", Path.Combine("..", "shared", "models", "stories260k", "stories260K.gguf"));
             int passed = 0, failed = 0;
+            string needle = Option("--needle", Path.Combine("models", "kvsharp-needle-16m"));
             string only = Option("--only", "");
-            foreach (var (name, run) in GpuCheckList.All(stories))
+            foreach (var (name, run) in GpuCheckList.All(stories, needle))
             {
                 if (!name.Contains(only, StringComparison.Ordinal)) continue;
                 var sw = System.Diagnostics.Stopwatch.StartNew();

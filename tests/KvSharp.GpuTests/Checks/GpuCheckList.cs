@@ -3,8 +3,8 @@ namespace KvSharp.GpuTests.Checks;
 /// <summary>Every GPU check by name, for the console runner.</summary>
 public static class GpuCheckList
 {
-    /// <summary>The checks; the model checks need stories260K at <paramref name="stories260K"/>.</summary>
-    public static IReadOnlyList<(string Name, Func<string> Run)> All(string stories260K) =>
+    /// <summary>The checks; the model checks need stories260K at <paramref name="stories260K"/>, KVzip's the needle model's folder at <paramref name="needle"/>.</summary>
+    public static IReadOnlyList<(string Name, Func<string> Run)> All(string stories260K, string needle) =>
     [
         ("rmsnorm", KernelChecks.RmsNorm),
         ("qkv+rope+append", KernelChecks.QkvRopeAppend),
@@ -34,6 +34,7 @@ public static class GpuCheckList
         ("press: device re-quantization = CPU blocks", PressChecks.RequantizeMatchesCpu),
         ("press: SnapKV on the device keeps the CPU press's tokens", PressChecks.SnapKvMatchesCpu),
         ("press: H2O on the device keeps the CPU press's tokens", PressChecks.H2oMatchesCpu),
+        ("press: KVzip on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
         ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),
         ("model: batch decode", ModelChecks.BatchDecode),

@@ -4,9 +4,9 @@ namespace KvSharp.Tests.Cuda;
 
 /// <summary>
 /// Compression on the device: attention statistics against the CPU cache's statistics, re-quantization against the CPU
-/// store's blocks byte for byte, SnapKV scored, selected and evicted on the device against the CPU press's kept tokens.
-/// The checks live in tests/KvSharp.GpuTests so the self-contained GPU runner executes the very same code. Skipped
-/// without a GPU.
+/// store's blocks byte for byte, SnapKV and H2O scored, selected and evicted on the device against the CPU press's kept
+/// tokens, KVzip against the CPU press on the needle model (scores, kept tokens, answers). The checks live in
+/// tests/KvSharp.GpuTests so the self-contained GPU runner executes the very same code. Skipped without a GPU.
 /// </summary>
 public class CudaPressTests
 {
@@ -14,4 +14,5 @@ public class CudaPressTests
     [CudaFact] public void DeviceRequantizationMatchesTheCpuBlocks() => PressChecks.RequantizeMatchesCpu();
     [CudaFact] public void SnapKvOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.SnapKvMatchesCpu();
     [CudaFact] public void H2oOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.H2oMatchesCpu();
+    [CudaFact] public void KvzipOnTheDeviceMatchesTheCpuPress() => KvzipChecks.MatchesCpu(RepoPaths.SharedFile("models", "kvsharp-needle-16m"));
 }

@@ -116,9 +116,14 @@ public sealed class CudaKvzipPress
     /// </summary>
     /// <exception cref="KvSharpException">As <see cref="Score"/>.</exception>
     public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
-        int protectedPrefix = 0)
+        int protectedPrefix = 0) => Compress(model, cache, tokens, tokenizer, template, protectedPrefix, out _);
+
+    /// <summary>As <see cref="Compress(CudaTransformer, CudaPagedKvCache, IReadOnlyList{int}, ITokenizer, IChatTemplate?, int)"/>, also returning the scores it chose by.</summary>
+    /// <exception cref="KvSharpException">As <see cref="Score"/>.</exception>
+    public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
+        int protectedPrefix, out HeadScores scores)
     {
-        var scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
         var candidates = new HeadScores(scores.Layers, scores.KvHeads);
         for (int i = 0; i < scores.HeadCount; i++) candidates[i / scores.KvHeads, i % scores.KvHeads] = scores[i][protectedPrefix..];
         var counts = Budget.Allocate(candidates);

@@ -1,0 +1,144 @@
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compression;
+using KvSharp.Compression.Actions;
+using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Presses;
+using KvSharp.Compression.Scorers;
+using KvSharp.Compute.Cuda.Model;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Generation;
+
+namespace KvSharp.GpuTests.Checks;
+
+/// <summary>
+/// KVzip on the device against the CPU press on our needle model (kvsharp-needle-16m, its bfloat16 weights widened to
+/// float32 on the GPU so the two engines differ only by rounding): a needle prompt is prefilled on each engine, the CPU
+/// press <c>ScoredPress(KvzipScorer, budget)</c> and <see cref="CudaKvzipPress"/> score it; the scores must agree, the
+/// kept tokens must be the same but for near-ties (tokens whose CPU score lies within twice the largest score
+/// difference of the CPU's keep threshold, counted), and the greedy answers to the question after the press must be the
+/// same when the kept tokens are.
+/// </summary>
+public static class KvzipChecks
+{
+    private const int AnswerTokens = 12;
+    private static readonly string[] Filler = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."];
+
+    /// <summary>
+    /// Two cases: an F32 cache under KVzip's own global budget (keep 0.3), an INT4 cache under a uniform budget (keep 0.5)
+    /// with a protected prefix; chunks of 200-256 tokens so each context takes several repeat runs.
+    /// </summary>
+    public static string MatchesCpu(string needleModel)
+    {
+        var rnd = new RandomData();
+        using var model = LanguageModel.Load(needleModel);
+        using var gpu = new CudaTransformer(CudaDevice.Shared, model.Weights, DeviceWeightType.F32);
+        var template = model.ChatTemplateText != null ? model.ChatTemplate : null;
+        var report = new List<string>();
+        foreach (var (format, budget, global, chunk, protect) in new (KvFormat, IBudget, bool, int, int)[]
+        {
+            (KvFormat.F32, new GlobalBudget(KeepTarget.Ratio(0.3)), true, 256, 0),
+            (KvFormat.Int4, new UniformBudget(KeepTarget.Ratio(0.5)), false, 200, 4),
+        })
+        {
+            var (context, question) = NeedlePrompt(rnd, 110 + rnd.Next(40));
+            var tokens = model.Encode(context);
+            var q = model.Encode(question, addBos: false);
+            int capacity = tokens.Length + chunk + 64 + q.Length + AnswerTokens;
+            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
+            string what = $"kvzip {format} {budget.Text} chunk {chunk} protect {protect}, {tokens.Length} tokens (seed {rnd.Seed})";
+
+            using var cpuCache = new PagedKvCache(model.Config, options);
+            model.Transformer.Forward(tokens, cpuCache);
+            var press = new PressContext(model.Transformer, cpuCache, tokens) { Tokenizer = model.Tokenizer, ChatTemplate = template, ProtectedPrefix = protect };
+            var masks = new ScoredPress(new KvzipScorer(chunk), budget).Select(press, out var cpuScores);
+
+            using var cache = gpu.CreatePagedCache(options, capacity);
+            gpu.Forward(tokens, cache);
+            var keep = new CudaKvzipPress(new KvzipScorer(chunk), budget).Compress(gpu, cache, tokens, model.Tokenizer, template, protect, out var gpuScores);
+
+            var got = new List<float>();
+            var expected = new List<double>();
+            double maxError = 0;
+            for (int h = 0; h < cpuScores.HeadCount; h++)
+                for (int i = 0; i < tokens.Length; i++)
+                {
+                    got.Add(gpuScores[h][i]);
+                    expected.Add(cpuScores[h][i]);
+                    maxError = Math.Max(maxError, Math.Abs(gpuScores[h][i] - cpuScores[h][i]));
+                }
+            string scores = Compare.Relative($"{what} scores", got.ToArray(), expected.ToArray(), 1e-3);
+            int ties = NearTies(what, cpuScores, masks, keep, protect, global, maxError);
+
+            // The question after the press: the CPU cache evicted by its own masks, greedy on both engines.
+            for (int h = 0; h < masks.Length; h++) EvictAction.Instance.Apply(press, h / model.Config.NumKvHeads, h % model.Config.NumKvHeads, masks[h]);
+            var cpuAnswer = new List<int>();
+            var logits = model.Transformer.Forward(q, cpuCache);
+            for (int s = 0; s < AnswerTokens; s++)
+            {
+                cpuAnswer.Add(ArgMax(logits));
+                if (s + 1 < AnswerTokens) logits = model.Transformer.Forward([cpuAnswer[^1]], cpuCache);
+            }
+            var gpuAnswer = gpu.GenerateGreedy(q, AnswerTokens, cache);
+            bool same = cpuAnswer.SequenceEqual(gpuAnswer);
+            if (!same && ties == 0)
+                throw new CheckFailedException($"{what}: the same kept tokens, but the answers differ: CPU '{model.Tokenizer.Decode(cpuAnswer)}', GPU '{model.Tokenizer.Decode(gpuAnswer)}'");
+            report.Add($"{scores}, max abs diff {maxError:E1}; kept tokens: {ties} near-ties differ; answer '{model.Tokenizer.Decode(gpuAnswer).Trim()}' " +
+                (same ? "= CPU" : $"vs CPU '{model.Tokenizer.Decode(cpuAnswer).Trim()}'"));
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// Tokens kept by one engine and not the other; fails unless each is a near-tie: its CPU score within 2 · maxError (+1e-7)
+    /// of the CPU's keep threshold (the lowest kept candidate score, over every head for a global budget, per head otherwise).
+    /// </summary>
+    private static int NearTies(string what, HeadScores cpuScores, bool[][] cpuKeep, bool[][] gpuKeep, int protect, bool global, double maxError)
+    {
+        float Lowest(int h)
+        {
+            float lo = float.PositiveInfinity;
+            for (int i = protect; i < cpuKeep[h].Length; i++) if (cpuKeep[h][i]) lo = Math.Min(lo, cpuScores[h][i]);
+            return lo;
+        }
+        float all = Enumerable.Range(0, cpuKeep.Length).Min(Lowest);
+        int ties = 0;
+        for (int h = 0; h < cpuKeep.Length; h++)
+        {
+            float threshold = global ? all : Lowest(h);
+            for (int i = 0; i < cpuKeep[h].Length; i++)
+            {
+                if (cpuKeep[h][i] == gpuKeep[h][i]) continue;
+                double s = cpuScores[h][i];
+                if (i < protect || Math.Abs(s - threshold) > 2 * maxError + 1e-7)
+                    throw new CheckFailedException($"{what}: head {h} token {i} kept by the {(cpuKeep[h][i] ? "CPU" : "GPU")} only, CPU score {s:E3} vs threshold {threshold:E3} (scores differ by up to {maxError:E1})");
+                ties++;
+            }
+        }
+        return ties;
+    }
+
+    /// <summary>A RULER-style needle prompt (the needle model's training format): a noise haystack of about <paramref name="sentences"/> sentences hiding one number.</summary>
+    private static (string Context, string Question) NeedlePrompt(RandomData rnd, int sentences)
+    {
+        string key = new[] { "apple", "river", "violin", "harbor", "lantern", "meadow" }[rnd.Next(6)];
+        int value = 1_000_000 + rnd.Next(9_000_000);
+        int at = rnd.Next(sentences);
+        var text = new System.Text.StringBuilder("A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about the number afterwards.\n");
+        for (int i = 0; i < sentences; i++)
+        {
+            if (i == at) text.Append($"One of the special magic numbers for {key} is: {value}. ");
+            text.Append(Filler[i % Filler.Length]).Append(' ');
+        }
+        text.Append('\n');
+        return (text.ToString(), $"What is the special magic number for {key} mentioned in the provided text? The special magic number for {key} mentioned in the provided text is");
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++) if (values[i] > values[best]) best = i;
+        return best;
+    }
+}
