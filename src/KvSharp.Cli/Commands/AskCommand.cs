@@ -20,6 +20,12 @@ internal static class AskCommand
         var queryAware = new Option<bool>("--query-aware") { Description = "Compress a copy of the context per question with the question seen (default: once, question-agnostic)" };
         var compare = new Option<bool>("--compare") { Description = "Also answer from the uncompressed cache and show both answers" };
         var showCache = new Option<bool>("--show-cache") { Description = "Print the compressed cache's bytes per format" };
+        var device = new Option<string>("--device")
+        {
+            Description = "Where the model runs: cpu, or cuda (an NVIDIA GPU: prefill, the kvzip press and the answers on the device)",
+            DefaultValueFactory = _ => "cpu",
+            HelpName = "cpu|cuda",
+        };
 
         var command = new Command("ask", "Prefill a context once, compress its KV cache, and answer several questions from it");
         model.AddTo(command);
@@ -30,6 +36,7 @@ internal static class AskCommand
         command.Options.Add(compare);
         generation.AddTo(command);
         command.Options.Add(showCache);
+        command.Options.Add(device);
 
         command.SetAction(parse =>
         {
@@ -52,7 +59,8 @@ internal static class AskCommand
                 options = options with { MaxTokens = 64 };
             var text2 = generation.Text(parse);
             var request = new AskRequest(source, file, parsed, parse.GetValue(questions)!.Select(text2).ToArray(),
-                parse.GetValue(queryAware), parse.GetValue(compare), options, parse.GetValue(showCache));
+                parse.GetValue(queryAware), parse.GetValue(compare), options, parse.GetValue(showCache))
+            { Device = GenerateCommand.ParseDevice(parse.GetValue(device)!) };
             return context.Engine.Ask(request, context.Output, context.Cancellation);
         });
         return command;

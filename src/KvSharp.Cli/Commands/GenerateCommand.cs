@@ -47,7 +47,7 @@ internal static class GenerateCommand
     }
 
     /// <summary>The <c>--device</c> value; anything but cpu or cuda is a usage error naming the option.</summary>
-    private static ComputeDevice ParseDevice(string text) => text.ToLowerInvariant() switch
+    internal static ComputeDevice ParseDevice(string text) => text.ToLowerInvariant() switch
     {
         "cpu" => ComputeDevice.Cpu,
         "cuda" or "gpu" => ComputeDevice.Cuda,

@@ -65,7 +65,11 @@ public sealed record ChatRequest(ModelSource Model, IChatTemplate? Template, str
 /// <param name="Options">Sampling, length and stop conditions per answer, already validated.</param>
 /// <param name="ShowCache">Whether to print the cache's byte breakdown (<c>--show-cache</c>).</param>
 public sealed record AskRequest(ModelSource Model, string ContextFile, KvSharp.Compression.Sessions.ContextPress? Press, IReadOnlyList<string> Questions,
-    bool QueryAware, bool CompareFull, GenerationOptions Options, bool ShowCache);
+    bool QueryAware, bool CompareFull, GenerationOptions Options, bool ShowCache)
+{
+    /// <summary>Where the model runs (<c>--device</c>): the CPU engine, or an NVIDIA GPU (prefill, KVzip press and answers).</summary>
+    public ComputeDevice Device { get; init; } = ComputeDevice.Cpu;
+}
 
 /// <summary>A loaded model holding a conversation; the engine may keep its KV cache between turns.</summary>
 public interface IChatSession : IDisposable

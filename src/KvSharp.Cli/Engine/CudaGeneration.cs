@@ -81,7 +81,7 @@ internal static class CudaGeneration
     }
 
     /// <summary>The device type for the model's matrices: float32 stays float32 (exact against the CPU), float16 stays float16, the rest bfloat16.</summary>
-    private static DeviceWeightType WeightType(ModelWeights weights) => weights.Find(TensorNames.TokenEmbedding)?.Type switch
+    internal static DeviceWeightType WeightType(ModelWeights weights) => weights.Find(TensorNames.TokenEmbedding)?.Type switch
     {
         GgmlType.F32 => DeviceWeightType.F32,
         GgmlType.F16 => DeviceWeightType.F16,

@@ -196,6 +196,11 @@ public sealed class EngineFacade : IEngineFacade
     /// <inheritdoc />
     public int Ask(AskRequest request, TextWriter output, CancellationToken cancellation)
     {
+        if (request.Device == ComputeDevice.Cuda)
+        {
+            if (request.Model.Numerics != CpuNumerics.Fast) throw new KvSharpException("--numerics llamacpp is a CPU mode: --device cuda runs its own kernels");
+            return CudaAsk.Run(this, _status, request, output, cancellation);
+        }
         using var model = Load(request.Model);
         int ctx = ContextLength(request.Model, model);
         string text;
@@ -263,7 +268,7 @@ public sealed class EngineFacade : IEngineFacade
         return 0;
     }
 
-    private static void Render(TextWriter writer, Spectre.Console.Rendering.IRenderable what)
+    internal static void Render(TextWriter writer, Spectre.Console.Rendering.IRenderable what)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(writer), Ansi = AnsiSupport.Detect, ColorSystem = ColorSystemSupport.Detect });
         console.Write(what);

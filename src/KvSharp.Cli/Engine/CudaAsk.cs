@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using KvSharp.Cache;
+using KvSharp.Cache.Paged;
+using KvSharp.Cli.Commands;
+using KvSharp.Compute.Cuda.Model;
+using KvSharp.Compute.Cuda.Runtime;
+using KvSharp.Generation;
+using Spectre.Console;
+
+namespace KvSharp.Cli.Engine;
+
+/// <summary>
+/// <c>kvsharp ask --device cuda</c>: the context prefilled into a <see cref="CudaPagedKvCache"/> (--kv-cache's formats,
+/// f16 by default as on the CPU), pressed on the device (<see cref="CudaKvzipPress"/>: KVzip's repeat runs, scores and
+/// eviction on the GPU; the budget on the host), then each question appended, answered with the device sampler and
+/// rolled back to the compressed context (<see cref="CudaPagedKvCache.Restore"/>). The same protected prefix (the
+/// BOS), capacity and answer length as the CPU's <c>ask</c>, so with float32 weights the two give the same answers. Presses
+/// the device does not run, clusterkv, --query-aware and --compare are refused in one line.
+/// </summary>
+internal static class CudaAsk
+{
+    public static int Run(EngineFacade engine, TextWriter status, AskRequest request, TextWriter output, CancellationToken cancellation)
+    {
+        if (request.QueryAware) throw new UsageException("--query-aware is not supported with --device cuda: the device presses the context once, question-agnostic");
+        if (request.CompareFull) throw new UsageException("--compare is not supported with --device cuda: answer with --device cpu to compare against the full cache");
+        if (request.Press?.Recall != null) throw new UsageException($"--press {request.Press.Text}: clusterkv recall does not run on the GPU; use --device cpu");
+        if (request.Options.DecodeCompression is { } decodePress) throw new UsageException($"--decode-press {decodePress.Text} does not run on the GPU; use --device cpu");
+        if (request.Model.KvCache is { ResidualTokens: > 0 } residual)
+            throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 one block at a time, not a residual window of +r tokens; drop the +r part");
+        var press = request.Press?.Press is { } p ? CudaKvzipPress.From(p) : null; // a press the device does not run: one line naming it
+        string text;
+        try { text = File.ReadAllText(request.ContextFile); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new KvSharpException($"--context {request.ContextFile}: {e.Message}", e); }
+
+        using var device = CudaDevice.Open();
+        using var model = engine.Load(request.Model);
+        int ctx = EngineFacade.ContextLength(request.Model, model);
+        var tokens = model.Encode(text);
+        var spec = request.Model.KvCache ?? KvCacheSpec.Parse("f16");
+        var weightType = CudaGeneration.WeightType(model.Weights);
+        using var gpu = new CudaTransformer(device, model.Weights, weightType);
+        using var cache = gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx);
+        status.WriteLine($"cuda: {device}, {weightType} weights, paged KV cache of {ctx} tokens ({spec} cache, {cache.AttentionKernel} attention); " +
+            $"prefilling {tokens.Length} context tokens, press {request.Press?.Text ?? "none"} ...");
+
+        var clock = Stopwatch.StartNew();
+        gpu.Forward(tokens, cache);
+        var prefill = clock.Elapsed;
+        long before = cache.BytesReadPerToken;
+        // As CompressedContext: a leading BOS is never evicted.
+        int protectedPrefix = model.Tokenizer.BosId is { } bos && tokens.Length > 0 && tokens[0] == bos ? 1 : 0;
+        clock.Restart();
+        press?.Compress(gpu, cache, tokens, model.Tokenizer, model.ChatTemplateText != null ? model.ChatTemplate : null, protectedPrefix);
+        var compress = clock.Elapsed;
+        long after = cache.BytesReadPerToken;
+
+        var answers = new Table().AddColumn("question").AddColumn("answer").AddColumn("decode tok/s");
+        var decode = new List<double>();
+        using var sampler = new CudaSampler(device, model.Config.VocabSize, request.Options.EffectiveSampler);
+        using (var context = cache.Save())
+            foreach (var question in request.Questions)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                var q = model.Encode(question, addBos: false);
+                try
+                {
+                    var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (t, history) => gpu.ForwardSample(t, cache, sampler, history),
+                        () => cache.Length, q, ctx, request.Options, cancellation: cancellation);
+                    decode.Add(result.DecodeTokensPerSecond);
+                    answers.AddRow(Markup.Escape(question), Markup.Escape(result.Text.Trim()), $"{result.DecodeTokensPerSecond:F0}");
+                }
+                finally
+                {
+                    cache.Restore(context); // the next question starts from the compressed context again
+                }
+            }
+        EngineFacade.Render(output, answers);
+
+        var stats = new Table().AddColumn("measure").AddColumn("value");
+        stats.AddRow("context", $"{tokens.Length} tokens, prefill {prefill.TotalMilliseconds:F0} ms (GPU)");
+        stats.AddRow("press", Markup.Escape(request.Press?.Text ?? "none") + " (on the GPU)");
+        stats.AddRow("KV bytes before", $"{before:N0} ({Units.Bytes(before)}) of blocks");
+        stats.AddRow("KV bytes after", $"{after:N0} ({Units.Bytes(after)}), {(double)before / Math.Max(after, 1):F2}x smaller");
+        stats.AddRow("compression time", $"{compress.TotalMilliseconds:F0} ms");
+        stats.AddRow("decode", $"{(decode.Count > 0 ? decode.Average() : 0):F1} tok/s");
+        EngineFacade.Render(output, stats);
+        if (request.ShowCache)
+            status.WriteLine($"KV cache on the GPU: {after:N0} bytes of blocks per decode step over {cache.HeadLengths().Sum():N0} stored tokens (all heads), " +
+                $"{Units.Bytes(cache.ByteCount)} allocated");
+        return 0;
+    }
+}
