@@ -12,6 +12,8 @@
 #                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
 #                                  compressed caches at batch 1 and 8, the device sampler, then transformers on the
 #                                  same shapes.
+#   scripts/gpu-tests.sh kvzip-cli [DIR]   (on the GPU machine) kvsharp ask --press kvzip:keep=0.3 on the CPU and with
+#                                  --device cuda over a needle haystack, answers compared (needle model, f32 dummy weights).
 #   scripts/gpu-tests.sh cli [MODEL] [DIR]   (on the GPU machine) kvsharp generate on the CPU and with --device cuda
 #                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
 #                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
@@ -132,8 +134,54 @@ case "${1:-}" in
     grep -h "^cuda:\|^loaded\|^saved" "$dir"/gpu-dense.err "$dir"/gpu-int4.err "$dir"/gpu-after-cpu-h2o.err "$dir"/gpu-save-f16.err || true
     exit $status
     ;;
+  kvzip-cli)
+    # kvsharp ask with --press kvzip:keep=0.3 on the CPU and with --device cuda (prefill, press and answers on the GPU) over a
+    # needle haystack of ~1800 tokens hiding two numbers, two questions (the second after the first is rolled back): the
+    # answer rows compared (the decode tok/s column dropped), the compression times printed. On the needle model (its
+    # bfloat16 weights: the GPU's prefill products round activations to bfloat16, so near-tie tokens may differ; reported)
+    # and on float32 dummy weights of its shape (bench/configs/needle.json; the engines differ only by rounding: strict).
+    dir="${2:-${OUT:-.gpu/results}}"
+    mkdir -p "$dir/dummy"
+    export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
+    python3 - "$dir/context.txt" <<'PY'
+import random, sys
+r = random.Random(7)
+filler = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."]
+at = {r.randrange(60, 140): ("apple", 4817263), r.randrange(180, 300): ("violin", 7302591)}
+s = []
+for i in range(320):
+    if i in at: s.append("One of the special magic numbers for %s is: %d." % at[i])
+    s.append(filler[i % 5])
+open(sys.argv[1], "w").write("A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about the number afterwards.\n" + " ".join(s) + "\n")
+PY
+    cp bench/configs/needle.json "$dir/dummy/config.json"
+    cp models/kvsharp-needle-16m/tokenizer.json "$dir/dummy/"
+    q() { echo "What is the special magic number for $1 mentioned in the provided text? The special magic number for $1 mentioned in the provided text is"; }
+    status=0
+    echo "| model | device | answers = CPU | compression time |"
+    echo "|---|---|---|---|"
+    for m in needle dummy; do
+      if [ "$m" == needle ]; then source=(-m models/kvsharp-needle-16m); else source=(--dummy "$dir/dummy/config.json" --dummy-type f32); fi
+      for d in cpu cuda; do
+        if ! kvsharp ask "${source[@]}" --context "$dir/context.txt" --press kvzip:keep=0.3,chunk=512 -q "$(q apple)" -q "$(q violin)" -n 8 \
+          --device $d > "$dir/ask-$m-$d.txt" 2> "$dir/ask-$m-$d.err"; then
+          echo "FAIL ask $m $d: $(tail -n 1 "$dir/ask-$m-$d.err")"; status=1
+        fi
+        # The answer table's rows without their last cell (decode tok/s).
+        awk '/measure/{exit} /│/' "$dir/ask-$m-$d.txt" | sed -E 's/│[^│]*│$/│/' > "$dir/answers-$m-$d.txt"
+      done
+      same=no
+      if cmp -s "$dir/answers-$m-cpu.txt" "$dir/answers-$m-cuda.txt"; then same=yes; elif [ "$m" == dummy ]; then status=1; fi
+      for d in cpu cuda; do
+        echo "| $m | $d | $same | $(grep -o 'compression time *│ *[0-9]* ms' "$dir/ask-$m-$d.txt" | grep -o '[0-9]* ms') |"
+      done
+      cat "$dir/answers-$m-cuda.txt"
+    done
+    exit $status
+    ;;
   *)
-    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR] | cli [MODEL] [DIR]" >&2
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR] | cli [MODEL] [DIR] | kvzip-cli [DIR]" >&2
     exit 64
     ;;
 esac

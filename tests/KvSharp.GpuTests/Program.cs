@@ -8,6 +8,8 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
+//                                [--rows 16,512,2048] [--press-contexts 32768]   (statistics pass before/after, device KVzip press)
 //   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
 //   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
@@ -68,11 +70,19 @@ switch (command)
                 int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
             return 0;
         }
+    case "bench-kvzip":
+        {
+            int[] Ints(string name, string fallback) => Option(name, fallback).Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+            string baseline = Option("--baseline", "");
+            KvzipBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b-2layers.json")), Option("--needle", Path.Combine("models", "kvsharp-needle-16m")),
+                baseline.Length > 0 ? baseline : null, Ints("--contexts", "4096,32768"), Ints("--rows", "16,512,2048"), Ints("--press-contexts", "32768"), Console.Out);
+            return 0;
+        }
     case "bench-sampling":
         SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
         return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling, kvsharp)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-sampling, kvsharp)");
         return 64;
 }
 

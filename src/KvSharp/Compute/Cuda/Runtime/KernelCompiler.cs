@@ -46,6 +46,13 @@ internal static unsafe class KernelCompiler
         return cubin;
     }
 
+    /// <summary>
+    /// The cubin of kernel source text <paramref name="source"/> (not cached) with every embedded .cuh header available to
+    /// it: benchmarks time a baseline revision's kernel file against the embedded one.
+    /// </summary>
+    public static byte[] CompileSource(string name, string source, string architecture) =>
+        Compile(name, source, EmbeddedHeaders(), [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"]);
+
     private static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
     {
         var pinned = new List<IntPtr>();
