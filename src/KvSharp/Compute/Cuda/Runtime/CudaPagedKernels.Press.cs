@@ -20,7 +20,7 @@ internal sealed partial class CudaPagedKernels
     public readonly record struct StatsTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Covered, ulong Max, ulong Sum,
         int MaxBlocks, int MaxTokens, int BlockTokens, int ValueGroup);
 
-    private readonly HashSet<int> _statsShared = [];
+    private bool _statsShared;
 
     /// <summary>
     /// Statistics of the counted query rows firstCounted .. rows - 1 of q [rows, heads, hd] over one layer's heads, right
@@ -34,8 +34,14 @@ internal sealed partial class CudaPagedKernels
         if (maxCovered <= 0 || firstCounted >= rows) return;
         var f = _cache["paged_stats_accumulate"];
         int shared = StatsSharedBytes(headDim);
-        lock (_statsShared)
-            if (_statsShared.Add(headDim)) f.AllowSharedMemory(shared);
+        // One limit per function: the largest head dimension's, so a launch for any head dimension fits (setting it per
+        // head dimension would let a smaller one lower it under a larger one's).
+        lock (_cache)
+            if (!_statsShared)
+            {
+                f.AllowSharedMemory(StatsSharedBytes(StatsMaxHeadDim));
+                _statsShared = true;
+            }
         var grid = new Dim3((uint)((maxCovered + StatsTokenTile - 1) / StatsTokenTile), (uint)kvHeads);
         f.Launch(grid, 256, shared, q, s.Pool, s.Desc, s.HeadBlocks, s.HeadTokens, s.Covered, partMl, s.Max, s.Sum,
             Arg.Int(rows), Arg.Int(firstCounted), Arg.Int(fold), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
