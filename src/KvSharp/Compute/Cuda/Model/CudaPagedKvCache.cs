@@ -29,6 +29,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     private const int DescriptorBytes = 16;
     private readonly CudaPagedKernels _kernels;
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
+    private readonly DeviceBuffer _arrivals; // per head: blocks of a fused QKV product done with it (zero between launches)
     private readonly int _residualUnits, _group;
     private int _blocksAtSync, _lengthAtSync;
     private long _layerBlocksAtSync;
@@ -76,6 +77,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             _headBlocks = device.Allocate(HeadCount * sizeof(int));
             _headTokens = device.Allocate(HeadCount * sizeof(int));
             _state = device.Allocate(4 * sizeof(int));
+            _arrivals = device.Allocate(HeadCount * sizeof(int));
+            _arrivals.Fill32(0);
         }
         catch
         {
@@ -450,11 +453,28 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         int sequence = a.Batch ? 0 : a.Sequence;
         var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
         CoverStoredTokens(a);
-        _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
-            a.Position, a.Interleaved, a.Eps, a.Batch);
+        if (!a.Appended)
+            _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+                a.Position, a.Interleaved, a.Eps, a.Batch);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
             c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables);
         EnqueueStatistics(a);
+    }
+
+    /// <summary>
+    /// Whether a decode row's RoPE and append run in the QKV product's epilogue (<see cref="EnqueueFusedQkv"/>): at batch 1
+    /// (several sequences append through paged_rope_append, one launch for all of them), and not while attention
+    /// statistics are collected (H2O's coverage is taken from the head lengths before the append in EnqueueAttention).
+    /// </summary>
+    internal bool FusesAppend => Batch == 1 && _statistics == null && !_coverEachForward && Config.HeadDim % 16 == 0;
+
+    internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)
+    {
+        if (!FusesAppend) return false;
+        var c = Config;
+        _kernels.QkvRopeAppend(f.Weights.Type, f.Weights.Pointer, f.X, f.Norm, f.Eps, f.Weights.Cols, f.Q, f.InvFreq, f.Position, f.Interleaved,
+            c.NumHeads, c.NumKvHeads, c.HeadDim, AppendTarget(f.Layer, f.Sequence), _arrivals.Pointer + (ulong)(HeadIndex(f.Layer, f.Sequence, 0) * sizeof(int)));
+        return true;
     }
 
     /// <summary>The kernels this cache runs.</summary>
@@ -503,6 +523,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _headBlocks?.Dispose();
         _headTokens?.Dispose();
         _state?.Dispose();
+        _arrivals?.Dispose();
         _vidBasis?.Dispose();
     }
 

@@ -90,8 +90,9 @@ public sealed class CudaTransformer : IDisposable
 
     /// <summary>
     /// Whether a single decode row's QKV product also does RoPE and the cache append (one launch instead of two per
-    /// layer) where the model and cache allow it (no QKV bias, no q/k norms, the float16 cache). On by default;
-    /// benchmarks compare both.
+    /// layer) where the model and cache allow it (no QKV bias, no q/k norms; the float16 cache, or the paged cache at
+    /// batch 1, whose residual bookkeeping and encode run in the product's last block per KV head). On by default;
+    /// benchmarks compare both (takes effect at the next capture).
     /// </summary>
     public bool FuseRopeIntoQkv { get; set; } = true;
 
@@ -333,16 +334,12 @@ public sealed class CudaTransformer : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            bool appended = false;
-            if (n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
-                && cache.FusedAppendTarget(l, batch ? 0 : sequence) is var (keys, values))
-            {
-                k.GemvQkvRope(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, d, s.Q.Pointer, keys, values, _invFreq.Pointer,
-                    c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved);
-                appended = true;
-            }
-            else if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
-            else
+            bool appended = n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
+                && cache.EnqueueFusedQkv(k, new FusedQkv(l, batch ? 0 : sequence, L.Qkv, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, s.Q.Pointer,
+                    _invFreq.Pointer, pos, interleaved));
+            if (!appended && gemv)
+                k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
+            else if (!appended)
             {
                 k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
                 MatMul(L.Qkv, s.Xb, s.Qkv, n, s);

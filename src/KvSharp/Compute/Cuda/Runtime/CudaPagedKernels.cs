@@ -24,7 +24,8 @@ internal sealed partial class CudaPagedKernels
         _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
     }
 
-    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal));
+    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
+        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal));
 
     /// <summary>
     /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
@@ -270,6 +271,24 @@ internal sealed partial class CudaPagedKernels
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
             Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
+
+    /// <summary>
+    /// The decode QKV product of one row (batch 1, attention norm fused) with RoPE and the append into one layer's heads in its
+    /// epilogue (paged_qkv_rope_append_*): what <see cref="RopeAppend"/> does after a plain product, without its launch. The
+    /// last block of each KV head advances the residual (or encodes it when full); <paramref name="arrivals"/> holds one zeroed
+    /// counter per KV head of the layer, which every launch leaves zero.
+    /// </summary>
+    public void QkvRopeAppend(DeviceWeightType type, ulong w, ulong x, ulong norm, float eps, int cols, ulong qOut, ulong invFreq, ulong position,
+        bool interleaved, int heads, int kvHeads, int headDim, in AppendTarget a, ulong arrivals)
+    {
+        // Blocks of 8 warps (one rotation pair each) must hold pairs of one head: hd / 2 a multiple of 8.
+        if (headDim % 16 != 0) throw new CudaException("paged QKV append", $"head dimension {headDim} is not a multiple of 16");
+        int rows = (heads + 2 * kvHeads) * headDim;
+        Decode(_cache[$"paged_qkv_rope_append_{CudaKernels.Suffix(type)}"]).Launch(rows / 16, 256, 0, w, x, norm, Arg.Float(eps), Arg.Int(rows),
+            Arg.Int(cols), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc,
+            a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
+            Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), arrivals);
+    }
 
     /// <summary>Eviction of <paramref name="heads"/> heads by drop flags [heads, maxTokens] into <paramref name="newPool"/> (see paged_evict).</summary>
     public void Evict(ulong oldPool, ulong newPool, ulong desc, ulong headBlocks, ulong headTokens, ulong flags, ulong staging, ulong top, ulong error,
