@@ -576,6 +576,39 @@ public static class PagedChecks
         return $"{cases} caches: {comparedBlocks} block pairs (residuals included) and 100 greedy tokens each identical on both paths (seed {rnd.Seed})";
     }
 
+    /// <summary>
+    /// A pool with room for the residual slots only: the first residual to fill during graph decode on the fused path (its
+    /// encode runs in the QKV product's last block per head) finds no slot, and the host reports the full pool as a
+    /// KvSharpException naming it.
+    /// </summary>
+    public static string FusedAppendReportsFullPool()
+    {
+        var rnd = new RandomData();
+        var config = Shape(8, 2, 128) with { NumLayers = 1, HiddenSize = 1024, IntermediateSize = 768, RopeTheta = 10000 };
+        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.BF16);
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int4, MaxTokens = 64 };
+        long residualBytes = (long)config.NumKvHeads * 2 * options.BlockTokens * config.HeadDim * sizeof(float);
+        using var cache = gpu.CreatePagedCache(options, 64, poolBytes: residualBytes);
+        if (!cache.FusesAppend) throw new CheckFailedException("the cache does not take the fused append");
+        int first = ArgMax(gpu.Forward(Enumerable.Range(0, 20).Select(_ => rnd.Next(config.VocabSize)).ToArray(), cache));
+        gpu.BeginDecode(cache, [first]);
+        gpu.EnqueueDecodeSteps(cache, 8); // 28 tokens: no residual full yet
+        Dev.Synchronize();
+        cache.CheckDeviceState();
+        gpu.EnqueueDecodeSteps(cache, 8); // the 32nd token fills every head's residual
+        Dev.Synchronize();
+        try
+        {
+            cache.CheckDeviceState();
+        }
+        catch (KvSharpException e) when (e.Message.Contains("pool", StringComparison.Ordinal) && e.Message.Contains("full", StringComparison.Ordinal))
+        {
+            return $"\"{e.Message}\" (seed {rnd.Seed})";
+        }
+        throw new CheckFailedException($"a residual filled in a pool without a free slot and no full pool was reported (seed {rnd.Seed})");
+    }
+
     /// <summary>Compares a device head with a CPU head: blocks (layouts, counts, bytes), then the residual against the float tail.</summary>
     internal static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
     {
