@@ -117,15 +117,14 @@ __device__ __forceinline__ void pdl_trigger()
 // (2^(m_s - M) when LOG2: the streaming kernels keep their scores in log2 units). `weights` is shared scratch of at least
 // G·wstride floats (wstride >= splits). A chunk with l_s = 0 (nothing visible; its part_out may be unwritten) gets weight 0
 // and its loaded output is not added; a head without any visible token outputs zeros. Every thread of the block must call it.
-// live (0: splits): how many of the (row, kv head)'s first splits take part; the others (splits past a head's last block,
-// which leave without calling this) are neither counted nor read.
+// live (0: splits): how many of the (row, kv head)'s first splits take part, when the later ones (past the head's last block)
+// leave without calling this; those are neither counted nor read.
 template <bool LOG2 = false>
 __device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
     float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh, int live = 0)
 {
     __shared__ int is_last;
     if (live <= 0) live = splits;
-#ifdef KVSHARP_PAGED_OLD
     __threadfence(); // this block's partial results are visible before it is counted
     __syncthreads();
     if (threadIdx.x == 0)
@@ -137,25 +136,6 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-#else
-    // One thread publishes the block's partial results and takes the count (as cooperative groups' grid barrier): the
-    // barrier orders every thread's stores before its fence (cumulative), and its fence after the count orders the last
-    // block's reads after every other block's stores. A fence in every thread cost each of them a wait for its own stores.
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        __threadfence();
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == live - 1;
-        if (is_last)
-        {
-            counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
-            __threadfence();
-        }
-    }
-    __syncthreads();
-    if (!is_last) return;
-#endif
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
     // Chunk weights e^(m_s - M) / L per head, one warp per head...

@@ -1103,46 +1103,24 @@ __device__ __forceinline__ void paged_attention_pipe(
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
-#ifndef KVSHARP_PAGED_OLD
-    // Still before the wait: the bulk copies of the split's blocks that the append running before this kernel cannot touch.
-    // A decode step appends one row per head, which changes only the head's last descriptor (its residual) and, when that
-    // fills, the one after it and the head's block count: blocks below (count read now) - 2 are as an earlier step left
-    // them, whichever count this read sees. Each warp stages its own blocks' descriptors (bdesc is warp-private: the
-    // producer and the consumer of a warp only read entries warp, warp + PIPE_WARPS, ...). Reads bypass L1 (.cg), so no
-    // line that the append rewrites (the residual's descriptor shares lines with these) is cached for the reads after the
-    // wait. Several rows of one sequence (a prefill chunk) may add many blocks: none early then.
-    const int pre_head = batch ? (int)blockIdx.z * kv_heads + (int)blockIdx.y : (int)blockIdx.y;
-    int stable = 0; // warp-uniform: one lane reads the count
-    if (batch || rows == 1)
-    {
-        int hb = 0;
-        if (lane == 0) hb = __ldcg(head_blocks + pre_head);
-        hb = __shfl_sync(0xffffffffu, hb, 0);
-        stable = min(chunk_blocks, max(0, hb - 2 - (int)blockIdx.x * chunk_blocks));
-        const uint4* pre_desc = desc + (long)pre_head * max_blocks + (long)blockIdx.x * chunk_blocks;
-        for (int i = warp + PIPE_WARPS * lane; i < stable; i += PIPE_WARPS * 32) bdesc[i] = pipe_desc(__ldcg(pre_desc + i), 0x7fffffff, tokens, vg);
-        __syncwarp();
-    }
-    PipeState st = { warp, false, 0u, 0u, 0u, 0u };
-    pipe_issue(st, bdesc, stable, pool, ring0, ring, bar0, lane);
-#endif
     pdl_wait(); // the tables, the appended token and the queries come from the kernel before
     const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
-#ifndef KVSHARP_PAGED_OLD
-    // Splits past the head's last block (heads shorter than the longest: KVzip) mark their chunk empty and leave at once
-    // instead of holding a slot through the merge: only the head's first `live` splits are counted and merged.
-    const int live = max(1, min(splits, (head_blocks[batch ? t * kv_heads + kvh : kvh] + chunk_blocks - 1) / chunk_blocks));
-    if ((int)blockIdx.x >= live)
+    // Splits past the head's last block (heads shorter than the longest, as after KVzip) mark their chunk empty and leave
+    // at once instead of holding a resident slot through the merge; the merge counts and reads the head's first `live`
+    // splits. Kept in shared memory until the merge: a register live across the block loop (168 at most) is not free.
+    __shared__ int live_splits;
     {
-        empty_chunk(part_ml, first, splits, G);
-        return;
+        const int live = max(1, min(splits, (head_blocks[batch ? t * kv_heads + kvh : kvh] + chunk_blocks - 1) / chunk_blocks));
+        if ((int)blockIdx.x >= live)
+        {
+            empty_chunk(part_ml, first, splits, G);
+            return;
+        }
+        if (threadIdx.x == 0) live_splits = live;
     }
-#else
-    const int live = 0;
-#endif
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {
         const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
@@ -1151,18 +1129,11 @@ __device__ __forceinline__ void paged_attention_pipe(
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
     }
-#ifndef KVSHARP_PAGED_OLD
-    for (int i = warp + PIPE_WARPS * lane; i < nb; i += PIPE_WARPS * 32) // the warp's blocks not staged before the wait
-        if (i >= stable) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg);
-#else
     for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg);
-#endif
     __syncthreads();
     prefetch_float_tail(pool, hdesc, nb, limit); // the split's own descriptors: pipe_desc reuses the first-token field
 
-#ifdef KVSHARP_PAGED_OLD
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
-#endif
     pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
     float o[16][4], mb[4], m = neg_inf(), l = 0.0f;
 #pragma unroll
@@ -1257,7 +1228,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     store_chunk(ov, part_out, first, splits, G, HD);
     // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
     // within them).
-    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live);
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live_splits);
 }
 
 // At most 168 registers (3 blocks per SM with their ~73 KB of shared memory each). One kernel per group and value group.

@@ -37,9 +37,6 @@ internal sealed unsafe class CudaModule : IDisposable
                 IntPtr handle;
                 fixed (byte* n = bytes) CudaApi.Check(CudaApi.cuModuleGetFunction(out handle, _module, n), $"cuModuleGetFunction({name})");
                 f = new CudaFunction(_device, handle, name) { WorksBeforeWait = _worksBeforeWait?.Invoke(name) ?? false };
-                // TEMPORARY experiment: one shared-memory carve-out for every kernel (no reconfiguration between kernels).
-                if (int.TryParse(Environment.GetEnvironmentVariable("KVSHARP_CARVEOUT"), out int carveout))
-                    CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 9, carveout), $"cuFuncSetAttribute({name})");
                 _functions[name] = f;
                 return f;
             }

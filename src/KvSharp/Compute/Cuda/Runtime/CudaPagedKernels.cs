@@ -112,9 +112,6 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Attention blocks of the tensor-core kernel resident per multiprocessor (its register bound, paged_attention_tc.cu).</summary>
     private const int TensorBlocksPerSm = 3;
 
-    /// <summary>Warps of a block of the pipelined kernel (PIPE_WARPS in paged_attention_tc.cu), each streaming every 4th block of the split.</summary>
-    public const int PipelineWarps = 4;
-
     /// <summary>Longest split of the pipelined kernel, in blocks (its descriptors are copied to shared memory, 16 bytes each).</summary>
     public const int PipelinedMaxChunkBlocks = 256;
 
@@ -161,10 +158,6 @@ internal sealed partial class CudaPagedKernels
     {
         int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks)));
         int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
-        // At least a block per warp: a short context's one-wave chunk of 1 block left 3 of the 4 warps idle and gave the merge
-        // 4 times the partial results (512 tokens: 17 splits per head instead of 5).
-        if (Environment.GetEnvironmentVariable("KVSHARP_PAGED_OLD") != "1" && Environment.GetEnvironmentVariable("KVSHARP_PAGED_OLDPLAN") != "1") // TEMPORARY switches (the old plan, for one benchmark call)
-            chunk = Math.Max(chunk, Math.Min(PipelineWarps, blocks));
         int maxSplits = PipelineRingBytes / group;
         if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
         if (chunk > PipelinedMaxChunkBlocks)

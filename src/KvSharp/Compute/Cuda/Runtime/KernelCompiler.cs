@@ -53,8 +53,6 @@ internal static unsafe class KernelCompiler
     private static IEnumerable<string> ExtraOptions()
     {
         if (Environment.GetEnvironmentVariable("KVSHARP_NVRTC_LINEINFO") == "1") yield return "-lineinfo";
-        // TEMPORARY (benchmark of the old paged prologue/epilogue in the same call; removed before the end).
-        if (Environment.GetEnvironmentVariable("KVSHARP_PAGED_OLD") == "1") yield return "-DKVSHARP_PAGED_OLD";
     }
 
     private static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
