@@ -1108,6 +1108,19 @@ __device__ __forceinline__ void paged_attention_pipe(
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
+    // Splits past the head's last block (heads shorter than the longest, as after KVzip) mark their chunk empty and leave
+    // at once instead of holding a resident slot through the merge; the merge counts and reads the head's first `live`
+    // splits. Kept in shared memory until the merge: a register live across the block loop (168 at most) is not free.
+    __shared__ int live_splits;
+    {
+        const int live = max(1, min(splits, (head_blocks[batch ? t * kv_heads + kvh : kvh] + chunk_blocks - 1) / chunk_blocks));
+        if ((int)blockIdx.x >= live)
+        {
+            empty_chunk(part_ml, first, splits, G);
+            return;
+        }
+        if (threadIdx.x == 0) live_splits = live;
+    }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {
         const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
@@ -1215,7 +1228,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     store_chunk(ov, part_out, first, splits, G, HD);
     // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
     // within them).
-    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh);
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live_splits);
 }
 
 // At most 168 registers (3 blocks per SM with their ~73 KB of shared memory each). One kernel per group and value group.

@@ -29,7 +29,7 @@ internal static unsafe class KernelCompiler
     {
         string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"];
+        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions()];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");
         if (File.Exists(path)) return File.ReadAllBytes(path);
@@ -44,6 +44,15 @@ internal static unsafe class KernelCompiler
         catch (IOException) { } // a read-only or full disk only costs a recompilation next time
         catch (UnauthorizedAccessException) { }
         return cubin;
+    }
+
+    /// <summary>
+    /// Options from the environment: <c>$KVSHARP_NVRTC_LINEINFO=1</c> adds <c>-lineinfo</c> (source lines in the cubin, for
+    /// Nsight Compute's source-level stall sampling; no effect on the code). Part of the cache key.
+    /// </summary>
+    private static IEnumerable<string> ExtraOptions()
+    {
+        if (Environment.GetEnvironmentVariable("KVSHARP_NVRTC_LINEINFO") == "1") yield return "-lineinfo";
     }
 
     private static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
