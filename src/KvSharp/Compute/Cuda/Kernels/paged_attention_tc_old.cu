@@ -1,0 +1,1229 @@
+// Flash-decoding attention over the device paged KV cache on tensor cores (head dimension 128): the same launch
+// geometry, split and merge as paged_attention.cu's kernels (paged_kv.cuh), the scores and values of every block format
+// but F32/BF16 through mma.sync. Two kernels share the fragment code: paged_attn_t_gG (scores of the whole split into
+// shared memory, then its softmax, then the values) and paged_attn_p_gG_vVG (bulk-copy rings, online softmax).
+#include "paged_kv.cuh"
+
+// ---- Tensor-core variant (paged_attn_t_gG, head dimension 128) ----
+// Scores and values go through mma.sync.m16n8k16 (f16 operands, f32 accumulation), so no block format costs more than
+// a few integer operations per element: S = Q·Kᵀ with A = the group's queries (rows = heads) and B = 8 keys, then
+// O += P·V with A = the probabilities and B = 16 tokens × 8 channels. Codes enter the B operands as exact f16 integers
+// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift),
+// FP8 E4M3 bits shifted into f16 (the value / 256), F16 as stored. The A operands carry the precision: each f32 value
+// x is split into hi + lo f16 (hi = x truncated to f16's 11 significant bits, lo = the rest rounded), hi in the A rows
+// of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
+// Per-channel key parameters are folded into the query once per block (q·k = Σ q·min + Σ (q·step)·code); per-token
+// value parameters multiply the probabilities per 32-channel chunk (a chunk lies in one value group: groups of 32, 64
+// or 128 channels), and their min terms are summed on the side. F32 and BF16 blocks (the F32 residual of every head,
+// BF16 re-quantized tokens) are not exact in f16: CUDA cores read them into the same accumulators.
+// Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
+// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
+// 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
+// format's unpacking (key_low_channel), identically in A and B.
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// f16x2 with lo in bits 0..15 and hi in bits 16..31.
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// (x0, x1) = hi + lo, each an f16x2: hi keeps 11 significant bits of x (exact in f16's normal range), lo the remainder.
+__device__ __forceinline__ void split_f16x2(float x0, float x1, unsigned& hi, unsigned& lo)
+{
+    const float h0 = __uint_as_float(__float_as_uint(x0) & 0xffffe000u), h1 = __uint_as_float(__float_as_uint(x1) & 0xffffe000u);
+    hi = pack_f16x2(h0, h1);
+    lo = pack_f16x2(x0 - h0, x1 - h1);
+}
+
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel)
+{
+    unsigned r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+__device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b)
+{
+    unsigned r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ unsigned hfma2(unsigned a, unsigned b, unsigned c)
+{
+    unsigned r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// As an instruction of its own (not a xor) so that ptxas folds it into the fma's operand.
+__device__ __forceinline__ unsigned hneg2(unsigned a)
+{
+    unsigned r;
+    asm("neg.f16x2 %0, %1;" : "=r"(r) : "r"(a));
+    return r;
+}
+
+// (xh + xl)·s as hi + lo f16x2 pairs with packed arithmetic (2 products a 3-instruction run instead of 2 conversions,
+// 2 f32 products and a hi/lo split each): hi = rn(xh·s), and xh·s − hi is exact in one fma (the error of a rounded
+// product), so lo = (xh·s − hi) + xl·s keeps the ≈22-bit operand of the f32 path; where a product falls below f16's
+// normal range both paths keep the same absolute 2^-25.
+__device__ __forceinline__ void scaled_pair(unsigned xh, unsigned xl, unsigned s, unsigned& hi, unsigned& lo)
+{
+    hi = hmul2(xh, s);
+    lo = hfma2(xl, s, hfma2(xh, s, hneg2(hi)));
+}
+
+// Asks L2 for a block's bytes (the warp's next block, while it computes the current one): its loads then wait for L2,
+// not for device memory. One 128-byte line per lane and step.
+__device__ __forceinline__ void prefetch_block(const u8* p, int bytes, int lane)
+{
+    for (int o = lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+}
+
+// Asks L2 for the warp's next block of this pass (keys or values) while it computes block bi; after its last key block,
+// for its first value block, read after the softmax.
+__device__ __forceinline__ void prefetch_next(const u8* pool, const uint4* bdesc, int bi, int nb, int warp, int warps, bool keys, int tokens, int vg, int lane)
+{
+    const bool more = bi + warps < nb;
+    if (!more && !keys) return;
+    const uint4 e = bdesc[more ? bi + warps : warp];
+    const bool k = more && keys; // otherwise the value pass's block
+    prefetch_block(pool + (size_t)(k ? e.x : e.y) * 16, block_bytes(k ? desc_kfmt(e) : desc_vfmt(e), k, tokens, 128, vg), lane);
+}
+
+// Asks L2 for the visible rows of the split's last block when it is an F32 or BF16 one (in the last split of a head: its
+// residual, which the CUDA cores read row by row). Without it, the block's many dependent loads each waited for device
+// memory while the other blocks kept it saturated: the split holding the residual ended ~25 us after the others (H100,
+// 32K tokens). Every thread of the block, after the split's descriptors are in shared memory.
+__device__ __forceinline__ void prefetch_float_tail(const u8* pool, const uint4* bdesc, int nb, int limit)
+{
+    if (nb <= 0) return;
+    const uint4 d = bdesc[nb - 1];
+    const int n = desc_visible(d, limit);
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+    {
+        const int f = m == 0 ? desc_kfmt(d) : desc_vfmt(d);
+        if (n == 0 || (f != KV_F32 && f != KV_BF16)) continue;
+        const u8* p = pool + (size_t)(m == 0 ? d.x : d.y) * 16;
+        for (int o = threadIdx.x * 128; o < n * 128 * kv_bits(f) / 8; o += blockDim.x * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+    }
+}
+
+// Asks L1 for an F32 or BF16 block's first n rows before a warp reads them token by token (tc_scores_float and
+// tc_values_float wait for each token's loads in turn); other formats need nothing.
+__device__ __forceinline__ void prefetch_float_l1(const u8* p, int f, int n, int lane)
+{
+    if (f != KV_F32 && f != KV_BF16) return;
+    for (int o = lane * 128; o < n * 128 * kv_bits(f) / 8; o += 32 * 128) asm volatile("prefetch.global.L1 [%0];" ::"l"(p + o));
+}
+
+// Two codes c·2^K (K: the field's bit position, c·2^K < 1024), the bits of x under mask (within bits 0..9 and 16..25),
+// as the f16x2 (c, c'): OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K))
+// leaves c. Mask and exponent go in one lop3 ((x & mask) | 0x64006400, the exponent word in a register).
+template <int K>
+__device__ __forceinline__ unsigned code_pair(unsigned x, unsigned mask = 0xffffffffu)
+{
+    constexpr unsigned S = (15u - K) << 10, O = 0x8000u | ((25u - K) << 10);
+    unsigned y, r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "r"(mask), "r"(0x64006400u));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(y), "r"(S | (S << 16)), "r"(O | (O << 16)));
+    return r;
+}
+
+// Two FP8 E4M3 codes in bits 8..15 and 24..31 of y (other bits ignored) as f16x2 of their values / 256.
+__device__ __forceinline__ unsigned fp8_pair(unsigned y) { return ((y >> 1) & 0x3f803f80u) | (y & 0x80008000u); }
+
+// Of the lane's 32 key channels, the one in the low half of fragment register r (0..15); the high half holds the
+// channel key_step<F>() above it. Register 2s is B's b0 of k-step s, 2s + 1 its b1 (and the query's a0/a2 likewise).
+template <int F>
+__device__ __forceinline__ constexpr int key_low_channel(int r)
+{
+    return kv_bits(F) >= 8 ? 2 * r : F == KV_INT4 ? 8 * (r >> 2) + (r & 3) : kv_bits(F) == 2 ? 16 * (r >> 3) + (r & 7) : r;
+}
+template <int F>
+__device__ __forceinline__ constexpr int key_step() { return kv_bits(F) >= 8 ? 1 : F == KV_INT4 ? 4 : kv_bits(F) == 2 ? 8 : 16; }
+
+// Factor between a key fragment and the element: FP8 fragments hold value / 256, the others the value (or its code).
+template <int F>
+__device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? 256.0f : 1.0f; }
+
+// The query A fragments of a key block of format F (what both tensor-core kernels build per block). qh/ql: the head's
+// query (pre-scaled) as hi + lo f16x2 in natural pairs (word j = lane elements 2j, 2j + 1); sw/mw: the block's f16
+// scale/min words of the same elements (quantized formats). Per-channel steps are folded in with packed f16 products
+// (scaled_pair), Σ q·min (returned) is one more run of 8 mma with the mins as B (every column the same; rows gid and
+// gid + 8 carry hi and lo, so d[0] + d[2] is the head's sum, no shuffles), and the pairs are then permuted into the
+// format's fragment order (key_low_channel: elements c and c + key_step<F>() share a register). Warp-uniform.
+template <int F>
+__device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsigned (&ql)[16], const unsigned (&sw)[16], const unsigned (&mw)[16],
+    unsigned (&ah)[16], unsigned (&al)[16])
+{
+    float bias = 0.0f;
+    unsigned nh[16], nl[16];
+    if constexpr (kv_quantized(F))
+    {
+        // min = m (INT), -s (ternary), m - s (binary: two runs); step = s, or 2s for binary.
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+        {
+            if constexpr (F == KV_TERNARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+            else mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], mw[2 * s], mw[2 * s + 1]);
+            if constexpr (F == KV_BINARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+        }
+        bias = d[0] + d[2];
+#pragma unroll
+        for (int r = 0; r < 16; r++) scaled_pair(qh[r], ql[r], F == KV_BINARY ? hmul2(sw[r], 0x40004000u) : sw[r], nh[r], nl[r]);
+    }
+    else
+    {
+#pragma unroll
+        for (int r = 0; r < 16; r++) { nh[r] = qh[r]; nl[r] = ql[r]; }
+    }
+#pragma unroll
+    for (int r = 0; r < 16; r++)
+    {
+        constexpr int S = key_step<F>();
+        if constexpr (S == 1) { ah[r] = nh[r]; al[r] = nl[r]; }
+        else
+        {
+            // Elements c and c + S (same parity) from words c/2 and c/2 + S/2.
+            const int c = key_low_channel<F>(r);
+            const unsigned sel = (c & 1) ? 0x7632u : 0x5410u;
+            ah[r] = prmt(nh[c >> 1], nh[(c >> 1) + S / 2], sel);
+            al[r] = prmt(nl[c >> 1], nl[(c >> 1) + S / 2], sel);
+        }
+    }
+    return bias;
+}
+
+// The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps.
+template <int F>
+__device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[16])
+{
+    if constexpr (F == KV_F16)
+    {
+#pragma unroll
+        for (int r = 0; r < 16; r++) b[r] = w[r];
+    }
+    else if constexpr (F == KV_FP8)
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) { b[2 * j] = fp8_pair(prmt(w[j], 0u, 0x1404u)); b[2 * j + 1] = fp8_pair(prmt(w[j], 0u, 0x3424u)); }
+    }
+    else if constexpr (F == KV_INT8)
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) { b[2 * j] = code_pair<0>(prmt(w[j], 0u, 0x4140u)); b[2 * j + 1] = code_pair<0>(prmt(w[j], 0u, 0x4342u)); }
+    }
+    else if constexpr (F == KV_INT4)
+    {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const unsigned x = w[j], x8 = x >> 8;
+            b[4 * j] = code_pair<0>(x, 0x000f000fu);
+            b[4 * j + 1] = code_pair<4>(x, 0x00f000f0u);
+            b[4 * j + 2] = code_pair<0>(x8, 0x000f000fu);
+            b[4 * j + 3] = code_pair<4>(x8, 0x00f000f0u);
+        }
+    }
+    else if constexpr (kv_bits(F) == 2)
+    {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+        {
+            const unsigned x = w[j], x8 = x >> 8;
+            b[8 * j] = code_pair<0>(x, 0x00030003u);
+            b[8 * j + 1] = code_pair<2>(x, 0x000c000cu);
+            b[8 * j + 2] = code_pair<4>(x, 0x00300030u);
+            b[8 * j + 3] = code_pair<6>(x, 0x00c000c0u);
+            b[8 * j + 4] = code_pair<0>(x8, 0x00030003u);
+            b[8 * j + 5] = code_pair<2>(x8, 0x000c000cu);
+            b[8 * j + 6] = code_pair<4>(x8, 0x00300030u);
+            b[8 * j + 7] = code_pair<6>(x8, 0x00c000c0u);
+        }
+    }
+    else // binary
+    {
+        const unsigned x = w[0], x8 = x >> 8;
+        b[0] = code_pair<0>(x, 0x00010001u); b[1] = code_pair<1>(x, 0x00020002u);
+        b[2] = code_pair<2>(x, 0x00040004u); b[3] = code_pair<3>(x, 0x00080008u);
+        b[4] = code_pair<4>(x, 0x00100010u); b[5] = code_pair<5>(x, 0x00200020u);
+        b[6] = code_pair<6>(x, 0x00400040u); b[7] = code_pair<7>(x, 0x00800080u);
+        b[8] = code_pair<0>(x8, 0x00010001u); b[9] = code_pair<1>(x8, 0x00020002u);
+        b[10] = code_pair<2>(x8, 0x00040004u); b[11] = code_pair<3>(x8, 0x00080008u);
+        b[12] = code_pair<4>(x8, 0x00100010u); b[13] = code_pair<5>(x8, 0x00200020u);
+        b[14] = code_pair<6>(x8, 0x00400040u); b[15] = code_pair<7>(x8, 0x00800080u);
+    }
+}
+
+// The lane's WORDS 32-bit words at p (16-byte aligned when WORDS >= 4).
+template <int WORDS>
+__device__ __forceinline__ void load_words(const u8* p, unsigned* w)
+{
+    if constexpr (WORDS >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < WORDS / 4; v++)
+        {
+            const uint4 x = load_stream(p + 16 * v);
+            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
+        }
+    }
+    else if constexpr (WORDS == 2)
+    {
+        const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
+        w[0] = x.x; w[1] = x.y;
+    }
+    else w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+}
+
+// Scores of the n visible tokens of one key block (a format with exact f16 codes) into sc[gid·chunk + j0 + t].
+// qh/ql: the lane's 32 channels of head gid (pre-scaled) as hi + lo f16x2 pairs (key_query).
+template <int G, int F>
+__device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const unsigned (&qh)[16], const unsigned (&ql)[16], float* sc, int chunk, int j0, int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), HD = 128, WORDS = BITS; // 32 channels of BITS bits
+    constexpr int NT = BITS >= 16 ? 2 : 4; // 8-key tiles whose loads are issued together
+    constexpr int ROW = HD * BITS / 8;
+    // The first tiles' codes are requested before the parameters, so one memory latency covers both.
+    unsigned w[NT][WORDS];
+#pragma unroll
+    for (int u = 0; u < NT; u++) load_words<WORDS>(kb + (size_t)min(8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
+    unsigned ah[16], al[16], sw[16], mw[16];
+    if constexpr (kv_quantized(F))
+    {
+        const u8* params = kb + tokens * HD / 8 * BITS; // the lane's 32 scales (f16), mins 256 bytes later
+        load_words<16>(params + tig * 64, sw);
+        if constexpr (kv_params(F) == 2) load_words<16>(params + HD * 2 + tig * 64, mw);
+    }
+    const float bias = key_query<F>(qh, ql, sw, mw, ah, al);
+    for (int t0 = 0; t0 < n; t0 += 8 * NT)
+    {
+        if (t0 > 0)
+#pragma unroll
+            for (int u = 0; u < NT; u++)
+                load_words<WORDS>(kb + (size_t)min(t0 + 8 * u + gid, n - 1) * ROW + tig * (ROW / 4), w[u]);
+#pragma unroll
+        for (int u = 0; u < NT; u++)
+        {
+            if (t0 + 8 * u >= n) break;
+            unsigned b[16];
+            key_fragments<F>(w[u], b);
+            float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+            for (int s = 0; s < 8; s++) mma_f16(d, ah[2 * s], al[2 * s], ah[2 * s + 1], al[2 * s + 1], b[2 * s], b[2 * s + 1]);
+            const int t = t0 + 8 * u + 2 * tig;
+            if (gid < G)
+            {
+                if (t < n) sc[gid * chunk + j0 + t] = (d[0] + d[2]) * key_unit<F>() + bias;
+                if (t + 1 < n) sc[gid * chunk + j0 + t + 1] = (d[1] + d[3]) * key_unit<F>() + bias;
+            }
+        }
+    }
+}
+
+// Scores of an F32 or BF16 key block on CUDA cores (the residual): the 4 lanes of a head split each row's channels.
+template <int G, int F>
+__device__ __forceinline__ void tc_scores_float(const u8* kb, int n, const unsigned (&qh)[16], const unsigned (&ql)[16], float* sc, int chunk, int j0, int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    float qf[32];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+    {
+        qf[2 * j] = f16_to_f32((u16)qh[j]) + f16_to_f32((u16)ql[j]);
+        qf[2 * j + 1] = f16_to_f32((u16)(qh[j] >> 16)) + f16_to_f32((u16)(ql[j] >> 16));
+    }
+    for (int t = 0; t < n; t++)
+    {
+        unsigned w[BITS];
+        load_words<BITS>(kb + (size_t)t * ROW + tig * (ROW / 4), w);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+        {
+            if constexpr (F == KV_F32) s += qf[i] * __uint_as_float(w[i]);
+            else s += qf[i] * bf16_to_f32((u16)(w[i >> 1] >> (16 * (i & 1))));
+        }
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (tig == 0 && gid < G) sc[gid * chunk + j0 + t] = s;
+    }
+}
+
+// The lane's 4 channels 32k + 4·gid + [0, 4) of one value row (row bits at p), in the low bits of w (2 words for 16 bits).
+template <int BITS>
+__device__ __forceinline__ void value_piece(const u8* row, int k, int gid, unsigned* w)
+{
+    if constexpr (BITS == 16) { const uint2 x = __ldg(reinterpret_cast<const uint2*>(row + 64 * k + 8 * gid)); w[0] = x.x; w[1] = x.y; }
+    else if constexpr (BITS == 8) w[0] = __ldg(reinterpret_cast<const unsigned*>(row + 32 * k + 4 * gid));
+    else if constexpr (BITS == 4) w[0] = __ldg(reinterpret_cast<const u16*>(row + 16 * k + 2 * gid));
+    else if constexpr (BITS == 2) w[0] = __ldg(row + 8 * k + gid);
+    else w[0] = (unsigned)__ldg(row + 4 * k + (gid >> 1)) >> (4 * (gid & 1));
+}
+
+// B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces.
+template <int F>
+__device__ __forceinline__ void value_fragments(const unsigned* a, const unsigned* b, unsigned (&f)[4])
+{
+    if constexpr (F == KV_F16)
+    {
+        f[0] = prmt(a[0], b[0], 0x5410u); f[1] = prmt(a[0], b[0], 0x7632u);
+        f[2] = prmt(a[1], b[1], 0x5410u); f[3] = prmt(a[1], b[1], 0x7632u);
+    }
+    else if constexpr (F == KV_FP8)
+    {
+        f[0] = fp8_pair(prmt(a[0], b[0], 0x4400u)); f[1] = fp8_pair(prmt(a[0], b[0], 0x5511u));
+        f[2] = fp8_pair(prmt(a[0], b[0], 0x6622u)); f[3] = fp8_pair(prmt(a[0], b[0], 0x7733u));
+    }
+    else if constexpr (F == KV_INT8)
+    {
+        f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u), 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u), 0x00ff00ffu);
+        f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
+    }
+    else if constexpr (F == KV_INT4)
+    {
+        const unsigned x = prmt(a[0], b[0], 0x5410u), x8 = x >> 8;
+        f[0] = code_pair<0>(x, 0x000f000fu); f[1] = code_pair<4>(x, 0x00f000f0u);
+        f[2] = code_pair<0>(x8, 0x000f000fu); f[3] = code_pair<4>(x8, 0x00f000f0u);
+    }
+    else if constexpr (kv_bits(F) == 2)
+    {
+        const unsigned x = a[0] | (b[0] << 16);
+        f[0] = code_pair<0>(x, 0x00030003u); f[1] = code_pair<2>(x, 0x000c000cu);
+        f[2] = code_pair<4>(x, 0x00300030u); f[3] = code_pair<6>(x, 0x00c000c0u);
+    }
+    else
+    {
+        const unsigned x = (a[0] & 0xfu) | ((b[0] & 0xfu) << 16);
+        f[0] = code_pair<0>(x, 0x00010001u); f[1] = code_pair<1>(x, 0x00020002u);
+        f[2] = code_pair<2>(x, 0x00040004u); f[3] = code_pair<3>(x, 0x00080008u);
+    }
+}
+
+// A token's value-group parameters as raw f16 bits, gpr (1, 2 or 4) groups per row.
+__device__ __forceinline__ uint2 row_params(const u16* p, int row, int gpr)
+{
+    if (gpr == 4) return __ldg(reinterpret_cast<const uint2*>(p + row * 4));
+    if (gpr == 2) return make_uint2(__ldg(reinterpret_cast<const unsigned*>(p + row * 2)), 0u);
+    return make_uint2(__ldg(p + row), 0u);
+}
+
+// The f16 parameter of chunk k (channels [32k, 32k + 32)) from a row_params result.
+__device__ __forceinline__ float chunk_param(uint2 x, int k, int gpr)
+{
+    const int g = gpr == 4 ? k : gpr == 2 ? k >> 1 : 0;
+    const unsigned w = g >= 2 ? x.y : x.x;
+    return f16_to_f32((u16)(w >> (16 * (g & 1))));
+}
+
+// The parameters of chunk k of two tokens (a low, b high) as one f16x2, from their row_params results.
+__device__ __forceinline__ unsigned chunk_param_pair(uint2 a, uint2 b, int k, int gpr)
+{
+    const int g = gpr == 4 ? k : gpr == 2 ? k >> 1 : 0;
+    return prmt(g >= 2 ? a.y : a.x, g >= 2 ? b.y : b.x, (g & 1) ? 0x7632u : 0x5410u);
+}
+
+// The lane's probabilities of one 16-token step (tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9) split hi + lo into the
+// A operand's pairs once per step, with the format's constant folded in (FP8 fragments hold value / 256; binary
+// steps are 2·scale): exact powers of two.
+struct StepProbs
+{
+    unsigned h01, l01, h89, l89;
+};
+
+template <int F>
+__device__ __forceinline__ StepProbs step_probs(const float (&pv)[4])
+{
+    constexpr float c = F == KV_FP8 ? 256.0f : F == KV_BINARY ? 2.0f : 1.0f;
+    StepProbs r;
+    split_f16x2(pv[0] * c, pv[1] * c, r.h01, r.l01);
+    split_f16x2(pv[2] * c, pv[3] * c, r.h89, r.l89);
+    return r;
+}
+
+// o += P·V of chunk k (channels [32k, 32k + 32)) of one 16-token step, what both tensor-core kernels do per chunk: A =
+// the step's probabilities times each token's step of the chunk's group (packed, scaled_pair: a token pair's two
+// steps are one prmt of their rows' parameter words), B = the chunk's 4 channel tiles b0/b1 (tokens 0-7 / 8-15 of the
+// step); mbk += Σ p·min of the chunk's group (f32).
+template <int F>
+__device__ __forceinline__ void value_chunk(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[16][4], float& mbk)
+{
+    unsigned a0 = P.h01, a1 = P.l01, a2 = P.h89, a3 = P.l89;
+    if constexpr (kv_quantized(F))
+    {
+        scaled_pair(P.h01, P.l01, chunk_param_pair(sh[0], sh[1], k, gpr), a0, a1);
+        scaled_pair(P.h89, P.l89, chunk_param_pair(sh[2], sh[3], k, gpr), a2, a3);
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            float mn;
+            if constexpr (F == KV_TERNARY) mn = -chunk_param(sh[u], k, gpr);
+            else if constexpr (F == KV_BINARY) mn = chunk_param(mh[u], k, gpr) - chunk_param(sh[u], k, gpr);
+            else mn = chunk_param(mh[u], k, gpr);
+            mbk += pv[u] * mn;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+}
+
+// o += P·V over the n visible tokens of one value block (exact f16 codes); mb[k] += Σ_t p_t·min_t of chunk k's group.
+// NS 16-token steps per iteration: their loads are all issued before the first is used.
+template <int G, int F>
+__device__ __forceinline__ void tc_values(const u8* vb, int n, int tokens, int vg, const float* sc, int chunk, int j0, int gid, int tig,
+    float (&o)[16][4], float (&mb)[4])
+{
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, NS = BITS >= 16 ? 1 : 2;
+    const int gpr = HD / vg;
+    const u16* scales = reinterpret_cast<const u16*>(vb + tokens * ROW);
+    const u16* mins = scales + tokens * gpr;
+    const float* p = sc + min(gid, G - 1) * chunk + j0;
+    for (int t0 = 0; t0 < n; t0 += 16 * NS)
+    {
+        float pv[NS][4];
+        unsigned piece[NS][4][4][PW];
+        uint2 sh[NS][4], mh[NS][4];
+#pragma unroll
+        for (int h = 0; h < NS; h++)
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+            {
+                const int tk = t0 + 16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), row = min(tk, n - 1);
+#pragma unroll
+                for (int k = 0; k < 4; k++) value_piece<BITS>(vb + (size_t)row * ROW, k, gid, piece[h][u][k]);
+                if constexpr (kv_quantized(F))
+                {
+                    sh[h][u] = row_params(scales, row, gpr);
+                    if constexpr (kv_params(F) == 2) mh[h][u] = row_params(mins, row, gpr);
+                }
+                pv[h][u] = gid < G && tk < n ? p[tk] : 0.0f;
+            }
+#pragma unroll
+        for (int h = 0; h < NS; h++)
+        {
+            if (t0 + 16 * h >= n) break;
+            const StepProbs P = step_probs<F>(pv[h]);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+            {
+                unsigned b0[4], b1[4];
+                value_fragments<F>(piece[h][0][k], piece[h][1][k], b0);
+                value_fragments<F>(piece[h][2][k], piece[h][3][k], b1);
+                value_chunk<F>(P, pv[h], sh[h], mh[h], k, gpr, b0, b1, o, mb[k]);
+            }
+        }
+    }
+}
+
+// o += P·V of an F32 or BF16 value block on CUDA cores, into the lane's accumulator channels (32k + 8·tig + 4e + i).
+template <int G, int F>
+__device__ __forceinline__ void tc_values_float(const u8* vb, int n, const float* sc, int chunk, int j0, int gid, int tig, float (&o)[16][4])
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    const float* p = sc + min(gid, G - 1) * chunk + j0;
+    for (int t = 0; t < n; t++)
+    {
+        const float pt = gid < G ? p[t] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            unsigned w[BITS / 4];
+            load_words<BITS / 4>(vb + (size_t)t * ROW + (32 * k + 8 * tig) * BITS / 8, w);
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+            {
+                float x;
+                if constexpr (F == KV_F32) x = __uint_as_float(w[c]);
+                else x = bf16_to_f32((u16)(w[c >> 1] >> (16 * (c & 1))));
+                o[4 * k + (c & 3)][c >> 2] += pt * x;
+            }
+        }
+    }
+}
+
+#define KV_FLOAT_OR(fmt, FLOAT_CALL, CALL) \
+    switch (fmt) \
+    { \
+    case KV_F32: FLOAT_CALL(KV_F32); break; \
+    case KV_BF16: FLOAT_CALL(KV_BF16); break; \
+    case KV_F16: CALL(KV_F16); break; \
+    case KV_FP8: CALL(KV_FP8); break; \
+    case KV_INT8: CALL(KV_INT8); break; \
+    case KV_INT4: CALL(KV_INT4); break; \
+    case KV_INT2: CALL(KV_INT2); break; \
+    case KV_TERNARY: CALL(KV_TERNARY); break; \
+    default: CALL(KV_BINARY); break; \
+    }
+
+template <int G>
+__device__ __forceinline__ void paged_attention_tc(
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch)
+{
+    constexpr int HD = 128;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int chunk = chunk_blocks * tokens;
+    const int gid = lane >> 2, tig = lane & 3;
+    extern __shared__ float4 smem4[];
+    uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
+    float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
+    int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
+    float* sc = reinterpret_cast<float*>(boff + chunk_blocks + 1); // [G, chunk]
+
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = hdesc[i];
+    const int n = split_offsets(hdesc, nb, limit, boff);
+    prefetch_float_tail(pool, bdesc, nb, limit);
+    if (n == 0) empty_chunk(part_ml, first, splits, G);
+    else
+    {
+        {
+            unsigned qh[16], ql[16]; // head gid's channels [32·tig, 32·tig + 32), pre-scaled, as hi + lo (rows past the group: head G - 1)
+#pragma unroll
+            for (int v = 0; v < 8; v++)
+            {
+                const float4 x = *reinterpret_cast<const float4*>(q + ((long)t * heads + (long)kvh * G + min(gid, G - 1)) * HD + tig * 32 + 4 * v);
+                split_f16x2(x.x * scale, x.y * scale, qh[2 * v], ql[2 * v]);
+                split_f16x2(x.z * scale, x.w * scale, qh[2 * v + 1], ql[2 * v + 1]);
+            }
+            for (int bi = warp; bi < nb; bi += warps)
+            {
+                const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
+                if (cnt == 0) continue;
+                const uint4 d = bdesc[bi];
+                const u8* kb = pool + (size_t)d.x * 16;
+                prefetch_next(pool, bdesc, bi, nb, warp, warps, true, tokens, vg, lane);
+                prefetch_float_l1(kb, desc_kfmt(d), cnt, lane);
+#define TSCORES(F) tc_scores<G, F>(kb, cnt, tokens, qh, ql, sc, chunk, j0, gid, tig)
+#define TSCORES_FLOAT(F) tc_scores_float<G, F>(kb, cnt, qh, ql, sc, chunk, j0, gid, tig)
+                KV_FLOAT_OR(desc_kfmt(d), TSCORES_FLOAT, TSCORES)
+#undef TSCORES
+#undef TSCORES_FLOAT
+            }
+        }
+        __syncthreads();
+        chunk_softmax(sc, chunk, n, G, part_ml, first, splits);
+        __syncthreads();
+
+        float o[16][4], mb[4];
+#pragma unroll
+        for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) mb[k] = 0.0f;
+        for (int bi = warp; bi < nb; bi += warps)
+        {
+            const int j0 = boff[bi], cnt = boff[bi + 1] - j0;
+            if (cnt == 0) continue;
+            const uint4 d = bdesc[bi];
+            const u8* vb = pool + (size_t)d.y * 16;
+            prefetch_next(pool, bdesc, bi, nb, warp, warps, false, tokens, vg, lane);
+            prefetch_float_l1(vb, desc_vfmt(d), cnt, lane);
+#define TVALUES(F) tc_values<G, F>(vb, cnt, tokens, vg, sc, chunk, j0, gid, tig, o, mb)
+#define TVALUES_FLOAT(F) tc_values_float<G, F>(vb, cnt, sc, chunk, j0, gid, tig, o)
+            KV_FLOAT_OR(desc_vfmt(d), TVALUES_FLOAT, TVALUES)
+#undef TVALUES
+#undef TVALUES_FLOAT
+        }
+        // Rows gid and gid + 8 hold the hi and lo parts; the min terms of a chunk are summed over the head's 4 lanes.
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 1);
+            mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 2);
+        }
+        if (gid < G)
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                    atomicAdd(&ov[gid * HD + 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3)], o[j][e] + o[j][2 + e] + mb[j >> 2]);
+        __syncthreads();
+        store_chunk(ov, part_out, first, splits, G, HD);
+    }
+    pdl_trigger(); // the output product's blocks may start loading weights during the merge
+    merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
+}
+
+// At most 168 registers (3 blocks of 4 warps per SM; unbounded it takes ~250 and only 2 fit): a few spill in the key fold.
+#define PAGED_ATTN_TC(G) \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
+        const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
+PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
+
+// ---- Pipelined tensor-core variant (paged_attn_p_gG, head dimension 128) ----
+// The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
+// * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
+//   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
+//   lane issuing), as far ahead as the ring (PIPE_RING bytes, up to PIPE_BARS entries) allows, so a warp keeps 8-16 KB of
+//   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
+//   CUDA-core arithmetic) are read in place. Blocks of at most 32 tokens (the host checks): every other block fits half a
+//   ring, and a block's scores and probabilities fit the registers of one 32-token step.
+// * No score pass: each warp keeps an online softmax per head (log2 domain) with the probabilities in registers, where
+//   the score mma leaves them in exactly the A-operand layout of P·V (lane gid·4 + tig holds tokens 2·tig, 2·tig + 1
+//   of each 8-key tile), so a block's keys and values are consumed back to back and nothing per token goes through
+//   shared memory; the block's 4 warps merge their (max, sum, accumulators) at the end. The split's length is then
+//   not bounded by a score buffer.
+
+constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
+constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
+constexpr unsigned PIPE_RING = 16384; // bytes of a warp's ring: two blocks of up to 8 KB (F16, 32 tokens)
+constexpr int PIPE_QROW = 164; // padded query row (32-bit words): hi/lo pairs of 32 channels, 8 words after each, 4 after the row
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+__device__ __forceinline__ void mbar_init(unsigned bar) { asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory"); }
+
+// One arrival that also expects `bytes` of transactions: the phase completes when the copies have delivered them.
+__device__ __forceinline__ void mbar_expect(unsigned bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
+{
+    asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\tmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t@!done bra WAIT;\n\t}" ::"r"(bar), "r"(parity)
+                 : "memory");
+}
+
+// bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar.
+__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst), "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The query copy holds head g's channels c, c + 1 (c even) as the f16x2 words hi, lo at word pipe_q(g, c), pipe_q(g, c) + 1,
+// so one 16-byte load of channels c..c+3 is an mma A quad (hi, lo of k-steps c and c + 2) as key_query runs it. The
+// padding puts the 8 lanes of a 16-byte load phase (2 heads × 4 lanes, reading at 32-channel strides, or 8-channel
+// strides for F16 blocks: key_channel) in 8 different bank groups.
+__device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + (c >> 5) * 40 + (c & 31); }
+
+// A staged block in a warp's ring: ld.shared at its 32-bit shared address plus byte offsets from the block's start.
+struct SharedSrc
+{
+    unsigned base;
+    __device__ __forceinline__ uint4 v4(int o) const
+    {
+        uint4 r;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(base + o));
+        return r;
+    }
+    __device__ __forceinline__ uint2 v2(int o) const
+    {
+        uint2 r;
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "r"(base + o));
+        return r;
+    }
+    __device__ __forceinline__ unsigned u32(int o) const { unsigned r; asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
+    __device__ __forceinline__ unsigned u16(int o) const { unsigned short r; asm volatile("ld.shared.u16 %0, [%1];" : "=h"(r) : "r"(base + o)); return r; }
+    __device__ __forceinline__ unsigned u8(int o) const { unsigned r; asm volatile("ld.shared.u8 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
+};
+
+// Channel of lane-local key element i (0..31) of lane tig. F16 rows interleave the lanes' 16-byte pieces (piece v of
+// lane tig at 16·(4v + tig)), halving the shared-memory bank conflicts of 256-byte rows; the other formats keep
+// 32 contiguous channels per lane (their per-channel parameters are then one contiguous run).
+template <int F>
+__device__ __forceinline__ int key_channel(int tig, int i) { return F == KV_F16 ? 8 * (4 * (i >> 3) + tig) + (i & 7) : 32 * tig + i; }
+
+// The lane's key words of the row at byte offset row (lane channels per key_channel).
+template <int F>
+__device__ __forceinline__ void key_words(const SharedSrc& src, int row, int tig, unsigned* w)
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+    if constexpr (BITS >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < BITS / 4; v++)
+        {
+            const uint4 x = src.v4(row + (F == KV_F16 ? 16 * (4 * v + tig) : tig * (ROW / 4) + 16 * v));
+            w[4 * v] = x.x; w[4 * v + 1] = x.y; w[4 * v + 2] = x.z; w[4 * v + 3] = x.w;
+        }
+    }
+    else if constexpr (BITS == 2)
+    {
+        const uint2 x = src.v2(row + tig * 8);
+        w[0] = x.x; w[1] = x.y;
+    }
+    else w[0] = src.u32(row + tig * 4);
+}
+
+// Query A fragments for a staged key block of format F (key_query): head gid's lane channels (key_channel order; rows past
+// the group repeat head G - 1) as hi + lo pairs from the padded copies, the block's scales and mins from the ring;
+// returns Σ q·min over the head's channels (0 for float formats).
+template <int G, int F>
+__device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&ah)[16], unsigned (&al)[16], int gid, int tig)
+{
+    constexpr int BITS = kv_bits(F), HD = 128;
+    const int g = min(gid, G - 1);
+    unsigned qh[16], ql[16], sw[16], mw[16];
+#pragma unroll
+    for (int v = 0; v < 4; v++) // lane elements 8v..8v+7 are 8 consecutive channels
+    {
+        const uint4* at = reinterpret_cast<const uint4*>(qs + pipe_q(g, key_channel<F>(tig, 8 * v)));
+        const uint4 x = at[0], y = at[1];
+        qh[4 * v] = x.x; ql[4 * v] = x.y; qh[4 * v + 1] = x.z; ql[4 * v + 1] = x.w;
+        qh[4 * v + 2] = y.x; ql[4 * v + 2] = y.y; qh[4 * v + 3] = y.z; ql[4 * v + 3] = y.w;
+    }
+    if constexpr (kv_quantized(F))
+    {
+        const int sp = tokens * HD / 8 * BITS + 64 * tig; // the lane's 32 scales (f16), mins 256 bytes later
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const uint4 s4 = kb.v4(sp + 16 * j);
+            sw[4 * j] = s4.x; sw[4 * j + 1] = s4.y; sw[4 * j + 2] = s4.z; sw[4 * j + 3] = s4.w;
+            if constexpr (kv_params(F) == 2)
+            {
+                const uint4 m4 = kb.v4(sp + 2 * HD + 16 * j);
+                mw[4 * j] = m4.x; mw[4 * j + 1] = m4.y; mw[4 * j + 2] = m4.z; mw[4 * j + 3] = m4.w;
+            }
+        }
+    }
+    return key_query<F>(qh, ql, sw, mw, ah, al);
+}
+
+// Scores (log2 units) of the n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token
+// 8u + 2·tig + e of head gid, -inf past n. Two accumulators per tile halve the chain of dependent mma.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const unsigned* qs, float (&s)[4][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    unsigned qh[16], ql[16];
+    const float bias = pipe_query<G, F>(kb, tokens, qs, qh, ql, gid, tig);
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+    {
+        s[u][0] = s[u][1] = neg_inf();
+        if (8 * u >= n) continue;
+        unsigned w[kv_bits(F)], b[16];
+        key_words<F>(kb, min(8 * u + gid, n - 1) * ROW, tig, w);
+        key_fragments<F>(w, b);
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, e[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int k = 0; k < 8; k += 2)
+        {
+            mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
+            mma_f16(e, qh[2 * k + 2], ql[2 * k + 2], qh[2 * k + 3], ql[2 * k + 3], b[2 * k + 2], b[2 * k + 3]);
+        }
+        const int tk = 8 * u + 2 * tig;
+        if (tk < n) s[u][0] = ((d[0] + e[0]) + (d[2] + e[2])) * key_unit<F>() + bias;
+        if (tk + 1 < n) s[u][1] = ((d[1] + e[1]) + (d[3] + e[3])) * key_unit<F>() + bias;
+    }
+}
+
+// The same for an F32 or BF16 key block on CUDA cores: each lane computes its own 8 tokens over all 128 channels.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const unsigned* qs, float (&s)[4][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    float acc[4][2];
+#pragma unroll
+    for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = 0.0f;
+    const int g = min(gid, G - 1);
+    for (int c = 0; c < 128; c += 4)
+    {
+        const uint4 qw = *reinterpret_cast<const uint4*>(qs + pipe_q(g, c)); // hi, lo of c, c + 1, then of c + 2, c + 3
+        const float4 qv = make_float4(f16_to_f32((u16)qw.x) + f16_to_f32((u16)qw.y), f16_to_f32((u16)(qw.x >> 16)) + f16_to_f32((u16)(qw.y >> 16)),
+            f16_to_f32((u16)qw.z) + f16_to_f32((u16)qw.w), f16_to_f32((u16)(qw.z >> 16)) + f16_to_f32((u16)(qw.w >> 16)));
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const u8* row = kb + (size_t)min(8 * u + 2 * tig + e, n - 1) * ROW;
+                float4 x;
+                if constexpr (F == KV_F32) x = *reinterpret_cast<const float4*>(row + 4 * c);
+                else
+                {
+                    const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
+                    x = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
+                }
+                acc[u][e] += qv.x * x.x + qv.y * x.y + qv.z * x.z + qv.w * x.w;
+            }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head G-1 again
+}
+
+// Online softmax of one block: the scores become probabilities under the head's running max m (the 4 lanes of a
+// head agree on it), l sums them, and the accumulators are rescaled when the max grows.
+__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[16][4], float (&mb)[4])
+{
+    float mx = neg_inf();
+#pragma unroll
+    for (int u = 0; u < 4; u++) mx = fmaxf(mx, fmaxf(s[u][0], s[u][1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    if (__any_sync(0xffffffffu, mx > m))
+    {
+        const float mn = fmaxf(m, mx), f = fast_exp2(m - mn);
+#pragma unroll
+        for (int j = 0; j < 16; j++) { o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f; }
+#pragma unroll
+        for (int k = 0; k < 4; k++) mb[k] *= f;
+        l *= f;
+        m = mn;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) { s[u][e] = fast_exp2(s[u][e] - m); l += s[u][e]; }
+}
+
+// The lane's 4 channels 32k + 4·gid + [0, 4) of the value row at byte offset row.
+template <int BITS>
+__device__ __forceinline__ void value_piece_src(const SharedSrc& src, int row, int k, int gid, unsigned* w)
+{
+    if constexpr (BITS == 16) { const uint2 x = src.v2(row + 64 * k + 8 * gid); w[0] = x.x; w[1] = x.y; }
+    else if constexpr (BITS == 8) w[0] = src.u32(row + 32 * k + 4 * gid);
+    else if constexpr (BITS == 4) w[0] = src.u16(row + 16 * k + 2 * gid);
+    else if constexpr (BITS == 2) w[0] = src.u8(row + 8 * k + gid);
+    else w[0] = src.u8(row + 4 * k + (gid >> 1)) >> (4 * (gid & 1));
+}
+
+// A token's value-group parameters (f16 bits) at byte offset p of the block, gpr (1, 2 or 4) groups per row.
+__device__ __forceinline__ uint2 row_params_src(const SharedSrc& src, int p, int row, int gpr)
+{
+    if (gpr == 4) return src.v2(p + row * 8);
+    if (gpr == 2) return make_uint2(src.u32(p + row * 4), 0u);
+    return make_uint2(src.u16(p + row * 2), 0u);
+}
+
+// o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
+// past n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
+// conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory).
+template <int G, int F, int VG>
+__device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
+    float (&o)[16][4], float (&mb)[4])
+{
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, gpr = HD / VG;
+    const int scales = tokens * ROW, mins = scales + tokens * gpr * 2;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        if (16 * h >= n) break;
+        unsigned piece[4][4][PW];
+        uint2 sh[4], mh[4];
+        float pv[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            const int row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
+#pragma unroll
+            for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
+            if constexpr (kv_quantized(F))
+            {
+                sh[u] = row_params_src(vb, scales, row, gpr);
+                if constexpr (kv_params(F) == 2) mh[u] = row_params_src(vb, mins, row, gpr);
+            }
+            pv[u] = p[2 * h + (u >> 1)][u & 1];
+        }
+        const StepProbs P = step_probs<F>(pv);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            unsigned b0[4], b1[4];
+            value_fragments<F>(piece[0][k], piece[1][k], b0);
+            value_fragments<F>(piece[2][k], piece[3][k], b1);
+            value_chunk<F>(P, pv, sh, mh, k, gpr, b0, b1, o, mb[k]);
+        }
+    }
+}
+
+// o += P·V of an F32 or BF16 value block on CUDA cores: token t's probability comes from the lane of its head that
+// holds it; the lane adds into its accumulator channels 32k + 8·tig + 4e + i (the hi rows).
+template <int G, int F>
+__device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const float (&p)[4][2], int lane, int tig, float (&o)[16][4])
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int tt = 0; tt < 4; tt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const int t = 8 * u + 2 * tt + e;
+                const float pt = __shfl_sync(0xffffffffu, p[u][e], (lane & ~3) | tt);
+                if (t >= n) continue;
+                const u8* row = vb + (size_t)t * ROW;
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                {
+                    float x[8];
+                    if constexpr (F == KV_F32)
+                    {
+                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig));
+                        const float4 x1 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig) + 16);
+                        x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w; x[4] = x1.x; x[5] = x1.y; x[6] = x1.z; x[7] = x1.w;
+                    }
+                    else
+                    {
+                        const uint4 h = *reinterpret_cast<const uint4*>(row + 2 * (32 * k + 8 * tig));
+                        const unsigned hw[4] = { h.x, h.y, h.z, h.w };
+#pragma unroll
+                        for (int c = 0; c < 8; c++) x[c] = bf16_to_f32((u16)(hw[c >> 1] >> (16 * (c & 1))));
+                    }
+#pragma unroll
+                    for (int c = 0; c < 8; c++) o[4 * k + (c & 3)][c >> 2] += pt * x[c];
+                }
+            }
+}
+
+// Bytes of a block staged through a warp's ring (a multiple of 16; at most 8 KB for 32 tokens, half the ring, so two
+// entries always fit an empty ring), or 0 for a block read in place. F32/BF16 blocks (the residual) stage their n visible
+// rows when those fit half a ring (16 F32 rows, 32 BF16 rows): read in place, a row at a time, they were the last split's
+// tail (~25 us at 32K tokens on an H100); longer ones are read in place after prefetch_float_tail.
+__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, int n)
+{
+    if (f == KV_F32 || f == KV_BF16)
+    {
+        const unsigned b = (unsigned)n * (unsigned)(128 * kv_bits(f) / 8);
+        return b <= PIPE_RING / 2 ? b : 0u;
+    }
+    return ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
+}
+
+// Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
+// would cross the end. Producer and consumer apply the same rule to the same sequence of entries. ring: a power of two.
+__device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned ring)
+{
+    const unsigned pos = c & (ring - 1u);
+    return pos + s > ring ? c + ring - pos : c;
+}
+
+// A split's descriptor as the pipelined kernel keeps it in shared memory: the token count replaced by the tokens the
+// row sees (0: skipped), and the first-token index (no longer needed) by the staged bytes of keys (bits 0..15) and
+// values (16..31), so neither the producer nor the consumer decodes formats and sizes per block.
+__device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int vg)
+{
+    const int n = desc_visible(d, limit);
+    const unsigned ks = n ? stage_bytes(desc_kfmt(d), true, tokens, vg, n) : 0u, vs = n ? stage_bytes(desc_vfmt(d), false, tokens, vg, n) : 0u;
+    d.z = (d.z & ~0xffffu) | (unsigned)n;
+    d.w = ks | (vs << 16);
+    return d;
+}
+
+// A warp's pipeline: the producer side (next block to issue, whether its keys are issued, ring cursor, entries issued)
+// and the consumer side (ring cursor up to which entries are released, entries released). Warp-uniform.
+struct PipeState
+{
+    int next;
+    bool keys_issued;
+    unsigned issued_bytes, issued, freed_bytes, freed;
+};
+
+// Issues the warp's next entries (each block's keys, then its values, blocks in the warp's order) while the ring has
+// room and a barrier is free; lane 0 issues, every lane keeps the same state.
+__device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, int nb, const u8* pool, unsigned ring0, unsigned ring, unsigned bar0, int lane)
+{
+    while (st.next < nb && st.issued - st.freed < PIPE_BARS)
+    {
+        const uint4 d = bdesc[st.next]; // pipe_desc
+        const bool keys = !st.keys_issued;
+        const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
+        if (s != 0)
+        {
+            const unsigned at = ring_start(st.issued_bytes, s, ring);
+            if (at + s - st.freed_bytes > ring) break;
+            if (lane == 0)
+            {
+                // The warp's reads of this ring space are done (their values were used before the caller's __syncwarp).
+                const unsigned bar = bar0 + 8 * (st.issued % PIPE_BARS);
+                mbar_expect(bar, s);
+                bulk_copy(ring0 + (at & (ring - 1u)), pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+            }
+            st.issued_bytes = at + s;
+            st.issued++;
+        }
+        if (keys) st.keys_issued = true;
+        else { st.keys_issued = false; st.next += PIPE_WARPS; }
+    }
+}
+
+template <int G, int VG>
+__device__ __forceinline__ void paged_attention_pipe(
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch)
+{
+    constexpr int HD = 128, vg = VG;
+    constexpr unsigned ring = PIPE_RING;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    extern __shared__ float4 smem4[];
+    u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
+    unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
+    unsigned* qs = reinterpret_cast<unsigned*>(bars + PIPE_WARPS * PIPE_BARS);                  // [G][PIPE_QROW] q·scale·log2 e, hi/lo (pipe_q)
+    float* ov = reinterpret_cast<float*>(qs + G * PIPE_QROW);                                    // [G, HD] the block's output
+    float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
+    uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
+    const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
+    // Shared memory only, before waiting for the kernel before (under programmatic launch it may still be running).
+    if (lane == 0)
+    {
+#pragma unroll
+        for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
+    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
+    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
+    const uint4* hdesc = w.hdesc;
+    const long first = w.first;
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+    {
+        const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
+        const float h = __uint_as_float(__float_as_uint(x) & 0xffffe000u); // 11 significant bits, as split_f16x2
+        u16* at = reinterpret_cast<u16*>(qs + pipe_q(i / HD, i % HD & ~1)) + (i & 1);
+        at[0] = f32_to_f16(h);
+        at[2] = f32_to_f16(x - h);
+    }
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg);
+    __syncthreads();
+    prefetch_float_tail(pool, hdesc, nb, limit); // the split's own descriptors: pipe_desc reuses the first-token field
+
+    PipeState st = { warp, false, 0u, 0u, 0u, 0u };
+    pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+    float o[16][4], mb[4], m = neg_inf(), l = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) mb[k] = 0.0f;
+    for (int bi = warp; bi < nb; bi += PIPE_WARPS)
+    {
+        const uint4 d = bdesc[bi]; // pipe_desc
+        const int n = desc_count(d);
+        if (n == 0) continue;
+        const int kf = desc_kfmt(d), vf = desc_vfmt(d);
+        const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
+        // Where the producer placed them: the same rule from the same cursor.
+        const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
+        const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
+        // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
+        const u8* kb = ks ? rings + warp * ring + (kat & (ring - 1u)) : pool + (size_t)d.x * 16;
+        const u8* vb = vs ? rings + warp * ring + (vat & (ring - 1u)) : pool + (size_t)d.y * 16;
+        const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
+        float s[4][2];
+        if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
+        // Full blocks (most) take copies with n a constant: no per-tile bounds or row clamps.
+#define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, tokens, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
+        KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
+#undef PSCORES
+#undef PSCORES_FLOAT
+        if (ks) // the keys are done: their ring space goes to the next entries
+        {
+            __syncwarp();
+            st.freed_bytes = kat + ks;
+            st.freed++;
+            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+        }
+        pipe_softmax(s, m, l, o, mb);
+        if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
+#define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, mb); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, lane, tig, o)
+        KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
+#undef PVALUES
+#undef PVALUES_FLOAT
+        if (vs)
+        {
+            __syncwarp();
+            st.freed_bytes = vat + vs;
+            st.freed++;
+            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+        }
+    }
+
+    pdl_trigger(); // the output product's blocks may start loading weights during the merges
+    // The block's 4 warps merge: per head M = max of the warps' maxima, each warp's accumulators weighted by e^(m - M).
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 1);
+        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 2);
+    }
+    if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
+    __syncthreads();
+    if (gid < G && l > 0.0f)
+    {
+        float mx = neg_inf();
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + gid) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + gid)]);
+        const float f = fast_exp2(m - mx);
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                atomicAdd(&ov[gid * HD + 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3)], f * (o[j][e] + o[j][2 + e] + mb[j >> 2]));
+    }
+    if (threadIdx.x < G)
+    {
+        const int g = threadIdx.x;
+        float mx = neg_inf(), sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + g) + 1] > 0.0f) sum += wml[2 * (w * G + g) + 1] * fast_exp2(wml[2 * (w * G + g)] - mx);
+        // Natural-log max for the merge (it weighs chunks by e^(m_s - M)).
+        part_ml[(first + (long)g * splits) * 2] = sum > 0.0f ? mx * 0.6931471805599453f : neg_inf();
+        part_ml[(first + (long)g * splits) * 2 + 1] = sum;
+    }
+    __syncthreads();
+    store_chunk(ov, part_out, first, splits, G, HD);
+    // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
+    // within them).
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh);
+}
+
+// At most 168 registers (3 blocks per SM with their ~73 KB of shared memory each). One kernel per group and value group.
+#define PAGED_ATTN_PIPE(G, VG) \
+    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
+        const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch) \
+    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch); }
+PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
+PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
+PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)
