@@ -22,11 +22,8 @@ internal sealed partial class CudaPagedKernels
         // may launch programmatically (ProgrammaticLaunch).
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
         // Compiled on first use: caches of other shapes never need it.
-        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, OldPipe ? "paged_attention_tc_old.cu" : "paged_attention_tc.cu", IsProgrammatic));
+        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
     }
-
-    /// <summary>TEMPORARY (benchmark before/after in one call; removed before merging): $KVSHARP_PIPE_OLD=1 runs stop 13's pipelined kernel.</summary>
-    internal static readonly bool OldPipe = Environment.GetEnvironmentVariable("KVSHARP_PIPE_OLD") == "1";
 
     private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal));
 
@@ -177,7 +174,7 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, bool smallBlocks)
     {
-        int ring = smallBlocks && !OldPipe ? PipelineSmallRingBytes : PipelineRingBytes;
+        int ring = smallBlocks ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
         int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
         int maxSplits = ring / group;
@@ -257,7 +254,7 @@ internal sealed partial class CudaPagedKernels
             Decode(Pipelined(group, valueGroup)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(batch ? 1 : 0), Arg.Int(ring)); // TEMPORARY: the old kernel ignores the extra argument
+                Arg.Int(batch ? 1 : 0), Arg.Int(ring));
             return;
         }
         var function = kernel switch
