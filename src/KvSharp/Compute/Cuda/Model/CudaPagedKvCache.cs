@@ -62,6 +62,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         KeyLayout = keys;
         ValueLayout = values;
         _attentionKernel = DefaultAttentionKernel(_group, hd, ValueGroup, keys.Tokens, keys.Format);
+        NoteFormats(keys.Format, values.Format);
+        NoteFormats(KvFormat.F32, KvFormat.F32); // the residual
         HeadCount = config.NumLayers * batch * config.NumKvHeads;
         MaxBlocks = maxBlocks;
         _residualUnits = Units(BlockTokens * hd * sizeof(float));
@@ -304,6 +306,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             var (desc, blocks, tokens) = cache.EmptyTables();
             long top = cache.ReservedUnits;
             uint meta = Meta(t, keys.Format, values.Format);
+            cache.NoteFormats(keys.Format, values.Format);
             for (int h = 0; h < heads; h++)
             {
                 int full = storedTokens[h] / t;
@@ -443,8 +446,20 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
         int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);
         long layerBlocks = _layerBlocksAtSync + growth * Config.NumKvHeads;
-        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel);
+        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel, HoldsOnlySmallBlocks);
     }
+
+    /// <summary>Every block format the cache has held, a bit per <see cref="KvFormat"/> (formats are only ever added).</summary>
+    private int _formatsHeld;
+
+    /// <summary>Records the formats of blocks placed in the pool (appends, uploads, re-quantization).</summary>
+    private void NoteFormats(KvFormat keys, KvFormat values) => _formatsHeld |= (1 << (int)keys) | (1 << (int)values);
+
+    /// <summary>
+    /// Whether every block the cache has held fits the pipelined kernel's small rings (<see cref="CudaPagedKernels.FitsSmallRing"/>:
+    /// ≤ 4-bit blocks and the float32 residual), so that its plan may use them (4 attention blocks per multiprocessor, not 3).
+    /// </summary>
+    internal bool HoldsOnlySmallBlocks => Enum.GetValues<KvFormat>().All(f => (_formatsHeld & (1 << (int)f)) == 0 || CudaPagedKernels.FitsSmallRing(f));
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
@@ -546,6 +561,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 long k = stager.Add(e.KeyBytes[..e.KeyLayout.ByteSize]);
                 long v = stager.Add(e.ValueBytes[..e.ValueLayout.ByteSize]);
                 SetDescriptor(desc, MaxBlocks, h, b++, (uint)k, (uint)v, Meta(e.Count, e.KeyLayout.Format, e.ValueLayout.Format), (uint)start);
+                NoteFormats(e.KeyLayout.Format, e.ValueLayout.Format);
                 start += e.Count;
             }
             var tailK = s.TailKeys;

@@ -24,6 +24,7 @@ public sealed class CudaTransformer : IDisposable
     private Scratch? _scratch;
     private CudaGraph? _decodeGraph;
     private DeviceKvCache? _graphCache;
+    private CudaKernels.AttentionPlan _graphPlan;
 
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
@@ -281,7 +282,7 @@ public sealed class CudaTransformer : IDisposable
         var lengths = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
         cache.Position.Upload<int>(lengths);
         cache.Next.Upload(tokens);
-        if (_graphCache != cache || _decodeGraph == null)
+        if (_graphCache != cache || _decodeGraph == null || _graphPlan != plan)
         {
             _decodeGraph?.Dispose();
             _decodeGraph = CudaGraph.Capture(_device, () =>
@@ -299,6 +300,7 @@ public sealed class CudaTransformer : IDisposable
                     batch, cache.Capacity);
             });
             _graphCache = cache;
+            _graphPlan = plan; // a cache's plan can change (the pipelined kernel's rings after a re-quantization into larger blocks)
         }
     }
 
