@@ -26,14 +26,6 @@ if (CudaDevice.UnavailableReason is { } reason)
     return 2;
 }
 
-if (command is "selftest" or "bench" or "bench-paged" or "bench-sampling")
-{
-    // Every kernel file at once on a fresh machine (the checks and benchmarks use them all), instead of one after another.
-    var compile = System.Diagnostics.Stopwatch.StartNew();
-    KvSharp.Compute.Cuda.Runtime.KernelCompiler.PrecompileEmbedded(CudaDevice.Shared.Architecture);
-    Console.WriteLine($"kernels compiled or found in the cache in {compile.Elapsed.TotalSeconds:F1} s");
-}
-
 switch (command)
 {
     case "selftest":

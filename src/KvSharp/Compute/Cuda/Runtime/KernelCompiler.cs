@@ -47,18 +47,6 @@ internal static unsafe class KernelCompiler
     }
 
     /// <summary>
-    /// Compiles every embedded kernel source that is not yet in the cache, several at a time (NVRTC compiles independent
-    /// programs on separate threads): a fresh machine otherwise compiles them one after another as each is first used,
-    /// minutes for the tensor-core attention's many instantiations.
-    /// </summary>
-    public static void PrecompileEmbedded(string architecture) =>
-        Parallel.ForEach(
-            typeof(KernelCompiler).Assembly.GetManifestResourceNames()
-                .Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))
-                .Select(n => n[ResourcePrefix.Length..]),
-            name => CompileEmbedded(name, architecture));
-
-    /// <summary>
     /// <see cref="Compile"/> with NVRTC's split compilation (its optimization passes on every core, NVRTC 12.1 and later)
     /// where the library takes the option; the cache key leaves it out, as it parallelizes the compiler's work rather than
     /// changing the program. An NVRTC that rejects the option compiles plainly.
