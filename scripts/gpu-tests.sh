@@ -77,7 +77,7 @@ case "${1:-}" in
       --steps 32 --prefill 4096,32768 > "$dir/dense.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --contexts 32768,131072 --steps 16 > "$dir/paged1.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 32768,131072 --steps 16 > "$dir/paged8.txt" 2>&1 || status=$?
-    .gpu/app/KvSharp.GpuTests bench-sampling > "$dir/sampling.txt" 2>&1 || status=$?
+    .gpu/app/KvSharp.GpuTests bench-sampling --config bench/configs/needle.json > "$dir/sampling.txt" 2>&1 || status=$?
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
     grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
     exit $status

@@ -8,7 +8,9 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
-//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
+//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50] [--config PATH] [--tokens 256]
+//                                (device sampler vs copy + CPU sampler; with --config also sampled decode,
+//                                eager vs graph)
 //   KvSharp.GpuTests compile FILE.cu ...   (NVRTC into the cubin cache ahead of a run: run several in parallel, one per file)
 //   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
@@ -80,6 +82,7 @@ switch (command)
         return 0;
     case "bench-sampling":
         SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
+        if (Option("--config", "") is { Length: > 0 } decodeConfig) SamplingBench.RunDecode(decodeConfig, int.Parse(Option("--tokens", "256")), Console.Out);
         return 0;
     default:
         Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-sampling, compile, kvsharp)");

@@ -41,5 +41,6 @@ public static class GpuCheckList
         ("model: batch decode", ModelChecks.BatchDecode),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
         ("model: stories260K sampled on the device = CPU sampler", () => ModelChecks.Stories260KSampled(stories260K)),
+        ("model: sampled decode in the graph (dense, paged f32/f16) = CPU engine + sampler", ModelChecks.SampledGraphMatchesCpu),
     ];
 }
