@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 # Emulation of the fragment arithmetic of src/KvSharp/Compute/Cuda/Kernels/paged_attention_tc.cu (the pipelined kernel's
 # per-block scores and P·V of one warp) on the CPU, for kernel work without a GPU: the helpers are ported line by line
-# (key_query, key_fragments, code_pair, value_fragments, value_chunk, the prmt selectors and masks), f16 rounding by
+# (key_query, key_fragments, code_pair, value_fragments, value_chunk_t, pipe_add_output, the prmt selectors and masks), f16 rounding by
 # struct's IEEE half, mma.sync.m16n8k16 as exact sums over the documented fragment layout. Each case encodes a random
 # 32-token key and value block (BlockLayout bytes), runs the emulated kernel and compares scores and outputs with float64
 # (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
 # reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
 #   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
-# Emulation of paged_attention_tc.cu's pipelined fragment math (branch gpuquant) for one warp and one block:
-# the CUDA helpers ported literally (same selectors, masks, constants), f16 rounding by numpy, mma as exact sums.
+# P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1).
 import struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
@@ -174,11 +173,11 @@ def key_fragments(f, w):
     return b
 
 def scores(f, blk, n, tokens, qhs, qls, G):
-    # lane registers of the query (pipe_query): head min(gid, G-1), elements in key_channel order
+    # lane registers of the query (pipe_query): head gid mod G, elements in key_channel order
     qh = []; ql = []; sw = []; mw = []
     BITS = bits(f)
     for l in range(32):
-        g, tig = min(l >> 2, G - 1), l & 3
+        g, tig = (l >> 2) & (G - 1), l & 3
         ch = [key_channel(f, tig, i) for i in range(32)]
         qh.append([qhs[g][ch[2 * j]] | (qhs[g][ch[2 * j + 1]] << 16) for j in range(16)])
         ql.append([qls[g][ch[2 * j]] | (qls[g][ch[2 * j + 1]] << 16) for j in range(16)])
@@ -236,10 +235,15 @@ def chunk_param_pair(a, b, k, gpr):
     g = k if gpr == 4 else k >> 1 if gpr == 2 else 0
     return prmt(a[1] if g >= 2 else a[0], b[1] if g >= 2 else b[0], 0x7632 if g & 1 else 0x5410)
 
-def values(f, blk, n, tokens, p, VG):
+def column_head(G, c): return c & (G - 1)
+def column_hi(G, c): return G == 8 or c < G
+
+def values(f, blk, n, tokens, p, VG, G):
+    # pipe_values with value_chunk_t (the transposed P·V: values as A, probabilities as B, heads along n), then
+    # pipe_add_output with the warp-merge factor 1
     BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
     scales = tokens * ROW; mins = scales + tokens * gpr * 2
-    o = [[[0.0] * 4 for _ in range(16)] for _ in range(32)]; mb = [[0.0] * 4 for _ in range(32)]
+    o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; mb = [[0.0] * 4 for _ in range(32)]
     for h in range(2):
         if 16 * h >= n: break
         L = []
@@ -256,7 +260,7 @@ def values(f, blk, n, tokens, p, VG):
             P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
             L.append((piece, sh, mh, pv, P))
         for k in range(4):
-            A = []; Bs = []
+            Ps = []; VF = []
             for l in range(32):
                 piece, sh, mh, pv, P = L[l]
                 a0, a1, a2, a3 = P
@@ -266,20 +270,35 @@ def values(f, blk, n, tokens, p, VG):
                     for u in range(4):
                         mn = -chunk_param(sh[u], k, gpr) if f == TERN else f32(chunk_param(mh[u], k, gpr) - chunk_param(sh[u], k, gpr)) if f == BIN else chunk_param(mh[u], k, gpr)
                         mb[l][k] = f32(mb[l][k] + f32(pv[u] * mn))
-                A.append((a0, a1, a2, a3))
-                Bs.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
-            for i in range(4):
-                d = [o[l][4 * k + i] for l in range(32)]
-                mma(d, A, [(Bs[l][0][i], Bs[l][1][i]) for l in range(32)])
-                for l in range(32): o[l][4 * k + i] = d[l]
-    # the min terms summed over the head's 4 lanes, then the output assembly
+                Ps.append((a0, a1, a2, a3))
+                VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
+            for j in range(2):
+                A = [(VF[l][0][2 * j], VF[l][0][2 * j + 1], VF[l][1][2 * j], VF[l][1][2 * j + 1]) for l in range(32)]
+                d = [o[l][2 * k + j] for l in range(32)]
+                if G == 8:
+                    mma(d, A, [(Ps[l][0], Ps[l][2]) for l in range(32)])
+                    mma(d, A, [(Ps[l][1], Ps[l][3]) for l in range(32)])
+                else:
+                    mma(d, A, [((Ps[l][1], Ps[l][3]) if ((l >> 2) & G) else (Ps[l][0], Ps[l][2])) for l in range(32)])
+                for l in range(32): o[l][2 * k + j] = d[l]
+    # pipe_add_output: the min terms summed over the head's 4 lanes, columns' heads by shuffles, hi + lo columns
+    msum = [[sum(mb[((l >> 2) << 2) | t][k] for t in range(4)) for k in range(4)] for l in range(32)]
     out = {}
     for l in range(32):
         gid, tig = l >> 2, l & 3
-        mins_ = [sum(mb[(gid << 2) | t][k] for t in range(4)) for k in range(4)]
-        for j in range(16):
-            for e in range(2):
-                out[(gid, 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3))] = o[l][j][e] + o[l][j][2 + e] + mins_[j >> 2]
+        mc = [[msum[l][k] if G == 1 else msum[4 * column_head(G, 2 * tig + e)][k] for e in range(2)] for k in range(4)]
+        for j in range(8):
+            for r in range(4):
+                x = o[l][j][r]
+                if G == 1: x = f32(x + (0.0 if r & 1 else o[l][j][r | 1]))
+                elif G == 2: x = f32(x + o[l ^ 1][j][r])
+                elif G == 4: x = f32(x + o[l ^ 2][j][r])
+                e = r & 1; c = 2 * tig + e; k = j >> 1
+                if column_hi(G, c) and (G != 1 or e == 0):
+                    key = (column_head(G, c), 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1))
+                    assert key not in out
+                    out[key] = f32(x + mc[k][e])
+    assert len(out) == G * 128
     return out
 
 def run(kf, vf, G, VG, n, tokens=32):
@@ -297,16 +316,15 @@ def run(kf, vf, G, VG, n, tokens=32):
     ref = [[math.fsum(qx[g][c] * Kd[t][c] for c in range(HD)) for t in range(n)] for g in range(G)]
     err = 0.0
     for l in range(32):
-        g, tig = l >> 2, l & 3
-        if g >= G: continue
+        g, tig = (l >> 2) & (G - 1), l & 3
         for u in range(4):
             for e in range(2):
                 t = 8 * u + 2 * tig + e
                 if t < n: err = max(err, abs(s[l][u][e] - ref[g][t]) / max(abs(v) for v in ref[g]))
                 else: assert s[l][u][e] == -INF
     pt = [[random.uniform(0, 1) if t < n else 0.0 for t in range(tokens)] for _ in range(G)]
-    p = [[[pt[min(l >> 2, G - 1)][8 * u + 2 * (l & 3) + e] for e in range(2)] for u in range(4)] for l in range(32)]
-    out = values(vf, vblk, n, tokens, p, VG)
+    p = [[[pt[(l >> 2) & (G - 1)][8 * u + 2 * (l & 3) + e] for e in range(2)] for u in range(4)] for l in range(32)]
+    out = values(vf, vblk, n, tokens, p, VG, G)
     vref = [[math.fsum(pt[g][t] * Vd[t][c] for t in range(n)) for c in range(HD)] for g in range(G)]
     vmax = max(abs(v) for r in vref for v in r)
     verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
@@ -316,7 +334,7 @@ names = "F32 F16 BF16 FP8 INT8 INT4 INT2 TERN BIN".split()
 worst = 0
 for kf, vf, G, VG, n in [(INT2, INT2, 4, 32, 32), (INT4, INT4, 4, 32, 20), (INT8, INT8, 4, 64, 32), (FP8, FP8, 4, 32, 32), (F16, F16, 4, 32, 17),
                          (TERN, TERN, 2, 128, 32), (BIN, BIN, 8, 32, 32), (INT2, INT4, 1, 64, 9), (BIN, INT2, 4, 128, 32), (INT4, TERN, 8, 32, 31),
-                         (FP8, BIN, 4, 64, 32), (F16, INT8, 2, 32, 32)]:
+                         (FP8, BIN, 4, 64, 32), (F16, INT8, 2, 32, 32), (INT2, INT2, 1, 32, 32), (INT4, INT4, 2, 32, 32)]:
     e, ve = run(kf, vf, G, VG, n)
     worst = max(worst, e, ve)
     print(f"K {names[kf]:4s} V {names[vf]:4s} G{G} VG{VG} n{n:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}", flush=True)

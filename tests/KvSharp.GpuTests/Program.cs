@@ -3,14 +3,17 @@ using KvSharp.GpuTests.Bench;
 using KvSharp.GpuTests.Checks;
 
 // KvSharp's GPU checks and GPU benchmark, as a self-contained program for machines without .NET.
-//   KvSharp.GpuTests selftest [--stories PATH] [--needle FOLDER] [--only NAME-PART]
+//   KvSharp.GpuTests selftest [--stories PATH] [--needle FOLDER] [--only NAME-PART|NAME-PART]
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
 //                                [--rows 16,512,2048] [--press-contexts 32768]   (statistics pass before/after, device KVzip press)
-//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50]   (device sampler vs copy + CPU sampler)
+//   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50] [--config PATH] [--tokens 256]
+//                                (device sampler vs copy + CPU sampler; with --config also sampled decode,
+//                                eager vs graph)
+//   KvSharp.GpuTests compile FILE.cu ...   (NVRTC into the cubin cache ahead of a run: run several in parallel, one per file)
 //   KvSharp.GpuTests kvsharp ARGS   (the kvsharp command line, e.g. kvsharp generate --device cuda ...)
 string command = args.Length > 0 ? args[0] : "selftest";
 if (command == "kvsharp") return KvSharp.Cli.Commands.KvSharpCommandLine.RunOnConsole(args[1..]);
@@ -37,7 +40,7 @@ switch (command)
             string only = Option("--only", "");
             foreach (var (name, run) in GpuCheckList.All(stories, needle))
             {
-                if (!name.Contains(only, StringComparison.Ordinal)) continue;
+                if (!only.Split('|').Any(o => name.Contains(o, StringComparison.Ordinal))) continue;
                 var sw = System.Diagnostics.Stopwatch.StartNew();
                 try
                 {
@@ -78,11 +81,22 @@ switch (command)
                 baseline.Length > 0 ? baseline : null, Ints("--contexts", "4096,32768"), Ints("--rows", "16,512,2048"), Ints("--press-contexts", "32768"), Console.Out);
             return 0;
         }
+    case "compile":
+        // The checks and benchmarks compile each kernel file on first use, one after another (minutes for
+        // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
+        foreach (string file in args[1..])
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            KernelCompiler.CompileEmbedded(file, CudaDevice.Shared.Architecture);
+            Console.WriteLine($"{file}: compiled in {sw.Elapsed.TotalSeconds:F1} s");
+        }
+        return 0;
     case "bench-sampling":
         SamplingBench.Run(int.Parse(Option("--vocab", "128256")), int.Parse(Option("--repetitions", "50")), Console.Out);
+        if (Option("--config", "") is { Length: > 0 } decodeConfig) SamplingBench.RunDecode(decodeConfig, int.Parse(Option("--tokens", "256")), Console.Out);
         return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-sampling, kvsharp)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-sampling, compile, kvsharp)");
         return 64;
 }
 

@@ -25,9 +25,11 @@ public static class PagedDecodeBench
     /// A cache to time: its format (null: the dense float16 cache), KVzip keep ratio, attention kernel (null: the cache's default);
     /// with <paramref name="VidKv"/> (outlier share, salient tokens) its blocks are VidKV ones and appends encode in the format.
     /// </summary>
-    /// <remarks><paramref name="Programmatic"/>: whether the paged decode kernels launch programmatically (<see cref="CudaPagedKernels.ProgrammaticLaunch"/>).</remarks>
+    /// <remarks><paramref name="Programmatic"/>: whether the paged decode kernels launch programmatically (<see cref="CudaPagedKernels.ProgrammaticLaunch"/>);
+    /// <paramref name="FusedAppend"/>: whether a batch-1 step appends in the QKV product (<see cref="CudaTransformer.FuseRopeIntoQkv"/>)
+    /// or through the separate paged_rope_append launch.</remarks>
     private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null,
-        bool Programmatic = true);
+        bool Programmatic = true, bool FusedAppend = true);
 
     private static readonly Variant[] Variants =
     [
@@ -36,6 +38,11 @@ public static class PagedDecodeBench
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
         new("F16 paged, plain launches", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores, Programmatic: false),
         new("F16 paged, plain launches", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined, Programmatic: false),
+        new("F16 paged, separate append", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined, FusedAppend: false),
+        new("KVzip 0.3 (F16), separate append", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined, FusedAppend: false),
+        new("KIVI-2 (INT2 K per channel, V per token, g32), separate append", KvFormat.Int2, 1.0, PagedAttentionKernel.Pipelined, FusedAppend: false),
+        new("FP8 E4M3, separate append", KvFormat.Fp8E4M3, 1.0, PagedAttentionKernel.TensorCores, FusedAppend: false),
+        new("KVzip 0.3 + INT4, separate append", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined, FusedAppend: false),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.TensorCores),
         new("KVzip 0.3 (F16)", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined),
         new("KIVI-2 (INT2 K per channel, V per token, g32)", KvFormat.Int2, 1.0, PagedAttentionKernel.TensorCores),
@@ -55,7 +62,7 @@ public static class PagedDecodeBench
     /// Several sequences together: the batch-1 caches (both tensor-core kernels) but INT8 and VidKV, which issue 7 does not
     /// ask for at batch 8.
     /// </summary>
-    private static readonly Variant[] BatchVariants = [.. Variants.Where(v => v.Format != KvFormat.Int8 && v.VidKv == null)];
+    private static readonly Variant[] BatchVariants = [.. Variants.Where(v => v.Format != KvFormat.Int8 && v.VidKv == null && v.FusedAppend)];
 
     /// <summary>
     /// Times every variant whose name or kernel contains one of the '|'-separated parts of <paramref name="only"/> (all when
@@ -106,6 +113,7 @@ public static class PagedDecodeBench
                     }
                     var pagedKernels = (cache as CudaPagedKvCache)?.PagedKernels;
                     if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = v.Programmatic; // before the graph is captured
+                    gpu.FuseRopeIntoQkv = v.FusedAppend;
                     using (cache)
                     {
                         long kvBytes = cache.BytesReadPerToken;
@@ -132,6 +140,7 @@ public static class PagedDecodeBench
                         log.WriteLine($"{what} {kernel}: {ms:F3} ms/step (min {times[0]:F3}, max {times[^1]:F3}), KV read {kvBytes / 1e9:F3} GB, device {cache.ByteCount / 1e9:F1} GB");
                     }
                     if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = true;
+                    gpu.FuseRopeIntoQkv = true;
                 }
             }
         log.WriteLine();

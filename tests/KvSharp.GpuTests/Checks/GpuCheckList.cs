@@ -25,6 +25,8 @@ public static class GpuCheckList
         ("vidkv: transformer over an uploaded VidKV cache = CPU engine", VidKvChecks.TransformerMatchesCpu),
         ("vidkv: what the device does not do with VidKV is refused", VidKvChecks.Refusals),
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
+        ("paged: append fused into the QKV product = separate append", PagedChecks.FusedAppendMatchesUnfused),
+        ("paged: append fused into the QKV product reports a full pool", PagedChecks.FusedAppendReportsFullPool),
         ("cache files: a loaded cache continues on the device", CacheFileChecks.LoadedCacheDecodesOnDevice),
         ("cache files: a device cache read back = its blocks and positions", CacheFileChecks.DownloadedCacheMatchesDevice),
         ("paged batch: attention over 3 and 8 sequences, per-sequence evict", PagedBatchChecks.Attention),
@@ -40,5 +42,6 @@ public static class GpuCheckList
         ("model: batch decode", ModelChecks.BatchDecode),
         ("model: stories260K", () => ModelChecks.Stories260K(stories260K)),
         ("model: stories260K sampled on the device = CPU sampler", () => ModelChecks.Stories260KSampled(stories260K)),
+        ("model: sampled decode in the graph (dense, paged f32/f16) = CPU engine + sampler", ModelChecks.SampledGraphMatchesCpu),
     ];
 }

@@ -484,6 +484,131 @@ public static class PagedChecks
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
     }
 
+    /// <summary>
+    /// The batch-1 decode QKV product that appends in its epilogue (paged_qkv_rope_append, <see cref="CudaTransformer.FuseRopeIntoQkv"/>)
+    /// against the plain product + paged_rope_append (checked against the CPU codec by <see cref="AppendMatchesCpuCodec"/>): the same
+    /// model decodes 100 greedy steps through the captured graph from the same prefill into two caches, one per path, crossing 3-4
+    /// residual fills per head, and every head's blocks (formats, counts, first tokens, bytes) and residual rows, and the greedy
+    /// tokens, must be identical. Float, quantized and mixed key/value formats; each also after a random eviction of 10-60% of
+    /// every head's tokens (different lengths per head, so the heads of a layer fill at different steps); bfloat16 weights at
+    /// hd 128, float16 at hd 64 (interleaved RoPE). One layer: a layer's K/V are then a deterministic function of the tokens,
+    /// where a later layer's depend on the accumulating products' atomic adds (split rows), whose order changes the last bit
+    /// from run to run (a first device run with two layers saw layer 0 identical and layer 1 one f16 ulp apart).
+    /// </summary>
+    public static string FusedAppendMatchesUnfused()
+    {
+        var rnd = new RandomData();
+        int comparedBlocks = 0, cases = 0;
+        foreach (int hd in new[] { 128, 64 })
+        {
+            var config = Shape(8, 4, hd) with
+            {
+                NumLayers = 1,
+                HiddenSize = 8 * hd,
+                IntermediateSize = 768,
+                RopeTheta = 10000,
+                RopeStyle = hd == 64 ? RopeStyle.Interleaved : RopeStyle.HalfSplit,
+            };
+            using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+            using var gpu = new CudaTransformer(Dev, weights, hd == 128 ? DeviceWeightType.BF16 : DeviceWeightType.F16);
+            var prompt = Enumerable.Range(0, 45).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            const int steps = 100;
+            int capacity = prompt.Length + steps + 1;
+            var formats = new[] { (KvFormat.F16, KvFormat.F16), (KvFormat.Int4, KvFormat.Int4), (KvFormat.Int2, KvFormat.Int2), (KvFormat.Fp8E4M3, KvFormat.Int4) };
+            foreach (var (kf, vf) in formats)
+                foreach (bool evict in new[] { false, true })
+                {
+                    string what = $"fused append {kf}/{vf} hd{hd}{(evict ? " after eviction" : "")} (seed {rnd.Seed})";
+                    var options = new PagedKvCacheOptions { KeyFormat = kf, ValueFormat = vf, MaxTokens = capacity };
+                    bool[][]? drop = null;
+                    var results = new List<(int[] Tokens, List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>> Heads)>();
+                    foreach (bool fused in new[] { true, false })
+                    {
+                        gpu.FuseRopeIntoQkv = fused;
+                        using var cache = gpu.CreatePagedCache(options, capacity);
+                        int first = ArgMax(gpu.Forward(prompt, cache));
+                        if (evict)
+                        {
+                            drop ??= cache.HeadLengths().Select(n =>
+                            {
+                                double rate = 0.1 + 0.5 * rnd.Next(1000) / 1000.0;
+                                return Enumerable.Range(0, n).Select(_ => rnd.Next(1000) < rate * 1000).ToArray();
+                            }).ToArray();
+                            cache.Evict(drop);
+                        }
+                        if (fused && !cache.FusesAppend) throw new CheckFailedException($"{what}: the cache does not take the fused append");
+                        gpu.BeginDecode(cache, [first]);
+                        gpu.EnqueueDecodeSteps(cache, steps);
+                        Dev.Synchronize();
+                        cache.CheckDeviceState();
+                        var history = new int[capacity];
+                        cache.History.Download<int>(history);
+                        var heads = new List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>>();
+                        for (int layer = 0; layer < config.NumLayers; layer++)
+                            for (int g = 0; g < config.NumKvHeads; g++) heads.Add(cache.ReadHead(layer, g));
+                        results.Add((history.AsSpan(prompt.Length, steps).ToArray(), heads));
+                    }
+                    gpu.FuseRopeIntoQkv = true;
+                    var (fusedRun, plainRun) = (results[0], results[1]);
+                    int same = fusedRun.Tokens.Zip(plainRun.Tokens).TakeWhile(p => p.First == p.Second).Count();
+                    if (same != steps) throw new CheckFailedException($"{what}: greedy tokens differ at step {same}");
+                    for (int h = 0; h < fusedRun.Heads.Count; h++)
+                    {
+                        var (a, b) = (fusedRun.Heads[h], plainRun.Heads[h]);
+                        if (a.Count != b.Count) throw new CheckFailedException($"{what}: head {h} has {a.Count - 1} blocks + residual, the unfused path {b.Count - 1}");
+                        if (a.Count < 4) throw new CheckFailedException($"{what}: head {h} has only {a.Count - 1} encoded blocks (the check needs residual fills)");
+                        for (int i = 0; i < a.Count; i++)
+                        {
+                            var (x, y) = (a[i], b[i]);
+                            string block = $"{what} head {h} block {i}";
+                            if (x.KeyLayout != y.KeyLayout || x.ValueLayout != y.ValueLayout || x.Count != y.Count || x.Start != y.Start)
+                                throw new CheckFailedException($"{block}: {x.KeyLayout}/{x.ValueLayout} x{x.Count} at {x.Start}, unfused {y.KeyLayout}/{y.ValueLayout} x{y.Count} at {y.Start}");
+                            int bytes = i == a.Count - 1 ? x.Count * hd * sizeof(float) : x.Keys.Length; // the residual: its rows only
+                            FirstDifference(block + " keys", x.Keys.AsSpan(0, bytes), y.Keys.AsSpan(0, bytes));
+                            FirstDifference(block + " values", x.Values.AsSpan(0, i == a.Count - 1 ? bytes : x.Values.Length),
+                                y.Values.AsSpan(0, i == a.Count - 1 ? bytes : y.Values.Length));
+                        }
+                        comparedBlocks += a.Count;
+                    }
+                    cases++;
+                }
+        }
+        return $"{cases} caches: {comparedBlocks} block pairs (residuals included) and 100 greedy tokens each identical on both paths (seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// A pool with room for the residual slots only: the first residual to fill during graph decode on the fused path (its
+    /// encode runs in the QKV product's last block per head) finds no slot, and the host reports the full pool as a
+    /// KvSharpException naming it.
+    /// </summary>
+    public static string FusedAppendReportsFullPool()
+    {
+        var rnd = new RandomData();
+        var config = Shape(8, 2, 128) with { NumLayers = 1, HiddenSize = 1024, IntermediateSize = 768, RopeTheta = 10000 };
+        using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+        using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.BF16);
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int4, MaxTokens = 64 };
+        long residualBytes = (long)config.NumKvHeads * 2 * options.BlockTokens * config.HeadDim * sizeof(float);
+        using var cache = gpu.CreatePagedCache(options, 64, poolBytes: residualBytes);
+        if (!cache.FusesAppend) throw new CheckFailedException("the cache does not take the fused append");
+        int first = ArgMax(gpu.Forward(Enumerable.Range(0, 20).Select(_ => rnd.Next(config.VocabSize)).ToArray(), cache));
+        gpu.BeginDecode(cache, [first]);
+        gpu.EnqueueDecodeSteps(cache, 8); // 28 tokens: no residual full yet
+        Dev.Synchronize();
+        cache.CheckDeviceState();
+        gpu.EnqueueDecodeSteps(cache, 8); // the 32nd token fills every head's residual
+        Dev.Synchronize();
+        try
+        {
+            cache.CheckDeviceState();
+        }
+        catch (KvSharpException e) when (e.Message.Contains("pool", StringComparison.Ordinal) && e.Message.Contains("full", StringComparison.Ordinal))
+        {
+            return $"\"{e.Message}\" (seed {rnd.Seed})";
+        }
+        throw new CheckFailedException($"a residual filled in a pool without a free slot and no full pool was reported (seed {rnd.Seed})");
+    }
+
     /// <summary>Compares a device head with a CPU head: blocks (layouts, counts, bytes), then the residual against the float tail.</summary>
     internal static int SameHead(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
     {

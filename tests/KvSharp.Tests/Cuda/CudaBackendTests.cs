@@ -26,6 +26,8 @@ public class CudaBackendTests
     [CudaFact] public void LlamaShapedDummyMatchesCpu() => ModelChecks.LlamaShapedDummy();
     [CudaFact] public void BatchDecodeMatchesSingle() => ModelChecks.BatchDecode();
     [CudaFact] public void Stories260KMatchesCpu() => ModelChecks.Stories260K(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
+    [CudaFact] public void SampledGraphMatchesCpu() => ModelChecks.SampledGraphMatchesCpu();
+
     [CudaFact] public void Stories260KSampledMatchesCpu() => ModelChecks.Stories260KSampled(RepoPaths.SharedFile("models", "stories260k", "stories260K.gguf"));
 
     /// <summary>Without a GPU, opening a device is one clear "CUDA unavailable" error (the CPU backend stays the default).</summary>

@@ -1,3 +1,4 @@
+using KvSharp.Cache.Blocks;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
 
@@ -64,6 +65,36 @@ public class PagedAttentionSharedMemoryTests
             }
         // Three blocks of 4 query heads per KV head fit an H100's 228 KB (1 KB reserved per block) even at the longest split.
         Assert.True(3 * (CudaPagedKernels.PipelinedSharedBytes(4, CudaPagedKernels.PipelinedMaxChunkBlocks) + 1024) <= 228 * 1024);
+    }
+
+    [Fact]
+    public void SmallRingsLetFourBlocksShareAMultiprocessor()
+    {
+        Assert.Equal(8 * 1024, CudaPagedKernels.PipelineSmallRingBytes);
+        foreach (int group in new[] { 1, 2, 4, 8 })
+        {
+            // Hand count as above with rings of 8 KB.
+            int expected = 4 * 8192 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * 256;
+            Assert.Equal(expected, CudaPagedKernels.PipelinedSharedBytes(group, CudaPagedKernels.PipelinedMaxChunkBlocks, CudaPagedKernels.PipelineSmallRingBytes));
+            // Four blocks (the kernel's register bound, __launch_bounds__(128, 4)) fit 228 KB with 8 KB rings, not with 16 KB ones.
+            Assert.True(4 * (expected + 1024) <= 228 * 1024, $"G{group}: {expected} bytes");
+            Assert.True(4 * (CudaPagedKernels.PipelinedSharedBytes(group, 1) + 1024) > 228 * 1024);
+        }
+    }
+
+    [Fact]
+    public void SmallRingsTakeBlocksOfAtMostFourBitsAndTheFloatResidual()
+    {
+        // 32-token blocks of head dimension 128: INT4 keys 2 KB of codes + 512 bytes of scales and mins fit half of 8 KB;
+        // INT8 (4.5 KB) and F16 (8 KB) do not; FP8 (4 KB) would, but with one block per ring (it keeps 16 KB rings).
+        foreach (var f in new[] { KvFormat.Int4, KvFormat.Int2, KvFormat.Ternary, KvFormat.Binary, KvFormat.F32 })
+            Assert.True(CudaPagedKernels.FitsSmallRing(f), f.ToString());
+        foreach (var f in new[] { KvFormat.F16, KvFormat.BF16, KvFormat.Fp8E4M3, KvFormat.Int8, KvFormat.VidKvKey, KvFormat.VidKvValue })
+            Assert.False(CudaPagedKernels.FitsSmallRing(f), f.ToString());
+        var int4 = BlockLayout.ForKeys(KvFormat.Int4, 128, 32);
+        Assert.Equal(32 * 128 / 2 + 128 * 2 * 2, int4.ByteSize);
+        Assert.True(int4.ByteSize <= CudaPagedKernels.PipelineSmallRingBytes / 2);
+        Assert.True(BlockLayout.ForKeys(KvFormat.Int8, 128, 32).ByteSize > CudaPagedKernels.PipelineSmallRingBytes / 2);
     }
 
     [Fact]

@@ -117,17 +117,20 @@ __device__ __forceinline__ void pdl_trigger()
 // (2^(m_s - M) when LOG2: the streaming kernels keep their scores in log2 units). `weights` is shared scratch of at least
 // G·wstride floats (wstride >= splits). A chunk with l_s = 0 (nothing visible; its part_out may be unwritten) gets weight 0
 // and its loaded output is not added; a head without any visible token outputs zeros. Every thread of the block must call it.
+// live (0: splits): how many of the (row, kv head)'s first splits take part, when the later ones (past the head's last block)
+// leave without calling this; those are neither counted nor read.
 template <bool LOG2 = false>
 __device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
-    float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh)
+    float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh, int live = 0)
 {
     __shared__ int is_last;
+    if (live <= 0) live = splits;
     __threadfence(); // this block's partial results are visible before it is counted
     __syncthreads();
     if (threadIdx.x == 0)
     {
         const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
-        is_last = done == splits - 1;
+        is_last = done == live - 1;
         if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
     }
     __syncthreads();
@@ -140,10 +143,10 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
     {
         const long base = (head0 + g) * splits;
         float m = neg_inf();
-        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
+        for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
         m = warp_max(m);
         float l = 0.0f;
-        for (int s = lane; s < splits; s += 32)
+        for (int s = lane; s < live; s += 32)
         {
             const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
             const float d = __ldcg(part_ml + (base + s) * 2) - m;
@@ -153,7 +156,7 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         }
         l = warp_sum(l);
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int s = lane; s < splits; s += 32) weights[g * wstride + s] *= inv;
+        for (int s = lane; s < live; s += 32) weights[g * wstride + s] *= inv;
     }
     __syncthreads();
     // ...then every output element over the chunks' partial outputs: 16-byte loads where the head dimension allows, all
@@ -167,7 +170,7 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
             const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * hd) + d4;
             float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 16
-            for (int s = 0; s < splits; s++)
+            for (int s = 0; s < live; s++)
             {
                 const float w = weights[g * wstride + s];
                 const float4 v = __ldcg(po + (long)s * h4);
@@ -183,7 +186,7 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         const long base = (head0 + g) * splits;
         float acc = 0.0f;
 #pragma unroll 8
-        for (int s = 0; s < splits; s++)
+        for (int s = 0; s < live; s++)
         {
             const float w = weights[g * wstride + s];
             const float v = __ldcg(part_out + (base + s) * hd + d);

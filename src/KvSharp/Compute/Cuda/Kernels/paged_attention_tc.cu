@@ -454,19 +454,17 @@ __device__ __forceinline__ StepProbs step_probs(const float (&pv)[4])
     return r;
 }
 
-// o += P·V of chunk k (channels [32k, 32k + 32)) of one 16-token step, what both tensor-core kernels do per chunk: A =
-// the step's probabilities times each token's step of the chunk's group (packed, scaled_pair: a token pair's two
-// steps are one prmt of their rows' parameter words), B = the chunk's 4 channel tiles b0/b1 (tokens 0-7 / 8-15 of the
-// step); mbk += Σ p·min of the chunk's group (f32).
+// The A operand of chunk k of one 16-token step (channels [32k, 32k + 32)): the step's probabilities times each token's
+// step of the chunk's group (packed, scaled_pair: a token pair's two steps are one prmt of their rows' parameter words),
+// as hi/lo pairs of tokens (2·tig, 2·tig + 1) and (2·tig + 8, 2·tig + 9); mbk += Σ p·min of the chunk's group (f32).
 template <int F>
-__device__ __forceinline__ void value_chunk(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
-    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[16][4], float& mbk)
+__device__ __forceinline__ StepProbs chunk_probs(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr, float& mbk)
 {
-    unsigned a0 = P.h01, a1 = P.l01, a2 = P.h89, a3 = P.l89;
+    StepProbs a = P;
     if constexpr (kv_quantized(F))
     {
-        scaled_pair(P.h01, P.l01, chunk_param_pair(sh[0], sh[1], k, gpr), a0, a1);
-        scaled_pair(P.h89, P.l89, chunk_param_pair(sh[2], sh[3], k, gpr), a2, a3);
+        scaled_pair(P.h01, P.l01, chunk_param_pair(sh[0], sh[1], k, gpr), a.h01, a.l01);
+        scaled_pair(P.h89, P.l89, chunk_param_pair(sh[2], sh[3], k, gpr), a.h89, a.l89);
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
@@ -477,8 +475,18 @@ __device__ __forceinline__ void value_chunk(const StepProbs& P, const float (&pv
             mbk += pv[u] * mn;
         }
     }
+    return a;
+}
+
+// o += P·V of chunk k of one 16-token step (the plain tensor-core kernel): A = chunk_probs (rows gid: hi, gid + 8: lo),
+// B = the chunk's 4 channel tiles b0/b1 (tokens 0-7 / 8-15 of the step).
+template <int F>
+__device__ __forceinline__ void value_chunk(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[16][4], float& mbk)
+{
+    const StepProbs a = chunk_probs<F>(P, pv, sh, mh, k, gpr, mbk);
 #pragma unroll
-    for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a0, a1, a2, a3, b0[i], b1[i]);
+    for (int i = 0; i < 4; i++) mma_f16(o[4 * k + i], a.h01, a.l01, a.h89, a.l89, b0[i], b1[i]);
 }
 
 // o += P·V over the n visible tokens of one value block (exact f16 codes); mb[k] += Σ_t p_t·min_t of chunk k's group.
@@ -676,19 +684,25 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 // The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
 // * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
-//   lane issuing), as far ahead as the ring (PIPE_RING bytes, up to PIPE_BARS entries) allows, so a warp keeps 8-16 KB of
+//   lane issuing), as far ahead as the ring (`ring` bytes, up to PIPE_BARS entries) allows, so a warp keeps 4-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
-//   CUDA-core arithmetic) are read in place. Blocks of at most 32 tokens (the host checks): every other block fits half a
-//   ring, and a block's scores and probabilities fit the registers of one 32-token step.
+//   CUDA-core arithmetic) longer than half a ring are read in place. Blocks of at most 32 tokens (the host checks): every
+//   other block fits half a ring, and a block's scores and probabilities fit the registers of one 32-token step. The ring
+//   is 16 KB a warp (F16 blocks of 8 KB), or 8 KB for caches of ≤ 4-bit blocks (≤ 2.5 KB each; the planner's choice,
+//   CudaPagedKernels.PipelineSmallRingBytes): 4 grid blocks then fit an SM instead of 3 (16 warps in flight, not 12).
 // * No score pass: each warp keeps an online softmax per head (log2 domain) with the probabilities in registers, where
 //   the score mma leaves them in exactly the A-operand layout of P·V (lane gid·4 + tig holds tokens 2·tig, 2·tig + 1
 //   of each 8-key tile), so a block's keys and values are consumed back to back and nothing per token goes through
 //   shared memory; the block's 4 warps merge their (max, sum, accumulators) at the end. The split's length is then
 //   not bounded by a score buffer.
+// * P·V transposed: O^T += V^T·P^T with the values as the A operand (16 channels along m: a lane's value fragments of two
+//   channel tiles are exactly an A fragment) and the probabilities as B (heads along n: column c < G the hi part of head
+//   c, column G + c its lo part, for G <= 4; G = 8 runs the hi and the lo parts as two mma into the same accumulators).
+//   A warp then holds 8 tiles × 4 = 32 accumulator registers instead of 16 × 4 (G = 4 left half of every A row of the
+//   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
 
 constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
 constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
-constexpr unsigned PIPE_RING = 16384; // bytes of a warp's ring: two blocks of up to 8 KB (F16, 32 tokens)
 constexpr int PIPE_QROW = 164; // padded query row (32-bit words): hi/lo pairs of 32 channels, 8 words after each, 4 after the row
 
 __device__ __forceinline__ unsigned smem_u32(const void* p)
@@ -782,13 +796,14 @@ __device__ __forceinline__ void key_words(const SharedSrc& src, int row, int tig
 }
 
 // Query A fragments for a staged key block of format F (key_query): head gid's lane channels (key_channel order; rows past
-// the group repeat head G - 1) as hi + lo pairs from the padded copies, the block's scales and mins from the ring;
-// returns Σ q·min over the head's channels (0 for float formats).
+// the group repeat the group: row gid holds head gid mod G, whose probabilities the transposed P·V's lo columns take from
+// these lanes) as hi + lo pairs from the padded copies, the block's scales and mins from the ring; returns Σ q·min over
+// the head's channels (0 for float formats).
 template <int G, int F>
 __device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&ah)[16], unsigned (&al)[16], int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128;
-    const int g = min(gid, G - 1);
+    const int g = gid & (G - 1);
     unsigned qh[16], ql[16], sw[16], mw[16];
 #pragma unroll
     for (int v = 0; v < 4; v++) // lane elements 8v..8v+7 are 8 consecutive channels
@@ -853,7 +868,7 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const uns
     float acc[4][2];
 #pragma unroll
     for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = 0.0f;
-    const int g = min(gid, G - 1);
+    const int g = gid & (G - 1);
     for (int c = 0; c < 128; c += 4)
     {
         const uint4 qw = *reinterpret_cast<const uint4*>(qs + pipe_q(g, c)); // hi, lo of c, c + 1, then of c + 2, c + 3
@@ -878,12 +893,29 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const uns
 #pragma unroll
     for (int u = 0; u < 4; u++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head G-1 again
+        for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head gid mod G
+}
+
+// Accumulator columns of the transposed P·V (pipe_values): the lane holds columns 2·tig and 2·tig + 1 of every channel
+// tile. Column c belongs to head c mod G (G = 8: head c); it is a head's hi part for c < G (every column for G = 8), its
+// lo part for G <= c < 2G, unused past 2G.
+template <int G>
+__device__ __forceinline__ constexpr int column_head(int c) { return c & (G - 1); }
+template <int G>
+__device__ __forceinline__ constexpr bool column_hi(int c) { return G == 8 || c < G; }
+
+// Per-head values x (the same in the 4 lanes of a head's rows gid, gid mod G) as the lane's two accumulator columns need them.
+template <int G>
+__device__ __forceinline__ void column_values(float x, int tig, float (&c)[2])
+{
+#pragma unroll
+    for (int e = 0; e < 2; e++) c[e] = G == 1 ? x : __shfl_sync(0xffffffffu, x, 4 * column_head<G>(2 * tig + e));
 }
 
 // Online softmax of one block: the scores become probabilities under the head's running max m (the 4 lanes of a
-// head agree on it), l sums them, and the accumulators are rescaled when the max grows.
-__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[16][4], float (&mb)[4])
+// head agree on it), l sums them, and the accumulators are rescaled when the max grows (each column by its head's factor).
+template <int G>
+__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[8][4], float (&mb)[4], int tig)
 {
     float mx = neg_inf();
 #pragma unroll
@@ -893,8 +925,10 @@ __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& 
     if (__any_sync(0xffffffffu, mx > m))
     {
         const float mn = fmaxf(m, mx), f = fast_exp2(m - mn);
+        float fc[2];
+        column_values<G>(f, tig, fc);
 #pragma unroll
-        for (int j = 0; j < 16; j++) { o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f; }
+        for (int j = 0; j < 8; j++) { o[j][0] *= fc[0]; o[j][1] *= fc[1]; o[j][2] *= fc[0]; o[j][3] *= fc[1]; }
 #pragma unroll
         for (int k = 0; k < 4; k++) mb[k] *= f;
         l *= f;
@@ -925,15 +959,42 @@ __device__ __forceinline__ uint2 row_params_src(const SharedSrc& src, int p, int
     return make_uint2(src.u16(p + row * 2), 0u);
 }
 
+// O^T += V^T·P^T of chunk k of one 16-token step (the pipelined kernel, transposed): A = the chunk's value fragments, two
+// channel tiles per mma (tile i's b0/b1 hold channel 32k + 4·gid + i of tokens 0-7 / 8-15: rows gid and gid + 8 of
+// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_probs of column gid (hi or lo, see column_hi).
+template <int G, int F>
+__device__ __forceinline__ void value_chunk_t(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4], float& mbk, bool lo)
+{
+    const StepProbs a = chunk_probs<F>(P, pv, sh, mh, k, gpr, mbk);
+    if constexpr (G == 8)
+    {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+        {
+            mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], a.h01, a.h89);
+            mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], a.l01, a.l89);
+        }
+    }
+    else
+    {
+        const unsigned c01 = lo ? a.l01 : a.h01, c89 = lo ? a.l89 : a.h89;
+#pragma unroll
+        for (int j = 0; j < 2; j++) mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], c01, c89);
+    }
+}
+
 // o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
 // past n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
-// conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory).
+// conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory), into the
+// transposed accumulators (value_chunk_t).
 template <int G, int F, int VG>
 __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
-    float (&o)[16][4], float (&mb)[4])
+    float (&o)[8][4], float (&mb)[4])
 {
     constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, gpr = HD / VG;
     const int scales = tokens * ROW, mins = scales + tokens * gpr * 2;
+    const bool lo = (gid & G) != 0; // G <= 4: this lane's B column is a lo part
 #pragma unroll
     for (int h = 0; h < 2; h++)
     {
@@ -961,15 +1022,16 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
             unsigned b0[4], b1[4];
             value_fragments<F>(piece[0][k], piece[1][k], b0);
             value_fragments<F>(piece[2][k], piece[3][k], b1);
-            value_chunk<F>(P, pv, sh, mh, k, gpr, b0, b1, o, mb[k]);
+            value_chunk_t<G, F>(P, pv, sh, mh, k, gpr, b0, b1, o, mb[k], lo);
         }
     }
 }
 
-// o += P·V of an F32 or BF16 value block on CUDA cores: token t's probability comes from the lane of its head that
-// holds it; the lane adds into its accumulator channels 32k + 8·tig + 4e + i (the hi rows).
+// o += P·V of an F32 or BF16 value block on CUDA cores, into the transposed accumulators: the lane adds its channels
+// 32k + 4·gid + [0, 4) (tiles 2k, 2k + 1, rows gid and gid + 8) of its hi columns; token t's probability for a column's
+// head comes from the lane of that head that holds it.
 template <int G, int F>
-__device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const float (&p)[4][2], int lane, int tig, float (&o)[16][4])
+__device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const float (&p)[4][2], int gid, int tig, float (&o)[8][4])
 {
     constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
 #pragma unroll
@@ -980,42 +1042,48 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const flo
             for (int e = 0; e < 2; e++)
             {
                 const int t = 8 * u + 2 * tt + e;
-                const float pt = __shfl_sync(0xffffffffu, p[u][e], (lane & ~3) | tt);
+                float pc[2];
+#pragma unroll
+                for (int ce = 0; ce < 2; ce++)
+                {
+                    const float x = __shfl_sync(0xffffffffu, p[u][e], 4 * column_head<G>(2 * tig + ce) + tt);
+                    pc[ce] = column_hi<G>(2 * tig + ce) ? x : 0.0f;
+                }
                 if (t >= n) continue;
                 const u8* row = vb + (size_t)t * ROW;
 #pragma unroll
                 for (int k = 0; k < 4; k++)
                 {
-                    float x[8];
+                    float x[4];
                     if constexpr (F == KV_F32)
                     {
-                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig));
-                        const float4 x1 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 8 * tig) + 16);
-                        x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w; x[4] = x1.x; x[5] = x1.y; x[6] = x1.z; x[7] = x1.w;
+                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 4 * gid));
+                        x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w;
                     }
                     else
                     {
-                        const uint4 h = *reinterpret_cast<const uint4*>(row + 2 * (32 * k + 8 * tig));
-                        const unsigned hw[4] = { h.x, h.y, h.z, h.w };
-#pragma unroll
-                        for (int c = 0; c < 8; c++) x[c] = bf16_to_f32((u16)(hw[c >> 1] >> (16 * (c & 1))));
+                        const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * (32 * k + 4 * gid));
+                        x[0] = bf16_to_f32((u16)h.x); x[1] = bf16_to_f32((u16)(h.x >> 16)); x[2] = bf16_to_f32((u16)h.y); x[3] = bf16_to_f32((u16)(h.y >> 16));
                     }
 #pragma unroll
-                    for (int c = 0; c < 8; c++) o[4 * k + (c & 3)][c >> 2] += pt * x[c];
+                    for (int i = 0; i < 4; i++)
+#pragma unroll
+                        for (int ce = 0; ce < 2; ce++) o[2 * k + (i >> 1)][2 * (i & 1) + ce] += pc[ce] * x[i];
                 }
             }
 }
 
-// Bytes of a block staged through a warp's ring (a multiple of 16; at most 8 KB for 32 tokens, half the ring, so two
-// entries always fit an empty ring), or 0 for a block read in place. F32/BF16 blocks (the residual) stage their n visible
-// rows when those fit half a ring (16 F32 rows, 32 BF16 rows): read in place, a row at a time, they were the last split's
-// tail (~25 us at 32K tokens on an H100); longer ones are read in place after prefetch_float_tail.
-__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, int n)
+// Bytes of a block staged through a warp's ring (a multiple of 16; at most half the ring for 32 tokens: 8 KB for F16 in
+// 16 KB rings, 2.5 KB for INT4 in 8 KB ones, so two entries always fit an empty ring), or 0 for a block read in place.
+// F32/BF16 blocks (the residual) stage their n visible rows when those fit half a ring (16 F32 rows, 32 BF16 rows in
+// 16 KB; 8 / 16 in 8 KB): read in place, a row at a time, they were the last split's tail (~25 us at 32K tokens on an
+// H100); longer ones are read in place after prefetch_float_tail.
+__device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, int n, unsigned ring)
 {
     if (f == KV_F32 || f == KV_BF16)
     {
         const unsigned b = (unsigned)n * (unsigned)(128 * kv_bits(f) / 8);
-        return b <= PIPE_RING / 2 ? b : 0u;
+        return b <= ring / 2 ? b : 0u;
     }
     return ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
 }
@@ -1031,10 +1099,10 @@ __device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned 
 // A split's descriptor as the pipelined kernel keeps it in shared memory: the token count replaced by the tokens the
 // row sees (0: skipped), and the first-token index (no longer needed) by the staged bytes of keys (bits 0..15) and
 // values (16..31), so neither the producer nor the consumer decodes formats and sizes per block.
-__device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int vg)
+__device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int vg, unsigned ring)
 {
     const int n = desc_visible(d, limit);
-    const unsigned ks = n ? stage_bytes(desc_kfmt(d), true, tokens, vg, n) : 0u, vs = n ? stage_bytes(desc_vfmt(d), false, tokens, vg, n) : 0u;
+    const unsigned ks = n ? stage_bytes(desc_kfmt(d), true, tokens, vg, n, ring) : 0u, vs = n ? stage_bytes(desc_vfmt(d), false, tokens, vg, n, ring) : 0u;
     d.z = (d.z & ~0xffffu) | (unsigned)n;
     d.w = ks | (vs << 16);
     return d;
@@ -1077,14 +1145,39 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     }
 }
 
+// The warp's accumulators into the block's output ov [G, HD] (atomics: the 4 warps add theirs), scaled by f (this lane's
+// head gid mod G: e^(m - the block's max)) with the min terms mb (the same head's, summed over its 4 lanes): a hi column's
+// value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4). Warp-uniform.
+template <int G>
+__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&mb)[4], float f, int gid, int tig, float* ov)
+{
+    constexpr int HD = 128;
+    float fc[2], mc[4][2];
+    column_values<G>(f, tig, fc);
+#pragma unroll
+    for (int k = 0; k < 4; k++) column_values<G>(mb[k], tig, mc[k]);
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+        {
+            float x = o[j][r];
+            if constexpr (G == 1) x += (r & 1) ? 0.0f : o[j][r | 1]; // column 1 is column 0's lo part
+            else if constexpr (G == 2) x += __shfl_xor_sync(0xffffffffu, x, 1); // columns 2, 3: tig 1
+            else if constexpr (G == 4) x += __shfl_xor_sync(0xffffffffu, x, 2); // columns 4..7: tig 2, 3
+            const int e = r & 1, c = 2 * tig + e, k = j >> 1;
+            if (column_hi<G>(c) && (G != 1 || e == 0))
+                atomicAdd(&ov[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)], fc[e] * (x + mc[k][e]));
+        }
+}
+
 template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch)
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring)
 {
     constexpr int HD = 128, vg = VG;
-    constexpr unsigned ring = PIPE_RING;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
     extern __shared__ float4 smem4[];
@@ -1108,6 +1201,19 @@ __device__ __forceinline__ void paged_attention_pipe(
     const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
     const uint4* hdesc = w.hdesc;
     const long first = w.first;
+    // Splits past the head's last block (heads shorter than the longest, as after KVzip) mark their chunk empty and leave
+    // at once instead of holding a resident slot through the merge; the merge counts and reads the head's first `live`
+    // splits. Kept in shared memory until the merge: a register live across the block loop (168 at most) is not free.
+    __shared__ int live_splits;
+    {
+        const int live = max(1, min(splits, (head_blocks[batch ? t * kv_heads + kvh : kvh] + chunk_blocks - 1) / chunk_blocks));
+        if ((int)blockIdx.x >= live)
+        {
+            empty_chunk(part_ml, first, splits, G);
+            return;
+        }
+        if (threadIdx.x == 0) live_splits = live;
+    }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
     {
         const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
@@ -1116,15 +1222,15 @@ __device__ __forceinline__ void paged_attention_pipe(
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
     }
-    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg);
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg, ring);
     __syncthreads();
     prefetch_float_tail(pool, hdesc, nb, limit); // the split's own descriptors: pipe_desc reuses the first-token field
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
     pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
-    float o[16][4], mb[4], m = neg_inf(), l = 0.0f;
+    float o[8][4], mb[4], m = neg_inf(), l = 0.0f; // o: the transposed P·V's accumulators (column_hi)
 #pragma unroll
-    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 #pragma unroll
     for (int k = 0; k < 4; k++) mb[k] = 0.0f;
     for (int bi = warp; bi < nb; bi += PIPE_WARPS)
@@ -1156,10 +1262,10 @@ __device__ __forceinline__ void paged_attention_pipe(
             st.freed++;
             pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
         }
-        pipe_softmax(s, m, l, o, mb);
+        pipe_softmax<G>(s, m, l, o, mb, tig);
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
 #define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, mb); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
-#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, lane, tig, o)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
         KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
@@ -1184,18 +1290,14 @@ __device__ __forceinline__ void paged_attention_pipe(
     }
     if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
     __syncthreads();
-    if (gid < G && l > 0.0f)
+    if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
     {
+        const int g = gid & (G - 1);
         float mx = neg_inf();
 #pragma unroll
         for (int w = 0; w < PIPE_WARPS; w++)
-            if (wml[2 * (w * G + gid) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + gid)]);
-        const float f = fast_exp2(m - mx);
-#pragma unroll
-        for (int j = 0; j < 16; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-                atomicAdd(&ov[gid * HD + 32 * (j >> 2) + 8 * tig + 4 * e + (j & 3)], f * (o[j][e] + o[j][2 + e] + mb[j >> 2]));
+            if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
+        pipe_add_output<G>(o, mb, l > 0.0f ? fast_exp2(m - mx) : 0.0f, gid, tig, ov);
     }
     if (threadIdx.x < G)
     {
@@ -1215,15 +1317,16 @@ __device__ __forceinline__ void paged_attention_pipe(
     store_chunk(ov, part_out, first, splits, G, HD);
     // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
     // within them).
-    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh);
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live_splits);
 }
 
-// At most 168 registers (3 blocks per SM with their ~73 KB of shared memory each). One kernel per group and value group.
+// At most 128 registers: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings (~73 KB) fit 3.
+// One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384, CudaPagedKernels.PlanPipelined).
 #define PAGED_ATTN_PIPE(G, VG) \
-    extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
+    extern "C" __global__ void __launch_bounds__(128, 4) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch) \
-    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch); }
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring) \
+    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring); }
 PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
 PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
 PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)

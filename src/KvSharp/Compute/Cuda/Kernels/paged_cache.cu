@@ -6,6 +6,7 @@
 // f16-rounded stored parameters, round-half-even codes) and decoding follows BlockCodec.Decode (float32, no
 // fused multiply-add), so the bytes equal the CPU codec's.
 #include "paged_kv.cuh"
+#include "gemv.cuh"
 
 // double -> f16 bits, round to nearest even, NaN -> 0, saturated to ±65504 (ScalarFormats.ToF16Saturated).
 __device__ __forceinline__ u16 f16_saturated(double x)
@@ -367,6 +368,89 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         __syncthreads();
     }
 }
+
+// The decode QKV product of one row (batch 1) with RoPE and the append into the paged cache in its epilogue (gemv.cuh MODE 3):
+// what paged_rope_append does, without its launch. Warp p owns rotation pair p of the QKV output; lane 0 rotates a query
+// pair into q_out, or writes a key (rotated) or value pair as float32 into row desc_count(residual) of its KV head's
+// residual. The residual's descriptor and the head's length change only once every block of the head (hd / 8 blocks of
+// 8 warps: hd / 16 of keys, as many of values) has written its rows: each block counts itself in arrivals[kv head] after
+// a fence, and the last one (which also resets the counter for the next launch) advances the count, or, when the row
+// filled the residual, encodes it with all its threads (residual_full: fresh pool slots, the descriptor, an empty
+// residual) exactly as paged_rope_append does. No block reads the tables after it has counted itself, so the last block
+// is alone with them. Every write is done when the grid ends, so the attention after it (griddepcontrol.wait) sees them.
+struct PagedQkvAppend
+{
+    float* q_out;
+    const float* inv_freq;
+    const int* pos;
+    int heads, kv_heads, hd, interleaved;
+    AppendTarget a;
+    unsigned* arrivals;
+
+    __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
+    {
+        const int p = *pos;
+        const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+        const bool value = head >= heads + kv_heads;
+        float y0 = x0, y1 = x1;
+        if (!value)
+        {
+            // The arithmetic of paged_rope_append.
+            const float angle = (float)p * inv_freq[i];
+            const float c = cosf(angle), s = sinf(angle);
+            y0 = x0 * c - x1 * s;
+            y1 = x0 * s + x1 * c;
+        }
+        float* dst;
+        if (head < heads) dst = q_out + (long)head * hd;
+        else
+        {
+            const int kh = value ? head - heads - kv_heads : head - heads;
+            const uint4 r = a.desc[(long)kh * a.max_blocks + a.head_blocks[kh] - 1];
+            dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? r.y : r.x) * 16) + (long)desc_count(r) * hd;
+        }
+        dst[i0] = y0;
+        dst[i1] = y1;
+    }
+
+    __device__ __forceinline__ void finish(int head) const
+    {
+        if (head < heads) return; // uniform over the block: a block's 8 warps own pairs of one head
+        const int kh = (head - heads) % kv_heads;
+        __shared__ int last;
+        __syncthreads(); // every warp's rows are written
+        if (threadIdx.x == 0)
+        {
+            __threadfence();
+            const unsigned blocks = (unsigned)hd / 8; // (hd / 2 pairs of keys + hd / 2 of values) / 8 warps
+            last = atomicAdd(arrivals + kh, 1u) == blocks - 1;
+            if (last) arrivals[kh] = 0;
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence(); // the other blocks' rows before this block reads the residual
+        const int nb = a.head_blocks[kh];
+        const uint4 r = a.desc[(long)kh * a.max_blocks + nb - 1];
+        const int count = desc_count(r) + 1;
+        if (count == a.tokens) residual_full(a, kh, r);
+        else if (threadIdx.x == 0) a.desc[(long)kh * a.max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
+        if (threadIdx.x == 0) a.head_tokens[kh] += 1;
+    }
+};
+
+// Grid: (heads + 2 kv_heads) · hd / 16 blocks of 256 threads (hd a multiple of 16). Tables pre-offset to the layer.
+#define PAGED_QKV(NAME, W) \
+    extern "C" __global__ void __launch_bounds__(256) paged_qkv_rope_append_##NAME(const W::T* w, const float* x, const float* nw, float eps, \
+        int rows, int cols, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int interleaved, u8* pool, \
+        uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int max_blocks, int tokens, int vg, int kf, \
+        int vf, unsigned* arrivals) \
+    { \
+        gemv<W, 1, 3, true, PagedQkvAppend>(w, x, nullptr, nw, eps, rows, cols, 1, PagedQkvAppend{ q_out, inv_freq, pos, heads, kv_heads, hd, \
+            interleaved, AppendTarget{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity }, arrivals }); \
+    }
+PAGED_QKV(f32, WeightF32)
+PAGED_QKV(bf16, WeightBF16)
+PAGED_QKV(f16, WeightF16)
 
 // Eviction of one head per block: flags[head·max_tokens + i] != 0 drops the head's stored token i. Blocks without
 // a dropped token are copied as they are; the kept tokens of each run of affected blocks are decoded and re-encoded

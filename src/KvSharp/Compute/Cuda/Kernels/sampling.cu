@@ -219,14 +219,26 @@ __device__ __forceinline__ float key_value(unsigned key)
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// The repetition penalty on one row of logits, in place: each distinct token of recent (the last tokens, prompt and
-// generated; ids checked by the host) once however often it occurs, the first thread to mark it in seen (n zero words,
-// left zero) applying it. Runs before everything that ranks the logits.
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_penalty(float* logits, const int* recent, int recent_count, float penalty, unsigned* seen)
+// What the host sets before each token (one upload, so a captured decode graph reads new values at fixed addresses):
+// the uniform draw in [0, 1), then the repetition penalty's window (count, then the token ids, oldest first).
+struct SampleStep
 {
-    for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS)
+    double u;
+    int recent_count;
+    int pad;
+    int recent[1]; // recent_count of them
+};
+
+// The repetition penalty on one row of logits, in place: each distinct token of the step's recent tokens (the last
+// tokens, prompt and generated; ids checked by the host) once however often it occurs, the first thread to mark it in
+// seen (n zero words, left zero) applying it. Runs before everything that ranks the logits.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_penalty(float* logits, const SampleStep* step, float penalty, unsigned* seen)
+{
+    pdl_wait(); // a no-op unless launched programmatically (KVSHARP_CUDA_PDL=1)
+    const int count = step->recent_count;
+    for (int i = threadIdx.x; i < count; i += SAMPLE_THREADS)
     {
-        const int id = recent[i];
+        const int id = step->recent[i];
         if (atomicExch(seen + id, 1u) == 0u)
         {
             const float v = logits[id];
@@ -234,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_penalty(floa
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < recent_count; i += SAMPLE_THREADS) seen[recent[i]] = 0u;
+    for (int i = threadIdx.x; i < count; i += SAMPLE_THREADS) seen[step->recent[i]] = 0u;
 }
 
 // First stage of top-k (k ≤ SAMPLE_SLICE, greedy as k = 1): block b keeps the best k tokens (rank order) of its slice
@@ -245,6 +257,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_penalty(floa
 #define SAMPLE_SLICE SAMPLE_THREADS
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_slices(const float* logits, int n, int k, int* cand_id, float* cand_v)
 {
+    pdl_wait(); // a no-op unless launched programmatically (KVSHARP_CUDA_PDL=1)
     __shared__ unsigned long long keys[SAMPLE_SLICE];
     const int base = blockIdx.x * SAMPLE_SLICE, i = base + (int)threadIdx.x;
     const bool real = i < n;
@@ -279,11 +292,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_slices(const
 // candidates sample_slices left (cand_id / cand_v, id order), which hold the row's best top_k (greedy: best 1).
 // scratch_id / scratch_v: 2·n each; scratch_w: n. greedy takes the first largest logit; top_k ≤ 0 or ≥ the tokens
 // ranked, top_p ≥ 1 and use_min_p = 0 disable their stage. log_min_p = ln(min_p) and inv_temp = 1 / temperature are
-// float32 values the host computes as the CPU sampler does; u in [0, 1) is the host generator's draw. Writes the token to *out.
+// float32 values the host computes as the CPU sampler does; step->u in [0, 1) is the host generator's draw. Writes the token
+// to *out.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(const float* logits, int n, const int* cand_id, const float* cand_v,
     int cand_n, int* scratch_id, float* scratch_v, double* scratch_w, int greedy, int top_k, float top_p, int use_min_p, float log_min_p,
-    float inv_temp, double u, int* out)
+    float inv_temp, const SampleStep* step, int* out)
 {
+    pdl_wait(); // a no-op unless launched programmatically (KVSHARP_CUDA_PDL=1)
+    const double u = step->u;
     Candidates ping{scratch_id, scratch_v, cand_n > 0 ? cand_n : n}, pong{scratch_id + n, scratch_v + n, 0};
     if (cand_n > 0)
         for (int i = threadIdx.x; i < cand_n; i += SAMPLE_THREADS) { ping.id[i] = cand_id[i]; ping.v[i] = cand_v[i]; }
@@ -382,4 +398,13 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_logits(const
         if (scratch_w[i] > 0.0) { atomicMax(&s_last, i); break; }
     __syncthreads();
     if (threadIdx.x == 0) *out = cur->id[s_pick != 0x7fffffff ? s_pick : s_last]; // past the end through rounding: the last one
+}
+
+// After the draw in a captured decode step: the token (already in *next, the next step's input) joins the history at
+// the row's position, which advances by one (as argmax_finish does for the greedy graph).
+extern "C" __global__ void sample_commit(const int* next, int* history, int* pos)
+{
+    pdl_wait(); // a no-op unless launched programmatically (KVSHARP_CUDA_PDL=1)
+    history[pos[0]] = next[0];
+    pos[0] += 1;
 }

@@ -47,7 +47,13 @@ public sealed class CudaKvCache : DeviceKvCache
                 a.Plan, seqStride);
     }
 
-    internal override (ulong Keys, ulong Values)? FusedAppendTarget(int layer, int sequence) => (Keys(layer, sequence), Values(layer, sequence));
+    internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)
+    {
+        var c = Config;
+        kernels.GemvQkvRope(f.Weights.Type, f.Weights.Pointer, f.X, f.Norm, f.Eps, f.Weights.Cols, f.Q, Keys(f.Layer, f.Sequence), Values(f.Layer, f.Sequence),
+            f.InvFreq, c.NumHeads, c.NumKvHeads, c.HeadDim, Capacity, f.Position, f.Interleaved);
+        return true;
+    }
 
     /// <summary>Bytes of one layer's K (or V) for all sequences.</summary>
     internal long LayerStride { get; }

@@ -181,6 +181,7 @@ public sealed partial class CudaPagedKvCache
         }
         LayoutOf(keyFormat, true);
         LayoutOf(valueFormat, false); // throws for a geometry the cache cannot hold
+        NoteFormats(keyFormat, valueFormat); // before any plan over the new blocks (a graph captured earlier is re-captured: its plan changes)
         _layoutVersion++;
         using var deviceFlags = Device.Allocate(flags.Length);
         deviceFlags.Upload<byte>(flags);

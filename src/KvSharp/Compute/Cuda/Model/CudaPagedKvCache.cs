@@ -29,6 +29,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     private const int DescriptorBytes = 16;
     private readonly CudaPagedKernels _kernels;
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
+    private readonly DeviceBuffer _arrivals; // per head: blocks of a fused QKV product done with it (zero between launches)
     private readonly int _residualUnits, _group;
     private int _blocksAtSync, _lengthAtSync;
     private long _layerBlocksAtSync;
@@ -61,6 +62,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         KeyLayout = keys;
         ValueLayout = values;
         _attentionKernel = DefaultAttentionKernel(_group, hd, ValueGroup, keys.Tokens, keys.Format);
+        NoteFormats(keys.Format, values.Format);
+        NoteFormats(KvFormat.F32, KvFormat.F32); // the residual
         HeadCount = config.NumLayers * batch * config.NumKvHeads;
         MaxBlocks = maxBlocks;
         _residualUnits = Units(BlockTokens * hd * sizeof(float));
@@ -76,6 +79,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             _headBlocks = device.Allocate(HeadCount * sizeof(int));
             _headTokens = device.Allocate(HeadCount * sizeof(int));
             _state = device.Allocate(4 * sizeof(int));
+            _arrivals = device.Allocate(HeadCount * sizeof(int));
+            _arrivals.Fill32(0);
         }
         catch
         {
@@ -301,6 +306,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             var (desc, blocks, tokens) = cache.EmptyTables();
             long top = cache.ReservedUnits;
             uint meta = Meta(t, keys.Format, values.Format);
+            cache.NoteFormats(keys.Format, values.Format);
             for (int h = 0; h < heads; h++)
             {
                 int full = storedTokens[h] / t;
@@ -444,8 +450,20 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
         int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);
         long layerBlocks = _layerBlocksAtSync + growth * Config.NumKvHeads;
-        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel);
+        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel, HoldsOnlySmallBlocks);
     }
+
+    /// <summary>Every block format the cache has held, a bit per <see cref="KvFormat"/> (formats are only ever added).</summary>
+    private int _formatsHeld;
+
+    /// <summary>Records the formats of blocks placed in the pool (appends, uploads, re-quantization).</summary>
+    private void NoteFormats(KvFormat keys, KvFormat values) => _formatsHeld |= (1 << (int)keys) | (1 << (int)values);
+
+    /// <summary>
+    /// Whether every block the cache has held fits the pipelined kernel's small rings (<see cref="CudaPagedKernels.FitsSmallRing"/>:
+    /// ≤ 4-bit blocks and the float32 residual), so that its plan may use them (4 attention blocks per multiprocessor, not 3).
+    /// </summary>
+    internal bool HoldsOnlySmallBlocks => Enum.GetValues<KvFormat>().All(f => (_formatsHeld & (1 << (int)f)) == 0 || CudaPagedKernels.FitsSmallRing(f));
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
@@ -454,11 +472,28 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         int sequence = a.Batch ? 0 : a.Sequence;
         var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
         CoverStoredTokens(a);
-        _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
-            a.Position, a.Interleaved, a.Eps, a.Batch);
+        if (!a.Appended)
+            _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+                a.Position, a.Interleaved, a.Eps, a.Batch);
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
             c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables);
         EnqueueStatistics(a);
+    }
+
+    /// <summary>
+    /// Whether a decode row's RoPE and append run in the QKV product's epilogue (<see cref="EnqueueFusedQkv"/>): at batch 1
+    /// (several sequences append through paged_rope_append, one launch for all of them), and not while attention
+    /// statistics are collected (H2O's coverage is taken from the head lengths before the append in EnqueueAttention).
+    /// </summary>
+    internal bool FusesAppend => Batch == 1 && _statistics == null && !_coverEachForward && Config.HeadDim % 16 == 0;
+
+    internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)
+    {
+        if (!FusesAppend) return false;
+        var c = Config;
+        _kernels.QkvRopeAppend(f.Weights.Type, f.Weights.Pointer, f.X, f.Norm, f.Eps, f.Weights.Cols, f.Q, f.InvFreq, f.Position, f.Interleaved,
+            c.NumHeads, c.NumKvHeads, c.HeadDim, AppendTarget(f.Layer, f.Sequence), _arrivals.Pointer + (ulong)(HeadIndex(f.Layer, f.Sequence, 0) * sizeof(int)));
+        return true;
     }
 
     /// <summary>The kernels this cache runs.</summary>
@@ -507,6 +542,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _headBlocks?.Dispose();
         _headTokens?.Dispose();
         _state?.Dispose();
+        _arrivals?.Dispose();
         _vidBasis?.Dispose();
     }
 
@@ -529,6 +565,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
                 long k = stager.Add(e.KeyBytes[..e.KeyLayout.ByteSize]);
                 long v = stager.Add(e.ValueBytes[..e.ValueLayout.ByteSize]);
                 SetDescriptor(desc, MaxBlocks, h, b++, (uint)k, (uint)v, Meta(e.Count, e.KeyLayout.Format, e.ValueLayout.Format), (uint)start);
+                NoteFormats(e.KeyLayout.Format, e.ValueLayout.Format);
                 start += e.Count;
             }
             var tailK = s.TailKeys;

@@ -24,6 +24,10 @@ public sealed class CudaTransformer : IDisposable
     private Scratch? _scratch;
     private CudaGraph? _decodeGraph;
     private DeviceKvCache? _graphCache;
+    private CudaKernels.AttentionPlan _graphPlan;
+    private CudaSampler? _graphSampler; // the sampler a captured step ends in (null: the greedy output head)
+    private int _graphSamplerVersion;
+    private int _graphLength = -1, _graphToken = -1; // after a sampled graph step: the cache length and input token the device holds
 
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
@@ -90,8 +94,9 @@ public sealed class CudaTransformer : IDisposable
 
     /// <summary>
     /// Whether a single decode row's QKV product also does RoPE and the cache append (one launch instead of two per
-    /// layer) where the model and cache allow it (no QKV bias, no q/k norms, the float16 cache). On by default;
-    /// benchmarks compare both.
+    /// layer) where the model and cache allow it (no QKV bias, no q/k norms; the float16 cache, or the paged cache at
+    /// batch 1, whose residual bookkeeping and encode run in the product's last block per KV head). On by default;
+    /// benchmarks compare both (takes effect at the next capture).
     /// </summary>
     public bool FuseRopeIntoQkv { get; set; } = true;
 
@@ -101,6 +106,12 @@ public sealed class CudaTransformer : IDisposable
     /// at the next capture.
     /// </summary>
     public bool FuseArgMaxIntoHead { get; set; } = true;
+
+    /// <summary>
+    /// Whether <see cref="ForwardSample"/> runs a one-token decode step by replaying a captured graph of the whole step
+    /// (layers, output head, sampler) rather than launching each kernel. On by default; benchmarks compare both.
+    /// </summary>
+    public bool SampleInGraph { get; set; } = true;
 
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
@@ -147,12 +158,44 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>
     /// Runs <paramref name="tokens"/> as <see cref="Forward"/> does and chooses the next token on the device from the last
     /// one's logits with <paramref name="sampler"/> (<paramref name="recentTokens"/>: the history its repetition penalty
-    /// reads, prompt and generated). Only the token is copied back.
+    /// reads, prompt and generated). Only the token is copied back. One token of sequence 0 (a decode step) replays a
+    /// captured CUDA graph of the whole step — layers, output head, sampler — instead of launching each kernel.
     /// </summary>
     public int ForwardSample(ReadOnlySpan<int> tokens, DeviceKvCache cache, CudaSampler sampler, ReadOnlySpan<int> recentTokens, int sequence = 0)
     {
         ArgumentNullException.ThrowIfNull(sampler);
+        if (SampleInGraph && tokens.Length == 1 && sequence == 0 && cache.Batch == 1 && cache is not CudaPagedKvCache { IsCollectingStatistics: true })
+            return GraphSample(tokens[0], cache, sampler, recentTokens);
         return sampler.Sample(Run(tokens, cache, LogitsMode.Last, sequence, null), recentTokens);
+    }
+
+    /// <summary>
+    /// One decode step through the captured graph: embedding of the device-side token, layers, output head and the
+    /// sampler's kernels (or the greedy head, for greedy options without a penalty), the token written back as the next
+    /// step's input and into the history, the position advanced. The token and position are uploaded only when the
+    /// device's differ (after a prefill, or when the caller passes another token than the one just sampled).
+    /// </summary>
+    private int GraphSample(int token, DeviceKvCache cache, CudaSampler sampler, ReadOnlySpan<int> recentTokens)
+    {
+        if ((uint)token >= (uint)Config.VocabSize) throw new KvSharpException($"token id {token} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        int length = cache.Length;
+        if (length + 1 > cache.Capacity) throw new KvSharpException($"{length} cached + 1 new token exceed the CUDA KV cache capacity {cache.Capacity}");
+        _device.MakeCurrent();
+        var head = sampler.IsPlainGreedy ? null : sampler;
+        head?.PrepareStep(recentTokens); // before a capture: a longer penalty window moves the buffer the kernels read
+        if (!GraphIsCurrent(cache, head)) Capture(cache, head);
+        if (_graphLength != length || _graphToken != token)
+        {
+            cache.Position.Upload<int>([length]);
+            cache.Next.Upload<int>([token]);
+        }
+        _decodeGraph!.Launch();
+        var next = new int[1];
+        cache.Next.Download<int>(next);
+        cache.CheckDeviceState();
+        cache.SetLength(0, length + 1);
+        (_graphLength, _graphToken) = (length + 1, next[0]);
+        return next[0];
     }
 
     /// <summary>
@@ -169,6 +212,7 @@ public sealed class CudaTransformer : IDisposable
         foreach (int id in tokens)
             if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         _device.MakeCurrent();
+        _graphLength = -1; // the device's position and token no longer follow a sampled graph step
         int vocab = Config.VocabSize;
         ulong lastRow = 0;
         for (int start = 0; start < tokens.Length; start += PrefillChunk)
@@ -274,31 +318,59 @@ public sealed class CudaTransformer : IDisposable
         int batch = cache.Batch;
         if (tokens.Length != batch) throw new KvSharpException($"{tokens.Length} next tokens for a cache of {batch} sequences");
         _device.MakeCurrent();
-        var s = ScratchFor(batch, cache, batch);
-        var plan = cache.PlanAttention(_kernels, cache.Capacity, batch);
-        EnsurePartials(s, batch, plan);
         var lengths = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
         cache.Position.Upload<int>(lengths);
         cache.Next.Upload(tokens);
-        if (_graphCache != cache || _decodeGraph == null)
+        if (!GraphIsCurrent(cache, null)) Capture(cache, null);
+        _graphLength = -1; // the next sampled step uploads its token and position
+    }
+
+    /// <summary>
+    /// Whether the captured decode graph is one of <paramref name="cache"/> ending in <paramref name="sampler"/> (null: the
+    /// greedy head), with the buffers and attention plan it was captured with.
+    /// </summary>
+    private bool GraphIsCurrent(DeviceKvCache cache, CudaSampler? sampler) =>
+        _decodeGraph != null && _graphCache == cache && _graphSampler == sampler && (sampler == null || _graphSamplerVersion == sampler.Version)
+        && _graphPlan == cache.PlanAttention(_kernels, cache.Capacity, cache.Batch);
+
+    /// <summary>
+    /// Captures one decode step of all of <paramref name="cache"/>'s sequences as the decode graph: the layers over the
+    /// device-side tokens and positions, then the greedy output head (argmax; token, history and position updated on the
+    /// device) or, with <paramref name="sampler"/> (one sequence), the logits and the sampler's kernels.
+    /// </summary>
+    private void Capture(DeviceKvCache cache, CudaSampler? sampler)
+    {
+        int batch = cache.Batch;
+        var s = ScratchFor(batch, cache, batch);
+        var plan = cache.PlanAttention(_kernels, cache.Capacity, batch);
+        EnsurePartials(s, batch, plan);
+        _decodeGraph?.Dispose();
+        _decodeGraph = CudaGraph.Capture(_device, () =>
         {
-            _decodeGraph?.Dispose();
-            _decodeGraph = CudaGraph.Capture(_device, () =>
+            EnqueueLayers(s, cache, batch, cache.Next.Pointer, plan, 0, batch: true);
+            if (sampler != null)
             {
-                EnqueueLayers(s, cache, batch, cache.Next.Pointer, plan, 0, batch: true);
-                if (batch == 1 && FuseArgMaxIntoHead)
-                {
-                    _kernels.GemvArgMax(_output.Type, _output.Pointer, s.X.Pointer, s.Logits.Pointer, _output.Rows, Config.HiddenSize,
-                        _outputNorm.Pointer, Config.RmsNormEps, s.Best.Pointer);
-                    _kernels.ArgMaxFinish(s.Best.Pointer, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
-                    return;
-                }
-                EnqueueLogits(s, 0, batch);
-                _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1,
-                    batch, cache.Capacity);
-            });
-            _graphCache = cache;
-        }
+                EnqueueLogits(s, 0, 1);
+                sampler.Enqueue(s.Logits.Pointer, cache.Next.Pointer);
+                sampler.EnqueueCommit(cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer);
+                return;
+            }
+            if (batch == 1 && FuseArgMaxIntoHead)
+            {
+                _kernels.GemvArgMax(_output.Type, _output.Pointer, s.X.Pointer, s.Logits.Pointer, _output.Rows, Config.HiddenSize,
+                    _outputNorm.Pointer, Config.RmsNormEps, s.Best.Pointer);
+                _kernels.ArgMaxFinish(s.Best.Pointer, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
+                return;
+            }
+            EnqueueLogits(s, 0, batch);
+            _kernels.ArgMax(s.Logits.Pointer, Config.VocabSize, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1,
+                batch, cache.Capacity);
+        });
+        _graphCache = cache;
+        _graphPlan = plan; // a cache's plan can change (the pipelined kernel's rings after a re-quantization into larger blocks)
+        _graphSampler = sampler;
+        _graphSamplerVersion = sampler?.Version ?? 0;
+        _graphLength = -1;
     }
 
     /// <summary>Queues <paramref name="steps"/> graph decode steps (after <see cref="BeginDecode"/>) without waiting.</summary>
@@ -333,16 +405,12 @@ public sealed class CudaTransformer : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            bool appended = false;
-            if (n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
-                && cache.FusedAppendTarget(l, batch ? 0 : sequence) is var (keys, values))
-            {
-                k.GemvQkvRope(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, d, s.Q.Pointer, keys, values, _invFreq.Pointer,
-                    c.NumHeads, c.NumKvHeads, hd, cache.Capacity, pos, interleaved);
-                appended = true;
-            }
-            else if (gemv) k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
-            else
+            bool appended = n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
+                && cache.EnqueueFusedQkv(k, new FusedQkv(l, batch ? 0 : sequence, L.Qkv, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, s.Q.Pointer,
+                    _invFreq.Pointer, pos, interleaved));
+            if (!appended && gemv)
+                k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
+            else if (!appended)
             {
                 k.RmsNorm(s.X.Pointer, L.AttnNorm.Pointer, s.Xb.Pointer, n, d, c.RmsNormEps);
                 MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
@@ -473,6 +541,8 @@ public sealed class CudaTransformer : IDisposable
         _decodeGraph?.Dispose();
         _decodeGraph = null;
         _graphCache = null;
+        _graphSampler = null;
+        _graphLength = -1;
     }
 
     /// <summary>Q, K and V biases stacked like the QKV matrix (zeros for a missing part), or null when the model has none.</summary>

@@ -82,11 +82,11 @@ public abstract class DeviceKvCache : IDisposable
     internal abstract void EnqueueAttention(CudaKernels kernels, in LayerAttention a);
 
     /// <summary>
-    /// Where a decode row's keys and values go when the QKV product appends them itself (<see cref="CudaKernels.GemvQkvRope"/>):
-    /// the float16 [kvHeads, capacity, hd] K and V of <paramref name="layer"/> for <paramref name="sequence"/>, or null when
-    /// this cache appends in <see cref="EnqueueAttention"/> (the paged cache encodes its own blocks).
+    /// Queues a decode row's QKV product with RoPE and the append of its key and value done in the product's epilogue, when
+    /// this cache can for <paramref name="f"/> (the float16 cache always; the paged cache at batch 1); false when it cannot,
+    /// and the caller multiplies plainly and leaves RoPE and the append to <see cref="EnqueueAttention"/>.
     /// </summary>
-    internal virtual (ulong Keys, ulong Values)? FusedAppendTarget(int layer, int sequence) => null;
+    internal virtual bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f) => false;
 
     /// <summary>Throws when an operation on the device failed in a way only the device could see (e.g. a full pool).</summary>
     internal virtual void CheckDeviceState() { }
@@ -105,10 +105,18 @@ public abstract class DeviceKvCache : IDisposable
 /// Device buffers and shapes of one layer's attention step (see <see cref="DeviceKvCache.EnqueueAttention"/>): the rows
 /// are consecutive tokens of <paramref name="Sequence"/> (positions at <paramref name="Position"/>), or with
 /// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention;
-/// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and the keys and values to
-/// <see cref="DeviceKvCache.FusedAppendTarget"/>, leaving only the attention.
+/// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and appended the keys and values
+/// (<see cref="DeviceKvCache.EnqueueFusedQkv"/>), leaving only the attention.
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
     int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
     bool Appended = false);
+
+/// <summary>
+/// One decode row's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of
+/// <paramref name="Layer"/>, the residual stream row <paramref name="X"/> and its attention norm, rotated queries to
+/// <paramref name="Q"/>, keys and values appended to <paramref name="Sequence"/> at the device position.
+/// </summary>
+internal readonly record struct FusedQkv(
+    int Layer, int Sequence, DeviceMatrix Weights, ulong X, ulong Norm, float Eps, ulong Q, ulong InvFreq, ulong Position, bool Interleaved);

@@ -1,3 +1,4 @@
+using KvSharp.Cache.Blocks;
 using KvSharp.Compute.Cuda.Model;
 
 namespace KvSharp.Compute.Cuda.Runtime;
@@ -24,7 +25,8 @@ internal sealed partial class CudaPagedKernels
         _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
     }
 
-    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal));
+    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
+        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal));
 
     /// <summary>
     /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
@@ -116,10 +118,25 @@ internal sealed partial class CudaPagedKernels
     public const int PipelinedMaxChunkBlocks = 256;
 
     /// <summary>
-    /// Bytes of each warp's staging ring in the pipelined kernel (PIPE_RING in paged_attention_tc.cu): two blocks of up to
-    /// 8 KB (an F16 block of 32 tokens), with 3 attention blocks per multiprocessor.
+    /// Bytes of each warp's staging ring in the pipelined kernel (its `ring` argument, paged_attention_tc.cu) by default: two
+    /// blocks of up to 8 KB (an F16 block of 32 tokens), with 3 attention blocks per multiprocessor.
     /// </summary>
     public const int PipelineRingBytes = 16 * 1024;
+
+    /// <summary>
+    /// The ring of caches whose blocks are all of at most 4 bits (or float32: the residual, staged when it fits half a ring,
+    /// else read in place; see <see cref="FitsSmallRing"/>): a 32-token INT4 block pair is 2 × 2.5 KB, so 8 KB still holds
+    /// a block and a half per warp, and 4 attention blocks fit a multiprocessor (their register bound) instead of 3.
+    /// </summary>
+    public const int PipelineSmallRingBytes = 8 * 1024;
+
+    /// <summary>
+    /// Whether blocks of <paramref name="format"/> may go through <see cref="PipelineSmallRingBytes"/> rings: every staged
+    /// block must fit half a ring (an empty ring then always takes it); ≤ 4-bit blocks of ≤ 32 tokens do, and float32 ones
+    /// are staged only when their visible rows fit.
+    /// </summary>
+    public static bool FitsSmallRing(KvFormat format) =>
+        format == KvFormat.F32 || !format.IsVidKv() && format.BitsPerElement() <= 4;
 
     /// <summary>
     /// Whether the pipelined tensor-core kernel reads this shape: the tensor-core kernel's, with blocks of at most 32 tokens
@@ -129,11 +146,12 @@ internal sealed partial class CudaPagedKernels
         SupportsTensorCores(group, headDim, valueGroup) && blockTokens <= 32;
 
     /// <summary>
-    /// Shared memory of one block of the pipelined kernel: 4 warps' rings, their 8 barriers each, the padded hi/lo query copy
-    /// [group, 164 words], the output [group, 128], the warps' (max, sum) per head and the split's descriptors.
+    /// Shared memory of one block of the pipelined kernel: 4 warps' rings of <paramref name="ringBytes"/>, their 8 barriers
+    /// each, the padded hi/lo query copy [group, 164 words], the output [group, 128], the warps' (max, sum) per head and the
+    /// split's descriptors.
     /// </summary>
-    public static int PipelinedSharedBytes(int group, int chunkBlocks) =>
-        4 * PipelineRingBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
+    public static int PipelinedSharedBytes(int group, int chunkBlocks, int ringBytes = PipelineRingBytes) =>
+        4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
 
     private readonly HashSet<string> _pipelinedShared = [];
 
@@ -150,19 +168,21 @@ internal sealed partial class CudaPagedKernels
     }
 
     /// <summary>
-    /// The pipelined kernel's plan: chunks sized so that the non-empty grid blocks fit one wave of the blocks resident
-    /// per multiprocessor (see <see cref="OneWaveChunk"/>), and few enough splits that the merge's weights (group × splits
-    /// floats) fit the rings they reuse.
+    /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
+    /// (<paramref name="smallBlocks"/>), else <see cref="PipelineRingBytes"/>; chunks sized so that the non-empty grid blocks
+    /// fit one wave of the blocks resident per multiprocessor with those rings (see <see cref="OneWaveChunk"/>), and few
+    /// enough splits that the merge's weights (group × splits floats) fit the rings they reuse.
     /// </summary>
-    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads)
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, bool smallBlocks)
     {
-        int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks)));
+        int ring = smallBlocks ? PipelineSmallRingBytes : PipelineRingBytes;
+        int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
         int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
-        int maxSplits = PipelineRingBytes / group;
+        int maxSplits = ring / group;
         if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
         if (chunk > PipelinedMaxChunkBlocks)
             throw new CudaException("paged attention", $"{blocks} blocks need more than {maxSplits} splits of {PipelinedMaxChunkBlocks} blocks");
-        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk));
+        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring);
     }
 
     /// <summary>
@@ -182,14 +202,16 @@ internal sealed partial class CudaPagedKernels
     /// (splits × KV heads × rows) grid blocks filling the GPU a few times over; the tensor-core one sizes the chunk so that
     /// the non-empty grid blocks, <paramref name="layerBlocks"/> (one layer's blocks over all its KV heads) / chunk per row,
     /// fill exactly one wave of resident blocks: no tail wave, fewer chunks for the merge, and heads shorter than the longest
-    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split.
+    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split. <paramref name="smallBlocks"/>: every block of the
+    /// cache fits the pipelined kernel's small rings (<see cref="FitsSmallRing"/>).
     /// </summary>
-    public CudaKernels.AttentionPlan Plan(int blocks, long layerBlocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel)
+    public CudaKernels.AttentionPlan Plan(int blocks, long layerBlocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel,
+        bool smallBlocks = false)
     {
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads, smallBlocks);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
             ? OneWaveChunk(blocks, layerBlocks, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows, kvHeads)
@@ -225,12 +247,15 @@ internal sealed partial class CudaPagedKernels
         {
             if (!SupportsPipelined(group, headDim, valueGroup, blockTokens))
                 throw new CudaException("paged attention", $"the pipelined kernel needs blocks of at most 32 tokens, not {blockTokens}");
-            if (group * plan.Splits * 4 > 4 * PipelineRingBytes)
+            int ring = plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes;
+            if (ring is not (PipelineRingBytes or PipelineSmallRingBytes) || plan.SharedBytes < PipelinedSharedBytes(group, plan.Chunk, ring))
+                throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
+            if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
             Decode(Pipelined(group, valueGroup)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(batch ? 1 : 0));
+                Arg.Int(batch ? 1 : 0), Arg.Int(ring));
             return;
         }
         var function = kernel switch
@@ -270,6 +295,24 @@ internal sealed partial class CudaPagedKernels
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
             Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
+
+    /// <summary>
+    /// The decode QKV product of one row (batch 1, attention norm fused) with RoPE and the append into one layer's heads in its
+    /// epilogue (paged_qkv_rope_append_*): what <see cref="RopeAppend"/> does after a plain product, without its launch. The
+    /// last block of each KV head advances the residual (or encodes it when full); <paramref name="arrivals"/> holds one zeroed
+    /// counter per KV head of the layer, which every launch leaves zero.
+    /// </summary>
+    public void QkvRopeAppend(DeviceWeightType type, ulong w, ulong x, ulong norm, float eps, int cols, ulong qOut, ulong invFreq, ulong position,
+        bool interleaved, int heads, int kvHeads, int headDim, in AppendTarget a, ulong arrivals)
+    {
+        // Blocks of 8 warps (one rotation pair each) must hold pairs of one head: hd / 2 a multiple of 8.
+        if (headDim % 16 != 0) throw new CudaException("paged QKV append", $"head dimension {headDim} is not a multiple of 16");
+        int rows = (heads + 2 * kvHeads) * headDim;
+        Decode(_cache[$"paged_qkv_rope_append_{CudaKernels.Suffix(type)}"]).Launch(rows / 16, 256, 0, w, x, norm, Arg.Float(eps), Arg.Int(rows),
+            Arg.Int(cols), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc,
+            a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
+            Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), arrivals);
+    }
 
     /// <summary>Eviction of <paramref name="heads"/> heads by drop flags [heads, maxTokens] into <paramref name="newPool"/> (see paged_evict).</summary>
     public void Evict(ulong oldPool, ulong newPool, ulong desc, ulong headBlocks, ulong headTokens, ulong flags, ulong staging, ulong top, ulong error,

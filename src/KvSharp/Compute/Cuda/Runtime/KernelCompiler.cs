@@ -29,11 +29,11 @@ internal static unsafe class KernelCompiler
     {
         string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"];
+        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions()];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");
         if (File.Exists(path)) return File.ReadAllBytes(path);
-        byte[] cubin = Compile(fileName, source, headers, options);
+        byte[] cubin = CompileSplit(fileName, source, headers, options);
         try
         {
             Directory.CreateDirectory(CacheDirectory);
@@ -47,11 +47,42 @@ internal static unsafe class KernelCompiler
     }
 
     /// <summary>
+    /// Options from the environment: <c>$KVSHARP_NVRTC_LINEINFO=1</c> adds <c>-lineinfo</c> (source lines in the cubin, for
+    /// Nsight Compute's source-level stall sampling; no effect on the code). Part of the cache key.
+    /// </summary>
+    private static IEnumerable<string> ExtraOptions()
+    {
+        if (Environment.GetEnvironmentVariable("KVSHARP_NVRTC_LINEINFO") == "1") yield return "-lineinfo";
+    }
+
+    /// <summary>
+    /// <see cref="Compile"/> with NVRTC's split compilation (its optimization passes on every core, NVRTC 12.1 and later)
+    /// where the library takes the option; the cache key leaves it out, as it parallelizes the compiler's work rather than
+    /// changing the program. An NVRTC that rejects the option compiles plainly.
+    /// </summary>
+    private static byte[] CompileSplit(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
+    {
+        NvrtcApi.Check(NvrtcApi.nvrtcVersion(out int major, out int minor), "nvrtcVersion");
+        if (major < 12 || (major == 12 && minor < 1) || _splitRejected) return Compile(name, source, headers, options);
+        try
+        {
+            return Compile(name, source, headers, [.. options, "--split-compile=0"]);
+        }
+        catch (CudaException e) when (e.Message.Contains("NVRTC_ERROR_INVALID_OPTION", StringComparison.Ordinal))
+        {
+            _splitRejected = true;
+            return Compile(name, source, headers, options);
+        }
+    }
+
+    private static volatile bool _splitRejected;
+
+    /// <summary>
     /// The cubin of kernel source text <paramref name="source"/> (not cached) with every embedded .cuh header available to
     /// it: benchmarks time a baseline revision's kernel file against the embedded one.
     /// </summary>
     public static byte[] CompileSource(string name, string source, string architecture) =>
-        Compile(name, source, EmbeddedHeaders(), [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"]);
+        CompileSplit(name, source, EmbeddedHeaders(), [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"]);
 
     private static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
     {
@@ -75,7 +106,10 @@ internal static unsafe class KernelCompiler
             for (int i = 0; i < options.Length; i++) opts[i] = Utf8(options[i]);
             int result = NvrtcApi.nvrtcCompileProgram(program, options.Length, opts);
             if (result != 0)
-                throw new CudaException($"nvrtcCompileProgram({name})", $"compilation failed:\n{Log(program)}");
+            {
+                string code = System.Runtime.InteropServices.Marshal.PtrToStringUTF8((IntPtr)NvrtcApi.nvrtcGetErrorString(result)) ?? $"NVRTC error {result}";
+                throw new CudaException($"nvrtcCompileProgram({name})", $"{code}, compilation failed:\n{Log(program)}");
+            }
             NvrtcApi.Check(NvrtcApi.nvrtcGetCUBINSize(program, out nuint size), "nvrtcGetCUBINSize");
             var cubin = new byte[size];
             fixed (byte* c = cubin) NvrtcApi.Check(NvrtcApi.nvrtcGetCUBIN(program, c), "nvrtcGetCUBIN");

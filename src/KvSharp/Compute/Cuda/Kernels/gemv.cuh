@@ -1,0 +1,243 @@
+// The CUDA-core matrix-vector product of decode: gemv.cu instantiates it, paged_cache.cu instantiates MODE 3 with the
+// paged cache's epilogue (paged_qkv_rope_append).
+#pragma once
+// Matrix-vector products for decode: y[t, r] = sum_c w[r, c] * x[t, c] for NT <= 8 activation rows.
+// Memory-bound: every weight byte is read once (16 bytes per lane per load, bypassing L1), each warp
+// owns two output rows so every activation load from L1 serves two weight loads, and the unrolled
+// loop keeps several loads in flight. Accumulation is float32.
+//   MODE 0: y[t, r] = dot.
+//   MODE 1: y[t, r] += dot (the residual add fused). The columns are split into ksplit parts, each its
+//           own warp adding atomically, so long rows (the down projection) spread over enough warps to
+//           balance the SMs.
+//   MODE 2: SwiGLU over a [2 * rows, cols] matrix holding gate rows then up rows:
+//           y[t, r] = silu(dot(gate_r)) * dot(up_r) (the feed-forward's first half in one pass).
+//   MODE 4: MODE 0 (the output head) that also folds every row's value into best[t] with a 64-bit atomicMax
+//           (argmax_key), so the greedy token needs no second pass over the logits (argmax_finish reads it).
+//   MODE 3: the fused QKV product of one decode row (NT = 1) with RoPE and the cache append in its epilogue:
+//           warp p owns the rotation pair of head p / (hd/2) (dims i, i + hd/2, or 2i, 2i + 1 interleaved), so
+//           lane 0 holds both inputs of the rotation; queries go to q_out, keys and values (float16) into the
+//           cache at the device-side position (no separate qkv_rope_append launch). The epilogue is a type RA:
+//           ra.pair(head, i, x0, x1) takes lane 0's rotation pair, then ra.finish(head) is called by every thread of
+//           the block (blocks hold whole heads when hd is a multiple of 16 and the grid has no idle warp), so an
+//           epilogue may end with block-wide work (the paged cache's residual bookkeeping and encode).
+// NORM (modes 0, 2 and 3, whole rows per warp): x is the raw residual stream and the product is taken
+// with RMSNorm(x) * nw, the norm fused in: the loop multiplies x by nw and sums x^2 on the way, and
+// the dot is scaled by 1/sqrt(mean(x^2) + eps) at the end (no separate norm kernel, no normed copy).
+// The first GEMV_PREFETCH vectors of each lane's two rows are loaded before pdl_wait: weights do not depend
+// on the previous kernel, so under programmatic dependent launch a block that starts while the previous
+// kernel drains already has its first loads in flight (no DRAM idle between kernels).
+// gemv_mma_* below does the same for 2-8 rows on tensor cores (batch decode).
+#include "common.cuh"
+
+constexpr int GEMV_PREFETCH = 4;
+
+// MODE 3's epilogue over the dense float16 cache: rotation pair i (dims i0, i1) of QKV head `head`, values x0, x1 (already
+// normed and summed). Query heads are rotated into q_out, key heads rotated into the float16 cache, value heads stored as
+// they are; the same arithmetic as qkv_rope_append in elementwise.cu.
+struct RopeAppend
+{
+    float* q_out;
+    u16* kc;
+    u16* vc;
+    const float* inv_freq;
+    const int* pos;
+    int heads, kv_heads, hd, capacity, interleaved;
+
+    __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
+    {
+        const int p = *pos;
+        const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+        if (head >= heads + kv_heads)
+        {
+            u16* dst = vc + ((long)(head - heads - kv_heads) * capacity + p) * hd;
+            dst[i0] = f32_to_f16(x0);
+            dst[i1] = f32_to_f16(x1);
+            return;
+        }
+        const float angle = (float)p * inv_freq[i];
+        const float c = cosf(angle), s = sinf(angle);
+        const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+        if (head < heads)
+        {
+            float* dst = q_out + (long)head * hd;
+            dst[i0] = y0;
+            dst[i1] = y1;
+        }
+        else
+        {
+            u16* dst = kc + ((long)(head - heads) * capacity + p) * hd;
+            dst[i0] = f32_to_f16(y0);
+            dst[i1] = f32_to_f16(y1);
+        }
+    }
+
+    __device__ __forceinline__ void finish(int) const {}
+};
+
+// MODE 4's running greedy choice per activation row: (orderable value bits << 32) | ~index, so the 64-bit
+// maximum is the largest value and, among equal values, the first index (the CPU sampler's rule).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int index)
+{
+    const unsigned u = __float_as_uint(v);
+    const unsigned ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)ordered << 32) | (unsigned)(0xffffffffu - (unsigned)index);
+}
+
+// One 16-byte vector i of the two rows against the NT activation rows (norm folded in when NORM).
+template <class W, int NT, bool NORM>
+__device__ __forceinline__ void gemv_step(uint4 wv0, uint4 wv1, const float* __restrict__ x, const float* __restrict__ nw, int i, int cols,
+    float* a0, float* a1, float* ss)
+{
+    float f0[W::Vec], f1[W::Vec];
+    W::unpack(wv0, f0);
+    W::unpack(wv1, f1);
+    float4 nwv[W::Vec / 4];
+    if (NORM)
+    {
+#pragma unroll
+        for (int q = 0; q < W::Vec / 4; q++) nwv[q] = __ldg(reinterpret_cast<const float4*>(nw + (long)i * W::Vec) + q);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+    {
+        const float4* xv = reinterpret_cast<const float4*>(x + (long)t * cols + (long)i * W::Vec);
+#pragma unroll
+        for (int q = 0; q < W::Vec / 4; q++)
+        {
+            float4 xx = __ldg(xv + q);
+            if (NORM)
+            {
+                ss[t] += xx.x * xx.x + xx.y * xx.y + xx.z * xx.z + xx.w * xx.w;
+                xx.x *= nwv[q].x; xx.y *= nwv[q].y; xx.z *= nwv[q].z; xx.w *= nwv[q].w;
+            }
+            a0[t] += f0[4 * q] * xx.x + f0[4 * q + 1] * xx.y + f0[4 * q + 2] * xx.z + f0[4 * q + 3] * xx.w;
+            a1[t] += f1[4 * q] * xx.x + f1[4 * q + 1] * xx.y + f1[4 * q + 2] * xx.z + f1[4 * q + 3] * xx.w;
+        }
+    }
+}
+
+template <class W, int NT, int MODE, bool NORM, class RA = RopeAppend>
+__device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
+    const float* __restrict__ nw, float eps, int rows, int cols, int ksplit, RA ra = RA(), unsigned long long* best = nullptr)
+{
+    int warp = (int)((blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    int part = 0;
+    if (MODE == 1) { part = warp % ksplit; warp /= ksplit; }
+    int r0, r1;
+    bool active;
+    int pair_head = 0, pair_dim = 0;
+    if (MODE == 2)
+    {
+        active = warp < rows;
+        r0 = warp;
+        r1 = warp + rows;
+    }
+    else if (MODE == 3)
+    {
+        const int half = ra.hd / 2;
+        active = warp < rows / 2;
+        pair_head = warp / half;
+        pair_dim = warp % half;
+        r0 = pair_head * ra.hd + (ra.interleaved ? 2 * pair_dim : pair_dim);
+        r1 = r0 + (ra.interleaved ? 1 : half);
+        if (!active) { r0 = 0; r1 = 0; }
+    }
+    else
+    {
+        r0 = 2 * warp;
+        active = r0 < rows;
+        r1 = min(r0 + 1, rows - 1);
+    }
+    const typename W::T* w0 = w + (long)r0 * cols;
+    const typename W::T* w1 = w + (long)r1 * cols;
+    const bool vectorized = cols % W::Vec == 0;
+    const int nv = cols / W::Vec;
+    const int per_part = vectorized ? (nv + ksplit - 1) / ksplit : (cols + ksplit - 1) / ksplit;
+    const int begin = part * per_part;
+    const int end = min(vectorized ? nv : cols, (part + 1) * per_part);
+    // Rows start 16-byte aligned: cols is a multiple of the vector width and buffers are 256-byte aligned.
+    const uint4* v0 = reinterpret_cast<const uint4*>(w0);
+    const uint4* v1 = reinterpret_cast<const uint4*>(w1);
+    uint4 pre0[GEMV_PREFETCH], pre1[GEMV_PREFETCH];
+    if (vectorized && active)
+    {
+#pragma unroll
+        for (int k = 0; k < GEMV_PREFETCH; k++)
+        {
+            const int i = begin + lane + 32 * k;
+            if (i < end) { pre0[k] = load_stream(v0 + i); pre1[k] = load_stream(v1 + i); }
+        }
+    }
+    pdl_wait();
+    if (!active) { pdl_trigger(); return; }
+
+    float a0[NT], a1[NT], ss[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) { a0[t] = 0.0f; a1[t] = 0.0f; ss[t] = 0.0f; }
+
+    if (vectorized)
+    {
+        // The prefetched vectors first (unrolled: the register arrays stay registers), then the rest.
+#pragma unroll
+        for (int k = 0; k < GEMV_PREFETCH; k++)
+        {
+            const int i = begin + lane + 32 * k;
+            if (i < end) gemv_step<W, NT, NORM>(pre0[k], pre1[k], x, nw, i, cols, a0, a1, ss);
+        }
+#pragma unroll 4
+        for (int i = begin + lane + 32 * GEMV_PREFETCH; i < end; i += 32)
+            gemv_step<W, NT, NORM>(load_stream(v0 + i), load_stream(v1 + i), x, nw, i, cols, a0, a1, ss);
+    }
+    else
+    {
+        for (int c = begin + lane; c < end; c += 32)
+        {
+            const float f0 = W::get(w0, c), f1 = W::get(w1, c);
+            const float g = NORM ? nw[c] : 1.0f;
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+            {
+                const float xx = x[(long)t * cols + c];
+                if (NORM) ss[t] += xx * xx;
+                a0[t] += f0 * xx * g;
+                a1[t] += f1 * xx * g;
+            }
+        }
+    }
+    pdl_trigger(); // the next kernel's blocks may take this one's place as its warps finish
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+    {
+        float s0 = warp_sum(a0[t]), s1 = warp_sum(a1[t]);
+        if (NORM)
+        {
+            const float inv = 1.0f / sqrtf(warp_sum(ss[t]) / cols + eps);
+            s0 *= inv;
+            s1 *= inv;
+        }
+        if (lane != 0) continue;
+        float* yt = y + (long)t * rows;
+        if (MODE == 3) ra.pair(pair_head, pair_dim, s0, s1);
+        else if (MODE == 4)
+        {
+            yt[r0] = s0;
+            unsigned long long key = s0 == s0 ? argmax_key(s0, r0) : 0ull; // NaN never wins (as in argmax)
+            if (r0 + 1 < rows)
+            {
+                yt[r0 + 1] = s1;
+                if (s1 == s1) { const unsigned long long k1 = argmax_key(s1, r0 + 1); key = k1 > key ? k1 : key; }
+            }
+            if (key != 0ull) atomicMax(best + t, key);
+        }
+        else if (MODE == 2) yt[r0] = s0 / (1.0f + expf(-s0)) * s1;
+        else if (MODE == 1)
+        {
+            if (ksplit == 1) { yt[r0] += s0; if (r0 + 1 < rows) yt[r0 + 1] += s1; }
+            else { atomicAdd(yt + r0, s0); if (r0 + 1 < rows) atomicAdd(yt + r0 + 1, s1); }
+        }
+        else { yt[r0] = s0; if (r0 + 1 < rows) yt[r0 + 1] = s1; }
+    }
+    if constexpr (MODE == 3) ra.finish(pair_head);
+}
+
