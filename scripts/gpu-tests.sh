@@ -157,6 +157,7 @@ case "${1:-}" in
     dir="${2:-${OUT:-.gpu/results}}"
     mkdir -p "$dir/dummy"
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
+    precompile
     kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
     python3 - "$dir/context.txt" <<'PY'
 import random, sys
