@@ -68,7 +68,7 @@ public static class KvzipChecks
                     expected.Add(cpuScores[h][i]);
                     maxError = Math.Max(maxError, Math.Abs(gpuScores[h][i] - cpuScores[h][i]));
                 }
-            string scores = Compare.Relative($"{what} scores", got.ToArray(), expected.ToArray(), 1e-3);
+            string scores = Compare.Relative($"{what} scores{Worst(cpuScores, gpuScores, tokens.Length, chunk, protect)}", got.ToArray(), expected.ToArray(), 1e-3);
             int ties = NearTies(what, cpuScores, masks, keep, protect, global, maxError);
 
             // The question after the press: the CPU cache evicted by its own masks, greedy on both engines.
@@ -88,6 +88,24 @@ public static class KvzipChecks
                 (same ? "= CPU" : $"vs CPU '{model.Tokenizer.Decode(cpuAnswer).Trim()}'"));
         }
         return string.Join("; ", report);
+    }
+
+    /// <summary>Where the scores differ most (head, token, its repeat run, both scores) and the largest difference per run, for a failure's message.</summary>
+    private static string Worst(HeadScores cpu, HeadScores gpu, int length, int chunk, int protect)
+    {
+        int runs = (length - protect + chunk - 1) / chunk;
+        var perRun = new double[runs];
+        (double Diff, int Head, int Token) worst = (0, 0, 0);
+        for (int h = 0; h < cpu.HeadCount; h++)
+            for (int i = protect; i < length; i++)
+            {
+                double d = Math.Abs(gpu[h][i] - cpu[h][i]);
+                int run = (i - protect) / chunk;
+                perRun[run] = Math.Max(perRun[run], d);
+                if (d > worst.Diff) worst = (d, h, i);
+            }
+        return $" (largest difference {worst.Diff:E2} at head {worst.Head} token {worst.Token}: CPU {cpu[worst.Head][worst.Token]:E3}, GPU " +
+            $"{gpu[worst.Head][worst.Token]:E3}; per run {string.Join("/", perRun.Select(d => d.ToString("E1", System.Globalization.CultureInfo.InvariantCulture)))})";
     }
 
     /// <summary>
