@@ -14,7 +14,8 @@ namespace KvSharp.GpuTests.Checks;
 
 /// <summary>
 /// KVzip on the device against the CPU press on our needle model (kvsharp-needle-16m, its bfloat16 weights widened to
-/// float32 on the GPU so the two engines differ only by rounding): a needle prompt is prefilled on each engine, the CPU
+/// float32 on the GPU so the two engines differ only by rounding): a needle prompt is prefilled on each engine (a
+/// quantized cache: the CPU's prefill uploaded, so both press the same codes), the CPU
 /// press <c>ScoredPress(KvzipScorer, budget)</c> and <see cref="CudaKvzipPress"/> score it; the scores must agree, the
 /// kept tokens must be the same but for near-ties (tokens whose CPU score lies within twice the largest score
 /// difference of the CPU's keep threshold, counted), and the greedy answers to the question after the press must be the
@@ -54,8 +55,12 @@ public static class KvzipChecks
             var press = new PressContext(model.Transformer, cpuCache, tokens) { Tokenizer = model.Tokenizer, ChatTemplate = template, ProtectedPrefix = protect };
             var masks = new ScoredPress(new KvzipScorer(chunk), budget).Select(press, out var cpuScores);
 
-            using var cache = gpu.CreatePagedCache(options, capacity);
-            gpu.Forward(tokens, cache);
+            // A float cache is prefilled on the device. A quantized one is the CPU's prefill uploaded: both engines' keys
+            // differ in the last bits, and where one lies on a rounding boundary its 4-bit code flips by a whole step (a
+            // few % of a head's scores; 2-3% apart on an H100 with the device's own prefill), so the press is compared on
+            // the same stored codes.
+            using var cache = format == KvFormat.F32 ? gpu.CreatePagedCache(options, capacity) : CudaPagedKvCache.Upload(CudaDevice.Shared, model.Config, cpuCache, capacity);
+            if (format == KvFormat.F32) gpu.Forward(tokens, cache);
             var keep = new CudaKvzipPress(new KvzipScorer(chunk), budget).Compress(gpu, cache, tokens, model.Tokenizer, template, protect, out var gpuScores);
 
             var got = new List<float>();
@@ -68,7 +73,11 @@ public static class KvzipChecks
                     expected.Add(cpuScores[h][i]);
                     maxError = Math.Max(maxError, Math.Abs(gpuScores[h][i] - cpuScores[h][i]));
                 }
-            string scores = Compare.Relative($"{what} scores{Worst(cpuScores, gpuScores, tokens.Length, chunk, protect)}", got.ToArray(), expected.ToArray(), 1e-3);
+            // Float caches: rounding only (1.7e-6 on an H100). Quantized: each engine still encodes the repeat run's own keys
+            // (and the context's last block, which they fill) from its own forward pass, so a code can flip there (9.7e-4,
+            // growing with the later runs to 3e-3 absolute on an H100).
+            string scores = Compare.Relative($"{what} scores{Worst(cpuScores, gpuScores, tokens.Length, chunk, protect)}", got.ToArray(), expected.ToArray(),
+                format == KvFormat.F32 ? 1e-3 : 1e-2);
             int ties = NearTies(what, cpuScores, masks, keep, protect, global, maxError);
 
             // The question after the press: the CPU cache evicted by its own masks, greedy on both engines.
