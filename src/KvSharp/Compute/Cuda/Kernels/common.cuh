@@ -110,6 +110,21 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// RoPE of rotation pair i of a head of hd channels at position p: its two channels (interleaved: 2i and 2i + 1;
+// half-split: i and i + hd/2) and the rotation of (x0, x1) by p · inv_freq[i], the arithmetic of the CPU's RoPE.
+__device__ __forceinline__ void rope_channels(int i, int hd, int interleaved, int& i0, int& i1)
+{
+    i0 = interleaved ? 2 * i : i;
+    i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+}
+__device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, float x1, float& y0, float& y1)
+{
+    const float angle = (float)p * inv_freq_i;
+    const float c = cosf(angle), s = sinf(angle);
+    y0 = x0 * c - x1 * s;
+    y1 = x0 * s + x1 * c;
+}
+
 
 // End of a split-K (flash-decoding) attention launch: block (split, kv head, row t) has written its chunk's unnormalized
 // outputs part_out [row, head, split, hd] and (max, sum) part_ml; the last block of a (row, kv head) to finish (an atomic

@@ -97,13 +97,12 @@ extern "C" __global__ void qkv_rope_append(const float* qkv, float* q_out, const
     const int half = hd / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x)
     {
-        const int i0 = interleaved ? 2 * i : i;
-        const int i1 = interleaved ? 2 * i + 1 : i + half;
+        int i0, i1;
+        rope_channels(i, hd, interleaved, i0, i1);
         float x0 = src[i0], x1 = src[i1];
         if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
-        const float angle = (float)p * inv_freq[i];
-        const float c = cosf(angle), s = sinf(angle);
-        const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+        float y0, y1;
+        rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
         if (is_q)
         {
             float* dst = q_out + ((long)t * heads + h) * hd;

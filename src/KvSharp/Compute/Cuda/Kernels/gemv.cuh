@@ -46,7 +46,8 @@ struct RopeAppend
     __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
     {
         const int p = *pos;
-        const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+        int i0, i1;
+        rope_channels(i, hd, interleaved, i0, i1);
         if (head >= heads + kv_heads)
         {
             u16* dst = vc + ((long)(head - heads - kv_heads) * capacity + p) * hd;
@@ -54,9 +55,8 @@ struct RopeAppend
             dst[i1] = f32_to_f16(x1);
             return;
         }
-        const float angle = (float)p * inv_freq[i];
-        const float c = cosf(angle), s = sinf(angle);
-        const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+        float y0, y1;
+        rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
         if (head < heads)
         {
             float* dst = q_out + (long)head * hd;

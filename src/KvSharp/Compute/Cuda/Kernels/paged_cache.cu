@@ -287,6 +287,17 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
     __syncthreads();
 }
 
+// After one row was written into residual r (the last block, nb - 1, of head `head`): the head holds one more token, and
+// the residual either counts it or, now full, is encoded into fresh pool slots with a new empty residual (residual_full).
+// Called by every thread of the block.
+__device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 r)
+{
+    const int count = desc_count(r) + 1;
+    if (count == a.tokens) residual_full(a, head, r);
+    else if (threadIdx.x == 0) a.desc[(long)head * a.max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
+    if (threadIdx.x == 0) a.head_tokens[head] += 1;
+}
+
 // RoPE of the q and k heads of a fused QKV product qkv [rows, (heads + 2 kv_heads) hd] at positions *pos + t
 // (optional per-head RMSNorm first, as qkv_rope_append), queries to q_out [rows, heads, hd]; keys and values
 // appended to the paged cache's layer (its tables at desc/head_blocks/head_tokens, heads kv_heads).
@@ -340,13 +351,12 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         }
         for (int i = threadIdx.x; i < half; i += blockDim.x)
         {
-            const int i0 = interleaved ? 2 * i : i;
-            const int i1 = interleaved ? 2 * i + 1 : i + half;
+            int i0, i1;
+            rope_channels(i, hd, interleaved, i0, i1);
             float x0 = src[i0], x1 = src[i1];
             if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
-            const float angle = (float)p * inv_freq[i];
-            const float c = cosf(angle), s = sinf(angle);
-            const float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+            float y0, y1;
+            rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
             float* dst = is_q ? q_out + ((long)t * heads + h) * hd : kdst;
             dst[i0] = y0;
             dst[i1] = y1;
@@ -355,16 +365,7 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + kh) * hd;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) vdst[i] = vsrc[i];
         __syncthreads();
-        const int count = desc_count(resid) + 1;
-        if (count == tokens)
-        {
-            residual_full(a, head, resid);
-        }
-        else if (threadIdx.x == 0)
-        {
-            desc[(long)head * max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
-        }
-        if (threadIdx.x == 0) head_tokens[head] += 1;
+        residual_advance(a, head, nb, resid);
         __syncthreads();
     }
 }
@@ -389,18 +390,11 @@ struct PagedQkvAppend
 
     __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
     {
-        const int p = *pos;
-        const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + hd / 2;
+        int i0, i1;
+        rope_channels(i, hd, interleaved, i0, i1);
         const bool value = head >= heads + kv_heads;
         float y0 = x0, y1 = x1;
-        if (!value)
-        {
-            // The arithmetic of paged_rope_append.
-            const float angle = (float)p * inv_freq[i];
-            const float c = cosf(angle), s = sinf(angle);
-            y0 = x0 * c - x1 * s;
-            y1 = x0 * s + x1 * c;
-        }
+        if (!value) rope_rotate(*pos, inv_freq[i], x0, x1, y0, y1);
         float* dst;
         if (head < heads) dst = q_out + (long)head * hd;
         else
@@ -430,11 +424,7 @@ struct PagedQkvAppend
         if (!last) return;
         __threadfence(); // the other blocks' rows before this block reads the residual
         const int nb = a.head_blocks[kh];
-        const uint4 r = a.desc[(long)kh * a.max_blocks + nb - 1];
-        const int count = desc_count(r) + 1;
-        if (count == a.tokens) residual_full(a, kh, r);
-        else if (threadIdx.x == 0) a.desc[(long)kh * a.max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
-        if (threadIdx.x == 0) a.head_tokens[kh] += 1;
+        residual_advance(a, kh, nb, a.desc[(long)kh * a.max_blocks + nb - 1]);
     }
 };
 
