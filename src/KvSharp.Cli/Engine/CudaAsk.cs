@@ -25,8 +25,7 @@ internal static class CudaAsk
         if (request.CompareFull) throw new UsageException("--compare is not supported with --device cuda: answer with --device cpu to compare against the full cache");
         if (request.Press?.Recall != null) throw new UsageException($"--press {request.Press.Text}: clusterkv recall does not run on the GPU; use --device cpu");
         if (request.Options.DecodeCompression is { } decodePress) throw new UsageException($"--decode-press {decodePress.Text} does not run on the GPU; use --device cpu");
-        if (request.Model.KvCache is { ResidualTokens: > 0 } residual)
-            throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 one block at a time, not a residual window of +r tokens; drop the +r part");
+        CudaGeneration.RefuseResidualWindow(request.Model);
         var press = request.Press?.Press is { } p ? CudaKvzipPress.From(p) : null; // a press the device does not run: one line naming it
         string text;
         try { text = File.ReadAllText(request.ContextFile); }

@@ -24,9 +24,7 @@ internal static class CudaGeneration
     public static int Generate(EngineFacade engine, TextWriter status, GenerateRequest request, TextWriter output, CancellationToken cancellation)
     {
         var source = request.Model;
-        if (source.KvCache is { ResidualTokens: > 0 } residual)
-            throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 " +
-                "one block at a time (32 tokens per head), not a residual window of +r tokens; drop the +r part");
+        RefuseResidualWindow(source);
         // Before loading the model: without a GPU this is one "CUDA unavailable: ..." line, at once.
         using var device = CudaDevice.Open();
         using var model = engine.Load(source);
@@ -78,6 +76,14 @@ internal static class CudaGeneration
         return spec != null
             ? gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx)
             : gpu.CreateCache(ctx);
+    }
+
+    /// <summary>Refuses a --kv-cache residual window (<c>+rN</c>), which the device cache does not keep (one line, for generate and ask).</summary>
+    internal static void RefuseResidualWindow(ModelSource source)
+    {
+        if (source.KvCache is { ResidualTokens: > 0 } residual)
+            throw new UsageException($"--kv-cache {residual} is not supported with --device cuda: the device cache keeps the newest tokens in float32 " +
+                "one block at a time (32 tokens per head), not a residual window of +r tokens; drop the +r part");
     }
 
     /// <summary>The device type for the model's matrices: float32 stays float32 (exact against the CPU), float16 stays float16, the rest bfloat16.</summary>

@@ -91,7 +91,7 @@ public sealed class EngineFacade : IEngineFacade
     {
         if (request.Device == ComputeDevice.Cuda)
         {
-            if (request.Model.Numerics != CpuNumerics.Fast) throw new KvSharpException("--numerics llamacpp is a CPU mode: --device cuda runs its own kernels");
+            RefuseCpuNumerics(request.Model);
             return CudaGeneration.Generate(this, _status, request, output, cancellation);
         }
         using var model = Load(request.Model);
@@ -198,7 +198,7 @@ public sealed class EngineFacade : IEngineFacade
     {
         if (request.Device == ComputeDevice.Cuda)
         {
-            if (request.Model.Numerics != CpuNumerics.Fast) throw new KvSharpException("--numerics llamacpp is a CPU mode: --device cuda runs its own kernels");
+            RefuseCpuNumerics(request.Model);
             return CudaAsk.Run(this, _status, request, output, cancellation);
         }
         using var model = Load(request.Model);
@@ -266,6 +266,12 @@ public sealed class EngineFacade : IEngineFacade
             Render(_status, table);
         }
         return 0;
+    }
+
+    /// <summary>Refuses --numerics llamacpp with --device cuda (a CPU mode; the GPU runs its own kernels).</summary>
+    private static void RefuseCpuNumerics(ModelSource source)
+    {
+        if (source.Numerics != CpuNumerics.Fast) throw new KvSharpException("--numerics llamacpp is a CPU mode: --device cuda runs its own kernels");
     }
 
     internal static void Render(TextWriter writer, Spectre.Console.Rendering.IRenderable what)

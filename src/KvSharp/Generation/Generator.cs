@@ -75,7 +75,6 @@ public sealed class Generator
     }
 
     /// <summary>The loop behind both <c>Run</c> overloads; <paramref name="options"/> are validated by the caller.</summary>
-
     private static GenerationResult RunSteps(
         ITokenizer tokenizer, int maxContext, NextToken step, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,

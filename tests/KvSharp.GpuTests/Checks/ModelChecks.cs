@@ -59,16 +59,7 @@ public static class ModelChecks
         using var gpu = new CudaTransformer(CudaDevice.Shared, weights, DeviceWeightType.F32);
         using var cache = gpu.CreateCache(promptLength + steps + 1);
         using var gpuSampler = new CudaSampler(CudaDevice.Shared, config.VocabSize, options);
-        int[] next = [.. history];
-        int same = 0;
-        for (int i = 0; i < steps; i++)
-        {
-            int cpuToken = cpuSampler.Sample(cpu.Forward(next, cpuCache), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
-            int gpuToken = gpu.ForwardSample(next, cache, gpuSampler, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
-            if (gpuToken == cpuToken) same++;
-            history.Add(cpuToken);
-            next = [cpuToken];
-        }
+        int same = SameDraws(cpu, cpuCache, cpuSampler, gpu, cache, gpuSampler, history, steps);
         if (same < steps - 2) throw new CheckFailedException($"device sampling chose the CPU sampler's token in {same} of {steps} steps");
         if (history.Skip(promptLength).Distinct().Count() < 5) throw new CheckFailedException("the sampled tokens hardly vary: the draw looks greedy");
         return $"stories260K: the device sampler chose the CPU sampler's token in {same} of {steps} steps ({history.Skip(promptLength).Distinct().Count()} distinct tokens)";
@@ -105,22 +96,7 @@ public static class ModelChecks
                 var cpuSampler = new Sampler(options);
                 using var gpuSampler = new CudaSampler(CudaDevice.Shared, model.Config.VocabSize, options);
                 var history = new List<int>(prompt);
-                int[] next = prompt;
-                int same = 0;
-                for (int i = 0; i < steps; i++)
-                {
-                    if (i == steps / 2)
-                    {
-                        next = [.. next, .. chunk];
-                        history.AddRange(chunk);
-                    }
-                    var recent = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history);
-                    int cpuToken = cpuSampler.Sample(model.Cpu.Forward(next, cpuCache), recent);
-                    int gpuToken = model.Gpu.ForwardSample(next, cache, gpuSampler, recent);
-                    if (gpuToken == cpuToken) same++;
-                    history.Add(cpuToken);
-                    next = [cpuToken];
-                }
+                int same = SameDraws(model.Cpu, cpuCache, cpuSampler, model.Gpu, cache, gpuSampler, history, steps, chunk);
                 string what = $"{name}, {(format == null ? "dense f16" : $"paged {format}")}";
                 if (same < steps - 2) throw new CheckFailedException($"{what}: the graph-sampled token was the CPU's in {same} of {steps} steps");
                 if (cache.Length != cpuCache.Length) throw new CheckFailedException($"{what}: {cache.Length} tokens cached on the GPU, {cpuCache.Length} on the CPU");
@@ -129,6 +105,34 @@ public static class ModelChecks
                 report.Add($"{what} {same}/{steps}");
             }
         return $"graph-sampled decode = CPU engine + sampler: {string.Join("; ", report)} (seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// Samples <paramref name="steps"/> tokens on both engines after <paramref name="history"/> (the prompt, run first): each
+    /// step both run the same tokens and draw with their samplers over the same history, and the CPU's token is fed to both
+    /// (and appended to the history). With <paramref name="halfway"/>, those tokens join the step at steps / 2 (a prefill
+    /// chunk in mid-generation). Returns how many draws were equal.
+    /// </summary>
+    private static int SameDraws(Transformer cpu, IKvCache cpuCache, Sampler cpuSampler, CudaTransformer gpu, DeviceKvCache cache, CudaSampler gpuSampler,
+        List<int> history, int steps, int[]? halfway = null)
+    {
+        int[] next = [.. history];
+        int same = 0;
+        for (int i = 0; i < steps; i++)
+        {
+            if (i == steps / 2 && halfway != null)
+            {
+                next = [.. next, .. halfway];
+                history.AddRange(halfway);
+            }
+            var recent = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history);
+            int cpuToken = cpuSampler.Sample(cpu.Forward(next, cpuCache), recent);
+            int gpuToken = gpu.ForwardSample(next, cache, gpuSampler, recent);
+            if (gpuToken == cpuToken) same++;
+            history.Add(cpuToken);
+            next = [cpuToken];
+        }
+        return same;
     }
 
     /// <summary>

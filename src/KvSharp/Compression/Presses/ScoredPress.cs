@@ -59,7 +59,17 @@ public sealed class ScoredPress(IScorer scorer, IBudget budget, IPressAction? ac
                 first[l * context.KvHeads + h] = p;
                 candidates[l, h] = s[p..];
             }
-        var counts = Budget.Allocate(candidates);
+        return KeepMasks(Budget, candidates, first);
+    }
+
+    /// <summary>
+    /// Keep flags per head from its candidates' scores: the <paramref name="first"/>[head] tokens before the candidates
+    /// (the protected prefix) kept outside the budget, then the budget's count of each head's best candidates (all +∞ ones
+    /// included, ties to the later token). Shared with presses that score elsewhere (the CUDA backend's KVzip).
+    /// </summary>
+    internal static bool[][] KeepMasks(IBudget budget, HeadScores candidates, IReadOnlyList<int> first)
+    {
+        var counts = budget.Allocate(candidates);
         var masks = new bool[candidates.HeadCount][];
         for (int i = 0; i < masks.Length; i++)
         {

@@ -126,15 +126,7 @@ public sealed class CudaKvzipPress
         scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
         var candidates = new HeadScores(scores.Layers, scores.KvHeads);
         for (int i = 0; i < scores.HeadCount; i++) candidates[i / scores.KvHeads, i % scores.KvHeads] = scores[i][protectedPrefix..];
-        var counts = Budget.Allocate(candidates);
-        var keep = new bool[scores.HeadCount][];
-        for (int i = 0; i < keep.Length; i++)
-        {
-            var c = candidates[i];
-            keep[i] = new bool[protectedPrefix + c.Length];
-            Array.Fill(keep[i], true, 0, protectedPrefix);
-            TopK.KeepMask(c, Math.Clamp(counts[i], 0, c.Length)).CopyTo(keep[i], protectedPrefix);
-        }
+        var keep = ScoredPress.KeepMasks(Budget, candidates, Enumerable.Repeat(protectedPrefix, scores.HeadCount).ToArray());
         cache.Evict(keep.Select(k => k.Select(x => !x).ToArray()).ToArray());
         return keep;
     }

@@ -463,7 +463,10 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// Whether every block the cache has held fits the pipelined kernel's small rings (<see cref="CudaPagedKernels.FitsSmallRing"/>:
     /// ≤ 4-bit blocks and the float32 residual), so that its plan may use them (4 attention blocks per multiprocessor, not 3).
     /// </summary>
-    internal bool HoldsOnlySmallBlocks => Enum.GetValues<KvFormat>().All(f => (_formatsHeld & (1 << (int)f)) == 0 || CudaPagedKernels.FitsSmallRing(f));
+    internal bool HoldsOnlySmallBlocks => (_formatsHeld & ~SmallRingFormats) == 0;
+
+    /// <summary>The formats <see cref="CudaPagedKernels.FitsSmallRing"/> accepts, a bit per <see cref="KvFormat"/> (as <see cref="_formatsHeld"/>).</summary>
+    private static readonly int SmallRingFormats = Enum.GetValues<KvFormat>().Where(CudaPagedKernels.FitsSmallRing).Aggregate(0, (m, f) => m | 1 << (int)f);
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {

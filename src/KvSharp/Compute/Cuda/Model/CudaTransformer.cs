@@ -177,9 +177,8 @@ public sealed class CudaTransformer : IDisposable
     /// </summary>
     private int GraphSample(int token, DeviceKvCache cache, CudaSampler sampler, ReadOnlySpan<int> recentTokens)
     {
-        if ((uint)token >= (uint)Config.VocabSize) throw new KvSharpException($"token id {token} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        CheckRun([token], cache, 0);
         int length = cache.Length;
-        if (length + 1 > cache.Capacity) throw new KvSharpException($"{length} cached + 1 new token exceed the CUDA KV cache capacity {cache.Capacity}");
         _device.MakeCurrent();
         var head = sampler.IsPlainGreedy ? null : sampler;
         head?.PrepareStep(recentTokens); // before a capture: a longer penalty window moves the buffer the kernels read
@@ -204,13 +203,7 @@ public sealed class CudaTransformer : IDisposable
     /// </summary>
     private ulong Run(ReadOnlySpan<int> tokens, DeviceKvCache cache, LogitsMode mode, int sequence, float[]? logits)
     {
-        if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
-        if ((uint)sequence >= (uint)cache.Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {cache.Batch}");
-        int length = cache.LengthOf(sequence);
-        if (length + tokens.Length > cache.Capacity)
-            throw new KvSharpException($"{length} cached + {tokens.Length} new tokens exceed the CUDA KV cache capacity {cache.Capacity}");
-        foreach (int id in tokens)
-            if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        CheckRun(tokens, cache, sequence);
         _device.MakeCurrent();
         _graphLength = -1; // the device's position and token no longer follow a sampled graph step
         int vocab = Config.VocabSize;
@@ -243,6 +236,18 @@ public sealed class CudaTransformer : IDisposable
             cache.SetLength(sequence, cache.LengthOf(sequence) + n);
         }
         return lastRow;
+    }
+
+    /// <summary>Refuses running <paramref name="tokens"/> after sequence <paramref name="sequence"/>'s cached ones: none, a sequence outside the batch, past the capacity, an id outside the vocabulary.</summary>
+    private void CheckRun(ReadOnlySpan<int> tokens, DeviceKvCache cache, int sequence)
+    {
+        if (tokens.Length == 0) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if ((uint)sequence >= (uint)cache.Batch) throw new KvSharpException($"sequence {sequence} is outside the cache's batch of {cache.Batch}");
+        int length = cache.LengthOf(sequence);
+        if (length + tokens.Length > cache.Capacity)
+            throw new KvSharpException($"{length} cached + {tokens.Length} new tokens exceed the CUDA KV cache capacity {cache.Capacity}");
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)Config.VocabSize) throw new KvSharpException($"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
     }
 
     /// <summary>
