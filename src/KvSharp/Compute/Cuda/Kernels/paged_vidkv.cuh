@@ -27,17 +27,8 @@ __device__ __forceinline__ int vid_value_trits_at(int tokens) { return (tokens +
 __device__ __forceinline__ int vid_value_rows_at(int tokens, int hd) { return vid_value_trits_at(tokens) + (tokens * hd + 4) / 5; }
 __device__ __forceinline__ int vid_value_params_at(int tokens, int hd, int s) { return vid_value_rows_at(tokens, hd) + s * hd / 2; }
 
-// Whether bit i of a mask is set, and how many bits below i are (the slot of channel/token i among the set ones).
+// Whether bit i of a mask is set.
 __device__ __forceinline__ bool vid_mask_bit(const u8* mask, int i) { return ((mask[i >> 3] >> (i & 7)) & 1) != 0; }
-__device__ __forceinline__ int vid_mask_rank(const u8* mask, int i)
-{
-    int r = 0;
-    for (int b = 0; b < (i >> 3); b++) r += __popc((unsigned)mask[b]);
-    return r + __popc((unsigned)mask[i >> 3] & ((1u << (i & 7)) - 1u));
-}
-
-// The `width`-bit code at bit `bit` of an area (codes of 1 or 2 bits never straddle a byte).
-__device__ __forceinline__ int vid_code(const u8* area, int bit, int width) { return (area[bit >> 3] >> (bit & 7)) & ((1 << width) - 1); }
 
 // The 32 bits of an area starting at bit `bit` (byte loads: areas start at any byte; reads up to 5 bytes, which stay inside
 // the block since a parameter area follows every code area).
