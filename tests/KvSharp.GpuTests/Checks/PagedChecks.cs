@@ -203,13 +203,16 @@ public static class PagedChecks
                             using var pml = Poisoned((long)rows * heads * plan.Splits * 8);
                             using var counters = Dev.Allocate(rows * kvHeads * 4L);
                             counters.Fill32(0);
-                            for (int launch = 0; launch < 2; launch++) // the second launch shows the counters were left at zero
+                            // The second launch shows the counters were left at zero; it also asks L2 for two ranges (the pool and
+                            // the queries): a hint, which must not change the result.
+                            for (int launch = 0; launch < 2; launch++)
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
+                                var prefetch = launch == 1 ? new L2Prefetch(gpu.PoolPointer, gpu.PoolUnits * 16, dq.Pointer, dq.ByteLength) : default;
                                 k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
-                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, vid: gpu.VidKvTables);
+                                    rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, vid: gpu.VidKvTables, prefetch: prefetch);
                                 var got = Result(dout, rows * heads * hd);
-                                string what = $"paged attention ({kernel}) {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
+                                string what = $"paged attention ({kernel}){(launch == 1 ? " + L2 prefetch" : "")} {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
                                 Compare.Relative(what, got, expected, 1e-4);
                                 worst = Math.Max(worst, Compare.RelativeError(got, expected));
                             }

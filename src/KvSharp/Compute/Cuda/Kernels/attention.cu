@@ -190,10 +190,15 @@ __device__ __forceinline__ void attention(
     merge_splits(part_out, part_ml, counters, out, sc, chunk, G, hd, heads, kv_heads, splits, t, kvh);
 }
 
+// pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 before the wait (prefetch_l2; 0 bytes: none).
 #define ATTN(G) \
     extern "C" __global__ void __launch_bounds__(128) attn_g##G(const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, \
-        float* out, int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale, long seq_stride) \
-    { attention<G>(q, kc, vc, po, pml, counters, out, heads, kv_heads, hd, capacity, pos, chunk, splits, scale, seq_stride); }
+        float* out, int heads, int kv_heads, int hd, int capacity, const int* pos, int chunk, int splits, float scale, long seq_stride, \
+        const void* pfa, long pfn_a, const void* pfb, long pfn_b) \
+    { \
+        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
+        attention<G>(q, kc, vc, po, pml, counters, out, heads, kv_heads, hd, capacity, pos, chunk, splits, scale, seq_stride); \
+    }
 ATTN(1) ATTN(2) ATTN(3) ATTN(4) ATTN(5) ATTN(6) ATTN(7) ATTN(8) ATTN(16)
 
 // ---------------------------------------------------------------------------------------------------
@@ -222,15 +227,17 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* acc, floa
 }
 
 // One warp step's keys and values: U slots of KPW keys from jb on (past j1: re-reads the last valid key, masked later).
+// policy: l2_evict_first, so the streamed cache does not push the prefetched weights out of L2.
 template <int HD, int U, int KPW>
-__device__ __forceinline__ void load_tile(const u16* kb, const u16* vb, int jb, int j1, int slot, int sub, uint4* kr, uint4* vr)
+__device__ __forceinline__ void load_tile(const u16* kb, const u16* vb, int jb, int j1, int slot, int sub, uint4* kr, uint4* vr,
+    unsigned long long policy)
 {
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
         const int j = min(jb + u * KPW + slot, j1 - 1);
-        kr[u] = load_stream(kb + (long)j * HD + sub * 8);
-        vr[u] = load_stream(vb + (long)j * HD + sub * 8);
+        kr[u] = load_stream(kb + (long)j * HD + sub * 8, policy);
+        vr[u] = load_stream(vb + (long)j * HD + sub * 8, policy);
     }
 }
 
@@ -240,7 +247,8 @@ template <int HD, int G, bool PIPE>
 __device__ __forceinline__ void attention_stream(
     const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
     float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride)
+    int heads, int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride,
+    const void* pfa, long pfn_a, const void* pfb, long pfn_b)
 {
     constexpr int L = HD / 8, KPW = 32 / L, U = (G <= 4 ? 16 : 8) / KPW, TILE = U * KPW;
     __shared__ float sm_m[STREAM_WARPS][G], sm_l[STREAM_WARPS][G];
@@ -266,10 +274,12 @@ __device__ __forceinline__ void attention_stream(
     constexpr int STEP = STREAM_WARPS * TILE;
     const int jw = j0 + warp * TILE; // this warp's first key
     uint4 kr[U], vr[U];
+    const unsigned long long policy = l2_evict_first();
     const bool early = PIPE && jw < j1 && min(jw + TILE, j1) <= stable; // the first step reads no new key
-    if (early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
+    if (early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr, policy);
+    prefetch_l2(pfa, pfn_a, pfb, pfn_b); // after this block's first K/V requests: they are the ones it waits for
     pdl_wait();
-    if (PIPE && jw < j1 && !early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr);
+    if (PIPE && jw < j1 && !early) load_tile<HD, U, KPW>(kb, vb, jw, j1, slot, sub, kr, vr, policy);
 
     float qf[G][8], acc[G][8], m[G], l[G];
 #pragma unroll
@@ -289,8 +299,8 @@ __device__ __forceinline__ void attention_stream(
     for (int jb = jw; jb < j1; jb += STEP)
     {
         uint4 kn[U], vn[U];
-        if (!PIPE) load_tile<HD, U, KPW>(kb, vb, jb, j1, slot, sub, kr, vr);
-        else if (jb + STEP < j1) load_tile<HD, U, KPW>(kb, vb, jb + STEP, j1, slot, sub, kn, vn);
+        if (!PIPE) load_tile<HD, U, KPW>(kb, vb, jb, j1, slot, sub, kr, vr, policy);
+        else if (jb + STEP < j1) load_tile<HD, U, KPW>(kb, vb, jb + STEP, j1, slot, sub, kn, vn, policy);
         float s[U][G];
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -400,9 +410,9 @@ __device__ __forceinline__ void attention_stream(
 }
 
 #define ATTN_STREAM_ARGS const float* q, const u16* kc, const u16* vc, float* po, float* pml, int* counters, float* out, int heads, \
-    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride
+    int kv_heads, int capacity, const int* pos, int splits, float scale, long seq_stride, const void* pfa, long pfn_a, const void* pfb, long pfn_b
 #define ATTN_STREAM_CALL(HD, G, PIPE) attention_stream<HD, G, PIPE>(q, kc, vc, po, pml, counters, out, heads, kv_heads, capacity, pos, splits, scale, \
-    seq_stride)
+    seq_stride, pfa, pfn_a, pfb, pfn_b)
 #define ATTN_STREAM(HD, G) \
     extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, true); } \
     extern "C" __global__ void __launch_bounds__(128) attn_h##HD##_g##G##_serial(ATTN_STREAM_ARGS) { ATTN_STREAM_CALL(HD, G, false); }

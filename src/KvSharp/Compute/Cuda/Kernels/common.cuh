@@ -91,6 +91,47 @@ __device__ __forceinline__ uint4 load_stream(const void* p)
     return r;
 }
 
+// An L2 eviction policy for data read once while other lines should stay (the KV cache an attention streams while the
+// weights it prefetched for the next kernels wait in L2): its lines are the first to go. Without the hint, a long cache
+// (0.5 GB a layer at 128K tokens) would push the prefetched weights out before they are read.
+__device__ __forceinline__ unsigned long long l2_evict_first()
+{
+    unsigned long long policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+
+// load_stream with an L2 cache policy (l2_evict_first).
+__device__ __forceinline__ uint4 load_stream(const void* p, unsigned long long policy)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(policy));
+    return r;
+}
+
+// Asks L2 for device memory the kernels after this one read (the next products' weights), so that it streams in while
+// this kernel leaves device memory idle (a latency-bound attention): two ranges [a, a + na) and [b, b + nb) (16-byte
+// aligned, sizes multiples of 16) taken as one and cut into equal slices, one per grid block, each asked for by thread 0
+// with one bulk prefetch per range it touches (the copy engine fetches the lines; nothing waits for them). Weights never
+// depend on an earlier kernel of the step, so it runs before pdl_wait. na + nb = 0: nothing. A hint only: no result
+// depends on it.
+__device__ __forceinline__ void prefetch_l2(const void* a, long na, const void* b, long nb)
+{
+#if __CUDA_ARCH__ >= 900
+    if (na + nb <= 0 || threadIdx.x + threadIdx.y + threadIdx.z != 0) return;
+    const long blocks = (long)gridDim.x * gridDim.y * gridDim.z;
+    const long id = blockIdx.x + (long)gridDim.x * (blockIdx.y + (long)gridDim.y * blockIdx.z);
+    const long per = (((na + nb) >> 4) + blocks - 1) / blocks * 16;
+    const long s = id * per, e = min(s + per, na + nb); // this block's bytes of the joined range
+    if (s < min(e, na))
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(a) + s), "r"((unsigned)(min(e, na) - s)) : "memory");
+    if (max(s, na) < e)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(b) + (max(s, na) - na)), "r"((unsigned)(e - max(s, na)))
+                     : "memory");
+#endif
+}
+
 // Programmatic dependent launch (sm_90+; launches without the attribute make both no-ops). A kernel
 // launched with it may start while the previous kernel on the stream is still running: pdl_wait()
 // blocks until that kernel has finished and its writes are visible, so everything before it may only

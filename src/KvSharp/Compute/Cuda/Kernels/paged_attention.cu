@@ -375,19 +375,29 @@ __device__ __forceinline__ void paged_attention_wide(
     merge_splits(part_out, part_ml, counters, out, sc, chunk, G, HD, heads, kv_heads, splits, t, kvh);
 }
 
+// pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 first (prefetch_l2; 0 bytes: none).
 #define PAGED_ATTN(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
-    { paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
-        chunk_blocks, splits, scale, batch, LaneBlocks<G, C>{}); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch, const void* pfa, long pfn_a, \
+        const void* pfb, long pfn_b) \
+    { \
+        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
+        paged_attention_lanes<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
+            chunk_blocks, splits, scale, batch, LaneBlocks<G, C>{}); \
+    }
 PAGED_ATTN(1, 2) PAGED_ATTN(2, 2) PAGED_ATTN(3, 2) PAGED_ATTN(4, 2) PAGED_ATTN(8, 2)
 PAGED_ATTN(1, 4) PAGED_ATTN(2, 4) PAGED_ATTN(3, 4) PAGED_ATTN(4, 4) PAGED_ATTN(8, 4)
 
 #define PAGED_ATTN_WIDE(G, C) \
     extern "C" __global__ void __launch_bounds__(128) paged_attn_w_g##G##_c##C(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
-    { paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch, const void* pfa, long pfn_a, \
+        const void* pfb, long pfn_b) \
+    { \
+        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
+        paged_attention_wide<G, C>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, \
+            chunk_blocks, splits, scale, batch); \
+    }
 PAGED_ATTN_WIDE(1, 2) PAGED_ATTN_WIDE(2, 2) PAGED_ATTN_WIDE(3, 2) PAGED_ATTN_WIDE(4, 2) PAGED_ATTN_WIDE(8, 2)
 PAGED_ATTN_WIDE(1, 4) PAGED_ATTN_WIDE(2, 4) PAGED_ATTN_WIDE(3, 4) PAGED_ATTN_WIDE(4, 4) PAGED_ATTN_WIDE(8, 4)

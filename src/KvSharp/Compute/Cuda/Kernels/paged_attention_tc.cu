@@ -673,11 +673,17 @@ __device__ __forceinline__ void paged_attention_tc(
 }
 
 // At most 168 registers (3 blocks of 4 warps per SM; unbounded it takes ~250 and only 2 fit): a few spill in the key fold.
+// pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 before the wait (prefetch_l2; 0 bytes: none).
 #define PAGED_ATTN_TC(G) \
     extern "C" __global__ void __launch_bounds__(128, 3) paged_attn_t_g##G(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
-    { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
+        int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch, const void* pfa, long pfn_a, \
+        const void* pfb, long pfn_b) \
+    { \
+        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
+        paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, \
+            splits, scale, batch); \
+    }
 PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 
 // ---- Pipelined tensor-core variant (paged_attn_p_gG, head dimension 128) ----
@@ -726,10 +732,12 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
                  : "memory");
 }
 
-// bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar.
+// bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar; the cache's lines are
+// the first L2 evicts (l2_evict_first), so they do not push out the weights the kernel prefetched for the next products.
 __device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar)
 {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst), "l"(src), "r"(bytes), "r"(bar)
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst), "l"(src),
+                 "r"(bytes), "r"(bar), "l"(l2_evict_first())
                  : "memory");
 }
 
@@ -1321,12 +1329,18 @@ __device__ __forceinline__ void paged_attention_pipe(
 }
 
 // At most 128 registers: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings (~73 KB) fit 3.
-// One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384, CudaPagedKernels.PlanPipelined).
+// One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384, CudaPagedKernels.PlanPipelined);
+// pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 before the wait (prefetch_l2; 0 bytes: none).
 #define PAGED_ATTN_PIPE(G, VG) \
     extern "C" __global__ void __launch_bounds__(128, 4) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
-        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring) \
-    { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring); }
+        int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring, const void* pfa, long pfn_a, \
+        const void* pfb, long pfn_b) \
+    { \
+        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
+        paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, \
+            chunk_blocks, splits, scale, batch, (unsigned)ring); \
+    }
 PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
 PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
 PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)

@@ -44,7 +44,7 @@ public sealed class CudaKvCache : DeviceKvCache
         if (a.Flash) kernels.FlashPrefill(a.Q, keys, values, a.Output, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position);
         else
             kernels.Attention(a.Q, keys, values, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
-                a.Plan, seqStride);
+                a.Plan, seqStride, a.Prefetch);
     }
 
     internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)

@@ -106,12 +106,13 @@ public abstract class DeviceKvCache : IDisposable
 /// are consecutive tokens of <paramref name="Sequence"/> (positions at <paramref name="Position"/>), or with
 /// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention;
 /// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and appended the keys and values
-/// (<see cref="DeviceKvCache.EnqueueFusedQkv"/>), leaving only the attention.
+/// (<see cref="DeviceKvCache.EnqueueFusedQkv"/>), leaving only the attention; <paramref name="Prefetch"/> names the weights
+/// the kernels after the attention read, which the decode attention asks L2 for while it runs (none for the prefill one).
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
     int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
-    bool Appended = false);
+    bool Appended = false, L2Prefetch Prefetch = default);
 
 /// <summary>
 /// One decode row's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of

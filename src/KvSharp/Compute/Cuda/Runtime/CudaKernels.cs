@@ -268,10 +268,11 @@ internal sealed class CudaKernels : IDisposable
     /// partOut [rows·heads·splits·hd] and partMl [rows·heads·splits·2] hold per-chunk results; counters
     /// [rows·kvHeads] must be zero before the first launch (each launch leaves them zero). With
     /// <paramref name="seqStride"/> (elements) non-zero, row t is sequence t of a batch: its cache is t·seqStride further
-    /// and its position is position[t].
+    /// and its position is position[t]. <paramref name="prefetch"/>: weights the next kernels read, asked of L2 while the
+    /// attention runs (default: none).
     /// </summary>
     public void Attention(ulong q, ulong kCache, ulong vCache, ulong output, ulong partOut, ulong partMl, ulong counters,
-        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0)
+        int rows, int heads, int kvHeads, int headDim, int capacity, ulong position, AttentionPlan plan, long seqStride = 0, L2Prefetch prefetch = default)
     {
         int group = heads / kvHeads;
         if (!SupportsGroup(group)) throw new CudaException("attention", $"{group} query heads per KV head are not supported (1..8 or 16)");
@@ -281,12 +282,14 @@ internal sealed class CudaKernels : IDisposable
         {
             if (!StreamingAttention(group, headDim)) throw new CudaException("attention", $"no streaming kernel for {group} heads of dimension {headDim}");
             _attention[$"attn_h{headDim}_g{group}{(PipelinedAttention ? "" : "_serial")}"].Launch(grid, 128, 0, q, kCache, vCache, partOut, partMl, counters, output,
-                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
+                Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(capacity), position, Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride),
+                prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
             return;
         }
         _attention[$"attn_g{group}"].Launch(grid, 128, plan.SharedBytes,
             q, kCache, vCache, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim), Arg.Int(capacity), position,
-            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride));
+            Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(scale), Arg.Long(seqStride),
+            prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
     }
 
     /// <summary>Whether the tensor-core prefill kernel (flash_hD) covers this head dimension.</summary>

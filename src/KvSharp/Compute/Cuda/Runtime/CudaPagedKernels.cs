@@ -233,11 +233,12 @@ internal sealed partial class CudaPagedKernels
     /// kvHeads heads at t · kvHeads in the tables (laid out [sequence, KV head]) with all their tokens.
     /// partOut/partMl/counters as <see cref="CudaKernels.Attention"/>. <paramref name="kernel"/> picks the kernel (see
     /// <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's VidKV parameters (<see cref="VidKvTables"/>;
-    /// default: none, for a cache without VidKV blocks).
+    /// default: none, for a cache without VidKV blocks). <paramref name="prefetch"/>: weights the next kernels read, asked of L2
+    /// while the attention runs (default: none; the VidKV kernel takes none).
     /// </summary>
     public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
-        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default)
+        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 3, 4, 8; dimensions 64, 128)");
@@ -255,7 +256,7 @@ internal sealed partial class CudaPagedKernels
             Decode(Pipelined(group, valueGroup)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(batch ? 1 : 0), Arg.Int(ring));
+                Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
             return;
         }
         var function = kernel switch
@@ -276,7 +277,7 @@ internal sealed partial class CudaPagedKernels
         function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
             q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
             Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-            Arg.Int(batch ? 1 : 0));
+            Arg.Int(batch ? 1 : 0), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
     }
 
     /// <summary>Where appended tokens go: one layer's tables, the pool and its allocator, the cache's geometry and formats.</summary>
