@@ -59,8 +59,9 @@ public static class DecodeBench
                 MinChunk = 128,
                 FuseArgMax = false,
                 WaveSplit = false,
+                Prefetch = false,
             };
-            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true };
+            var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true, Prefetch = false };
             foreach (var (name, v) in new[]
             {
                 ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, split for 32 warps/SM)", before),
@@ -68,6 +69,7 @@ public static class DecodeBench
                 ("all but the fused argmax", all with { FuseArgMax = false }),
                 ("all", all),
                 ("all + PDL for every kernel", all with { PdlAll = true }),
+                ("all + L2 prefetch of the output projection during attention", all with { Prefetch = true }),
             })
             {
                 v.Apply(gpu);
@@ -134,11 +136,12 @@ public static class DecodeBench
         }
     }
 
-    /// <summary>The decode-step switches the benchmark compares (launch mode, fused RoPE, attention kernel and split).</summary>
-    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool FuseArgMax, bool WaveSplit)
+    /// <summary>The decode-step switches the benchmark compares (launch mode, fused RoPE, attention kernel and split, L2 prefetch).</summary>
+    private sealed record Variant(bool PdlAll, bool PdlMatrixVector, bool FuseRope, bool Pipelined, int MinChunk, bool FuseArgMax, bool WaveSplit, bool Prefetch)
     {
         public static Variant Capture(CudaTransformer gpu) => new(gpu.Device.ProgrammaticLaunch, gpu.Device.ProgrammaticMatrixVector,
-            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.FuseArgMaxIntoHead, gpu.Kernels.WaveSplit);
+            gpu.FuseRopeIntoQkv, gpu.Kernels.PipelinedAttention, gpu.Kernels.MinStreamingChunk, gpu.FuseArgMaxIntoHead, gpu.Kernels.WaveSplit,
+            gpu.PrefetchNextWeights);
 
         public void Apply(CudaTransformer gpu)
         {
@@ -149,6 +152,7 @@ public static class DecodeBench
             gpu.Kernels.MinStreamingChunk = MinChunk;
             gpu.FuseArgMaxIntoHead = FuseArgMax;
             gpu.Kernels.WaveSplit = WaveSplit;
+            gpu.PrefetchNextWeights = Prefetch;
         }
     }
 

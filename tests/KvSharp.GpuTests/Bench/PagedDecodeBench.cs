@@ -27,13 +27,18 @@ public static class PagedDecodeBench
     /// </summary>
     /// <remarks><paramref name="Programmatic"/>: whether the paged decode kernels launch programmatically (<see cref="CudaPagedKernels.ProgrammaticLaunch"/>);
     /// <paramref name="FusedAppend"/>: whether a batch-1 step appends in the QKV product (<see cref="CudaTransformer.FuseRopeIntoQkv"/>)
-    /// or through the separate paged_rope_append launch.</remarks>
+    /// or through the separate paged_rope_append launch; <paramref name="Prefetch"/>: whether the attention asks L2 for the output
+    /// projection (<see cref="CudaTransformer.PrefetchNextWeights"/>).</remarks>
     private sealed record Variant(string Name, KvFormat? Format, double Keep, PagedAttentionKernel? Kernel = null, (double Outliers, int Salient)? VidKv = null,
-        bool Programmatic = true, bool FusedAppend = true);
+        bool Programmatic = true, bool FusedAppend = true, bool Prefetch = false);
 
     private static readonly Variant[] Variants =
     [
         new("F16 dense (CudaKvCache)", null, 1.0),
+        new("F16 dense (CudaKvCache), L2 prefetch", null, 1.0, Prefetch: true),
+        new("F16 paged, L2 prefetch", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined, Prefetch: true),
+        new("KVzip 0.3 (F16), L2 prefetch", KvFormat.F16, 0.3, PagedAttentionKernel.Pipelined, Prefetch: true),
+        new("KVzip 0.3 + INT4, L2 prefetch", KvFormat.Int4, 0.3, PagedAttentionKernel.Pipelined, Prefetch: true),
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores),
         new("F16 paged", KvFormat.F16, 1.0, PagedAttentionKernel.Pipelined),
         new("F16 paged, plain launches", KvFormat.F16, 1.0, PagedAttentionKernel.TensorCores, Programmatic: false),
@@ -114,6 +119,7 @@ public static class PagedDecodeBench
                     var pagedKernels = (cache as CudaPagedKvCache)?.PagedKernels;
                     if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = v.Programmatic; // before the graph is captured
                     gpu.FuseRopeIntoQkv = v.FusedAppend;
+                    gpu.PrefetchNextWeights = v.Prefetch;
                     using (cache)
                     {
                         long kvBytes = cache.BytesReadPerToken;
@@ -131,7 +137,7 @@ public static class PagedDecodeBench
                         cache.CheckDeviceState();
                         times.Sort();
                         double ms = times[repeats / 2];
-                        if (v.Format == null) denseMs = ms;
+                        if (v.Format == null && !v.Prefetch) denseMs = ms;
                         double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
                         double predicted = (double)(weightBytes + denseKv) / (weightBytes + kvBytes);
                         string kernel = cache is CudaPagedKvCache paged ? paged.AttentionKernel.ToString() : "";
@@ -141,6 +147,7 @@ public static class PagedDecodeBench
                     }
                     if (pagedKernels != null) pagedKernels.ProgrammaticLaunch = true;
                     gpu.FuseRopeIntoQkv = true;
+                    gpu.PrefetchNextWeights = false;
                 }
             }
         log.WriteLine();

@@ -267,7 +267,14 @@ public static class ModelChecks
             while (agree < steps && agree < gpuTokens.Count && gpuTokens[agree] == cpuTokens[agree]) agree++;
             if (requireSameTokens && agree != steps)
                 throw new CheckFailedException($"{type}: greedy tokens differ from the CPU's at step {agree}: GPU [{string.Join(",", gpuTokens)}] CPU [{string.Join(",", cpuTokens)}]");
-            return $"{promptReport}; greedy {agree}/{steps} tokens equal the CPU's";
+            // Again with the attention asking L2 for the output projection: a hint, so the very same tokens.
+            gpu.PrefetchNextWeights = true;
+            using var prefetchCache = gpu.CreateCache(capacity);
+            var prefetched = gpu.GenerateGreedy(prompt, steps, prefetchCache);
+            gpu.PrefetchNextWeights = false;
+            if (!prefetched.SequenceEqual(gpuTokens))
+                throw new CheckFailedException($"{type}: greedy tokens with the L2 prefetch [{string.Join(",", prefetched)}] differ from those without [{string.Join(",", gpuTokens)}]");
+            return $"{promptReport}; greedy {agree}/{steps} tokens equal the CPU's (the same with the L2 prefetch)";
         }
     }
 

@@ -29,15 +29,6 @@ public sealed class CudaTransformer : IDisposable
     private int _graphSamplerVersion;
     private int _graphLength = -1, _graphToken = -1; // after a sampled graph step: the cache length and input token the device holds
 
-    // TEMPORARY measurement switch (issue 7, branch gpul2; removed before the final commit): KVSHARP_L2_PREFETCH=off asks L2
-    // for nothing, =N for the output projection and the first N MB of gate/up (unset: 0 MB).
-    private static readonly long GateUpPrefetchBytes = Environment.GetEnvironmentVariable("KVSHARP_L2_PREFETCH") switch
-    {
-        "off" => -1,
-        { Length: > 0 } v => long.Parse(v, System.Globalization.CultureInfo.InvariantCulture) << 20,
-        _ => 0,
-    };
-
     /// <summary>One decoder layer's device tensors: Q/K/V stacked into one matrix, gate/up into another.</summary>
     private sealed record Layer(
         DeviceBuffer AttnNorm, DeviceMatrix Qkv, DeviceBuffer? QkvBias, DeviceBuffer? QNorm, DeviceBuffer? KNorm,
@@ -121,6 +112,15 @@ public sealed class CudaTransformer : IDisposable
     /// (layers, output head, sampler) rather than launching each kernel. On by default; benchmarks compare both.
     /// </summary>
     public bool SampleInGraph { get; set; } = true;
+
+    /// <summary>
+    /// Whether each decode layer's attention asks L2 for the layer's output projection, the next kernel's weights, while it
+    /// runs (one bulk prefetch per grid block before its griddepcontrol.wait), so that device memory, idle while a
+    /// latency-bound attention works, streams them ahead. Off by default: on an H200 it gained nothing at 512 tokens and
+    /// cost 1-2% of a step where the attention streams more (docs/benchmarks.md, issue 7); benchmarks compare both. Takes
+    /// effect at the next capture.
+    /// </summary>
+    public bool PrefetchNextWeights { get; set; }
 
     /// <summary>Bytes of weight matrices one decoded token reads (every layer's matrices and the output head).</summary>
     public long WeightBytesReadPerToken =>
@@ -432,7 +432,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv ? NextWeights(L) : default));
+                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {
@@ -447,15 +447,6 @@ public sealed class CudaTransformer : IDisposable
             MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
         }
     }
-
-    /// <summary>
-    /// What a layer's attention asks L2 for at decode (the matrix-vector path, ≤ 8 rows): the output projection, which the
-    /// very next kernel reads (32 MB on Llama-3.1-8B, 2/3 of an H100's 50 MB L2), and the first bytes of the gate/up matrix
-    /// after it. The attention reads little at short contexts and is latency-bound for most of its time, so device memory
-    /// would otherwise idle; the output product then reads L2. Prefill (cuBLAS, compute-bound) asks for nothing.
-    /// </summary>
-    private static L2Prefetch NextWeights(Layer L) => GateUpPrefetchBytes < 0 ? default
-        : new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength, L.GateUp.Pointer, Math.Min(GateUpPrefetchBytes, L.GateUp.Buffer.ByteLength));
 
     /// <summary>Final norm and output head for rows first .. first+count-1 of X, into Logits (norm fused up to 8 rows).</summary>
     private void EnqueueLogits(Scratch s, int first, int count)
