@@ -227,7 +227,7 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* acc, floa
 }
 
 // One warp step's keys and values: U slots of KPW keys from jb on (past j1: re-reads the last valid key, masked later).
-// policy: l2_evict_first, so the streamed cache does not push the prefetched weights out of L2.
+// policy: l2_evict_first, so the streamed cache does not push lines still to be read out of L2.
 template <int HD, int U, int KPW>
 __device__ __forceinline__ void load_tile(const u16* kb, const u16* vb, int jb, int j1, int slot, int sub, uint4* kr, uint4* vr,
     unsigned long long policy)

@@ -733,7 +733,8 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
 }
 
 // bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar; the cache's lines are
-// the first L2 evicts (l2_evict_first), so they do not push out the weights the kernel prefetched for the next products.
+// the first L2 evicts (l2_evict_first), so the stream does not push out lines still to be read (the residual that
+// prefetch_float_tail asked for).
 __device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar)
 {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst), "l"(src),

@@ -116,9 +116,9 @@ public sealed class CudaTransformer : IDisposable
     /// <summary>
     /// Whether each decode layer's attention asks L2 for the layer's output projection, the next kernel's weights, while it
     /// runs (one bulk prefetch per grid block before its griddepcontrol.wait), so that device memory, idle while a
-    /// latency-bound attention works, streams them ahead. Off by default: on an H200 it gained nothing at 512 tokens and
-    /// cost 1-2% of a step where the attention streams more (docs/benchmarks.md, issue 7); benchmarks compare both. Takes
-    /// effect at the next capture.
+    /// latency-bound attention works, streams them ahead. Off by default: on an H200 it gained nothing at 512 tokens (the
+    /// output product is hardly faster from L2) and cost 0.3-5% of a step where the attention streams more (its own reads
+    /// wait behind the prefetch; docs/benchmarks.md, issue 7); benchmarks compare both. Takes effect at the next capture.
     /// </summary>
     public bool PrefetchNextWeights { get; set; }
 

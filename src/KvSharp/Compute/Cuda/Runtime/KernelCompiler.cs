@@ -29,10 +29,6 @@ internal static unsafe class KernelCompiler
     {
         string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        // TEMPORARY measurement switch (issue 7, branch gpul2; removed before the final commit): KVSHARP_L2_HINT=0 compiles
-        // the attention kernels without the L2 evict-first policy on their KV reads (evict_normal instead).
-        if (Environment.GetEnvironmentVariable("KVSHARP_L2_HINT") == "0" && fileName is "attention.cu" or "paged_attention_tc.cu")
-            headers = headers.Select(h => (h.Name, h.Text.Replace("L2::evict_first.b64", "L2::evict_normal.b64", StringComparison.Ordinal))).ToList();
         string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions()];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");

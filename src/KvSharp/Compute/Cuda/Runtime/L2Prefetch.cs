@@ -3,8 +3,8 @@ namespace KvSharp.Compute.Cuda.Runtime;
 /// <summary>
 /// Device memory a decode attention launch asks L2 to fetch while it runs (prefetch_l2 in common.cuh): weights the kernels
 /// after it read, which would otherwise come from device memory only once those kernels start, while a latency-bound
-/// attention leaves device memory mostly idle. Up to two ranges (the layer's output projection, the start of its gate/up
-/// matrix), cut into one slice per grid block. Default: none. A hint only: no result depends on it.
+/// attention leaves device memory mostly idle. Up to two ranges (e.g. a layer's output projection and the start of its
+/// gate/up matrix), cut into one slice per grid block. Default: none. A hint only: no result depends on it.
 /// </summary>
 internal readonly record struct L2Prefetch
 {
