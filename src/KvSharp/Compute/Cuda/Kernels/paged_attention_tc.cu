@@ -14,8 +14,9 @@
 // of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
 // Per-channel key parameters are folded into the query once per block (q·k = Σ q·min + Σ (q·step)·code); per-token
 // value parameters multiply the probabilities per 32-channel chunk (a chunk lies in one value group: groups of 32, 64
-// or 128 channels), and their min terms are summed on the side. F32 and BF16 blocks (the F32 residual of every head,
-// BF16 re-quantized tokens) are not exact in f16: CUDA cores read them into the same accumulators.
+// or 128 channels), and their min terms are summed on the side (the pipelined kernel: one more mma, pipe_min_terms).
+// F32 and BF16 blocks (the F32 residual of every head, BF16 re-quantized tokens) are not exact in f16: CUDA cores read
+// them into the same accumulators.
 // Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
 // each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
 // 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
