@@ -12,6 +12,7 @@ internal static class CudaPressSelection
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Count == 0) throw new KvSharpException($"{press}: the context is empty");
         if (cache.Batch != 1) throw new KvSharpException($"{press} on the GPU presses a cache of one sequence, not {cache.Batch}");
         if (cache.Length != 0) throw new KvSharpException($"{press} on the GPU prefills an empty cache, not one holding {cache.Length} positions");
         if (tokens.Count > cache.Capacity) throw new KvSharpException($"{press}: the GPU cache holds {cache.Capacity} positions, the context {tokens.Count} tokens");
