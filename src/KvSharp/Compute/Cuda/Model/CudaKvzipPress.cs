@@ -1,6 +1,5 @@
 using KvSharp.Cache;
 using KvSharp.Compression;
-using KvSharp.Compression.Actions;
 using KvSharp.Compression.Budgets;
 using KvSharp.Compression.Presses;
 using KvSharp.Compression.Scorers;
