@@ -92,11 +92,14 @@ switch (command)
     case "compile":
         // The checks and benchmarks compile each kernel file on first use, one after another (minutes for
         // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
-        foreach (string file in args[1..])
+        // FILE.cu:NAME=VALUE,NAME... builds the file with those defines (a format-specialized build of the pipelined kernel,
+        // e.g. paged_attention_tc.cu:PIPE_ONLY,PIPE_G=4,PIPE_VG=32,PIPE_FORMATS=3,PIPE_MIN_BLOCKS=3).
+        foreach (string spec in args[1..])
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            KernelCompiler.CompileEmbedded(file, CudaDevice.Shared.Architecture);
-            Console.WriteLine($"{file}: compiled in {sw.Elapsed.TotalSeconds:F1} s");
+            string[] parts = spec.Split(':', 2);
+            KernelCompiler.CompileEmbedded(parts[0], CudaDevice.Shared.Architecture, parts.Length > 1 ? parts[1].Split(',') : null);
+            Console.WriteLine($"{spec}: compiled in {sw.Elapsed.TotalSeconds:F1} s");
         }
         return 0;
     case "bench-sampling":

@@ -98,6 +98,17 @@ public class PagedAttentionSharedMemoryTests
     }
 
     [Fact]
+    public void SmallRingsOnlyWhenEveryHeldFormatFitsThem()
+    {
+        static int Mask(params KvFormat[] formats) => formats.Aggregate(0, (m, f) => m | 1 << (int)f);
+        Assert.True(CudaPagedKernels.UsesSmallRings(Mask(KvFormat.F32, KvFormat.Int2)));          // KIVI-2 and its residual
+        Assert.True(CudaPagedKernels.UsesSmallRings(Mask(KvFormat.F32, KvFormat.Int4, KvFormat.Binary)));
+        Assert.False(CudaPagedKernels.UsesSmallRings(Mask(KvFormat.F32, KvFormat.F16)));          // 8 KB F16 blocks: 16 KB rings
+        Assert.False(CudaPagedKernels.UsesSmallRings(Mask(KvFormat.F32, KvFormat.Int4, KvFormat.Int8))); // one large format is enough
+        Assert.False(CudaPagedKernels.UsesSmallRings(0));                                         // unknown: the generic plan
+    }
+
+    [Fact]
     public void OneWaveChunkKeepsEveryLayerInOneWave()
     {
         // 128K tokens in blocks of 32 (4096 per head), 8 KV heads, 396 resident blocks: layerBlocks / 396 rounded up (83)

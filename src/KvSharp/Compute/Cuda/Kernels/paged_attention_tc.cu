@@ -678,7 +678,9 @@ __device__ __forceinline__ void paged_attention_tc(
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int vg, int rows, int chunk_blocks, int splits, float scale, int batch) \
     { paged_attention_tc<G>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, vg, rows, chunk_blocks, splits, scale, batch); }
+#ifndef PIPE_ONLY
 PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
+#endif
 
 // ---- Pipelined tensor-core variant (paged_attn_p_gG, head dimension 128) ----
 // The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
@@ -700,6 +702,37 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   c, column G + c its lo part, for G <= 4; G = 8 runs the hi and the lo parts as two mma into the same accumulators).
 //   A warp then holds 8 tiles × 4 = 32 accumulator registers instead of 16 × 4 (G = 4 left half of every A row of the
 //   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
+
+// Format-specialized builds (CudaPagedKernels.Pipelined): the host compiles this file once more per (group, value group,
+// block formats) of a cache with 16 KB rings, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
+// block-format switch keeps only the formats of PIPE_FORMATS (a bit per KV_* format; the float32 residual always), with
+// PIPE_MIN_BLOCKS = 3 (shared memory admits 3 blocks per SM anyway; up to 168 registers). The generic build below (every
+// format, 4 blocks per SM for the 8 KB rings of small blocks) spilled in the F16 path and its code (~19K instructions)
+// missed the instruction cache: on an H100, KVzip 0.3 at 32K, one launch took 57 us for 40 MB with 20% of its stall
+// samples waiting for instructions and 53K local-memory spill requests.
+#ifndef PIPE_FORMATS
+#define PIPE_FORMATS 0x7ff
+#endif
+#ifndef PIPE_MIN_BLOCKS
+#define PIPE_MIN_BLOCKS 4
+#endif
+
+// KV_FLOAT_OR restricted to PIPE_FORMATS: a format outside it compiles to nothing (the host never launches such a build
+// over its blocks). F32 is always read: every head's residual is float32.
+#define PIPE_HAS(F) ((((PIPE_FORMATS) >> (F)) & 1) != 0 || (F) == KV_F32)
+#define PIPE_CASE(F, CALL) \
+    case F: \
+        if constexpr (PIPE_HAS(F)) { CALL(F); } \
+        break;
+#define KV_PIPE_OR(fmt, FLOAT_CALL, CALL) \
+    switch (fmt) \
+    { \
+        PIPE_CASE(KV_F32, FLOAT_CALL) PIPE_CASE(KV_BF16, FLOAT_CALL) PIPE_CASE(KV_F16, CALL) PIPE_CASE(KV_FP8, CALL) PIPE_CASE(KV_INT8, CALL) \
+        PIPE_CASE(KV_INT4, CALL) PIPE_CASE(KV_INT2, CALL) PIPE_CASE(KV_TERNARY, CALL) \
+    default: \
+        if constexpr (PIPE_HAS(KV_BINARY)) { CALL(KV_BINARY); } \
+        break; \
+    }
 
 constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
 constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
@@ -1252,7 +1285,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         // Full blocks (most) take copies with n a constant: no per-tile bounds or row clamps.
 #define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, tokens, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
-        KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
+        KV_PIPE_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
         if (ks) // the keys are done: their ring space goes to the next entries
@@ -1266,7 +1299,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
 #define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, mb); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
-        KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
+        KV_PIPE_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
         if (vs)
@@ -1320,13 +1353,19 @@ __device__ __forceinline__ void paged_attention_pipe(
     merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live_splits);
 }
 
-// At most 128 registers: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings (~73 KB) fit 3.
-// One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384, CudaPagedKernels.PlanPipelined).
+// At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings
+// (~73 KB) fit 3. One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384,
+// CudaPagedKernels.PlanPipelined).
 #define PAGED_ATTN_PIPE(G, VG) \
-    extern "C" __global__ void __launch_bounds__(128, 4) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
+    extern "C" __global__ void __launch_bounds__(128, PIPE_MIN_BLOCKS) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring) \
     { paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring); }
+#define PAGED_ATTN_PIPE_OF(G, VG) PAGED_ATTN_PIPE(G, VG)
+#ifdef PIPE_ONLY
+PAGED_ATTN_PIPE_OF(PIPE_G, PIPE_VG)
+#else
 PAGED_ATTN_PIPE(1, 32) PAGED_ATTN_PIPE(2, 32) PAGED_ATTN_PIPE(4, 32) PAGED_ATTN_PIPE(8, 32)
 PAGED_ATTN_PIPE(1, 64) PAGED_ATTN_PIPE(2, 64) PAGED_ATTN_PIPE(4, 64) PAGED_ATTN_PIPE(8, 64)
 PAGED_ATTN_PIPE(1, 128) PAGED_ATTN_PIPE(2, 128) PAGED_ATTN_PIPE(4, 128) PAGED_ATTN_PIPE(8, 128)
+#endif

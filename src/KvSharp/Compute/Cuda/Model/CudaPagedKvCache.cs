@@ -450,7 +450,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         long growth = ((long)Math.Max(0, visible - _lengthAtSync) + BlockTokens - 1) / BlockTokens;
         int blocks = (int)Math.Min(MaxBlocks, _blocksAtSync + growth);
         long layerBlocks = _layerBlocksAtSync + growth * Config.NumKvHeads;
-        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel, HoldsOnlySmallBlocks);
+        return _kernels.Plan(blocks, layerBlocks, rows, _group, Config.NumKvHeads, Config.HeadDim, BlockTokens, AttentionKernel, FormatsHeld, ValueGroup);
     }
 
     /// <summary>Every block format the cache has held, a bit per <see cref="KvFormat"/> (formats are only ever added).</summary>
@@ -460,13 +460,10 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     private void NoteFormats(KvFormat keys, KvFormat values) => _formatsHeld |= (1 << (int)keys) | (1 << (int)values);
 
     /// <summary>
-    /// Whether every block the cache has held fits the pipelined kernel's small rings (<see cref="CudaPagedKernels.FitsSmallRing"/>:
-    /// ≤ 4-bit blocks and the float32 residual), so that its plan may use them (4 attention blocks per multiprocessor, not 3).
+    /// The formats of every block the cache has held and of its float32 residual, a bit per <see cref="KvFormat"/>: the
+    /// attention plan's kernel build and rings (<see cref="CudaPagedKernels.Plan"/>) follow them.
     /// </summary>
-    internal bool HoldsOnlySmallBlocks => (_formatsHeld & ~SmallRingFormats) == 0;
-
-    /// <summary>The formats <see cref="CudaPagedKernels.FitsSmallRing"/> accepts, a bit per <see cref="KvFormat"/> (as <see cref="_formatsHeld"/>).</summary>
-    private static readonly int SmallRingFormats = Enum.GetValues<KvFormat>().Where(CudaPagedKernels.FitsSmallRing).Aggregate(0, (m, f) => m | 1 << (int)f);
+    internal int FormatsHeld => _formatsHeld | 1 << (int)KvFormat.F32;
 
     internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {

@@ -204,9 +204,11 @@ internal sealed class CudaKernels : IDisposable
     /// How a causal attention splits the sequence: chunk length, chunk count, shared memory per block. With
     /// <paramref name="Streaming"/> (head dimension 64 or 128, ≤ 8 heads per KV head) the streaming kernel computes
     /// the chunk from the position itself, and only the split count is planned. <paramref name="RingBytes"/>: each warp's
-    /// staging ring in the paged cache's pipelined kernel (0: the default, CudaPagedKernels.PipelineRingBytes).
+    /// staging ring in the paged cache's pipelined kernel (0: the default, CudaPagedKernels.PipelineRingBytes);
+    /// <paramref name="Formats"/>: the block formats (a bit per KvFormat) its format-specialized build reads (0: the
+    /// generic build, every format).
     /// </summary>
-    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0);
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0);
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;

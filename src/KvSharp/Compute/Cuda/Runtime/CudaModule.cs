@@ -21,9 +21,12 @@ internal sealed unsafe class CudaModule : IDisposable
         fixed (byte* image = cubin) CudaApi.Check(CudaApi.cuModuleLoadData(out _module, image), "cuModuleLoadData");
     }
 
-    /// <summary>Compiles (or takes from the disk cache) embedded source <paramref name="fileName"/> and loads it.</summary>
-    public static CudaModule LoadEmbedded(CudaDevice device, string fileName, Func<string, bool>? worksBeforeWait = null) =>
-        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture), worksBeforeWait);
+    /// <summary>
+    /// Compiles (or takes from the disk cache) embedded source <paramref name="fileName"/> with the preprocessor
+    /// <paramref name="defines"/> and loads it.
+    /// </summary>
+    public static CudaModule LoadEmbedded(CudaDevice device, string fileName, Func<string, bool>? worksBeforeWait = null, IReadOnlyList<string>? defines = null) =>
+        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture, defines), worksBeforeWait);
 
     /// <summary>The extern "C" kernel <paramref name="name"/>.</summary>
     public CudaFunction this[string name]

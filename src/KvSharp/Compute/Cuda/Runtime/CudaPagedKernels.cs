@@ -153,13 +153,42 @@ internal sealed partial class CudaPagedKernels
     public static int PipelinedSharedBytes(int group, int chunkBlocks, int ringBytes = PipelineRingBytes) =>
         4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
 
-    private readonly HashSet<string> _pipelinedShared = [];
+    private readonly HashSet<CudaFunction> _pipelinedShared = [];
+    private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
 
-    private CudaFunction Pipelined(int group, int valueGroup)
+    /// <summary>The formats a cache's blocks may have for the small rings (<see cref="FitsSmallRing"/>), a bit per <see cref="KvFormat"/>.</summary>
+    public static readonly int SmallRingFormats = Enum.GetValues<KvFormat>().Where(FitsSmallRing).Aggregate(0, (m, f) => m | 1 << (int)f);
+
+    /// <summary>Whether a cache holding blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>) uses the small rings.</summary>
+    public static bool UsesSmallRings(int formats) => formats != 0 && (formats & ~SmallRingFormats) == 0;
+
+    /// <summary>
+    /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
+    /// Caches with 16 KB rings (F16, FP8, INT8 blocks) get a build of paged_attention_tc.cu with only this group's and value
+    /// group's kernel, whose format switch keeps only their formats (a fraction of the generic kernel's code, which missed
+    /// the instruction cache) and whose register bound is 3 blocks per multiprocessor, what their shared memory admits
+    /// anyway (145 registers for F16 blocks, where the generic bound of 4 blocks spilled): compiled on first use (~3 s on an
+    /// H200) and cached on disk. Caches of small blocks keep the generic build (4 blocks per multiprocessor): a KIVI-2
+    /// cache over the specialized build faulted at 128K tokens on an H200, not yet explained, so it is not used there.
+    /// </summary>
+    private CudaFunction Pipelined(int group, int valueGroup, int formats)
     {
-        var f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
+        CudaFunction f;
+        if (formats == 0 || UsesSmallRings(formats)) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
+        else
+        {
+            CudaModule? module;
+            lock (_pipelinedBuilds)
+                if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats), out module))
+                {
+                    string[] defines = ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", "PIPE_MIN_BLOCKS=3"];
+                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, defines);
+                    _pipelinedBuilds[(group, valueGroup, formats)] = module;
+                }
+            f = module[$"paged_attn_p_g{group}_v{valueGroup}"];
+        }
         lock (_pipelinedShared)
-            if (_pipelinedShared.Add(f.Name))
+            if (_pipelinedShared.Add(f))
             {
                 f.AllowSharedMemory(PipelinedSharedBytes(group, PipelinedMaxChunkBlocks));
                 f.PreferSharedMemory();
@@ -169,20 +198,20 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
-    /// (<paramref name="smallBlocks"/>), else <see cref="PipelineRingBytes"/>; chunks sized so that the non-empty grid blocks
+    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; chunks sized so that the non-empty grid blocks
     /// fit one wave of the blocks resident per multiprocessor with those rings (see <see cref="OneWaveChunk"/>), and few
     /// enough splits that the merge's weights (group × splits floats) fit the rings they reuse.
     /// </summary>
-    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, bool smallBlocks)
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
-        int ring = smallBlocks ? PipelineSmallRingBytes : PipelineRingBytes;
-        int perSm = Math.Max(1, Pipelined(group, 32).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
+        int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
+        int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
         int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
         int maxSplits = ring / group;
         if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
         if (chunk > PipelinedMaxChunkBlocks)
             throw new CudaException("paged attention", $"{blocks} blocks need more than {maxSplits} splits of {PipelinedMaxChunkBlocks} blocks");
-        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring);
+        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats);
     }
 
     /// <summary>
@@ -202,16 +231,17 @@ internal sealed partial class CudaPagedKernels
     /// (splits × KV heads × rows) grid blocks filling the GPU a few times over; the tensor-core one sizes the chunk so that
     /// the non-empty grid blocks, <paramref name="layerBlocks"/> (one layer's blocks over all its KV heads) / chunk per row,
     /// fill exactly one wave of resident blocks: no tail wave, fewer chunks for the merge, and heads shorter than the longest
-    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split. <paramref name="smallBlocks"/>: every block of the
-    /// cache fits the pipelined kernel's small rings (<see cref="FitsSmallRing"/>).
+    /// (KVzip) leave no SM idle. The plan's Chunk counts blocks per split. <paramref name="formats"/>: the formats of the
+    /// cache's blocks, a bit per <see cref="KvFormat"/> (0: unknown), which pick the pipelined kernel's build and its rings
+    /// (small when every format fits them, <see cref="UsesSmallRings"/>); <paramref name="valueGroup"/>: the cache's value group.
     /// </summary>
     public CudaKernels.AttentionPlan Plan(int blocks, long layerBlocks, int rows, int group, int kvHeads, int headDim, int blockTokens, PagedAttentionKernel kernel,
-        bool smallBlocks = false)
+        int formats = 0, int valueGroup = 32)
     {
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads, smallBlocks);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads, formats, valueGroup);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
             ? OneWaveChunk(blocks, layerBlocks, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows, kvHeads)
@@ -252,7 +282,7 @@ internal sealed partial class CudaPagedKernels
                 throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
             if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
-            Decode(Pipelined(group, valueGroup)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+            Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring));

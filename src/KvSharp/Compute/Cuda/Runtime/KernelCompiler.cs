@@ -24,12 +24,16 @@ internal static unsafe class KernelCompiler
         }
     }
 
-    /// <summary>The cubin of embedded source <paramref name="fileName"/> (with every embedded .cuh header available to it).</summary>
-    public static byte[] CompileEmbedded(string fileName, string architecture)
+    /// <summary>
+    /// The cubin of embedded source <paramref name="fileName"/> (with every embedded .cuh header available to it), built
+    /// with the preprocessor <paramref name="defines"/> (NAME or NAME=VALUE; part of the cache key): a file may build
+    /// specialized variants of its kernels (paged_attention_tc.cu's PIPE_ONLY builds).
+    /// </summary>
+    public static byte[] CompileEmbedded(string fileName, string architecture, IReadOnlyList<string>? defines = null)
     {
         string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions()];
+        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions(), .. (defines ?? []).Select(d => "-D" + d)];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");
         if (File.Exists(path)) return File.ReadAllBytes(path);
