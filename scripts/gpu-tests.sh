@@ -14,6 +14,8 @@
 #                                  same shapes.
 #   scripts/gpu-tests.sh kvzip-cli [DIR]   (on the GPU machine) kvsharp ask --press kvzip:keep=0.3 on the CPU and with
 #                                  --device cuda over a needle haystack, answers compared (needle model, f32 dummy weights).
+#   scripts/gpu-tests.sh press-cli [DIR]   the same for each press of $PRESSES (space-separated; default snapkv, h2o,
+#                                  snapkv+pyramid, adakv(h2o) and kvzip).
 #   scripts/gpu-tests.sh cli [MODEL] [DIR]   (on the GPU machine) kvsharp generate on the CPU and with --device cuda
 #                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
 #                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
@@ -148,16 +150,21 @@ case "${1:-}" in
     grep -h "^cuda:\|^loaded\|^saved" "$dir"/gpu-dense.err "$dir"/gpu-int4.err "$dir"/gpu-after-cpu-h2o.err "$dir"/gpu-save-f16.err || true
     exit $status
     ;;
-  kvzip-cli)
-    # kvsharp ask with --press kvzip:keep=0.3 on the CPU and with --device cuda (prefill, press and answers on the GPU) over a
-    # needle haystack of ~1800 tokens hiding two numbers, two questions (the second after the first is rolled back): the
-    # answer rows compared (the decode tok/s column dropped), the compression times printed. On the needle model (its
-    # bfloat16 weights: the GPU's prefill products round activations to bfloat16, so near-tie tokens may differ; reported)
-    # and on float32 dummy weights of its shape (bench/configs/needle.json; the engines differ only by rounding: strict).
+  kvzip-cli|press-cli)
+    # kvsharp ask with a press on the CPU and with --device cuda (prefill, press and answers on the GPU) over a needle
+    # haystack of ~1800 tokens hiding two numbers, two questions (the second after the first is rolled back): the answer
+    # rows compared (the decode tok/s column dropped), the compression times printed. On the needle model (its bfloat16
+    # weights: the GPU's prefill products round activations to bfloat16, so near-tie tokens may differ; reported) and on
+    # float32 dummy weights of its shape (bench/configs/needle.json; the engines differ only by rounding: strict).
+    # kvzip-cli: kvzip:keep=0.3,chunk=512; press-cli: the presses in $PRESSES (space-separated; default SnapKV, H2O,
+    # SnapKV under a pyramid budget, H2O under AdaKV, KVzip). The CPU runs go while the kernels compile.
+    mode="$1"
     dir="${2:-${OUT:-.gpu/results}}"
     mkdir -p "$dir/dummy"
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
-    precompile
+    precompile & compiling=$!
+    if [ "$mode" == kvzip-cli ]; then presses=("kvzip:keep=0.3,chunk=512")
+    else read -r -a presses <<< "${PRESSES:-snapkv:keep=0.3 h2o:keep=0.3 snapkv+pyramid:keep=0.3 adakv(h2o):keep=0.3 kvzip:keep=0.3,chunk=512}"; fi
     kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
     python3 - "$dir/context.txt" <<'PY'
 import random, sys
@@ -174,29 +181,35 @@ PY
     cp models/kvsharp-needle-16m/tokenizer.json "$dir/dummy/"
     q() { echo "What is the special magic number for $1 mentioned in the provided text? The special magic number for $1 mentioned in the provided text is"; }
     status=0
-    echo "| model | device | answers = CPU | compression time |"
-    echo "|---|---|---|---|"
-    for m in needle dummy; do
+    ask() { # model press device
+      local m="$1" p="$2" d="$3" name="$1-$(echo "$2" | tr -c 'a-zA-Z0-9=.\n' '_')-$3" source
       if [ "$m" == needle ]; then source=(-m models/kvsharp-needle-16m); else source=(--dummy "$dir/dummy/config.json" --dummy-type f32); fi
-      for d in cpu cuda; do
-        if ! kvsharp ask "${source[@]}" --context "$dir/context.txt" --press kvzip:keep=0.3,chunk=512 -q "$(q apple)" -q "$(q violin)" -n 8 \
-          --device $d > "$dir/ask-$m-$d.txt" 2> "$dir/ask-$m-$d.err"; then
-          echo "FAIL ask $m $d: $(tail -n 1 "$dir/ask-$m-$d.err")"; status=1
-        fi
-        # The answer table's rows without their last cell (decode tok/s).
-        awk '/measure/{exit} /│/' "$dir/ask-$m-$d.txt" | sed -E 's/│[^│]*│$/│/' > "$dir/answers-$m-$d.txt"
+      if ! kvsharp ask "${source[@]}" --context "$dir/context.txt" --press "$p" -q "$(q apple)" -q "$(q violin)" -n 8 \
+        --device "$d" > "$dir/ask-$name.txt" 2> "$dir/ask-$name.err"; then
+        echo "FAIL ask $m $p $d: $(tail -n 1 "$dir/ask-$name.err")"; status=1
+      fi
+      # The answer table's rows without their last cell (decode tok/s).
+      awk '/measure/{exit} /│/' "$dir/ask-$name.txt" | sed -E 's/│[^│]*│$/│/' > "$dir/answers-$name.txt"
+    }
+    for m in needle dummy; do for p in "${presses[@]}"; do ask "$m" "$p" cpu; done; done
+    wait "$compiling" || true
+    for m in needle dummy; do for p in "${presses[@]}"; do ask "$m" "$p" cuda; done; done
+    echo "| model | press | answers = CPU | CPU compression | GPU compression | GPU prefill |"
+    echo "|---|---|---|---|---|---|"
+    for m in needle dummy; do
+      for p in "${presses[@]}"; do
+        base="$m-$(echo "$p" | tr -c 'a-zA-Z0-9=.\n' '_')"
+        same=no
+        if cmp -s "$dir/answers-$base-cpu.txt" "$dir/answers-$base-cuda.txt" && [ -s "$dir/answers-$base-cuda.txt" ]; then same=yes; elif [ "$m" == dummy ]; then status=1; fi
+        ms() { grep -o "$2 *│ *[0-9,]* ms" "$1" | grep -o '[0-9,]* ms' | head -n 1; }
+        echo "| $m | $p | $same | $(ms "$dir/ask-$base-cpu.txt" 'compression time') | $(ms "$dir/ask-$base-cuda.txt" 'compression time') | $(grep -o 'prefill [0-9]* ms' "$dir/ask-$base-cuda.txt" | head -n 1) |"
+        [ "$same" == yes ] || { echo "CPU:"; cat "$dir/answers-$base-cpu.txt"; echo "GPU:"; cat "$dir/answers-$base-cuda.txt"; }
       done
-      same=no
-      if cmp -s "$dir/answers-$m-cpu.txt" "$dir/answers-$m-cuda.txt"; then same=yes; elif [ "$m" == dummy ]; then status=1; fi
-      for d in cpu cuda; do
-        echo "| $m | $d | $same | $(grep -o 'compression time *│ *[0-9]* ms' "$dir/ask-$m-$d.txt" | grep -o '[0-9]* ms') |"
-      done
-      cat "$dir/answers-$m-cuda.txt"
     done
     exit $status
     ;;
   *)
-    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR] | cli [MODEL] [DIR] | kvzip-cli [DIR]" >&2
+    echo "usage: scripts/gpu-tests.sh publish | run [bench options] | paged [bench-paged options] | issue7 [DIR] | cli [MODEL] [DIR] | kvzip-cli [DIR] | press-cli [DIR]" >&2
     exit 64
     ;;
 esac

@@ -7,7 +7,8 @@
 # (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
 # reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
 #   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
-# P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1).
+# P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1);
+# the value mins' sums one more mma per step (pipe_min_terms, branch gpulowbit).
 import struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
@@ -112,14 +113,14 @@ def encode(f, keys, X, vg):
 def key_query(f, qh, ql, sw, mw):
     bias = 0.0
     if quant(f):
-        d = [[[0.0] * 4 for _ in range(32)]]
+        d = [[[0.0] * 4 for _ in range(32)] for _ in range(2)]  # even and odd k-steps
         for s in range(8):
             A = [(qh[l][2 * s], ql[l][2 * s], qh[l][2 * s + 1], ql[l][2 * s + 1]) for l in range(32)]
             if f == TERN: B = [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)]
             else: B = [(mw[l][2 * s], mw[l][2 * s + 1]) for l in range(32)]
-            mma(d[0], A, B)
-            if f == BIN: mma(d[0], A, [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)])
-        bias = [f32(d[0][l][0] + d[0][l][2]) for l in range(32)]
+            mma(d[s & 1], A, B)
+            if f == BIN: mma(d[s & 1], A, [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)])
+        bias = [f32(f32(d[0][l][0] + d[1][l][0]) + f32(d[0][l][2] + d[1][l][2])) for l in range(32)]
         nh = [[0] * 16 for _ in range(32)]; nl = [[0] * 16 for _ in range(32)]
         for l in range(32):
             for r in range(16):
@@ -243,7 +244,7 @@ def values(f, blk, n, tokens, p, VG, G):
     # pipe_add_output with the warp-merge factor 1
     BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
     scales = tokens * ROW; mins = scales + tokens * gpr * 2
-    o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; mb = [[0.0] * 4 for _ in range(32)]
+    o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; md = [[0.0] * 4 for _ in range(32)]
     for h in range(2):
         if 16 * h >= n: break
         L = []
@@ -259,6 +260,22 @@ def values(f, blk, n, tokens, p, VG, G):
             c = 256.0 if f == FP8 else 2.0 if f == BIN else 1.0
             P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
             L.append((piece, sh, mh, pv, P))
+        if quant(f):
+            # pipe_min_terms: row k of M·P^T (k = the lane's gid & 3) = Σ_t min_t(chunk k)·p_t per column, unscaled probabilities
+            runs = []
+            for run in range(2 if f == BIN else 1):
+                A = []; B = []
+                for l in range(32):
+                    gid = l >> 2; piece, sh, mh, pv, P = L[l]; k = gid & 3
+                    U = split_f16x2(pv[0], pv[1]) + split_f16x2(pv[2], pv[3]) if f == BIN else P
+                    src = sh if f == TERN or run == 1 else mh
+                    a0 = chunk_param_pair(src[0], src[1], k, gpr); a2 = chunk_param_pair(src[2], src[3], k, gpr)
+                    if f == TERN or run == 1: a0, a2 = hneg2(a0), hneg2(a2)
+                    A.append((a0, 0, a2, 0)); B.append((U[0], U[2], U[1], U[3]))  # h01, h89, l01, l89
+                if G == 8:
+                    mma(md, A, [(b[0], b[1]) for b in B]); mma(md, A, [(b[2], b[3]) for b in B])
+                else:
+                    mma(md, A, [((B[l][2], B[l][3]) if ((l >> 2) & G) else (B[l][0], B[l][1])) for l in range(32)])
         for k in range(4):
             Ps = []; VF = []
             for l in range(32):
@@ -267,9 +284,6 @@ def values(f, blk, n, tokens, p, VG, G):
                 if quant(f):
                     a0, a1 = scaled_pair(P[0], P[1], chunk_param_pair(sh[0], sh[1], k, gpr))
                     a2, a3 = scaled_pair(P[2], P[3], chunk_param_pair(sh[2], sh[3], k, gpr))
-                    for u in range(4):
-                        mn = -chunk_param(sh[u], k, gpr) if f == TERN else f32(chunk_param(mh[u], k, gpr) - chunk_param(sh[u], k, gpr)) if f == BIN else chunk_param(mh[u], k, gpr)
-                        mb[l][k] = f32(mb[l][k] + f32(pv[u] * mn))
                 Ps.append((a0, a1, a2, a3))
                 VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
             for j in range(2):
@@ -281,12 +295,13 @@ def values(f, blk, n, tokens, p, VG, G):
                 else:
                     mma(d, A, [((Ps[l][1], Ps[l][3]) if ((l >> 2) & G) else (Ps[l][0], Ps[l][2])) for l in range(32)])
                 for l in range(32): o[l][2 * k + j] = d[l]
-    # pipe_add_output: the min terms summed over the head's 4 lanes, columns' heads by shuffles, hi + lo columns
-    msum = [[sum(mb[((l >> 2) << 2) | t][k] for t in range(4)) for k in range(4)] for l in range(32)]
+    # pipe_add_output: hi + lo columns (column_sum), the min terms of chunk k from the lanes gid = k, same tig
+    def column_sum(v, l, e): return f32(v[l][e] + v[l][e ^ 1]) if G == 1 else f32(v[l][e] + v[l ^ 1][e]) if G == 2 else f32(v[l][e] + v[l ^ 2][e]) if G == 4 else v[l][e]
+    ms = [[column_sum(md, l, e) for e in range(2)] for l in range(32)]
     out = {}
     for l in range(32):
         gid, tig = l >> 2, l & 3
-        mc = [[msum[l][k] if G == 1 else msum[4 * column_head(G, 2 * tig + e)][k] for e in range(2)] for k in range(4)]
+        mc = [[ms[4 * k + tig][e] for e in range(2)] for k in range(4)]
         for j in range(8):
             for r in range(4):
                 x = o[l][j][r]

@@ -10,6 +10,8 @@ using KvSharp.GpuTests.Checks;
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
 //                                [--rows 16,512,2048] [--press-contexts 32768]   (statistics pass before/after, device KVzip press)
+//   KvSharp.GpuTests bench-press [--needle FOLDER] [--contexts 2048,6000] [--presses "snapkv:keep=0.3;h2o:keep=0.3;..."]
+//                                (ask's device presses vs the CPU presses of this machine, needle model)
 //   KvSharp.GpuTests bench-sampling [--vocab 128256] [--repetitions 50] [--config PATH] [--tokens 256]
 //                                (device sampler vs copy + CPU sampler; with --config also sampled decode,
 //                                eager vs graph)
@@ -81,6 +83,12 @@ switch (command)
                 baseline.Length > 0 ? baseline : null, Ints("--contexts", "4096,32768"), Ints("--rows", "16,512,2048"), Ints("--press-contexts", "32768"), Console.Out);
             return 0;
         }
+    case "bench-press":
+        PressBench.Run(Option("--needle", Path.Combine("models", "kvsharp-needle-16m")),
+            Option("--contexts", "2048,6000").Split(',').Select(int.Parse).ToArray(),
+            Option("--presses", "snapkv:keep=0.3;adakv(snapkv):keep=0.3;tova:keep=0.3;h2o:keep=0.3;keynorm:keep=0.3;streamingllm:keep=0.3;kvzip:keep=0.3,chunk=512")
+                .Split(';', StringSplitOptions.RemoveEmptyEntries), Console.Out);
+        return 0;
     case "compile":
         // The checks and benchmarks compile each kernel file on first use, one after another (minutes for
         // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
@@ -99,7 +107,7 @@ switch (command)
         if (Option("--config", "") is { Length: > 0 } decodeConfig) SamplingBench.RunDecode(decodeConfig, int.Parse(Option("--tokens", "256")), Console.Out);
         return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-sampling, compile, kvsharp)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-press, bench-sampling, compile, kvsharp)");
         return 64;
 }
 

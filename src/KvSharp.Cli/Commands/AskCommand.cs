@@ -22,7 +22,7 @@ internal static class AskCommand
         var showCache = new Option<bool>("--show-cache") { Description = "Print the compressed cache's bytes per format" };
         var device = new Option<string>("--device")
         {
-            Description = "Where the model runs: cpu, or cuda (an NVIDIA GPU: prefill, the kvzip press and the answers on the device)",
+            Description = "Where the model runs: cpu, or cuda (an NVIDIA GPU: prefill, the press (snapkv, tova, h2o, kvzip, keynorm, streamingllm, random; any budget) and the answers on the device)",
             DefaultValueFactory = _ => "cpu",
             HelpName = "cpu|cuda",
         };

@@ -11,8 +11,9 @@ namespace KvSharp.Cli.Engine;
 
 /// <summary>
 /// <c>kvsharp ask --device cuda</c>: the context prefilled into a <see cref="CudaPagedKvCache"/> (--kv-cache's formats,
-/// f16 by default as on the CPU), pressed on the device (<see cref="CudaKvzipPress"/>: KVzip's repeat runs, scores and
-/// eviction on the GPU; the budget on the host), then each question appended, answered with the device sampler and
+/// f16 by default as on the CPU) and pressed on the device (<see cref="CudaContextPresses.From"/>: SnapKV, TOVA and H2O observe
+/// the prefill itself, KVzip its repeat runs, key-norm the keys read back, StreamingLLM the positions; scores and eviction on
+/// the GPU, the CPU press's budget on the host), then each question appended, answered with the device sampler and
 /// rolled back to the compressed context (<see cref="CudaPagedKvCache.Restore"/>). The same protected prefix (the
 /// BOS), capacity and answer length as the CPU's <c>ask</c>, so with float32 weights the two give the same answers. Presses
 /// the device does not run, clusterkv, --query-aware and --compare are refused in one line.
@@ -26,7 +27,7 @@ internal static class CudaAsk
         if (request.Press?.Recall != null) throw new UsageException($"--press {request.Press.Text}: clusterkv recall does not run on the GPU; use --device cpu");
         if (request.Options.DecodeCompression is { } decodePress) throw new UsageException($"--decode-press {decodePress.Text} does not run on the GPU; use --device cpu");
         CudaGeneration.RefuseResidualWindow(request.Model);
-        var press = request.Press?.Press is { } p ? CudaKvzipPress.From(p) : null; // a press the device does not run: one line naming it
+        var press = request.Press?.Press is { } p ? CudaContextPresses.From(p) : null; // a press the device does not run: one line naming it
         string text;
         try { text = File.ReadAllText(request.ContextFile); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new KvSharpException($"--context {request.ContextFile}: {e.Message}", e); }
@@ -43,13 +44,14 @@ internal static class CudaAsk
             $"prefilling {tokens.Length} context tokens, press {request.Press?.Text ?? "none"} ...");
 
         var clock = Stopwatch.StartNew();
-        gpu.Forward(tokens, cache);
+        if (press != null) press.Prefill(gpu, cache, tokens); // SnapKV, TOVA, H2O: the statistics collected on the way
+        else gpu.Forward(tokens, cache);
         var prefill = clock.Elapsed;
         long before = cache.BytesReadPerToken;
         // As CompressedContext: a leading BOS is never evicted.
         int protectedPrefix = model.Tokenizer.BosId is { } bos && tokens.Length > 0 && tokens[0] == bos ? 1 : 0;
         clock.Restart();
-        press?.Compress(gpu, cache, tokens, model.Tokenizer, model.ChatTemplateText != null ? model.ChatTemplate : null, protectedPrefix);
+        press?.Compress(gpu, cache, tokens, model.Tokenizer, model.ChatTemplateText != null ? model.ChatTemplate : null, protectedPrefix, out _);
         var compress = clock.Elapsed;
         long after = cache.BytesReadPerToken;
 
@@ -76,7 +78,9 @@ internal static class CudaAsk
         EngineFacade.Render(output, answers);
 
         var stats = new Table().AddColumn("measure").AddColumn("value");
-        stats.AddRow("context", $"{tokens.Length} tokens, prefill {prefill.TotalMilliseconds:F0} ms (GPU)");
+        // SnapKV, TOVA and H2O collect their statistics during the prefill (the CPU re-runs those queries in its press time).
+        string observed = press is CudaWindowPress or CudaH2oPress ? ", the press's attention statistics collected" : "";
+        stats.AddRow("context", $"{tokens.Length} tokens, prefill {prefill.TotalMilliseconds:F0} ms (GPU{observed})");
         stats.AddRow("press", Markup.Escape(request.Press?.Text ?? "none") + " (on the GPU)");
         stats.AddRow("KV bytes before", $"{before:N0} ({Units.Bytes(before)}) of blocks");
         stats.AddRow("KV bytes after", $"{after:N0} ({Units.Bytes(after)}), {(double)before / Math.Max(after, 1):F2}x smaller");

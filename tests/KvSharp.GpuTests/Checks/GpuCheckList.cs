@@ -37,6 +37,8 @@ public static class GpuCheckList
         ("press: SnapKV on the device keeps the CPU press's tokens", PressChecks.SnapKvMatchesCpu),
         ("press: H2O on the device keeps the CPU press's tokens", PressChecks.H2oMatchesCpu),
         ("press: KVzip on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
+        ("press: ask's device presses (SnapKV, TOVA, H2O, key-norm, StreamingLLM, random; uniform, pyramid, AdaKV, dynamic, global) = the CPU presses (needle model)",
+            () => ContextPressChecks.MatchesCpu(needle)),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
         ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),
         ("model: batch decode", ModelChecks.BatchDecode),

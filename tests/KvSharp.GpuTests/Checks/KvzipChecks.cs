@@ -78,7 +78,7 @@ public static class KvzipChecks
             // growing with the later runs to 3e-3 absolute on an H100).
             string scores = Compare.Relative($"{what} scores{Worst(cpuScores, gpuScores, tokens.Length, chunk, protect)}", got.ToArray(), expected.ToArray(),
                 format == KvFormat.F32 ? 1e-3 : 1e-2);
-            int ties = NearTies(what, cpuScores, masks, keep, protect, global, maxError);
+            int ties = NearTies(what, cpuScores, masks, keep, protect, [global ? cpuScores.HeadCount : 1], maxError);
 
             // The question after the press: the CPU cache evicted by its own masks, greedy on both engines.
             for (int h = 0; h < masks.Length; h++) EvictAction.Instance.Apply(press, h / model.Config.NumKvHeads, h % model.Config.NumKvHeads, masks[h]);
@@ -119,9 +119,11 @@ public static class KvzipChecks
 
     /// <summary>
     /// Tokens kept by one engine and not the other; fails unless each is a near-tie: its CPU score within 2 · maxError (+1e-7)
-    /// of the CPU's keep threshold (the lowest kept candidate score, over every head for a global budget, per head otherwise).
+    /// of a CPU keep threshold, the lowest kept candidate score over a group of consecutive heads for each size in
+    /// <paramref name="groups"/> (1: per head, as a uniform budget chooses; KV heads: per layer, as AdaKV's top-k across a
+    /// layer; every head: a global budget).
     /// </summary>
-    private static int NearTies(string what, HeadScores cpuScores, bool[][] cpuKeep, bool[][] gpuKeep, int protect, bool global, double maxError)
+    internal static int NearTies(string what, HeadScores cpuScores, bool[][] cpuKeep, bool[][] gpuKeep, int protect, IReadOnlyList<int> groups, double maxError)
     {
         float Lowest(int h)
         {
@@ -129,17 +131,18 @@ public static class KvzipChecks
             for (int i = protect; i < cpuKeep[h].Length; i++) if (cpuKeep[h][i]) lo = Math.Min(lo, cpuScores[h][i]);
             return lo;
         }
-        float all = Enumerable.Range(0, cpuKeep.Length).Min(Lowest);
+        var lowest = Enumerable.Range(0, cpuKeep.Length).Select(Lowest).ToArray();
         int ties = 0;
         for (int h = 0; h < cpuKeep.Length; h++)
         {
-            float threshold = global ? all : Lowest(h);
+            var thresholds = groups.Select(g => lowest.Skip(h / g * g).Take(g).Min()).ToArray();
             for (int i = 0; i < cpuKeep[h].Length; i++)
             {
                 if (cpuKeep[h][i] == gpuKeep[h][i]) continue;
                 double s = cpuScores[h][i];
-                if (i < protect || Math.Abs(s - threshold) > 2 * maxError + 1e-7)
-                    throw new CheckFailedException($"{what}: head {h} token {i} kept by the {(cpuKeep[h][i] ? "CPU" : "GPU")} only, CPU score {s:E3} vs threshold {threshold:E3} (scores differ by up to {maxError:E1})");
+                if (i < protect || thresholds.All(t => Math.Abs(s - t) > 2 * maxError + 1e-7))
+                    throw new CheckFailedException($"{what}: head {h} token {i} kept by the {(cpuKeep[h][i] ? "CPU" : "GPU")} only, CPU score {s:E3} vs threshold " +
+                        $"{string.Join(" / ", thresholds.Select(t => t.ToString("E3", System.Globalization.CultureInfo.InvariantCulture)))} (scores differ by up to {maxError:E1})");
                 ties++;
             }
         }
@@ -147,7 +150,7 @@ public static class KvzipChecks
     }
 
     /// <summary>A RULER-style needle prompt (the needle model's training format): a noise haystack of about <paramref name="sentences"/> sentences hiding one number.</summary>
-    private static (string Context, string Question) NeedlePrompt(RandomData rnd, int sentences)
+    internal static (string Context, string Question) NeedlePrompt(RandomData rnd, int sentences)
     {
         string key = new[] { "apple", "river", "violin", "harbor", "lantern", "meadow" }[rnd.Next(6)];
         int value = 1_000_000 + rnd.Next(9_000_000);
@@ -162,7 +165,7 @@ public static class KvzipChecks
         return (text.ToString(), $"What is the special magic number for {key} mentioned in the provided text? The special magic number for {key} mentioned in the provided text is");
     }
 
-    private static int ArgMax(ReadOnlySpan<float> values)
+    internal static int ArgMax(ReadOnlySpan<float> values)
     {
         int best = 0;
         for (int i = 1; i < values.Length; i++) if (values[i] > values[best]) best = i;

@@ -6,8 +6,8 @@ namespace KvSharp.Tests.Cuda;
 
 /// <summary>
 /// <c>kvsharp ask --device cuda</c>'s refusals, decided before any GPU work: presses the device does not run (named in one
-/// line), KVzip+, the CPU-only modes; without a GPU a KVzip ask ends in the one CUDA line. The GPU comparison of CPU and GPU
-/// answers is scripts/gpu-tests.sh kvzip-cli.
+/// line), quantization presses (a --kv-cache format on the GPU), KVzip+, the CPU-only modes; without a GPU an ask with a
+/// device press ends in the one CUDA line. The GPU comparison of CPU and GPU answers is scripts/gpu-tests.sh press-cli.
 /// </summary>
 public class CudaAskTests
 {
@@ -26,8 +26,8 @@ public class CudaAskTests
     }
 
     [Theory]
-    [InlineData("snapkv:keep=0.5", "snapkv")]
-    [InlineData("streamingllm:keep=0.3", "streamingllm")]
+    [InlineData("rkv:keep=0.5", "rkv")]
+    [InlineData("kivi:bits=2", "--kv-cache")]
     [InlineData("kvzipplus:keep=0.3", "KVzip+")]
     public void PressesTheDeviceDoesNotRun_AreRefusedInOneLineNamingThem(string press, string named)
     {
@@ -50,11 +50,15 @@ public class CudaAskTests
         Assert.Contains("--device cuda", r.Err);
     }
 
-    [Fact]
-    public void Kvzip_WithoutGpu_OneCudaUnavailableLine()
+    [Theory]
+    [InlineData("kvzip:keep=0.3")]
+    [InlineData("snapkv+pyramid:keep=0.3")]
+    [InlineData("h2o:keep=0.3")]
+    [InlineData("streamingllm:keep=0.3")]
+    public void DevicePresses_WithoutGpu_OneCudaUnavailableLine(string press)
     {
-        if (CudaDevice.IsAvailable) return; // the GPU case is scripts/gpu-tests.sh kvzip-cli
-        var r = Ask("--press", "kvzip:keep=0.3");
+        if (CudaDevice.IsAvailable) return; // the GPU case is scripts/gpu-tests.sh press-cli
+        var r = Ask("--press", press);
         Assert.Equal(1, r.Code);
         Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
         Assert.Single(r.Err.TrimEnd().Split('\n'));

@@ -114,8 +114,10 @@ public class PagedAttentionSharedMemoryTests
         // 128K tokens in blocks of 32 (4096 per head), 8 KV heads, 396 resident blocks: layerBlocks / 396 rounded up (83)
         // gave 8 × 50 = 400 grid blocks, four past the wave; the rule leaves room for one partial split per head.
         long chunk = CudaPagedKernels.OneWaveChunk(4096, 8 * 4096, 396, 8);
-        Assert.Equal(85, chunk); // ceil(32768 / 388)
+        Assert.Equal(84, chunk); // ceil(4096 / 49), 49 = 396 / 8 splits a head (the sum rule: ceil(32768 / 388) = 85)
         Assert.True(8 * ((4096 + chunk - 1) / chunk) <= 396);
+        // Batch 8 at 32K tokens (1025 blocks a head, 66 resident blocks a sequence): 8 splits of 129 a head, not 142.
+        Assert.Equal(129, CudaPagedKernels.OneWaveChunk(1025, 8 * 1025, 66, 8));
         // Unequal heads (KVzip): Σ ceil(length / chunk) over the heads stays within the wave.
         var rnd = new Random(5);
         for (int trial = 0; trial < 200; trial++)
@@ -125,6 +127,11 @@ public class PagedAttentionSharedMemoryTests
             long wave = rnd.Next(heads + 1, 1000);
             long c = CudaPagedKernels.OneWaveChunk(lengths.Max(), lengths.Sum(), wave, heads);
             Assert.True(lengths.Sum(l => (l + c - 1) / c) <= wave, $"heads {heads}, wave {wave}, chunk {c}");
+            // Heads of one length: the longest over wave / heads splits, no partial split per head left room for.
+            int length = lengths[0];
+            long e = CudaPagedKernels.OneWaveChunk(length, (long)length * heads, wave, heads);
+            Assert.True(heads * ((length + e - 1) / e) <= wave, $"heads {heads}, wave {wave}, chunk {e}");
+            Assert.True(e <= (length + wave / heads - 1) / (wave / heads), $"heads {heads}, wave {wave}, chunk {e}");
         }
     }
 }

@@ -13,16 +13,18 @@ public sealed class KeyNormScorer : IScorer
     public HeadScores Score(PressContext context)
     {
         var scores = context.NewScores();
-        int d = context.Cache.HeadDim;
         for (int l = 0; l < context.Layers; l++)
             for (int h = 0; h < context.KvHeads; h++)
-            {
-                var keys = context.Cache.ReadKeys(l, h);
-                var s = new float[keys.Length / d];
-                for (int i = 0; i < s.Length; i++)
-                    s[i] = -System.Numerics.Tensors.TensorPrimitives.Norm(keys.AsSpan(i * d, d));
-                scores[l, h] = s;
-            }
+                scores[l, h] = Score(context.Cache.ReadKeys(l, h), context.Cache.HeadDim);
         return scores;
+    }
+
+    /// <summary>The scores of one head's stored keys (<paramref name="headDim"/> floats each, as read back); shared with the device press.</summary>
+    internal static float[] Score(ReadOnlySpan<float> keys, int headDim)
+    {
+        var s = new float[keys.Length / headDim];
+        for (int i = 0; i < s.Length; i++)
+            s[i] = -System.Numerics.Tensors.TensorPrimitives.Norm(keys.Slice(i * headDim, headDim));
+        return s;
     }
 }

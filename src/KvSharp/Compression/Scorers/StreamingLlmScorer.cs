@@ -25,12 +25,15 @@ public sealed class StreamingLlmScorer : IScorer
         var scores = context.NewScores();
         for (int l = 0; l < context.Layers; l++)
             for (int h = 0; h < context.KvHeads; h++)
-            {
-                var positions = context.Cache.Positions(l, h);
-                var s = new float[positions.Count];
-                for (int i = 0; i < s.Length; i++) s[i] = positions[i] < Sinks ? float.PositiveInfinity : positions[i];
-                scores[l, h] = s;
-            }
+                scores[l, h] = Score(context.Cache.Positions(l, h));
         return scores;
+    }
+
+    /// <summary>The scores of one head's stored positions; shared with the device press (positions are all it needs).</summary>
+    internal float[] Score(IReadOnlyList<int> positions)
+    {
+        var s = new float[positions.Count];
+        for (int i = 0; i < s.Length; i++) s[i] = positions[i] < Sinks ? float.PositiveInfinity : positions[i];
+        return s;
     }
 }

@@ -14,8 +14,9 @@
 // of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
 // Per-channel key parameters are folded into the query once per block (q·k = Σ q·min + Σ (q·step)·code); per-token
 // value parameters multiply the probabilities per 32-channel chunk (a chunk lies in one value group: groups of 32, 64
-// or 128 channels), and their min terms are summed on the side. F32 and BF16 blocks (the F32 residual of every head,
-// BF16 re-quantized tokens) are not exact in f16: CUDA cores read them into the same accumulators.
+// or 128 channels), and their min terms are summed on the side (the pipelined kernel: one more mma, pipe_min_terms).
+// F32 and BF16 blocks (the F32 residual of every head, BF16 re-quantized tokens) are not exact in f16: CUDA cores read
+// them into the same accumulators.
 // Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
 // each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
 // 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
@@ -172,16 +173,17 @@ __device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsig
     unsigned nh[16], nl[16];
     if constexpr (kv_quantized(F))
     {
-        // min = m (INT), -s (ternary), m - s (binary: two runs); step = s, or 2s for binary.
-        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        // min = m (INT), -s (ternary), m - s (binary: two runs); step = s, or 2s for binary. Two accumulators (even and odd
+        // k-steps) halve the chain of dependent mma each block's scores wait for.
+        float d[2][4] = { { 0.0f, 0.0f, 0.0f, 0.0f }, { 0.0f, 0.0f, 0.0f, 0.0f } };
 #pragma unroll
         for (int s = 0; s < 8; s++)
         {
-            if constexpr (F == KV_TERNARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
-            else mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], mw[2 * s], mw[2 * s + 1]);
-            if constexpr (F == KV_BINARY) mma_f16(d, qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+            if constexpr (F == KV_TERNARY) mma_f16(d[s & 1], qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
+            else mma_f16(d[s & 1], qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], mw[2 * s], mw[2 * s + 1]);
+            if constexpr (F == KV_BINARY) mma_f16(d[s & 1], qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
         }
-        bias = d[0] + d[2];
+        bias = (d[0][0] + d[1][0]) + (d[0][2] + d[1][2]);
 #pragma unroll
         for (int r = 0; r < 16; r++) scaled_pair(qh[r], ql[r], F == KV_BINARY ? hmul2(sw[r], 0x40004000u) : sw[r], nh[r], nl[r]);
     }
@@ -458,13 +460,23 @@ __device__ __forceinline__ StepProbs step_probs(const float (&pv)[4])
 // step of the chunk's group (packed, scaled_pair: a token pair's two steps are one prmt of their rows' parameter words),
 // as hi/lo pairs of tokens (2·tig, 2·tig + 1) and (2·tig + 8, 2·tig + 9); mbk += Σ p·min of the chunk's group (f32).
 template <int F>
-__device__ __forceinline__ StepProbs chunk_probs(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr, float& mbk)
+__device__ __forceinline__ StepProbs chunk_scaled(const StepProbs& P, const uint2 (&sh)[4], int k, int gpr)
 {
     StepProbs a = P;
     if constexpr (kv_quantized(F))
     {
         scaled_pair(P.h01, P.l01, chunk_param_pair(sh[0], sh[1], k, gpr), a.h01, a.l01);
         scaled_pair(P.h89, P.l89, chunk_param_pair(sh[2], sh[3], k, gpr), a.h89, a.l89);
+    }
+    return a;
+}
+
+template <int F>
+__device__ __forceinline__ StepProbs chunk_probs(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr, float& mbk)
+{
+    const StepProbs a = chunk_scaled<F>(P, sh, k, gpr);
+    if constexpr (kv_quantized(F))
+    {
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
@@ -902,40 +914,50 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
     }
 }
 
-// The same for an F32 or BF16 key block on CUDA cores: each lane computes its own 8 tokens over all 128 channels.
+// The same for an F32 or BF16 key block on CUDA cores (the residual, read in place when longer than half a ring): lane l
+// reads channels 4l..4l+3 of each row (a warp reads a row in one coalesced access, 8 rows' loads in flight), takes its
+// part of every head's dot product and the warp sums them; the lane holding token t of head gid keeps it. Each lane
+// once computed its own 8 tokens over all 128 channels: 32 steps of dependent loads, ~14 us per layer at 32K tokens on
+// an H100 while the other grid blocks kept device memory busy.
 template <int G, int F>
 __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
-    float acc[4][2];
+    const int lane = 4 * gid + tig, c = 4 * lane, mine = gid & (G - 1);
+    float4 qv[G];
 #pragma unroll
-    for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = 0.0f;
-    const int g = gid & (G - 1);
-    for (int c = 0; c < 128; c += 4)
+    for (int g = 0; g < G; g++)
     {
         const uint4 qw = *reinterpret_cast<const uint4*>(qs + pipe_q(g, c)); // hi, lo of c, c + 1, then of c + 2, c + 3
-        const float4 qv = make_float4(f16_to_f32((u16)qw.x) + f16_to_f32((u16)qw.y), f16_to_f32((u16)(qw.x >> 16)) + f16_to_f32((u16)(qw.y >> 16)),
+        qv[g] = make_float4(f16_to_f32((u16)qw.x) + f16_to_f32((u16)qw.y), f16_to_f32((u16)(qw.x >> 16)) + f16_to_f32((u16)(qw.y >> 16)),
             f16_to_f32((u16)qw.z) + f16_to_f32((u16)qw.w), f16_to_f32((u16)(qw.z >> 16)) + f16_to_f32((u16)(qw.w >> 16)));
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-            {
-                const u8* row = kb + (size_t)min(8 * u + 2 * tig + e, n - 1) * ROW;
-                float4 x;
-                if constexpr (F == KV_F32) x = *reinterpret_cast<const float4*>(row + 4 * c);
-                else
-                {
-                    const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
-                    x = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
-                }
-                acc[u][e] += qv.x * x.x + qv.y * x.y + qv.z * x.z + qv.w * x.w;
-            }
     }
 #pragma unroll
     for (int u = 0; u < 4; u++)
+    {
+        s[u][0] = s[u][1] = neg_inf();
+        if (8 * u >= n) continue;
+        float4 x[8];
 #pragma unroll
-        for (int e = 0; e < 2; e++) s[u][e] = 8 * u + 2 * tig + e < n ? acc[u][e] : neg_inf(); // rows past G: head gid mod G
+        for (int j = 0; j < 8; j++)
+        {
+            const u8* row = kb + (size_t)min(8 * u + j, n - 1) * ROW;
+            if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
+            else
+            {
+                const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
+                x[j] = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int g = 0; g < G; g++)
+            {
+                const float d = warp_sum(qv[g].x * x[j].x + qv[g].y * x[j].y + qv[g].z * x[j].z + qv[g].w * x[j].w);
+                if (tig == (j >> 1) && mine == g && 8 * u + j < n) s[u][j & 1] = d; // rows past G: head gid mod G
+            }
+    }
 }
 
 // Accumulator columns of the transposed P·V (pipe_values): the lane holds columns 2·tig and 2·tig + 1 of every channel
@@ -957,7 +979,7 @@ __device__ __forceinline__ void column_values(float x, int tig, float (&c)[2])
 // Online softmax of one block: the scores become probabilities under the head's running max m (the 4 lanes of a
 // head agree on it), l sums them, and the accumulators are rescaled when the max grows (each column by its head's factor).
 template <int G>
-__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[8][4], float (&mb)[4], int tig)
+__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[8][4], float (&md)[4], int tig)
 {
     float mx = neg_inf();
 #pragma unroll
@@ -971,8 +993,7 @@ __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& 
         column_values<G>(f, tig, fc);
 #pragma unroll
         for (int j = 0; j < 8; j++) { o[j][0] *= fc[0]; o[j][1] *= fc[1]; o[j][2] *= fc[0]; o[j][3] *= fc[1]; }
-#pragma unroll
-        for (int k = 0; k < 4; k++) mb[k] *= f;
+        md[0] *= fc[0]; md[1] *= fc[1];
         l *= f;
         m = mn;
     }
@@ -1003,12 +1024,12 @@ __device__ __forceinline__ uint2 row_params_src(const SharedSrc& src, int p, int
 
 // O^T += V^T·P^T of chunk k of one 16-token step (the pipelined kernel, transposed): A = the chunk's value fragments, two
 // channel tiles per mma (tile i's b0/b1 hold channel 32k + 4·gid + i of tokens 0-7 / 8-15: rows gid and gid + 8 of
-// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_probs of column gid (hi or lo, see column_hi).
+// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_scaled of column gid (hi or lo, see column_hi).
 template <int G, int F>
-__device__ __forceinline__ void value_chunk_t(const StepProbs& P, const float (&pv)[4], const uint2 (&sh)[4], const uint2 (&mh)[4], int k, int gpr,
-    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4], float& mbk, bool lo)
+__device__ __forceinline__ void value_chunk_t(const StepProbs& P, const uint2 (&sh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4], bool lo)
 {
-    const StepProbs a = chunk_probs<F>(P, pv, sh, mh, k, gpr, mbk);
+    const StepProbs a = chunk_scaled<F>(P, sh, k, gpr);
     if constexpr (G == 8)
     {
 #pragma unroll
@@ -1026,13 +1047,45 @@ __device__ __forceinline__ void value_chunk_t(const StepProbs& P, const float (&
     }
 }
 
+// One A operand pair of the value mins' mma (pipe_min_terms): the f16 parameters of chunk k of two tokens (a low, b high),
+// GPR groups a row (a compile-time constant; k is the lane's row, a run-time value).
+template <int GPR>
+__device__ __forceinline__ unsigned min_pair(uint2 a, uint2 b, int k)
+{
+    const int g = GPR == 4 ? k : GPR == 2 ? k >> 1 : 0;
+    return prmt(g >= 2 ? a.y : a.x, g >= 2 ? b.y : b.x, (g & 1) ? 0x7632u : 0x5410u);
+}
+
+// md += M·P^T of one 16-token step: Σ_t min_t(chunk k)·p_t for every chunk k (rows 0..3 of the m16n8 product; the lane's
+// row gid is chunk gid & 3, rows 4..15 are unused) and every accumulator column (the value mma's B columns, here of the
+// unscaled probabilities U): one mma (two for G = 8: hi and lo) instead of a conversion and an f32 product per token and
+// chunk. Mins are exact f16 parameters (ternary: -scale; binary: mean - scale as two products, mean and -scale).
+template <int G, int F, int GPR>
+__device__ __forceinline__ void pipe_min_terms(const StepProbs& U, const uint2 (&sh)[4], const uint2 (&mh)[4], int gid, bool lo, float (&md)[4])
+{
+    const int k = gid & 3;
+    unsigned a0, a2;
+    if constexpr (F == KV_TERNARY) { a0 = hneg2(min_pair<GPR>(sh[0], sh[1], k)); a2 = hneg2(min_pair<GPR>(sh[2], sh[3], k)); }
+    else { a0 = min_pair<GPR>(mh[0], mh[1], k); a2 = min_pair<GPR>(mh[2], mh[3], k); }
+#pragma unroll
+    for (int run = 0; run < (F == KV_BINARY ? 2 : 1); run++)
+    {
+        if (run == 1) { a0 = hneg2(min_pair<GPR>(sh[0], sh[1], k)); a2 = hneg2(min_pair<GPR>(sh[2], sh[3], k)); }
+        if constexpr (G == 8)
+        {
+            mma_f16(md, a0, 0u, a2, 0u, U.h01, U.h89);
+            mma_f16(md, a0, 0u, a2, 0u, U.l01, U.l89);
+        }
+        else mma_f16(md, a0, 0u, a2, 0u, lo ? U.l01 : U.h01, lo ? U.l89 : U.h89);
+    }
+}
+
 // o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
-// past n); mb[k] += Σ p·min of chunk k's group (VG channels a group: a compile-time constant, so each chunk's parameter is one
-// conversion of a known half). As tc_values, one 16-token step at a time (the codes are in shared memory), into the
-// transposed accumulators (value_chunk_t).
+// past n); md += Σ p·min per chunk k's group and column (pipe_min_terms; VG channels a group: a compile-time constant). As
+// tc_values, one 16-token step at a time (the codes are in shared memory), into the transposed accumulators (value_chunk_t).
 template <int G, int F, int VG>
 __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
-    float (&o)[8][4], float (&mb)[4])
+    float (&o)[8][4], float (&md)[4])
 {
     constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, PW = BITS == 16 ? 2 : 1, gpr = HD / VG;
     const int scales = tokens * ROW, mins = scales + tokens * gpr * 2;
@@ -1058,13 +1111,14 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
             pv[u] = p[2 * h + (u >> 1)][u & 1];
         }
         const StepProbs P = step_probs<F>(pv);
+        if constexpr (kv_quantized(F)) pipe_min_terms<G, F, gpr>(F == KV_BINARY ? step_probs<KV_INT8>(pv) : P, sh, mh, gid, lo, md);
 #pragma unroll
         for (int k = 0; k < 4; k++)
         {
             unsigned b0[4], b1[4];
             value_fragments<F>(piece[0][k], piece[1][k], b0);
             value_fragments<F>(piece[2][k], piece[3][k], b1);
-            value_chunk_t<G, F>(P, pv, sh, mh, k, gpr, b0, b1, o, mb[k], lo);
+            value_chunk_t<G, F>(P, sh, k, gpr, b0, b1, o, lo);
         }
     }
 }
@@ -1187,26 +1241,38 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     }
 }
 
-// The warp's accumulators into the block's output ov [G, HD] (atomics: the 4 warps add theirs), scaled by f (this lane's
-// head gid mod G: e^(m - the block's max)) with the min terms mb (the same head's, summed over its 4 lanes): a hi column's
-// value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4). Warp-uniform.
+// A hi column's accumulator plus its lo column's (G <= 4: column c + G; G = 8 summed both in one column): G = 1 holds
+// them in the lane's two registers e, G = 2 and 4 in the lane tig ^ 1 or tig ^ 2. Warp-uniform.
 template <int G>
-__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&mb)[4], float f, int gid, int tig, float* ov)
+__device__ __forceinline__ float column_sum(float x, float other_e)
+{
+    if constexpr (G == 1) return x + other_e;
+    else if constexpr (G == 2) return x + __shfl_xor_sync(0xffffffffu, x, 1);
+    else if constexpr (G == 4) return x + __shfl_xor_sync(0xffffffffu, x, 2);
+    else return x;
+}
+
+// The warp's accumulators into the block's output ov [G, HD] (atomics: the 4 warps add theirs), scaled by f (this lane's
+// head gid mod G: e^(m - the block's max)) with the min terms md (pipe_min_terms: chunk k's sums in row k, held by the
+// lanes gid = k): a hi column's value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4). Warp-uniform.
+template <int G>
+__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&md)[4], float f, int gid, int tig, float* ov)
 {
     constexpr int HD = 128;
-    float fc[2], mc[4][2];
+    float fc[2], mc[4][2], ms[2];
     column_values<G>(f, tig, fc);
 #pragma unroll
-    for (int k = 0; k < 4; k++) column_values<G>(mb[k], tig, mc[k]);
+    for (int e = 0; e < 2; e++) ms[e] = column_sum<G>(md[e], md[e ^ 1]);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) mc[k][e] = __shfl_sync(0xffffffffu, ms[e], 4 * k + tig);
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
         for (int r = 0; r < 4; r++)
         {
-            float x = o[j][r];
-            if constexpr (G == 1) x += (r & 1) ? 0.0f : o[j][r | 1]; // column 1 is column 0's lo part
-            else if constexpr (G == 2) x += __shfl_xor_sync(0xffffffffu, x, 1); // columns 2, 3: tig 1
-            else if constexpr (G == 4) x += __shfl_xor_sync(0xffffffffu, x, 2); // columns 4..7: tig 2, 3
+            const float x = column_sum<G>(o[j][r], o[j][r ^ 1]);
             const int e = r & 1, c = 2 * tig + e, k = j >> 1;
             if (column_hi<G>(c) && (G != 1 || e == 0))
                 atomicAdd(&ov[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)], fc[e] * (x + mc[k][e]));
@@ -1256,9 +1322,15 @@ __device__ __forceinline__ void paged_attention_pipe(
         }
         if (threadIdx.x == 0) live_splits = live;
     }
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x)
+    // The G query loads of a thread issued together (a loop of runtime trip count waited for each in turn).
+    float qx[G];
+#pragma unroll
+    for (int k = 0; k < G; k++) qx[k] = q[((long)t * heads + (long)kvh * G) * HD + threadIdx.x + k * PIPE_WARPS * 32];
+#pragma unroll
+    for (int k = 0; k < G; k++)
     {
-        const float x = q[((long)t * heads + (long)kvh * G) * HD + i] * (scale * 1.4426950408889634f);
+        const int i = threadIdx.x + k * PIPE_WARPS * 32; // the launch has PIPE_WARPS warps
+        const float x = qx[k] * (scale * 1.4426950408889634f);
         const float h = __uint_as_float(__float_as_uint(x) & 0xffffe000u); // 11 significant bits, as split_f16x2
         u16* at = reinterpret_cast<u16*>(qs + pipe_q(i / HD, i % HD & ~1)) + (i & 1);
         at[0] = f32_to_f16(h);
@@ -1270,11 +1342,10 @@ __device__ __forceinline__ void paged_attention_pipe(
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
     pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
-    float o[8][4], mb[4], m = neg_inf(), l = 0.0f; // o: the transposed P·V's accumulators (column_hi)
+    // o: the transposed P·V's accumulators (column_hi); md: the value mins' sums (pipe_min_terms), the same columns.
+    float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 4; k++) mb[k] = 0.0f;
     for (int bi = warp; bi < nb; bi += PIPE_WARPS)
     {
         const uint4 d = bdesc[bi]; // pipe_desc
@@ -1304,9 +1375,9 @@ __device__ __forceinline__ void paged_attention_pipe(
             st.freed++;
             pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
         }
-        pipe_softmax<G>(s, m, l, o, mb, tig);
+        pipe_softmax<G>(s, m, l, o, md, tig);
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
-#define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, mb); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, mb)
+#define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, md); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, md)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
         KV_PIPE_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
@@ -1324,12 +1395,6 @@ __device__ __forceinline__ void paged_attention_pipe(
     // The block's 4 warps merge: per head M = max of the warps' maxima, each warp's accumulators weighted by e^(m - M).
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-    {
-        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 1);
-        mb[k] += __shfl_xor_sync(0xffffffffu, mb[k], 2);
-    }
     if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
     __syncthreads();
     if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
@@ -1339,7 +1404,7 @@ __device__ __forceinline__ void paged_attention_pipe(
 #pragma unroll
         for (int w = 0; w < PIPE_WARPS; w++)
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
-        pipe_add_output<G>(o, mb, l > 0.0f ? fast_exp2(m - mx) : 0.0f, gid, tig, ov);
+        pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, gid, tig, ov);
     }
     if (threadIdx.x < G)
     {

@@ -1,6 +1,5 @@
 using KvSharp.Cache;
 using KvSharp.Compression;
-using KvSharp.Compression.Actions;
 using KvSharp.Compression.Budgets;
 using KvSharp.Compression.Presses;
 using KvSharp.Compression.Scorers;
@@ -18,7 +17,7 @@ namespace KvSharp.Compute.Cuda.Model;
 /// so the next run sees the context alone. The scores are read back once; the budget (the CPU's <see cref="IBudget"/>
 /// code) and each head's top-k (<see cref="TopK.KeepMask"/>) choose on the host, and the eviction runs on the device.
 /// </summary>
-public sealed class CudaKvzipPress
+public sealed class CudaKvzipPress : ICudaContextPress
 {
     /// <summary>KVzip scored with <paramref name="scorer"/>'s chunk, kept by <paramref name="budget"/>.</summary>
     /// <exception cref="KvSharpException">KVzip+ (its value norms come from the CPU cache), which the device does not run.</exception>
@@ -37,16 +36,16 @@ public sealed class CudaKvzipPress
     /// <summary>The budget: how many tokens each head keeps.</summary>
     public IBudget Budget { get; }
 
-    /// <summary>
-    /// The device press of <paramref name="press"/> when it is KVzip evicting (<c>ScoredPress(KvzipScorer, budget)</c>, not
-    /// KVzip+); throws a one-line refusal naming the press otherwise.
-    /// </summary>
-    /// <exception cref="KvSharpException">The press is not one the device runs.</exception>
-    public static CudaKvzipPress From(IKvPress press)
+    /// <inheritdoc />
+    public string Text => $"{Scorer.Text}+{Budget.Text}";
+
+    /// <summary>A plain prefill: KVzip observes its repeat runs after the context, in <see cref="Compress(CudaTransformer, CudaPagedKvCache, IReadOnlyList{int}, ITokenizer, IChatTemplate?, int, out HeadScores)"/>.</summary>
+    /// <exception cref="KvSharpException">The cache is not empty, holds several sequences, or has no room for the tokens.</exception>
+    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
     {
-        ArgumentNullException.ThrowIfNull(press);
-        if (press is ScoredPress { Scorer: KvzipScorer scorer, Action: EvictAction } scored) return new CudaKvzipPress(scorer, scored.Budget);
-        throw new KvSharpException($"press {press.Text} does not run on the GPU: the device presses a prefilled context with kvzip (e.g. kvzip:keep=0.3); use the CPU for the others");
+        ArgumentNullException.ThrowIfNull(model);
+        CudaPressSelection.CheckEmpty(Text, cache, tokens);
+        model.Forward(tokens.ToArray(), cache);
     }
 
     /// <summary>
@@ -64,11 +63,7 @@ public sealed class CudaKvzipPress
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(tokenizer);
         int length = tokens.Count;
-        if (cache.Batch != 1) throw new KvSharpException($"kvzip on the GPU presses a cache of one sequence, not {cache.Batch}");
-        if (cache.Length != length) throw new KvSharpException($"kvzip: the cache holds {cache.Length} positions but {length} tokens were given");
-        if (protectedPrefix < 0 || protectedPrefix > length) throw new KvSharpException($"kvzip: protected prefix {protectedPrefix} outside 0..{length}");
-        if (!cache.StoresEveryPositionInOrder())
-            throw new KvSharpException("kvzip on the GPU scores a freshly prefilled cache (every head storing every position in order), not an evicted, re-quantized or synthesized one");
+        CudaPressSelection.CheckFresh("kvzip", cache, tokens, protectedPrefix);
         var suffix = tokenizer.Encode(KvzipScorer.TurnSuffix(template), addSpecial: false);
         var first = tokenizer.Encode(KvzipScorer.FirstPrompt, addSpecial: false);
         var next = tokenizer.Encode(KvzipScorer.NextPrompt, addSpecial: false);
@@ -124,10 +119,6 @@ public sealed class CudaKvzipPress
         int protectedPrefix, out HeadScores scores)
     {
         scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
-        var candidates = new HeadScores(scores.Layers, scores.KvHeads);
-        for (int i = 0; i < scores.HeadCount; i++) candidates[i / scores.KvHeads, i % scores.KvHeads] = scores[i][protectedPrefix..];
-        var keep = ScoredPress.KeepMasks(Budget, candidates, Enumerable.Repeat(protectedPrefix, scores.HeadCount).ToArray());
-        cache.Evict(keep.Select(k => k.Select(x => !x).ToArray()).ToArray());
-        return keep;
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
     }
 }

@@ -47,15 +47,9 @@ public sealed partial class CudaPagedKvCache
     public bool[][] H2oEvict(int window, IReadOnlyList<int> keep, int protectedPrefix = 0)
     {
         ArgumentNullException.ThrowIfNull(keep);
-        var (sum, covered) = (_statSum, _covered);
-        if (!_coverEachForward || sum == null || covered == null)
-            throw new InvalidOperationException("H2O on the device scores from its observation: call BeginHeavyHitters and prefill the chunks first");
-        if (window < 0) throw new KvSharpException($"h2o: window must be ≥ 0, got {window}");
         if (keep.Count != HeadCount) throw new KvSharpException($"h2o: {keep.Count} keep counts for {HeadCount} heads");
         if (protectedPrefix < 0) throw new KvSharpException($"h2o: protected prefix {protectedPrefix} is negative");
-        int maxTokens = MaxBlocks * BlockTokens;
-        using var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
-        _kernels.H2oScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, window);
+        using var scores = H2oScoreBuffer(window);
         return SelectAndEvict(scores, keep, protectedPrefix);
     }
 

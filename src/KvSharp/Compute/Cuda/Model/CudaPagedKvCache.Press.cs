@@ -88,16 +88,9 @@ public sealed partial class CudaPagedKvCache
     public bool[][] SnapKvEvict(int kernel, string pool, IReadOnlyList<int> keep, int protectedPrefix = 0)
     {
         ArgumentNullException.ThrowIfNull(keep);
-        var (sum, covered) = (_statSum, _covered);
-        if (_statistics == null || sum == null || covered == null)
-            throw new InvalidOperationException("SnapKV on the device scores from collected statistics: call BeginStatistics and run the window first");
-        if (kernel < 1 || kernel % 2 == 0) throw new KvSharpException($"snapkv: kernel must be odd and ≥ 1, got {kernel}");
-        if (pool is not ("avg" or "max")) throw new KvSharpException($"snapkv: pool must be avg or max, got {pool}");
         if (keep.Count != HeadCount) throw new KvSharpException($"snapkv: {keep.Count} keep counts for {HeadCount} heads");
         if (protectedPrefix < 0) throw new KvSharpException($"snapkv: protected prefix {protectedPrefix} is negative");
-        int maxTokens = MaxBlocks * BlockTokens;
-        using var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
-        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
+        using var scores = SnapKvScoreBuffer(kernel, pool);
         return SelectAndEvict(scores, keep, protectedPrefix);
     }
 

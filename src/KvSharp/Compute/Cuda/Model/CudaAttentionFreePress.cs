@@ -1,0 +1,78 @@
+using KvSharp.Compression;
+using KvSharp.Compression.Budgets;
+using KvSharp.Compression.Scorers;
+using KvSharp.Generation.Chat;
+using KvSharp.Tokenization;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// The presses whose scores need no attention pass, on a device prefill: StreamingLLM and random scores from the
+/// positions alone (a fresh prefill stores position i at index i in every head; nothing is read back), key-norm from the
+/// stored keys read back (<see cref="CudaPagedKvCache.Download"/>: the device's blocks decoded on the host as the CPU
+/// scorer decodes its own). The CPU scorer's own per-head code scores, the CPU's budget chooses on the host, the
+/// eviction runs on the device.
+/// </summary>
+public sealed class CudaAttentionFreePress : ICudaContextPress
+{
+    /// <summary>The press of <paramref name="scorer"/> (key-norm, StreamingLLM or random), kept by <paramref name="budget"/>.</summary>
+    /// <exception cref="ArgumentException">Another scorer (one that observes attention).</exception>
+    public CudaAttentionFreePress(IScorer scorer, IBudget budget)
+    {
+        ArgumentNullException.ThrowIfNull(scorer);
+        ArgumentNullException.ThrowIfNull(budget);
+        if (!Scores(scorer)) throw new ArgumentException($"{scorer.Text} observes attention: not an attention-free scorer", nameof(scorer));
+        Scorer = scorer;
+        Budget = budget;
+    }
+
+    /// <summary>Whether this press runs <paramref name="scorer"/> (key-norm, StreamingLLM, random).</summary>
+    public static bool Scores(IScorer scorer) => scorer is KeyNormScorer or StreamingLlmScorer or RandomScorer;
+
+    /// <summary>The scorer.</summary>
+    public IScorer Scorer { get; }
+
+    /// <summary>The budget: how many tokens each head keeps.</summary>
+    public IBudget Budget { get; }
+
+    /// <inheritdoc />
+    public string Text => $"{Scorer.Text}+{Budget.Text}";
+
+    /// <inheritdoc />
+    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        CudaPressSelection.CheckEmpty(Text, cache, tokens);
+        model.Forward(tokens.ToArray(), cache);
+    }
+
+    /// <inheritdoc />
+    public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
+        int protectedPrefix, out HeadScores scores)
+    {
+        CudaPressSelection.CheckFresh(Text, cache, tokens, protectedPrefix);
+        int layers = cache.Config.NumLayers, kvHeads = cache.Config.NumKvHeads;
+        scores = new HeadScores(layers, kvHeads);
+        var positions = Enumerable.Range(0, tokens.Count).ToArray();
+        switch (Scorer)
+        {
+            case KeyNormScorer:
+                using (var stored = cache.Download())
+                    for (int l = 0; l < layers; l++)
+                        for (int h = 0; h < kvHeads; h++)
+                            scores[l, h] = KeyNormScorer.Score(stored.ReadKeys(l, h), cache.Config.HeadDim);
+                break;
+            case StreamingLlmScorer streaming:
+                for (int l = 0; l < layers; l++)
+                    for (int h = 0; h < kvHeads; h++)
+                        scores[l, h] = streaming.Score(positions);
+                break;
+            case RandomScorer random:
+                for (int l = 0; l < layers; l++)
+                    for (int h = 0; h < kvHeads; h++)
+                        scores[l, h] = random.Score(l, h, positions.Length);
+                break;
+        }
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+    }
+}

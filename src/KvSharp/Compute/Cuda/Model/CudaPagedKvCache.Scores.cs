@@ -1,0 +1,83 @@
+using KvSharp.Cache;
+using KvSharp.Compute.Cuda.Runtime;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// Press scores computed on the device and read back, for presses whose budget chooses on the host (the CPU's
+/// <c>IBudget</c> needs every head's scores: AdaKV, global, pyramid, dynamic, ...): SnapKV's pooled window statistics and
+/// H2O's summed observation, the same device kernels as <see cref="SnapKvEvict(int, string, IReadOnlyList{int}, int)"/>
+/// and <see cref="H2oEvict(int, IReadOnlyList{int}, int)"/>, without the device's own top-k.
+/// </summary>
+public sealed partial class CudaPagedKvCache
+{
+    /// <summary>
+    /// SnapKV's scores from the statistics being collected (the window's queries, <see cref="GroupFold.Mean"/>): each head's
+    /// summed probabilities pooled along its stored tokens (odd <paramref name="kernel"/>, zero padding, "avg" or "max"),
+    /// +∞ for the tokens stored after the collection began (the window), as <c>SnapKvScorer</c> scores on the CPU. Ends the
+    /// collection. Returns per head [<see cref="HeadIndex"/>] one score per stored token, in storage order.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    /// <exception cref="KvSharpException">The kernel or pool is out of range.</exception>
+    public float[][] SnapKvScores(int kernel, string pool)
+    {
+        using var scores = SnapKvScoreBuffer(kernel, pool);
+        return ReadScores(scores);
+    }
+
+    /// <summary>
+    /// H2O's scores from its observation (<see cref="BeginHeavyHitters"/> and the prefill chunks): the summed group-mean
+    /// probability each token received from the later chunks' queries, +∞ for the newest <paramref name="window"/> tokens,
+    /// as <c>H2oScorer</c> scores on the CPU. Ends the observation. Returns per head [<see cref="HeadIndex"/>] one score per
+    /// stored token, in storage order.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No H2O observation is in progress.</exception>
+    /// <exception cref="KvSharpException">The window is negative.</exception>
+    public float[][] H2oScores(int window)
+    {
+        using var scores = H2oScoreBuffer(window);
+        return ReadScores(scores);
+    }
+
+    /// <summary>SnapKV's pooled scores [HeadCount, MaxBlocks · BlockTokens] on the device; the collection stays open.</summary>
+    private DeviceBuffer SnapKvScoreBuffer(int kernel, string pool)
+    {
+        var (sum, covered) = (_statSum, _covered);
+        if (_statistics == null || sum == null || covered == null)
+            throw new InvalidOperationException("SnapKV on the device scores from collected statistics: call BeginStatistics and run the window first");
+        if (kernel < 1 || kernel % 2 == 0) throw new KvSharpException($"snapkv: kernel must be odd and ≥ 1, got {kernel}");
+        if (pool is not ("avg" or "max")) throw new KvSharpException($"snapkv: pool must be avg or max, got {pool}");
+        int maxTokens = MaxBlocks * BlockTokens;
+        var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
+        _kernels.PoolScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, kernel, pool == "max");
+        return scores;
+    }
+
+    /// <summary>H2O's scores [HeadCount, MaxBlocks · BlockTokens] on the device; the observation stays open.</summary>
+    private DeviceBuffer H2oScoreBuffer(int window)
+    {
+        var (sum, covered) = (_statSum, _covered);
+        if (!_coverEachForward || sum == null || covered == null)
+            throw new InvalidOperationException("H2O on the device scores from its observation: call BeginHeavyHitters and prefill the chunks first");
+        if (window < 0) throw new KvSharpException($"h2o: window must be ≥ 0, got {window}");
+        int maxTokens = MaxBlocks * BlockTokens;
+        var scores = Device.Allocate((long)HeadCount * maxTokens * sizeof(float));
+        _kernels.H2oScores(sum.Pointer, covered.Pointer, _headTokens.Pointer, scores.Pointer, HeadCount, maxTokens, window);
+        return scores;
+    }
+
+    /// <summary>Each head's scores of its stored tokens from a [HeadCount, MaxBlocks · BlockTokens] buffer; ends the collection.</summary>
+    private float[][] ReadScores(DeviceBuffer scores)
+    {
+        var lengths = HeadLengths(); // synchronous: the scoring launch has finished
+        long perHead = (long)MaxBlocks * BlockTokens;
+        var result = new float[HeadCount][];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            result[h] = new float[lengths[h]];
+            scores.Download<float>(result[h], h * perHead * sizeof(float));
+        }
+        StopStatistics();
+        return result;
+    }
+}
