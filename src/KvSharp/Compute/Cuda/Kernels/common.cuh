@@ -195,37 +195,6 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
     __threadfence();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
-    if ((hd & 3) == 0)
-    {
-        // One pass: each thread keeps a running (max, sum, output) of its 4 channels over the chunks, rescaled when the max
-        // grows, with 8 chunks' loads in flight. The two passes below (weights from every chunk's (max, sum), then the
-        // outputs) cost two more dependent round trips to L2 and a barrier in the last block of each head, which every
-        // other block of the launch waits for.
-        const int h4 = hd / 4;
-        for (int i = threadIdx.x; i < G * h4; i += blockDim.x)
-        {
-            const int g = i / h4, d4 = i % h4;
-            const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * hd) + d4;
-            const float2* ml = reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits;
-            float m = neg_inf(), l = 0.0f;
-            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-            for (int s = 0; s < live; s++)
-            {
-                const float2 c = __ldcg(ml + s);
-                const float4 v = __ldcg(po + (long)s * h4);
-                if (c.y == 0.0f) continue; // nothing visible: its output may be unwritten
-                const float mn = fmaxf(m, c.x);
-                const float a = LOG2 ? exp2f(m - mn) : expf(m - mn), b = LOG2 ? exp2f(c.x - mn) : expf(c.x - mn);
-                o.x = o.x * a + v.x * b; o.y = o.y * a + v.y * b; o.z = o.z * a + v.z * b; o.w = o.w * a + v.w * b;
-                l = l * a + c.y * b;
-                m = mn;
-            }
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            reinterpret_cast<float4*>(out + (head0 + g) * hd)[d4] = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
-        }
-        return;
-    }
     // Chunk weights e^(m_s - M) / L per head, one warp per head...
     for (int g = warp; g < G; g += warps)
     {
@@ -247,7 +216,27 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         for (int s = lane; s < live; s += 32) weights[g * wstride + s] *= inv;
     }
     __syncthreads();
-    // ...then every output element over the chunks' partial outputs (head dimensions not a multiple of 4).
+    // ...then every output element over the chunks' partial outputs: 16-byte loads where the head dimension allows, all
+    // issued unconditionally (every chunk's slot is allocated) so many are in flight; an empty chunk's value is not added.
+    if ((hd & 3) == 0)
+    {
+        const int h4 = hd / 4;
+        for (int i = threadIdx.x; i < G * h4; i += blockDim.x)
+        {
+            const int g = i / h4, d4 = i % h4;
+            const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * hd) + d4;
+            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+            for (int s = 0; s < live; s++)
+            {
+                const float w = weights[g * wstride + s];
+                const float4 v = __ldcg(po + (long)s * h4);
+                if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+            }
+            reinterpret_cast<float4*>(out + (head0 + g) * hd)[d4] = o;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
     {
         const int g = i / hd, d = i % hd;

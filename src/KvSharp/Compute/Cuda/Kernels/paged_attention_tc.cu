@@ -915,7 +915,7 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
 }
 
 // The same for an F32 or BF16 key block on CUDA cores (the residual, read in place when longer than half a ring): lane l
-// reads channels 4l..4l+3 of each row (a warp reads a row in one coalesced access, 8 rows' loads in flight), takes its
+// reads channels 4l..4l+3 of each row (a warp reads a row in one coalesced access, 4 rows' loads in flight), takes its
 // part of every head's dot product and the warp sums them; the lane holding token t of head gid keeps it. Each lane
 // once computed its own 8 tokens over all 128 channels: 32 steps of dependent loads, ~14 us per layer at 32K tokens on
 // an H100 while the other grid blocks kept device memory busy.
@@ -933,15 +933,17 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const uns
             f16_to_f32((u16)qw.z) + f16_to_f32((u16)qw.w), f16_to_f32((u16)(qw.z >> 16)) + f16_to_f32((u16)(qw.w >> 16)));
     }
 #pragma unroll
-    for (int u = 0; u < 4; u++)
-    {
-        s[u][0] = s[u][1] = neg_inf();
-        if (8 * u >= n) continue;
-        float4 x[8];
+    for (int u = 0; u < 4; u++) s[u][0] = s[u][1] = neg_inf();
+    // 4 rows' loads in flight at a time: 8 (32 registers) spilled in the generic build's 128.
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+    for (int r0 = 0; r0 < 32; r0 += 4)
+    {
+        if (r0 >= n) break;
+        float4 x[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
         {
-            const u8* row = kb + (size_t)min(8 * u + j, n - 1) * ROW;
+            const u8* row = kb + (size_t)min(r0 + j, n - 1) * ROW;
             if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
             else
             {
@@ -950,12 +952,13 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const uns
             }
         }
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int g = 0; g < G; g++)
             {
+                const int r = r0 + j; // token 8u + 2·tig + e: u = r / 8, tig = r % 8 / 2, e = r % 2
                 const float d = warp_sum(qv[g].x * x[j].x + qv[g].y * x[j].y + qv[g].z * x[j].z + qv[g].w * x[j].w);
-                if (tig == (j >> 1) && mine == g && 8 * u + j < n) s[u][j & 1] = d; // rows past G: head gid mod G
+                if (tig == ((r & 7) >> 1) && mine == g && r < n) s[r >> 3][r & 1] = d; // rows past G: head gid mod G
             }
     }
 }

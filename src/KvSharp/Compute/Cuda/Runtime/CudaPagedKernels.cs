@@ -153,6 +153,14 @@ internal sealed partial class CudaPagedKernels
     public static int PipelinedSharedBytes(int group, int chunkBlocks, int ringBytes = PipelineRingBytes) =>
         4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
 
+    /// <summary>
+    /// Whether caches with 16 KB rings launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
+    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They were 3-6% faster per decode step on an H100 and an H200, but
+    /// three benchmark runs with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the
+    /// cause is not found, so the generic build stays the default.
+    /// </summary>
+    public static bool SpecializedPipelined { get; set; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
+
     private readonly HashSet<CudaFunction> _pipelinedShared = [];
     private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
 
@@ -174,7 +182,7 @@ internal sealed partial class CudaPagedKernels
     private CudaFunction Pipelined(int group, int valueGroup, int formats)
     {
         CudaFunction f;
-        if (formats == 0 || UsesSmallRings(formats)) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
+        if (formats == 0 || UsesSmallRings(formats) || !SpecializedPipelined) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
         else
         {
             CudaModule? module;
