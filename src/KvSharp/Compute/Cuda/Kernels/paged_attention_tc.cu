@@ -575,18 +575,26 @@ __device__ __forceinline__ void tc_values_float(const u8* vb, int n, const float
     }
 }
 
+// The block-format switch of both kernels: FLOAT_CALL(F) for the float formats (CUDA cores), CALL(F) for the others. A
+// build may keep only some formats (PIPE_FORMATS, a bit per KV_* format, set by the format-specialized builds below;
+// every format otherwise): a format outside it compiles to nothing (the host never launches such a build over its
+// blocks). F32 is always read: every head's residual is float32.
+#ifndef PIPE_FORMATS
+#define PIPE_FORMATS 0x7ff
+#endif
+#define KV_BUILT(F) ((((PIPE_FORMATS) >> (F)) & 1) != 0 || (F) == KV_F32)
+#define KV_CASE(F, CALL) \
+    case F: \
+        if constexpr (KV_BUILT(F)) { CALL(F); } \
+        break;
 #define KV_FLOAT_OR(fmt, FLOAT_CALL, CALL) \
     switch (fmt) \
     { \
-    case KV_F32: FLOAT_CALL(KV_F32); break; \
-    case KV_BF16: FLOAT_CALL(KV_BF16); break; \
-    case KV_F16: CALL(KV_F16); break; \
-    case KV_FP8: CALL(KV_FP8); break; \
-    case KV_INT8: CALL(KV_INT8); break; \
-    case KV_INT4: CALL(KV_INT4); break; \
-    case KV_INT2: CALL(KV_INT2); break; \
-    case KV_TERNARY: CALL(KV_TERNARY); break; \
-    default: CALL(KV_BINARY); break; \
+        KV_CASE(KV_F32, FLOAT_CALL) KV_CASE(KV_BF16, FLOAT_CALL) KV_CASE(KV_F16, CALL) KV_CASE(KV_FP8, CALL) KV_CASE(KV_INT8, CALL) \
+        KV_CASE(KV_INT4, CALL) KV_CASE(KV_INT2, CALL) KV_CASE(KV_TERNARY, CALL) \
+    default: \
+        if constexpr (KV_BUILT(KV_BINARY)) { CALL(KV_BINARY); } \
+        break; \
     }
 
 template <int G>
@@ -721,36 +729,16 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   A warp then holds 8 tiles × 4 = 32 accumulator registers instead of 16 × 4 (G = 4 left half of every A row of the
 //   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
 
-// Format-specialized builds (CudaPagedKernels.Pipelined): the host compiles this file once more per (group, value group,
-// block formats) of a cache with 16 KB rings, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
-// block-format switch keeps only the formats of PIPE_FORMATS (a bit per KV_* format; the float32 residual always), with
+// Format-specialized builds (CudaPagedKernels.Pipelined, opt-in: SpecializedPipelined): the host compiles this file once
+// more per (group, value group, block formats) of a cache with 16 KB rings, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
+// block-format switch (KV_FLOAT_OR) keeps only the formats of PIPE_FORMATS (the float32 residual always), with
 // PIPE_MIN_BLOCKS = 3 (shared memory admits 3 blocks per SM anyway; up to 168 registers). The generic build below (every
 // format, 4 blocks per SM for the 8 KB rings of small blocks) spilled in the F16 path and its code (~19K instructions)
 // missed the instruction cache: on an H100, KVzip 0.3 at 32K, one launch took 57 us for 40 MB with 20% of its stall
 // samples waiting for instructions and 53K local-memory spill requests.
-#ifndef PIPE_FORMATS
-#define PIPE_FORMATS 0x7ff
-#endif
 #ifndef PIPE_MIN_BLOCKS
 #define PIPE_MIN_BLOCKS 4
 #endif
-
-// KV_FLOAT_OR restricted to PIPE_FORMATS: a format outside it compiles to nothing (the host never launches such a build
-// over its blocks). F32 is always read: every head's residual is float32.
-#define PIPE_HAS(F) ((((PIPE_FORMATS) >> (F)) & 1) != 0 || (F) == KV_F32)
-#define PIPE_CASE(F, CALL) \
-    case F: \
-        if constexpr (PIPE_HAS(F)) { CALL(F); } \
-        break;
-#define KV_PIPE_OR(fmt, FLOAT_CALL, CALL) \
-    switch (fmt) \
-    { \
-        PIPE_CASE(KV_F32, FLOAT_CALL) PIPE_CASE(KV_BF16, FLOAT_CALL) PIPE_CASE(KV_F16, CALL) PIPE_CASE(KV_FP8, CALL) PIPE_CASE(KV_INT8, CALL) \
-        PIPE_CASE(KV_INT4, CALL) PIPE_CASE(KV_INT2, CALL) PIPE_CASE(KV_TERNARY, CALL) \
-    default: \
-        if constexpr (PIPE_HAS(KV_BINARY)) { CALL(KV_BINARY); } \
-        break; \
-    }
 
 constexpr int PIPE_WARPS = 4;  // warps per block, one ring each
 constexpr int PIPE_BARS = 8;   // entries a warp may have in flight (an mbarrier each)
@@ -1368,7 +1356,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         // Full blocks (most) take copies with n a constant: no per-tile bounds or row clamps.
 #define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, tokens, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
-        KV_PIPE_OR(kf, PSCORES_FLOAT, PSCORES)
+        KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
         if (ks) // the keys are done: their ring space goes to the next entries
@@ -1382,7 +1370,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
 #define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, md); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, md)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
-        KV_PIPE_OR(vf, PVALUES_FLOAT, PVALUES)
+        KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
         if (vs)

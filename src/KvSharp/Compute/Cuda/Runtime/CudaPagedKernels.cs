@@ -159,7 +159,7 @@ internal sealed partial class CudaPagedKernels
     /// three benchmark runs with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the
     /// cause is not found, so the generic build stays the default.
     /// </summary>
-    public static bool SpecializedPipelined { get; set; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
+    public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
 
     private readonly HashSet<CudaFunction> _pipelinedShared = [];
     private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
@@ -172,12 +172,12 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
-    /// Caches with 16 KB rings (F16, FP8, INT8 blocks) get a build of paged_attention_tc.cu with only this group's and value
-    /// group's kernel, whose format switch keeps only their formats (a fraction of the generic kernel's code, which missed
-    /// the instruction cache) and whose register bound is 3 blocks per multiprocessor, what their shared memory admits
-    /// anyway (145 registers for F16 blocks, where the generic bound of 4 blocks spilled): compiled on first use (~3 s on an
-    /// H200) and cached on disk. Caches of small blocks keep the generic build (4 blocks per multiprocessor): a KIVI-2
-    /// cache over the specialized build faulted at 128K tokens on an H200, not yet explained, so it is not used there.
+    /// With <see cref="SpecializedPipelined"/>, caches with 16 KB rings (F16, FP8, INT8 blocks) get a build of
+    /// paged_attention_tc.cu with only this group's and value group's kernel, whose format switch keeps only their formats
+    /// (a fraction of the generic kernel's code, which missed the instruction cache) and whose register bound is 3 blocks
+    /// per multiprocessor, what their shared memory admits anyway (145 registers for F16 blocks, where the generic bound of
+    /// 4 blocks spilled): compiled on first use (~3 s on an H200) and cached on disk. Otherwise, and for caches of small
+    /// blocks (4 blocks per multiprocessor), the generic build.
     /// </summary>
     private CudaFunction Pipelined(int group, int valueGroup, int formats)
     {

@@ -33,7 +33,7 @@ internal static unsafe class KernelCompiler
     {
         string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        string[] options = [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device", .. ExtraOptions(), .. (defines ?? []).Select(d => "-D" + d)];
+        string[] options = [.. Options(architecture), .. (defines ?? []).Select(d => "-D" + d)];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");
         if (File.Exists(path)) return File.ReadAllBytes(path);
@@ -51,11 +51,15 @@ internal static unsafe class KernelCompiler
     }
 
     /// <summary>
-    /// Options from the environment: <c>$KVSHARP_NVRTC_LINEINFO=1</c> adds <c>-lineinfo</c> (source lines in the cubin, for
-    /// Nsight Compute's source-level stall sampling; no effect on the code). Part of the cache key.
+    /// NVRTC's options for <paramref name="architecture"/>, and from the environment: <c>$KVSHARP_NVRTC_LINEINFO=1</c> adds
+    /// <c>-lineinfo</c> (source lines in the cubin, for Nsight Compute's source-level stall sampling; no effect on the code).
+    /// Part of the cache key.
     /// </summary>
-    private static IEnumerable<string> ExtraOptions()
+    private static IEnumerable<string> Options(string architecture)
     {
+        yield return $"--gpu-architecture={architecture}";
+        yield return "--std=c++17";
+        yield return "-default-device";
         if (Environment.GetEnvironmentVariable("KVSHARP_NVRTC_LINEINFO") == "1") yield return "-lineinfo";
     }
 
@@ -86,7 +90,7 @@ internal static unsafe class KernelCompiler
     /// it: benchmarks time a baseline revision's kernel file against the embedded one.
     /// </summary>
     public static byte[] CompileSource(string name, string source, string architecture) =>
-        CompileSplit(name, source, EmbeddedHeaders(), [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"]);
+        CompileSplit(name, source, EmbeddedHeaders(), [.. Options(architecture)]);
 
     private static byte[] Compile(string name, string source, IReadOnlyList<(string Name, string Text)> headers, string[] options)
     {
