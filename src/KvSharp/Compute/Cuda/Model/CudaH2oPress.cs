@@ -53,15 +53,7 @@ public sealed class CudaH2oPress : ICudaContextPress
         ArgumentNullException.ThrowIfNull(cache);
         if (!cache.IsCollectingStatistics)
             throw new KvSharpException($"{Text}: the chunks' statistics were not collected; prefill the context with this press's Prefill");
-        try
-        {
-            CudaPressSelection.CheckFresh(Text, cache, tokens, protectedPrefix);
-        }
-        catch
-        {
-            cache.StopStatistics();
-            throw;
-        }
+        CudaPressSelection.CheckFreshObserved(Text, cache, tokens, protectedPrefix);
         scores = CudaPressSelection.ToHeadScores(cache, cache.H2oScores(Scorer.Window));
         return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
     }

@@ -31,6 +31,23 @@ internal static class CudaPressSelection
             throw new KvSharpException($"{press} on the GPU scores a freshly prefilled cache (every head storing every position in order), not an evicted, re-quantized or synthesized one");
     }
 
+    /// <summary>
+    /// <see cref="CheckFresh"/> for a press whose prefill collected attention statistics: a refused cache stops the
+    /// collection (its device buffers freed) before the refusal propagates.
+    /// </summary>
+    public static void CheckFreshObserved(string press, CudaPagedKvCache cache, IReadOnlyList<int> tokens, int protectedPrefix)
+    {
+        try
+        {
+            CheckFresh(press, cache, tokens, protectedPrefix);
+        }
+        catch
+        {
+            if (cache.IsCollectingStatistics) cache.StopStatistics();
+            throw;
+        }
+    }
+
     /// <summary>Per-head scores [layer · KvHeads + KV head] of a one-sequence cache as <see cref="HeadScores"/>.</summary>
     public static HeadScores ToHeadScores(CudaPagedKvCache cache, float[][] perHead)
     {

@@ -81,15 +81,7 @@ public sealed class CudaWindowPress : ICudaContextPress
         bool observed = cache.IsCollectingStatistics;
         if (!observed && tokens.Count > Window)
             throw new KvSharpException($"{Text}: the window's statistics were not collected; prefill the context with this press's Prefill");
-        try
-        {
-            CudaPressSelection.CheckFresh(Text, cache, tokens, protectedPrefix);
-        }
-        catch
-        {
-            if (observed) cache.StopStatistics();
-            throw;
-        }
+        CudaPressSelection.CheckFreshObserved(Text, cache, tokens, protectedPrefix);
         float[][] perHead = observed ? cache.SnapKvScores(Kernel, Pool)
             : [.. cache.HeadLengths().Select(n => Enumerable.Repeat(float.PositiveInfinity, n).ToArray())];
         scores = CudaPressSelection.ToHeadScores(cache, perHead);
