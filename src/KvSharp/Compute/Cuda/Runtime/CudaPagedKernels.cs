@@ -11,13 +11,15 @@ internal sealed partial class CudaPagedKernels
 {
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
-    private readonly CudaModule _attention, _cache;
-    private readonly Lazy<CudaModule> _tensorAttention;
+    private readonly CudaModule _cache;
+    private readonly Lazy<CudaModule> _attention, _tensorAttention;
 
     private CudaPagedKernels(CudaDevice device)
     {
         _device = device;
-        _attention = CudaModule.LoadEmbedded(device, "paged_attention.cu");
+        // The CUDA-core kernels compiled on first use like the tensor-core ones: NVRTC takes ~2 minutes over this file, which
+        // caches read by the tensor-core kernels (head dimension 128, the default) never launch.
+        _attention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention.cu"));
         // The decode step's append and tensor-core attention wait for their predecessor with griddepcontrol.wait, so they
         // may launch programmatically (ProgrammaticLaunch).
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
@@ -306,9 +308,9 @@ internal sealed partial class CudaPagedKernels
         var function = kernel switch
         {
             PagedAttentionKernel.TensorCores => Decode(_tensorAttention.Value[$"paged_attn_t_g{group}"]),
-            PagedAttentionKernel.Wide => _attention[$"paged_attn_w_g{group}_c{headDim / 32}"],
+            PagedAttentionKernel.Wide => _attention.Value[$"paged_attn_w_g{group}_c{headDim / 32}"],
             PagedAttentionKernel.VidKv => VidKvAttention[$"paged_attn_vid_g{group}_c{headDim / 32}"],
-            _ => _attention[$"paged_attn_g{group}_c{headDim / 32}"],
+            _ => _attention.Value[$"paged_attn_g{group}_c{headDim / 32}"],
         };
         if (kernel == PagedAttentionKernel.VidKv)
         {
