@@ -157,9 +157,10 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Whether caches with 16 KB rings launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
-    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They were 3-6% faster per decode step on an H100 and an H200, but
-    /// three benchmark runs with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the
-    /// cause is not found, so the generic build stays the default.
+    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They are 0.7-3.6% faster per decode step (H200, final kernels), but three
+    /// benchmark calls with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the cause
+    /// is not found (two of the four faults came in rows that launched no specialized build, none since in nine processes
+    /// on an H200: docs/benchmarks.md), so the generic build stays the default.
     /// </summary>
     public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
 
