@@ -17,7 +17,8 @@ internal sealed partial class CudaPagedKernels
     private CudaPagedKernels(CudaDevice device)
     {
         _device = device;
-        // The CUDA-core kernels (head dimension 64, 8-bit keys without tensor cores) on first use, like the tensor-core ones.
+        // The CUDA-core kernels compiled on first use like the tensor-core ones: NVRTC takes ~2 minutes over this file, which
+        // caches read by the tensor-core kernels (head dimension 128, the default) never launch.
         _attention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention.cu"));
         // The decode step's append and tensor-core attention wait for their predecessor with griddepcontrol.wait, so they
         // may launch programmatically (ProgrammaticLaunch).
@@ -162,9 +163,10 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Whether caches with 16 KB rings launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
-    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They were 3-6% faster per decode step on an H100 and an H200, but
-    /// three benchmark runs with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the
-    /// cause is not found, so the generic build stays the default.
+    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They are 0.7-3.6% faster per decode step (H200, final kernels), but three
+    /// benchmark calls with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the cause
+    /// is not found (two of the four faults came in rows that launched no specialized build, none since in nine processes
+    /// on an H200: docs/benchmarks.md), so the generic build stays the default.
     /// </summary>
     public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
 
