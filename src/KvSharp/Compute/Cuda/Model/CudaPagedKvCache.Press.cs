@@ -174,6 +174,8 @@ public sealed partial class CudaPagedKvCache
         }
         LayoutOf(keyFormat, true);
         LayoutOf(valueFormat, false); // throws for a geometry the cache cannot hold
+        var (tables, tableBlocks, _) = DownloadTables();
+        var positions = RequantizedPositions(flags, tables, tableBlocks, (int)keyFormat | (int)valueFormat << 4);
         NoteFormats(keyFormat, valueFormat); // before any plan over the new blocks (a graph captured earlier is re-captured: its plan changes)
         _layoutVersion++;
         using var deviceFlags = Device.Allocate(flags.Length);
@@ -209,7 +211,7 @@ public sealed partial class CudaPagedKvCache
         _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
         Device.Synchronize();
         Resync();
-        ForgetPositions();
+        SetPositions(positions);
     }
 
     /// <summary>Queues the statistics of one layer's attention rows (after the attention launch), when collecting.</summary>
