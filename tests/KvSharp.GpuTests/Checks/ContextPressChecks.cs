@@ -26,7 +26,8 @@ public static class ContextPressChecks
 
     /// <summary>
     /// The presses checked: SnapKV under uniform, pyramid, AdaKV and dynamic (DBudgetKV) budgets, TOVA, H2O under uniform and
-    /// global budgets, key-norm, StreamingLLM and random; with each the head groupings a near-tie is measured against.
+    /// global budgets, key-norm, StreamingLLM, random, R-KV (the window's statistics on the device, the keys' redundancy on
+    /// the host) and the ZipVL scorer (H2O's sums per observing query); with each the head groupings a near-tie is measured against.
     /// </summary>
     private static (string Press, Func<int, int, int[]> Groups)[] Cases =>
     [
@@ -40,6 +41,8 @@ public static class ContextPressChecks
         ("keynorm:keep=0.5", PerHead),
         ("streamingllm:keep=0.3", PerHead),
         ("random:keep=0.5,seed=3", PerHead),
+        ("rkv:keep=0.5", PerHead),
+        ("uniform(zipvl):keep=0.5,chunk=32", PerHead),
     ];
 
     private static int[] PerHead(int kvHeads, int heads) => [1];

@@ -124,6 +124,13 @@ public sealed partial class CudaPagedKvCache
         return PositionsOf(head, head / Config.NumKvHeads % Batch);
     }
 
+    /// <summary>Per head [<see cref="HeadIndex"/>], the token counts of its encoded blocks in storage order (the residual left out).</summary>
+    internal int[][] BlockTokenCounts()
+    {
+        var (desc, blocks, _) = DownloadTables();
+        return [.. Enumerable.Range(0, HeadCount).Select(h => Enumerable.Range(0, blocks[h] - 1).Select(b => Descriptor(desc, h, b, MaxBlocks).Count).ToArray())];
+    }
+
     /// <summary>
     /// The positions every head stores after <c>paged_requantize</c> by <paramref name="flags"/> (host bytes [HeadCount,
     /// MaxBlocks · BlockTokens], nonzero = selected) into <paramref name="target"/> (key format | value format &lt;&lt; 4) over

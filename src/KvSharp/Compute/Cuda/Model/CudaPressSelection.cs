@@ -127,21 +127,47 @@ internal static class CudaPressSelection
     /// <summary>
     /// <see cref="PrecisionTiers.Apply"/> for every head at once, on the device: each tier t whose format pair
     /// <paramref name="formats"/>[t] is not null re-quantizes its tokens into that pair (<see cref="CudaPagedKvCache.Requantize"/>,
-    /// one launch per tier over every head), in tier order, then the tokens of null tiers are evicted;
+    /// one launch per tier and target pair over the heads concerned), then the tokens of null tiers are evicted;
     /// <see cref="PrecisionTiers.Unchanged"/> tokens keep their storage. <paramref name="tiers"/>: per head, one tier per
     /// stored token in ascending position. Returns per head whether each token is still stored.
     /// </summary>
+    /// <remarks>
+    /// The CPU store writes each tier's tokens in ascending position into dense blocks, whatever the order of the tiers;
+    /// the device writes them in storage order, and a re-quantization moves the blocks it leaves alone ahead of the ones it
+    /// regroups. So each head first re-quantizes a tier that has a token in every full block (then every block is
+    /// regrouped and the other tokens stay in ascending position), and its other tiers after, in tier order: the same
+    /// blocks as the CPU's whenever the stored order was ascending to begin with (a fresh prefill, an eviction) and such a
+    /// tier exists (MiKV's and ZipVL's low tier in practice, LeanKV's less important one). Otherwise the blocks may group
+    /// a tier's tokens differently (each still in its tier's formats).
+    /// </remarks>
     public static bool[][] ApplyTiers(CudaPagedKvCache cache, IReadOnlyList<byte[]> tiers, IReadOnlyList<FormatPair?> formats)
     {
         var ascending = AscendingPositions(cache);
         for (int h = 0; h < tiers.Count; h++)
             if (tiers[h].Length != ascending[h].Length) throw new InvalidOperationException($"{tiers[h].Length} tiers for head {h}, which stores {ascending[h].Length} tokens");
-        for (int f = 0; f < formats.Count; f++)
+        var requantized = Enumerable.Range(0, formats.Count).Where(t => formats[t] != null).ToArray();
+        var blocks = cache.BlockTokenCounts();
+        var order = new int[tiers.Count][];
+        for (int h = 0; h < tiers.Count; h++)
         {
-            if (formats[f] is not { } pair) continue;
-            var select = tiers.Select(t => t.Select(x => x == f).ToArray()).ToArray();
-            if (select.Any(s => s.Any(x => x))) cache.Requantize(ToStorageOrder(cache, ascending, select), pair.Keys, pair.Values);
+            var stored = cache.StoredPositions(h);
+            var tierOf = stored.Select(p => tiers[h][Array.BinarySearch(ascending[h], p)]).ToArray();
+            bool Covers(int t)
+            {
+                for (int b = 0, at = 0; b < blocks[h].Length; at += blocks[h][b++])
+                    if (blocks[h][b] == cache.BlockTokens && !tierOf.AsSpan(at, blocks[h][b]).Contains((byte)t)) return false;
+                return tierOf.Contains((byte)t);
+            }
+            int first = requantized.FirstOrDefault(Covers, -1);
+            order[h] = first < 0 ? requantized : [first, .. requantized.Where(t => t != first)];
         }
+        for (int pass = 0; pass < requantized.Length; pass++)
+            foreach (int t in order.Select(o => o[pass]).Distinct())
+            {
+                var pair = formats[t]!.Value;
+                var select = tiers.Select((x, h) => order[h][pass] == t ? x.Select(y => y == t).ToArray() : new bool[x.Length]).ToArray();
+                if (select.Any(s => s.Any(x => x))) cache.Requantize(ToStorageOrder(cache, ascending, select), pair.Keys, pair.Values);
+            }
         var drop = tiers.Select(t => t.Select(x => x != PrecisionTiers.Unchanged && formats[x] is null).ToArray()).ToArray();
         if (drop.Any(d => d.Any(x => x))) cache.Evict(ToStorageOrder(cache, ascending, drop));
         return [.. drop.Select(d => d.Select(x => !x).ToArray())];
