@@ -39,7 +39,7 @@ public static class GpuCheckList
         ("press: KVzip on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
         ("press: ask's device presses (SnapKV, TOVA, H2O, key-norm, StreamingLLM, random, R-KV, ZipVL scorer; uniform, pyramid, AdaKV, dynamic, global) = the CPU presses (needle model)",
             () => ContextPressChecks.MatchesCpu(needle)),
-        ("press: ask's device quantization presses (KIVI, KVTuner, MiKV, ZipVL, LeanKV) and press sequences = the CPU presses' tokens and formats (needle model)",
+        ("press: ask's device quantization presses (KIVI, KVTuner, MiKV, ZipVL, LeanKV), press sequences and KVCrush = the CPU presses' tokens and formats (needle model)",
             () => QuantizationPressChecks.MatchesCpu(needle)),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),
         ("model: llama-shaped dummy", ModelChecks.LlamaShapedDummy),

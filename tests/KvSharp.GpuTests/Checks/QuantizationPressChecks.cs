@@ -12,8 +12,8 @@ using KvSharp.Generation;
 namespace KvSharp.GpuTests.Checks;
 
 /// <summary>
-/// The quantization presses and press sequences <c>kvsharp ask --device cuda</c> runs (<see cref="CudaQuantizationPress"/>,
-/// <see cref="CudaSequencePress"/>) against the CPU presses on the needle model (float32 weights, an F32 cache, as
+/// The quantization presses, press sequences and KVCrush <c>kvsharp ask --device cuda</c> runs (<see cref="CudaQuantizationPress"/>,
+/// <see cref="CudaSequencePress"/>, <see cref="CudaKvCrushPress"/>) against the CPU presses on the needle model (float32 weights, an F32 cache, as
 /// <see cref="ContextPressChecks"/>): the CPU press compresses a fork of the CPU prefill, the device press its own prefill,
 /// and the device cache read back (<see cref="CudaPagedKvCache.Download"/>, whose positions follow the device's
 /// re-quantizations) must store, per head, the same positions each in the same (key, value) format pair as the CPU
@@ -38,6 +38,7 @@ public static class QuantizationPressChecks
         ("snapkv:keep=0.5 + kivi:bits=2,residual=32", []),
         ("h2o:keep=0.6 + mikv(keynorm):top=0.3", []),
         ("kivi:bits=4,residual=32 + streamingllm:keep=0.5", []),
+        ("kvcrush(snapkv):keep=0.3,reps=0.1", []),
     ];
 
     /// <summary>Runs every case on one needle prompt; returns one line per press.</summary>
@@ -141,6 +142,7 @@ public static class QuantizationPressChecks
     private static IScorer? RankingScorer(IKvPress press) => press switch
     {
         ScoredPress scored => scored.Scorer,
+        KvCrushPress crush => crush.Inner.Scorer,
         MiKvPress mikv => mikv.Scorer,
         ZipVlPress zipVl => zipVl.Scorer,
         LeanKvPress leanKv => leanKv.Scorer,

@@ -85,6 +85,16 @@ public class CudaContextPressesTests
         Assert.False(press.NeedsFreshPrefill);
     }
 
+    [Fact]
+    public void KvCrush_MapsToItsImportancePressOnTheDevice()
+    {
+        var cpu = PressRegistry.Parse("kvcrush(h2o):keep=0.2,reps=0.1");
+        var press = Assert.IsType<CudaKvCrushPress>(CudaContextPresses.From(cpu));
+        Assert.IsType<CudaH2oPress>(press.Inner);
+        Assert.Equal(cpu.Text, press.Text);
+        Assert.True(press.NeedsFreshPrefill);
+    }
+
     [Theory]
     [InlineData("snapkv:keep=0.5 + kivi:bits=2,residual=32", new[] { typeof(CudaWindowPress), typeof(CudaQuantizationPress) })]
     [InlineData("h2o:keep=0.5 + streamingllm:keep=0.8 + mikv(keynorm):top=0.5", new[] { typeof(CudaH2oPress), typeof(CudaAttentionFreePress), typeof(CudaQuantizationPress) })]
@@ -102,7 +112,7 @@ public class CudaContextPressesTests
     [InlineData("kvcompress:keep=0.5", "squares each window query's own attention")]
     [InlineData("vidkv", "VidKV")]
     [InlineData("mikv(h2o):top=0.2,keys=token", "balance")]
-    [InlineData("kvcrush(h2o):keep=0.2", "--device cpu")]
+    [InlineData("kvcrush(kvcompress):keep=0.2", "squares each window query's own attention")]
     [InlineData("snapkv:keep=0.5+kvzip:keep=0.5", "first press")]
     [InlineData("kivi:bits=2 + h2o:keep=0.5", "fresh prefill")]
     [InlineData("snapkv:keep=0.5 + vidkv", "VidKV")]

@@ -15,7 +15,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// on the host): SnapKV, DBudgetKV, TOVA and R-KV (<see cref="CudaWindowPress"/>), H2O and the ZipVL scorer
 /// (<see cref="CudaH2oPress"/>), KVzip (<see cref="CudaKvzipPress"/>), key-norm, StreamingLLM and random
 /// (<see cref="CudaAttentionFreePress"/>); the quantization presses KIVI, KVTuner, MiKV, ZipVL and LeanKV as device
-/// re-quantization (<see cref="CudaQuantizationPress"/>); and sequences of those (<see cref="CudaSequencePress"/>).
+/// re-quantization (<see cref="CudaQuantizationPress"/>); KVCrush over any of those scorers (<see cref="CudaKvCrushPress"/>);
+/// and sequences of those (<see cref="CudaSequencePress"/>).
 /// </summary>
 public static class CudaContextPresses
 {
@@ -35,6 +36,10 @@ public static class CudaContextPresses
                 return Scoring(press, scored.Scorer, scored.Budget);
             case SequentialPress sequence:
                 return Sequence(sequence);
+            case KvCrushPress crush:
+                if (crush.Inner.Action is not EvictAction)
+                    throw new KvSharpException($"press {press.Text} does not run on the GPU: the device evicts the tokens a press does not keep, it does not {crush.Inner.Action.Name} them; use --device cpu");
+                return new CudaKvCrushPress(crush, Scoring(press, crush.Inner.Scorer, crush.Inner.Budget));
             case KiviPress kivi:
                 return new CudaQuantizationPress(kivi, null, input =>
                 {
@@ -60,7 +65,7 @@ public static class CudaContextPresses
                 throw new KvSharpException($"press {press.Text} does not run on the GPU: the device does not encode VidKV blocks (its DFT-sign keys and salient-token values; it reads uploaded ones in attention only); use --device cpu");
         }
         throw new KvSharpException($"press {press.Text} does not run on the GPU: the device presses a prefilled context with {DeviceScorers} " +
-            "under any budget (e.g. snapkv+pyramid:keep=0.3), the quantization presses kivi, kvtuner, mikv, zipvl and leankv, and sequences of those; use --device cpu for the others");
+            "under any budget (e.g. snapkv+pyramid:keep=0.3), kvcrush over them, the quantization presses kivi, kvtuner, mikv, zipvl and leankv, and sequences of those; use --device cpu for the others");
     }
 
     /// <summary>A budget for presses whose scores rank tiers instead (ZipVL, LeanKV): never allocates.</summary>
