@@ -6,7 +6,7 @@ namespace KvSharp.Tests.Cuda;
 
 /// <summary>
 /// <c>kvsharp ask --device cuda</c>'s refusals, decided before any GPU work: presses the device does not run (named in one
-/// line: KV-Compress, VidKV, KVzip+, a sequence with a refused press), the CPU-only modes; without a GPU an ask with a
+/// line: MiKV's balanced keys, VidKV, KVzip+, a sequence with a refused press), the CPU-only modes; without a GPU an ask with a
 /// device press (eviction, quantization, a sequence) ends in the one CUDA line. The GPU comparison of CPU and GPU answers is scripts/gpu-tests.sh press-cli.
 /// </summary>
 public class CudaAskTests
@@ -26,7 +26,7 @@ public class CudaAskTests
     }
 
     [Theory]
-    [InlineData("kvcompress:keep=0.5", "kvcompress")]
+    [InlineData("mikv(h2o):top=0.2,keys=token", "keys=token")]
     [InlineData("vidkv", "VidKV")]
     [InlineData("kvzipplus:keep=0.3", "KVzip+")]
     [InlineData("kivi:bits=2 + snapkv:keep=0.5", "snapkv")]

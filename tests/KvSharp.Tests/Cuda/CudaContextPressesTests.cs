@@ -26,6 +26,7 @@ public class CudaContextPressesTests
     [InlineData("random:keep=0.5,seed=3", typeof(CudaAttentionFreePress), "uniform")]
     [InlineData("rkv:keep=0.5", typeof(CudaWindowPress), "uniform")]
     [InlineData("dynamic(zipvl):mass=0.05", typeof(CudaH2oPress), "dynamic")]
+    [InlineData("kvcompress:keep=0.5", typeof(CudaKvCompressPress), "global")]
     public void ScoredEvictionPresses_MapToTheirDevicePress_WithTheCpuBudget(string text, Type expected, string budget)
     {
         var cpu = PressRegistry.Parse(text);
@@ -109,14 +110,12 @@ public class CudaContextPressesTests
 
     [Theory]
     [InlineData("kvzipplus:keep=0.3", "KVzip+")]
-    [InlineData("kvcompress:keep=0.5", "squares each window query's own attention")]
     [InlineData("vidkv", "VidKV")]
     [InlineData("mikv(h2o):top=0.2,keys=token", "balance")]
-    [InlineData("kvcrush(kvcompress):keep=0.2", "squares each window query's own attention")]
     [InlineData("snapkv:keep=0.5+kvzip:keep=0.5", "first press")]
     [InlineData("kivi:bits=2 + h2o:keep=0.5", "fresh prefill")]
     [InlineData("snapkv:keep=0.5 + vidkv", "VidKV")]
-    [InlineData("snapkv:keep=0.5 + kvcompress:keep=0.5", "one of its presses is refused")]
+    [InlineData("streamingllm:keep=0.5 + kvzipplus:keep=0.3", "one of its presses is refused")]
     public void OtherPresses_AreRefusedInOneLineNamingThem(string text, string reason)
     {
         var cpu = PressRegistry.Parse(text);

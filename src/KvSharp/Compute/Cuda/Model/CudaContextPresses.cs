@@ -13,7 +13,7 @@ namespace KvSharp.Compute.Cuda.Model;
 /// prefilled context (<c>kvsharp ask --device cuda</c>), or refuses it in one line naming it and what is missing. The
 /// device runs every scored eviction press whose scores it computes, under any budget (the CPU's <c>IBudget</c> chooses
 /// on the host): SnapKV, DBudgetKV, TOVA and R-KV (<see cref="CudaWindowPress"/>), H2O and the ZipVL scorer
-/// (<see cref="CudaH2oPress"/>), KVzip (<see cref="CudaKvzipPress"/>), key-norm, StreamingLLM and random
+/// (<see cref="CudaH2oPress"/>), KVzip (<see cref="CudaKvzipPress"/>), KV-Compress (<see cref="CudaKvCompressPress"/>), key-norm, StreamingLLM and random
 /// (<see cref="CudaAttentionFreePress"/>); the quantization presses KIVI, KVTuner, MiKV, ZipVL and LeanKV as device
 /// re-quantization (<see cref="CudaQuantizationPress"/>); KVCrush over any of those scorers (<see cref="CudaKvCrushPress"/>);
 /// and sequences of those (<see cref="CudaSequencePress"/>).
@@ -21,7 +21,7 @@ namespace KvSharp.Compute.Cuda.Model;
 public static class CudaContextPresses
 {
     /// <summary>The scorers the device runs, for messages.</summary>
-    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, keynorm, streamingllm and random";
+    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, kvcompress, keynorm, streamingllm and random";
 
     /// <summary>The device press of <paramref name="press"/>.</summary>
     /// <exception cref="KvSharpException">The press does not run on the device (the message names it and says why), or is KVzip+.</exception>
@@ -82,8 +82,7 @@ public static class CudaContextPresses
         KvzipScorer { Plus: true } =>
             throw new KvSharpException($"press {press.Text}: KVzip+ does not run on the GPU (its value weights are computed from a CPU cache); use kvzip without plus, or --device cpu"),
         KvzipScorer kvzip => new CudaKvzipPress(kvzip, budget),
-        KvCompressScorer =>
-            throw new KvSharpException($"press {press.Text} does not run on the GPU: KV-Compress squares each window query's own attention, and the device's statistics sum the queries of a run; use --device cpu"),
+        KvCompressScorer kvCompress => new CudaKvCompressPress(kvCompress, budget),
         _ when CudaAttentionFreePress.Scores(scorer) => new CudaAttentionFreePress(scorer, budget),
         _ => throw new KvSharpException($"press {press.Text} does not run on the GPU: the device scores with {DeviceScorers}, not {scorer.Text}; use --device cpu"),
     };
