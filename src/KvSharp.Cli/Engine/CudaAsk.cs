@@ -94,11 +94,12 @@ internal static class CudaAsk
         return 0;
     }
 
-    /// <summary>Whether the press collects attention statistics during the prefill (SnapKV, TOVA, R-KV, H2O, ZipVL's scorer; first in a sequence, or ranking tiers).</summary>
+    /// <summary>Whether the press collects attention statistics during the prefill (SnapKV, TOVA, R-KV, H2O, ZipVL's scorer, KV-Compress; first in a sequence, ranking tiers or KVCrush's importance).</summary>
     private static bool ObservesPrefill(ICudaContextPress? press) => press switch
     {
-        CudaWindowPress or CudaH2oPress => true,
+        CudaWindowPress or CudaH2oPress or CudaKvCompressPress => true,
         CudaQuantizationPress quantization => ObservesPrefill(quantization.Scoring),
+        CudaKvCrushPress crush => ObservesPrefill(crush.Inner),
         CudaSequencePress sequence => ObservesPrefill(sequence.Presses[0]),
         _ => false,
     };
