@@ -59,8 +59,8 @@ public class PagedAttentionSharedMemoryTests
             {
                 // Hand count: 4 rings of 16 KB, 4 warps × 8 barriers of 8 bytes, the padded hi/lo query (64 word pairs and
                 // 36 words of padding a head), the output (128 floats a head), (max, sum) per warp and head, 16 bytes of
-                // descriptor a block.
-                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * chunk;
+                // descriptor a block and 3 more (the split's last block staged in up to 4 pieces).
+                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * (chunk + 3);
                 Assert.Equal(expected, CudaPagedKernels.SharedBytes(group, 128, 32, chunk, PagedAttentionKernel.Pipelined));
             }
         // Three blocks of 4 query heads per KV head fit an H100's 228 KB (1 KB reserved per block) even at the longest split.
@@ -74,7 +74,7 @@ public class PagedAttentionSharedMemoryTests
         foreach (int group in new[] { 1, 2, 4, 8 })
         {
             // Hand count as above with rings of 8 KB.
-            int expected = 4 * 8192 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * 256;
+            int expected = 4 * 8192 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * (256 + 3);
             Assert.Equal(expected, CudaPagedKernels.PipelinedSharedBytes(group, CudaPagedKernels.PipelinedMaxChunkBlocks, CudaPagedKernels.PipelineSmallRingBytes));
             // Four blocks (the kernel's register bound, __launch_bounds__(128, 4)) fit 228 KB with 8 KB rings, not with 16 KB ones.
             Assert.True(4 * (expected + 1024) <= 228 * 1024, $"G{group}: {expected} bytes");
@@ -132,6 +132,36 @@ public class PagedAttentionSharedMemoryTests
             long e = CudaPagedKernels.OneWaveChunk(length, (long)length * heads, wave, heads);
             Assert.True(heads * ((length + e - 1) / e) <= wave, $"heads {heads}, wave {wave}, chunk {e}");
             Assert.True(e <= (length + wave / heads - 1) / (wave / heads), $"heads {heads}, wave {wave}, chunk {e}");
+        }
+    }
+
+    [Fact]
+    public void WaveUnitsFitEveryLayerOfHeadsUpToTheLongest()
+    {
+        // Batch 1, 128K tokens (4099 blocks a head with the appends' room), 8 KV heads, 396 resident blocks: one wave of
+        // units; the chunk bound ceil(8 · 4099 / 388) = 85 (the kernel picks 84 for heads of one length: 8 × 49 = 392 units).
+        Assert.Equal((396, 85), CudaPagedKernels.WaveUnits(4099, 396, 8));
+        // 8 × 128K with small rings (66 resident blocks a sequence): 256 blocks a split at most, so 8 × ceil(4099 / 256) = 136 units.
+        Assert.Equal((136, 256), CudaPagedKernels.WaveUnits(4099, 66, 8));
+        // Fewer resident blocks than heads: one unit a head, the longest head in one split.
+        Assert.Equal((8, 100), CudaPagedKernels.WaveUnits(100, 5, 8));
+        var rnd = new Random(11);
+        for (int trial = 0; trial < 300; trial++)
+        {
+            int heads = rnd.Next(1, 33), longest = rnd.Next(1, 20000);
+            long wave = rnd.Next(1, 1200);
+            var (units, chunk) = CudaPagedKernels.WaveUnits(longest, wave, heads);
+            Assert.True(chunk is >= 1 and <= CudaPagedKernels.PipelinedMaxChunkBlocks, $"chunk {chunk}");
+            Assert.True(units >= Math.Max(heads, wave), $"units {units}");
+            // Any layer of heads no longer than `longest` fits the units with the bound as its chunk (every head at least one
+            // unit), so the kernel's search, which only lowers the chunk while it fits, always finds one.
+            for (int layer = 0; layer < 5; layer++)
+            {
+                var lengths = Enumerable.Range(0, heads).Select(_ => rnd.Next(0, longest + 1)).ToArray();
+                if (layer == 0) lengths[0] = longest;
+                long needed = lengths.Sum(l => Math.Max(1, (l + chunk - 1) / chunk));
+                Assert.True(needed <= units, $"heads {heads}, longest {longest}, wave {wave}: {needed} units > {units} (chunk {chunk})");
+            }
         }
     }
 }

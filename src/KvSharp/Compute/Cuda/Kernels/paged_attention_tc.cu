@@ -714,7 +714,8 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
 //   lane issuing), as far ahead as the ring (`ring` bytes, up to PIPE_BARS entries) allows, so a warp keeps 4-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
-//   CUDA-core arithmetic) longer than half a ring are read in place. Blocks of at most 32 tokens (the host checks): every
+//   CUDA-core arithmetic) longer than half a ring are staged in pieces when they end the split (the residual:
+//   pipe_float_pieces), else read in place. Blocks of at most 32 tokens (the host checks): every
 //   other block fits half a ring, and a block's scores and probabilities fit the registers of one 32-token step. The ring
 //   is 16 KB a warp (F16 blocks of 8 KB), or 8 KB for caches of ≤ 4-bit blocks (≤ 2.5 KB each; the planner's choice,
 //   CudaPagedKernels.PipelineSmallRingBytes): 4 grid blocks then fit an SM instead of 3 (16 warps in flight, not 12).
@@ -766,8 +767,8 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
 }
 
 // bytes (a multiple of 16) from global src to shared dst by the bulk copy engine, completing on bar; the cache's lines are
-// the first L2 evicts (l2_evict_first), so the stream does not push out lines still to be read (the residual that
-// prefetch_float_tail asked for).
+// the first L2 evicts (l2_evict_first), so the stream does not push out lines still to be read (measured when the kernel
+// still asked L2 for the residual with prefetch_float_tail, before reading it in place).
 __device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar)
 {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst), "l"(src),
@@ -1164,7 +1165,7 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const flo
 // 16 KB rings, 2.5 KB for INT4 in 8 KB ones, so two entries always fit an empty ring), or 0 for a block read in place.
 // F32/BF16 blocks (the residual) stage their n visible rows when those fit half a ring (16 F32 rows, 32 BF16 rows in
 // 16 KB; 8 / 16 in 8 KB): read in place, a row at a time, they were the last split's tail (~25 us at 32K tokens on an
-// H100); longer ones are read in place after prefetch_float_tail.
+// H100); longer ones go in pieces when they end the split (the residual, pipe_float_pieces), else are read in place.
 __device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, int vg, int n, unsigned ring)
 {
     if (f == KV_F32 || f == KV_BF16)
@@ -1193,6 +1194,33 @@ __device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int v
     d.z = (d.z & ~0xffffu) | (unsigned)n;
     d.w = ks | (vs << 16);
     return d;
+}
+
+// The split's last block when keys and values are both F32/BF16 (the head's residual, in the head's last split) and its
+// visible rows do not fit half a ring: written as several descriptors of at most half a ring of rows each (16 F32 rows
+// in 16 KB rings, 8 in 8 KB ones; at most 4 pieces of a 32-row block) at bdesc[i..], each staged through a ring like any
+// other block, so consecutive warps take the pieces and the bulk copy engine brings them with the split's first copies.
+// Read in place (17-31 F32 rows, CUDA cores, row by row from L2) the residual was the last split's tail. Returns the
+// descriptors written (1: the block as pipe_desc left it).
+__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* at)
+{
+    const int kf = desc_kfmt(d), vf = desc_vfmt(d), n = desc_count(d);
+    const bool floats = (kf == KV_F32 || kf == KV_BF16) && (vf == KV_F32 || vf == KV_BF16);
+    const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8;
+    const int rows = (int)(ring / 2) / max(krow, vrow);
+    if (!floats || n <= rows)
+    {
+        at[0] = d;
+        return 1;
+    }
+    const int pieces = (n + rows - 1) / rows;
+    for (int p = 0; p < pieces; p++)
+    {
+        const int r0 = p * rows, m = min(rows, n - r0);
+        at[p] = make_uint4(d.x + (unsigned)(r0 * krow / 16), d.y + (unsigned)(r0 * vrow / 16), (d.z & ~0xffffu) | (unsigned)m,
+            (unsigned)(m * krow) | ((unsigned)(m * vrow) << 16));
+    }
+    return pieces;
 }
 
 // A warp's pipeline: the producer side (next block to issue, whether its keys are issued, ring cursor, entries issued)
@@ -1230,6 +1258,67 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
         if (keys) st.keys_issued = true;
         else { st.keys_issued = false; st.next += PIPE_WARPS; }
     }
+}
+
+// Grid blocks of the pipelined kernel are units of one row's layer: the launch has U = gridDim.x · gridDim.y of them per
+// row (the planner: one wave of resident blocks per row), and each row's live units come first in launch order. The
+// kernel picks its own chunk per layer and row from the heads' block counts (every warp alike, after pdl_wait), the
+// smaller of two that always fit the units (Σ_h max(1, ceil(blocks_h / c)) <= U): ceil(Σ blocks / (U − heads)) (each
+// head's partial split wastes less than a unit; best for unequal heads, as after KVzip) and ceil(longest / (U / heads))
+// (best for heads of one length); at least ceil(longest / splits) (`splits`: the partial results' stride per head) and
+// at most chunk_blocks (the descriptors' room; the planner keeps the choice within it). A plan sized by the mean layer
+// ran the layers with more blocks (KVzip's per-head lengths) in one wave and part of another, and split indices past a
+// short head's last block interleaved empty grid blocks with live ones.
+struct WaveSplit
+{
+    int kvh, split, live, chunk, blocks, limit; // blocks: the head's block count; limit: the stored tokens row t sees
+};
+
+__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// This grid block's head and split (kvh < 0: a unit past the layer's work); warp-uniform. Lane h holds head h's block and
+// token counts (both loaded in one round trip), so no load waits for the head's choice.
+__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int t, int batch,
+    int chunk_blocks, int splits)
+{
+    const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y), p = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    const int h0 = batch ? t * kv_heads : 0;
+    // Heads 0..31 stay in the lanes' registers; more heads (rare) are read again from L1.
+    const int mb = lane < kv_heads ? head_blocks[h0 + lane] : 0, mt = lane < kv_heads ? head_tokens[h0 + lane] : 0;
+    int total = mb, longest = mb;
+    for (int h = lane + 32; h < kv_heads; h += 32) { const int b = head_blocks[h0 + h]; total += b; longest = max(longest, b); }
+    total = __reduce_add_sync(0xffffffffu, total);
+    longest = __reduce_max_sync(0xffffffffu, longest);
+    const int per_head = units / kv_heads;
+    int c = per_head > 0 ? ceil_div(longest, per_head) : longest;
+    if (units > kv_heads) c = min(c, ceil_div(total, units - kv_heads));
+    c = min(max(max(c, ceil_div(longest, splits)), 1), chunk_blocks);
+    WaveSplit w = { -1, 0, 0, c, 0, 0 };
+    for (int g0 = 0, base = 0; g0 < kv_heads; g0 += 32)
+    {
+        const int h = g0 + lane, b = g0 == 0 ? mb : h < kv_heads ? head_blocks[h0 + h] : 0, n = h < kv_heads ? max(1, ceil_div(b, c)) : 0;
+        int incl = n;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const int y = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += y;
+        }
+        const unsigned mine = __ballot_sync(0xffffffffu, n > 0 && p >= base + incl - n && p < base + incl);
+        if (mine)
+        {
+            const int src = __ffs(mine) - 1;
+            w.kvh = g0 + src;
+            w.split = p - base - __shfl_sync(0xffffffffu, incl - n, src);
+            w.live = __shfl_sync(0xffffffffu, n, src);
+            w.blocks = __shfl_sync(0xffffffffu, b, src);
+            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt, src) : head_tokens[h0 + w.kvh];
+            w.limit = tokens - (batch ? 0 : rows - 1 - t); // as paged_head
+            return w;
+        }
+        base += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    return w;
 }
 
 // A hi column's accumulator plus its lo column's (G <= 4: column c + G; G = 8 summed both in one column): G = 1 holds
@@ -1296,23 +1385,20 @@ __device__ __forceinline__ void paged_attention_pipe(
     }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     pdl_wait(); // the tables, the appended token and the queries come from the kernel before
-    const SplitWork w = split_work(desc, head_blocks, head_tokens, heads, kv_heads, max_blocks, rows, chunk_blocks, splits, G, batch);
-    const int kvh = w.kvh, t = w.t, limit = w.limit, nb = w.nb;
-    const uint4* hdesc = w.hdesc;
-    const long first = w.first;
-    // Splits past the head's last block (heads shorter than the longest, as after KVzip) mark their chunk empty and leave
-    // at once instead of holding a resident slot through the merge; the merge counts and reads the head's first `live`
-    // splits. Kept in shared memory until the merge: a register live across the block loop (168 at most) is not free.
+    const int t = blockIdx.z;
+    const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, t, batch, chunk_blocks, splits);
+    if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
+    const int kvh = ws.kvh, limit = ws.limit;
+    const int b0 = ws.split * ws.chunk, nb = min(ws.chunk, ws.blocks - b0);
+    const uint4* hdesc = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks + b0;
+    const long first = ((long)t * heads + (long)kvh * G) * splits + ws.split;
+    // The merge counts and reads the head's `live` splits. Kept in shared memory until the merge: a register live across
+    // the block loop (128 at most) is not free.
     __shared__ int live_splits;
-    {
-        const int live = max(1, min(splits, (head_blocks[batch ? t * kv_heads + kvh : kvh] + chunk_blocks - 1) / chunk_blocks));
-        if ((int)blockIdx.x >= live)
-        {
-            empty_chunk(part_ml, first, splits, G);
-            return;
-        }
-        if (threadIdx.x == 0) live_splits = live;
-    }
+    if (threadIdx.x == 0) live_splits = ws.live;
+    // The head's last split marks the slot after it empty: part_ml's readers outside attention (part_ml_lse) stop there
+    // instead of reading slots an earlier launch left.
+    if (ws.split == ws.live - 1 && ws.live < splits) empty_chunk(part_ml, first + 1, splits, G);
     // The G query loads of a thread issued together (a loop of runtime trip count waited for each in turn).
     float qx[G];
 #pragma unroll
@@ -1327,17 +1413,25 @@ __device__ __forceinline__ void paged_attention_pipe(
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
     }
-    for (int i = threadIdx.x; i < nb; i += blockDim.x) bdesc[i] = pipe_desc(hdesc[i], limit, tokens, vg, ring);
+    // The split's descriptors; its last block may become several (pipe_float_pieces): `staged` entries in all.
+    __shared__ int staged_blocks;
+    if (threadIdx.x == 0 && nb <= 0) staged_blocks = 0;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x)
+    {
+        const uint4 d = pipe_desc(hdesc[i], limit, tokens, vg, ring);
+        if (i < nb - 1) bdesc[i] = d;
+        else staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i);
+    }
     __syncthreads();
-    prefetch_float_tail(pool, hdesc, nb, limit); // the split's own descriptors: pipe_desc reuses the first-token field
+    const int nbs = staged_blocks;
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
-    pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+    pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
     // o: the transposed P·V's accumulators (column_hi); md: the value mins' sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    for (int bi = warp; bi < nb; bi += PIPE_WARPS)
+    for (int bi = warp; bi < nbs; bi += PIPE_WARPS)
     {
         const uint4 d = bdesc[bi]; // pipe_desc
         const int n = desc_count(d);
@@ -1364,7 +1458,7 @@ __device__ __forceinline__ void paged_attention_pipe(
             __syncwarp();
             st.freed_bytes = kat + ks;
             st.freed++;
-            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+            pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
         }
         pipe_softmax<G>(s, m, l, o, md, tig);
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
@@ -1378,7 +1472,7 @@ __device__ __forceinline__ void paged_attention_pipe(
             __syncwarp();
             st.freed_bytes = vat + vs;
             st.freed++;
-            pipe_issue(st, bdesc, nb, pool, ring0, ring, bar0, lane);
+            pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
         }
     }
 

@@ -526,14 +526,18 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
 
 // The log-sum-exp of query head h of row t over all its splits, from the (max, sum) pairs the attention launch left
 // in part_ml [rows, heads, splits, 2] (merge_splits' layout; natural-log maxima): the one place that reads part_ml
-// outside attention. A split with sum 0 saw nothing; -inf when no split saw a token.
+// outside attention. A split with sum 0 saw nothing, nor does any after it (a row sees a prefix of the head's storage),
+// so the sums stop there: the pipelined kernel marks only the slot after a head's last split, and slots past it may
+// hold an earlier launch's values. -inf when no split saw a token.
 __device__ __forceinline__ float part_ml_lse(const float* part_ml, int t, int h, int heads, int splits)
 {
     const float2* p = reinterpret_cast<const float2*>(part_ml) + ((long)t * heads + h) * splits;
+    int n = 0;
+    while (n < splits && p[n].y > 0.0f) n++;
     float m = neg_inf();
-    for (int s = 0; s < splits; s++) if (p[s].y > 0.0f) m = fmaxf(m, p[s].x);
+    for (int s = 0; s < n; s++) m = fmaxf(m, p[s].x);
     float l = 0.0f;
-    for (int s = 0; s < splits; s++) if (p[s].y > 0.0f) l += p[s].y * expf(p[s].x - m);
+    for (int s = 0; s < n; s++) l += p[s].y * expf(p[s].x - m);
     return l > 0.0f ? m + logf(l) : neg_inf();
 }
 

@@ -206,9 +206,10 @@ internal sealed class CudaKernels : IDisposable
     /// the chunk from the position itself, and only the split count is planned. <paramref name="RingBytes"/>: each warp's
     /// staging ring in the paged cache's pipelined kernel (0: the default, CudaPagedKernels.PipelineRingBytes);
     /// <paramref name="Formats"/>: the block formats (a bit per KvFormat) its format-specialized build reads (0: the
-    /// generic build, every format).
+    /// generic build, every format); <paramref name="Units"/>: the pipelined kernel's grid blocks per query row when planned
+    /// as one wave (its chunk then picked per layer by the kernel, at most Chunk; 0: Splits per KV head, each Chunk blocks).
     /// </summary>
-    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0);
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0, int Units = 0);
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;

@@ -11,13 +11,15 @@ internal sealed partial class CudaPagedKernels
 {
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
-    private readonly CudaModule _attention, _cache;
-    private readonly Lazy<CudaModule> _tensorAttention;
+    private readonly CudaModule _cache;
+    private readonly Lazy<CudaModule> _attention, _tensorAttention;
 
     private CudaPagedKernels(CudaDevice device)
     {
         _device = device;
-        _attention = CudaModule.LoadEmbedded(device, "paged_attention.cu");
+        // The CUDA-core kernels compiled on first use like the tensor-core ones: NVRTC takes ~2 minutes over this file, which
+        // caches read by the tensor-core kernels (head dimension 128, the default) never launch.
+        _attention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention.cu"));
         // The decode step's append and tensor-core attention wait for their predecessor with griddepcontrol.wait, so they
         // may launch programmatically (ProgrammaticLaunch).
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
@@ -151,13 +153,20 @@ internal sealed partial class CudaPagedKernels
     /// split's descriptors.
     /// </summary>
     public static int PipelinedSharedBytes(int group, int chunkBlocks, int ringBytes = PipelineRingBytes) =>
-        4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * chunkBlocks;
+        4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * (chunkBlocks + MaxExtraPieces);
+
+    /// <summary>
+    /// Descriptors a split's last block may add when its float32 rows are staged in pieces of half a ring (a 32-row F32
+    /// block in 8 KB rings: 4 pieces; paged_attention_tc.cu, <c>pipe_float_pieces</c>).
+    /// </summary>
+    private const int MaxExtraPieces = 3;
 
     /// <summary>
     /// Whether caches with 16 KB rings launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
-    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They were 3-6% faster per decode step on an H100 and an H200, but
-    /// three benchmark runs with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the
-    /// cause is not found, so the generic build stays the default.
+    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They are 0.7-3.6% faster per decode step (H200, final kernels), but three
+    /// benchmark calls with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the cause
+    /// is not found (two of the four faults came in rows that launched no specialized build, none since in nine processes
+    /// on an H200: docs/benchmarks.md), so the generic build stays the default.
     /// </summary>
     public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
 
@@ -206,20 +215,41 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
-    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; chunks sized so that the non-empty grid blocks
-    /// fit one wave of the blocks resident per multiprocessor with those rings (see <see cref="OneWaveChunk"/>), and few
-    /// enough splits that the merge's weights (group × splits floats) fit the rings they reuse.
+    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; per query row one
+    /// wave of grid blocks (the blocks resident per multiprocessor with those rings × multiprocessors / rows, at least one
+    /// per KV head), whose units the kernel hands to the layer's heads with a chunk it picks per layer from the heads' block
+    /// counts (paged_attention_tc.cu, <c>wave_split</c>). The plan's Splits is the partial results' stride per head (a head
+    /// takes at most every unit of its row) and Chunk the descriptors' room: at least the kernel's largest choice for any
+    /// layer of heads of at most <paramref name="blocks"/> blocks.
     /// </summary>
-    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, int formats, int valueGroup)
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
         int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
-        int chunk = (int)Math.Clamp(OneWaveChunk(blocks, layerBlocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads), 1, PipelinedMaxChunkBlocks);
-        int maxSplits = ring / group;
-        if ((blocks + chunk - 1) / chunk > maxSplits) chunk = (blocks + maxSplits - 1) / maxSplits;
+        var (units, chunk) = WaveUnits(blocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads);
+        if (group * units > ring)
+            throw new CudaException("paged attention", $"{units} splits of {group} heads do not fit the merge's weights in the rings");
+        return new CudaKernels.AttentionPlan(chunk, units, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats, Units: units);
+    }
+
+    /// <summary>
+    /// Grid blocks per query row of the pipelined kernel and the most blocks per split it may pick (its descriptors' room)
+    /// for heads of at most <paramref name="blocks"/> blocks: one <paramref name="wave"/> of units (at least one per KV head),
+    /// and the chunk that fits any layer into them (c = ceil(kvHeads · blocks / (units − kvHeads)): each head's partial split
+    /// wastes less than one unit). Where that is more than <see cref="PipelinedMaxChunkBlocks"/>, the units grow until
+    /// that many blocks per split fit (more than a wave: at 8 × 128K tokens).
+    /// </summary>
+    public static (int Units, int Chunk) WaveUnits(long blocks, long wave, int kvHeads)
+    {
+        blocks = Math.Max(1, blocks);
+        long units = Math.Max(kvHeads, wave);
+        long chunk = units > kvHeads ? (kvHeads * blocks + units - kvHeads - 1) / (units - kvHeads) : blocks;
         if (chunk > PipelinedMaxChunkBlocks)
-            throw new CudaException("paged attention", $"{blocks} blocks need more than {maxSplits} splits of {PipelinedMaxChunkBlocks} blocks");
-        return new CudaKernels.AttentionPlan(chunk, (blocks + chunk - 1) / chunk, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats);
+        {
+            chunk = PipelinedMaxChunkBlocks;
+            units = Math.Max(units, kvHeads * ((blocks + chunk - 1) / chunk));
+        }
+        return ((int)units, (int)Math.Max(1, chunk));
     }
 
     /// <summary>
@@ -255,7 +285,7 @@ internal sealed partial class CudaPagedKernels
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads, formats, valueGroup);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, rows, group, kvHeads, formats, valueGroup);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
             ? OneWaveChunk(blocks, layerBlocks, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows, kvHeads)
@@ -297,7 +327,9 @@ internal sealed partial class CudaPagedKernels
                 throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
             if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
-            Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
+            // One unit per grid block, numbered along x then y (wave_split): a planned launch's Units, else Splits per KV head.
+            var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, 1, (uint)rows) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
+            Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
@@ -306,9 +338,9 @@ internal sealed partial class CudaPagedKernels
         var function = kernel switch
         {
             PagedAttentionKernel.TensorCores => Decode(_tensorAttention.Value[$"paged_attn_t_g{group}"]),
-            PagedAttentionKernel.Wide => _attention[$"paged_attn_w_g{group}_c{headDim / 32}"],
+            PagedAttentionKernel.Wide => _attention.Value[$"paged_attn_w_g{group}_c{headDim / 32}"],
             PagedAttentionKernel.VidKv => VidKvAttention[$"paged_attn_vid_g{group}_c{headDim / 32}"],
-            _ => _attention[$"paged_attn_g{group}_c{headDim / 32}"],
+            _ => _attention.Value[$"paged_attn_g{group}_c{headDim / 32}"],
         };
         if (kernel == PagedAttentionKernel.VidKv)
         {
