@@ -151,7 +151,8 @@ public sealed partial class CudaPagedKvCache
     /// blocks without a flagged token, or already in the target formats, stay; the other blocks' tokens are regrouped by
     /// format pair into dense blocks (flagged ones in the target formats, the others in their own), in storage order, a
     /// kept partial block of a pair being written joining it; flagged residual rows join the target's blocks. The pool is
-    /// compacted into its own allocation (captured decode graphs stay valid).
+    /// compacted into its own allocation (captured decode graphs stay valid). The host replays the regrouping on the
+    /// tokens' positions, so later masks, <see cref="Download"/> and presses still know where each token is.
     /// </summary>
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
     /// <exception cref="KvSharpException">A format the device does not read (VidKV), a value format whose groups do not fit the cache's,

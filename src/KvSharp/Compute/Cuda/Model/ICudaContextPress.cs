@@ -49,8 +49,9 @@ public interface ICudaContextPress
 
 /// <summary>
 /// A device press that scores tokens and keeps what a CPU budget keeps (<see cref="CudaWindowPress"/>, <see cref="CudaH2oPress"/>,
-/// <see cref="CudaKvzipPress"/>, <see cref="CudaAttentionFreePress"/>): its scores also rank the tiers of the
-/// quantization presses (MiKV, ZipVL, LeanKV: <see cref="CudaQuantizationPress"/>).
+/// <see cref="CudaKvCompressPress"/>, <see cref="CudaKvzipPress"/>, <see cref="CudaAttentionFreePress"/>): its scores also
+/// rank the tiers of the quantization presses (MiKV, ZipVL, LeanKV: <see cref="CudaQuantizationPress"/>) and KVCrush's
+/// importance (<see cref="CudaKvCrushPress"/>).
 /// </summary>
 public interface ICudaScoredPress : ICudaContextPress
 {
