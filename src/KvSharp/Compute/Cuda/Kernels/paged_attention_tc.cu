@@ -1403,7 +1403,6 @@ __device__ __forceinline__ void paged_attention_pipe(
     float qx[G];
 #pragma unroll
     for (int k = 0; k < G; k++) qx[k] = q[((long)t * heads + (long)kvh * G) * HD + threadIdx.x + k * PIPE_WARPS * 32];
-#ifndef GAP_EARLY
 #pragma unroll
     for (int k = 0; k < G; k++)
     {
@@ -1414,46 +1413,20 @@ __device__ __forceinline__ void paged_attention_pipe(
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
     }
-#endif
     // The split's descriptors; its last block may become several (pipe_float_pieces): `staged` entries in all.
     __shared__ int staged_blocks;
-#ifdef GAP_TAIL
-    __shared__ uint4 tail_desc;
-#endif
     if (threadIdx.x == 0 && nb <= 0) staged_blocks = 0;
     for (int i = threadIdx.x; i < nb; i += blockDim.x)
     {
-        const uint4 r = hdesc[i], d = pipe_desc(r, limit, tokens, vg, ring);
+        const uint4 d = pipe_desc(hdesc[i], limit, tokens, vg, ring);
         if (i < nb - 1) bdesc[i] = d;
-        else
-        {
-            staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i);
-#ifdef GAP_TAIL
-            tail_desc = r; // as stored: prefetch_float_tail counts its visible rows
-#endif
-        }
+        else staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i);
     }
     __syncthreads();
     const int nbs = staged_blocks;
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
     pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
-#ifdef GAP_TAIL
-    if (nb > 0) prefetch_float_tail(pool, &tail_desc, 1, limit);
-#endif
-#ifdef GAP_EARLY
-#pragma unroll
-    for (int k = 0; k < G; k++)
-    {
-        const int i = threadIdx.x + k * PIPE_WARPS * 32; // the launch has PIPE_WARPS warps
-        const float x = qx[k] * (scale * 1.4426950408889634f);
-        const float h = __uint_as_float(__float_as_uint(x) & 0xffffe000u); // 11 significant bits, as split_f16x2
-        u16* at = reinterpret_cast<u16*>(qs + pipe_q(i / HD, i % HD & ~1)) + (i & 1);
-        at[0] = f32_to_f16(h);
-        at[2] = f32_to_f16(x - h);
-    }
-    __syncthreads();
-#endif
     // o: the transposed P·V's accumulators (column_hi); md: the value mins' sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
 #pragma unroll

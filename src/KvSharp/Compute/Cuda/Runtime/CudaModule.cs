@@ -41,7 +41,6 @@ internal sealed unsafe class CudaModule : IDisposable
                 fixed (byte* n = bytes) CudaApi.Check(CudaApi.cuModuleGetFunction(out handle, _module, n), $"cuModuleGetFunction({name})");
                 f = new CudaFunction(_device, handle, name) { WorksBeforeWait = _worksBeforeWait?.Invoke(name) ?? false };
                 _functions[name] = f;
-                if (Environment.GetEnvironmentVariable("KVSHARP_GAP_CARVEOUT") == "1") f.PreferSharedMemory(); // TEMPORARY gpugap A/B
                 return f;
             }
         }

@@ -226,8 +226,7 @@ internal sealed partial class CudaPagedKernels
     {
         int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
-        double waves = double.TryParse(Environment.GetEnvironmentVariable("KVSHARP_GAP_WAVES"), System.Globalization.CultureInfo.InvariantCulture, out double w) ? w : 1.0; // TEMPORARY gpugap A/B
-        var (units, chunk) = WaveUnits(blocks, (long)Math.Round(waves * perSm * _device.MultiprocessorCount / rows), kvHeads);
+        var (units, chunk) = WaveUnits(blocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads);
         if (group * units > ring)
             throw new CudaException("paged attention", $"{units} splits of {group} heads do not fit the merge's weights in the rings");
         return new CudaKernels.AttentionPlan(chunk, units, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats, Units: units);

@@ -31,12 +31,9 @@ internal static unsafe class KernelCompiler
     /// </summary>
     public static byte[] CompileEmbedded(string fileName, string architecture, IReadOnlyList<string>? defines = null)
     {
-        // TEMPORARY (gpugap A/B, removed before the final commit): a kernel file from $KVSHARP_KERNEL_DIR, extra defines from $KVSHARP_DEFINES.
-        string? dir = Environment.GetEnvironmentVariable("KVSHARP_KERNEL_DIR");
-        string source = !string.IsNullOrEmpty(dir) && File.Exists(Path.Combine(dir, fileName)) ? File.ReadAllText(Path.Combine(dir, fileName)) : ReadResource(fileName);
+        string source = ReadResource(fileName);
         var headers = EmbeddedHeaders();
-        string extra = fileName == "paged_attention_tc.cu" ? Environment.GetEnvironmentVariable("KVSHARP_DEFINES") ?? "" : "";
-        string[] options = [.. Options(architecture), .. (defines ?? []).Concat(extra.Split(',', StringSplitOptions.RemoveEmptyEntries)).Select(d => "-D" + d)];
+        string[] options = [.. Options(architecture), .. (defines ?? []).Select(d => "-D" + d)];
         string key = CacheKey(fileName, source, headers, options);
         string path = Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(fileName)}-{architecture}-{key}.cubin");
         if (File.Exists(path)) return File.ReadAllBytes(path);
