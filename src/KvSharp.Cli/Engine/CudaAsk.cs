@@ -11,9 +11,10 @@ namespace KvSharp.Cli.Engine;
 
 /// <summary>
 /// <c>kvsharp ask --device cuda</c>: the context prefilled into a <see cref="CudaPagedKvCache"/> (--kv-cache's formats,
-/// f16 by default as on the CPU) and pressed on the device (<see cref="CudaContextPresses.From"/>: SnapKV, TOVA and H2O observe
-/// the prefill itself, KVzip its repeat runs, key-norm the keys read back, StreamingLLM the positions; scores and eviction on
-/// the GPU, the CPU press's budget on the host), then each question appended, answered with the device sampler and
+/// f16 by default as on the CPU) and pressed on the device (<see cref="CudaContextPresses.From"/>: SnapKV, TOVA, R-KV, H2O and
+/// ZipVL's scorer observe the prefill itself, KVzip its repeat runs, key-norm and R-KV's redundancy the keys read back,
+/// StreamingLLM the positions; scores, eviction and re-quantization (KIVI, KVTuner, MiKV, ZipVL, LeanKV) on the GPU, the CPU
+/// press's budget or tiers on the host; sequences press by press), then each question appended, answered with the device sampler and
 /// rolled back to the compressed context (<see cref="CudaPagedKvCache.Restore"/>). The same protected prefix (the
 /// BOS), capacity and answer length as the CPU's <c>ask</c>, so with float32 weights the two give the same answers. Presses
 /// the device does not run, clusterkv, --query-aware and --compare are refused in one line.
@@ -79,7 +80,7 @@ internal static class CudaAsk
 
         var stats = new Table().AddColumn("measure").AddColumn("value");
         // SnapKV, TOVA and H2O collect their statistics during the prefill (the CPU re-runs those queries in its press time).
-        string observed = press is CudaWindowPress or CudaH2oPress ? ", the press's attention statistics collected" : "";
+        string observed = ObservesPrefill(press) ? ", the press's attention statistics collected" : "";
         stats.AddRow("context", $"{tokens.Length} tokens, prefill {prefill.TotalMilliseconds:F0} ms (GPU{observed})");
         stats.AddRow("press", Markup.Escape(request.Press?.Text ?? "none") + " (on the GPU)");
         stats.AddRow("KV bytes before", $"{before:N0} ({Units.Bytes(before)}) of blocks");
@@ -92,4 +93,14 @@ internal static class CudaAsk
                 $"{Units.Bytes(cache.ByteCount)} allocated");
         return 0;
     }
+
+    /// <summary>Whether the press collects attention statistics during the prefill (SnapKV, TOVA, R-KV, H2O, ZipVL's scorer, KV-Compress; first in a sequence, ranking tiers or KVCrush's importance).</summary>
+    private static bool ObservesPrefill(ICudaContextPress? press) => press switch
+    {
+        CudaWindowPress or CudaH2oPress or CudaKvCompressPress => true,
+        CudaQuantizationPress quantization => ObservesPrefill(quantization.Scoring),
+        CudaKvCrushPress crush => ObservesPrefill(crush.Inner),
+        CudaSequencePress sequence => ObservesPrefill(sequence.Presses[0]),
+        _ => false,
+    };
 }

@@ -26,7 +26,9 @@ public static class ContextPressChecks
 
     /// <summary>
     /// The presses checked: SnapKV under uniform, pyramid, AdaKV and dynamic (DBudgetKV) budgets, TOVA, H2O under uniform and
-    /// global budgets, key-norm, StreamingLLM and random; with each the head groupings a near-tie is measured against.
+    /// global budgets, key-norm, StreamingLLM, random, R-KV (the window's statistics on the device, the keys' redundancy on
+    /// the host), the ZipVL scorer (H2O's sums per observing query) and KV-Compress (the window's tokens one at a time,
+    /// global budget); with each the head groupings a near-tie is measured against.
     /// </summary>
     private static (string Press, Func<int, int, int[]> Groups)[] Cases =>
     [
@@ -40,6 +42,9 @@ public static class ContextPressChecks
         ("keynorm:keep=0.5", PerHead),
         ("streamingllm:keep=0.3", PerHead),
         ("random:keep=0.5,seed=3", PerHead),
+        ("rkv:keep=0.5", PerHead),
+        ("uniform(zipvl):keep=0.5,chunk=32", PerHead),
+        ("kvcompress:keep=0.5,window=8,block=16", (_, heads) => [heads]),
     ];
 
     private static int[] PerHead(int kvHeads, int heads) => [1];

@@ -6,8 +6,8 @@ namespace KvSharp.Tests.Cuda;
 
 /// <summary>
 /// <c>kvsharp ask --device cuda</c>'s refusals, decided before any GPU work: presses the device does not run (named in one
-/// line), quantization presses (a --kv-cache format on the GPU), KVzip+, the CPU-only modes; without a GPU an ask with a
-/// device press ends in the one CUDA line. The GPU comparison of CPU and GPU answers is scripts/gpu-tests.sh press-cli.
+/// line: MiKV's balanced keys, VidKV, KVzip+, a sequence with a refused press), the CPU-only modes; without a GPU an ask with a
+/// device press (eviction, quantization, a sequence) ends in the one CUDA line. The GPU comparison of CPU and GPU answers is scripts/gpu-tests.sh press-cli.
 /// </summary>
 public class CudaAskTests
 {
@@ -26,9 +26,10 @@ public class CudaAskTests
     }
 
     [Theory]
-    [InlineData("rkv:keep=0.5", "rkv")]
-    [InlineData("kivi:bits=2", "--kv-cache")]
+    [InlineData("mikv(h2o):top=0.2,keys=token", "keys=token")]
+    [InlineData("vidkv", "VidKV")]
     [InlineData("kvzipplus:keep=0.3", "KVzip+")]
+    [InlineData("kivi:bits=2 + snapkv:keep=0.5", "snapkv")]
     public void PressesTheDeviceDoesNotRun_AreRefusedInOneLineNamingThem(string press, string named)
     {
         var r = Ask("--press", press);
@@ -55,6 +56,10 @@ public class CudaAskTests
     [InlineData("snapkv+pyramid:keep=0.3")]
     [InlineData("h2o:keep=0.3")]
     [InlineData("streamingllm:keep=0.3")]
+    [InlineData("rkv:keep=0.5")]
+    [InlineData("kivi:bits=2,residual=32")]
+    [InlineData("mikv(snapkv):top=0.2")]
+    [InlineData("snapkv:keep=0.5 + kivi:bits=4,residual=32")]
     public void DevicePresses_WithoutGpu_OneCudaUnavailableLine(string press)
     {
         if (CudaDevice.IsAvailable) return; // the GPU case is scripts/gpu-tests.sh press-cli

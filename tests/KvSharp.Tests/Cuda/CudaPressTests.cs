@@ -17,4 +17,5 @@ public class CudaPressTests
     [CudaFact] public void H2oOnTheDeviceKeepsTheCpuPressTokens() => PressChecks.H2oMatchesCpu();
     [CudaFact] public void KvzipOnTheDeviceMatchesTheCpuPress() => KvzipChecks.MatchesCpu(RepoPaths.SharedFile("models", "kvsharp-needle-16m"));
     [CudaFact] public void AskDevicePressesMatchTheCpuPresses() => ContextPressChecks.MatchesCpu(RepoPaths.SharedFile("models", "kvsharp-needle-16m"));
+    [CudaFact] public void AskDeviceQuantizationPressesAndSequencesMatchTheCpuPresses() => QuantizationPressChecks.MatchesCpu(RepoPaths.SharedFile("models", "kvsharp-needle-16m"));
 }

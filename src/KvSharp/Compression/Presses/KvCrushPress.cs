@@ -46,41 +46,57 @@ public sealed class KvCrushPress(ScoredPress inner, double representatives = 0.0
     {
         ArgumentNullException.ThrowIfNull(context);
         var masks = Inner.Select(context, out var scores);
+        var positions = Enumerable.Range(0, scores.HeadCount).Select(i => context.Cache.Positions(i / context.KvHeads, i % context.KvHeads)).ToArray();
+        var own = Enumerable.Range(0, context.Layers).Select(l => context.Cache.SharedLayerSource(l) < 0).ToArray();
+        AddRepresentatives(masks, scores, positions, context.ProtectedPrefix, own);
         for (int l = 0; l < context.Layers; l++)
+            if (own[l])
+                for (int h = 0; h < context.KvHeads; h++) Inner.Action.Apply(context, l, h, masks[l * context.KvHeads + h]);
+    }
+
+    /// <summary>
+    /// Adds to the inner press's keep flags <paramref name="keep"/> (per head [layer · KvHeads + KV head], over the head's
+    /// <paramref name="positions"/>, ascending) each head's representatives of the tokens it would evict, chosen from the
+    /// inner scores <paramref name="scores"/>; layers not <paramref name="ownLayers"/> (shared) are left alone. Shared with
+    /// the CUDA backend, which scores and evicts on the device.
+    /// </summary>
+    internal void AddRepresentatives(bool[][] keep, HeadScores scores, IReadOnlyList<IReadOnlyList<int>> positions, int protectedPrefix, IReadOnlyList<bool> ownLayers)
+    {
+        int kvHeads = scores.KvHeads;
+        for (int l = 0; l < scores.Layers; l++)
         {
-            if (context.Cache.SharedLayerSource(l) >= 0) continue;
-            var bits = LayerBits(context, scores, l);
-            for (int h = 0; h < context.KvHeads; h++)
+            if (!ownLayers[l]) continue;
+            var bits = LayerBits(scores, positions, protectedPrefix, l);
+            for (int h = 0; h < kvHeads; h++)
             {
-                var keep = masks[l * context.KvHeads + h];
-                var positions = context.Cache.Positions(l, h);
-                var evicted = Enumerable.Range(0, keep.Length).Where(i => !keep[i]).ToList();
-                int candidates = positions.Count(p => p >= context.ProtectedPrefix);
+                var k = keep[l * kvHeads + h];
+                var at = positions[l * kvHeads + h];
+                var evicted = Enumerable.Range(0, k.Length).Where(i => !k[i]).ToList();
+                int candidates = at.Count(p => p >= protectedPrefix);
                 int extra = Math.Min(evicted.Count, (int)Math.Round(Representatives * candidates, MidpointRounding.AwayFromZero));
                 if (extra > 0)
                 {
-                    var anchorBits = AnchorBits(evicted.Select(i => bits[positions[i]]).ToList(), context.KvHeads, l * 7919 + h);
-                    var order = evicted.OrderBy(i => Hamming(bits[positions[i]], anchorBits)).ThenBy(i => positions[i]).ToList();
-                    for (int r = 0; r < extra; r++) keep[order[(int)((long)r * order.Count / extra)]] = true;
+                    var anchorBits = AnchorBits(evicted.Select(i => bits[at[i]]).ToList(), kvHeads, l * 7919 + h);
+                    var order = evicted.OrderBy(i => Hamming(bits[at[i]], anchorBits)).ThenBy(i => at[i]).ToList();
+                    for (int r = 0; r < extra; r++) k[order[(int)((long)r * order.Count / extra)]] = true;
                 }
-                Inner.Action.Apply(context, l, h, keep);
             }
         }
     }
 
     /// <summary>Per position stored in any head of the layer: bit g = score in head g above head g's median candidate score.</summary>
-    private static Dictionary<int, bool[]> LayerBits(PressContext context, HeadScores scores, int layer)
+    private static Dictionary<int, bool[]> LayerBits(HeadScores scores, IReadOnlyList<IReadOnlyList<int>> positions, int protectedPrefix, int layer)
     {
         var bits = new Dictionary<int, bool[]>();
-        for (int g = 0; g < context.KvHeads; g++)
+        for (int g = 0; g < scores.KvHeads; g++)
         {
-            var positions = context.Cache.Positions(layer, g);
+            var at = positions[layer * scores.KvHeads + g];
             var s = scores[layer, g];
-            var finite = s.Where((x, i) => positions[i] >= context.ProtectedPrefix && float.IsFinite(x)).Order().ToArray();
+            var finite = s.Where((x, i) => at[i] >= protectedPrefix && float.IsFinite(x)).Order().ToArray();
             float median = finite.Length == 0 ? 0 : finite[finite.Length / 2];
             for (int i = 0; i < s.Length; i++)
             {
-                if (!bits.TryGetValue(positions[i], out var v)) bits[positions[i]] = v = new bool[context.KvHeads];
+                if (!bits.TryGetValue(at[i], out var v)) bits[at[i]] = v = new bool[scores.KvHeads];
                 v[g] = s[i] > median;
             }
         }

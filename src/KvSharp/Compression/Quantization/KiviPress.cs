@@ -1,5 +1,6 @@
 using System.Globalization;
 using KvSharp.Cache;
+using KvSharp.Cache.Paged;
 
 namespace KvSharp.Compression.Quantization;
 
@@ -55,23 +56,38 @@ public sealed class KiviPress : IKvPress
     {
         ArgumentNullException.ThrowIfNull(context);
         var cache = context.Cache;
-        int channelGroup = Math.Min(cache.Options.ValueChannelGroup, cache.HeadDim);
-        // Value groups cannot exceed the head dimension, so a group wider than a head covers the whole head.
-        if (Group != cache.Options.BlockTokens || Math.Min(Group, cache.HeadDim) != channelGroup)
-            throw new KvSharpException($"{Text}: this cache quantizes keys in groups of its block size ({cache.Options.BlockTokens} tokens) and values in groups of {channelGroup} channels; group={Group} needs a cache with BlockTokens = ValueChannelGroup = {Group} (the default cache has 32)");
+        CheckGeometry(cache.Options, cache.HeadDim);
         var pair = FormatPair.Ints(Bits, Bits);
         for (int l = 0; l < context.Layers; l++)
         {
             if (cache.SharedLayerSource(l) >= 0) continue; // a shared layer is quantized through its source
             for (int h = 0; h < context.KvHeads; h++)
             {
-                int n = cache.Positions(l, h).Count;
-                int quantized = Math.Max(0, (n - Residual) / Group * Group);
-                if (quantized == 0) continue;
-                var tiers = new byte[n];
-                Array.Fill(tiers, PrecisionTiers.Unchanged, quantized, n - quantized);
-                PrecisionTiers.Apply(context, l, h, tiers, [pair]);
+                var tiers = Tiers(cache.Positions(l, h).Count);
+                if (tiers.Length > 0 && tiers[0] == 0) PrecisionTiers.Apply(context, l, h, tiers, [pair]);
             }
         }
+    }
+
+    /// <summary>Refuses a cache whose blocks cannot hold groups of <see cref="Group"/> (shared with the CUDA backend's press).</summary>
+    /// <exception cref="KvSharpException">The block size or the value channel group differs from the group.</exception>
+    internal void CheckGeometry(PagedKvCacheOptions options, int headDim)
+    {
+        int channelGroup = Math.Min(options.ValueChannelGroup, headDim);
+        // Value groups cannot exceed the head dimension, so a group wider than a head covers the whole head.
+        if (Group != options.BlockTokens || Math.Min(Group, headDim) != channelGroup)
+            throw new KvSharpException($"{Text}: this cache quantizes keys in groups of its block size ({options.BlockTokens} tokens) and values in groups of {channelGroup} channels; group={Group} needs a cache with BlockTokens = ValueChannelGroup = {Group} (the default cache has 32)");
+    }
+
+    /// <summary>
+    /// The tiers of a head's <paramref name="count"/> stored tokens (ascending position): the oldest ⌊(n − R)/G⌋·G in tier
+    /// 0 (<see cref="Bits"/>-bit keys and values), the rest <see cref="PrecisionTiers.Unchanged"/>.
+    /// </summary>
+    internal byte[] Tiers(int count)
+    {
+        int quantized = Math.Max(0, (count - Residual) / Group * Group);
+        var tiers = new byte[count];
+        Array.Fill(tiers, PrecisionTiers.Unchanged, quantized, count - quantized);
+        return tiers;
     }
 }

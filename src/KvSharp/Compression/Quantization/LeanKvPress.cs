@@ -60,13 +60,24 @@ public sealed class LeanKvPress : IKvPress
             for (int h = 0; h < context.KvHeads; h++)
             {
                 var all = scores[l, h];
-                var candidates = ZipVlPress.Candidates(context, all, l, h);
-                int first = all.Length - candidates.Length;
-                var tiers = new byte[all.Length]; // the protected prefix: tier 0
-                // Without pruning, the least important tier joins the less important one (one re-encoding of one token set).
-                MassTiers.Classify(candidates, Prune ? [HighMass, LowMass] : [HighMass]).CopyTo(tiers, first);
-                PrecisionTiers.Apply(context, l, h, tiers, [Important, Less, null]);
+                PrecisionTiers.Apply(context, l, h, Tiers(all, all.Length - ZipVlPress.Candidates(context, all, l, h).Length), Formats);
             }
         }
+    }
+
+    /// <summary>The formats of tiers 0, 1 and 2: <see cref="Important"/>, <see cref="Less"/>, pruned (null).</summary>
+    internal FormatPair?[] Formats => [Important, Less, null];
+
+    /// <summary>
+    /// A head's tiers from its <paramref name="scores"/> (ascending position), the first <paramref name="first"/> tokens
+    /// (the protected prefix) in tier 0: the candidates by cumulative mass (<see cref="MassTiers"/>). Shared with the CUDA
+    /// backend's press.
+    /// </summary>
+    internal byte[] Tiers(float[] scores, int first)
+    {
+        var tiers = new byte[scores.Length]; // the protected prefix: tier 0
+        // Without pruning, the least important tier joins the less important one (one re-encoding of one token set).
+        MassTiers.Classify(scores.AsSpan(first), Prune ? [HighMass, LowMass] : [HighMass]).CopyTo(tiers, first);
+        return tiers;
     }
 }

@@ -75,12 +75,20 @@ public sealed class MiKvPress : IKvPress
             if (context.Cache.SharedLayerSource(l) >= 0) continue;
             for (int h = 0; h < context.KvHeads; h++)
             {
-                var k = keep[l * context.KvHeads + h];
-                var tiers = new byte[k.Length];
-                for (int i = 0; i < k.Length; i++) tiers[i] = k[i] ? (byte)0 : (byte)1;
-                PrecisionTiers.Apply(context, l, h, tiers, [High, Low], balancedKeys: PerTokenKeys);
+                PrecisionTiers.Apply(context, l, h, Tiers(keep[l * context.KvHeads + h]), [High, Low], balancedKeys: PerTokenKeys);
             }
         }
+    }
+
+    /// <summary>The budget ranking the tokens: each head's top <see cref="Top"/> share of candidates (shared with the CUDA backend's press).</summary>
+    internal IBudget RankingBudget => _ranking.Budget;
+
+    /// <summary>A head's tiers from the ranking's keep flags: kept tokens in tier 0 (<see cref="High"/>), the others in tier 1 (<see cref="Low"/>).</summary>
+    internal static byte[] Tiers(bool[] keep)
+    {
+        var tiers = new byte[keep.Length];
+        for (int i = 0; i < keep.Length; i++) tiers[i] = keep[i] ? (byte)0 : (byte)1;
+        return tiers;
     }
 
     /// <summary>Sets every own head's balance b_c = sqrt(max|q_c| / max|k_c|) (1 where either is 0); a head balanced before keeps its balance.</summary>

@@ -45,25 +45,38 @@ public sealed class ZipVlPress : IKvPress
         for (int l = 0; l < context.Layers; l++)
         {
             if (context.Cache.SharedLayerSource(l) >= 0) continue;
-            double ratio = 0;
-            for (int h = 0; h < context.KvHeads; h++)
-            {
-                var s = Candidates(context, scores[l, h], l, h);
-                var tiers = MassTiers.Classify(s, [Tau]);
-                ratio += s.Length == 0 ? 0 : tiers.Count(t => t == 0) / (double)s.Length / context.KvHeads;
-            }
-            for (int h = 0; h < context.KvHeads; h++)
-            {
-                var all = scores[l, h];
-                int first = all.Length - Candidates(context, all, l, h).Length;
-                var tiers = new byte[all.Length];
-                var candidates = all.AsSpan(first);
-                int keep = (int)Math.Ceiling(ratio * candidates.Length - 1e-9);
-                var high = Budgets.TopK.KeepMask(candidates.ToArray(), keep);
-                for (int i = 0; i < candidates.Length; i++) tiers[first + i] = high[i] ? (byte)0 : (byte)1;
-                PrecisionTiers.Apply(context, l, h, tiers, [High, Low]);
-            }
+            var first = Enumerable.Range(0, context.KvHeads).Select(h => scores[l, h].Length - Candidates(context, scores[l, h], l, h).Length).ToArray();
+            var tiers = LayerTiers(Enumerable.Range(0, context.KvHeads).Select(h => scores[l, h]).ToArray(), first);
+            for (int h = 0; h < context.KvHeads; h++) PrecisionTiers.Apply(context, l, h, tiers[h], [High, Low]);
         }
+    }
+
+    /// <summary>
+    /// The tiers of one layer's heads from their <paramref name="scores"/> (ascending position), the first
+    /// <paramref name="first"/>[head] tokens (the protected prefix) in tier 0: the layer's ratio is the mean over its heads
+    /// of the share of candidates reaching mass τ, and each head's best that share of its candidates are tier 0
+    /// (<see cref="High"/>), the others tier 1 (<see cref="Low"/>). Shared with the CUDA backend's press.
+    /// </summary>
+    internal byte[][] LayerTiers(IReadOnlyList<float[]> scores, IReadOnlyList<int> first)
+    {
+        double ratio = 0;
+        for (int h = 0; h < scores.Count; h++)
+        {
+            var s = scores[h].AsSpan(first[h]);
+            var tiers = MassTiers.Classify(s, [Tau]);
+            ratio += s.Length == 0 ? 0 : tiers.Count(t => t == 0) / (double)s.Length / scores.Count;
+        }
+        var result = new byte[scores.Count][];
+        for (int h = 0; h < scores.Count; h++)
+        {
+            var all = scores[h];
+            var tiers = result[h] = new byte[all.Length];
+            var candidates = all.AsSpan(first[h]);
+            int keep = (int)Math.Ceiling(ratio * candidates.Length - 1e-9);
+            var high = Budgets.TopK.KeepMask(candidates.ToArray(), keep);
+            for (int i = 0; i < candidates.Length; i++) tiers[first[h] + i] = high[i] ? (byte)0 : (byte)1;
+        }
+        return result;
     }
 
     /// <summary>The head's scores after the protected prefix (which stays in tier 0, high precision).</summary>

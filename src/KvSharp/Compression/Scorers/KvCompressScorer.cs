@@ -46,25 +46,36 @@ public sealed class KvCompressScorer : IScorer
             var stats = context.Observe(tokens.AsSpan(q, 1), GroupFold.Mean, rewindTo: q);
             for (int l = 0; l < context.Layers; l++)
                 for (int h = 0; h < context.KvHeads; h++)
-                {
-                    var p = context.Align(stats, l, h, stats.SumProbability(l, h), 0);
-                    var s = scores[l, h];
-                    for (int i = 0; i < s.Length; i++) { double summed = p[i] * group; s[i] += (float)(summed * summed); }
-                }
+                    AddQuery(scores[l, h], context.Align(stats, l, h, stats.SumProbability(l, h), 0), group);
         }
         for (int l = 0; l < context.Layers; l++)
             for (int h = 0; h < context.KvHeads; h++)
-            {
-                var positions = context.Cache.Positions(l, h);
-                var s = scores[l, h];
-                for (int b = 0; b < s.Length; b += Block)
-                {
-                    int e = Math.Min(s.Length, b + Block);
-                    float sum = 0;
-                    for (int i = b; i < e; i++) sum += s[i];
-                    for (int i = b; i < e; i++) s[i] = positions[i] >= start ? float.PositiveInfinity : sum;
-                }
-            }
+                ScoreBlocks(scores[l, h], context.Cache.Positions(l, h), start);
         return scores;
+    }
+
+    /// <summary>
+    /// Adds one window query's metric to a head's <paramref name="scores"/>: (the group's summed probability)² of each
+    /// token, from <paramref name="meanProbability"/> (the group mean; 0 where the query did not see the token). Shared
+    /// with the CUDA backend, which observes each query on the device.
+    /// </summary>
+    internal static void AddQuery(float[] scores, ReadOnlySpan<float> meanProbability, int group)
+    {
+        for (int i = 0; i < scores.Length; i++) { double summed = (i < meanProbability.Length ? meanProbability[i] : 0) * group; scores[i] += (float)(summed * summed); }
+    }
+
+    /// <summary>
+    /// Turns a head's per-token metrics into block scores in place: each run of <see cref="Block"/> stored tokens scores its
+    /// sum, tokens at or after <paramref name="windowStart"/> (the window) +∞.
+    /// </summary>
+    internal void ScoreBlocks(float[] scores, IReadOnlyList<int> positions, int windowStart)
+    {
+        for (int b = 0; b < scores.Length; b += Block)
+        {
+            int e = Math.Min(scores.Length, b + Block);
+            float sum = 0;
+            for (int i = b; i < e; i++) sum += scores[i];
+            for (int i = b; i < e; i++) scores[i] = positions[i] >= windowStart ? float.PositiveInfinity : sum;
+        }
     }
 }

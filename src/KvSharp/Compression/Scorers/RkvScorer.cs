@@ -48,11 +48,21 @@ public sealed class RkvScorer : IScorer
             {
                 var s = scores[l, h];
                 SnapKvScorer.Pool1D(s, Kernel, max: true);
-                var redundancy = Redundancy(context.Cache.ReadKeys(l, h), d, Threshold);
-                for (int i = 0; i < s.Length; i++)
-                    if (float.IsFinite(s[i])) s[i] = (float)(Lambda * s[i] - (1 - Lambda) * redundancy[i]);
+                Rescore(s, context.Cache.ReadKeys(l, h), d);
             }
         return scores;
+    }
+
+    /// <summary>
+    /// Turns one head's max-pooled importance (the window +∞) into R-KV's score in place: λ · importance − (1 − λ) ·
+    /// redundancy of its stored <paramref name="keys"/> ([n, <paramref name="d"/>], ascending position). Shared with the
+    /// CUDA backend, which pools the importance on the device.
+    /// </summary>
+    internal void Rescore(float[] importance, float[] keys, int d)
+    {
+        var redundancy = Redundancy(keys, d, Threshold);
+        for (int i = 0; i < importance.Length; i++)
+            if (float.IsFinite(importance[i])) importance[i] = (float)(Lambda * importance[i] - (1 - Lambda) * redundancy[i]);
     }
 
     /// <summary>The softmaxed redundancy of each of the [n, d] keys (see the class remarks).</summary>

@@ -32,17 +32,23 @@ public sealed class ZipVlScorer : IScorer
         int length = context.Tokens.Count, question = context.Question?.Count ?? 0;
         for (int l = 0; l < context.Layers; l++)
             for (int h = 0; h < context.KvHeads; h++)
-            {
-                var positions = context.Cache.Positions(l, h);
-                var s = scores[l, h];
-                for (int i = 0; i < s.Length; i++)
-                {
-                    // Queries q observe t when t lies before q's chunk start (see H2oScorer), plus every question query.
-                    int firstObserver = (positions[i] / Chunk + 1) * Chunk;
-                    int observers = Math.Max(0, length - firstObserver) + question;
-                    s[i] = observers == 0 ? float.PositiveInfinity : s[i] / observers;
-                }
-            }
+                Normalize(scores[l, h], context.Cache.Positions(l, h), length, question);
         return scores;
+    }
+
+    /// <summary>
+    /// Divides one head's accumulated attention <paramref name="scores"/> (at <paramref name="positions"/>) by the number of
+    /// queries that observed each token (+∞ where none did), for a context of <paramref name="length"/> tokens and
+    /// <paramref name="question"/> question queries. Shared with the CUDA backend, which accumulates on the device.
+    /// </summary>
+    internal void Normalize(float[] scores, IReadOnlyList<int> positions, int length, int question)
+    {
+        for (int i = 0; i < scores.Length; i++)
+        {
+            // Queries q observe t when t lies before q's chunk start (see H2oScorer), plus every question query.
+            int firstObserver = (positions[i] / Chunk + 1) * Chunk;
+            int observers = Math.Max(0, length - firstObserver) + question;
+            scores[i] = observers == 0 ? float.PositiveInfinity : scores[i] / observers;
+        }
     }
 }

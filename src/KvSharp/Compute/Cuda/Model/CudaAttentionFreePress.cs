@@ -7,13 +7,13 @@ using KvSharp.Tokenization;
 namespace KvSharp.Compute.Cuda.Model;
 
 /// <summary>
-/// The presses whose scores need no attention pass, on a device prefill: StreamingLLM and random scores from the
-/// positions alone (a fresh prefill stores position i at index i in every head; nothing is read back), key-norm from the
-/// stored keys read back (<see cref="CudaPagedKvCache.Download"/>: the device's blocks decoded on the host as the CPU
-/// scorer decodes its own). The CPU scorer's own per-head code scores, the CPU's budget chooses on the host, the
-/// eviction runs on the device.
+/// The presses whose scores need no attention pass, on a device prefill or on a cache an earlier press of a sequence
+/// compressed: StreamingLLM and random score from the positions the heads store (kept on the host; nothing is read
+/// back), key-norm from the stored keys read back (<see cref="CudaPagedKvCache.Download"/>: the device's blocks decoded on
+/// the host as the CPU scorer decodes its own). The CPU scorer's own per-head code scores, the CPU's budget chooses on
+/// the host, the eviction runs on the device.
 /// </summary>
-public sealed class CudaAttentionFreePress : ICudaContextPress
+public sealed class CudaAttentionFreePress : ICudaScoredPress
 {
     /// <summary>The press of <paramref name="scorer"/> (key-norm, StreamingLLM or random), kept by <paramref name="budget"/>.</summary>
     /// <exception cref="ArgumentException">Another scorer (one that observes attention).</exception>
@@ -32,8 +32,11 @@ public sealed class CudaAttentionFreePress : ICudaContextPress
     /// <summary>The scorer.</summary>
     public IScorer Scorer { get; }
 
-    /// <summary>The budget: how many tokens each head keeps.</summary>
+    /// <inheritdoc />
     public IBudget Budget { get; }
+
+    /// <inheritdoc />
+    public bool NeedsFreshPrefill => false;
 
     /// <inheritdoc />
     public string Text => $"{Scorer.Text}+{Budget.Text}";
@@ -50,10 +53,17 @@ public sealed class CudaAttentionFreePress : ICudaContextPress
     public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
         int protectedPrefix, out HeadScores scores)
     {
-        CudaPressSelection.CheckFresh(Text, cache, tokens, protectedPrefix);
+        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+    }
+
+    /// <inheritdoc />
+    public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix)
+    {
+        CudaPressSelection.CheckStored(Text, cache, tokens, protectedPrefix);
         int layers = cache.Config.NumLayers, kvHeads = cache.Config.NumKvHeads;
-        scores = new HeadScores(layers, kvHeads);
-        var positions = Enumerable.Range(0, tokens.Count).ToArray();
+        var scores = new HeadScores(layers, kvHeads);
+        var positions = CudaPressSelection.AscendingPositions(cache);
         switch (Scorer)
         {
             case KeyNormScorer:
@@ -63,16 +73,12 @@ public sealed class CudaAttentionFreePress : ICudaContextPress
                             scores[l, h] = KeyNormScorer.Score(stored.ReadKeys(l, h), cache.Config.HeadDim);
                 break;
             case StreamingLlmScorer streaming:
-                for (int l = 0; l < layers; l++)
-                    for (int h = 0; h < kvHeads; h++)
-                        scores[l, h] = streaming.Score(positions);
+                for (int i = 0; i < scores.HeadCount; i++) scores[i / kvHeads, i % kvHeads] = streaming.Score(positions[i]);
                 break;
             case RandomScorer random:
-                for (int l = 0; l < layers; l++)
-                    for (int h = 0; h < kvHeads; h++)
-                        scores[l, h] = random.Score(l, h, positions.Length);
+                for (int i = 0; i < scores.HeadCount; i++) scores[i / kvHeads, i % kvHeads] = random.Score(i / kvHeads, i % kvHeads, positions[i].Length);
                 break;
         }
-        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+        return scores;
     }
 }

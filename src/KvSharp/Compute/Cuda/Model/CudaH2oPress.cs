@@ -12,10 +12,13 @@ namespace KvSharp.Compute.Cuda.Model;
 /// queries over the cache cut back to its start are the prefill's own, so the device prefills in those chunks with the
 /// heavy-hitter observation on (<see cref="CudaPagedKvCache.BeginHeavyHitters"/>): the same sums without a second pass.
 /// <see cref="CudaPagedKvCache.H2oScores"/> reads them back (the newest <see cref="H2oScorer.Window"/> tokens +∞) and the
-/// CPU's budget chooses on the host.
+/// CPU's budget chooses on the host. ZipVL's scorer is H2O's sums without a window, each divided on the host by the
+/// number of queries that observed the token (the CPU scorer's own code).
 /// </summary>
-public sealed class CudaH2oPress : ICudaContextPress
+public sealed class CudaH2oPress : ICudaScoredPress
 {
+    private readonly ZipVlScorer? _zipVl;
+
     /// <summary>H2O with <paramref name="scorer"/>'s window and chunk, kept by <paramref name="budget"/>.</summary>
     public CudaH2oPress(H2oScorer scorer, IBudget budget)
     {
@@ -23,16 +26,28 @@ public sealed class CudaH2oPress : ICudaContextPress
         ArgumentNullException.ThrowIfNull(budget);
         Scorer = scorer;
         Budget = budget;
+        Text = $"{scorer.Text}+{budget.Text}";
     }
 
-    /// <summary>The scorer whose window and chunk the press uses.</summary>
+    /// <summary>ZipVL's scorer (H2O's sums over <paramref name="scorer"/>'s chunks per observing query), kept by <paramref name="budget"/>.</summary>
+    public CudaH2oPress(ZipVlScorer scorer, IBudget budget)
+        : this(new H2oScorer(window: 0, (scorer ?? throw new ArgumentNullException(nameof(scorer))).Chunk), budget)
+    {
+        _zipVl = scorer;
+        Text = $"{scorer.Text}+{budget.Text}";
+    }
+
+    /// <summary>The H2O scorer whose window and chunk the press observes with.</summary>
     public H2oScorer Scorer { get; }
 
-    /// <summary>The budget: how many tokens each head keeps.</summary>
+    /// <inheritdoc />
     public IBudget Budget { get; }
 
     /// <inheritdoc />
-    public string Text => $"{Scorer.Text}+{Budget.Text}";
+    public string Text { get; }
+
+    /// <inheritdoc />
+    public bool NeedsFreshPrefill => true;
 
     /// <inheritdoc />
     public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
@@ -50,11 +65,23 @@ public sealed class CudaH2oPress : ICudaContextPress
     public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
         int protectedPrefix, out HeadScores scores)
     {
+        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+    }
+
+    /// <inheritdoc />
+    public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix)
+    {
         ArgumentNullException.ThrowIfNull(cache);
         if (!cache.IsCollectingStatistics)
             throw new KvSharpException($"{Text}: the chunks' statistics were not collected; prefill the context with this press's Prefill");
         CudaPressSelection.CheckFreshObserved(Text, cache, tokens, protectedPrefix);
-        scores = CudaPressSelection.ToHeadScores(cache, cache.H2oScores(Scorer.Window));
-        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+        var scores = CudaPressSelection.ToHeadScores(cache, cache.H2oScores(Scorer.Window));
+        if (_zipVl != null)
+        {
+            var positions = Enumerable.Range(0, tokens.Count).ToArray(); // a fresh prefill: storage index = position
+            for (int h = 0; h < scores.HeadCount; h++) _zipVl.Normalize(scores[h], positions, tokens.Count, question: 0);
+        }
+        return scores;
     }
 }

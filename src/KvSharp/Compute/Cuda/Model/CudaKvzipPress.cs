@@ -17,7 +17,7 @@ namespace KvSharp.Compute.Cuda.Model;
 /// so the next run sees the context alone. The scores are read back once; the budget (the CPU's <see cref="IBudget"/>
 /// code) and each head's top-k (<see cref="TopK.KeepMask"/>) choose on the host, and the eviction runs on the device.
 /// </summary>
-public sealed class CudaKvzipPress : ICudaContextPress
+public sealed class CudaKvzipPress : ICudaScoredPress
 {
     /// <summary>KVzip scored with <paramref name="scorer"/>'s chunk, kept by <paramref name="budget"/>.</summary>
     /// <exception cref="KvSharpException">KVzip+ (its value norms come from the CPU cache), which the device does not run.</exception>
@@ -38,6 +38,9 @@ public sealed class CudaKvzipPress : ICudaContextPress
 
     /// <inheritdoc />
     public string Text => $"{Scorer.Text}+{Budget.Text}";
+
+    /// <summary>KVzip's repeat runs cover the whole context after its prefill: a fresh one.</summary>
+    public bool NeedsFreshPrefill => true;
 
     /// <summary>A plain prefill: KVzip observes its repeat runs after the context, in <see cref="Compress(CudaTransformer, CudaPagedKvCache, IReadOnlyList{int}, ITokenizer, IChatTemplate?, int, out HeadScores)"/>.</summary>
     /// <exception cref="KvSharpException">The cache is not empty, holds several sequences, or has no room for the tokens.</exception>

@@ -151,7 +151,8 @@ public sealed partial class CudaPagedKvCache
     /// blocks without a flagged token, or already in the target formats, stay; the other blocks' tokens are regrouped by
     /// format pair into dense blocks (flagged ones in the target formats, the others in their own), in storage order, a
     /// kept partial block of a pair being written joining it; flagged residual rows join the target's blocks. The pool is
-    /// compacted into its own allocation (captured decode graphs stay valid).
+    /// compacted into its own allocation (captured decode graphs stay valid). The host replays the regrouping on the
+    /// tokens' positions, so later masks, <see cref="Download"/> and presses still know where each token is.
     /// </summary>
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
     /// <exception cref="KvSharpException">A format the device does not read (VidKV), a value format whose groups do not fit the cache's,
@@ -174,6 +175,8 @@ public sealed partial class CudaPagedKvCache
         }
         LayoutOf(keyFormat, true);
         LayoutOf(valueFormat, false); // throws for a geometry the cache cannot hold
+        var (tables, tableBlocks, _) = DownloadTables();
+        var positions = RequantizedPositions(flags, tables, tableBlocks, (int)keyFormat | (int)valueFormat << 4);
         NoteFormats(keyFormat, valueFormat); // before any plan over the new blocks (a graph captured earlier is re-captured: its plan changes)
         _layoutVersion++;
         using var deviceFlags = Device.Allocate(flags.Length);
@@ -209,7 +212,7 @@ public sealed partial class CudaPagedKvCache
         _pool.CopyFromAsync(fresh, (long)(uint)top[0] * 16);
         Device.Synchronize();
         Resync();
-        ForgetPositions();
+        SetPositions(positions);
     }
 
     /// <summary>Queues the statistics of one layer's attention rows (after the attention launch), when collecting.</summary>

@@ -14,10 +14,14 @@ namespace KvSharp.Compute.Cuda.Model;
 /// earlier token (group mean). Those queries are the prefill's own, so the device prefills the context in two parts,
 /// the window second with the statistics on (<see cref="CudaPagedKvCache.BeginStatistics"/>, covering the tokens before
 /// it): the same observation without a second pass. <see cref="CudaPagedKvCache.SnapKvScores"/> pools on the device (kernel 1 for
-/// TOVA), the window scoring +∞; the scores are read back and the CPU's budget chooses on the host.
+/// TOVA), the window scoring +∞; the scores are read back and the CPU's budget chooses on the host. R-KV observes the
+/// same window and max-pools it on the device; its redundancy term is computed on the host from the keys read back
+/// (<see cref="CudaPagedKvCache.Download"/>), by the CPU scorer's own code.
 /// </summary>
-public sealed class CudaWindowPress : ICudaContextPress
+public sealed class CudaWindowPress : ICudaScoredPress
 {
+    private readonly RkvScorer? _rkv;
+
     /// <summary>The press of <paramref name="scorer"/>'s window, kernel and pooling, kept by <paramref name="budget"/>.</summary>
     public CudaWindowPress(SnapKvScorer scorer, IBudget budget)
         : this(scorer?.Text ?? throw new ArgumentNullException(nameof(scorer)), scorer.Window, scorer.Kernel, scorer.Pool, budget)
@@ -29,6 +33,10 @@ public sealed class CudaWindowPress : ICudaContextPress
         : this(scorer?.Text ?? throw new ArgumentNullException(nameof(scorer)), 1, 1, "avg", budget)
     {
     }
+
+    /// <summary>R-KV (the window's max-pooled attention minus the keys' redundancy), kept by <paramref name="budget"/>.</summary>
+    public CudaWindowPress(RkvScorer scorer, IBudget budget)
+        : this(scorer?.Text ?? throw new ArgumentNullException(nameof(scorer)), scorer.Window, scorer.Kernel, "max", budget) => _rkv = scorer;
 
     private CudaWindowPress(string scorer, int window, int kernel, string pool, IBudget budget)
     {
@@ -52,8 +60,11 @@ public sealed class CudaWindowPress : ICudaContextPress
     /// <summary>"avg" or "max".</summary>
     public string Pool { get; }
 
-    /// <summary>The budget: how many tokens each head keeps.</summary>
+    /// <inheritdoc />
     public IBudget Budget { get; }
+
+    /// <inheritdoc />
+    public bool NeedsFreshPrefill => true;
 
     /// <inheritdoc />
     public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
@@ -76,6 +87,13 @@ public sealed class CudaWindowPress : ICudaContextPress
     public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
         int protectedPrefix, out HeadScores scores)
     {
+        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+    }
+
+    /// <inheritdoc />
+    public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix)
+    {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(tokens);
         bool observed = cache.IsCollectingStatistics;
@@ -84,7 +102,11 @@ public sealed class CudaWindowPress : ICudaContextPress
         CudaPressSelection.CheckFreshObserved(Text, cache, tokens, protectedPrefix);
         float[][] perHead = observed ? cache.SnapKvScores(Kernel, Pool)
             : [.. cache.HeadLengths().Select(n => Enumerable.Repeat(float.PositiveInfinity, n).ToArray())];
-        scores = CudaPressSelection.ToHeadScores(cache, perHead);
-        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+        var scores = CudaPressSelection.ToHeadScores(cache, perHead);
+        if (_rkv != null)
+            using (var stored = cache.Download())
+                for (int h = 0; h < scores.HeadCount; h++)
+                    _rkv.Rescore(scores[h], stored.ReadKeys(h / scores.KvHeads, h % scores.KvHeads), cache.Config.HeadDim);
+        return scores;
     }
 }

@@ -1,4 +1,5 @@
 using KvSharp.Compression;
+using KvSharp.Compression.Budgets;
 using KvSharp.Generation.Chat;
 using KvSharp.Tokenization;
 
@@ -17,6 +18,14 @@ public interface ICudaContextPress
     string Text { get; }
 
     /// <summary>
+    /// Whether the press scores only a fresh prefill of the context (its <see cref="Prefill"/> collects attention
+    /// statistics, or it runs queries over the whole context after it, as KVzip): such a press can be only the first of a
+    /// sequence. The others score what the cache stores now (positions, keys read back) and also run on a cache an earlier
+    /// press of a sequence compressed.
+    /// </summary>
+    bool NeedsFreshPrefill { get; }
+
+    /// <summary>
     /// Prefills <paramref name="tokens"/> into the empty, one-sequence <paramref name="cache"/>, collecting on the way the
     /// attention statistics <see cref="Compress"/> scores by. Call <see cref="Compress"/> next, before anything else runs
     /// over the cache.
@@ -25,12 +34,34 @@ public interface ICudaContextPress
     void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens);
 
     /// <summary>
-    /// Scores the tokens <see cref="Prefill"/> stored, keeps per head what the CPU press's budget keeps (tokens before
-    /// <paramref name="protectedPrefix"/> kept outside the budget) and evicts the rest on the device. Returns the keep flags
-    /// per head [layer · KvHeads + KV head] over the context's positions, and the scores they were chosen by.
+    /// Compresses what <see cref="Prefill"/> stored (or, for a press that does not need a fresh prefill, what the cache
+    /// stores now) as the CPU press does: an eviction press keeps per head what its budget keeps (tokens before
+    /// <paramref name="protectedPrefix"/> kept outside the budget) and evicts the rest on the device; a quantization press
+    /// re-quantizes its tiers on the device (and evicts the pruned ones). Returns per head [layer · KvHeads + KV head]
+    /// whether each token it stored before the press (ascending position) is still stored, and the scores the press chose
+    /// by (empty arrays for presses without a scorer: KIVI, KVTuner).
     /// </summary>
-    /// <exception cref="KvSharpException">The cache is not <see cref="Prefill"/>'s fresh prefill of <paramref name="tokens"/>, or the
-    /// protected prefix lies outside them.</exception>
+    /// <exception cref="KvSharpException">The cache is not <see cref="Prefill"/>'s fresh prefill of <paramref name="tokens"/> (a press that needs
+    /// one) or does not hold them, the protected prefix lies outside them, or the cache's geometry does not fit the press.</exception>
     bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
         int protectedPrefix, out HeadScores scores);
+}
+
+/// <summary>
+/// A device press that scores tokens and keeps what a CPU budget keeps (<see cref="CudaWindowPress"/>, <see cref="CudaH2oPress"/>,
+/// <see cref="CudaKvCompressPress"/>, <see cref="CudaKvzipPress"/>, <see cref="CudaAttentionFreePress"/>): its scores also
+/// rank the tiers of the quantization presses (MiKV, ZipVL, LeanKV: <see cref="CudaQuantizationPress"/>) and KVCrush's
+/// importance (<see cref="CudaKvCrushPress"/>).
+/// </summary>
+public interface ICudaScoredPress : ICudaContextPress
+{
+    /// <summary>The budget: how many tokens each head keeps.</summary>
+    IBudget Budget { get; }
+
+    /// <summary>
+    /// The scores of every token each head stores (per head [layer · KvHeads + KV head], ascending position), without
+    /// changing what the cache stores; ends the statistics <see cref="ICudaContextPress.Prefill"/> collected.
+    /// </summary>
+    /// <exception cref="KvSharpException">As <see cref="ICudaContextPress.Compress"/>.</exception>
+    HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix);
 }
