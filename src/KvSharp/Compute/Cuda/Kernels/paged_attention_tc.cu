@@ -376,6 +376,15 @@ __device__ __forceinline__ void value_piece(const u8* row, int k, int gid, unsig
     else w[0] = (unsigned)__ldg(row + 4 * k + (gid >> 1)) >> (4 * (gid & 1));
 }
 
+// The fragments of 4 INT4 channels of two tokens, x = their 2-byte pieces (token a's low, token b's high): channel i of
+// token a in the low half of f[i], of token b in the high half.
+__device__ __forceinline__ void int4_fragments(unsigned x, unsigned (&f)[4])
+{
+    const unsigned x8 = x >> 8;
+    f[0] = code_pair<0>(x, 0x000f000fu); f[1] = code_pair<4>(x, 0x00f000f0u);
+    f[2] = code_pair<0>(x8, 0x000f000fu); f[3] = code_pair<4>(x8, 0x00f000f0u);
+}
+
 // B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces.
 template <int F>
 __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigned* b, unsigned (&f)[4])
@@ -395,12 +404,7 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
         f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u), 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u), 0x00ff00ffu);
         f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
     }
-    else if constexpr (F == KV_INT4)
-    {
-        const unsigned x = prmt(a[0], b[0], 0x5410u), x8 = x >> 8;
-        f[0] = code_pair<0>(x, 0x000f000fu); f[1] = code_pair<4>(x, 0x00f000f0u);
-        f[2] = code_pair<0>(x8, 0x000f000fu); f[3] = code_pair<4>(x8, 0x00f000f0u);
-    }
+    else if constexpr (F == KV_INT4) int4_fragments(prmt(a[0], b[0], 0x5410u), f);
     else if constexpr (kv_bits(F) == 2)
     {
         const unsigned x = a[0] | (b[0] << 16);
@@ -731,9 +735,10 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
 
 // Format-specialized builds (CudaPagedKernels.Pipelined, opt-in: SpecializedPipelined): the host compiles this file once
-// more per (group, value group, block formats) of a cache with 16 KB rings, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
+// more per (group, value group, block formats) of a cache, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
 // block-format switch (KV_FLOAT_OR) keeps only the formats of PIPE_FORMATS (the float32 residual always), with
-// PIPE_MIN_BLOCKS = 3 (shared memory admits 3 blocks per SM anyway; up to 168 registers). The generic build below (every
+// PIPE_MIN_BLOCKS = 3 for 16 KB rings (shared memory admits 3 blocks per SM anyway; up to 168 registers) and 4 for the
+// 8 KB rings of ≤ 4-bit blocks (128 registers; 5, at 96, spilled ~200 bytes and ran 6-9% slower). The generic build below (every
 // format, 4 blocks per SM for the 8 KB rings of small blocks) spilled in the F16 path and its code (~19K instructions)
 // missed the instruction cache: on an H100, KVzip 0.3 at 32K, one launch took 57 us for 40 MB with 20% of its stall
 // samples waiting for instructions and 53K local-memory spill requests.
@@ -808,6 +813,13 @@ struct SharedSrc
     __device__ __forceinline__ unsigned u32(int o) const { unsigned r; asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
     __device__ __forceinline__ unsigned u16(int o) const { unsigned short r; asm volatile("ld.shared.u16 %0, [%1];" : "=h"(r) : "r"(base + o)); return r; }
     __device__ __forceinline__ unsigned u8(int o) const { unsigned r; asm volatile("ld.shared.u8 %0, [%1];" : "=r"(r) : "r"(base + o)); return r; }
+    // Four 8x8 b16 matrices transposed (ldmatrix .trans): lane l gives the address of row l % 8 of matrix l / 8 (at byte
+    // offset o of the block, 16-byte aligned), and receives in r[i] elements (2·tig, gid) low and (2·tig + 1, gid) high of
+    // matrix i.
+    __device__ __forceinline__ void trans4(int o, unsigned (&r)[4]) const
+    {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(base + o));
+    }
 };
 
 // Channel of lane-local key element i (0..31) of lane tig. F16 rows interleave the lanes' 16-byte pieces (piece v of
@@ -1089,12 +1101,30 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
         unsigned piece[4][4][PW];
         uint2 sh[4], mh[4];
         float pv[4];
+        // INT4: a chunk's 16 bytes of 8 tokens are one 8x8 b16 matrix whose transposed fragment is the lane's channels
+        // 32k + 4·gid + [0, 4) of tokens 2·tig (low half) and 2·tig + 1 (high): value_fragments' token pair, so two
+        // ldmatrix per step replace 16 2-byte loads and 8 permutes (and, by their addresses, half the shared-memory
+        // wavefronts: each 2-byte load's 4 rows 128 bytes apart hit one bank group). Matrix 4x + i: chunk 2x + i / 2,
+        // tokens 8·(i & 1) + [0, 8); rows past n read row n - 1, as below.
+        unsigned pairs[4][2];
+        if constexpr (F == KV_INT4)
+        {
+            const int lane = 4 * gid + tig, m = lane >> 3;
+#pragma unroll
+            for (int x = 0; x < 2; x++)
+            {
+                unsigned r[4];
+                vb.trans4(min(16 * h + 8 * (m & 1) + (lane & 7), n - 1) * ROW + 16 * (2 * x + (m >> 1)), r);
+                pairs[2 * x][0] = r[0]; pairs[2 * x][1] = r[1]; pairs[2 * x + 1][0] = r[2]; pairs[2 * x + 1][1] = r[3];
+            }
+        }
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
             const int row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
+            if constexpr (F != KV_INT4)
 #pragma unroll
-            for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
+                for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (kv_quantized(F))
             {
                 sh[u] = row_params_src(vb, scales, row, gpr);
@@ -1108,8 +1138,16 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
         for (int k = 0; k < 4; k++)
         {
             unsigned b0[4], b1[4];
-            value_fragments<F>(piece[0][k], piece[1][k], b0);
-            value_fragments<F>(piece[2][k], piece[3][k], b1);
+            if constexpr (F == KV_INT4)
+            {
+                int4_fragments(pairs[k][0], b0);
+                int4_fragments(pairs[k][1], b1);
+            }
+            else
+            {
+                value_fragments<F>(piece[0][k], piece[1][k], b0);
+                value_fragments<F>(piece[2][k], piece[3][k], b1);
+            }
             value_chunk_t<G, F>(P, sh, k, gpr, b0, b1, o, lo);
         }
     }

@@ -162,7 +162,7 @@ internal sealed partial class CudaPagedKernels
     private const int MaxExtraPieces = 3;
 
     /// <summary>
-    /// Whether caches with 16 KB rings launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
+    /// Whether caches launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
     /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They are 0.7-3.6% faster per decode step (H200, final kernels), but three
     /// benchmark calls with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the cause
     /// is not found (two of the four faults came in rows that launched no specialized build, none since in nine processes
@@ -181,24 +181,27 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
-    /// With <see cref="SpecializedPipelined"/>, caches with 16 KB rings (F16, FP8, INT8 blocks) get a build of
-    /// paged_attention_tc.cu with only this group's and value group's kernel, whose format switch keeps only their formats
-    /// (a fraction of the generic kernel's code, which missed the instruction cache) and whose register bound is 3 blocks
-    /// per multiprocessor, what their shared memory admits anyway (145 registers for F16 blocks, where the generic bound of
-    /// 4 blocks spilled): compiled on first use (~3 s on an H200) and cached on disk. Otherwise, and for caches of small
-    /// blocks (4 blocks per multiprocessor), the generic build.
+    /// With <see cref="SpecializedPipelined"/>, a cache gets a build of paged_attention_tc.cu with only this group's and
+    /// value group's kernel, whose format switch keeps only its formats (a fraction of the generic kernel's code, which
+    /// missed the instruction cache) and whose register bound is what its shared memory admits: 3 blocks per multiprocessor
+    /// with 16 KB rings (F16, FP8, INT8 blocks: 145 registers for F16 blocks, where the generic bound of 4 blocks spilled),
+    /// 4 with the 8 KB rings of small blocks (KIVI-2 / KIVI-4 / KVzip 0.3 + INT4 steps 1.1% / 0.7% / 0.6% faster than over
+    /// the generic build at 8 × 32K on an H200; a bound of 5 blocks, 96 registers, spilled and was 6-9% slower; timed, not
+    /// yet run through the self-checks). Compiled on first use (~3 s on an H200) and cached on disk. Otherwise the
+    /// generic build.
     /// </summary>
     private CudaFunction Pipelined(int group, int valueGroup, int formats)
     {
         CudaFunction f;
-        if (formats == 0 || UsesSmallRings(formats) || !SpecializedPipelined) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
+        if (formats == 0 || !SpecializedPipelined) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
         else
         {
             CudaModule? module;
             lock (_pipelinedBuilds)
                 if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats), out module))
                 {
-                    string[] defines = ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", "PIPE_MIN_BLOCKS=3"];
+                    string[] defines = ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}",
+                        $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}"];
                     module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, defines);
                     _pipelinedBuilds[(group, valueGroup, formats)] = module;
                 }
