@@ -50,14 +50,6 @@ public sealed class CudaAttentionFreePress : ICudaScoredPress
     }
 
     /// <inheritdoc />
-    public bool[][] Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
-        int protectedPrefix, out HeadScores scores)
-    {
-        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
-        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
-    }
-
-    /// <inheritdoc />
     public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix)
     {
         CudaPressSelection.CheckStored(Text, cache, tokens, protectedPrefix);

@@ -64,4 +64,16 @@ public interface ICudaScoredPress : ICudaContextPress
     /// </summary>
     /// <exception cref="KvSharpException">As <see cref="ICudaContextPress.Compress"/>.</exception>
     HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix);
+
+    /// <summary>
+    /// An eviction press's compression: <see cref="Score"/>, then the budget's keep masks (the protected prefix outside the
+    /// budget) evicted on the device (<see cref="CudaPressSelection.KeepAndEvict"/>). A press with more to do (KVzip's
+    /// overloads) implements <see cref="ICudaContextPress.Compress"/> itself.
+    /// </summary>
+    bool[][] ICudaContextPress.Compress(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
+        int protectedPrefix, out HeadScores scores)
+    {
+        scores = Score(model, cache, tokens, tokenizer, template, protectedPrefix);
+        return CudaPressSelection.KeepAndEvict(cache, Budget, scores, protectedPrefix);
+    }
 }
