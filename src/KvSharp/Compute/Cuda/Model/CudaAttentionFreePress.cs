@@ -42,12 +42,7 @@ public sealed class CudaAttentionFreePress : ICudaScoredPress
     public string Text => $"{Scorer.Text}+{Budget.Text}";
 
     /// <inheritdoc />
-    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        CudaPressSelection.CheckEmpty(Text, cache, tokens);
-        model.Forward(tokens.ToArray(), cache);
-    }
+    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens) => CudaPressSelection.PlainPrefill(Text, model, cache, tokens);
 
     /// <inheritdoc />
     public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template, int protectedPrefix)

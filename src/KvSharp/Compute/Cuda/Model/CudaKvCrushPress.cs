@@ -43,7 +43,7 @@ public sealed class CudaKvCrushPress : ICudaContextPress
         scores = Inner.Score(model, cache, tokens, tokenizer, template, protectedPrefix);
         var keep = CudaPressSelection.KeepMasks(cache, Inner.Budget, scores, protectedPrefix, out var ascending);
         Press.AddRepresentatives(keep, scores, ascending, protectedPrefix, Enumerable.Repeat(true, cache.Config.NumLayers).ToArray());
-        cache.Evict(CudaPressSelection.ToStorageOrder(cache, ascending, [.. keep.Select(k => k.Select(x => !x).ToArray())]));
+        CudaPressSelection.EvictAllBut(cache, ascending, keep);
         return keep;
     }
 }

@@ -44,12 +44,7 @@ public sealed class CudaKvzipPress : ICudaScoredPress
 
     /// <summary>A plain prefill: KVzip observes its repeat runs after the context, in <see cref="Compress(CudaTransformer, CudaPagedKvCache, IReadOnlyList{int}, ITokenizer, IChatTemplate?, int, out HeadScores)"/>.</summary>
     /// <exception cref="KvSharpException">The cache is not empty, holds several sequences, or has no room for the tokens.</exception>
-    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        CudaPressSelection.CheckEmpty(Text, cache, tokens);
-        model.Forward(tokens.ToArray(), cache);
-    }
+    public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens) => CudaPressSelection.PlainPrefill(Text, model, cache, tokens);
 
     /// <summary>
     /// KVzip's score of every stored token of <paramref name="cache"/> (a fresh prefill of <paramref name="tokens"/> at

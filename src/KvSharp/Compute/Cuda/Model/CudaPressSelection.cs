@@ -19,15 +19,18 @@ internal static class CudaPressSelection
         if (tokens.Count > cache.Capacity) throw new KvSharpException($"{press}: the GPU cache holds {cache.Capacity} positions, the context {tokens.Count} tokens");
     }
 
+    /// <summary>A prefill that observes nothing: <see cref="CheckEmpty"/>, then the context through <paramref name="model"/>.</summary>
+    public static void PlainPrefill(string press, CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        CheckEmpty(press, cache, tokens);
+        model.Forward(tokens.ToArray(), cache);
+    }
+
     /// <summary>Refuses what is not a fresh prefill of <paramref name="tokens"/> (storage index = position in every head).</summary>
     public static void CheckFresh(string press, CudaPagedKvCache cache, IReadOnlyList<int> tokens, int protectedPrefix)
     {
-        ArgumentNullException.ThrowIfNull(cache);
-        ArgumentNullException.ThrowIfNull(tokens);
-        int length = tokens.Count;
-        if (cache.Batch != 1) throw new KvSharpException($"{press} on the GPU presses a cache of one sequence, not {cache.Batch}");
-        if (cache.Length != length) throw new KvSharpException($"{press}: the cache holds {cache.Length} positions but {length} tokens were given");
-        if (protectedPrefix < 0 || protectedPrefix > length) throw new KvSharpException($"{press}: protected prefix {protectedPrefix} outside 0..{length}");
+        CheckHolds(press, cache, tokens, protectedPrefix);
         if (!cache.StoresEveryPositionInOrder())
             throw new KvSharpException($"{press} on the GPU scores a freshly prefilled cache (every head storing every position in order), not an evicted, re-quantized or synthesized one");
     }
@@ -63,12 +66,19 @@ internal static class CudaPressSelection
     /// </summary>
     public static void CheckStored(string press, CudaPagedKvCache cache, IReadOnlyList<int> tokens, int protectedPrefix)
     {
+        CheckHolds(press, cache, tokens, protectedPrefix);
+        if (cache.IsCollectingStatistics) throw new KvSharpException($"{press}: the cache is still collecting attention statistics");
+    }
+
+    /// <summary>Refuses a cache that is not one sequence holding <paramref name="tokens"/>, or a protected prefix outside them.</summary>
+    private static void CheckHolds(string press, CudaPagedKvCache cache, IReadOnlyList<int> tokens, int protectedPrefix)
+    {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(tokens);
+        int length = tokens.Count;
         if (cache.Batch != 1) throw new KvSharpException($"{press} on the GPU presses a cache of one sequence, not {cache.Batch}");
-        if (cache.Length != tokens.Count) throw new KvSharpException($"{press}: the cache holds {cache.Length} positions but {tokens.Count} tokens were given");
-        if (protectedPrefix < 0 || protectedPrefix > tokens.Count) throw new KvSharpException($"{press}: protected prefix {protectedPrefix} outside 0..{tokens.Count}");
-        if (cache.IsCollectingStatistics) throw new KvSharpException($"{press}: the cache is still collecting attention statistics");
+        if (cache.Length != length) throw new KvSharpException($"{press}: the cache holds {cache.Length} positions but {length} tokens were given");
+        if (protectedPrefix < 0 || protectedPrefix > length) throw new KvSharpException($"{press}: protected prefix {protectedPrefix} outside 0..{length}");
     }
 
     /// <summary>Each head's stored positions in ascending order (the CPU cache's order of masks and scores), per head [layer · KvHeads + KV head].</summary>
@@ -102,9 +112,13 @@ internal static class CudaPressSelection
     public static bool[][] KeepAndEvict(CudaPagedKvCache cache, IBudget budget, HeadScores scores, int protectedPrefix)
     {
         var keep = KeepMasks(cache, budget, scores, protectedPrefix, out var ascending);
-        cache.Evict(ToStorageOrder(cache, ascending, [.. keep.Select(k => k.Select(x => !x).ToArray())]));
+        EvictAllBut(cache, ascending, keep);
         return keep;
     }
+
+    /// <summary>Evicts on the device every token not flagged in <paramref name="keep"/> (per head, ascending position: <paramref name="ascending"/>).</summary>
+    public static void EvictAllBut(CudaPagedKvCache cache, int[][] ascending, IReadOnlyList<bool[]> keep) =>
+        cache.Evict(ToStorageOrder(cache, ascending, [.. keep.Select(k => k.Select(x => !x).ToArray())]));
 
     /// <summary>The keep flags <see cref="KeepAndEvict"/> evicts by, without evicting; also each head's positions in ascending order.</summary>
     public static bool[][] KeepMasks(CudaPagedKvCache cache, IBudget budget, HeadScores scores, int protectedPrefix, out int[][] ascending)

@@ -45,14 +45,8 @@ public sealed class CudaQuantizationPress : ICudaContextPress
     /// <inheritdoc />
     public void Prefill(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens)
     {
-        ArgumentNullException.ThrowIfNull(model);
-        if (Scoring != null)
-        {
-            Scoring.Prefill(model, cache, tokens);
-            return;
-        }
-        CudaPressSelection.CheckEmpty(Text, cache, tokens);
-        model.Forward(tokens.ToArray(), cache);
+        if (Scoring != null) Scoring.Prefill(model, cache, tokens);
+        else CudaPressSelection.PlainPrefill(Text, model, cache, tokens);
     }
 
     /// <inheritdoc />
@@ -63,15 +57,7 @@ public sealed class CudaQuantizationPress : ICudaContextPress
         CudaPressSelection.CheckStored(Text, cache, tokens, protectedPrefix);
         var positions = CudaPressSelection.AscendingPositions(cache);
         var (tiers, formats) = _tiers(new TierInput(cache, ranked, positions, CudaPressSelection.Protected(positions, protectedPrefix)));
-        scores = ranked ?? Empty(cache);
+        scores = ranked ?? CudaPressSelection.ToHeadScores(cache, [.. Enumerable.Range(0, cache.HeadCount).Select(_ => Array.Empty<float>())]);
         return CudaPressSelection.ApplyTiers(cache, tiers, formats);
-    }
-
-    /// <summary>No scores: an empty array per head.</summary>
-    private static HeadScores Empty(CudaPagedKvCache cache)
-    {
-        var scores = new HeadScores(cache.Config.NumLayers, cache.Config.NumKvHeads);
-        for (int i = 0; i < scores.HeadCount; i++) scores[i / scores.KvHeads, i % scores.KvHeads] = [];
-        return scores;
     }
 }
