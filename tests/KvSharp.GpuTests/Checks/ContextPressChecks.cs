@@ -88,13 +88,7 @@ public static class ContextPressChecks
             using var evicted = cpuCache.Fork();
             var evictContext = new PressContext(model.Transformer, evicted, tokens) { ProtectedPrefix = protect };
             for (int h = 0; h < masks.Length; h++) EvictAction.Instance.Apply(evictContext, h / model.Config.NumKvHeads, h % model.Config.NumKvHeads, masks[h]);
-            var cpuAnswer = new List<int>();
-            var logits = model.Transformer.Forward(q, evicted);
-            for (int s = 0; s < AnswerTokens; s++)
-            {
-                cpuAnswer.Add(KvzipChecks.ArgMax(logits));
-                if (s + 1 < AnswerTokens) logits = model.Transformer.Forward([cpuAnswer[^1]], evicted);
-            }
+            var cpuAnswer = KvzipChecks.CpuAnswer(model, q, evicted, AnswerTokens);
             var gpuAnswer = gpu.GenerateGreedy(q, AnswerTokens, cache);
             bool same = cpuAnswer.SequenceEqual(gpuAnswer);
             if (!same && ties == 0)

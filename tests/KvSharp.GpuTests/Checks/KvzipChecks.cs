@@ -82,13 +82,7 @@ public static class KvzipChecks
 
             // The question after the press: the CPU cache evicted by its own masks, greedy on both engines.
             for (int h = 0; h < masks.Length; h++) EvictAction.Instance.Apply(press, h / model.Config.NumKvHeads, h % model.Config.NumKvHeads, masks[h]);
-            var cpuAnswer = new List<int>();
-            var logits = model.Transformer.Forward(q, cpuCache);
-            for (int s = 0; s < AnswerTokens; s++)
-            {
-                cpuAnswer.Add(ArgMax(logits));
-                if (s + 1 < AnswerTokens) logits = model.Transformer.Forward([cpuAnswer[^1]], cpuCache);
-            }
+            var cpuAnswer = CpuAnswer(model, q, cpuCache, AnswerTokens);
             var gpuAnswer = gpu.GenerateGreedy(q, AnswerTokens, cache);
             bool same = cpuAnswer.SequenceEqual(gpuAnswer);
             if (!same && ties == 0)
@@ -163,6 +157,19 @@ public static class KvzipChecks
         }
         text.Append('\n');
         return (text.ToString(), $"What is the special magic number for {key} mentioned in the provided text? The special magic number for {key} mentioned in the provided text is");
+    }
+
+    /// <summary>The CPU model's greedy answer of <paramref name="tokens"/> tokens to <paramref name="q"/> over <paramref name="cache"/> (which it extends).</summary>
+    internal static List<int> CpuAnswer(LanguageModel model, int[] q, PagedKvCache cache, int tokens)
+    {
+        var answer = new List<int>();
+        var logits = model.Transformer.Forward(q, cache);
+        for (int s = 0; s < tokens; s++)
+        {
+            answer.Add(ArgMax(logits));
+            if (s + 1 < tokens) logits = model.Transformer.Forward([answer[^1]], cache);
+        }
+        return answer;
     }
 
     internal static int ArgMax(ReadOnlySpan<float> values)

@@ -122,7 +122,7 @@ public static class QuantizationPressChecks
                 if (formatDiffs > 0 && ties == 0)
                     throw new CheckFailedException($"{what}: {formatDiffs} tokens stored by both engines in different formats, with no near-tie in the ranking");
 
-                var cpuAnswer = CpuAnswer(model, q, cpuPressed);
+                var cpuAnswer = KvzipChecks.CpuAnswer(model, q, cpuPressed, AnswerTokens);
                 List<int> gpuAnswer;
                 try
                 {
@@ -141,7 +141,7 @@ public static class QuantizationPressChecks
                 string through = "";
                 if (!same && ties == 0)
                 {
-                    var overDevice = CpuAnswer(model, q, gpuPressed);
+                    var overDevice = KvzipChecks.CpuAnswer(model, q, gpuPressed, AnswerTokens);
                     if (!overDevice.SequenceEqual(gpuAnswer))
                         throw new CheckFailedException($"{what}: the same tokens in the same formats, but the answers differ: CPU '{model.Tokenizer.Decode(cpuAnswer)}', " +
                             $"GPU '{model.Tokenizer.Decode(gpuAnswer)}', the CPU over the device's cache '{model.Tokenizer.Decode(overDevice)}'");
@@ -156,19 +156,6 @@ public static class QuantizationPressChecks
         {
             File.Delete(kvtuner);
         }
-    }
-
-    /// <summary>The CPU model's greedy answer to <paramref name="q"/> over <paramref name="cache"/> (which it extends).</summary>
-    private static List<int> CpuAnswer(LanguageModel model, int[] q, PagedKvCache cache)
-    {
-        var answer = new List<int>();
-        var logits = model.Transformer.Forward(q, cache);
-        for (int s = 0; s < AnswerTokens; s++)
-        {
-            answer.Add(KvzipChecks.ArgMax(logits));
-            if (s + 1 < AnswerTokens) logits = model.Transformer.Forward([answer[^1]], cache);
-        }
-        return answer;
     }
 
     /// <summary>The scorer that ranks a press's tokens over the fresh prefill (a quantization press's, a sequence's first press's), or null.</summary>
