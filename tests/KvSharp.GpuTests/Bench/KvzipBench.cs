@@ -102,7 +102,7 @@ public static class KvzipBench
                 counters.Fill32(0);
                 var (desc, blocks, tokenCounts) = cache.LayerTables(0);
                 var k = cache.PagedKernels;
-                void Attention() => k.Attention(q.Pointer, cache.PoolPointer, cache.PoolUnits, desc, blocks, tokenCounts, output.Pointer, partOut.Pointer, partMl.Pointer,
+                void Attention() => k.Attention(q.Pointer, cache.PoolPointer, desc, blocks, tokenCounts, output.Pointer, partOut.Pointer, partMl.Pointer,
                     counters.Pointer, rows, heads, kvHeads, hd, cache.MaxBlocks, cache.BlockTokens, cache.ValueGroup, plan, cache.AttentionKernel);
                 var target = new CudaPagedKernels.StatsTarget(cache.PoolPointer, desc, blocks, tokenCounts, covered.Pointer, max.Pointer, sum.Pointer,
                     cache.MaxBlocks, maxTokens, cache.BlockTokens, cache.ValueGroup);

@@ -209,7 +209,7 @@ public static class PagedChecks
                             {
                                 using var dout = Poisoned((long)rows * heads * hd * 4);
                                 var prefetch = launch == 1 ? new L2Prefetch(gpu.PoolPointer, gpu.PoolUnits * 16, dq.Pointer, dq.ByteLength) : default;
-                                k.Attention(dq.Pointer, gpu.PoolPointer, gpu.PoolUnits, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                                k.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
                                     rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, vid: gpu.VidKvTables, prefetch: prefetch);
                                 var got = Result(dout, rows * heads * hd);
                                 string what = $"paged attention ({kernel}){(launch == 1 ? " + L2 prefetch" : "")} {Name(f)} H{heads}/KV{kvHeads} hd{hd} len{length} rows{rows} splits{plan.Splits} (seed {rnd.Seed})";
@@ -368,7 +368,7 @@ public static class PagedChecks
                     using var counters = Dev.Allocate(rows * c.NumKvHeads * 4L);
                     counters.Fill32(0);
                     using var dout = Poisoned((long)rows * heads * hd * 4);
-                    gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, gpu.PoolUnits, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                    gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
                         rows, heads, c.NumKvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, gpu.AttentionKernel);
                     var got = Result(dout, rows * heads * hd);
                     Compare.Relative($"attention after evict {Name(f)} hd{hd} rows{rows} (seed {rnd.Seed})", got, expected, 1e-4);

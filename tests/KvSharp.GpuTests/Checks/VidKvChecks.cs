@@ -101,7 +101,7 @@ public static class VidKvChecks
                     for (int launch = 0; launch < 2; launch++)
                     {
                         using var dout = Poisoned((long)rows * heads * hd * 4);
-                        gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, gpu.PoolUnits, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
+                        gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
                             rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, PagedAttentionKernel.VidKv, vid: gpu.VidKvTables);
                         var got = Result(dout, rows * heads * hd);
                         Compare.Relative($"{what} rows{rows} splits{plan.Splits}", got, expected, 1e-4);

@@ -1314,48 +1314,17 @@ struct WaveSplit
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// How wave_split reads the head counts: after griddepcontrol.wait as any load (PlainLoad), before it only through
-// prewait_word (PrewaitLoad).
-struct PlainLoad
-{
-    __device__ __forceinline__ int operator()(const int* p) const { return *p; }
-};
-
-// A word read before griddepcontrol.wait, while the kernel before may still be writing it: through L2 only (.cg), so it
-// leaves no L1 line that a read after the wait could hit with the value from before that kernel's writes, and volatile
-// with a memory clobber, so the compiler neither moves it across the wait nor merges it with a read after it (the
-// headers' __ldcg is a plain asm without either: two __ldcg of one address may become one).
-__device__ __forceinline__ int prewait_word(const int* p)
-{
-    int v;
-    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-struct PrewaitLoad
-{
-    __device__ __forceinline__ int operator()(const int* p) const { return prewait_word(p); }
-};
-
-// A descriptor read before griddepcontrol.wait (see prewait_word); may be torn or stale.
-__device__ __forceinline__ uint4 prewait_desc(const uint4* p)
-{
-    uint4 d;
-    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(d.x), "=r"(d.y), "=r"(d.z), "=r"(d.w) : "l"(p) : "memory");
-    return d;
-}
-
 // This grid block's head and split (kvh < 0: a unit past the layer's work); warp-uniform. Lane h holds head h's block and
-// token counts (both loaded in one round trip), so no load waits for the head's choice. `load` reads the counts.
-template <class Load>
-__device__ __forceinline__ WaveSplit wave_split(const Load& load, const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int t,
-    int batch, int chunk_blocks, int splits)
+// token counts (both loaded in one round trip), so no load waits for the head's choice.
+__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int t, int batch,
+    int chunk_blocks, int splits)
 {
     const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y), p = (int)(blockIdx.y * gridDim.x + blockIdx.x);
     const int h0 = batch ? t * kv_heads : 0;
     // Heads 0..31 stay in the lanes' registers; more heads (rare) are read again from L1.
-    const int mb = lane < kv_heads ? load(head_blocks + h0 + lane) : 0, mt = lane < kv_heads ? load(head_tokens + h0 + lane) : 0;
+    const int mb = lane < kv_heads ? head_blocks[h0 + lane] : 0, mt = lane < kv_heads ? head_tokens[h0 + lane] : 0;
     int total = mb, longest = mb;
-    for (int h = lane + 32; h < kv_heads; h += 32) { const int b = load(head_blocks + h0 + h); total += b; longest = max(longest, b); }
+    for (int h = lane + 32; h < kv_heads; h += 32) { const int b = head_blocks[h0 + h]; total += b; longest = max(longest, b); }
     total = __reduce_add_sync(0xffffffffu, total);
     longest = __reduce_max_sync(0xffffffffu, longest);
     const int per_head = units / kv_heads;
@@ -1365,7 +1334,7 @@ __device__ __forceinline__ WaveSplit wave_split(const Load& load, const int* hea
     WaveSplit w = { -1, 0, 0, c, 0, 0 };
     for (int g0 = 0, base = 0; g0 < kv_heads; g0 += 32)
     {
-        const int h = g0 + lane, b = g0 == 0 ? mb : h < kv_heads ? load(head_blocks + h0 + h) : 0, n = h < kv_heads ? max(1, ceil_div(b, c)) : 0;
+        const int h = g0 + lane, b = g0 == 0 ? mb : h < kv_heads ? head_blocks[h0 + h] : 0, n = h < kv_heads ? max(1, ceil_div(b, c)) : 0;
         int incl = n;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1)
@@ -1381,47 +1350,13 @@ __device__ __forceinline__ WaveSplit wave_split(const Load& load, const int* hea
             w.split = p - base - __shfl_sync(0xffffffffu, incl - n, src);
             w.live = __shfl_sync(0xffffffffu, n, src);
             w.blocks = __shfl_sync(0xffffffffu, b, src);
-            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt, src) : load(head_tokens + h0 + w.kvh);
+            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt, src) : head_tokens[h0 + w.kvh];
             w.limit = tokens - (batch ? 0 : rows - 1 - t); // as paged_head
             return w;
         }
         base += __shfl_sync(0xffffffffu, incl, 31);
     }
     return w;
-}
-
-#ifndef PIPE_PREWAIT_ENTRIES
-#define PIPE_PREWAIT_ENTRIES 2
-#endif
-
-// The grid block's start before griddepcontrol.wait, while the kernel before (the append: the heads' counts, the
-// residual's descriptor and rows, a filled residual's new block and the descriptor after it) may still be writing: each
-// warp asks L2 for its first PIPE_PREWAIT_ENTRIES ring entries (keys, then values, of its first blocks) as the tables
-// read now place them, so that the bulk copies issued after the wait, from the tables read again as without this, find
-// their bytes in L2 or on the way. Whatever these reads see (a count from before the append, a descriptor half
-// rewritten, one the append has not written yet) it cannot fault: the head's row is indexed below max_blocks, the reads
-// go through L2 only (prewait_word), nothing but L2 prefetches leaves this function (no shared memory, no copy into a
-// ring, no value kept for after the wait), and every prefetched range is clamped into the pool's pool_units 16-byte units,
-// so a wrong address costs one useless prefetch. Warp-uniform.
-__device__ __forceinline__ void pipe_prewait(const u8* pool, long pool_units, const uint4* desc, const int* head_blocks, const int* head_tokens,
-    int kv_heads, int max_blocks, int tokens, int rows, int t, int batch, int chunk_blocks, int splits, int vg, int warp, int lane)
-{
-#if __CUDA_ARCH__ >= 900
-    const WaveSplit ws = wave_split(PrewaitLoad{}, head_blocks, head_tokens, kv_heads, rows, t, batch, chunk_blocks, splits);
-    if (ws.kvh < 0 || lane >= PIPE_PREWAIT_ENTRIES) return;
-    // Lane e: entry e of the warp's order (pipe_issue): block warp + PIPE_WARPS · (e / 2), its keys (e even) or values.
-    const int i = warp + PIPE_WARPS * (lane >> 1), b = ws.split * ws.chunk + i;
-    if (i >= min(ws.chunk, ws.blocks - ws.split * ws.chunk) || b < 0 || b >= max_blocks) return;
-    const uint4 d = prewait_desc(desc + (long)((batch ? t * kv_heads : 0) + ws.kvh) * max_blocks + b);
-    const bool keys = (lane & 1) == 0;
-    const int f = keys ? desc_kfmt(d) : desc_vfmt(d), n = min(desc_count(d), tokens);
-    // A float block (the residual) is read up to its stored rows; every other block whole, as stage_bytes.
-    const long bytes = ((f == KV_F32 || f == KV_BF16 ? (long)n * (128 * kv_bits(f) / 8) : (long)block_bytes(f, keys, tokens, 128, vg)) + 15) & ~15L;
-    const long at = keys ? d.x : d.y;
-    const long clamped = min(bytes, (pool_units - at) * 16);
-    if (at < pool_units && clamped > 0)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pool + at * 16), "r"((unsigned)clamped) : "memory");
-#endif
 }
 
 // A hi column's accumulator plus its lo column's (G <= 4: column c + G; G = 8 summed both in one column): G = 1 holds
@@ -1464,7 +1399,7 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
 
 template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
-    const float* __restrict__ q, const u8* __restrict__ pool, long pool_units, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
     int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring)
 {
@@ -1487,12 +1422,9 @@ __device__ __forceinline__ void paged_attention_pipe(
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
     const int t = blockIdx.z;
-#ifndef PIPE_NO_PREWAIT
-    pipe_prewait(pool, pool_units, desc, head_blocks, head_tokens, kv_heads, max_blocks, tokens, rows, t, batch, chunk_blocks, splits, vg, warp, lane);
-#endif
-    pdl_wait(); // the tables, the appended token and the queries come from the kernel before: everything is read again
-    const WaveSplit ws = wave_split(PlainLoad{}, head_blocks, head_tokens, kv_heads, rows, t, batch, chunk_blocks, splits);
+    const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, t, batch, chunk_blocks, splits);
     if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
     const int kvh = ws.kvh, limit = ws.limit;
     const int b0 = ws.split * ws.chunk, nb = min(ws.chunk, ws.blocks - b0);
@@ -1620,16 +1552,16 @@ __device__ __forceinline__ void paged_attention_pipe(
 
 // At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings
 // (~73 KB) fit 3. One kernel per group and value group; ring: bytes of each warp's ring (8192 or 16384,
-// CudaPagedKernels.PlanPipelined); pool_units: the pool allocation's size in 16-byte units (pipe_prewait's bound);
-// pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 before the wait (prefetch_l2; 0 bytes: none).
+// CudaPagedKernels.PlanPipelined); pfa/pfn_a, pfb/pfn_b: device memory the next kernels read, asked of L2 before the wait
+// (prefetch_l2; 0 bytes: none).
 #define PAGED_ATTN_PIPE(G, VG) \
-    extern "C" __global__ void __launch_bounds__(128, PIPE_MIN_BLOCKS) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, long pool_units, \
-        const uint4* desc, const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
+    extern "C" __global__ void __launch_bounds__(128, PIPE_MIN_BLOCKS) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
+        const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring, const void* pfa, long pfn_a, \
         const void* pfb, long pfn_b) \
     { \
         prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
-        paged_attention_pipe<G, VG>(q, pool, pool_units, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, \
+        paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, \
             chunk_blocks, splits, scale, batch, (unsigned)ring); \
     }
 #define PAGED_ATTN_PIPE_OF(G, VG) PAGED_ATTN_PIPE(G, VG)

@@ -266,7 +266,7 @@ public sealed partial class CudaPagedKvCache
         using var counters = Device.Allocate((long)rows * c.NumKvHeads * sizeof(int));
         counters.Fill32(0);
         var (desc, blocks, tokens) = LayerTables(layer, sequence);
-        _kernels.Attention(q, _pool.Pointer, PoolUnits, desc, blocks, tokens, output.Pointer, partOut.Pointer, partMl.Pointer, counters.Pointer, rows, c.NumHeads,
+        _kernels.Attention(q, _pool.Pointer, desc, blocks, tokens, output.Pointer, partOut.Pointer, partMl.Pointer, counters.Pointer, rows, c.NumHeads,
             c.NumKvHeads, c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, plan, AttentionKernel, vid: VidKvTables);
         EnqueueStatistics(layer, q, partMl.Pointer, plan.Splits, rows, firstCounted, sequence);
         Device.Synchronize(); // the scratch buffers go

@@ -475,7 +475,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (!a.Appended)
             _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
                 a.Position, a.Interleaved, a.Eps, a.Batch);
-        _kernels.Attention(a.Q, _pool.Pointer, PoolUnits, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
+        _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
             c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, a.Prefetch);
         EnqueueStatistics(a);
     }

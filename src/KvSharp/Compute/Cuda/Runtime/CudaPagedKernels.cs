@@ -24,13 +24,8 @@ internal sealed partial class CudaPagedKernels
         // may launch programmatically (ProgrammaticLaunch).
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
         // Compiled on first use: caches of other shapes never need it.
-        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic, PrewaitAbDefines()));
+        _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
     }
-
-    // TEMPORARY A/B switch (branch gpuprewait, deleted before its final commit): extra defines for paged_attention_tc.cu's
-    // generic build, comma-separated (PIPE_NO_PREWAIT: main's prologue; PIPE_PREWAIT_ENTRIES=k).
-    private static string[]? PrewaitAbDefines() =>
-        Environment.GetEnvironmentVariable("KVSHARP_PREWAIT_AB") is { Length: > 0 } v ? v.Split(',') : null;
 
     private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
         || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal));
@@ -316,11 +311,9 @@ internal sealed partial class CudaPagedKernels
     /// partOut/partMl/counters as <see cref="CudaKernels.Attention"/>. <paramref name="kernel"/> picks the kernel (see
     /// <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's VidKV parameters (<see cref="VidKvTables"/>;
     /// default: none, for a cache without VidKV blocks). <paramref name="prefetch"/>: weights the next kernels read, asked of L2
-    /// while the attention runs (default: none; the VidKV kernel takes none). <paramref name="poolUnits"/>: the size of the pool
-    /// allocation at <paramref name="pool"/> in 16-byte units, the bound of the pipelined kernel's L2 prefetches before
-    /// griddepcontrol.wait (taken from tables the previous kernel may still be writing).
+    /// while the attention runs (default: none; the VidKV kernel takes none).
     /// </summary>
-    public void Attention(ulong q, ulong pool, long poolUnits, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
+    public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
         PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default)
     {
@@ -340,7 +333,7 @@ internal sealed partial class CudaPagedKernels
             // One unit per grid block, numbered along x then y (wave_split): a planned launch's Units, else Splits per KV head.
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, 1, (uint)rows) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
             Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
-                q, pool, Arg.Long(poolUnits), desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
+                q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
             return;
