@@ -36,7 +36,7 @@ public static class GpuCheckList
         ("press: device re-quantization = CPU blocks", PressChecks.RequantizeMatchesCpu),
         ("press: SnapKV on the device keeps the CPU press's tokens", PressChecks.SnapKvMatchesCpu),
         ("press: H2O on the device keeps the CPU press's tokens", PressChecks.H2oMatchesCpu),
-        ("press: KVzip on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
+        ("press: KVzip and KVzip+ on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
         ("press: ask's device presses (SnapKV, TOVA, H2O, key-norm, StreamingLLM, random, R-KV, ZipVL scorer, KV-Compress; uniform, pyramid, AdaKV, dynamic, global) = the CPU presses (needle model)",
             () => ContextPressChecks.MatchesCpu(needle)),
         ("press: ask's device quantization presses (KIVI, KVTuner, MiKV, ZipVL, LeanKV), press sequences and KVCrush = the CPU presses' tokens and formats (needle model)",

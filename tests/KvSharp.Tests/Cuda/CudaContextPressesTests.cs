@@ -21,6 +21,7 @@ public class CudaContextPressesTests
     [InlineData("h2o+global:keep=0.3,chunk=100", typeof(CudaH2oPress), "global")]
     [InlineData("kvzip:keep=0.3", typeof(CudaKvzipPress), "global")]
     [InlineData("kvzip+uniform:keep=0.5", typeof(CudaKvzipPress), "uniform")]
+    [InlineData("kvzipplus:keep=0.3", typeof(CudaKvzipPress), "global")]
     [InlineData("keynorm:keep=0.5", typeof(CudaAttentionFreePress), "uniform")]
     [InlineData("streamingllm+adakv:keep=0.3,sinks=8", typeof(CudaAttentionFreePress), "adakv")]
     [InlineData("random:keep=0.5,seed=3", typeof(CudaAttentionFreePress), "uniform")]
@@ -109,13 +110,12 @@ public class CudaContextPressesTests
     }
 
     [Theory]
-    [InlineData("kvzipplus:keep=0.3", "KVzip+")]
     [InlineData("vidkv", "VidKV")]
     [InlineData("mikv(h2o):top=0.2,keys=token", "balance")]
     [InlineData("snapkv:keep=0.5+kvzip:keep=0.5", "first press")]
     [InlineData("kivi:bits=2 + h2o:keep=0.5", "fresh prefill")]
     [InlineData("snapkv:keep=0.5 + vidkv", "VidKV")]
-    [InlineData("streamingllm:keep=0.5 + kvzipplus:keep=0.3", "one of its presses is refused")]
+    [InlineData("streamingllm:keep=0.5 + vidkv", "one of its presses is refused")]
     public void OtherPresses_AreRefusedInOneLineNamingThem(string text, string reason)
     {
         var cpu = PressRegistry.Parse(text);

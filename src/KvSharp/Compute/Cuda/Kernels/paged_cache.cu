@@ -550,9 +550,13 @@ constexpr int STATS_TK = 64, STATS_TQ = 64, STATS_THREADS = 256, STATS_MAX_HD = 
 // fold: 0 = max over the group's heads, 1 = mean. Rows before first_counted only entered the attention's log-sum-exp.
 // stats_max / stats_sum: [kv_heads, max_tokens] of this layer (running, accumulated over calls). part_ml: the attention
 // launch's (max, sum) per [rows, heads, splits].
+// KVzip+ (value_norms not null): each probability p(row, h, t) is weighted by value_norms[h, t] / row_norms[row] before
+// the fold (‖W_o^h v_t‖ of the layer's query head h, [heads, vn_stride], and ‖x‖ of the row's layer input), as
+// KvzipPlusRun weighs it on the CPU.
 extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumulate(const float* q, const u8* pool, const uint4* desc,
     const int* head_blocks, const int* head_tokens, const int* covered, const float* part_ml, float* stats_max, float* stats_sum, int rows,
-    int first_counted, int fold, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, int splits, float scale)
+    int first_counted, int fold, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, int splits, float scale,
+    const float* value_norms, int vn_stride, const float* row_norms)
 {
     extern __shared__ float4 stats_smem4[];
     float* kt = reinterpret_cast<float*>(stats_smem4); // [hd][STATS_TK]
@@ -646,7 +650,10 @@ extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumula
             for (int b = 0; b < 4; b++)
             {
                 const int j = tx * 4 + b;
-                prob[qi * (STATS_TK + 1) + j] = qi < qn && i0 + j < visible && lse[qi] != neg_inf() ? expf(acc[a][b] - lse[qi]) : 0.0f;
+                float p = qi < qn && i0 + j < visible && lse[qi] != neg_inf() ? expf(acc[a][b] - lse[qi]) : 0.0f;
+                if (value_norms != nullptr && p > 0.0f)
+                    p = j < cnt ? p * value_norms[(long)(kvh * group + qi % group) * vn_stride + i0 + j] / row_norms[r0 + qi / group] : 0.0f;
+                prob[qi * (STATS_TK + 1) + j] = p;
             }
         }
         __syncthreads();
@@ -681,6 +688,136 @@ extern "C" __global__ void press_take_range(const float* stats_max, float* score
 {
     const long base = (long)blockIdx.x * max_tokens;
     for (int i = start + threadIdx.x; i < end; i += blockDim.x) scores[base + i] = stats_max[base + i];
+}
+
+// KVzip+'s weights (KvzipPlusRun, KvzipPlusValueNorms on the CPU): a repeat run's probability p(q, h, t) counts as
+// p · ‖W_o^h v_t‖ / ‖x_q‖. ‖W_o^h v‖² = vᵀ G_h v with the head's Gram matrix G_h = W_o^hᵀ W_o^h [hd, hd], so the value
+// norms cost one [tokens, hd] x [hd, hd] product per query head and the Gram matrices one pass over W_o per layer.
+
+// ‖x_r‖ of every row of x [rows, size] (the layer input of the statistics' rows). Grid: rows, 256 threads.
+extern "C" __global__ void press_row_norms(const float* x, float* out, int size)
+{
+    const float* row = x + (long)blockIdx.x * size;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < size; i += blockDim.x) s = fmaf(row[i], row[i], s);
+    s = block_sum(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = sqrtf(s);
+}
+
+constexpr int GRAM_T = 32;
+
+// G_h = W_hᵀ W_h of every head h of an output projection w [rows, cols = heads · hd] (row-major, W_h its hd columns of
+// head h): grams [heads, hd, hd]. Grid (⌈hd/32⌉, ⌈hd/32⌉, heads), 256 threads: a 32 x 32 tile of G_h, 4 entries per
+// thread, summed over w's rows 32 at a time through shared memory (G_h[i][j] and G_h[j][i] add the same products in
+// the same order: the result is exactly symmetric, as the CPU's mirrored triangle).
+template <class W>
+__device__ __forceinline__ void head_grams(const typename W::T* w, float* grams, int rows, int cols, int hd)
+{
+    __shared__ float a[GRAM_T][GRAM_T + 1], b[GRAM_T][GRAM_T + 1];
+    const int h = blockIdx.z, i0 = blockIdx.y * GRAM_T, j0 = blockIdx.x * GRAM_T;
+    const int tx = threadIdx.x % GRAM_T, ty = threadIdx.x / GRAM_T;
+    float acc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+    for (int r0 = 0; r0 < rows; r0 += GRAM_T)
+    {
+        for (int x = threadIdx.x; x < GRAM_T * GRAM_T; x += blockDim.x)
+        {
+            const int r = x / GRAM_T, c = x % GRAM_T;
+            const long row = (long)(r0 + r) * cols + (long)h * hd;
+            a[r][c] = r0 + r < rows && i0 + c < hd ? W::get(w, row + i0 + c) : 0.0f;
+            b[r][c] = r0 + r < rows && j0 + c < hd ? W::get(w, row + j0 + c) : 0.0f;
+        }
+        __syncthreads();
+        for (int r = 0; r < GRAM_T; r++)
+        {
+            const float bv = b[r][tx];
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[k] = fmaf(a[r][ty + 8 * k], bv, acc[k]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        const int i = i0 + ty + 8 * k, j = j0 + tx;
+        if (i < hd && j < hd) grams[((long)h * hd + i) * hd + j] = acc[k];
+    }
+}
+
+#define HEAD_GRAMS(NAME, W) \
+    extern "C" __global__ void __launch_bounds__(256) press_head_grams_##NAME(const W::T* w, float* grams, int rows, int cols, int hd) \
+    { \
+        head_grams<W>(w, grams, rows, cols, hd); \
+    }
+HEAD_GRAMS(f32, WeightF32)
+HEAD_GRAMS(bf16, WeightBF16)
+HEAD_GRAMS(f16, WeightF16)
+
+constexpr int VN_TK = 32;
+
+// ‖W_o^h v_t‖ = sqrt(max(0, v_tᵀ G_h v_t)) of one layer's stored tokens [0, count) (storage order) for every query head
+// h of each KV head's group: out [kv_heads, group, stride] (row h of the layer), grams [heads, hd, hd]. Grid
+// (⌈count/32⌉, kv_heads), 256 threads: the tile's values decoded into shared memory [hd][32] (BlockCodec.Decode's
+// arithmetic), then per head each warp takes every 8th row i of G_h: (G_h v)_i · v_i summed over i per token.
+extern "C" __global__ void __launch_bounds__(256) press_value_norms(const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, const float* grams, float* out, int count, int stride, int heads, int kv_heads, int hd, int tokens, int vg,
+    int max_blocks)
+{
+    extern __shared__ float vn_smem[];
+    float* vt = vn_smem;          // [hd][VN_TK]
+    float* red = vt + hd * VN_TK; // [8][VN_TK]
+    __shared__ int tile_block[VN_TK];
+    const int kvh = blockIdx.y, group = heads / kv_heads, i0 = blockIdx.x * VN_TK;
+    const int n = min(count, head_tokens[kvh]);
+    if (i0 >= n) return; // uniform over the block
+    const int cnt = min(VN_TK, n - i0);
+    const uint4* d = desc + (long)kvh * max_blocks;
+    const int nb = head_blocks[kvh];
+    if (threadIdx.x < cnt)
+    {
+        const int i = i0 + threadIdx.x;
+        int lo = 0, hi = nb - 1;
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) / 2;
+            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
+        }
+        tile_block[threadIdx.x] = lo;
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < hd * VN_TK; x += blockDim.x)
+    {
+        const int j = x % VN_TK, c = x / VN_TK;
+        float v = 0.0f;
+        if (j < cnt)
+        {
+            const uint4 e = d[tile_block[j]];
+            v = decode_element(pool + (size_t)e.y * 16, desc_vfmt(e), false, i0 + j - (int)e.w, c, tokens, hd, vg);
+        }
+        vt[x] = v;
+    }
+    __syncthreads();
+    const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
+    for (int k = 0; k < group; k++)
+    {
+        const float* g = grams + (long)(kvh * group + k) * hd * hd;
+        float acc = 0.0f;
+        for (int i = part; i < hd; i += 8)
+        {
+            const float* gi = g + (long)i * hd;
+            float s = 0.0f;
+            for (int c = 0; c < hd; c++) s = fmaf(gi[c], vt[c * VN_TK + tj], s);
+            acc = fmaf(vt[i * VN_TK + tj], s, acc);
+        }
+        red[part * VN_TK + tj] = acc;
+        __syncthreads();
+        if (threadIdx.x < cnt)
+        {
+            float sum = 0.0f;
+            for (int p = 0; p < 8; p++) sum += red[p * VN_TK + threadIdx.x];
+            out[((long)kvh * group + k) * stride + i0 + threadIdx.x] = sqrtf(fmaxf(0.0f, sum));
+        }
+        __syncthreads();
+    }
 }
 
 // SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled

@@ -21,10 +21,10 @@ namespace KvSharp.Compute.Cuda.Model;
 public static class CudaContextPresses
 {
     /// <summary>The scorers the device runs, for messages.</summary>
-    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, kvcompress, keynorm, streamingllm and random";
+    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, kvzip+, kvcompress, keynorm, streamingllm and random";
 
     /// <summary>The device press of <paramref name="press"/>.</summary>
-    /// <exception cref="KvSharpException">The press does not run on the device (the message names it and says why), or is KVzip+.</exception>
+    /// <exception cref="KvSharpException">The press does not run on the device (the message names it and says why).</exception>
     public static ICudaContextPress From(IKvPress press)
     {
         ArgumentNullException.ThrowIfNull(press);
@@ -79,8 +79,6 @@ public static class CudaContextPresses
         RkvScorer rkv => new CudaWindowPress(rkv, budget),
         H2oScorer h2o => new CudaH2oPress(h2o, budget),
         ZipVlScorer zipVl => new CudaH2oPress(zipVl, budget),
-        KvzipScorer { Plus: true } =>
-            throw new KvSharpException($"press {press.Text}: KVzip+ does not run on the GPU (its value weights are computed from a CPU cache); use kvzip without plus, or --device cpu"),
         KvzipScorer kvzip => new CudaKvzipPress(kvzip, budget),
         KvCompressScorer kvCompress => new CudaKvCompressPress(kvCompress, budget),
         _ when CudaAttentionFreePress.Scores(scorer) => new CudaAttentionFreePress(scorer, budget),
