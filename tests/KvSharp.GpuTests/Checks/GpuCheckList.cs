@@ -24,6 +24,7 @@ public static class GpuCheckList
         ("vidkv: attention over uploaded VidKV blocks = float64 and CPU attention", VidKvChecks.Attention),
         ("vidkv: transformer over an uploaded VidKV cache = CPU engine", VidKvChecks.TransformerMatchesCpu),
         ("vidkv: what the device does not do with VidKV is refused", VidKvChecks.Refusals),
+        ("vidkv press: VidKV blocks encoded on the device = the CPU codec byte for byte", VidKvChecks.EncodeMatchesCpu),
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
         ("paged: append fused into the QKV product = separate append", PagedChecks.FusedAppendMatchesUnfused),
         ("paged: append fused into the QKV product reports a full pool", PagedChecks.FusedAppendReportsFullPool),

@@ -38,6 +38,16 @@ public class CudaContextPressesTests
     }
 
     [Fact]
+    public void VidKv_MapsToTheDeviceEncoder_AsAFreshPrefillsOnlyPress()
+    {
+        var cpu = PressRegistry.Parse("vidkv:outliers=0.25,salient=3,residual=16");
+        var press = Assert.IsType<CudaVidKvPress>(CudaContextPresses.From(cpu));
+        Assert.Equal(cpu.Text, press.Text);
+        Assert.Equal((0.25, 3, 16), (press.Press.Outliers, press.Press.Salient, press.Press.Residual));
+        Assert.True(press.NeedsFreshPrefill);
+    }
+
+    [Fact]
     public void SnapKvWindowPress_TakesTheScorersWindowKernelAndPool_TovaOneUnpooledQuery()
     {
         var snap = Assert.IsType<CudaWindowPress>(CudaContextPresses.From(PressRegistry.Parse("snapkv:keep=0.3,window=16,kernel=5,pool=max")));
@@ -110,12 +120,12 @@ public class CudaContextPressesTests
     }
 
     [Theory]
-    [InlineData("vidkv", "VidKV")]
     [InlineData("mikv(h2o):top=0.2,keys=token", "balance")]
     [InlineData("snapkv:keep=0.5+kvzip:keep=0.5", "first press")]
     [InlineData("kivi:bits=2 + h2o:keep=0.5", "fresh prefill")]
-    [InlineData("snapkv:keep=0.5 + vidkv", "VidKV")]
-    [InlineData("streamingllm:keep=0.5 + vidkv", "one of its presses is refused")]
+    [InlineData("snapkv:keep=0.5 + vidkv", "first press")]
+    [InlineData("vidkv + keynorm:keep=0.5", "no press can follow")]
+    [InlineData("streamingllm:keep=0.5 + mikv(h2o):top=0.2,keys=token", "one of its presses is refused")]
     public void OtherPresses_AreRefusedInOneLineNamingThem(string text, string reason)
     {
         var cpu = PressRegistry.Parse(text);

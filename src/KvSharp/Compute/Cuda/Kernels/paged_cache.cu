@@ -1027,3 +1027,203 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
         head_blocks[head] = written + 1;
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// VidKV encoding on the device (the vidkv press): VidKvCodec.Encode byte for byte. Float64 statistics in the CPU's
+// order, every product and sum rounded separately (__dmul_rn / __dadd_rn: the CPU's double arithmetic has no fused
+// multiply-add), the stored parameters f16-rounded (f16_saturated) and reconstructions from them, round-half-even codes.
+// A block is encoded whole (its outlier channels, salient tokens, means and DFT depend on all its tokens), in place:
+// the new block is no larger than the old one (the host checks), so it is written over the old block's pool bytes once
+// they are decoded. The bit-packed areas are built in shared memory words (atomicOr; the base-3 trit bytes by atomicAdd,
+// a byte's digits summing to at most 242, so no carry reaches the next byte) and written out whole.
+
+__device__ __forceinline__ void stage_or(unsigned* words, int byte, unsigned v) { atomicOr(words + (byte >> 2), v << (8 * (byte & 3))); }
+__device__ __forceinline__ void stage_add(unsigned* words, int byte, unsigned v) { atomicAdd(words + (byte >> 2), v << (8 * (byte & 3))); }
+__device__ __forceinline__ void stage_f16(unsigned* words, int byte, u16 h)
+{
+    stage_or(words, byte, h & 0xffu);
+    stage_or(words, byte + 1, h >> 8);
+}
+__device__ __forceinline__ double f16_to_f64(u16 h) { return (double)f16_to_f32(h); }
+__device__ __forceinline__ double clamp_d(double x, double lo, double hi) { return fmin(fmax(x, lo), hi); }
+__device__ __forceinline__ double inf_d() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// Keys of n tokens x [n, hd] (VidKvCodec.EncodeKeys): m outlier channels (widest range, ties to the lower channel) as
+// INT2 per channel, the others as the signs of their real-DFT coefficients 1..n-1 (basis [n, n], float64) with mean
+// and mean |coefficient|. Offsets: first/second code areas and parameters (VidKvLayout). lo, hi: [hd]; flag: [hd].
+__device__ void vid_encode_keys(const float* x, int n, int hd, int m, const double* basis, int first, int second, int param, unsigned* out,
+    double* lo, double* hi, int* flag)
+{
+    const int normal = hd - m;
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        double l = inf_d(), h = -inf_d();
+        for (int t = 0; t < n; t++) { const double v = x[t * hd + c]; l = fmin(l, v); h = fmax(h, v); }
+        lo[c] = l; hi[c] = h;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        const double r = __dsub_rn(hi[c], lo[c]);
+        int above = 0;
+        for (int c2 = 0; c2 < hd; c2++)
+        {
+            const double r2 = __dsub_rn(hi[c2], lo[c2]);
+            above += r2 > r || (r2 == r && c2 < c);
+        }
+        flag[c] = above < m;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        int ko = 0;
+        for (int c2 = 0; c2 < c; c2++) ko += flag[c2];
+        const int kn = c - ko;
+        if (flag[c])
+        {
+            stage_or(out, c >> 3, 1u << (c & 7));
+            const u16 sb = f16_saturated(__dsub_rn(hi[c], lo[c]) / 3.0), mb = f16_saturated(lo[c]);
+            stage_f16(out, param + 2 * ko, sb);
+            stage_f16(out, param + 2 * (m + ko), mb);
+            const double scale = f16_to_f64(sb), mn = f16_to_f64(mb);
+            for (int t = 0; t < n; t++)
+            {
+                const int q = scale > 0.0 ? (int)clamp_d(rint(__dsub_rn((double)x[t * hd + c], mn) / scale), 0.0, 3.0) : 0;
+                const int bit = 2 * (t * m + ko);
+                stage_or(out, first + (bit >> 3), (unsigned)q << (bit & 7));
+            }
+        }
+        else
+        {
+            double sum = 0.0;
+            for (int t = 0; t < n; t++) sum = __dadd_rn(sum, (double)x[t * hd + c]);
+            stage_f16(out, param + 2 * (2 * m + normal + kn), f16_saturated(sum / n));
+            double abs = 0.0;
+            for (int j = 1; j < n; j++)
+            {
+                double y = 0.0;
+                for (int t = 0; t < n; t++) y = __dadd_rn(y, __dmul_rn(basis[j * n + t], (double)x[t * hd + c]));
+                abs = __dadd_rn(abs, fabs(y));
+                if (y >= 0.0)
+                {
+                    const int bit = j * normal + kn;
+                    stage_or(out, second + (bit >> 3), 1u << (bit & 7));
+                }
+            }
+            stage_f16(out, param + 2 * (2 * m + kn), f16_saturated(n > 1 ? abs / (n - 1) : 0.0));
+        }
+    }
+}
+
+// Values of n tokens x [n, hd] (VidKvCodec.EncodeValues): min(s, n) salient tokens (largest squared ternary error under
+// a_c = mean_t |x_tc|, ties to the lower token) as INT4 rows, the others ternary per channel (scale = mean |x| over
+// them). s is the layout's salient count (its parameter slots). a: [hd]; err, flag: [n].
+__device__ void vid_encode_values(const float* x, int n, int hd, int s, int first, int second, int param, unsigned* out, double* a,
+    double* err, int* flag)
+{
+    const int sc = min(s, n);
+    if (sc > 0)
+    {
+        for (int c = threadIdx.x; c < hd; c += blockDim.x)
+        {
+            double sum = 0.0;
+            for (int t = 0; t < n; t++) sum = __dadd_rn(sum, fabs((double)x[t * hd + c]));
+            a[c] = sum / n;
+        }
+        __syncthreads();
+        for (int t = threadIdx.x; t < n; t += blockDim.x)
+        {
+            double e = 0.0;
+            for (int c = 0; c < hd; c++)
+            {
+                const double xc = x[t * hd + c];
+                const double r = a[c] > 0.0 ? __dmul_rn(a[c], clamp_d(rint(xc / a[c]), -1.0, 1.0)) : 0.0;
+                const double d = __dsub_rn(xc, r);
+                e = __dadd_rn(e, __dmul_rn(d, d));
+            }
+            err[t] = e;
+        }
+        __syncthreads();
+    }
+    for (int t = threadIdx.x; t < n; t += blockDim.x)
+    {
+        int above = 0;
+        if (sc > 0)
+            for (int t2 = 0; t2 < n; t2++) above += err[t2] > err[t] || (err[t2] == err[t] && t2 < t);
+        flag[t] = sc > 0 && above < sc;
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < n; t += blockDim.x)
+    {
+        if (!flag[t]) continue;
+        int slot = 0;
+        for (int t2 = 0; t2 < t; t2++) slot += flag[t2];
+        stage_or(out, t >> 3, 1u << (t & 7));
+        double l = inf_d(), h = -inf_d();
+        for (int c = 0; c < hd; c++) { const double v = x[t * hd + c]; l = fmin(l, v); h = fmax(h, v); }
+        const u16 sb = f16_saturated(__dsub_rn(h, l) / 15.0), mb = f16_saturated(l);
+        stage_f16(out, param + 2 * (hd + slot), sb);
+        stage_f16(out, param + 2 * (hd + s + slot), mb);
+        const double scale = f16_to_f64(sb), mn = f16_to_f64(mb);
+        for (int c = 0; c < hd; c++)
+        {
+            const int q = scale > 0.0 ? (int)clamp_d(rint(__dsub_rn((double)x[t * hd + c], mn) / scale), 0.0, 15.0) : 0;
+            stage_or(out, second + slot * hd / 2 + (c >> 1), (unsigned)q << (4 * (c & 1)));
+        }
+    }
+    const unsigned pow3[5] = { 1u, 3u, 9u, 27u, 81u };
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        double sum = 0.0;
+        for (int t = 0; t < n; t++) if (!flag[t]) sum = __dadd_rn(sum, fabs((double)x[t * hd + c]));
+        const u16 sb = f16_saturated(n > sc ? sum / (n - sc) : 0.0);
+        stage_f16(out, param + 2 * c, sb);
+        const double scale = f16_to_f64(sb);
+        for (int t = 0; t < n; t++)
+        {
+            const int trit = flag[t] || !(scale > 0.0) ? 0 : (int)clamp_d(rint((double)x[t * hd + c] / scale), -1.0, 1.0);
+            const int e = t * hd + c;
+            stage_add(out, first + e / 5, (unsigned)(trit + 1) * pow3[e % 5]);
+        }
+    }
+}
+
+// The vidkv press on the device: per head (grid y) its first selected[head] blocks (grid x; each full, of `tokens`
+// tokens: the host checks) are decoded (BlockCodec.Decode's arithmetic) and re-encoded as VidKV key and value blocks in
+// place; the descriptor takes the VidKV formats. basis: the real-DFT basis of `tokens` tokens (float64, [tokens, tokens],
+// RealFourierBasis.Double). k_*/v_*: the VidKV layouts' area offsets and byte sizes. Shared memory
+// (CudaPagedKernels.VidKvEncodeSharedBytes): 2 · max(hd, tokens) doubles, max(hd, tokens) flags, the block's rows
+// [tokens, hd] floats, then the staging words of the larger VidKV block.
+extern "C" __global__ void __launch_bounds__(256) paged_vidkv_encode(u8* pool, uint4* desc, const int* selected, const double* basis,
+    int max_blocks, int tokens, int hd, int vg, int outliers, int salient, int k_first, int k_second, int k_param, int k_bytes, int v_first,
+    int v_second, int v_param, int v_bytes)
+{
+    const int head = blockIdx.y, b = blockIdx.x;
+    if (b >= selected[head]) return; // uniform over the block
+    uint4* dp = desc + (long)head * max_blocks + b;
+    const uint4 e = *dp;
+    const int n = desc_count(e), wide = max(hd, tokens);
+    extern __shared__ double vid_smem[];
+    double* d0 = vid_smem;
+    double* d1 = d0 + wide;
+    int* flag = reinterpret_cast<int*>(d1 + wide);
+    float* x = reinterpret_cast<float*>(flag + wide);
+    unsigned* out = reinterpret_cast<unsigned*>(x + tokens * hd);
+    const int words = (max(k_bytes, v_bytes) + 3) / 4;
+    for (int role = 0; role < 2; role++)
+    {
+        const bool keys = role == 0;
+        u8* block = pool + (size_t)(keys ? e.x : e.y) * 16;
+        const int f = keys ? desc_kfmt(e) : desc_vfmt(e);
+        for (int i = threadIdx.x; i < n * hd; i += blockDim.x) x[i] = decode_element(block, f, keys, i / hd, i % hd, tokens, hd, vg);
+        for (int i = threadIdx.x; i < words; i += blockDim.x) out[i] = 0u;
+        __syncthreads();
+        if (keys) vid_encode_keys(x, n, hd, outliers, basis, k_first, k_second, k_param, out, d0, d1, flag);
+        else vid_encode_values(x, n, hd, salient, v_first, v_second, v_param, out, d0, d1, flag);
+        __syncthreads();
+        unsigned* dst = reinterpret_cast<unsigned*>(block);
+        for (int i = threadIdx.x; i < ((keys ? k_bytes : v_bytes) + 3) / 4; i += blockDim.x) dst[i] = out[i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) dp->z = desc_meta(n, KV_VIDKV_KEY, KV_VIDKV_VALUE);
+}
