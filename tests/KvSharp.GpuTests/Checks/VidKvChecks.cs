@@ -9,6 +9,7 @@ using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
+using System.Runtime.InteropServices;
 
 namespace KvSharp.GpuTests.Checks;
 
@@ -194,7 +195,7 @@ public static class VidKvChecks
             string what = $"vidkv encode {format} hd{hd} outliers {outliers} salient {salient} residual {residual}, {length} tokens (seed {rnd.Seed})";
             for (int l = 0; l < c.NumLayers; l++)
                 for (int g = 0; g < c.NumKvHeads; g++)
-                    blocks += PagedChecks.SameHead($"{what} layer {l} head {g}", cpu.ReadStore(l, g), gpu.ReadHead(l, g), hd);
+                    blocks += SameBlocksByPosition($"{what} layer {l} head {g}", cpu.ReadStore(l, g), gpu.ReadHead(l, g), hd);
             if (!gpu.HoldsVidKv || gpu.AttentionKernel != PagedAttentionKernel.VidKv) throw new CheckFailedException($"{what}: the cache does not attend through the VidKV kernel");
             cases.Add($"{format} hd{hd} ({encoded} encoded)");
         }
@@ -246,6 +247,30 @@ public static class VidKvChecks
         }
         catch (KvSharpException e) when (e.Message.Contains("VidKV", StringComparison.Ordinal)) { refusals.Add($"kernel: \"{e.Message}\""); }
         return string.Join("; ", refusals);
+    }
+
+    /// <summary>
+    /// A device head against a CPU head of a fresh cache, block by block matched by first position (the device encodes VidKV
+    /// in place, in position order; the CPU store puts the blocks a re-quantization leaves alone first): layouts, counts and
+    /// bytes, then the residual rows against the float tail.
+    /// </summary>
+    private static int SameBlocksByPosition(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
+    {
+        var byStart = gpu.Take(gpu.Count - 1).ToDictionary(b => b.Start);
+        if (byStart.Count != cpu.Blocks.Count) throw new CheckFailedException($"{what}: {byStart.Count} blocks + residual, expected {cpu.Blocks.Count}");
+        foreach (var e in cpu.Blocks)
+        {
+            if (!byStart.TryGetValue(e.FirstPosition, out var d)) throw new CheckFailedException($"{what}: no device block starts at position {e.FirstPosition}");
+            if (d.KeyLayout != e.KeyLayout || d.ValueLayout != e.ValueLayout || d.Count != e.Count)
+                throw new CheckFailedException($"{what}: the block at {d.Start} is {d.KeyLayout}/{d.ValueLayout} x{d.Count}, expected {e.KeyLayout}/{e.ValueLayout} x{e.Count}");
+            PagedChecks.FirstDifference($"{what} block at {d.Start} keys", d.Keys, e.KeyBytes[..e.KeyLayout.ByteSize]);
+            PagedChecks.FirstDifference($"{what} block at {d.Start} values", d.Values, e.ValueBytes[..e.ValueLayout.ByteSize]);
+        }
+        var r = gpu[^1];
+        if (r.Count != cpu.TailCount) throw new CheckFailedException($"{what}: residual of {r.Count}, expected a tail of {cpu.TailCount}");
+        PagedChecks.FirstDifference(what + " residual keys", r.Keys.AsSpan(0, r.Count * hd * 4), MemoryMarshal.AsBytes(cpu.TailKeys));
+        PagedChecks.FirstDifference(what + " residual values", r.Values.AsSpan(0, r.Count * hd * 4), MemoryMarshal.AsBytes(cpu.TailValues));
+        return cpu.Blocks.Count;
     }
 
     private static int ArgMax(ReadOnlySpan<float> v)
