@@ -229,6 +229,10 @@ def row_params(blk, p, row, gpr):
     if gpr == 4: return (u32(blk, p + row * 8), u32(blk, p + row * 8 + 4))
     if gpr == 2: return (u32(blk, p + row * 4), 0)
     return (u16(blk, p + row * 2), 0)
+def row_pair_params(blk, p, row, gpr):  # rows row (even) and row + 1 in one 16-, 8- or 4-byte load (full blocks)
+    if gpr == 4: x = [u32(blk, p + row * 8 + 4 * i) for i in range(4)]; return (x[0], x[1]), (x[2], x[3])
+    if gpr == 2: x = [u32(blk, p + row * 4 + 4 * i) for i in range(2)]; return (x[0], 0), (x[1], 0)
+    x = u32(blk, p + row * 2); return (x & 0xffff, 0), (x >> 16, 0)
 def chunk_param(x, k, gpr):
     g = k if gpr == 4 else k >> 1 if gpr == 2 else 0
     w = x[1] if g >= 2 else x[0]; return h2f(w >> (16 * (g & 1)))
@@ -251,11 +255,16 @@ def values(f, blk, n, tokens, p, VG, G):
         for l in range(32):
             gid, tig = l >> 2, l & 3
             piece = []; sh = []; mh = []; pv = []
+            full = n == 32 and tokens == 32  # pipe_values<..., FULL>: token pairs' parameters in one load
             for u in range(4):
                 row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
                 piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
-                sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
-                mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
+                if full and (u & 1) == 0:
+                    sh += list(row_pair_params(blk, scales, row, gpr)) if quant(f) else [(0, 0)] * 2
+                    mh += list(row_pair_params(blk, mins, row, gpr)) if nparams(f) == 2 else [(0, 0)] * 2
+                elif not full:
+                    sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
+                    mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
                 pv.append(p[l][2 * h + (u >> 1)][u & 1])
             c = 256.0 if f == FP8 else 2.0 if f == BIN else 1.0
             P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
