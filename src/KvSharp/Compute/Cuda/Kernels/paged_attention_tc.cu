@@ -1176,7 +1176,6 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
         // A full block (FULL: n = tokens = 32) reads the parameters of the lane's token pairs 2·tig, 2·tig + 1 and
         // 2·tig + 8, 2·tig + 9 in one load each (adjacent rows: 16, 8 or 4 bytes, aligned); other blocks read them row by
         // row, clamped to the last visible row (the rows past it may hold any bits; an odd token count misaligns the mins).
-        constexpr bool whole = FULL;
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
@@ -1186,7 +1185,7 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
                 for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (kv_quantized(F))
             {
-                if (!whole)
+                if constexpr (!FULL)
                 {
                     sh[u] = row_params_src(vb, scales, row, gpr);
                     if constexpr (kv_params(F) == 2) mh[u] = row_params_src(vb, mins, row, gpr);
