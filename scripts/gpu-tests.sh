@@ -15,7 +15,8 @@
 #   scripts/gpu-tests.sh kvzip-cli [DIR]   (on the GPU machine) kvsharp ask --press kvzip:keep=0.3 on the CPU and with
 #                                  --device cuda over a needle haystack, answers compared (needle model, f32 dummy weights).
 #   scripts/gpu-tests.sh press-cli [DIR]   the same for each press of $PRESSES (space-separated; default snapkv, h2o,
-#                                  snapkv+pyramid, adakv(h2o), kvzip, KIVI-4, MiKV over H2O and SnapKV then KIVI-4).
+#                                  snapkv+pyramid, adakv(h2o), kvzip, KVzip+, KIVI-4, MiKV over H2O, SnapKV then KIVI-4
+#                                  and VidKV).
 #   scripts/gpu-tests.sh cli [MODEL] [DIR]   (on the GPU machine) kvsharp generate on the CPU and with --device cuda
 #                                  (float16 cache, then --kv-cache formats), a cache saved on the CPU continued on the
 #                                  GPU (plain and H2O-pressed) and a cache saved on the GPU continued on the CPU; greedy
@@ -157,15 +158,15 @@ case "${1:-}" in
     # weights: the GPU's prefill products round activations to bfloat16, so near-tie tokens may differ; reported) and on
     # float32 dummy weights of its shape (bench/configs/needle.json; the engines differ only by rounding: strict).
     # kvzip-cli: kvzip:keep=0.3,chunk=512; press-cli: the presses in $PRESSES (space-separated; default SnapKV, H2O,
-    # SnapKV under a pyramid budget, H2O under AdaKV, KVzip, and device re-quantization: KIVI-4, MiKV ranked by H2O,
-    # a sequence SnapKV then KIVI-4). The CPU runs go while the kernels compile.
+    # SnapKV under a pyramid budget, H2O under AdaKV, KVzip, KVzip+, device re-quantization: KIVI-4, MiKV ranked by H2O,
+    # a sequence SnapKV then KIVI-4, and VidKV encoded on the device). The CPU runs go while the kernels compile.
     mode="$1"
     dir="${2:-${OUT:-.gpu/results}}"
     mkdir -p "$dir/dummy"
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
     precompile & compiling=$!
     if [ "$mode" == kvzip-cli ]; then presses=("kvzip:keep=0.3,chunk=512")
-    else read -r -a presses <<< "${PRESSES:-snapkv:keep=0.3 h2o:keep=0.3 snapkv+pyramid:keep=0.3 adakv(h2o):keep=0.3 kvzip:keep=0.3,chunk=512 kivi:bits=4,residual=64 mikv(h2o):top=0.3,high=int8,low=int4 snapkv:keep=0.5+kivi:bits=4,residual=64}"; fi
+    else read -r -a presses <<< "${PRESSES:-snapkv:keep=0.3 h2o:keep=0.3 snapkv+pyramid:keep=0.3 adakv(h2o):keep=0.3 kvzip:keep=0.3,chunk=512 kvzipplus:keep=0.3,chunk=512 kivi:bits=4,residual=64 mikv(h2o):top=0.3,high=int8,low=int4 snapkv:keep=0.5+kivi:bits=4,residual=64 vidkv:outliers=0.5,salient=2,residual=64}"; fi
     kvsharp() { .gpu/app/KvSharp.GpuTests kvsharp "$@"; }
     python3 - "$dir/context.txt" <<'PY'
 import random, sys

@@ -27,8 +27,10 @@ public static class KvzipChecks
     private static readonly string[] Filler = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."];
 
     /// <summary>
-    /// Two cases: an F32 cache under KVzip's own global budget (keep 0.3), an INT4 cache under a uniform budget (keep 0.5)
-    /// with a protected prefix; chunks of 200-256 tokens so each context takes several repeat runs.
+    /// Three cases: an F32 cache under KVzip's own global budget (keep 0.3), an INT4 cache under a uniform budget (keep 0.5)
+    /// with a protected prefix, and KVzip+ (each probability weighted by ‖W_o^h v_t‖ / ‖x_q‖, the value norms from the
+    /// device cache and the device's W_o) on an F32 cache under a uniform budget (keep 0.4); chunks of 200-256 tokens so
+    /// each context takes several repeat runs.
     /// </summary>
     public static string MatchesCpu(string needleModel)
     {
@@ -37,10 +39,11 @@ public static class KvzipChecks
         using var gpu = new CudaTransformer(CudaDevice.Shared, model.Weights, DeviceWeightType.F32);
         var template = model.ChatTemplateText != null ? model.ChatTemplate : null;
         var report = new List<string>();
-        foreach (var (format, budget, global, chunk, protect) in new (KvFormat, IBudget, bool, int, int)[]
+        foreach (var (format, budget, global, chunk, protect, plus) in new (KvFormat, IBudget, bool, int, int, bool)[]
         {
-            (KvFormat.F32, new GlobalBudget(KeepTarget.Ratio(0.3)), true, 256, 0),
-            (KvFormat.Int4, new UniformBudget(KeepTarget.Ratio(0.5)), false, 200, 4),
+            (KvFormat.F32, new GlobalBudget(KeepTarget.Ratio(0.3)), true, 256, 0, false),
+            (KvFormat.Int4, new UniformBudget(KeepTarget.Ratio(0.5)), false, 200, 4, false),
+            (KvFormat.F32, new UniformBudget(KeepTarget.Ratio(0.4)), false, 200, 4, true),
         })
         {
             var (context, question) = NeedlePrompt(rnd, 110 + rnd.Next(40));
@@ -48,12 +51,12 @@ public static class KvzipChecks
             var q = model.Encode(question, addBos: false);
             int capacity = tokens.Length + chunk + 64 + q.Length + AnswerTokens;
             var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
-            string what = $"kvzip {format} {budget.Text} chunk {chunk} protect {protect}, {tokens.Length} tokens (seed {rnd.Seed})";
+            string what = $"{(plus ? "kvzip+" : "kvzip")} {format} {budget.Text} chunk {chunk} protect {protect}, {tokens.Length} tokens (seed {rnd.Seed})";
 
             using var cpuCache = new PagedKvCache(model.Config, options);
             model.Transformer.Forward(tokens, cpuCache);
             var press = new PressContext(model.Transformer, cpuCache, tokens) { Tokenizer = model.Tokenizer, ChatTemplate = template, ProtectedPrefix = protect };
-            var masks = new ScoredPress(new KvzipScorer(chunk), budget).Select(press, out var cpuScores);
+            var masks = new ScoredPress(new KvzipScorer(chunk, plus), budget).Select(press, out var cpuScores);
 
             // A float cache is prefilled on the device. A quantized one is the CPU's prefill uploaded: both engines' keys
             // differ in the last bits, and where one lies on a rounding boundary its 4-bit code flips by a whole step (a
@@ -61,7 +64,7 @@ public static class KvzipChecks
             // the same stored codes.
             using var cache = format == KvFormat.F32 ? gpu.CreatePagedCache(options, capacity) : CudaPagedKvCache.Upload(CudaDevice.Shared, model.Config, cpuCache, capacity);
             if (format == KvFormat.F32) gpu.Forward(tokens, cache);
-            var keep = new CudaKvzipPress(new KvzipScorer(chunk), budget).Compress(gpu, cache, tokens, model.Tokenizer, template, protect, out var gpuScores);
+            var keep = new CudaKvzipPress(new KvzipScorer(chunk, plus), budget).Compress(gpu, cache, tokens, model.Tokenizer, template, protect, out var gpuScores);
 
             var got = new List<float>();
             var expected = new List<double>();

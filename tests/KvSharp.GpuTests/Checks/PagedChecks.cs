@@ -640,7 +640,7 @@ public static class PagedChecks
         return blocks.Count;
     }
 
-    private static void FirstDifference(string what, ReadOnlySpan<byte> got, ReadOnlySpan<byte> expected)
+    internal static void FirstDifference(string what, ReadOnlySpan<byte> got, ReadOnlySpan<byte> expected)
     {
         if (got.Length != expected.Length) throw new CheckFailedException($"{what}: {got.Length} bytes, expected {expected.Length}");
         int i = got.CommonPrefixLength(expected);

@@ -43,6 +43,7 @@ public static class QuantizationPressChecks
         ("h2o:keep=0.6 + mikv(streamingllm):top=0.3", []),
         ("kivi:bits=4,residual=32 + streamingllm:keep=0.5", []),
         ("kvcrush(snapkv):keep=0.3,reps=0.1", []),
+        ("vidkv:outliers=0.5,salient=2,residual=16", []),
     ];
 
     /// <summary>Runs every case on one needle prompt; returns one line per press.</summary>

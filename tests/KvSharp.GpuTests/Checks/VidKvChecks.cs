@@ -9,6 +9,7 @@ using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
 using KvSharp.Models;
 using KvSharp.Models.Loading;
+using System.Runtime.InteropServices;
 
 namespace KvSharp.GpuTests.Checks;
 
@@ -159,6 +160,64 @@ public static class VidKvChecks
     }
 
     /// <summary>
+    /// VidKV encoded on the device (<see cref="CudaPagedKvCache.EncodeVidKv"/>, the vidkv press) against the CPU codec: CPU
+    /// caches of random tokens (F16, F32 and INT4 blocks; keys with per-channel offsets, so the outlier ranking has structure),
+    /// uploaded, then each head's oldest whole blocks (all but a random residual) encoded as VidKV on both engines from the same
+    /// stored blocks: every block pair byte for byte the CPU's (<c>RequantizeToLayouts</c> with the press's layouts), the
+    /// residual rows unchanged; head dimensions 128 and 64, outlier shares 0.5/0.25/1, 0-3 salient tokens. Also the refusal of
+    /// blocks smaller than their VidKV encoding (INT2 with every channel an outlier).
+    /// </summary>
+    public static string EncodeMatchesCpu()
+    {
+        int blocks = 0;
+        var cases = new List<string>();
+        foreach (var (hd, format, outliers, salient) in new[]
+        {
+            (128, KvFormat.F16, 0.5, 2), (128, KvFormat.F32, 0.25, 0), (64, KvFormat.Int4, 0.5, 3), (64, KvFormat.F16, 1.0, 1),
+        })
+        {
+            var rnd = new RandomData();
+            var c = PagedChecks.Shape(8, 2, hd);
+            int length = 100 + rnd.Next(120), residual = rnd.Next(3) * 8;
+            using var cpu = PagedChecks.CpuCache(c, format, length, rnd, evict: false);
+            using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 64);
+            var (keys, values) = new VidKvPress(outliers, salient, residual).Layouts(cpu.Options.BlockTokens, hd);
+            for (int l = 0; l < c.NumLayers; l++)
+                for (int g = 0; g < c.NumKvHeads; g++)
+                {
+                    // VidKvPress.Compress's selection: the oldest whole blocks but the residual (a fresh cache: position order).
+                    int n = cpu.Positions(l, g).Count, quantized = Math.Max(0, (n - residual) / 32 * 32);
+                    var select = new bool[n];
+                    select.AsSpan(0, quantized).Fill(true);
+                    if (quantized > 0) cpu.RequantizeToLayouts(l, g, select, keys, values);
+                }
+            int encoded = gpu.EncodeVidKv(keys, values, residual);
+            string what = $"vidkv encode {format} hd{hd} outliers {outliers} salient {salient} residual {residual}, {length} tokens (seed {rnd.Seed})";
+            for (int l = 0; l < c.NumLayers; l++)
+                for (int g = 0; g < c.NumKvHeads; g++)
+                    blocks += SameBlocksByPosition($"{what} layer {l} head {g}", cpu.ReadStore(l, g), gpu.ReadHead(l, g), hd);
+            if (!gpu.HoldsVidKv || gpu.AttentionKernel != PagedAttentionKernel.VidKv) throw new CheckFailedException($"{what}: the cache does not attend through the VidKV kernel");
+            cases.Add($"{format} hd{hd} ({encoded} encoded)");
+        }
+        var small = PagedChecks.Shape(8, 2, 128);
+        var refusalRnd = new RandomData();
+        using var int2 = PagedChecks.CpuCache(small, KvFormat.Int2, 96, refusalRnd, evict: false);
+        using var int2Gpu = CudaPagedKvCache.Upload(Dev, small, int2, 160);
+        var (k2, v2) = new VidKvPress(1.0, 2).Layouts(32, 128);
+        string refusal;
+        try
+        {
+            int2Gpu.EncodeVidKv(k2, v2, 0);
+            throw new CheckFailedException("INT2 blocks smaller than their VidKV encoding were encoded in place");
+        }
+        catch (KvSharpException e) when (e.Message.Contains("smaller than its VidKV encoding", StringComparison.Ordinal))
+        {
+            refusal = $"INT2 blocks: \"{e.Message}\"";
+        }
+        return $"{blocks} block pairs byte-identical to the CPU codec's ({string.Join(", ", cases)}); {refusal}";
+    }
+
+    /// <summary>
     /// What the device does not do with VidKV blocks is refused with a message naming it: VidKV options (the device does not
     /// encode VidKV blocks), the upload of a cache whose appends would be VidKV, eviction, re-quantization and statistics over a
     /// cache holding VidKV blocks, and another attention kernel for it.
@@ -188,6 +247,30 @@ public static class VidKvChecks
         }
         catch (KvSharpException e) when (e.Message.Contains("VidKV", StringComparison.Ordinal)) { refusals.Add($"kernel: \"{e.Message}\""); }
         return string.Join("; ", refusals);
+    }
+
+    /// <summary>
+    /// A device head against a CPU head of a fresh cache, block by block matched by first position (the device encodes VidKV
+    /// in place, in position order; the CPU store puts the blocks a re-quantization leaves alone first): layouts, counts and
+    /// bytes, then the residual rows against the float tail.
+    /// </summary>
+    private static int SameBlocksByPosition(string what, HeadStore cpu, IReadOnlyList<CudaPagedKvCache.DeviceBlock> gpu, int hd)
+    {
+        var byStart = gpu.Take(gpu.Count - 1).ToDictionary(b => b.Start);
+        if (byStart.Count != cpu.Blocks.Count) throw new CheckFailedException($"{what}: {byStart.Count} blocks + residual, expected {cpu.Blocks.Count}");
+        foreach (var e in cpu.Blocks)
+        {
+            if (!byStart.TryGetValue(e.FirstPosition, out var d)) throw new CheckFailedException($"{what}: no device block starts at position {e.FirstPosition}");
+            if (d.KeyLayout != e.KeyLayout || d.ValueLayout != e.ValueLayout || d.Count != e.Count)
+                throw new CheckFailedException($"{what}: the block at {d.Start} is {d.KeyLayout}/{d.ValueLayout} x{d.Count}, expected {e.KeyLayout}/{e.ValueLayout} x{e.Count}");
+            PagedChecks.FirstDifference($"{what} block at {d.Start} keys", d.Keys, e.KeyBytes[..e.KeyLayout.ByteSize]);
+            PagedChecks.FirstDifference($"{what} block at {d.Start} values", d.Values, e.ValueBytes[..e.ValueLayout.ByteSize]);
+        }
+        var r = gpu[^1];
+        if (r.Count != cpu.TailCount) throw new CheckFailedException($"{what}: residual of {r.Count}, expected a tail of {cpu.TailCount}");
+        PagedChecks.FirstDifference(what + " residual keys", r.Keys.AsSpan(0, r.Count * hd * 4), MemoryMarshal.AsBytes(cpu.TailKeys));
+        PagedChecks.FirstDifference(what + " residual values", r.Values.AsSpan(0, r.Count * hd * 4), MemoryMarshal.AsBytes(cpu.TailValues));
+        return cpu.Blocks.Count;
     }
 
     private static int ArgMax(ReadOnlySpan<float> v)

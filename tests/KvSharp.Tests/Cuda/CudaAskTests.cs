@@ -27,8 +27,6 @@ public class CudaAskTests
 
     [Theory]
     [InlineData("mikv(h2o):top=0.2,keys=token", "keys=token")]
-    [InlineData("vidkv", "VidKV")]
-    [InlineData("kvzipplus:keep=0.3", "KVzip+")]
     [InlineData("kivi:bits=2 + snapkv:keep=0.5", "snapkv")]
     public void PressesTheDeviceDoesNotRun_AreRefusedInOneLineNamingThem(string press, string named)
     {
@@ -53,6 +51,8 @@ public class CudaAskTests
 
     [Theory]
     [InlineData("kvzip:keep=0.3")]
+    [InlineData("kvzipplus:keep=0.3")]
+    [InlineData("vidkv")]
     [InlineData("snapkv+pyramid:keep=0.3")]
     [InlineData("h2o:keep=0.3")]
     [InlineData("streamingllm:keep=0.3")]

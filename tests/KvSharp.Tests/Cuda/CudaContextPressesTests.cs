@@ -21,6 +21,7 @@ public class CudaContextPressesTests
     [InlineData("h2o+global:keep=0.3,chunk=100", typeof(CudaH2oPress), "global")]
     [InlineData("kvzip:keep=0.3", typeof(CudaKvzipPress), "global")]
     [InlineData("kvzip+uniform:keep=0.5", typeof(CudaKvzipPress), "uniform")]
+    [InlineData("kvzipplus:keep=0.3", typeof(CudaKvzipPress), "global")]
     [InlineData("keynorm:keep=0.5", typeof(CudaAttentionFreePress), "uniform")]
     [InlineData("streamingllm+adakv:keep=0.3,sinks=8", typeof(CudaAttentionFreePress), "adakv")]
     [InlineData("random:keep=0.5,seed=3", typeof(CudaAttentionFreePress), "uniform")]
@@ -34,6 +35,16 @@ public class CudaContextPressesTests
         Assert.IsType(expected, press);
         Assert.Equal(cpu.Text, press.Text); // the same scorer parameters and budget as the CPU press
         Assert.StartsWith(budget, press.Text.Split('+')[1]);
+    }
+
+    [Fact]
+    public void VidKv_MapsToTheDeviceEncoder_AsAFreshPrefillsOnlyPress()
+    {
+        var cpu = PressRegistry.Parse("vidkv:outliers=0.25,salient=3,residual=16");
+        var press = Assert.IsType<CudaVidKvPress>(CudaContextPresses.From(cpu));
+        Assert.Equal(cpu.Text, press.Text);
+        Assert.Equal((0.25, 3, 16), (press.Press.Outliers, press.Press.Salient, press.Press.Residual));
+        Assert.True(press.NeedsFreshPrefill);
     }
 
     [Fact]
@@ -109,13 +120,12 @@ public class CudaContextPressesTests
     }
 
     [Theory]
-    [InlineData("kvzipplus:keep=0.3", "KVzip+")]
-    [InlineData("vidkv", "VidKV")]
     [InlineData("mikv(h2o):top=0.2,keys=token", "balance")]
     [InlineData("snapkv:keep=0.5+kvzip:keep=0.5", "first press")]
     [InlineData("kivi:bits=2 + h2o:keep=0.5", "fresh prefill")]
-    [InlineData("snapkv:keep=0.5 + vidkv", "VidKV")]
-    [InlineData("streamingllm:keep=0.5 + kvzipplus:keep=0.3", "one of its presses is refused")]
+    [InlineData("snapkv:keep=0.5 + vidkv", "first press")]
+    [InlineData("vidkv + keynorm:keep=0.5", "no press can follow")]
+    [InlineData("streamingllm:keep=0.5 + mikv(h2o):top=0.2,keys=token", "one of its presses is refused")]
     public void OtherPresses_AreRefusedInOneLineNamingThem(string text, string reason)
     {
         var cpu = PressRegistry.Parse(text);

@@ -136,31 +136,36 @@ public class PagedAttentionSharedMemoryTests
     }
 
     [Fact]
-    public void WaveUnitsFitEveryLayerOfHeadsUpToTheLongest()
+    public void WaveUnitsFitEveryLayerOfPairsUpToTheLongest()
     {
         // Batch 1, 128K tokens (4099 blocks a head with the appends' room), 8 KV heads, 396 resident blocks: one wave of
-        // units; the chunk bound ceil(8 · 4099 / 388) = 85 (the kernel picks 84 for heads of one length: 8 × 49 = 392 units).
-        Assert.Equal((396, 85), CudaPagedKernels.WaveUnits(4099, 396, 8));
-        // 8 × 128K with small rings (66 resident blocks a sequence): 256 blocks a split at most, so 8 × ceil(4099 / 256) = 136 units.
-        Assert.Equal((136, 256), CudaPagedKernels.WaveUnits(4099, 66, 8));
-        // Fewer resident blocks than heads: one unit a head, the longest head in one split.
-        Assert.Equal((8, 100), CudaPagedKernels.WaveUnits(100, 5, 8));
+        // units, 396 splits a head at most; room for ceil(4099 / 49) = 84 blocks a split (49 = 396 / 8 units a head; the
+        // sum rule's ceil(8 · 4099 / 388) = 85 is larger).
+        Assert.Equal((396, 396, 84), CudaPagedKernels.WaveUnits(4099, 396, 1, 8));
+        // 8 × 128K with small rings (528 resident blocks): 256 blocks a split at most need 64 pairs × ceil(4099 / 256) = 1088
+        // units, so three whole waves, 1584 units (198 a row), whose room is ceil(4099 / 24) = 171 (24 units a pair).
+        Assert.Equal((1584, 198, 171), CudaPagedKernels.WaveUnits(4099, 528, 8, 8));
+        // Fewer resident blocks than heads: two waves of 5 hold the 8 heads, one split a head at most 100 blocks.
+        Assert.Equal((10, 10, 100), CudaPagedKernels.WaveUnits(100, 5, 1, 8));
         var rnd = new Random(11);
         for (int trial = 0; trial < 300; trial++)
         {
-            int heads = rnd.Next(1, 33), longest = rnd.Next(1, 20000);
+            int rows = rnd.Next(1, 9), heads = rnd.Next(1, 17), longest = rnd.Next(1, 20000);
             long wave = rnd.Next(1, 1200);
-            var (units, chunk) = CudaPagedKernels.WaveUnits(longest, wave, heads);
+            var (units, splits, chunk) = CudaPagedKernels.WaveUnits(longest, wave, rows, heads);
             Assert.True(chunk is >= 1 and <= CudaPagedKernels.PipelinedMaxChunkBlocks, $"chunk {chunk}");
-            Assert.True(units >= Math.Max(heads, wave), $"units {units}");
-            // Any layer of heads no longer than `longest` fits the units with the bound as its chunk (every head at least one
-            // unit), so the kernel's search, which only lowers the chunk while it fits, always finds one.
+            Assert.True(units >= Math.Max(rows * heads, wave) && units % wave == 0, $"units {units}");
+            Assert.Equal(units / rows, splits);
+            // Any layer of (row, head) pairs no longer than `longest` fits the units with the room as its chunk (every pair
+            // at least one unit), and the room is at least the kernel's floor ceil(longest / splits), so the kernel's
+            // search (the smallest chunk that fits, at least that floor) finds one within the descriptors' room.
             for (int layer = 0; layer < 5; layer++)
             {
-                var lengths = Enumerable.Range(0, heads).Select(_ => rnd.Next(0, longest + 1)).ToArray();
+                var lengths = Enumerable.Range(0, rows * heads).Select(_ => rnd.Next(0, longest + 1)).ToArray();
                 if (layer == 0) lengths[0] = longest;
                 long needed = lengths.Sum(l => Math.Max(1, (l + chunk - 1) / chunk));
-                Assert.True(needed <= units, $"heads {heads}, longest {longest}, wave {wave}: {needed} units > {units} (chunk {chunk})");
+                Assert.True(needed <= units, $"rows {rows}, heads {heads}, longest {longest}, wave {wave}: {needed} units > {units} (chunk {chunk})");
+                Assert.True((lengths.Max() + splits - 1) / splits <= chunk, $"rows {rows}, heads {heads}, longest {longest}: floor above room {chunk}");
             }
         }
     }

@@ -1298,43 +1298,90 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
     }
 }
 
-// Grid blocks of the pipelined kernel are units of one row's layer: the launch has U = gridDim.x · gridDim.y of them per
-// row (the planner: one wave of resident blocks per row), and each row's live units come first in launch order. The
-// kernel picks its own chunk per layer and row from the heads' block counts (every warp alike, after pdl_wait), the
-// smaller of two that always fit the units (Σ_h max(1, ceil(blocks_h / c)) <= U): ceil(Σ blocks / (U − heads)) (each
-// head's partial split wastes less than a unit; best for unequal heads, as after KVzip) and ceil(longest / (U / heads))
-// (best for heads of one length); at least ceil(longest / splits) (`splits`: the partial results' stride per head) and
-// at most chunk_blocks (the descriptors' room; the planner keeps the choice within it). A plan sized by the mean layer
-// ran the layers with more blocks (KVzip's per-head lengths) in one wave and part of another, and split indices past a
-// short head's last block interleaved empty grid blocks with live ones.
+// Grid blocks of the pipelined kernel are units of a layer's (row, KV head) pairs: the launch's U = gridDim.x · gridDim.y ·
+// gridDim.z units serve every row (the planner: one wave of resident blocks, gridDim.x, or gridDim.y waves of them where
+// the descriptors' room needs more), so a batch's rows of unequal lengths (KVzip per sequence) share the wave instead of
+// each row splitting its own fixed part of it. The kernel picks one chunk per layer from the pairs' block counts (every
+// warp alike, after pdl_wait): the smallest c with Σ_pairs max(1, ceil(blocks / c)) <= U, found by bisection between
+// ceil(Σ blocks / U) and the smaller of two chunks that always fit, ceil(Σ blocks / (U − pairs)) (each pair's partial
+// split wastes less than a unit) and ceil(longest / (U / pairs)); at least ceil(longest / splits) (`splits`: the partial
+// results' stride per head) and at most chunk_blocks (the descriptors' room; the planner keeps the choice within it).
+// With several waves the target is the fewest whole waves that chunk_blocks allows (a chunk filling every unit of three
+// waves where two sufficed cost 8% at 8 × 128K). Live units come first in launch order, pairs row by row.
 struct WaveSplit
 {
-    int kvh, split, live, chunk, blocks, limit; // blocks: the head's block count; limit: the stored tokens row t sees
+    int t, kvh, split, live, chunk, blocks, limit; // blocks: the head's block count; limit: the stored tokens row t sees
 };
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// This grid block's head and split (kvh < 0: a unit past the layer's work); warp-uniform. Lane h holds head h's block and
-// token counts (both loaded in one round trip), so no load waits for the head's choice.
-__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int t, int batch,
+// Pair i's index in the tables: row t's own heads in a batch, else the shared heads.
+__device__ __forceinline__ int wave_table(int i, int kv_heads, int batch) { return batch ? i : i % kv_heads; }
+
+// Units the pairs take with chunk c, summed over the warp (every lane gets it). Pairs lane and lane + 32 come from the
+// lanes' registers (rows · KV heads <= 64: batch 8 of 8 KV heads), more from L1.
+__device__ __forceinline__ int wave_units(const int (&mb)[2], const int* head_blocks, int pairs, int kv_heads, int batch, int c)
+{
+    const int lane = threadIdx.x & 31;
+    int n = 0;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        if (lane + 32 * k < pairs) n += max(1, ceil_div(mb[k], c));
+    for (int i = lane + 64; i < pairs; i += 32) n += max(1, ceil_div(head_blocks[wave_table(i, kv_heads, batch)], c));
+    return __reduce_add_sync(0xffffffffu, n);
+}
+
+// This grid block's row, head and split (kvh < 0: a unit past the layer's work); warp-uniform.
+__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int batch,
     int chunk_blocks, int splits)
 {
-    const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y), p = (int)(blockIdx.y * gridDim.x + blockIdx.x);
-    const int h0 = batch ? t * kv_heads : 0;
-    // Heads 0..31 stay in the lanes' registers; more heads (rare) are read again from L1.
-    const int mb = lane < kv_heads ? head_blocks[h0 + lane] : 0, mt = lane < kv_heads ? head_tokens[h0 + lane] : 0;
-    int total = mb, longest = mb;
-    for (int h = lane + 32; h < kv_heads; h += 32) { const int b = head_blocks[h0 + h]; total += b; longest = max(longest, b); }
+    const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y * gridDim.z);
+    const int p = (int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x), pairs = rows * kv_heads;
+    // Pairs lane and lane + 32 stay in the lanes' registers, block and token counts loaded in one round trip (no load
+    // waits for the pair's choice).
+    int mb[2], mt[2], total = 0, longest = 0;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+    {
+        const bool in = lane + 32 * k < pairs;
+        const int at = wave_table(lane + 32 * k, kv_heads, batch);
+        mb[k] = in ? head_blocks[at] : 0;
+        mt[k] = in ? head_tokens[at] : 0;
+    }
+#pragma unroll
+    for (int k = 0; k < 2; k++) { total += mb[k]; longest = max(longest, mb[k]); }
+    for (int i = lane + 64; i < pairs; i += 32)
+    {
+        const int b = head_blocks[wave_table(i, kv_heads, batch)];
+        total += b;
+        longest = max(longest, b);
+    }
     total = __reduce_add_sync(0xffffffffu, total);
     longest = __reduce_max_sync(0xffffffffu, longest);
-    const int per_head = units / kv_heads;
-    int c = per_head > 0 ? ceil_div(longest, per_head) : longest;
-    if (units > kv_heads) c = min(c, ceil_div(total, units - kv_heads));
-    c = min(max(max(c, ceil_div(longest, splits)), 1), chunk_blocks);
-    WaveSplit w = { -1, 0, 0, c, 0, 0 };
-    for (int g0 = 0, base = 0; g0 < kv_heads; g0 += 32)
+    const int per_pair = units / pairs, least = max(ceil_div(longest, splits), 1);
+    int hi = per_pair > 0 ? ceil_div(longest, per_pair) : longest;
+    if (units > pairs) hi = min(hi, ceil_div(total, units - pairs));
+    hi = max(hi, least);
+    int target = units;
+    if (gridDim.y > 1) // several waves of gridDim.x units (8 × 128K tokens): as few as the descriptors' room allows, full
     {
-        const int h = g0 + lane, b = g0 == 0 ? mb : h < kv_heads ? head_blocks[h0 + h] : 0, n = h < kv_heads ? max(1, ceil_div(b, c)) : 0;
+        const int wave = (int)gridDim.x, fewest = wave_units(mb, head_blocks, pairs, kv_heads, batch, chunk_blocks);
+        target = min(units, ceil_div(fewest, wave) * wave);
+        hi = chunk_blocks;
+    }
+    int lo = max(ceil_div(total, target), least);
+    while (lo < hi) // hi fits the target; the smallest c that fits is in [lo, hi]
+    {
+        const int mid = (lo + hi) >> 1;
+        if (wave_units(mb, head_blocks, pairs, kv_heads, batch, mid) <= target) hi = mid;
+        else lo = mid + 1;
+    }
+    const int c = min(hi, chunk_blocks);
+    WaveSplit w = { 0, -1, 0, 0, c, 0, 0 };
+    for (int g0 = 0, base = 0; g0 < pairs; g0 += 32)
+    {
+        const int i = g0 + lane, b = i >= pairs ? 0 : g0 == 0 ? mb[0] : g0 == 32 ? mb[1] : head_blocks[wave_table(i, kv_heads, batch)];
+        const int n = i < pairs ? max(1, ceil_div(b, c)) : 0;
         int incl = n;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1)
@@ -1345,13 +1392,15 @@ __device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const in
         const unsigned mine = __ballot_sync(0xffffffffu, n > 0 && p >= base + incl - n && p < base + incl);
         if (mine)
         {
-            const int src = __ffs(mine) - 1;
-            w.kvh = g0 + src;
+            const int src = __ffs(mine) - 1, pair = g0 + src;
+            w.t = pair / kv_heads;
+            w.kvh = pair % kv_heads;
             w.split = p - base - __shfl_sync(0xffffffffu, incl - n, src);
             w.live = __shfl_sync(0xffffffffu, n, src);
             w.blocks = __shfl_sync(0xffffffffu, b, src);
-            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt, src) : head_tokens[h0 + w.kvh];
-            w.limit = tokens - (batch ? 0 : rows - 1 - t); // as paged_head
+            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt[0], src) : g0 == 32 ? __shfl_sync(0xffffffffu, mt[1], src)
+                : head_tokens[wave_table(pair, kv_heads, batch)];
+            w.limit = tokens - (batch ? 0 : rows - 1 - w.t); // as paged_head
             return w;
         }
         base += __shfl_sync(0xffffffffu, incl, 31);
@@ -1423,17 +1472,16 @@ __device__ __forceinline__ void paged_attention_pipe(
     }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     pdl_wait(); // the tables, the appended token and the queries come from the kernel before
-    const int t = blockIdx.z;
-    const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, t, batch, chunk_blocks, splits);
+    const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, batch, chunk_blocks, splits);
     if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
-    const int kvh = ws.kvh, limit = ws.limit;
+    const int t = ws.t, kvh = ws.kvh, limit = ws.limit;
     const int b0 = ws.split * ws.chunk, nb = min(ws.chunk, ws.blocks - b0);
     const uint4* hdesc = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks + b0;
     const long first = ((long)t * heads + (long)kvh * G) * splits + ws.split;
-    // The merge counts and reads the head's `live` splits. Kept in shared memory until the merge: a register live across
-    // the block loop (128 at most) is not free.
-    __shared__ int live_splits;
-    if (threadIdx.x == 0) live_splits = ws.live;
+    // The merge counts and reads the head's `live` splits of row t. Kept in shared memory until the merge: a register live
+    // across the block loop (128 at most) is not free.
+    __shared__ int live_splits, merge_row, merge_kvh, merge_split;
+    if (threadIdx.x == 0) { live_splits = ws.live; merge_row = t; merge_kvh = kvh; merge_split = ws.split; }
     // The head's last split marks the slot after it empty: part_ml's readers outside attention (part_ml_lse) stop there
     // instead of reading slots an earlier launch left.
     if (ws.split == ws.live - 1 && ws.live < splits) empty_chunk(part_ml, first + 1, splits, G);
@@ -1529,6 +1577,8 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
         pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, gid, tig, ov);
     }
+    const int mkvh = merge_kvh;
+    const long mfirst = ((long)merge_row * heads + (long)mkvh * G) * splits + merge_split;
     if (threadIdx.x < G)
     {
         const int g = threadIdx.x;
@@ -1540,14 +1590,14 @@ __device__ __forceinline__ void paged_attention_pipe(
         for (int w = 0; w < PIPE_WARPS; w++)
             if (wml[2 * (w * G + g) + 1] > 0.0f) sum += wml[2 * (w * G + g) + 1] * fast_exp2(wml[2 * (w * G + g)] - mx);
         // Natural-log max for the merge (it weighs chunks by e^(m_s - M)).
-        part_ml[(first + (long)g * splits) * 2] = sum > 0.0f ? mx * 0.6931471805599453f : neg_inf();
-        part_ml[(first + (long)g * splits) * 2 + 1] = sum;
+        part_ml[(mfirst + (long)g * splits) * 2] = sum > 0.0f ? mx * 0.6931471805599453f : neg_inf();
+        part_ml[(mfirst + (long)g * splits) * 2 + 1] = sum;
     }
     __syncthreads();
-    store_chunk(ov, part_out, first, splits, G, HD);
+    store_chunk(ov, part_out, mfirst, splits, G, HD);
     // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
     // within them).
-    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, t, kvh, live_splits);
+    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, merge_row, mkvh, live_splits);
 }
 
 // At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings

@@ -558,9 +558,13 @@ constexpr int STATS_TK = 64, STATS_TQ = 64, STATS_THREADS = 256, STATS_MAX_HD = 
 // fold: 0 = max over the group's heads, 1 = mean. Rows before first_counted only entered the attention's log-sum-exp.
 // stats_max / stats_sum: [kv_heads, max_tokens] of this layer (running, accumulated over calls). part_ml: the attention
 // launch's (max, sum) per [rows, heads, splits].
+// KVzip+ (value_norms not null): each probability p(row, h, t) is weighted by value_norms[h, t] / row_norms[row] before
+// the fold (‖W_o^h v_t‖ of the layer's query head h, [heads, vn_stride], and ‖x‖ of the row's layer input), as
+// KvzipPlusRun weighs it on the CPU.
 extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumulate(const float* q, const u8* pool, const uint4* desc,
     const int* head_blocks, const int* head_tokens, const int* covered, const float* part_ml, float* stats_max, float* stats_sum, int rows,
-    int first_counted, int fold, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, int splits, float scale)
+    int first_counted, int fold, int heads, int kv_heads, int hd, int tokens, int vg, int max_blocks, int max_tokens, int splits, float scale,
+    const float* value_norms, int vn_stride, const float* row_norms)
 {
     extern __shared__ float4 stats_smem4[];
     float* kt = reinterpret_cast<float*>(stats_smem4); // [hd][STATS_TK]
@@ -654,7 +658,10 @@ extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumula
             for (int b = 0; b < 4; b++)
             {
                 const int j = tx * 4 + b;
-                prob[qi * (STATS_TK + 1) + j] = qi < qn && i0 + j < visible && lse[qi] != neg_inf() ? expf(acc[a][b] - lse[qi]) : 0.0f;
+                float p = qi < qn && i0 + j < visible && lse[qi] != neg_inf() ? expf(acc[a][b] - lse[qi]) : 0.0f;
+                if (value_norms != nullptr && p > 0.0f)
+                    p = j < cnt ? p * value_norms[(long)(kvh * group + qi % group) * vn_stride + i0 + j] / row_norms[r0 + qi / group] : 0.0f;
+                prob[qi * (STATS_TK + 1) + j] = p;
             }
         }
         __syncthreads();
@@ -689,6 +696,136 @@ extern "C" __global__ void press_take_range(const float* stats_max, float* score
 {
     const long base = (long)blockIdx.x * max_tokens;
     for (int i = start + threadIdx.x; i < end; i += blockDim.x) scores[base + i] = stats_max[base + i];
+}
+
+// KVzip+'s weights (KvzipPlusRun, KvzipPlusValueNorms on the CPU): a repeat run's probability p(q, h, t) counts as
+// p · ‖W_o^h v_t‖ / ‖x_q‖. ‖W_o^h v‖² = vᵀ G_h v with the head's Gram matrix G_h = W_o^hᵀ W_o^h [hd, hd], so the value
+// norms cost one [tokens, hd] x [hd, hd] product per query head and the Gram matrices one pass over W_o per layer.
+
+// ‖x_r‖ of every row of x [rows, size] (the layer input of the statistics' rows). Grid: rows, 256 threads.
+extern "C" __global__ void press_row_norms(const float* x, float* out, int size)
+{
+    const float* row = x + (long)blockIdx.x * size;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < size; i += blockDim.x) s = fmaf(row[i], row[i], s);
+    s = block_sum(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = sqrtf(s);
+}
+
+constexpr int GRAM_T = 32;
+
+// G_h = W_hᵀ W_h of every head h of an output projection w [rows, cols = heads · hd] (row-major, W_h its hd columns of
+// head h): grams [heads, hd, hd]. Grid (⌈hd/32⌉, ⌈hd/32⌉, heads), 256 threads: a 32 x 32 tile of G_h, 4 entries per
+// thread, summed over w's rows 32 at a time through shared memory (G_h[i][j] and G_h[j][i] add the same products in
+// the same order: the result is exactly symmetric, as the CPU's mirrored triangle).
+template <class W>
+__device__ __forceinline__ void head_grams(const typename W::T* w, float* grams, int rows, int cols, int hd)
+{
+    __shared__ float a[GRAM_T][GRAM_T + 1], b[GRAM_T][GRAM_T + 1];
+    const int h = blockIdx.z, i0 = blockIdx.y * GRAM_T, j0 = blockIdx.x * GRAM_T;
+    const int tx = threadIdx.x % GRAM_T, ty = threadIdx.x / GRAM_T;
+    float acc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+    for (int r0 = 0; r0 < rows; r0 += GRAM_T)
+    {
+        for (int x = threadIdx.x; x < GRAM_T * GRAM_T; x += blockDim.x)
+        {
+            const int r = x / GRAM_T, c = x % GRAM_T;
+            const long row = (long)(r0 + r) * cols + (long)h * hd;
+            a[r][c] = r0 + r < rows && i0 + c < hd ? W::get(w, row + i0 + c) : 0.0f;
+            b[r][c] = r0 + r < rows && j0 + c < hd ? W::get(w, row + j0 + c) : 0.0f;
+        }
+        __syncthreads();
+        for (int r = 0; r < GRAM_T; r++)
+        {
+            const float bv = b[r][tx];
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[k] = fmaf(a[r][ty + 8 * k], bv, acc[k]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        const int i = i0 + ty + 8 * k, j = j0 + tx;
+        if (i < hd && j < hd) grams[((long)h * hd + i) * hd + j] = acc[k];
+    }
+}
+
+#define HEAD_GRAMS(NAME, W) \
+    extern "C" __global__ void __launch_bounds__(256) press_head_grams_##NAME(const W::T* w, float* grams, int rows, int cols, int hd) \
+    { \
+        head_grams<W>(w, grams, rows, cols, hd); \
+    }
+HEAD_GRAMS(f32, WeightF32)
+HEAD_GRAMS(bf16, WeightBF16)
+HEAD_GRAMS(f16, WeightF16)
+
+constexpr int VN_TK = 32;
+
+// ‖W_o^h v_t‖ = sqrt(max(0, v_tᵀ G_h v_t)) of one layer's stored tokens [0, count) (storage order) for every query head
+// h of each KV head's group: out [kv_heads, group, stride] (row h of the layer), grams [heads, hd, hd]. Grid
+// (⌈count/32⌉, kv_heads), 256 threads: the tile's values decoded into shared memory [hd][32] (BlockCodec.Decode's
+// arithmetic), then per head each warp takes every 8th row i of G_h: (G_h v)_i · v_i summed over i per token.
+extern "C" __global__ void __launch_bounds__(256) press_value_norms(const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, const float* grams, float* out, int count, int stride, int heads, int kv_heads, int hd, int tokens, int vg,
+    int max_blocks)
+{
+    extern __shared__ float vn_smem[];
+    float* vt = vn_smem;          // [hd][VN_TK]
+    float* red = vt + hd * VN_TK; // [8][VN_TK]
+    __shared__ int tile_block[VN_TK];
+    const int kvh = blockIdx.y, group = heads / kv_heads, i0 = blockIdx.x * VN_TK;
+    const int n = min(count, head_tokens[kvh]);
+    if (i0 >= n) return; // uniform over the block
+    const int cnt = min(VN_TK, n - i0);
+    const uint4* d = desc + (long)kvh * max_blocks;
+    const int nb = head_blocks[kvh];
+    if (threadIdx.x < cnt)
+    {
+        const int i = i0 + threadIdx.x;
+        int lo = 0, hi = nb - 1;
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) / 2;
+            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
+        }
+        tile_block[threadIdx.x] = lo;
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < hd * VN_TK; x += blockDim.x)
+    {
+        const int j = x % VN_TK, c = x / VN_TK;
+        float v = 0.0f;
+        if (j < cnt)
+        {
+            const uint4 e = d[tile_block[j]];
+            v = decode_element(pool + (size_t)e.y * 16, desc_vfmt(e), false, i0 + j - (int)e.w, c, tokens, hd, vg);
+        }
+        vt[x] = v;
+    }
+    __syncthreads();
+    const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
+    for (int k = 0; k < group; k++)
+    {
+        const float* g = grams + (long)(kvh * group + k) * hd * hd;
+        float acc = 0.0f;
+        for (int i = part; i < hd; i += 8)
+        {
+            const float* gi = g + (long)i * hd;
+            float s = 0.0f;
+            for (int c = 0; c < hd; c++) s = fmaf(gi[c], vt[c * VN_TK + tj], s);
+            acc = fmaf(vt[i * VN_TK + tj], s, acc);
+        }
+        red[part * VN_TK + tj] = acc;
+        __syncthreads();
+        if (threadIdx.x < cnt)
+        {
+            float sum = 0.0f;
+            for (int p = 0; p < 8; p++) sum += red[p * VN_TK + threadIdx.x];
+            out[((long)kvh * group + k) * stride + i0 + threadIdx.x] = sqrtf(fmaxf(0.0f, sum));
+        }
+        __syncthreads();
+    }
 }
 
 // SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled
@@ -897,4 +1034,204 @@ extern "C" __global__ void paged_requantize(const u8* old_pool, u8* new_pool, co
         d[written] = make_uint4(r.x, r.y, desc_meta(kept, KV_F32, KV_F32), (unsigned)start);
         head_blocks[head] = written + 1;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// VidKV encoding on the device (the vidkv press): VidKvCodec.Encode byte for byte. Float64 statistics in the CPU's
+// order, every product and sum rounded separately (__dmul_rn / __dadd_rn: the CPU's double arithmetic has no fused
+// multiply-add), the stored parameters f16-rounded (f16_saturated) and reconstructions from them, round-half-even codes.
+// A block is encoded whole (its outlier channels, salient tokens, means and DFT depend on all its tokens), in place:
+// the new block is no larger than the old one (the host checks), so it is written over the old block's pool bytes once
+// they are decoded. The bit-packed areas are built in shared memory words (atomicOr; the base-3 trit bytes by atomicAdd,
+// a byte's digits summing to at most 242, so no carry reaches the next byte) and written out whole.
+
+__device__ __forceinline__ void stage_or(unsigned* words, int byte, unsigned v) { atomicOr(words + (byte >> 2), v << (8 * (byte & 3))); }
+__device__ __forceinline__ void stage_add(unsigned* words, int byte, unsigned v) { atomicAdd(words + (byte >> 2), v << (8 * (byte & 3))); }
+__device__ __forceinline__ void stage_f16(unsigned* words, int byte, u16 h)
+{
+    stage_or(words, byte, h & 0xffu);
+    stage_or(words, byte + 1, h >> 8);
+}
+__device__ __forceinline__ double f16_to_f64(u16 h) { return (double)f16_to_f32(h); }
+__device__ __forceinline__ double clamp_d(double x, double lo, double hi) { return fmin(fmax(x, lo), hi); }
+__device__ __forceinline__ double inf_d() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// Keys of n tokens x [n, hd] (VidKvCodec.EncodeKeys): m outlier channels (widest range, ties to the lower channel) as
+// INT2 per channel, the others as the signs of their real-DFT coefficients 1..n-1 (basis [n, n], float64) with mean
+// and mean |coefficient|. Offsets: first/second code areas and parameters (VidKvLayout). lo, hi: [hd]; flag: [hd].
+__device__ void vid_encode_keys(const float* x, int n, int hd, int m, const double* basis, int first, int second, int param, unsigned* out,
+    double* lo, double* hi, int* flag)
+{
+    const int normal = hd - m;
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        double l = inf_d(), h = -inf_d();
+        for (int t = 0; t < n; t++) { const double v = x[t * hd + c]; l = fmin(l, v); h = fmax(h, v); }
+        lo[c] = l; hi[c] = h;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        const double r = __dsub_rn(hi[c], lo[c]);
+        int above = 0;
+        for (int c2 = 0; c2 < hd; c2++)
+        {
+            const double r2 = __dsub_rn(hi[c2], lo[c2]);
+            above += r2 > r || (r2 == r && c2 < c);
+        }
+        flag[c] = above < m;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        int ko = 0;
+        for (int c2 = 0; c2 < c; c2++) ko += flag[c2];
+        const int kn = c - ko;
+        if (flag[c])
+        {
+            stage_or(out, c >> 3, 1u << (c & 7));
+            const u16 sb = f16_saturated(__dsub_rn(hi[c], lo[c]) / 3.0), mb = f16_saturated(lo[c]);
+            stage_f16(out, param + 2 * ko, sb);
+            stage_f16(out, param + 2 * (m + ko), mb);
+            const double scale = f16_to_f64(sb), mn = f16_to_f64(mb);
+            for (int t = 0; t < n; t++)
+            {
+                const int q = scale > 0.0 ? (int)clamp_d(rint(__dsub_rn((double)x[t * hd + c], mn) / scale), 0.0, 3.0) : 0;
+                const int bit = 2 * (t * m + ko);
+                stage_or(out, first + (bit >> 3), (unsigned)q << (bit & 7));
+            }
+        }
+        else
+        {
+            double sum = 0.0;
+            for (int t = 0; t < n; t++) sum = __dadd_rn(sum, (double)x[t * hd + c]);
+            stage_f16(out, param + 2 * (2 * m + normal + kn), f16_saturated(sum / n));
+            double abs = 0.0;
+            for (int j = 1; j < n; j++)
+            {
+                double y = 0.0;
+                for (int t = 0; t < n; t++) y = __dadd_rn(y, __dmul_rn(basis[j * n + t], (double)x[t * hd + c]));
+                abs = __dadd_rn(abs, fabs(y));
+                if (y >= 0.0)
+                {
+                    const int bit = j * normal + kn;
+                    stage_or(out, second + (bit >> 3), 1u << (bit & 7));
+                }
+            }
+            stage_f16(out, param + 2 * (2 * m + kn), f16_saturated(n > 1 ? abs / (n - 1) : 0.0));
+        }
+    }
+}
+
+// Values of n tokens x [n, hd] (VidKvCodec.EncodeValues): min(s, n) salient tokens (largest squared ternary error under
+// a_c = mean_t |x_tc|, ties to the lower token) as INT4 rows, the others ternary per channel (scale = mean |x| over
+// them). s is the layout's salient count (its parameter slots). a: [hd]; err, flag: [n].
+__device__ void vid_encode_values(const float* x, int n, int hd, int s, int first, int second, int param, unsigned* out, double* a,
+    double* err, int* flag)
+{
+    const int sc = min(s, n);
+    if (sc > 0)
+    {
+        for (int c = threadIdx.x; c < hd; c += blockDim.x)
+        {
+            double sum = 0.0;
+            for (int t = 0; t < n; t++) sum = __dadd_rn(sum, fabs((double)x[t * hd + c]));
+            a[c] = sum / n;
+        }
+        __syncthreads();
+        for (int t = threadIdx.x; t < n; t += blockDim.x)
+        {
+            double e = 0.0;
+            for (int c = 0; c < hd; c++)
+            {
+                const double xc = x[t * hd + c];
+                const double r = a[c] > 0.0 ? __dmul_rn(a[c], clamp_d(rint(xc / a[c]), -1.0, 1.0)) : 0.0;
+                const double d = __dsub_rn(xc, r);
+                e = __dadd_rn(e, __dmul_rn(d, d));
+            }
+            err[t] = e;
+        }
+        __syncthreads();
+    }
+    for (int t = threadIdx.x; t < n; t += blockDim.x)
+    {
+        int above = 0;
+        if (sc > 0)
+            for (int t2 = 0; t2 < n; t2++) above += err[t2] > err[t] || (err[t2] == err[t] && t2 < t);
+        flag[t] = sc > 0 && above < sc;
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < n; t += blockDim.x)
+    {
+        if (!flag[t]) continue;
+        int slot = 0;
+        for (int t2 = 0; t2 < t; t2++) slot += flag[t2];
+        stage_or(out, t >> 3, 1u << (t & 7));
+        double l = inf_d(), h = -inf_d();
+        for (int c = 0; c < hd; c++) { const double v = x[t * hd + c]; l = fmin(l, v); h = fmax(h, v); }
+        const u16 sb = f16_saturated(__dsub_rn(h, l) / 15.0), mb = f16_saturated(l);
+        stage_f16(out, param + 2 * (hd + slot), sb);
+        stage_f16(out, param + 2 * (hd + s + slot), mb);
+        const double scale = f16_to_f64(sb), mn = f16_to_f64(mb);
+        for (int c = 0; c < hd; c++)
+        {
+            const int q = scale > 0.0 ? (int)clamp_d(rint(__dsub_rn((double)x[t * hd + c], mn) / scale), 0.0, 15.0) : 0;
+            stage_or(out, second + slot * hd / 2 + (c >> 1), (unsigned)q << (4 * (c & 1)));
+        }
+    }
+    const unsigned pow3[5] = { 1u, 3u, 9u, 27u, 81u };
+    for (int c = threadIdx.x; c < hd; c += blockDim.x)
+    {
+        double sum = 0.0;
+        for (int t = 0; t < n; t++) if (!flag[t]) sum = __dadd_rn(sum, fabs((double)x[t * hd + c]));
+        const u16 sb = f16_saturated(n > sc ? sum / (n - sc) : 0.0);
+        stage_f16(out, param + 2 * c, sb);
+        const double scale = f16_to_f64(sb);
+        for (int t = 0; t < n; t++)
+        {
+            const int trit = flag[t] || !(scale > 0.0) ? 0 : (int)clamp_d(rint((double)x[t * hd + c] / scale), -1.0, 1.0);
+            const int e = t * hd + c;
+            stage_add(out, first + e / 5, (unsigned)(trit + 1) * pow3[e % 5]);
+        }
+    }
+}
+
+// The vidkv press on the device: per head (grid y) its first selected[head] blocks (grid x; each full, of `tokens`
+// tokens: the host checks) are decoded (BlockCodec.Decode's arithmetic) and re-encoded as VidKV key and value blocks in
+// place; the descriptor takes the VidKV formats. basis: the real-DFT basis of `tokens` tokens (float64, [tokens, tokens],
+// RealFourierBasis.Double). k_*/v_*: the VidKV layouts' area offsets and byte sizes. Shared memory
+// (CudaPagedKernels.VidKvEncodeSharedBytes): 2 · max(hd, tokens) doubles, max(hd, tokens) flags, the block's rows
+// [tokens, hd] floats, then the staging words of the larger VidKV block.
+extern "C" __global__ void __launch_bounds__(256) paged_vidkv_encode(u8* pool, uint4* desc, const int* selected, const double* basis,
+    int max_blocks, int tokens, int hd, int vg, int outliers, int salient, int k_first, int k_second, int k_param, int k_bytes, int v_first,
+    int v_second, int v_param, int v_bytes)
+{
+    const int head = blockIdx.y, b = blockIdx.x;
+    if (b >= selected[head]) return; // uniform over the block
+    uint4* dp = desc + (long)head * max_blocks + b;
+    const uint4 e = *dp;
+    const int n = desc_count(e), wide = max(hd, tokens);
+    extern __shared__ double vid_smem[];
+    double* d0 = vid_smem;
+    double* d1 = d0 + wide;
+    int* flag = reinterpret_cast<int*>(d1 + wide);
+    float* x = reinterpret_cast<float*>(flag + wide);
+    unsigned* out = reinterpret_cast<unsigned*>(x + tokens * hd);
+    const int words = (max(k_bytes, v_bytes) + 3) / 4;
+    for (int role = 0; role < 2; role++)
+    {
+        const bool keys = role == 0;
+        u8* block = pool + (size_t)(keys ? e.x : e.y) * 16;
+        const int f = keys ? desc_kfmt(e) : desc_vfmt(e);
+        for (int i = threadIdx.x; i < n * hd; i += blockDim.x) x[i] = decode_element(block, f, keys, i / hd, i % hd, tokens, hd, vg);
+        for (int i = threadIdx.x; i < words; i += blockDim.x) out[i] = 0u;
+        __syncthreads();
+        if (keys) vid_encode_keys(x, n, hd, outliers, basis, k_first, k_second, k_param, out, d0, d1, flag);
+        else vid_encode_values(x, n, hd, salient, v_first, v_second, v_param, out, d0, d1, flag);
+        __syncthreads();
+        unsigned* dst = reinterpret_cast<unsigned*>(block);
+        for (int i = threadIdx.x; i < ((keys ? k_bytes : v_bytes) + 3) / 4; i += blockDim.x) dst[i] = out[i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) dp->z = desc_meta(n, KV_VIDKV_KEY, KV_VIDKV_VALUE);
 }

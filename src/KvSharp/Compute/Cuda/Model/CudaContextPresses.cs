@@ -15,16 +15,16 @@ namespace KvSharp.Compute.Cuda.Model;
 /// on the host): SnapKV, DBudgetKV, TOVA and R-KV (<see cref="CudaWindowPress"/>), H2O and the ZipVL scorer
 /// (<see cref="CudaH2oPress"/>), KVzip (<see cref="CudaKvzipPress"/>), KV-Compress (<see cref="CudaKvCompressPress"/>), key-norm, StreamingLLM and random
 /// (<see cref="CudaAttentionFreePress"/>); the quantization presses KIVI, KVTuner, MiKV, ZipVL and LeanKV as device
-/// re-quantization (<see cref="CudaQuantizationPress"/>); KVCrush over any of those scorers (<see cref="CudaKvCrushPress"/>);
+/// re-quantization (<see cref="CudaQuantizationPress"/>); VidKV (<see cref="CudaVidKvPress"/>); KVCrush over any of those scorers (<see cref="CudaKvCrushPress"/>);
 /// and sequences of those (<see cref="CudaSequencePress"/>).
 /// </summary>
 public static class CudaContextPresses
 {
     /// <summary>The scorers the device runs, for messages.</summary>
-    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, kvcompress, keynorm, streamingllm and random";
+    public const string DeviceScorers = "snapkv, dbudgetkv, tova, rkv, h2o, zipvl, kvzip, kvzip+, kvcompress, keynorm, streamingllm and random";
 
     /// <summary>The device press of <paramref name="press"/>.</summary>
-    /// <exception cref="KvSharpException">The press does not run on the device (the message names it and says why), or is KVzip+.</exception>
+    /// <exception cref="KvSharpException">The press does not run on the device (the message names it and says why).</exception>
     public static ICudaContextPress From(IKvPress press)
     {
         ArgumentNullException.ThrowIfNull(press);
@@ -61,8 +61,8 @@ public static class CudaContextPresses
                 RefuseVidKv(press, leanKv.Important, leanKv.Less);
                 return new CudaQuantizationPress(leanKv, Scoring(press, leanKv.Scorer, Unused), input =>
                     ([.. Enumerable.Range(0, input.Positions.Length).Select(h => leanKv.Tiers(input.Scores![h], input.First[h]))], leanKv.Formats));
-            case VidKvPress:
-                throw new KvSharpException($"press {press.Text} does not run on the GPU: the device does not encode VidKV blocks (its DFT-sign keys and salient-token values; it reads uploaded ones in attention only); use --device cpu");
+            case VidKvPress vidKv:
+                return new CudaVidKvPress(vidKv);
         }
         throw new KvSharpException($"press {press.Text} does not run on the GPU: the device presses a prefilled context with {DeviceScorers} " +
             "under any budget (e.g. snapkv+pyramid:keep=0.3), kvcrush over them, the quantization presses kivi, kvtuner, mikv, zipvl and leankv, and sequences of those; use --device cpu for the others");
@@ -79,8 +79,6 @@ public static class CudaContextPresses
         RkvScorer rkv => new CudaWindowPress(rkv, budget),
         H2oScorer h2o => new CudaH2oPress(h2o, budget),
         ZipVlScorer zipVl => new CudaH2oPress(zipVl, budget),
-        KvzipScorer { Plus: true } =>
-            throw new KvSharpException($"press {press.Text}: KVzip+ does not run on the GPU (its value weights are computed from a CPU cache); use kvzip without plus, or --device cpu"),
         KvzipScorer kvzip => new CudaKvzipPress(kvzip, budget),
         KvCompressScorer kvCompress => new CudaKvCompressPress(kvCompress, budget),
         _ when CudaAttentionFreePress.Scores(scorer) => new CudaAttentionFreePress(scorer, budget),
@@ -103,8 +101,10 @@ public static class CudaContextPresses
                 throw new KvSharpException($"press {sequence.Text} does not run on the GPU: one of its presses is refused ({e.Message})", e);
             }
             if (presses.Count > 0 && device.NeedsFreshPrefill)
-                throw new KvSharpException($"press {sequence.Text} does not run on the GPU: {stage.Text} scores a fresh prefill of the context (attention statistics collected while it goes in, or KVzip's runs over it), " +
-                    "so on the device it can only be a sequence's first press; put it first, or use --device cpu");
+                throw new KvSharpException($"press {sequence.Text} does not run on the GPU: {stage.Text} scores a fresh prefill of the context (attention statistics collected while it goes in, or KVzip's runs over it) " +
+                    "or encodes its whole blocks (VidKV), so on the device it can only be a sequence's first press; put it first, or use --device cpu");
+            if (presses.Count > 0 && presses[^1] is CudaVidKvPress)
+                throw new KvSharpException($"press {sequence.Text} does not run on the GPU: the device neither evicts nor re-quantizes the VidKV blocks {presses[^1].Text} leaves, so no press can follow it; use --device cpu");
             presses.Add(device);
         }
         return new CudaSequencePress(presses);
@@ -114,7 +114,7 @@ public static class CudaContextPresses
     private static void RefuseVidKv(IKvPress press, params FormatPair[] pairs)
     {
         foreach (var pair in pairs.Where(p => p.Keys.IsVidKv() || p.Values.IsVidKv()))
-            throw new KvSharpException($"press {press.Text} does not run on the GPU: the device does not encode {pair} blocks (it reads uploaded VidKV blocks in attention only); use --device cpu");
+            throw new KvSharpException($"press {press.Text} does not run on the GPU: the device encodes VidKV blocks for the vidkv press alone (a fresh prefill's whole blocks), not as a tier's {pair}; use --device cpu");
     }
 
     /// <summary>KVTuner: every token of layer l in the layer's pair (one tier per distinct pair).</summary>

@@ -16,16 +16,17 @@ namespace KvSharp.Compute.Cuda.Model;
 /// their maxima on the device and the run is dropped by restoring a checkpoint (<see cref="CudaPagedKvCache.Restore"/>),
 /// so the next run sees the context alone. The scores are read back once; the budget (the CPU's <see cref="IBudget"/>
 /// code) and each head's top-k (<see cref="TopK.KeepMask"/>) choose on the host, and the eviction runs on the device.
+/// KVzip+ (<see cref="KvzipScorer.Plus"/>) weighs each probability by ‖W_o^h v_t‖ / ‖x_q‖ as <c>KvzipPlusRun</c> does: the
+/// value norms come from the device cache and the device's output projection once per scoring
+/// (<see cref="CudaPagedKvCache.KvzipPlusValueNorms"/>), the row norms from each run's layer inputs.
 /// </summary>
 public sealed class CudaKvzipPress : ICudaScoredPress
 {
-    /// <summary>KVzip scored with <paramref name="scorer"/>'s chunk, kept by <paramref name="budget"/>.</summary>
-    /// <exception cref="KvSharpException">KVzip+ (its value norms come from the CPU cache), which the device does not run.</exception>
+    /// <summary>KVzip (or KVzip+) scored with <paramref name="scorer"/>'s chunk, kept by <paramref name="budget"/>.</summary>
     public CudaKvzipPress(KvzipScorer scorer, IBudget budget)
     {
         ArgumentNullException.ThrowIfNull(scorer);
         ArgumentNullException.ThrowIfNull(budget);
-        if (scorer.Plus) throw new KvSharpException($"{scorer.Text}: KVzip+ does not run on the GPU (its value weights are computed from a CPU cache); use kvzip without plus, or the CPU");
         Scorer = scorer;
         Budget = budget;
     }
@@ -49,8 +50,8 @@ public sealed class CudaKvzipPress : ICudaScoredPress
     /// <summary>
     /// KVzip's score of every stored token of <paramref name="cache"/> (a fresh prefill of <paramref name="tokens"/> at
     /// batch 1: storage index = position), per head [layer, KV head]: the maximum over its chunk's repeat run queries and
-    /// the group's query heads of the probability it gets; tokens before <paramref name="protectedPrefix"/> score 0.
-    /// The cache is left as it was.
+    /// the group's query heads of the probability it gets (KVzip+: times ‖W_o^h v_t‖ / ‖x_q‖); tokens before
+    /// <paramref name="protectedPrefix"/> score 0. The cache is left as it was.
     /// </summary>
     /// <exception cref="KvSharpException">The cache is not a fresh prefill of the tokens, or has no room after them for a run.</exception>
     public HeadScores Score(CudaTransformer model, CudaPagedKvCache cache, IReadOnlyList<int> tokens, ITokenizer tokenizer, IChatTemplate? template,
@@ -61,7 +62,7 @@ public sealed class CudaKvzipPress : ICudaScoredPress
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(tokenizer);
         int length = tokens.Count;
-        CudaPressSelection.CheckFresh("kvzip", cache, tokens, protectedPrefix);
+        CudaPressSelection.CheckFresh(Scorer.Plus ? "kvzip+" : "kvzip", cache, tokens, protectedPrefix);
         var suffix = tokenizer.Encode(KvzipScorer.TurnSuffix(template), addSpecial: false);
         var first = tokenizer.Encode(KvzipScorer.FirstPrompt, addSpecial: false);
         var next = tokenizer.Encode(KvzipScorer.NextPrompt, addSpecial: false);
@@ -73,6 +74,8 @@ public sealed class CudaKvzipPress : ICudaScoredPress
         int maxTokens = cache.MaxBlocks * cache.BlockTokens;
         using var scores = cache.Device.Allocate((long)cache.HeadCount * maxTokens * sizeof(float));
         scores.Fill32(0);
+        // KVzip+'s value weights depend on the stored values only: once for every run.
+        using var valueNorms = Scorer.Plus ? cache.KvzipPlusValueNorms(model, length) : null;
         using (var context = cache.Save())
             for (int start = protectedPrefix; start < length; start += chunk)
             {
@@ -80,7 +83,9 @@ public sealed class CudaKvzipPress : ICudaScoredPress
                 int from = Math.Max(protectedPrefix, start - KvzipScorer.OverlapTokens);
                 int[] request = start == protectedPrefix ? first : [.. next, .. tokens.Skip(from).Take(start - from)];
                 int[] run = [.. request, .. suffix, .. tokens.Skip(start).Take(end - start)];
-                cache.BeginStatistics(new AttentionStatisticsRequest(length, GroupFold.Max));
+                var statistics = new AttentionStatisticsRequest(length, GroupFold.Max);
+                if (valueNorms != null) cache.BeginWeightedStatistics(statistics, valueNorms, length);
+                else cache.BeginStatistics(statistics);
                 try
                 {
                     model.Forward(run, cache);

@@ -224,7 +224,7 @@ public sealed partial class CudaPagedKvCache
         // its row is counted. Presses observe through Forward calls (SnapKV's window, H2O's prefill chunks).
         if (a.Batch)
             throw new KvSharpException("attention statistics on the GPU are collected by Forward calls, not inside captured graph decode (the captured launches would outlive the collection)");
-        EnqueueStatistics(a.Layer, a.Q, a.PartMl, a.Plan.Splits, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence);
+        EnqueueStatistics(a.Layer, a.Q, a.PartMl, a.Plan.Splits, a.Rows, Math.Max(0, request.FirstQueryPosition - LengthOf(a.Sequence)), a.Sequence, a.Hidden);
     }
 
     /// <summary>
@@ -232,9 +232,10 @@ public sealed partial class CudaPagedKvCache
     /// heads' storage (row t sees all but the last rows-1-t stored tokens), right after the attention launch over them that
     /// left each row's per-split (max, sum) in <paramref name="partMl"/> ([rows, heads, <paramref name="splits"/>]); rows
     /// before <paramref name="firstCounted"/> are not counted. Does nothing when no collection is in progress. The heads
-    /// are <paramref name="sequence"/>'s.
+    /// are <paramref name="sequence"/>'s; <paramref name="hidden"/> is the rows' layer input [rows, hidden size] (0 when not
+    /// known), which a KVzip+ collection weighs by.
     /// </summary>
-    private void EnqueueStatistics(int layer, ulong q, ulong partMl, int splits, int rows, int firstCounted, int sequence)
+    private void EnqueueStatistics(int layer, ulong q, ulong partMl, int splits, int rows, int firstCounted, int sequence, ulong hidden = 0)
     {
         if (_statistics is not { } request || _statMax == null || _statSum == null || _covered == null) return;
         var c = Config;
@@ -244,6 +245,7 @@ public sealed partial class CudaPagedKvCache
         var target = new CudaPagedKernels.StatsTarget(_pool.Pointer, desc, blocks, tokens, _covered.Pointer + (ulong)(head0 * sizeof(int)),
             _statMax.Pointer + (ulong)(head0 * maxTokens * sizeof(float)), _statSum.Pointer + (ulong)(head0 * maxTokens * sizeof(float)),
             MaxBlocks, maxTokens, BlockTokens, ValueGroup);
+        target = Weighted(target, layer, hidden, rows);
         // A head stores at most the positions appended before this call, and covers at most what it stores.
         _kernels.Statistics(q, partMl, splits, target, rows, firstCounted, request.Fold == GroupFold.Mean ? 1 : 0, c.NumHeads, c.NumKvHeads, c.HeadDim,
             Math.Min(LengthOf(sequence), maxTokens));
@@ -289,7 +291,7 @@ public sealed partial class CudaPagedKvCache
     {
         _statistics = null;
         _coverEachForward = false;
-        foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
-        (_statMax, _statSum, _covered) = (null, null, null);
+        foreach (var b in new[] { _statMax, _statSum, _covered, _rowNorms }) b?.Dispose();
+        (_statMax, _statSum, _covered, _rowNorms, _valueNorms) = (null, null, null, null, null);
     }
 }

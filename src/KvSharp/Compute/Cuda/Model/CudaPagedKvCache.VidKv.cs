@@ -8,8 +8,10 @@ namespace KvSharp.Compute.Cuda.Model;
 /// VidKV blocks in the device cache (docs/cuda.md): an uploaded CPU cache may hold <see cref="KvFormat.VidKvKey"/> key blocks
 /// and <see cref="KvFormat.VidKvValue"/> value blocks (the vidkv press) among blocks of other formats. They are copied byte
 /// for byte and read by the VidKV attention kernel (<see cref="PagedAttentionKernel.VidKv"/>), which the cache then uses for
-/// every layer. What the device does not do with them yet is refused with a message saying so: encoding new VidKV blocks
-/// (VidKV options), eviction, re-quantization and attention statistics over a cache holding them.
+/// every layer. <see cref="EncodeVidKv"/> encodes them on the device (the vidkv press: each head's oldest whole blocks
+/// re-encoded in place, byte for byte as the CPU codec). What the device does not do with them is refused with a message
+/// saying so: VidKV formats for a new cache's appends, eviction, re-quantization and attention statistics over a cache
+/// holding them.
 /// </summary>
 public sealed partial class CudaPagedKvCache
 {
@@ -45,6 +47,62 @@ public sealed partial class CudaPagedKvCache
 
         static int Same(int held, int value, string what, string where) => held < 0 || held == value ? value
             : throw new KvSharpException(VidKvRefusal($"{where} holds VidKV blocks with {value} {what}, others have {held}: the device reads one setting per cache"));
+    }
+
+    /// <summary>
+    /// The vidkv press on the device (<c>VidKvPress.Compress</c>): per head, the oldest ⌊(n − <paramref name="residual"/>)/B⌋
+    /// blocks of its n stored tokens (B = the block tokens) are decoded and re-encoded as VidKV blocks of
+    /// <paramref name="keys"/> / <paramref name="values"/> (<c>VidKvPress.Layouts</c>) in place, by <c>VidKvCodec.Encode</c>'s
+    /// arithmetic (float64 statistics, f16 parameters: the same bytes as the CPU encoder from the same decoded rows); the
+    /// cache then attends through the VidKV kernel and appends in its own formats. Those blocks must be full blocks ahead of
+    /// the residual (a fresh prefill's, or an uploaded CPU prefill's), each at least as large as its VidKV encoding (formats
+    /// of 4 bits or more at the usual geometries). Returns the number of blocks encoded.
+    /// </summary>
+    /// <exception cref="KvSharpException">The cache already holds VidKV blocks, a block to encode is partial or smaller than its VidKV
+    /// encoding, or the layouts do not fit the cache's geometry.</exception>
+    /// <exception cref="InvalidOperationException">Statistics are being collected.</exception>
+    public int EncodeVidKv(BlockLayout keys, BlockLayout values, int residual)
+    {
+        if (_statistics != null) throw new InvalidOperationException("cannot encode VidKV blocks while attention statistics are being collected");
+        if (keys.Format != KvFormat.VidKvKey || values.Format != KvFormat.VidKvValue)
+            throw new ArgumentException($"VidKV key and value layouts expected, got {keys.Format} / {values.Format}");
+        if (keys.Tokens != BlockTokens || values.Tokens != BlockTokens || keys.HeadDim != Config.HeadDim || values.HeadDim != Config.HeadDim)
+            throw new KvSharpException($"vidkv: layouts of {keys.Tokens} x {keys.HeadDim} for a cache of {BlockTokens}-token blocks of {Config.HeadDim} channels");
+        ArgumentOutOfRangeException.ThrowIfNegative(residual);
+        RefuseVidKv("encoding VidKV blocks again");
+        int shared = CudaPagedKernels.VidKvEncodeSharedBytes(keys, values);
+        if (shared > 200 * 1024) throw new KvSharpException($"vidkv on the GPU encodes a block in shared memory: {BlockTokens}-token blocks of {Config.HeadDim} channels need {shared} bytes, more than 200 KB");
+        var (desc, blocks, tokens) = DownloadTables();
+        var selected = new int[HeadCount];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            selected[h] = Math.Max(0, tokens[h] - residual) / BlockTokens;
+            for (int b = 0; b < selected[h]; b++)
+            {
+                var e = Descriptor(desc, h, b);
+                if (b >= blocks[h] - 1 || e.Count != BlockTokens)
+                    throw new KvSharpException($"vidkv on the GPU encodes whole blocks ahead of the residual: head {h}'s block {b} holds {(b >= blocks[h] - 1 ? "the residual" : $"{e.Count} tokens")} (a freshly prefilled cache has full blocks; press it first)");
+                int oldKeys = LayoutOf(e.KeyFormat, true).ByteSize, oldValues = LayoutOf(e.ValueFormat, false).ByteSize;
+                if (oldKeys < keys.ByteSize || oldValues < values.ByteSize)
+                    throw new KvSharpException($"vidkv on the GPU encodes blocks in place: a {e.KeyFormat} / {e.ValueFormat} block pair ({oldKeys} / {oldValues} bytes) is smaller than its VidKV encoding ({keys.ByteSize} / {values.ByteSize} bytes); use a cache of 4 bits or more");
+            }
+        }
+        int most = selected.Max();
+        if (most == 0) return 0;
+        using var deviceSelected = Device.Allocate(HeadCount * sizeof(int));
+        deviceSelected.Upload<int>(selected);
+        var basis = RealFourierBasis.Double(BlockTokens);
+        using var deviceBasis = Device.Allocate(basis.Length * sizeof(double));
+        deviceBasis.Upload<double>(basis);
+        _kernels.VidKvEncode(_pool.Pointer, _desc.Pointer, deviceSelected.Pointer, deviceBasis.Pointer, HeadCount, most, MaxBlocks, ValueGroup, keys, values);
+        Device.Synchronize();
+        _vidOutliers = keys.GroupSize;
+        _vidSalient = values.GroupSize;
+        NoteFormats(KvFormat.VidKvKey, KvFormat.VidKvValue);
+        _layoutVersion++; // the blocks' bytes changed: older checkpoints are void
+        EnableVidKv();
+        Resync();
+        return selected.Sum();
     }
 
     /// <summary>Uploads the real-DFT bases of every length up to the block tokens and switches to the VidKV kernel.</summary>

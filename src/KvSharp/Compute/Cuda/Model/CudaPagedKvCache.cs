@@ -126,9 +126,9 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         return keyFormat.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
     }
 
-    /// <summary>The message of the refusal of what the device does not do with VidKV blocks (it reads uploaded ones in attention; docs/cuda.md).</summary>
+    /// <summary>The message of the refusal of what the device does not do with VidKV blocks (it reads them in attention and encodes them for the vidkv press; docs/cuda.md).</summary>
     private static string VidKvRefusal(string what) =>
-        $"the CUDA paged KV cache does not support VidKV for {what} (the device reads uploaded VidKV blocks in attention only); use another format on the GPU or the CPU cache";
+        $"the CUDA paged KV cache does not support VidKV for {what} (the device reads VidKV blocks in attention and encodes them for the vidkv press only); use another format on the GPU or the CPU cache";
 
     /// <summary>
     /// The decode attention kernel (all are checked). By default the tensor-core one where it applies (head dimension 128,

@@ -129,6 +129,9 @@ public sealed class CudaTransformer : IDisposable
 
     internal CudaKernels Kernels => _kernels;
 
+    /// <summary>The output projection W_o [hidden, heads · head dim] of <paramref name="layer"/> on the device (KVzip+'s value weights).</summary>
+    internal DeviceMatrix AttnOutput(int layer) => _layers[layer].AttnOutput;
+
     /// <summary>
     /// Layer 0's matrices and the output head with the kernel mode decode uses for each and the norm fused into it
     /// (0 for none), for kernel benchmarks.
@@ -432,7 +435,7 @@ public sealed class CudaTransformer : IDisposable
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default));
+                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer));
             MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {

@@ -107,12 +107,14 @@ public abstract class DeviceKvCache : IDisposable
 /// <paramref name="Batch"/> one token of each sequence; <paramref name="Flash"/> asks for the tensor-core prefill attention;
 /// <paramref name="Appended"/> says the QKV product already wrote the rotated queries to Q and appended the keys and values
 /// (<see cref="DeviceKvCache.EnqueueFusedQkv"/>), leaving only the attention; <paramref name="Prefetch"/> names the weights
-/// the kernels after the attention read, which the decode attention asks L2 for while it runs (none for the prefill one).
+/// the kernels after the attention read, which the decode attention asks L2 for while it runs (none for the prefill one);
+/// <paramref name="Hidden"/> is the rows' layer input [rows, hidden size] (the residual stream before the attention norm),
+/// which KVzip+'s statistics weigh by.
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
     int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
-    bool Appended = false, L2Prefetch Prefetch = default);
+    bool Appended = false, L2Prefetch Prefetch = default, ulong Hidden = 0);
 
 /// <summary>
 /// One decode row's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of

@@ -206,10 +206,12 @@ internal sealed class CudaKernels : IDisposable
     /// the chunk from the position itself, and only the split count is planned. <paramref name="RingBytes"/>: each warp's
     /// staging ring in the paged cache's pipelined kernel (0: the default, CudaPagedKernels.PipelineRingBytes);
     /// <paramref name="Formats"/>: the block formats (a bit per KvFormat) its format-specialized build reads (0: the
-    /// generic build, every format); <paramref name="Units"/>: the pipelined kernel's grid blocks per query row when planned
-    /// as one wave (its chunk then picked per layer by the kernel, at most Chunk; 0: Splits per KV head, each Chunk blocks).
+    /// generic build, every format); <paramref name="Units"/>: the pipelined kernel's grid blocks of one wave, shared by all
+    /// query rows, when planned in waves (its chunk then picked per layer by the kernel, at most Chunk; 0: Splits per row
+    /// and KV head); <paramref name="Waves"/>: how many such waves the grid has.
     /// </summary>
-    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0, int Units = 0);
+    public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0, int Units = 0,
+        int Waves = 1);
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;

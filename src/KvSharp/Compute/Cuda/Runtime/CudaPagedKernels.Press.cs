@@ -16,9 +16,13 @@ internal sealed partial class CudaPagedKernels
     public static int StatsSharedBytes(int headDim) =>
         4 * (headDim * StatsTokenTile + StatsQueryTile + 8 * StatsTokenTile + Math.Max(headDim * StatsQueryTile, StatsQueryTile * (StatsTokenTile + 1)));
 
-    /// <summary>Where one layer's statistics launch reads and writes (device addresses).</summary>
+    /// <summary>
+    /// Where one layer's statistics launch reads and writes (device addresses). KVzip+ sets <paramref name="ValueNorms"/>
+    /// (the layer's ‖W_o^h v_t‖, [heads, <paramref name="ValueNormStride"/>]) and <paramref name="RowNorms"/> (‖x‖ of each row's layer input):
+    /// each probability is weighted by their ratio before the fold.
+    /// </summary>
     public readonly record struct StatsTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Covered, ulong Max, ulong Sum,
-        int MaxBlocks, int MaxTokens, int BlockTokens, int ValueGroup);
+        int MaxBlocks, int MaxTokens, int BlockTokens, int ValueGroup, ulong ValueNorms = 0, int ValueNormStride = 0, ulong RowNorms = 0);
 
     private bool _statsShared;
 
@@ -45,7 +49,8 @@ internal sealed partial class CudaPagedKernels
         var grid = new Dim3((uint)((maxCovered + StatsTokenTile - 1) / StatsTokenTile), (uint)kvHeads);
         f.Launch(grid, 256, shared, q, s.Pool, s.Desc, s.HeadBlocks, s.HeadTokens, s.Covered, partMl, s.Max, s.Sum,
             Arg.Int(rows), Arg.Int(firstCounted), Arg.Int(fold), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
-            Arg.Int(s.BlockTokens), Arg.Int(s.ValueGroup), Arg.Int(s.MaxBlocks), Arg.Int(s.MaxTokens), Arg.Int(splits), Arg.Float(1f / MathF.Sqrt(headDim)));
+            Arg.Int(s.BlockTokens), Arg.Int(s.ValueGroup), Arg.Int(s.MaxBlocks), Arg.Int(s.MaxTokens), Arg.Int(splits), Arg.Float(1f / MathF.Sqrt(headDim)),
+            s.ValueNorms, Arg.Int(s.ValueNormStride), s.RowNorms);
     }
 
     /// <summary>Per head: the covered tokens' summed statistics pooled along the stored tokens (SnapKV), +∞ past them, into scores [heads, maxTokens].</summary>

@@ -218,41 +218,57 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
-    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; per query row one
-    /// wave of grid blocks (the blocks resident per multiprocessor with those rings × multiprocessors / rows, at least one
-    /// per KV head), whose units the kernel hands to the layer's heads with a chunk it picks per layer from the heads' block
-    /// counts (paged_attention_tc.cu, <c>wave_split</c>). The plan's Splits is the partial results' stride per head (a head
-    /// takes at most every unit of its row) and Chunk the descriptors' room: at least the kernel's largest choice for any
-    /// layer of heads of at most <paramref name="blocks"/> blocks.
+    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; one wave of grid
+    /// blocks (the blocks resident per multiprocessor with those rings × multiprocessors) shared by every row, or whole
+    /// waves of them (<see cref="WaveUnits"/>), whose units the kernel hands to the layer's (row, head) pairs with a chunk
+    /// it picks per layer from their block counts (paged_attention_tc.cu, <c>wave_split</c>).
     /// </summary>
     private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
         int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
-        var (units, chunk) = WaveUnits(blocks, (long)perSm * _device.MultiprocessorCount / rows, kvHeads);
-        if (group * units > ring)
-            throw new CudaException("paged attention", $"{units} splits of {group} heads do not fit the merge's weights in the rings");
-        return new CudaKernels.AttentionPlan(chunk, units, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats, Units: units);
+        int wave = perSm * _device.MultiprocessorCount;
+        var (units, splits, chunk) = WaveUnits(blocks, wave, rows, kvHeads);
+        if (group * splits > ring)
+            throw new CudaException("paged attention", $"{splits} splits of {group} heads do not fit the merge's weights in the rings");
+        return new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats,
+            Units: wave, Waves: units / wave);
     }
 
     /// <summary>
-    /// Grid blocks per query row of the pipelined kernel and the most blocks per split it may pick (its descriptors' room)
-    /// for heads of at most <paramref name="blocks"/> blocks: one <paramref name="wave"/> of units (at least one per KV head),
-    /// and the chunk that fits any layer into them (c = ceil(kvHeads · blocks / (units − kvHeads)): each head's partial split
-    /// wastes less than one unit). Where that is more than <see cref="PipelinedMaxChunkBlocks"/>, the units grow until
-    /// that many blocks per split fit (more than a wave: at 8 × 128K tokens).
+    /// The pipelined kernel's grid for <paramref name="rows"/> rows of <paramref name="kvHeads"/> heads of at most
+    /// <paramref name="blocks"/> blocks: Units, whole <paramref name="wave"/>s of grid blocks shared by all rows (one, unless
+    /// the pairs of row and head outnumber it or the descriptors' room needs more); Splits, the partial results' stride
+    /// per head (Units / rows); Chunk, the most blocks per split the kernel may pick (its descriptors' room). The kernel's
+    /// chunk is at most the smaller of ceil(longest / (Units / pairs)) and ceil(Σ blocks / (Units − pairs)) and at least
+    /// ceil(longest / Splits), so the room is the largest of those over layers of heads up to <paramref name="blocks"/>.
+    /// Where that is more than <see cref="PipelinedMaxChunkBlocks"/>, the units grow (whole waves) until that many blocks
+    /// per split fit (at 8 × 128K tokens).
     /// </summary>
-    public static (int Units, int Chunk) WaveUnits(long blocks, long wave, int kvHeads)
+    public static (int Units, int Splits, int Chunk) WaveUnits(long blocks, long wave, int rows, int kvHeads)
     {
         blocks = Math.Max(1, blocks);
-        long units = Math.Max(kvHeads, wave);
-        long chunk = units > kvHeads ? (kvHeads * blocks + units - kvHeads - 1) / (units - kvHeads) : blocks;
-        if (chunk > PipelinedMaxChunkBlocks)
+        wave = Math.Max(1, wave);
+        rows = Math.Max(1, rows);
+        long pairs = (long)rows * kvHeads;
+        long units = Waves(pairs);
+        long room = Room(units);
+        if (room > PipelinedMaxChunkBlocks)
         {
-            chunk = PipelinedMaxChunkBlocks;
-            units = Math.Max(units, kvHeads * ((blocks + chunk - 1) / chunk));
+            units = Math.Max(units, Waves(pairs * ((blocks + PipelinedMaxChunkBlocks - 1) / PipelinedMaxChunkBlocks)));
+            room = Math.Min(PipelinedMaxChunkBlocks, Room(units));
         }
-        return ((int)units, (int)Math.Max(1, chunk));
+        return ((int)units, (int)(units / rows), (int)Math.Max(1, room));
+
+        long Waves(long least) => Math.Max(1, (least + wave - 1) / wave) * wave;
+
+        long Room(long u)
+        {
+            long perPair = u / pairs, splits = u / rows;
+            long fit = (blocks + perPair - 1) / perPair;
+            if (u > pairs) fit = Math.Min(fit, (pairs * blocks + u - pairs - 1) / (u - pairs));
+            return Math.Max(fit, (blocks + splits - 1) / splits);
+        }
     }
 
     /// <summary>
@@ -330,8 +346,9 @@ internal sealed partial class CudaPagedKernels
                 throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
             if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
-            // One unit per grid block, numbered along x then y (wave_split): a planned launch's Units, else Splits per KV head.
-            var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, 1, (uint)rows) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
+            // One unit per grid block, numbered along x, y, then z (wave_split): a planned launch's waves of Units, else Splits
+            // per row and KV head.
+            var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
             Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
