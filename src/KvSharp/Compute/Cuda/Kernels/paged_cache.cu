@@ -383,8 +383,8 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 // residual) exactly as paged_rope_append does. No block reads the tables after it has counted itself, so the last block
 // is alone with them. Every write is done when the grid ends, so the attention after it (griddepcontrol.wait) sees them.
 // The tables and the residual rows are read with ld.global.cg: the epilogue runs after the trigger, with the attention's
-// grid resident on the same SMs; with plain loads a stress check failed 2 of 23 processes, with these none of 44 (H100;
-// docs/benchmarks.md, issue 7, "Races in the fused append").
+// grid resident on the same SMs. The last block's threads each read the residual's descriptor, and a barrier keeps
+// those reads before thread 0's store of its new count (docs/benchmarks.md, issue 7, "Races in the fused append").
 struct PagedQkvAppend
 {
     float* q_out;
@@ -432,7 +432,13 @@ struct PagedQkvAppend
         if (!last) return;
         __threadfence(); // the other blocks' rows before this block reads the residual
         const int nb = __ldcg(a.head_blocks + kh);
-        residual_advance(a, kh, nb, __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1));
+        const uint4 r = __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1);
+        // Every thread holds the residual's descriptor before thread 0 rewrites its count (residual_advance). Without this
+        // barrier a warp that loaded it after that store took the next count, and at the step before a fill entered
+        // residual_full without thread 0 (which had returned), so reserve_pair's shared slot was never written and the
+        // warp encoded the residual at whatever pool offset the slot's shared memory held: issue 7's fault.
+        __syncthreads();
+        residual_advance(a, kh, nb, r);
     }
 };
 
