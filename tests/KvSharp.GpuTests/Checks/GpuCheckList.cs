@@ -27,6 +27,7 @@ public static class GpuCheckList
         ("vidkv press: VidKV blocks encoded on the device = the CPU codec byte for byte", VidKvChecks.EncodeMatchesCpu),
         ("paged: transformer over the paged cache", PagedChecks.TransformerMatchesCpu),
         ("paged: append fused into the QKV product = separate append", PagedChecks.FusedAppendMatchesUnfused),
+        ("paged: stress, residual fills in the fused append under the pipelined attention = CPU engine", AppendStressChecks.FillsMatchCpu),
         ("paged: append fused into the QKV product reports a full pool", PagedChecks.FusedAppendReportsFullPool),
         ("cache files: a loaded cache continues on the device", CacheFileChecks.LoadedCacheDecodesOnDevice),
         ("cache files: a device cache read back = its blocks and positions", CacheFileChecks.DownloadedCacheMatchesDevice),

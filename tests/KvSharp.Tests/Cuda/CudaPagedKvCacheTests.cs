@@ -16,6 +16,7 @@ public class CudaPagedKvCacheTests
     [CudaFact] public void TransformerOverPagedCacheMatchesCpu() => PagedChecks.TransformerMatchesCpu();
     [CudaFact] public void AppendFusedIntoQkvMatchesSeparateAppend() => PagedChecks.FusedAppendMatchesUnfused();
     [CudaFact] public void AppendFusedIntoQkvReportsAFullPool() => PagedChecks.FusedAppendReportsFullPool();
+    [CudaFact] public void ResidualFillsUnderPipelinedAttentionMatchCpu() => AppendStressChecks.FillsMatchCpu();
     [CudaFact] public void BatchAttentionMatchesEachSequence() => PagedBatchChecks.Attention();
     [CudaFact] public void BatchDecodeMatchesEachSequenceAlone() => PagedBatchChecks.Decode();
     [CudaFact] public void SnapKvOnOneSequenceOfABatchMatchesCpu() => PagedBatchChecks.SnapKvOneSequence();

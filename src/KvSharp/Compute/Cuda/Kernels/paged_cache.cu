@@ -239,7 +239,9 @@ struct AppendTarget
 
 __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
 {
-    const int nb = a.head_blocks[head];
+    // Table words and residual rows are read from L2 (ld.global.cg): other blocks of this grid wrote the rows, and an L1
+    // line of them left by another grid on this SM (issue 7: docs/benchmarks.md, "Races in the fused append") would be stale.
+    const int nb = __ldcg(a.head_blocks + head);
     if (nb >= a.max_blocks)
     {
         if (threadIdx.x == 0) atomicExch(a.error, 2);
@@ -264,7 +266,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
                 for (int k = 0; k < 8; k++)
                 {
                     const int i = base + k * (int)blockDim.x + (int)threadIdx.x;
-                    if (i < n4) v[k] = src[m][i];
+                    if (i < n4) v[k] = __ldcg(src[m] + i);
                 }
 #pragma unroll
                 for (int k = 0; k < 8; k++)
@@ -282,6 +284,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
     if (threadIdx.x == 0)
     {
         d[nb] = make_uint4(r.x, r.y, desc_meta(0, KV_F32, KV_F32), r.w + (unsigned)a.tokens);
+        __threadfence(); // both descriptors before the count that covers them, for any reader on another SM
         a.head_blocks[head] = nb + 1;
     }
     __syncthreads();
@@ -379,6 +382,9 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 // filled the residual, encodes it with all its threads (residual_full: fresh pool slots, the descriptor, an empty
 // residual) exactly as paged_rope_append does. No block reads the tables after it has counted itself, so the last block
 // is alone with them. Every write is done when the grid ends, so the attention after it (griddepcontrol.wait) sees them.
+// The tables and the residual rows are read with ld.global.cg: the epilogue runs after the trigger, with the attention's
+// grid resident on the same SMs. The last block's threads each read the residual's descriptor, and a barrier keeps
+// those reads before thread 0's store of its new count (docs/benchmarks.md, issue 7, "Races in the fused append").
 struct PagedQkvAppend
 {
     float* q_out;
@@ -400,7 +406,8 @@ struct PagedQkvAppend
         else
         {
             const int kh = value ? head - heads - kv_heads : head - heads;
-            const uint4 r = a.desc[(long)kh * a.max_blocks + a.head_blocks[kh] - 1];
+            // From L2: an L1 line of the tables (every layer's block counts share one) may predate the last fill.
+            const uint4 r = __ldcg(a.desc + (long)kh * a.max_blocks + __ldcg(a.head_blocks + kh) - 1);
             dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? r.y : r.x) * 16) + (long)desc_count(r) * hd;
         }
         dst[i0] = y0;
@@ -412,6 +419,7 @@ struct PagedQkvAppend
         if (head < heads) return; // uniform over the block: a block's 8 warps own pairs of one head
         const int kh = (head - heads) % kv_heads;
         __shared__ int last;
+        __threadfence(); // each writing thread's own fence: thread 0's alone orders the others' rows only by cumulativity
         __syncthreads(); // every warp's rows are written
         if (threadIdx.x == 0)
         {
@@ -423,8 +431,14 @@ struct PagedQkvAppend
         __syncthreads();
         if (!last) return;
         __threadfence(); // the other blocks' rows before this block reads the residual
-        const int nb = a.head_blocks[kh];
-        residual_advance(a, kh, nb, a.desc[(long)kh * a.max_blocks + nb - 1]);
+        const int nb = __ldcg(a.head_blocks + kh);
+        const uint4 r = __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1);
+        // Every thread holds the residual's descriptor before thread 0 rewrites its count (residual_advance). Without this
+        // barrier a warp that loaded it after that store took the next count, and at the step before a fill entered
+        // residual_full without thread 0 (which had returned), so reserve_pair's shared slot was never written and the
+        // warp encoded the residual at whatever pool offset the slot's shared memory held: issue 7's fault.
+        __syncthreads();
+        residual_advance(a, kh, nb, r);
     }
 };
 
