@@ -120,14 +120,14 @@ def key_query(f, qh, ql, sw, mw):
             else: B = [(mw[l][2 * s], mw[l][2 * s + 1]) for l in range(32)]
             mma(d[s & 1], A, B)
             if f == BIN: mma(d[s & 1], A, [(hneg2(sw[l][2 * s]), hneg2(sw[l][2 * s + 1])) for l in range(32)])
-        bias = [f32(f32(d[0][l][0] + d[1][l][0]) + f32(d[0][l][2] + d[1][l][2])) for l in range(32)]
+        bias = [(f32(d[0][l][0] + d[1][l][0]), f32(d[0][l][2] + d[1][l][2])) for l in range(32)]  # hi and lo rows (bh, bl)
         nh = [[0] * 16 for _ in range(32)]; nl = [[0] * 16 for _ in range(32)]
         for l in range(32):
             for r in range(16):
                 s_ = hmul2(sw[l][r], 0x40004000) if f == BIN else sw[l][r]
                 nh[l][r], nl[l][r] = scaled_pair(qh[l][r], ql[l][r], s_)
     else:
-        bias = [0.0] * 32; nh = qh; nl = ql
+        bias = [(0.0, 0.0)] * 32; nh = qh; nl = ql
     ah = [[0] * 16 for _ in range(32)]; al = [[0] * 16 for _ in range(32)]
     S = key_step(f)
     for l in range(32):
@@ -195,14 +195,14 @@ def scores(f, blk, n, tokens, qhs, qls, G):
             g, tig = l >> 2, l & 3
             b = key_fragments(f, key_words(f, blk, min(8 * u + g, n - 1) * ROW, tig))
             B.append(b)
-        d = [[0.0] * 4 for _ in range(32)]; e = [[0.0] * 4 for _ in range(32)]
-        for k in range(0, 8, 2):
+        # pipe_scores: the tile's accumulators start from the bias rows (in fragment units), one chain of 8 mma
+        d = [[f32(bias[l][0] / key_unit(f)), f32(bias[l][0] / key_unit(f)), f32(bias[l][1] / key_unit(f)), f32(bias[l][1] / key_unit(f))] for l in range(32)]
+        for k in range(8):
             mma(d, [(ah[l][2 * k], al[l][2 * k], ah[l][2 * k + 1], al[l][2 * k + 1]) for l in range(32)], [(B[l][2 * k], B[l][2 * k + 1]) for l in range(32)])
-            mma(e, [(ah[l][2 * k + 2], al[l][2 * k + 2], ah[l][2 * k + 3], al[l][2 * k + 3]) for l in range(32)], [(B[l][2 * k + 2], B[l][2 * k + 3]) for l in range(32)])
         for l in range(32):
             tk = 8 * u + 2 * (l & 3)
-            if tk < n: s[l][u][0] = f32(f32(f32(d[l][0] + e[l][0]) + f32(d[l][2] + e[l][2])) * key_unit(f) + bias[l])
-            if tk + 1 < n: s[l][u][1] = f32(f32(f32(d[l][1] + e[l][1]) + f32(d[l][3] + e[l][3])) * key_unit(f) + bias[l])
+            if tk < n: s[l][u][0] = f32(f32(d[l][0] + d[l][2]) * key_unit(f))
+            if tk + 1 < n: s[l][u][1] = f32(f32(d[l][1] + d[l][3]) * key_unit(f))
     return s
 
 def value_piece(BITS, blk, row, k, gid):
@@ -229,6 +229,10 @@ def row_params(blk, p, row, gpr):
     if gpr == 4: return (u32(blk, p + row * 8), u32(blk, p + row * 8 + 4))
     if gpr == 2: return (u32(blk, p + row * 4), 0)
     return (u16(blk, p + row * 2), 0)
+def row_pair_params(blk, p, row, gpr):  # rows row (even) and row + 1 in one 16-, 8- or 4-byte load (full blocks)
+    if gpr == 4: x = [u32(blk, p + row * 8 + 4 * i) for i in range(4)]; return (x[0], x[1]), (x[2], x[3])
+    if gpr == 2: x = [u32(blk, p + row * 4 + 4 * i) for i in range(2)]; return (x[0], 0), (x[1], 0)
+    x = u32(blk, p + row * 2); return (x & 0xffff, 0), (x >> 16, 0)
 def chunk_param(x, k, gpr):
     g = k if gpr == 4 else k >> 1 if gpr == 2 else 0
     w = x[1] if g >= 2 else x[0]; return h2f(w >> (16 * (g & 1)))
@@ -251,11 +255,16 @@ def values(f, blk, n, tokens, p, VG, G):
         for l in range(32):
             gid, tig = l >> 2, l & 3
             piece = []; sh = []; mh = []; pv = []
+            full = n == 32 and tokens == 32  # pipe_values<..., FULL>: token pairs' parameters in one load
             for u in range(4):
                 row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
                 piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
-                sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
-                mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
+                if full and (u & 1) == 0:
+                    sh += list(row_pair_params(blk, scales, row, gpr)) if quant(f) else [(0, 0)] * 2
+                    mh += list(row_pair_params(blk, mins, row, gpr)) if nparams(f) == 2 else [(0, 0)] * 2
+                elif not full:
+                    sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
+                    mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
                 pv.append(p[l][2 * h + (u >> 1)][u & 1])
             c = 256.0 if f == FP8 else 2.0 if f == BIN else 1.0
             P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
@@ -281,9 +290,17 @@ def values(f, blk, n, tokens, p, VG, G):
             for l in range(32):
                 piece, sh, mh, pv, P = L[l]
                 a0, a1, a2, a3 = P
-                if quant(f):
+                if quant(f) and G == 8:
                     a0, a1 = scaled_pair(P[0], P[1], chunk_param_pair(sh[0], sh[1], k, gpr))
                     a2, a3 = scaled_pair(P[2], P[3], chunk_param_pair(sh[2], sh[3], k, gpr))
+                elif quant(f):
+                    # step_side + side_scaled: the lane's own part x (hi, or lo where its column is a lo one), z = hi or 0
+                    lo = ((l >> 2) & G) != 0
+                    for i, s_ in ((0, chunk_param_pair(sh[0], sh[1], k, gpr)), (2, chunk_param_pair(sh[2], sh[3], k, gpr))):
+                        x, z = (P[i + 1], P[i]) if lo else (P[i], 0)
+                        r = hfma2(x, s_, hfma2(z, s_, hneg2(hmul2(z, s_))))
+                        if lo: a1, a3 = (r, a3) if i == 0 else (a1, r)
+                        else: a0, a2 = (r, a2) if i == 0 else (a0, r)
                 Ps.append((a0, a1, a2, a3))
                 VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
             for j in range(2):

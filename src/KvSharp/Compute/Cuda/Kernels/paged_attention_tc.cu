@@ -131,14 +131,17 @@ __device__ __forceinline__ void prefetch_float_l1(const u8* p, int f, int n, int
 
 // Two codes c·2^K (K: the field's bit position, c·2^K < 1024), the bits of x under mask (within bits 0..9 and 16..25),
 // as the f16x2 (c, c'): OR-ed under 1024's exponent they read 1024 + c·2^K exactly, and one FMA by (2^-K, -2^(10-K))
-// leaves c. Mask and exponent go in one lop3 ((x & mask) | 0x64006400, the exponent word in a register).
+// leaves c. Mask and exponent go in one lop3 ((x & mask) | 0x64006400, the exponent word in a register). For K = 0 the
+// FMA is an add of -1024 (the same exact result): its constant is an immediate, where an FMA's factor needs a register,
+// which the compiler rebuilt in every block (2-3 instructions a factor).
 template <int K>
 __device__ __forceinline__ unsigned code_pair(unsigned x, unsigned mask = 0xffffffffu)
 {
     constexpr unsigned S = (15u - K) << 10, O = 0x8000u | ((25u - K) << 10);
     unsigned y, r;
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "r"(mask), "r"(0x64006400u));
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(y), "r"(S | (S << 16)), "r"(O | (O << 16)));
+    if constexpr (K == 0) asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(y), "r"(O | (O << 16)));
+    else asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(y), "r"(S | (S << 16)), "r"(O | (O << 16)));
     return r;
 }
 
@@ -162,14 +165,15 @@ __device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? 256
 // The query A fragments of a key block of format F (what both tensor-core kernels build per block). qh/ql: the head's
 // query (pre-scaled) as hi + lo f16x2 in natural pairs (word j = lane elements 2j, 2j + 1); sw/mw: the block's f16
 // scale/min words of the same elements (quantized formats). Per-channel steps are folded in with packed f16 products
-// (scaled_pair), Σ q·min (returned) is one more run of 8 mma with the mins as B (every column the same; rows gid and
-// gid + 8 carry hi and lo, so d[0] + d[2] is the head's sum, no shuffles), and the pairs are then permuted into the
-// format's fragment order (key_low_channel: elements c and c + key_step<F>() share a register). Warp-uniform.
+// (scaled_pair), Σ q·min is one more run of 8 mma with the mins as B (every column the same; rows gid and gid + 8 carry
+// hi and lo: bh and bl are their sums, bh + bl the head's, no shuffles; 0 for float formats), and the pairs are then
+// permuted into the format's fragment order (key_low_channel: elements c and c + key_step<F>() share a register).
+// Warp-uniform.
 template <int F>
-__device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsigned (&ql)[16], const unsigned (&sw)[16], const unsigned (&mw)[16],
-    unsigned (&ah)[16], unsigned (&al)[16])
+__device__ __forceinline__ void key_query(const unsigned (&qh)[16], const unsigned (&ql)[16], const unsigned (&sw)[16], const unsigned (&mw)[16],
+    unsigned (&ah)[16], unsigned (&al)[16], float& bh, float& bl)
 {
-    float bias = 0.0f;
+    bh = bl = 0.0f;
     unsigned nh[16], nl[16];
     if constexpr (kv_quantized(F))
     {
@@ -183,7 +187,8 @@ __device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsig
             else mma_f16(d[s & 1], qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], mw[2 * s], mw[2 * s + 1]);
             if constexpr (F == KV_BINARY) mma_f16(d[s & 1], qh[2 * s], ql[2 * s], qh[2 * s + 1], ql[2 * s + 1], hneg2(sw[2 * s]), hneg2(sw[2 * s + 1]));
         }
-        bias = (d[0][0] + d[1][0]) + (d[0][2] + d[1][2]);
+        bh = d[0][0] + d[1][0];
+        bl = d[0][2] + d[1][2];
 #pragma unroll
         for (int r = 0; r < 16; r++) scaled_pair(qh[r], ql[r], F == KV_BINARY ? hmul2(sw[r], 0x40004000u) : sw[r], nh[r], nl[r]);
     }
@@ -206,7 +211,6 @@ __device__ __forceinline__ float key_query(const unsigned (&qh)[16], const unsig
             al[r] = prmt(nl[c >> 1], nl[(c >> 1) + S / 2], sel);
         }
     }
-    return bias;
 }
 
 // The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps.
@@ -310,7 +314,9 @@ __device__ __forceinline__ void tc_scores(const u8* kb, int n, int tokens, const
         load_words<16>(params + tig * 64, sw);
         if constexpr (kv_params(F) == 2) load_words<16>(params + HD * 2 + tig * 64, mw);
     }
-    const float bias = key_query<F>(qh, ql, sw, mw, ah, al);
+    float bh, bl;
+    key_query<F>(qh, ql, sw, mw, ah, al, bh, bl);
+    const float bias = bh + bl;
     for (int t0 = 0; t0 < n; t0 += 8 * NT)
     {
         if (t0 > 0)
@@ -852,10 +858,11 @@ __device__ __forceinline__ void key_words(const SharedSrc& src, int row, int tig
 
 // Query A fragments for a staged key block of format F (key_query): head gid's lane channels (key_channel order; rows past
 // the group repeat the group: row gid holds head gid mod G, whose probabilities the transposed P·V's lo columns take from
-// these lanes) as hi + lo pairs from the padded copies, the block's scales and mins from the ring; returns Σ q·min over
-// the head's channels (0 for float formats).
+// these lanes) as hi + lo pairs from the padded copies, the block's scales and mins from the ring; bh + bl = Σ q·min over
+// the head's channels (key_query: the hi and lo rows' parts; 0 for float formats).
 template <int G, int F>
-__device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&ah)[16], unsigned (&al)[16], int gid, int tig)
+__device__ __forceinline__ void pipe_query(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&ah)[16], unsigned (&al)[16], float& bh,
+    float& bl, int gid, int tig)
 {
     constexpr int BITS = kv_bits(F), HD = 128;
     const int g = gid & (G - 1);
@@ -883,17 +890,22 @@ __device__ __forceinline__ float pipe_query(const SharedSrc& kb, int tokens, con
             }
         }
     }
-    return key_query<F>(qh, ql, sw, mw, ah, al);
+    key_query<F>(qh, ql, sw, mw, ah, al, bh, bl);
 }
 
 // Scores (log2 units) of the n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token
-// 8u + 2·tig + e of head gid, -inf past n. Two accumulators per tile halve the chain of dependent mma.
+// 8u + 2·tig + e of head gid, -inf past n. Each tile's accumulators start from the bias's hi and lo rows (pipe_query;
+// in the fragments' units, key_unit), so a score is one add of its hi and lo rows: no bias adds, and one chain of 8
+// dependent mma per tile (the 4 tiles' chains are independent; two chains per tile cost 2 more adds a score).
 template <int G, int F>
 __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
     constexpr int ROW = 128 * kv_bits(F) / 8;
     unsigned qh[16], ql[16];
-    const float bias = pipe_query<G, F>(kb, tokens, qs, qh, ql, gid, tig);
+    float bh, bl;
+    pipe_query<G, F>(kb, tokens, qs, qh, ql, bh, bl, gid, tig);
+    bh *= 1.0f / key_unit<F>();
+    bl *= 1.0f / key_unit<F>();
 #pragma unroll
     for (int u = 0; u < 4; u++)
     {
@@ -902,16 +914,12 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
         unsigned w[kv_bits(F)], b[16];
         key_words<F>(kb, min(8 * u + gid, n - 1) * ROW, tig, w);
         key_fragments<F>(w, b);
-        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, e[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        float d[4] = { bh, bh, bl, bl };
 #pragma unroll
-        for (int k = 0; k < 8; k += 2)
-        {
-            mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
-            mma_f16(e, qh[2 * k + 2], ql[2 * k + 2], qh[2 * k + 3], ql[2 * k + 3], b[2 * k + 2], b[2 * k + 3]);
-        }
+        for (int k = 0; k < 8; k++) mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
         const int tk = 8 * u + 2 * tig;
-        if (tk < n) s[u][0] = ((d[0] + e[0]) + (d[2] + e[2])) * key_unit<F>() + bias;
-        if (tk + 1 < n) s[u][1] = ((d[1] + e[1]) + (d[3] + e[3])) * key_unit<F>() + bias;
+        if (tk < n) s[u][0] = (d[0] + d[2]) * key_unit<F>();
+        if (tk + 1 < n) s[u][1] = (d[1] + d[3]) * key_unit<F>();
     }
 }
 
@@ -1026,16 +1034,57 @@ __device__ __forceinline__ uint2 row_params_src(const SharedSrc& src, int p, int
     return make_uint2(src.u16(p + row * 2), 0u);
 }
 
+// row_params_src of the even row `row` and of row + 1 (both visible), GPR groups a row: one 16-, 8- or 4-byte load.
+__device__ __forceinline__ void row_pair_params(const SharedSrc& src, int p, int row, int gpr, uint2& a, uint2& b)
+{
+    if (gpr == 4)
+    {
+        const uint4 x = src.v4(p + row * 8);
+        a = make_uint2(x.x, x.y);
+        b = make_uint2(x.z, x.w);
+    }
+    else if (gpr == 2)
+    {
+        const uint2 x = src.v2(p + row * 4);
+        a = make_uint2(x.x, 0u);
+        b = make_uint2(x.y, 0u);
+    }
+    else
+    {
+        const unsigned x = src.u32(p + row * 2);
+        a = make_uint2(x & 0xffffu, 0u);
+        b = make_uint2(x >> 16, 0u);
+    }
+}
+
+// The one part of a step's probabilities that a lane's B column takes (G <= 4: hi, or lo where `lo`), in a form that
+// scales to that part alone: x = the part's own pair (hi or lo), z = the hi pair where the lane takes lo, else 0.
+struct StepSide
+{
+    unsigned x01, z01, x89, z89;
+};
+
+__device__ __forceinline__ StepSide step_side(const StepProbs& P, bool lo)
+{
+    return { lo ? P.l01 : P.h01, lo ? P.h01 : 0u, lo ? P.l89 : P.h89, lo ? P.h89 : 0u };
+}
+
+// The part of scaled_pair(xh, xl, s) that a step_side lane takes, in scaled_pair's 3 instructions and with its roundings:
+// rn(x·s + (z·s − rn(z·s))), which is rn(xh·s) = hi where z = 0 and rn(xl·s + (xh·s − hi)) = lo where z = xh (the
+// residual of a rounded product is exact in one fma). Computing both parts and selecting one cost 2 more a pair.
+__device__ __forceinline__ unsigned side_scaled(unsigned x, unsigned z, unsigned s) { return hfma2(x, s, hfma2(z, s, hneg2(hmul2(z, s)))); }
+
 // O^T += V^T·P^T of chunk k of one 16-token step (the pipelined kernel, transposed): A = the chunk's value fragments, two
 // channel tiles per mma (tile i's b0/b1 hold channel 32k + 4·gid + i of tokens 0-7 / 8-15: rows gid and gid + 8 of
-// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_scaled of column gid (hi or lo, see column_hi).
+// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_scaled of column gid (hi or lo, see
+// column_hi): for G = 8 both parts (two mma), else the lane's part from Q = step_side(P, lo) alone.
 template <int G, int F>
-__device__ __forceinline__ void value_chunk_t(const StepProbs& P, const uint2 (&sh)[4], int k, int gpr,
-    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4], bool lo)
+__device__ __forceinline__ void value_chunk_t(const StepProbs& P, const StepSide& Q, const uint2 (&sh)[4], int k, int gpr,
+    const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4])
 {
-    const StepProbs a = chunk_scaled<F>(P, sh, k, gpr);
     if constexpr (G == 8)
     {
+        const StepProbs a = chunk_scaled<F>(P, sh, k, gpr);
 #pragma unroll
         for (int j = 0; j < 2; j++)
         {
@@ -1045,7 +1094,12 @@ __device__ __forceinline__ void value_chunk_t(const StepProbs& P, const uint2 (&
     }
     else
     {
-        const unsigned c01 = lo ? a.l01 : a.h01, c89 = lo ? a.l89 : a.h89;
+        unsigned c01 = Q.x01, c89 = Q.x89;
+        if constexpr (kv_quantized(F))
+        {
+            c01 = side_scaled(Q.x01, Q.z01, chunk_param_pair(sh[0], sh[1], k, gpr));
+            c89 = side_scaled(Q.x89, Q.z89, chunk_param_pair(sh[2], sh[3], k, gpr));
+        }
 #pragma unroll
         for (int j = 0; j < 2; j++) mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], c01, c89);
     }
@@ -1087,7 +1141,8 @@ __device__ __forceinline__ void pipe_min_terms(const StepProbs& U, const uint2 (
 // o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
 // past n); md += Σ p·min per chunk k's group and column (pipe_min_terms; VG channels a group: a compile-time constant). As
 // tc_values, one 16-token step at a time (the codes are in shared memory), into the transposed accumulators (value_chunk_t).
-template <int G, int F, int VG>
+// FULL: a full block of 32 tokens (n = tokens = 32).
+template <int G, int F, int VG, bool FULL>
 __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
     float (&o)[8][4], float (&md)[4])
 {
@@ -1118,6 +1173,9 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
                 pairs[2 * x][0] = r[0]; pairs[2 * x][1] = r[1]; pairs[2 * x + 1][0] = r[2]; pairs[2 * x + 1][1] = r[3];
             }
         }
+        // A full block (FULL: n = tokens = 32) reads the parameters of the lane's token pairs 2·tig, 2·tig + 1 and
+        // 2·tig + 8, 2·tig + 9 in one load each (adjacent rows: 16, 8 or 4 bytes, aligned); other blocks read them row by
+        // row, clamped to the last visible row (the rows past it may hold any bits; an odd token count misaligns the mins).
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
@@ -1127,12 +1185,21 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
                 for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (kv_quantized(F))
             {
-                sh[u] = row_params_src(vb, scales, row, gpr);
-                if constexpr (kv_params(F) == 2) mh[u] = row_params_src(vb, mins, row, gpr);
+                if constexpr (!FULL)
+                {
+                    sh[u] = row_params_src(vb, scales, row, gpr);
+                    if constexpr (kv_params(F) == 2) mh[u] = row_params_src(vb, mins, row, gpr);
+                }
+                else if ((u & 1) == 0)
+                {
+                    row_pair_params(vb, scales, row, gpr, sh[u], sh[u + 1]);
+                    if constexpr (kv_params(F) == 2) row_pair_params(vb, mins, row, gpr, mh[u], mh[u + 1]);
+                }
             }
             pv[u] = p[2 * h + (u >> 1)][u & 1];
         }
         const StepProbs P = step_probs<F>(pv);
+        const StepSide Q = step_side(P, lo);
         if constexpr (kv_quantized(F)) pipe_min_terms<G, F, gpr>(F == KV_BINARY ? step_probs<KV_INT8>(pv) : P, sh, mh, gid, lo, md);
 #pragma unroll
         for (int k = 0; k < 4; k++)
@@ -1148,7 +1215,7 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
                 value_fragments<F>(piece[0][k], piece[1][k], b0);
                 value_fragments<F>(piece[2][k], piece[3][k], b1);
             }
-            value_chunk_t<G, F>(P, sh, k, gpr, b0, b1, o, lo);
+            value_chunk_t<G, F>(P, Q, sh, k, gpr, b0, b1, o);
         }
     }
 }
@@ -1302,10 +1369,11 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
 // gridDim.z units serve every row (the planner: one wave of resident blocks, gridDim.x, or gridDim.y waves of them where
 // the descriptors' room needs more), so a batch's rows of unequal lengths (KVzip per sequence) share the wave instead of
 // each row splitting its own fixed part of it. The kernel picks one chunk per layer from the pairs' block counts (every
-// warp alike, after pdl_wait): the smallest c with Σ_pairs max(1, ceil(blocks / c)) <= U, found by bisection between
-// ceil(Σ blocks / U) and the smaller of two chunks that always fit, ceil(Σ blocks / (U − pairs)) (each pair's partial
-// split wastes less than a unit) and ceil(longest / (U / pairs)); at least ceil(longest / splits) (`splits`: the partial
-// results' stride per head) and at most chunk_blocks (the descriptors' room; the planner keeps the choice within it).
+// warp alike, after pdl_wait): with several rows, the smallest c with Σ_pairs max(1, ceil(blocks / c)) <= U, found by
+// bisection between ceil(Σ blocks / U) and the smaller of two chunks that always fit, ceil(Σ blocks / (U − pairs)) (each
+// pair's partial split wastes less than a unit) and ceil(longest / (U / pairs)), with one row that smaller bound itself;
+// at least ceil(longest / splits) (`splits`: the partial results' stride per head) and at most chunk_blocks (the
+// descriptors' room; the planner keeps the choice within it).
 // With several waves the target is the fewest whole waves that chunk_blocks allows (a chunk filling every unit of three
 // waves where two sufficed cost 8% at 8 × 128K). Live units come first in launch order, pairs row by row.
 struct WaveSplit
@@ -1369,7 +1437,9 @@ __device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const in
         target = min(units, ceil_div(fewest, wave) * wave);
         hi = chunk_blocks;
     }
-    int lo = max(ceil_div(total, target), least);
+    // One row's heads keep the bound (the search's probes cost more than its balance gains there: KVzip 0.3 at 32K, batch
+    // 1, 0.7% slower a step on an H100); a batch's rows and several waves search.
+    int lo = pairs > kv_heads || gridDim.y > 1 ? max(ceil_div(total, target), least) : hi;
     while (lo < hi) // hi fits the target; the smallest c that fits is in [lo, hi]
     {
         const int mid = (lo + hi) >> 1;
@@ -1533,22 +1603,32 @@ __device__ __forceinline__ void paged_attention_pipe(
         const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
         float s[4][2];
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
-        // Full blocks (most) take copies with n a constant: no per-tile bounds or row clamps.
-#define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, tokens, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+        // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
+        // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
+#define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
         KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
-        if (ks) // the keys are done: their ring space goes to the next entries
+        // The keys are done: their ring space goes to the next entries. Where the ring holds two such blocks (INT2 blocks
+        // of KIVI-2, 1.5 + 1.5 KB, in 8 KB rings), the next entries are issued once a block, after its values: each call
+        // that issues ends in a pass that finds no room (a desc load, ring_start and the checks), and the next blocks'
+        // bytes are still requested a block or more ahead of their use (at ~5 us a block a warp); on an H100, KIVI-2 at
+        // 8 x 32K 1.9% faster a step. Larger blocks (INT4 pairs of 5 KB; F16 in 16 KB rings: one block a ring) free the
+        // keys' space and issue at once.
+        const bool early = 2u * (ks + vs) > ring;
+        if (ks)
         {
             __syncwarp();
             st.freed_bytes = kat + ks;
             st.freed++;
-            pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
+            if (early) pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
         }
         pipe_softmax<G>(s, m, l, o, md, tig);
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
-#define PVALUES(F) if (n == 32) pipe_values<G, F, VG>(vsrc, 32, tokens, s, gid, tig, o, md); else pipe_values<G, F, VG>(vsrc, n, tokens, s, gid, tig, o, md)
+#define PVALUES(F) \
+    if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
+    else pipe_values<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
         KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
@@ -1558,8 +1638,8 @@ __device__ __forceinline__ void paged_attention_pipe(
             __syncwarp();
             st.freed_bytes = vat + vs;
             st.freed++;
-            pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
         }
+        if (vs || (ks && !early)) pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
     }
 
     pdl_trigger(); // the output product's blocks may start loading weights during the merges
