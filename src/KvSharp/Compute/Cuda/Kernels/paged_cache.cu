@@ -555,6 +555,40 @@ __device__ __forceinline__ float part_ml_lse(const float* part_ml, int t, int h,
     return l > 0.0f ? m + logf(l) : neg_inf();
 }
 
+// Stages one head's stored tokens [i0, i0 + cnt) (cnt <= TK; descriptors d, nb blocks) as a channel-major tile
+// tile[hd][TK] of keys (KEYS) or values, zeros past cnt: each tile token's block found by a binary search over the
+// descriptors' ascending first-token indices into tile_block[TK], then every element decoded (BlockCodec.Decode's
+// arithmetic). Called by every thread of the block; no barrier after the tile's stores.
+template <int TK, bool KEYS>
+__device__ __forceinline__ void stage_tile(const u8* pool, const uint4* d, int nb, int i0, int cnt, int tokens, int hd, int vg,
+    int* tile_block, float* tile)
+{
+    if (threadIdx.x < cnt)
+    {
+        const int i = i0 + threadIdx.x;
+        int lo = 0, hi = nb - 1;
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) / 2;
+            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
+        }
+        tile_block[threadIdx.x] = lo;
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < hd * TK; x += blockDim.x)
+    {
+        const int j = x % TK, c = x / TK;
+        float v = 0.0f;
+        if (j < cnt)
+        {
+            const uint4 e = d[tile_block[j]];
+            v = KEYS ? decode_element(pool + (size_t)e.x * 16, desc_kfmt(e), true, i0 + j - (int)e.w, c, tokens, hd, vg)
+                     : decode_element(pool + (size_t)e.y * 16, desc_vfmt(e), false, i0 + j - (int)e.w, c, tokens, hd, vg);
+        }
+        tile[x] = v;
+    }
+}
+
 constexpr int STATS_TK = 64, STATS_TQ = 64, STATS_THREADS = 256, STATS_MAX_HD = 256;
 
 // Shared memory of one statistics block (CudaPagedKernels.StatsSharedBytes): the keys [hd][STATS_TK], the query tile's
@@ -582,32 +616,7 @@ extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumula
     const int i0 = blockIdx.x * STATS_TK;
     if (i0 >= cov || first_counted >= rows) return; // uniform over the block
     const int cnt = min(STATS_TK, cov - i0);
-    const uint4* d = desc + (long)kvh * max_blocks;
-    const int nb = head_blocks[kvh];
-    // Each tile token's block (descriptors start at ascending storage indices): a binary search per token.
-    if (threadIdx.x < cnt)
-    {
-        const int i = i0 + threadIdx.x;
-        int lo = 0, hi = nb - 1;
-        while (lo < hi)
-        {
-            const int mid = (lo + hi + 1) / 2;
-            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
-        }
-        tile_block[threadIdx.x] = lo;
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < hd * STATS_TK; x += blockDim.x)
-    {
-        const int j = x % STATS_TK, c = x / STATS_TK;
-        float v = 0.0f;
-        if (j < cnt)
-        {
-            const uint4 e = d[tile_block[j]];
-            v = decode_element(pool + (size_t)e.x * 16, desc_kfmt(e), true, i0 + j - (int)e.w, c, tokens, hd, vg);
-        }
-        kt[x] = v;
-    }
+    stage_tile<STATS_TK, true>(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, cnt, tokens, hd, vg, tile_block, kt);
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int rows_per_tile = STATS_TQ / group, qn = rows_per_tile * group;
     // Fold layout: thread owns token fj of the tile and every 4th row of the query tile from fp.
@@ -784,31 +793,7 @@ extern "C" __global__ void __launch_bounds__(256) press_value_norms(const u8* po
     const int n = min(count, head_tokens[kvh]);
     if (i0 >= n) return; // uniform over the block
     const int cnt = min(VN_TK, n - i0);
-    const uint4* d = desc + (long)kvh * max_blocks;
-    const int nb = head_blocks[kvh];
-    if (threadIdx.x < cnt)
-    {
-        const int i = i0 + threadIdx.x;
-        int lo = 0, hi = nb - 1;
-        while (lo < hi)
-        {
-            const int mid = (lo + hi + 1) / 2;
-            if ((int)d[mid].w <= i) lo = mid; else hi = mid - 1;
-        }
-        tile_block[threadIdx.x] = lo;
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < hd * VN_TK; x += blockDim.x)
-    {
-        const int j = x % VN_TK, c = x / VN_TK;
-        float v = 0.0f;
-        if (j < cnt)
-        {
-            const uint4 e = d[tile_block[j]];
-            v = decode_element(pool + (size_t)e.y * 16, desc_vfmt(e), false, i0 + j - (int)e.w, c, tokens, hd, vg);
-        }
-        vt[x] = v;
-    }
+    stage_tile<VN_TK, false>(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, cnt, tokens, hd, vg, tile_block, vt);
     __syncthreads();
     const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
     for (int k = 0; k < group; k++)
