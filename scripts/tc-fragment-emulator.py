@@ -42,10 +42,13 @@ def code_pair(K, x, mask=M32):
     y = (x & mask) | 0x64006400
     S = (15 - K) << 10; O = 0x8000 | ((25 - K) << 10)
     return hfma2(y, S | (S << 16), O | (O << 16))
-def fp8_pair(y): return ((y >> 1) & 0x3f803f80) | (y & 0x80008000)
+def fp8_pair(y): return ((y >> 1) & 0x3f803f80) | (y & 0x80008000)  # older devices' path (value / 256), for the encoder's table
+# cvt.rn.f16x2.e4m3x2 (the sm_89+ path the kernel takes on Hopper): the code pair in the low 16 bits, byte 0 -> low half.
+def fp8_value(c): return h2f(fp8_pair(c << 8)) * 256.0 if (c & 0x7f) != 0x7f else float('nan')
+def cvt_e4m3x2(x): return mk(fp8_value(x & 0xff), fp8_value((x >> 8) & 0xff))
+def fp8_halves(x): return cvt_e4m3x2(x & 0xffff), cvt_e4m3x2(x >> 16)
 def key_low_channel(f, r): return 2 * r if bits(f) >= 8 else 8 * (r >> 2) + (r & 3) if f == INT4 else 16 * (r >> 3) + (r & 7) if bits(f) == 2 else r
 def key_step(f): return 1 if bits(f) >= 8 else 4 if f == INT4 else 8 if bits(f) == 2 else 16
-def key_unit(f): return 256.0 if f == FP8 else 1.0
 def key_channel(f, tig, i): return 8 * (4 * (i >> 3) + tig) + (i & 7) if f == F16 else 32 * tig + i
 def u32(b, o): return int.from_bytes(b[o:o + 4], 'little')
 def u16(b, o): return int.from_bytes(b[o:o + 2], 'little')
@@ -153,7 +156,7 @@ def key_fragments(f, w):
     b = [0] * 16
     if f == F16: return list(w[:16])
     if f == FP8:
-        for j in range(8): b[2 * j] = fp8_pair(prmt(w[j], 0, 0x1404)); b[2 * j + 1] = fp8_pair(prmt(w[j], 0, 0x3424))
+        for j in range(8): b[2 * j], b[2 * j + 1] = fp8_halves(w[j])
     elif f == INT8:
         for j in range(8): b[2 * j] = code_pair(0, prmt(w[j], 0, 0x4140)); b[2 * j + 1] = code_pair(0, prmt(w[j], 0, 0x4342))
     elif f == INT4:
@@ -195,14 +198,14 @@ def scores(f, blk, n, tokens, qhs, qls, G):
             g, tig = l >> 2, l & 3
             b = key_fragments(f, key_words(f, blk, min(8 * u + g, n - 1) * ROW, tig))
             B.append(b)
-        # pipe_scores: the tile's accumulators start from the bias rows (in fragment units), one chain of 8 mma
-        d = [[f32(bias[l][0] / key_unit(f)), f32(bias[l][0] / key_unit(f)), f32(bias[l][1] / key_unit(f)), f32(bias[l][1] / key_unit(f))] for l in range(32)]
+        # pipe_scores: the tile's accumulators start from the bias rows, one chain of 8 mma
+        d = [[f32(bias[l][0]), f32(bias[l][0]), f32(bias[l][1]), f32(bias[l][1])] for l in range(32)]
         for k in range(8):
             mma(d, [(ah[l][2 * k], al[l][2 * k], ah[l][2 * k + 1], al[l][2 * k + 1]) for l in range(32)], [(B[l][2 * k], B[l][2 * k + 1]) for l in range(32)])
         for l in range(32):
             tk = 8 * u + 2 * (l & 3)
-            if tk < n: s[l][u][0] = f32(f32(d[l][0] + d[l][2]) * key_unit(f))
-            if tk + 1 < n: s[l][u][1] = f32(f32(d[l][1] + d[l][3]) * key_unit(f))
+            if tk < n: s[l][u][0] = f32(d[l][0] + d[l][2])
+            if tk + 1 < n: s[l][u][1] = f32(d[l][1] + d[l][3])
     return s
 
 def value_piece(BITS, blk, row, k, gid):
@@ -214,7 +217,7 @@ def value_piece(BITS, blk, row, k, gid):
 
 def value_fragments(f, a, b):
     if f == F16: return [prmt(a[0], b[0], 0x5410), prmt(a[0], b[0], 0x7632), prmt(a[1], b[1], 0x5410), prmt(a[1], b[1], 0x7632)]
-    if f == FP8: return [fp8_pair(prmt(a[0], b[0], s)) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
+    if f == FP8: return [*fp8_halves(prmt(a[0], b[0], 0x5140)), *fp8_halves(prmt(a[0], b[0], 0x7362))]
     if f == INT8: return [code_pair(0, prmt(a[0], b[0], s), 0x00ff00ff) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
     if f == INT4:
         x = prmt(a[0], b[0], 0x5410); x8 = x >> 8
@@ -266,7 +269,7 @@ def values(f, blk, n, tokens, p, VG, G):
                     sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
                     mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
                 pv.append(p[l][2 * h + (u >> 1)][u & 1])
-            c = 256.0 if f == FP8 else 2.0 if f == BIN else 1.0
+            c = 2.0 if f == BIN else 1.0
             P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
             L.append((piece, sh, mh, pv, P))
         if quant(f):

@@ -9,9 +9,10 @@
 // a few integer operations per element: S = Q·Kᵀ with A = the group's queries (rows = heads) and B = 8 keys, then
 // O += P·V with A = the probabilities and B = 16 tokens × 8 channels. Codes enter the B operands as exact f16 integers
 // (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift),
-// FP8 E4M3 bits shifted into f16 (the value / 256), F16 as stored. The A operands carry the precision: each f32 value
-// x is split into hi + lo f16 (hi = x truncated to f16's 11 significant bits, lo = the rest rounded), hi in the A rows
-// of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
+// FP8 E4M3 pairs converted to f16x2 (one instruction a pair on sm_89+, exact: fp8_halves), F16 as stored. The A
+// operands carry the precision: each f32 value x is split into hi + lo f16 (hi = x truncated to f16's 11 significant
+// bits, lo = the rest rounded), hi in the A rows of the G heads and lo in rows 8..15, so one mma yields both partial
+// sums (≈22-bit operands, f32 sums).
 // Per-channel key parameters are folded into the query once per block (q·k = Σ q·min + Σ (q·step)·code); per-token
 // value parameters multiply the probabilities per 32-channel chunk (a chunk lies in one value group: groups of 32, 64
 // or 128 channels), and their min terms are summed on the side (the pipelined kernel: one more mma, pipe_min_terms).
@@ -145,8 +146,32 @@ __device__ __forceinline__ unsigned code_pair(unsigned x, unsigned mask = 0xffff
     return r;
 }
 
+// FP8 E4M3 fragments. sm_89+ converts a pair of codes (a 16-bit half of a register) to f16x2 in one instruction
+// (cvt.rn.f16x2.e4m3x2, SASS F2FP.F16.E4M3.UNPACK_B, which reads either half in place), exactly: E4M3 is a subset of
+// f16, and the NaN codes 0x7F/0xFF give NaN as the CPU decoder does (the encoder saturates; only NaN input makes them).
+// Older devices (NVRTC builds this file for the device it runs on) shift the bits into f16, 3-4 instructions a pair,
+// which gives the value / 256 (0x7F/0xFF: ±480); FP8_UNIT is then the factor the fragments' users fold back in.
+#if __CUDA_ARCH__ >= 890
+#define FP8_CVT 1
+constexpr float FP8_UNIT = 1.0f;
+#else
+#define FP8_CVT 0
+constexpr float FP8_UNIT = 256.0f;
+
 // Two FP8 E4M3 codes in bits 8..15 and 24..31 of y (other bits ignored) as f16x2 of their values / 256.
 __device__ __forceinline__ unsigned fp8_pair(unsigned y) { return ((y >> 1) & 0x3f803f80u) | (y & 0x80008000u); }
+#endif
+
+// The f16x2 fragments (in units of FP8_UNIT) of the code pairs in bytes 0, 1 (lo: byte 0 low, byte 1 high) and 2, 3 (hi) of x.
+__device__ __forceinline__ void fp8_halves(unsigned x, unsigned& lo, unsigned& hi)
+{
+#if FP8_CVT
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}" : "=r"(lo), "=r"(hi) : "r"(x));
+#else
+    lo = fp8_pair(prmt(x, 0u, 0x1404u));
+    hi = fp8_pair(prmt(x, 0u, 0x3424u));
+#endif
+}
 
 // Of the lane's 32 key channels, the one in the low half of fragment register r (0..15); the high half holds the
 // channel key_step<F>() above it. Register 2s is B's b0 of k-step s, 2s + 1 its b1 (and the query's a0/a2 likewise).
@@ -158,9 +183,9 @@ __device__ __forceinline__ constexpr int key_low_channel(int r)
 template <int F>
 __device__ __forceinline__ constexpr int key_step() { return kv_bits(F) >= 8 ? 1 : F == KV_INT4 ? 4 : kv_bits(F) == 2 ? 8 : 16; }
 
-// Factor between a key fragment and the element: FP8 fragments hold value / 256, the others the value (or its code).
+// Factor between a key fragment and the element: FP8 fragments hold value / FP8_UNIT, the others the value (or its code).
 template <int F>
-__device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? 256.0f : 1.0f; }
+__device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? FP8_UNIT : 1.0f; }
 
 // The query A fragments of a key block of format F (what both tensor-core kernels build per block). qh/ql: the head's
 // query (pre-scaled) as hi + lo f16x2 in natural pairs (word j = lane elements 2j, 2j + 1); sw/mw: the block's f16
@@ -225,7 +250,7 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
     else if constexpr (F == KV_FP8)
     {
 #pragma unroll
-        for (int j = 0; j < 8; j++) { b[2 * j] = fp8_pair(prmt(w[j], 0u, 0x1404u)); b[2 * j + 1] = fp8_pair(prmt(w[j], 0u, 0x3424u)); }
+        for (int j = 0; j < 8; j++) fp8_halves(w[j], b[2 * j], b[2 * j + 1]);
     }
     else if constexpr (F == KV_INT8)
     {
@@ -402,8 +427,14 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
     }
     else if constexpr (F == KV_FP8)
     {
+#if FP8_CVT
+        // Channel i's codes of tokens a and b side by side: pairs 0, 1 in one register, 2, 3 in another.
+        fp8_halves(prmt(a[0], b[0], 0x5140u), f[0], f[1]);
+        fp8_halves(prmt(a[0], b[0], 0x7362u), f[2], f[3]);
+#else
         f[0] = fp8_pair(prmt(a[0], b[0], 0x4400u)); f[1] = fp8_pair(prmt(a[0], b[0], 0x5511u));
         f[2] = fp8_pair(prmt(a[0], b[0], 0x6622u)); f[3] = fp8_pair(prmt(a[0], b[0], 0x7733u));
+#endif
     }
     else if constexpr (F == KV_INT8)
     {
@@ -449,7 +480,7 @@ __device__ __forceinline__ unsigned chunk_param_pair(uint2 a, uint2 b, int k, in
 }
 
 // The lane's probabilities of one 16-token step (tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9) split hi + lo into the
-// A operand's pairs once per step, with the format's constant folded in (FP8 fragments hold value / 256; binary
+// A operand's pairs once per step, with the format's constant folded in (FP8 fragments hold value / FP8_UNIT; binary
 // steps are 2·scale): exact powers of two.
 struct StepProbs
 {
@@ -459,7 +490,7 @@ struct StepProbs
 template <int F>
 __device__ __forceinline__ StepProbs step_probs(const float (&pv)[4])
 {
-    constexpr float c = F == KV_FP8 ? 256.0f : F == KV_BINARY ? 2.0f : 1.0f;
+    constexpr float c = F == KV_FP8 ? FP8_UNIT : F == KV_BINARY ? 2.0f : 1.0f;
     StepProbs r;
     split_f16x2(pv[0] * c, pv[1] * c, r.h01, r.l01);
     split_f16x2(pv[2] * c, pv[3] * c, r.h89, r.l89);
