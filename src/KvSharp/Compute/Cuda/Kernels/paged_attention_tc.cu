@@ -8,7 +8,8 @@
 // Scores and values go through mma.sync.m16n8k16 (f16 operands, f32 accumulation), so no block format costs more than
 // a few integer operations per element: S = Q·Kᵀ with A = the group's queries (rows = heads) and B = 8 keys, then
 // O += P·V with A = the probabilities and B = 16 tokens × 8 channels. Codes enter the B operands as exact f16 integers
-// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift),
+// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift; the
+// pipelined kernel reads the masked field as an exact f16 subnormal instead, code_frag),
 // FP8 E4M3 bits shifted into f16 (the value / 256), F16 as stored. The A operands carry the precision: each f32 value
 // x is split into hi + lo f16 (hi = x truncated to f16's 11 significant bits, lo = the rest rounded), hi in the A rows
 // of the G heads and lo in rows 8..15, so one mma yields both partial sums (≈22-bit operands, f32 sums).
