@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 # Emulation of the fragment arithmetic of src/KvSharp/Compute/Cuda/Kernels/paged_attention_tc.cu (the pipelined kernel's
 # per-block scores and P·V of one warp) on the CPU, for kernel work without a GPU: the helpers are ported line by line
-# (key_query, key_fragments, code_pair, value_fragments, value_chunk_t, pipe_add_output, the prmt selectors and masks), f16 rounding by
-# struct's IEEE half, mma.sync.m16n8k16 as exact sums over the documented fragment layout. Each case encodes a random
+# (key_query, key_fragments, code_frag, value_fragments, value_chunk_t, value_units, pipe_add_output, the prmt selectors and
+# masks), f16 rounding by struct's IEEE half (subnormals included), mma.sync.m16n8k16 as exact sums over the documented
+# fragment layout (the GPU self-checks show whether the tensor cores take the subnormal RAW codes as exactly). Each case encodes a random
 # 32-token key and value block (BlockLayout bytes), runs the emulated kernel and compares scores and outputs with float64
 # (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
 # reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
 #   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
 # P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1);
-# the value mins' sums one more mma per step (pipe_min_terms, branch gpulowbit).
+# the value mins' sums one more mma per step (pipe_min_terms, branch gpulowbit); codes as f16 subnormals masked in place
+# (code_frag RAW, branch gpucodes): the key steps take 2^(code_top - K), the value accumulators' units change per format
+# (value_exp, value_units; the mixed cases run a second value block of another format into the same accumulators).
 import struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
@@ -38,10 +41,12 @@ def trunc11(x): return struct.unpack('<f', struct.pack('<I', struct.unpack('<I',
 def split_f16x2(x0, x1):
     x0, x1 = f32(x0), f32(x1); h0, h1 = trunc11(x0), trunc11(x1)
     return mk(h0, h1), mk(f32(x0 - h0), f32(x1 - h1))
-def code_pair(K, x, mask=M32):
-    y = (x & mask) | 0x64006400
-    S = (15 - K) << 10; O = 0x8000 | ((25 - K) << 10)
-    return hfma2(y, S | (S << 16), O | (O << 16))
+def code_frag(K, x, mask=M32): return x & mask  # RAW: the field c·2^K read as the f16 subnormal c·2^(K-24)
+def code_shift(f, e): return 4 * (e & 1) if f == INT4 else 2 * (e & 3) if bits(f) == 2 else e & 7 if f == BIN else 0
+def code_top(f): return 4 if f == INT4 else 6 if bits(f) == 2 else 7 if f == BIN else 0
+def code_factor(f, r):
+    c = 15 + code_top(f) + (1 if f == BIN else 0)
+    return ((c - code_shift(f, 2 * r)) << 10) | ((c - code_shift(f, 2 * r + 1)) << 26)
 def fp8_pair(y): return ((y >> 1) & 0x3f803f80) | (y & 0x80008000)  # older devices' path (value / 256), for the encoder's table
 # cvt.rn.f16x2.e4m3x2 (the sm_89+ path the kernel takes on Hopper): the code pair in the low 16 bits, byte 0 -> low half.
 def fp8_value(c): return h2f(fp8_pair(c << 8)) * 256.0 if (c & 0x7f) != 0x7f else float('nan')
@@ -49,6 +54,7 @@ def cvt_e4m3x2(x): return mk(fp8_value(x & 0xff), fp8_value((x >> 8) & 0xff))
 def fp8_halves(x): return cvt_e4m3x2(x & 0xffff), cvt_e4m3x2(x >> 16)
 def key_low_channel(f, r): return 2 * r if bits(f) >= 8 else 8 * (r >> 2) + (r & 3) if f == INT4 else 16 * (r >> 3) + (r & 7) if bits(f) == 2 else r
 def key_step(f): return 1 if bits(f) >= 8 else 4 if f == INT4 else 8 if bits(f) == 2 else 16
+def key_unit(f): return float(1 << (24 - code_top(f))) if quant(f) else 1.0
 def key_channel(f, tig, i): return 8 * (4 * (i >> 3) + tig) + (i & 7) if f == F16 else 32 * tig + i
 def u32(b, o): return int.from_bytes(b[o:o + 4], 'little')
 def u16(b, o): return int.from_bytes(b[o:o + 2], 'little')
@@ -127,7 +133,7 @@ def key_query(f, qh, ql, sw, mw):
         nh = [[0] * 16 for _ in range(32)]; nl = [[0] * 16 for _ in range(32)]
         for l in range(32):
             for r in range(16):
-                s_ = hmul2(sw[l][r], 0x40004000) if f == BIN else sw[l][r]
+                s_ = hmul2(sw[l][r], code_factor(f, r)) if code_top(f) > 0 else sw[l][r]
                 nh[l][r], nl[l][r] = scaled_pair(qh[l][r], ql[l][r], s_)
     else:
         bias = [(0.0, 0.0)] * 32; nh = qh; nl = ql
@@ -158,22 +164,22 @@ def key_fragments(f, w):
     if f == FP8:
         for j in range(8): b[2 * j], b[2 * j + 1] = fp8_halves(w[j])
     elif f == INT8:
-        for j in range(8): b[2 * j] = code_pair(0, prmt(w[j], 0, 0x4140)); b[2 * j + 1] = code_pair(0, prmt(w[j], 0, 0x4342))
+        for j in range(8): b[2 * j] = code_frag(0, prmt(w[j], 0, 0x4140)); b[2 * j + 1] = code_frag(0, prmt(w[j], 0, 0x4342))
     elif f == INT4:
         for j in range(4):
             x = w[j]; x8 = x >> 8
-            b[4 * j] = code_pair(0, x, 0x000f000f); b[4 * j + 1] = code_pair(4, x, 0x00f000f0)
-            b[4 * j + 2] = code_pair(0, x8, 0x000f000f); b[4 * j + 3] = code_pair(4, x8, 0x00f000f0)
+            b[4 * j] = code_frag(0, x, 0x000f000f); b[4 * j + 1] = code_frag(4, x, 0x00f000f0)
+            b[4 * j + 2] = code_frag(0, x8, 0x000f000f); b[4 * j + 3] = code_frag(4, x8, 0x00f000f0)
     elif bits(f) == 2:
         for j in range(2):
             x = w[j]; x8 = x >> 8
             for i, K in enumerate((0, 2, 4, 6)):
-                b[8 * j + i] = code_pair(K, x, (3 << K) | (3 << (K + 16)))
-                b[8 * j + 4 + i] = code_pair(K, x8, (3 << K) | (3 << (K + 16)))
+                b[8 * j + i] = code_frag(K, x, (3 << K) | (3 << (K + 16)))
+                b[8 * j + 4 + i] = code_frag(K, x8, (3 << K) | (3 << (K + 16)))
     else:
         x = w[0]; x8 = x >> 8
         for K in range(8):
-            b[K] = code_pair(K, x, (1 << K) | (1 << (K + 16))); b[8 + K] = code_pair(K, x8, (1 << K) | (1 << (K + 16)))
+            b[K] = code_frag(K, x, (1 << K) | (1 << (K + 16))); b[8 + K] = code_frag(K, x8, (1 << K) | (1 << (K + 16)))
     return b
 
 def scores(f, blk, n, tokens, qhs, qls, G):
@@ -198,14 +204,14 @@ def scores(f, blk, n, tokens, qhs, qls, G):
             g, tig = l >> 2, l & 3
             b = key_fragments(f, key_words(f, blk, min(8 * u + g, n - 1) * ROW, tig))
             B.append(b)
-        # pipe_scores: the tile's accumulators start from the bias rows, one chain of 8 mma
-        d = [[f32(bias[l][0]), f32(bias[l][0]), f32(bias[l][1]), f32(bias[l][1])] for l in range(32)]
+        # pipe_scores: the tile's accumulators start from the bias rows (in fragment units), one chain of 8 mma
+        d = [[f32(bias[l][0] / key_unit(f)), f32(bias[l][0] / key_unit(f)), f32(bias[l][1] / key_unit(f)), f32(bias[l][1] / key_unit(f))] for l in range(32)]
         for k in range(8):
             mma(d, [(ah[l][2 * k], al[l][2 * k], ah[l][2 * k + 1], al[l][2 * k + 1]) for l in range(32)], [(B[l][2 * k], B[l][2 * k + 1]) for l in range(32)])
         for l in range(32):
             tk = 8 * u + 2 * (l & 3)
-            if tk < n: s[l][u][0] = f32(d[l][0] + d[l][2])
-            if tk + 1 < n: s[l][u][1] = f32(d[l][1] + d[l][3])
+            if tk < n: s[l][u][0] = f32(f32(d[l][0] + d[l][2]) * key_unit(f))
+            if tk + 1 < n: s[l][u][1] = f32(f32(d[l][1] + d[l][3]) * key_unit(f))
     return s
 
 def value_piece(BITS, blk, row, k, gid):
@@ -218,15 +224,15 @@ def value_piece(BITS, blk, row, k, gid):
 def value_fragments(f, a, b):
     if f == F16: return [prmt(a[0], b[0], 0x5410), prmt(a[0], b[0], 0x7632), prmt(a[1], b[1], 0x5410), prmt(a[1], b[1], 0x7632)]
     if f == FP8: return [*fp8_halves(prmt(a[0], b[0], 0x5140)), *fp8_halves(prmt(a[0], b[0], 0x7362))]
-    if f == INT8: return [code_pair(0, prmt(a[0], b[0], s), 0x00ff00ff) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
+    if f == INT8: return [code_frag(0, prmt(a[0], b[0], s), 0x00ff00ff) for s in (0x4400, 0x5511, 0x6622, 0x7733)]
     if f == INT4:
         x = prmt(a[0], b[0], 0x5410); x8 = x >> 8
-        return [code_pair(0, x, 0x000f000f), code_pair(4, x, 0x00f000f0), code_pair(0, x8, 0x000f000f), code_pair(4, x8, 0x00f000f0)]
+        return [code_frag(0, x, 0x000f000f), code_frag(4, x, 0x00f000f0), code_frag(0, x8, 0x000f000f), code_frag(4, x8, 0x00f000f0)]
     if bits(f) == 2:
         x = (a[0] | (b[0] << 16)) & M32
-        return [code_pair(K, x, (3 << K) | (3 << (K + 16))) for K in (0, 2, 4, 6)]
+        return [code_frag(K, x, (3 << K) | (3 << (K + 16))) for K in (0, 2, 4, 6)]
     x = (a[0] & 0xf) | ((b[0] & 0xf) << 16)
-    return [code_pair(K, x, (1 << K) | (1 << (K + 16))) for K in range(4)]
+    return [code_frag(K, x, (1 << K) | (1 << (K + 16))) for K in range(4)]
 
 def row_params(blk, p, row, gpr):
     if gpr == 4: return (u32(blk, p + row * 8), u32(blk, p + row * 8 + 4))
@@ -246,75 +252,86 @@ def chunk_param_pair(a, b, k, gpr):
 def column_head(G, c): return c & (G - 1)
 def column_hi(G, c): return G == 8 or c < G
 
-def values(f, blk, n, tokens, p, VG, G):
-    # pipe_values with value_chunk_t (the transposed P·V: values as A, probabilities as B, heads along n), then
-    # pipe_add_output with the warp-merge factor 1
-    BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
-    scales = tokens * ROW; mins = scales + tokens * gpr * 2
+def value_exp(f, i): return 24 - code_shift(f, i) if quant(f) else 0
+def pow2i(e): return 2.0 ** e
+
+def values(blocks, tokens, VG, G):
+    # pipe_values with value_chunk_t (the transposed P·V: values as A, probabilities as B, heads along n) over the value
+    # blocks (f, blk, n, p) in turn into one warp's accumulators (value_units between formats), then pipe_add_output with
+    # the warp-merge factor 1
     o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; md = [[0.0] * 4 for _ in range(32)]
-    for h in range(2):
-        if 16 * h >= n: break
-        L = []
-        for l in range(32):
-            gid, tig = l >> 2, l & 3
-            piece = []; sh = []; mh = []; pv = []
-            full = n == 32 and tokens == 32  # pipe_values<..., FULL>: token pairs' parameters in one load
-            for u in range(4):
-                row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
-                piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
-                if full and (u & 1) == 0:
-                    sh += list(row_pair_params(blk, scales, row, gpr)) if quant(f) else [(0, 0)] * 2
-                    mh += list(row_pair_params(blk, mins, row, gpr)) if nparams(f) == 2 else [(0, 0)] * 2
-                elif not full:
-                    sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
-                    mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
-                pv.append(p[l][2 * h + (u >> 1)][u & 1])
-            c = 2.0 if f == BIN else 1.0
-            P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
-            L.append((piece, sh, mh, pv, P))
-        if quant(f):
-            # pipe_min_terms: row k of M·P^T (k = the lane's gid & 3) = Σ_t min_t(chunk k)·p_t per column, unscaled probabilities
-            runs = []
-            for run in range(2 if f == BIN else 1):
-                A = []; B = []
-                for l in range(32):
-                    gid = l >> 2; piece, sh, mh, pv, P = L[l]; k = gid & 3
-                    U = split_f16x2(pv[0], pv[1]) + split_f16x2(pv[2], pv[3]) if f == BIN else P
-                    src = sh if f == TERN or run == 1 else mh
-                    a0 = chunk_param_pair(src[0], src[1], k, gpr); a2 = chunk_param_pair(src[2], src[3], k, gpr)
-                    if f == TERN or run == 1: a0, a2 = hneg2(a0), hneg2(a2)
-                    A.append((a0, 0, a2, 0)); B.append((U[0], U[2], U[1], U[3]))  # h01, h89, l01, l89
-                if G == 8:
-                    mma(md, A, [(b[0], b[1]) for b in B]); mma(md, A, [(b[2], b[3]) for b in B])
-                else:
-                    mma(md, A, [((B[l][2], B[l][3]) if ((l >> 2) & G) else (B[l][0], B[l][1])) for l in range(32)])
-        for k in range(4):
-            Ps = []; VF = []
+    units = F32
+    for f, blk, n, p in blocks:
+        vu = (INT2 if f == TERN else f) if quant(f) else F32
+        if vu != units:
+            fr = [pow2i(value_exp(units, i) - value_exp(vu, i)) for i in range(4)]
+            o = [[[f32(o[l][j][r] * fr[2 * (j & 1) + (r >> 1)]) for r in range(4)] for j in range(8)] for l in range(32)]
+            units = vu
+        BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
+        scales = tokens * ROW; mins = scales + tokens * gpr * 2
+        for h in range(2):
+            if 16 * h >= n: break
+            L = []
             for l in range(32):
-                piece, sh, mh, pv, P = L[l]
-                a0, a1, a2, a3 = P
-                if quant(f) and G == 8:
-                    a0, a1 = scaled_pair(P[0], P[1], chunk_param_pair(sh[0], sh[1], k, gpr))
-                    a2, a3 = scaled_pair(P[2], P[3], chunk_param_pair(sh[2], sh[3], k, gpr))
-                elif quant(f):
-                    # step_side + side_scaled: the lane's own part x (hi, or lo where its column is a lo one), z = hi or 0
-                    lo = ((l >> 2) & G) != 0
-                    for i, s_ in ((0, chunk_param_pair(sh[0], sh[1], k, gpr)), (2, chunk_param_pair(sh[2], sh[3], k, gpr))):
-                        x, z = (P[i + 1], P[i]) if lo else (P[i], 0)
-                        r = hfma2(x, s_, hfma2(z, s_, hneg2(hmul2(z, s_))))
-                        if lo: a1, a3 = (r, a3) if i == 0 else (a1, r)
-                        else: a0, a2 = (r, a2) if i == 0 else (a0, r)
-                Ps.append((a0, a1, a2, a3))
-                VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
-            for j in range(2):
-                A = [(VF[l][0][2 * j], VF[l][0][2 * j + 1], VF[l][1][2 * j], VF[l][1][2 * j + 1]) for l in range(32)]
-                d = [o[l][2 * k + j] for l in range(32)]
-                if G == 8:
-                    mma(d, A, [(Ps[l][0], Ps[l][2]) for l in range(32)])
-                    mma(d, A, [(Ps[l][1], Ps[l][3]) for l in range(32)])
-                else:
-                    mma(d, A, [((Ps[l][1], Ps[l][3]) if ((l >> 2) & G) else (Ps[l][0], Ps[l][2])) for l in range(32)])
-                for l in range(32): o[l][2 * k + j] = d[l]
+                gid, tig = l >> 2, l & 3
+                piece = []; sh = []; mh = []; pv = []
+                full = n == 32 and tokens == 32  # pipe_values<..., FULL>: token pairs' parameters in one load
+                for u in range(4):
+                    row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
+                    piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
+                    if full and (u & 1) == 0:
+                        sh += list(row_pair_params(blk, scales, row, gpr)) if quant(f) else [(0, 0)] * 2
+                        mh += list(row_pair_params(blk, mins, row, gpr)) if nparams(f) == 2 else [(0, 0)] * 2
+                    elif not full:
+                        sh.append(row_params(blk, scales, row, gpr) if quant(f) else (0, 0))
+                        mh.append(row_params(blk, mins, row, gpr) if nparams(f) == 2 else (0, 0))
+                    pv.append(p[l][2 * h + (u >> 1)][u & 1])
+                c = 2.0 if f == BIN else 1.0
+                P = split_f16x2(pv[0] * c, pv[1] * c) + split_f16x2(pv[2] * c, pv[3] * c)  # h01, l01, h89, l89
+                L.append((piece, sh, mh, pv, P))
+            if quant(f):
+                # pipe_min_terms: row k of M·P^T (k = the lane's gid & 3) = Σ_t min_t(chunk k)·p_t per column, unscaled probabilities
+                runs = []
+                for run in range(2 if f == BIN else 1):
+                    A = []; B = []
+                    for l in range(32):
+                        gid = l >> 2; piece, sh, mh, pv, P = L[l]; k = gid & 3
+                        U = split_f16x2(pv[0], pv[1]) + split_f16x2(pv[2], pv[3]) if f == BIN else P
+                        src = sh if f == TERN or run == 1 else mh
+                        a0 = chunk_param_pair(src[0], src[1], k, gpr); a2 = chunk_param_pair(src[2], src[3], k, gpr)
+                        if f == TERN or run == 1: a0, a2 = hneg2(a0), hneg2(a2)
+                        A.append((a0, 0, a2, 0)); B.append((U[0], U[2], U[1], U[3]))  # h01, h89, l01, l89
+                    if G == 8:
+                        mma(md, A, [(b[0], b[1]) for b in B]); mma(md, A, [(b[2], b[3]) for b in B])
+                    else:
+                        mma(md, A, [((B[l][2], B[l][3]) if ((l >> 2) & G) else (B[l][0], B[l][1])) for l in range(32)])
+            for k in range(4):
+                Ps = []; VF = []
+                for l in range(32):
+                    piece, sh, mh, pv, P = L[l]
+                    a0, a1, a2, a3 = P
+                    if quant(f) and G == 8:
+                        a0, a1 = scaled_pair(P[0], P[1], chunk_param_pair(sh[0], sh[1], k, gpr))
+                        a2, a3 = scaled_pair(P[2], P[3], chunk_param_pair(sh[2], sh[3], k, gpr))
+                    elif quant(f):
+                        # step_side + side_scaled: the lane's own part x (hi, or lo where its column is a lo one), z = hi or 0
+                        lo = ((l >> 2) & G) != 0
+                        for i, s_ in ((0, chunk_param_pair(sh[0], sh[1], k, gpr)), (2, chunk_param_pair(sh[2], sh[3], k, gpr))):
+                            x, z = (P[i + 1], P[i]) if lo else (P[i], 0)
+                            r = hfma2(x, s_, hfma2(z, s_, hneg2(hmul2(z, s_))))
+                            if lo: a1, a3 = (r, a3) if i == 0 else (a1, r)
+                            else: a0, a2 = (r, a2) if i == 0 else (a0, r)
+                    Ps.append((a0, a1, a2, a3))
+                    VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
+                for j in range(2):
+                    A = [(VF[l][0][2 * j], VF[l][0][2 * j + 1], VF[l][1][2 * j], VF[l][1][2 * j + 1]) for l in range(32)]
+                    d = [o[l][2 * k + j] for l in range(32)]
+                    if G == 8:
+                        mma(d, A, [(Ps[l][0], Ps[l][2]) for l in range(32)])
+                        mma(d, A, [(Ps[l][1], Ps[l][3]) for l in range(32)])
+                    else:
+                        mma(d, A, [((Ps[l][1], Ps[l][3]) if ((l >> 2) & G) else (Ps[l][0], Ps[l][2])) for l in range(32)])
+                    for l in range(32): o[l][2 * k + j] = d[l]
     # pipe_add_output: hi + lo columns (column_sum), the min terms of chunk k from the lanes gid = k, same tig
     def column_sum(v, l, e): return f32(v[l][e] + v[l][e ^ 1]) if G == 1 else f32(v[l][e] + v[l ^ 1][e]) if G == 2 else f32(v[l][e] + v[l ^ 2][e]) if G == 4 else v[l][e]
     ms = [[column_sum(md, l, e) for e in range(2)] for l in range(32)]
@@ -332,15 +349,15 @@ def values(f, blk, n, tokens, p, VG, G):
                 if column_hi(G, c) and (G != 1 or e == 0):
                     key = (column_head(G, c), 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1))
                     assert key not in out
-                    out[key] = f32(x + mc[k][e])
+                    out[key] = f32(f32(x * pow2i(value_exp(units, 2 * (j & 1) + (r >> 1)))) + mc[k][e])
     assert len(out) == G * 128
     return out
 
-def run(kf, vf, G, VG, n, tokens=32):
+def run(kf, vf, G, VG, n, tokens=32, vf2=None):
     HD = 128
     cs = [random.uniform(0.5, 3) for _ in range(HD)]
-    K = [[random.gauss(0, 1) * cs[c] for c in range(HD)] for _ in range(tokens)]; V = [[random.gauss(0, 1) for c in range(HD)] for _ in range(tokens)]
-    kblk, Kd = encode(kf, True, K, VG); vblk, Vd = encode(vf, False, V, VG)
+    K = [[random.gauss(0, 1) * cs[c] for c in range(HD)] for _ in range(tokens)]
+    kblk, Kd = encode(kf, True, K, VG)
     q = [[random.gauss(0, 1.5) for _ in range(HD)] for _ in range(G)]; scale = f32(f32(1 / math.sqrt(HD)) * f32(1.4426950408889634))
     qhs = []; qls = []; qx = []
     for g in range(G):
@@ -357,20 +374,29 @@ def run(kf, vf, G, VG, n, tokens=32):
                 t = 8 * u + 2 * tig + e
                 if t < n: err = max(err, abs(s[l][u][e] - ref[g][t]) / max(abs(v) for v in ref[g]))
                 else: assert s[l][u][e] == -INF
-    pt = [[random.uniform(0, 1) if t < n else 0.0 for t in range(tokens)] for _ in range(G)]
-    p = [[[pt[(l >> 2) & (G - 1)][8 * u + 2 * (l & 3) + e] for e in range(2)] for u in range(4)] for l in range(32)]
-    out = values(vf, vblk, n, tokens, p, VG, G)
-    vref = [[math.fsum(pt[g][t] * Vd[t][c] for t in range(n)) for c in range(HD)] for g in range(G)]
+    blocks = []; vref = [[0.0] * HD for _ in range(G)]
+    for f in [vf] + ([vf2] if vf2 is not None else []):
+        # each block its own values and probabilities (a second block of another format: the accumulators change units)
+        V = [[random.gauss(0, 1) for c in range(HD)] for _ in range(tokens)]
+        vblk, Vd = encode(f, False, V, VG)
+        pt = [[random.uniform(0, 1) if t < n else 0.0 for t in range(tokens)] for _ in range(G)]
+        p = [[[pt[(l >> 2) & (G - 1)][8 * u + 2 * (l & 3) + e] for e in range(2)] for u in range(4)] for l in range(32)]
+        blocks.append((f, vblk, n, p))
+        vref = [[vref[g][c] + math.fsum(pt[g][t] * Vd[t][c] for t in range(n)) for c in range(HD)] for g in range(G)]
+    out = values(blocks, tokens, VG, G)
     vmax = max(abs(v) for r in vref for v in r)
     verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
     return err, verr
 
 names = "F32 F16 BF16 FP8 INT8 INT4 INT2 TERN BIN".split()
 worst = 0
-for kf, vf, G, VG, n in [(INT2, INT2, 4, 32, 32), (INT4, INT4, 4, 32, 20), (INT8, INT8, 4, 64, 32), (FP8, FP8, 4, 32, 32), (F16, F16, 4, 32, 17),
-                         (TERN, TERN, 2, 128, 32), (BIN, BIN, 8, 32, 32), (INT2, INT4, 1, 64, 9), (BIN, INT2, 4, 128, 32), (INT4, TERN, 8, 32, 31),
-                         (FP8, BIN, 4, 64, 32), (F16, INT8, 2, 32, 32), (INT2, INT2, 1, 32, 32), (INT4, INT4, 2, 32, 32)]:
-    e, ve = run(kf, vf, G, VG, n)
+for kf, vf, G, VG, n, vf2 in [(INT2, INT2, 4, 32, 32, None), (INT4, INT4, 4, 32, 20, None), (INT8, INT8, 4, 64, 32, None), (FP8, FP8, 4, 32, 32, None),
+                              (F16, F16, 4, 32, 17, None), (TERN, TERN, 2, 128, 32, None), (BIN, BIN, 8, 32, 32, None), (INT2, INT4, 1, 64, 9, None),
+                              (BIN, INT2, 4, 128, 32, None), (INT4, TERN, 8, 32, 31, None), (FP8, BIN, 4, 64, 32, None), (F16, INT8, 2, 32, 32, None),
+                              (INT2, INT2, 1, 32, 32, None), (INT4, INT4, 2, 32, 32, None),
+                              (INT2, INT2, 4, 32, 32, F16), (INT4, INT4, 4, 32, 32, INT2), (INT2, BIN, 2, 64, 32, INT4), (INT8, F16, 8, 32, 32, TERN)]:
+    e, ve = run(kf, vf, G, VG, n, vf2=vf2)
     worst = max(worst, e, ve)
-    print(f"K {names[kf]:4s} V {names[vf]:4s} G{G} VG{VG} n{n:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}", flush=True)
+    then = f" then {names[vf2]}" if vf2 is not None else ""
+    print(f"K {names[kf]:4s} V {names[vf]:4s}{then} G{G} VG{VG} n{n:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}", flush=True)
 print("worst", worst)

@@ -8,7 +8,8 @@
 // Scores and values go through mma.sync.m16n8k16 (f16 operands, f32 accumulation), so no block format costs more than
 // a few integer operations per element: S = Q·Kᵀ with A = the group's queries (rows = heads) and B = 8 keys, then
 // O += P·V with A = the probabilities and B = 16 tokens × 8 channels. Codes enter the B operands as exact f16 integers
-// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift),
+// (a nibble or 2-bit field OR-ed under the exponent of 1024, then one f16x2 FMA removes the offset and the shift; the
+// pipelined kernel reads the masked field as an exact f16 subnormal instead, code_frag),
 // FP8 E4M3 pairs converted to f16x2 (one instruction a pair on sm_89+, exact: fp8_halves), F16 as stored. The A
 // operands carry the precision: each f32 value x is split into hi + lo f16 (hi = x truncated to f16's 11 significant
 // bits, lo = the rest rounded), hi in the A rows of the G heads and lo in rows 8..15, so one mma yields both partial
@@ -146,6 +147,26 @@ __device__ __forceinline__ unsigned code_pair(unsigned x, unsigned mask = 0xffff
     return r;
 }
 
+// The pipelined kernel's codes (RAW): a field c·2^K masked in place, within bits 0..9 and 16..25, IS an f16x2 of two
+// subnormals c·2^(K−24) (f16 subnormals are the multiples of 2^-24 below 2^-14, taken exactly by the tensor cores: IEEE
+// operands), so one lop3 and no f16 arithmetic. The 2^(24−K) goes where it is constant for the whole block or step:
+// into the block's key steps (key_query) and the score (key_unit), into the value accumulators' units (value_exp).
+// Otherwise code_pair's exact integers (the tensor-core kernel paged_attn_t).
+template <int K, bool RAW>
+__device__ __forceinline__ unsigned code_frag(unsigned x, unsigned mask)
+{
+    if constexpr (RAW) return x & mask;
+    else return code_pair<K>(x, mask);
+}
+
+// K of a RAW fragment's field: of lane key element e (key_fragments) or of value fragment row i = e (value_fragments,
+// channel 4·gid + i of a chunk): INT8 0, INT4 4·(e & 1), 2-bit 2·(e & 3), binary e & 7; code_top: the largest.
+__device__ __forceinline__ constexpr int code_shift(int f, int e)
+{
+    return f == KV_INT4 ? 4 * (e & 1) : kv_bits(f) == 2 ? 2 * (e & 3) : f == KV_BINARY ? e & 7 : 0;
+}
+__device__ __forceinline__ constexpr int code_top(int f) { return f == KV_INT4 ? 4 : kv_bits(f) == 2 ? 6 : f == KV_BINARY ? 7 : 0; }
+
 // FP8 E4M3 fragments. sm_89+ converts a pair of codes (a 16-bit half of a register) to f16x2 in one instruction
 // (cvt.rn.f16x2.e4m3x2, SASS F2FP.F16.E4M3.UNPACK_B, which reads either half in place), exactly: E4M3 is a subset of
 // f16, and the NaN codes 0x7F/0xFF give NaN as the CPU decoder does (the encoder saturates; only NaN input makes them).
@@ -183,9 +204,22 @@ __device__ __forceinline__ constexpr int key_low_channel(int r)
 template <int F>
 __device__ __forceinline__ constexpr int key_step() { return kv_bits(F) >= 8 ? 1 : F == KV_INT4 ? 4 : kv_bits(F) == 2 ? 8 : 16; }
 
-// Factor between a key fragment and the element: FP8 fragments hold value / FP8_UNIT, the others the value (or its code).
+// Factor between a key fragment's sums and the element's: FP8 fragments hold value / FP8_UNIT, the others the value (or
+// its code); RAW codes (code_frag) with key_query's factors: 2^(24 − code_top).
+template <int F, bool RAW = false>
+__device__ __forceinline__ constexpr float key_unit()
+{
+    return F == KV_FP8 ? FP8_UNIT : RAW && kv_quantized(F) ? (float)(1 << (24 - code_top(F))) : 1.0f;
+}
+
+// key_query's factor of the step word r (lane elements 2r, 2r + 1) for RAW codes: 2^(code_top − code_shift) each, as
+// f16x2 (exact powers of two), times 2 for binary (its step is 2·scale).
 template <int F>
-__device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? FP8_UNIT : 1.0f; }
+__device__ __forceinline__ constexpr unsigned code_factor(int r)
+{
+    constexpr int c = 15 + code_top(F) + (F == KV_BINARY ? 1 : 0);
+    return (unsigned)(c - code_shift(F, 2 * r)) << 10 | (unsigned)(c - code_shift(F, 2 * r + 1)) << 26;
+}
 
 // The query A fragments of a key block of format F (what both tensor-core kernels build per block). qh/ql: the head's
 // query (pre-scaled) as hi + lo f16x2 in natural pairs (word j = lane elements 2j, 2j + 1); sw/mw: the block's f16
@@ -193,8 +227,15 @@ __device__ __forceinline__ constexpr float key_unit() { return F == KV_FP8 ? FP8
 // (scaled_pair), Σ q·min is one more run of 8 mma with the mins as B (every column the same; rows gid and gid + 8 carry
 // hi and lo: bh and bl are their sums, bh + bl the head's, no shuffles; 0 for float formats), and the pairs are then
 // permuted into the format's fragment order (key_low_channel: elements c and c + key_step<F>() share a register).
+// RAW (code_frag's subnormal codes c·2^(K−24)): each step is first multiplied by 2^(code_top − K) (code_factor, in the
+// one hmul2 binary's doubling already took), so every product q·step·c carries the one factor 2^(code_top − 24) that
+// key_unit<F, true> removes from the score. Range: the factor is ≥ 1, so the steps and their hi/lo products only move up
+// from today's (a lo below f16's normal range keeps its absolute 2^-25 or gains bits; nothing is lost), and they must stay
+// below 65504: |step| and |q·step| < 2^16 / 2^code_top, i.e. < 1023 for 2-bit codes (INT2, ternary), < 4095 for INT4,
+// < 511 for binary (step 2·scale), against < 65504 before (q is pre-scaled by 1/sqrt(128)·log2 e ≈ 0.13: an INT2 key
+// step beyond 1023 / |q| is a channel range of thousands of |q|⁻¹, not a model's).
 // Warp-uniform.
-template <int F>
+template <int F, bool RAW = false>
 __device__ __forceinline__ void key_query(const unsigned (&qh)[16], const unsigned (&ql)[16], const unsigned (&sw)[16], const unsigned (&mw)[16],
     unsigned (&ah)[16], unsigned (&al)[16], float& bh, float& bl)
 {
@@ -215,7 +256,13 @@ __device__ __forceinline__ void key_query(const unsigned (&qh)[16], const unsign
         bh = d[0][0] + d[1][0];
         bl = d[0][2] + d[1][2];
 #pragma unroll
-        for (int r = 0; r < 16; r++) scaled_pair(qh[r], ql[r], F == KV_BINARY ? hmul2(sw[r], 0x40004000u) : sw[r], nh[r], nl[r]);
+        for (int r = 0; r < 16; r++)
+        {
+            unsigned s = sw[r];
+            if constexpr (RAW && code_top(F) > 0) s = hmul2(s, code_factor<F>(r));
+            else if constexpr (F == KV_BINARY) s = hmul2(s, 0x40004000u);
+            scaled_pair(qh[r], ql[r], s, nh[r], nl[r]);
+        }
     }
     else
     {
@@ -238,8 +285,8 @@ __device__ __forceinline__ void key_query(const unsigned (&qh)[16], const unsign
     }
 }
 
-// The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps.
-template <int F>
+// The B fragments of one key row's 32 lane channels (w: their BITS 32-bit words) for the 8 k-steps (RAW: code_frag).
+template <int F, bool RAW = false>
 __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[16])
 {
     if constexpr (F == KV_F16)
@@ -255,7 +302,8 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
     else if constexpr (F == KV_INT8)
     {
 #pragma unroll
-        for (int j = 0; j < 8; j++) { b[2 * j] = code_pair<0>(prmt(w[j], 0u, 0x4140u)); b[2 * j + 1] = code_pair<0>(prmt(w[j], 0u, 0x4342u)); }
+        // The prmt's zero bytes already clear everything above the codes: RAW needs no mask.
+        for (int j = 0; j < 8; j++) { b[2 * j] = code_frag<0, RAW>(prmt(w[j], 0u, 0x4140u), 0xffffffffu); b[2 * j + 1] = code_frag<0, RAW>(prmt(w[j], 0u, 0x4342u), 0xffffffffu); }
     }
     else if constexpr (F == KV_INT4)
     {
@@ -263,10 +311,10 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
         for (int j = 0; j < 4; j++)
         {
             const unsigned x = w[j], x8 = x >> 8;
-            b[4 * j] = code_pair<0>(x, 0x000f000fu);
-            b[4 * j + 1] = code_pair<4>(x, 0x00f000f0u);
-            b[4 * j + 2] = code_pair<0>(x8, 0x000f000fu);
-            b[4 * j + 3] = code_pair<4>(x8, 0x00f000f0u);
+            b[4 * j] = code_frag<0, RAW>(x, 0x000f000fu);
+            b[4 * j + 1] = code_frag<4, RAW>(x, 0x00f000f0u);
+            b[4 * j + 2] = code_frag<0, RAW>(x8, 0x000f000fu);
+            b[4 * j + 3] = code_frag<4, RAW>(x8, 0x00f000f0u);
         }
     }
     else if constexpr (kv_bits(F) == 2)
@@ -275,27 +323,27 @@ __device__ __forceinline__ void key_fragments(const unsigned* w, unsigned (&b)[1
         for (int j = 0; j < 2; j++)
         {
             const unsigned x = w[j], x8 = x >> 8;
-            b[8 * j] = code_pair<0>(x, 0x00030003u);
-            b[8 * j + 1] = code_pair<2>(x, 0x000c000cu);
-            b[8 * j + 2] = code_pair<4>(x, 0x00300030u);
-            b[8 * j + 3] = code_pair<6>(x, 0x00c000c0u);
-            b[8 * j + 4] = code_pair<0>(x8, 0x00030003u);
-            b[8 * j + 5] = code_pair<2>(x8, 0x000c000cu);
-            b[8 * j + 6] = code_pair<4>(x8, 0x00300030u);
-            b[8 * j + 7] = code_pair<6>(x8, 0x00c000c0u);
+            b[8 * j] = code_frag<0, RAW>(x, 0x00030003u);
+            b[8 * j + 1] = code_frag<2, RAW>(x, 0x000c000cu);
+            b[8 * j + 2] = code_frag<4, RAW>(x, 0x00300030u);
+            b[8 * j + 3] = code_frag<6, RAW>(x, 0x00c000c0u);
+            b[8 * j + 4] = code_frag<0, RAW>(x8, 0x00030003u);
+            b[8 * j + 5] = code_frag<2, RAW>(x8, 0x000c000cu);
+            b[8 * j + 6] = code_frag<4, RAW>(x8, 0x00300030u);
+            b[8 * j + 7] = code_frag<6, RAW>(x8, 0x00c000c0u);
         }
     }
     else // binary
     {
         const unsigned x = w[0], x8 = x >> 8;
-        b[0] = code_pair<0>(x, 0x00010001u); b[1] = code_pair<1>(x, 0x00020002u);
-        b[2] = code_pair<2>(x, 0x00040004u); b[3] = code_pair<3>(x, 0x00080008u);
-        b[4] = code_pair<4>(x, 0x00100010u); b[5] = code_pair<5>(x, 0x00200020u);
-        b[6] = code_pair<6>(x, 0x00400040u); b[7] = code_pair<7>(x, 0x00800080u);
-        b[8] = code_pair<0>(x8, 0x00010001u); b[9] = code_pair<1>(x8, 0x00020002u);
-        b[10] = code_pair<2>(x8, 0x00040004u); b[11] = code_pair<3>(x8, 0x00080008u);
-        b[12] = code_pair<4>(x8, 0x00100010u); b[13] = code_pair<5>(x8, 0x00200020u);
-        b[14] = code_pair<6>(x8, 0x00400040u); b[15] = code_pair<7>(x8, 0x00800080u);
+        b[0] = code_frag<0, RAW>(x, 0x00010001u); b[1] = code_frag<1, RAW>(x, 0x00020002u);
+        b[2] = code_frag<2, RAW>(x, 0x00040004u); b[3] = code_frag<3, RAW>(x, 0x00080008u);
+        b[4] = code_frag<4, RAW>(x, 0x00100010u); b[5] = code_frag<5, RAW>(x, 0x00200020u);
+        b[6] = code_frag<6, RAW>(x, 0x00400040u); b[7] = code_frag<7, RAW>(x, 0x00800080u);
+        b[8] = code_frag<0, RAW>(x8, 0x00010001u); b[9] = code_frag<1, RAW>(x8, 0x00020002u);
+        b[10] = code_frag<2, RAW>(x8, 0x00040004u); b[11] = code_frag<3, RAW>(x8, 0x00080008u);
+        b[12] = code_frag<4, RAW>(x8, 0x00100010u); b[13] = code_frag<5, RAW>(x8, 0x00200020u);
+        b[14] = code_frag<6, RAW>(x8, 0x00400040u); b[15] = code_frag<7, RAW>(x8, 0x00800080u);
     }
 }
 
@@ -408,16 +456,17 @@ __device__ __forceinline__ void value_piece(const u8* row, int k, int gid, unsig
 }
 
 // The fragments of 4 INT4 channels of two tokens, x = their 2-byte pieces (token a's low, token b's high): channel i of
-// token a in the low half of f[i], of token b in the high half.
+// token a in the low half of f[i], of token b in the high half (RAW: code_frag).
+template <bool RAW = false>
 __device__ __forceinline__ void int4_fragments(unsigned x, unsigned (&f)[4])
 {
     const unsigned x8 = x >> 8;
-    f[0] = code_pair<0>(x, 0x000f000fu); f[1] = code_pair<4>(x, 0x00f000f0u);
-    f[2] = code_pair<0>(x8, 0x000f000fu); f[3] = code_pair<4>(x8, 0x00f000f0u);
+    f[0] = code_frag<0, RAW>(x, 0x000f000fu); f[1] = code_frag<4, RAW>(x, 0x00f000f0u);
+    f[2] = code_frag<0, RAW>(x8, 0x000f000fu); f[3] = code_frag<4, RAW>(x8, 0x00f000f0u);
 }
 
-// B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces.
-template <int F>
+// B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces (RAW: code_frag).
+template <int F, bool RAW = false>
 __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigned* b, unsigned (&f)[4])
 {
     if constexpr (F == KV_F16)
@@ -438,21 +487,21 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
     }
     else if constexpr (F == KV_INT8)
     {
-        f[0] = code_pair<0>(prmt(a[0], b[0], 0x4400u), 0x00ff00ffu); f[1] = code_pair<0>(prmt(a[0], b[0], 0x5511u), 0x00ff00ffu);
-        f[2] = code_pair<0>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_pair<0>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
+        f[0] = code_frag<0, RAW>(prmt(a[0], b[0], 0x4400u), 0x00ff00ffu); f[1] = code_frag<0, RAW>(prmt(a[0], b[0], 0x5511u), 0x00ff00ffu);
+        f[2] = code_frag<0, RAW>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_frag<0, RAW>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
     }
-    else if constexpr (F == KV_INT4) int4_fragments(prmt(a[0], b[0], 0x5410u), f);
+    else if constexpr (F == KV_INT4) int4_fragments<RAW>(prmt(a[0], b[0], 0x5410u), f);
     else if constexpr (kv_bits(F) == 2)
     {
         const unsigned x = a[0] | (b[0] << 16);
-        f[0] = code_pair<0>(x, 0x00030003u); f[1] = code_pair<2>(x, 0x000c000cu);
-        f[2] = code_pair<4>(x, 0x00300030u); f[3] = code_pair<6>(x, 0x00c000c0u);
+        f[0] = code_frag<0, RAW>(x, 0x00030003u); f[1] = code_frag<2, RAW>(x, 0x000c000cu);
+        f[2] = code_frag<4, RAW>(x, 0x00300030u); f[3] = code_frag<6, RAW>(x, 0x00c000c0u);
     }
     else
     {
         const unsigned x = (a[0] & 0xfu) | ((b[0] & 0xfu) << 16);
-        f[0] = code_pair<0>(x, 0x00010001u); f[1] = code_pair<1>(x, 0x00020002u);
-        f[2] = code_pair<2>(x, 0x00040004u); f[3] = code_pair<3>(x, 0x00080008u);
+        f[0] = code_frag<0, RAW>(x, 0x00010001u); f[1] = code_frag<1, RAW>(x, 0x00020002u);
+        f[2] = code_frag<2, RAW>(x, 0x00040004u); f[3] = code_frag<3, RAW>(x, 0x00080008u);
     }
 }
 
@@ -921,13 +970,14 @@ __device__ __forceinline__ void pipe_query(const SharedSrc& kb, int tokens, cons
             }
         }
     }
-    key_query<F>(qh, ql, sw, mw, ah, al, bh, bl);
+    key_query<F, true>(qh, ql, sw, mw, ah, al, bh, bl);
 }
 
-// Scores (log2 units) of the n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token
-// 8u + 2·tig + e of head gid, -inf past n. Each tile's accumulators start from the bias's hi and lo rows (pipe_query;
-// in the fragments' units, key_unit), so a score is one add of its hi and lo rows: no bias adds, and one chain of 8
-// dependent mma per tile (the 4 tiles' chains are independent; two chains per tile cost 2 more adds a score).
+// Scores (log2 units, divided by key_unit<F, true>: pipe_softmax takes the factor in its subtraction of the max) of the
+// n (<= 32) visible tokens of a staged key block with exact f16 codes: s[u][e] is token 8u + 2·tig + e of head gid, -inf
+// past n. Each tile's accumulators start from the bias's hi and lo rows (pipe_query; in the fragments' units), so a
+// score is one add of its hi and lo rows: no bias adds, and one chain of 8 dependent mma per tile (the 4 tiles' chains
+// are independent; two chains per tile cost 2 more adds a score). Codes are RAW (code_frag; key_query's step factors).
 template <int G, int F>
 __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int tokens, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
@@ -935,8 +985,8 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
     unsigned qh[16], ql[16];
     float bh, bl;
     pipe_query<G, F>(kb, tokens, qs, qh, ql, bh, bl, gid, tig);
-    bh *= 1.0f / key_unit<F>();
-    bl *= 1.0f / key_unit<F>();
+    bh *= 1.0f / key_unit<F, true>();
+    bl *= 1.0f / key_unit<F, true>();
 #pragma unroll
     for (int u = 0; u < 4; u++)
     {
@@ -944,13 +994,13 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
         if (8 * u >= n) continue;
         unsigned w[kv_bits(F)], b[16];
         key_words<F>(kb, min(8 * u + gid, n - 1) * ROW, tig, w);
-        key_fragments<F>(w, b);
+        key_fragments<F, true>(w, b);
         float d[4] = { bh, bh, bl, bl };
 #pragma unroll
         for (int k = 0; k < 8; k++) mma_f16(d, qh[2 * k], ql[2 * k], qh[2 * k + 1], ql[2 * k + 1], b[2 * k], b[2 * k + 1]);
         const int tk = 8 * u + 2 * tig;
-        if (tk < n) s[u][0] = (d[0] + d[2]) * key_unit<F>();
-        if (tk + 1 < n) s[u][1] = (d[1] + d[3]) * key_unit<F>();
+        if (tk < n) s[u][0] = d[0] + d[2];
+        if (tk + 1 < n) s[u][1] = d[1] + d[3];
     }
 }
 
@@ -1019,16 +1069,17 @@ __device__ __forceinline__ void column_values(float x, int tig, float (&c)[2])
     for (int e = 0; e < 2; e++) c[e] = G == 1 ? x : __shfl_sync(0xffffffffu, x, 4 * column_head<G>(2 * tig + e));
 }
 
-// Online softmax of one block: the scores become probabilities under the head's running max m (the 4 lanes of a
-// head agree on it), l sums them, and the accumulators are rescaled when the max grows (each column by its head's factor).
+// Online softmax of one block: the scores (times ku > 0, pipe_scores' unit: one product for the max, and an fma where the
+// exponent's argument was a subtraction) become probabilities under the head's running max m (the 4 lanes of a head
+// agree on it), l sums them, and the accumulators are rescaled when the max grows (each column by its head's factor).
 template <int G>
-__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& l, float (&o)[8][4], float (&md)[4], int tig)
+__device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float ku, float& m, float& l, float (&o)[8][4], float (&md)[4], int tig)
 {
     float mx = neg_inf();
 #pragma unroll
     for (int u = 0; u < 4; u++) mx = fmaxf(mx, fmaxf(s[u][0], s[u][1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2)) * ku;
     if (__any_sync(0xffffffffu, mx > m))
     {
         const float mn = fmaxf(m, mx), f = fast_exp2(m - mn);
@@ -1043,7 +1094,7 @@ __device__ __forceinline__ void pipe_softmax(float (&s)[4][2], float& m, float& 
 #pragma unroll
     for (int u = 0; u < 4; u++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) { s[u][e] = fast_exp2(s[u][e] - m); l += s[u][e]; }
+        for (int e = 0; e < 2; e++) { s[u][e] = fast_exp2(fmaf(s[u][e], ku, -m)); l += s[u][e]; }
 }
 
 // The lane's 4 channels 32k + 4·gid + [0, 4) of the value row at byte offset row.
@@ -1171,8 +1222,8 @@ __device__ __forceinline__ void pipe_min_terms(const StepProbs& U, const uint2 (
 
 // o += P·V over the n visible tokens of a staged value block with exact f16 codes, P = the lane's probabilities p (zero
 // past n); md += Σ p·min per chunk k's group and column (pipe_min_terms; VG channels a group: a compile-time constant). As
-// tc_values, one 16-token step at a time (the codes are in shared memory), into the transposed accumulators (value_chunk_t).
-// FULL: a full block of 32 tokens (n = tokens = 32).
+// tc_values, one 16-token step at a time (the codes are in shared memory), into the transposed accumulators (value_chunk_t),
+// whose units are then value_exp's for F (RAW codes). FULL: a full block of 32 tokens (n = tokens = 32).
 template <int G, int F, int VG, bool FULL>
 __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int tokens, const float (&p)[4][2], int gid, int tig,
     float (&o)[8][4], float (&md)[4])
@@ -1238,17 +1289,38 @@ __device__ __forceinline__ void pipe_values(const SharedSrc& vb, int n, int toke
             unsigned b0[4], b1[4];
             if constexpr (F == KV_INT4)
             {
-                int4_fragments(pairs[k][0], b0);
-                int4_fragments(pairs[k][1], b1);
+                int4_fragments<true>(pairs[k][0], b0);
+                int4_fragments<true>(pairs[k][1], b1);
             }
             else
             {
-                value_fragments<F>(piece[0][k], piece[1][k], b0);
-                value_fragments<F>(piece[2][k], piece[3][k], b1);
+                value_fragments<F, true>(piece[0][k], piece[1][k], b0);
+                value_fragments<F, true>(piece[2][k], piece[3][k], b1);
             }
             value_chunk_t<G, F>(P, Q, sh, k, gpr, b0, b1, o);
         }
     }
+}
+
+// The pipelined kernel's P·V accumulators hold RAW value codes (code_frag: c·2^(K−24)) times the probabilities' steps:
+// after blocks of format f, accumulator row i (o[j][r], i = 2·(j & 1) + r / 2: channel 32k + 4·gid + i) times
+// 2^value_exp(f, i) is the value sum. The factor is constant per format and row, so it is applied once, to the output
+// (pipe_add_output), not per code (code_pair's FMA); a warp whose blocks change the format (the float32 residual after
+// INT2 blocks, mixed caches) moves its accumulators to the new block's units first (value_units: powers of two, exact).
+// Float formats (F16, FP8 with FP8_UNIT in the probabilities, F32, BF16) and the min terms (md) are in value units: 0.
+__device__ __forceinline__ constexpr int value_exp(int f, int i) { return kv_quantized(f) ? 24 - code_shift(f, i) : 0; }
+__device__ __forceinline__ float pow2i(int e) { return __int_as_float((127 + e) << 23); }
+
+// The accumulators from the units of format `from` into those of `to` (value_exp). Warp-uniform.
+__device__ __forceinline__ void value_units(float (&o)[8][4], int from, int to)
+{
+    float f[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) f[i] = pow2i(value_exp(from, i) - value_exp(to, i));
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) o[j][r] *= f[2 * (j & 1) + (r >> 1)];
 }
 
 // o += P·V of an F32 or BF16 value block on CUDA cores, into the transposed accumulators: the lane adds its channels
@@ -1522,12 +1594,15 @@ __device__ __forceinline__ float column_sum(float x, float other_e)
 
 // The warp's accumulators into the block's output ov [G, HD] (atomics: the 4 warps add theirs), scaled by f (this lane's
 // head gid mod G: e^(m - the block's max)) with the min terms md (pipe_min_terms: chunk k's sums in row k, held by the
-// lanes gid = k): a hi column's value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4). Warp-uniform.
+// lanes gid = k): a hi column's value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4), the
+// accumulators in the units of format `units` (value_exp). Warp-uniform.
 template <int G>
-__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&md)[4], float f, int gid, int tig, float* ov)
+__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* ov)
 {
     constexpr int HD = 128;
-    float fc[2], mc[4][2], ms[2];
+    float fc[2], mc[4][2], ms[2], u[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) u[i] = pow2i(value_exp(units, i));
     column_values<G>(f, tig, fc);
 #pragma unroll
     for (int e = 0; e < 2; e++) ms[e] = column_sum<G>(md[e], md[e ^ 1]);
@@ -1543,7 +1618,7 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
             const float x = column_sum<G>(o[j][r], o[j][r ^ 1]);
             const int e = r & 1, c = 2 * tig + e, k = j >> 1;
             if (column_hi<G>(c) && (G != 1 || e == 0))
-                atomicAdd(&ov[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)], fc[e] * (x + mc[k][e]));
+                atomicAdd(&ov[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)], fc[e] * (x * u[2 * (j & 1) + (r >> 1)] + mc[k][e]));
         }
 }
 
@@ -1614,8 +1689,10 @@ __device__ __forceinline__ void paged_attention_pipe(
 
     PipeState st = { warp, false, 0u, 0u, 0u, 0u };
     pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
-    // o: the transposed P·V's accumulators (column_hi); md: the value mins' sums (pipe_min_terms), the same columns.
+    // o: the transposed P·V's accumulators (column_hi), in the units of format `units` (value_exp); md: the value mins'
+    // sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
+    int units = KV_F32;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     for (int bi = warp; bi < nbs; bi += PIPE_WARPS)
@@ -1632,11 +1709,14 @@ __device__ __forceinline__ void paged_attention_pipe(
         const u8* kb = ks ? rings + warp * ring + (kat & (ring - 1u)) : pool + (size_t)d.x * 16;
         const u8* vb = vs ? rings + warp * ring + (vat & (ring - 1u)) : pool + (size_t)d.y * 16;
         const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
-        float s[4][2];
+        float s[4][2], ku = 1.0f; // the scores' unit (pipe_scores)
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
         // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
         // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
-#define PSCORES(F) if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+#define PSCORES(F) \
+    ku = key_unit<F, true>(); \
+    if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
+    else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
         KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
 #undef PSCORES
@@ -1655,7 +1735,13 @@ __device__ __forceinline__ void paged_attention_pipe(
             st.freed++;
             if (early) pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
         }
-        pipe_softmax<G>(s, m, l, o, md, tig);
+        pipe_softmax<G>(s, ku, m, l, o, md, tig);
+        const int vu = kv_quantized(vf) ? (vf == KV_TERNARY ? KV_INT2 : vf) : KV_F32; // formats of equal value_exp share units
+        if (vu != units)
+        {
+            value_units(o, units, vu);
+            units = vu;
+        }
         if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
 #define PVALUES(F) \
     if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
@@ -1686,7 +1772,7 @@ __device__ __forceinline__ void paged_attention_pipe(
 #pragma unroll
         for (int w = 0; w < PIPE_WARPS; w++)
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
-        pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, gid, tig, ov);
+        pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, units, gid, tig, ov);
     }
     const int mkvh = merge_kvh;
     const long mfirst = ((long)merge_row * heads + (long)mkvh * G) * splits + merge_split;
