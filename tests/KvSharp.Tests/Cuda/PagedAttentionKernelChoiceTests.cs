@@ -10,11 +10,11 @@ namespace KvSharp.Tests.Cuda;
 public class PagedAttentionKernelChoiceTests
 {
     [Theory]
-    // Llama-3.1-8B's shape (group 4, head dim 128, value groups of 32, 32-token blocks): pipelined except for 8-bit keys.
+    // Llama-3.1-8B's shape (group 4, head dim 128, value groups of 32, 32-token blocks): pipelined except for INT8 keys.
     [InlineData(4, 128, 32, 32, KvFormat.F16, PagedAttentionKernel.Pipelined)]
     [InlineData(4, 128, 32, 32, KvFormat.Int2, PagedAttentionKernel.Pipelined)]
     [InlineData(4, 128, 32, 32, KvFormat.Int4, PagedAttentionKernel.Pipelined)]
-    [InlineData(4, 128, 32, 32, KvFormat.Fp8E4M3, PagedAttentionKernel.TensorCores)]
+    [InlineData(4, 128, 32, 32, KvFormat.Fp8E4M3, PagedAttentionKernel.Pipelined)]
     [InlineData(4, 128, 32, 32, KvFormat.Int8, PagedAttentionKernel.TensorCores)]
     // Blocks of 64 tokens: the pipelined kernel's rings take at most 32; the tensor-core kernel reads them.
     [InlineData(4, 128, 32, 64, KvFormat.Int2, PagedAttentionKernel.TensorCores)]

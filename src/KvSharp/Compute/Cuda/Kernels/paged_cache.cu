@@ -239,9 +239,14 @@ struct AppendTarget
 
 __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
 {
-    // Table words and residual rows are read from L2 (ld.global.cg): other blocks of this grid wrote the rows, and an L1
-    // line of them left by another grid on this SM (issue 7: docs/benchmarks.md, "Races in the fused append") would be stale.
-    const int nb = __ldcg(a.head_blocks + head);
+    // Plain loads of the table and the rows: in the fused append only its last block gets here, after the arrival barrier
+    // and its own __threadfence (PagedQkvAppend::finish), which orders the other blocks' row writes before these loads
+    // (fence-fence synchronization through the arrival counter); paged_rope_append's block wrote the rows itself. The
+    // ld.global.cg loads and the fence before the count that gpurace added here made KIVI-2/4 at 128K, batch 1, 10-12%
+    // slower a step on an H100 (same machine; paged_qkv_rope_append_bf16 64 registers instead of 88 under NVRTC 12.4, the
+    // kernels alone as fast: the loss is in how they overlap), and the race they were meant for was finish's missing
+    // barrier (docs/benchmarks.md, issue 7, "The fused append's cost: KIVI at 128K").
+    const int nb = a.head_blocks[head];
     if (nb >= a.max_blocks)
     {
         if (threadIdx.x == 0) atomicExch(a.error, 2);
@@ -266,7 +271,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
                 for (int k = 0; k < 8; k++)
                 {
                     const int i = base + k * (int)blockDim.x + (int)threadIdx.x;
-                    if (i < n4) v[k] = __ldcg(src[m] + i);
+                    if (i < n4) v[k] = src[m][i];
                 }
 #pragma unroll
                 for (int k = 0; k < 8; k++)
@@ -283,8 +288,9 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
         return; // reported through the error flag
     if (threadIdx.x == 0)
     {
+        // No fence before the count: no other block of the grid reads this head's tables after counting itself, and the
+        // attention after the grid reads them past griddepcontrol.wait, which sees all of the grid's writes.
         d[nb] = make_uint4(r.x, r.y, desc_meta(0, KV_F32, KV_F32), r.w + (unsigned)a.tokens);
-        __threadfence(); // both descriptors before the count that covers them, for any reader on another SM
         a.head_blocks[head] = nb + 1;
     }
     __syncthreads();

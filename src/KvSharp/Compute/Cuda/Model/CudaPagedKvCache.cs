@@ -114,13 +114,15 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     /// <summary>
     /// The attention kernel a new cache starts with (H100 measurements, docs/benchmarks.md "Compressed decode: bytes in
-    /// flight"): the pipelined tensor-core kernel where it reads the shape, except for 8-bit keys (FP8, INT8), where the
-    /// plain tensor-core kernel is as fast at 128K and 3-6% faster at 32K; then the tensor-core kernel (blocks of more than
-    /// 32 tokens); on CUDA cores, 16-byte loads of several tokens for keys of at most 4 bits, lane-owned channels otherwise.
+    /// flight"): the pipelined tensor-core kernel where it reads the shape, except for INT8 keys, where the plain
+    /// tensor-core kernel was as fast at 128K and 3-6% faster at 32K (FP8 too until its fragments took one conversion a
+    /// code pair: since stop 18 the pipelined kernel is 4-7% faster for FP8 in every row, "FP8 E4M3 fragments by one
+    /// cvt"); then the tensor-core kernel (blocks of more than 32 tokens); on CUDA cores, 16-byte loads of several tokens
+    /// for keys of at most 4 bits, lane-owned channels otherwise.
     /// </summary>
     public static PagedAttentionKernel DefaultAttentionKernel(int group, int headDim, int valueGroup, int blockTokens, KvFormat keyFormat)
     {
-        if (CudaPagedKernels.SupportsPipelined(group, headDim, valueGroup, blockTokens) && keyFormat.BitsPerElement() != 8)
+        if (CudaPagedKernels.SupportsPipelined(group, headDim, valueGroup, blockTokens) && keyFormat != KvFormat.Int8)
             return PagedAttentionKernel.Pipelined;
         if (CudaPagedKernels.SupportsTensorCores(group, headDim, valueGroup)) return PagedAttentionKernel.TensorCores;
         return keyFormat.BitsPerElement() <= 4 ? PagedAttentionKernel.Wide : PagedAttentionKernel.LaneChannels;
