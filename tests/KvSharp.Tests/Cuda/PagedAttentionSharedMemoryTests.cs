@@ -109,33 +109,6 @@ public class PagedAttentionSharedMemoryTests
     }
 
     [Fact]
-    public void Int4CachesGetRingsOfTwoInt4BlockPairsTwoBitOnesKeepEightKilobytes()
-    {
-        static int Mask(params KvFormat[] formats) => formats.Aggregate(0, (m, f) => m | 1 << (int)f);
-        var int4 = BlockLayout.ForKeys(KvFormat.Int4, 128, 32);
-        var int2 = BlockLayout.ForKeys(KvFormat.Int2, 128, 32);
-        // Two INT4 key + value pairs (2.5 KB each) fill a 10 KB ring exactly; 8 KB held one and a half.
-        Assert.Equal(CudaPagedKernels.PipelineInt4RingBytes, 2 * 2 * int4.ByteSize);
-        Assert.True(2 * 2 * int4.ByteSize > CudaPagedKernels.PipelineSmallRingBytes);
-        Assert.True(2 * 2 * int2.ByteSize <= CudaPagedKernels.PipelineSmallRingBytes);
-        Assert.Equal(10 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.Int4)));                 // KIVI-4, KVzip + INT4
-        Assert.Equal(10 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.Int4, KvFormat.Binary)));
-        Assert.Equal(8 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.Int2)));                  // KIVI-2
-        Assert.Equal(8 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.Ternary, KvFormat.Binary)));
-        Assert.Equal(16 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.Int4, KvFormat.Int8))); // one large format
-        Assert.Equal(16 * 1024, CudaPagedKernels.RingBytesFor(Mask(KvFormat.F32, KvFormat.F16)));
-        Assert.Equal(16 * 1024, CudaPagedKernels.RingBytesFor(0));                                                // unknown: the generic plan
-        foreach (int group in new[] { 1, 2, 4, 8 })
-        {
-            // Four blocks (the register bound) still fit 228 KB with 10 KB rings (1 KB reserved per block), and the merge's
-            // weights (group × splits floats) fit the rings of the longest plans (the planner throws otherwise).
-            int bytes = CudaPagedKernels.PipelinedSharedBytes(group, CudaPagedKernels.PipelinedMaxChunkBlocks, CudaPagedKernels.PipelineInt4RingBytes);
-            Assert.Equal(4 * 10240 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * (256 + 3), bytes);
-            Assert.True(4 * (bytes + 1024) <= 228 * 1024, $"G{group}: {bytes} bytes");
-        }
-    }
-
-    [Fact]
     public void OneWaveChunkKeepsEveryLayerInOneWave()
     {
         // 128K tokens in blocks of 32 (4096 per head), 8 KV heads, 396 resident blocks: layerBlocks / 396 rounded up (83)

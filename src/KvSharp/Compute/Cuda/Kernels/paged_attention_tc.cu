@@ -1384,19 +1384,12 @@ __device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, in
     return ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
 }
 
-// The ring cursors count bytes in laps of PIPE_SPAN, a power of two at least every ring (16 KB; rings of 8, 10 or 16 KB,
-// CudaPagedKernels.RingBytesFor): an entry at cursor c lies at ring offset c & (PIPE_SPAN - 1) < ring, and the lap's
-// bytes past the ring's end count as taken (ring_start skips them), so an entry fits while it ends at most PIPE_SPAN past
-// the oldest unreleased byte: the same decisions as a mask of ring - 1 for rings of a power of two, and right for 10 KB
-// rings (two INT4 block pairs), with a constant mask and bound instead of the ring in a register.
-constexpr unsigned PIPE_SPAN = 16384u;
-
-// Where an entry of s bytes goes when the ring's cursor (bytes ever placed, in laps of PIPE_SPAN) is c: at c, or at the
-// next lap's start when it would cross the ring's end. Producer and consumer apply the same rule to the same entries.
+// Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
+// would cross the end. Producer and consumer apply the same rule to the same sequence of entries. ring: a power of two.
 __device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned ring)
 {
-    const unsigned pos = c & (PIPE_SPAN - 1u);
-    return pos + s > ring ? c + PIPE_SPAN - pos : c;
+    const unsigned pos = c & (ring - 1u);
+    return pos + s > ring ? c + ring - pos : c;
 }
 
 // A split's descriptor as the pipelined kernel keeps it in shared memory: the token count replaced by the tokens the
@@ -1459,13 +1452,13 @@ __device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, in
         if (s != 0)
         {
             const unsigned at = ring_start(st.issued_bytes, s, ring);
-            if (at + s - st.freed_bytes > PIPE_SPAN) break;
+            if (at + s - st.freed_bytes > ring) break;
             if (lane == 0)
             {
                 // The warp's reads of this ring space are done (their values were used before the caller's __syncwarp).
                 const unsigned bar = bar0 + 8 * (st.issued % PIPE_BARS);
                 mbar_expect(bar, s);
-                bulk_copy(ring0 + (at & (PIPE_SPAN - 1u)), pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+                bulk_copy(ring0 + (at & (ring - 1u)), pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
             }
             st.issued_bytes = at + s;
             st.issued++;
@@ -1713,9 +1706,9 @@ __device__ __forceinline__ void paged_attention_pipe(
         const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
         const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
         // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
-        const u8* kb = ks ? rings + warp * ring + (kat & (PIPE_SPAN - 1u)) : pool + (size_t)d.x * 16;
-        const u8* vb = vs ? rings + warp * ring + (vat & (PIPE_SPAN - 1u)) : pool + (size_t)d.y * 16;
-        const SharedSrc ksrc = { ring0 + (kat & (PIPE_SPAN - 1u)) }, vsrc = { ring0 + (vat & (PIPE_SPAN - 1u)) };
+        const u8* kb = ks ? rings + warp * ring + (kat & (ring - 1u)) : pool + (size_t)d.x * 16;
+        const u8* vb = vs ? rings + warp * ring + (vat & (ring - 1u)) : pool + (size_t)d.y * 16;
+        const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
         float s[4][2], ku = 1.0f; // the scores' unit (pipe_scores)
         if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
         // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the

@@ -133,14 +133,6 @@ internal sealed partial class CudaPagedKernels
     public const int PipelineSmallRingBytes = 8 * 1024;
 
     /// <summary>
-    /// The ring of small-block caches that hold INT4 blocks (<see cref="RingBytesFor"/>): two 32-token INT4 block pairs
-    /// (2 × 5 KB), where 8 KB held one and a half, so a warp's next pair is copied while it reads the current one and the
-    /// next entries are issued once a block (the kernel's <c>early</c> rule); still 4 attention blocks per multiprocessor.
-    /// Not a power of two: the kernel's cursors count in laps of 16 KB (<c>PIPE_SPAN</c>, paged_attention_tc.cu).
-    /// </summary>
-    public const int PipelineInt4RingBytes = 10 * 1024;
-
-    /// <summary>
     /// Whether blocks of <paramref name="format"/> may go through <see cref="PipelineSmallRingBytes"/> rings: every staged
     /// block must fit half a ring (an empty ring then always takes it); ≤ 4-bit blocks of ≤ 32 tokens do, and float32 ones
     /// are staged only when their visible rows fit.
@@ -188,16 +180,6 @@ internal sealed partial class CudaPagedKernels
     public static bool UsesSmallRings(int formats) => formats != 0 && (formats & ~SmallRingFormats) == 0;
 
     /// <summary>
-    /// Each warp's ring for a cache holding blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0:
-    /// unknown): <see cref="PipelineInt4RingBytes"/> for small blocks among which INT4 ones, <see cref="PipelineSmallRingBytes"/>
-    /// for small blocks of at most 2 bits (two INT2 pairs, 2 × 3 KB, fit 8 KB already), else <see cref="PipelineRingBytes"/>.
-    /// </summary>
-    public static int RingBytesFor(int formats) =>
-        !UsesSmallRings(formats) ? PipelineRingBytes
-        : (formats & 1 << (int)KvFormat.Int4) != 0 ? PipelineInt4RingBytes
-        : PipelineSmallRingBytes;
-
-    /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
     /// With <see cref="SpecializedPipelined"/>, a cache gets a build of paged_attention_tc.cu with only this group's and
     /// value group's kernel, whose format switch keeps only its formats (a fraction of the generic kernel's code, which
@@ -235,14 +217,15 @@ internal sealed partial class CudaPagedKernels
     }
 
     /// <summary>
-    /// The pipelined kernel's plan: rings of <see cref="RingBytesFor"/> <paramref name="formats"/>; one wave of grid
+    /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
+    /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; one wave of grid
     /// blocks (the blocks resident per multiprocessor with those rings × multiprocessors) shared by every row, or whole
     /// waves of them (<see cref="WaveUnits"/>), whose units the kernel hands to the layer's (row, head) pairs with a chunk
     /// it picks per layer from their block counts (paged_attention_tc.cu, <c>wave_split</c>).
     /// </summary>
     private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
-        int ring = RingBytesFor(formats);
+        int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
         int wave = perSm * _device.MultiprocessorCount;
         var (units, splits, chunk) = WaveUnits(blocks, wave, rows, kvHeads);
@@ -359,7 +342,7 @@ internal sealed partial class CudaPagedKernels
             if (!SupportsPipelined(group, headDim, valueGroup, blockTokens))
                 throw new CudaException("paged attention", $"the pipelined kernel needs blocks of at most 32 tokens, not {blockTokens}");
             int ring = plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes;
-            if (ring is not (PipelineRingBytes or PipelineSmallRingBytes or PipelineInt4RingBytes) || plan.SharedBytes < PipelinedSharedBytes(group, plan.Chunk, ring))
+            if (ring is not (PipelineRingBytes or PipelineSmallRingBytes) || plan.SharedBytes < PipelinedSharedBytes(group, plan.Chunk, ring))
                 throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
             if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
