@@ -449,6 +449,9 @@ struct PagedQkvAppend
 };
 
 // Grid: (heads + 2 kv_heads) · hd / 16 blocks of 256 threads (hd a multiple of 16). Tables pre-offset to the layer.
+// Its register count matters beyond its own time: capped at 64 (launch bounds (256, 4): 4 blocks an SM instead of 2 at
+// NVRTC 12.4's 88), the KIVI caches at 128K, batch 1, decode 7-8% slower a step on an H100 though the kernels alone take
+// the same time (docs/benchmarks.md, issue 7, "The fused append's cost"): re-measure those rows after changing it.
 #define PAGED_QKV(NAME, W) \
     extern "C" __global__ void __launch_bounds__(256) paged_qkv_rope_append_##NAME(const W::T* w, const float* x, const float* nw, float eps, \
         int rows, int cols, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int interleaved, u8* pool, \
