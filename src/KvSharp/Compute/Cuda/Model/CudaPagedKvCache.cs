@@ -133,10 +133,9 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         $"the CUDA paged KV cache does not support VidKV for {what} (the device reads VidKV blocks in attention and encodes them for the vidkv press only); use another format on the GPU or the CPU cache";
 
     /// <summary>
-    /// The decode attention kernel (all are checked). By default the tensor-core one where it applies (head dimension 128,
-    /// value groups of 32, 64 or 128 channels: on an H100 the fastest at 32K tokens and within 10% of the pipelined one at
-    /// 128K, docs/benchmarks.md issue 7), else the wide one for keys of 4 bits or fewer and the lane-channels one for 8- to
-    /// 32-bit keys; the VidKV one, the only one that reads VidKV blocks, for a cache holding them.
+    /// The decode attention kernel (all are checked). By default <see cref="DefaultAttentionKernel"/>'s choice for the
+    /// cache's shape and key format (the pipelined tensor-core kernel where it reads them, but for INT8 keys); the VidKV
+    /// one, the only one that reads VidKV blocks, for a cache holding them.
     /// </summary>
     /// <exception cref="KvSharpException">A tensor-core kernel is asked for a shape it does not read, or another kernel than VidKv for a cache holding VidKV blocks.</exception>
     public PagedAttentionKernel AttentionKernel
