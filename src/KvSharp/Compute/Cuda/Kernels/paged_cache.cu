@@ -388,9 +388,10 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 // filled the residual, encodes it with all its threads (residual_full: fresh pool slots, the descriptor, an empty
 // residual) exactly as paged_rope_append does. No block reads the tables after it has counted itself, so the last block
 // is alone with them. Every write is done when the grid ends, so the attention after it (griddepcontrol.wait) sees them.
-// The tables and the residual rows are read with ld.global.cg: the epilogue runs after the trigger, with the attention's
-// grid resident on the same SMs. The last block's threads each read the residual's descriptor, and a barrier keeps
-// those reads before thread 0's store of its new count (docs/benchmarks.md, issue 7, "Races in the fused append").
+// pair and finish read the tables with ld.global.cg: the epilogue runs after the trigger, with the attention's grid
+// resident on the same SMs (residual_full, reached by the last block after the barrier and its fence, reads plainly).
+// The last block's threads each read the residual's descriptor, and a barrier keeps those reads before thread 0's
+// store of its new count (docs/benchmarks.md, issue 7, "Races in the fused append").
 struct PagedQkvAppend
 {
     float* q_out;
