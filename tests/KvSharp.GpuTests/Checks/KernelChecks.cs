@@ -211,15 +211,17 @@ public static class KernelChecks
     }
 
     /// <summary>
-    /// Matrix-vector kernels: each weight type, 1/3/8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
-    /// row count (two rows per warp), the accumulate and SwiGLU epilogues, and the fused RMSNorm of the input.
+    /// Matrix-vector kernels: each weight type, 1-8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
+    /// row count (two rows per warp; a partial last tile of the tensor-core kernel), the accumulate and SwiGLU epilogues,
+    /// and the fused RMSNorm of the input. For the tensor-core kernel, 1024 columns are split over blocks in the
+    /// accumulating product (few row blocks) and 2304 give each warp 9 steps (not a multiple of its load ring's depth).
     /// </summary>
     public static string Gemv()
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 1024, 172 })
-                foreach (int n in new[] { 1, 3, 8 })
+            foreach (int cols in new[] { 1024, 2304, 172 })
+                foreach (int n in new[] { 1, 2, 3, 4, 5, 6, 7, 8 })
                     foreach (var (mode, normed) in new[] { (CudaKernels.GemvMode.Store, false), (CudaKernels.GemvMode.Accumulate, false),
                         (CudaKernels.GemvMode.SwiGlu, false), (CudaKernels.GemvMode.Store, true), (CudaKernels.GemvMode.SwiGlu, true) })
                     {

@@ -27,6 +27,7 @@ internal sealed class CudaKernels : IDisposable
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
         // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
         _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
+        MmaVariant = Environment.GetEnvironmentVariable("KVSHARP_MMA") ?? ""; // TEMPORARY A/B (gpumma8)
         // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
         _attention = CudaModule.LoadEmbedded(device, "attention.cu",
             name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));
@@ -124,6 +125,9 @@ internal sealed class CudaKernels : IDisposable
     /// </summary>
     public bool UseTensorCoreGemv { get; set; } = true;
 
+    /// <summary>TEMPORARY A/B (gpumma8): "" = gemv_mma_*, else the gemv_{variant}_* ring kernel.</summary>
+    public string MmaVariant { get; set; }
+
     /// <summary>The tensor-core kernel splits the columns over 8 warps of 32: widths must be multiples of this.</summary>
     public const int TensorCoreGemvColumns = 256;
 
@@ -137,6 +141,18 @@ internal sealed class CudaKernels : IDisposable
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
+        if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0 && MmaVariant.Length > 0)
+        {
+            // TEMPORARY A/B (gpumma8): "ringDR" = D steps in flight, R row tiles of 16 per warp.
+            int tiles = MmaVariant[^1] - '0';
+            int perBlock = (mode == GemvMode.SwiGlu ? 8 : 16) * tiles;
+            int blocks = (rows + perBlock - 1) / perBlock, parts = 1;
+            if (mode == GemvMode.Accumulate)
+                while (parts < 4 && (long)blocks * parts < 2L * _device.MultiprocessorCount && cols % (TensorCoreGemvColumns * parts * 2) == 0) parts *= 2;
+            _gemv[$"gemv_{MmaVariant}_{Suffix(type)}{name}"].Launch(new Dim3((uint)blocks, (uint)parts), Threads, 0, w, x, y, norm, Arg.Float(eps),
+                Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
+            return;
+        }
         if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
         {
             // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
