@@ -311,3 +311,132 @@ GEMV_RING(gemv_ring81_bf16, true, 8, 1, 2)
 GEMV_RING(gemv_ring81_f16, false, 8, 1, 2)
 GEMV_RING(gemv_ring42_bf16, true, 4, 2, 2)
 GEMV_RING(gemv_ring42_f16, false, 4, 2, 2)
+
+// TEMPORARY A/B (gpumma8): the same products with each warp's weights streamed through a private ring of S steps in
+// shared memory by cp.async (16 bytes per lane per row half, L2 only): S steps stay in flight without holding registers,
+// each lane reads back exactly the 16-byte pieces it copied (no barrier), and a slot is refilled right after its products.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+template <bool BF16, int MODE, bool NORM, int S>
+__device__ __forceinline__ void gemv_mma_async(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
+    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
+{
+    __shared__ uint4 stage[MMA_WARPS][S][2][32];
+    __shared__ float4 red[MMA_WARPS][32];
+    __shared__ float ssr[MMA_WARPS][8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int rbase = blockIdx.x * (MODE == 2 ? 8 : 16);
+    const int ra = min(rbase + g, rows - 1);
+    const int rb = MODE == 2 ? ra + rows : min(rbase + g + 8, rows - 1);
+    const int kper = cols / (MMA_WARPS * (int)gridDim.y), k0 = ((int)blockIdx.y * MMA_WARPS + warp) * kper;
+    const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
+    const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
+    const int steps = kper / 32;
+    uint4 (*ring)[2][32] = stage[warp];
+#pragma unroll
+    for (int i = 0; i < S; i++)
+    {
+        cp_async16(&ring[i][0][lane], wa + min(i, steps - 1) * 4, i < steps);
+        cp_async16(&ring[i][1][lane], wb + min(i, steps - 1) * 4, i < steps);
+        cp_async_commit();
+    }
+    const bool has_row = g < nt;
+    const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
+    const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
+    pdl_wait();
+
+    float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int s = 0; s < steps; s++)
+    {
+        float4 x0 = __ldg(xr + s * 8), x1 = __ldg(xr + s * 8 + 1);
+        if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
+        if (NORM)
+        {
+            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
+            const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
+            x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
+            x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
+        }
+        cp_async_wait<S - 1>(); // step s's copies (group s) have landed
+        const int slot = s % S;
+        const uint4 a = ring[slot][0][lane], b = ring[slot][1][lane];
+        mma16816<BF16>(c, a.x, b.x, a.y, b.y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
+        mma16816<BF16>(c, a.z, b.z, a.w, b.w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+        const bool more = s + S < steps; // an empty group past the end keeps the count of pending groups uniform
+        cp_async16(&ring[slot][0][lane], wa + (more ? s + S : 0) * 4, more);
+        cp_async16(&ring[slot][1][lane], wb + (more ? s + S : 0) * 4, more);
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+    pdl_trigger();
+    red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
+    if (NORM)
+    {
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        if (tq == 0) ssr[warp][g] = ss;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float4 sum = red[0][lane];
+#pragma unroll
+    for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[i][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
+    const int t0 = 2 * tq, t1 = 2 * tq + 1;
+    float inv0 = 1.0f, inv1 = 1.0f;
+    if (NORM)
+    {
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MMA_WARPS; i++) { s0 += ssr[i][t0]; s1 += ssr[i][t1]; }
+        inv0 = 1.0f / sqrtf(s0 / cols + eps);
+        inv1 = 1.0f / sqrtf(s1 / cols + eps);
+    }
+    const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
+    if (MODE == 2)
+    {
+        const int r = rbase + g;
+        if (r >= rows) return;
+        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
+        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
+        return;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        const int r = rbase + g + 8 * h;
+        if (r >= rows) continue;
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+        {
+            const int t = 2 * tq + e;
+            if (t >= nt) continue;
+            float* out = y + (long)t * rows + r;
+            if (MODE == 1)
+            {
+                if (gridDim.y > 1) atomicAdd(out, v[2 * h + e]);
+                else *out += v[2 * h + e];
+            }
+            else *out = v[2 * h + e];
+        }
+    }
+}
+
+#define GEMV_ASYNC(NAME, BF, S) \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME(GEMV_MMA_ARGS) { gemv_mma_async<BF, 0, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma_async<BF, 0, true, S>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma_async<BF, 1, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma_async<BF, 2, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma_async<BF, 2, true, S>(w, x, y, nw, eps, rows, cols, nt); }
+GEMV_ASYNC(gemv_cpa4_bf16, true, 4)
+GEMV_ASYNC(gemv_cpa4_f16, false, 4)
+GEMV_ASYNC(gemv_cpa5_bf16, true, 5)
+GEMV_ASYNC(gemv_cpa5_f16, false, 5)

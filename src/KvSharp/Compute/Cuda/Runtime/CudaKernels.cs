@@ -143,13 +143,15 @@ internal sealed class CudaKernels : IDisposable
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
         if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0 && MmaVariant.Length > 0)
         {
-            // TEMPORARY A/B (gpumma8): "ringDR" = D steps in flight, R row tiles of 16 per warp.
-            int tiles = MmaVariant[^1] - '0';
+            // TEMPORARY A/B (gpumma8): "ringDR" = D steps in flight, R row tiles of 16 per warp; "cpaS" = S steps in a
+            // shared-memory ring; ":p1" = no column split of the accumulating product.
+            string kernel = MmaVariant.Split(':')[0];
+            int tiles = kernel == "ring42" ? 2 : 1;
             int perBlock = (mode == GemvMode.SwiGlu ? 8 : 16) * tiles;
             int blocks = (rows + perBlock - 1) / perBlock, parts = 1;
-            if (mode == GemvMode.Accumulate)
+            if (mode == GemvMode.Accumulate && !MmaVariant.EndsWith(":p1", StringComparison.Ordinal))
                 while (parts < 4 && (long)blocks * parts < 2L * _device.MultiprocessorCount && cols % (TensorCoreGemvColumns * parts * 2) == 0) parts *= 2;
-            _gemv[$"gemv_{MmaVariant}_{Suffix(type)}{name}"].Launch(new Dim3((uint)blocks, (uint)parts), Threads, 0, w, x, y, norm, Arg.Float(eps),
+            _gemv[$"gemv_{kernel}_{Suffix(type)}{name}"].Launch(new Dim3((uint)blocks, (uint)parts), Threads, 0, w, x, y, norm, Arg.Float(eps),
                 Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
             return;
         }
