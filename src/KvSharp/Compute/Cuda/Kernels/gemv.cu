@@ -156,15 +156,20 @@ GEMV_MMA(gemv_mma_f16, false)
 // Tensor-core products with D steps of weight loads in flight per lane (a register ring refilled as each step is
 // consumed; the first D steps are loaded before pdl_wait) and RT row tiles of 16 per warp sharing each B fragment.
 // gridDim.y > 1 (MODE 1 only) splits the columns over that many blocks, which add atomically.
+template <bool HINT>
 __device__ __forceinline__ uint4 load_weights(const uint4* p)
 {
     // volatile: issued in program order with the (volatile) mma, so the ring's refills go out before the step's products.
+    // HINT: L2 fetches the whole 256-byte piece of the row (the warp's next 3 steps' 64 bytes of it come from L2).
     uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    if (HINT)
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    else
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
 }
 
-template <bool BF16, int MODE, bool NORM, int D, int RT>
+template <bool BF16, int MODE, bool NORM, int D, int RT, bool HINT = false>
 __device__ __forceinline__ void gemv_mma_ring(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt)
 {
@@ -191,7 +196,7 @@ __device__ __forceinline__ void gemv_mma_ring(const u16* __restrict__ w, const f
     {
         const int si = min(i, steps - 1) * 4;
 #pragma unroll
-        for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights(wp[j][0] + si); ring[i][j][1] = load_weights(wp[j][1] + si); }
+        for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights<HINT>(wp[j][0] + si); ring[i][j][1] = load_weights<HINT>(wp[j][1] + si); }
     }
     const bool has_row = g < nt;
     const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
@@ -236,7 +241,7 @@ __device__ __forceinline__ void gemv_mma_ring(const u16* __restrict__ w, const f
             step(ring[i], xs[i][0], xs[i][1], s0 + i);
             const int sn = min(s0 + i + D, steps - 1) * 4;
 #pragma unroll
-            for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights(wp[j][0] + sn); ring[i][j][1] = load_weights(wp[j][1] + sn); }
+            for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights<HINT>(wp[j][0] + sn); ring[i][j][1] = load_weights<HINT>(wp[j][1] + sn); }
         }
     }
     // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
@@ -299,18 +304,24 @@ __device__ __forceinline__ void gemv_mma_ring(const u16* __restrict__ w, const f
     }
 }
 
-#define GEMV_RING(NAME, BF, D, RT, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, false, D, RT>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, true, D, RT>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 1, false, D, RT>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, false, D, RT>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, true, D, RT>(w, x, y, nw, eps, rows, cols, nt); }
+#define GEMV_RING(NAME, BF, D, RT, MINB, ...) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, true, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 1, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, true, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); }
 GEMV_RING(gemv_ring41_bf16, true, 4, 1, 3)
 GEMV_RING(gemv_ring41_f16, false, 4, 1, 3)
 GEMV_RING(gemv_ring81_bf16, true, 8, 1, 2)
 GEMV_RING(gemv_ring81_f16, false, 8, 1, 2)
 GEMV_RING(gemv_ring42_bf16, true, 4, 2, 2)
 GEMV_RING(gemv_ring42_f16, false, 4, 2, 2)
+GEMV_RING(gemv_ring41h_bf16, true, 4, 1, 3, , true)
+GEMV_RING(gemv_ring41h_f16, false, 4, 1, 3, , true)
+GEMV_RING(gemv_ring41m4_bf16, true, 4, 1, 4)
+GEMV_RING(gemv_ring41m4_f16, false, 4, 1, 4)
+GEMV_RING(gemv_ring41hm4_bf16, true, 4, 1, 4, , true)
+GEMV_RING(gemv_ring41hm4_f16, false, 4, 1, 4, , true)
 
 // TEMPORARY A/B (gpumma8): the same products with each warp's weights streamed through a private ring of S steps in
 // shared memory by cp.async (16 bytes per lane per row half, L2 only): S steps stay in flight without holding registers,
