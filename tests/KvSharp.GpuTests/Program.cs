@@ -67,11 +67,6 @@ switch (command)
                 Ints("--batch-contexts", ""), int.Parse(Option("--batch", "8")), int.Parse(Option("--steps", "64")), Ints("--prefill", "4096"), Console.Out);
             return 0;
         }
-    case "bench-mma": // TEMPORARY A/B (gpumma8)
-        DecodeBench.RunMmaAb(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), Option("--variants", ",ring41").Split(','),
-            Option("--batch-contexts", "4096,32768").Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(),
-            int.Parse(Option("--steps", "32")), int.Parse(Option("--repeats", "3")), Console.Out);
-        return 0;
     case "bench-paged":
         {
             var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();

@@ -158,67 +158,6 @@ public static class DecodeBench
 
     private static int[] Prompt(int tokens, ModelConfig config) => Enumerable.Range(0, tokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
 
-    /// <summary>
-    /// TEMPORARY A/B (gpumma8): each batch-2/4/8 product alone and the batch-8 decode step for every tensor-core variant
-    /// ("" = gemv_mma_*), interleaved in one process, <paramref name="repeats"/> rounds.
-    /// </summary>
-    public static void RunMmaAb(string configPath, IReadOnlyList<string> variants, IReadOnlyList<int> batchContexts, int steps, int repeats, TextWriter log)
-    {
-        var device = CudaDevice.Shared;
-        device.MakeCurrent();
-        log.WriteLine($"device: {device}");
-        double bandwidth = CopyBandwidth(device);
-        log.WriteLine($"device-to-device copy: {bandwidth / 1e9:F0} GB/s (bytes read + written)");
-        var config = HfConfigReader.Read(configPath);
-        CudaTransformer gpu;
-        using (var weights = DummyWeights.Create(config, GgmlType.BF16, seed: 7))
-            gpu = new CudaTransformer(device, weights, DeviceWeightType.BF16);
-        using var _ = gpu;
-        long weightBytes = gpu.WeightBytesReadPerToken;
-        using var timer = new CudaTimer(device);
-        var c = gpu.Config;
-        const int launches = 20;
-        using var x = device.Allocate(4L * 8 * Math.Max(c.HiddenSize, c.IntermediateSize));
-        using var y = device.Allocate(4L * 8 * Math.Max(c.VocabSize, 2 * c.IntermediateSize));
-        x.Fill32(0x3C000000u);
-        y.Fill32(0);
-        // A first graph decode before any timing: the first round of call 1 timed the old kernel faster before any
-        // decode than after (an idle device's clocks), which would favour whichever variant comes first.
-        Decode(gpu, timer, batchContexts[0], 8, steps, bandwidth, weightBytes, "warm-up", log);
-        var us = new Dictionary<string, List<double>>();
-        var byteCounts = new Dictionary<string, long>();
-        for (int r = 0; r < repeats; r++)
-            foreach (string v in variants)
-            {
-                gpu.Kernels.MmaVariant = v;
-                foreach (int n in new[] { 2, 4, 8 })
-                    foreach (var (name, m, mode, norm) in gpu.DecodeMatrices())
-                    {
-                        int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-                        void Launch() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, norm, 1e-5f);
-                        Launch();
-                        timer.Start();
-                        for (int i = 0; i < launches; i++) Launch();
-                        double t = timer.StopMilliseconds() * 1e3 / launches;
-                        string key = $"x{n} {name} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB|{(v.Length == 0 ? "mma" : v)}";
-                        if (!us.TryGetValue(key, out var list)) us[key] = list = [];
-                        byteCounts[key] = m.Buffer.ByteLength;
-                        list.Add(t);
-                        if (r == 0 && n == 8 && m == gpu.DecodeMatrices()[0].Matrix) log.WriteLine($"round {r} variant {(v.Length == 0 ? "mma" : v)}");
-                    }
-                foreach (int context in batchContexts)
-                    Decode(gpu, timer, context, 8, steps, bandwidth, weightBytes, $"variant {(v.Length == 0 ? "mma" : v)} round {r}", log);
-            }
-        foreach (var (key, list) in us.OrderBy(k => k.Key, StringComparer.Ordinal))
-        {
-            list.Sort();
-            double med = list[list.Count / 2];
-            long bytes = byteCounts[key];
-            log.WriteLine($"kernel gemv {key.Replace("|", " ")}: median {med:F1} us ({string.Join(", ", list.Select(t => t.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)))}), ~{bytes / (med * 1e-6) / bandwidth * 100:F0}% of copy");
-        }
-        gpu.Kernels.MmaVariant = "";
-    }
-
     /// <summary>Median of 3 event-timed runs of <paramref name="steps"/> graph decode steps; one result-table row.</summary>
     private static string Decode(CudaTransformer gpu, CudaTimer timer, int context, int batch, int steps, double bandwidth, long weightBytes,
         string note, TextWriter log)

@@ -213,8 +213,8 @@ public static class KernelChecks
     /// <summary>
     /// Matrix-vector kernels: each weight type, 1-8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
     /// row count (two rows per warp; a partial last tile of the tensor-core kernel), the accumulate and SwiGLU epilogues,
-    /// and the fused RMSNorm of the input. For the tensor-core kernel, 1024 columns are split over blocks in the
-    /// accumulating product (few row blocks) and 2304 give each warp 9 steps (not a multiple of its load ring's depth).
+    /// and the fused RMSNorm of the input. The tensor-core kernel's warps take 4 steps of 32 columns at 1024 columns (one
+    /// group of its load ring) and 9 at 2304 (two groups and a remainder).
     /// </summary>
     public static string Gemv()
     {

@@ -35,6 +35,8 @@ GEMV_ALL(gemv_f16, WeightF16)
 // 16-bit type, C in float32. The 8 warps' fragments are summed through shared memory. Every weight byte
 // is read once and every activation element is loaded once per 16 weight rows, where the CUDA-core
 // kernel above reloads activations per two rows (its L1 traffic limits it to ~1/3 of the bandwidth at 8 rows).
+// Each lane keeps MMA_RING steps of weight loads in flight (a register ring, the first MMA_RING steps loaded before
+// pdl_wait): the earlier loop, compiled with one or two steps' loads in flight, was latency-bound (a batch-8 step 18% slower).
 template <bool BF16>
 __device__ __forceinline__ unsigned pack_x(float lo, float hi)
 {
@@ -54,11 +56,29 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
 }
 
 constexpr int MMA_WARPS = 8;
+// Steps (32 columns of a warp's 16 rows: two 16-byte loads a lane) in flight per lane. 4 with 3 blocks a multiprocessor
+// (__launch_bounds__ below: 80 registers) measured fastest on an H100 (docs/benchmarks.md, branch gpumma8): 4 blocks
+// (64 registers) were 5% slower a batch-8 step at 4K, 8 steps (2 blocks) 5%, two row tiles a warp sharing the activations
+// (4 steps, 2 blocks) 0.4%, a 4- or 5-step cp.async ring in shared memory 13-14%, columns split over 2 blocks adding
+// atomically (the 256-block products) 0.7%.
+constexpr int MMA_RING = 4;
+
+// A weight load for the ring: volatile, so that the front end keeps it in program order with the (volatile) mma.
+// L2::256B: L2 fetches the whole 256-byte piece of the row, of which a warp's step reads 64 bytes (4 lanes x 16) and its
+// next 3 steps the rest, so DRAM sees 256-byte requests and the ring's 4 steps stand for up to 16 steps of DRAM reads
+// (1.3% faster a batch-8 step at 4K on an H100, every product faster).
+__device__ __forceinline__ uint4 load_weights(const uint4* p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
 
 template <bool BF16, int MODE, bool NORM>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt)
 {
+    constexpr int D = MMA_RING;
     __shared__ float4 red[MMA_WARPS][32];
     __shared__ float ssr[MMA_WARPS][8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -68,6 +88,18 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     const int kper = cols / MMA_WARPS, k0 = warp * kper;
     const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
     const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
+    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
+    // Loads past the last step reload the last one (an L2 hit) instead of being predicated off: a predicated load into
+    // the ring costs a register copy each. Weights never depend on the previous kernel: the first D steps go out before
+    // pdl_wait.
+    uint4 ring[D][2];
+#pragma unroll
+    for (int i = 0; i < D; i++)
+    {
+        const int si = min(i, steps - 1) * 4;
+        ring[i][0] = load_weights(wa + si);
+        ring[i][1] = load_weights(wb + si);
+    }
     const bool has_row = g < nt;
     const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
@@ -75,13 +107,8 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
 
     float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
     float ss = 0.0f;
-    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
-#pragma unroll 4
-    for (int s = 0; s < steps; s++)
-    {
-        const uint4 a = load_stream(wa + s * 4);
-        const uint4 b = load_stream(wb + s * 4);
-        float4 x0 = __ldg(xr + s * 8), x1 = __ldg(xr + s * 8 + 1);
+    // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
+    auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
         if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
         if (NORM)
         {
@@ -90,9 +117,31 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
             x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
             x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
         }
-        mma16816<BF16>(c, a.x, b.x, a.y, b.y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
-        mma16816<BF16>(c, a.z, b.z, a.w, b.w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+        mma16816<BF16>(c, a[0].x, a[1].x, a[0].y, a[1].y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
+        mma16816<BF16>(c, a[0].z, a[1].z, a[0].w, a[1].w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+    };
+    // Whole groups of D steps with no branch between their steps, so that a group's activation loads all go out at its
+    // start (one L1/L2 round trip a group, not a step) while the ring's D steps of weights are in flight; each slot is
+    // refilled with the next group's step once its products are issued.
+    int s0 = 0;
+    for (; s0 + D <= steps; s0 += D)
+    {
+        float4 xs[D][2];
+#pragma unroll
+        for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
+#pragma unroll
+        for (int i = 0; i < D; i++)
+        {
+            step(ring[i], xs[i][0], xs[i][1], s0 + i);
+            const int sn = min(s0 + i + D, steps - 1) * 4;
+            ring[i][0] = load_weights(wa + sn);
+            ring[i][1] = load_weights(wb + sn);
+        }
     }
+    // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
+#pragma unroll
+    for (int i = 0; i < D - 1; i++)
+        if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
     pdl_trigger();
     red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
     if (NORM)
@@ -142,312 +191,13 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     }
 }
 
+// 3 blocks of 256 threads a multiprocessor (at most 85 registers): the QKV product's 384 blocks (Llama-3.1-8B) in one wave.
 #define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
 #define GEMV_MMA(NAME, BF) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
 GEMV_MMA(gemv_mma_bf16, true)
 GEMV_MMA(gemv_mma_f16, false)
-
-// TEMPORARY A/B (gpumma8): the ring kernel below against gemv_mma above; one of them goes before the final commit.
-// Tensor-core products with D steps of weight loads in flight per lane (a register ring refilled as each step is
-// consumed; the first D steps are loaded before pdl_wait) and RT row tiles of 16 per warp sharing each B fragment.
-// gridDim.y > 1 (MODE 1 only) splits the columns over that many blocks, which add atomically.
-template <bool HINT>
-__device__ __forceinline__ uint4 load_weights(const uint4* p)
-{
-    // volatile: issued in program order with the (volatile) mma, so the ring's refills go out before the step's products.
-    // HINT: L2 fetches the whole 256-byte piece of the row (the warp's next 3 steps' 64 bytes of it come from L2).
-    uint4 r;
-    if (HINT)
-        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    else
-        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-
-template <bool BF16, int MODE, bool NORM, int D, int RT, bool HINT = false>
-__device__ __forceinline__ void gemv_mma_ring(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
-{
-    __shared__ float4 red[MMA_WARPS][RT][32];
-    __shared__ float ssr[MMA_WARPS][8];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int rbase = blockIdx.x * (MODE == 2 ? 8 : 16) * RT;
-    const int kper = cols / (MMA_WARPS * (int)gridDim.y), k0 = ((int)blockIdx.y * MMA_WARPS + warp) * kper;
-    const uint4* wp[RT][2];
-#pragma unroll
-    for (int j = 0; j < RT; j++)
-    {
-        const int ra = min(rbase + (MODE == 2 ? 8 : 16) * j + g, rows - 1);
-        const int rb = MODE == 2 ? ra + rows : min(rbase + 16 * j + g + 8, rows - 1);
-        wp[j][0] = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
-        wp[j][1] = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
-    }
-    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
-    // Loads past the last step reload the last one (an L2 hit) instead of being predicated off: predicated loads into the
-    // ring cost a register copy each.
-    uint4 ring[D][RT][2];
-#pragma unroll
-    for (int i = 0; i < D; i++)
-    {
-        const int si = min(i, steps - 1) * 4;
-#pragma unroll
-        for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights<HINT>(wp[j][0] + si); ring[i][j][1] = load_weights<HINT>(wp[j][1] + si); }
-    }
-    const bool has_row = g < nt;
-    const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
-    const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
-    pdl_wait();
-
-    float c[RT][4];
-#pragma unroll
-    for (int j = 0; j < RT; j++) { c[j][0] = 0.0f; c[j][1] = 0.0f; c[j][2] = 0.0f; c[j][3] = 0.0f; }
-    float ss = 0.0f;
-    // One step: the products of ring slot i's weights with activation columns xs (2 float4 of row g), the norm folded in.
-    auto step = [&](const uint4 (&a)[RT][2], float4 x0, float4 x1, int s) {
-        if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
-        if (NORM)
-        {
-            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
-            const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
-            x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
-            x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
-        }
-        const unsigned b0 = pack_x<BF16>(x0.x, x0.y), b1 = pack_x<BF16>(x0.z, x0.w);
-        const unsigned b2 = pack_x<BF16>(x1.x, x1.y), b3 = pack_x<BF16>(x1.z, x1.w);
-#pragma unroll
-        for (int j = 0; j < RT; j++)
-        {
-            mma16816<BF16>(c[j], a[j][0].x, a[j][1].x, a[j][0].y, a[j][1].y, b0, b1);
-            mma16816<BF16>(c[j], a[j][0].z, a[j][1].z, a[j][0].w, a[j][1].w, b2, b3);
-        }
-    };
-    // Whole groups of D steps with no branch between their steps, so that the group's activation loads all go out at its
-    // start (one L1/L2 round trip per group, not per step) while the ring's D steps of weights are in flight; each slot is
-    // refilled with the next group's step as soon as its products are issued.
-    int s0 = 0;
-    for (; s0 + D <= steps; s0 += D)
-    {
-        float4 xs[D][2];
-#pragma unroll
-        for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
-#pragma unroll
-        for (int i = 0; i < D; i++)
-        {
-            step(ring[i], xs[i][0], xs[i][1], s0 + i);
-            const int sn = min(s0 + i + D, steps - 1) * 4;
-#pragma unroll
-            for (int j = 0; j < RT; j++) { ring[i][j][0] = load_weights<HINT>(wp[j][0] + sn); ring[i][j][1] = load_weights<HINT>(wp[j][1] + sn); }
-        }
-    }
-    // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
-#pragma unroll
-    for (int i = 0; i < D - 1; i++)
-        if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
-    pdl_trigger();
-#pragma unroll
-    for (int j = 0; j < RT; j++) red[warp][j][lane] = make_float4(c[j][0], c[j][1], c[j][2], c[j][3]);
-    if (NORM)
-    {
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        if (tq == 0) ssr[warp][g] = ss;
-    }
-    __syncthreads();
-    if (warp >= RT) return;
-    const int j = warp; // warp j sums row tile j
-    float4 sum = red[0][j][lane];
-#pragma unroll
-    for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[i][j][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
-    // C fragment: (row g, activation rows 2tq and 2tq+1) in x, y; (row g + 8, same) in z, w.
-    const int t0 = 2 * tq, t1 = 2 * tq + 1;
-    float inv0 = 1.0f, inv1 = 1.0f;
-    if (NORM)
-    {
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < MMA_WARPS; i++) { s0 += ssr[i][t0]; s1 += ssr[i][t1]; }
-        inv0 = 1.0f / sqrtf(s0 / cols + eps);
-        inv1 = 1.0f / sqrtf(s1 / cols + eps);
-    }
-    const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
-    if (MODE == 2)
-    {
-        const int r = rbase + 8 * j + g;
-        if (r >= rows) return;
-        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
-        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
-        return;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-    {
-        const int r = rbase + 16 * j + g + 8 * h;
-        if (r >= rows) continue;
-#pragma unroll
-        for (int e = 0; e < 2; e++)
-        {
-            const int t = 2 * tq + e;
-            if (t >= nt) continue;
-            float* out = y + (long)t * rows + r;
-            if (MODE == 1)
-            {
-                if (gridDim.y > 1) atomicAdd(out, v[2 * h + e]);
-                else *out += v[2 * h + e];
-            }
-            else *out = v[2 * h + e];
-        }
-    }
-}
-
-#define GEMV_RING(NAME, BF, D, RT, MINB, ...) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 0, true, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 1, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, false, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma_ring<BF, 2, true, D, RT __VA_ARGS__>(w, x, y, nw, eps, rows, cols, nt); }
-GEMV_RING(gemv_ring41_bf16, true, 4, 1, 3)
-GEMV_RING(gemv_ring41_f16, false, 4, 1, 3)
-GEMV_RING(gemv_ring81_bf16, true, 8, 1, 2)
-GEMV_RING(gemv_ring81_f16, false, 8, 1, 2)
-GEMV_RING(gemv_ring42_bf16, true, 4, 2, 2)
-GEMV_RING(gemv_ring42_f16, false, 4, 2, 2)
-GEMV_RING(gemv_ring41h_bf16, true, 4, 1, 3, , true)
-GEMV_RING(gemv_ring41h_f16, false, 4, 1, 3, , true)
-GEMV_RING(gemv_ring41m4_bf16, true, 4, 1, 4)
-GEMV_RING(gemv_ring41m4_f16, false, 4, 1, 4)
-GEMV_RING(gemv_ring41hm4_bf16, true, 4, 1, 4, , true)
-GEMV_RING(gemv_ring41hm4_f16, false, 4, 1, 4, , true)
-
-// TEMPORARY A/B (gpumma8): the same products with each warp's weights streamed through a private ring of S steps in
-// shared memory by cp.async (16 bytes per lane per row half, L2 only): S steps stay in flight without holding registers,
-// each lane reads back exactly the 16-byte pieces it copied (no barrier), and a slot is refilled right after its products.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-
-template <bool BF16, int MODE, bool NORM, int S>
-__device__ __forceinline__ void gemv_mma_async(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
-{
-    __shared__ uint4 stage[MMA_WARPS][S][2][32];
-    __shared__ float4 red[MMA_WARPS][32];
-    __shared__ float ssr[MMA_WARPS][8];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int rbase = blockIdx.x * (MODE == 2 ? 8 : 16);
-    const int ra = min(rbase + g, rows - 1);
-    const int rb = MODE == 2 ? ra + rows : min(rbase + g + 8, rows - 1);
-    const int kper = cols / (MMA_WARPS * (int)gridDim.y), k0 = ((int)blockIdx.y * MMA_WARPS + warp) * kper;
-    const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
-    const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
-    const int steps = kper / 32;
-    uint4 (*ring)[2][32] = stage[warp];
-#pragma unroll
-    for (int i = 0; i < S; i++)
-    {
-        cp_async16(&ring[i][0][lane], wa + min(i, steps - 1) * 4, i < steps);
-        cp_async16(&ring[i][1][lane], wb + min(i, steps - 1) * 4, i < steps);
-        cp_async_commit();
-    }
-    const bool has_row = g < nt;
-    const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
-    const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
-    pdl_wait();
-
-    float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-    float ss = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < steps; s++)
-    {
-        float4 x0 = __ldg(xr + s * 8), x1 = __ldg(xr + s * 8 + 1);
-        if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
-        if (NORM)
-        {
-            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
-            const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
-            x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
-            x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
-        }
-        cp_async_wait<S - 1>(); // step s's copies (group s) have landed
-        const int slot = s % S;
-        const uint4 a = ring[slot][0][lane], b = ring[slot][1][lane];
-        mma16816<BF16>(c, a.x, b.x, a.y, b.y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
-        mma16816<BF16>(c, a.z, b.z, a.w, b.w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
-        const bool more = s + S < steps; // an empty group past the end keeps the count of pending groups uniform
-        cp_async16(&ring[slot][0][lane], wa + (more ? s + S : 0) * 4, more);
-        cp_async16(&ring[slot][1][lane], wb + (more ? s + S : 0) * 4, more);
-        cp_async_commit();
-    }
-    cp_async_wait<0>();
-    pdl_trigger();
-    red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
-    if (NORM)
-    {
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        if (tq == 0) ssr[warp][g] = ss;
-    }
-    __syncthreads();
-    if (warp != 0) return;
-    float4 sum = red[0][lane];
-#pragma unroll
-    for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[i][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
-    const int t0 = 2 * tq, t1 = 2 * tq + 1;
-    float inv0 = 1.0f, inv1 = 1.0f;
-    if (NORM)
-    {
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < MMA_WARPS; i++) { s0 += ssr[i][t0]; s1 += ssr[i][t1]; }
-        inv0 = 1.0f / sqrtf(s0 / cols + eps);
-        inv1 = 1.0f / sqrtf(s1 / cols + eps);
-    }
-    const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
-    if (MODE == 2)
-    {
-        const int r = rbase + g;
-        if (r >= rows) return;
-        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
-        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
-        return;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-    {
-        const int r = rbase + g + 8 * h;
-        if (r >= rows) continue;
-#pragma unroll
-        for (int e = 0; e < 2; e++)
-        {
-            const int t = 2 * tq + e;
-            if (t >= nt) continue;
-            float* out = y + (long)t * rows + r;
-            if (MODE == 1)
-            {
-                if (gridDim.y > 1) atomicAdd(out, v[2 * h + e]);
-                else *out += v[2 * h + e];
-            }
-            else *out = v[2 * h + e];
-        }
-    }
-}
-
-#define GEMV_ASYNC(NAME, BF, S) \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME(GEMV_MMA_ARGS) { gemv_mma_async<BF, 0, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma_async<BF, 0, true, S>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma_async<BF, 1, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma_async<BF, 2, false, S>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 4) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma_async<BF, 2, true, S>(w, x, y, nw, eps, rows, cols, nt); }
-GEMV_ASYNC(gemv_cpa4_bf16, true, 4)
-GEMV_ASYNC(gemv_cpa4_f16, false, 4)
-GEMV_ASYNC(gemv_cpa5_bf16, true, 5)
-GEMV_ASYNC(gemv_cpa5_f16, false, 5)

@@ -25,9 +25,8 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
-        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
-        MmaVariant = Environment.GetEnvironmentVariable("KVSHARP_MMA") ?? ""; // TEMPORARY A/B (gpumma8)
+        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv.cu's MMA_RING).
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", _ => true);
         // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
         _attention = CudaModule.LoadEmbedded(device, "attention.cu",
             name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));
@@ -125,9 +124,6 @@ internal sealed class CudaKernels : IDisposable
     /// </summary>
     public bool UseTensorCoreGemv { get; set; } = true;
 
-    /// <summary>TEMPORARY A/B (gpumma8): "" = gemv_mma_*, else the gemv_{variant}_* ring kernel.</summary>
-    public string MmaVariant { get; set; }
-
     /// <summary>The tensor-core kernel splits the columns over 8 warps of 32: widths must be multiples of this.</summary>
     public const int TensorCoreGemvColumns = 256;
 
@@ -141,20 +137,6 @@ internal sealed class CudaKernels : IDisposable
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
-        if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0 && MmaVariant.Length > 0)
-        {
-            // TEMPORARY A/B (gpumma8): "ringDR" = D steps in flight, R row tiles of 16 per warp; "cpaS" = S steps in a
-            // shared-memory ring; ":p1" = no column split of the accumulating product.
-            string kernel = MmaVariant.Split(':')[0];
-            int tiles = kernel == "ring42" ? 2 : 1;
-            int perBlock = (mode == GemvMode.SwiGlu ? 8 : 16) * tiles;
-            int blocks = (rows + perBlock - 1) / perBlock, parts = 1;
-            if (mode == GemvMode.Accumulate && !MmaVariant.EndsWith(":p1", StringComparison.Ordinal))
-                while (parts < 4 && (long)blocks * parts < 2L * _device.MultiprocessorCount && cols % (TensorCoreGemvColumns * parts * 2) == 0) parts *= 2;
-            _gemv[$"gemv_{kernel}_{Suffix(type)}{name}"].Launch(new Dim3((uint)blocks, (uint)parts), Threads, 0, w, x, y, norm, Arg.Float(eps),
-                Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
-            return;
-        }
         if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
         {
             // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
