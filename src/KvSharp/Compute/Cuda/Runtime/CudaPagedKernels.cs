@@ -184,10 +184,10 @@ internal sealed partial class CudaPagedKernels
     /// value group's kernel, whose format switch keeps only its formats (a fraction of the generic kernel's code, which
     /// missed the instruction cache) and whose register bound is what its shared memory admits: 3 blocks per multiprocessor
     /// with 16 KB rings (F16, FP8, INT8 blocks: 145 registers for F16 blocks, where the generic bound of 4 blocks spilled),
-    /// 4 with the 8 KB rings of small blocks (KIVI-2 / KIVI-4 / KVzip 0.3 + INT4 steps 1.1% / 0.7% / 0.6% faster than over
-    /// the generic build at 8 × 32K on an H200; a bound of 5 blocks, 96 registers, spilled and was 6-9% slower; timed, not
-    /// yet run through the self-checks). Compiled on first use (~3 s on an H200) and cached on disk. Otherwise the
-    /// generic build.
+    /// 4 with the 8 KB rings of small blocks (a bound of 5 blocks, 96 registers, spilled and was 6-9% slower). Every
+    /// compressed row of the H100 benchmark decodes 0.5-2.1% faster a step than over the generic build, and every GPU
+    /// self-check passes over them (stop 19, docs/benchmarks.md). Compiled on first use (~3 s on an H200) and cached on
+    /// disk. The generic build otherwise (<see cref="SpecializedPipelined"/> off).
     /// </summary>
     private CudaFunction Pipelined(int group, int valueGroup, int formats)
     {
