@@ -1,3 +1,4 @@
+using KvSharp.Cache.Blocks;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.GpuTests.Bench;
 using KvSharp.GpuTests.Checks;
@@ -92,13 +93,21 @@ switch (command)
     case "compile":
         // The checks and benchmarks compile each kernel file on first use, one after another (minutes for
         // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
-        // FILE.cu:NAME=VALUE,NAME... builds the file with those defines (a format-specialized build of the pipelined kernel,
-        // e.g. paged_attention_tc.cu:PIPE_ONLY,PIPE_G=4,PIPE_VG=32,PIPE_FORMATS=3,PIPE_MIN_BLOCKS=3).
+        // FILE.cu:NAME=VALUE,NAME... builds the file with those defines; pipelined:G,VG,FORMAT[+FORMAT...] the
+        // format-specialized build of the pipelined kernel a cache of those block formats launches (float32, the residual's,
+        // always added), e.g. pipelined:4,32,Int2 for KIVI-2 over Llama-3.1-8B's shape.
         foreach (string spec in args[1..])
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
             string[] parts = spec.Split(':', 2);
-            KernelCompiler.CompileEmbedded(parts[0], CudaDevice.Shared.Architecture, parts.Length > 1 ? parts[1].Split(',') : null);
+            if (parts[0] == "pipelined" && parts.Length > 1)
+            {
+                string[] p = parts[1].Split(',');
+                int formats = p[2].Split('+').Aggregate(1 << (int)KvFormat.F32, (m, f) => m | 1 << (int)Enum.Parse<KvFormat>(f, ignoreCase: true));
+                KernelCompiler.CompileEmbedded("paged_attention_tc.cu", CudaDevice.Shared.Architecture,
+                    CudaPagedKernels.PipelinedDefines(int.Parse(p[0]), int.Parse(p[1]), formats));
+            }
+            else KernelCompiler.CompileEmbedded(parts[0], CudaDevice.Shared.Architecture, parts.Length > 1 ? parts[1].Split(',') : null);
             Console.WriteLine($"{spec}: compiled in {sw.Elapsed.TotalSeconds:F1} s");
         }
         return 0;

@@ -169,4 +169,20 @@ public class PagedAttentionSharedMemoryTests
             }
         }
     }
+
+    [Theory]
+    // A cache's formats plus float32 (its residual): ≤ 4-bit blocks take the 8 KB rings, 4 grid blocks a multiprocessor;
+    // 8- and 16-bit blocks (alone or mixed in) the 16 KB rings, 3.
+    [InlineData(new[] { KvFormat.Int2 }, 65, 4)]
+    [InlineData(new[] { KvFormat.Int4 }, 33, 4)]
+    [InlineData(new[] { KvFormat.F16 }, 3, 3)]
+    [InlineData(new[] { KvFormat.Fp8E4M3 }, 9, 3)]
+    [InlineData(new[] { KvFormat.Int4, KvFormat.F16 }, 35, 3)]
+    public void SpecializedBuildDefinesFollowTheRings(KvFormat[] formats, int bits, int minBlocks)
+    {
+        int mask = formats.Aggregate(1 << (int)KvFormat.F32, (m, f) => m | 1 << (int)f);
+        Assert.Equal(bits, mask);
+        Assert.Equal(["PIPE_ONLY", "PIPE_G=4", "PIPE_VG=32", $"PIPE_FORMATS={bits}", $"PIPE_MIN_BLOCKS={minBlocks}"],
+            CudaPagedKernels.PipelinedDefines(4, 32, mask));
+    }
 }

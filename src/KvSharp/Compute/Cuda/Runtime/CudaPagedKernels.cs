@@ -179,6 +179,15 @@ internal sealed partial class CudaPagedKernels
     public static bool UsesSmallRings(int formats) => formats != 0 && (formats & ~SmallRingFormats) == 0;
 
     /// <summary>
+    /// The defines of paged_attention_tc.cu's format-specialized build for <paramref name="group"/> query heads per KV
+    /// head, value groups of <paramref name="valueGroup"/> channels and blocks of <paramref name="formats"/> (a bit per
+    /// <see cref="KvFormat"/>): what <see cref="Pipelined"/> compiles, and what <c>KvSharp.GpuTests compile
+    /// pipelined:...</c> fills the disk cache with ahead of a run.
+    /// </summary>
+    internal static string[] PipelinedDefines(int group, int valueGroup, int formats) =>
+        ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}"];
+
+    /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
     /// With <see cref="SpecializedPipelined"/>, a cache gets a build of paged_attention_tc.cu with only this group's and
     /// value group's kernel, whose format switch keeps only its formats (a fraction of the generic kernel's code, which
@@ -199,9 +208,7 @@ internal sealed partial class CudaPagedKernels
             lock (_pipelinedBuilds)
                 if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats), out module))
                 {
-                    string[] defines = ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}",
-                        $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}"];
-                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, defines);
+                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, PipelinedDefines(group, valueGroup, formats));
                     _pipelinedBuilds[(group, valueGroup, formats)] = module;
                 }
             f = module[$"paged_attn_p_g{group}_v{valueGroup}"];
