@@ -702,7 +702,7 @@ __device__ __forceinline__ void paged_attention_tc(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int chunk = chunk_blocks * tokens;
     const int gid = lane >> 2, tig = lane & 3;
-    extern __shared__ float4 smem4[];
+    extern __shared__ __align__(128) float4 smem4[]; // as the pipelined kernel's (one symbol)
     uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
     float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
     int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
@@ -802,10 +802,11 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 // The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
 // * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
-//   lane issuing), as far ahead as the ring (`ring` bytes, up to PIPE_BARS entries) allows, so a warp keeps 4-16 KB of
+//   lane issuing). The ring is fixed-size slots of the split's largest entry, min(ring / slot, PIPE_BARS) of them
+//   (issue_entry): entry e in slot e % NS, refilled with entry e + NS once e is consumed, so a warp keeps 4-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
-//   CUDA-core arithmetic) longer than half a ring are staged in pieces when they end the split (the residual:
-//   pipe_float_pieces), else read in place. Blocks of at most 32 tokens (the host checks): every
+//   CUDA-core arithmetic) longer than a quarter of a ring are staged in pieces when they end the split (the residual:
+//   pipe_float_pieces), else read in place when longer than half a ring. Blocks of at most 32 tokens (the host checks): every
 //   other block fits half a ring, and a block's scores and probabilities fit the registers of one 32-token step. The ring
 //   is 16 KB a warp (F16 blocks of 8 KB), or 8 KB for caches of ≤ 4-bit blocks (≤ 2.5 KB each; the planner's choice,
 //   CudaPagedKernels.PipelineSmallRingBytes): 4 grid blocks then fit an SM instead of 3 (16 warps in flight, not 12).
@@ -1611,7 +1612,11 @@ __device__ __forceinline__ void paged_attention_pipe(
     constexpr int HD = 128, vg = VG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    extern __shared__ float4 smem4[];
+    // 128-byte aligned rings (paged_attention_tc's declaration of the same array says the same): the dynamic part
+    // starts after the static __shared__ words, and with 16 more of them (wslot) the rings began at 16 mod 32 bytes; on
+    // an H100 that build was ~4% slower a step on F16 blocks (8 x 32K) and 3-4% on INT4 ones at the same copy schedule;
+    // aligned, it was faster than main on every row timed (F16 paged, KIVI-2, KIVI-4; docs/benchmarks.md, gpuslots).
+    extern __shared__ __align__(128) float4 smem4[];
     u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
     unsigned* qs = reinterpret_cast<unsigned*>(bars + PIPE_WARPS * PIPE_BARS);                  // [G][PIPE_QROW] q·scale·log2 e, hi/lo (pipe_q)
