@@ -211,15 +211,17 @@ public static class KernelChecks
     }
 
     /// <summary>
-    /// Matrix-vector kernels: each weight type, 1/3/8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
-    /// row count (two rows per warp), the accumulate and SwiGLU epilogues, and the fused RMSNorm of the input.
+    /// Matrix-vector kernels: each weight type, 1-8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
+    /// row count (two rows per warp; a partial last tile of the tensor-core kernel), the accumulate and SwiGLU epilogues,
+    /// and the fused RMSNorm of the input. The tensor-core kernel's warps take 4 steps of 32 columns at 1024 columns (one
+    /// group of its load ring), 9 at 2304 (two groups and a remainder) and 3 at 768 (the remainder alone).
     /// </summary>
     public static string Gemv()
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 1024, 172 })
-                foreach (int n in new[] { 1, 3, 8 })
+            foreach (int cols in new[] { 1024, 2304, 768, 172 })
+                foreach (int n in new[] { 1, 2, 3, 4, 5, 6, 7, 8 })
                     foreach (var (mode, normed) in new[] { (CudaKernels.GemvMode.Store, false), (CudaKernels.GemvMode.Accumulate, false),
                         (CudaKernels.GemvMode.SwiGlu, false), (CudaKernels.GemvMode.Store, true), (CudaKernels.GemvMode.SwiGlu, true) })
                     {

@@ -35,6 +35,8 @@ GEMV_ALL(gemv_f16, WeightF16)
 // 16-bit type, C in float32. The 8 warps' fragments are summed through shared memory. Every weight byte
 // is read once and every activation element is loaded once per 16 weight rows, where the CUDA-core
 // kernel above reloads activations per two rows (its L1 traffic limits it to ~1/3 of the bandwidth at 8 rows).
+// Each lane keeps MMA_RING steps of weight loads in flight (a register ring, the first MMA_RING steps loaded before
+// pdl_wait): the earlier loop, compiled with one or two steps' loads in flight, was latency-bound (a batch-8 step 18% slower).
 template <bool BF16>
 __device__ __forceinline__ unsigned pack_x(float lo, float hi)
 {
@@ -54,11 +56,29 @@ __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, uns
 }
 
 constexpr int MMA_WARPS = 8;
+// Steps (32 columns of a warp's 16 rows: two 16-byte loads a lane) in flight per lane. 4 with 3 blocks a multiprocessor
+// (__launch_bounds__ below: 80 registers) measured fastest on an H100 (docs/benchmarks.md, branch gpumma8): 4 blocks
+// (64 registers) were 5% slower a batch-8 step at 4K, 8 steps (2 blocks) 5%, two row tiles a warp sharing the activations
+// (4 steps, 2 blocks) 0.4%, a 4- or 5-step cp.async ring in shared memory 13-14%, columns split over 2 blocks adding
+// atomically (the 256-block products) 0.7%.
+constexpr int MMA_RING = 4;
+
+// A weight load for the ring: volatile, so that the front end keeps it in program order with the (volatile) mma.
+// L2::256B: L2 fetches the whole 256-byte piece of the row, of which a warp's step reads 64 bytes (4 lanes x 16) and its
+// next 3 steps the rest, so DRAM sees 256-byte requests and the ring's 4 steps stand for up to 16 steps of DRAM reads
+// (1.3% faster a batch-8 step at 4K on an H100, every product faster).
+__device__ __forceinline__ uint4 load_weights(const uint4* p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
 
 template <bool BF16, int MODE, bool NORM>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt)
 {
+    constexpr int D = MMA_RING;
     __shared__ float4 red[MMA_WARPS][32];
     __shared__ float ssr[MMA_WARPS][8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -68,6 +88,18 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     const int kper = cols / MMA_WARPS, k0 = warp * kper;
     const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
     const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
+    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
+    // Loads past the last step reload the last one (an L2 hit) instead of being predicated off: a predicated load into
+    // the ring costs a register copy each. Weights never depend on the previous kernel: the first D steps go out before
+    // pdl_wait.
+    uint4 ring[D][2];
+#pragma unroll
+    for (int i = 0; i < D; i++)
+    {
+        const int si = min(i, steps - 1) * 4;
+        ring[i][0] = load_weights(wa + si);
+        ring[i][1] = load_weights(wb + si);
+    }
     const bool has_row = g < nt;
     const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
@@ -75,13 +107,8 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
 
     float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
     float ss = 0.0f;
-    const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
-#pragma unroll 4
-    for (int s = 0; s < steps; s++)
-    {
-        const uint4 a = load_stream(wa + s * 4);
-        const uint4 b = load_stream(wb + s * 4);
-        float4 x0 = __ldg(xr + s * 8), x1 = __ldg(xr + s * 8 + 1);
+    // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
+    auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
         if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
         if (NORM)
         {
@@ -90,9 +117,31 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
             x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
             x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
         }
-        mma16816<BF16>(c, a.x, b.x, a.y, b.y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
-        mma16816<BF16>(c, a.z, b.z, a.w, b.w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+        mma16816<BF16>(c, a[0].x, a[1].x, a[0].y, a[1].y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
+        mma16816<BF16>(c, a[0].z, a[1].z, a[0].w, a[1].w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+    };
+    // Whole groups of D steps with no branch between their steps, so that a group's activation loads all go out at its
+    // start (one L1/L2 round trip a group, not a step) while the ring's D steps of weights are in flight; each slot is
+    // refilled with the next group's step once its products are issued.
+    int s0 = 0;
+    for (; s0 + D <= steps; s0 += D)
+    {
+        float4 xs[D][2];
+#pragma unroll
+        for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
+#pragma unroll
+        for (int i = 0; i < D; i++)
+        {
+            step(ring[i], xs[i][0], xs[i][1], s0 + i);
+            const int sn = min(s0 + i + D, steps - 1) * 4;
+            ring[i][0] = load_weights(wa + sn);
+            ring[i][1] = load_weights(wb + sn);
+        }
     }
+    // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
+#pragma unroll
+    for (int i = 0; i < D - 1; i++)
+        if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
     pdl_trigger();
     red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
     if (NORM)
@@ -142,12 +191,13 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     }
 }
 
+// 3 blocks of 256 threads a multiprocessor (at most 85 registers): the QKV product's 384 blocks (Llama-3.1-8B) in one wave.
 #define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
 #define GEMV_MMA(NAME, BF) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
 GEMV_MMA(gemv_mma_bf16, true)
 GEMV_MMA(gemv_mma_f16, false)

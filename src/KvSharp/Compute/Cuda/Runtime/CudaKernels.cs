@@ -25,8 +25,8 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        // The CUDA-core products load their first weights before griddepcontrol.wait (gemv.cu, GEMV_PREFETCH).
-        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", name => !name.StartsWith("gemv_mma_", StringComparison.Ordinal));
+        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv.cu's MMA_RING).
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", _ => true);
         // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
         _attention = CudaModule.LoadEmbedded(device, "attention.cu",
             name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));

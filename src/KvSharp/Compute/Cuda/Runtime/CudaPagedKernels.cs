@@ -162,13 +162,12 @@ internal sealed partial class CudaPagedKernels
     private const int MaxExtraPieces = 7;
 
     /// <summary>
-    /// Whether caches launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>):
-    /// off unless <c>$KVSHARP_CUDA_SPECIALIZED=1</c>. They are 0.7-3.6% faster per decode step (H200, final kernels), but three
-    /// benchmark calls with them faulted (an illegal address at 32K-128K tokens, stop 15) and none without them; the cause
-    /// is not found (two of the four faults came in rows that launched no specialized build, none since in nine processes
-    /// on an H200: docs/benchmarks.md), so the generic build stays the default.
+    /// Whether caches launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>): on unless
+    /// <c>$KVSHARP_CUDA_SPECIALIZED=0</c>, which keeps the generic build (every format in one kernel) for comparison. They
+    /// were opt-in from stop 15 to stop 18 because three benchmark calls with them faulted with an illegal address; that
+    /// fault was the fused append's race (its last block, fixed by a barrier in stop 17, docs/cuda.md), not these builds.
     /// </summary>
-    public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") == "1";
+    public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") != "0";
 
     private readonly HashSet<CudaFunction> _pipelinedShared = [];
     private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
