@@ -803,7 +803,8 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 // * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
 //   lane issuing). The ring is fixed-size slots of the split's largest entry, min(ring / slot, PIPE_BARS) of them
-//   (issue_entry): entry e in slot e % NS, refilled with entry e + NS once e is consumed, so a warp keeps 4-16 KB of
+//   (issue_entry): an entry is a block's keys or its values in a slot, or, where the slots hold two blocks, both in two
+//   slots on one barrier, refilled with the entry NS (or NS / 2) later once it is consumed, so a warp keeps 4-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
 //   CUDA-core arithmetic) longer than a quarter of a ring are staged in pieces when they end the split (the residual:
 //   pipe_float_pieces), else read in place when longer than half a ring. Blocks of at most 32 tokens (the host checks): every
@@ -821,7 +822,7 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   A warp then holds 8 tiles × 4 = 32 accumulator registers instead of 16 × 4 (G = 4 left half of every A row of the
 //   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
 
-// Format-specialized builds (CudaPagedKernels.Pipelined, opt-in: SpecializedPipelined): the host compiles this file once
+// Format-specialized builds (CudaPagedKernels.Pipelined, the default: SpecializedPipelined): the host compiles this file once
 // more per (group, value group, block formats) of a cache, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
 // block-format switch (KV_FLOAT_OR) keeps only the formats of PIPE_FORMATS (the float32 residual always), with
 // PIPE_MIN_BLOCKS = 3 for 16 KB rings (shared memory admits 3 blocks per SM anyway; up to 168 registers) and 4 for the
@@ -1431,22 +1432,47 @@ __device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* 
 
 __device__ __forceinline__ void mbar_arrive(unsigned bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
 
-// A warp's ring is NS fixed slots of S bytes (the split's largest entry, so any entry fits any slot). Entry e of the warp
-// (its block warp + PIPE_WARPS·(e >> 1): keys for even e, values for odd) lives in slot e % NS and completes on barrier
-// e % NS, in that barrier's phase e / NS. issue_entry starts entry e in slot k (lane 0 only): the bulk copy of its bytes,
-// or, for an entry that stages nothing (read in place, or a block the row does not see), a plain arrival, so that the
-// slot's phases stay in step with its entries and the consumer's parity ((e / NS) & 1) needs no count of staged entries.
-__device__ __forceinline__ void issue_entry(int e, unsigned k, const uint4* bdesc, int warp, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
+// A warp's ring is NS fixed slots of S bytes (the split's largest entry, so any entry fits any slot), used one of two ways,
+// the same for the whole grid block (the prologue picks it from S):
+// * side entries (F16, INT8, INT4 blocks, whose slots hold less than two blocks' keys and values): entry e of the warp
+//   (its block warp + PIPE_WARPS·(e >> 1): keys for even e, values for odd) lives in slot e % NS on barrier e % NS, so a
+//   block's key slot is refilled as soon as its scores are done;
+// * pair entries (where NS >= 4, so the slots hold two blocks' keys and values: KIVI-2's INT2 blocks in 8 KB rings, FP8
+//   blocks in 16 KB ones): entry e is block warp + PIPE_WARPS·e, its keys in slot 2·(e % NP) and its values in the next,
+//   both completing on barrier e % NP (NP = NS / 2) with one expect_tx. A block costs one issue, one wait and one
+//   __syncwarp instead of two each: 6.6% of KIVI-2's executed instructions and 2.5-5% of its step (branch gpuslots,
+//   variant P, pairs everywhere, on an H100), where F16 and INT4 blocks, of which a pair of slots holds one, were no faster.
+// Entry e completes in its barrier's phase e / (barriers in rotation). issue_entry starts entry e on barrier b (lane 0
+// only): the bulk copies of its bytes, or, for an entry that stages nothing (read in place, or a block the row does not
+// see), a plain arrival, so that the barrier's phases stay in step with its entries and the consumer's parity needs no
+// count of staged entries.
+__device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const uint4* bdesc, int warp, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
 {
-    const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
-    const bool keys = (e & 1) == 0;
-    const unsigned s = keys ? d.w & 0xffffu : d.w >> 16, bar = bar0 + 8 * k;
-    if (s != 0)
+    const unsigned bar = bar0 + 8 * b;
+    if (pair)
     {
-        mbar_expect(bar, s);
-        bulk_copy(ring0 + k * slot, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+        const uint4 d = bdesc[warp + PIPE_WARPS * e]; // pipe_desc
+        const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
+        if (ks + vs != 0)
+        {
+            mbar_expect(bar, ks + vs);
+            if (ks) bulk_copy(ring0 + 2 * b * slot, pool + (size_t)d.x * 16, ks, bar);
+            if (vs) bulk_copy(ring0 + (2 * b + 1) * slot, pool + (size_t)d.y * 16, vs, bar);
+        }
+        else mbar_arrive(bar);
     }
-    else mbar_arrive(bar);
+    else
+    {
+        const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
+        const bool keys = (e & 1) == 0;
+        const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
+        if (s != 0)
+        {
+            mbar_expect(bar, s);
+            bulk_copy(ring0 + b * slot, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+        }
+        else mbar_arrive(bar);
+    }
 }
 
 // Grid blocks of the pipelined kernel are units of a layer's (row, KV head) pairs: the launch's U = gridDim.x · gridDim.y ·
@@ -1603,6 +1629,18 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
         }
 }
 
+// Pair or side entries (issue_entry) for a build of only the formats of PIPE_FORMATS: 1 where every block format but the
+// float32 residual takes pairs (FP8 blocks, 4 KB, in 16 KB rings; ≤ 2-bit ones, 1.5 KB, in 8 KB rings; the residual's pieces
+// are a quarter of a ring), 0 where every one takes side entries (F16, BF16, INT8 of 4-8 KB in 16 KB rings; INT4, 2.5 KB, in
+// 8 KB rings), else -1: the grid block decides from its slot size (the generic build, mixed caches). A fixed mode leaves
+// the other mode's code out of the block loop: with both, the INT2 build's G = 8 kernel spilled 288 bytes instead of 100.
+// Either mode is correct for any slot size (a pair of slots fits any ring: a slot is at most half of it), so a build's
+// fixed mode only decides how deep its copies run.
+#define PIPE_PAIR_FORMATS ((1 << KV_FP8) | (1 << KV_INT2) | (1 << KV_TERNARY) | (1 << KV_BINARY))
+constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
+    : ((PIPE_FORMATS) & ~1 & ~PIPE_PAIR_FORMATS) == 0 ? 1
+    : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
+
 template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
@@ -1685,55 +1723,68 @@ __device__ __forceinline__ void paged_attention_pipe(
     if (lane == 0) wslot[warp] = big;
     __syncthreads();
     const int nbs = staged_blocks;
-    // slot: bytes of a slot (a multiple of 16, at most half the ring); ns: slots (and barriers) a warp uses; ne: the warp's
-    // entries (2 a block).
+    // slot: bytes of a slot (a multiple of 16, at most half the ring); ns: slots a warp uses; pair: pair entries (issue_entry);
+    // nbar: barriers in rotation (an entry each); nbw: the warp's blocks; ne: its entries.
     const unsigned slot = max(max(wslot[0], wslot[1]), max(wslot[2], wslot[3]));
     const int ns = slot ? min((int)(ring / slot), PIPE_BARS) : PIPE_BARS;
-    const int ne = warp < nbs ? 2 * ((nbs - 1 - warp) / PIPE_WARPS + 1) : 0;
+    const bool pair = PIPE_PAIRS >= 0 ? PIPE_PAIRS == 1 : ns >= 4;
+    const int nbar = pair ? ns / 2 : ns, nbw = warp < nbs ? (nbs - 1 - warp) / PIPE_WARPS + 1 : 0, ne = pair ? nbw : 2 * nbw;
     if (lane == 0)
-        for (int e = 0; e < min(ns, ne); e++) issue_entry(e, (unsigned)e, bdesc, warp, pool, ring0, slot, bar0);
+        for (int e = 0; e < min(nbar, ne); e++) issue_entry(e, (unsigned)e, pair, bdesc, warp, pool, ring0, slot, bar0);
     // o: the transposed P·V's accumulators (column_hi), in the units of format `units` (value_exp); md: the value mins'
     // sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
     int units = KV_F32;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    // k: the slot of the warp's next entry (entry e's: e % ns, kept as a counter), ph: its barrier phase's parity.
+    // k: the barrier of the warp's next entry (entry e's: e % nbar, kept as a counter), ph: its phase's parity.
     unsigned k = 0u, ph = 0u;
-    for (int e = 0; e < ne; e += 2)
+    for (int j = 0; j < nbw; j++)
     {
-        const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
+        const int e = pair ? j : 2 * j; // the block's first entry
+        const uint4 d = bdesc[warp + PIPE_WARPS * j]; // pipe_desc
         const int n = desc_count(d);
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
-        const unsigned kk = k, kph = ph;
-        if (++k == (unsigned)ns) { k = 0u; ph ^= 1u; }
-        const unsigned vk = k, vph = ph;
-        if (++k == (unsigned)ns) { k = 0u; ph ^= 1u; }
+        // kb, vb: the barriers of the block's keys and values (a pair's one barrier); kk, vk: their slots.
+        const unsigned kb = k, kph = ph;
+        if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
+        unsigned vb = kb, vph = kph;
+        if (!pair)
+        {
+            vb = k;
+            vph = ph;
+            if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
+        }
+        const unsigned kk = pair ? 2 * kb : kb, vk = pair ? kk + 1 : vb;
         float s[4][2], ku = 1.0f; // the scores' unit (pipe_scores)
         if (n)
         {
             // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
-            const u8* kb = ks ? rings + warp * ring + kk * slot : pool + (size_t)d.x * 16;
+            const u8* kp = ks ? rings + warp * ring + kk * slot : pool + (size_t)d.x * 16;
             const SharedSrc ksrc = { ring0 + kk * slot };
-            if (ks) mbar_wait(bar0 + 8 * kk, kph);
+            // A pair waits once, for both (its values may be staged where its keys are not: a long F32 block's keys).
+            if (pair ? ks + vs != 0 : ks != 0) mbar_wait(bar0 + 8 * kb, kph);
             // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
             // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
 #define PSCORES(F) \
     ku = key_unit<F, true>(); \
     if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
     else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
-#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
+#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kp, n, qs, s, gid, tig)
             KV_FLOAT_OR(desc_kfmt(d), PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
         }
-        // The keys are done (their values were used before the __syncwarp): their slot takes entry e + ns.
-        __syncwarp();
-        if (lane == 0 && e + ns < ne) issue_entry(e + ns, kk, bdesc, warp, pool, ring0, slot, bar0);
+        if (!pair)
+        {
+            // The keys are done (their values were used before the __syncwarp): their slot takes entry e + nbar.
+            __syncwarp();
+            if (lane == 0 && e + nbar < ne) issue_entry(e + nbar, kb, false, bdesc, warp, pool, ring0, slot, bar0);
+        }
         if (n)
         {
             const int vf = desc_vfmt(d);
-            const u8* vb = vs ? rings + warp * ring + vk * slot : pool + (size_t)d.y * 16;
+            const u8* vp = vs ? rings + warp * ring + vk * slot : pool + (size_t)d.y * 16;
             const SharedSrc vsrc = { ring0 + vk * slot };
             pipe_softmax<G>(s, ku, m, l, o, md, tig);
             const int vu = kv_quantized(vf) ? (vf == KV_TERNARY ? KV_INT2 : vf) : KV_F32; // formats of equal value_exp share units
@@ -1742,17 +1793,19 @@ __device__ __forceinline__ void paged_attention_pipe(
                 value_units(o, units, vu);
                 units = vu;
             }
-            if (vs) mbar_wait(bar0 + 8 * vk, vph);
+            if (!pair && vs) mbar_wait(bar0 + 8 * vb, vph);
 #define PVALUES(F) \
     if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
     else pipe_values<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
-#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vp, n, s, gid, tig, o)
             KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
         }
+        // The values (a pair's block) are done: their slot (a pair's two) takes the entry nbar after theirs.
         __syncwarp();
-        if (lane == 0 && e + 1 + ns < ne) issue_entry(e + 1 + ns, vk, bdesc, warp, pool, ring0, slot, bar0);
+        const int ev = pair ? e : e + 1;
+        if (lane == 0 && ev + nbar < ne) issue_entry(ev + nbar, vb, pair, bdesc, warp, pool, ring0, slot, bar0);
     }
 
     pdl_trigger(); // the output product's blocks may start loading weights during the merges
