@@ -38,6 +38,13 @@ precompile() {
   export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
   local f
   for f in src/KvSharp/Compute/Cuda/Kernels/*.cu; do .gpu/app/KvSharp.GpuTests compile "$(basename "$f")" > /dev/null 2>&1 & done
+  # The format-specialized pipelined builds the benchmark's compressed rows launch (Llama-3.1-8B's 4 query heads per KV
+  # head, value group 32; PIPE_FORMATS a bit per KvFormat with F32 always: F16 3, FP8 9, INT4 33, INT2 65; 8 KB rings,
+  # 4 blocks an SM, for the small blocks): compiled on first use otherwise, one after another (CudaPagedKernels.Pipelined).
+  local fm
+  for fm in 3:3 9:3 33:4 65:4; do
+    .gpu/app/KvSharp.GpuTests compile "paged_attention_tc.cu:PIPE_ONLY,PIPE_G=4,PIPE_VG=32,PIPE_FORMATS=${fm%:*},PIPE_MIN_BLOCKS=${fm#*:}" > /dev/null 2>&1 &
+  done
   wait || true
 }
 case "${1:-}" in
