@@ -702,7 +702,7 @@ __device__ __forceinline__ void paged_attention_tc(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int chunk = chunk_blocks * tokens;
     const int gid = lane >> 2, tig = lane & 3;
-    extern __shared__ float4 smem4[];
+    extern __shared__ __align__(128) float4 smem4[]; // as the pipelined kernel's (one symbol)
     uint4* bdesc = reinterpret_cast<uint4*>(smem4);   // [chunk_blocks] the split's descriptors (no dependent load per block)
     float* ov = reinterpret_cast<float*>(bdesc + chunk_blocks); // [G, HD] value accumulators
     int* boff = reinterpret_cast<int*>(ov + G * HD);  // [chunk_blocks + 1]
@@ -802,10 +802,12 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 // The same fragments and exactness as paged_attn_t_gG, with two changes that keep device memory busy:
 // * Bytes in flight: each warp streams its blocks' key and value byte ranges (contiguous, 16-byte aligned pool slots)
 //   into its own shared-memory ring with the bulk copy engine (cp.async.bulk, completing on an mbarrier per entry, one
-//   lane issuing), as far ahead as the ring (`ring` bytes, up to PIPE_BARS entries) allows, so a warp keeps 4-16 KB of
+//   lane issuing). The ring is fixed-size slots of the split's largest entry, min(ring / slot, PIPE_BARS) of them
+//   (issue_entry): an entry is a block's keys or its values in a slot, or, where the slots hold two blocks, both in two
+//   slots on one barrier, refilled with the entry NS (or NS / 2) later once it is consumed, so a warp keeps 4-16 KB of
 //   requests outstanding whatever the block format and computes from shared memory. F32/BF16 blocks (the residual;
-//   CUDA-core arithmetic) longer than half a ring are staged in pieces when they end the split (the residual:
-//   pipe_float_pieces), else read in place. Blocks of at most 32 tokens (the host checks): every
+//   CUDA-core arithmetic) longer than a quarter of a ring are staged in pieces when they end the split (the residual:
+//   pipe_float_pieces), else read in place when longer than half a ring. Blocks of at most 32 tokens (the host checks): every
 //   other block fits half a ring, and a block's scores and probabilities fit the registers of one 32-token step. The ring
 //   is 16 KB a warp (F16 blocks of 8 KB), or 8 KB for caches of ≤ 4-bit blocks (≤ 2.5 KB each; the planner's choice,
 //   CudaPagedKernels.PipelineSmallRingBytes): 4 grid blocks then fit an SM instead of 3 (16 warps in flight, not 12).
@@ -820,7 +822,7 @@ PAGED_ATTN_TC(1) PAGED_ATTN_TC(2) PAGED_ATTN_TC(4) PAGED_ATTN_TC(8)
 //   A warp then holds 8 tiles × 4 = 32 accumulator registers instead of 16 × 4 (G = 4 left half of every A row of the
 //   old P·V unused), and G <= 4 needs 8 mma per 16-token step instead of 16.
 
-// Format-specialized builds (CudaPagedKernels.Pipelined, opt-in: SpecializedPipelined): the host compiles this file once
+// Format-specialized builds (CudaPagedKernels.Pipelined, the default: SpecializedPipelined): the host compiles this file once
 // more per (group, value group, block formats) of a cache, with PIPE_ONLY defined: one kernel, paged_attn_p_gPIPE_G_vPIPE_VG, whose
 // block-format switch (KV_FLOAT_OR) keeps only the formats of PIPE_FORMATS (the float32 residual always), with
 // PIPE_MIN_BLOCKS = 3 for 16 KB rings (shared memory admits 3 blocks per SM anyway; up to 168 registers) and 4 for the
@@ -1384,14 +1386,6 @@ __device__ __forceinline__ unsigned stage_bytes(int f, bool keys, int tokens, in
     return ((unsigned)block_bytes(f, keys, tokens, 128, vg) + 15u) & ~15u;
 }
 
-// Where an entry of s bytes goes when the ring's cursor (bytes ever placed) is c: at c, or at the ring's start when it
-// would cross the end. Producer and consumer apply the same rule to the same sequence of entries. ring: a power of two.
-__device__ __forceinline__ unsigned ring_start(unsigned c, unsigned s, unsigned ring)
-{
-    const unsigned pos = c & (ring - 1u);
-    return pos + s > ring ? c + ring - pos : c;
-}
-
 // A split's descriptor as the pipelined kernel keeps it in shared memory: the token count replaced by the tokens the
 // row sees (0: skipped), and the first-token index (no longer needed) by the staged bytes of keys (bits 0..15) and
 // values (16..31), so neither the producer nor the consumer decodes formats and sizes per block.
@@ -1405,20 +1399,24 @@ __device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int v
 }
 
 // The split's last block when keys and values are both F32/BF16 (the head's residual, in the head's last split) and its
-// visible rows do not fit half a ring: written as several descriptors of at most half a ring of rows each (16 F32 rows
-// in 16 KB rings, 8 in 8 KB ones; at most 4 pieces of a 32-row block) at bdesc[i..], each staged through a ring like any
-// other block, so consecutive warps take the pieces and the bulk copy engine brings them with the split's first copies.
-// Read in place (17-31 F32 rows, CUDA cores, row by row from L2) the residual was the last split's tail. Returns the
-// descriptors written (1: the block as pipe_desc left it).
-__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* at)
+// visible rows do not fit a quarter of a ring: written as several descriptors of at most a quarter of a ring of rows each
+// (8 F32 rows in 16 KB rings, 4 in 8 KB ones; at most 8 pieces of a 32-row block: the host's MaxExtraPieces) at
+// bdesc[i..], each staged through a ring like any other block, so consecutive warps take the pieces and the bulk copy
+// engine brings them with the split's first copies. A quarter, not half a ring: the split's slot size is its largest
+// entry, so a residual of half a ring would leave its split 2 slots a warp (KIVI-2's other splits have 5), and more, smaller
+// pieces spread its CUDA-core rows over the 4 warps. Read in place (17-31 F32 rows, CUDA cores, row by row from L2) the
+// residual was the last split's tail. Returns the descriptors written (1: the block as pipe_desc left it); *big: the
+// largest entry (bytes) of those.
+__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* at, unsigned* big)
 {
     const int kf = desc_kfmt(d), vf = desc_vfmt(d), n = desc_count(d);
     const bool floats = (kf == KV_F32 || kf == KV_BF16) && (vf == KV_F32 || vf == KV_BF16);
     const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8;
-    const int rows = (int)(ring / 2) / max(krow, vrow);
+    const int rows = (int)(ring / 4) / max(krow, vrow);
     if (!floats || n <= rows)
     {
         at[0] = d;
+        *big = max(d.w & 0xffffu, d.w >> 16);
         return 1;
     }
     const int pieces = (n + rows - 1) / rows;
@@ -1428,43 +1426,52 @@ __device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* 
         at[p] = make_uint4(d.x + (unsigned)(r0 * krow / 16), d.y + (unsigned)(r0 * vrow / 16), (d.z & ~0xffffu) | (unsigned)m,
             (unsigned)(m * krow) | ((unsigned)(m * vrow) << 16));
     }
+    *big = (unsigned)(rows * max(krow, vrow));
     return pieces;
 }
 
-// A warp's pipeline: the producer side (next block to issue, whether its keys are issued, ring cursor, entries issued)
-// and the consumer side (ring cursor up to which entries are released, entries released). Warp-uniform.
-struct PipeState
-{
-    int next;
-    bool keys_issued;
-    unsigned issued_bytes, issued, freed_bytes, freed;
-};
+__device__ __forceinline__ void mbar_arrive(unsigned bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
 
-// Issues the warp's next entries (each block's keys, then its values, blocks in the warp's order) while the ring has
-// room and a barrier is free; lane 0 issues, every lane keeps the same state.
-__device__ __forceinline__ void pipe_issue(PipeState& st, const uint4* bdesc, int nb, const u8* pool, unsigned ring0, unsigned ring, unsigned bar0, int lane)
+// A warp's ring is NS fixed slots of S bytes (the split's largest entry, so any entry fits any slot), used one of two ways,
+// the same for the whole grid block (the prologue picks it from S):
+// * side entries (F16, INT8, INT4 blocks, whose slots hold less than two blocks' keys and values): entry e of the warp
+//   (its block warp + PIPE_WARPS·(e >> 1): keys for even e, values for odd) lives in slot e % NS on barrier e % NS, so a
+//   block's key slot is refilled as soon as its scores are done;
+// * pair entries (where NS >= 4, so the slots hold two blocks' keys and values: KIVI-2's INT2 blocks in 8 KB rings, FP8
+//   blocks in 16 KB ones): entry e is block warp + PIPE_WARPS·e, its keys in slot 2·(e % NP) and its values in the next,
+//   both completing on barrier e % NP (NP = NS / 2) with one expect_tx. A block costs one issue, one wait and one
+//   __syncwarp instead of two each: 6.6% of KIVI-2's executed instructions and 2.5-5% of its step (branch gpuslots,
+//   variant P, pairs everywhere, on an H100), where F16 and INT4 blocks, of which a pair of slots holds one, were no faster.
+// Entry e completes in its barrier's phase e / (barriers in rotation). issue_entry starts entry e on barrier b (lane 0
+// only): the bulk copies of its bytes, or, for an entry that stages nothing (read in place, or a block the row does not
+// see), a plain arrival, so that the barrier's phases stay in step with its entries and the consumer's parity needs no
+// count of staged entries.
+__device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const uint4* bdesc, int warp, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
 {
-    while (st.next < nb && st.issued - st.freed < PIPE_BARS)
+    const unsigned bar = bar0 + 8 * b;
+    if (pair)
     {
-        const uint4 d = bdesc[st.next]; // pipe_desc
-        const bool keys = !st.keys_issued;
+        const uint4 d = bdesc[warp + PIPE_WARPS * e]; // pipe_desc
+        const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
+        if (ks + vs != 0)
+        {
+            mbar_expect(bar, ks + vs);
+            if (ks) bulk_copy(ring0 + 2 * b * slot, pool + (size_t)d.x * 16, ks, bar);
+            if (vs) bulk_copy(ring0 + (2 * b + 1) * slot, pool + (size_t)d.y * 16, vs, bar);
+        }
+        else mbar_arrive(bar);
+    }
+    else
+    {
+        const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
+        const bool keys = (e & 1) == 0;
         const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
         if (s != 0)
         {
-            const unsigned at = ring_start(st.issued_bytes, s, ring);
-            if (at + s - st.freed_bytes > ring) break;
-            if (lane == 0)
-            {
-                // The warp's reads of this ring space are done (their values were used before the caller's __syncwarp).
-                const unsigned bar = bar0 + 8 * (st.issued % PIPE_BARS);
-                mbar_expect(bar, s);
-                bulk_copy(ring0 + (at & (ring - 1u)), pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
-            }
-            st.issued_bytes = at + s;
-            st.issued++;
+            mbar_expect(bar, s);
+            bulk_copy(ring0 + b * slot, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
         }
-        if (keys) st.keys_issued = true;
-        else { st.keys_issued = false; st.next += PIPE_WARPS; }
+        else mbar_arrive(bar);
     }
 }
 
@@ -1622,6 +1629,18 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
         }
 }
 
+// Pair or side entries (issue_entry) for a build of only the formats of PIPE_FORMATS: 1 where every block format but the
+// float32 residual takes pairs (FP8 blocks, 4 KB, in 16 KB rings; ≤ 2-bit ones, 1.5 KB, in 8 KB rings; the residual's pieces
+// are a quarter of a ring), 0 where every one takes side entries (F16, BF16, INT8 of 4-8 KB in 16 KB rings; INT4, 2.5 KB, in
+// 8 KB rings), else -1: the grid block decides from its slot size (the generic build, mixed caches). A fixed mode leaves
+// the other mode's code out of the block loop: with both, the INT2 build's G = 8 kernel spilled 288 bytes instead of 100.
+// Either mode is correct for any slot size (a pair of slots fits any ring: a slot is at most half of it), so a build's
+// fixed mode only decides how deep its copies run.
+#define PIPE_PAIR_FORMATS ((1 << KV_FP8) | (1 << KV_INT2) | (1 << KV_TERNARY) | (1 << KV_BINARY))
+constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
+    : ((PIPE_FORMATS) & ~1 & ~PIPE_PAIR_FORMATS) == 0 ? 1
+    : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
+
 template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
@@ -1631,7 +1650,11 @@ __device__ __forceinline__ void paged_attention_pipe(
     constexpr int HD = 128, vg = VG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    extern __shared__ float4 smem4[];
+    // 128-byte aligned rings (paged_attention_tc's declaration of the same array says the same): the dynamic part
+    // starts after the static __shared__ words, and with 16 more of them (wslot) the rings began at 16 mod 32 bytes; on
+    // an H100 that build was ~4% slower a step on F16 blocks (8 x 32K) and 3-4% on INT4 ones at the same copy schedule;
+    // aligned, it was faster than main on every row timed (F16 paged, KIVI-2, KIVI-4; docs/benchmarks.md, gpuslots).
+    extern __shared__ __align__(128) float4 smem4[];
     u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
     unsigned* qs = reinterpret_cast<unsigned*>(bars + PIPE_WARPS * PIPE_BARS);                  // [G][PIPE_QROW] q·scale·log2 e, hi/lo (pipe_q)
@@ -1675,88 +1698,114 @@ __device__ __forceinline__ void paged_attention_pipe(
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
     }
-    // The split's descriptors; its last block may become several (pipe_float_pieces): `staged` entries in all.
+    // The split's descriptors; its last block may become several (pipe_float_pieces): `staged` entries in all. The slot
+    // size is the largest entry of the split (every warp's max, through wslot).
     __shared__ int staged_blocks;
+    __shared__ unsigned wslot[PIPE_WARPS];
     if (threadIdx.x == 0 && nb <= 0) staged_blocks = 0;
+    unsigned big = 0u;
     for (int i = threadIdx.x; i < nb; i += blockDim.x)
     {
         const uint4 d = pipe_desc(hdesc[i], limit, tokens, vg, ring);
-        if (i < nb - 1) bdesc[i] = d;
-        else staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i);
+        if (i < nb - 1)
+        {
+            bdesc[i] = d;
+            big = max(big, max(d.w & 0xffffu, d.w >> 16));
+        }
+        else
+        {
+            unsigned pb;
+            staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i, &pb);
+            big = max(big, pb);
+        }
     }
+    big = __reduce_max_sync(0xffffffffu, big);
+    if (lane == 0) wslot[warp] = big;
     __syncthreads();
     const int nbs = staged_blocks;
-
-    PipeState st = { warp, false, 0u, 0u, 0u, 0u };
-    pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
+    // slot: bytes of a slot (a multiple of 16, at most half the ring); ns: slots a warp uses; pair: pair entries (issue_entry);
+    // nbar: barriers in rotation (an entry each); nbw: the warp's blocks; ne: its entries.
+    const unsigned slot = max(max(wslot[0], wslot[1]), max(wslot[2], wslot[3]));
+    const int ns = slot ? min((int)(ring / slot), PIPE_BARS) : PIPE_BARS;
+    const bool pair = PIPE_PAIRS >= 0 ? PIPE_PAIRS == 1 : ns >= 4;
+    const int nbar = pair ? ns / 2 : ns, nbw = warp < nbs ? (nbs - 1 - warp) / PIPE_WARPS + 1 : 0, ne = pair ? nbw : 2 * nbw;
+    if (lane == 0)
+        for (int e = 0; e < min(nbar, ne); e++) issue_entry(e, (unsigned)e, pair, bdesc, warp, pool, ring0, slot, bar0);
     // o: the transposed P·V's accumulators (column_hi), in the units of format `units` (value_exp); md: the value mins'
     // sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
     int units = KV_F32;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    for (int bi = warp; bi < nbs; bi += PIPE_WARPS)
+    // k: the barrier of the warp's next entry (entry e's: e % nbar, kept as a counter), ph: its phase's parity.
+    unsigned k = 0u, ph = 0u;
+    for (int j = 0; j < nbw; j++)
     {
-        const uint4 d = bdesc[bi]; // pipe_desc
+        const int e = pair ? j : 2 * j; // the block's first entry
+        const uint4 d = bdesc[warp + PIPE_WARPS * j]; // pipe_desc
         const int n = desc_count(d);
-        if (n == 0) continue;
-        const int kf = desc_kfmt(d), vf = desc_vfmt(d);
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
-        // Where the producer placed them: the same rule from the same cursor.
-        const unsigned kat = ks ? ring_start(st.freed_bytes, ks, ring) : st.freed_bytes, vat = vs ? ring_start(kat + ks, vs, ring) : 0u;
-        const unsigned kentry = st.freed, ventry = st.freed + (ks ? 1u : 0u);
-        // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
-        const u8* kb = ks ? rings + warp * ring + (kat & (ring - 1u)) : pool + (size_t)d.x * 16;
-        const u8* vb = vs ? rings + warp * ring + (vat & (ring - 1u)) : pool + (size_t)d.y * 16;
-        const SharedSrc ksrc = { ring0 + (kat & (ring - 1u)) }, vsrc = { ring0 + (vat & (ring - 1u)) };
+        // kb, vb: the barriers of the block's keys and values (a pair's one barrier); kk, vk: their slots.
+        const unsigned kb = k, kph = ph;
+        if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
+        unsigned vb = kb, vph = kph;
+        if (!pair)
+        {
+            vb = k;
+            vph = ph;
+            if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
+        }
+        const unsigned kk = pair ? 2 * kb : kb, vk = pair ? kk + 1 : vb;
         float s[4][2], ku = 1.0f; // the scores' unit (pipe_scores)
-        if (ks) mbar_wait(bar0 + 8 * (kentry % PIPE_BARS), (kentry / PIPE_BARS) & 1u);
-        // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
-        // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
+        if (n)
+        {
+            // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
+            const u8* kp = ks ? rings + warp * ring + kk * slot : pool + (size_t)d.x * 16;
+            const SharedSrc ksrc = { ring0 + kk * slot };
+            // A pair waits once, for both (its values may be staged where its keys are not: a long F32 block's keys).
+            if (pair ? ks + vs != 0 : ks != 0) mbar_wait(bar0 + 8 * kb, kph);
+            // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
+            // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
 #define PSCORES(F) \
     ku = key_unit<F, true>(); \
     if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
     else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
-#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kb, n, qs, s, gid, tig)
-        KV_FLOAT_OR(kf, PSCORES_FLOAT, PSCORES)
+#define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kp, n, qs, s, gid, tig)
+            KV_FLOAT_OR(desc_kfmt(d), PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
-        // The keys are done: their ring space goes to the next entries. Where the ring holds two such blocks (INT2 blocks
-        // of KIVI-2, 1.5 + 1.5 KB, in 8 KB rings), the next entries are issued once a block, after its values: each call
-        // that issues ends in a pass that finds no room (a desc load, ring_start and the checks), and the next blocks'
-        // bytes are still requested a block or more ahead of their use (at ~5 us a block a warp); on an H100, KIVI-2 at
-        // 8 x 32K 1.9% faster a step. Larger blocks (INT4 pairs of 5 KB; F16 in 16 KB rings: one block a ring) free the
-        // keys' space and issue at once.
-        const bool early = 2u * (ks + vs) > ring;
-        if (ks)
+        }
+        if (!pair)
         {
+            // The keys are done (their values were used before the __syncwarp): their slot takes entry e + nbar.
             __syncwarp();
-            st.freed_bytes = kat + ks;
-            st.freed++;
-            if (early) pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
+            if (lane == 0 && e + nbar < ne) issue_entry(e + nbar, kb, false, bdesc, warp, pool, ring0, slot, bar0);
         }
-        pipe_softmax<G>(s, ku, m, l, o, md, tig);
-        const int vu = kv_quantized(vf) ? (vf == KV_TERNARY ? KV_INT2 : vf) : KV_F32; // formats of equal value_exp share units
-        if (vu != units)
+        if (n)
         {
-            value_units(o, units, vu);
-            units = vu;
-        }
-        if (vs) mbar_wait(bar0 + 8 * (ventry % PIPE_BARS), (ventry / PIPE_BARS) & 1u);
+            const int vf = desc_vfmt(d);
+            const u8* vp = vs ? rings + warp * ring + vk * slot : pool + (size_t)d.y * 16;
+            const SharedSrc vsrc = { ring0 + vk * slot };
+            pipe_softmax<G>(s, ku, m, l, o, md, tig);
+            const int vu = kv_quantized(vf) ? (vf == KV_TERNARY ? KV_INT2 : vf) : KV_F32; // formats of equal value_exp share units
+            if (vu != units)
+            {
+                value_units(o, units, vu);
+                units = vu;
+            }
+            if (!pair && vs) mbar_wait(bar0 + 8 * vb, vph);
 #define PVALUES(F) \
     if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
     else pipe_values<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
-#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vb, n, s, gid, tig, o)
-        KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
+#define PVALUES_FLOAT(F) pipe_values_float<G, F>(vp, n, s, gid, tig, o)
+            KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
-        if (vs)
-        {
-            __syncwarp();
-            st.freed_bytes = vat + vs;
-            st.freed++;
         }
-        if (vs || (ks && !early)) pipe_issue(st, bdesc, nbs, pool, ring0, ring, bar0, lane);
+        // The values (a pair's block) are done: their slot (a pair's two) takes the entry nbar after theirs.
+        __syncwarp();
+        const int ev = pair ? e : e + 1;
+        if (lane == 0 && ev + nbar < ne) issue_entry(ev + nbar, vb, pair, bdesc, warp, pool, ring0, slot, bar0);
     }
 
     pdl_trigger(); // the output product's blocks may start loading weights during the merges

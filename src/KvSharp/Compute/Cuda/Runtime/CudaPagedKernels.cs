@@ -156,10 +156,10 @@ internal sealed partial class CudaPagedKernels
         4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * (chunkBlocks + MaxExtraPieces);
 
     /// <summary>
-    /// Descriptors a split's last block may add when its float32 rows are staged in pieces of half a ring (a 32-row F32
-    /// block in 8 KB rings: 4 pieces; paged_attention_tc.cu, <c>pipe_float_pieces</c>).
+    /// Descriptors a split's last block may add when its float32 rows are staged in pieces of a quarter of a ring (a 32-row
+    /// F32 block in 8 KB rings: 8 pieces; paged_attention_tc.cu, <c>pipe_float_pieces</c>).
     /// </summary>
-    private const int MaxExtraPieces = 3;
+    private const int MaxExtraPieces = 7;
 
     /// <summary>
     /// Whether caches launch format-specialized builds of the pipelined kernel (see <see cref="Pipelined"/>): on unless
