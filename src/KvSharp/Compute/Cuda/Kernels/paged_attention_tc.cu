@@ -1399,70 +1399,41 @@ __device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int v
 }
 
 // The split's last block when keys and values are both F32/BF16 (the head's residual, in the head's last split) and its
-// visible rows do not fit one piece: written as several descriptors of equal rows (within one) at bdesc[i..], each staged
+// visible rows do not fit one piece: written as several descriptors of at most `rows` rows each at bdesc[i..], each staged
 // through a ring like any other block, so consecutive warps take the pieces and the bulk copy engine brings them with the
-// split's first copies. A piece holds as many rows as the split's other entries' bytes (`other`: its first block's
-// largest entry, 0 if none), at least a quarter and at most half a ring: the split's slot size is its largest entry, so
-// larger pieces would cut its slots (a half-ring piece left KIVI-2's last split 2 slots a warp where its others have 5),
-// and smaller ones than the blocks cost a piece's fixed work (softmax, unit changes, a wait) more often on the warps of
-// the split, the longest of the launch where the splits are short (KVzip 0.3 + INT4 at 1 x 32K, 5 blocks a split: quarter
-// pieces of 4 F32 rows, up to 8 of them, gave a warp an INT4 block and two pieces where the other splits' warps have two
-// blocks). F16 blocks (8 KB in 16 KB rings) take pieces of 16 rows, INT4 ones (2.5 KB in 8 KB rings) of 5, INT2 ones
-// (1.5 KB) a quarter ring, 4 (at most 8 pieces of a 32-row block: the host's MaxExtraPieces). Read in place (17-31 F32
-// rows, CUDA cores, row by row from L2) the residual was the last split's tail. Returns the descriptors written (1: the
-// block as pipe_desc left it).
-__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, unsigned other, uint4* at)
+// split's first copies. A piece is at most a quarter of a ring (8 F32 rows in 16 KB rings, 4 in 8 KB ones): the split's
+// slot size is its largest entry, so half-ring pieces would leave KIVI-2's last split 2 slots a warp where its others
+// have 5. Where the split's first block (`other`: its largest entry, 0 if none) is larger than a quarter anyway (INT4
+// blocks, 2.5 KB of 8 KB rings: 3 slots), a piece is up to 8 F32 rows (a warp's share of a 32-row residual, half of the
+// ring): quarter pieces gave a warp two pieces, each with a piece's fixed work (softmax, unit changes, a wait, the value
+// shuffles of all 32 rows), in the launch's longest split where splits are short (KVzip 0.3 + INT4 at 1 x 32K, 5 blocks a
+// split; 8-row pieces 0.2-0.5% faster a step on an H100, docs/benchmarks.md, gpudepth). Not larger elsewhere: F32 rows
+// go 4 at a time through pipe_scores_float, and 16-row pieces of F16 caches (2 warps for a 32-row residual, not 4) were
+// 0.7% slower on KVzip 0.3 at 1 x 32K. At most 8 pieces of a 32-row block (the host's MaxExtraPieces). Read in place
+// (17-31 F32 rows, CUDA cores, row by row from L2) the residual was the last split's tail. Returns the descriptors
+// written (1: the block as pipe_desc left it); *big: the largest entry (bytes) of those.
+__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, unsigned other, uint4* at, unsigned* big)
 {
     const int kf = desc_kfmt(d), vf = desc_vfmt(d), n = desc_count(d);
     const bool floats = (kf == KV_F32 || kf == KV_BF16) && (vf == KV_F32 || vf == KV_BF16);
-    const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8;
-    const int most = (int)max(ring / 4, min(other, ring / 2)) / max(krow, vrow);
-    if (!floats || n <= most)
+    const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8, row = max(krow, vrow);
+    const unsigned cap = other > ring / 4 ? max(ring / 4, min(ring / 2, (unsigned)(32 / PIPE_WARPS * row))) : ring / 4;
+    const int rows = (int)cap / row;
+    if (!floats || n <= rows)
     {
         at[0] = d;
+        *big = max(d.w & 0xffffu, d.w >> 16);
         return 1;
     }
-    // Equal pieces: 31 rows in pieces of at most 5 are 7 of 5 or 4 rows, not 6 of 5 and one of 1.
-    const int pieces = (n + most - 1) / most, rows = (n + pieces - 1) / pieces;
+    const int pieces = (n + rows - 1) / rows;
     for (int p = 0; p < pieces; p++)
     {
         const int r0 = p * rows, m = min(rows, n - r0);
         at[p] = make_uint4(d.x + (unsigned)(r0 * krow / 16), d.y + (unsigned)(r0 * vrow / 16), (d.z & ~0xffffu) | (unsigned)m,
             (unsigned)(m * krow) | ((unsigned)(m * vrow) << 16));
     }
+    *big = (unsigned)(rows * row);
     return pieces;
-}
-
-// Half items (format-specialized builds of only row-major blocks: F16, with the float32 residual, or BF16): a warp's work
-// items are the halves of the split's descriptors, rows [0, a) and [a, n) of each (a = ceil(n / 2): 16 of a full F16
-// block), keys and values each an entry as in the side layout, so the 4 warps of a grid block take 2·staged items
-// instead of `staged` blocks. A split of 21 F16 blocks (1 x 32K on an H100: 49 splits a head) left warp 0 six blocks
-// and the others five, the grid block's time six blocks' (5.25 on average); in halves, 11 or 10 half blocks (5.5). The
-// slots are then half blocks too (4 KB: 4 a warp in a 16 KB ring instead of 2 of 8 KB), refilled a half block at a time.
-// The row-major formats' rows are whole (no per-block parameters), so a half is a block of its rows at an offset.
-constexpr bool PIPE_HALVES = ((PIPE_FORMATS) & ~1) != 0 && ((PIPE_FORMATS) & ~((1 << KV_F32) | (1 << KV_F16) | (1 << KV_BF16))) == 0;
-
-// Item x of the split: descriptor x (pipe_desc), or with PIPE_HALVES half x & 1 of descriptor x >> 1 (its rows, their
-// byte offsets and staged bytes; nothing staged for an empty half or an entry read in place).
-__device__ __forceinline__ uint4 pipe_item(const uint4* bdesc, int x)
-{
-    if constexpr (!PIPE_HALVES) return bdesc[x];
-    uint4 d = bdesc[x >> 1];
-    const int n = desc_count(d), a = (n + 1) >> 1, h = x & 1, r0 = h ? a : 0, m = h ? n - a : a;
-    const int krow = 128 * kv_bits(desc_kfmt(d)) / 8, vrow = 128 * kv_bits(desc_vfmt(d)) / 8;
-    const unsigned ks = (d.w & 0xffffu) && m ? (unsigned)(m * krow) : 0u, vs = (d.w >> 16) && m ? (unsigned)(m * vrow) : 0u;
-    d.x += (unsigned)(r0 * krow / 16);
-    d.y += (unsigned)(r0 * vrow / 16);
-    d.z = (d.z & ~0xffffu) | (unsigned)m;
-    d.w = ks | (vs << 16);
-    return d;
-}
-
-// The largest entry (bytes) of descriptor d's items: a slot must hold it.
-__device__ __forceinline__ unsigned pipe_entry_max(uint4 d)
-{
-    if constexpr (PIPE_HALVES) d = pipe_item(&d, 0); // the first half is the larger
-    return max(d.w & 0xffffu, d.w >> 16);
 }
 
 __device__ __forceinline__ void mbar_arrive(unsigned bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
@@ -1486,7 +1457,7 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
     const unsigned bar = bar0 + 8 * b;
     if (pair)
     {
-        const uint4 d = pipe_item(bdesc, warp + PIPE_WARPS * e);
+        const uint4 d = bdesc[warp + PIPE_WARPS * e]; // pipe_desc
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
         if (ks + vs != 0)
         {
@@ -1498,7 +1469,7 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
     }
     else
     {
-        const uint4 d = pipe_item(bdesc, warp + PIPE_WARPS * (e >> 1));
+        const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
         const bool keys = (e & 1) == 0;
         const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
         if (s != 0)
@@ -1745,20 +1716,19 @@ __device__ __forceinline__ void paged_attention_pipe(
         if (i < nb - 1)
         {
             bdesc[i] = d;
-            big = max(big, pipe_entry_max(d));
+            big = max(big, max(d.w & 0xffffu, d.w >> 16));
         }
         else
         {
             // The split's first block's largest entry sizes the residual's pieces (pipe_float_pieces).
-            unsigned other = 0u;
+            unsigned pb, other = 0u;
             if (nb > 1)
             {
                 const uint4 h = hdesc[0];
                 other = max(stage_bytes(desc_kfmt(h), true, tokens, vg, desc_count(h), ring), stage_bytes(desc_vfmt(h), false, tokens, vg, desc_count(h), ring));
             }
-            const int pieces = pipe_float_pieces(d, ring, other, bdesc + i);
-            staged_blocks = nb - 1 + pieces;
-            for (int p = 0; p < pieces; p++) big = max(big, pipe_entry_max(bdesc[i + p]));
+            staged_blocks = nb - 1 + pipe_float_pieces(d, ring, other, bdesc + i, &pb);
+            big = max(big, pb);
         }
     }
     big = __reduce_max_sync(0xffffffffu, big);
@@ -1770,8 +1740,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     const unsigned slot = max(max(wslot[0], wslot[1]), max(wslot[2], wslot[3]));
     const int ns = slot ? min((int)(ring / slot), PIPE_BARS) : PIPE_BARS;
     const bool pair = PIPE_PAIRS >= 0 ? PIPE_PAIRS == 1 : ns >= 4;
-    const int items = PIPE_HALVES ? 2 * nbs : nbs; // pipe_item
-    const int nbar = pair ? ns / 2 : ns, nbw = warp < items ? (items - 1 - warp) / PIPE_WARPS + 1 : 0, ne = pair ? nbw : 2 * nbw;
+    const int nbar = pair ? ns / 2 : ns, nbw = warp < nbs ? (nbs - 1 - warp) / PIPE_WARPS + 1 : 0, ne = pair ? nbw : 2 * nbw;
     if (lane == 0)
         for (int e = 0; e < min(nbar, ne); e++) issue_entry(e, (unsigned)e, pair, bdesc, warp, pool, ring0, slot, bar0);
     // o: the transposed P·V's accumulators (column_hi), in the units of format `units` (value_exp); md: the value mins'
@@ -1785,7 +1754,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     for (int j = 0; j < nbw; j++)
     {
         const int e = pair ? j : 2 * j; // the block's first entry
-        const uint4 d = pipe_item(bdesc, warp + PIPE_WARPS * j);
+        const uint4 d = bdesc[warp + PIPE_WARPS * j]; // pipe_desc
         const int n = desc_count(d);
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
         // kb, vb: the barriers of the block's keys and values (a pair's one barrier); kk, vk: their slots.
@@ -1808,11 +1777,10 @@ __device__ __forceinline__ void paged_attention_pipe(
             // A pair waits once, for both (its values may be staged where its keys are not: a long F32 block's keys).
             if (pair ? ks + vs != 0 : ks != 0) mbar_wait(bar0 + 8 * kb, kph);
             // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
-            // largest size): no per-tile bounds or row clamps, constant offsets of the parameters. Half items: n = 16 (the
-            // token count matters only to quantized blocks' parameters, which these builds have none of).
+            // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
 #define PSCORES(F) \
     ku = key_unit<F, true>(); \
-    if (n == (PIPE_HALVES ? 16 : 32)) pipe_scores<G, F>(ksrc, PIPE_HALVES ? 16 : 32, PIPE_HALVES ? 16 : 32, qs, s, gid, tig); \
+    if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
     else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kp, n, qs, s, gid, tig)
             KV_FLOAT_OR(desc_kfmt(d), PSCORES_FLOAT, PSCORES)
@@ -1839,7 +1807,7 @@ __device__ __forceinline__ void paged_attention_pipe(
             }
             if (!pair && vs) mbar_wait(bar0 + 8 * vb, vph);
 #define PVALUES(F) \
-    if (n == (PIPE_HALVES ? 16 : 32)) pipe_values<G, F, VG, !PIPE_HALVES>(vsrc, PIPE_HALVES ? 16 : 32, PIPE_HALVES ? 16 : 32, s, gid, tig, o, md); \
+    if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
     else pipe_values<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vp, n, s, gid, tig, o)
             KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
