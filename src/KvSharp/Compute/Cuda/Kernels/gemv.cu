@@ -100,8 +100,9 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
         ring[i][0] = load_weights(wa + si);
         ring[i][1] = load_weights(wb + si);
     }
-    const bool has_row = g < nt;
-    const float4* xr = reinterpret_cast<const float4*>(x + (long)(has_row ? g : 0) * cols + k0 + tq * 8);
+    // Lanes of activation rows g >= nt read row 0 instead: their products only reach C columns g (never stored), so
+    // no select zeroes them (8 fewer instructions a step).
+    const float4* xr = reinterpret_cast<const float4*>(x + (long)(g < nt ? g : 0) * cols + k0 + tq * 8);
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
     pdl_wait();
 
@@ -109,7 +110,6 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     float ss = 0.0f;
     // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
     auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
-        if (!has_row) { x0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); x1 = x0; }
         if (NORM)
         {
             ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
