@@ -26,15 +26,15 @@ GEMV_ALL(gemv_bf16, WeightBF16)
 GEMV_ALL(gemv_f16, WeightF16)
 
 // ---------------------------------------------------------------------------------------------------
-// Tensor-core matrix-vector products for 2..8 activation rows (batch decode), bfloat16 or float16
-// weights, cols a multiple of 256. A block of 8 warps owns 16 output rows (SwiGLU: 8 gate rows and
-// their 8 up rows) and splits the columns 8 ways; each warp multiplies with mma.m16n8k16: A = 16 weight
-// rows straight from global memory (each lane's 16-byte load of 8 consecutive columns of row g and of
-// row g + 8 is its A fragment of two k-steps, the k order permuted the same way in A and B, which a dot
-// product does not notice), B = the 8 activation rows (rows past nt are zero) rounded to the weight's
-// 16-bit type, C in float32. The 8 warps' fragments are summed through shared memory. Every weight byte
-// is read once and every activation element is loaded once per 16 weight rows, where the CUDA-core
-// kernel above reloads activations per two rows (its L1 traffic limits it to ~1/3 of the bandwidth at 8 rows).
+// Tensor-core matrix-vector products for 2..8 activation rows (batch decode), bfloat16 or float16 weights, cols a
+// multiple of 256. A block of 8 warps owns 16 output rows (SwiGLU: 8 gate rows and their 8 up rows) and splits the
+// columns 8 ways; each warp multiplies with mma.m16n8k16: A = 16 weight rows straight from global memory (each lane's
+// 16-byte load of 8 consecutive columns of row g and of row g + 8 is its A fragment of two k-steps, the k order
+// permuted the same way in A and B, which a dot product does not notice), B = the 8 activation rows (rows past nt
+// repeat row 0: their C columns are never stored) rounded to the weight's 16-bit type, C in float32. The 8 warps'
+// fragments are summed through shared memory. Every weight byte is read once and every activation element is loaded
+// once per 16 weight rows, where the CUDA-core kernel above reloads activations per two rows (its L1 traffic limits it
+// to ~1/3 of the bandwidth at 8 rows).
 // Each lane keeps MMA_RING steps of weight loads in flight (a register ring, the first MMA_RING steps loaded before
 // pdl_wait): the earlier loop, compiled with one or two steps' loads in flight, was latency-bound (a batch-8 step 18% slower).
 template <bool BF16>
