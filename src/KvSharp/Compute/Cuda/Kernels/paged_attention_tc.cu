@@ -1399,26 +1399,20 @@ __device__ __forceinline__ uint4 pipe_desc(uint4 d, int limit, int tokens, int v
 }
 
 // The split's last block when keys and values are both F32/BF16 (the head's residual, in the head's last split) and its
-// visible rows do not fit one piece: written as several descriptors of at most `rows` rows each at bdesc[i..], each staged
-// through a ring like any other block, so consecutive warps take the pieces and the bulk copy engine brings them with the
-// split's first copies. A piece is at most a quarter of a ring (8 F32 rows in 16 KB rings, 4 in 8 KB ones): the split's
-// slot size is its largest entry, so half-ring pieces would leave KIVI-2's last split 2 slots a warp where its others
-// have 5. Where the split's first block (`other`: its largest entry, 0 if none) is larger than a quarter anyway (INT4
-// blocks, 2.5 KB of 8 KB rings: 3 slots), a piece is up to 8 F32 rows (a warp's share of a 32-row residual, half of the
-// ring): quarter pieces gave a warp two pieces, each with a piece's fixed work (softmax, unit changes, a wait, the value
-// shuffles of all 32 rows), in the launch's longest split where splits are short (KVzip 0.3 + INT4 at 1 x 32K, 5 blocks a
-// split; 8-row pieces 0.2-0.5% faster a step on an H100, docs/benchmarks.md, gpudepth). Not larger elsewhere: F32 rows
-// go 4 at a time through pipe_scores_float, and 16-row pieces of F16 caches (2 warps for a 32-row residual, not 4) were
-// 0.7% slower on KVzip 0.3 at 1 x 32K. At most 8 pieces of a 32-row block (the host's MaxExtraPieces). Read in place
-// (17-31 F32 rows, CUDA cores, row by row from L2) the residual was the last split's tail. Returns the descriptors
-// written (1: the block as pipe_desc left it); *big: the largest entry (bytes) of those.
-__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, unsigned other, uint4* at, unsigned* big)
+// visible rows do not fit a quarter of a ring: written as several descriptors of at most a quarter of a ring of rows each
+// (8 F32 rows in 16 KB rings, 4 in 8 KB ones; at most 8 pieces of a 32-row block: the host's MaxExtraPieces) at
+// bdesc[i..], each staged through a ring like any other block, so consecutive warps take the pieces and the bulk copy
+// engine brings them with the split's first copies. A quarter, not half a ring: the split's slot size is its largest
+// entry, so a residual of half a ring would leave its split 2 slots a warp (KIVI-2's other splits have 5), and more, smaller
+// pieces spread its CUDA-core rows over the 4 warps. Read in place (17-31 F32 rows, CUDA cores, row by row from L2) the
+// residual was the last split's tail. Returns the descriptors written (1: the block as pipe_desc left it); *big: the
+// largest entry (bytes) of those.
+__device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, uint4* at, unsigned* big)
 {
     const int kf = desc_kfmt(d), vf = desc_vfmt(d), n = desc_count(d);
     const bool floats = (kf == KV_F32 || kf == KV_BF16) && (vf == KV_F32 || vf == KV_BF16);
-    const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8, row = max(krow, vrow);
-    const unsigned cap = other > ring / 4 ? max(ring / 4, min(ring / 2, (unsigned)(32 / PIPE_WARPS * row))) : ring / 4;
-    const int rows = (int)cap / row;
+    const int krow = 128 * kv_bits(kf) / 8, vrow = 128 * kv_bits(vf) / 8;
+    const int rows = (int)(ring / 4) / max(krow, vrow);
     if (!floats || n <= rows)
     {
         at[0] = d;
@@ -1432,7 +1426,7 @@ __device__ __forceinline__ int pipe_float_pieces(uint4 d, unsigned ring, unsigne
         at[p] = make_uint4(d.x + (unsigned)(r0 * krow / 16), d.y + (unsigned)(r0 * vrow / 16), (d.z & ~0xffffu) | (unsigned)m,
             (unsigned)(m * krow) | ((unsigned)(m * vrow) << 16));
     }
-    *big = (unsigned)(rows * row);
+    *big = (unsigned)(rows * max(krow, vrow));
     return pieces;
 }
 
@@ -1720,14 +1714,8 @@ __device__ __forceinline__ void paged_attention_pipe(
         }
         else
         {
-            // The split's first block's largest entry sizes the residual's pieces (pipe_float_pieces).
-            unsigned pb, other = 0u;
-            if (nb > 1)
-            {
-                const uint4 h = hdesc[0];
-                other = max(stage_bytes(desc_kfmt(h), true, tokens, vg, desc_count(h), ring), stage_bytes(desc_vfmt(h), false, tokens, vg, desc_count(h), ring));
-            }
-            staged_blocks = nb - 1 + pipe_float_pieces(d, ring, other, bdesc + i, &pb);
+            unsigned pb;
+            staged_blocks = nb - 1 + pipe_float_pieces(d, ring, bdesc + i, &pb);
             big = max(big, pb);
         }
     }
