@@ -890,15 +890,17 @@ __device__ __forceinline__ float fast_exp2(float x)
 // strides for F16 blocks: key_channel) in 8 different bank groups.
 __device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + (c >> 5) * 40 + (c & 31); }
 
-// The transposed score mma (PIPE_T): in the format-specialized builds of INT2 and INT4 blocks (with the float32
+// The transposed score mma (PIPE_T): in the format-specialized builds of INT2 or INT4 blocks (with the float32
 // residual) for G <= 4, S^T = K·Q^T takes 16 keys as the A operand (lane rows gid and gid + 8 of a 16-key tile) and the
 // query as B, column c = the hi (c even) or lo (c odd) part of head (c >> 1) mod G: 16 score mma a 32-token block instead
 // of 32 (today's A rows past the group repeat heads), and a lane keeps head tig's scores of tokens gid, gid + 8 of each
 // tile, 4 a block instead of 8 (half the exponentials), hi + lo in its own two accumulators (one add a score). The
 // probabilities reach the transposed P·V's B layout (tokens 2·tig.. of column gid) through movmatrix (step_side_t), whose
 // columns are then the same ones: a lane's two accumulator columns are its head's hi and lo parts, so the rescale and
-// the output merge need no shuffles. Every other build keeps the layout above (query rows = heads).
-#if defined(PIPE_ONLY) && PIPE_G <= 4 && ((PIPE_FORMATS) & ~((1 << KV_F32) | (1 << KV_INT4) | (1 << KV_INT2))) == 0
+// the output merge need no shuffles. Every other build keeps the layout above (query rows = heads), and so do two that
+// could take it but spilled at 128 registers (NVRTC 12.4): INT2 at G = 1 (8 bytes: a pointer reloaded every block) and
+// INT2 + INT4 caches (4-36 bytes at G = 1, 2, 4); their old builds do not spill.
+#if defined(PIPE_ONLY) && ((((PIPE_FORMATS) & ~1) == (1 << KV_INT4) && PIPE_G <= 4) || (((PIPE_FORMATS) & ~1) == (1 << KV_INT2) && (PIPE_G == 2 || PIPE_G == 4)))
 #define PIPE_T 1
 #else
 #define PIPE_T 0
@@ -1571,7 +1573,7 @@ __device__ __forceinline__ void pipe_softmax_t(float (&s)[2][2], float ku, float
 __device__ __forceinline__ unsigned movmatrix_t(unsigned x)
 {
     unsigned r;
-    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
     return r;
 }
 
