@@ -7,11 +7,13 @@
 # 32-token key and value block (BlockLayout bytes), runs the emulated kernel and compares scores and outputs with float64
 # (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
 # reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
-#   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
+#   python3 scripts/tc-fragment-emulator.py [SEED [MUTATION]]   (pure Python; exit status 1 above 1e-4; MUTATION: see MUTATE)
 # P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1);
 # the value mins' sums one more mma per step (pipe_min_terms, branch gpulowbit); codes as f16 subnormals masked in place
 # (code_frag RAW, branch gpucodes): the key steps take 2^(code_top - K), the value accumulators' units change per format
 # (value_exp, value_units; the mixed cases run a second value block of another format into the same accumulators).
+# The transposed score mma of the INT2/INT4 specialized builds (PIPE_T, branch gputrans: keys as A, the query's parts as
+# B columns, movmatrix to P·V's B layout, the F32 residual in the same layout) runs as run_t, after the old cases.
 import struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
