@@ -1421,8 +1421,8 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const flo
 // (gid >> 1) mod G, its hi part for even gid, lo for odd) in the fragment order (key_low_channel), with the block's steps
 // folded in as key_query does (code_factor, then the column's part of scaled_pair: side_scaled, with x = the part and
 // z = the hi part for a lo column, zeros for a hi one); bias = Σ q·min of the lane's head tig's hi (bias[0]) and lo
-// (bias[1]) columns, from 8 mma with the block's mins as A (every row the same) and the unscaled parts as B (rows gid and
-// gid + 8 of the result are equal: the score tiles' initial accumulators { bias[0], bias[1], bias[0], bias[1] }).
+// (bias[1]) columns, from 8 mma with the block's mins as A and the unscaled parts as B (the score tiles' initial
+// accumulators are { bias[0], bias[1], bias[0], bias[1] }: rows gid and gid + 8 hold keys of the same head).
 template <int G, int F>
 __device__ __forceinline__ void pipe_query_t(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&qb)[16], float (&bias)[2], int gid, int tig)
 {
