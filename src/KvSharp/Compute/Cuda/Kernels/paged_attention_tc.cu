@@ -20,9 +20,9 @@
 // F32 and BF16 blocks (the F32 residual of every head, BF16 re-quantized tokens) are not exact in f16: CUDA cores read
 // them into the same accumulators.
 // Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
-// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
-// 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
-// format's unpacking (key_low_channel), identically in A and B.
+// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) (4·pipe_value_quad(gid) in the
+// transposed INT2 builds) of chunk k of tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order
+// inside the 16-channel steps follows each format's unpacking (key_low_channel), identically in A and B.
 
 __device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
