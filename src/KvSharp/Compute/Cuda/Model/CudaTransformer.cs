@@ -133,17 +133,21 @@ public sealed class CudaTransformer : IDisposable
     internal DeviceMatrix AttnOutput(int layer) => _layers[layer].AttnOutput;
 
     /// <summary>
-    /// Layer 0's matrices and the output head with the kernel mode decode uses for each and the norm fused into it
-    /// (0 for none), for kernel benchmarks.
+    /// The matrices of <paramref name="layer"/> and the output head with the kernel mode decode uses for each and the norm
+    /// fused into it (0 for none), in decode order, for kernel benchmarks.
     /// </summary>
-    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices() =>
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices(int layer = 0) =>
     [
-        ("qkv+norm", _layers[0].Qkv, CudaKernels.GemvMode.Store, _layers[0].AttnNorm.Pointer),
-        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
-        ("gate_up+norm+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[0].FfnNorm.Pointer),
-        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate, 0),
+        ("qkv+norm", _layers[layer].Qkv, CudaKernels.GemvMode.Store, _layers[layer].AttnNorm.Pointer),
+        ("attn_output", _layers[layer].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
+        ("gate_up+norm+swiglu", _layers[layer].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[layer].FfnNorm.Pointer),
+        ("down", _layers[layer].Down, CudaKernels.GemvMode.Accumulate, 0),
         ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer),
     ];
+
+    /// <summary>A matrix as the product queued after another (<see cref="CudaKernels.NextProduct"/>), in the mode decode launches it with.</summary>
+    internal static CudaKernels.NextProduct Next(DeviceMatrix w, CudaKernels.GemvMode mode = CudaKernels.GemvMode.Store) =>
+        new(w.Pointer, mode == CudaKernels.GemvMode.SwiGlu ? w.Rows / 2 : w.Rows, w.Cols, mode == CudaKernels.GemvMode.SwiGlu);
 
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
     public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
@@ -436,10 +440,13 @@ public sealed class CudaTransformer : IDisposable
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
                 c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer));
-            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            // Each product names the one queued right after it (the attention follows QKV), whose first weights it asks
+            // L2 for as it drains.
+            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true, next: Next(L.GateUp, CudaKernels.GemvMode.SwiGlu));
             if (gemv)
             {
-                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps);
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps,
+                    Next(L.Down));
             }
             else
             {
@@ -447,7 +454,7 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
                 k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
             }
-            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
+            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true, next: Next(l + 1 < _layers.Length ? _layers[l + 1].Qkv : _output));
         }
     }
 
@@ -466,13 +473,16 @@ public sealed class CudaTransformer : IDisposable
         MatMul(_output, s.Xb, s.Logits, count, s);
     }
 
-    /// <summary>y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows, cuBLAS beyond.</summary>
-    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false)
+    /// <summary>
+    /// y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows (<paramref name="next"/>:
+    /// the product queued right after), cuBLAS beyond.
+    /// </summary>
+    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false, CudaKernels.NextProduct next = default)
     {
         if (n <= CudaKernels.MaxGemvRows)
         {
             _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n,
-                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store);
+                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store, next: next);
             return;
         }
         ulong operand = x.Pointer;
