@@ -10,7 +10,7 @@ using KvSharp.GpuTests.Checks;
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
 //   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
-//                                (batch products over every layer's own matrices, next-product hint off/on; timeline builds)
+//                                (batch products over every layer's own matrices, sequence, step; timeline builds)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
 //                                [--rows 16,512,2048] [--press-contexts 32768]   (statistics pass before/after, device KVzip press)
 //   KvSharp.GpuTests bench-press [--needle FOLDER] [--contexts 2048,6000] [--presses "snapkv:keep=0.3;h2o:keep=0.3;..."]

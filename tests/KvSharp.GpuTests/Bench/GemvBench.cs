@@ -8,11 +8,10 @@ namespace KvSharp.GpuTests.Bench;
 
 /// <summary>
 /// The batch decode products over every layer's own matrices (dummy BF16 weights): each product class launched once per
-/// layer back to back (32 launches, no L2 reuse between them, as in a step), the products-only sequence of a step (every
-/// layer's 4 products and the head) and the graph decode step, with the next-product L2 hint
-/// (<see cref="CudaKernels.PrefetchNextProduct"/>) off and on, in rounds. A timeline build of gemv.cu (each block writing
-/// {entry, after griddepcontrol.wait, first step, loop end, end} at y + 8·rows) is summarized per class: where a launch's
-/// time goes beyond its bytes (the previous grid's drain, the wait, the first round trip).
+/// layer back to back (32 launches, no L2 reuse between them, as in a step; the 1 GB head 8 times), the products-only
+/// sequence of a step (every layer's 4 products and the head) and the graph decode step, in rounds. A timeline build of
+/// gemv.cu (scripts/gemv-timeline.py: each grid block writes {entry, after griddepcontrol.wait, first step, loop end,
+/// end} past its outputs) is summarized per class: where a launch's time goes beyond its bytes.
 /// </summary>
 public static class GemvBench
 {
@@ -47,13 +46,11 @@ public static class GemvBench
         using var y = device.Allocate(stride * layers);
         x.Fill32(0x3C000000u); // 2^-7: finite, non-zero activations
 
-        void Launch(int c, int l, int slot, bool next)
+        void Launch(int c, int l, int slot)
         {
             var (_, m, mode, norm) = byLayer[l][c];
             int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-            var following = !next ? default : c == classes - 1 ? default
-                : l + 1 < layers ? CudaTransformer.Next(byLayer[l + 1][c].Matrix, byLayer[l + 1][c].Mode) : default;
-            k.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer + (ulong)(slot * stride), rows, m.Cols, batch, mode, norm, 1e-5f, following);
+            k.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer + (ulong)(slot * stride), rows, m.Cols, batch, mode, norm, 1e-5f);
         }
         // Median of Repeats event-timed runs of launch(), after one untimed.
         double Median(Action launch)
@@ -73,64 +70,46 @@ public static class GemvBench
 
         var table = new List<string>();
         for (int round = 1; round <= rounds; round++)
-            foreach (bool next in new[] { false, true })
-            {
-                k.PrefetchNextProduct = next;
-                var cells = new List<string>();
-                for (int c = 0; c < classes; c++)
-                {
-                    int n = LaunchesOf(c);
-                    double us = Median(() => { for (int l = 0; l < n; l++) Launch(c, l, l, next); }) * 1e3 / n;
-                    var m = byLayer[0][c].Matrix;
-                    double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
-                    log.WriteLine($"round {round} next {(next ? "on" : "off")}: {byLayer[0][c].Name} x{n} own matrices, {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us a launch, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy; bytes alone {m.Buffer.ByteLength / bandwidth * 1e6:F1} us)");
-                    cells.Add($"{us:F1}");
-                }
-                // The products of a step in decode order (the attention left out): each names the one after it.
-                double seq = Median(() =>
-                {
-                    for (int l = 0; l < layers; l++)
-                    {
-                        for (int c = 0; c < classes - 1; c++)
-                        {
-                            var (_, m, mode, norm) = byLayer[l][c];
-                            int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-                            var following = c == 0 ? default // the attention follows QKV in a step
-                                : c + 1 < classes - 1 ? CudaTransformer.Next(byLayer[l][c + 1].Matrix, byLayer[l][c + 1].Mode)
-                                : CudaTransformer.Next(l + 1 < layers ? byLayer[l + 1][0].Matrix : byLayer[0][classes - 1].Matrix);
-                            k.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer + (ulong)(c * stride), rows, m.Cols, batch, mode, norm, 1e-5f, following);
-                        }
-                    }
-                    Launch(classes - 1, 0, classes - 1, next);
-                });
-                cells.Add($"{seq:F3}");
-                log.WriteLine($"round {round} next {(next ? "on" : "off")}: products sequence ({layers} layers + head): {seq:F3} ms ({gpu.WeightBytesReadPerToken / bandwidth * 1e3:F3} ms of bytes)");
-                foreach (int context in contexts)
-                {
-                    string row = DecodeBench.Decode(gpu, timer, context, batch, steps, bandwidth, gpu.WeightBytesReadPerToken, $"round {round} next {(next ? "on" : "off")}", log);
-                    cells.Add(row.Split('|', StringSplitOptions.TrimEntries)[3]);
-                }
-                table.Add($"| {round} | {(next ? "on" : "off")} | {string.Join(" | ", cells)} |");
-            }
-        k.PrefetchNextProduct = true;
-
-        foreach (bool next in new[] { false, true })
         {
-            k.PrefetchNextProduct = next;
+            var cells = new List<string>();
             for (int c = 0; c < classes; c++)
             {
                 int n = LaunchesOf(c);
-                y.Fill32(0);
-                for (int l = 0; l < n; l++) Launch(c, l, l, next);
-                device.Synchronize();
-                Timeline(byLayer[0][c].Name + (next ? ", next on" : ", next off"), byLayer[0][c], n, y, stride, batch, bandwidth, log);
+                double us = Median(() => { for (int l = 0; l < n; l++) Launch(c, l, l); }) * 1e3 / n;
+                var m = byLayer[0][c].Matrix;
+                double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
+                log.WriteLine($"round {round}: {byLayer[0][c].Name} x{n} own matrices, {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us a launch, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy; bytes alone {m.Buffer.ByteLength / bandwidth * 1e6:F1} us)");
+                cells.Add($"{us:F1}");
             }
+            // The products of a step in decode order (the attention left out).
+            double seq = Median(() =>
+            {
+                for (int l = 0; l < layers; l++)
+                    for (int c = 0; c < classes - 1; c++) Launch(c, l, c);
+                Launch(classes - 1, 0, classes - 1);
+            });
+            cells.Add($"{seq:F3}");
+            log.WriteLine($"round {round}: products sequence ({layers} layers + head): {seq:F3} ms ({gpu.WeightBytesReadPerToken / bandwidth * 1e3:F3} ms of bytes)");
+            foreach (int context in contexts)
+            {
+                string row = DecodeBench.Decode(gpu, timer, context, batch, steps, bandwidth, gpu.WeightBytesReadPerToken, $"round {round}", log);
+                cells.Add(row.Split('|', StringSplitOptions.TrimEntries)[3]);
+            }
+            table.Add($"| {round} | {string.Join(" | ", cells)} |");
         }
-        k.PrefetchNextProduct = true;
+
+        for (int c = 0; c < classes; c++)
+        {
+            int n = LaunchesOf(c);
+            y.Fill32(0);
+            for (int l = 0; l < n; l++) Launch(c, l, l);
+            device.Synchronize();
+            Timeline(byLayer[0][c], n, y, stride, bandwidth, log);
+        }
 
         log.WriteLine();
-        log.WriteLine($"| round | next | {string.Join(" | ", byLayer[0].Select(m => m.Name + " us"))} | sequence ms | {string.Join(" | ", contexts.Select(c => $"step {c} ms"))} |");
-        log.WriteLine($"|---|---|{string.Concat(Enumerable.Repeat("---|", classes + 1 + contexts.Count))}");
+        log.WriteLine($"| round | {string.Join(" | ", byLayer[0].Select(m => m.Name + " us"))} | sequence ms | {string.Join(" | ", contexts.Select(c => $"step {c} ms"))} |");
+        log.WriteLine($"|---|{string.Concat(Enumerable.Repeat("---|", classes + 1 + contexts.Count))}");
         foreach (var r in table) log.WriteLine(r);
     }
 
@@ -138,9 +117,10 @@ public static class GemvBench
     /// Summarizes the block records a timeline build of gemv.cu left past each launch's outputs (nothing if none): per
     /// launch after the first, relative to the previous launch's last block end (µs, means over the launches).
     /// </summary>
-    private static void Timeline(string name, (string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm) m, int launches,
-        DeviceBuffer y, long stride, int batch, double bandwidth, TextWriter log)
+    private static void Timeline((string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm) m, int launches, DeviceBuffer y,
+        long stride, double bandwidth, TextWriter log)
     {
+        string name = m.Name;
         int rows = m.Mode == CudaKernels.GemvMode.SwiGlu ? m.Matrix.Rows / 2 : m.Matrix.Rows;
         int blocks = (rows + (m.Mode == CudaKernels.GemvMode.SwiGlu ? 7 : 15)) / (m.Mode == CudaKernels.GemvMode.SwiGlu ? 8 : 16);
         var all = new ulong[launches][];

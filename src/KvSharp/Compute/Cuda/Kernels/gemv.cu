@@ -74,47 +74,9 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
     return r;
 }
 
-// The product launched after this one (its weights and shape; SwiGLU: rows gate rows then rows up rows) and the blocks
-// one wave of a tensor-core product keeps resident (the same for every gemv_mma kernel: __launch_bounds__(256, 3)).
-struct NextProduct
-{
-    const u16* w;
-    int rows, cols, swiglu, wave;
-};
-
-// 256-byte pieces a column slice of the next product's rows asked of L2 (each refill of the next kernel's ring reads one).
-constexpr int NEXT_PIECES = 1;
-
-// The next product's blocks cannot become resident while this grid's blocks fill the multiprocessors (3 of 80 registers
-// each), so their first weight loads wait for this grid's last blocks to leave; meanwhile device memory idles through
-// this grid's drain, the launch and the next grid's first round trip. So each block of this grid's last wave, its own
-// loads done, asks L2 for the first NEXT_PIECES ring refills (16 rows x 8 warps' column slices, 256 bytes each) of the
-// next grid's first-wave blocks: block j of the last L blocks takes next blocks j, j + L, ... A hint only: the
-// addresses stay inside the next matrix and no result depends on it.
-__device__ __forceinline__ void prefetch_next_product(const NextProduct& nx)
-{
-    if (nx.w == nullptr) return;
-    const int last = min((int)gridDim.x, nx.wave), j0 = (int)blockIdx.x - ((int)gridDim.x - last);
-    if (j0 < 0) return;
-    const int blocks = nx.swiglu ? (nx.rows + 7) / 8 : (nx.rows + 15) / 16, first = min(blocks, nx.wave);
-    const int piece = threadIdx.x >> 1, half = threadIdx.x & 1; // 128 row slices of a block, two 128-byte lines each
-    const int ri = piece & 15, kper = nx.cols / MMA_WARPS;
-    const u16* slice = nx.w + (long)(piece >> 4) * kper;
-    for (int j = j0; j < first; j += last)
-    {
-        const int r = nx.swiglu ? min(8 * j + (ri & 7), nx.rows - 1) + (ri >> 3) * nx.rows : min(16 * j + ri, nx.rows - 1);
-#pragma unroll
-        for (int p = 0; p < NEXT_PIECES; p++)
-        {
-            const u16* a = slice + (long)r * nx.cols + min(p * 128 + half * 64, kper - 1);
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-        }
-    }
-}
-
 template <bool BF16, int MODE, bool NORM>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int nt, const NextProduct& next)
+    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
 {
     constexpr int D = MMA_RING;
     __shared__ float4 red[MMA_WARPS][32];
@@ -181,7 +143,6 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     for (int i = 0; i < D - 1; i++)
         if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
     pdl_trigger();
-    prefetch_next_product(next);
     red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
     if (NORM)
     {
@@ -231,14 +192,12 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
 }
 
 // 3 blocks of 256 threads a multiprocessor (at most 85 registers): the QKV product's 384 blocks (Llama-3.1-8B) in one wave.
-#define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt, \
-    const u16* next_w, int next_rows, int next_cols, int next_swiglu, int wave
-#define GEMV_MMA_CALL(BF, MODE, NORM) gemv_mma<BF, MODE, NORM>(w, x, y, nw, eps, rows, cols, nt, NextProduct{ next_w, next_rows, next_cols, next_swiglu, wave })
+#define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
 #define GEMV_MMA(NAME, BF) \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { GEMV_MMA_CALL(BF, 0, false); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { GEMV_MMA_CALL(BF, 0, true); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { GEMV_MMA_CALL(BF, 1, false); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { GEMV_MMA_CALL(BF, 2, false); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { GEMV_MMA_CALL(BF, 2, true); }
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
 GEMV_MMA(gemv_mma_bf16, true)
 GEMV_MMA(gemv_mma_f16, false)

@@ -145,10 +145,6 @@ public sealed class CudaTransformer : IDisposable
         ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer),
     ];
 
-    /// <summary>A matrix as the product queued after another (<see cref="CudaKernels.NextProduct"/>), in the mode decode launches it with.</summary>
-    internal static CudaKernels.NextProduct Next(DeviceMatrix w, CudaKernels.GemvMode mode = CudaKernels.GemvMode.Store) =>
-        new(w.Pointer, mode == CudaKernels.GemvMode.SwiGlu ? w.Rows / 2 : w.Rows, w.Cols, mode == CudaKernels.GemvMode.SwiGlu);
-
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
     public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
 
@@ -440,13 +436,10 @@ public sealed class CudaTransformer : IDisposable
             cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
                 _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
                 c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer));
-            // Each product names the one queued right after it (the attention follows QKV), whose first weights it asks
-            // L2 for as it drains.
-            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true, next: Next(L.GateUp, CudaKernels.GemvMode.SwiGlu));
+            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {
-                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps,
-                    Next(L.Down));
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps);
             }
             else
             {
@@ -454,7 +447,7 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
                 k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
             }
-            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true, next: Next(l + 1 < _layers.Length ? _layers[l + 1].Qkv : _output));
+            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
         }
     }
 
@@ -473,16 +466,13 @@ public sealed class CudaTransformer : IDisposable
         MatMul(_output, s.Xb, s.Logits, count, s);
     }
 
-    /// <summary>
-    /// y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows (<paramref name="next"/>:
-    /// the product queued right after), cuBLAS beyond.
-    /// </summary>
-    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false, CudaKernels.NextProduct next = default)
+    /// <summary>y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows, cuBLAS beyond.</summary>
+    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false)
     {
         if (n <= CudaKernels.MaxGemvRows)
         {
             _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n,
-                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store, next: next);
+                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store);
             return;
         }
         ulong operand = x.Pointer;

@@ -128,24 +128,11 @@ internal sealed class CudaKernels : IDisposable
     public const int TensorCoreGemvColumns = 256;
 
     /// <summary>
-    /// The matrix-vector product queued right after another on the stream: its weights (SwiGlu: <paramref name="Rows"/>
-    /// gate rows then as many up rows), whose first bytes the tensor-core kernel before it asks L2 for as it drains.
-    /// </summary>
-    public readonly record struct NextProduct(ulong Pointer, int Rows, int Cols, bool SwiGlu);
-
-    /// <summary>
-    /// Whether the tensor-core products pass their <see cref="NextProduct"/> on (their last wave asks L2 for its first
-    /// weights). On by default; benchmarks compare both. Takes effect at the next capture.
-    /// </summary>
-    public bool PrefetchNextProduct { get; set; } = true;
-
-    /// <summary>
     /// y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>. A non-zero <paramref name="norm"/>
     /// (Store and SwiGlu only) multiplies by RMSNorm(x)·norm instead of x: the decode step's norms fused in.
-    /// <paramref name="next"/>: the product launched next, if it follows directly (a hint of the tensor-core kernel).
     /// </summary>
     public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store,
-        ulong norm = 0, float eps = 0, NextProduct next = default)
+        ulong norm = 0, float eps = 0)
     {
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
@@ -154,12 +141,8 @@ internal sealed class CudaKernels : IDisposable
         {
             // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
             int perBlock = mode == GemvMode.SwiGlu ? 8 : 16;
-            var mma = _gemv[$"gemv_mma_{Suffix(type)}{name}"];
-            // One wave: the blocks resident at once (every gemv_mma kernel has the same bounds, so the next one's too).
-            int wave = _waves.GetOrAdd(mma.Name, _ => mma.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
-            bool prefetch = PrefetchNextProduct && next.Pointer != 0 && next.Cols % TensorCoreGemvColumns == 0;
-            mma.Launch((rows + perBlock - 1) / perBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(n),
-                prefetch ? next.Pointer : Arg.Null, Arg.Int(next.Rows), Arg.Int(next.Cols), Arg.Int(next.SwiGlu ? 1 : 0), Arg.Int(wave));
+            _gemv[$"gemv_mma_{Suffix(type)}{name}"].Launch((rows + perBlock - 1) / perBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+                Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
             return;
         }
         const int warpsPerBlock = Threads / 32;
