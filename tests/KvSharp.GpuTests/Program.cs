@@ -9,6 +9,8 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
+//                                (batch products over every layer's own matrices, sequence, step; timeline builds)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
 //                                [--rows 16,512,2048] [--press-contexts 32768]   (statistics pass before/after, device KVzip press)
 //   KvSharp.GpuTests bench-press [--needle FOLDER] [--contexts 2048,6000] [--presses "snapkv:keep=0.3;h2o:keep=0.3;..."]
@@ -76,6 +78,13 @@ switch (command)
                 int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
             return 0;
         }
+    case "bench-gemv":
+        {
+            int[] Ints(string name, string fallback) => Option(name, fallback).Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
+            GemvBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), int.Parse(Option("--batch", "8")),
+                int.Parse(Option("--rounds", "2")), Ints("--contexts", "4096"), int.Parse(Option("--steps", "32")), Console.Out);
+            return 0;
+        }
     case "bench-kvzip":
         {
             int[] Ints(string name, string fallback) => Option(name, fallback).Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
@@ -116,7 +125,7 @@ switch (command)
         if (Option("--config", "") is { Length: > 0 } decodeConfig) SamplingBench.RunDecode(decodeConfig, int.Parse(Option("--tokens", "256")), Console.Out);
         return 0;
     default:
-        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-kvzip, bench-press, bench-sampling, compile, kvsharp)");
+        Console.WriteLine($"unknown command '{command}' (selftest, bench, bench-paged, bench-gemv, bench-kvzip, bench-press, bench-sampling, compile, kvsharp)");
         return 64;
 }
 

@@ -159,7 +159,7 @@ public static class DecodeBench
     private static int[] Prompt(int tokens, ModelConfig config) => Enumerable.Range(0, tokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
 
     /// <summary>Median of 3 event-timed runs of <paramref name="steps"/> graph decode steps; one result-table row.</summary>
-    private static string Decode(CudaTransformer gpu, CudaTimer timer, int context, int batch, int steps, double bandwidth, long weightBytes,
+    internal static string Decode(CudaTransformer gpu, CudaTimer timer, int context, int batch, int steps, double bandwidth, long weightBytes,
         string note, TextWriter log)
     {
         const int repeats = 3;

@@ -133,15 +133,15 @@ public sealed class CudaTransformer : IDisposable
     internal DeviceMatrix AttnOutput(int layer) => _layers[layer].AttnOutput;
 
     /// <summary>
-    /// Layer 0's matrices and the output head with the kernel mode decode uses for each and the norm fused into it
-    /// (0 for none), for kernel benchmarks.
+    /// The matrices of <paramref name="layer"/> and the output head with the kernel mode decode uses for each and the norm
+    /// fused into it (0 for none), in decode order, for kernel benchmarks.
     /// </summary>
-    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices() =>
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices(int layer = 0) =>
     [
-        ("qkv+norm", _layers[0].Qkv, CudaKernels.GemvMode.Store, _layers[0].AttnNorm.Pointer),
-        ("attn_output", _layers[0].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
-        ("gate_up+norm+swiglu", _layers[0].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[0].FfnNorm.Pointer),
-        ("down", _layers[0].Down, CudaKernels.GemvMode.Accumulate, 0),
+        ("qkv+norm", _layers[layer].Qkv, CudaKernels.GemvMode.Store, _layers[layer].AttnNorm.Pointer),
+        ("attn_output", _layers[layer].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
+        ("gate_up+norm+swiglu", _layers[layer].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[layer].FfnNorm.Pointer),
+        ("down", _layers[layer].Down, CudaKernels.GemvMode.Accumulate, 0),
         ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer),
     ];
 
