@@ -1969,7 +1969,7 @@ __device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const in
     {
         const int i = g0 + lane;
         const WavePair q = g0 == 0 ? m0 : g0 == 32 ? m1 : wave_pair<VG>(head_blocks, head_tokens, desc, i, pairs, kv_heads, batch, max_blocks, tokens);
-        const WaveWeights w = wave_weights(q, tokens, mode, chunk_blocks);
+        const WaveWeights w = wave_weights(q, tokens, mode, r); // WAVE_CHUNKS: chunks of r
         int incl = i < pairs ? w.total : 0;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1)

@@ -226,8 +226,8 @@ internal sealed partial class CudaPagedKernels
     /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
     /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; one wave of grid
     /// blocks (the blocks resident per multiprocessor with those rings × multiprocessors) shared by every row, or whole
-    /// waves of them (<see cref="WaveUnits"/>), whose units the kernel hands to the layer's (row, head) pairs with a chunk
-    /// it picks per layer from their block counts (paged_attention_tc.cu, <c>wave_split</c>).
+    /// waves of them (<see cref="WaveUnits"/>), whose units the kernel gives equal shares of each layer's bytes across its
+    /// (row, head) pairs, or whole chunks a pair where the heads have one length (paged_attention_tc.cu, <c>wave_split</c>).
     /// </summary>
     private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
