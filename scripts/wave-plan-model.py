@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-# Model of the pipelined paged attention's per-layer plan (src/KvSharp/Compute/Cuda/Kernels/paged_attention_tc.cu,
-# wave_split, branch gpukvzip8) and of stop 20's plan it replaced, on the CPU: (1) the plan's invariants over random layers
+# Model of a per-layer plan for the pipelined paged attention tried in branch gpukvzip8 (stop 21; its wave_split at commit
+# cf2f029, not kept: 7-11% slower a step on an H200, docs/benchmarks.md) and of the plan main keeps (stop 20's chunks;
+# paged_attention_tc.cu, wave_split), on the CPU: (1) the tried plan's invariants over random layers
 # and plans (every item of every pair served exactly once, a pair's splits consecutive units 0..live-1 with live <= splits,
 # at most the plan's Chunk blocks a split, every unit index inside the grid), for host plans (CudaPagedKernels.WaveUnits,
 # ported) and the checks' few-blocks plans; (2) the balance of the benchmark's KVzip 0.3 caches (bench-paged: per-head
@@ -42,7 +43,7 @@ def bench_lengths(context, batch, layers=32, kvh=8, keep=0.3):  # PagedDecodeBen
     scale = keep * heads / sum(w)
     return [int(min(context, round(context * x * scale))) for x in w]
 
-def wave_units(blocks, wave, rows, kvh, maxchunk=256):  # CudaPagedKernels.WaveUnits
+def wave_units(blocks, wave, rows, kvh, maxchunk=256):  # CudaPagedKernels.WaveUnits as cf2f029 changed it (2 splits a head at least, the room's last term)
     pairs = rows * kvh
     waves = lambda least: max(1, cdiv(least, wave)) * wave
     def room(u):

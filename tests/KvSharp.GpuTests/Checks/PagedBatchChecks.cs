@@ -91,14 +91,15 @@ public static class PagedBatchChecks
     }
 
     /// <summary>
-    /// The pipelined kernel's shares of a layer (paged_attention_tc.cu, <c>wave_split</c>: each grid block an equal share of
-    /// the layer's bytes, crossing (sequence, KV head) pairs; equal shares of blocks, or whole chunks, where those would
-    /// not fit) over very unequal heads: 4 sequences whose heads keep 0, 1, 31, 32, 33, 65, 200 or all of 700 tokens
-    /// (device evict, F16 and INT4 blocks), through the cache's own plan and through grids of few units (one wave of
-    /// pairs + 1, 2 · pairs + 3 and 5 · pairs units; three waves of pairs + 1), where a grid block's share holds long runs
-    /// of several pairs, against float64 attention of each sequence over its blocks read back.
+    /// The pipelined kernel's per-layer plan (paged_attention_tc.cu, <c>wave_split</c>: the units of one wave, or of whole
+    /// waves, handed to the (sequence, KV head) pairs in chunks) over very unequal heads: 4 sequences whose heads keep 0, 1,
+    /// 31, 32, 33, 65, 200 or all of 700 tokens (device evict, F16 and INT4 blocks), through the cache's own plan and
+    /// through grids of few units (<see cref="CudaPagedKernels.WaveUnits"/> for one wave of pairs + 1, 2 · pairs + 3 and
+    /// 5 · pairs units, and for three waves of pairs + 1: long chunks, pairs of 0-1 blocks beside long ones), against
+    /// float64 attention of each sequence over its blocks read back. Written for branch gpukvzip8's plan of equal byte
+    /// shares across pairs (docs/benchmarks.md: passed on an H200 over that kernel, which was not kept).
     /// </summary>
-    public static string UnequalShares()
+    public static string UnequalHeads()
     {
         double worst = 0;
         int launches = 0;
@@ -123,7 +124,7 @@ public static class PagedBatchChecks
                 }).ToArray();
                 gpu.Evict(drop);
                 var lengths = gpu.HeadLengths();
-                string what = $"unequal shares {format} batch {batch} layer lengths {string.Join(",", Enumerable.Range(0, batch * c.NumKvHeads).Select(i => lengths[gpu.HeadIndex(layer, i / c.NumKvHeads, i % c.NumKvHeads)]))} (seed {rnd.Seed})";
+                string what = $"unequal heads {format} batch {batch} layer lengths {string.Join(",", Enumerable.Range(0, batch * c.NumKvHeads).Select(i => lengths[gpu.HeadIndex(layer, i / c.NumKvHeads, i % c.NumKvHeads)]))} (seed {rnd.Seed})";
                 var q = rnd.Floats(batch * c.NumHeads * c.HeadDim, 2f);
                 var expected = PerSequence(c, q, batch, s => g =>
                 {

@@ -154,22 +154,18 @@ public class PagedAttentionSharedMemoryTests
             long wave = rnd.Next(1, 1200);
             var (units, splits, chunk) = CudaPagedKernels.WaveUnits(longest, wave, rows, heads);
             Assert.True(chunk is >= 1 and <= CudaPagedKernels.PipelinedMaxChunkBlocks, $"chunk {chunk}");
-            Assert.True(units >= Math.Max(Math.Max(rows * heads, 2 * rows), wave) && units % wave == 0, $"units {units}");
+            Assert.True(units >= Math.Max(rows * heads, wave) && units % wave == 0, $"units {units}");
             Assert.Equal(units / rows, splits);
-            Assert.True(splits >= 2, $"splits {splits}");
-            // Any layer of (row, head) pairs no longer than `longest`: the kernel's plan of equal shares of blocks (wave_split
-            // where a share of bytes would not fit; every item weighs 1, a pair without blocks one empty item) gives a unit
-            // at most max(ceil(items / used), floor(longest / (splits − 1)) + 1) blocks of a pair, `used` every unit of one
-            // wave or the fewest whole waves whose shares are at most room − 2 blocks: within the descriptors' room.
+            // Any layer of (row, head) pairs no longer than `longest` fits the units with the room as its chunk (every pair
+            // at least one unit), and the room is at least the kernel's floor ceil(longest / splits), so the kernel's
+            // search (the smallest chunk that fits, at least that floor) finds one within the descriptors' room.
             for (int layer = 0; layer < 5; layer++)
             {
                 var lengths = Enumerable.Range(0, rows * heads).Select(_ => rnd.Next(0, longest + 1)).ToArray();
                 if (layer == 0) lengths[0] = longest;
-                long items = lengths.Sum(l => Math.Max(1L, l));
-                long perUnit = Math.Max(chunk - 2, 1);
-                long used = units == wave ? units : Math.Min(units, ((items + perUnit - 1) / perUnit + wave - 1) / wave * wave);
-                long share = Math.Max((items + used - 1) / used, Math.Max(1, lengths.Max()) / (splits - 1) + 1);
-                Assert.True(share <= chunk, $"rows {rows}, heads {heads}, longest {longest}, wave {wave}: shares of {share} blocks > room {chunk}");
+                long needed = lengths.Sum(l => Math.Max(1, (l + chunk - 1) / chunk));
+                Assert.True(needed <= units, $"rows {rows}, heads {heads}, longest {longest}, wave {wave}: {needed} units > {units} (chunk {chunk})");
+                Assert.True((lengths.Max() + splits - 1) / splits <= chunk, $"rows {rows}, heads {heads}, longest {longest}: floor above room {chunk}");
             }
         }
     }

@@ -1799,209 +1799,115 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
 
 // Grid blocks of the pipelined kernel are units of a layer's (row, KV head) pairs: the launch's U = gridDim.x · gridDim.y ·
 // gridDim.z units serve every row (the planner: one wave of resident blocks, gridDim.x, or gridDim.y waves of them where
-// the descriptors' room needs more), so a batch's rows of unequal lengths (KVzip per sequence) share the wave. The layer's
-// pairs, row by row, are laid end to end as one sequence of items (a pair's blocks, its last block the F32 residual; a pair
-// without blocks one empty item) weighed by their bytes, and unit p takes the items whose midpoints fall in [p·R, p·R + R):
-// one equal share of the bytes per unit, a unit's share crossing pair boundaries where it must, instead of whole chunks of
-// one pair each (stop 17 to 20: with KVzip's unequal heads, 8 × 32K tokens, each pair's last chunk was a partial one and
-// the longest unit held ~1/0.91 of the mean share of a layer's blocks; the F32 residual, up to 31 KB against 5 KB INT4
-// blocks, counted as one block). A unit serves each pair of its share as one split (a partial result and the merge
-// count, as before), the pairs one after another (paged_attention_pipe's loop); a pair's first item weighs PIPE_PAIR_COST
-// more, the fixed part of a split (the descriptors' round trip, the ring's first copies, the 4 warps' merge, the partial
-// result). R is at least the largest gap between two midpoints of one pair (every unit between a pair's first and last
-// owner then owns one of its items: a pair's splits are consecutive units, split s = unit − the first owner) and
-// more than the longest pair's weight / (splits − 1) (a pair has at most `splits` owners: the partial results' stride).
-// A unit holds at most R / (the lightest block) + 2 blocks of a pair; where that exceeds chunk_blocks (the descriptors'
-// room) every item weighs 1 instead (the host's room covers that plan: CudaPagedKernels.WaveUnits). With several waves
-// the plan uses the fewest whole waves that chunk_blocks allows (filling every unit of three waves where two sufficed cost
-// 8% at 8 × 128K, stop 17).
+// the descriptors' room needs more), so a batch's rows of unequal lengths (KVzip per sequence) share the wave instead of
+// each row splitting its own fixed part of it. The kernel picks one chunk per layer from the pairs' block counts (every
+// warp alike, after pdl_wait): with several rows, the smallest c with Σ_pairs max(1, ceil(blocks / c)) <= U, found by
+// bisection between ceil(Σ blocks / U) and the smaller of two chunks that always fit, ceil(Σ blocks / (U − pairs)) (each
+// pair's partial split wastes less than a unit) and ceil(longest / (U / pairs)), with one row that smaller bound itself;
+// at least ceil(longest / splits) (`splits`: the partial results' stride per head) and at most chunk_blocks (the
+// descriptors' room; the planner keeps the choice within it).
+// With several waves the target is the fewest whole waves that chunk_blocks allows (a chunk filling every unit of three
+// waves where two sufficed cost 8% at 8 × 128K). Live units come first in launch order, pairs row by row.
 struct WaveSplit
 {
-    int t, kvh, split, live, b0, nb, limit, pair; // blocks [b0, b0 + nb) of pair (row t, KV head kvh); limit: the stored tokens row t sees
+    int t, kvh, split, live, chunk, blocks, limit; // blocks: the head's block count; limit: the stored tokens row t sees
 };
-
-// What a split's fixed part costs, added to a pair's first item: PIPE_PAIR_BLOCKS of the pair's blocks (a block takes
-// ~1.2-2.4 us a unit at batch 8 on an H100, F16 to INT2, and the fixed part an estimated ~4 us: the descriptors' and the
-// query's round trips, the ring's first copies, the 4 warps' merge, the partial result and its count), or
-// PIPE_PAIR_COST bytes (64-byte units: an F16 block's) where the pair has no full block.
-constexpr int PIPE_PAIR_BLOCKS = 2;
-constexpr int PIPE_PAIR_COST = 256;
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // Pair i's index in the tables: row t's own heads in a batch, else the shared heads.
 __device__ __forceinline__ int wave_table(int i, int kv_heads, int batch) { return batch ? i : i % kv_heads; }
 
-// One pair's block count, stored tokens and full-block weight (64-byte units; its first descriptor's formats, loaded with
-// the counts in one round trip; 1 where it has no full block, whose descriptor is not read).
-struct WavePair
+// Units the pairs take with chunk c, summed over the warp (every lane gets it). Pairs lane and lane + 32 come from the
+// lanes' registers (rows · KV heads <= 64: batch 8 of 8 KV heads), more from L1.
+__device__ __forceinline__ int wave_units(const int (&mb)[2], const int* head_blocks, int pairs, int kv_heads, int batch, int c)
 {
-    int b, tok, wb;
-};
-
-template <int VG>
-__device__ __forceinline__ WavePair wave_pair(const int* head_blocks, const int* head_tokens, const uint4* desc, int i, int pairs,
-    int kv_heads, int batch, int max_blocks, int tokens)
-{
-    if (i >= pairs) return { 0, 0, 1 };
-    const int at = wave_table(i, kv_heads, batch);
-    const uint4 d = desc[(long)at * max_blocks];
-    const int b = head_blocks[at];
-    const int bytes = block_bytes(desc_kfmt(d), true, tokens, 128, VG) + block_bytes(desc_vfmt(d), false, tokens, 128, VG);
-    return { b, head_tokens[at], b >= 2 ? max(1, bytes / 64) : 1 };
+    const int lane = threadIdx.x & 31;
+    int n = 0;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        if (lane + 32 * k < pairs) n += max(1, ceil_div(mb[k], c));
+    for (int i = lane + 64; i < pairs; i += 32) n += max(1, ceil_div(head_blocks[wave_table(i, kv_heads, batch)], c));
+    return __reduce_add_sync(0xffffffffu, n);
 }
 
-// How wave_split weighs items: by bytes, every item 1, or every item 1 with each pair padded to whole chunks of
-// chunk_blocks (a plan not made by the host's rule, e.g. the checks' few blocks a split: the chunks of stop 20's kernel).
-enum WaveMode
+// This grid block's row, head and split (kvh < 0: a unit past the layer's work); warp-uniform.
+__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, int kv_heads, int rows, int batch,
+    int chunk_blocks, int splits)
 {
-    WAVE_BYTES,
-    WAVE_BLOCKS,
-    WAVE_CHUNKS
-};
-
-// A pair's item weights: its first item (w0: PIPE_PAIR_COST more), its full blocks (wb), its residual (wr: F32 rows of
-// 128 keys and values, 1024 bytes), its total (with WAVE_CHUNKS, whole chunks of c).
-struct WaveWeights
-{
-    int w0, wb, wr, total;
-};
-
-__device__ __forceinline__ WaveWeights wave_weights(WavePair q, int tokens, WaveMode mode, int c)
-{
-    if (mode != WAVE_BYTES) return { 1, 1, 1, mode == WAVE_BLOCKS ? max(q.b, 1) : ceil_div(max(q.b, 1), c) * c };
-    const int wr = 16 * min(max(q.tok - (q.b - 1) * tokens, 0), tokens);
-    if (q.b <= 0) return { PIPE_PAIR_COST, 1, 0, PIPE_PAIR_COST };
-    if (q.b == 1) return { PIPE_PAIR_COST + wr, 1, wr, PIPE_PAIR_COST + wr };
-    return { PIPE_PAIR_BLOCKS * q.wb + q.wb, q.wb, wr, PIPE_PAIR_BLOCKS * q.wb + (q.b - 1) * q.wb + wr };
-}
-
-// Items of a pair (weights w, first item at s) whose midpoints lie below x: the first item's midpoint s + w0 / 2, full
-// block k >= 1's s + w0 + (k − 1)·wb + wb / 2, the residual's (the last of b >= 2) s + w0 + (b − 2)·wb + wr / 2.
-__device__ __forceinline__ int wave_below(int x, int s, int b, WaveWeights w)
-{
-    if (x <= s + w.w0 / 2) return 0;
-    if (b <= 1) return 1;
-    const int full = min(max(ceil_div(x - s - w.w0 - w.wb / 2, w.wb), 0), b - 2);
-    return 1 + full + (full == b - 2 && x > s + w.w0 + (b - 2) * w.wb + w.wr / 2);
-}
-
-// The split of the first pair after `after` that this grid block's share holds (kvh < 0: none); warp-uniform, the same in
-// every warp. Pairs lane and lane + 32 stay in the lanes' registers (rows · KV heads <= 64: batch 8 of 8 KV heads), more
-// come from L1.
-template <int VG>
-__device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const int* head_tokens, const uint4* desc, int kv_heads, int rows,
-    int batch, int max_blocks, int tokens, int chunk_blocks, int splits, int after)
-{
-    // The unit's index and counts plus a 0 the compiler cannot see: values it cannot hoist out of paged_attention_pipe's loop
-    // over the share's pairs, where they would hold registers across the block loop (NVRTC 12.4, the INT2 build of G = 4:
-    // 36 bytes of spills instead of 28, outside the block loop either way).
-    int zero;
-    asm volatile("mov.b32 %0, 0;" : "=r"(zero));
-    const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y * gridDim.z) + zero;
-    const int p = (int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) + zero, pairs = rows * kv_heads + zero;
-    const WavePair m0 = wave_pair<VG>(head_blocks, head_tokens, desc, lane, pairs, kv_heads, batch, max_blocks, tokens);
-    const WavePair m1 = wave_pair<VG>(head_blocks, head_tokens, desc, lane + 32, pairs, kv_heads, batch, max_blocks, tokens);
-    // The plan's sums: items (n, every item 1), bytes (total), the longest pair in either (ln, lw), the largest midpoint gap
-    // within a pair (gap) and the lightest full block (light).
-    int n = 0, chunked = 0, total = 0, ln = 0, shortest = 1 << 30, lw = 0, gap = 1, light = 1 << 30;
-    for (int g0 = 0; g0 < pairs; g0 += 32)
+    const int lane = threadIdx.x & 31, units = (int)(gridDim.x * gridDim.y * gridDim.z);
+    const int p = (int)((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x), pairs = rows * kv_heads;
+    // Pairs lane and lane + 32 stay in the lanes' registers, block and token counts loaded in one round trip (no load
+    // waits for the pair's choice).
+    int mb[2], mt[2], total = 0, longest = 0;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
     {
-        const int i = g0 + lane;
-        const WavePair q = g0 == 0 ? m0 : g0 == 32 ? m1 : wave_pair<VG>(head_blocks, head_tokens, desc, i, pairs, kv_heads, batch, max_blocks, tokens);
-        const WaveWeights w = wave_weights(q, tokens, WAVE_BYTES, chunk_blocks);
-        if (i >= pairs) continue;
-        n += max(q.b, 1);
-        chunked += ceil_div(max(q.b, 1), chunk_blocks);
-        ln = max(ln, q.b);
-        shortest = min(shortest, q.b);
-        total += w.total;
-        lw = max(lw, w.total);
-        if (q.b >= 2)
-        {
-            const int w1 = q.b >= 3 ? w.wb : w.wr; // the second item's weight
-            gap = max(gap, w.w0 - w.w0 / 2 + w1 / 2);
-            if (q.b >= 3) gap = max(gap, w.wb - w.wb / 2 + w.wr / 2);
-            light = min(light, w.wb);
-        }
+        const bool in = lane + 32 * k < pairs;
+        const int at = wave_table(lane + 32 * k, kv_heads, batch);
+        mb[k] = in ? head_blocks[at] : 0;
+        mt[k] = in ? head_tokens[at] : 0;
     }
-    n = __reduce_add_sync(0xffffffffu, n);
-    chunked = __reduce_add_sync(0xffffffffu, chunked);
+#pragma unroll
+    for (int k = 0; k < 2; k++) { total += mb[k]; longest = max(longest, mb[k]); }
+    for (int i = lane + 64; i < pairs; i += 32)
+    {
+        const int b = head_blocks[wave_table(i, kv_heads, batch)];
+        total += b;
+        longest = max(longest, b);
+    }
     total = __reduce_add_sync(0xffffffffu, total);
-    ln = __reduce_max_sync(0xffffffffu, ln);
-    shortest = __reduce_min_sync(0xffffffffu, shortest);
-    lw = __reduce_max_sync(0xffffffffu, lw);
-    gap = __reduce_max_sync(0xffffffffu, gap);
-    light = __reduce_min_sync(0xffffffffu, light);
-    const bool equal = shortest == ln; // heads of one length: stop 20's chunks (units never serve two pairs there)
-    int used = units;
-    if (gridDim.y > 1) // several waves of gridDim.x units (8 × 128K tokens): the fewest whole ones whose shares fit the room
+    longest = __reduce_max_sync(0xffffffffu, longest);
+    const int per_pair = units / pairs, least = max(ceil_div(longest, splits), 1);
+    int hi = per_pair > 0 ? ceil_div(longest, per_pair) : longest;
+    if (units > pairs) hi = min(hi, ceil_div(total, units - pairs));
+    hi = max(hi, least);
+    int target = units;
+    if (gridDim.y > 1) // several waves of gridDim.x units (8 × 128K tokens): as few as the descriptors' room allows, full
     {
-        const int wave = (int)gridDim.x;
-        used = min(units, ceil_div(equal ? chunked : ceil_div(n, max(chunk_blocks - 2, 1)), wave) * wave);
+        const int wave = (int)gridDim.x, fewest = wave_units(mb, head_blocks, pairs, kv_heads, batch, chunk_blocks);
+        target = min(units, ceil_div(fewest, wave) * wave);
+        hi = chunk_blocks;
     }
-    const int per = max(splits - 1, 1); // the host plans at least 2 splits a head (CudaPagedKernels.WaveUnits)
-    WaveMode mode = WAVE_BYTES;
-    int r = max(max(ceil_div(total, used), gap), lw / per + 1), all = total;
-    if (equal)
+    // One row's heads keep the bound (the search's probes cost more than its balance gains there: KVzip 0.3 at 32K, batch
+    // 1, 0.7% slower a step on an H100); a batch's rows and several waves search.
+    int lo = pairs > kv_heads || gridDim.y > 1 ? max(ceil_div(total, target), least) : hi;
+    while (lo < hi) // hi fits the target; the smallest c that fits is in [lo, hi]
     {
-        mode = WAVE_CHUNKS;
-        r = min(max(max(ceil_div(max(ln, 1), max(used / pairs, 1)), ceil_div(ln, splits)), 1), chunk_blocks);
-        all = pairs * ceil_div(max(ln, 1), r) * r;
+        const int mid = (lo + hi) >> 1;
+        if (wave_units(mb, head_blocks, pairs, kv_heads, batch, mid) <= target) hi = mid;
+        else lo = mid + 1;
     }
-    else if (light < (1 << 30) && r / light + 2 > chunk_blocks)
-    {
-        mode = WAVE_BLOCKS;
-        r = max(max(ceil_div(n, used), 1), max(ln, 1) / per + 1);
-        all = n;
-    }
-    if (mode == WAVE_BLOCKS && r > chunk_blocks) // a plan whose chunks fit its units (Σ ceil(blocks / chunk_blocks) <= units) but not its shares
-    {
-        mode = WAVE_CHUNKS;
-        r = chunk_blocks;
-        all = chunked * chunk_blocks;
-    }
-    const int last = (all - 1) / r; // the last unit that owns items
-    WaveSplit ws = { 0, -1, 0, 0, 0, 0, 0, -1 };
-    if (p > last) return ws;
-    const int lo = p * r, hi = lo + r; // the last unit's share also ends past every midpoint
+    const int c = min(hi, chunk_blocks);
+    WaveSplit w = { 0, -1, 0, 0, c, 0, 0 };
     for (int g0 = 0, base = 0; g0 < pairs; g0 += 32)
     {
-        const int i = g0 + lane;
-        const WavePair q = g0 == 0 ? m0 : g0 == 32 ? m1 : wave_pair<VG>(head_blocks, head_tokens, desc, i, pairs, kv_heads, batch, max_blocks, tokens);
-        const WaveWeights w = wave_weights(q, tokens, mode, r); // WAVE_CHUNKS: chunks of r
-        int incl = i < pairs ? w.total : 0;
+        const int i = g0 + lane, b = i >= pairs ? 0 : g0 == 0 ? mb[0] : g0 == 32 ? mb[1] : head_blocks[wave_table(i, kv_heads, batch)];
+        const int n = i < pairs ? max(1, ceil_div(b, c)) : 0;
+        int incl = n;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1)
         {
             const int y = __shfl_up_sync(0xffffffffu, incl, o);
             if (lane >= o) incl += y;
         }
-        const int s = base + incl - (i < pairs ? w.total : 0), items = max(q.b, 1);
-        // Owners of the pair's first and last items (the last unit also owns any midpoint past its share: weight-0 items at the end).
-        const int first = min((s + w.w0 / 2) / r, last);
-        const int lmid = items == 1 ? s + w.w0 / 2 : s + w.w0 + (q.b - 2) * w.wb + w.wr / 2;
-        const int end = min(lmid / r, last);
-        const unsigned hit = __ballot_sync(0xffffffffu, i < pairs && i > after && first <= p && p <= end);
-        if (hit)
+        const unsigned mine = __ballot_sync(0xffffffffu, n > 0 && p >= base + incl - n && p < base + incl);
+        if (mine)
         {
-            const int src = __ffs(hit) - 1;
-            const int pair = g0 + src;
-            const int k0 = wave_below(lo, s, q.b, w), k1 = p == last ? items : wave_below(hi, s, q.b, w);
-            ws.pair = pair;
-            ws.t = pair / kv_heads;
-            ws.kvh = pair % kv_heads;
-            ws.split = __shfl_sync(0xffffffffu, p - first, src);
-            ws.live = __shfl_sync(0xffffffffu, end - first + 1, src);
-            ws.b0 = __shfl_sync(0xffffffffu, k0, src);
-            ws.nb = __shfl_sync(0xffffffffu, min(k1, q.b) - k0, src);
-            const int tok = __shfl_sync(0xffffffffu, q.tok, src);
-            ws.limit = tok - (batch ? 0 : rows - 1 - ws.t); // as paged_head
-            return ws;
+            const int src = __ffs(mine) - 1, pair = g0 + src;
+            w.t = pair / kv_heads;
+            w.kvh = pair % kv_heads;
+            w.split = p - base - __shfl_sync(0xffffffffu, incl - n, src);
+            w.live = __shfl_sync(0xffffffffu, n, src);
+            w.blocks = __shfl_sync(0xffffffffu, b, src);
+            const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt[0], src) : g0 == 32 ? __shfl_sync(0xffffffffu, mt[1], src)
+                : head_tokens[wave_table(pair, kv_heads, batch)];
+            w.limit = tokens - (batch ? 0 : rows - 1 - w.t); // as paged_head
+            return w;
         }
         base += __shfl_sync(0xffffffffu, incl, 31);
     }
-    return ws;
+    return w;
 }
 
 // A hi column's accumulator plus its lo column's (G <= 4: column c + G; G = 8 summed both in one column): G = 1 holds
@@ -2080,15 +1986,11 @@ constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
     : ((PIPE_FORMATS) & ~1 & ~PIPE_PAIR_FORMATS) == 0 ? 1
     : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
 
-// One split of a grid block's share (wave_split: blocks [b0, b0 + nb) of row t's KV head kvh): its partial result and
-// the merge count, the head's merge if it is the last. The warps' barriers were initialized by paged_attention_pipe;
-// phases: bit b the parity of the warp's barrier b's next phase, kept across the grid block's splits (whose slot counts,
-// and so barriers in rotation, may differ). Returns the pair served (read back from shared memory: no register live across
-// the block loop for it).
 template <int G, int VG>
-__device__ __forceinline__ int pipe_split(const WaveSplit& ws, unsigned& phases,
-    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, float* part_out, float* part_ml, int* counters,
-    float* __restrict__ out, int heads, int kv_heads, int max_blocks, int tokens, int splits, float scale, int batch, unsigned ring)
+__device__ __forceinline__ void paged_attention_pipe(
+    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
+    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring)
 {
     constexpr int HD = 128, vg = VG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -2105,15 +2007,25 @@ __device__ __forceinline__ int pipe_split(const WaveSplit& ws, unsigned& phases,
     float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
     uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
     const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
+    // Shared memory only, before waiting for the kernel before (under programmatic launch it may still be running).
+    if (lane == 0)
+    {
+#pragma unroll
+        for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
+    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
+    const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, batch, chunk_blocks, splits);
+    if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
     const int t = ws.t, kvh = ws.kvh, limit = ws.limit;
-    const int b0 = ws.b0, nb = ws.nb;
+    const int b0 = ws.split * ws.chunk, nb = min(ws.chunk, ws.blocks - b0);
     const uint4* hdesc = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks + b0;
     const long first = ((long)t * heads + (long)kvh * G) * splits + ws.split;
     // The merge counts and reads the head's `live` splits of row t. Kept in shared memory until the merge: a register live
     // across the block loop (128 at most) is not free.
-    __shared__ int live_splits, merge_row, merge_kvh, merge_split, merge_pair;
-    if (threadIdx.x == 0) { live_splits = ws.live; merge_row = t; merge_kvh = kvh; merge_split = ws.split; merge_pair = ws.pair; }
+    __shared__ int live_splits, merge_row, merge_kvh, merge_split;
+    if (threadIdx.x == 0) { live_splits = ws.live; merge_row = t; merge_kvh = kvh; merge_split = ws.split; }
     // The head's last split marks the slot after it empty: part_ml's readers outside attention (part_ml_lse) stop there
     // instead of reading slots an earlier launch left.
     if (ws.split == ws.live - 1 && ws.live < splits) empty_chunk(part_ml, first + 1, splits, G);
@@ -2179,8 +2091,8 @@ __device__ __forceinline__ int pipe_split(const WaveSplit& ws, unsigned& phases,
     int units = KV_F32;
 #pragma unroll
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    // k: the barrier of the warp's next entry (entry e's: e % nbar, kept as a counter); its parity is in `phases`.
-    unsigned k = 0u;
+    // k: the barrier of the warp's next entry (entry e's: e % nbar, kept as a counter), ph: its phase's parity.
+    unsigned k = 0u, ph = 0u;
     for (int j = 0; j < nbw; j++)
     {
         const int e = pair ? j : 2 * j; // the block's first entry
@@ -2188,16 +2100,14 @@ __device__ __forceinline__ int pipe_split(const WaveSplit& ws, unsigned& phases,
         const int n = desc_count(d);
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
         // kb, vb: the barriers of the block's keys and values (a pair's one barrier); kk, vk: their slots.
-        const unsigned kb = k, kph = (phases >> kb) & 1u;
-        phases ^= 1u << kb;
-        if (++k == (unsigned)nbar) k = 0u;
+        const unsigned kb = k, kph = ph;
+        if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
         unsigned vb = kb, vph = kph;
         if (!pair)
         {
             vb = k;
-            vph = (phases >> vb) & 1u;
-            phases ^= 1u << vb;
-            if (++k == (unsigned)nbar) k = 0u;
+            vph = ph;
+            if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
         }
         const unsigned kk = pair ? 2 * kb : kb, vk = pair ? kk + 1 : vb;
 #if PIPE_T
@@ -2329,36 +2239,6 @@ __device__ __forceinline__ int pipe_split(const WaveSplit& ws, unsigned& phases,
     // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
     // within them).
     merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, merge_row, mkvh, live_splits);
-    const int served = merge_pair;
-    __syncthreads(); // every warp is past the merge (its weights in the rings, ov, the shared words) before the next split
-    return served;
-}
-
-template <int G, int VG>
-__device__ __forceinline__ void paged_attention_pipe(
-    const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
-    const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring)
-{
-    extern __shared__ __align__(128) float4 smem4[];
-    const unsigned bar0 = smem_u32(reinterpret_cast<unsigned long long*>(reinterpret_cast<u8*>(smem4) + PIPE_WARPS * ring) + (threadIdx.x >> 5) * PIPE_BARS);
-    // Shared memory only, before waiting for the kernel before (under programmatic launch it may still be running).
-    if ((threadIdx.x & 31) == 0)
-    {
-#pragma unroll
-        for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
-    unsigned phases = 0u;
-    // One split per pair of this grid block's share, one after another; `after`: the pair just served.
-    for (int after = -1;;)
-    {
-        const WaveSplit ws = wave_split<VG>(head_blocks, head_tokens, desc, kv_heads, rows, batch, max_blocks, tokens, chunk_blocks, splits, after);
-        if (ws.kvh < 0) return; // past the layer's work, or the share is done: nothing to read or write
-        after = pipe_split<G, VG>(ws, phases, q, pool, desc, part_out, part_ml, counters, out, heads, kv_heads, max_blocks, tokens, splits, scale,
-            batch, ring);
-    }
 }
 
 // At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings

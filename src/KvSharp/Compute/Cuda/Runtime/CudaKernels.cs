@@ -207,7 +207,7 @@ internal sealed class CudaKernels : IDisposable
     /// staging ring in the paged cache's pipelined kernel (0: the default, CudaPagedKernels.PipelineRingBytes);
     /// <paramref name="Formats"/>: the block formats (a bit per KvFormat) its format-specialized build reads (0: the
     /// generic build, every format); <paramref name="Units"/>: the pipelined kernel's grid blocks of one wave, shared by all
-    /// query rows, when planned in waves (the kernel then plans each layer's shares, at most Chunk blocks a split; 0: Splits per row
+    /// query rows, when planned in waves (its chunk then picked per layer by the kernel, at most Chunk; 0: Splits per row
     /// and KV head); <paramref name="Waves"/>: how many such waves the grid has.
     /// </summary>
     public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0, int Units = 0,

@@ -226,8 +226,8 @@ internal sealed partial class CudaPagedKernels
     /// The pipelined kernel's plan: rings of <see cref="PipelineSmallRingBytes"/> for a cache of small blocks
     /// (<see cref="UsesSmallRings"/> of <paramref name="formats"/>), else <see cref="PipelineRingBytes"/>; one wave of grid
     /// blocks (the blocks resident per multiprocessor with those rings × multiprocessors) shared by every row, or whole
-    /// waves of them (<see cref="WaveUnits"/>), whose units the kernel gives equal shares of each layer's bytes across its
-    /// (row, head) pairs, or whole chunks a pair where the heads have one length (paged_attention_tc.cu, <c>wave_split</c>).
+    /// waves of them (<see cref="WaveUnits"/>), whose units the kernel hands to the layer's (row, head) pairs with a chunk
+    /// it picks per layer from their block counts (paged_attention_tc.cu, <c>wave_split</c>).
     /// </summary>
     private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
@@ -245,14 +245,11 @@ internal sealed partial class CudaPagedKernels
     /// The pipelined kernel's grid for <paramref name="rows"/> rows of <paramref name="kvHeads"/> heads of at most
     /// <paramref name="blocks"/> blocks: Units, whole <paramref name="wave"/>s of grid blocks shared by all rows (one, unless
     /// the pairs of row and head outnumber it or the descriptors' room needs more); Splits, the partial results' stride
-    /// per head (Units / rows); Chunk, the most blocks per split the kernel may take (its descriptors' room). The kernel
-    /// (paged_attention_tc.cu, <c>wave_split</c>) gives each unit an equal share of the layer's bytes and falls back to an
-    /// equal share of its blocks where a share of bytes could hold more blocks than the room: at most
-    /// max(ceil(Σ blocks / Units), floor(longest / (Splits − 1)) + 1) blocks, which the room covers with the earlier chunk
-    /// bounds (the smaller of ceil(longest / (Units / pairs)) and ceil(Σ blocks / (Units − pairs)), and ceil(longest /
-    /// Splits)) over layers of heads up to <paramref name="blocks"/>. Where that is more than
-    /// <see cref="PipelinedMaxChunkBlocks"/>, the units grow (whole waves) until that many blocks per split fit (at 8 × 128K
-    /// tokens).
+    /// per head (Units / rows); Chunk, the most blocks per split the kernel may pick (its descriptors' room). The kernel's
+    /// chunk is at most the smaller of ceil(longest / (Units / pairs)) and ceil(Σ blocks / (Units − pairs)) and at least
+    /// ceil(longest / Splits), so the room is the largest of those over layers of heads up to <paramref name="blocks"/>.
+    /// Where that is more than <see cref="PipelinedMaxChunkBlocks"/>, the units grow (whole waves) until that many blocks
+    /// per split fit (at 8 × 128K tokens).
     /// </summary>
     public static (int Units, int Splits, int Chunk) WaveUnits(long blocks, long wave, int rows, int kvHeads)
     {
@@ -260,7 +257,7 @@ internal sealed partial class CudaPagedKernels
         wave = Math.Max(1, wave);
         rows = Math.Max(1, rows);
         long pairs = (long)rows * kvHeads;
-        long units = Waves(Math.Max(pairs, 2L * rows)); // at least 2 splits a head: a head's share may end in the next unit's
+        long units = Waves(pairs);
         long room = Room(units);
         if (room > PipelinedMaxChunkBlocks)
         {
@@ -276,7 +273,7 @@ internal sealed partial class CudaPagedKernels
             long perPair = u / pairs, splits = u / rows;
             long fit = (blocks + perPair - 1) / perPair;
             if (u > pairs) fit = Math.Min(fit, (pairs * blocks + u - pairs - 1) / (u - pairs));
-            return Math.Max(Math.Max(fit, (blocks + splits - 1) / splits), blocks / Math.Max(splits - 1, 1) + 1);
+            return Math.Max(fit, (blocks + splits - 1) / splits);
         }
     }
 
