@@ -90,6 +90,65 @@ public static class PagedBatchChecks
         return $"{launches} batch launches (3 and 8 sequences of unequal lengths, mixed and INT2 formats, groups 1/2/4/8, hd 64/128, every kernel, two splits), one sequence evicted alone; worst rel err {worst:E2}";
     }
 
+    /// <summary>
+    /// The pipelined kernel's per-layer plan (paged_attention_tc.cu, <c>wave_split</c>: the units of one wave, or of whole
+    /// waves, handed to the (sequence, KV head) pairs in chunks) over very unequal heads: 4 sequences whose heads keep 0, 1,
+    /// 31, 32, 33, 65, 200 or all of 700 tokens (device evict, F16 and INT4 blocks), through the cache's own plan and
+    /// through grids of few units (<see cref="CudaPagedKernels.WaveUnits"/> for one wave of pairs + 1, 2 · pairs + 3 and
+    /// 5 · pairs units, and for three waves of pairs + 1: long chunks, pairs of 0-1 blocks beside long ones), against
+    /// float64 attention of each sequence over its blocks read back. Written for branch gpukvzip8's plan of equal byte
+    /// shares across pairs (docs/benchmarks.md: passed on an H200 over that kernel, which was not kept).
+    /// </summary>
+    public static string UnequalHeads()
+    {
+        double worst = 0;
+        int launches = 0;
+        var counts = new[] { 0, 1, 31, 32, 33, 65, 200, 700 };
+        foreach (var format in new[] { KvFormat.F16, KvFormat.Int4 })
+        {
+            var rnd = new RandomData();
+            var c = PagedChecks.Shape(16, 4, 128);
+            const int batch = 4, length = 700, layer = 1;
+            var cpus = Enumerable.Range(0, batch).Select(_ => PagedChecks.CpuCache(c, format, length, rnd, evict: false)).ToList();
+            try
+            {
+                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpus, length + 8);
+                gpu.AttentionKernel = PagedAttentionKernel.Pipelined;
+                var stored = gpu.HeadLengths();
+                // Head h keeps counts[5h mod 8] tokens, a random subset: each count twice among a layer's 16 heads.
+                var drop = Enumerable.Range(0, stored.Length).Select(h =>
+                {
+                    int keep = Math.Min(stored[h], counts[h * 5 % counts.Length]);
+                    var kept = Enumerable.Range(0, stored[h]).OrderBy(_ => rnd.Next(1 << 30)).Take(keep).ToHashSet();
+                    return Enumerable.Range(0, stored[h]).Select(i => !kept.Contains(i)).ToArray();
+                }).ToArray();
+                gpu.Evict(drop);
+                var lengths = gpu.HeadLengths();
+                string what = $"unequal heads {format} batch {batch} layer lengths {string.Join(",", Enumerable.Range(0, batch * c.NumKvHeads).Select(i => lengths[gpu.HeadIndex(layer, i / c.NumKvHeads, i % c.NumKvHeads)]))} (seed {rnd.Seed})";
+                var q = rnd.Floats(batch * c.NumHeads * c.HeadDim, 2f);
+                var expected = PerSequence(c, q, batch, s => g =>
+                {
+                    var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), c.HeadDim);
+                    return (k, v);
+                });
+                var planned = gpu.PlanAttention(null!, length, batch);
+                int pairs = batch * c.NumKvHeads, group = c.NumHeads / c.NumKvHeads, ring = planned.RingBytes;
+                var plans = new List<CudaKernels.AttentionPlan> { planned };
+                foreach (var (wave, waves) in new[] { (pairs + 1, 1), (2 * pairs + 3, 1), (5 * pairs, 1), (pairs + 1, 3) })
+                {
+                    var (units, splits, chunk) = CudaPagedKernels.WaveUnits(gpu.MaxBlocks, (long)wave * waves, batch, c.NumKvHeads);
+                    plans.Add(planned with { Chunk = chunk, Splits = splits, SharedBytes = CudaPagedKernels.PipelinedSharedBytes(group, chunk, ring), Units = units / waves, Waves = waves });
+                }
+                worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expected, length, what, ref launches, plans));
+            }
+            finally
+            {
+                foreach (var cpu in cpus) cpu.Dispose();
+            }
+        }
+        return $"{launches} pipelined batch launches (heads of 0-700 tokens, F16 and INT4, the cache's plan and grids of few units in one and three waves); worst rel err {worst:E2}";
+    }
+
     /// <summary>Float64 attention of each sequence's query row (row s of q) over that sequence's heads.</summary>
     private static double[] PerSequence(ModelConfig c, float[] q, int batch, Func<int, Func<int, (float[] K, float[] V)>> headRows)
     {
@@ -101,16 +160,18 @@ public static class PagedBatchChecks
     }
 
     /// <summary>
-    /// One batch launch per plan (the planned one and few blocks per split), twice each (the counters are left at zero),
-    /// into NaN-poisoned outputs, against <paramref name="expected"/>; returns the worst relative error.
+    /// One batch launch per plan (<paramref name="plans"/>, or the planned one and few blocks per split), twice each (the
+    /// counters are left at zero), into NaN-poisoned outputs, against <paramref name="expected"/>; returns the worst
+    /// relative error.
     /// </summary>
-    private static double CheckBatchAttention(CudaPagedKvCache gpu, int layer, float[] q, double[] expected, int visible, string what, ref int launches)
+    private static double CheckBatchAttention(CudaPagedKvCache gpu, int layer, float[] q, double[] expected, int visible, string what, ref int launches,
+        IReadOnlyList<CudaKernels.AttentionPlan>? plans = null)
     {
         var c = gpu.Config;
         int heads = c.NumHeads, kvHeads = c.NumKvHeads, hd = c.HeadDim, rows = gpu.Batch;
         var (desc, blocks, tokens) = gpu.LayerTables(layer);
         var kernel = gpu.AttentionKernel;
-        var plans = new[] { gpu.PlanAttention(null!, visible, rows), PagedChecks.FewBlocksPlan(gpu, kernel) };
+        plans ??= [gpu.PlanAttention(null!, visible, rows), PagedChecks.FewBlocksPlan(gpu, kernel)];
         using var dq = Upload(q);
         double worst = 0;
         foreach (var plan in plans)
