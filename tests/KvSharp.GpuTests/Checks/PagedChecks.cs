@@ -171,54 +171,88 @@ public static class PagedChecks
 
     /// <summary>
     /// Key norms on the device (key-norm's scores) = the float64 norms of the device's stored keys as the CPU codec decodes
-    /// them, for every block format and a mixed-format cache, head dims 64/128 (the paged cache's), heads of different lengths (partial
-    /// blocks, the float32 residual).
+    /// them (<see cref="KeyCaches"/>).
     /// </summary>
     public static string KeyNormsMatchCpu()
     {
         double worst = 0;
         int rows = 0;
-        foreach (int hd in new[] { 128, 64 })
-            foreach (var f in Cases)
+        foreach (var (name, gpu, keys, hd) in KeyCaches())
+        {
+            var norms = gpu.KeyNorms();
+            for (int h = 0; h < keys.Length; h++)
             {
-                var rnd = new RandomData();
-                var c = Shape(8, 4, hd);
-                int length = 60 + rnd.Next(200);
-                using var cpu = CpuCache(c, f, length, rnd, evict: true);
-                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
-                var norms = gpu.KeyNorms();
-                for (int l = 0; l < c.NumLayers; l++)
-                    for (int g = 0; g < c.NumKvHeads; g++)
-                    {
-                        string what = $"key norms {Name(f)} hd{hd} layer {l} head {g} (seed {rnd.Seed})";
-                        var (keys, _, _) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
-                        var got = norms[gpu.HeadIndex(l, 0, g)];
-                        if (got.Length * hd != keys.Length) throw new CheckFailedException($"{what}: {got.Length} norms, the head stores {keys.Length / hd} tokens");
-                        for (int t = 0; t < got.Length; t++)
-                        {
-                            double sum = 0;
-                            for (int d = 0; d < hd; d++) sum += (double)keys[t * hd + d] * keys[t * hd + d];
-                            double expected = Math.Sqrt(sum), error = Math.Abs(got[t] - expected) / Math.Max(expected, 1e-6);
-                            if (!(error <= 1e-5)) throw new CheckFailedException($"{what}: token {t}'s norm is {got[t]}, expected {expected:G9}");
-                            worst = Math.Max(worst, error);
-                            rows++;
-                        }
-                    }
+                string what = $"key norms {name} head {h}";
+                var got = norms[h];
+                if (got.Length * hd != keys[h].Length) throw new CheckFailedException($"{what}: {got.Length} norms, the head stores {keys[h].Length / hd} tokens");
+                for (int t = 0; t < got.Length; t++)
+                {
+                    double sum = 0;
+                    for (int d = 0; d < hd; d++) sum += (double)keys[h][t * hd + d] * keys[h][t * hd + d];
+                    double expected = Math.Sqrt(sum), error = Math.Abs(got[t] - expected) / Math.Max(expected, 1e-6);
+                    if (!(error <= 1e-5)) throw new CheckFailedException($"{what}: token {t}'s norm is {got[t]}, expected {expected:G9}");
+                    worst = Math.Max(worst, error);
+                    rows++;
+                }
             }
-        return $"{rows} stored keys, {Cases.Length} format cases, worst relative error {worst:E1}";
+        }
+        return $"{rows} stored keys, {Cases.Length} format cases at hd 128 and 64, worst relative error {worst:E1}";
     }
 
     /// <summary>
     /// R-KV's raw redundancy on the device = a float64 reference over the device's stored keys as the CPU codec decodes
-    /// them: for each key the sum of its cosine similarities above the threshold with the later keys, over n − 1. A pair
-    /// within 1e-5 of the threshold may count or not (float32 dots on the device), so the device's value must lie between
-    /// the sums without and with those pairs. Every block format and mixed, head dims 64/128, thresholds that count
-    /// every pair (−2), about a third (0.05) and few (0.5).
+    /// them (<see cref="KeyCaches"/>): for each key the sum of its cosine similarities above the threshold with the later
+    /// keys, over n − 1. A pair within 1e-5 of the threshold may count or not (float32 dots on the device), so the device's
+    /// value must lie between the sums without and with those pairs. Thresholds that count every pair (−2), about a third
+    /// (0.05) and few (0.5).
     /// </summary>
     public static string KeyRedundancyMatchesCpu()
     {
         double worst = 0;
         int rows = 0;
+        foreach (var (name, gpu, keys, hd) in KeyCaches())
+        {
+            var unit = keys.Select(k => UnitRows(k, hd)).ToArray();
+            foreach (double threshold in new[] { -2.0, 0.05, 0.5 })
+            {
+                var raw = gpu.KeyRedundancy(threshold);
+                for (int h = 0; h < keys.Length; h++)
+                {
+                    string what = $"R-KV redundancy {name} threshold {threshold} head {h}";
+                    int n = keys[h].Length / hd;
+                    var got = raw[h];
+                    if (got.Length != n) throw new CheckFailedException($"{what}: {got.Length} values, the head stores {n} tokens");
+                    for (int j = 0; j < n; j++)
+                    {
+                        double certain = 0, possible = 0;
+                        for (int i = j + 1; i < n; i++)
+                        {
+                            double cos = 0;
+                            for (int d = 0; d < hd; d++) cos += unit[h][i * hd + d] * unit[h][j * hd + d];
+                            if (cos > threshold + 1e-5) certain += cos;
+                            if (cos > threshold - 1e-5) possible += cos;
+                        }
+                        double low = n > 1 ? Math.Min(certain, possible) / (n - 1) : 0, high = n > 1 ? Math.Max(certain, possible) / (n - 1) : 0;
+                        double error = Math.Max(0, Math.Max(low - got[j], got[j] - high));
+                        if (!(error <= 1e-5 + 1e-5 * Math.Abs(high)))
+                            throw new CheckFailedException($"{what}: token {j}'s raw redundancy is {got[j]}, expected {low:G9} .. {high:G9}");
+                        worst = Math.Max(worst, error);
+                        rows++;
+                    }
+                }
+            }
+        }
+        return $"{rows} stored keys x threshold, {Cases.Length} format cases at hd 128 and 64, worst error outside the near-threshold bounds {worst:E1}";
+    }
+
+    /// <summary>
+    /// For each block format and a mixed-format cache at head dims 128 and 64: a cache of 60-260 random tokens a head, each
+    /// head then losing a random share (unequal lengths, partial blocks, the float32 residual), uploaded; with every head's
+    /// stored keys [<see cref="CudaPagedKvCache.HeadIndex"/>] as the CPU codec decodes the device's blocks. The cache is
+    /// disposed when the caller moves on.
+    /// </summary>
+    private static IEnumerable<(string Name, CudaPagedKvCache Gpu, float[][] Keys, int HeadDim)> KeyCaches()
+    {
         foreach (int hd in new[] { 128, 64 })
             foreach (var f in Cases)
             {
@@ -227,46 +261,25 @@ public static class PagedChecks
                 int length = 60 + rnd.Next(200);
                 using var cpu = CpuCache(c, f, length, rnd, evict: true);
                 using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
-                foreach (double threshold in new[] { -2.0, 0.05, 0.5 })
-                {
-                    var raw = gpu.KeyRedundancy(threshold);
-                    for (int l = 0; l < c.NumLayers; l++)
-                        for (int g = 0; g < c.NumKvHeads; g++)
-                        {
-                            string what = $"R-KV redundancy {Name(f)} hd{hd} threshold {threshold} layer {l} head {g} (seed {rnd.Seed})";
-                            var (keys, _, _) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
-                            int n = keys.Length / hd;
-                            var got = raw[gpu.HeadIndex(l, 0, g)];
-                            if (got.Length != n) throw new CheckFailedException($"{what}: {got.Length} values, the head stores {n} tokens");
-                            var unit = new double[keys.Length];
-                            for (int t = 0; t < n; t++)
-                            {
-                                double norm = 0;
-                                for (int d = 0; d < hd; d++) norm += (double)keys[t * hd + d] * keys[t * hd + d];
-                                norm = Math.Sqrt(norm);
-                                for (int d = 0; d < hd; d++) unit[t * hd + d] = norm > 0 ? keys[t * hd + d] / norm : 0;
-                            }
-                            for (int j = 0; j < n; j++)
-                            {
-                                double certain = 0, possible = 0;
-                                for (int i = j + 1; i < n; i++)
-                                {
-                                    double cos = 0;
-                                    for (int d = 0; d < hd; d++) cos += unit[i * hd + d] * unit[j * hd + d];
-                                    if (cos > threshold + 1e-5) certain += cos;
-                                    if (cos > threshold - 1e-5) possible += cos;
-                                }
-                                double low = n > 1 ? Math.Min(certain, possible) / (n - 1) : 0, high = n > 1 ? Math.Max(certain, possible) / (n - 1) : 0;
-                                double error = Math.Max(0, Math.Max(low - got[j], got[j] - high));
-                                if (!(error <= 1e-5 + 1e-5 * Math.Abs(high)))
-                                    throw new CheckFailedException($"{what}: token {j}'s raw redundancy is {got[j]}, expected {low:G9} .. {high:G9}");
-                                worst = Math.Max(worst, error);
-                                rows++;
-                            }
-                        }
-                }
+                var keys = new float[c.NumLayers * c.NumKvHeads][];
+                for (int l = 0; l < c.NumLayers; l++)
+                    for (int g = 0; g < c.NumKvHeads; g++) keys[gpu.HeadIndex(l, 0, g)] = DecodeDeviceHead(gpu.ReadHead(l, g), hd).K;
+                yield return ($"{Name(f)} hd{hd} (seed {rnd.Seed})", gpu, keys, hd);
             }
-        return $"{rows} stored keys x threshold, {Cases.Length} format cases, worst error outside the near-threshold bounds {worst:E1}";
+    }
+
+    /// <summary>The [n, hd] rows divided by their float64 norms (a zero row stays zero).</summary>
+    private static double[] UnitRows(float[] rows, int hd)
+    {
+        var unit = new double[rows.Length];
+        for (int t = 0; t < rows.Length / hd; t++)
+        {
+            double norm = 0;
+            for (int d = 0; d < hd; d++) norm += (double)rows[t * hd + d] * rows[t * hd + d];
+            norm = Math.Sqrt(norm);
+            for (int d = 0; d < hd; d++) unit[t * hd + d] = norm > 0 ? rows[t * hd + d] / norm : 0;
+        }
+        return unit;
     }
 
     /// <summary>
