@@ -1,0 +1,126 @@
+using KvSharp.Cache;
+using KvSharp.Cache.Blocks;
+using KvSharp.Cache.Paged;
+using KvSharp.Compression.Decoding;
+using KvSharp.Generation;
+
+namespace KvSharp.Compute.Cuda.Model;
+
+/// <summary>
+/// Decode-time compression (<c>--decode-press</c>: H2O during decoding, R-KV) over a <see cref="CudaPagedKvCache"/>. The
+/// CPU press's own session runs over the device cache (<see cref="IDecodeCache"/>): the decode steps it observes run with
+/// the attention statistics collected on the device (<see cref="CudaTransformer.ForwardSample"/> leaves the captured graph
+/// for those steps: a statistics launch captured into the graph would outlive its collection), the other steps keep the
+/// graph; each observed step's summed probabilities per stored token come back (at most the press's tokens + every per
+/// head), the session accumulates and scores them on the host exactly as on the CPU (R-KV's key redundancy from the keys
+/// read back, as the R-KV context press does), and the eviction runs on the device, all heads in one compaction.
+/// </summary>
+public static class CudaDecodePresses
+{
+    /// <summary>Refuses, in one line, a decode-time compression the device does not run (anything but the CPU's decode presses).</summary>
+    /// <exception cref="KvSharpException">The method is not one of <c>DecodePressRegistry</c>'s.</exception>
+    public static void Check(IDecodeCompression compression)
+    {
+        ArgumentNullException.ThrowIfNull(compression);
+        if (compression is not (H2oDecodePress or RkvDecodePress))
+            throw new KvSharpException($"decode press '{compression.Text}' does not run on the GPU: the device runs the decode presses h2o and rkv");
+    }
+
+    /// <summary>
+    /// Starts <paramref name="compression"/> over <paramref name="cache"/> (one sequence, the prompt prefilled): the session
+    /// to tell about every decode step, as <see cref="IDecodeCompression.Start"/> on the CPU.
+    /// </summary>
+    /// <exception cref="KvSharpException">The method is not a decode press the device runs, or the cache holds several sequences or VidKV blocks.</exception>
+    public static IDecodeSession Start(IDecodeCompression compression, CudaPagedKvCache cache)
+    {
+        Check(compression);
+        ArgumentNullException.ThrowIfNull(cache);
+        if (cache.Batch != 1) throw new KvSharpException($"decode press '{compression.Text}' on the GPU compresses a cache of one sequence, not {cache.Batch}");
+        if (cache.KeyLayout.Format.IsVidKv() || cache.ValueLayout.Format.IsVidKv())
+            throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which VidKV blocks do not support; choose another --kv-cache");
+        return ((DecodePress)compression).CreateSession(new CudaDecodeCache(cache));
+    }
+}
+
+/// <summary>
+/// <see cref="CudaPagedKvCache"/> as a decode press sees it: the device's storage order (what eviction flags and statistics
+/// follow) mapped to ascending position (what the session scores in), the keys read back once per compression.
+/// </summary>
+internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
+{
+    private int[][]? _ascending, _order; // per head: positions ascending, and the storage index of each
+    private int _orderLength = -1;
+    private PagedKvCache? _keys; // the cache read back for ReadKeys, until the next eviction or append
+
+    public int Layers => cache.Config.NumLayers;
+
+    public int KvHeads => cache.Config.NumKvHeads;
+
+    public int HeadDim => cache.Config.HeadDim;
+
+    public int Length => cache.Length;
+
+    public int SharedLayerSource(int layer) => -1; // the device cache shares no layer's KV
+
+    public IReadOnlyList<int> Positions(int layer, int kvHead) => Ordered().Ascending[layer * KvHeads + kvHead];
+
+    public void BeginStatistics(AttentionStatisticsRequest request) => cache.BeginStatistics(request);
+
+    public ObservedAttention EndStatistics()
+    {
+        var (_, sums) = cache.EndStatistics(); // storage order, the first tokens each head stored when the collection began
+        var positions = new int[sums.Length][];
+        for (int h = 0; h < sums.Length; h++)
+        {
+            positions[h] = cache.StoredPositions(h)[..sums[h].Length];
+            Array.Sort(positions[h], sums[h]);
+        }
+        return new ObservedAttention(KvHeads, positions, sums);
+    }
+
+    public float[] ReadKeys(int layer, int kvHead)
+    {
+        if (_keys == null || _keys.Length != cache.Length)
+        {
+            _keys?.Dispose();
+            _keys = cache.Download();
+        }
+        return _keys.ReadKeys(layer, kvHead); // the CPU cache's logical order: ascending position
+    }
+
+    public void Evict(IReadOnlyList<bool[]?> evict)
+    {
+        var (ascending, order) = Ordered();
+        var drop = new bool[ascending.Length][];
+        bool any = false;
+        for (int h = 0; h < drop.Length; h++)
+        {
+            drop[h] = new bool[ascending[h].Length];
+            if (evict[h] is not { } flags) continue;
+            for (int i = 0; i < flags.Length; i++)
+                if (flags[i]) { drop[h][order[h][i]] = true; any = true; }
+        }
+        _keys?.Dispose();
+        _keys = null;
+        _orderLength = -1;
+        if (any) cache.Evict(drop);
+    }
+
+    /// <summary>Each head's positions ascending and their storage indices, taken again after an append or an eviction.</summary>
+    private (int[][] Ascending, int[][] Order) Ordered()
+    {
+        if (_ascending == null || _order == null || _orderLength != cache.Length)
+        {
+            _ascending = new int[cache.HeadCount][];
+            _order = new int[cache.HeadCount][];
+            for (int h = 0; h < cache.HeadCount; h++)
+            {
+                _ascending[h] = cache.StoredPositions(h);
+                _order[h] = [.. Enumerable.Range(0, _ascending[h].Length)];
+                Array.Sort(_ascending[h], _order[h]);
+            }
+            _orderLength = cache.Length;
+        }
+        return (_ascending, _order);
+    }
+}
