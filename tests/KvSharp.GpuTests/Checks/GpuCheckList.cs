@@ -41,6 +41,8 @@ public static class GpuCheckList
         ("press: KVzip and KVzip+ on the device = the CPU press (needle model)", () => KvzipChecks.MatchesCpu(needle)),
         ("press: ask's device presses (SnapKV, TOVA, H2O, key-norm, StreamingLLM, random, R-KV, ZipVL scorer, KV-Compress; uniform, pyramid, AdaKV, dynamic, global) = the CPU presses (needle model)",
             () => ContextPressChecks.MatchesCpu(needle)),
+        ("press: decode-time H2O / R-KV on the device = the CPU decode press (needle model, F32 and INT4 caches: kept tokens per head after each compression, greedy tokens)",
+            () => DecodePressChecks.MatchesCpu(needle)),
         ("press: ask's device quantization presses (KIVI, KVTuner, MiKV, ZipVL, LeanKV), press sequences and KVCrush = the CPU presses' tokens and formats (needle model)",
             () => QuantizationPressChecks.MatchesCpu(needle)),
         ("model: qwen-shaped dummy", ModelChecks.QwenShapedDummy),

@@ -2,6 +2,7 @@ using KvSharp.Cache;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression.Decoding;
+using KvSharp.Compression.Registry;
 using KvSharp.Generation;
 
 namespace KvSharp.Compute.Cuda.Model;
@@ -22,8 +23,10 @@ public static class CudaDecodePresses
     public static void Check(IDecodeCompression compression)
     {
         ArgumentNullException.ThrowIfNull(compression);
-        if (compression is not (H2oDecodePress or RkvDecodePress))
-            throw new KvSharpException($"decode press '{compression.Text}' does not run on the GPU: the device runs the decode presses h2o and rkv");
+        // Every decode press runs its session over IDecodeCache, so every one the registry builds runs on the device.
+        if (compression is not DecodePress)
+            throw new KvSharpException($"decode press '{compression.Text}' does not run on the GPU: the device runs the decode presses " +
+                string.Join(", ", DecodePressRegistry.Presses.Select(p => p.Name)));
     }
 
     /// <summary>
