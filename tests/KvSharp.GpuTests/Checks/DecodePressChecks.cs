@@ -20,8 +20,8 @@ namespace KvSharp.GpuTests.Checks;
 /// the same but for near-ties of the CPU session's scores (<see cref="KvzipChecks.NearTies"/>, measured against the
 /// largest CPU-GPU difference of the scores both sessions chose by, which must be within a relative tolerance: a wrong
 /// statistic cannot pass as a near-tie), the device storing what it kept; each step the device's greedy token the CPU's
-/// unless the CPU's logits tie within 1e-3. A near-tie that kept different tokens ends the kept-set comparison of that
-/// run (the caches then hold different tokens), counted in the report.
+/// unless the CPU's logits tie within the same tolerance. A near-tie that kept different tokens ends the comparison of
+/// that run (the caches then hold different tokens), counted in the report.
 /// </summary>
 public static class DecodePressChecks
 {
@@ -30,7 +30,12 @@ public static class DecodePressChecks
     /// <summary>The presses (small budgets, so a run compresses many times) and the caches: F32 blocks and INT4 (g32) blocks.</summary>
     private static readonly string[] Presses = ["h2o:tokens=48,window=8", "h2o:tokens=40,every=8,window=4", "rkv:tokens=48,every=16,window=8"];
 
-    private static readonly (KvFormat Format, double Tolerance)[] Caches = [(KvFormat.F32, 1e-3), (KvFormat.Int4, 1e-2)];
+    /// <remarks>
+    /// INT4's tolerance is wider: the two engines' evictions may regroup kept tokens into blocks differently (the device per
+    /// run of affected blocks, the CPU into one partial block per format), so later re-quantized keys may differ by a
+    /// quantization step; a misplaced statistic or position still differs by far more (order 1).
+    /// </remarks>
+    private static readonly (KvFormat Format, double Tolerance)[] Caches = [(KvFormat.F32, 1e-3), (KvFormat.Int4, 5e-2)];
 
     /// <summary>Runs every press over every cache on one needle prompt; returns one line per run.</summary>
     public static string MatchesCpu(string needleModel)
@@ -58,7 +63,7 @@ public static class DecodePressChecks
         var logits = model.Transformer.Forward(tokens, cpuCache);
         int next = KvzipChecks.ArgMax(logits);
         int gpuNext = gpu.ForwardSample(tokens, cache, sampler, history.ToArray());
-        int tokenTies = Tie(what, 0, logits, next, gpuNext);
+        int tokenTies = Tie(what, 0, logits, next, gpuNext, tolerance), tokensAfter = 0;
         using var cpuSession = press.Start(cpuCache);
         using var gpuSession = CudaDecodePresses.Start(press, cache);
         var cpuPress = (DecodePressSession)cpuSession;
@@ -79,7 +84,8 @@ public static class DecodePressChecks
             cpuSession.AfterStep(step);
             gpuSession.AfterStep(step);
             next = KvzipChecks.ArgMax(logits);
-            tokenTies += Tie(what, step, logits, next, gpuNext);
+            if (divergedAt == 0) tokenTies += Tie(what, step, logits, next, gpuNext, tolerance);
+            else if (gpuNext != next) tokensAfter++; // the caches hold different tokens since a near-tie: counted, not judged
             if (cpuPress.Compressions != gpuPress.Compressions && divergedAt == 0)
                 throw new CheckFailedException($"{what}: step {step}: the CPU session compressed {cpuPress.Compressions} times, the device's {gpuPress.Compressions}");
             if (cpuPress.Compressions == compressed) continue;
@@ -117,19 +123,20 @@ public static class DecodePressChecks
         if (compressions == 0) throw new CheckFailedException($"{what}: no compression in {Steps} steps: the budget is too large for the check");
         if (press is RkvDecodePress && graphSteps == 0) throw new CheckFailedException($"{what}: every step collected statistics: the graph steps were not exercised");
         return $"{compressions} compressions, kept tokens = CPU{(divergedAt == 0 ? "" : $" up to step {divergedAt} ({keptTies} near-ties differ there)")}, " +
-            $"scores max abs diff {worst:E1}, {graphSteps} graph steps of {Steps}, greedy tokens = CPU" + (tokenTies > 0 ? $" but {tokenTies} logit near-ties" : "");
+            $"scores max abs diff {worst:E1}, {graphSteps} graph steps of {Steps}, greedy tokens = CPU" + (tokenTies > 0 ? $" but {tokenTies} logit near-ties" : "") +
+            (tokensAfter > 0 ? $", {tokensAfter} differ after the kept sets did" : "");
     }
 
     /// <summary>Each head's stored positions on the device, ascending (the CPU cache's order).</summary>
     private static int[][] Ascending(CudaPagedKvCache cache) =>
         [.. Enumerable.Range(0, cache.HeadCount).Select(h => cache.StoredPositions(h).Order().ToArray())];
 
-    /// <summary>0 when the device chose the CPU's token, 1 when it chose another within 1e-3 of the CPU's best logit; else fails.</summary>
-    private static int Tie(string what, int step, float[] logits, int cpu, int gpu)
+    /// <summary>0 when the device chose the CPU's token, 1 when it chose another within <paramref name="tolerance"/> (relative) of the CPU's best logit; else fails.</summary>
+    private static int Tie(string what, int step, float[] logits, int cpu, int gpu, double tolerance)
     {
         if (cpu == gpu) return 0;
         double gap = logits[cpu] - logits[gpu];
-        if (gap > 1e-3 * Math.Max(1, Math.Abs(logits[cpu])))
+        if (gap > tolerance * Math.Max(1, Math.Abs(logits[cpu])))
             throw new CheckFailedException($"{what}: step {step}: the device chose token {gpu}, the CPU {cpu}, whose logit is {gap:E2} higher");
         return 1;
     }
