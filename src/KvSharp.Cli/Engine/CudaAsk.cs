@@ -30,6 +30,8 @@ internal static class CudaAsk
         if (request.Options.DecodeCompression is { } decodePress) CudaDecodePresses.Check(decodePress);
         CudaGeneration.RefuseResidualWindow(request.Model);
         var press = request.Press?.Press is { } p ? CudaContextPresses.From(p) : null; // a press the device does not run: one line naming it
+        if (press is CudaVidKvPress && request.Options.DecodeCompression is { } decoding)
+            throw new UsageException($"--decode-press {decoding.Text} cannot follow --press {press.Text} on the GPU: the device does not evict VidKV blocks");
         string text;
         try { text = File.ReadAllText(request.ContextFile); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new KvSharpException($"--context {request.ContextFile}: {e.Message}", e); }

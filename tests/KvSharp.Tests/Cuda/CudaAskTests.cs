@@ -80,4 +80,14 @@ public class CudaAskTests
         Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
         Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
+
+    [Fact]
+    public void DecodePressAfterVidKv_IsAUsageErrorNamingBoth()
+    {
+        var r = Ask("--press", "vidkv", "--decode-press", "h2o:tokens=64");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("--decode-press h2o", r.Err);
+        Assert.Contains("vidkv", r.Err);
+        Assert.DoesNotContain("   at ", r.Err);
+    }
 }

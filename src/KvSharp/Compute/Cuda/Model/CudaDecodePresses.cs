@@ -1,5 +1,4 @@
 using KvSharp.Cache;
-using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
@@ -39,7 +38,7 @@ public static class CudaDecodePresses
         Check(compression);
         ArgumentNullException.ThrowIfNull(cache);
         if (cache.Batch != 1) throw new KvSharpException($"decode press '{compression.Text}' on the GPU compresses a cache of one sequence, not {cache.Batch}");
-        if (cache.KeyLayout.Format.IsVidKv() || cache.ValueLayout.Format.IsVidKv())
+        if (cache.HoldsVidKv)
             throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which VidKV blocks do not support; choose another --kv-cache");
         return ((DecodePress)compression).CreateSession(new CudaDecodeCache(cache));
     }
