@@ -35,4 +35,28 @@ public class CudaDecodePressesTests
         foreach (var press in DecodePressRegistry.Presses) Assert.Contains(press.Name, e.Message);
         Assert.DoesNotContain('\n', e.Message);
     }
+
+    /// <summary>
+    /// The device cache's storage order (an uploaded cache: its blocks, then its tail, then appends; not ascending after a
+    /// re-quantization) mapped to the ascending order the session scores in, and its choices mapped back: checked on a
+    /// shuffled head against a direct search.
+    /// </summary>
+    [Fact]
+    public void StorageOrder_MapsToAscendingPositionsAndBack()
+    {
+        int[] stored = [7, 2, 9, 0, 5, 3];
+        var (ascending, order) = CudaDecodeCache.Ascending(stored);
+        Assert.Equal([0, 2, 3, 5, 7, 9], ascending);
+        for (int i = 0; i < order.Length; i++) Assert.Equal(ascending[i], stored[order[i]]);
+
+        bool[] evictAscending = [false, true, false, false, true, false]; // positions 2 and 7
+        var evictStored = CudaDecodeCache.ToStorageOrder(evictAscending, order);
+        Assert.Equal([2, 7], stored.Where((_, i) => evictStored[i]).Order());
+        Assert.Throws<ArgumentException>(() => CudaDecodeCache.ToStorageOrder([true], order));
+
+        // Statistics cover the first tokens stored when the collection began (here 4 of the 6), in storage order.
+        var (covered, sums) = CudaDecodeCache.Covered(stored, [0.7f, 0.2f, 0.9f, 0.0f]);
+        Assert.Equal([0, 2, 7, 9], covered);
+        Assert.Equal([0.0f, 0.2f, 0.7f, 0.9f], sums);
+    }
 }

@@ -72,11 +72,7 @@ internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
     {
         var (_, sums) = cache.EndStatistics(); // storage order, the first tokens each head stored when the collection began
         var positions = new int[sums.Length][];
-        for (int h = 0; h < sums.Length; h++)
-        {
-            positions[h] = cache.StoredPositions(h)[..sums[h].Length];
-            Array.Sort(positions[h], sums[h]);
-        }
+        for (int h = 0; h < sums.Length; h++) (positions[h], sums[h]) = Covered(cache.StoredPositions(h), sums[h]);
         return new ObservedAttention(KvHeads, positions, sums);
     }
 
@@ -97,10 +93,8 @@ internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
         bool any = false;
         for (int h = 0; h < drop.Length; h++)
         {
-            drop[h] = new bool[ascending[h].Length];
-            if (evict[h] is not { } flags) continue;
-            for (int i = 0; i < flags.Length; i++)
-                if (flags[i]) { drop[h][order[h][i]] = true; any = true; }
+            drop[h] = evict[h] is { } flags ? ToStorageOrder(flags, order[h]) : new bool[ascending[h].Length];
+            any |= drop[h].Contains(true);
         }
         _keys?.Dispose();
         _keys = null;
@@ -115,14 +109,36 @@ internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
         {
             _ascending = new int[cache.HeadCount][];
             _order = new int[cache.HeadCount][];
-            for (int h = 0; h < cache.HeadCount; h++)
-            {
-                _ascending[h] = cache.StoredPositions(h);
-                _order[h] = [.. Enumerable.Range(0, _ascending[h].Length)];
-                Array.Sort(_ascending[h], _order[h]);
-            }
+            for (int h = 0; h < cache.HeadCount; h++) (_ascending[h], _order[h]) = Ascending(cache.StoredPositions(h));
             _orderLength = cache.Length;
         }
         return (_ascending, _order);
+    }
+
+    /// <summary>A head's positions in storage order, sorted, with the storage index of each (an uploaded or re-quantized cache need not store them ascending).</summary>
+    internal static (int[] Ascending, int[] Order) Ascending(int[] stored)
+    {
+        var ascending = (int[])stored.Clone();
+        int[] order = [.. Enumerable.Range(0, stored.Length)];
+        Array.Sort(ascending, order);
+        return (ascending, order);
+    }
+
+    /// <summary>The statistics of a head's first <paramref name="sums"/>.Length stored tokens (storage order) as covered positions and sums, ascending.</summary>
+    internal static (int[] Positions, float[] Sums) Covered(int[] stored, float[] sums)
+    {
+        var positions = stored[..sums.Length];
+        var sorted = (float[])sums.Clone();
+        Array.Sort(positions, sorted);
+        return (positions, sorted);
+    }
+
+    /// <summary>Flags in ascending position as flags in storage order (<paramref name="order"/>: <see cref="Ascending"/>'s storage index of each).</summary>
+    internal static bool[] ToStorageOrder(bool[] ascendingFlags, int[] order)
+    {
+        if (ascendingFlags.Length != order.Length) throw new ArgumentException($"{ascendingFlags.Length} flags for a head storing {order.Length} tokens", nameof(ascendingFlags));
+        var stored = new bool[order.Length];
+        for (int i = 0; i < order.Length; i++) stored[order[i]] = ascendingFlags[i];
+        return stored;
     }
 }
