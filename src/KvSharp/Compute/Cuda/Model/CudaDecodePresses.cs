@@ -2,6 +2,7 @@ using KvSharp.Cache;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
+using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Generation;
 
 namespace KvSharp.Compute.Cuda.Model;
@@ -32,14 +33,18 @@ public static class CudaDecodePresses
     /// Starts <paramref name="compression"/> over <paramref name="cache"/> (one sequence, the prompt prefilled): the session
     /// to tell about every decode step, as <see cref="IDecodeCompression.Start"/> on the CPU.
     /// </summary>
-    /// <exception cref="KvSharpException">The method is not a decode press the device runs, or the cache holds several sequences or VidKV blocks.</exception>
+    /// <exception cref="KvSharpException">The method is not a decode press the device runs, or the cache holds several sequences or VidKV blocks,
+    /// or its head dimension is above what the statistics kernels take.</exception>
     public static IDecodeSession Start(IDecodeCompression compression, CudaPagedKvCache cache)
     {
         Check(compression);
         ArgumentNullException.ThrowIfNull(cache);
         if (cache.Batch != 1) throw new KvSharpException($"decode press '{compression.Text}' on the GPU compresses a cache of one sequence, not {cache.Batch}");
+        // Refused here rather than at the first observed or compressing step, after output has started.
         if (cache.HoldsVidKv)
-            throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which VidKV blocks do not support; choose another --kv-cache");
+            throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which the device does not do in a cache holding VidKV blocks");
+        if (cache.Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
+            throw new KvSharpException($"decode press '{compression.Text}' on the GPU needs attention statistics, which the device collects for head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {cache.Config.HeadDim}");
         return ((DecodePress)compression).CreateSession(new CudaDecodeCache(cache));
     }
 }
