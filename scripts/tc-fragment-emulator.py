@@ -7,11 +7,13 @@
 # 32-token key and value block (BlockLayout bytes), runs the emulated kernel and compares scores and outputs with float64
 # (relative to the largest magnitude). The GPU self-checks (tests/KvSharp.GpuTests selftest --only paged) stay the
 # reference for the kernel itself; this only shows that the fragment math as written is exact to ~1e-5.
-#   python3 scripts/tc-fragment-emulator.py [SEED]      (pure Python, ~2 minutes)
+#   python3 scripts/tc-fragment-emulator.py [SEED [MUTATION]]   (pure Python; exit status 1 above 1e-4; MUTATION: see MUTATE)
 # P·V is the transposed one of branch gpuquant2 (values as the A operand, heads along n: hi columns 0..G-1, lo G..2G-1);
 # the value mins' sums one more mma per step (pipe_min_terms, branch gpulowbit); codes as f16 subnormals masked in place
 # (code_frag RAW, branch gpucodes): the key steps take 2^(code_top - K), the value accumulators' units change per format
 # (value_exp, value_units; the mixed cases run a second value block of another format into the same accumulators).
+# The transposed score mma of the INT2/INT4 specialized builds (PIPE_T, branch gputrans: keys as A, the query's parts as
+# B columns, movmatrix to P·V's B layout, the F32 residual in the same layout) runs as run_t, after the old cases.
 import struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
@@ -388,7 +390,244 @@ def run(kf, vf, G, VG, n, tokens=32, vf2=None):
     verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
     return err, verr
 
+# ---- PIPE_T: the transposed score mma of the INT2/INT4 specialized builds (G <= 4) ----
+# The query copy is emulated as shared memory (G·164 words, garbage where the prologue writes nothing) with the kernel's
+# addresses (pipe_qt, pipe_qt_word, pipe_qt_zero), so the layout, the zero words and the bank groups are checked too.
+# MUTATE (python3 scripts/tc-fragment-emulator.py SEED MUTATION) changes one piece on purpose, to see the check fail:
+#   zero_z: hi columns read the hi part as z (not the zero words); bias_pair: the bias mma's B in natural word order;
+#   no_trans: movmatrix without the transpose; float_src: the F32 values' shuffle from lane 4·tig + tt.
+MUTATE = sys.argv[2] if len(sys.argv) > 2 else ""
+QROW = 164
+def pipe_qt_word(j): return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)
+def pipe_qt(g, part, c): return 144 * g + 72 * part + 16 * (c >> 5) + 4 * (c >> 6) + pipe_qt_word((c & 31) >> 1)
+def pipe_qt_zero(G): return 144 * G - 4
+def side_scaled(x, z, s_): return hfma2(x, s_, hfma2(z, s_, hneg2(hmul2(z, s_))))
+def movmatrix(words, trans=True):  # words[lane]: row lane >> 2, elements 2·(lane & 3) (low), + 1 (high)
+    M = [[(words[4 * r + (c >> 1)] >> (16 * (c & 1))) & 0xffff for c in range(8)] for r in range(8)]
+    if not trans: return list(words)
+    return [M[2 * (l & 3)][l >> 2] | (M[2 * (l & 3) + 1][l >> 2] << 16) for l in range(32)]
+
+def query_copy_t(qhs, qls, G):
+    assert pipe_qt(G - 1, 1, 127) < pipe_qt_zero(G) and pipe_qt_zero(G) + 16 <= G * QROW
+    h16 = [random.getrandbits(16) for _ in range(2 * G * QROW)]  # halves; the prologue's writes below
+    for g in range(G):
+        for c in range(128):
+            h16[2 * pipe_qt(g, 0, c & ~1) + (c & 1)] = qhs[g][c]; h16[2 * pipe_qt(g, 1, c & ~1) + (c & 1)] = qls[g][c]
+    for i in range(16): h16[2 * (pipe_qt_zero(G) + i)] = h16[2 * (pipe_qt_zero(G) + i) + 1] = 0
+    return [h16[2 * w] | (h16[2 * w + 1] << 16) for w in range(G * QROW)]
+
+def conflicts(addr):  # 16-byte loads (word addresses) of 32 lanes: extra wavefronts over the 4 phases of 8 lanes
+    extra = 0
+    for ph in range(4):
+        groups = {}
+        for l in range(8 * ph, 8 * ph + 8): groups.setdefault((addr[l] >> 2) & 7, set()).add(addr[l])
+        extra += sum(len(a) - 1 for a in groups.values())
+    return extra
+
+def scores_t(f, blk, n, tokens, qs, G):
+    # pipe_query_t + pipe_scores_t: s[l][h][e] = token 16h + gid + 8e of head tig mod G (true units)
+    BITS = bits(f); ROW = 128 * BITS // 8; S = key_step(f)
+    X = []; Z = []; SW = []; MW = []; xa = []; za = []
+    for l in range(32):
+        gid, tig = l >> 2, l & 3; g = (gid >> 1) & (G - 1)
+        xb = pipe_qt(g, gid & 1, 32 * tig)
+        zb = pipe_qt(g, 0, 32 * tig) if (gid & 1) or MUTATE == "zero_z" else pipe_qt_zero(G)
+        xa.append(xb); za.append(zb)
+        x = [0] * 16; z = [0] * 16
+        for v in range(4):
+            a = qs[xb + 4 * v: xb + 4 * v + 4]; c = qs[zb + 4 * v: zb + 4 * v + 4]
+            x[4 * v], x[4 * v + 2], x[4 * v + 1], x[4 * v + 3] = a
+            z[4 * v], z[4 * v + 2], z[4 * v + 1], z[4 * v + 3] = c
+        sp = tokens * 128 // 8 * BITS + 64 * tig
+        X.append(x); Z.append(z); SW.append([u32(blk, sp + 4 * j) for j in range(16)]); MW.append([u32(blk, sp + 256 + 4 * j) for j in range(16)])
+    cf = conflicts(xa) + conflicts(za)
+    d = [[[0.0] * 4 for _ in range(32)] for _ in range(2)]
+    for v in range(4):
+        A = [tuple(MW[l][4 * v: 4 * v + 4]) for l in range(32)]
+        if MUTATE == "bias_pair":
+            mma(d[0], A, [(X[l][4 * v], X[l][4 * v + 1]) for l in range(32)]); mma(d[1], A, [(X[l][4 * v + 2], X[l][4 * v + 3]) for l in range(32)])
+        else:
+            mma(d[0], A, [(X[l][4 * v], X[l][4 * v + 2]) for l in range(32)]); mma(d[1], A, [(X[l][4 * v + 1], X[l][4 * v + 3]) for l in range(32)])
+    ku = key_unit(f)
+    bias = [(f32(f32(d[0][l][0] + d[1][l][2]) * f32(1 / ku)), f32(f32(d[0][l][1] + d[1][l][3]) * f32(1 / ku))) for l in range(32)]
+    QB = []
+    for l in range(32):
+        nq = [side_scaled(X[l][r], Z[l][r], hmul2(SW[l][r], code_factor(f, r))) for r in range(16)]
+        qb = []
+        for r in range(16):
+            c = key_low_channel(f, r); qb.append(prmt(nq[c >> 1], nq[(c >> 1) + S // 2], 0x7632 if c & 1 else 0x5410))
+        QB.append(qb)
+    s = [[[-INF, -INF] for _ in range(2)] for _ in range(32)]
+    for h in range(2):
+        if 16 * h >= n: continue
+        K0 = []; K1 = []
+        for l in range(32):
+            gid, tig = l >> 2, l & 3
+            K0.append(key_fragments(f, key_words(f, blk, min(16 * h + gid, n - 1) * ROW, tig)))
+            K1.append(key_fragments(f, key_words(f, blk, min(16 * h + 8 + gid, n - 1) * ROW, tig)))
+        dd = [[bias[l][0], bias[l][1], bias[l][0], bias[l][1]] for l in range(32)]
+        for k in range(8):
+            mma(dd, [(K0[l][2 * k], K1[l][2 * k], K0[l][2 * k + 1], K1[l][2 * k + 1]) for l in range(32)], [(QB[l][2 * k], QB[l][2 * k + 1]) for l in range(32)])
+        for l in range(32):
+            gid = l >> 2
+            if 16 * h + gid < n: s[l][h][0] = f32(f32(dd[l][0] + dd[l][1]) * ku)
+            if 16 * h + 8 + gid < n: s[l][h][1] = f32(f32(dd[l][2] + dd[l][3]) * ku)
+    return s, cf
+
+def scores_float_t(X, n, qs, G):
+    # pipe_scores_float_t over an F32 block X (rows of 128 floats): the copy's hi + lo per channel, the lanes' selection
+    qv = [[[0.0] * 4 for _ in range(G)] for _ in range(32)]
+    for l in range(32):
+        c = 4 * l
+        for g in range(G):
+            w = [qs[pipe_qt(g, 0, c)], qs[pipe_qt(g, 0, c + 2)], qs[pipe_qt(g, 1, c)], qs[pipe_qt(g, 1, c + 2)]]
+            qv[l][g] = [f32(h2f(w[i >> 1] >> (16 * (i & 1))) + h2f(w[2 + (i >> 1)] >> (16 * (i & 1)))) for i in range(4)]
+    s = [[[-INF, -INF] for _ in range(2)] for _ in range(32)]
+    for r in range(n):
+        for g in range(G):
+            dot = f32(math.fsum(qv[l][g][i] * X[r][4 * l + i] for l in range(32) for i in range(4)))
+            for l in range(32):
+                if (l >> 2) == (r & 7) and ((l & 3) & (G - 1)) == g: s[l][r >> 4][(r >> 3) & 1] = dot
+    return s
+
+def values_t(blocks, tokens, VG, G):
+    # pipe_values_t (INT2/INT4 blocks, step_side_t's movmatrix) and pipe_values_float_t (F32 blocks) into one warp's
+    # accumulators (value_units between formats), then pipe_add_output_t with the warp-merge factor 1;
+    # blocks: (f, blk or rows, n, p) with p[l][h][e] the probability of token 16h + gid + 8e of head tig mod G
+    o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; md = [[0.0] * 4 for _ in range(32)]
+    units = F32
+    for f, blk, n, p in blocks:
+        vu = f if quant(f) else F32
+        if vu != units:
+            fr = [pow2i(value_exp(units, i) - value_exp(vu, i)) for i in range(4)]
+            o = [[[f32(o[l][j][r] * fr[2 * (j & 1) + (r >> 1)]) for r in range(4)] for j in range(8)] for l in range(32)]
+            units = vu
+        if f == F32:
+            for h in range(2):
+                for e in range(2):
+                    for tt in range(8):
+                        t = 16 * h + 8 * e + tt
+                        if t >= n: break
+                        for l in range(32):
+                            gid, tig = l >> 2, l & 3
+                            src = 4 * tig + tt if MUTATE == "float_src" else 4 * tt + tig
+                            pc = p[src][h][e]
+                            for k in range(4):
+                                for i in range(4):
+                                    o[l][2 * k + (i >> 1)][2 * (i & 1)] = f32(o[l][2 * k + (i >> 1)][2 * (i & 1)] + f32(pc * blk[t][32 * k + 4 * gid + i]))
+            continue
+        BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
+        scales = tokens * ROW; mins = scales + tokens * gpr * 2
+        full = n == 32 and tokens == 32
+        for h in range(2):
+            if 16 * h >= n: break
+            w0 = []; w1 = []
+            for l in range(32):
+                p0, p1 = f32(p[l][h][0]), f32(p[l][h][1]); h0, h1 = trunc11(p0), trunc11(p1)
+                w0.append(mk(h0, f32(p0 - h0))); w1.append(mk(h1, f32(p1 - h1)))
+            tr = MUTATE != "no_trans"
+            x01 = movmatrix(w0, tr); z01 = movmatrix([(w << 16) & M32 for w in w0], tr)
+            x89 = movmatrix(w1, tr); z89 = movmatrix([(w << 16) & M32 for w in w1], tr)
+            L = []
+            for l in range(32):
+                gid, tig = l >> 2, l & 3
+                piece = []; sh = []; mh = []
+                for u in range(4):
+                    row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
+                    piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
+                    if full and (u & 1) == 0:
+                        sh += list(row_pair_params(blk, scales, row, gpr)); mh += list(row_pair_params(blk, mins, row, gpr))
+                    elif not full:
+                        sh.append(row_params(blk, scales, row, gpr)); mh.append(row_params(blk, mins, row, gpr))
+                L.append((piece, sh, mh))
+            # pipe_min_terms with U = (x, x): the lane's unscaled part
+            A = []
+            for l in range(32):
+                gid = l >> 2; piece, sh, mh = L[l]; k = gid & 3
+                A.append((chunk_param_pair(mh[0], mh[1], k, gpr), 0, chunk_param_pair(mh[2], mh[3], k, gpr), 0))
+            mma(md, A, [(x01[l], x89[l]) for l in range(32)])
+            for k in range(4):
+                Bs = []; VF = []
+                for l in range(32):
+                    piece, sh, mh = L[l]
+                    Bs.append((side_scaled(x01[l], z01[l], chunk_param_pair(sh[0], sh[1], k, gpr)), side_scaled(x89[l], z89[l], chunk_param_pair(sh[2], sh[3], k, gpr))))
+                    VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
+                for j in range(2):
+                    d = [o[l][2 * k + j] for l in range(32)]
+                    mma(d, [(VF[l][0][2 * j], VF[l][0][2 * j + 1], VF[l][1][2 * j], VF[l][1][2 * j + 1]) for l in range(32)], Bs)
+                    for l in range(32): o[l][2 * k + j] = d[l]
+    # pipe_add_output_t: the lane's two columns are its head's hi and lo parts; lanes tig >= G write nothing
+    ms = [f32(md[l][0] + md[l][1]) for l in range(32)]
+    out = {}
+    for l in range(32):
+        gid, tig = l >> 2, l & 3
+        if tig >= G: continue
+        mc = [ms[4 * k + tig] for k in range(4)]
+        for j in range(8):
+            for r in (0, 2):
+                k = j >> 1; i = 2 * (j & 1) + (r >> 1)
+                key = (tig, 32 * k + 4 * gid + i)
+                assert key not in out
+                out[key] = f32(f32(f32(o[l][j][r] + o[l][j][r + 1]) * pow2i(value_exp(units, i))) + mc[k])
+    assert len(out) == G * 128
+    return out
+
+def run_t(f, G, VG, n, tokens=32, resid=0):
+    # one INT2/INT4 block (keys and values of format f, n visible tokens), then, where resid > 0, an F32 block of resid
+    # tokens (the residual) into the same scores' layout and accumulators
+    HD = 128
+    cs = [random.uniform(0.5, 3) for _ in range(HD)]
+    K = [[random.gauss(0, 1) * cs[c] for c in range(HD)] for _ in range(tokens)]
+    kblk, Kd = encode(f, True, K, VG)
+    q = [[random.gauss(0, 1.5) for _ in range(HD)] for _ in range(G)]; scale = f32(f32(1 / math.sqrt(HD)) * f32(1.4426950408889634))
+    qhs = []; qls = []; qx = []
+    for g in range(G):
+        xs = [f32(f32(q[g][c]) * scale) for c in range(HD)]
+        hs = [trunc11(x) for x in xs]
+        qx.append(xs); qhs.append([f2h(h) for h in hs]); qls.append([f2h(f32(x - h)) for x, h in zip(xs, hs)])
+    qs = query_copy_t(qhs, qls, G)
+    s, cf = scores_t(f, kblk, n, tokens, qs, G)
+    def score_err(s, Kd, n):
+        ref = [[math.fsum(qx[g][c] * Kd[t][c] for c in range(HD)) for t in range(n)] for g in range(G)]
+        err = 0.0
+        for l in range(32):
+            g = (l & 3) & (G - 1)
+            for h in range(2):
+                for e in range(2):
+                    t = 16 * h + (l >> 2) + 8 * e
+                    if t < n: err = max(err, abs(s[l][h][e] - ref[g][t]) / max(abs(v) for v in ref[g]))
+                    else: assert s[l][h][e] == -INF
+        return err
+    err = score_err(s, Kd, n)
+    blocks = []; vref = [[0.0] * HD for _ in range(G)]
+    V = [[random.gauss(0, 1) for c in range(HD)] for _ in range(tokens)]
+    vblk, Vd = encode(f, False, V, VG)
+    specs = [(f, vblk, Vd, n)]
+    if resid:
+        KR = [[f32(random.gauss(0, 1) * cs[c]) for c in range(HD)] for _ in range(resid)]
+        err = max(err, score_err(scores_float_t(KR, resid, qs, G), KR, resid))
+        VR = [[f32(random.gauss(0, 1)) for c in range(HD)] for _ in range(resid)]
+        specs.append((F32, VR, VR, resid))
+    for fv, b, Vdec, nv in specs:
+        pt = [[random.uniform(0, 1) if t < nv else 0.0 for t in range(tokens)] for _ in range(G)]
+        p = [[[pt[(l & 3) & (G - 1)][16 * h + (l >> 2) + 8 * e] for e in range(2)] for h in range(2)] for l in range(32)]
+        blocks.append((fv, b, nv, p))
+        vref = [[vref[g][c] + math.fsum(pt[g][t] * Vdec[t][c] for t in range(nv)) for c in range(HD)] for g in range(G)]
+    out = values_t(blocks, tokens, VG, G)
+    vmax = max(abs(v) for r in vref for v in r)
+    verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
+    return err, verr, cf
+
 names = "F32 F16 BF16 FP8 INT8 INT4 INT2 TERN BIN".split()
+if MUTATE:
+    # only the transposed cases, with the mutation: the check must fail
+    worst_t = 0
+    for f, G, VG, n, resid in [(INT2, 4, 32, 32, 13), (INT4, 2, 64, 20, 0), (INT4, 4, 32, 32, 0)]:
+        e, ve, cf = run_t(f, G, VG, n, resid=resid)
+        worst_t = max(worst_t, e, ve)
+        print(f"MUTATED ({MUTATE}) PIPE_T K/V {names[f]} G{G} VG{VG} n{n:2d} + F32 {resid:2d}: scores {e:.2e}, values {ve:.2e}", flush=True)
+    print("worst (mutated)", worst_t, "FAILS as it should" if worst_t > 1e-4 else "PASSES: the mutation was not caught")
+    sys.exit(0 if worst_t > 1e-4 else 1)
 worst = 0
 for kf, vf, G, VG, n, vf2 in [(INT2, INT2, 4, 32, 32, None), (INT4, INT4, 4, 32, 20, None), (INT8, INT8, 4, 64, 32, None), (FP8, FP8, 4, 32, 32, None),
                               (F16, F16, 4, 32, 17, None), (TERN, TERN, 2, 128, 32, None), (BIN, BIN, 8, 32, 32, None), (INT2, INT4, 1, 64, 9, None),
@@ -400,3 +639,12 @@ for kf, vf, G, VG, n, vf2 in [(INT2, INT2, 4, 32, 32, None), (INT4, INT4, 4, 32,
     then = f" then {names[vf2]}" if vf2 is not None else ""
     print(f"K {names[kf]:4s} V {names[vf]:4s}{then} G{G} VG{VG} n{n:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}", flush=True)
 print("worst", worst)
+worst_t = 0
+for f, G, VG, n, resid in [(INT2, 4, 32, 32, 0), (INT2, 4, 32, 32, 13), (INT4, 4, 32, 32, 0), (INT4, 4, 32, 20, 32), (INT2, 2, 64, 17, 0),
+                           (INT4, 2, 32, 32, 5), (INT2, 1, 128, 32, 8), (INT4, 1, 32, 9, 0), (INT2, 4, 128, 31, 1)]:
+    e, ve, cf = run_t(f, G, VG, n, resid=resid)
+    worst_t = max(worst_t, e, ve)
+    assert cf == 0, f"query copy loads with {cf} bank conflicts"
+    print(f"PIPE_T K/V {names[f]} G{G} VG{VG} n{n:2d} + F32 {resid:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}, query bank conflicts {cf}", flush=True)
+print("worst (transposed)", worst_t)
+sys.exit(0 if max(worst, worst_t) <= 1e-4 else 1)

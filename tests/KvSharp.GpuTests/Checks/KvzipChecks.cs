@@ -24,9 +24,6 @@ namespace KvSharp.GpuTests.Checks;
 public static class KvzipChecks
 {
     private const int AnswerTokens = 12;
-
-    /// <summary>Tokens a block of the checked caches (the paged cache's default).</summary>
-    private const int BlockTokens = 32;
     private static readonly string[] Filler = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."];
 
     /// <summary>
@@ -55,10 +52,10 @@ public static class KvzipChecks
             // repeat run's keys fill their block, which each engine then encodes from its own forward pass: a code of a
             // context token flips where a key lies on a rounding boundary, and that token's score moves by a few percent
             // (2.1e-2 of 0.65 on an H100, stop 20). Whole blocks are the uploaded codes on both engines.
-            if (format != KvFormat.F32) tokens = tokens[..(tokens.Length / BlockTokens * BlockTokens)];
+            if (format != KvFormat.F32) tokens = tokens[..(tokens.Length / BlockLayout.DefaultTokens * BlockLayout.DefaultTokens)];
             var q = model.Encode(question, addBos: false);
             int capacity = tokens.Length + chunk + 64 + q.Length + AnswerTokens;
-            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity, BlockTokens = BlockTokens };
+            var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
             string what = $"{(plus ? "kvzip+" : "kvzip")} {format} {budget.Text} chunk {chunk} protect {protect}, {tokens.Length} tokens (seed {rnd.Seed})";
 
             using var cpuCache = new PagedKvCache(model.Config, options);

@@ -31,6 +31,14 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// d = A·B + c, c a separate input: chains that start from the same accumulators need no copies of them.
+__device__ __forceinline__ void mma_f16_from(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1, const float (&c)[4])
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
 // f16x2 with lo in bits 0..15 and hi in bits 16..31.
 __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi)
 {
@@ -882,6 +890,38 @@ __device__ __forceinline__ float fast_exp2(float x)
 // strides for F16 blocks: key_channel) in 8 different bank groups.
 __device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + (c >> 5) * 40 + (c & 31); }
 
+// The transposed score mma (PIPE_T): in the format-specialized builds of INT2 or INT4 blocks (with the float32
+// residual) for G <= 4, S^T = K·Q^T takes 16 keys as the A operand (lane rows gid and gid + 8 of a 16-key tile) and the
+// query as B, column c = the hi (c even) or lo (c odd) part of head (c >> 1) mod G: 16 score mma a 32-token block instead
+// of 32 (today's A rows past the group repeat heads), and a lane keeps head tig's scores of tokens gid, gid + 8 of each
+// tile, 4 a block instead of 8 (half the exponentials), hi + lo in its own two accumulators (one add a score). The
+// probabilities reach the transposed P·V's B layout (tokens 2·tig.. of column gid) through movmatrix (step_side_t), whose
+// columns are then the same ones: a lane's two accumulator columns are its head's hi and lo parts, so the rescale and
+// the output merge need no shuffles. Every other build keeps the layout above (query rows = heads), and so do two that
+// could take it but spilled at 128 registers (NVRTC 12.4): INT2 at G = 1 (8 bytes: a pointer reloaded every block) and
+// INT2 + INT4 caches (4-36 bytes at G = 1, 2, 4); their old builds do not spill.
+#if defined(PIPE_ONLY) && ((((PIPE_FORMATS) & ~1) == (1 << KV_INT4) && PIPE_G <= 4) || (((PIPE_FORMATS) & ~1) == (1 << KV_INT2) && (PIPE_G == 2 || PIPE_G == 4)))
+#define PIPE_T 1
+#else
+#define PIPE_T 0
+#endif
+
+// PIPE_T's query copy (in the same G·PIPE_QROW words): head g's part p (0 hi, 1 lo) of channels c, c + 1 (c even) as one
+// f16x2 word, the 32 channels of lane block t = c >> 5 in 16 consecutive words. A lane reads its column's part x and, for
+// a lo column, the hi part z (scaled_pair's lo needs it; a hi column reads 16 zero words at pipe_qt_zero instead): the
+// blocks at 16t + 4(t >> 1) and the lo row 72 words on put the 8 lanes of a 16-byte load phase (head g's hi and lo
+// columns × 4 lanes) in 8 different bank groups, and the zero words (read by the 4 hi lanes at one address) in a group
+// none of the 4 lo lanes reads at the same time.
+// Inside a lane block, the words of each 4 (channels 8v..8v+7) are in the order 0, 2, 1, 3 (pipe_qt_word), so that
+// one 16-byte load gives the register pairs (0, 2) and (1, 3) that pipe_query_t's bias mma take as B.
+__device__ __forceinline__ constexpr int pipe_qt_word(int j) { return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1); }
+__device__ __forceinline__ constexpr int pipe_qt(int g, int part, int c)
+{
+    return 144 * g + 72 * part + 16 * (c >> 5) + 4 * (c >> 6) + pipe_qt_word((c & 31) >> 1);
+}
+template <int G>
+__device__ __forceinline__ constexpr int pipe_qt_zero() { return 144 * G - 4; }
+
 // A staged block in a warp's ring: ld.shared at its 32-bit shared address plus byte offsets from the block's start.
 struct SharedSrc
 {
@@ -1158,10 +1198,26 @@ __device__ __forceinline__ StepSide step_side(const StepProbs& P, bool lo)
 // residual of a rounded product is exact in one fma). Computing both parts and selecting one cost 2 more a pair.
 __device__ __forceinline__ unsigned side_scaled(unsigned x, unsigned z, unsigned s) { return hfma2(x, s, hfma2(z, s, hneg2(hmul2(z, s)))); }
 
-// O^T += V^T·P^T of chunk k of one 16-token step (the pipelined kernel, transposed): A = the chunk's value fragments, two
-// channel tiles per mma (tile i's b0/b1 hold channel 32k + 4·gid + i of tokens 0-7 / 8-15: rows gid and gid + 8 of
-// accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = chunk_scaled of column gid (hi or lo, see
-// column_hi): for G = 8 both parts (two mma), else the lane's part from Q = step_side(P, lo) alone.
+// O^T += V^T·P^T of chunk k of one 16-token step for G <= 4 (the pipelined kernel, transposed): A = the chunk's value
+// fragments, two channel tiles per mma (tile i's b0/b1 hold channel 32k + 4·gid + i of tokens 0-7 / 8-15: rows gid and
+// gid + 8 of accumulator tile 2k + i/2 are channels 32k + 4·gid + i, i + 1), B = the lane's part of column gid from
+// Q (step_side, or step_side_t), times the tokens' steps of the chunk (side_scaled).
+template <int F>
+__device__ __forceinline__ void value_chunk_side(const StepSide& Q, const uint2 (&sh)[4], int k, int gpr, const unsigned (&b0)[4],
+    const unsigned (&b1)[4], float (&o)[8][4])
+{
+    unsigned c01 = Q.x01, c89 = Q.x89;
+    if constexpr (kv_quantized(F))
+    {
+        c01 = side_scaled(Q.x01, Q.z01, chunk_param_pair(sh[0], sh[1], k, gpr));
+        c89 = side_scaled(Q.x89, Q.z89, chunk_param_pair(sh[2], sh[3], k, gpr));
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++) mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], c01, c89);
+}
+
+// The same for any G: B = chunk_scaled of column gid (hi or lo, see column_hi): for G = 8 both parts (two mma), else the
+// lane's part from Q = step_side(P, lo) alone (value_chunk_side).
 template <int G, int F>
 __device__ __forceinline__ void value_chunk_t(const StepProbs& P, const StepSide& Q, const uint2 (&sh)[4], int k, int gpr,
     const unsigned (&b0)[4], const unsigned (&b1)[4], float (&o)[8][4])
@@ -1176,17 +1232,7 @@ __device__ __forceinline__ void value_chunk_t(const StepProbs& P, const StepSide
             mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], a.l01, a.l89);
         }
     }
-    else
-    {
-        unsigned c01 = Q.x01, c89 = Q.x89;
-        if constexpr (kv_quantized(F))
-        {
-            c01 = side_scaled(Q.x01, Q.z01, chunk_param_pair(sh[0], sh[1], k, gpr));
-            c89 = side_scaled(Q.x89, Q.z89, chunk_param_pair(sh[2], sh[3], k, gpr));
-        }
-#pragma unroll
-        for (int j = 0; j < 2; j++) mma_f16(o[2 * k + j], b0[2 * j], b0[2 * j + 1], b1[2 * j], b1[2 * j + 1], c01, c89);
-    }
+    else value_chunk_side<F>(Q, sh, k, gpr, b0, b1, o);
 }
 
 // One A operand pair of the value mins' mma (pipe_min_terms): the f16 parameters of chunk k of two tokens (a low, b high),
@@ -1367,6 +1413,282 @@ __device__ __forceinline__ void pipe_values_float(const u8* vb, int n, const flo
                     for (int i = 0; i < 4; i++)
 #pragma unroll
                         for (int ce = 0; ce < 2; ce++) o[2 * k + (i >> 1)][2 * (i & 1) + ce] += pc[ce] * x[i];
+                }
+            }
+}
+
+// PIPE_T: the B fragments of a staged key block of format F (INT2 or INT4) for the lane's query column gid (head
+// (gid >> 1) mod G, its hi part for even gid, lo for odd) in the fragment order (key_low_channel), with the block's steps
+// folded in as key_query does (code_factor, then the column's part of scaled_pair: side_scaled, with x = the part and
+// z = the hi part for a lo column, zeros for a hi one); bias = Σ q·min of the lane's head tig's hi (bias[0]) and lo
+// (bias[1]) columns, from 8 mma with the block's mins as A and the unscaled parts as B (the score tiles' initial
+// accumulators are { bias[0], bias[1], bias[0], bias[1] }: rows gid and gid + 8 hold keys of the same head).
+template <int G, int F>
+__device__ __forceinline__ void pipe_query_t(const SharedSrc& kb, int tokens, const unsigned* qs, unsigned (&qb)[16], float (&bias)[2], int gid, int tig)
+{
+    static_assert(PIPE_T && (F == KV_INT2 || F == KV_INT4), "the transposed scores take INT2 and INT4 keys");
+    static_assert(pipe_qt(G - 1, 1, 127) < pipe_qt_zero<G>() && pipe_qt_zero<G>() + 16 <= G * PIPE_QROW, "the query copy's room");
+    constexpr int BITS = kv_bits(F), HD = 128, S = key_step<F>();
+    const int g = (gid >> 1) & (G - 1);
+    const unsigned* xq = qs + pipe_qt(g, gid & 1, 32 * tig);
+    const unsigned* zq = (gid & 1) ? qs + pipe_qt(g, 0, 32 * tig) : qs + pipe_qt_zero<G>();
+    unsigned x[16], z[16], sw[16], mw[16];
+    const int sp = tokens * HD / 8 * BITS + 64 * tig; // the lane's 32 scales (f16), mins 256 bytes later
+#pragma unroll
+    for (int v = 0; v < 4; v++) // words 4v, 4v + 2, 4v + 1, 4v + 3 (pipe_qt_word)
+    {
+        const uint4 a = reinterpret_cast<const uint4*>(xq)[v], c = reinterpret_cast<const uint4*>(zq)[v];
+        x[4 * v] = a.x; x[4 * v + 2] = a.y; x[4 * v + 1] = a.z; x[4 * v + 3] = a.w;
+        z[4 * v] = c.x; z[4 * v + 2] = c.y; z[4 * v + 1] = c.z; z[4 * v + 3] = c.w;
+        const uint4 s4 = kb.v4(sp + 16 * v), m4 = kb.v4(sp + 2 * HD + 16 * v);
+        sw[4 * v] = s4.x; sw[4 * v + 1] = s4.y; sw[4 * v + 2] = s4.z; sw[4 * v + 3] = s4.w;
+        mw[4 * v] = m4.x; mw[4 * v + 1] = m4.y; mw[4 * v + 2] = m4.z; mw[4 * v + 3] = m4.w;
+    }
+    // The mins' A quad is one 16-byte load (mw[4v..4v + 3]: words 4v, 4v + 2 in row gid, 4v + 1, 4v + 3 in row gid + 8),
+    // and B a pair of the query's load: B = (x[4v], x[4v + 2]) makes row gid of d[0] right (row gid + 8: unused
+    // products), B = (x[4v + 1], x[4v + 3]) row gid + 8 of d[1]; their sum is Σ q·min over the 32 channels with no
+    // register copies (A = mins in both rows took 2 a mma).
+    float d[2][4] = { { 0.0f, 0.0f, 0.0f, 0.0f }, { 0.0f, 0.0f, 0.0f, 0.0f } };
+#pragma unroll
+    for (int v = 0; v < 4; v++)
+    {
+        mma_f16(d[0], mw[4 * v], mw[4 * v + 1], mw[4 * v + 2], mw[4 * v + 3], x[4 * v], x[4 * v + 2]);
+        mma_f16(d[1], mw[4 * v], mw[4 * v + 1], mw[4 * v + 2], mw[4 * v + 3], x[4 * v + 1], x[4 * v + 3]);
+    }
+    bias[0] = d[0][0] + d[1][2];
+    bias[1] = d[0][1] + d[1][3];
+    unsigned nq[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) nq[r] = side_scaled(x[r], z[r], hmul2(sw[r], code_factor<F>(r)));
+#pragma unroll
+    for (int r = 0; r < 16; r++)
+    {
+        const int c = key_low_channel<F>(r); // elements c and c + S (same parity) from words c/2 and c/2 + S/2
+        qb[r] = prmt(nq[c >> 1], nq[(c >> 1) + S / 2], (c & 1) ? 0x7632u : 0x5410u);
+    }
+}
+
+// PIPE_T's scores (pipe_scores' units) of the n (<= 32) visible tokens of a staged INT2 or INT4 key block: s[h][e] is
+// token 16h + gid + 8e of head tig mod G, -inf past n. Per 16-key tile the lane's A rows are keys gid and gid + 8 (its 32
+// channels, key_fragments as pipe_scores builds them) and the 8 mma run from the bias (pipe_query_t); a score is the sum
+// of the lane's hi and lo columns.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores_t(const SharedSrc& kb, int n, int tokens, const unsigned* qs, float (&s)[2][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    unsigned qb[16];
+    float bias[2];
+    pipe_query_t<G, F>(kb, tokens, qs, qb, bias, gid, tig);
+    bias[0] *= 1.0f / key_unit<F, true>();
+    bias[1] *= 1.0f / key_unit<F, true>();
+    const float c[4] = { bias[0], bias[1], bias[0], bias[1] }; // both tiles' initial accumulators
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        s[h][0] = s[h][1] = neg_inf();
+        if (16 * h >= n) continue;
+        unsigned w0[kv_bits(F)], w1[kv_bits(F)], a0[16], a1[16];
+        key_words<F>(kb, min(16 * h + gid, n - 1) * ROW, tig, w0);
+        key_words<F>(kb, min(16 * h + 8 + gid, n - 1) * ROW, tig, w1);
+        key_fragments<F, true>(w0, a0);
+        key_fragments<F, true>(w1, a1);
+        float d[4];
+        mma_f16_from(d, a0[0], a1[0], a0[1], a1[1], qb[0], qb[1], c);
+#pragma unroll
+        for (int k = 1; k < 8; k++) mma_f16(d, a0[2 * k], a1[2 * k], a0[2 * k + 1], a1[2 * k + 1], qb[2 * k], qb[2 * k + 1]);
+        if (16 * h + gid < n) s[h][0] = d[0] + d[1];
+        if (16 * h + 8 + gid < n) s[h][1] = d[2] + d[3];
+    }
+}
+
+// pipe_scores_float in PIPE_T's layout: the query's hi and lo parts from their rows (pipe_qt); the lanes holding token r
+// of head g (gid = r mod 8, tig mod G = g) keep it.
+template <int G, int F>
+__device__ __forceinline__ void pipe_scores_float_t(const u8* kb, int n, const unsigned* qs, float (&s)[2][2], int gid, int tig)
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+    const int lane = 4 * gid + tig, c = 4 * lane;
+    float4 qv[G];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+    {
+        const unsigned h0 = qs[pipe_qt(g, 0, c)], h1 = qs[pipe_qt(g, 0, c + 2)], l0 = qs[pipe_qt(g, 1, c)], l1 = qs[pipe_qt(g, 1, c + 2)];
+        qv[g] = make_float4(f16_to_f32((u16)h0) + f16_to_f32((u16)l0), f16_to_f32((u16)(h0 >> 16)) + f16_to_f32((u16)(l0 >> 16)),
+            f16_to_f32((u16)h1) + f16_to_f32((u16)l1), f16_to_f32((u16)(h1 >> 16)) + f16_to_f32((u16)(l1 >> 16)));
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) s[h][0] = s[h][1] = neg_inf();
+#pragma unroll
+    for (int r0 = 0; r0 < 32; r0 += 4)
+    {
+        if (r0 >= n) break;
+        float4 x[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const u8* row = kb + (size_t)min(r0 + j, n - 1) * ROW;
+            if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
+            else
+            {
+                const uint2 b = *reinterpret_cast<const uint2*>(row + 2 * c);
+                x[j] = make_float4(bf16_to_f32((u16)b.x), bf16_to_f32((u16)(b.x >> 16)), bf16_to_f32((u16)b.y), bf16_to_f32((u16)(b.y >> 16)));
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int g = 0; g < G; g++)
+            {
+                const int r = r0 + j; // token 16h + gid + 8e: h = r / 16, gid = r % 8, e = r / 8 % 2
+                const float d = warp_sum(qv[g].x * x[j].x + qv[g].y * x[j].y + qv[g].z * x[j].z + qv[g].w * x[j].w);
+                if (gid == (r & 7) && (tig & (G - 1)) == g && r < n) s[r >> 4][(r >> 3) & 1] = d;
+            }
+    }
+}
+
+// PIPE_T's online softmax of one block (pipe_softmax's math): a head's 32 scores lie in the 8 lanes of its tig (4 each),
+// so the max goes over gid (3 shuffles), and the lane's two accumulator columns are its own head's: no column shuffles.
+__device__ __forceinline__ void pipe_softmax_t(float (&s)[2][2], float ku, float& m, float& l, float (&o)[8][4], float (&md)[4])
+{
+    float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16)) * ku;
+    if (__any_sync(0xffffffffu, mx > m))
+    {
+        const float mn = fmaxf(m, mx), f = fast_exp2(m - mn);
+#pragma unroll
+        for (int j = 0; j < 8; j++) { o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f; }
+        md[0] *= f; md[1] *= f;
+        l *= f;
+        m = mn;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) { s[h][e] = fast_exp2(fmaf(s[h][e], ku, -m)); l += s[h][e]; }
+}
+
+// The transpose of an 8x8 b16 matrix whose row r the lanes 4r..4r+3 hold (elements 2·tig, 2·tig + 1 of a lane's word).
+__device__ __forceinline__ unsigned movmatrix_t(unsigned x)
+{
+    unsigned r;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+    return r;
+}
+
+// PIPE_T: a 16-token step's StepSide (the lane's B column gid of the transposed P·V, tokens 2·tig, 2·tig + 1 and
+// 2·tig + 8, 2·tig + 9) from the probabilities the lane holds, p0 and p1 of tokens gid and gid + 8 of head tig: the word
+// (hi, lo) of p0 (split_f16x2's split) is row gid, columns 2·tig (hi) and 2·tig + 1 (lo) of an 8x8 matrix of tokens ×
+// columns, which movmatrix turns into column gid's tokens 2·tig, 2·tig + 1: x, the lane's part; the word shifted (the
+// hi part in the lo column, 0 in the hi column) gives z, the hi part for a lo column. 4 movmatrix a step replace
+// step_probs' 2 splits of a token pair and step_side's 4 selects.
+__device__ __forceinline__ StepSide step_side_t(float p0, float p1)
+{
+    const float h0 = __uint_as_float(__float_as_uint(p0) & 0xffffe000u), h1 = __uint_as_float(__float_as_uint(p1) & 0xffffe000u);
+    const unsigned w0 = pack_f16x2(h0, p0 - h0), w1 = pack_f16x2(h1, p1 - h1);
+    return { movmatrix_t(w0), movmatrix_t(w0 << 16), movmatrix_t(w1), movmatrix_t(w1 << 16) };
+}
+
+// PIPE_T's o += P·V over the n visible tokens of a staged INT2 or INT4 value block: pipe_values with the probabilities
+// p[h][e] (token 16h + gid + 8e of head tig) moved to the B layout by step_side_t; the value fragments, their parameters,
+// the min terms and the chunk products as pipe_values (x is the lane's unscaled part: the min terms' B).
+template <int G, int F, int VG, bool FULL>
+__device__ __forceinline__ void pipe_values_t(const SharedSrc& vb, int n, int tokens, const float (&p)[2][2], int gid, int tig,
+    float (&o)[8][4], float (&md)[4])
+{
+    static_assert(F == KV_INT2 || F == KV_INT4, "the transposed scores' values are INT2 or INT4");
+    constexpr int BITS = kv_bits(F), HD = 128, ROW = HD * BITS / 8, gpr = HD / VG;
+    const int scales = tokens * ROW, mins = scales + tokens * gpr * 2;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+    {
+        if (16 * h >= n) break;
+        unsigned piece[4][4][1], pairs[4][2];
+        uint2 sh[4], mh[4];
+        if constexpr (F == KV_INT4)
+        {
+            const int lane = 4 * gid + tig, m = lane >> 3; // as pipe_values
+#pragma unroll
+            for (int x = 0; x < 2; x++)
+            {
+                unsigned r[4];
+                vb.trans4(min(16 * h + 8 * (m & 1) + (lane & 7), n - 1) * ROW + 16 * (2 * x + (m >> 1)), r);
+                pairs[2 * x][0] = r[0]; pairs[2 * x][1] = r[1]; pairs[2 * x + 1][0] = r[2]; pairs[2 * x + 1][1] = r[3];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            const int row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
+            if constexpr (F != KV_INT4)
+#pragma unroll
+                for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
+            if constexpr (!FULL)
+            {
+                sh[u] = row_params_src(vb, scales, row, gpr);
+                mh[u] = row_params_src(vb, mins, row, gpr);
+            }
+            else if ((u & 1) == 0)
+            {
+                row_pair_params(vb, scales, row, gpr, sh[u], sh[u + 1]);
+                row_pair_params(vb, mins, row, gpr, mh[u], mh[u + 1]);
+            }
+        }
+        const StepSide Q = step_side_t(p[h][0], p[h][1]);
+        pipe_min_terms<G, F, gpr>(StepProbs{ Q.x01, Q.x01, Q.x89, Q.x89 }, sh, mh, gid, false, md);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            unsigned b0[4], b1[4];
+            if constexpr (F == KV_INT4)
+            {
+                int4_fragments<true>(pairs[k][0], b0);
+                int4_fragments<true>(pairs[k][1], b1);
+            }
+            else
+            {
+                value_fragments<F, true>(piece[0][k], piece[1][k], b0);
+                value_fragments<F, true>(piece[2][k], piece[3][k], b1);
+            }
+            value_chunk_side<F>(Q, sh, k, gpr, b0, b1, o);
+        }
+    }
+}
+
+// pipe_values_float in PIPE_T's layout: token t's probability for the lane's head comes from the lane gid = t mod 8 of the
+// same tig; the lane adds to its hi column (2·tig) only.
+template <int G, int F>
+__device__ __forceinline__ void pipe_values_float_t(const u8* vb, int n, const float (&p)[2][2], int gid, int tig, float (&o)[8][4])
+{
+    constexpr int BITS = kv_bits(F), ROW = 128 * BITS / 8;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+#pragma unroll 1
+            for (int tt = 0; tt < 8; tt++)
+            {
+                const int t = 16 * h + 8 * e + tt;
+                const float pc = __shfl_sync(0xffffffffu, p[h][e], 4 * tt + tig);
+                if (t >= n) break;
+                const u8* row = vb + (size_t)t * ROW;
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                {
+                    float x[4];
+                    if constexpr (F == KV_F32)
+                    {
+                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 4 * gid));
+                        x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w;
+                    }
+                    else
+                    {
+                        const uint2 b = *reinterpret_cast<const uint2*>(row + 2 * (32 * k + 4 * gid));
+                        x[0] = bf16_to_f32((u16)b.x); x[1] = bf16_to_f32((u16)(b.x >> 16)); x[2] = bf16_to_f32((u16)b.y); x[3] = bf16_to_f32((u16)(b.y >> 16));
+                    }
+#pragma unroll
+                    for (int i = 0; i < 4; i++) o[2 * k + (i >> 1)][2 * (i & 1)] += pc * x[i];
                 }
             }
 }
@@ -1629,6 +1951,29 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
         }
 }
 
+// pipe_add_output in PIPE_T's layout: the lane's columns 2·tig, 2·tig + 1 are head tig's hi and lo parts (its two
+// registers e = 0, 1: no shuffles), f is that head's factor; for G < 4 the lanes tig >= G repeat heads and write nothing.
+template <int G>
+__device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* ov)
+{
+    constexpr int HD = 128;
+    float mc[4], u[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) u[i] = pow2i(value_exp(units, i));
+    const float ms = md[0] + md[1];
+#pragma unroll
+    for (int k = 0; k < 4; k++) mc[k] = __shfl_sync(0xffffffffu, ms, 4 * k + tig);
+    if (tig >= G) return;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int r = 0; r < 4; r += 2)
+        {
+            const int k = j >> 1, i = 2 * (j & 1) + (r >> 1);
+            atomicAdd(&ov[tig * HD + 32 * k + 4 * gid + i], f * ((o[j][r] + o[j][r + 1]) * u[i] + mc[k]));
+        }
+}
+
 // Pair or side entries (issue_entry) for a build of only the formats of PIPE_FORMATS: 1 where every block format but the
 // float32 residual takes pairs (FP8 blocks, 4 KB, in 16 KB rings; ≤ 2-bit ones, 1.5 KB, in 8 KB rings; the residual's pieces
 // are a quarter of a ring), 0 where every one takes side entries (F16, BF16, INT8 of 4-8 KB in 16 KB rings; INT4, 2.5 KB, in
@@ -1694,10 +2039,19 @@ __device__ __forceinline__ void paged_attention_pipe(
         const int i = threadIdx.x + k * PIPE_WARPS * 32; // the launch has PIPE_WARPS warps
         const float x = qx[k] * (scale * 1.4426950408889634f);
         const float h = __uint_as_float(__float_as_uint(x) & 0xffffe000u); // 11 significant bits, as split_f16x2
+#if PIPE_T
+        u16* const q16 = reinterpret_cast<u16*>(qs);
+        q16[2 * pipe_qt(i / HD, 0, i % HD & ~1) + (i & 1)] = f32_to_f16(h);
+        q16[2 * pipe_qt(i / HD, 1, i % HD & ~1) + (i & 1)] = f32_to_f16(x - h);
+#else
         u16* at = reinterpret_cast<u16*>(qs + pipe_q(i / HD, i % HD & ~1)) + (i & 1);
         at[0] = f32_to_f16(h);
         at[2] = f32_to_f16(x - h);
+#endif
     }
+#if PIPE_T
+    if (threadIdx.x < 16) qs[pipe_qt_zero<G>() + threadIdx.x] = 0u; // the hi columns' z (pipe_query_t)
+#endif
     // The split's descriptors; its last block may become several (pipe_float_pieces): `staged` entries in all. The slot
     // size is the largest entry of the split (every warp's max, through wslot).
     __shared__ int staged_blocks;
@@ -1756,7 +2110,11 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (++k == (unsigned)nbar) { k = 0u; ph ^= 1u; }
         }
         const unsigned kk = pair ? 2 * kb : kb, vk = pair ? kk + 1 : vb;
+#if PIPE_T
+        float s[2][2], ku = 1.0f; // the scores' unit (pipe_scores_t)
+#else
         float s[4][2], ku = 1.0f; // the scores' unit (pipe_scores)
+#endif
         if (n)
         {
             // F32/BF16 blocks are read through generic pointers: into the ring when staged, else in place.
@@ -1766,11 +2124,19 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (pair ? ks + vs != 0 : ks != 0) mbar_wait(bar0 + 8 * kb, kph);
             // Full blocks (most) take copies with n a constant (and the block's token count: n = 32 is a full block of the
             // largest size): no per-tile bounds or row clamps, constant offsets of the parameters.
+#if PIPE_T
+#define PSCORES(F) \
+    ku = key_unit<F, true>(); \
+    if (n == 32) pipe_scores_t<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
+    else pipe_scores_t<G, F>(ksrc, n, tokens, qs, s, gid, tig)
+#define PSCORES_FLOAT(F) pipe_scores_float_t<G, F>(kp, n, qs, s, gid, tig)
+#else
 #define PSCORES(F) \
     ku = key_unit<F, true>(); \
     if (n == 32) pipe_scores<G, F>(ksrc, 32, 32, qs, s, gid, tig); \
     else pipe_scores<G, F>(ksrc, n, tokens, qs, s, gid, tig)
 #define PSCORES_FLOAT(F) pipe_scores_float<G, F>(kp, n, qs, s, gid, tig)
+#endif
             KV_FLOAT_OR(desc_kfmt(d), PSCORES_FLOAT, PSCORES)
 #undef PSCORES
 #undef PSCORES_FLOAT
@@ -1786,7 +2152,11 @@ __device__ __forceinline__ void paged_attention_pipe(
             const int vf = desc_vfmt(d);
             const u8* vp = vs ? rings + warp * ring + vk * slot : pool + (size_t)d.y * 16;
             const SharedSrc vsrc = { ring0 + vk * slot };
+#if PIPE_T
+            pipe_softmax_t(s, ku, m, l, o, md);
+#else
             pipe_softmax<G>(s, ku, m, l, o, md, tig);
+#endif
             const int vu = kv_quantized(vf) ? (vf == KV_TERNARY ? KV_INT2 : vf) : KV_F32; // formats of equal value_exp share units
             if (vu != units)
             {
@@ -1794,10 +2164,17 @@ __device__ __forceinline__ void paged_attention_pipe(
                 units = vu;
             }
             if (!pair && vs) mbar_wait(bar0 + 8 * vb, vph);
+#if PIPE_T
+#define PVALUES(F) \
+    if (n == 32) pipe_values_t<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
+    else pipe_values_t<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
+#define PVALUES_FLOAT(F) pipe_values_float_t<G, F>(vp, n, s, gid, tig, o)
+#else
 #define PVALUES(F) \
     if (n == 32) pipe_values<G, F, VG, true>(vsrc, 32, 32, s, gid, tig, o, md); \
     else pipe_values<G, F, VG, false>(vsrc, n, tokens, s, gid, tig, o, md)
 #define PVALUES_FLOAT(F) pipe_values_float<G, F>(vp, n, s, gid, tig, o)
+#endif
             KV_FLOAT_OR(vf, PVALUES_FLOAT, PVALUES)
 #undef PVALUES
 #undef PVALUES_FLOAT
@@ -1810,6 +2187,23 @@ __device__ __forceinline__ void paged_attention_pipe(
 
     pdl_trigger(); // the output product's blocks may start loading weights during the merges
     // The block's 4 warps merge: per head M = max of the warps' maxima, each warp's accumulators weighted by e^(m - M).
+#if PIPE_T
+    // A head's sum is over the 8 lanes of its tig (pipe_softmax_t), held by lane gid = 0 of it.
+    l += __shfl_xor_sync(0xffffffffu, l, 4);
+    l += __shfl_xor_sync(0xffffffffu, l, 8);
+    l += __shfl_xor_sync(0xffffffffu, l, 16);
+    if (gid == 0 && tig < G) { wml[2 * (warp * G + tig)] = m; wml[2 * (warp * G + tig) + 1] = l; }
+    __syncthreads();
+    if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
+    {
+        const int g = tig & (G - 1);
+        float mx = neg_inf();
+#pragma unroll
+        for (int w = 0; w < PIPE_WARPS; w++)
+            if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
+        pipe_add_output_t<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, units, gid, tig, ov);
+    }
+#else
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
@@ -1823,6 +2217,7 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
         pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, units, gid, tig, ov);
     }
+#endif
     const int mkvh = merge_kvh;
     const long mfirst = ((long)merge_row * heads + (long)mkvh * G) * splits + merge_split;
     if (threadIdx.x < G)
