@@ -70,6 +70,7 @@ internal static class CudaAsk
             {
                 cancellation.ThrowIfCancellationRequested();
                 var q = model.Encode(question, addBos: false);
+                sampler.Restart(); // each answer draws the seed's sequence from its start, as the CPU's new sampler per question does
                 using var copy = compressed != null ? CudaPagedKvCache.Upload(device, model.Config, compressed, ctx) : null;
                 var answering = copy ?? cache;
                 try

@@ -53,40 +53,48 @@ public static class CudaDecodePresses
 /// <see cref="CudaPagedKvCache"/> as a decode press sees it: the device's storage order (what eviction flags and statistics
 /// follow) mapped to ascending position (what the session scores in), the keys read back once per compression.
 /// </summary>
-internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
+internal sealed class CudaDecodeCache : IDecodeCache
 {
+    private readonly CudaPagedKvCache _cache;
     private int[][]? _ascending, _order; // per head: positions ascending, and the storage index of each
     private int _orderLength = -1;
     private PagedKvCache? _keys; // the cache read back for ReadKeys, until the next eviction or append
 
-    public int Layers => cache.Config.NumLayers;
+    public CudaDecodeCache(CudaPagedKvCache cache)
+    {
+        _cache = cache;
+        // The session collects at every observed step: the statistics buffers stay allocated between collections (freed with the cache).
+        cache.KeepsStatisticsBuffers = true;
+    }
 
-    public int KvHeads => cache.Config.NumKvHeads;
+    public int Layers => _cache.Config.NumLayers;
 
-    public int HeadDim => cache.Config.HeadDim;
+    public int KvHeads => _cache.Config.NumKvHeads;
 
-    public int Length => cache.Length;
+    public int HeadDim => _cache.Config.HeadDim;
+
+    public int Length => _cache.Length;
 
     public int SharedLayerSource(int layer) => -1; // the device cache shares no layer's KV
 
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Ordered().Ascending[layer * KvHeads + kvHead];
 
-    public void BeginStatistics(AttentionStatisticsRequest request) => cache.BeginStatistics(request);
+    public void BeginStatistics(AttentionStatisticsRequest request) => _cache.BeginStatistics(request);
 
     public ObservedAttention EndStatistics()
     {
-        var (_, sums) = cache.EndStatistics(); // storage order, the first tokens each head stored when the collection began
+        var (_, sums) = _cache.EndStatistics(); // storage order, the first tokens each head stored when the collection began
         var positions = new int[sums.Length][];
-        for (int h = 0; h < sums.Length; h++) (positions[h], sums[h]) = Covered(cache.StoredPositions(h), sums[h]);
+        for (int h = 0; h < sums.Length; h++) (positions[h], sums[h]) = Covered(_cache.StoredPositions(h), sums[h]);
         return new ObservedAttention(KvHeads, positions, sums);
     }
 
     public float[] ReadKeys(int layer, int kvHead)
     {
-        if (_keys == null || _keys.Length != cache.Length)
+        if (_keys == null || _keys.Length != _cache.Length)
         {
             _keys?.Dispose();
-            _keys = cache.Download();
+            _keys = _cache.Download();
         }
         return _keys.ReadKeys(layer, kvHead); // the CPU cache's logical order: ascending position
     }
@@ -104,18 +112,18 @@ internal sealed class CudaDecodeCache(CudaPagedKvCache cache) : IDecodeCache
         _keys?.Dispose();
         _keys = null;
         _orderLength = -1;
-        if (any) cache.Evict(drop);
+        if (any) _cache.Evict(drop);
     }
 
     /// <summary>Each head's positions ascending and their storage indices, taken again after an append or an eviction.</summary>
     private (int[][] Ascending, int[][] Order) Ordered()
     {
-        if (_ascending == null || _order == null || _orderLength != cache.Length)
+        if (_ascending == null || _order == null || _orderLength != _cache.Length)
         {
-            _ascending = new int[cache.HeadCount][];
-            _order = new int[cache.HeadCount][];
-            for (int h = 0; h < cache.HeadCount; h++) (_ascending[h], _order[h]) = Ascending(cache.StoredPositions(h));
-            _orderLength = cache.Length;
+            _ascending = new int[_cache.HeadCount][];
+            _order = new int[_cache.HeadCount][];
+            for (int h = 0; h < _cache.HeadCount; h++) (_ascending[h], _order[h]) = Ascending(_cache.StoredPositions(h));
+            _orderLength = _cache.Length;
         }
         return (_ascending, _order);
     }
