@@ -59,4 +59,22 @@ public class CudaDecodePressesTests
         Assert.Equal([0, 2, 7, 9], covered);
         Assert.Equal([0.0f, 0.2f, 0.7f, 0.9f], sums);
     }
+
+    /// <summary>A head stored ascending (a prefill, appends, evictions) maps to itself, without the sort; one step back anywhere takes the sort.</summary>
+    [Fact]
+    public void AscendingStorage_IsTheIdentityOrder()
+    {
+        int[] stored = [0, 3, 4, 9, 12];
+        var (ascending, order) = CudaDecodeCache.Ascending(stored);
+        Assert.Equal(stored, ascending);
+        Assert.NotSame(stored, ascending);
+        Assert.Equal([0, 1, 2, 3, 4], order);
+        var (covered, sums) = CudaDecodeCache.Covered(stored, [0.5f, 0.1f, 0.3f]);
+        Assert.Equal([0, 3, 4], covered);
+        Assert.Equal([0.5f, 0.1f, 0.3f], sums);
+
+        var (sorted, byStorage) = CudaDecodeCache.Ascending([4, 9, 1]); // one step back: sorted
+        Assert.Equal([1, 4, 9], sorted);
+        Assert.Equal([2, 0, 1], byStorage);
+    }
 }

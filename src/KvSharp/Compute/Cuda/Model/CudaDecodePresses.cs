@@ -131,8 +131,11 @@ internal sealed class CudaDecodeCache : IDecodeCache
     /// <summary>A head's positions in storage order, sorted, with the storage index of each (an uploaded or re-quantized cache need not store them ascending).</summary>
     internal static (int[] Ascending, int[] Order) Ascending(int[] stored)
     {
-        var ascending = (int[])stored.Clone();
         int[] order = [.. Enumerable.Range(0, stored.Length)];
+        // A prefill, appends and evictions keep a head's storage ascending: no sort, which taken again for every head after each
+        // step's append cost the most of a step's host work (256 heads of ~520 tokens at the KV shape of Llama-3.1-8B).
+        if (IsAscending(stored)) return ((int[])stored.Clone(), order);
+        var ascending = (int[])stored.Clone();
         Array.Sort(ascending, order);
         return (ascending, order);
     }
@@ -142,8 +145,15 @@ internal sealed class CudaDecodeCache : IDecodeCache
     {
         var positions = stored[..sums.Length];
         var sorted = (float[])sums.Clone();
-        Array.Sort(positions, sorted);
+        if (!IsAscending(positions)) Array.Sort(positions, sorted);
         return (positions, sorted);
+    }
+
+    private static bool IsAscending(int[] positions)
+    {
+        for (int i = 1; i < positions.Length; i++)
+            if (positions[i] <= positions[i - 1]) return false;
+        return true;
     }
 
     /// <summary>Flags in ascending position as flags in storage order (<paramref name="order"/>: <see cref="Ascending"/>'s storage index of each).</summary>

@@ -24,9 +24,6 @@ public sealed partial class CudaPagedKvCache
     /// </summary>
     internal bool KeepsStatisticsBuffers { get; set; }
 
-    /// <summary>TEMPORARY A/B switch (stop 21): KVSHARP_AB_OLD_STATS=1 frees the buffers after every collection and reads statistics back head by head, as before.</summary>
-    private static readonly bool OldStatistics = Environment.GetEnvironmentVariable("KVSHARP_AB_OLD_STATS") == "1";
-
     /// <summary>
     /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
     /// forward pass over this cache adds, for its query rows at position ≥ <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>,
@@ -84,15 +81,6 @@ public sealed partial class CudaPagedKvCache
     {
         long pitch = (long)MaxBlocks * BlockTokens * sizeof(float);
         var result = new float[counts.Length][];
-        if (OldStatistics)
-        {
-            for (int h = 0; h < counts.Length; h++)
-            {
-                result[h] = new float[counts[h]];
-                perHead.Download<float>(result[h], h * pitch);
-            }
-            return result;
-        }
         int width = counts.Length == 0 ? 0 : counts.Max();
         var packed = new float[(long)width * counts.Length];
         perHead.Download2D<float>(packed, 0, pitch, width, counts.Length);
@@ -320,7 +308,7 @@ public sealed partial class CudaPagedKvCache
         _coverEachForward = false;
         _rowNorms?.Dispose();
         (_rowNorms, _valueNorms) = (null, null);
-        if (KeepsStatisticsBuffers && !OldStatistics) return; // the next collection fills them again
+        if (KeepsStatisticsBuffers) return; // the next collection fills them again
         foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
         (_statMax, _statSum, _covered) = (null, null, null);
     }
