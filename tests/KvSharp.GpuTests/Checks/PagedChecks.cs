@@ -170,6 +170,45 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// Key norms on the device (key-norm's scores) = the float64 norms of the device's stored keys as the CPU codec decodes
+    /// them, for every block format and a mixed-format cache, head dims 64/128/256, heads of different lengths (partial
+    /// blocks, the float32 residual).
+    /// </summary>
+    public static string KeyNormsMatchCpu()
+    {
+        double worst = 0;
+        int rows = 0;
+        foreach (int hd in new[] { 128, 64, 256 })
+            foreach (var f in Cases)
+            {
+                var rnd = new RandomData();
+                var c = Shape(8, 4, hd);
+                int length = 60 + rnd.Next(200);
+                using var cpu = CpuCache(c, f, length, rnd, evict: true);
+                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
+                var norms = gpu.KeyNorms();
+                for (int l = 0; l < c.NumLayers; l++)
+                    for (int g = 0; g < c.NumKvHeads; g++)
+                    {
+                        string what = $"key norms {Name(f)} hd{hd} layer {l} head {g} (seed {rnd.Seed})";
+                        var (keys, _, _) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
+                        var got = norms[gpu.HeadIndex(l, 0, g)];
+                        if (got.Length * hd != keys.Length) throw new CheckFailedException($"{what}: {got.Length} norms, the head stores {keys.Length / hd} tokens");
+                        for (int t = 0; t < got.Length; t++)
+                        {
+                            double sum = 0;
+                            for (int d = 0; d < hd; d++) sum += (double)keys[t * hd + d] * keys[t * hd + d];
+                            double expected = Math.Sqrt(sum), error = Math.Abs(got[t] - expected) / Math.Max(expected, 1e-6);
+                            if (!(error <= 1e-5)) throw new CheckFailedException($"{what}: token {t}'s norm is {got[t]}, expected {expected:G9}");
+                            worst = Math.Max(worst, error);
+                            rows++;
+                        }
+                    }
+            }
+        return $"{rows} stored keys, {Cases.Length} format cases, worst relative error {worst:E1}";
+    }
+
+    /// <summary>
     /// Decode attention over every block format and a mixed-format cache, GQA groups 1/2/3/4/8, head dims 64/128, heads of
     /// different lengths, 1 and 3 query rows (causal), the planned split and one block per split (many chunks to merge).
     /// </summary>

@@ -19,12 +19,20 @@ public sealed class KeyNormScorer : IScorer
         return scores;
     }
 
-    /// <summary>The scores of one head's stored keys (<paramref name="headDim"/> floats each, as read back); shared with the device press.</summary>
-    internal static float[] Score(ReadOnlySpan<float> keys, int headDim)
+    /// <summary>The scores of one head's stored keys (<paramref name="headDim"/> floats each).</summary>
+    private static float[] Score(ReadOnlySpan<float> keys, int headDim)
     {
         var s = new float[keys.Length / headDim];
         for (int i = 0; i < s.Length; i++)
             s[i] = -System.Numerics.Tensors.TensorPrimitives.Norm(keys.Slice(i * headDim, headDim));
+        return s;
+    }
+
+    /// <summary>The scores of one head's stored keys from their L2 norms (the device computes the norms); shared with the device press.</summary>
+    internal static float[] FromNorms(ReadOnlySpan<float> norms)
+    {
+        var s = new float[norms.Length];
+        for (int i = 0; i < s.Length; i++) s[i] = -norms[i];
         return s;
     }
 }

@@ -829,6 +829,35 @@ extern "C" __global__ void __launch_bounds__(256) press_value_norms(const u8* po
     }
 }
 
+// ‖k_t‖₂ of every stored token of one layer's heads (storage order), for key-norm scores: out [kv_heads, stride]. Grid
+// (⌈max tokens/32⌉, kv_heads), 256 threads: the tile's keys decoded into shared memory [hd][32] as the statistics and
+// value norms decode them (decode_element: every block format and the float32 residual), then 8 threads a token sum
+// the squares of every 8th channel. Only the norms come back to the host, not the keys (a download of the whole cache).
+extern "C" __global__ void __launch_bounds__(256) press_key_norms(const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, float* out, int stride, int hd, int tokens, int vg, int max_blocks)
+{
+    extern __shared__ float kn_smem[];
+    float* kt = kn_smem;          // [hd][VN_TK]
+    float* red = kt + hd * VN_TK; // [8][VN_TK]
+    __shared__ int tile_block[VN_TK];
+    const int kvh = blockIdx.y, i0 = blockIdx.x * VN_TK, n = head_tokens[kvh];
+    if (i0 >= n) return; // uniform over the block
+    const int cnt = min(VN_TK, n - i0);
+    stage_tile<VN_TK, true>(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, cnt, tokens, hd, vg, tile_block, kt);
+    __syncthreads();
+    const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
+    float acc = 0.0f;
+    for (int c = part; c < hd; c += 8) acc = fmaf(kt[c * VN_TK + tj], kt[c * VN_TK + tj], acc);
+    red[part * VN_TK + tj] = acc;
+    __syncthreads();
+    if (threadIdx.x < cnt)
+    {
+        float sum = 0.0f;
+        for (int p = 0; p < 8; p++) sum += red[p * VN_TK + threadIdx.x];
+        out[(long)kvh * stride + i0 + threadIdx.x] = sqrtf(sum);
+    }
+}
+
 // SnapKV's scores from the summed statistics (SnapKvScorer.Pool1D): per head, the covered tokens' sums pooled
 // along the stored tokens (odd kernel, zero padding, average divides by the kernel, or maximum), in float64
 // as the CPU does; tokens past the covered ones (the observation window) score +inf. One block per head.

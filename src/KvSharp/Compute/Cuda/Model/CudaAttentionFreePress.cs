@@ -9,8 +9,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// <summary>
 /// The presses whose scores need no attention pass, on a device prefill or on a cache an earlier press of a sequence
 /// compressed: StreamingLLM and random score from the positions the heads store (kept on the host; nothing is read
-/// back), key-norm from the stored keys read back (<see cref="CudaPagedKvCache.Download"/>: the device's blocks decoded on
-/// the host as the CPU scorer decodes its own). The CPU scorer's own per-head code scores, the CPU's budget chooses on
+/// back), key-norm from the stored keys' norms (<see cref="CudaPagedKvCache.KeyNorms"/>: computed on the device from the
+/// decoded blocks; only the norms are read back). The CPU scorer's own per-head code scores, the CPU's budget chooses on
 /// the host, the eviction runs on the device.
 /// </summary>
 public sealed class CudaAttentionFreePress : ICudaScoredPress
@@ -54,10 +54,8 @@ public sealed class CudaAttentionFreePress : ICudaScoredPress
         switch (Scorer)
         {
             case KeyNormScorer:
-                using (var stored = cache.Download())
-                    for (int l = 0; l < layers; l++)
-                        for (int h = 0; h < kvHeads; h++)
-                            scores[l, h] = KeyNormScorer.Score(stored.ReadKeys(l, h), cache.Config.HeadDim);
+                var norms = cache.KeyNorms(); // on the device: only the norms come back, not the keys
+                for (int i = 0; i < scores.HeadCount; i++) scores[i / kvHeads, i % kvHeads] = KeyNormScorer.FromNorms(norms[i]);
                 break;
             case StreamingLlmScorer streaming:
                 for (int i = 0; i < scores.HeadCount; i++) scores[i / kvHeads, i % kvHeads] = streaming.Score(positions[i]);

@@ -39,6 +39,37 @@ public sealed partial class CudaPagedKvCache
         return ReadScores(scores);
     }
 
+    /// <summary>
+    /// ‖k_t‖₂ of every stored key of a one-sequence cache (as attention reads it: post-RoPE, decoded from its block
+    /// format), computed on the device so that only the norms are read back. Returns per head [<see cref="HeadIndex"/>]
+    /// one norm per stored token, in storage order.
+    /// </summary>
+    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernel's.</exception>
+    public float[][] KeyNorms()
+    {
+        RefuseVidKv("key norms");
+        if (Batch != 1) throw new KvSharpException($"key norms on the GPU read a cache of one sequence, not {Batch}");
+        var c = Config;
+        if (c.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
+            throw new KvSharpException($"key norms on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {c.HeadDim}");
+        int maxTokens = MaxBlocks * BlockTokens;
+        using var norms = Device.Allocate(Math.Max(1L, (long)HeadCount * maxTokens) * sizeof(float));
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            var (desc, blocks, tokens) = LayerTables(l);
+            _kernels.KeyNorms(_pool.Pointer, desc, blocks, tokens, norms.Pointer + (ulong)((long)HeadIndex(l, 0, 0) * maxTokens * sizeof(float)),
+                maxTokens, maxTokens, c.NumKvHeads, c.HeadDim, BlockTokens, ValueGroup, MaxBlocks);
+        }
+        var lengths = HeadLengths(); // synchronous: the launches have finished
+        var result = new float[HeadCount][];
+        for (int h = 0; h < HeadCount; h++)
+        {
+            result[h] = new float[lengths[h]];
+            norms.Download<float>(result[h], h * (long)maxTokens * sizeof(float));
+        }
+        return result;
+    }
+
     /// <summary>SnapKV's pooled scores [HeadCount, MaxBlocks · BlockTokens] on the device; the collection stays open.</summary>
     private DeviceBuffer SnapKvScoreBuffer(int kernel, string pool)
     {

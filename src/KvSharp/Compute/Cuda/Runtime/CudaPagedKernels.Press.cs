@@ -76,4 +76,17 @@ internal sealed partial class CudaPagedKernels
         _cache["paged_requantize"].Launch(heads, Threads, 0, oldPool, newPool, oldDesc, desc, headBlocks, select, classes, staging, top, error,
             (ulong)poolUnits, Arg.Int(maxBlocks), Arg.Int(maxTokens), Arg.Int(blockTokens), Arg.Int(headDim), Arg.Int(valueGroup), Arg.Int(keyFormat),
             Arg.Int(valueFormat));
+
+    /// <summary>
+    /// ‖k_t‖₂ of one layer's stored tokens (storage order) into output [kvHeads, stride], up to
+    /// <paramref name="maxTokens"/> a head (press_key_norms; the tables are the layer's, pre-offset).
+    /// </summary>
+    public void KeyNorms(ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, int stride, int maxTokens, int kvHeads,
+        int headDim, int blockTokens, int valueGroup, int maxBlocks)
+    {
+        if (maxTokens <= 0) return;
+        int shared = 4 * (headDim * ValueNormTokens + 8 * ValueNormTokens);
+        _cache["press_key_norms"].Launch(new Dim3((uint)((maxTokens + ValueNormTokens - 1) / ValueNormTokens), (uint)kvHeads), 256, shared, pool, desc,
+            headBlocks, headTokens, output, Arg.Int(stride), Arg.Int(headDim), Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(maxBlocks));
+    }
 }
