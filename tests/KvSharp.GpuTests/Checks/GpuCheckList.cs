@@ -22,6 +22,7 @@ public static class GpuCheckList
         ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),
         ("press: device key norms = the norms of the decoded keys", PagedChecks.KeyNormsMatchCpu),
+        ("press: device R-KV redundancy = a float64 reference over the decoded keys", PagedChecks.KeyRedundancyMatchesCpu),
         ("vidkv: attention over uploaded VidKV blocks = float64 and CPU attention", VidKvChecks.Attention),
         ("vidkv: transformer over an uploaded VidKV cache = CPU engine", VidKvChecks.TransformerMatchesCpu),
         ("vidkv: what the device does not do with VidKV is refused", VidKvChecks.Refusals),

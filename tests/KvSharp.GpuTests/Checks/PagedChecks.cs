@@ -209,6 +209,67 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// R-KV's raw redundancy on the device = a float64 reference over the device's stored keys as the CPU codec decodes
+    /// them: for each key the sum of its cosine similarities above the threshold with the later keys, over n − 1. A pair
+    /// within 1e-5 of the threshold may count or not (float32 dots on the device), so the device's value must lie between
+    /// the sums without and with those pairs. Every block format and mixed, head dims 64/128/256, thresholds that count
+    /// every pair (−2), about a third (0.05) and few (0.5).
+    /// </summary>
+    public static string KeyRedundancyMatchesCpu()
+    {
+        double worst = 0;
+        int rows = 0;
+        foreach (int hd in new[] { 128, 64, 256 })
+            foreach (var f in Cases)
+            {
+                var rnd = new RandomData();
+                var c = Shape(8, 4, hd);
+                int length = 60 + rnd.Next(200);
+                using var cpu = CpuCache(c, f, length, rnd, evict: true);
+                using var gpu = CudaPagedKvCache.Upload(Dev, c, cpu, length + 8);
+                foreach (double threshold in new[] { -2.0, 0.05, 0.5 })
+                {
+                    var raw = gpu.KeyRedundancy(threshold);
+                    for (int l = 0; l < c.NumLayers; l++)
+                        for (int g = 0; g < c.NumKvHeads; g++)
+                        {
+                            string what = $"R-KV redundancy {Name(f)} hd{hd} threshold {threshold} layer {l} head {g} (seed {rnd.Seed})";
+                            var (keys, _, _) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
+                            int n = keys.Length / hd;
+                            var got = raw[gpu.HeadIndex(l, 0, g)];
+                            if (got.Length != n) throw new CheckFailedException($"{what}: {got.Length} values, the head stores {n} tokens");
+                            var unit = new double[keys.Length];
+                            for (int t = 0; t < n; t++)
+                            {
+                                double norm = 0;
+                                for (int d = 0; d < hd; d++) norm += (double)keys[t * hd + d] * keys[t * hd + d];
+                                norm = Math.Sqrt(norm);
+                                for (int d = 0; d < hd; d++) unit[t * hd + d] = norm > 0 ? keys[t * hd + d] / norm : 0;
+                            }
+                            for (int j = 0; j < n; j++)
+                            {
+                                double certain = 0, possible = 0;
+                                for (int i = j + 1; i < n; i++)
+                                {
+                                    double cos = 0;
+                                    for (int d = 0; d < hd; d++) cos += unit[i * hd + d] * unit[j * hd + d];
+                                    if (cos > threshold + 1e-5) certain += cos;
+                                    if (cos > threshold - 1e-5) possible += cos;
+                                }
+                                double low = n > 1 ? Math.Min(certain, possible) / (n - 1) : 0, high = n > 1 ? Math.Max(certain, possible) / (n - 1) : 0;
+                                double error = Math.Max(0, Math.Max(low - got[j], got[j] - high));
+                                if (!(error <= 1e-5 + 1e-5 * Math.Abs(high)))
+                                    throw new CheckFailedException($"{what}: token {j}'s raw redundancy is {got[j]}, expected {low:G9} .. {high:G9}");
+                                worst = Math.Max(worst, error);
+                                rows++;
+                            }
+                        }
+                }
+            }
+        return $"{rows} stored keys x threshold, {Cases.Length} format cases, worst error outside the near-threshold bounds {worst:E1}";
+    }
+
+    /// <summary>
     /// Decode attention over every block format and a mixed-format cache, GQA groups 1/2/3/4/8, head dims 64/128, heads of
     /// different lengths, 1 and 3 query rows (causal), the planned split and one block per split (many chunks to merge).
     /// </summary>

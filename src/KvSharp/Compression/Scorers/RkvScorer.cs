@@ -55,18 +55,29 @@ public sealed class RkvScorer : IScorer
 
     /// <summary>
     /// Turns one head's max-pooled importance (the window +∞) into R-KV's score in place: λ · importance − (1 − λ) ·
-    /// redundancy of its stored <paramref name="keys"/> ([n, <paramref name="d"/>], ascending position). Shared with the
-    /// CUDA backend, which pools the importance on the device.
+    /// redundancy of its stored <paramref name="keys"/> ([n, <paramref name="d"/>], ascending position).
     /// </summary>
-    internal void Rescore(float[] importance, float[] keys, int d)
+    internal void Rescore(float[] importance, float[] keys, int d) => RescoreWithRaw(importance, RawRedundancy(keys, d, Threshold));
+
+    /// <summary>
+    /// <see cref="Rescore"/> from the head's raw redundancy (<see cref="RawRedundancy"/>'s values, before the softmax).
+    /// Shared with the CUDA backend, which pools the importance and sums the raw redundancy on the device.
+    /// </summary>
+    internal void RescoreWithRaw(float[] importance, float[] raw)
     {
-        var redundancy = Redundancy(keys, d, Threshold);
+        var redundancy = SoftMaxed(raw);
         for (int i = 0; i < importance.Length; i++)
             if (float.IsFinite(importance[i])) importance[i] = (float)(Lambda * importance[i] - (1 - Lambda) * redundancy[i]);
     }
 
     /// <summary>The softmaxed redundancy of each of the [n, d] keys (see the class remarks).</summary>
-    public static float[] Redundancy(float[] keys, int d, double threshold)
+    public static float[] Redundancy(float[] keys, int d, double threshold) => SoftMaxed(RawRedundancy(keys, d, threshold));
+
+    /// <summary>
+    /// Each of the [n, d] keys' raw redundancy before the softmax: the sum of its cosine similarities above
+    /// <paramref name="threshold"/> with the later keys, over n − 1.
+    /// </summary>
+    internal static float[] RawRedundancy(float[] keys, int d, double threshold)
     {
         int n = keys.Length / d;
         var unit = new float[keys.Length];
@@ -90,8 +101,13 @@ public sealed class RkvScorer : IScorer
                 raw[j] = n > 1 ? (float)(sum / (n - 1)) : 0;
             }
         });
-        var result = new float[n];
-        if (n > 0) TensorPrimitives.SoftMax(raw, result);
+        return raw;
+    }
+
+    private static float[] SoftMaxed(float[] raw)
+    {
+        var result = new float[raw.Length];
+        if (raw.Length > 0) TensorPrimitives.SoftMax(raw, result);
         return result;
     }
 }

@@ -829,32 +829,106 @@ extern "C" __global__ void __launch_bounds__(256) press_value_norms(const u8* po
     }
 }
 
+// The norms ‖k‖₂ of a staged key tile's tokens ([hd][VN_TK] in shared memory) into norms[VN_TK]: 8 threads a token sum
+// the squares of every 8th channel into red [8][VN_TK]. Starts and ends with the tile complete (a barrier each side).
+__device__ __forceinline__ void tile_key_norms(const float* tile, int hd, float* red, float* norms)
+{
+    const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
+    float acc = 0.0f;
+    for (int c = part; c < hd; c += 8) acc = fmaf(tile[c * VN_TK + tj], tile[c * VN_TK + tj], acc);
+    red[part * VN_TK + tj] = acc;
+    __syncthreads();
+    if (threadIdx.x < VN_TK)
+    {
+        float sum = 0.0f;
+        for (int p = 0; p < 8; p++) sum += red[p * VN_TK + threadIdx.x];
+        norms[threadIdx.x] = sqrtf(sum);
+    }
+    __syncthreads();
+}
+
 // ‖k_t‖₂ of every stored token of one layer's heads (storage order), for key-norm scores: out [kv_heads, stride]. Grid
 // (⌈max tokens/32⌉, kv_heads), 256 threads: the tile's keys decoded into shared memory [hd][32] as the statistics and
-// value norms decode them (decode_element: every block format and the float32 residual), then 8 threads a token sum
-// the squares of every 8th channel. Only the norms come back to the host, not the keys (a download of the whole cache).
+// value norms decode them (decode_element: every block format and the float32 residual), then their norms. Only the
+// norms go back to the host, not the keys (a download of the whole cache).
 extern "C" __global__ void __launch_bounds__(256) press_key_norms(const u8* pool, const uint4* desc, const int* head_blocks,
     const int* head_tokens, float* out, int stride, int hd, int tokens, int vg, int max_blocks)
 {
     extern __shared__ float kn_smem[];
-    float* kt = kn_smem;          // [hd][VN_TK]
-    float* red = kt + hd * VN_TK; // [8][VN_TK]
+    float* kt = kn_smem;            // [hd][VN_TK]
+    float* red = kt + hd * VN_TK;   // [8][VN_TK]
+    float* norms = red + 8 * VN_TK; // [VN_TK]
     __shared__ int tile_block[VN_TK];
     const int kvh = blockIdx.y, i0 = blockIdx.x * VN_TK, n = head_tokens[kvh];
     if (i0 >= n) return; // uniform over the block
     const int cnt = min(VN_TK, n - i0);
     stage_tile<VN_TK, true>(pool, desc + (long)kvh * max_blocks, head_blocks[kvh], i0, cnt, tokens, hd, vg, tile_block, kt);
     __syncthreads();
-    const int tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
-    float acc = 0.0f;
-    for (int c = part; c < hd; c += 8) acc = fmaf(kt[c * VN_TK + tj], kt[c * VN_TK + tj], acc);
-    red[part * VN_TK + tj] = acc;
+    tile_key_norms(kt, hd, red, norms);
+    if (threadIdx.x < cnt) out[(long)kvh * stride + i0 + threadIdx.x] = norms[threadIdx.x];
+}
+
+// A head's stored keys i0 .. i0 + cnt - 1 decoded into tile [hd][VN_TK] and divided by their norms (unit keys; a zero key
+// stays zero, as RkvScorer.RawRedundancy leaves it); columns past cnt are zero.
+__device__ __forceinline__ void stage_unit_keys(const u8* pool, const uint4* d, int nb, int i0, int cnt, int tokens, int hd, int vg,
+    int* tile_block, float* tile, float* red, float* norms)
+{
+    stage_tile<VN_TK, true>(pool, d, nb, i0, cnt, tokens, hd, vg, tile_block, tile);
     __syncthreads();
-    if (threadIdx.x < cnt)
+    tile_key_norms(tile, hd, red, norms);
+    for (int x = threadIdx.x; x < hd * VN_TK; x += blockDim.x)
     {
-        float sum = 0.0f;
+        const float norm = norms[x % VN_TK];
+        if (norm > 0.0f) tile[x] = __fdiv_rn(tile[x], norm);
+    }
+    __syncthreads();
+}
+
+// R-KV's raw redundancy of one layer's heads (RkvScorer.RawRedundancy; storage order, which is ascending position after
+// the fresh prefill R-KV presses): for token j, Σ c_ij over the later tokens i with c_ij = cos(k_i, k_j) > threshold,
+// divided by n − 1; out [kv_heads, stride]. Grid (⌈max tokens/32⌉, kv_heads), 256 threads: the block's 32 keys j as unit
+// keys in shared memory, then every 32-key tile i from the block's own on likewise; thread (tj, part) takes the dots of
+// key j0 + tj with keys i0 + 4·part .. + 3, one float4 broadcast of the i tile and one j load a channel. O(n²·hd) a head:
+// what made R-KV on the host read the whole cache back and take minutes at long contexts.
+extern "C" __global__ void __launch_bounds__(256) press_key_redundancy(const u8* pool, const uint4* desc, const int* head_blocks,
+    const int* head_tokens, float* out, int stride, int hd, int tokens, int vg, int max_blocks, double threshold)
+{
+    extern __shared__ float rd_smem[];
+    float* kj = rd_smem;            // [hd][VN_TK]
+    float* ki = kj + hd * VN_TK;    // [hd][VN_TK]
+    float* red = ki + hd * VN_TK;   // [8][VN_TK]
+    float* norms = red + 8 * VN_TK; // [VN_TK]
+    __shared__ int tile_block[VN_TK];
+    const int kvh = blockIdx.y, j0 = blockIdx.x * VN_TK, n = head_tokens[kvh];
+    if (j0 >= n) return; // uniform over the block
+    const uint4* d = desc + (long)kvh * max_blocks;
+    const int nb = head_blocks[kvh], tj = threadIdx.x % VN_TK, part = threadIdx.x / VN_TK;
+    stage_unit_keys(pool, d, nb, j0, min(VN_TK, n - j0), tokens, hd, vg, tile_block, kj, red, norms);
+    double acc = 0.0;
+    for (int i0 = j0; i0 < n; i0 += VN_TK)
+    {
+        stage_unit_keys(pool, d, nb, i0, min(VN_TK, n - i0), tokens, hd, vg, tile_block, ki, red, norms);
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int ch = 0; ch < hd; ch++)
+        {
+            const float x = kj[ch * VN_TK + tj];
+            const float4 y = *reinterpret_cast<const float4*>(ki + ch * VN_TK + 4 * part);
+            c[0] = fmaf(y.x, x, c[0]); c[1] = fmaf(y.y, x, c[1]); c[2] = fmaf(y.z, x, c[2]); c[3] = fmaf(y.w, x, c[3]);
+        }
+        for (int r = 0; r < 4; r++)
+        {
+            const int i = i0 + 4 * part + r;
+            if (i < n && i > j0 + tj && (double)c[r] > threshold) acc += c[r];
+        }
+        __syncthreads(); // every thread's dots are done before the next tile overwrites ki
+    }
+    red[part * VN_TK + tj] = (float)acc;
+    __syncthreads();
+    if (j0 + (int)threadIdx.x < n && threadIdx.x < VN_TK)
+    {
+        double sum = 0.0;
         for (int p = 0; p < 8; p++) sum += red[p * VN_TK + threadIdx.x];
-        out[(long)kvh * stride + i0 + threadIdx.x] = sqrtf(sum);
+        out[(long)kvh * stride + j0 + threadIdx.x] = n > 1 ? (float)(sum / (n - 1)) : 0.0f;
     }
 }
 

@@ -44,28 +44,45 @@ public sealed partial class CudaPagedKvCache
     /// format), computed on the device so that only the norms are read back. Returns per head [<see cref="HeadIndex"/>]
     /// one norm per stored token, in storage order.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernel's.</exception>
-    public float[][] KeyNorms()
+    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernels'.</exception>
+    public float[][] KeyNorms() => PerKey("key norms", (l, output, stride) =>
     {
-        RefuseVidKv("key norms");
-        if (Batch != 1) throw new KvSharpException($"key norms on the GPU read a cache of one sequence, not {Batch}");
-        var c = Config;
-        if (c.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
-            throw new KvSharpException($"key norms on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {c.HeadDim}");
-        int maxTokens = MaxBlocks * BlockTokens;
-        using var norms = Device.Allocate(Math.Max(1L, (long)HeadCount * maxTokens) * sizeof(float));
-        for (int l = 0; l < c.NumLayers; l++)
-        {
-            var (desc, blocks, tokens) = LayerTables(l);
-            _kernels.KeyNorms(_pool.Pointer, desc, blocks, tokens, norms.Pointer + (ulong)((long)HeadIndex(l, 0, 0) * maxTokens * sizeof(float)),
-                maxTokens, maxTokens, c.NumKvHeads, c.HeadDim, BlockTokens, ValueGroup, MaxBlocks);
-        }
+        var (desc, blocks, tokens) = LayerTables(l);
+        _kernels.KeyNorms(_pool.Pointer, desc, blocks, tokens, output, stride, stride, Config.NumKvHeads, Config.HeadDim, BlockTokens, ValueGroup, MaxBlocks);
+    });
+
+    /// <summary>
+    /// R-KV's raw redundancy of every stored key of a one-sequence cache (<c>RkvScorer.RawRedundancy</c> over each head's
+    /// keys in storage order: the sum of the cosine similarities above <paramref name="threshold"/> with the later stored
+    /// keys, over n − 1), computed on the device. Returns per head [<see cref="HeadIndex"/>] one value per stored token.
+    /// </summary>
+    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernels'.</exception>
+    public float[][] KeyRedundancy(double threshold) => PerKey("R-KV's redundancy", (l, output, stride) =>
+    {
+        var (desc, blocks, tokens) = LayerTables(l);
+        _kernels.KeyRedundancy(_pool.Pointer, desc, blocks, tokens, output, stride, stride, Config.NumKvHeads, Config.HeadDim, BlockTokens, ValueGroup,
+            MaxBlocks, threshold);
+    });
+
+    /// <summary>
+    /// One float per stored key of every head, which <paramref name="launch"/> writes for a layer into [kvHeads, stride]
+    /// (stride = MaxBlocks · BlockTokens) at the given device address; read back per head in storage order.
+    /// </summary>
+    private float[][] PerKey(string what, Action<int, ulong, int> launch)
+    {
+        RefuseVidKv(what);
+        if (Batch != 1) throw new KvSharpException($"{what} on the GPU read a cache of one sequence, not {Batch}");
+        if (Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
+            throw new KvSharpException($"{what} on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
+        int stride = MaxBlocks * BlockTokens;
+        using var values = Device.Allocate(Math.Max(1L, (long)HeadCount * stride) * sizeof(float));
+        for (int l = 0; l < Config.NumLayers; l++) launch(l, values.Pointer + (ulong)((long)HeadIndex(l, 0, 0) * stride * sizeof(float)), stride);
         var lengths = HeadLengths(); // synchronous: the launches have finished
         var result = new float[HeadCount][];
         for (int h = 0; h < HeadCount; h++)
         {
             result[h] = new float[lengths[h]];
-            norms.Download<float>(result[h], h * (long)maxTokens * sizeof(float));
+            values.Download<float>(result[h], h * (long)stride * sizeof(float));
         }
         return result;
     }

@@ -15,8 +15,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// the window second with the statistics on (<see cref="CudaPagedKvCache.BeginStatistics"/>, covering the tokens before
 /// it): the same observation without a second pass. <see cref="CudaPagedKvCache.SnapKvScores"/> pools on the device (kernel 1 for
 /// TOVA), the window scoring +∞; the scores are read back and the CPU's budget chooses on the host. R-KV observes the
-/// same window and max-pools it on the device; its redundancy term is computed on the host from the keys read back
-/// (<see cref="CudaPagedKvCache.Download"/>), by the CPU scorer's own code.
+/// same window and max-pools it on the device; its raw redundancy is summed on the device too
+/// (<see cref="CudaPagedKvCache.KeyRedundancy"/>), and the CPU scorer's own code softmaxes it and mixes the two.
 /// </summary>
 public sealed class CudaWindowPress : ICudaScoredPress
 {
@@ -96,9 +96,10 @@ public sealed class CudaWindowPress : ICudaScoredPress
             : [.. cache.HeadLengths().Select(n => Enumerable.Repeat(float.PositiveInfinity, n).ToArray())];
         var scores = CudaPressSelection.ToHeadScores(cache, perHead);
         if (_rkv != null)
-            using (var stored = cache.Download())
-                for (int h = 0; h < scores.HeadCount; h++)
-                    _rkv.Rescore(scores[h], stored.ReadKeys(h / scores.KvHeads, h % scores.KvHeads), cache.Config.HeadDim);
+        {
+            var raw = cache.KeyRedundancy(_rkv.Threshold); // on the device: O(n²) dot products a head, only n values read back
+            for (int h = 0; h < scores.HeadCount; h++) _rkv.RescoreWithRaw(scores[h], raw[h]);
+        }
         return scores;
     }
 }

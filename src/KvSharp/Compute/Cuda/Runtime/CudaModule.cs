@@ -133,5 +133,6 @@ internal static class Arg
     public static ulong Int(int v) => (uint)v;
     public static ulong Long(long v) => (ulong)v;
     public static ulong Float(float v) => BitConverter.SingleToUInt32Bits(v);
+    public static ulong Double(double v) => BitConverter.DoubleToUInt64Bits(v);
     public const ulong Null = 0;
 }
