@@ -13,8 +13,10 @@
 # (code_frag RAW, branch gpucodes): the key steps take 2^(code_top - K), the value accumulators' units change per format
 # (value_exp, value_units; the mixed cases run a second value block of another format into the same accumulators).
 # The transposed score mma of the INT2/INT4 specialized builds (PIPE_T, branch gputrans: keys as A, the query's parts as
-# B columns, movmatrix to P·V's B layout, the F32 residual in the same layout) runs as run_t, after the old cases.
-import struct, sys, random, math, bisect
+# B columns, movmatrix to P·V's B layout, the F32 residual in the same layout) runs as run_t, after the old cases; its
+# INT2 builds read the value codes by ldmatrix and a lane exchange (pipe_int2_values, branch gpuvalues: the value
+# channels' quads permuted by pipe_value_quad through P·V, the F32 residual and the output).
+import collections, struct, sys, random, math, bisect
 random.seed(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 INF = float('inf')
 F32, F16, BF16, FP8, INT8, INT4, INT2, TERN, BIN = range(9)
@@ -395,7 +397,9 @@ def run(kf, vf, G, VG, n, tokens=32, vf2=None):
 # addresses (pipe_qt, pipe_qt_word, pipe_qt_zero), so the layout, the zero words and the bank groups are checked too.
 # MUTATE (python3 scripts/tc-fragment-emulator.py SEED MUTATION) changes one piece on purpose, to see the check fail:
 #   zero_z: hi columns read the hi part as z (not the zero words); bias_pair: the bias mma's B in natural word order;
-#   no_trans: movmatrix without the transpose; float_src: the F32 values' shuffle from lane 4·tig + tt.
+#   no_trans: movmatrix without the transpose; float_src: the F32 values' shuffle from lane 4·tig + tt;
+#   no_swap: pipe_int2_values' high lanes with the low lanes' selector; quad_out: the INT2 build's output (and F32 residual
+#   values) at quad gid instead of pipe_value_quad(gid); resid_quad: only the F32 residual's values at quad gid.
 MUTATE = sys.argv[2] if len(sys.argv) > 2 else ""
 QROW = 164
 def pipe_qt_word(j): return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)
@@ -407,6 +411,25 @@ def movmatrix(words, trans=True):  # words[lane]: row lane >> 2, elements 2·(la
     if not trans: return list(words)
     return [M[2 * (l & 3)][l >> 2] | (M[2 * (l & 3) + 1][l >> 2] << 16) for l in range(32)]
 
+def ldmatrix_trans(blk, addrs):  # .x4.trans: addrs[l] = byte offset of row l % 8 of matrix l // 8
+    # lane l receives in r[i] the b16 elements (row 2·tig, column gid) low and (row 2·tig + 1, column gid) high of matrix i
+    return [[u16(blk, addrs[8 * i + 2 * (l & 3)] + 2 * (l >> 2)) | (u16(blk, addrs[8 * i + 2 * (l & 3) + 1] + 2 * (l >> 2)) << 16)
+             for i in range(4)] for l in range(32)]
+def pipe_value_quad(t2, gid): return gid if not t2 or MUTATE == "quad_out" else 2 * (gid & 3) + (gid >> 2)
+def pipe_int2_values(blk, n, h):  # pairs[l][k][s]: the lane's byte of chunk k of tokens 2·tig + 8s (bits 0-7) and + 1 (16-23)
+    addrs = [min(16 * h + 8 * ((l >> 3) & 1) + (l & 7), n - 1) * 32 + 16 * (l >> 4) for l in range(32)]
+    R = ldmatrix_trans(blk, addrs)
+    pairs = []
+    for l in range(32):
+        sel = 0x3210 if (l >> 2) < 4 or MUTATE == "no_swap" else 0x7765
+        pr = [[0, 0] for _ in range(4)]
+        for i in range(4):
+            z = R[l ^ 16][i]  # __shfl_xor_sync(r[i], 16): lane gid ^ 4, same tig
+            pr[2 * (i >> 1)][i & 1] = prmt(R[l][i], z, sel); pr[2 * (i >> 1) + 1][i & 1] = prmt(z, R[l][i], sel)
+        pairs.append(pr)
+    return pairs, wavefronts([a >> 2 for a in addrs])
+def int2_fragments(x): return [code_frag(K, x, (3 << K) | (3 << (K + 16))) for K in (0, 2, 4, 6)]
+
 def query_copy_t(qhs, qls, G):
     assert pipe_qt(G - 1, 1, 127) < pipe_qt_zero(G) and pipe_qt_zero(G) + 16 <= G * QROW
     h16 = [random.getrandbits(16) for _ in range(2 * G * QROW)]  # halves; the prologue's writes below
@@ -415,6 +438,10 @@ def query_copy_t(qhs, qls, G):
             h16[2 * pipe_qt(g, 0, c & ~1) + (c & 1)] = qhs[g][c]; h16[2 * pipe_qt(g, 1, c & ~1) + (c & 1)] = qls[g][c]
     for i in range(16): h16[2 * (pipe_qt_zero(G) + i)] = h16[2 * (pipe_qt_zero(G) + i) + 1] = 0
     return [h16[2 * w] | (h16[2 * w + 1] << 16) for w in range(G * QROW)]
+
+def wavefronts(addr):  # 16-byte rows (word addresses) of 32 lanes in 4 phases of 8 (ldmatrix: a matrix each): each phase
+    # takes as many wavefronts as the most distinct rows in one bank group (4 banks)
+    return sum(max(collections.Counter((w >> 2) & 7 for w in set(addr[8 * ph: 8 * ph + 8])).values()) for ph in range(4))
 
 def conflicts(addr):  # 16-byte loads (word addresses) of 32 lanes: extra wavefronts over the 4 phases of 8 lanes
     extra = 0
@@ -490,12 +517,13 @@ def scores_float_t(X, n, qs, G):
                 if (l >> 2) == (r & 7) and ((l & 3) & (G - 1)) == g: s[l][r >> 4][(r >> 3) & 1] = dot
     return s
 
-def values_t(blocks, tokens, VG, G):
+def values_t(blocks, tokens, VG, G, t2):
     # pipe_values_t (INT2/INT4 blocks, step_side_t's movmatrix) and pipe_values_float_t (F32 blocks) into one warp's
     # accumulators (value_units between formats), then pipe_add_output_t with the warp-merge factor 1;
-    # blocks: (f, blk or rows, n, p) with p[l][h][e] the probability of token 16h + gid + 8e of head tig mod G
+    # blocks: (f, blk or rows, n, p) with p[l][h][e] the probability of token 16h + gid + 8e of head tig mod G;
+    # t2: an INT2 build (PIPE_T2: pipe_int2_values, the quads in pipe_value_quad's order)
     o = [[[0.0] * 4 for _ in range(8)] for _ in range(32)]; md = [[0.0] * 4 for _ in range(32)]
-    units = F32
+    units = F32; vcf = 0
     for f, blk, n, p in blocks:
         vu = f if quant(f) else F32
         if vu != units:
@@ -514,7 +542,7 @@ def values_t(blocks, tokens, VG, G):
                             pc = p[src][h][e]
                             for k in range(4):
                                 for i in range(4):
-                                    o[l][2 * k + (i >> 1)][2 * (i & 1)] = f32(o[l][2 * k + (i >> 1)][2 * (i & 1)] + f32(pc * blk[t][32 * k + 4 * gid + i]))
+                                    o[l][2 * k + (i >> 1)][2 * (i & 1)] = f32(o[l][2 * k + (i >> 1)][2 * (i & 1)] + f32(pc * blk[t][32 * k + 4 * pipe_value_quad(t2 and MUTATE != "resid_quad", gid) + i]))
             continue
         BITS = bits(f); ROW = 128 * BITS // 8; gpr = 128 // VG
         scales = tokens * ROW; mins = scales + tokens * gpr * 2
@@ -529,12 +557,15 @@ def values_t(blocks, tokens, VG, G):
             x01 = movmatrix(w0, tr); z01 = movmatrix([(w << 16) & M32 for w in w0], tr)
             x89 = movmatrix(w1, tr); z89 = movmatrix([(w << 16) & M32 for w in w1], tr)
             L = []
+            if t2:
+                assert f == INT2
+                pairs, c = pipe_int2_values(blk, n, h); vcf += c
             for l in range(32):
                 gid, tig = l >> 2, l & 3
                 piece = []; sh = []; mh = []
                 for u in range(4):
                     row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1)
-                    piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
+                    if not t2: piece.append([value_piece(BITS, blk, row * ROW, k, gid) for k in range(4)])
                     if full and (u & 1) == 0:
                         sh += list(row_pair_params(blk, scales, row, gpr)); mh += list(row_pair_params(blk, mins, row, gpr))
                     elif not full:
@@ -551,7 +582,8 @@ def values_t(blocks, tokens, VG, G):
                 for l in range(32):
                     piece, sh, mh = L[l]
                     Bs.append((side_scaled(x01[l], z01[l], chunk_param_pair(sh[0], sh[1], k, gpr)), side_scaled(x89[l], z89[l], chunk_param_pair(sh[2], sh[3], k, gpr))))
-                    VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
+                    if t2: VF.append((int2_fragments(pairs[l][k][0]), int2_fragments(pairs[l][k][1])))
+                    else: VF.append((value_fragments(f, piece[0][k], piece[1][k]), value_fragments(f, piece[2][k], piece[3][k])))
                 for j in range(2):
                     d = [o[l][2 * k + j] for l in range(32)]
                     mma(d, [(VF[l][0][2 * j], VF[l][0][2 * j + 1], VF[l][1][2 * j], VF[l][1][2 * j + 1]) for l in range(32)], Bs)
@@ -566,11 +598,11 @@ def values_t(blocks, tokens, VG, G):
         for j in range(8):
             for r in (0, 2):
                 k = j >> 1; i = 2 * (j & 1) + (r >> 1)
-                key = (tig, 32 * k + 4 * gid + i)
+                key = (tig, 32 * k + 4 * pipe_value_quad(t2, gid) + i)
                 assert key not in out
                 out[key] = f32(f32(f32(o[l][j][r] + o[l][j][r + 1]) * pow2i(value_exp(units, i))) + mc[k])
     assert len(out) == G * 128
-    return out
+    return out, vcf
 
 def run_t(f, G, VG, n, tokens=32, resid=0):
     # one INT2/INT4 block (keys and values of format f, n visible tokens), then, where resid > 0, an F32 block of resid
@@ -613,17 +645,17 @@ def run_t(f, G, VG, n, tokens=32, resid=0):
         p = [[[pt[(l & 3) & (G - 1)][16 * h + (l >> 2) + 8 * e] for e in range(2)] for h in range(2)] for l in range(32)]
         blocks.append((fv, b, nv, p))
         vref = [[vref[g][c] + math.fsum(pt[g][t] * Vdec[t][c] for t in range(nv)) for c in range(HD)] for g in range(G)]
-    out = values_t(blocks, tokens, VG, G)
+    out, vcf = values_t(blocks, tokens, VG, G, f == INT2)
     vmax = max(abs(v) for r in vref for v in r)
     verr = max(abs(out[(g, c)] - vref[g][c]) for g in range(G) for c in range(HD)) / vmax
-    return err, verr, cf
+    return err, verr, cf, vcf
 
 names = "F32 F16 BF16 FP8 INT8 INT4 INT2 TERN BIN".split()
 if MUTATE:
     # only the transposed cases, with the mutation: the check must fail
     worst_t = 0
     for f, G, VG, n, resid in [(INT2, 4, 32, 32, 13), (INT4, 2, 64, 20, 0), (INT4, 4, 32, 32, 0)]:
-        e, ve, cf = run_t(f, G, VG, n, resid=resid)
+        e, ve, cf, vcf = run_t(f, G, VG, n, resid=resid)
         worst_t = max(worst_t, e, ve)
         print(f"MUTATED ({MUTATE}) PIPE_T K/V {names[f]} G{G} VG{VG} n{n:2d} + F32 {resid:2d}: scores {e:.2e}, values {ve:.2e}", flush=True)
     print("worst (mutated)", worst_t, "FAILS as it should" if worst_t > 1e-4 else "PASSES: the mutation was not caught")
@@ -641,10 +673,12 @@ for kf, vf, G, VG, n, vf2 in [(INT2, INT2, 4, 32, 32, None), (INT4, INT4, 4, 32,
 print("worst", worst)
 worst_t = 0
 for f, G, VG, n, resid in [(INT2, 4, 32, 32, 0), (INT2, 4, 32, 32, 13), (INT4, 4, 32, 32, 0), (INT4, 4, 32, 20, 32), (INT2, 2, 64, 17, 0),
-                           (INT4, 2, 32, 32, 5), (INT2, 1, 128, 32, 8), (INT4, 1, 32, 9, 0), (INT2, 4, 128, 31, 1)]:
-    e, ve, cf = run_t(f, G, VG, n, resid=resid)
+                           (INT4, 2, 32, 32, 5), (INT2, 1, 128, 32, 8), (INT4, 1, 32, 9, 0), (INT2, 4, 128, 31, 1),
+                           (INT2, 2, 32, 9, 20), (INT2, 4, 64, 32, 32)]:
+    e, ve, cf, vcf = run_t(f, G, VG, n, resid=resid)
     worst_t = max(worst_t, e, ve)
     assert cf == 0, f"query copy loads with {cf} bank conflicts"
-    print(f"PIPE_T K/V {names[f]} G{G} VG{VG} n{n:2d} + F32 {resid:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}, query bank conflicts {cf}", flush=True)
+    vw = f", value ldmatrix wavefronts {vcf}" if f == INT2 else ""
+    print(f"PIPE_T K/V {names[f]} G{G} VG{VG} n{n:2d} + F32 {resid:2d}: scores rel err {e:.2e}, values rel err {ve:.2e}, query bank conflicts {cf}{vw}", flush=True)
 print("worst (transposed)", worst_t)
 sys.exit(0 if max(worst, worst_t) <= 1e-4 else 1)

@@ -171,14 +171,14 @@ public static class PagedChecks
 
     /// <summary>
     /// Key norms on the device (key-norm's scores) = the float64 norms of the device's stored keys as the CPU codec decodes
-    /// them, for every block format and a mixed-format cache, head dims 64/128/256, heads of different lengths (partial
+    /// them, for every block format and a mixed-format cache, head dims 64/128 (the paged cache's), heads of different lengths (partial
     /// blocks, the float32 residual).
     /// </summary>
     public static string KeyNormsMatchCpu()
     {
         double worst = 0;
         int rows = 0;
-        foreach (int hd in new[] { 128, 64, 256 })
+        foreach (int hd in new[] { 128, 64 })
             foreach (var f in Cases)
             {
                 var rnd = new RandomData();
@@ -212,14 +212,14 @@ public static class PagedChecks
     /// R-KV's raw redundancy on the device = a float64 reference over the device's stored keys as the CPU codec decodes
     /// them: for each key the sum of its cosine similarities above the threshold with the later keys, over n − 1. A pair
     /// within 1e-5 of the threshold may count or not (float32 dots on the device), so the device's value must lie between
-    /// the sums without and with those pairs. Every block format and mixed, head dims 64/128/256, thresholds that count
+    /// the sums without and with those pairs. Every block format and mixed, head dims 64/128, thresholds that count
     /// every pair (−2), about a third (0.05) and few (0.5).
     /// </summary>
     public static string KeyRedundancyMatchesCpu()
     {
         double worst = 0;
         int rows = 0;
-        foreach (int hd in new[] { 128, 64, 256 })
+        foreach (int hd in new[] { 128, 64 })
             foreach (var f in Cases)
             {
                 var rnd = new RandomData();

@@ -20,9 +20,9 @@
 // F32 and BF16 blocks (the F32 residual of every head, BF16 re-quantized tokens) are not exact in f16: CUDA cores read
 // them into the same accumulators.
 // Lane l = 4·gid + tig: for scores it holds query head gid's channels [32·tig, 32·tig + 32) and loads key row gid of
-// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) of chunk k of tokens
-// 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order inside the 16-channel steps follows each
-// format's unpacking (key_low_channel), identically in A and B.
+// each 8-key tile (the same channels); for values it loads channels 32k + 4·gid + [0, 4) (4·pipe_value_quad(gid) in the
+// transposed INT2 builds) of chunk k of tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9 of each 16-token step. The k order
+// inside the 16-channel steps follows each format's unpacking (key_low_channel), identically in A and B.
 
 __device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
@@ -473,6 +473,15 @@ __device__ __forceinline__ void int4_fragments(unsigned x, unsigned (&f)[4])
     f[2] = code_frag<0, RAW>(x8, 0x000f000fu); f[3] = code_frag<4, RAW>(x8, 0x00f000f0u);
 }
 
+// The fragments of the 4 2-bit channels of two tokens, x = their bytes (token a's in bits 0-7, token b's in bits 16-23;
+// the other bits are ignored): channel i of token a in the low half of f[i], of token b in the high half (RAW: code_frag).
+template <bool RAW = false>
+__device__ __forceinline__ void int2_fragments(unsigned x, unsigned (&f)[4])
+{
+    f[0] = code_frag<0, RAW>(x, 0x00030003u); f[1] = code_frag<2, RAW>(x, 0x000c000cu);
+    f[2] = code_frag<4, RAW>(x, 0x00300030u); f[3] = code_frag<6, RAW>(x, 0x00c000c0u);
+}
+
 // B fragments (token a's channel i low, token b's high) of the 4 channels of two tokens' pieces (RAW: code_frag).
 template <int F, bool RAW = false>
 __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigned* b, unsigned (&f)[4])
@@ -499,12 +508,7 @@ __device__ __forceinline__ void value_fragments(const unsigned* a, const unsigne
         f[2] = code_frag<0, RAW>(prmt(a[0], b[0], 0x6622u), 0x00ff00ffu); f[3] = code_frag<0, RAW>(prmt(a[0], b[0], 0x7733u), 0x00ff00ffu);
     }
     else if constexpr (F == KV_INT4) int4_fragments<RAW>(prmt(a[0], b[0], 0x5410u), f);
-    else if constexpr (kv_bits(F) == 2)
-    {
-        const unsigned x = a[0] | (b[0] << 16);
-        f[0] = code_frag<0, RAW>(x, 0x00030003u); f[1] = code_frag<2, RAW>(x, 0x000c000cu);
-        f[2] = code_frag<4, RAW>(x, 0x00300030u); f[3] = code_frag<6, RAW>(x, 0x00c000c0u);
-    }
+    else if constexpr (kv_bits(F) == 2) int2_fragments<RAW>(a[0] | (b[0] << 16), f);
     else
     {
         const unsigned x = (a[0] & 0xfu) | ((b[0] & 0xfu) << 16);
@@ -905,6 +909,12 @@ __device__ __forceinline__ int pipe_q(int g, int c) { return g * PIPE_QROW + (c 
 #else
 #define PIPE_T 0
 #endif
+
+// PIPE_T's INT2 builds read a 16-token step's value codes with one ldmatrix (pipe_int2_values) instead of 16 one-byte
+// loads, which leaves lane gid with the 4 channels 32k + 4·pipe_value_quad(gid) + [0, 4) of chunk k (a permutation of
+// the quads; every other build's order is gid itself); the F32 residual's values and the output follow it.
+#define PIPE_T2 (PIPE_T && ((PIPE_FORMATS) & ~1) == (1 << KV_INT2))
+__device__ __forceinline__ constexpr int pipe_value_quad(int gid) { return PIPE_T2 ? 2 * (gid & 3) + (gid >> 2) : gid; }
 
 // PIPE_T's query copy (in the same G·PIPE_QROW words): head g's part p (0 hi, 1 lo) of channels c, c + 1 (c even) as one
 // f16x2 word, the 32 channels of lane block t = c >> 5 in 16 consecutive words. A lane reads its column's part x and, for
@@ -1590,6 +1600,33 @@ __device__ __forceinline__ StepSide step_side_t(float p0, float p1)
     return { movmatrix_t(w0), movmatrix_t(w0 << 16), movmatrix_t(w1), movmatrix_t(w1 << 16) };
 }
 
+// PIPE_T2: the value codes of one 16-token step of a staged INT2 block (rows past n read row n - 1) as pairs[k][s]: the
+// lane's byte of chunk k (channels 32k + 4·pipe_value_quad(gid) + [0, 4)) of tokens 2·tig + 8s (bits 0-7) and
+// 2·tig + 8s + 1 (bits 16-23), the form value_fragments' masks take (the other bytes are masked off). One ldmatrix .trans
+// (matrix 2x + s: tokens 8s + [0, 8), bytes 16x + [0, 16) of their 32-byte rows) gives lane gid the bytes 16x + 2·gid and
+// 16x + 2·gid + 1 of its 4 tokens: chunk 2x + (gid >> 2)'s bytes 2·(gid & 3), 2·(gid & 3) + 1. A P·V mma takes one
+// chunk (its B holds that chunk's value steps), so lanes gid and gid ^ 4 swap halves (one shuffle a register): the low
+// lane (gid < 4) keeps the even byte of its chunk 2x and takes its partner's even byte of chunk 2x + 1, the high lane the
+// odd bytes of both (its own chunk 2x + 1's, its partner's of chunk 2x); one prmt a pair picks a lane's byte (shifted
+// down for the high lane: the masks are those of byte 0). This replaces 16 one-byte loads (2 wavefronts each: the
+// tig rows 64 bytes apart share banks) and their 8 pair merges with 1 ldmatrix, 4 shuffles and 8 prmt.
+__device__ __forceinline__ void pipe_int2_values(const SharedSrc& vb, int n, int h, int gid, int tig, unsigned (&pairs)[4][2])
+{
+    const int lane = 4 * gid + tig, m = lane >> 3;
+    unsigned r[4];
+    vb.trans4(min(16 * h + 8 * (m & 1) + (lane & 7), n - 1) * 32 + 16 * (m >> 1), r);
+    // the low lane's chunk 2x from r's bytes 0, 2 and chunk 2x + 1 from z's; the high lane's chunk 2x from z's bytes 1, 3
+    // and chunk 2x + 1 from r's
+    const unsigned sel = gid < 4 ? 0x3210u : 0x7765u;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        const unsigned z = __shfl_xor_sync(0xffffffffu, r[i], 16);
+        pairs[2 * (i >> 1)][i & 1] = prmt(r[i], z, sel);
+        pairs[2 * (i >> 1) + 1][i & 1] = prmt(z, r[i], sel); // the operands swapped: the selector's nibbles ^ 4
+    }
+}
+
 // PIPE_T's o += P·V over the n visible tokens of a staged INT2 or INT4 value block: pipe_values with the probabilities
 // p[h][e] (token 16h + gid + 8e of head tig) moved to the B layout by step_side_t; the value fragments, their parameters,
 // the min terms and the chunk products as pipe_values (x is the lane's unscaled part: the min terms' B).
@@ -1617,11 +1654,12 @@ __device__ __forceinline__ void pipe_values_t(const SharedSrc& vb, int n, int to
                 pairs[2 * x][0] = r[0]; pairs[2 * x][1] = r[1]; pairs[2 * x + 1][0] = r[2]; pairs[2 * x + 1][1] = r[3];
             }
         }
+        else if constexpr (PIPE_T2) pipe_int2_values(vb, n, h, gid, tig, pairs);
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
             const int row = min(16 * h + 2 * tig + (u & 1) + 8 * (u >> 1), n - 1);
-            if constexpr (F != KV_INT4)
+            if constexpr (F != KV_INT4 && !PIPE_T2)
 #pragma unroll
                 for (int k = 0; k < 4; k++) value_piece_src<BITS>(vb, row * ROW, k, gid, piece[u][k]);
             if constexpr (!FULL)
@@ -1645,6 +1683,11 @@ __device__ __forceinline__ void pipe_values_t(const SharedSrc& vb, int n, int to
             {
                 int4_fragments<true>(pairs[k][0], b0);
                 int4_fragments<true>(pairs[k][1], b1);
+            }
+            else if constexpr (PIPE_T2)
+            {
+                int2_fragments<true>(pairs[k][0], b0);
+                int2_fragments<true>(pairs[k][1], b1);
             }
             else
             {
@@ -1679,12 +1722,12 @@ __device__ __forceinline__ void pipe_values_float_t(const u8* vb, int n, const f
                     float x[4];
                     if constexpr (F == KV_F32)
                     {
-                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 4 * gid));
+                        const float4 x0 = *reinterpret_cast<const float4*>(row + 4 * (32 * k + 4 * pipe_value_quad(gid)));
                         x[0] = x0.x; x[1] = x0.y; x[2] = x0.z; x[3] = x0.w;
                     }
                     else
                     {
-                        const uint2 b = *reinterpret_cast<const uint2*>(row + 2 * (32 * k + 4 * gid));
+                        const uint2 b = *reinterpret_cast<const uint2*>(row + 2 * (32 * k + 4 * pipe_value_quad(gid)));
                         x[0] = bf16_to_f32((u16)b.x); x[1] = bf16_to_f32((u16)(b.x >> 16)); x[2] = bf16_to_f32((u16)b.y); x[3] = bf16_to_f32((u16)(b.y >> 16));
                     }
 #pragma unroll
@@ -1970,7 +2013,7 @@ __device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const 
         for (int r = 0; r < 4; r += 2)
         {
             const int k = j >> 1, i = 2 * (j & 1) + (r >> 1);
-            atomicAdd(&ov[tig * HD + 32 * k + 4 * gid + i], f * ((o[j][r] + o[j][r + 1]) * u[i] + mc[k]));
+            atomicAdd(&ov[tig * HD + 32 * k + 4 * pipe_value_quad(gid) + i], f * ((o[j][r] + o[j][r + 1]) * u[i] + mc[k]));
         }
 }
 

@@ -44,7 +44,7 @@ public sealed partial class CudaPagedKvCache
     /// format), computed on the device so that only the norms are read back. Returns per head [<see cref="HeadIndex"/>]
     /// one norm per stored token, in storage order.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernels'.</exception>
+    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences.</exception>
     public float[][] KeyNorms() => PerKey("key norms", (l, output, stride) =>
     {
         var (desc, blocks, tokens) = LayerTables(l);
@@ -56,7 +56,7 @@ public sealed partial class CudaPagedKvCache
     /// keys in storage order: the sum of the cosine similarities above <paramref name="threshold"/> with the later stored
     /// keys, over n − 1), computed on the device. Returns per head [<see cref="HeadIndex"/>] one value per stored token.
     /// </summary>
-    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences, or its head dimension is above the kernels'.</exception>
+    /// <exception cref="KvSharpException">The cache holds VidKV blocks or several sequences.</exception>
     public float[][] KeyRedundancy(double threshold) => PerKey("R-KV's redundancy", (l, output, stride) =>
     {
         var (desc, blocks, tokens) = LayerTables(l);
@@ -72,8 +72,6 @@ public sealed partial class CudaPagedKvCache
     {
         RefuseVidKv(what);
         if (Batch != 1) throw new KvSharpException($"{what} on the GPU read a cache of one sequence, not {Batch}");
-        if (Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
-            throw new KvSharpException($"{what} on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
         int stride = MaxBlocks * BlockTokens;
         using var values = Device.Allocate(Math.Max(1L, (long)HeadCount * stride) * sizeof(float));
         for (int l = 0; l < Config.NumLayers; l++) launch(l, values.Pointer + (ulong)((long)HeadIndex(l, 0, 0) * stride * sizeof(float)), stride);

@@ -80,8 +80,6 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Shared memory of one key-norm (<paramref name="tiles"/> = 1) or redundancy (2) block: the key tiles, the sums and norms.</summary>
     private static int KeyTileSharedBytes(int headDim, int tiles) => 4 * (tiles * headDim * ValueNormTokens + 9 * ValueNormTokens);
 
-    private bool _redundancyShared;
-
     /// <summary>
     /// ‖k_t‖₂ of one layer's stored tokens (storage order) into output [kvHeads, stride], up to
     /// <paramref name="maxTokens"/> a head (press_key_norms; the tables are the layer's, pre-offset).
@@ -103,14 +101,8 @@ internal sealed partial class CudaPagedKernels
         int headDim, int blockTokens, int valueGroup, int maxBlocks, double threshold)
     {
         if (maxTokens <= 0) return;
-        var f = _cache["press_key_redundancy"];
-        lock (_cache) // one limit per function, the largest head dimension's (as the statistics')
-            if (!_redundancyShared)
-            {
-                f.AllowSharedMemory(KeyTileSharedBytes(StatsMaxHeadDim, 2));
-                _redundancyShared = true;
-            }
-        f.Launch(new Dim3((uint)((maxTokens + ValueNormTokens - 1) / ValueNormTokens), (uint)kvHeads), 256, KeyTileSharedBytes(headDim, 2), pool,
+        // 34 KB at the paged cache's largest head dimension (128): within the 48 KB a launch gets without opting in.
+        _cache["press_key_redundancy"].Launch(new Dim3((uint)((maxTokens + ValueNormTokens - 1) / ValueNormTokens), (uint)kvHeads), 256, KeyTileSharedBytes(headDim, 2), pool,
             desc, headBlocks, headTokens, output, Arg.Int(stride), Arg.Int(headDim), Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(maxBlocks),
             Arg.Double(threshold));
     }
