@@ -16,7 +16,8 @@ namespace KvSharp.Cli.Engine;
 /// StreamingLLM the positions; scores, eviction and re-quantization (KIVI, KVTuner, MiKV, ZipVL, LeanKV) on the GPU, the CPU
 /// press's budget or tiers on the host; sequences press by press), then each question appended, answered with the device sampler and
 /// rolled back to the compressed context (<see cref="CudaPagedKvCache.Restore"/>). The same protected prefix (the
-/// BOS), capacity and answer length as the CPU's <c>ask</c>, so with float32 weights the two give the same answers. Presses
+/// BOS), capacity and answer length as the CPU's <c>ask</c>, so with float32 weights the two give the same answers.
+/// --decode-press compresses each answer's copy of the context while it is generated (<see cref="CudaDecodePresses"/>). Presses
 /// the device does not run, clusterkv, --query-aware and --compare are refused in one line.
 /// </summary>
 internal static class CudaAsk
@@ -26,9 +27,11 @@ internal static class CudaAsk
         if (request.QueryAware) throw new UsageException("--query-aware is not supported with --device cuda: the device presses the context once, question-agnostic");
         if (request.CompareFull) throw new UsageException("--compare is not supported with --device cuda: answer with --device cpu to compare against the full cache");
         if (request.Press?.Recall != null) throw new UsageException($"--press {request.Press.Text}: clusterkv recall does not run on the GPU; use --device cpu");
-        if (request.Options.DecodeCompression is { } decodePress) throw new UsageException($"--decode-press {decodePress.Text} does not run on the GPU; use --device cpu");
+        if (request.Options.DecodeCompression is { } decodePress) CudaDecodePresses.Check(decodePress);
         CudaGeneration.RefuseResidualWindow(request.Model);
         var press = request.Press?.Press is { } p ? CudaContextPresses.From(p) : null; // a press the device does not run: one line naming it
+        if (press is CudaVidKvPress && request.Options.DecodeCompression is { } decoding)
+            throw new UsageException($"--decode-press {decoding.Text} cannot follow --press {press.Text} on the GPU: the device does not evict VidKV blocks");
         string text;
         try { text = File.ReadAllText(request.ContextFile); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new KvSharpException($"--context {request.ContextFile}: {e.Message}", e); }
@@ -59,15 +62,22 @@ internal static class CudaAsk
         var answers = new Table().AddColumn("question").AddColumn("answer").AddColumn("decode tok/s");
         var decode = new List<double>();
         using var sampler = new CudaSampler(device, model.Config.VocabSize, request.Options.EffectiveSampler);
+        // A decode press evicts context tokens while answering, which a checkpoint does not undo (it rolls appends back):
+        // each answer then runs on a copy of the compressed context, uploaded from one read-back, as the CPU answers on a fork.
+        using var compressed = request.Options.DecodeCompression != null ? cache.Download() : null;
         using (var context = cache.Save())
             foreach (var question in request.Questions)
             {
                 cancellation.ThrowIfCancellationRequested();
                 var q = model.Encode(question, addBos: false);
+                sampler.Restart(); // each answer draws the seed's sequence from its start, as the CPU's new sampler per question does
+                using var copy = compressed != null ? CudaPagedKvCache.Upload(device, model.Config, compressed, ctx) : null;
+                var answering = copy ?? cache;
                 try
                 {
-                    var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (t, history) => gpu.ForwardSample(t, cache, sampler, history),
-                        () => cache.Length, q, ctx, request.Options, cancellation: cancellation);
+                    var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (t, history) => gpu.ForwardSample(t, answering, sampler, history),
+                        () => answering.Length, q, ctx, request.Options, cancellation: cancellation,
+                        startDecode: compression => CudaDecodePresses.Start(compression, answering));
                     decode.Add(result.DecodeTokensPerSecond);
                     answers.AddRow(Markup.Escape(question), Markup.Escape(result.Text.Trim()), $"{result.DecodeTokensPerSecond:F0}");
                 }

@@ -17,7 +17,8 @@ namespace KvSharp.Cli.Engine;
 /// (<see cref="CudaSampler"/>: the CPU sampler's rules and random sequence), stop strings and text on the host through the
 /// same loop as the CPU engine (<see cref="Generator.Run(Tokenization.ITokenizer, int, Generator.NextToken, Func{int}, IReadOnlyList{int}, int, GenerationOptions, Action{string}?, CancellationToken)"/>).
 /// --load-cache uploads a saved cache and continues it on the device; --save-cache reads the device cache back
-/// (<see cref="CudaPagedKvCache.Download"/>) and saves it as the CPU engine does.
+/// (<see cref="CudaPagedKvCache.Download"/>) and saves it as the CPU engine does. --decode-press compresses the paged cache
+/// while generating (<see cref="CudaDecodePresses"/>: the CPU session's choices, statistics and eviction on the device).
 /// </summary>
 internal static class CudaGeneration
 {
@@ -25,6 +26,7 @@ internal static class CudaGeneration
     {
         var source = request.Model;
         RefuseResidualWindow(source);
+        if (request.Options.DecodeCompression is { } decodePress) CudaDecodePresses.Check(decodePress);
         // Before loading the model: without a GPU this is one "CUDA unavailable: ..." line, at once.
         using var device = CudaDevice.Open();
         using var model = engine.Load(source);
@@ -36,7 +38,7 @@ internal static class CudaGeneration
 
         var weightType = WeightType(model.Weights);
         using var gpu = new CudaTransformer(device, model.Weights, weightType);
-        using var cache = CreateCache(engine, source, model, gpu, device, ctx);
+        using var cache = CreateCache(engine, source, model, gpu, device, ctx, paged: options.DecodeCompression != null);
         status.WriteLine(cache is CudaPagedKvCache paged
             ? $"cuda: {device}, {weightType} weights, paged KV cache of {ctx} tokens ({paged.KeyLayout.Format} keys, {paged.ValueLayout.Format} values, {paged.AttentionKernel} attention)"
             : $"cuda: {device}, {weightType} weights, float16 KV cache of {ctx} tokens");
@@ -45,7 +47,8 @@ internal static class CudaGeneration
         // Sampling on the device: only each chosen token comes back, not the vocabulary's logits.
         using var sampler = new CudaSampler(device, model.Config.VocabSize, options.EffectiveSampler);
         var result = Generator.Run(model.Tokenizer, model.Config.MaxContext, (tokens, history) => gpu.ForwardSample(tokens, cache, sampler, history),
-            () => cache.Length, prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation);
+            () => cache.Length, prompt, ctx, options, s => { output.Write(s); output.Flush(); }, cancellation,
+            compression => CudaDecodePresses.Start(compression, (CudaPagedKvCache)cache));
         output.WriteLine();
         if (source.SaveCache != null)
         {
@@ -61,18 +64,18 @@ internal static class CudaGeneration
     /// <summary>
     /// The device KV cache: a --load-cache file loaded on the host as the CPU engine loads it and uploaded block by block
     /// (<see cref="CudaPagedKvCache.Upload(CudaDevice, ModelConfig, PagedKvCache, int, long?)"/>); else the paged cache of
-    /// --kv-cache's formats (F32 blocks when only --save-cache asks for a savable cache, as on the CPU); else the dense
-    /// float16 cache.
+    /// --kv-cache's formats (F32 blocks when only --save-cache asks for a savable cache or a decode press (<paramref name="paged"/>)
+    /// for one it can evict from, as on the CPU); else the dense float16 cache.
     /// </summary>
     private static DeviceKvCache CreateCache(EngineFacade engine, ModelSource source, LanguageModel model, CudaTransformer gpu,
-        CudaDevice device, int ctx)
+        CudaDevice device, int ctx, bool paged)
     {
         if (source.LoadCache != null)
         {
             using var loaded = (PagedKvCache)engine.CreateCache(source, model, ctx);
             return CudaPagedKvCache.Upload(device, model.Config, loaded, ctx);
         }
-        var spec = source.KvCache ?? (source.SaveCache != null ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
+        var spec = source.KvCache ?? (source.SaveCache != null || paged ? new KvCacheSpec(KvFormat.F32, KvFormat.F32) : null);
         return spec != null
             ? gpu.CreatePagedCache(new PagedKvCacheOptions { KeyFormat = spec.Keys, ValueFormat = spec.Values, MaxTokens = ctx }, ctx)
             : gpu.CreateCache(ctx);

@@ -57,31 +57,33 @@ public sealed class Generator
         options.Validate();
         var sampler = new Sampler(options.EffectiveSampler);
         return RunSteps(tokenizer, maxContext, (tokens, history) => sampler.Sample(forward(tokens), history), cachedTokens,
-            prompt, contextLength, options, onText, cancellation, cache);
+            prompt, contextLength, options, onText, cancellation, cache == null ? null : c => c.Start(cache));
     }
 
     /// <summary>
     /// The generation loop over a forward pass that also chooses the next token (the CUDA backend sampling on the device:
     /// <see cref="NextToken"/>), with options.EffectiveSampler's rules left to it. Stop strings, end-of-sequence and
-    /// streamed text work as in <see cref="Generate"/>; decode-time compression is refused (it needs the engine's cache).
+    /// streamed text work as in <see cref="Generate"/>. <see cref="GenerationOptions.DecodeCompression"/> needs
+    /// <paramref name="startDecode"/>, which starts its session over the cache behind <paramref name="next"/> once the
+    /// prompt is prefilled (the CUDA backend's <c>CudaDecodePresses.Start</c>); without it, it is refused.
     /// </summary>
     public static GenerationResult Run(
         ITokenizer tokenizer, int maxContext, NextToken next, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
-        Action<string>? onText = null, CancellationToken cancellation = default)
+        Action<string>? onText = null, CancellationToken cancellation = default, Func<IDecodeCompression, IDecodeSession>? startDecode = null)
     {
         options.Validate();
-        return RunSteps(tokenizer, maxContext, next, cachedTokens, prompt, contextLength, options, onText, cancellation, null);
+        return RunSteps(tokenizer, maxContext, next, cachedTokens, prompt, contextLength, options, onText, cancellation, startDecode);
     }
 
     /// <summary>The loop behind both <c>Run</c> overloads; <paramref name="options"/> are validated by the caller.</summary>
     private static GenerationResult RunSteps(
         ITokenizer tokenizer, int maxContext, NextToken step, Func<int> cachedTokens,
         IReadOnlyList<int> prompt, int contextLength, GenerationOptions options,
-        Action<string>? onText, CancellationToken cancellation, IKvCache? cache)
+        Action<string>? onText, CancellationToken cancellation, Func<IDecodeCompression, IDecodeSession>? startDecode)
     {
-        if (options.DecodeCompression is not null && cache is null)
-            throw new KvSharpException("decode-time compression needs the engine's own KV cache: this forward pass keeps its cache elsewhere (e.g. on the GPU)");
+        if (options.DecodeCompression is not null && startDecode is null)
+            throw new KvSharpException("decode-time compression needs the KV cache behind this forward pass: pass the cache (or, for a device cache, the session starter)");
         if (prompt.Count == 0) throw new KvSharpException("the prompt is empty: give at least one token");
         int cached = cachedTokens();
         int free = contextLength - cached;
@@ -106,7 +108,7 @@ public sealed class Generator
         sw.Restart();
 
         StopReason reason = StopReason.MaxTokens;
-        using var decode = options.DecodeCompression?.Start(cache!); // checked non-null above when set
+        using var decode = options.DecodeCompression is { } compression ? startDecode!(compression) : null; // checked non-null above when set
         int steps = 0;
         while (generated.Count < options.MaxTokens)
         {

@@ -68,4 +68,26 @@ public class CudaAskTests
         Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
         Assert.Single(r.Err.TrimEnd().Split('\n'));
     }
+
+    [Theory]
+    [InlineData("h2o:tokens=64")]
+    [InlineData("rkv:tokens=64,every=16")]
+    public void DecodePresses_WithoutGpu_OneCudaUnavailableLine(string press)
+    {
+        if (CudaDevice.IsAvailable) return; // the GPU case is the GPU check "press: decode-time H2O / R-KV on the device"
+        var r = Ask("--press", "snapkv:keep=0.5", "--decode-press", press);
+        Assert.Equal(1, r.Code);
+        Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void DecodePressAfterVidKv_IsAUsageErrorNamingBoth()
+    {
+        var r = Ask("--press", "vidkv", "--decode-press", "h2o:tokens=64");
+        Assert.Equal(2, r.Code);
+        Assert.Contains("--decode-press h2o", r.Err);
+        Assert.Contains("vidkv", r.Err);
+        Assert.DoesNotContain("   at ", r.Err);
+    }
 }

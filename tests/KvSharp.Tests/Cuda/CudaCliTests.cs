@@ -116,4 +116,40 @@ public class CudaCliTests
         Assert.Equal(0, gpu.Code);
         Assert.Equal(cpu.Out, gpu.Out);
     }
+
+    [Theory]
+    [InlineData("h2o:tokens=64")]
+    [InlineData("rkv:tokens=64,every=16")]
+    public void DecodePressesOnCuda_WithoutGpu_OneCudaUnavailableLine(string press)
+    {
+        if (CudaDevice.IsAvailable) return; // the GPU case is DecodePressesOnCuda_GreedyTextEqualsCpu
+        var r = Run("generate", "-m", Stories, "-p", "x", "--device", "cuda", "--decode-press", press);
+        Assert.Equal(1, r.Code);
+        Assert.StartsWith("kvsharp: CUDA unavailable: ", r.Err);
+        Assert.Single(r.Err.TrimEnd().Split('\n'));
+    }
+
+    /// <summary>
+    /// A decode press compressing while the GPU generates gives the CPU engine's sampled text (the device sampler draws the CPU's
+    /// random sequence; dummy weights' greedy text repeats one token whatever the cache holds): float32 dummy weights of the
+    /// needle model's shape with 4 query heads per KV head (as <see cref="SavedOnCpu_LoadedOnGpu_AndBack"/>), budgets small
+    /// enough that every run compresses many times (the kept tokens per head are compared in the GPU check
+    /// "press: decode-time H2O / R-KV on the device = the CPU decode press").
+    /// </summary>
+    [CudaFact]
+    public void DecodePressesOnCuda_GreedyTextEqualsCpu()
+    {
+        DecodePressTextEqualsCpu("h2o:tokens=12,window=4");
+        DecodePressTextEqualsCpu("rkv:tokens=12,every=8,window=4");
+    }
+
+    private static void DecodePressTextEqualsCpu(string press)
+    {
+        string[] args = ["generate", "--dummy", Path.Combine(RepoPaths.Root, "bench", "configs", "needle-gqa4.json"), "--dummy-type", "f32",
+            "--temperature", "0.9", "--seed", "5", "-n", "48", "-p", "Once upon a time", "--decode-press", press];
+        var cpu = Run(args);
+        var gpu = Run([.. args, "--device", "cuda"]);
+        Assert.Equal(0, gpu.Code);
+        Assert.Equal(cpu.Out, gpu.Out);
+    }
 }

@@ -9,7 +9,8 @@ namespace KvSharp.Compression.Decoding;
 /// than <see cref="Tokens"/> candidate tokens (stored tokens at positions ≥ <see cref="Protect"/>) keeps its
 /// <see cref="Tokens"/> best-scoring candidates (+∞ scores always kept, counted in the budget; ties to the later token)
 /// and evicts the rest, so the cache never holds more than <see cref="Tokens"/> + <see cref="Every"/> − 1 candidates per
-/// head during a generation. Needs a <see cref="PagedKvCache"/> (it evicts and reads attention statistics).
+/// head during a generation. Needs a <see cref="PagedKvCache"/> (it evicts and reads attention statistics), or the device's
+/// paged cache through <c>CudaDecodePresses.Start</c>.
 /// </summary>
 public abstract class DecodePress : IDecodeCompression
 {
@@ -41,9 +42,9 @@ public abstract class DecodePress : IDecodeCompression
         ArgumentNullException.ThrowIfNull(cache);
         var paged = cache as PagedKvCache
             ?? throw new KvSharpException($"decode press '{Text}' needs the paged KV cache (it evicts tokens and reads attention statistics), not a {cache.GetType().Name}");
-        return CreateSession(paged);
+        return CreateSession(new PagedDecodeCache(paged));
     }
 
-    /// <summary>The method's state for one generation over <paramref name="cache"/>.</summary>
-    private protected abstract DecodePressSession CreateSession(PagedKvCache cache);
+    /// <summary>The method's state for one generation over <paramref name="cache"/> (the CPU's paged cache or the device's).</summary>
+    internal abstract DecodePressSession CreateSession(IDecodeCache cache);
 }

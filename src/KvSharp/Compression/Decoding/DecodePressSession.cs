@@ -1,4 +1,3 @@
-using KvSharp.Cache.Paged;
 using KvSharp.Compression.Budgets;
 using KvSharp.Generation;
 
@@ -8,11 +7,11 @@ namespace KvSharp.Compression.Decoding;
 /// The schedule and eviction shared by decode presses: after every <see cref="DecodePress.Every"/>-th step, heads over
 /// budget are scored by the method (<see cref="Score"/>) and cut back to <see cref="DecodePress.Tokens"/> candidates.
 /// </summary>
-internal abstract class DecodePressSession(DecodePress press, PagedKvCache cache) : IDecodeSession
+internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache) : IDecodeSession
 {
     protected DecodePress Press { get; } = press;
 
-    protected PagedKvCache Cache { get; } = cache;
+    protected IDecodeCache Cache { get; } = cache;
 
     /// <summary>Compression steps that evicted something.</summary>
     public int Compressions { get; private set; }
@@ -51,6 +50,7 @@ internal abstract class DecodePressSession(DecodePress press, PagedKvCache cache
         if (!OverBudget()) return;
         var scores = Score();
         LastScores = scores;
+        var drops = new bool[Cache.Layers * Cache.KvHeads][];
         for (int l = 0; l < Cache.Layers; l++)
         {
             if (Cache.SharedLayerSource(l) >= 0) continue; // a shared layer stores nothing: its source is compressed
@@ -63,9 +63,10 @@ internal abstract class DecodePressSession(DecodePress press, PagedKvCache cache
                 var evict = new bool[positions.Count];
                 for (int i = 0; i < keep.Length; i++) evict[first + i] = !keep[i];
                 EvictedTokens += evict.Count(e => e);
-                Cache.Evict(l, h, evict);
+                drops[l * Cache.KvHeads + h] = evict;
             }
         }
+        Cache.Evict(drops); // all heads at once: the device compacts its pool once per compression
         Compressions++;
         Evicted();
     }

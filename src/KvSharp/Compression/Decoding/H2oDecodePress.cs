@@ -1,6 +1,5 @@
 using System.Globalization;
 using KvSharp.Cache;
-using KvSharp.Cache.Paged;
 
 namespace KvSharp.Compression.Decoding;
 
@@ -27,9 +26,9 @@ public sealed class H2oDecodePress : DecodePress
     /// <inheritdoc />
     public override string Text => string.Create(CultureInfo.InvariantCulture, $"h2o:tokens={Tokens},every={Every},window={Window},protect={Protect}");
 
-    private protected override DecodePressSession CreateSession(PagedKvCache cache) => new Session(this, cache);
+    internal override DecodePressSession CreateSession(IDecodeCache cache) => new Session(this, cache);
 
-    private sealed class Session(H2oDecodePress press, PagedKvCache cache) : DecodePressSession(press, cache)
+    private sealed class Session(H2oDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
     {
         private readonly int[][] _positions = new int[cache.Layers * cache.KvHeads][];
         private readonly double[][] _sums = new double[cache.Layers * cache.KvHeads][];

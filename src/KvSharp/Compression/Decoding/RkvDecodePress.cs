@@ -1,6 +1,5 @@
 using System.Globalization;
 using KvSharp.Cache;
-using KvSharp.Cache.Paged;
 using KvSharp.Compression.Scorers;
 
 namespace KvSharp.Compression.Decoding;
@@ -42,12 +41,12 @@ public sealed class RkvDecodePress : DecodePress
     public override string Text => string.Create(CultureInfo.InvariantCulture,
         $"rkv:tokens={Tokens},every={Every},window={Window},kernel={Kernel},lambda={Lambda:R},threshold={Threshold:R},protect={Protect}");
 
-    private protected override DecodePressSession CreateSession(PagedKvCache cache) => new Session(this, cache);
+    internal override DecodePressSession CreateSession(IDecodeCache cache) => new Session(this, cache);
 
-    private sealed class Session(RkvDecodePress press, PagedKvCache cache) : DecodePressSession(press, cache)
+    private sealed class Session(RkvDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
     {
         private readonly RkvDecodePress _press = press;
-        private AttentionStatistics? _observed;
+        private ObservedAttention? _observed;
         private bool _collecting;
 
         public override void BeforeStep(int step)

@@ -18,6 +18,13 @@ public sealed partial class CudaPagedKvCache
     public bool IsCollectingStatistics => _statistics != null;
 
     /// <summary>
+    /// Whether the statistics buffers ([heads, capacity] maxima and sums) outlive a collection, for the next one, until the
+    /// cache is disposed. A decode press collects at every observed step (H2O: every step), where allocating and freeing
+    /// them each time costs more than the step's statistics; a context press collects once and frees them.
+    /// </summary>
+    internal bool KeepsStatisticsBuffers { get; set; }
+
+    /// <summary>
     /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
     /// forward pass over this cache adds, for its query rows at position ≥ <see cref="AttentionStatisticsRequest.FirstQueryPosition"/>,
     /// the softmax probability each gives every token each (layer, KV head) stores now (the covered tokens), folded over the
@@ -37,9 +44,9 @@ public sealed partial class CudaPagedKvCache
             throw new KvSharpException($"attention statistics on the GPU take head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {Config.HeadDim}");
         if (request.FirstQueryPosition < 0) throw new ArgumentOutOfRangeException(nameof(request), $"FirstQueryPosition must be ≥ 0, got {request.FirstQueryPosition}");
         long perHead = (long)MaxBlocks * BlockTokens;
-        _statMax = Device.Allocate(HeadCount * perHead * sizeof(float));
-        _statSum = Device.Allocate(HeadCount * perHead * sizeof(float));
-        _covered = Device.Allocate(HeadCount * sizeof(int));
+        _statMax ??= Device.Allocate(HeadCount * perHead * sizeof(float));
+        _statSum ??= Device.Allocate(HeadCount * perHead * sizeof(float));
+        _covered ??= Device.Allocate(HeadCount * sizeof(int));
         _statMax.Fill32(0);
         _statSum.Fill32(0);
         _covered.CopyFromAsync(_headTokens, HeadCount * sizeof(int));
@@ -59,18 +66,26 @@ public sealed partial class CudaPagedKvCache
         Device.Synchronize();
         var counts = new int[HeadCount];
         covered.Download<int>(counts);
-        long perHead = (long)MaxBlocks * BlockTokens;
-        var maxOut = new float[HeadCount][];
-        var sumOut = new float[HeadCount][];
-        for (int h = 0; h < HeadCount; h++)
-        {
-            maxOut[h] = new float[counts[h]];
-            sumOut[h] = new float[counts[h]];
-            max.Download<float>(maxOut[h], h * perHead * sizeof(float));
-            sum.Download<float>(sumOut[h], h * perHead * sizeof(float));
-        }
+        var maxOut = DownloadHeads(max, counts);
+        var sumOut = DownloadHeads(sum, counts);
         StopStatistics();
         return (maxOut, sumOut);
+    }
+
+    /// <summary>
+    /// The first <paramref name="counts"/>[h] values of each head's row of <paramref name="perHead"/> [HeadCount, MaxBlocks ·
+    /// BlockTokens]: one strided copy of every head's first max(counts) values (a decode press reads its statistics back at
+    /// every observed step; a copy per head cost a round trip each, 2 · HeadCount a step).
+    /// </summary>
+    private float[][] DownloadHeads(DeviceBuffer perHead, int[] counts)
+    {
+        long pitch = (long)MaxBlocks * BlockTokens * sizeof(float);
+        var result = new float[counts.Length][];
+        int width = counts.Length == 0 ? 0 : counts.Max();
+        var packed = new float[(long)width * counts.Length];
+        perHead.Download2D<float>(packed, 0, pitch, width, counts.Length);
+        for (int h = 0; h < counts.Length; h++) result[h] = packed.AsSpan(h * width, counts[h]).ToArray();
+        return result;
     }
 
     /// <summary>
@@ -291,7 +306,10 @@ public sealed partial class CudaPagedKvCache
     {
         _statistics = null;
         _coverEachForward = false;
-        foreach (var b in new[] { _statMax, _statSum, _covered, _rowNorms }) b?.Dispose();
-        (_statMax, _statSum, _covered, _rowNorms, _valueNorms) = (null, null, null, null, null);
+        _rowNorms?.Dispose();
+        (_rowNorms, _valueNorms) = (null, null);
+        if (KeepsStatisticsBuffers) return; // the next collection fills them again
+        foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
+        (_statMax, _statSum, _covered) = (null, null, null);
     }
 }

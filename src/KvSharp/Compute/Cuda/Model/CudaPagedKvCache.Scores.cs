@@ -115,14 +115,7 @@ public sealed partial class CudaPagedKvCache
     /// <summary>Each head's scores of its stored tokens from a [HeadCount, MaxBlocks · BlockTokens] buffer; ends the collection.</summary>
     private float[][] ReadScores(DeviceBuffer scores)
     {
-        var lengths = HeadLengths(); // synchronous: the scoring launch has finished
-        long perHead = (long)MaxBlocks * BlockTokens;
-        var result = new float[HeadCount][];
-        for (int h = 0; h < HeadCount; h++)
-        {
-            result[h] = new float[lengths[h]];
-            scores.Download<float>(result[h], h * perHead * sizeof(float));
-        }
+        var result = DownloadHeads(scores, HeadLengths());
         StopStatistics();
         return result;
     }

@@ -531,6 +531,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <inheritdoc />
     public override void Dispose()
     {
+        KeepsStatisticsBuffers = false;
         StopStatistics();
         DisposeBuffers();
         base.Dispose();

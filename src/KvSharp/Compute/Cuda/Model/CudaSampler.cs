@@ -12,7 +12,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// float64 rounding of a boundary (their additions run in different orders), and after a row without a finite logit (the
 /// CPU sampler then draws no number; this one does). Each token's host inputs (the draw, the penalty's window) go to the
 /// device in one upload to a fixed buffer, so the kernels can also run inside a captured decode graph. Used through
-/// <see cref="CudaTransformer.ForwardSample"/>; one instance per generation, not thread-safe.
+/// <see cref="CudaTransformer.ForwardSample"/>; one instance per generation (or <see cref="Restart"/> between generations, as
+/// the CPU starts a new sampler for each), not thread-safe.
 /// </summary>
 public sealed class CudaSampler : IDisposable
 {
@@ -58,6 +59,13 @@ public sealed class CudaSampler : IDisposable
 
     /// <summary>The options this sampler applies.</summary>
     public SamplerOptions Options { get; }
+
+    /// <summary>
+    /// Starts the random sequence again from the seed, for the next generation: the CPU engine samples every generation
+    /// (each question of <c>ask</c>) with a new <see cref="Sampler"/>, so a sampler reused across generations without this
+    /// draws different numbers from the second one on. The device buffers and a decode graph that captured this sampler stay valid.
+    /// </summary>
+    public void Restart() => _rng.Reseed(Options.Seed);
 
     /// <summary>
     /// Counts moves of the step buffer the kernels read (a longer penalty window needs a larger one): a decode graph that

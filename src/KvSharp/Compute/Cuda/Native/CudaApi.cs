@@ -45,6 +45,7 @@ internal static unsafe partial class CudaApi
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemcpyDtoHAsync_v2")] public static partial int cuMemcpyDtoHAsync(void* dst, ulong src, nuint bytes, IntPtr stream);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemcpyDtoDAsync_v2")] public static partial int cuMemcpyDtoDAsync(ulong dst, ulong src, nuint bytes, IntPtr stream);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuMemsetD32Async(ulong dst, uint value, nuint count, IntPtr stream);
+    [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemcpy2DAsync_v2")] public static partial int cuMemcpy2DAsync(Memcpy2D* copy, IntPtr stream);
 
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuStreamCreate(out IntPtr stream, uint flags);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(IntPtr stream);
@@ -93,6 +94,28 @@ internal static unsafe partial class CudaApi
         public IntPtr Stream;
         public LaunchAttribute* Attributes;
         public uint AttributeCount;
+    }
+
+    /// <summary>CU_MEMORYTYPE_HOST and CU_MEMORYTYPE_DEVICE.</summary>
+    public const int MemoryTypeHost = 1, MemoryTypeDevice = 2;
+
+    /// <summary>CUDA_MEMCPY2D: source and destination (x in bytes, row, memory type, host / device / array address, pitch), then the width in bytes and the rows.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Memcpy2D
+    {
+        public nuint SrcXInBytes, SrcY;
+        public int SrcMemoryType;
+        public void* SrcHost;
+        public ulong SrcDevice;
+        public IntPtr SrcArray;
+        public nuint SrcPitch;
+        public nuint DstXInBytes, DstY;
+        public int DstMemoryType;
+        public void* DstHost;
+        public ulong DstDevice;
+        public IntPtr DstArray;
+        public nuint DstPitch;
+        public nuint WidthInBytes, Height;
     }
 
     /// <summary>Throws a <see cref="CudaException"/> naming <paramref name="call"/> and the driver's description of the error.</summary>
