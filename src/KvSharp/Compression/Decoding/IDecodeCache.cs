@@ -1,3 +1,4 @@
+using KvSharp.Compression.Scorers;
 using KvSharp.Cache;
 using KvSharp.Cache.Paged;
 
@@ -32,8 +33,11 @@ internal interface IDecodeCache
     /// <summary>Ends the collection: per head the covered positions and their summed folded probability, ascending.</summary>
     ObservedAttention EndStatistics();
 
-    /// <summary>A head's stored keys [Positions.Count, HeadDim], in <see cref="Positions"/>' order.</summary>
-    float[] ReadKeys(int layer, int kvHead);
+    /// <summary>
+    /// R-KV's raw redundancy of every head's stored keys (<see cref="RkvScorer.RawRedundancy"/>: per key the sum of its cosine
+    /// similarities above <paramref name="threshold"/> with the later keys, over n − 1), per head in <see cref="Positions"/>' order.
+    /// </summary>
+    float[][] RawRedundancy(double threshold);
 
     /// <summary>Evicts per head the flagged tokens (<see cref="Positions"/>' order; null = keep all), all heads at once.</summary>
     void Evict(IReadOnlyList<bool[]?> evict);
@@ -80,7 +84,12 @@ internal sealed class PagedDecodeCache(PagedKvCache cache) : IDecodeCache
         return new ObservedAttention(stats.KvHeads, positions, sums);
     }
 
-    public float[] ReadKeys(int layer, int kvHead) => cache.ReadKeys(layer, kvHead);
+    public float[][] RawRedundancy(double threshold)
+    {
+        var raw = new float[cache.Layers * cache.KvHeads][];
+        for (int h = 0; h < raw.Length; h++) raw[h] = RkvScorer.RawRedundancy(cache.ReadKeys(h / cache.KvHeads, h % cache.KvHeads), cache.HeadDim, threshold);
+        return raw;
+    }
 
     public void Evict(IReadOnlyList<bool[]?> evict)
     {

@@ -71,7 +71,7 @@ public sealed class RkvDecodePress : DecodePress
         protected override HeadScores Score()
         {
             var scores = new HeadScores(Cache.Layers, Cache.KvHeads);
-            int d = Cache.HeadDim;
+            var raw = Cache.RawRedundancy(_press.Threshold); // all heads at once: on the device, one kernel a layer
             for (int l = 0; l < Cache.Layers; l++)
                 for (int h = 0; h < Cache.KvHeads; h++)
                 {
@@ -80,7 +80,7 @@ public sealed class RkvDecodePress : DecodePress
                     // equally important and redundancy alone decides.
                     var s = _observed is { } o ? Align(positions, o.Positions(l, h), o.SumProbability(l, h), float.PositiveInfinity) : new float[positions.Count];
                     SnapKvScorer.Pool1D(s, _press.Kernel, max: true);
-                    var redundancy = RkvScorer.Redundancy(Cache.ReadKeys(l, h), d, _press.Threshold);
+                    var redundancy = RkvScorer.SoftMaxed(raw[l * Cache.KvHeads + h]);
                     for (int t = 0; t < s.Length; t++)
                         if (float.IsFinite(s[t])) s[t] = (float)(_press.Lambda * s[t] - (1 - _press.Lambda) * redundancy[t]);
                     scores[l, h] = s;

@@ -104,7 +104,8 @@ public sealed class RkvScorer : IScorer
         return raw;
     }
 
-    private static float[] SoftMaxed(float[] raw)
+    /// <summary>Raw redundancy (<see cref="RawRedundancy"/>) softmaxed over a head's tokens.</summary>
+    internal static float[] SoftMaxed(float[] raw)
     {
         var result = new float[raw.Length];
         if (raw.Length > 0) TensorPrimitives.SoftMax(raw, result);

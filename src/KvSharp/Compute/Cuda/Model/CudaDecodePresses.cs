@@ -2,6 +2,7 @@ using KvSharp.Cache;
 using KvSharp.Cache.Paged;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
+using KvSharp.Compression.Scorers;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Generation;
 
@@ -51,14 +52,13 @@ public static class CudaDecodePresses
 
 /// <summary>
 /// <see cref="CudaPagedKvCache"/> as a decode press sees it: the device's storage order (what eviction flags and statistics
-/// follow) mapped to ascending position (what the session scores in), the keys read back once per compression.
+/// follow) mapped to ascending position (what the session scores in); R-KV's redundancy summed on the device.
 /// </summary>
 internal sealed class CudaDecodeCache : IDecodeCache
 {
     private readonly CudaPagedKvCache _cache;
     private int[][]? _ascending, _order; // per head: positions ascending, and the storage index of each
     private int _orderLength = -1;
-    private PagedKvCache? _keys; // the cache read back for ReadKeys, until the next eviction or append
 
     public CudaDecodeCache(CudaPagedKvCache cache)
     {
@@ -89,14 +89,28 @@ internal sealed class CudaDecodeCache : IDecodeCache
         return new ObservedAttention(KvHeads, positions, sums);
     }
 
-    public float[] ReadKeys(int layer, int kvHead)
+    public float[][] RawRedundancy(double threshold)
     {
-        if (_keys == null || _keys.Length != _cache.Length)
+        // On the device in storage order, which is ascending position for every head a prefill, appends and evictions made
+        // (press_key_redundancy's "later" is the later stored key); a head stored otherwise (an uploaded or re-quantized
+        // cache) is scored on the host from its keys read back in position order.
+        var raw = _cache.KeyRedundancy(threshold);
+        var order = Ordered().Order;
+        PagedKvCache? keys = null;
+        try
         {
-            _keys?.Dispose();
-            _keys = _cache.Download();
+            for (int h = 0; h < raw.Length; h++)
+                if (!IsIdentity(order[h]))
+                {
+                    keys ??= _cache.Download();
+                    raw[h] = RkvScorer.RawRedundancy(keys.ReadKeys(h / KvHeads, h % KvHeads), HeadDim, threshold);
+                }
         }
-        return _keys.ReadKeys(layer, kvHead); // the CPU cache's logical order: ascending position
+        finally
+        {
+            keys?.Dispose();
+        }
+        return raw;
     }
 
     public void Evict(IReadOnlyList<bool[]?> evict)
@@ -109,8 +123,6 @@ internal sealed class CudaDecodeCache : IDecodeCache
             drop[h] = evict[h] is { } flags ? ToStorageOrder(flags, order[h]) : new bool[ascending[h].Length];
             any |= drop[h].Contains(true);
         }
-        _keys?.Dispose();
-        _keys = null;
         _orderLength = -1;
         if (any) _cache.Evict(drop);
     }
@@ -147,6 +159,13 @@ internal sealed class CudaDecodeCache : IDecodeCache
         var sorted = (float[])sums.Clone();
         if (!IsAscending(positions)) Array.Sort(positions, sorted);
         return (positions, sorted);
+    }
+
+    private static bool IsIdentity(int[] order)
+    {
+        for (int i = 0; i < order.Length; i++)
+            if (order[i] != i) return false;
+        return true;
     }
 
     private static bool IsAscending(int[] positions)
