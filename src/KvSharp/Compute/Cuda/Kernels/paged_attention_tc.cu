@@ -1056,6 +1056,25 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
     }
 }
 
+// Channels c .. c + 3 of rows r0 .. r0 + 3 of an F32 or BF16 block (row n - 1 read again past n) as floats: a warp reads
+// a row in one coalesced access, 4 rows' loads in flight (8, 32 registers, spilled in the generic build's 128).
+template <int F>
+__device__ __forceinline__ void float_rows(const u8* kb, int r0, int n, int c, float4 (&x)[4])
+{
+    constexpr int ROW = 128 * kv_bits(F) / 8;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+    {
+        const u8* row = kb + (size_t)min(r0 + j, n - 1) * ROW;
+        if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
+        else
+        {
+            const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
+            x[j] = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
+        }
+    }
+}
+
 // The same for an F32 or BF16 key block on CUDA cores (the residual, read in place when longer than half a ring): lane l
 // reads channels 4l..4l+3 of each row (a warp reads a row in one coalesced access, 4 rows' loads in flight), takes its
 // part of every head's dot product and the warp sums them; the lane holding token t of head gid keeps it. Each lane
@@ -1064,7 +1083,6 @@ __device__ __forceinline__ void pipe_scores(const SharedSrc& kb, int n, int toke
 template <int G, int F>
 __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const unsigned* qs, float (&s)[4][2], int gid, int tig)
 {
-    constexpr int ROW = 128 * kv_bits(F) / 8;
     const int lane = 4 * gid + tig, c = 4 * lane, mine = gid & (G - 1);
     float4 qv[G];
 #pragma unroll
@@ -1076,23 +1094,12 @@ __device__ __forceinline__ void pipe_scores_float(const u8* kb, int n, const uns
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) s[u][0] = s[u][1] = neg_inf();
-    // 4 rows' loads in flight at a time: 8 (32 registers) spilled in the generic build's 128.
 #pragma unroll
     for (int r0 = 0; r0 < 32; r0 += 4)
     {
         if (r0 >= n) break;
         float4 x[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-        {
-            const u8* row = kb + (size_t)min(r0 + j, n - 1) * ROW;
-            if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
-            else
-            {
-                const uint2 h = *reinterpret_cast<const uint2*>(row + 2 * c);
-                x[j] = make_float4(bf16_to_f32((u16)h.x), bf16_to_f32((u16)(h.x >> 16)), bf16_to_f32((u16)h.y), bf16_to_f32((u16)(h.y >> 16)));
-            }
-        }
+        float_rows<F>(kb, r0, n, c, x);
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -1516,7 +1523,6 @@ __device__ __forceinline__ void pipe_scores_t(const SharedSrc& kb, int n, int to
 template <int G, int F>
 __device__ __forceinline__ void pipe_scores_float_t(const u8* kb, int n, const unsigned* qs, float (&s)[2][2], int gid, int tig)
 {
-    constexpr int ROW = 128 * kv_bits(F) / 8;
     const int lane = 4 * gid + tig, c = 4 * lane;
     float4 qv[G];
 #pragma unroll
@@ -1533,17 +1539,7 @@ __device__ __forceinline__ void pipe_scores_float_t(const u8* kb, int n, const u
     {
         if (r0 >= n) break;
         float4 x[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-        {
-            const u8* row = kb + (size_t)min(r0 + j, n - 1) * ROW;
-            if constexpr (F == KV_F32) x[j] = *reinterpret_cast<const float4*>(row + 4 * c);
-            else
-            {
-                const uint2 b = *reinterpret_cast<const uint2*>(row + 2 * c);
-                x[j] = make_float4(bf16_to_f32((u16)b.x), bf16_to_f32((u16)(b.x >> 16)), bf16_to_f32((u16)b.y), bf16_to_f32((u16)(b.y >> 16)));
-            }
-        }
+        float_rows<F>(kb, r0, n, c, x);
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
