@@ -17,26 +17,32 @@ namespace KvSharp.GpuTests.Bench;
 /// </summary>
 public static class DecodeBench
 {
-    /// <summary>Runs the benchmark and writes its log and result tables to <paramref name="log"/>.</summary>
-    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batchContexts, int batch, int steps,
-        IReadOnlyList<int> prefills, TextWriter log)
+    /// <summary>
+    /// The shared device (its name and measured copy bandwidth logged) and a model of random BF16 weights of
+    /// <paramref name="configPath"/>'s shape uploaded to it, as every decode benchmark starts. The caller owns the model.
+    /// </summary>
+    internal static (CudaDevice Device, double Bandwidth, ModelConfig Config, CudaTransformer Model) OpenDummyModel(string configPath, TextWriter log)
     {
         var device = CudaDevice.Shared;
         device.MakeCurrent();
         log.WriteLine($"device: {device}");
         double bandwidth = CopyBandwidth(device);
         log.WriteLine($"device-to-device copy: {bandwidth / 1e9:F0} GB/s (bytes read + written)");
-
         var config = HfConfigReader.Read(configPath);
         var sw = Stopwatch.StartNew();
-        CudaTransformer gpu;
-        using (var weights = DummyWeights.Create(config, GgmlType.BF16, seed: 7))
-        {
-            log.WriteLine($"dummy weights {Path.GetFileName(configPath)}: {weights.ByteCount / 1e9:F2} GB BF16, generated in {sw.Elapsed.TotalSeconds:F1} s");
-            sw.Restart();
-            gpu = new CudaTransformer(device, weights, DeviceWeightType.BF16);
-            log.WriteLine($"uploaded in {sw.Elapsed.TotalSeconds:F1} s");
-        }
+        using var weights = DummyWeights.Create(config, GgmlType.BF16, seed: 7);
+        log.WriteLine($"dummy weights {Path.GetFileName(configPath)}: {weights.ByteCount / 1e9:F2} GB BF16, generated in {sw.Elapsed.TotalSeconds:F1} s");
+        sw.Restart();
+        var gpu = new CudaTransformer(device, weights, DeviceWeightType.BF16);
+        log.WriteLine($"uploaded in {sw.Elapsed.TotalSeconds:F1} s");
+        return (device, bandwidth, config, gpu);
+    }
+
+    /// <summary>Runs the benchmark and writes its log and result tables to <paramref name="log"/>.</summary>
+    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batchContexts, int batch, int steps,
+        IReadOnlyList<int> prefills, TextWriter log)
+    {
+        var (device, bandwidth, config, gpu) = OpenDummyModel(configPath, log);
         using var _ = gpu;
         long weightBytes = gpu.WeightBytesReadPerToken;
         using var timer = new CudaTimer(device);
@@ -104,6 +110,7 @@ public static class DecodeBench
                 using var cache = gpu.CreateCache(tokens + 1);
                 var prompt = Prompt(tokens, config);
                 var seconds = new List<double>();
+                var sw = new Stopwatch();
                 for (int r = 0; r < 3; r++)
                 {
                     cache.Length = 0;

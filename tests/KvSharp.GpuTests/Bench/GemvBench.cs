@@ -20,19 +20,7 @@ public static class GemvBench
     /// <summary>Runs the benchmark and writes its log and result tables to <paramref name="log"/>.</summary>
     public static void Run(string configPath, int batch, int rounds, IReadOnlyList<int> contexts, int steps, TextWriter log)
     {
-        var device = CudaDevice.Shared;
-        device.MakeCurrent();
-        log.WriteLine($"device: {device}");
-        double bandwidth = DecodeBench.CopyBandwidth(device);
-        log.WriteLine($"device-to-device copy: {bandwidth / 1e9:F0} GB/s (bytes read + written)");
-        var config = HfConfigReader.Read(configPath);
-        var sw = Stopwatch.StartNew();
-        CudaTransformer gpu;
-        using (var weights = DummyWeights.Create(config, GgmlType.BF16, seed: 7))
-        {
-            gpu = new CudaTransformer(device, weights, DeviceWeightType.BF16);
-            log.WriteLine($"dummy weights {Path.GetFileName(configPath)} generated and uploaded in {sw.Elapsed.TotalSeconds:F1} s");
-        }
+        var (device, bandwidth, config, gpu) = DecodeBench.OpenDummyModel(configPath, log);
         using var _ = gpu;
         using var timer = new CudaTimer(device);
         var k = gpu.Kernels;
