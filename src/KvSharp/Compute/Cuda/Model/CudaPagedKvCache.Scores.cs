@@ -75,14 +75,7 @@ public sealed partial class CudaPagedKvCache
         int stride = MaxBlocks * BlockTokens;
         using var values = Device.Allocate(Math.Max(1L, (long)HeadCount * stride) * sizeof(float));
         for (int l = 0; l < Config.NumLayers; l++) launch(l, values.Pointer + (ulong)((long)HeadIndex(l, 0, 0) * stride * sizeof(float)), stride);
-        var lengths = HeadLengths(); // synchronous: the launches have finished
-        var result = new float[HeadCount][];
-        for (int h = 0; h < HeadCount; h++)
-        {
-            result[h] = new float[lengths[h]];
-            values.Download<float>(result[h], h * (long)stride * sizeof(float));
-        }
-        return result;
+        return DownloadHeads(values, HeadLengths()); // HeadLengths synchronizes: the launches have finished
     }
 
     /// <summary>SnapKV's pooled scores [HeadCount, MaxBlocks · BlockTokens] on the device; the collection stays open.</summary>
