@@ -2231,32 +2231,29 @@ __device__ __forceinline__ void paged_attention_pipe(
     l += __shfl_xor_sync(0xffffffffu, l, 4);
     l += __shfl_xor_sync(0xffffffffu, l, 8);
     l += __shfl_xor_sync(0xffffffffu, l, 16);
-    if (gid == 0 && tig < G) { wml[2 * (warp * G + tig)] = m; wml[2 * (warp * G + tig) + 1] = l; }
-    __syncthreads();
-    if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
-    {
-        const int g = tig & (G - 1);
-        float mx = neg_inf();
-#pragma unroll
-        for (int w = 0; w < PIPE_WARPS; w++)
-            if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
-        pipe_add_output_t<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, units, gid, tig, ov);
-    }
+    const int head = tig, holder = gid;
 #else
+    // A head's sum is over the 4 lanes of its gid, held by lane tig = 0 of it.
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    if (tig == 0 && gid < G) { wml[2 * (warp * G + gid)] = m; wml[2 * (warp * G + gid) + 1] = l; }
+    const int head = gid, holder = tig;
+#endif
+    if (holder == 0 && head < G) { wml[2 * (warp * G + head)] = m; wml[2 * (warp * G + head) + 1] = l; }
     __syncthreads();
     if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
     {
-        const int g = gid & (G - 1);
+        const int g = head & (G - 1);
         float mx = neg_inf();
 #pragma unroll
         for (int w = 0; w < PIPE_WARPS; w++)
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
-        pipe_add_output<G>(o, md, l > 0.0f ? fast_exp2(m - mx) : 0.0f, units, gid, tig, ov);
-    }
+        const float weight = l > 0.0f ? fast_exp2(m - mx) : 0.0f;
+#if PIPE_T
+        pipe_add_output_t<G>(o, md, weight, units, gid, tig, ov);
+#else
+        pipe_add_output<G>(o, md, weight, units, gid, tig, ov);
 #endif
+    }
     const int mkvh = merge_kvh;
     const long mfirst = ((long)merge_row * heads + (long)mkvh * G) * splits + merge_split;
     if (threadIdx.x < G)
