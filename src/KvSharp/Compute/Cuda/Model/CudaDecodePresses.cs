@@ -3,7 +3,6 @@ using KvSharp.Cache.Paged;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
 using KvSharp.Compression.Scorers;
-using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Generation;
 
 namespace KvSharp.Compute.Cuda.Model;
@@ -14,8 +13,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// the attention statistics collected on the device (<see cref="CudaTransformer.ForwardSample"/> leaves the captured graph
 /// for those steps: a statistics launch captured into the graph would outlive its collection), the other steps keep the
 /// graph; each observed step's summed probabilities per stored token come back (at most the press's tokens + every per
-/// head), the session accumulates and scores them on the host exactly as on the CPU (R-KV's key redundancy from the keys
-/// read back, as the R-KV context press does), and the eviction runs on the device, all heads in one compaction.
+/// head), the session accumulates and scores them on the host exactly as on the CPU (R-KV's raw key redundancy summed on
+/// the device, as for the R-KV context press), and the eviction runs on the device, all heads in one compaction.
 /// </summary>
 public static class CudaDecodePresses
 {
@@ -34,8 +33,7 @@ public static class CudaDecodePresses
     /// Starts <paramref name="compression"/> over <paramref name="cache"/> (one sequence, the prompt prefilled): the session
     /// to tell about every decode step, as <see cref="IDecodeCompression.Start"/> on the CPU.
     /// </summary>
-    /// <exception cref="KvSharpException">The method is not a decode press the device runs, or the cache holds several sequences or VidKV blocks,
-    /// or its head dimension is above what the statistics kernels take.</exception>
+    /// <exception cref="KvSharpException">The method is not a decode press the device runs, or the cache holds several sequences or VidKV blocks.</exception>
     public static IDecodeSession Start(IDecodeCompression compression, CudaPagedKvCache cache)
     {
         Check(compression);
@@ -44,8 +42,6 @@ public static class CudaDecodePresses
         // Refused here rather than at the first observed or compressing step, after output has started.
         if (cache.HoldsVidKv)
             throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which the device does not do in a cache holding VidKV blocks");
-        if (cache.Config.HeadDim > CudaPagedKernels.StatsMaxHeadDim)
-            throw new KvSharpException($"decode press '{compression.Text}' on the GPU needs attention statistics, which the device collects for head dimensions up to {CudaPagedKernels.StatsMaxHeadDim}, not {cache.Config.HeadDim}");
         return ((DecodePress)compression).CreateSession(new CudaDecodeCache(cache));
     }
 }
