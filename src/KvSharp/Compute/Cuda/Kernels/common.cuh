@@ -168,20 +168,10 @@ __device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, f
 }
 
 
-// End of a split-K (flash-decoding) attention launch: block (split, kv head, row t) has written its chunk's unnormalized
-// outputs part_out [row, head, split, hd] and (max, sum) part_ml; the last block of a (row, kv head) to finish (an atomic
-// counter it resets for the next launch) merges the G heads' chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s
-// (2^(m_s - M) when LOG2: the streaming kernels keep their scores in log2 units). `weights` is shared scratch of at least
-// G·wstride floats (wstride >= splits). A chunk with l_s = 0 (nothing visible; its part_out may be unwritten) gets weight 0
-// and its loaded output is not added; a head without any visible token outputs zeros. Every thread of the block must call it.
-// live (0: splits): how many of the (row, kv head)'s first splits take part, when the later ones (past the head's last block)
-// leave without calling this; those are neither counted nor read.
-template <bool LOG2 = false>
-__device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
-    float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh, int live = 0)
+// Whether this block is the last of the (row t, kv head) pair's `live` splits to finish (merge_splits' counter); block-uniform.
+__device__ __forceinline__ bool last_split(int* counters, int t, int kv_heads, int kvh, int live)
 {
     __shared__ int is_last;
-    if (live <= 0) live = splits;
     __threadfence(); // this block's partial results are visible before it is counted
     __syncthreads();
     if (threadIdx.x == 0)
@@ -191,8 +181,16 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
     }
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last) return false;
     __threadfence();
+    return true;
+}
+
+// merge_splits' merge of the `live` chunks, in the last block (last_split).
+template <bool LOG2 = false>
+__device__ __forceinline__ void merge_chunks(const float* part_out, const float* part_ml, float* __restrict__ out,
+    float* weights, int wstride, int G, int hd, int heads, int splits, int t, int kvh, int live)
+{
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
     // Chunk weights e^(m_s - M) / L per head, one warp per head...
@@ -251,4 +249,20 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
         }
         out[head0 * hd + i] = acc;
     }
+}
+
+// End of a split-K (flash-decoding) attention launch: block (split, kv head, row t) has written its chunk's unnormalized
+// outputs part_out [row, head, split, hd] and (max, sum) part_ml; the last block of a (row, kv head) to finish (an atomic
+// counter it resets for the next launch) merges the G heads' chunks: out = Σ_s e^(m_s - M) o_s / Σ_s e^(m_s - M) l_s
+// (2^(m_s - M) when LOG2: the streaming kernels keep their scores in log2 units). `weights` is shared scratch of at least
+// G·wstride floats (wstride >= splits). A chunk with l_s = 0 (nothing visible; its part_out may be unwritten) gets weight 0
+// and its loaded output is not added; a head without any visible token outputs zeros. Every thread of the block must call it.
+// live (0: splits): how many of the (row, kv head)'s first splits take part, when the later ones (past the head's last block)
+// leave without calling this; those are neither counted nor read.
+template <bool LOG2 = false>
+__device__ __forceinline__ void merge_splits(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
+    float* weights, int wstride, int G, int hd, int heads, int kv_heads, int splits, int t, int kvh, int live = 0)
+{
+    if (live <= 0) live = splits;
+    if (last_split(counters, t, kv_heads, kvh, live)) merge_chunks<LOG2>(part_out, part_ml, out, weights, wstride, G, hd, heads, splits, t, kvh, live);
 }

@@ -1960,12 +1960,13 @@ __device__ __forceinline__ float column_sum(float x, float other_e)
     else return x;
 }
 
-// The warp's accumulators into the block's output ov [G, HD] (atomics: the 4 warps add theirs), scaled by f (this lane's
+// The warp's accumulators into its slice [G, HD] of the block's output (pipe's `slices`: plain stores, each element once;
+// the 4 slices are summed after a barrier), scaled by f (this lane's
 // head gid mod G: e^(m - the block's max)) with the min terms md (pipe_min_terms: chunk k's sums in row k, held by the
 // lanes gid = k): a hi column's value plus its lo column's (G <= 4) for the lane's channels 32k + 4·gid + [0, 4), the
 // accumulators in the units of format `units` (value_exp). Warp-uniform.
 template <int G>
-__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* ov)
+__device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* slice)
 {
     constexpr int HD = 128;
     float fc[2], mc[4][2], ms[2], u[4];
@@ -1986,14 +1987,14 @@ __device__ __forceinline__ void pipe_add_output(const float (&o)[8][4], const fl
             const float x = column_sum<G>(o[j][r], o[j][r ^ 1]);
             const int e = r & 1, c = 2 * tig + e, k = j >> 1;
             if (column_hi<G>(c) && (G != 1 || e == 0))
-                atomicAdd(&ov[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)], fc[e] * (x * u[2 * (j & 1) + (r >> 1)] + mc[k][e]));
+                slice[column_head<G>(c) * HD + 32 * k + 4 * gid + 2 * (j & 1) + (r >> 1)] = fc[e] * (x * u[2 * (j & 1) + (r >> 1)] + mc[k][e]);
         }
 }
 
 // pipe_add_output in PIPE_T's layout: the lane's columns 2·tig, 2·tig + 1 are head tig's hi and lo parts (its two
 // registers e = 0, 1: no shuffles), f is that head's factor; for G < 4 the lanes tig >= G repeat heads and write nothing.
 template <int G>
-__device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* ov)
+__device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const float (&md)[4], float f, int units, int gid, int tig, float* slice)
 {
     constexpr int HD = 128;
     float mc[4], u[4];
@@ -2009,7 +2010,7 @@ __device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const 
         for (int r = 0; r < 4; r += 2)
         {
             const int k = j >> 1, i = 2 * (j & 1) + (r >> 1);
-            atomicAdd(&ov[tig * HD + 32 * k + 4 * pipe_value_quad(gid) + i], f * ((o[j][r] + o[j][r + 1]) * u[i] + mc[k]));
+            slice[tig * HD + 32 * k + 4 * pipe_value_quad(gid) + i] = f * ((o[j][r] + o[j][r + 1]) * u[i] + mc[k]);
         }
 }
 
@@ -2024,6 +2025,87 @@ __device__ __forceinline__ void pipe_add_output_t(const float (&o)[8][4], const 
 constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
     : ((PIPE_FORMATS) & ~1 & ~PIPE_PAIR_FORMATS) == 0 ? 1
     : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
+
+// merge_splits for the pipelined kernel (its contract; head dimension 128, G a constant): the last unit of a (row, KV
+// head) issues the loads of its first PIPE_MERGE_EARLY chunks' partial outputs before the chunk weights exist (the loads do
+// not depend on them), and reads each chunk's (max, sum) once, as one pair kept in registers (up to 128 live chunks: four a
+// lane; more take merge_splits' two passes). merge_splits waits for the pairs twice and then for every 16 outputs in turn:
+// at batch 1 a head's ~50-66 chunks were 6 round trips to L2 after the counter's, on the launch's critical path. Same
+// arithmetic in the same order as merge_splits.
+template <int G>
+__device__ __forceinline__ void pipe_merge(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
+    float* weights, int splits, int heads, int kv_heads, int t, int kvh, int live)
+{
+    constexpr int HD = 128, H4 = HD / 4, ITEMS = (G * H4 + 127) / 128, EARLY = G == 8 ? 8 : 12;
+    const bool last = last_split(counters, t, kv_heads, kvh, live);
+    if (!last) return;
+    if (live > 128)
+    {
+        merge_chunks(part_out, part_ml, out, weights, splits, G, HD, heads, splits, t, kvh, live);
+        return;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long head0 = (long)t * heads + (long)kvh * G;
+    // The thread's output items (float4 d4 of head g): threadIdx.x + 128·k.
+    float4 early[ITEMS][EARLY];
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++)
+    {
+        const int i = threadIdx.x + 128 * k;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + i / H4) * splits * HD) + i % H4;
+#pragma unroll
+        for (int s = 0; s < EARLY; s++)
+            if (i < G * H4 && s < live) early[k][s] = __ldcg(po + (long)s * H4);
+    }
+    // Chunk weights e^(m_s - M) / L per head, one warp per head, from the pairs read once.
+    for (int g = warp; g < G; g += 4)
+    {
+        const float2* ml = reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits;
+        float2 x[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) x[k] = lane + 32 * k < live ? __ldcg(ml + lane + 32 * k) : make_float2(neg_inf(), 0.0f);
+        float m = neg_inf();
+#pragma unroll
+        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) m = fmaxf(m, x[k].x);
+        m = warp_max(m);
+        float l = 0.0f, w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            w[k] = x[k].y == 0.0f ? 0.0f : expf(x[k].x - m);
+            if (lane + 32 * k < live) l += x[k].y * w[k];
+        }
+        l = warp_sum(l);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) weights[g * splits + lane + 32 * k] = w[k] * inv;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++)
+    {
+        const int i = threadIdx.x + 128 * k;
+        if (i >= G * H4) continue;
+        const int g = i / H4;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * HD) + i % H4;
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int s = 0; s < EARLY; s++)
+        {
+            const float w = s < live ? weights[g * splits + s] : 0.0f;
+            const float4 v = early[k][s];
+            if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+        }
+#pragma unroll 16
+        for (int s = EARLY; s < live; s++)
+        {
+            const float w = weights[g * splits + s];
+            const float4 v = __ldcg(po + (long)s * H4);
+            if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+        }
+        reinterpret_cast<float4*>(out + head0 * HD)[i] = o;
+    }
+}
 
 template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
@@ -2042,8 +2124,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     u8* rings = reinterpret_cast<u8*>(smem4);                                                   // [PIPE_WARPS][ring]
     unsigned long long* bars = reinterpret_cast<unsigned long long*>(rings + PIPE_WARPS * ring); // [PIPE_WARPS][PIPE_BARS]
     unsigned* qs = reinterpret_cast<unsigned*>(bars + PIPE_WARPS * PIPE_BARS);                  // [G][PIPE_QROW] q·scale·log2 e, hi/lo (pipe_q)
-    float* ov = reinterpret_cast<float*>(qs + G * PIPE_QROW);                                    // [G, HD] the block's output
-    float* wml = ov + G * HD;                                                                    // [PIPE_WARPS][G] (max, sum)
+    float* wml = reinterpret_cast<float*>(qs + G * PIPE_QROW);                                   // [PIPE_WARPS][G] (max, sum)
     uint4* bdesc = reinterpret_cast<uint4*>(wml + 2 * PIPE_WARPS * G);                           // [chunk_blocks]
     const unsigned bar0 = smem_u32(bars + warp * PIPE_BARS), ring0 = smem_u32(rings + warp * ring);
     // Shared memory only, before waiting for the kernel before (under programmatic launch it may still be running).
@@ -2053,7 +2134,6 @@ __device__ __forceinline__ void paged_attention_pipe(
         for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) ov[i] = 0.0f;
     pdl_wait(); // the tables, the appended token and the queries come from the kernel before
     const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, batch, chunk_blocks, splits);
     if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
@@ -2240,7 +2320,14 @@ __device__ __forceinline__ void paged_attention_pipe(
 #endif
     if (holder == 0 && head < G) { wml[2 * (warp * G + head)] = m; wml[2 * (warp * G + head) + 1] = l; }
     __syncthreads();
-    if (__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
+    // Each warp's weighted accumulators go to its own slice of the rings (every entry was consumed before the barrier
+    // above), summed below: 4 warps adding into one [G, HD] array took shared-memory atomics, a compare-and-swap loop a
+    // float on sm_90, ~4-5 us of the block's end at batch 1 (H100, docs/benchmarks.md "Stop 22").
+    float* const slices = reinterpret_cast<float*>(rings); // [PIPE_WARPS][G, HD]
+    float* const slice = slices + warp * G * HD;
+    if (!__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
+        for (int i = lane; i < G * HD; i += 32) slice[i] = 0.0f;
+    else
     {
         const int g = head & (G - 1);
         float mx = neg_inf();
@@ -2249,9 +2336,9 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (wml[2 * (w * G + g) + 1] > 0.0f) mx = fmaxf(mx, wml[2 * (w * G + g)]);
         const float weight = l > 0.0f ? fast_exp2(m - mx) : 0.0f;
 #if PIPE_T
-        pipe_add_output_t<G>(o, md, weight, units, gid, tig, ov);
+        pipe_add_output_t<G>(o, md, weight, units, gid, tig, slice);
 #else
-        pipe_add_output<G>(o, md, weight, units, gid, tig, ov);
+        pipe_add_output<G>(o, md, weight, units, gid, tig, slice);
 #endif
     }
     const int mkvh = merge_kvh;
@@ -2271,10 +2358,17 @@ __device__ __forceinline__ void paged_attention_pipe(
         part_ml[(mfirst + (long)g * splits) * 2 + 1] = sum;
     }
     __syncthreads();
-    store_chunk(ov, part_out, mfirst, splits, G, HD);
-    // Chunk weights go to the rings (every entry was consumed before the barrier above; the planner keeps G·splits floats
-    // within them).
-    merge_splits(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, G, HD, heads, kv_heads, splits, merge_row, mkvh, live_splits);
+    // The split's partial output: the warps' slices summed (16-byte items; a head's HD floats are one row of part_out).
+    for (int i = threadIdx.x; i < G * HD / 4; i += blockDim.x)
+    {
+        const float4* x = reinterpret_cast<const float4*>(slices) + i;
+        const float4 a = x[0], b = x[G * HD / 4], c = x[2 * G * HD / 4], d = x[3 * G * HD / 4];
+        reinterpret_cast<float4*>(part_out + (mfirst + (long)(i / (HD / 4)) * splits) * HD)[i % (HD / 4)] =
+            make_float4(a.x + b.x + c.x + d.x, a.y + b.y + c.y + d.y, a.z + b.z + c.z + d.z, a.w + b.w + c.w + d.w);
+    }
+    // Chunk weights go to the rings (the slices were read before the merge's first barrier; the planner keeps G·splits
+    // floats within them).
+    pipe_merge<G>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, heads, kv_heads, merge_row, mkvh, live_splits);
 }
 
 // At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings

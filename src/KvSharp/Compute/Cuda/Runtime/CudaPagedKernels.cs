@@ -148,12 +148,12 @@ internal sealed partial class CudaPagedKernels
         SupportsTensorCores(group, headDim, valueGroup) && blockTokens <= 32;
 
     /// <summary>
-    /// Shared memory of one block of the pipelined kernel: 4 warps' rings of <paramref name="ringBytes"/>, their 8 barriers
-    /// each, the padded hi/lo query copy [group, 164 words], the output [group, 128], the warps' (max, sum) per head and the
-    /// split's descriptors.
+    /// Shared memory of one block of the pipelined kernel: 4 warps' rings of <paramref name="ringBytes"/> (after the block
+    /// loop also the warps' output slices [4, group, 128] and the merge's weights), their 8 barriers each, the padded hi/lo
+    /// query copy [group, 164 words], the warps' (max, sum) per head and the split's descriptors.
     /// </summary>
     public static int PipelinedSharedBytes(int group, int chunkBlocks, int ringBytes = PipelineRingBytes) =>
-        4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + group * 128 + 8 * group) + 16 * (chunkBlocks + MaxExtraPieces);
+        4 * ringBytes + 4 * 8 * 8 + 4 * (group * 164 + 8 * group) + 16 * (chunkBlocks + MaxExtraPieces);
 
     /// <summary>
     /// Descriptors a split's last block may add when its float32 rows are staged in pieces of a quarter of a ring (a 32-row
