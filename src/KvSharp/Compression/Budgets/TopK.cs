@@ -32,14 +32,71 @@ internal static class TopK
         return order;
     }
 
-    /// <summary>Keep flags for the <paramref name="keep"/> highest scores (and every +∞ score).</summary>
+    /// <summary>
+    /// Keep flags for the <paramref name="keep"/> highest scores (and every +∞ score), ranked as <see cref="Descending"/>
+    /// ranks them (ties: the later index first). O(n): a selection of the keep-th rank, not a sort (a decode press cuts
+    /// every head at every compression step, hundreds of heads per step).
+    /// </summary>
     public static bool[] KeepMask(ReadOnlySpan<float> scores, int keep)
     {
         var mask = new bool[scores.Length];
-        var order = Descending(scores);
-        for (int r = 0; r < order.Length; r++)
-            mask[order[r]] = r < keep || float.IsPositiveInfinity(scores[order[r]]);
+        if (keep >= scores.Length)
+        {
+            Array.Fill(mask, true);
+            return mask;
+        }
+        if (keep > 0)
+        {
+            var keys = scores.Length <= 2048 ? stackalloc ulong[scores.Length] : new ulong[scores.Length];
+            for (int i = 0; i < keys.Length; i++) keys[i] = RankKey(scores[i], i);
+            ulong last = Select(keys, keep - 1); // the key of rank keep − 1: every key up to it is kept
+            for (int i = 0; i < mask.Length; i++) mask[i] = RankKey(scores[i], i) <= last;
+        }
+        for (int i = 0; i < mask.Length; i++) mask[i] |= float.IsPositiveInfinity(scores[i]);
         return mask;
+    }
+
+    /// <summary>
+    /// A key whose ascending order is <see cref="Descending"/>'s: the higher score first (−0 = +0, NaN last), then the later
+    /// index. Keys are distinct (the index is in them).
+    /// </summary>
+    private static ulong RankKey(float score, int index)
+    {
+        uint ascending = 0; // NaN: below −∞
+        if (!float.IsNaN(score))
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(score == 0 ? 0f : score); // −0 as +0
+            ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+        }
+        return (ulong)~ascending << 32 | ~(uint)index;
+    }
+
+    /// <summary>The <paramref name="k"/>-th smallest of distinct <paramref name="keys"/> (0-based), reordering them (Hoare's selection).</summary>
+    private static ulong Select(Span<ulong> keys, int k)
+    {
+        int lo = 0, hi = keys.Length - 1;
+        while (lo < hi)
+        {
+            ulong a = keys[lo], b = keys[lo + (hi - lo) / 2], c = keys[hi];
+            ulong pivot = Math.Max(Math.Min(a, b), Math.Min(Math.Max(a, b), c)); // median of three
+            int i = lo, j = hi;
+            while (i <= j)
+            {
+                while (keys[i] < pivot) i++;
+                while (keys[j] > pivot) j--;
+                if (i <= j)
+                {
+                    (keys[i], keys[j]) = (keys[j], keys[i]);
+                    i++;
+                    j--;
+                }
+            }
+            // keys[lo..j] ≤ pivot ≤ keys[i..hi]; between them (if anything) the pivot itself.
+            if (k <= j) hi = j;
+            else if (k >= i) lo = i;
+            else return keys[k];
+        }
+        return keys[k];
     }
 
     /// <summary>Scores equal to +∞ (tokens a scorer forces).</summary>

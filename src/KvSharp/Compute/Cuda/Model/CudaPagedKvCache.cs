@@ -389,24 +389,37 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         }
         using var deviceFlags = Device.Allocate(flags.Length);
         deviceFlags.Upload<byte>(flags);
-        EvictOnDevice(deviceFlags);
+        EvictOnDevice(deviceFlags, flags);
     }
 
     /// <summary>
     /// <see cref="Evict(IReadOnlyList{bool[]})"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
-    /// (what a device-side scorer writes). The pool keeps its address, so captured decode graphs stay valid.
+    /// (what a device-side scorer writes), and their copy on the host when the caller has one (<paramref name="hostFlags"/>:
+    /// not read back). The pool keeps its address, so captured decode graphs stay valid.
     /// </summary>
-    internal void EvictOnDevice(DeviceBuffer flags)
+    internal void EvictOnDevice(DeviceBuffer flags, byte[]? hostFlags = null)
     {
         RefuseVidKv("eviction");
-        EvictPositions(flags);
+        if (hostFlags == null)
+        {
+            hostFlags = new byte[(long)HeadCount * MaxBlocks * BlockTokens];
+            flags.Download<byte>(hostFlags);
+        }
+        EvictPositions(hostFlags);
         _layoutVersion++;
         int hd = Config.HeadDim;
-        using var fresh = Device.Allocate(PoolUnits * 16);
+        var state = new int[2];
+        _state.Download<int>(state);
+        // The compaction writes at most the units in use (state[0], the pool's top): a block is copied as it is, and each run of
+        // blocks of one format pair re-encodes its kept tokens into at most as many blocks of that pair. So the scratch pool is
+        // the used part, not the whole pool (a decode press compacts at every compression; a whole pool is the cache's capacity,
+        // a GiB at 8K tokens of Llama-3.1-8B, allocated and freed each time).
+        long used = Math.Min(PoolUnits, (uint)state[0]);
+        using var fresh = Device.Allocate(used * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
         _state.Upload<int>([ReservedUnits, 0]);
         _kernels.Evict(_pool.Pointer, fresh.Pointer, _desc.Pointer, _headBlocks.Pointer, _headTokens.Pointer, flags.Pointer, staging.Pointer,
-            _state.Pointer, _state.Pointer + 4, PoolUnits, HeadCount, MaxBlocks, MaxBlocks * BlockTokens, BlockTokens, hd, ValueGroup);
+            _state.Pointer, _state.Pointer + 4, used, HeadCount, MaxBlocks, MaxBlocks * BlockTokens, BlockTokens, hd, ValueGroup);
         Device.Synchronize();
         CheckDeviceState();
         var top = new int[1];
