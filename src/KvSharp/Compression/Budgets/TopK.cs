@@ -39,6 +39,14 @@ internal static class TopK
     /// </summary>
     public static bool[] KeepMask(ReadOnlySpan<float> scores, int keep)
     {
+        if (KvSharp.Generation.AbSwitch.Old)
+        {
+            var oldMask = new bool[scores.Length];
+            var order = Descending(scores);
+            for (int r = 0; r < order.Length; r++)
+                oldMask[order[r]] = r < keep || float.IsPositiveInfinity(scores[order[r]]);
+            return oldMask;
+        }
         var mask = new bool[scores.Length];
         if (keep >= scores.Length)
         {

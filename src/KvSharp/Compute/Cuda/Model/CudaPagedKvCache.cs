@@ -400,6 +400,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     internal void EvictOnDevice(DeviceBuffer flags, byte[]? hostFlags = null)
     {
         RefuseVidKv("eviction");
+        if (KvSharp.Generation.AbSwitch.Old) hostFlags = null;
         if (hostFlags == null)
         {
             hostFlags = new byte[(long)HeadCount * MaxBlocks * BlockTokens];
@@ -414,7 +415,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         // blocks of one format pair re-encodes its kept tokens into at most as many blocks of that pair. So the scratch pool is
         // the used part, not the whole pool (a decode press compacts at every compression; a whole pool is the cache's capacity,
         // a GiB at 8K tokens of Llama-3.1-8B, allocated and freed each time).
-        long used = Math.Min(PoolUnits, (uint)state[0]);
+        long used = KvSharp.Generation.AbSwitch.Old ? PoolUnits : Math.Min(PoolUnits, (uint)state[0]);
         using var fresh = Device.Allocate(used * 16);
         using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
         _state.Upload<int>([ReservedUnits, 0]);
