@@ -4,4 +4,9 @@ namespace KvSharp.Generation;
 internal static class AbSwitch
 {
     public static readonly bool Old = Environment.GetEnvironmentVariable("KVSHARP_AB_OLD") == "1";
+
+    /// <summary>Stopwatch ticks in: statistics read-back, accumulation, scoring, selection, eviction.</summary>
+    public static readonly long[] Phase = new long[5];
+
+    public static void Add(int phase, long start) => Phase[phase] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
 }

@@ -144,7 +144,8 @@ public sealed class Generator
         }
         if (Environment.GetEnvironmentVariable("KVSHARP_AB_TRACE") == "1") // TEMPORARY (gpupress2): where a decode press's steps go
             Console.Error.WriteLine($"trace: {steps} steps, ms a step: before {Stopwatch.GetElapsedTime(0, traceBefore).TotalMilliseconds / Math.Max(steps, 1):F3}, " +
-                $"step {Stopwatch.GetElapsedTime(0, traceStep).TotalMilliseconds / Math.Max(steps, 1):F3}, after {Stopwatch.GetElapsedTime(0, traceAfter).TotalMilliseconds / Math.Max(steps, 1):F3}");
+                $"step {Stopwatch.GetElapsedTime(0, traceStep).TotalMilliseconds / Math.Max(steps, 1):F3}, after {Stopwatch.GetElapsedTime(0, traceAfter).TotalMilliseconds / Math.Max(steps, 1):F3} " +
+                $"(stats/accumulate/score/select/evict {string.Join("/", AbSwitch.Phase.Select(p => (Stopwatch.GetElapsedTime(0, p).TotalMilliseconds / Math.Max(steps, 1)).ToString("F3", System.Globalization.CultureInfo.InvariantCulture)))})");
         if (reason != StopReason.StopString)
         {
             int n = utf8.GetChars([], 0, 0, chars, 0, flush: true);

@@ -108,7 +108,10 @@ public sealed class H2oDecodePress : DecodePress
 
         public override void AfterStep(int step)
         {
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             var stats = Cache.EndStatistics();
+            KvSharp.Generation.AbSwitch.Add(0, t0);
+            t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             _collecting = false;
             for (int l = 0; l < Cache.Layers; l++)
                 for (int h = 0; h < Cache.KvHeads; h++)
@@ -124,6 +127,7 @@ public sealed class H2oDecodePress : DecodePress
                         if (t < stored.Length && stored[t] == covered[c]) sums[t] += add[c];
                     }
                 }
+            KvSharp.Generation.AbSwitch.Add(1, t0);
             base.AfterStep(step);
         }
 

@@ -65,7 +65,7 @@ internal sealed class CudaDecodeCache : IDecodeCache
     {
         _cache = cache;
         // The session collects at every observed step: the statistics buffers stay allocated between collections (freed with the cache).
-        cache.KeepsStatisticsBuffers = true;
+        cache.KeepsPressBuffers = true;
         _ascending = new int[cache.HeadCount][];
         _order = new int[cache.HeadCount][];
         _counts = new int[cache.HeadCount];
@@ -244,7 +244,7 @@ internal sealed class OldCudaDecodeCache : IDecodeCache
     public OldCudaDecodeCache(CudaPagedKvCache cache)
     {
         _cache = cache;
-        cache.KeepsStatisticsBuffers = true;
+        cache.KeepsPressBuffers = true;
     }
 
     public int Layers => _cache.Config.NumLayers;

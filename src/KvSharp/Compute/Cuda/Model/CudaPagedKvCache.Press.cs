@@ -18,11 +18,13 @@ public sealed partial class CudaPagedKvCache
     public bool IsCollectingStatistics => _statistics != null;
 
     /// <summary>
-    /// Whether the statistics buffers ([heads, capacity] maxima and sums) outlive a collection, for the next one, until the
-    /// cache is disposed. A decode press collects at every observed step (H2O: every step), where allocating and freeing
-    /// them each time costs more than the step's statistics; a context press collects once and frees them.
+    /// Whether the statistics buffers ([heads, capacity] maxima and sums) outlive a collection, for the next one, and an
+    /// eviction's scratch (drop flags on both sides, the compacted pool's used part, the staging rows) the next eviction,
+    /// until the cache is disposed. A decode press collects at every observed step (H2O: every step) and evicts at every
+    /// compression, where allocating and freeing them each time costs more than the step's statistics; a context press
+    /// collects and evicts once and frees them.
     /// </summary>
-    internal bool KeepsStatisticsBuffers { get; set; }
+    internal bool KeepsPressBuffers { get; set; }
 
     /// <summary>
     /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
@@ -333,7 +335,7 @@ public sealed partial class CudaPagedKvCache
         _coverEachForward = false;
         _rowNorms?.Dispose();
         (_rowNorms, _valueNorms) = (null, null);
-        if (KeepsStatisticsBuffers) return; // the next collection fills them again
+        if (KeepsPressBuffers) return; // the next collection fills them again
         foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
         (_statMax, _statSum, _covered) = (null, null, null);
     }
