@@ -110,7 +110,6 @@ public sealed class Generator
         StopReason reason = StopReason.MaxTokens;
         using var decode = options.DecodeCompression is { } compression ? startDecode!(compression) : null; // checked non-null above when set
         int steps = 0;
-        long traceBefore = 0, traceStep = 0, traceAfter = 0;
         while (generated.Count < options.MaxTokens)
         {
             if (cancellation.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
@@ -133,19 +132,10 @@ public sealed class Generator
             }
             if (generated.Count == options.MaxTokens) break;
             if (cachedTokens() >= contextLength) { reason = StopReason.ContextFull; break; }
-            long t0 = Stopwatch.GetTimestamp();
             decode?.BeforeStep(++steps);
-            long t1 = Stopwatch.GetTimestamp();
             next = step([next], System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
-            long t2 = Stopwatch.GetTimestamp();
             decode?.AfterStep(steps);
-            long t3 = Stopwatch.GetTimestamp();
-            (traceBefore, traceStep, traceAfter) = (traceBefore + t1 - t0, traceStep + t2 - t1, traceAfter + t3 - t2);
         }
-        if (Environment.GetEnvironmentVariable("KVSHARP_AB_TRACE") == "1") // TEMPORARY (gpupress2): where a decode press's steps go
-            Console.Error.WriteLine($"trace: {steps} steps, ms a step: before {Stopwatch.GetElapsedTime(0, traceBefore).TotalMilliseconds / Math.Max(steps, 1):F3}, " +
-                $"step {Stopwatch.GetElapsedTime(0, traceStep).TotalMilliseconds / Math.Max(steps, 1):F3}, after {Stopwatch.GetElapsedTime(0, traceAfter).TotalMilliseconds / Math.Max(steps, 1):F3} " +
-                $"(stats/accumulate/score/select/evict {string.Join("/", AbSwitch.Phase.Select(p => (Stopwatch.GetElapsedTime(0, p).TotalMilliseconds / Math.Max(steps, 1)).ToString("F3", System.Globalization.CultureInfo.InvariantCulture)))})");
         if (reason != StopReason.StopString)
         {
             int n = utf8.GetChars([], 0, 0, chars, 0, flush: true);

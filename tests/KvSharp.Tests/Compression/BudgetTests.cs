@@ -14,11 +14,11 @@ public class BudgetTests
         // from a few values (many ties), with ±0, ±∞, every keep from none to more than the head holds.
         var random = new Random(7);
         float[] values = [0f, -0f, 0.25f, 0.5f, -1f, 3f, Inf, float.NegativeInfinity, 1e-30f, -1e-30f];
-        for (int trial = 0; trial < 300; trial++)
+        for (int trial = 0; trial < 200; trial++)
         {
-            var scores = new float[random.Next(0, 70)];
+            var scores = new float[random.Next(0, 200)];
             for (int i = 0; i < scores.Length; i++) scores[i] = trial % 3 == 0 ? (float)random.NextDouble() : values[random.Next(values.Length)];
-            for (int keep = 0; keep <= scores.Length + 1; keep++)
+            for (int keep = 0; keep <= scores.Length + 1; keep++) // cuts of up to 64 in one pass, larger by a selection
             {
                 var order = TopK.Descending(scores);
                 var expected = new bool[scores.Length];

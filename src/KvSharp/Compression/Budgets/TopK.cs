@@ -39,14 +39,6 @@ internal static class TopK
     /// </summary>
     public static bool[] KeepMask(ReadOnlySpan<float> scores, int keep)
     {
-        if (KvSharp.Generation.AbSwitch.Old)
-        {
-            var oldMask = new bool[scores.Length];
-            var order = Descending(scores);
-            for (int r = 0; r < order.Length; r++)
-                oldMask[order[r]] = r < keep || float.IsPositiveInfinity(scores[order[r]]);
-            return oldMask;
-        }
         var mask = new bool[scores.Length];
         if (keep >= scores.Length)
         {
@@ -55,10 +47,9 @@ internal static class TopK
         }
         if (keep > 0)
         {
-            var keys = scores.Length <= 2048 ? stackalloc ulong[scores.Length] : new ulong[scores.Length];
-            for (int i = 0; i < keys.Length; i++) keys[i] = RankKey(scores[i], i);
-            ulong last = Select(keys, keep - 1); // the key of rank keep − 1: every key up to it is kept
-            for (int i = 0; i < mask.Length; i++) mask[i] = RankKey(scores[i], i) <= last;
+            // The first key past the cut (rank keep): every key below it is kept.
+            ulong cut = scores.Length - keep <= SmallCut ? LowestRanked(scores, scores.Length - keep) : SelectKey(scores, keep);
+            for (int i = 0; i < mask.Length; i++) mask[i] = RankKey(scores[i], i) < cut;
         }
         for (int i = 0; i < mask.Length; i++) mask[i] |= float.IsPositiveInfinity(scores[i]);
         return mask;
@@ -77,6 +68,50 @@ internal static class TopK
             ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
         }
         return (ulong)~ascending << 32 | ~(uint)index;
+    }
+
+    // Up to this many cut tokens (a decode press cuts a few a step) are found in one pass over the keys; more by a selection.
+    private const int SmallCut = 64;
+
+    /// <summary>The smallest of the <paramref name="count"/> largest rank keys (the lowest-ranked tokens), in one pass.</summary>
+    private static ulong LowestRanked(ReadOnlySpan<float> scores, int count)
+    {
+        Span<ulong> worst = stackalloc ulong[count]; // the largest keys so far, ascending: worst[0] is the smallest held
+        int held = 0;
+        for (int i = 0; i < scores.Length; i++)
+        {
+            ulong key = RankKey(scores[i], i);
+            if (held < count)
+            {
+                int at = held++;
+                while (at > 0 && worst[at - 1] > key)
+                {
+                    worst[at] = worst[at - 1];
+                    at--;
+                }
+                worst[at] = key;
+            }
+            else if (key > worst[0])
+            {
+                // worst[0] drops out; the held keys below the new one move down a place.
+                int at = 0;
+                while (at + 1 < count && worst[at + 1] < key)
+                {
+                    worst[at] = worst[at + 1];
+                    at++;
+                }
+                worst[at] = key;
+            }
+        }
+        return worst[0];
+    }
+
+    /// <summary>The rank key of rank <paramref name="rank"/> (0 = the highest score) by a selection.</summary>
+    private static ulong SelectKey(ReadOnlySpan<float> scores, int rank)
+    {
+        var keys = scores.Length <= 2048 ? stackalloc ulong[scores.Length] : new ulong[scores.Length];
+        for (int i = 0; i < keys.Length; i++) keys[i] = RankKey(scores[i], i);
+        return Select(keys, rank);
     }
 
     /// <summary>The <paramref name="k"/>-th smallest of distinct <paramref name="keys"/> (0-based), reordering them (Hoare's selection).</summary>

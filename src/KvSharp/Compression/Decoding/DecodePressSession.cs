@@ -48,10 +48,7 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     protected void Compress()
     {
         if (!OverBudget()) return;
-        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         var scores = Score();
-        KvSharp.Generation.AbSwitch.Add(2, t0);
-        t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         LastScores = scores;
         var drops = new bool[Cache.Layers * Cache.KvHeads][];
         for (int l = 0; l < Cache.Layers; l++)
@@ -72,10 +69,7 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
                 drops[l * Cache.KvHeads + h] = evict;
             }
         }
-        KvSharp.Generation.AbSwitch.Add(3, t0);
-        t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         Cache.Evict(drops); // all heads at once: the device compacts its pool once per compression
-        KvSharp.Generation.AbSwitch.Add(4, t0);
         Compressions++;
         Evicted();
     }

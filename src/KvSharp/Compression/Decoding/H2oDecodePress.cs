@@ -26,72 +26,7 @@ public sealed class H2oDecodePress : DecodePress
     /// <inheritdoc />
     public override string Text => string.Create(CultureInfo.InvariantCulture, $"h2o:tokens={Tokens},every={Every},window={Window},protect={Protect}");
 
-    internal override DecodePressSession CreateSession(IDecodeCache cache) => KvSharp.Generation.AbSwitch.Old ? new OldSession(this, cache) : new Session(this, cache);
-
-    private sealed class OldSession(H2oDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
-    {
-        private readonly int[][] _positions = new int[cache.Layers * cache.KvHeads][];
-        private readonly double[][] _sums = new double[cache.Layers * cache.KvHeads][];
-        private bool _collecting;
-
-        public override void BeforeStep(int step)
-        {
-            Cache.BeginStatistics(new AttentionStatisticsRequest(Cache.Length, GroupFold.Mean));
-            _collecting = true;
-        }
-
-        public override void AfterStep(int step)
-        {
-            var stats = Cache.EndStatistics();
-            _collecting = false;
-            for (int l = 0; l < Cache.Layers; l++)
-                for (int h = 0; h < Cache.KvHeads; h++)
-                {
-                    int i = l * Cache.KvHeads + h;
-                    var sums = Realign(i, Cache.Positions(l, h));
-                    var add = Align(Cache.Positions(l, h), stats.Positions(l, h), stats.SumProbability(l, h), 0);
-                    for (int t = 0; t < sums.Length; t++) sums[t] += add[t];
-                }
-            base.AfterStep(step);
-        }
-
-        protected override HeadScores Score()
-        {
-            var scores = new HeadScores(Cache.Layers, Cache.KvHeads);
-            int recent = Cache.Length - ((H2oDecodePress)Press).Window;
-            for (int l = 0; l < Cache.Layers; l++)
-                for (int h = 0; h < Cache.KvHeads; h++)
-                {
-                    var positions = Cache.Positions(l, h);
-                    var sums = Realign(l * Cache.KvHeads + h, positions);
-                    var s = new float[positions.Length];
-                    for (int t = 0; t < s.Length; t++) s[t] = positions[t] >= recent ? float.PositiveInfinity : (float)sums[t];
-                    scores[l, h] = s;
-                }
-            return scores;
-        }
-
-        private double[] Realign(int i, ReadOnlySpan<int> stored)
-        {
-            var old = _positions[i] ?? [];
-            var oldSums = _sums[i] ?? [];
-            var sums = new double[stored.Length];
-            for (int t = 0, j = 0; t < sums.Length; t++)
-            {
-                while (j < old.Length && old[j] < stored[t]) j++;
-                if (j < old.Length && old[j] == stored[t]) sums[t] = oldSums[j];
-            }
-            _positions[i] = [.. stored];
-            _sums[i] = sums;
-            return sums;
-        }
-
-        public override void Dispose()
-        {
-            if (_collecting) Cache.EndStatistics();
-            _collecting = false;
-        }
-    }
+    internal override DecodePressSession CreateSession(IDecodeCache cache) => new Session(this, cache);
 
     private sealed class Session(H2oDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
     {
@@ -108,10 +43,7 @@ public sealed class H2oDecodePress : DecodePress
 
         public override void AfterStep(int step)
         {
-            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             var stats = Cache.EndStatistics();
-            KvSharp.Generation.AbSwitch.Add(0, t0);
-            t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             _collecting = false;
             for (int l = 0; l < Cache.Layers; l++)
                 for (int h = 0; h < Cache.KvHeads; h++)
@@ -127,7 +59,6 @@ public sealed class H2oDecodePress : DecodePress
                         if (t < stored.Length && stored[t] == covered[c]) sums[t] += add[c];
                     }
                 }
-            KvSharp.Generation.AbSwitch.Add(1, t0);
             base.AfterStep(step);
         }
 

@@ -42,7 +42,7 @@ public static class CudaDecodePresses
         // Refused here rather than at the first observed or compressing step, after output has started.
         if (cache.HoldsVidKv)
             throw new KvSharpException($"decode press '{compression.Text}' on the GPU evicts tokens, which the device does not do in a cache holding VidKV blocks");
-        return ((DecodePress)compression).CreateSession(AbSwitch.Old ? new OldCudaDecodeCache(cache) : new CudaDecodeCache(cache));
+        return ((DecodePress)compression).CreateSession(new CudaDecodeCache(cache));
     }
 }
 
@@ -231,121 +231,5 @@ internal sealed class CudaDecodeCache : IDecodeCache
         var stored = new bool[order.Length];
         for (int i = 0; i < order.Length; i++) stored[order[i]] = ascendingFlags[i];
         return stored;
-    }
-}
-
-/// <summary>TEMPORARY: the device cache glue as before this branch (KVSHARP_AB_OLD=1).</summary>
-internal sealed class OldCudaDecodeCache : IDecodeCache
-{
-    private readonly CudaPagedKvCache _cache;
-    private int[][]? _ascending, _order;
-    private int _orderLength = -1;
-
-    public OldCudaDecodeCache(CudaPagedKvCache cache)
-    {
-        _cache = cache;
-        cache.KeepsPressBuffers = true;
-    }
-
-    public int Layers => _cache.Config.NumLayers;
-
-    public int KvHeads => _cache.Config.NumKvHeads;
-
-    public int HeadDim => _cache.Config.HeadDim;
-
-    public int Length => _cache.Length;
-
-    public int SharedLayerSource(int layer) => -1;
-
-    public ReadOnlySpan<int> Positions(int layer, int kvHead) => Ordered().Ascending[layer * KvHeads + kvHead];
-
-    public void BeginStatistics(AttentionStatisticsRequest request) => _cache.BeginStatistics(request);
-
-    public ObservedAttention EndStatistics()
-    {
-        var (_, sums) = _cache.EndStatistics();
-        var positions = new ReadOnlyMemory<int>[sums.Length];
-        var covered = new ReadOnlyMemory<float>[sums.Length];
-        for (int h = 0; h < sums.Length; h++)
-        {
-            var stored = _cache.StoredPositions(h);
-            var p = stored[..sums[h].Length];
-            var sorted = (float[])sums[h].Clone();
-            if (!IsAscending(p)) Array.Sort(p, sorted);
-            (positions[h], covered[h]) = (p, sorted);
-        }
-        return new ObservedAttention(KvHeads, positions, covered);
-    }
-
-    public float[][] RawRedundancy(double threshold)
-    {
-        var raw = _cache.KeyRedundancy(threshold);
-        var order = Ordered().Order;
-        PagedKvCache? keys = null;
-        try
-        {
-            for (int h = 0; h < raw.Length; h++)
-                if (!IsIdentity(order[h]))
-                {
-                    keys ??= _cache.Download();
-                    raw[h] = RkvScorer.RawRedundancy(keys.ReadKeys(h / KvHeads, h % KvHeads), HeadDim, threshold);
-                }
-        }
-        finally
-        {
-            keys?.Dispose();
-        }
-        return raw;
-    }
-
-    public void Evict(IReadOnlyList<bool[]?> evict)
-    {
-        var (ascending, order) = Ordered();
-        var drop = new bool[ascending.Length][];
-        bool any = false;
-        for (int h = 0; h < drop.Length; h++)
-        {
-            drop[h] = evict[h] is { } flags ? CudaDecodeCache.ToStorageOrder(flags, order[h]) : new bool[ascending[h].Length];
-            any |= drop[h].Contains(true);
-        }
-        _orderLength = -1;
-        if (any) _cache.Evict(drop);
-    }
-
-    private (int[][] Ascending, int[][] Order) Ordered()
-    {
-        if (_ascending == null || _order == null || _orderLength != _cache.Length)
-        {
-            _ascending = new int[_cache.HeadCount][];
-            _order = new int[_cache.HeadCount][];
-            for (int h = 0; h < _cache.HeadCount; h++)
-            {
-                var stored = _cache.StoredPositions(h);
-                int[] order = [.. Enumerable.Range(0, stored.Length)];
-                if (IsAscending(stored)) (_ascending[h], _order[h]) = ((int[])stored.Clone(), order);
-                else
-                {
-                    var a = (int[])stored.Clone();
-                    Array.Sort(a, order);
-                    (_ascending[h], _order[h]) = (a, order);
-                }
-            }
-            _orderLength = _cache.Length;
-        }
-        return (_ascending, _order);
-    }
-
-    private static bool IsIdentity(int[] order)
-    {
-        for (int i = 0; i < order.Length; i++)
-            if (order[i] != i) return false;
-        return true;
-    }
-
-    private static bool IsAscending(int[] positions)
-    {
-        for (int i = 1; i < positions.Length; i++)
-            if (positions[i] <= positions[i - 1]) return false;
-        return true;
     }
 }

@@ -382,8 +382,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens;
-        var flags = KeepsPressBuffers && !KvSharp.Generation.AbSwitch.Old ? (_keptHostFlags ??= new byte[(long)HeadCount * maxTokens]) : new byte[(long)HeadCount * maxTokens];
-        if (KeepsPressBuffers && !KvSharp.Generation.AbSwitch.Old) Array.Clear(flags);
+        var flags = KeepsPressBuffers ? (_keptHostFlags ??= new byte[(long)HeadCount * maxTokens]) : new byte[(long)HeadCount * maxTokens];
+        if (KeepsPressBuffers) Array.Clear(flags);
         for (int i = 0; i < heads.Length; i++)
         {
             int h = heads[i];
@@ -409,7 +409,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// </summary>
     private DeviceBuffer Scratch(ref DeviceBuffer? kept, long bytes, long limit, out bool owned)
     {
-        owned = !KeepsPressBuffers || KvSharp.Generation.AbSwitch.Old;
+        owned = !KeepsPressBuffers;
         if (owned) return Device.Allocate(bytes);
         if (kept == null || kept.ByteLength < bytes)
         {
@@ -428,7 +428,6 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     internal void EvictOnDevice(DeviceBuffer flags, byte[]? hostFlags = null)
     {
         RefuseVidKv("eviction");
-        if (KvSharp.Generation.AbSwitch.Old) hostFlags = null;
         if (hostFlags == null)
         {
             hostFlags = new byte[(long)HeadCount * MaxBlocks * BlockTokens];
@@ -442,7 +441,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         // blocks of one format pair re-encodes its kept tokens into at most as many blocks of that pair. So the scratch pool is
         // the used part, not the whole pool (a decode press compacts at every compression; a whole pool is the cache's capacity,
         // a GiB at 8K tokens of Llama-3.1-8B, allocated and freed each time).
-        long used = KvSharp.Generation.AbSwitch.Old ? PoolUnits : Math.Min(PoolUnits, (uint)state[0]);
+        long used = Math.Min(PoolUnits, (uint)state[0]);
         long stagingBytes = (long)HeadCount * 2 * BlockTokens * Config.HeadDim * sizeof(float);
         var fresh = Scratch(ref _keptFresh, used * 16, PoolUnits * 16, out bool ownsFresh);
         var staging = Scratch(ref _keptStaging, stagingBytes, stagingBytes, out bool ownsStaging);
