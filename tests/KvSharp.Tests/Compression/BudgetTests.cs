@@ -8,6 +8,27 @@ public class BudgetTests
     private const float Inf = float.PositiveInfinity;
 
     [Fact]
+    public void KeepMask_KeepsWhatTheFullRankingKeeps()
+    {
+        // The selection against the sort it replaced (TopK.Descending's ranking, ties to the later index): scores drawn
+        // from a few values (many ties), with ±0, ±∞, every keep from none to more than the head holds.
+        var random = new Random(7);
+        float[] values = [0f, -0f, 0.25f, 0.5f, -1f, 3f, Inf, float.NegativeInfinity, 1e-30f, -1e-30f];
+        for (int trial = 0; trial < 200; trial++)
+        {
+            var scores = new float[random.Next(0, 200)];
+            for (int i = 0; i < scores.Length; i++) scores[i] = trial % 3 == 0 ? (float)random.NextDouble() : values[random.Next(values.Length)];
+            for (int keep = 0; keep <= scores.Length + 1; keep++) // cuts of up to 64 in one pass, larger by a selection
+            {
+                var order = TopK.Descending(scores);
+                var expected = new bool[scores.Length];
+                for (int r = 0; r < order.Length; r++) expected[order[r]] = r < keep || float.IsPositiveInfinity(scores[order[r]]);
+                Assert.Equal(expected, TopK.KeepMask(scores, keep));
+            }
+        }
+    }
+
+    [Fact]
     public void Uniform_RatioTokensAndTotal()
     {
         var s = Scores.Of(2, 2, Scores.Ramp(10), Scores.Ramp(7), Scores.Ramp(3), Scores.Ramp(0));

@@ -69,6 +69,9 @@ internal sealed class HeadStore
     /// <summary>Original positions of every stored token, ascending (the logical order of masks and reads).</summary>
     public IReadOnlyList<int> Positions => _positions;
 
+    /// <summary><see cref="Positions"/> as a span (valid until the store changes).</summary>
+    public ReadOnlySpan<int> PositionSpan => CollectionsMarshal.AsSpan(_positions);
+
     /// <summary>Original positions of the tail's tokens, ascending.</summary>
     public ReadOnlySpan<int> TailPositions => CollectionsMarshal.AsSpan(_tailPositions);
 

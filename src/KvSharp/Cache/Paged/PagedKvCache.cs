@@ -142,6 +142,9 @@ public sealed partial class PagedKvCache : IKvCache
     /// <summary>Original positions of the tokens (layer, KV head) stores, ascending (a shared layer's are its source's).</summary>
     public IReadOnlyList<int> Positions(int layer, int kvHead) => Store(layer, kvHead).Positions;
 
+    /// <summary><see cref="Positions"/> as a span, valid until the cache changes (a decode press reads every head's at every step).</summary>
+    internal ReadOnlySpan<int> PositionSpan(int layer, int kvHead) => Store(layer, kvHead).PositionSpan;
+
     /// <summary>The encoded blocks (layer, KV head) reads, in storage order (for tests and tools that check the layout).</summary>
     internal IReadOnlyList<BlockEntry> Blocks(int layer, int kvHead) => Store(layer, kvHead).Blocks;
 

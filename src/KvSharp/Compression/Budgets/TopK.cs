@@ -32,14 +32,114 @@ internal static class TopK
         return order;
     }
 
-    /// <summary>Keep flags for the <paramref name="keep"/> highest scores (and every +∞ score).</summary>
+    /// <summary>
+    /// Keep flags for the <paramref name="keep"/> highest scores (and every +∞ score), ranked as <see cref="Descending"/>
+    /// ranks them (ties: the later index first). O(n): a selection of the keep-th rank, not a sort (a decode press cuts
+    /// every head at every compression step, hundreds of heads per step).
+    /// </summary>
     public static bool[] KeepMask(ReadOnlySpan<float> scores, int keep)
     {
         var mask = new bool[scores.Length];
-        var order = Descending(scores);
-        for (int r = 0; r < order.Length; r++)
-            mask[order[r]] = r < keep || float.IsPositiveInfinity(scores[order[r]]);
+        if (keep >= scores.Length)
+        {
+            Array.Fill(mask, true);
+            return mask;
+        }
+        if (keep > 0)
+        {
+            // The first key past the cut (rank keep): every key below it is kept.
+            ulong cut = scores.Length - keep <= SmallCut ? LowestRanked(scores, scores.Length - keep) : SelectKey(scores, keep);
+            for (int i = 0; i < mask.Length; i++) mask[i] = RankKey(scores[i], i) < cut;
+        }
+        for (int i = 0; i < mask.Length; i++) mask[i] |= float.IsPositiveInfinity(scores[i]);
         return mask;
+    }
+
+    /// <summary>
+    /// A key whose ascending order is <see cref="Descending"/>'s: the higher score first (−0 = +0, NaN last), then the later
+    /// index. Keys are distinct (the index is in them).
+    /// </summary>
+    private static ulong RankKey(float score, int index)
+    {
+        uint ascending = 0; // NaN: below −∞
+        if (!float.IsNaN(score))
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(score == 0 ? 0f : score); // −0 as +0
+            ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+        }
+        return (ulong)~ascending << 32 | ~(uint)index;
+    }
+
+    // Up to this many cut tokens (a decode press cuts a few a step) are found in one pass over the keys; more by a selection.
+    private const int SmallCut = 64;
+
+    /// <summary>The smallest of the <paramref name="count"/> largest rank keys (the lowest-ranked tokens), in one pass.</summary>
+    private static ulong LowestRanked(ReadOnlySpan<float> scores, int count)
+    {
+        Span<ulong> worst = stackalloc ulong[count]; // the largest keys so far, ascending: worst[0] is the smallest held
+        int held = 0;
+        for (int i = 0; i < scores.Length; i++)
+        {
+            ulong key = RankKey(scores[i], i);
+            if (held < count)
+            {
+                int at = held++;
+                while (at > 0 && worst[at - 1] > key)
+                {
+                    worst[at] = worst[at - 1];
+                    at--;
+                }
+                worst[at] = key;
+            }
+            else if (key > worst[0])
+            {
+                // worst[0] drops out; the held keys below the new one move down a place.
+                int at = 0;
+                while (at + 1 < count && worst[at + 1] < key)
+                {
+                    worst[at] = worst[at + 1];
+                    at++;
+                }
+                worst[at] = key;
+            }
+        }
+        return worst[0];
+    }
+
+    /// <summary>The rank key of rank <paramref name="rank"/> (0 = the highest score) by a selection.</summary>
+    private static ulong SelectKey(ReadOnlySpan<float> scores, int rank)
+    {
+        var keys = scores.Length <= 2048 ? stackalloc ulong[scores.Length] : new ulong[scores.Length];
+        for (int i = 0; i < keys.Length; i++) keys[i] = RankKey(scores[i], i);
+        return Select(keys, rank);
+    }
+
+    /// <summary>The <paramref name="k"/>-th smallest of distinct <paramref name="keys"/> (0-based), reordering them (Hoare's selection).</summary>
+    private static ulong Select(Span<ulong> keys, int k)
+    {
+        int lo = 0, hi = keys.Length - 1;
+        while (lo < hi)
+        {
+            ulong a = keys[lo], b = keys[lo + (hi - lo) / 2], c = keys[hi];
+            ulong pivot = Math.Max(Math.Min(a, b), Math.Min(Math.Max(a, b), c)); // median of three
+            int i = lo, j = hi;
+            while (i <= j)
+            {
+                while (keys[i] < pivot) i++;
+                while (keys[j] > pivot) j--;
+                if (i <= j)
+                {
+                    (keys[i], keys[j]) = (keys[j], keys[i]);
+                    i++;
+                    j--;
+                }
+            }
+            // keys[lo..j] ≤ pivot ≤ keys[i..hi]; between them (if anything) the pivot itself.
+            if (k <= j) hi = j;
+            else if (k >= i) lo = i;
+            else return keys[k];
+        }
+        return keys[k];
     }
 
     /// <summary>Scores equal to +∞ (tokens a scorer forces).</summary>

@@ -56,13 +56,16 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
             if (Cache.SharedLayerSource(l) >= 0) continue; // a shared layer stores nothing: its source is compressed
             for (int h = 0; h < Cache.KvHeads; h++)
             {
-                var positions = Cache.Positions(l, h);
-                int first = positions.Count - Candidates(l, h);
-                if (positions.Count - first <= Press.Tokens) continue;
+                int count = Cache.Positions(l, h).Length, first = count - Candidates(l, h);
+                if (count - first <= Press.Tokens) continue;
                 var keep = TopK.KeepMask(scores[l, h].AsSpan(first), Press.Tokens);
-                var evict = new bool[positions.Count];
-                for (int i = 0; i < keep.Length; i++) evict[first + i] = !keep[i];
-                EvictedTokens += evict.Count(e => e);
+                var evict = new bool[count];
+                for (int i = 0; i < keep.Length; i++)
+                    if (!keep[i])
+                    {
+                        evict[first + i] = true;
+                        EvictedTokens++;
+                    }
                 drops[l * Cache.KvHeads + h] = evict;
             }
         }
@@ -78,13 +81,13 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     /// <paramref name="values"/> of the <paramref name="covered"/> positions spread over the <paramref name="stored"/>
     /// positions (both ascending); stored positions not covered get <paramref name="uncovered"/>.
     /// </summary>
-    protected static float[] Align(IReadOnlyList<int> stored, IReadOnlyList<int> covered, ReadOnlySpan<float> values, float uncovered)
+    protected static float[] Align(ReadOnlySpan<int> stored, ReadOnlySpan<int> covered, ReadOnlySpan<float> values, float uncovered)
     {
-        var result = new float[stored.Count];
+        var result = new float[stored.Length];
         for (int i = 0, j = 0; i < result.Length; i++)
         {
-            while (j < covered.Count && covered[j] < stored[i]) j++;
-            result[i] = j < covered.Count && covered[j] == stored[i] ? values[j] : uncovered;
+            while (j < covered.Length && covered[j] < stored[i]) j++;
+            result[i] = j < covered.Length && covered[j] == stored[i] ? values[j] : uncovered;
         }
         return result;
     }
@@ -93,8 +96,8 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     {
         var positions = Cache.Positions(layer, kvHead);
         int p = 0;
-        while (p < positions.Count && positions[p] < Press.Protect) p++;
-        return positions.Count - p;
+        while (p < positions.Length && positions[p] < Press.Protect) p++;
+        return positions.Length - p;
     }
 
     /// <inheritdoc />

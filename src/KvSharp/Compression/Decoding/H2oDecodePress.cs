@@ -30,8 +30,9 @@ public sealed class H2oDecodePress : DecodePress
 
     private sealed class Session(H2oDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
     {
-        private readonly int[][] _positions = new int[cache.Layers * cache.KvHeads][];
-        private readonly double[][] _sums = new double[cache.Layers * cache.KvHeads][];
+        // Per head the positions the sums were last aligned to and their running sums (double, as the CPU has always summed),
+        // with a spare pair the next alignment writes into: no allocation per step once a head's capacity is reached.
+        private readonly HeadSums[] _heads = [.. Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(_ => new HeadSums())];
         private bool _collecting;
 
         public override void BeforeStep(int step)
@@ -47,10 +48,16 @@ public sealed class H2oDecodePress : DecodePress
             for (int l = 0; l < Cache.Layers; l++)
                 for (int h = 0; h < Cache.KvHeads; h++)
                 {
-                    int i = l * Cache.KvHeads + h;
-                    var sums = Realign(i, Cache.Positions(l, h));
-                    var add = Align(Cache.Positions(l, h), stats.Positions(l, h), stats.SumProbability(l, h), 0);
-                    for (int t = 0; t < sums.Length; t++) sums[t] += add[t];
+                    var stored = Cache.Positions(l, h);
+                    var sums = _heads[l * Cache.KvHeads + h].Realign(stored);
+                    // Covered positions are stored positions (both ascending): each adds its sum to its own token.
+                    var covered = stats.Positions(l, h);
+                    var add = stats.SumProbability(l, h);
+                    for (int c = 0, t = 0; c < covered.Length; c++)
+                    {
+                        while (t < stored.Length && stored[t] < covered[c]) t++;
+                        if (t < stored.Length && stored[t] == covered[c]) sums[t] += add[c];
+                    }
                 }
             base.AfterStep(step);
         }
@@ -63,34 +70,63 @@ public sealed class H2oDecodePress : DecodePress
                 for (int h = 0; h < Cache.KvHeads; h++)
                 {
                     var positions = Cache.Positions(l, h);
-                    var sums = Realign(l * Cache.KvHeads + h, positions);
-                    var s = new float[positions.Count];
+                    var sums = _heads[l * Cache.KvHeads + h].Realign(positions);
+                    var s = new float[positions.Length];
                     for (int t = 0; t < s.Length; t++) s[t] = positions[t] >= recent ? float.PositiveInfinity : (float)sums[t];
                     scores[l, h] = s;
                 }
             return scores;
         }
 
-        /// <summary>The accumulated sums of head <paramref name="i"/> moved onto <paramref name="stored"/> (new tokens start at 0, evicted ones drop).</summary>
-        private double[] Realign(int i, IReadOnlyList<int> stored)
-        {
-            var old = _positions[i] ?? [];
-            var oldSums = _sums[i] ?? [];
-            var sums = new double[stored.Count];
-            for (int t = 0, j = 0; t < sums.Length; t++)
-            {
-                while (j < old.Length && old[j] < stored[t]) j++;
-                if (j < old.Length && old[j] == stored[t]) sums[t] = oldSums[j];
-            }
-            _positions[i] = [.. stored];
-            _sums[i] = sums;
-            return sums;
-        }
-
         public override void Dispose()
         {
             if (_collecting) Cache.EndStatistics();
             _collecting = false;
+        }
+    }
+
+    /// <summary>One head's running sums, by position.</summary>
+    private sealed class HeadSums
+    {
+        private int[] _positions = [], _sparePositions = [];
+        private double[] _sums = [], _spareSums = [];
+        private int _count;
+
+        /// <summary>The sums moved onto <paramref name="stored"/> (ascending): new tokens start at 0, evicted ones drop.</summary>
+        public Span<double> Realign(ReadOnlySpan<int> stored)
+        {
+            if (_count <= stored.Length && stored[.._count].SequenceEqual(_positions.AsSpan(0, _count)))
+            {
+                // Nothing evicted since (a step appends, scoring reads): the new tokens start at 0 after the kept sums.
+                if (_positions.Length < stored.Length)
+                {
+                    int grown = Math.Max(stored.Length, 2 * _positions.Length);
+                    Array.Resize(ref _positions, grown);
+                    Array.Resize(ref _sums, grown);
+                }
+                stored[_count..].CopyTo(_positions.AsSpan(_count));
+                _sums.AsSpan(_count, stored.Length - _count).Clear();
+                _count = stored.Length;
+                return _sums.AsSpan(0, _count);
+            }
+            if (_sparePositions.Length < stored.Length)
+            {
+                int capacity = Math.Max(stored.Length, 2 * _sparePositions.Length);
+                (_sparePositions, _spareSums) = (new int[capacity], new double[capacity]);
+            }
+            var oldPositions = _positions.AsSpan(0, _count);
+            var oldSums = _sums.AsSpan(0, _count);
+            var sums = _spareSums.AsSpan(0, stored.Length);
+            for (int t = 0, j = 0; t < sums.Length; t++)
+            {
+                while (j < oldPositions.Length && oldPositions[j] < stored[t]) j++;
+                sums[t] = j < oldPositions.Length && oldPositions[j] == stored[t] ? oldSums[j] : 0;
+            }
+            stored.CopyTo(_sparePositions);
+            (_positions, _sparePositions) = (_sparePositions, _positions);
+            (_sums, _spareSums) = (_spareSums, _sums);
+            _count = stored.Length;
+            return sums;
         }
     }
 }

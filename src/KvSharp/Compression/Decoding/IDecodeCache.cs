@@ -24,8 +24,8 @@ internal interface IDecodeCache
     /// <summary>The layer whose KV <paramref name="layer"/> reads (≥ 0), or −1 when it stores its own.</summary>
     int SharedLayerSource(int layer);
 
-    /// <summary>The positions a head stores, ascending.</summary>
-    IReadOnlyList<int> Positions(int layer, int kvHead);
+    /// <summary>The positions a head stores, ascending (valid until the cache changes: an append or an eviction).</summary>
+    ReadOnlySpan<int> Positions(int layer, int kvHead);
 
     /// <summary>Starts collecting attention statistics (<see cref="PagedKvCache.BeginStatistics"/>'s meaning).</summary>
     void BeginStatistics(AttentionStatisticsRequest request);
@@ -43,14 +43,17 @@ internal interface IDecodeCache
     void Evict(IReadOnlyList<bool[]?> evict);
 }
 
-/// <summary>The part of <see cref="AttentionStatistics"/> decode presses score by: per head the covered positions and summed probabilities.</summary>
-internal sealed class ObservedAttention(int kvHeads, int[][] positions, float[][] sums)
+/// <summary>
+/// The part of <see cref="AttentionStatistics"/> decode presses score by: per head the covered positions and summed
+/// probabilities (views: the device's are slices of one read-back and of the cache's own position lists).
+/// </summary>
+internal sealed class ObservedAttention(int kvHeads, ReadOnlyMemory<int>[] positions, ReadOnlyMemory<float>[] sums)
 {
     /// <summary>The covered positions of a head, ascending.</summary>
-    public IReadOnlyList<int> Positions(int layer, int kvHead) => positions[layer * kvHeads + kvHead];
+    public ReadOnlySpan<int> Positions(int layer, int kvHead) => positions[layer * kvHeads + kvHead].Span;
 
     /// <summary>The summed folded probability of each covered position.</summary>
-    public ReadOnlySpan<float> SumProbability(int layer, int kvHead) => sums[layer * kvHeads + kvHead];
+    public ReadOnlySpan<float> SumProbability(int layer, int kvHead) => sums[layer * kvHeads + kvHead].Span;
 }
 
 /// <summary>The CPU's <see cref="PagedKvCache"/> as a decode press sees it (its Positions are ascending in storage order: blocks, then the tail).</summary>
@@ -66,7 +69,7 @@ internal sealed class PagedDecodeCache(PagedKvCache cache) : IDecodeCache
 
     public int SharedLayerSource(int layer) => cache.SharedLayerSource(layer);
 
-    public IReadOnlyList<int> Positions(int layer, int kvHead) => cache.Positions(layer, kvHead);
+    public ReadOnlySpan<int> Positions(int layer, int kvHead) => cache.PositionSpan(layer, kvHead);
 
     public void BeginStatistics(AttentionStatisticsRequest request) => cache.BeginStatistics(request);
 
@@ -74,11 +77,11 @@ internal sealed class PagedDecodeCache(PagedKvCache cache) : IDecodeCache
     {
         var stats = cache.EndStatistics();
         int heads = stats.Layers * stats.KvHeads;
-        var positions = new int[heads][];
-        var sums = new float[heads][];
+        var positions = new ReadOnlyMemory<int>[heads];
+        var sums = new ReadOnlyMemory<float>[heads];
         for (int i = 0; i < heads; i++)
         {
-            positions[i] = [.. stats.Positions(i / stats.KvHeads, i % stats.KvHeads)];
+            positions[i] = stats.Positions(i / stats.KvHeads, i % stats.KvHeads).ToArray();
             sums[i] = stats.SumProbability(i / stats.KvHeads, i % stats.KvHeads).ToArray();
         }
         return new ObservedAttention(stats.KvHeads, positions, sums);

@@ -78,7 +78,7 @@ public sealed class RkvDecodePress : DecodePress
                     var positions = Cache.Positions(l, h);
                     // Without an observation (a session that started right at a compression step) every token is
                     // equally important and redundancy alone decides.
-                    var s = _observed is { } o ? Align(positions, o.Positions(l, h), o.SumProbability(l, h), float.PositiveInfinity) : new float[positions.Count];
+                    var s = _observed is { } o ? Align(positions, o.Positions(l, h), o.SumProbability(l, h), float.PositiveInfinity) : new float[positions.Length];
                     SnapKvScorer.Pool1D(s, _press.Kernel, max: true);
                     var redundancy = RkvScorer.SoftMaxed(raw[l * Cache.KvHeads + h]);
                     for (int t = 0; t < s.Length; t++)

@@ -48,19 +48,27 @@ public static class CudaDecodePresses
 
 /// <summary>
 /// <see cref="CudaPagedKvCache"/> as a decode press sees it: the device's storage order (what eviction flags and statistics
-/// follow) mapped to ascending position (what the session scores in); R-KV's redundancy summed on the device.
+/// follow) mapped to ascending position (what the session scores in); R-KV's redundancy summed on the device. Each head's
+/// positions are kept here and taken again from the cache only after an eviction: between evictions a decode step appends
+/// its position to every head (one sequence), so the lists grow in place instead of being rebuilt for every head at every
+/// step.
 /// </summary>
 internal sealed class CudaDecodeCache : IDecodeCache
 {
     private readonly CudaPagedKvCache _cache;
-    private int[][]? _ascending, _order; // per head: positions ascending, and the storage index of each
-    private int _orderLength = -1;
+    private readonly int[][] _ascending; // per head: positions ascending (capacity ≥ count; a rebuild makes new arrays, so views handed out stay true)
+    private readonly int[]?[] _order;    // per head: the storage index of each ascending position, null where storage order is ascending
+    private readonly int[] _counts;
+    private int _syncedLength = -1;      // the cache length the lists describe; −1: take them from the cache
 
     public CudaDecodeCache(CudaPagedKvCache cache)
     {
         _cache = cache;
         // The session collects at every observed step: the statistics buffers stay allocated between collections (freed with the cache).
-        cache.KeepsStatisticsBuffers = true;
+        cache.KeepsPressBuffers = true;
+        _ascending = new int[cache.HeadCount][];
+        _order = new int[cache.HeadCount][];
+        _counts = new int[cache.HeadCount];
     }
 
     public int Layers => _cache.Config.NumLayers;
@@ -73,16 +81,28 @@ internal sealed class CudaDecodeCache : IDecodeCache
 
     public int SharedLayerSource(int layer) => -1; // the device cache shares no layer's KV
 
-    public IReadOnlyList<int> Positions(int layer, int kvHead) => Ordered().Ascending[layer * KvHeads + kvHead];
+    public ReadOnlySpan<int> Positions(int layer, int kvHead)
+    {
+        Sync();
+        int h = layer * KvHeads + kvHead;
+        return _ascending[h].AsSpan(0, _counts[h]);
+    }
 
     public void BeginStatistics(AttentionStatisticsRequest request) => _cache.BeginStatistics(request);
 
     public ObservedAttention EndStatistics()
     {
-        var (_, sums) = _cache.EndStatistics(); // storage order, the first tokens each head stored when the collection began
-        var positions = new int[sums.Length][];
-        for (int h = 0; h < sums.Length; h++) (positions[h], sums[h]) = Covered(_cache.StoredPositions(h), sums[h]);
-        return new ObservedAttention(KvHeads, positions, sums);
+        var (sums, width, counts) = _cache.EndStatisticsSums(); // storage order, the first tokens each head stored when the collection began
+        Sync();
+        var positions = new ReadOnlyMemory<int>[counts.Length];
+        var covered = new ReadOnlyMemory<float>[counts.Length];
+        for (int h = 0; h < counts.Length; h++)
+        {
+            var stored = sums.AsMemory(h * width, counts[h]);
+            if (_order[h] is { } order) (positions[h], covered[h]) = Covered(_ascending[h].AsSpan(0, _counts[h]), order.AsSpan(0, _counts[h]), stored.Span);
+            else (positions[h], covered[h]) = (_ascending[h].AsMemory(0, counts[h]), stored); // the first stored tokens are the first positions
+        }
+        return new ObservedAttention(KvHeads, positions, covered);
     }
 
     public float[][] RawRedundancy(double threshold)
@@ -91,12 +111,12 @@ internal sealed class CudaDecodeCache : IDecodeCache
         // (press_key_redundancy's "later" is the later stored key); a head stored otherwise (an uploaded or re-quantized
         // cache) is scored on the host from its keys read back in position order.
         var raw = _cache.KeyRedundancy(threshold);
-        var order = Ordered().Order;
+        Sync();
         PagedKvCache? keys = null;
         try
         {
             for (int h = 0; h < raw.Length; h++)
-                if (!IsIdentity(order[h]))
+                if (_order[h] != null)
                 {
                     keys ??= _cache.Download();
                     raw[h] = RkvScorer.RawRedundancy(keys.ReadKeys(h / KvHeads, h % KvHeads), HeadDim, threshold);
@@ -111,50 +131,83 @@ internal sealed class CudaDecodeCache : IDecodeCache
 
     public void Evict(IReadOnlyList<bool[]?> evict)
     {
-        var (ascending, order) = Ordered();
-        var drop = new bool[ascending.Length][];
+        Sync();
+        var drop = new bool[_counts.Length][];
         bool any = false;
         for (int h = 0; h < drop.Length; h++)
         {
-            drop[h] = evict[h] is { } flags ? ToStorageOrder(flags, order[h]) : new bool[ascending[h].Length];
-            any |= drop[h].Contains(true);
+            var flags = evict[h] ?? new bool[_counts[h]];
+            drop[h] = _order[h] is { } order ? ToStorageOrder(flags, order.AsSpan(0, _counts[h])) : flags;
+            any |= drop[h].AsSpan().Contains(true);
         }
-        _orderLength = -1;
+        _syncedLength = -1;
         if (any) _cache.Evict(drop);
     }
 
-    /// <summary>Each head's positions ascending and their storage indices, taken again after an append or an eviction.</summary>
-    private (int[][] Ascending, int[][] Order) Ordered()
+    /// <summary>
+    /// Brings each head's positions to the cache's length: appended positions added to every head, or everything taken again
+    /// from the cache at the start, after an eviction, or should the cache have shrunk.
+    /// </summary>
+    private void Sync()
     {
-        if (_ascending == null || _order == null || _orderLength != _cache.Length)
+        int length = _cache.Length;
+        if (length == _syncedLength) return;
+        if (_syncedLength < 0 || length < _syncedLength)
         {
-            _ascending = new int[_cache.HeadCount][];
-            _order = new int[_cache.HeadCount][];
-            for (int h = 0; h < _cache.HeadCount; h++) (_ascending[h], _order[h]) = Ascending(_cache.StoredPositions(h));
-            _orderLength = _cache.Length;
+            for (int h = 0; h < _counts.Length; h++)
+            {
+                var (ascending, order) = Ascending(_cache.StoredPositions(h));
+                (_ascending[h], _order[h], _counts[h]) = (ascending, IsIdentity(order) ? null : order, ascending.Length);
+            }
         }
-        return (_ascending, _order);
+        else
+        {
+            int added = length - _syncedLength;
+            for (int h = 0; h < _counts.Length; h++)
+            {
+                int count = _counts[h];
+                if (_ascending[h].Length < count + added) Array.Resize(ref _ascending[h], Math.Max(count + added, 2 * _ascending[h].Length));
+                for (int i = 0; i < added; i++) _ascending[h][count + i] = _syncedLength + i;
+                if (_order[h] is { } order)
+                {
+                    // Appended tokens are stored last and come last in position: their storage indices follow the head's count.
+                    if (order.Length < count + added) Array.Resize(ref order, Math.Max(count + added, 2 * order.Length));
+                    for (int i = 0; i < added; i++) order[count + i] = count + i;
+                    _order[h] = order;
+                }
+                _counts[h] = count + added;
+            }
+        }
+        _syncedLength = length;
     }
 
     /// <summary>A head's positions in storage order, sorted, with the storage index of each (an uploaded or re-quantized cache need not store them ascending).</summary>
     internal static (int[] Ascending, int[] Order) Ascending(int[] stored)
     {
         int[] order = [.. Enumerable.Range(0, stored.Length)];
-        // A prefill, appends and evictions keep a head's storage ascending: no sort, which taken again for every head after each
-        // step's append cost the most of a step's host work (256 heads of ~520 tokens at the KV shape of Llama-3.1-8B).
-        if (IsAscending(stored)) return ((int[])stored.Clone(), order);
+        // A prefill, appends and evictions keep a head's storage ascending: no sort.
+        if (IsAscending(stored)) return (stored, order);
         var ascending = (int[])stored.Clone();
         Array.Sort(ascending, order);
         return (ascending, order);
     }
 
-    /// <summary>The statistics of a head's first <paramref name="sums"/>.Length stored tokens (storage order) as covered positions and sums, ascending.</summary>
-    internal static (int[] Positions, float[] Sums) Covered(int[] stored, float[] sums)
+    /// <summary>
+    /// The statistics of a head stored out of position order as covered positions and sums, ascending: the covered tokens are
+    /// the first <paramref name="storageSums"/>.Length stored (storage order), <paramref name="order"/> the storage index of
+    /// each of <paramref name="ascending"/>'s positions (<see cref="Ascending"/>).
+    /// </summary>
+    internal static (int[] Positions, float[] Sums) Covered(ReadOnlySpan<int> ascending, ReadOnlySpan<int> order, ReadOnlySpan<float> storageSums)
     {
-        var positions = stored[..sums.Length];
-        var sorted = (float[])sums.Clone();
-        if (!IsAscending(positions)) Array.Sort(positions, sorted);
-        return (positions, sorted);
+        var positions = new int[storageSums.Length];
+        var sums = new float[storageSums.Length];
+        for (int k = 0, c = 0; k < ascending.Length; k++)
+            if (order[k] < storageSums.Length)
+            {
+                positions[c] = ascending[k];
+                sums[c++] = storageSums[order[k]];
+            }
+        return (positions, sums);
     }
 
     private static bool IsIdentity(int[] order)
@@ -172,7 +225,7 @@ internal sealed class CudaDecodeCache : IDecodeCache
     }
 
     /// <summary>Flags in ascending position as flags in storage order (<paramref name="order"/>: <see cref="Ascending"/>'s storage index of each).</summary>
-    internal static bool[] ToStorageOrder(bool[] ascendingFlags, int[] order)
+    internal static bool[] ToStorageOrder(bool[] ascendingFlags, ReadOnlySpan<int> order)
     {
         if (ascendingFlags.Length != order.Length) throw new ArgumentException($"{ascendingFlags.Length} flags for a head storing {order.Length} tokens", nameof(ascendingFlags));
         var stored = new bool[order.Length];

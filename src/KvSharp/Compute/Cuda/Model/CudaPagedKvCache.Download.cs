@@ -97,17 +97,19 @@ public sealed partial class CudaPagedKvCache
         _storedUpTo = Enumerable.Range(0, Batch).Select(LengthOf).ToArray();
     }
 
-    /// <summary>After an eviction by <paramref name="flags"/> (device bytes [HeadCount, MaxBlocks · BlockTokens], nonzero = dropped): each head keeps the positions of its kept tokens.</summary>
-    private void EvictPositions(DeviceBuffer flags)
+    /// <summary>After an eviction by <paramref name="dropped"/> ([HeadCount, MaxBlocks · BlockTokens], nonzero = dropped): each head keeps the positions of its kept tokens.</summary>
+    private void EvictPositions(byte[] dropped)
     {
         if (_storedPositions == null) return;
         int maxTokens = MaxBlocks * BlockTokens;
-        var dropped = new byte[(long)HeadCount * maxTokens];
-        flags.Download<byte>(dropped);
         for (int h = 0; h < HeadCount; h++)
         {
             var positions = PositionsOf(h, h / Config.NumKvHeads % Batch);
-            _storedPositions[h] = positions.Where((_, i) => dropped[(long)h * maxTokens + i] == 0).ToArray();
+            var flags = dropped.AsSpan((int)((long)h * maxTokens), positions.Length);
+            var kept = new int[flags.Count((byte)0)];
+            for (int i = 0, k = 0; i < positions.Length; i++)
+                if (flags[i] == 0) kept[k++] = positions[i];
+            _storedPositions[h] = kept;
         }
         _storedUpTo = Enumerable.Range(0, Batch).Select(LengthOf).ToArray();
     }

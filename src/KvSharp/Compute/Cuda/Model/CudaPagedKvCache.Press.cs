@@ -18,11 +18,13 @@ public sealed partial class CudaPagedKvCache
     public bool IsCollectingStatistics => _statistics != null;
 
     /// <summary>
-    /// Whether the statistics buffers ([heads, capacity] maxima and sums) outlive a collection, for the next one, until the
-    /// cache is disposed. A decode press collects at every observed step (H2O: every step), where allocating and freeing
-    /// them each time costs more than the step's statistics; a context press collects once and frees them.
+    /// Whether the statistics buffers ([heads, capacity] maxima and sums) outlive a collection, for the next one, and an
+    /// eviction's scratch (drop flags on both sides, the compacted pool's used part, the staging rows) the next eviction,
+    /// until the cache is disposed. A decode press collects at every observed step (H2O: every step) and evicts at every
+    /// compression, where allocating and freeing them each time costs more than the step's statistics; a context press
+    /// collects and evicts once and frees them.
     /// </summary>
-    internal bool KeepsStatisticsBuffers { get; set; }
+    internal bool KeepsPressBuffers { get; set; }
 
     /// <summary>
     /// Starts collecting on the device, as <see cref="Cache.Paged.PagedKvCache.BeginStatistics"/> does on the CPU: every
@@ -73,19 +75,44 @@ public sealed partial class CudaPagedKvCache
     }
 
     /// <summary>
+    /// <see cref="EndStatistics"/>'s sums alone (what a decode press scores by, read back at every observed step), packed:
+    /// head h's covered values are <c>Sums[h · Width ..][..Counts[h]]</c>, storage order.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No collection is in progress.</exception>
+    internal (float[] Sums, int Width, int[] Counts) EndStatisticsSums()
+    {
+        var (sum, covered) = (_statSum, _covered);
+        if (_statistics == null || sum == null || covered == null)
+            throw new InvalidOperationException("no attention statistics are being collected: call BeginStatistics first");
+        Device.Synchronize();
+        var counts = new int[HeadCount];
+        covered.Download<int>(counts);
+        var (packed, width) = DownloadPacked(sum, counts);
+        StopStatistics();
+        return (packed, width, counts);
+    }
+
+    /// <summary>
     /// The first <paramref name="counts"/>[h] values of each head's row of <paramref name="perHead"/> [HeadCount, MaxBlocks ·
     /// BlockTokens]: one strided copy of every head's first max(counts) values (a decode press reads its statistics back at
     /// every observed step; a copy per head cost a round trip each, 2 · HeadCount a step).
     /// </summary>
     private float[][] DownloadHeads(DeviceBuffer perHead, int[] counts)
     {
-        long pitch = (long)MaxBlocks * BlockTokens * sizeof(float);
+        var (packed, width) = DownloadPacked(perHead, counts);
         var result = new float[counts.Length][];
+        for (int h = 0; h < counts.Length; h++) result[h] = packed.AsSpan(h * width, counts[h]).ToArray();
+        return result;
+    }
+
+    /// <summary><see cref="DownloadHeads"/>' one strided copy: head h's values at [h · Width, h · Width + counts[h]).</summary>
+    private (float[] Packed, int Width) DownloadPacked(DeviceBuffer perHead, int[] counts)
+    {
+        long pitch = (long)MaxBlocks * BlockTokens * sizeof(float);
         int width = counts.Length == 0 ? 0 : counts.Max();
         var packed = new float[(long)width * counts.Length];
         perHead.Download2D<float>(packed, 0, pitch, width, counts.Length);
-        for (int h = 0; h < counts.Length; h++) result[h] = packed.AsSpan(h * width, counts[h]).ToArray();
-        return result;
+        return (packed, width);
     }
 
     /// <summary>
@@ -127,7 +154,7 @@ public sealed partial class CudaPagedKvCache
         var flags = new byte[(long)HeadCount * maxTokens];
         drop.Download<byte>(flags);
         StopStatistics();
-        EvictOnDevice(drop);
+        EvictOnDevice(drop, flags);
         return Enumerable.Range(0, HeadCount).Select(h => Enumerable.Range(0, lengths[h]).Select(i => flags[(long)h * maxTokens + i] != 0).ToArray()).ToArray();
     }
 
@@ -308,7 +335,7 @@ public sealed partial class CudaPagedKvCache
         _coverEachForward = false;
         _rowNorms?.Dispose();
         (_rowNorms, _valueNorms) = (null, null);
-        if (KeepsStatisticsBuffers) return; // the next collection fills them again
+        if (KeepsPressBuffers) return; // the next collection fills them again
         foreach (var b in new[] { _statMax, _statSum, _covered }) b?.Dispose();
         (_statMax, _statSum, _covered) = (null, null, null);
     }

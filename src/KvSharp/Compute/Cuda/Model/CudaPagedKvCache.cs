@@ -30,6 +30,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     private readonly CudaPagedKernels _kernels;
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
     private readonly DeviceBuffer _arrivals; // per head: blocks of a fused QKV product done with it (zero between launches)
+    private byte[]? _keptHostFlags;          // an eviction's scratch while KeepsPressBuffers: drop flags on the host and the device,
+    private DeviceBuffer? _keptFlags, _keptFresh, _keptStaging; // the compacted pool's used part, the staging rows
     private readonly int _residualUnits, _group;
     private int _blocksAtSync, _lengthAtSync;
     private long _layerBlocksAtSync;
@@ -380,33 +382,87 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         var lengths = HeadLengths();
         int maxTokens = MaxBlocks * BlockTokens;
-        var flags = new byte[(long)HeadCount * maxTokens];
+        var flags = KeepsPressBuffers ? (_keptHostFlags ??= new byte[(long)HeadCount * maxTokens]) : new byte[(long)HeadCount * maxTokens];
+        if (KeepsPressBuffers) Array.Clear(flags);
         for (int i = 0; i < heads.Length; i++)
         {
             int h = heads[i];
             if (drop[i].Length != lengths[h]) throw new ArgumentException($"head {h}'s mask has {drop[i].Length} flags but the head stores {lengths[h]} tokens", nameof(drop));
             for (int j = 0; j < lengths[h]; j++) flags[(long)h * maxTokens + j] = drop[i][j] ? (byte)1 : (byte)0;
         }
-        using var deviceFlags = Device.Allocate(flags.Length);
-        deviceFlags.Upload<byte>(flags);
-        EvictOnDevice(deviceFlags);
+        var deviceFlags = Scratch(ref _keptFlags, flags.Length, flags.Length, out bool owned);
+        try
+        {
+            deviceFlags.Upload<byte>(flags);
+            EvictOnDevice(deviceFlags, flags);
+        }
+        finally
+        {
+            if (owned) deviceFlags.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A device scratch buffer of at least <paramref name="bytes"/>: while <see cref="KeepsPressBuffers"/>, the kept one
+    /// (<paramref name="kept"/>, reallocated when short, a quarter over but at most <paramref name="limit"/>: the compacted pool
+    /// grows with the blocks a head holds); otherwise a new one the caller disposes (<paramref name="owned"/>).
+    /// </summary>
+    private DeviceBuffer Scratch(ref DeviceBuffer? kept, long bytes, long limit, out bool owned)
+    {
+        owned = !KeepsPressBuffers;
+        if (owned) return Device.Allocate(bytes);
+        if (kept == null || kept.ByteLength < bytes)
+        {
+            kept?.Dispose();
+            kept = null;
+            kept = Device.Allocate(Math.Min(limit, bytes + bytes / 4));
+        }
+        return kept;
     }
 
     /// <summary>
     /// <see cref="Evict(IReadOnlyList{bool[]})"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
-    /// (what a device-side scorer writes). The pool keeps its address, so captured decode graphs stay valid.
+    /// (what a device-side scorer writes), and their copy on the host when the caller has one (<paramref name="hostFlags"/>:
+    /// not read back). The pool keeps its address, so captured decode graphs stay valid.
     /// </summary>
-    internal void EvictOnDevice(DeviceBuffer flags)
+    internal void EvictOnDevice(DeviceBuffer flags, byte[]? hostFlags = null)
     {
         RefuseVidKv("eviction");
-        EvictPositions(flags);
+        if (hostFlags == null)
+        {
+            hostFlags = new byte[(long)HeadCount * MaxBlocks * BlockTokens];
+            flags.Download<byte>(hostFlags);
+        }
+        EvictPositions(hostFlags);
         _layoutVersion++;
+        var state = new int[2];
+        _state.Download<int>(state);
+        // The compaction writes at most the units in use (state[0], the pool's top): a block is copied as it is, and each run of
+        // blocks of one format pair re-encodes its kept tokens into at most as many blocks of that pair. So the scratch pool is
+        // the used part, not the whole pool (a decode press compacts at every compression; a whole pool is the cache's capacity,
+        // a GiB at 8K tokens of Llama-3.1-8B, allocated and freed each time).
+        long used = Math.Min(PoolUnits, (uint)state[0]);
+        long stagingBytes = (long)HeadCount * 2 * BlockTokens * Config.HeadDim * sizeof(float);
+        var fresh = Scratch(ref _keptFresh, used * 16, PoolUnits * 16, out bool ownsFresh);
+        var staging = Scratch(ref _keptStaging, stagingBytes, stagingBytes, out bool ownsStaging);
+        try
+        {
+            CompactPool(flags, fresh, used, staging);
+        }
+        finally
+        {
+            if (ownsFresh) fresh.Dispose();
+            if (ownsStaging) staging.Dispose();
+        }
+    }
+
+    /// <summary>paged_evict by <paramref name="flags"/> into <paramref name="fresh"/> (<paramref name="used"/> units), then back into the pool.</summary>
+    private void CompactPool(DeviceBuffer flags, DeviceBuffer fresh, long used, DeviceBuffer staging)
+    {
         int hd = Config.HeadDim;
-        using var fresh = Device.Allocate(PoolUnits * 16);
-        using var staging = Device.Allocate((long)HeadCount * 2 * BlockTokens * hd * sizeof(float));
         _state.Upload<int>([ReservedUnits, 0]);
         _kernels.Evict(_pool.Pointer, fresh.Pointer, _desc.Pointer, _headBlocks.Pointer, _headTokens.Pointer, flags.Pointer, staging.Pointer,
-            _state.Pointer, _state.Pointer + 4, PoolUnits, HeadCount, MaxBlocks, MaxBlocks * BlockTokens, BlockTokens, hd, ValueGroup);
+            _state.Pointer, _state.Pointer + 4, used, HeadCount, MaxBlocks, MaxBlocks * BlockTokens, BlockTokens, hd, ValueGroup);
         Device.Synchronize();
         CheckDeviceState();
         var top = new int[1];
@@ -531,7 +587,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <inheritdoc />
     public override void Dispose()
     {
-        KeepsStatisticsBuffers = false;
+        KeepsPressBuffers = false;
         StopStatistics();
         DisposeBuffers();
         base.Dispose();
@@ -544,6 +600,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _headBlocks?.Dispose();
         _headTokens?.Dispose();
         _state?.Dispose();
+        foreach (var b in new[] { _keptFlags, _keptFresh, _keptStaging }) b?.Dispose();
         _arrivals?.Dispose();
         _vidBasis?.Dispose();
     }
