@@ -214,7 +214,8 @@ public static class KernelChecks
     /// Matrix-vector kernels: each weight type, 1-8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
     /// row count (two rows per warp; a partial last tile of the tensor-core kernel), the accumulate and SwiGLU epilogues,
     /// and the fused RMSNorm of the input. The tensor-core kernel's warps take 4 steps of 32 columns at 1024 columns (one
-    /// group of its load ring), 9 at 2304 (two groups and a remainder) and 3 at 768 (the remainder alone).
+    /// group of its load ring), 9 at 2304 (two groups and a remainder) and 3 at 768 (the remainder alone); each of its
+    /// cases also with a grid of 4 blocks (several row tiles a block: at 1024 columns the ring runs on into the next tile).
     /// </summary>
     public static string Gemv()
     {
@@ -236,8 +237,6 @@ public static class KernelChecks
                         const float eps = 1e-5f;
                         using var dx = Upload(x);
                         using var dnorm = Upload(norm);
-                        using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
-                        K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps);
                         // The tensor-core kernel (2..8 rows, 16-bit weights) rounds x·norm to the weight type and applies the
                         // norm's 1/rms after the product; the CUDA-core kernel keeps float32 activations.
                         bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
@@ -270,8 +269,61 @@ public static class KernelChecks
                                     _ => products[t * rows + r],
                                 };
                             }
-                        report.Add(Compare.Relative($"gemv{(tensorCores ? " mma" : "")} {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}", Result(dy, n * rows), expected, 1e-5));
+                        foreach (int? wave in tensorCores ? new int?[] { null, 4 } : [null])
+                        {
+                            using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
+                            K.TensorCoreGemvWave = wave;
+                            try { K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps); }
+                            finally { K.TensorCoreGemvWave = null; }
+                            report.Add(Compare.Relative($"gemv{(tensorCores ? " mma" : "")}{(wave != null ? $" {wave} blocks" : "")} {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}",
+                                Result(dy, n * rows), expected, 1e-5));
+                        }
                     }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
+    /// The tensor-core products at shapes of several waves, on the device's own grid plan (CudaKernels.Gemv: at most one
+    /// wave of blocks, each taking an equal share of the row tiles): Llama-3.1-8B's gate/up rows (1792 tiles of 8 pairs; at
+    /// 1024 columns a warp's 4 steps are one group of the ring, which runs on into the next tile) and its output head's rows
+    /// (8016 tiles of 16; at 256 columns one step, the ring reloaded a tile), 8 activation rows, the norm fused.
+    /// </summary>
+    public static string GemvMmaWaves()
+    {
+        var report = new List<string>();
+        foreach (var (mode, rows, cols) in new[] { (CudaKernels.GemvMode.SwiGlu, 14336, 1024), (CudaKernels.GemvMode.Store, 128256, 256) })
+        {
+            const int n = 8;
+            const float eps = 1e-5f;
+            var rnd = new RandomData();
+            int matrixRows = mode == CudaKernels.GemvMode.SwiGlu ? 2 * rows : rows;
+            var (dw, weights) = Weights(DeviceWeightType.BF16, rnd.Floats(matrixRows * cols));
+            using var _ = dw;
+            var x = rnd.Floats(n * cols, 3f);
+            var norm = rnd.Floats(cols, 2f);
+            using var dx = Upload(x);
+            using var dnorm = Upload(norm);
+            using var dy = Poisoned((long)n * rows * 4);
+            K.Gemv(DeviceWeightType.BF16, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, dnorm.Pointer, eps);
+            // As in Gemv: x·norm rounded to bfloat16, the 1/rms applied after the product.
+            var xr = new double[n * cols];
+            var inv = new double[n];
+            for (int t = 0; t < n; t++)
+            {
+                double ss = 0;
+                for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
+                inv[t] = 1 / Math.Sqrt(ss / cols + eps);
+                for (int i = 0; i < cols; i++) xr[t * cols + i] = RandomData.BFloat16ToDouble(RandomData.ToBFloat16([x[t * cols + i] * norm[i]])[0]);
+            }
+            var products = Reference(weights, xr, matrixRows, cols, n);
+            var expected = new double[n * rows];
+            for (int t = 0; t < n; t++)
+                for (int r = 0; r < rows; r++)
+                    expected[t * rows + r] = mode == CudaKernels.GemvMode.SwiGlu
+                        ? Silu(products[t * matrixRows + r] * inv[t]) * products[t * matrixRows + rows + r] * inv[t]
+                        : products[t * rows + r] * inv[t];
+            report.Add(Compare.Relative($"gemv mma {mode}+norm {n}x{rows}x{cols}", Result(dy, n * rows), expected, 1e-5));
+        }
         return string.Join("; ", report);
     }
 

@@ -74,21 +74,37 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
     return r;
 }
 
+// Row tiles (16 output rows; SwiGLU: 8 gate/up pairs) are strided over the grid: block b takes tiles b, b + gridDim.x, ...
+// The host launches one block a tile where the tiles fit one wave, else at most one wave with the tiles split evenly
+// (CudaKernels.Gemv): a grid of several waves paid a ramp of ~2 us at every wave boundary (all the new blocks waiting for
+// their first data together) and ran its last wave part-full (docs/benchmarks.md, branches gpuoverlap and gpupt). Where a
+// warp's steps are a multiple of the ring, the refills past a tile's last step load the next tile's first steps, so that
+// a block's loads stay in flight while it reduces a tile. The reduction buffers alternate by tile: warp 0 may still read
+// a tile's while the other warps store the next one's.
 template <bool BF16, int MODE, bool NORM>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt)
 {
     constexpr int D = MMA_RING;
-    __shared__ float4 red[MMA_WARPS][32];
-    __shared__ float ssr[MMA_WARPS][8];
+    constexpr int TILE = MODE == 2 ? 8 : 16;
+    __shared__ float4 red[2][MMA_WARPS][32];
+    __shared__ float ssr[2][MMA_WARPS][8];
+    const int tiles = (rows + TILE - 1) / TILE, stride = gridDim.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int rbase = blockIdx.x * (MODE == 2 ? 8 : 16);
-    const int ra = min(rbase + g, rows - 1);
-    const int rb = MODE == 2 ? ra + rows : min(rbase + g + 8, rows - 1);
     const int kper = cols / MMA_WARPS, k0 = warp * kper;
-    const uint4* wa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
-    const uint4* wb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
     const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
+    const bool chain = steps % D == 0;
+    // A lane's two weight rows (g and g + 8; SwiGLU: gate row g and its up row) of a tile, at its warp's columns.
+    auto rowsOf = [&](int tile, const uint4*& pa, const uint4*& pb) {
+        const int ra = min(tile * TILE + g, rows - 1);
+        const int rb = MODE == 2 ? ra + rows : min(tile * TILE + g + 8, rows - 1);
+        pa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
+        pb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
+    };
+    int tile = blockIdx.x;
+    const uint4 *wa, *wb, *na, *nb; // this tile's rows and the next one's (this tile's again where there is none)
+    rowsOf(tile, wa, wb);
+    rowsOf(tile + stride < tiles ? tile + stride : tile, na, nb);
     // Loads past the last step reload the last one (an L2 hit) instead of being predicated off: a predicated load into
     // the ring costs a register copy each. Weights never depend on the previous kernel: the first D steps go out before
     // pdl_wait.
@@ -106,87 +122,120 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
     pdl_wait();
 
-    float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-    float ss = 0.0f;
-    // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
-    auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
+    for (int it = 0;; it++)
+    {
+        const bool hasNext = tile + stride < tiles;
+        float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        float ss = 0.0f;
+        // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
+        auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
+            if (NORM)
+            {
+                ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
+                const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
+                x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
+                x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
+            }
+            mma16816<BF16>(c, a[0].x, a[1].x, a[0].y, a[1].y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
+            mma16816<BF16>(c, a[0].z, a[1].z, a[0].w, a[1].w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
+        };
+        // A group of D steps with no branch between its steps, so that its activation loads all go out at its start (one
+        // L1/L2 round trip a group, not a step) while the ring's D steps of weights are in flight; each slot is refilled
+        // from pa/pb at step base + i (clamped to the last step where asked) once its products are issued.
+        auto group = [&](int s0, const uint4* pa, const uint4* pb, int base, bool clamp) {
+            float4 xs[D][2];
+#pragma unroll
+            for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
+#pragma unroll
+            for (int i = 0; i < D; i++)
+            {
+                step(ring[i], xs[i][0], xs[i][1], s0 + i);
+                const int si = (clamp ? min(base + i, steps - 1) : base + i) * 4;
+                ring[i][0] = load_weights(pa + si);
+                ring[i][1] = load_weights(pb + si);
+            }
+        };
+        int s0 = 0;
+        for (; s0 + 2 * D <= steps; s0 += D) group(s0, wa, wb, s0 + D, false);
+        if (s0 + D <= steps)
+        {
+            // The last whole group: where the ring ends with it, its refills are the next tile's first D steps.
+            if (chain && hasNext) group(s0, na, nb, 0, false);
+            else group(s0, wa, wb, s0 + D, true);
+            s0 += D;
+        }
+        // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
+#pragma unroll
+        for (int i = 0; i < D - 1; i++)
+            if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
+        if (!hasNext) pdl_trigger();
+        const int buf = it & 1;
+        red[buf][warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
         if (NORM)
         {
-            ss += x0.x * x0.x + x0.y * x0.y + x0.z * x0.z + x0.w * x0.w + x1.x * x1.x + x1.y * x1.y + x1.z * x1.z + x1.w * x1.w;
-            const float4 n0 = __ldg(nr + s * 8), n1 = __ldg(nr + s * 8 + 1);
-            x0.x *= n0.x; x0.y *= n0.y; x0.z *= n0.z; x0.w *= n0.w;
-            x1.x *= n1.x; x1.y *= n1.y; x1.z *= n1.z; x1.w *= n1.w;
+            ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+            ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+            if (tq == 0) ssr[buf][warp][g] = ss;
         }
-        mma16816<BF16>(c, a[0].x, a[1].x, a[0].y, a[1].y, pack_x<BF16>(x0.x, x0.y), pack_x<BF16>(x0.z, x0.w));
-        mma16816<BF16>(c, a[0].z, a[1].z, a[0].w, a[1].w, pack_x<BF16>(x1.x, x1.y), pack_x<BF16>(x1.z, x1.w));
-    };
-    // Whole groups of D steps with no branch between their steps, so that a group's activation loads all go out at its
-    // start (one L1/L2 round trip a group, not a step) while the ring's D steps of weights are in flight; each slot is
-    // refilled with the next group's step once its products are issued.
-    int s0 = 0;
-    for (; s0 + D <= steps; s0 += D)
-    {
-        float4 xs[D][2];
-#pragma unroll
-        for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
-#pragma unroll
-        for (int i = 0; i < D; i++)
+        __syncthreads();
+        if (warp == 0)
         {
-            step(ring[i], xs[i][0], xs[i][1], s0 + i);
-            const int sn = min(s0 + i + D, steps - 1) * 4;
-            ring[i][0] = load_weights(wa + sn);
-            ring[i][1] = load_weights(wb + sn);
+            float4 sum = red[buf][0][lane];
+#pragma unroll
+            for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[buf][i][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
+            // C fragment: (row g, activation rows 2tq and 2tq+1) in x, y; (row g + 8, same) in z, w.
+            const int t0 = 2 * tq, t1 = 2 * tq + 1;
+            float inv0 = 1.0f, inv1 = 1.0f;
+            if (NORM)
+            {
+                float q0 = 0.0f, q1 = 0.0f;
+#pragma unroll
+                for (int i = 0; i < MMA_WARPS; i++) { q0 += ssr[buf][i][t0]; q1 += ssr[buf][i][t1]; }
+                inv0 = 1.0f / sqrtf(q0 / cols + eps);
+                inv1 = 1.0f / sqrtf(q1 / cols + eps);
+            }
+            const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
+            if (MODE == 2)
+            {
+                const int r = tile * TILE + g;
+                if (r < rows)
+                {
+                    if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
+                    if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
+                }
+            }
+            else
+            {
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                {
+                    const int r = tile * TILE + g + 8 * h;
+                    if (r >= rows) continue;
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        const int t = 2 * tq + e;
+                        if (t >= nt) continue;
+                        if (MODE == 1) y[(long)t * rows + r] += v[2 * h + e];
+                        else y[(long)t * rows + r] = v[2 * h + e];
+                    }
+                }
+            }
         }
-    }
-    // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
-#pragma unroll
-    for (int i = 0; i < D - 1; i++)
-        if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
-    pdl_trigger();
-    red[warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
-    if (NORM)
-    {
-        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-        if (tq == 0) ssr[warp][g] = ss;
-    }
-    __syncthreads();
-    if (warp != 0) return;
-    float4 sum = red[0][lane];
-#pragma unroll
-    for (int i = 1; i < MMA_WARPS; i++) { const float4 v = red[i][lane]; sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w; }
-    // C fragment: (row g, activation rows 2tq and 2tq+1) in x, y; (row g + 8, same) in z, w.
-    const int t0 = 2 * tq, t1 = 2 * tq + 1;
-    float inv0 = 1.0f, inv1 = 1.0f;
-    if (NORM)
-    {
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < MMA_WARPS; i++) { s0 += ssr[i][t0]; s1 += ssr[i][t1]; }
-        inv0 = 1.0f / sqrtf(s0 / cols + eps);
-        inv1 = 1.0f / sqrtf(s1 / cols + eps);
-    }
-    const float v[4] = { sum.x * inv0, sum.y * inv1, sum.z * inv0, sum.w * inv1 };
-    if (MODE == 2)
-    {
-        const int r = rbase + g;
-        if (r >= rows) return;
-        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
-        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
-        return;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-    {
-        const int r = rbase + g + 8 * h;
-        if (r >= rows) continue;
-#pragma unroll
-        for (int e = 0; e < 2; e++)
+        if (!hasNext) return;
+        tile += stride;
+        wa = na;
+        wb = nb;
+        rowsOf(tile + stride < tiles ? tile + stride : tile, na, nb);
+        if (!chain)
         {
-            const int t = 2 * tq + e;
-            if (t >= nt) continue;
-            if (MODE == 1) y[(long)t * rows + r] += v[2 * h + e];
-            else y[(long)t * rows + r] = v[2 * h + e];
+#pragma unroll
+            for (int i = 0; i < D; i++)
+            {
+                const int si = min(i, steps - 1) * 4;
+                ring[i][0] = load_weights(wa + si);
+                ring[i][1] = load_weights(wb + si);
+            }
         }
     }
 }

@@ -139,9 +139,10 @@ internal sealed class CudaKernels : IDisposable
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
         if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
         {
-            // 16 output rows per block (8 gate/up pairs for SwiGLU), the columns split over its 8 warps.
-            int perBlock = mode == GemvMode.SwiGlu ? 8 : 16;
-            _gemv[$"gemv_mma_{Suffix(type)}{name}"].Launch((rows + perBlock - 1) / perBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+            // Tiles of 16 output rows (8 gate/up pairs for SwiGLU), the columns split over a block's 8 warps.
+            int perTile = mode == GemvMode.SwiGlu ? 8 : 16;
+            var mma = _gemv[$"gemv_mma_{Suffix(type)}{name}"];
+            mma.Launch(TensorCoreGemvBlocks(mma, (rows + perTile - 1) / perTile), Threads, 0, w, x, y, norm, Arg.Float(eps),
                 Arg.Int(rows), Arg.Int(cols), Arg.Int(n));
             return;
         }
@@ -151,6 +152,25 @@ internal sealed class CudaKernels : IDisposable
         int ksplit = mode == GemvMode.Accumulate ? AccumulateSplit(f, warps, cols, n) : 1;
         warps *= ksplit;
         f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
+    }
+
+    /// <summary>
+    /// Blocks of the tensor-core kernel at most (null: one wave of the device, the kernel's resident blocks on every
+    /// multiprocessor). Checks set a few, so that small matrices take several row tiles a block.
+    /// </summary>
+    public int? TensorCoreGemvWave { get; set; }
+
+    /// <summary>
+    /// Grid of the tensor-core kernel for <paramref name="tiles"/> row tiles (it strides them over its blocks): one block a
+    /// tile where they fit a wave, else the fewest blocks of one wave that take equal shares (gate/up's 1792 tiles on an
+    /// H100's 396 slots: 359 blocks of 5 or 4), so that no block waits at a wave boundary.
+    /// </summary>
+    private int TensorCoreGemvBlocks(CudaFunction f, int tiles)
+    {
+        int wave = TensorCoreGemvWave ?? _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
+        if (tiles <= wave || wave < 1) return tiles;
+        int per = (tiles + wave - 1) / wave;
+        return (tiles + per - 1) / per;
     }
 
     /// <summary>
