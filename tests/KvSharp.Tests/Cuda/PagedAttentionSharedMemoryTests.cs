@@ -57,10 +57,11 @@ public class PagedAttentionSharedMemoryTests
         foreach (int group in new[] { 1, 2, 4, 8 })
             foreach (int chunk in new[] { 1, 85, CudaPagedKernels.PipelinedMaxChunkBlocks })
             {
-                // Hand count: 4 rings of 16 KB, 4 warps × 8 barriers of 8 bytes, the padded hi/lo query (64 word pairs and
-                // 36 words of padding a head), the output (128 floats a head), (max, sum) per warp and head, 16 bytes of
-                // descriptor a block and 7 more (the split's last block staged in up to 8 pieces).
-                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * (chunk + 7);
+                // Hand count: 4 rings of 16 KB (after the block loop they also hold the 4 warps' output slices, 4 × 128
+                // floats a head: 2 KB · group ≤ 64 KB), 4 warps × 8 barriers of 8 bytes, the padded hi/lo query (64 word
+                // pairs and 36 words of padding a head), (max, sum) per warp and head, 16 bytes of descriptor a block and 7
+                // more (the split's last block staged in up to 8 pieces).
+                int expected = 4 * 16384 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (2 * 4 * group) + 16 * (chunk + 7);
                 Assert.Equal(expected, CudaPagedKernels.SharedBytes(group, 128, 32, chunk, PagedAttentionKernel.Pipelined));
             }
         // Three blocks of 4 query heads per KV head fit an H100's 228 KB (1 KB reserved per block) even at the longest split.
@@ -73,8 +74,8 @@ public class PagedAttentionSharedMemoryTests
         Assert.Equal(8 * 1024, CudaPagedKernels.PipelineSmallRingBytes);
         foreach (int group in new[] { 1, 2, 4, 8 })
         {
-            // Hand count as above with rings of 8 KB.
-            int expected = 4 * 8192 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (128 * group) + 4 * (2 * 4 * group) + 16 * (256 + 7);
+            // Hand count as above with rings of 8 KB (the output slices, 2 KB · group, still fit their 32 KB at group 8).
+            int expected = 4 * 8192 + 4 * 8 * 8 + 4 * ((128 + 36) * group) + 4 * (2 * 4 * group) + 16 * (256 + 7);
             Assert.Equal(expected, CudaPagedKernels.PipelinedSharedBytes(group, CudaPagedKernels.PipelinedMaxChunkBlocks, CudaPagedKernels.PipelineSmallRingBytes));
             // Four blocks (the kernel's register bound, __launch_bounds__(128, 4)) fit 228 KB with 8 KB rings, not with 16 KB ones.
             Assert.True(4 * (expected + 1024) <= 228 * 1024, $"G{group}: {expected} bytes");
