@@ -280,7 +280,13 @@ public static class PagedBatchChecks
             using (var cache = gpu.CreatePagedCache(int4, capacity, batch: batch))
                 together = gpu.GenerateGreedyBatch(prompts, steps, cache);
             string kernel = hd == 128 ? "tensor cores" : "wide";
-            Same($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed);
+            // A sequence may part from its lone run at a near-tie only: the lone run's logits for that step, from a fresh
+            // cache over the prompt and its tokens so far.
+            int ties = SameOrNearTie($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed, (s, k) =>
+            {
+                using var cache = gpu.CreatePagedCache(int4, capacity);
+                return gpu.Forward([.. prompts[s], .. alone[s].Take(k)], cache);
+            });
 
             // Pressed on the CPU, each sequence its own way, then uploaded together.
             var cpu = new Transformer(weights);
@@ -319,7 +325,7 @@ public static class PagedBatchChecks
             {
                 foreach (var c in cpus) c.Dispose();
             }
-            report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched, prefilled INT4 and pressed mixed uploads (seed {rnd.Seed})");
+            report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched, prefilled INT4 ({ties} parted at a near-tie) and pressed mixed uploads (seed {rnd.Seed})");
         }
         return string.Join("; ", report);
     }
@@ -414,6 +420,37 @@ public static class PagedBatchChecks
         var history = new int[cache.Batch * cache.Capacity];
         cache.History.Download<int>(history);
         return Enumerable.Range(0, cache.Batch).Select(s => history.AsSpan(s * cache.Capacity + starts[s], steps).ToArray()).ToArray();
+    }
+
+    /// <summary>
+    /// <see cref="Same"/>, but a sequence may part from its lone run where the two runs' tokens at that step are a near-tie
+    /// of the lone run's logits (<paramref name="logitsAt"/>(sequence, step)): within <paramref name="nearTie"/> of the
+    /// largest |logit|. The batch splits the heads' blocks differently from a lone run, so its sums round differently; a
+    /// difference elsewhere fails. Returns how many sequences parted at a near-tie (their later tokens are not compared).
+    /// </summary>
+    private static int SameOrNearTie(string what, int[][] alone, int[][] together, int seed, Func<int, int, float[]> logitsAt, double nearTie = 1e-3)
+    {
+        int ties = 0;
+        for (int s = 0; s < alone.Length; s++)
+        {
+            if (alone[s].SequenceEqual(together[s])) continue;
+            int k = 0;
+            while (k < alone[s].Length && k < together[s].Length && alone[s][k] == together[s][k]) k++;
+            string gap = "";
+            if (k < alone[s].Length && k < together[s].Length)
+            {
+                var logits = logitsAt(s, k);
+                double scale = logits.Max(x => Math.Abs((double)x)), diff = Math.Abs((double)logits[alone[s][k]] - logits[together[s][k]]);
+                if (diff <= nearTie * scale)
+                {
+                    ties++;
+                    continue;
+                }
+                gap = $"; at step {k} the lone run's logits of tokens {alone[s][k]} and {together[s][k]} differ by {diff:G3} (largest |logit| {scale:G3})";
+            }
+            throw new CheckFailedException($"{what}: sequence {s} decoded in the batch gave [{string.Join(",", together[s])}], alone [{string.Join(",", alone[s])}]{gap} (seed {seed})");
+        }
+        return ties;
     }
 
     private static void Same(string what, int[][] alone, int[][] together, int seed)
