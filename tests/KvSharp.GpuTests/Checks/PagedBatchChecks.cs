@@ -75,11 +75,7 @@ public static class PagedBatchChecks
                     }
                     foreach (var (s, i, blocks) in before)
                         SameBlocks($"{what}: sequence {s} head {i} after evicting sequence {evicted}", blocks, gpu.ReadHead(i / kvHeads, i % kvHeads, s), hd);
-                    var expectedAfter = PerSequence(c, q, batch, s => g =>
-                    {
-                        var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), hd);
-                        return (k, v);
-                    });
+                    var expectedAfter = DeviceReference(gpu, layer, q);
                     worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expectedAfter, lengths.Max(), $"{what} after evicting sequence {evicted}", ref launches));
                 }
                 finally
@@ -126,19 +122,12 @@ public static class PagedBatchChecks
                 var lengths = gpu.HeadLengths();
                 string what = $"unequal heads {format} batch {batch} layer lengths {string.Join(",", Enumerable.Range(0, batch * c.NumKvHeads).Select(i => lengths[gpu.HeadIndex(layer, i / c.NumKvHeads, i % c.NumKvHeads)]))} (seed {rnd.Seed})";
                 var q = rnd.Floats(batch * c.NumHeads * c.HeadDim, 2f);
-                var expected = PerSequence(c, q, batch, s => g =>
-                {
-                    var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), c.HeadDim);
-                    return (k, v);
-                });
+                var expected = DeviceReference(gpu, layer, q);
                 var planned = gpu.PlanAttention(null!, length, batch);
-                int pairs = batch * c.NumKvHeads, group = c.NumHeads / c.NumKvHeads, ring = planned.RingBytes;
+                int pairs = batch * c.NumKvHeads;
                 var plans = new List<CudaKernels.AttentionPlan> { planned };
                 foreach (var (wave, waves) in new[] { (pairs + 1, 1), (2 * pairs + 3, 1), (5 * pairs, 1), (pairs + 1, 3) })
-                {
-                    var (units, splits, chunk) = CudaPagedKernels.WaveUnits(gpu.MaxBlocks, (long)wave * waves, batch, c.NumKvHeads);
-                    plans.Add(planned with { Chunk = chunk, Splits = splits, SharedBytes = CudaPagedKernels.PipelinedSharedBytes(group, chunk, ring), Units = units / waves, Waves = waves });
-                }
+                    plans.Add(WavePlan(gpu, planned, wave, waves));
                 worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expected, length, what, ref launches, plans));
             }
             finally
@@ -169,25 +158,41 @@ public static class PagedBatchChecks
             var lengths = gpu.HeadLengths();
             string what = $"many splits {format} head lengths {string.Join(",", Enumerable.Range(0, c.NumKvHeads).Select(g => lengths[gpu.HeadIndex(layer, 0, g)]))} (seed {rnd.Seed})";
             var q = rnd.Floats(c.NumHeads * c.HeadDim, 2f);
-            var expected = PerSequence(c, q, 1, s => g =>
-            {
-                var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), c.HeadDim);
-                return (k, v);
-            });
+            var expected = DeviceReference(gpu, layer, q);
             var planned = gpu.PlanAttention(null!, length, 1);
-            int group = c.NumHeads / c.NumKvHeads, ring = planned.RingBytes;
             var plans = new List<CudaKernels.AttentionPlan> { planned };
-            foreach (int wave in new[] { 40, 200, 760, 1100 })
-            {
-                var (units, splits, chunk) = CudaPagedKernels.WaveUnits(gpu.MaxBlocks, wave, 1, c.NumKvHeads);
-                plans.Add(planned with { Chunk = chunk, Splits = splits, SharedBytes = CudaPagedKernels.PipelinedSharedBytes(group, chunk, ring), Units = units, Waves = 1 });
-            }
+            foreach (int wave in new[] { 40, 200, 760, 1100 }) plans.Add(WavePlan(gpu, planned, wave, 1));
             // INT2's key steps folded into the f16 query parts (key_query) cost accuracy over long heads: main's kernel before
             // the per-warp output slices gave 1.7e-4 on this check's INT2 heads of 3.9-6.2K tokens (H100, stop 22).
             worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expected, length, what, ref launches, plans, format == KvFormat.Int2 ? 5e-4 : 1e-4));
         }
         return $"{launches} pipelined launches of one sequence (F16 and INT2, heads of ~100-250 blocks, ~10 to ~250 live splits a head); worst rel err {worst:E2}";
     }
+
+    /// <summary>
+    /// <paramref name="planned"/> over a grid of <paramref name="waves"/> waves of <paramref name="wave"/> units
+    /// (<see cref="CudaPagedKernels.WaveUnits"/> for the cache's longest head and rows), its chunk room and shared memory.
+    /// </summary>
+    private static CudaKernels.AttentionPlan WavePlan(CudaPagedKvCache gpu, CudaKernels.AttentionPlan planned, int wave, int waves)
+    {
+        var c = gpu.Config;
+        var (units, splits, chunk) = CudaPagedKernels.WaveUnits(gpu.MaxBlocks, (long)wave * waves, gpu.Batch, c.NumKvHeads);
+        return planned with
+        {
+            Chunk = chunk,
+            Splits = splits,
+            SharedBytes = CudaPagedKernels.PipelinedSharedBytes(c.NumHeads / c.NumKvHeads, chunk, planned.RingBytes),
+            Units = units / waves,
+            Waves = waves,
+        };
+    }
+
+    /// <summary>Float64 attention of each sequence's query row of <paramref name="q"/> over its heads of <paramref name="layer"/> as the device stores them.</summary>
+    private static double[] DeviceReference(CudaPagedKvCache gpu, int layer, float[] q) => PerSequence(gpu.Config, q, gpu.Batch, s => g =>
+    {
+        var (k, v, _) = PagedChecks.DecodeDeviceHead(gpu.ReadHead(layer, g, s), gpu.Config.HeadDim);
+        return (k, v);
+    });
 
     /// <summary>Float64 attention of each sequence's query row (row s of q) over that sequence's heads.</summary>
     private static double[] PerSequence(ModelConfig c, float[] q, int batch, Func<int, Func<int, (float[] K, float[] V)>> headRows)
@@ -282,7 +287,7 @@ public static class PagedBatchChecks
             string kernel = hd == 128 ? "tensor cores" : "wide";
             // A sequence may part from its lone run at a near-tie only: the lone run's logits for that step, from a fresh
             // cache over the prompt and its tokens so far.
-            int ties = SameOrNearTie($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed, (s, k) =>
+            int ties = SameTokens($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed, (s, k) =>
             {
                 using var cache = gpu.CreatePagedCache(int4, capacity);
                 return gpu.Forward([.. prompts[s], .. alone[s].Take(k)], cache);
@@ -319,7 +324,7 @@ public static class PagedBatchChecks
                 int[][] togetherUploaded;
                 using (var cache = CudaPagedKvCache.Upload(Dev, config, cpus, capacity))
                     togetherUploaded = DecodeUploaded(gpu, cache, next, steps);
-                Same($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")})", aloneUploaded, togetherUploaded, rnd.Seed);
+                SameTokens($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")})", aloneUploaded, togetherUploaded, rnd.Seed);
             }
             finally
             {
@@ -398,7 +403,7 @@ public static class PagedBatchChecks
                     }
                     return DecodeUploaded(gpu, one, [next[s]], steps)[0];
                 }).ToArray();
-                Same($"{what}: decode after the press", alone, DecodeUploaded(gpu, batch, next, steps), rnd.Seed);
+                SameTokens($"{what}: decode after the press", alone, DecodeUploaded(gpu, batch, next, steps), rnd.Seed);
                 report.Add($"{format} window {window} keep {keepRatio}: {masks.Sum(m => m.Count(k => k))} of {perSequence * length} tokens kept as the CPU press, the others untouched, {steps} decode steps as alone");
             }
             finally
@@ -423,12 +428,13 @@ public static class PagedBatchChecks
     }
 
     /// <summary>
-    /// <see cref="Same"/>, but a sequence may part from its lone run where the two runs' tokens at that step are a near-tie
-    /// of the lone run's logits (<paramref name="logitsAt"/>(sequence, step)): within <paramref name="nearTie"/> of the
-    /// largest |logit|. The batch splits the heads' blocks differently from a lone run, so its sums round differently; a
-    /// difference elsewhere fails. Returns how many sequences parted at a near-tie (their later tokens are not compared).
+    /// Each sequence's tokens in the batch are its lone run's; with <paramref name="logitsAt"/>, a sequence may part from its
+    /// lone run where the two runs' tokens at that step are a near-tie of the lone run's logits (logitsAt(sequence, step)):
+    /// within <paramref name="nearTie"/> of the largest |logit|. The batch splits the heads' blocks differently from a lone
+    /// run, so its sums round differently; a difference elsewhere fails. Returns how many sequences parted at a near-tie
+    /// (their later tokens are not compared).
     /// </summary>
-    private static int SameOrNearTie(string what, int[][] alone, int[][] together, int seed, Func<int, int, float[]> logitsAt, double nearTie = 1e-3)
+    private static int SameTokens(string what, int[][] alone, int[][] together, int seed, Func<int, int, float[]>? logitsAt = null, double nearTie = 1e-3)
     {
         int ties = 0;
         for (int s = 0; s < alone.Length; s++)
@@ -437,7 +443,7 @@ public static class PagedBatchChecks
             int k = 0;
             while (k < alone[s].Length && k < together[s].Length && alone[s][k] == together[s][k]) k++;
             string gap = "";
-            if (k < alone[s].Length && k < together[s].Length)
+            if (logitsAt != null && k < alone[s].Length && k < together[s].Length)
             {
                 var logits = logitsAt(s, k);
                 double scale = logits.Max(x => Math.Abs((double)x)), diff = Math.Abs((double)logits[alone[s][k]] - logits[together[s][k]]);
@@ -451,12 +457,5 @@ public static class PagedBatchChecks
             throw new CheckFailedException($"{what}: sequence {s} decoded in the batch gave [{string.Join(",", together[s])}], alone [{string.Join(",", alone[s])}]{gap} (seed {seed})");
         }
         return ties;
-    }
-
-    private static void Same(string what, int[][] alone, int[][] together, int seed)
-    {
-        for (int s = 0; s < alone.Length; s++)
-            if (!alone[s].SequenceEqual(together[s]))
-                throw new CheckFailedException($"{what}: sequence {s} decoded in the batch gave [{string.Join(",", together[s])}], alone [{string.Join(",", alone[s])}] (seed {seed})");
     }
 }

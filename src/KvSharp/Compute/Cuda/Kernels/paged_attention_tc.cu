@@ -2027,9 +2027,9 @@ constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
     : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
 
 // merge_splits for the pipelined kernel (its contract; head dimension 128, G a constant): the last unit of a (row, KV
-// head) issues the loads of its first PIPE_MERGE_EARLY chunks' partial outputs before the chunk weights exist (the loads do
-// not depend on them), and reads each chunk's (max, sum) once, as one pair kept in registers (up to 128 live chunks: four a
-// lane; more take merge_splits' two passes). merge_splits waits for the pairs twice and then for every 16 outputs in turn:
+// head) issues the loads of its first EARLY chunks' partial outputs before the chunk weights exist (the loads do not
+// depend on them), and reads each chunk's (max, sum) once, as one pair kept in registers (up to 128 live chunks: four a
+// lane; more take merge_chunks' two passes). merge_splits waits for the pairs twice and then for every 16 outputs in turn:
 // at batch 1 a head's ~50-66 chunks were 6 round trips to L2 after the counter's, on the launch's critical path. Same
 // arithmetic in the same order as merge_splits.
 template <int G>
@@ -2322,7 +2322,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     __syncthreads();
     // Each warp's weighted accumulators go to its own slice of the rings (every entry was consumed before the barrier
     // above), summed below: 4 warps adding into one [G, HD] array took shared-memory atomics, a compare-and-swap loop a
-    // float on sm_90, ~4-5 us of the block's end at batch 1 (H100, docs/benchmarks.md "Stop 22").
+    // float on sm_90, ~4-5 us of the block's end at batch 1 (H100, docs/benchmarks.md "The pipelined kernel's end").
     float* const slices = reinterpret_cast<float*>(rings); // [PIPE_WARPS][G, HD]
     float* const slice = slices + warp * G * HD;
     if (!__any_sync(0xffffffffu, l > 0.0f)) // every lane or none: a warp's heads see the same tokens
