@@ -152,8 +152,6 @@ internal sealed class CudaDecodeCache : IDecodeCache, IRunningAttentionSums
     public IRunningAttentionSums? StartRunningSums()
     {
         Sync();
-        // TEMPORARY A/B switch (deleted before the branch's last commit): the session's host sums, as before the branch.
-        if (Environment.GetEnvironmentVariable("KVSHARP_AB_HOST_H2O") == "1") return null;
         // The device's cut protects, windows and breaks ties by stored index, which is position order only in a head stored
         // ascending (a prefill, appends and evictions keep it so; an uploaded or re-quantized cache may not): otherwise the
         // session keeps its sums on the host from the statistics read back.
