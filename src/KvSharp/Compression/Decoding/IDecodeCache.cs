@@ -66,7 +66,7 @@ internal interface IRunningAttentionSums
     /// more than <paramref name="tokens"/> candidates (positions ≥ <paramref name="protect"/>) keeps its <paramref name="tokens"/>
     /// best as <c>TopK.KeepMask</c> ranks them (ties to the later token, every +∞ kept) and evicts the others, all heads at
     /// once. Returns the tokens evicted and a read of the scores (per head in <see cref="IDecodeCache.Positions"/>' order before
-    /// the eviction; valid until the next cut).
+    /// the eviction; valid until the next cut or <see cref="Stop"/>).
     /// </summary>
     (long Evicted, Func<HeadScores> Scores) EvictBySums(int tokens, int protect, int recent);
 
