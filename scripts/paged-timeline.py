@@ -2,11 +2,14 @@
 # A timeline build of the pipelined paged attention (paged_attn_p_*, paged_attention_tc.cu) and the summary of its records:
 #   scripts/paged-timeline.py build src/KvSharp/Compute/Cuda/Kernels OUT_DIR [FIRST COUNT]
 #   scripts/paged-timeline.py summarize LOG...
-# build writes OUT_DIR/paged_attention_tc.cu, whose grid blocks print one line each ("TL ...", device printf) for the
-# module's launches FIRST .. FIRST + COUNT - 1 (default 600 and 2: bench-paged's warm-up is 16 steps of 32 layers, so
-# these are steady-state launches of its first timed repetition): %globaltimer at entry, after griddepcontrol.wait, after
-# the split's descriptors are staged, each warp's first block arrived and its block loop's end, after the partial output
-# is stored, after the merge (pipe_merge), plus %smid, the unit's (row, KV head, split, blocks, live splits) and whether it merged.
+# build writes OUT_DIR/paged_attention_tc.cu, whose grid blocks record one line each ("TL ...") for the module's launches
+# FIRST .. FIRST + COUNT - 1 (default 600 and 2: bench-paged's warm-up is 16 steps of 32 layers, so these are
+# steady-state launches of its first timed repetition) into a device array, which the first block of launch FIRST + COUNT
+# prints (device printf): no printf runs during a recorded launch (stop 22's build printed from each unit as it ended,
+# while later units still ran, and its merge and tail times may carry that printing). Recorded: %globaltimer at entry,
+# after griddepcontrol.wait, after the split's descriptors are staged, each warp's first block arrived and its block
+# loop's end, after the partial output is stored, after the merge (pipe_merge), plus %smid, the unit's (row, KV head,
+# split, blocks, live splits) and whether it merged.
 # The app reads OUT_DIR/paged_attention_tc.cu instead of the embedded file only with a kernel-directory override
 # (KVSHARP_KERNEL_DIR, a temporary patch applied for the publish, not in the repository). Each module (format-specialized
 # build) counts its own launches, so run one bench row per process. summarize prints, per launch, the phases' times from
@@ -29,7 +32,9 @@ def build(kernels, out_dir, first, count):
     header = (
         "__device__ __forceinline__ unsigned long long tl_time() { unsigned long long t; asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t)); return t; }\n"
         "__shared__ unsigned long long tl_s[12], tl_fw[4], tl_le[4];\n"
-        "__device__ unsigned tl_launch, tl_done;\n")
+        "__device__ unsigned tl_launch, tl_done;\n"
+        f"#define TL_UNITS 2048u\n#define TL_FIRST {first}u\n#define TL_COUNT {count}u\n"
+        "__device__ unsigned long long tl_rec[TL_COUNT * TL_UNITS * 22];\n")
     replace("template <int G>\n__device__ __forceinline__ void pipe_merge(", header + "template <int G>\n__device__ __forceinline__ void pipe_merge(")
     replace("    pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n    const WaveSplit ws",
             "    pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n"
@@ -57,9 +62,21 @@ def build(kernels, out_dir, first, count):
             "        if (threadIdx.x == 0) \\\n        { \\\n"
             "            const unsigned long long tend = tl_time(); unsigned smid; asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(smid)); \\\n"
             "            const unsigned launch = atomicAdd(&tl_launch, 0u), total = gridDim.x * gridDim.y * gridDim.z; \\\n"
-            f"            if (launch >= {first}u && launch < {first + count}u) \\\n"
-            "                printf(\"TL %u %u %u %llx %llx %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %u\\n\", launch, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), smid, \\\n"
-            "                    tl_s[9], tl_s[10], tl_s[11], tl_s[8], tl_s[0], tl_s[1], tl_s[2], tl_fw[0], tl_fw[1], tl_fw[2], tl_fw[3], tl_le[0], tl_le[1], tl_le[2], tl_le[3], tl_s[4], tl_s[5], tend, total); \\\n"
+            "            const unsigned id = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); \\\n"
+            f"            if (launch >= {first}u && launch < {first + count}u && id < TL_UNITS) \\\n"
+            "            { \\\n"
+            "                unsigned long long* r = tl_rec + ((unsigned long long)(launch - TL_FIRST) * TL_UNITS + id) * 22; \\\n"
+            "                const unsigned long long v[22] = { launch, id, smid, tl_s[9], tl_s[10], tl_s[11], tl_s[8], tl_s[0], tl_s[1], tl_s[2], tl_fw[0], tl_fw[1], tl_fw[2], tl_fw[3], \\\n"
+            "                    tl_le[0], tl_le[1], tl_le[2], tl_le[3], tl_s[4], tl_s[5], tend, total }; \\\n"
+            "                for (int z = 0; z < 22; z++) r[z] = v[z]; \\\n"
+            "            } \\\n"
+            f"            if (launch == {first + count}u && id == 0) \\\n"
+            "                for (unsigned z = 0; z < TL_COUNT * TL_UNITS; z++) \\\n"
+            "                { \\\n"
+            "                    const unsigned long long* r = tl_rec + (unsigned long long)z * 22; \\\n"
+            "                    if (r[21] != 0) printf(\"TL %llu %llu %llu %llx %llx %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu\\n\", r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], \\\n"
+            "                        r[11], r[12], r[13], r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21]); \\\n"
+            "                } \\\n"
             "            __threadfence(); \\\n"
             "            if (atomicAdd(&tl_done, 1u) == total - 1) { tl_done = 0; atomicAdd(&tl_launch, 1u); } \\\n"
             "        } \\\n    }\n")
