@@ -52,20 +52,51 @@ public static class DecodePressChecks
         return $"{tokens.Length} prompt tokens (seed {rnd.Seed}): " + string.Join("; ", report);
     }
 
-    private static string Run(LanguageModel model, CudaTransformer gpu, int[] tokens, DecodePress press, KvFormat format, double tolerance, string what)
+    /// <summary>
+    /// The cases the check above does not reach, against the same CPU session: H2O without a window or a protected prefix over
+    /// the device's running sums (every token a candidate, the newest scored 0), and H2O over a device cache uploaded from a
+    /// CPU cache that re-quantized some of every head's tokens (stored out of position order), where the session keeps its
+    /// sums on the host from the statistics read back.
+    /// </summary>
+    public static string EdgesMatchCpu(string needleModel)
+    {
+        var rnd = new RandomData();
+        using var model = LanguageModel.Load(needleModel);
+        using var gpu = new CudaTransformer(CudaDevice.Shared, model.Weights, DeviceWeightType.F32);
+        var (context, _) = KvzipChecks.NeedlePrompt(rnd, 8 + rnd.Next(4));
+        var tokens = model.Encode(context);
+        var bare = DecodePressRegistry.Parse("h2o:tokens=40,every=2,window=0,protect=0");
+        var uploaded = DecodePressRegistry.Parse("h2o:tokens=40,every=4,window=6");
+        string Name(DecodePress p, string how) => $"F32 {p.Text} {how}, {tokens.Length} prompt tokens (seed {rnd.Seed})";
+        return $"{tokens.Length} prompt tokens (seed {rnd.Seed}): {bare.Text} (running sums on the device): " +
+            Run(model, gpu, tokens, bare, KvFormat.F32, 1e-3, Name(bare, "on the device's sums")) +
+            $"; {uploaded.Text} over an uploaded cache with re-quantized tokens (host sums): " +
+            Run(model, gpu, tokens, uploaded, KvFormat.F32, 1e-3, Name(uploaded, "over an uploaded re-quantized cache"), reordered: true);
+    }
+
+    /// <param name="reordered">
+    /// The CPU cache re-quantizes every third position of each head into INT8 after the prefill (regrouped: its heads are
+    /// stored out of position order) and the device cache is its upload; otherwise the device prefills its own cache.
+    /// </param>
+    private static string Run(LanguageModel model, CudaTransformer gpu, int[] tokens, DecodePress press, KvFormat format, double tolerance, string what,
+        bool reordered = false)
     {
         int capacity = tokens.Length + Steps + 1;
         var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = capacity };
         using var cpuCache = new PagedKvCache(model.Config, options);
-        using var cache = gpu.CreatePagedCache(options, capacity);
         using var sampler = new CudaSampler(CudaDevice.Shared, model.Config.VocabSize, SamplerOptions.Greedy);
         var history = new List<int>(tokens);
         var logits = model.Transformer.Forward(tokens, cpuCache);
         int next = KvzipChecks.ArgMax(logits);
-        int gpuNext = gpu.ForwardSample(tokens, cache, sampler, history.ToArray());
+        if (reordered) Reorder(cpuCache);
+        using var cache = reordered ? CudaPagedKvCache.Upload(CudaDevice.Shared, model.Config, cpuCache, capacity) : gpu.CreatePagedCache(options, capacity);
+        int gpuNext = reordered ? next : gpu.ForwardSample(tokens, cache, sampler, history.ToArray());
         int tokenTies = Tie(what, 0, logits, next, gpuNext, tolerance), tokensAfter = 0;
         using var cpuSession = press.Start(cpuCache);
         using var gpuSession = CudaDecodePresses.Start(press, cache);
+        // H2O keeps its running sums on the device unless a head is stored out of position order: a fallback would pass unseen.
+        if (cache.KeepsRunningSums != (press is H2oDecodePress && !reordered))
+            throw new CheckFailedException($"{what}: the device session {(cache.KeepsRunningSums ? "keeps" : "does not keep")} H2O's running sums on the device");
         var cpuPress = (DecodePressSession)cpuSession;
         var gpuPress = (DecodePressSession)gpuSession;
         int compressions = 0, keptTies = 0, divergedAt = 0, graphSteps = 0;
@@ -125,6 +156,17 @@ public static class DecodePressChecks
         return $"{compressions} compressions, kept tokens = CPU{(divergedAt == 0 ? "" : $" up to step {divergedAt} ({keptTies} near-ties differ there)")}, " +
             $"scores max abs diff {worst:E1}, {graphSteps} graph steps of {Steps}, greedy tokens = CPU" + (tokenTies > 0 ? $" but {tokenTies} logit near-ties" : "") +
             (tokensAfter > 0 ? $", {tokensAfter} differ after the kept sets did" : "");
+    }
+
+    /// <summary>Re-quantizes each head's positions ≡ 1 (mod 3) into INT8 keys and values: the regrouped heads store them out of position order.</summary>
+    private static void Reorder(PagedKvCache cache)
+    {
+        for (int l = 0; l < cache.Layers; l++)
+            for (int h = 0; h < cache.KvHeads; h++)
+            {
+                var positions = cache.Positions(l, h).ToArray();
+                cache.Requantize(l, h, positions.Select(p => p % 3 == 1).ToArray(), KvFormat.Int8, KvFormat.Int8);
+            }
     }
 
     /// <summary>Each head's stored positions on the device, ascending (the CPU cache's order).</summary>

@@ -48,6 +48,8 @@ public static class GpuCheckList
             () => ContextPressChecks.MatchesCpu(needle)),
         ("press: decode-time H2O / R-KV on the device = the CPU decode press (needle model, F32 and INT4 caches: kept tokens per head after each compression, greedy tokens)",
             () => DecodePressChecks.MatchesCpu(needle)),
+        ("press: decode-time H2O without a window or protected prefix (the device's running sums) and over an uploaded re-quantized cache (host sums) = the CPU decode press (needle model, F32)",
+            () => DecodePressChecks.EdgesMatchCpu(needle)),
         ("press: ask's sampled answers to two questions, without and with --decode-press, on the device = the CPU's (float32 dummy of the needle model's shape, seeded)",
             () => AskChecks.SampledAnswersMatchCpu(needle)),
         ("press: ask's device quantization presses (KIVI, KVTuner, MiKV, ZipVL, LeanKV), press sequences and KVCrush = the CPU presses' tokens and formats (needle model)",

@@ -19,8 +19,11 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     /// <summary>Tokens evicted over all heads so far.</summary>
     public long EvictedTokens { get; private set; }
 
+    private HeadScores? _lastScores;
+    private Func<HeadScores>? _readLastScores;
+
     /// <summary>The scores of the last compression step, per head in the cache's Positions order before eviction (for tests).</summary>
-    public HeadScores? LastScores { get; private set; }
+    public HeadScores? LastScores => _lastScores ??= _readLastScores?.Invoke();
 
     /// <inheritdoc />
     public virtual void BeforeStep(int step) { }
@@ -48,8 +51,21 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     protected void Compress()
     {
         if (!OverBudget()) return;
+        EvictedTokens += Cut();
+        Compressions++;
+        Evicted();
+    }
+
+    /// <summary>
+    /// The compression's scoring and cut; returns the tokens evicted. Here on the host: <see cref="Score"/>, each head's
+    /// candidates cut by <see cref="TopK.KeepMask"/>, one eviction of all heads. A method whose cache scores and cuts itself
+    /// (H2O over <see cref="IRunningAttentionSums"/>) overrides it, recording its scores through <see cref="ScoredOnCache"/>.
+    /// </summary>
+    protected virtual long Cut()
+    {
         var scores = Score();
-        LastScores = scores;
+        (_lastScores, _readLastScores) = (scores, null);
+        long evicted = 0;
         var drops = new bool[Cache.Layers * Cache.KvHeads][];
         for (int l = 0; l < Cache.Layers; l++)
         {
@@ -64,15 +80,17 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
                     if (!keep[i])
                     {
                         evict[first + i] = true;
-                        EvictedTokens++;
+                        evicted++;
                     }
                 drops[l * Cache.KvHeads + h] = evict;
             }
         }
         Cache.Evict(drops); // all heads at once: the device compacts its pool once per compression
-        Compressions++;
-        Evicted();
+        return evicted;
     }
+
+    /// <summary>The last compression's scores are the cache's, read by <paramref name="read"/> only if <see cref="LastScores"/> is asked for.</summary>
+    protected void ScoredOnCache(Func<HeadScores> read) => (_lastScores, _readLastScores) = (null, read);
 
     /// <summary>Called after an eviction, so a method can drop the state of evicted tokens.</summary>
     protected virtual void Evicted() { }

@@ -30,6 +30,9 @@ public sealed class H2oDecodePress : DecodePress
 
     private sealed class Session(H2oDecodePress press, IDecodeCache cache) : DecodePressSession(press, cache)
     {
+        // The cache's own running sums where it keeps them (the device: no read-back a step), else the session's below.
+        private IRunningAttentionSums? _onCache = cache.StartRunningSums();
+
         // Per head the positions the sums were last aligned to and their running sums (double, as the CPU has always summed),
         // with a spare pair the next alignment writes into: no allocation per step once a head's capacity is reached.
         private readonly HeadSums[] _heads = [.. Enumerable.Range(0, cache.Layers * cache.KvHeads).Select(_ => new HeadSums())];
@@ -43,6 +46,13 @@ public sealed class H2oDecodePress : DecodePress
 
         public override void AfterStep(int step)
         {
+            if (_onCache != null)
+            {
+                _onCache.EndStatisticsIntoSums();
+                _collecting = false;
+                base.AfterStep(step);
+                return;
+            }
             var stats = Cache.EndStatistics();
             _collecting = false;
             for (int l = 0; l < Cache.Layers; l++)
@@ -60,6 +70,14 @@ public sealed class H2oDecodePress : DecodePress
                     }
                 }
             base.AfterStep(step);
+        }
+
+        protected override long Cut()
+        {
+            if (_onCache == null) return base.Cut();
+            var (evicted, scores) = _onCache.EvictBySums(Press.Tokens, Press.Protect, Cache.Length - ((H2oDecodePress)Press).Window);
+            ScoredOnCache(scores);
+            return evicted;
         }
 
         protected override HeadScores Score()
@@ -82,6 +100,8 @@ public sealed class H2oDecodePress : DecodePress
         {
             if (_collecting) Cache.EndStatistics();
             _collecting = false;
+            _onCache?.Stop();
+            _onCache = null;
         }
     }
 

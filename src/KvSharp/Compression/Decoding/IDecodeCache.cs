@@ -41,6 +41,37 @@ internal interface IDecodeCache
 
     /// <summary>Evicts per head the flagged tokens (<see cref="Positions"/>' order; null = keep all), all heads at once.</summary>
     void Evict(IReadOnlyList<bool[]?> evict);
+
+    /// <summary>
+    /// Starts H2O's running sums kept by the cache itself (<see cref="IRunningAttentionSums"/>), or null when the session is
+    /// to keep them (the CPU's cache: its statistics are already on the host; a device cache storing a head out of position order).
+    /// </summary>
+    IRunningAttentionSums? StartRunningSums();
+}
+
+/// <summary>
+/// H2O's running sums kept by the cache, next to its statistics (the device's, <c>CudaDecodeCache</c>), so that an observed
+/// step reads nothing back: the cache adds each step's summed probability to every covered stored token's sum (float64, the
+/// same additions as <see cref="H2oDecodePress"/>'s session makes), compacts the sums with its evictions and cuts the heads by
+/// them with the session's rule. The session keeps the method's schedule, budget test and counts; this is the seam where its
+/// accumulation, scores and cut move to the cache (the method's rule is restated in the device's kernels: see docs/cuda.md).
+/// </summary>
+internal interface IRunningAttentionSums
+{
+    /// <summary>Ends the statistics collection, adding each covered token's summed probability to its running sum.</summary>
+    void EndStatisticsIntoSums();
+
+    /// <summary>
+    /// Scores every stored token by its running sum as a float, +∞ at positions ≥ <paramref name="recent"/>; each head holding
+    /// more than <paramref name="tokens"/> candidates (positions ≥ <paramref name="protect"/>) keeps its <paramref name="tokens"/>
+    /// best as <c>TopK.KeepMask</c> ranks them (ties to the later token, every +∞ kept) and evicts the others, all heads at
+    /// once. Returns the tokens evicted and a read of the scores (per head in <see cref="IDecodeCache.Positions"/>' order before
+    /// the eviction; valid until the next cut or <see cref="Stop"/>).
+    /// </summary>
+    (long Evicted, Func<HeadScores> Scores) EvictBySums(int tokens, int protect, int recent);
+
+    /// <summary>Stops keeping the sums (frees them).</summary>
+    void Stop();
 }
 
 /// <summary>
@@ -99,4 +130,6 @@ internal sealed class PagedDecodeCache(PagedKvCache cache) : IDecodeCache
         for (int i = 0; i < evict.Count; i++)
             if (evict[i] is { } flags) cache.Evict(i / cache.KvHeads, i % cache.KvHeads, flags);
     }
+
+    public IRunningAttentionSums? StartRunningSums() => null; // the statistics are on the host already: the session sums them
 }

@@ -1,6 +1,7 @@
 using KvSharp.Cache;
 using KvSharp.Cache.Blocks;
 using KvSharp.Cache.Paged;
+using KvSharp.Compression;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
 using KvSharp.Generation;
@@ -226,6 +227,110 @@ public class DecodePressTests
                 }
                 AssertKeptTheTop(driver.Cache.Positions(l, g), [.. scores[l, g].Select(s => (double)s)], tokens, protect: 1);
             }
+    }
+
+    /// <summary>
+    /// The CPU cache presented as a cache that keeps H2O's running sums itself, the way the device does (CudaPagedKvCache.RunningSums):
+    /// per head in storage order (ascending here), a new token's sum 0, each step's covered sums added, the cut made from the
+    /// stored index of the first candidate and of the window's first position by a full sort (score descending, then the later
+    /// token; every +∞ kept), the sums compacted with the eviction. A reference for the seam, written apart from TopK and the session.
+    /// </summary>
+    private sealed class SumsKeepingCache(PagedKvCache cache) : IDecodeCache, IRunningAttentionSums
+    {
+        private readonly PagedDecodeCache _inner = new(cache);
+        private List<double>[] _sums = [];
+
+        public int Layers => _inner.Layers;
+        public int KvHeads => _inner.KvHeads;
+        public int HeadDim => _inner.HeadDim;
+        public int Length => _inner.Length;
+        public int SharedLayerSource(int layer) => _inner.SharedLayerSource(layer);
+        public ReadOnlySpan<int> Positions(int layer, int kvHead) => _inner.Positions(layer, kvHead);
+        public void BeginStatistics(AttentionStatisticsRequest request) => _inner.BeginStatistics(request);
+        public ObservedAttention EndStatistics() => throw new InvalidOperationException("the session must not read statistics back when the cache keeps its sums");
+        public float[][] RawRedundancy(double threshold) => _inner.RawRedundancy(threshold);
+        public void Evict(IReadOnlyList<bool[]?> evict) => throw new InvalidOperationException("the session must not cut on the host when the cache keeps its sums");
+
+        public IRunningAttentionSums? StartRunningSums()
+        {
+            _sums = [.. Enumerable.Range(0, Layers * KvHeads).Select(_ => new List<double>())];
+            return this;
+        }
+
+        public void EndStatisticsIntoSums()
+        {
+            var stats = _inner.EndStatistics();
+            for (int h = 0; h < _sums.Length; h++)
+            {
+                var stored = Positions(h / KvHeads, h % KvHeads);
+                while (_sums[h].Count < stored.Length) _sums[h].Add(0); // appended tokens start at 0
+                var covered = stats.Positions(h / KvHeads, h % KvHeads);
+                var add = stats.SumProbability(h / KvHeads, h % KvHeads);
+                for (int c = 0; c < covered.Length; c++)
+                {
+                    Assert.Equal(stored[c], covered[c]); // the covered tokens are the first stored
+                    _sums[h][c] += add[c];
+                }
+            }
+        }
+
+        public (long Evicted, Func<HeadScores> Scores) EvictBySums(int tokens, int protect, int recent)
+        {
+            var scores = new HeadScores(Layers, KvHeads);
+            var drops = new bool[_sums.Length][];
+            long evicted = 0;
+            for (int h = 0; h < _sums.Length; h++)
+            {
+                var stored = Positions(h / KvHeads, h % KvHeads).ToArray();
+                while (_sums[h].Count < stored.Length) _sums[h].Add(0);
+                int first = stored.Count(p => p < protect), window = stored.Count(p => p < recent);
+                var s = Enumerable.Range(0, stored.Length).Select(i => i >= window ? float.PositiveInfinity : (float)_sums[h][i]).ToArray();
+                scores[h / KvHeads, h % KvHeads] = s;
+                var kept = new HashSet<int>(Enumerable.Range(0, first));
+                var ranked = Enumerable.Range(first, stored.Length - first).OrderByDescending(i => s[i]).ThenByDescending(i => i).ToArray();
+                kept.UnionWith(ranked.Length > tokens ? ranked.Take(tokens) : ranked);
+                kept.UnionWith(Enumerable.Range(0, s.Length).Where(i => float.IsPositiveInfinity(s[i])));
+                drops[h] = [.. Enumerable.Range(0, s.Length).Select(i => !kept.Contains(i))];
+                evicted += drops[h].Count(d => d);
+                _sums[h] = [.. Enumerable.Range(0, s.Length).Where(kept.Contains).Select(i => _sums[h][i])];
+            }
+            _inner.Evict(drops);
+            return (evicted, () => scores);
+        }
+
+        public void Stop() => _sums = [];
+    }
+
+    [Theory]
+    [InlineData(1, 4, 1)]
+    [InlineData(3, 0, 0)]
+    [InlineData(5, 6, 2)]
+    public void H2o_OverACacheKeepingItsSumsKeepsWhatTheHostSessionKeeps(int every, int window, int protect)
+    {
+        const int tokens = 14, steps = 24;
+        using var host = new Driver();
+        using var kept = new Driver(); // the same random stream: the same tokens while the kept sets agree
+        var press = new H2oDecodePress(tokens, every, window, protect);
+        using var hostSession = (DecodePressSession)press.Start(host.Cache);
+        using var keptSession = press.CreateSession(new SumsKeepingCache(kept.Cache));
+        for (int k = 1; k <= steps; k++)
+        {
+            hostSession.BeforeStep(k);
+            keptSession.BeforeStep(k);
+            host.Step();
+            kept.Step();
+            hostSession.AfterStep(k);
+            keptSession.AfterStep(k);
+            for (int l = 0; l < Layers; l++)
+                for (int g = 0; g < KvHeads; g++)
+                    Assert.Equal(host.Cache.Positions(l, g), kept.Cache.Positions(l, g));
+            Assert.Equal(hostSession.Compressions, keptSession.Compressions);
+            Assert.Equal(hostSession.EvictedTokens, keptSession.EvictedTokens);
+            if (hostSession.LastScores is { } expected)
+                for (int h = 0; h < expected.HeadCount; h++) Assert.Equal(expected[h], keptSession.LastScores![h]);
+        }
+        Assert.True(hostSession.Compressions >= steps / every - 1, $"{hostSession.Compressions} compressions in {steps} steps");
+        Assert.True(hostSession.EvictedTokens > 0);
     }
 
     /// <summary>After the step the head holds the protected prefix plus its <paramref name="tokens"/> best candidates.</summary>

@@ -966,6 +966,60 @@ extern "C" __global__ void press_h2o_scores(const float* stats_sum, const int* c
         dst[i] = i >= n - window ? __int_as_float(0x7f800000) : i < cov ? src[i] : 0.0f;
 }
 
+// H2O's decode press on the device (CudaDecodeCache's running sums): after each observed step, every covered stored token's
+// summed probability is added to its running sum, in float64 as the CPU session sums (the same float added to the same
+// double in the same order: the same bits). sums [heads, max_tokens] doubles, storage order, zero past each head's
+// stored tokens (appends land on zeros; press_sums_compact keeps it so). One block per head.
+extern "C" __global__ void press_sums_add(double* sums, const float* stats_sum, const int* covered, int max_tokens)
+{
+    const int head = blockIdx.x, n = covered[head];
+    double* dst = sums + (long)head * max_tokens;
+    const float* src = stats_sum + (long)head * max_tokens;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] += (double)src[i];
+}
+
+// H2O's decode scores from the running sums, as the CPU session casts them: (float)sum, +inf from window_start[head] on
+// (the stored index of the first position in the window: a head stored in ascending position keeps its window last).
+extern "C" __global__ void press_decode_h2o_scores(const double* sums, const int* head_tokens, const int* window_start, float* scores, int max_tokens)
+{
+    const int head = blockIdx.x, n = head_tokens[head], w = window_start[head];
+    const double* src = sums + (long)head * max_tokens;
+    float* dst = scores + (long)head * max_tokens;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = i >= w ? __int_as_float(0x7f800000) : (float)src[i];
+}
+
+// The running sums follow an eviction (launched before paged_evict, while head_tokens still counts the old tokens): each
+// head's kept sums move down in storage order (paged_evict keeps the kept tokens' order), the freed tail is zeroed. In
+// chunks of the block's 256 threads, in order: a chunk is read whole before any of it is written, and its kept values land
+// at or below their own index, so no write reaches a value not yet read. One block per head.
+extern "C" __global__ void __launch_bounds__(256) press_sums_compact(double* sums, const u8* drop, const int* head_tokens, int max_tokens)
+{
+    __shared__ int warp_kept[8];
+    const int head = blockIdx.x, n = head_tokens[head], lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    double* s = sums + (long)head * max_tokens;
+    const u8* d = drop + (long)head * max_tokens;
+    int base = 0; // kept tokens of the chunks before
+    for (int i0 = 0; i0 < n; i0 += 256)
+    {
+        const int i = i0 + threadIdx.x;
+        const bool keep = i < n && d[i] == 0;
+        const double v = keep ? s[i] : 0.0;
+        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        if (lane == 0) warp_kept[warp] = __popc(ballot);
+        __syncthreads();
+        int at = base + __popc(ballot & ((1u << lane) - 1u)), total = 0;
+        for (int w = 0; w < 8; w++)
+        {
+            if (w < warp) at += warp_kept[w];
+            total += warp_kept[w];
+        }
+        if (keep) s[at] = v;
+        base += total;
+        __syncthreads(); // warp_kept is the next chunk's
+    }
+    for (int i = base + threadIdx.x; i < n; i += 256) s[i] = 0.0;
+}
+
 // Per head (one block): keeps the keep[head] highest-scoring candidates (stored tokens from protect[head] on),
 // every +inf score and every protected token, as TopK.KeepMask orders them (higher score first, ties to the
 // later token): candidate i is kept when its key (ordered score bits, index) is at least the keep-th largest key,

@@ -1,5 +1,6 @@
 using KvSharp.Cache;
 using KvSharp.Cache.Paged;
+using KvSharp.Compression;
 using KvSharp.Compression.Decoding;
 using KvSharp.Compression.Registry;
 using KvSharp.Compression.Scorers;
@@ -12,9 +13,12 @@ namespace KvSharp.Compute.Cuda.Model;
 /// CPU press's own session runs over the device cache (<see cref="IDecodeCache"/>): the decode steps it observes run with
 /// the attention statistics collected on the device (<see cref="CudaTransformer.ForwardSample"/> leaves the captured graph
 /// for those steps: a statistics launch captured into the graph would outlive its collection), the other steps keep the
-/// graph; each observed step's summed probabilities per stored token come back (at most the press's tokens + every per
-/// head), the session accumulates and scores them on the host exactly as on the CPU (R-KV's raw key redundancy summed on
-/// the device, as for the R-KV context press), and the eviction runs on the device, all heads in one compaction.
+/// graph. H2O keeps its running sums on the device (<see cref="IRunningAttentionSums"/>: a kernel adds each observed step's
+/// statistics, the cut is press_select over the sums' scores, the sums are compacted with the pool), so an observed step
+/// reads nothing back and a compression only its drop flags; where a head is not stored in position order (an uploaded
+/// cache) H2O, and R-KV always, read each observed step's summed probabilities back (at most the press's tokens + every per
+/// head) and the session accumulates and scores them on the host exactly as on the CPU (R-KV's raw key redundancy summed
+/// on the device, as for the R-KV context press); the eviction runs on the device, all heads in one compaction.
 /// </summary>
 public static class CudaDecodePresses
 {
@@ -48,12 +52,13 @@ public static class CudaDecodePresses
 
 /// <summary>
 /// <see cref="CudaPagedKvCache"/> as a decode press sees it: the device's storage order (what eviction flags and statistics
-/// follow) mapped to ascending position (what the session scores in); R-KV's redundancy summed on the device. Each head's
+/// follow) mapped to ascending position (what the session scores in); R-KV's redundancy summed on the device; H2O's running
+/// sums kept on the device when every head is stored in position order (<see cref="StartRunningSums"/>). Each head's
 /// positions are kept here and taken again from the cache only after an eviction: between evictions a decode step appends
 /// its position to every head (one sequence), so the lists grow in place instead of being rebuilt for every head at every
 /// step.
 /// </summary>
-internal sealed class CudaDecodeCache : IDecodeCache
+internal sealed class CudaDecodeCache : IDecodeCache, IRunningAttentionSums
 {
     private readonly CudaPagedKvCache _cache;
     private readonly int[][] _ascending; // per head: positions ascending (capacity ≥ count; a rebuild makes new arrays, so views handed out stay true)
@@ -144,6 +149,65 @@ internal sealed class CudaDecodeCache : IDecodeCache
         if (any) _cache.Evict(drop);
     }
 
+    public IRunningAttentionSums? StartRunningSums()
+    {
+        Sync();
+        // The device's cut protects, windows and breaks ties by stored index, which is position order only in a head stored
+        // ascending (a prefill, appends and evictions keep it so; an uploaded or re-quantized cache may not): otherwise the
+        // session keeps its sums on the host from the statistics read back.
+        if (_order.Any(o => o != null)) return null;
+        _cache.StartRunningSums();
+        return this;
+    }
+
+    public void EndStatisticsIntoSums() => _cache.EndStatisticsIntoRunningSums();
+
+    public (long Evicted, Func<HeadScores> Scores) EvictBySums(int tokens, int protect, int recent)
+    {
+        Sync();
+        int heads = _counts.Length;
+        // Per head the stored index of the first candidate (positions below protect stay) and of the window's first position.
+        var bounds = new int[2 * heads];
+        var counts = new int[heads];
+        long before = 0, after = 0;
+        for (int h = 0; h < heads; h++)
+        {
+            var positions = _ascending[h].AsSpan(0, _counts[h]);
+            bounds[h] = FirstAtOrAbove(positions, protect);
+            bounds[heads + h] = FirstAtOrAbove(positions, recent);
+            counts[h] = positions.Length;
+            before += positions.Length;
+        }
+        _cache.EvictByRunningSums(tokens, bounds);
+        _syncedLength = -1;
+        Sync();
+        for (int h = 0; h < heads; h++)
+        {
+            // An eviction keeps the stored order; a head out of position order now would have its sums misplaced.
+            if (_order[h] != null) throw new InvalidOperationException($"head {h} is no longer stored in position order after an eviction by the running sums");
+            after += _counts[h];
+        }
+        return (before - after, () => Scores(counts));
+    }
+
+    public void Stop() => _cache.StopRunningSums();
+
+    /// <summary>The last cut's scores as <see cref="HeadScores"/> (storage order = position order: every head is stored ascending).</summary>
+    private HeadScores Scores(int[] counts)
+    {
+        var rows = _cache.RunningScores(counts);
+        var scores = new HeadScores(Layers, KvHeads);
+        for (int h = 0; h < rows.Length; h++) scores[h / KvHeads, h % KvHeads] = rows[h];
+        return scores;
+    }
+
+    /// <summary>The index of the first of <paramref name="ascending"/>'s (distinct) positions at or above <paramref name="position"/>.</summary>
+    private static int FirstAtOrAbove(ReadOnlySpan<int> ascending, int position)
+    {
+        int i = ascending.BinarySearch(position);
+        return i >= 0 ? i : ~i;
+    }
+
     /// <summary>
     /// Brings each head's positions to the cache's length: appended positions added to every head, or everything taken again
     /// from the cache at the start, after an eviction, or should the cache have shrunk.
@@ -156,8 +220,14 @@ internal sealed class CudaDecodeCache : IDecodeCache
         {
             for (int h = 0; h < _counts.Length; h++)
             {
-                var (ascending, order) = Ascending(_cache.StoredPositions(h));
-                (_ascending[h], _order[h], _counts[h]) = (ascending, IsIdentity(order) ? null : order, ascending.Length);
+                var stored = _cache.StoredPositions(h);
+                // Taken again after every eviction: a head stored ascending (always, but after an upload) needs no order.
+                if (IsAscending(stored)) (_ascending[h], _order[h], _counts[h]) = (stored, null, stored.Length);
+                else
+                {
+                    var (ascending, order) = Ascending(stored);
+                    (_ascending[h], _order[h], _counts[h]) = (ascending, order, ascending.Length);
+                }
             }
         }
         else
@@ -208,13 +278,6 @@ internal sealed class CudaDecodeCache : IDecodeCache
                 sums[c++] = storageSums[order[k]];
             }
         return (positions, sums);
-    }
-
-    private static bool IsIdentity(int[] order)
-    {
-        for (int i = 0; i < order.Length; i++)
-            if (order[i] != i) return false;
-        return true;
     }
 
     private static bool IsAscending(int[] positions)

@@ -68,13 +68,14 @@ public sealed partial class CudaPagedKvCache
     /// was then (the blocks appends encoded become free pool space).
     /// </summary>
     /// <exception cref="InvalidOperationException">The checkpoint is another cache's, the pool was rewritten since (eviction,
-    /// re-quantization), or statistics are being collected.</exception>
+    /// re-quantization), statistics are being collected, or a decode press keeps running sums (<see cref="StartRunningSums"/>).</exception>
     public void Restore(Checkpoint checkpoint)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         if (checkpoint.Cache != this) throw new InvalidOperationException("the checkpoint was saved from another cache");
         if (checkpoint.Version != _layoutVersion) throw new InvalidOperationException("the cache was evicted or re-quantized after the checkpoint: it cannot go back to it");
         if (_statistics != null) throw new InvalidOperationException("cannot restore a checkpoint while attention statistics are being collected");
+        RefuseRunningSums("restore a checkpoint");
         _desc.CopyFromAsync(checkpoint.Desc, _desc.ByteLength);
         _headBlocks.CopyFromAsync(checkpoint.Blocks, _headBlocks.ByteLength);
         _headTokens.CopyFromAsync(checkpoint.Tokens, _headTokens.ByteLength);

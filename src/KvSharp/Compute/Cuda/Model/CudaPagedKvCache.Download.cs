@@ -67,6 +67,13 @@ public sealed partial class CudaPagedKvCache
         return [.. _storedPositions![head], .. Enumerable.Range(from, LengthOf(sequence) - from)];
     }
 
+    /// <summary>Stored tokens of head <paramref name="head"/> by the host's positions (no read-back; known positions only).</summary>
+    private int StoredCount(int head)
+    {
+        int sequence = head / Config.NumKvHeads % Batch;
+        return _storedPositions![head].Length + LengthOf(sequence) - _storedUpTo![sequence];
+    }
+
     /// <summary>Whether every head of sequence 0 stores each of its positions 0..Length-1, in that order (a fresh prefill: storage index = position).</summary>
     internal bool StoresEveryPositionInOrder()
     {
@@ -97,15 +104,17 @@ public sealed partial class CudaPagedKvCache
         _storedUpTo = Enumerable.Range(0, Batch).Select(LengthOf).ToArray();
     }
 
-    /// <summary>After an eviction by <paramref name="dropped"/> ([HeadCount, MaxBlocks · BlockTokens], nonzero = dropped): each head keeps the positions of its kept tokens.</summary>
-    private void EvictPositions(byte[] dropped)
+    /// <summary>
+    /// After an eviction by <paramref name="dropped"/> (head h's flags from h · <paramref name="stride"/>, nonzero = dropped):
+    /// each head keeps the positions of its kept tokens.
+    /// </summary>
+    private void EvictPositions(byte[] dropped, int stride)
     {
         if (_storedPositions == null) return;
-        int maxTokens = MaxBlocks * BlockTokens;
         for (int h = 0; h < HeadCount; h++)
         {
             var positions = PositionsOf(h, h / Config.NumKvHeads % Batch);
-            var flags = dropped.AsSpan((int)((long)h * maxTokens), positions.Length);
+            var flags = dropped.AsSpan((int)((long)h * stride), positions.Length);
             var kept = new int[flags.Count((byte)0)];
             for (int i = 0, k = 0; i < positions.Length; i++)
                 if (flags[i] == 0) kept[k++] = positions[i];

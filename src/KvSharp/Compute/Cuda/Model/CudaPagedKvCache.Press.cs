@@ -199,11 +199,12 @@ public sealed partial class CudaPagedKvCache
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
     /// <exception cref="KvSharpException">A format the device does not read (VidKV), a value format whose groups do not fit the cache's,
     /// or a head whose regrouped blocks exceed its descriptor table or the pool (the cache is then left as it was).</exception>
-    /// <exception cref="InvalidOperationException">Statistics are being collected.</exception>
+    /// <exception cref="InvalidOperationException">Statistics are being collected, or a decode press keeps running sums (<see cref="StartRunningSums"/>).</exception>
     public void Requantize(IReadOnlyList<bool[]> select, KvFormat keyFormat, KvFormat valueFormat)
     {
         ArgumentNullException.ThrowIfNull(select);
         if (_statistics != null) throw new InvalidOperationException("cannot re-quantize while attention statistics are being collected");
+        RefuseRunningSums("re-quantize");
         if (keyFormat.IsVidKv() || valueFormat.IsVidKv()) throw new KvSharpException(VidKvRefusal($"re-quantization into {keyFormat} / {valueFormat}"));
         RefuseVidKv("re-quantization");
         if (select.Count != HeadCount) throw new ArgumentException($"{select.Count} masks for {HeadCount} heads", nameof(select));

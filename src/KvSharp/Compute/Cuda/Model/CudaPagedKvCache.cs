@@ -423,17 +423,23 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// <summary>
     /// <see cref="Evict(IReadOnlyList{bool[]})"/> with the drop flags already on the device: [HeadCount, MaxBlocks · BlockTokens] bytes, nonzero = drop
     /// (what a device-side scorer writes), and their copy on the host when the caller has one (<paramref name="hostFlags"/>:
-    /// not read back). The pool keeps its address, so captured decode graphs stay valid.
+    /// not read back). The pool keeps its address, so captured decode graphs stay valid; kept running sums
+    /// (<see cref="StartRunningSums"/>) are compacted by the same flags.
     /// </summary>
     internal void EvictOnDevice(DeviceBuffer flags, byte[]? hostFlags = null)
     {
         RefuseVidKv("eviction");
-        if (hostFlags == null)
+        int maxTokens = MaxBlocks * BlockTokens;
+        if (hostFlags != null) EvictPositions(hostFlags, maxTokens);
+        else if (_storedPositions != null)
         {
-            hostFlags = new byte[(long)HeadCount * MaxBlocks * BlockTokens];
-            flags.Download<byte>(hostFlags);
+            // Only the stored tokens' flags, one strided copy (the whole table is a head's capacity, ~2 MB at 8K tokens of Llama-3.1-8B).
+            int width = Enumerable.Range(0, HeadCount).Max(StoredCount);
+            var packed = KeepsPressBuffers ? (_keptHostFlags ??= new byte[(long)HeadCount * maxTokens]) : new byte[(long)HeadCount * width];
+            flags.Download2D<byte>(packed, 0, maxTokens, width, HeadCount);
+            EvictPositions(packed, width);
         }
-        EvictPositions(hostFlags);
+        if (_runningSums != null) _kernels.CompactSums(_runningSums.Pointer, flags.Pointer, _headTokens.Pointer, HeadCount, maxTokens);
         _layoutVersion++;
         var state = new int[2];
         _state.Download<int>(state);
@@ -589,6 +595,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     {
         KeepsPressBuffers = false;
         StopStatistics();
+        StopRunningSums();
         DisposeBuffers();
         base.Dispose();
     }

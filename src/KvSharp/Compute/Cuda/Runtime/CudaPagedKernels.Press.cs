@@ -61,6 +61,18 @@ internal sealed partial class CudaPagedKernels
     public void H2oScores(ulong sum, ulong covered, ulong headTokens, ulong scores, int heads, int maxTokens, int window) =>
         _cache["press_h2o_scores"].Launch(heads, 256, 0, sum, covered, headTokens, scores, Arg.Int(maxTokens), Arg.Int(window));
 
+    /// <summary>Per head: runningSums[head, i] += (double)statsSum[head, i] for the covered tokens (press_sums_add: H2O's decode press on the device).</summary>
+    public void AddSums(ulong runningSums, ulong statsSum, ulong covered, int heads, int maxTokens) =>
+        _cache["press_sums_add"].Launch(heads, 256, 0, runningSums, statsSum, covered, Arg.Int(maxTokens));
+
+    /// <summary>H2O's decode scores per head (press_decode_h2o_scores): (float) the running sum, +∞ from the head's windowStart on.</summary>
+    public void DecodeH2oScores(ulong runningSums, ulong headTokens, ulong windowStart, ulong scores, int heads, int maxTokens) =>
+        _cache["press_decode_h2o_scores"].Launch(heads, 256, 0, runningSums, headTokens, windowStart, scores, Arg.Int(maxTokens));
+
+    /// <summary>The running sums compacted by an eviction's drop flags, before paged_evict (press_sums_compact).</summary>
+    public void CompactSums(ulong runningSums, ulong drop, ulong headTokens, int heads, int maxTokens) =>
+        _cache["press_sums_compact"].Launch(heads, 256, 0, runningSums, drop, headTokens, Arg.Int(maxTokens));
+
     /// <summary>Per head: scores[head, start..end) = statsMax[head, start..end) (KVzip's chunk of one repeat run).</summary>
     public void TakeRange(ulong statsMax, ulong scores, int heads, int maxTokens, int start, int end) =>
         _cache["press_take_range"].Launch(heads, 256, 0, statsMax, scores, Arg.Int(maxTokens), Arg.Int(start), Arg.Int(end));
