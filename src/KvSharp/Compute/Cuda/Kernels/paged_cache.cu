@@ -468,7 +468,8 @@ PAGED_QKV(f16, WeightF16)
 
 // Eviction of one head per block: flags[head·max_tokens + i] != 0 drops the head's stored token i. Blocks without
 // a dropped token are copied as they are; the kept tokens of each run of affected blocks are decoded and re-encoded
-// in their own formats, Tokens at a time, a run of one format pair ending in a partial block (HeadStore.Evict);
+// in their own formats, Tokens at a time, a run of one format pair ending in a partial block (HeadStore.Evict keeps the
+// same tokens but regroups all the affected blocks', one partial block per format pair: the storage order stays here);
 // the residual keeps its slot and its kept rows. Blocks go to new_pool (its top already past the residual slots);
 // the descriptors are rewritten in place. staging: [heads, 2, tokens, hd] floats.
 extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* desc, int* head_blocks, int* head_tokens,

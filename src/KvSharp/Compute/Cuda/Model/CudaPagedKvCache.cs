@@ -22,7 +22,9 @@ namespace KvSharp.Compute.Cuda.Model;
 /// becomes the residual (a tail longer than one block, from a KIVI residual R &gt; BlockTokens, arrives as F32 blocks
 /// plus the residual: the device encodes each block as soon as it fills).</para>
 /// <para><see cref="Evict(IReadOnlyList{bool[]})"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
-/// re-encoded in its own formats (as the CPU cache's Evict does), and the pool is compacted.</para>
+/// re-encoded in its own formats, and the pool is compacted. The storage order stays, so each run ends in a partial block, where
+/// the CPU cache's Evict regroups all the affected blocks' tokens (at most one partial block per format pair): the same
+/// tokens may take more blocks here when the kept ones include whole blocks.</para>
 /// </remarks>
 public sealed partial class CudaPagedKvCache : DeviceKvCache
 {
