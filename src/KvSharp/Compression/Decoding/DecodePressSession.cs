@@ -22,7 +22,11 @@ internal abstract class DecodePressSession(DecodePress press, IDecodeCache cache
     private HeadScores? _lastScores;
     private Func<HeadScores>? _readLastScores;
 
-    /// <summary>The scores of the last compression step, per head in the cache's Positions order before eviction (for tests).</summary>
+    /// <summary>
+    /// The scores of the last compression step, per head in the cache's Positions order before eviction (for tests). Where
+    /// the cache scored the cut (<see cref="ScoredOnCache"/>) they are read from it on the first ask, which must come before
+    /// the session is disposed (the device frees them with its sums).
+    /// </summary>
     public HeadScores? LastScores => _lastScores ??= _readLastScores?.Invoke();
 
     /// <inheritdoc />

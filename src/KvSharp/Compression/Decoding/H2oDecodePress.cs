@@ -98,10 +98,20 @@ public sealed class H2oDecodePress : DecodePress
 
         public override void Dispose()
         {
-            if (_collecting) Cache.EndStatistics();
-            _collecting = false;
-            _onCache?.Stop();
-            _onCache = null;
+            // A collection left open (the step threw) ends through the sums where the cache keeps them: nothing read back.
+            // The sums stop even when ending it throws: kept, they make the device cache refuse re-quantization, restores
+            // and the next session's sums.
+            try
+            {
+                if (_collecting && _onCache != null) _onCache.EndStatisticsIntoSums();
+                else if (_collecting) Cache.EndStatistics();
+            }
+            finally
+            {
+                _collecting = false;
+                _onCache?.Stop();
+                _onCache = null;
+            }
         }
     }
 

@@ -259,6 +259,7 @@ public class DecodePressTests
 
         public void EndStatisticsIntoSums()
         {
+            if (FailEndingIntoSums) throw new InvalidOperationException("a failed launch");
             var stats = _inner.EndStatistics();
             for (int h = 0; h < _sums.Length; h++)
             {
@@ -298,7 +299,17 @@ public class DecodePressTests
             return (evicted, () => scores);
         }
 
-        public void Stop() => _sums = [];
+        /// <summary>How many times the session stopped the sums.</summary>
+        public int Stops { get; private set; }
+
+        /// <summary>Ending a collection into the sums throws (a failed device launch).</summary>
+        public bool FailEndingIntoSums { get; init; }
+
+        public void Stop()
+        {
+            _sums = [];
+            Stops++;
+        }
     }
 
     [Theory]
@@ -331,6 +342,30 @@ public class DecodePressTests
         }
         Assert.True(hostSession.Compressions >= steps / every - 1, $"{hostSession.Compressions} compressions in {steps} steps");
         Assert.True(hostSession.EvictedTokens > 0);
+    }
+
+    /// <summary>
+    /// A session disposed while the step it observes is open (the step threw) ends the collection through the cache's sums,
+    /// without reading the statistics back, and stops the sums; it stops them too when ending the collection throws, so the
+    /// cache is not left keeping sums (the device cache then refuses re-quantization, restores and another session's sums).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void H2o_DisposedMidStepOverACacheKeepingItsSumsStopsTheSums(bool endingFails)
+    {
+        using var driver = new Driver();
+        var cache = new SumsKeepingCache(driver.Cache) { FailEndingIntoSums = endingFails };
+        var session = new H2oDecodePress(tokens: 14, every: 1, window: 4, protect: 1).CreateSession(cache);
+        session.BeforeStep(1);
+        driver.Step();
+        if (endingFails) Assert.Equal("a failed launch", Assert.Throws<InvalidOperationException>(session.Dispose).Message);
+        else
+        {
+            session.Dispose();
+            Assert.False(driver.Cache.IsCollectingStatistics);
+        }
+        Assert.Equal(1, cache.Stops);
     }
 
     /// <summary>After the step the head holds the protected prefix plus its <paramref name="tokens"/> best candidates.</summary>

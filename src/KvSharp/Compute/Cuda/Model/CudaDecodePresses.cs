@@ -15,8 +15,8 @@ namespace KvSharp.Compute.Cuda.Model;
 /// for those steps: a statistics launch captured into the graph would outlive its collection), the other steps keep the
 /// graph. H2O keeps its running sums on the device (<see cref="IRunningAttentionSums"/>: a kernel adds each observed step's
 /// statistics, the cut is press_select over the sums' scores, the sums are compacted with the pool), so an observed step
-/// reads nothing back and a compression only its drop flags; where a head is not stored in position order (an uploaded
-/// cache) H2O, and R-KV always, read each observed step's summed probabilities back (at most the press's tokens + every per
+/// reads nothing back and a compression only its drop flags; where a head is not stored in position order (its tokens
+/// regrouped by a re-quantization, on the device or before an upload) H2O, and R-KV always, read each observed step's summed probabilities back (at most the press's tokens + every per
 /// head) and the session accumulates and scores them on the host exactly as on the CPU (R-KV's raw key redundancy summed
 /// on the device, as for the R-KV context press); the eviction runs on the device, all heads in one compaction.
 /// </summary>
