@@ -156,6 +156,8 @@ internal sealed class CudaDecodeCache : IDecodeCache, IRunningAttentionSums
         // ascending (a prefill, appends and evictions keep it so; an uploaded or re-quantized cache may not): otherwise the
         // session keeps its sums on the host from the statistics read back.
         if (_order.Any(o => o != null)) return null;
+        // One set of sums a cache: a second session over it (the CPU allows one) keeps its sums on the host.
+        if (_cache.KeepsRunningSums) return null;
         _cache.StartRunningSums();
         return this;
     }

@@ -34,9 +34,15 @@ public sealed partial class CudaPagedKvCache
     internal void StopRunningSums()
     {
         if (_runningSums == null) return;
-        Device.Synchronize(); // a queued sums launch may still read them
-        foreach (var b in new[] { _runningSums, _runningScores, _runningBounds, _runningKeep }) b?.Dispose();
-        (_runningSums, _runningScores, _runningBounds, _runningKeep) = (null, null, null, null);
+        try
+        {
+            Device.Synchronize(); // a queued sums launch may still read them
+        }
+        finally
+        {
+            foreach (var b in new[] { _runningSums, _runningScores, _runningBounds, _runningKeep }) b?.Dispose();
+            (_runningSums, _runningScores, _runningBounds, _runningKeep) = (null, null, null, null);
+        }
     }
 
     /// <summary>

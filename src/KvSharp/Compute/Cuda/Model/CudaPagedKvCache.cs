@@ -596,10 +596,16 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     public override void Dispose()
     {
         KeepsPressBuffers = false;
-        StopStatistics();
-        StopRunningSums();
-        DisposeBuffers();
-        base.Dispose();
+        try
+        {
+            StopStatistics();
+            StopRunningSums();
+        }
+        finally // a failed device wait (a sticky CUDA error) must not leak the pool
+        {
+            DisposeBuffers();
+            base.Dispose();
+        }
     }
 
     private void DisposeBuffers()
