@@ -96,8 +96,7 @@ public sealed partial class CudaPagedKvCache
     internal float[][] RunningScores(int[] counts)
     {
         if (_runningScores == null) throw new InvalidOperationException("no cut by the running sums was made");
-        var (packed, width) = DownloadPacked(_runningScores, counts);
-        return [.. Enumerable.Range(0, counts.Length).Select(h => packed.AsSpan(h * width, counts[h]).ToArray())];
+        return DownloadHeads(_runningScores, counts);
     }
 
     /// <summary>Refuses <paramref name="what"/> while the running sums are kept: it would reorder the stored tokens under them.</summary>
