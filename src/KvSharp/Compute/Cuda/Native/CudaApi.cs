@@ -16,6 +16,8 @@ internal static unsafe partial class CudaApi
     public const int AttrComputeCapabilityMajor = 75;
     public const int AttrComputeCapabilityMinor = 76;
     public const int AttrMaxSharedMemoryPerBlockOptin = 97;
+    public const int AttrMaxSharedMemoryPerMultiprocessor = 81;
+    public const int AttrReservedSharedMemoryPerBlock = 111;
     public const uint StreamNonBlocking = 1;
     public const uint EventDefault = 0;
     public const int StreamCaptureModeThreadLocal = 1;
@@ -68,6 +70,7 @@ internal static unsafe partial class CudaApi
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuModuleGetFunction(out IntPtr function, IntPtr module, byte* name);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuFuncGetAttribute(out int value, int attribute, IntPtr function);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuOccupancyMaxActiveBlocksPerMultiprocessor(out int blocks, IntPtr function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
     [LibraryImport(NativeLibraries.Driver)]

@@ -29,6 +29,8 @@ public sealed unsafe class CudaDevice : IDisposable
         MultiprocessorCount = Attribute(CudaApi.AttrMultiprocessorCount);
         L2CacheBytes = Attribute(CudaApi.AttrL2CacheSize);
         MaxSharedMemoryPerBlock = Attribute(CudaApi.AttrMaxSharedMemoryPerBlockOptin);
+        MaxSharedMemoryPerMultiprocessor = Attribute(CudaApi.AttrMaxSharedMemoryPerMultiprocessor);
+        ReservedSharedMemoryPerBlock = Attribute(CudaApi.AttrReservedSharedMemoryPerBlock);
         CudaApi.Check(CudaApi.cuDeviceTotalMem(out nuint total, device), "cuDeviceTotalMem_v2");
         TotalMemory = (long)total;
         string? pdl = Environment.GetEnvironmentVariable("KVSHARP_CUDA_PDL");
@@ -79,6 +81,12 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>Largest dynamic shared memory one block may opt into.</summary>
     public int MaxSharedMemoryPerBlock { get; }
+
+    /// <summary>Shared memory of one multiprocessor at its largest carve-out of the L1/shared array (228 KB on sm_90).</summary>
+    public int MaxSharedMemoryPerMultiprocessor { get; }
+
+    /// <summary>Shared memory the system keeps for each resident block (1 KB on sm_80 and later).</summary>
+    public int ReservedSharedMemoryPerBlock { get; }
 
     /// <summary>Device memory in bytes.</summary>
     public long TotalMemory { get; }

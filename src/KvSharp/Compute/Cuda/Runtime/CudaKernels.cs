@@ -25,8 +25,9 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv.cu's MMA_RING).
-        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", _ => true);
+        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv.cu's MMA_RING), and
+        // keeps its activations in L1 (CudaFunction.PreferL1: the paged attention's carve-out left it 28 KB).
+        _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", _ => true, preferL1Threads: Threads);
         // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
         _attention = CudaModule.LoadEmbedded(device, "attention.cu",
             name => name.StartsWith("attn_h", StringComparison.Ordinal) && !name.EndsWith("_serial", StringComparison.Ordinal));

@@ -11,12 +11,18 @@ internal sealed unsafe class CudaModule : IDisposable
     private readonly Dictionary<string, CudaFunction> _functions = new(StringComparer.Ordinal);
 
     private readonly Func<string, bool>? _worksBeforeWait;
+    private readonly int _preferL1Threads;
 
-    /// <summary>Loads <paramref name="cubin"/>; <paramref name="worksBeforeWait"/> names its kernels that work before griddepcontrol.wait.</summary>
-    public CudaModule(CudaDevice device, byte[] cubin, Func<string, bool>? worksBeforeWait = null)
+    /// <summary>
+    /// Loads <paramref name="cubin"/>; <paramref name="worksBeforeWait"/> names its kernels that work before griddepcontrol.wait;
+    /// with <paramref name="preferL1Threads"/> &gt; 0 every kernel of the module asks for the most L1 its blocks of that many
+    /// threads allow (<see cref="CudaFunction.PreferL1"/>).
+    /// </summary>
+    public CudaModule(CudaDevice device, byte[] cubin, Func<string, bool>? worksBeforeWait = null, int preferL1Threads = 0)
     {
         _device = device;
         _worksBeforeWait = worksBeforeWait;
+        _preferL1Threads = preferL1Threads;
         device.MakeCurrent();
         fixed (byte* image = cubin) CudaApi.Check(CudaApi.cuModuleLoadData(out _module, image), "cuModuleLoadData");
     }
@@ -25,8 +31,9 @@ internal sealed unsafe class CudaModule : IDisposable
     /// Compiles (or takes from the disk cache) embedded source <paramref name="fileName"/> with the preprocessor
     /// <paramref name="defines"/> and loads it.
     /// </summary>
-    public static CudaModule LoadEmbedded(CudaDevice device, string fileName, Func<string, bool>? worksBeforeWait = null, IReadOnlyList<string>? defines = null) =>
-        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture, defines), worksBeforeWait);
+    public static CudaModule LoadEmbedded(CudaDevice device, string fileName, Func<string, bool>? worksBeforeWait = null, IReadOnlyList<string>? defines = null,
+        int preferL1Threads = 0) =>
+        new(device, KernelCompiler.CompileEmbedded(fileName, device.Architecture, defines), worksBeforeWait, preferL1Threads);
 
     /// <summary>The extern "C" kernel <paramref name="name"/>.</summary>
     public CudaFunction this[string name]
@@ -40,6 +47,7 @@ internal sealed unsafe class CudaModule : IDisposable
                 IntPtr handle;
                 fixed (byte* n = bytes) CudaApi.Check(CudaApi.cuModuleGetFunction(out handle, _module, n), $"cuModuleGetFunction({name})");
                 f = new CudaFunction(_device, handle, name) { WorksBeforeWait = _worksBeforeWait?.Invoke(name) ?? false };
+                if (_preferL1Threads > 0) f.PreferL1(_preferL1Threads);
                 _functions[name] = f;
                 return f;
             }
@@ -119,6 +127,34 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
     /// <summary>Asks for the largest shared-memory carve-out of L1 for this kernel (occupancy limited by its shared memory).</summary>
     public void PreferSharedMemory() =>
         CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 9 /* CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT */, 100), $"cuFuncSetAttribute({name})");
+
+    /// <summary>
+    /// Asks for the smallest shared-memory carve-out that still holds as many blocks of <paramref name="threads"/> threads
+    /// as the kernel's registers allow (its static shared memory and the per-block reservation each), the rest of the
+    /// L1/shared array staying L1. The carve-out is a setting of each multiprocessor, and a kernel without a preference
+    /// runs in whatever setting the multiprocessor has when its blocks fit it: after the paged attention, which asks for
+    /// the largest (<see cref="PreferSharedMemory"/>), the matrix products ran with 28 KB of L1 and their activations no
+    /// longer stayed in it. On an H100 this preference (14% for the tensor-core products) made a batch-8 paged step at
+    /// 32K tokens 5-9% faster and a batch-1 one 2-2.6%, the dense steps unchanged (docs/benchmarks.md, stop 24).
+    /// </summary>
+    public void PreferL1(int threads)
+    {
+        int blocks = ActiveBlocksPerMultiprocessor(threads);
+        CudaApi.Check(CudaApi.cuFuncGetAttribute(out int staticShared, 1 /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */, handle), $"cuFuncGetAttribute({name})");
+        int percent = CarveoutPercent(blocks, staticShared, device.ReservedSharedMemoryPerBlock, device.MaxSharedMemoryPerMultiprocessor);
+        CudaApi.Check(CudaApi.cuFuncSetAttribute(handle, 9 /* CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT */, percent), $"cuFuncSetAttribute({name})");
+    }
+
+    /// <summary>
+    /// The carve-out, in percent of <paramref name="maxSharedPerSm"/> (rounded up: the driver takes the next setting it
+    /// has), that holds <paramref name="blocks"/> blocks of <paramref name="staticShared"/> bytes plus
+    /// <paramref name="reservedPerBlock"/> each.
+    /// </summary>
+    internal static int CarveoutPercent(int blocks, int staticShared, int reservedPerBlock, int maxSharedPerSm)
+    {
+        long need = (long)Math.Max(1, blocks) * (staticShared + reservedPerBlock);
+        return (int)Math.Clamp((need * 100 + maxSharedPerSm - 1) / maxSharedPerSm, 0, 100);
+    }
 
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>
     public void AllowSharedMemory(int bytes) =>
