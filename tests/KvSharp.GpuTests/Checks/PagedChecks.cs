@@ -395,8 +395,8 @@ public static class PagedChecks
     /// <summary>
     /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags
     /// (mapped to the device's storage order). The two caches may group the kept tokens into different blocks (the CPU
-    /// regroups affected blocks' tokens by format pair, the device re-encodes runs), so what must agree is checked: per head
-    /// the same kept token count, and for every kept position the same formats and decoded K/V rows equal to the CPU's,
+    /// regroups affected blocks' tokens by format pair, the device re-encodes runs in storage order), so what must agree is
+    /// checked: per head the same kept token count (and, for one float format, the same block count), and for every kept position the same formats and decoded K/V rows equal to the CPU's,
     /// exactly for F32/F16/BF16/FP8 (re-encoding a decoded float is lossless) and within the two re-quantizations' bound for
     /// the quantized formats; then attention over the evicted device cache against float64 attention over its blocks
     /// decoded by the CPU codec (so the tables, counts and compacted pool are what the kernel reads).
@@ -448,9 +448,14 @@ public static class PagedChecks
                         var positions = cpu.Positions(l, g).ToArray();
                         if (lengths[h] != positions.Length || keptStorage[h].Length != positions.Length)
                             throw new CheckFailedException($"{what}: {lengths[h]} tokens, expected {positions.Length}");
-                        var (gk, gv, formats) = DecodeDeviceHead(gpu.ReadHead(l, g), hd);
+                        var deviceHead = gpu.ReadHead(l, g);
+                        var (gk, gv, formats) = DecodeDeviceHead(deviceHead, hd);
                         decoded[h] = (gk, gv);
                         if (formats.Length != positions.Length) throw new CheckFailedException($"{what}: device blocks hold {formats.Length} tokens, expected {positions.Length}");
+                        // One float format: the blocks kept whole after a partial one join it, so the device ends in at most one
+                        // partial block as the CPU does, and holds as many blocks (mode 0 keeps whole blocks between affected ones).
+                        if (f is { } single && !single.IsQuantized() && deviceHead.Count - 1 != cpu.ReadStore(l, g).Blocks.Count)
+                            throw new CheckFailedException($"{what}: {deviceHead.Count - 1} encoded blocks on the device, {cpu.ReadStore(l, g).Blocks.Count} on the CPU");
                         var cpuFormats = CpuFormats(cpu.ReadStore(l, g));
                         var (ck, cv) = cpu.Read(l, g);
                         var (kr, ka, vr, va) = bounds[h];

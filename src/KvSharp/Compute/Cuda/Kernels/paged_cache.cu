@@ -467,9 +467,11 @@ PAGED_QKV(bf16, WeightBF16)
 PAGED_QKV(f16, WeightF16)
 
 // Eviction of one head per block: flags[head·max_tokens + i] != 0 drops the head's stored token i. Blocks without
-// a dropped token are copied as they are; the kept tokens of each run of affected blocks are decoded and re-encoded
-// in their own formats, Tokens at a time, a run of one format pair ending in a partial block (HeadStore.Evict keeps the
-// same tokens but regroups all the affected blocks', one partial block per format pair: the storage order stays here);
+// a dropped token are copied as they are (but for float blocks reached while their pair has a partial block pending,
+// whose rows join it); the kept tokens of each run of affected blocks are decoded and re-encoded in their own formats,
+// Tokens at a time, a run of one format pair ending in a partial block (HeadStore.Evict keeps the same tokens but
+// regroups all the affected blocks', one partial block per format pair: the storage order stays here, so a quantized
+// block kept whole still ends the run before it);
 // the residual keeps its slot and its kept rows. Blocks go to new_pool (its top already past the residual slots);
 // the descriptors are rewritten in place. staging: [heads, 2, tokens, hd] floats.
 extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* desc, int* head_blocks, int* head_tokens,
@@ -500,7 +502,11 @@ extern "C" __global__ void paged_evict(const u8* old_pool, u8* new_pool, uint4* 
         const int cnt = desc_count(e), kf = desc_kfmt(e), vf = desc_vfmt(e);
         int any = 0;
         for (int i = threadIdx.x; i < cnt; i += blockDim.x) any |= drop[e.w + i];
-        if (!__syncthreads_or(any))
+        // A block without a dropped token is copied, unless a partial block of its own float formats is pending: its rows
+        // then join the pending ones (re-encoding a decoded float is exact), so a run of blocks of one float pair ends in
+        // one partial block as HeadStore.Evict's regrouping does, not one per block kept whole. A quantized block is
+        // copied (re-quantizing it would add the error the CPU's untouched block does not have).
+        if (!__syncthreads_or(any) && (pending == 0 || kf != pkf || vf != pvf || kf > KV_FP8 || vf > KV_FP8))
         {
             flush();
             if (!copy_pair(old_pool, new_pool, e, tokens, hd, vg, top, capacity, error, d + written, start)) failed = true;

@@ -22,9 +22,10 @@ namespace KvSharp.Compute.Cuda.Model;
 /// becomes the residual (a tail longer than one block, from a KIVI residual R &gt; BlockTokens, arrives as F32 blocks
 /// plus the residual: the device encodes each block as soon as it fills).</para>
 /// <para><see cref="Evict(IReadOnlyList{bool[]})"/> runs on the device: untouched blocks are kept, each run of affected blocks is decoded and
-/// re-encoded in its own formats, and the pool is compacted. The storage order stays, so each run ends in a partial block, where
-/// the CPU cache's Evict regroups all the affected blocks' tokens (at most one partial block per format pair): the same
-/// tokens may take more blocks here when the kept ones include whole blocks.</para>
+/// re-encoded in its own formats, and the pool is compacted. The storage order stays, so a run ends in a partial block where
+/// the CPU cache's Evict regroups all the affected blocks' tokens (at most one partial block per format pair); a float block
+/// kept whole after a partial one of its formats joins it instead of ending it, so a cache of one float format holds as many
+/// blocks as the CPU's (a quantized one may hold more: its untouched blocks are not re-quantized).</para>
 /// </remarks>
 public sealed partial class CudaPagedKvCache : DeviceKvCache
 {
@@ -353,7 +354,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// head, in the device's storage order: an uploaded cache's blocks in the CPU store's block order, then its tail, then
     /// appended tokens; the CPU cache's masks follow ascending position instead, which differs once re-quantization has
     /// regrouped tokens), on the device: blocks without a dropped token are kept as they are, the kept tokens of each run of
-    /// affected blocks are re-encoded in their own formats (a run may end in a partial block), the pool is compacted.
+    /// affected blocks are re-encoded in their own formats (a run may end in a partial block; a float block without a
+    /// dropped token that follows one of its formats joins it), the pool is compacted.
     /// </summary>
     /// <exception cref="ArgumentException">A mask's length is not its head's stored token count.</exception>
     public void Evict(IReadOnlyList<bool[]> drop)
