@@ -961,16 +961,21 @@ extern "C" __global__ void press_pool_scores(const float* stats_sum, const int* 
     }
 }
 
+// One head's H2O scores (a block): the summed mass src[i] as a float for the first `covered` of its n stored tokens, 0 for
+// the rest, +inf from stored index window_start on (the window the press never drops).
+template <typename S>
+__device__ __forceinline__ void h2o_head_scores(const S* src, float* dst, int n, int covered, int window_start)
+{
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = i >= window_start ? __int_as_float(0x7f800000) : i < covered ? (float)src[i] : 0.0f;
+}
+
 // H2O's scores from the summed statistics (H2oScorer): per head, the probability mass every counted query gave each
 // stored token (summed over the observed chunks), 0 for tokens no chunk covered, +inf for the newest `window` of the
 // head's n stored tokens (a fresh prefill: storage index = position). One block per head.
 extern "C" __global__ void press_h2o_scores(const float* stats_sum, const int* covered, const int* head_tokens, float* scores, int max_tokens, int window)
 {
-    const int head = blockIdx.x, n = head_tokens[head], cov = min(covered[head], n);
-    const float* src = stats_sum + (long)head * max_tokens;
-    float* dst = scores + (long)head * max_tokens;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        dst[i] = i >= n - window ? __int_as_float(0x7f800000) : i < cov ? src[i] : 0.0f;
+    const int head = blockIdx.x, n = head_tokens[head];
+    h2o_head_scores(stats_sum + (long)head * max_tokens, scores + (long)head * max_tokens, n, min(covered[head], n), n - window);
 }
 
 // H2O's decode press on the device (CudaDecodeCache's running sums): after each observed step, every covered stored token's
@@ -989,10 +994,8 @@ extern "C" __global__ void press_sums_add(double* sums, const float* stats_sum, 
 // (the stored index of the first position in the window: a head stored in ascending position keeps its window last).
 extern "C" __global__ void press_decode_h2o_scores(const double* sums, const int* head_tokens, const int* window_start, float* scores, int max_tokens)
 {
-    const int head = blockIdx.x, n = head_tokens[head], w = window_start[head];
-    const double* src = sums + (long)head * max_tokens;
-    float* dst = scores + (long)head * max_tokens;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = i >= w ? __int_as_float(0x7f800000) : (float)src[i];
+    const int head = blockIdx.x, n = head_tokens[head];
+    h2o_head_scores(sums + (long)head * max_tokens, scores + (long)head * max_tokens, n, n, window_start[head]);
 }
 
 // The running sums follow an eviction (launched before paged_evict, while head_tokens still counts the old tokens): each
