@@ -134,8 +134,9 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
     /// L1/shared array staying L1. The carve-out is a setting of each multiprocessor, and a kernel without a preference
     /// runs in whatever setting the multiprocessor has when its blocks fit it: after the paged attention, which asks for
     /// the largest (<see cref="PreferSharedMemory"/>), the matrix products ran with 28 KB of L1 and their activations no
-    /// longer stayed in it. On an H100 this preference (14% for the tensor-core products) made a batch-8 paged step at
-    /// 32K tokens 5-9% faster and a batch-1 one 2-2.6%, the dense steps unchanged (docs/benchmarks.md, stop 24).
+    /// longer stayed in it. On an H100 a fixed 14% for every product, the 32 KB carve-out that the 12% and 13% computed
+    /// here for the tensor-core products (3 blocks of 8 or 8.5 KB + 1 KB reserved) also round up to, made a batch-8 paged
+    /// step at 32K tokens 5-9% faster and a batch-1 one 2-2.6%, the dense steps unchanged (docs/benchmarks.md, stop 24).
     /// </summary>
     public void PreferL1(int threads)
     {
@@ -148,13 +149,20 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
     /// <summary>
     /// The carve-out, in percent of <paramref name="maxSharedPerSm"/> (rounded up: the driver takes the next setting it
     /// has), that holds <paramref name="blocks"/> blocks of <paramref name="staticShared"/> bytes plus
-    /// <paramref name="reservedPerBlock"/> each.
+    /// <paramref name="reservedPerBlock"/> each, every block's share rounded up to <see cref="SharedAllocationGranularity"/>.
     /// </summary>
     internal static int CarveoutPercent(int blocks, int staticShared, int reservedPerBlock, int maxSharedPerSm)
     {
-        long need = (long)Math.Max(1, blocks) * (staticShared + reservedPerBlock);
+        long perBlock = (staticShared + reservedPerBlock + SharedAllocationGranularity - 1L) / SharedAllocationGranularity * SharedAllocationGranularity;
+        long need = Math.Max(1, blocks) * perBlock;
         return (int)Math.Clamp((need * 100 + maxSharedPerSm - 1) / maxSharedPerSm, 0, 100);
     }
+
+    /// <summary>
+    /// Bytes a block's shared memory (static, dynamic and the reservation together) is allocated in on sm_80 and later
+    /// (cuda_occupancy.h's cudaOccSMemAllocationGranularity): a block of 129 bytes plus 1 KB takes 1,280.
+    /// </summary>
+    internal const int SharedAllocationGranularity = 128;
 
     /// <summary>Lets the kernel use up to <paramref name="bytes"/> of dynamic shared memory (beyond the 48 KB default).</summary>
     public void AllowSharedMemory(int bytes) =>
