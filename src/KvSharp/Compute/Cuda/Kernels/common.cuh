@@ -186,6 +186,13 @@ __device__ __forceinline__ bool last_split(int* counters, int t, int kv_heads, i
     return true;
 }
 
+// o += v · w, one chunk's partial output in a split merge; a chunk of weight 0 is skipped, not multiplied: an empty
+// chunk's slot was never written and may hold anything (NaN · 0 would poison the sum).
+__device__ __forceinline__ void add_weighted(float4& o, const float4 v, float w)
+{
+    if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+}
+
 // merge_splits' merge of the `live` chunks, in the last block (last_split).
 template <bool LOG2 = false>
 __device__ __forceinline__ void merge_chunks(const float* part_out, const float* part_ml, float* __restrict__ out,
@@ -229,7 +236,7 @@ __device__ __forceinline__ void merge_chunks(const float* part_out, const float*
             {
                 const float w = weights[g * wstride + s];
                 const float4 v = __ldcg(po + (long)s * h4);
-                if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+                add_weighted(o, v, w);
             }
             reinterpret_cast<float4*>(out + (head0 + g) * hd)[d4] = o;
         }

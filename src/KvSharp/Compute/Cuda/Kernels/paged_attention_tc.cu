@@ -2094,14 +2094,14 @@ __device__ __forceinline__ void pipe_merge(const float* part_out, const float* p
         {
             const float w = s < live ? weights[g * splits + s] : 0.0f;
             const float4 v = early[k][s];
-            if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+            add_weighted(o, v, w);
         }
 #pragma unroll 16
         for (int s = EARLY; s < live; s++)
         {
             const float w = weights[g * splits + s];
             const float4 v = __ldcg(po + (long)s * H4);
-            if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
+            add_weighted(o, v, w);
         }
         reinterpret_cast<float4*>(out + head0 * HD)[i] = o;
     }
