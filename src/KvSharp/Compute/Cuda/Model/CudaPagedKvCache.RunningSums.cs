@@ -53,8 +53,8 @@ public sealed partial class CudaPagedKvCache
     internal void EndStatisticsIntoRunningSums()
     {
         if (_statistics == null || _statSum == null || _covered == null) throw new InvalidOperationException("no attention statistics are being collected: call BeginStatistics first");
-        if (_runningSums == null) throw new InvalidOperationException("no running sums are kept: call StartRunningSums first");
-        _kernels.AddSums(_runningSums.Pointer, _statSum.Pointer, _covered.Pointer, HeadCount, MaxBlocks * BlockTokens);
+        var sums = KeptRunningSums;
+        _kernels.AddSums(sums.Pointer, _statSum.Pointer, _covered.Pointer, HeadCount, MaxBlocks * BlockTokens);
         if (!KeepsPressBuffers) Device.Synchronize(); // StopStatistics frees what the launch reads
         StopStatistics();
     }
@@ -69,7 +69,7 @@ public sealed partial class CudaPagedKvCache
     /// <exception cref="InvalidOperationException">No running sums are kept, or statistics are being collected.</exception>
     internal void EvictByRunningSums(int keep, int[] bounds)
     {
-        if (_runningSums == null) throw new InvalidOperationException("no running sums are kept: call StartRunningSums first");
+        var sums = KeptRunningSums;
         if (_statistics != null) throw new InvalidOperationException("cannot evict while attention statistics are being collected");
         if (bounds.Length != 2 * HeadCount) throw new ArgumentException($"{bounds.Length} bounds for {HeadCount} heads", nameof(bounds));
         int maxTokens = MaxBlocks * BlockTokens;
@@ -81,7 +81,7 @@ public sealed partial class CudaPagedKvCache
         var drop = Scratch(ref _keptFlags, (long)HeadCount * maxTokens, (long)HeadCount * maxTokens, out bool owned);
         try
         {
-            _kernels.DecodeH2oScores(_runningSums.Pointer, _headTokens.Pointer, _runningBounds.Pointer + (ulong)(HeadCount * sizeof(int)), _runningScores.Pointer,
+            _kernels.DecodeH2oScores(sums.Pointer, _headTokens.Pointer, _runningBounds.Pointer + (ulong)(HeadCount * sizeof(int)), _runningScores.Pointer,
                 HeadCount, maxTokens);
             _kernels.Select(_runningScores.Pointer, _headTokens.Pointer, _runningKeep.Pointer, _runningBounds.Pointer, drop.Pointer, HeadCount, maxTokens);
             EvictOnDevice(drop);
@@ -98,6 +98,9 @@ public sealed partial class CudaPagedKvCache
         if (_runningScores == null) throw new InvalidOperationException("no cut by the running sums was made");
         return DownloadHeads(_runningScores, counts);
     }
+
+    /// <summary>The running sums, which must be kept (<see cref="StartRunningSums"/>).</summary>
+    private DeviceBuffer KeptRunningSums => _runningSums ?? throw new InvalidOperationException("no running sums are kept: call StartRunningSums first");
 
     /// <summary>Refuses <paramref name="what"/> while the running sums are kept: it would reorder the stored tokens under them.</summary>
     private void RefuseRunningSums(string what)

@@ -136,7 +136,7 @@ internal sealed unsafe class CudaFunction(CudaDevice device, IntPtr handle, stri
     /// the largest (<see cref="PreferSharedMemory"/>), the matrix products ran with 28 KB of L1 and their activations no
     /// longer stayed in it. On an H100 a fixed 14% for every product, the 32 KB carve-out that the 12% and 13% computed
     /// here for the tensor-core products (3 blocks of 8 or 8.5 KB + 1 KB reserved) also round up to, made a batch-8 paged
-    /// step at 32K tokens 5-9% faster and a batch-1 one 2-2.6%, the dense steps unchanged (docs/benchmarks.md, stop 24).
+    /// step at 32K tokens 5-9% faster and a batch-1 one 1.9-2.6%, the dense steps unchanged (docs/benchmarks.md, stop 24).
     /// </summary>
     public void PreferL1(int threads)
     {
