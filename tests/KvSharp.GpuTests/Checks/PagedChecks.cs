@@ -340,12 +340,15 @@ public static class PagedChecks
     /// <summary>
     /// Appends through the device's RoPE + append kernel (zero RoPE frequencies: rotation by 0 keeps the rows exact) in one
     /// 40-row call and then one row at a time: the blocks the device encodes when a residual fills are byte for byte the
-    /// CPU cache's for the same rows, and the residual holds the CPU's float tail.
+    /// CPU cache's for the same rows, and the residual holds the CPU's float tail. Besides uniform random rows, rows on a
+    /// grid of halves (0 to 15 in steps of 0.5 plus an integer offset per channel): their groups often get a range of
+    /// exactly 15, so scales of 1 (INT4) or 5 (INT2) make many quotients exact half-integers, the ties a code must round
+    /// to even as BlockCodec does.
     /// </summary>
     public static string AppendMatchesCpuCodec()
     {
         int checkedBlocks = 0;
-        foreach (int hd in new[] { 128, 64 })
+        foreach (var (hd, halves) in new[] { (128, false), (64, false), (128, true) })
             foreach (var f in Supported)
             {
                 var rnd = new RandomData();
@@ -355,10 +358,11 @@ public static class PagedChecks
                 using var cpu = new PagedKvCache(c, options);
                 using var gpu = new CudaPagedKvCache(Dev, c, options, 128);
                 using var invFreq = Upload(new float[hd / 2]);
+                string data = halves ? "halves" : "random";
                 for (int layer = 0; layer < c.NumLayers; layer++)
                 {
                     var qkv = rnd.Floats(total * qkvRow, 3f);
-                    for (int i = 0; i < qkv.Length; i++) qkv[i] += (i % hd) % 5 - 2;
+                    for (int i = 0; i < qkv.Length; i++) qkv[i] = (halves ? 0.5f * rnd.Next(31) : qkv[i]) + (i % hd) % 5 - 2;
                     var keys = new float[total * kvHeads * hd];
                     var values = new float[total * kvHeads * hd];
                     for (int t = 0; t < total; t++)
@@ -383,13 +387,13 @@ public static class PagedChecks
                     for (int t = 0; t < total; t++)
                         for (int i = 0; i < heads * hd; i++)
                             if (q[t * heads * hd + i] != qkv[t * qkvRow + i])
-                                throw new CheckFailedException($"append {f} hd{hd}: query {t}/{i} is {q[t * heads * hd + i]}, expected {qkv[t * qkvRow + i]} (seed {rnd.Seed})");
+                                throw new CheckFailedException($"append {f} hd{hd} {data}: query {t}/{i} is {q[t * heads * hd + i]}, expected {qkv[t * qkvRow + i]} (seed {rnd.Seed})");
                 }
                 for (int layer = 0; layer < c.NumLayers; layer++)
                     for (int g = 0; g < kvHeads; g++)
-                        checkedBlocks += SameHead($"append {f} hd{hd} layer {layer} head {g} (seed {rnd.Seed})", cpu.ReadStore(layer, g), gpu.ReadHead(layer, g), hd);
+                        checkedBlocks += SameHead($"append {f} hd{hd} {data} layer {layer} head {g} (seed {rnd.Seed})", cpu.ReadStore(layer, g), gpu.ReadHead(layer, g), hd);
             }
-        return $"{checkedBlocks} device-encoded block pairs equal the CPU codec's bytes (every supported format, hd 128 and 64)";
+        return $"{checkedBlocks} device-encoded block pairs equal the CPU codec's bytes (every supported format, hd 128 and 64, random rows and rows on a grid of halves)";
     }
 
     /// <summary>
