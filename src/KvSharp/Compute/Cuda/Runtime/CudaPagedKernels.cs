@@ -67,8 +67,16 @@ internal sealed partial class CudaPagedKernels
         }
     }
 
-    /// <summary>Threads of every paged kernel's block.</summary>
+    /// <summary>Threads of every paged kernel's block but the append's (<see cref="AppendThreads"/>).</summary>
     public const int Threads = 128;
+
+    /// <summary>
+    /// Threads of <c>paged_rope_append</c>'s blocks: a block whose residual fills encodes it, and the codes' pass of that
+    /// encode waits on memory once per code, so twice the threads halve it. At batch 8 over a KVzip 0.3 + INT4 cache (some
+    /// head's residual fills in most layers of a step) the append with an encode took 36 µs at 128 threads and 28 at 256,
+    /// and the step 3.1% less (H100, docs/benchmarks.md); the other caches' steps were unchanged.
+    /// </summary>
+    public const int AppendThreads = 256;
 
     /// <summary>
     /// Whether attention has a kernel for <paramref name="group"/> query heads per KV head and head dimension
@@ -394,7 +402,7 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public void RopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, in AppendTarget a,
         int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false) =>
-        Decode(_cache["paged_rope_append"]).Launch(rows * heads + (batch ? rows : 1) * kvHeads, Threads, 0, qkv, qOut, qNorm, kNorm, invFreq,
+        Decode(_cache["paged_rope_append"]).Launch(rows * heads + (batch ? rows : 1) * kvHeads, AppendThreads, 0, qkv, qOut, qNorm, kNorm, invFreq,
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
             Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
