@@ -55,8 +55,8 @@ __device__ __forceinline__ int group_member(bool keys, int g, int k, int n, int 
 // more than half an ulp of t away from t. So the code is the integer nearest the exact quotient, ties to even. An
 // approximate float32 quotient gives a candidate within one of it (or past the clamp), and the exact signs of
 // d − (q ± 0.5)·s settle it: (q ± 0.5)·s is exact in float64, and one fused multiply-add rounds d minus it once, which
-// keeps its sign and its zero. __ddiv_rn took a slow path whenever a quotient is 0 (each group's minimum), and with the
-// divisions' latency it made an INT4 block pair's encode ~30 us at 128 threads on an H100.
+// keeps its sign and its zero. Fewer instructions than __ddiv_rn (whose slow path every zero quotient, each group's minimum,
+// took); the encode's time is elsewhere (its parameter loads, docs/benchmarks.md).
 __device__ __forceinline__ int nearest_code(double d, double s, int lo, int hi)
 {
     // fmaxf returns its other operand for NaN: a NaN numerator gives lo, as fmax(rint(NaN), lo) did.
