@@ -67,9 +67,88 @@ __device__ __forceinline__ int nearest_code(double d, double s, int lo, int hi)
     return min(max(q, lo), hi);
 }
 
+// encode_block's INT8/4/2 parameters pass, unrolled (encode_block's `unrolled`): group g's min and max over its present
+// members (a value group's are all present or all absent), as float32 (a float32 min or max is exact), in four
+// independent chains, then the stored f16 scale and min exactly as the element-order loop computes them. Neither depends
+// on the order, so a value group starts at its member g mod vg: a warp's threads (one group each, vg floats apart, one
+// bank) then read 32 banks.
+__device__ __forceinline__ void int_group_params(const float* rows, int n, bool keys, int hd, int vg, int g, int qmax, u16& sb, u16& mb)
+{
+    // Keys: channel g of tokens 0 .. n - 1. Values: the vg channels of group g's token, if present.
+    const int per_row = hd / vg, t = keys ? 0 : g / per_row;
+    const int count = keys ? n : t < n ? vg : 0, stride = keys ? hd : 1;
+    const float* x = keys ? rows + g : rows + t * hd + (g % per_row) * vg;
+    const int first = keys || count == 0 ? 0 : g % count;
+    auto member = [&](int k) { const int i = first + k; return x[(i < count ? i : i - count) * stride]; };
+    const float inf = __int_as_float(0x7f800000);
+    float lo0 = inf, lo1 = inf, lo2 = inf, lo3 = inf, hi0 = -inf, hi1 = -inf, hi2 = -inf, hi3 = -inf;
+    int k = 0;
+    for (; k + 4 <= count; k += 4)
+    {
+        const float x0 = member(k), x1 = member(k + 1), x2 = member(k + 2), x3 = member(k + 3);
+        lo0 = fminf(lo0, x0); lo1 = fminf(lo1, x1); lo2 = fminf(lo2, x2); lo3 = fminf(lo3, x3);
+        hi0 = fmaxf(hi0, x0); hi1 = fmaxf(hi1, x1); hi2 = fmaxf(hi2, x2); hi3 = fmaxf(hi3, x3);
+    }
+    for (; k < count; k++) { lo0 = fminf(lo0, member(k)); hi0 = fmaxf(hi0, member(k)); }
+    sb = 0;
+    mb = 0;
+    if (count > 0)
+    {
+        const double lo = fminf(fminf(lo0, lo1), fminf(lo2, lo3)), hi = fmaxf(fmaxf(hi0, hi1), fmaxf(hi2, hi3));
+        sb = f16_saturated(__ddiv_rn(__dsub_rn(hi, lo), (double)qmax));
+        mb = f16_saturated(lo);
+    }
+}
+
+// encode_block's codes pass for INT formats of BITS bits, unrolled: one thread per 32-bit word (one token's 32 / BITS
+// channels: paged_rope_append, its one caller, runs only with hd a multiple of 16), its elements and group parameters
+// loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64 chain once per code (~640 cycles a code
+// at 256 threads on an H100, clock64 probes).
+template <int BITS>
+__device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, int tokens, int hd, int vg, u8* dst, const u16* scales, const u16* mins)
+{
+    constexpr int per_word = 32 / BITS, qmax = (1 << BITS) - 1;
+    const int words = tokens * hd / per_word, per_row = hd / vg;
+    for (int wi = threadIdx.x; wi < words; wi += blockDim.x)
+    {
+        const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd;
+        unsigned word = 0;
+        if (t < n)
+        {
+            // Two codes at a time: their loads together, then their float64 chains side by side (four at a time took the
+            // kernel past 128 registers, and under a 128-register bound the staging copy lost its registers).
+#pragma unroll
+            for (int i0 = 0; i0 < per_word; i0 += 2)
+            {
+                float x[2];
+                u16 sbits[2], mbits[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                {
+                    const int c = c0 + i0 + j, g = keys ? c : t * per_row + c / vg;
+                    x[j] = rows[e0 + i0 + j];
+                    sbits[j] = scales[g];
+                    mbits[j] = mins[g];
+                }
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                {
+                    const double scale16 = f16_to_f32(sbits[j]);
+                    const int q = scale16 > 0.0 ? nearest_code(__dsub_rn((double)x[j], (double)f16_to_f32(mbits[j])), scale16, 0, qmax) : 0;
+                    word |= (unsigned)q << ((i0 + j) * BITS);
+                }
+            }
+        }
+        reinterpret_cast<unsigned*>(dst)[wi] = word;
+    }
+}
+
 // Encodes rows [n, hd] (float32, n <= tokens) into one block of format f at dst (block_bytes bytes, all
 // written; absent rows and groups are zero bytes). Called by every thread of the block.
-__device__ void encode_block(const float* rows, int n, int f, bool keys, int tokens, int hd, int vg, u8* dst)
+// unrolled: the INT8/4/2 passes of int_group_params and int_codes instead of the element-by-element loops (the same
+// bytes). Only paged_rope_append asks for them: the fused QKV product's encode is left as it is, because that kernel's
+// code shape moved the batch-1 steps by up to 13% (docs/benchmarks.md).
+__device__ void encode_block(const float* rows, int n, int f, bool keys, int tokens, int hd, int vg, u8* dst, bool unrolled = false)
 {
     const int bits = kv_bits(f), cbytes = code_bytes(f, tokens, hd), total = tokens * hd;
     if (!kv_quantized(f))
@@ -90,6 +169,16 @@ __device__ void encode_block(const float* rows, int n, int f, bool keys, int tok
     u16* scales = reinterpret_cast<u16*>(dst + cbytes);
     u16* mins = scales + groups;
     const int qmax = (1 << bits) - 1;
+    if (unrolled && kv_params(f) == 2 && f != KV_BINARY)
+    {
+        for (int g = threadIdx.x; g < groups; g += blockDim.x) int_group_params(rows, n, keys, hd, vg, g, qmax, scales[g], mins[g]);
+        __syncthreads();
+        if (f == KV_INT8) int_codes<8>(rows, n, keys, tokens, hd, vg, dst, scales, mins);
+        else if (f == KV_INT4) int_codes<4>(rows, n, keys, tokens, hd, vg, dst, scales, mins);
+        else int_codes<2>(rows, n, keys, tokens, hd, vg, dst, scales, mins);
+        __syncthreads();
+        return;
+    }
     // Pass 1: each group's parameters, one thread per group, float64 sums in element order.
     for (int g = threadIdx.x; g < groups; g += blockDim.x)
     {
@@ -183,14 +272,14 @@ __device__ long reserve_pair(unsigned* top, int kb, int vb, unsigned capacity, i
 // Encodes the staged rows sk/sv [n, hd] as one block pair in (kf, vf) into fresh slots of `pool` and writes its descriptor
 // *d (first token `start`); false when the pool is full.
 __device__ bool encode_pair(const float* sk, const float* sv, int n, int kf, int vf, int tokens, int hd, int vg, u8* pool,
-    unsigned* top, unsigned capacity, int* error, uint4* d, int start)
+    unsigned* top, unsigned capacity, int* error, uint4* d, int start, bool unrolled = false)
 {
     const int kb = block_bytes(kf, true, tokens, hd, vg), vb = block_bytes(vf, false, tokens, hd, vg);
     const long at = reserve_pair(top, kb, vb, capacity, error);
     if (at >= 0)
     {
-        encode_block(sk, n, kf, true, tokens, hd, vg, pool + (size_t)at * 16);
-        encode_block(sv, n, vf, false, tokens, hd, vg, pool + (size_t)(at + units_of(kb)) * 16);
+        encode_block(sk, n, kf, true, tokens, hd, vg, pool + (size_t)at * 16, unrolled);
+        encode_block(sv, n, vf, false, tokens, hd, vg, pool + (size_t)(at + units_of(kb)) * 16, unrolled);
         if (threadIdx.x == 0) *d = make_uint4((unsigned)at, (unsigned)(at + units_of(kb)), desc_meta(n, kf, vf), (unsigned)start);
     }
     __syncthreads();
@@ -255,7 +344,7 @@ struct AppendTarget
 // Floats of a residual block that residual_full stages in shared memory (keys and values each): 32 tokens of 128 channels.
 #define RESIDUAL_STAGE 4096
 
-__device__ void residual_full(const AppendTarget& a, int head, uint4 r)
+__device__ void residual_full(const AppendTarget& a, int head, uint4 r, bool unrolled)
 {
     // Plain loads of the table and the rows: in the fused append only its last block gets here, after the arrival barrier
     // and its own __threadfence (PagedQkvAppend::finish), which orders the other blocks' row writes before these loads
@@ -302,7 +391,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
         rk = reinterpret_cast<const float*>(staged);
         rv = rk + 4 * n4;
     }
-    if (!encode_pair(rk, rv, a.tokens, a.kf, a.vf, a.tokens, a.hd, a.vg, a.pool, a.top, a.capacity, a.error, d + nb - 1, (int)r.w))
+    if (!encode_pair(rk, rv, a.tokens, a.kf, a.vf, a.tokens, a.hd, a.vg, a.pool, a.top, a.capacity, a.error, d + nb - 1, (int)r.w, unrolled))
         return; // reported through the error flag
     if (threadIdx.x == 0)
     {
@@ -317,10 +406,10 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r)
 // After one row was written into residual r (the last block, nb - 1, of head `head`): the head holds one more token, and
 // the residual either counts it or, now full, is encoded into fresh pool slots with a new empty residual (residual_full).
 // Called by every thread of the block.
-__device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 r)
+__device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 r, bool unrolled = false)
 {
     const int count = desc_count(r) + 1;
-    if (count == a.tokens) residual_full(a, head, r);
+    if (count == a.tokens) residual_full(a, head, r, unrolled);
     else if (threadIdx.x == 0) a.desc[(long)head * a.max_blocks + nb - 1].z = desc_meta(count, KV_F32, KV_F32);
     if (threadIdx.x == 0) a.head_tokens[head] += 1;
 }
@@ -330,6 +419,7 @@ __device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 
 // appended to the paged cache's layer (its tables at desc/head_blocks/head_tokens, heads kv_heads).
 // Blocks 0 .. rows·heads - 1 rotate queries; the last kv_heads blocks each append all rows of one KV head in order.
 // With batch, row t is the one new token of sequence t at position pos[t], and rows·kv_heads blocks append it.
+// At most CudaPagedKernels.AppendThreads (256) threads a block, two blocks an SM (at most 128 registers).
 extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
     int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
@@ -392,7 +482,7 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + kh) * hd;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) vdst[i] = vsrc[i];
         __syncthreads();
-        residual_advance(a, head, nb, resid);
+        residual_advance(a, head, nb, resid, true);
         __syncthreads();
     }
 }

@@ -398,14 +398,18 @@ internal sealed partial class CudaPagedKernels
     /// RoPE of the fused QKV rows (optional q/k RMSNorm) at positions *position..: queries to <paramref name="qOut"/>, keys and
     /// values appended to one layer's heads (a residual that fills is encoded in the cache's formats). With
     /// <paramref name="batch"/>, row t is sequence t's one new token at position position[t], appended to the kvHeads heads
-    /// at t · kvHeads in the tables.
+    /// at t · kvHeads in the tables. The head dimension must be a multiple of 16 (its encode packs a word of codes from one
+    /// token's channels), as the paged attention's 64 and 128 are.
     /// </summary>
     public void RopeAppend(ulong qkv, ulong qOut, ulong qNorm, ulong kNorm, ulong invFreq, in AppendTarget a,
-        int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false) =>
+        int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false)
+    {
+        if (headDim % 16 != 0) throw new CudaException("paged append", $"head dimension {headDim} is not a multiple of 16");
         Decode(_cache["paged_rope_append"]).Launch(rows * heads + (batch ? rows : 1) * kvHeads, AppendThreads, 0, qkv, qOut, qNorm, kNorm, invFreq,
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
             Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), Arg.Int(batch ? 1 : 0));
+    }
 
     /// <summary>
     /// The decode QKV product of one row (batch 1, attention norm fused) with RoPE and the append into one layer's heads in its
