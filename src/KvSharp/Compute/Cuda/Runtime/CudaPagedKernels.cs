@@ -74,7 +74,8 @@ internal sealed partial class CudaPagedKernels
     /// Threads of <c>paged_rope_append</c>'s blocks: a block whose residual fills encodes it, and that encode's passes are
     /// latency-bound, so twice the threads nearly halve them. At batch 8 over a KVzip 0.3 + INT4 cache (some head's residual
     /// fills in most layers of a step) the append with an encode took 36 µs at 128 threads and 28 at 256 (22-23 since its
-    /// INT passes are unrolled), and the step 3.1% less (H100, docs/benchmarks.md); the other caches' steps moved ≤ 0.2%.
+    /// INT passes are unrolled), and the step 3.1% less (H100, docs/benchmarks.md); the other caches' steps moved ≤ 0.4%
+    /// (KIVI-4 0.2-0.4% slower: the append without an encode takes 7 µs instead of 5.5).
     /// </summary>
     public const int AppendThreads = 256;
 
