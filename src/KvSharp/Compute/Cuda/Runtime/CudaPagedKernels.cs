@@ -67,7 +67,10 @@ internal sealed partial class CudaPagedKernels
         }
     }
 
-    /// <summary>Threads of every paged kernel's block but the append's (<see cref="AppendThreads"/>).</summary>
+    /// <summary>
+    /// Threads of the paged attention's, eviction's and re-quantization's blocks (the append's: <see cref="AppendThreads"/>;
+    /// the fused QKV product with the append and the press kernels run 256).
+    /// </summary>
     public const int Threads = 128;
 
     /// <summary>
