@@ -169,6 +169,8 @@ __device__ void encode_block(const float* rows, int n, int f, bool keys, int tok
     u16* scales = reinterpret_cast<u16*>(dst + cbytes);
     u16* mins = scales + groups;
     const int qmax = (1 << bits) - 1;
+    // INT8/4/2 (kv_params 2 but binary; the VidKV formats never get here: the host refuses VidKV appends). Written this way
+    // because f >= KV_INT8 && f <= KV_INT2 took paged_rope_append from 126 to 151 registers under NVRTC 12.4.
     if (unrolled && kv_params(f) == 2 && f != KV_BINARY)
     {
         for (int g = threadIdx.x; g < groups; g += blockDim.x) int_group_params(rows, n, keys, hd, vg, g, qmax, scales[g], mins[g]);
@@ -419,7 +421,9 @@ __device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 
 // appended to the paged cache's layer (its tables at desc/head_blocks/head_tokens, heads kv_heads).
 // Blocks 0 .. rows·heads - 1 rotate queries; the last kv_heads blocks each append all rows of one KV head in order.
 // With batch, row t is the one new token of sequence t at position pos[t], and rows·kv_heads blocks append it.
-// At most CudaPagedKernels.AppendThreads (256) threads a block, two blocks an SM (at most 128 registers).
+// Launched with CudaPagedKernels.AppendThreads (256) threads a block: two blocks fit an SM while it needs at most 128
+// registers (NVRTC 12.4: 126). Not enforced by a bound: under __launch_bounds__(256, 2) the staging copy's loop lost its
+// registers and re-read the thread index (docs/benchmarks.md, stop 25); re-check with scripts/sass-report.sh after changes.
 extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
     int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
