@@ -12,7 +12,7 @@ internal sealed partial class CudaPagedKernels
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
     private readonly CudaModule _cache;
-    private readonly Lazy<CudaModule> _attention, _tensorAttention;
+    private readonly Lazy<CudaModule> _attention, _tensorAttention, _merge;
 
     private CudaPagedKernels(CudaDevice device)
     {
@@ -25,10 +25,11 @@ internal sealed partial class CudaPagedKernels
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
         // Compiled on first use: caches of other shapes never need it.
         _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
+        _merge = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_merge.cu", IsProgrammatic));
     }
 
     private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
-        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal));
+        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal) || name.StartsWith("paged_merge_heads_", StringComparison.Ordinal));
 
     /// <summary>
     /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
@@ -66,6 +67,14 @@ internal sealed partial class CudaPagedKernels
             return k;
         }
     }
+
+    /// <summary>
+    /// Whether the pipelined kernel leaves its heads' merge to <c>paged_merge_heads_g*</c> (paged_merge.cu), launched after it
+    /// (a block per KV head and row), instead of the last unit of each head merging alone. PREPARED in stop 25 (branch
+    /// gpumergegrid), not yet run on a GPU: the block timeline put the in-kernel merge at 8.7-12.2 µs of a batch-1 launch
+    /// while the other SMs wait (docs/benchmarks.md, "Stop 25, final call").
+    /// </summary>
+    public bool HeadMergeGrid { get; set; } = true;
 
     /// <summary>
     /// Threads of the paged attention's, eviction's and re-quantization's blocks (the append's: <see cref="AppendThreads"/>;
@@ -370,7 +379,12 @@ internal sealed partial class CudaPagedKernels
             Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
+                Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
+                Arg.Int(HeadMergeGrid ? 1 : 0));
+            // The heads' merge as a grid of its own: a block per (KV head, row), 128 threads per query head of the group.
+            if (HeadMergeGrid)
+                Decode(_merge.Value[$"paged_merge_heads_g{group}"]).Launch(new Dim3((uint)kvHeads, (uint)rows, 1), 128 * group, 0,
+                    partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(plan.Splits));
             return;
         }
         var function = kernel switch
