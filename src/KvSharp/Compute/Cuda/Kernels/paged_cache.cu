@@ -56,7 +56,7 @@ __device__ __forceinline__ int group_member(bool keys, int g, int k, int n, int 
 // approximate float32 quotient gives a candidate within one of it (or past the clamp), and the exact signs of
 // d − (q ± 0.5)·s settle it: (q ± 0.5)·s is exact in float64, and one fused multiply-add rounds d minus it once, which
 // keeps its sign and its zero. Fewer instructions than __ddiv_rn (whose slow path every zero quotient, each group's minimum,
-// took); the encode's time is elsewhere (its parameter loads, docs/benchmarks.md).
+// took); the encode's time is elsewhere (its passes' dependent chains, docs/benchmarks.md).
 __device__ __forceinline__ int nearest_code(double d, double s, int lo, int hi)
 {
     // fmaxf returns its other operand for NaN: a NaN numerator gives lo, as fmax(rint(NaN), lo) did.
@@ -102,8 +102,8 @@ __device__ __forceinline__ void int_group_params(const float* rows, int n, bool 
 
 // encode_block's codes pass for INT formats of BITS bits, unrolled: one thread per 32-bit word (one token's 32 / BITS
 // channels: paged_rope_append, its one caller, runs only with hd a multiple of 16), its elements and group parameters
-// loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64 chain once per code (~640 cycles a code
-// at 256 threads on an H100, clock64 probes).
+// loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64
+// chain once per code (~640 cycles a code at 256 threads on an H100, clock64 probes).
 template <int BITS>
 __device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, int tokens, int hd, int vg, u8* dst, const u16* scales, const u16* mins)
 {
