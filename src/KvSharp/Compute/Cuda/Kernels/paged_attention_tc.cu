@@ -2367,7 +2367,7 @@ __device__ __forceinline__ void paged_attention_pipe(
         reinterpret_cast<float4*>(part_out + (mfirst + (long)(i / (HD / 4)) * splits) * HD)[i % (HD / 4)] =
             make_float4(a.x + b.x + c.x + d.x, a.y + b.y + c.y + d.y, a.z + b.z + c.z + d.z, a.w + b.w + c.w + d.w);
     }
-    // With merge_grid the heads are merged by paged_merge_heads_g* (paged_attention.cu), launched after this grid: split 0
+    // With merge_grid the heads are merged by paged_merge_heads (paged_merge.cu), launched after this grid: split 0
     // leaves the head's live split count in its counter for it.
     if (merge_grid)
     {
