@@ -27,7 +27,7 @@ import statistics
 import sys
 
 STEP_LAUNCHES = {"gemv.cu": 129, "paged_cache.cu": 32, "paged_attention_tc.cu": 32, "paged_attention.cu": 32,
-                 "paged_attention_vidkv.cu": 32, "attention.cu": 32, "elementwise.cu": 2, "sampling.cu": 2}
+                 "paged_attention_vidkv.cu": 32, "paged_merge.cu": 32, "attention.cu": 32, "elementwise.cu": 2, "sampling.cu": 2}
 
 SCOPE = r'''
 // ---- step timeline (scripts/step-timeline.py): not for production ----

@@ -2111,7 +2111,8 @@ template <int G, int VG>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
-    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring)
+    int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring,
+    int merge_grid)
 {
     constexpr int HD = 128, vg = VG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -2366,6 +2367,13 @@ __device__ __forceinline__ void paged_attention_pipe(
         reinterpret_cast<float4*>(part_out + (mfirst + (long)(i / (HD / 4)) * splits) * HD)[i % (HD / 4)] =
             make_float4(a.x + b.x + c.x + d.x, a.y + b.y + c.y + d.y, a.z + b.z + c.z + d.z, a.w + b.w + c.w + d.w);
     }
+    // With merge_grid the heads are merged by paged_merge_heads (paged_merge.cu), launched after this grid: split 0
+    // leaves the head's live split count in its counter for it.
+    if (merge_grid)
+    {
+        if (threadIdx.x == 0 && merge_split == 0) counters[(long)merge_row * kv_heads + mkvh] = live_splits;
+        return;
+    }
     // Chunk weights go to the rings (the slices were read before the merge's first barrier; the planner keeps G·splits
     // floats within them).
     pipe_merge<G>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, heads, kv_heads, merge_row, mkvh, live_splits);
@@ -2379,11 +2387,11 @@ __device__ __forceinline__ void paged_attention_pipe(
     extern "C" __global__ void __launch_bounds__(128, PIPE_MIN_BLOCKS) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring, const void* pfa, long pfn_a, \
-        const void* pfb, long pfn_b) \
+        const void* pfb, long pfn_b, int merge_grid) \
     { \
         prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
         paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, \
-            chunk_blocks, splits, scale, batch, (unsigned)ring); \
+            chunk_blocks, splits, scale, batch, (unsigned)ring, merge_grid); \
     }
 #define PAGED_ATTN_PIPE_OF(G, VG) PAGED_ATTN_PIPE(G, VG)
 #ifdef PIPE_ONLY

@@ -12,7 +12,7 @@ internal sealed partial class CudaPagedKernels
     private static readonly Dictionary<CudaDevice, CudaPagedKernels> PerDevice = new();
     private readonly CudaDevice _device;
     private readonly CudaModule _cache;
-    private readonly Lazy<CudaModule> _attention, _tensorAttention;
+    private readonly Lazy<CudaModule> _attention, _tensorAttention, _merge;
 
     private CudaPagedKernels(CudaDevice device)
     {
@@ -25,10 +25,11 @@ internal sealed partial class CudaPagedKernels
         _cache = CudaModule.LoadEmbedded(device, "paged_cache.cu", IsProgrammatic);
         // Compiled on first use: caches of other shapes never need it.
         _tensorAttention = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_attention_tc.cu", IsProgrammatic));
+        _merge = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_merge.cu", IsProgrammatic));
     }
 
     private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
-        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal));
+        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal) || name == "paged_merge_heads");
 
     /// <summary>
     /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
@@ -66,6 +67,14 @@ internal sealed partial class CudaPagedKernels
             return k;
         }
     }
+
+    /// <summary>
+    /// Whether a pipelined launch of one query row (a batch-1 decode step) leaves its heads' merge to
+    /// <c>paged_merge_heads</c> (paged_merge.cu), launched after it (a block per query head), instead of the last unit of
+    /// each KV head merging alone (default: on). Batch launches always merge in the kernel: a grid of its own was slower
+    /// there (docs/benchmarks.md, stop 26).
+    /// </summary>
+    public bool HeadMergeGrid { get; set; } = true;
 
     /// <summary>
     /// Threads of the paged attention's, eviction's and re-quantization's blocks (the append's: <see cref="AppendThreads"/>;
@@ -366,11 +375,17 @@ internal sealed partial class CudaPagedKernels
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
             // One unit per grid block, numbered along x, y, then z (wave_split): a planned launch's waves of Units, else Splits
             // per row and KV head.
+            bool mergeGrid = HeadMergeGrid && rows == 1;
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
             Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
-                Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
+                Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
+                Arg.Int(mergeGrid ? 1 : 0));
+            // The heads' merge as a grid of its own: a block per query head and row, a warp per 8 splits (16 at most).
+            if (mergeGrid)
+                Decode(_merge.Value["paged_merge_heads"]).Launch(new Dim3((uint)heads, (uint)rows, 1), 32 * Math.Clamp((plan.Splits + 7) / 8, 1, 16), 0,
+                    partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(plan.Splits), Arg.Int(group));
             return;
         }
         var function = kernel switch
