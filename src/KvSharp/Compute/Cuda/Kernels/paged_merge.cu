@@ -4,9 +4,9 @@
 
 // Why: in the pipelined kernel the last unit of a (row, KV head) merges the head's 30-123 partial outputs alone, 8.5-9.2 us
 // after its own split while the other SMs have finished (stop 25's block timeline, batch 1); spread over blocks of up to 16
-// warps here it took 1.9 us a layer off the batch-1 steps at 128K (stop 26, docs/benchmarks.md). At batch 8 the grid of
-// its own was 0.7-1% slower a step (the other units keep the SMs busy during the in-kernel merges, and the extra launch
-// costs its boundary), so batch steps keep the in-kernel merge.
+// warps here it took ~2.8 us a layer off the batch-1 steps (0.3-1.6% a step, stop 26, docs/benchmarks.md). At batch 8
+// the grid of its own was 0.6-1.5% slower a step (the other units keep the SMs busy during the in-kernel merges, and the
+// extra launch costs its boundary), so batch steps keep the in-kernel merge.
 //
 // The pipelined launch with merge_grid stores each split's partial output and (max, sum) and, from split 0 of each (row,
 // KV head), the head's live split count in counters[t · kv_heads + kvh]; it merges nothing. Grid (heads, rows), 32·W
