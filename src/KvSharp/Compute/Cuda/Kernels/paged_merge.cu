@@ -78,7 +78,7 @@ extern "C" __global__ void __launch_bounds__(512) paged_merge_heads(const float*
             {
                 const float w = expf(x[k].x - m);
                 l += x[k].y * w;
-                o.x += v[k].x * w; o.y += v[k].y * w; o.z += v[k].z * w; o.w += v[k].w * w;
+                add_weighted(o, v[k], w);
             }
     }
     if (lane == 0) { wm[warp] = m; wl[warp] = l; }
@@ -93,9 +93,8 @@ extern "C" __global__ void __launch_bounds__(512) paged_merge_heads(const float*
         if (wl[w] > 0.0f)
         {
             const float e = expf(wm[w] - mx);
-            const float4 p = wo[w][lane];
             sum += wl[w] * e;
-            r.x += p.x * e; r.y += p.y * e; r.z += p.z * e; r.w += p.w * e;
+            add_weighted(r, wo[w][lane], e);
         }
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     reinterpret_cast<float4*>(out + head * HD)[lane] = make_float4(r.x * inv, r.y * inv, r.z * inv, r.w * inv);
