@@ -76,6 +76,9 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public bool HeadMergeGrid { get; set; } = true;
 
+    /// <summary>Splits a warp of <c>paged_merge_heads</c> loads in one round (its ROUND), and its warps at most (its 16-warp arrays).</summary>
+    private const int MergeSplitsPerWarp = 8, MergeMaxWarps = 16;
+
     /// <summary>
     /// Threads of the paged attention's, eviction's and re-quantization's blocks (the append's: <see cref="AppendThreads"/>;
     /// the fused QKV product with the append and the press kernels run 256).
@@ -382,9 +385,10 @@ internal sealed partial class CudaPagedKernels
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
                 Arg.Int(mergeGrid ? 1 : 0));
-            // The heads' merge as a grid of its own: a block per query head and row, a warp per 8 splits (16 at most).
+            // The heads' merge as a grid of its own: a block per query head and row, a warp per MergeSplitsPerWarp splits.
             if (mergeGrid)
-                Decode(_merge.Value["paged_merge_heads"]).Launch(new Dim3((uint)heads, (uint)rows, 1), 32 * Math.Clamp((plan.Splits + 7) / 8, 1, 16), 0,
+                Decode(_merge.Value["paged_merge_heads"]).Launch(new Dim3((uint)heads, (uint)rows, 1),
+                    32 * Math.Clamp((plan.Splits + MergeSplitsPerWarp - 1) / MergeSplitsPerWarp, 1, MergeMaxWarps), 0,
                     partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(plan.Splits), Arg.Int(group));
             return;
         }
