@@ -397,6 +397,100 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// The batch append (<see cref="CudaPagedKernels.RopeAppend"/> with batch: each launch one new token of every sequence)
+    /// against the CPU codec: three sequences prefilled to 0, 11 and 29 tokens (their residuals fill at different steps)
+    /// append 70 tokens each, and every head's blocks must equal the CPU cache's bytes, for every supported format. INT8/4/2
+    /// take <c>paged_rope_append_split</c> (four blocks a head, a quarter of the channels each; the check fails if they do
+    /// not), and with <see cref="CudaPagedKernels.SplitBatchEncode"/> off the same appends go through paged_rope_append's
+    /// one block a head. RoPE is the identity (zero frequencies), so the CPU cache gets the rows as they are.
+    /// </summary>
+    public static string BatchAppendMatchesCpuCodec()
+    {
+        int checkedBlocks = 0;
+        const int hd = 128, batch = 3, steps = 70;
+        int[] prefill = [0, 11, 29];
+        var kernels = CudaPagedKernels.For(Dev);
+        try
+        {
+            foreach (bool split in new[] { true, false })
+                foreach (var f in Supported)
+                {
+                    kernels.SplitBatchEncode = split;
+                    var rnd = new RandomData();
+                    var c = Shape(8, 2, hd);
+                    int heads = c.NumHeads, kvHeads = c.NumKvHeads, qkvRow = (heads + 2 * kvHeads) * hd;
+                    var options = new PagedKvCacheOptions { KeyFormat = f, ValueFormat = f, ValueChannelGroup = 32, MaxTokens = 128 };
+                    var cpu = Enumerable.Range(0, batch).Select(_ => new PagedKvCache(c, options)).ToArray();
+                    try
+                    {
+                        using var gpu = new CudaPagedKvCache(Dev, c, options, 128, batch: batch);
+                        using var invFreq = Upload(new float[hd / 2]);
+                        bool isInt = f is KvFormat.Int8 or KvFormat.Int4 or KvFormat.Int2;
+                        if (kernels.SplitsAppend(gpu.AppendTarget(0), hd) != (split && isInt))
+                            throw new CheckFailedException($"batch append {f}: the split kernel {(split && isInt ? "is not" : "is")} taken");
+                        // One row's keys and values (kvHeads · hd each) from a QKV row.
+                        (float[] K, float[] V) KeysValues(float[] qkv, int row) =>
+                            (qkv[(row * qkvRow + heads * hd)..(row * qkvRow + (heads + kvHeads) * hd)],
+                             qkv[(row * qkvRow + (heads + kvHeads) * hd)..((row + 1) * qkvRow)]);
+                        for (int layer = 0; layer < c.NumLayers; layer++)
+                        {
+                            for (int s = 0; s < batch; s++)
+                            {
+                                if (prefill[s] == 0) continue;
+                                var qkv = rnd.Floats(prefill[s] * qkvRow, 3f);
+                                using var dqkv = Upload(qkv);
+                                using var qOut = Poisoned((long)prefill[s] * heads * hd * 4);
+                                gpu.Position.Upload<int>([0]);
+                                kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer, s), prefill[s], heads, kvHeads, hd,
+                                    gpu.Position.Pointer, false, 1e-6f);
+                                for (int t = 0; t < prefill[s]; t++)
+                                {
+                                    var (k, v) = KeysValues(qkv, t);
+                                    cpu[s].Append(layer, k, v, 1);
+                                }
+                            }
+                            for (int step = 0; step < steps; step++)
+                            {
+                                var qkv = rnd.Floats(batch * qkvRow, 3f);
+                                using var dqkv = Upload(qkv);
+                                using var qOut = Poisoned((long)batch * heads * hd * 4);
+                                gpu.Position.Upload<int>([.. prefill.Select(p => p + step)]);
+                                kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer), batch, heads, kvHeads, hd,
+                                    gpu.Position.Pointer, false, 1e-6f, batch: true);
+                                for (int s = 0; s < batch; s++)
+                                {
+                                    var (k, v) = KeysValues(qkv, s);
+                                    cpu[s].Append(layer, k, v, 1);
+                                }
+                                Dev.Synchronize();
+                                var q = Result(qOut, batch * heads * hd);
+                                for (int s = 0; s < batch; s++)
+                                    for (int i = 0; i < heads * hd; i++)
+                                        if (q[s * heads * hd + i] != qkv[s * qkvRow + i])
+                                            throw new CheckFailedException($"batch append {f}: sequence {s} query {i} is {q[s * heads * hd + i]}, expected {qkv[s * qkvRow + i]} (seed {rnd.Seed})");
+                            }
+                        }
+                        gpu.CheckDeviceState();
+                        for (int layer = 0; layer < c.NumLayers; layer++)
+                            for (int s = 0; s < batch; s++)
+                                for (int g = 0; g < kvHeads; g++)
+                                    checkedBlocks += SameHead($"batch append {f} ({(split ? "split" : "one block a head")}) layer {layer} sequence {s} head {g} (seed {rnd.Seed})",
+                                        cpu[s].ReadStore(layer, g), gpu.ReadHead(layer, g, s), hd);
+                    }
+                    finally
+                    {
+                        foreach (var x in cpu) x.Dispose();
+                    }
+                }
+        }
+        finally
+        {
+            kernels.SplitBatchEncode = true;
+        }
+        return $"{checkedBlocks} block pairs of 3 sequences appended a token a launch equal the CPU codec's bytes (every supported format; INT8/4/2 through the split kernel and through one block a head)";
+    }
+
+    /// <summary>
     /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags
     /// (mapped to the device's storage order). The two caches may group the kept tokens into different blocks (the CPU
     /// regroups affected blocks' tokens by format pair, the device re-encodes runs in storage order), so what must agree is
