@@ -22,6 +22,7 @@ public static class GpuCheckList
         ("paged: attention, every supported format and mixed", PagedChecks.Attention),
         ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
         ("paged: batch append (split encode) = CPU codec bytes", PagedChecks.BatchAppendMatchesCpuCodec),
+        ("paged: split batch append = one block a head (RoPE, q/k norms)", PagedChecks.BatchAppendSplitMatchesOneBlock),
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),
         ("press: device key norms = the norms of the decoded keys", PagedChecks.KeyNormsMatchCpu),
         ("press: device R-KV redundancy = a float64 reference over the decoded keys", PagedChecks.KeyRedundancyMatchesCpu),

@@ -101,8 +101,8 @@ __device__ __forceinline__ void int_group_params(const float* rows, int n, bool 
 }
 
 // encode_block's codes pass for INT formats of BITS bits, unrolled (int_code_word: word wi; int_codes: every word of the
-// block over the block's threads): one thread per 32-bit word (one token's 32 / BITS
-// channels: paged_rope_append, its one caller, runs only with hd a multiple of 16), its elements and group parameters
+// block over the block's threads): one thread per 32-bit word (one token's 32 / BITS channels: paged_rope_append and
+// paged_rope_append_split, its callers, run only with hd a multiple of 16), its elements and group parameters
 // loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64
 // chain once per code (~640 cycles a code at 256 threads on an H100, clock64 probes).
 template <int BITS>
