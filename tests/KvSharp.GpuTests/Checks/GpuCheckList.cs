@@ -23,6 +23,7 @@ public static class GpuCheckList
         ("paged: device append = CPU codec bytes", PagedChecks.AppendMatchesCpuCodec),
         ("paged: batch append (split encode) = CPU codec bytes", PagedChecks.BatchAppendMatchesCpuCodec),
         ("paged: split batch append = one block a head (RoPE, q/k norms)", PagedChecks.BatchAppendSplitMatchesOneBlock),
+        ("paged: split batch append reports a full pool and a full table", PagedChecks.SplitBatchAppendReportsFullPoolAndTable),
         ("paged: device evict keeps the CPU evict's tokens", PagedChecks.EvictMatchesCpu),
         ("press: device key norms = the norms of the decoded keys", PagedChecks.KeyNormsMatchCpu),
         ("press: device R-KV redundancy = a float64 reference over the decoded keys", PagedChecks.KeyRedundancyMatchesCpu),

@@ -589,6 +589,52 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// The split batch append's error paths (INT4 keys, INT2 values, three sequences, two layers): a pool with room for the
+    /// residual slots only, where the first residual to fill finds no slot (a head's four blocks share the failed
+    /// reservation: none may wait for it forever), and tables of one block plus the residual, where the second fill finds
+    /// the table full. No error before the filling step; after it, the host reports each as a KvSharpException naming it.
+    /// </summary>
+    public static string SplitBatchAppendReportsFullPoolAndTable()
+    {
+        const int hd = 128, batch = 3;
+        var kernels = CudaPagedKernels.For(Dev);
+        var rnd = new RandomData();
+        var c = Shape(8, 2, hd);
+        int heads = c.NumHeads, kvHeads = c.NumKvHeads, qkvRow = (heads + 2 * kvHeads) * hd;
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int2, MaxTokens = 64 };
+        long residualBytes = (long)c.NumLayers * batch * kvHeads * 2 * options.BlockTokens * hd * sizeof(float);
+        var report = new List<string>();
+        foreach (var (what, capacity, poolBytes, steps, message) in new[] { ("pool", 64, (long?)residualBytes, 32, "full"), ("table", 32, null, 64, "more than its") })
+        {
+            using var gpu = new CudaPagedKvCache(Dev, c, options, capacity, poolBytes, batch);
+            if (!kernels.SplitsAppend(gpu.AppendTarget(0), hd)) throw new CheckFailedException($"full {what}: the split kernel is not taken");
+            using var invFreq = Upload(new float[hd / 2]);
+            using var dqkv = Upload(rnd.Floats(batch * qkvRow, 3f));
+            using var qOut = Poisoned((long)batch * heads * hd * 4);
+            for (int step = 0; step < steps; step++)
+            {
+                if (step == steps - 1) gpu.CheckDeviceState(); // nothing reported before the step that fills
+                gpu.Position.Upload<int>([.. Enumerable.Repeat(step, batch)]);
+                for (int layer = 0; layer < c.NumLayers; layer++)
+                    kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer), batch, heads, kvHeads, hd,
+                        gpu.Position.Pointer, false, 1e-6f, batch: true);
+                Dev.Synchronize();
+            }
+            try
+            {
+                gpu.CheckDeviceState();
+            }
+            catch (KvSharpException e) when (e.Message.Contains(message, StringComparison.Ordinal))
+            {
+                report.Add($"full {what}: \"{e.Message}\"");
+                continue;
+            }
+            throw new CheckFailedException($"full {what}: a residual filled and no full {what} was reported (seed {rnd.Seed})");
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
     /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags
     /// (mapped to the device's storage order). The two caches may group the kept tokens into different blocks (the CPU
     /// regroups affected blocks' tokens by format pair, the device re-encodes runs in storage order), so what must agree is
