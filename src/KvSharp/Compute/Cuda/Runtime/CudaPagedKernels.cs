@@ -419,7 +419,8 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Whether a batch append whose key and value formats are INT8/4/2 runs <c>paged_rope_append_split</c>: four blocks per
-    /// (sequence, KV head), each storing and, when the residual fills, encoding a quarter of the channels (default: on).
+    /// (sequence, KV head), each storing and, when the residual fills, encoding a quarter of the channels (default: on;
+    /// applies to launches queued, and graphs captured, after the change).
     /// PREPARED in stop 26, not yet run on a GPU: at 8 × 32K the KVzip 0.3 + INT4 append took 22-23 µs a layer where a
     /// head's residual filled (7 without), one block encoding the head's two blocks in four dependent passes.
     /// </summary>
