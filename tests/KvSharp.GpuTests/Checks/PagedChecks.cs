@@ -397,6 +397,244 @@ public static class PagedChecks
     }
 
     /// <summary>
+    /// The batch append (<see cref="CudaPagedKernels.RopeAppend"/> with batch: each launch one new token of every sequence)
+    /// against the CPU codec: three sequences prefilled to 0, 11 and 29 tokens (their residuals fill at different steps)
+    /// append 70 tokens each, and every head's blocks must equal the CPU cache's bytes: every supported format at hd 128
+    /// (value groups of 32), mixed INT key and value formats, hd 64 with value groups of 16 (a quarter of a row is one INT2
+    /// word) and with 16-token blocks, and an INT shape the split kernel refuses (hd 64, value groups of 32). Each case states
+    /// whether it takes <c>paged_rope_append_split</c> (four blocks a head, a quarter of the channels each; the check fails
+    /// if <see cref="CudaPagedKernels.SplitsAppend"/> disagrees), and with <see cref="CudaPagedKernels.SplitBatchEncode"/>
+    /// off the same appends go through paged_rope_append's one block a head. RoPE is the identity (zero frequencies), so the
+    /// CPU cache gets the rows as they are (<see cref="BatchAppendSplitMatchesOneBlock"/> rotates).
+    /// </summary>
+    public static string BatchAppendMatchesCpuCodec()
+    {
+        int checkedBlocks = 0, splitCases = 0;
+        const int batch = 3, steps = 70;
+        int[] prefill = [0, 11, 29];
+        var cases = Supported.Select(f => (Hd: 128, Vg: 32, Tokens: 32, Kf: f, Vf: f, Splits: f is KvFormat.Int8 or KvFormat.Int4 or KvFormat.Int2))
+            .Concat([(128, 32, 32, KvFormat.Int4, KvFormat.Int2, true), (128, 32, 32, KvFormat.Int2, KvFormat.Int8, true),
+                (64, 16, 32, KvFormat.Int2, KvFormat.Int4, true), (64, 16, 16, KvFormat.Int8, KvFormat.Int2, true),
+                (64, 32, 32, KvFormat.Int4, KvFormat.Int4, false)]).ToArray();
+        var kernels = CudaPagedKernels.For(Dev);
+        bool wasSplit = kernels.SplitBatchEncode;
+        try
+        {
+            foreach (bool split in new[] { true, false })
+                foreach (var (hd, vg, blockTokens, kf, vf, splits) in cases)
+                {
+                    kernels.SplitBatchEncode = split;
+                    string name = $"batch append {kf}/{vf} hd{hd} vg{vg} x{blockTokens} ({(split && splits ? "split" : "one block a head")})";
+                    var rnd = new RandomData();
+                    var c = Shape(8, 2, hd);
+                    int heads = c.NumHeads, kvHeads = c.NumKvHeads, qkvRow = (heads + 2 * kvHeads) * hd;
+                    var options = new PagedKvCacheOptions { KeyFormat = kf, ValueFormat = vf, ValueChannelGroup = vg, BlockTokens = blockTokens, MaxTokens = 128 };
+                    var cpu = Enumerable.Range(0, batch).Select(_ => new PagedKvCache(c, options)).ToArray();
+                    try
+                    {
+                        using var gpu = new CudaPagedKvCache(Dev, c, options, 128, batch: batch);
+                        using var invFreq = Upload(new float[hd / 2]);
+                        if (kernels.SplitsAppend(gpu.AppendTarget(0), hd) != (split && splits))
+                            throw new CheckFailedException($"{name}: the split kernel {(split && splits ? "is not" : "is")} taken");
+                        splitCases += split && splits ? 1 : 0;
+                        // One row's keys and values (kvHeads · hd each) from a QKV row.
+                        (float[] K, float[] V) KeysValues(float[] qkv, int row) =>
+                            (qkv[(row * qkvRow + heads * hd)..(row * qkvRow + (heads + kvHeads) * hd)],
+                             qkv[(row * qkvRow + (heads + kvHeads) * hd)..((row + 1) * qkvRow)]);
+                        for (int layer = 0; layer < c.NumLayers; layer++)
+                        {
+                            for (int s = 0; s < batch; s++)
+                            {
+                                if (prefill[s] == 0) continue;
+                                var qkv = rnd.Floats(prefill[s] * qkvRow, 3f);
+                                using var dqkv = Upload(qkv);
+                                using var qOut = Poisoned((long)prefill[s] * heads * hd * 4);
+                                gpu.Position.Upload<int>([0]);
+                                kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer, s), prefill[s], heads, kvHeads, hd,
+                                    gpu.Position.Pointer, false, 1e-6f);
+                                Dev.Synchronize();
+                                for (int t = 0; t < prefill[s]; t++)
+                                {
+                                    var (k, v) = KeysValues(qkv, t);
+                                    cpu[s].Append(layer, k, v, 1);
+                                }
+                            }
+                            for (int step = 0; step < steps; step++)
+                            {
+                                var qkv = rnd.Floats(batch * qkvRow, 3f);
+                                using var dqkv = Upload(qkv);
+                                using var qOut = Poisoned((long)batch * heads * hd * 4);
+                                gpu.Position.Upload<int>([.. prefill.Select(p => p + step)]);
+                                kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer), batch, heads, kvHeads, hd,
+                                    gpu.Position.Pointer, false, 1e-6f, batch: true);
+                                for (int s = 0; s < batch; s++)
+                                {
+                                    var (k, v) = KeysValues(qkv, s);
+                                    cpu[s].Append(layer, k, v, 1);
+                                }
+                                var q = Result(qOut, batch * heads * hd);
+                                for (int s = 0; s < batch; s++)
+                                    for (int i = 0; i < heads * hd; i++)
+                                        if (q[s * heads * hd + i] != qkv[s * qkvRow + i])
+                                            throw new CheckFailedException($"{name}: sequence {s} query {i} is {q[s * heads * hd + i]}, expected {qkv[s * qkvRow + i]} (seed {rnd.Seed})");
+                            }
+                        }
+                        gpu.CheckDeviceState();
+                        for (int layer = 0; layer < c.NumLayers; layer++)
+                            for (int s = 0; s < batch; s++)
+                                for (int g = 0; g < kvHeads; g++)
+                                    checkedBlocks += SameHead($"{name} layer {layer} sequence {s} head {g} (seed {rnd.Seed})",
+                                        cpu[s].ReadStore(layer, g), gpu.ReadHead(layer, g, s), hd);
+                    }
+                    finally
+                    {
+                        foreach (var x in cpu) x.Dispose();
+                    }
+                }
+        }
+        finally
+        {
+            kernels.SplitBatchEncode = wasSplit;
+        }
+        return $"{checkedBlocks} block pairs of 3 sequences appended a token a launch equal the CPU codec's bytes ({cases.Length} cases: every supported format, "
+            + $"mixed INT formats, hd 64 with value groups of 16 and 16-token blocks; {splitCases} through the split kernel, every case also through one block a head)";
+    }
+
+    /// <summary>
+    /// <c>paged_rope_append_split</c> against paged_rope_append's one block a head (<see cref="BatchAppendMatchesCpuCodec"/>
+    /// checks that one against the CPU codec) with what that check leaves out: RoPE at real frequencies in both layouts and q/k
+    /// RMSNorm weights. Three sequences (prefilled to 0, 11 and 29 tokens through the one-row append) append 70 tokens a launch
+    /// into two caches of INT4 keys and INT2 values, one per kernel, from the same rows; the queries of every launch and every
+    /// head's blocks (formats, counts, first tokens, bytes) and residual rows must be identical.
+    /// </summary>
+    public static string BatchAppendSplitMatchesOneBlock()
+    {
+        const int hd = 128, batch = 3, steps = 70;
+        int[] prefill = [0, 11, 29];
+        var kernels = CudaPagedKernels.For(Dev);
+        bool wasSplit = kernels.SplitBatchEncode;
+        var rnd = new RandomData();
+        var c = Shape(8, 2, hd);
+        int heads = c.NumHeads, kvHeads = c.NumKvHeads, qkvRow = (heads + 2 * kvHeads) * hd, compared = 0;
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int2, MaxTokens = 128 };
+        using var invFreq = Upload(Enumerable.Range(0, hd / 2).Select(i => MathF.Pow(10000f, -2f * i / hd)).ToArray());
+        using var qNorm = Upload(rnd.Floats(hd, 2f));
+        using var kNorm = Upload(rnd.Floats(hd, 2f));
+        try
+        {
+            foreach (bool interleaved in new[] { false, true })
+            {
+                string what = $"split batch append, {(interleaved ? "interleaved" : "half-split")} RoPE with q/k norms (seed {rnd.Seed})";
+                var prefillRows = prefill.Select(n => rnd.Floats(n * qkvRow, 3f)).ToArray();
+                var stepRows = Enumerable.Range(0, steps).Select(_ => rnd.Floats(batch * qkvRow, 3f)).ToArray();
+                var runs = new List<(float[] Queries, List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>> Heads)>();
+                foreach (bool split in new[] { true, false })
+                {
+                    kernels.SplitBatchEncode = split;
+                    using var gpu = new CudaPagedKvCache(Dev, c, options, 128, batch: batch);
+                    if (kernels.SplitsAppend(gpu.AppendTarget(0), hd) != split)
+                        throw new CheckFailedException($"{what}: the split kernel {(split ? "is not" : "is")} taken");
+                    var queries = new float[steps * batch * heads * hd];
+                    for (int s = 0; s < batch; s++)
+                    {
+                        if (prefill[s] == 0) continue;
+                        using var dqkv = Upload(prefillRows[s]);
+                        using var qOut = Poisoned((long)prefill[s] * heads * hd * 4);
+                        gpu.Position.Upload<int>([0]);
+                        kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, qNorm.Pointer, kNorm.Pointer, invFreq.Pointer, gpu.AppendTarget(0, s), prefill[s], heads, kvHeads, hd,
+                            gpu.Position.Pointer, interleaved, 1e-6f);
+                        Dev.Synchronize();
+                    }
+                    for (int step = 0; step < steps; step++)
+                    {
+                        using var dqkv = Upload(stepRows[step]);
+                        using var qOut = Poisoned((long)batch * heads * hd * 4);
+                        gpu.Position.Upload<int>([.. prefill.Select(p => p + step)]);
+                        kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, qNorm.Pointer, kNorm.Pointer, invFreq.Pointer, gpu.AppendTarget(0), batch, heads, kvHeads, hd,
+                            gpu.Position.Pointer, interleaved, 1e-6f, batch: true);
+                        Result(qOut, batch * heads * hd).CopyTo(queries, step * batch * heads * hd);
+                    }
+                    gpu.CheckDeviceState();
+                    var headsRead = new List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>>();
+                    for (int s = 0; s < batch; s++)
+                        for (int g = 0; g < kvHeads; g++) headsRead.Add(gpu.ReadHead(0, g, s));
+                    runs.Add((queries, headsRead));
+                }
+                var (a, b) = (runs[0], runs[1]);
+                FirstDifference($"{what}: queries", MemoryMarshal.AsBytes(a.Queries.AsSpan()), MemoryMarshal.AsBytes(b.Queries.AsSpan()));
+                for (int h = 0; h < a.Heads.Count; h++)
+                {
+                    var (x, y) = (a.Heads[h], b.Heads[h]);
+                    string head = $"{what} sequence {h / kvHeads} head {h % kvHeads}";
+                    if (x.Count != y.Count) throw new CheckFailedException($"{head}: {x.Count - 1} blocks + residual, one block a head {y.Count - 1}");
+                    for (int i = 0; i < x.Count; i++)
+                    {
+                        var (p, q) = (x[i], y[i]);
+                        if (p.KeyLayout != q.KeyLayout || p.ValueLayout != q.ValueLayout || p.Count != q.Count || p.Start != q.Start)
+                            throw new CheckFailedException($"{head} block {i}: {p.KeyLayout}/{p.ValueLayout} x{p.Count} at {p.Start}, one block a head {q.KeyLayout}/{q.ValueLayout} x{q.Count} at {q.Start}");
+                        bool residual = i == x.Count - 1;
+                        int kb = residual ? p.Count * hd * sizeof(float) : p.Keys.Length, vb = residual ? p.Count * hd * sizeof(float) : p.Values.Length;
+                        FirstDifference($"{head} block {i} keys", p.Keys.AsSpan(0, kb), q.Keys.AsSpan(0, kb));
+                        FirstDifference($"{head} block {i} values", p.Values.AsSpan(0, vb), q.Values.AsSpan(0, vb));
+                    }
+                    compared += x.Count;
+                }
+            }
+        }
+        finally
+        {
+            kernels.SplitBatchEncode = wasSplit;
+        }
+        return $"{compared} block pairs (residuals included) and the queries of 140 launches identical through the split kernel and one block a head (INT4 keys, INT2 values, both RoPE layouts, q/k norms; seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// The split batch append's error paths (INT4 keys, INT2 values, three sequences, two layers): a pool with room for the
+    /// residual slots only, where the first residual to fill finds no slot (a head's four blocks share the failed
+    /// reservation: none may wait for it forever), and tables of one block plus the residual, where the second fill finds
+    /// the table full. No error before the filling step; after it, the host reports each as a KvSharpException naming it.
+    /// </summary>
+    public static string SplitBatchAppendReportsFullPoolAndTable()
+    {
+        const int hd = 128, batch = 3;
+        var kernels = CudaPagedKernels.For(Dev);
+        var rnd = new RandomData();
+        var c = Shape(8, 2, hd);
+        int heads = c.NumHeads, kvHeads = c.NumKvHeads, qkvRow = (heads + 2 * kvHeads) * hd;
+        var options = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int2, MaxTokens = 64 };
+        long residualBytes = (long)c.NumLayers * batch * kvHeads * 2 * options.BlockTokens * hd * sizeof(float);
+        var report = new List<string>();
+        foreach (var (what, capacity, poolBytes, steps, message) in new[] { ("pool", 64, (long?)residualBytes, 32, "full"), ("table", 32, null, 64, "more than its") })
+        {
+            using var gpu = new CudaPagedKvCache(Dev, c, options, capacity, poolBytes, batch);
+            if (!kernels.SplitsAppend(gpu.AppendTarget(0), hd)) throw new CheckFailedException($"full {what}: the split kernel is not taken");
+            using var invFreq = Upload(new float[hd / 2]);
+            using var dqkv = Upload(rnd.Floats(batch * qkvRow, 3f));
+            using var qOut = Poisoned((long)batch * heads * hd * 4);
+            for (int step = 0; step < steps; step++)
+            {
+                if (step == steps - 1) gpu.CheckDeviceState(); // nothing reported before the step that fills
+                gpu.Position.Upload<int>([.. Enumerable.Repeat(step, batch)]);
+                for (int layer = 0; layer < c.NumLayers; layer++)
+                    kernels.RopeAppend(dqkv.Pointer, qOut.Pointer, 0, 0, invFreq.Pointer, gpu.AppendTarget(layer), batch, heads, kvHeads, hd,
+                        gpu.Position.Pointer, false, 1e-6f, batch: true);
+                Dev.Synchronize();
+            }
+            try
+            {
+                gpu.CheckDeviceState();
+            }
+            catch (KvSharpException e) when (e.Message.Contains(message, StringComparison.Ordinal))
+            {
+                report.Add($"full {what}: \"{e.Message}\"");
+                continue;
+            }
+            throw new CheckFailedException($"full {what}: a residual filled and no full {what} was reported (seed {rnd.Seed})");
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
     /// Eviction on the device against <see cref="PagedKvCache.Evict(int, int, ReadOnlySpan{bool})"/> with the same drop flags
     /// (mapped to the device's storage order). The two caches may group the kept tokens into different blocks (the CPU
     /// regroups affected blocks' tokens by format pair, the device re-encodes runs in storage order), so what must agree is

@@ -12,6 +12,9 @@ public class CudaPagedKvCacheTests
 {
     [CudaFact] public void AttentionOverEveryFormat() => PagedChecks.Attention();
     [CudaFact] public void DeviceAppendEncodesAsTheCpuCodec() => PagedChecks.AppendMatchesCpuCodec();
+    [CudaFact] public void BatchAppendEncodesAsTheCpuCodec() => PagedChecks.BatchAppendMatchesCpuCodec();
+    [CudaFact] public void SplitBatchAppendMatchesOneBlockAHead() => PagedChecks.BatchAppendSplitMatchesOneBlock();
+    [CudaFact] public void SplitBatchAppendReportsAFullPoolAndTable() => PagedChecks.SplitBatchAppendReportsFullPoolAndTable();
     [CudaFact] public void DeviceEvictKeepsTheCpuEvictsTokens() => PagedChecks.EvictMatchesCpu();
     [CudaFact] public void TransformerOverPagedCacheMatchesCpu() => PagedChecks.TransformerMatchesCpu();
     [CudaFact] public void AppendFusedIntoQkvMatchesSeparateAppend() => PagedChecks.FusedAppendMatchesUnfused();

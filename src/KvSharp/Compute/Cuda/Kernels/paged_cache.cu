@@ -100,16 +100,16 @@ __device__ __forceinline__ void int_group_params(const float* rows, int n, bool 
     }
 }
 
-// encode_block's codes pass for INT formats of BITS bits, unrolled: one thread per 32-bit word (one token's 32 / BITS
-// channels: paged_rope_append, its one caller, runs only with hd a multiple of 16), its elements and group parameters
+// encode_block's codes pass for INT formats of BITS bits, unrolled (int_code_word: word wi; int_codes: every word of the
+// block over the block's threads): one thread per 32-bit word (one token's 32 / BITS channels: paged_rope_append and
+// paged_rope_append_split, its callers, run only with hd a multiple of 16), its elements and group parameters
 // loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64
 // chain once per code (~640 cycles a code at 256 threads on an H100, clock64 probes).
 template <int BITS>
-__device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, int tokens, int hd, int vg, u8* dst, const u16* scales, const u16* mins)
+__device__ __forceinline__ void int_code_word(const float* rows, int n, bool keys, int hd, int vg, u8* dst, const u16* scales, const u16* mins, int wi)
 {
     constexpr int per_word = 32 / BITS, qmax = (1 << BITS) - 1;
-    const int words = tokens * hd / per_word, per_row = hd / vg;
-    for (int wi = threadIdx.x; wi < words; wi += blockDim.x)
+    const int per_row = hd / vg;
     {
         const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd;
         unsigned word = 0;
@@ -141,6 +141,13 @@ __device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, i
         }
         reinterpret_cast<unsigned*>(dst)[wi] = word;
     }
+}
+
+template <int BITS>
+__device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, int tokens, int hd, int vg, u8* dst, const u16* scales, const u16* mins)
+{
+    const int words = tokens * hd / (32 / BITS);
+    for (int wi = threadIdx.x; wi < words; wi += blockDim.x) int_code_word<BITS>(rows, n, keys, hd, vg, dst, scales, mins, wi);
 }
 
 // Encodes rows [n, hd] (float32, n <= tokens) into one block of format f at dst (block_bytes bytes, all
@@ -488,6 +495,175 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         __syncthreads();
         residual_advance(a, head, nb, resid, true);
         __syncthreads();
+    }
+}
+
+// The batch append with its encode split (PREPARED in stop 26, not yet run on a GPU; CudaPagedKernels.SplitBatchEncode):
+// paged_rope_append's batch launch for caches whose key and value formats are INT8/4/2, with APPEND_SPLIT blocks per
+// (sequence, KV head) instead of one. Why: at 8 × 32K the KVzip 0.3 + INT4 append took 22-23 µs a layer where some head's
+// residual filled (7 without), in most layers of every step: one block of 256 threads encoded the head's two blocks in
+// four dependent passes (stop 25's probes). Here block `part` of a head rotates and stores channels
+// [part · w, part · w + w) of the new row (w = hd / APPEND_SPLIT; a rotation pair's other channel is read from the
+// product's output, so no block waits for another), and when the residual fills, encodes the groups and code words of
+// those channels of both blocks: the keys' w channel groups, the values' w / vg groups of each token (the host asks for
+// w a multiple of vg and of 16), one pass of parameters and one of codes, with encode_block's unrolled functions (the
+// same bytes: each group and word is computed as there). The blocks of a head share one slot reservation: the first to
+// claim it (claims[head]: 0 free, 1 being reserved, 2 the pool was full, slot + 3) reserves, the others wait for it (it
+// is running: it claimed). Each block counts itself in arrivals[head] after a fence; the head's last resets both words
+// and updates the tables (the residual's count, or the encoded block's descriptor, the new residual and the block count)
+// and the token count: every block read the tables before counting itself. Query blocks as in paged_rope_append.
+#define APPEND_SPLIT 4
+extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
+    u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
+    int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
+    int* arrivals, unsigned long long* claims)
+{
+    pdl_wait();
+    pdl_trigger();
+    const long stride = (long)(heads + 2 * kv_heads) * hd;
+    const int half = hd / 2;
+    const bool is_q = blockIdx.x < (unsigned)(rows * heads);
+    const int kb = is_q ? 0 : blockIdx.x - rows * heads, head = kb / APPEND_SPLIT, part = kb % APPEND_SPLIT;
+    const int t = is_q ? blockIdx.x / heads : head / kv_heads, h = is_q ? blockIdx.x % heads : heads + head % kv_heads;
+    const float* src = qkv + t * stride + (long)h * hd;
+    const float* nw = is_q ? q_norm : k_norm;
+    __shared__ float inv_shared;
+    if (nw != nullptr)
+    {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += src[i] * src[i];
+        ss = block_sum(ss);
+        if (threadIdx.x == 0) inv_shared = 1.0f / sqrtf(ss / hd + eps);
+        __syncthreads();
+    }
+    const float inv = nw != nullptr ? inv_shared : 1.0f;
+    const int p = pos[t], w = hd / APPEND_SPLIT, c0 = part * w;
+    int nb = 0, at = 0;
+    uint4 resid = make_uint4(0, 0, 0, 0);
+    float* kres = nullptr;
+    float* vres = nullptr;
+    if (!is_q)
+    {
+        nb = head_blocks[head];
+        resid = desc[(long)head * max_blocks + nb - 1];
+        at = desc_count(resid);
+        kres = reinterpret_cast<float*>(pool + (size_t)resid.x * 16);
+        vres = reinterpret_cast<float*>(pool + (size_t)resid.y * 16);
+    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        int i0, i1;
+        rope_channels(i, hd, interleaved, i0, i1);
+        const bool in0 = is_q || (i0 >= c0 && i0 < c0 + w), in1 = is_q || (i1 >= c0 && i1 < c0 + w);
+        if (!in0 && !in1) continue;
+        float x0 = src[i0], x1 = src[i1];
+        if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
+        float y0, y1;
+        rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
+        float* dst = is_q ? q_out + ((long)t * heads + h) * hd : kres + (long)at * hd;
+        if (in0) dst[i0] = y0;
+        if (in1) dst[i1] = y1;
+    }
+    if (is_q) return;
+    const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + head % kv_heads) * hd;
+    for (int c = c0 + (int)threadIdx.x; c < c0 + w; c += blockDim.x) vres[(long)at * hd + c] = vsrc[c];
+    __syncthreads();
+    const bool full = at + 1 == tokens && nb < max_blocks;
+    const int kbytes = block_bytes(kf, true, tokens, hd, vg), vbytes = block_bytes(vf, false, tokens, hd, vg);
+    if (full)
+    {
+        __shared__ unsigned long long slot_s;
+        if (threadIdx.x == 0)
+        {
+            unsigned long long v = atomicCAS(claims + head, 0ull, 1ull);
+            if (v == 0ull)
+            {
+                const long r = reserve_units(top, units_of(kbytes) + units_of(vbytes), capacity, error);
+                v = r < 0 ? 2ull : (unsigned long long)r + 3ull;
+                atomicExch(claims + head, v);
+            }
+            while (v == 1ull)
+            {
+                __nanosleep(32);
+                v = atomicAdd(claims + head, 0ull);
+            }
+            slot_s = v;
+        }
+        // This block's channels of the residual's rows (its own part of the new row included: written above, by this block),
+        // staged where residual_full stages them, so encode_block's functions read them unchanged.
+        __shared__ float staged[2 * RESIDUAL_STAGE];
+        for (int i = threadIdx.x; i < tokens * w; i += blockDim.x)
+        {
+            const int r = i / w, c = c0 + i % w;
+            staged[r * hd + c] = kres[(long)r * hd + c];
+            staged[RESIDUAL_STAGE + r * hd + c] = vres[(long)r * hd + c];
+        }
+        __syncthreads();
+        if (slot_s != 2ull)
+        {
+            const long slot = (long)(slot_s - 3ull);
+            u8* kdst = pool + (size_t)slot * 16;
+            u8* vdst = pool + (size_t)(slot + units_of(kbytes)) * 16;
+            const float* sk = staged;
+            const float* sv = staged + RESIDUAL_STAGE;
+            const int gk = group_count(kf, true, tokens, hd, vg), gv = group_count(vf, false, tokens, hd, vg);
+            u16* ks = reinterpret_cast<u16*>(kdst + code_bytes(kf, tokens, hd));
+            u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
+            // Parameters: the key groups of channels c0 .. c0 + w - 1, then each token's value groups among them.
+            const int vper = w / vg, per_row = hd / vg;
+            for (int i = threadIdx.x; i < w + tokens * vper; i += blockDim.x)
+            {
+                if (i < w) int_group_params(sk, tokens, true, hd, vg, c0 + i, (1 << kv_bits(kf)) - 1, ks[c0 + i], ks[gk + c0 + i]);
+                else
+                {
+                    const int j = i - w, g = (j / vper) * per_row + c0 / vg + j % vper;
+                    int_group_params(sv, tokens, false, hd, vg, g, (1 << kv_bits(vf)) - 1, vs[g], vs[gv + g]);
+                }
+            }
+            __syncthreads();
+            // Codes: each token's words of these channels, keys then values.
+            const int kwords = w / (32 / kv_bits(kf)), vwords = w / (32 / kv_bits(vf));
+            for (int i = threadIdx.x; i < tokens * (kwords + vwords); i += blockDim.x)
+            {
+                const bool key = i < tokens * kwords;
+                const int j = key ? i : i - tokens * kwords, per = key ? kwords : vwords, f = key ? kf : vf;
+                const int r = j / per, wi = (r * hd + c0) / (32 / kv_bits(f)) + j % per;
+                if (key)
+                {
+                    if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
+                    else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
+                    else int_code_word<2>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
+                }
+                else
+                {
+                    if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
+                    else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
+                    else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
+                }
+            }
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(arrivals + head, 1) == APPEND_SPLIT - 1)
+    {
+        // The head's last block: every block has read the tables and written its part.
+        arrivals[head] = 0;
+        uint4* d = desc + (long)head * max_blocks;
+        if (at + 1 < tokens) d[nb - 1].z = desc_meta(at + 1, KV_F32, KV_F32);
+        else if (nb >= max_blocks) atomicExch(error, 2);
+        else
+        {
+            const unsigned long long v = atomicExch(claims + head, 0ull); // through L2, where the claims were made
+            if (v != 2ull) // else the pool was full (the error flag is set)
+            {
+                const unsigned slot = (unsigned)(v - 3ull);
+                d[nb - 1] = make_uint4(slot, slot + units_of(kbytes), desc_meta(tokens, kf, vf), resid.w);
+                d[nb] = make_uint4(resid.x, resid.y, desc_meta(0, KV_F32, KV_F32), resid.w + (unsigned)tokens);
+                head_blocks[head] = nb + 1;
+            }
+        }
+        head_tokens[head] += 1;
     }
 }
 

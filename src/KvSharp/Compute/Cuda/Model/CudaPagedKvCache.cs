@@ -32,7 +32,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     private const int DescriptorBytes = 16;
     private readonly CudaPagedKernels _kernels;
     private readonly DeviceBuffer _pool, _desc, _headBlocks, _headTokens, _state; // state: pool top (16-byte units), error code
-    private readonly DeviceBuffer _arrivals; // per head: blocks of a fused QKV product done with it (zero between launches)
+    private readonly DeviceBuffer _arrivals; // per head: blocks of a fused QKV product or a split batch append done with it (zero between launches)
+    private readonly DeviceBuffer _claims;   // per head: a split batch append's shared slot reservation (64-bit; zero between launches)
     private byte[]? _keptHostFlags;          // an eviction's scratch while KeepsPressBuffers: drop flags on the host and the device,
     private DeviceBuffer? _keptFlags, _keptFresh, _keptStaging; // the compacted pool's used part, the staging rows
     private readonly int _residualUnits, _group;
@@ -86,6 +87,8 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
             _state = device.Allocate(4 * sizeof(int));
             _arrivals = device.Allocate(HeadCount * sizeof(int));
             _arrivals.Fill32(0);
+            _claims = device.Allocate(HeadCount * sizeof(ulong));
+            _claims.Fill32(0);
         }
         catch
         {
@@ -581,8 +584,10 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     internal CudaPagedKernels.AppendTarget AppendTarget(int layer, int sequence = 0)
     {
         var (desc, blocks, tokens) = LayerTables(layer, sequence);
+        long head0 = HeadIndex(layer, sequence, 0);
         return new CudaPagedKernels.AppendTarget(_pool.Pointer, desc, blocks, tokens, _state.Pointer, _state.Pointer + 4, PoolUnits,
-            MaxBlocks, BlockTokens, ValueGroup, (int)KeyLayout.Format, (int)ValueLayout.Format);
+            MaxBlocks, BlockTokens, ValueGroup, (int)KeyLayout.Format, (int)ValueLayout.Format,
+            _arrivals.Pointer + (ulong)(head0 * sizeof(int)), _claims.Pointer + (ulong)(head0 * sizeof(ulong)));
     }
 
     internal override void CheckDeviceState()
@@ -619,6 +624,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         _state?.Dispose();
         foreach (var b in new[] { _keptFlags, _keptFresh, _keptStaging }) b?.Dispose();
         _arrivals?.Dispose();
+        _claims?.Dispose();
         _vidBasis?.Dispose();
     }
 

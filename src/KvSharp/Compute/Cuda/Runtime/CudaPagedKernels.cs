@@ -28,7 +28,7 @@ internal sealed partial class CudaPagedKernels
         _merge = new Lazy<CudaModule>(() => CudaModule.LoadEmbedded(device, "paged_merge.cu", IsProgrammatic));
     }
 
-    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
+    private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name == "paged_rope_append_split" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
         || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal) || name == "paged_merge_heads");
 
     /// <summary>
@@ -413,9 +413,35 @@ internal sealed partial class CudaPagedKernels
             Arg.Int(batch ? 1 : 0), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
     }
 
-    /// <summary>Where appended tokens go: one layer's tables, the pool and its allocator, the cache's geometry and formats.</summary>
+    /// <summary>
+    /// Where appended tokens go: one layer's tables, the pool and its allocator, the cache's geometry and formats; Arrivals and
+    /// Claims: a zeroed int and 64-bit word per head of the tables (every launch leaves them zero) for the split batch append
+    /// (<see cref="SplitBatchEncode"/>; 0: none, the batch append encodes in one block per head).
+    /// </summary>
     public readonly record struct AppendTarget(ulong Pool, ulong Desc, ulong HeadBlocks, ulong HeadTokens, ulong Top, ulong Error, long PoolUnits,
-        int MaxBlocks, int BlockTokens, int ValueGroup, int KeyFormat, int ValueFormat);
+        int MaxBlocks, int BlockTokens, int ValueGroup, int KeyFormat, int ValueFormat, ulong Arrivals = 0, ulong Claims = 0);
+
+    /// <summary>
+    /// Whether a batch append whose key and value formats are INT8/4/2 runs <c>paged_rope_append_split</c>: four blocks per
+    /// (sequence, KV head), each storing and, when the residual fills, encoding a quarter of the channels (default: on;
+    /// applies to launches queued, and graphs captured, after the change).
+    /// PREPARED in stop 26, not yet run on a GPU: at 8 × 32K the KVzip 0.3 + INT4 append took 22-23 µs a layer where a
+    /// head's residual filled (7 without), one block encoding the head's two blocks in four dependent passes.
+    /// </summary>
+    public bool SplitBatchEncode { get; set; } = true;
+
+    /// <summary>Blocks per (sequence, KV head) of <c>paged_rope_append_split</c> (its APPEND_SPLIT).</summary>
+    private const int AppendSplit = 4;
+
+    /// <summary>Whether <c>paged_rope_append_split</c> takes a batch append into <paramref name="a"/> with heads of <paramref name="headDim"/> channels.</summary>
+    internal bool SplitsAppend(in AppendTarget a, int headDim)
+    {
+        static bool Int(int f) => f is (int)KvFormat.Int8 or (int)KvFormat.Int4 or (int)KvFormat.Int2;
+        int quarter = headDim / AppendSplit;
+        // A quarter holds whole value groups and whole code words (16 channels: an INT2 word); the staged rows fit residual_full's stage.
+        return SplitBatchEncode && a.Arrivals != 0 && a.Claims != 0 && Int(a.KeyFormat) && Int(a.ValueFormat) && quarter % 16 == 0
+            && quarter % a.ValueGroup == 0 && a.BlockTokens * headDim <= 4096;
+    }
 
     /// <summary>
     /// RoPE of the fused QKV rows (optional q/k RMSNorm) at positions *position..: queries to <paramref name="qOut"/>, keys and
@@ -428,6 +454,14 @@ internal sealed partial class CudaPagedKernels
         int rows, int heads, int kvHeads, int headDim, ulong position, bool interleaved, float eps, bool batch = false)
     {
         if (headDim % 16 != 0) throw new CudaException("paged append", $"head dimension {headDim} is not a multiple of 16");
+        if (batch && SplitsAppend(a, headDim))
+        {
+            Decode(_cache["paged_rope_append_split"]).Launch(rows * heads + AppendSplit * rows * kvHeads, AppendThreads, 0, qkv, qOut, qNorm, kNorm, invFreq,
+                a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
+                position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
+                Arg.Int(a.KeyFormat), Arg.Int(a.ValueFormat), a.Arrivals, a.Claims);
+            return;
+        }
         Decode(_cache["paged_rope_append"]).Launch(rows * heads + (batch ? rows : 1) * kvHeads, AppendThreads, 0, qkv, qOut, qNorm, kNorm, invFreq,
             a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Top, a.Error, (ulong)a.PoolUnits, Arg.Int(rows), Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
             position, Arg.Int(interleaved ? 1 : 0), Arg.Float(eps), Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), Arg.Int(a.ValueGroup),
