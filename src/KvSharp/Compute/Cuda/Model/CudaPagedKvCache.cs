@@ -141,6 +141,15 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         $"the CUDA paged KV cache does not support VidKV for {what} (the device reads VidKV blocks in attention and encodes them for the vidkv press only); use another format on the GPU or the CPU cache";
 
     /// <summary>
+    /// Whether the decode attention asks L2 for the layer's descriptor tables before it waits for the append (the
+    /// attention kernels' L2 prefetch, whose second range is free; default: on). PREPARED in stop 26, not yet run on a
+    /// GPU: at batch 1 a pipelined unit took 2.6 µs from griddepcontrol.wait to its staged descriptors, read from device
+    /// memory (a step streams ~10 times L2 between two reads of a layer's table); its blocks are resident ~3.5 µs before
+    /// the wait returns. A hint only: the append's writes to the tables reach L2 as any write does.
+    /// </summary>
+    public bool PrefetchTables { get; set; } = true;
+
+    /// <summary>
     /// The decode attention kernel (all are checked). By default <see cref="DefaultAttentionKernel"/>'s choice for the
     /// cache's shape and key format (the pipelined tensor-core kernel where it reads them, but for INT8 keys); the VidKV
     /// one, the only one that reads VidKV blocks, for a cache holding them.
@@ -545,8 +554,12 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         if (!a.Appended)
             _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
                 a.Position, a.Interleaved, a.Eps, a.Batch);
+        // The layer's descriptor tables (every sequence's in a batch step) asked of L2 in the prefetch's free second range.
+        var prefetch = PrefetchTables && a.Prefetch.SecondBytes == 0
+            ? new L2Prefetch(a.Prefetch.First, a.Prefetch.FirstBytes, desc, (long)(a.Batch ? Batch : 1) * c.NumKvHeads * MaxBlocks * DescriptorBytes)
+            : a.Prefetch;
         _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, a.Prefetch);
+            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, prefetch);
         EnqueueStatistics(a);
     }
 
