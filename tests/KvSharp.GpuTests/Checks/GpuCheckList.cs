@@ -40,6 +40,8 @@ public static class GpuCheckList
         ("paged batch: attention over 3 and 8 sequences, per-sequence evict", PagedBatchChecks.Attention),
         ("paged batch: pipelined plan over heads of 0 to 700 tokens", PagedBatchChecks.UnequalHeads),
         ("paged: pipelined merge of ~10 to ~250 splits a head", PagedBatchChecks.ManySplits),
+        ("paged: head merge folded into the output product = float64", PagedBatchChecks.MergeProjection),
+        ("paged: transformer steps with the merge folded into the output product = the product on its own", PagedBatchChecks.MergeProjectionInTransformer),
         ("paged batch: greedy decode of 8 sequences = each alone", PagedBatchChecks.Decode),
         ("paged batch: SnapKV on one sequence of a batch = the CPU press", PagedBatchChecks.SnapKvOneSequence),
         ("press: device attention statistics = CPU statistics", PressChecks.StatisticsMatchCpu),

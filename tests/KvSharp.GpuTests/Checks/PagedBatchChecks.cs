@@ -170,6 +170,134 @@ public static class PagedBatchChecks
     }
 
     /// <summary>
+    /// The batch-1 head merge folded into the output product (<see cref="CudaPagedKernels.MergeProjection"/>): one
+    /// sequence's heads (as <see cref="ManySplits"/>: F16 and INT2, ~10 to ~250 live splits a head) merged and multiplied
+    /// into a random residual row through bfloat16 and float16 matrices of 1000 rows (a part of the grid past the last
+    /// row) and 4096 rows, two launches a plan (the second reads counters the first left): the residual against its value
+    /// plus the float64 product of the stored weights and the float64 attention, and the attention output against that
+    /// attention.
+    /// </summary>
+    public static string MergeProjection()
+    {
+        double worstAttention = 0, worstProduct = 0;
+        int launches = 0;
+        foreach (var format in new[] { KvFormat.F16, KvFormat.Int2 })
+        {
+            var rnd = new RandomData();
+            var c = PagedChecks.Shape(16, 4, 128);
+            const int length = 8000, layer = 1;
+            int heads = c.NumHeads, kvHeads = c.NumKvHeads, hd = c.HeadDim, cols = heads * hd;
+            using var cpu = PagedChecks.CpuCache(c, format, length, rnd, evict: true);
+            using var gpu = CudaPagedKvCache.Upload(Dev, c, [cpu], length + 8);
+            gpu.AttentionKernel = PagedAttentionKernel.Pipelined;
+            var q = rnd.Floats(heads * hd, 2f);
+            var expected = DeviceReference(gpu, layer, q);
+            var planned = gpu.PlanAttention(null!, length, 1);
+            var plans = new List<CudaKernels.AttentionPlan> { planned };
+            foreach (int wave in new[] { 40, 200, 760, 1100 }) plans.Add(WavePlan(gpu, planned, wave, 1));
+            var (desc, blocks, tokens) = gpu.LayerTables(layer);
+            using var dq = Upload(q);
+            foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16 })
+                foreach (int rows in new[] { 1000, 4096 })
+                {
+                    var w = rnd.Floats(rows * cols, 0.1f);
+                    var (dw, stored) = type == DeviceWeightType.BF16
+                        ? (Upload(RandomData.ToBFloat16(w)), RandomData.ToBFloat16(w).Select(RandomData.BFloat16ToDouble).ToArray())
+                        : (Upload(RandomData.ToHalf(w)), RandomData.ToHalf(w).Select(h => (double)h).ToArray());
+                    using var _ = dw;
+                    var y0 = rnd.Floats(rows, 1f);
+                    var want = new double[rows];
+                    for (int r = 0; r < rows; r++)
+                    {
+                        double acc = y0[r];
+                        for (int k = 0; k < cols; k++) acc += stored[(long)r * cols + k] * expected[k];
+                        want[r] = acc;
+                    }
+                    foreach (var plan in plans)
+                    {
+                        using var po = Poisoned((long)heads * plan.Splits * hd * 4);
+                        using var pml = Poisoned((long)heads * plan.Splits * 8);
+                        using var counters = Dev.Allocate(kvHeads * 4L);
+                        counters.Fill32(0);
+                        for (int launch = 0; launch < 2; launch++)
+                        {
+                            using var dout = Poisoned((long)heads * hd * 4);
+                            using var dy = Upload(y0);
+                            string what = $"merge projection {format} {type} rows {rows} splits {plan.Splits} launch {launch} (seed {rnd.Seed})";
+                            bool projected = gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer,
+                                pml.Pointer, counters.Pointer, 1, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan,
+                                PagedAttentionKernel.Pipelined, batch: true, projection: new CudaPagedKernels.OutputProjection(dw.Pointer, type, rows, dy.Pointer));
+                            if (!projected) throw new CheckFailedException($"{what}: the launch did not fold the product in");
+                            var att = Result(dout, heads * hd);
+                            var y = Result(dy, rows);
+                            // The residual carries the attention's error (INT2's long heads: up to ~2e-4, see ManySplits).
+                            double tolerance = format == KvFormat.Int2 ? 5e-4 : 1e-4;
+                            Compare.Relative($"{what} attention", att, expected, tolerance);
+                            Compare.Relative($"{what} residual", y, want, tolerance);
+                            worstAttention = Math.Max(worstAttention, Compare.RelativeError(att, expected));
+                            worstProduct = Math.Max(worstProduct, Compare.RelativeError(y, want));
+                            launches++;
+                        }
+                    }
+                }
+        }
+        return $"{launches} launches (F16 and INT2 heads, ~10 to ~250 live splits, bfloat16 and float16 matrices of 1000 and 4096 rows); worst rel err attention {worstAttention:E2}, residual {worstProduct:E2}";
+    }
+
+    /// <summary>
+    /// The transformer's one-row steps with the output product folded into the head merge against the merge grid and the
+    /// product as a kernel of its own (<see cref="CudaPagedKernels.MergeProjection"/> off): a two-layer model of hd 128 with
+    /// bfloat16 and float16 weights over F16 and INT4 paged caches (pipelined attention), the same 24 one-token Forward
+    /// calls after the same prefill into one cache per path; every step's logits within 1e-4 relative (the paths differ
+    /// in their float32 summation order only).
+    /// </summary>
+    public static string MergeProjectionInTransformer()
+    {
+        var rnd = new RandomData();
+        double worst = 0;
+        int steps = 0;
+        var kernels = CudaPagedKernels.For(Dev);
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16 })
+        {
+            var config = PagedChecks.Shape(8, 2, 128) with { NumLayers = 2, HiddenSize = 1024, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+            using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+            using var gpu = new CudaTransformer(Dev, weights, type);
+            var prompt = Enumerable.Range(0, 300).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            var fed = Enumerable.Range(0, 24).Select(_ => rnd.Next(config.VocabSize)).ToArray();
+            foreach (var format in new[] { KvFormat.F16, KvFormat.Int4 })
+            {
+                var options = new PagedKvCacheOptions { KeyFormat = format, ValueFormat = format, MaxTokens = prompt.Length + fed.Length + 1 };
+                var logits = new List<float[]>[2];
+                try
+                {
+                    foreach (bool folded in new[] { true, false })
+                    {
+                        kernels.MergeProjection = folded;
+                        using var cache = gpu.CreatePagedCache(options, prompt.Length + fed.Length + 1);
+                        if (cache.AttentionKernel != PagedAttentionKernel.Pipelined)
+                            throw new CheckFailedException($"merge projection {type} {format}: the cache runs the {cache.AttentionKernel} attention, not the pipelined one");
+                        gpu.Forward(prompt, cache);
+                        var run = logits[folded ? 0 : 1] = [];
+                        foreach (int token in fed) run.Add(gpu.Forward([token], cache));
+                    }
+                }
+                finally
+                {
+                    kernels.MergeProjection = true;
+                }
+                for (int i = 0; i < fed.Length; i++)
+                {
+                    var reference = logits[1][i].Select(v => (double)v).ToArray();
+                    Compare.Relative($"merge projection {type} {format} step {i} (seed {rnd.Seed})", logits[0][i], reference, 1e-4);
+                    worst = Math.Max(worst, Compare.RelativeError(logits[0][i], reference));
+                    steps++;
+                }
+            }
+        }
+        return $"{steps} one-token steps (bfloat16 and float16 weights, F16 and INT4 caches) folded = separate; worst logits rel err {worst:E2}";
+    }
+
+    /// <summary>
     /// <paramref name="planned"/> over a grid of <paramref name="waves"/> waves of <paramref name="wave"/> units
     /// (<see cref="CudaPagedKernels.WaveUnits"/> for the cache's longest head and rows), its chunk room and shared memory.
     /// </summary>

@@ -498,7 +498,8 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
     }
 }
 
-// The batch append with its encode split (PREPARED in stop 26, not yet run on a GPU; CudaPagedKernels.SplitBatchEncode):
+// The batch append with its encode split (CudaPagedKernels.SplitBatchEncode; on an H100 the append with a fill went from
+// 22-23 to ~14 µs, stop 27):
 // paged_rope_append's batch launch for caches whose key and value formats are INT8/4/2, with APPEND_SPLIT blocks per
 // (sequence, KV head) instead of one. Why: at 8 × 32K the KVzip 0.3 + INT4 append took 22-23 µs a layer where some head's
 // residual filled (7 without), in most layers of every step: one block of 256 threads encoded the head's two blocks in

@@ -32,7 +32,7 @@ public sealed class CudaKvCache : DeviceKvCache
     internal override CudaKernels.AttentionPlan PlanAttention(CudaKernels kernels, int visible, int rows) =>
         kernels.PlanAttention(visible, rows, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
 
-    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
+    internal override bool EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
         var c = Config;
         int hd = c.HeadDim, seq = a.Batch ? 0 : a.Sequence;
@@ -45,6 +45,7 @@ public sealed class CudaKvCache : DeviceKvCache
         else
             kernels.Attention(a.Q, keys, values, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads, hd, Capacity, a.Position,
                 a.Plan, seqStride, a.Prefetch);
+        return false;
     }
 
     internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)

@@ -142,10 +142,11 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     /// <summary>
     /// Whether the decode attention asks L2 for the layer's descriptor tables before it waits for the append (the
-    /// attention kernels' L2 prefetch, whose second range is free; default: on). PREPARED in stop 26, not yet run on a
-    /// GPU: at batch 1 a pipelined unit took 2.6 µs from griddepcontrol.wait to its staged descriptors, read from device
-    /// memory (a step streams ~10 times L2 between two reads of a layer's table); its blocks are resident ~3.5 µs before
-    /// the wait returns. A hint only: the append's writes to the tables reach L2 as any write does.
+    /// attention kernels' L2 prefetch, whose second range is free; default: on). Why: at batch 1 a pipelined unit took
+    /// 2.6 µs from griddepcontrol.wait to its staged descriptors, read from device memory (a step streams ~10 times L2
+    /// between two reads of a layer's table); its blocks are resident ~3.5 µs before the wait returns. Measured on an H100
+    /// (stop 27): 0.1% off the batch-1 compressed steps, neutral elsewhere. A hint only: the append's writes to the tables
+    /// reach L2 as any write does.
     /// </summary>
     public bool PrefetchTables { get; set; } = true;
 
@@ -544,7 +545,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
     /// </summary>
     internal int FormatsHeld => _formatsHeld | 1 << (int)KvFormat.F32;
 
-    internal override void EnqueueAttention(CudaKernels kernels, in LayerAttention a)
+    internal override bool EnqueueAttention(CudaKernels kernels, in LayerAttention a)
     {
         var c = Config;
         // A batch step's rows are the sequences: the kernels offset sequence 0's tables by row; else the rows are one sequence's.
@@ -558,9 +559,14 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var prefetch = PrefetchTables && a.Prefetch.SecondBytes == 0
             ? new L2Prefetch(a.Prefetch.First, a.Prefetch.FirstBytes, desc, (long)(a.Batch ? Batch : 1) * c.NumKvHeads * MaxBlocks * DescriptorBytes)
             : a.Prefetch;
-        _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads, c.NumKvHeads,
-            c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, prefetch);
+        // The output product folds into the head merge only where no statistics follow: KVzip+'s weigh by Hidden, which it adds to.
+        var projection = a.Projection is { } p && _statistics == null && a.Hidden != 0
+            ? new CudaPagedKernels.OutputProjection(p.Pointer, p.Type, p.Rows, a.Hidden)
+            : default;
+        bool projected = _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads,
+            c.NumKvHeads, c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, prefetch, projection);
         EnqueueStatistics(a);
+        return projected;
     }
 
     /// <summary>

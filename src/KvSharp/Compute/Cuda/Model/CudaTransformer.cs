@@ -433,10 +433,12 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.Qkv, s.Xb, s.Qkv, n, s);
             }
             if (L.QkvBias != null) k.AddBias(s.Qkv.Pointer, L.QkvBias.Pointer, qkvDim, (long)n * qkvDim);
-            cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null, L.KNorm?.Pointer ?? Arg.Null,
-                _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null, s.Counters.Pointer, n, interleaved,
-                c.RmsNormEps, plan, pos, sequence, batch, flash, appended, gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer));
-            MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            bool projected = cache.EnqueueAttention(k, new LayerAttention(l, s.Qkv.Pointer, s.Q.Pointer, L.QNorm?.Pointer ?? Arg.Null,
+                L.KNorm?.Pointer ?? Arg.Null, _invFreq.Pointer, s.Att.Pointer, s.PartOut?.Pointer ?? Arg.Null, s.PartMl?.Pointer ?? Arg.Null,
+                s.Counters.Pointer, n, interleaved, c.RmsNormEps, plan, pos, sequence, batch, flash, appended,
+                gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer,
+                gemv && L.AttnOutput.Cols == c.NumHeads * hd ? L.AttnOutput : null));
+            if (!projected) MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             if (gemv)
             {
                 k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps);

@@ -77,9 +77,10 @@ public abstract class DeviceKvCache : IDisposable
 
     /// <summary>
     /// Queues one layer's attention block after the fused QKV product: optional q/k RMSNorm and RoPE at the device
-    /// positions, the rows' keys and values appended to the cache, attention of the rows' queries into a.Output.
+    /// positions, the rows' keys and values appended to the cache, attention of the rows' queries into a.Output. True when
+    /// it also queued the output product a.Projection (added to a.Hidden), false when the caller is to multiply.
     /// </summary>
-    internal abstract void EnqueueAttention(CudaKernels kernels, in LayerAttention a);
+    internal abstract bool EnqueueAttention(CudaKernels kernels, in LayerAttention a);
 
     /// <summary>
     /// Queues a decode row's QKV product with RoPE and the append of its key and value done in the product's epilogue, when
@@ -109,12 +110,13 @@ public abstract class DeviceKvCache : IDisposable
 /// (<see cref="DeviceKvCache.EnqueueFusedQkv"/>), leaving only the attention; <paramref name="Prefetch"/> names the weights
 /// the kernels after the attention read, which the decode attention asks L2 for while it runs (none for the prefill one);
 /// <paramref name="Hidden"/> is the rows' layer input [rows, hidden size] (the residual stream before the attention norm),
-/// which KVzip+'s statistics weigh by.
+/// which KVzip+'s statistics weigh by; <paramref name="Projection"/> is the output product [hidden size, heads · hd]
+/// after the attention, which a cache may fold into its attention, adding into Hidden (null: the caller multiplies).
 /// </summary>
 internal readonly record struct LayerAttention(
     int Layer, ulong Qkv, ulong Q, ulong QNorm, ulong KNorm, ulong InvFreq, ulong Output, ulong PartOut, ulong PartMl, ulong Counters,
     int Rows, bool Interleaved, float Eps, CudaKernels.AttentionPlan Plan, ulong Position, int Sequence, bool Batch, bool Flash,
-    bool Appended = false, L2Prefetch Prefetch = default, ulong Hidden = 0);
+    bool Appended = false, L2Prefetch Prefetch = default, ulong Hidden = 0, DeviceMatrix? Projection = null);
 
 /// <summary>
 /// One decode row's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of

@@ -80,6 +80,23 @@ internal sealed partial class CudaPagedKernels
     private const int MergeSplitsPerWarp = 8, MergeMaxWarps = 16;
 
     /// <summary>
+    /// Whether a batch-1 head merge (<see cref="HeadMergeGrid"/>) given an <see cref="OutputProjection"/> of bfloat16 or
+    /// float16 weights also multiplies the merged heads into it, in the same blocks (<c>paged_merge_project_*</c>,
+    /// paged_merge.cu), so that the output product is not a kernel of its own after the merge (default: on). Every batch-1
+    /// paged step of the Llama-3.1-8B shape measured 0.3-1.0% faster on an H100 (docs/benchmarks.md, stop 27).
+    /// </summary>
+    public bool MergeProjection { get; set; } = true;
+
+    /// <summary>Threads of <c>paged_merge_project_*</c>'s blocks, and its resident blocks a multiprocessor (its __launch_bounds__).</summary>
+    private const int MergeProjectionThreads = 256, MergeProjectionBlocksPerSm = 2;
+
+    /// <summary>
+    /// The output product a batch-1 head merge may fold in (<see cref="MergeProjection"/>): <paramref name="Residual"/>
+    /// [<paramref name="Rows"/>] += <paramref name="Weights"/> [<paramref name="Rows"/>, heads · head dimension] · attention.
+    /// </summary>
+    public readonly record struct OutputProjection(ulong Weights, DeviceWeightType Type, int Rows, ulong Residual);
+
+    /// <summary>
     /// Threads of the paged attention's, eviction's and re-quantization's blocks (the append's: <see cref="AppendThreads"/>;
     /// the fused QKV product with the append and the press kernels run 256).
     /// </summary>
@@ -357,11 +374,13 @@ internal sealed partial class CudaPagedKernels
     /// partOut/partMl/counters as <see cref="CudaKernels.Attention"/>. <paramref name="kernel"/> picks the kernel (see
     /// <see cref="PagedAttentionKernel"/>); the VidKV kernel also takes the cache's VidKV parameters (<see cref="VidKvTables"/>;
     /// default: none, for a cache without VidKV blocks). <paramref name="prefetch"/>: weights the next kernels read, asked of L2
-    /// while the attention runs (default: none; the VidKV kernel takes none).
+    /// while the attention runs (default: none; the VidKV kernel takes none). <paramref name="projection"/>: the output product
+    /// after the attention, which a batch-1 pipelined launch folds into its head merge where it can (<see cref="MergeProjection"/>);
+    /// true when it did (the residual then holds the product and the output the attention), false when the caller multiplies.
     /// </summary>
-    public void Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
+    public bool Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
-        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default)
+        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default, OutputProjection projection = default)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 3, 4, 8; dimensions 64, 128)");
@@ -385,12 +404,22 @@ internal sealed partial class CudaPagedKernels
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
                 Arg.Int(mergeGrid ? 1 : 0));
+            if (!mergeGrid) return false;
+            // The heads' merge folded into the output product: a block of 8 warps per query head and part of the rows,
+            // parts filling one wave of two blocks a multiprocessor.
+            if (MergeProjection && projection.Weights != 0 && projection.Type is DeviceWeightType.BF16 or DeviceWeightType.F16)
+            {
+                int parts = Math.Max(1, MergeProjectionBlocksPerSm * _device.MultiprocessorCount / heads);
+                Decode(_merge.Value[projection.Type == DeviceWeightType.BF16 ? "paged_merge_project_bf16" : "paged_merge_project_f16"]).Launch(
+                    new Dim3((uint)heads, (uint)parts, 1), MergeProjectionThreads, 0, projection.Weights, partOut, partMl, counters, output,
+                    projection.Residual, Arg.Int(heads), Arg.Int(plan.Splits), Arg.Int(group), Arg.Int(projection.Rows));
+                return true;
+            }
             // The heads' merge as a grid of its own: a block per query head and row, a warp per MergeSplitsPerWarp splits.
-            if (mergeGrid)
-                Decode(_merge.Value["paged_merge_heads"]).Launch(new Dim3((uint)heads, (uint)rows, 1),
-                    32 * Math.Clamp((plan.Splits + MergeSplitsPerWarp - 1) / MergeSplitsPerWarp, 1, MergeMaxWarps), 0,
-                    partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(plan.Splits), Arg.Int(group));
-            return;
+            Decode(_merge.Value["paged_merge_heads"]).Launch(new Dim3((uint)heads, (uint)rows, 1),
+                32 * Math.Clamp((plan.Splits + MergeSplitsPerWarp - 1) / MergeSplitsPerWarp, 1, MergeMaxWarps), 0,
+                partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(plan.Splits), Arg.Int(group));
+            return false;
         }
         var function = kernel switch
         {
@@ -405,12 +434,13 @@ internal sealed partial class CudaPagedKernels
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), vid.Basis, Arg.Int(vid.Outliers), Arg.Int(vid.Salient));
-            return;
+            return false;
         }
         function.Launch(new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows), Threads, plan.SharedBytes,
             q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
             Arg.Int(blockTokens), Arg.Int(valueGroup), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
             Arg.Int(batch ? 1 : 0), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes));
+        return false;
     }
 
     /// <summary>
@@ -425,8 +455,8 @@ internal sealed partial class CudaPagedKernels
     /// Whether a batch append whose key and value formats are INT8/4/2 runs <c>paged_rope_append_split</c>: four blocks per
     /// (sequence, KV head), each storing and, when the residual fills, encoding a quarter of the channels (default: on;
     /// applies to launches queued, and graphs captured, after the change).
-    /// PREPARED in stop 26, not yet run on a GPU: at 8 × 32K the KVzip 0.3 + INT4 append took 22-23 µs a layer where a
-    /// head's residual filled (7 without), one block encoding the head's two blocks in four dependent passes.
+    /// At 8 × 32K over a KVzip 0.3 + INT4 cache the append where a head's residual fills went from 22-23 µs (one block
+    /// encoding the head's two blocks in four dependent passes) to ~14, the step 1.8% faster (H100, stop 27).
     /// </summary>
     public bool SplitBatchEncode { get; set; } = true;
 
