@@ -17,10 +17,11 @@
 // merge_chunks; a chunk of l_s = 0 (nothing visible; its part_out may be unwritten) weighs 0 and is not added; a head with
 // nothing visible outputs 0. The G query heads of a KV head read its count with an atomic add of 1 << 16 (readers in the
 // high half); the last reader resets it for the next launch (the other kernels' arrival counters start from 0).
-// Launched programmatically after the attention; the output projection after it waits in turn.
+// Launched programmatically after the attention; the output projection after it waits in turn. Its body is merge_head,
+// which paged_merge_project below shares (where the output product's weights are bfloat16 or float16).
 // Merges query head `head` (t · heads + h) of a merge_grid launch with the block's warps (at most 16), ROUND chunks a warp
 // at a time; `readers` blocks read the KV head's count at `counter` (the last resets it). The merged, normalized output
-// (a float4 of channels 4·lane .. 4·lane + 3) is returned to warp 0's lanes; the other warps' return value is unspecified.
+// (a float4 of channels 4·lane .. 4·lane + 3) is returned to warp 0's lanes; the other warps get zeros.
 template <int ROUND>
 __device__ __forceinline__ float4 merge_head(const float* part_out, const float* part_ml, int* counter, int readers, long head, int splits)
 {
