@@ -12,8 +12,9 @@
 # previous launch has completed. Each module keeps its last TL_RING (512) records in a ring and prints the ring (device
 # printf, "TLS ..." lines) when its launch PRINT_AT completes, nothing before: the default PRINT_AT of a module is 45
 # steps of bench-paged's Llama-3.1-8B (32 layers) at that module's launches a step (gemv.cu 129, paged_cache.cu 32,
-# the attention files 32, elementwise.cu 2, sampling.cu 2; with --paged-batch1, a batch-1 paged step's: gemv.cu 97, as
-# its QKV product is fused into paged_cache.cu's append); pass MODULE=N to change one (e.g. gemv.cu=3000). Only
+# the attention files 32, elementwise.cu 2, sampling.cu 2; with --paged-batch1, a batch-1 paged step's: gemv.cu 65, as
+# its QKV product is fused into paged_cache.cu's append and, since stop 27, its output product into paged_merge.cu's
+# merge); pass MODULE=N to change one (e.g. gemv.cu=3000). Only
 # thread 0's exit is timed: a kernel whose thread 0 leaves early reads short. The app reads OUT_DIR's files instead of
 # the embedded ones only with a kernel-directory override that covers headers too (KVSHARP_KERNEL_DIR, a temporary
 # patch applied for the publish, not in the repository). summarize merges the modules' records by time, takes as its
@@ -133,7 +134,7 @@ def patch_kernels(text, name):
 
 # A batch-1 step over the paged cache: the QKV product is fused with the append (paged_cache.cu), so gemv.cu runs the
 # attention output, gate/up and down a layer plus the head (3 · 32 + 1).
-STEP_LAUNCHES_PAGED_BATCH1 = dict(STEP_LAUNCHES, **{"gemv.cu": 97})
+STEP_LAUNCHES_PAGED_BATCH1 = dict(STEP_LAUNCHES, **{"gemv.cu": 65})
 
 
 def build(kernels, out_dir, overrides, paged_batch1=False):
