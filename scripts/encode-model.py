@@ -185,54 +185,62 @@ def element_order(rows, n, bits, keys, tokens, hd, vg):
     return sc, mn, out
 
 
+def int_group_params(rows, n, keys, hd, vg, g, qmax):
+    """paged_cache.cu's int_group_params: group g's (scale, min) bits, four min/max chains, a value group's members taken
+    from member g mod vg on (scripts/split-append-model.py runs it per block too)."""
+    per_row = hd // vg
+    t = 0 if keys else g // per_row
+    count = n if keys else vg if t < n else 0
+    stride = hd if keys else 1
+    base = g if keys else t * hd + (g % per_row) * vg
+    first = 0 if keys or count == 0 else g % count
+
+    def member(k):
+        i = first + k
+        if i >= count:
+            if MUTATE == "no-wrap":  # the next group's members (or the block's last element)
+                return rows[min(base + i * stride, len(rows) - 1)]
+            i -= count
+        return rows[base + i * stride]
+
+    lo, hi = [math.inf] * 4, [-math.inf] * 4
+    k = 0
+    while k + 4 <= count:
+        for j in range(4):
+            x = member(k + j)
+            lo[j], hi[j] = ptx_min(lo[j], x), ptx_max(hi[j], x)
+        k += 4
+    while k < count:
+        lo[0], hi[0] = ptx_min(lo[0], member(k)), ptx_max(hi[0], member(k))
+        k += 1
+    if count == 0:
+        return 0, 0
+    lo_ = ptx_min(ptx_min(lo[0], lo[1]), ptx_min(lo[2], lo[3]))
+    hi_ = ptx_max(ptx_max(hi[0], hi[1]), ptx_max(hi[2], hi[3]))
+    return f16_saturated((hi_ - lo_) / qmax), f16_saturated(lo_)
+
+
+def int_code_word(bits, rows, n, keys, hd, vg, scales, mins, wi):
+    """paged_cache.cu's int_code_word<BITS>: word wi (one token's 32 / bits channels) of the block's codes."""
+    per_word, qmax, per_row = 32 // bits, (1 << bits) - 1, hd // vg
+    e0 = wi * per_word
+    t, c0 = divmod(e0, hd)
+    word = 0
+    if t < n:
+        for i in range(per_word):
+            c = c0 + i
+            g = c if keys else t * per_row + c // vg
+            s = f16(scales[g])
+            word |= (nearest_code(rows[e0 + i] - f16(mins[g]), s, 0, qmax) if s > 0 else 0) << (i * bits)
+    return word
+
+
 def unrolled(rows, n, bits, keys, tokens, hd, vg):
-    """int_group_params (four min/max chains, value groups from member g mod vg) and int_codes<BITS> (two codes at a time)."""
-    qmax, per_row = (1 << bits) - 1, hd // vg
-    groups = hd if keys else tokens * per_row
-    sc, mn = [0] * groups, [0] * groups
-    for g in range(groups):
-        t = 0 if keys else g // per_row
-        count = n if keys else vg if t < n else 0
-        stride = hd if keys else 1
-        base = g if keys else t * hd + (g % per_row) * vg
-        first = 0 if keys or count == 0 else g % count
-
-        def member(k):
-            i = first + k
-            if i >= count:
-                if MUTATE == "no-wrap":  # the next group's members (or the block's last element)
-                    return rows[min(base + i * stride, len(rows) - 1)]
-                i -= count
-            return rows[base + i * stride]
-
-        lo, hi = [math.inf] * 4, [-math.inf] * 4
-        k = 0
-        while k + 4 <= count:
-            for j in range(4):
-                x = member(k + j)
-                lo[j], hi[j] = ptx_min(lo[j], x), ptx_max(hi[j], x)
-            k += 4
-        while k < count:
-            lo[0], hi[0] = ptx_min(lo[0], member(k)), ptx_max(hi[0], member(k))
-            k += 1
-        if count:
-            lo_ = ptx_min(ptx_min(lo[0], lo[1]), ptx_min(lo[2], lo[3]))
-            hi_ = ptx_max(ptx_max(hi[0], hi[1]), ptx_max(hi[2], hi[3]))
-            sc[g], mn[g] = f16_saturated((hi_ - lo_) / qmax), f16_saturated(lo_)
-    per_word = 32 // bits
-    out = []
-    for wi in range(tokens * hd // per_word):
-        e0 = wi * per_word
-        t, c0 = divmod(e0, hd)
-        word = 0
-        if t < n:
-            for i in range(per_word):
-                c = c0 + i
-                g = c if keys else t * per_row + c // vg
-                s = f16(sc[g])
-                word |= (nearest_code(rows[e0 + i] - f16(mn[g]), s, 0, qmax) if s > 0 else 0) << (i * bits)
-        out.append(word)
-    return sc, mn, out
+    """int_group_params over every group, then int_code_word over every word (int_codes<BITS>)."""
+    groups = hd if keys else tokens * (hd // vg)
+    params = [int_group_params(rows, n, keys, hd, vg, g, (1 << bits) - 1) for g in range(groups)]
+    sc, mn = [p[0] for p in params], [p[1] for p in params]
+    return sc, mn, [int_code_word(bits, rows, n, keys, hd, vg, sc, mn, wi) for wi in range(tokens * hd // (32 // bits))]
 
 
 def check_passes(rng):

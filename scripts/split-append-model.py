@@ -13,22 +13,20 @@
 # MUTATION (each must make the script fail): no-group-offset (value groups without the block's first group c0 / vg),
 # no-word-offset (code words without the block's first channel), pair-filter (a rotation pair's second channel written by
 # the block of its first).
-import math
 import os
 import random
 import sys
 
 MUTATE = sys.argv[1] if len(sys.argv) > 1 else ""
 assert MUTATE in ("", "no-group-offset", "no-word-offset", "pair-filter"), MUTATE
-# encode-model.py's definitions (its checks start at its `rng = random.Random(25)`): float16/32 rounding, PTX min/max,
-# nearest_code and the element-order encode.
+# encode-model.py's definitions (its checks start at its `rng = random.Random(25)`): float32 rounding, its models of
+# int_group_params and int_code_word, and the element-order encode.
 source = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "encode-model.py")).read()
 argv, sys.argv = sys.argv, sys.argv[:1]
 model = {}
 exec(source.split("rng = random.Random(25)")[0], model)
 sys.argv = argv
-f32, f16, f16_saturated, ptx_min, ptx_max, nearest_code, element_order = (
-    model[k] for k in ("f32", "f16", "f16_saturated", "ptx_min", "ptx_max", "nearest_code", "element_order"))
+f32, int_group_params, int_code_word, element_order = (model[k] for k in ("f32", "int_group_params", "int_code_word", "element_order"))
 SPLIT, STAGE = 4, 4096  # APPEND_SPLIT, RESIDUAL_STAGE
 
 
@@ -60,48 +58,6 @@ class Out:  # a u16 or u32 array of a block in the pool, with write counts
     def set(self, i, x):
         self.v[i] = x
         self.w[i] += 1
-
-
-def int_group_params(rows, n, keys, hd, vg, g, qmax):
-    per_row = hd // vg
-    t = 0 if keys else g // per_row
-    count = n if keys else (vg if t < n else 0)
-    stride = hd if keys else 1
-    base = g if keys else t * hd + (g % per_row) * vg
-    first = 0 if keys or count == 0 else g % count
-
-    def member(k):
-        i = first + k
-        return rows[base + (i if i < count else i - count) * stride]
-
-    lo, hi = [math.inf] * 4, [-math.inf] * 4
-    k = 0
-    while k + 4 <= count:
-        for j in range(4):
-            x = member(k + j)
-            lo[j], hi[j] = ptx_min(lo[j], x), ptx_max(hi[j], x)
-        k += 4
-    while k < count:
-        lo[0], hi[0] = ptx_min(lo[0], member(k)), ptx_max(hi[0], member(k))
-        k += 1
-    if count == 0:
-        return 0, 0
-    l, h = ptx_min(ptx_min(lo[0], lo[1]), ptx_min(lo[2], lo[3])), ptx_max(ptx_max(hi[0], hi[1]), ptx_max(hi[2], hi[3]))
-    return f16_saturated((h - l) / qmax), f16_saturated(l)
-
-
-def int_code_word(bits, rows, n, keys, hd, vg, dst, scales, mins, wi):
-    per_word, qmax, per_row = 32 // bits, (1 << bits) - 1, hd // vg
-    e0 = wi * per_word
-    t, c0 = divmod(e0, hd)
-    word = 0
-    if t < n:
-        for i in range(per_word):
-            c = c0 + i
-            g = c if keys else t * per_row + c // vg
-            s = f16(scales[g])
-            word |= (nearest_code(rows[e0 + i] - f16(mins[g]), s, 0, qmax) if s > 0 else 0) << (i * bits)
-    dst.set(wi, word)
 
 
 def split_append(krows, vrows, newk, newv, at, tokens, hd, vg, kbits, vbits, interleaved):
@@ -163,9 +119,9 @@ def split_append(krows, vrows, newk, newv, at, tokens, hd, vg, kbits, vbits, int
             r = j // per
             wi = (r * hd + (0 if MUTATE == "no-word-offset" else c0)) // (32 // bits) + j % per
             if key:
-                int_code_word(bits, sk, tokens, True, hd, vg, kw, ks.v, km.v, wi)
+                kw.set(wi, int_code_word(bits, sk, tokens, True, hd, vg, ks.v, km.v, wi))
             else:
-                int_code_word(bits, sv, tokens, False, hd, vg, vw, vs.v, vm.v, wi)
+                vw.set(wi, int_code_word(bits, sv, tokens, False, hd, vg, vs.v, vm.v, wi))
     for name, o in (("key words", kw), ("key scales", ks), ("key mins", km), ("value words", vw), ("value scales", vs), ("value mins", vm)):
         assert o.w == [1] * len(o.w), f"{name}: written {sorted(set(o.w))} times"
     return (ks.v, km.v, kw.v), (vs.v, vm.v, vw.v)
