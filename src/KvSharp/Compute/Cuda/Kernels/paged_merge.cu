@@ -114,15 +114,17 @@ extern "C" __global__ void __launch_bounds__(512) paged_merge_heads(const float*
 // The batch-1 head merge folded into the attention's output product (CudaPagedKernels.MergeProjection): y[r] +=
 // Σ_c w[r, c] · attention[c] over a [rows, heads · 128] bfloat16 or float16 matrix, y the residual stream.
 // Why: after the merge grid above, the output product waited for its result across one more kernel boundary (its wait
-// returned ~2.6 us after the merge's exit, on stop 26's step timeline). Here the product's own blocks merge, with their
-// first weights loaded before the attention ends: every batch-1 paged step 0.3-1.0% faster on an H100 (stop 27,
-// docs/benchmarks.md, where the variants not kept are listed).
+// returned ~2.6 us after the merge's exit, on stop 26's step timeline). Here the product's own blocks merge: every
+// batch-1 paged step 0.3-1.0% faster on an H100 (stop 27, docs/benchmarks.md, where the variants not kept are listed).
+// It is not launched programmatically (CudaPagedKernels.IsProgrammatic does not name it, and programmatic launch is
+// off for the kernels it does not name): its blocks start when the attention grid has ended, pdl_wait returns at once,
+// and the first weight loads overlap only the merge's own round trips. A programmatic launch is untried.
 // Grid (heads, parts), 256 threads, two blocks a multiprocessor (the host takes parts = 2 · SMs / heads: one wave):
 // block (h, p) merges query head h (every part redundantly: the G · parts blocks of a KV head read its count) and
 // multiplies it into rows [p · per, (p + 1) · per) of the matrix's 128 columns of head h, adding atomically (the heads of
 // a row add in any order, as gemv.cu's split rows do). A warp takes 2 · LOADS rows at a time: lane (half, i) loads 16
-// bytes (8 columns, i of the head's 16) of rows base + 2k + half, k < LOADS (the first LOADS before pdl_wait: weights
-// never depend on an earlier kernel), and each half-warp's LOADS partial sums are reduced across its 16 lanes (plain
+// bytes (8 columns, i of the head's 16) of rows base + 2k + half, k < LOADS (the first LOADS before pdl_wait and the merge:
+// weights never depend on an earlier kernel), and each half-warp's LOADS partial sums are reduced across its 16 lanes (plain
 // folds, then a transposing butterfly: 15 exchanges), after which lane (half, i < LOADS) holds row base + 2i + half.
 // Block part 0 also writes the merged head to out (the attention output).
 template <class W>
