@@ -74,7 +74,7 @@ public static class PagedBatchChecks
                         if (after[h] != kept) throw new CheckFailedException($"{what}: evicted head {i} holds {after[h]} tokens, expected {kept}");
                     }
                     foreach (var (s, i, blocks) in before)
-                        SameBlocks($"{what}: sequence {s} head {i} after evicting sequence {evicted}", blocks, gpu.ReadHead(i / kvHeads, i % kvHeads, s), hd);
+                        PagedChecks.SameDeviceHead($"{what}: sequence {s} head {i} after evicting sequence {evicted}", gpu.ReadHead(i / kvHeads, i % kvHeads, s), blocks, hd, "before");
                     var expectedAfter = DeviceReference(gpu, layer, q);
                     worst = Math.Max(worst, CheckBatchAttention(gpu, layer, q, expectedAfter, lengths.Max(), $"{what} after evicting sequence {evicted}", ref launches));
                 }
@@ -368,22 +368,6 @@ public static class PagedBatchChecks
         return worst;
     }
 
-    /// <summary>Two reads of a head: the same blocks (layouts, counts, starts, bytes; the residual's stored rows).</summary>
-    private static void SameBlocks(string what, IReadOnlyList<CudaPagedKvCache.DeviceBlock> expected, IReadOnlyList<CudaPagedKvCache.DeviceBlock> got, int hd)
-    {
-        if (got.Count != expected.Count) throw new CheckFailedException($"{what}: {got.Count} blocks, expected {expected.Count}");
-        for (int b = 0; b < got.Count; b++)
-        {
-            var (e, d) = (expected[b], got[b]);
-            if (d.KeyLayout != e.KeyLayout || d.ValueLayout != e.ValueLayout || d.Count != e.Count || d.Start != e.Start)
-                throw new CheckFailedException($"{what}: block {b} is {d.KeyLayout}/{d.ValueLayout} x{d.Count} at {d.Start}, expected {e.KeyLayout}/{e.ValueLayout} x{e.Count} at {e.Start}");
-            int bytes = b == got.Count - 1 ? d.Count * hd * sizeof(float) : d.Keys.Length; // the residual: its stored rows
-            if (!d.Keys.AsSpan(0, bytes).SequenceEqual(e.Keys.AsSpan(0, bytes)) || !d.Values.AsSpan(0, b == got.Count - 1 ? bytes : d.Values.Length)
-                    .SequenceEqual(e.Values.AsSpan(0, b == got.Count - 1 ? bytes : e.Values.Length)))
-                throw new CheckFailedException($"{what}: block {b}'s bytes changed");
-        }
-    }
-
     /// <summary>
     /// Greedy decode of 8 sequences in one captured graph step over the paged cache against each sequence decoded alone
     /// (batch-1 cache, its own graph): the same tokens. Two ways in: prompts of different lengths prefilled into an empty
@@ -517,7 +501,7 @@ public static class PagedBatchChecks
                         throw new CheckFailedException($"{what}: head {i} keeps {gpuKept.Length} tokens on the device ({stored[h]} stored), {cpuKept.Length} on the CPU");
                 }
                 foreach (var (s, i, blocks) in others)
-                    SameBlocks($"{what}: sequence {s} head {i}", blocks, batch.ReadHead(i / kvHeads, i % kvHeads, s), config.HeadDim);
+                    PagedChecks.SameDeviceHead($"{what}: sequence {s} head {i}", batch.ReadHead(i / kvHeads, i % kvHeads, s), blocks, config.HeadDim, "expected");
 
                 // Decode after the press: all three together against each alone.
                 var next = Enumerable.Range(0, 3).Select(_ => rnd.Next(config.VocabSize)).ToArray();

@@ -564,20 +564,8 @@ public static class PagedChecks
                 FirstDifference($"{what}: queries", MemoryMarshal.AsBytes(a.Queries.AsSpan()), MemoryMarshal.AsBytes(b.Queries.AsSpan()));
                 for (int h = 0; h < a.Heads.Count; h++)
                 {
-                    var (x, y) = (a.Heads[h], b.Heads[h]);
-                    string head = $"{what} sequence {h / kvHeads} head {h % kvHeads}";
-                    if (x.Count != y.Count) throw new CheckFailedException($"{head}: {x.Count - 1} blocks + residual, one block a head {y.Count - 1}");
-                    for (int i = 0; i < x.Count; i++)
-                    {
-                        var (p, q) = (x[i], y[i]);
-                        if (p.KeyLayout != q.KeyLayout || p.ValueLayout != q.ValueLayout || p.Count != q.Count || p.Start != q.Start)
-                            throw new CheckFailedException($"{head} block {i}: {p.KeyLayout}/{p.ValueLayout} x{p.Count} at {p.Start}, one block a head {q.KeyLayout}/{q.ValueLayout} x{q.Count} at {q.Start}");
-                        bool residual = i == x.Count - 1;
-                        int kb = residual ? p.Count * hd * sizeof(float) : p.Keys.Length, vb = residual ? p.Count * hd * sizeof(float) : p.Values.Length;
-                        FirstDifference($"{head} block {i} keys", p.Keys.AsSpan(0, kb), q.Keys.AsSpan(0, kb));
-                        FirstDifference($"{head} block {i} values", p.Values.AsSpan(0, vb), q.Values.AsSpan(0, vb));
-                    }
-                    compared += x.Count;
+                    SameDeviceHead($"{what} sequence {h / kvHeads} head {h % kvHeads}", a.Heads[h], b.Heads[h], hd, "one block a head");
+                    compared += a.Heads[h].Count;
                 }
             }
         }
@@ -923,19 +911,8 @@ public static class PagedChecks
                     for (int h = 0; h < fusedRun.Heads.Count; h++)
                     {
                         var (a, b) = (fusedRun.Heads[h], plainRun.Heads[h]);
-                        if (a.Count != b.Count) throw new CheckFailedException($"{what}: head {h} has {a.Count - 1} blocks + residual, the unfused path {b.Count - 1}");
+                        SameDeviceHead($"{what} head {h}", a, b, hd, "the unfused path");
                         if (a.Count < 4) throw new CheckFailedException($"{what}: head {h} has only {a.Count - 1} encoded blocks (the check needs residual fills)");
-                        for (int i = 0; i < a.Count; i++)
-                        {
-                            var (x, y) = (a[i], b[i]);
-                            string block = $"{what} head {h} block {i}";
-                            if (x.KeyLayout != y.KeyLayout || x.ValueLayout != y.ValueLayout || x.Count != y.Count || x.Start != y.Start)
-                                throw new CheckFailedException($"{block}: {x.KeyLayout}/{x.ValueLayout} x{x.Count} at {x.Start}, unfused {y.KeyLayout}/{y.ValueLayout} x{y.Count} at {y.Start}");
-                            int bytes = i == a.Count - 1 ? x.Count * hd * sizeof(float) : x.Keys.Length; // the residual: its rows only
-                            FirstDifference(block + " keys", x.Keys.AsSpan(0, bytes), y.Keys.AsSpan(0, bytes));
-                            FirstDifference(block + " values", x.Values.AsSpan(0, i == a.Count - 1 ? bytes : x.Values.Length),
-                                y.Values.AsSpan(0, i == a.Count - 1 ? bytes : y.Values.Length));
-                        }
                         comparedBlocks += a.Count;
                     }
                     cases++;
@@ -1005,6 +982,27 @@ public static class PagedChecks
         if (got.Length != expected.Length) throw new CheckFailedException($"{what}: {got.Length} bytes, expected {expected.Length}");
         int i = got.CommonPrefixLength(expected);
         if (i < got.Length) throw new CheckFailedException($"{what}: byte {i} of {got.Length} is {got[i]:X2}, expected {expected[i]:X2}");
+    }
+
+    /// <summary>
+    /// Two device reads of a head hold the same blocks: count, layouts, token counts, first tokens and bytes (the residual,
+    /// the last, its stored rows only). <paramref name="other"/> names the expected read in the messages.
+    /// </summary>
+    internal static void SameDeviceHead(string what, IReadOnlyList<CudaPagedKvCache.DeviceBlock> got, IReadOnlyList<CudaPagedKvCache.DeviceBlock> expected,
+        int hd, string other)
+    {
+        if (got.Count != expected.Count) throw new CheckFailedException($"{what}: {got.Count - 1} blocks + residual, {other} {expected.Count - 1}");
+        for (int i = 0; i < got.Count; i++)
+        {
+            var (x, y) = (got[i], expected[i]);
+            string block = $"{what} block {i}";
+            if (x.KeyLayout != y.KeyLayout || x.ValueLayout != y.ValueLayout || x.Count != y.Count || x.Start != y.Start)
+                throw new CheckFailedException($"{block}: {x.KeyLayout}/{x.ValueLayout} x{x.Count} at {x.Start}, {other} {y.KeyLayout}/{y.ValueLayout} x{y.Count} at {y.Start}");
+            bool residual = i == got.Count - 1;
+            int rows = x.Count * hd * sizeof(float);
+            FirstDifference(block + " keys", residual ? x.Keys.AsSpan(0, rows) : x.Keys, residual ? y.Keys.AsSpan(0, rows) : y.Keys);
+            FirstDifference(block + " values", residual ? x.Values.AsSpan(0, rows) : x.Values, residual ? y.Values.AsSpan(0, rows) : y.Values);
+        }
     }
 
 
