@@ -663,7 +663,8 @@ public static class KernelChecks
         return string.Join("; ", report);
     }
 
-    private static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch
+    /// <summary>The weights <paramref name="w"/> stored on the device as <paramref name="type"/>, and the stored values widened to float64.</summary>
+    internal static (DeviceBuffer Buffer, double[] Values) Weights(DeviceWeightType type, float[] w) => type switch
     {
         DeviceWeightType.BF16 => Pair(RandomData.ToBFloat16(w), RandomData.BFloat16ToDouble),
         DeviceWeightType.F16 => Pair(RandomData.ToHalf(w), h => (double)h),

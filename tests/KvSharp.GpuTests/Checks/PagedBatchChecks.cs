@@ -201,9 +201,7 @@ public static class PagedBatchChecks
                 foreach (int rows in new[] { 1000, 4096 })
                 {
                     var w = rnd.Floats(rows * cols, 0.1f);
-                    var (dw, stored) = type == DeviceWeightType.BF16
-                        ? (Upload(RandomData.ToBFloat16(w)), RandomData.ToBFloat16(w).Select(RandomData.BFloat16ToDouble).ToArray())
-                        : (Upload(RandomData.ToHalf(w)), RandomData.ToHalf(w).Select(h => (double)h).ToArray());
+                    var (dw, stored) = KernelChecks.Weights(type, w);
                     using var _ = dw;
                     var y0 = rnd.Floats(rows, 1f);
                     var want = new double[rows];
