@@ -423,6 +423,18 @@ __device__ void residual_advance(const AppendTarget& a, int head, int nb, uint4 
     if (threadIdx.x == 0) a.head_tokens[head] += 1;
 }
 
+// 1 / sqrt(mean(src[0 .. hd)²) + eps) for q/k RMSNorm, by every thread of the block (a barrier inside; `shared` carries
+// thread 0's result to the others).
+__device__ __forceinline__ float rms_inverse(const float* src, int hd, float eps, float& shared)
+{
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += src[i] * src[i];
+    ss = block_sum(ss);
+    if (threadIdx.x == 0) shared = 1.0f / sqrtf(ss / hd + eps);
+    __syncthreads();
+    return shared;
+}
+
 // RoPE of the q and k heads of a fused QKV product qkv [rows, (heads + 2 kv_heads) hd] at positions *pos + t
 // (optional per-head RMSNorm first, as qkv_rope_append), queries to q_out [rows, heads, hd]; keys and values
 // appended to the paged cache's layer (its tables at desc/head_blocks/head_tokens, heads kv_heads).
@@ -455,15 +467,7 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
         const int h = is_q ? blockIdx.x % heads : heads + kh;
         const float* src = qkv + t * stride + (long)h * hd;
         const float* nw = is_q ? q_norm : k_norm;
-        if (nw != nullptr)
-        {
-            float ss = 0.0f;
-            for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += src[i] * src[i];
-            ss = block_sum(ss);
-            if (threadIdx.x == 0) inv_shared = 1.0f / sqrtf(ss / hd + eps);
-            __syncthreads();
-        }
-        const float inv = nw != nullptr ? inv_shared : 1.0f;
+        const float inv = nw != nullptr ? rms_inverse(src, hd, eps, inv_shared) : 1.0f;
         const int p = batch ? pos[t] : *pos + t;
         float* kdst = nullptr;
         float* vdst = nullptr;
@@ -529,15 +533,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
     const float* src = qkv + t * stride + (long)h * hd;
     const float* nw = is_q ? q_norm : k_norm;
     __shared__ float inv_shared;
-    if (nw != nullptr)
-    {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += src[i] * src[i];
-        ss = block_sum(ss);
-        if (threadIdx.x == 0) inv_shared = 1.0f / sqrtf(ss / hd + eps);
-        __syncthreads();
-    }
-    const float inv = nw != nullptr ? inv_shared : 1.0f;
+    const float inv = nw != nullptr ? rms_inverse(src, hd, eps, inv_shared) : 1.0f;
     const int p = pos[t], w = hd / APPEND_SPLIT, c0 = part * w;
     int nb = 0, at = 0;
     uint4 resid = make_uint4(0, 0, 0, 0);
