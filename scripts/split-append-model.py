@@ -5,7 +5,9 @@
 # Each block (part) is emulated on its own, with its own shared staging initialised to a sentinel: its rotation loop's
 # channel filter, its value copy, its staging of the residual's rows, its parameters pass and its codes pass with the
 # kernel's index math, through int_group_params and int_code_word as written there (scripts/encode-model.py's model of
-# them). Checked, for the shapes CudaPagedKernels.SplitsAppend takes (hd 64/128/256, value groups 16-128, blocks of
+# them). Since gpusplitappend2 (stop 27; ran on an H100 in stop 28): the earlier rows staged before the rotation loop, the new row
+# staged by the loops that store it, and the codes pass reading the block's own shared copy of the parameters (a read of
+# one the block did not compute fails). Checked, for the shapes CudaPagedKernels.SplitsAppend takes (hd 64/128/256, value groups 16-128, blocks of
 # 1-64 tokens, INT8/4/2 keys x values, both RoPE layouts): every channel of the new row written once, by the block that
 # stages it (no block reads what another writes); no staged read outside the block's own channels; every key/value code
 # word, scale and min written exactly once over the blocks; the bytes equal encode-model.py's element-order encode
@@ -60,17 +62,35 @@ class Out:  # a u16 or u32 array of a block in the pool, with write counts
         self.w[i] += 1
 
 
+class Local:  # a block's shared copy of the parameters: reading one the block did not compute fails
+    def __init__(self, n):
+        self.v = [None] * n
+
+    def __getitem__(self, i):
+        if self.v[i] is None:
+            raise AssertionError(f"codes pass read parameter {i}, not computed by this block")
+        return self.v[i]
+
+
 def split_append(krows, vrows, newk, newv, at, tokens, hd, vg, kbits, vbits, interleaved):
     """One launch's K/V blocks of one head: row `at` of the residual (krows/vrows, None where unwritten) gets newk/newv;
     returns the encoded blocks ((scales, mins, words) of keys, of values) when the residual filled, else None."""
     half, w = hd // 2, hd // SPLIT
+    full = at + 1 == tokens
     kwriter, vwriter = [[] for _ in range(hd)], [[] for _ in range(hd)]
     gk, gv = hd, tokens * (hd // vg)
     kw, ks, km = Out(tokens * hd * kbits // 32), Out(gk), Out(gk)
     vw, vs, vm = Out(tokens * hd * vbits // 32), Out(gv), Out(gv)
-    for part in range(SPLIT):  # rows: the rotation loop's filter (a channel value stands for its rotated value)
+    staging = []
+    for part in range(SPLIT):
         c0 = part * w
-        for i in range(half):
+        st = Staged()
+        if full:  # the earlier rows of the block's channels, read back before the rotation loop (the claimer aside)
+            for i in range(at * w):
+                r, c = i // w, c0 + i % w
+                st[r * hd + c] = krows[r * hd + c]
+                st[STAGE + r * hd + c] = vrows[r * hd + c]
+        for i in range(half):  # the rotation loop's filter (a channel value stands for its rotated value)
             i0, i1 = (2 * i, 2 * i + 1) if interleaved else (i, i + half)
             in0, in1 = c0 <= i0 < c0 + w, c0 <= i1 < c0 + w
             if MUTATE == "pair-filter":
@@ -80,37 +100,41 @@ def split_append(krows, vrows, newk, newv, at, tokens, hd, vg, kbits, vbits, int
             if in0:
                 krows[at * hd + i0] = newk[i0]
                 kwriter[i0].append(part)
+                if full:
+                    st[at * hd + i0] = newk[i0]
             if in1:
                 krows[at * hd + i1] = newk[i1]
                 kwriter[i1].append(part)
+                if full:
+                    st[at * hd + i1] = newk[i1]
         for c in range(c0, c0 + w):
             vrows[at * hd + c] = newv[c]
             vwriter[c].append(part)
+            if full:
+                st[STAGE + at * hd + c] = newv[c]
+        staging.append(st)
     assert all(len(x) == 1 for x in kwriter + vwriter), "a channel of the new row written other than once"
-    if at + 1 != tokens:
+    if not full:
         return None
     for part in range(SPLIT):
         c0 = part * w
-        st = Staged()
-        for i in range(tokens * w):
-            r, c = i // w, c0 + i % w
-            if r == at:
-                assert kwriter[c] == [part] and vwriter[c] == [part], f"block {part} stages channel {c} of the new row, written by another block"
-            st[r * hd + c] = krows[r * hd + c]
-            st[STAGE + r * hd + c] = vrows[r * hd + c]
+        st = staging[part]
         sk, sv = View(st, 0), View(st, STAGE)
+        lks, lkm, lvs, lvm = Local(gk), Local(gk), Local(gv), Local(gv)
         vper, per_row = w // vg, hd // vg
         for i in range(w + tokens * vper):
             if i < w:
                 s, m = int_group_params(sk, tokens, True, hd, vg, c0 + i, (1 << kbits) - 1)
                 ks.set(c0 + i, s)
                 km.set(c0 + i, m)
+                lks.v[c0 + i], lkm.v[c0 + i] = s, m
             else:
                 j = i - w
                 g = (j // vper) * per_row + (0 if MUTATE == "no-group-offset" else c0 // vg) + j % vper
                 s, m = int_group_params(sv, tokens, False, hd, vg, g, (1 << vbits) - 1)
                 vs.set(g, s)
                 vm.set(g, m)
+                lvs.v[g], lvm.v[g] = s, m
         kwords, vwords = w // (32 // kbits), w // (32 // vbits)
         for i in range(tokens * (kwords + vwords)):
             key = i < tokens * kwords
@@ -119,9 +143,9 @@ def split_append(krows, vrows, newk, newv, at, tokens, hd, vg, kbits, vbits, int
             r = j // per
             wi = (r * hd + (0 if MUTATE == "no-word-offset" else c0)) // (32 // bits) + j % per
             if key:
-                kw.set(wi, int_code_word(bits, sk, tokens, True, hd, vg, ks.v, km.v, wi))
+                kw.set(wi, int_code_word(bits, sk, tokens, True, hd, vg, lks, lkm, wi))
             else:
-                vw.set(wi, int_code_word(bits, sv, tokens, False, hd, vg, vs.v, vm.v, wi))
+                vw.set(wi, int_code_word(bits, sv, tokens, False, hd, vg, lvs, lvm, wi))
     for name, o in (("key words", kw), ("key scales", ks), ("key mins", km), ("value words", vw), ("value scales", vs), ("value mins", vm)):
         assert o.w == [1] * len(o.w), f"{name}: written {sorted(set(o.w))} times"
     return (ks.v, km.v, kw.v), (vs.v, vm.v, vw.v)

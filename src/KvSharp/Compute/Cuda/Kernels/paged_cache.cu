@@ -517,7 +517,16 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 // is running: it claimed). Each block counts itself in arrivals[head] after a fence; the head's last resets both words
 // and updates the tables (the residual's count, or the encoded block's descriptor, the new residual and the block count)
 // and the token count: every block read the tables before counting itself. Query blocks as in paged_rope_append.
+// With a fill the append still took ~14 µs (6.0-6.9 without): about ten dependent round trips to L2 in a row (the
+// tables, the new row, the claim's three atomics, the staged rows, the parameters read back for the codes, the fence, the
+// arrival). So, once the tables say the row fills the residual, the last thread (no channel of the new row at 256
+// threads) claims the slot while the others stage the earlier rows, the loops that store the new row also stage it, and
+// the codes pass reads the parameters from shared memory: about three round trips fewer. On an H100 (stop 28, ncu, 8 ×
+// 32K KVzip 0.3 + INT4, 2-layer model) the filling launches went from a median of 14.0 to 13.2 µs, the step 0.1% faster.
 #define APPEND_SPLIT 4
+// Group parameters the split append keeps in shared memory for its codes pass (more: read back from the block).
+#define SPLIT_KEY_GROUPS 256
+#define SPLIT_VALUE_GROUPS 512
 extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
     int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
@@ -547,30 +556,19 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
         kres = reinterpret_cast<float*>(pool + (size_t)resid.x * 16);
         vres = reinterpret_cast<float*>(pool + (size_t)resid.y * 16);
     }
-    for (int i = threadIdx.x; i < half; i += blockDim.x)
-    {
-        int i0, i1;
-        rope_channels(i, hd, interleaved, i0, i1);
-        const bool in0 = is_q || (i0 >= c0 && i0 < c0 + w), in1 = is_q || (i1 >= c0 && i1 < c0 + w);
-        if (!in0 && !in1) continue;
-        float x0 = src[i0], x1 = src[i1];
-        if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
-        float y0, y1;
-        rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
-        float* dst = is_q ? q_out + ((long)t * heads + h) * hd : kres + (long)at * hd;
-        if (in0) dst[i0] = y0;
-        if (in1) dst[i1] = y1;
-    }
-    if (is_q) return;
-    const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + head % kv_heads) * hd;
-    for (int c = c0 + (int)threadIdx.x; c < c0 + w; c += blockDim.x) vres[(long)at * hd + c] = vsrc[c];
-    __syncthreads();
-    const bool full = at + 1 == tokens && nb < max_blocks;
+    // Whether this row fills the residual (known from the tables alone, so the encode's round trips start now).
+    const bool full = !is_q && at + 1 == tokens && nb < max_blocks;
     const int kbytes = block_bytes(kf, true, tokens, hd, vg), vbytes = block_bytes(vf, false, tokens, hd, vg);
+    __shared__ unsigned long long slot_s;
+    // This block's channels of the residual's rows, staged where residual_full stages them, so encode_block's functions
+    // read them unchanged: the earlier rows read back now, the new row written here by the loops below.
+    __shared__ float staged[2 * RESIDUAL_STAGE];
+    const int claimer = blockDim.x - 1;
     if (full)
     {
-        __shared__ unsigned long long slot_s;
-        if (threadIdx.x == 0)
+        // The slot reservation's three dependent atomics by one thread (the last: it has no channel of the new row at
+        // 256 threads), while the others stage the earlier rows.
+        if (threadIdx.x == claimer)
         {
             unsigned long long v = atomicCAS(claims + head, 0ull, 1ull);
             if (v == 0ull)
@@ -586,15 +584,43 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
             }
             slot_s = v;
         }
-        // This block's channels of the residual's rows (its own part of the new row included: written above, by this block),
-        // staged where residual_full stages them, so encode_block's functions read them unchanged.
-        __shared__ float staged[2 * RESIDUAL_STAGE];
-        for (int i = threadIdx.x; i < tokens * w; i += blockDim.x)
+        else
+            for (int i = threadIdx.x; i < at * w; i += blockDim.x - 1)
+            {
+                const int r = i / w, c = c0 + i % w;
+                staged[r * hd + c] = kres[(long)r * hd + c];
+                staged[RESIDUAL_STAGE + r * hd + c] = vres[(long)r * hd + c];
+            }
+    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        int i0, i1;
+        rope_channels(i, hd, interleaved, i0, i1);
+        const bool in0 = is_q || (i0 >= c0 && i0 < c0 + w), in1 = is_q || (i1 >= c0 && i1 < c0 + w);
+        if (!in0 && !in1) continue;
+        float x0 = src[i0], x1 = src[i1];
+        if (nw != nullptr) { x0 = x0 * inv * nw[i0]; x1 = x1 * inv * nw[i1]; }
+        float y0, y1;
+        rope_rotate(p, inv_freq[i], x0, x1, y0, y1);
+        float* dst = is_q ? q_out + ((long)t * heads + h) * hd : kres + (long)at * hd;
+        if (in0) dst[i0] = y0;
+        if (in1) dst[i1] = y1;
+        if (full)
         {
-            const int r = i / w, c = c0 + i % w;
-            staged[r * hd + c] = kres[(long)r * hd + c];
-            staged[RESIDUAL_STAGE + r * hd + c] = vres[(long)r * hd + c];
+            if (in0) staged[at * hd + i0] = y0;
+            if (in1) staged[at * hd + i1] = y1;
         }
+    }
+    if (is_q) return;
+    const float* vsrc = qkv + t * stride + (long)(heads + kv_heads + head % kv_heads) * hd;
+    for (int c = c0 + (int)threadIdx.x; c < c0 + w; c += blockDim.x)
+    {
+        const float v = vsrc[c];
+        vres[(long)at * hd + c] = v;
+        if (full) staged[RESIDUAL_STAGE + at * hd + c] = v;
+    }
+    if (full)
+    {
         __syncthreads();
         if (slot_s != 2ull)
         {
@@ -606,18 +632,31 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
             const int gk = group_count(kf, true, tokens, hd, vg), gv = group_count(vf, false, tokens, hd, vg);
             u16* ks = reinterpret_cast<u16*>(kdst + code_bytes(kf, tokens, hd));
             u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
+            // The parameters also kept in shared memory, laid out as in the block, for the codes pass (no read back
+            // through L2 after the barrier) where they fit.
+            __shared__ u16 kparams[2 * SPLIT_KEY_GROUPS], vparams[2 * SPLIT_VALUE_GROUPS];
+            const bool local = gk <= SPLIT_KEY_GROUPS && gv <= SPLIT_VALUE_GROUPS;
             // Parameters: the key groups of channels c0 .. c0 + w - 1, then each token's value groups among them.
             const int vper = w / vg, per_row = hd / vg;
             for (int i = threadIdx.x; i < w + tokens * vper; i += blockDim.x)
             {
-                if (i < w) int_group_params(sk, tokens, true, hd, vg, c0 + i, (1 << kv_bits(kf)) - 1, ks[c0 + i], ks[gk + c0 + i]);
-                else
+                const bool key = i < w;
+                const int j = i - w, g = key ? c0 + i : (j / vper) * per_row + c0 / vg + j % vper, n = key ? gk : gv;
+                u16 sb, mb;
+                int_group_params(key ? sk : sv, tokens, key, hd, vg, g, (1 << kv_bits(key ? kf : vf)) - 1, sb, mb);
+                u16* params = key ? ks : vs;
+                params[g] = sb;
+                params[n + g] = mb;
+                if (local)
                 {
-                    const int j = i - w, g = (j / vper) * per_row + c0 / vg + j % vper;
-                    int_group_params(sv, tokens, false, hd, vg, g, (1 << kv_bits(vf)) - 1, vs[g], vs[gv + g]);
+                    u16* near = key ? kparams : vparams;
+                    near[g] = sb;
+                    near[n + g] = mb;
                 }
             }
             __syncthreads();
+            const u16* kp = local ? kparams : ks;
+            const u16* vp = local ? vparams : vs;
             // Codes: each token's words of these channels, keys then values.
             const int kwords = w / (32 / kv_bits(kf)), vwords = w / (32 / kv_bits(vf));
             for (int i = threadIdx.x; i < tokens * (kwords + vwords); i += blockDim.x)
@@ -627,15 +666,15 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
                 const int r = j / per, wi = (r * hd + c0) / (32 / kv_bits(f)) + j % per;
                 if (key)
                 {
-                    if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
-                    else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
-                    else int_code_word<2>(sk, tokens, true, hd, vg, kdst, ks, ks + gk, wi);
+                    if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+                    else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+                    else int_code_word<2>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
                 }
                 else
                 {
-                    if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
-                    else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
-                    else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vs, vs + gv, wi);
+                    if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+                    else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+                    else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
                 }
             }
         }
