@@ -17,8 +17,10 @@
 //           warp p owns the rotation pair of head p / (hd/2) (dims i, i + hd/2, or 2i, 2i + 1 interleaved), so
 //           lane 0 holds both inputs of the rotation; queries go to q_out, keys and values (float16) into the
 //           cache at the device-side position (no separate qkv_rope_append launch). The epilogue is a type RA:
-//           ra.pair(head, i, x0, x1) takes lane 0's rotation pair, then ra.finish(head) is called by every thread of
-//           the block (blocks hold whole heads when hd is a multiple of 16 and the grid has no idle warp), so an
+//           e = ra.early(head) runs in every thread of an active warp right after pdl_wait, so that what the epilogue
+//           will read from memory (the paged cache's tables) is in flight during the product, not after it;
+//           ra.pair(head, i, x0, x1, e) takes lane 0's rotation pair, then ra.finish(head, e) is called by every thread
+//           of the block (blocks hold whole heads when hd is a multiple of 16 and the grid has no idle warp), so an
 //           epilogue may end with block-wide work (the paged cache's residual bookkeeping and encode).
 // NORM (modes 0, 2 and 3, whole rows per warp): x is the raw residual stream and the product is taken
 // with RMSNorm(x) * nw, the norm fused in: the loop multiplies x by nw and sums x^2 on the way, and
@@ -43,7 +45,10 @@ struct RopeAppend
     const int* pos;
     int heads, kv_heads, hd, capacity, interleaved;
 
-    __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
+    struct Early {};
+    __device__ __forceinline__ Early early(int) const { return {}; }
+
+    __device__ __forceinline__ void pair(int head, int i, float x0, float x1, Early) const
     {
         const int p = *pos;
         int i0, i1;
@@ -71,7 +76,7 @@ struct RopeAppend
         }
     }
 
-    __device__ __forceinline__ void finish(int) const {}
+    __device__ __forceinline__ void finish(int, Early) const {}
 };
 
 // MODE 4's running greedy choice per activation row: (orderable value bits << 32) | ~index, so the 64-bit
@@ -171,6 +176,8 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     }
     pdl_wait();
     if (!active) { pdl_trigger(); return; }
+    typename RA::Early early{};
+    if constexpr (MODE == 3) early = ra.early(pair_head);
 
     float a0[NT], a1[NT], ss[NT];
 #pragma unroll
@@ -218,7 +225,7 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
         }
         if (lane != 0) continue;
         float* yt = y + (long)t * rows;
-        if (MODE == 3) ra.pair(pair_head, pair_dim, s0, s1);
+        if constexpr (MODE == 3) ra.pair(pair_head, pair_dim, s0, s1, early);
         else if (MODE == 4)
         {
             yt[r0] = s0;
@@ -238,6 +245,6 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
         }
         else { yt[r0] = s0; if (r0 + 1 < rows) yt[r0 + 1] = s1; }
     }
-    if constexpr (MODE == 3) ra.finish(pair_head);
+    if constexpr (MODE == 3) ra.finish(pair_head, early);
 }
 

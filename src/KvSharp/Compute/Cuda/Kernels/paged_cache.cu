@@ -712,10 +712,11 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
 // filled the residual, encodes it with all its threads (residual_full: fresh pool slots, the descriptor, an empty
 // residual) exactly as paged_rope_append does. No block reads the tables after it has counted itself, so the last block
 // is alone with them. Every write is done when the grid ends, so the attention after it (griddepcontrol.wait) sees them.
-// pair and finish read the tables with ld.global.cg: the epilogue runs after the trigger, with the attention's grid
-// resident on the same SMs (residual_full, reached by the last block after the barrier and its fence, reads plainly).
-// The last block's threads each read the residual's descriptor, and a barrier keeps those reads before thread 0's
-// store of its new count (docs/benchmarks.md, issue 7, "Races in the fused append").
+// Every thread reads its head's block count and residual descriptor once, with ld.global.cg, right after pdl_wait
+// (early): the product then hides those two dependent round trips, which pair and the last block's finish each took
+// after it (every batch-1 paged step 0.08-0.18% faster on an H100, stop 28). residual_full, reached by the last block
+// after the barrier and its fence, reads the rows plainly. No thread reads the descriptor after thread 0 stores its new
+// count (docs/benchmarks.md, issue 7, "Races in the fused append").
 struct PagedQkvAppend
 {
     float* q_out;
@@ -725,7 +726,26 @@ struct PagedQkvAppend
     AppendTarget a;
     unsigned* arrivals;
 
-    __device__ __forceinline__ void pair(int head, int i, float x0, float x1) const
+    // A K/V head's block count and residual descriptor, read once the previous kernel is done (gemv calls this after
+    // pdl_wait, before its product): no kernel changes them until this grid ends but this head's last block (finish),
+    // which writes them after reading, so these values hold for the whole launch, and the product hides their two
+    // dependent round trips to L2, which pair and the last block's finish each waited for after it.
+    struct Early
+    {
+        uint4 r;
+        int nb;
+    };
+
+    __device__ __forceinline__ Early early(int head) const
+    {
+        if (head < heads) return {};
+        const int kh = (head - heads) % kv_heads;
+        // From L2: an L1 line of the tables (every layer's block counts share one) may predate the last fill.
+        const int nb = __ldcg(a.head_blocks + kh);
+        return { __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1), nb };
+    }
+
+    __device__ __forceinline__ void pair(int head, int i, float x0, float x1, const Early& e) const
     {
         int i0, i1;
         rope_channels(i, hd, interleaved, i0, i1);
@@ -734,18 +754,12 @@ struct PagedQkvAppend
         if (!value) rope_rotate(*pos, inv_freq[i], x0, x1, y0, y1);
         float* dst;
         if (head < heads) dst = q_out + (long)head * hd;
-        else
-        {
-            const int kh = value ? head - heads - kv_heads : head - heads;
-            // From L2: an L1 line of the tables (every layer's block counts share one) may predate the last fill.
-            const uint4 r = __ldcg(a.desc + (long)kh * a.max_blocks + __ldcg(a.head_blocks + kh) - 1);
-            dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? r.y : r.x) * 16) + (long)desc_count(r) * hd;
-        }
+        else dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? e.r.y : e.r.x) * 16) + (long)desc_count(e.r) * hd;
         dst[i0] = y0;
         dst[i1] = y1;
     }
 
-    __device__ __forceinline__ void finish(int head) const
+    __device__ __forceinline__ void finish(int head, const Early& e) const
     {
         if (head < heads) return; // uniform over the block: a block's 8 warps own pairs of one head
         const int kh = (head - heads) % kv_heads;
@@ -762,14 +776,12 @@ struct PagedQkvAppend
         __syncthreads();
         if (!last) return;
         __threadfence(); // the other blocks' rows before this block reads the residual
-        const int nb = __ldcg(a.head_blocks + kh);
-        const uint4 r = __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1);
-        // Every thread holds the residual's descriptor before thread 0 rewrites its count (residual_advance). Without this
-        // barrier a warp that loaded it after that store took the next count, and at the step before a fill entered
+        // Every thread holds the residual's descriptor from early (read before the product), so none can see thread 0's
+        // new count (residual_advance). When each thread loaded it here instead, a barrier had to keep those loads before
+        // that store: a warp that loaded it after took the next count, and at the step before a fill entered
         // residual_full without thread 0 (which had returned), so reserve_pair's shared slot was never written and the
         // warp encoded the residual at whatever pool offset the slot's shared memory held: issue 7's fault.
-        __syncthreads();
-        residual_advance(a, kh, nb, r);
+        residual_advance(a, kh, e.nb, e.r);
     }
 };
 
