@@ -110,37 +110,35 @@ __device__ __forceinline__ void int_code_word(const float* rows, int n, bool key
 {
     constexpr int per_word = 32 / BITS, qmax = (1 << BITS) - 1;
     const int per_row = hd / vg;
+    const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd;
+    unsigned word = 0;
+    if (t < n)
     {
-        const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd;
-        unsigned word = 0;
-        if (t < n)
+        // Two codes at a time: their loads together, then their float64 chains side by side (four at a time took the
+        // kernel past 128 registers, and under a 128-register bound the staging copy lost its registers).
+#pragma unroll
+        for (int i0 = 0; i0 < per_word; i0 += 2)
         {
-            // Two codes at a time: their loads together, then their float64 chains side by side (four at a time took the
-            // kernel past 128 registers, and under a 128-register bound the staging copy lost its registers).
+            float x[2];
+            u16 sbits[2], mbits[2];
 #pragma unroll
-            for (int i0 = 0; i0 < per_word; i0 += 2)
+            for (int j = 0; j < 2; j++)
             {
-                float x[2];
-                u16 sbits[2], mbits[2];
+                const int c = c0 + i0 + j, g = keys ? c : t * per_row + c / vg;
+                x[j] = rows[e0 + i0 + j];
+                sbits[j] = scales[g];
+                mbits[j] = mins[g];
+            }
 #pragma unroll
-                for (int j = 0; j < 2; j++)
-                {
-                    const int c = c0 + i0 + j, g = keys ? c : t * per_row + c / vg;
-                    x[j] = rows[e0 + i0 + j];
-                    sbits[j] = scales[g];
-                    mbits[j] = mins[g];
-                }
-#pragma unroll
-                for (int j = 0; j < 2; j++)
-                {
-                    const double scale16 = f16_to_f32(sbits[j]);
-                    const int q = scale16 > 0.0 ? nearest_code(__dsub_rn((double)x[j], (double)f16_to_f32(mbits[j])), scale16, 0, qmax) : 0;
-                    word |= (unsigned)q << ((i0 + j) * BITS);
-                }
+            for (int j = 0; j < 2; j++)
+            {
+                const double scale16 = f16_to_f32(sbits[j]);
+                const int q = scale16 > 0.0 ? nearest_code(__dsub_rn((double)x[j], (double)f16_to_f32(mbits[j])), scale16, 0, qmax) : 0;
+                word |= (unsigned)q << ((i0 + j) * BITS);
             }
         }
-        reinterpret_cast<unsigned*>(dst)[wi] = word;
     }
+    reinterpret_cast<unsigned*>(dst)[wi] = word;
 }
 
 template <int BITS>

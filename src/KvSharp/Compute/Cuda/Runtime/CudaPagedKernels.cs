@@ -463,6 +463,9 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Blocks per (sequence, KV head) of <c>paged_rope_append_split</c> (its APPEND_SPLIT).</summary>
     private const int AppendSplit = 4;
 
+    /// <summary>Floats of a residual's rows, keys or values, that paged_cache.cu stages in shared memory (its RESIDUAL_STAGE).</summary>
+    private const int ResidualStageFloats = 4096;
+
     /// <summary>Whether <c>paged_rope_append_split</c> takes a batch append into <paramref name="a"/> with heads of <paramref name="headDim"/> channels.</summary>
     internal bool SplitsAppend(in AppendTarget a, int headDim)
     {
@@ -470,7 +473,7 @@ internal sealed partial class CudaPagedKernels
         int quarter = headDim / AppendSplit;
         // A quarter holds whole value groups and whole code words (16 channels: an INT2 word); the staged rows fit residual_full's stage.
         return SplitBatchEncode && a.Arrivals != 0 && a.Claims != 0 && Int(a.KeyFormat) && Int(a.ValueFormat) && quarter % 16 == 0
-            && quarter % a.ValueGroup == 0 && a.BlockTokens * headDim <= 4096;
+            && quarter % a.ValueGroup == 0 && a.BlockTokens * headDim <= ResidualStageFloats;
     }
 
     /// <summary>
