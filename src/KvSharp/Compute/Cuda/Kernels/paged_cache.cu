@@ -728,19 +728,29 @@ struct PagedQkvAppend
     // pdl_wait, before its product): no kernel changes them until this grid ends but this head's last block (finish),
     // which writes them after reading, so these values hold for the whole launch, and the product hides their two
     // dependent round trips to L2, which pair and the last block's finish each waited for after it.
+    // The rotation's position and frequency (query and key heads) are read here too: pair waited for them after the
+    // product (one more round trip, to L1 or L2).
     struct Early
     {
         uint4 r;
-        int nb;
+        int nb, pos;
+        float freq;
     };
 
-    __device__ __forceinline__ Early early(int head) const
+    __device__ __forceinline__ Early early(int head, int i) const
     {
-        if (head < heads) return {};
+        Early e{};
+        if (head < heads + kv_heads)
+        {
+            e.pos = *pos;
+            e.freq = inv_freq[i];
+        }
+        if (head < heads) return e;
         const int kh = (head - heads) % kv_heads;
         // From L2: an L1 line of the tables (every layer's block counts share one) may predate the last fill.
-        const int nb = __ldcg(a.head_blocks + kh);
-        return { __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1), nb };
+        e.nb = __ldcg(a.head_blocks + kh);
+        e.r = __ldcg(a.desc + (long)kh * a.max_blocks + e.nb - 1);
+        return e;
     }
 
     __device__ __forceinline__ void pair(int head, int i, float x0, float x1, const Early& e) const
@@ -749,7 +759,7 @@ struct PagedQkvAppend
         rope_channels(i, hd, interleaved, i0, i1);
         const bool value = head >= heads + kv_heads;
         float y0 = x0, y1 = x1;
-        if (!value) rope_rotate(*pos, inv_freq[i], x0, x1, y0, y1);
+        if (!value) rope_rotate(e.pos, e.freq, x0, x1, y0, y1);
         float* dst;
         if (head < heads) dst = q_out + (long)head * hd;
         else dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? e.r.y : e.r.x) * 16) + (long)desc_count(e.r) * hd;
