@@ -463,10 +463,10 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// Whether <c>paged_rope_append_split</c>, where its caller allows it (<see cref="RopeAppend"/>'s early), reads the
     /// position, the tables, and on a fill claims the slot and stages the earlier rows before its griddepcontrol.wait,
-    /// during the QKV product's tail. PREPARED in stop 28, not run on a GPU: on by default only so that the next stop's
-    /// A/B measures it (KVSHARP_SPLIT_EARLY=0 turns it off, temporary).
+    /// during the QKV product's tail. On an H100 (stop 29, 8 × 32K, three alternating processes each): KVzip 0.3 + INT4,
+    /// whose residuals fill in most layers of a step, 1.0% faster a step; the other rows within ±0.1%.
     /// </summary>
-    public bool EarlyBatchAppend { get; set; } = Environment.GetEnvironmentVariable("KVSHARP_SPLIT_EARLY") != "0"; // TEMPORARY A/B switch
+    public bool EarlyBatchAppend { get; set; } = true;
 
     /// <summary>Blocks per (sequence, KV head) of <c>paged_rope_append_split</c> (its APPEND_SPLIT).</summary>
     private const int AppendSplit = 4;
