@@ -138,7 +138,10 @@ __device__ __forceinline__ void prefetch_l2(const void* a, long na, const void* 
 // blocks until that kernel has finished and its writes are visible, so everything before it may only
 // read data no earlier kernel writes (weights). Every kernel calls pdl_wait() in every thread before
 // it exits, so "the previous kernel finished" implies the ones before it finished too.
-// pdl_trigger() lets the next kernel's blocks be scheduled as this kernel's blocks retire.
+// pdl_trigger() lets the next kernel's blocks be scheduled as this kernel's blocks retire. Every kernel
+// calls it after its own pdl_wait(), so a kernel running before its wait overlaps only the kernel just
+// before it: what only earlier kernels wrote is complete then (through L2: __ldcg), which the split batch
+// append relies on where its caller vouches for the kernel before it (paged_rope_append_split's early).
 __device__ __forceinline__ void pdl_wait()
 {
 #if __CUDA_ARCH__ >= 900

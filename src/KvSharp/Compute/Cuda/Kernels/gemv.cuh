@@ -17,7 +17,7 @@
 //           warp p owns the rotation pair of head p / (hd/2) (dims i, i + hd/2, or 2i, 2i + 1 interleaved), so
 //           lane 0 holds both inputs of the rotation; queries go to q_out, keys and values (float16) into the
 //           cache at the device-side position (no separate qkv_rope_append launch). The epilogue is a type RA:
-//           e = ra.early(head) runs in every thread of an active warp right after pdl_wait, so that what the epilogue
+//           e = ra.early(head, i) runs in every thread of an active warp right after pdl_wait, so that what the epilogue
 //           will read from memory (the paged cache's tables) is in flight during the product, not after it;
 //           ra.pair(head, i, x0, x1, e) takes lane 0's rotation pair, then ra.finish(head, e) is called by every thread
 //           of the block (blocks hold whole heads when hd is a multiple of 16 and the grid has no idle warp), so an
@@ -46,7 +46,7 @@ struct RopeAppend
     int heads, kv_heads, hd, capacity, interleaved;
 
     struct Early {};
-    __device__ __forceinline__ Early early(int) const { return {}; }
+    __device__ __forceinline__ Early early(int, int) const { return {}; }
 
     __device__ __forceinline__ void pair(int head, int i, float x0, float x1, Early) const
     {
@@ -177,7 +177,7 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
     pdl_wait();
     if (!active) { pdl_trigger(); return; }
     typename RA::Early early{};
-    if constexpr (MODE == 3) early = ra.early(pair_head);
+    if constexpr (MODE == 3) early = ra.early(pair_head, pair_dim);
 
     float a0[NT], a1[NT], ss[NT];
 #pragma unroll

@@ -528,42 +528,42 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
     int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
-    int* arrivals, unsigned long long* claims)
+    int* arrivals, unsigned long long* claims, int early)
 {
-    pdl_wait();
-    pdl_trigger();
     const long stride = (long)(heads + 2 * kv_heads) * hd;
     const int half = hd / 2;
     const bool is_q = blockIdx.x < (unsigned)(rows * heads);
     const int kb = is_q ? 0 : blockIdx.x - rows * heads, head = kb / APPEND_SPLIT, part = kb % APPEND_SPLIT;
     const int t = is_q ? blockIdx.x / heads : head / kv_heads, h = is_q ? blockIdx.x % heads : heads + head % kv_heads;
-    const float* src = qkv + t * stride + (long)h * hd;
-    const float* nw = is_q ? q_norm : k_norm;
-    __shared__ float inv_shared;
-    const float inv = nw != nullptr ? rms_inverse(src, hd, eps, inv_shared) : 1.0f;
-    const int p = pos[t], w = hd / APPEND_SPLIT, c0 = part * w;
-    int nb = 0, at = 0;
+    const int w = hd / APPEND_SPLIT, c0 = part * w;
+    const int kbytes = block_bytes(kf, true, tokens, hd, vg), vbytes = block_bytes(vf, false, tokens, hd, vg);
+    int p = 0, nb = 0, at = 0;
+    bool full = false;
     uint4 resid = make_uint4(0, 0, 0, 0);
     float* kres = nullptr;
     float* vres = nullptr;
-    if (!is_q)
-    {
-        nb = head_blocks[head];
-        resid = desc[(long)head * max_blocks + nb - 1];
-        at = desc_count(resid);
-        kres = reinterpret_cast<float*>(pool + (size_t)resid.x * 16);
-        vres = reinterpret_cast<float*>(pool + (size_t)resid.y * 16);
-    }
-    // Whether this row fills the residual (known from the tables alone, so the encode's round trips start now).
-    const bool full = !is_q && at + 1 == tokens && nb < max_blocks;
-    const int kbytes = block_bytes(kf, true, tokens, hd, vg), vbytes = block_bytes(vf, false, tokens, hd, vg);
     __shared__ unsigned long long slot_s;
     // This block's channels of the residual's rows, staged where residual_full stages them, so encode_block's functions
     // read them unchanged: the earlier rows read back now, the new row written here by the loops below.
     __shared__ float staged[2 * RESIDUAL_STAGE];
     const int claimer = blockDim.x - 1;
-    if (full)
-    {
+    // Everything but the new row: the position, the head's tables and, when the row fills the residual (known from the
+    // tables alone), the slot's claim and the earlier rows' staging. With `early` (the host's word that the kernel before
+    // this one, the batch's QKV product, writes none of it: CudaPagedKvCache's decode step) this runs before
+    // griddepcontrol.wait, during that product's tail: these words were last written by this layer's append a step ago
+    // (the tables, the residual's rows), any layer's append (the pool's top, the claims) or the step's end (the
+    // positions), all at least two launches back, and every kernel triggers its dependents only after its own wait, so
+    // those launches have completed. Reads through L2 (__ldcg), so no L1 line of an earlier kernel serves them.
+    auto prepare = [&]() {
+        p = __ldcg(pos + t);
+        if (is_q) return;
+        nb = __ldcg(head_blocks + head);
+        resid = __ldcg(desc + (long)head * max_blocks + nb - 1);
+        at = desc_count(resid);
+        kres = reinterpret_cast<float*>(pool + (size_t)resid.x * 16);
+        vres = reinterpret_cast<float*>(pool + (size_t)resid.y * 16);
+        full = at + 1 == tokens && nb < max_blocks;
+        if (!full) return;
         // The slot reservation's three dependent atomics by one thread (the last: it has no channel of the new row at
         // 256 threads), while the others stage the earlier rows.
         if (threadIdx.x == claimer)
@@ -586,10 +586,18 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
             for (int i = threadIdx.x; i < at * w; i += blockDim.x - 1)
             {
                 const int r = i / w, c = c0 + i % w;
-                staged[r * hd + c] = kres[(long)r * hd + c];
-                staged[RESIDUAL_STAGE + r * hd + c] = vres[(long)r * hd + c];
+                staged[r * hd + c] = __ldcg(kres + (long)r * hd + c);
+                staged[RESIDUAL_STAGE + r * hd + c] = __ldcg(vres + (long)r * hd + c);
             }
-    }
+    };
+    if (early) prepare();
+    pdl_wait();
+    pdl_trigger();
+    if (!early) prepare();
+    const float* src = qkv + t * stride + (long)h * hd;
+    const float* nw = is_q ? q_norm : k_norm;
+    __shared__ float inv_shared;
+    const float inv = nw != nullptr ? rms_inverse(src, hd, eps, inv_shared) : 1.0f;
     for (int i = threadIdx.x; i < half; i += blockDim.x)
     {
         int i0, i1;
@@ -728,19 +736,29 @@ struct PagedQkvAppend
     // pdl_wait, before its product): no kernel changes them until this grid ends but this head's last block (finish),
     // which writes them after reading, so these values hold for the whole launch, and the product hides their two
     // dependent round trips to L2, which pair and the last block's finish each waited for after it.
+    // The rotation's position and frequency (query and key heads) are read here too: pair waited for them after the
+    // product (one more round trip, to L1 or L2).
     struct Early
     {
         uint4 r;
-        int nb;
+        int nb, pos;
+        float freq;
     };
 
-    __device__ __forceinline__ Early early(int head) const
+    __device__ __forceinline__ Early early(int head, int i) const
     {
-        if (head < heads) return {};
+        Early e{};
+        if (head < heads + kv_heads)
+        {
+            e.pos = *pos;
+            e.freq = inv_freq[i];
+        }
+        if (head < heads) return e;
         const int kh = (head - heads) % kv_heads;
         // From L2: an L1 line of the tables (every layer's block counts share one) may predate the last fill.
-        const int nb = __ldcg(a.head_blocks + kh);
-        return { __ldcg(a.desc + (long)kh * a.max_blocks + nb - 1), nb };
+        e.nb = __ldcg(a.head_blocks + kh);
+        e.r = __ldcg(a.desc + (long)kh * a.max_blocks + e.nb - 1);
+        return e;
     }
 
     __device__ __forceinline__ void pair(int head, int i, float x0, float x1, const Early& e) const
@@ -749,7 +767,7 @@ struct PagedQkvAppend
         rope_channels(i, hd, interleaved, i0, i1);
         const bool value = head >= heads + kv_heads;
         float y0 = x0, y1 = x1;
-        if (!value) rope_rotate(*pos, inv_freq[i], x0, x1, y0, y1);
+        if (!value) rope_rotate(e.pos, e.freq, x0, x1, y0, y1);
         float* dst;
         if (head < heads) dst = q_out + (long)head * hd;
         else dst = reinterpret_cast<float*>(a.pool + (size_t)(value ? e.r.y : e.r.x) * 16) + (long)desc_count(e.r) * hd;

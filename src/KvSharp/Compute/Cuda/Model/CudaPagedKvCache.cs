@@ -553,8 +553,9 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
         CoverStoredTokens(a);
         if (!a.Appended)
+            // A batch step's append follows the layer's QKV product (CudaTransformer), which writes none of what it may read early.
             _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
-                a.Position, a.Interleaved, a.Eps, a.Batch);
+                a.Position, a.Interleaved, a.Eps, a.Batch, early: a.Batch);
         // The layer's descriptor tables (every sequence's in a batch step) asked of L2 in the prefetch's free second range.
         var prefetch = PrefetchTables && a.Prefetch.SecondBytes == 0
             ? new L2Prefetch(a.Prefetch.First, a.Prefetch.FirstBytes, desc, (long)(a.Batch ? Batch : 1) * c.NumKvHeads * MaxBlocks * DescriptorBytes)
