@@ -351,6 +351,15 @@ struct AppendTarget
 // Floats of a residual block that residual_full stages in shared memory (keys and values each): 32 tokens of 128 channels.
 #define RESIDUAL_STAGE 4096
 
+// After residual r of a head with nb blocks was encoded into block nb - 1 (its descriptor already rewritten): the same
+// slots become an empty residual, block nb, whose first token follows the encoded block's, and the head counts it.
+// Thread 0 only; residual_full and the split batch append's last block.
+__device__ __forceinline__ void open_residual(uint4* d, int* head_blocks, int head, int nb, uint4 r, int tokens)
+{
+    d[nb] = make_uint4(r.x, r.y, desc_meta(0, KV_F32, KV_F32), r.w + (unsigned)tokens);
+    head_blocks[head] = nb + 1;
+}
+
 __device__ void residual_full(const AppendTarget& a, int head, uint4 r, bool unrolled)
 {
     // Plain loads of the table and the rows: in the fused append only its last block gets here, after the arrival barrier
@@ -404,8 +413,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r, bool unr
     {
         // No fence before the count: no other block of the grid reads this head's tables after counting itself, and the
         // attention after the grid reads them past griddepcontrol.wait, which sees all of the grid's writes.
-        d[nb] = make_uint4(r.x, r.y, desc_meta(0, KV_F32, KV_F32), r.w + (unsigned)a.tokens);
-        a.head_blocks[head] = nb + 1;
+        open_residual(d, a.head_blocks, head, nb, r, a.tokens);
     }
     __syncthreads();
 }
@@ -701,8 +709,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
             {
                 const unsigned slot = (unsigned)(v - 3ull);
                 d[nb - 1] = make_uint4(slot, slot + units_of(kbytes), desc_meta(tokens, kf, vf), resid.w);
-                d[nb] = make_uint4(resid.x, resid.y, desc_meta(0, KV_F32, KV_F32), resid.w + (unsigned)tokens);
-                head_blocks[head] = nb + 1;
+                open_residual(d, head_blocks, head, nb, resid, tokens);
             }
         }
         head_tokens[head] += 1;
