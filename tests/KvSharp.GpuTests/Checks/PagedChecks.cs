@@ -1005,7 +1005,6 @@ public static class PagedChecks
         }
     }
 
-
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;

@@ -464,7 +464,7 @@ internal sealed partial class CudaPagedKernels
     /// Whether <c>paged_rope_append_split</c>, where its caller allows it (<see cref="RopeAppend"/>'s early), reads the
     /// position, the tables, and on a fill claims the slot and stages the earlier rows before its griddepcontrol.wait,
     /// during the QKV product's tail. On an H100 (stop 29, 8 × 32K, three alternating processes each): KVzip 0.3 + INT4,
-    /// whose residuals fill in most layers of a step, 1.0% faster a step; the other rows within ±0.1%.
+    /// whose residuals fill in most layers of a step, 1.0% faster a step; the other rows within 0.11%.
     /// </summary>
     public bool EarlyBatchAppend { get; set; } = true;
 
