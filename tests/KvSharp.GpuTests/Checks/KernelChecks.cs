@@ -603,64 +603,108 @@ public static class KernelChecks
     }
 
     /// <summary>
-    /// The output head with the greedy choice folded in (one 64-bit atomic maximum per warp) and its finish: logits against
-    /// float64, and the token equal to the first maximum of the logits, with a planted tie between two identical rows.
+    /// The output head with the greedy choice folded in and its finish, for 1, 3 and 8 activation rows (CUDA-core and
+    /// tensor-core products; the batch product also over 4 blocks striding its row tiles): logits against float64, and
+    /// each row's token equal to the first maximum of its logits, with a tie planted per row between two identical weight
+    /// rows; history and position per sequence as the decode step writes them.
     /// </summary>
     public static string GemvArgMax()
     {
         var report = new List<string>();
-        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
             foreach (int cols in new[] { 512, 172 })
-            {
-                var rnd = new RandomData();
-                int rows = 3001, tieA = 17 + rnd.Next(1000), tieB = tieA + 1 + rnd.Next(1900);
-                var w = rnd.Floats(rows * cols);
-                var x = rnd.Floats(cols, 3f);
-                var norm = rnd.Floats(cols, 2f);
-                // Two identical rows scaled up so they hold the maximum: the first must win.
-                for (int c = 0; c < cols; c++)
+                foreach (int n in new[] { 1, 3, 8 })
                 {
-                    float v = 8f * MathF.Sign(x[c] * norm[c]) * MathF.Abs(w[tieA * cols + c]);
-                    w[tieA * cols + c] = v;
-                    w[tieB * cols + c] = v;
+                    bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
+                    foreach (int? wave in tensorCores ? new int?[] { null, 4 } : [null])
+                    {
+                        K.TensorCoreGemvWave = wave;
+                        try { report.Add(GemvArgMax(type, cols, n, tensorCores) + (wave != null ? $" ({wave} blocks)" : "")); }
+                        finally { K.TensorCoreGemvWave = null; }
+                    }
                 }
-                var (dw, weights) = Weights(type, w);
-                using var _ = dw;
-                const float eps = 1e-5f;
-                using var dx = Upload(x);
-                using var dnorm = Upload(norm);
-                using var dy = Poisoned(rows * 4L);
-                using var best = Dev.Allocate(8);
-                best.Fill32(0);
-                using var next = Poisoned(4);
-                using var history = Dev.Allocate(4L * 64);
-                history.Fill32(0xFFFFFFFFu);
-                int pos0 = 5 + rnd.Next(50);
-                using var pos = Upload(new[] { pos0 });
-                for (int launch = 0; launch < 2; launch++) // the second launch shows the key was cleared
-                {
-                    K.GemvArgMax(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, dnorm.Pointer, eps, best.Pointer);
-                    K.ArgMaxFinish(best.Pointer, next.Pointer, history.Pointer, pos.Pointer, launch == 0 ? 1 : 0);
-                }
-                double ss = 0;
-                foreach (float v in x) ss += (double)v * v;
-                double inv = 1 / Math.Sqrt(ss / cols + eps);
-                var expected = Reference(weights, Enumerable.Range(0, cols).Select(i => x[i] * inv * norm[i]).ToArray(), rows, cols, 1);
-                var logits = Result(dy, rows);
-                report.Add(Compare.Relative($"head {type} {rows}x{cols} (seed {rnd.Seed})", logits, expected, 1e-5));
-                int first = 0;
-                for (int i = 1; i < rows; i++) if (logits[i] > logits[first]) first = i;
-                var got = new int[1];
-                var hist = new int[64];
-                var p = new int[1];
-                next.Download<int>(got);
-                history.Download<int>(hist);
-                pos.Download<int>(p);
-                if (got[0] != first || first != tieA || hist[pos0 + 1] != first || hist[pos0] != first || p[0] != pos0 + 1)
-                    throw new CheckFailedException($"fused argmax {type} {cols} cols: token {got[0]}, history {hist[pos0]}/{hist[pos0 + 1]}, position {p[0]}; expected {tieA} (first of the tie {tieA}/{tieB}, logits' first maximum {first}) at {pos0}..{pos0 + 1} (seed {rnd.Seed})");
-                report.Add($"token {got[0]} = first of tied rows {tieA}/{tieB}");
-            }
         return string.Join("; ", report);
+    }
+
+    private static string GemvArgMax(DeviceWeightType type, int cols, int n, bool tensorCores)
+    {
+        var rnd = new RandomData();
+        const int rows = 3001, capacity = 64;
+        var w = rnd.Floats(rows * cols);
+        var x = rnd.Floats(n * cols, 3f);
+        var norm = rnd.Floats(cols, 2f);
+        // Per activation row t, two identical weight rows aligned with its normed activations so they hold its maximum:
+        // the first must win. Another row's pair is unaligned with t (a random-sign sum, ~20x smaller at 512 columns).
+        var ties = new (int A, int B)[n];
+        var used = new HashSet<int>();
+        for (int t = 0; t < n; t++)
+        {
+            int tieA, tieB;
+            do { tieA = 17 + rnd.Next(1000); tieB = tieA + 1 + rnd.Next(1900); } while (!used.Add(tieA) || !used.Add(tieB));
+            ties[t] = (tieA, tieB);
+            for (int c = 0; c < cols; c++)
+            {
+                float v = 8f * MathF.Sign(x[t * cols + c] * norm[c]) * MathF.Abs(w[tieA * cols + c]);
+                w[tieA * cols + c] = v;
+                w[tieB * cols + c] = v;
+            }
+        }
+        var (dw, weights) = Weights(type, w);
+        using var _ = dw;
+        const float eps = 1e-5f;
+        using var dx = Upload(x);
+        using var dnorm = Upload(norm);
+        using var dy = Poisoned((long)n * rows * 4);
+        using var best = Dev.Allocate(8L * n);
+        best.Fill32(0);
+        using var next = Poisoned(4L * n);
+        using var history = Dev.Allocate(4L * capacity * n);
+        history.Fill32(0xFFFFFFFFu);
+        var pos0 = Enumerable.Range(0, n).Select(_ => 5 + rnd.Next(50)).ToArray();
+        using var pos = Upload(pos0);
+        for (int launch = 0; launch < 2; launch++) // the second launch shows the keys were cleared
+        {
+            K.GemvArgMax(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, dnorm.Pointer, eps, best.Pointer, n);
+            K.ArgMaxFinish(best.Pointer, next.Pointer, history.Pointer, pos.Pointer, launch == 0 ? 1 : 0, n, capacity);
+        }
+        // The tensor-core product rounds x·norm to the weight type and applies 1/rms after it; the CUDA-core one keeps
+        // float32 activations (as the Gemv check's reference).
+        var xr = new double[n * cols];
+        var inv = new double[n];
+        for (int t = 0; t < n; t++)
+        {
+            double ss = 0;
+            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
+            inv[t] = 1 / Math.Sqrt(ss / cols + eps);
+            for (int i = 0; i < cols; i++)
+            {
+                float v = x[t * cols + i] * norm[i];
+                xr[t * cols + i] = !tensorCores ? x[t * cols + i] * inv[t] * norm[i]
+                    : type == DeviceWeightType.BF16 ? RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]) : (double)(Half)v;
+            }
+        }
+        var expected = Reference(weights, xr, rows, cols, n);
+        if (tensorCores)
+            for (int t = 0; t < n; t++)
+                for (int r = 0; r < rows; r++) expected[t * rows + r] *= inv[t];
+        var logits = Result(dy, n * rows);
+        string name = $"head{(tensorCores ? " mma" : "")} {type} {n}x{rows}x{cols} (seed {rnd.Seed})";
+        string compared = Compare.Relative(name, logits, expected, 1e-5);
+        var got = new int[n];
+        var hist = new int[n * capacity];
+        var p = new int[n];
+        next.Download<int>(got);
+        history.Download<int>(hist);
+        pos.Download<int>(p);
+        for (int t = 0; t < n; t++)
+        {
+            int first = 0;
+            for (int i = 1; i < rows; i++) if (logits[t * rows + i] > logits[t * rows + first]) first = i;
+            int at = t * capacity + pos0[t];
+            if (got[t] != first || first != ties[t].A || hist[at] != first || hist[at + 1] != first || p[t] != pos0[t] + 1)
+                throw new CheckFailedException($"fused argmax {name}, row {t}: token {got[t]}, history {hist[at]}/{hist[at + 1]}, position {p[t]}; expected {ties[t].A} (first of the tie {ties[t].A}/{ties[t].B}, logits' first maximum {first}) at {pos0[t]}..{pos0[t] + 1}");
+        }
+        return $"{compared}, tokens = first of each row's tie";
     }
 
     /// <summary>The weights <paramref name="w"/> stored on the device as <paramref name="type"/>, and the stored values widened to float64.</summary>

@@ -19,7 +19,8 @@
     extern "C" __global__ void __launch_bounds__(256) NAME##_argmax_norm_##NT(const W::T* w, const float* x, float* y, const float* nw, float eps, \
         int rows, int cols, unsigned long long* best) \
     { gemv<W, NT, 4, true>(w, x, y, nw, eps, rows, cols, 1, RopeAppend(), best); }
-#define GEMV_ALL(NAME, W) GEMV_ARGMAX(NAME, W, 1) GEMV_QKV_ROPE(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
+#define GEMV_ALL(NAME, W) GEMV_ARGMAX(NAME, W, 1) GEMV_ARGMAX(NAME, W, 2) GEMV_ARGMAX(NAME, W, 3) GEMV_ARGMAX(NAME, W, 4) GEMV_ARGMAX(NAME, W, 5) \
+    GEMV_ARGMAX(NAME, W, 6) GEMV_ARGMAX(NAME, W, 7) GEMV_ARGMAX(NAME, W, 8) GEMV_QKV_ROPE(NAME, W) GEMV(NAME, W, 1) GEMV(NAME, W, 2) GEMV(NAME, W, 3) GEMV(NAME, W, 4) GEMV(NAME, W, 5) GEMV(NAME, W, 6) GEMV(NAME, W, 7) GEMV(NAME, W, 8)
 
 GEMV_ALL(gemv_f32, WeightF32)
 GEMV_ALL(gemv_bf16, WeightBF16)
@@ -81,9 +82,12 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
 // warp's steps are a multiple of the ring, the refills past a tile's last step load the next tile's first steps, so that
 // a block's loads stay in flight while it reduces a tile. The reduction buffers alternate by tile: warp 0 may still read
 // a tile's while the other warps store the next one's.
+// MODE 4 (the output head of a batch step, NORM): MODE 0 that also folds each activation row's largest logit into best[t]
+// (argmax_key, one 64-bit atomicMax per tile and row, as gemv.cuh's MODE 4), so the greedy tokens need no pass over the
+// logits: the separate argmax, one block of 1024 threads a row, read 8 x 128256 logits in ~50 us at batch 8 on an H100.
 template <bool BF16, int MODE, bool NORM>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int nt)
+    const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr)
 {
     constexpr int D = MMA_RING;
     constexpr int TILE = MODE == 2 ? 8 : 16;
@@ -204,6 +208,33 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
                     if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
                 }
             }
+            else if (MODE == 4)
+            {
+                // Lane (g, tq) holds rows g and g + 8 of activation rows 2tq and 2tq + 1: per activation row, the key over the
+                // lane's two rows, then the maximum over the 8 lanes of a tq (lane bits 2-4); lane g = 0 adds it to best[t].
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    const int t = 2 * tq + e;
+                    unsigned long long key = 0ull;
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                    {
+                        const int r = tile * TILE + g + 8 * h;
+                        const float s = v[2 * h + e];
+                        if (r >= rows) continue;
+                        if (t < nt) y[(long)t * rows + r] = s;
+                        if (s == s) { const unsigned long long k = argmax_key(s, r); key = k > key ? k : key; } // NaN never wins
+                    }
+#pragma unroll
+                    for (int o = 4; o < 32; o <<= 1)
+                    {
+                        const unsigned long long k = __shfl_xor_sync(0xffffffffu, key, o);
+                        key = k > key ? k : key;
+                    }
+                    if (g == 0 && t < nt && key != 0ull) atomicMax(best + t, key);
+                }
+            }
             else
             {
 #pragma unroll
@@ -247,6 +278,8 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); }
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_argmax_norm(GEMV_MMA_ARGS, unsigned long long* best) \
+    { gemv_mma<BF, 4, true>(w, x, y, nw, eps, rows, cols, nt, best); }
 GEMV_MMA(gemv_mma_bf16, true)
 GEMV_MMA(gemv_mma_f16, false)

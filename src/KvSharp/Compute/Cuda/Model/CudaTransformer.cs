@@ -101,9 +101,10 @@ public sealed class CudaTransformer : IDisposable
     public bool FuseRopeIntoQkv { get; set; } = true;
 
     /// <summary>
-    /// Whether the captured batch-1 decode step folds the greedy choice into the output head's product (one 64-bit atomic
-    /// maximum per warp) instead of a separate pass over the logits. On by default; benchmarks compare both. Takes effect
-    /// at the next capture.
+    /// Whether the captured decode step (up to <see cref="CudaKernels.MaxGemvRows"/> sequences) folds the greedy choice
+    /// into the output head's product (one 64-bit atomic maximum per warp, or per row tile and sequence in the batch
+    /// product) instead of a separate pass over the logits. On by default; benchmarks compare both. Takes effect at the
+    /// next capture.
     /// </summary>
     public bool FuseArgMaxIntoHead { get; set; } = true;
 
@@ -372,11 +373,11 @@ public sealed class CudaTransformer : IDisposable
                 sampler.EnqueueCommit(cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer);
                 return;
             }
-            if (batch == 1 && FuseArgMaxIntoHead)
+            if (batch <= CudaKernels.MaxGemvRows && FuseArgMaxIntoHead)
             {
                 _kernels.GemvArgMax(_output.Type, _output.Pointer, s.X.Pointer, s.Logits.Pointer, _output.Rows, Config.HiddenSize,
-                    _outputNorm.Pointer, Config.RmsNormEps, s.Best.Pointer);
-                _kernels.ArgMaxFinish(s.Best.Pointer, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1);
+                    _outputNorm.Pointer, Config.RmsNormEps, s.Best.Pointer, batch);
+                _kernels.ArgMaxFinish(s.Best.Pointer, cache.Next.Pointer, cache.History.Pointer, cache.Position.Pointer, 1, batch, cache.Capacity);
                 return;
             }
             EnqueueLogits(s, 0, batch);

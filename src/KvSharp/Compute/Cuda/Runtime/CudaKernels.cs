@@ -89,15 +89,23 @@ internal sealed class CudaKernels : IDisposable
         _elementwise["argmax"].Launch(rows, 1024, 0, logits, Arg.Int(n), next, history, position, Arg.Int(advance), Arg.Long(historyStride));
 
     /// <summary>
-    /// The output head of one decode row with the final norm: logits [rows] into <paramref name="y"/> and the greedy choice
-    /// folded into <paramref name="best"/> (one 64-bit key, zero before the launch; <see cref="ArgMaxFinish"/> reads and
-    /// clears it), instead of a separate pass over the logits.
+    /// The output head of <paramref name="n"/> decode rows (1..<see cref="MaxGemvRows"/>) with the final norm: logits
+    /// [n, rows] into <paramref name="y"/> and each row's greedy choice folded into best[t] (one 64-bit key a row, zero
+    /// before the launch; <see cref="ArgMaxFinish"/> reads and clears them), instead of a separate pass over the logits.
+    /// Several rows go through the tensor-core product where <see cref="Gemv"/> would take it.
     /// </summary>
-    public void GemvArgMax(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, ulong norm, float eps, ulong best)
+    public void GemvArgMax(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, ulong norm, float eps, ulong best, int n = 1)
     {
+        if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
+        if (UsesTensorCoreGemv(type, cols, n))
+        {
+            var mma = _gemv[$"gemv_mma_{Suffix(type)}_argmax_norm"];
+            mma.Launch(TensorCoreGemvBlocks(mma, (rows + 15) / 16), Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(n), best);
+            return;
+        }
         const int warpsPerBlock = Threads / 32;
         int warps = (rows + 1) / 2;
-        _gemv[$"gemv_{Suffix(type)}_argmax_norm_1"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
+        _gemv[$"gemv_{Suffix(type)}_argmax_norm_{n}"].Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps),
             Arg.Int(rows), Arg.Int(cols), best);
     }
 
@@ -138,7 +146,7 @@ internal sealed class CudaKernels : IDisposable
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
         string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
-        if (n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0)
+        if (UsesTensorCoreGemv(type, cols, n))
         {
             // Tiles of 16 output rows (8 gate/up pairs for SwiGLU), the columns split over a block's 8 warps.
             int perTile = mode == GemvMode.SwiGlu ? 8 : 16;
@@ -154,6 +162,10 @@ internal sealed class CudaKernels : IDisposable
         warps *= ksplit;
         f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
+
+    /// <summary>Whether <paramref name="n"/> rows of a product of <paramref name="cols"/> columns go through the tensor-core kernel.</summary>
+    private bool UsesTensorCoreGemv(DeviceWeightType type, int cols, int n) =>
+        n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0;
 
     /// <summary>
     /// Blocks of the tensor-core kernel at most (null: one wave of the device, the kernel's resident blocks on every
