@@ -2149,7 +2149,13 @@ __device__ __forceinline__ void paged_attention_pipe(
     // The head's last split marks the slot after it empty: part_ml's readers outside attention (part_ml_lse) stop there
     // instead of reading slots an earlier launch left.
     if (ws.split == ws.live - 1 && ws.live < splits) empty_chunk(part_ml, first + 1, splits, G);
-    // The G query loads of a thread issued together (a loop of runtime trip count waited for each in turn).
+    // The split's descriptors (at most two a thread: the planner keeps chunk_blocks <= 2 * 128,
+    // CudaPagedKernels.PipelinedMaxChunkBlocks) and the G query loads of a thread, issued together: one round trip for
+    // both, where the descriptors' loads waited for the queries' stores.
+    uint4 dl[2];
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        if (threadIdx.x + k * PIPE_WARPS * 32 < nb) dl[k] = hdesc[threadIdx.x + k * PIPE_WARPS * 32];
     float qx[G];
 #pragma unroll
     for (int k = 0; k < G; k++) qx[k] = q[((long)t * heads + (long)kvh * G) * HD + threadIdx.x + k * PIPE_WARPS * 32];
@@ -2178,9 +2184,10 @@ __device__ __forceinline__ void paged_attention_pipe(
     __shared__ unsigned wslot[PIPE_WARPS];
     if (threadIdx.x == 0 && nb <= 0) staged_blocks = 0;
     unsigned big = 0u;
-    for (int i = threadIdx.x; i < nb; i += blockDim.x)
+#pragma unroll 1
+    for (int i = threadIdx.x; i < nb; i += PIPE_WARPS * 32)
     {
-        const uint4 d = pipe_desc(hdesc[i], limit, tokens, vg, ring);
+        const uint4 d = pipe_desc(i == (int)threadIdx.x ? dl[0] : dl[1], limit, tokens, vg, ring); // one copy of the body
         if (i < nb - 1)
         {
             bdesc[i] = d;

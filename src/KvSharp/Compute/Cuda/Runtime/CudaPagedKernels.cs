@@ -157,7 +157,10 @@ internal sealed partial class CudaPagedKernels
     /// <summary>Attention blocks of the tensor-core kernel resident per multiprocessor (its register bound, paged_attention_tc.cu).</summary>
     private const int TensorBlocksPerSm = 3;
 
-    /// <summary>Longest split of the pipelined kernel, in blocks (its descriptors are copied to shared memory, 16 bytes each).</summary>
+    /// <summary>
+    /// Longest split of the pipelined kernel, in blocks (its descriptors are copied to shared memory, 16 bytes each, at most
+    /// two by each of its 128 threads).
+    /// </summary>
     public const int PipelinedMaxChunkBlocks = 256;
 
     /// <summary>
@@ -391,8 +394,8 @@ internal sealed partial class CudaPagedKernels
             if (!SupportsPipelined(group, headDim, valueGroup, blockTokens))
                 throw new CudaException("paged attention", $"the pipelined kernel needs blocks of at most 32 tokens, not {blockTokens}");
             int ring = plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes;
-            if (ring is not (PipelineRingBytes or PipelineSmallRingBytes) || plan.SharedBytes < PipelinedSharedBytes(group, plan.Chunk, ring))
-                throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory does not hold rings of {ring} bytes for {plan.Chunk} blocks");
+            if (ring is not (PipelineRingBytes or PipelineSmallRingBytes) || plan.Chunk > PipelinedMaxChunkBlocks || plan.SharedBytes < PipelinedSharedBytes(group, plan.Chunk, ring))
+                throw new CudaException("paged attention", $"a plan of {plan.SharedBytes} bytes of shared memory and splits of {plan.Chunk} blocks does not fit rings of {ring} bytes (splits of at most {PipelinedMaxChunkBlocks} blocks)");
             if (group * plan.Splits * 4 > 4 * ring)
                 throw new CudaException("paged attention", $"{plan.Splits} splits of {group} heads do not fit the merge's weights in the rings");
             // One unit per grid block, numbered along x, y, then z (wave_split): a planned launch's waves of Units, else Splits
