@@ -237,23 +237,8 @@ public static class KernelChecks
                         const float eps = 1e-5f;
                         using var dx = Upload(x);
                         using var dnorm = Upload(norm);
-                        // The tensor-core kernel (2..8 rows, 16-bit weights) rounds x·norm to the weight type and applies the
-                        // norm's 1/rms after the product; the CUDA-core kernel keeps float32 activations.
                         bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
-                        var xr = new double[n * cols];
-                        var inv = new double[n];
-                        for (int t = 0; t < n; t++)
-                        {
-                            double ss = 0;
-                            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
-                            inv[t] = normed ? 1 / Math.Sqrt(ss / cols + eps) : 1;
-                            for (int i = 0; i < cols; i++)
-                            {
-                                float v = normed ? x[t * cols + i] * norm[i] : x[t * cols + i];
-                                xr[t * cols + i] = !tensorCores ? (normed ? x[t * cols + i] * inv[t] * norm[i] : x[t * cols + i])
-                                    : type == DeviceWeightType.BF16 ? RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]) : (double)(Half)v;
-                            }
-                        }
+                        var (xr, inv) = ReferenceActivations(x, normed ? norm : null, n, cols, eps, tensorCores ? type : null);
                         var products = Reference(weights, xr, matrixRows, cols, n);
                         if (tensorCores)
                             for (int t = 0; t < n; t++)
@@ -305,16 +290,7 @@ public static class KernelChecks
             using var dnorm = Upload(norm);
             using var dy = Poisoned((long)n * rows * 4);
             K.Gemv(DeviceWeightType.BF16, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, dnorm.Pointer, eps);
-            // As in Gemv: x·norm rounded to bfloat16, the 1/rms applied after the product.
-            var xr = new double[n * cols];
-            var inv = new double[n];
-            for (int t = 0; t < n; t++)
-            {
-                double ss = 0;
-                for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
-                inv[t] = 1 / Math.Sqrt(ss / cols + eps);
-                for (int i = 0; i < cols; i++) xr[t * cols + i] = RandomData.BFloat16ToDouble(RandomData.ToBFloat16([x[t * cols + i] * norm[i]])[0]);
-            }
+            var (xr, inv) = ReferenceActivations(x, norm, n, cols, eps, DeviceWeightType.BF16);
             var products = Reference(weights, xr, matrixRows, cols, n);
             var expected = new double[n * rows];
             for (int t = 0; t < n; t++)
@@ -667,22 +643,7 @@ public static class KernelChecks
             K.GemvArgMax(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, dnorm.Pointer, eps, best.Pointer, n);
             K.ArgMaxFinish(best.Pointer, next.Pointer, history.Pointer, pos.Pointer, launch == 0 ? 1 : 0, n, capacity);
         }
-        // The tensor-core product rounds x·norm to the weight type and applies 1/rms after it; the CUDA-core one keeps
-        // float32 activations (as the Gemv check's reference).
-        var xr = new double[n * cols];
-        var inv = new double[n];
-        for (int t = 0; t < n; t++)
-        {
-            double ss = 0;
-            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
-            inv[t] = 1 / Math.Sqrt(ss / cols + eps);
-            for (int i = 0; i < cols; i++)
-            {
-                float v = x[t * cols + i] * norm[i];
-                xr[t * cols + i] = !tensorCores ? x[t * cols + i] * inv[t] * norm[i]
-                    : type == DeviceWeightType.BF16 ? RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]) : (double)(Half)v;
-            }
-        }
+        var (xr, inv) = ReferenceActivations(x, norm, n, cols, eps, tensorCores ? type : null);
         var expected = Reference(weights, xr, rows, cols, n);
         if (tensorCores)
             for (int t = 0; t < n; t++)
@@ -705,6 +666,35 @@ public static class KernelChecks
                 throw new CheckFailedException($"fused argmax {name}, row {t}: token {got[t]}, history {hist[at]}/{hist[at + 1]}, position {p[t]}; expected {ties[t].A} (first of the tie {ties[t].A}/{ties[t].B}, logits' first maximum {first}) at {pos0[t]}..{pos0[t] + 1}");
         }
         return $"{compared}, tokens = first of each row's tie";
+    }
+
+    /// <summary>
+    /// The activations a product's float64 reference multiplies, for <paramref name="n"/> rows of x with the fused RMSNorm
+    /// (<paramref name="norm"/>; null: none): the CUDA-core kernel's float32 x·(1/rms)·norm, or, for the tensor-core kernel
+    /// (<paramref name="tensorCores"/>: its weight type), x·norm rounded to that type with 1/rms (Inv, per row) left for
+    /// the caller to apply after the product, as the kernel does.
+    /// </summary>
+    private static (double[] Xr, double[] Inv) ReferenceActivations(float[] x, float[]? norm, int n, int cols, float eps, DeviceWeightType? tensorCores)
+    {
+        var xr = new double[n * cols];
+        var inv = new double[n];
+        for (int t = 0; t < n; t++)
+        {
+            double ss = 0;
+            for (int i = 0; i < cols; i++) ss += (double)x[t * cols + i] * x[t * cols + i];
+            inv[t] = norm != null ? 1 / Math.Sqrt(ss / cols + eps) : 1;
+            for (int i = 0; i < cols; i++)
+            {
+                float v = norm != null ? x[t * cols + i] * norm[i] : x[t * cols + i];
+                xr[t * cols + i] = tensorCores switch
+                {
+                    null => norm != null ? x[t * cols + i] * inv[t] * norm[i] : x[t * cols + i],
+                    DeviceWeightType.BF16 => RandomData.BFloat16ToDouble(RandomData.ToBFloat16([v])[0]),
+                    _ => (double)(Half)v,
+                };
+            }
+        }
+        return (xr, inv);
     }
 
     /// <summary>The weights <paramref name="w"/> stored on the device as <paramref name="type"/>, and the stored values widened to float64.</summary>
