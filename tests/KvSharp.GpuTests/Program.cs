@@ -104,7 +104,8 @@ switch (command)
         // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
         // FILE.cu:NAME=VALUE,NAME... builds the file with those defines; pipelined:G,VG,FORMAT[+FORMAT...] the
         // format-specialized build of the pipelined kernel a cache of those block formats launches (float32, the residual's,
-        // always added), e.g. pipelined:4,32,Int2 for KIVI-2 over Llama-3.1-8B's shape.
+        // always added), e.g. pipelined:4,32,Int2 for KIVI-2 over Llama-3.1-8B's shape; pipelined:4,32,Int4,steal its build
+        // with block claims (CudaPagedKernels.StealBlocks).
         foreach (string spec in args[1..])
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -114,7 +115,7 @@ switch (command)
                 string[] p = parts[1].Split(',');
                 int formats = p[2].Split('+').Aggregate(1 << (int)KvFormat.F32, (m, f) => m | 1 << (int)Enum.Parse<KvFormat>(f, ignoreCase: true));
                 KernelCompiler.CompileEmbedded("paged_attention_tc.cu", CudaDevice.Shared.Architecture,
-                    CudaPagedKernels.PipelinedDefines(int.Parse(p[0]), int.Parse(p[1]), formats));
+                    CudaPagedKernels.PipelinedDefines(int.Parse(p[0]), int.Parse(p[1]), formats, steal: p.Length > 3 && p[3] == "steal"));
             }
             else KernelCompiler.CompileEmbedded(parts[0], CudaDevice.Shared.Architecture, parts.Length > 1 ? parts[1].Split(',') : null);
             Console.WriteLine($"{spec}: compiled in {sw.Elapsed.TotalSeconds:F1} s");

@@ -185,5 +185,8 @@ public class PagedAttentionSharedMemoryTests
         Assert.Equal(bits, mask);
         Assert.Equal(["PIPE_ONLY", "PIPE_G=4", "PIPE_VG=32", $"PIPE_FORMATS={bits}", $"PIPE_MIN_BLOCKS={minBlocks}"],
             CudaPagedKernels.PipelinedDefines(4, 32, mask));
+        // Block claims are a build of their own: the same defines and PIPE_STEAL.
+        Assert.Equal(["PIPE_ONLY", "PIPE_G=4", "PIPE_VG=32", $"PIPE_FORMATS={bits}", $"PIPE_MIN_BLOCKS={minBlocks}", "PIPE_STEAL"],
+            CudaPagedKernels.PipelinedDefines(4, 32, mask, steal: true));
     }
 }

@@ -76,6 +76,23 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public bool HeadMergeGrid { get; set; } = true;
 
+    /// <summary>
+    /// Whether a pipelined launch that merges its heads in the kernel (batch steps and chunks of query rows; not a batch-1
+    /// step with <see cref="HeadMergeGrid"/>) of a format-specialized build lets each warp claim its blocks from its head's
+    /// pool (all but the head's last block, four at a time, an atomic add on the head's counter) instead of reading a fixed
+    /// run of them, through a build of its own (PIPE_STEAL): the units of a head then end together, where units of equal
+    /// runs ended up to 17 µs apart on one SM and whole groups of SMs 20-25 µs early (paged_attention_tc.cu, STEAL; stop 30's
+    /// timelines). Off by default: in stop 30 (claims in the same build as the fixed runs) it took 8 × 32K KIVI-4 1.15%
+    /// off a step and cost every other row 1.2-5.7%.
+    /// </summary>
+    public bool StealBlocks { get; set; } = Environment.GetEnvironmentVariable("KVSHARP_AB_STEAL") == "1"; // TEMPORARY A/B switch
+
+    /// <summary>
+    /// Descriptors' room (blocks of the plan's chunk) that block claiming needs in shared memory: paged_attention_tc.cu's
+    /// STEAL_ROOM (8 pieces + 4 warps × (16 + 4) + 2 for the shared state) less the <see cref="MaxExtraPieces"/> every plan has.
+    /// </summary>
+    private const int StealRoomBlocks = 8 + 4 * (16 + 4) + 2 - MaxExtraPieces;
+
     /// <summary>Splits a warp of <c>paged_merge_heads</c> loads in one round (its ROUND), and its warps at most (its 16-warp arrays).</summary>
     private const int MergeSplitsPerWarp = 8, MergeMaxWarps = 16;
 
@@ -214,7 +231,7 @@ internal sealed partial class CudaPagedKernels
     public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") != "0";
 
     private readonly HashSet<CudaFunction> _pipelinedShared = [];
-    private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
+    private readonly Dictionary<(int Group, int ValueGroup, int Formats, bool Steal), CudaModule> _pipelinedBuilds = [];
 
     /// <summary>The formats a cache's blocks may have for the small rings (<see cref="FitsSmallRing"/>), a bit per <see cref="KvFormat"/>.</summary>
     public static readonly int SmallRingFormats = Enum.GetValues<KvFormat>().Where(FitsSmallRing).Aggregate(0, (m, f) => m | 1 << (int)f);
@@ -228,8 +245,9 @@ internal sealed partial class CudaPagedKernels
     /// <see cref="KvFormat"/>): what <see cref="Pipelined"/> compiles, and what <c>KvSharp.GpuTests compile
     /// pipelined:...</c> fills the disk cache with ahead of a run.
     /// </summary>
-    internal static string[] PipelinedDefines(int group, int valueGroup, int formats) =>
-        ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}"];
+    internal static string[] PipelinedDefines(int group, int valueGroup, int formats, bool steal = false) =>
+        ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}",
+            .. steal ? ["PIPE_STEAL"] : Array.Empty<string>()];
 
     /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
@@ -242,7 +260,7 @@ internal sealed partial class CudaPagedKernels
     /// self-check passes over them (stop 19, docs/benchmarks.md). Compiled on first use (~3 s on an H200) and cached on
     /// disk. The generic build otherwise (<see cref="SpecializedPipelined"/> off).
     /// </summary>
-    private CudaFunction Pipelined(int group, int valueGroup, int formats)
+    private CudaFunction Pipelined(int group, int valueGroup, int formats, bool steal = false)
     {
         CudaFunction f;
         if (formats == 0 || !SpecializedPipelined) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
@@ -250,10 +268,10 @@ internal sealed partial class CudaPagedKernels
         {
             CudaModule? module;
             lock (_pipelinedBuilds)
-                if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats), out module))
+                if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats, steal), out module))
                 {
-                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, PipelinedDefines(group, valueGroup, formats));
-                    _pipelinedBuilds[(group, valueGroup, formats)] = module;
+                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, PipelinedDefines(group, valueGroup, formats, steal));
+                    _pipelinedBuilds[(group, valueGroup, formats, steal)] = module;
                 }
             f = module[$"paged_attn_p_g{group}_v{valueGroup}"];
         }
@@ -281,8 +299,10 @@ internal sealed partial class CudaPagedKernels
         var (units, splits, chunk) = WaveUnits(blocks, wave, rows, kvHeads);
         if (group * splits > ring)
             throw new CudaException("paged attention", $"{splits} splits of {group} heads do not fit the merge's weights in the rings");
-        return new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats,
-            Units: wave, Waves: units / wave);
+        // Claims count in the high 16 bits of a head's counter: the head's blocks plus every warp's last claim past them.
+        bool steal = StealBlocks && SpecializedPipelined && formats != 0 && !(HeadMergeGrid && rows == 1) && blocks + 4L * splits * 8 < 1 << 15;
+        return new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, steal ? Math.Max(chunk, StealRoomBlocks) : chunk, ring),
+            RingBytes: ring, Formats: formats, Units: wave, Waves: units / wave, Steal: steal);
     }
 
     /// <summary>
@@ -401,8 +421,11 @@ internal sealed partial class CudaPagedKernels
             // One unit per grid block, numbered along x, y, then z (wave_split): a planned launch's waves of Units, else Splits
             // per row and KV head.
             bool mergeGrid = HeadMergeGrid && rows == 1;
+            // Claims need their descriptors' room (a plan made for a shorter chunk, as the checks' grids of few units, has
+            // not): such a launch reads fixed runs.
+            bool steal = plan.Steal && !mergeGrid && plan.SharedBytes >= PipelinedSharedBytes(group, Math.Max(plan.Chunk, StealRoomBlocks), ring);
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
-            Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
+            Decode(Pipelined(group, valueGroup, plan.Formats, steal)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
