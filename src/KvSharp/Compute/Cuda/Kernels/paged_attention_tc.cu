@@ -2397,7 +2397,9 @@ __device__ __forceinline__ void paged_attention_pipe(
     {
         if (STEAL)
         {
-            steal_ensure<VG>(steal_sh, bdesc, warp, avail, cf, pend, j, tokens, ring, slot);
+            // The descriptors of this block and of every block whose entry it issues (at most `ahead` on): the issues below
+            // need no check of their own, where three inlined copies of the claims' steps cost registers and code.
+            steal_ensure<VG>(steal_sh, bdesc, warp, avail, cf, pend, j + ahead, tokens, ring, slot);
             if (j >= avail) break;
             steal_step<VG>(steal_sh, bdesc, warp, avail, cf, pend, avail + (cf & 0xff) - j <= ahead + STEAL_GRAIN, tokens, ring, slot);
         }
@@ -2454,7 +2456,6 @@ __device__ __forceinline__ void paged_attention_pipe(
             if (STEAL)
             {
                 const int bn = (e + nbar) >> 1;
-                steal_ensure<VG>(steal_sh, bdesc, warp, avail, cf, pend, bn, tokens, ring, slot);
                 if (lane == 0 && bn < avail) issue_desc(e + nbar, kb, false, steal_ring(bdesc, warp)[bn % STEAL_QN], pool, ring0, slot, bar0);
             }
             else if (lane == 0 && e + nbar < ne) issue_entry(e + nbar, kb, false, bdesc, warp, pool, ring0, slot, bar0);
@@ -2497,7 +2498,6 @@ __device__ __forceinline__ void paged_attention_pipe(
         if (STEAL)
         {
             const int bn = pair ? ev + nbar : (ev + nbar) >> 1;
-            steal_ensure<VG>(steal_sh, bdesc, warp, avail, cf, pend, bn, tokens, ring, slot);
             if (lane == 0 && bn < avail) issue_desc(ev + nbar, vb, pair, steal_ring(bdesc, warp)[bn % STEAL_QN], pool, ring0, slot, bar0);
         }
         else if (lane == 0 && ev + nbar < ne) issue_entry(ev + nbar, vb, pair, bdesc, warp, pool, ring0, slot, bar0);
