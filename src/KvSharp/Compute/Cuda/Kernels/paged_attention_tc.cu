@@ -1875,7 +1875,8 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
 // descriptors in a ring of STEAL_QN in shared memory (after the pieces, in the descriptors' room: the planner gives it
 // STEAL_ROOM entries at least): a claim's atomic goes out at one block, its raw descriptors come by cp.async at the next,
 // and they are turned into pipe_desc's form at the one after, so neither round trip stalls the warp; steal_ensure waits
-// for them only where the ring would otherwise issue past its claims.
+// for them only where the ring would otherwise issue past its claims. scripts/steal-model.py replays the protocol (every
+// block read once, every entry issued once and in order, the rings never overwritten) over random heads and schedules.
 // Block claiming (STEAL) is a build of its own (PIPE_STEAL, with PIPE_ONLY; CudaPagedKernels.StealBlocks), launched only
 // where the host plans claims (never with merge_grid): in stop 30 the claiming copy of the kernel in the same build made
 // the fixed runs' path up to 0.97% slower a step.
