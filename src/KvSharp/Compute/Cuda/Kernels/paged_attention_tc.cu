@@ -1863,7 +1863,7 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
     }
 }
 
-// Block stealing (STEAL, batch launches that merge in the kernel; CudaPagedKernels.StealBlocks): instead of a fixed run of
+// Block stealing (STEAL, batch launches that merge in the kernel; CudaPagedKernels.BlockClaims): instead of a fixed run of
 // the head's blocks, each warp of each of the head's units claims its blocks from the head's pool, all but its last block,
 // STEAL_GRAIN at a time with an atomic add on the high half of the head's arrival counter (the low half counts the units'
 // arrivals, last_split; the last unit's reset to 0 clears both). Why: one wave of units with equal runs still ends unit by
@@ -1877,9 +1877,11 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
 // and they are turned into pipe_desc's form at the one after, so neither round trip stalls the warp; steal_ensure waits
 // for them only where the ring would otherwise issue past its claims. scripts/steal-model.py replays the protocol (every
 // block read once, every entry issued once and in order, the rings never overwritten) over random heads and schedules.
-// Block claiming (STEAL) is a build of its own (PIPE_STEAL, with PIPE_ONLY; CudaPagedKernels.StealBlocks), launched only
-// where the host plans claims (never with merge_grid): in stop 30 the claiming copy of the kernel in the same build made
-// the fixed runs' path up to 0.97% slower a step.
+// Block claiming (STEAL) is a build of its own (PIPE_STEAL, with PIPE_ONLY; CudaPagedKernels.BlockClaims), launched only
+// where the host plans claims (batch launches, never with merge_grid): in stop 30 the claiming copy of the kernel in the
+// same build made the fixed runs' path up to 0.97% slower a step. In stop 31 (8 x 32K, H100) claims took 3.3% off a
+// KIVI-4 step and cost KIVI-2 6.4%, KVzip 0.3 + INT4 1.6%, KVzip 0.3 F16 1.2% (F16 and FP8 unchanged), so the host takes
+// them for INT4 caches with long units only (CudaPagedKernels.ClaimsPay).
 #if defined(PIPE_ONLY) && defined(PIPE_STEAL)
 #define PIPE_STEAL_BUILD 1
 #else
