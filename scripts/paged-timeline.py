@@ -57,8 +57,8 @@ def build(kernels, out_dir, first, count):
     replace("const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe",
             "const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        if (threadIdx.x == 0) { tl_s[0] = tl_time(); for (int z = 1; z < 12; z++) tl_s[z] = 0; for (int z = 0; z < 4; z++) tl_fw[z] = tl_le[z] = 0; tl_s[9] = ~0ull; } \\\n"
             "        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe")
-    replace("            chunk_blocks, splits, scale, batch, (unsigned)ring, merge_grid); \\\n    }\n",
-            "            chunk_blocks, splits, scale, batch, (unsigned)ring, merge_grid); \\\n"
+    replace("            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \\\n    }\n",
+            "            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \\\n"
             "        if (threadIdx.x == 0) \\\n        { \\\n"
             "            const unsigned long long tend = tl_time(); unsigned smid; asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(smid)); \\\n"
             "            const unsigned launch = atomicAdd(&tl_launch, 0u), total = gridDim.x * gridDim.y * gridDim.z; \\\n"

@@ -8,7 +8,8 @@ using KvSharp.GpuTests.Checks;
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
-//                                [--only NAME-PART|NAME-PART]   (compressed device caches)
+//                                [--only NAME-PART|NAME-PART] [--claims off|measured|always]   (compressed device caches;
+//                                --claims: the pipelined attention's block claims in batch steps, CudaPagedKernels.BlockClaims)
 //   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
 //                                (batch products over every layer's own matrices, sequence, step; timeline builds)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
@@ -74,8 +75,13 @@ switch (command)
         {
             var contexts = Option("--contexts", "4096").Split(',').Select(int.Parse).ToArray();
             var batches = Option("--batch", "1").Split(',').Select(int.Parse).ToArray();
+            if (!Enum.TryParse<PipelinedBlockClaims>(Option("--claims", "measured"), ignoreCase: true, out var claims) || !Enum.IsDefined(claims))
+            {
+                Console.Error.WriteLine($"unknown --claims '{Option("--claims", "")}' (off, measured, always)");
+                return 2;
+            }
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""));
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims);
             return 0;
         }
     case "bench-gemv":
@@ -104,7 +110,8 @@ switch (command)
         // paged_attention_tc.cu); processes of this command fill the cache ($KVSHARP_CUDA_CACHE) in parallel beforehand.
         // FILE.cu:NAME=VALUE,NAME... builds the file with those defines; pipelined:G,VG,FORMAT[+FORMAT...] the
         // format-specialized build of the pipelined kernel a cache of those block formats launches (float32, the residual's,
-        // always added), e.g. pipelined:4,32,Int2 for KIVI-2 over Llama-3.1-8B's shape.
+        // always added), e.g. pipelined:4,32,Int2 for KIVI-2 over Llama-3.1-8B's shape; pipelined:4,32,Int4,steal its build
+        // with block claims (CudaPagedKernels.BlockClaims).
         foreach (string spec in args[1..])
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -114,7 +121,7 @@ switch (command)
                 string[] p = parts[1].Split(',');
                 int formats = p[2].Split('+').Aggregate(1 << (int)KvFormat.F32, (m, f) => m | 1 << (int)Enum.Parse<KvFormat>(f, ignoreCase: true));
                 KernelCompiler.CompileEmbedded("paged_attention_tc.cu", CudaDevice.Shared.Architecture,
-                    CudaPagedKernels.PipelinedDefines(int.Parse(p[0]), int.Parse(p[1]), formats));
+                    CudaPagedKernels.PipelinedDefines(int.Parse(p[0]), int.Parse(p[1]), formats, steal: p.Length > 3 && p[3] == "steal"));
             }
             else KernelCompiler.CompileEmbedded(parts[0], CudaDevice.Shared.Architecture, parts.Length > 1 ? parts[1].Split(',') : null);
             Console.WriteLine($"{spec}: compiled in {sw.Elapsed.TotalSeconds:F1} s");

@@ -76,9 +76,11 @@ public static class PagedDecodeBench
     /// Times every variant whose name or kernel contains one of the '|'-separated parts of <paramref name="only"/> (all when
     /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>.
     /// </summary>
-    public static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "")
+    internal static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "",
+        PipelinedBlockClaims claims = PipelinedBlockClaims.Measured)
     {
         var (device, bandwidth, config, gpu) = DecodeBench.OpenDummyModel(configPath, log);
+        CudaPagedKernels.For(device).BlockClaims = claims;
         using var _ = gpu;
         long weightBytes = gpu.WeightBytesReadPerToken;
         using var timer = new CudaTimer(device);

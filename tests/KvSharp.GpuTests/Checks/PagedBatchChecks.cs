@@ -25,6 +25,7 @@ namespace KvSharp.GpuTests.Checks;
 public static class PagedBatchChecks
 {
     private static CudaDevice Dev => CudaDevice.Shared;
+    private static CudaPagedKernels Kernels => CudaPagedKernels.For(Dev);
 
     /// <summary>
     /// Batch attention (row s = sequence s) over 3 and 8 sequences of unequal lengths, each head evicted to its own length,
@@ -257,7 +258,6 @@ public static class PagedBatchChecks
         var rnd = new RandomData();
         double worst = 0;
         int steps = 0;
-        var kernels = CudaPagedKernels.For(Dev);
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16 })
             foreach (var (format, layers) in new[] { (KvFormat.F16, 2), (KvFormat.Int4, 1) })
             {
@@ -272,7 +272,7 @@ public static class PagedBatchChecks
                 {
                     foreach (bool folded in new[] { true, false })
                     {
-                        kernels.MergeProjection = folded;
+                        Kernels.MergeProjection = folded;
                         using var cache = gpu.CreatePagedCache(options, prompt.Length + fed.Length + 1);
                         if (cache.AttentionKernel != PagedAttentionKernel.Pipelined)
                             throw new CheckFailedException($"merge projection {type} {format}: the cache runs the {cache.AttentionKernel} attention, not the pipelined one");
@@ -283,7 +283,7 @@ public static class PagedBatchChecks
                 }
                 finally
                 {
-                    kernels.MergeProjection = true;
+                    Kernels.MergeProjection = true;
                 }
                 for (int i = 0; i < fed.Length; i++)
                 {
@@ -344,10 +344,15 @@ public static class PagedBatchChecks
         var (desc, blocks, tokens) = gpu.LayerTables(layer);
         var kernel = gpu.AttentionKernel;
         plans ??= [gpu.PlanAttention(null!, visible, rows), PagedChecks.FewBlocksPlan(gpu, kernel)];
+        // Each pipelined plan of several sequences also with block claims (CudaPagedKernels.BlockClaims), which the cache's
+        // own plan takes only for long INT4 heads.
+        if (kernel == PagedAttentionKernel.Pipelined && rows > 1)
+            plans = [.. plans, .. plans.Where(p => !p.Steal).Select(p => CudaPagedKernels.WithBlockClaims(p, heads / kvHeads))];
         using var dq = Upload(q);
         double worst = 0;
         foreach (var plan in plans)
         {
+            string claims = plan.Steal ? " claims" : "";
             using var po = Poisoned((long)rows * heads * plan.Splits * hd * 4);
             using var pml = Poisoned((long)rows * heads * plan.Splits * 8);
             using var counters = Dev.Allocate(rows * kvHeads * 4L);
@@ -358,7 +363,7 @@ public static class PagedBatchChecks
                 gpu.PagedKernels.Attention(dq.Pointer, gpu.PoolPointer, desc, blocks, tokens, dout.Pointer, po.Pointer, pml.Pointer, counters.Pointer,
                     rows, heads, kvHeads, hd, gpu.MaxBlocks, gpu.BlockTokens, gpu.ValueGroup, plan, kernel, batch: true);
                 var got = Result(dout, rows * heads * hd);
-                Compare.Relative($"{what} splits{plan.Splits}", got, expected, tolerance);
+                Compare.Relative($"{what} splits{plan.Splits}{claims}", got, expected, tolerance);
                 worst = Math.Max(worst, Compare.RelativeError(got, expected));
                 launches++;
             }
@@ -392,17 +397,32 @@ public static class PagedBatchChecks
                 using var cache = gpu.CreatePagedCache(int4, capacity);
                 return gpu.GenerateGreedy(p, steps, cache).ToArray();
             }).ToArray();
-            int[][] together;
-            using (var cache = gpu.CreatePagedCache(int4, capacity, batch: batch))
-                together = gpu.GenerateGreedyBatch(prompts, steps, cache);
             string kernel = hd == 128 ? "tensor cores" : "wide";
-            // A sequence may part from its lone run at a near-tie only: the lone run's logits for that step, from a fresh
-            // cache over the prompt and its tokens so far.
-            int ties = SameTokens($"hd{hd} INT4 prefilled ({kernel})", alone, together, rnd.Seed, (s, k) =>
+            int ties = 0;
+            // The pipelined kernel's batch steps (hd 128) with fixed runs and with block claims.
+            foreach (var claims in hd == 128 ? [PipelinedBlockClaims.Off, PipelinedBlockClaims.Always] : new[] { PipelinedBlockClaims.Off })
             {
-                using var cache = gpu.CreatePagedCache(int4, capacity);
-                return gpu.Forward([.. prompts[s], .. alone[s].Take(k)], cache);
-            });
+                int[][] together;
+                Kernels.BlockClaims = claims;
+                try
+                {
+                    using var cache = gpu.CreatePagedCache(int4, capacity, batch: batch);
+                    if (claims == PipelinedBlockClaims.Always && !cache.PlanAttention(null!, capacity, batch).Steal)
+                        throw new CheckFailedException($"hd{hd} INT4 prefilled: the batch plan takes no block claims under {claims}");
+                    together = gpu.GenerateGreedyBatch(prompts, steps, cache);
+                }
+                finally
+                {
+                    Kernels.BlockClaims = PipelinedBlockClaims.Measured;
+                }
+                // A sequence may part from its lone run at a near-tie only: the lone run's logits for that step, from a
+                // fresh cache over the prompt and its tokens so far.
+                ties += SameTokens($"hd{hd} INT4 prefilled ({kernel}{(claims == PipelinedBlockClaims.Always ? ", block claims" : "")})", alone, together, rnd.Seed, (s, k) =>
+                {
+                    using var cache = gpu.CreatePagedCache(int4, capacity);
+                    return gpu.Forward([.. prompts[s], .. alone[s].Take(k)], cache);
+                });
+            }
 
             // Pressed on the CPU, each sequence its own way, then uploaded together.
             var cpu = new Transformer(weights);
@@ -432,16 +452,28 @@ public static class PagedBatchChecks
                     using var cache = CudaPagedKvCache.Upload(Dev, config, cpus[s], capacity);
                     return DecodeUploaded(gpu, cache, [next[s]], steps)[0];
                 }).ToArray();
-                int[][] togetherUploaded;
-                using (var cache = CudaPagedKvCache.Upload(Dev, config, cpus, capacity))
-                    togetherUploaded = DecodeUploaded(gpu, cache, next, steps);
-                SameTokens($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")})", aloneUploaded, togetherUploaded, rnd.Seed);
+                foreach (var claims in hd == 128 ? [PipelinedBlockClaims.Off, PipelinedBlockClaims.Always] : new[] { PipelinedBlockClaims.Off })
+                {
+                    int[][] togetherUploaded;
+                    Kernels.BlockClaims = claims;
+                    try
+                    {
+                        using var cache = CudaPagedKvCache.Upload(Dev, config, cpus, capacity);
+                        togetherUploaded = DecodeUploaded(gpu, cache, next, steps);
+                    }
+                    finally
+                    {
+                        Kernels.BlockClaims = PipelinedBlockClaims.Measured;
+                    }
+                    SameTokens($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")}{(claims == PipelinedBlockClaims.Always ? ", block claims" : "")})",
+                        aloneUploaded, togetherUploaded, rnd.Seed);
+                }
             }
             finally
             {
                 foreach (var c in cpus) c.Dispose();
             }
-            report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched, prefilled INT4 ({ties} parted at a near-tie) and pressed mixed uploads (seed {rnd.Seed})");
+            report.Add($"hd{hd}: {batch} sequences x {steps} tokens equal alone and batched{(hd == 128 ? " (fixed runs and block claims)" : "")}, prefilled INT4 ({ties} parted at a near-tie) and pressed mixed uploads (seed {rnd.Seed})");
         }
         return string.Join("; ", report);
     }

@@ -185,5 +185,41 @@ public class PagedAttentionSharedMemoryTests
         Assert.Equal(bits, mask);
         Assert.Equal(["PIPE_ONLY", "PIPE_G=4", "PIPE_VG=32", $"PIPE_FORMATS={bits}", $"PIPE_MIN_BLOCKS={minBlocks}"],
             CudaPagedKernels.PipelinedDefines(4, 32, mask));
+        // Block claims are a build of their own: the same defines and PIPE_STEAL.
+        Assert.Equal(["PIPE_ONLY", "PIPE_G=4", "PIPE_VG=32", $"PIPE_FORMATS={bits}", $"PIPE_MIN_BLOCKS={minBlocks}", "PIPE_STEAL"],
+            CudaPagedKernels.PipelinedDefines(4, 32, mask, steal: true));
+    }
+
+    [Theory]
+    // Claims measured faster only for INT4 caches (residual aside) with ~62 blocks a unit or more (stop 31: 8 × 32K,
+    // 8 × 16K, 4 × 32K) and slower at ~31 (8 × 8K) and ~37 (KVzip 0.3 + INT4 at 8 × 32K); INT2, F16, FP8 slower or unchanged.
+    [InlineData(new[] { KvFormat.Int4 }, 124.0, true)]
+    [InlineData(new[] { KvFormat.Int4 }, 62.0, true)]
+    [InlineData(new[] { KvFormat.Int4 }, 37.0, false)]
+    [InlineData(new[] { KvFormat.Int4 }, 31.0, false)]
+    [InlineData(new[] { KvFormat.Int2 }, 124.0, false)]
+    [InlineData(new[] { KvFormat.F16 }, 170.0, false)]
+    [InlineData(new[] { KvFormat.Fp8E4M3 }, 170.0, false)]
+    [InlineData(new[] { KvFormat.Int4, KvFormat.F16 }, 124.0, false)]
+    public void BlockClaimsPayForLongInt4UnitsOnly(KvFormat[] formats, double blocksPerUnit, bool pays)
+    {
+        int mask = formats.Aggregate(1 << (int)KvFormat.F32, (m, f) => m | 1 << (int)f);
+        Assert.Equal(pays, CudaPagedKernels.ClaimsPay(mask, blocksPerUnit));
+    }
+
+    [Fact]
+    public void BlockClaimsGetTheirDescriptorsRoom()
+    {
+        // The claims' room: 8 pieces, 4 warps × (a ring of 16 and 4 raw descriptors), 2 entries of shared state
+        // (paged_attention_tc.cu, STEAL_ROOM), 16 bytes each, in place of the chunk's descriptors and the 7 extra pieces every
+        // plan has where those are fewer.
+        const int ring = 8192, room = 8 + 4 * (16 + 4) + 2;
+        var small = new CudaKernels.AttentionPlan(10, 4, CudaPagedKernels.PipelinedSharedBytes(4, 10, ring), RingBytes: ring, Formats: 33, Units: 528);
+        var claimed = CudaPagedKernels.WithBlockClaims(small, 4);
+        Assert.True(claimed.Steal);
+        Assert.Equal(small.SharedBytes + 16 * (room - (10 + 7)), claimed.SharedBytes);
+        Assert.Equal(small with { Steal = true, SharedBytes = claimed.SharedBytes }, claimed);
+        var large = small with { Chunk = 200, SharedBytes = CudaPagedKernels.PipelinedSharedBytes(4, 200, ring) };
+        Assert.Equal(large with { Steal = true }, CudaPagedKernels.WithBlockClaims(large, 4));
     }
 }

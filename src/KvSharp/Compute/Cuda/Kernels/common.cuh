@@ -172,14 +172,15 @@ __device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, f
 
 
 // Whether this block is the last of the (row t, kv head) pair's `live` splits to finish (merge_splits' counter); block-uniform.
-__device__ __forceinline__ bool last_split(int* counters, int t, int kv_heads, int kvh, int live)
+__device__ __forceinline__ bool last_split(int* counters, int t, int kv_heads, int kvh, int live, bool claims = false)
 {
     __shared__ int is_last;
     __threadfence(); // this block's partial results are visible before it is counted
     __syncthreads();
     if (threadIdx.x == 0)
     {
-        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1);
+        // claims: the low half counts arrivals, the high half holds the pipelined kernel's block claims (its STEAL build).
+        const int done = atomicAdd(counters + (long)t * kv_heads + kvh, 1) & (claims ? 0xffff : ~0);
         is_last = done == live - 1;
         if (is_last) counters[(long)t * kv_heads + kvh] = 0; // ready for the next launch
     }

@@ -1807,6 +1807,33 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) { asm volatile("mbarri
 // only): the bulk copies of its bytes, or, for an entry that stages nothing (read in place, or a block the row does not
 // see), a plain arrival, so that the barrier's phases stay in step with its entries and the consumer's parity needs no
 // count of staged entries.
+__device__ __forceinline__ void issue_desc(int e, unsigned b, bool pair, uint4 d, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
+{
+    const unsigned bar = bar0 + 8 * b;
+    const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
+    if (pair)
+    {
+        if (ks + vs != 0)
+        {
+            mbar_expect(bar, ks + vs);
+            if (ks) bulk_copy(ring0 + 2 * b * slot, pool + (size_t)d.x * 16, ks, bar);
+            if (vs) bulk_copy(ring0 + (2 * b + 1) * slot, pool + (size_t)d.y * 16, vs, bar);
+        }
+        else mbar_arrive(bar);
+    }
+    else
+    {
+        const bool keys = (e & 1) == 0;
+        const unsigned s = keys ? ks : vs;
+        if (s != 0)
+        {
+            mbar_expect(bar, s);
+            bulk_copy(ring0 + b * slot, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
+        }
+        else mbar_arrive(bar);
+    }
+}
+
 __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const uint4* bdesc, int warp, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
 {
     const unsigned bar = bar0 + 8 * b;
@@ -1834,6 +1861,125 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
         }
         else mbar_arrive(bar);
     }
+}
+
+// Block stealing (STEAL, batch launches that merge in the kernel; CudaPagedKernels.BlockClaims): instead of a fixed run of
+// the head's blocks, each warp of each of the head's units claims its blocks from the head's pool, all but its last block,
+// STEAL_GRAIN at a time with an atomic add on the high half of the head's arrival counter (the low half counts the units'
+// arrivals, last_split; the last unit's reset to 0 clears both). Why: one wave of units with equal runs still ends unit by
+// unit: at 8 x 32K the units sharing an SM ended up to 17 us apart (KIVI-2, which is instruction-bound: the SM then runs
+// its tail with fewer warps), and at KIVI-4 the SMs of some GPCs ended ~25 us before the others (memory-bound: a GPC's
+// share of the bandwidth), a block timeline of stop 30 (docs/benchmarks.md). With claims, units that run faster take
+// more blocks and the head's units end together; the partial results and the merge do not care which blocks a unit read.
+// The head's last block (the residual, staged in pieces) stays with the head's last split. A warp keeps its blocks'
+// descriptors in a ring of STEAL_QN in shared memory (after the pieces, in the descriptors' room: the planner gives it
+// STEAL_ROOM entries at least): a claim's atomic goes out at one block, its raw descriptors come by cp.async at the next,
+// and they are turned into pipe_desc's form at the one after, so neither round trip stalls the warp; steal_ensure waits
+// for them only where the ring would otherwise issue past its claims. scripts/steal-model.py replays the protocol (every
+// block read once, every entry issued once and in order, the rings never overwritten) over random heads and schedules.
+// Block claiming (STEAL) is a build of its own (PIPE_STEAL, with PIPE_ONLY; CudaPagedKernels.BlockClaims), launched only
+// where the host plans claims (batch launches, never with merge_grid): in stop 30 the claiming copy of the kernel in the
+// same build made the fixed runs' path up to 0.97% slower a step. In stop 31 (8 x 32K, H100) claims took 3.3% off a
+// KIVI-4 step and cost KIVI-2 6.4%, KVzip 0.3 + INT4 1.6%, KVzip 0.3 F16 1.2% (F16 and FP8 unchanged), so the host takes
+// them for INT4 caches with long units only (CudaPagedKernels.ClaimsPay).
+#if defined(PIPE_ONLY) && defined(PIPE_STEAL)
+#define PIPE_STEAL_BUILD 1
+#else
+#define PIPE_STEAL_BUILD 0
+#endif
+constexpr int STEAL_GRAIN = 4;  // blocks a claim
+constexpr int STEAL_FIRST = 8;  // blocks of a warp's first claim (the prologue's, waited for)
+constexpr int STEAL_QN = 16;    // a warp's descriptor ring
+constexpr int STEAL_PIECES = 8; // the last block's pieces at most (pipe_float_pieces)
+// The descriptors' room claims take (CudaPagedKernels.StealRoomBlocks): the pieces, each warp's ring and raw descriptors, and
+// the grid block's StealShared (two entries).
+constexpr int STEAL_ROOM = STEAL_PIECES + PIPE_WARPS * (STEAL_QN + STEAL_GRAIN) + 2;
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// The largest entry a claimed block may stage: full blocks of the build's formats (float blocks past it are read in
+// place, steal_desc).
+__device__ __forceinline__ unsigned steal_slot(int tokens, int vg, unsigned ring)
+{
+    unsigned s = 0u;
+#pragma unroll
+    for (int f = KV_F16; f <= KV_BINARY; f++)
+        if (f != KV_BF16 && (((PIPE_FORMATS) >> f) & 1) != 0)
+            s = max(s, max(stage_bytes(f, true, tokens, vg, tokens, ring), stage_bytes(f, false, tokens, vg, tokens, ring)));
+    return s;
+}
+
+// pipe_desc of a claimed block, whose float keys or values larger than a slot are read in place.
+__device__ __forceinline__ uint4 steal_desc(uint4 d, int limit, int tokens, int vg, unsigned ring, unsigned slot)
+{
+    d = pipe_desc(d, limit, tokens, vg, ring);
+    unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
+    if (ks > slot) ks = 0u;
+    if (vs > slot) vs = 0u;
+    d.w = ks | (vs << 16);
+    return d;
+}
+
+// A grid block's claims (STEAL), in shared memory: the head's descriptors and counter, its pool and the row's visible
+// tokens. A warp's descriptors of its blocks 0 .. avail - 1 are (or were) in its ring (block i at i % STEAL_QN, after
+// the pieces); its other state is three registers (few: the kernel runs at its 128-register bound): avail, cf (raw
+// descriptors waiting in its raw area, cp.async, in the low byte; STEAL_PENDING, STEAL_DONE) and lane 0's pend (a claim's
+// old counter, used a block after its atomic went out, so the warp does not wait for it).
+struct StealShared
+{
+    const uint4* hd;
+    int* ctr;
+    int pool, limit;
+};
+static_assert(sizeof(StealShared) <= 32, "StealShared lives in two descriptor entries");
+constexpr int STEAL_PENDING = 0x100, STEAL_DONE = 0x200;
+
+__device__ __forceinline__ uint4* steal_ring(uint4* bdesc, int warp) { return bdesc + STEAL_PIECES + warp * STEAL_QN; }
+__device__ __forceinline__ uint4* steal_raw(uint4* bdesc, int warp) { return bdesc + STEAL_PIECES + PIPE_WARPS * STEAL_QN + warp * STEAL_GRAIN; }
+
+// One step of the warp's claims: raw descriptors into the ring, a claim's result into raw descriptors, or (with `claim`)
+// a new claim.
+template <int VG>
+__device__ __forceinline__ void steal_step(const StealShared& sh, uint4* bdesc, int warp, int& avail, int& cf, int& pend, bool claim,
+    int tokens, unsigned ring, unsigned slot)
+{
+    const int lane = threadIdx.x & 31, craw = cf & 0xff;
+    if (craw > 0)
+    {
+        if (lane < craw)
+        {
+            cp_async_wait_all();
+            steal_ring(bdesc, warp)[(avail + lane) % STEAL_QN] = steal_desc(steal_raw(bdesc, warp)[lane], sh.limit, tokens, VG, ring, slot);
+        }
+        __syncwarp();
+        avail += craw;
+        cf &= ~0xff;
+    }
+    if (cf & STEAL_PENDING)
+    {
+        const int base = __shfl_sync(0xffffffffu, pend, 0) >> 16;
+        const int cnt = max(0, min(STEAL_GRAIN, sh.pool - base));
+        if (lane < cnt) cp_async16(steal_raw(bdesc, warp) + lane, sh.hd + base + lane);
+        cf = (cf & ~STEAL_PENDING) | cnt | (base + STEAL_GRAIN >= sh.pool ? STEAL_DONE : 0);
+    }
+    else if (claim && !(cf & STEAL_DONE))
+    {
+        if (lane == 0) pend = atomicAdd(sh.ctr, STEAL_GRAIN << 16);
+        cf |= STEAL_PENDING;
+    }
+}
+
+// Until block b has its descriptor or the claims are exhausted (the ring is about to issue it, or consume it).
+template <int VG>
+__device__ __forceinline__ void steal_ensure(const StealShared& sh, uint4* bdesc, int warp, int& avail, int& cf, int& pend, int b,
+    int tokens, unsigned ring, unsigned slot)
+{
+    while (avail <= b && (cf & (0xff | STEAL_PENDING) || !(cf & STEAL_DONE))) steal_step<VG>(sh, bdesc, warp, avail, cf, pend, true, tokens, ring, slot);
 }
 
 // Grid blocks of the pipelined kernel are units of a layer's (row, KV head) pairs: the launch's U = gridDim.x · gridDim.y ·
@@ -2037,7 +2183,7 @@ __device__ __forceinline__ void pipe_merge(const float* part_out, const float* p
     float* weights, int splits, int heads, int kv_heads, int t, int kvh, int live)
 {
     constexpr int HD = 128, H4 = HD / 4, ITEMS = (G * H4 + 127) / 128, EARLY = G == 8 ? 8 : 12;
-    const bool last = last_split(counters, t, kv_heads, kvh, live);
+    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);
     if (!last) return;
     if (live > 128)
     {
@@ -2107,7 +2253,7 @@ __device__ __forceinline__ void pipe_merge(const float* part_out, const float* p
     }
 }
 
-template <int G, int VG>
+template <int G, int VG, bool STEAL>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
@@ -2139,7 +2285,9 @@ __device__ __forceinline__ void paged_attention_pipe(
     const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, batch, chunk_blocks, splits);
     if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
     const int t = ws.t, kvh = ws.kvh, limit = ws.limit;
-    const int b0 = ws.split * ws.chunk, nb = min(ws.chunk, ws.blocks - b0);
+    // STEAL: the unit's own run is the head's last block, in its last split; the others are claimed.
+    const int b0 = STEAL ? max(ws.blocks - 1, 0) : ws.split * ws.chunk;
+    const int nb = STEAL ? (ws.split == ws.live - 1 && ws.blocks > 0 ? 1 : 0) : min(ws.chunk, ws.blocks - b0);
     const uint4* hdesc = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks + b0;
     const long first = ((long)t * heads + (long)kvh * G) * splits + ws.split;
     // The merge counts and reads the head's `live` splits of row t. Kept in shared memory until the merge: a register live
@@ -2206,12 +2354,40 @@ __device__ __forceinline__ void paged_attention_pipe(
     const int nbs = staged_blocks;
     // slot: bytes of a slot (a multiple of 16, at most half the ring); ns: slots a warp uses; pair: pair entries (issue_entry);
     // nbar: barriers in rotation (an entry each); nbw: the warp's blocks; ne: its entries.
-    const unsigned slot = max(max(wslot[0], wslot[1]), max(wslot[2], wslot[3]));
+    unsigned slot = max(max(wslot[0], wslot[1]), max(wslot[2], wslot[3]));
+    if (STEAL) slot = max(slot, steal_slot(tokens, vg, ring));
     const int ns = slot ? min((int)(ring / slot), PIPE_BARS) : PIPE_BARS;
     const bool pair = PIPE_PAIRS >= 0 ? PIPE_PAIRS == 1 : ns >= 4;
     const int nbar = pair ? ns / 2 : ns, nbw = warp < nbs ? (nbs - 1 - warp) / PIPE_WARPS + 1 : 0, ne = pair ? nbw : 2 * nbw;
-    if (lane == 0)
+    // In the descriptors' room (a static __shared__ would move every build's rings).
+    StealShared& steal_sh = *reinterpret_cast<StealShared*>(bdesc + STEAL_ROOM - 2);
+    int avail = 0, cf = 0, pend = 0;
+    if (STEAL)
+    {
+        // The warp's pieces of the last block first (0-2), then its first claim, waited for.
+        uint4* const wq = steal_ring(bdesc, warp);
+        const uint4* const hd = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks;
+        int* const ctr = counters + (long)t * kv_heads + kvh;
+        if (threadIdx.x == 0) steal_sh = { hd, ctr, ws.blocks - 1, limit };
+        if (lane < nbw) wq[lane] = bdesc[warp + PIPE_WARPS * lane];
+        int base = 0;
+        if (lane == 0) base = atomicAdd(ctr, STEAL_FIRST << 16) >> 16;
+        base = __shfl_sync(0xffffffffu, base, 0);
+        const int cnt = max(0, min(STEAL_FIRST, ws.blocks - 1 - base));
+        if (lane < cnt) wq[(nbw + lane) % STEAL_QN] = steal_desc(hd[base + lane], limit, tokens, vg, ring, slot);
+        __syncwarp();
+        avail = nbw + cnt;
+        cf = base + STEAL_FIRST >= ws.blocks - 1 ? STEAL_DONE : 0;
+        if (lane == 0)
+            for (int e = 0; e < nbar && (pair ? e : e >> 1) < avail; e++)
+                issue_desc(e, (unsigned)e, pair, wq[(pair ? e : e >> 1) % STEAL_QN], pool, ring0, slot, bar0);
+        __syncthreads(); // steal_sh
+    }
+    else if (lane == 0)
         for (int e = 0; e < min(nbar, ne); e++) issue_entry(e, (unsigned)e, pair, bdesc, warp, pool, ring0, slot, bar0);
+    // The block a warp's issue needs ahead of the one it consumes (side entries: the values' entry nbar on), and where a
+    // claim goes out (its blocks then land two blocks later, before the ring needs them).
+    const int ahead = pair ? nbar : (nbar + 1) >> 1;
     // o: the transposed P·V's accumulators (column_hi), in the units of format `units` (value_exp); md: the value mins'
     // sums (pipe_min_terms), the same columns.
     float o[8][4], md[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, m = neg_inf(), l = 0.0f;
@@ -2220,10 +2396,18 @@ __device__ __forceinline__ void paged_attention_pipe(
     for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     // k: the barrier of the warp's next entry (entry e's: e % nbar, kept as a counter), ph: its phase's parity.
     unsigned k = 0u, ph = 0u;
-    for (int j = 0; j < nbw; j++)
+    for (int j = 0; STEAL || j < nbw; j++)
     {
+        if (STEAL)
+        {
+            // The descriptors of this block and of every block whose entry it issues (at most `ahead` on): the issues below
+            // need no check of their own, where three inlined copies of the claims' steps cost registers and code.
+            steal_ensure<VG>(steal_sh, bdesc, warp, avail, cf, pend, j + ahead, tokens, ring, slot);
+            if (j >= avail) break;
+            steal_step<VG>(steal_sh, bdesc, warp, avail, cf, pend, avail + (cf & 0xff) - j <= ahead + STEAL_GRAIN, tokens, ring, slot);
+        }
         const int e = pair ? j : 2 * j; // the block's first entry
-        const uint4 d = bdesc[warp + PIPE_WARPS * j]; // pipe_desc
+        const uint4 d = STEAL ? steal_ring(bdesc, warp)[j % STEAL_QN] : bdesc[warp + PIPE_WARPS * j]; // pipe_desc
         const int n = desc_count(d);
         const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
         // kb, vb: the barriers of the block's keys and values (a pair's one barrier); kk, vk: their slots.
@@ -2272,7 +2456,12 @@ __device__ __forceinline__ void paged_attention_pipe(
         {
             // The keys are done (their values were used before the __syncwarp): their slot takes entry e + nbar.
             __syncwarp();
-            if (lane == 0 && e + nbar < ne) issue_entry(e + nbar, kb, false, bdesc, warp, pool, ring0, slot, bar0);
+            if (STEAL)
+            {
+                const int bn = (e + nbar) >> 1;
+                if (lane == 0 && bn < avail) issue_desc(e + nbar, kb, false, steal_ring(bdesc, warp)[bn % STEAL_QN], pool, ring0, slot, bar0);
+            }
+            else if (lane == 0 && e + nbar < ne) issue_entry(e + nbar, kb, false, bdesc, warp, pool, ring0, slot, bar0);
         }
         if (n)
         {
@@ -2309,7 +2498,12 @@ __device__ __forceinline__ void paged_attention_pipe(
         // The values (a pair's block) are done: their slot (a pair's two) takes the entry nbar after theirs.
         __syncwarp();
         const int ev = pair ? e : e + 1;
-        if (lane == 0 && ev + nbar < ne) issue_entry(ev + nbar, vb, pair, bdesc, warp, pool, ring0, slot, bar0);
+        if (STEAL)
+        {
+            const int bn = pair ? ev + nbar : (ev + nbar) >> 1;
+            if (lane == 0 && bn < avail) issue_desc(ev + nbar, vb, pair, steal_ring(bdesc, warp)[bn % STEAL_QN], pool, ring0, slot, bar0);
+        }
+        else if (lane == 0 && ev + nbar < ne) issue_entry(ev + nbar, vb, pair, bdesc, warp, pool, ring0, slot, bar0);
     }
 
     pdl_trigger(); // the output product's blocks may start loading weights during the merges
@@ -2397,8 +2591,8 @@ __device__ __forceinline__ void paged_attention_pipe(
         const void* pfb, long pfn_b, int merge_grid) \
     { \
         prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
-        paged_attention_pipe<G, VG>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, max_blocks, tokens, rows, \
-            chunk_blocks, splits, scale, batch, (unsigned)ring, merge_grid); \
+        paged_attention_pipe<G, VG, PIPE_STEAL_BUILD == 1>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, \
+            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \
     }
 #define PAGED_ATTN_PIPE_OF(G, VG) PAGED_ATTN_PIPE(G, VG)
 #ifdef PIPE_ONLY

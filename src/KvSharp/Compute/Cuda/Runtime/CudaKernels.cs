@@ -241,10 +241,11 @@ internal sealed class CudaKernels : IDisposable
     /// <paramref name="Formats"/>: the block formats (a bit per KvFormat) its format-specialized build reads (0: the
     /// generic build, every format); <paramref name="Units"/>: the pipelined kernel's grid blocks of one wave, shared by all
     /// query rows, when planned in waves (its chunk then picked per layer by the kernel, at most Chunk; 0: Splits per row
-    /// and KV head); <paramref name="Waves"/>: how many such waves the grid has.
+    /// and KV head); <paramref name="Waves"/>: how many such waves the grid has; <paramref name="Steal"/>: the pipelined
+    /// kernel's batch launches let its units claim their blocks from their head's pool (CudaPagedKernels.BlockClaims).
     /// </summary>
     public readonly record struct AttentionPlan(int Chunk, int Splits, int SharedBytes, bool Streaming = false, int RingBytes = 0, int Formats = 0, int Units = 0,
-        int Waves = 1);
+        int Waves = 1, bool Steal = false);
 
     /// <summary>Whether the streaming decode kernel (attn_hD_gG) covers this head shape.</summary>
     public static bool StreamingAttention(int group, int headDim) => headDim is 64 or 128 && group is >= 1 and <= 8;

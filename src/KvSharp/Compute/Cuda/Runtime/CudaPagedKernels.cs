@@ -76,6 +76,41 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public bool HeadMergeGrid { get; set; } = true;
 
+    /// <summary>
+    /// Whether the pipelined kernel's batch launches (one query row a sequence, heads merged in the kernel) let each warp
+    /// claim its blocks from its head's pool (all but the head's last block, four at a time, an atomic add on the head's
+    /// counter) instead of reading a fixed run of them, through a build of its own (PIPE_STEAL): a head's units then end
+    /// together, where units of equal runs ended up to 17 µs apart on one SM and whole groups of SMs 20-25 µs early
+    /// (paged_attention_tc.cu, STEAL; stop 30's timelines). Default <see cref="PipelinedBlockClaims.Measured"/>
+    /// (<see cref="ClaimsPay"/>). Applies to plans made after the change.
+    /// </summary>
+    public PipelinedBlockClaims BlockClaims { get; set; } = PipelinedBlockClaims.Measured;
+
+    /// <summary>
+    /// Where block claims measured faster than fixed runs (stop 31, H100, three runs each): caches of INT4 blocks alone (the
+    /// float32 residual aside) whose layer gives each unit <see cref="ClaimsMinBlocksPerUnit"/> blocks or more on average.
+    /// KIVI-4 took 3.3% off a step at 8 × 32K (~124 blocks a unit), 0.9% at 8 × 16K and 0.6% at 4 × 32K (~62), and cost
+    /// 1.0% at 8 × 8K (~31); KVzip 0.3 + INT4 at 8 × 32K (~37 a unit, where the first claim's round trip weighs on a launch
+    /// of ~46 µs) lost 1.6%, KIVI-2 (instruction-bound: a claim's bookkeeping is a block's cost) 6.4%, KVzip 0.3 F16 1.2%;
+    /// F16 and FP8 were unchanged (±0.07%).
+    /// </summary>
+    /// <param name="formats">The cache's block formats, a bit per <see cref="KvFormat"/>.</param>
+    /// <param name="blocksPerUnit">The launch's blocks over its units (grid blocks).</param>
+    public static bool ClaimsPay(int formats, double blocksPerUnit) =>
+        (formats & ~(1 << (int)KvFormat.F32)) == 1 << (int)KvFormat.Int4 && blocksPerUnit >= ClaimsMinBlocksPerUnit;
+
+    /// <summary>
+    /// The blocks a unit reads on average from which <see cref="ClaimsPay"/> takes claims for INT4 caches: between the
+    /// measured loss at ~31 and the gains at ~62.
+    /// </summary>
+    public const int ClaimsMinBlocksPerUnit = 56;
+
+    /// <summary>
+    /// Descriptors' room (blocks of the plan's chunk) that block claiming needs in shared memory: paged_attention_tc.cu's
+    /// STEAL_ROOM (8 pieces + 4 warps × (16 + 4) + 2 for the shared state) less the <see cref="MaxExtraPieces"/> every plan has.
+    /// </summary>
+    private const int StealRoomBlocks = 8 + 4 * (16 + 4) + 2 - MaxExtraPieces;
+
     /// <summary>Splits a warp of <c>paged_merge_heads</c> loads in one round (its ROUND), and its warps at most (its 16-warp arrays).</summary>
     private const int MergeSplitsPerWarp = 8, MergeMaxWarps = 16;
 
@@ -214,7 +249,7 @@ internal sealed partial class CudaPagedKernels
     public static bool SpecializedPipelined { get; } = Environment.GetEnvironmentVariable("KVSHARP_CUDA_SPECIALIZED") != "0";
 
     private readonly HashSet<CudaFunction> _pipelinedShared = [];
-    private readonly Dictionary<(int Group, int ValueGroup, int Formats), CudaModule> _pipelinedBuilds = [];
+    private readonly Dictionary<(int Group, int ValueGroup, int Formats, bool Steal), CudaModule> _pipelinedBuilds = [];
 
     /// <summary>The formats a cache's blocks may have for the small rings (<see cref="FitsSmallRing"/>), a bit per <see cref="KvFormat"/>.</summary>
     public static readonly int SmallRingFormats = Enum.GetValues<KvFormat>().Where(FitsSmallRing).Aggregate(0, (m, f) => m | 1 << (int)f);
@@ -228,8 +263,9 @@ internal sealed partial class CudaPagedKernels
     /// <see cref="KvFormat"/>): what <see cref="Pipelined"/> compiles, and what <c>KvSharp.GpuTests compile
     /// pipelined:...</c> fills the disk cache with ahead of a run.
     /// </summary>
-    internal static string[] PipelinedDefines(int group, int valueGroup, int formats) =>
-        ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}"];
+    internal static string[] PipelinedDefines(int group, int valueGroup, int formats, bool steal = false) =>
+        ["PIPE_ONLY", $"PIPE_G={group}", $"PIPE_VG={valueGroup}", $"PIPE_FORMATS={formats}", $"PIPE_MIN_BLOCKS={(UsesSmallRings(formats) ? 4 : 3)}",
+            .. steal ? ["PIPE_STEAL"] : Array.Empty<string>()];
 
     /// <summary>
     /// The pipelined kernel for blocks of <paramref name="formats"/> (a bit per <see cref="KvFormat"/>; 0: every format).
@@ -242,7 +278,7 @@ internal sealed partial class CudaPagedKernels
     /// self-check passes over them (stop 19, docs/benchmarks.md). Compiled on first use (~3 s on an H200) and cached on
     /// disk. The generic build otherwise (<see cref="SpecializedPipelined"/> off).
     /// </summary>
-    private CudaFunction Pipelined(int group, int valueGroup, int formats)
+    private CudaFunction Pipelined(int group, int valueGroup, int formats, bool steal = false)
     {
         CudaFunction f;
         if (formats == 0 || !SpecializedPipelined) f = _tensorAttention.Value[$"paged_attn_p_g{group}_v{valueGroup}"];
@@ -250,10 +286,10 @@ internal sealed partial class CudaPagedKernels
         {
             CudaModule? module;
             lock (_pipelinedBuilds)
-                if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats), out module))
+                if (!_pipelinedBuilds.TryGetValue((group, valueGroup, formats, steal), out module))
                 {
-                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, PipelinedDefines(group, valueGroup, formats));
-                    _pipelinedBuilds[(group, valueGroup, formats)] = module;
+                    module = CudaModule.LoadEmbedded(_device, "paged_attention_tc.cu", IsProgrammatic, PipelinedDefines(group, valueGroup, formats, steal));
+                    _pipelinedBuilds[(group, valueGroup, formats, steal)] = module;
                 }
             f = module[$"paged_attn_p_g{group}_v{valueGroup}"];
         }
@@ -273,7 +309,7 @@ internal sealed partial class CudaPagedKernels
     /// waves of them (<see cref="WaveUnits"/>), whose units the kernel hands to the layer's (row, head) pairs with a chunk
     /// it picks per layer from their block counts (paged_attention_tc.cu, <c>wave_split</c>).
     /// </summary>
-    private CudaKernels.AttentionPlan PlanPipelined(int blocks, int rows, int group, int kvHeads, int formats, int valueGroup)
+    private CudaKernels.AttentionPlan PlanPipelined(int blocks, long layerBlocks, int rows, int group, int kvHeads, int formats, int valueGroup)
     {
         int ring = UsesSmallRings(formats) ? PipelineSmallRingBytes : PipelineRingBytes;
         int perSm = Math.Max(1, Pipelined(group, valueGroup, formats).ActiveBlocksPerMultiprocessor(Threads, PipelinedSharedBytes(group, PipelinedMaxChunkBlocks, ring)));
@@ -281,9 +317,27 @@ internal sealed partial class CudaPagedKernels
         var (units, splits, chunk) = WaveUnits(blocks, wave, rows, kvHeads);
         if (group * splits > ring)
             throw new CudaException("paged attention", $"{splits} splits of {group} heads do not fit the merge's weights in the rings");
-        return new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats,
+        // Claims count in the high 16 bits of a head's counter: the head's blocks plus every warp's last claim past them.
+        bool steal = SpecializedPipelined && formats != 0 && rows > 1 && blocks + 4L * splits * 8 < 1 << 15 && BlockClaims switch
+        {
+            PipelinedBlockClaims.Always => true,
+            PipelinedBlockClaims.Measured => ClaimsPay(formats, (double)Math.Max(1, layerBlocks) * rows / units),
+            _ => false,
+        };
+        var plan = new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats,
             Units: wave, Waves: units / wave);
+        return steal ? WithBlockClaims(plan, group) : plan;
     }
+
+    /// <summary>
+    /// <paramref name="plan"/> (a pipelined one) with block claims (<see cref="BlockClaims"/>) in its batch launches: the
+    /// flag, and shared memory for the claims' descriptors' room where its chunk's is smaller.
+    /// </summary>
+    public static CudaKernels.AttentionPlan WithBlockClaims(CudaKernels.AttentionPlan plan, int group) => plan with
+    {
+        Steal = true,
+        SharedBytes = Math.Max(plan.SharedBytes, PipelinedSharedBytes(group, Math.Max(plan.Chunk, StealRoomBlocks), plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes)),
+    };
 
     /// <summary>
     /// The pipelined kernel's grid for <paramref name="rows"/> rows of <paramref name="kvHeads"/> heads of at most
@@ -354,7 +408,7 @@ internal sealed partial class CudaPagedKernels
         int maxChunk = MaxChunkBlocks(group, headDim, blockTokens, kernel);
         if (maxChunk < 1) throw new CudaException("paged attention", $"a block of {blockTokens} tokens for {group} heads does not fit in shared memory");
         blocks = Math.Max(1, blocks);
-        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, rows, group, kvHeads, formats, valueGroup);
+        if (kernel == PagedAttentionKernel.Pipelined) return PlanPipelined(blocks, layerBlocks, rows, group, kvHeads, formats, valueGroup);
         long wantSplits = Math.Max(1, (kernel == PagedAttentionKernel.LaneChannels ? 4L : 8L) * _device.MultiprocessorCount / ((long)kvHeads * rows));
         long perChunk = kernel == PagedAttentionKernel.TensorCores
             ? OneWaveChunk(blocks, layerBlocks, (long)TensorBlocksPerSm * _device.MultiprocessorCount / rows, kvHeads)
@@ -401,8 +455,12 @@ internal sealed partial class CudaPagedKernels
             // One unit per grid block, numbered along x, y, then z (wave_split): a planned launch's waves of Units, else Splits
             // per row and KV head.
             bool mergeGrid = HeadMergeGrid && rows == 1;
+            // Claims only in batch launches (each row sees all its tokens; the attention statistics read part_ml as a row's
+            // prefix of splits, part_ml_lse, which claims break), and only with their descriptors' room (a plan made for a
+            // shorter chunk, as the checks' grids of few units, has not): other launches read fixed runs.
+            bool steal = plan.Steal && batch && !mergeGrid && plan.SharedBytes >= PipelinedSharedBytes(group, Math.Max(plan.Chunk, StealRoomBlocks), ring);
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
-            Decode(Pipelined(group, valueGroup, plan.Formats)).Launch(grid, Threads, plan.SharedBytes,
+            Decode(Pipelined(group, valueGroup, plan.Formats, steal)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
