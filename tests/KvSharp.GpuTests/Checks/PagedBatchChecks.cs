@@ -84,7 +84,7 @@ public static class PagedBatchChecks
                     foreach (var cpu in cpus) cpu.Dispose();
                 }
             }
-        return $"{launches} batch launches (3 and 8 sequences of unequal lengths, mixed and INT2 formats, groups 1/2/4/8, hd 64/128, every kernel, two splits), one sequence evicted alone; worst rel err {worst:E2}";
+        return $"{launches} batch launches (3 and 8 sequences of unequal lengths, mixed and INT2 formats, groups 1/2/4/8, hd 64/128, every kernel, two splits, the pipelined kernel's also with block claims), one sequence evicted alone; worst rel err {worst:E2}";
     }
 
     /// <summary>
@@ -92,8 +92,9 @@ public static class PagedBatchChecks
     /// waves, handed to the (sequence, KV head) pairs in chunks) over very unequal heads: 4 sequences whose heads keep 0, 1,
     /// 31, 32, 33, 65, 200 or all of 700 tokens (device evict, F16 and INT4 blocks), through the cache's own plan and
     /// through grids of few units (<see cref="CudaPagedKernels.WaveUnits"/> for one wave of pairs + 1, 2 · pairs + 3 and
-    /// 5 · pairs units, and for three waves of pairs + 1: long chunks, pairs of 0-1 blocks beside long ones), against
-    /// float64 attention of each sequence over its blocks read back. Written for branch gpukvzip8's plan of equal byte
+    /// 5 · pairs units, and for three waves of pairs + 1: long chunks, pairs of 0-1 blocks beside long ones), each with
+    /// fixed runs and with block claims (<see cref="CudaPagedKernels.BlockClaims"/>), against float64 attention of each
+    /// sequence over its blocks read back. Written for branch gpukvzip8's plan of equal byte
     /// shares across pairs (docs/benchmarks.md: passed on an H200 over that kernel, which was not kept).
     /// </summary>
     public static string UnequalHeads()
@@ -136,7 +137,7 @@ public static class PagedBatchChecks
                 foreach (var cpu in cpus) cpu.Dispose();
             }
         }
-        return $"{launches} pipelined batch launches (heads of 0-700 tokens, F16 and INT4, the cache's plan and grids of few units in one and three waves); worst rel err {worst:E2}";
+        return $"{launches} pipelined batch launches (heads of 0-700 tokens, F16 and INT4, the cache's plan and grids of few units in one and three waves, each with fixed runs and with block claims); worst rel err {worst:E2}";
     }
 
     /// <summary>
