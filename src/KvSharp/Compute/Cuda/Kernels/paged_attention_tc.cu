@@ -1834,33 +1834,10 @@ __device__ __forceinline__ void issue_desc(int e, unsigned b, bool pair, uint4 d
     }
 }
 
+// issue_desc for entry e of the warp's fixed run: its block's descriptor (pipe_desc) from the descriptors' room.
 __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const uint4* bdesc, int warp, const u8* pool, unsigned ring0, unsigned slot, unsigned bar0)
 {
-    const unsigned bar = bar0 + 8 * b;
-    if (pair)
-    {
-        const uint4 d = bdesc[warp + PIPE_WARPS * e]; // pipe_desc
-        const unsigned ks = d.w & 0xffffu, vs = d.w >> 16;
-        if (ks + vs != 0)
-        {
-            mbar_expect(bar, ks + vs);
-            if (ks) bulk_copy(ring0 + 2 * b * slot, pool + (size_t)d.x * 16, ks, bar);
-            if (vs) bulk_copy(ring0 + (2 * b + 1) * slot, pool + (size_t)d.y * 16, vs, bar);
-        }
-        else mbar_arrive(bar);
-    }
-    else
-    {
-        const uint4 d = bdesc[warp + PIPE_WARPS * (e >> 1)]; // pipe_desc
-        const bool keys = (e & 1) == 0;
-        const unsigned s = keys ? d.w & 0xffffu : d.w >> 16;
-        if (s != 0)
-        {
-            mbar_expect(bar, s);
-            bulk_copy(ring0 + b * slot, pool + (size_t)(keys ? d.x : d.y) * 16, s, bar);
-        }
-        else mbar_arrive(bar);
-    }
+    issue_desc(e, b, pair, bdesc[warp + PIPE_WARPS * (pair ? e : e >> 1)], pool, ring0, slot, bar0);
 }
 
 // Block stealing (STEAL, batch launches that merge in the kernel; CudaPagedKernels.BlockClaims): instead of a fixed run of
