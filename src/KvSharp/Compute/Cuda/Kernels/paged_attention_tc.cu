@@ -1858,7 +1858,8 @@ __device__ __forceinline__ void issue_entry(int e, unsigned b, bool pair, const 
 // where the host plans claims (batch launches, never with merge_grid): in stop 30 the claiming copy of the kernel in the
 // same build made the fixed runs' path up to 0.97% slower a step. In stop 31 (8 x 32K, H100) claims took 3.3% off a
 // KIVI-4 step and cost KIVI-2 6.4%, KVzip 0.3 + INT4 1.6%, KVzip 0.3 F16 1.2% (F16 and FP8 unchanged), so the host takes
-// them for INT4 caches with long units only (CudaPagedKernels.ClaimsPay).
+// them for one-wave launches over INT4 caches with long units only (two waves at 8 x 128K: KIVI-4 +1.2%, KVzip 0.3 +
+// INT4 +3.8%; CudaPagedKernels.ClaimsPay).
 #if defined(PIPE_ONLY) && defined(PIPE_STEAL)
 #define PIPE_STEAL_BUILD 1
 #else

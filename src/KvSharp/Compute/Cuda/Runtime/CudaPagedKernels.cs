@@ -87,17 +87,19 @@ internal sealed partial class CudaPagedKernels
     public PipelinedBlockClaims BlockClaims { get; set; } = PipelinedBlockClaims.Measured;
 
     /// <summary>
-    /// Where block claims measured faster than fixed runs (stop 31, H100, three runs each): caches of INT4 blocks alone (the
-    /// float32 residual aside) whose layer gives each unit <see cref="ClaimsMinBlocksPerUnit"/> blocks or more on average.
-    /// KIVI-4 took 3.3% off a step at 8 × 32K (~124 blocks a unit), 0.9% at 8 × 16K and 0.6% at 4 × 32K (~62), and cost
-    /// 1.0% at 8 × 8K (~31); KVzip 0.3 + INT4 at 8 × 32K (~37 a unit, where the first claim's round trip weighs on a launch
-    /// of ~46 µs) lost 1.6%, KIVI-2 (instruction-bound: a claim's bookkeeping is a block's cost) 6.4%, KVzip 0.3 F16 1.2%;
-    /// F16 and FP8 were unchanged (±0.07%).
+    /// Where block claims measured faster than fixed runs (stop 31, H100, two or three runs each): one wave of units over
+    /// caches of INT4 blocks alone (the float32 residual aside) whose layer gives each unit
+    /// <see cref="ClaimsMinBlocksPerUnit"/> blocks or more on average. KIVI-4 took 3.3% off a step at 8 × 32K (~124 blocks
+    /// a unit), 0.9% at 8 × 16K and 0.6% at 4 × 32K (~62), and cost 1.0% at 8 × 8K (~31) and 1.2% at 8 × 128K (two waves,
+    /// ~248); KVzip 0.3 + INT4 lost 1.6% at 8 × 32K (~37 a unit, where the first claim's round trip weighs on a launch of
+    /// ~46 µs) and 3.8% at 8 × 128K (two waves), KIVI-2 (instruction-bound: a claim's bookkeeping is a block's cost) 6.4%,
+    /// KVzip 0.3 F16 1.2% at 8 × 32K; F16 and FP8 were unchanged (±0.07%).
     /// </summary>
     /// <param name="formats">The cache's block formats, a bit per <see cref="KvFormat"/>.</param>
     /// <param name="blocksPerUnit">The launch's blocks over its units (grid blocks).</param>
-    public static bool ClaimsPay(int formats, double blocksPerUnit) =>
-        (formats & ~(1 << (int)KvFormat.F32)) == 1 << (int)KvFormat.Int4 && blocksPerUnit >= ClaimsMinBlocksPerUnit;
+    /// <param name="waves">The launch's waves of resident units (<see cref="WaveUnits"/>).</param>
+    public static bool ClaimsPay(int formats, double blocksPerUnit, int waves) =>
+        (formats & ~(1 << (int)KvFormat.F32)) == 1 << (int)KvFormat.Int4 && waves == 1 && blocksPerUnit >= ClaimsMinBlocksPerUnit;
 
     /// <summary>
     /// The blocks a unit reads on average from which <see cref="ClaimsPay"/> takes claims for INT4 caches: between the
@@ -321,7 +323,7 @@ internal sealed partial class CudaPagedKernels
         bool steal = SpecializedPipelined && formats != 0 && rows > 1 && blocks + 4L * splits * 8 < 1 << 15 && BlockClaims switch
         {
             PipelinedBlockClaims.Always => true,
-            PipelinedBlockClaims.Measured => ClaimsPay(formats, (double)Math.Max(1, layerBlocks) * rows / units),
+            PipelinedBlockClaims.Measured => ClaimsPay(formats, (double)Math.Max(1, layerBlocks) * rows / units, units / wave),
             _ => false,
         };
         var plan = new CudaKernels.AttentionPlan(chunk, splits, PipelinedSharedBytes(group, chunk, ring), RingBytes: ring, Formats: formats,
