@@ -39,8 +39,9 @@ precompile() {
   local f
   for f in src/KvSharp/Compute/Cuda/Kernels/*.cu; do .gpu/app/KvSharp.GpuTests compile "$(basename "$f")" > /dev/null 2>&1 & done
   # The format-specialized pipelined builds the benchmark's compressed rows launch (Llama-3.1-8B: 4 query heads per KV
-  # head, value groups of 32), compiled on first use otherwise, one after another (CudaPagedKernels.Pipelined).
-  for f in F16 Fp8E4M3 Int4 Int2; do .gpu/app/KvSharp.GpuTests compile "pipelined:4,32,$f" > /dev/null 2>&1 & done
+  # head, value groups of 32), compiled on first use otherwise, one after another (CudaPagedKernels.Pipelined), and the
+  # INT4 build with block claims, which batch-8 KIVI-4 steps launch (CudaPagedKernels.BlockClaims).
+  for f in F16 Fp8E4M3 Int4 Int2 Int4,steal; do .gpu/app/KvSharp.GpuTests compile "pipelined:4,32,$f" > /dev/null 2>&1 & done
   wait || true
 }
 case "${1:-}" in
