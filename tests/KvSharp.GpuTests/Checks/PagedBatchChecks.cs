@@ -315,6 +315,25 @@ public static class PagedBatchChecks
         };
     }
 
+    /// <summary>The block-claim settings a batch decode runs under: the pipelined kernel's (hd 128) fixed runs and claims; other shapes once.</summary>
+    private static PipelinedBlockClaims[] ClaimModes(int hd) => hd == 128 ? [PipelinedBlockClaims.Off, PipelinedBlockClaims.Always] : [PipelinedBlockClaims.Off];
+
+    /// <summary><paramref name="run"/> with <see cref="CudaPagedKernels.BlockClaims"/> at <paramref name="claims"/>, then back at its default.</summary>
+    private static T UnderClaims<T>(PipelinedBlockClaims claims, Func<T> run)
+    {
+        Kernels.BlockClaims = claims;
+        try
+        {
+            return run();
+        }
+        finally
+        {
+            Kernels.BlockClaims = PipelinedBlockClaims.Measured;
+        }
+    }
+
+    private static string ClaimsLabel(PipelinedBlockClaims claims) => claims == PipelinedBlockClaims.Always ? ", block claims" : "";
+
     /// <summary>Float64 attention of each sequence's query row of <paramref name="q"/> over its heads of <paramref name="layer"/> as the device stores them.</summary>
     private static double[] DeviceReference(CudaPagedKvCache gpu, int layer, float[] q) => PerSequence(gpu.Config, q, gpu.Batch, s => g =>
     {
@@ -400,25 +419,18 @@ public static class PagedBatchChecks
             }).ToArray();
             string kernel = hd == 128 ? "tensor cores" : "wide";
             int ties = 0;
-            // The pipelined kernel's batch steps (hd 128) with fixed runs and with block claims.
-            foreach (var claims in hd == 128 ? [PipelinedBlockClaims.Off, PipelinedBlockClaims.Always] : new[] { PipelinedBlockClaims.Off })
+            foreach (var claims in ClaimModes(hd))
             {
-                int[][] together;
-                Kernels.BlockClaims = claims;
-                try
+                var together = UnderClaims(claims, () =>
                 {
                     using var cache = gpu.CreatePagedCache(int4, capacity, batch: batch);
                     if (claims == PipelinedBlockClaims.Always && !cache.PlanAttention(null!, capacity, batch).Steal)
                         throw new CheckFailedException($"hd{hd} INT4 prefilled: the batch plan takes no block claims under {claims}");
-                    together = gpu.GenerateGreedyBatch(prompts, steps, cache);
-                }
-                finally
-                {
-                    Kernels.BlockClaims = PipelinedBlockClaims.Measured;
-                }
+                    return gpu.GenerateGreedyBatch(prompts, steps, cache);
+                });
                 // A sequence may part from its lone run at a near-tie only: the lone run's logits for that step, from a
                 // fresh cache over the prompt and its tokens so far.
-                ties += SameTokens($"hd{hd} INT4 prefilled ({kernel}{(claims == PipelinedBlockClaims.Always ? ", block claims" : "")})", alone, together, rnd.Seed, (s, k) =>
+                ties += SameTokens($"hd{hd} INT4 prefilled ({kernel}{ClaimsLabel(claims)})", alone, together, rnd.Seed, (s, k) =>
                 {
                     using var cache = gpu.CreatePagedCache(int4, capacity);
                     return gpu.Forward([.. prompts[s], .. alone[s].Take(k)], cache);
@@ -453,20 +465,14 @@ public static class PagedBatchChecks
                     using var cache = CudaPagedKvCache.Upload(Dev, config, cpus[s], capacity);
                     return DecodeUploaded(gpu, cache, [next[s]], steps)[0];
                 }).ToArray();
-                foreach (var claims in hd == 128 ? [PipelinedBlockClaims.Off, PipelinedBlockClaims.Always] : new[] { PipelinedBlockClaims.Off })
+                foreach (var claims in ClaimModes(hd))
                 {
-                    int[][] togetherUploaded;
-                    Kernels.BlockClaims = claims;
-                    try
+                    var togetherUploaded = UnderClaims(claims, () =>
                     {
                         using var cache = CudaPagedKvCache.Upload(Dev, config, cpus, capacity);
-                        togetherUploaded = DecodeUploaded(gpu, cache, next, steps);
-                    }
-                    finally
-                    {
-                        Kernels.BlockClaims = PipelinedBlockClaims.Measured;
-                    }
-                    SameTokens($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")}{(claims == PipelinedBlockClaims.Always ? ", block claims" : "")})",
+                        return DecodeUploaded(gpu, cache, next, steps);
+                    });
+                    SameTokens($"hd{hd} pressed per sequence, uploaded ({(hd == 128 ? "tensor cores" : "lane channels")}{ClaimsLabel(claims)})",
                         aloneUploaded, togetherUploaded, rnd.Seed);
                 }
             }

@@ -77,7 +77,7 @@ internal sealed partial class CudaPagedKernels
     public bool HeadMergeGrid { get; set; } = true;
 
     /// <summary>
-    /// Whether the pipelined kernel's batch launches (one query row a sequence, heads merged in the kernel) let each warp
+    /// When the pipelined kernel's batch launches (one query row a sequence, heads merged in the kernel) let each warp
     /// claim its blocks from its head's pool (all but the head's last block, four at a time, an atomic add on the head's
     /// counter) instead of reading a fixed run of them, through a build of its own (PIPE_STEAL): a head's units then end
     /// together, where units of equal runs ended up to 17 µs apart on one SM and whole groups of SMs 20-25 µs early
