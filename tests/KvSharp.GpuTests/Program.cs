@@ -8,8 +8,9 @@ using KvSharp.GpuTests.Checks;
 //   KvSharp.GpuTests bench [--config PATH] [--contexts 4096,32768] [--batch 8] [--batch-contexts 4096,32768] [--steps 64]
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
-//                                [--only NAME-PART|NAME-PART] [--claims off|measured|always]   (compressed device caches;
-//                                --claims: the pipelined attention's block claims in batch steps, CudaPagedKernels.BlockClaims)
+//                                [--only NAME-PART|NAME-PART] [--claims off|measured|always] [--narrow-ffn on|off]
+//                                (compressed device caches; --claims: the pipelined attention's block claims in batch steps,
+//                                CudaPagedKernels.BlockClaims; --narrow-ffn: CudaKernels.NarrowFfnActivations)
 //   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
 //                                (batch products over every layer's own matrices, sequence, step; timeline builds)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
@@ -80,8 +81,14 @@ switch (command)
                 Console.Error.WriteLine($"unknown --claims '{Option("--claims", "")}' (off, measured, always)");
                 return 2;
             }
+            string narrow = Option("--narrow-ffn", "on");
+            if (narrow is not ("on" or "off"))
+            {
+                Console.Error.WriteLine($"unknown --narrow-ffn '{narrow}' (on, off)");
+                return 2;
+            }
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims);
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on");
             return 0;
         }
     case "bench-gemv":

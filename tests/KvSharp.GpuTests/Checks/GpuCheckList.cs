@@ -11,6 +11,7 @@ public static class GpuCheckList
         ("elementwise", KernelChecks.Elementwise),
         ("embedding", KernelChecks.Embedding),
         ("gemv", KernelChecks.Gemv),
+        ("gemv narrow activations", KernelChecks.GemvNarrow),
         ("gemv mma waves", KernelChecks.GemvMmaWaves),
         ("gemv qkv+rope+append", KernelChecks.GemvQkvRope),
         ("cublas", KernelChecks.CublasGemm),

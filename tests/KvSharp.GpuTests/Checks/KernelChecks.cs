@@ -303,6 +303,112 @@ public static class KernelChecks
         return string.Join("; ", report);
     }
 
+    /// <summary>
+    /// The feed-forward's 16-bit activations (CudaKernels.Gemv's narrow: the batch step's gate/up product hands the down
+    /// product its output in the weights' type). The normed SwiGLU product's narrow output must be the float64 reference
+    /// rounded to that type (within its rounding) and, bit for bit, the float32 output (checked against float64 in "gemv")
+    /// rounded to nearest even; the accumulating product over 16-bit activations must be float64 y0 + W·x and, bit for bit,
+    /// the float32 path over the same values widened (the mma takes them unchanged). bfloat16 and float16 weights; 2, 5 and 8
+    /// rows; 1024, 2304 and 768 columns (one group of the load ring, two and a remainder, the remainder alone); 333 rows (a
+    /// partial last tile); the device's grid and a grid of 4 blocks (several tiles a block).
+    /// </summary>
+    public static string GemvNarrow()
+    {
+        var report = new List<string>();
+        double worst = 0;
+        int cases = 0;
+        foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16 })
+            foreach (int cols in new[] { 1024, 2304, 768 })
+                foreach (int n in new[] { 2, 5, 8 })
+                    foreach (int? wave in new int?[] { null, 4 })
+                    {
+                        var rnd = new RandomData();
+                        const int rows = 333;
+                        const float eps = 1e-5f;
+                        string what = $"{type} {n}x{cols}{(wave != null ? $" {wave} blocks" : "")}";
+                        // SwiGLU + norm, 16-bit output
+                        var (dgu, gateUp) = Weights(type, rnd.Floats(2 * rows * cols));
+                        var x = rnd.Floats(n * cols, 3f);
+                        var norm = rnd.Floats(cols, 2f);
+                        float[] wide, narrow;
+                        using (dgu)
+                        using (var dx = Upload(x))
+                        using (var dnorm = Upload(norm))
+                        using (var dwide = Poisoned((long)n * rows * 4))
+                        using (var dnarrow = Poisoned((n * rows * 2L + 3) / 4 * 4))
+                        {
+                            K.TensorCoreGemvWave = wave;
+                            try
+                            {
+                                K.Gemv(type, dgu.Pointer, dx.Pointer, dwide.Pointer, rows, cols, n, CudaKernels.GemvMode.SwiGlu, dnorm.Pointer, eps);
+                                K.Gemv(type, dgu.Pointer, dx.Pointer, dnarrow.Pointer, rows, cols, n, CudaKernels.GemvMode.SwiGlu, dnorm.Pointer, eps, narrow: true);
+                            }
+                            finally { K.TensorCoreGemvWave = null; }
+                            wide = Result(dwide, n * rows);
+                            narrow = Widen16(type, dnarrow, n * rows);
+                        }
+                        var (xr, inv) = ReferenceActivations(x, norm, n, cols, eps, type);
+                        var products = Reference(gateUp, xr, 2 * rows, cols, n);
+                        var expected = new double[n * rows];
+                        for (int t = 0; t < n; t++)
+                            for (int r = 0; r < rows; r++)
+                                expected[t * rows + r] = Silu(products[t * 2 * rows + r] * inv[t]) * products[t * 2 * rows + rows + r] * inv[t];
+                        // one rounding to the type: relative error at most 2^-9 (bfloat16) or 2^-12 (float16) a value
+                        worst = Math.Max(worst, Compare.RelativeError(narrow, expected));
+                        Compare.Relative($"gemv mma narrow SwiGlu+norm {what}", narrow, expected, type == DeviceWeightType.BF16 ? 4e-3 : 6e-4);
+                        Compare.Exact($"gemv mma narrow SwiGlu+norm {what} = float32 output rounded", narrow, Round16(type, wide));
+                        // Accumulate over 16-bit activations
+                        var (ddown, down) = Weights(type, rnd.Floats(rows * cols));
+                        var x16 = Round16(type, rnd.Floats(n * cols, 3f)); // values the type holds exactly
+                        var y0 = rnd.Floats(n * rows);
+                        float[] fromNarrow, fromWide;
+                        using (ddown)
+                        using (var dx16 = Upload16(type, x16))
+                        using (var dxw = Upload(x16))
+                        using (var dya = Upload(y0))
+                        using (var dyb = Upload(y0))
+                        {
+                            K.TensorCoreGemvWave = wave;
+                            try
+                            {
+                                K.Gemv(type, ddown.Pointer, dx16.Pointer, dya.Pointer, rows, cols, n, CudaKernels.GemvMode.Accumulate, narrow: true);
+                                K.Gemv(type, ddown.Pointer, dxw.Pointer, dyb.Pointer, rows, cols, n, CudaKernels.GemvMode.Accumulate);
+                            }
+                            finally { K.TensorCoreGemvWave = null; }
+                            fromNarrow = Result(dya, n * rows);
+                            fromWide = Result(dyb, n * rows);
+                        }
+                        var sums = Reference(down, x16, rows, cols, n);
+                        for (int i = 0; i < sums.Length; i++) sums[i] += y0[i];
+                        Compare.Relative($"gemv mma narrow Accumulate {what}", fromNarrow, sums, 1e-5);
+                        worst = Math.Max(worst, Compare.RelativeError(fromNarrow, sums));
+                        Compare.Exact($"gemv mma narrow Accumulate {what} = float32 path", fromNarrow, fromWide);
+                        cases++;
+                    }
+        report.Add($"{cases} cases of both products: narrow SwiGLU outputs = float32 outputs rounded, narrow Accumulate = float32 path, bit for bit; worst rel err against float64 {worst:E2}");
+        return string.Join("; ", report);
+    }
+
+    /// <summary>Values rounded to nearest even in <paramref name="type"/> (bfloat16 or float16), widened back to float32.</summary>
+    private static float[] Round16(DeviceWeightType type, float[] v) => type == DeviceWeightType.BF16
+        ? [.. RandomData.ToBFloat16(v).Select(b => (float)RandomData.BFloat16ToDouble(b))]
+        : [.. RandomData.ToHalf(v).Select(h => (float)h)];
+
+    /// <summary>A device copy of <paramref name="v"/> (values <paramref name="type"/> holds exactly) stored in that type.</summary>
+    private static DeviceBuffer Upload16(DeviceWeightType type, float[] v) =>
+        type == DeviceWeightType.BF16 ? Upload(RandomData.ToBFloat16(v)) : Upload(RandomData.ToHalf(v));
+
+    /// <summary>The first <paramref name="count"/> 16-bit values of <paramref name="b"/> (bfloat16 or float16) as float32.</summary>
+    private static float[] Widen16(DeviceWeightType type, DeviceBuffer b, int count)
+    {
+        CudaDevice.Shared.Synchronize();
+        var bits = new ushort[count];
+        b.Download<ushort>(bits);
+        return type == DeviceWeightType.BF16
+            ? [.. bits.Select(h => (float)RandomData.BFloat16ToDouble(h))]
+            : [.. bits.Select(h => (float)BitConverter.UInt16BitsToHalf(h))];
+    }
+
     private static double Silu(double g) => g / (1 + Math.Exp(-g));
 
     /// <summary>

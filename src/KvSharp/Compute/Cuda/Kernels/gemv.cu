@@ -85,10 +85,17 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
 // MODE 4 (the output head of a batch step, NORM): MODE 0 that also folds each activation row's largest logit into best[t]
 // (argmax_key, one 64-bit atomicMax per tile and row, as gemv.cuh's MODE 4), so the greedy tokens need no pass over the
 // logits: the separate argmax, one block of 1024 threads a row, read 8 x 128256 logits in ~50 us at batch 8 on an H100.
-template <bool BF16, int MODE, bool NORM>
+// H16 (the feed-forward's two products, CudaKernels.Gemv's `narrow`): MODE 2 stores its SwiGLU outputs in the weights'
+// 16-bit type, and MODE 1 reads its activations in that type, so the down product's x (14336 columns of 8 rows: 459 KB
+// as float32, more than a multiprocessor's L1, read by each of its ~256 blocks from L2) is half the bytes. The values
+// are those the mma would take anyway: the float path rounds each activation with the same conversion (pack_x).
+template <bool BF16, int MODE, bool NORM, bool H16 = false>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr)
 {
+    static_assert(!H16 || MODE == 1 || MODE == 2, "16-bit activations: the SwiGLU product's output, the accumulating product's input");
+    static_assert(!H16 || MODE != 1 || !NORM, "the fused norm reads float32 activations");
+    constexpr bool XH = H16 && MODE == 1; // activations in 16 bits
     constexpr int D = MMA_RING;
     constexpr int TILE = MODE == 2 ? 8 : 16;
     __shared__ float4 red[2][MMA_WARPS][32];
@@ -123,6 +130,8 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     // Lanes of activation rows g >= nt read row 0 instead: their products only reach C columns g (never stored), so
     // no select zeroes them (8 fewer instructions a step).
     const float4* xr = reinterpret_cast<const float4*>(x + (long)(g < nt ? g : 0) * cols + k0 + tq * 8);
+    // XH: the same 8 columns as one 16-byte load of 16-bit values, already the B words (columns 2j, 2j + 1 in word j).
+    const uint4* xh = reinterpret_cast<const uint4*>(reinterpret_cast<const u16*>(x) + (long)(g < nt ? g : 0) * cols + k0 + tq * 8);
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
     pdl_wait();
 
@@ -131,7 +140,12 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
         const bool hasNext = tile + stride < tiles;
         float c[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
         float ss = 0.0f;
-        // One step: ring slot a's weights times activation columns x0, x1 (8 of row g), the norm folded in.
+        // One step: ring slot a's weights times activation columns 8 of row g as B words b (XH), or as x0, x1 with the norm
+        // folded in.
+        auto step16 = [&](const uint4 (&a)[2], uint4 b) {
+            mma16816<BF16>(c, a[0].x, a[1].x, a[0].y, a[1].y, b.x, b.y);
+            mma16816<BF16>(c, a[0].z, a[1].z, a[0].w, a[1].w, b.z, b.w);
+        };
         auto step = [&](const uint4 (&a)[2], float4 x0, float4 x1, int s) {
             if (NORM)
             {
@@ -148,12 +162,18 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
         // from pa/pb at step base + i (clamped to the last step where asked) once its products are issued.
         auto group = [&](int s0, const uint4* pa, const uint4* pb, int base, bool clamp) {
             float4 xs[D][2];
-#pragma unroll
-            for (int i = 0; i < D; i++) { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
+            uint4 xs16[D];
 #pragma unroll
             for (int i = 0; i < D; i++)
             {
-                step(ring[i], xs[i][0], xs[i][1], s0 + i);
+                if constexpr (XH) xs16[i] = __ldg(xh + (s0 + i) * 4);
+                else { xs[i][0] = __ldg(xr + (s0 + i) * 8); xs[i][1] = __ldg(xr + (s0 + i) * 8 + 1); }
+            }
+#pragma unroll
+            for (int i = 0; i < D; i++)
+            {
+                if constexpr (XH) step16(ring[i], xs16[i]);
+                else step(ring[i], xs[i][0], xs[i][1], s0 + i);
                 const int si = (clamp ? min(base + i, steps - 1) : base + i) * 4;
                 ring[i][0] = load_weights(pa + si);
                 ring[i][1] = load_weights(pb + si);
@@ -171,7 +191,11 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
         // The last steps % D steps, already in slots 0 .. steps - s0 - 1.
 #pragma unroll
         for (int i = 0; i < D - 1; i++)
-            if (s0 + i < steps) step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
+            if (s0 + i < steps)
+            {
+                if constexpr (XH) step16(ring[i], __ldg(xh + (s0 + i) * 4));
+                else step(ring[i], __ldg(xr + (s0 + i) * 8), __ldg(xr + (s0 + i) * 8 + 1), s0 + i);
+            }
         if (!hasNext) pdl_trigger();
         const int buf = it & 1;
         red[buf][warp][lane] = make_float4(c[0], c[1], c[2], c[3]);
@@ -204,8 +228,18 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
                 const int r = tile * TILE + g;
                 if (r < rows)
                 {
-                    if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
-                    if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
+                    if constexpr (H16)
+                    {
+                        u16* yh = reinterpret_cast<u16*>(y);
+                        const float o0 = v[0] / (1.0f + expf(-v[0])) * v[2], o1 = v[1] / (1.0f + expf(-v[1])) * v[3];
+                        if (t0 < nt) yh[(long)t0 * rows + r] = BF16 ? f32_to_bf16(o0) : f32_to_f16(o0);
+                        if (t1 < nt) yh[(long)t1 * rows + r] = BF16 ? f32_to_bf16(o1) : f32_to_f16(o1);
+                    }
+                    else
+                    {
+                        if (t0 < nt) y[(long)t0 * rows + r] = v[0] / (1.0f + expf(-v[0])) * v[2];
+                        if (t1 < nt) y[(long)t1 * rows + r] = v[1] / (1.0f + expf(-v[1])) * v[3];
+                    }
                 }
             }
             else if (MODE == 4)
@@ -277,8 +311,10 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc_h16(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm_h16(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_argmax_norm(GEMV_MMA_ARGS, unsigned long long* best) \
     { gemv_mma<BF, 4, true>(w, x, y, nw, eps, rows, cols, nt, best); }
 GEMV_MMA(gemv_mma_bf16, true)

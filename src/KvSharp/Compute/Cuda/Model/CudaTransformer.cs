@@ -440,9 +440,12 @@ public sealed class CudaTransformer : IDisposable
                 gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer,
                 gemv && L.AttnOutput.Cols == c.NumHeads * hd ? L.AttnOutput : null));
             if (!projected) MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            // 16-bit activations between the two products where both take tensor cores (the same bits, half the bytes)
+            bool narrow = gemv && k.UsesNarrowFfn(L.GateUp.Type, d, L.Down.Type, ffn, n);
             if (gemv)
             {
-                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps);
+                k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps,
+                    narrow);
             }
             else
             {
@@ -450,7 +453,8 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
                 k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
             }
-            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
+            if (narrow) k.Gemv(L.Down.Type, L.Down.Pointer, s.Gate.Pointer, s.X.Pointer, L.Down.Rows, L.Down.Cols, n, CudaKernels.GemvMode.Accumulate, narrow: true);
+            else MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
         }
     }
 

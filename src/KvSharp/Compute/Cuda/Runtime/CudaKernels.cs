@@ -139,13 +139,17 @@ internal sealed class CudaKernels : IDisposable
     /// <summary>
     /// y[n, rows] (=, += or SwiGLU of) x[n, cols] · wᵀ for n ≤ <see cref="MaxGemvRows"/>. A non-zero <paramref name="norm"/>
     /// (Store and SwiGlu only) multiplies by RMSNorm(x)·norm instead of x: the decode step's norms fused in.
+    /// <paramref name="narrow"/> (tensor-core products only, see <see cref="UsesNarrowFfn"/>): SwiGlu stores y in the
+    /// weights' 16-bit type, Accumulate reads x in it.
     /// </summary>
     public void Gemv(DeviceWeightType type, ulong w, ulong x, ulong y, int rows, int cols, int n, GemvMode mode = GemvMode.Store,
-        ulong norm = 0, float eps = 0)
+        ulong norm = 0, float eps = 0, bool narrow = false)
     {
         if (n < 1 || n > MaxGemvRows) throw new ArgumentOutOfRangeException(nameof(n), n, $"matrix-vector kernels take 1..{MaxGemvRows} rows");
         if (norm != 0 && mode == GemvMode.Accumulate) throw new ArgumentException("the fused norm needs whole rows per warp (Store or SwiGlu)", nameof(norm));
-        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "");
+        if (narrow && (mode == GemvMode.Store || (mode == GemvMode.SwiGlu && norm == 0) || !UsesTensorCoreGemv(type, cols, n)))
+            throw new ArgumentException("16-bit activations are the normed SwiGLU product's output and the accumulating product's input, through tensor cores", nameof(narrow));
+        string name = mode switch { GemvMode.Accumulate => "_acc", GemvMode.SwiGlu => "_swiglu", _ => "" } + (norm != 0 ? "_norm" : "") + (narrow ? "_h16" : "");
         if (UsesTensorCoreGemv(type, cols, n))
         {
             // Tiles of 16 output rows (8 gate/up pairs for SwiGLU), the columns split over a block's 8 warps.
@@ -162,6 +166,18 @@ internal sealed class CudaKernels : IDisposable
         warps *= ksplit;
         f.Launch((warps + warpsPerBlock - 1) / warpsPerBlock, Threads, 0, w, x, y, norm, Arg.Float(eps), Arg.Int(rows), Arg.Int(cols), Arg.Int(ksplit));
     }
+
+    /// <summary>
+    /// Whether the feed-forward of <paramref name="n"/> rows passes its SwiGLU output to the down product in the weights'
+    /// 16-bit type (<see cref="Gemv"/>'s narrow) instead of float32: where both products run on tensor cores over weights of
+    /// one type, which round every activation to that type anyway, so the results are the same bits and the down product
+    /// reads half the activation bytes. On by default; benchmarks compare both.
+    /// </summary>
+    public bool UsesNarrowFfn(DeviceWeightType gateUp, int hidden, DeviceWeightType down, int ffn, int n) =>
+        NarrowFfnActivations && gateUp == down && UsesTensorCoreGemv(gateUp, hidden, n) && UsesTensorCoreGemv(down, ffn, n);
+
+    /// <summary>See <see cref="UsesNarrowFfn"/>. Takes effect at the next capture of a decode graph.</summary>
+    public bool NarrowFfnActivations { get; set; } = true;
 
     /// <summary>Whether <paramref name="n"/> rows of a product of <paramref name="cols"/> columns go through the tensor-core kernel.</summary>
     private bool UsesTensorCoreGemv(DeviceWeightType type, int cols, int n) =>
