@@ -215,23 +215,26 @@ public static class DecodeBench
         y.Fill32(0);
         // Batch 1: with the fused norm and without (its cost); batch rows: tensor cores and CUDA cores.
         foreach (var (n, tensorCores, withNorm) in new[] { (1, false, true), (1, false, false), (batch, true, true), (batch, false, true) })
-            foreach (var (name, m, mode, norm) in gpu.DecodeMatrices())
+        {
+            gpu.Kernels.UseTensorCoreGemv = tensorCores; // before DecodeMatrices, which asks whether the products take tensor cores
+            foreach (var (name, m, mode, norm, narrow) in gpu.DecodeMatrices(0, n))
             {
                 if (!withNorm && norm == 0) continue;
-                gpu.Kernels.UseTensorCoreGemv = tensorCores;
                 int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
                 ulong useNorm = withNorm ? norm : 0;
                 foreach (bool wave in mode == CudaKernels.GemvMode.Accumulate && n == 1 ? new[] { false, true } : [true])
                 {
                     gpu.Kernels.WaveSplit = wave;
-                    double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f));
+                    double us = Time(() => gpu.Kernels.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer, rows, m.Cols, n, mode, useNorm, 1e-5f, narrow && withNorm));
                     double gbps = m.Buffer.ByteLength / (us * 1e-6) / 1e9;
                     string label = (withNorm ? name : name.Replace("+norm", "") + " (no norm)") + (n > 1 ? (tensorCores ? ", tensor cores" : ", CUDA cores") : "")
-                        + (mode == CudaKernels.GemvMode.Accumulate && n == 1 ? (wave ? ", wave split" : ", 32-warp split") : "");
+                        + (mode == CudaKernels.GemvMode.Accumulate && n == 1 ? (wave ? ", wave split" : ", 32-warp split") : "")
+                        + (narrow && withNorm ? ", 16-bit activations" : "");
                     log.WriteLine($"kernel gemv x{n} {label} [{m.Rows}x{m.Cols}] {m.Buffer.ByteLength / 1e6:F0} MB: {us:F1} us, {gbps:F0} GB/s ({gbps * 1e9 / bandwidth * 100:F0}% of copy)");
                 }
                 gpu.Kernels.WaveSplit = true;
             }
+        }
         gpu.Kernels.UseTensorCoreGemv = true;
         log.WriteLine($"kernel argmax over {c.VocabSize}: {Time(() => gpu.Kernels.ArgMax(y.Pointer, c.VocabSize, x.Pointer + 4UL, 0, x.Pointer, 0)):F1} us");
 

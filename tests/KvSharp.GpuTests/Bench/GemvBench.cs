@@ -25,7 +25,7 @@ public static class GemvBench
         using var timer = new CudaTimer(device);
         var k = gpu.Kernels;
         int layers = config.NumLayers;
-        var byLayer = Enumerable.Range(0, layers).Select(gpu.DecodeMatrices).ToArray();
+        var byLayer = Enumerable.Range(0, layers).Select(l => gpu.DecodeMatrices(l, batch)).ToArray();
         int classes = byLayer[0].Count;
         // Outputs of launch i at y + i·stride, with room past them for a timeline build's records (8 · 8 bytes a block).
         long stride = byLayer[0].Max(m => 32L * m.Matrix.Rows + 64L * (m.Matrix.Rows / 8 + 1));
@@ -36,9 +36,9 @@ public static class GemvBench
 
         void Launch(int c, int l, int slot)
         {
-            var (_, m, mode, norm) = byLayer[l][c];
+            var (_, m, mode, norm, narrow) = byLayer[l][c];
             int rows = mode == CudaKernels.GemvMode.SwiGlu ? m.Rows / 2 : m.Rows;
-            k.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer + (ulong)(slot * stride), rows, m.Cols, batch, mode, norm, 1e-5f);
+            k.Gemv(m.Type, m.Pointer, x.Pointer, y.Pointer + (ulong)(slot * stride), rows, m.Cols, batch, mode, norm, 1e-5f, narrow);
         }
         // Median of Repeats event-timed runs of launch(), after one untimed.
         double Median(Action launch)
@@ -105,7 +105,7 @@ public static class GemvBench
     /// Summarizes the block records a timeline build of gemv.cu left past each launch's outputs (nothing if none): per
     /// launch after the first, relative to the previous launch's last block end (µs, means over the launches).
     /// </summary>
-    private static void Timeline((string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm) m, int launches, DeviceBuffer y,
+    private static void Timeline((string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm, bool Narrow) m, int launches, DeviceBuffer y,
         long stride, double bandwidth, TextWriter log)
     {
         string name = m.Name;

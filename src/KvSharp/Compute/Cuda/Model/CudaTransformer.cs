@@ -134,17 +134,24 @@ public sealed class CudaTransformer : IDisposable
     internal DeviceMatrix AttnOutput(int layer) => _layers[layer].AttnOutput;
 
     /// <summary>
-    /// The matrices of <paramref name="layer"/> and the output head with the kernel mode decode uses for each and the norm
-    /// fused into it (0 for none), in decode order, for kernel benchmarks.
+    /// The matrices of <paramref name="layer"/> and the output head with the kernel mode decode uses for each, the norm
+    /// fused into it (0 for none) and whether a step of <paramref name="rows"/> rows passes it 16-bit activations
+    /// (<see cref="CudaKernels.UsesNarrowFfn"/>: the gate/up product's output, the down product's input), in decode order,
+    /// for kernel benchmarks.
     /// </summary>
-    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm)> DecodeMatrices(int layer = 0) =>
-    [
-        ("qkv+norm", _layers[layer].Qkv, CudaKernels.GemvMode.Store, _layers[layer].AttnNorm.Pointer),
-        ("attn_output", _layers[layer].AttnOutput, CudaKernels.GemvMode.Accumulate, 0),
-        ("gate_up+norm+swiglu", _layers[layer].GateUp, CudaKernels.GemvMode.SwiGlu, _layers[layer].FfnNorm.Pointer),
-        ("down", _layers[layer].Down, CudaKernels.GemvMode.Accumulate, 0),
-        ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer),
-    ];
+    internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm, bool Narrow)> DecodeMatrices(int layer = 0, int rows = 1)
+    {
+        var L = _layers[layer];
+        bool narrow = rows <= CudaKernels.MaxGemvRows && _kernels.UsesNarrowFfn(L.GateUp.Type, Config.HiddenSize, L.Down.Type, Config.IntermediateSize, rows);
+        return
+        [
+            ("qkv+norm", L.Qkv, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, false),
+            ("attn_output", L.AttnOutput, CudaKernels.GemvMode.Accumulate, 0, false),
+            ("gate_up+norm+swiglu", L.GateUp, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, narrow),
+            ("down", L.Down, CudaKernels.GemvMode.Accumulate, 0, narrow),
+            ("output+norm", _output, CudaKernels.GemvMode.Store, _outputNorm.Pointer, false),
+        ];
+    }
 
     /// <summary>An empty device cache for up to <paramref name="capacity"/> tokens of each of <paramref name="batch"/> sequences.</summary>
     public CudaKvCache CreateCache(int capacity, int batch = 1) => new(_device, Config, capacity, batch);
