@@ -15,6 +15,7 @@ public class CudaBackendTests
     [CudaFact] public void Elementwise() => KernelChecks.Elementwise();
     [CudaFact] public void Embedding() => KernelChecks.Embedding();
     [CudaFact] public void Gemv() => KernelChecks.Gemv();
+    [CudaFact] public void GemvNarrowActivations() => KernelChecks.GemvNarrow();
     [CudaFact] public void GemvQkvRope() => KernelChecks.GemvQkvRope();
     [CudaFact] public void GemvArgMax() => KernelChecks.GemvArgMax();
     [CudaFact] public void CublasGemm() => KernelChecks.CublasGemm();
