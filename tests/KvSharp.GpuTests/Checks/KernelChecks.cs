@@ -257,9 +257,7 @@ public static class KernelChecks
                         foreach (int? wave in tensorCores ? new int?[] { null, 4 } : [null])
                         {
                             using var dy = mode == CudaKernels.GemvMode.Accumulate ? Upload(y0) : Poisoned((long)n * rows * 4);
-                            K.TensorCoreGemvWave = wave;
-                            try { K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps); }
-                            finally { K.TensorCoreGemvWave = null; }
+                            UnderGemvWave(wave, () => K.Gemv(type, dw.Pointer, dx.Pointer, dy.Pointer, rows, cols, n, mode, normed ? dnorm.Pointer : 0, eps));
                             report.Add(Compare.Relative($"gemv{(tensorCores ? " mma" : "")}{(wave != null ? $" {wave} blocks" : "")} {type} {mode}{(normed ? "+norm" : "")} {n}x{cols}",
                                 Result(dy, n * rows), expected, 1e-5));
                         }
@@ -337,13 +335,11 @@ public static class KernelChecks
                         using (var dwide = Poisoned((long)n * rows * 4))
                         using (var dnarrow = Poisoned((n * rows * 2L + 3) / 4 * 4))
                         {
-                            K.TensorCoreGemvWave = wave;
-                            try
+                            UnderGemvWave(wave, () =>
                             {
                                 K.Gemv(type, dgu.Pointer, dx.Pointer, dwide.Pointer, rows, cols, n, CudaKernels.GemvMode.SwiGlu, dnorm.Pointer, eps);
                                 K.Gemv(type, dgu.Pointer, dx.Pointer, dnarrow.Pointer, rows, cols, n, CudaKernels.GemvMode.SwiGlu, dnorm.Pointer, eps, narrow: true);
-                            }
-                            finally { K.TensorCoreGemvWave = null; }
+                            });
                             wide = Result(dwide, n * rows);
                             narrow = Widen16(type, dnarrow, n * rows);
                         }
@@ -368,13 +364,11 @@ public static class KernelChecks
                         using (var dya = Upload(y0))
                         using (var dyb = Upload(y0))
                         {
-                            K.TensorCoreGemvWave = wave;
-                            try
+                            UnderGemvWave(wave, () =>
                             {
                                 K.Gemv(type, ddown.Pointer, dx16.Pointer, dya.Pointer, rows, cols, n, CudaKernels.GemvMode.Accumulate, narrow: true);
                                 K.Gemv(type, ddown.Pointer, dxw.Pointer, dyb.Pointer, rows, cols, n, CudaKernels.GemvMode.Accumulate);
-                            }
-                            finally { K.TensorCoreGemvWave = null; }
+                            });
                             fromNarrow = Result(dya, n * rows);
                             fromWide = Result(dyb, n * rows);
                         }
@@ -410,6 +404,17 @@ public static class KernelChecks
     }
 
     private static double Silu(double g) => g / (1 + Math.Exp(-g));
+
+    /// <summary>
+    /// Runs <paramref name="launch"/> with the tensor-core products' grid capped at <paramref name="wave"/> blocks (null:
+    /// the device's own plan), then restores the device's plan.
+    /// </summary>
+    private static void UnderGemvWave(int? wave, Action launch)
+    {
+        K.TensorCoreGemvWave = wave;
+        try { launch(); }
+        finally { K.TensorCoreGemvWave = null; }
+    }
 
     /// <summary>
     /// The decode QKV product with the attention norm, RoPE (both pairings) and the float16 cache append fused into its
@@ -700,9 +705,7 @@ public static class KernelChecks
                     bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
                     foreach (int? wave in tensorCores ? new int?[] { null, 4 } : [null])
                     {
-                        K.TensorCoreGemvWave = wave;
-                        try { report.Add(GemvArgMax(type, cols, n, tensorCores) + (wave != null ? $" ({wave} blocks)" : "")); }
-                        finally { K.TensorCoreGemvWave = null; }
+                        UnderGemvWave(wave, () => report.Add(GemvArgMax(type, cols, n, tensorCores) + (wave != null ? $" ({wave} blocks)" : "")));
                     }
                 }
         return string.Join("; ", report);

@@ -228,6 +228,8 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
                 const int r = tile * TILE + g;
                 if (r < rows)
                 {
+                    // Each branch computes its own outputs: sharing o0, o1 with the float branch changed its code (NVRTC 12.4:
+                    // 8 more instructions, the norm build's spills moved), so the float stores stay as they were.
                     if constexpr (H16)
                     {
                         u16* yh = reinterpret_cast<u16*>(y);

@@ -142,7 +142,7 @@ public sealed class CudaTransformer : IDisposable
     internal IReadOnlyList<(string Name, DeviceMatrix Matrix, CudaKernels.GemvMode Mode, ulong Norm, bool Narrow)> DecodeMatrices(int layer = 0, int rows = 1)
     {
         var L = _layers[layer];
-        bool narrow = rows <= CudaKernels.MaxGemvRows && _kernels.UsesNarrowFfn(L.GateUp.Type, Config.HiddenSize, L.Down.Type, Config.IntermediateSize, rows);
+        bool narrow = _kernels.UsesNarrowFfn(L.GateUp.Type, Config.HiddenSize, L.Down.Type, Config.IntermediateSize, rows);
         return
         [
             ("qkv+norm", L.Qkv, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, false),
@@ -448,7 +448,7 @@ public sealed class CudaTransformer : IDisposable
                 gemv && L.AttnOutput.Cols == c.NumHeads * hd ? L.AttnOutput : null));
             if (!projected) MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             // 16-bit activations between the two products where both take tensor cores (the same bits, half the bytes)
-            bool narrow = gemv && k.UsesNarrowFfn(L.GateUp.Type, d, L.Down.Type, ffn, n);
+            bool narrow = k.UsesNarrowFfn(L.GateUp.Type, d, L.Down.Type, ffn, n);
             if (gemv)
             {
                 k.Gemv(L.GateUp.Type, L.GateUp.Pointer, s.X.Pointer, s.Gate.Pointer, ffn, d, n, CudaKernels.GemvMode.SwiGlu, L.FfnNorm.Pointer, c.RmsNormEps,
@@ -460,8 +460,7 @@ public sealed class CudaTransformer : IDisposable
                 MatMul(L.GateUp, s.Xb, s.GateUp, n, s);
                 k.SwiGluRows(s.GateUp.Pointer, s.Gate.Pointer, ffn, n);
             }
-            if (narrow) k.Gemv(L.Down.Type, L.Down.Pointer, s.Gate.Pointer, s.X.Pointer, L.Down.Rows, L.Down.Cols, n, CudaKernels.GemvMode.Accumulate, narrow: true);
-            else MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true);
+            MatMul(L.Down, s.Gate, s.X, n, s, accumulate: true, narrow);
         }
     }
 
@@ -480,13 +479,16 @@ public sealed class CudaTransformer : IDisposable
         MatMul(_output, s.Xb, s.Logits, count, s);
     }
 
-    /// <summary>y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows, cuBLAS beyond.</summary>
-    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false)
+    /// <summary>
+    /// y (=, or += with <paramref name="accumulate"/>) x · wᵀ: matrix-vector kernels up to 8 rows (x in the weights' 16-bit
+    /// type where <paramref name="narrow"/>: <see cref="CudaKernels.Gemv"/>), cuBLAS beyond.
+    /// </summary>
+    private void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n, Scratch s, bool accumulate = false, bool narrow = false)
     {
         if (n <= CudaKernels.MaxGemvRows)
         {
             _kernels.Gemv(w.Type, w.Pointer, x.Pointer, y.Pointer, w.Rows, w.Cols, n,
-                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store);
+                accumulate ? CudaKernels.GemvMode.Accumulate : CudaKernels.GemvMode.Store, narrow: narrow);
             return;
         }
         ulong operand = x.Pointer;

@@ -169,12 +169,12 @@ internal sealed class CudaKernels : IDisposable
 
     /// <summary>
     /// Whether the feed-forward of <paramref name="n"/> rows passes its SwiGLU output to the down product in the weights'
-    /// 16-bit type (<see cref="Gemv"/>'s narrow) instead of float32: where both products run on tensor cores over weights of
-    /// one type, which round every activation to that type anyway, so the results are the same bits and the down product
-    /// reads half the activation bytes. On by default; benchmarks compare both.
+    /// 16-bit type (<see cref="Gemv"/>'s narrow) instead of float32: where both products run on tensor cores (2 to
+    /// <see cref="MaxGemvRows"/> rows) over weights of one type, which round every activation to that type anyway, so the
+    /// results are the same bits and the down product reads half the activation bytes. On by default; benchmarks compare both.
     /// </summary>
     public bool UsesNarrowFfn(DeviceWeightType gateUp, int hidden, DeviceWeightType down, int ffn, int n) =>
-        NarrowFfnActivations && gateUp == down && UsesTensorCoreGemv(gateUp, hidden, n) && UsesTensorCoreGemv(down, ffn, n);
+        NarrowFfnActivations && n <= MaxGemvRows && gateUp == down && UsesTensorCoreGemv(gateUp, hidden, n) && UsesTensorCoreGemv(down, ffn, n);
 
     /// <summary>See <see cref="UsesNarrowFfn"/>. Takes effect at the next capture of a decode graph.</summary>
     public bool NarrowFfnActivations { get; set; } = true;

@@ -338,8 +338,11 @@ internal sealed partial class CudaPagedKernels
     public static CudaKernels.AttentionPlan WithBlockClaims(CudaKernels.AttentionPlan plan, int group) => plan with
     {
         Steal = true,
-        SharedBytes = Math.Max(plan.SharedBytes, PipelinedSharedBytes(group, Math.Max(plan.Chunk, StealRoomBlocks), plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes)),
+        SharedBytes = Math.Max(plan.SharedBytes, ClaimsSharedBytes(group, plan.Chunk, plan.RingBytes > 0 ? plan.RingBytes : PipelineRingBytes)),
     };
+
+    /// <summary>Shared memory of a pipelined launch of <paramref name="chunk"/>-block splits with the claims' descriptors' room.</summary>
+    private static int ClaimsSharedBytes(int group, int chunk, int ring) => PipelinedSharedBytes(group, Math.Max(chunk, StealRoomBlocks), ring);
 
     /// <summary>
     /// The pipelined kernel's grid for <paramref name="rows"/> rows of <paramref name="kvHeads"/> heads of at most
@@ -460,7 +463,7 @@ internal sealed partial class CudaPagedKernels
             // Claims only in batch launches (each row sees all its tokens; the attention statistics read part_ml as a row's
             // prefix of splits, part_ml_lse, which claims break), and only with their descriptors' room (a plan made for a
             // shorter chunk, as the checks' grids of few units, has not): other launches read fixed runs.
-            bool steal = plan.Steal && batch && !mergeGrid && plan.SharedBytes >= PipelinedSharedBytes(group, Math.Max(plan.Chunk, StealRoomBlocks), ring);
+            bool steal = plan.Steal && batch && !mergeGrid && plan.SharedBytes >= ClaimsSharedBytes(group, plan.Chunk, ring);
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
             Decode(Pipelined(group, valueGroup, plan.Formats, steal)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
