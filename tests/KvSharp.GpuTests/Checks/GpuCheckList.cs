@@ -44,6 +44,7 @@ public static class GpuCheckList
         ("paged: head merge folded into the output product = float64", PagedBatchChecks.MergeProjection),
         ("paged: transformer steps with the merge folded into the output product = the product on its own", PagedBatchChecks.MergeProjectionInTransformer),
         ("paged batch: greedy decode of 8 sequences = each alone", PagedBatchChecks.Decode),
+        ("paged batch: the append folded into the step's products = its own launch (caches byte for byte)", PagedBatchChecks.FoldedAppend),
         ("paged batch: SnapKV on one sequence of a batch = the CPU press", PagedBatchChecks.SnapKvOneSequence),
         ("press: device attention statistics = CPU statistics", PressChecks.StatisticsMatchCpu),
         ("press: device re-quantization = CPU blocks", PressChecks.RequantizeMatchesCpu),

@@ -486,6 +486,76 @@ public static class PagedBatchChecks
     }
 
     /// <summary>
+    /// The batch append folded into the step's products (<see cref="CudaPagedKernels.FuseBatchAppend"/>: RoPE and the append
+    /// in the QKV product's epilogue, filled residuals encoded in the attention-output product's launch) against its own
+    /// launch (<see cref="CudaPagedKernels.RopeAppend"/>): 8 sequences prefilled to different lengths on bfloat16 weights, one
+    /// layer, 40 greedy graph steps each way, for INT4 and INT2 pairs (encoded four blocks a head), FP8 and F16 (one block a
+    /// head), head dimensions 128 and 64. The fold reads a residual its step filled as float32 rows and encodes it after the
+    /// attention, where the launch encodes first, so a fill step's logits differ by the quantization of those rows; with one
+    /// layer the keys and values appended never depend on them. Each sequence's tokens are the same both ways or part at a
+    /// step (counted; at most 2 of 8 a case); the sequences that never part hold, byte for byte, the same blocks (formats,
+    /// counts, starts, codes, parameters) and residual rows.
+    /// </summary>
+    public static string FoldedAppend()
+    {
+        var report = new List<string>();
+        var kernels = Kernels;
+        bool saved = kernels.FuseBatchAppend;
+        try
+        {
+            foreach (int hd in new[] { 128, 64 })
+            {
+                var rnd = new RandomData();
+                var config = PagedChecks.Shape(8, 2, hd) with { NumLayers = 1, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+                using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
+                using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.BF16);
+                var prompts = new[] { 5, 40, 17, 63, 3, 31, 50, 12 }.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
+                const int steps = 40;
+                int batch = prompts.Length, capacity = prompts.Max(p => p.Length) + steps + 1, compared = 0, parted = 0;
+                foreach (var (kf, vf) in new[] { (KvFormat.Int4, KvFormat.Int4), (KvFormat.Int2, KvFormat.Int2), (KvFormat.Fp8E4M3, KvFormat.Fp8E4M3), (KvFormat.F16, KvFormat.F16) })
+                {
+                    var options = new PagedKvCacheOptions { KeyFormat = kf, ValueFormat = vf, MaxTokens = capacity };
+                    string what = $"hd{hd} {kf}/{vf}";
+                    (int[][] Tokens, List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>> Heads) Run(bool fold)
+                    {
+                        kernels.FuseBatchAppend = fold;
+                        long before = kernels.FoldedAppendLaunches;
+                        using var cache = gpu.CreatePagedCache(options, capacity, batch: batch);
+                        var tokens = gpu.GenerateGreedyBatch(prompts, steps, cache);
+                        cache.CheckDeviceState();
+                        if ((kernels.FoldedAppendLaunches > before) != fold)
+                            throw new CheckFailedException($"{what}: the decode graph {(fold ? "did not fold" : "folded")} the batch append");
+                        var heads = Enumerable.Range(0, batch).SelectMany(s => Enumerable.Range(0, config.NumKvHeads).Select(g => cache.ReadHead(0, g, s))).ToList();
+                        return (tokens, heads);
+                    }
+                    var (unfolded, expected) = Run(false);
+                    var (folded, got) = Run(true);
+                    int partedHere = 0;
+                    for (int s = 0; s < batch; s++)
+                    {
+                        if (!folded[s].SequenceEqual(unfolded[s]))
+                        {
+                            partedHere++;
+                            continue;
+                        }
+                        for (int g = 0; g < config.NumKvHeads; g++)
+                            PagedChecks.SameDeviceHead($"{what} sequence {s} head {g}", got[s * config.NumKvHeads + g], expected[s * config.NumKvHeads + g], hd, "unfolded");
+                        compared++;
+                    }
+                    if (partedHere > 2) throw new CheckFailedException($"{what}: {partedHere} of {batch} sequences decoded other tokens with the append folded (seed {rnd.Seed})");
+                    parted += partedHere;
+                }
+                report.Add($"hd{hd}: {compared} sequences' caches byte-equal folded and unfolded, {parted} parted (seed {rnd.Seed})");
+            }
+        }
+        finally
+        {
+            kernels.FuseBatchAppend = saved;
+        }
+        return string.Join("; ", report);
+    }
+
+    /// <summary>
     /// SnapKV on the device for one sequence of a batch of 3 (prompts of different lengths, float32 and INT4 caches): the
     /// observation window of sequence 1 runs through the GPU model with statistics on, and
     /// <see cref="CudaPagedKvCache.SnapKvEvict(int, int, string, IReadOnlyList{int}, int)"/> keeps of its heads exactly the

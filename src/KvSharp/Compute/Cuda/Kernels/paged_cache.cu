@@ -7,6 +7,7 @@
 // fused multiply-add), so the bytes equal the CPU codec's.
 #include "paged_kv.cuh"
 #include "gemv.cuh"
+#include "gemv_mma.cuh"
 
 // double -> f16 bits, round to nearest even, NaN -> 0, saturated to ±65504 (ScalarFormats.ToF16Saturated).
 __device__ __forceinline__ u16 f16_saturated(double x)
@@ -533,6 +534,100 @@ extern "C" __global__ void paged_rope_append(const float* qkv, float* q_out, con
 // Group parameters the split append keeps in shared memory for its codes pass (more: read back from the block).
 #define SPLIT_KEY_GROUPS 256
 #define SPLIT_VALUE_GROUPS 512
+// The split batch append's claim of one head's slot (claims[head]: 0 free, 1 being reserved, 2 the pool was full, slot + 3)
+// for `units` of the pool: the first block of the head to claim reserves, the others wait for it (it is running: it
+// claimed). By one thread; returns the claim word.
+__device__ __forceinline__ unsigned long long split_claim(unsigned long long* claim, unsigned* top, unsigned units, unsigned capacity, int* error)
+{
+    unsigned long long v = atomicCAS(claim, 0ull, 1ull);
+    if (v == 0ull)
+    {
+        const long r = reserve_units(top, units, capacity, error);
+        v = r < 0 ? 2ull : (unsigned long long)r + 3ull;
+        atomicExch(claim, v);
+    }
+    while (v == 1ull)
+    {
+        __nanosleep(32);
+        v = atomicAdd(claim, 0ull);
+    }
+    return v;
+}
+
+// One split block's part of a full residual's encode into the claimed slot (claim word slot_s, not 2): the group parameters and
+// code words of channels c0 .. c0 + w - 1 of both blocks, from the residual's rows staged as residual_full stages them
+// (keys at staged, values at staged + RESIDUAL_STAGE). Every thread of the block; a barrier inside.
+__device__ __forceinline__ void split_encode_part(const float* staged, unsigned long long slot_s, u8* pool, int kf, int vf, int tokens, int hd,
+    int vg, int c0, int w)
+{
+    const int kbytes = block_bytes(kf, true, tokens, hd, vg);
+    const long slot = (long)(slot_s - 3ull);
+    u8* kdst = pool + (size_t)slot * 16;
+    u8* vdst = pool + (size_t)(slot + units_of(kbytes)) * 16;
+    const float* sk = staged;
+    const float* sv = staged + RESIDUAL_STAGE;
+    const int gk = group_count(kf, true, tokens, hd, vg), gv = group_count(vf, false, tokens, hd, vg);
+    u16* ks = reinterpret_cast<u16*>(kdst + code_bytes(kf, tokens, hd));
+    u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
+    // The parameters also kept in shared memory, laid out as in the block, for the codes pass (no read back
+    // through L2 after the barrier) where they fit.
+    __shared__ u16 kparams[2 * SPLIT_KEY_GROUPS], vparams[2 * SPLIT_VALUE_GROUPS];
+    const bool local = gk <= SPLIT_KEY_GROUPS && gv <= SPLIT_VALUE_GROUPS;
+    // Parameters: the key groups of channels c0 .. c0 + w - 1, then each token's value groups among them.
+    const int vper = w / vg, per_row = hd / vg;
+    for (int i = threadIdx.x; i < w + tokens * vper; i += blockDim.x)
+    {
+        const bool key = i < w;
+        const int j = i - w, g = key ? c0 + i : (j / vper) * per_row + c0 / vg + j % vper, n = key ? gk : gv;
+        u16 sb, mb;
+        int_group_params(key ? sk : sv, tokens, key, hd, vg, g, (1 << kv_bits(key ? kf : vf)) - 1, sb, mb);
+        u16* params = key ? ks : vs;
+        params[g] = sb;
+        params[n + g] = mb;
+        if (local)
+        {
+            u16* near = key ? kparams : vparams;
+            near[g] = sb;
+            near[n + g] = mb;
+        }
+    }
+    __syncthreads();
+    const u16* kp = local ? kparams : ks;
+    const u16* vp = local ? vparams : vs;
+    // Codes: each token's words of these channels, keys then values.
+    const int kwords = w / (32 / kv_bits(kf)), vwords = w / (32 / kv_bits(vf));
+    for (int i = threadIdx.x; i < tokens * (kwords + vwords); i += blockDim.x)
+    {
+        const bool key = i < tokens * kwords;
+        const int j = key ? i : i - tokens * kwords, per = key ? kwords : vwords, f = key ? kf : vf;
+        const int r = j / per, wi = (r * hd + c0) / (32 / kv_bits(f)) + j % per;
+        if (key)
+        {
+            if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+            else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+            else int_code_word<2>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+        }
+        else
+        {
+            if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+            else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+            else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+        }
+    }
+}
+
+// The head's last split block after an encode: the encoded pair (its slot from the claim, which this resets) replaces the
+// residual as block nb - 1 and the same slots open as an empty residual. Thread 0 only.
+__device__ __forceinline__ void install_encoded(uint4* d, int* head_blocks, unsigned long long* claim, int head, int nb, uint4 resid,
+    unsigned kunits, int tokens, int kf, int vf)
+{
+    const unsigned long long v = atomicExch(claim, 0ull); // through L2, where the claims were made
+    if (v == 2ull) return; // the pool was full (the error flag is set)
+    const unsigned slot = (unsigned)(v - 3ull);
+    d[nb - 1] = make_uint4(slot, slot + kunits, desc_meta(tokens, kf, vf), resid.w);
+    open_residual(d, head_blocks, head, nb, resid, tokens);
+}
+
 extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_out, const float* q_norm, const float* k_norm, const float* inv_freq,
     u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity,
     int rows, int heads, int kv_heads, int hd, const int* pos, int interleaved, float eps, int max_blocks, int tokens, int vg, int kf, int vf,
@@ -574,22 +669,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
         if (!full) return;
         // The slot reservation's three dependent atomics by one thread (the last: it has no channel of the new row at
         // 256 threads), while the others stage the earlier rows.
-        if (threadIdx.x == claimer)
-        {
-            unsigned long long v = atomicCAS(claims + head, 0ull, 1ull);
-            if (v == 0ull)
-            {
-                const long r = reserve_units(top, units_of(kbytes) + units_of(vbytes), capacity, error);
-                v = r < 0 ? 2ull : (unsigned long long)r + 3ull;
-                atomicExch(claims + head, v);
-            }
-            while (v == 1ull)
-            {
-                __nanosleep(32);
-                v = atomicAdd(claims + head, 0ull);
-            }
-            slot_s = v;
-        }
+        if (threadIdx.x == claimer) slot_s = split_claim(claims + head, top, units_of(kbytes) + units_of(vbytes), capacity, error);
         else
             for (int i = threadIdx.x; i < at * w; i += blockDim.x - 1)
             {
@@ -636,62 +716,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
     if (full)
     {
         __syncthreads();
-        if (slot_s != 2ull)
-        {
-            const long slot = (long)(slot_s - 3ull);
-            u8* kdst = pool + (size_t)slot * 16;
-            u8* vdst = pool + (size_t)(slot + units_of(kbytes)) * 16;
-            const float* sk = staged;
-            const float* sv = staged + RESIDUAL_STAGE;
-            const int gk = group_count(kf, true, tokens, hd, vg), gv = group_count(vf, false, tokens, hd, vg);
-            u16* ks = reinterpret_cast<u16*>(kdst + code_bytes(kf, tokens, hd));
-            u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
-            // The parameters also kept in shared memory, laid out as in the block, for the codes pass (no read back
-            // through L2 after the barrier) where they fit.
-            __shared__ u16 kparams[2 * SPLIT_KEY_GROUPS], vparams[2 * SPLIT_VALUE_GROUPS];
-            const bool local = gk <= SPLIT_KEY_GROUPS && gv <= SPLIT_VALUE_GROUPS;
-            // Parameters: the key groups of channels c0 .. c0 + w - 1, then each token's value groups among them.
-            const int vper = w / vg, per_row = hd / vg;
-            for (int i = threadIdx.x; i < w + tokens * vper; i += blockDim.x)
-            {
-                const bool key = i < w;
-                const int j = i - w, g = key ? c0 + i : (j / vper) * per_row + c0 / vg + j % vper, n = key ? gk : gv;
-                u16 sb, mb;
-                int_group_params(key ? sk : sv, tokens, key, hd, vg, g, (1 << kv_bits(key ? kf : vf)) - 1, sb, mb);
-                u16* params = key ? ks : vs;
-                params[g] = sb;
-                params[n + g] = mb;
-                if (local)
-                {
-                    u16* near = key ? kparams : vparams;
-                    near[g] = sb;
-                    near[n + g] = mb;
-                }
-            }
-            __syncthreads();
-            const u16* kp = local ? kparams : ks;
-            const u16* vp = local ? vparams : vs;
-            // Codes: each token's words of these channels, keys then values.
-            const int kwords = w / (32 / kv_bits(kf)), vwords = w / (32 / kv_bits(vf));
-            for (int i = threadIdx.x; i < tokens * (kwords + vwords); i += blockDim.x)
-            {
-                const bool key = i < tokens * kwords;
-                const int j = key ? i : i - tokens * kwords, per = key ? kwords : vwords, f = key ? kf : vf;
-                const int r = j / per, wi = (r * hd + c0) / (32 / kv_bits(f)) + j % per;
-                if (key)
-                {
-                    if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
-                    else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
-                    else int_code_word<2>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
-                }
-                else
-                {
-                    if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
-                    else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
-                    else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
-                }
-            }
-        }
+        if (slot_s != 2ull) split_encode_part(staged, slot_s, pool, kf, vf, tokens, hd, vg, c0, w);
     }
     __threadfence();
     __syncthreads();
@@ -704,13 +729,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
         else if (nb >= max_blocks) atomicExch(error, 2);
         else
         {
-            const unsigned long long v = atomicExch(claims + head, 0ull); // through L2, where the claims were made
-            if (v != 2ull) // else the pool was full (the error flag is set)
-            {
-                const unsigned slot = (unsigned)(v - 3ull);
-                d[nb - 1] = make_uint4(slot, slot + units_of(kbytes), desc_meta(tokens, kf, vf), resid.w);
-                open_residual(d, head_blocks, head, nb, resid, tokens);
-            }
+            install_encoded(d, head_blocks, claims + head, head, nb, resid, units_of(kbytes), tokens, kf, vf);
         }
         head_tokens[head] += 1;
     }
@@ -824,6 +843,233 @@ struct PagedQkvAppend
 PAGED_QKV(f32, WeightF32)
 PAGED_QKV(bf16, WeightBF16)
 PAGED_QKV(f16, WeightF16)
+
+// The batch decode step's QKV product (2..8 sequences, gemv_mma MODE 5, attention norm fused) with RoPE and the append in
+// its epilogue: what paged_rope_append_split does after the plain product, without its launch (CudaPagedKernels
+// .BatchQkvRopeAppend; on an H100 at 8 × 32K that launch and its gap took ~8.5 µs a layer, stop 32). A tile's rows g and
+// g + 8 are one head's rotation partners i0, i1 of channel pair i = 8 · (tile mod hd / 16) + g, so warp 0's lane (g, tq),
+// which holds both rows for sequences 2tq and 2tq + 1, rotates them in place (the same float32 values and rotation as the
+// split append: the same bits) and writes a query pair to q_out, or a key (rotated) or value pair as float32 into row
+// desc_count(residual) of that sequence's residual of the KV head. The tables of each K/V lane's two sequences (block count,
+// residual descriptor) and the positions are read before pdl_wait (Early): this layer's tables were last written a step
+// ago, the positions at the step's end, and the kernel before this one (the embedding or the previous layer's down
+// product) writes neither. Each K/V tile's warp counts itself in arrivals[kv head] after a fence; the last of a head's
+// hd / 8 tiles advances each sequence's residual count and token count. A residual this row fills stays a float32 block
+// of `tokens` rows, which this step's attention reads like any other, and is encoded after it by the encode blocks of the
+// attention-output product's launch (paged_project_encode_*), which open the next residual; until then no append reads
+// it. A full residual that could not be encoded (the head had no block left: error 2) takes no row.
+struct PagedBatchQkv
+{
+    float* q_out;
+    const float* inv_freq;
+    const int* pos;
+    u8* pool;
+    uint4* desc;
+    int* head_blocks;
+    int* head_tokens;
+    int* error;
+    unsigned* arrivals;
+    int heads, kv_heads, hd, interleaved, max_blocks, tokens;
+
+    // What warp 0's lane needs of earlier kernels for its two sequences: their positions, and for a K/V tile the residual's
+    // slot (keys' or values'), row count and the head's block count; the channel pair's frequency.
+    struct Early
+    {
+        unsigned slot[2];
+        int at[2], nb[2], p[2];
+        float freq;
+    };
+
+    // One record a lane of warp 0, in shared memory (one array a kernel: a function's static shared variable).
+    static __device__ __forceinline__ Early* early_slots()
+    {
+        __shared__ Early slots[32];
+        return slots;
+    }
+
+    __device__ __forceinline__ void channels(int tile, int g, int& h, int& i0, int& i1) const
+    {
+        const int per = hd / 16;
+        h = tile / per;
+        rope_channels(8 * (tile % per) + g, hd, interleaved, i0, i1);
+    }
+
+    __device__ __forceinline__ void rows(int tile, int g, int& ra, int& rb) const
+    {
+        int h, i0, i1;
+        channels(tile, g, h, i0, i1);
+        ra = h * hd + i0;
+        rb = h * hd + i1;
+    }
+
+    __device__ __forceinline__ void early(int tile, int lane, int nt) const
+    {
+        const int g = lane >> 2, tq = lane & 3, h = tile / (hd / 16);
+        Early e{};
+        if (h < heads + kv_heads) e.freq = inv_freq[8 * (tile % (hd / 16)) + g];
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+        {
+            const int t = 2 * tq + k;
+            if (t >= nt) continue;
+            e.p[k] = __ldcg(pos + t);
+            if (h < heads) continue;
+            // From L2: an L1 line of the tables may predate their last change.
+            const int head = t * kv_heads + (h - heads) % kv_heads;
+            e.nb[k] = __ldcg(head_blocks + head);
+            const uint4 r = __ldcg(desc + (long)head * max_blocks + e.nb[k] - 1);
+            e.slot[k] = h >= heads + kv_heads ? r.y : r.x;
+            e.at[k] = desc_count(r);
+        }
+        early_slots()[lane] = e;
+    }
+
+    __device__ __forceinline__ void store(int tile, int lane, const float (&v)[4], int nt) const
+    {
+        const int g = lane >> 2, tq = lane & 3;
+        const Early e = early_slots()[lane];
+        int h, i0, i1;
+        channels(tile, g, h, i0, i1);
+        const bool value = h >= heads + kv_heads;
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+        {
+            const int t = 2 * tq + k;
+            if (t >= nt) continue;
+            float y0 = v[k], y1 = v[2 + k];
+            if (!value) rope_rotate(e.p[k], e.freq, v[k], v[2 + k], y0, y1);
+            float* dst;
+            if (h < heads) dst = q_out + ((long)t * heads + h) * hd;
+            else if (e.at[k] >= tokens) continue; // a full residual left by a failed encode (error 2)
+            else dst = reinterpret_cast<float*>(pool + (size_t)e.slot[k] * 16) + (long)e.at[k] * hd;
+            dst[i0] = y0;
+            dst[i1] = y1;
+        }
+        if (h < heads) return;
+        const int kh = (h - heads) % kv_heads;
+        __threadfence(); // each lane's rows before the arrival
+        __syncwarp();
+        int last = 0;
+        if (lane == 0)
+        {
+            last = atomicAdd(arrivals + kh, 1u) == (unsigned)(hd / 8) - 1; // hd / 16 key tiles and as many value tiles
+            if (last) arrivals[kh] = 0;
+        }
+        if (!__shfl_sync(0xffffffffu, last, 0)) return;
+        __threadfence(); // the other tiles' rows and reads before the tables change
+        if (g != 0) return;
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+        {
+            const int t = 2 * tq + k;
+            if (t >= nt || e.at[k] >= tokens) continue;
+            const int head = t * kv_heads + kh;
+            if (e.at[k] + 1 == tokens && e.nb[k] >= max_blocks)
+            {
+                atomicExch(error, 2); // no block for the encode: the row stays uncounted, as paged_rope_append_split leaves it
+                continue;
+            }
+            desc[(long)head * max_blocks + e.nb[k] - 1].z = desc_meta(e.at[k] + 1, KV_F32, KV_F32);
+            head_tokens[head] += 1;
+        }
+    }
+};
+
+// Grid: (heads + 2 kv_heads) · hd / 16 row tiles (hd a multiple of 16) strided over at most a wave, as gemv_mma's; tables
+// pre-offset to the layer's sequence 0 (sequence t's heads at t · kv_heads), arrivals: kv_heads zeroed counters.
+#define PAGED_BATCH_QKV(NAME, BF) \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, const float* nw, float eps, int rows, int cols, \
+        int nt, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int interleaved, u8* pool, uint4* desc, \
+        int* head_blocks, int* head_tokens, int* error, int max_blocks, int tokens, unsigned* arrivals) \
+    { \
+        gemv_mma<BF, 5, true>(w, x, nullptr, nw, eps, rows, cols, nt, nullptr, 0, PagedBatchQkv{ q_out, inv_freq, pos, pool, desc, head_blocks, \
+            head_tokens, error, arrivals, heads, kv_heads, hd, interleaved, max_blocks, tokens }); \
+    }
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_bf16, true)
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16, false)
+
+// The encode blocks of a batch step's attention-output launch (paged_project_encode_*): after pdl_wait (this step's
+// attention has read every residual), each full residual of the layer's nt · kv_heads heads (filled by
+// PagedBatchQkv) is encoded in the cache's formats and an empty residual opened after it. SPLIT (key and value formats
+// INT8/4/2, CudaPagedKernels.SplitsAppend): APPEND_SPLIT tasks a head, each encoding a quarter of the channels as
+// paged_rope_append_split's fill does (the same claims, arrivals and bytes); else one task a head, residual_full. The
+// `encoders` blocks take tasks encoders apart; a task whose head is not full returns at once (KIVI's heads fill together
+// once in `tokens` steps, KVzip's a few a step).
+template <bool SPLIT>
+__device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoders)
+{
+    pdl_wait();
+    pdl_trigger();
+    const int per = SPLIT ? APPEND_SPLIT : 1, tasks = nt * kv_heads * per;
+    const int w = a.hd / APPEND_SPLIT;
+    const int kbytes = block_bytes(a.kf, true, a.tokens, a.hd, a.vg), vbytes = block_bytes(a.vf, false, a.tokens, a.hd, a.vg);
+    for (int task = blockIdx.x; task < tasks; task += encoders)
+    {
+        const int head = task / per, part = task % per, c0 = part * w;
+        // Written by the QKV product two launches back: complete; from L2 all the same (as the split append's early reads).
+        const int nb = __ldcg(a.head_blocks + head);
+        uint4* d = a.desc + (long)head * a.max_blocks;
+        const uint4 r = __ldcg(d + nb - 1);
+        if (desc_count(r) < a.tokens) continue; // uniform over the block
+        if constexpr (!SPLIT)
+        {
+            residual_full(a, head, r, true);
+            continue;
+        }
+        else
+        {
+            if (nb >= a.max_blocks)
+            {
+                if (threadIdx.x == 0) atomicExch(a.error, 2);
+                continue;
+            }
+            __shared__ unsigned long long slot_s;
+            __shared__ float staged[2 * RESIDUAL_STAGE];
+            const int claimer = blockDim.x - 1;
+            const float* kres = reinterpret_cast<const float*>(a.pool + (size_t)r.x * 16);
+            const float* vres = reinterpret_cast<const float*>(a.pool + (size_t)r.y * 16);
+            if (threadIdx.x == claimer) slot_s = split_claim(claims + head, a.top, units_of(kbytes) + units_of(vbytes), a.capacity, a.error);
+            else
+                for (int i = threadIdx.x; i < a.tokens * w; i += blockDim.x - 1)
+                {
+                    const int row = i / w, c = c0 + i % w;
+                    staged[row * a.hd + c] = __ldcg(kres + (long)row * a.hd + c);
+                    staged[RESIDUAL_STAGE + row * a.hd + c] = __ldcg(vres + (long)row * a.hd + c);
+                }
+            __syncthreads();
+            if (slot_s != 2ull) split_encode_part(staged, slot_s, a.pool, a.kf, a.vf, a.tokens, a.hd, a.vg, c0, w);
+            __threadfence();
+            __syncthreads();
+            if (threadIdx.x == 0 && atomicAdd(arrivals + head, 1) == APPEND_SPLIT - 1)
+            {
+                arrivals[head] = 0; // the head's last part: every part has read the tables and written its codes
+                install_encoded(d, a.head_blocks, claims + head, head, nb, r, units_of(kbytes), a.tokens, a.kf, a.vf);
+            }
+            __syncthreads(); // slot_s and staged are rewritten by the next task
+        }
+    }
+}
+
+// The attention-output product of a batch step (gemv_mma MODE 1, accumulating into the residual stream) with `encoders`
+// encode blocks ahead of its tiles (encode_fills): the host sizes them to the wave's free slots, so both share one wave and
+// the encodes cost no launch. Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
+#define PAGED_PROJECT_ENCODE(NAME, BF, SPLIT) \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, float* y, int rows, int cols, int nt, \
+        int encoders, u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int kv_heads, \
+        int hd, int max_blocks, int tokens, int vg, int kf, int vf, int* arrivals, unsigned long long* claims) \
+    { \
+        if ((int)blockIdx.x < encoders) \
+        { \
+            encode_fills<SPLIT>(AppendTarget{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity }, \
+                arrivals, claims, nt, kv_heads, encoders); \
+            return; \
+        } \
+        gemv_mma<BF, 1, false>(w, x, y, nullptr, 0.0f, rows, cols, nt, nullptr, encoders); \
+    }
+PAGED_PROJECT_ENCODE(paged_project_encode_split_bf16, true, true)
+PAGED_PROJECT_ENCODE(paged_project_encode_split_f16, false, true)
+PAGED_PROJECT_ENCODE(paged_project_encode_whole_bf16, true, false)
+PAGED_PROJECT_ENCODE(paged_project_encode_whole_f16, false, false)
 
 // Eviction of one head per block: flags[head·max_tokens + i] != 0 drops the head's stored token i. Blocks without
 // a dropped token are copied as they are (but for float blocks reached while their pair has a partial block pending,

@@ -50,6 +50,7 @@ public sealed class CudaKvCache : DeviceKvCache
 
     internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)
     {
+        if (f.Rows != 1) return false;
         var c = Config;
         kernels.GemvQkvRope(f.Weights.Type, f.Weights.Pointer, f.X, f.Norm, f.Eps, f.Weights.Cols, f.Q, Keys(f.Layer, f.Sequence), Values(f.Layer, f.Sequence),
             f.InvFreq, c.NumHeads, c.NumKvHeads, c.HeadDim, Capacity, f.Position, f.Interleaved);

@@ -560,8 +560,9 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var prefetch = PrefetchTables && a.Prefetch.SecondBytes == 0
             ? new L2Prefetch(a.Prefetch.First, a.Prefetch.FirstBytes, desc, (long)(a.Batch ? Batch : 1) * c.NumKvHeads * MaxBlocks * DescriptorBytes)
             : a.Prefetch;
-        // The output product folds into the head merge only where no statistics follow: KVzip+'s weigh by Hidden, which it adds to.
-        var projection = a.Projection is { } p && _statistics == null && a.Hidden != 0
+        // The output product folds into the head merge only where no statistics follow (KVzip+'s weigh by Hidden, which it adds to)
+        // and no batch step's encode waits for its launch (EnqueueOutputProduct).
+        var projection = a.Projection is { } p && _statistics == null && a.Hidden != 0 && _encodeLayer != a.Layer
             ? new CudaPagedKernels.OutputProjection(p.Pointer, p.Type, p.Rows, a.Hidden)
             : default;
         bool projected = _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads,
@@ -579,10 +580,43 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     internal override bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f)
     {
+        if (f.Rows > 1) return EnqueueBatchFusedQkv(kernels, f);
         if (!FusesAppend) return false;
         var c = Config;
         _kernels.QkvRopeAppend(f.Weights.Type, f.Weights.Pointer, f.X, f.Norm, f.Eps, f.Weights.Cols, f.Q, f.InvFreq, f.Position, f.Interleaved,
             c.NumHeads, c.NumKvHeads, c.HeadDim, AppendTarget(f.Layer, f.Sequence), _arrivals.Pointer + (ulong)(HeadIndex(f.Layer, f.Sequence, 0) * sizeof(int)));
+        return true;
+    }
+
+    /// <summary>
+    /// The layer whose batch QKV product appended in its epilogue (<see cref="EnqueueBatchFusedQkv"/>) and whose
+    /// attention-output launch is still to encode the residuals it filled (<see cref="EnqueueOutputProduct"/>); -1: none.
+    /// </summary>
+    private int _encodeLayer = -1;
+
+    /// <summary>
+    /// A batch step's QKV product with the append in its epilogue (<see cref="CudaPagedKernels.BatchQkvRopeAppend"/>), where
+    /// the rows are the cache's sequences, no statistics are collected (as <see cref="FusesAppend"/>) and the kernels can
+    /// fold the append into both products (<see cref="CudaPagedKernels.FoldsBatchAppend"/>).
+    /// </summary>
+    private bool EnqueueBatchFusedQkv(CudaKernels kernels, in FusedQkv f)
+    {
+        var c = Config;
+        var target = AppendTarget(f.Layer);
+        if (!f.Batch || f.Rows != Batch || f.Output is not { } output || _statistics != null || _coverEachForward
+            || !_kernels.FoldsBatchAppend(kernels, f.Weights, output, f.Rows, c.HeadDim, target))
+            return false;
+        _kernels.BatchQkvRopeAppend(kernels, f.Weights, f.X, f.Norm, f.Eps, f.Rows, f.Q, f.InvFreq, f.Position, f.Interleaved, c.NumHeads, c.NumKvHeads,
+            c.HeadDim, target);
+        _encodeLayer = f.Layer;
+        return true;
+    }
+
+    internal override bool EnqueueOutputProduct(CudaKernels kernels, int layer, DeviceMatrix w, ulong x, ulong y, int rows)
+    {
+        if (_encodeLayer != layer) return false;
+        _encodeLayer = -1;
+        _kernels.ProjectEncode(kernels, w, x, y, rows, Config.NumKvHeads, Config.HeadDim, AppendTarget(layer));
         return true;
     }
 

@@ -430,9 +430,9 @@ public sealed class CudaTransformer : IDisposable
         for (int l = 0; l < _layers.Length; l++)
         {
             var L = _layers[l];
-            bool appended = n == 1 && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
+            bool appended = (n == 1 || batch) && gemv && FuseRopeIntoQkv && L.QkvBias == null && L.QNorm == null && L.KNorm == null
                 && cache.EnqueueFusedQkv(k, new FusedQkv(l, batch ? 0 : sequence, L.Qkv, s.X.Pointer, L.AttnNorm.Pointer, c.RmsNormEps, s.Q.Pointer,
-                    _invFreq.Pointer, pos, interleaved));
+                    _invFreq.Pointer, pos, interleaved, n, batch, L.AttnOutput));
             if (!appended && gemv)
                 k.Gemv(L.Qkv.Type, L.Qkv.Pointer, s.X.Pointer, s.Qkv.Pointer, L.Qkv.Rows, d, n, CudaKernels.GemvMode.Store, L.AttnNorm.Pointer, c.RmsNormEps);
             else if (!appended)
@@ -446,7 +446,8 @@ public sealed class CudaTransformer : IDisposable
                 s.Counters.Pointer, n, interleaved, c.RmsNormEps, plan, pos, sequence, batch, flash, appended,
                 gemv && PrefetchNextWeights ? new L2Prefetch(L.AttnOutput.Pointer, L.AttnOutput.Buffer.ByteLength) : default, s.X.Pointer,
                 gemv && L.AttnOutput.Cols == c.NumHeads * hd ? L.AttnOutput : null));
-            if (!projected) MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
+            if (!projected && !cache.EnqueueOutputProduct(k, l, L.AttnOutput, s.Att.Pointer, s.X.Pointer, n))
+                MatMul(L.AttnOutput, s.Att, s.X, n, s, accumulate: true);
             // 16-bit activations between the two products where both take tensor cores (the same bits, half the bytes)
             bool narrow = k.UsesNarrowFfn(L.GateUp.Type, d, L.Down.Type, ffn, n);
             if (gemv)

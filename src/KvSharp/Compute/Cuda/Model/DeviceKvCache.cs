@@ -83,11 +83,19 @@ public abstract class DeviceKvCache : IDisposable
     internal abstract bool EnqueueAttention(CudaKernels kernels, in LayerAttention a);
 
     /// <summary>
-    /// Queues a decode row's QKV product with RoPE and the append of its key and value done in the product's epilogue, when
-    /// this cache can for <paramref name="f"/> (the float16 cache always; the paged cache at batch 1); false when it cannot,
-    /// and the caller multiplies plainly and leaves RoPE and the append to <see cref="EnqueueAttention"/>.
+    /// Queues a decode step's QKV product with RoPE and the append of its keys and values done in the product's epilogue,
+    /// when this cache can for <paramref name="f"/> (the float16 cache for one row; the paged cache for one row, or for a
+    /// batch step's rows where it also takes the layer's attention-output product: <see cref="EnqueueOutputProduct"/>);
+    /// false when it cannot, and the caller multiplies plainly and leaves RoPE and the append to <see cref="EnqueueAttention"/>.
     /// </summary>
     internal virtual bool EnqueueFusedQkv(CudaKernels kernels, in FusedQkv f) => false;
+
+    /// <summary>
+    /// Queues layer <paramref name="layer"/>'s attention-output product y += x · wᵀ of <paramref name="rows"/> rows after its
+    /// attention, when this cache takes it (a batch step whose append <see cref="EnqueueFusedQkv"/> folded into the QKV
+    /// product finishes there); false when the caller multiplies.
+    /// </summary>
+    internal virtual bool EnqueueOutputProduct(CudaKernels kernels, int layer, DeviceMatrix w, ulong x, ulong y, int rows) => false;
 
     /// <summary>Throws when an operation on the device failed in a way only the device could see (e.g. a full pool).</summary>
     internal virtual void CheckDeviceState() { }
@@ -119,9 +127,12 @@ internal readonly record struct LayerAttention(
     bool Appended = false, L2Prefetch Prefetch = default, ulong Hidden = 0, DeviceMatrix? Projection = null);
 
 /// <summary>
-/// One decode row's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of
-/// <paramref name="Layer"/>, the residual stream row <paramref name="X"/> and its attention norm, rotated queries to
-/// <paramref name="Q"/>, keys and values appended to <paramref name="Sequence"/> at the device position.
+/// A decode step's fused QKV product (<see cref="DeviceKvCache.EnqueueFusedQkv"/>): the stacked Q/K/V matrix of
+/// <paramref name="Layer"/>, the residual stream's <paramref name="Rows"/> rows at <paramref name="X"/> and their attention
+/// norm, rotated queries to <paramref name="Q"/>, keys and values appended to <paramref name="Sequence"/> at the device
+/// position (with <paramref name="Batch"/>: row t to sequence t at its position); <paramref name="Output"/>: the layer's
+/// attention-output matrix, which a batch step's fold needs (<see cref="DeviceKvCache.EnqueueOutputProduct"/>).
 /// </summary>
 internal readonly record struct FusedQkv(
-    int Layer, int Sequence, DeviceMatrix Weights, ulong X, ulong Norm, float Eps, ulong Q, ulong InvFreq, ulong Position, bool Interleaved);
+    int Layer, int Sequence, DeviceMatrix Weights, ulong X, ulong Norm, float Eps, ulong Q, ulong InvFreq, ulong Position, bool Interleaved,
+    int Rows = 1, bool Batch = false, DeviceMatrix? Output = null);

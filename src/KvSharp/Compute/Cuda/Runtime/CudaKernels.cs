@@ -180,7 +180,7 @@ internal sealed class CudaKernels : IDisposable
     public bool NarrowFfnActivations { get; set; } = true;
 
     /// <summary>Whether <paramref name="n"/> rows of a product of <paramref name="cols"/> columns go through the tensor-core kernel.</summary>
-    private bool UsesTensorCoreGemv(DeviceWeightType type, int cols, int n) =>
+    internal bool UsesTensorCoreGemv(DeviceWeightType type, int cols, int n) =>
         n > 1 && UseTensorCoreGemv && type != DeviceWeightType.F32 && cols % TensorCoreGemvColumns == 0;
 
     /// <summary>
@@ -194,13 +194,17 @@ internal sealed class CudaKernels : IDisposable
     /// tile where they fit a wave, else the fewest blocks of one wave that take equal shares (gate/up's 1792 tiles on an
     /// H100's 396 slots: 359 blocks of 5 or 4), so that no block waits at a wave boundary.
     /// </summary>
-    private int TensorCoreGemvBlocks(CudaFunction f, int tiles)
+    internal int TensorCoreGemvBlocks(CudaFunction f, int tiles)
     {
-        int wave = TensorCoreGemvWave ?? _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
+        int wave = TensorCoreGemvWaveOf(f);
         if (tiles <= wave || wave < 1) return tiles;
         int per = (tiles + wave - 1) / wave;
         return (tiles + per - 1) / per;
     }
+
+    /// <summary>Blocks of 256 threads of <paramref name="f"/> one wave holds (<see cref="TensorCoreGemvWave"/> where set).</summary>
+    internal int TensorCoreGemvWaveOf(CudaFunction f) =>
+        TensorCoreGemvWave ?? _waves.GetOrAdd(f.Name, _ => f.ActiveBlocksPerMultiprocessor(Threads)) * _device.MultiprocessorCount;
 
     /// <summary>
     /// Whether the one-row accumulating products split their rows into the fewest parts whose blocks fill whole waves of the

@@ -29,7 +29,8 @@ internal sealed partial class CudaPagedKernels
     }
 
     private bool IsProgrammatic(string name) => ProgrammaticLaunch && (name == "paged_rope_append" || name == "paged_rope_append_split" || name.StartsWith("paged_attn_", StringComparison.Ordinal)
-        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal) || name == "paged_merge_heads");
+        || name.StartsWith("paged_qkv_rope_append_", StringComparison.Ordinal) || name.StartsWith("paged_project_encode_", StringComparison.Ordinal)
+        || name == "paged_merge_heads");
 
     /// <summary>
     /// Whether the decode step's paged kernels (the RoPE + append and the tensor-core attention kernels) launch with
