@@ -22,5 +22,6 @@ public class CudaPagedKvCacheTests
     [CudaFact] public void ResidualFillsUnderPipelinedAttentionMatchCpu() => AppendStressChecks.FillsMatchCpu();
     [CudaFact] public void BatchAttentionMatchesEachSequence() => PagedBatchChecks.Attention();
     [CudaFact] public void BatchDecodeMatchesEachSequenceAlone() => PagedBatchChecks.Decode();
+    [CudaFact] public void BatchAppendFoldedIntoProductsMatchesItsOwnLaunch() => PagedBatchChecks.FoldedAppend();
     [CudaFact] public void SnapKvOnOneSequenceOfABatchMatchesCpu() => PagedBatchChecks.SnapKvOneSequence();
 }

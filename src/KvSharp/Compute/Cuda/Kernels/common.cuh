@@ -162,12 +162,18 @@ __device__ __forceinline__ void rope_channels(int i, int hd, int interleaved, in
     i0 = interleaved ? 2 * i : i;
     i1 = interleaved ? 2 * i + 1 : i + hd / 2;
 }
-__device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, float x1, float& y0, float& y1)
+// The rotation by an angle's cosine c and sine s (rope_rotate's; a caller that takes them ahead, as paged_cache.cu's batch QKV
+// product does before its wait, gets the same bits).
+__device__ __forceinline__ void rope_apply(float c, float s, float x0, float x1, float& y0, float& y1)
 {
-    const float angle = (float)p * inv_freq_i;
-    const float c = cosf(angle), s = sinf(angle);
     y0 = x0 * c - x1 * s;
     y1 = x0 * s + x1 * c;
+}
+__device__ __forceinline__ float rope_angle(int p, float inv_freq_i) { return (float)p * inv_freq_i; }
+__device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, float x1, float& y0, float& y1)
+{
+    const float angle = rope_angle(p, inv_freq_i);
+    rope_apply(cosf(angle), sinf(angle), x0, x1, y0, y1);
 }
 
 

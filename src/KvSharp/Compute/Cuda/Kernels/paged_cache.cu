@@ -73,12 +73,13 @@ __device__ __forceinline__ int nearest_code(double d, double s, int lo, int hi)
 // independent chains, then the stored f16 scale and min exactly as the element-order loop computes them. Neither depends
 // on the order, so a value group starts at its member g mod vg: a warp's threads (one group each, vg floats apart, one
 // bank) then read 32 banks.
-__device__ __forceinline__ void int_group_params(const float* rows, int n, bool keys, int hd, int vg, int g, int qmax, u16& sb, u16& mb)
+// ld: the rows' stride in floats (-1: hd; the batch encode blocks stage a part's channels only, rows pre-offset by its first).
+__device__ __forceinline__ void int_group_params(const float* rows, int n, bool keys, int hd, int vg, int g, int qmax, u16& sb, u16& mb, int ld = -1)
 {
     // Keys: channel g of tokens 0 .. n - 1. Values: the vg channels of group g's token, if present.
-    const int per_row = hd / vg, t = keys ? 0 : g / per_row;
-    const int count = keys ? n : t < n ? vg : 0, stride = keys ? hd : 1;
-    const float* x = keys ? rows + g : rows + t * hd + (g % per_row) * vg;
+    const int per_row = hd / vg, t = keys ? 0 : g / per_row, row = ld < 0 ? hd : ld;
+    const int count = keys ? n : t < n ? vg : 0, stride = keys ? row : 1;
+    const float* x = keys ? rows + g : rows + t * row + (g % per_row) * vg;
     const int first = keys || count == 0 ? 0 : g % count;
     auto member = [&](int k) { const int i = first + k; return x[(i < count ? i : i - count) * stride]; };
     const float inf = __int_as_float(0x7f800000);
@@ -107,11 +108,12 @@ __device__ __forceinline__ void int_group_params(const float* rows, int n, bool 
 // loaded together, then its codes computed side by side. The element-by-element loop waited on its loads and its float64
 // chain once per code (~640 cycles a code at 256 threads on an H100, clock64 probes).
 template <int BITS>
-__device__ __forceinline__ void int_code_word(const float* rows, int n, bool keys, int hd, int vg, u8* dst, const u16* scales, const u16* mins, int wi)
+__device__ __forceinline__ void int_code_word(const float* rows, int n, bool keys, int hd, int vg, u8* dst, const u16* scales, const u16* mins, int wi,
+    int ld = -1)
 {
     constexpr int per_word = 32 / BITS, qmax = (1 << BITS) - 1;
     const int per_row = hd / vg;
-    const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd;
+    const int e0 = wi * per_word, t = e0 / hd, c0 = e0 - t * hd, at = ld < 0 ? e0 : t * ld + c0; // ld as int_group_params'
     unsigned word = 0;
     if (t < n)
     {
@@ -126,7 +128,7 @@ __device__ __forceinline__ void int_code_word(const float* rows, int n, bool key
             for (int j = 0; j < 2; j++)
             {
                 const int c = c0 + i0 + j, g = keys ? c : t * per_row + c / vg;
-                x[j] = rows[e0 + i0 + j];
+                x[j] = rows[at + i0 + j];
                 sbits[j] = scales[g];
                 mbits[j] = mins[g];
             }
@@ -555,17 +557,16 @@ __device__ __forceinline__ unsigned long long split_claim(unsigned long long* cl
 }
 
 // One split block's part of a full residual's encode into the claimed slot (claim word slot_s, not 2): the group parameters and
-// code words of channels c0 .. c0 + w - 1 of both blocks, from the residual's rows staged as residual_full stages them
-// (keys at staged, values at staged + RESIDUAL_STAGE). Every thread of the block; a barrier inside.
-__device__ __forceinline__ void split_encode_part(const float* staged, unsigned long long slot_s, u8* pool, int kf, int vf, int tokens, int hd,
-    int vg, int c0, int w)
+// code words of channels c0 .. c0 + w - 1 of both blocks, from the residual's rows staged at sk (keys) and sv (values), rows
+// of ld floats (-1: hd, as residual_full stages them; the batch encode blocks stage the part's w channels only, sk and sv
+// offset back by c0). Every thread of the block; a barrier inside.
+__device__ __forceinline__ void split_encode_part(const float* sk, const float* sv, unsigned long long slot_s, u8* pool, int kf, int vf, int tokens,
+    int hd, int vg, int c0, int w, int ld = -1)
 {
     const int kbytes = block_bytes(kf, true, tokens, hd, vg);
     const long slot = (long)(slot_s - 3ull);
     u8* kdst = pool + (size_t)slot * 16;
     u8* vdst = pool + (size_t)(slot + units_of(kbytes)) * 16;
-    const float* sk = staged;
-    const float* sv = staged + RESIDUAL_STAGE;
     const int gk = group_count(kf, true, tokens, hd, vg), gv = group_count(vf, false, tokens, hd, vg);
     u16* ks = reinterpret_cast<u16*>(kdst + code_bytes(kf, tokens, hd));
     u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
@@ -580,7 +581,7 @@ __device__ __forceinline__ void split_encode_part(const float* staged, unsigned 
         const bool key = i < w;
         const int j = i - w, g = key ? c0 + i : (j / vper) * per_row + c0 / vg + j % vper, n = key ? gk : gv;
         u16 sb, mb;
-        int_group_params(key ? sk : sv, tokens, key, hd, vg, g, (1 << kv_bits(key ? kf : vf)) - 1, sb, mb);
+        int_group_params(key ? sk : sv, tokens, key, hd, vg, g, (1 << kv_bits(key ? kf : vf)) - 1, sb, mb, ld);
         u16* params = key ? ks : vs;
         params[g] = sb;
         params[n + g] = mb;
@@ -603,15 +604,15 @@ __device__ __forceinline__ void split_encode_part(const float* staged, unsigned 
         const int r = j / per, wi = (r * hd + c0) / (32 / kv_bits(f)) + j % per;
         if (key)
         {
-            if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
-            else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
-            else int_code_word<2>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi);
+            if (f == KV_INT8) int_code_word<8>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi, ld);
+            else if (f == KV_INT4) int_code_word<4>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi, ld);
+            else int_code_word<2>(sk, tokens, true, hd, vg, kdst, kp, kp + gk, wi, ld);
         }
         else
         {
-            if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
-            else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
-            else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi);
+            if (f == KV_INT8) int_code_word<8>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi, ld);
+            else if (f == KV_INT4) int_code_word<4>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi, ld);
+            else int_code_word<2>(sv, tokens, false, hd, vg, vdst, vp, vp + gv, wi, ld);
         }
     }
 }
@@ -716,7 +717,7 @@ extern "C" __global__ void paged_rope_append_split(const float* qkv, float* q_ou
     if (full)
     {
         __syncthreads();
-        if (slot_s != 2ull) split_encode_part(staged, slot_s, pool, kf, vf, tokens, hd, vg, c0, w);
+        if (slot_s != 2ull) split_encode_part(staged, staged + RESIDUAL_STAGE, slot_s, pool, kf, vf, tokens, hd, vg, c0, w);
     }
     __threadfence();
     __syncthreads();
@@ -853,7 +854,7 @@ PAGED_QKV(f16, WeightF16)
 // desc_count(residual) of that sequence's residual of the KV head. The tables of each K/V lane's two sequences (block count,
 // residual descriptor) and the positions are read before pdl_wait (Early): this layer's tables were last written a step
 // ago, the positions at the step's end, and the kernel before this one (the embedding or the previous layer's down
-// product) writes neither. Each K/V tile's warp counts itself in arrivals[kv head] after a fence; the last of a head's
+// product) writes neither. Each K/V tile's warp counts itself in arrivals[kv head]; the last of a head's
 // hd / 8 tiles advances each sequence's residual count and token count. A residual this row fills stays a float32 block
 // of `tokens` rows, which this step's attention reads like any other, and is encoded after it by the encode blocks of the
 // attention-output product's launch (paged_project_encode_*), which open the next residual; until then no append reads
@@ -871,13 +872,15 @@ struct PagedBatchQkv
     unsigned* arrivals;
     int heads, kv_heads, hd, interleaved, max_blocks, tokens;
 
-    // What warp 0's lane needs of earlier kernels for its two sequences: their positions, and for a K/V tile the residual's
-    // slot (keys' or values'), row count and the head's block count; the channel pair's frequency.
+    // What warp 0's lane needs of earlier kernels for its two sequences: for a K/V tile the residual's slot (keys' or values'),
+    // row count and the head's block count; for a Q/K tile the rotation's cosine and sine at each sequence's position (taken
+    // here, before the wait: cosf and sinf of angles up to a context's length take the slow path, four a lane, which in the
+    // epilogue held each tile's end ~2.7 µs on an H100).
     struct Early
     {
         unsigned slot[2];
-        int at[2], nb[2], p[2];
-        float freq;
+        int at[2], nb[2];
+        float c[2], s[2];
     };
 
     // One record a lane of warp 0, in shared memory (one array a kernel: a function's static shared variable).
@@ -905,14 +908,20 @@ struct PagedBatchQkv
     __device__ __forceinline__ void early(int tile, int lane, int nt) const
     {
         const int g = lane >> 2, tq = lane & 3, h = tile / (hd / 16);
+        const bool rotates = h < heads + kv_heads;
+        const float freq = rotates ? inv_freq[8 * (tile % (hd / 16)) + g] : 0.0f;
         Early e{};
-        if (h < heads + kv_heads) e.freq = inv_freq[8 * (tile % (hd / 16)) + g];
 #pragma unroll
         for (int k = 0; k < 2; k++)
         {
             const int t = 2 * tq + k;
             if (t >= nt) continue;
-            e.p[k] = __ldcg(pos + t);
+            if (rotates)
+            {
+                const float angle = rope_angle(__ldcg(pos + t), freq);
+                e.c[k] = cosf(angle);
+                e.s[k] = sinf(angle);
+            }
             if (h < heads) continue;
             // From L2: an L1 line of the tables may predate their last change.
             const int head = t * kv_heads + (h - heads) % kv_heads;
@@ -937,7 +946,7 @@ struct PagedBatchQkv
             const int t = 2 * tq + k;
             if (t >= nt) continue;
             float y0 = v[k], y1 = v[2 + k];
-            if (!value) rope_rotate(e.p[k], e.freq, v[k], v[2 + k], y0, y1);
+            if (!value) rope_apply(e.c[k], e.s[k], v[k], v[2 + k], y0, y1);
             float* dst;
             if (h < heads) dst = q_out + ((long)t * heads + h) * hd;
             else if (e.at[k] >= tokens) continue; // a full residual left by a failed encode (error 2)
@@ -947,7 +956,8 @@ struct PagedBatchQkv
         }
         if (h < heads) return;
         const int kh = (h - heads) % kv_heads;
-        __threadfence(); // each lane's rows before the arrival
+        // No fence: nothing in this grid reads the rows (the attention after it sees every write of the grid), and every tile's
+        // reads of the tables returned before its warp arrives, so the last tile's writes below cannot precede them.
         __syncwarp();
         int last = 0;
         if (lane == 0)
@@ -955,9 +965,7 @@ struct PagedBatchQkv
             last = atomicAdd(arrivals + kh, 1u) == (unsigned)(hd / 8) - 1; // hd / 16 key tiles and as many value tiles
             if (last) arrivals[kh] = 0;
         }
-        if (!__shfl_sync(0xffffffffu, last, 0)) return;
-        __threadfence(); // the other tiles' rows and reads before the tables change
-        if (g != 0) return;
+        if (!__shfl_sync(0xffffffffu, last, 0) || g != 0) return;
 #pragma unroll
         for (int k = 0; k < 2; k++)
         {
@@ -989,20 +997,33 @@ PAGED_BATCH_QKV(paged_qkv_rope_append_batch_bf16, true)
 PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16, false)
 
 // The encode blocks of a batch step's attention-output launch (paged_project_encode_*): after pdl_wait (this step's
-// attention has read every residual), each full residual of the layer's nt · kv_heads heads (filled by
-// PagedBatchQkv) is encoded in the cache's formats and an empty residual opened after it. SPLIT (key and value formats
-// INT8/4/2, CudaPagedKernels.SplitsAppend): APPEND_SPLIT tasks a head, each encoding a quarter of the channels as
-// paged_rope_append_split's fill does (the same claims, arrivals and bytes); else one task a head, residual_full. The
+// attention has read every residual), each full residual of the layer's nt · kv_heads heads (filled by PagedBatchQkv) is
+// encoded in the cache's formats and an empty residual opened after it. PARTS: APPEND_SPLIT tasks a head sharing one slot
+// claim and an arrival counter as paged_rope_append_split's blocks do: for INT8/4/2 pairs (CudaPagedKernels.SplitsAppend)
+// each encodes a quarter of the channels, staged alone (8 KB for 32 tokens of 128 channels, where residual_full's stage
+// takes 32: the tiles beside these blocks read their activations through L1); for float pairs (F32/BF16/F16/FP8, per
+// element) each converts a quarter of the elements straight from the residual. Else one task a head, residual_full. The
 // `encoders` blocks take tasks encoders apart; a task whose head is not full returns at once (KIVI's heads fill together
-// once in `tokens` steps, KVzip's a few a step).
-template <bool SPLIT>
+// once in `tokens` steps, KVzip's a few a step). The same bytes as the append's own launch (CudaPagedKernels.RopeAppend).
+// Element e of a float-format block (F32, BF16, F16, FP8) from x, as encode_block writes it.
+__device__ __forceinline__ void store_element(u8* dst, int f, int e, float x)
+{
+    if (f == KV_F32) reinterpret_cast<unsigned*>(dst)[e] = __float_as_uint(x);
+    else if (f == KV_F16) reinterpret_cast<u16*>(dst)[e] = f32_to_f16(x);
+    else if (f == KV_BF16) reinterpret_cast<u16*>(dst)[e] = (u16)f32_to_bf16_exact(x);
+    else dst[e] = (u8)f32_to_fp8(x);
+}
+
+#define PART_STAGE (RESIDUAL_STAGE / APPEND_SPLIT)
+template <bool PARTS>
 __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoders)
 {
     pdl_wait();
     pdl_trigger();
-    const int per = SPLIT ? APPEND_SPLIT : 1, tasks = nt * kv_heads * per;
-    const int w = a.hd / APPEND_SPLIT;
+    const int per = PARTS ? APPEND_SPLIT : 1, tasks = nt * kv_heads * per;
+    const int w = a.hd / APPEND_SPLIT, quarter = a.tokens * a.hd / APPEND_SPLIT;
     const int kbytes = block_bytes(a.kf, true, a.tokens, a.hd, a.vg), vbytes = block_bytes(a.vf, false, a.tokens, a.hd, a.vg);
+    const bool floats = !kv_quantized(a.kf) && !kv_quantized(a.vf);
     for (int task = blockIdx.x; task < tasks; task += encoders)
     {
         const int head = task / per, part = task % per, c0 = part * w;
@@ -1011,7 +1032,7 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
         uint4* d = a.desc + (long)head * a.max_blocks;
         const uint4 r = __ldcg(d + nb - 1);
         if (desc_count(r) < a.tokens) continue; // uniform over the block
-        if constexpr (!SPLIT)
+        if constexpr (!PARTS)
         {
             residual_full(a, head, r, true);
             continue;
@@ -1024,20 +1045,31 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
                 continue;
             }
             __shared__ unsigned long long slot_s;
-            __shared__ float staged[2 * RESIDUAL_STAGE];
+            __shared__ float staged[2 * PART_STAGE];
             const int claimer = blockDim.x - 1;
             const float* kres = reinterpret_cast<const float*>(a.pool + (size_t)r.x * 16);
             const float* vres = reinterpret_cast<const float*>(a.pool + (size_t)r.y * 16);
             if (threadIdx.x == claimer) slot_s = split_claim(claims + head, a.top, units_of(kbytes) + units_of(vbytes), a.capacity, a.error);
-            else
+            else if (!floats)
                 for (int i = threadIdx.x; i < a.tokens * w; i += blockDim.x - 1)
                 {
                     const int row = i / w, c = c0 + i % w;
-                    staged[row * a.hd + c] = __ldcg(kres + (long)row * a.hd + c);
-                    staged[RESIDUAL_STAGE + row * a.hd + c] = __ldcg(vres + (long)row * a.hd + c);
+                    staged[i] = __ldcg(kres + (long)row * a.hd + c);
+                    staged[PART_STAGE + i] = __ldcg(vres + (long)row * a.hd + c);
                 }
             __syncthreads();
-            if (slot_s != 2ull) split_encode_part(staged, slot_s, a.pool, a.kf, a.vf, a.tokens, a.hd, a.vg, c0, w);
+            if (slot_s != 2ull)
+            {
+                u8* kdst = a.pool + (size_t)(slot_s - 3ull) * 16;
+                u8* vdst = kdst + (size_t)units_of(kbytes) * 16;
+                if (!floats) split_encode_part(staged - c0, staged + PART_STAGE - c0, slot_s, a.pool, a.kf, a.vf, a.tokens, a.hd, a.vg, c0, w, w);
+                else
+                    for (int e = part * quarter + (int)threadIdx.x; e < (part + 1) * quarter; e += blockDim.x)
+                    {
+                        store_element(kdst, a.kf, e, __ldcg(kres + e));
+                        store_element(vdst, a.vf, e, __ldcg(vres + e));
+                    }
+            }
             __threadfence();
             __syncthreads();
             if (threadIdx.x == 0 && atomicAdd(arrivals + head, 1) == APPEND_SPLIT - 1)
@@ -1053,21 +1085,21 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
 // The attention-output product of a batch step (gemv_mma MODE 1, accumulating into the residual stream) with `encoders`
 // encode blocks ahead of its tiles (encode_fills): the host sizes them to the wave's free slots, so both share one wave and
 // the encodes cost no launch. Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
-#define PAGED_PROJECT_ENCODE(NAME, BF, SPLIT) \
+#define PAGED_PROJECT_ENCODE(NAME, BF, PARTS) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, float* y, int rows, int cols, int nt, \
         int encoders, u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int kv_heads, \
         int hd, int max_blocks, int tokens, int vg, int kf, int vf, int* arrivals, unsigned long long* claims) \
     { \
         if ((int)blockIdx.x < encoders) \
         { \
-            encode_fills<SPLIT>(AppendTarget{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity }, \
+            encode_fills<PARTS>(AppendTarget{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity }, \
                 arrivals, claims, nt, kv_heads, encoders); \
             return; \
         } \
         gemv_mma<BF, 1, false>(w, x, y, nullptr, 0.0f, rows, cols, nt, nullptr, encoders); \
     }
-PAGED_PROJECT_ENCODE(paged_project_encode_split_bf16, true, true)
-PAGED_PROJECT_ENCODE(paged_project_encode_split_f16, false, true)
+PAGED_PROJECT_ENCODE(paged_project_encode_parts_bf16, true, true)
+PAGED_PROJECT_ENCODE(paged_project_encode_parts_f16, false, true)
 PAGED_PROJECT_ENCODE(paged_project_encode_whole_bf16, true, false)
 PAGED_PROJECT_ENCODE(paged_project_encode_whole_f16, false, false)
 

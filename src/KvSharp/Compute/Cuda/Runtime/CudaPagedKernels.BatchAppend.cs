@@ -1,3 +1,4 @@
+using KvSharp.Cache.Blocks;
 using KvSharp.Compute.Cuda.Model;
 
 namespace KvSharp.Compute.Cuda.Runtime;
@@ -12,10 +13,14 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// Whether a batch decode step (2..8 sequences) appends in its QKV product's epilogue and encodes filled residuals in
     /// its attention-output product's launch (<see cref="BatchQkvRopeAppend"/>, <see cref="ProjectEncode"/>) instead of
-    /// the append's own launch (<see cref="RopeAppend"/>). On by default; applies to graphs captured after the change;
-    /// benchmarks compare both.
+    /// the append's own launch (<see cref="RopeAppend"/>). Off by default: on an H100 at 8 × 32K (stop 33) it made
+    /// KVzip 0.3 + INT4, whose heads fill their residuals in most layers of every step, 2.0-2.5% faster a step, and the
+    /// caches whose heads fill together once in 32 steps 0.3-0.8% slower (F16 paged, KIVI-2/4, FP8): its QKV product
+    /// took ~2.7 µs more a layer (the epilogue's fences and arrivals, spills), the attention-output launch ~1.9 µs more (its
+    /// encode blocks' shared memory leaves its tiles less L1), against the ~8.5 µs of the append's launch and gap.
+    /// Applies to graphs captured after the change; benchmarks compare both (bench-paged --fold-append).
     /// </summary>
-    public bool FuseBatchAppend { get; set; } = true;
+    public bool FuseBatchAppend { get; set; }
 
     /// <summary>Threads of a tensor-core product's block (gemv_mma.cuh).</summary>
     private const int ProductThreads = 256;
@@ -59,13 +64,15 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// The batch step's attention-output product y += x · wᵀ (<paramref name="rows"/> sequences) with encode blocks ahead of
     /// its tiles that encode every residual of the layer's heads the step's <see cref="BatchQkvRopeAppend"/> filled, in the
-    /// cache's formats (four blocks a head for INT8/4/2 pairs, as <see cref="SplitsAppend"/>), after the attention (the
+    /// cache's formats (four blocks a head for INT8/4/2 pairs, as <see cref="SplitsAppend"/>, and float pairs), after the attention (the
     /// launch's griddepcontrol.wait). The encode blocks take the wave's slots the product leaves free (at least one).
     /// </summary>
     public void ProjectEncode(CudaKernels kernels, DeviceMatrix w, ulong x, ulong y, int rows, int kvHeads, int headDim, in AppendTarget a)
     {
-        bool split = SplitsAppend(a, headDim);
-        var f = Product($"paged_project_encode_{(split ? "split" : "whole")}_{CudaKernels.Suffix(w.Type)}");
+        static bool Float(int f) => f is (int)KvFormat.F32 or (int)KvFormat.BF16 or (int)KvFormat.F16 or (int)KvFormat.Fp8E4M3;
+        // Four blocks a head where a quarter of the channels (INT8/4/2) or of the elements (float formats) encodes alone.
+        bool split = SplitsAppend(a, headDim) || (Float(a.KeyFormat) && Float(a.ValueFormat) && a.BlockTokens * headDim % AppendSplit == 0);
+        var f = Product($"paged_project_encode_{(split ? "parts" : "whole")}_{CudaKernels.Suffix(w.Type)}");
         int blocks = kernels.TensorCoreGemvBlocks(f, (w.Rows + 15) / 16);
         int tasks = rows * kvHeads * (split ? AppendSplit : 1);
         int encoders = Math.Clamp(kernels.TensorCoreGemvWaveOf(f) - blocks, 1, tasks);
