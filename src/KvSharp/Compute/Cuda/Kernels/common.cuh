@@ -163,11 +163,13 @@ __device__ __forceinline__ void rope_channels(int i, int hd, int interleaved, in
     i1 = interleaved ? 2 * i + 1 : i + hd / 2;
 }
 // The rotation by an angle's cosine c and sine s (rope_rotate's; a caller that takes them ahead, as paged_cache.cu's batch QKV
-// product does before its wait, gets the same bits).
+// product does before its wait, gets the same bits). Rounded products and sums, never contracted: left to the compiler,
+// x0 * c - x1 * s became a fused multiply-add one way in one kernel and another way in the other (a key code a step apart
+// in stop 33's check).
 __device__ __forceinline__ void rope_apply(float c, float s, float x0, float x1, float& y0, float& y1)
 {
-    y0 = x0 * c - x1 * s;
-    y1 = x0 * s + x1 * c;
+    y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
 }
 __device__ __forceinline__ float rope_angle(int p, float inv_freq_i) { return (float)p * inv_freq_i; }
 __device__ __forceinline__ void rope_rotate(int p, float inv_freq_i, float x0, float x1, float& y0, float& y1)

@@ -67,13 +67,14 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
 // are those the mma would take anyway: the float path rounds each activation with the same conversion (pack_x).
 // MODE 5 (paged_cache.cu's batch QKV append, NORM): MODE 0 whose epilogue is Epi's instead of a store: Epi::rows maps a tile's
 // rows g and g + 8 to weight rows (a head's two rotation partners), Epi::early reads what the epilogue needs from earlier
-// kernels (warp 0, before pdl_wait for the block's first tile; kept in shared memory, not registers, which the product's
-// loop needs all of), Epi::store takes warp 0's sums.
-// skip: blocks before the product's in the grid (paged_cache.cu's encode blocks ahead of the attention-output product):
-// the product's tiles go to blocks skip .. gridDim.x - 1.
+// kernels (the whole block before pdl_wait for its first tile, warp 0 for later ones; kept in shared memory, not registers,
+// which the product's loop needs all of; the tile's reduction barrier orders it before the epilogue), Epi::store takes warp
+// 0's sums.
+// others: blocks after the product's in the grid (paged_cache.cu's encode blocks beside the attention-output product): the
+// product's tiles go to blocks 0 .. gridDim.x - others - 1.
 template <bool BF16, int MODE, bool NORM, bool H16 = false, class Epi = int>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
-    const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr, int skip = 0,
+    const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr, int others = 0,
     const Epi& epi = Epi())
 {
     static_assert(!H16 || MODE == 1 || MODE == 2, "16-bit activations: the SwiGLU product's output, the accumulating product's input");
@@ -83,7 +84,7 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     constexpr int TILE = MODE == 2 ? 8 : 16;
     __shared__ float4 red[2][MMA_WARPS][32];
     __shared__ float ssr[2][MMA_WARPS][8];
-    const int tiles = (rows + TILE - 1) / TILE, stride = gridDim.x - skip;
+    const int tiles = (rows + TILE - 1) / TILE, stride = gridDim.x - others;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int kper = cols / MMA_WARPS, k0 = warp * kper;
     const int steps = kper / 32; // 32 columns per step: 4 lanes x 8
@@ -96,7 +97,7 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
         pa = reinterpret_cast<const uint4*>(w + (long)ra * cols + k0 + tq * 8);
         pb = reinterpret_cast<const uint4*>(w + (long)rb * cols + k0 + tq * 8);
     };
-    int tile = (int)blockIdx.x - skip;
+    int tile = blockIdx.x;
     const uint4 *wa, *wb, *na, *nb; // this tile's rows and the next one's (this tile's again where there is none)
     rowsOf(tile, wa, wb);
     rowsOf(tile + stride < tiles ? tile + stride : tile, na, nb);
@@ -117,8 +118,7 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     // XH: the same 8 columns as one 16-byte load of 16-bit values, already the B words (columns 2j, 2j + 1 in word j).
     const uint4* xh = reinterpret_cast<const uint4*>(reinterpret_cast<const u16*>(x) + (long)(g < nt ? g : 0) * cols + k0 + tq * 8);
     const float4* nr = reinterpret_cast<const float4*>(nw + k0 + tq * 8);
-    if constexpr (MODE == 5)
-        if (warp == 0) epi.early(tile, lane, nt);
+    if constexpr (MODE == 5) epi.early(tile, threadIdx.x, blockDim.x, nt);
     pdl_wait();
 
     for (int it = 0;; it++)
@@ -233,7 +233,11 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
             else if constexpr (MODE == 5)
             {
                 // A block's later tiles read after the wait: a head's tables change only once all its tiles, this one too, arrived.
-                if (it > 0) epi.early(tile, lane, nt);
+                if (it > 0)
+                {
+                    epi.early(tile, lane, 32, nt);
+                    __syncwarp();
+                }
                 epi.store(tile, lane, v, nt);
             }
             else if (MODE == 4)

@@ -859,8 +859,12 @@ PAGED_QKV(f16, WeightF16)
 // of `tokens` rows, which this step's attention reads like any other, and is encoded after it by the encode blocks of the
 // attention-output product's launch (paged_project_encode_*), which open the next residual; until then no append reads
 // it. A full residual that could not be encoded (the head had no block left: error 2) takes no row.
+// HD: the head dimension, a constant so that the tile-to-row mapping costs the product's loop no registers (with hd a kernel
+// argument, NVRTC 12.4 spilled in it: 2 loads and a store a group of four steps).
+template <int HD>
 struct PagedBatchQkv
 {
+    static constexpr int hd = HD;
     float* q_out;
     const float* inv_freq;
     const int* pos;
@@ -870,12 +874,12 @@ struct PagedBatchQkv
     int* head_tokens;
     int* error;
     unsigned* arrivals;
-    int heads, kv_heads, hd, interleaved, max_blocks, tokens;
+    int heads, kv_heads, interleaved, max_blocks, tokens;
 
     // What warp 0's lane needs of earlier kernels for its two sequences: for a K/V tile the residual's slot (keys' or values'),
     // row count and the head's block count; for a Q/K tile the rotation's cosine and sine at each sequence's position (taken
-    // here, before the wait: cosf and sinf of angles up to a context's length take the slow path, four a lane, which in the
-    // epilogue held each tile's end ~2.7 µs on an H100).
+    // before the wait by 64 threads: cosf and sinf of angles up to a context's length take the slow path, four a lane,
+    // which in the epilogue held each tile's end ~2.7 µs on an H100).
     struct Early
     {
         unsigned slot[2];
@@ -905,38 +909,40 @@ struct PagedBatchQkv
         rb = h * hd + i1;
     }
 
-    __device__ __forceinline__ void early(int tile, int lane, int nt) const
+    // Threads tid = 0, step, ... < 128 of the block fill warp 0's records: 0-63 the rotations (record tid / 2, its sequence
+    // tid % 2), 64-127 the tables; the whole block before the wait (step 256), warp 0 alone for a block's later tiles.
+    __device__ __forceinline__ void early(int tile, int tid, int step, int nt) const
     {
-        const int g = lane >> 2, tq = lane & 3, h = tile / (hd / 16);
-        const bool rotates = h < heads + kv_heads;
-        const float freq = rotates ? inv_freq[8 * (tile % (hd / 16)) + g] : 0.0f;
-        Early e{};
-#pragma unroll
-        for (int k = 0; k < 2; k++)
+        const int h = tile / (hd / 16);
+        Early* records = early_slots();
+        for (int j = tid; j < 128; j += step)
         {
-            const int t = 2 * tq + k;
+            const int lane = (j & 63) >> 1, k = j & 1, t = 2 * (lane & 3) + k;
             if (t >= nt) continue;
-            if (rotates)
+            Early& e = records[lane];
+            if (j < 64)
             {
-                const float angle = rope_angle(__ldcg(pos + t), freq);
+                if (h >= heads + kv_heads) continue;
+                const float angle = rope_angle(__ldcg(pos + t), inv_freq[8 * (tile % (hd / 16)) + (lane >> 2)]);
                 e.c[k] = cosf(angle);
                 e.s[k] = sinf(angle);
+                continue;
             }
             if (h < heads) continue;
             // From L2: an L1 line of the tables may predate their last change.
             const int head = t * kv_heads + (h - heads) % kv_heads;
-            e.nb[k] = __ldcg(head_blocks + head);
-            const uint4 r = __ldcg(desc + (long)head * max_blocks + e.nb[k] - 1);
+            const int nb = __ldcg(head_blocks + head);
+            const uint4 r = __ldcg(desc + (long)head * max_blocks + nb - 1);
+            e.nb[k] = nb;
             e.slot[k] = h >= heads + kv_heads ? r.y : r.x;
             e.at[k] = desc_count(r);
         }
-        early_slots()[lane] = e;
     }
 
     __device__ __forceinline__ void store(int tile, int lane, const float (&v)[4], int nt) const
     {
         const int g = lane >> 2, tq = lane & 3;
-        const Early e = early_slots()[lane];
+        const Early e = early_slots()[lane]; // written before the tile's reduction barrier (or warp 0's __syncwarp)
         int h, i0, i1;
         channels(tile, g, h, i0, i1);
         const bool value = h >= heads + kv_heads;
@@ -983,18 +989,20 @@ struct PagedBatchQkv
     }
 };
 
-// Grid: (heads + 2 kv_heads) · hd / 16 row tiles (hd a multiple of 16) strided over at most a wave, as gemv_mma's; tables
+// Grid: (heads + 2 kv_heads) · HD / 16 row tiles (HD 64 or 128) strided over at most a wave, as gemv_mma's; tables
 // pre-offset to the layer's sequence 0 (sequence t's heads at t · kv_heads), arrivals: kv_heads zeroed counters.
-#define PAGED_BATCH_QKV(NAME, BF) \
+#define PAGED_BATCH_QKV(NAME, BF, HD) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, const float* nw, float eps, int rows, int cols, \
-        int nt, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int interleaved, u8* pool, uint4* desc, \
+        int nt, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int interleaved, u8* pool, uint4* desc, \
         int* head_blocks, int* head_tokens, int* error, int max_blocks, int tokens, unsigned* arrivals) \
     { \
-        gemv_mma<BF, 5, true>(w, x, nullptr, nw, eps, rows, cols, nt, nullptr, 0, PagedBatchQkv{ q_out, inv_freq, pos, pool, desc, head_blocks, \
-            head_tokens, error, arrivals, heads, kv_heads, hd, interleaved, max_blocks, tokens }); \
+        gemv_mma<BF, 5, true>(w, x, nullptr, nw, eps, rows, cols, nt, nullptr, 0, PagedBatchQkv<HD>{ q_out, inv_freq, pos, pool, desc, \
+            head_blocks, head_tokens, error, arrivals, heads, kv_heads, interleaved, max_blocks, tokens }); \
     }
-PAGED_BATCH_QKV(paged_qkv_rope_append_batch_bf16, true)
-PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16, false)
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_bf16_128, true, 128)
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16_128, false, 128)
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_bf16_64, true, 64)
+PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16_64, false, 64)
 
 // The encode blocks of a batch step's attention-output launch (paged_project_encode_*): after pdl_wait (this step's
 // attention has read every residual), each full residual of the layer's nt · kv_heads heads (filled by PagedBatchQkv) is
@@ -1016,7 +1024,8 @@ __device__ __forceinline__ void store_element(u8* dst, int f, int e, float x)
 
 #define PART_STAGE (RESIDUAL_STAGE / APPEND_SPLIT)
 template <bool PARTS>
-__device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoders)
+__device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoder,
+    int encoders)
 {
     pdl_wait();
     pdl_trigger();
@@ -1024,7 +1033,7 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
     const int w = a.hd / APPEND_SPLIT, quarter = a.tokens * a.hd / APPEND_SPLIT;
     const int kbytes = block_bytes(a.kf, true, a.tokens, a.hd, a.vg), vbytes = block_bytes(a.vf, false, a.tokens, a.hd, a.vg);
     const bool floats = !kv_quantized(a.kf) && !kv_quantized(a.vf);
-    for (int task = blockIdx.x; task < tasks; task += encoders)
+    for (int task = encoder; task < tasks; task += encoders)
     {
         const int head = task / per, part = task % per, c0 = part * w;
         // Written by the QKV product two launches back: complete; from L2 all the same (as the split append's early reads).
@@ -1083,17 +1092,18 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
 }
 
 // The attention-output product of a batch step (gemv_mma MODE 1, accumulating into the residual stream) with `encoders`
-// encode blocks ahead of its tiles (encode_fills): the host sizes them to the wave's free slots, so both share one wave and
-// the encodes cost no launch. Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
+// encode blocks after its tiles (encode_fills): the host sizes them to the wave's free slots, so both share one wave and
+// the encodes cost no launch; the tiles' blocks come first, so they are placed as the product's own launch places them. Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
 #define PAGED_PROJECT_ENCODE(NAME, BF, PARTS) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, float* y, int rows, int cols, int nt, \
         int encoders, u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int kv_heads, \
         int hd, int max_blocks, int tokens, int vg, int kf, int vf, int* arrivals, unsigned long long* claims) \
     { \
-        if ((int)blockIdx.x < encoders) \
+        const int first = (int)gridDim.x - encoders; \
+        if ((int)blockIdx.x >= first) \
         { \
             encode_fills<PARTS>(AppendTarget{ pool, desc, head_blocks, head_tokens, top, error, max_blocks, tokens, hd, vg, kf, vf, capacity }, \
-                arrivals, claims, nt, kv_heads, encoders); \
+                arrivals, claims, nt, kv_heads, (int)blockIdx.x - first, encoders); \
             return; \
         } \
         gemv_mma<BF, 1, false>(w, x, y, nullptr, 0.0f, rows, cols, nt, nullptr, encoders); \

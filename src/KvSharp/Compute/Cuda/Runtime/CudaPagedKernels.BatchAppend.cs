@@ -34,11 +34,11 @@ internal sealed partial class CudaPagedKernels
 
     /// <summary>
     /// Whether a batch step of <paramref name="rows"/> sequences can fold its append into the products <paramref name="qkv"/>
-    /// and <paramref name="output"/>: both 16-bit and on tensor cores at that many rows, heads of a multiple of 16 channels,
-    /// and the target's per-head counters present.
+    /// and <paramref name="output"/>: both 16-bit and on tensor cores at that many rows, heads of 64 or 128 channels (the
+    /// kernels' built head dimensions), and the target's per-head counters present.
     /// </summary>
     internal bool FoldsBatchAppend(CudaKernels kernels, DeviceMatrix qkv, DeviceMatrix output, int rows, int headDim, in AppendTarget a) =>
-        FuseBatchAppend && rows >= 2 && rows <= CudaKernels.MaxGemvRows && headDim % 16 == 0 && a.Arrivals != 0 && a.Claims != 0
+        FuseBatchAppend && rows >= 2 && rows <= CudaKernels.MaxGemvRows && headDim is 64 or 128 && a.Arrivals != 0 && a.Claims != 0
         && qkv.Type is DeviceWeightType.BF16 or DeviceWeightType.F16 && output.Type is DeviceWeightType.BF16 or DeviceWeightType.F16
         && kernels.UsesTensorCoreGemv(qkv.Type, qkv.Cols, rows) && kernels.UsesTensorCoreGemv(output.Type, output.Cols, rows);
 
@@ -54,11 +54,10 @@ internal sealed partial class CudaPagedKernels
     {
         int outRows = (heads + 2 * kvHeads) * headDim;
         if (w.Rows != outRows) throw new CudaException("paged batch QKV append", $"the QKV matrix has {w.Rows} rows, not {outRows}");
-        var f = Product($"paged_qkv_rope_append_batch_{CudaKernels.Suffix(w.Type)}");
+        var f = Product($"paged_qkv_rope_append_batch_{CudaKernels.Suffix(w.Type)}_{headDim}");
         Interlocked.Increment(ref _foldedAppendLaunches);
         f.Launch(kernels.TensorCoreGemvBlocks(f, outRows / 16), ProductThreads, 0, w.Pointer, x, norm, Arg.Float(eps), Arg.Int(outRows),
-            Arg.Int(w.Cols), Arg.Int(rows), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(headDim),
-            Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Error, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), a.Arrivals);
+            Arg.Int(w.Cols), Arg.Int(rows), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Error, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), a.Arrivals);
     }
 
     /// <summary>
