@@ -9,7 +9,7 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART] [--claims off|measured|always] [--narrow-ffn on|off]
-//                                [--fold-append off|on]
+//                                [--fold-append on|off]
 //                                (compressed device caches; --claims: the pipelined attention's block claims in batch steps,
 //                                CudaPagedKernels.BlockClaims; --narrow-ffn: CudaKernels.NarrowFfnActivations; --fold-append:
 //                                CudaPagedKernels.FuseBatchAppend)
@@ -89,7 +89,7 @@ switch (command)
                 Console.Error.WriteLine($"unknown --narrow-ffn '{narrow}' (on, off)");
                 return 2;
             }
-            string fold = Option("--fold-append", "off");
+            string fold = Option("--fold-append", "on");
             if (fold is not ("on" or "off"))
             {
                 Console.Error.WriteLine($"unknown --fold-append '{fold}' (on, off)");

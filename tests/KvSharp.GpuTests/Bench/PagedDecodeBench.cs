@@ -77,7 +77,7 @@ public static class PagedDecodeBench
     /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>.
     /// </summary>
     internal static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "",
-        PipelinedBlockClaims claims = PipelinedBlockClaims.Measured, bool narrowFfn = true, bool foldAppend = false)
+        PipelinedBlockClaims claims = PipelinedBlockClaims.Measured, bool narrowFfn = true, bool foldAppend = true)
     {
         var (device, bandwidth, config, gpu) = DecodeBench.OpenDummyModel(configPath, log);
         CudaPagedKernels.For(device).BlockClaims = claims;

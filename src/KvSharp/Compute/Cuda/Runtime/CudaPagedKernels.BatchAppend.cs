@@ -13,14 +13,12 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// Whether a batch decode step (2..8 sequences) appends in its QKV product's epilogue and encodes filled residuals in
     /// its attention-output product's launch (<see cref="BatchQkvRopeAppend"/>, <see cref="ProjectEncode"/>) instead of
-    /// the append's own launch (<see cref="RopeAppend"/>). Off by default: on an H100 at 8 × 32K (stop 33) it made
-    /// KVzip 0.3 + INT4, whose heads fill their residuals in most layers of every step, 2.0-2.5% faster a step, and the
-    /// caches whose heads fill together once in 32 steps 0.3-0.8% slower (F16 paged, KIVI-2/4, FP8): its QKV product
-    /// took ~2.7 µs more a layer (the epilogue's fences and arrivals, spills), the attention-output launch ~1.9 µs more (its
-    /// encode blocks' shared memory leaves its tiles less L1), against the ~8.5 µs of the append's launch and gap.
+    /// the append's own launch (<see cref="RopeAppend"/>). On by default: on an H100 at 8 × 32K (stop 33, two rounds
+    /// alternating) KVzip 0.3 + INT4 2.6% faster a step, KVzip 0.3 1.3%, KIVI-2 0.3%, KIVI-4 0.35%, FP8 the same, F16 paged
+    /// 0.27% slower (its heads fill once in 32 steps, so it gains least from the encode moved out of the append's launch).
     /// Applies to graphs captured after the change; benchmarks compare both (bench-paged --fold-append).
     /// </summary>
-    public bool FuseBatchAppend { get; set; }
+    public bool FuseBatchAppend { get; set; } = true;
 
     /// <summary>Threads of a tensor-core product's block (gemv_mma.cuh).</summary>
     private const int ProductThreads = 256;
