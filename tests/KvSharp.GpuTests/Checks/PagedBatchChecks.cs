@@ -401,15 +401,14 @@ public static class PagedBatchChecks
     public static string Decode()
     {
         var report = new List<string>();
+        const int steps = 40;
         foreach (int hd in new[] { 64, 128 })
         {
             var rnd = new RandomData();
-            var config = PagedChecks.Shape(8, 2, hd) with { NumLayers = 2, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+            var (config, prompts, capacity) = BatchDecodeShape(hd, 2, steps, rnd);
             using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
             using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.F32);
-            var prompts = new[] { 5, 40, 17, 63, 3, 31, 50, 12 }.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
-            const int steps = 40;
-            int batch = prompts.Length, capacity = prompts.Max(p => p.Length) + steps + 1;
+            int batch = prompts.Length;
 
             var int4 = new PagedKvCacheOptions { KeyFormat = KvFormat.Int4, ValueFormat = KvFormat.Int4, MaxTokens = capacity };
             var alone = prompts.Select(p =>
@@ -503,17 +502,16 @@ public static class PagedBatchChecks
         var report = new List<string>();
         var kernels = Kernels;
         bool saved = kernels.FuseBatchAppend;
+        const int steps = 40;
         try
         {
             foreach (int hd in new[] { 128, 64 })
             {
                 var rnd = new RandomData();
-                var config = PagedChecks.Shape(8, 2, hd) with { NumLayers = 1, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+                var (config, prompts, capacity) = BatchDecodeShape(hd, 1, steps, rnd);
                 using var weights = DummyWeights.Create(config, GgmlType.F32, rnd.Seed);
                 using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.BF16);
-                var prompts = new[] { 5, 40, 17, 63, 3, 31, 50, 12 }.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
-                const int steps = 40;
-                int batch = prompts.Length, capacity = prompts.Max(p => p.Length) + steps + 1;
+                int batch = prompts.Length;
                 var differed = new List<string>();
                 foreach (var (kf, vf) in new[] { (KvFormat.Int4, KvFormat.Int4), (KvFormat.Int2, KvFormat.Int2), (KvFormat.Fp8E4M3, KvFormat.Fp8E4M3), (KvFormat.F16, KvFormat.F16) })
                 {
@@ -646,6 +644,18 @@ public static class PagedBatchChecks
             }
         }
         return string.Join("; ", report) + $" (seed {rnd.Seed})";
+    }
+
+    /// <summary>
+    /// The batch decode checks' model shape (8 heads, 2 KV heads of <paramref name="hd"/> channels, <paramref name="layers"/>
+    /// layers), 8 random prompts of 3 to 63 tokens, so that the sequences' residuals fill at different steps, and the cache
+    /// capacity for <paramref name="steps"/> more tokens.
+    /// </summary>
+    private static (ModelConfig Config, int[][] Prompts, int Capacity) BatchDecodeShape(int hd, int layers, int steps, RandomData rnd)
+    {
+        var config = PagedChecks.Shape(8, 2, hd) with { NumLayers = layers, HiddenSize = 8 * hd, IntermediateSize = 768, RopeTheta = 10000, RopeStyle = RopeStyle.HalfSplit };
+        var prompts = new[] { 5, 40, 17, 63, 3, 31, 50, 12 }.Select(n => Enumerable.Range(0, n).Select(_ => rnd.Next(config.VocabSize)).ToArray()).ToArray();
+        return (config, prompts, prompts.Max(p => p.Length) + steps + 1);
     }
 
     /// <summary>Graph decode of <paramref name="steps"/> tokens from <paramref name="next"/> (one per sequence); the tokens each produced.</summary>
