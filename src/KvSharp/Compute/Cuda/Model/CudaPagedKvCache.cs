@@ -553,9 +553,12 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var (desc, blocks, tokens) = LayerTables(a.Layer, sequence);
         CoverStoredTokens(a);
         if (!a.Appended)
+        {
+            _encodeLayer = -1; // no encode pending (a batch fold that threw before its output product leaves none behind)
             // A batch step's append follows the layer's QKV product (CudaTransformer), which writes none of what it may read early.
             _kernels.RopeAppend(a.Qkv, a.Q, a.QNorm, a.KNorm, a.InvFreq, AppendTarget(a.Layer, sequence), a.Rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
                 a.Position, a.Interleaved, a.Eps, a.Batch, early: a.Batch);
+        }
         // The layer's descriptor tables (every sequence's in a batch step) asked of L2 in the prefetch's free second range.
         var prefetch = PrefetchTables && a.Prefetch.SecondBytes == 0
             ? new L2Prefetch(a.Prefetch.First, a.Prefetch.FirstBytes, desc, (long)(a.Batch ? Batch : 1) * c.NumKvHeads * MaxBlocks * DescriptorBytes)
@@ -614,7 +617,7 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
 
     internal override bool EnqueueOutputProduct(CudaKernels kernels, int layer, DeviceMatrix w, ulong x, ulong y, int rows)
     {
-        if (_encodeLayer != layer) return false;
+        if (_encodeLayer != layer || rows != Batch) return false;
         _encodeLayer = -1;
         _kernels.ProjectEncode(kernels, w, x, y, rows, Config.NumKvHeads, Config.HeadDim, AppendTarget(layer));
         return true;
