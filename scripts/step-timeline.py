@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # A timeline of whole decode steps: when each kernel launch's blocks became resident, returned from griddepcontrol.wait
 # and exited, for every kernel of every module, in the real (graph, programmatic-launch) execution; and its summary:
-#   scripts/step-timeline.py build src/KvSharp/Compute/Cuda/Kernels OUT_DIR [--paged-batch1] [MODULE=PRINT_AT ...]
+#   scripts/step-timeline.py build src/KvSharp/Compute/Cuda/Kernels OUT_DIR [--paged-batch1 | --paged-batch-folded] [MODULE=PRINT_AT ...]
 #   scripts/step-timeline.py summarize LOG...
 # build writes patched copies of every kernel file and header to OUT_DIR. common.cuh gains a scope object that every
 # __global__ function opens first (its destructor runs on every return path): thread 0 of each grid block keeps the
@@ -14,7 +14,9 @@
 # steps of bench-paged's Llama-3.1-8B (32 layers) at that module's launches a step (gemv.cu 129, paged_cache.cu 32,
 # the attention files 32, elementwise.cu 2, sampling.cu 2; with --paged-batch1, a batch-1 paged step's: gemv.cu 65, as
 # its QKV product is fused into paged_cache.cu's append and, since stop 27, its output product into paged_merge.cu's
-# merge); pass MODULE=N to change one (e.g. gemv.cu=3000). Only
+# merge; with --paged-batch-folded, a batch step's over the paged cache with its append folded into the products (since
+# stop 33, CudaPagedKernels.FuseBatchAppend): gemv.cu 65 and paged_cache.cu 64, the QKV and attention-output products
+# being paged_cache.cu's); pass MODULE=N to change one (e.g. gemv.cu=3000). Only
 # thread 0's exit is timed: a kernel whose thread 0 leaves early reads short. The app reads OUT_DIR's files instead of
 # the embedded ones only with a kernel-directory override that covers headers too (KVSHARP_KERNEL_DIR, a temporary
 # patch applied for the publish, not in the repository). summarize merges the modules' records by time, takes as its
@@ -135,11 +137,15 @@ def patch_kernels(text, name):
 # A batch-1 step over the paged cache: the QKV product is fused with the append (paged_cache.cu), so gemv.cu runs the
 # attention output, gate/up and down a layer plus the head (3 · 32 + 1).
 STEP_LAUNCHES_PAGED_BATCH1 = dict(STEP_LAUNCHES, **{"gemv.cu": 65})
+# A batch step over the paged cache with the append folded (stop 33): paged_cache.cu runs the QKV product and the
+# attention-output product a layer, gemv.cu gate/up and down a layer plus the head.
+STEP_LAUNCHES_PAGED_BATCH_FOLDED = dict(STEP_LAUNCHES, **{"gemv.cu": 65, "paged_cache.cu": 64})
+STEP_LAYOUTS = {"--paged-batch1": STEP_LAUNCHES_PAGED_BATCH1, "--paged-batch-folded": STEP_LAUNCHES_PAGED_BATCH_FOLDED}
 
 
-def build(kernels, out_dir, overrides, paged_batch1=False):
+def build(kernels, out_dir, overrides, layout=STEP_LAUNCHES):
     os.makedirs(out_dir, exist_ok=True)
-    print_at = {m: n * 45 for m, n in (STEP_LAUNCHES_PAGED_BATCH1 if paged_batch1 else STEP_LAUNCHES).items()}
+    print_at = {m: n * 45 for m, n in layout.items()}
     print_at.update(overrides)
     for path in sorted(glob.glob(f"{kernels}/*.cu*")):
         name = os.path.basename(path)
@@ -203,9 +209,12 @@ def summarize(paths):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "build":
-        rest = [a for a in sys.argv[4:] if a != "--paged-batch1"]
-        build(sys.argv[2], sys.argv[3], {a.split("=")[0]: int(a.split("=")[1]) for a in rest}, "--paged-batch1" in sys.argv[4:])
+        rest = [a for a in sys.argv[4:] if a not in STEP_LAYOUTS]
+        layouts = [STEP_LAYOUTS[a] for a in sys.argv[4:] if a in STEP_LAYOUTS]
+        if len(layouts) > 1:
+            sys.exit("--paged-batch1 and --paged-batch-folded: one step layout at most")
+        build(sys.argv[2], sys.argv[3], {a.split("=")[0]: int(a.split("=")[1]) for a in rest}, layouts[0] if layouts else STEP_LAUNCHES)
     elif len(sys.argv) >= 3 and sys.argv[1] == "summarize":
         summarize(sys.argv[2:])
     else:
-        sys.exit("usage: step-timeline.py build KERNELS OUT_DIR [--paged-batch1] [MODULE=PRINT_AT ...] | summarize LOG...")
+        sys.exit("usage: step-timeline.py build KERNELS OUT_DIR [--paged-batch1 | --paged-batch-folded] [MODULE=PRINT_AT ...] | summarize LOG...")
