@@ -488,14 +488,17 @@ public static class PagedBatchChecks
     /// The batch append folded into the step's products (<see cref="CudaPagedKernels.FuseBatchAppend"/>: RoPE and the append
     /// in the QKV product's epilogue, filled residuals encoded in the attention-output product's launch) against its own
     /// launch (<see cref="CudaPagedKernels.RopeAppend"/>): 8 sequences prefilled to different lengths on bfloat16 weights, one
-    /// layer, 39 graph steps each way (every sequence's residual fills at least once), for INT4 and INT2 pairs (encoded four
-    /// blocks a head at head dimension 128), FP8 and F16 (one block a head), head dimensions 128 and 64. The unfolded run
-    /// decodes greedily; the folded one is fed the unfolded run's tokens step by step, so both append the same rows (one
-    /// layer: a row's key and value depend on its token alone) and every sequence's blocks must be the same byte for byte
-    /// (formats, counts, starts, codes, parameters, residual rows). The fold reads a residual its step filled as float32
-    /// rows and encodes it after the attention, where the launch encodes first: a fill step's logits differ by those rows'
-    /// rounding, so its greedy tokens are compared for F16 only (at most one of the 312 apart, a near-tie) and counted for the
-    /// others.
+    /// layer, 39 graph steps each way (every sequence's residual fills at least once), for INT4 and INT2 pairs (encoded by
+    /// four blocks a head at head dimension 128, by one at 64, whose quarters hold no whole value group), FP8 and F16 pairs
+    /// (four blocks a head, per element), head dimensions 128 and 64; on the device's own grids, and with the products'
+    /// grids capped at 8 blocks (<see cref="CudaKernels.TensorCoreGemvWave"/>), so that a block takes several QKV tiles and
+    /// one encode block takes every encode task in turn, as the 8B's launches do (its 256 tasks over ~140 encode blocks).
+    /// The unfolded run decodes greedily; the folded one is fed the unfolded run's tokens step by step, so both append the
+    /// same rows (one layer: a row's key and value depend on its token alone) and every sequence's blocks must be the same
+    /// byte for byte (formats, counts, starts, codes, parameters, residual rows). The fold reads a residual its step filled
+    /// as float32 rows and encodes it after the attention, where the launch encodes first: a fill step's logits differ by
+    /// those rows' rounding, so its greedy tokens are compared for F16 only (at most one of the 312 apart, a near-tie) and
+    /// counted for the others.
     /// </summary>
     public static string FoldedAppend()
     {
@@ -513,10 +516,12 @@ public static class PagedBatchChecks
                 using var gpu = new CudaTransformer(Dev, weights, DeviceWeightType.BF16);
                 int batch = prompts.Length;
                 var differed = new List<string>();
-                foreach (var (kf, vf) in new[] { (KvFormat.Int4, KvFormat.Int4), (KvFormat.Int2, KvFormat.Int2), (KvFormat.Fp8E4M3, KvFormat.Fp8E4M3), (KvFormat.F16, KvFormat.F16) })
+                var formats = new[] { (KvFormat.Int4, KvFormat.Int4), (KvFormat.Int2, KvFormat.Int2), (KvFormat.Fp8E4M3, KvFormat.Fp8E4M3), (KvFormat.F16, KvFormat.F16) };
+                foreach (var (kf, vf, wave) in formats.SelectMany(f => new[] { (f.Item1, f.Item2, (int?)null), (f.Item1, f.Item2, (int?)8) }))
                 {
                     var options = new PagedKvCacheOptions { KeyFormat = kf, ValueFormat = vf, MaxTokens = capacity };
-                    string what = $"hd{hd} {kf}/{vf}";
+                    string what = $"hd{hd} {kf}/{vf}{(wave != null ? $", grids of {wave} blocks" : "")}";
+                    gpu.Kernels.TensorCoreGemvWave = wave;
                     kernels.FuseBatchAppend = false;
                     int[][] greedy;
                     List<IReadOnlyList<CudaPagedKvCache.DeviceBlock>> expected;
@@ -550,11 +555,12 @@ public static class PagedBatchChecks
                         for (int i = 0; i < got.Count; i++)
                             PagedChecks.SameDeviceHead($"{what} sequence {i / config.NumKvHeads} head {i % config.NumKvHeads}", got[i], expected[i], hd, "unfolded");
                     }
+                    gpu.Kernels.TensorCoreGemvWave = null;
                     if (kf == KvFormat.F16 && apart > 1)
                         throw new CheckFailedException($"{what}: {apart} of {batch * (steps - 1)} greedy tokens differ with the append folded (seed {rnd.Seed})");
-                    differed.Add($"{kf} {apart}");
+                    differed.Add($"{kf}{(wave != null ? $" ({wave} blocks)" : "")} {apart}");
                 }
-                report.Add($"hd{hd}: 8 sequences' caches byte-equal folded and unfolded over {steps - 1} steps in 4 format pairs; greedy tokens apart at fill steps: {string.Join(", ", differed)} (seed {rnd.Seed})");
+                report.Add($"hd{hd}: 8 sequences' caches byte-equal folded and unfolded over {steps - 1} steps in 4 format pairs, on the device's grids and on grids of 8 blocks; greedy tokens apart at fill steps: {string.Join(", ", differed)} (seed {rnd.Seed})");
             }
         }
         finally

@@ -955,7 +955,7 @@ struct PagedBatchQkv
             if (!value) rope_apply(e.c[k], e.s[k], v[k], v[2 + k], y0, y1);
             float* dst;
             if (h < heads) dst = q_out + ((long)t * heads + h) * hd;
-            else if (e.at[k] >= tokens) continue; // a full residual left by a failed encode (error 2)
+            else if (e.at[k] >= tokens) continue; // a full residual whose encode found the pool full (error 1)
             else dst = reinterpret_cast<float*>(pool + (size_t)e.slot[k] * 16) + (long)e.at[k] * hd;
             dst[i0] = y0;
             dst[i1] = y1;
@@ -980,7 +980,7 @@ struct PagedBatchQkv
             const int head = t * kv_heads + kh;
             if (e.at[k] + 1 == tokens && e.nb[k] >= max_blocks)
             {
-                atomicExch(error, 2); // no block for the encode: the row stays uncounted, as paged_rope_append_split leaves it
+                atomicExch(error, 2); // no block for the encode: the row stays uncounted (paged_rope_append_split counts the token)
                 continue;
             }
             desc[(long)head * max_blocks + e.nb[k] - 1].z = desc_meta(e.at[k] + 1, KV_F32, KV_F32);

@@ -327,6 +327,7 @@ public sealed class CudaTransformer : IDisposable
             EnqueueDecodeSteps(cache, steps);
         }
         _device.Synchronize();
+        cache.CheckDeviceState(); // a full pool or table seen only on the device
         var history = new int[batch * cache.Capacity];
         if (steps > 0) cache.History.Download<int>(history);
         return Enumerable.Range(0, batch)

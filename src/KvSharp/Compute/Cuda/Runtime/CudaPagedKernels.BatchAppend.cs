@@ -33,10 +33,11 @@ internal sealed partial class CudaPagedKernels
     /// <summary>
     /// Whether a batch step of <paramref name="rows"/> sequences can fold its append into the products <paramref name="qkv"/>
     /// and <paramref name="output"/>: both 16-bit and on tensor cores at that many rows, heads of 64 or 128 channels (the
-    /// kernels' built head dimensions), and the target's per-head counters present.
+    /// kernels' built head dimensions), and the target's per-head counters present. The QKV product reads the tables before
+    /// its wait, as the split append does under <see cref="EarlyBatchAppend"/>: switching that off switches the fold off too.
     /// </summary>
     internal bool FoldsBatchAppend(CudaKernels kernels, DeviceMatrix qkv, DeviceMatrix output, int rows, int headDim, in AppendTarget a) =>
-        FuseBatchAppend && rows >= 2 && rows <= CudaKernels.MaxGemvRows && headDim is 64 or 128 && a.Arrivals != 0 && a.Claims != 0
+        FuseBatchAppend && EarlyBatchAppend && rows >= 2 && rows <= CudaKernels.MaxGemvRows && headDim is 64 or 128 && a.Arrivals != 0 && a.Claims != 0
         && qkv.Type is DeviceWeightType.BF16 or DeviceWeightType.F16 && output.Type is DeviceWeightType.BF16 or DeviceWeightType.F16
         && kernels.UsesTensorCoreGemv(qkv.Type, qkv.Cols, rows) && kernels.UsesTensorCoreGemv(output.Type, output.Cols, rows);
 
@@ -68,7 +69,7 @@ internal sealed partial class CudaPagedKernels
     {
         static bool Float(int f) => f is (int)KvFormat.F32 or (int)KvFormat.BF16 or (int)KvFormat.F16 or (int)KvFormat.Fp8E4M3;
         // Four blocks a head where a quarter of the channels (INT8/4/2) or of the elements (float formats) encodes alone.
-        bool split = SplitsAppend(a, headDim) || (Float(a.KeyFormat) && Float(a.ValueFormat) && a.BlockTokens * headDim % AppendSplit == 0);
+        bool split = SplitsAppend(a, headDim) || (SplitBatchEncode && Float(a.KeyFormat) && Float(a.ValueFormat) && a.BlockTokens * headDim % AppendSplit == 0);
         var f = Product($"paged_project_encode_{(split ? "parts" : "whole")}_{CudaKernels.Suffix(w.Type)}");
         int blocks = kernels.TensorCoreGemvBlocks(f, (w.Rows + 15) / 16);
         int tasks = rows * kvHeads * (split ? AppendSplit : 1);
