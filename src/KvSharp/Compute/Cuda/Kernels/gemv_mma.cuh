@@ -10,7 +10,7 @@
 // permuted the same way in A and B, which a dot product does not notice), B = the 8 activation rows (rows past nt
 // repeat row 0: their C columns are never stored) rounded to the weight's 16-bit type, C in float32. The 8 warps'
 // fragments are summed through shared memory. Every weight byte is read once and every activation element is loaded
-// once per 16 weight rows, where the CUDA-core kernel above reloads activations per two rows (its L1 traffic limits it
+// once per 16 weight rows, where gemv.cuh's CUDA-core kernel reloads activations per two rows (its L1 traffic limits it
 // to ~1/3 of the bandwidth at 8 rows).
 // Each lane keeps MMA_RING steps of weight loads in flight (a register ring, the first MMA_RING steps loaded before
 // pdl_wait): the earlier loop, compiled with one or two steps' loads in flight, was latency-bound (a batch-8 step 18% slower).
@@ -51,7 +51,8 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
     return r;
 }
 
-// Row tiles (16 output rows; SwiGLU: 8 gate/up pairs) are strided over the grid: block b takes tiles b, b + gridDim.x, ...
+// Row tiles (16 output rows; SwiGLU: 8 gate/up pairs) are strided over the product's blocks: block b takes tiles b, b + B, ...
+// (B = gridDim.x - others).
 // The host launches one block a tile where the tiles fit one wave, else at most one wave with the tiles split evenly
 // (CudaKernels.Gemv): a grid of several waves paid a ramp of ~2 us at every wave boundary (all the new blocks waiting for
 // their first data together) and ran its last wave part-full (docs/benchmarks.md, branches gpuoverlap and gpupt). Where a

@@ -156,19 +156,22 @@ __device__ __forceinline__ void int_codes(const float* rows, int n, bool keys, i
 // unrolled: the INT8/4/2 passes of int_group_params and int_codes instead of the element-by-element loops (the same
 // bytes). Only paged_rope_append asks for them: the fused QKV product's encode is left as it is, because that kernel's
 // code shape moved the batch-1 steps by up to 13% (docs/benchmarks.md).
+// Element e of a float-format block (F32, BF16, F16, FP8) encoded from x: encode_block's conversion and the batch encode
+// blocks' (0 encodes as 0 in each, which encode_block's rows past n take).
+__device__ __forceinline__ void store_element(u8* dst, int f, int e, float x)
+{
+    if (f == KV_F32) reinterpret_cast<unsigned*>(dst)[e] = __float_as_uint(x);
+    else if (f == KV_F16) reinterpret_cast<u16*>(dst)[e] = f32_to_f16(x);
+    else if (f == KV_BF16) reinterpret_cast<u16*>(dst)[e] = (u16)f32_to_bf16_exact(x);
+    else dst[e] = (u8)f32_to_fp8(x);
+}
+
 __device__ void encode_block(const float* rows, int n, int f, bool keys, int tokens, int hd, int vg, u8* dst, bool unrolled = false)
 {
     const int bits = kv_bits(f), cbytes = code_bytes(f, tokens, hd), total = tokens * hd;
     if (!kv_quantized(f))
     {
-        for (int e = threadIdx.x; e < total; e += blockDim.x)
-        {
-            const float x = e < n * hd ? rows[e] : 0.0f;
-            if (f == KV_F32) reinterpret_cast<unsigned*>(dst)[e] = e < n * hd ? __float_as_uint(x) : 0u;
-            else if (f == KV_F16) reinterpret_cast<u16*>(dst)[e] = e < n * hd ? f32_to_f16(x) : (u16)0;
-            else if (f == KV_BF16) reinterpret_cast<u16*>(dst)[e] = e < n * hd ? (u16)f32_to_bf16_exact(x) : (u16)0;
-            else dst[e] = e < n * hd ? (u8)f32_to_fp8(x) : (u8)0;
-        }
+        for (int e = threadIdx.x; e < total; e += blockDim.x) store_element(dst, f, e, e < n * hd ? rows[e] : 0.0f);
         __syncthreads();
         return;
     }
@@ -858,7 +861,7 @@ PAGED_QKV(f16, WeightF16)
 // hd / 8 tiles advances each sequence's residual count and token count. A residual this row fills stays a float32 block
 // of `tokens` rows, which this step's attention reads like any other, and is encoded after it by the encode blocks of the
 // attention-output product's launch (paged_project_encode_*), which open the next residual; until then no append reads
-// it. A full residual that could not be encoded (the head had no block left: error 2) takes no row.
+// it. A full residual whose encode found the pool full (error 1) takes no row.
 // HD: the head dimension, a constant so that the tile-to-row mapping costs the product's loop no registers (with hd a kernel
 // argument, NVRTC 12.4 spilled in it: 2 loads and a store a group of four steps).
 template <int HD>
@@ -1013,15 +1016,6 @@ PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16_64, false, 64)
 // element) each converts a quarter of the elements straight from the residual. Else one task a head, residual_full. The
 // `encoders` blocks take tasks encoders apart; a task whose head is not full returns at once (KIVI's heads fill together
 // once in `tokens` steps, KVzip's a few a step). The same bytes as the append's own launch (CudaPagedKernels.RopeAppend).
-// Element e of a float-format block (F32, BF16, F16, FP8) from x, as encode_block writes it.
-__device__ __forceinline__ void store_element(u8* dst, int f, int e, float x)
-{
-    if (f == KV_F32) reinterpret_cast<unsigned*>(dst)[e] = __float_as_uint(x);
-    else if (f == KV_F16) reinterpret_cast<u16*>(dst)[e] = f32_to_f16(x);
-    else if (f == KV_BF16) reinterpret_cast<u16*>(dst)[e] = (u16)f32_to_bf16_exact(x);
-    else dst[e] = (u8)f32_to_fp8(x);
-}
-
 #define PART_STAGE (RESIDUAL_STAGE / APPEND_SPLIT)
 template <bool PARTS>
 __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoder,
@@ -1093,7 +1087,8 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
 
 // The attention-output product of a batch step (gemv_mma MODE 1, accumulating into the residual stream) with `encoders`
 // encode blocks after its tiles (encode_fills): the host sizes them to the wave's free slots, so both share one wave and
-// the encodes cost no launch; the tiles' blocks come first, so they are placed as the product's own launch places them. Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
+// the encodes cost no launch; the tiles' blocks come first, so they are placed as the product's own launch places them.
+// Tables pre-offset to the layer's sequence 0; arrivals and claims: a zeroed word a head.
 #define PAGED_PROJECT_ENCODE(NAME, BF, PARTS) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME(const u16* w, const float* x, float* y, int rows, int cols, int nt, \
         int encoders, u8* pool, uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int kv_heads, \

@@ -56,14 +56,15 @@ internal sealed partial class CudaPagedKernels
         var f = Product($"paged_qkv_rope_append_batch_{CudaKernels.Suffix(w.Type)}_{headDim}");
         Interlocked.Increment(ref _foldedAppendLaunches);
         f.Launch(kernels.TensorCoreGemvBlocks(f, outRows / 16), ProductThreads, 0, w.Pointer, x, norm, Arg.Float(eps), Arg.Int(outRows),
-            Arg.Int(w.Cols), Arg.Int(rows), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc, a.HeadBlocks, a.HeadTokens, a.Error, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), a.Arrivals);
+            Arg.Int(w.Cols), Arg.Int(rows), qOut, invFreq, position, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(interleaved ? 1 : 0), a.Pool, a.Desc,
+            a.HeadBlocks, a.HeadTokens, a.Error, Arg.Int(a.MaxBlocks), Arg.Int(a.BlockTokens), a.Arrivals);
     }
 
     /// <summary>
-    /// The batch step's attention-output product y += x · wᵀ (<paramref name="rows"/> sequences) with encode blocks ahead of
-    /// its tiles that encode every residual of the layer's heads the step's <see cref="BatchQkvRopeAppend"/> filled, in the
-    /// cache's formats (four blocks a head for INT8/4/2 pairs, as <see cref="SplitsAppend"/>, and float pairs), after the attention (the
-    /// launch's griddepcontrol.wait). The encode blocks take the wave's slots the product leaves free (at least one).
+    /// The batch step's attention-output product y += x · wᵀ (<paramref name="rows"/> sequences) with encode blocks after its
+    /// tiles that encode every residual of the layer's heads the step's <see cref="BatchQkvRopeAppend"/> filled, in the
+    /// cache's formats (four blocks a head for INT8/4/2 pairs, as <see cref="SplitsAppend"/>, and for float pairs), after the
+    /// attention (the launch's griddepcontrol.wait). The encode blocks take the wave's slots the product leaves free (at least one).
     /// </summary>
     public void ProjectEncode(CudaKernels kernels, DeviceMatrix w, ulong x, ulong y, int rows, int kvHeads, int headDim, in AppendTarget a)
     {
