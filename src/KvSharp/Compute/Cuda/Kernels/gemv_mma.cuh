@@ -40,6 +40,22 @@ constexpr int MMA_WARPS = 8;
 // atomically (the 256-block products) 0.7%.
 constexpr int MMA_RING = 4;
 
+// A block's reduction buffers (warps' C fragments and the fused norm's sums, each alternating by tile) as one object a
+// kernel (a function's static shared variable), for gemv_mma's SHARED_RED: paged_cache.cu's encode blocks, which never run
+// the product, stage their rows in the same bytes, so that their launch keeps the product's shared memory, and with it its
+// carve-out and L1. (The other products keep their own arrays: NVRTC 12.4 compiles them as before.)
+struct MmaShared
+{
+    float4 red[2][MMA_WARPS][32];
+    float ssr[2][MMA_WARPS][8];
+};
+
+__device__ __forceinline__ MmaShared& mma_shared()
+{
+    __shared__ MmaShared shared;
+    return shared;
+}
+
 // A weight load for the ring: volatile, so that the front end keeps it in program order with the (volatile) mma.
 // L2::256B: L2 fetches the whole 256-byte piece of the row, of which a warp's step reads 64 bytes (4 lanes x 16) and its
 // next 3 steps the rest, so DRAM sees 256-byte requests and the ring's 4 steps stand for up to 16 steps of DRAM reads
@@ -71,9 +87,10 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
 // kernels (the whole block before pdl_wait for its first tile, warp 0 for later ones; kept in shared memory, not registers,
 // which the product's loop needs all of; the tile's reduction barrier orders it before the epilogue), Epi::store takes warp
 // 0's sums.
+// SHARED_RED: the reduction buffers are mma_shared()'s, which the kernel's other blocks may use for their own work.
 // others: blocks after the product's in the grid (paged_cache.cu's encode blocks beside the attention-output product): the
 // product's tiles go to blocks 0 .. gridDim.x - others - 1.
-template <bool BF16, int MODE, bool NORM, bool H16 = false, class Epi = int>
+template <bool BF16, int MODE, bool NORM, bool H16 = false, class Epi = int, bool SHARED_RED = false>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr, int others = 0,
     const Epi& epi = Epi())
@@ -83,8 +100,20 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     constexpr bool XH = H16 && MODE == 1; // activations in 16 bits
     constexpr int D = MMA_RING;
     constexpr int TILE = MODE == 2 ? 8 : 16;
-    __shared__ float4 red[2][MMA_WARPS][32];
-    __shared__ float ssr[2][MMA_WARPS][8];
+    float4 (*red)[MMA_WARPS][32];
+    float (*ssr)[MMA_WARPS][8];
+    if constexpr (SHARED_RED)
+    {
+        red = mma_shared().red;
+        ssr = mma_shared().ssr;
+    }
+    else
+    {
+        __shared__ float4 red_own[2][MMA_WARPS][32];
+        __shared__ float ssr_own[2][MMA_WARPS][8];
+        red = red_own;
+        ssr = ssr_own;
+    }
     const int tiles = (rows + TILE - 1) / TILE, stride = gridDim.x - others;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int kper = cols / MMA_WARPS, k0 = warp * kper;

@@ -563,6 +563,9 @@ __device__ __forceinline__ unsigned long long split_claim(unsigned long long* cl
 // code words of channels c0 .. c0 + w - 1 of both blocks, from the residual's rows staged at sk (keys) and sv (values), rows
 // of ld floats (-1: hd, as residual_full stages them; the batch encode blocks stage the part's w channels only, sk and sv
 // offset back by c0). Every thread of the block; a barrier inside.
+// NEAR: the parameters also kept in shared memory for the codes pass (3 KB; the batch encode blocks, short of shared memory,
+// read them back instead).
+template <bool NEAR = true>
 __device__ __forceinline__ void split_encode_part(const float* sk, const float* sv, unsigned long long slot_s, u8* pool, int kf, int vf, int tokens,
     int hd, int vg, int c0, int w, int ld = -1)
 {
@@ -575,8 +578,15 @@ __device__ __forceinline__ void split_encode_part(const float* sk, const float* 
     u16* vs = reinterpret_cast<u16*>(vdst + code_bytes(vf, tokens, hd));
     // The parameters also kept in shared memory, laid out as in the block, for the codes pass (no read back
     // through L2 after the barrier) where they fit.
-    __shared__ u16 kparams[2 * SPLIT_KEY_GROUPS], vparams[2 * SPLIT_VALUE_GROUPS];
-    const bool local = gk <= SPLIT_KEY_GROUPS && gv <= SPLIT_VALUE_GROUPS;
+    u16* kparams = nullptr;
+    u16* vparams = nullptr;
+    if constexpr (NEAR)
+    {
+        __shared__ u16 kshared[2 * SPLIT_KEY_GROUPS], vshared[2 * SPLIT_VALUE_GROUPS];
+        kparams = kshared;
+        vparams = vshared;
+    }
+    const bool local = NEAR && gk <= SPLIT_KEY_GROUPS && gv <= SPLIT_VALUE_GROUPS;
     // Parameters: the key groups of channels c0 .. c0 + w - 1, then each token's value groups among them.
     const int vper = w / vg, per_row = hd / vg;
     for (int i = threadIdx.x; i < w + tokens * vper; i += blockDim.x)
@@ -1048,7 +1058,9 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
                 continue;
             }
             __shared__ unsigned long long slot_s;
-            __shared__ float staged[2 * PART_STAGE];
+            // The product's reduction buffers (mma_shared): this block never runs the product.
+            static_assert(sizeof(MmaShared) >= 2 * PART_STAGE * sizeof(float), "a quarter's stage fits the product's buffers");
+            float* staged = reinterpret_cast<float*>(&mma_shared());
             const int claimer = blockDim.x - 1;
             const float* kres = reinterpret_cast<const float*>(a.pool + (size_t)r.x * 16);
             const float* vres = reinterpret_cast<const float*>(a.pool + (size_t)r.y * 16);
@@ -1065,7 +1077,8 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
             {
                 u8* kdst = a.pool + (size_t)(slot_s - 3ull) * 16;
                 u8* vdst = kdst + (size_t)units_of(kbytes) * 16;
-                if (!floats) split_encode_part(staged - c0, staged + PART_STAGE - c0, slot_s, a.pool, a.kf, a.vf, a.tokens, a.hd, a.vg, c0, w, w);
+                if (!floats)
+                    split_encode_part<false>(staged - c0, staged + PART_STAGE - c0, slot_s, a.pool, a.kf, a.vf, a.tokens, a.hd, a.vg, c0, w, w);
                 else
                     for (int e = part * quarter + (int)threadIdx.x; e < (part + 1) * quarter; e += blockDim.x)
                     {
@@ -1101,7 +1114,7 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
                 arrivals, claims, nt, kv_heads, (int)blockIdx.x - first, encoders); \
             return; \
         } \
-        gemv_mma<BF, 1, false>(w, x, y, nullptr, 0.0f, rows, cols, nt, nullptr, encoders); \
+        gemv_mma<BF, 1, false, false, int, true>(w, x, y, nullptr, 0.0f, rows, cols, nt, nullptr, encoders); \
     }
 PAGED_PROJECT_ENCODE(paged_project_encode_parts_bf16, true, true)
 PAGED_PROJECT_ENCODE(paged_project_encode_parts_f16, false, true)
