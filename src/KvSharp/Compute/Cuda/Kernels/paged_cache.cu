@@ -1031,20 +1031,33 @@ template <bool PARTS>
 __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrivals, unsigned long long* claims, int nt, int kv_heads, int encoder,
     int encoders)
 {
-    pdl_wait();
-    pdl_trigger();
     const int per = PARTS ? APPEND_SPLIT : 1, tasks = nt * kv_heads * per;
     const int w = a.hd / APPEND_SPLIT, quarter = a.tokens * a.hd / APPEND_SPLIT;
     const int kbytes = block_bytes(a.kf, true, a.tokens, a.hd, a.vg), vbytes = block_bytes(a.vf, false, a.tokens, a.hd, a.vg);
     const bool floats = !kv_quantized(a.kf) && !kv_quantized(a.vf);
-    for (int task = encoder; task < tasks; task += encoders)
+    // The block's next task whose head is full, from `task` on (tasks: none). The tables were written by the QKV product two
+    // launches back, complete before this launch began (the attention's blocks trigger it after their own wait), and nothing
+    // before this launch's installs changes them: read before pdl_wait for the first task, so that a block with nothing to
+    // encode (KIVI's steps but one in `tokens`) leaves at once instead of waiting for the attention. From L2 all the same.
+    int nb = 0;
+    uint4 r = make_uint4(0u, 0u, 0u, 0u);
+    auto next_full = [&](int task) {
+        for (; task < tasks; task += encoders)
+        {
+            nb = __ldcg(a.head_blocks + task / per);
+            r = __ldcg(a.desc + (long)(task / per) * a.max_blocks + nb - 1);
+            if (desc_count(r) >= a.tokens) break; // uniform over the block
+        }
+        return task;
+    };
+    int task = next_full(encoder);
+    if (task >= tasks) return;
+    pdl_wait();
+    pdl_trigger();
+    for (; task < tasks; task = next_full(task + encoders))
     {
         const int head = task / per, part = task % per, c0 = part * w;
-        // Written by the QKV product two launches back: complete; from L2 all the same (as the split append's early reads).
-        const int nb = __ldcg(a.head_blocks + head);
         uint4* d = a.desc + (long)head * a.max_blocks;
-        const uint4 r = __ldcg(d + nb - 1);
-        if (desc_count(r) < a.tokens) continue; // uniform over the block
         if constexpr (!PARTS)
         {
             residual_full(a, head, r, true);
