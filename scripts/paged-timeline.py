@@ -52,8 +52,8 @@ def build(kernels, out_dir, first, count):
             "    pdl_trigger(); // the output product's blocks may start loading weights during the merges\n")
     replace("    // Chunk weights go to the rings (the slices were read",
             "    if (threadIdx.x == 0) tl_s[4] = tl_time();\n    // Chunk weights go to the rings (the slices were read")
-    replace("    const bool last = last_split(counters, t, kv_heads, kvh, live);\n",
-            "    const bool last = last_split(counters, t, kv_heads, kvh, live);\n    if (threadIdx.x == 0) tl_s[8] = last;\n")
+    replace("    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n",
+            "    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n    if (threadIdx.x == 0) tl_s[8] = last;\n")
     replace("const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe",
             "const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        if (threadIdx.x == 0) { tl_s[0] = tl_time(); for (int z = 1; z < 12; z++) tl_s[z] = 0; for (int z = 0; z < 4; z++) tl_fw[z] = tl_le[z] = 0; tl_s[9] = ~0ull; } \\\n"
             "        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe")
@@ -143,6 +143,23 @@ def summarize(paths):
         ends = [us(max(r["end"] for r in v)) for v in sms.values()]
         print(f"  SMs {len(sms)}, units an SM {min(len(v) for v in sms.values())}-{max(len(v) for v in sms.values())}; "
               f"SM end p10 {pct(ends, 0.1):.2f} p50 {pct(ends, 0.5):.2f} p90 {pct(ends, 0.9):.2f} max {max(ends):.2f}")
+        # Which unit of an SM arrives first (its warps the schedulers' oldest): rank by entry time within the SM, against
+        # the rank the grid-block index predicts (id // (total / units an SM)) and against id order within the SM.
+        per_sm = max(len(v) for v in sms.values())
+        by_index = by_order = n = 0
+        rank_ends = {}
+        for v in sms.values():
+            ordered = sorted(v, key=lambda r: r["entry"])
+            ids = sorted(r["unit"] for r in v)
+            for k, r in enumerate(ordered):
+                n += 1
+                by_index += k == r["unit"] * per_sm // r["total"]
+                by_order += r["unit"] == ids[k]
+                if r["info"] != (1 << 64) - 1 and any(r["loop_end"]):
+                    rank_ends.setdefault(k, []).append(us(max(r["loop_end"])))
+        print(f"  arrival rank within the SM = id * {per_sm} // units for {by_index} of {n} units, = id order within the SM for {by_order}")
+        print("  last warp's loop end by arrival rank (mean): " + ", ".join(
+            f"{k}: {statistics.mean(x):.2f} ({len(x)})" for k, x in sorted(rank_ends.items())))
         last = max(live, key=lambda r: r["end"])
         print(f"  last unit: sm {last['sm']}, blocks {last['size'] & 0xffffffff}, merged {last['merged']}, "
               f"wait {us(last['wait']):.2f} staged {us(last['staged_at']):.2f} first {us(last['first'][0]):.2f} "
