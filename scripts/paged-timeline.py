@@ -36,9 +36,13 @@ def build(kernels, out_dir, first, count):
         f"#define TL_UNITS 2048u\n#define TL_FIRST {first}u\n#define TL_COUNT {count}u\n"
         "__device__ unsigned long long tl_rec[TL_COUNT * TL_UNITS * 22];\n")
     replace("template <int G>\n__device__ __forceinline__ void pipe_merge(", header + "template <int G>\n__device__ __forceinline__ void pipe_merge(")
-    replace("    pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n    const WaveSplit ws",
-            "    pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n"
-            "    if (threadIdx.x == 0) tl_s[1] = tl_time();\n    const WaveSplit ws")
+    # wait returned: after the one griddepcontrol.wait a launch runs (before the split, or after it with tables_early)
+    replace("    if (!early) pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n",
+            "    if (!early) pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n"
+            "    if (!early && threadIdx.x == 0) tl_s[1] = tl_time();\n")
+    replace("        pdl_wait(); // the queries, the appended token's count and its descriptor\n",
+            "        pdl_wait(); // the queries, the appended token's count and its descriptor\n"
+            "        if (threadIdx.x == 0) tl_s[1] = tl_time();\n")
     replace("    if (ws.kvh < 0) return; // past the layer's work: nothing to read or write\n",
             "    if (ws.kvh < 0) return; // past the layer's work: nothing to read or write\n"
             "    if (threadIdx.x == 0) { tl_s[9] = ((unsigned long long)ws.t << 40) | ((unsigned long long)ws.kvh << 20) | (unsigned)ws.split;"
@@ -54,11 +58,11 @@ def build(kernels, out_dir, first, count):
             "    if (threadIdx.x == 0) tl_s[4] = tl_time();\n    // Chunk weights go to the rings (the slices were read")
     replace("    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n",
             "    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n    if (threadIdx.x == 0) tl_s[8] = last;\n")
-    replace("const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe",
-            "const void* pfb, long pfn_b, int merge_grid) \\\n    { \\\n        if (threadIdx.x == 0) { tl_s[0] = tl_time(); for (int z = 1; z < 12; z++) tl_s[z] = 0; for (int z = 0; z < 4; z++) tl_fw[z] = tl_le[z] = 0; tl_s[9] = ~0ull; } \\\n"
+    replace("const void* pfb, long pfn_b, int merge_grid, int tables_early) \\\n    { \\\n        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe",
+            "const void* pfb, long pfn_b, int merge_grid, int tables_early) \\\n    { \\\n        if (threadIdx.x == 0) { tl_s[0] = tl_time(); for (int z = 1; z < 12; z++) tl_s[z] = 0; for (int z = 0; z < 4; z++) tl_fw[z] = tl_le[z] = 0; tl_s[9] = ~0ull; } \\\n"
             "        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe")
-    replace("            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \\\n    }\n",
-            "            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \\\n"
+    replace("            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid, tables_early); \\\n    }\n",
+            "            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid, tables_early); \\\n"
             "        if (threadIdx.x == 0) \\\n        { \\\n"
             "            const unsigned long long tend = tl_time(); unsigned smid; asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(smid)); \\\n"
             "            const unsigned launch = atomicAdd(&tl_launch, 0u), total = gridDim.x * gridDim.y * gridDim.z; \\\n"

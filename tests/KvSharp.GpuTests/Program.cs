@@ -9,10 +9,10 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART] [--claims off|measured|always] [--narrow-ffn on|off]
-//                                [--fold-append on|off]
+//                                [--fold-append on|off] [--early-tables on|off]
 //                                (compressed device caches; --claims: the pipelined attention's block claims in batch steps,
 //                                CudaPagedKernels.BlockClaims; --narrow-ffn: CudaKernels.NarrowFfnActivations; --fold-append:
-//                                CudaPagedKernels.FuseBatchAppend)
+//                                CudaPagedKernels.FuseBatchAppend; --early-tables: CudaPagedKernels.EarlyBatchTables)
 //   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
 //                                (batch products over every layer's own matrices, sequence, step; timeline builds)
 //   KvSharp.GpuTests bench-kvzip [--config PATH] [--needle FOLDER] [--baseline OLD_paged_cache.cu] [--contexts 4096,32768]
@@ -95,8 +95,14 @@ switch (command)
                 Console.Error.WriteLine($"unknown --fold-append '{fold}' (on, off)");
                 return 2;
             }
+            string early = Option("--early-tables", "on");
+            if (early is not ("on" or "off"))
+            {
+                Console.Error.WriteLine($"unknown --early-tables '{early}' (on, off)");
+                return 2;
+            }
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on", fold == "on");
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on", fold == "on", early == "on");
             return 0;
         }
     case "bench-gemv":

@@ -77,11 +77,12 @@ public static class PagedDecodeBench
     /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>.
     /// </summary>
     internal static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "",
-        PipelinedBlockClaims claims = PipelinedBlockClaims.Measured, bool narrowFfn = true, bool foldAppend = true)
+        PipelinedBlockClaims claims = PipelinedBlockClaims.Measured, bool narrowFfn = true, bool foldAppend = true, bool earlyTables = true)
     {
         var (device, bandwidth, config, gpu) = DecodeBench.OpenDummyModel(configPath, log);
         CudaPagedKernels.For(device).BlockClaims = claims;
         CudaPagedKernels.For(device).FuseBatchAppend = foldAppend;
+        CudaPagedKernels.For(device).EarlyBatchTables = earlyTables;
         gpu.Kernels.NarrowFfnActivations = narrowFfn;
         using var _ = gpu;
         long weightBytes = gpu.WeightBytesReadPerToken;

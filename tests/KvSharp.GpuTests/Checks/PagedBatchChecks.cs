@@ -498,13 +498,14 @@ public static class PagedBatchChecks
     /// byte for byte (formats, counts, starts, codes, parameters, residual rows). The fold reads a residual its step filled
     /// as float32 rows and encodes it after the attention, where the launch encodes first: a fill step's logits differ by
     /// those rows' rounding, so its greedy tokens are compared for F16 only (at most one of the 312 apart, a near-tie) and
-    /// counted for the others.
+    /// counted for the others. The folded run goes twice, with the attention reading its split and descriptors after its wait
+    /// and before it (<see cref="CudaPagedKernels.EarlyBatchTables"/>): the same greedy tokens, every one.
     /// </summary>
     public static string FoldedAppend()
     {
         var report = new List<string>();
         var kernels = Kernels;
-        bool saved = kernels.FuseBatchAppend;
+        bool saved = kernels.FuseBatchAppend, savedEarly = kernels.EarlyBatchTables;
         const int steps = 40;
         try
         {
@@ -532,40 +533,57 @@ public static class PagedBatchChecks
                         expected = Heads(cache);
                     }
                     kernels.FuseBatchAppend = true;
-                    long before = kernels.FoldedAppendLaunches;
                     int apart = 0;
-                    using (var cache = gpu.CreatePagedCache(options, capacity, batch: batch))
+                    int[]? lateHistory = null;
+                    foreach (bool early in new[] { false, true })
                     {
-                        for (int s = 0; s < batch; s++) gpu.Forward(prompts[s], cache, LogitsMode.Last, s);
-                        var starts = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
-                        for (int k = 0; k + 1 < steps; k++)
+                        using (var cache = gpu.CreatePagedCache(options, capacity, batch: batch))
                         {
-                            gpu.BeginDecode(cache, greedy.Select(t => t[k]).ToArray());
-                            gpu.EnqueueDecodeSteps(cache, 1);
-                        }
-                        Dev.Synchronize();
-                        cache.CheckDeviceState();
-                        if (kernels.FoldedAppendLaunches == before) throw new CheckFailedException($"{what}: the decode graph did not fold the batch append");
-                        var history = new int[batch * cache.Capacity];
-                        cache.History.Download<int>(history);
-                        for (int s = 0; s < batch; s++)
+                            kernels.EarlyBatchTables = early;
+                            long before = kernels.FoldedAppendLaunches;
+                            for (int s = 0; s < batch; s++) gpu.Forward(prompts[s], cache, LogitsMode.Last, s);
+                            var starts = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
                             for (int k = 0; k + 1 < steps; k++)
-                                if (history[s * cache.Capacity + starts[s] + k] != greedy[s][k + 1]) apart++;
-                        var got = Heads(cache);
-                        for (int i = 0; i < got.Count; i++)
-                            PagedChecks.SameDeviceHead($"{what} sequence {i / config.NumKvHeads} head {i % config.NumKvHeads}", got[i], expected[i], hd, "unfolded");
+                            {
+                                gpu.BeginDecode(cache, greedy.Select(t => t[k]).ToArray());
+                                gpu.EnqueueDecodeSteps(cache, 1);
+                            }
+                            Dev.Synchronize();
+                            cache.CheckDeviceState();
+                            if (kernels.FoldedAppendLaunches == before) throw new CheckFailedException($"{what}: the decode graph did not fold the batch append");
+                            var history = new int[batch * cache.Capacity];
+                            cache.History.Download<int>(history);
+                            // The attention reading the tables before its wait (EarlyBatchTables) reads the same rows: the same tokens.
+                            if (lateHistory != null)
+                            {
+                                int changed = Enumerable.Range(0, history.Length).Count(i => history[i] != lateHistory[i]);
+                                if (changed > 0)
+                                    throw new CheckFailedException($"{what}: {changed} greedy tokens differ with the attention's tables read before its wait (seed {rnd.Seed})");
+                            }
+                            else
+                            {
+                                lateHistory = history;
+                                for (int s = 0; s < batch; s++)
+                                    for (int k = 0; k + 1 < steps; k++)
+                                        if (history[s * cache.Capacity + starts[s] + k] != greedy[s][k + 1]) apart++;
+                            }
+                            var got = Heads(cache);
+                            for (int i = 0; i < got.Count; i++)
+                                PagedChecks.SameDeviceHead($"{what} sequence {i / config.NumKvHeads} head {i % config.NumKvHeads}", got[i], expected[i], hd, "unfolded");
+                        }
                     }
                     gpu.Kernels.TensorCoreGemvWave = null;
                     if (kf == KvFormat.F16 && apart > 1)
                         throw new CheckFailedException($"{what}: {apart} of {batch * (steps - 1)} greedy tokens differ with the append folded (seed {rnd.Seed})");
                     differed.Add($"{kf}{(wave != null ? $" ({wave} blocks)" : "")} {apart}");
                 }
-                report.Add($"hd{hd}: 8 sequences' caches byte-equal folded and unfolded over {steps - 1} steps in 4 format pairs, on the device's grids and on grids of 8 blocks; greedy tokens apart at fill steps: {string.Join(", ", differed)} (seed {rnd.Seed})");
+                report.Add($"hd{hd}: 8 sequences' caches byte-equal folded and unfolded over {steps - 1} steps in 4 format pairs, on the device's grids and on grids of 8 blocks, the folded tokens the same with the attention's tables read before its wait; greedy tokens apart at fill steps: {string.Join(", ", differed)} (seed {rnd.Seed})");
             }
         }
         finally
         {
             kernels.FuseBatchAppend = saved;
+            kernels.EarlyBatchTables = savedEarly;
         }
         return string.Join("; ", report);
 

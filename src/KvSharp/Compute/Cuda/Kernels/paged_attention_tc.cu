@@ -2236,7 +2236,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
     const int* __restrict__ head_tokens, float* part_out, float* part_ml, int* counters, float* __restrict__ out,
     int heads, int kv_heads, int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, unsigned ring,
-    int merge_grid)
+    int merge_grid, int tables_early)
 {
     constexpr int HD = 128, vg = VG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -2259,15 +2259,40 @@ __device__ __forceinline__ void paged_attention_pipe(
         for (int b = 0; b < PIPE_BARS; b++) mbar_init(bar0 + 8 * b);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    pdl_wait(); // the tables, the appended token and the queries come from the kernel before
+    // tables_early (a batch step whose append is folded into the QKV product before, CudaPagedKernels.EarlyBatchTables):
+    // that kernel writes only the queries, the residuals' rows, each head's token count and its last block's (the
+    // residual's) descriptor count, so the split and the descriptors of its blocks are read before the wait, during the
+    // product's tail, and the token count and the last descriptor again after it (with the queries: one round trip).
+    const bool early = !STEAL && tables_early != 0;
+    if (!early) pdl_wait(); // the tables, the appended token and the queries come from the kernel before
     const WaveSplit ws = wave_split(head_blocks, head_tokens, kv_heads, rows, batch, chunk_blocks, splits);
     if (ws.kvh < 0) return; // past the layer's work: nothing to read or write
-    const int t = ws.t, kvh = ws.kvh, limit = ws.limit;
+    const int t = ws.t, kvh = ws.kvh;
     // STEAL: the unit's own run is the head's last block, in its last split; the others are claimed.
     const int b0 = STEAL ? max(ws.blocks - 1, 0) : ws.split * ws.chunk;
     const int nb = STEAL ? (ws.split == ws.live - 1 && ws.blocks > 0 ? 1 : 0) : min(ws.chunk, ws.blocks - b0);
     const uint4* hdesc = desc + (long)((batch ? t * kv_heads : 0) + kvh) * max_blocks + b0;
     const long first = ((long)t * heads + (long)kvh * G) * splits + ws.split;
+    // The split's descriptors (at most two a thread: the planner keeps chunk_blocks <= 2 * 128,
+    // CudaPagedKernels.PipelinedMaxChunkBlocks), issued with the G query loads of a thread where the wait came first: one
+    // round trip for both, where the descriptors' loads waited for the queries' stores.
+    uint4 dl[2];
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        if (threadIdx.x + k * PIPE_WARPS * 32 < nb) dl[k] = hdesc[threadIdx.x + k * PIPE_WARPS * 32];
+    int limit = ws.limit;
+    if (early)
+    {
+        pdl_wait(); // the queries, the appended token's count and its descriptor
+        // From L2: the reads before the wait may have left the old values in this SM's L1.
+        limit = __ldcg(head_tokens + wave_table(t * kv_heads + kvh, kv_heads, batch)) - (batch ? 0 : rows - 1 - t); // as wave_split
+        const int last = nb - 1; // the head's last block: its residual, whose count the append advanced
+        if (nb > 0 && b0 + nb == ws.blocks && (int)threadIdx.x == last % (PIPE_WARPS * 32))
+        {
+            if (last < PIPE_WARPS * 32) dl[0] = __ldcg(hdesc + last);
+            else dl[1] = __ldcg(hdesc + last);
+        }
+    }
     // The merge counts and reads the head's `live` splits of row t. Kept in shared memory until the merge: a register live
     // across the block loop (128 at most) is not free.
     __shared__ int live_splits, merge_row, merge_kvh, merge_split;
@@ -2275,13 +2300,6 @@ __device__ __forceinline__ void paged_attention_pipe(
     // The head's last split marks the slot after it empty: part_ml's readers outside attention (part_ml_lse) stop there
     // instead of reading slots an earlier launch left.
     if (ws.split == ws.live - 1 && ws.live < splits) empty_chunk(part_ml, first + 1, splits, G);
-    // The split's descriptors (at most two a thread: the planner keeps chunk_blocks <= 2 * 128,
-    // CudaPagedKernels.PipelinedMaxChunkBlocks) and the G query loads of a thread, issued together: one round trip for
-    // both, where the descriptors' loads waited for the queries' stores.
-    uint4 dl[2];
-#pragma unroll
-    for (int k = 0; k < 2; k++)
-        if (threadIdx.x + k * PIPE_WARPS * 32 < nb) dl[k] = hdesc[threadIdx.x + k * PIPE_WARPS * 32];
     float qx[G];
 #pragma unroll
     for (int k = 0; k < G; k++) qx[k] = q[((long)t * heads + (long)kvh * G) * HD + threadIdx.x + k * PIPE_WARPS * 32];
@@ -2566,11 +2584,11 @@ __device__ __forceinline__ void paged_attention_pipe(
     extern "C" __global__ void __launch_bounds__(128, PIPE_MIN_BLOCKS) paged_attn_p_g##G##_v##VG(const float* q, const u8* pool, const uint4* desc, \
         const int* head_blocks, const int* head_tokens, float* po, float* pml, int* counters, float* out, int heads, int kv_heads, \
         int max_blocks, int tokens, int rows, int chunk_blocks, int splits, float scale, int batch, int ring, const void* pfa, long pfn_a, \
-        const void* pfb, long pfn_b, int merge_grid) \
+        const void* pfb, long pfn_b, int merge_grid, int tables_early) \
     { \
         prefetch_l2(pfa, pfn_a, pfb, pfn_b); \
         paged_attention_pipe<G, VG, PIPE_STEAL_BUILD == 1>(q, pool, desc, head_blocks, head_tokens, po, pml, counters, out, heads, kv_heads, \
-            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid); \
+            max_blocks, tokens, rows, chunk_blocks, splits, scale, batch, (unsigned)ring, PIPE_STEAL_BUILD ? 0 : merge_grid, tables_early); \
     }
 #define PAGED_ATTN_PIPE_OF(G, VG) PAGED_ATTN_PIPE(G, VG)
 #ifdef PIPE_ONLY

@@ -568,8 +568,10 @@ public sealed partial class CudaPagedKvCache : DeviceKvCache
         var projection = a.Projection is { } p && _statistics == null && a.Hidden != 0 && _encodeLayer != a.Layer
             ? new CudaPagedKernels.OutputProjection(p.Pointer, p.Type, p.Rows, a.Hidden)
             : default;
+        // A folded batch append (EnqueueBatchFusedQkv) is the kernel just before: the attention may read its tables early.
         bool projected = _kernels.Attention(a.Q, _pool.Pointer, desc, blocks, tokens, a.Output, a.PartOut, a.PartMl, a.Counters, a.Rows, c.NumHeads,
-            c.NumKvHeads, c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, prefetch, projection);
+            c.NumKvHeads, c.HeadDim, MaxBlocks, BlockTokens, ValueGroup, a.Plan, AttentionKernel, a.Batch, VidKvTables, prefetch, projection,
+            tablesEarly: a.Batch && a.Appended && _encodeLayer == a.Layer);
         EnqueueStatistics(a);
         return projected;
     }

@@ -78,6 +78,15 @@ internal sealed partial class CudaPagedKernels
     public bool HeadMergeGrid { get; set; } = true;
 
     /// <summary>
+    /// Whether a pipelined batch launch whose caller vouches that the kernel before it is the batch QKV product with the
+    /// append folded in (<see cref="Attention"/>'s tablesEarly; <see cref="FuseBatchAppend"/>) reads the split and its
+    /// descriptors before its griddepcontrol.wait, during that product's tail, and only the head's token count and its last
+    /// descriptor after it (default: on). That product writes no block count and no descriptor but the residual's count.
+    /// Applies to launches queued, and graphs captured, after the change; bench-paged --early-tables compares.
+    /// </summary>
+    public bool EarlyBatchTables { get; set; } = true;
+
+    /// <summary>
     /// When the pipelined kernel's batch launches (one query row a sequence, heads merged in the kernel) let each warp
     /// claim its blocks from its head's pool (all but the head's last block, four at a time, an atomic add on the head's
     /// counter) instead of reading a fixed run of them, through a build of its own (PIPE_STEAL): a head's units then end
@@ -440,10 +449,13 @@ internal sealed partial class CudaPagedKernels
     /// while the attention runs (default: none; the VidKV kernel takes none). <paramref name="projection"/>: the output product
     /// after the attention, which a batch-1 pipelined launch folds into its head merge where it can (<see cref="MergeProjection"/>);
     /// true when it did (the residual then holds the product and the output the attention), false when the caller multiplies.
+    /// <paramref name="tablesEarly"/>: the caller's word that the kernel queued just before this one is the batch QKV product
+    /// with the append folded in (<see cref="EarlyBatchTables"/>).
     /// </summary>
     public bool Attention(ulong q, ulong pool, ulong desc, ulong headBlocks, ulong headTokens, ulong output, ulong partOut, ulong partMl,
         ulong counters, int rows, int heads, int kvHeads, int headDim, int maxBlocks, int blockTokens, int valueGroup, CudaKernels.AttentionPlan plan,
-        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default, OutputProjection projection = default)
+        PagedAttentionKernel kernel, bool batch = false, VidKvTables vid = default, L2Prefetch prefetch = default, OutputProjection projection = default,
+        bool tablesEarly = false)
     {
         int group = heads / kvHeads;
         if (!Supports(group, headDim)) throw new CudaException("paged attention", $"{group} query heads per KV head of dimension {headDim} are not supported (groups 1, 2, 3, 4, 8; dimensions 64, 128)");
@@ -470,7 +482,7 @@ internal sealed partial class CudaPagedKernels
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
-                Arg.Int(mergeGrid ? 1 : 0));
+                Arg.Int(mergeGrid ? 1 : 0), Arg.Int(tablesEarly && batch && EarlyBatchTables ? 1 : 0));
             if (!mergeGrid) return false;
             // The heads' merge folded into the output product: a block of 8 warps per query head and part of the rows,
             // parts filling one wave of two blocks a multiprocessor.
