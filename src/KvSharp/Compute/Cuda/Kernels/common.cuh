@@ -136,8 +136,11 @@ __device__ __forceinline__ void prefetch_l2(const void* a, long na, const void* 
 // Programmatic dependent launch (sm_90+; launches without the attribute make both no-ops). A kernel
 // launched with it may start while the previous kernel on the stream is still running: pdl_wait()
 // blocks until that kernel has finished and its writes are visible, so everything before it may only
-// read data no earlier kernel writes (weights). Every kernel calls pdl_wait() in every thread before
-// it exits, so "the previous kernel finished" implies the ones before it finished too.
+// read data no earlier kernel writes (weights). Every kernel has blocks that call pdl_wait() before
+// they trigger or exit, so "the previous kernel finished" implies the ones before it finished too (blocks
+// with nothing to do may leave without waiting: paged_cache.cu's encode blocks with no full head, the
+// pipelined attention's units past the layer's work when it reads its tables early; their grids' other
+// blocks wait, and trigger only after it).
 // pdl_trigger() lets the next kernel's blocks be scheduled as this kernel's blocks retire. Every kernel
 // calls it after its own pdl_wait(), so a kernel running before its wait overlaps only the kernel just
 // before it: what only earlier kernels wrote is complete then (through L2: __ldcg), which the split batch

@@ -1022,8 +1022,8 @@ PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16_64, false, 64)
 // encoded in the cache's formats and an empty residual opened after it. PARTS: APPEND_SPLIT tasks a head sharing one slot
 // claim and an arrival counter as paged_rope_append_split's blocks do: for INT8/4/2 pairs (CudaPagedKernels.SplitsAppend)
 // each encodes a quarter of the channels, staged alone (8 KB for 32 tokens of 128 channels) in the product's reduction
-// buffers (mma_shared), so that the launch asks no more shared memory than the plain product, whose carve-out leaves its
-// tiles the L1 they read their activations through; for float pairs (F32/BF16/F16/FP8, per element) each converts a
+// buffers (mma_shared), so that the parts launch asks no more shared memory than the plain product, whose carve-out leaves
+// its tiles the L1 they read their activations through (the whole-head launch keeps residual_full's 32 KB stage); for float pairs (F32/BF16/F16/FP8, per element) each converts a
 // quarter of the elements straight from the residual. Else one task a head, residual_full. The `encoders` blocks take
 // tasks encoders apart; a task whose head is not full is skipped, and a block with no full head among its tasks leaves
 // before pdl_wait (KIVI's heads fill together once in `tokens` steps, KVzip's a few a step: H100, 8 x 32K, KVzip 0.3 +
@@ -1047,6 +1047,7 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
         for (; task < tasks; task += encoders)
         {
             nb = __ldcg(a.head_blocks + task / per);
+            if (nb <= 0) continue; // no residual yet: nothing to encode (and no descriptor before the table to read)
             r = __ldcg(a.desc + (long)(task / per) * a.max_blocks + nb - 1);
             if (desc_count(r) >= a.tokens) break; // uniform over the block
         }
@@ -1073,7 +1074,8 @@ __device__ __forceinline__ void encode_fills(const AppendTarget& a, int* arrival
                 continue;
             }
             __shared__ unsigned long long slot_s;
-            // The product's reduction buffers (mma_shared): this block never runs the product.
+            // The product's reduction buffers (mma_shared): this block never runs the product. A quarter's rows (tokens · w
+            // floats) fit PART_STAGE by the host's choice of this path (CudaPagedKernels.SplitsAppend: tokens · hd <= 4096).
             static_assert(sizeof(MmaShared) >= 2 * PART_STAGE * sizeof(float), "a quarter's stage fits the product's buffers");
             float* staged = reinterpret_cast<float*>(&mma_shared());
             const int claimer = blockDim.x - 1;

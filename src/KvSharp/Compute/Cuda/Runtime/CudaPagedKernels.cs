@@ -86,6 +86,11 @@ internal sealed partial class CudaPagedKernels
     /// </summary>
     public bool EarlyBatchTables { get; set; } = true;
 
+    private long _earlyTablesLaunches;
+
+    /// <summary>Pipelined launches queued with their tables read before the wait (<see cref="EarlyBatchTables"/>; graph captures included): the checks' evidence.</summary>
+    internal long EarlyTablesLaunches => Interlocked.Read(ref _earlyTablesLaunches);
+
     /// <summary>
     /// When the pipelined kernel's batch launches (one query row a sequence, heads merged in the kernel) let each warp
     /// claim its blocks from its head's pool (all but the head's last block, four at a time, an atomic add on the head's
@@ -478,11 +483,14 @@ internal sealed partial class CudaPagedKernels
             // shorter chunk, as the checks' grids of few units, has not): other launches read fixed runs.
             bool steal = plan.Steal && batch && !mergeGrid && plan.SharedBytes >= ClaimsSharedBytes(group, plan.Chunk, ring);
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
+            // The claiming build reads its tables after the wait whatever the flag says.
+            bool early = tablesEarly && batch && EarlyBatchTables;
+            if (early && !steal) Interlocked.Increment(ref _earlyTablesLaunches);
             Decode(Pipelined(group, valueGroup, plan.Formats, steal)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
                 Arg.Int(batch ? 1 : 0), Arg.Int(ring), prefetch.First, Arg.Long(prefetch.FirstBytes), prefetch.Second, Arg.Long(prefetch.SecondBytes),
-                Arg.Int(mergeGrid ? 1 : 0), Arg.Int(tablesEarly && batch && EarlyBatchTables ? 1 : 0));
+                Arg.Int(mergeGrid ? 1 : 0), Arg.Int(early ? 1 : 0));
             if (!mergeGrid) return false;
             // The heads' merge folded into the output product: a block of 8 warps per query head and part of the rows,
             // parts filling one wave of two blocks a multiprocessor.
