@@ -546,6 +546,8 @@ public static class PagedBatchChecks
                             long before = kernels.FoldedAppendLaunches, earlyBefore = kernels.EarlyTablesLaunches;
                             for (int s = 0; s < batch; s++) gpu.Forward(prompts[s], cache, LogitsMode.Last, s);
                             var starts = Enumerable.Range(0, batch).Select(cache.LengthOf).ToArray();
+                            // Where step k's token of sequence s is in History (the steps write nothing else of it).
+                            int At(int s, int k) => s * cache.Capacity + starts[s] + k;
                             for (int k = 0; k + 1 < steps; k++)
                             {
                                 gpu.BeginDecode(cache, greedy.Select(t => t[k]).ToArray());
@@ -562,8 +564,7 @@ public static class PagedBatchChecks
                             // compared where the steps wrote them (the rest of the buffer is whatever the allocation held).
                             if (lateHistory != null)
                             {
-                                int changed = Enumerable.Range(0, batch).Sum(s => Enumerable.Range(0, steps - 1)
-                                    .Count(k => history[s * cache.Capacity + starts[s] + k] != lateHistory[s * cache.Capacity + starts[s] + k]));
+                                int changed = Enumerable.Range(0, batch).Sum(s => Enumerable.Range(0, steps - 1).Count(k => history[At(s, k)] != lateHistory[At(s, k)]));
                                 if (changed > 0)
                                     throw new CheckFailedException($"{what}: {changed} greedy tokens differ with the attention's tables read before its wait (seed {rnd.Seed})");
                             }
@@ -572,7 +573,7 @@ public static class PagedBatchChecks
                                 lateHistory = history;
                                 for (int s = 0; s < batch; s++)
                                     for (int k = 0; k + 1 < steps; k++)
-                                        if (history[s * cache.Capacity + starts[s] + k] != greedy[s][k + 1]) apart++;
+                                        if (history[At(s, k)] != greedy[s][k + 1]) apart++;
                             }
                             var got = Heads(cache);
                             for (int i = 0; i < got.Count; i++)

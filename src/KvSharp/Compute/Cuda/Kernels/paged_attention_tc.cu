@@ -2065,7 +2065,7 @@ __device__ __forceinline__ WaveSplit wave_split(const int* head_blocks, const in
             w.blocks = __shfl_sync(0xffffffffu, b, src);
             const int tokens = g0 == 0 ? __shfl_sync(0xffffffffu, mt[0], src) : g0 == 32 ? __shfl_sync(0xffffffffu, mt[1], src)
                 : head_tokens[wave_table(pair, kv_heads, batch)];
-            w.limit = tokens - (batch ? 0 : rows - 1 - w.t); // as paged_head
+            w.limit = row_visible(tokens, rows, w.t, batch);
             return w;
         }
         base += __shfl_sync(0xffffffffu, incl, 31);
@@ -2285,7 +2285,7 @@ __device__ __forceinline__ void paged_attention_pipe(
     {
         pdl_wait(); // the queries, the appended token's count and its descriptor
         // From L2: the reads before the wait may have left the old values in this SM's L1.
-        limit = __ldcg(head_tokens + wave_table(t * kv_heads + kvh, kv_heads, batch)) - (batch ? 0 : rows - 1 - t); // as wave_split
+        limit = row_visible(__ldcg(head_tokens + wave_table(t * kv_heads + kvh, kv_heads, batch)), rows, t, batch);
         const int last = nb - 1; // the head's last block: its residual, whose count the append advanced
         if (nb > 0 && b0 + nb == ws.blocks && (int)threadIdx.x == last % (PIPE_WARPS * 32))
         {

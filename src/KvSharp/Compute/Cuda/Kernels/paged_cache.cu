@@ -1023,8 +1023,8 @@ PAGED_BATCH_QKV(paged_qkv_rope_append_batch_f16_64, false, 64)
 // claim and an arrival counter as paged_rope_append_split's blocks do: for INT8/4/2 pairs (CudaPagedKernels.SplitsAppend)
 // each encodes a quarter of the channels, staged alone (8 KB for 32 tokens of 128 channels) in the product's reduction
 // buffers (mma_shared), so that the parts launch asks no more shared memory than the plain product, whose carve-out leaves
-// its tiles the L1 they read their activations through (the whole-head launch keeps residual_full's 32 KB stage); for float pairs (F32/BF16/F16/FP8, per element) each converts a
-// quarter of the elements straight from the residual. Else one task a head, residual_full. The `encoders` blocks take
+// its tiles the L1 they read their activations through (the whole-head launch keeps residual_full's 32 KB stage); for
+// float pairs (F32/BF16/F16/FP8, per element) each converts a quarter of the elements straight from the residual. Else one task a head, residual_full. The `encoders` blocks take
 // tasks encoders apart; a task whose head is not full is skipped, and a block with no full head among its tasks leaves
 // before pdl_wait (KIVI's heads fill together once in `tokens` steps, KVzip's a few a step: H100, 8 x 32K, KVzip 0.3 +
 // INT4 0.37% faster a step). The same bytes as the append's own launch (CudaPagedKernels.RopeAppend).
@@ -1357,7 +1357,7 @@ extern "C" __global__ void __launch_bounds__(STATS_THREADS) paged_stats_accumula
         for (int a = 0; a < 4; a++)
         {
             const int qi = ty * 4 + a;
-            const int visible = n - (rows - 1 - (r0 + qi / group)); // storage indices this row sees
+            const int visible = row_visible(n, rows, r0 + qi / group, 0); // storage indices this row sees
 #pragma unroll
             for (int b = 0; b < 4; b++)
             {

@@ -143,14 +143,17 @@ __device__ __forceinline__ float decode_element(const u8* b, int f, bool keys, i
 
 // ---- What the kernels share: the grid block's split, the split's block offsets, the chunk softmax, an empty chunk. ----
 
-// The table head that query row t reads for KV head kvh, and in limit the stored tokens the row sees. Without batch
-// the rows are consecutive tokens of one sequence (row t sees all but the head's last rows-1-t stored tokens: the rows
-// appended with it); with batch row t is sequence t, whose heads follow sequence t-1's in the layer's tables
-// ([layer, sequence, kv head]), and it sees all of its head's tokens.
+// The stored tokens query row t sees of a head of `tokens`. Without batch the rows are consecutive tokens of one sequence
+// (row t sees all but the head's last rows-1-t stored tokens: the rows appended with it); with batch row t is sequence t,
+// and it sees all of its head's tokens.
+__device__ __forceinline__ int row_visible(int tokens, int rows, int t, int batch) { return tokens - (batch ? 0 : rows - 1 - t); }
+
+// The table head that query row t reads for KV head kvh, and in limit the stored tokens the row sees (row_visible). With
+// batch, sequence t's heads follow sequence t-1's in the layer's tables ([layer, sequence, kv head]).
 __device__ __forceinline__ int paged_head(int t, int kvh, int kv_heads, int rows, int batch, const int* head_tokens, int& limit)
 {
     const int head = batch ? t * kv_heads + kvh : kvh;
-    limit = head_tokens[head] - (batch ? 0 : rows - 1 - t);
+    limit = row_visible(head_tokens[head], rows, t, batch);
     return head;
 }
 

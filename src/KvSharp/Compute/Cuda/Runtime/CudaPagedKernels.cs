@@ -483,9 +483,9 @@ internal sealed partial class CudaPagedKernels
             // shorter chunk, as the checks' grids of few units, has not): other launches read fixed runs.
             bool steal = plan.Steal && batch && !mergeGrid && plan.SharedBytes >= ClaimsSharedBytes(group, plan.Chunk, ring);
             var grid = plan.Units > 0 ? new Dim3((uint)plan.Units, (uint)Math.Max(1, plan.Waves), 1) : new Dim3((uint)plan.Splits, (uint)kvHeads, (uint)rows);
-            // The claiming build reads its tables after the wait whatever the flag says.
-            bool early = tablesEarly && batch && EarlyBatchTables;
-            if (early && !steal) Interlocked.Increment(ref _earlyTablesLaunches);
+            // Not in the claiming build, whose claims read the tables after the wait.
+            bool early = tablesEarly && batch && EarlyBatchTables && !steal;
+            if (early) Interlocked.Increment(ref _earlyTablesLaunches);
             Decode(Pipelined(group, valueGroup, plan.Formats, steal)).Launch(grid, Threads, plan.SharedBytes,
                 q, pool, desc, headBlocks, headTokens, partOut, partMl, counters, output, Arg.Int(heads), Arg.Int(kvHeads), Arg.Int(maxBlocks),
                 Arg.Int(blockTokens), Arg.Int(rows), Arg.Int(plan.Chunk), Arg.Int(plan.Splits), Arg.Float(1f / MathF.Sqrt(headDim)),
