@@ -357,6 +357,15 @@ struct AppendTarget
 // Floats of a residual block that residual_full stages in shared memory (keys and values each): 32 tokens of 128 channels.
 #define RESIDUAL_STAGE 4096
 
+// The block's residual rows staged for encoding (residual_full), which the fused append's product lends to its staged
+// norm before (PagedQkvAppend::stage): one array, so that the kernel's static shared memory stays under 48 KB.
+__device__ __forceinline__ float4* residual_stage()
+{
+    __shared__ float4 staged[2 * RESIDUAL_STAGE / 4];
+    return staged;
+}
+static_assert(2 * RESIDUAL_STAGE >= GEMV_STAGE, "the residual's staging holds the product's staged activations");
+
 // After residual r of a head with nb blocks was encoded into block nb - 1 (its descriptor already rewritten): the same
 // slots become an empty residual, block nb, whose first token follows the encoded block's, and the head counts it.
 // Thread 0 only; residual_full and the split batch append's last block.
@@ -386,7 +395,7 @@ __device__ void residual_full(const AppendTarget& a, int head, uint4 r, bool unr
     const float* rv = reinterpret_cast<const float*>(a.pool + (size_t)r.y * 16);
     // The rows go to shared memory first, with 8 independent 16-byte loads per thread in flight: encode_block's element
     // loops wait for memory once per iteration, which cost 25 us per F16 block pair read from the pool (H100, ncu).
-    __shared__ float4 staged[2 * RESIDUAL_STAGE / 4];
+    float4* staged = residual_stage();
     const int n4 = a.tokens * a.hd / 4;
     if (n4 <= RESIDUAL_STAGE / 4)
     {
@@ -785,6 +794,9 @@ struct PagedQkvAppend
         float freq;
     };
 
+    // The product's staged activations borrow the residual's staging (used only after the product, past finish's barrier).
+    __device__ static __forceinline__ float4* stage() { return residual_stage(); }
+
     __device__ __forceinline__ Early early(int head, int i) const
     {
         Early e{};
@@ -844,9 +856,10 @@ struct PagedQkvAppend
 // Grid: (heads + 2 kv_heads) · hd / 16 blocks of 256 threads (hd a multiple of 16). Tables pre-offset to the layer.
 // Its register count matters beyond its own time: capped at 64 (launch bounds (256, 4): 4 blocks an SM instead of 2 at
 // NVRTC 12.4's 88), the KIVI caches at 128K, batch 1, decode 7-8% slower a step on an H100 though the kernels alone take
-// the same time (docs/benchmarks.md, issue 7, "The fused append's cost"): re-measure those rows after changing it.
+// the same time (docs/benchmarks.md, issue 7, "The fused append's cost"): re-measure those rows after changing it. Held
+// to 85 (3 blocks an SM) since the norm is staged in shared memory (gemv.cuh), which NVRTC 12.4 otherwise gave 92.
 #define PAGED_QKV(NAME, W) \
-    extern "C" __global__ void __launch_bounds__(256) paged_qkv_rope_append_##NAME(const W::T* w, const float* x, const float* nw, float eps, \
+    extern "C" __global__ void __launch_bounds__(256, 3) paged_qkv_rope_append_##NAME(const W::T* w, const float* x, const float* nw, float eps, \
         int rows, int cols, float* q_out, const float* inv_freq, const int* pos, int heads, int kv_heads, int hd, int interleaved, u8* pool, \
         uint4* desc, int* head_blocks, int* head_tokens, unsigned* top, int* error, unsigned capacity, int max_blocks, int tokens, int vg, int kf, \
         int vf, unsigned* arrivals) \
