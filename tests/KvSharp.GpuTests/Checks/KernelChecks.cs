@@ -216,13 +216,15 @@ public static class KernelChecks
     /// and the fused RMSNorm of the input. The tensor-core kernel's warps take 4 steps of 32 columns at 1024 columns (one
     /// group of its load ring), 9 at 2304 (two groups and a remainder) and 3 at 768 (the remainder alone); each of its
     /// cases also with a grid of 4 blocks (several row tiles a block: at 1024 columns the ring runs on into the next tile).
+    /// One row of 8448 columns: the normed one-row products stage their activations 4096 columns at a time (gemv.cuh's
+    /// GEMV_STAGE), here two full stages and a part.
     /// </summary>
     public static string Gemv()
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 1024, 2304, 768, 172 })
-                foreach (int n in new[] { 1, 2, 3, 4, 5, 6, 7, 8 })
+            foreach (int cols in new[] { 1024, 2304, 768, 172, 8448 })
+                foreach (int n in cols > 4096 ? [1] : new[] { 1, 2, 3, 4, 5, 6, 7, 8 })
                     foreach (var (mode, normed) in new[] { (CudaKernels.GemvMode.Store, false), (CudaKernels.GemvMode.Accumulate, false),
                         (CudaKernels.GemvMode.SwiGlu, false), (CudaKernels.GemvMode.Store, true), (CudaKernels.GemvMode.SwiGlu, true) })
                     {
