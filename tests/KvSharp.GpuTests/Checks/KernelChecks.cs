@@ -214,8 +214,10 @@ public static class KernelChecks
     /// Matrix-vector kernels: each weight type, 1-8 rows, vectorized (cols % 8 == 0) and scalar widths, an odd
     /// row count (two rows per warp; a partial last tile of the tensor-core kernel), the accumulate and SwiGLU epilogues,
     /// and the fused RMSNorm of the input. The tensor-core kernel's warps take 4 steps of 32 columns at 1024 columns (one
-    /// group of its load ring), 9 at 2304 (two groups and a remainder) and 3 at 768 (the remainder alone); each of its
-    /// cases also with a grid of 4 blocks (several row tiles a block: at 1024 columns the ring runs on into the next tile).
+    /// group of the normed products' 4-step load ring), 9 at 2304 (groups and a remainder), 3 at 768 (the remainder
+    /// alone) and 6 at 1536 (one group of the 6-step ring of the products without a norm); each of its cases also with a
+    /// grid of 4 blocks (several row tiles a block: where the steps are a multiple of the ring, at 1024 columns for the
+    /// normed products and 1536 for the others, the ring runs on into the next tile).
     /// One row of 8448 columns: the normed one-row products stage their activations 4096 columns at a time (gemv.cuh's
     /// GEMV_STAGE), here two full stages and a part.
     /// </summary>
@@ -223,7 +225,7 @@ public static class KernelChecks
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 1024, 2304, 768, 172, 8448 })
+            foreach (int cols in new[] { 1024, 2304, 768, 1536, 172, 8448 })
                 foreach (int n in cols > 4096 ? [1] : new[] { 1, 2, 3, 4, 5, 6, 7, 8 })
                     foreach (var (mode, normed) in new[] { (CudaKernels.GemvMode.Store, false), (CudaKernels.GemvMode.Accumulate, false),
                         (CudaKernels.GemvMode.SwiGlu, false), (CudaKernels.GemvMode.Store, true), (CudaKernels.GemvMode.SwiGlu, true) })

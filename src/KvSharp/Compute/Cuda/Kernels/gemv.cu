@@ -28,14 +28,19 @@ GEMV_ALL(gemv_f16, WeightF16)
 
 #include "gemv_mma.cuh"
 
-// 3 blocks of 256 threads a multiprocessor (at most 85 registers): the QKV product's 384 blocks (Llama-3.1-8B) in one wave.
+// The normed products: 3 blocks of 256 threads a multiprocessor (at most 85 registers), the QKV product's 384 blocks
+// (Llama-3.1-8B) in one wave. The others: a deeper ring at 2 blocks (at most 128 registers; gemv_mma.cuh, MMA_RING_DEEP).
 #define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
 #define GEMV_MMA(NAME, BF) \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME(GEMV_MMA_ARGS) { gemv_mma<BF, 0, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_MMA_ARGS) \
+    { gemv_mma<BF, 0, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_acc_h16(GEMV_MMA_ARGS) { gemv_mma<BF, 1, false, true>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu(GEMV_MMA_ARGS) { gemv_mma<BF, 2, false>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_acc(GEMV_MMA_ARGS) \
+    { gemv_mma<BF, 1, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_acc_h16(GEMV_MMA_ARGS) \
+    { gemv_mma<BF, 1, false, true, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_swiglu(GEMV_MMA_ARGS) \
+    { gemv_mma<BF, 2, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm_h16(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_argmax_norm(GEMV_MMA_ARGS, unsigned long long* best) \

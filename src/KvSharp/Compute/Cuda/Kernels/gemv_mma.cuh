@@ -37,8 +37,12 @@ constexpr int MMA_WARPS = 8;
 // (__launch_bounds__ below: 80 registers) measured fastest on an H100 (docs/benchmarks.md, branch gpumma8): 4 blocks
 // (64 registers) were 5% slower a batch-8 step at 4K, 8 steps (2 blocks) 5%, two row tiles a warp sharing the activations
 // (4 steps, 2 blocks) 0.4%, a 4- or 5-step cp.async ring in shared memory 13-14%, columns split over 2 blocks adding
-// atomically (the 256-block products) 0.7%.
+// atomically (the 256-block products) 0.7%. The products without a fused norm (gemv.cu's attention output, down and plain
+// products) take MMA_RING_DEEP steps at 2 blocks a multiprocessor (128 registers): on an H200, whose memory is 1.4x an
+// H100's, they held too few bytes in flight at 4 (attention output 64% of the copy bandwidth, down 71%; 6 steps: 84%
+// and 87%, 8 steps: 79% and 85%; stop 35). The normed ones keep 4 (their activation and norm loads take the registers).
 constexpr int MMA_RING = 4;
+constexpr int MMA_RING_DEEP = 6;
 
 // A block's reduction buffers (warps' C fragments and the fused norm's sums, each alternating by tile) as one object a
 // kernel (a function's static shared variable), for gemv_mma's SHARED_RED: paged_cache.cu's encode blocks, which never run
@@ -90,7 +94,7 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p)
 // SHARED_RED: the reduction buffers are mma_shared()'s, which the kernel's other blocks may use for their own work.
 // others: blocks after the product's in the grid (paged_cache.cu's encode blocks beside the attention-output product): the
 // product's tiles go to blocks 0 .. gridDim.x - others - 1.
-template <bool BF16, int MODE, bool NORM, bool H16 = false, class Epi = int, bool SHARED_RED = false>
+template <bool BF16, int MODE, bool NORM, bool H16 = false, class Epi = int, bool SHARED_RED = false, int D = MMA_RING>
 __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
     const float* __restrict__ nw, float eps, int rows, int cols, int nt, unsigned long long* __restrict__ best = nullptr, int others = 0,
     const Epi& epi = Epi())
@@ -98,7 +102,6 @@ __device__ __forceinline__ void gemv_mma(const u16* __restrict__ w, const float*
     static_assert(!H16 || MODE == 1 || MODE == 2, "16-bit activations: the SwiGLU product's output, the accumulating product's input");
     static_assert(!H16 || MODE != 1 || !NORM, "the fused norm reads float32 activations");
     constexpr bool XH = H16 && MODE == 1; // activations in 16 bits
-    constexpr int D = MMA_RING;
     constexpr int TILE = MODE == 2 ? 8 : 16;
     float4 (*red)[MMA_WARPS][32];
     float (*ssr)[MMA_WARPS][8];
