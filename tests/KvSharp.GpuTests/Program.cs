@@ -9,8 +9,8 @@ using KvSharp.GpuTests.Checks;
 //                          [--prefill 4096,32768]
 //   KvSharp.GpuTests bench-paged [--config PATH] [--contexts 4096,32768,131072] [--batch 1,8] [--steps 32]
 //                                [--only NAME-PART|NAME-PART] [--claims off|measured|always] [--narrow-ffn on|off]
-//                                [--fold-append on|off] [--early-tables on|off]
-//                                (compressed device caches; --claims: the pipelined attention's block claims in batch steps,
+//                                [--fold-append on|off] [--early-tables on|off] [--repeats 3]
+//                                (compressed device caches, each row the median of --repeats timed runs; --claims: the pipelined attention's block claims in batch steps,
 //                                CudaPagedKernels.BlockClaims; --narrow-ffn: CudaKernels.NarrowFfnActivations; --fold-append:
 //                                CudaPagedKernels.FuseBatchAppend; --early-tables: CudaPagedKernels.EarlyBatchTables)
 //   KvSharp.GpuTests bench-gemv [--config PATH] [--batch 8] [--rounds 2] [--contexts 4096] [--steps 32]
@@ -101,8 +101,13 @@ switch (command)
                 Console.Error.WriteLine($"unknown --early-tables '{early}' (on, off)");
                 return 2;
             }
+            if (!int.TryParse(Option("--repeats", "3"), out int repeats) || repeats < 1)
+            {
+                Console.Error.WriteLine($"--repeats takes a count of timed runs a row (1 or more), not '{Option("--repeats", "")}'");
+                return 2;
+            }
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on", fold == "on", early == "on");
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on", fold == "on", early == "on", repeats);
             return 0;
         }
     case "bench-gemv":
