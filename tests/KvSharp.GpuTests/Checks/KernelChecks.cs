@@ -422,13 +422,14 @@ public static class KernelChecks
 
     /// <summary>
     /// The decode QKV product with the attention norm, RoPE (both pairings) and the float16 cache append fused into its
-    /// epilogue, against the float64 product, norm and rotation; widths with and without 16-byte vectors.
+    /// epilogue, against the float64 product, norm and rotation; widths with and without 16-byte vectors, and one wider than
+    /// a stage of the staged norm (4160 columns: gemv.cuh's GEMV_STAGE of 4096 and a part).
     /// </summary>
     public static string GemvQkvRope()
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 1024, 172 })
+            foreach (int cols in new[] { 1024, 172, 4160 })
                 foreach (bool interleaved in new[] { false, true })
                 {
                     var rnd = new RandomData();
@@ -703,8 +704,8 @@ public static class KernelChecks
     {
         var report = new List<string>();
         foreach (var type in new[] { DeviceWeightType.BF16, DeviceWeightType.F16, DeviceWeightType.F32 })
-            foreach (int cols in new[] { 512, 172 })
-                foreach (int n in new[] { 1, 3, 8 })
+            foreach (int cols in new[] { 512, 172, 4160 }) // 4160: one row's staged norm takes a stage of 4096 and a part
+                foreach (int n in cols > 4096 ? [1] : new[] { 1, 3, 8 })
                 {
                     bool tensorCores = n > 1 && type != DeviceWeightType.F32 && cols % CudaKernels.TensorCoreGemvColumns == 0;
                     foreach (int? wave in tensorCores ? new int?[] { null, 4 } : [null])

@@ -12,8 +12,9 @@
 // fragments are summed through shared memory. Every weight byte is read once and every activation element is loaded
 // once per 16 weight rows, where gemv.cuh's CUDA-core kernel reloads activations per two rows (its L1 traffic limits it
 // to ~1/3 of the bandwidth at 8 rows).
-// Each lane keeps MMA_RING steps of weight loads in flight (a register ring, the first MMA_RING steps loaded before
-// pdl_wait): the earlier loop, compiled with one or two steps' loads in flight, was latency-bound (a batch-8 step 18% slower).
+// Each lane keeps D steps of weight loads in flight (a register ring, the first D steps loaded before pdl_wait; D is
+// MMA_RING or, for gemv.cu's products without a norm, MMA_RING_DEEP): the earlier loop, compiled with one or two steps'
+// loads in flight, was latency-bound (a batch-8 step 18% slower).
 template <bool BF16>
 __device__ __forceinline__ unsigned pack_x(float lo, float hi)
 {

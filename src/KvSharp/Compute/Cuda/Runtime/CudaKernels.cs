@@ -25,7 +25,7 @@ internal sealed class CudaKernels : IDisposable
     {
         _device = device;
         _elementwise = CudaModule.LoadEmbedded(device, "elementwise.cu");
-        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv.cu's MMA_RING), and
+        // Every product loads its first weights before griddepcontrol.wait (gemv.cuh's GEMV_PREFETCH, gemv_mma.cuh's ring), and
         // keeps its activations in L1 (CudaFunction.PreferL1: the paged attention's carve-out left it 28 KB).
         _gemv = CudaModule.LoadEmbedded(device, "gemv.cu", _ => true, preferL1Threads: Threads);
         // The pipelined streaming attention issues its first K/V loads before griddepcontrol.wait (attention.cu).
