@@ -249,7 +249,6 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
         if (vectorized)
         {
             float4* xs = RA::stage();
-            __shared__ float stage_ss[32];
             typename RA::Early early{};
             if (MODE == 3 && active) early = ra.early(pair_head, pair_dim);
             float a0 = 0.0f, a1 = 0.0f, ss = 0.0f;
@@ -278,13 +277,8 @@ __device__ __forceinline__ void gemv(const typename W::T* __restrict__ w, const 
                 for (int i = first + lane; i < hi; i += 32) gemv_step_staged<W>(load_stream(v0 + i), load_stream(v1 + i), xs, i - first, a0, a1);
             }
             pdl_trigger(); // the next kernel's blocks may take this one's place as its warps finish
-            ss = warp_sum(ss);
-            if (lane == 0) stage_ss[threadIdx.x >> 5] = ss;
-            __syncthreads();
+            const float inv = 1.0f / sqrtf(block_sum(ss) / cols + eps);
             if (!active) return;
-            float total = 0.0f;
-            for (int k = 0; k < (int)(blockDim.x >> 5); k++) total += stage_ss[k];
-            const float inv = 1.0f / sqrtf(total / cols + eps);
             const float s0 = warp_sum(a0) * inv, s1 = warp_sum(a1) * inv;
             if (lane == 0)
             {
