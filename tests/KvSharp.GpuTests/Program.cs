@@ -31,6 +31,14 @@ string Option(string name, string fallback)
     int i = Array.IndexOf(args, name);
     return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
 }
+// A switch's value (default on); null, with a message, when it is neither on nor off.
+bool? OnOff(string name)
+{
+    string value = Option(name, "on");
+    if (value is "on" or "off") return value == "on";
+    Console.Error.WriteLine($"unknown {name} '{value}' (on, off)");
+    return null;
+}
 
 if (CudaDevice.UnavailableReason is { } reason)
 {
@@ -83,31 +91,15 @@ switch (command)
                 Console.Error.WriteLine($"unknown --claims '{Option("--claims", "")}' (off, measured, always)");
                 return 2;
             }
-            string narrow = Option("--narrow-ffn", "on");
-            if (narrow is not ("on" or "off"))
-            {
-                Console.Error.WriteLine($"unknown --narrow-ffn '{narrow}' (on, off)");
+            if (OnOff("--narrow-ffn") is not bool narrow || OnOff("--fold-append") is not bool fold || OnOff("--early-tables") is not bool early)
                 return 2;
-            }
-            string fold = Option("--fold-append", "on");
-            if (fold is not ("on" or "off"))
-            {
-                Console.Error.WriteLine($"unknown --fold-append '{fold}' (on, off)");
-                return 2;
-            }
-            string early = Option("--early-tables", "on");
-            if (early is not ("on" or "off"))
-            {
-                Console.Error.WriteLine($"unknown --early-tables '{early}' (on, off)");
-                return 2;
-            }
             if (!int.TryParse(Option("--repeats", "3"), out int repeats) || repeats < 1)
             {
                 Console.Error.WriteLine($"--repeats takes a count of timed runs a row (1 or more), not '{Option("--repeats", "")}'");
                 return 2;
             }
             PagedDecodeBench.Run(Option("--config", Path.Combine("bench", "configs", "llama-3.1-8b.json")), contexts, batches,
-                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow == "on", fold == "on", early == "on", repeats);
+                int.Parse(Option("--steps", "32")), Console.Out, Option("--only", ""), claims, narrow, fold, early, repeats);
             return 0;
         }
     case "bench-gemv":
