@@ -80,16 +80,24 @@ case "${1:-}" in
     mkdir -p "$dir"
     export KVSHARP_CUDA_CACHE="${KVSHARP_CUDA_CACHE:-/tmp/kvsharp-cuda}"
     config=bench/configs/llama-3.1-8b.json
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$dir/device.txt" || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader | tee "$dir/device.txt" || true
+    # The board's clocks, power and clock event reasons every 100 ms while the benchmarks run: on an H200 the dense batch-8
+    # step reaches the 700 W software power cap (reason 0x4) and its SM clock drops (docs/benchmarks.md, "Stop 36").
+    smi=""
+    if nvidia-smi --query-gpu=timestamp --format=csv,noheader > /dev/null 2>&1; then
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv -lms 100 > "$dir/smi.csv" 2>&1 &
+      smi=$!
+    fi
     status=0
     .gpu/app/KvSharp.GpuTests bench --config $config --contexts 512,4096,32768,131072 --batch 8 --batch-contexts 4096,32768 \
       --steps 32 --prefill 4096,32768 > "$dir/dense.txt" 2>&1 || status=$?
-    # The compressed caches at the three contexts; each row the median of 5 timed runs (the dense reference spread
-    # up to 6% over 3 on an H200, docs/benchmarks.md "Stop 35").
+    # The compressed caches at the three contexts; each row the median of 5 timed runs after a heat-up (the dense
+    # reference spread up to 7% on an H200 when timed in the power cap's transient after idle, docs/benchmarks.md "Stop 36").
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --contexts 4096,32768,131072 --steps 16 --repeats 5 > "$dir/paged1.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 4096,32768,131072 --steps 16 --repeats 5 > "$dir/paged8.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-sampling --config bench/configs/needle.json > "$dir/sampling.txt" 2>&1 || status=$?
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
+    if [ -n "$smi" ]; then kill "$smi" 2> /dev/null || true; fi
     grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
     exit $status
     ;;
