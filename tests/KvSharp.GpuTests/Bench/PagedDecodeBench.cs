@@ -76,8 +76,9 @@ public static class PagedDecodeBench
     /// Times every variant whose name or kernel contains one of the '|'-separated parts of <paramref name="only"/> (all when
     /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>. Each row is
     /// the median (the upper one of an even count) of <paramref name="repeats"/> timed runs of <paramref name="steps"/>
-    /// steps. On an H200 the dense float16 step at 1 × 128K spread 8.18-8.72 ms over three runs of one process (stop 35):
-    /// more runs steady the reference the compressed rows are divided by.
+    /// steps, after a heat-up (<see cref="DecodeBench.HeatUpBeforeRow"/>): on an H200 the dense float16 step at 1 × 128K
+    /// spread 7.87-9.39 ms over one process's runs when timed in the board's power-cap transient after idle (stops 35-36);
+    /// more runs steady the reference the compressed rows are divided by, and the stricter column does not depend on it alone.
     /// </summary>
     internal static void Run(string configPath, IReadOnlyList<int> contexts, IReadOnlyList<int> batches, int steps, TextWriter log, string only = "",
         PipelinedBlockClaims claims = PipelinedBlockClaims.Measured, bool narrowFfn = true, bool foldAppend = true, bool earlyTables = true,
