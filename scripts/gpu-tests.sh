@@ -11,7 +11,7 @@
 #   scripts/gpu-tests.sh issue7 [DIR]   (on the GPU machine) issue 7's whole benchmark in one run, logs into DIR
 #                                  (default $OUT, else .gpu/results): dense decode at batch 1 and 8 and prefill, the
 #                                  compressed caches at batch 1 and 8, the device sampler, then transformers on the
-#                                  same shapes.
+#                                  same shapes; scripts/issue7-scorecard.py's verdicts last (DIR/scorecard.txt).
 #   scripts/gpu-tests.sh kvzip-cli [DIR]   (on the GPU machine) kvsharp ask --press kvzip:keep=0.3 on the CPU and with
 #                                  --device cuda over a needle haystack, answers compared (needle model, f32 dummy weights).
 #   scripts/gpu-tests.sh press-cli [DIR]   the same for each press of $PRESSES (space-separated; default snapkv, h2o,
@@ -99,6 +99,8 @@ case "${1:-}" in
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
     if [ -n "$smi" ]; then kill "$smi" 2> /dev/null || true; fi
     grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt"
+    # Point 5's targets row by row (roofline, transformers, byte factors against both references) from these logs.
+    python3 scripts/issue7-scorecard.py "$dir" | tee "$dir/scorecard.txt" || status=$?
     exit $status
     ;;
   cli)
