@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using KvSharp.Compute.Cuda;
 using KvSharp.Compute.Cuda.Model;
 using KvSharp.Compute.Cuda.Runtime;
 using KvSharp.Formats;
@@ -184,7 +185,7 @@ public static class DecodeBench
         gpu.BeginDecode(cache, Enumerable.Range(0, batch).Select(i => 1000 + i).ToArray());
         gpu.EnqueueDecodeSteps(cache, steps); // warm-up
         gpu.Device.Synchronize();
-        HeatUpBeforeRow(gpu.Device);
+        HeatUpBeforeRow(gpu.Device, log);
         var times = new List<double>();
         for (int r = 0; r < repeats; r++)
         {
@@ -305,23 +306,45 @@ public static class DecodeBench
     /// ran up to 19% slow in some of its timed runs, and every compressed row divided by it looked faster. After the
     /// transient the same loads run at 1980 MHz under the cap.
     /// </summary>
-    private static void HeatUp(CudaDevice device, double seconds)
+    private static bool HeatUp(CudaDevice device, double seconds)
     {
         const long bytes = 256L << 20;
-        using var a = device.Allocate(bytes);
-        using var b = device.Allocate(bytes);
-        var sw = Stopwatch.StartNew();
-        while (sw.Elapsed.TotalSeconds < seconds)
+        DeviceBuffer? a = null, b = null;
+        try
         {
-            for (int i = 0; i < 64; i++) b.CopyFromAsync(a, bytes);
-            device.Synchronize();
+            a = device.Allocate(bytes);
+            b = device.Allocate(bytes);
         }
+        catch (CudaException)
+        {
+            // No room beside the cache just created (the row itself may still fit): time it without the heat-up.
+            a?.Dispose();
+            return false;
+        }
+        using (a)
+        using (b)
+        {
+            var sw = Stopwatch.StartNew();
+            while (sw.Elapsed.TotalSeconds < seconds)
+            {
+                for (int i = 0; i < 64; i++) b.CopyFromAsync(a, bytes);
+                device.Synchronize();
+            }
+        }
+        return true;
     }
 
-    /// <summary><see cref="HeatUp"/> before a timed row: <see cref="FirstHeatSeconds"/> before the process's first, <see cref="RowHeatSeconds"/> before later ones.</summary>
-    internal static void HeatUpBeforeRow(CudaDevice device)
+    /// <summary>
+    /// <see cref="HeatUp"/> before a timed row: <see cref="FirstHeatSeconds"/> before the process's first,
+    /// <see cref="RowHeatSeconds"/> before later ones; a row the device has no room to heat for is logged as such.
+    /// </summary>
+    internal static void HeatUpBeforeRow(CudaDevice device, TextWriter log)
     {
-        HeatUp(device, _heated ? RowHeatSeconds : FirstHeatSeconds);
+        if (!HeatUp(device, _heated ? RowHeatSeconds : FirstHeatSeconds))
+        {
+            log.WriteLine("(no heat-up before the next row: no room for its 512 MiB of copies)");
+            return;
+        }
         _heated = true;
     }
 

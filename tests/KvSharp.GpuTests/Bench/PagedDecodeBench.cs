@@ -130,7 +130,7 @@ public static class PagedDecodeBench
                         gpu.EnqueueDecodeSteps(cache, steps); // warm-up
                         device.Synchronize();
                         cache.CheckDeviceState();
-                        DecodeBench.HeatUpBeforeRow(device); // past the power cap's transient (DecodeBench.HeatUp)
+                        DecodeBench.HeatUpBeforeRow(device, log); // past the power cap's transient (DecodeBench.HeatUp)
                         var times = new List<double>();
                         for (int r = 0; r < repeats; r++)
                         {
