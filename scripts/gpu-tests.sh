@@ -87,7 +87,7 @@ case "${1:-}" in
     if nvidia-smi --query-gpu=timestamp --format=csv,noheader > /dev/null 2>&1; then
       nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv -lms 100 > "$dir/smi.csv" 2>&1 &
       smi=$!
-      trap 'kill "$smi" 2> /dev/null || true' EXIT # also when a benchmark is killed or the script stops early
+      trap 'kill "$smi" 2> /dev/null || true' EXIT # stopped when the script ends, however it ends
     fi
     status=0
     .gpu/app/KvSharp.GpuTests bench --config $config --contexts 512,4096,32768,131072 --batch 8 --batch-contexts 4096,32768 \
@@ -98,7 +98,6 @@ case "${1:-}" in
     .gpu/app/KvSharp.GpuTests bench-paged --config $config --batch 8 --contexts 4096,32768,131072 --steps 16 --repeats 5 > "$dir/paged8.txt" 2>&1 || status=$?
     .gpu/app/KvSharp.GpuTests bench-sampling --config bench/configs/needle.json > "$dir/sampling.txt" 2>&1 || status=$?
     python3 scripts/hf-decode-bench.py $config 4096,32768,131072 1,8 8 > "$dir/hf.txt" 2>&1 || status=$?
-    if [ -n "$smi" ]; then kill "$smi" 2> /dev/null || true; fi
     grep -h -E "^\|" "$dir/dense.txt" "$dir/paged1.txt" "$dir/paged8.txt" "$dir/sampling.txt" "$dir/hf.txt" || true
     # Point 5's targets row by row (roofline, transformers, byte factors against both references) from these logs.
     python3 scripts/issue7-scorecard.py "$dir" | tee "$dir/scorecard.txt" || status=$?

@@ -185,17 +185,7 @@ public static class DecodeBench
         gpu.BeginDecode(cache, Enumerable.Range(0, batch).Select(i => 1000 + i).ToArray());
         gpu.EnqueueDecodeSteps(cache, steps); // warm-up
         gpu.Device.Synchronize();
-        HeatUpBeforeRow(gpu.Device, log);
-        var times = new List<double>();
-        for (int r = 0; r < repeats; r++)
-        {
-            timer.Start();
-            gpu.EnqueueDecodeSteps(cache, steps);
-            times.Add(timer.StopMilliseconds() / steps);
-        }
-        string runs = string.Join(" ", times.Select(t => t.ToString("F3"))); // in run order: drift or two modes
-        times.Sort();
-        double ms = times[repeats / 2];
+        var (ms, runs) = TimeSteps(gpu, cache, timer, steps, repeats, log);
         // KV read per step at the middle of the timed steps, every sequence.
         long kvBytes = (long)(batch * (context + 2.5 * steps)) * config.KvBytesPerToken(2);
         double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;
@@ -335,10 +325,31 @@ public static class DecodeBench
     }
 
     /// <summary>
+    /// A timed row of a decode benchmark: <paramref name="repeats"/> event-timed runs of <paramref name="steps"/> graph decode
+    /// steps over <paramref name="cache"/> (after <see cref="CudaTransformer.BeginDecode"/> and a warm-up), after
+    /// <see cref="HeatUpBeforeRow"/>. The median ms a step (the upper one of an even count) and the runs' times in run order
+    /// (drift or two modes show there).
+    /// </summary>
+    internal static (double Ms, string Runs) TimeSteps(CudaTransformer gpu, DeviceKvCache cache, CudaTimer timer, int steps, int repeats, TextWriter log)
+    {
+        HeatUpBeforeRow(gpu.Device, log);
+        var times = new List<double>();
+        for (int r = 0; r < repeats; r++)
+        {
+            timer.Start();
+            gpu.EnqueueDecodeSteps(cache, steps);
+            times.Add(timer.StopMilliseconds() / steps);
+        }
+        string runs = string.Join(" ", times.Select(t => t.ToString("F3")));
+        times.Sort();
+        return (times[repeats / 2], runs);
+    }
+
+    /// <summary>
     /// <see cref="HeatUp"/> before a timed row: <see cref="FirstHeatSeconds"/> before the process's first,
     /// <see cref="RowHeatSeconds"/> before later ones; a row the device has no room to heat for is logged as such.
     /// </summary>
-    internal static void HeatUpBeforeRow(CudaDevice device, TextWriter log)
+    private static void HeatUpBeforeRow(CudaDevice device, TextWriter log)
     {
         if (!HeatUp(device, _heated ? RowHeatSeconds : FirstHeatSeconds))
         {

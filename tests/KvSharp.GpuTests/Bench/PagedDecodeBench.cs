@@ -76,7 +76,7 @@ public static class PagedDecodeBench
     /// Times every variant whose name or kernel contains one of the '|'-separated parts of <paramref name="only"/> (all when
     /// empty) at every context and batch size and writes the log and a result table to <paramref name="log"/>. Each row is
     /// the median (the upper one of an even count) of <paramref name="repeats"/> timed runs of <paramref name="steps"/>
-    /// steps, after a heat-up (<see cref="DecodeBench.HeatUpBeforeRow"/>): on an H200 the dense float16 step at 1 × 128K
+    /// steps, after a heat-up (<see cref="DecodeBench.TimeSteps"/>): on an H200 the dense float16 step at 1 × 128K
     /// spread 7.87-9.39 ms over one process's runs when timed in the board's power-cap transient after idle (stops 35-36);
     /// more runs steady the reference the compressed rows are divided by, and the stricter column does not depend on it alone.
     /// </summary>
@@ -130,18 +130,8 @@ public static class PagedDecodeBench
                         gpu.EnqueueDecodeSteps(cache, steps); // warm-up
                         device.Synchronize();
                         cache.CheckDeviceState();
-                        DecodeBench.HeatUpBeforeRow(device, log); // past the power cap's transient (DecodeBench.HeatUp)
-                        var times = new List<double>();
-                        for (int r = 0; r < repeats; r++)
-                        {
-                            timer.Start();
-                            gpu.EnqueueDecodeSteps(cache, steps);
-                            times.Add(timer.StopMilliseconds() / steps);
-                        }
+                        var (ms, runs) = DecodeBench.TimeSteps(gpu, cache, timer, steps, repeats, log);
                         cache.CheckDeviceState();
-                        string runs = string.Join(" ", times.Select(t => t.ToString("F3"))); // in run order: drift or two modes
-                        times.Sort();
-                        double ms = times[repeats / 2];
                         string kernel = cache is CudaPagedKvCache paged ? paged.AttentionKernel.ToString() : "";
                         timed.Add(new TimedRow(v, kernel, kvBytes, ms));
                         log.WriteLine($"{what} {kernel}: {ms:F3} ms/step (runs {runs}), KV read {kvBytes / 1e9:F3} GB, device {cache.ByteCount / 1e9:F1} GB");
