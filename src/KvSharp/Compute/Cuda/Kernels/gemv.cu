@@ -31,16 +31,16 @@ GEMV_ALL(gemv_f16, WeightF16)
 // The normed products: 3 blocks of 256 threads a multiprocessor (at most 85 registers), the QKV product's 384 blocks
 // (Llama-3.1-8B) in one wave. The others: a deeper ring at 2 blocks (at most 128 registers; gemv_mma.cuh, MMA_RING_DEEP).
 #define GEMV_MMA_ARGS const u16* w, const float* x, float* y, const float* nw, float eps, int rows, int cols, int nt
-#define GEMV_MMA(NAME, BF) \
+// A product without a norm on the deeper ring (MODE, 16-bit activations or not).
+#define GEMV_MMA_DEEP(NAME, BF, MODE, H16) \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_MMA_ARGS) \
-    { gemv_mma<BF, 0, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
+    { gemv_mma<BF, MODE, false, H16, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); }
+#define GEMV_MMA(NAME, BF) \
+    GEMV_MMA_DEEP(NAME, BF, 0, false) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 0, true>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_acc(GEMV_MMA_ARGS) \
-    { gemv_mma<BF, 1, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_acc_h16(GEMV_MMA_ARGS) \
-    { gemv_mma<BF, 1, false, true, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_swiglu(GEMV_MMA_ARGS) \
-    { gemv_mma<BF, 2, false, false, int, false, MMA_RING_DEEP>(w, x, y, nw, eps, rows, cols, nt); } \
+    GEMV_MMA_DEEP(NAME##_acc, BF, 1, false) \
+    GEMV_MMA_DEEP(NAME##_acc_h16, BF, 1, true) \
+    GEMV_MMA_DEEP(NAME##_swiglu, BF, 2, false) \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_swiglu_norm_h16(GEMV_MMA_ARGS) { gemv_mma<BF, 2, true, true>(w, x, y, nw, eps, rows, cols, nt); } \
     extern "C" __global__ void __launch_bounds__(256, 3) NAME##_argmax_norm(GEMV_MMA_ARGS, unsigned long long* best) \
