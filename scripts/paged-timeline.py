@@ -8,7 +8,7 @@
 # prints (device printf): no printf runs during a recorded launch (stop 22's build printed from each unit as it ended,
 # while later units still ran, and its merge and tail times may carry that printing). Recorded: %globaltimer at entry,
 # after griddepcontrol.wait, after the split's descriptors are staged, each warp's first block arrived and its block
-# loop's end, after the partial output is stored, after the merge (pipe_merge), plus %smid, the unit's (row, KV head,
+# loop's end, after the partial output is stored, after the merge (merge_splits_early), plus %smid, the unit's (row, KV head,
 # split, blocks, live splits) and whether it merged.
 # The app reads OUT_DIR/paged_attention_tc.cu instead of the embedded file only with a kernel-directory override
 # (KVSHARP_KERNEL_DIR, a temporary patch applied for the publish, not in the repository). Each module (format-specialized
@@ -35,7 +35,8 @@ def build(kernels, out_dir, first, count):
         "__device__ unsigned tl_launch, tl_done;\n"
         f"#define TL_UNITS 2048u\n#define TL_FIRST {first}u\n#define TL_COUNT {count}u\n"
         "__device__ unsigned long long tl_rec[TL_COUNT * TL_UNITS * 22];\n")
-    replace("template <int G>\n__device__ __forceinline__ void pipe_merge(", header + "template <int G>\n__device__ __forceinline__ void pipe_merge(")
+    replace("template <int G, int VG, bool STEAL>\n__device__ __forceinline__ void paged_attention_pipe(",
+            header + "template <int G, int VG, bool STEAL>\n__device__ __forceinline__ void paged_attention_pipe(")
     # wait returned: after the one griddepcontrol.wait a launch runs (before the split, or after it with tables_early)
     replace("    if (!early) pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n",
             "    if (!early) pdl_wait(); // the tables, the appended token and the queries come from the kernel before\n"
@@ -56,8 +57,6 @@ def build(kernels, out_dir, first, count):
             "    pdl_trigger(); // the output product's blocks may start loading weights during the merges\n")
     replace("    // Chunk weights go to the rings (the slices were read",
             "    if (threadIdx.x == 0) tl_s[4] = tl_time();\n    // Chunk weights go to the rings (the slices were read")
-    replace("    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n",
-            "    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);\n    if (threadIdx.x == 0) tl_s[8] = last;\n")
     replace("const void* pfb, long pfn_b, int merge_grid, int tables_early) \\\n    { \\\n        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe",
             "const void* pfb, long pfn_b, int merge_grid, int tables_early) \\\n    { \\\n        if (threadIdx.x == 0) { tl_s[0] = tl_time(); for (int z = 1; z < 12; z++) tl_s[z] = 0; for (int z = 0; z < 4; z++) tl_fw[z] = tl_le[z] = 0; tl_s[9] = ~0ull; } \\\n"
             "        prefetch_l2(pfa, pfn_a, pfb, pfn_b); \\\n        paged_attention_pipe")
@@ -84,10 +83,12 @@ def build(kernels, out_dir, first, count):
             "            __threadfence(); \\\n"
             "            if (atomicAdd(&tl_done, 1u) == total - 1) { tl_done = 0; atomicAdd(&tl_launch, 1u); } \\\n"
             "        } \\\n    }\n")
-    # tl_s[5]: after the merge (every unit that reached it).
-    replace("    pipe_merge<G>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, heads, kv_heads, merge_row, mkvh, live_splits);\n",
-            "    pipe_merge<G>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, heads, kv_heads, merge_row, mkvh, live_splits);\n"
-            "    if (threadIdx.x == 0) tl_s[5] = tl_time();\n")
+    # tl_s[5]: after the merge (every unit that reached it); tl_s[8]: whether the unit merged (merge_splits_early's result).
+    replace("    merge_splits_early<G, HD, G == 8 ? 8 : 12, false>(",
+            "    const bool tl_merged = merge_splits_early<G, HD, G == 8 ? 8 : 12, false>(")
+    replace("        kv_heads, merge_row, mkvh, live_splits, PIPE_STEAL_BUILD != 0);\n",
+            "        kv_heads, merge_row, mkvh, live_splits, PIPE_STEAL_BUILD != 0);\n"
+            "    if (threadIdx.x == 0) { tl_s[8] = tl_merged; tl_s[5] = tl_time(); }\n")
     open(f"{out_dir}/paged_attention_tc.cu", "w").write(s)
 
 

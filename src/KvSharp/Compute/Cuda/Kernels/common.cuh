@@ -288,3 +288,86 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
     if (live <= 0) live = splits;
     if (last_split(counters, t, kv_heads, kvh, live)) merge_chunks<LOG2>(part_out, part_ml, out, weights, wstride, G, hd, heads, splits, t, kvh, live);
 }
+
+// merge_splits for a block of 128 threads with G and the head dimension HD constants (the streaming and the pipelined
+// decode kernels): the last block of a (row, KV head) issues the loads of its first EARLY chunks' partial outputs before
+// the chunk weights exist (the loads do not depend on them), and reads each chunk's (max, sum) once, as one pair kept in
+// registers (up to 128 live chunks: four a lane; more take merge_chunks' two passes). merge_chunks waits for the pairs
+// twice and then for every 16 outputs in turn: a head's 33 chunks (the streaming kernel at batch 1) were five round trips
+// to L2 after the counter's, 50-66 (the pipelined kernel) six, on the launch's critical path. Same arithmetic in the same
+// order as merge_splits. claims: last_split's (the pipelined kernel's block claims share the counter). Returns whether this
+// block merged.
+template <int G, int HD, int EARLY, bool LOG2>
+__device__ __forceinline__ bool merge_splits_early(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
+    float* weights, int wstride, int splits, int heads, int kv_heads, int t, int kvh, int live, bool claims = false)
+{
+    constexpr int H4 = HD / 4, ITEMS = (G * H4 + 127) / 128;
+    if (!last_split(counters, t, kv_heads, kvh, live, claims)) return false;
+    if (live > 128)
+    {
+        merge_chunks<LOG2>(part_out, part_ml, out, weights, wstride, G, HD, heads, splits, t, kvh, live);
+        return true;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long head0 = (long)t * heads + (long)kvh * G;
+    // The thread's output items (float4 d4 of head g): threadIdx.x + 128·k.
+    float4 early[ITEMS][EARLY];
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++)
+    {
+        const int i = threadIdx.x + 128 * k;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + i / H4) * splits * HD) + i % H4;
+#pragma unroll
+        for (int s = 0; s < EARLY; s++)
+            if (i < G * H4 && s < live) early[k][s] = __ldcg(po + (long)s * H4);
+    }
+    // Chunk weights e^(m_s - M) / L per head, one warp per head, from the pairs read once.
+    for (int g = warp; g < G; g += 4)
+    {
+        const float2* ml = reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits;
+        float2 x[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) x[k] = lane + 32 * k < live ? __ldcg(ml + lane + 32 * k) : make_float2(neg_inf(), 0.0f);
+        float m = neg_inf();
+#pragma unroll
+        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) m = fmaxf(m, x[k].x);
+        m = warp_max(m);
+        float l = 0.0f, w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            w[k] = x[k].y == 0.0f ? 0.0f : LOG2 ? exp2f(x[k].x - m) : expf(x[k].x - m);
+            if (lane + 32 * k < live) l += x[k].y * w[k];
+        }
+        l = warp_sum(l);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) weights[g * wstride + lane + 32 * k] = w[k] * inv;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < ITEMS; k++)
+    {
+        const int i = threadIdx.x + 128 * k;
+        if (i >= G * H4) continue;
+        const int g = i / H4;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * HD) + i % H4;
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int s = 0; s < EARLY; s++)
+        {
+            const float w = s < live ? weights[g * wstride + s] : 0.0f;
+            const float4 v = early[k][s];
+            add_weighted(o, v, w);
+        }
+#pragma unroll 16
+        for (int s = EARLY; s < live; s++)
+        {
+            const float w = weights[g * wstride + s];
+            const float4 v = __ldcg(po + (long)s * H4);
+            add_weighted(o, v, w);
+        }
+        reinterpret_cast<float4*>(out + head0 * HD)[i] = o;
+    }
+    return true;
+}

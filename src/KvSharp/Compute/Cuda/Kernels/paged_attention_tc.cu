@@ -2150,87 +2150,6 @@ constexpr int PIPE_PAIRS = ((PIPE_FORMATS) & ~1) == 0 ? -1
     : ((PIPE_FORMATS) & ~1 & ~PIPE_PAIR_FORMATS) == 0 ? 1
     : ((PIPE_FORMATS) & PIPE_PAIR_FORMATS) == 0 ? 0 : -1;
 
-// merge_splits for the pipelined kernel (its contract; head dimension 128, G a constant): the last unit of a (row, KV
-// head) issues the loads of its first EARLY chunks' partial outputs before the chunk weights exist (the loads do not
-// depend on them), and reads each chunk's (max, sum) once, as one pair kept in registers (up to 128 live chunks: four a
-// lane; more take merge_chunks' two passes). merge_splits waits for the pairs twice and then for every 16 outputs in turn:
-// at batch 1 a head's ~50-66 chunks were 6 round trips to L2 after the counter's, on the launch's critical path. Same
-// arithmetic in the same order as merge_splits.
-template <int G>
-__device__ __forceinline__ void pipe_merge(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
-    float* weights, int splits, int heads, int kv_heads, int t, int kvh, int live)
-{
-    constexpr int HD = 128, H4 = HD / 4, ITEMS = (G * H4 + 127) / 128, EARLY = G == 8 ? 8 : 12;
-    const bool last = last_split(counters, t, kv_heads, kvh, live, PIPE_STEAL_BUILD != 0);
-    if (!last) return;
-    if (live > 128)
-    {
-        merge_chunks(part_out, part_ml, out, weights, splits, G, HD, heads, splits, t, kvh, live);
-        return;
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long head0 = (long)t * heads + (long)kvh * G;
-    // The thread's output items (float4 d4 of head g): threadIdx.x + 128·k.
-    float4 early[ITEMS][EARLY];
-#pragma unroll
-    for (int k = 0; k < ITEMS; k++)
-    {
-        const int i = threadIdx.x + 128 * k;
-        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + i / H4) * splits * HD) + i % H4;
-#pragma unroll
-        for (int s = 0; s < EARLY; s++)
-            if (i < G * H4 && s < live) early[k][s] = __ldcg(po + (long)s * H4);
-    }
-    // Chunk weights e^(m_s - M) / L per head, one warp per head, from the pairs read once.
-    for (int g = warp; g < G; g += 4)
-    {
-        const float2* ml = reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits;
-        float2 x[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) x[k] = lane + 32 * k < live ? __ldcg(ml + lane + 32 * k) : make_float2(neg_inf(), 0.0f);
-        float m = neg_inf();
-#pragma unroll
-        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) m = fmaxf(m, x[k].x);
-        m = warp_max(m);
-        float l = 0.0f, w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-        {
-            w[k] = x[k].y == 0.0f ? 0.0f : expf(x[k].x - m);
-            if (lane + 32 * k < live) l += x[k].y * w[k];
-        }
-        l = warp_sum(l);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) weights[g * splits + lane + 32 * k] = w[k] * inv;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < ITEMS; k++)
-    {
-        const int i = threadIdx.x + 128 * k;
-        if (i >= G * H4) continue;
-        const int g = i / H4;
-        const float4* po = reinterpret_cast<const float4*>(part_out + (head0 + g) * splits * HD) + i % H4;
-        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int s = 0; s < EARLY; s++)
-        {
-            const float w = s < live ? weights[g * splits + s] : 0.0f;
-            const float4 v = early[k][s];
-            add_weighted(o, v, w);
-        }
-#pragma unroll 16
-        for (int s = EARLY; s < live; s++)
-        {
-            const float w = weights[g * splits + s];
-            const float4 v = __ldcg(po + (long)s * H4);
-            add_weighted(o, v, w);
-        }
-        reinterpret_cast<float4*>(out + head0 * HD)[i] = o;
-    }
-}
-
 template <int G, int VG, bool STEAL>
 __device__ __forceinline__ void paged_attention_pipe(
     const float* __restrict__ q, const u8* __restrict__ pool, const uint4* __restrict__ desc, const int* __restrict__ head_blocks,
@@ -2573,7 +2492,8 @@ __device__ __forceinline__ void paged_attention_pipe(
     }
     // Chunk weights go to the rings (the slices were read before the merge's first barrier; the planner keeps G·splits
     // floats within them).
-    pipe_merge<G>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, heads, kv_heads, merge_row, mkvh, live_splits);
+    merge_splits_early<G, HD, G == 8 ? 8 : 12, false>(part_out, part_ml, counters, out, reinterpret_cast<float*>(rings), splits, splits, heads,
+        kv_heads, merge_row, mkvh, live_splits, PIPE_STEAL_BUILD != 0);
 }
 
 // At most 128 registers in the generic build: 4 blocks per SM with 8 KB rings (~41 KB of shared memory each); 16 KB rings
