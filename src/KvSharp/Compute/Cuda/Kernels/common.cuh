@@ -208,6 +208,58 @@ __device__ __forceinline__ void add_weighted(float4& o, const float4 v, float w)
     if (w != 0.0f) { o.x += v.x * w; o.y += v.y * w; o.z += v.z * w; o.w += v.w * w; }
 }
 
+// The chunk weights e^(m_s - M) / L of one head's `live` chunks, live <= 128 (M: their largest max, L: Σ_s e^(m_s - M)
+// l_s), computed by one warp from the head's (max, sum) pairs (its row of part_ml) into w[0, live), each pair read
+// once, as one load kept in registers (four a lane). A chunk with l_s = 0 (nothing visible) weighs 0.
+template <bool LOG2>
+__device__ __forceinline__ void chunk_weights_once(const float2* pairs, float* w, int live, int lane)
+{
+    float2 x[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) x[k] = lane + 32 * k < live ? __ldcg(pairs + lane + 32 * k) : make_float2(neg_inf(), 0.0f);
+    float m = neg_inf();
+#pragma unroll
+    for (int k = 0; k < 4; k++) if (lane + 32 * k < live) m = fmaxf(m, x[k].x);
+    m = warp_max(m);
+    float l = 0.0f, e[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        e[k] = x[k].y == 0.0f ? 0.0f : LOG2 ? exp2f(x[k].x - m) : expf(x[k].x - m);
+        if (lane + 32 * k < live) l += x[k].y * e[k];
+    }
+    l = warp_sum(l);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) if (lane + 32 * k < live) w[lane + 32 * k] = e[k] * inv;
+}
+
+// chunk_weights_once for any number of chunks: more than 128 take two passes over the pairs (the maxima, then the
+// pairs). A lane sums its chunks lane, lane + 32, ... in order either way, so the weights are the same bits.
+template <bool LOG2>
+__device__ __forceinline__ void chunk_weights(const float2* pairs, float* w, int live, int lane)
+{
+    if (live <= 128)
+    {
+        chunk_weights_once<LOG2>(pairs, w, live, lane);
+        return;
+    }
+    float m = neg_inf();
+    for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(&pairs[s].x));
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int s = lane; s < live; s += 32)
+    {
+        const float2 x = __ldcg(pairs + s);
+        const float e = x.y == 0.0f ? 0.0f : LOG2 ? exp2f(x.x - m) : expf(x.x - m);
+        w[s] = e;
+        l += x.y * e;
+    }
+    l = warp_sum(l);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int s = lane; s < live; s += 32) w[s] *= inv;
+}
+
 // merge_splits' merge of the `live` chunks, in the last block (last_split).
 template <bool LOG2 = false>
 __device__ __forceinline__ void merge_chunks(const float* part_out, const float* part_ml, float* __restrict__ out,
@@ -215,26 +267,9 @@ __device__ __forceinline__ void merge_chunks(const float* part_out, const float*
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const long head0 = (long)t * heads + (long)kvh * G; // first query head of the group, row t
-    // Chunk weights e^(m_s - M) / L per head, one warp per head...
+    // Chunk weights per head, one warp per head...
     for (int g = warp; g < G; g += warps)
-    {
-        const long base = (head0 + g) * splits;
-        float m = neg_inf();
-        for (int s = lane; s < live; s += 32) m = fmaxf(m, __ldcg(part_ml + (base + s) * 2));
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int s = lane; s < live; s += 32)
-        {
-            const float ls = __ldcg(part_ml + (base + s) * 2 + 1);
-            const float d = __ldcg(part_ml + (base + s) * 2) - m;
-            const float w = ls == 0.0f ? 0.0f : LOG2 ? exp2f(d) : expf(d);
-            weights[g * wstride + s] = w;
-            l += ls * w;
-        }
-        l = warp_sum(l);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int s = lane; s < live; s += 32) weights[g * wstride + s] *= inv;
-    }
+        chunk_weights<LOG2>(reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits, weights + g * wstride, live, lane);
     __syncthreads();
     // ...then every output element over the chunks' partial outputs: 16-byte loads where the head dimension allows, all
     // issued unconditionally (every chunk's slot is allocated) so many are in flight; an empty chunk's value is not added.
@@ -291,12 +326,12 @@ __device__ __forceinline__ void merge_splits(const float* part_out, const float*
 
 // merge_splits for a block of 128 threads with G and the head dimension HD constants (the streaming and the pipelined
 // decode kernels): the last block of a (row, KV head) issues the loads of its first EARLY chunks' partial outputs before
-// the chunk weights exist (the loads do not depend on them), and reads each chunk's (max, sum) once, as one pair kept in
-// registers (up to 128 live chunks: four a lane; more take merge_chunks' two passes). merge_chunks waits for the pairs
-// twice and then for every 16 outputs in turn: a head's 33 chunks (the streaming kernel at batch 1) were five round trips
-// to L2 after the counter's, 50-66 (the pipelined kernel) six, on the launch's critical path. Same arithmetic in the same
-// order as merge_splits. claims: last_split's (the pipelined kernel's block claims share the counter). Returns whether this
-// block merged.
+// the chunk weights exist (the loads do not depend on them), then computes the weights (chunk_weights_once, the pairs read
+// once) while they are in flight. merge_chunks waits for the weights and then for every 16 outputs in turn: a head's 33
+// chunks (the streaming kernel at batch 1) were five round trips to L2 after the counter's, 50-66 (the pipelined kernel)
+// six, on the launch's critical path, before the weights read each pair once. More than 128 live chunks take
+// merge_chunks. Same arithmetic in the same order as merge_splits. claims: last_split's (the pipelined kernel's block
+// claims share the counter). Returns whether this block merged.
 template <int G, int HD, int EARLY, bool LOG2>
 __device__ __forceinline__ bool merge_splits_early(const float* part_out, const float* part_ml, int* counters, float* __restrict__ out,
     float* weights, int wstride, int splits, int heads, int kv_heads, int t, int kvh, int live, bool claims = false)
@@ -321,29 +356,8 @@ __device__ __forceinline__ bool merge_splits_early(const float* part_out, const 
         for (int s = 0; s < EARLY; s++)
             if (i < G * H4 && s < live) early[k][s] = __ldcg(po + (long)s * H4);
     }
-    // Chunk weights e^(m_s - M) / L per head, one warp per head, from the pairs read once.
-    for (int g = warp; g < G; g += 4)
-    {
-        const float2* ml = reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits;
-        float2 x[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) x[k] = lane + 32 * k < live ? __ldcg(ml + lane + 32 * k) : make_float2(neg_inf(), 0.0f);
-        float m = neg_inf();
-#pragma unroll
-        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) m = fmaxf(m, x[k].x);
-        m = warp_max(m);
-        float l = 0.0f, w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-        {
-            w[k] = x[k].y == 0.0f ? 0.0f : LOG2 ? exp2f(x[k].x - m) : expf(x[k].x - m);
-            if (lane + 32 * k < live) l += x[k].y * w[k];
-        }
-        l = warp_sum(l);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) if (lane + 32 * k < live) weights[g * wstride + lane + 32 * k] = w[k] * inv;
-    }
+    // Chunk weights per head, one warp per head, from the pairs read once (live <= 128 here).
+    for (int g = warp; g < G; g += 4) chunk_weights_once<LOG2>(reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits, weights + g * wstride, live, lane);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < ITEMS; k++)
