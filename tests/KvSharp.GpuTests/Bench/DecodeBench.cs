@@ -77,7 +77,7 @@ public static class DecodeBench
                 Prefetch = false,
             };
             var all = defaults with { PdlAll = false, PdlMatrixVector = true, FuseRope = true, Pipelined = true, MinChunk = 32, FuseArgMax = true, WaveSplit = true, Prefetch = false };
-            foreach (var (name, v) in new[]
+            var variants = new List<(string Name, Variant V)>
             {
                 ("before (no PDL, separate RoPE and argmax, serial attention, chunks >= 128, split for 32 warps/SM)", before),
                 ("all but the wave split", all with { WaveSplit = false }),
@@ -85,7 +85,15 @@ public static class DecodeBench
                 ("all", all),
                 ("all + PDL for every kernel", all with { PdlAll = true }),
                 ("all + L2 prefetch of the output projection during attention", all with { Prefetch = true }),
-            })
+            };
+            // At short contexts the streaming attention's chunks are 32 keys (16 splits at 512 tokens): fewer, longer chunks
+            // give each grid block more work and the merge fewer partial outputs, where that changes the split (the
+            // attention's ~6 µs at 512 tokens is latency, not bytes).
+            int visible = context + 4 * steps + 8; // Decode's cache capacity, which the captured graph's plan covers
+            foreach (int minChunk in new[] { 64, 128 })
+                if (StreamingSplits(gpu, visible, minChunk) != StreamingSplits(gpu, visible, all.MinChunk))
+                    variants.Add(($"all, chunks of at least {minChunk} keys ({StreamingSplits(gpu, visible, minChunk)} splits)", all with { MinChunk = minChunk }));
+            foreach (var (name, v) in variants)
             {
                 v.Apply(gpu);
                 variantRows.Add(Decode(gpu, timer, context, 1, steps, bandwidth, weightBytes, name, log).Replace("| 1 | ", $"| {name} | "));
@@ -170,6 +178,17 @@ public static class DecodeBench
             gpu.Kernels.WaveSplit = WaveSplit;
             gpu.PrefetchNextWeights = Prefetch;
         }
+    }
+
+    /// <summary>The streaming attention's splits for <paramref name="visible"/> keys with chunks of at least <paramref name="minChunk"/>.</summary>
+    private static int StreamingSplits(CudaTransformer gpu, int visible, int minChunk)
+    {
+        var c = gpu.Config;
+        int saved = gpu.Kernels.MinStreamingChunk;
+        gpu.Kernels.MinStreamingChunk = minChunk;
+        int splits = gpu.Kernels.PlanAttention(visible, 1, c.NumHeads, c.NumKvHeads, c.HeadDim).Splits;
+        gpu.Kernels.MinStreamingChunk = saved;
+        return splits;
     }
 
     private static int[] Prompt(int tokens, ModelConfig config) => Enumerable.Range(0, tokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
