@@ -86,9 +86,9 @@ public static class DecodeBench
                 ("all + PDL for every kernel", all with { PdlAll = true }),
                 ("all + L2 prefetch of the output projection during attention", all with { Prefetch = true }),
             };
-            // At short contexts the streaming attention's chunks are 32 keys (16 splits at 512 tokens): fewer, longer chunks
-            // give each grid block more work and the merge fewer partial outputs, where that changes the split (the
-            // attention's ~6 µs at 512 tokens is latency, not bytes).
+            // At short contexts the streaming attention's chunks are ~32 keys (21 splits at 512 tokens and 32 steps):
+            // fewer, longer chunks give each grid block more work and the merge fewer partial outputs, where that changes
+            // the split (the attention's ~6 µs at 512 tokens is latency, not bytes).
             int visible = context + 4 * steps + 8; // Decode's cache capacity, which the captured graph's plan covers
             foreach (int minChunk in new[] { 64, 128 })
                 if (StreamingSplits(gpu, visible, minChunk) != StreamingSplits(gpu, visible, all.MinChunk))
