@@ -89,10 +89,13 @@ public static class DecodeBench
             // At short contexts the streaming attention's chunks are ~32 keys (21 splits at 512 tokens and 32 steps):
             // fewer, longer chunks give each grid block more work and the merge fewer partial outputs, where that changes
             // the split (the attention's ~6 µs at 512 tokens is latency, not bytes).
-            int visible = context + 4 * steps + 8; // Decode's cache capacity, which the captured graph's plan covers
+            int visible = DecodeCapacity(context, steps); // the captured graph's plan covers the cache's capacity
+            int allSplits = StreamingSplits(gpu, visible, all.MinChunk);
             foreach (int minChunk in new[] { 64, 128 })
-                if (StreamingSplits(gpu, visible, minChunk) != StreamingSplits(gpu, visible, all.MinChunk))
-                    variants.Add(($"all, chunks of at least {minChunk} keys ({StreamingSplits(gpu, visible, minChunk)} splits)", all with { MinChunk = minChunk }));
+            {
+                int splits = StreamingSplits(gpu, visible, minChunk);
+                if (splits != allSplits) variants.Add(($"all, chunks of at least {minChunk} keys ({splits} splits)", all with { MinChunk = minChunk }));
+            }
             foreach (var (name, v) in variants)
             {
                 v.Apply(gpu);
@@ -109,7 +112,7 @@ public static class DecodeBench
                 Decode(gpu, timer, context, batch, steps, bandwidth, weightBytes, "CUDA-core matrix-vector kernels", log);
                 gpu.Kernels.UseTensorCoreGemv = true;
             }
-            long need = (long)batch * (context + 4 * steps + 8) * config.KvBytesPerToken(2);
+            long need = (long)batch * DecodeCapacity(context, steps) * config.KvBytesPerToken(2);
             if (need > device.FreeMemory - (2L << 30))
             {
                 log.WriteLine($"batch {batch} at {context}: {need / 1e9:F1} GB of KV cache do not fit ({device.FreeMemory / 1e9:F1} GB free)");
@@ -193,18 +196,23 @@ public static class DecodeBench
 
     private static int[] Prompt(int tokens, ModelConfig config) => Enumerable.Range(0, tokens).Select(i => (i * 7919) % config.VocabSize).ToArray();
 
+    /// <summary>Timed runs of a <see cref="Decode"/> row.</summary>
+    private const int DecodeRepeats = 3;
+
+    /// <summary>The cache <see cref="Decode"/> creates: the context, the warm-up and the timed steps, and a margin.</summary>
+    private static int DecodeCapacity(int context, int steps) => context + (DecodeRepeats + 1) * steps + 8;
+
     /// <summary>Median of 3 event-timed runs of <paramref name="steps"/> graph decode steps; one result-table row.</summary>
     internal static string Decode(CudaTransformer gpu, CudaTimer timer, int context, int batch, int steps, double bandwidth, long weightBytes,
         string note, TextWriter log)
     {
-        const int repeats = 3;
         var config = gpu.Config;
-        using var cache = gpu.CreateCache(context + (repeats + 1) * steps + 8, batch);
+        using var cache = gpu.CreateCache(DecodeCapacity(context, steps), batch);
         cache.FillRandom(gpu.Kernels, context, seed: (uint)context);
         gpu.BeginDecode(cache, Enumerable.Range(0, batch).Select(i => 1000 + i).ToArray());
         gpu.EnqueueDecodeSteps(cache, steps); // warm-up
         gpu.Device.Synchronize();
-        var (ms, runs) = TimeSteps(gpu, cache, timer, steps, repeats, log);
+        var (ms, runs) = TimeSteps(gpu, cache, timer, steps, DecodeRepeats, log);
         // KV read per step at the middle of the timed steps, every sequence.
         long kvBytes = (long)(batch * (context + 2.5 * steps)) * config.KvBytesPerToken(2);
         double rooflineMs = (weightBytes + kvBytes) / bandwidth * 1e3;

@@ -357,7 +357,8 @@ __device__ __forceinline__ bool merge_splits_early(const float* part_out, const 
             if (i < G * H4 && s < live) early[k][s] = __ldcg(po + (long)s * H4);
     }
     // Chunk weights per head, one warp per head, from the pairs read once (live <= 128 here).
-    for (int g = warp; g < G; g += 4) chunk_weights_once<LOG2>(reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits, weights + g * wstride, live, lane);
+    for (int g = warp; g < G; g += 4)
+        chunk_weights_once<LOG2>(reinterpret_cast<const float2*>(part_ml) + (head0 + g) * splits, weights + g * wstride, live, lane);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < ITEMS; k++)
